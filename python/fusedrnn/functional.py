@@ -1,0 +1,196 @@
+"""One call per kernel: one layer, one direction, whole sequence, arrays in and arrays out.
+
+Shapes: T time, N batch, I input, H hidden, G gates (RNN 1, GRU 3, LSTM 4).
+
+    x       [T, N, I]          h0, c0, h_n, c_n, dh_n, dc_n   [N, H]
+    w_ih    [G*H, I]           w_hh  [G*H, H]       b_ih, b_hh  [G*H]   (PyTorch layout)
+    y, dy   [T, N, H]          lengths  [N] integers in [0, T]
+
+Forward functions return the outputs and a context (None unless ``training=True``) that the
+matching backward consumes; backward returns every gradient, with ``None`` for a bias that was not
+given. Variable lengths follow PyTorch's packed sequences: sample n runs only its steps
+t < lengths[n]; y is 0 past its length; the final state is the state after its own last step; the
+reverse direction starts at t = lengths[n] - 1. dtypes float32 and float64.
+
+Validation lives here (argument names in every message); the C++ kernels in ``fusedrnn._C``
+repeat the shape checks so that no call can reach memory it does not own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import _C
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+NONLINEARITIES = ("tanh", "relu")
+
+
+@dataclass
+class RecurrentContext:
+    """What backward needs from a training-mode forward (all arrays in time order)."""
+
+    cell: str
+    nonlinearity: str
+    reverse: bool
+    x: np.ndarray  # [T, N, I]
+    w_ih: np.ndarray  # [G*H, I]
+    w_hh: np.ndarray  # [G*H, H]
+    lengths: Optional[np.ndarray]  # [N] int64 or None
+    gates: np.ndarray  # [T, N, G*H] activated gates (RNN: the output itself)
+    extra: np.ndarray  # [T, N, H] LSTM: c_prev; GRU: W_hn h + b_hn; RNN: empty
+    h_prev: np.ndarray  # [T, N, H] state entering each step
+    has_bias: bool
+    consumed: bool = False
+
+
+# ---------------------------------------------------------------------------- validation
+def _as_array(value, name):
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "__cuda_array_interface__"):
+        raise TypeError(f"{name}: expected a NumPy array, got a CUDA array "
+                        f"({type(value).__name__}); use the CUDA backend (device='cuda')")
+    raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
+
+
+def _float_dtype(x):
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
+    return x.dtype
+
+
+def _check(value, name, shape, dtype, optional=False):
+    """Return ``value`` as a C-contiguous array of ``dtype`` and ``shape`` or raise naming it."""
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{name}: expected an array of shape {tuple(shape)}, got None")
+    arr = _as_array(value, name)
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def check_lengths(lengths, T, N, name="lengths"):
+    """Validate a lengths vector: [N] integers in [0, T]; returns int64 C-contiguous or None."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, (list, tuple)):
+        lengths = np.asarray(lengths)
+    arr = _as_array(lengths, name)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
+    if arr.shape != (N,):
+        raise ValueError(f"{name}: expected shape ({N},) (one length per sample), got {arr.shape}")
+    if N and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"{name}: expected values in [0, {T}] (the sequence length), "
+                         f"got min {arr.min()} and max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+    x = _as_array(x, "x")
+    dtype = _float_dtype(x)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
+    T, N, I = x.shape
+    w_hh = _as_array(w_hh, "w_hh")
+    if w_hh.ndim != 2 or w_hh.shape[0] % GATES[cell] or w_hh.shape[0] != GATES[cell] * w_hh.shape[1]:
+        raise ValueError(f"w_hh: expected shape ({GATES[cell]}*H, H) for {cell.upper()}, got {w_hh.shape}")
+    H = w_hh.shape[1]
+    GH = GATES[cell] * H
+    x = np.ascontiguousarray(x)
+    w_hh = _check(w_hh, "w_hh", (GH, H), dtype)
+    w_ih = _check(w_ih, "w_ih", (GH, I), dtype)
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih, b_hh: give both biases or neither")
+    has_bias = b_ih is not None
+    b_ih = _check(b_ih, "b_ih", (GH,), dtype, optional=True)
+    b_hh = _check(b_hh, "b_hh", (GH,), dtype, optional=True)
+    if not has_bias:
+        b_ih = b_hh = np.zeros(GH, dtype)
+    h0 = np.zeros((N, H), dtype) if h0 is None else _check(h0, "h0", (N, H), dtype)
+    if cell == "lstm":
+        c0 = np.zeros((N, H), dtype) if c0 is None else _check(c0, "c0", (N, H), dtype)
+    lengths = check_lengths(lengths, T, N)
+    return x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias
+
+
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity):
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
+        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    y, h_n, c_n, gates, extra, h_prev = _C.recurrent_forward(
+        cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, bool(reverse), bool(training))
+    ctx = None
+    if training:
+        ctx = RecurrentContext(cell, nonlinearity, bool(reverse), x, w_ih, w_hh, lengths,
+                               gates, extra, h_prev, has_bias)
+    return y, h_n, c_n, ctx
+
+
+def _backward(cell, ctx, dy, dh_n, dc_n):
+    if not isinstance(ctx, RecurrentContext):
+        raise TypeError(f"ctx: expected the context of a training-mode forward "
+                        f"(training=True), got {type(ctx).__name__}")
+    if ctx.cell != cell:
+        raise ValueError(f"ctx: expected a context from {cell}_forward, got one from {ctx.cell}_forward")
+    T, N, _ = ctx.x.shape
+    H = ctx.w_hh.shape[1]
+    dtype = ctx.x.dtype
+    dy = np.zeros((T, N, H), dtype) if dy is None else _check(dy, "dy", (T, N, H), dtype)
+    dh_n = np.zeros((N, H), dtype) if dh_n is None else _check(dh_n, "dh_n", (N, H), dtype)
+    if cell == "lstm":
+        dc_n = np.zeros((N, H), dtype) if dc_n is None else _check(dc_n, "dc_n", (N, H), dtype)
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _C.recurrent_backward(
+        cell, ctx.nonlinearity, ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse,
+        ctx.gates, ctx.extra, ctx.h_prev, dy, dh_n, dc_n)
+    if not ctx.has_bias:
+        db_ih = db_hh = None
+    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ---------------------------------------------------------------------------- the kernels
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
+                 training=False):
+    """LSTM over a sequence. Returns ``(y, h_n, c_n, ctx)``; h0/c0 may be None (zeros)."""
+    return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, "tanh")
+
+
+def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+    """BPTT for :func:`lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``."""
+    return _backward("lstm", ctx, dy, dh_n, dc_n)
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
+                training=False):
+    """GRU over a sequence. Returns ``(y, h_n, ctx)``."""
+    y, h_n, _, ctx = _forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                              training, "tanh")
+    return y, h_n, ctx
+
+
+def gru_backward(ctx, dy, dh_n=None):
+    """BPTT for :func:`gru_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``."""
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", ctx, dy, dh_n, None)
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+
+
+def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None,
+                reverse=False, training=False):
+    """Elman RNN (tanh or relu) over a sequence. Returns ``(y, h_n, ctx)``."""
+    y, h_n, _, ctx = _forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                              training, nonlinearity)
+    return y, h_n, ctx
+
+
+def rnn_backward(ctx, dy, dh_n=None):
+    """BPTT for :func:`rnn_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``."""
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("rnn", ctx, dy, dh_n, None)
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
