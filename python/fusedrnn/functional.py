@@ -35,7 +35,7 @@ class RecurrentContext:
     cell: str
     nonlinearity: str
     reverse: bool
-    x: np.ndarray  # [T, N, I]
+    x: np.ndarray  # [T, N, I] (a CuPy array on the CUDA backend, likewise below)
     w_ih: np.ndarray  # [G*H, I]
     w_hh: np.ndarray  # [G*H, H]
     lengths: Optional[np.ndarray]  # [N] int64 or None
@@ -47,13 +47,28 @@ class RecurrentContext:
 
 
 # ---------------------------------------------------------------------------- validation
-def _as_array(value, name):
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "__cuda_array_interface__"):
-        raise TypeError(f"{name}: expected a NumPy array, got a CUDA array "
-                        f"({type(value).__name__}); use the CUDA backend (device='cuda')")
-    raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
+def _backend(x):
+    """(array module, kernel module) for ``x``: NumPy and fusedrnn._C, or CuPy and the CUDA
+    kernels for any array exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors)."""
+    if isinstance(x, np.ndarray):
+        return np, _C
+    if hasattr(x, "__cuda_array_interface__"):
+        from . import cuda  # raises a clear error on a CPU-only build
+        return cuda.array_module(), cuda.kernels()
+    raise TypeError(f"x: expected a numpy.ndarray (or a CUDA array), got {type(x).__name__}")
+
+
+def _as_array(value, name, xp=np):
+    if xp is np:
+        if isinstance(value, np.ndarray):
+            return value
+        if hasattr(value, "__cuda_array_interface__"):
+            raise TypeError(f"{name}: expected a NumPy array like x, got a CUDA array "
+                            f"({type(value).__name__})")
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
+    if not hasattr(value, "__cuda_array_interface__"):
+        raise TypeError(f"{name}: expected a CUDA array like x, got {type(value).__name__}")
+    return xp.asarray(value)
 
 
 def _float_dtype(x):
@@ -62,18 +77,18 @@ def _float_dtype(x):
     return x.dtype
 
 
-def _check(value, name, shape, dtype, optional=False):
+def _check(value, name, shape, dtype, optional=False, xp=np):
     """Return ``value`` as a C-contiguous array of ``dtype`` and ``shape`` or raise naming it."""
     if value is None:
         if optional:
             return None
         raise TypeError(f"{name}: expected an array of shape {tuple(shape)}, got None")
-    arr = _as_array(value, name)
+    arr = _as_array(value, name, xp)
     if arr.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {arr.dtype}")
     if arr.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return xp.ascontiguousarray(arr)
 
 
 def check_lengths(lengths, T, N, name="lengths"):
@@ -82,7 +97,9 @@ def check_lengths(lengths, T, N, name="lengths"):
         return None
     if isinstance(lengths, (list, tuple)):
         lengths = np.asarray(lengths)
-    arr = _as_array(lengths, name)
+    if not isinstance(lengths, np.ndarray):
+        raise TypeError(f"{name}: expected an integer numpy.ndarray, got {type(lengths).__name__}")
+    arr = lengths
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
     if arr.shape != (N,):
@@ -94,39 +111,41 @@ def check_lengths(lengths, T, N, name="lengths"):
 
 
 def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
-    x = _as_array(x, "x")
+    xp, kernels = _backend(x)
+    x = _as_array(x, "x", xp)
     dtype = _float_dtype(x)
     if x.ndim != 3:
         raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
     T, N, I = x.shape
-    w_hh = _as_array(w_hh, "w_hh")
-    if w_hh.ndim != 2 or w_hh.shape[0] % GATES[cell] or w_hh.shape[0] != GATES[cell] * w_hh.shape[1]:
-        raise ValueError(f"w_hh: expected shape ({GATES[cell]}*H, H) for {cell.upper()}, got {w_hh.shape}")
+    w_hh = _as_array(w_hh, "w_hh", xp)
+    G = GATES[cell]
+    if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
+        raise ValueError(f"w_hh: expected shape ({G}*H, H) for {cell.upper()}, got {w_hh.shape}")
     H = w_hh.shape[1]
-    GH = GATES[cell] * H
-    x = np.ascontiguousarray(x)
-    w_hh = _check(w_hh, "w_hh", (GH, H), dtype)
-    w_ih = _check(w_ih, "w_ih", (GH, I), dtype)
+    GH = G * H
+    x = xp.ascontiguousarray(x)
+    w_hh = _check(w_hh, "w_hh", (GH, H), dtype, xp=xp)
+    w_ih = _check(w_ih, "w_ih", (GH, I), dtype, xp=xp)
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: give both biases or neither")
     has_bias = b_ih is not None
-    b_ih = _check(b_ih, "b_ih", (GH,), dtype, optional=True)
-    b_hh = _check(b_hh, "b_hh", (GH,), dtype, optional=True)
+    b_ih = _check(b_ih, "b_ih", (GH,), dtype, optional=True, xp=xp)
+    b_hh = _check(b_hh, "b_hh", (GH,), dtype, optional=True, xp=xp)
     if not has_bias:
-        b_ih = b_hh = np.zeros(GH, dtype)
-    h0 = np.zeros((N, H), dtype) if h0 is None else _check(h0, "h0", (N, H), dtype)
+        b_ih, b_hh = xp.zeros(GH, dtype), xp.zeros(GH, dtype)
+    h0 = xp.zeros((N, H), dtype) if h0 is None else _check(h0, "h0", (N, H), dtype, xp=xp)
     if cell == "lstm":
-        c0 = np.zeros((N, H), dtype) if c0 is None else _check(c0, "c0", (N, H), dtype)
-    lengths = check_lengths(lengths, T, N)
-    return x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias
+        c0 = xp.zeros((N, H), dtype) if c0 is None else _check(c0, "c0", (N, H), dtype, xp=xp)
+    lengths = check_lengths(lengths, T, N)  # a host array on every backend
+    return kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity):
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
+    kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-    y, h_n, c_n, gates, extra, h_prev = _C.recurrent_forward(
+    y, h_n, c_n, gates, extra, h_prev = kernels.recurrent_forward(
         cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, bool(reverse), bool(training))
     ctx = None
     if training:
@@ -141,14 +160,16 @@ def _backward(cell, ctx, dy, dh_n, dc_n):
                         f"(training=True), got {type(ctx).__name__}")
     if ctx.cell != cell:
         raise ValueError(f"ctx: expected a context from {cell}_forward, got one from {ctx.cell}_forward")
+    xp, kernels = _backend(ctx.x)
     T, N, _ = ctx.x.shape
     H = ctx.w_hh.shape[1]
     dtype = ctx.x.dtype
-    dy = np.zeros((T, N, H), dtype) if dy is None else _check(dy, "dy", (T, N, H), dtype)
-    dh_n = np.zeros((N, H), dtype) if dh_n is None else _check(dh_n, "dh_n", (N, H), dtype)
+    dy = xp.zeros((T, N, H), dtype) if dy is None else _check(dy, "dy", (T, N, H), dtype, xp=xp)
+    dh_n = xp.zeros((N, H), dtype) if dh_n is None else _check(dh_n, "dh_n", (N, H), dtype, xp=xp)
     if cell == "lstm":
-        dc_n = np.zeros((N, H), dtype) if dc_n is None else _check(dc_n, "dc_n", (N, H), dtype)
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _C.recurrent_backward(
+        dc_n = (xp.zeros((N, H), dtype) if dc_n is None
+                else _check(dc_n, "dc_n", (N, H), dtype, xp=xp))
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = kernels.recurrent_backward(
         cell, ctx.nonlinearity, ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse,
         ctx.gates, ctx.extra, ctx.h_prev, dy, dh_n, dc_n)
     if not ctx.has_bias:

@@ -1,0 +1,54 @@
+// LSTM: the pointwise math of one hidden unit for one step, forward and backward.
+// Gate order i, f, g, o (PyTorch). For unit j the pre-activations are
+//   a_k = gx[k*H + j] + gh[k*H + j]      (gx = W_ih x + b_ih, gh = W_hh h + b_hh)
+//   i = sigma(a_i)  f = sigma(a_f)  g = tanh(a_g)  o = sigma(a_o)
+//   c' = f * c + i * g        h' = o * tanh(c')
+// Saved: gates (i, f, g, o) and extra = c (the cell state entering the step).
+#pragma once
+#include "common/activations.h"
+
+namespace fusedrnn {
+
+struct LstmCell {
+  static constexpr int kGates = 4;
+  static constexpr bool kSplitRecurrentGrad = false;  // d(gx) == d(gh)
+  static constexpr bool kHasCellState = true;
+  static constexpr bool kUsesExtra = true;
+
+  // `gates` may alias `gx` (each unit reads its own entries before writing them).
+  template <typename T>
+  FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t H, int64_t j, T& h, T& c,
+                                  T* gates, T* extra) {
+    const T i = sigmoid(gx[j] + gh[j]);
+    const T f = sigmoid(gx[H + j] + gh[H + j]);
+    const T g = tanh_(gx[2 * H + j] + gh[2 * H + j]);
+    const T o = sigmoid(gx[3 * H + j] + gh[3 * H + j]);
+    extra[j] = c;
+    c = f * c + i * g;
+    h = o * tanh_(c);
+    gates[j] = i;
+    gates[H + j] = f;
+    gates[2 * H + j] = g;
+    gates[3 * H + j] = o;
+  }
+
+  // dh: total gradient reaching h' (from y and from the next step). dc: in, gradient reaching
+  // c'; out, gradient reaching c. Writes the pre-activation gradients; dh_direct (the part of
+  // dh/dh_prev that bypasses W_hh) is 0 for an LSTM.
+  template <typename T>
+  FUSEDRNN_HD static void backward(const T* gates, const T* extra, T /*h_prev*/, int64_t H,
+                                   int64_t j, T dh, T& dc, T* dgx, T* /*dgh*/, T& dh_direct) {
+    const T i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
+    const T c_prev = extra[j];
+    const T tanh_c = tanh_(f * c_prev + i * g);
+    const T dc_total = dc + dh * o * d_tanh(tanh_c);
+    dgx[j] = dc_total * g * d_sigmoid(i);
+    dgx[H + j] = dc_total * c_prev * d_sigmoid(f);
+    dgx[2 * H + j] = dc_total * i * d_tanh(g);
+    dgx[3 * H + j] = dh * tanh_c * d_sigmoid(o);
+    dc = dc_total * f;
+    dh_direct = T(0);
+  }
+};
+
+}  // namespace fusedrnn

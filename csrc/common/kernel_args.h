@@ -1,0 +1,53 @@
+// The argument blocks of a recurrent kernel (one layer, one direction), shared by the CPU and
+// CUDA drivers. Shapes as in shapes.h; pointers are device pointers for the CUDA driver.
+#pragma once
+#include "common/shapes.h"
+
+namespace fusedrnn {
+
+enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru };
+
+template <typename T>
+struct ForwardArgs {
+  SeqShape shape;
+  const T* x;        // [T, N, I]
+  const T* h0;       // [N, H]
+  const T* c0;       // [N, H] (LSTM) or null
+  const T* w_ih;     // [GH, I]
+  const T* w_hh;     // [GH, H]
+  const T* b_ih;     // [GH]
+  const T* b_hh;     // [GH]
+  const int64_t* lengths;  // [N] or null
+  bool reverse;
+  T* y;              // [T, N, H]
+  T* h_n;            // [N, H]
+  T* c_n;            // [N, H] (LSTM) or null
+  T* gates;          // [T, N, GH]: workspace; holds the saved activations after the call
+  T* extra;          // [T, N, H] when training and the cell uses it, else null
+  T* h_prev;         // [T, N, H] when training, else null
+};
+
+template <typename T>
+struct BackwardArgs {
+  SeqShape shape;
+  const T* x;        // [T, N, I]
+  const T* w_ih;     // [GH, I]
+  const T* w_hh;     // [GH, H]
+  const int64_t* lengths;  // [N] or null
+  bool reverse;
+  const T* gates;    // [T, N, GH] saved by forward
+  const T* extra;    // [T, N, H] saved by forward (or null)
+  const T* h_prev;   // [T, N, H] saved by forward
+  const T* dy;       // [T, N, H]
+  const T* dh_n;     // [N, H]
+  const T* dc_n;     // [N, H] (LSTM) or null
+  T* dx;             // [T, N, I]
+  T* dh0;            // [N, H]
+  T* dc0;            // [N, H] (LSTM) or null
+  T* dw_ih;          // [GH, I]
+  T* dw_hh;          // [GH, H]
+  T* db_ih;          // [GH]
+  T* db_hh;          // [GH]
+};
+
+}  // namespace fusedrnn

@@ -1,0 +1,258 @@
+"""NumPy float64 references for one layer, one direction of RNN, LSTM and GRU: the oracle.
+
+Same signatures and return conventions as :mod:`fusedrnn.functional`, written to be read, not to be
+fast: the forward walks the steps in processing order and caches each one; the backward walks the
+same steps in the opposite order, carrying ``dh_next`` (and ``dc_next``) and accumulating ``dw +=``
+(min-char-rnn style). Inputs of any float dtype are computed and returned in float64.
+
+Shapes: T time, N batch, I input, H hidden, G gates (RNN 1, GRU 3, LSTM 4).
+
+    x       [T, N, I]          h0, c0, h_n, c_n, dh_n, dc_n   [N, H]
+    w_ih    [G*H, I]           w_hh  [G*H, H]       b_ih, b_hh  [G*H]   (PyTorch layout, gate order)
+    y, dy   [T, N, H]          lengths  [N] integers in [0, T]
+
+Variable lengths follow PyTorch's packed sequences: sample n runs only the steps t < lengths[n],
+y[t, n] = 0 past its length and its state is left unchanged there, so the final state is the state
+after its own last step, and in reverse it starts at t = lengths[n] - 1 from h0. dy at padded
+positions contributes nothing. The context is always returned (a dict), whatever ``training`` says.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+# ---------------------------------------------------------------------------- helpers
+def sigmoid(a):
+    return 0.5 * (1.0 + np.tanh(0.5 * a))  # never overflows, unlike 1 / (1 + exp(-a))
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+    """Cast to float64, fill defaults (zero states, zero biases, full lengths), check shapes."""
+    x, w_ih, w_hh = _f64(x), _f64(w_ih), _f64(w_hh)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
+    T, N, I = x.shape
+    G = GATES[cell]
+    if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
+        raise ValueError(f"w_hh: expected shape ({G}*H, H), got {w_hh.shape}")
+    H = w_hh.shape[1]
+    if w_ih.shape != (G * H, I):
+        raise ValueError(f"w_ih: expected shape {(G * H, I)}, got {w_ih.shape}")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih, b_hh: give both biases or neither")
+    has_bias = b_ih is not None
+    b_ih = np.zeros(G * H) if b_ih is None else _f64(b_ih)
+    b_hh = np.zeros(G * H) if b_hh is None else _f64(b_hh)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b.shape != (G * H,):
+            raise ValueError(f"{name}: expected shape {(G * H,)}, got {b.shape}")
+    h0 = np.zeros((N, H)) if h0 is None else _f64(h0)
+    c0 = np.zeros((N, H)) if c0 is None else _f64(c0)
+    for name, s in (("h0", h0), ("c0", c0)):
+        if s.shape != (N, H):
+            raise ValueError(f"{name}: expected shape {(N, H)}, got {s.shape}")
+    if lengths is None:
+        lengths = np.full(N, T, dtype=np.int64)
+    else:
+        lengths = np.asarray(lengths)
+        if lengths.shape != (N,) or lengths.dtype.kind not in "iu":
+            raise ValueError(f"lengths: expected {N} integers, got {lengths.dtype} {lengths.shape}")
+        if N and (lengths.min() < 0 or lengths.max() > T):
+            raise ValueError(f"lengths: expected values in [0, {T}], got {lengths}")
+        lengths = lengths.astype(np.int64)
+    return x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias
+
+
+def _steps(T, reverse):
+    """Time steps in processing order."""
+    return list(range(T - 1, -1, -1)) if reverse else list(range(T))
+
+
+def _new_ctx(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias):
+    return {"cell": cell, "nonlinearity": nonlinearity, "reverse": reverse, "x": x,
+            "w_ih": w_ih, "w_hh": w_hh, "lengths": lengths, "has_bias": has_bias, "steps": {}}
+
+
+def _grad_or_zeros(d, shape):
+    return np.zeros(shape) if d is None else _f64(d).reshape(shape)
+
+
+# ---------------------------------------------------------------------------- LSTM
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
+                 training=False):
+    """LSTM, gates i, f, g, o: c' = f*c + i*g, h' = o*tanh(c'). Returns (y, h_n, c_n, ctx)."""
+    x, h, c, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
+        "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    y = np.zeros((T, N, H))
+    ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias)
+    for t in _steps(T, reverse):
+        active = (t < lengths)[:, None]  # [N, 1]
+        a = x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh  # [N, 4H]
+        i = sigmoid(a[:, 0:H])
+        f = sigmoid(a[:, H:2 * H])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        o = sigmoid(a[:, 3 * H:4 * H])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        ctx["steps"][t] = dict(active=active, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o, c=c_new)
+        h = np.where(active, h_new, h)
+        c = np.where(active, c_new, c)
+        y[t] = np.where(active, h_new, 0.0)
+    return y, h, c, ctx
+
+
+def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+    """BPTT for :func:`lstm_forward`. Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)."""
+    x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    dy = _grad_or_zeros(dy, (T, N, H))
+    dh_next = _grad_or_zeros(dh_n, (N, H))
+    dc_next = _grad_or_zeros(dc_n, (N, H))
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db = np.zeros(4 * H)
+    for t in reversed(_steps(T, ctx["reverse"])):
+        s = ctx["steps"][t]
+        active = s["active"]
+        dh = dh_next + np.where(active, dy[t], 0.0)
+        tanh_c = np.tanh(s["c"])
+        do = dh * tanh_c
+        dc = dc_next + dh * s["o"] * (1.0 - tanh_c ** 2)
+        di = dc * s["g"]
+        dg = dc * s["i"]
+        df = dc * s["c_prev"]
+        dc_prev = dc * s["f"]
+        da = np.concatenate([di * s["i"] * (1.0 - s["i"]),
+                             df * s["f"] * (1.0 - s["f"]),
+                             dg * (1.0 - s["g"] ** 2),
+                             do * s["o"] * (1.0 - s["o"])], axis=1)  # [N, 4H]
+        da = np.where(active, da, 0.0)  # inactive samples: the step did not happen
+        dx[t] = da @ w_ih
+        dw_ih += da.T @ x[t]
+        dw_hh += da.T @ s["h_prev"]
+        db += da.sum(axis=0)
+        dh_next = np.where(active, da @ w_hh, dh_next)
+        dc_next = np.where(active, dc_prev, dc_next)
+    db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
+    return dx, dh_next, dc_next, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ---------------------------------------------------------------------------- GRU
+def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
+                training=False):
+    """GRU, gates r, z, n: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h.
+    Returns (y, h_n, ctx)."""
+    x, h, _, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
+        "gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    y = np.zeros((T, N, H))
+    ctx = _new_ctx("gru", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias)
+    for t in _steps(T, reverse):
+        active = (t < lengths)[:, None]
+        gi = x[t] @ w_ih.T + b_ih  # [N, 3H]
+        gh = h @ w_hh.T + b_hh  # [N, 3H]
+        r = sigmoid(gi[:, 0:H] + gh[:, 0:H])
+        z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+        hn = gh[:, 2 * H:3 * H]  # W_hn h + b_hn, needed again by backward
+        n = np.tanh(gi[:, 2 * H:3 * H] + r * hn)
+        h_new = (1.0 - z) * n + z * h
+        ctx["steps"][t] = dict(active=active, h_prev=h, r=r, z=z, n=n, hn=hn)
+        h = np.where(active, h_new, h)
+        y[t] = np.where(active, h_new, 0.0)
+    return y, h, ctx
+
+
+def gru_backward(ctx, dy, dh_n=None):
+    """BPTT for :func:`gru_forward`. Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    dy = _grad_or_zeros(dy, (T, N, H))
+    dh_next = _grad_or_zeros(dh_n, (N, H))
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db_ih, db_hh = np.zeros(3 * H), np.zeros(3 * H)
+    for t in reversed(_steps(T, ctx["reverse"])):
+        s = ctx["steps"][t]
+        active, r, z, n, hn, h_prev = s["active"], s["r"], s["z"], s["n"], s["hn"], s["h_prev"]
+        dh = dh_next + np.where(active, dy[t], 0.0)
+        dn = dh * (1.0 - z)
+        dz = dh * (h_prev - n)
+        dan = dn * (1.0 - n ** 2)  # gradient of n's pre-activation
+        dr = dan * hn
+        dar = dr * r * (1.0 - r)
+        daz = dz * z * (1.0 - z)
+        dgi = np.concatenate([dar, daz, dan], axis=1)  # [N, 3H]
+        dgh = np.concatenate([dar, daz, dan], axis=1)  # [N, 3H]
+        dgi = np.where(active, dgi, 0.0)
+        dgh = np.where(active, dgh, 0.0)
+        dx[t] = dgi @ w_ih
+        dw_ih += dgi.T @ x[t]
+        dw_hh += dgh.T @ h_prev
+        db_ih += dgi.sum(axis=0)
+        db_hh += dgh.sum(axis=0)
+        dh_next = np.where(active, dh * z + dgh @ w_hh, dh_next)
+    if not ctx["has_bias"]:
+        db_ih = db_hh = None
+    return dx, dh_next, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ---------------------------------------------------------------------------- Elman RNN
+def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None,
+                reverse=False, training=False):
+    """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
+    Returns (y, h_n, ctx)."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    x, h, _, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
+        "rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    y = np.zeros((T, N, H))
+    ctx = _new_ctx("rnn", nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias)
+    for t in _steps(T, reverse):
+        active = (t < lengths)[:, None]
+        a = x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+        h_new = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)  # propagates NaN
+        ctx["steps"][t] = dict(active=active, h_prev=h, h=h_new)
+        h = np.where(active, h_new, h)
+        y[t] = np.where(active, h_new, 0.0)
+    return y, h, ctx
+
+
+def rnn_backward(ctx, dy, dh_n=None):
+    """BPTT for :func:`rnn_forward`. Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    dy = _grad_or_zeros(dy, (T, N, H))
+    dh_next = _grad_or_zeros(dh_n, (N, H))
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db = np.zeros(H)
+    for t in reversed(_steps(T, ctx["reverse"])):
+        s = ctx["steps"][t]
+        active, h_new = s["active"], s["h"]
+        dh = dh_next + np.where(active, dy[t], 0.0)
+        if ctx["nonlinearity"] == "tanh":
+            da = dh * (1.0 - h_new ** 2)
+        else:
+            da = dh * (h_new > 0)  # relu: derivative 1 where the output is positive
+        da = np.where(active, da, 0.0)
+        dx[t] = da @ w_ih
+        dw_ih += da.T @ x[t]
+        dw_hh += da.T @ s["h_prev"]
+        db += da.sum(axis=0)
+        dh_next = np.where(active, da @ w_hh, dh_next)
+    db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
+    return dx, dh_next, dw_ih, dw_hh, db_ih, db_hh

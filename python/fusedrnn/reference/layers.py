@@ -1,0 +1,135 @@
+"""NumPy float64 reference for a whole recurrent layer stack, exactly as torch.nn.RNN/LSTM/GRU
+(time-major, no dropout): ``num_layers`` layers, each one or two directions, built from the cell
+references in :mod:`.cells`.
+
+    x     [T, N, I]             out, dout   [T, N, D*H]   (forward direction in the first H columns)
+    hx    [L*D, N, H]           LSTM: a tuple (h0, c0), each [L*D, N, H]; None means zeros
+    h_n   [L*D, N, H]           ordered layer-major then direction, as PyTorch (c_n likewise)
+    params  dict with PyTorch's names: weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k},
+            and the same with the suffix "_reverse"; the biases may be absent (bias=False).
+
+``mode`` is one of "RNN_TANH", "RNN_RELU", "LSTM", "GRU" (PyTorch's / cuDNN's mode names).
+"RNN" is also accepted and then takes its activation from ``nonlinearity``; with the other modes
+``nonlinearity`` is ignored. Variable ``lengths`` [N] follow packed-sequence semantics in every
+layer and both directions (see :mod:`.cells`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import cells
+
+MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU", "RNN")
+
+
+def _cell_and_activation(mode, nonlinearity):
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if mode == "RNN":
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        return "rnn", nonlinearity
+    return {"RNN_TANH": ("rnn", "tanh"), "RNN_RELU": ("rnn", "relu"),
+            "LSTM": ("lstm", "tanh"), "GRU": ("gru", "tanh")}[mode]
+
+
+def _suffix(layer, direction):
+    return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+
+def _cell_forward(cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    """One layer, one direction; returns (y, h_n, c_n or None, ctx) whatever the cell."""
+    if cell == "lstm":
+        return cells.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
+                                  reverse=reverse, training=True)
+    if cell == "gru":
+        y, h_n, ctx = cells.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
+                                        reverse=reverse, training=True)
+    else:
+        y, h_n, ctx = cells.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
+                                        lengths=lengths, reverse=reverse, training=True)
+    return y, h_n, None, ctx
+
+
+def _cell_backward(cell, ctx, dy, dh_n, dc_n):
+    """Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih, db_hh) whatever the cell."""
+    if cell == "lstm":
+        return cells.lstm_backward(ctx, dy, dh_n, dc_n)
+    backward = cells.gru_backward if cell == "gru" else cells.rnn_backward
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = backward(ctx, dy, dh_n)
+    return dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh
+
+
+def recurrent_forward(mode, x, params, *, num_layers, bidirectional, hx=None, lengths=None,
+                      nonlinearity="tanh"):
+    """Forward through the stack. Returns (out, h_n, c_n, cache); c_n is None unless LSTM."""
+    cell, nonlinearity = _cell_and_activation(mode, nonlinearity)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
+    T, N, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = np.asarray(params["weight_hh_l0"]).shape[1]
+    h0, c0 = (hx if cell == "lstm" else (hx, None)) if hx is not None else (None, None)
+    h0 = np.zeros((num_layers * D, N, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    c0 = np.zeros((num_layers * D, N, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
+    for name, s in (("h0", h0), ("c0", c0)):
+        if s.shape != (num_layers * D, N, H):
+            raise ValueError(f"hx ({name}): expected shape {(num_layers * D, N, H)}, got {s.shape}")
+
+    h_n = np.zeros((num_layers * D, N, H))
+    c_n = np.zeros((num_layers * D, N, H))
+    contexts = {}
+    layer_input = x
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(D):
+            k = _suffix(layer, direction)
+            index = layer * D + direction
+            y, h_last, c_last, ctx = _cell_forward(
+                cell, nonlinearity, layer_input, h0[index], c0[index],
+                params["weight_ih" + k], params["weight_hh" + k],
+                params.get("bias_ih" + k), params.get("bias_hh" + k),
+                lengths, reverse=(direction == 1))
+            outputs.append(y)
+            h_n[index] = h_last
+            if c_last is not None:
+                c_n[index] = c_last
+            contexts[index] = ctx
+        layer_input = np.concatenate(outputs, axis=2)  # [T, N, D*H]
+    cache = {"cell": cell, "num_layers": num_layers, "D": D, "H": H, "contexts": contexts,
+             "has_bias": "bias_ih_l0" in params, "input_shape": x.shape}
+    return layer_input, h_n, (c_n if cell == "lstm" else None), cache
+
+
+def recurrent_backward(cache, dout, dh_n=None, dc_n=None):
+    """BPTT through the stack. Returns (dx, dh0, dc0, grads); dc0 is None unless LSTM and grads
+    is a dict keyed by the PyTorch parameter names (biases only when the forward had them)."""
+    cell, L, D, H = cache["cell"], cache["num_layers"], cache["D"], cache["H"]
+    T, N, _ = cache["input_shape"]
+    dout = np.zeros((T, N, D * H)) if dout is None else np.asarray(dout, dtype=np.float64)
+    dh_n = np.zeros((L * D, N, H)) if dh_n is None else np.asarray(dh_n, dtype=np.float64)
+    dc_n = np.zeros((L * D, N, H)) if dc_n is None else np.asarray(dc_n, dtype=np.float64)
+    dh0 = np.zeros((L * D, N, H))
+    dc0 = np.zeros((L * D, N, H))
+    grads = {}
+    d_layer_output = dout  # gradient w.r.t. the output of the layer being walked back
+    for layer in reversed(range(L)):
+        d_layer_input = 0.0
+        for direction in range(D):
+            k = _suffix(layer, direction)
+            index = layer * D + direction
+            dy = d_layer_output[:, :, direction * H:(direction + 1) * H]
+            dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = _cell_backward(
+                cell, cache["contexts"][index], dy, dh_n[index], dc_n[index])
+            d_layer_input = d_layer_input + dx  # both directions read the same input
+            dh0[index] = dh
+            if dc is not None:
+                dc0[index] = dc
+            grads["weight_ih" + k] = dw_ih
+            grads["weight_hh" + k] = dw_hh
+            if cache["has_bias"]:
+                grads["bias_ih" + k] = db_ih
+                grads["bias_hh" + k] = db_hh
+        d_layer_output = d_layer_input
+    return d_layer_output, dh0, (dc0 if cell == "lstm" else None), grads
