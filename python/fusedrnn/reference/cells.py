@@ -193,7 +193,7 @@ def gru_backward(ctx, dy, dh_n=None):
         dar = dr * r * (1.0 - r)
         daz = dz * z * (1.0 - z)
         dgi = np.concatenate([dar, daz, dan], axis=1)  # [N, 3H]
-        dgh = np.concatenate([dar, daz, dan], axis=1)  # [N, 3H]
+        dgh = np.concatenate([dar, daz, dan * r], axis=1)  # [N, 3H]
         dgi = np.where(active, dgi, 0.0)
         dgh = np.where(active, dgh, 0.0)
         dx[t] = dgi @ w_ih
