@@ -1,0 +1,185 @@
+"""The C++ kernels (fusedrnn.functional) against the NumPy float64 references: forward outputs and
+every gradient, on odd sizes (T=1, N=1, I=1, H=97 ...), variable lengths mixing 0, 1 and T, both
+directions, with and without bias, float64 and float32. Then determinism (bitwise repeats),
+thread-count independence, and NaN containment (one sample's NaN never reaches another's outputs).
+
+A float32 kernel is compared with the float64 reference run on the same float32 inputs cast to
+float64, so the tolerance measures the kernel's rounding only."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import (CELLS, TOLERANCES, cell_backward, cell_forward, make_weights, mixed_lengths,
+                      reference, relative_error)
+
+fusedrnn = pytest.importorskip("fusedrnn", reason="the extension fusedrnn._C is not built")
+functional = fusedrnn.functional
+
+# name -> (T, N, I, H)
+SHAPES = {"T1_N1_I1_H97": (1, 1, 1, 97), "T5_N4_I3_H97": (5, 4, 3, 97),
+          "T7_N5_I13_H1": (7, 5, 13, 1), "T6_N1_I5_H17": (6, 1, 5, 17)}
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+def make_problem(rng, cell, shape, dtype, bias=True, lengths="mixed"):
+    """Random inputs and output gradients for one kernel call, all in ``dtype``."""
+    T, N, I, H = shape
+    w_ih, w_hh, b_ih, b_hh = make_weights(rng, cell, I, H, bias=bias, dtype=dtype)
+
+    def normal(*s):
+        return rng.standard_normal(s).astype(dtype)
+
+    return dict(x=normal(T, N, I), h0=normal(N, H), c0=normal(N, H), w_ih=w_ih, w_hh=w_hh,
+                b_ih=b_ih, b_hh=b_hh, dy=normal(T, N, H), dh_n=normal(N, H), dc_n=normal(N, H),
+                lengths=mixed_lengths(T, N) if isinstance(lengths, str) else lengths)
+
+
+def run(module, cell, nonlinearity, p, reverse, cast=None):
+    """Forward (training) then backward through ``module``; returns a dict of every output and
+    gradient. ``cast`` converts the inputs first (the float64 reference on float32 inputs)."""
+    c = (lambda a: a) if cast is None else (lambda a: None if a is None else a.astype(cast))
+    y, h_n, c_n, ctx = cell_forward(module, cell, nonlinearity, c(p["x"]), c(p["h0"]),
+                                    c(p["c0"]), c(p["w_ih"]), c(p["w_hh"]), c(p["b_ih"]),
+                                    c(p["b_hh"]), lengths=p["lengths"], reverse=reverse)
+    grads = cell_backward(module, cell, ctx, c(p["dy"]), c(p["dh_n"]),
+                          c(p["dc_n"]) if cell == "lstm" else None)
+    return dict(grads, y=y, h_n=h_n, c_n=c_n)
+
+
+def assert_close_to_reference(p, cell, nonlinearity, reverse, dtype):
+    ours = run(functional, cell, nonlinearity, p, reverse)
+    oracle = run(reference, cell, nonlinearity, p, reverse, cast=np.float64)
+    for name, value in ours.items():
+        assert (value is None) == (oracle[name] is None), name
+        if value is not None:
+            assert value.dtype == dtype, (name, value.dtype)
+            assert value.shape == oracle[name].shape, (name, value.shape, oracle[name].shape)
+    errors = {name: relative_error(ours[name], oracle[name]) for name in ours}
+    assert max(errors.values()) <= TOLERANCES["kernel_vs_reference"][dtype], errors
+    return ours
+
+
+# ---------------------------------------------------------------------------- kernels vs references
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", [None, "mixed"], ids=["full", "lengths"])
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_kernel_matches_reference(name, shape_name, lengths, reverse, bias, dtype_name, rng):
+    cell, nonlinearity = CELLS[name]
+    dtype = DTYPES[dtype_name]
+    p = make_problem(rng, cell, SHAPES[shape_name], dtype, bias=bias, lengths=lengths)
+    ours = assert_close_to_reference(p, cell, nonlinearity, reverse, dtype)
+    # inference mode computes the same outputs and keeps no context
+    y, h_n, c_n, ctx = cell_forward(functional, cell, nonlinearity, p["x"], p["h0"], p["c0"],
+                                    p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                    lengths=p["lengths"], reverse=reverse, training=False)
+    assert ctx is None
+    tolerance = TOLERANCES["kernel_vs_reference"][dtype]
+    assert relative_error(y, ours["y"]) <= tolerance
+    assert relative_error(h_n, ours["h_n"]) <= tolerance
+    assert relative_error(c_n, ours["c_n"]) <= tolerance
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_kernel_all_lengths_zero(name, reverse, dtype_name, rng):
+    """Every sample of length 0: y is zero, the final state is the initial one, and the state
+    gradients pass straight through."""
+    cell, nonlinearity = CELLS[name]
+    dtype = DTYPES[dtype_name]
+    p = make_problem(rng, cell, (3, 2, 4, 5), dtype, lengths=np.zeros(2, dtype=np.int64))
+    ours = assert_close_to_reference(p, cell, nonlinearity, reverse, dtype)
+    assert not np.any(ours["y"]) and np.array_equal(ours["h_n"], p["h0"])
+    assert np.array_equal(ours["dh0"], p["dh_n"])
+    assert not np.any(ours["dx"]) and not np.any(ours["dw_ih"]) and not np.any(ours["dw_hh"])
+    if cell == "lstm":
+        assert np.array_equal(ours["c_n"], p["c0"]) and np.array_equal(ours["dc0"], p["dc_n"])
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_kernel_defaults_none_mean_zeros(name, rng):
+    """h0/c0 None and dy/dh_n/dc_n None mean zeros, as in the reference."""
+    cell, nonlinearity = CELLS[name]
+    p = make_problem(rng, cell, (4, 3, 2, 7), np.float64)
+    p["h0"] = p["c0"] = p["dh_n"] = p["dc_n"] = None
+    assert_close_to_reference(p, cell, nonlinearity, False, np.float64)
+    p["dy"] = None
+    ours = assert_close_to_reference(p, cell, nonlinearity, True, np.float64)
+    assert not np.any(ours["dx"]) and not np.any(ours["dw_hh"])
+
+
+# ---------------------------------------------------------------------------- determinism and threads
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_repeated_call_is_bitwise_identical(name, dtype_name, rng):
+    cell, nonlinearity = CELLS[name]
+    p = make_problem(rng, cell, (5, 6, 9, 97), DTYPES[dtype_name])
+    for reverse in (False, True):
+        first = run(functional, cell, nonlinearity, p, reverse)
+        second = run(functional, cell, nonlinearity, p, reverse)
+        for key, value in first.items():
+            assert (value is None and second[key] is None) or np.array_equal(value, second[key]), key
+
+
+@pytest.fixture
+def restore_threads():
+    saved = fusedrnn.get_num_threads()
+    yield
+    fusedrnn.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_one_thread_and_two_threads_agree(name, dtype_name, rng, restore_threads):
+    cell, nonlinearity = CELLS[name]
+    dtype = DTYPES[dtype_name]
+    p = make_problem(rng, cell, (5, 8, 13, 97), dtype)
+    results = {}
+    for threads in (1, 2):
+        fusedrnn.set_num_threads(threads)
+        assert fusedrnn.get_num_threads() == threads
+        results[threads] = run(functional, cell, nonlinearity, p, reverse=True)
+    errors = {key: relative_error(results[1][key], results[2][key]) for key in results[1]}
+    assert max(errors.values()) <= TOLERANCES["threads"][dtype], errors
+
+
+# ---------------------------------------------------------------------------- NaN containment
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_nan_in_one_sample_stays_in_that_sample(name, dtype_name, reverse, rng):
+    cell, nonlinearity = CELLS[name]
+    p = make_problem(rng, cell, (4, 3, 5, 33), DTYPES[dtype_name], lengths=None)
+    p["x"][:, 1, :] = np.nan  # sample 1 only
+    others = [0, 2]
+    ours = run(functional, cell, nonlinearity, p, reverse)
+    assert np.all(np.isfinite(ours["y"][:, others])), "y of clean samples"
+    assert np.all(np.isfinite(ours["h_n"][others])), "h_n of clean samples"
+    assert np.isnan(ours["y"][:, 1]).any() and np.isnan(ours["h_n"][1]).any(), "NaN must propagate"
+    assert np.all(np.isfinite(ours["dx"][:, others])), "dx of clean samples"
+    assert np.all(np.isfinite(ours["dh0"][others])), "dh0 of clean samples"
+    if cell == "lstm":
+        assert np.all(np.isfinite(ours["c_n"][others])) and np.isnan(ours["c_n"][1]).any()
+        assert np.all(np.isfinite(ours["dc0"][others]))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_nan_in_padding_is_never_read(name, reverse, rng):
+    """Packed semantics: x past a sample's length is not part of the sequence, so NaN there
+    changes nothing in the forward outputs."""
+    cell, nonlinearity = CELLS[name]
+    p = make_problem(rng, cell, (5, 4, 3, 17), np.float64)
+    clean = run(functional, cell, nonlinearity, p, reverse)
+    for n, length in enumerate(p["lengths"]):
+        p["x"][length:, n] = np.nan
+    y, h_n, c_n, _ = cell_forward(functional, cell, nonlinearity, p["x"], p["h0"], p["c0"],
+                                  p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                  lengths=p["lengths"], reverse=reverse)
+    assert np.array_equal(y, clean["y"]) and np.array_equal(h_n, clean["h_n"])
+    if cell == "lstm":
+        assert np.array_equal(c_n, clean["c_n"])
