@@ -1,0 +1,381 @@
+"""fusedrnn.nn: Module/Parameter bookkeeping and the RNN/LSTM/GRU layers against the NumPy float64
+reference stack (fusedrnn.reference.recurrent_forward/backward), dropout, and gradient checks by
+central finite differences in float64."""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+import fusedrnn
+from fusedrnn import nn
+from conftest import FINITE_DIFFERENCE_EPS, TOLERANCES, relative_error
+
+reference = fusedrnn.reference
+
+T, N, I, H = 6, 4, 5, 7
+MODES = {"rnn_tanh": ("RNN_TANH", "tanh"), "rnn_relu": ("RNN_RELU", "relu"),
+         "lstm": ("LSTM", None), "gru": ("GRU", None)}
+
+
+def make_layer(name, dtype=np.float64, **kw):
+    mode, nonlinearity = MODES[name]
+    if mode.startswith("RNN"):
+        return nn.RNN(I, H, nonlinearity=nonlinearity, dtype=dtype, **kw)
+    return getattr(nn, mode)(I, H, dtype=dtype, **kw)
+
+
+def is_lstm(m):
+    return isinstance(m, nn.LSTM)
+
+
+def loss_weights(rng, m, batch_first=False, dtype=np.float64):
+    """R (like out), R2 (like h_n) and, for LSTM, R3 (like c_n)."""
+    D = m.num_directions
+    R = rng.standard_normal((N, T, D * H) if batch_first else (T, N, D * H)).astype(dtype)
+    R2 = rng.standard_normal((m.num_layers * D, N, H)).astype(dtype)
+    R3 = rng.standard_normal((m.num_layers * D, N, H)).astype(dtype) if is_lstm(m) else None
+    return R, R2, R3
+
+
+def scalar_loss(m, x, hx, R, R2, R3, lengths=None, seed=None):
+    if seed is not None:
+        m.manual_seed(seed)
+    out, state = m(x, hx, lengths=lengths)
+    h_n, c_n = state if is_lstm(m) else (state, None)
+    loss = np.sum(out * R) + np.sum(h_n * R2)
+    if c_n is not None:
+        loss += np.sum(c_n * R3)
+    return float(loss)
+
+
+def random_state(rng, m, dtype=np.float64):
+    shape = (m.num_layers * m.num_directions, N, H)
+    h0 = (0.5 * rng.standard_normal(shape)).astype(dtype)
+    if is_lstm(m):
+        return h0, (0.5 * rng.standard_normal(shape)).astype(dtype)
+    return h0
+
+
+# ---------------------------------------------------------------------------- vs the reference
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(MODES))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tn", "bf"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_layer_matches_reference_stack(rng, name, dtype, bidirectional, batch_first, with_lengths):
+    m = make_layer(name, dtype, num_layers=2, bidirectional=bidirectional,
+                   batch_first=batch_first, seed=1)
+    mode, nonlinearity = MODES[name]
+    x = rng.standard_normal((N, T, I) if batch_first else (T, N, I)).astype(dtype)
+    hx = random_state(rng, m, dtype)
+    lengths = np.array([T, 1, 0, 3]) if with_lengths else None
+    R, R2, R3 = loss_weights(rng, m, batch_first, dtype)
+
+    out, state = m(x, hx, lengths=lengths)
+    dhx = (R2, R3) if is_lstm(m) else R2
+    m.zero_grad()
+    dx, dstate = m.backward(R, dhx)
+
+    tn = (lambda a: a.transpose(1, 0, 2)) if batch_first else (lambda a: a)
+    params = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
+    ref_out, ref_h, ref_c, cache = reference.recurrent_forward(
+        mode, tn(x), params, num_layers=2, bidirectional=bidirectional, hx=hx, lengths=lengths,
+        nonlinearity=nonlinearity or "tanh")
+    ref_dx, ref_dh0, ref_dc0, ref_grads = reference.recurrent_backward(cache, tn(R), R2, R3)
+
+    tol = TOLERANCES["kernel_vs_reference"][dtype]
+    h_n, c_n = state if is_lstm(m) else (state, None)
+    dh0, dc0 = dstate if is_lstm(m) else (dstate, None)
+    checks = [("out", out, tn(ref_out)), ("h_n", h_n, ref_h), ("dx", dx, tn(ref_dx)),
+              ("dh0", dh0, ref_dh0)]
+    if is_lstm(m):
+        checks += [("c_n", c_n, ref_c), ("dc0", dc0, ref_dc0)]
+    checks += [("grad." + k, p.grad, ref_grads[k]) for k, p in m.named_parameters()]
+    assert sorted(ref_grads) == sorted(k for k, _ in m.named_parameters())
+    for label, ours, ref in checks:
+        assert ours.dtype == dtype, label
+        assert ours.shape == ref.shape, label
+        err = relative_error(ours, ref)
+        assert err <= tol, f"{label}: relative error {err:.2e} > {tol:.0e}"
+    if with_lengths:  # outputs past a sample's length are exactly 0
+        out_tn = tn(out)
+        assert np.all(out_tn[1:, 1] == 0) and np.all(out_tn[:, 2] == 0) and np.all(out_tn[3:, 3] == 0)
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_layer_gradients_match_finite_differences(rng, name):
+    m = make_layer(name, num_layers=2, bidirectional=True, seed=2)
+    x = rng.standard_normal((T, N, I))
+    hx = random_state(rng, m)
+    R, R2, R3 = loss_weights(rng, m)
+    lengths = np.array([T, 2, 0, 5])
+    m.zero_grad()
+    m(x, hx, lengths=lengths)
+    dx, dstate = m.backward(R, (R2, R3) if is_lstm(m) else R2)
+    _check_finite_differences(rng, m, x, hx, dx, dstate, R, R2, R3, lengths, seed=None)
+
+
+def _check_finite_differences(rng, m, x, hx, dx, dstate, R, R2, R3, lengths, seed):
+    """Directional derivatives along random directions: the input, each initial state, each
+    parameter, each against the analytic gradient."""
+    eps, tol = FINITE_DIFFERENCE_EPS, TOLERANCES["reference_vs_finite_differences"]
+
+    def loss():
+        return scalar_loss(m, x, hx, R, R2, R3, lengths, seed)
+
+    def directional(array, grad, label):
+        v = rng.standard_normal(array.shape)
+        saved = array.copy()
+        array += eps * v
+        plus = loss()
+        array[...] = saved - eps * v
+        minus = loss()
+        array[...] = saved
+        numeric = (plus - minus) / (2 * eps)
+        analytic = float(np.sum(grad * v))
+        err = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-12)
+        assert err <= tol, f"{label}: numeric {numeric:.10g} vs analytic {analytic:.10g}"
+
+    directional(x, dx, "dx")
+    states = zip(hx, dstate, ("dh0", "dc0")) if is_lstm(m) else [(hx, dstate, "dh0")]
+    for array, grad, label in states:
+        directional(array, grad, label)
+    for name, p in m.named_parameters():
+        directional(p.data, p.grad, name)
+
+
+def test_initial_state_gradient_is_zero_without_hx(rng):
+    for name in MODES:
+        m = make_layer(name, num_layers=2)
+        x = rng.standard_normal((T, N, I))
+        out, state = m(x)
+        dx, dstate = m.backward(np.ones_like(out))
+        for d in (dstate if is_lstm(m) else (dstate,)):
+            assert d.shape == (2, N, H)
+            assert np.all(d == 0)
+
+
+def test_shapes_batch_first_and_unbatched():
+    m = nn.GRU(I, H, num_layers=3, bidirectional=True, batch_first=True, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((N, T, I))
+    out, h_n = m(x)
+    assert out.shape == (N, T, 2 * H) and h_n.shape == (6, N, H)
+    dx, dh0 = m.backward(np.ones_like(out), np.ones_like(h_n))
+    assert dx.shape == x.shape and dh0.shape == h_n.shape
+    batch_of_one, _ = m(x[:1])
+    dx_batch_of_one, _ = m.backward(np.ones_like(batch_of_one))
+    out1, h1 = m(x[0])  # unbatched: [T, I], batch_first does not apply
+    assert out1.shape == (T, 2 * H) and h1.shape == (6, H)
+    np.testing.assert_allclose(out1, batch_of_one[0], rtol=1e-12, atol=1e-12)
+    dx1, dh01 = m.backward(np.ones_like(out1))
+    assert dx1.shape == x[0].shape and dh01.shape == (6, H)
+    np.testing.assert_allclose(dx1, dx_batch_of_one[0], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- Module bookkeeping
+class _Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.LSTM(I, H, num_layers=2, dtype=np.float64, seed=0)
+        self.decoder = nn.GRU(H, H, dtype=np.float64, seed=1)
+        self.scale = nn.Parameter(np.ones(3))
+
+
+def test_named_parameters_are_dotted_and_in_order():
+    s = _Stack()
+    names = [n for n, _ in s.named_parameters()]
+    assert names[0] == "scale"  # own parameters first, then children in assignment order
+    assert names[1:9] == [f"encoder.{w}_l{k}" for k in range(2)
+                          for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    assert names[9:] == [f"decoder.{w}_l0" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    assert len(list(s.parameters())) == len(names)
+    assert [n for n, _ in s.named_children()] == ["encoder", "decoder"]
+    assert s.encoder.weight_ih_l1.shape == (4 * H, H)
+    assert isinstance(s.encoder.weight_ih_l1, nn.Parameter)
+
+
+def test_shared_parameter_listed_once_and_plain_attributes_not_registered():
+    s = _Stack()
+    s.alias = s.scale
+    s.note = np.zeros(2)  # a plain array is an attribute, not a parameter
+    names = [n for n, _ in s.named_parameters()]
+    assert names.count("scale") == 1 and "alias" not in names and "note" not in names
+    with pytest.raises(TypeError, match="scale"):
+        s.scale = np.zeros(3)
+
+
+def test_train_eval_propagate_to_children():
+    s = _Stack()
+    assert s.training and s.encoder.training
+    assert s.eval() is s
+    assert not s.training and not s.encoder.training and not s.decoder.training
+    s.train()
+    assert s.training and s.decoder.training
+
+
+def test_state_dict_round_trip():
+    a = make_layer("lstm", num_layers=2, bidirectional=True, seed=0)
+    b = make_layer("lstm", num_layers=2, bidirectional=True, seed=1)
+    state = a.state_dict()
+    assert isinstance(state, OrderedDict)
+    assert list(state) == [n for n, _ in a.named_parameters()]
+    state["weight_ih_l0"][...] += 1  # a copy: the module is untouched
+    assert not np.array_equal(a.weight_ih_l0.data, state["weight_ih_l0"])
+    b.load_state_dict(a.state_dict())
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb
+        np.testing.assert_array_equal(pa.data, pb.data)
+    x = np.random.default_rng(0).standard_normal((T, N, I))
+    np.testing.assert_array_equal(a.eval()(x)[0], b.eval()(x)[0])
+
+
+def test_load_state_dict_casts_to_the_layer_dtype():
+    a = make_layer("gru", np.float64, seed=0)
+    b = make_layer("gru", np.float32, seed=1)
+    b.load_state_dict(a.state_dict())
+    for name, p in b.named_parameters():
+        assert p.data.dtype == np.float32
+        np.testing.assert_array_equal(p.data, a.state_dict()[name].astype(np.float32))
+
+
+def test_load_state_dict_errors_name_the_keys():
+    m = make_layer("rnn_tanh", num_layers=2)
+    state = m.state_dict()
+    missing = dict(state)
+    del missing["bias_hh_l1"]
+    with pytest.raises(ValueError, match="missing keys.*bias_hh_l1"):
+        m.load_state_dict(missing)
+    extra = dict(state, weight_ih_l2=np.zeros((H, H)))
+    with pytest.raises(ValueError, match="unexpected keys.*weight_ih_l2"):
+        m.load_state_dict(extra)
+    wrong = dict(state, weight_hh_l0=np.zeros((H, H + 1)))
+    with pytest.raises(ValueError, match=r"weight_hh_l0.*expected shape \(7, 7\), got \(7, 8\)"):
+        m.load_state_dict(wrong)
+    bad = dict(state, bias_ih_l0=np.full(H, np.nan))
+    with pytest.raises(ValueError, match="bias_ih_l0.*finite"):
+        m.load_state_dict(bad)
+    # a failed load changes nothing
+    for name, p in m.named_parameters():
+        np.testing.assert_array_equal(p.data, state[name])
+    result = m.load_state_dict(missing, strict=False)
+    assert result.missing_keys == ["bias_hh_l1"] and result.unexpected_keys == []
+    result = m.load_state_dict(extra, strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == ["weight_ih_l2"]
+
+
+# ---------------------------------------------------------------------------- gradients
+def test_zero_grad(rng):
+    m = make_layer("lstm")
+    assert all(p.grad is None for p in m.parameters())
+    out, _ = m(rng.standard_normal((T, N, I)))
+    m.backward(np.ones_like(out))
+    assert all(p.grad is not None and p.grad.shape == p.data.shape for p in m.parameters())
+    m.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
+    m.zero_grad()
+    assert all(p.grad is None for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_gradients_accumulate(rng, name):
+    m = make_layer(name, num_layers=2, bidirectional=True)
+    x1, x2 = rng.standard_normal((2, T, N, I))
+    out, _ = m(x1)
+    R = rng.standard_normal(out.shape)
+    m.backward(R)
+    once = {k: p.grad.copy() for k, p in m.named_parameters()}
+    m.backward(R)  # backward twice on the same forward: twice the gradient
+    for k, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad, 2 * once[k], rtol=1e-12, atol=1e-14)
+    m.zero_grad()
+    m(x2)
+    m.backward(R)
+    second = {k: p.grad.copy() for k, p in m.named_parameters()}
+    m.zero_grad()
+    m(x1)
+    m.backward(R)
+    m(x2)
+    m.backward(R)  # two forward/backward pairs: the sum
+    for k, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad, once[k] + second[k], rtol=1e-12, atol=1e-14)
+
+
+def test_backward_after_eval_forward_raises(rng):
+    m = make_layer("gru")
+    x = rng.standard_normal((T, N, I))
+    with pytest.raises(RuntimeError, match="backward called before a training-mode forward"):
+        m.backward(np.zeros((T, N, H)))
+    out, _ = m(x)
+    m.eval()
+    m(x)
+    with pytest.raises(RuntimeError, match="backward called before a training-mode forward"):
+        m.backward(np.ones_like(out))
+
+
+# ---------------------------------------------------------------------------- dropout
+def test_dropout_seeded_reproducible(rng):
+    x = rng.standard_normal((T, N, I))
+    a = make_layer("lstm", num_layers=3, dropout=0.5, seed=11)
+    b = make_layer("lstm", num_layers=3, dropout=0.5, seed=11)
+    out_a, _ = a(x)
+    out_b, _ = b(x)
+    np.testing.assert_array_equal(out_a, out_b)
+    a.manual_seed(5)
+    first, _ = a(x)
+    a.manual_seed(5)
+    again, _ = a(x)
+    np.testing.assert_array_equal(first, again)
+    other, _ = a(x)  # the generator moved on: new masks
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_dropout_identity_in_eval_and_active_in_train(rng, name):
+    x = rng.standard_normal((T, N, I))
+    with_dropout = make_layer(name, num_layers=2, dropout=0.4, bidirectional=True, seed=3)
+    without = make_layer(name, num_layers=2, dropout=0.0, bidirectional=True, seed=4)
+    without.load_state_dict(with_dropout.state_dict())
+    reference_out, _ = without(x)
+    train_out, _ = with_dropout(x)
+    assert not np.allclose(train_out, reference_out)
+    eval_out, _ = with_dropout.eval()(x)
+    np.testing.assert_array_equal(eval_out, reference_out)
+    # the first layer sees no dropout, the last layer's output is never dropped:
+    single = make_layer(name, num_layers=1, bidirectional=True)
+    with pytest.warns(UserWarning, match="dropout"):
+        single_drop = make_layer(name, num_layers=1, dropout=0.9, bidirectional=True)
+    single_drop.load_state_dict(single.state_dict())
+    np.testing.assert_array_equal(single(x)[0], single_drop(x)[0])
+
+
+def test_dropout_one_zeroes_upper_layer_input(rng):
+    m = make_layer("rnn_tanh", num_layers=2, dropout=1.0, bias=False)
+    out, h_n = m(rng.standard_normal((T, N, I)))
+    assert np.all(out == 0) and np.all(h_n[1] == 0)  # layer 1 saw zeros, no bias, h0 = 0
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_backward_through_dropout_matches_finite_differences(rng, name):
+    m = make_layer(name, num_layers=3, bidirectional=True, dropout=0.3, seed=8)
+    x = rng.standard_normal((T, N, I))
+    hx = random_state(rng, m)
+    R, R2, R3 = loss_weights(rng, m)
+    m.zero_grad()
+    m.manual_seed(123)
+    m(x, hx)
+    dx, dstate = m.backward(R, (R2, R3) if is_lstm(m) else R2)
+    _check_finite_differences(rng, m, x, hx, dx, dstate, R, R2, R3, None, seed=123)
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="dropout"):
+        nn.LSTM(I, H, num_layers=2, dropout=1.5)
+    with pytest.raises(ValueError, match="dropout"):
+        nn.LSTM(I, H, num_layers=2, dropout=-0.1)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        nn.RNN(I, H, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="hidden_size"):
+        nn.GRU(I, 0)
+    with pytest.raises(TypeError, match="dtype"):
+        nn.GRU(I, H, dtype=np.int32)
+    assert "bidirectional=True" in repr(nn.GRU(I, H, bidirectional=True))

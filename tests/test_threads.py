@@ -1,0 +1,86 @@
+"""Python threads calling the layers at once (the kernels release the GIL) get exactly the results
+of the same calls made one after another: inference on one shared layer, and training
+(forward + backward) on one layer instance per thread."""
+import threading
+
+import numpy as np
+import pytest
+
+from fusedrnn import nn
+
+T, N, I, H = 9, 3, 5, 8
+THREADS, CALLS = 4, 3
+
+
+def make(cls, dtype, seed=0):
+    return cls(I, H, num_layers=2, bidirectional=True, dtype=dtype, seed=seed)
+
+
+def run_threads(work):
+    """Run work(thread_index) in THREADS threads started together; re-raise the first error."""
+    barrier = threading.Barrier(THREADS)
+    results, errors = [None] * THREADS, []
+
+    def target(k):
+        try:
+            barrier.wait()
+            results[k] = work(k)
+        except BaseException as e:  # noqa: BLE001  (handed to the main thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def inputs(dtype):
+    rng = np.random.default_rng(42)
+    return [[rng.standard_normal((T, N, I)).astype(dtype) for _ in range(CALLS)]
+            for _ in range(THREADS)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU], ids=["rnn", "lstm", "gru"])
+def test_concurrent_inference_on_a_shared_layer(cls, dtype):
+    m = make(cls, dtype).eval()
+    xs = inputs(dtype)
+    lengths = np.array([T, 4, 1])
+    sequential = [[m(x, lengths=lengths)[0] for x in row] for row in xs]
+    concurrent = run_threads(lambda k: [m(x, lengths=lengths)[0] for x in xs[k]])
+    for k in range(THREADS):
+        for c in range(CALLS):
+            np.testing.assert_array_equal(concurrent[k][c], sequential[k][c])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU], ids=["rnn", "lstm", "gru"])
+def test_concurrent_training_on_separate_layers(cls, dtype):
+    xs = inputs(dtype)
+    layers = [make(cls, dtype, seed=k) for k in range(THREADS)]
+    rng = np.random.default_rng(7)
+    douts = [rng.standard_normal((T, N, 2 * H)).astype(dtype) for _ in range(CALLS)]
+
+    def train(k):
+        m = layers[k]
+        m.zero_grad()
+        results = []
+        for x, dout in zip(xs[k], douts):
+            out, _ = m(x)
+            dx, _ = m.backward(dout)
+            results.append((out, dx))
+        grads = {name: p.grad.copy() for name, p in m.named_parameters()}
+        return results, grads
+
+    sequential = [train(k) for k in range(THREADS)]
+    concurrent = run_threads(train)
+    for k in range(THREADS):
+        for (out_s, dx_s), (out_c, dx_c) in zip(sequential[k][0], concurrent[k][0]):
+            np.testing.assert_array_equal(out_c, out_s)
+            np.testing.assert_array_equal(dx_c, dx_s)
+        for name, grad in sequential[k][1].items():
+            np.testing.assert_array_equal(concurrent[k][1][name], grad)
