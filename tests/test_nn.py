@@ -379,3 +379,27 @@ def test_constructor_validation():
     with pytest.raises(TypeError, match="dtype"):
         nn.GRU(I, H, dtype=np.int32)
     assert "bidirectional=True" in repr(nn.GRU(I, H, bidirectional=True))
+
+
+def test_lstm_state_gradients_may_be_partly_none(rng):
+    m = make_layer("lstm", num_layers=2, bidirectional=True)
+    x = rng.standard_normal((T, N, I))
+    out, (h_n, c_n) = m(x)
+    R, R2, R3 = loss_weights(rng, m)
+    full = m.backward(R, (np.zeros_like(h_n), R3))
+    partial = m.backward(R, (None, R3))
+    np.testing.assert_array_equal(full[0], partial[0])
+    none = m.backward(R, None)
+    zeros = m.backward(R, (np.zeros_like(h_n), np.zeros_like(c_n)))
+    np.testing.assert_array_equal(none[0], zeros[0])
+
+
+def test_deepcopy_gives_an_independent_layer(rng):
+    import copy
+    m = make_layer("gru", num_layers=2)
+    clone = copy.deepcopy(m)
+    x = rng.standard_normal((T, N, I))
+    np.testing.assert_array_equal(m(x)[0], clone(x)[0])
+    clone.weight_hh_l0.data[...] = 0
+    assert not np.array_equal(m(x)[0], clone(x)[0])
+    assert [n for n, _ in clone.named_parameters()] == [n for n, _ in m.named_parameters()]
