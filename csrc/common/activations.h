@@ -19,7 +19,7 @@ template <typename T>
 FUSEDRNN_HD T tanh_(T v) { return tanh(v); }
 
 template <typename T>
-FUSEDRNN_HD T relu(T v) { return v > T(0) ? v : T(0); }
+FUSEDRNN_HD T relu(T v) { return (v > T(0) || v != v) ? v : T(0); }  // NaN propagates
 
 template <typename T>
 FUSEDRNN_HD T d_sigmoid(T sigmoid_output) { return sigmoid_output * (T(1) - sigmoid_output); }

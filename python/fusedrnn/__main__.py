@@ -1,0 +1,5 @@
+import sys
+
+from fusedrnn.cli import main
+
+sys.exit(main())

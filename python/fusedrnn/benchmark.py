@@ -1,0 +1,358 @@
+"""Side-by-side CPU timing of fusedrnn against the installed peers (PyTorch CPU, ONNX Runtime,
+the NumPy reference), in one process, same threads, same weights (outputs checked to agree),
+warm-up, alternating repeats, medians. Ratios in one run are the figure; absolute times on a
+shared machine are noise. Used by `fusedrnn bench` and `python bench/cpu_bench.py`.
+
+Speedup columns are peer ms / our ms (> 1 means fusedrnn is faster)."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("rnn", 1)}
+# (B, T, I, H): the anchors' shape set (../shared/anchors/README.md).
+ANCHOR_SHAPES = [(1, 100, 128, 128), (1, 256, 512, 512), (8, 256, 512, 512), (32, 100, 256, 256),
+                 (64, 50, 512, 512), (16, 1000, 128, 128)]
+QUICK_SHAPES = [(1, 100, 128, 128), (8, 64, 256, 256), (32, 50, 128, 128)]
+# The multi-layer bidirectional case: (cell, B, T, I, H, layers).
+STACKED = [("LSTM", 16, 100, 128, 128, 2)]
+REFERENCE_MAX_FLOPS = 2e8  # the float64 NumPy reference is timed only below this (it is slow)
+
+
+def add_arguments(p):
+    p.add_argument("--cells", default="LSTM,GRU,RNN", help="comma-separated: LSTM,GRU,RNN")
+    p.add_argument("--shapes", default=None,
+                   help="semicolon-separated B,T,I,H tuples, e.g. '1,100,128,128;8,256,512,512'")
+    p.add_argument("--modes", default="infer,train", help="infer,train")
+    p.add_argument("--quick", action="store_true", help="a ~30-second run on small shapes")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--budget", type=float, default=1.5, help="seconds of timing per peer and row")
+    p.add_argument("--no-stacked", action="store_true", help="skip the multi-layer bidirectional row")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure the peak memory of one training step (subprocesses)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write every row as JSON")
+
+
+# ---------------------------------------------------------------------------- timing
+def median_ms(fns: dict, budget: float) -> dict:
+    """Time each callable, alternating between them round by round; median ms per callable."""
+    for fn in fns.values():  # warm-up (allocations, thread pools, caches)
+        fn()
+    one = {}
+    for k, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        one[k] = time.perf_counter() - t0
+    total_one = sum(one.values())
+    reps = max(3, min(50, int(budget * len(fns) / max(total_one, 1e-6))))
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
+def sgemm_gflops(n=1024) -> float:
+    """The machine's measured sgemm rate through the same OpenBLAS family NumPy ships."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    ms = median_ms({"g": lambda: a @ a}, 1.0)["g"]
+    return 2 * n ** 3 / ms / 1e6
+
+
+def flops(cell, B, T, I, H, train, layers=1, directions=1):
+    g = CELLS[cell][1]
+    fwd = 0
+    for layer in range(layers):
+        inp = I if layer == 0 else H * directions
+        fwd += 2.0 * B * g * H * (inp + H) * T * directions
+    return fwd * (3 if train else 1)
+
+
+# ---------------------------------------------------------------------------- the contestants
+def _weights(cell, I, H, seed=0):
+    g = CELLS[cell][1]
+    rng = np.random.default_rng(seed)
+    k = 1 / np.sqrt(H)
+    return {n: rng.uniform(-k, k, s).astype(np.float32) for n, s in
+            (("weight_ih_l0", (g * H, I)), ("weight_hh_l0", (g * H, H)),
+             ("bias_ih_l0", (g * H,)), ("bias_hh_l0", (g * H,)))}
+
+
+def ours(cell, x, w, mode):
+    from fusedrnn import functional as F
+    name = CELLS[cell][0]
+    fwd, bwd = getattr(F, name + "_forward"), getattr(F, name + "_backward")
+    args = (w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
+    dy = np.ones((x.shape[0], x.shape[1], w["weight_hh_l0"].shape[1]), np.float32)
+
+    def run_forward(training):
+        if name == "lstm":
+            y, _, _, ctx = fwd(x, None, None, *args, training=training)
+        else:
+            y, _, ctx = fwd(x, None, *args, training=training)
+        return y, ctx
+
+    if mode == "infer":
+        return lambda: run_forward(False)[0]
+
+    def train_step():
+        y, ctx = run_forward(True)
+        bwd(ctx, dy)
+        return y
+    return train_step
+
+
+def torch_peer(cell, x, w, mode, threads):
+    import torch
+    torch.set_num_threads(threads)
+    I, H = x.shape[2], w["weight_hh_l0"].shape[1]
+    m = getattr(torch.nn, cell)(I, H)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()})
+    xt = torch.from_numpy(x)
+    if mode == "infer":
+        def infer():
+            with torch.no_grad():
+                return m(xt)[0].numpy()
+        return infer
+    xg = xt.clone().requires_grad_(True)
+    dy = torch.ones(x.shape[0], x.shape[1], H)
+
+    def train_step():
+        y, _ = m(xg)
+        y.backward(dy)
+        return y.detach().numpy()
+    return train_step
+
+
+def ort_peer(cell, x, w, threads):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    T, B, I = x.shape
+    H = w["weight_hh_l0"].shape[1]
+    g = CELLS[cell][1]
+
+    def reorder(a):  # PyTorch gate order -> ONNX (LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h)
+        parts = np.split(a, g, axis=0)
+        order = {4: [0, 3, 1, 2], 3: [1, 0, 2], 1: [0]}[g]
+        return np.concatenate([parts[i] for i in order], axis=0)
+
+    W = reorder(w["weight_ih_l0"])[None]
+    R = reorder(w["weight_hh_l0"])[None]
+    Bb = np.concatenate([reorder(w["bias_ih_l0"]), reorder(w["bias_hh_l0"])])[None]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.astype(np.float32).ravel())
+             for n, a in (("W", W), ("R", R), ("B", Bb))]
+    attrs = {"hidden_size": H}
+    if cell == "GRU":
+        attrs["linear_before_reset"] = 1  # PyTorch's GRU
+    node = helper.make_node(cell, ["X", "W", "R", "B"], ["Y"], **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 1, B, H])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"X": x})[0][:, 0]
+
+
+def reference_peer(cell, x, w):
+    from fusedrnn import reference as R
+    name = CELLS[cell][0]
+    fwd = getattr(R, name + "_forward")
+    x64 = x.astype(np.float64)
+    args = [w[k].astype(np.float64) for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    if name == "lstm":
+        return lambda: fwd(x64, None, None, *args)[0]
+    return lambda: fwd(x64, None, *args)[0]
+
+
+def _available(module):
+    try:
+        __import__(module)
+        return True
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------- memory
+_MEMORY_SNIPPET = r"""
+import resource, sys, json, numpy as np
+sys.path[:0] = json.loads(sys.argv[2])
+from fusedrnn.benchmark import ours, torch_peer, _weights
+who, cell, B, T, I, H, threads = sys.argv[1], sys.argv[3], *map(int, sys.argv[4:9])
+x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
+w = _weights(cell, I, H)
+fn = ours(cell, x, w, "train") if who == "ours" else torch_peer(cell, x, w, "train", threads)
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+before = rss()
+fn()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak_mb": max(0, peak - before) / 2**20}))
+"""
+
+
+def training_peak_mb(who, cell, B, T, I, H, threads):
+    """Peak resident memory added by one training step, measured in a fresh process."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _MEMORY_SNIPPET, who, json.dumps(sys.path), cell,
+                              str(B), str(T), str(I), str(H), str(threads)],
+                             capture_output=True, text=True, timeout=300, check=True)
+        return round(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"], 1)
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------- the run
+def bench_row(cell, mode, B, T, I, H, threads, budget, have):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    w = _weights(cell, I, H)
+    fns = {"ours": ours(cell, x, w, mode)}
+    if have["torch"]:
+        fns["torch"] = torch_peer(cell, x, w, mode, threads)
+    if have["ort"] and mode == "infer":
+        fns["ort"] = ort_peer(cell, x, w, threads)
+    if mode == "infer" and flops(cell, B, T, I, H, False) <= REFERENCE_MAX_FLOPS:
+        fns["numpy_ref"] = reference_peer(cell, x, w)
+    # Same weights, same outputs: check every peer against ours before timing.
+    y_ours = np.asarray(fns["ours"]())
+    agree = {}
+    for k, fn in fns.items():
+        if k != "ours":
+            agree[k] = float(np.max(np.abs(np.asarray(fn()) - y_ours)))
+    ms = median_ms(fns, budget)
+    row = {"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads,
+           "ours_ms": round(ms["ours"], 3)}
+    for k in ("torch", "ort", "numpy_ref"):
+        row[f"{k}_ms"] = round(ms[k], 3) if k in ms else None
+        row[f"x_{k}"] = round(ms[k] / ms["ours"], 2) if k in ms else None
+        row[f"maxdiff_{k}"] = agree.get(k)
+    row["ours_gflops"] = round(flops(cell, B, T, I, H, mode == "train") / ms["ours"] / 1e6, 2)
+    return row
+
+
+def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
+    import fusedrnn as fr
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    ours_layer = getattr(fr.nn, cell)(I, H, num_layers=layers, bidirectional=True)
+    ours_layer.train(mode == "train")
+    fns = {}
+    if mode == "infer":
+        fns["ours"] = lambda: ours_layer(x)[0]
+    else:
+        def ours_step():
+            out, _ = ours_layer(x)
+            ours_layer.backward(np.ones_like(out))
+            return out
+        fns["ours"] = ours_step
+    if have["torch"]:
+        import torch
+        torch.set_num_threads(threads)
+        tl = getattr(torch.nn, cell)(I, H, num_layers=layers, bidirectional=True)
+        tl.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                            for k, v in ours_layer.state_dict().items()})
+        xt = torch.from_numpy(x)
+        if mode == "infer":
+            def torch_infer():
+                with torch.no_grad():
+                    return tl(xt)[0].numpy()
+            fns["torch"] = torch_infer
+        else:
+            xg = xt.clone().requires_grad_(True)
+
+            def torch_step():
+                out, _ = tl(xg)
+                out.backward(torch.ones_like(out))
+                return out.detach().numpy()
+            fns["torch"] = torch_step
+    y0 = np.asarray(fns["ours"]())
+    agree = {k: float(np.max(np.abs(np.asarray(f()) - y0))) for k, f in fns.items() if k != "ours"}
+    ms = median_ms(fns, budget)
+    row = {"cell": f"{cell}x{layers} bidir", "mode": mode, "B": B, "T": T, "I": I, "H": H,
+           "threads": threads, "ours_ms": round(ms["ours"], 3),
+           "torch_ms": round(ms["torch"], 3) if "torch" in ms else None,
+           "x_torch": round(ms["torch"] / ms["ours"], 2) if "torch" in ms else None,
+           "ort_ms": None, "x_ort": None, "numpy_ref_ms": None, "x_numpy_ref": None,
+           "maxdiff_torch": agree.get("torch"),
+           "ours_gflops": round(flops(cell, B, T, I, H, mode == "train", layers, 2) / ms["ours"] / 1e6, 2)}
+    return row
+
+
+def _fmt(v, w=8, p=2):
+    return f"{v:{w}.{p}f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"
+
+
+def print_table(rows, peak):
+    print(f"\n{'cell':<14}{'mode':<6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} |{'ours':>8}{'torch':>8}"
+          f"{'ORT':>8}{'NumPy':>8} | {'GF/s':>6}{'%sgemm':>7} | {'x torch':>8}{'x ORT':>7}{'x NumPy':>8}")
+    for r in rows:
+        pct = 100 * r["ours_gflops"] / peak if peak else None
+        print(f"{r['cell']:<14}{r['mode']:<6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} |"
+              f"{_fmt(r['ours_ms'])}{_fmt(r['torch_ms'])}{_fmt(r['ort_ms'])}{_fmt(r['numpy_ref_ms'])} |"
+              f" {_fmt(r['ours_gflops'], 6, 1)}{_fmt(pct, 7, 0)} |"
+              f"{_fmt(r['x_torch'])}{_fmt(r['x_ort'], 7)}{_fmt(r['x_numpy_ref'])}")
+
+
+def parse_shapes(text):
+    shapes = []
+    for part in text.split(";"):
+        vals = [int(v) for v in part.split(",")]
+        if len(vals) != 4 or min(vals) < 1:
+            raise ValueError(f"--shapes: expected B,T,I,H with positive integers, got {part!r}")
+        shapes.append(tuple(vals))
+    return shapes
+
+
+def run(args) -> int:
+    import fusedrnn as fr
+    fr.set_num_threads(args.threads)
+    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
+    for c in cells:
+        if c not in CELLS:
+            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else ANCHOR_SHAPES)
+    budget = 0.3 if args.quick else args.budget
+    have = {"torch": _available("torch"), "ort": _available("onnxruntime") and _available("onnx")}
+    peak = sgemm_gflops()
+    print(f"fusedrnn {fr.__version__}; threads {args.threads}; peers: "
+          f"{', '.join(k for k, v in have.items() if v) or 'none'} + NumPy reference; "
+          f"measured sgemm {peak:.0f} GFLOP/s", flush=True)
+    rows = []
+    for cell in cells:
+        for (B, T, I, H) in shapes:
+            for mode in modes:
+                r = bench_row(cell, mode, B, T, I, H, args.threads, budget, have)
+                if args.memory and mode == "train":
+                    r["ours_peak_mb"] = training_peak_mb("ours", cell, B, T, I, H, args.threads)
+                    r["torch_peak_mb"] = (training_peak_mb("torch", cell, B, T, I, H, args.threads)
+                                          if have["torch"] else None)
+                rows.append(r)
+                print(f"  {cell} {mode} B={B} T={T} I={I} H={H}: ours {r['ours_ms']} ms, "
+                      f"torch {r['torch_ms']}, ort {r['ort_ms']}", flush=True)
+    if not args.no_stacked and not args.quick and hasattr(fr.nn, "LSTM"):
+        for (cell, B, T, I, H, layers) in STACKED:
+            for mode in modes:
+                rows.append(bench_stacked(cell, B, T, I, H, layers, mode, args.threads, budget, have))
+    print_table(rows, peak)
+    if args.memory:
+        print("\npeak memory of one training step (MB): " + "; ".join(
+            f"{r['cell']} B={r['B']} T={r['T']} H={r['H']}: ours {r.get('ours_peak_mb')} "
+            f"torch {r.get('torch_peak_mb')}" for r in rows if "ours_peak_mb" in r))
+    if args.json:
+        from fusedrnn._atomic import write_text
+        write_text(args.json, json.dumps({"info": fr.info(), "sgemm_gflops": peak,
+                                                 "rows": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 0

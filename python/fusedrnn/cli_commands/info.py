@@ -1,0 +1,19 @@
+"""`fusedrnn info`: what this build holds."""
+
+
+def add_commands(sub):
+    p = sub.add_parser("info", help="what was built: compiler, SIMD, BLAS, threads, CUDA")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import fusedrnn
+    from fusedrnn.cli import print_json
+    d = fusedrnn.info()
+    if args.json:
+        print_json(d)
+    else:
+        for k in sorted(d):
+            print(f"{k:>9}: {d[k]}")
+    return 0
