@@ -1,6 +1,9 @@
 """Layers with PyTorch's names and shapes on NumPy arrays. This file only re-exports."""
 from .module import Module, Parameter
 from .recurrent import RNNBase, RNN, LSTM, GRU
+from .layers import Linear, Embedding, Dropout, Sequential, Identity
+from .cells import RNNCellBase, RNNCell, LSTMCell, GRUCell
+from .loss import CrossEntropyLoss, MSELoss, log_softmax, softmax
 
 __all__ = [
     "Module",
@@ -9,4 +12,17 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "Linear",
+    "Embedding",
+    "Dropout",
+    "Sequential",
+    "Identity",
+    "RNNCellBase",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "CrossEntropyLoss",
+    "MSELoss",
+    "log_softmax",
+    "softmax",
 ]

@@ -1,0 +1,228 @@
+"""Feed-forward layers around the recurrent ones: ``Linear``, ``Embedding``, ``Dropout`` and
+``Sequential``, with PyTorch's constructor arguments, parameter names and initialisation.
+
+Every layer follows the rule of ``fusedrnn.nn``: ``forward`` in training mode saves what
+``backward`` needs; ``backward(dout)`` applies to the latest training-mode forward, returns the
+gradient of the input and adds (``+=``) into each parameter's ``grad``. Shapes:
+
+    Linear     x [..., in_features]  -> y [..., out_features]
+    Embedding  indices [...] (ints)  -> y [..., embedding_dim]  (backward returns None)
+    Dropout    x [...]               -> y [...]                 (identity in eval mode)
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .module import Module, Parameter
+
+__all__ = ["Linear", "Embedding", "Dropout", "Sequential", "Identity"]
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+    if dt not in _DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def _no_saved(layer):
+    return RuntimeError(f"{type(layer).__name__}.backward called before a training-mode forward "
+                        f"(call module.train() and forward first)")
+
+
+class Identity(Module):
+    """Returns its input; backward returns its gradient."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias`` with weight [out_features, in_features], bias [out_features],
+    both drawn from uniform(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch."""
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
+        super().__init__()
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        self.dtype = _dtype(dtype)
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = Parameter(rng.uniform(-bound, bound, (self.out_features, self.in_features))
+                                .astype(self.dtype))
+        if bias:
+            self.bias = Parameter(rng.uniform(-bound, bound, self.out_features).astype(self.dtype))
+        else:
+            self.register_parameter("bias", None)
+        self._x = None
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x: expected dtype {self.dtype} (the layer's dtype), got {x.dtype}")
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features last), "
+                             f"got {x.shape}")
+        y = x @ self.weight.data.T
+        if self.bias is not None:
+            y += self.bias.data
+        self._x = x if self.training else None
+        return y
+
+    def backward(self, dout):
+        x = self._x
+        if x is None:
+            raise _no_saved(self)
+        dout = np.asarray(dout, dtype=self.dtype)
+        expected = x.shape[:-1] + (self.out_features,)
+        if dout.shape != expected:
+            raise ValueError(f"dout: expected shape {expected} (the shape of y), got {dout.shape}")
+        d2 = dout.reshape(-1, self.out_features)
+        # One GEMM over every leading position for each parameter.
+        self.weight.accumulate_grad(d2.T @ x.reshape(-1, self.in_features))
+        if self.bias is not None:
+            self.bias.accumulate_grad(d2.sum(axis=0))
+        return dout @ self.weight.data
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class Embedding(Module):
+    """A lookup table ``weight`` [num_embeddings, embedding_dim] drawn from N(0, 1) as in PyTorch.
+
+    The row ``padding_idx`` (if given) starts at zero and never receives a gradient, so padded
+    positions of a batch contribute nothing."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, dtype=np.float32,
+                 seed=None):
+        super().__init__()
+        self.num_embeddings = _positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = _positive_int(embedding_dim, "embedding_dim")
+        if padding_idx is not None:
+            if not -self.num_embeddings <= padding_idx < self.num_embeddings:
+                raise ValueError(f"padding_idx: expected an index in [-{self.num_embeddings}, "
+                                 f"{self.num_embeddings}), got {padding_idx}")
+            padding_idx = int(padding_idx) % self.num_embeddings
+        self.padding_idx = padding_idx
+        self.dtype = _dtype(dtype)
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
+        if padding_idx is not None:
+            weight[padding_idx] = 0
+        self.weight = Parameter(weight)
+        self._indices = None
+
+    def forward(self, indices):
+        indices = np.asarray(indices)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"indices: expected an integer array, got dtype {indices.dtype}")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_embeddings):
+            raise ValueError(f"indices: expected values in [0, {self.num_embeddings}), got min "
+                             f"{indices.min()} and max {indices.max()}")
+        self._indices = indices if self.training else None
+        return self.weight.data[indices]
+
+    def backward(self, dout):
+        """Adds the rows of ``dout`` into the rows of ``weight.grad`` they were read from;
+        returns None (integer indices have no gradient)."""
+        indices = self._indices
+        if indices is None:
+            raise _no_saved(self)
+        dout = np.asarray(dout, dtype=self.dtype)
+        expected = indices.shape + (self.embedding_dim,)
+        if dout.shape != expected:
+            raise ValueError(f"dout: expected shape {expected}, got {dout.shape}")
+        grad = np.zeros_like(self.weight.data)
+        np.add.at(grad, indices.reshape(-1), dout.reshape(-1, self.embedding_dim))
+        if self.padding_idx is not None:
+            grad[self.padding_idx] = 0
+        self.weight.accumulate_grad(grad)
+        return None
+
+    def extra_repr(self):
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
+
+
+class Dropout(Module):
+    """Inverted dropout: in training mode zero each element with probability ``p`` and scale the
+    rest by 1/(1-p); the identity in eval mode. Masks come from the layer's own Generator."""
+
+    def __init__(self, p=0.5, *, seed=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self._rng = np.random.default_rng(seed)
+        self._mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._mask = 1.0 if self.training else None
+            return x
+        x = np.asarray(x)
+        if self.p == 1.0:
+            mask = np.zeros(x.shape, x.dtype)
+        else:
+            mask = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
+        self._mask = mask
+        return x * mask
+
+    def backward(self, dout):
+        if self._mask is None:
+            raise _no_saved(self)
+        return dout * self._mask
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Sequential(Module):
+    """Modules applied in order, each taking the previous one's output (one array);
+    ``backward`` walks them in reverse. Children are named "0", "1", ... as in PyTorch."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"modules[{i}]: expected a Module, got {type(m).__name__}")
+            self.add_module(str(i), m)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dout):
+        for m in reversed(list(self._modules.values())):
+            dout = m.backward(dout)
+        return dout

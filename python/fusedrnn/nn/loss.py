@@ -1,0 +1,137 @@
+"""Losses with ``backward``: ``CrossEntropyLoss`` (on logits, with a numerically stable
+log-softmax) and ``MSELoss``.
+
+    CrossEntropyLoss  logits [N, C] or [..., C] (classes last)   target [N] or [...] ints
+    MSELoss           input [...]                                target [...] (same shape)
+
+``forward`` returns the loss (a float for reductions "mean"/"sum", an array for "none") and
+saves what ``backward(grad=1.0)`` needs; backward returns the gradient of the first argument.
+Note the class axis is the last one for inputs with more than two dimensions (the natural layout
+of a recurrent layer's output [T, N, C]); PyTorch puts it at axis 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Module
+
+__all__ = ["log_softmax", "softmax", "CrossEntropyLoss", "MSELoss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def log_softmax(logits, axis=-1):
+    """log softmax along ``axis``, shifted by the maximum so no exponent overflows."""
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax(logits, axis=-1):
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+class CrossEntropyLoss(Module):
+    """``-log softmax(logits)[target]``, averaged over the targets that are not ``ignore_index``
+    (reduction "mean"), summed ("sum") or per position ("none", 0 at ignored positions).
+    With every target ignored the mean is 0 (PyTorch gives NaN), so a fully padded chunk of a
+    truncated-BPTT run adds nothing instead of poisoning the weights."""
+
+    def __init__(self, ignore_index=-100, reduction="mean"):
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+        self.reduction = _check_reduction(reduction)
+        self._saved = None
+
+    def forward(self, logits, target):
+        if not isinstance(logits, np.ndarray) or logits.dtype.kind != "f":
+            raise TypeError(f"logits: expected a floating numpy.ndarray, got "
+                            f"{getattr(logits, 'dtype', type(logits).__name__)}")
+        target = np.asarray(target)
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"target: expected an integer array of class indices, got dtype "
+                            f"{target.dtype}")
+        if logits.ndim < 1 or target.shape != logits.shape[:-1]:
+            raise ValueError(f"target: expected shape {logits.shape[:-1]} (logits without its "
+                             f"class axis), got {target.shape}")
+        C = logits.shape[-1]
+        valid = target != self.ignore_index
+        bad = valid & ((target < 0) | (target >= C))
+        if bad.any():
+            raise ValueError(f"target: expected class indices in [0, {C}) or ignore_index "
+                             f"{self.ignore_index}, got {target[bad].ravel()[0]}")
+        logp = log_softmax(logits)
+        safe = np.where(valid, target, 0)
+        picked = np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+        losses = np.where(valid, -picked, 0.0).astype(logits.dtype)
+        count = int(valid.sum())
+        self._saved = (logp, safe, valid, count, logits.dtype)
+        if self.reduction == "none":
+            return losses
+        total = float(losses.sum(dtype=np.float64))
+        if self.reduction == "sum":
+            return total
+        return total / count if count else 0.0
+
+    def backward(self, grad=1.0):
+        """Gradient of the loss with respect to ``logits``: ``softmax - one_hot(target)`` scaled
+        by ``grad`` (an array shaped like the per-position losses for reduction "none")."""
+        if self._saved is None:
+            raise RuntimeError("CrossEntropyLoss.backward called before forward")
+        logp, safe, valid, count, dtype = self._saved
+        d = np.exp(logp)
+        np.put_along_axis(d, safe[..., None],
+                          np.take_along_axis(d, safe[..., None], axis=-1) - 1, axis=-1)
+        d *= valid[..., None]
+        if self.reduction == "none":
+            scale = np.asarray(grad, dtype=dtype)[..., None]
+        elif self.reduction == "sum":
+            scale = grad
+        else:
+            scale = grad / count if count else 0.0
+        return (d * scale).astype(dtype, copy=False)
+
+    def extra_repr(self):
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+
+class MSELoss(Module):
+    """``(input - target)**2`` averaged ("mean"), summed ("sum") or elementwise ("none")."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        self.reduction = _check_reduction(reduction)
+        self._diff = None
+
+    def forward(self, input, target):
+        input = np.asarray(input)
+        target = np.asarray(target)
+        if input.shape != target.shape:
+            raise ValueError(f"target: expected shape {input.shape} (the shape of input), got "
+                             f"{target.shape}")
+        diff = input - target
+        self._diff = diff
+        sq = diff * diff
+        if self.reduction == "none":
+            return sq
+        total = float(sq.sum(dtype=np.float64))
+        return total if self.reduction == "sum" else total / max(sq.size, 1)
+
+    def backward(self, grad=1.0):
+        if self._diff is None:
+            raise RuntimeError("MSELoss.backward called before forward")
+        diff = self._diff
+        if self.reduction == "none":
+            return (2 * diff * np.asarray(grad, dtype=diff.dtype)).astype(diff.dtype, copy=False)
+        scale = 2.0 * grad / (1 if self.reduction == "sum" else max(diff.size, 1))
+        return (diff * diff.dtype.type(scale)).astype(diff.dtype, copy=False)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}"
