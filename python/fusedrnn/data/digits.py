@@ -1,0 +1,89 @@
+"""Handwritten digits as sequences of image rows (many-to-one classification).
+
+``load_digits`` reads scikit-learn's bundled 8x8 digits (no download): each image becomes 8
+steps of 8 features in [0, 1]. ``load_mnist`` reads MNIST IDX files the user points at (28 steps
+of 28 features); ``read_idx`` reads any IDX file, gzip-compressed or not.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy as np
+
+__all__ = ["load_digits", "load_mnist", "read_idx", "split"]
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def split(x, y, test_fraction, seed):
+    """A seeded shuffle and split into (x_train, y_train, x_test, y_test)."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = int(round(len(x) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def load_digits(test_fraction=0.2, seed=0, dtype=np.float32):
+    """scikit-learn's 1797 digits as x [N, 8, 8] (rows as time steps, values scaled to [0, 1])
+    and labels y [N] int64, split by a seeded shuffle into (x_train, y_train, x_test, y_test)."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError:
+        raise ImportError("the digits task needs scikit-learn (pip install scikit-learn), or "
+                          "MNIST IDX files given with --data") from None
+    d = sk_load_digits()
+    x = (d.images / 16.0).astype(dtype)
+    y = d.target.astype(np.int64)
+    return split(x, y, test_fraction, seed)
+
+
+def read_idx(path):
+    """An IDX file (the MNIST format; ``.gz`` is decompressed) as a NumPy array."""
+    path = os.fspath(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    count = int(np.prod(shape)) if shape else 1
+    body = raw[4 + 4 * ndim:]
+    if len(body) != count * dtype.itemsize:
+        raise ValueError(f"{path}: expected {count * dtype.itemsize} bytes of data for shape "
+                         f"{shape}, got {len(body)}")
+    return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find(folder, stem):
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        p = os.path.join(folder, name)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(f"{folder}: no {stem}[.gz] (expected the MNIST IDX files)")
+
+
+def load_mnist(folder, dtype=np.float32, limit=None):
+    """MNIST from a folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each optionally .gz): returns
+    (x_train [N, 28, 28] in [0, 1], y_train, x_test, y_test); ``limit`` keeps the first
+    ``limit`` training images."""
+    def images(stem):
+        a = read_idx(_find(folder, stem))
+        if a.ndim != 3:
+            raise ValueError(f"{stem}: expected images [N, rows, cols], got shape {a.shape}")
+        return (a / 255.0).astype(dtype)
+
+    def labels(stem):
+        return read_idx(_find(folder, stem)).astype(np.int64)
+
+    x_train, y_train = images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")
+    x_test, y_test = images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")
+    if limit:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    return x_train, y_train, x_test, y_test

@@ -1,0 +1,175 @@
+"""Text data: a character corpus (a user's file, or an embedded default), a character
+vocabulary, CSV text classification data, and batching of variable-length sequences.
+
+The default corpus is the documentation that ships with Python itself: the docstrings of a
+fixed list of standard-library modules and of their public classes and functions (about 200 KB
+of English prose), so it needs no download. When Python runs with ``-OO`` (docstrings
+stripped) the default falls back to the license text Python installs beside its standard
+library (``LICENSE.txt``).
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import inspect
+import os
+import re
+import sysconfig
+
+import numpy as np
+
+__all__ = ["DEFAULT_CORPUS_MODULES", "default_corpus", "load_text", "CharVocab",
+           "pad_sequences", "batches", "read_text_classification_csv", "WordVocab", "tokenize"]
+
+DEFAULT_CORPUS_MODULES = (
+    "collections functools itertools json argparse logging pathlib subprocess textwrap typing "
+    "unittest string random statistics fractions decimal datetime calendar heapq bisect shutil "
+    "tempfile zipfile tarfile csv email.message http.client urllib.request threading os re"
+).split()
+
+
+def default_corpus():
+    """The embedded default text (see the module docstring)."""
+    parts = []
+    for name in DEFAULT_CORPUS_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        doc = inspect.getdoc(module)
+        if doc:
+            parts.append(doc)
+        for attr, obj in sorted(vars(module).items()):
+            if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            doc = inspect.getdoc(obj)
+            if doc:
+                parts.append(doc)
+    text = "\n\n".join(parts)
+    if len(text) < 10000:
+        license_path = os.path.join(sysconfig.get_paths()["stdlib"], "LICENSE.txt")
+        if os.path.exists(license_path):
+            with open(license_path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+    if not text:
+        raise RuntimeError("no default corpus: Python's docstrings are stripped (-OO) and its "
+                           "LICENSE.txt is missing; give a text file with --data")
+    return text
+
+
+def load_text(path=None):
+    """The text of ``path`` (UTF-8), or the default corpus when ``path`` is None."""
+    if path is None:
+        return default_corpus()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    if len(text) < 2:
+        raise ValueError(f"{path}: expected a text file of at least 2 characters")
+    return text
+
+
+class CharVocab:
+    """Characters <-> integer ids (sorted characters of a corpus)."""
+
+    def __init__(self, chars):
+        self.chars = "".join(sorted(set(chars)))
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    def __len__(self):
+        return len(self.chars)
+
+    def encode(self, text, unknown=None):
+        """Ids of ``text``; a character outside the vocabulary maps to ``unknown`` or raises."""
+        ids = []
+        for c in text:
+            i = self.index.get(c, unknown)
+            if i is None:
+                raise ValueError(f"text: character {c!r} is not in the vocabulary")
+            ids.append(i)
+        return np.array(ids, dtype=np.int64)
+
+    def decode(self, ids):
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def tokenize(text):
+    """Lower-cased words (letters, digits, apostrophes)."""
+    return _TOKEN.findall(text.lower())
+
+
+class WordVocab:
+    """Words <-> ids with 0 reserved for padding and 1 for unknown words."""
+
+    PAD, UNK = 0, 1
+
+    def __init__(self, texts, min_count=1, max_size=None):
+        counts = {}
+        for t in texts:
+            for w in tokenize(t):
+                counts[w] = counts.get(w, 0) + 1
+        words = sorted((w for w, c in counts.items() if c >= min_count),
+                       key=lambda w: (-counts[w], w))
+        if max_size:
+            words = words[:max_size - 2]
+        self.words = ["<pad>", "<unk>"] + words
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    def __len__(self):
+        return len(self.words)
+
+    def encode(self, text):
+        return np.array([self.index.get(w, self.UNK) for w in tokenize(text)] or [self.UNK],
+                        dtype=np.int64)
+
+
+def read_text_classification_csv(path):
+    """Rows ``text,label`` of a CSV (a header row whose second field is not a known label is
+    skipped when it reads ``text,label``). Returns (texts, labels [N] int64, class names)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = [r for r in csv.reader(f) if r and any(field.strip() for field in r)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["text", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise ValueError(f"{path}: expected rows of text,label; found none")
+    texts, names = [], []
+    for i, r in enumerate(rows):
+        if len(r) < 2:
+            raise ValueError(f"{path}: row {i + 1}: expected text,label, got {r!r}")
+        texts.append(",".join(r[:-1]))
+        names.append(r[-1].strip())
+    classes = sorted(set(names))
+    if len(classes) < 2:
+        raise ValueError(f"{path}: expected at least 2 distinct labels, got {classes}")
+    lookup = {c: i for i, c in enumerate(classes)}
+    return texts, np.array([lookup[n] for n in names], dtype=np.int64), classes
+
+
+def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
+    """A list of arrays [L_i, ...] as one padded array ([T, N, ...], or [N, T, ...] with
+    batch_first; T = the longest) and lengths [N] int64, ready for ``lengths=`` of the layers."""
+    sequences = [np.asarray(s) for s in sequences]
+    if not sequences:
+        raise ValueError("sequences: expected at least one sequence")
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    tail = sequences[0].shape[1:]
+    for i, s in enumerate(sequences):
+        if s.shape[1:] != tail:
+            raise ValueError(f"sequences[{i}]: expected trailing shape {tail}, got {s.shape[1:]}")
+    dtype = dtype or sequences[0].dtype
+    out = np.full((len(sequences), int(lengths.max(initial=0))) + tail, padding_value, dtype=dtype)
+    for i, s in enumerate(sequences):
+        out[i, :len(s)] = s
+    if not batch_first:
+        out = np.ascontiguousarray(np.swapaxes(out, 0, 1))
+    return out, lengths
+
+
+def batches(n, batch_size, shuffle=True, rng=None):
+    """Index arrays covering range(n) in batches (the last one may be smaller)."""
+    order = (rng if rng is not None else np.random.default_rng()).permutation(n) if shuffle \
+        else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]

@@ -1,0 +1,474 @@
+"""Optimizers on ``Parameter.data`` / ``Parameter.grad``, with torch.optim's arguments and update
+rules: ``SGD`` (momentum, dampening, nesterov, weight decay), ``Adam``, ``AdamW``, ``RMSprop``;
+gradient clipping (``clip_grad_norm_``, ``clip_grad_value_``); learning-rate schedules
+(``StepLR``, ``CosineAnnealingLR``); and a gradient-free ``GeneticAlgorithm`` trainer.
+
+Optimizers take parameters (or dicts ``{"params": [...], "lr": ...}`` for groups), skip any
+parameter whose ``grad`` is None, and update in place in the parameter's dtype.
+``state_dict()`` returns ``{"state": {index: {name: array}}, "param_groups": [...]}`` with
+parameters numbered in order, as PyTorch does, so ``fusedrnn.save`` can keep it and
+``load_state_dict`` can resume a run.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .nn.module import Module, Parameter
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm_", "clip_grad_value_",
+           "LRScheduler", "StepLR", "CosineAnnealingLR", "GeneticAlgorithm",
+           "parameters_to_vector", "vector_to_parameters"]
+
+
+def _param_list(params, name="params"):
+    if isinstance(params, Module):
+        params = params.parameters()
+    if isinstance(params, Parameter):
+        params = [params]
+    params = list(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"{name}[{i}]: expected a fusedrnn.nn.Parameter, got {type(p).__name__}")
+    return params
+
+
+def _nonnegative(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """What every optimizer shares: parameter groups, per-parameter state, (de)serialisation."""
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        params = list(params.parameters()) if isinstance(params, Module) else list(params)
+        if not params:
+            raise ValueError("params: the optimizer got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = []
+        seen = set()
+        for i, group in enumerate(groups):
+            if not isinstance(group, dict) or "params" not in group:
+                raise TypeError(f"params[{i}]: expected a dict with 'params' (a parameter group)")
+            g = dict(self.defaults)
+            g.update(group)
+            g["params"] = _param_list(group["params"], f"params[{i}]['params']")
+            for p in g["params"]:
+                if id(p) in seen:
+                    raise ValueError("params: a parameter appears in more than one group")
+                seen.add(id(p))
+            for key in self.defaults:
+                if key != "nesterov" and key != "centered":
+                    _nonnegative(g[key] if not isinstance(g[key], tuple) else min(g[key]), key)
+            self.param_groups.append(g)
+        self.state = {}  # Parameter -> dict of arrays / numbers
+
+    def zero_grad(self, set_to_none=True):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.zero_grad(set_to_none)
+
+    def _params_with_grad(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    yield group, p, self.state.setdefault(p, {})
+
+    def step(self):
+        for group, p, state in self._params_with_grad():
+            self._update(group, p, p.grad, state)
+
+    def _update(self, group, p, grad, state):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    def _indexed(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self):
+        """``{"state": {index: {name: value}}, "param_groups": [{hyper-parameters, "params":
+        [indices]}]}`` (copies)."""
+        index = {id(p): i for i, p in enumerate(self._indexed())}
+        state = {}
+        for p, s in self.state.items():
+            state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                   for k, v in s.items()}
+        groups = []
+        for g in self.param_groups:
+            d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+            d["params"] = [index[id(p)] for p in g["params"]]
+            groups.append(d)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore hyper-parameters and per-parameter state saved by :meth:`state_dict` from an
+        optimizer over parameters of the same shapes, in the same order."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, list) or "state" not in state_dict:
+            raise ValueError("state_dict: expected a dict with 'state' and 'param_groups' "
+                             "(from Optimizer.state_dict())")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict: expected {len(self.param_groups)} parameter groups, "
+                             f"got {len(groups)}")
+        for i, (saved, own) in enumerate(zip(groups, self.param_groups)):
+            if len(saved["params"]) != len(own["params"]):
+                raise ValueError(f"state_dict: group {i} holds {len(saved['params'])} parameters, "
+                                 f"this optimizer's holds {len(own['params'])}")
+        params = self._indexed()
+        new_state = {}
+        for key, s in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < len(params):
+                raise ValueError(f"state_dict: state for parameter {i}, but there are {len(params)}")
+            p = params[i]
+            entry = {}
+            for name, value in s.items():
+                if isinstance(value, np.ndarray):
+                    if value.shape != p.data.shape:
+                        raise ValueError(f"state_dict['state'][{i}][{name!r}]: expected shape "
+                                         f"{p.data.shape}, got {value.shape}")
+                    value = value.astype(p.data.dtype, copy=True)
+                entry[name] = value
+            new_state[p] = entry
+        for saved, own in zip(groups, self.param_groups):
+            for k, v in saved.items():
+                if k != "params":
+                    own[k] = tuple(v) if isinstance(self.defaults.get(k), tuple) else v
+        self.state = new_state
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(g.items()) if k != "params"]
+        return "\n".join(lines + [")"])
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent as torch.optim.SGD: ``g = grad + weight_decay * p``; with
+    momentum ``buf = momentum * buf + (1 - dampening) * g`` (the first step ``buf = g``) and
+    ``g = g + momentum * buf`` (nesterov) or ``g = buf``; then ``p -= lr * g``."""
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=bool(nesterov)))
+
+    def _update(self, group, p, grad, state):
+        g = grad
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p.data
+        momentum = group["momentum"]
+        if momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(g, dtype=p.data.dtype, copy=True)
+            else:
+                buf *= momentum
+                buf += (1 - group["dampening"]) * g
+            g = g + momentum * buf if group["nesterov"] else buf
+        p.data -= (group["lr"] * g).astype(p.data.dtype, copy=False)
+
+
+class Adam(Optimizer):
+    """Adam as torch.optim.Adam (L2 weight decay added to the gradient), with bias correction:
+    ``p -= lr * m_hat / (sqrt(v_hat) + eps)``."""
+
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+
+    def _update(self, group, p, grad, state):
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = np.zeros_like(p.data)
+            state["exp_avg_sq"] = np.zeros_like(p.data)
+        if wd:
+            if self._decoupled:
+                p.data *= p.data.dtype.type(1 - lr * wd)
+            else:
+                grad = grad + wd * p.data
+        state["step"] += 1
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= beta1
+        m += (1 - beta1) * grad
+        v *= beta2
+        v += (1 - beta2) * grad * grad
+        bias1 = 1 - beta1 ** t
+        bias2 = 1 - beta2 ** t
+        denom = np.sqrt(v) / math.sqrt(bias2) + eps
+        p.data -= ((lr / bias1) * m / denom).astype(p.data.dtype, copy=False)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``p *= 1 - lr * weight_decay`` before the step), as
+    torch.optim.AdamW (default weight_decay 0.01)."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class RMSprop(Optimizer):
+    """RMSprop as torch.optim.RMSprop: ``sq = alpha * sq + (1 - alpha) * g^2``; ``avg =
+    sqrt(sq) + eps`` (centered: ``sqrt(sq - mean_g^2) + eps``); with momentum ``buf = momentum *
+    buf + g / avg`` and ``p -= lr * buf``, else ``p -= lr * g / avg``."""
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=bool(centered)))
+
+    def _update(self, group, p, grad, state):
+        alpha, eps, lr = group["alpha"], group["eps"], group["lr"]
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = np.zeros_like(p.data)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = np.zeros_like(p.data)
+            if group["centered"]:
+                state["grad_avg"] = np.zeros_like(p.data)
+        state["step"] += 1
+        if group["weight_decay"]:
+            grad = grad + group["weight_decay"] * p.data
+        sq = state["square_avg"]
+        sq *= alpha
+        sq += (1 - alpha) * grad * grad
+        if group["centered"]:
+            ga = state["grad_avg"]
+            ga *= alpha
+            ga += (1 - alpha) * grad
+            avg = np.sqrt(sq - ga * ga) + eps
+        else:
+            avg = np.sqrt(sq) + eps
+        if group["momentum"] > 0:
+            buf = state["momentum_buffer"]
+            buf *= group["momentum"]
+            buf += grad / avg
+            p.data -= (lr * buf).astype(p.data.dtype, copy=False)
+        else:
+            p.data -= (lr * grad / avg).astype(p.data.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------- clipping
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0):
+    """Scale every gradient by ``max_norm / (total_norm + 1e-6)`` when that is below 1, where
+    total_norm is the norm of all gradients together. Returns total_norm (a float) before
+    clipping; parameters without a gradient are skipped."""
+    grads = [p.grad for p in _param_list(parameters) if p.grad is not None]
+    max_norm = _nonnegative(max_norm, "max_norm")
+    if not grads:
+        return 0.0
+    norm_type = float(norm_type)
+    if math.isinf(norm_type):
+        total = max(float(np.abs(g).max()) if g.size else 0.0 for g in grads)
+    else:
+        total = float(sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in grads)
+                      ** (1.0 / norm_type))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g *= g.dtype.type(coef)
+    return total
+
+
+def clip_grad_value_(parameters, clip_value):
+    """Clamp every gradient element into [-clip_value, clip_value] in place."""
+    clip_value = _nonnegative(clip_value, "clip_value")
+    for p in _param_list(parameters):
+        if p.grad is not None:
+            np.clip(p.grad, -clip_value, clip_value, out=p.grad)
+
+
+# ---------------------------------------------------------------------------- schedules
+class LRScheduler:
+    """Sets each group's ``lr`` from its initial value and the epoch count; call ``step()``
+    once per epoch after the optimizer's steps."""
+
+    def __init__(self, optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a fusedrnn.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        self.optimizer = optimizer
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        self.last_epoch = 0
+
+    def lr_at(self, base_lr, epoch):
+        raise NotImplementedError
+
+    def step(self):
+        self.last_epoch += 1
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self.lr_at(base, self.last_epoch)
+
+    def get_last_lr(self):
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self):
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state_dict):
+        self.last_epoch = int(state_dict["last_epoch"])
+        self.base_lrs = [float(b) for b in state_dict["base_lrs"]]
+
+
+class StepLR(LRScheduler):
+    """``lr = initial_lr * gamma ** (epoch // step_size)``."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) \
+                or step_size < 1:
+            raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, base_lr, epoch):
+        return base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """``lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        if not T_max > 0:
+            raise ValueError(f"T_max: expected a positive number of epochs, got {T_max!r}")
+        self.T_max, self.eta_min = T_max, float(eta_min)
+        super().__init__(optimizer)
+
+    def lr_at(self, base_lr, epoch):
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+# ---------------------------------------------------------------------------- genetic algorithm
+def parameters_to_vector(parameters):
+    """All parameters' values concatenated into one float64 vector."""
+    params = _param_list(parameters)
+    return np.concatenate([p.data.ravel().astype(np.float64) for p in params]) if params \
+        else np.zeros(0)
+
+
+def vector_to_parameters(vector, parameters):
+    """Copy ``vector`` (from :func:`parameters_to_vector`) back into the parameters."""
+    params = _param_list(parameters)
+    total = sum(p.data.size for p in params)
+    vector = np.asarray(vector)
+    if vector.shape != (total,):
+        raise ValueError(f"vector: expected shape ({total},) (all parameters), got {vector.shape}")
+    offset = 0
+    for p in params:
+        n = p.data.size
+        p.data[...] = vector[offset:offset + n].reshape(p.data.shape)
+        offset += n
+
+
+class GeneticAlgorithm:
+    """Gradient-free training: a population of parameter vectors evolved by tournament
+    selection, uniform crossover, Gaussian mutation and elitism.
+
+    ``fitness()`` is called with a candidate's values loaded into the parameters and returns a
+    number to maximise (e.g. minus the loss, or accuracy, from an inference-mode forward; when
+    ``params`` is a Module it is put in eval mode while candidates are scored, so the fused
+    kernels run without saving anything for backward). After each :meth:`step` the parameters
+    hold the best individual found so far. Everything random comes from ``seed``.
+    """
+
+    def __init__(self, params, fitness, population_size=50, elite=2, tournament_size=3,
+                 crossover_rate=0.9, mutation_rate=0.1, mutation_std=0.1, init_std=None,
+                 seed=None):
+        self.module = params if isinstance(params, Module) else None
+        self.params = _param_list(params)
+        if not callable(fitness):
+            raise TypeError(f"fitness: expected a callable returning a number, got "
+                            f"{type(fitness).__name__}")
+        self.fitness = fitness
+        if population_size < 2:
+            raise ValueError(f"population_size: expected >= 2, got {population_size}")
+        if not 0 <= elite < population_size:
+            raise ValueError(f"elite: expected in [0, population_size), got {elite}")
+        if not 1 <= tournament_size <= population_size:
+            raise ValueError(f"tournament_size: expected in [1, population_size], got "
+                             f"{tournament_size}")
+        self.population_size, self.elite = int(population_size), int(elite)
+        self.tournament_size = int(tournament_size)
+        self.crossover_rate, self.mutation_rate = float(crossover_rate), float(mutation_rate)
+        self.mutation_std = float(mutation_std)
+        self.rng = np.random.default_rng(seed)
+        start = parameters_to_vector(self.params)
+        std = float(np.std(start)) if init_std is None else float(init_std)
+        std = std if std > 0 else 0.1
+        self.population = start + self.rng.normal(0.0, std, (self.population_size, start.size))
+        self.population[0] = start  # the current parameters take part too
+        self.scores = np.full(self.population_size, np.nan)
+        self.best_vector, self.best_fitness = start.copy(), -np.inf
+        self.generation = 0
+        self.history = []  # best fitness after each generation
+
+    def _evaluate(self):
+        was_training = self.module.training if self.module is not None else None
+        if self.module is not None:
+            self.module.eval()
+        try:
+            for i in np.flatnonzero(np.isnan(self.scores)):
+                vector_to_parameters(self.population[i], self.params)
+                score = float(self.fitness())
+                self.scores[i] = score if np.isfinite(score) else -np.inf
+        finally:
+            if self.module is not None:
+                self.module.train(was_training)
+
+    def _tournament(self):
+        picks = self.rng.choice(self.population_size, self.tournament_size, replace=False)
+        return picks[np.argmax(self.scores[picks])]
+
+    def step(self):
+        """Score the population, breed the next one; returns the best fitness so far."""
+        self._evaluate()
+        order = np.argsort(-self.scores, kind="stable")
+        if self.scores[order[0]] > self.best_fitness:
+            self.best_fitness = float(self.scores[order[0]])
+            self.best_vector = self.population[order[0]].copy()
+        n, size = self.population_size, self.population.shape[1]
+        children = np.empty_like(self.population)
+        scores = np.full(n, np.nan)
+        children[:self.elite] = self.population[order[:self.elite]]
+        scores[:self.elite] = self.scores[order[:self.elite]]  # elites are not scored again
+        for i in range(self.elite, n):
+            a = self.population[self._tournament()]
+            if self.rng.random() < self.crossover_rate:
+                b = self.population[self._tournament()]
+                child = np.where(self.rng.random(size) < 0.5, a, b)
+            else:
+                child = a.copy()
+            mutate = self.rng.random(size) < self.mutation_rate
+            child = child + mutate * self.rng.normal(0.0, self.mutation_std, size)
+            children[i] = child
+        self.population, self.scores = children, scores
+        self.generation += 1
+        self.history.append(self.best_fitness)
+        vector_to_parameters(self.best_vector, self.params)
+        return self.best_fitness
+
+    def run(self, generations, callback=None):
+        """``generations`` steps; ``callback(generation, best_fitness)`` after each. Returns the
+        best fitness."""
+        for _ in range(int(generations)):
+            best = self.step()
+            if callback is not None:
+                callback(self.generation, best)
+        return self.best_fitness
