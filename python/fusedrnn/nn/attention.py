@@ -1,0 +1,291 @@
+"""Attention over a sequence of encoder states ("memory"), one decoder step per call:
+additive (Bahdanau, ``score = v^T tanh(W_q q + W_k k + b_k)``) and multiplicative (Luong,
+``dot``: ``score = q . k``, ``general``: ``score = q . (W k)``).
+
+Shapes: N batch, S source length, Q query size, K key (= value) size, A attention size.
+
+    keys / values  [N, S, K]   lengths [N] (positions s >= lengths[n] are padding)
+    query          [N, Q]      context [N, K]      weights [N, S]
+
+The keys are projected once per sequence (``set_memory``), never once per step. Each step is
+then one query projection (additive only) and the fused step below. Padded source positions get
+a score of -inf, hence exactly zero weight, and their gradients are exactly zero.
+
+The fused per-step math lives in two plain functions, ``attention_step_forward`` and
+``attention_step_backward`` (score, masked softmax, context, and their gradients). They are the
+boundary a C++ kernel (``csrc/cells/attention.h`` + ``csrc/cpu/attention.cpp``) replaces;
+``fusedrnn.reference.attention`` is the unfused float64 oracle they are tested against.
+
+Module protocol (the same stacking rule as the cells): ``set_memory(keys, lengths)`` once per
+batch, then ``forward(query)`` per decoder step; in training mode every step is pushed on a
+stack and ``backward(dcontext, dweights=None)`` pops the latest one and returns ``dquery``.
+Gradients of the keys are summed over the steps and handed out by ``memory_backward()`` after
+the last step's backward, with one GEMM for the key projection's weight gradient.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .layers import _dtype, _positive_int
+from .module import Module, Parameter
+
+__all__ = ["SCORES", "attention_step_forward", "attention_step_backward", "lengths_mask",
+           "AttentionBase", "BahdanauAttention", "LuongAttention", "make_attention"]
+
+SCORES = ("additive", "dot", "general")
+
+
+def lengths_mask(lengths, N, S):
+    """[N, S] bool, True at real positions (s < lengths[n]); all True when lengths is None."""
+    if lengths is None:
+        return np.ones((N, S), dtype=bool)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (N,) or lengths.dtype.kind not in "iu":
+        raise ValueError(f"lengths: expected an integer array of shape ({N},), got "
+                         f"{lengths.dtype} {lengths.shape}")
+    if N and (lengths.min() < 0 or lengths.max() > S):
+        raise ValueError(f"lengths: expected values in [0, {S}], got min {lengths.min()} "
+                         f"and max {lengths.max()}")
+    return np.arange(S)[None, :] < lengths[:, None]
+
+
+# ---------------------------------------------------------------------------- fused step
+def attention_step_forward(score, query, keys_proj, values, mask, v=None):
+    """One attention step: scores, masked softmax over S, context.
+
+    score      "additive" | "dot" | "general" ("general" is "dot" on keys projected by W)
+    query      [N, A]  additive: W_q q (already projected); dot/general: q itself
+    keys_proj  [N, S, A]  additive: W_k k + b_k; dot: k; general: W k
+    values     [N, S, K]
+    mask       [N, S] bool, True at real positions
+    v          [A] (additive only)
+
+    Returns ``(context [N, K], weights [N, S], saved)``; ``saved`` is what the backward needs.
+    A sample with no real position gets all-zero weights and a zero context."""
+    if score == "additive":
+        hidden = np.tanh(keys_proj + query[:, None, :])          # [N, S, A]
+        scores = hidden @ v                                       # [N, S]
+    else:
+        hidden = None
+        scores = np.einsum("nsa,na->ns", keys_proj, query)
+    scores = np.where(mask, scores, -np.inf)
+    peak = scores.max(axis=1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0)
+    e = np.exp(scores - peak)                                     # exactly 0 where masked
+    total = e.sum(axis=1, keepdims=True)
+    weights = e / np.where(total > 0, total, 1)
+    context = np.einsum("ns,nsk->nk", weights, values)
+    return context, weights, (score, query, keys_proj, values, mask, v, hidden, weights)
+
+
+def attention_step_backward(saved, dcontext, dweights=None):
+    """Gradients of one step. ``dcontext`` [N, K], ``dweights`` [N, S] or None.
+
+    Returns ``(dquery [N, A], dkeys_proj [N, S, A], dvalues [N, S, K], dv [A] or None)``;
+    every gradient is exactly zero at masked positions."""
+    score, query, keys_proj, values, mask, v, hidden, weights = saved
+    dw = np.einsum("nk,nsk->ns", dcontext, values)
+    if dweights is not None:
+        dw = dw + dweights
+    dvalues = weights[:, :, None] * dcontext[:, None, :]
+    # softmax backward; weights are 0 at masked positions so dscores is too
+    dscores = weights * (dw - (weights * dw).sum(axis=1, keepdims=True))
+    if score == "additive":
+        dhidden_pre = (dscores[:, :, None] * v) * (1 - hidden * hidden)   # [N, S, A]
+        dquery = dhidden_pre.sum(axis=1)
+        dkeys_proj = dhidden_pre
+        dv = np.einsum("ns,nsa->a", dscores, hidden)
+    else:
+        dquery = np.einsum("ns,nsa->na", dscores, keys_proj)
+        dkeys_proj = dscores[:, :, None] * query[:, None, :]
+        dv = None
+    return dquery, dkeys_proj, dvalues, dv
+
+
+# ---------------------------------------------------------------------------- modules
+class AttentionBase(Module):
+    """Memory handling, the step stack and the backward protocol shared by both families."""
+
+    score = None
+
+    def __init__(self, query_size, key_size, dtype):
+        super().__init__()
+        self.query_size = _positive_int(query_size, "query_size")
+        self.key_size = _positive_int(key_size, "key_size")
+        self.dtype = _dtype(dtype)
+        self._memory = None
+        self._steps = []
+
+    # -- subclasses: the once-per-sequence key projection and the per-step query projection
+    def _project_keys(self, keys):
+        return keys
+
+    def _project_keys_backward(self, keys, dkeys_proj):
+        return dkeys_proj
+
+    def _project_query(self, query):
+        return query
+
+    def _project_query_backward(self, queries, dqueries):
+        return dqueries
+
+    def _v(self):
+        return None
+
+    # -- protocol
+    def set_memory(self, keys, lengths=None):
+        """Keys (= values) [N, S, K] and lengths [N]; projects the keys once for all steps."""
+        if not isinstance(keys, np.ndarray) or keys.dtype != self.dtype:
+            raise TypeError(f"keys: expected a numpy.ndarray of dtype {self.dtype}, got "
+                            f"{getattr(keys, 'dtype', type(keys).__name__)}")
+        if keys.ndim != 3 or keys.shape[2] != self.key_size:
+            raise ValueError(f"keys: expected shape [N, S, {self.key_size}], got {keys.shape}")
+        N, S, _ = keys.shape
+        mask = lengths_mask(lengths, N, S)
+        keys_proj = self._project_keys(keys)
+        self._memory = dict(keys=keys, keys_proj=keys_proj, mask=mask,
+                            dkeys_proj=None, dvalues=None)
+        self._steps = []
+
+    @property
+    def memory_mask(self):
+        return None if self._memory is None else self._memory["mask"]
+
+    def forward(self, query):
+        """query [N, Q] -> (context [N, K], weights [N, S]) for the memory set last."""
+        mem = self._memory
+        if mem is None:
+            raise RuntimeError(f"{type(self).__name__}: call set_memory(keys, lengths) first")
+        N = mem["keys"].shape[0]
+        if not isinstance(query, np.ndarray) or query.shape != (N, self.query_size):
+            raise ValueError(f"query: expected shape ({N}, {self.query_size}), got "
+                             f"{getattr(query, 'shape', type(query).__name__)}")
+        context, weights, saved = attention_step_forward(
+            self.score, self._project_query(query), mem["keys_proj"], mem["keys"], mem["mask"],
+            self._v())
+        if self.training:
+            self._steps.append((query, saved))
+        return context, weights
+
+    def backward(self, dcontext, dweights=None):
+        """Backward of the latest step not yet back-propagated; returns dquery [N, Q]."""
+        if not self._steps:
+            raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left")
+        query, saved = self._steps.pop()
+        dq_proj, dkeys_proj, dvalues, dv = attention_step_backward(
+            saved, np.asarray(dcontext, self.dtype),
+            None if dweights is None else np.asarray(dweights, self.dtype))
+        mem = self._memory
+        mem["dkeys_proj"] = dkeys_proj if mem["dkeys_proj"] is None else mem["dkeys_proj"] + dkeys_proj
+        mem["dvalues"] = dvalues if mem["dvalues"] is None else mem["dvalues"] + dvalues
+        if dv is not None:
+            self.v.accumulate_grad(dv)
+        return self._project_query_backward(query[None], dq_proj[None])[0]
+
+    def memory_backward(self):
+        """After the last step's backward: d(keys) [N, S, K] summed over all steps (through the
+        key projection and as values); adds the key projection's parameter gradients."""
+        mem = self._memory
+        if mem is None:
+            raise RuntimeError(f"{type(self).__name__}.memory_backward: no memory set")
+        if self._steps:
+            raise RuntimeError(f"{type(self).__name__}.memory_backward: {len(self._steps)} "
+                               f"steps still wait for their backward")
+        keys = mem["keys"]
+        if mem["dvalues"] is None:
+            return np.zeros_like(keys)
+        dkeys = mem["dvalues"] + self._project_keys_backward(keys, mem["dkeys_proj"])
+        mem["dvalues"] = mem["dkeys_proj"] = None
+        return dkeys
+
+
+class BahdanauAttention(AttentionBase):
+    """Additive attention ``score(q, k) = v^T tanh(W_q q + W_k k + b_k)``.
+
+    Parameters: weight_query [A, Q], weight_key [A, K], bias_key [A], v [A]."""
+
+    score = "additive"
+
+    def __init__(self, query_size, key_size, attention_size=None, *, dtype=np.float32, seed=None):
+        super().__init__(query_size, key_size, dtype)
+        A = self.attention_size = _positive_int(attention_size or query_size, "attention_size")
+        rng = np.random.default_rng(seed)
+
+        def uniform(fan_in, *shape):
+            b = 1.0 / math.sqrt(fan_in)
+            return Parameter(rng.uniform(-b, b, shape).astype(self.dtype))
+
+        self.weight_query = uniform(self.query_size, A, self.query_size)
+        self.weight_key = uniform(self.key_size, A, self.key_size)
+        self.bias_key = uniform(self.key_size, A)
+        self.v = uniform(A, A)
+
+    def _v(self):
+        return self.v.data
+
+    def _project_keys(self, keys):
+        return keys @ self.weight_key.data.T + self.bias_key.data
+
+    def _project_keys_backward(self, keys, dkeys_proj):
+        A, K = self.attention_size, self.key_size
+        d2 = dkeys_proj.reshape(-1, A)
+        self.weight_key.accumulate_grad(d2.T @ keys.reshape(-1, K))   # one GEMM over N*S rows
+        self.bias_key.accumulate_grad(d2.sum(axis=0))
+        return dkeys_proj @ self.weight_key.data
+
+    def _project_query(self, query):
+        return query @ self.weight_query.data.T
+
+    def _project_query_backward(self, queries, dqueries):
+        self.weight_query.accumulate_grad(
+            dqueries.reshape(-1, self.attention_size).T @ queries.reshape(-1, self.query_size))
+        return dqueries @ self.weight_query.data
+
+    def extra_repr(self):
+        return f"query_size={self.query_size}, key_size={self.key_size}, " \
+               f"attention_size={self.attention_size}"
+
+
+class LuongAttention(AttentionBase):
+    """Multiplicative attention: ``dot`` (``q . k``, needs Q == K) or ``general``
+    (``q . (W k)`` with weight [Q, K]; the keys are projected once, so each step is a dot)."""
+
+    def __init__(self, query_size, key_size, score="general", *, dtype=np.float32, seed=None):
+        super().__init__(query_size, key_size, dtype)
+        if score not in ("dot", "general"):
+            raise ValueError(f"score: expected 'dot' or 'general', got {score!r}")
+        self.score = score
+        if score == "dot":
+            if self.query_size != self.key_size:
+                raise ValueError(f"key_size: the dot score needs key_size == query_size "
+                                 f"({self.query_size}), got {self.key_size}")
+        else:
+            b = 1.0 / math.sqrt(self.key_size)
+            rng = np.random.default_rng(seed)
+            self.weight = Parameter(rng.uniform(-b, b, (self.query_size, self.key_size))
+                                    .astype(self.dtype))
+
+    def _project_keys(self, keys):
+        return keys if self.score == "dot" else keys @ self.weight.data.T
+
+    def _project_keys_backward(self, keys, dkeys_proj):
+        if self.score == "dot":
+            return dkeys_proj
+        self.weight.accumulate_grad(dkeys_proj.reshape(-1, self.query_size).T
+                                    @ keys.reshape(-1, self.key_size))
+        return dkeys_proj @ self.weight.data
+
+    def extra_repr(self):
+        return f"query_size={self.query_size}, key_size={self.key_size}, score={self.score!r}"
+
+
+def make_attention(score, query_size, key_size, attention_size=None, *, dtype=np.float32,
+                   seed=None):
+    """An attention module by score name: "additive" (Bahdanau), "dot" or "general" (Luong)."""
+    if score == "additive":
+        return BahdanauAttention(query_size, key_size, attention_size, dtype=dtype, seed=seed)
+    if score in ("dot", "general"):
+        return LuongAttention(query_size, key_size, score, dtype=dtype, seed=seed)
+    raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
