@@ -1,0 +1,187 @@
+// The pybind11 module fusedrnn._C_cuda: the CUDA drivers behind raw device pointers.
+// Thin on purpose: python/fusedrnn/cuda.py validates shapes and dtypes, allocates the CuPy
+// outputs and workspace, and passes their addresses (ints) with the current stream. Here: parse
+// the cell, fill the argument block, release the GIL, call.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cuda/recurrent.cuh"
+
+namespace py = pybind11;
+using namespace fusedrnn;
+
+namespace {
+
+CellKind parse_cell(const std::string& cell, const std::string& nonlinearity) {
+  if (cell == "lstm") return CellKind::kLstm;
+  if (cell == "gru") return CellKind::kGru;
+  if (cell == "rnn") {
+    if (nonlinearity == "tanh") return CellKind::kRnnTanh;
+    if (nonlinearity == "relu") return CellKind::kRnnRelu;
+    throw py::value_error("nonlinearity: expected 'tanh' or 'relu', got '" + nonlinearity + "'");
+  }
+  throw py::value_error("cell: expected 'rnn', 'lstm' or 'gru', got '" + cell + "'");
+}
+
+int64_t gate_count(CellKind c) { return c == CellKind::kLstm ? 4 : c == CellKind::kGru ? 3 : 1; }
+
+SeqShape make_shape(CellKind cell, int64_t T, int64_t N, int64_t I, int64_t H) {
+  if (T < 0 || N < 0 || I < 0 || H < 1)
+    throw py::value_error("shape: expected T, N, I >= 0 and H >= 1");
+  return SeqShape{T, N, I, H, gate_count(cell)};
+}
+
+cuda::Options make_options(std::uintptr_t stream, bool allow_tf32, int algorithm) {
+  if (algorithm < 0 || algorithm > 2)
+    throw py::value_error("algorithm: expected 0 (auto), 1 (stepwise) or 2 (persistent)");
+  cuda::Options o;
+  o.stream = stream;
+  o.allow_tf32 = allow_tf32;
+  o.algorithm = static_cast<cuda::Algorithm>(algorithm);
+  return o;
+}
+
+template <typename T>
+T* ptr(std::uintptr_t address) { return reinterpret_cast<T*>(address); }
+
+// Pointer arguments, in order, as addresses (0 for null):
+//   x h0 c0 w_ih w_hh b_ih b_hh lengths(int64, device) y h_n c_n gates extra h_prev workspace
+template <typename T>
+void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bool reverse,
+                   const cuda::Options& options) {
+  ForwardArgs<T> a{};
+  a.shape = shape;
+  a.x = ptr<const T>(p[0].cast<std::uintptr_t>());
+  a.h0 = ptr<const T>(p[1].cast<std::uintptr_t>());
+  a.c0 = ptr<const T>(p[2].cast<std::uintptr_t>());
+  a.w_ih = ptr<const T>(p[3].cast<std::uintptr_t>());
+  a.w_hh = ptr<const T>(p[4].cast<std::uintptr_t>());
+  a.b_ih = ptr<const T>(p[5].cast<std::uintptr_t>());
+  a.b_hh = ptr<const T>(p[6].cast<std::uintptr_t>());
+  a.lengths = ptr<const int64_t>(p[7].cast<std::uintptr_t>());
+  a.reverse = reverse;
+  a.y = ptr<T>(p[8].cast<std::uintptr_t>());
+  a.h_n = ptr<T>(p[9].cast<std::uintptr_t>());
+  a.c_n = ptr<T>(p[10].cast<std::uintptr_t>());
+  a.gates = ptr<T>(p[11].cast<std::uintptr_t>());
+  a.extra = ptr<T>(p[12].cast<std::uintptr_t>());
+  a.h_prev = ptr<T>(p[13].cast<std::uintptr_t>());
+  T* workspace = ptr<T>(p[14].cast<std::uintptr_t>());
+  py::gil_scoped_release release;
+  cuda::recurrent_forward<T>(cell, a, workspace, options);
+}
+
+// Pointer arguments, in order: x w_ih w_hh lengths gates extra h_prev dy dh_n dc_n
+//   dx dh0 dc0 dw_ih dw_hh db_ih db_hh workspace
+template <typename T>
+void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bool reverse,
+                    const cuda::Options& options) {
+  BackwardArgs<T> a{};
+  a.shape = shape;
+  a.x = ptr<const T>(p[0].cast<std::uintptr_t>());
+  a.w_ih = ptr<const T>(p[1].cast<std::uintptr_t>());
+  a.w_hh = ptr<const T>(p[2].cast<std::uintptr_t>());
+  a.lengths = ptr<const int64_t>(p[3].cast<std::uintptr_t>());
+  a.reverse = reverse;
+  a.gates = ptr<const T>(p[4].cast<std::uintptr_t>());
+  a.extra = ptr<const T>(p[5].cast<std::uintptr_t>());
+  a.h_prev = ptr<const T>(p[6].cast<std::uintptr_t>());
+  a.dy = ptr<const T>(p[7].cast<std::uintptr_t>());
+  a.dh_n = ptr<const T>(p[8].cast<std::uintptr_t>());
+  a.dc_n = ptr<const T>(p[9].cast<std::uintptr_t>());
+  a.dx = ptr<T>(p[10].cast<std::uintptr_t>());
+  a.dh0 = ptr<T>(p[11].cast<std::uintptr_t>());
+  a.dc0 = ptr<T>(p[12].cast<std::uintptr_t>());
+  a.dw_ih = ptr<T>(p[13].cast<std::uintptr_t>());
+  a.dw_hh = ptr<T>(p[14].cast<std::uintptr_t>());
+  a.db_ih = ptr<T>(p[15].cast<std::uintptr_t>());
+  a.db_hh = ptr<T>(p[16].cast<std::uintptr_t>());
+  T* workspace = ptr<T>(p[17].cast<std::uintptr_t>());
+  py::gil_scoped_release release;
+  cuda::recurrent_backward<T>(cell, a, workspace, options);
+}
+
+void check_pointer_count(const py::tuple& p, size_t expected, const char* what) {
+  if (p.size() != expected)
+    throw py::value_error(std::string(what) + ": expected " + std::to_string(expected) +
+                          " device addresses, got " + std::to_string(p.size()));
+}
+
+bool is_double(const std::string& dtype) {
+  if (dtype == "float32") return false;
+  if (dtype == "float64") return true;
+  throw py::type_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C_cuda, m) {
+  m.doc() = "fusedrnn CUDA kernels on raw device pointers (use fusedrnn.cuda / fusedrnn.functional)";
+  m.def(
+      "forward_workspace_size",
+      [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
+         int64_t I, int64_t H, bool training) {
+        const CellKind kind = parse_cell(cell, nonlinearity);
+        return cuda::forward_workspace_elems(kind, make_shape(kind, T, N, I, H), training);
+      },
+      py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"), py::arg("I"),
+      py::arg("H"), py::arg("training"), "Forward workspace in elements of the dtype.");
+  m.def(
+      "backward_workspace_size",
+      [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
+         int64_t I, int64_t H) {
+        const CellKind kind = parse_cell(cell, nonlinearity);
+        return cuda::backward_workspace_elems(kind, make_shape(kind, T, N, I, H));
+      },
+      py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"), py::arg("I"),
+      py::arg("H"), "Backward workspace in elements of the dtype.");
+  m.def(
+      "recurrent_forward",
+      [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
+         int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
+         std::uintptr_t stream, bool allow_tf32, int algorithm) {
+        const CellKind kind = parse_cell(cell, nonlinearity);
+        const SeqShape shape = make_shape(kind, T, N, I, H);
+        const cuda::Options options = make_options(stream, allow_tf32, algorithm);
+        check_pointer_count(pointers, 15, "pointers");
+        if (is_double(dtype))
+          forward_typed<double>(kind, shape, pointers, reverse, options);
+        else
+          forward_typed<float>(kind, shape, pointers, reverse, options);
+      },
+      py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
+      py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("stream"),
+      py::arg("allow_tf32"), py::arg("algorithm"));
+  m.def(
+      "recurrent_backward",
+      [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
+         int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
+         std::uintptr_t stream, bool allow_tf32) {
+        const CellKind kind = parse_cell(cell, nonlinearity);
+        const SeqShape shape = make_shape(kind, T, N, I, H);
+        const cuda::Options options = make_options(stream, allow_tf32, 0);
+        check_pointer_count(pointers, 18, "pointers");
+        if (is_double(dtype))
+          backward_typed<double>(kind, shape, pointers, reverse, options);
+        else
+          backward_typed<float>(kind, shape, pointers, reverse, options);
+      },
+      py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
+      py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("stream"),
+      py::arg("allow_tf32"));
+  m.def(
+      "persistent_forward_fits",
+      [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
+         int64_t T, int64_t N, int64_t I, int64_t H) {
+        const CellKind kind = parse_cell(cell, nonlinearity);
+        const SeqShape shape = make_shape(kind, T, N, I, H);
+        return is_double(dtype) ? cuda::persistent_forward_fits<double>(kind, shape)
+                                : cuda::persistent_forward_fits<float>(kind, shape);
+      },
+      py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
+      py::arg("I"), py::arg("H"),
+      "Can the persistent forward kernel run this problem on the current device?");
+  m.def("device_summary", &cuda::device_summary, "Name, compute capability and SMs of the device.");
+}

@@ -1,0 +1,651 @@
+// CUDA sequence drivers (one layer, one direction), the GPU twin of cpu/recurrent.cpp.
+//
+// Forward: the input projection of all T steps as one cuBLAS GEMM, then the time loop, run one
+// of two ways:
+//   stepwise    per step, a cuBLAS GEMM for the recurrent product h W_hh^T and one fused
+//               pointwise kernel (biases, the cell's gate math, lengths masking, saving);
+//   persistent  for small batches, one cooperative kernel for all T steps: each block keeps its
+//               slice of W_hh (the G gate rows of its hidden units) in shared memory, computes
+//               its units' recurrent products and gate math, publishes its part of h, and waits
+//               at one grid-wide barrier per step. Cell state never leaves the block.
+// Backward: the reverse time loop (per step: one fused pointwise kernel producing the gate
+// gradients, then a cuBLAS GEMM dh += dgh W_hh), then dx, dw_ih, dw_hh as single GEMMs over all
+// T*N rows and the biases as column sums (GEMVs against a ones vector; no atomics).
+//
+// Row-major throughout, as on the CPU. cuBLAS is column-major: a row-major C = op(A) op(B) is
+// the column-major C^T = op(B)^T op(A)^T, so every GEMM swaps its operands (see `gemm`).
+// float32 GEMMs run in full fp32 unless the caller allows TF32.
+#include "cuda/recurrent.cuh"
+
+#include <cooperative_groups.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cells/gru_cell.h"
+#include "cells/lstm_cell.h"
+#include "cells/rnn_cell.h"
+
+namespace cg = cooperative_groups;
+
+namespace fusedrnn {
+namespace cuda {
+namespace {
+
+// ------------------------------------------------------------------------------ error checks
+void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess)
+    throw std::runtime_error(std::string("fusedrnn CUDA error in ") + what + ": " +
+                             cudaGetErrorString(status));
+}
+
+void check_cublas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("fusedrnn cuBLAS error in ") + what + ": " +
+                             cublasGetStatusString(status));
+}
+
+#define FUSEDRNN_CUDA_CHECK(expr) check_cuda((expr), #expr)
+#define FUSEDRNN_CUBLAS_CHECK(expr) check_cublas((expr), #expr)
+#define FUSEDRNN_LAUNCH_CHECK(name) check_cuda(cudaGetLastError(), name)
+
+constexpr int kThreads = 256;            // pointwise kernels
+constexpr int kPersistentThreads = 256;  // persistent kernel: 8 warps
+constexpr int64_t kPersistentMaxBatch = 16;  // kAuto uses the persistent kernel up to this N
+
+int blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(b < 65535 * 32 ? (b > 0 ? b : 1) : 65535 * 32);
+}
+
+int checked_int(int64_t v, const char* what) {
+  if (v > INT_MAX) throw std::runtime_error(std::string("fusedrnn CUDA: ") + what + " too large for cuBLAS");
+  return static_cast<int>(v);
+}
+
+// ------------------------------------------------------------------------------ cuBLAS
+// One handle per (host thread, device): cuBLAS handles must not be shared between threads that
+// use different streams concurrently. Handles live until the process ends.
+cublasHandle_t blas_handle(cudaStream_t stream, bool allow_tf32) {
+  thread_local std::vector<cublasHandle_t> handles;
+  int device = 0;
+  FUSEDRNN_CUDA_CHECK(cudaGetDevice(&device));
+  if (static_cast<int>(handles.size()) <= device) handles.resize(device + 1, nullptr);
+  if (!handles[device]) FUSEDRNN_CUBLAS_CHECK(cublasCreate(&handles[device]));
+  cublasHandle_t h = handles[device];
+  FUSEDRNN_CUBLAS_CHECK(cublasSetStream(h, stream));
+  FUSEDRNN_CUBLAS_CHECK(
+      cublasSetMathMode(h, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  return h;
+}
+
+cublasStatus_t gemm_col_major(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                              int n, int k, const float* alpha, const float* A, int lda,
+                              const float* B, int ldb, const float* beta, float* C, int ldc) {
+  return cublasSgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+cublasStatus_t gemm_col_major(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                              int n, int k, const double* alpha, const double* A, int lda,
+                              const double* B, int ldb, const double* beta, double* C, int ldc) {
+  return cublasDgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+cublasStatus_t gemv_col_major(cublasHandle_t h, int m, int n, const float* alpha, const float* A,
+                              int lda, const float* x, const float* beta, float* y) {
+  return cublasSgemv(h, CUBLAS_OP_N, m, n, alpha, A, lda, x, 1, beta, y, 1);
+}
+
+cublasStatus_t gemv_col_major(cublasHandle_t h, int m, int n, const double* alpha,
+                              const double* A, int lda, const double* x, const double* beta,
+                              double* y) {
+  return cublasDgemv(h, CUBLAS_OP_N, m, n, alpha, A, lda, x, 1, beta, y, 1);
+}
+
+// Row-major C[M, N] = alpha * op(A)[M, K] * op(B)[K, N] + beta * C (the CPU gemm's signature).
+template <typename T>
+void gemm(cublasHandle_t h, cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N,
+          int64_t K, T alpha, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
+          int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // nothing to multiply: C = beta * C (beta is 0 or 1 here)
+    if (beta == T(0))
+      FUSEDRNN_CUDA_CHECK(cudaMemset2DAsync(C, ldc * sizeof(T), 0, N * sizeof(T), M, stream));
+    return;
+  }
+  FUSEDRNN_CUBLAS_CHECK(gemm_col_major(
+      h, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+      checked_int(N, "N"), checked_int(M, "M"), checked_int(K, "K"), &alpha, B,
+      checked_int(ldb, "ldb"), A, checked_int(lda, "lda"), &beta, C, checked_int(ldc, "ldc")));
+}
+
+template <typename T>
+__global__ void fill_kernel(T* out, int64_t n, T value) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = value;
+}
+
+// out[cols] = column sums of the row-major a[rows, cols]; `ones` holds at least `rows` ones.
+template <typename T>
+void column_sums(cublasHandle_t h, cudaStream_t stream, const T* a, int64_t rows, int64_t cols,
+                 const T* ones, T* out) {
+  if (cols == 0) return;
+  if (rows == 0) {
+    FUSEDRNN_CUDA_CHECK(cudaMemsetAsync(out, 0, cols * sizeof(T), stream));
+    return;
+  }
+  const T one = 1, zero = 0;
+  FUSEDRNN_CUBLAS_CHECK(gemv_col_major(h, checked_int(cols, "columns"), checked_int(rows, "rows"),
+                                       &one, a, checked_int(cols, "columns"), ones, &zero, out));
+}
+
+// ------------------------------------------------------------------------------ stepwise kernels
+template <typename T>
+struct StepForward {
+  int64_t N, H;
+  const T* gh;      // [N, GH] h W_hh^T of this step (no bias)
+  const T* b_ih;    // [GH]
+  const T* b_hh;    // [GH]
+  const int64_t* lengths;  // [N] or null
+  T* gates;         // [T, N, GH] in: x W_ih^T (no bias); out (training): activated gates
+  T* h;             // [N, H] running state (h_n), updated in place
+  T* c;             // [N, H] running cell state (c_n) or null
+  T* y;             // [T, N, H]
+  T* extra;         // [T, N, H] (training, LSTM/GRU) or null
+  T* h_prev;        // [T, N, H] (training) or null
+};
+
+// One thread per (n, j): biases, the cell's gate math for step t, masking and saving.
+// The cell headers index gates as [k*H + j]; giving them per-unit register arrays with H = 1 and
+// j = 0 keeps the math in one place and the values in registers.
+template <typename T, typename Cell, bool kTraining>
+__global__ void forward_step_kernel(StepForward<T> p, int64_t t) {
+  constexpr int G = Cell::kGates;
+  const int64_t N = p.N, H = p.H, GH = G * H;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < N * H;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / H, j = idx - n * H;
+    const int64_t row = t * N + n;
+    T h = p.h[idx];
+    if (kTraining) p.h_prev[row * H + j] = h;
+    if (p.lengths && t >= p.lengths[n]) {  // past its length: state passes through, y = 0
+      p.y[row * H + j] = T(0);
+      continue;
+    }
+    T gx[G], gh[G], act[G], extra = T(0);
+    T c = Cell::kHasCellState ? p.c[idx] : T(0);
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      gx[k] = p.gates[row * GH + k * H + j] + p.b_ih[k * H + j];
+      gh[k] = p.gh[n * GH + k * H + j] + p.b_hh[k * H + j];
+    }
+    Cell::forward(gx, gh, int64_t(1), int64_t(0), h, c, act, &extra);
+    p.h[idx] = h;
+    if (Cell::kHasCellState) p.c[idx] = c;
+    p.y[row * H + j] = h;
+    if (kTraining) {
+#pragma unroll
+      for (int k = 0; k < G; ++k) p.gates[row * GH + k * H + j] = act[k];
+      if (Cell::kUsesExtra) p.extra[row * H + j] = extra;
+    }
+  }
+}
+
+template <typename T>
+struct StepBackward {
+  int64_t N, H;
+  const int64_t* lengths;
+  const T* gates;   // [T, N, GH]
+  const T* extra;   // [T, N, H] or null
+  const T* h_prev;  // [T, N, H]
+  const T* dy;      // [T, N, H]
+  const T* dh;      // [N, H] gradient reaching the state leaving step t
+  T* dc;            // [N, H] (LSTM): in, reaching c_t; out, reaching c_{t-1}
+  T* dh_next;       // [N, H] out: the part of dh_{t-1} that bypasses W_hh
+  T* dgx;           // [T, N, GH] pre-activation gradients (input side)
+  T* dgh;           // [T, N, GH] recurrent side (GRU only; else null and dgx is used)
+};
+
+template <typename T, typename Cell>
+__global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
+  constexpr int G = Cell::kGates;
+  const int64_t N = p.N, H = p.H, GH = G * H;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < N * H;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / H, j = idx - n * H;
+    const int64_t row = t * N + n;
+    const T dh = p.dh[idx];
+    if (p.lengths && t >= p.lengths[n]) {  // untouched state: gradient passes, gates get none
+      p.dh_next[idx] = dh;
+#pragma unroll
+      for (int k = 0; k < G; ++k) {
+        p.dgx[row * GH + k * H + j] = T(0);
+        if (Cell::kSplitRecurrentGrad) p.dgh[row * GH + k * H + j] = T(0);
+      }
+      continue;
+    }
+    T act[G], dgx[G], dgh[G];
+#pragma unroll
+    for (int k = 0; k < G; ++k) act[k] = p.gates[row * GH + k * H + j];
+    T extra = Cell::kUsesExtra ? p.extra[row * H + j] : T(0);
+    T dc = Cell::kHasCellState ? p.dc[idx] : T(0);
+    T dh_direct = T(0);
+    Cell::backward(act, &extra, p.h_prev[row * H + j], int64_t(1), int64_t(0),
+                   dh + p.dy[row * H + j], dc, dgx, dgh, dh_direct);
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      p.dgx[row * GH + k * H + j] = dgx[k];
+      if (Cell::kSplitRecurrentGrad) p.dgh[row * GH + k * H + j] = dgh[k];
+    }
+    if (Cell::kHasCellState) p.dc[idx] = dc;
+    p.dh_next[idx] = dh_direct;
+  }
+}
+
+// ------------------------------------------------------------------------------ persistent kernel
+template <typename T>
+struct PersistentForward {
+  int T_, N, H, U;  // U: hidden units per block (block b owns units [b*U, b*U + U) ∩ [0, H))
+  bool reverse;
+  const T* w_hh;    // [GH, H]
+  const T* b_ih;    // [GH]
+  const T* b_hh;    // [GH]
+  const T* h0;      // [N, H]
+  const T* c0;      // [N, H] or null
+  const int64_t* lengths;
+  T* gates;         // [T, N, GH] in: x W_ih^T; out (training): activated gates
+  T* y;             // [T, N, H]
+  T* h_n;           // [N, H]
+  T* c_n;           // [N, H] or null
+  T* extra;         // training only
+  T* h_prev;        // training only
+  T* h_exchange;    // [2, N, H] the state published each step (double-buffered)
+};
+
+// Shared memory of one block, in elements of T.
+inline int64_t persistent_smem_elems(int G, int64_t N, int64_t H, int64_t U) {
+  const int64_t N4 = (N + 3) / 4 * 4;
+  return G * U * H       // W_s: the block's G*U rows of W_hh
+         + N4 * H        // h_s: the whole previous state, batch padded to a multiple of 4
+         + N * G * U     // gh_s: the block's recurrent products
+         + 2 * N * U;    // own_h, own_c: the block's units' state
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <typename T, typename Cell, bool kTraining>
+__global__ void __launch_bounds__(kPersistentThreads)
+persistent_forward_kernel(PersistentForward<T> p) {
+  constexpr int G = Cell::kGates;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int N = p.N, H = p.H, U = p.U, GU = G * U, GH = G * H;
+  const int N4 = (N + 3) / 4 * 4;
+  T* W_s = reinterpret_cast<T*>(smem_raw);
+  T* h_s = W_s + int64_t(GU) * H;
+  T* gh_s = h_s + int64_t(N4) * H;
+  T* own_h = gh_s + N * GU;
+  T* own_c = own_h + N * U;
+  const int j0 = blockIdx.x * U;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+
+  // Local row r = k*U + u holds W_hh row k*H + j0 + u (zeros past H).
+  for (int64_t i = tid; i < int64_t(GU) * H; i += blockDim.x) {
+    const int r = static_cast<int>(i / H), col = static_cast<int>(i - int64_t(r) * H);
+    const int k = r / U, j = j0 + r % U;
+    W_s[i] = j < H ? p.w_hh[(int64_t(k) * H + j) * H + col] : T(0);
+  }
+  for (int i = N * H + tid; i < N4 * H; i += blockDim.x) h_s[i] = T(0);
+  for (int i = tid; i < N * U; i += blockDim.x) {
+    const int n = i / U, j = j0 + i % U;
+    own_h[i] = j < H ? p.h0[n * H + j] : T(0);
+    own_c[i] = (Cell::kHasCellState && j < H) ? p.c0[n * H + j] : T(0);
+  }
+  cg::grid_group grid = cg::this_grid();
+
+  for (int s = 0; s < p.T_; ++s) {
+    const int t = p.reverse ? p.T_ - 1 - s : s;
+    // The state every block published last step (L2 only: L1 is not coherent across blocks).
+    const T* h_src = s == 0 ? p.h0 : p.h_exchange + ((s - 1) & 1) * N * H;
+    for (int i = tid; i < N * H; i += blockDim.x) h_s[i] = __ldcg(h_src + i);
+    __syncthreads();
+
+    // gh_s[n][r] = W_s[r, :] . h_s[n, :]: a warp takes two rows and four samples at a time,
+    // lanes split the hidden dimension, then a butterfly sum.
+    for (int r0 = 2 * warp; r0 < GU; r0 += 2 * warps) {
+      const bool two = r0 + 1 < GU;
+      const T* w0 = W_s + int64_t(r0) * H;
+      const T* w1 = two ? w0 + H : w0;
+      for (int n0 = 0; n0 < N; n0 += 4) {
+        T acc0[4] = {T(0), T(0), T(0), T(0)}, acc1[4] = {T(0), T(0), T(0), T(0)};
+        const T* hb = h_s + int64_t(n0) * H;
+        for (int k = lane; k < H; k += 32) {
+          const T a = w0[k], b = w1[k];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const T hv = hb[i * H + k];
+            acc0[i] = fma(a, hv, acc0[i]);
+            acc1[i] = fma(b, hv, acc1[i]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          acc0[i] = warp_sum(acc0[i]);
+          acc1[i] = warp_sum(acc1[i]);
+        }
+        if (lane == 0) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            if (n0 + i < N) {
+              gh_s[(n0 + i) * GU + r0] = acc0[i];
+              if (two) gh_s[(n0 + i) * GU + r0 + 1] = acc1[i];
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+
+    // The gate math of the block's units, then publish h.
+    T* h_dst = p.h_exchange + (s & 1) * N * H;
+    for (int i = tid; i < N * U; i += blockDim.x) {
+      const int n = i / U, u = i - (i / U) * U, j = j0 + u;
+      if (j >= H) continue;
+      const int64_t row = int64_t(t) * N + n;
+      T h = own_h[i], c = own_c[i];
+      if (kTraining) p.h_prev[row * H + j] = h;
+      if (p.lengths && t >= p.lengths[n]) {
+        p.y[row * H + j] = T(0);
+      } else {
+        T gx[G], gh[G], act[G], extra = T(0);
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+          gx[k] = p.gates[row * GH + k * H + j] + p.b_ih[k * H + j];
+          gh[k] = gh_s[n * GU + k * U + u] + p.b_hh[k * H + j];
+        }
+        Cell::forward(gx, gh, int64_t(1), int64_t(0), h, c, act, &extra);
+        p.y[row * H + j] = h;
+        if (kTraining) {
+#pragma unroll
+          for (int k = 0; k < G; ++k) p.gates[row * GH + k * H + j] = act[k];
+          if (Cell::kUsesExtra) p.extra[row * H + j] = extra;
+        }
+        own_h[i] = h;
+        own_c[i] = c;
+      }
+      __stcg(h_dst + n * H + j, h);
+    }
+    grid.sync();  // every block's h is published (and every block is done reading h_src)
+  }
+
+  for (int i = tid; i < N * U; i += blockDim.x) {
+    const int n = i / U, j = j0 + i % U;
+    if (j >= H) continue;
+    p.h_n[n * H + j] = own_h[i];
+    if (Cell::kHasCellState) p.c_n[n * H + j] = own_c[i];
+  }
+}
+
+// Launch geometry of the persistent kernel, or fits = false.
+struct PersistentPlan {
+  bool fits = false;
+  int blocks = 0, units = 0;
+  size_t smem_bytes = 0;
+};
+
+template <typename T, typename Cell, bool kTraining>
+PersistentPlan plan_persistent(const SeqShape& s) {
+  PersistentPlan plan;
+  if (s.N <= 0 || s.H <= 0 || s.T <= 0 || s.H > INT_MAX / 8 || s.N > 4096) return plan;
+  int device = 0;
+  FUSEDRNN_CUDA_CHECK(cudaGetDevice(&device));
+  int sms = 0, coop = 0, smem_optin = 0;
+  FUSEDRNN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  FUSEDRNN_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  FUSEDRNN_CUDA_CHECK(
+      cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (!coop || sms <= 0) return plan;
+  const int64_t units = (s.H + sms - 1) / sms;
+  const int64_t blocks = (s.H + units - 1) / units;
+  const size_t bytes = persistent_smem_elems(Cell::kGates, s.N, s.H, units) * sizeof(T);
+  if (bytes > static_cast<size_t>(smem_optin)) return plan;
+  auto kernel = persistent_forward_kernel<T, Cell, kTraining>;
+  FUSEDRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes)));
+  int per_sm = 0;
+  FUSEDRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
+                                                                    kPersistentThreads, bytes));
+  if (per_sm < 1 || blocks > int64_t(per_sm) * sms) return plan;
+  plan.fits = true;
+  plan.blocks = static_cast<int>(blocks);
+  plan.units = static_cast<int>(units);
+  plan.smem_bytes = bytes;
+  return plan;
+}
+
+// ------------------------------------------------------------------------------ drivers
+template <typename T, typename Cell, bool kTraining>
+void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
+  const SeqShape s = a.shape;
+  const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N;
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(o.stream);
+  if (N * H > 0) {
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.h_n, a.h0, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+    if (Cell::kHasCellState)
+      FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.c_n, a.c0, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+  }
+  if (TN == 0 || H == 0) return;
+  cublasHandle_t blas = blas_handle(stream, o.allow_tf32);
+  // gates <- x W_ih^T for every step at once (biases are added in the fused kernels).
+  gemm(blas, stream, false, true, TN, GH, s.I, T(1), a.x, s.I, a.w_ih, s.I, T(0), a.gates, GH);
+
+  T* gh = workspace;                // [N, GH]
+  T* h_exchange = workspace + N * GH;  // [2, N, H]
+  PersistentPlan plan;
+  if (o.algorithm == Algorithm::kPersistent ||
+      (o.algorithm == Algorithm::kAuto && N <= kPersistentMaxBatch))
+    plan = plan_persistent<T, Cell, kTraining>(s);
+  if (o.algorithm == Algorithm::kPersistent && !plan.fits)
+    throw std::runtime_error("fusedrnn CUDA: the persistent kernel does not fit this problem "
+                             "(shared memory or co-residency); use the stepwise algorithm");
+  if (plan.fits) {
+    PersistentForward<T> p{};
+    p.T_ = static_cast<int>(s.T);
+    p.N = static_cast<int>(N);
+    p.H = static_cast<int>(H);
+    p.U = plan.units;
+    p.reverse = a.reverse;
+    p.w_hh = a.w_hh;
+    p.b_ih = a.b_ih;
+    p.b_hh = a.b_hh;
+    p.h0 = a.h0;
+    p.c0 = a.c0;
+    p.lengths = a.lengths;
+    p.gates = a.gates;
+    p.y = a.y;
+    p.h_n = a.h_n;
+    p.c_n = a.c_n;
+    p.extra = a.extra;
+    p.h_prev = a.h_prev;
+    p.h_exchange = h_exchange;
+    void* params[] = {&p};
+    FUSEDRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
+        reinterpret_cast<const void*>(persistent_forward_kernel<T, Cell, kTraining>),
+        dim3(plan.blocks), dim3(kPersistentThreads), params, plan.smem_bytes, stream));
+    FUSEDRNN_LAUNCH_CHECK("persistent_forward_kernel");
+    return;
+  }
+
+  StepForward<T> p{};
+  p.N = N;
+  p.H = H;
+  p.gh = gh;
+  p.b_ih = a.b_ih;
+  p.b_hh = a.b_hh;
+  p.lengths = a.lengths;
+  p.gates = a.gates;
+  p.h = a.h_n;
+  p.c = a.c_n;
+  p.y = a.y;
+  p.extra = a.extra;
+  p.h_prev = a.h_prev;
+  const int blocks = blocks_for(N * H);
+  for (int64_t step = 0; step < s.T; ++step) {
+    const int64_t t = a.reverse ? s.T - 1 - step : step;
+    gemm(blas, stream, false, true, N, GH, H, T(1), a.h_n, H, a.w_hh, H, T(0), gh, GH);
+    forward_step_kernel<T, Cell, kTraining><<<blocks, kThreads, 0, stream>>>(p, t);
+    FUSEDRNN_LAUNCH_CHECK("forward_step_kernel");
+  }
+}
+
+template <typename T, typename Cell>
+void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
+  const SeqShape s = a.shape;
+  const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N, I = s.I;
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(o.stream);
+  cublasHandle_t blas = blas_handle(stream, o.allow_tf32);
+
+  T* dgx = workspace;                                             // [T, N, GH]
+  T* dgh = Cell::kSplitRecurrentGrad ? dgx + TN * GH : dgx;       // [T, N, GH]
+  T* dh_other = (Cell::kSplitRecurrentGrad ? dgh + TN * GH : dgx + TN * GH);  // [N, H]
+  T* ones = dh_other + N * H;                                     // [max(TN, 1)]
+
+  if (N * H > 0) {
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, a.dh_n, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+    if (Cell::kHasCellState)
+      FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dc0, a.dc_n, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+  }
+
+  // dh ping-pongs between dh0 and the workspace; it ends in dh0.
+  T* dh = a.dh0;
+  T* dh_next = dh_other;
+  StepBackward<T> p{};
+  p.N = N;
+  p.H = H;
+  p.lengths = a.lengths;
+  p.gates = a.gates;
+  p.extra = a.extra;
+  p.h_prev = a.h_prev;
+  p.dy = a.dy;
+  p.dc = a.dc0;
+  p.dgx = dgx;
+  p.dgh = Cell::kSplitRecurrentGrad ? dgh : nullptr;
+  const int blocks = blocks_for(N * H);
+  if (N * H > 0) {
+    for (int64_t step = s.T - 1; step >= 0; --step) {
+      const int64_t t = a.reverse ? s.T - 1 - step : step;
+      p.dh = dh;
+      p.dh_next = dh_next;
+      backward_step_kernel<T, Cell><<<blocks, kThreads, 0, stream>>>(p, t);
+      FUSEDRNN_LAUNCH_CHECK("backward_step_kernel");
+      // dh_{t-1} = dh_direct + dgh_t W_hh (rows of inactive samples of dgh_t are zero).
+      gemm(blas, stream, false, false, N, H, GH, T(1), dgh + t * N * GH, GH, a.w_hh, H, T(1),
+           dh_next, H);
+      std::swap(dh, dh_next);
+    }
+    if (dh != a.dh0)
+      FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, dh, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+  }
+
+  // The three big GEMMs over all T*N rows, then the bias gradients.
+  gemm(blas, stream, false, false, TN, I, GH, T(1), dgx, GH, a.w_ih, I, T(0), a.dx, I);
+  gemm(blas, stream, true, false, GH, I, TN, T(1), dgx, GH, a.x, I, T(0), a.dw_ih, I);
+  gemm(blas, stream, true, false, GH, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh, H);
+  if (TN > 0) {
+    fill_kernel<T><<<blocks_for(TN), kThreads, 0, stream>>>(ones, TN, T(1));
+    FUSEDRNN_LAUNCH_CHECK("fill_kernel");
+  }
+  column_sums(blas, stream, dgx, TN, GH, ones, a.db_ih);
+  column_sums(blas, stream, dgh, TN, GH, ones, a.db_hh);
+}
+
+template <typename T, bool kTraining>
+void forward_dispatch(CellKind cell, const ForwardArgs<T>& a, T* ws, const Options& o) {
+  switch (cell) {
+    case CellKind::kLstm: return forward_impl<T, LstmCell, kTraining>(a, ws, o);
+    case CellKind::kGru: return forward_impl<T, GruCell, kTraining>(a, ws, o);
+    case CellKind::kRnnTanh: return forward_impl<T, RnnCell<false>, kTraining>(a, ws, o);
+    case CellKind::kRnnRelu: return forward_impl<T, RnnCell<true>, kTraining>(a, ws, o);
+  }
+}
+
+template <typename T, bool kTraining>
+bool fits_dispatch(CellKind cell, const SeqShape& s) {
+  switch (cell) {
+    case CellKind::kLstm: return plan_persistent<T, LstmCell, kTraining>(s).fits;
+    case CellKind::kGru: return plan_persistent<T, GruCell, kTraining>(s).fits;
+    case CellKind::kRnnTanh: return plan_persistent<T, RnnCell<false>, kTraining>(s).fits;
+    case CellKind::kRnnRelu: return plan_persistent<T, RnnCell<true>, kTraining>(s).fits;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::size_t forward_workspace_elems(CellKind /*cell*/, const SeqShape& s, bool /*training*/) {
+  return static_cast<std::size_t>(s.N * s.GH() + 2 * s.N * s.H + 1);
+}
+
+std::size_t backward_workspace_elems(CellKind cell, const SeqShape& s) {
+  const int64_t TN = s.T * s.N;
+  const int64_t gate_buffers = cell == CellKind::kGru ? 2 : 1;
+  return static_cast<std::size_t>(gate_buffers * TN * s.GH() + s.N * s.H + (TN > 0 ? TN : 1));
+}
+
+template <typename T>
+void recurrent_forward(CellKind cell, const ForwardArgs<T>& args, T* workspace,
+                       const Options& options) {
+  if (args.h_prev)
+    forward_dispatch<T, true>(cell, args, workspace, options);
+  else
+    forward_dispatch<T, false>(cell, args, workspace, options);
+}
+
+template <typename T>
+void recurrent_backward(CellKind cell, const BackwardArgs<T>& args, T* workspace,
+                        const Options& options) {
+  switch (cell) {
+    case CellKind::kLstm: return backward_impl<T, LstmCell>(args, workspace, options);
+    case CellKind::kGru: return backward_impl<T, GruCell>(args, workspace, options);
+    case CellKind::kRnnTanh: return backward_impl<T, RnnCell<false>>(args, workspace, options);
+    case CellKind::kRnnRelu: return backward_impl<T, RnnCell<true>>(args, workspace, options);
+  }
+}
+
+template <typename T>
+bool persistent_forward_fits(CellKind cell, const SeqShape& shape) {
+  return fits_dispatch<T, false>(cell, shape);
+}
+
+std::string device_summary() {
+  int device = 0;
+  FUSEDRNN_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  FUSEDRNN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  int runtime = 0, driver = 0;
+  FUSEDRNN_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+  FUSEDRNN_CUDA_CHECK(cudaDriverGetVersion(&driver));
+  return std::string(prop.name) + " (sm_" + std::to_string(prop.major) +
+         std::to_string(prop.minor) + ", " + std::to_string(prop.multiProcessorCount) +
+         " SMs; runtime " + std::to_string(runtime) + ", driver " + std::to_string(driver) + ")";
+}
+
+template void recurrent_forward<float>(CellKind, const ForwardArgs<float>&, float*, const Options&);
+template void recurrent_forward<double>(CellKind, const ForwardArgs<double>&, double*, const Options&);
+template void recurrent_backward<float>(CellKind, const BackwardArgs<float>&, float*, const Options&);
+template void recurrent_backward<double>(CellKind, const BackwardArgs<double>&, double*, const Options&);
+template bool persistent_forward_fits<float>(CellKind, const SeqShape&);
+template bool persistent_forward_fits<double>(CellKind, const SeqShape&);
+
+}  // namespace cuda
+}  // namespace fusedrnn

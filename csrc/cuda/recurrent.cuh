@@ -1,0 +1,52 @@
+// CUDA sequence drivers: one layer, one direction, the whole sequence in one call, on a caller's
+// stream. The same algorithm and saved-tensor contract as the CPU driver (cpu/recurrent.h):
+// every pointer in ForwardArgs/BackwardArgs is a device pointer, `lengths` included.
+//
+// This header is plain C++ (no CUDA types) so that the pybind11 binding compiles with the host
+// compiler: streams travel as integers (cudaStream_t values).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "common/kernel_args.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+// How the time loop of the forward pass runs.
+enum class Algorithm {
+  kAuto = 0,        // persistent when it fits (small batch), else stepwise
+  kStepwise = 1,    // per step: one cuBLAS GEMM for the recurrent product + one fused kernel
+  kPersistent = 2,  // one cooperative kernel for all steps, W_hh slices resident in shared memory
+};
+
+struct Options {
+  std::uintptr_t stream = 0;  // cudaStream_t
+  bool allow_tf32 = false;    // cuBLAS float32 GEMMs may use TF32 tensor cores
+  Algorithm algorithm = Algorithm::kAuto;
+};
+
+// Device scratch (elements of T) the caller provides to each call.
+std::size_t forward_workspace_elems(CellKind cell, const SeqShape& shape, bool training);
+std::size_t backward_workspace_elems(CellKind cell, const SeqShape& shape);
+
+// Forward. `gates` [T, N, GH] is always required (it holds the input projection, then, in
+// training, the saved activations); `extra` and `h_prev` only in training (extra null for RNN).
+template <typename T>
+void recurrent_forward(CellKind cell, const ForwardArgs<T>& args, T* workspace,
+                       const Options& options);
+
+template <typename T>
+void recurrent_backward(CellKind cell, const BackwardArgs<T>& args, T* workspace,
+                        const Options& options);
+
+// Would `recurrent_forward` run the persistent kernel for this problem under kAuto?
+template <typename T>
+bool persistent_forward_fits(CellKind cell, const SeqShape& shape);
+
+// Device name and compute capability of the current device, for info().
+std::string device_summary();
+
+}  // namespace cuda
+}  // namespace fusedrnn
