@@ -1,0 +1,153 @@
+"""`fusedrnn train chars`: a character language model (many-to-many) trained with truncated
+BPTT, and `fusedrnn generate`: sampling text from it (one-to-many).
+
+The corpus is ``--data FILE`` or the embedded default (docstrings of Python's standard library,
+see ``fusedrnn.data.text``). The last 10% is held out. The training text is cut into
+``--batch-size`` parallel streams read in chunks of ``--bptt`` characters, the state carried from
+chunk to chunk. Reports held-out bits per character against the unigram baseline (the
+cross-entropy of the held-out text under the training text's character frequencies).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .. import data, io, optim
+from ..nn import CrossEntropyLoss, softmax
+from ..training import TruncatedBPTT, fit
+from .common import RecurrentLM, maybe_plot
+
+DEFAULTS = dict(epochs=4, hidden=256, embedding=32, lr=3e-3, batch_size=32, bptt=64, cell="lstm")
+LN2 = math.log(2.0)
+
+
+def add_arguments(p):
+    p.add_argument("--data", help="a UTF-8 text file (default: Python's standard-library docs)")
+    p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=DEFAULTS["cell"])
+    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
+    p.add_argument("--embedding", type=int, default=DEFAULTS["embedding"])
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--bptt", type=int, default=DEFAULTS["bptt"],
+                   help="truncated BPTT chunk length k (time steps)")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--max-chars", type=int, default=None,
+                   help="use only the first this many characters of the corpus")
+    p.set_defaults(epochs=DEFAULTS["epochs"])
+
+
+def streams(ids, n):
+    """ids [L] -> [L // n, n]: n contiguous streams side by side (time-major)."""
+    length = len(ids) // n
+    return np.ascontiguousarray(ids[:length * n].reshape(n, length).T)
+
+
+def unigram_bits(train_ids, test_ids, vocab_size):
+    counts = np.bincount(train_ids, minlength=vocab_size) + 1.0  # add-one for unseen characters
+    p = counts / counts.sum()
+    return float(-np.mean(np.log2(p[test_ids])))
+
+
+def evaluate_bits(model, ids, n_streams=16, chunk=256):
+    """Held-out bits per character: the model reads ``ids`` as n streams, state carried."""
+    x = streams(ids, min(n_streams, max(1, (len(ids) - 1) // 2)))
+    model.eval()
+    loss_fn = CrossEntropyLoss(reduction="sum")
+    total, count, state = 0.0, 0, None
+    for start in range(0, x.shape[0] - 1, chunk):
+        stop = min(start + chunk, x.shape[0] - 1)
+        logits, state = model(x[start:stop], state)
+        total += loss_fn(logits, x[start + 1:stop + 1])
+        count += (stop - start) * x.shape[1]
+    model.train()
+    return total / max(count, 1) / LN2
+
+
+def run(args, progress=True):
+    start = time.perf_counter()
+    text = data.load_text(args.data)
+    if args.max_chars:
+        text = text[:args.max_chars]
+    vocab = data.CharVocab(text)
+    ids = vocab.encode(text)
+    split = int(len(ids) * 0.9)
+    train_ids, test_ids = ids[:split], ids[split:]
+    model = RecurrentLM(args.cell, len(vocab), args.embedding, args.hidden, args.layers,
+                        seed=args.seed)
+    opt = optim.Adam(model.parameters(), lr=args.lr)
+    sched = optim.CosineAnnealingLR(opt, T_max=args.epochs, eta_min=args.lr * 0.1)
+    trainer = TruncatedBPTT(model, CrossEntropyLoss(), args.bptt, opt, clip_norm=5.0)
+    x = streams(train_ids, args.batch_size)  # [L, N]
+    segment = args.bptt * 8  # one progress-bar item: 8 chunks, the state carried across items
+    carried = {"state": None}
+
+    def make_batches(epoch):
+        carried["state"] = None  # each epoch starts the streams again from zero state
+        return [(s, min(s + segment, x.shape[0] - 1)) for s in range(0, x.shape[0] - 1, segment)]
+
+    def step(bounds):
+        s, e = bounds
+        loss, carried["state"] = trainer.run(x[s:e], x[s + 1:e + 1], carried["state"])
+        return loss
+
+    def evaluate(epoch):
+        return {"test_bits_per_char": evaluate_bits(model, test_ids)}
+
+    history = fit(step, make_batches, args.epochs, evaluate, sched, progress=progress,
+                  desc="chars")
+    bits = history[-1]["test_bits_per_char"]
+    metrics = {"task": "chars", "cell": args.cell, "vocab_size": len(vocab),
+               "train_chars": int(len(train_ids)), "test_chars": int(len(test_ids)),
+               "test_bits_per_char": bits,
+               "unigram_bits_per_char": unigram_bits(train_ids, test_ids, len(vocab)),
+               "corpus": args.data or "python-stdlib-docstrings", "epochs": args.epochs,
+               "seconds": time.perf_counter() - start}
+    metrics["sample"] = sample(model, vocab, "The ", 120, temperature=0.8, seed=args.seed)
+    if args.save:
+        io.save({"task": "chars", "config": model.config, "vocab": vocab.chars,
+                 "model": model.state_dict()}, args.save)
+    if args.plot:
+        epochs = [h["epoch"] for h in history]
+        maybe_plot(args.plot, [
+            ("training loss (nats/char)", {"train": (epochs, [h["loss"] for h in history])},
+             "epoch", "loss", False),
+            ("held-out bits per char", {
+                args.cell: (epochs, [h["test_bits_per_char"] for h in history]),
+                "unigram": (epochs, [metrics["unigram_bits_per_char"]] * len(epochs))},
+             "epoch", "bits/char", False)], title="character language model")
+    metrics["history"] = history
+    return metrics
+
+
+def sample(model, vocab, prime, length, temperature=0.8, seed=None):
+    """Feed ``prime`` then draw ``length`` characters from softmax(logits / temperature)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected > 0, got {temperature}")
+    rng = np.random.default_rng(seed)
+    unknown = vocab.index.get(" ", 0)
+    prime_ids = vocab.encode(prime or " ", unknown=unknown)
+    model.eval()
+    logits, state = model(prime_ids[:, None], None)
+    out = []
+    for _ in range(length):
+        p = softmax(logits[-1, 0].astype(np.float64) / temperature)
+        nxt = int(rng.choice(len(p), p=p))
+        out.append(nxt)
+        logits, state = model(np.array([[nxt]]), state)
+    model.train()
+    return prime + vocab.decode(out)
+
+
+def load_model(path):
+    """A RecurrentLM and its vocabulary from a file written by `train chars --save`."""
+    saved = io.load(path)
+    if not isinstance(saved, dict) or saved.get("task") != "chars":
+        raise ValueError(f"{path}: not a character model (save one with "
+                         f"`fusedrnn train chars --save {path}`)")
+    cfg = saved["config"]
+    model = RecurrentLM(cfg["cell"], int(cfg["vocab_size"]), int(cfg["embedding_dim"]),
+                        int(cfg["hidden_size"]), int(cfg["num_layers"]))
+    model.load_state_dict(saved["model"])
+    return model, data.CharVocab(saved["vocab"])
