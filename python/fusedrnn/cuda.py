@@ -1,0 +1,293 @@
+"""The CUDA backend: the kernels of ``fusedrnn._C_cuda`` on CuPy arrays.
+
+``fusedrnn.functional`` routes any array exposing ``__cuda_array_interface__`` here. This module
+checks shapes and dtypes, converts inputs to C-contiguous CuPy arrays (CuPy, PyTorch CUDA tensors,
+anything with ``__cuda_array_interface__`` or DLPack), allocates the outputs and the workspace,
+and hands their device addresses to the extension with CuPy's current stream.
+
+Importing this module always works; on a build without the CUDA extension, or without CuPy,
+:func:`kernels` and :func:`array_module` raise :class:`CudaUnavailableError` saying which.
+
+Numerics: float32 GEMMs run in full fp32 by default; :func:`set_allow_tf32` opts in to TF32.
+The forward time loop runs a persistent kernel for small batches when it fits on the device and
+a per-step cuBLAS GEMM plus fused kernel otherwise; :func:`set_algorithm` forces either.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+ALGORITHMS = {"auto": 0, "stepwise": 1, "persistent": 2}
+
+_settings = {"allow_tf32": False, "algorithm": "auto"}
+
+
+class CudaUnavailableError(RuntimeError, TypeError):
+    """The CUDA backend cannot run here: the extension was not built, or CuPy is missing.
+    A RuntimeError, and a TypeError too (a CUDA array given to a CPU-only build is a wrong type
+    of argument there)."""
+
+
+# ---------------------------------------------------------------------------- availability
+def _extension():
+    try:
+        from . import _C_cuda
+    except ImportError as exc:
+        raise CudaUnavailableError(
+            "fusedrnn: got a CUDA array, but the CUDA backend is not built (no fusedrnn._C_cuda "
+            "in this install; rebuild with nvcc and cuBLAS present, e.g. FUSEDRNN_CUDA=ON pip "
+            f"install .), or it failed to load: {exc}") from exc
+    return _C_cuda
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise CudaUnavailableError(
+            "fusedrnn: got a CUDA array, but cupy is missing: the CUDA backend allocates and "
+            "returns CuPy arrays (pip install cupy-cuda12x or cupy-cuda13x)") from exc
+    return cupy
+
+
+def is_available() -> bool:
+    """True when the CUDA extension and CuPy import and a GPU is visible."""
+    try:
+        _extension()
+        cupy = _cupy()
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def array_module():
+    """CuPy, the array module of the CUDA backend (raises CudaUnavailableError if unusable)."""
+    _extension()
+    return _cupy()
+
+
+def kernels():
+    """The CUDA kernels object used by fusedrnn.functional (raises CudaUnavailableError)."""
+    global _kernels
+    if _kernels is None:
+        _kernels = _Kernels(_extension(), _cupy())
+    return _kernels
+
+
+def device_summary() -> str:
+    """Name, compute capability and multiprocessor count of the current device."""
+    return _extension().device_summary()
+
+
+# ---------------------------------------------------------------------------- settings
+def set_allow_tf32(allow: bool) -> None:
+    """Let float32 GEMMs use TF32 tensor cores (faster, ~1e-3 relative error). Off by default."""
+    if not isinstance(allow, bool):
+        raise TypeError(f"allow: expected a bool, got {type(allow).__name__}")
+    _settings["allow_tf32"] = allow
+
+
+def get_allow_tf32() -> bool:
+    return _settings["allow_tf32"]
+
+
+def set_algorithm(name: str) -> None:
+    """Forward time loop: 'auto' (default), 'stepwise' or 'persistent' ('persistent' raises
+    RuntimeError for a problem it cannot hold on chip)."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"name: expected one of {sorted(ALGORITHMS)}, got {name!r}")
+    _settings["algorithm"] = name
+
+
+def get_algorithm() -> str:
+    return _settings["algorithm"]
+
+
+@contextlib.contextmanager
+def options(allow_tf32=None, algorithm=None):
+    """Temporarily change :func:`set_allow_tf32` / :func:`set_algorithm` (restored on exit)."""
+    saved = dict(_settings)
+    try:
+        if allow_tf32 is not None:
+            set_allow_tf32(allow_tf32)
+        if algorithm is not None:
+            set_algorithm(algorithm)
+        yield
+    finally:
+        _settings.update(saved)
+
+
+def persistent_forward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh") -> bool:
+    """Can the persistent forward kernel hold this problem on the current device?"""
+    return bool(_extension().persistent_forward_fits(cell, nonlinearity, np.dtype(dtype).name,
+                                                     T, N, I, H))
+
+
+# ---------------------------------------------------------------------------- conversion
+def as_cupy(value, name="array"):
+    """A CuPy view (or copy) of a CuPy array, any ``__cuda_array_interface__`` object or a
+    DLPack-capable device array."""
+    cupy = array_module()
+    if isinstance(value, cupy.ndarray):
+        return value
+    if hasattr(value, "__cuda_array_interface__"):
+        return cupy.asarray(value)
+    if hasattr(value, "__dlpack__"):
+        return cupy.from_dlpack(value)
+    raise TypeError(f"{name}: expected a CUDA array (CuPy, __cuda_array_interface__ or DLPack), "
+                    f"got {type(value).__name__}")
+
+
+def _address(a):
+    return 0 if a is None else int(a.data.ptr)
+
+
+class _Kernels:
+    """recurrent_forward / recurrent_backward with the signatures of fusedrnn._C, on CuPy."""
+
+    def __init__(self, ext, cupy):
+        self._ext = ext
+        self._cp = cupy
+
+    # -- helpers
+    def _array(self, value, name, shape, dtype, optional=False):
+        if value is None:
+            if optional:
+                return None
+            raise TypeError(f"{name}: expected a CUDA array of shape {tuple(shape)}, got None")
+        arr = as_cupy(value, name)
+        if arr.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), "
+                            f"got {arr.dtype}")
+        if arr.shape != tuple(shape):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+        if arr.device.id != self._cp.cuda.Device().id:
+            raise ValueError(f"{name}: expected an array on the current device "
+                             f"{self._cp.cuda.Device().id}, got one on device {arr.device.id}")
+        return self._cp.ascontiguousarray(arr)
+
+    def _lengths(self, lengths, T, N):
+        if lengths is None:
+            return None
+        host = np.asarray(lengths)
+        if host.dtype.kind not in "iu" or host.shape != (N,):
+            raise ValueError(f"lengths: expected an integer array of shape ({N},), "
+                             f"got dtype {host.dtype} and shape {host.shape}")
+        if N and (host.min() < 0 or host.max() > T):
+            raise ValueError(f"lengths: expected values in [0, {T}], got min {host.min()} "
+                             f"and max {host.max()}")
+        return self._cp.asarray(np.ascontiguousarray(host, dtype=np.int64))
+
+    @staticmethod
+    def _dtype(x):
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
+        return np.dtype(x.dtype)
+
+    def _stream(self):
+        return int(self._cp.cuda.get_current_stream().ptr)
+
+    # -- the kernels
+    def recurrent_forward(self, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
+                          reverse, training):
+        cp = self._cp
+        if cell not in GATES:
+            raise ValueError(f"cell: expected 'rnn', 'lstm' or 'gru', got {cell!r}")
+        x = as_cupy(x, "x")
+        dtype = self._dtype(x)
+        if x.ndim != 3:
+            raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
+        T, N, I = x.shape
+        w_hh = as_cupy(w_hh, "w_hh")
+        G = GATES[cell]
+        if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1] or w_hh.shape[1] < 1:
+            raise ValueError(f"w_hh: expected shape ({G}*H, H) for {cell.upper()}, "
+                             f"got {w_hh.shape}")
+        H = w_hh.shape[1]
+        GH = G * H
+        x = self._array(x, "x", (T, N, I), dtype)
+        w_hh = self._array(w_hh, "w_hh", (GH, H), dtype)
+        w_ih = self._array(w_ih, "w_ih", (GH, I), dtype)
+        b_ih = (cp.zeros(GH, dtype) if b_ih is None else self._array(b_ih, "b_ih", (GH,), dtype))
+        b_hh = (cp.zeros(GH, dtype) if b_hh is None else self._array(b_hh, "b_hh", (GH,), dtype))
+        h0 = cp.zeros((N, H), dtype) if h0 is None else self._array(h0, "h0", (N, H), dtype)
+        lstm = cell == "lstm"
+        if lstm:
+            c0 = cp.zeros((N, H), dtype) if c0 is None else self._array(c0, "c0", (N, H), dtype)
+        else:
+            c0 = None
+        d_lengths = self._lengths(lengths, T, N)
+
+        y = cp.empty((T, N, H), dtype)
+        h_n = cp.empty((N, H), dtype)
+        c_n = cp.empty((N, H), dtype) if lstm else None
+        gates = cp.empty((T, N, GH), dtype)
+        uses_extra = cell in ("lstm", "gru")
+        extra = cp.empty((T if uses_extra else 0, N, H), dtype) if training else None
+        h_prev = cp.empty((T, N, H), dtype) if training else None
+        workspace = cp.empty(self._ext.forward_workspace_size(cell, nonlinearity, T, N, I, H,
+                                                              bool(training)), dtype)
+        pointers = (_address(x), _address(h0), _address(c0), _address(w_ih), _address(w_hh),
+                    _address(b_ih), _address(b_hh), _address(d_lengths), _address(y),
+                    _address(h_n), _address(c_n), _address(gates),
+                    _address(extra) if (training and uses_extra) else 0, _address(h_prev),
+                    _address(workspace))
+        self._ext.recurrent_forward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
+                                    bool(reverse), self._stream(), _settings["allow_tf32"],
+                                    ALGORITHMS[_settings["algorithm"]])
+        if not training:
+            return y, h_n, c_n, None, None, None
+        return y, h_n, c_n, gates, extra, h_prev
+
+    def recurrent_backward(self, cell, nonlinearity, x, w_ih, w_hh, lengths, reverse, gates,
+                           extra, h_prev, dy, dh_n, dc_n):
+        cp = self._cp
+        if cell not in GATES:
+            raise ValueError(f"cell: expected 'rnn', 'lstm' or 'gru', got {cell!r}")
+        x = as_cupy(x, "x")
+        dtype = self._dtype(x)
+        if x.ndim != 3:
+            raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
+        T, N, I = x.shape
+        w_hh = as_cupy(w_hh, "w_hh")
+        G = GATES[cell]
+        if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1] or w_hh.shape[1] < 1:
+            raise ValueError(f"w_hh: expected shape ({G}*H, H) for {cell.upper()}, "
+                             f"got {w_hh.shape}")
+        H = w_hh.shape[1]
+        GH = G * H
+        lstm = cell == "lstm"
+        uses_extra = cell in ("lstm", "gru")
+        x = self._array(x, "x", (T, N, I), dtype)
+        w_ih = self._array(w_ih, "w_ih", (GH, I), dtype)
+        w_hh = self._array(w_hh, "w_hh", (GH, H), dtype)
+        gates = self._array(gates, "gates", (T, N, GH), dtype)
+        extra = self._array(extra, "extra", (T, N, H), dtype) if uses_extra else None
+        h_prev = self._array(h_prev, "h_prev", (T, N, H), dtype)
+        dy = self._array(dy, "dy", (T, N, H), dtype)
+        dh_n = self._array(dh_n, "dh_n", (N, H), dtype)
+        dc_n = self._array(dc_n, "dc_n", (N, H), dtype) if lstm else None
+        d_lengths = self._lengths(lengths, T, N)
+
+        dx = cp.empty((T, N, I), dtype)
+        dh0 = cp.empty((N, H), dtype)
+        dc0 = cp.empty((N, H), dtype) if lstm else None
+        dw_ih = cp.empty((GH, I), dtype)
+        dw_hh = cp.empty((GH, H), dtype)
+        db_ih = cp.empty((GH,), dtype)
+        db_hh = cp.empty((GH,), dtype)
+        workspace = cp.empty(self._ext.backward_workspace_size(cell, nonlinearity, T, N, I, H),
+                             dtype)
+        pointers = (_address(x), _address(w_ih), _address(w_hh), _address(d_lengths),
+                    _address(gates), _address(extra), _address(h_prev), _address(dy),
+                    _address(dh_n), _address(dc_n), _address(dx), _address(dh0), _address(dc0),
+                    _address(dw_ih), _address(dw_hh), _address(db_ih), _address(db_hh),
+                    _address(workspace))
+        self._ext.recurrent_backward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
+                                     bool(reverse), self._stream(), _settings["allow_tf32"])
+        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+
+_kernels = None

@@ -1,0 +1,361 @@
+"""The CUDA kernels (fusedrnn._C_cuda through fusedrnn.functional on CuPy arrays) against the NumPy
+float64 references and against cuDNN (torch.nn on CUDA, TF32 off): forward outputs and every
+gradient, odd sizes (H=97, H=401 with a partial last block, N=17), variable lengths mixing 0, 1
+and T, both directions, float64 and float32, both time-loop algorithms (stepwise, persistent).
+
+GPU tests skip cleanly without CuPy, without the CUDA build or without a visible GPU. The first
+tests run everywhere: a CUDA array given to a build without the CUDA backend raises a clear error.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import (CELLS, TOLERANCES, cell_backward, cell_forward, make_weights, mixed_lengths,
+                      reference, relative_error)
+
+fusedrnn = pytest.importorskip("fusedrnn", reason="the extension fusedrnn._C is not built")
+functional = fusedrnn.functional
+from fusedrnn import cuda as fcuda  # noqa: E402  (imports on every build)
+
+
+class FakeCudaArray:
+    """Exposes __cuda_array_interface__ and nothing else (as a foreign CUDA array would)."""
+
+    def __init__(self, shape, typestr="<f4"):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0, False),
+                                         "version": 3}
+
+
+def _call_lstm_with(x):
+    w = np.zeros((8, 2), np.float32)
+    return functional.lstm_forward(x, None, None, w, w)
+
+
+# ---------------------------------------------------------------------------- everywhere
+def test_cuda_array_without_cuda_backend_raises_clear_error(monkeypatch):
+    # Pretend the CUDA extension is absent (as on a CPU-only build), whatever this build has.
+    monkeypatch.setitem(sys.modules, "fusedrnn._C_cuda", None)
+    monkeypatch.setattr(fcuda, "_kernels", None)
+    with pytest.raises(fcuda.CudaUnavailableError, match="CUDA backend is not built"):
+        _call_lstm_with(FakeCudaArray((3, 2, 2)))
+    with pytest.raises(RuntimeError, match="not built"):
+        fcuda.kernels()
+    with pytest.raises(TypeError, match="not built"):  # also a TypeError, as DESIGN.md asks
+        fcuda.array_module()
+    assert fcuda.is_available() is False
+
+
+def test_cuda_array_on_this_build_is_never_silently_accepted():
+    """On a CPU-only build (the usual CI), the real import path gives the clear error."""
+    try:
+        import fusedrnn._C_cuda  # noqa: F401
+        built = True
+    except ImportError:
+        built = False
+    if built:
+        pytest.skip("this build has the CUDA backend; the GPU tests below cover it")
+    with pytest.raises(fcuda.CudaUnavailableError, match="CUDA backend is not built"):
+        _call_lstm_with(FakeCudaArray((3, 2, 2)))
+
+
+def test_cuda_settings_validate_and_default_to_full_fp32():
+    assert fcuda.get_allow_tf32() is False
+    assert fcuda.get_algorithm() == "auto"
+    with pytest.raises(TypeError):
+        fcuda.set_allow_tf32(1)
+    with pytest.raises(ValueError, match="algorithm|expected one of"):
+        fcuda.set_algorithm("fast")
+    with fcuda.options(allow_tf32=True, algorithm="stepwise"):
+        assert fcuda.get_allow_tf32() is True and fcuda.get_algorithm() == "stepwise"
+    assert fcuda.get_allow_tf32() is False and fcuda.get_algorithm() == "auto"
+
+
+# ---------------------------------------------------------------------------- GPU setup
+def _gpu_skip_reason():
+    try:
+        import cupy
+    except ImportError:
+        return "cupy is not installed"
+    try:
+        import fusedrnn._C_cuda  # noqa: F401
+    except ImportError:
+        return "fusedrnn was built without the CUDA backend"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no GPU visible"
+    except Exception as exc:  # no driver, no device
+        return f"no GPU visible ({type(exc).__name__})"
+    return None
+
+
+_SKIP = _gpu_skip_reason()
+gpu = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
+
+
+@pytest.fixture
+def cp():
+    import cupy
+    return cupy
+
+
+# name -> (T, N, I, H)
+SHAPES = {"T1_N1_I1_H97": (1, 1, 1, 97), "T5_N4_I3_H97": (5, 4, 3, 97),
+          "T7_N5_I13_H1": (7, 5, 13, 1), "T6_N1_I5_H17": (6, 1, 5, 17),
+          "T9_N6_I33_H401": (9, 6, 33, 401), "T4_N17_I8_H97": (4, 17, 8, 97)}
+DTYPES = {"float64": np.float64, "float32": np.float32}
+ALGORITHMS = ("stepwise", "persistent")
+
+
+def make_problem(rng, cell, shape, dtype, bias=True, lengths="mixed"):
+    T, N, I, H = shape
+    w_ih, w_hh, b_ih, b_hh = make_weights(rng, cell, I, H, bias=bias, dtype=dtype)
+
+    def normal(*s):
+        return rng.standard_normal(s).astype(dtype)
+
+    return dict(x=normal(T, N, I), h0=normal(N, H), c0=normal(N, H), w_ih=w_ih, w_hh=w_hh,
+                b_ih=b_ih, b_hh=b_hh, dy=normal(T, N, H), dh_n=normal(N, H), dc_n=normal(N, H),
+                lengths=mixed_lengths(T, N) if isinstance(lengths, str) else lengths)
+
+
+def to_numpy(value):
+    if value is None:
+        return None
+    import cupy
+    return cupy.asnumpy(value)
+
+
+def run(module, cell, nonlinearity, p, reverse, to_device=None, cast=None):
+    """Forward (training) then backward; returns every output and gradient as NumPy arrays."""
+    def c(a):
+        if a is None:
+            return None
+        a = a if cast is None else a.astype(cast)
+        return a if to_device is None else to_device(a)
+
+    y, h_n, c_n, ctx = cell_forward(module, cell, nonlinearity, c(p["x"]), c(p["h0"]),
+                                    c(p["c0"]), c(p["w_ih"]), c(p["w_hh"]), c(p["b_ih"]),
+                                    c(p["b_hh"]), lengths=p["lengths"], reverse=reverse)
+    grads = cell_backward(module, cell, ctx, c(p["dy"]), c(p["dh_n"]),
+                          c(p["dc_n"]) if cell == "lstm" else None)
+    out = dict(grads, y=y, h_n=h_n, c_n=c_n)
+    return {k: (to_numpy(v) if to_device is not None else v) for k, v in out.items()}
+
+
+def assert_errors_below(ours, oracle, tolerance, what=""):
+    for name, value in ours.items():
+        assert (value is None) == (oracle[name] is None), name
+    errors = {name: relative_error(ours[name], oracle[name]) for name in ours}
+    assert max(errors.values()) <= tolerance, (what, errors)
+    return errors
+
+
+# ---------------------------------------------------------------------------- GPU vs reference
+@gpu
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", [None, "mixed"], ids=["full", "lengths"])
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cuda_matches_reference(name, shape_name, lengths, reverse, dtype_name, algorithm, rng,
+                                cp):
+    cell, nonlinearity = CELLS[name]
+    dtype = DTYPES[dtype_name]
+    T, N, I, H = SHAPES[shape_name]
+    if algorithm == "persistent":
+        assert fcuda.persistent_forward_fits(cell, T, N, I, H, dtype, nonlinearity)
+    p = make_problem(rng, cell, SHAPES[shape_name], dtype, lengths=lengths)
+    with fcuda.options(algorithm=algorithm):
+        ours = run(functional, cell, nonlinearity, p, reverse, to_device=cp.asarray)
+        # inference mode: the same outputs, no context
+        xd = {k: (None if v is None or k == "lengths" else cp.asarray(v)) for k, v in p.items()}
+        y, h_n, c_n, ctx = cell_forward(functional, cell, nonlinearity, xd["x"], xd["h0"],
+                                        xd["c0"], xd["w_ih"], xd["w_hh"], xd["b_ih"], xd["b_hh"],
+                                        lengths=p["lengths"], reverse=reverse, training=False)
+    assert ctx is None
+    assert isinstance(y, cp.ndarray) and y.dtype == dtype
+    oracle = run(reference, cell, nonlinearity, p, reverse, cast=np.float64)
+    for key, value in ours.items():
+        if value is not None:
+            assert value.dtype == dtype and value.shape == oracle[key].shape, key
+    assert_errors_below(ours, oracle, TOLERANCES["kernel_vs_reference"][dtype])
+    tolerance = TOLERANCES["kernel_vs_reference"][dtype]
+    assert relative_error(to_numpy(y), ours["y"]) <= tolerance
+    assert relative_error(to_numpy(h_n), ours["h_n"]) <= tolerance
+    if cell == "lstm":
+        assert relative_error(to_numpy(c_n), ours["c_n"]) <= tolerance
+
+
+@gpu
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cuda_without_bias_matches_reference(name, rng, cp):
+    cell, nonlinearity = CELLS[name]
+    p = make_problem(rng, cell, (5, 4, 3, 97), np.float64, bias=False)
+    ours = run(functional, cell, nonlinearity, p, False, to_device=cp.asarray)
+    oracle = run(reference, cell, nonlinearity, p, False)
+    assert ours["db_ih"] is None and ours["db_hh"] is None
+    assert_errors_below(ours, oracle, TOLERANCES["kernel_vs_reference"][np.float64])
+
+
+@gpu
+@pytest.mark.parametrize("H", [512, 1024])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_persistent_matches_stepwise_at_benchmark_sizes(name, H, rng, cp):
+    """Several hidden units per block (H > number of SMs), N=8, float32: the persistent kernel
+    agrees with the stepwise path and with the float64 reference."""
+    cell, nonlinearity = CELLS[name]
+    shape = (24, 8, 64, H)
+    if not fcuda.persistent_forward_fits(cell, *shape, np.float32, nonlinearity):
+        pytest.skip("the persistent kernel does not fit this device for this size")
+    p = make_problem(rng, cell, shape, np.float32, lengths=np.array([24, 1, 0, 12, 24, 7, 24, 3]))
+    results = {}
+    for algorithm in ALGORITHMS:
+        with fcuda.options(algorithm=algorithm):
+            results[algorithm] = run(functional, cell, nonlinearity, p, False,
+                                     to_device=cp.asarray)
+    oracle = run(reference, cell, nonlinearity, p, False, cast=np.float64)
+    tolerance = TOLERANCES["kernel_vs_reference"][np.float32]
+    assert_errors_below(results["persistent"], results["stepwise"], tolerance, "vs stepwise")
+    assert_errors_below(results["persistent"], oracle, tolerance, "vs reference")
+
+
+@gpu
+def test_persistent_refuses_what_does_not_fit(rng, cp):
+    shape = (2, 4096, 8, 1024)  # the whole state of 4096 samples cannot sit in shared memory
+    assert not fcuda.persistent_forward_fits("lstm", *shape, np.float32)
+    p = make_problem(rng, "lstm", shape, np.float32, lengths=None)
+    with fcuda.options(algorithm="persistent"), pytest.raises(RuntimeError, match="does not fit"):
+        run(functional, "lstm", "tanh", p, False, to_device=cp.asarray)
+
+
+@gpu
+def test_tf32_is_opt_in(rng, cp):
+    """TF32 GEMMs stay within ~1e-2 of the float64 reference; the default is full fp32."""
+    p = make_problem(rng, "lstm", (6, 64, 256, 256), np.float32, lengths=None)
+    oracle = run(reference, "lstm", "tanh", p, False, cast=np.float64)
+    with fcuda.options(allow_tf32=True):
+        tf32 = run(functional, "lstm", "tanh", p, False, to_device=cp.asarray)
+    assert_errors_below(tf32, oracle, 1e-2, "tf32")
+    fp32 = run(functional, "lstm", "tanh", p, False, to_device=cp.asarray)
+    assert_errors_below(fp32, oracle, TOLERANCES["kernel_vs_reference"][np.float32], "fp32")
+
+
+@gpu
+def test_runs_on_the_current_cupy_stream(rng, cp):
+    p = make_problem(rng, "gru", (8, 3, 5, 97), np.float64)
+    expected = run(functional, "gru", "tanh", p, True, to_device=cp.asarray)
+    with cp.cuda.Stream(non_blocking=True) as stream:
+        got = run(functional, "gru", "tanh", p, True, to_device=cp.asarray)
+        stream.synchronize()
+    assert_errors_below(got, expected, 1e-14)
+
+
+@gpu
+def test_accepts_torch_cuda_tensors_and_dlpack(rng, cp):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    p = make_problem(rng, "lstm", (5, 3, 4, 17), np.float64, lengths=None)
+    expected = run(functional, "lstm", "tanh", p, False, to_device=cp.asarray)
+    got = run(functional, "lstm", "tanh", p, False,
+              to_device=lambda a: torch.from_numpy(a).cuda())
+    assert_errors_below(got, expected, 1e-14, "torch tensors")
+    tensor = torch.from_numpy(p["x"]).cuda()
+    assert cp.allclose(fcuda.as_cupy(tensor), cp.asarray(p["x"]))
+
+    class DLPackOnly:
+        def __init__(self, t):
+            self._t = t
+
+        def __dlpack__(self, *args, **kwargs):
+            return self._t.__dlpack__(*args, **kwargs)
+
+        def __dlpack_device__(self):
+            return self._t.__dlpack_device__()
+
+    assert cp.array_equal(fcuda.as_cupy(DLPackOnly(tensor)), cp.asarray(p["x"]))
+
+
+@gpu
+def test_bad_device_arguments_raise(rng, cp):
+    p = make_problem(rng, "lstm", (3, 2, 4, 5), np.float32, lengths=None)
+    x = cp.asarray(p["x"])
+    w_ih, w_hh = cp.asarray(p["w_ih"]), cp.asarray(p["w_hh"])
+    with pytest.raises(TypeError, match="w_ih"):
+        functional.lstm_forward(x, None, None, w_ih.astype(cp.float64), w_hh)
+    with pytest.raises(ValueError, match="w_ih"):
+        functional.lstm_forward(x, None, None, w_ih[:, :3], w_hh)
+    with pytest.raises(TypeError, match="w_ih"):
+        functional.lstm_forward(x, None, None, p["w_ih"], w_hh)  # host array with a device x
+    with pytest.raises(ValueError, match="lengths"):
+        functional.lstm_forward(x, None, None, w_ih, w_hh, lengths=np.array([4, 1]))
+
+
+# ---------------------------------------------------------------------------- GPU vs cuDNN
+def _torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+@gpu
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cuda_matches_cudnn(name, dtype_name, with_lengths, rng, cp):
+    torch = _torch_cuda()
+    if torch is None:
+        pytest.skip("torch with CUDA is not available")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cell, nonlinearity = CELLS[name]
+    dtype = DTYPES[dtype_name]
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    T, N, I, H = 11, 6, 13, 97
+    lengths = np.array([11, 1, 5, 11, 2, 8]) if with_lengths else None
+    p = make_problem(rng, cell, (T, N, I, H), dtype, lengths=lengths)
+    ours = run(functional, cell, nonlinearity, p, False, to_device=cp.asarray)
+
+    kwargs = dict(nonlinearity=nonlinearity) if cell == "rnn" else {}
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+        I, H, **kwargs).to(device="cuda", dtype=tdtype)
+    with torch.no_grad():
+        for tname, key in (("weight_ih_l0", "w_ih"), ("weight_hh_l0", "w_hh"),
+                           ("bias_ih_l0", "b_ih"), ("bias_hh_l0", "b_hh")):
+            getattr(module, tname).copy_(torch.from_numpy(p[key]))
+
+    def t(a, grad=False):
+        return torch.tensor(a, device="cuda", dtype=tdtype, requires_grad=grad)
+
+    x, h0, c0 = t(p["x"], True), t(p["h0"][None], True), t(p["c0"][None], True)
+    state = (h0, c0) if cell == "lstm" else h0
+    if with_lengths:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.from_numpy(lengths),
+                                                         enforce_sorted=False)
+        out_packed, final = module(packed, state)
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(out_packed, total_length=T)
+    else:
+        y, final = module(x, state)
+    h_n, c_n = final if cell == "lstm" else (final, None)
+    loss = (y * t(p["dy"])).sum() + (h_n * t(p["dh_n"][None])).sum()
+    if cell == "lstm":
+        loss = loss + (c_n * t(p["dc_n"][None])).sum()
+    loss.backward()
+
+    def host(v):
+        return v.detach().cpu().numpy()
+
+    cudnn = dict(y=host(y), h_n=host(h_n)[0], c_n=host(c_n)[0] if cell == "lstm" else None,
+                 dx=host(x.grad), dh0=host(h0.grad)[0],
+                 dc0=host(c0.grad)[0] if cell == "lstm" else None,
+                 dw_ih=host(module.weight_ih_l0.grad), dw_hh=host(module.weight_hh_l0.grad),
+                 db_ih=host(module.bias_ih_l0.grad), db_hh=host(module.bias_hh_l0.grad))
+    # cuDNN is one more implementation at the same precision: ours and it each sit within the
+    # kernel tolerance of the truth, so they sit within twice that of each other.
+    assert_errors_below(ours, cudnn, 2 * TOLERANCES["kernel_vs_reference"][dtype], "vs cuDNN")
