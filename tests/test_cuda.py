@@ -38,6 +38,7 @@ def _call_lstm_with(x):
 def test_cuda_array_without_cuda_backend_raises_clear_error(monkeypatch):
     # Pretend the CUDA extension is absent (as on a CPU-only build), whatever this build has.
     monkeypatch.setitem(sys.modules, "fusedrnn._C_cuda", None)
+    monkeypatch.delattr(fusedrnn, "_C_cuda", raising=False)
     monkeypatch.setattr(fcuda, "_kernels", None)
     with pytest.raises(fcuda.CudaUnavailableError, match="CUDA backend is not built"):
         _call_lstm_with(FakeCudaArray((3, 2, 2)))
