@@ -33,10 +33,11 @@ SeqShape make_shape(CellKind cell, int64_t T, int64_t N, int64_t I, int64_t H) {
   return SeqShape{T, N, I, H, gate_count(cell)};
 }
 
-cuda::Options make_options(std::uintptr_t stream, bool allow_tf32, int algorithm) {
+cuda::Options make_options(int device, std::uintptr_t stream, bool allow_tf32, int algorithm) {
   if (algorithm < 0 || algorithm > 2)
     throw py::value_error("algorithm: expected 0 (auto), 1 (stepwise) or 2 (persistent)");
   cuda::Options o;
+  o.device = device;
   o.stream = stream;
   o.allow_tf32 = allow_tf32;
   o.algorithm = static_cast<cuda::Algorithm>(algorithm);
@@ -141,10 +142,10 @@ PYBIND11_MODULE(_C_cuda, m) {
       "recurrent_forward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
          int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
-         std::uintptr_t stream, bool allow_tf32, int algorithm) {
+         int device, std::uintptr_t stream, bool allow_tf32, int algorithm) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
-        const cuda::Options options = make_options(stream, allow_tf32, algorithm);
+        const cuda::Options options = make_options(device, stream, allow_tf32, algorithm);
         check_pointer_count(pointers, 15, "pointers");
         if (is_double(dtype))
           forward_typed<double>(kind, shape, pointers, reverse, options);
@@ -152,16 +153,16 @@ PYBIND11_MODULE(_C_cuda, m) {
           forward_typed<float>(kind, shape, pointers, reverse, options);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
-      py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("stream"),
-      py::arg("allow_tf32"), py::arg("algorithm"));
+      py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
+      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"));
   m.def(
       "recurrent_backward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
          int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
-         std::uintptr_t stream, bool allow_tf32) {
+         int device, std::uintptr_t stream, bool allow_tf32) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
-        const cuda::Options options = make_options(stream, allow_tf32, 0);
+        const cuda::Options options = make_options(device, stream, allow_tf32, 0);
         check_pointer_count(pointers, 18, "pointers");
         if (is_double(dtype))
           backward_typed<double>(kind, shape, pointers, reverse, options);
@@ -169,8 +170,8 @@ PYBIND11_MODULE(_C_cuda, m) {
           backward_typed<float>(kind, shape, pointers, reverse, options);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
-      py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("stream"),
-      py::arg("allow_tf32"));
+      py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
+      py::arg("stream"), py::arg("allow_tf32"));
   m.def(
       "persistent_forward_fits",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,

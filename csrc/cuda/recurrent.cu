@@ -602,9 +602,15 @@ std::size_t backward_workspace_elems(CellKind cell, const SeqShape& s) {
   return static_cast<std::size_t>(gate_buffers * TN * s.GH() + s.N * s.H + (TN > 0 ? TN : 1));
 }
 
+// The caller's device (CuPy's current one) may differ from this runtime's current device.
+void use_device(const Options& o) {
+  if (o.device >= 0) FUSEDRNN_CUDA_CHECK(cudaSetDevice(o.device));
+}
+
 template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args, T* workspace,
                        const Options& options) {
+  use_device(options);
   if (args.h_prev)
     forward_dispatch<T, true>(cell, args, workspace, options);
   else
@@ -614,6 +620,7 @@ void recurrent_forward(CellKind cell, const ForwardArgs<T>& args, T* workspace,
 template <typename T>
 void recurrent_backward(CellKind cell, const BackwardArgs<T>& args, T* workspace,
                         const Options& options) {
+  use_device(options);
   switch (cell) {
     case CellKind::kLstm: return backward_impl<T, LstmCell>(args, workspace, options);
     case CellKind::kGru: return backward_impl<T, GruCell>(args, workspace, options);

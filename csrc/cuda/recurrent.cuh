@@ -22,7 +22,8 @@ enum class Algorithm {
 };
 
 struct Options {
-  std::uintptr_t stream = 0;  // cudaStream_t
+  int device = -1;            // make this device current first (-1: leave as it is)
+  std::uintptr_t stream = 0;  // cudaStream_t on that device
   bool allow_tf32 = false;    // cuBLAS float32 GEMMs may use TF32 tensor cores
   Algorithm algorithm = Algorithm::kAuto;
 };

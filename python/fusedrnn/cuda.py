@@ -186,8 +186,9 @@ class _Kernels:
             raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
         return np.dtype(x.dtype)
 
-    def _stream(self):
-        return int(self._cp.cuda.get_current_stream().ptr)
+    def _device_and_stream(self):
+        """CuPy's current device and stream: the kernels run there."""
+        return self._cp.cuda.Device().id, int(self._cp.cuda.get_current_stream().ptr)
 
     # -- the kernels
     def recurrent_forward(self, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
@@ -235,8 +236,8 @@ class _Kernels:
                     _address(extra) if (training and uses_extra) else 0, _address(h_prev),
                     _address(workspace))
         self._ext.recurrent_forward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
-                                    bool(reverse), self._stream(), _settings["allow_tf32"],
-                                    ALGORITHMS[_settings["algorithm"]])
+                                    bool(reverse), *self._device_and_stream(),
+                                    _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]])
         if not training:
             return y, h_n, c_n, None, None, None
         return y, h_n, c_n, gates, extra, h_prev
@@ -286,7 +287,8 @@ class _Kernels:
                     _address(dw_ih), _address(dw_hh), _address(db_ih), _address(db_hh),
                     _address(workspace))
         self._ext.recurrent_backward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
-                                     bool(reverse), self._stream(), _settings["allow_tf32"])
+                                     bool(reverse), *self._device_and_stream(),
+                                     _settings["allow_tf32"])
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
