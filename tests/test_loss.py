@@ -1,0 +1,74 @@
+"""CrossEntropyLoss and MSELoss: values against direct formulas and torch, backward against
+central differences (float64)."""
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from conftest import TOLERANCES, relative_error
+from test_layers import numeric_grad
+
+FD_TOL = TOLERANCES["reference_vs_finite_differences"]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_backward_matches_finite_differences(reduction, rng):
+    logits = rng.standard_normal((4, 3, 5))  # [T, N, C], classes last
+    target = rng.integers(0, 5, (4, 3))
+    target[0, 1] = target[2, 2] = -100  # ignored
+    loss_fn = fr.nn.CrossEntropyLoss(reduction=reduction)
+    R = rng.standard_normal(target.shape) if reduction == "none" else 1.7
+    loss_fn(logits, target)
+    d = loss_fn.backward(R)
+
+    def f():
+        return float(np.sum(loss_fn(logits, target) * R))
+
+    assert relative_error(d, numeric_grad(f, logits)) < FD_TOL
+    assert np.all(d[0, 1] == 0) and np.all(d[2, 2] == 0)
+
+
+def test_cross_entropy_value_ignore_index_and_stability():
+    logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0], [5.0, 1.0, 2.0]])
+    target = np.array([1, 2, 7])
+    loss = fr.nn.CrossEntropyLoss(ignore_index=7)(logits, target)
+    assert np.isfinite(loss)
+    np.testing.assert_allclose(loss, (1000.0 + np.log(3.0)) / 2)  # averaged over 2 valid targets
+    assert fr.nn.CrossEntropyLoss()(logits, np.full(3, -100)) == 0.0
+    with pytest.raises(ValueError, match="target"):
+        fr.nn.CrossEntropyLoss()(logits, np.array([0, 3, 1]))
+
+
+def test_cross_entropy_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    logits = rng.standard_normal((6, 4))
+    target = np.array([0, 3, 1, -100, 2, 2])
+    ours = fr.nn.CrossEntropyLoss()
+    loss = ours(logits, target)
+    t = torch.from_numpy(logits).requires_grad_(True)
+    tl = torch.nn.functional.cross_entropy(t, torch.from_numpy(target))
+    tl.backward()
+    assert abs(loss - tl.item()) < 1e-12
+    assert relative_error(ours.backward(), t.grad.numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_backward_matches_finite_differences(reduction, rng):
+    x = rng.standard_normal((3, 4))
+    y = rng.standard_normal((3, 4))
+    loss_fn = fr.nn.MSELoss(reduction)
+    R = rng.standard_normal(x.shape) if reduction == "none" else 0.3
+    loss_fn(x, y)
+    d = loss_fn.backward(R)
+    assert relative_error(d, numeric_grad(lambda: float(np.sum(loss_fn(x, y) * R)), x)) < FD_TOL
+    if reduction == "mean":
+        np.testing.assert_allclose(loss_fn(x, y), np.mean((x - y) ** 2))
+
+
+def test_float32_losses_keep_dtype(rng):
+    logits = rng.standard_normal((5, 3)).astype(np.float32)
+    ce = fr.nn.CrossEntropyLoss()
+    ce(logits, np.array([0, 1, 2, 0, 1]))
+    assert ce.backward().dtype == np.float32
+    mse = fr.nn.MSELoss()
+    mse(logits, np.zeros_like(logits))
+    assert mse.backward().dtype == np.float32

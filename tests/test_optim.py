@@ -1,0 +1,199 @@
+"""Optimizers against hand-computed steps and torch.optim; clipping; schedules; state_dict
+resume; the genetic algorithm (seeded, elitist, improves a fitness)."""
+import math
+
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from fusedrnn import optim
+from fusedrnn.nn import Parameter
+
+
+def param(values, grad):
+    p = Parameter(np.array(values, dtype=np.float64))
+    p.grad = np.array(grad, dtype=np.float64)
+    return p
+
+
+def test_sgd_hand_computed():
+    p = param([1.0, -2.0], [0.5, 1.0])
+    opt = optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt.step()  # g = grad + 0.01 p; buf = g
+    g1 = np.array([0.5 + 0.01, 1.0 - 0.02])
+    np.testing.assert_allclose(p.data, [1.0, -2.0] - 0.1 * g1)
+    x1 = p.data.copy()
+    opt.step()  # buf = 0.9 buf + g
+    g2 = np.array([0.5, 1.0]) + 0.01 * x1
+    np.testing.assert_allclose(p.data, x1 - 0.1 * (0.9 * g1 + g2))
+
+
+def test_sgd_nesterov_hand_computed():
+    p = param([1.0], [2.0])
+    opt = optim.SGD([p], lr=0.5, momentum=0.5, nesterov=True)
+    opt.step()  # buf = 2; g = 2 + 0.5 * 2 = 3
+    np.testing.assert_allclose(p.data, [1.0 - 1.5])
+    opt.step()  # buf = 0.5*2 + 2 = 3; g = 2 + 1.5
+    np.testing.assert_allclose(p.data, [-0.5 - 0.5 * 3.5])
+
+
+def test_adam_and_adamw_hand_computed():
+    p = param([1.0], [0.5])
+    optim.Adam([p], lr=0.1).step()
+    # first step: m_hat = g, v_hat = g^2 -> update lr * g / (|g| + eps)
+    np.testing.assert_allclose(p.data, [1.0 - 0.1 * 0.5 / (0.5 + 1e-8)])
+    q = param([1.0], [0.5])
+    optim.AdamW([q], lr=0.1, weight_decay=0.1).step()
+    np.testing.assert_allclose(q.data, [1.0 * (1 - 0.01) - 0.1 * 0.5 / (0.5 + 1e-8)])
+
+
+def test_rmsprop_hand_computed():
+    p = param([1.0], [2.0])
+    optim.RMSprop([p], lr=0.01, alpha=0.9).step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.01 * 2.0 / (math.sqrt(0.1 * 4.0) + 1e-8)])
+
+
+TORCH_CASES = [
+    ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-2)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("SGD", dict(lr=0.1, momentum=0.5, dampening=0.3)),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=1e-2)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True, weight_decay=1e-3)),
+    ("RMSprop", dict(lr=0.01)),
+]
+
+
+@pytest.mark.parametrize("name,kw", TORCH_CASES)
+def test_optimizers_match_torch(name, kw, rng):
+    torch = pytest.importorskip("torch")
+    init = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    grads = [[rng.standard_normal(a.shape) for a in init] for _ in range(5)]
+    ours = [Parameter(a.copy()) for a in init]
+    theirs = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in init]
+    o = getattr(optim, name)(ours, **kw)
+    t = getattr(torch.optim, name)(theirs, **kw)
+    for step in grads:
+        for p, tp, g in zip(ours, theirs, step):
+            p.grad = g.copy()
+            tp.grad = torch.from_numpy(g.copy())
+        o.step()
+        t.step()
+    for p, tp in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_clip_grad_norm_returns_total_norm_and_scales():
+    a, b = param([0.0, 0.0], [3.0, 0.0]), param([0.0], [4.0])
+    total = optim.clip_grad_norm_([a, b], 1.0)
+    assert total == pytest.approx(5.0)
+    np.testing.assert_allclose(np.concatenate([a.grad, b.grad]), np.array([3, 0, 4]) / (5 + 1e-6))
+    c = param([0.0], [0.5])
+    assert optim.clip_grad_norm_([c], 1.0) == pytest.approx(0.5)
+    np.testing.assert_allclose(c.grad, [0.5])  # below the threshold: unchanged
+    d = param([0.0, 0.0], [-3.0, 2.0])
+    assert optim.clip_grad_norm_([d], 1.0, norm_type=float("inf")) == pytest.approx(3.0)
+
+
+def test_clip_grad_value():
+    p = param([0.0, 0.0, 0.0], [-3.0, 0.2, 9.0])
+    optim.clip_grad_value_([p], 1.0)
+    np.testing.assert_allclose(p.grad, [-1.0, 0.2, 1.0])
+
+
+def test_schedules():
+    p = param([0.0], [0.0])
+    opt = optim.SGD([p], lr=1.0)
+    s = optim.StepLR(opt, step_size=2, gamma=0.5)
+    lrs = []
+    for _ in range(5):
+        s.step()
+        lrs.append(s.get_last_lr()[0])
+    assert lrs == [1.0, 0.5, 0.5, 0.25, 0.25]
+    opt2 = optim.SGD([param([0.0], [0.0])], lr=1.0)
+    c = optim.CosineAnnealingLR(opt2, T_max=4, eta_min=0.0)
+    for _ in range(2):
+        c.step()
+    assert c.get_last_lr()[0] == pytest.approx(0.5)
+    for _ in range(2):
+        c.step()
+    assert c.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+def test_state_dict_resume_equals_uninterrupted(name, rng, tmp_path):
+    kw = dict(lr=0.05, momentum=0.9) if name != "Adam" else dict(lr=0.05)
+    init = rng.standard_normal(4)
+    grads = [rng.standard_normal(4) for _ in range(6)]
+
+    def run(steps, p, o):
+        for g in steps:
+            p.grad = g.copy()
+            o.step()
+
+    p1 = Parameter(init.copy())
+    o1 = getattr(optim, name)([p1], **kw)
+    run(grads, p1, o1)
+
+    p2 = Parameter(init.copy())
+    o2 = getattr(optim, name)([p2], **kw)
+    run(grads[:3], p2, o2)
+    fr.save({"param": p2.data, "opt": o2}, tmp_path / "ckpt.npz")
+    saved = fr.load(tmp_path / "ckpt.npz")
+    p3 = Parameter(saved["param"].copy())
+    o3 = getattr(optim, name)([p3], lr=123.0)  # hyper-parameters come back from the file
+    o3.load_state_dict(saved["opt"])
+    run(grads[3:], p3, o3)
+    np.testing.assert_array_equal(p3.data, p1.data)
+
+
+def test_load_state_dict_rejects_mismatch():
+    opt = optim.Adam([param([0.0, 0.0], [1.0, 1.0])])
+    opt.step()
+    other = optim.Adam([param([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])])
+    with pytest.raises(ValueError, match="shape"):
+        other.load_state_dict(opt.state_dict())
+
+
+def test_genetic_algorithm_seeded_elitist_and_improving():
+    target = np.linspace(-1, 1, 6)
+    p = Parameter(np.zeros(6))
+
+    def fitness():
+        return -float(np.sum((p.data - target) ** 2))
+
+    def evolve(seed):
+        p.data[...] = 0
+        ga = optim.GeneticAlgorithm([p], fitness, population_size=30, elite=2, mutation_rate=0.3,
+                                    mutation_std=0.2, init_std=0.5, seed=seed)
+        ga.run(40)
+        return ga, p.data.copy()
+
+    ga, best = evolve(5)
+    assert all(b2 >= b1 for b1, b2 in zip(ga.history, ga.history[1:]))  # elitism: never worse
+    assert ga.best_fitness > 0.1 * -np.sum(target ** 2)  # far better than the start (all zeros)
+    np.testing.assert_allclose(fitness(), ga.best_fitness)  # parameters hold the best
+    _, again = evolve(5)
+    np.testing.assert_array_equal(best, again)  # reproducible
+
+
+def test_genetic_algorithm_trains_a_recurrent_model_with_inference_forward():
+    """A tiny GRU classifier: the GA uses only inference-mode forwards and beats chance."""
+    from fusedrnn.tasks.common import SequenceClassifier
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 64, 2)).astype(np.float32)
+    y = (x[:, :, 0].sum(0) > 0).astype(np.int64)
+    model = SequenceClassifier("gru", 2, 4, 2, seed=0)
+    loss_fn = fr.nn.CrossEntropyLoss()
+
+    def fitness():
+        assert not model.training
+        return -loss_fn(model(x), y)
+
+    ga = optim.GeneticAlgorithm(model, fitness, population_size=20, mutation_rate=0.2,
+                                mutation_std=0.3, seed=1)
+    ga.run(25)
+    model.eval()
+    acc = np.mean(np.argmax(model(x), 1) == y)
+    assert model.rnn._saved is None
+    assert acc > 0.75
