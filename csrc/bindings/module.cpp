@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/recurrent.h"
+#include "cpu/thread_team.h"
 
 namespace py = pybind11;
 using namespace fusedrnn;
@@ -233,6 +234,7 @@ py::dict build_info() {
   d["compiler"] = "unknown";
 #endif
   d["simd"] = simd_level();
+  d["kernels"] = cpu::isa_name(cpu::active_isa());
   d["blas"] = std::string("OpenBLAS (scipy-openblas32): ") + scipy_openblas_get_config();
 #ifdef FUSEDRNN_WITH_CUDA
   d["cuda"] = true;
@@ -255,6 +257,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"));
   m.def("build_info", &build_info);
-  m.def("set_num_threads", [](int n) { scipy_openblas_set_num_threads(n); }, py::arg("n"));
-  m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
+  m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"));
+  m.def("get_num_threads", []() { return cpu::get_num_threads(); });
 }

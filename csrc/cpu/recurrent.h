@@ -1,9 +1,23 @@
 // CPU sequence drivers: one layer, one direction, the whole sequence in one call.
+// The implementation is recurrent_impl.inc, compiled once per instruction set.
 #pragma once
 #include "common/kernel_args.h"
 
 namespace fusedrnn {
 namespace cpu {
+
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+Isa active_isa();
+const char* isa_name(Isa isa);
+
+// Workspace (elements) of the forward driver: h double buffer 2NH, gh N*GH, extra scratch NH,
+// a dummy row H.
+inline int64_t forward_workspace(const SeqShape& s) { return 3 * s.N * s.H + s.N * s.GH() + s.H; }
+// Workspace (elements) of the backward driver, zeroed: dgx and dgh T*N*GH each, dh double
+// buffer 2NH, a dummy row H.
+inline int64_t backward_workspace(const SeqShape& s) {
+  return 2 * s.T * s.N * s.GH() + 2 * s.N * s.H + s.H;
+}
 
 template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args);

@@ -247,7 +247,7 @@ def rnn_backward(ctx, dy, dh_n=None):
         if ctx["nonlinearity"] == "tanh":
             da = dh * (1.0 - h_new ** 2)
         else:
-            da = dh * (h_new > 0)  # relu: derivative 1 where the output is positive
+            da = dh * ~(h_new <= 0)  # relu: 0 where the output is <= 0, else 1 (NaN too, as torch)
         da = np.where(active, da, 0.0)
         dx[t] = da @ w_ih
         dw_ih += da.T @ x[t]

@@ -1,0 +1,145 @@
+#include "cpu/thread_team.h"
+
+#include <cblas.h>
+
+#include <chrono>
+#include <memory>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FUSEDRNN_PAUSE() _mm_pause()
+#else
+#define FUSEDRNN_PAUSE() std::this_thread::yield()
+#endif
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+std::mutex g_team_mutex;            // held by the call that uses the team
+std::unique_ptr<ThreadTeam> g_team;  // created lazily, resized by set_num_threads
+std::atomic<int> g_num_threads{0};
+// Between steps (microseconds apart) workers spin; past this many pauses (tens of microseconds)
+// they sleep, and a waiting caller yields, so an oversubscribed machine degrades gracefully.
+constexpr int kSpinsBeforeSleep = 1 << 12;
+
+int default_threads() {
+  unsigned hw = std::thread::hardware_concurrency();
+  int blas = scipy_openblas_get_num_threads();
+  int n = blas > 0 ? blas : static_cast<int>(hw ? hw : 1);
+  return n < 1 ? 1 : n;
+}
+
+}  // namespace
+
+unsigned enable_flush_denormals() {
+#if defined(__SSE__) || defined(__x86_64__)
+  unsigned saved = _mm_getcsr();
+  _mm_setcsr(saved | 0x8040);  // FTZ | DAZ
+  return saved;
+#else
+  return 0;
+#endif
+}
+
+void restore_flush_denormals(unsigned saved) {
+#if defined(__SSE__) || defined(__x86_64__)
+  _mm_setcsr(saved);
+#else
+  (void)saved;
+#endif
+}
+
+ThreadTeam::ThreadTeam(int size) : size_(size) {
+  for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this, s);
+}
+
+ThreadTeam::~ThreadTeam() {
+  stop_.store(true);
+  {
+    std::lock_guard<std::mutex> g(sleep_mutex_);
+    epoch_.fetch_add(1);
+  }
+  wake_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void ThreadTeam::worker(int slice) {
+  enable_flush_denormals();
+  unsigned seen = 0;
+  for (;;) {
+    int spins = 0;
+    while (epoch_.load(std::memory_order_acquire) == seen) {
+      if (++spins < kSpinsBeforeSleep && !parked_.load(std::memory_order_acquire)) {
+        FUSEDRNN_PAUSE();
+      } else {
+        std::unique_lock<std::mutex> g(sleep_mutex_);
+        wake_.wait(g, [&] { return epoch_.load(std::memory_order_acquire) != seen; });
+      }
+    }
+    seen = epoch_.load(std::memory_order_acquire);
+    if (stop_.load()) return;
+    (*task_)(slice);
+    remaining_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadTeam::run_phase(const std::function<void(int)>& fn) {
+  if (size_ == 1) {
+    fn(0);
+    return;
+  }
+  task_ = &fn;
+  parked_.store(false, std::memory_order_relaxed);
+  remaining_.store(size_ - 1, std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> g(sleep_mutex_);  // pairs with a worker going to sleep
+    epoch_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  wake_.notify_all();
+  fn(0);
+  for (int spins = 0; remaining_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < kSpinsBeforeSleep) {
+      FUSEDRNN_PAUSE();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+void set_num_threads(int n) {
+  if (n < 1) n = 1;
+  std::lock_guard<std::mutex> g(g_team_mutex);
+  g_num_threads.store(n);
+  scipy_openblas_set_num_threads(n);
+  if (g_team && g_team->size() != n) g_team.reset();
+}
+
+int get_num_threads() {
+  int n = g_num_threads.load();
+  return n > 0 ? n : default_threads();
+}
+
+PhaseRunner::PhaseRunner() : slices_(get_num_threads()), lock_(g_team_mutex, std::try_to_lock) {
+  if (lock_.owns_lock() && slices_ > 1) {
+    if (!g_team || g_team->size() != slices_) g_team = std::make_unique<ThreadTeam>(slices_);
+    team_ = g_team.get();
+  }
+  saved_csr_ = enable_flush_denormals();
+}
+
+PhaseRunner::~PhaseRunner() {
+  if (team_) team_->park();
+  restore_flush_denormals(saved_csr_);
+}
+
+void PhaseRunner::run(const std::function<void(int)>& fn) {
+  if (team_) {
+    team_->run_phase(fn);
+  } else {
+    for (int s = 0; s < slices_; ++s) fn(s);
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,68 @@
+// A persistent team of worker threads for the recurrent time loop.
+//
+// A loop step is a "phase": every slice s in [0, slices) runs fn(s) concurrently, then all wait
+// for all (one barrier). Workers spin briefly between phases (a step is microseconds) and sleep
+// when idle. The team serves one call at a time; a call that finds it busy (another Python
+// thread) runs the same slices one after another in its own thread, so the results are the same
+// bit for bit: they depend on the slice count, never on who runs a slice.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fusedrnn {
+namespace cpu {
+
+class ThreadTeam {
+ public:
+  explicit ThreadTeam(int size);
+  ~ThreadTeam();
+  int size() const { return size_; }
+  // Run fn(0..size-1) concurrently (the caller runs slice 0); returns when all are done.
+  void run_phase(const std::function<void(int)>& fn);
+  // Let the workers sleep now rather than spin (the call is over; BLAS wants the cores).
+  void park() { parked_.store(true, std::memory_order_release); }
+
+ private:
+  void worker(int slice);
+  int size_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int)>* task_ = nullptr;
+  std::atomic<unsigned> epoch_{0};
+  std::atomic<int> remaining_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> parked_{true};
+  std::mutex sleep_mutex_;
+  std::condition_variable wake_;
+};
+
+// The kernels' thread count (also given to OpenBLAS for the large GEMMs).
+void set_num_threads(int n);
+int get_num_threads();
+
+// Runs the phases of one kernel call: on the shared team when it is free, else serially in the
+// calling thread with the same slicing. Sets flush-to-zero/denormals-are-zero in every thread
+// that runs a slice (denormals can slow a recurrence twentyfold), restoring the caller's.
+class PhaseRunner {
+ public:
+  PhaseRunner();
+  ~PhaseRunner();
+  int slices() const { return slices_; }
+  void run(const std::function<void(int)>& fn);
+
+ private:
+  int slices_;
+  ThreadTeam* team_ = nullptr;
+  std::unique_lock<std::mutex> lock_;
+  unsigned saved_csr_ = 0;
+};
+
+// Set FTZ/DAZ in this thread; returns the previous control word (x86), else 0.
+unsigned enable_flush_denormals();
+void restore_flush_denormals(unsigned saved);
+
+}  // namespace cpu
+}  // namespace fusedrnn
