@@ -112,23 +112,21 @@ def load(path):
     plain ``.npz`` of arrays as a dict. Never unpickles: a pickled, truncated or otherwise
     malformed file raises ValueError naming the path."""
     path = os.fspath(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path}: not a fusedrnn/NumPy .npz file (a pickled or damaged file is "
-                         f"refused; fusedrnn files never run code when read): {e}") from None
-    if isinstance(data, np.ndarray):  # a bare .npy
-        if data.dtype.hasobject:
-            raise ValueError(f"{path}: holds Python objects; refused")
-        return data
-    try:
-        with data:
-            arrays = {name: data[name] for name in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise ValueError(f"{path}: malformed .npz (an entry could not be read without "
-                         f"unpickling, or the archive is damaged): {e}") from None
+    # Open the file ourselves so that it is closed on every path, errors included.
+    with open(path, "rb") as f:
+        try:
+            data = np.load(f, allow_pickle=False)
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            raise ValueError(f"{path}: not a fusedrnn/NumPy .npz file (a pickled or damaged file "
+                             f"is refused; fusedrnn files never run code when read): {e}") from None
+        if isinstance(data, np.ndarray):  # a bare .npy
+            return data
+        try:
+            with data:
+                arrays = {name: data[name] for name in data.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+            raise ValueError(f"{path}: malformed .npz (an entry could not be read without "
+                             f"unpickling, or the archive is damaged): {e}") from None
     if _META not in arrays:
         return OrderedDict(arrays)
     try:
