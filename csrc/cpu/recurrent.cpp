@@ -1,7 +1,7 @@
 // Run-time choice of the instruction set for the CPU drivers (one wheel runs everywhere).
 #include "cpu/recurrent.h"
 
-#include <vector>
+#include <memory>
 
 namespace fusedrnn {
 namespace cpu {
@@ -44,22 +44,23 @@ const char* isa_name(Isa isa) {
 template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args) {
   const SeqShape& s = args.shape;
-  std::vector<T> work(forward_workspace(s));
+  std::unique_ptr<T[]> work(new T[forward_workspace(s)]);
   switch (active_isa()) {
-    case Isa::kAvx512: return avx512::forward<T>(cell, args, work.data());
-    case Isa::kAvx2: return avx2::forward<T>(cell, args, work.data());
-    default: return generic::forward<T>(cell, args, work.data());
+    case Isa::kAvx512: return avx512::forward<T>(cell, args, work.get());
+    case Isa::kAvx2: return avx2::forward<T>(cell, args, work.get());
+    default: return generic::forward<T>(cell, args, work.get());
   }
 }
 
 template <typename T>
 void recurrent_backward(CellKind cell, const BackwardArgs<T>& args) {
   const SeqShape& s = args.shape;
-  std::vector<T> work(backward_workspace(s), T(0));
+  // Not zeroed: the loop writes every entry of the gate gradients, zeros for skipped steps.
+  std::unique_ptr<T[]> work(new T[backward_workspace(s, cell == CellKind::kGru)]);
   switch (active_isa()) {
-    case Isa::kAvx512: return avx512::backward<T>(cell, args, work.data());
-    case Isa::kAvx2: return avx2::backward<T>(cell, args, work.data());
-    default: return generic::backward<T>(cell, args, work.data());
+    case Isa::kAvx512: return avx512::backward<T>(cell, args, work.get());
+    case Isa::kAvx2: return avx2::backward<T>(cell, args, work.get());
+    default: return generic::backward<T>(cell, args, work.get());
   }
 }
 

@@ -13,10 +13,10 @@ const char* isa_name(Isa isa);
 // Workspace (elements) of the forward driver: h double buffer 2NH, gh N*GH, extra scratch NH,
 // a dummy row H.
 inline int64_t forward_workspace(const SeqShape& s) { return 3 * s.N * s.H + s.N * s.GH() + s.H; }
-// Workspace (elements) of the backward driver, zeroed: dgx and dgh T*N*GH each, dh double
-// buffer 2NH, a dummy row H.
-inline int64_t backward_workspace(const SeqShape& s) {
-  return 2 * s.T * s.N * s.GH() + 2 * s.N * s.H + s.H;
+// Workspace (elements) of the backward driver: dh double buffer 2NH, a dummy row H, then the
+// gate gradients dgx [T, N, GH] and, for cells whose recurrent gradient differs (GRU), dgh.
+inline int64_t backward_workspace(const SeqShape& s, bool split_recurrent_grad) {
+  return 2 * s.N * s.H + s.H + (split_recurrent_grad ? 2 : 1) * s.T * s.N * s.GH();
 }
 
 template <typename T>
