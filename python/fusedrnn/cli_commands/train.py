@@ -11,6 +11,7 @@ import importlib
 
 TASKS = {"digits": "digits", "adding": "adding", "chars": "chars",
          "classify-text": "classify_text"}
+TASKS.update({"dates": "dates", "caption-digits": "caption_digits"})  # seq2seq (issue 4)
 
 
 def _common(p):

@@ -1,0 +1,597 @@
+"""Encoder-decoder networks with attention (``Seq2Seq``) and a one-to-many decoder conditioned on
+one input vector (``Captioner``), with teacher forcing, greedy decoding and batched beam search.
+
+Shapes: N batch, S source length, T target length, E embedding, H hidden, K key size (D*H for
+an encoder with D directions), V target vocabulary, L layers.
+
+    src [N, S] ints, src_lengths [N]      tgt [N, T] ints: the target tokens followed by
+    features [N, F] (Captioner)           ``eos_idx`` and padded with ``pad_idx`` (no BOS)
+    logits [N, T, V]
+
+Decoder styles (``attention=``):
+
+- "bahdanau": the attention query is the previous decoder state; the context joins the cell
+  input ``[emb(y_{t-1}); ctx_t]``; the output layer reads ``[h_t; ctx_t]``.
+- "luong": the cell input is ``[emb(y_{t-1}); h~_{t-1}]`` (input feeding); the query is the new
+  state h_t; ``h~_t = tanh(W_c [ctx_t; h_t])`` feeds the output layer and the next step.
+
+Either style takes any score ("additive", "dot", "general"); the defaults are additive for
+Bahdanau and general for Luong. The encoder's final states pass through a bridge
+(``h0 = tanh(W_h [h_fwd; h_bwd] + b)``, LSTM also ``c0 = W_c [c_fwd; c_bwd] + b``) per layer.
+
+Training: ``loss = model.loss(src, src_lengths, tgt, teacher_forcing=1.0)`` then
+``model.backward()`` fills every ``grad`` (cross-entropy averaged over the non-pad targets).
+Each decoder step is one fused C++ cell call (``nn.cells``) and one attention step
+(``nn.attention``); the weight gradients of the per-step projections are formed after the loop
+with one GEMM over all T*N rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+
+from .attention import make_attention
+from .cells import GRUCell, LSTMCell
+from .layers import Dropout, Embedding, Linear, Sequential, _dtype, _positive_int
+from .loss import CrossEntropyLoss, log_softmax
+from .module import Module
+from .recurrent import GRU, LSTM
+
+__all__ = ["Decoder", "Seq2Seq", "Captioner", "DecodeResult"]
+
+STYLES = ("bahdanau", "luong")
+_DEFAULT_SCORE = {"bahdanau": "additive", "luong": "general"}
+
+
+def _seeds(seed, n):
+    rng = np.random.default_rng(seed)
+    return [int(s) for s in rng.integers(0, 2 ** 31 - 1, n)]
+
+
+def _linear(layer, x):
+    """``layer`` applied without saving anything (for per-step use; see ``_linear_grads``)."""
+    y = x @ layer.weight.data.T
+    if layer.bias is not None:
+        y += layer.bias.data
+    return y
+
+
+def _linear_grads(layer, x, dy):
+    """Adds the weight gradients of ``y = layer(x)`` for all rows at once (one GEMM)."""
+    x2 = x.reshape(-1, layer.in_features)
+    d2 = dy.reshape(-1, layer.out_features)
+    layer.weight.accumulate_grad(d2.T @ x2)
+    if layer.bias is not None:
+        layer.bias.accumulate_grad(d2.sum(axis=0))
+
+
+@dataclass
+class DecodeResult:
+    """Per sample: ``tokens`` (int arrays, without the end token), ``scores`` (length-normalised
+    log-probability, end token included), ``log_probs`` (raw sum) and ``attention``
+    ([len(tokens), S_n] arrays, rows output tokens, columns source positions; None without
+    attention)."""
+
+    tokens: List[np.ndarray]
+    scores: np.ndarray
+    log_probs: np.ndarray
+    attention: list = field(default_factory=list)
+
+
+class Decoder(Module):
+    """A stack of LSTM/GRU cells fed its previous token, with optional attention (see the module
+    docstring) and an optional conditioning vector appended to every step's input."""
+
+    def __init__(self, vocab_size, embed_size, hidden_size, num_layers=1, cell="lstm",
+                 attention="bahdanau", score=None, key_size=None, attention_size=None,
+                 cond_size=0, padding_idx=0, *, dtype=np.float32, seed=None):
+        super().__init__()
+        if cell not in ("lstm", "gru"):
+            raise ValueError(f"cell: expected 'lstm' or 'gru', got {cell!r}")
+        if attention is not None and attention not in STYLES:
+            raise ValueError(f"attention: expected one of {STYLES} or None, got {attention!r}")
+        self.vocab_size = _positive_int(vocab_size, "vocab_size")
+        self.embed_size = _positive_int(embed_size, "embed_size")
+        self.hidden_size = H = _positive_int(hidden_size, "hidden_size")
+        self.num_layers = _positive_int(num_layers, "num_layers")
+        self.cell_type, self.style, self.dtype = cell, attention, _dtype(dtype)
+        self.cond_size = int(cond_size)
+        self.key_size = K = int(key_size or 0)
+        s = _seeds(seed, self.num_layers + 4)
+        self.embedding = Embedding(vocab_size, embed_size, padding_idx=padding_idx, dtype=dtype,
+                                   seed=s[0])
+        cin = embed_size + self.cond_size + {"bahdanau": K, "luong": H, None: 0}[attention]
+        Cell = LSTMCell if cell == "lstm" else GRUCell
+        self.cells = Sequential(*[Cell(cin if l == 0 else H, H, dtype=dtype, seed=s[4 + l])
+                                  for l in range(self.num_layers)])
+        if attention is not None:
+            if K < 1:
+                raise ValueError(f"key_size: expected a positive int with attention, got {key_size!r}")
+            self.score = score or _DEFAULT_SCORE[attention]
+            self.attention = make_attention(self.score, H, K, attention_size, dtype=dtype,
+                                            seed=s[1])
+        else:
+            self.score = None
+        if attention == "luong":
+            self.combine = Linear(K + H, H, dtype=dtype, seed=s[2])
+        self.out = Linear(H + (K if attention == "bahdanau" else 0), vocab_size, dtype=dtype,
+                          seed=s[3])
+        self._steps = []
+
+    # ------------------------------------------------------------------ stepping
+    def reset(self):
+        """Forget saved steps (called at the start of each training forward)."""
+        self._steps = []
+        for c in self.cells:
+            c.clear_steps()
+
+    def initial_state(self, h0, c0=None):
+        """State from per-layer arrays h0 [L, N, H] (LSTM also c0): (h list, c list, feed)."""
+        N = h0.shape[1]
+        h = [h0[l] for l in range(self.num_layers)]
+        c = None if self.cell_type != "lstm" else \
+            [np.zeros_like(h[0]) if c0 is None else c0[l] for l in range(self.num_layers)]
+        feed = np.zeros((N, self.hidden_size), self.dtype) if self.style == "luong" else None
+        return h, c, feed
+
+    def step(self, tokens, state, cond=None):
+        """One step: tokens [N] (the previous outputs), state -> (logits [N, V], state,
+        attention weights [N, S] or None). Saves what backward needs in training mode."""
+        h, c, feed = state
+        parts = [self.embedding.weight.data[tokens]]
+        ctx = weights = None
+        if self.style == "bahdanau":
+            ctx, weights = self.attention(h[-1])
+            parts.append(ctx)
+        elif self.style == "luong":
+            parts.append(feed)
+        if self.cond_size:
+            parts.append(cond)
+        inp = np.concatenate(parts, axis=1)
+        new_h, new_c = [], ([] if c is not None else None)
+        for l, cell in enumerate(self.cells):
+            if c is not None:
+                hl, cl = cell(inp, (h[l], c[l]))
+                new_c.append(cl)
+            else:
+                hl = cell(inp, h[l])
+            new_h.append(hl)
+            inp = hl
+        top = new_h[-1]
+        combined = None
+        if self.style == "bahdanau":
+            o = np.concatenate([top, ctx], axis=1)
+        elif self.style == "luong":
+            ctx, weights = self.attention(top)
+            combined = np.concatenate([ctx, top], axis=1)
+            o = feed = np.tanh(_linear(self.combine, combined))
+        else:
+            o = top
+        logits = _linear(self.out, o)
+        if self.training:
+            self._steps.append((tokens, o, combined))
+        return logits, (new_h, new_c, feed), weights
+
+    @staticmethod
+    def reorder_state(state, rows):
+        """The state with its batch rows taken in the order ``rows`` (beam search)."""
+        h, c, feed = state
+        return ([a[rows] for a in h], None if c is None else [a[rows] for a in c],
+                None if feed is None else feed[rows])
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, dlogits):
+        """BPTT over the saved steps. dlogits [T, N, V]. Returns ``(dh0 [L, N, H], dc0 or None,
+        dcond [N, cond_size] or None)``; adds into every parameter's grad (the attention's key
+        gradients wait in the attention module for ``memory_backward``)."""
+        steps = self._steps
+        T = len(steps)
+        if T == 0 or dlogits.shape[0] != T:
+            raise RuntimeError(f"Decoder.backward: {T} saved steps, dlogits has shape "
+                               f"{dlogits.shape} (expected [T, N, V] for the saved steps)")
+        self._steps = []
+        H, K, E, L = self.hidden_size, self.key_size, self.embed_size, self.num_layers
+        dlogits = np.asarray(dlogits, self.dtype)
+        N = dlogits.shape[1]
+        O = np.stack([s[1] for s in steps])                      # [T, N, P]
+        _linear_grads(self.out, O, dlogits)
+        dO = dlogits @ self.out.weight.data                      # [T, N, P]
+        dh = [np.zeros((N, H), self.dtype) for _ in range(L)]
+        dc = [np.zeros((N, H), self.dtype) for _ in range(L)] if self.cell_type == "lstm" else None
+        dfeed = np.zeros((N, H), self.dtype)
+        demb = np.empty((T, N, E), self.dtype)
+        dcond = np.zeros((N, self.cond_size), self.dtype) if self.cond_size else None
+        dcombine = np.empty((T, N, H), self.dtype) if self.style == "luong" else None
+        for t in reversed(range(T)):
+            do = dO[t]
+            if self.style == "bahdanau":
+                dtop, dctx = do[:, :H], do[:, H:]
+            elif self.style == "luong":
+                f = O[t]
+                dpre = (do + dfeed) * (1 - f * f)
+                dcombine[t] = dpre
+                dci = dpre @ self.combine.weight.data
+                dtop = dci[:, K:] + self.attention.backward(dci[:, :K])
+            else:
+                dtop = do
+            dh[L - 1] = dh[L - 1] + dtop
+            for l in reversed(range(L)):
+                cell = self.cells[l]
+                if dc is not None:
+                    dx, (dh[l], dc[l]) = cell.backward(dh[l], dc[l])
+                else:
+                    dx, dh[l] = cell.backward(dh[l])
+                if l > 0:
+                    dh[l - 1] = dh[l - 1] + dx
+            demb[t] = dx[:, :E]
+            if self.style == "bahdanau":
+                dh[L - 1] = dh[L - 1] + self.attention.backward(dx[:, E:E + K] + dctx)
+            elif self.style == "luong":
+                dfeed = dx[:, E:E + H]
+            if dcond is not None:
+                dcond += dx[:, dx.shape[1] - self.cond_size:]
+        if self.style == "luong":
+            _linear_grads(self.combine, np.stack([s[2] for s in steps]), dcombine)
+        tokens = np.stack([s[0] for s in steps])                 # [T, N]
+        was = self.embedding.training
+        self.embedding.train(True)
+        self.embedding(tokens)
+        self.embedding.backward(demb)
+        self.embedding.train(was)
+        return np.stack(dh), (None if dc is None else np.stack(dc)), dcond
+
+
+class _Generator(Module):
+    """Teacher-forced training, greedy decoding and batched beam search over a ``Decoder``;
+    subclasses define ``_start(inputs, repeat)`` (encode, set the attention memory, return the
+    initial state and the conditioning vector, each sample repeated ``repeat`` times)."""
+
+    pad_idx = 0
+    bos_idx = 1
+    eos_idx = 2
+
+    def _start(self, inputs, repeat):
+        raise NotImplementedError
+
+    def _batch_size(self, inputs):
+        return len(inputs[0])
+
+    def _source_length(self, inputs, n):
+        """Number of attention columns of sample n (the source length)."""
+        return None
+
+    def _decoder_loss_forward(self, state, cond, tgt, teacher_forcing, rng):
+        tgt = np.asarray(tgt)
+        if tgt.ndim != 2 or tgt.dtype.kind not in "iu":
+            raise ValueError(f"tgt: expected an integer array [N, T], got {tgt.dtype} {tgt.shape}")
+        N, T = tgt.shape
+        self.decoder.reset()
+        tokens = np.full(N, self.bos_idx, dtype=np.int64)
+        logits = []
+        for t in range(T):
+            step_logits, state, _ = self.decoder.step(tokens, state, cond)
+            logits.append(step_logits)
+            tokens = tgt[:, t].astype(np.int64)
+            if teacher_forcing < 1.0:
+                predicted = step_logits.argmax(axis=1)
+                keep = rng.random(N) < teacher_forcing
+                tokens = np.where(keep, tokens, predicted)
+        return np.stack(logits, axis=1)                          # [N, T, V]
+
+    def loss(self, *inputs_and_tgt, teacher_forcing=1.0, rng=None):
+        """Cross-entropy (mean over non-pad targets) of a training-mode forward; see forward."""
+        logits = self.forward(*inputs_and_tgt, teacher_forcing=teacher_forcing, rng=rng)
+        return self.criterion(logits, np.asarray(inputs_and_tgt[-1]))
+
+    # ------------------------------------------------------------------ decoding
+    def _decoding(self):
+        was = self.training
+        self.eval()
+        return was
+
+    def greedy_decode(self, *inputs, max_len=40, length_penalty=1.0):
+        """The most likely token at every step until ``eos_idx`` (or ``max_len`` tokens)."""
+        was = self._decoding()
+        try:
+            N = self._batch_size(inputs)
+            state, cond = self._start(inputs, 1)
+            tokens = np.full(N, self.bos_idx, dtype=np.int64)
+            done = np.zeros(N, bool)
+            length = np.zeros(N, np.int64)
+            logp = np.zeros(N)
+            out, att = [], []
+            for _ in range(max_len):
+                logits, state, weights = self.decoder.step(tokens, state, cond)
+                lp = log_softmax(logits.astype(np.float64))
+                tokens = lp.argmax(axis=1)
+                logp += np.where(done, 0.0, lp[np.arange(N), tokens])
+                length += ~done
+                out.append(tokens)
+                att.append(weights)
+                done |= tokens == self.eos_idx
+                if done.all():
+                    break
+        finally:
+            self.train(was)
+        out = np.stack(out, axis=1)
+        res_tokens, res_att = [], []
+        for n in range(N):
+            seq = out[n, :length[n]]
+            if len(seq) and seq[-1] == self.eos_idx:
+                seq = seq[:-1]
+            res_tokens.append(seq.copy())
+            if att[0] is not None:
+                S = self._source_length(inputs, n)
+                res_att.append(np.stack([a[n, :S] for a in att[:len(seq)]]) if len(seq)
+                               else np.zeros((0, S)))
+        return DecodeResult(res_tokens, logp / np.maximum(length, 1) ** length_penalty, logp,
+                            res_att if att[0] is not None else None)
+
+    def beam_search(self, *inputs, beam_size=4, max_len=40, length_penalty=1.0):
+        """Batched beam search: every sample keeps ``beam_size`` hypotheses (rows
+        ``n * beam_size + j`` of one decoder batch). A hypothesis that emits ``eos_idx`` is
+        finished, scored ``log p / length ** length_penalty`` (length counts the end token); a
+        sample stops when it has ``beam_size`` finished hypotheses and no alive one scores
+        better at its current length. Returns the best finished hypothesis per sample."""
+        k = _positive_int(beam_size, "beam_size")
+        was = self._decoding()
+        try:
+            N = self._batch_size(inputs)
+            state, cond = self._start(inputs, k)
+            V = self.decoder.vocab_size
+            beam_logp = np.full((N, k), -np.inf)
+            beam_logp[:, 0] = 0.0                       # at the start all beams are the same one
+            tokens = np.full(N * k, self.bos_idx, dtype=np.int64)
+            hist_tok, hist_parent, hist_att = [], [], []
+            finished = [[] for _ in range(N)]           # (score, logp, step, parent beam)
+            done = np.zeros(N, bool)
+            has_att = False
+            for t in range(max_len):
+                logits, state, weights = self.decoder.step(tokens, state, cond)
+                has_att = weights is not None
+                lp = log_softmax(logits.astype(np.float64)).reshape(N, k, V)
+                cand = (beam_logp[:, :, None] + lp).reshape(N, k * V)
+                width = min(2 * k, k * V)
+                top = np.argpartition(-cand, width - 1, axis=1)[:, :width]
+                order = np.argsort(-np.take_along_axis(cand, top, 1), axis=1, kind="stable")
+                top = np.take_along_axis(top, order, 1)             # [N, 2k] best first
+                new_parent = np.zeros((N, k), np.int64)
+                new_tok = np.full((N, k), self.eos_idx, np.int64)
+                new_logp = np.full((N, k), -np.inf)
+                for n in range(N):
+                    if done[n]:
+                        continue
+                    alive = 0
+                    for rank, idx in enumerate(top[n]):
+                        score = cand[n, idx]
+                        if not np.isfinite(score):
+                            break
+                        parent, tok = divmod(int(idx), V)
+                        if tok == self.eos_idx:
+                            if rank < k:
+                                finished[n].append((score / (t + 1) ** length_penalty, score,
+                                                    t, parent))
+                        elif alive < k:
+                            new_parent[n, alive], new_tok[n, alive] = parent, tok
+                            new_logp[n, alive] = score
+                            alive += 1
+                        if alive == k:
+                            break
+                    # stop once k hypotheses are finished and none alive scores better now
+                    # (exact for length_penalty 0, where scores only fall as hypotheses grow)
+                    best_alive = new_logp[n, 0] / (t + 1) ** length_penalty if alive else -np.inf
+                    if alive == 0 or (len(finished[n]) >= k and
+                                      max(f[0] for f in finished[n]) >= best_alive):
+                        done[n] = True
+                hist_att.append(None if not has_att else weights.reshape(N, k, -1))
+                hist_parent.append(new_parent)
+                hist_tok.append(new_tok)
+                beam_logp = new_logp
+                if done.all():
+                    break
+                rows = (np.arange(N)[:, None] * k + new_parent).reshape(-1)
+                state = self.decoder.reorder_state(state, rows)
+                tokens = new_tok.reshape(-1)
+            steps = len(hist_tok)
+            for n in range(N):
+                if not done[n]:                             # out of steps: keep the alive beams
+                    for j in range(k):
+                        if np.isfinite(beam_logp[n, j]):
+                            s = beam_logp[n, j]
+                            finished[n].append((s / steps ** length_penalty, s, steps, -1 - j))
+        finally:
+            self.train(was)
+
+        def backtrack(n, t, j):
+            """Tokens and attention rows of alive beam j after step t (0-based), oldest first."""
+            toks, rows = [], []
+            while t >= 0:
+                toks.append(hist_tok[t][n, j])
+                if has_att:
+                    rows.append(hist_att[t][n, hist_parent[t][n, j]])
+                j = hist_parent[t][n, j]
+                t -= 1
+            return toks[::-1], rows[::-1]
+
+        res_tokens, res_att, scores, logps = [], [], np.zeros(N), np.zeros(N)
+        for n in range(N):
+            best = max(finished[n], key=lambda f: f[0])
+            score, logp, t, parent = best
+            if parent >= 0:         # ended with eos at step t from alive beam `parent` of step t-1
+                toks, rows = backtrack(n, t - 1, parent)
+            else:                   # unfinished beam -1-parent after the last step
+                toks, rows = backtrack(n, t - 1, -1 - parent)
+            scores[n], logps[n] = score, logp
+            res_tokens.append(np.asarray(toks, np.int64))
+            if has_att:
+                S = self._source_length(inputs, n)
+                res_att.append(np.stack(rows)[:, :S] if rows else np.zeros((0, S)))
+        return DecodeResult(res_tokens, scores, logps, res_att if has_att else None)
+
+
+class Seq2Seq(_Generator):
+    """Embedding + (bi)directional multi-layer LSTM/GRU encoder over variable lengths, a bridge,
+    and an attention ``Decoder`` (see the module docstring)."""
+
+    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size=32, hidden_size=64,
+                 num_layers=1, bidirectional=True, cell="lstm", attention="bahdanau", score=None,
+                 attention_size=None, dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
+                 dtype=np.float32, seed=None):
+        super().__init__()
+        if attention not in STYLES:
+            raise ValueError(f"attention: expected one of {STYLES}, got {attention!r}")
+        self.pad_idx, self.bos_idx, self.eos_idx = int(pad_idx), int(bos_idx), int(eos_idx)
+        self.dtype = _dtype(dtype)
+        self.cell_type = cell
+        s = _seeds(seed, 6)
+        D = 2 if bidirectional else 1
+        H = _positive_int(hidden_size, "hidden_size")
+        L = _positive_int(num_layers, "num_layers")
+        self.src_embedding = Embedding(src_vocab_size, embed_size, padding_idx=pad_idx,
+                                       dtype=dtype, seed=s[0])
+        RNN = {"lstm": LSTM, "gru": GRU}.get(cell)
+        if RNN is None:
+            raise ValueError(f"cell: expected 'lstm' or 'gru', got {cell!r}")
+        self.encoder = RNN(embed_size, H, L, bidirectional=bidirectional,
+                           dropout=dropout if L > 1 else 0.0, dtype=dtype, seed=s[1])
+        self.bridge_h = Linear(D * H, H, dtype=dtype, seed=s[2])
+        if cell == "lstm":
+            self.bridge_c = Linear(D * H, H, dtype=dtype, seed=s[3])
+        self.decoder = Decoder(tgt_vocab_size, embed_size, H, L, cell, attention, score,
+                               key_size=D * H, attention_size=attention_size,
+                               padding_idx=pad_idx, dtype=dtype, seed=s[4])
+        self.criterion = CrossEntropyLoss(ignore_index=pad_idx)
+        self._saved = None
+
+    def _finals(self, h_n):
+        """[L*D, N, H] -> [L, N, D*H] (each layer's directions side by side)."""
+        L, D = self.encoder.num_layers, self.encoder.num_directions
+        _, N, H = h_n.shape
+        return h_n.reshape(L, D, N, H).transpose(0, 2, 1, 3).reshape(L, N, D * H)
+
+    def _finals_backward(self, d):
+        L, D = self.encoder.num_layers, self.encoder.num_directions
+        _, N, DH = d.shape
+        H = DH // D
+        return np.ascontiguousarray(d.reshape(L, N, D, H).transpose(0, 2, 1, 3).reshape(L * D, N, H))
+
+    def _check_src(self, src, src_lengths):
+        src = np.asarray(src)
+        if src.ndim != 2 or src.dtype.kind not in "iu":
+            raise ValueError(f"src: expected an integer array [N, S], got {src.dtype} {src.shape}")
+        if src_lengths is None:
+            src_lengths = np.full(src.shape[0], src.shape[1], np.int64)
+        return src, np.asarray(src_lengths, np.int64)
+
+    def _encode(self, src, src_lengths):
+        x = self.src_embedding(src.T)                        # [S, N, E]
+        out, finals = self.encoder(x, lengths=src_lengths)
+        keys = np.ascontiguousarray(out.transpose(1, 0, 2))    # [N, S, K]
+        h_n, c_n = finals if self.cell_type == "lstm" else (finals, None)
+        h0 = np.tanh(self.bridge_h(self._finals(h_n)))         # [L, N, H]
+        c0 = self.bridge_c(self._finals(c_n)) if c_n is not None else None
+        return keys, h0, c0
+
+    def _start(self, inputs, repeat):
+        src, src_lengths = self._check_src(*inputs)
+        keys, h0, c0 = self._encode(src, src_lengths)
+        if repeat > 1:
+            keys = np.repeat(keys, repeat, axis=0)
+            src_lengths = np.repeat(src_lengths, repeat)
+            h0 = np.repeat(h0, repeat, axis=1)
+            c0 = None if c0 is None else np.repeat(c0, repeat, axis=1)
+        self.decoder.attention.set_memory(keys, src_lengths)
+        return self.decoder.initial_state(h0, c0), None
+
+    def _source_length(self, inputs, n):
+        src, src_lengths = self._check_src(*inputs)
+        return int(src_lengths[n])
+
+    def forward(self, src, src_lengths, tgt, teacher_forcing=1.0, rng=None):
+        """Training forward with teacher forcing (ratio ``teacher_forcing``: the probability of
+        feeding the true previous token rather than the model's argmax). Returns logits
+        [N, T, V]; in training mode ``backward`` may follow."""
+        src, src_lengths = self._check_src(src, src_lengths)
+        keys, h0, c0 = self._encode(src, src_lengths)
+        self.decoder.attention.set_memory(keys, src_lengths)
+        state = self.decoder.initial_state(h0, c0)
+        logits = self._decoder_loss_forward(state, None, tgt, teacher_forcing,
+                                            rng if rng is not None else np.random.default_rng())
+        self._saved = (h0,) if self.training else None
+        return logits
+
+    def backward(self, dlogits=None):
+        """Gradients of the latest training ``loss`` (or of ``sum(dlogits * logits)``)."""
+        if self._saved is None:
+            raise RuntimeError("Seq2Seq.backward called before a training-mode forward")
+        (h0,) = self._saved
+        self._saved = None
+        if dlogits is None:
+            dlogits = self.criterion.backward()
+        dh0, dc0, _ = self.decoder.backward(np.ascontiguousarray(np.swapaxes(dlogits, 0, 1)))
+        dkeys = self.decoder.attention.memory_backward()        # [N, S, K]
+        dh_n = self._finals_backward(self.bridge_h.backward(dh0 * (1 - h0 * h0)))
+        dhx = dh_n
+        if self.cell_type == "lstm":
+            dhx = (dh_n, self._finals_backward(self.bridge_c.backward(dc0)))
+        dx, _ = self.encoder.backward(np.ascontiguousarray(dkeys.transpose(1, 0, 2)), dhx)
+        self.src_embedding.backward(dx)
+
+
+class Captioner(_Generator):
+    """One-to-many: a ``Decoder`` (no attention) conditioned on one vector per sample.
+    ``z = tanh(W x + b)`` starts every layer's state (``h0 = z``) and joins every step's input."""
+
+    def __init__(self, input_size, vocab_size, embed_size=16, hidden_size=64, num_layers=1,
+                 cell="lstm", dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *, dtype=np.float32,
+                 seed=None):
+        super().__init__()
+        self.pad_idx, self.bos_idx, self.eos_idx = int(pad_idx), int(bos_idx), int(eos_idx)
+        self.dtype = _dtype(dtype)
+        self.input_size = _positive_int(input_size, "input_size")
+        s = _seeds(seed, 3)
+        H = _positive_int(hidden_size, "hidden_size")
+        self.feature = Linear(input_size, H, dtype=dtype, seed=s[0])
+        self.dropout = Dropout(dropout, seed=s[1])
+        self.decoder = Decoder(vocab_size, embed_size, H, num_layers, cell, None, cond_size=H,
+                               padding_idx=pad_idx, dtype=dtype, seed=s[2])
+        self.criterion = CrossEntropyLoss(ignore_index=pad_idx)
+        self._saved = None
+
+    def _condition(self, features):
+        features = np.asarray(features, self.dtype)
+        if features.ndim != 2 or features.shape[1] != self.input_size:
+            raise ValueError(f"features: expected shape [N, {self.input_size}], got "
+                             f"{features.shape}")
+        z = np.tanh(self.feature(features))
+        return z, self.dropout(z)
+
+    def _start(self, inputs, repeat):
+        (features,) = inputs
+        _, z = self._condition(features)
+        z = np.repeat(z, repeat, axis=0) if repeat > 1 else z
+        h0 = np.repeat(z[None], self.decoder.num_layers, axis=0)
+        return self.decoder.initial_state(h0), z
+
+    def forward(self, features, tgt, teacher_forcing=1.0, rng=None):
+        """features [N, F], tgt [N, T] -> logits [N, T, V] (training forward)."""
+        z, zd = self._condition(features)
+        h0 = np.repeat(zd[None], self.decoder.num_layers, axis=0)
+        logits = self._decoder_loss_forward(self.decoder.initial_state(h0), zd, tgt,
+                                            teacher_forcing,
+                                            rng if rng is not None else np.random.default_rng())
+        self._saved = (z,) if self.training else None
+        return logits
+
+    def backward(self, dlogits=None):
+        if self._saved is None:
+            raise RuntimeError("Captioner.backward called before a training-mode forward")
+        (z,) = self._saved
+        self._saved = None
+        if dlogits is None:
+            dlogits = self.criterion.backward()
+        dh0, dc0, dcond = self.decoder.backward(np.ascontiguousarray(np.swapaxes(dlogits, 0, 1)))
+        dz = self.dropout.backward(dh0.sum(axis=0) + dcond)
+        self.feature.backward(dz * (1 - z * z))
