@@ -7,7 +7,8 @@ One layer, one direction, float32. Two precisions, each applied to both sides:
 Inference is one forward call; training is forward (saving the context) plus backward with
 gradients for the input, the initial state and every weight. Timed with CUDA events around each
 call on the shared default stream, after warm-up; the median of repeats. Speedup = cuDNN ms /
-fusedrnn ms (above 1: we are faster).
+fusedrnn ms (above 1: we are faster). Where the automatic choice is the stepwise loop and B <= 64,
+the persistent kernels are timed as well (JSON: ours_*_ms_persistent) to place the threshold.
 
     python bench/gpu_bench.py [--json out.json] [--quick] [--precisions fp32,tf32]
 """
@@ -167,10 +168,23 @@ def main(argv=None):
                 row[f"cudnn_{mode}_ms"], _ = time_call(torch_fn, sync, event, args.budget)
                 row[f"ours_{mode}_ms"], reps = time_call(ours_fn, sync, event, args.budget)
                 row[f"speedup_{mode}"] = row[f"cudnn_{mode}_ms"] / row[f"ours_{mode}_ms"]
+                # the persistent kernels beyond the automatic batch limit, where they fit
+                if algorithm == "stepwise" and B <= 64 and fcuda.persistent_forward_fits(
+                        cell, T, B, I, H):
+                    with fcuda.options(algorithm="persistent"):
+                        try:
+                            row[f"ours_{mode}_ms_persistent"], _ = time_call(
+                                ours_fn, sync, event, args.budget)
+                        except RuntimeError as exc:  # the backward kernel may not fit
+                            row[f"ours_{mode}_ms_persistent"] = None
+                            row["persistent_error"] = str(exc)
             rows.append(row)
             print(f"  {precision} {cell} B={B} T={T} I={I} H={H}: infer {row['cudnn_infer_ms']:.3f}"
                   f" vs {row['ours_infer_ms']:.3f} ms, train {row['cudnn_train_ms']:.3f} vs "
-                  f"{row['ours_train_ms']:.3f} ms ({algorithm}; |dy|rel {err:.1e})", flush=True)
+                  f"{row['ours_train_ms']:.3f} ms ({algorithm}; |dy|rel {err:.1e})"
+                  + (f"; forced persistent: infer {row['ours_infer_ms_persistent']} train "
+                     f"{row.get('ours_train_ms_persistent')}" if "ours_infer_ms_persistent" in row
+                     else ""), flush=True)
             del module, d
             cp.get_default_memory_pool().free_all_blocks()
             torch.cuda.empty_cache()

@@ -159,10 +159,10 @@ PYBIND11_MODULE(_C_cuda, m) {
       "recurrent_backward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
          int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
-         int device, std::uintptr_t stream, bool allow_tf32) {
+         int device, std::uintptr_t stream, bool allow_tf32, int algorithm) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
-        const cuda::Options options = make_options(device, stream, allow_tf32, 0);
+        const cuda::Options options = make_options(device, stream, allow_tf32, algorithm);
         check_pointer_count(pointers, 18, "pointers");
         if (is_double(dtype))
           backward_typed<double>(kind, shape, pointers, reverse, options);
@@ -171,7 +171,7 @@ PYBIND11_MODULE(_C_cuda, m) {
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
-      py::arg("stream"), py::arg("allow_tf32"));
+      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"));
   m.def(
       "persistent_forward_fits",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,

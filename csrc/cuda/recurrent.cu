@@ -8,9 +8,10 @@
 //               slice of W_hh (the G gate rows of its hidden units) in shared memory, computes
 //               its units' recurrent products and gate math, publishes its part of h, and waits
 //               at one grid-wide barrier per step. Cell state never leaves the block.
-// Backward: the reverse time loop (per step: one fused pointwise kernel producing the gate
-// gradients, then a cuBLAS GEMM dh += dgh W_hh), then dx, dw_ih, dw_hh as single GEMMs over all
-// T*N rows and the biases as column sums (GEMVs against a ones vector; no atomics).
+// Backward: the reverse time loop, stepwise (per step: one fused pointwise kernel producing the
+// gate gradients, then a cuBLAS GEMM dh += dgh W_hh) or persistent (each block keeps its units'
+// columns of W_hh, publishes its dgh, one grid barrier per step), then dx, dw_ih, dw_hh as single
+// GEMMs over all T*N rows and the biases as column sums (GEMVs against ones; no atomics).
 //
 // Row-major throughout, as on the CPU. cuBLAS is column-major: a row-major C = op(A) op(B) is
 // the column-major C^T = op(B)^T op(A)^T, so every GEMM swaps its operands (see `gemm`).
@@ -248,10 +249,94 @@ __global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
   }
 }
 
-// ------------------------------------------------------------------------------ persistent kernel
+// ------------------------------------------------------------------------------ persistent kernels
+// Both directions share one shape of work: block b owns hidden units [b*U, b*U + U) ∩ [0, H),
+// keeps its slice of W_hh in shared memory for the whole sequence, and per step (1) does the
+// gate math of its units (state in shared memory, never leaving the block), (2) publishes what
+// the other blocks need, (3) waits at one grid-wide barrier, (4) reads everyone's contribution
+// and multiplies it by its slice. Forward publishes h (the slice is its units' G gate rows of
+// W_hh); backward publishes dgh (the slice is its units' columns of W_hh).
+constexpr int kPersistentWarps = kPersistentThreads / 32;
+
+// How many warps share one pair of rows in block_gemv (split along the long dimension).
+inline int gemv_ksplit(int64_t rows) {
+  const int64_t pairs = (rows + 1) / 2;
+  return static_cast<int>(pairs >= kPersistentWarps ? 1 : kPersistentWarps / pairs);
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// out[n * out_stride + r] = A[r, :] . X[n, :] for r < rows, n < N; A [rows, len], X [N4, len]
+// (rows past N zero), all in shared memory. A warp takes two rows, four samples at a time and a
+// segment of len (ksplit segments, partial sums in `part` [ksplit, N, rows], added in a fixed
+// order: deterministic). Ends with the block synchronized.
+template <typename T>
+__device__ void block_gemv(const T* A, int rows, int len, const T* X, int N, int ksplit, T* part,
+                           T* out, int out_stride) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int pairs = (rows + 1) / 2;
+  const int seg_len = ((len + ksplit - 1) / ksplit + 31) / 32 * 32;
+  for (int w = warp; w < pairs * ksplit; w += warps) {
+    const int pair = w / ksplit, seg = w - (w / ksplit) * ksplit;
+    const int r0 = 2 * pair;
+    const bool two = r0 + 1 < rows;
+    const T* a0 = A + int64_t(r0) * len;
+    const T* a1 = two ? a0 + len : a0;
+    const int k_begin = seg * seg_len;
+    const int k_end = min(len, k_begin + seg_len);
+    for (int n0 = 0; n0 < N; n0 += 4) {
+      T acc0[4] = {T(0), T(0), T(0), T(0)}, acc1[4] = {T(0), T(0), T(0), T(0)};
+      const T* xb = X + int64_t(n0) * len;
+      for (int k = k_begin + lane; k < k_end; k += 32) {
+        const T a = a0[k], b = a1[k];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const T xv = xb[i * len + k];
+          acc0[i] = fma(a, xv, acc0[i]);
+          acc1[i] = fma(b, xv, acc1[i]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        acc0[i] = warp_sum(acc0[i]);
+        acc1[i] = warp_sum(acc1[i]);
+      }
+      if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int n = n0 + i;
+          if (n >= N) continue;
+          if (ksplit == 1) {
+            out[n * out_stride + r0] = acc0[i];
+            if (two) out[n * out_stride + r0 + 1] = acc1[i];
+          } else {
+            part[(seg * N + n) * rows + r0] = acc0[i];
+            if (two) part[(seg * N + n) * rows + r0 + 1] = acc1[i];
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (ksplit > 1) {
+    for (int i = threadIdx.x; i < N * rows; i += blockDim.x) {
+      const int n = i / rows, r = i - (i / rows) * rows;
+      T sum = T(0);
+      for (int seg = 0; seg < ksplit; ++seg) sum += part[(seg * N + n) * rows + r];
+      out[n * out_stride + r] = sum;
+    }
+    __syncthreads();
+  }
+}
+
 template <typename T>
 struct PersistentForward {
-  int T_, N, H, U;  // U: hidden units per block (block b owns units [b*U, b*U + U) ∩ [0, H))
+  int T_, N, H, U, ksplit;  // U: hidden units per block
   bool reverse;
   const T* w_hh;    // [GH, H]
   const T* b_ih;    // [GH]
@@ -268,20 +353,16 @@ struct PersistentForward {
   T* h_exchange;    // [2, N, H] the state published each step (double-buffered)
 };
 
-// Shared memory of one block, in elements of T.
-inline int64_t persistent_smem_elems(int G, int64_t N, int64_t H, int64_t U) {
+// Shared memory of one forward block, in elements of T.
+inline int64_t persistent_forward_smem_elems(int G, int64_t N, int64_t H, int64_t U) {
   const int64_t N4 = (N + 3) / 4 * 4;
-  return G * U * H       // W_s: the block's G*U rows of W_hh
-         + N4 * H        // h_s: the whole previous state, batch padded to a multiple of 4
-         + N * G * U     // gh_s: the block's recurrent products
-         + 2 * N * U;    // own_h, own_c: the block's units' state
-}
-
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
+  return G * U * H                        // W_s: the block's G*U rows of W_hh
+         + N4 * H                         // h_s: the whole previous state (batch padded)
+         + N * G * U                      // gh_s: the block's recurrent products
+         + gemv_ksplit(G * U) * N * G * U // part_s
+         + N * G * U                      // gx_s: this step's input part + b_ih, prefetched
+         + G * U                          // bhh_s
+         + 2 * N * U;                     // own_h, own_c: the block's units' state
 }
 
 template <typename T, typename Cell, bool kTraining>
@@ -294,10 +375,13 @@ persistent_forward_kernel(PersistentForward<T> p) {
   T* W_s = reinterpret_cast<T*>(smem_raw);
   T* h_s = W_s + int64_t(GU) * H;
   T* gh_s = h_s + int64_t(N4) * H;
-  T* own_h = gh_s + N * GU;
+  T* part_s = gh_s + N * GU;
+  T* gx_s = part_s + p.ksplit * N * GU;
+  T* bhh_s = gx_s + N * GU;
+  T* own_h = bhh_s + GU;
   T* own_c = own_h + N * U;
   const int j0 = blockIdx.x * U;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  const int tid = threadIdx.x;
 
   // Local row r = k*U + u holds W_hh row k*H + j0 + u (zeros past H).
   for (int64_t i = tid; i < int64_t(GU) * H; i += blockDim.x) {
@@ -306,6 +390,10 @@ persistent_forward_kernel(PersistentForward<T> p) {
     W_s[i] = j < H ? p.w_hh[(int64_t(k) * H + j) * H + col] : T(0);
   }
   for (int i = N * H + tid; i < N4 * H; i += blockDim.x) h_s[i] = T(0);
+  for (int i = tid; i < GU; i += blockDim.x) {
+    const int k = i / U, j = j0 + i % U;
+    bhh_s[i] = j < H ? p.b_hh[k * H + j] : T(0);
+  }
   for (int i = tid; i < N * U; i += blockDim.x) {
     const int n = i / U, j = j0 + i % U;
     own_h[i] = j < H ? p.h0[n * H + j] : T(0);
@@ -315,46 +403,17 @@ persistent_forward_kernel(PersistentForward<T> p) {
 
   for (int s = 0; s < p.T_; ++s) {
     const int t = p.reverse ? p.T_ - 1 - s : s;
+    // This step's input part (independent of h: its loads overlap the state's).
+    for (int i = tid; i < N * GU; i += blockDim.x) {
+      const int n = i / GU, r = i - (i / GU) * GU, k = r / U, j = j0 + r % U;
+      gx_s[i] = j < H ? p.gates[(int64_t(t) * N + n) * GH + k * H + j] + p.b_ih[k * H + j] : T(0);
+    }
     // The state every block published last step (L2 only: L1 is not coherent across blocks).
     const T* h_src = s == 0 ? p.h0 : p.h_exchange + ((s - 1) & 1) * N * H;
     for (int i = tid; i < N * H; i += blockDim.x) h_s[i] = __ldcg(h_src + i);
     __syncthreads();
 
-    // gh_s[n][r] = W_s[r, :] . h_s[n, :]: a warp takes two rows and four samples at a time,
-    // lanes split the hidden dimension, then a butterfly sum.
-    for (int r0 = 2 * warp; r0 < GU; r0 += 2 * warps) {
-      const bool two = r0 + 1 < GU;
-      const T* w0 = W_s + int64_t(r0) * H;
-      const T* w1 = two ? w0 + H : w0;
-      for (int n0 = 0; n0 < N; n0 += 4) {
-        T acc0[4] = {T(0), T(0), T(0), T(0)}, acc1[4] = {T(0), T(0), T(0), T(0)};
-        const T* hb = h_s + int64_t(n0) * H;
-        for (int k = lane; k < H; k += 32) {
-          const T a = w0[k], b = w1[k];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const T hv = hb[i * H + k];
-            acc0[i] = fma(a, hv, acc0[i]);
-            acc1[i] = fma(b, hv, acc1[i]);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          acc0[i] = warp_sum(acc0[i]);
-          acc1[i] = warp_sum(acc1[i]);
-        }
-        if (lane == 0) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            if (n0 + i < N) {
-              gh_s[(n0 + i) * GU + r0] = acc0[i];
-              if (two) gh_s[(n0 + i) * GU + r0 + 1] = acc1[i];
-            }
-          }
-        }
-      }
-    }
-    __syncthreads();
+    block_gemv(W_s, GU, H, h_s, N, p.ksplit, part_s, gh_s, GU);
 
     // The gate math of the block's units, then publish h.
     T* h_dst = p.h_exchange + (s & 1) * N * H;
@@ -370,8 +429,8 @@ persistent_forward_kernel(PersistentForward<T> p) {
         T gx[G], gh[G], act[G], extra = T(0);
 #pragma unroll
         for (int k = 0; k < G; ++k) {
-          gx[k] = p.gates[row * GH + k * H + j] + p.b_ih[k * H + j];
-          gh[k] = gh_s[n * GU + k * U + u] + p.b_hh[k * H + j];
+          gx[k] = gx_s[n * GU + k * U + u];
+          gh[k] = gh_s[n * GU + k * U + u] + bhh_s[k * U + u];
         }
         Cell::forward(gx, gh, int64_t(1), int64_t(0), h, c, act, &extra);
         p.y[row * H + j] = h;
@@ -396,17 +455,122 @@ persistent_forward_kernel(PersistentForward<T> p) {
   }
 }
 
-// Launch geometry of the persistent kernel, or fits = false.
+template <typename T>
+struct PersistentBackward {
+  int T_, N, H, U, ksplit;
+  bool reverse;
+  const T* w_hh;    // [GH, H]
+  const int64_t* lengths;
+  const T* gates;   // [T, N, GH]
+  const T* extra;   // [T, N, H] or null
+  const T* h_prev;  // [T, N, H]
+  const T* dy;      // [T, N, H]
+  const T* dh_n;    // [N, H]
+  const T* dc_n;    // [N, H] or null
+  T* dgx;           // [T, N, GH]
+  T* dgh;           // [T, N, GH] (== dgx unless the cell splits them)
+  T* dh0;           // [N, H]
+  T* dc0;           // [N, H] or null
+};
+
+inline int64_t persistent_backward_smem_elems(int G, int64_t N, int64_t H, int64_t U) {
+  const int64_t N4 = (N + 3) / 4 * 4;
+  return U * G * H                 // Wc_s: the block's U columns of W_hh, as rows of length GH
+         + N4 * G * H              // X_s: dgh of this step for the whole batch (padded)
+         + N * U                   // r_s: dgh W_hh for the block's units
+         + gemv_ksplit(U) * N * U  // part_s
+         + 2 * N * U;              // own_dh, own_dc
+}
+
+template <typename T, typename Cell>
+__global__ void __launch_bounds__(kPersistentThreads)
+persistent_backward_kernel(PersistentBackward<T> p) {
+  constexpr int G = Cell::kGates;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int N = p.N, H = p.H, U = p.U, GH = G * H;
+  const int N4 = (N + 3) / 4 * 4;
+  T* Wc_s = reinterpret_cast<T*>(smem_raw);
+  T* X_s = Wc_s + int64_t(U) * GH;
+  T* r_s = X_s + int64_t(N4) * GH;
+  T* part_s = r_s + N * U;
+  T* own_dh = part_s + p.ksplit * N * U;
+  T* own_dc = own_dh + N * U;
+  const int j0 = blockIdx.x * U;
+  const int tid = threadIdx.x;
+
+  for (int64_t i = tid; i < int64_t(U) * GH; i += blockDim.x) {
+    const int u = static_cast<int>(i / GH), r = static_cast<int>(i - int64_t(u) * GH);
+    const int j = j0 + u;
+    Wc_s[i] = j < H ? p.w_hh[int64_t(r) * H + j] : T(0);
+  }
+  for (int64_t i = int64_t(N) * GH + tid; i < int64_t(N4) * GH; i += blockDim.x) X_s[i] = T(0);
+  for (int i = tid; i < N * U; i += blockDim.x) {
+    const int n = i / U, j = j0 + i % U;
+    own_dh[i] = j < H ? p.dh_n[n * H + j] : T(0);
+    own_dc[i] = (Cell::kHasCellState && j < H) ? p.dc_n[n * H + j] : T(0);
+  }
+  cg::grid_group grid = cg::this_grid();
+
+  for (int step = p.T_ - 1; step >= 0; --step) {
+    const int t = p.reverse ? p.T_ - 1 - step : step;
+    // The gate gradients of the block's units at step t.
+    for (int i = tid; i < N * U; i += blockDim.x) {
+      const int n = i / U, j = j0 + i % U;
+      if (j >= H) continue;
+      const int64_t row = int64_t(t) * N + n;
+      if (p.lengths && t >= p.lengths[n]) {  // untouched state: gradient passes, gates get none
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+          p.dgx[row * GH + k * H + j] = T(0);
+          if (Cell::kSplitRecurrentGrad) p.dgh[row * GH + k * H + j] = T(0);
+        }
+        continue;
+      }
+      T act[G], dgx[G], dgh[G];
+#pragma unroll
+      for (int k = 0; k < G; ++k) act[k] = p.gates[row * GH + k * H + j];
+      T extra = Cell::kUsesExtra ? p.extra[row * H + j] : T(0);
+      T dc = own_dc[i], dh_direct = T(0);
+      Cell::backward(act, &extra, p.h_prev[row * H + j], int64_t(1), int64_t(0),
+                     own_dh[i] + p.dy[row * H + j], dc, dgx, dgh, dh_direct);
+#pragma unroll
+      for (int k = 0; k < G; ++k) {
+        p.dgx[row * GH + k * H + j] = dgx[k];
+        if (Cell::kSplitRecurrentGrad) p.dgh[row * GH + k * H + j] = dgh[k];
+      }
+      own_dc[i] = dc;
+      own_dh[i] = dh_direct;
+    }
+    grid.sync();  // dgh of step t complete for every unit
+    const T* dgh_t = p.dgh + int64_t(t) * N * GH;
+    for (int64_t i = tid; i < int64_t(N) * GH; i += blockDim.x) X_s[i] = __ldcg(dgh_t + i);
+    __syncthreads();
+    block_gemv(Wc_s, U, GH, X_s, N, p.ksplit, part_s, r_s, U);
+    for (int i = tid; i < N * U; i += blockDim.x) own_dh[i] += r_s[i];
+    // The next step's gate math reads own_dh[i] in the thread that wrote it; X_s is rewritten
+    // only after the next grid.sync, which every thread of this block reaches after its reads.
+  }
+
+  for (int i = tid; i < N * U; i += blockDim.x) {
+    const int n = i / U, j = j0 + i % U;
+    if (j >= H) continue;
+    p.dh0[n * H + j] = own_dh[i];
+    if (Cell::kHasCellState) p.dc0[n * H + j] = own_dc[i];
+  }
+}
+
+// Launch geometry of a persistent kernel, or fits = false.
 struct PersistentPlan {
   bool fits = false;
-  int blocks = 0, units = 0;
+  int blocks = 0, units = 0, ksplit = 1;
   size_t smem_bytes = 0;
 };
 
-template <typename T, typename Cell, bool kTraining>
-PersistentPlan plan_persistent(const SeqShape& s) {
+template <typename T>
+PersistentPlan plan_persistent(const SeqShape& s, const void* kernel, bool backward) {
   PersistentPlan plan;
-  if (s.N <= 0 || s.H <= 0 || s.T <= 0 || s.H > INT_MAX / 8 || s.N > 4096) return plan;
+  if (s.N <= 0 || s.H <= 0 || s.T <= 0 || s.H > INT_MAX / 8 || s.N > 4096 || s.T > INT_MAX)
+    return plan;
   int device = 0;
   FUSEDRNN_CUDA_CHECK(cudaGetDevice(&device));
   int sms = 0, coop = 0, smem_optin = 0;
@@ -415,11 +579,13 @@ PersistentPlan plan_persistent(const SeqShape& s) {
   FUSEDRNN_CUDA_CHECK(
       cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   if (!coop || sms <= 0) return plan;
+  const int G = static_cast<int>(s.G);
   const int64_t units = (s.H + sms - 1) / sms;
   const int64_t blocks = (s.H + units - 1) / units;
-  const size_t bytes = persistent_smem_elems(Cell::kGates, s.N, s.H, units) * sizeof(T);
+  const int64_t elems = backward ? persistent_backward_smem_elems(G, s.N, s.H, units)
+                                 : persistent_forward_smem_elems(G, s.N, s.H, units);
+  const size_t bytes = static_cast<size_t>(elems) * sizeof(T);
   if (bytes > static_cast<size_t>(smem_optin)) return plan;
-  auto kernel = persistent_forward_kernel<T, Cell, kTraining>;
   FUSEDRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(bytes)));
   int per_sm = 0;
@@ -429,8 +595,21 @@ PersistentPlan plan_persistent(const SeqShape& s) {
   plan.fits = true;
   plan.blocks = static_cast<int>(blocks);
   plan.units = static_cast<int>(units);
+  plan.ksplit = gemv_ksplit(backward ? units : G * units);
   plan.smem_bytes = bytes;
   return plan;
+}
+
+template <typename T, typename Cell, bool kTraining>
+PersistentPlan plan_persistent_forward(const SeqShape& s) {
+  return plan_persistent<T>(
+      s, reinterpret_cast<const void*>(persistent_forward_kernel<T, Cell, kTraining>), false);
+}
+
+template <typename T, typename Cell>
+PersistentPlan plan_persistent_backward(const SeqShape& s) {
+  return plan_persistent<T>(
+      s, reinterpret_cast<const void*>(persistent_backward_kernel<T, Cell>), true);
 }
 
 // ------------------------------------------------------------------------------ drivers
@@ -454,7 +633,7 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
   PersistentPlan plan;
   if (o.algorithm == Algorithm::kPersistent ||
       (o.algorithm == Algorithm::kAuto && N <= kPersistentMaxBatch))
-    plan = plan_persistent<T, Cell, kTraining>(s);
+    plan = plan_persistent_forward<T, Cell, kTraining>(s);
   if (o.algorithm == Algorithm::kPersistent && !plan.fits)
     throw std::runtime_error("fusedrnn CUDA: the persistent kernel does not fit this problem "
                              "(shared memory or co-residency); use the stepwise algorithm");
@@ -464,6 +643,7 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     p.N = static_cast<int>(N);
     p.H = static_cast<int>(H);
     p.U = plan.units;
+    p.ksplit = plan.ksplit;
     p.reverse = a.reverse;
     p.w_hh = a.w_hh;
     p.b_ih = a.b_ih;
@@ -526,6 +706,40 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
       FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dc0, a.dc_n, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
   }
 
+  PersistentPlan plan;
+  if (N * H > 0 && (o.algorithm == Algorithm::kPersistent ||
+                    (o.algorithm == Algorithm::kAuto && N <= kPersistentMaxBatch)))
+    plan = plan_persistent_backward<T, Cell>(s);
+  if (o.algorithm == Algorithm::kPersistent && N * H > 0 && s.T > 0 && !plan.fits)
+    throw std::runtime_error("fusedrnn CUDA: the persistent backward kernel does not fit this "
+                             "problem (shared memory or co-residency); use the stepwise algorithm");
+  if (plan.fits) {
+    PersistentBackward<T> q{};
+    q.T_ = static_cast<int>(s.T);
+    q.N = static_cast<int>(N);
+    q.H = static_cast<int>(H);
+    q.U = plan.units;
+    q.ksplit = plan.ksplit;
+    q.reverse = a.reverse;
+    q.w_hh = a.w_hh;
+    q.lengths = a.lengths;
+    q.gates = a.gates;
+    q.extra = a.extra;
+    q.h_prev = a.h_prev;
+    q.dy = a.dy;
+    q.dh_n = a.dh_n;
+    q.dc_n = a.dc_n;
+    q.dgx = dgx;
+    q.dgh = dgh;
+    q.dh0 = a.dh0;
+    q.dc0 = a.dc0;
+    void* params[] = {&q};
+    FUSEDRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
+        reinterpret_cast<const void*>(persistent_backward_kernel<T, Cell>), dim3(plan.blocks),
+        dim3(kPersistentThreads), params, plan.smem_bytes, stream));
+    FUSEDRNN_LAUNCH_CHECK("persistent_backward_kernel");
+  }
+
   // dh ping-pongs between dh0 and the workspace; it ends in dh0.
   T* dh = a.dh0;
   T* dh_next = dh_other;
@@ -541,7 +755,7 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   p.dgx = dgx;
   p.dgh = Cell::kSplitRecurrentGrad ? dgh : nullptr;
   const int blocks = blocks_for(N * H);
-  if (N * H > 0) {
+  if (N * H > 0 && !plan.fits) {
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = a.reverse ? s.T - 1 - step : step;
       p.dh = dh;
@@ -582,10 +796,10 @@ void forward_dispatch(CellKind cell, const ForwardArgs<T>& a, T* ws, const Optio
 template <typename T, bool kTraining>
 bool fits_dispatch(CellKind cell, const SeqShape& s) {
   switch (cell) {
-    case CellKind::kLstm: return plan_persistent<T, LstmCell, kTraining>(s).fits;
-    case CellKind::kGru: return plan_persistent<T, GruCell, kTraining>(s).fits;
-    case CellKind::kRnnTanh: return plan_persistent<T, RnnCell<false>, kTraining>(s).fits;
-    case CellKind::kRnnRelu: return plan_persistent<T, RnnCell<true>, kTraining>(s).fits;
+    case CellKind::kLstm: return plan_persistent_forward<T, LstmCell, kTraining>(s).fits;
+    case CellKind::kGru: return plan_persistent_forward<T, GruCell, kTraining>(s).fits;
+    case CellKind::kRnnTanh: return plan_persistent_forward<T, RnnCell<false>, kTraining>(s).fits;
+    case CellKind::kRnnRelu: return plan_persistent_forward<T, RnnCell<true>, kTraining>(s).fits;
   }
   return false;
 }

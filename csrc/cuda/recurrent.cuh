@@ -14,7 +14,7 @@
 namespace fusedrnn {
 namespace cuda {
 
-// How the time loop of the forward pass runs.
+// How the time loops (forward and backward) run.
 enum class Algorithm {
   kAuto = 0,        // persistent when it fits (small batch), else stepwise
   kStepwise = 1,    // per step: one cuBLAS GEMM for the recurrent product + one fused kernel

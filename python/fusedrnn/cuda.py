@@ -9,8 +9,9 @@ Importing this module always works; on a build without the CUDA extension, or wi
 :func:`kernels` and :func:`array_module` raise :class:`CudaUnavailableError` saying which.
 
 Numerics: float32 GEMMs run in full fp32 by default; :func:`set_allow_tf32` opts in to TF32.
-The forward time loop runs a persistent kernel for small batches when it fits on the device and
-a per-step cuBLAS GEMM plus fused kernel otherwise; :func:`set_algorithm` forces either.
+The time loops (forward and backward) run a persistent kernel for small batches when it fits on
+the device and a per-step cuBLAS GEMM plus fused kernel otherwise; :func:`set_algorithm` forces
+either.
 """
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def get_allow_tf32() -> bool:
 
 
 def set_algorithm(name: str) -> None:
-    """Forward time loop: 'auto' (default), 'stepwise' or 'persistent' ('persistent' raises
+    """Time loops: 'auto' (default), 'stepwise' or 'persistent' ('persistent' raises
     RuntimeError for a problem it cannot hold on chip)."""
     if name not in ALGORITHMS:
         raise ValueError(f"name: expected one of {sorted(ALGORITHMS)}, got {name!r}")
@@ -288,7 +289,7 @@ class _Kernels:
                     _address(workspace))
         self._ext.recurrent_backward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                      bool(reverse), *self._device_and_stream(),
-                                     _settings["allow_tf32"])
+                                     _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]])
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
