@@ -7,6 +7,7 @@ Each task lives in ``fusedrnn.tasks.<name>`` with ``add_arguments(parser)`` and
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 
 TASKS = {"digits": "digits", "adding": "adding", "chars": "chars",
@@ -49,6 +50,7 @@ def add_commands(sub):
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--json", action="store_true")
+    gen.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
     gen.set_defaults(func=run_generate)
 
 

@@ -15,6 +15,7 @@ import inspect
 import os
 import re
 import sysconfig
+import warnings
 
 import numpy as np
 
@@ -30,6 +31,22 @@ DEFAULT_CORPUS_MODULES = (
 
 def default_corpus():
     """The embedded default text (see the module docstring)."""
+    with warnings.catch_warnings():  # some modules warn when their attributes are read
+        warnings.simplefilter("ignore")
+        parts = _docstrings()
+    text = "\n\n".join(parts)
+    if len(text) < 10000:
+        license_path = os.path.join(sysconfig.get_paths()["stdlib"], "LICENSE.txt")
+        if os.path.exists(license_path):
+            with open(license_path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+    if not text:
+        raise RuntimeError("no default corpus: Python's docstrings are stripped (-OO) and its "
+                           "LICENSE.txt is missing; give a text file with --data")
+    return text
+
+
+def _docstrings():
     parts = []
     for name in DEFAULT_CORPUS_MODULES:
         try:
@@ -45,16 +62,7 @@ def default_corpus():
             doc = inspect.getdoc(obj)
             if doc:
                 parts.append(doc)
-    text = "\n\n".join(parts)
-    if len(text) < 10000:
-        license_path = os.path.join(sysconfig.get_paths()["stdlib"], "LICENSE.txt")
-        if os.path.exists(license_path):
-            with open(license_path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-    if not text:
-        raise RuntimeError("no default corpus: Python's docstrings are stripped (-OO) and its "
-                           "LICENSE.txt is missing; give a text file with --data")
-    return text
+    return parts
 
 
 def load_text(path=None):

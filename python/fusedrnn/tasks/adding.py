@@ -27,6 +27,11 @@ class Regressor(Module):
         super().__init__()
         self.cell = cell
         self.rnn = make_recurrent(cell, 2, hidden, seed=seed)
+        if cell == "lstm":
+            # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): the cell starts by
+            # remembering, which the adding problem needs from the first step.
+            self.rnn.bias_ih_l0.data[hidden:2 * hidden] = 1.0
+            self.rnn.bias_hh_l0.data[hidden:2 * hidden] = 0.0
         self.head = Linear(hidden, 1, seed=seed + 1)
         self._shape = None
 

@@ -1,0 +1,79 @@
+"""Each worked example trains a short, seeded run through the command line and ends clearly
+better than chance; generate, --save, --plot and --json work end to end."""
+import json
+
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from fusedrnn.cli import main
+
+
+def run_json(capsys, *argv):
+    assert main(list(argv) + ["--json", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_digits_beats_chance(capsys, tmp_path):
+    m = run_json(capsys, "train", "digits", "--epochs", "3", "--hidden", "32", "--seed", "1",
+                 "--save", str(tmp_path / "digits.npz"))
+    assert m["test_accuracy"] > 0.6 > 3 * m["chance_accuracy"]
+    saved = fr.load(tmp_path / "digits.npz")
+    assert saved["task"] == "digits" and "rnn.weight_hh_l0" in saved["model"]
+
+
+def test_digits_genetic_algorithm_lowers_the_loss(capsys):
+    """The genetic algorithm (inference-mode forwards only) lowers the loss; it is slow to
+    learn ten classes, so a short run is only asked to be no worse than chance."""
+    m = run_json(capsys, "train", "digits", "--trainer", "ga", "--epochs", "2", "--hidden", "8",
+                 "--population", "16", "--limit", "300", "--history")
+    assert m["history"][-1]["loss"] < m["history"][0]["loss"] < 2.5
+    assert m["test_accuracy"] >= m["chance_accuracy"]
+
+
+def test_adding_gated_cell_beats_baseline(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "adding.png"
+    m = run_json(capsys, "train", "adding", "--length", "12", "--cells", "gru", "--hidden", "24",
+                 "--epochs", "4", "--steps", "40", "--lr", "0.01", "--plot", str(plot))
+    assert m["results"]["gru"]["test_mse"] < 0.3 * m["baseline_mse"]
+    assert plot.stat().st_size > 1000
+
+
+def test_chars_beats_unigram_and_generates(capsys, tmp_path):
+    model = tmp_path / "chars.npz"
+    m = run_json(capsys, "train", "chars", "--max-chars", "30000", "--hidden", "64",
+                 "--epochs", "1", "--bptt", "32", "--batch-size", "16", "--lr", "0.01",
+                 "--save", str(model))
+    assert m["test_bits_per_char"] < m["unigram_bits_per_char"] - 0.4
+    g = run_json(capsys, "generate", "--model", str(model), "--prime", "jazz", "--length", "40",
+                 "--temperature", "0.8", "--seed", "3")
+    assert g["text"].startswith("jazz") and len(g["text"]) == 44
+
+
+def test_classify_text_beats_majority(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    good = ["great", "wonderful", "loved", "excellent", "fun", "superb"]
+    bad = ["awful", "boring", "hated", "terrible", "dull", "poor"]
+    filler = ["the", "movie", "was", "plot", "and", "really", "acting", "a", "it", "story"]
+    rows = ["text,label"]
+    for _ in range(240):
+        label = int(rng.integers(2))
+        words = list(rng.choice(filler, int(rng.integers(3, 12))))
+        words.insert(int(rng.integers(len(words) + 1)), rng.choice(good if label else bad))
+        rows.append(f"\"{' '.join(words)}\",{'pos' if label else 'neg'}")
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    m = run_json(capsys, "train", "classify-text", "--data", str(csv), "--epochs", "6",
+                 "--hidden", "16")
+    assert m["classes"] == ["neg", "pos"]
+    assert m["test_accuracy"] > 0.85 > m["majority_accuracy"]
+
+
+def test_demo_reports_accuracy_and_throughput(capsys):
+    m = run_json(capsys, "demo", "--epochs", "2", "--hidden", "32", "--timing-seconds", "0.2")
+    assert m["test_accuracy"] > 0.5
+    t = m["throughput_seq_per_s"]
+    assert set(t) == {"fusedrnn_float32", "fusedrnn_float64", "numpy_reference_float64"}
+    assert all(v > 0 for v in t.values())
