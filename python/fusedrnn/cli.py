@@ -11,6 +11,7 @@ import sys
 
 # Modules that contribute sub-commands; each defines add_commands(subparsers).
 COMMAND_MODULES = ["fusedrnn.cli_commands.info", "fusedrnn.cli_commands.bench"]
+COMMAND_MODULES.append("fusedrnn.cli_commands.seq2seq")  # translate (issue 4)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,35 @@
+"""`fusedrnn translate`: run a date translator saved by `fusedrnn train dates --save PATH`.
+
+(`fusedrnn train dates` and `fusedrnn train caption-digits` are tasks of the `train` command:
+``fusedrnn.tasks.dates`` and ``fusedrnn.tasks.caption_digits``.)
+"""
+from __future__ import annotations
+
+
+def add_commands(sub):
+    p = sub.add_parser("translate", help="translate human-written dates to ISO with a model "
+                                         "saved by `train dates --save`")
+    p.add_argument("text", nargs="+", help='dates to translate, e.g. "3rd of May 1999"')
+    p.add_argument("--model", required=True, metavar="PATH")
+    p.add_argument("--beam", type=int, default=3, help="beam size (1: greedy)")
+    p.add_argument("--plot", metavar="PATH.png", help="save the attention map(s) (matplotlib)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_translate)
+
+
+def run_translate(args):
+    from fusedrnn.cli import print_json
+    from fusedrnn.tasks.dates import load_model, plot_attention, translate
+    model = load_model(args.model)
+    outputs, result = translate(model, args.text, beam=args.beam)
+    if args.plot:
+        plot_attention(args.plot, model, args.text, title="attention (rows: output characters, "
+                                                          "columns: input characters)")
+    if args.json:
+        print_json({"inputs": args.text, "outputs": outputs,
+                    "scores": [float(s) for s in result.scores],
+                    **({"plot": args.plot} if args.plot else {})})
+    else:
+        for out in outputs:
+            print(out)
+    return 0
