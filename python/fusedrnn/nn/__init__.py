@@ -4,6 +4,8 @@ from .recurrent import RNNBase, RNN, LSTM, GRU
 from .layers import Linear, Embedding, Dropout, Sequential, Identity
 from .cells import RNNCellBase, RNNCell, LSTMCell, GRUCell
 from .loss import CrossEntropyLoss, MSELoss, log_softmax, softmax
+from .attention import BahdanauAttention, LuongAttention, make_attention
+from .seq2seq import Captioner, Decoder, DecodeResult, Seq2Seq
 
 __all__ = [
     "Module",
@@ -25,4 +27,11 @@ __all__ = [
     "MSELoss",
     "log_softmax",
     "softmax",
+    "BahdanauAttention",
+    "LuongAttention",
+    "make_attention",
+    "Seq2Seq",
+    "Decoder",
+    "Captioner",
+    "DecodeResult",
 ]

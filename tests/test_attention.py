@@ -1,0 +1,158 @@
+"""Attention: the float64 reference against central differences; the modules (fused step,
+keys projected once, several steps summed) against the reference; masking of padded source
+positions (exactly zero weight, exactly zero gradient); bad input."""
+import numpy as np
+import pytest
+
+from conftest import FINITE_DIFFERENCE_EPS, TOLERANCES, relative_error
+from fusedrnn.nn.attention import (BahdanauAttention, LuongAttention, attention_step_forward,
+                                   make_attention)
+from fusedrnn.reference.attention import attention_backward, attention_forward
+
+KINDS = ["additive", "dot", "general"]
+N, S, Q, K, A = 4, 7, 5, 6, 3
+LENGTHS = np.array([7, 3, 0, 1])
+
+
+def _module(kind, dtype=np.float64, seed=0):
+    q = K if kind == "dot" else Q
+    return make_attention(kind, q, K, A, dtype=dtype, seed=seed), q
+
+
+def _params(m):
+    return tuple(p.data for p in m.parameters())
+
+
+def _inputs(rng, q, dtype=np.float64):
+    return rng.standard_normal((N, q)).astype(dtype), rng.standard_normal((N, S, K)).astype(dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_backward_vs_finite_differences(kind, rng):
+    m, q = _module(kind)
+    params = [p.copy() for p in _params(m)]
+    query, keys = _inputs(rng, q)
+    dcontext, dweights = rng.standard_normal((N, K)), rng.standard_normal((N, S))
+
+    def loss():
+        c, w = attention_forward(kind, query, keys, LENGTHS, params)
+        return float((c * dcontext).sum() + (w * dweights).sum())
+
+    def numeric(a):
+        g = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            old = a[i]
+            a[i] = old + FINITE_DIFFERENCE_EPS
+            up = loss()
+            a[i] = old - FINITE_DIFFERENCE_EPS
+            down = loss()
+            a[i] = old
+            g[i] = (up - down) / (2 * FINITE_DIFFERENCE_EPS)
+        return g
+
+    dquery, dkeys, dparams = attention_backward(kind, query, keys, LENGTHS, params, dcontext,
+                                                dweights)
+    tol = TOLERANCES["reference_vs_finite_differences"]
+    assert relative_error(dquery, numeric(query)) < tol
+    assert relative_error(dkeys, numeric(keys)) < tol
+    for p, d in zip(params, dparams):
+        assert relative_error(d, numeric(p)) < tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", KINDS)
+def test_module_matches_reference_over_steps(kind, dtype, rng):
+    """Three decoder steps on one memory: outputs per step, and after the backward of every
+    step the query gradients, the key gradients (summed over steps) and parameter gradients."""
+    m, q = _module(kind, dtype)
+    params = tuple(p.astype(np.float64) for p in _params(m))
+    _, keys = _inputs(rng, q, dtype)
+    queries = [rng.standard_normal((N, q)).astype(dtype) for _ in range(3)]
+    dcs = [rng.standard_normal((N, K)).astype(dtype) for _ in range(3)]
+    dws = [rng.standard_normal((N, S)).astype(dtype) for _ in range(3)]
+    tol = TOLERANCES["kernel_vs_reference"][dtype]
+    m.set_memory(keys, LENGTHS)
+    for query in queries:
+        c, w = m(query)
+        rc, rw = attention_forward(kind, query, keys, LENGTHS, params)
+        assert c.dtype == dtype and w.dtype == dtype
+        assert relative_error(c, rc) < tol and relative_error(w, rw) < tol
+    dqueries = [m.backward(dc, dw) for dc, dw in zip(dcs[::-1], dws[::-1])][::-1]
+    dkeys = m.memory_backward()
+    ref_dkeys = np.zeros(keys.shape)
+    ref_dparams = [np.zeros(p.shape) for p in params]
+    for query, dc, dw, dq in zip(queries, dcs, dws, dqueries):
+        rq, rk, rp = attention_backward(kind, query, keys, LENGTHS, params, dc, dw)
+        assert relative_error(dq, rq) < tol
+        ref_dkeys += rk
+        for acc, d in zip(ref_dparams, rp):
+            acc += d
+    assert relative_error(dkeys, ref_dkeys) < tol
+    for p, d in zip(m.parameters(), ref_dparams):
+        assert relative_error(p.grad, d) < tol
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padding_gets_exactly_zero_weight_and_gradient(kind, rng):
+    m, q = _module(kind)
+    query, keys = _inputs(rng, q)
+    m.set_memory(keys, LENGTHS)
+    c, w = m(query)
+    pad = np.arange(S)[None, :] >= LENGTHS[:, None]
+    assert np.all(w[pad] == 0)
+    assert np.allclose(w.sum(axis=1), (LENGTHS > 0).astype(float))
+    assert np.all(c[LENGTHS == 0] == 0)                  # an empty source: no context
+    dq = m.backward(rng.standard_normal((N, K)), rng.standard_normal((N, S)))
+    dkeys = m.memory_backward()
+    assert np.all(dkeys[pad] == 0)
+    assert np.all(dq[LENGTHS == 0] == 0)
+    # whatever sits in the padded positions changes nothing
+    m2, _ = _module(kind)
+    keys2 = keys.copy()
+    keys2[pad] = 1e3 * rng.standard_normal(keys2[pad].shape)
+    m2.set_memory(keys2, LENGTHS)
+    c2, w2 = m2(query)
+    np.testing.assert_array_equal(w, w2)
+    np.testing.assert_allclose(c, c2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_keys_projected_once_per_sequence(kind, rng, monkeypatch):
+    m, q = _module(kind)
+    calls = []
+    original = type(m)._project_keys
+    monkeypatch.setattr(type(m), "_project_keys",
+                        lambda self, keys: calls.append(1) or original(self, keys))
+    query, keys = _inputs(rng, q)
+    m.set_memory(keys, LENGTHS)
+    for _ in range(5):
+        m(query)
+    assert len(calls) == 1
+
+
+def test_fused_step_all_positions_masked_is_finite():
+    mask = np.zeros((2, 3), bool)
+    context, weights, _ = attention_step_forward("dot", np.ones((2, 4)), np.ones((2, 3, 4)),
+                                                 np.ones((2, 3, 4)), mask)
+    assert np.all(weights == 0) and np.all(context == 0)
+
+
+def test_bad_input():
+    m = BahdanauAttention(4, 6)
+    with pytest.raises(RuntimeError, match="set_memory"):
+        m(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="keys"):
+        m.set_memory(np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(TypeError, match="keys"):
+        m.set_memory(np.zeros((2, 3, 6), np.float64))
+    m.set_memory(np.zeros((2, 3, 6), np.float32), np.array([3, 1]))
+    with pytest.raises(ValueError, match="query"):
+        m(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="lengths"):
+        m.set_memory(np.zeros((2, 3, 6), np.float32), np.array([4, 1]))
+    with pytest.raises(ValueError, match="key_size"):
+        LuongAttention(4, 6, "dot")
+    with pytest.raises(ValueError, match="score"):
+        make_attention("cosine", 4, 4)
+    with pytest.raises(RuntimeError, match="no training-mode step"):
+        m.backward(np.zeros((2, 6), np.float32))

@@ -1,0 +1,242 @@
+"""Seq2Seq and Captioner: the whole loss against central differences in float64 (each score,
+both decoder styles, LSTM and GRU, bidirectional and multi-layer encoders, mixed source lengths,
+padded targets, teacher forcing below 1); greedy = beam search with k=1; batched decoding =
+decoding one sample at a time; a short seeded `dates` run beats chance; the CLI end to end."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FINITE_DIFFERENCE_EPS, TOLERANCES, relative_error
+import fusedrnn as fr
+from fusedrnn.cli import main
+from fusedrnn.data.dates import FORMATS, dates_split, format_date
+from fusedrnn.nn import Captioner, Seq2Seq
+
+SRC = np.array([[3, 4, 5, 6, 7], [5, 3, 0, 0, 0], [4, 8, 4, 1, 0]])
+SRC_LENGTHS = np.array([5, 2, 4])
+TGT = np.array([[3, 4, 2, 0], [5, 2, 0, 0], [6, 3, 7, 2]])
+
+
+def check_gradients(model, loss, rng, per_parameter=6):
+    """Analytic gradients vs central differences on a few entries of every parameter."""
+    model.zero_grad()
+    loss()
+    model.backward()
+    analytic, numeric = [], []
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        flat = p.data.reshape(-1)
+        for i in rng.choice(flat.size, min(per_parameter, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + FINITE_DIFFERENCE_EPS
+            up = loss()
+            flat[i] = old - FINITE_DIFFERENCE_EPS
+            down = loss()
+            flat[i] = old
+            numeric.append((up - down) / (2 * FINITE_DIFFERENCE_EPS))
+            analytic.append(p.grad.reshape(-1)[i])
+    return relative_error(analytic, numeric)
+
+
+CONFIGS = [  # cell, attention style, score, bidirectional, layers
+    ("lstm", "bahdanau", "additive", True, 1),
+    ("gru", "bahdanau", "additive", False, 2),
+    ("lstm", "luong", "general", True, 2),
+    ("gru", "luong", "general", True, 1),
+    ("lstm", "luong", "dot", False, 1),
+    ("gru", "bahdanau", "dot", True, 1),
+]
+
+
+@pytest.mark.parametrize("cell,attention,score,bidirectional,layers", CONFIGS)
+def test_seq2seq_loss_gradients_vs_finite_differences(cell, attention, score, bidirectional,
+                                                      layers, rng):
+    # dot needs query size == key size: hidden 4 and a one-direction encoder, or hidden 4 with
+    # a bidirectional encoder whose keys (8) meet a Luong/Bahdanau query of 4 -> use general
+    model = Seq2Seq(9, 8, embed_size=5, hidden_size=4, num_layers=layers,
+                    bidirectional=bidirectional, cell=cell, attention=attention,
+                    score=score if not (score == "dot" and bidirectional) else "general",
+                    dtype=np.float64, seed=3)
+    err = check_gradients(model, lambda: model.loss(SRC, SRC_LENGTHS, TGT), rng)
+    assert err < TOLERANCES["reference_vs_finite_differences"]
+
+
+def test_seq2seq_teacher_forcing_ratio_gradients(rng):
+    """With a ratio below 1 some inputs are the model's own argmax (a constant for the
+    gradient); a fixed seed makes every evaluation pick the same ones."""
+    model = Seq2Seq(9, 8, embed_size=5, hidden_size=4, attention="luong", dtype=np.float64,
+                    seed=4)
+    err = check_gradients(model, lambda: model.loss(SRC, SRC_LENGTHS, TGT, teacher_forcing=0.5,
+                                                    rng=np.random.default_rng(0)), rng)
+    assert err < TOLERANCES["reference_vs_finite_differences"]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_captioner_loss_gradients_vs_finite_differences(cell, rng):
+    model = Captioner(6, 8, embed_size=5, hidden_size=4, num_layers=2, cell=cell,
+                      dtype=np.float64, seed=5)
+    x = rng.standard_normal((3, 6))
+    err = check_gradients(model, lambda: model.loss(x, TGT), rng)
+    assert err < TOLERANCES["reference_vs_finite_differences"]
+
+
+def test_source_padding_changes_nothing():
+    """Extra padding columns (and whatever token they hold) leave the loss and every
+    gradient unchanged: the encoder stops at each length and attention masks the rest."""
+    model = Seq2Seq(9, 8, embed_size=5, hidden_size=4, dtype=np.float64, seed=6)
+    model.zero_grad()
+    loss = model.loss(SRC, SRC_LENGTHS, TGT)
+    model.backward()
+    grads = {k: p.grad.copy() for k, p in model.named_parameters()}
+    wide = np.concatenate([SRC, np.full((3, 3), 7)], axis=1)
+    model.zero_grad()
+    assert model.loss(wide, SRC_LENGTHS, TGT) == pytest.approx(loss, rel=1e-12)
+    model.backward()
+    for k, p in model.named_parameters():
+        if k == "src_embedding.weight":
+            continue  # padding tokens read rows of the table; their gradient is the padded dx
+        np.testing.assert_allclose(p.grad, grads[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def _copy_batch(rng, N, S=7):
+    """Random token strings of lengths 1..S (padded with 0) and targets: the same + end token."""
+    src, lengths = _random_batch(rng, N, S)
+    tgt = np.zeros((N, S + 1), np.int64)
+    for n in range(N):
+        tgt[n, :lengths[n]] = src[n, :lengths[n]]
+        tgt[n, lengths[n]] = 2
+    return src, lengths, tgt
+
+
+_TRAINED = {}
+
+
+def _trained(attention="bahdanau", cell="lstm"):
+    """A float64 model trained briefly (~1 s) to copy its input, so that decoding ends at
+    different lengths and beams differ; cached across tests."""
+    key = (attention, cell)
+    if key not in _TRAINED:
+        model = Seq2Seq(12, 12, embed_size=8, hidden_size=16, cell=cell, attention=attention,
+                        dtype=np.float64, seed=7)
+        opt = fr.optim.Adam(model.parameters(), lr=0.02)
+        rng = np.random.default_rng(0)
+        for _ in range(80):
+            src, lengths, tgt = _copy_batch(rng, 32)
+            model.zero_grad()
+            model.loss(src, lengths, tgt)
+            model.backward()
+            opt.step()
+        _TRAINED[key] = model
+    return _TRAINED[key]
+
+
+def _random_batch(rng, N=6, S=7):
+    lengths = rng.integers(1, S + 1, N)
+    src = rng.integers(3, 12, (N, S))
+    src[np.arange(S)[None, :] >= lengths[:, None]] = 0
+    return src, lengths
+
+
+def _same_results(a, b, rtol=1e-9):
+    assert len(a.tokens) == len(b.tokens)
+    for ta, tb in zip(a.tokens, b.tokens):
+        np.testing.assert_array_equal(ta, tb)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=rtol)
+    np.testing.assert_allclose(a.log_probs, b.log_probs, rtol=rtol)
+    assert (a.attention is None) == (b.attention is None)
+    for wa, wb in zip(a.attention or [], b.attention or []):
+        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong"])
+def test_beam_search_k1_equals_greedy(attention, rng):
+    model = _trained(attention, "lstm" if attention == "bahdanau" else "gru")
+    src, lengths = _random_batch(rng)
+    greedy = model.greedy_decode(src, lengths, max_len=9)
+    beam = model.beam_search(src, lengths, beam_size=1, max_len=9)
+    _same_results(greedy, beam)
+    assert len({len(t) for t in greedy.tokens}) > 1       # some stop early, some later
+    for t, w, n in zip(greedy.tokens, greedy.attention, lengths):
+        assert w.shape == (len(t), n)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+@pytest.mark.parametrize("attention,cell", [("bahdanau", "lstm"), ("luong", "gru")])
+def test_batched_decoding_equals_one_at_a_time(attention, cell, beam_size, rng):
+    model = _trained(attention, cell)
+    src, lengths = _random_batch(rng)
+
+    def decode(s, l):
+        if beam_size == 1:
+            return model.greedy_decode(s, l, max_len=9)
+        return model.beam_search(s, l, beam_size=beam_size, max_len=9)
+
+    batched = decode(src, lengths)
+    for n in range(len(src)):
+        single = decode(src[n:n + 1, :lengths[n]], lengths[n:n + 1])
+        np.testing.assert_array_equal(batched.tokens[n], single.tokens[0])
+        assert batched.scores[n] == pytest.approx(single.scores[0], rel=1e-9)
+        np.testing.assert_allclose(batched.attention[n], single.attention[0], rtol=1e-9,
+                                   atol=1e-12)
+
+
+def test_beam_search_finds_at_least_greedy_likelihood(rng):
+    model = _trained("luong", "gru")
+    src, lengths = _random_batch(rng, N=8)
+    greedy = model.greedy_decode(src, lengths, max_len=9, length_penalty=0.0)
+    beam = model.beam_search(src, lengths, beam_size=4, max_len=9, length_penalty=0.0)
+    assert np.all(beam.log_probs >= greedy.log_probs - 1e-12)
+
+
+def test_captioner_decoding():
+    model = Captioner(6, 8, embed_size=5, hidden_size=6, dtype=np.float64, seed=8)
+    model.decoder.out.bias.data[2] += 1.0
+    x = np.random.default_rng(1).standard_normal((5, 6))
+    greedy = model.greedy_decode(x, max_len=6)
+    _same_results(greedy, model.beam_search(x, beam_size=1, max_len=6))
+    assert greedy.attention is None
+    for n in range(5):
+        np.testing.assert_array_equal(model.beam_search(x[n:n + 1], beam_size=3, max_len=6)
+                                      .tokens[0], model.beam_search(x, beam_size=3, max_len=6)
+                                      .tokens[n])
+
+
+def test_date_generator_is_seeded_and_held_out():
+    train, test = dates_split(3000, 300, seed=2)
+    assert (train, test) == dates_split(3000, 300, seed=2)
+    assert {b for _, b in train}.isdisjoint({b for _, b in test})
+    assert len({len(a) for a, _ in train}) > 10
+    import datetime
+    d = datetime.date(1999, 5, 3)
+    written = {format_date(d, f) for f in FORMATS}
+    assert {"3rd of May 1999", "05/03/99", "Monday, May 3, 1999", "1999-05-03"} <= written
+
+
+def _run_json(capsys, *argv):
+    extra = ["--no-progress"] if argv[0] == "train" else []
+    assert main(list(argv) + ["--json"] + extra) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_short_dates_run_beats_chance_and_translates(capsys, tmp_path):
+    """A few seconds of training: exact matches far above chance (which is ~0 for a 10-character
+    answer); --save then `fusedrnn translate` reads the model back; --plot writes the maps."""
+    pytest.importorskip("matplotlib")
+    model_path, plot = tmp_path / "dates.npz", tmp_path / "att.png"
+    m = _run_json(capsys, "train", "dates", "--train-size", "1500", "--test-size", "200",
+                  "--epochs", "3", "--hidden", "32", "--lr", "0.01", "--batch-size", "32",
+                  "--beam", "1", "--seed", "1", "--save", str(model_path), "--plot", str(plot))
+    assert m["test_exact_match"] > 0.2
+    assert plot.stat().st_size > 1000
+    saved = fr.load(model_path)
+    assert saved["task"] == "dates" and "decoder.attention.v" in saved["model"]
+    out = _run_json(capsys, "translate", "--model", str(model_path), "3rd of May 1999",
+                    "05/03/99", "--beam", "2")
+    assert len(out["outputs"]) == 2 and all(len(o) > 0 for o in out["outputs"])
+
+
+def test_caption_digits_short_run(capsys):
+    m = _run_json(capsys, "train", "caption-digits", "--epochs", "2", "--beam", "2", "--seed", "1")
+    assert m["test_exact_match"] > 3 * m["chance_exact_match"]
