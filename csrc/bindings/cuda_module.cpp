@@ -184,5 +184,17 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"),
       "Can the persistent forward kernel run this problem on the current device?");
+  m.def(
+      "persistent_backward_fits",
+      [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
+         int64_t T, int64_t N, int64_t I, int64_t H) {
+        const CellKind kind = parse_cell(cell, nonlinearity);
+        const SeqShape shape = make_shape(kind, T, N, I, H);
+        return is_double(dtype) ? cuda::persistent_backward_fits<double>(kind, shape)
+                                : cuda::persistent_backward_fits<float>(kind, shape);
+      },
+      py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
+      py::arg("I"), py::arg("H"),
+      "Can the persistent backward kernel run this problem on the current device?");
   m.def("device_summary", &cuda::device_summary, "Name, compute capability and SMs of the device.");
 }

@@ -46,6 +46,10 @@ void recurrent_backward(CellKind cell, const BackwardArgs<T>& args, T* workspace
 template <typename T>
 bool persistent_forward_fits(CellKind cell, const SeqShape& shape);
 
+// Can the persistent backward kernel hold this problem on the current device?
+template <typename T>
+bool persistent_backward_fits(CellKind cell, const SeqShape& shape);
+
 // Device name and compute capability of the current device, for info().
 std::string device_summary();
 

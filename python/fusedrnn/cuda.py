@@ -126,6 +126,13 @@ def persistent_forward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="ta
                                                      T, N, I, H))
 
 
+def persistent_backward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh") -> bool:
+    """Can the persistent backward kernel hold this problem on the current device? (It needs
+    the whole batch's gate gradients of one step on chip, so it fits less than the forward.)"""
+    return bool(_extension().persistent_backward_fits(cell, nonlinearity, np.dtype(dtype).name,
+                                                      T, N, I, H))
+
+
 # ---------------------------------------------------------------------------- conversion
 def as_cupy(value, name="array"):
     """A CuPy view (or copy) of a CuPy array, any ``__cuda_array_interface__`` object or a
