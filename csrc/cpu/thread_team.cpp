@@ -125,12 +125,10 @@ PhaseRunner::PhaseRunner() : slices_(get_num_threads()), lock_(g_team_mutex, std
     if (!g_team || g_team->size() != slices_) g_team = std::make_unique<ThreadTeam>(slices_);
     team_ = g_team.get();
   }
-  saved_csr_ = enable_flush_denormals();
 }
 
 PhaseRunner::~PhaseRunner() {
   if (team_) team_->park();
-  restore_flush_denormals(saved_csr_);
 }
 
 void PhaseRunner::run(const std::function<void(int)>& fn) {

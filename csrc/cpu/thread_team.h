@@ -39,6 +39,22 @@ class ThreadTeam {
   std::condition_variable wake_;
 };
 
+// Set FTZ/DAZ in this thread; returns the previous control word (x86), else 0.
+unsigned enable_flush_denormals();
+void restore_flush_denormals(unsigned saved);
+
+// Flush denormals to zero in this thread for the lifetime of the object.
+class ScopedFlushDenormals {
+ public:
+  ScopedFlushDenormals() : saved_(enable_flush_denormals()) {}
+  ~ScopedFlushDenormals() { restore_flush_denormals(saved_); }
+  ScopedFlushDenormals(const ScopedFlushDenormals&) = delete;
+  ScopedFlushDenormals& operator=(const ScopedFlushDenormals&) = delete;
+
+ private:
+  unsigned saved_;
+};
+
 // The kernels' thread count (also given to OpenBLAS for the large GEMMs).
 void set_num_threads(int n);
 int get_num_threads();
@@ -57,12 +73,8 @@ class PhaseRunner {
   int slices_;
   ThreadTeam* team_ = nullptr;
   std::unique_lock<std::mutex> lock_;
-  unsigned saved_csr_ = 0;
+  ScopedFlushDenormals flush_;
 };
-
-// Set FTZ/DAZ in this thread; returns the previous control word (x86), else 0.
-unsigned enable_flush_denormals();
-void restore_flush_denormals(unsigned saved);
 
 }  // namespace cpu
 }  // namespace fusedrnn
