@@ -17,7 +17,7 @@ from ..nn import Linear, MSELoss, Module
 from ..training import fit
 from .common import gradient_norms_over_time, make_recurrent, maybe_plot
 
-DEFAULTS = dict(length=100, hidden=64, batch_size=64, lr=3e-3, epochs=12, steps=50)
+DEFAULTS = dict(length=50, hidden=64, batch_size=64, lr=5e-3, epochs=20, steps=50)
 
 
 class Regressor(Module):
