@@ -24,7 +24,7 @@ def run_translate(args):
     outputs, result = translate(model, args.text, beam=args.beam)
     if args.plot:
         plot_attention(args.plot, model, args.text, title="attention (rows: output characters, "
-                                                          "columns: input characters)")
+                                                          "columns: input characters)", beam=args.beam)
     if args.json:
         print_json({"inputs": args.text, "outputs": outputs,
                     "scores": [float(s) for s in result.scores],

@@ -20,7 +20,8 @@ Module protocol (the same stacking rule as the cells): ``set_memory(keys, length
 batch, then ``forward(query)`` per decoder step; in training mode every step is pushed on a
 stack and ``backward(dcontext, dweights=None)`` pops the latest one and returns ``dquery``.
 Gradients of the keys are summed over the steps and handed out by ``memory_backward()`` after
-the last step's backward, with one GEMM for the key projection's weight gradient.
+the last step's backward, which also forms the projections' weight gradients with one GEMM each
+over all steps (never one per step); call it once the last step is back-propagated.
 """
 from __future__ import annotations
 
@@ -128,8 +129,11 @@ class AttentionBase(Module):
     def _project_query(self, query):
         return query
 
-    def _project_query_backward(self, queries, dqueries):
-        return dqueries
+    def _query_input_grad(self, dquery_proj):
+        return dquery_proj
+
+    def _query_weight_grads(self, queries, dqueries_proj):
+        pass
 
     def _v(self):
         return None
@@ -146,7 +150,7 @@ class AttentionBase(Module):
         mask = lengths_mask(lengths, N, S)
         keys_proj = self._project_keys(keys)
         self._memory = dict(keys=keys, keys_proj=keys_proj, mask=mask,
-                            dkeys_proj=None, dvalues=None)
+                            dkeys_proj=None, dvalues=None, queries=[], dqueries_proj=[])
         self._steps = []
 
     @property
@@ -182,7 +186,9 @@ class AttentionBase(Module):
         mem["dvalues"] = dvalues if mem["dvalues"] is None else mem["dvalues"] + dvalues
         if dv is not None:
             self.v.accumulate_grad(dv)
-        return self._project_query_backward(query[None], dq_proj[None])[0]
+        mem["queries"].append(query)
+        mem["dqueries_proj"].append(dq_proj)
+        return self._query_input_grad(dq_proj)
 
     def memory_backward(self):
         """After the last step's backward: d(keys) [N, S, K] summed over all steps (through the
@@ -194,6 +200,9 @@ class AttentionBase(Module):
             raise RuntimeError(f"{type(self).__name__}.memory_backward: {len(self._steps)} "
                                f"steps still wait for their backward")
         keys = mem["keys"]
+        if mem["queries"]:       # the query projection's weight gradient: one GEMM, all steps
+            self._query_weight_grads(np.stack(mem["queries"]), np.stack(mem["dqueries_proj"]))
+            mem["queries"], mem["dqueries_proj"] = [], []
         if mem["dvalues"] is None:
             return np.zeros_like(keys)
         dkeys = mem["dvalues"] + self._project_keys_backward(keys, mem["dkeys_proj"])
@@ -238,10 +247,12 @@ class BahdanauAttention(AttentionBase):
     def _project_query(self, query):
         return query @ self.weight_query.data.T
 
-    def _project_query_backward(self, queries, dqueries):
-        self.weight_query.accumulate_grad(
-            dqueries.reshape(-1, self.attention_size).T @ queries.reshape(-1, self.query_size))
-        return dqueries @ self.weight_query.data
+    def _query_input_grad(self, dquery_proj):
+        return dquery_proj @ self.weight_query.data
+
+    def _query_weight_grads(self, queries, dqueries_proj):
+        self.weight_query.accumulate_grad(dqueries_proj.reshape(-1, self.attention_size).T
+                                          @ queries.reshape(-1, self.query_size))
 
     def extra_repr(self):
         return f"query_size={self.query_size}, key_size={self.key_size}, " \

@@ -185,7 +185,8 @@ class Decoder(Module):
     def backward(self, dlogits):
         """BPTT over the saved steps. dlogits [T, N, V]. Returns ``(dh0 [L, N, H], dc0 or None,
         dcond [N, cond_size] or None)``; adds into every parameter's grad (the attention's key
-        gradients wait in the attention module for ``memory_backward``)."""
+        gradients and projection weight gradients wait in the attention module for its
+        ``memory_backward``, which the owner calls after this)."""
         steps = self._steps
         T = len(steps)
         if T == 0 or dlogits.shape[0] != T:

@@ -109,7 +109,7 @@ def exact_match(model, pairs, beam=1, batch_size=500):
     return hits / max(1, len(pairs))
 
 
-def plot_attention(path, model, texts, title=""):
+def plot_attention(path, model, texts, title="", beam=1):
     """Attention maps of ``texts`` (one panel each): rows output characters, columns input
     characters. matplotlib is imported only here."""
     try:
@@ -118,7 +118,7 @@ def plot_attention(path, model, texts, title=""):
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install 'fusedrnn[plot]'") from None
-    outs, res = translate(model, texts)
+    outs, res = translate(model, texts, beam)
     n = len(texts)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
