@@ -381,3 +381,142 @@ def test_cuda_matches_cudnn(name, dtype_name, with_lengths, rng, cp):
     # cuDNN is one more implementation at the same precision: ours and it each sit within the
     # kernel tolerance of the truth, so they sit within twice that of each other.
     assert_errors_below(ours, cudnn, 2 * TOLERANCES["kernel_vs_reference"][dtype], "vs cuDNN")
+
+
+# ---------------------------------------------------------------------------- layers: device=
+LAYERS = {"rnn_relu": lambda **kw: fusedrnn.nn.RNN(nonlinearity="relu", **kw),
+          "lstm": lambda **kw: fusedrnn.nn.LSTM(**kw), "gru": lambda **kw: fusedrnn.nn.GRU(**kw)}
+
+
+def test_layer_device_argument_validates():
+    with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda'"):
+        fusedrnn.nn.LSTM(3, 4, device="tpu")
+    with pytest.raises(TypeError, match="device"):
+        fusedrnn.nn.GRU(3, 4, device=0)
+    m = fusedrnn.nn.RNN(3, 4)
+    assert m.device == "cpu" and all(p.device == "cpu" for p in m.parameters())
+    assert m.to("cpu") is m
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_cuda_layer_without_cuda_backend_raises_clear_error(name, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fusedrnn._C_cuda", None)
+    monkeypatch.delattr(fusedrnn, "_C_cuda", raising=False)
+    with pytest.raises(fcuda.CudaUnavailableError, match="CUDA backend is not built"):
+        LAYERS[name](input_size=3, hidden_size=4, device="cuda")
+    m = LAYERS[name](input_size=3, hidden_size=4)
+    with pytest.raises(fcuda.CudaUnavailableError, match="CUDA backend is not built"):
+        m.to("cuda")
+    assert m.device == "cpu" and all(isinstance(p.data, np.ndarray) for p in m.parameters())
+
+
+def test_cuda_layer_on_this_build_is_clear():
+    if _SKIP is None:
+        pytest.skip("this build has a usable CUDA backend; the GPU layer tests cover it")
+    with pytest.raises(fcuda.CudaUnavailableError):
+        fusedrnn.nn.LSTM(3, 4, device="cuda")
+
+
+@gpu
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_cuda_layer_matches_cpu_layer(name, algorithm, cp):
+    """A 2-layer bidirectional batch_first layer with dropout and lengths, float64: the CUDA layer
+    gives the CPU layer's outputs, input and state gradients and parameter gradients."""
+    kw = dict(input_size=5, hidden_size=33, num_layers=2, bidirectional=True, batch_first=True,
+              dropout=0.25, dtype=np.float64, seed=3)
+    cpu_layer = LAYERS[name](**kw)
+    gpu_layer = LAYERS[name](**kw, device="cuda")
+    assert gpu_layer.device == "cuda" and "device='cuda'" in repr(gpu_layer)
+    for (n1, p1), (n2, p2) in zip(cpu_layer.named_parameters(), gpu_layer.named_parameters()):
+        assert n1 == n2 and isinstance(p2.data, cp.ndarray)
+        assert np.array_equal(p1.data, cp.asnumpy(p2.data))
+    rng = np.random.default_rng(1)
+    N, T, H = 4, 7, 33
+    x = rng.standard_normal((N, T, 5))
+    lengths = np.array([7, 0, 3, 1])
+    lstm = name == "lstm"
+    h0 = rng.standard_normal((4, N, H))
+    hx = (h0, rng.standard_normal((4, N, H))) if lstm else h0
+    dout = rng.standard_normal((N, T, 2 * H))
+    dh = rng.standard_normal((4, N, H))
+    dhx = (dh, rng.standard_normal((4, N, H))) if lstm else dh
+
+    def dev(v):
+        return tuple(cp.asarray(a) for a in v) if isinstance(v, tuple) else cp.asarray(v)
+
+    def host(v):
+        return tuple(cp.asnumpy(a) for a in v) if isinstance(v, tuple) else cp.asnumpy(v)
+
+    cpu_layer.manual_seed(7)  # the same dropout masks on both devices
+    gpu_layer.manual_seed(7)
+    out_c, st_c = cpu_layer(x, hx, lengths=lengths)
+    dx_c, dst_c = cpu_layer.backward(dout, dhx)
+    with fcuda.options(algorithm=algorithm):
+        out_g, st_g = gpu_layer(dev(x), dev(hx), lengths=cp.asarray(lengths))
+        assert isinstance(out_g, cp.ndarray) and out_g.shape == out_c.shape
+        dx_g, dst_g = gpu_layer.backward(dev(dout), dev(dhx))
+    tol = TOLERANCES["kernel_vs_reference"][np.float64]
+    assert relative_error(cp.asnumpy(out_g), out_c) <= tol
+    for a, b in zip(np.atleast_1d(host(st_g)), np.atleast_1d(st_c)):
+        assert relative_error(np.asarray(a), np.asarray(b)) <= tol
+    assert relative_error(cp.asnumpy(dx_g), dx_c) <= tol
+    for a, b in zip(np.atleast_1d(host(dst_g)), np.atleast_1d(dst_c)):
+        assert relative_error(np.asarray(a), np.asarray(b)) <= tol
+    for (n1, p1), (_, p2) in zip(cpu_layer.named_parameters(), gpu_layer.named_parameters()):
+        assert isinstance(p2.grad, cp.ndarray), n1
+        assert relative_error(cp.asnumpy(p2.grad), p1.grad) <= tol, n1
+    # gradients accumulate (+=) on the device too
+    gpu_layer.manual_seed(7)
+    gpu_layer(dev(x), dev(hx), lengths=lengths)
+    gpu_layer.backward(dev(dout), dev(dhx))
+    first = next(iter(cpu_layer.parameters()))
+    assert relative_error(cp.asnumpy(next(iter(gpu_layer.parameters())).grad),
+                          2 * first.grad) <= tol
+    # eval mode: inference on the device, unbatched input too
+    gpu_layer.eval()
+    cpu_layer.eval()
+    y_g, _ = gpu_layer(dev(x[0]))
+    y_c, _ = cpu_layer(x[0])
+    assert isinstance(y_g, cp.ndarray) and relative_error(cp.asnumpy(y_g), y_c) <= tol
+
+
+@gpu
+def test_cuda_layer_state_dict_and_moves(cp):
+    torch = _torch_cuda()
+    m = fusedrnn.nn.LSTM(4, 6, num_layers=2, seed=0, device="cuda")
+    sd = m.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in sd.values())  # host copies, like .cpu()
+    cpu = fusedrnn.nn.LSTM(4, 6, num_layers=2, seed=1)
+    cpu.load_state_dict(sd)
+    for (_, a), (_, b) in zip(cpu.named_parameters(), m.named_parameters()):
+        assert np.array_equal(a.data, cp.asnumpy(b.data))
+    # load from CuPy arrays, and from torch tensors on the GPU
+    other = fusedrnn.nn.LSTM(4, 6, num_layers=2, seed=2, device="cuda")
+    other.load_state_dict({k: cp.asarray(v) for k, v in sd.items()})
+    assert all(isinstance(p.data, cp.ndarray) for p in other.parameters())
+    assert all(np.array_equal(other.state_dict()[k], v) for k, v in sd.items())
+    if torch is not None:
+        other = fusedrnn.nn.LSTM(4, 6, num_layers=2, seed=2, device="cuda")
+        other.load_state_dict({k: torch.from_numpy(v).cuda() for k, v in sd.items()})
+        assert all(np.array_equal(other.state_dict()[k], v) for k, v in sd.items())
+    # .to moves parameters and gradients both ways; results agree
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    y_gpu, _ = m(cp.asarray(x))
+    m.backward(cp.ones_like(y_gpu))
+    m.to("cpu")
+    assert m.device == "cpu" and all(isinstance(p.data, np.ndarray) and
+                                     isinstance(p.grad, np.ndarray) for p in m.parameters())
+    y_cpu, _ = m(x)
+    assert relative_error(cp.asnumpy(y_gpu), y_cpu) <= 1e-5
+    m.to("cuda")
+    assert all(isinstance(p.data, cp.ndarray) for p in m.parameters())
+    # wrong device inputs are named
+    with pytest.raises(TypeError, match="x: expected a CuPy array"):
+        m(x)
+    with pytest.raises(TypeError, match="x: expected a numpy.ndarray"):
+        cpu(cp.asarray(x))
+    with pytest.raises(TypeError, match="h0: expected a CuPy array"):
+        m(cp.asarray(x), (np.zeros((2, 2, 6), np.float32), cp.zeros((2, 2, 6), cp.float32)))
+    with pytest.raises(TypeError, match="runs on NumPy arrays only"):
+        fusedrnn.nn.Linear(3, 4).to("cuda")

@@ -6,6 +6,11 @@ fresh array; later backwards add into it (``+=``). ``zero_grad()`` sets it back 
 PyTorch default, ``set_to_none=True``) or, with ``set_to_none=False``, fills it with zeros.
 Parameter names are dotted paths, ``encoder.weight_ih_l0``, so a PyTorch ``state_dict`` whose
 tensors are turned into arrays loads as it is.
+
+Devices: a parameter holds a NumPy array (device "cpu") or a CuPy array (device "cuda", for the
+layers that run on the CUDA backend: RNN, LSTM, GRU). ``Module.to("cuda")`` / ``.to("cpu")``
+move every parameter (and gradient); ``state_dict()`` always returns NumPy copies (as PyTorch's
+``.cpu()``), and ``load_state_dict`` takes NumPy arrays, CuPy arrays or torch tensors on any device.
 """
 from __future__ import annotations
 
@@ -16,6 +21,56 @@ import numpy as np
 
 __all__ = ["Parameter", "Module"]
 
+DEVICES = ("cpu", "cuda")
+
+
+def is_device_array(value) -> bool:
+    """True for a CUDA array (CuPy, or anything exposing ``__cuda_array_interface__``)."""
+    return not isinstance(value, np.ndarray) and hasattr(value, "__cuda_array_interface__")
+
+
+def check_device(device, name="device") -> str:
+    """'cpu' or 'cuda' (TypeError/ValueError naming the argument otherwise)."""
+    if not isinstance(device, str):
+        raise TypeError(f"{name}: expected 'cpu' or 'cuda', got {type(device).__name__}")
+    if device not in DEVICES:
+        raise ValueError(f"{name}: expected 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def array_module(device):
+    """NumPy for 'cpu'; CuPy for 'cuda' (fusedrnn.cuda.CudaUnavailableError when the CUDA
+    backend is not built or CuPy is missing)."""
+    if check_device(device) == "cpu":
+        return np
+    from .. import cuda
+    return cuda.array_module()
+
+
+def to_host(value):
+    """A NumPy array of a NumPy or CUDA array (a copy for a CUDA array)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if is_device_array(value):
+        if hasattr(value, "get"):  # CuPy
+            return value.get()
+        from .. import cuda
+        return cuda.as_cupy(value).get()
+    return np.asarray(value)
+
+
+def to_device(value, device):
+    """``value`` (NumPy or CUDA array) on ``device``: NumPy for 'cpu', CuPy for 'cuda'."""
+    if device == "cpu":
+        return to_host(value)
+    xp = array_module(device)
+    if isinstance(value, xp.ndarray):
+        return value
+    if is_device_array(value):
+        from .. import cuda
+        return cuda.as_cupy(value)
+    return xp.asarray(value)
+
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
@@ -25,10 +80,25 @@ class Parameter:
     __slots__ = ("data", "grad")
 
     def __init__(self, data):
-        if not isinstance(data, np.ndarray):
-            raise TypeError(f"data: expected a numpy.ndarray, got {type(data).__name__}")
+        if not isinstance(data, np.ndarray) and not is_device_array(data):
+            raise TypeError(f"data: expected a numpy.ndarray (or a CuPy array), "
+                            f"got {type(data).__name__}")
         self.data = data
         self.grad = None
+
+    @property
+    def device(self):
+        """'cpu' (NumPy data) or 'cuda' (CuPy data)."""
+        return "cpu" if isinstance(self.data, np.ndarray) else "cuda"
+
+    def to(self, device):
+        """Move ``data`` and ``grad`` to ``device`` ('cpu' or 'cuda') in place; returns self."""
+        device = check_device(device)
+        if device != self.device:
+            self.data = to_device(self.data, device)
+            if self.grad is not None:
+                self.grad = to_device(self.grad, device)
+        return self
 
     @property
     def shape(self):
@@ -40,11 +110,14 @@ class Parameter:
 
     def accumulate_grad(self, grad):
         """Add ``grad`` (same shape as ``data``) into ``self.grad``; the first call stores a copy."""
-        grad = np.asarray(grad)
+        if isinstance(self.data, np.ndarray):
+            grad = np.asarray(grad)
+        else:
+            grad = to_device(grad, "cuda")
         if grad.shape != self.data.shape:
             raise ValueError(f"grad: expected shape {self.data.shape}, got {grad.shape}")
         if self.grad is None:
-            self.grad = np.array(grad, dtype=self.data.dtype, copy=True)
+            self.grad = grad.astype(self.data.dtype, copy=True)
         else:
             self.grad += grad
 
@@ -63,9 +136,11 @@ def _to_numpy(value, key):
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, Parameter):
-        return value.data
+        return to_host(value.data)
     if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
         return value.detach().cpu().numpy()
+    if is_device_array(value):  # CuPy and other CUDA arrays
+        return to_host(value)
     if isinstance(value, (int, float, list, tuple)):
         return np.asarray(value)
     raise TypeError(f"state_dict[{key!r}]: expected an array or a tensor, got {type(value).__name__}")
@@ -178,8 +253,9 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Dotted name -> a copy of the parameter's array."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """Dotted name -> a NumPy copy of the parameter's array (on every device)."""
+        return OrderedDict((name, np.array(to_host(p.data), copy=True))
+                           for name, p in self.named_parameters())
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays (or torch tensors) into the parameters, cast to each parameter's dtype.
@@ -216,8 +292,45 @@ class Module:
                 raise ValueError(f"state_dict[{key!r}]: expected finite values, got NaN or infinity")
             staged.append((param, value))
         for param, value in staged:
-            param.data[...] = value
+            if isinstance(param.data, np.ndarray):
+                param.data[...] = value
+            else:
+                param.data[...] = to_device(value, "cuda")
         return IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ devices
+    _supports_cuda = False  # layers whose forward/backward run on CuPy arrays set this
+
+    @property
+    def device(self):
+        """'cuda' when this module's parameters are CuPy arrays, else 'cpu'."""
+        for p in self.parameters():
+            return p.device
+        return self.__dict__.get("_device", "cpu")
+
+    def to(self, device):
+        """Move every parameter (and gradient) of this module and its submodules to ``device``,
+        'cpu' or 'cuda'; returns self. 'cuda' needs the CUDA backend (CudaUnavailableError
+        otherwise) and layers that run there (RNN, LSTM, GRU; TypeError naming any other)."""
+        device = check_device(device)
+        if device == "cuda":
+            array_module("cuda")  # raises CudaUnavailableError on a CPU-only build
+            for name, m in self.named_modules():
+                if not m._supports_cuda and next(iter(m.parameters(recurse=False)), None):
+                    raise TypeError(f"to('cuda'): {type(m).__name__} "
+                                    f"{'(' + name + ') ' if name else ''}runs on NumPy arrays "
+                                    f"only; device='cuda' is available for RNN, LSTM and GRU")
+        for m in self.modules():
+            object.__setattr__(m, "_device", device)
+        for p in self.parameters():
+            p.to(device)
+        return self
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def cpu(self):
+        return self.to("cpu")
 
     # ------------------------------------------------------------------ modes and grads
     def train(self, mode=True):

@@ -12,6 +12,11 @@ Shapes: T time, N batch, I input, H hidden, L layers, D directions (1 or 2).
 shaped like ``x`` and ``hx`` and adds (``+=``) into every parameter's ``grad``. Between layers
 (never after the last) a training-mode forward applies inverted dropout with masks drawn from the
 layer's own seedable ``numpy.random.Generator``.
+
+``device="cuda"`` (or ``.to("cuda")``) keeps the parameters as CuPy arrays; the layer then takes
+and returns CuPy arrays (any ``__cuda_array_interface__`` or DLPack array is accepted as input)
+and runs on the CUDA kernels (``fusedrnn.cuda``) on CuPy's current device and stream. The same
+code runs on both devices through its array module ``xp`` (NumPy or CuPy).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import warnings
 import numpy as np
 
 from .. import functional as F
-from .module import Module, Parameter
+from .module import Module, Parameter, array_module, check_device, is_device_array, to_device, \
+    to_host
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
 
@@ -37,10 +43,27 @@ def _positive_int(value, name, minimum=1):
     return int(value)
 
 
-def _check_array(value, name, dtype):
-    """``value`` must be an ndarray of the layer's dtype (TypeError naming ``name`` otherwise)."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
+def _check_array(value, name, dtype, device="cpu"):
+    """``value`` as an array of the layer's dtype on the layer's device (a NumPy array for 'cpu';
+    a CuPy array for 'cuda', where other CUDA arrays are viewed as CuPy); TypeError naming
+    ``name`` otherwise."""
+    if device == "cpu":
+        if is_device_array(value):
+            raise TypeError(f"{name}: expected a numpy.ndarray (the layer is on device 'cpu'), "
+                            f"got a CUDA array ({type(value).__name__}); move the layer with "
+                            f".to('cuda') or the array to the host")
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
+    else:
+        if isinstance(value, np.ndarray):
+            raise TypeError(f"{name}: expected a CuPy array (the layer is on device 'cuda'), "
+                            f"got a numpy.ndarray; move it with cupy.asarray() or the layer "
+                            f"with .to('cpu')")
+        if not is_device_array(value) and not hasattr(value, "__dlpack__"):
+            raise TypeError(f"{name}: expected a CuPy array (the layer is on device 'cuda'), "
+                            f"got {type(value).__name__}")
+        from .. import cuda
+        value = cuda.as_cupy(value, name)
     if value.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the layer's dtype), got {value.dtype}")
     return value
@@ -56,10 +79,15 @@ class RNNBase(Module):
 
     _cell = None  # "rnn", "lstm" or "gru"
 
+    _supports_cuda = True
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, nonlinearity="tanh", dtype=np.float32,
-                 seed=None):
+                 seed=None, device="cpu"):
         super().__init__()
+        device = check_device(device)
+        if device == "cuda":
+            array_module(device)  # a clear CudaUnavailableError on a CPU-only build, up front
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
         self.num_layers = _positive_int(num_layers, "num_layers")
@@ -106,8 +134,16 @@ class RNNBase(Module):
                     setattr(self, name, Parameter(data))
                 names = [n for n, _ in shapes]
                 self._param_names.append(tuple(names) + ((None, None) if not self.bias else ()))
+        self._device = "cpu"
+        if device != "cpu":
+            self.to(device)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def _xp(self):
+        """The array module of the layer's device: NumPy or CuPy."""
+        return array_module(self._device)
+
     @property
     def num_directions(self):
         return 2 if self.bidirectional else 1
@@ -117,11 +153,18 @@ class RNNBase(Module):
         rng = self._rng if seed is None else np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
-            p.data[...] = rng.uniform(-bound, bound, size=p.data.shape)
+            p.data[...] = to_device(rng.uniform(-bound, bound, size=p.data.shape)
+                                    .astype(self.dtype), self._device)
 
     def manual_seed(self, seed):
         """Restart the layer's Generator (the one dropout masks are drawn from) at ``seed``."""
         self._rng = np.random.default_rng(seed)
+
+    def to(self, device):
+        """Move the parameters to 'cpu' (NumPy) or 'cuda' (CuPy); returns self. The saved
+        context of the latest training forward is dropped (run forward again before backward)."""
+        self._saved = None
+        return super().to(device)
 
     def flatten_parameters(self):
         """Accepted for PyTorch compatibility; the kernels pack weights per call."""
@@ -146,6 +189,8 @@ class RNNBase(Module):
             s += ", bidirectional=True"
         if self.dtype != np.float32:
             s += f", dtype={self.dtype}"
+        if self._device != "cpu":
+            s += f", device={self._device!r}"
         return s
 
     def _state_shape(self, batched, N):
@@ -156,7 +201,7 @@ class RNNBase(Module):
         """An initial state (or its gradient) as [L*D, N, H], or None."""
         if value is None:
             return None
-        _check_array(value, name, self.dtype)
+        value = _check_array(value, name, self.dtype, self._device)
         shape = self._state_shape(batched, N)
         layout = " [num_layers*num_directions, N, H]" if batched else \
             " [num_layers*num_directions, H] (unbatched input)"
@@ -179,9 +224,10 @@ class RNNBase(Module):
     def _dropout_mask(self, shape):
         p = self.dropout
         if p >= 1.0:
-            return np.zeros(shape, self.dtype)
-        keep = self._rng.random(shape) >= p
-        return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
+            return self._xp.zeros(shape, self.dtype)
+        keep = self._rng.random(shape) >= p  # drawn on the host: the same masks on every device
+        mask = keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
+        return mask if self._device == "cpu" else to_device(mask, self._device)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x, hx=None, lengths=None):
@@ -190,7 +236,8 @@ class RNNBase(Module):
         ``lengths`` [N] integers in [0, T] gives packed-sequence semantics without packing:
         outputs past a sample's length are 0 and its final state is the one after its own last
         step (the reverse direction starts there)."""
-        _check_array(x, "x", self.dtype)
+        x = _check_array(x, "x", self.dtype, self._device)
+        xp = self._xp
         if x.ndim not in (2, 3):
             expected = "[N, T, I]" if self.batch_first else "[T, N, I]"
             raise ValueError(f"x: expected 3 dimensions {expected} or 2 dimensions [T, I] "
@@ -208,12 +255,14 @@ class RNNBase(Module):
         T, N, _ = x_tni.shape
         h0_all, c0_all = self._split_state(hx, batched, N, ("hx", "h0", "c0") if self._cell == "lstm"
                                            else ("hx", "hx", None))
+        if is_device_array(lengths):
+            lengths = to_host(lengths)  # the kernels take lengths from the host on every device
         lengths = F.check_lengths(lengths, T, N)
 
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         training = self.training
-        h_n = np.empty((L * D, N, H), self.dtype)
-        c_n = np.empty((L * D, N, H), self.dtype) if self._cell == "lstm" else None
+        h_n = xp.empty((L * D, N, H), self.dtype)
+        c_n = xp.empty((L * D, N, H), self.dtype) if self._cell == "lstm" else None
         contexts, masks = [], []
         inp = x_tni
         for layer in range(L):
@@ -236,7 +285,7 @@ class RNNBase(Module):
                 h_n[k] = h
                 ys.append(y)
                 layer_ctx.append(ctx)
-            out = ys[0] if D == 1 else np.concatenate(ys, axis=2)
+            out = ys[0] if D == 1 else xp.concatenate(ys, axis=2)
             contexts.append(layer_ctx)
             if training and self.dropout > 0 and layer < L - 1:
                 mask = self._dropout_mask(out.shape)
@@ -263,10 +312,11 @@ class RNNBase(Module):
 
     def _from_tnx(self, a, batched):
         """[T, N, F] -> the user's layout (batch_first [N, T, F]; unbatched [T, F])."""
+        xp = self._xp
         if not batched:
-            return np.ascontiguousarray(a[:, 0, :])
+            return xp.ascontiguousarray(a[:, 0, :])
         if self.batch_first:
-            return np.ascontiguousarray(a.transpose(1, 0, 2))
+            return xp.ascontiguousarray(a.transpose(1, 0, 2))
         return a
 
     # ------------------------------------------------------------------ backward
@@ -285,7 +335,8 @@ class RNNBase(Module):
         T, N, batched = saved["T"], saved["N"], saved["batched"]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
 
-        _check_array(dout, "dout", self.dtype)
+        dout = _check_array(dout, "dout", self.dtype, self._device)
+        xp = self._xp
         if not batched:
             out_shape = (T, D * H)
         elif self.batch_first:
@@ -300,8 +351,8 @@ class RNNBase(Module):
         dh_n, dc_n = self._split_state(dhx, batched, N, ("dhx", "dh_n", "dc_n")
                                        if self._cell == "lstm" else ("dhx", "dhx", None))
 
-        dh0 = np.zeros((L * D, N, H), self.dtype)
-        dc0 = np.zeros((L * D, N, H), self.dtype) if self._cell == "lstm" else None
+        dh0 = xp.zeros((L * D, N, H), self.dtype)
+        dc0 = xp.zeros((L * D, N, H), self.dtype) if self._cell == "lstm" else None
         grad_out = dout  # gradient of the current layer's output [T, N, D*H]
         for layer in reversed(range(L)):
             if saved["masks"][layer] is not None:
@@ -350,9 +401,10 @@ class RNN(RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
-                 seed=None):
+                 seed=None, device="cpu"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, nonlinearity=nonlinearity, dtype=dtype, seed=seed)
+                         bidirectional, nonlinearity=nonlinearity, dtype=dtype, seed=seed,
+                         device=device)
 
 
 class LSTM(RNNBase):
@@ -361,9 +413,10 @@ class LSTM(RNNBase):
     _cell = "lstm"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
+                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
+                 device="cpu"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype=dtype, seed=seed)
+                         bidirectional, dtype=dtype, seed=seed, device=device)
 
 
 class GRU(RNNBase):
@@ -372,6 +425,7 @@ class GRU(RNNBase):
     _cell = "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
+                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
+                 device="cpu"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype=dtype, seed=seed)
+                         bidirectional, dtype=dtype, seed=seed, device=device)
