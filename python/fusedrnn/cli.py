@@ -10,7 +10,8 @@ import json
 import sys
 
 # Modules that contribute sub-commands; each defines add_commands(subparsers).
-COMMAND_MODULES = ["fusedrnn.cli_commands.info", "fusedrnn.cli_commands.bench"]
+COMMAND_MODULES = ["fusedrnn.cli_commands.info", "fusedrnn.cli_commands.bench",
+                   "fusedrnn.cli_commands.train"]
 COMMAND_MODULES.append("fusedrnn.cli_commands.seq2seq")  # translate (issue 4)
 
 
