@@ -520,3 +520,19 @@ def test_cuda_layer_state_dict_and_moves(cp):
         m(cp.asarray(x), (np.zeros((2, 2, 6), np.float32), cp.zeros((2, 2, 6), cp.float32)))
     with pytest.raises(TypeError, match="runs on NumPy arrays only"):
         fusedrnn.nn.Linear(3, 4).to("cuda")
+
+
+# ---------------------------------------------------------------------------- bench --device cuda
+def test_bench_device_cuda_dispatches_and_selects_shapes(capsys):
+    import argparse
+
+    from fusedrnn import benchmark, benchmark_gpu
+    ap = argparse.ArgumentParser()
+    benchmark.add_arguments(ap)
+    args = ap.parse_args(["--device", "cuda", "--cells", "GRU,LSTM", "--quick"])
+    assert [s[0] for s in benchmark_gpu.select_shapes(args)] == ["lstm"] * 3 + ["gru"]
+    args2 = ap.parse_args(["--device", "cuda", "--cells", "RNN", "--shapes", "2,3,4,5"])
+    assert benchmark_gpu.select_shapes(args2) == [("rnn", 2, 3, 4, 5)]
+    if _SKIP is not None:  # no GPU here: a clear message and exit status 2, no traceback
+        assert benchmark.run(args) == 2
+        assert "--device cuda" in capsys.readouterr().err

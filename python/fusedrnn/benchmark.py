@@ -37,6 +37,9 @@ def add_arguments(p):
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of one training step (subprocesses)")
     p.add_argument("--json", default=None, metavar="PATH", help="write every row as JSON")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the CUDA kernels against cuDNN (fusedrnn.benchmark_gpu)")
+    p.add_argument("--precisions", default="fp32,tf32", help="--device cuda: fp32 and/or tf32")
 
 
 # ---------------------------------------------------------------------------- timing
@@ -317,6 +320,9 @@ def parse_shapes(text):
 
 
 def run(args) -> int:
+    if getattr(args, "device", "cpu") == "cuda":
+        from .benchmark_gpu import run as run_gpu
+        return run_gpu(args)
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
     cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
