@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The one GPU check: build fusedrnn with its CUDA backend on the GPU machine, run the GPU tests
-# (tests/test_cuda.py) and the kernel tests (tests/test_kernels.py), then time the CUDA kernels
-# against cuDNN (bench/gpu_bench.py). Logs and JSON go to $OUT (default /tmp/fusedrnn-gpu-check).
+# The one GPU check: build fusedrnn with its CUDA backend on the GPU machine, a smoke check of the
+# persistent kernels' two exchange modes (flagged words vs grid barrier: bitwise equal results;
+# if the flagged mode fails, the rest runs with FUSEDRNN_CUDA_EXCHANGE=barrier and says so), the
+# GPU tests (tests/test_cuda.py), then the CUDA kernels against cuDNN (bench/gpu_bench.py, the
+# anchors' target rows). Logs and JSON go to $OUT (default /tmp/fusedrnn-gpu-check).
 #
 # The GPU machine has numpy, pybind11, scikit-build-core, cmake, ninja, cupy and torch but no
 # network: carry the scipy-openblas32 wheel in .whl/ (see bench/README or the device notes):
@@ -12,7 +14,7 @@
 # If .gpusnap/ exists (a `git archive` of a known-good commit), the build and tests use it instead
 # of the working tree, so that other people's uncommitted edits cannot break the run.
 #
-#   bash bench/gpu_check.sh            (stage timeouts: build 170 s, tests 110 s, bench 130 s)
+#   bash bench/gpu_check.sh   (stage timeouts: build 150 s, smoke 40 s, tests 90 s, bench 100 s)
 set -uo pipefail
 OUT=${OUT:-/tmp/fusedrnn-gpu-check}
 mkdir -p "$OUT"
@@ -41,7 +43,7 @@ arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | he
 arch=${arch:-90}
 echo "gpu_check: building for sm_$arch"
 start=$(date +%s)
-if ! FUSEDRNN_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) timeout 170 python3 -m pip install -v \
+if ! FUSEDRNN_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) timeout 150 python3 -m pip install -v \
     --no-build-isolation --no-deps --no-cache-dir -Cbuild-dir=/tmp/fusedrnn-build \
     -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="${arch}-real" . > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"
@@ -53,16 +55,63 @@ echo "gpu_check: built in $(( $(date +%s) - start )) s"
 cd /tmp && python3 -c "import fusedrnn, fusedrnn.cuda as c; print(fusedrnn.info()); print('cuda available:', c.is_available(), c.device_summary())" 2>&1 | tee -a "$OUT/env.log"
 cd "$SRC" || exit 1
 
-# ---- tests
+# ---- smoke: the persistent kernels, flagged exchange vs grid barrier (must agree bit for bit)
 status=0
-timeout 110 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_kernels.py \
+cat > /tmp/fusedrnn_smoke.py <<'PY'
+import os, sys
+import cupy as cp, numpy as np
+from fusedrnn import cuda as fcuda, functional as F
+worst = 0.0
+for cell in ("lstm", "gru", "rnn"):
+    for (T, N, I, H) in ((40, 8, 64, 512), (60, 16, 32, 128), (9, 3, 5, 97)):
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        rng = np.random.default_rng(T + N + H)
+        a = lambda *s: cp.asarray(rng.standard_normal(s).astype(np.float32) / np.sqrt(H))
+        x, h0, w_ih, w_hh, b_ih, b_hh = a(T, N, I), a(N, H), a(G * H, I), a(G * H, H), a(G * H), a(G * H)
+        dy, dh = a(T, N, H), a(N, H)
+        lengths = np.array([T] + [max(0, T - 3 * i) for i in range(1, N)])
+        res = {}
+        for mode in ("flagged", "barrier", "stepwise"):
+            os.environ.pop("FUSEDRNN_CUDA_EXCHANGE", None)
+            if mode == "barrier":
+                os.environ["FUSEDRNN_CUDA_EXCHANGE"] = "barrier"
+            with fcuda.options(algorithm="stepwise" if mode == "stepwise" else "persistent"):
+                if cell == "lstm":
+                    y, hn, cn, ctx = F.lstm_forward(x, h0, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths, training=True)
+                    g = F.lstm_backward(ctx, dy, dh, dh) if fcuda.persistent_backward_fits(cell, T, N, I, H) or mode == "stepwise" else ()
+                else:
+                    fwd, bwd = (F.gru_forward, F.gru_backward) if cell == "gru" else (F.rnn_forward, F.rnn_backward)
+                    y, hn, ctx = fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths, training=True)
+                    g = bwd(ctx, dy, dh) if fcuda.persistent_backward_fits(cell, T, N, I, H) or mode == "stepwise" else ()
+            res[mode] = [cp.asnumpy(v) for v in (y, hn, *g) if v is not None]
+        os.environ.pop("FUSEDRNN_CUDA_EXCHANGE", None)
+        same = all(np.array_equal(p, q) for p, q in zip(res["flagged"], res["barrier"]))
+        err = max(float(np.linalg.norm(p - q) / max(np.linalg.norm(q), 1e-30))
+                  for p, q in zip(res["flagged"], res["stepwise"][:len(res["flagged"])]))
+        worst = max(worst, err)
+        print(f"smoke {cell} T={T} N={N} H={H}: flagged == barrier {same}; vs stepwise {err:.1e}")
+        if not same or not err < 1e-4:
+            sys.exit(1)
+print(f"smoke: ok (worst vs stepwise {worst:.1e})")
+PY
+if ! (cd /tmp && timeout 40 python3 /tmp/fusedrnn_smoke.py) > "$OUT/smoke.log" 2>&1; then
+  tail -5 "$OUT/smoke.log"
+  echo "gpu_check: SMOKE FAILED: the flagged exchange is off for the rest (FUSEDRNN_CUDA_EXCHANGE=barrier)"
+  export FUSEDRNN_CUDA_EXCHANGE=barrier
+  status=3
+else
+  tail -1 "$OUT/smoke.log"
+fi
+
+# ---- tests
+timeout 90 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py \
   > "$OUT/pytest.log" 2>&1 || status=$?
 grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest.log" | head -30
 tail -3 "$OUT/pytest.log"
 echo "gpu_check: pytest exit $status"
 
 # ---- benchmark (prints its table last)
-timeout 130 python3 bench/gpu_bench.py --budget 0.2 --json "$OUT/gpu_bench.json" 2>&1 \
+timeout 100 python3 bench/gpu_bench.py --budget 0.15 --json "$OUT/gpu_bench.json" 2>&1 \
   | tee "$OUT/bench.log" | grep -v "^  " || status=$((status == 0 ? 1 : status))
 echo "gpu_check: done (status $status)"
 exit $status

@@ -8,6 +8,12 @@
 //               slice of W_hh (the G gate rows of its hidden units) in shared memory, computes
 //               its units' recurrent products and gate math, publishes its part of h, and waits
 //               at one grid-wide barrier per step. Cell state never leaves the block.
+//               float32 exchanges h without a barrier: each value travels in one 8-byte word
+//               with its step number (value, flag), and readers poll the words they need (the
+//               LL protocol of NCCL), so a step costs one L2 round trip instead of a fence, an
+//               atomic and a spin. FUSEDRNN_CUDA_EXCHANGE=barrier selects the grid barrier.
+//               Each thread prefetches its own units' input part of the next step with cp.async
+//               while the exchange is in flight.
 // Backward: the reverse time loop, stepwise (per step: one fused pointwise kernel producing the
 // gate gradients, then a cuBLAS GEMM dh += dgh W_hh) or persistent (each block keeps its units'
 // columns of W_hh, publishes its dgh, one grid barrier per step), then dx, dw_ih, dw_hh as single
@@ -20,9 +26,13 @@
 
 #include <cooperative_groups.h>
 #include <cublas_v2.h>
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -269,6 +279,21 @@ inline int gemv_ksplit(int64_t rows) {
   return static_cast<int>(pairs >= kPersistentWarps ? 1 : kPersistentWarps / pairs);
 }
 
+// Four elements as one vector load (float4; double4 compiles but is never used: see vec4).
+template <typename T>
+struct Vec4;
+template <>
+struct Vec4<float> {
+  using type = float4;
+};
+struct alignas(32) Double4 {
+  double x, y, z, w;
+};
+template <>
+struct Vec4<double> {
+  using type = Double4;
+};
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
@@ -286,6 +311,11 @@ __device__ void block_gemv(const T* A, int rows, int len, const T* X, int N, int
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int pairs = (rows + 1) / 2;
   const int seg_len = ((len + ksplit - 1) / ksplit + 31) / 32 * 32;
+  // float32 with rows of a multiple of 4 on 16-byte boundaries: 16-byte shared-memory loads
+  // (a quarter of the load instructions; segments start at multiples of 32 elements).
+  const bool vec4 = sizeof(T) == 4 && (len & 3) == 0 &&
+                    ((reinterpret_cast<std::uintptr_t>(A) | reinterpret_cast<std::uintptr_t>(X)) &
+                     15) == 0;
   for (int w = warp; w < pairs * ksplit; w += warps) {
     const int pair = w / ksplit, seg = w - (w / ksplit) * ksplit;
     const int r0 = 2 * pair;
@@ -297,13 +327,30 @@ __device__ void block_gemv(const T* A, int rows, int len, const T* X, int N, int
     for (int n0 = 0; n0 < N; n0 += 4) {
       T acc0[4] = {T(0), T(0), T(0), T(0)}, acc1[4] = {T(0), T(0), T(0), T(0)};
       const T* xb = X + int64_t(n0) * len;
-      for (int k = k_begin + lane; k < k_end; k += 32) {
-        const T a = a0[k], b = a1[k];
+      if (vec4) {
+        using V = typename Vec4<T>::type;
+        const V* a0v = reinterpret_cast<const V*>(a0);
+        const V* a1v = reinterpret_cast<const V*>(a1);
+        const V* xv4 = reinterpret_cast<const V*>(xb);
+        const int len4 = len >> 2;
+        for (int k = (k_begin >> 2) + lane; k < (k_end >> 2); k += 32) {
+          const V a = a0v[k], b = a1v[k];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const T xv = xb[i * len + k];
-          acc0[i] = fma(a, xv, acc0[i]);
-          acc1[i] = fma(b, xv, acc1[i]);
+          for (int i = 0; i < 4; ++i) {
+            const V xv = xv4[i * len4 + k];
+            acc0[i] = fma(a.x, xv.x, fma(a.y, xv.y, fma(a.z, xv.z, fma(a.w, xv.w, acc0[i]))));
+            acc1[i] = fma(b.x, xv.x, fma(b.y, xv.y, fma(b.z, xv.z, fma(b.w, xv.w, acc1[i]))));
+          }
+        }
+      } else {
+        for (int k = k_begin + lane; k < k_end; k += 32) {
+          const T a = a0[k], b = a1[k];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const T xv = xb[i * len + k];
+            acc0[i] = fma(a, xv, acc0[i]);
+            acc1[i] = fma(b, xv, acc1[i]);
+          }
         }
       }
 #pragma unroll
@@ -339,6 +386,63 @@ __device__ void block_gemv(const T* A, int rows, int len, const T* X, int N, int
   }
 }
 
+// ---- flagged exchange (float32): one 8-byte word = (value bits, step flag), relaxed at gpu
+// scope (coherent in L2; L1 is bypassed). Naturally aligned 8-byte accesses are single-copy
+// atomic, so a reader that sees the flag sees the value written with it.
+using Word = unsigned long long;
+
+__device__ __forceinline__ Word ld_relaxed(const Word* p) {
+  Word v;
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_relaxed(Word* p, Word v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+template <typename T>
+__device__ __forceinline__ Word pack_word(T value, unsigned flag) {
+  return (Word(flag) << 32) | __float_as_uint(static_cast<float>(value));
+}
+
+// A poll that outlives this many reads (seconds) means a lost writer: trap, never hang.
+constexpr int kMaxPolls = 1 << 23;
+
+// dst[i] = value of src[i] once its flag reads `flag`, i < count; each thread keeps kBatch reads
+// in flight. Does not synchronize the block.
+template <typename T>
+__device__ void gather_flagged(const Word* src, int count, unsigned flag, T* dst) {
+  constexpr int kBatch = 16;
+  const int stride = blockDim.x;
+  for (int base = threadIdx.x; base < count; base += kBatch * stride) {
+    Word v[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = base + b * stride;
+      if (i < count) v[b] = ld_relaxed(src + i);
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = base + b * stride;
+      if (i < count) {
+        int polls = 0;
+        while (static_cast<unsigned>(v[b] >> 32) != flag) {
+          if (++polls > kMaxPolls) __trap();
+          v[b] = ld_relaxed(src + i);
+        }
+        dst[i] = static_cast<T>(__uint_as_float(static_cast<unsigned>(v[b])));
+      }
+    }
+  }
+}
+
+// The element-wise async copy (cp.async) of one value; completes at __pipeline_wait_prior.
+template <typename T>
+__device__ __forceinline__ void copy_async(T* dst_shared, const T* src_global) {
+  __pipeline_memcpy_async(dst_shared, src_global, sizeof(T));
+}
+
 template <typename T>
 struct PersistentForward {
   int T_, N, H, U, ksplit;  // U: hidden units per block
@@ -356,6 +460,7 @@ struct PersistentForward {
   T* extra;         // training only
   T* h_prev;        // training only
   T* h_exchange;    // [2, N, H] the state published each step (double-buffered)
+  Word* h_flagged;  // [2, N, H] the same as flagged words (float32), or null: grid barrier
 };
 
 // Shared memory of one forward block, in elements of T.
@@ -365,8 +470,8 @@ inline int64_t persistent_forward_smem_elems(int G, int64_t N, int64_t H, int64_
          + N4 * H                         // h_s: the whole previous state (batch padded)
          + N * G * U                      // gh_s: the block's recurrent products
          + gemv_ksplit(G * U) * N * G * U // part_s
-         + N * G * U                      // gx_s: this step's input part + b_ih, prefetched
-         + G * U                          // bhh_s
+         + N * G * U                      // gx_s: this step's input part, prefetched
+         + 2 * G * U                      // bih_s, bhh_s
          + 2 * N * U;                     // own_h, own_c: the block's units' state
 }
 
@@ -382,7 +487,8 @@ persistent_forward_kernel(PersistentForward<T> p) {
   T* gh_s = h_s + int64_t(N4) * H;
   T* part_s = gh_s + N * GU;
   T* gx_s = part_s + p.ksplit * N * GU;
-  T* bhh_s = gx_s + N * GU;
+  T* bih_s = gx_s + N * GU;
+  T* bhh_s = bih_s + GU;
   T* own_h = bhh_s + GU;
   T* own_c = own_h + N * U;
   const int j0 = blockIdx.x * U;
@@ -397,6 +503,7 @@ persistent_forward_kernel(PersistentForward<T> p) {
   for (int i = N * H + tid; i < N4 * H; i += blockDim.x) h_s[i] = T(0);
   for (int i = tid; i < GU; i += blockDim.x) {
     const int k = i / U, j = j0 + i % U;
+    bih_s[i] = j < H ? p.b_ih[k * H + j] : T(0);
     bhh_s[i] = j < H ? p.b_hh[k * H + j] : T(0);
   }
   for (int i = tid; i < N * U; i += blockDim.x) {
@@ -405,36 +512,54 @@ persistent_forward_kernel(PersistentForward<T> p) {
     own_c[i] = (Cell::kHasCellState && j < H) ? p.c0[n * H + j] : T(0);
   }
   cg::grid_group grid = cg::this_grid();
+  // Each thread prefetches the input part x W_ih^T of the units (n, u) whose gate math it does,
+  // G values each, for the next step: the copies fly while the state is exchanged, and the
+  // thread that waits for them is the one that reads them (no block barrier needed).
+  auto prefetch_input = [&](int step) {
+    const int t = p.reverse ? p.T_ - 1 - step : step;
+    for (int i = tid; i < N * U; i += blockDim.x) {
+      const int n = i / U, u = i - (i / U) * U, j = j0 + u;
+      if (j >= H) continue;
+      const T* src = p.gates + (int64_t(t) * N + n) * GH + j;
+#pragma unroll
+      for (int k = 0; k < G; ++k) copy_async(gx_s + n * GU + k * U + u, src + int64_t(k) * H);
+    }
+    __pipeline_commit();
+  };
+  prefetch_input(0);
 
   for (int s = 0; s < p.T_; ++s) {
     const int t = p.reverse ? p.T_ - 1 - s : s;
-    // This step's input part (independent of h: its loads overlap the state's).
-    for (int i = tid; i < N * GU; i += blockDim.x) {
-      const int n = i / GU, r = i - (i / GU) * GU, k = r / U, j = j0 + r % U;
-      gx_s[i] = j < H ? p.gates[(int64_t(t) * N + n) * GH + k * H + j] + p.b_ih[k * H + j] : T(0);
-    }
     // The state every block published last step (L2 only: L1 is not coherent across blocks).
-    const T* h_src = s == 0 ? p.h0 : p.h_exchange + ((s - 1) & 1) * N * H;
-    for (int i = tid; i < N * H; i += blockDim.x) h_s[i] = __ldcg(h_src + i);
+    if (s == 0) {
+      for (int i = tid; i < N * H; i += blockDim.x) h_s[i] = __ldcg(p.h0 + i);
+    } else if (p.h_flagged) {
+      gather_flagged(p.h_flagged + ((s - 1) & 1) * N * H, N * H, static_cast<unsigned>(s), h_s);
+    } else {
+      const T* h_src = p.h_exchange + ((s - 1) & 1) * N * H;
+      for (int i = tid; i < N * H; i += blockDim.x) h_s[i] = __ldcg(h_src + i);
+    }
     __syncthreads();
 
     block_gemv(W_s, GU, H, h_s, N, p.ksplit, part_s, gh_s, GU);
 
     // The gate math of the block's units, then publish h.
     T* h_dst = p.h_exchange + (s & 1) * N * H;
+    Word* h_dst_flagged = p.h_flagged ? p.h_flagged + (s & 1) * N * H : nullptr;
+    __pipeline_wait_prior(0);  // this thread's prefetched input part of step t
     for (int i = tid; i < N * U; i += blockDim.x) {
       const int n = i / U, u = i - (i / U) * U, j = j0 + u;
       if (j >= H) continue;
       const int64_t row = int64_t(t) * N + n;
       T h = own_h[i], c = own_c[i];
       if (kTraining) p.h_prev[row * H + j] = h;
-      if (p.lengths && t >= p.lengths[n]) {
+      if (p.lengths && t >= __ldg(p.lengths + n)) {
         p.y[row * H + j] = T(0);
       } else {
         T gx[G], gh[G], act[G], extra = T(0);
 #pragma unroll
         for (int k = 0; k < G; ++k) {
-          gx[k] = gx_s[n * GU + k * U + u];
+          gx[k] = gx_s[n * GU + k * U + u] + bih_s[k * U + u];
           gh[k] = gh_s[n * GU + k * U + u] + bhh_s[k * U + u];
         }
         Cell::forward(gx, gh, int64_t(1), int64_t(0), h, c, act, &extra);
@@ -447,9 +572,16 @@ persistent_forward_kernel(PersistentForward<T> p) {
         own_h[i] = h;
         own_c[i] = c;
       }
-      __stcg(h_dst + n * H + j, h);
+      if (h_dst_flagged)
+        st_relaxed(h_dst_flagged + n * H + j, pack_word(h, static_cast<unsigned>(s + 1)));
+      else
+        __stcg(h_dst + n * H + j, h);
     }
-    grid.sync();  // every block's h is published (and every block is done reading h_src)
+    if (s + 1 < p.T_) prefetch_input(s + 1);
+    // Barrier mode: every block's h is published and every block is done reading h_src.
+    // Flagged mode: no barrier. A block writes slot s&1 again at step s+2 only after reading
+    // every block's step s+1, which each block publishes only after it has read step s.
+    if (!p.h_flagged) grid.sync();
   }
 
   for (int i = tid; i < N * U; i += blockDim.x) {
@@ -476,6 +608,7 @@ struct PersistentBackward {
   T* dgh;           // [T, N, GH] (== dgx unless the cell splits them)
   T* dh0;           // [N, H]
   T* dc0;           // [N, H] or null
+  Word* flagged;    // [2, N, GH] dgh as flagged words (float32), or null: grid barrier
 };
 
 inline int64_t persistent_backward_smem_elems(int G, int64_t N, int64_t H, int64_t U) {
@@ -484,7 +617,8 @@ inline int64_t persistent_backward_smem_elems(int G, int64_t N, int64_t H, int64
          + N4 * G * H              // X_s: dgh of this step for the whole batch (padded)
          + N * U                   // r_s: dgh W_hh for the block's units
          + gemv_ksplit(U) * N * U  // part_s
-         + 2 * N * U;              // own_dh, own_dc
+         + 2 * N * U               // own_dh, own_dc
+         + (G + 3) * N * U;        // pre_s: the next step's gates, extra, h_prev, dy, prefetched
 }
 
 template <typename T, typename Cell>
@@ -500,6 +634,7 @@ persistent_backward_kernel(PersistentBackward<T> p) {
   T* part_s = r_s + N * U;
   T* own_dh = part_s + p.ksplit * N * U;
   T* own_dc = own_dh + N * U;
+  T* pre_s = own_dc + N * U;  // [N*U, G+3] per unit: act[G], extra, h_prev, dy
   const int j0 = blockIdx.x * U;
   const int tid = threadIdx.x;
 
@@ -515,45 +650,80 @@ persistent_backward_kernel(PersistentBackward<T> p) {
     own_dc[i] = (Cell::kHasCellState && j < H) ? p.dc_n[n * H + j] : T(0);
   }
   cg::grid_group grid = cg::this_grid();
+  // Each thread prefetches what its own units' gate math reads at the next step (the saved
+  // gates, extra, h_prev and dy: none depends on the exchange) while the exchange is in flight.
+  auto prefetch_step = [&](int step) {
+    const int t = p.reverse ? p.T_ - 1 - step : step;
+    for (int i = tid; i < N * U; i += blockDim.x) {
+      const int n = i / U, j = j0 + i % U;
+      if (j >= H) continue;
+      const int64_t row = int64_t(t) * N + n;
+      T* dst = pre_s + i * (G + 3);
+#pragma unroll
+      for (int k = 0; k < G; ++k) copy_async(dst + k, p.gates + row * GH + k * H + j);
+      if (Cell::kUsesExtra) copy_async(dst + G, p.extra + row * H + j);
+      copy_async(dst + G + 1, p.h_prev + row * H + j);
+      copy_async(dst + G + 2, p.dy + row * H + j);
+    }
+    __pipeline_commit();
+  };
+  prefetch_step(p.T_ - 1);
 
   for (int step = p.T_ - 1; step >= 0; --step) {
     const int t = p.reverse ? p.T_ - 1 - step : step;
+    const int s = p.T_ - 1 - step;  // iteration number: the exchange slot and flag
+    Word* flagged = p.flagged ? p.flagged + (s & 1) * int64_t(N) * GH : nullptr;
+    const unsigned flag = static_cast<unsigned>(s + 1);
+    __pipeline_wait_prior(0);  // this thread's prefetched inputs of step t
     // The gate gradients of the block's units at step t.
     for (int i = tid; i < N * U; i += blockDim.x) {
       const int n = i / U, j = j0 + i % U;
       if (j >= H) continue;
       const int64_t row = int64_t(t) * N + n;
-      if (p.lengths && t >= p.lengths[n]) {  // untouched state: gradient passes, gates get none
+      if (p.lengths && t >= __ldg(p.lengths + n)) {  // untouched state: gradient passes, gates get none
 #pragma unroll
         for (int k = 0; k < G; ++k) {
           p.dgx[row * GH + k * H + j] = T(0);
           if (Cell::kSplitRecurrentGrad) p.dgh[row * GH + k * H + j] = T(0);
+          if (flagged) st_relaxed(flagged + n * GH + k * H + j, pack_word(T(0), flag));
         }
         continue;
       }
+      const T* pre = pre_s + i * (G + 3);
       T act[G], dgx[G], dgh[G];
 #pragma unroll
-      for (int k = 0; k < G; ++k) act[k] = p.gates[row * GH + k * H + j];
-      T extra = Cell::kUsesExtra ? p.extra[row * H + j] : T(0);
+      for (int k = 0; k < G; ++k) act[k] = pre[k];
+      T extra = Cell::kUsesExtra ? pre[G] : T(0);
       T dc = own_dc[i], dh_direct = T(0);
-      Cell::backward(act, &extra, p.h_prev[row * H + j], int64_t(1), int64_t(0),
-                     own_dh[i] + p.dy[row * H + j], dc, dgx, dgh, dh_direct);
+      Cell::backward(act, &extra, pre[G + 1], int64_t(1), int64_t(0), own_dh[i] + pre[G + 2],
+                     dc, dgx, dgh, dh_direct);
 #pragma unroll
       for (int k = 0; k < G; ++k) {
         p.dgx[row * GH + k * H + j] = dgx[k];
         if (Cell::kSplitRecurrentGrad) p.dgh[row * GH + k * H + j] = dgh[k];
+        if (flagged)
+          st_relaxed(flagged + n * GH + k * H + j,
+                     pack_word(Cell::kSplitRecurrentGrad ? dgh[k] : dgx[k], flag));
       }
       own_dc[i] = dc;
       own_dh[i] = dh_direct;
     }
-    grid.sync();  // dgh of step t complete for every unit
-    const T* dgh_t = p.dgh + int64_t(t) * N * GH;
-    for (int64_t i = tid; i < int64_t(N) * GH; i += blockDim.x) X_s[i] = __ldcg(dgh_t + i);
+    if (step > 0) prefetch_step(step - 1);
+    if (flagged) {
+      // No barrier: a block writes slot s&1 again at iteration s+2 only after reading every
+      // block's iteration s+1, which each block publishes only after it has read iteration s.
+      gather_flagged(flagged, N * GH, flag, X_s);
+    } else {
+      grid.sync();  // dgh of step t complete for every unit
+      const T* dgh_t = p.dgh + int64_t(t) * N * GH;
+      for (int64_t i = tid; i < int64_t(N) * GH; i += blockDim.x) X_s[i] = __ldcg(dgh_t + i);
+    }
     __syncthreads();
     block_gemv(Wc_s, U, GH, X_s, N, p.ksplit, part_s, r_s, U);
     for (int i = tid; i < N * U; i += blockDim.x) own_dh[i] += r_s[i];
     // The next step's gate math reads own_dh[i] in the thread that wrote it; X_s is rewritten
-    // only after the next grid.sync, which every thread of this block reaches after its reads.
+    // only after the next step's gate math, which every thread of this block reaches after the
+    // __syncthreads that ends block_gemv (its last read of X_s).
   }
 
   for (int i = tid; i < N * U; i += blockDim.x) {
@@ -562,6 +732,21 @@ persistent_backward_kernel(PersistentBackward<T> p) {
     p.dh0[n * H + j] = own_dh[i];
     if (Cell::kHasCellState) p.dc0[n * H + j] = own_dc[i];
   }
+}
+
+// Flagged exchange for float32 unless FUSEDRNN_CUDA_EXCHANGE=barrier (read per call).
+template <typename T>
+bool use_flagged_exchange() {
+  if (!std::is_same<T, float>::value) return false;
+  const char* env = std::getenv("FUSEDRNN_CUDA_EXCHANGE");
+  return !(env && std::strcmp(env, "barrier") == 0);
+}
+
+// The flagged words live in the workspace after `elems` elements of T, 16-byte aligned.
+template <typename T>
+Word* flagged_words(T* workspace, int64_t elems) {
+  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(workspace + elems);
+  return reinterpret_cast<Word*>((a + 15) / 16 * 16);
 }
 
 // Launch geometry of a persistent kernel, or fits = false.
@@ -663,6 +848,11 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     p.extra = a.extra;
     p.h_prev = a.h_prev;
     p.h_exchange = h_exchange;
+    p.h_flagged = nullptr;
+    if (use_flagged_exchange<T>()) {  // zeroed: no flag of an earlier call can match
+      p.h_flagged = flagged_words(workspace, N * GH + 2 * N * H);
+      FUSEDRNN_CUDA_CHECK(cudaMemsetAsync(p.h_flagged, 0, 2 * N * H * sizeof(Word), stream));
+    }
     void* params[] = {&p};
     FUSEDRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
         reinterpret_cast<const void*>(persistent_forward_kernel<T, Cell, kTraining>),
@@ -691,6 +881,12 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     forward_step_kernel<T, Cell, kTraining><<<blocks, kThreads, 0, stream>>>(p, t);
     FUSEDRNN_LAUNCH_CHECK("forward_step_kernel");
   }
+}
+
+// Elements of the backward workspace before its flagged words (see backward_impl's layout).
+inline int64_t backward_flag_offset(bool split, const SeqShape& s) {
+  const int64_t TN = s.T * s.N;
+  return (split ? 2 : 1) * TN * s.GH() + s.N * s.H + (TN > 0 ? TN : 1);
 }
 
 template <typename T, typename Cell>
@@ -741,6 +937,11 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
     q.dgh = dgh;
     q.dh0 = a.dh0;
     q.dc0 = a.dc0;
+    q.flagged = nullptr;
+    if (use_flagged_exchange<T>()) {
+      q.flagged = flagged_words(workspace, backward_flag_offset(Cell::kSplitRecurrentGrad, s));
+      FUSEDRNN_CUDA_CHECK(cudaMemsetAsync(q.flagged, 0, 2 * N * GH * sizeof(Word), stream));
+    }
     void* params[] = {&q};
     FUSEDRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
         reinterpret_cast<const void*>(persistent_backward_kernel<T, Cell>), dim3(plan.blocks),
@@ -814,14 +1015,15 @@ bool fits_dispatch(CellKind cell, const SeqShape& s) {
 
 }  // namespace
 
+// Sizes in elements of the dtype; the flagged words (2 exchange slots of 8 bytes per value)
+// take 4 float32 elements per value, with 4 more for the 16-byte alignment.
 std::size_t forward_workspace_elems(CellKind /*cell*/, const SeqShape& s, bool /*training*/) {
-  return static_cast<std::size_t>(s.N * s.GH() + 2 * s.N * s.H + 1);
+  return static_cast<std::size_t>(s.N * s.GH() + 2 * s.N * s.H + 4 * s.N * s.H + 5);
 }
 
 std::size_t backward_workspace_elems(CellKind cell, const SeqShape& s) {
-  const int64_t TN = s.T * s.N;
-  const int64_t gate_buffers = cell == CellKind::kGru ? 2 : 1;
-  return static_cast<std::size_t>(gate_buffers * TN * s.GH() + s.N * s.H + (TN > 0 ? TN : 1));
+  return static_cast<std::size_t>(backward_flag_offset(cell == CellKind::kGru, s) +
+                                  4 * s.N * s.GH() + 4);
 }
 
 // The caller's device (CuPy's current one) may differ from this runtime's current device.
