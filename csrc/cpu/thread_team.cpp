@@ -22,13 +22,20 @@ std::atomic<int> g_num_threads{0};
 // Between steps (microseconds apart) workers spin; past this many pauses (tens of microseconds)
 // they sleep, and a waiting caller yields, so an oversubscribed machine degrades gracefully.
 constexpr int kSpinsBeforeSleep = 1 << 12;
+// The first spins poll without PAUSE (about 140 cycles each on recent Intel cores): a step's
+// hand-over then costs a cache-line transfer, not a pause.
+constexpr int kTightSpins = 1 << 11;
 
 int default_threads() {
   unsigned hw = std::thread::hardware_concurrency();
-  int blas = scipy_openblas_get_num_threads();
-  int n = blas > 0 ? blas : static_cast<int>(hw ? hw : 1);
-  return n < 1 ? 1 : n;
+  return hw ? static_cast<int>(hw) : 1;
 }
+
+// Our OpenBLAS runs single-threaded: the team splits the big GEMMs itself, so no BLAS thread
+// pool spins against the team's threads (on 2 cores that cost a step tenfold).
+struct SingleThreadedBlas {
+  SingleThreadedBlas() { scipy_openblas_set_num_threads(1); }
+} g_single_threaded_blas;
 
 }  // namespace
 
@@ -71,10 +78,12 @@ void ThreadTeam::worker(int slice) {
     int spins = 0;
     while (epoch_.load(std::memory_order_acquire) == seen) {
       if (++spins < kSpinsBeforeSleep && !parked_.load(std::memory_order_acquire)) {
-        FUSEDRNN_PAUSE();
+        if (spins > kTightSpins) FUSEDRNN_PAUSE();
       } else {
         std::unique_lock<std::mutex> g(sleep_mutex_);
-        wake_.wait(g, [&] { return epoch_.load(std::memory_order_acquire) != seen; });
+        sleepers_.fetch_add(1);
+        wake_.wait(g, [&] { return epoch_.load() != seen; });
+        sleepers_.fetch_sub(1);
       }
     }
     seen = epoch_.load(std::memory_order_acquire);
@@ -92,14 +101,16 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn) {
   task_ = &fn;
   parked_.store(false, std::memory_order_relaxed);
   remaining_.store(size_ - 1, std::memory_order_relaxed);
-  {
-    std::lock_guard<std::mutex> g(sleep_mutex_);  // pairs with a worker going to sleep
-    epoch_.fetch_add(1, std::memory_order_acq_rel);
+  epoch_.fetch_add(1);
+  if (sleepers_.load() > 0) {  // a worker went to sleep (or is about to): wake it
+    { std::lock_guard<std::mutex> g(sleep_mutex_); }
+    wake_.notify_all();
   }
-  wake_.notify_all();
   fn(0);
   for (int spins = 0; remaining_.load(std::memory_order_acquire) != 0; ++spins) {
-    if (spins < kSpinsBeforeSleep) {
+    if (spins < kTightSpins) {
+      continue;
+    } else if (spins < kSpinsBeforeSleep) {
       FUSEDRNN_PAUSE();
     } else {
       std::this_thread::yield();
@@ -111,7 +122,6 @@ void set_num_threads(int n) {
   if (n < 1) n = 1;
   std::lock_guard<std::mutex> g(g_team_mutex);
   g_num_threads.store(n);
-  scipy_openblas_set_num_threads(n);
   if (g_team && g_team->size() != n) g_team.reset();
 }
 

@@ -30,11 +30,14 @@ class ThreadTeam {
   void worker(int slice);
   int size_;
   std::vector<std::thread> threads_;
-  const std::function<void(int)>* task_ = nullptr;
-  std::atomic<unsigned> epoch_{0};
-  std::atomic<int> remaining_{0};
+  // The two words every step touches live on cache lines of their own: the caller writes
+  // epoch_ (workers read it), workers write remaining_ (the caller reads it).
+  alignas(64) std::atomic<unsigned> epoch_{0};
+  alignas(64) std::atomic<int> remaining_{0};
+  alignas(64) const std::function<void(int)>* task_ = nullptr;
   std::atomic<bool> stop_{false};
   std::atomic<bool> parked_{true};
+  std::atomic<int> sleepers_{0};  // workers asleep on wake_: only then does a phase notify
   std::mutex sleep_mutex_;
   std::condition_variable wake_;
 };
@@ -55,7 +58,7 @@ class ScopedFlushDenormals {
   unsigned saved_;
 };
 
-// The kernels' thread count (also given to OpenBLAS for the large GEMMs).
+// The kernels' thread count (the team's size; OpenBLAS itself stays single-threaded).
 void set_num_threads(int n);
 int get_num_threads();
 
