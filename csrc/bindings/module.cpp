@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/attention.h"
 #include "cpu/recurrent.h"
 #include "cpu/thread_team.h"
 
@@ -213,6 +214,114 @@ py::tuple recurrent_backward(const std::string& cell, const std::string& nonline
   throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(x.dtype())));
 }
 
+// ---------------------------------------------------------------------------- attention
+bool parse_score(const std::string& score) {
+  if (score == "additive") return true;
+  if (score == "dot" || score == "general") return false;
+  throw py::value_error("score: expected 'additive', 'dot' or 'general', got '" + score + "'");
+}
+
+template <typename T>
+cpu::AttentionArgs<T> attention_args(bool additive, const py::array& query,
+                                     const py::object& keys_proj, const py::object& values,
+                                     const py::object& mask, const py::object& v) {
+  if (query.ndim() != 2) throw py::value_error("query: expected 2 dimensions [N, A]");
+  auto vals = py::cast<py::array>(values);
+  if (vals.ndim() != 3) throw py::value_error("values: expected 3 dimensions [N, S, K]");
+  cpu::AttentionArgs<T> a{};
+  a.additive = additive;
+  a.N = query.shape(0);
+  a.A = query.shape(1);
+  a.S = vals.shape(1);
+  a.K = vals.shape(2);
+  a.query = require<T>(query, "query", {a.N, a.A});
+  a.keys_proj = require<T>(keys_proj, "keys_proj", {a.N, a.S, a.A});
+  a.values = require<T>(values, "values", {a.N, a.S, a.K});
+  a.mask = require<uint8_t>(mask, "mask", {a.N, a.S});
+  a.v = additive ? require<T>(v, "v", {a.A}) : nullptr;
+  return a;
+}
+
+template <typename T>
+py::tuple attention_forward_typed(bool additive, const py::array& query, const py::object& keys_proj,
+                                  const py::object& values, const py::object& mask,
+                                  const py::object& v) {
+  auto a = attention_args<T>(additive, query, keys_proj, values, mask, v);
+  py::array weights = Array<T>({a.N, a.S});
+  py::array context = Array<T>({a.N, a.K});
+  py::object hidden = py::none();
+  a.weights = mutable_data<T>(weights);
+  a.context = mutable_data<T>(context);
+  if (additive) {
+    py::array h = Array<T>({a.N, a.S, a.A});
+    a.hidden = mutable_data<T>(h);
+    hidden = h;
+  }
+  {
+    py::gil_scoped_release release;
+    cpu::attention_forward<T>(a);
+  }
+  return py::make_tuple(context, weights, hidden);
+}
+
+template <typename T>
+py::tuple attention_backward_typed(bool additive, const py::array& query,
+                                   const py::object& keys_proj, const py::object& values,
+                                   const py::object& mask, const py::object& v,
+                                   const py::object& hidden, const py::object& weights,
+                                   const py::object& dcontext, const py::object& dweights) {
+  auto a = attention_args<T>(additive, query, keys_proj, values, mask, v);
+  a.hidden = additive ? const_cast<T*>(require<T>(hidden, "hidden", {a.N, a.S, a.A})) : nullptr;
+  a.weights = const_cast<T*>(require<T>(weights, "weights", {a.N, a.S}));
+  a.dcontext = require<T>(dcontext, "dcontext", {a.N, a.K});
+  a.dweights = dweights.is_none() ? nullptr : require<T>(dweights, "dweights", {a.N, a.S});
+  py::array dquery = Array<T>({a.N, a.A});
+  py::array dkeys_proj = Array<T>({a.N, a.S, a.A});
+  py::array dvalues = Array<T>({a.N, a.S, a.K});
+  py::object dv = py::none();
+  a.dquery = mutable_data<T>(dquery);
+  a.dkeys_proj = mutable_data<T>(dkeys_proj);
+  a.dvalues = mutable_data<T>(dvalues);
+  if (additive) {
+    py::array d = Array<T>({a.A});
+    a.dv = mutable_data<T>(d);
+    dv = d;
+  }
+  {
+    py::gil_scoped_release release;
+    cpu::attention_backward<T>(a);
+  }
+  return py::make_tuple(dquery, dkeys_proj, dvalues, dv);
+}
+
+py::tuple attention_forward(const std::string& score, const py::array& query,
+                            const py::object& keys_proj, const py::object& values,
+                            const py::object& mask, const py::object& v) {
+  const bool additive = parse_score(score);
+  if (query.dtype().is(py::dtype::of<float>()))
+    return attention_forward_typed<float>(additive, query, keys_proj, values, mask, v);
+  if (query.dtype().is(py::dtype::of<double>()))
+    return attention_forward_typed<double>(additive, query, keys_proj, values, mask, v);
+  throw py::type_error("query: expected dtype float32 or float64, got " +
+                       std::string(py::str(query.dtype())));
+}
+
+py::tuple attention_backward(const std::string& score, const py::array& query,
+                             const py::object& keys_proj, const py::object& values,
+                             const py::object& mask, const py::object& v, const py::object& hidden,
+                             const py::object& weights, const py::object& dcontext,
+                             const py::object& dweights) {
+  const bool additive = parse_score(score);
+  if (query.dtype().is(py::dtype::of<float>()))
+    return attention_backward_typed<float>(additive, query, keys_proj, values, mask, v, hidden,
+                                           weights, dcontext, dweights);
+  if (query.dtype().is(py::dtype::of<double>()))
+    return attention_backward_typed<double>(additive, query, keys_proj, values, mask, v, hidden,
+                                            weights, dcontext, dweights);
+  throw py::type_error("query: expected dtype float32 or float64, got " +
+                       std::string(py::str(query.dtype())));
+}
+
 std::string simd_level() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
@@ -256,6 +365,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"));
+  m.def("attention_forward", &attention_forward, py::arg("score"), py::arg("query"),
+        py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"));
+  m.def("attention_backward", &attention_backward, py::arg("score"), py::arg("query"),
+        py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"), py::arg("hidden"),
+        py::arg("weights"), py::arg("dcontext"), py::arg("dweights"));
   m.def("build_info", &build_info);
   m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"));
   m.def("get_num_threads", []() { return cpu::get_num_threads(); });

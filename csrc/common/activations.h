@@ -52,6 +52,18 @@ FUSEDRNN_HD float tanh_vectorizable(float x) {
 #endif
 
 template <typename T>
+FUSEDRNN_HD T exp_(T v) { return exp(v); }
+
+template <>
+FUSEDRNN_HD float exp_<float>(float v) {
+#if defined(__CUDA_ARCH__)
+  return expf(v);
+#else
+  return exp_vectorizable(v);
+#endif
+}
+
+template <typename T>
 FUSEDRNN_HD T sigmoid(T v) { return T(1) / (T(1) + exp(-v)); }
 
 template <typename T>

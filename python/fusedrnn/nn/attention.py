@@ -11,9 +11,9 @@ The keys are projected once per sequence (``set_memory``), never once per step. 
 then one query projection (additive only) and the fused step below. Padded source positions get
 a score of -inf, hence exactly zero weight, and their gradients are exactly zero.
 
-The fused per-step math lives in two plain functions, ``attention_step_forward`` and
-``attention_step_backward`` (score, masked softmax, context, and their gradients). They are the
-boundary a C++ kernel (``csrc/cells/attention.h`` + ``csrc/cpu/attention.cpp``) replaces;
+The fused per-step math (score, masked softmax, context, and their gradients) runs in C++:
+``csrc/cells/attention.h`` (one sample) driven by ``csrc/cpu/attention.cpp`` (the batch), called
+through ``attention_step_forward`` and ``attention_step_backward`` below;
 ``fusedrnn.reference.attention`` is the unfused float64 oracle they are tested against.
 
 Module protocol (the same stacking rule as the cells): ``set_memory(keys, lengths)`` once per
@@ -29,6 +29,7 @@ import math
 
 import numpy as np
 
+from .._loader import _C
 from .layers import _dtype, _positive_int
 from .module import Module, Parameter
 
@@ -54,7 +55,8 @@ def lengths_mask(lengths, N, S):
 
 # ---------------------------------------------------------------------------- fused step
 def attention_step_forward(score, query, keys_proj, values, mask, v=None):
-    """One attention step: scores, masked softmax over S, context.
+    """One attention step, fused in C++ (csrc/cells/attention.h): scores, masked softmax over S,
+    context.
 
     score      "additive" | "dot" | "general" ("general" is "dot" on keys projected by W)
     query      [N, A]  additive: W_q q (already projected); dot/general: q itself
@@ -65,44 +67,24 @@ def attention_step_forward(score, query, keys_proj, values, mask, v=None):
 
     Returns ``(context [N, K], weights [N, S], saved)``; ``saved`` is what the backward needs.
     A sample with no real position gets all-zero weights and a zero context."""
-    if score == "additive":
-        hidden = np.tanh(keys_proj + query[:, None, :])          # [N, S, A]
-        scores = hidden @ v                                       # [N, S]
-    else:
-        hidden = None
-        scores = np.einsum("nsa,na->ns", keys_proj, query)
-    scores = np.where(mask, scores, -np.inf)
-    peak = scores.max(axis=1, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0)
-    e = np.exp(scores - peak)                                     # exactly 0 where masked
-    total = e.sum(axis=1, keepdims=True)
-    weights = e / np.where(total > 0, total, 1)
-    context = np.einsum("ns,nsk->nk", weights, values)
-    return context, weights, (score, query, keys_proj, values, mask, v, hidden, weights)
+    dtype = query.dtype
+    args = (np.ascontiguousarray(query), np.ascontiguousarray(keys_proj, dtype),
+            np.ascontiguousarray(values, dtype), np.ascontiguousarray(mask, np.uint8),
+            None if v is None else np.ascontiguousarray(v, dtype))
+    context, weights, hidden = _C.attention_forward(score, *args)
+    return context, weights, (score, args, hidden, weights)
 
 
 def attention_step_backward(saved, dcontext, dweights=None):
-    """Gradients of one step. ``dcontext`` [N, K], ``dweights`` [N, S] or None.
+    """Gradients of one step (fused in C++). ``dcontext`` [N, K], ``dweights`` [N, S] or None.
 
     Returns ``(dquery [N, A], dkeys_proj [N, S, A], dvalues [N, S, K], dv [A] or None)``;
     every gradient is exactly zero at masked positions."""
-    score, query, keys_proj, values, mask, v, hidden, weights = saved
-    dw = np.einsum("nk,nsk->ns", dcontext, values)
-    if dweights is not None:
-        dw = dw + dweights
-    dvalues = weights[:, :, None] * dcontext[:, None, :]
-    # softmax backward; weights are 0 at masked positions so dscores is too
-    dscores = weights * (dw - (weights * dw).sum(axis=1, keepdims=True))
-    if score == "additive":
-        dhidden_pre = (dscores[:, :, None] * v) * (1 - hidden * hidden)   # [N, S, A]
-        dquery = dhidden_pre.sum(axis=1)
-        dkeys_proj = dhidden_pre
-        dv = np.einsum("ns,nsa->a", dscores, hidden)
-    else:
-        dquery = np.einsum("ns,nsa->na", dscores, keys_proj)
-        dkeys_proj = dscores[:, :, None] * query[:, None, :]
-        dv = None
-    return dquery, dkeys_proj, dvalues, dv
+    score, args, hidden, weights = saved
+    dtype = args[0].dtype
+    return _C.attention_backward(
+        score, *args, hidden, weights, np.ascontiguousarray(dcontext, dtype),
+        None if dweights is None else np.ascontiguousarray(dweights, dtype))
 
 
 # ---------------------------------------------------------------------------- modules
