@@ -536,3 +536,25 @@ def test_bench_device_cuda_dispatches_and_selects_shapes(capsys):
     if _SKIP is not None:  # no GPU here: a clear message and exit status 2, no traceback
         assert benchmark.run(args) == 2
         assert "--device cuda" in capsys.readouterr().err
+
+
+@gpu
+@pytest.mark.parametrize("exchange", ["barrier", "flagged"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh"])
+def test_persistent_exchange_modes_match_stepwise(name, exchange, rng, cp, monkeypatch):
+    """float32 persistent kernels with either exchange between blocks (the default grid barrier,
+    or FUSEDRNN_CUDA_EXCHANGE=flagged words) against the stepwise loop, forward and backward,
+    several hidden units per block and lengths."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_EXCHANGE", exchange)
+    cell, nonlinearity = CELLS[name]
+    shape = (30, 16, 24, 384)
+    if not (fcuda.persistent_forward_fits(cell, *shape, np.float32, nonlinearity) and
+            fcuda.persistent_backward_fits(cell, *shape, np.float32, nonlinearity)):
+        pytest.skip("the persistent kernels do not fit this device for this size")
+    p = make_problem(rng, cell, shape, np.float32, lengths="mixed")
+    results = {}
+    for algorithm in ALGORITHMS:
+        with fcuda.options(algorithm=algorithm):
+            results[algorithm] = run(functional, cell, nonlinearity, p, True, to_device=cp.asarray)
+    assert_errors_below(results["persistent"], results["stepwise"],
+                        TOLERANCES["kernel_vs_reference"][np.float32], exchange)

@@ -10,7 +10,8 @@ gradients for the input, the initial state and every weight. Timed with CUDA eve
 call on the shared default stream, after warm-up; the median of repeats. Speedup = cuDNN ms /
 fusedrnn ms (above 1: we are faster). In fp32, where the automatic choice is the stepwise loop and
 B <= 64, the persistent kernels are timed as well (JSON: ours_*_ms_persistent) to place the
-threshold; where it is the persistent loop, its grid-barrier variant too (ours_*_ms_barrier).
+threshold; where it is the persistent loop, its flagged-exchange variant too
+(FUSEDRNN_CUDA_EXCHANGE=flagged; JSON: ours_*_ms_flagged).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ ALL_SHAPES = SHAPES + [("lstm", 32, 100, 256, 256), ("gru", 256, 256, 1024, 1024
 QUICK = [("lstm", 1, 256, 512, 512), ("lstm", 8, 256, 512, 512), ("lstm", 64, 256, 512, 512),
          ("gru", 1, 256, 512, 512), ("rnn", 1, 256, 512, 512)]
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-EXCHANGE_ENV = "FUSEDRNN_CUDA_EXCHANGE"  # "barrier": the persistent kernels' grid.sync variant
+EXCHANGE_ENV = "FUSEDRNN_CUDA_EXCHANGE"  # "flagged": the persistent kernels' barrier-free variant
 
 
 def add_arguments(p):
@@ -247,11 +248,11 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
                 except RuntimeError as exc:  # the backward kernel may not fit
                     row[f"ours_{mode}_ms_persistent"] = None
                     row["persistent_error"] = str(exc)
-        # the persistent kernels with a grid barrier per step instead of flagged exchange
+        # the persistent kernels with the flagged exchange instead of a grid barrier per step
         if algorithm == "persistent":
-            os.environ[EXCHANGE_ENV] = "barrier"
+            os.environ[EXCHANGE_ENV] = "flagged"
             try:
-                row[f"ours_{mode}_ms_barrier"], _ = time_call(ours_fn, sync, event, budget)
+                row[f"ours_{mode}_ms_flagged"], _ = time_call(ours_fn, sync, event, budget)
             finally:
                 os.environ.pop(EXCHANGE_ENV, None)
     print(f"  {precision} {cell} B={B} T={T} I={I} H={H}: "
@@ -259,7 +260,7 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
                       for m in modes)
           + f" ({algorithm}; |dy|rel {err:.1e})"
           + "".join(f"; {k} {row[k]:.3f}" for k in row
-                    if k.endswith(("_persistent", "_barrier")) and row[k] is not None),
+                    if k.endswith(("_persistent", "_flagged")) and row[k] is not None),
           flush=True)
     del module, d
     cp.get_default_memory_pool().free_all_blocks()
