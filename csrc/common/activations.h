@@ -23,7 +23,9 @@ namespace fusedrnn {
 FUSEDRNN_HD float exp_vectorizable(float x) {
   x = x > 88.0f ? 88.0f : x;
   x = x < -87.33654f ? -87.33654f : x;
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln2) by the 1.5 * 2^23 trick: plain arithmetic, so the loop vectorizes
+  // (std::floor becomes a library call unless traps are ignored).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
