@@ -75,6 +75,17 @@ int gate_count(CellKind c) {
 template <typename T>
 T* mutable_data(py::array& a) { return static_cast<T*>(a.mutable_data()); }
 
+// The calling thread's inference workspace, grown as needed and kept (like a caching allocator).
+template <typename T>
+T* inference_workspace(int64_t elements) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < elements) {
+    buffer = std::vector<T>();  // release first: never hold two
+    buffer.resize(elements);
+  }
+  return buffer.data();
+}
+
 template <typename T>
 py::tuple forward_typed(CellKind cell, const py::array& x_arr, const py::object& h0,
                         const py::object& c0, const py::object& w_ih, const py::object& w_hh,
@@ -105,11 +116,16 @@ py::tuple forward_typed(CellKind cell, const py::array& x_arr, const py::object&
 
   py::array y = Array<T>({T_, N, H});
   py::array h_n = Array<T>({N, H});
-  py::array gates = Array<T>({T_, N, GH});
   py::object c_n = py::none(), extra = py::none(), h_prev = py::none(), gates_out = py::none();
   a.y = mutable_data<T>(y);
   a.h_n = mutable_data<T>(h_n);
-  a.gates = mutable_data<T>(gates);
+  if (training) {  // the gates are saved for backward: a NumPy array the context keeps
+    py::array gates = Array<T>({T_, N, GH});
+    a.gates = mutable_data<T>(gates);
+    gates_out = gates;
+  } else {  // a workspace only: reuse this thread's buffer (fresh pages cost a fault each)
+    a.gates = inference_workspace<T>(T_ * N * GH);
+  }
   if (lstm) {
     py::array c = Array<T>({N, H});
     a.c_n = mutable_data<T>(c);
@@ -122,7 +138,6 @@ py::tuple forward_typed(CellKind cell, const py::array& x_arr, const py::object&
     py::array ex = Array<T>({uses_extra ? T_ : 0, N, H});
     if (uses_extra) a.extra = mutable_data<T>(ex);
     extra = ex;
-    gates_out = gates;
   }
   {
     py::gil_scoped_release release;
