@@ -22,7 +22,9 @@ SHAPES = {"T1_N1_I1_H97": (1, 1, 1, 97), "T5_N4_I3_H97": (5, 4, 3, 97),
           # the step products' paths: packed weights (T >= 4) in tiles of 8, 4, 2 and 1 samples;
           # BLAS per slice (T < 4, N >= 16); row blocks (T < 4, N < 16)
           "T4_N9_I6_H35": (4, 9, 6, 35), "T5_N23_I3_H40": (5, 23, 3, 40),
-          "T3_N37_I4_H33": (3, 37, 4, 33), "T2_N7_I5_H21": (2, 7, 5, 21)}
+          "T3_N37_I4_H33": (3, 37, 4, 33), "T2_N7_I5_H21": (2, 7, 5, 21),
+          # H > 128: the packed products' blocks of k
+          "T4_N11_I3_H131": (4, 11, 3, 131)}
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
