@@ -14,7 +14,8 @@ struct GruCell {
   static constexpr bool kHasCellState = false;
   static constexpr bool kUsesExtra = true;
 
-  template <typename T>
+  // kSave = false (inference) skips storing what only backward needs.
+  template <typename T, bool kSave = true>
   FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t H, int64_t j, T& h, T& /*c*/,
                                   T* gates, T* extra) {
     const T r = sigmoid(gx[j] + gh[j]);
@@ -22,10 +23,12 @@ struct GruCell {
     const T gh_n = gh[2 * H + j];
     const T n = tanh_(gx[2 * H + j] + r * gh_n);
     h = (T(1) - z) * n + z * h;
-    gates[j] = r;
-    gates[H + j] = z;
-    gates[2 * H + j] = n;
-    extra[j] = gh_n;
+    if (kSave) {
+      gates[j] = r;
+      gates[H + j] = z;
+      gates[2 * H + j] = n;
+      extra[j] = gh_n;
+    }
   }
 
   template <typename T>

@@ -16,20 +16,23 @@ struct LstmCell {
   static constexpr bool kUsesExtra = true;
 
   // `gates` may alias `gx` (each unit reads its own entries before writing them).
-  template <typename T>
+  // kSave = false (inference) skips storing what only backward needs.
+  template <typename T, bool kSave = true>
   FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t H, int64_t j, T& h, T& c,
                                   T* gates, T* extra) {
     const T i = sigmoid(gx[j] + gh[j]);
     const T f = sigmoid(gx[H + j] + gh[H + j]);
     const T g = tanh_(gx[2 * H + j] + gh[2 * H + j]);
     const T o = sigmoid(gx[3 * H + j] + gh[3 * H + j]);
-    extra[j] = c;
+    if (kSave) extra[j] = c;
     c = f * c + i * g;
     h = o * tanh_(c);
-    gates[j] = i;
-    gates[H + j] = f;
-    gates[2 * H + j] = g;
-    gates[3 * H + j] = o;
+    if (kSave) {
+      gates[j] = i;
+      gates[H + j] = f;
+      gates[2 * H + j] = g;
+      gates[3 * H + j] = o;
+    }
   }
 
   // dh: total gradient reaching h' (from y and from the next step). dc: in, gradient reaching

@@ -12,12 +12,13 @@ struct RnnCell {
   static constexpr bool kHasCellState = false;
   static constexpr bool kUsesExtra = false;
 
-  template <typename T>
+  // kSave = false (inference) skips storing what only backward needs.
+  template <typename T, bool kSave = true>
   FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t /*H*/, int64_t j, T& h,
                                   T& /*c*/, T* gates, T* /*extra*/) {
     const T a = gx[j] + gh[j];
     h = kRelu ? relu(a) : tanh_(a);
-    gates[j] = h;
+    if (kSave) gates[j] = h;
   }
 
   template <typename T>
