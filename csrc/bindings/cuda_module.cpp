@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "bindings/cell_names.h"
 #include "cuda/recurrent.cuh"
 
 namespace py = pybind11;
@@ -14,18 +15,7 @@ using namespace fusedrnn;
 
 namespace {
 
-CellKind parse_cell(const std::string& cell, const std::string& nonlinearity) {
-  if (cell == "lstm") return CellKind::kLstm;
-  if (cell == "gru") return CellKind::kGru;
-  if (cell == "rnn") {
-    if (nonlinearity == "tanh") return CellKind::kRnnTanh;
-    if (nonlinearity == "relu") return CellKind::kRnnRelu;
-    throw py::value_error("nonlinearity: expected 'tanh' or 'relu', got '" + nonlinearity + "'");
-  }
-  throw py::value_error("cell: expected 'rnn', 'lstm' or 'gru', got '" + cell + "'");
-}
 
-int64_t gate_count(CellKind c) { return c == CellKind::kLstm ? 4 : c == CellKind::kGru ? 3 : 1; }
 
 SeqShape make_shape(CellKind cell, int64_t T, int64_t N, int64_t I, int64_t H) {
   if (T < 0 || N < 0 || I < 0 || H < 1)

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/cell_names.h"
 #include "cpu/attention.h"
 #include "cpu/recurrent.h"
 #include "cpu/thread_team.h"
@@ -57,20 +58,7 @@ const int64_t* require_lengths(const py::object& obj, int64_t T, int64_t N) {
   return p;
 }
 
-CellKind parse_cell(const std::string& cell, const std::string& nonlinearity) {
-  if (cell == "lstm") return CellKind::kLstm;
-  if (cell == "gru") return CellKind::kGru;
-  if (cell == "rnn") {
-    if (nonlinearity == "tanh") return CellKind::kRnnTanh;
-    if (nonlinearity == "relu") return CellKind::kRnnRelu;
-    throw py::value_error("nonlinearity: expected 'tanh' or 'relu', got '" + nonlinearity + "'");
-  }
-  throw py::value_error("cell: expected 'rnn', 'lstm' or 'gru', got '" + cell + "'");
-}
 
-int gate_count(CellKind c) {
-  return c == CellKind::kLstm ? 4 : c == CellKind::kGru ? 3 : 1;
-}
 
 template <typename T>
 T* mutable_data(py::array& a) { return static_cast<T*>(a.mutable_data()); }

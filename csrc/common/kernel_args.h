@@ -7,6 +7,11 @@ namespace fusedrnn {
 
 enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru };
 
+// G, the number of gates: RNN 1, GRU 3, LSTM 4.
+inline int64_t gate_count(CellKind c) {
+  return c == CellKind::kLstm ? 4 : c == CellKind::kGru ? 3 : 1;
+}
+
 template <typename T>
 struct ForwardArgs {
   SeqShape shape;

@@ -124,6 +124,14 @@ class RNNCellBase(Module):
             s += f", nonlinearity={self.nonlinearity!r}"
         return s
 
+    def _backward_h(self, kernel_backward, dh):
+        """Backward of the latest step of a cell whose state is h alone (RNN, GRU)."""
+        ctx, batched = self._pop()
+        dh = self._grad(dh, "dh", ctx.x.shape[1], batched)
+        dx, dh0, *dw = kernel_backward(ctx, None, dh)
+        self._accumulate(*dw)
+        return (dx[0], dh0) if batched else (dx[0, 0], dh0[0])
+
 
 class RNNCell(RNNCellBase):
     """``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act tanh or relu."""
@@ -140,12 +148,7 @@ class RNNCell(RNNCellBase):
 
     def backward(self, dh):
         """Returns ``(dx, dh_prev)`` for the latest step that has not been back-propagated."""
-        ctx, batched = self._pop()
-        N = ctx.x.shape[1]
-        dh = self._grad(dh, "dh", N, batched)
-        dx, dh0, *dw = F.rnn_backward(ctx, None, dh)
-        self._accumulate(*dw)
-        return (dx[0], dh0) if batched else (dx[0, 0], dh0[0])
+        return self._backward_h(F.rnn_backward, dh)
 
 
 class GRUCell(RNNCellBase):
@@ -165,12 +168,7 @@ class GRUCell(RNNCellBase):
 
     def backward(self, dh):
         """Returns ``(dx, dh_prev)`` for the latest step that has not been back-propagated."""
-        ctx, batched = self._pop()
-        N = ctx.x.shape[1]
-        dh = self._grad(dh, "dh", N, batched)
-        dx, dh0, *dw = F.gru_backward(ctx, None, dh)
-        self._accumulate(*dw)
-        return (dx[0], dh0) if batched else (dx[0, 0], dh0[0])
+        return self._backward_h(F.gru_backward, dh)
 
 
 class LSTMCell(RNNCellBase):

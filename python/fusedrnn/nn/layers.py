@@ -16,21 +16,14 @@ import numbers
 
 import numpy as np
 
-from .module import Module, Parameter
+from .module import Module, Parameter, check_dtype
 
 __all__ = ["Linear", "Embedding", "Dropout", "Sequential", "Identity"]
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
-    if dt not in _DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-    return dt
+    return check_dtype(dtype)
 
 
 def _positive_int(value, name):

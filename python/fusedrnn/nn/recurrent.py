@@ -27,12 +27,11 @@ import warnings
 import numpy as np
 
 from .. import functional as F
-from .module import Module, Parameter, array_module, check_device, is_device_array, to_device, \
-    to_host
+from .module import (Module, Parameter, array_module, check_device, check_dtype, is_device_array,
+                     to_device, to_host)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _positive_int(value, name, minimum=1):
@@ -106,13 +105,7 @@ class RNNBase(Module):
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
-        if dt not in _DTYPES:
-            raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-        self.dtype = dt
+        self.dtype = check_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         self._saved = None
 
