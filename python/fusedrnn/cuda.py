@@ -199,9 +199,8 @@ class _Kernels:
         return self._cp.cuda.Device().id, int(self._cp.cuda.get_current_stream().ptr)
 
     # -- the kernels
-    def recurrent_forward(self, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                          reverse, training):
-        cp = self._cp
+    def _sizes(self, cell, x, w_hh):
+        """x and w_hh as CuPy arrays, the dtype, and (T, N, I, H, G*H); raises naming the argument."""
         if cell not in GATES:
             raise ValueError(f"cell: expected 'rnn', 'lstm' or 'gru', got {cell!r}")
         x = as_cupy(x, "x")
@@ -215,7 +214,12 @@ class _Kernels:
             raise ValueError(f"w_hh: expected shape ({G}*H, H) for {cell.upper()}, "
                              f"got {w_hh.shape}")
         H = w_hh.shape[1]
-        GH = G * H
+        return x, w_hh, dtype, (T, N, I, H, G * H)
+
+    def recurrent_forward(self, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
+                          reverse, training):
+        cp = self._cp
+        x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         x = self._array(x, "x", (T, N, I), dtype)
         w_hh = self._array(w_hh, "w_hh", (GH, H), dtype)
         w_ih = self._array(w_ih, "w_ih", (GH, I), dtype)
@@ -253,20 +257,7 @@ class _Kernels:
     def recurrent_backward(self, cell, nonlinearity, x, w_ih, w_hh, lengths, reverse, gates,
                            extra, h_prev, dy, dh_n, dc_n):
         cp = self._cp
-        if cell not in GATES:
-            raise ValueError(f"cell: expected 'rnn', 'lstm' or 'gru', got {cell!r}")
-        x = as_cupy(x, "x")
-        dtype = self._dtype(x)
-        if x.ndim != 3:
-            raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
-        T, N, I = x.shape
-        w_hh = as_cupy(w_hh, "w_hh")
-        G = GATES[cell]
-        if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1] or w_hh.shape[1] < 1:
-            raise ValueError(f"w_hh: expected shape ({G}*H, H) for {cell.upper()}, "
-                             f"got {w_hh.shape}")
-        H = w_hh.shape[1]
-        GH = G * H
+        x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         lstm = cell == "lstm"
         uses_extra = cell in ("lstm", "gru")
         x = self._array(x, "x", (T, N, I), dtype)
