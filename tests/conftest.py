@@ -117,3 +117,20 @@ def cell_backward(module, cell, ctx, dy, dh_n, dc_n):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240611)
+
+
+# ---------------------------------------------------------------------------- kernel problems
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+def make_problem(rng, cell, shape, dtype, bias=True, lengths="mixed"):
+    """Random inputs and output gradients for one kernel call, all in ``dtype``."""
+    T, N, I, H = shape
+    w_ih, w_hh, b_ih, b_hh = make_weights(rng, cell, I, H, bias=bias, dtype=dtype)
+
+    def normal(*s):
+        return rng.standard_normal(s).astype(dtype)
+
+    return dict(x=normal(T, N, I), h0=normal(N, H), c0=normal(N, H), w_ih=w_ih, w_hh=w_hh,
+                b_ih=b_ih, b_hh=b_hh, dy=normal(T, N, H), dh_n=normal(N, H), dc_n=normal(N, H),
+                lengths=mixed_lengths(T, N) if isinstance(lengths, str) else lengths)

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (CELLS, TOLERANCES, cell_backward, cell_forward, make_weights, mixed_lengths,
+from conftest import (CELLS, DTYPES, TOLERANCES, cell_backward, cell_forward, make_problem,
                       reference, relative_error)
 
 fusedrnn = pytest.importorskip("fusedrnn", reason="the extension fusedrnn._C is not built")
@@ -106,20 +106,7 @@ def cp():
 SHAPES = {"T1_N1_I1_H97": (1, 1, 1, 97), "T5_N4_I3_H97": (5, 4, 3, 97),
           "T7_N5_I13_H1": (7, 5, 13, 1), "T6_N1_I5_H17": (6, 1, 5, 17),
           "T9_N6_I33_H401": (9, 6, 33, 401), "T4_N17_I8_H97": (4, 17, 8, 97)}
-DTYPES = {"float64": np.float64, "float32": np.float32}
 ALGORITHMS = ("stepwise", "persistent")
-
-
-def make_problem(rng, cell, shape, dtype, bias=True, lengths="mixed"):
-    T, N, I, H = shape
-    w_ih, w_hh, b_ih, b_hh = make_weights(rng, cell, I, H, bias=bias, dtype=dtype)
-
-    def normal(*s):
-        return rng.standard_normal(s).astype(dtype)
-
-    return dict(x=normal(T, N, I), h0=normal(N, H), c0=normal(N, H), w_ih=w_ih, w_hh=w_hh,
-                b_ih=b_ih, b_hh=b_hh, dy=normal(T, N, H), dh_n=normal(N, H), dc_n=normal(N, H),
-                lengths=mixed_lengths(T, N) if isinstance(lengths, str) else lengths)
 
 
 def to_numpy(value):

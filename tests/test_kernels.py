@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import (CELLS, TOLERANCES, cell_backward, cell_forward, make_weights, mixed_lengths,
+from conftest import (CELLS, DTYPES, TOLERANCES, cell_backward, cell_forward, make_problem,
                       reference, relative_error)
 
 fusedrnn = pytest.importorskip("fusedrnn", reason="the extension fusedrnn._C is not built")
@@ -25,20 +25,6 @@ SHAPES = {"T1_N1_I1_H97": (1, 1, 1, 97), "T5_N4_I3_H97": (5, 4, 3, 97),
           "T3_N37_I4_H33": (3, 37, 4, 33), "T2_N7_I5_H21": (2, 7, 5, 21),
           # H > 128: the packed products' blocks of k
           "T4_N11_I3_H131": (4, 11, 3, 131)}
-DTYPES = {"float64": np.float64, "float32": np.float32}
-
-
-def make_problem(rng, cell, shape, dtype, bias=True, lengths="mixed"):
-    """Random inputs and output gradients for one kernel call, all in ``dtype``."""
-    T, N, I, H = shape
-    w_ih, w_hh, b_ih, b_hh = make_weights(rng, cell, I, H, bias=bias, dtype=dtype)
-
-    def normal(*s):
-        return rng.standard_normal(s).astype(dtype)
-
-    return dict(x=normal(T, N, I), h0=normal(N, H), c0=normal(N, H), w_ih=w_ih, w_hh=w_hh,
-                b_ih=b_ih, b_hh=b_hh, dy=normal(T, N, H), dh_n=normal(N, H), dc_n=normal(N, H),
-                lengths=mixed_lengths(T, N) if isinstance(lengths, str) else lengths)
 
 
 def run(module, cell, nonlinearity, p, reverse, cast=None):
