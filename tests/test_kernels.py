@@ -139,6 +139,25 @@ def test_one_thread_and_two_threads_agree(name, dtype_name, rng, restore_threads
     assert max(errors.values()) <= TOLERANCES["threads"][dtype], errors
 
 
+# How two threads split a time loop (csrc/cpu/recurrent_impl.inc): by samples when each thread
+# gets 4 or more and W_hh fits a core's cache; else by hidden units (a barrier per step).
+SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
+                "by_units_T5_N5_I7_H200": (5, 5, 7, 200),
+                "by_units_big_weights_T4_N10_I3_H520": (4, 10, 3, 520)}
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape_name", list(SPLIT_SHAPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_two_threads_match_reference_in_every_split(name, shape_name, reverse, dtype_name, rng,
+                                                    restore_threads):
+    cell, nonlinearity = CELLS[name]
+    fusedrnn.set_num_threads(2)
+    p = make_problem(rng, cell, SPLIT_SHAPES[shape_name], DTYPES[dtype_name])
+    assert_close_to_reference(p, cell, nonlinearity, reverse, DTYPES[dtype_name])
+
+
 # ---------------------------------------------------------------------------- NaN containment
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))

@@ -14,13 +14,13 @@ struct GruCell {
   static constexpr bool kHasCellState = false;
   static constexpr bool kUsesExtra = true;
 
-  // kSave = false (inference) skips storing what only backward needs.
+  // kSave = false (inference) skips storing what only backward needs. Strides as in LstmCell.
   template <typename T, bool kSave = true>
-  FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t H, int64_t j, T& h, T& /*c*/,
-                                  T* gates, T* extra) {
+  FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t H, int64_t S, int64_t j,
+                                  T& h, T& /*c*/, T* gates, T* extra) {
     const T r = sigmoid(gx[j] + gh[j]);
-    const T z = sigmoid(gx[H + j] + gh[H + j]);
-    const T gh_n = gh[2 * H + j];
+    const T z = sigmoid(gx[H + j] + gh[S + j]);
+    const T gh_n = gh[2 * S + j];
     const T n = tanh_(gx[2 * H + j] + r * gh_n);
     h = (T(1) - z) * n + z * h;
     if (kSave) {

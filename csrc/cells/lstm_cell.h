@@ -1,6 +1,6 @@
 // LSTM: the pointwise math of one hidden unit for one step, forward and backward.
 // Gate order i, f, g, o (PyTorch). For unit j the pre-activations are
-//   a_k = gx[k*H + j] + gh[k*H + j]      (gx = W_ih x + b_ih, gh = W_hh h + b_hh)
+//   a_k = gx[k*H + j] + gh[k*S + j]      (gx = W_ih x + b_ih, gh = W_hh h + b_hh; S = gh_stride)
 //   i = sigma(a_i)  f = sigma(a_f)  g = tanh(a_g)  o = sigma(a_o)
 //   c' = f * c + i * g        h' = o * tanh(c')
 // Saved: gates (i, f, g, o) and extra = c (the cell state entering the step).
@@ -15,15 +15,16 @@ struct LstmCell {
   static constexpr bool kHasCellState = true;
   static constexpr bool kUsesExtra = true;
 
-  // `gates` may alias `gx` (each unit reads its own entries before writing them).
+  // Gate k of unit j: gx[k*H + j], gates[k*H + j], gh[k*S + j] (the CPU's packed products have
+  // their own stride). `gates` may alias `gx` (each unit reads its own entries before writing).
   // kSave = false (inference) skips storing what only backward needs.
   template <typename T, bool kSave = true>
-  FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t H, int64_t j, T& h, T& c,
-                                  T* gates, T* extra) {
+  FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t H, int64_t S, int64_t j,
+                                  T& h, T& c, T* gates, T* extra) {
     const T i = sigmoid(gx[j] + gh[j]);
-    const T f = sigmoid(gx[H + j] + gh[H + j]);
-    const T g = tanh_(gx[2 * H + j] + gh[2 * H + j]);
-    const T o = sigmoid(gx[3 * H + j] + gh[3 * H + j]);
+    const T f = sigmoid(gx[H + j] + gh[S + j]);
+    const T g = tanh_(gx[2 * H + j] + gh[2 * S + j]);
+    const T o = sigmoid(gx[3 * H + j] + gh[3 * S + j]);
     if (kSave) extra[j] = c;
     c = f * c + i * g;
     h = o * tanh_(c);

@@ -12,10 +12,10 @@ struct RnnCell {
   static constexpr bool kHasCellState = false;
   static constexpr bool kUsesExtra = false;
 
-  // kSave = false (inference) skips storing what only backward needs.
+  // kSave = false (inference) skips storing what only backward needs. Strides as in LstmCell.
   template <typename T, bool kSave = true>
-  FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t /*H*/, int64_t j, T& h,
-                                  T& /*c*/, T* gates, T* /*extra*/) {
+  FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t /*H*/, int64_t /*S*/,
+                                  int64_t j, T& h, T& /*c*/, T* gates, T* /*extra*/) {
     const T a = gx[j] + gh[j];
     h = kRelu ? relu(a) : tanh_(a);
     if (kSave) gates[j] = h;

@@ -202,7 +202,7 @@ __global__ void forward_step_kernel(StepForward<T> p, int64_t t) {
       gx[k] = p.gates[row * GH + k * H + j] + p.b_ih[k * H + j];
       gh[k] = p.gh[n * GH + k * H + j] + p.b_hh[k * H + j];
     }
-    Cell::forward(gx, gh, int64_t(1), int64_t(0), h, c, act, &extra);
+    Cell::forward(gx, gh, int64_t(1), int64_t(1), int64_t(0), h, c, act, &extra);
     p.h[idx] = h;
     if (Cell::kHasCellState) p.c[idx] = c;
     p.y[row * H + j] = h;
@@ -563,7 +563,7 @@ persistent_forward_kernel(PersistentForward<T> p) {
           gx[k] = gx_s[n * GU + k * U + u] + bih_s[k * U + u];
           gh[k] = gh_s[n * GU + k * U + u] + bhh_s[k * U + u];
         }
-        Cell::forward(gx, gh, int64_t(1), int64_t(0), h, c, act, &extra);
+        Cell::forward(gx, gh, int64_t(1), int64_t(1), int64_t(0), h, c, act, &extra);
         p.y[row * H + j] = h;
         if (kTraining) {
 #pragma unroll
