@@ -16,40 +16,53 @@
 
 namespace fusedrnn {
 
-#if !defined(__CUDA_ARCH__)
-// e^x for float on the CPU, written so that loops over it vectorize (std::exp does not):
-// e^x = 2^n e^r with |r| <= ln2/2 and a degree-6 polynomial for e^r (Cephes' expf), about
-// 1 ulp. NaN propagates (the clamps are comparisons that NaN fails).
-FUSEDRNN_HD float exp_vectorizable(float x) {
-  x = x > 88.0f ? 88.0f : x;
-  x = x < -87.33654f ? -87.33654f : x;
-  // n = round(x / ln2) by the 1.5 * 2^23 trick: plain arithmetic, so the loop vectorizes
-  // (std::floor becomes a library call unless traps are ignored).
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+// The float polynomials of the CPU's activations, written once for float and for the CPU's SIMD
+// vectors of floats (csrc/cpu/simd_math.inc): V is either.
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;  // ln 2 = hi + lo
+
+// e^r for |r| <= ln2/2: Cephes' expf polynomial, about 1 ulp.
+template <typename V>
+FUSEDRNN_HD V exp_reduced(V r) {
+  V p = V(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  return p * (r * r) + r + 1.0f;
+}
+
+// tanh for |x| < 0.625 (z = x * x): Cephes' tanhf odd polynomial.
+constexpr float kTanhSmall = 0.625f;
+template <typename V>
+FUSEDRNN_HD V tanh_small(V x, V z) {
+  return ((((V(-5.70498872745e-3f) * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
+           1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+}
+
+#if !defined(__CUDA_ARCH__)
+// e^x for float on the CPU, written so that loops over it vectorize (std::exp does not):
+// e^x = 2^n e^r with |r| <= ln2/2. NaN propagates (the clamps are comparisons that NaN fails).
+FUSEDRNN_HD float exp_vectorizable(float x) {
+  x = x > 88.0f ? 88.0f : x;
+  x = x < -87.33654f ? -87.33654f : x;
+  // n = round(x / ln2) by the 1.5 * 2^23 trick: plain arithmetic, so the loop vectorizes
+  // (std::floor becomes a library call unless traps are ignored).
+  const float n = (x * kLog2e + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
   const uint32_t bits = (static_cast<uint32_t>(static_cast<int32_t>(n)) + 127u) << 23;
   float scale;
   __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return exp_reduced(r) * scale;
 }
 
-// tanh for float on the CPU, vectorizable: an odd polynomial near 0 (Cephes' tanhf), else
+// tanh for float on the CPU, vectorizable: the odd polynomial near 0, else
 // 1 - 2 / (e^{2|x|} + 1) with the sign of x.
 FUSEDRNN_HD float tanh_vectorizable(float x) {
   const float ax = std::fabs(x);
-  const float z = x * x;
-  const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
-                        1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
   const float large = std::copysign(1.0f - 2.0f / (exp_vectorizable(2.0f * ax) + 1.0f), x);
-  return ax < 0.625f ? small : large;
+  return ax < kTanhSmall ? tanh_small(x, x * x) : large;
 }
 #endif
 
