@@ -141,11 +141,14 @@ def test_one_thread_and_two_threads_agree(name, dtype_name, rng, restore_threads
 
 # How two threads split a time loop (csrc/cpu/recurrent_impl.inc): by samples when each thread
 # gets 4 or more and W_hh fits a core's cache (LSTM and RNN take x_t into the step's product
-# when W_ih fits too); else by hidden units (a barrier per step).
+# when W_ih fits too); else by hidden units (a barrier per step), where a loop too small to split
+# runs on one thread while the other computes the input projection ahead of it.
 SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
                 # [W_ih | W_hh] too big for the cache: the input projection as its own GEMM
                 "by_samples_unfused_T8_N8_I2100_H128": (8, 8, 2100, 128),
                 "by_units_T5_N5_I7_H200": (5, 5, 7, 200),
+                # one thread runs the loop, the other projects the inputs ahead of it
+                "pipelined_T64_N1_I128_H128": (64, 1, 128, 128),
                 "by_units_big_weights_T4_N10_I3_H520": (4, 10, 3, 520)}
 
 

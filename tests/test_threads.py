@@ -84,3 +84,24 @@ def test_concurrent_training_on_separate_layers(cls, dtype):
             np.testing.assert_array_equal(dx_c, dx_s)
         for name, grad in sequential[k][1].items():
             np.testing.assert_array_equal(concurrent[k][1][name], grad)
+
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU], ids=["rnn", "lstm", "gru"])
+def test_concurrent_calls_while_one_thread_projects_ahead(cls):
+    """Batch 1, small steps: one team thread runs the time loop while the other computes the
+    input projection ahead of it. A call that finds the team busy runs both roles itself, one
+    after the other, and must neither hang nor differ."""
+    import fusedrnn
+    saved = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(2)
+    try:
+        m = cls(128, 128, dtype=np.float32, seed=3).eval()
+        rng = np.random.default_rng(5)
+        xs = [rng.standard_normal((64, 1, 128)).astype(np.float32) for _ in range(THREADS)]
+        sequential = [m(x)[0] for x in xs]
+        concurrent = run_threads(lambda k: [m(xs[k])[0] for _ in range(CALLS)])
+        for k in range(THREADS):
+            for out in concurrent[k]:
+                np.testing.assert_array_equal(out, sequential[k])
+    finally:
+        fusedrnn.set_num_threads(saved)
