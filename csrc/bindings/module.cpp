@@ -63,16 +63,6 @@ const int64_t* require_lengths(const py::object& obj, int64_t T, int64_t N) {
 template <typename T>
 T* mutable_data(py::array& a) { return static_cast<T*>(a.mutable_data()); }
 
-// The calling thread's inference workspace, grown as needed and kept (like a caching allocator).
-template <typename T>
-T* inference_workspace(int64_t elements) {
-  thread_local std::vector<T> buffer;
-  if (static_cast<int64_t>(buffer.size()) < elements) {
-    buffer = std::vector<T>();  // release first: never hold two
-    buffer.resize(elements);
-  }
-  return buffer.data();
-}
 
 template <typename T>
 py::tuple forward_typed(CellKind cell, const py::array& x_arr, const py::object& h0,
@@ -112,7 +102,7 @@ py::tuple forward_typed(CellKind cell, const py::array& x_arr, const py::object&
     a.gates = mutable_data<T>(gates);
     gates_out = gates;
   } else {  // a workspace only: reuse this thread's buffer (fresh pages cost a fault each)
-    a.gates = inference_workspace<T>(T_ * N * GH);
+    a.gates = cpu::thread_workspace<T>(cpu::kInferenceGates, T_ * N * GH);
   }
   if (lstm) {
     py::array c = Array<T>({N, H});

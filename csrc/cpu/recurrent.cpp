@@ -1,7 +1,7 @@
 // Run-time choice of the instruction set for the CPU drivers (one wheel runs everywhere).
 #include "cpu/recurrent.h"
 
-#include <memory>
+#include <vector>
 
 namespace fusedrnn {
 namespace cpu {
@@ -42,27 +42,40 @@ const char* isa_name(Isa isa) {
 }
 
 template <typename T>
+T* thread_workspace(WorkspaceSlot slot, int64_t elements) {
+  thread_local std::vector<T> buffers[3];
+  std::vector<T>& buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < elements) {
+    buffer = std::vector<T>();  // release first: never hold two
+    buffer.resize(elements);
+  }
+  return buffer.data();
+}
+
+template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args) {
-  const SeqShape& s = args.shape;
-  std::unique_ptr<T[]> work(new T[forward_workspace(s)]);
+  T* work = thread_workspace<T>(kForwardWork, forward_workspace(args.shape));
   switch (active_isa()) {
-    case Isa::kAvx512: return avx512::forward<T>(cell, args, work.get());
-    case Isa::kAvx2: return avx2::forward<T>(cell, args, work.get());
-    default: return generic::forward<T>(cell, args, work.get());
+    case Isa::kAvx512: return avx512::forward<T>(cell, args, work);
+    case Isa::kAvx2: return avx2::forward<T>(cell, args, work);
+    default: return generic::forward<T>(cell, args, work);
   }
 }
 
 template <typename T>
 void recurrent_backward(CellKind cell, const BackwardArgs<T>& args) {
-  const SeqShape& s = args.shape;
-  // Not zeroed: the loop writes every entry of the gate gradients, zeros for skipped steps.
-  std::unique_ptr<T[]> work(new T[backward_workspace(s, cell == CellKind::kGru)]);
+  // Not cleared: the loop writes every entry of the gate gradients, zeros for skipped steps.
+  T* work = thread_workspace<T>(kBackwardWork,
+                                backward_workspace(args.shape, cell == CellKind::kGru));
   switch (active_isa()) {
-    case Isa::kAvx512: return avx512::backward<T>(cell, args, work.get());
-    case Isa::kAvx2: return avx2::backward<T>(cell, args, work.get());
-    default: return generic::backward<T>(cell, args, work.get());
+    case Isa::kAvx512: return avx512::backward<T>(cell, args, work);
+    case Isa::kAvx2: return avx2::backward<T>(cell, args, work);
+    default: return generic::backward<T>(cell, args, work);
   }
 }
+
+template float* thread_workspace<float>(WorkspaceSlot, int64_t);
+template double* thread_workspace<double>(WorkspaceSlot, int64_t);
 
 template void recurrent_forward<float>(CellKind, const ForwardArgs<float>&);
 template void recurrent_forward<double>(CellKind, const ForwardArgs<double>&);

@@ -19,6 +19,13 @@ inline int64_t backward_workspace(const SeqShape& s, bool split_recurrent_grad) 
   return 2 * s.N * s.H + s.H + (split_recurrent_grad ? 2 : 1) * s.T * s.N * s.GH();
 }
 
+// This thread's workspace number `slot` (0: inference gates, 1: forward, 2: backward), at
+// least `elements` long, grown as needed and kept, like a caching allocator: fresh pages cost a
+// fault each, which took up to a tenth of a training step.
+enum WorkspaceSlot { kInferenceGates = 0, kForwardWork = 1, kBackwardWork = 2 };
+template <typename T>
+T* thread_workspace(WorkspaceSlot slot, int64_t elements);
+
 template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args);
 
