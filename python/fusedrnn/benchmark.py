@@ -44,7 +44,11 @@ def add_arguments(p):
 
 # ---------------------------------------------------------------------------- timing
 def median_ms(fns: dict, budget: float) -> dict:
-    """Time each callable, alternating between them round by round; median ms per callable."""
+    """Median ms per callable, each timed in steady state, back to back, as a user's loop runs
+    it (the anchors' method): rounds of one block per callable, alternating so that drift of
+    the machine hits every callable alike. A block's first call is not counted: the previous
+    contestant's worker threads may still be spinning into it (PyTorch's OpenMP threads spin
+    for a while after each call)."""
     for fn in fns.values():  # warm-up (allocations, thread pools, caches)
         fn()
     one = {}
@@ -54,13 +58,16 @@ def median_ms(fns: dict, budget: float) -> dict:
         one[k] = time.perf_counter() - t0
     total_one = sum(one.values())
     reps = max(3, min(50, int(budget * len(fns) / max(total_one, 1e-6))))
+    rounds = min(reps, 5)
+    block = -(-reps // rounds)
     times = {k: [] for k in fns}
-    for _ in range(reps):
+    for _ in range(rounds):
         for k, fn in fns.items():
-            time.sleep(0.002)  # let the previous contestant's spinning worker threads go idle
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+            fn()  # not counted (see above)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
     return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
@@ -164,7 +171,6 @@ def ort_peer(cell, x, w, threads):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning into our turn
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda: sess.run(None, {"X": x})[0][:, 0]
 
