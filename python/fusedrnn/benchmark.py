@@ -43,12 +43,15 @@ def add_arguments(p):
 
 
 # ---------------------------------------------------------------------------- timing
+SPIN_SETTLE_S = 0.05
+
+
 def median_ms(fns: dict, budget: float) -> dict:
     """Median ms per callable, each timed in steady state, back to back, as a user's loop runs
     it (the anchors' method): rounds of one block per callable, alternating so that drift of
-    the machine hits every callable alike. A block's first call is not counted: the previous
-    contestant's worker threads may still be spinning into it (PyTorch's OpenMP threads spin
-    for a while after each call)."""
+    the machine hits every callable alike. Each block starts after a pause long enough for the
+    previous contestant's worker threads to stop spinning (PyTorch's OpenMP threads spin for
+    milliseconds after each call, ONNX Runtime's too), and its first call is not counted."""
     for fn in fns.values():  # warm-up (allocations, thread pools, caches)
         fn()
     one = {}
@@ -63,6 +66,7 @@ def median_ms(fns: dict, budget: float) -> dict:
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
+            time.sleep(SPIN_SETTLE_S)
             fn()  # not counted (see above)
             for _ in range(block):
                 t0 = time.perf_counter()
