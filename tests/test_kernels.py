@@ -7,6 +7,10 @@ A float32 kernel is compared with the float64 reference run on the same float32 
 float64, so the tolerance measures the kernel's rounding only."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -146,7 +150,7 @@ def test_one_thread_and_two_threads_agree(name, dtype_name, rng, restore_threads
 SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
                 # [W_ih | W_hh] too big for the cache: the input projection as its own GEMM
                 "by_samples_unfused_T8_N8_I2100_H128": (8, 8, 2100, 128),
-                "by_units_T5_N5_I7_H200": (5, 5, 7, 200),
+                "by_units_T5_N5_I7_H208": (5, 5, 7, 208),
                 # one thread runs the loop, the other projects the inputs ahead of it
                 "pipelined_T64_N1_I128_H128": (64, 1, 128, 128),
                 "by_units_big_weights_T4_N10_I3_H520": (4, 10, 3, 520)}
@@ -168,9 +172,10 @@ def test_two_threads_match_reference_in_every_split(name, shape_name, reverse, d
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("name", list(CELLS))
-def test_nan_in_one_sample_stays_in_that_sample(name, dtype_name, reverse, rng):
+@pytest.mark.parametrize("H", [33, 32], ids=["H33", "H32_simd"])  # H % 16 == 0: the SIMD gate math
+def test_nan_in_one_sample_stays_in_that_sample(name, dtype_name, reverse, H, rng):
     cell, nonlinearity = CELLS[name]
-    p = make_problem(rng, cell, (4, 3, 5, 33), DTYPES[dtype_name], lengths=None)
+    p = make_problem(rng, cell, (4, 3, 5, H), DTYPES[dtype_name], lengths=None)
     p["x"][:, 1, :] = np.nan  # sample 1 only
     others = [0, 2]
     ours = run(functional, cell, nonlinearity, p, reverse)
@@ -182,6 +187,25 @@ def test_nan_in_one_sample_stays_in_that_sample(name, dtype_name, reverse, rng):
     if cell == "lstm":
         assert np.all(np.isfinite(ours["c_n"][others])) and np.isnan(ours["c_n"][1]).any()
         assert np.all(np.isfinite(ours["dc0"][others]))
+
+
+@pytest.mark.parametrize("H", [33, 32], ids=["H33", "H32_simd"])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_saturated_gates_match_reference(name, H, rng):
+    """Pre-activations in the hundreds and beyond: every activation saturates as in the
+    reference, with no NaN from the clamps or reciprocals of the fast gate math."""
+    cell, nonlinearity = CELLS[name]
+    p = make_problem(rng, cell, (4, 3, 5, H), np.float32, lengths=None)
+    p["x"] *= 1e4
+    y, h_n, c_n, _ = cell_forward(functional, cell, nonlinearity, p["x"], p["h0"], p["c0"],
+                                  p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], training=False)
+    y_ref, h_ref, c_ref, _ = cell_forward(reference, cell, nonlinearity,
+                                          *(None if p[k] is None else p[k].astype(np.float64)
+                                            for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")))
+    for ours, ref in ((y, y_ref), (h_n, h_ref)) + (((c_n, c_ref),) if cell == "lstm" else ()):
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+        finite = np.isfinite(ref)
+        assert relative_error(ours[finite], ref[finite]) <= TOLERANCES["kernel_vs_reference"][np.float32]
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -200,3 +224,19 @@ def test_nan_in_padding_is_never_read(name, reverse, rng):
     assert np.array_equal(y, clean["y"]) and np.array_equal(h_n, clean["h_n"])
     if cell == "lstm":
         assert np.array_equal(c_n, clean["c_n"])
+
+
+# ---------------------------------------------------------------------------- the other builds
+@pytest.mark.parametrize("isa,name", [("avx2", "avx2+fma"), ("generic", "generic")])
+def test_lower_instruction_sets_pass_the_kernel_tests(isa, name):
+    """The AVX2 and plain x86-64 builds of the drivers (chosen on CPUs without AVX-512) run the
+    reference and thread-split tests here too, forced by FUSEDRNN_ISA in a subprocess."""
+    env = dict(os.environ, FUSEDRNN_ISA=isa)
+    probe = subprocess.run([sys.executable, "-c", "import fusedrnn; print(fusedrnn.info()['kernels'])"],
+                           env=env, capture_output=True, text=True, check=True)
+    if probe.stdout.strip() != name:
+        pytest.skip(f"this CPU runs no {name} build (got {probe.stdout.strip()})")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          __file__, "-k", "matches_reference or every_split or nan or saturated"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

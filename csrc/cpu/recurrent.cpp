@@ -1,6 +1,8 @@
 // Run-time choice of the instruction set for the CPU drivers (one wheel runs everywhere).
 #include "cpu/recurrent.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace fusedrnn {
@@ -17,15 +19,22 @@ FUSEDRNN_DECLARE_ISA(avx512)
 FUSEDRNN_DECLARE_ISA(avx2)
 FUSEDRNN_DECLARE_ISA(generic)
 
+// The best instruction set this CPU runs, or a lower one named by the environment variable
+// FUSEDRNN_ISA (avx2, generic): the tests run every build on one machine that way.
 Isa detect_isa() {
+  Isa best = Isa::kGeneric;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq"))
-    return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+    best = Isa::kAvx512;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    best = Isa::kAvx2;
 #endif
-  return Isa::kGeneric;
+  const char* forced = std::getenv("FUSEDRNN_ISA");
+  if (forced && std::strcmp(forced, "generic") == 0) return Isa::kGeneric;
+  if (forced && std::strcmp(forced, "avx2") == 0 && best != Isa::kGeneric) return Isa::kAvx2;
+  return best;
 }
 
 Isa active_isa() {
