@@ -23,8 +23,6 @@ class ThreadTeam {
   int size() const { return size_; }
   // Run fn(0..size-1) concurrently (the caller runs slice 0); returns when all are done.
   void run_phase(const std::function<void(int)>& fn);
-  // Let the workers sleep now rather than spin (the call is over; BLAS wants the cores).
-  void park() { parked_.store(true, std::memory_order_release); }
 
  private:
   void worker(int slice);
@@ -36,7 +34,6 @@ class ThreadTeam {
   alignas(64) std::atomic<int> remaining_{0};
   alignas(64) const std::function<void(int)>* task_ = nullptr;
   std::atomic<bool> stop_{false};
-  std::atomic<bool> parked_{true};
   std::atomic<int> sleepers_{0};  // workers asleep on wake_: only then does a phase notify
   std::mutex sleep_mutex_;
   std::condition_variable wake_;

@@ -43,7 +43,8 @@ def add_arguments(p):
 
 
 # ---------------------------------------------------------------------------- timing
-SPIN_SETTLE_S = 0.05
+# Seconds to let a contestant's spinning threads go idle before the next block (by who ran last).
+SPIN_SETTLE_S = {None: 0.05, "numpy_ref": 0.25}
 
 
 def median_ms(fns: dict, budget: float) -> dict:
@@ -51,7 +52,8 @@ def median_ms(fns: dict, budget: float) -> dict:
     it (the anchors' method): rounds of one block per callable, alternating so that drift of
     the machine hits every callable alike. Each block starts after a pause long enough for the
     previous contestant's worker threads to stop spinning (PyTorch's OpenMP threads spin for
-    milliseconds after each call, ONNX Runtime's too), and its first call is not counted."""
+    milliseconds after each call, ONNX Runtime's too, NumPy's OpenBLAS threads for about 0.1 s),
+    and its first call is not counted."""
     for fn in fns.values():  # warm-up (allocations, thread pools, caches)
         fn()
     one = {}
@@ -64,9 +66,11 @@ def median_ms(fns: dict, budget: float) -> dict:
     rounds = min(reps, 5)
     block = -(-reps // rounds)
     times = {k: [] for k in fns}
+    previous = None
     for _ in range(rounds):
         for k, fn in fns.items():
-            time.sleep(SPIN_SETTLE_S)
+            time.sleep(SPIN_SETTLE_S.get(previous, SPIN_SETTLE_S[None]))
+            previous = k
             fn()  # not counted (see above)
             for _ in range(block):
                 t0 = time.perf_counter()
