@@ -202,13 +202,15 @@ def test_saturated_gates_match_reference(name, H, rng):
     p["x"] *= 1e4
     y, h_n, c_n, _ = cell_forward(functional, cell, nonlinearity, p["x"], p["h0"], p["c0"],
                                   p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], training=False)
+    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")
     y_ref, h_ref, c_ref, _ = cell_forward(reference, cell, nonlinearity,
                                           *(None if p[k] is None else p[k].astype(np.float64)
-                                            for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")))
+                                            for k in names))
     for ours, ref in ((y, y_ref), (h_n, h_ref)) + (((c_n, c_ref),) if cell == "lstm" else ()):
         np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
         finite = np.isfinite(ref)
-        assert relative_error(ours[finite], ref[finite]) <= TOLERANCES["kernel_vs_reference"][np.float32]
+        tolerance = TOLERANCES["kernel_vs_reference"][np.float32]
+        assert relative_error(ours[finite], ref[finite]) <= tolerance
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -235,8 +237,9 @@ def test_lower_instruction_sets_pass_the_kernel_tests(isa, name):
     """The AVX2 and plain x86-64 builds of the drivers (chosen on CPUs without AVX-512) run the
     reference and thread-split tests here too, forced by FUSEDRNN_ISA in a subprocess."""
     env = dict(os.environ, FUSEDRNN_ISA=isa)
-    probe = subprocess.run([sys.executable, "-c", "import fusedrnn; print(fusedrnn.info()['kernels'])"],
-                           env=env, capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import fusedrnn; print(fusedrnn.info()['kernels'])"],
+        env=env, capture_output=True, text=True, check=True)
     if probe.stdout.strip() != name:
         pytest.skip(f"this CPU runs no {name} build (got {probe.stdout.strip()})")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",

@@ -139,8 +139,6 @@ PhaseRunner::PhaseRunner() : slices_(get_num_threads()), lock_(g_team_mutex, std
   }
 }
 
-PhaseRunner::~PhaseRunner() = default;
-
 void PhaseRunner::run(const std::function<void(int)>& fn) {
   if (team_) {
     team_->run_phase(fn);

@@ -65,7 +65,6 @@ int get_num_threads();
 class PhaseRunner {
  public:
   PhaseRunner();
-  ~PhaseRunner();
   int slices() const { return slices_; }
   void run(const std::function<void(int)>& fn);
 

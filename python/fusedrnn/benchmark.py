@@ -43,8 +43,10 @@ def add_arguments(p):
 
 
 # ---------------------------------------------------------------------------- timing
-# Seconds to let a contestant's spinning threads go idle before the next block (by who ran last).
-SPIN_SETTLE_S = {None: 0.05, "numpy_ref": 0.25}
+# Seconds to let the previous contestant's spinning threads go idle before the next block
+# (NumPy's OpenBLAS threads spin longest).
+SETTLE_S = 0.05
+SETTLE_AFTER_S = {"numpy_ref": 0.25}
 
 
 def median_ms(fns: dict, budget: float) -> dict:
@@ -69,7 +71,7 @@ def median_ms(fns: dict, budget: float) -> dict:
     previous = None
     for _ in range(rounds):
         for k, fn in fns.items():
-            time.sleep(SPIN_SETTLE_S.get(previous, SPIN_SETTLE_S[None]))
+            time.sleep(SETTLE_AFTER_S.get(previous, SETTLE_S))
             previous = k
             fn()  # not counted (see above)
             for _ in range(block):
