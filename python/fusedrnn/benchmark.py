@@ -85,6 +85,7 @@ def sgemm_gflops(n=1024) -> float:
     """The machine's measured sgemm rate through the same OpenBLAS family NumPy ships."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     ms = median_ms({"g": lambda: a @ a}, 1.0)["g"]
+    time.sleep(SETTLE_AFTER_S["numpy_ref"])  # NumPy's threads stop spinning before the rows
     return 2 * n ** 3 / ms / 1e6
 
 
