@@ -23,7 +23,7 @@ functional = fusedrnn.functional
 # name -> (T, N, I, H)
 SHAPES = {"T1_N1_I1_H97": (1, 1, 1, 97), "T5_N4_I3_H97": (5, 4, 3, 97),
           "T7_N5_I13_H1": (7, 5, 13, 1), "T6_N1_I5_H17": (6, 1, 5, 17),
-          # the step products' paths: packed weights (T >= 4) in tiles of 8, 4, 2 and 1 samples;
+          # the step products' paths: packed weights (T >= 4) in tiles of 6, 4, 2 and 1 samples;
           # BLAS per slice (T < 4, N >= 16); row blocks (T < 4, N < 16)
           "T4_N9_I6_H35": (4, 9, 6, 35), "T5_N23_I3_H40": (5, 23, 3, 40),
           "T3_N37_I4_H33": (3, 37, 4, 33), "T2_N7_I5_H21": (2, 7, 5, 21),
