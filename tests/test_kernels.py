@@ -146,9 +146,9 @@ def test_one_thread_and_two_threads_agree(name, dtype_name, rng, restore_threads
 # How two threads split a time loop (csrc/cpu/recurrent_impl.inc): by samples when each thread
 # gets 4 or more and W_hh fits a core's cache (each thread projects its own inputs, a chunk of
 # steps at a time; LSTM and RNN backward take dx into the step's product when W_ih fits too);
-# else by hidden units (a barrier per step; from a batch of 32 LSTM and RNN take x_t into each
-# step's product), where a loop too small to split runs on one thread while the other computes
-# the input projection ahead of it.
+# else by hidden units (a barrier per step; from a batch of 8 LSTM and RNN take x W_ih^T into
+# the steps' products), where a loop too small to split runs on one thread while the other
+# computes the input projection ahead of it.
 SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
                 # several projection chunks, the last one short
                 "by_samples_chunks_T300_N9_I7_H128": (300, 9, 7, 128),
@@ -158,8 +158,9 @@ SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
                 # one thread runs the loop, the other projects the inputs ahead of it
                 "pipelined_T64_N1_I128_H128": (64, 1, 128, 128),
                 "by_units_big_weights_T4_N10_I3_H520": (4, 10, 3, 520),
-                # a large batch by units: LSTM and RNN take x_t into each step's product
-                "by_units_step_inputs_T5_N33_I130_H520": (5, 33, 130, 520)}
+                # by units from a batch of 8, LSTM and RNN take x W_ih^T into the steps'
+                # products, a chunk of steps at a time (here 7, then 2)
+                "by_units_step_inputs_T9_N33_I130_H520": (9, 33, 130, 520)}
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
