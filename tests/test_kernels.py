@@ -145,7 +145,8 @@ def test_one_thread_and_two_threads_agree(name, dtype_name, rng, restore_threads
 
 # How two threads split a time loop (csrc/cpu/recurrent_impl.inc): by samples when each thread
 # gets 4 or more and W_hh fits a core's cache (each thread projects its own inputs, a chunk of
-# steps at a time; LSTM and RNN backward take dx into the step's product when W_ih fits too);
+# steps at a time; LSTM and RNN backward take dx into the step's product when W_ih fits too,
+# else backward computes dx a chunk of steps at a time);
 # else by hidden units (a barrier per step; from a batch of 8 LSTM and RNN take x W_ih^T into
 # the steps' products), where a loop too small to split runs on one thread while the other
 # computes the input projection ahead of it.
