@@ -101,9 +101,7 @@ py::tuple forward_typed(CellKind cell, const py::array& x_arr, const py::object&
     py::array gates = Array<T>({T_, N, GH});
     a.gates = mutable_data<T>(gates);
     gates_out = gates;
-  } else {  // a workspace only: reuse this thread's buffer (fresh pages cost a fault each)
-    a.gates = cpu::thread_workspace<T>(cpu::kInferenceGates, T_ * N * GH);
-  }
+  }  // else null: the driver takes a workspace if its loop needs one
   if (lstm) {
     py::array c = Array<T>({N, H});
     a.c_n = mutable_data<T>(c);

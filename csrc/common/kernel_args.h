@@ -27,7 +27,8 @@ struct ForwardArgs {
   T* y;              // [T, N, H]
   T* h_n;            // [N, H]
   T* c_n;            // [N, H] (LSTM) or null
-  T* gates;          // [T, N, GH]: workspace; holds the saved activations after the call
+  T* gates;          // [T, N, GH]: the saved activations when training, else a workspace
+                     // (CPU: null, the driver takes its own where it needs one)
   T* extra;          // [T, N, H] when training and the cell uses it, else null
   T* h_prev;         // [T, N, H] when training, else null
 };
