@@ -160,7 +160,7 @@ SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
                 "pipelined_T64_N1_I128_H128": (64, 1, 128, 128),
                 "by_units_big_weights_T4_N10_I3_H520": (4, 10, 3, 520),
                 # by units from a batch of 8, LSTM and RNN take x W_ih^T into the steps'
-                # products, a chunk of steps at a time (here 7, then 2)
+                # products, a chunk of steps at a time (the LSTM here 7, then 2)
                 "by_units_step_inputs_T9_N33_I130_H520": (9, 33, 130, 520)}
 
 
