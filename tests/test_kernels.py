@@ -176,6 +176,57 @@ def test_two_threads_match_reference_in_every_split(name, shape_name, reverse, d
     assert_close_to_reference(p, cell, nonlinearity, reverse, DTYPES[dtype_name])
 
 
+# The two directions of a bidirectional layer (nn's layers call functional._forward_many and
+# _backward_many) run side by side, one thread each, where W_hh fits a core's cache and the
+# batch is too small to split by samples; each call then runs exactly as on one thread alone.
+SIDE_BY_SIDE_SHAPE = (24, 2, 64, 128)  # T, N, I, H
+
+
+def run_many(cell, nonlinearity, problems, reverses):
+    """Forward then backward of independent calls through functional's _forward_many and
+    _backward_many; one dict per call, like run()."""
+    calls = [dict(x=p["x"], h0=p["h0"], c0=p["c0"] if cell == "lstm" else None, w_ih=p["w_ih"],
+                  w_hh=p["w_hh"], b_ih=p["b_ih"], b_hh=p["b_hh"], lengths=p["lengths"],
+                  reverse=r, training=True) for p, r in zip(problems, reverses)]
+    outs = functional._forward_many(cell, calls, nonlinearity)
+    grads = functional._backward_many(cell, [
+        (ctx, p["dy"], p["dh_n"], p["dc_n"] if cell == "lstm" else None)
+        for (_, _, _, ctx), p in zip(outs, problems)])
+    return [dict(zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"), g), y=y, h_n=h_n,
+                 c_n=c_n if cell == "lstm" else None)
+            for (y, h_n, c_n, _), g in zip(outs, grads)]
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_directions_side_by_side_match_one_thread_calls(name, dtype_name, rng, restore_threads):
+    cell, nonlinearity = CELLS[name]
+    dtype = DTYPES[dtype_name]
+    problems = [make_problem(rng, cell, SIDE_BY_SIDE_SHAPE, dtype) for _ in range(2)]
+    fusedrnn.set_num_threads(2)
+    assert fusedrnn._C.runs_side_by_side(cell, nonlinearity, *SIDE_BY_SIDE_SHAPE, np.dtype(dtype), 2)
+    both = run_many(cell, nonlinearity, problems, (False, True))
+    fusedrnn.set_num_threads(1)
+    for p, reverse, ours in zip(problems, (False, True), both):
+        alone = run(functional, cell, nonlinearity, p, reverse)
+        for key, value in alone.items():
+            assert (value is None and ours[key] is None) or np.array_equal(value, ours[key]), key
+    assert_close_to_reference(problems[1], cell, nonlinearity, True, dtype)
+
+
+def test_side_by_side_only_where_it_pays(restore_threads):
+    T, N, I, H = SIDE_BY_SIDE_SHAPE
+    fusedrnn.set_num_threads(2)
+    pays = fusedrnn._C.runs_side_by_side
+    assert pays("lstm", "tanh", T, N, I, H, np.dtype(np.float32), 2)
+    assert not pays("lstm", "tanh", T, 16, I, H, np.dtype(np.float32), 2)  # split by samples
+    assert not pays("lstm", "tanh", T, N, I, 512, np.dtype(np.float32), 2)  # W_hh over 1 MiB
+    assert not pays("lstm", "tanh", 2, N, I, H, np.dtype(np.float32), 2)  # too little work
+    assert not pays("lstm", "tanh", T, N, I, H, np.dtype(np.float32), 3)  # a call per thread
+    fusedrnn.set_num_threads(1)
+    assert not pays("lstm", "tanh", T, N, I, H, np.dtype(np.float32), 2)
+
+
 # ---------------------------------------------------------------------------- NaN containment
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))

@@ -105,3 +105,38 @@ def test_concurrent_calls_while_one_thread_projects_ahead(cls):
                 np.testing.assert_array_equal(out, sequential[k])
     finally:
         fusedrnn.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU], ids=["rnn", "lstm", "gru"])
+def test_concurrent_training_where_directions_run_side_by_side(cls):
+    """A bidirectional layer whose two directions run side by side on the team (one thread
+    each): a call that finds the team busy runs them one after the other, each as on one
+    thread, with the same results."""
+    import fusedrnn
+    saved = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(2)
+    try:
+        layers = [cls(64, 128, bidirectional=True, dtype=np.float32, seed=k)
+                  for k in range(THREADS)]
+        rng = np.random.default_rng(11)
+        xs = [rng.standard_normal((24, 2, 64)).astype(np.float32) for _ in range(THREADS)]
+        dout = rng.standard_normal((24, 2, 256)).astype(np.float32)
+        assert fusedrnn._C.runs_side_by_side(layers[0]._cell, "tanh", 24, 2, 64, 128,
+                                             np.dtype(np.float32), 2)
+
+        def train(k):
+            m = layers[k]
+            m.zero_grad()
+            out, _ = m(xs[k])
+            dx, _ = m.backward(dout)
+            return out, dx, {name: p.grad.copy() for name, p in m.named_parameters()}
+
+        sequential = [train(k) for k in range(THREADS)]
+        concurrent = run_threads(train)
+        for k in range(THREADS):
+            np.testing.assert_array_equal(concurrent[k][0], sequential[k][0])
+            np.testing.assert_array_equal(concurrent[k][1], sequential[k][1])
+            for name, grad in sequential[k][2].items():
+                np.testing.assert_array_equal(concurrent[k][2][name], grad)
+    finally:
+        fusedrnn.set_num_threads(saved)

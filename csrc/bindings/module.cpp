@@ -64,11 +64,20 @@ template <typename T>
 T* mutable_data(py::array& a) { return static_cast<T*>(a.mutable_data()); }
 
 
+// A call's arguments, checked, with its outputs allocated (the tuple the binding returns).
+template <typename Args>
+struct PreparedCall {
+  Args args;
+  py::tuple outputs;
+};
+
 template <typename T>
-py::tuple forward_typed(CellKind cell, const py::array& x_arr, const py::object& h0,
-                        const py::object& c0, const py::object& w_ih, const py::object& w_hh,
-                        const py::object& b_ih, const py::object& b_hh, const py::object& lengths,
-                        bool reverse, bool training) {
+PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_arr,
+                                             const py::object& h0, const py::object& c0,
+                                             const py::object& w_ih, const py::object& w_hh,
+                                             const py::object& b_ih, const py::object& b_hh,
+                                             const py::object& lengths, bool reverse,
+                                             bool training) {
   if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
   const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = gate_count(cell);
@@ -115,19 +124,16 @@ py::tuple forward_typed(CellKind cell, const py::array& x_arr, const py::object&
     if (uses_extra) a.extra = mutable_data<T>(ex);
     extra = ex;
   }
-  {
-    py::gil_scoped_release release;
-    cpu::recurrent_forward<T>(cell, a);
-  }
-  return py::make_tuple(y, h_n, c_n, gates_out, extra, h_prev);
+  return {a, py::make_tuple(y, h_n, c_n, gates_out, extra, h_prev)};
 }
 
 template <typename T>
-py::tuple backward_typed(CellKind cell, const py::array& x_arr, const py::object& w_ih,
-                         const py::object& w_hh, const py::object& lengths, bool reverse,
-                         const py::object& gates, const py::object& extra,
-                         const py::object& h_prev, const py::object& dy, const py::object& dh_n,
-                         const py::object& dc_n) {
+PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x_arr,
+                                               const py::object& w_ih, const py::object& w_hh,
+                                               const py::object& lengths, bool reverse,
+                                               const py::object& gates, const py::object& extra,
+                                               const py::object& h_prev, const py::object& dy,
+                                               const py::object& dh_n, const py::object& dc_n) {
   if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
   const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = gate_count(cell);
@@ -170,11 +176,103 @@ py::tuple backward_typed(CellKind cell, const py::array& x_arr, const py::object
     a.dc0 = mutable_data<T>(c);
     dc0 = c;
   }
+  return {a, py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)};
+}
+
+template <typename T>
+py::tuple run_forward(const PreparedCall<ForwardArgs<T>>& call, CellKind cell) {
   {
     py::gil_scoped_release release;
-    cpu::recurrent_backward<T>(cell, a);
+    cpu::recurrent_forward<T>(cell, call.args);
   }
-  return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh);
+  return call.outputs;
+}
+
+template <typename T>
+py::tuple run_backward(const PreparedCall<BackwardArgs<T>>& call, CellKind cell) {
+  {
+    py::gil_scoped_release release;
+    cpu::recurrent_backward<T>(cell, call.args);
+  }
+  return call.outputs;
+}
+
+// The calls (tuples of a single call's arguments after cell and nonlinearity), prepared, then
+// run by cpu::recurrent_forward_many / recurrent_backward_many without the GIL.
+template <typename T>
+py::list forward_many_typed(CellKind cell, const py::list& calls) {
+  std::vector<PreparedCall<ForwardArgs<T>>> prepared;
+  for (const py::handle& c : calls) {
+    auto t = py::cast<py::tuple>(c);
+    if (t.size() != 10)
+      throw py::value_error("calls: expected tuples (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, "
+                            "reverse, training), got one of " + std::to_string(t.size()) + " items");
+    prepared.push_back(prepare_forward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3], t[4],
+                                          t[5], t[6], t[7], py::cast<bool>(t[8]),
+                                          py::cast<bool>(t[9])));
+  }
+  std::vector<ForwardArgs<T>> args;
+  for (auto& p : prepared) args.push_back(p.args);
+  {
+    py::gil_scoped_release release;
+    cpu::recurrent_forward_many<T>(cell, args.data(), static_cast<int>(args.size()));
+  }
+  py::list out;
+  for (auto& p : prepared) out.append(p.outputs);
+  return out;
+}
+
+template <typename T>
+py::list backward_many_typed(CellKind cell, const py::list& calls) {
+  std::vector<PreparedCall<BackwardArgs<T>>> prepared;
+  for (const py::handle& c : calls) {
+    auto t = py::cast<py::tuple>(c);
+    if (t.size() != 11)
+      throw py::value_error("calls: expected tuples (x, w_ih, w_hh, lengths, reverse, gates, "
+                            "extra, h_prev, dy, dh_n, dc_n), got one of " +
+                            std::to_string(t.size()) + " items");
+    prepared.push_back(prepare_backward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3],
+                                           py::cast<bool>(t[4]), t[5], t[6], t[7], t[8], t[9],
+                                           t[10]));
+  }
+  std::vector<BackwardArgs<T>> args;
+  for (auto& p : prepared) args.push_back(p.args);
+  {
+    py::gil_scoped_release release;
+    cpu::recurrent_backward_many<T>(cell, args.data(), static_cast<int>(args.size()));
+  }
+  py::list out;
+  for (auto& p : prepared) out.append(p.outputs);
+  return out;
+}
+
+// The dtype of the calls' first x (float32 or float64); every call must share it.
+enum class Dtype { kFloat32, kFloat64 };
+Dtype float_dtype_of(const py::array& x) {
+  if (x.dtype().is(py::dtype::of<float>())) return Dtype::kFloat32;
+  if (x.dtype().is(py::dtype::of<double>())) return Dtype::kFloat64;
+  throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(x.dtype())));
+}
+
+Dtype calls_dtype(const py::list& calls) {
+  if (calls.empty()) return Dtype::kFloat32;
+  auto first = py::cast<py::tuple>(calls[0]);
+  if (first.empty()) throw py::value_error("calls: expected tuples of arguments, got an empty one");
+  return float_dtype_of(py::cast<py::array>(first[0]));
+}
+
+py::list recurrent_forward_many(const std::string& cell, const std::string& nonlinearity,
+                                const py::list& calls) {
+  const CellKind kind = parse_cell(cell, nonlinearity);
+  return calls_dtype(calls) == Dtype::kFloat32 ? forward_many_typed<float>(kind, calls)
+                                               : forward_many_typed<double>(kind, calls);
+}
+
+py::list recurrent_backward_many(const std::string& cell, const std::string& nonlinearity,
+                                 const py::list& calls) {
+  const CellKind kind = parse_cell(cell, nonlinearity);
+  return calls_dtype(calls) == Dtype::kFloat32 ? backward_many_typed<float>(kind, calls)
+                                               : backward_many_typed<double>(kind, calls);
 }
 
 py::tuple recurrent_forward(const std::string& cell, const std::string& nonlinearity,
@@ -183,11 +281,11 @@ py::tuple recurrent_forward(const std::string& cell, const std::string& nonlinea
                             const py::object& b_hh, const py::object& lengths, bool reverse,
                             bool training) {
   const CellKind kind = parse_cell(cell, nonlinearity);
-  if (x.dtype().is(py::dtype::of<float>()))
-    return forward_typed<float>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
-  if (x.dtype().is(py::dtype::of<double>()))
-    return forward_typed<double>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
-  throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(x.dtype())));
+  if (float_dtype_of(x) == Dtype::kFloat32)
+    return run_forward(prepare_forward<float>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
+                                              reverse, training), kind);
+  return run_forward(prepare_forward<double>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
+                                             reverse, training), kind);
 }
 
 py::tuple recurrent_backward(const std::string& cell, const std::string& nonlinearity,
@@ -196,13 +294,11 @@ py::tuple recurrent_backward(const std::string& cell, const std::string& nonline
                              const py::object& extra, const py::object& h_prev,
                              const py::object& dy, const py::object& dh_n, const py::object& dc_n) {
   const CellKind kind = parse_cell(cell, nonlinearity);
-  if (x.dtype().is(py::dtype::of<float>()))
-    return backward_typed<float>(kind, x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy,
-                                 dh_n, dc_n);
-  if (x.dtype().is(py::dtype::of<double>()))
-    return backward_typed<double>(kind, x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy,
-                                  dh_n, dc_n);
-  throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(x.dtype())));
+  if (float_dtype_of(x) == Dtype::kFloat32)
+    return run_backward(prepare_backward<float>(kind, x, w_ih, w_hh, lengths, reverse, gates,
+                                                extra, h_prev, dy, dh_n, dc_n), kind);
+  return run_backward(prepare_backward<double>(kind, x, w_ih, w_hh, lengths, reverse, gates,
+                                               extra, h_prev, dy, dh_n, dc_n), kind);
 }
 
 // ---------------------------------------------------------------------------- attention
@@ -356,6 +452,21 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"));
+  m.def("recurrent_forward_many", &recurrent_forward_many, py::arg("cell"),
+        py::arg("nonlinearity"), py::arg("calls"));
+  m.def("recurrent_backward_many", &recurrent_backward_many, py::arg("cell"),
+        py::arg("nonlinearity"), py::arg("calls"));
+  m.def("runs_side_by_side",
+        [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
+           int64_t I, int64_t H, const py::dtype& dtype, int count) {
+          const SeqShape shape{T, N, I, H, gate_count(parse_cell(cell, nonlinearity))};
+          const std::vector<SeqShape> shapes(count > 0 ? count : 0, shape);
+          if (dtype.is(py::dtype::of<double>()))
+            return cpu::runs_side_by_side<double>(shapes.data(), count);
+          return cpu::runs_side_by_side<float>(shapes.data(), count);
+        },
+        py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"), py::arg("I"),
+        py::arg("H"), py::arg("dtype"), py::arg("count"));
   m.def("attention_forward", &attention_forward, py::arg("score"), py::arg("query"),
         py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"));
   m.def("attention_backward", &attention_backward, py::arg("score"), py::arg("query"),

@@ -1,5 +1,6 @@
 // Run-time choice of the instruction set for the CPU drivers (one wheel runs everywhere).
 #include "cpu/recurrent.h"
+#include "cpu/thread_team.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,8 @@ namespace cpu {
   void forward(CellKind, const ForwardArgs<T>&, T*);                      \
   template <typename T>                                                   \
   void backward(CellKind, const BackwardArgs<T>&, T*);                    \
+  template <typename T>                                                   \
+  bool side_by_side_pays(const SeqShape&, int);                           \
   }
 FUSEDRNN_DECLARE_ISA(avx512)
 FUSEDRNN_DECLARE_ISA(avx2)
@@ -83,6 +86,46 @@ void recurrent_backward(CellKind cell, const BackwardArgs<T>& args) {
   }
 }
 
+template <typename T>
+bool side_by_side_pays(const SeqShape& s, int slices) {
+  switch (active_isa()) {
+    case Isa::kAvx512: return avx512::side_by_side_pays<T>(s, slices);
+    case Isa::kAvx2: return avx2::side_by_side_pays<T>(s, slices);
+    default: return generic::side_by_side_pays<T>(s, slices);
+  }
+}
+
+template <typename T>
+bool runs_side_by_side(const SeqShape* shapes, int count) {
+  bool side = count > 1 && count == get_num_threads();
+  for (int i = 0; side && i < count; ++i) side = side_by_side_pays<T>(shapes[i], count);
+  return side;
+}
+
+// call(cell, args[i]) for every i: side by side where every call pays, else in turn.
+template <typename T, typename Args>
+void run_independent(CellKind cell, const Args* args, int count,
+                     void (*call)(CellKind, const Args&)) {
+  std::vector<SeqShape> shapes;
+  for (int i = 0; i < count; ++i) shapes.push_back(args[i].shape);
+  if (runs_side_by_side<T>(shapes.data(), count))
+    run_side_by_side(count, [&](int i) { call(cell, args[i]); });
+  else
+    for (int i = 0; i < count; ++i) call(cell, args[i]);
+}
+
+template <typename T>
+void recurrent_forward_many(CellKind cell, const ForwardArgs<T>* args, int count) {
+  run_independent<T>(cell, args, count, &recurrent_forward<T>);
+}
+
+template <typename T>
+void recurrent_backward_many(CellKind cell, const BackwardArgs<T>* args, int count) {
+  run_independent<T>(cell, args, count, &recurrent_backward<T>);
+}
+
+template bool runs_side_by_side<float>(const SeqShape*, int);
+template bool runs_side_by_side<double>(const SeqShape*, int);
 template float* thread_workspace<float>(WorkspaceSlot, int64_t);
 template double* thread_workspace<double>(WorkspaceSlot, int64_t);
 
@@ -90,6 +133,10 @@ template void recurrent_forward<float>(CellKind, const ForwardArgs<float>&);
 template void recurrent_forward<double>(CellKind, const ForwardArgs<double>&);
 template void recurrent_backward<float>(CellKind, const BackwardArgs<float>&);
 template void recurrent_backward<double>(CellKind, const BackwardArgs<double>&);
+template void recurrent_forward_many<float>(CellKind, const ForwardArgs<float>*, int);
+template void recurrent_forward_many<double>(CellKind, const ForwardArgs<double>*, int);
+template void recurrent_backward_many<float>(CellKind, const BackwardArgs<float>*, int);
+template void recurrent_backward_many<double>(CellKind, const BackwardArgs<double>*, int);
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -32,5 +32,16 @@ void recurrent_forward(CellKind cell, const ForwardArgs<T>& args);
 template <typename T>
 void recurrent_backward(CellKind cell, const BackwardArgs<T>& args);
 
+// Independent calls (the two directions of a bidirectional layer): side by side, one thread
+// each, where that beats running them one after another on the whole team; else in turn.
+// runs_side_by_side says which, from the shapes and the thread count alone (so results stay
+// reproducible: each call then runs on one thread, wherever it runs).
+template <typename T>
+bool runs_side_by_side(const SeqShape* shapes, int count);
+template <typename T>
+void recurrent_forward_many(CellKind cell, const ForwardArgs<T>* args, int count);
+template <typename T>
+void recurrent_backward_many(CellKind cell, const BackwardArgs<T>* args, int count);
+
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -19,6 +19,7 @@ namespace {
 std::mutex g_team_mutex;            // held by the call that uses the team
 std::unique_ptr<ThreadTeam> g_team;  // created lazily, resized by set_num_threads
 std::atomic<int> g_num_threads{0};
+thread_local bool t_single_slice = false;  // inside run_side_by_side: calls run on one thread
 // Between steps (microseconds apart) workers spin; past this many pauses (tens of microseconds)
 // they sleep, and a waiting caller yields, so an oversubscribed machine degrades gracefully.
 // They spin on after a call too: calls made back to back (a training loop, a decoder's steps)
@@ -132,10 +133,35 @@ int get_num_threads() {
   return n > 0 ? n : default_threads();
 }
 
-PhaseRunner::PhaseRunner() : slices_(get_num_threads()), lock_(g_team_mutex, std::try_to_lock) {
-  if (lock_.owns_lock() && slices_ > 1) {
-    if (!g_team || g_team->size() != slices_) g_team = std::make_unique<ThreadTeam>(slices_);
-    team_ = g_team.get();
+// The shared team, made or resized to `size` threads; the caller holds g_team_mutex.
+static ThreadTeam* team_of_size(int size) {
+  if (!g_team || g_team->size() != size) g_team = std::make_unique<ThreadTeam>(size);
+  return g_team.get();
+}
+
+void run_side_by_side(int count, const std::function<void(int)>& fn) {
+  auto alone = [&](int i) {
+    const bool outer = t_single_slice;
+    t_single_slice = true;
+    fn(i);
+    t_single_slice = outer;
+  };
+  if (count > 1 && count == get_num_threads() && !t_single_slice) {
+    std::unique_lock<std::mutex> lock(g_team_mutex, std::try_to_lock);
+    if (lock.owns_lock()) {
+      ScopedFlushDenormals flush;
+      team_of_size(count)->run_phase(alone);
+      return;
+    }
+  }
+  for (int i = 0; i < count; ++i) alone(i);
+}
+
+PhaseRunner::PhaseRunner()
+    : slices_(t_single_slice ? 1 : get_num_threads()),
+      lock_(g_team_mutex, std::defer_lock) {
+  if (slices_ > 1 && lock_.try_lock()) {
+    team_ = team_of_size(slices_);
   }
 }
 

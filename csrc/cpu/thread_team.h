@@ -59,8 +59,14 @@ class ScopedFlushDenormals {
 void set_num_threads(int n);
 int get_num_threads();
 
+// Runs fn(0..count-1), independent kernel calls (the two directions of a bidirectional layer),
+// each call on one thread alone (its PhaseRunner has one slice): side by side on the team when
+// it is free and has exactly `count` threads, else one after another in the calling thread. The
+// results are the same either way, bit for bit.
+void run_side_by_side(int count, const std::function<void(int)>& fn);
+
 // Runs the phases of one kernel call: on the shared team when it is free, else serially in the
-// calling thread with the same slicing. Sets flush-to-zero/denormals-are-zero in every thread
+// calling thread with the same slicing (one slice inside run_side_by_side). Sets flush-to-zero/denormals-are-zero in every thread
 // that runs a slice (denormals can slow a recurrence twentyfold), restoring the caller's.
 class PhaseRunner {
  public:

@@ -140,41 +140,101 @@ def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     return kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity):
+def _kernel_calls(kernels_and_args, name, cell, nonlinearity):
+    """Run kernel calls [(kernels, args)] that do not depend on each other: through
+    ``kernels.<name>_many`` (side by side on the thread team where that pays), or one by one on a
+    backend without it."""
+    if not kernels_and_args:
+        return []
+    kernels = kernels_and_args[0][0]
+    if any(k is not kernels for k, _ in kernels_and_args):
+        raise TypeError("x: expected every call's arrays on the same device")
+    args = [a for _, a in kernels_and_args]
+    many = getattr(kernels, name + "_many", None)
+    if many is not None and len(args) > 1:
+        return many(cell, nonlinearity, args)
+    return [getattr(kernels, name)(cell, nonlinearity, *a) for a in args]
+
+
+def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None,
+                     b_hh=None, lengths=None, reverse=False, training=False):
+    """(kernel module, the kernel's arguments, has_bias) of one checked forward call."""
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-    y, h_n, c_n, gates, extra, h_prev = kernels.recurrent_forward(
-        cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, bool(reverse), bool(training))
+    return kernels, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, bool(reverse), bool(training)), \
+        has_bias
+
+
+def _forward_result(cell, nonlinearity, args, has_bias, outputs):
+    """(y, h_n, c_n, ctx) from a forward kernel's outputs."""
+    y, h_n, c_n, gates, extra, h_prev = outputs
+    x, _, _, w_ih, w_hh, _, _, lengths, reverse, training = args
     ctx = None
     if training:
-        ctx = RecurrentContext(cell, nonlinearity, bool(reverse), x, w_ih, w_hh, lengths,
+        ctx = RecurrentContext(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths,
                                gates, extra, h_prev, has_bias)
     return y, h_n, c_n, ctx
 
 
+def _forward_many(cell, calls, nonlinearity="tanh"):
+    """Independent forward calls of one cell (the directions of a bidirectional layer), each a dict
+    of the forward's keyword arguments (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+    training): one ``(y, h_n, c_n, ctx)`` per call, as one call would return it. Where they gain
+    from it the kernels run side by side, one thread each."""
+    prepared = [_prepare_forward(cell, nonlinearity, **c) for c in calls]
+    outputs = _kernel_calls([(k, a) for k, a, _ in prepared], "recurrent_forward", cell,
+                            nonlinearity)
+    return [_forward_result(cell, nonlinearity, args, has_bias, out)
+            for (_, args, has_bias), out in zip(prepared, outputs)]
+
+
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity):
+    kernels, args, has_bias = _prepare_forward(cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih,
+                                               b_hh, lengths, reverse, training)
+    return _forward_result(cell, nonlinearity, args, has_bias,
+                           kernels.recurrent_forward(cell, nonlinearity, *args))
+
+
+def _backward_many(cell, calls):
+    """Independent backward calls of one cell, each a tuple ``(ctx, dy, dh_n, dc_n)``: one
+    ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)`` per call (see :func:`_forward_many`)."""
+    prepared = []
+    for ctx, dy, dh_n, dc_n in calls:
+        if not isinstance(ctx, RecurrentContext):
+            raise TypeError(f"ctx: expected the context of a training-mode forward "
+                            f"(training=True), got {type(ctx).__name__}")
+        if ctx.cell != cell:
+            raise ValueError(f"ctx: expected a context from {cell}_forward, got one from "
+                             f"{ctx.cell}_forward")
+        xp, kernels = _backend(ctx.x)
+        T, N, _ = ctx.x.shape
+        H = ctx.w_hh.shape[1]
+        dtype = ctx.x.dtype
+        dy = xp.zeros((T, N, H), dtype) if dy is None else _check(dy, "dy", (T, N, H), dtype, xp=xp)
+        dh_n = (xp.zeros((N, H), dtype) if dh_n is None
+                else _check(dh_n, "dh_n", (N, H), dtype, xp=xp))
+        if cell == "lstm":
+            dc_n = (xp.zeros((N, H), dtype) if dc_n is None
+                    else _check(dc_n, "dc_n", (N, H), dtype, xp=xp))
+        prepared.append((kernels, (ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse, ctx.gates,
+                                   ctx.extra, ctx.h_prev, dy, dh_n, dc_n), ctx))
+    nonlinearity = calls[0][0].nonlinearity if calls else "tanh"
+    if any(ctx.nonlinearity != nonlinearity for _, _, ctx in prepared):
+        raise ValueError("ctx: expected contexts of one nonlinearity")
+    outputs = _kernel_calls([(k, a) for k, a, _ in prepared], "recurrent_backward", cell,
+                            nonlinearity)
+    results = []
+    for (_, _, ctx), (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) in zip(prepared, outputs):
+        if not ctx.has_bias:
+            db_ih = db_hh = None
+        results.append((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh))
+    return results
+
+
 def _backward(cell, ctx, dy, dh_n, dc_n):
-    if not isinstance(ctx, RecurrentContext):
-        raise TypeError(f"ctx: expected the context of a training-mode forward "
-                        f"(training=True), got {type(ctx).__name__}")
-    if ctx.cell != cell:
-        raise ValueError(f"ctx: expected a context from {cell}_forward, got one from {ctx.cell}_forward")
-    xp, kernels = _backend(ctx.x)
-    T, N, _ = ctx.x.shape
-    H = ctx.w_hh.shape[1]
-    dtype = ctx.x.dtype
-    dy = xp.zeros((T, N, H), dtype) if dy is None else _check(dy, "dy", (T, N, H), dtype, xp=xp)
-    dh_n = xp.zeros((N, H), dtype) if dh_n is None else _check(dh_n, "dh_n", (N, H), dtype, xp=xp)
-    if cell == "lstm":
-        dc_n = (xp.zeros((N, H), dtype) if dc_n is None
-                else _check(dc_n, "dc_n", (N, H), dtype, xp=xp))
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = kernels.recurrent_backward(
-        cell, ctx.nonlinearity, ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse,
-        ctx.gates, ctx.extra, ctx.h_prev, dy, dh_n, dc_n)
-    if not ctx.has_bias:
-        db_ih = db_hh = None
-    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+    return _backward_many(cell, [(ctx, dy, dh_n, dc_n)])[0]
 
 
 # ---------------------------------------------------------------------------- the kernels

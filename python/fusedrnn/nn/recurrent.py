@@ -259,23 +259,23 @@ class RNNBase(Module):
         contexts, masks = [], []
         inp = x_tni
         for layer in range(L):
-            ys, layer_ctx = [], []
+            calls = []  # the directions: one kernel call, side by side where that pays
             for direction in range(D):
                 k = layer * D + direction
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
-                args = (w_ih.data, w_hh.data, None if b_ih is None else b_ih.data,
-                        None if b_hh is None else b_hh.data)
-                h0 = None if h0_all is None else h0_all[k]
-                kw = dict(lengths=lengths, reverse=direction == 1, training=training)
-                if self._cell == "lstm":
-                    c0 = None if c0_all is None else c0_all[k]
-                    y, h, c, ctx = F.lstm_forward(inp, h0, c0, *args, **kw)
-                    c_n[k] = c
-                elif self._cell == "gru":
-                    y, h, ctx = F.gru_forward(inp, h0, *args, **kw)
-                else:
-                    y, h, ctx = F.rnn_forward(inp, h0, *args, nonlinearity=self.nonlinearity, **kw)
+                calls.append(dict(
+                    x=inp, h0=None if h0_all is None else h0_all[k],
+                    c0=None if c0_all is None else c0_all[k], w_ih=w_ih.data, w_hh=w_hh.data,
+                    b_ih=None if b_ih is None else b_ih.data,
+                    b_hh=None if b_hh is None else b_hh.data,
+                    lengths=lengths, reverse=direction == 1, training=training))
+            ys, layer_ctx = [], []
+            for direction, (y, h, c, ctx) in enumerate(
+                    F._forward_many(self._cell, calls, self.nonlinearity)):
+                k = layer * D + direction
                 h_n[k] = h
+                if c_n is not None:
+                    c_n[k] = c
                 ys.append(y)
                 layer_ctx.append(ctx)
             out = ys[0] if D == 1 else xp.concatenate(ys, axis=2)
@@ -351,20 +351,19 @@ class RNNBase(Module):
             if saved["masks"][layer] is not None:
                 grad_out = grad_out * saved["masks"][layer]
             grad_in = None
+            calls = []
             for direction in range(D):
                 k = layer * D + direction
-                ctx = saved["contexts"][layer][direction]
-                dy = grad_out[:, :, direction * H:(direction + 1) * H]
-                dhk = None if dh_n is None else dh_n[k]
-                if self._cell == "lstm":
-                    dck = None if dc_n is None else dc_n[k]
-                    dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = F.lstm_backward(ctx, dy, dhk, dck)
-                    dc0[k] = dc
-                elif self._cell == "gru":
-                    dx, dh, dw_ih, dw_hh, db_ih, db_hh = F.gru_backward(ctx, dy, dhk)
-                else:
-                    dx, dh, dw_ih, dw_hh, db_ih, db_hh = F.rnn_backward(ctx, dy, dhk)
+                calls.append((saved["contexts"][layer][direction],
+                              grad_out[:, :, direction * H:(direction + 1) * H],
+                              None if dh_n is None else dh_n[k],
+                              None if dc_n is None else dc_n[k]))
+            grads = F._backward_many(self._cell, calls)
+            for direction, (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh) in enumerate(grads):
+                k = layer * D + direction
                 dh0[k] = dh
+                if dc0 is not None:
+                    dc0[k] = dc
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
                 w_ih.accumulate_grad(dw_ih)
                 w_hh.accumulate_grad(dw_hh)
