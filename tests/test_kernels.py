@@ -204,7 +204,7 @@ def test_directions_side_by_side_match_one_thread_calls(name, dtype_name, rng, r
     dtype = DTYPES[dtype_name]
     problems = [make_problem(rng, cell, SIDE_BY_SIDE_SHAPE, dtype) for _ in range(2)]
     fusedrnn.set_num_threads(2)
-    assert fusedrnn._C.runs_side_by_side(cell, nonlinearity, *SIDE_BY_SIDE_SHAPE, np.dtype(dtype), 2)
+    assert fusedrnn._C.runs_side_by_side(cell, nonlinearity, [SIDE_BY_SIDE_SHAPE] * 2, np.dtype(dtype))
     both = run_many(cell, nonlinearity, problems, (False, True))
     fusedrnn.set_num_threads(1)
     for p, reverse, ours in zip(problems, (False, True), both):
@@ -217,14 +217,55 @@ def test_directions_side_by_side_match_one_thread_calls(name, dtype_name, rng, r
 def test_side_by_side_only_where_it_pays(restore_threads):
     T, N, I, H = SIDE_BY_SIDE_SHAPE
     fusedrnn.set_num_threads(2)
-    pays = fusedrnn._C.runs_side_by_side
-    assert pays("lstm", "tanh", T, N, I, H, np.dtype(np.float32), 2)
-    assert not pays("lstm", "tanh", T, 16, I, H, np.dtype(np.float32), 2)  # split by samples
-    assert not pays("lstm", "tanh", T, N, I, 512, np.dtype(np.float32), 2)  # W_hh over 1 MiB
-    assert not pays("lstm", "tanh", 2, N, I, H, np.dtype(np.float32), 2)  # too little work
-    assert not pays("lstm", "tanh", T, N, I, H, np.dtype(np.float32), 3)  # a call per thread
+    f32 = np.dtype(np.float32)
+
+    def pays(shape, count=2, cell="lstm", stack=False):
+        return fusedrnn._C.runs_side_by_side(cell, "tanh", [shape] * count, f32, stack)
+
+    assert pays((T, N, I, H))
+    assert not pays((T, 16, I, H))  # split by samples
+    assert not pays((T, N, I, 512))  # W_hh over 1 MiB
+    assert not pays((2, N, I, H))  # too little work
+    assert not pays((T, N, I, H), count=3)  # a call per thread
+    # a stack: a layer behind another streams W_ih too; a GRU cannot take x step by step
+    assert pays((T, N, H, H), stack=True) and pays((T, N, H, H), cell="rnn", stack=True)
+    assert not pays((T, N, 256, 256), stack=True)  # W_ih + W_hh: 2 MiB
+    assert not pays((T, N, H, H), cell="gru", stack=True)
     fusedrnn.set_num_threads(1)
-    assert not pays("lstm", "tanh", T, N, I, H, np.dtype(np.float32), 2)
+    assert not pays((T, N, I, H))
+
+
+# A unidirectional stack (nn's layers call functional._forward_stack): where it pays, each
+# layer runs on a thread of its own a few steps behind the layer below, taking x into its
+# steps' products a chunk of steps at a time as the layer below writes them (a wavefront).
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_stack_matches_reference_layer_by_layer(name, dtype_name, rng, restore_threads):
+    cell, nonlinearity = CELLS[name]
+    dtype = DTYPES[dtype_name]
+    T, N, I, H = SIDE_BY_SIDE_SHAPE
+    first = make_problem(rng, cell, (T, N, I, H), dtype)
+    second = make_problem(rng, cell, (T, N, H, H), dtype)
+    fusedrnn.set_num_threads(2)
+    assert fusedrnn._C.runs_side_by_side(cell, nonlinearity, [(T, N, I, H), (T, N, H, H)],
+                                         np.dtype(dtype), True) == (cell != "gru")
+    calls = [dict(x=first["x"] if k == 0 else None, h0=p["h0"],
+                  c0=p["c0"] if cell == "lstm" else None, w_ih=p["w_ih"], w_hh=p["w_hh"],
+                  b_ih=p["b_ih"], b_hh=p["b_hh"], lengths=first["lengths"], training=True)
+             for k, p in enumerate((first, second))]
+    stacked = functional._forward_stack(cell, calls, nonlinearity)
+    x = first["x"].astype(np.float64)
+    for k, (p, (y, h_n, c_n, ctx)) in enumerate(zip((first, second), stacked)):
+        f64 = {key: None if v is None or key == "lengths" else v.astype(np.float64)
+               for key, v in p.items()}
+        y_ref, h_ref, c_ref, _ = cell_forward(reference, cell, nonlinearity, x, f64["h0"],
+                                              f64["c0"], f64["w_ih"], f64["w_hh"], f64["b_ih"],
+                                              f64["b_hh"], lengths=first["lengths"])
+        errors = {"y": relative_error(y, y_ref), "h_n": relative_error(h_n, h_ref),
+                  "c_n": relative_error(c_n, c_ref) if cell == "lstm" else 0.0}
+        assert max(errors.values()) <= TOLERANCES["kernel_vs_reference"][dtype], (k, errors)
+        assert ctx is not None and np.array_equal(ctx.x, first["x"] if k == 0 else stacked[0][0])
+        x = y_ref
 
 
 # ---------------------------------------------------------------------------- NaN containment

@@ -222,6 +222,36 @@ py::list forward_many_typed(CellKind cell, const py::list& calls) {
   return out;
 }
 
+// A unidirectional stack: calls as for forward_many_typed, x None in every call after the first
+// (its x is the previous call's y).
+template <typename T>
+py::list forward_stack_typed(CellKind cell, const py::list& calls) {
+  std::vector<PreparedCall<ForwardArgs<T>>> prepared;
+  for (const py::handle& c : calls) {
+    auto t = py::cast<py::tuple>(c);
+    if (t.size() != 10)
+      throw py::value_error("calls: expected tuples (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, "
+                            "reverse, training), got one of " + std::to_string(t.size()) + " items");
+    if (prepared.empty() == t[0].is_none())
+      throw py::value_error("calls: expected x in the first layer's call only (the next layers "
+                            "read the previous layer's y)");
+    if (py::cast<bool>(t[8])) throw py::value_error("calls: expected reverse=False in a stack");
+    py::array x = prepared.empty() ? py::cast<py::array>(t[0])
+                                   : py::cast<py::array>(prepared.back().outputs[0]);
+    prepared.push_back(prepare_forward<T>(cell, x, t[1], t[2], t[3], t[4], t[5], t[6], t[7],
+                                          false, py::cast<bool>(t[9])));
+  }
+  std::vector<ForwardArgs<T>> args;
+  for (auto& p : prepared) args.push_back(p.args);
+  {
+    py::gil_scoped_release release;
+    cpu::recurrent_forward_stack<T>(cell, args.data(), static_cast<int>(args.size()));
+  }
+  py::list out;
+  for (auto& p : prepared) out.append(p.outputs);
+  return out;
+}
+
 template <typename T>
 py::list backward_many_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
@@ -266,6 +296,13 @@ py::list recurrent_forward_many(const std::string& cell, const std::string& nonl
   const CellKind kind = parse_cell(cell, nonlinearity);
   return calls_dtype(calls) == Dtype::kFloat32 ? forward_many_typed<float>(kind, calls)
                                                : forward_many_typed<double>(kind, calls);
+}
+
+py::list recurrent_forward_stack(const std::string& cell, const std::string& nonlinearity,
+                                 const py::list& calls) {
+  const CellKind kind = parse_cell(cell, nonlinearity);
+  return calls_dtype(calls) == Dtype::kFloat32 ? forward_stack_typed<float>(kind, calls)
+                                               : forward_stack_typed<double>(kind, calls);
 }
 
 py::list recurrent_backward_many(const std::string& cell, const std::string& nonlinearity,
@@ -454,19 +491,25 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dc_n"));
   m.def("recurrent_forward_many", &recurrent_forward_many, py::arg("cell"),
         py::arg("nonlinearity"), py::arg("calls"));
+  m.def("recurrent_forward_stack", &recurrent_forward_stack, py::arg("cell"),
+        py::arg("nonlinearity"), py::arg("calls"));
   m.def("recurrent_backward_many", &recurrent_backward_many, py::arg("cell"),
         py::arg("nonlinearity"), py::arg("calls"));
   m.def("runs_side_by_side",
-        [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
-           int64_t I, int64_t H, const py::dtype& dtype, int count) {
-          const SeqShape shape{T, N, I, H, gate_count(parse_cell(cell, nonlinearity))};
-          const std::vector<SeqShape> shapes(count > 0 ? count : 0, shape);
+        [](const std::string& cell, const std::string& nonlinearity,
+           const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>& shapes,
+           const py::dtype& dtype, bool stack) {
+          const CellKind kind = parse_cell(cell, nonlinearity);
+          std::vector<SeqShape> s;
+          for (const auto& [T, N, I, H] : shapes) s.push_back(SeqShape{T, N, I, H, gate_count(kind)});
+          const int count = static_cast<int>(s.size());
           if (dtype.is(py::dtype::of<double>()))
-            return cpu::runs_side_by_side<double>(shapes.data(), count);
-          return cpu::runs_side_by_side<float>(shapes.data(), count);
+            return cpu::runs_side_by_side<double>(kind, s.data(), count, stack);
+          return cpu::runs_side_by_side<float>(kind, s.data(), count, stack);
         },
-        py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"), py::arg("I"),
-        py::arg("H"), py::arg("dtype"), py::arg("count"));
+        py::arg("cell"), py::arg("nonlinearity"), py::arg("shapes"), py::arg("dtype"),
+        py::arg("stack") = false,
+        "Whether calls of these (T, N, I, H) shapes run side by side, one thread each.");
   m.def("attention_forward", &attention_forward, py::arg("score"), py::arg("query"),
         py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"));
   m.def("attention_backward", &attention_backward, py::arg("score"), py::arg("query"),

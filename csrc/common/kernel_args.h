@@ -31,6 +31,11 @@ struct ForwardArgs {
                      // (CPU: null, the driver takes its own where it needs one)
   T* extra;          // [T, N, H] when training and the cell uses it, else null
   T* h_prev;         // [T, N, H] when training, else null
+  // CPU, a stacked layer run a few steps behind the layer below it (one thread each): only x's
+  // steps [0, *inputs_ready) are written so far; the call publishes its own finished steps in
+  // *outputs_done. Null: x is complete, and nobody waits for y.
+  const int64_t* inputs_ready;
+  int64_t* outputs_done;
 };
 
 template <typename T>

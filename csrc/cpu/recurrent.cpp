@@ -16,7 +16,7 @@ namespace cpu {
   template <typename T>                                                   \
   void backward(CellKind, const BackwardArgs<T>&, T*);                    \
   template <typename T>                                                   \
-  bool side_by_side_pays(const SeqShape&, int);                           \
+  bool side_by_side_pays(const SeqShape&, int, bool);                     \
   }
 FUSEDRNN_DECLARE_ISA(avx512)
 FUSEDRNN_DECLARE_ISA(avx2)
@@ -68,10 +68,12 @@ template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args) {
   T* work = thread_workspace<T>(kForwardWork, forward_workspace(args.shape));
   switch (active_isa()) {
-    case Isa::kAvx512: return avx512::forward<T>(cell, args, work);
-    case Isa::kAvx2: return avx2::forward<T>(cell, args, work);
-    default: return generic::forward<T>(cell, args, work);
+    case Isa::kAvx512: avx512::forward<T>(cell, args, work); break;
+    case Isa::kAvx2: avx2::forward<T>(cell, args, work); break;
+    default: generic::forward<T>(cell, args, work);
   }
+  // Every step is done (loops that publish step by step have said so already).
+  if (args.outputs_done) __atomic_store_n(args.outputs_done, args.shape.T, __ATOMIC_RELEASE);
 }
 
 template <typename T>
@@ -87,18 +89,21 @@ void recurrent_backward(CellKind cell, const BackwardArgs<T>& args) {
 }
 
 template <typename T>
-bool side_by_side_pays(const SeqShape& s, int slices) {
+bool side_by_side_pays(const SeqShape& s, int slices, bool behind) {
   switch (active_isa()) {
-    case Isa::kAvx512: return avx512::side_by_side_pays<T>(s, slices);
-    case Isa::kAvx2: return avx2::side_by_side_pays<T>(s, slices);
-    default: return generic::side_by_side_pays<T>(s, slices);
+    case Isa::kAvx512: return avx512::side_by_side_pays<T>(s, slices, behind);
+    case Isa::kAvx2: return avx2::side_by_side_pays<T>(s, slices, behind);
+    default: return generic::side_by_side_pays<T>(s, slices, behind);
   }
 }
 
 template <typename T>
-bool runs_side_by_side(const SeqShape* shapes, int count) {
-  bool side = count > 1 && count == get_num_threads();
-  for (int i = 0; side && i < count; ++i) side = side_by_side_pays<T>(shapes[i], count);
+bool runs_side_by_side(CellKind cell, const SeqShape* shapes, int count, bool stack) {
+  // A GRU layer cannot take x into its steps' products (its n gate keeps W_in x apart): behind
+  // another it would wait for all of it.
+  bool side = count > 1 && count == get_num_threads() && !(stack && cell == CellKind::kGru);
+  for (int i = 0; side && i < count; ++i)
+    side = side_by_side_pays<T>(shapes[i], count, stack && i > 0);
   return side;
 }
 
@@ -108,7 +113,7 @@ void run_independent(CellKind cell, const Args* args, int count,
                      void (*call)(CellKind, const Args&)) {
   std::vector<SeqShape> shapes;
   for (int i = 0; i < count; ++i) shapes.push_back(args[i].shape);
-  if (runs_side_by_side<T>(shapes.data(), count))
+  if (runs_side_by_side<T>(cell, shapes.data(), count, false))
     run_side_by_side(count, [&](int i) { call(cell, args[i]); });
   else
     for (int i = 0; i < count; ++i) call(cell, args[i]);
@@ -120,12 +125,29 @@ void recurrent_forward_many(CellKind cell, const ForwardArgs<T>* args, int count
 }
 
 template <typename T>
+void recurrent_forward_stack(CellKind cell, ForwardArgs<T>* layers, int count) {
+  std::vector<SeqShape> shapes;
+  for (int i = 0; i < count; ++i) shapes.push_back(layers[i].shape);
+  if (!runs_side_by_side<T>(cell, shapes.data(), count, true)) {
+    for (int i = 0; i < count; ++i) recurrent_forward<T>(cell, layers[i]);
+    return;
+  }
+  std::vector<int64_t> done(count, 0);  // steps finished per layer (atomic: release / acquire)
+  for (int i = 0; i < count; ++i) {
+    layers[i].outputs_done = &done[i];
+    layers[i].inputs_ready = i > 0 ? &done[i - 1] : nullptr;
+  }
+  // In turn when the team is busy: a layer then finds its inputs complete.
+  run_side_by_side(count, [&](int i) { recurrent_forward<T>(cell, layers[i]); });
+}
+
+template <typename T>
 void recurrent_backward_many(CellKind cell, const BackwardArgs<T>* args, int count) {
   run_independent<T>(cell, args, count, &recurrent_backward<T>);
 }
 
-template bool runs_side_by_side<float>(const SeqShape*, int);
-template bool runs_side_by_side<double>(const SeqShape*, int);
+template bool runs_side_by_side<float>(CellKind, const SeqShape*, int, bool);
+template bool runs_side_by_side<double>(CellKind, const SeqShape*, int, bool);
 template float* thread_workspace<float>(WorkspaceSlot, int64_t);
 template double* thread_workspace<double>(WorkspaceSlot, int64_t);
 
@@ -135,6 +157,8 @@ template void recurrent_backward<float>(CellKind, const BackwardArgs<float>&);
 template void recurrent_backward<double>(CellKind, const BackwardArgs<double>&);
 template void recurrent_forward_many<float>(CellKind, const ForwardArgs<float>*, int);
 template void recurrent_forward_many<double>(CellKind, const ForwardArgs<double>*, int);
+template void recurrent_forward_stack<float>(CellKind, ForwardArgs<float>*, int);
+template void recurrent_forward_stack<double>(CellKind, ForwardArgs<double>*, int);
 template void recurrent_backward_many<float>(CellKind, const BackwardArgs<float>*, int);
 template void recurrent_backward_many<double>(CellKind, const BackwardArgs<double>*, int);
 

@@ -34,14 +34,20 @@ void recurrent_backward(CellKind cell, const BackwardArgs<T>& args);
 
 // Independent calls (the two directions of a bidirectional layer): side by side, one thread
 // each, where that beats running them one after another on the whole team; else in turn.
-// runs_side_by_side says which, from the shapes and the thread count alone (so results stay
-// reproducible: each call then runs on one thread, wherever it runs).
+// runs_side_by_side says which, from the cell, the shapes and the thread count alone (so results
+// stay reproducible: each call then runs on one thread, wherever it runs); `stack`: the calls
+// are the layers of a stack (recurrent_forward_stack).
 template <typename T>
-bool runs_side_by_side(const SeqShape* shapes, int count);
+bool runs_side_by_side(CellKind cell, const SeqShape* shapes, int count, bool stack);
 template <typename T>
 void recurrent_forward_many(CellKind cell, const ForwardArgs<T>* args, int count);
 template <typename T>
 void recurrent_backward_many(CellKind cell, const BackwardArgs<T>* args, int count);
+
+// The layers of a unidirectional stack (layer i's x is layer i-1's y): where the layers pay side
+// by side, each runs on one thread a few steps behind the layer below (a wavefront); else in turn.
+template <typename T>
+void recurrent_forward_stack(CellKind cell, ForwardArgs<T>* layers, int count);
 
 }  // namespace cpu
 }  // namespace fusedrnn

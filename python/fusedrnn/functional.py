@@ -190,6 +190,35 @@ def _forward_many(cell, calls, nonlinearity="tanh"):
             for (_, args, has_bias), out in zip(prepared, outputs)]
 
 
+def _forward_stack(cell, calls, nonlinearity="tanh"):
+    """The layers of a unidirectional stack: calls as for :func:`_forward_many` (reverse False),
+    ``x`` in the first only: each next layer reads the previous layer's y. Where the layers gain
+    from it (two layers on two threads, small batch, W_hh within a core's cache) each runs on a
+    thread of its own, a few steps behind the layer below (a wavefront)."""
+    xp, kernels = _backend(calls[0]["x"])
+    stack = getattr(kernels, "recurrent_forward_stack", None)
+    if stack is None:  # a backend without it: layer after layer
+        results = []
+        for c in calls:
+            c = dict(c, x=results[-1][0]) if results else c
+            results.extend(_forward_many(cell, [c], nonlinearity))
+        return results
+    prepared = []
+    for c in calls:
+        if prepared:  # the input is not computed yet: a stand-in of its shape for the checks
+            x0, w_hh = prepared[0][1][0], prepared[-1][1][4]
+            c = dict(c, x=np.empty(x0.shape[:2] + (w_hh.shape[1],), x0.dtype))
+        prepared.append(_prepare_forward(cell, nonlinearity, **c))
+    outputs = stack(cell, nonlinearity,
+                    [a if i == 0 else (None,) + a[1:] for i, (_, a, _) in enumerate(prepared)])
+    results = []
+    for i, ((_, args, has_bias), out) in enumerate(zip(prepared, outputs)):
+        if i > 0:
+            args = (outputs[i - 1][0],) + args[1:]
+        results.append(_forward_result(cell, nonlinearity, args, has_bias, out))
+    return results
+
+
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity):
     kernels, args, has_bias = _prepare_forward(cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih,
                                                b_hh, lengths, reverse, training)

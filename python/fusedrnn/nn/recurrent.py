@@ -257,36 +257,48 @@ class RNNBase(Module):
         h_n = xp.empty((L * D, N, H), self.dtype)
         c_n = xp.empty((L * D, N, H), self.dtype) if self._cell == "lstm" else None
         contexts, masks = [], []
-        inp = x_tni
-        for layer in range(L):
-            calls = []  # the directions: one kernel call, side by side where that pays
-            for direction in range(D):
-                k = layer * D + direction
-                w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
-                calls.append(dict(
-                    x=inp, h0=None if h0_all is None else h0_all[k],
-                    c0=None if c0_all is None else c0_all[k], w_ih=w_ih.data, w_hh=w_hh.data,
-                    b_ih=None if b_ih is None else b_ih.data,
-                    b_hh=None if b_hh is None else b_hh.data,
-                    lengths=lengths, reverse=direction == 1, training=training))
-            ys, layer_ctx = [], []
-            for direction, (y, h, c, ctx) in enumerate(
-                    F._forward_many(self._cell, calls, self.nonlinearity)):
-                k = layer * D + direction
-                h_n[k] = h
-                if c_n is not None:
-                    c_n[k] = c
-                ys.append(y)
-                layer_ctx.append(ctx)
-            out = ys[0] if D == 1 else xp.concatenate(ys, axis=2)
-            contexts.append(layer_ctx)
-            if training and self.dropout > 0 and layer < L - 1:
-                mask = self._dropout_mask(out.shape)
-                masks.append(mask)
-                out = out * mask
-            else:
+
+        def call(layer, direction, inp):  # one kernel call's arguments
+            k = layer * D + direction
+            w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
+            return dict(x=inp, h0=None if h0_all is None else h0_all[k],
+                        c0=None if c0_all is None else c0_all[k], w_ih=w_ih.data,
+                        w_hh=w_hh.data, b_ih=None if b_ih is None else b_ih.data,
+                        b_hh=None if b_hh is None else b_hh.data,
+                        lengths=lengths, reverse=direction == 1, training=training)
+
+        def keep(k, h, c):
+            h_n[k] = h
+            if c_n is not None:
+                c_n[k] = c
+
+        if D == 1 and L > 1 and not (training and self.dropout > 0):
+            # A plain stack: the layers in one kernel call (a wavefront where that pays).
+            results = F._forward_stack(self._cell, [call(layer, 0, x_tni if layer == 0 else None)
+                                                    for layer in range(L)], self.nonlinearity)
+            for layer, (y, h, c, ctx) in enumerate(results):
+                keep(layer, h, c)
+                contexts.append([ctx])
                 masks.append(None)
-            inp = out
+            out = results[-1][0]
+        else:
+            inp = x_tni
+            for layer in range(L):
+                # The directions: one kernel call, side by side where that pays.
+                results = F._forward_many(self._cell, [call(layer, d, inp) for d in range(D)],
+                                          self.nonlinearity)
+                for direction, (y, h, c, ctx) in enumerate(results):
+                    keep(layer * D + direction, h, c)
+                ys = [y for y, _, _, _ in results]
+                contexts.append([ctx for _, _, _, ctx in results])
+                out = ys[0] if D == 1 else xp.concatenate(ys, axis=2)
+                if training and self.dropout > 0 and layer < L - 1:
+                    mask = self._dropout_mask(out.shape)
+                    masks.append(mask)
+                    out = out * mask
+                else:
+                    masks.append(None)
+                inp = out
 
         if training:
             self._saved = dict(contexts=contexts, masks=masks, T=T, N=N, batched=batched,
