@@ -161,7 +161,9 @@ SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
                 "by_units_big_weights_T4_N10_I3_H520": (4, 10, 3, 520),
                 # by units from a batch of 8, LSTM and RNN take x W_ih^T into the steps'
                 # products, a chunk of steps at a time (the LSTM here 7, then 2)
-                "by_units_step_inputs_T9_N33_I130_H520": (9, 33, 130, 520)}
+                "by_units_step_inputs_T9_N33_I130_H520": (9, 33, 130, 520),
+                # by units with a slice that owns no units (LSTM: H=16 is one block of 16)
+                "by_units_empty_slice_T5_N100_I40_H16": (5, 100, 40, 16)}
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
