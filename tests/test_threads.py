@@ -108,22 +108,22 @@ def test_concurrent_calls_while_one_thread_projects_ahead(cls):
         fusedrnn.set_num_threads(saved)
 
 
-@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU], ids=["rnn", "lstm", "gru"])
-def test_concurrent_training_where_directions_run_side_by_side(cls):
-    """A bidirectional layer whose two directions run side by side on the team (one thread
-    each): a call that finds the team busy runs them one after the other, each as on one
-    thread, with the same results."""
+def concurrent_training_matches(make_layer, out_features, stack):
+    """Layers side by side on two threads (the two directions of a bidirectional layer, or the
+    layers of a stack as a wavefront): a call that finds the team busy runs them one after the
+    other, each as on one thread, with the same results, bit for bit; one thread (no side by
+    side at all) agrees within the threads tolerance."""
     import fusedrnn
     saved = fusedrnn.get_num_threads()
     fusedrnn.set_num_threads(2)
     try:
-        layers = [cls(64, 128, bidirectional=True, dtype=np.float32, seed=k)
-                  for k in range(THREADS)]
+        layers = [make_layer(k) for k in range(THREADS)]
         rng = np.random.default_rng(11)
         xs = [rng.standard_normal((24, 2, 64)).astype(np.float32) for _ in range(THREADS)]
-        dout = rng.standard_normal((24, 2, 256)).astype(np.float32)
-        assert fusedrnn._C.runs_side_by_side(layers[0]._cell, "tanh", [(24, 2, 64, 128)] * 2,
-                                             np.dtype(np.float32))
+        dout = rng.standard_normal((24, 2, out_features)).astype(np.float32)
+        shapes = [(24, 2, 64, 128), (24, 2, 128, 128)] if stack else [(24, 2, 64, 128)] * 2
+        assert fusedrnn._C.runs_side_by_side(layers[0]._cell, "tanh", shapes,
+                                             np.dtype(np.float32), stack)
 
         def train(k):
             m = layers[k]
@@ -139,45 +139,24 @@ def test_concurrent_training_where_directions_run_side_by_side(cls):
             np.testing.assert_array_equal(concurrent[k][1], sequential[k][1])
             for name, grad in sequential[k][2].items():
                 np.testing.assert_array_equal(concurrent[k][2][name], grad)
+        fusedrnn.set_num_threads(1)
+        out, dx, grads = train(0)
+        tolerance = TOLERANCES["threads"][np.float32]
+        assert relative_error(out, sequential[0][0]) <= tolerance
+        assert relative_error(dx, sequential[0][1]) <= tolerance
+        for name, grad in grads.items():
+            assert relative_error(grad, sequential[0][2][name]) <= tolerance, name
     finally:
         fusedrnn.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU], ids=["rnn", "lstm", "gru"])
+def test_concurrent_training_where_directions_run_side_by_side(cls):
+    concurrent_training_matches(
+        lambda k: cls(64, 128, bidirectional=True, dtype=np.float32, seed=k), 256, stack=False)
 
 
 @pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM], ids=["rnn", "lstm"])
 def test_concurrent_training_where_a_stack_runs_as_a_wavefront(cls):
-    """A two-layer stack whose layers run side by side, the second a few steps behind the first:
-    a call that finds the team busy runs them one after the other, with the same results."""
-    import fusedrnn
-    saved = fusedrnn.get_num_threads()
-    fusedrnn.set_num_threads(2)
-    try:
-        layers = [cls(64, 128, num_layers=2, dtype=np.float32, seed=k) for k in range(THREADS)]
-        rng = np.random.default_rng(12)
-        xs = [rng.standard_normal((24, 2, 64)).astype(np.float32) for _ in range(THREADS)]
-        dout = rng.standard_normal((24, 2, 128)).astype(np.float32)
-        assert fusedrnn._C.runs_side_by_side(layers[0]._cell, "tanh",
-                                             [(24, 2, 64, 128), (24, 2, 128, 128)],
-                                             np.dtype(np.float32), True)
-
-        def train(k):
-            m = layers[k]
-            m.zero_grad()
-            out, _ = m(xs[k])
-            dx, _ = m.backward(dout)
-            return out, dx, {name: p.grad.copy() for name, p in m.named_parameters()}
-
-        sequential = [train(k) for k in range(THREADS)]
-        concurrent = run_threads(train)
-        for k in range(THREADS):
-            np.testing.assert_array_equal(concurrent[k][0], sequential[k][0])
-            np.testing.assert_array_equal(concurrent[k][1], sequential[k][1])
-            for name, grad in sequential[k][2].items():
-                np.testing.assert_array_equal(concurrent[k][2][name], grad)
-        fusedrnn.set_num_threads(1)  # no wavefront: layer after layer
-        out, dx, grads = train(0)
-        assert relative_error(out, sequential[0][0]) <= TOLERANCES["threads"][np.float32]
-        assert relative_error(dx, sequential[0][1]) <= TOLERANCES["threads"][np.float32]
-        for name, grad in grads.items():
-            assert relative_error(grad, sequential[0][2][name]) <= TOLERANCES["threads"][np.float32]
-    finally:
-        fusedrnn.set_num_threads(saved)
+    concurrent_training_matches(
+        lambda k: cls(64, 128, num_layers=2, dtype=np.float32, seed=k), 128, stack=True)

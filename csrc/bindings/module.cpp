@@ -179,150 +179,115 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
   return {a, py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)};
 }
 
-template <typename T>
-py::tuple run_forward(const PreparedCall<ForwardArgs<T>>& call, CellKind cell) {
+// Runs prepared calls without the GIL, run(args, count) being a cpu:: driver entry; returns
+// their outputs in order.
+template <typename Args, typename Run>
+py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) {
+  std::vector<Args> args;
+  for (const auto& p : prepared) args.push_back(p.args);
   {
     py::gil_scoped_release release;
-    cpu::recurrent_forward<T>(cell, call.args);
+    run(args.data(), static_cast<int>(args.size()));
   }
-  return call.outputs;
+  py::list out;
+  for (const auto& p : prepared) out.append(p.outputs);
+  return out;
 }
 
-template <typename T>
-py::tuple run_backward(const PreparedCall<BackwardArgs<T>>& call, CellKind cell) {
-  {
-    py::gil_scoped_release release;
-    cpu::recurrent_backward<T>(cell, call.args);
-  }
-  return call.outputs;
+// One call's argument tuple, of `items` items named by `names`.
+py::tuple call_tuple(const py::handle& call, size_t items, const char* names) {
+  auto t = py::cast<py::tuple>(call);
+  if (t.size() != items)
+    throw py::value_error(std::string("calls: expected tuples ") + names + ", got one of " +
+                          std::to_string(t.size()) + " items");
+  return t;
 }
 
-// The calls (tuples of a single call's arguments after cell and nonlinearity), prepared, then
-// run by cpu::recurrent_forward_many / recurrent_backward_many without the GIL.
+// Forward calls (tuples of a single call's arguments after cell and nonlinearity): independent
+// (cpu::recurrent_forward_many) or, with `stack`, the layers of a unidirectional stack whose x,
+// None after the first, is the previous layer's y (cpu::recurrent_forward_stack).
 template <typename T>
-py::list forward_many_typed(CellKind cell, const py::list& calls) {
+py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
   std::vector<PreparedCall<ForwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);
-    if (t.size() != 10)
-      throw py::value_error("calls: expected tuples (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, "
-                            "reverse, training), got one of " + std::to_string(t.size()) + " items");
-    prepared.push_back(prepare_forward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3], t[4],
+    py::tuple t = call_tuple(c, 10, "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)");
+    py::object x = t[0];
+    if (stack) {
+      if (prepared.empty() == x.is_none())
+        throw py::value_error("calls: expected x in the first layer's call only (the next layers "
+                              "read the previous layer's y)");
+      if (py::cast<bool>(t[8])) throw py::value_error("calls: expected reverse=False in a stack");
+      if (!prepared.empty()) x = prepared.back().outputs[0];
+    }
+    prepared.push_back(prepare_forward<T>(cell, py::cast<py::array>(x), t[1], t[2], t[3], t[4],
                                           t[5], t[6], t[7], py::cast<bool>(t[8]),
                                           py::cast<bool>(t[9])));
   }
-  std::vector<ForwardArgs<T>> args;
-  for (auto& p : prepared) args.push_back(p.args);
-  {
-    py::gil_scoped_release release;
-    cpu::recurrent_forward_many<T>(cell, args.data(), static_cast<int>(args.size()));
-  }
-  py::list out;
-  for (auto& p : prepared) out.append(p.outputs);
-  return out;
-}
-
-// A unidirectional stack: calls as for forward_many_typed, x None in every call after the first
-// (its x is the previous call's y).
-template <typename T>
-py::list forward_stack_typed(CellKind cell, const py::list& calls) {
-  std::vector<PreparedCall<ForwardArgs<T>>> prepared;
-  for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);
-    if (t.size() != 10)
-      throw py::value_error("calls: expected tuples (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, "
-                            "reverse, training), got one of " + std::to_string(t.size()) + " items");
-    if (prepared.empty() == t[0].is_none())
-      throw py::value_error("calls: expected x in the first layer's call only (the next layers "
-                            "read the previous layer's y)");
-    if (py::cast<bool>(t[8])) throw py::value_error("calls: expected reverse=False in a stack");
-    py::array x = prepared.empty() ? py::cast<py::array>(t[0])
-                                   : py::cast<py::array>(prepared.back().outputs[0]);
-    prepared.push_back(prepare_forward<T>(cell, x, t[1], t[2], t[3], t[4], t[5], t[6], t[7],
-                                          false, py::cast<bool>(t[9])));
-  }
-  std::vector<ForwardArgs<T>> args;
-  for (auto& p : prepared) args.push_back(p.args);
-  {
-    py::gil_scoped_release release;
-    cpu::recurrent_forward_stack<T>(cell, args.data(), static_cast<int>(args.size()));
-  }
-  py::list out;
-  for (auto& p : prepared) out.append(p.outputs);
-  return out;
+  return run_prepared(prepared, [&](ForwardArgs<T>* args, int count) {
+    if (stack)
+      cpu::recurrent_forward_stack<T>(cell, args, count);
+    else
+      cpu::recurrent_forward_many<T>(cell, args, count);
+  });
 }
 
 template <typename T>
-py::list backward_many_typed(CellKind cell, const py::list& calls) {
+py::list backward_calls_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);
-    if (t.size() != 11)
-      throw py::value_error("calls: expected tuples (x, w_ih, w_hh, lengths, reverse, gates, "
-                            "extra, h_prev, dy, dh_n, dc_n), got one of " +
-                            std::to_string(t.size()) + " items");
+    py::tuple t = call_tuple(c, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
+                                    "dh_n, dc_n)");
     prepared.push_back(prepare_backward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3],
                                            py::cast<bool>(t[4]), t[5], t[6], t[7], t[8], t[9],
                                            t[10]));
   }
-  std::vector<BackwardArgs<T>> args;
-  for (auto& p : prepared) args.push_back(p.args);
-  {
-    py::gil_scoped_release release;
-    cpu::recurrent_backward_many<T>(cell, args.data(), static_cast<int>(args.size()));
-  }
-  py::list out;
-  for (auto& p : prepared) out.append(p.outputs);
-  return out;
+  return run_prepared(prepared, [&](BackwardArgs<T>* args, int count) {
+    cpu::recurrent_backward_many<T>(cell, args, count);
+  });
 }
 
 // The dtype of the calls' first x (float32 or float64); every call must share it.
 enum class Dtype { kFloat32, kFloat64 };
-Dtype float_dtype_of(const py::array& x) {
+Dtype calls_dtype(const py::list& calls) {
+  if (calls.empty()) return Dtype::kFloat32;
+  auto first = py::cast<py::tuple>(calls[0]);
+  if (first.empty()) throw py::value_error("calls: expected tuples of arguments, got an empty one");
+  auto x = py::cast<py::array>(first[0]);
   if (x.dtype().is(py::dtype::of<float>())) return Dtype::kFloat32;
   if (x.dtype().is(py::dtype::of<double>())) return Dtype::kFloat64;
   throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(x.dtype())));
 }
 
-Dtype calls_dtype(const py::list& calls) {
-  if (calls.empty()) return Dtype::kFloat32;
-  auto first = py::cast<py::tuple>(calls[0]);
-  if (first.empty()) throw py::value_error("calls: expected tuples of arguments, got an empty one");
-  return float_dtype_of(py::cast<py::array>(first[0]));
-}
-
 py::list recurrent_forward_many(const std::string& cell, const std::string& nonlinearity,
                                 const py::list& calls) {
   const CellKind kind = parse_cell(cell, nonlinearity);
-  return calls_dtype(calls) == Dtype::kFloat32 ? forward_many_typed<float>(kind, calls)
-                                               : forward_many_typed<double>(kind, calls);
+  return calls_dtype(calls) == Dtype::kFloat32 ? forward_calls_typed<float>(kind, calls, false)
+                                               : forward_calls_typed<double>(kind, calls, false);
 }
 
 py::list recurrent_forward_stack(const std::string& cell, const std::string& nonlinearity,
                                  const py::list& calls) {
   const CellKind kind = parse_cell(cell, nonlinearity);
-  return calls_dtype(calls) == Dtype::kFloat32 ? forward_stack_typed<float>(kind, calls)
-                                               : forward_stack_typed<double>(kind, calls);
+  return calls_dtype(calls) == Dtype::kFloat32 ? forward_calls_typed<float>(kind, calls, true)
+                                               : forward_calls_typed<double>(kind, calls, true);
 }
 
 py::list recurrent_backward_many(const std::string& cell, const std::string& nonlinearity,
                                  const py::list& calls) {
   const CellKind kind = parse_cell(cell, nonlinearity);
-  return calls_dtype(calls) == Dtype::kFloat32 ? backward_many_typed<float>(kind, calls)
-                                               : backward_many_typed<double>(kind, calls);
+  return calls_dtype(calls) == Dtype::kFloat32 ? backward_calls_typed<float>(kind, calls)
+                                               : backward_calls_typed<double>(kind, calls);
 }
 
+// One call: a list of one.
 py::tuple recurrent_forward(const std::string& cell, const std::string& nonlinearity,
                             const py::array& x, const py::object& h0, const py::object& c0,
                             const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                             const py::object& b_hh, const py::object& lengths, bool reverse,
                             bool training) {
-  const CellKind kind = parse_cell(cell, nonlinearity);
-  if (float_dtype_of(x) == Dtype::kFloat32)
-    return run_forward(prepare_forward<float>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                              reverse, training), kind);
-  return run_forward(prepare_forward<double>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                             reverse, training), kind);
+  py::list calls;
+  calls.append(py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training));
+  return recurrent_forward_many(cell, nonlinearity, calls)[0];
 }
 
 py::tuple recurrent_backward(const std::string& cell, const std::string& nonlinearity,
@@ -330,12 +295,9 @@ py::tuple recurrent_backward(const std::string& cell, const std::string& nonline
                              const py::object& lengths, bool reverse, const py::object& gates,
                              const py::object& extra, const py::object& h_prev,
                              const py::object& dy, const py::object& dh_n, const py::object& dc_n) {
-  const CellKind kind = parse_cell(cell, nonlinearity);
-  if (float_dtype_of(x) == Dtype::kFloat32)
-    return run_backward(prepare_backward<float>(kind, x, w_ih, w_hh, lengths, reverse, gates,
-                                                extra, h_prev, dy, dh_n, dc_n), kind);
-  return run_backward(prepare_backward<double>(kind, x, w_ih, w_hh, lengths, reverse, gates,
-                                               extra, h_prev, dy, dh_n, dc_n), kind);
+  py::list calls;
+  calls.append(py::make_tuple(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n));
+  return recurrent_backward_many(cell, nonlinearity, calls)[0];
 }
 
 // ---------------------------------------------------------------------------- attention
