@@ -403,3 +403,32 @@ def test_deepcopy_gives_an_independent_layer(rng):
     clone.weight_hh_l0.data[...] = 0
     assert not np.array_equal(m(x)[0], clone(x)[0])
     assert [n for n, _ in clone.named_parameters()] == [n for n, _ in m.named_parameters()]
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_layers_on_a_backend_without_the_grouped_kernels(rng, monkeypatch, name, bidirectional):
+    """The CUDA kernels have no recurrent_forward_many/_stack or recurrent_backward_many: the
+    layers then call the kernels one by one (layer after layer, direction after direction), with
+    the results of the grouped calls."""
+    from fusedrnn import _C, functional
+
+    class OneByOne:  # the single-call kernels only
+        recurrent_forward = staticmethod(_C.recurrent_forward)
+        recurrent_backward = staticmethod(_C.recurrent_backward)
+
+    cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[name]
+    m = cls(6, 16, num_layers=2, bidirectional=bidirectional, seed=3)
+    x = rng.standard_normal((7, 3, 6)).astype(np.float32)
+    dout = rng.standard_normal((7, 3, 16 * (2 if bidirectional else 1))).astype(np.float32)
+
+    def run():
+        m.zero_grad()
+        out, _ = m(x)
+        dx, _ = m.backward(dout)
+        return [out, dx] + [p.grad.copy() for p in m.parameters()]
+
+    grouped = run()
+    monkeypatch.setattr(functional, "_backend", lambda a: (np, OneByOne))
+    for a, b in zip(run(), grouped):
+        np.testing.assert_array_equal(a, b)
