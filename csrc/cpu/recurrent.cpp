@@ -64,16 +64,25 @@ T* thread_workspace(WorkspaceSlot slot, int64_t elements) {
   return buffer.data();
 }
 
+// On leaving a call, however it leaves: every step is done (loops that publish step by step
+// have said so already), so a layer waiting on this one never waits forever.
+struct PublishAllSteps {
+  int64_t* done;
+  int64_t steps;
+  ~PublishAllSteps() {
+    if (done) __atomic_store_n(done, steps, __ATOMIC_RELEASE);
+  }
+};
+
 template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args) {
+  PublishAllSteps publish{args.outputs_done, args.shape.T};
   T* work = thread_workspace<T>(kForwardWork, forward_workspace(args.shape));
   switch (active_isa()) {
-    case Isa::kAvx512: avx512::forward<T>(cell, args, work); break;
-    case Isa::kAvx2: avx2::forward<T>(cell, args, work); break;
-    default: generic::forward<T>(cell, args, work);
+    case Isa::kAvx512: return avx512::forward<T>(cell, args, work);
+    case Isa::kAvx2: return avx2::forward<T>(cell, args, work);
+    default: return generic::forward<T>(cell, args, work);
   }
-  // Every step is done (loops that publish step by step have said so already).
-  if (args.outputs_done) __atomic_store_n(args.outputs_done, args.shape.T, __ATOMIC_RELEASE);
 }
 
 template <typename T>

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <chrono>
+#include <exception>
 #include <memory>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -140,21 +141,28 @@ static ThreadTeam* team_of_size(int size) {
 }
 
 void run_side_by_side(int count, const std::function<void(int)>& fn) {
+  // An exception (out of memory) must not escape a worker thread: the caller rethrows it.
+  std::vector<std::exception_ptr> errors(count);
   auto alone = [&](int i) {
     const bool outer = t_single_slice;
     t_single_slice = true;
-    fn(i);
+    try {
+      fn(i);
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
     t_single_slice = outer;
   };
-  if (count > 1 && count == get_num_threads() && !t_single_slice) {
-    std::unique_lock<std::mutex> lock(g_team_mutex, std::try_to_lock);
-    if (lock.owns_lock()) {
-      ScopedFlushDenormals flush;
-      team_of_size(count)->run_phase(alone);
-      return;
-    }
+  std::unique_lock<std::mutex> lock(g_team_mutex, std::defer_lock);
+  if (count > 1 && count == get_num_threads() && !t_single_slice && lock.try_lock()) {
+    ScopedFlushDenormals flush;
+    team_of_size(count)->run_phase(alone);
+    lock.unlock();
+  } else {
+    for (int i = 0; i < count; ++i) alone(i);
   }
-  for (int i = 0; i < count; ++i) alone(i);
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 PhaseRunner::PhaseRunner()
