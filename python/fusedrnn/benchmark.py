@@ -48,6 +48,10 @@ def add_arguments(p):
 # (NumPy's OpenBLAS threads spin longest).
 SETTLE_S = 0.05
 SETTLE_AFTER_S = {"numpy_ref": 0.25}
+# Seconds each block runs at least: after a pause, this VM's cores need about a millisecond to
+# run at full speed again (batch-1 calls of 0.08 ms took 0.17 ms in blocks of 10), which a
+# user's loop of back-to-back calls never sees.
+MIN_BLOCK_S = 0.025
 
 
 def median_ms(fns: dict, budget: float) -> dict:
@@ -56,7 +60,7 @@ def median_ms(fns: dict, budget: float) -> dict:
     the machine hits every callable alike. Each block starts after a pause long enough for the
     previous contestant's worker threads to stop spinning (PyTorch's OpenMP threads spin for
     milliseconds after each call, ONNX Runtime's too, NumPy's OpenBLAS threads for about 0.1 s),
-    and its first call is not counted."""
+    and its first call is not counted; a block of fast calls runs at least MIN_BLOCK_S."""
     for fn in fns.values():  # warm-up (allocations, thread pools, caches)
         fn()
     one = {}
@@ -75,7 +79,7 @@ def median_ms(fns: dict, budget: float) -> dict:
             time.sleep(SETTLE_AFTER_S.get(previous, SETTLE_S))
             previous = k
             fn()  # not counted (see above)
-            for _ in range(block):
+            for _ in range(max(block, int(MIN_BLOCK_S / max(one[k], 1e-6)))):
                 t0 = time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - t0)
