@@ -16,7 +16,7 @@ namespace cpu {
   template <typename T>                                                   \
   void backward(CellKind, const BackwardArgs<T>&, T*);                    \
   template <typename T>                                                   \
-  bool side_by_side_pays(const SeqShape&, int, bool);                     \
+  bool side_by_side_pays(CellKind, const SeqShape&, int, bool);           \
   }
 FUSEDRNN_DECLARE_ISA(avx512)
 FUSEDRNN_DECLARE_ISA(avx2)
@@ -98,31 +98,34 @@ void recurrent_backward(CellKind cell, const BackwardArgs<T>& args) {
 }
 
 template <typename T>
-bool side_by_side_pays(const SeqShape& s, int slices, bool behind) {
+bool side_by_side_pays(CellKind cell, const SeqShape& s, int slices, bool behind) {
   switch (active_isa()) {
-    case Isa::kAvx512: return avx512::side_by_side_pays<T>(s, slices, behind);
-    case Isa::kAvx2: return avx2::side_by_side_pays<T>(s, slices, behind);
-    default: return generic::side_by_side_pays<T>(s, slices, behind);
+    case Isa::kAvx512: return avx512::side_by_side_pays<T>(cell, s, slices, behind);
+    case Isa::kAvx2: return avx2::side_by_side_pays<T>(cell, s, slices, behind);
+    default: return generic::side_by_side_pays<T>(cell, s, slices, behind);
   }
 }
 
 template <typename T>
 bool runs_side_by_side(CellKind cell, const SeqShape* shapes, int count, bool stack) {
-  // A GRU layer cannot take x into its steps' products (its n gate keeps W_in x apart): behind
-  // another it would wait for all of it.
-  bool side = count > 1 && count == get_num_threads() && !(stack && cell == CellKind::kGru);
+  bool side = count > 1 && count == get_num_threads();
   for (int i = 0; side && i < count; ++i)
-    side = side_by_side_pays<T>(shapes[i], count, stack && i > 0);
+    side = side_by_side_pays<T>(cell, shapes[i], count, stack && i > 0);
   return side;
+}
+
+template <typename Args>
+std::vector<SeqShape> shapes_of(const Args* args, int count) {
+  std::vector<SeqShape> shapes;
+  for (int i = 0; i < count; ++i) shapes.push_back(args[i].shape);
+  return shapes;
 }
 
 // call(cell, args[i]) for every i: side by side where every call pays, else in turn.
 template <typename T, typename Args>
 void run_independent(CellKind cell, const Args* args, int count,
                      void (*call)(CellKind, const Args&)) {
-  std::vector<SeqShape> shapes;
-  for (int i = 0; i < count; ++i) shapes.push_back(args[i].shape);
-  if (runs_side_by_side<T>(cell, shapes.data(), count, false))
+  if (runs_side_by_side<T>(cell, shapes_of(args, count).data(), count, false))
     run_side_by_side(count, [&](int i) { call(cell, args[i]); });
   else
     for (int i = 0; i < count; ++i) call(cell, args[i]);
@@ -135,9 +138,7 @@ void recurrent_forward_many(CellKind cell, const ForwardArgs<T>* args, int count
 
 template <typename T>
 void recurrent_forward_stack(CellKind cell, ForwardArgs<T>* layers, int count) {
-  std::vector<SeqShape> shapes;
-  for (int i = 0; i < count; ++i) shapes.push_back(layers[i].shape);
-  if (!runs_side_by_side<T>(cell, shapes.data(), count, true)) {
+  if (!runs_side_by_side<T>(cell, shapes_of(layers, count).data(), count, true)) {
     for (int i = 0; i < count; ++i) recurrent_forward<T>(cell, layers[i]);
     return;
   }

@@ -66,8 +66,9 @@ int get_num_threads();
 void run_side_by_side(int count, const std::function<void(int)>& fn);
 
 // Runs the phases of one kernel call: on the shared team when it is free, else serially in the
-// calling thread with the same slicing (one slice inside run_side_by_side). Sets flush-to-zero/denormals-are-zero in every thread
-// that runs a slice (denormals can slow a recurrence twentyfold), restoring the caller's.
+// calling thread with the same slicing (one slice inside run_side_by_side). Sets
+// flush-to-zero/denormals-are-zero in every thread that runs a slice (denormals can slow a
+// recurrence twentyfold), restoring the caller's.
 class PhaseRunner {
  public:
   PhaseRunner();

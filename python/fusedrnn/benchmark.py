@@ -376,8 +376,8 @@ def run(args) -> int:
                 rows.append(bench_stacked(cell, B, T, I, H, layers, mode, args.threads, budget, have))
     # Memory last: right after a measuring subprocess, this VM ran batch-1 rows (two threads
     # that meet every step) up to 40x slower for seconds (RNN B=1: 0.1 ms -> 3.6 ms).
-    for r in rows:
-        if args.memory and r["mode"] == "train" and r["cell"] in CELLS:
+    for r in rows if args.memory else []:
+        if r["mode"] == "train" and r["cell"] in CELLS:  # the single-layer rows
             cell, B, T, I, H = r["cell"], r["B"], r["T"], r["I"], r["H"]
             r["ours_peak_mb"] = training_peak_mb("ours", cell, B, T, I, H, args.threads)
             r["torch_peak_mb"] = (training_peak_mb("torch", cell, B, T, I, H, args.threads)

@@ -195,7 +195,7 @@ def _forward_stack(cell, calls, nonlinearity="tanh"):
     ``x`` in the first only: each next layer reads the previous layer's y. Where the layers gain
     from it (two layers on two threads, small batch, W_hh within a core's cache) each runs on a
     thread of its own, a few steps behind the layer below (a wavefront)."""
-    xp, kernels = _backend(calls[0]["x"])
+    _, kernels = _backend(calls[0]["x"])
     stack = getattr(kernels, "recurrent_forward_stack", None)
     if stack is None:  # a backend without it: layer after layer
         results = []
