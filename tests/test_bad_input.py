@@ -172,3 +172,32 @@ def test_nan_stays_in_its_sample(m):
         # (ReLU's derivative at a NaN output is 1 in torch too, so no NaN need reach dx there)
         assert np.isnan(dx[:, 1]).any()
     assert np.all(np.isfinite(dx[:, [0, 2]]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_unpickled_arrays_are_accepted(dtype):
+    """An unpickled array's dtype equals float32 (or float64) but is another object: the kernels
+    take it, with the same results, in the recurrent and the attention kernels."""
+    import pickle
+    from fusedrnn.nn.attention import attention_step_forward
+
+    def unpickled(a):
+        a = pickle.loads(pickle.dumps(a))
+        assert a.dtype == dtype and a.dtype is not np.dtype(dtype)
+        return a
+
+    for m in layers(dtype):
+        x = x_of(dtype)
+        m.load_state_dict({k: unpickled(v) for k, v in m.state_dict().items()})
+        out, _ = m(x)
+        again, _ = m(unpickled(x))
+        np.testing.assert_array_equal(again, out)
+        dx, _ = m.backward(unpickled(np.ones_like(out)))
+        assert dx.shape == x.shape
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 4), (2, 3, 4), (2, 3, 5)))
+    mask = np.ones((2, 3), np.uint8)
+    context, weights, _ = attention_step_forward("dot", q, k, v, mask)
+    context2, weights2, _ = attention_step_forward("dot", unpickled(q), unpickled(k),
+                                                   unpickled(v), mask)
+    np.testing.assert_array_equal(context2, context)

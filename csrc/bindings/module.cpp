@@ -29,13 +29,18 @@ std::string shape_str(const std::vector<int64_t>& dims) {
   return os.str();
 }
 
+// Whether `a` holds T's dtype, by numpy's equivalence (not identity: an unpickled or copied
+// float32 dtype is another object).
+template <typename T>
+bool holds(const py::array& a) { return py::isinstance<py::array_t<T>>(a); }
+
 // Raise ValueError naming the argument unless `a` has exactly the expected shape.
 template <typename T>
 const T* require(const py::object& obj, const char* name, std::vector<int64_t> dims) {
   if (!py::isinstance<Array<T>>(obj) && !py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + ": expected a numpy.ndarray");
   auto arr = py::cast<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>()))
+  if (!holds<T>(arr))
     throw py::type_error(std::string(name) + ": expected dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(arr.dtype())));
@@ -253,8 +258,8 @@ Dtype calls_dtype(const py::list& calls) {
   auto first = py::cast<py::tuple>(calls[0]);
   if (first.empty()) throw py::value_error("calls: expected tuples of arguments, got an empty one");
   auto x = py::cast<py::array>(first[0]);
-  if (x.dtype().is(py::dtype::of<float>())) return Dtype::kFloat32;
-  if (x.dtype().is(py::dtype::of<double>())) return Dtype::kFloat64;
+  if (holds<float>(x)) return Dtype::kFloat32;
+  if (holds<double>(x)) return Dtype::kFloat64;
   throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(x.dtype())));
 }
 
@@ -384,9 +389,9 @@ py::tuple attention_forward(const std::string& score, const py::array& query,
                             const py::object& keys_proj, const py::object& values,
                             const py::object& mask, const py::object& v) {
   const bool additive = parse_score(score);
-  if (query.dtype().is(py::dtype::of<float>()))
+  if (holds<float>(query))
     return attention_forward_typed<float>(additive, query, keys_proj, values, mask, v);
-  if (query.dtype().is(py::dtype::of<double>()))
+  if (holds<double>(query))
     return attention_forward_typed<double>(additive, query, keys_proj, values, mask, v);
   throw py::type_error("query: expected dtype float32 or float64, got " +
                        std::string(py::str(query.dtype())));
@@ -398,10 +403,10 @@ py::tuple attention_backward(const std::string& score, const py::array& query,
                              const py::object& weights, const py::object& dcontext,
                              const py::object& dweights) {
   const bool additive = parse_score(score);
-  if (query.dtype().is(py::dtype::of<float>()))
+  if (holds<float>(query))
     return attention_backward_typed<float>(additive, query, keys_proj, values, mask, v, hidden,
                                            weights, dcontext, dweights);
-  if (query.dtype().is(py::dtype::of<double>()))
+  if (holds<double>(query))
     return attention_backward_typed<double>(additive, query, keys_proj, values, mask, v, hidden,
                                             weights, dcontext, dweights);
   throw py::type_error("query: expected dtype float32 or float64, got " +
@@ -465,7 +470,7 @@ PYBIND11_MODULE(_C, m) {
           std::vector<SeqShape> s;
           for (const auto& [T, N, I, H] : shapes) s.push_back(SeqShape{T, N, I, H, gate_count(kind)});
           const int count = static_cast<int>(s.size());
-          if (dtype.is(py::dtype::of<double>()))
+          if (dtype.num() == py::dtype::of<double>().num())
             return cpu::runs_side_by_side<double>(kind, s.data(), count, stack);
           return cpu::runs_side_by_side<float>(kind, s.data(), count, stack);
         },
