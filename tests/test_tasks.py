@@ -71,9 +71,31 @@ def test_classify_text_beats_majority(capsys, tmp_path):
     assert m["test_accuracy"] > 0.85 > m["majority_accuracy"]
 
 
-def test_demo_reports_accuracy_and_throughput(capsys):
-    m = run_json(capsys, "demo", "--epochs", "2", "--hidden", "32", "--timing-seconds", "0.2")
+def test_demo_times_the_installed_peers(capsys):
+    """The demo trains digits, then times LSTM B=1 and B=32 against every installed peer (or
+    the NumPy reference where a mode has none); rows are checked to agree before timing."""
+    from fusedrnn import benchmark
+    m = run_json(capsys, "demo", "--epochs", "2", "--hidden", "32", "--timing-seconds", "0.05")
     assert m["test_accuracy"] > 0.5
-    t = m["throughput_seq_per_s"]
-    assert set(t) == {"fusedrnn_float32", "fusedrnn_float64", "numpy_reference_float64"}
-    assert all(v > 0 for v in t.values())
+    have = benchmark.installed_peers()
+    assert sorted(m["missing_peers"]) == sorted(k for k, v in have.items() if not v)
+    assert [(r["B"], r["mode"]) for r in m["speed"]] == [(1, "infer"), (1, "train"),
+                                                          (32, "infer"), (32, "train")]
+    for r in m["speed"]:
+        assert r["ours_ms"] > 0
+        timed = [k for k in ("torch", "ort", "numpy_ref") if r[f"{k}_ms"]]
+        assert timed, r
+        for k in timed:
+            assert r[f"x_{k}"] == pytest.approx(r[f"{k}_ms"] / r["ours_ms"], rel=0.02, abs=0.01)
+            assert r[f"maxdiff_{k}"] < 1e-4
+
+
+def test_demo_without_peers_times_the_reference_and_says_how_to_add_them(capsys, monkeypatch):
+    from fusedrnn import benchmark
+    monkeypatch.setattr(benchmark, "installed_peers", lambda: {"torch": False, "ort": False})
+    assert main(["demo", "--epochs", "1", "--hidden", "16", "--timing-seconds", "0.05",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out accuracy" in out
+    assert out.count("x NumPy float64 reference") == 4
+    assert 'pip install "fusedrnn[torch]"' in out and 'pip install "fusedrnn[onnx]"' in out

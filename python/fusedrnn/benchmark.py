@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from .cli_commands import positive_float, positive_int
+
 CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("rnn", 1)}
 # (B, T, I, H): the anchors' shape set (../shared/anchors/README.md).
 ANCHOR_SHAPES = [(1, 100, 128, 128), (1, 256, 512, 512), (8, 256, 512, 512), (32, 100, 256, 256),
@@ -32,8 +34,8 @@ def add_arguments(p):
                    help="semicolon-separated B,T,I,H tuples, e.g. '1,100,128,128;8,256,512,512'")
     p.add_argument("--modes", default="infer,train", help="infer,train")
     p.add_argument("--quick", action="store_true", help="a ~30-second run on small shapes")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--budget", type=float, default=1.5, help="seconds of timing per peer and row")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("--budget", type=positive_float, default=1.5, help="seconds of timing per peer and row")
     p.add_argument("--no-stacked", action="store_true", help="skip the multi-layer bidirectional rows")
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of one training step (subprocesses)")
@@ -113,12 +115,16 @@ def _weights(cell, I, H, seed=0):
              ("bias_ih_l0", (g * H,)), ("bias_hh_l0", (g * H,)))}
 
 
-def ours(cell, x, w, mode):
-    from fusedrnn import functional as F
+def ours(cell, x, w, mode, kernels=None):
+    """A call of fusedrnn's kernel for ``cell`` on x [T, B, I] with weights ``w``: inference
+    (``mode="infer"``) or a training step (forward, then BPTT with dy = 1). ``kernels`` is
+    ``fusedrnn.functional`` by default; ``fusedrnn.reference`` has the same signatures."""
+    if kernels is None:
+        from fusedrnn import functional as kernels
     name = CELLS[cell][0]
-    fwd, bwd = getattr(F, name + "_forward"), getattr(F, name + "_backward")
+    fwd, bwd = getattr(kernels, name + "_forward"), getattr(kernels, name + "_backward")
     args = (w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
-    dy = np.ones((x.shape[0], x.shape[1], w["weight_hh_l0"].shape[1]), np.float32)
+    dy = np.ones((x.shape[0], x.shape[1], w["weight_hh_l0"].shape[1]), x.dtype)
 
     def run_forward(training):
         if name == "lstm":
@@ -191,15 +197,11 @@ def ort_peer(cell, x, w, threads):
     return lambda: sess.run(None, {"X": x})[0][:, 0]
 
 
-def reference_peer(cell, x, w):
-    from fusedrnn import reference as R
-    name = CELLS[cell][0]
-    fwd = getattr(R, name + "_forward")
-    x64 = x.astype(np.float64)
-    args = [w[k].astype(np.float64) for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
-    if name == "lstm":
-        return lambda: fwd(x64, None, None, *args)[0]
-    return lambda: fwd(x64, None, *args)[0]
+def reference_peer(cell, x, w, mode="infer"):
+    """The NumPy float64 reference (``fusedrnn.reference``) on the same data and weights."""
+    from fusedrnn import reference
+    return ours(cell, x.astype(np.float64), {k: v.astype(np.float64) for k, v in w.items()},
+                mode, kernels=reference)
 
 
 def _available(module):
@@ -208,6 +210,12 @@ def _available(module):
         return True
     except Exception:
         return False
+
+
+def installed_peers() -> dict:
+    """Which peers can be timed here: {"torch": bool, "ort": bool} (ORT also needs onnx to
+    build its model)."""
+    return {"torch": _available("torch"), "ort": _available("onnxruntime") and _available("onnx")}
 
 
 # ---------------------------------------------------------------------------- memory
@@ -243,7 +251,12 @@ def training_peak_mb(who, cell, B, T, I, H, threads):
 
 
 # ---------------------------------------------------------------------------- the run
-def bench_row(cell, mode, B, T, I, H, threads, budget, have):
+def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None):
+    """One row: ours and each installed peer (``have``) on one shape and mode, outputs checked
+    to agree, then timed side by side. ``reference``: time the NumPy float64 reference too
+    (None: for inference rows below REFERENCE_MAX_FLOPS)."""
+    if reference is None:
+        reference = mode == "infer" and flops(cell, B, T, I, H, False) <= REFERENCE_MAX_FLOPS
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     w = _weights(cell, I, H)
@@ -252,8 +265,8 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, have):
         fns["torch"] = torch_peer(cell, x, w, mode, threads)
     if have["ort"] and mode == "infer":
         fns["ort"] = ort_peer(cell, x, w, threads)
-    if mode == "infer" and flops(cell, B, T, I, H, False) <= REFERENCE_MAX_FLOPS:
-        fns["numpy_ref"] = reference_peer(cell, x, w)
+    if reference:
+        fns["numpy_ref"] = reference_peer(cell, x, w, mode)
     # Same weights, same outputs: check every peer against ours before timing.
     y_ours = np.asarray(fns["ours"]())
     agree = {}
@@ -357,7 +370,7 @@ def run(args) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else ANCHOR_SHAPES)
     budget = 0.3 if args.quick else args.budget
-    have = {"torch": _available("torch"), "ort": _available("onnxruntime") and _available("onnx")}
+    have = installed_peers()
     peak = sgemm_gflops()
     print(f"fusedrnn {fr.__version__}; threads {args.threads}; peers: "
           f"{', '.join(k for k, v in have.items() if v) or 'none'} + NumPy reference; "

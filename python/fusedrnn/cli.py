@@ -1,7 +1,9 @@
 """The `fusedrnn` command (also `python -m fusedrnn`): info, bench, train, demo, generate, ...
 
 Each feature module registers its own sub-commands through ``add_commands(subparsers)``; this
-file only assembles them."""
+file only assembles them and turns every expected failure (a bad option value, a missing or
+malformed file, a missing optional dependency) into one line, ``fusedrnn: error: ...``, and
+exit code 2. ``--debug`` (anywhere on the line) shows the traceback instead."""
 from __future__ import annotations
 
 import argparse
@@ -11,26 +13,71 @@ import sys
 
 # Modules that contribute sub-commands; each defines add_commands(subparsers).
 COMMAND_MODULES = ["fusedrnn.cli_commands.info", "fusedrnn.cli_commands.bench",
-                   "fusedrnn.cli_commands.train"]
-COMMAND_MODULES.append("fusedrnn.cli_commands.seq2seq")  # translate (issue 4)
+                   "fusedrnn.cli_commands.train", "fusedrnn.cli_commands.seq2seq"]
+# What to install for an optional dependency a command found missing.
+EXTRAS = {"torch": "fusedrnn[torch]", "onnxruntime": "fusedrnn[onnx]", "onnx": "fusedrnn[onnx]",
+          "matplotlib": "fusedrnn[plot]", "cupy": "fusedrnn[cuda]"}
+# Failures a user can cause and mend: reported in one line. Anything else is a bug in
+# fusedrnn and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, ImportError, MemoryError)
+
+
+class UsageError(Exception):
+    """A command line argparse refused (the message names the option)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        where = self.prog.partition(" ")[2]  # the sub-command, after "fusedrnn"
+        raise UsageError(f"{where + ': ' if where else ''}{message} (see `{self.prog} --help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="fusedrnn", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (accepted anywhere)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line printed for an expected failure: what happened and what to do."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        hint = f'pip install "{EXTRAS[top]}"' if top in EXTRAS else f"pip install {top}"
+        return f"this needs the optional package {top!r}, which is not installed: {hint}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + str(exc) if str(exc) else ''} (try smaller sizes)"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # one line, whatever the message held
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"fusedrnn: error: {e}", file=sys.stderr)
         return 2
-    result = args.func(args)
-    return int(result or 0)
+    except KeyboardInterrupt:
+        print("fusedrnn: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as e:
+        if debug:
+            raise
+        print(f"fusedrnn: error: {error_line(e)}", file=sys.stderr)
+        return 2
 
 
 def print_json(obj) -> None:

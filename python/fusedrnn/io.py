@@ -114,6 +114,11 @@ def load(path):
     path = os.fspath(path)
     # Open the file ourselves so that it is closed on every path, errors included.
     with open(path, "rb") as f:
+        magic = f.read(6)
+        f.seek(0)
+        if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):  # a zip (.npz) or an .npy
+            raise ValueError(f"{path}: not a fusedrnn/NumPy .npz file: not a zip archive (a pickled "
+                             f"or damaged file is refused; fusedrnn files never run code when read)")
         try:
             data = np.load(f, allow_pickle=False)
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from . import nonnegative_int, positive_float, positive_int
+
 TASKS = {"digits": "digits", "adding": "adding", "chars": "chars",
          "classify-text": "classify_text"}
 TASKS.update({"dates": "dates", "caption-digits": "caption_digits"})  # seq2seq (issue 4)
@@ -19,9 +21,9 @@ def _common(p):
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--plot", metavar="PATH.png", help="draw learning curves (needs matplotlib)")
     p.add_argument("--save", metavar="PATH", help="save the trained model (fr.load reads it)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None, help="kernel threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--history", action="store_true", help="keep per-epoch history in --json")
 
@@ -46,9 +48,9 @@ def add_commands(sub):
     gen = sub.add_parser("generate", help="sample text from a model saved by `train chars --save`")
     gen.add_argument("--model", required=True, metavar="PATH")
     gen.add_argument("--prime", default="The ", help="text to start from")
-    gen.add_argument("--length", type=int, default=300, help="characters to generate")
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--length", type=positive_int, default=300, help="characters to generate")
+    gen.add_argument("--temperature", type=positive_float, default=0.8)
+    gen.add_argument("--seed", type=nonnegative_int, default=None)
     gen.add_argument("--json", action="store_true")
     gen.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
     gen.set_defaults(func=run_generate)
@@ -69,9 +71,25 @@ def _summary(metrics, prefix=""):
     return lines
 
 
+def check_outputs(args):
+    """Fail before training, not after it: --plot needs matplotlib, and --save/--plot need a
+    folder that exists."""
+    import os
+    for option in ("save", "plot"):
+        path = getattr(args, option, None)
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise ValueError(f"--{option} {path}: the folder {folder} does not exist")
+    if getattr(args, "plot", None):
+        from fusedrnn.tasks.common import pyplot
+        pyplot()
+
+
 def run_task(args):
     from fusedrnn import set_num_threads
     from fusedrnn.cli import print_json
+    check_outputs(args)
     if args.threads:
         set_num_threads(args.threads)
     mod = importlib.import_module(f"fusedrnn.tasks.{args.task_module}")
@@ -84,6 +102,8 @@ def run_task(args):
         metrics["plot"] = args.plot
     if args.json:
         print_json(metrics)
+    elif hasattr(mod, "summary"):
+        print("\n".join(mod.summary(metrics)))
     else:
         print("\n".join(_summary(metrics)))
         if "sample" in metrics:

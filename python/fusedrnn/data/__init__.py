@@ -1,5 +1,5 @@
-"""Data for the worked examples: handwritten digits (scikit-learn's bundled set, or MNIST IDX
-files), seeded synthetic sequence tasks (adding problem, copy memory), a character corpus, and
+"""Data for the worked examples: handwritten digits (the 8x8 UCI set shipped in the package, or
+MNIST IDX files), seeded synthetic sequence tasks (adding problem, copy memory), a character corpus, and
 batching of variable-length sequences into padded arrays plus lengths."""
 from .digits import load_digits, load_mnist, read_idx
 from .synthetic import adding_problem, copy_memory

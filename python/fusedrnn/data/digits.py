@@ -1,19 +1,26 @@
 """Handwritten digits as sequences of image rows (many-to-one classification).
 
-``load_digits`` reads scikit-learn's bundled 8x8 digits (no download): each image becomes 8
-steps of 8 features in [0, 1]. ``load_mnist`` reads MNIST IDX files the user points at (28 steps
+``load_digits`` reads the 8x8 digits shipped inside this package (``optdigits_8x8.npz``, read
+with NumPy; no download, no scikit-learn): each image becomes 8 steps of 8 features in [0, 1].
+They are the 1797 images of the test set of "Optical Recognition of Handwritten Digits"
+(E. Alpaydin, C. Kaynak, 1998; UCI Machine Learning Repository, https://doi.org/10.24432/C50P49),
+licensed CC BY 4.0: 32x32 bitmaps whose 4x4 blocks were counted into 8x8 images of values 0..16
+(the same images scikit-learn bundles as ``load_digits``). ``load_mnist`` reads MNIST IDX files the user points at (28 steps
 of 28 features); ``read_idx`` reads any IDX file, gzip-compressed or not.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import struct
+from importlib import resources
 
 import numpy as np
 
 __all__ = ["load_digits", "load_mnist", "read_idx", "split"]
 
+DIGITS_FILE = "optdigits_8x8.npz"
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -25,17 +32,20 @@ def split(x, y, test_fraction, seed):
     return x[train], y[train], x[test], y[test]
 
 
+def digits_images():
+    """The shipped digits as (images [1797, 8, 8] uint8 in 0..16, labels [1797] uint8)."""
+    with resources.files(__package__).joinpath(DIGITS_FILE).open("rb") as f:
+        with np.load(f, allow_pickle=False) as npz:
+            return npz["images"], npz["labels"]
+
+
 def load_digits(test_fraction=0.2, seed=0, dtype=np.float32):
-    """scikit-learn's 1797 digits as x [N, 8, 8] (rows as time steps, values scaled to [0, 1])
-    and labels y [N] int64, split by a seeded shuffle into (x_train, y_train, x_test, y_test)."""
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError:
-        raise ImportError("the digits task needs scikit-learn (pip install scikit-learn), or "
-                          "MNIST IDX files given with --data") from None
-    d = sk_load_digits()
-    x = (d.images / 16.0).astype(dtype)
-    y = d.target.astype(np.int64)
+    """The 1797 shipped 8x8 digits as x [N, 8, 8] (rows as time steps, values scaled to
+    [0, 1]) and labels y [N] int64, split by a seeded shuffle into
+    (x_train, y_train, x_test, y_test)."""
+    images, labels = digits_images()
+    x = (images / 16.0).astype(dtype)
+    y = labels.astype(np.int64)
     return split(x, y, test_fraction, seed)
 
 
@@ -61,6 +71,9 @@ def read_idx(path):
 
 
 def _find(folder, stem):
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "no such folder (expected a folder holding the MNIST "
+                                "IDX files, e.g. train-images-idx3-ubyte[.gz])", folder)
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         p = os.path.join(folder, name)
         if os.path.exists(p):

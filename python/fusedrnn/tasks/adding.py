@@ -16,6 +16,7 @@ from .. import data, io, optim
 from ..nn import Linear, MSELoss, Module
 from ..training import fit
 from .common import gradient_norms_over_time, make_recurrent, maybe_plot
+from ..cli_commands import positive_float, positive_int
 
 DEFAULTS = dict(length=50, hidden=64, batch_size=64, lr=5e-3, epochs=20, steps=50)
 
@@ -48,14 +49,14 @@ class Regressor(Module):
 
 
 def add_arguments(p):
-    p.add_argument("--length", type=int, default=DEFAULTS["length"], help="sequence length T")
+    p.add_argument("--length", type=positive_int, default=DEFAULTS["length"], help="sequence length T")
     p.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated: lstm, gru, rnn")
-    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"],
+    p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"])
+    p.add_argument("--steps", type=positive_int, default=DEFAULTS["steps"],
                    help="optimizer steps per epoch (each on a fresh batch)")
-    p.add_argument("--train-size", type=int, default=None,
+    p.add_argument("--train-size", type=positive_int, default=None,
                    help="a fixed training set of this size instead of fresh batches")
     p.set_defaults(epochs=DEFAULTS["epochs"])
 

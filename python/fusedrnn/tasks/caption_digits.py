@@ -1,6 +1,6 @@
 """`fusedrnn train caption-digits`: one-to-many generation: spell a handwritten digit's name.
 
-From scikit-learn's 8x8 digit image taken as one 64-vector, ``fusedrnn.nn.Captioner``
+From an 8x8 digit image (the shipped UCI digits) taken as one 64-vector, ``fusedrnn.nn.Captioner``
 generates the English name of the digit letter by letter ("seven", then the end token): the
 vector starts the decoder's state and joins every step's input. Reported: held-out exact match
 of greedy decoding (and beam search) on a seeded 80/20 split.
@@ -15,7 +15,9 @@ from .. import data, io, optim
 from ..data.text import batches
 from ..nn.seq2seq import Captioner
 from ..training import fit
+from .common import pyplot
 from .dates import EOS, PAD, BOS, CharCodec, limit_threads
+from ..cli_commands import fraction, positive_float, positive_int
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 CHARS = sorted(set("".join(NAMES)))
@@ -24,13 +26,13 @@ DEFAULTS = dict(epochs=30, batch_size=32, lr=4e-3, hidden=64, embed=16, cell="ls
 
 def add_arguments(p):
     p.add_argument("--cell", choices=["lstm", "gru"], default=DEFAULTS["cell"])
-    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    p.add_argument("--embed", type=int, default=DEFAULTS["embed"])
-    p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"],
+    p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
+    p.add_argument("--embed", type=positive_int, default=DEFAULTS["embed"])
+    p.add_argument("--dropout", type=fraction, default=DEFAULTS["dropout"],
                    help="dropout on the conditioning vector")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--beam", type=int, default=3, help="beam size for the beam-search metric")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"])
+    p.add_argument("--beam", type=positive_int, default=3, help="beam size for the beam-search metric")
     p.set_defaults(epochs=DEFAULTS["epochs"])
 
 
@@ -110,12 +112,7 @@ def _run(args, progress):
 
 def _plot(path, images, words, history):
     """Eight held-out digits with their generated names, and the learning curves."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'fusedrnn[plot]'") from None
+    plt = pyplot()
     fig, axes = plt.subplots(2, 5, figsize=(11, 4.5))
     for ax, img, w in zip(axes.ravel()[:8], images, words):
         ax.imshow(img.reshape(8, 8), cmap="gray_r")

@@ -17,7 +17,8 @@ import numpy as np
 from .. import data, io, optim
 from ..nn import CrossEntropyLoss, softmax
 from ..training import TruncatedBPTT, fit
-from .common import RecurrentLM, maybe_plot
+from .common import RecurrentLM, load_task_file, maybe_plot
+from ..cli_commands import positive_float, positive_int
 
 DEFAULTS = dict(epochs=4, hidden=256, embedding=32, lr=3e-3, batch_size=32, bptt=64, cell="lstm")
 LN2 = math.log(2.0)
@@ -26,14 +27,14 @@ LN2 = math.log(2.0)
 def add_arguments(p):
     p.add_argument("--data", help="a UTF-8 text file (default: Python's standard-library docs)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=DEFAULTS["cell"])
-    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    p.add_argument("--embedding", type=int, default=DEFAULTS["embedding"])
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--bptt", type=int, default=DEFAULTS["bptt"],
+    p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
+    p.add_argument("--embedding", type=positive_int, default=DEFAULTS["embedding"])
+    p.add_argument("--layers", type=positive_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    p.add_argument("--bptt", type=positive_int, default=DEFAULTS["bptt"],
                    help="truncated BPTT chunk length k (time steps)")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--max-chars", type=int, default=None,
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"])
+    p.add_argument("--max-chars", type=positive_int, default=None,
                    help="use only the first this many characters of the corpus")
     p.set_defaults(epochs=DEFAULTS["epochs"])
 
@@ -142,12 +143,10 @@ def sample(model, vocab, prime, length, temperature=0.8, seed=None):
 
 def load_model(path):
     """A RecurrentLM and its vocabulary from a file written by `train chars --save`."""
-    saved = io.load(path)
-    if not isinstance(saved, dict) or saved.get("task") != "chars":
-        raise ValueError(f"{path}: not a character model (save one with "
-                         f"`fusedrnn train chars --save {path}`)")
-    cfg = saved["config"]
-    model = RecurrentLM(cfg["cell"], int(cfg["vocab_size"]), int(cfg["embedding_dim"]),
-                        int(cfg["hidden_size"]), int(cfg["num_layers"]))
-    model.load_state_dict(saved["model"])
-    return model, data.CharVocab(saved["vocab"])
+    def build(saved):
+        cfg = saved["config"]
+        model = RecurrentLM(cfg["cell"], int(cfg["vocab_size"]), int(cfg["embedding_dim"]),
+                            int(cfg["hidden_size"]), int(cfg["num_layers"]))
+        model.load_state_dict(saved["model"])
+        return model, data.CharVocab(saved["vocab"])
+    return load_task_file(path, "chars", build)

@@ -17,6 +17,7 @@ from ..data.text import WordVocab
 from ..nn import CrossEntropyLoss
 from ..training import fit
 from .common import SequenceClassifier, accuracy, maybe_plot
+from ..cli_commands import fraction, positive_float, positive_int
 
 DEFAULTS = dict(epochs=10, hidden=64, embedding=32, lr=5e-3, batch_size=32, cell="gru")
 
@@ -24,12 +25,12 @@ DEFAULTS = dict(epochs=10, hidden=64, embedding=32, lr=5e-3, batch_size=32, cell
 def add_arguments(p):
     p.add_argument("--data", required=True, help="a CSV file of text,label rows")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=DEFAULTS["cell"])
-    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    p.add_argument("--embedding", type=int, default=DEFAULTS["embedding"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--max-words", type=int, default=200, help="truncate texts to this many words")
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
+    p.add_argument("--embedding", type=positive_int, default=DEFAULTS["embedding"])
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"])
+    p.add_argument("--max-words", type=positive_int, default=200, help="truncate texts to this many words")
+    p.add_argument("--test-fraction", type=fraction, default=0.2)
     p.set_defaults(epochs=DEFAULTS["epochs"])
 
 

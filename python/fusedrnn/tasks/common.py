@@ -111,15 +111,38 @@ def gradient_norms_over_time(rnn, x, dh_T):
     return norms[::-1]
 
 
-def maybe_plot(path, panels, title=""):
-    """Draw ``panels`` [(subplot title, {label: (xs, ys)}, xlabel, ylabel, log_y)] to ``path``
-    with matplotlib (imported only here: it is an optional extra)."""
+def pyplot():
+    """matplotlib.pyplot drawing to files (matplotlib is an optional extra, imported only
+    here); a missing matplotlib is an ImportError saying how to install it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'fusedrnn[plot]'") from None
+        raise ImportError("--plot needs matplotlib: pip install \"fusedrnn[plot]\"") from None
+    return plt
+
+
+def load_task_file(path, task, build):
+    """``build(saved)`` on the object tree of a model file written by `fusedrnn train TASK
+    --save` (``fusedrnn.load``); a file of another task, or one whose entries do not build a
+    model, is a ValueError naming the file."""
+    from .. import io
+    saved = io.load(path)
+    if not isinstance(saved, dict) or saved.get("task") != task:
+        raise ValueError(f"{path}: not a model of `fusedrnn train {task}` (save one with "
+                         f"`fusedrnn train {task} --save {path}`)")
+    try:
+        return build(saved)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ValueError(f"{path}: a damaged `fusedrnn train {task}` model file "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def maybe_plot(path, panels, title=""):
+    """Draw ``panels`` [(subplot title, {label: (xs, ys)}, xlabel, ylabel, log_y)] to ``path``
+    with matplotlib (imported only here: it is an optional extra)."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (sub, curves, xlabel, ylabel, log_y) in zip(axes[0], panels):
         for label, (xs, ys) in curves.items():

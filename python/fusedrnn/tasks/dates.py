@@ -21,6 +21,8 @@ from ..data import dates as date_data
 from ..data.text import batches
 from ..nn.seq2seq import Seq2Seq
 from ..training import fit
+from .common import load_task_file, pyplot
+from ..cli_commands import fraction, positive_float, positive_int
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -68,16 +70,16 @@ def add_arguments(p):
     p.add_argument("--score", choices=["additive", "dot", "general"], default=None,
                    help="score function (default: additive for bahdanau, general for luong)")
     p.add_argument("--cell", choices=["lstm", "gru"], default=DEFAULTS["cell"])
-    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    p.add_argument("--embed", type=int, default=DEFAULTS["embed"])
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--train-size", type=int, default=DEFAULTS["train_size"])
-    p.add_argument("--test-size", type=int, default=DEFAULTS["test_size"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--teacher-forcing", type=float, default=1.0,
+    p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
+    p.add_argument("--embed", type=positive_int, default=DEFAULTS["embed"])
+    p.add_argument("--layers", type=positive_int, default=1)
+    p.add_argument("--train-size", type=positive_int, default=DEFAULTS["train_size"])
+    p.add_argument("--test-size", type=positive_int, default=DEFAULTS["test_size"])
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"])
+    p.add_argument("--teacher-forcing", type=fraction, default=1.0,
                    help="probability of feeding the true previous character")
-    p.add_argument("--beam", type=int, default=3, help="beam size for the beam-search metric")
+    p.add_argument("--beam", type=positive_int, default=3, help="beam size for the beam-search metric")
     p.set_defaults(epochs=DEFAULTS["epochs"])
 
 
@@ -112,12 +114,7 @@ def exact_match(model, pairs, beam=1, batch_size=500):
 def plot_attention(path, model, texts, title="", beam=1):
     """Attention maps of ``texts`` (one panel each): rows output characters, columns input
     characters. matplotlib is imported only here."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'fusedrnn[plot]'") from None
+    plt = pyplot()
     outs, res = translate(model, texts, beam)
     n = len(texts)
     cols = min(n, 2)
@@ -142,14 +139,12 @@ def plot_attention(path, model, texts, title="", beam=1):
 
 def load_model(path):
     """A Seq2Seq date translator from a file written by `fusedrnn train dates --save`."""
-    saved = io.load(path)
-    if not isinstance(saved, dict) or saved.get("task") != "dates":
-        raise ValueError(f"{path}: not a date translation model (save one with "
-                         f"`fusedrnn train dates --save {path}`)")
-    model = build_model(saved["config"])
-    model.load_state_dict(saved["model"])
-    model.eval()
-    return model
+    def build(saved):
+        model = build_model(saved["config"])
+        model.load_state_dict(saved["model"])
+        model.eval()
+        return model
+    return load_task_file(path, "dates", build)
 
 
 def train(model, train_pairs, test_pairs, args, progress=True, desc="dates"):

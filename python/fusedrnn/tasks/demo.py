@@ -1,64 +1,80 @@
-"""`fusedrnn demo`: the main job in under two minutes.
+"""`fusedrnn demo`: why fusedrnn exists, in under a minute.
 
-Trains the digits classifier (an LSTM reading 8x8 digits row by row, then a linear layer on its
-final state), reports held-out accuracy, then times one training step of the same model —
-forward, cross-entropy, BPTT, the head's gradients — with the fused kernels
-(``fusedrnn.functional``) and with the NumPy float64 reference (``fusedrnn.reference``, same
-signatures), and prints the throughput (training sequences per second) of each and their ratio.
+First it trains the digits classifier (an LSTM reading the shipped 8x8 digits row by row, then a
+linear layer on its final state) and reports held-out accuracy. Then it times one realistic
+layer, LSTM(128 -> 128) over 100 steps, at batch 1 (a server answering one request at a time)
+and batch 32 (training, batched inference), inference and one training step (forward + BPTT),
+against every peer that is installed -- PyTorch's ``torch.nn.LSTM`` and an ONNX Runtime LSTM
+node -- in this process, with the same weights, inputs and threads (outputs checked to agree;
+``fusedrnn.benchmark``). Without a peer for a row it times the NumPy float64 reference instead,
+and says how to add the peers. Speedup = peer ms / fusedrnn ms (> 1: fusedrnn is faster).
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-import numpy as np
-
-from .. import functional, get_num_threads, reference
-from ..nn import log_softmax
+from .. import benchmark, get_num_threads
+from ..cli_commands import positive_float, positive_int
 from . import digits
+
+# (label, B, T, I, H): the layer the demo times.
+SHAPES = [("LSTM B=1", 1, 100, 128, 128), ("LSTM B=32", 32, 100, 128, 128)]
+PEER_NAMES = {"torch": "PyTorch", "ort": "ONNX Runtime", "numpy_ref": "NumPy float64 reference"}
+PEER_INSTALL = {"torch": 'pip install "fusedrnn[torch]"', "ort": 'pip install "fusedrnn[onnx]"'}
 
 
 def add_arguments(p):
-    p.add_argument("--hidden", type=int, default=digits.DEFAULTS["hidden"])
-    p.add_argument("--batch-size", type=int, default=digits.DEFAULTS["batch_size"])
-    p.add_argument("--timing-seconds", type=float, default=2.0,
-                   help="how long to time each backend")
+    p.add_argument("--hidden", type=positive_int, default=digits.DEFAULTS["hidden"],
+                   help="hidden size of the digits classifier")
+    p.add_argument("--batch-size", type=positive_int, default=digits.DEFAULTS["batch_size"])
+    p.add_argument("--timing-seconds", type=positive_float, default=0.5,
+                   help="seconds of timing per contestant and row")
+    p.add_argument("--no-timing", action="store_true", help="train and report accuracy only")
     p.set_defaults(epochs=digits.DEFAULTS["epochs"])
 
 
-def _training_step(kernels, x, y, w):
-    """One forward + backward of LSTM + Linear + cross-entropy through ``kernels``."""
-    out, h, c, ctx = kernels.lstm_forward(x, None, None, w["w_ih"], w["w_hh"], w["b_ih"],
-                                          w["b_hh"], training=True)
-    logits = h @ w["W"].T + w["b"]
-    p = np.exp(log_softmax(logits))
-    p[np.arange(len(y)), y] -= 1
-    dlogits = p / len(y)
-    dW, db = dlogits.T @ h, dlogits.sum(0)
-    dh = dlogits @ w["W"]
-    grads = kernels.lstm_backward(ctx, np.zeros_like(out), dh, None)
-    return grads, dW, db
+def speed_table(budget, threads):
+    """Time SHAPES against the installed peers: a list of rows (fusedrnn.benchmark.bench_row
+    plus a label) and the peers that were missing."""
+    have = benchmark.installed_peers()
+    rows = []
+    for label, B, T, I, H in SHAPES:
+        for mode in ("infer", "train"):
+            # Training has one peer (PyTorch); ONNX Runtime runs inference only.
+            peers_here = have["torch"] or (mode == "infer" and have["ort"])
+            row = benchmark.bench_row("LSTM", mode, B, T, I, H, threads, budget, have,
+                                      reference=not peers_here)
+            rows.append(dict(row, label=label))
+    return rows, [k for k, v in have.items() if not v]
 
 
-def throughput(kernels, dtype, x, y, hidden, seconds, seed=0):
-    """Training sequences per second of ``kernels`` on x [T, N, I] (median-free: total work
-    over total time, after one warm-up step)."""
-    rng = np.random.default_rng(seed)
-    I, G = x.shape[2], 4 * hidden
-    b = 1 / np.sqrt(hidden)
-    w = {"w_ih": rng.uniform(-b, b, (G, I)), "w_hh": rng.uniform(-b, b, (G, hidden)),
-         "b_ih": rng.uniform(-b, b, G), "b_hh": rng.uniform(-b, b, G),
-         "W": rng.uniform(-b, b, (10, hidden)), "b": np.zeros(10)}
-    w = {k: v.astype(dtype) for k, v in w.items()}
-    x = x.astype(dtype)
-    _training_step(kernels, x, y, w)
-    steps, start = 0, time.perf_counter()
-    while True:
-        _training_step(kernels, x, y, w)
-        steps += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and steps >= 3:
-            return steps * x.shape[1] / elapsed
+def format_table(rows):
+    """The speed table as text lines: ms per call, then the speedups."""
+    peers = [k for k in ("torch", "ort", "numpy_ref") if any(r[f"{k}_ms"] for r in rows)]
+    head = (f"{'layer (T=100, I=H=128)':<24}{'mode':<7}{'fusedrnn ms':>12}"
+            + "".join(f"{PEER_NAMES[k] + ' ms':>{max(12, len(PEER_NAMES[k]) + 4)}}" for k in peers)
+            + "  speedup")
+    lines = [head]
+    for r in rows:
+        cells = "".join(f"{benchmark._fmt(r[f'{k}_ms'], max(12, len(PEER_NAMES[k]) + 4), 3)}"
+                        for k in peers)
+        speedups = ", ".join(f"{r[f'x_{k}']:.2f}x {PEER_NAMES[k]}" for k in peers if r[f"x_{k}"])
+        lines.append(f"{r['label']:<24}{r['mode']:<7}{r['ours_ms']:>12.3f}{cells}  {speedups}")
+    return lines
+
+
+def summary(metrics):
+    """What `fusedrnn demo` prints (without --json)."""
+    lines = [f"digits ({metrics['model']}): held-out accuracy {metrics['test_accuracy']:.3f} "
+             f"after {metrics['epochs']} epochs ({metrics['train_seconds']:.1f} s)"]
+    if metrics.get("speed"):
+        lines += ["", f"speed, ms per call (median; {metrics['threads']} threads, same weights "
+                      f"and inputs, outputs checked to agree):"]
+        lines += format_table(metrics["speed"])
+    for k in metrics.get("missing_peers", []):
+        lines.append(f"{PEER_NAMES[k]} is not installed; to compare with it: {PEER_INSTALL[k]}")
+    return lines
 
 
 def run(args, progress=True):
@@ -68,16 +84,13 @@ def run(args, progress=True):
                                     trainer="bptt", population=0, epochs=args.epochs,
                                     seed=args.seed, save=args.save, plot=args.plot)
     result = digits.run(train_args, progress)
-    x_train, y_train, _, _, _ = digits.load(train_args)
-    x, y = x_train[:, :args.batch_size], y_train[:args.batch_size]
-    fused32 = throughput(functional, np.float32, x, y, args.hidden, args.timing_seconds)
-    fused64 = throughput(functional, np.float64, x, y, args.hidden, args.timing_seconds)
-    ref64 = throughput(reference, np.float64, x, y, args.hidden, args.timing_seconds)
-    return {"task": "demo", "test_accuracy": result["test_accuracy"],
-            "train_seconds": result["seconds"], "epochs": args.epochs,
-            "threads": get_num_threads(),
-            "model": f"LSTM(8, {args.hidden}) + Linear({args.hidden}, 10), batch {args.batch_size}",
-            "throughput_seq_per_s": {"fusedrnn_float32": fused32, "fusedrnn_float64": fused64,
-                                     "numpy_reference_float64": ref64},
-            "speedup_vs_reference": {"float32": fused32 / ref64, "float64": fused64 / ref64},
-            "seconds": time.perf_counter() - start, "history": result["history"]}
+    metrics = {"task": "demo", "test_accuracy": result["test_accuracy"],
+               "train_seconds": result["seconds"], "epochs": args.epochs,
+               "threads": get_num_threads(),
+               "model": f"LSTM(8, {args.hidden}) + Linear({args.hidden}, 10)",
+               "history": result["history"]}
+    if not args.no_timing:
+        rows, missing = speed_table(args.timing_seconds, get_num_threads())
+        metrics.update(speed=rows, missing_peers=missing)
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics

@@ -1,7 +1,7 @@
 """`fusedrnn train digits`: many-to-one classification of handwritten digits read row by row.
 
-The default data are scikit-learn's bundled 8x8 digits (8 steps of 8 features, a seeded 80/20
-split); ``--data FOLDER`` reads MNIST IDX files instead (28 steps of 28). ``--trainer ga``
+The default data are the 8x8 digits shipped with the package (the UCI optical digits, CC BY
+4.0: 8 steps of 8 features, a seeded 80/20 split); ``--data FOLDER`` reads MNIST IDX files instead (28 steps of 28). ``--trainer ga``
 trains the same kind of model with the genetic algorithm instead of BPTT, for comparison.
 """
 from __future__ import annotations
@@ -14,20 +14,21 @@ from .. import data, io, optim
 from ..nn import CrossEntropyLoss
 from ..training import fit
 from .common import SequenceClassifier, accuracy, maybe_plot
+from ..cli_commands import positive_float, positive_int
 
 DEFAULTS = dict(epochs=25, hidden=128, lr=5e-3, batch_size=32, cell="lstm")
 
 
 def add_arguments(p):
-    p.add_argument("--data", help="folder with MNIST IDX files (default: scikit-learn's digits)")
-    p.add_argument("--limit", type=int, default=None, help="use only this many training images")
+    p.add_argument("--data", help="folder with MNIST IDX files (default: the shipped 8x8 digits)")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only this many training images")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=DEFAULTS["cell"])
-    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"])
     p.add_argument("--trainer", choices=["bptt", "ga"], default="bptt",
                    help="backpropagation through time (Adam) or the genetic algorithm")
-    p.add_argument("--population", type=int, default=40, help="GA population size")
+    p.add_argument("--population", type=positive_int, default=40, help="GA population size")
     p.set_defaults(epochs=DEFAULTS["epochs"])
 
 
@@ -39,7 +40,7 @@ def load(args):
         x_train, y_train, x_test, y_test = data.load_digits(seed=args.seed)
         if args.limit:
             x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-        name = "sklearn-digits"
+        name = "uci-digits-8x8"
     # time-major [T, N, I]
     return (np.ascontiguousarray(x_train.transpose(1, 0, 2)), y_train,
             np.ascontiguousarray(x_test.transpose(1, 0, 2)), y_test, name)

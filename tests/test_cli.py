@@ -1,0 +1,106 @@
+"""The `fusedrnn` command as a user meets it: every expected failure is one line,
+`fusedrnn: error: ...`, exit code 2 (never a traceback); --debug shows the traceback."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from fusedrnn.cli import main
+
+
+def error_of(capsys, *argv):
+    """Run the command in this process; return its one error line."""
+    assert main(list(argv)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fusedrnn: error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "digits", "--data", "/no/such/dir"], "/no/such/dir: no such folder"),
+    (["train", "digits", "--epochs", "0"], "--epochs: expected a positive integer, got '0'"),
+    (["train", "digits", "--lr", "fast"], "--lr: expected a positive number, got 'fast'"),
+    (["train", "digits", "--cell", "xyz"], "--cell: invalid choice: 'xyz'"),
+    (["train", "dates", "--teacher-forcing", "1.5"], "--teacher-forcing: expected a number from 0 to 1"),
+    (["train", "digits", "--seed", "-1"], "--seed: expected a non-negative integer"),
+    (["train", "digits", "--save", "/no/such/dir/m.npz"], "--save /no/such/dir/m.npz: the folder"),
+    (["train", "chars", "--data", "/no/such/file.txt"], "/no/such/file.txt: No such file"),
+    (["generate", "--model", "/no/such/model.npz"], "/no/such/model.npz: No such file"),
+    (["bench", "--shapes", "1,2"], "--shapes: expected B,T,I,H"),
+    (["bench", "--cells", "LSTM,XYZ", "--shapes", "1,2,3,4"], "--cells: expected names"),
+    (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+])
+def test_expected_failures_are_one_line(capsys, argv, expected):
+    assert expected in error_of(capsys, *argv)
+
+
+def test_unreadable_and_wrong_model_files(capsys, tmp_path):
+    text = tmp_path / "notes.npz"
+    text.write_text("not a model")
+    assert "not a zip archive" in error_of(capsys, "generate", "--model", str(text))
+    assert "Is a directory" in error_of(capsys, "translate", "--model", str(tmp_path), "May 3")
+    other = tmp_path / "other.npz"
+    fr.save({"task": "digits", "model": {}}, other)
+    assert "not a model of `fusedrnn train chars`" in error_of(capsys, "generate", "--model",
+                                                                 str(other))
+    damaged = tmp_path / "damaged.npz"
+    fr.save({"task": "chars", "config": {"cell": "lstm"}}, damaged)
+    assert "damaged `fusedrnn train chars` model" in error_of(capsys, "generate", "--model",
+                                                              str(damaged))
+
+
+def test_malformed_data_files(capsys, tmp_path):
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("just one column\n")
+    assert str(csv) in error_of(capsys, "train", "classify-text", "--data", str(csv))
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    (mnist / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00")
+    assert "IDX" in error_of(capsys, "train", "digits", "--data", str(mnist))
+
+
+def test_missing_optional_dependency_says_what_to_install(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    line = error_of(capsys, "train", "digits", "--plot", str(tmp_path / "curves.png"))
+    assert 'pip install "fusedrnn[plot]"' in line
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    from fusedrnn.cli import error_line
+    with pytest.raises(ImportError) as e:
+        import onnxruntime  # noqa: F401
+    assert 'pip install "fusedrnn[onnx]"' in error_line(e.value)
+
+
+def test_debug_shows_the_traceback(capsys):
+    with pytest.raises(FileNotFoundError):
+        main(["train", "digits", "--data", "/no/such/dir", "--debug"])
+
+
+def test_the_installed_command_exits_2_with_one_line():
+    """End to end, as a shell runs it: `python -m fusedrnn` (the same entry point as the
+    `fusedrnn` script)."""
+    p = subprocess.run([sys.executable, "-m", "fusedrnn", "train", "digits", "--data",
+                        "/no/such/dir"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()]
+    assert p.stderr.startswith("fusedrnn: error: /no/such/dir")
+
+
+def test_shipped_digits_are_the_uci_test_set():
+    images, labels = fr.data.digits.digits_images()
+    assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
+    assert images.max() == 16 and images.min() == 0
+    assert np.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    x_train, y_train, x_test, y_test = fr.data.load_digits(seed=0)
+    assert x_train.shape == (1438, 8, 8) and x_test.shape == (359, 8, 8)
+    assert 0 <= x_train.min() and x_train.max() == 1
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        return
+    d = load_digits()
+    np.testing.assert_array_equal(images, d.images)
+    np.testing.assert_array_equal(labels, d.target)
