@@ -144,7 +144,8 @@ PYBIND11_MODULE(_C_cuda, m) {
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
-      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"));
+      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"),
+      "One layer, one direction, on device pointers (see fusedrnn.cuda).");
   m.def(
       "recurrent_backward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
@@ -161,7 +162,8 @@ PYBIND11_MODULE(_C_cuda, m) {
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
-      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"));
+      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"),
+      "BPTT of recurrent_forward on device pointers (see fusedrnn.cuda).");
   m.def(
       "persistent_forward_fits",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,

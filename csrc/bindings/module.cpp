@@ -451,17 +451,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("recurrent_forward", &recurrent_forward, py::arg("cell"), py::arg("nonlinearity"),
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
-        py::arg("training"));
+        py::arg("training"),
+        "One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev).");
   m.def("recurrent_backward", &recurrent_backward, py::arg("cell"), py::arg("nonlinearity"),
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
-        py::arg("dc_n"));
+        py::arg("dc_n"),
+        "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh).");
   m.def("recurrent_forward_many", &recurrent_forward_many, py::arg("cell"),
-        py::arg("nonlinearity"), py::arg("calls"));
+        py::arg("nonlinearity"), py::arg("calls"),
+        "Independent recurrent_forward calls (argument tuples), side by side where it pays.");
   m.def("recurrent_forward_stack", &recurrent_forward_stack, py::arg("cell"),
-        py::arg("nonlinearity"), py::arg("calls"));
+        py::arg("nonlinearity"), py::arg("calls"),
+        "The layers of a stack (argument tuples; x of each after the first is None), as a "
+        "wavefront where it pays.");
   m.def("recurrent_backward_many", &recurrent_backward_many, py::arg("cell"),
-        py::arg("nonlinearity"), py::arg("calls"));
+        py::arg("nonlinearity"), py::arg("calls"),
+        "Independent recurrent_backward calls (argument tuples), side by side where it pays.");
   m.def("runs_side_by_side",
         [](const std::string& cell, const std::string& nonlinearity,
            const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>& shapes,
@@ -478,11 +484,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("stack") = false,
         "Whether calls of these (T, N, I, H) shapes run side by side, one thread each.");
   m.def("attention_forward", &attention_forward, py::arg("score"), py::arg("query"),
-        py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"));
+        py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"),
+        "One attention step: (context, weights, hidden).");
   m.def("attention_backward", &attention_backward, py::arg("score"), py::arg("query"),
         py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"), py::arg("hidden"),
-        py::arg("weights"), py::arg("dcontext"), py::arg("dweights"));
-  m.def("build_info", &build_info);
-  m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"));
-  m.def("get_num_threads", []() { return cpu::get_num_threads(); });
+        py::arg("weights"), py::arg("dcontext"), py::arg("dweights"),
+        "Gradients of attention_forward: (dquery, dkeys_proj, dvalues, dv).");
+  m.def("build_info", &build_info, "What this build holds: compiler, SIMD, kernels, BLAS, CUDA.");
+  m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"),
+        "Threads of the kernels' team.");
+  m.def("get_num_threads", []() { return cpu::get_num_threads(); },
+        "Threads of the kernels' team.");
 }

@@ -1,0 +1,52 @@
+"""
+fusedrnn kernels (see fusedrnn.functional for the documented API)
+"""
+from __future__ import annotations
+import collections.abc
+import numpy
+import typing
+__all__: list[str] = ['attention_backward', 'attention_forward', 'build_info', 'get_num_threads', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_num_threads']
+def attention_backward(score: str, query: numpy.ndarray, keys_proj: typing.Any, values: typing.Any, mask: typing.Any, v: typing.Any, hidden: typing.Any, weights: typing.Any, dcontext: typing.Any, dweights: typing.Any) -> tuple:
+    """
+    Gradients of attention_forward: (dquery, dkeys_proj, dvalues, dv).
+    """
+def attention_forward(score: str, query: numpy.ndarray, keys_proj: typing.Any, values: typing.Any, mask: typing.Any, v: typing.Any) -> tuple:
+    """
+    One attention step: (context, weights, hidden).
+    """
+def build_info() -> dict:
+    """
+    What this build holds: compiler, SIMD, kernels, BLAS, CUDA.
+    """
+def get_num_threads() -> int:
+    """
+    Threads of the kernels' team.
+    """
+def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any) -> tuple:
+    """
+    BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh).
+    """
+def recurrent_backward_many(cell: str, nonlinearity: str, calls: list) -> list:
+    """
+    Independent recurrent_backward calls (argument tuples), side by side where it pays.
+    """
+def recurrent_forward(cell: str, nonlinearity: str, x: numpy.ndarray, h0: typing.Any, c0: typing.Any, w_ih: typing.Any, w_hh: typing.Any, b_ih: typing.Any, b_hh: typing.Any, lengths: typing.Any, reverse: bool, training: bool) -> tuple:
+    """
+    One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev).
+    """
+def recurrent_forward_many(cell: str, nonlinearity: str, calls: list) -> list:
+    """
+    Independent recurrent_forward calls (argument tuples), side by side where it pays.
+    """
+def recurrent_forward_stack(cell: str, nonlinearity: str, calls: list) -> list:
+    """
+    The layers of a stack (argument tuples; x of each after the first is None), as a wavefront where it pays.
+    """
+def runs_side_by_side(cell: str, nonlinearity: str, shapes: collections.abc.Sequence[tuple[typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]], dtype: numpy.dtype[typing.Any], stack: bool = False) -> bool:
+    """
+    Whether calls of these (T, N, I, H) shapes run side by side, one thread each.
+    """
+def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    Threads of the kernels' team.
+    """
