@@ -21,4 +21,5 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
+    """Threads the kernels (and their BLAS calls) use now; see :func:`set_num_threads`."""
     return _C.get_num_threads()

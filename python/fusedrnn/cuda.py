@@ -91,6 +91,7 @@ def set_allow_tf32(allow: bool) -> None:
 
 
 def get_allow_tf32() -> bool:
+    """Whether float32 GEMMs may use TF32 tensor cores (see :func:`set_allow_tf32`)."""
     return _settings["allow_tf32"]
 
 
@@ -103,6 +104,8 @@ def set_algorithm(name: str) -> None:
 
 
 def get_algorithm() -> str:
+    """The time-loop algorithm in use: 'auto', 'stepwise' or 'persistent' (see
+    :func:`set_algorithm`)."""
     return _settings["algorithm"]
 
 

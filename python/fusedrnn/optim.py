@@ -69,6 +69,7 @@ class Optimizer:
         self.state = {}  # Parameter -> dict of arrays / numbers
 
     def zero_grad(self, set_to_none=True):
+        """Clear the gradient of every parameter in every group: None (default) or zeros."""
         for group in self.param_groups:
             for p in group["params"]:
                 p.zero_grad(set_to_none)
@@ -80,6 +81,8 @@ class Optimizer:
                     yield group, p, self.state.setdefault(p, {})
 
     def step(self):
+        """One update of every parameter whose ``grad`` is not None, from its group's
+        hyper-parameters and its state; parameters without a gradient are skipped."""
         for group, p, state in self._params_with_grad():
             self._update(group, p, p.grad, state)
 
@@ -310,20 +313,28 @@ class LRScheduler:
         self.last_epoch = 0
 
     def lr_at(self, base_lr, epoch):
+        """The learning rate at ``epoch`` of a group whose initial lr is ``base_lr`` (defined by
+        each schedule)."""
         raise NotImplementedError
 
     def step(self):
+        """Advance ``last_epoch`` by one and set each group's ``lr`` to ``lr_at(initial_lr,
+        last_epoch)``."""
         self.last_epoch += 1
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = self.lr_at(base, self.last_epoch)
 
     def get_last_lr(self):
+        """Each group's current ``lr`` (a list)."""
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self):
+        """``{"last_epoch": int, "base_lrs": [float, ...]}``."""
         return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state_dict):
+        """Restore ``last_epoch`` and ``base_lrs`` from :meth:`state_dict` (the groups' ``lr`` is
+        set at the next :meth:`step`)."""
         self.last_epoch = int(state_dict["last_epoch"])
         self.base_lrs = [float(b) for b in state_dict["base_lrs"]]
 
@@ -339,6 +350,7 @@ class StepLR(LRScheduler):
         super().__init__(optimizer)
 
     def lr_at(self, base_lr, epoch):
+        """``base_lr * gamma ** (epoch // step_size)``."""
         return base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -352,6 +364,7 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer)
 
     def lr_at(self, base_lr, epoch):
+        """``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
 

@@ -97,6 +97,7 @@ class CharVocab:
         return np.array(ids, dtype=np.int64)
 
     def decode(self, ids):
+        """The string of the characters with these ids (the inverse of :meth:`encode`)."""
         return "".join(self.chars[int(i)] for i in ids)
 
 

@@ -137,6 +137,7 @@ class AttentionBase(Module):
 
     @property
     def memory_mask(self):
+        """The [N, S] bool mask of the memory set last (True at real positions), or None."""
         return None if self._memory is None else self._memory["mask"]
 
     def forward(self, query):
@@ -237,6 +238,7 @@ class BahdanauAttention(AttentionBase):
                                           @ queries.reshape(-1, self.query_size))
 
     def extra_repr(self):
+        """``query_size=..., key_size=..., attention_size=...``."""
         return f"query_size={self.query_size}, key_size={self.key_size}, " \
                f"attention_size={self.attention_size}"
 
@@ -271,6 +273,7 @@ class LuongAttention(AttentionBase):
         return dkeys_proj @ self.weight.data
 
     def extra_repr(self):
+        """``query_size=..., key_size=..., score=...``."""
         return f"query_size={self.query_size}, key_size={self.key_size}, score={self.score!r}"
 
 

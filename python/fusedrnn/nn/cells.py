@@ -16,6 +16,7 @@ steps in reverse order, as BPTT does.
 from __future__ import annotations
 
 import math
+import string
 
 import numpy as np
 
@@ -26,7 +27,111 @@ from .module import Module, Parameter
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
 
 
+# ---------------------------------------------------------------------------- docstrings
+# The docstrings of RNNCell, LSTMCell and GRUCell: one template (the text the three share), filled
+# per class with string.Template ($name), so the equations keep their braces.
+_CELL_DOC = string.Template("""\
+$summary
+
+torch.nn.$name's constructor, parameter names, shapes and gate order, on NumPy arrays.
+Each call is one time step: one fused C++ kernel call on a sequence of length 1.
+
+Each call computes::
+
+$equations
+
+where x is the input, h the hidden state before the step and h' the one after it$where
+
+Args:
+    input_size: The number of expected features in the input x.
+    hidden_size: The number of features in the hidden state h.
+    bias: If False, the cell has no bias weights b_ih and b_hh. Default: True
+$nonlinearity_arg\
+    dtype: (keyword-only) numpy.float32 or numpy.float64: the parameters' dtype, which every
+        input array must have. Default: numpy.float32
+    seed: (keyword-only) Seed of the numpy.random.Generator that draws the initial
+        parameters; None for fresh entropy. Default: None
+
+Inputs: input, $hx_name
+    ``cell(input, hx=None)`` (the same as ``cell.forward(...)``), on NumPy arrays of the cell's
+    dtype.
+
+    * **input**: [N, I], or [I] for unbatched input.
+$hx_input
+
+    where N = batch size, I = input_size and H = hidden_size.
+
+Outputs: $out_name
+$outputs
+
+Backward:
+    ``cell.backward($backward_args)`` back-propagates the latest training-mode step that has not
+    been back-propagated yet. Every call in training mode (the default) pushes its step on a
+    stack (``pending_steps`` counts them) and every backward pops one, so the backward calls of
+    a sequence run in reverse step order, as BPTT does: add the returned gradient of the
+    previous state into the gradient of the previous step's output before its backward. A call
+    in eval mode pushes nothing; ``clear_steps()`` drops steps whose backward will not run.
+
+$backward_inputs
+
+    Returns $backward_returns: the gradients of ``input`` and of the state before
+    the step, shaped like them. The parameter gradients are added (+=) into each parameter's
+    ``grad`` (None before the first backward).
+
+Attributes:
+    weight_ih: The learnable input-hidden weights, [$GH, I].
+    weight_hh: The learnable hidden-hidden weights, [$GH, H].
+    bias_ih: The learnable input-hidden bias, [$GH] (None with bias=False).
+    bias_hh: The learnable hidden-hidden bias, [$GH] (None with bias=False).
+
+$gate_layout\
+    Each is a ``fusedrnn.nn.Parameter``: ``.data`` holds the array, ``.grad`` its gradient.
+    Every weight and bias is initialised from uniform(-1/sqrt(H), 1/sqrt(H)), drawn from the
+    Generator of ``seed``.
+
+Examples:
+$example
+""")
+
+
+def _cell_doc(name, gates, **fields):
+    """The docstring of RNNCell, LSTMCell or GRUCell: ``_CELL_DOC`` filled with ``fields``;
+    ``gates`` (the gate letters in their stacking order, "" for the RNN cell) gives the weights'
+    shapes and layout."""
+    G = max(len(gates), 1)
+
+    def blocks(prefix):
+        return "[" + "|".join(prefix + g for g in gates) + "]"
+
+    layout = ""
+    if gates:
+        layout = (f"    The gates' blocks are stacked in the order {', '.join(gates)}: "
+                  f"weight_ih is {blocks('W_i')},\n    weight_hh {blocks('W_h')}, "
+                  f"bias_ih {blocks('b_i')}\n    and bias_hh {blocks('b_h')}.\n")
+    return _CELL_DOC.substitute(name=name, GH="H" if G == 1 else f"{G}*H", gate_layout=layout,
+                                **fields)
+
+
+_H_STATE = dict(  # the fields of RNNCell and GRUCell, whose state is h alone
+    hx_name="hx",
+    hx_input="""\
+    * **hx**: None (zeros), or the hidden state h: [N, H] ([H] for unbatched input).
+      Default: None""",
+    out_name="h'",
+    outputs="""\
+    * **h'**: [N, H] ([H] for unbatched input): the hidden state after the step.""",
+    backward_args="dh",
+    backward_inputs="""\
+    * **dh**: the gradient of ``h'``, shaped like it (the loss's gradient at this step plus
+      the ``dh_prev`` returned by the next step's backward).""",
+    backward_returns="``(dx, dh_prev)``",
+)
+
+
 class RNNCellBase(Module):
+    """What RNNCell, LSTMCell and GRUCell share: the parameters, the input checks and the stack of
+    training-mode steps waiting for their backward."""
+
     _cell = None
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
@@ -117,6 +222,7 @@ class RNNCellBase(Module):
         return self._state(d, name, N, batched)
 
     def extra_repr(self):
+        """``input_size, hidden_size`` and the arguments that differ from their defaults."""
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
@@ -134,11 +240,38 @@ class RNNCellBase(Module):
 
 
 class RNNCell(RNNCellBase):
-    """``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act tanh or relu."""
+    __doc__ = _cell_doc(
+        "RNNCell", "", summary="An Elman RNN cell with tanh or ReLU non-linearity.",
+        equations="    h' = tanh(W_ih x + b_ih + W_hh h + b_hh)",
+        where=""".
+With nonlinearity='relu', ReLU is used instead of tanh.""",
+        nonlinearity_arg="""\
+    nonlinearity: The non-linearity to use, 'tanh' or 'relu'. Default: 'tanh'
+""",
+        example="""\
+    >>> import numpy as np, fusedrnn as fr
+    >>> cell = fr.nn.RNNCell(10, 20, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((6, 3, 10)).astype(np.float32)
+    >>> h = np.zeros((3, 20), np.float32)
+    >>> outputs = []
+    >>> for t in range(6):
+    ...     h = cell(x[t], h)
+    ...     outputs.append(h)
+    >>> outputs[-1].shape, cell.pending_steps
+    ((3, 20), 6)
+    >>> dloss = np.ones((3, 20), np.float32)  # the loss: the sum of every output
+    >>> dh_prev = np.zeros((3, 20), np.float32)
+    >>> for t in reversed(range(6)):
+    ...     dx, dh_prev = cell.backward(dloss + dh_prev)
+    >>> dx.shape, dh_prev.shape, cell.pending_steps, cell.weight_ih.grad.shape
+    ((3, 10), (3, 20), 0, (20, 10))""",
+        **_H_STATE)
 
     _cell = "rnn"
 
     def forward(self, input, hx=None):
+        """input [N, I] (or [I]), hx [N, H] (or [H]) or None for zeros -> h' [N, H] (or [H]); a
+        training-mode step is pushed for backward."""
         x, batched = self._input(input)
         h0 = self._state(hx, "hx", x.shape[0], batched)
         _, h, ctx = F.rnn_forward(x[None], h0, *self._weights(), nonlinearity=self.nonlinearity,
@@ -152,7 +285,30 @@ class RNNCell(RNNCellBase):
 
 
 class GRUCell(RNNCellBase):
-    """GRU step with gates r, z, n: ``h' = (1 - z) * n + z * h``."""
+    __doc__ = _cell_doc(
+        "GRUCell", "rzn", summary="A gated recurrent unit (GRU) cell.",
+        equations="""\
+    r = sigma(W_ir x + b_ir + W_hr h + b_hr)
+    z = sigma(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    h' = (1 - z) * n + z * h""",
+        where=""";
+r, z, n are the reset, update and new gates; sigma is the sigmoid function and * is the
+elementwise product.""",
+        nonlinearity_arg="",
+        example="""\
+    >>> import numpy as np, fusedrnn as fr
+    >>> cell = fr.nn.GRUCell(10, 20, seed=0)
+    >>> x = np.ones(10, np.float32)  # unbatched: input [I], state [H]
+    >>> h = cell(x)
+    >>> h = cell(x, h)
+    >>> h.shape, cell.pending_steps
+    ((20,), 2)
+    >>> dx, dh_prev = cell.backward(np.ones_like(h))  # the second step
+    >>> dx, dh_prev = cell.backward(dh_prev)          # the first step
+    >>> dx.shape, dh_prev.shape, cell.weight_hh.grad.shape
+    ((10,), (20,), (60, 20))""",
+        **_H_STATE)
 
     _cell = "gru"
 
@@ -160,6 +316,8 @@ class GRUCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed)
 
     def forward(self, input, hx=None):
+        """input [N, I] (or [I]), hx [N, H] (or [H]) or None for zeros -> h' [N, H] (or [H]); a
+        training-mode step is pushed for backward."""
         x, batched = self._input(input)
         h0 = self._state(hx, "hx", x.shape[0], batched)
         _, h, ctx = F.gru_forward(x[None], h0, *self._weights(), training=self.training)
@@ -172,7 +330,52 @@ class GRUCell(RNNCellBase):
 
 
 class LSTMCell(RNNCellBase):
-    """LSTM step with gates i, f, g, o; the state is a tuple ``(h, c)``."""
+    __doc__ = _cell_doc(
+        "LSTMCell", "ifgo", summary="A long short-term memory (LSTM) cell.",
+        equations="""\
+    i = sigma(W_ii x + b_ii + W_hi h + b_hi)
+    f = sigma(W_if x + b_if + W_hf h + b_hf)
+    g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+    o = sigma(W_io x + b_io + W_ho h + b_ho)
+    c' = f * c + i * g
+    h' = o * tanh(c')""",
+        where="""; c is the cell
+state before the step and c' the one after it; i, f, g, o are the input, forget, cell and output
+gates; sigma is the sigmoid function and * is the elementwise product.""",
+        nonlinearity_arg="",
+        hx_name="hx = (h, c)",
+        hx_input="""\
+    * **hx**: None (zeros), or a tuple (h, c) of the hidden and cell states, each [N, H] ([H]
+      for unbatched input) or None (zeros). Default: None""",
+        out_name="(h', c')",
+        outputs="""\
+    * **h'**: [N, H] ([H] for unbatched input): the hidden state after the step.
+    * **c'**: [N, H] ([H] for unbatched input): the cell state after the step.""",
+        backward_args="dh, dc=None",
+        backward_inputs="""\
+    * **dh**: the gradient of ``h'``, shaped like it (the loss's gradient at this step plus
+      the ``dh_prev`` returned by the next step's backward).
+    * **dc**: the gradient of ``c'`` (the ``dc_prev`` returned by the next step's backward),
+      shaped like it, or None (zeros). Default: None""",
+        backward_returns="``(dx, (dh_prev, dc_prev))``",
+        example="""\
+    >>> import numpy as np, fusedrnn as fr
+    >>> cell = fr.nn.LSTMCell(10, 20, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((6, 3, 10)).astype(np.float32)
+    >>> h = np.zeros((3, 20), np.float32)
+    >>> c = np.zeros((3, 20), np.float32)
+    >>> outputs = []
+    >>> for t in range(6):
+    ...     h, c = cell(x[t], (h, c))
+    ...     outputs.append(h)
+    >>> outputs[-1].shape, c.shape, cell.pending_steps
+    ((3, 20), (3, 20), 6)
+    >>> dloss = np.ones((3, 20), np.float32)  # the loss: the sum of every output
+    >>> dh_prev, dc_prev = np.zeros((3, 20), np.float32), None
+    >>> for t in reversed(range(6)):
+    ...     dx, (dh_prev, dc_prev) = cell.backward(dloss + dh_prev, dc_prev)
+    >>> dx.shape, dc_prev.shape, cell.pending_steps, cell.weight_ih.grad.shape
+    ((3, 10), (3, 20), 0, (80, 10))""")
 
     _cell = "lstm"
 

@@ -41,9 +41,11 @@ class Identity(Module):
     """Returns its input; backward returns its gradient."""
 
     def forward(self, x):
+        """Returns ``x`` itself."""
         return x
 
     def backward(self, dout):
+        """Returns ``dout`` itself."""
         return dout
 
 
@@ -67,6 +69,8 @@ class Linear(Module):
         self._x = None
 
     def forward(self, x):
+        """x [..., in_features] (the layer's dtype) -> y [..., out_features]; saves ``x`` in
+        training mode."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
         if x.dtype != self.dtype:
@@ -81,6 +85,8 @@ class Linear(Module):
         return y
 
     def backward(self, dout):
+        """dout [..., out_features] -> dx [..., in_features]; adds into ``weight.grad`` and
+        ``bias.grad``."""
         x = self._x
         if x is None:
             raise _no_saved(self)
@@ -96,6 +102,7 @@ class Linear(Module):
         return dout @ self.weight.data
 
     def extra_repr(self):
+        """``in_features=..., out_features=..., bias=...``."""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
 
@@ -126,6 +133,8 @@ class Embedding(Module):
         self._indices = None
 
     def forward(self, indices):
+        """indices [...] (integers in [0, num_embeddings)) -> the rows ``weight[indices]``
+        [..., embedding_dim]; saves the indices in training mode."""
         indices = np.asarray(indices)
         if indices.dtype.kind not in "iu":
             raise TypeError(f"indices: expected an integer array, got dtype {indices.dtype}")
@@ -153,6 +162,7 @@ class Embedding(Module):
         return None
 
     def extra_repr(self):
+        """``num_embeddings, embedding_dim`` (and ``padding_idx`` when set)."""
         s = f"{self.num_embeddings}, {self.embedding_dim}"
         return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
 
@@ -170,6 +180,8 @@ class Dropout(Module):
         self._mask = None
 
     def forward(self, x):
+        """``x * mask`` in training mode (a fresh mask of 0 and 1/(1-p), drawn from the layer's
+        Generator); ``x`` itself in eval mode or with p = 0."""
         if not self.training or self.p == 0.0:
             self._mask = 1.0 if self.training else None
             return x
@@ -182,11 +194,13 @@ class Dropout(Module):
         return x * mask
 
     def backward(self, dout):
+        """``dout * mask`` with the latest training-mode forward's mask."""
         if self._mask is None:
             raise _no_saved(self)
         return dout * self._mask
 
     def extra_repr(self):
+        """``p=...``."""
         return f"p={self.p}"
 
 
@@ -211,11 +225,14 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
+        """Feeds ``x`` through every module in order; returns the last one's output."""
         for m in self._modules.values():
             x = m(x)
         return x
 
     def backward(self, dout):
+        """Calls every module's ``backward`` in reverse order, each on the previous one's result;
+        returns the first module's input gradient."""
         for m in reversed(list(self._modules.values())):
             dout = m.backward(dout)
         return dout

@@ -27,6 +27,8 @@ def log_softmax(logits, axis=-1):
 
 
 def softmax(logits, axis=-1):
+    """softmax along ``axis`` (probabilities summing to 1), shifted by the maximum so no
+    exponent overflows."""
     shifted = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=axis, keepdims=True)
@@ -51,6 +53,9 @@ class CrossEntropyLoss(Module):
         self._saved = None
 
     def forward(self, logits, target):
+        """logits [..., C] (floating), target [...] (class indices or ``ignore_index``) -> the
+        loss: a float ("mean", "sum") or an array shaped like target ("none"). Saves what
+        backward needs (in every mode)."""
         if not isinstance(logits, np.ndarray) or logits.dtype.kind != "f":
             raise TypeError(f"logits: expected a floating numpy.ndarray, got "
                             f"{getattr(logits, 'dtype', type(logits).__name__)}")
@@ -99,6 +104,7 @@ class CrossEntropyLoss(Module):
         return (d * scale).astype(dtype, copy=False)
 
     def extra_repr(self):
+        """``ignore_index=..., reduction=...``."""
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
 
 
@@ -111,6 +117,8 @@ class MSELoss(Module):
         self._diff = None
 
     def forward(self, input, target):
+        """input and target of one shape -> the loss: a float ("mean", "sum") or the
+        elementwise array ("none"). Saves ``input - target`` for backward (in every mode)."""
         input = np.asarray(input)
         target = np.asarray(target)
         if input.shape != target.shape:
@@ -125,6 +133,8 @@ class MSELoss(Module):
         return total if self.reduction == "sum" else total / max(sq.size, 1)
 
     def backward(self, grad=1.0):
+        """Gradient with respect to ``input``: ``2 * (input - target)`` scaled by ``grad`` (and by
+        1/size for "mean"; ``grad`` is an array shaped like input for "none")."""
         if self._diff is None:
             raise RuntimeError("MSELoss.backward called before forward")
         diff = self._diff
@@ -134,4 +144,5 @@ class MSELoss(Module):
         return (diff * diff.dtype.type(scale)).astype(diff.dtype, copy=False)
 
     def extra_repr(self):
+        """``reduction=...``."""
         return f"reduction={self.reduction!r}"

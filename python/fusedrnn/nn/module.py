@@ -77,7 +77,9 @@ IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_k
 class Parameter:
     """A trainable array: ``data`` (the values) and ``grad`` (None until a backward)."""
 
-    __slots__ = ("data", "grad")
+    __slots__ = {"data": "The values: a NumPy array (device 'cpu') or a CuPy array ('cuda').",
+                 "grad": "The accumulated gradient, shaped like ``data``; None until the first "
+                         "backward (and after ``zero_grad()``)."}
 
     def __init__(self, data):
         if not isinstance(data, np.ndarray) and not is_device_array(data):
@@ -102,10 +104,12 @@ class Parameter:
 
     @property
     def shape(self):
+        """``data.shape``."""
         return self.data.shape
 
     @property
     def dtype(self):
+        """``data.dtype``."""
         return self.data.dtype
 
     def accumulate_grad(self, grad):
@@ -122,6 +126,8 @@ class Parameter:
             self.grad += grad
 
     def zero_grad(self, set_to_none=True):
+        """Clear ``grad``: set it to None (default, as in PyTorch) or, with
+        ``set_to_none=False``, fill an existing gradient with zeros."""
         if set_to_none or self.grad is None:
             self.grad = None
         else:
@@ -200,26 +206,35 @@ class Module:
             object.__delattr__(self, name)
 
     def register_parameter(self, name, param):
+        """Register ``param`` (a Parameter, or None for an absent one such as ``bias=False``)
+        under ``name``; the same as assigning it to the attribute."""
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"{name}: expected a Parameter or None, got {type(param).__name__}")
         self._parameters[name] = param
 
     def add_module(self, name, module):
+        """Register ``module`` (a Module, or None) as the submodule ``name``; the same as
+        assigning it to the attribute."""
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{name}: expected a Module or None, got {type(module).__name__}")
         self._modules[name] = module
 
     # ------------------------------------------------------------------ traversal
     def named_children(self) -> Iterator[Tuple[str, "Module"]]:
+        """(name, module) pairs of the direct submodules in registration order (None ones
+        skipped)."""
         for name, m in self._modules.items():
             if m is not None:
                 yield name, m
 
     def children(self) -> Iterator["Module"]:
+        """The direct submodules in registration order."""
         for _, m in self.named_children():
             yield m
 
     def named_modules(self, prefix=""):
+        """(dotted name, module) pairs of this module (named ``prefix``) and every submodule,
+        depth first; a module reachable twice is listed once."""
         seen = set()
 
         def walk(module, pre):
@@ -233,6 +248,7 @@ class Module:
         yield from walk(self, prefix)
 
     def modules(self):
+        """This module and every submodule, depth first, each once."""
         for _, m in self.named_modules():
             yield m
 
@@ -248,6 +264,7 @@ class Module:
                 yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
 
     def parameters(self, recurse=True) -> Iterator[Parameter]:
+        """The Parameters of ``named_parameters`` (with ``recurse=False``: this module's own)."""
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
@@ -327,9 +344,11 @@ class Module:
         return self
 
     def cuda(self):
+        """``self.to("cuda")``."""
         return self.to("cuda")
 
     def cpu(self):
+        """``self.to("cpu")``."""
         return self.to("cpu")
 
     # ------------------------------------------------------------------ modes and grads
@@ -342,6 +361,8 @@ class Module:
         return self
 
     def eval(self):
+        """``self.train(False)``: inference mode (forward saves nothing, dropout is off); returns
+        self."""
         return self.train(False)
 
     def zero_grad(self, set_to_none=True):
@@ -351,15 +372,20 @@ class Module:
 
     # ------------------------------------------------------------------ calling
     def forward(self, *args, **kwargs):
+        """The computation, defined by every layer (``module(...)`` calls it); in training mode it
+        saves what ``backward`` needs. Raises NotImplementedError here."""
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def backward(self, *args, **kwargs):
+        """Gradients for the latest training-mode forward: returns the input gradient(s) and adds
+        into each parameter's ``grad``. Defined by every layer; raises NotImplementedError here."""
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
     def extra_repr(self) -> str:
+        """The text inside the parentheses of ``repr(module)`` (the constructor arguments); "" here."""
         return ""
 
     def __repr__(self):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import string
 import warnings
 
 import numpy as np
@@ -139,6 +140,7 @@ class RNNBase(Module):
 
     @property
     def num_directions(self):
+        """2 for a bidirectional layer, else 1."""
         return 2 if self.bidirectional else 1
 
     def reset_parameters(self, seed=None):
@@ -167,6 +169,7 @@ class RNNBase(Module):
         return [None if n is None else self._parameters[n] for n in names]
 
     def extra_repr(self):
+        """``input_size, hidden_size`` and the arguments that differ from their defaults."""
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
@@ -398,8 +401,154 @@ class RNNBase(Module):
         return dx, dh0
 
 
+# ---------------------------------------------------------------------------- docstrings
+# The docstrings of RNN, LSTM and GRU: one template (the text the three share), filled per class
+# with string.Template ($name), so the equations keep their braces.
+_LAYER_DOC = string.Template("""\
+Applies a multi-layer $title to an input sequence.
+
+torch.nn.$name's constructor, parameter names, shapes, gate order and outputs, on NumPy arrays.
+Each layer and direction runs over the whole sequence in one fused C++ (or CUDA) kernel call
+(a unidirectional stack may run all its layers in one call).
+
+For each element in the input sequence, each layer computes::
+
+$equations
+
+where h_t is the hidden state at time t, x_t is the input at time t and h_{t-1} is the hidden
+state of the layer at time t-1 or the initial hidden state at time 0.
+$where
+
+In a multi-layer $name, the input x_t of layer l (l >= 1) is the output h_t of layer l-1,
+multiplied in training mode by a dropout mask that is 0 with probability ``dropout`` and
+1/(1 - dropout) otherwise.
+
+Args:
+    input_size: The number of expected features in the input x.
+    hidden_size: The number of features in the hidden state h.
+    num_layers: Number of recurrent layers stacked on each other. Default: 1
+$nonlinearity_arg\
+    bias: If False, the layer has no bias weights b_ih and b_hh. Default: True
+    batch_first: If True, the input and output are [N, T, feature] instead of [T, N, feature]
+        (the states keep their layout [L*D, N, H]). Default: False
+    dropout: If non-zero, applies inverted dropout with this probability to the outputs of
+        every layer except the last, in training mode only (a UserWarning with num_layers=1).
+        Default: 0.0
+    bidirectional: If True, becomes a bidirectional $name. Default: False
+    dtype: (keyword-only) numpy.float32 or numpy.float64: the parameters' dtype, which every
+        input array must have. Default: numpy.float32
+    seed: (keyword-only) Seed of the layer's own numpy.random.Generator, which draws the
+        initial parameters and the dropout masks (see ``manual_seed``, ``reset_parameters``);
+        None for fresh entropy. Default: None
+    device: (keyword-only) 'cpu' (NumPy arrays, the C++ kernels) or 'cuda' (the parameters
+        are CuPy arrays, the layer takes and returns CuPy arrays and runs the CUDA kernels;
+        needs the CUDA build and CuPy). Default: 'cpu'
+
+Inputs: input, $hx_name, lengths
+    ``layer(input, hx=None, lengths=None)`` (the same as ``layer.forward(...)``).
+
+    * **input**: [T, N, I] with batch_first=False, [N, T, I] with batch_first=True, or [T, I]
+      for unbatched input; an array of the layer's dtype.
+$hx_input
+    * **lengths**: None, or [N] integers in [0, T] (a list or an integer array): each sample's
+      true length, the semantics of a packed sequence without packing. Outputs past a
+      sample's length are 0 and its final state is the one after its own last step (the
+      reverse direction starts there). Default: None (every sample has length T)
+
+    where T = sequence length, N = batch size, I = input_size, H = hidden_size,
+    L = num_layers and D = 2 if bidirectional else 1.
+
+Outputs: output, $hn_name
+    * **output**: [T, N, D*H] with batch_first=False, [N, T, D*H] with batch_first=True, or
+      [T, D*H] for unbatched input: the output features h_t of the last layer for every t.
+      With bidirectional=True, output[..., :H] is the forward direction and output[..., H:]
+      the reverse one.
+$hn_output
+
+Backward:
+    ``layer.backward(dout, dhx=None)`` runs backpropagation through time for the latest
+    training-mode forward (the default mode; after ``layer.eval()`` forward saves nothing
+    and backward raises RuntimeError).
+
+    * **dout**: the gradient of ``output``, shaped like it.
+$dhx_input
+
+    Returns $backward_returns: the gradients of ``input`` and of the initial state, shaped
+    like them (the gradient of an initial state that was not given is zeros). The parameter
+    gradients are added (+=) into each parameter's ``grad`` (None before the first backward):
+    clear them between steps with ``layer.zero_grad()`` or the optimizer's ``zero_grad()``.
+
+Attributes:
+    weight_ih_l[k]: The learnable input-hidden weights of layer k, [$GH, I] for k = 0,
+        else [$GH, D*H].
+    weight_hh_l[k]: The learnable hidden-hidden weights of layer k, [$GH, H].
+    bias_ih_l[k]: The learnable input-hidden bias of layer k, [$GH].
+    bias_hh_l[k]: The learnable hidden-hidden bias of layer k, [$GH].
+    weight_ih_l[k]_reverse, weight_hh_l[k]_reverse, bias_ih_l[k]_reverse,
+    bias_hh_l[k]_reverse: The same for the reverse direction (bidirectional=True only).
+
+$gate_layout\
+    Each is a ``fusedrnn.nn.Parameter``: ``.data`` holds the array, ``.grad`` its gradient.
+    The biases are absent with bias=False. Every weight and bias is initialised from
+    uniform(-1/sqrt(H), 1/sqrt(H)), drawn from the layer's Generator (``seed``).
+
+Examples:
+$example
+""")
+
+
+def _layer_doc(name, gates, **fields):
+    """The docstring of RNN, LSTM or GRU: ``_LAYER_DOC`` filled with ``fields``; ``gates`` (the
+    gate letters in their stacking order, "" for the RNN) gives the weights' shapes and layout."""
+    G = max(len(gates), 1)
+
+    def blocks(prefix):
+        return "[" + "|".join(prefix + g for g in gates) + "]"
+
+    layout = ""
+    if gates:
+        layout = (f"    The gates' blocks are stacked in the order {', '.join(gates)}: "
+                  f"weight_ih_l[k] is\n    {blocks('W_i')}, weight_hh_l[k] {blocks('W_h')}, "
+                  f"bias_ih_l[k]\n    {blocks('b_i')} and bias_hh_l[k] {blocks('b_h')}.\n")
+    return _LAYER_DOC.substitute(name=name, GH="H" if G == 1 else f"{G}*H", gate_layout=layout,
+                                 **fields)
+
+
+_H_STATE = dict(  # the fields of RNN and GRU, whose state is h alone
+    hx_name="hx",
+    hx_input="""\
+    * **hx**: None (zeros), or the initial hidden state [L*D, N, H] ([L*D, H] for unbatched
+      input) of every layer and direction, index k = layer*D + direction. Default: None""",
+    hn_name="h_n",
+    hn_output="""\
+    * **h_n**: [L*D, N, H] ([L*D, H] for unbatched input): the final hidden state of every
+      layer and direction, index k = layer*D + direction.""",
+    dhx_input="""\
+    * **dhx**: the gradient of ``h_n``, shaped like it, or None (zeros). Default: None""",
+    backward_returns="``(dx, dh0)``",
+)
+
+
 class RNN(RNNBase):
-    """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with act tanh or relu."""
+    __doc__ = _layer_doc(
+        "RNN", "", title="Elman RNN with tanh or ReLU non-linearity",
+        equations="    h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)",
+        where="With nonlinearity='relu', ReLU is used instead of tanh.",
+        nonlinearity_arg="""\
+    nonlinearity: The non-linearity to use, 'tanh' or 'relu'. Default: 'tanh'
+""",
+        example="""\
+    >>> import numpy as np, fusedrnn as fr
+    >>> rnn = fr.nn.RNN(10, 20, num_layers=2, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((5, 3, 10)).astype(np.float32)
+    >>> h0 = np.zeros((2, 3, 20), np.float32)
+    >>> output, hn = rnn(x, h0)
+    >>> output.shape, hn.shape
+    ((5, 3, 20), (2, 3, 20))
+    >>> dx, dh0 = rnn.backward(np.ones_like(output))
+    >>> dx.shape, dh0.shape, rnn.weight_ih_l0.grad.shape
+    ((5, 3, 10), (2, 3, 20), (20, 10))""",
+        **_H_STATE)
 
     _cell = "rnn"
 
@@ -412,7 +561,46 @@ class RNN(RNNBase):
 
 
 class LSTM(RNNBase):
-    """LSTM with PyTorch's gate order i, f, g, o; the state is a tuple (h, c)."""
+    __doc__ = _layer_doc(
+        "LSTM", "ifgo", title="long short-term memory (LSTM) RNN",
+        equations="""\
+    i_t = sigma(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)
+    f_t = sigma(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
+    g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+    o_t = sigma(W_io x_t + b_io + W_ho h_{t-1} + b_ho)
+    c_t = f_t * c_{t-1} + i_t * g_t
+    h_t = o_t * tanh(c_t)""",
+        where="""\
+c_t is the cell state at time t; i_t, f_t, g_t, o_t are the input, forget, cell and output
+gates; sigma is the sigmoid function and * is the elementwise product.""",
+        nonlinearity_arg="",
+        hx_name="hx = (h_0, c_0)",
+        hx_input="""\
+    * **hx**: None (zeros), or a tuple (h_0, c_0) of the initial hidden and cell states of
+      every layer and direction, each [L*D, N, H] ([L*D, H] for unbatched input) or None
+      (zeros), index k = layer*D + direction. Default: None""",
+        hn_name="(h_n, c_n)",
+        hn_output="""\
+    * **h_n**: [L*D, N, H] ([L*D, H] for unbatched input): the final hidden state of every
+      layer and direction, index k = layer*D + direction.
+    * **c_n**: [L*D, N, H] ([L*D, H] for unbatched input): the final cell state of every
+      layer and direction.""",
+        dhx_input="""\
+    * **dhx**: None, or a tuple (dh_n, dc_n): the gradients of ``h_n`` and ``c_n``, shaped
+      like them, either of them None (zeros). Default: None""",
+        backward_returns="``(dx, (dh0, dc0))``",
+        example="""\
+    >>> import numpy as np, fusedrnn as fr
+    >>> rnn = fr.nn.LSTM(10, 20, num_layers=2, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((5, 3, 10)).astype(np.float32)
+    >>> h0 = np.zeros((2, 3, 20), np.float32)
+    >>> c0 = np.zeros((2, 3, 20), np.float32)
+    >>> output, (hn, cn) = rnn(x, (h0, c0))
+    >>> output.shape, hn.shape, cn.shape
+    ((5, 3, 20), (2, 3, 20), (2, 3, 20))
+    >>> dx, (dh0, dc0) = rnn.backward(np.ones_like(output))
+    >>> dx.shape, dh0.shape, dc0.shape, rnn.weight_ih_l0.grad.shape
+    ((5, 3, 10), (2, 3, 20), (2, 3, 20), (80, 10))""")
 
     _cell = "lstm"
 
@@ -424,7 +612,30 @@ class LSTM(RNNBase):
 
 
 class GRU(RNNBase):
-    """GRU with PyTorch's gate order r, z, n and ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``."""
+    __doc__ = _layer_doc(
+        "GRU", "rzn", title="gated recurrent unit (GRU) RNN",
+        equations="""\
+    r_t = sigma(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+    z_t = sigma(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+    n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+    h_t = (1 - z_t) * n_t + z_t * h_{t-1}""",
+        where="""\
+r_t, z_t, n_t are the reset, update and new gates; sigma is the sigmoid function and * is the
+elementwise product.""",
+        nonlinearity_arg="",
+        example="""\
+    >>> import numpy as np, fusedrnn as fr
+    >>> rnn = fr.nn.GRU(10, 20, num_layers=2, batch_first=True, bidirectional=True, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((3, 5, 10)).astype(np.float32)
+    >>> output, hn = rnn(x, lengths=np.array([5, 4, 2]))
+    >>> output.shape, hn.shape
+    ((3, 5, 40), (4, 3, 20))
+    >>> bool((output[2, 2:] == 0).all())  # past the length of sample 2
+    True
+    >>> dx, dh0 = rnn.backward(np.ones_like(output))
+    >>> dx.shape, dh0.shape, rnn.weight_ih_l1_reverse.shape
+    ((3, 5, 10), (4, 3, 20), (60, 40))""",
+        **_H_STATE)
 
     _cell = "gru"
 

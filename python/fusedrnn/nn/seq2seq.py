@@ -587,6 +587,8 @@ class Captioner(_Generator):
         return logits
 
     def backward(self, dlogits=None):
+        """Gradients of the latest training ``loss`` (or of ``sum(dlogits * logits)``, dlogits
+        [N, T, V]); adds into every parameter's grad and returns None."""
         if self._saved is None:
             raise RuntimeError("Captioner.backward called before a training-mode forward")
         (z,) = self._saved
