@@ -68,6 +68,14 @@ const int64_t* require_lengths(const py::object& obj, int64_t T, int64_t N) {
 template <typename T>
 T* mutable_data(py::array& a) { return static_cast<T*>(a.mutable_data()); }
 
+// A new array of `shape`: zeros where asked (numpy.zeros: fresh pages come zeroed, no pass
+// over them), else uninitialised.
+template <typename T>
+py::array new_array(std::vector<int64_t> shape, bool zeros) {
+  if (!zeros) return Array<T>(shape);
+  return py::module_::import("numpy").attr("zeros")(py::cast(shape), py::dtype::of<T>());
+}
+
 
 // A call's arguments, checked, with its outputs allocated (the tuple the binding returns).
 template <typename Args>
@@ -111,8 +119,11 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
   py::object c_n = py::none(), extra = py::none(), h_prev = py::none(), gates_out = py::none();
   a.y = mutable_data<T>(y);
   a.h_n = mutable_data<T>(h_n);
+  // With lengths, the saved arrays hold zeros past each sample's length (the loop never
+  // writes there), so that every output is a function of the inputs.
+  const bool zeros = a.lengths != nullptr;
   if (training) {  // the gates are saved for backward: a NumPy array the context keeps
-    py::array gates = Array<T>({T_, N, GH});
+    py::array gates = new_array<T>({T_, N, GH}, zeros);
     a.gates = mutable_data<T>(gates);
     gates_out = gates;
   }  // else null: the driver takes a workspace if its loop needs one
@@ -122,10 +133,10 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
     c_n = c;
   }
   if (training) {
-    py::array hp = Array<T>({T_, N, H});
+    py::array hp = new_array<T>({T_, N, H}, zeros);
     a.h_prev = mutable_data<T>(hp);
     h_prev = hp;
-    py::array ex = Array<T>({uses_extra ? T_ : 0, N, H});
+    py::array ex = new_array<T>({uses_extra ? T_ : 0, N, H}, zeros);
     if (uses_extra) a.extra = mutable_data<T>(ex);
     extra = ex;
   }

@@ -1,0 +1,496 @@
+"""Drop-in ``torch.nn`` recurrent modules over fusedrnn's kernels.
+
+``RNN``, ``LSTM``, ``GRU`` (and ``RNNCell``, ``LSTMCell``, ``GRUCell``) take exactly
+``torch.nn``'s constructor arguments, register the same parameters under the same names in the
+same order (so a ``state_dict`` moves both ways unchanged, and the same seed gives the same
+initial weights), accept the same inputs (batched or unbatched, ``batch_first``, ``hx``,
+``PackedSequence``) and return the same values. Each layer runs as one custom operator
+(``fusedrnn::layer_forward``, both directions at once) whose backward is another
+(``fusedrnn::layer_backward``), so autograd, ``torch.compile(fullgraph=True)`` and DDP see
+ordinary operators. They are deliberately not subclasses of ``torch.nn.LSTM`` & co.: Dynamo
+refuses to compile those.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _ops
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_device(device, what="device"):
+    """The kernels run on the CPU: refuse any other device by name, at construction."""
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"{what}: fusedrnn.torch runs on the CPU in this version, got "
+                         f"{torch.device(device)} (use torch.nn's module there)")
+
+
+def _check_dtype(dtype):
+    if dtype is not None and dtype not in _DTYPES:
+        raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+
+
+class _RecurrentBase(nn.Module):
+    """What RNN, LSTM and GRU share: parameters, input forms, the layer loop."""
+
+    _cell = ""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
+                 nonlinearity="tanh"):
+        super().__init__()
+        _check_device(device)
+        _check_dtype(dtype)
+        if proj_size:
+            raise ValueError(f"proj_size: fusedrnn.torch does not run LSTM projections yet, "
+                             f"got proj_size={proj_size} (use torch.nn.LSTM for it)")
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
+                or not 0 <= dropout <= 1):
+            raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", UserWarning)
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.mode = {"lstm": "LSTM", "gru": "GRU", "rnn": f"RNN_{nonlinearity.upper()}"}[self._cell]
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        self.nonlinearity = nonlinearity
+        gates = _ops.GATES[self._cell] * hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(num_layers):
+            for direction in range(self.num_directions):
+                layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+                suffix = "_reverse" if direction == 1 else ""
+                shapes = [("weight_ih", (gates, layer_input)), ("weight_hh", (gates, hidden_size))]
+                if bias:
+                    shapes += [("bias_ih", (gates,)), ("bias_hh", (gates,))]
+                names = []
+                for kind, shape in shapes:
+                    name = f"{kind}_l{layer}{suffix}"
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(name)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        """2 if bidirectional, else 1."""
+        return 2 if self.bidirectional else 1
+
+    @property
+    def all_weights(self) -> list:
+        """The parameters per layer and direction, as ``torch.nn``'s ``all_weights``."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> list:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def reset_parameters(self) -> None:
+        """uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as
+        ``torch.nn`` draws them (same order: the same seed gives the same weights)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """Nothing to do (kept so that code written for ``torch.nn`` runs unchanged)."""
+
+    def extra_repr(self) -> str:
+        """The constructor arguments that differ from their defaults, as ``torch.nn``."""
+        s = "{input_size}, {hidden_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self._cell == "rnn" and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor or a PackedSequence, got "
+                            f"{type(x).__name__}")
+        if x.device.type != "cpu":
+            raise ValueError(f"input: fusedrnn.torch runs on the CPU in this version, got a "
+                             f"tensor on {x.device}")
+        if x.dtype not in _DTYPES:
+            raise TypeError(f"input: expected dtype torch.float32 or torch.float64, got {x.dtype}")
+        weight = self.weight_ih_l0
+        if x.dtype != weight.dtype:
+            raise TypeError(f"input: expected dtype {weight.dtype} (the parameters' dtype), got "
+                            f"{x.dtype}")
+        if weight.device.type != "cpu":
+            raise ValueError(f"parameters: fusedrnn.torch runs on the CPU in this version, got "
+                             f"parameters on {weight.device}")
+        if x.dim() not in (2, 3):
+            raise ValueError(f"input: expected 2 (unbatched) or 3 dimensions, got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected size {self.input_size} (input_size) in the last "
+                             f"dimension, got shape {tuple(x.shape)}")
+
+    def _check_state(self, h, name, N, batched):
+        expected = (self.num_layers * self.num_directions, N, self.hidden_size)
+        if not batched:
+            expected = (expected[0], expected[2])
+        if not isinstance(h, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(h).__name__}")
+        if tuple(h.shape) != expected:
+            raise ValueError(f"{name}: expected shape {expected}, got {tuple(h.shape)}")
+        if h.dtype != self.weight_ih_l0.dtype:
+            raise TypeError(f"{name}: expected dtype {self.weight_ih_l0.dtype}, got {h.dtype}")
+        return h if batched else h.unsqueeze(1)
+
+    def forward(self, input, hx=None):
+        """Run every layer and direction; see the class docstring for inputs and outputs."""
+        packed = isinstance(input, PackedSequence)
+        lengths = None
+        if packed:
+            batch_sizes, sorted_indices = input.batch_sizes, input.sorted_indices
+            x, lengths = torch.nn.utils.rnn.pad_packed_sequence(input)  # original batch order
+            self._check_input(x)
+            batched = True
+        else:
+            self._check_input(input)
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(1)
+            if self.batch_first and batched:
+                x = x.transpose(0, 1)
+        T, N = x.shape[0], x.shape[1]
+        L, D, H = self.num_layers, self.num_directions, self.hidden_size
+        lstm = self._cell == "lstm"
+        if hx is None:
+            h0 = x.new_zeros((L * D, N, H))
+            c0 = x.new_zeros((L * D, N, H)) if lstm else None
+        elif lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got "
+                                f"{type(hx).__name__}")
+            h0 = self._check_state(hx[0], "hx[0] (h_0)", N, batched)
+            c0 = self._check_state(hx[1], "hx[1] (c_0)", N, batched)
+        else:
+            h0, c0 = self._check_state(hx, "hx", N, batched), None
+        training = torch.is_grad_enabled() and (
+            x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
+            or any(p.requires_grad for p in self._flat_weights))
+        layer_x = x.contiguous()
+        h_n, c_n = [], []
+        per_direction = 4 if self.bias else 2
+        weights = self._flat_weights
+        for layer in range(L):
+            if layer > 0 and self.dropout > 0 and self.training:
+                layer_x = nn.functional.dropout(layer_x, self.dropout, training=True)
+            ws = weights[layer * D * per_direction:(layer + 1) * D * per_direction]
+            w_ih = ws[0::per_direction]
+            w_hh = ws[1::per_direction]
+            b_ih = ws[2::per_direction] if self.bias else []
+            b_hh = ws[3::per_direction] if self.bias else []
+            states = slice(layer * D, (layer + 1) * D)
+            layer_x, h, c, *_ = _ops.layer_forward(
+                layer_x, h0[states], c0[states] if lstm else x.new_empty((0,)), w_ih, w_hh,
+                b_ih, b_hh, lengths, self._cell, self.nonlinearity, training)
+            h_n.append(h)
+            c_n.append(c)
+        out = layer_x
+        h_n = torch.cat(h_n) if L > 1 else h_n[0]
+        c_n = (torch.cat(c_n) if L > 1 else c_n[0]) if lstm else None
+        if packed:
+            # back to the packed layout of the input: step t holds its first batch_sizes[t]
+            # samples in sorted order
+            sorted_out = out.index_select(1, sorted_indices) if sorted_indices is not None else out
+            steps = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)
+            out = PackedSequence(sorted_out[:batch_sizes.numel()][steps], batch_sizes,
+                                 sorted_indices, input.unsorted_indices)
+        elif not batched:
+            out = out.squeeze(1)
+            h_n = h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return (out, (h_n, c_n)) if lstm else (out, h_n)
+
+
+_LAYER_DOC = """{summary}
+
+A drop-in replacement for :class:`torch.nn.{name}` running fusedrnn's fused CPU kernels:
+the same constructor arguments and defaults, parameter names and ``state_dict`` keys, inputs
+and outputs (see PyTorch's documentation of ``torch.nn.{name}``; the equations, gate order and
+initialisation are the same). Gradients reach the input, the initial state and every
+parameter through autograd; double backward is not supported. float32 and float64, CPU tensors.
+
+Args:
+    input_size, hidden_size, num_layers, {extra_args}bias, batch_first, dropout,
+    bidirectional{proj}, device, dtype: as ``torch.nn.{name}``. ``device`` must be the CPU{proj_note}.
+
+Inputs: input, {hx_in}
+    input: [T, N, input_size] ([N, T, input_size] with ``batch_first``), [T, input_size]
+    unbatched, or a ``PackedSequence`` (lengths in any order).
+    {hx_doc}
+
+Outputs: output, {hx_out}
+    output: [T, N, D * hidden_size] (D = 2 if bidirectional), in the input's form (a
+    ``PackedSequence`` for a packed input). {hn_doc}
+
+Attributes:
+    weight_ih_l[k], weight_hh_l[k], bias_ih_l[k], bias_hh_l[k] (``_reverse`` for the second
+    direction): as ``torch.nn.{name}``.
+
+Examples::
+
+    >>> import torch, fusedrnn.torch as frt
+    >>> rnn = frt.{name}(10, 20, num_layers=2)
+    >>> out, state = rnn(torch.randn(5, 3, 10))
+    >>> out.shape
+    torch.Size([5, 3, 20])
+"""
+
+
+def _layer_doc(name, summary, lstm=False, nonlinearity=False):
+    if lstm:
+        hx_in, hx_out = "(h_0, c_0)", "(h_n, c_n)"
+        hx_doc = ("h_0, c_0: [num_layers * D, N, hidden_size] (unbatched: without N); zeros "
+                  "if not given.")
+        hn_doc = "h_n, c_n: the final states, shaped like h_0."
+    else:
+        hx_in, hx_out = "h_0", "h_n"
+        hx_doc = "h_0: [num_layers * D, N, hidden_size] (unbatched: without N); zeros if not given."
+        hn_doc = "h_n: the final state, shaped like h_0."
+    return _LAYER_DOC.format(
+        name=name, summary=summary, extra_args="nonlinearity, " if nonlinearity else "",
+        proj=", proj_size" if lstm else "",
+        proj_note="; ``proj_size`` must be 0 (projections are not run yet)" if lstm else "",
+        hx_in=hx_in, hx_out=hx_out, hx_doc=hx_doc, hn_doc=hn_doc)
+
+
+class LSTM(_RecurrentBase):
+    __doc__ = _layer_doc("LSTM", "Long short-term memory over a sequence (gates i, f, g, o).",
+                         lstm=True)
+    _cell = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype)
+
+
+class GRU(_RecurrentBase):
+    __doc__ = _layer_doc("GRU", "Gated recurrent unit over a sequence (gates r, z, n; "
+                                "n = tanh(W_in x + b_in + r * (W_hn h + b_hn))).")
+    _cell = "gru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype)
+
+
+class RNN(_RecurrentBase):
+    __doc__ = _layer_doc("RNN", "Elman RNN over a sequence: h' = act(W_ih x + b_ih + W_hh h + "
+                                "b_hh), act tanh or relu.", nonlinearity=True)
+    _cell = "rnn"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, nonlinearity)
+
+
+# ---------------------------------------------------------------------------- cells
+class _CellBase(nn.Module):
+    """One step of a cell: the layer operator run over a sequence of one step."""
+
+    _cell = ""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None,
+                 nonlinearity="tanh"):
+        super().__init__()
+        _check_device(device)
+        _check_dtype(dtype)
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.nonlinearity = nonlinearity
+        gates = _ops.GATES[self._cell] * hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty((gates, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((gates, hidden_size), **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gates, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gates, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as ``torch.nn``."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        """The constructor arguments, as ``torch.nn``."""
+        s = "{input_size}, {hidden_size}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self._cell == "rnn" and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        return s.format(**self.__dict__)
+
+    def _step(self, input, h, c):
+        """(h', c') of one step; input [N, I] or [I], h and c [N, H] or [H] (None: zeros)."""
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected shape [N, {self.input_size}] or "
+                             f"[{self.input_size}], got {tuple(input.shape)}")
+        if input.dtype != self.weight_ih.dtype:
+            raise TypeError(f"input: expected dtype {self.weight_ih.dtype}, got {input.dtype}")
+        if input.device.type != "cpu" or self.weight_ih.device.type != "cpu":
+            raise ValueError("input: fusedrnn.torch runs on the CPU in this version")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        N, H = x.shape[0], self.hidden_size
+        states = []
+        for s, name in ((h, "hx"), (c, "cx")):
+            if s is None:
+                s = x.new_zeros((N, H))
+            elif tuple(s.shape) != ((N, H) if batched else (H,)):
+                raise ValueError(f"{name}: expected shape {(N, H) if batched else (H,)}, got "
+                                 f"{tuple(s.shape)}")
+            states.append((s if batched else s.unsqueeze(0)).unsqueeze(0))
+        lstm = self._cell == "lstm"
+        training = torch.is_grad_enabled() and any(
+            t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
+        biases = ([self.bias_ih], [self.bias_hh]) if self.bias else ([], [])
+        _, h_new, c_new, *_ = _ops.layer_forward(
+            x.unsqueeze(0).contiguous(), states[0], states[1] if lstm else x.new_empty((0,)),
+            [self.weight_ih], [self.weight_hh], *biases, None, self._cell, self.nonlinearity,
+            training)
+        h_new = h_new[0] if batched else h_new[0, 0]
+        if not lstm:
+            return h_new, None
+        return h_new, c_new[0] if batched else c_new[0, 0]
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step, a drop-in replacement for :class:`torch.nn.LSTMCell` on fusedrnn's kernel.
+
+    Args: input_size, hidden_size, bias, device (the CPU), dtype: as ``torch.nn.LSTMCell``.
+
+    Inputs: input [N, input_size] or [input_size]; hx = (h_0, c_0), each [N, hidden_size] (or
+    unbatched [hidden_size]); zeros if None.
+
+    Outputs: (h_1, c_1), shaped like h_0.
+
+    Attributes: weight_ih [4*hidden_size, input_size], weight_hh [4*hidden_size, hidden_size],
+    bias_ih, bias_hh [4*hidden_size], as ``torch.nn.LSTMCell``.
+
+    Examples::
+
+        >>> import torch, fusedrnn.torch as frt
+        >>> h, c = frt.LSTMCell(10, 20)(torch.randn(3, 10))
+        >>> h.shape
+        torch.Size([3, 20])
+    """
+
+    _cell = "lstm"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+
+    def forward(self, input, hx=None):
+        """(h_1, c_1) after one step from ``hx = (h_0, c_0)``."""
+        h, c = (None, None) if hx is None else hx
+        return self._step(input, h, c)
+
+
+class GRUCell(_CellBase):
+    """One GRU step, a drop-in replacement for :class:`torch.nn.GRUCell` on fusedrnn's kernel.
+
+    Args: input_size, hidden_size, bias, device (the CPU), dtype: as ``torch.nn.GRUCell``.
+
+    Inputs: input [N, input_size] or [input_size]; hx [N, hidden_size] (or [hidden_size]);
+    zeros if None.
+
+    Outputs: h_1, shaped like hx.
+
+    Attributes: weight_ih [3*hidden_size, input_size], weight_hh [3*hidden_size, hidden_size],
+    bias_ih, bias_hh [3*hidden_size], as ``torch.nn.GRUCell``.
+
+    Examples::
+
+        >>> import torch, fusedrnn.torch as frt
+        >>> frt.GRUCell(10, 20)(torch.randn(3, 10)).shape
+        torch.Size([3, 20])
+    """
+
+    _cell = "gru"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+
+    def forward(self, input, hx=None):
+        """h_1 after one step from ``hx``."""
+        return self._step(input, hx, None)[0]
+
+
+class RNNCell(_CellBase):
+    """One Elman RNN step (tanh or relu), a drop-in replacement for :class:`torch.nn.RNNCell`.
+
+    Args: input_size, hidden_size, bias, nonlinearity, device (the CPU), dtype: as
+    ``torch.nn.RNNCell``.
+
+    Inputs: input [N, input_size] or [input_size]; hx [N, hidden_size] (or [hidden_size]);
+    zeros if None.
+
+    Outputs: h_1, shaped like hx.
+
+    Attributes: weight_ih [hidden_size, input_size], weight_hh [hidden_size, hidden_size],
+    bias_ih, bias_hh [hidden_size], as ``torch.nn.RNNCell``.
+
+    Examples::
+
+        >>> import torch, fusedrnn.torch as frt
+        >>> frt.RNNCell(10, 20, nonlinearity="relu")(torch.randn(3, 10)).shape
+        torch.Size([3, 20])
+    """
+
+    _cell = "rnn"
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None):
+        super().__init__(input_size, hidden_size, bias, device, dtype, nonlinearity)
+
+    def forward(self, input, hx=None):
+        """h_1 after one step from ``hx``."""
+        return self._step(input, hx, None)[0]
