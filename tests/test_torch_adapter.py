@@ -318,3 +318,24 @@ def test_no_grad_saves_nothing_and_threads_follow_torch():
         assert out.grad_fn is None
     finally:
         torch.set_num_threads(before)
+
+
+def test_autocast_bfloat16_computes_in_float32():
+    """Under torch.autocast the layer takes the bfloat16 output of a Linear and computes in
+    float32 (the bfloat16 kernels are a later issue), as torch.nn's LSTM returns float32."""
+    torch.manual_seed(11)
+    proj = torch.nn.Linear(4, 6)
+    ref, ours = pair("LSTM", 6, 8, torch.float32)
+    cell_ref, cell_ours = torch.nn.GRUCell(6, 8), frt.GRUCell(6, 8)
+    cell_ours.load_state_dict(cell_ref.state_dict())
+    x = torch.randn(5, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = proj(x)
+        assert z.dtype == torch.bfloat16
+        a, _ = ref(z)
+        b, _ = ours(z)
+        c = cell_ours(z[0])
+        d = cell_ref(z[0])
+    assert b.dtype == torch.float32 and c.dtype == torch.float32
+    assert (a.float() - b).abs().max() < 1e-2
+    assert (c - d.float()).abs().max() < 1e-2

@@ -38,6 +38,15 @@ def _check_dtype(dtype):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
 
 
+def _under_autocast(t, dtype):
+    """Under ``torch.autocast`` (CPU) a half-precision input (from a Linear before the layer)
+    is computed in the parameters' precision, float32, and the outputs stay float32."""
+    if (isinstance(t, torch.Tensor) and t.dtype in (torch.bfloat16, torch.float16)
+            and t.dtype != dtype and torch.is_autocast_enabled("cpu")):
+        return t.to(dtype)
+    return t
+
+
 class _RecurrentBase(nn.Module):
     """What RNN, LSTM and GRU share: parameters, input forms, the layer loop."""
 
@@ -171,6 +180,12 @@ class _RecurrentBase(nn.Module):
         """Run every layer and direction; see the class docstring for inputs and outputs."""
         packed = isinstance(input, PackedSequence)
         lengths = None
+        dtype = self.weight_ih_l0.dtype
+        input = _under_autocast(input, dtype)
+        if isinstance(hx, (tuple, list)):
+            hx = tuple(_under_autocast(h, dtype) for h in hx)
+        else:
+            hx = _under_autocast(hx, dtype)
         if packed:
             batch_sizes, sorted_indices = input.batch_sizes, input.sorted_indices
             x, lengths = torch.nn.utils.rnn.pad_packed_sequence(input)  # original batch order
@@ -370,6 +385,8 @@ class _CellBase(nn.Module):
         """(h', c') of one step; input [N, I] or [I], h and c [N, H] or [H] (None: zeros)."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
+        dtype = self.weight_ih.dtype
+        input, h, c = (_under_autocast(t, dtype) for t in (input, h, c))
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape [N, {self.input_size}] or "
                              f"[{self.input_size}], got {tuple(input.shape)}")
