@@ -160,3 +160,43 @@ def test_concurrent_training_where_directions_run_side_by_side(cls):
 def test_concurrent_training_where_a_stack_runs_as_a_wavefront(cls):
     concurrent_training_matches(
         lambda k: cls(64, 128, num_layers=2, dtype=np.float32, seed=k), 128, stack=True)
+
+
+_ONE_CORE_SNIPPET = r"""
+import os, sys, numpy as np
+import fusedrnn as fr
+from fusedrnn import functional as F
+if sys.argv[1] == "one-core":
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+fr.set_num_threads(2)
+rng = np.random.default_rng(0)
+out = []
+# (T, N, H): pipelined (batch 1), by samples (batch 32), by units (batch 8, H 512)
+for T, N, H in ((30, 1, 128), (12, 32, 64), (6, 8, 512)):
+    x = rng.standard_normal((T, N, H)).astype(np.float32)
+    w = [rng.uniform(-0.1, 0.1, s).astype(np.float32) for s in ((4 * H, H), (4 * H, H), (4 * H,), (4 * H,))]
+    y, h, c, ctx = F.lstm_forward(x, None, None, *w, training=True)
+    grads = F.lstm_backward(ctx, np.ones_like(y))
+    out += [y, h, c, *grads]
+np.savez(sys.argv[2], *out)
+"""
+
+
+def test_two_threads_on_one_core_finish_with_the_same_bits(tmp_path):
+    """With both threads of the team on one core (as when another library's spinning threads
+    hold the other), phases do not wait for a worker that is not running: the caller claims its
+    slices. The results are the same bit for bit as with two free cores."""
+    import os
+    import subprocess
+    import sys
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs os.sched_setaffinity")
+    results = []
+    for mode in ("free", "one-core"):
+        path = tmp_path / f"{mode}.npz"
+        subprocess.run([sys.executable, "-c", _ONE_CORE_SNIPPET, mode, str(path)], check=True,
+                       timeout=300)
+        with np.load(path) as f:
+            results.append([f[k] for k in f.files])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

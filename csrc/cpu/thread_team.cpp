@@ -63,7 +63,7 @@ void restore_flush_denormals(unsigned saved) {
 }
 
 ThreadTeam::ThreadTeam(int size) : size_(size) {
-  for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this, s);
+  for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this);
 }
 
 ThreadTeam::~ThreadTeam() {
@@ -76,7 +76,17 @@ ThreadTeam::~ThreadTeam() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadTeam::worker(int slice) {
+void ThreadTeam::claim_slices() {
+  // The acquire pairs with run_phase's release store: task_ and remaining_ of the phase whose
+  // slice this claims are visible (a claim that succeeds always belongs to the current phase:
+  // the caller leaves a phase only when all its slices are done).
+  for (int s; (s = next_slice_.fetch_add(1, std::memory_order_acq_rel)) < size_;) {
+    (*task_)(s);
+    remaining_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadTeam::worker() {
   enable_flush_denormals();
   unsigned seen = 0;
   for (;;) {
@@ -93,8 +103,7 @@ void ThreadTeam::worker(int slice) {
     }
     seen = epoch_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    (*task_)(slice);
-    remaining_.fetch_sub(1, std::memory_order_acq_rel);
+    claim_slices();
   }
 }
 
@@ -105,12 +114,14 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn) {
   }
   task_ = &fn;
   remaining_.store(size_ - 1, std::memory_order_relaxed);
+  next_slice_.store(1, std::memory_order_release);
   epoch_.fetch_add(1);
   if (sleepers_.load() > 0) {  // a worker went to sleep (or is about to): wake it
     { std::lock_guard<std::mutex> g(sleep_mutex_); }
     wake_.notify_all();
   }
   fn(0);
+  claim_slices();  // what no worker has taken yet (it may not be running): no waiting for it
   for (int spins = 0; remaining_.load(std::memory_order_acquire) != 0; ++spins) {
     if (spins < kTightSpins) {
       continue;

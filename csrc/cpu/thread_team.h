@@ -1,10 +1,15 @@
 // A persistent team of worker threads for the recurrent time loop.
 //
-// A loop step is a "phase": every slice s in [0, slices) runs fn(s) concurrently, then all wait
-// for all (one barrier). Workers spin briefly between phases (a step is microseconds) and sleep
-// when idle. The team serves one call at a time; a call that finds it busy (another Python
-// thread) runs the same slices one after another in its own thread, so the results are the same
-// bit for bit: they depend on the slice count, never on who runs a slice.
+// A loop step is a "phase": every slice s in [0, slices) runs fn(s), then all wait for all (one
+// barrier). The caller runs slice 0; the other slices are claimed in order by whichever thread
+// gets to them first, the caller included once its own is done, so a phase never waits for a
+// worker that is not running (asleep, or its core taken by another library's spinning threads,
+// as PyTorch's OpenMP pool spins for milliseconds after each of its ops). A slice may wait for
+// a lower one, never for a higher one: claimed in order, they always finish. Workers spin
+// briefly between phases (a step is microseconds) and sleep when idle. The team serves one call
+// at a time; a call that finds it busy (another Python thread) runs the same slices one after
+// another in its own thread. The results are the same bit for bit either way: they depend on
+// the slice count, never on who runs a slice.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -21,17 +26,21 @@ class ThreadTeam {
   explicit ThreadTeam(int size);
   ~ThreadTeam();
   int size() const { return size_; }
-  // Run fn(0..size-1) concurrently (the caller runs slice 0); returns when all are done.
+  // Run fn(0..size-1) (the caller runs slice 0 and any slice still unclaimed after it);
+  // returns when all are done.
   void run_phase(const std::function<void(int)>& fn);
 
  private:
-  void worker(int slice);
+  void worker();
+  // Runs the phase's unclaimed slices until none is left.
+  void claim_slices();
   int size_;
   std::vector<std::thread> threads_;
   // The two words every step touches live on cache lines of their own: the caller writes
   // epoch_ (workers read it), workers write remaining_ (the caller reads it).
   alignas(64) std::atomic<unsigned> epoch_{0};
   alignas(64) std::atomic<int> remaining_{0};
+  alignas(64) std::atomic<int> next_slice_{0};  // the next unclaimed slice of this phase
   alignas(64) const std::function<void(int)>* task_ = nullptr;
   std::atomic<bool> stop_{false};
   std::atomic<int> sleepers_{0};  // workers asleep on wake_: only then does a phase notify
