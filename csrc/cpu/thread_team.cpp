@@ -31,9 +31,14 @@ constexpr int kSpinsBeforeSleep = 1 << 12;
 // hand-over then costs a cache-line transfer, not a pause.
 constexpr int kTightSpins = 1 << 11;
 
+// Read once: hardware_concurrency() reads /sys on every call (8 us, more than a batch-1 step),
+// and every kernel call asks for the thread count.
 int default_threads() {
-  unsigned hw = std::thread::hardware_concurrency();
-  return hw ? static_cast<int>(hw) : 1;
+  static const int threads = [] {
+    unsigned hw = std::thread::hardware_concurrency();
+    return hw ? static_cast<int>(hw) : 1;
+  }();
+  return threads;
 }
 
 // Our OpenBLAS runs single-threaded: the team splits the big GEMMs itself, so no BLAS thread
