@@ -221,8 +221,14 @@ def test_double_backward_is_refused_clearly():
     layer = frt.GRU(3, 4, dtype=torch.float64)
     x = torch.randn(2, 1, 3, dtype=torch.float64, requires_grad=True)
     out, _ = layer(x)
-    g, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):  # at once, or at the second
+        g, = torch.autograd.grad(out.sum(), x, create_graph=True)
+        g.sum().backward()
+    # the operator (torch.compile's path) refuses it too
+    args = _op_args("gru", 1, True)
+    y = _ops.layer_forward(*args)[0]
     with pytest.raises(RuntimeError, match="double backward"):
+        g, = torch.autograd.grad(y.sum(), args[0], create_graph=True)
         g.sum().backward()
 
 

@@ -71,12 +71,8 @@ def _run(kernel, cell, nonlinearity, calls):
     return getattr(_C, kernel + "_many")(cell, nonlinearity, calls)
 
 
-@torch.library.custom_op("fusedrnn::layer_forward", mutates_args=(), device_types="cpu")
-def layer_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: list[torch.Tensor],
-                  w_hh: list[torch.Tensor], b_ih: list[torch.Tensor], b_hh: list[torch.Tensor],
-                  lengths: Optional[torch.Tensor], cell: str, nonlinearity: str, training: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
-                             list[torch.Tensor], list[torch.Tensor]]:
+def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training):
+    """The kernels' forward (see the module docstring); no autograd here."""
     calls = _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training)
     outs = _run("recurrent_forward", cell, nonlinearity, calls)
     ys = [torch.from_numpy(o[0]) for o in outs]
@@ -87,6 +83,40 @@ def layer_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: lis
     def saved(i):  # what backward needs: empty tensors (one per direction) unless training
         return [torch.from_numpy(o[i]) if training else _empty(x) for o in outs]
     return y, h_n, c_n, saved(3), saved(4), saved(5)
+
+
+def _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
+                   nonlinearity):
+    """The kernels' BPTT: (dx, dh0 [D, N, H], dc0 (LSTM; else [0]), dw_ih, dw_hh, db_ih, db_hh
+    (lists over the directions))."""
+    D, H = len(w_hh), w_hh[0].shape[1]
+    xn = _np(x)
+    lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
+    calls = []
+    for d in range(D):
+        calls.append((xn, _np(w_ih[d]), _np(w_hh[d]), lengths_np, d == 1, _np(gates[d]),
+                      _np(extra[d]), _np(h_prev[d]), _np(dy[:, :, d * H:(d + 1) * H]),
+                      _np(dh_n[d]), _np(dc_n[d]) if cell == "lstm" else None))
+    outs = _run("recurrent_backward", cell, nonlinearity, calls)
+    dx = torch.from_numpy(outs[0][0])
+    for o in outs[1:]:
+        dx += torch.from_numpy(o[0])
+    dh0 = torch.stack([torch.from_numpy(o[1]) for o in outs])
+    dc0 = torch.stack([torch.from_numpy(o[2]) for o in outs]) if cell == "lstm" else _empty(x)
+    return (dx, dh0, dc0, *([torch.from_numpy(o[i]) for o in outs] for i in range(3, 7)))
+
+
+# ---------------------------------------------------------------------------- custom operators
+@torch.library.custom_op("fusedrnn::layer_forward", mutates_args=(), device_types="cpu")
+def layer_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: list[torch.Tensor],
+                  w_hh: list[torch.Tensor], b_ih: list[torch.Tensor], b_hh: list[torch.Tensor],
+                  lengths: Optional[torch.Tensor], cell: str, nonlinearity: str, training: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
+                             list[torch.Tensor], list[torch.Tensor]]:
+    """One layer, every direction: (y, h_n, c_n, gates, extra, h_prev); see the module
+    docstring."""
+    return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
+                         training)
 
 
 @layer_forward.register_fake
@@ -114,21 +144,8 @@ def layer_backward(x: torch.Tensor, w_ih: list[torch.Tensor], w_hh: list[torch.T
                               list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """BPTT of :func:`layer_forward`: (dx, dh0 [D, N, H], dc0 (LSTM; else [0]), dw_ih, dw_hh,
     db_ih, db_hh (lists over the directions))."""
-    D, H = len(w_hh), w_hh[0].shape[1]
-    xn = _np(x)
-    lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
-    calls = []
-    for d in range(D):
-        calls.append((xn, _np(w_ih[d]), _np(w_hh[d]), lengths_np, d == 1, _np(gates[d]),
-                      _np(extra[d]), _np(h_prev[d]), _np(dy[:, :, d * H:(d + 1) * H]),
-                      _np(dh_n[d]), _np(dc_n[d]) if cell == "lstm" else None))
-    outs = _run("recurrent_backward", cell, nonlinearity, calls)
-    dx = torch.from_numpy(outs[0][0])
-    for o in outs[1:]:
-        dx += torch.from_numpy(o[0])
-    dh0 = torch.stack([torch.from_numpy(o[1]) for o in outs])
-    dc0 = torch.stack([torch.from_numpy(o[2]) for o in outs]) if cell == "lstm" else _empty(x)
-    return (dx, dh0, dc0, *([torch.from_numpy(o[i]) for o in outs] for i in range(3, 7)))
+    return _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
+                          nonlinearity)
 
 
 @layer_backward.register_fake
@@ -141,44 +158,52 @@ def _layer_backward_fake(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n,
             [w.new_empty(w.shape[:1]) for w in w_hh], [w.new_empty(w.shape[:1]) for w in w_hh])
 
 
+DOUBLE_BACKWARD = ("fusedrnn: double backward (gradients of gradients) through the recurrent "
+                   "layers is not supported")
+
+
+def _gradients(meta, saved, dy, dh_n, dc_n, backward):
+    """The gradients of a layer's inputs from what its forward saved: (dx, dh0, dc0, dw_ih,
+    dw_hh, db_ih, db_hh), None for what has none. ``backward`` runs the kernels (the operator
+    under torch.compile, the plain function in eager mode)."""
+    cell, nonlinearity, training, has_bias, D = meta
+    if not training:
+        raise RuntimeError("fusedrnn: this forward ran without saving what backward needs "
+                           "(it was called with training=False); call it with gradients enabled")
+    x, lengths, *rest = saved
+    w_ih, w_hh, gates, extra, h_prev = (list(rest[i * D:(i + 1) * D]) for i in range(5))
+    H, N = w_hh[0].shape[1], x.shape[1]
+    dy = torch.zeros(x.shape[0], N, D * H, dtype=x.dtype) if dy is None else dy
+    dh_n = torch.zeros(D, N, H, dtype=x.dtype) if dh_n is None else dh_n
+    if cell == "lstm":
+        dc_n = torch.zeros(D, N, H, dtype=x.dtype) if dc_n is None else dc_n
+    else:
+        dc_n = x.new_empty((0,))
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = backward(
+        x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell, nonlinearity)
+    return (dx, dh0, dc0 if cell == "lstm" else None, dw_ih, dw_hh,
+            db_ih if has_bias else None, db_hh if has_bias else None)
+
+
 def _setup_context(ctx, inputs, output):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training = inputs
     _, _, _, gates, extra, h_prev = output
-    ctx.cell, ctx.nonlinearity, ctx.training = cell, nonlinearity, training
-    ctx.has_bias, ctx.directions = bool(b_ih), len(w_ih)
-    ctx.has_lengths = lengths is not None
+    ctx.meta = (cell, nonlinearity, training, bool(b_ih), len(w_ih))
     ctx.save_for_backward(x, lengths, *w_ih, *w_hh, *gates, *extra, *h_prev)
 
 
 def _backward(ctx, dy, dh_n, dc_n, dgates, dextra, dh_prev):
-    if not ctx.training:
-        raise RuntimeError("fusedrnn: this forward ran without saving what backward needs "
-                           "(it was called with training=False); call it with gradients enabled")
-    D = ctx.directions
-    x, lengths, *rest = ctx.saved_tensors
-    w_ih, w_hh, gates, extra, h_prev = (rest[i * D:(i + 1) * D] for i in range(5))
-    H = w_hh[0].shape[1]
-    N = x.shape[1]
-    dy = torch.zeros(x.shape[0], N, D * H, dtype=x.dtype) if dy is None else dy
-    dh_n = torch.zeros(D, N, H, dtype=x.dtype) if dh_n is None else dh_n
-    if ctx.cell == "lstm":
-        dc_n = torch.zeros(D, N, H, dtype=x.dtype) if dc_n is None else dc_n
-    else:
-        dc_n = x.new_empty((0,))
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = layer_backward(
-        x, list(w_ih), list(w_hh), lengths if ctx.has_lengths else None, list(gates),
-        list(extra), list(h_prev), dy, dh_n, dc_n, ctx.cell, ctx.nonlinearity)
-    return (dx, dh0, dc0 if ctx.cell == "lstm" else None, dw_ih, dw_hh,
-            db_ih if ctx.has_bias else [], db_hh if ctx.has_bias else [],
-            None, None, None, None)
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _gradients(ctx.meta, ctx.saved_tensors, dy, dh_n,
+                                                          dc_n, layer_backward)
+    # the operator's inputs: lists where it takes lists (empty where it took none)
+    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih or [], db_hh or [], None, None, None, None)
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _no_double_backward(ctx, *grads):
-    raise RuntimeError("fusedrnn: double backward (gradients of gradients) through the "
-                       "recurrent layers is not supported")
+    raise RuntimeError(DOUBLE_BACKWARD)
 
 
 def _setup_nothing(ctx, inputs, output):
@@ -186,3 +211,44 @@ def _setup_nothing(ctx, inputs, output):
 
 
 layer_backward.register_autograd(_no_double_backward, setup_context=_setup_nothing)
+
+
+# ---------------------------------------------------------------------------- eager mode
+class _Layer(torch.autograd.Function):
+    """The same layer for eager autograd, without the operators' dispatch (about 50 us a call,
+    a fifth of a batch-1 LSTM layer): inputs flattened, ``meta`` as in :func:`_gradients`."""
+
+    @staticmethod
+    def forward(ctx, meta, x, h0, c0, lengths, *weights):
+        cell, nonlinearity, training, has_bias, D = meta
+        w = [list(weights[i * D:(i + 1) * D]) for i in range(4 if has_bias else 2)]
+        b_ih, b_hh = (w[2], w[3]) if has_bias else ([], [])
+        y, h_n, c_n, gates, extra, h_prev = _forward_impl(x, h0, c0, w[0], w[1], b_ih, b_hh,
+                                                          lengths, cell, nonlinearity, True)
+        ctx.meta = meta
+        ctx.save_for_backward(x, lengths, *w[0], *w[1], *gates, *extra, *h_prev)
+        ctx.mark_non_differentiable(*(() if cell == "lstm" else (c_n,)))
+        return y, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient of this would be wrong
+            raise RuntimeError(DOUBLE_BACKWARD)
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _gradients(ctx.meta, ctx.saved_tensors, dy,
+                                                              dh_n, dc_n, _backward_impl)
+        biases = (*db_ih, *db_hh) if db_ih is not None else ()
+        return (None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases)
+
+
+def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training):
+    """(y, h_n, c_n) of one layer, every direction, with autograd where ``training``: the
+    operator under torch.compile (and torch.library's checks), a plain autograd Function in
+    eager mode, the kernels alone without autograd."""
+    if torch.compiler.is_compiling():
+        return layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
+                             training)[:3]
+    if not training:
+        return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
+                             False)[:3]
+    meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih))
+    return _Layer.apply(meta, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh)

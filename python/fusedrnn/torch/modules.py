@@ -227,7 +227,7 @@ class _RecurrentBase(nn.Module):
             b_ih = ws[2::per_direction] if self.bias else []
             b_hh = ws[3::per_direction] if self.bias else []
             states = slice(layer * D, (layer + 1) * D)
-            layer_x, h, c, *_ = _ops.layer_forward(
+            layer_x, h, c = _ops.layer(
                 layer_x, h0[states], c0[states] if lstm else x.new_empty((0,)), w_ih, w_hh,
                 b_ih, b_hh, lengths, self._cell, self.nonlinearity, training)
             h_n.append(h)
@@ -409,7 +409,7 @@ class _CellBase(nn.Module):
         training = torch.is_grad_enabled() and any(
             t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
         biases = ([self.bias_ih], [self.bias_hh]) if self.bias else ([], [])
-        _, h_new, c_new, *_ = _ops.layer_forward(
+        _, h_new, c_new = _ops.layer(
             x.unsqueeze(0).contiguous(), states[0], states[1] if lstm else x.new_empty((0,)),
             [self.weight_ih], [self.weight_hh], *biases, None, self._cell, self.nonlinearity,
             training)
