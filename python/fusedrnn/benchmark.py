@@ -43,6 +43,9 @@ def add_arguments(p):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the CUDA kernels against cuDNN (fusedrnn.benchmark_gpu)")
     p.add_argument("--precisions", default="fp32,tf32", help="--device cuda: fp32 and/or tf32")
+    p.add_argument("--framework", choices=("numpy", "torch"), default="numpy",
+                   help="torch: the fusedrnn.torch adapter inside a small torch model against "
+                        "torch.nn (fusedrnn.benchmark_torch)")
 
 
 # ---------------------------------------------------------------------------- timing
@@ -56,13 +59,17 @@ SETTLE_AFTER_S = {"numpy_ref": 0.25}
 MIN_BLOCK_S = 0.025
 
 
-def median_ms(fns: dict, budget: float) -> dict:
+def median_ms(fns: dict, budget: float, pause_s: float = 0.0) -> dict:
     """Median ms per callable, each timed in steady state, back to back, as a user's loop runs
     it (the anchors' method): rounds of one block per callable, alternating so that drift of
     the machine hits every callable alike. Each block starts after a pause long enough for the
     previous contestant's worker threads to stop spinning (PyTorch's OpenMP threads spin for
     milliseconds after each call, ONNX Runtime's too, NumPy's OpenBLAS threads for about 0.1 s),
-    and its first call is not counted; a block of fast calls runs at least MIN_BLOCK_S."""
+    and its first call is not counted; a block of fast calls runs at least MIN_BLOCK_S.
+
+    ``pause_s`` > 0 times a sporadic caller instead (a server answering now and then): every
+    counted call follows an idle sleep of ``pause_s`` (not counted), and blocks are not
+    stretched to MIN_BLOCK_S (what that minimum hides is what this measures)."""
     for fn in fns.values():  # warm-up (allocations, thread pools, caches)
         fn()
     one = {}
@@ -70,7 +77,7 @@ def median_ms(fns: dict, budget: float) -> dict:
         t0 = time.perf_counter()
         fn()
         one[k] = time.perf_counter() - t0
-    total_one = sum(one.values())
+    total_one = sum(one.values()) + pause_s * len(fns)
     reps = max(3, min(50, int(budget * len(fns) / max(total_one, 1e-6))))
     rounds = min(reps, 5)
     block = -(-reps // rounds)
@@ -81,7 +88,10 @@ def median_ms(fns: dict, budget: float) -> dict:
             time.sleep(SETTLE_AFTER_S.get(previous, SETTLE_S))
             previous = k
             fn()  # not counted (see above)
-            for _ in range(max(block, int(MIN_BLOCK_S / max(one[k], 1e-6)))):
+            n = block if pause_s else max(block, int(MIN_BLOCK_S / max(one[k], 1e-6)))
+            for _ in range(n):
+                if pause_s:
+                    time.sleep(pause_s)
                 t0 = time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - t0)
@@ -358,6 +368,9 @@ def parse_shapes(text):
 
 
 def run(args) -> int:
+    if getattr(args, "framework", "numpy") == "torch":
+        from .benchmark_torch import run as run_torch
+        return run_torch(args)
     if getattr(args, "device", "cpu") == "cuda":
         from .benchmark_gpu import run as run_gpu
         return run_gpu(args)

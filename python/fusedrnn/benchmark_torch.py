@@ -1,0 +1,201 @@
+"""The PyTorch adapter inside a real torch program, against torch.nn, in one process: the torch
+side of `fusedrnn bench --framework torch`.
+
+Per cell and shape (B, T, I, H), a small language model
+
+    nn.Embedding(1000, I) -> the recurrent layer (1 layer, one direction, input [T, B] token ids)
+    -> nn.Linear(H, 1000) at every step -> nn.CrossEntropyLoss against random targets
+
+in two copies with the same weights: one with ``torch.nn.<Cell>``, the other converted with
+``fusedrnn.torch.convert``. Timed (``fusedrnn.benchmark.median_ms``, same threads, alternating
+blocks) per mode:
+
+  infer  ``with torch.no_grad(): model(tokens)`` (the logits);
+  train  one optimizer step: zero_grad, forward, loss, backward, ``torch.optim.SGD(lr=0.01)``
+         step; each contestant updates its own copy of the weights.
+
+The embedding, the output layer, the loss and the optimizer are torch's on both sides, so the
+speedup is the whole program's, not the recurrent layer's alone. Before timing, both copies'
+logits (and, for train, the first step's gradients) are compared. Infer rows are also timed as a
+sporadic caller (a server answering now and then): each call after a 3 ms idle sleep, the median
+of the call alone (``median_ms(..., pause_s=...)``).
+
+Speedup columns are torch ms / fusedrnn ms (> 1 means the converted model is faster)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+
+from . import benchmark
+
+VOCAB = 1000
+LR = 0.01
+SPORADIC_PAUSE_S = 0.003
+# float32 logits of the two copies must agree to this (absolute) before a row is timed.
+TOLERANCE = 1e-4
+# Settings of torch's OpenMP pool that change how it shares the cores with fusedrnn's threads
+# (its workers spin for milliseconds after each torch op unless OMP_WAIT_POLICY=PASSIVE):
+# shown in the header and recorded in the JSON.
+OMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "KMP_BLOCKTIME")
+
+
+def make_model(cell, I, H, vocab=VOCAB, seed=0):
+    """The benchmark's torch model (with ``torch.nn.<cell>``), weights drawn from ``seed``."""
+    import torch
+    from torch import nn
+
+    class TinyLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(vocab, I)
+            self.rnn = getattr(nn, cell)(I, H)
+            self.out = nn.Linear(H, vocab)
+
+        def forward(self, tokens):  # [T, B] -> logits [T, B, vocab]
+            y, _ = self.rnn(self.embedding(tokens))
+            return self.out(y)
+
+    torch.manual_seed(seed)
+    return TinyLM()
+
+
+def contestants(base):
+    """(torch copy, fusedrnn copy) of ``base``: deep copies with the same weights, the second
+    converted by ``fusedrnn.torch.convert``."""
+    import fusedrnn.torch as frt
+    ours = frt.convert(copy.deepcopy(base))
+    if type(ours.rnn).__module__ != "fusedrnn.torch.modules":
+        raise RuntimeError(f"fusedrnn.torch.convert left {type(ours.rnn).__name__} unconverted")
+    return copy.deepcopy(base), ours
+
+
+def infer_fn(model, tokens):
+    import torch
+    model.eval()
+
+    def infer():
+        with torch.no_grad():
+            return model(tokens)
+    return infer
+
+
+def train_fn(model, tokens, targets, vocab=VOCAB):
+    """One optimizer step on ``model`` (SGD, lr=LR); returns the step's logits (detached)."""
+    import torch
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)  # after convert: the model's own parameters
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        logits = model(tokens)
+        loss_fn(logits.reshape(-1, vocab), targets.reshape(-1)).backward()
+        opt.step()
+        return logits.detach()
+    return step
+
+
+def _maxdiff(a, b):
+    return float((a - b).abs().max())
+
+
+def bench_row(cell, mode, B, T, I, H, threads, budget):
+    """One row: the two copies of the model on one shape and mode, checked to agree, then timed
+    side by side (infer rows also as a sporadic caller)."""
+    import torch
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, VOCAB, (T, B), generator=g)
+    targets = torch.randint(0, VOCAB, (T, B), generator=g)
+    theirs, ours = contestants(make_model(cell, I, H))
+    row = {"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads}
+    if mode == "infer":
+        fns = {"torch": infer_fn(theirs, tokens), "fusedrnn": infer_fn(ours, tokens)}
+        row["maxdiff"] = _maxdiff(fns["torch"](), fns["fusedrnn"]())
+    else:
+        fns = {"torch": train_fn(theirs, tokens, targets),
+               "fusedrnn": train_fn(ours, tokens, targets)}
+        # the first step of each starts from the same weights: same logits, same gradients
+        row["maxdiff"] = _maxdiff(fns["torch"](), fns["fusedrnn"]())
+        grads = dict(ours.named_parameters())
+        row["maxdiff_grad"] = max(_maxdiff(p.grad, grads[n].grad)
+                                  for n, p in theirs.named_parameters())
+    ms = benchmark.median_ms(fns, budget)
+    row["torch_ms"], row["fusedrnn_ms"] = round(ms["torch"], 4), round(ms["fusedrnn"], 4)
+    row["speedup"] = round(row["torch_ms"] / row["fusedrnn_ms"], 3)
+    row["torch_sporadic_ms"] = row["fusedrnn_sporadic_ms"] = row["speedup_sporadic"] = None
+    if mode == "infer":
+        sp = benchmark.median_ms(fns, budget, pause_s=SPORADIC_PAUSE_S)
+        row["torch_sporadic_ms"] = round(sp["torch"], 4)
+        row["fusedrnn_sporadic_ms"] = round(sp["fusedrnn"], 4)
+        row["speedup_sporadic"] = round(row["torch_sporadic_ms"] / row["fusedrnn_sporadic_ms"], 3)
+    row["agree"] = row["maxdiff"] <= TOLERANCE
+    return row
+
+
+def print_table(rows):
+    f = benchmark._fmt
+    print(f"\n{'cell':<6}{'mode':<6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} |{'torch':>9}{'fusedrnn':>9}"
+          f"{'x':>7} | {'sporadic: torch':>15}{'fusedrnn':>9}{'x':>7} | {'maxdiff':>8}")
+    for r in rows:
+        print(f"{r['cell']:<6}{r['mode']:<6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} |"
+              f"{f(r['torch_ms'], 9, 3)}{f(r['fusedrnn_ms'], 9, 3)}{f(r['speedup'], 7)} | "
+              f"{f(r['torch_sporadic_ms'], 15, 3)}{f(r['fusedrnn_sporadic_ms'], 9, 3)}"
+              f"{f(r['speedup_sporadic'], 7)} | {r['maxdiff']:>8.1e}{'' if r['agree'] else ' !'}")
+
+
+def run(args) -> int:
+    if getattr(args, "device", "cpu") != "cpu":
+        raise ValueError("--framework torch: the adapter runs on the CPU; drop --device cuda")
+    if getattr(args, "memory", False):
+        raise ValueError("--memory: not measured with --framework torch (use --framework numpy)")
+    import torch
+
+    import fusedrnn as fr
+    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
+    for c in cells:
+        if c not in benchmark.CELLS:
+            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("infer", "train"):
+            raise ValueError(f"--modes: expected infer and/or train, got {m!r}")
+    shapes = (benchmark.parse_shapes(args.shapes) if args.shapes else
+              (benchmark.QUICK_SHAPES if args.quick else benchmark.ANCHOR_SHAPES))
+    budget = 0.3 if args.quick else args.budget
+    fr.set_num_threads(args.threads)  # the adapter follows torch's count too, at every call
+    torch.set_num_threads(args.threads)
+    env = {k: os.environ[k] for k in OMP_ENV if k in os.environ}
+    print(f"fusedrnn {fr.__version__}, torch {torch.__version__}; threads {args.threads}; "
+          f"{' '.join(f'{k}={v}' for k, v in env.items()) + '; ' if env else ''}"
+          f"model: Embedding({VOCAB}, I) -> <cell>(I, H) -> Linear(H, {VOCAB}) -> "
+          f"CrossEntropyLoss; train = zero_grad + forward + loss + backward + SGD step; "
+          f"sporadic = infer after a {SPORADIC_PAUSE_S * 1000:g} ms idle sleep", flush=True)
+    t0 = time.perf_counter()
+    rows = []
+    for cell in cells:
+        for (B, T, I, H) in shapes:
+            for mode in modes:
+                r = bench_row(cell, mode, B, T, I, H, args.threads, budget)
+                rows.append(r)
+                print(f"  {cell} {mode} B={B} T={T} I={I} H={H}: torch {r['torch_ms']} ms, "
+                      f"fusedrnn {r['fusedrnn_ms']} ms (x{r['speedup']}); maxdiff "
+                      f"{r['maxdiff']:.1e}", flush=True)
+    print_table(rows)
+    print(f"x = torch ms / fusedrnn ms (> 1: the converted model is faster); "
+          f"{time.perf_counter() - t0:.0f} s")
+    if args.json:
+        from fusedrnn._atomic import write_text
+        write_text(args.json, json.dumps({"info": fr.info(), "framework": "torch",
+                                          "torch_version": torch.__version__, "env": env,
+                                          "rows": rows},
+                                         indent=1))
+        print(f"wrote {args.json}")
+    bad = [r for r in rows if not r["agree"]]
+    if bad:
+        print(f"fusedrnn: {len(bad)} row(s) where the logits differ by more than {TOLERANCE} "
+              "(marked !)")
+        return 1
+    return 0

@@ -1,0 +1,47 @@
+"""`fusedrnn bench --framework torch`: the adapter in a small torch model against torch.nn (rows,
+agreement, the JSON file). Tiny sizes and budget; speed is not asserted."""
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("fusedrnn.torch")
+
+
+def test_bench_framework_torch_writes_rows(tmp_path, capsys):
+    from fusedrnn import cli
+    path = tmp_path / "b.json"
+    code = cli.main(["bench", "--framework", "torch", "--cells", "LSTM", "--shapes", "1,5,8,8",
+                     "--modes", "infer,train", "--budget", "0.05", "--json", str(path)])
+    assert code == 0, capsys.readouterr()
+    data = json.loads(path.read_text())
+    assert data["framework"] == "torch" and "info" in data
+    rows = data["rows"]
+    assert sorted(r["mode"] for r in rows) == ["infer", "train"]
+    for r in rows:
+        assert (r["cell"], r["B"], r["T"], r["I"], r["H"]) == ("LSTM", 1, 5, 8, 8)
+        assert r["torch_ms"] > 0 and r["fusedrnn_ms"] > 0
+        assert r["maxdiff"] < 1e-4
+        assert r["speedup"] == pytest.approx(r["torch_ms"] / r["fusedrnn_ms"], rel=1e-2)
+        if r["mode"] == "infer":
+            assert r["torch_sporadic_ms"] > 0 and r["fusedrnn_sporadic_ms"] > 0
+            assert r["speedup_sporadic"] == pytest.approx(
+                r["torch_sporadic_ms"] / r["fusedrnn_sporadic_ms"], rel=1e-2)
+        else:
+            assert r["maxdiff_grad"] < 1e-4
+
+
+def test_bench_framework_torch_refuses_cuda_and_bad_modes(capsys):
+    from fusedrnn import cli
+    assert cli.main(["bench", "--framework", "torch", "--device", "cuda"]) == 2
+    assert "--framework torch" in capsys.readouterr().err
+    assert cli.main(["bench", "--framework", "torch", "--modes", "fit"]) == 2
+    assert "--modes" in capsys.readouterr().err
+
+
+def test_median_ms_pause_times_the_call_alone():
+    import time
+
+    from fusedrnn import benchmark
+    ms = benchmark.median_ms({"a": lambda: time.sleep(0.001)}, 0.05, pause_s=0.003)["a"]
+    assert 0.9 < ms < 3.5  # the 3 ms sleep before each call is not counted
