@@ -1,0 +1,291 @@
+"""Data-parallel training of ``fusedrnn.nn`` models across processes and machines, on
+``torch.distributed`` (PyTorch is imported on first use: ``pip install "fusedrnn[torch]"``).
+
+Every process (rank) holds a full copy of the model and runs forward and backward on its own
+part of the batch; before each optimizer step, :func:`all_reduce_gradients` averages the
+gradients over the ranks, so every rank takes the same step and the copies stay identical.
+With losses that average over their batch (``fr.nn.CrossEntropyLoss``, ``fr.nn.MSELoss``) and
+parts of equal size, the averaged gradient is the gradient of the whole batch: N ranks on
+N parts train as one process on the whole batch would (up to rounding).
+
+Launch one process per rank with ``torchrun``, which sets ``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR`` and ``MASTER_PORT`` for ``torch.distributed.init_process_group``::
+
+    torchrun --standalone --nproc_per_node=2 train.py                      # one machine
+    torchrun --nnodes=2 --nproc_per_node=2 --rdzv_backend=c10d \\
+             --rdzv_endpoint=HOST:29500 train.py                           # on each machine
+
+A training script (``train.py``)::
+
+    import numpy as np, torch.distributed as dist
+    import fusedrnn as fr, fusedrnn.distributed as frd
+
+    dist.init_process_group("gloo")          # CPU processes: the gloo backend
+    fr.set_num_threads(1)                    # or cores per machine / processes per machine
+    lstm, head = fr.nn.LSTM(8, 64), fr.nn.Linear(64, 10)
+    params = list(lstm.parameters()) + list(head.parameters())
+    frd.broadcast_parameters(params)         # every rank starts from rank 0's weights
+    opt, loss_fn = fr.optim.SGD(params, lr=0.1), fr.nn.CrossEntropyLoss()
+    for x, y in batches:                     # x [T, N, 8], y [N]: the same batches on every rank
+        x, y = frd.shard(x, axis=1), frd.shard(y)          # this rank's part of the batch
+        out, (h_n, c_n) = lstm(x)
+        loss = loss_fn(head(h_n[-1]), y)
+        dh = head.backward(loss_fn.backward())
+        lstm.backward(np.zeros_like(out), (dh[None], None))
+        frd.all_reduce_gradients(params)     # the average over the ranks, in place
+        opt.step(); opt.zero_grad()
+    dist.destroy_process_group()
+
+The collectives share memory with NumPy, no conversions: by default the gradients are packed
+into one flat buffer per dtype (a torch tensor and its ``.numpy()`` view), reduced with one
+``all_reduce`` each and copied back into the ``.grad`` arrays; ``coalesce=False`` reduces each
+``.grad`` in place through ``torch.from_numpy``. Parameters on the CUDA backend (CuPy arrays)
+are not supported here yet (``TypeError``). Every rank must pass the same parameters in the
+same order (checked: a mismatch raises ``ValueError`` on every rank, instead of a hang).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import List, Optional
+
+import numpy as np
+
+from .nn.module import Module, Parameter
+
+__all__ = ["broadcast_parameters", "all_reduce_gradients", "shard", "get_rank", "get_world_size"]
+
+_INSTALL = 'pip install "fusedrnn[torch]"'
+
+
+def _torch():
+    """(torch, torch.distributed), or ImportError naming the install command."""
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError as e:
+        raise ImportError(f"fusedrnn.distributed runs on torch.distributed, and PyTorch is not "
+                          f"installed: {_INSTALL}") from e
+    if not dist.is_available():
+        raise ImportError("fusedrnn.distributed: this PyTorch build has no torch.distributed "
+                          f"(install a build that has it: {_INSTALL})")
+    return torch, dist
+
+
+def _initialized_dist():
+    torch, dist = _torch()
+    if not dist.is_initialized():
+        raise RuntimeError("fusedrnn.distributed: torch.distributed is not initialized; call "
+                           "torch.distributed.init_process_group('gloo') first (torchrun sets "
+                           "the environment it reads)")
+    return torch, dist
+
+
+def _param_list(module_or_params, name="module_or_params") -> List[Parameter]:
+    """A list of Parameters from a Module, a Parameter, or an iterable of either (each once,
+    in order)."""
+    items = [module_or_params] if isinstance(module_or_params, (Module, Parameter)) \
+        else list(module_or_params)
+    params, seen = [], set()
+    for i, item in enumerate(items):
+        for p in (item.parameters() if isinstance(item, Module) else [item]):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{name}[{i}]: expected a fusedrnn.nn.Module or Parameter, got "
+                                f"{type(p).__name__}")
+            if not isinstance(p.data, np.ndarray):
+                raise TypeError(f"{name}[{i}]: fusedrnn.distributed handles parameters on the "
+                                f"CPU (NumPy arrays); this one is on {p.device!r} "
+                                f"(call .to('cpu'))")
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
+
+
+def _signature(params) -> int:
+    """A 62-bit digest of the parameters' shapes and dtypes (the same in every process)."""
+    text = ";".join(f"{p.data.shape}:{p.data.dtype.str}" for p in params)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
+
+
+def _agree(torch, dist, params, group, what, extra=()):
+    """One small all_reduce(MAX) of a fixed-size buffer: the parameters' count and signature
+    (ValueError on every rank when the ranks hold different parameters) and ``extra`` (ints);
+    returns the maximum of each ``extra`` over the ranks."""
+    sig = _signature(params)
+    n = len(params)
+    buf = torch.tensor([n, -n, sig, -sig, *extra], dtype=torch.int64)
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
+    n_max, n_min, sig_max, sig_min = (int(v) for v in buf[:4])
+    if n_max != -n_min or sig_max != -sig_min:
+        raise ValueError(f"{what}: the ranks passed different parameters (counts from {-n_min} "
+                         f"to {n_max}, or different shapes/dtypes); every rank must pass the "
+                         f"same model's parameters in the same order")
+    return [int(v) for v in buf[4:]]
+
+
+def _by_dtype(items):
+    """{dtype: [(param, array), ...]} in order."""
+    groups = {}
+    for p, a in items:
+        groups.setdefault(p.data.dtype, []).append((p, a))
+    return groups
+
+
+def broadcast_parameters(module_or_params, src: int = 0, group=None) -> None:
+    """Copy rank ``src``'s parameter values into every other rank's parameters, in place.
+
+    Call it once after building the model (and before building optimizers' state) so every
+    rank starts from the same weights, whatever seed each used. Only ``.data`` moves (not
+    ``.grad``, not optimizer state). One ``broadcast`` per dtype over a flat buffer.
+
+    Args:
+        module_or_params: a ``fr.nn.Module``, a ``Parameter``, or an iterable of either (the
+            same parameters, in the same order, on every rank).
+        src: the global rank whose values are kept.
+        group: a ``torch.distributed`` process group (None: the default group).
+
+    Raises ValueError (on every rank) when the ranks' parameters differ in number, shape or
+    dtype; RuntimeError if ``torch.distributed`` is not initialized.
+    """
+    torch, dist = _initialized_dist()
+    params = _param_list(module_or_params)
+    _agree(torch, dist, params, group, "broadcast_parameters")
+    rank = dist.get_rank()
+    for dtype, items in _by_dtype((p, p.data) for p in params).items():
+        flat_t, flat = _flat(torch, dtype, sum(a.size for _, a in items))
+        if rank == src:
+            _pack(flat, (a for _, a in items))
+        dist.broadcast(flat_t, src=src, group=group)
+        if rank != src:
+            _unpack(flat, (a for _, a in items))
+
+
+def all_reduce_gradients(module_or_params, average: bool = True, group=None,
+                         coalesce: bool = True) -> None:
+    """Sum every parameter's ``.grad`` over the ranks (and divide by the world size when
+    ``average``), in place: the NumPy arrays in ``.grad`` are updated, not replaced.
+
+    Call it after ``backward`` and before ``optimizer.step()`` on every rank. With a loss that
+    averages over its batch and equal parts of the batch per rank, the average is the gradient
+    of the whole batch.
+
+    Missing gradients: a parameter whose ``.grad`` is None on every rank stays None everywhere
+    (optimizers skip it, as on one process). One that is None on some ranks only counts as zeros
+    there: those ranks receive a fresh array holding the sum (or average over all ranks, the
+    zeros included), so every rank ends with the same gradients. A first small all_reduce
+    checks that the ranks pass the same parameters and whether any gradient is missing
+    anywhere; only then a second one (one flag per parameter) finds which.
+
+    Args:
+        module_or_params: a ``fr.nn.Module``, a ``Parameter``, or an iterable of either (the
+            same parameters, in the same order, on every rank).
+        average: divide the sum by the group's world size (the default); False keeps the sum.
+        group: a ``torch.distributed`` process group (None: the default group).
+        coalesce: True (default) packs the gradients into one flat buffer per dtype and runs
+            one ``all_reduce`` per dtype (fewer, larger messages); False runs one in-place
+            ``all_reduce`` per parameter on a ``torch.from_numpy`` view of its ``.grad``.
+
+    Raises ValueError (on every rank) when the ranks' parameters differ in number, shape or
+    dtype; RuntimeError if ``torch.distributed`` is not initialized.
+    """
+    torch, dist = _initialized_dist()
+    params = _param_list(module_or_params)
+    bad = [i for i, p in enumerate(params)
+           if p.grad is not None and np.shape(p.grad) != p.data.shape]
+    missing = any(p.grad is None for p in params)
+    any_bad, any_missing = _agree(torch, dist, params, group, "all_reduce_gradients",
+                                  [int(bool(bad)), int(missing)])
+    if any_bad:
+        where = (f"module_or_params[{bad[0]}].grad has shape {np.shape(params[bad[0]].grad)}, "
+                 f"expected {params[bad[0]].data.shape}" if bad else "on another rank")
+        raise ValueError(f"all_reduce_gradients: a gradient of the wrong shape: {where}")
+    present = [True] * len(params)
+    if any_missing:  # which parameters have a gradient on some rank (the same list everywhere)
+        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.int64)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+        present = [bool(v) for v in flags.tolist()]
+    active = [p for p, any_rank in zip(params, present) if any_rank]
+    for p in active:
+        if p.grad is None:
+            p.grad = np.zeros_like(p.data)
+        elif not (isinstance(p.grad, np.ndarray) and p.grad.flags.writeable):
+            p.grad = np.array(p.grad, dtype=p.data.dtype)  # somewhere to write the result
+    if not active:
+        return
+    world = dist.get_world_size(group)
+    if coalesce:
+        for dtype, items in _by_dtype((p, p.grad) for p in active).items():
+            flat_t, flat = _flat(torch, dtype, sum(a.size for _, a in items))
+            _pack(flat, (a for _, a in items))
+            dist.all_reduce(flat_t, op=dist.ReduceOp.SUM, group=group)
+            if average and world > 1:
+                flat /= world
+            _unpack(flat, (a for _, a in items))
+        return
+    for p in active:
+        g = p.grad
+        direct = g.flags.c_contiguous and g.dtype == p.data.dtype
+        view = g if direct else np.ascontiguousarray(g, p.data.dtype)
+        dist.all_reduce(torch.from_numpy(view), op=dist.ReduceOp.SUM, group=group)
+        if average and world > 1:
+            view /= world
+        if not direct:
+            np.copyto(g, view, casting="unsafe")
+
+
+def _flat(torch, dtype, n):
+    """A flat buffer of n elements: (a torch tensor, the NumPy view of its memory). Owned by
+    torch, so that the backend's threads may free it without the GIL."""
+    t = torch.empty(n, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+    return t, t.numpy()
+
+
+def _pack(flat, arrays):
+    offset = 0
+    for a in arrays:
+        flat[offset:offset + a.size] = np.ravel(a)
+        offset += a.size
+
+
+def _unpack(flat, arrays):
+    offset = 0
+    for a in arrays:
+        np.copyto(a, flat[offset:offset + a.size].reshape(a.shape), casting="unsafe")
+        offset += a.size
+
+
+def get_rank(group=None) -> int:
+    """This process's rank in ``group`` (the default group if None); 0 when
+    ``torch.distributed`` is not initialized (a single process)."""
+    _, dist = _torch()
+    return dist.get_rank(group) if dist.is_initialized() else 0
+
+
+def get_world_size(group=None) -> int:
+    """The number of processes in ``group`` (the default group if None); 1 when
+    ``torch.distributed`` is not initialized (a single process)."""
+    _, dist = _torch()
+    return dist.get_world_size(group) if dist.is_initialized() else 1
+
+
+def shard(array, axis: int = 0, rank: Optional[int] = None,
+          world_size: Optional[int] = None):
+    """This rank's contiguous part of ``array`` along ``axis`` (a view, as ``np.array_split``).
+
+    Rank r of W gets the r-th of W nearly equal parts (the first ``n % W`` one longer). For
+    ``fr.nn`` recurrent layers the batch is axis 1 of [T, N, I] (axis 0 with
+    ``batch_first=True``). For data-parallel training to match one process on the whole batch
+    exactly, make the batch divisible by the world size: a mean loss weights each part equally.
+
+    Args:
+        array: a NumPy array (or anything ``np.asarray`` takes).
+        axis: the batch axis.
+        rank, world_size: default to :func:`get_rank` and :func:`get_world_size` (0 and 1
+            without ``torch.distributed``, so the same script runs as one process).
+    """
+    rank = get_rank() if rank is None else int(rank)
+    world_size = get_world_size() if world_size is None else int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank: expected 0 <= rank < world_size, got rank={rank}, "
+                         f"world_size={world_size}")
+    return np.array_split(np.asarray(array), world_size, axis=axis)[rank]
