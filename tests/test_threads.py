@@ -168,6 +168,10 @@ import fusedrnn as fr
 from fusedrnn import functional as F
 if sys.argv[1] == "one-core":
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+if sys.argv[1] == "openmp":  # the phases on PyTorch's OpenMP threads
+    import torch, fusedrnn.torch
+    torch.set_num_threads(2)
+    assert fr.info()["thread_pool"].startswith("OpenMP"), fr.info()
 fr.set_num_threads(2)
 rng = np.random.default_rng(0)
 out = []
@@ -182,21 +186,29 @@ np.savez(sys.argv[2], *out)
 """
 
 
-def test_two_threads_on_one_core_finish_with_the_same_bits(tmp_path):
+def test_same_bits_on_one_core_and_on_pytorchs_openmp_threads(tmp_path):
     """With both threads of the team on one core (as when another library's spinning threads
     hold the other), phases do not wait for a worker that is not running: the caller claims its
-    slices. The results are the same bit for bit as with two free cores."""
+    slices. On PyTorch's OpenMP threads (fusedrnn.torch imported) the threads of the region
+    claim them. The results are the same bit for bit as with two free cores of our own."""
     import os
     import subprocess
     import sys
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("needs os.sched_setaffinity")
+    modes = ["free", "one-core"]
+    try:
+        import torch  # noqa: F401
+        modes.append("openmp")
+    except ImportError:
+        pass
     results = []
-    for mode in ("free", "one-core"):
+    for mode in modes:
         path = tmp_path / f"{mode}.npz"
         subprocess.run([sys.executable, "-c", _ONE_CORE_SNIPPET, mode, str(path)], check=True,
                        timeout=300)
         with np.load(path) as f:
             results.append([f[k] for k in f.files])
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)

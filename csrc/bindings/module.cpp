@@ -506,4 +506,9 @@ PYBIND11_MODULE(_C, m) {
         "Threads of the kernels' team.");
   m.def("get_num_threads", []() { return cpu::get_num_threads(); },
         "Threads of the kernels' team.");
+  m.def("share_openmp_threads", &cpu::share_openmp_threads,
+        "Run the kernels' parallel phases on the OpenMP runtime PyTorch loaded (libgomp), if it "
+        "is loaded; returns whether it is.");
+  m.def("shares_openmp_threads", &cpu::shares_openmp_threads,
+        "Whether the kernels' parallel phases run on a shared OpenMP runtime.");
 }

@@ -2,6 +2,8 @@
 
 #include <cblas.h>
 
+#include <dlfcn.h>
+
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -47,7 +49,48 @@ struct SingleThreadedBlas {
   SingleThreadedBlas() { scipy_openblas_set_num_threads(1); }
 } g_single_threaded_blas;
 
+// The OpenMP runtime PyTorch loads (GNU libgomp), when the process shares it: the phases then
+// run on its threads (see share_openmp_threads). Null: the team's own threads.
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+std::atomic<GompParallel> g_gomp_parallel{nullptr};
+
+// One phase on the OpenMP team: every thread of the region claims slices, like our workers.
+struct OpenMPPhase {
+  const std::function<void(int)>* fn;
+  int slices;
+  std::atomic<int> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+};
+
+void openmp_phase_thread(void* data) {
+  auto* phase = static_cast<OpenMPPhase*>(data);
+  // Denormals flushed while a slice runs, then the thread's own mode back: these are
+  // PyTorch's threads.
+  ScopedFlushDenormals flush;
+  for (int s; (s = phase->next.fetch_add(1, std::memory_order_acq_rel)) < phase->slices;) {
+    try {
+      (*phase->fn)(s);
+    } catch (...) {  // nothing may leave an OpenMP region: the caller rethrows it
+      if (!phase->failed.exchange(true)) phase->error = std::current_exception();
+    }
+  }
+}
+
 }  // namespace
+
+bool share_openmp_threads() {
+  if (!g_gomp_parallel.load()) {
+    // Only an already loaded runtime (RTLD_NOLOAD): we never bring one in ourselves.
+    if (void* lib = dlopen("libgomp.so.1", RTLD_NOW | RTLD_NOLOAD)) {
+      g_gomp_parallel.store(reinterpret_cast<GompParallel>(dlsym(lib, "GOMP_parallel")));
+      dlclose(lib);  // it stays loaded: its owner holds it
+    }
+  }
+  return g_gomp_parallel.load() != nullptr;
+}
+
+bool shares_openmp_threads() { return g_gomp_parallel.load() != nullptr; }
 
 unsigned enable_flush_denormals() {
 #if defined(__SSE__) || defined(__x86_64__)
@@ -115,6 +158,12 @@ void ThreadTeam::worker() {
 void ThreadTeam::run_phase(const std::function<void(int)>& fn) {
   if (size_ == 1) {
     fn(0);
+    return;
+  }
+  if (GompParallel gomp_parallel = g_gomp_parallel.load(std::memory_order_relaxed)) {
+    OpenMPPhase phase{&fn, size_};
+    gomp_parallel(openmp_phase_thread, &phase, static_cast<unsigned>(size_), 0);
+    if (phase.error) std::rethrow_exception(phase.error);
     return;
   }
   task_ = &fn;

@@ -64,6 +64,15 @@ class ScopedFlushDenormals {
   unsigned saved_;
 };
 
+// Run the team's phases on the threads of the OpenMP runtime already loaded in the process
+// (GNU libgomp, as PyTorch loads it) instead of the team's own: in a program that also runs
+// PyTorch's operators, its threads spin for milliseconds after each of them, on the cores our
+// threads would need; running our slices on them turns that spinning into our work. The phases
+// still claim their slices in order, so the results are the same bit for bit. Returns whether
+// such a runtime was found (nothing changes if not).
+bool share_openmp_threads();
+bool shares_openmp_threads();
+
 // The kernels' thread count (the team's size; OpenBLAS itself stays single-threaded).
 void set_num_threads(int n);
 int get_num_threads();

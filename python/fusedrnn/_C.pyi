@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['attention_backward', 'attention_forward', 'build_info', 'get_num_threads', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_num_threads']
+__all__: list[str] = ['attention_backward', 'attention_forward', 'build_info', 'get_num_threads', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads']
 def attention_backward(score: str, query: numpy.ndarray, keys_proj: typing.Any, values: typing.Any, mask: typing.Any, v: typing.Any, hidden: typing.Any, weights: typing.Any, dcontext: typing.Any, dweights: typing.Any) -> tuple:
     """
     Gradients of attention_forward: (dquery, dkeys_proj, dvalues, dv).
@@ -49,4 +49,12 @@ def runs_side_by_side(cell: str, nonlinearity: str, shapes: collections.abc.Sequ
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     Threads of the kernels' team.
+    """
+def share_openmp_threads() -> bool:
+    """
+    Run the kernels' parallel phases on the OpenMP runtime PyTorch loaded (libgomp), if it is loaded; returns whether it is.
+    """
+def shares_openmp_threads() -> bool:
+    """
+    Whether the kernels' parallel phases run on a shared OpenMP runtime.
     """

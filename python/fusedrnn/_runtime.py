@@ -8,6 +8,8 @@ def info() -> dict:
     d = dict(_C.build_info())
     d["version"] = __version__
     d["threads"] = _C.get_num_threads()
+    d["thread_pool"] = ("OpenMP (shared with PyTorch)" if _C.shares_openmp_threads()
+                        else "fusedrnn's own")
     return d
 
 

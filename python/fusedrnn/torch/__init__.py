@@ -6,8 +6,18 @@
     model = frt.convert(model)     # every nn.LSTM/GRU/RNN (and cell) in a model, same weights
 
 Needs PyTorch (``pip install "fusedrnn[torch]"``); importing this module imports torch.
+
+Importing it also makes the kernels run their parallel work on PyTorch's OpenMP threads (the
+libgomp runtime torch loaded) instead of fusedrnn's own: after each of its operators torch's
+threads spin for milliseconds on the cores ours would need (``fusedrnn.info()["thread_pool"]``
+says which is used).
 """
+import torch  # noqa: F401  (first: its OpenMP runtime is the one to share)
+
+from .. import _C
 from .convert import convert
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+_C.share_openmp_threads()
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
