@@ -13,7 +13,14 @@ import pytest
 import fusedrnn as fr
 
 MODULES = ["fusedrnn", "fusedrnn.nn", "fusedrnn.functional", "fusedrnn.reference",
-           "fusedrnn.optim", "fusedrnn.data", "fusedrnn.training", "fusedrnn.io", "fusedrnn.cuda"]
+           "fusedrnn.optim", "fusedrnn.data", "fusedrnn.training", "fusedrnn.io", "fusedrnn.cuda",
+           "fusedrnn.distributed"]
+try:  # the PyTorch adapter, where torch is installed
+    import fusedrnn.torch as frt
+    MODULES.append("fusedrnn.torch")
+    TORCH_LAYERS = [frt.RNN, frt.LSTM, frt.GRU, frt.RNNCell, frt.LSTMCell, frt.GRUCell]
+except ImportError:
+    TORCH_LAYERS = []
 
 LAYERS = [fr.nn.RNN, fr.nn.LSTM, fr.nn.GRU, fr.nn.RNNCell, fr.nn.LSTMCell, fr.nn.GRUCell]
 SECTIONS = ["Args:", "Inputs:", "Outputs:", "Backward:", "Attributes:", "Examples:"]
@@ -94,3 +101,16 @@ def test_layer_docstring_examples_run(cls):
     result = runner.summarize(verbose=False)
     assert result.failed == 0, \
         f"{cls.__name__}: {result.failed} of {result.attempted} examples failed"
+
+
+@pytest.mark.parametrize("cls", TORCH_LAYERS, ids=lambda c: "torch." + c.__name__)
+def test_torch_adapter_docstrings_read_like_pytorchs(cls):
+    doc = cls.__doc__ or ""
+    absent = [s for s in ("Args:", "Inputs:", "Outputs:", "Attributes:", "Examples:")
+              if s not in doc]
+    assert absent == [], f"{cls.__name__}: sections missing from the docstring: {absent}"
+    runner = doctest.DocTestRunner(verbose=False)
+    for test in doctest.DocTestFinder(recurse=False).find(cls, cls.__name__, globs={}):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted > 0 and result.failed == 0, result
