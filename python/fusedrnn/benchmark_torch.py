@@ -38,7 +38,10 @@ TOLERANCE = 1e-4
 # Settings of torch's OpenMP pool that change how it shares the cores with fusedrnn's threads
 # (its workers spin for milliseconds after each torch op unless OMP_WAIT_POLICY=PASSIVE):
 # shown in the header and recorded in the JSON.
-OMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "KMP_BLOCKTIME")
+# Settings that change the figures: the OpenMP runtime's (torch's threads) and OpenBLAS's
+# kernel choice (OPENBLAS_CORETYPE=Haswell: AVX2 kernels for our weight-gradient GEMMs).
+OMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "KMP_BLOCKTIME",
+           "OPENBLAS_CORETYPE")
 
 
 def make_model(cell, I, H, vocab=VOCAB, seed=0):
