@@ -4,6 +4,8 @@ what was given; odd but valid input (non-contiguous views, NaN) computes the rig
 import numpy as np
 import pytest
 
+from conftest import CELLS, GATES, cell_backward, cell_forward, reference
+from fusedrnn import functional as F
 from fusedrnn import nn
 
 T, N, I, H = 5, 3, 4, 6
@@ -201,3 +203,214 @@ def test_unpickled_arrays_are_accepted(dtype):
     context2, weights2, _ = attention_step_forward("dot", unpickled(q), unpickled(k),
                                                    unpickled(v), mask)
     np.testing.assert_array_equal(context2, context)
+
+
+# ---------------------------------------------------------------------------- every argument named
+def functional_args(cell, dtype=np.float64):
+    """Valid arguments of F.<cell>_forward (a dict in signature order, c0 for the LSTM only)."""
+    G = GATES[cell]
+    rng = np.random.default_rng(0)
+    args = dict(x=rng.standard_normal((T, N, I)), h0=np.zeros((N, H)), c0=np.zeros((N, H)),
+                w_ih=rng.standard_normal((G * H, I)), w_hh=rng.standard_normal((G * H, H)),
+                b_ih=np.zeros(G * H), b_hh=np.zeros(G * H))
+    if cell != "lstm":
+        del args["c0"]
+    return {k: v.astype(dtype) for k, v in args.items()}
+
+
+def forward_of(cell):
+    return getattr(F, f"{cell}_forward"), getattr(F, f"{cell}_backward")
+
+
+# wrong for every argument of the kernels and layers (N = 3 samples: [1, 2] is no lengths either)
+BAD_VALUES = [None, [1, 2], "abc", 3, 1.5, True, np.array(1.0), np.array([1, 0]),
+              np.zeros((2, 3)), np.zeros((T, N, I), np.int32), [[1], [2, 3]], [1, [2]],
+              np.array([{"a": 1}], dtype=object), np.float64(1.0), object()]
+
+
+def assert_named(name, call):
+    """``call()`` raises TypeError or ValueError whose message starts with ``name``."""
+    with pytest.raises((TypeError, ValueError)) as info:
+        call()
+    message = str(info.value)
+    assert message.startswith(name) or (name in ("b_ih", "b_hh")
+                                        and message.startswith("b_ih, b_hh")), (name, message)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_every_functional_argument_is_validated_and_named(cell):
+    """Each argument of the functional forward and backward, given a wrong value, raises a
+    TypeError/ValueError whose message starts with its name (ragged lengths gave NumPy's
+    message, an array for reverse/training or nonlinearity "truth value is ambiguous")."""
+    forward, backward = forward_of(cell)
+    good = functional_args(cell)
+    names = list(good) + ["lengths", "reverse", "training"]
+    if cell == "rnn":
+        names.append("nonlinearity")
+    optional = {"h0", "c0", "b_ih", "b_hh", "lengths"}  # None means zeros / no bias / length T
+    for name in names:
+        for bad in BAD_VALUES:
+            if bad is None and name in optional:
+                continue
+            if name in ("reverse", "training") and bad is True:
+                continue
+            args = dict(good)
+            kwargs = {}
+            if name in good:
+                args[name] = bad
+            else:
+                kwargs[name] = bad
+            assert_named(name, lambda: forward(*args.values(), **kwargs))
+    y, *_, ctx = forward(*good.values(), training=True)
+    grads = ["dy", "dh_n"] + (["dc_n"] if cell == "lstm" else [])
+    for name in ["ctx"] + grads:
+        for bad in BAD_VALUES:
+            if bad is None:
+                continue
+            kwargs = {"ctx": ctx, "dy": y, name: bad}
+            assert_named(name, lambda: backward(**kwargs))
+
+
+@pytest.mark.parametrize("m", layers(np.float64), ids=["rnn", "lstm", "gru"])
+def test_ragged_or_fractional_lengths_are_named(m):
+    x = x_of(np.float64)
+    with pytest.raises(ValueError, match=r"^lengths: expected 3 integers"):
+        m(x, lengths=[1, [2], 3])
+    with pytest.raises(TypeError, match=r"^lengths: expected an integer array, got dtype float64"):
+        m(x, lengths=np.array([1.5, 2.0, 3.0]))
+    with pytest.raises(TypeError, match=r"^lengths: expected an integer array, got dtype object"):
+        m(x, lengths=[1, None, 2])
+    # lists and tuples of ints are lengths as they were
+    out, _ = m(x, lengths=np.array([1, 5, 2]))
+    for lengths in ([1, 5, 2], (1, 5, 2), [np.int32(1), 5, np.int64(2)]):
+        np.testing.assert_array_equal(m(x, lengths=lengths)[0], out)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_reverse_and_training_must_be_bools(cell):
+    forward, _ = forward_of(cell)
+    args = functional_args(cell)
+    for name in ("reverse", "training"):
+        for bad in (np.array([1, 0]), np.array(True), 1, 0, "yes", None):
+            with pytest.raises(TypeError, match=fr"^{name}: expected a bool \(True or False\), "
+                                                fr"got {type(bad).__name__}"):
+                forward(*args.values(), **{name: bad})
+    y, *_ = forward(*args.values(), reverse=True)
+    y_np, *rest = forward(*args.values(), reverse=np.bool_(True), training=np.bool_(True))
+    np.testing.assert_array_equal(y_np, y)
+    assert rest[-1] is not None  # training=np.True_ kept the context
+
+
+def test_nonlinearity_must_be_a_known_name():
+    forward, _ = forward_of("rnn")
+    args = functional_args("rnn")
+    with pytest.raises(TypeError, match=r"^nonlinearity: expected 'tanh' or 'relu' \(a str\), "
+                                        r"got ndarray"):
+        forward(*args.values(), nonlinearity=np.array(["tanh", "relu"]))
+    with pytest.raises(ValueError, match=r"^nonlinearity: expected 'tanh' or 'relu', got 'gelu'"):
+        forward(*args.values(), nonlinearity="gelu")
+    with pytest.raises(TypeError, match=r"^nonlinearity: "):
+        nn.RNN(I, H, nonlinearity=np.array(["tanh", "relu"]))
+    with pytest.raises(TypeError, match=r"^nonlinearity: "):
+        nn.RNNCell(I, H, nonlinearity=None)
+
+
+@pytest.mark.parametrize("m", layers(np.float64) + [nn.RNNCell(I, H, dtype=np.float64),
+                                                    nn.LSTMCell(I, H, dtype=np.float64),
+                                                    nn.GRUCell(I, H, dtype=np.float64)],
+                         ids=["rnn", "lstm", "gru", "rnn_cell", "lstm_cell", "gru_cell"])
+def test_layer_forward_arguments_are_named(m):
+    """hx and lengths of the layers (hx of the cells), given anything wrong, raise TypeError or
+    ValueError whose message starts with their name (h0/c0 for the parts of an LSTM's hx)."""
+    cell = isinstance(m, (nn.RNNCell, nn.LSTMCell, nn.GRUCell))
+    x = x_of(np.float64, (N, I) if cell else (T, N, I))
+    for bad in BAD_VALUES + [(1, 2, 3), ([1], [2])]:
+        if bad is not None:
+            with pytest.raises((TypeError, ValueError), match=r"^(hx|h0|c0)"):
+                m(x, bad)
+    for bad in BAD_VALUES:
+        if not cell and bad is not None:
+            with pytest.raises((TypeError, ValueError), match=r"^lengths"):
+                m(x, lengths=bad)
+    if cell:
+        m(x)
+        with pytest.raises(TypeError, match=r"^dh: expected an array of dtype float64"):
+            m.backward([[1.0], [1.0, 2.0]])
+
+
+# ---------------------------------------------------------------------------- zero-size work
+class NoKernels:
+    """A stand-in for fusedrnn._C whose every kernel fails the test if called."""
+
+    def __getattr__(self, name):
+        def kernel(*args, **kwargs):
+            raise AssertionError(f"the kernel {name} ran on a call with nothing to compute")
+        return kernel
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 5), (3, 0, 4, 5), (3, 2, 4, 0), (0, 0, 0, 0)],
+                         ids=["T0", "N0", "H0", "all0"])
+@pytest.mark.parametrize("name", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_zero_size_work_returns_at_once_like_the_reference(name, shape, with_lengths, monkeypatch):
+    """T, N or H zero: no kernel runs (it walked every empty step: T = 10**9 with N = 0 took a
+    minute); outputs and every gradient have the reference's shapes and values (y zeros, the
+    final state the initial one, dh0 = dh_n, zero weight gradients)."""
+    cell, nonlinearity = CELLS[name]
+    T_, N_, I_, H_ = shape
+    G = GATES[cell]
+    rng = np.random.default_rng(1)
+
+    def normal(*s):
+        return rng.standard_normal(s).astype(np.float32)
+
+    p = dict(x=normal(T_, N_, I_), h0=normal(N_, H_), c0=normal(N_, H_),
+             w_ih=normal(G * H_, I_), w_hh=normal(G * H_, H_), b_ih=normal(G * H_),
+             b_hh=normal(G * H_), dy=normal(T_, N_, H_), dh_n=normal(N_, H_), dc_n=normal(N_, H_))
+    lengths = np.minimum(np.arange(N_), T_) if with_lengths else None
+    monkeypatch.setattr(F, "_C", NoKernels())
+    results = {}
+    for module in (F, reference):
+        y, h_n, c_n, ctx = cell_forward(module, cell, nonlinearity, p["x"], p["h0"],
+                                        p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                        lengths=lengths, reverse=True)
+        grads = cell_backward(module, cell, ctx, p["dy"], p["dh_n"],
+                              p["dc_n"] if cell == "lstm" else None)
+        results[module] = dict(grads, y=y, h_n=h_n, c_n=c_n)
+    for key, ours in results[F].items():
+        expected = results[reference][key]
+        assert (ours is None) == (expected is None), key
+        if ours is not None:
+            assert ours.dtype == np.float32 and ours.shape == expected.shape, key
+            np.testing.assert_allclose(ours, expected, err_msg=key)
+    assert results[F]["h_n"] is not p["h0"]  # a new array, as the kernel returns
+
+
+def test_zero_size_huge_sequence_returns_at_once(monkeypatch):
+    """x of shape (10**9, 0, I) (no element: free to make) in every forward and backward, the
+    layers (a stack, bidirectional with dropout) and the cells (N = 0) included."""
+    monkeypatch.setattr(F, "_C", NoKernels())
+    x = np.empty((10 ** 9, 0, I), np.float32)
+    for cell in ("rnn", "lstm", "gru"):
+        forward, backward = forward_of(cell)
+        args = functional_args(cell, np.float32)
+        args["x"], args["h0"] = x, np.zeros((0, H), np.float32)
+        if cell == "lstm":
+            args["c0"] = np.zeros((0, H), np.float32)
+        y, *states, ctx = forward(*args.values(), training=True)
+        assert y.shape == (10 ** 9, 0, H)
+        assert all(s.shape == (0, H) for s in states if s is not None)
+        dx, dh0, *rest = backward(ctx, np.empty((10 ** 9, 0, H), np.float32))
+        assert dx.shape == x.shape and dh0.shape == (0, H)
+        assert all(not g.any() for g in rest if g is not None)
+    for m in (layers(num_layers=2) + layers(num_layers=2, bidirectional=True, dropout=0.5)):
+        out, _ = m(x)
+        assert out.shape == (10 ** 9, 0, m.num_directions * H)
+        dx, _ = m.backward(np.empty(out.shape, np.float32))
+        assert dx.shape == x.shape
+    for m in (nn.RNNCell(I, H), nn.LSTMCell(I, H), nn.GRUCell(I, H)):
+        out = m(np.empty((0, I), np.float32))
+        h = out[0] if isinstance(out, tuple) else out
+        assert h.shape == (0, H)
+        dx, _ = m.backward(np.empty((0, H), np.float32))
+        assert dx.shape == (0, I)

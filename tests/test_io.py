@@ -91,3 +91,134 @@ def test_interrupted_save_leaves_previous_file_readable(tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(fr.load(path)["w"], np.arange(4.0))
     assert os.listdir(tmp_path) == ["model.npz"]  # the temporary file is gone
+
+
+# ---------------------------------------------------------------------------- hostile files
+def _npz_with_member(path, name, data):
+    """A zip holding one member ``name`` with the raw bytes ``data`` (a hand-made .npz)."""
+    import zipfile
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(name, data)
+    return path
+
+
+def _npy_header(shape, descr="<f8"):
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def test_zip_bomb_is_refused_before_reading(tmp_path):
+    """A small compressed .npz whose arrays decompress to more than ``max_bytes`` (1 GiB by
+    default) is refused from the entries' headers, before anything is decompressed; the message
+    names the file, the entry, the size and the way to raise the limit."""
+    import inspect
+    assert inspect.signature(fr.load).parameters["max_bytes"].default == 1 << 30
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, a=np.zeros(2 ** 21))  # 16 MiB of zeros in a file of some KB
+    assert os.path.getsize(path) < 100_000
+    with pytest.raises(ValueError, match=r"bomb\.npz: entry 'a\.npy' .*16,777,216 bytes.*"
+                                         r"over the limit of 8,388,608 bytes.*max_bytes="):
+        fr.load(path, max_bytes=1 << 23)
+    assert fr.load(path, max_bytes=1 << 24)["a"].shape == (2 ** 21,)  # at the limit: read
+    assert fr.load(path, max_bytes=None)["a"].shape == (2 ** 21,)
+    # the limit is on the total of the arrays: the entry that crosses it is named
+    np.savez_compressed(path, a=np.zeros(2 ** 19), b=np.zeros(2 ** 19))  # 4 MiB each
+    with pytest.raises(ValueError, match=r"entry 'b\.npy' .*8,388,608 bytes, over the limit"):
+        fr.load(path, max_bytes=(1 << 23) - 1)
+    with pytest.raises(TypeError, match="max_bytes: expected an int"):
+        fr.load(path, max_bytes=1.5)
+
+
+def test_header_declaring_a_huge_or_wrong_shape_is_refused(tmp_path):
+    """A tiny .npz whose .npy header declares shape (10**11,) raised MemoryError; a header whose
+    size disagrees with the entry's data was read as whatever NumPy made of it: both are
+    ValueErrors naming the file and the entry, whatever ``max_bytes`` says."""
+    path = _npz_with_member(tmp_path / "huge.npz", "weight.npy", _npy_header((10 ** 11,)))
+    assert os.path.getsize(path) < 400
+    for max_bytes in (1 << 30, None):
+        with pytest.raises(ValueError, match=r"huge\.npz: .*entry 'weight\.npy' declares shape "
+                                             r"\(100000000000,\)"):
+            fr.load(path, max_bytes=max_bytes)
+    path = _npz_with_member(tmp_path / "short.npz", "w.npy", _npy_header((10,)) + bytes(8))
+    with pytest.raises(ValueError, match=r"short\.npz: .*entry 'w\.npy' declares shape \(10,\) "
+                                         r"of float64 \(80 bytes\) but holds 8 bytes"):
+        fr.load(path)
+    path = tmp_path / "huge.npy"  # a bare .npy likewise
+    path.write_bytes(_npy_header((10 ** 11,)))
+    with pytest.raises(ValueError, match=r"huge\.npy: .*declares shape \(100000000000,\)"):
+        fr.load(path, max_bytes=None)
+
+
+def test_entry_that_is_not_an_array_is_refused(tmp_path):
+    """A zip member that is not an .npy came back as raw bytes."""
+    path = _npz_with_member(tmp_path / "raw.npz", "notes.txt", b"hello")
+    with pytest.raises(ValueError, match=r"raw\.npz: entry 'notes\.txt' is not a NumPy array"):
+        fr.load(path)
+    path = _npz_with_member(tmp_path / "fake.npz", "w.npy", b"not an npy at all")
+    with pytest.raises(ValueError, match=r"fake\.npz: entry 'w\.npy' is not a NumPy array"):
+        fr.load(path)
+
+
+def _tree_file(path, text, **arrays):
+    """An .npz holding the JSON ``text`` as its object tree (fr.save's __fusedrnn__ entry)."""
+    np.savez(path, __fusedrnn__=np.array(text), **arrays)
+    return path
+
+
+def _tree_json(tree):
+    import json
+    return json.dumps({"format": frio.FORMAT, "tree": tree})
+
+
+@pytest.mark.parametrize("node, where, what", [
+    ({"__tuple__": None}, "tree", "'__tuple__' must hold a list"),
+    ({"__items__": 5}, "tree", "'__items__' must hold a list"),
+    ({"__array__": ["a0"]}, "tree", "'__array__' must name an array entry"),
+    ({"model": {"weight": {"__array__": ["a0"]}}}, r'tree\["model"\]\["weight"\]',
+     "'__array__' must name"),
+    ({"model": [1, {"__items__": [[1, 2, 3]]}]}, r'tree\["model"\]\[1\]',
+     r"'__items__'\[0\] must be a \[key, value\] pair"),
+    ({"model": {"__items__": [[True, 1]]}}, r'tree\["model"\]',
+     r"'__items__'\[0\]: a key must be a str or an int"),
+    ({"model": {"__array__": "a0", "x": 1}}, r'tree\["model"\]',
+     "a '__array__' node must hold that key alone"),
+    ({"model": {"weight": {"__array__": "a7"}}}, r'tree\["model"\]\["weight"\]',
+     "the file refers to array 'a7'"),
+], ids=["tuple-null", "items-int", "array-list", "nested-array-list", "items-triple",
+        "items-bool-key", "array-extra-key", "missing-array"])
+def test_malformed_tree_nodes_are_refused(tmp_path, node, where, what):
+    """Malformed nodes raised bare TypeErrors; each is a ValueError naming the file and the node's
+    path in the tree."""
+    path = _tree_file(tmp_path / "bad.npz", _tree_json(node), a0=np.zeros(2))
+    with pytest.raises(ValueError, match=fr"bad\.npz: {where}: {what}"):
+        fr.load(path)
+
+
+def test_deep_tree_is_refused_without_recursion(tmp_path):
+    """A tree nested thousands of levels deep raised RecursionError (in json.loads, or in the
+    decoder, which recursed once per level): both are ValueErrors; the decoder stops at
+    MAX_DEPTH (100) levels, and fr.save refuses what fr.load would."""
+    deep = '{"format": "%s", "tree": %s}' % (frio.FORMAT, "[" * 5000 + "]" * 5000)
+    with pytest.raises(ValueError, match=r"deep\.npz: malformed __fusedrnn__ entry: .*nested too "
+                                         r"deeply"):
+        fr.load(_tree_file(tmp_path / "deep.npz", deep))
+    tree = 1
+    for _ in range(300):  # shallow enough for json.loads, too deep for the decoder
+        tree = {"k": tree}
+    with pytest.raises(ValueError, match=r'deeper\.npz: tree\["k"\]\["k"\].*: the tree is nested '
+                                         r"more than 100 levels deep"):
+        fr.load(_tree_file(tmp_path / "deeper.npz", _tree_json(tree)))
+    obj = [np.arange(3.0)]  # 100 containers (lists, dicts, tuples) deep: saved and loaded
+    for i in range(99):
+        obj = (obj,) if i % 3 == 0 else ({"k": obj} if i % 3 == 1 else [obj])
+    fr.save(obj, tmp_path / "ok.npz")
+    back = fr.load(tmp_path / "ok.npz")
+    for i in reversed(range(99)):
+        assert isinstance(back, (tuple, dict, list)[i % 3])
+        back = back[0] if i % 3 != 1 else back["k"]
+    np.testing.assert_array_equal(back[0], np.arange(3.0))
+    with pytest.raises(ValueError, match="nested more than 100 levels deep"):
+        fr.save([obj], tmp_path / "too_deep.npz")

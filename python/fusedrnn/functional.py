@@ -92,11 +92,17 @@ def _check(value, name, shape, dtype, optional=False, xp=np):
 
 
 def check_lengths(lengths, T, N, name="lengths"):
-    """Validate a lengths vector: [N] integers in [0, T]; returns int64 C-contiguous or None."""
+    """Validate a lengths vector: [N] integers in [0, T] (an integer array, or a list or tuple of
+    ints); returns int64 C-contiguous or None."""
     if lengths is None:
         return None
     if isinstance(lengths, (list, tuple)):
-        lengths = np.asarray(lengths)
+        try:
+            lengths = np.asarray(lengths)
+        except (ValueError, TypeError, OverflowError) as e:  # ragged, or not numbers at all
+            raise ValueError(f"{name}: expected {N} integers (one length per sample), got a "
+                             f"{type(lengths).__name__} NumPy cannot read as a flat array of "
+                             f"numbers ({e})") from None
     if not isinstance(lengths, np.ndarray):
         raise TypeError(f"{name}: expected an integer numpy.ndarray, got {type(lengths).__name__}")
     arr = lengths
@@ -108,6 +114,25 @@ def check_lengths(lengths, T, N, name="lengths"):
         raise ValueError(f"{name}: expected values in [0, {T}] (the sequence length), "
                          f"got min {arr.min()} and max {arr.max()}")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_flag(value, name):
+    """``value`` as a bool; TypeError naming ``name`` unless it is a bool or a numpy.bool_ (so that
+    an array, a number or a string never passes for one)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__}"
+                        + (f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""))
+    return bool(value)
+
+
+def check_nonlinearity(nonlinearity, name="nonlinearity"):
+    """``nonlinearity`` if it is 'tanh' or 'relu'; TypeError (not a str) or ValueError naming it."""
+    if not isinstance(nonlinearity, str):
+        raise TypeError(f"{name}: expected 'tanh' or 'relu' (a str), got "
+                        f"{type(nonlinearity).__name__}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"{name}: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    return str(nonlinearity)
 
 
 def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
@@ -159,12 +184,65 @@ def _kernel_calls(kernels_and_args, name, cell, nonlinearity):
 def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None,
                      b_hh=None, lengths=None, reverse=False, training=False):
     """(kernel module, the kernel's arguments, has_bias) of one checked forward call."""
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    check_nonlinearity(nonlinearity)
+    reverse = check_flag(reverse, "reverse")
+    training = check_flag(training, "training")
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-    return kernels, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, bool(reverse), bool(training)), \
-        has_bias
+    return kernels, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training), has_bias
+
+
+# ---------------------------------------------------------------------------- zero-size work
+# A call with no step, no sample or no hidden unit (T, N or H zero) has nothing to compute: it
+# returns at once, without the kernel (which would still walk T empty steps: T = 10**9 with N = 0
+# ran for a minute), with what the kernel and the reference return for it: y zeros [T, N, H],
+# the final state the initial one; backward zero gradients, dh0 (dc0) = dh_n (dc_n).
+def _no_work(x, w_hh):
+    T, N, _ = x.shape
+    return T == 0 or N == 0 or w_hh.shape[0] == 0
+
+
+def _empty_forward(cell, args):
+    """The kernel's outputs (y, h_n, c_n, gates, extra, h_prev) of a call with no work."""
+    x, h0, c0, _, w_hh = args[:5]
+    xp = _backend(x)[0]
+    T, N, _ = x.shape
+    GH, H = w_hh.shape
+    dtype = x.dtype
+    y = xp.zeros((T, N, H), dtype)
+    h_n = h0.copy()
+    c_n = c0.copy() if cell == "lstm" else None
+    gates = xp.zeros((T, N, GH), dtype)
+    extra = xp.zeros((0 if cell == "rnn" else T, N, H), dtype)  # the RNN keeps no extra
+    h_prev = xp.zeros((T, N, H), dtype)
+    return y, h_n, c_n, gates, extra, h_prev
+
+
+def _empty_backward(cell, args):
+    """The kernel's gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) of a call with no work."""
+    x, w_ih, w_hh = args[:3]
+    dh_n, dc_n = args[-2:]
+    xp = _backend(x)[0]
+    GH = w_hh.shape[0]
+    return (xp.zeros(x.shape, x.dtype), dh_n.copy(),
+            dc_n.copy() if cell == "lstm" else None,
+            xp.zeros(w_ih.shape, x.dtype), xp.zeros(w_hh.shape, x.dtype),
+            xp.zeros(GH, x.dtype), xp.zeros(GH, x.dtype))
+
+
+def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
+    """:func:`_kernel_calls`, where the calls with no work get ``empty(cell, args)`` instead."""
+    outputs = [None] * len(kernels_and_args)
+    work = []
+    for i, (kernels, args) in enumerate(kernels_and_args):
+        if _no_work(args[0], args[2] if name == "recurrent_backward" else args[4]):
+            outputs[i] = empty(cell, args)
+        else:
+            work.append(i)
+    done = _kernel_calls([kernels_and_args[i] for i in work], name, cell, nonlinearity)
+    for i, out in zip(work, done):
+        outputs[i] = out
+    return outputs
 
 
 def _forward_result(cell, nonlinearity, args, has_bias, outputs):
@@ -184,8 +262,8 @@ def _forward_many(cell, calls, nonlinearity="tanh"):
     training): one ``(y, h_n, c_n, ctx)`` per call, as one call would return it. Where they gain
     from it the kernels run side by side, one thread each."""
     prepared = [_prepare_forward(cell, nonlinearity, **c) for c in calls]
-    outputs = _kernel_calls([(k, a) for k, a, _ in prepared], "recurrent_forward", cell,
-                            nonlinearity)
+    outputs = _run_calls([(k, a) for k, a, _ in prepared], "recurrent_forward", cell,
+                         nonlinearity, _empty_forward)
     return [_forward_result(cell, nonlinearity, args, has_bias, out)
             for (_, args, has_bias), out in zip(prepared, outputs)]
 
@@ -195,20 +273,25 @@ def _forward_stack(cell, calls, nonlinearity="tanh"):
     ``x`` in the first only: each next layer reads the previous layer's y. Where the layers gain
     from it (two layers on two threads, small batch, W_hh within a core's cache) each runs on a
     thread of its own, a few steps behind the layer below (a wavefront)."""
-    _, kernels = _backend(calls[0]["x"])
-    stack = getattr(kernels, "recurrent_forward_stack", None)
-    if stack is None:  # a backend without it: layer after layer
+    def layer_after_layer():
         results = []
         for c in calls:
             c = dict(c, x=results[-1][0]) if results else c
             results.extend(_forward_many(cell, [c], nonlinearity))
         return results
+
+    _, kernels = _backend(calls[0]["x"])
+    stack = getattr(kernels, "recurrent_forward_stack", None)
+    if stack is None:  # a backend without it
+        return layer_after_layer()
     prepared = []
     for c in calls:
         if prepared:  # the input is not computed yet: a stand-in of its shape for the checks
             x0, w_hh = prepared[0][1][0], prepared[-1][1][4]
             c = dict(c, x=np.empty(x0.shape[:2] + (w_hh.shape[1],), x0.dtype))
         prepared.append(_prepare_forward(cell, nonlinearity, **c))
+    if any(_no_work(a[0], a[4]) for _, a, _ in prepared):  # a layer with nothing to compute
+        return layer_after_layer()
     outputs = stack(cell, nonlinearity,
                     [a if i == 0 else (None,) + a[1:] for i, (_, a, _) in enumerate(prepared)])
     results = []
@@ -220,10 +303,9 @@ def _forward_stack(cell, calls, nonlinearity="tanh"):
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity):
-    kernels, args, has_bias = _prepare_forward(cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih,
-                                               b_hh, lengths, reverse, training)
-    return _forward_result(cell, nonlinearity, args, has_bias,
-                           kernels.recurrent_forward(cell, nonlinearity, *args))
+    return _forward_many(cell, [dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                                     b_hh=b_hh, lengths=lengths, reverse=reverse,
+                                     training=training)], nonlinearity)[0]
 
 
 def _backward_many(cell, calls):
@@ -252,8 +334,8 @@ def _backward_many(cell, calls):
     nonlinearity = calls[0][0].nonlinearity if calls else "tanh"
     if any(ctx.nonlinearity != nonlinearity for _, _, ctx in prepared):
         raise ValueError("ctx: expected contexts of one nonlinearity")
-    outputs = _kernel_calls([(k, a) for k, a, _ in prepared], "recurrent_backward", cell,
-                            nonlinearity)
+    outputs = _run_calls([(k, a) for k, a, _ in prepared], "recurrent_backward", cell,
+                         nonlinearity, _empty_backward)
     results = []
     for (_, _, ctx), (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) in zip(prepared, outputs):
         if not ctx.has_bias:

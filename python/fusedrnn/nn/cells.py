@@ -139,9 +139,7 @@ class RNNCellBase(Module):
         super().__init__()
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
-        if nonlinearity not in F.NONLINEARITIES:
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
+        self.nonlinearity = F.check_nonlinearity(nonlinearity)
         self.dtype = _dtype(dtype)
         self.bias = bool(bias)
         rng = np.random.default_rng(seed)
@@ -218,7 +216,11 @@ class RNNCellBase(Module):
     def _grad(self, d, name, N, batched):
         if d is None:
             return None
-        d = np.asarray(d, dtype=self.dtype)
+        try:
+            d = np.asarray(d, dtype=self.dtype)
+        except (ValueError, TypeError, OverflowError) as e:  # ragged, or not numbers
+            raise TypeError(f"{name}: expected an array of dtype {self.dtype}, got a "
+                            f"{type(d).__name__} NumPy cannot read as one ({e})") from None
         return self._state(d, name, N, batched)
 
     def extra_repr(self):

@@ -91,9 +91,7 @@ class RNNBase(Module):
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
         self.num_layers = _positive_int(num_layers, "num_layers")
-        if nonlinearity not in F.NONLINEARITIES:
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
+        self.nonlinearity = F.check_nonlinearity(nonlinearity)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
                 or not 0.0 <= float(dropout) <= 1.0:
             raise ValueError(f"dropout: expected a number in [0, 1] (the probability of zeroing "
