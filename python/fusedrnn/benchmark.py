@@ -46,6 +46,11 @@ def add_arguments(p):
     p.add_argument("--framework", choices=("numpy", "torch"), default="numpy",
                    help="torch: the fusedrnn.torch adapter inside a small torch model against "
                         "torch.nn (fusedrnn.benchmark_torch)")
+    p.add_argument("--regimes", default=None, metavar="LIST",
+                   help="b2b,sporadic,shared: fp32 inference against the faster of PyTorch and "
+                        "ONNX Runtime back to back and sporadically (each contestant in its own "
+                        "process) and all in one process, alternating "
+                        "(fusedrnn.benchmark_regimes)")
 
 
 # ---------------------------------------------------------------------------- timing
@@ -59,7 +64,7 @@ SETTLE_AFTER_S = {"numpy_ref": 0.25}
 MIN_BLOCK_S = 0.025
 
 
-def median_ms(fns: dict, budget: float, pause_s: float = 0.0) -> dict:
+def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = True) -> dict:
     """Median ms per callable, each timed in steady state, back to back, as a user's loop runs
     it (the anchors' method): rounds of one block per callable, alternating so that drift of
     the machine hits every callable alike. Each block starts after a pause long enough for the
@@ -69,7 +74,11 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0) -> dict:
 
     ``pause_s`` > 0 times a sporadic caller instead (a server answering now and then): every
     counted call follows an idle sleep of ``pause_s`` (not counted), and blocks are not
-    stretched to MIN_BLOCK_S (what that minimum hides is what this measures)."""
+    stretched to MIN_BLOCK_S (what that minimum hides is what this measures).
+
+    ``settle=False`` times callables sharing one process as a program mixing them calls them:
+    blocks of one call each, in alternation, with no settle pause and no uncounted call, so
+    each call comes right after the previous contestant's (its threads may still spin)."""
     for fn in fns.values():  # warm-up (allocations, thread pools, caches)
         fn()
     one = {}
@@ -78,17 +87,26 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0) -> dict:
         fn()
         one[k] = time.perf_counter() - t0
     total_one = sum(one.values()) + pause_s * len(fns)
-    reps = max(3, min(50, int(budget * len(fns) / max(total_one, 1e-6))))
-    rounds = min(reps, 5)
+    # Unsettled rounds are single calls: allow as many as settled blocks stretched to
+    # MIN_BLOCK_S would count.
+    reps = max(3, min(50 if settle else 1000, int(budget * len(fns) / max(total_one, 1e-6))))
+    rounds = min(reps, 5) if settle else reps
     block = -(-reps // rounds)
     times = {k: [] for k in fns}
     previous = None
-    for _ in range(rounds):
+    # Unsettled calls can run far slower than the single calls above (threads fighting over
+    # the cores): those rounds stop once twice the budget is spent (after 3 rounds).
+    stop = time.perf_counter() + 2 * budget * len(fns)
+    for i in range(rounds):
+        if not settle and i >= 3 and time.perf_counter() > stop:
+            break
         for k, fn in fns.items():
-            time.sleep(SETTLE_AFTER_S.get(previous, SETTLE_S))
-            previous = k
-            fn()  # not counted (see above)
-            n = block if pause_s else max(block, int(MIN_BLOCK_S / max(one[k], 1e-6)))
+            if settle:
+                time.sleep(SETTLE_AFTER_S.get(previous, SETTLE_S))
+                previous = k
+                fn()  # not counted (see above)
+            stretch = settle and not pause_s
+            n = max(block, int(MIN_BLOCK_S / max(one[k], 1e-6))) if stretch else block
             for _ in range(n):
                 if pause_s:
                     time.sleep(pause_s)
@@ -368,6 +386,9 @@ def parse_shapes(text):
 
 
 def run(args) -> int:
+    if getattr(args, "regimes", None):
+        from .benchmark_regimes import run as run_regimes
+        return run_regimes(args)
     if getattr(args, "framework", "numpy") == "torch":
         from .benchmark_torch import run as run_torch
         return run_torch(args)

@@ -1,0 +1,291 @@
+"""fusedrnn against its peers in the regimes real programs call it in: `fusedrnn bench --regimes
+b2b,sporadic,shared`. fp32 inference of one layer (``fusedrnn.benchmark.ours``) against PyTorch
+(``torch.nn.<Cell>``) and ONNX Runtime (``fusedrnn.benchmark.ort_peer``), same weights and
+input, per cell and shape (B, T, I, H):
+
+  b2b       back to back, own process: each contestant alone in a fresh process (one per
+            contestant and shape, so no other library's threads live in it), timed in steady
+            state back to back (``fusedrnn.benchmark.median_ms``);
+  sporadic  3 ms idle before each call, own process: the same processes, each call after an
+            idle sleep (``median_ms(..., pause_s=SPORADIC_PAUSE_S)``), as a server answering now
+            and then;
+  shared    all in one process, default settings, alternating: ours, torch and ORT in this
+            process, called in turn with no settle pause (``median_ms(..., settle=False)``), so
+            each call comes right after another library's, whose threads may still spin, as in
+            a program that mixes them.
+
+Every process sets its contestant's threads to --threads (``fusedrnn.set_num_threads``,
+``torch.set_num_threads``, ORT's ``intra_op_num_threads``); otherwise every library keeps its
+defaults (``ort_peer`` also sets ``inter_op_num_threads=1``, which ORT's default sequential
+execution ignores). Outputs are checked against ours before they count (the full output in the
+shared regime, the last step of the first rows from the own processes).
+
+A table cell is the speedup: the faster peer's ms / our ms (> 1: fusedrnn wins); the JSON file
+(--json) holds every contestant's ms per regime."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from . import benchmark
+
+REGIMES = {"b2b": "back to back, own process",
+           "sporadic": "3 ms idle before each call, own process",
+           "shared": "all in one process, default settings, alternating"}
+OWN_PROCESS = ("b2b", "sporadic")
+PEERS = {"torch": "PyTorch", "ort": "ONNX Runtime"}
+SPORADIC_PAUSE_S = 0.003
+# Outputs must agree with ours to this (absolute, float32) for a row to count.
+TOLERANCE = 1e-3
+# Batch rows of the last step an own-process contestant sends back for the agreement check.
+CHECK_ROWS = 4
+WORKER_TIMEOUT_S = 900
+# --quick: seconds of timing per contestant, regime and row (every row also starts three
+# processes, one importing torch), for a run of about a minute.
+QUICK_BUDGET = 0.15
+# The settings that change how the libraries' threads share the cores, and OpenBLAS's kernels.
+ENV = ("OPENBLAS_CORETYPE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
+       "KMP_BLOCKTIME")
+
+
+# ---------------------------------------------------------------------------- the contestants
+def _inputs(cell, B, T, I, H):
+    """The row's input x [T, B, I] and weights: the same in every process."""
+    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
+    return x, benchmark._weights(cell, I, H)
+
+
+def contestant(who, cell, x, w, threads):
+    """One inference call of ``who`` ("ours", "torch" or "ort") on x, its threads set to
+    ``threads``."""
+    if who == "ours":
+        import fusedrnn as fr
+        fr.set_num_threads(threads)
+        return benchmark.ours(cell, x, w, "infer")
+    if who == "torch":
+        return benchmark.torch_peer(cell, x, w, "infer", threads)
+    if who == "ort":
+        return benchmark.ort_peer(cell, x, w, threads)
+    raise ValueError(f"unknown contestant {who!r}")
+
+
+def worker(who, cell, B, T, I, H, threads, budget, regimes):
+    """Run in a fresh process: ``who`` alone, timed in the own-process ``regimes``. Returns
+    {regime: ms} and "check" (the last step's first CHECK_ROWS batch rows)."""
+    x, w = _inputs(cell, B, T, I, H)
+    fn = contestant(who, cell, x, w, threads)
+    out = {"check": np.asarray(fn())[-1, :CHECK_ROWS].tolist()}
+    if "b2b" in regimes:
+        out["b2b"] = benchmark.median_ms({who: fn}, budget)[who]
+    if "sporadic" in regimes:
+        out["sporadic"] = benchmark.median_ms({who: fn}, budget, pause_s=SPORADIC_PAUSE_S)[who]
+    return out
+
+
+_WORKER = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+           "from fusedrnn.benchmark_regimes import worker; "
+           "print(json.dumps(worker(**json.loads(sys.argv[2]))))")
+
+
+def own_process(who, cell, B, T, I, H, threads, budget, regimes):
+    """``worker`` in a fresh Python process (this one's interpreter and path), JSON back."""
+    spec = dict(who=who, cell=cell, B=B, T=T, I=I, H=H, threads=threads, budget=budget,
+                regimes=list(regimes))
+    try:
+        done = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(sys.path),
+                               json.dumps(spec)], capture_output=True, text=True,
+                              timeout=WORKER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the {who} process ({cell} B={B} T={T} I={I} H={H}) ran past "
+                           f"{WORKER_TIMEOUT_S} s") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"the {who} process ({cell} B={B} T={T} I={I} H={H}) failed "
+                           f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def shared_process_ms(cell, x, w, threads, budget, peers):
+    """The shared regime, in this process: ours and ``peers`` called in turn, no settle pause
+    (each call of ours right after torch's or ORT's). Returns ({who: ms}, {peer: maxdiff})."""
+    fns = {who: contestant(who, cell, x, w, threads) for who in ("ours", *peers)}
+    y = np.asarray(fns["ours"]())
+    maxdiff = {k: float(np.max(np.abs(np.asarray(fn()) - y))) for k, fn in fns.items()
+               if k != "ours"}
+    return benchmark.median_ms(fns, budget, settle=False), maxdiff
+
+
+# ---------------------------------------------------------------------------- a row
+def _sig(v):
+    return float(f"{v:.4g}")
+
+
+def regime_entry(ms: dict) -> dict:
+    """{ours_ms, torch_ms, ort_ms, faster_peer, speedup} of one regime from {who: ms}
+    (speedup = the faster peer's ms / ours, from the rounded ms; None without peers)."""
+    e = {f"{k}_ms": (_sig(ms[k]) if k in ms else None) for k in ("ours", *PEERS)}
+    timed = {k: e[f"{k}_ms"] for k in PEERS if e[f"{k}_ms"] is not None}
+    e["faster_peer"] = min(timed, key=timed.get) if timed else None
+    e["speedup"] = round(timed[e["faster_peer"]] / e["ours_ms"], 3) if timed else None
+    return e
+
+
+def bench_row(cell, B, T, I, H, threads, budget, regimes, peers):
+    """One (cell, shape): every contestant in its own process for the own-process regimes,
+    then all of them in this one for the shared regime."""
+    row = {"cell": cell, "B": B, "T": T, "I": I, "H": H, "threads": threads}
+    maxdiff = {}
+    own = [r for r in regimes if r in OWN_PROCESS]
+    if own:
+        res = {who: own_process(who, cell, B, T, I, H, threads, budget, own)
+               for who in ("ours", *peers)}
+        ref = np.asarray(res["ours"]["check"])
+        for p in peers:
+            maxdiff[p] = float(np.max(np.abs(np.asarray(res[p]["check"]) - ref)))
+        for r in own:
+            row[r] = regime_entry({who: res[who][r] for who in res})
+    if "shared" in regimes:
+        x, w = _inputs(cell, B, T, I, H)
+        ms, diff = shared_process_ms(cell, x, w, threads, budget, peers)
+        row["shared"] = regime_entry(ms)
+        for p, d in diff.items():
+            maxdiff[p] = max(d, maxdiff.get(p, 0.0))
+    row["maxdiff"] = maxdiff
+    row["agree"] = all(d <= TOLERANCE for d in maxdiff.values())
+    return row
+
+
+# ---------------------------------------------------------------------------- the run
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _versions(peers):
+    from importlib import metadata
+    names = {"torch": "torch", "ort": "onnxruntime"}
+    out = {}
+    for p in peers:
+        try:
+            out[p] = metadata.version(names[p])
+        except Exception:
+            out[p] = "?"
+    return out
+
+
+def geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def print_table(rows, regimes, peers):
+    """One row per (cell, shape), one column per regime: the speedup and the faster peer's
+    initial (t: torch, o: ORT); our ms instead when no peer is installed. Then the geomean over
+    rows and the count of cells below 1 per regime."""
+    key = "speedup" if peers else "ours_ms"
+    head = f"{'cell':<5}{'B':>4}{'T':>6}{'I':>5}{'H':>5} |"
+    print("\n" + head + "".join(f"{r:>11}" for r in regimes))
+    for row in rows:
+        cells = []
+        for r in regimes:
+            e = row[r]
+            tag = e["faster_peer"][0] if e["faster_peer"] else " "
+            cells.append(f"{benchmark._fmt(e[key], 9, 2 if peers else 4)} {tag}")
+        mark = "" if row["agree"] else "  ! outputs differ"
+        print(f"{row['cell']:<5}{row['B']:>4}{row['T']:>6}{row['I']:>5}{row['H']:>5} |"
+              + "".join(cells) + mark)
+    if not peers:
+        return
+    width = len(head) - 1
+    print("-" * width + "+" + "-" * (11 * len(regimes)))
+    print(f"{'geomean':<{width}}|" + "".join(
+        f"{benchmark._fmt(geomean([row[r][key] for row in rows]), 9)}  " for r in regimes))
+    below = {r: sum(row[r][key] < 1 for row in rows) for r in regimes}
+    print(f"{'below 1':<{width}}|" + "".join(f"{below[r]:>9}  " for r in regimes)
+          + f"   ({sum(below.values())} of {len(rows) * len(regimes)} cells)")
+
+
+def parse_regimes(text):
+    regimes = [r.strip().lower() for r in text.split(",") if r.strip()]
+    for r in regimes:
+        if r not in REGIMES:
+            raise ValueError(f"--regimes: expected names from {','.join(REGIMES)}, got {r!r}")
+    if not regimes:
+        raise ValueError(f"--regimes: expected names from {','.join(REGIMES)}")
+    return list(dict.fromkeys(regimes))
+
+
+def run(args) -> int:
+    regimes = parse_regimes(args.regimes)
+    if getattr(args, "device", "cpu") != "cpu":
+        raise ValueError("--regimes: CPU only; drop --device cuda")
+    if getattr(args, "framework", "numpy") != "numpy":
+        raise ValueError("--regimes: times the NumPy API; drop --framework")
+    if getattr(args, "memory", False):
+        raise ValueError("--memory: not measured with --regimes")
+    if "infer" not in [m.strip() for m in args.modes.split(",")]:
+        raise ValueError("--regimes: times inference only; drop --modes or include infer")
+    import fusedrnn as fr
+    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
+    for c in cells:
+        if c not in benchmark.CELLS:
+            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
+    shapes = (benchmark.parse_shapes(args.shapes) if args.shapes else
+              (benchmark.QUICK_SHAPES if args.quick else benchmark.ANCHOR_SHAPES))
+    budget = QUICK_BUDGET if args.quick else args.budget
+    have = benchmark.installed_peers()
+    peers = [p for p in PEERS if have[p]]
+    fr.set_num_threads(args.threads)
+    info, cpu = fr.info(), cpu_model()
+    env = {k: os.environ[k] for k in ENV if k in os.environ}
+    versions = _versions(peers)
+    print(f"fusedrnn {fr.__version__}; CPU {cpu}; threads {args.threads}"
+          + "".join(f"; {k}={v}" for k, v in env.items()), flush=True)
+    print("fusedrnn.info(): " + "; ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    if peers:
+        print("peers: " + ", ".join(f"{PEERS[p]} {versions[p]}" for p in peers)
+              + "; fp32 inference, one layer", flush=True)
+    else:
+        print("no peer installed (PyTorch; ONNX Runtime with onnx): fusedrnn's ms only",
+              flush=True)
+    t0 = time.perf_counter()
+    rows = []
+    for cell in cells:
+        for (B, T, I, H) in shapes:
+            row = bench_row(cell, B, T, I, H, args.threads, budget, regimes, peers)
+            rows.append(row)
+            print(f"  {cell} B={B} T={T} I={I} H={H}: " + "; ".join(
+                f"{r} " + " ".join(f"{k} {row[r][k + '_ms']}" for k in ("ours", *peers))
+                for r in regimes) + " ms", flush=True)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        from fusedrnn._atomic import write_text
+        write_text(args.json, json.dumps(
+            {"info": info, "cpu": cpu, "threads": args.threads, "env": env,
+             "peers": versions, "budget": budget,
+             "regimes": [{"name": r, "what": REGIMES[r]} for r in regimes], "rows": rows},
+            indent=1))
+        print(f"wrote {args.json}")
+    bad = [r for r in rows if not r["agree"]]
+    if bad:
+        print(f"fusedrnn: {len(bad)} row(s) where a peer's output differs from ours by more "
+              f"than {TOLERANCE} (marked !)")
+    print(f"{seconds:.0f} s. Regimes: " + "; ".join(f"{r} = {REGIMES[r]}" for r in regimes))
+    if peers:
+        print("cell = the faster peer's ms / our ms (> 1: fusedrnn wins); "
+              "t / o: the faster peer was torch / ORT")
+    else:
+        print("cell = our ms (no peer installed)")
+    print_table(rows, regimes, peers)
+    return 1 if bad else 0

@@ -1,0 +1,72 @@
+"""`fusedrnn bench --regimes`: ours against the installed peers back to back and sporadically in
+their own processes and alternating in one process (rows, the JSON file). Tiny sizes and budget;
+speed is not asserted. Peers that are not installed are left out of the row (ms None)."""
+import json
+import time
+
+import pytest
+
+from fusedrnn import benchmark
+
+REGIMES = ["b2b", "sporadic", "shared"]
+
+
+def test_bench_regimes_writes_every_regime(tmp_path, capsys):
+    from fusedrnn import cli
+    path = tmp_path / "r.json"
+    code = cli.main(["bench", "--regimes", ",".join(REGIMES), "--cells", "LSTM", "--shapes",
+                     "1,5,8,8", "--budget", "0.05", "--json", str(path)])
+    out = capsys.readouterr()
+    assert code == 0, out
+    data = json.loads(path.read_text())
+    assert "thread_pool" in data["info"] and "blas" in data["info"] and data["cpu"]
+    assert [r["name"] for r in data["regimes"]] == REGIMES
+    [row] = data["rows"]
+    assert (row["cell"], row["B"], row["T"], row["I"], row["H"]) == ("LSTM", 1, 5, 8, 8)
+    peers = [p for p, ok in benchmark.installed_peers().items() if ok]
+    assert row["agree"] and sorted(row["maxdiff"]) == sorted(peers)
+    for regime in REGIMES:
+        e = row[regime]
+        assert e["ours_ms"] > 0
+        for p in ("torch", "ort"):
+            assert (e[f"{p}_ms"] > 0) if p in peers else (e[f"{p}_ms"] is None)
+        if peers:
+            faster = min(peers, key=lambda p: e[f"{p}_ms"])
+            assert e["faster_peer"] == faster
+            assert e["speedup"] == pytest.approx(e[f"{faster}_ms"] / e["ours_ms"], rel=1e-2)
+        else:
+            assert e["speedup"] is None and e["faster_peer"] is None
+    table = out.out[out.out.rindex("cell "):]  # the table comes last
+    assert "LSTM" in table and all(r in table for r in REGIMES)
+    assert ("geomean" in table) == bool(peers)
+
+
+def test_bench_regimes_refuses_unknown_regime(capsys):
+    from fusedrnn import cli
+    assert cli.main(["bench", "--regimes", "b2b,burst"]) == 2
+    assert "--regimes" in capsys.readouterr().err
+
+
+def test_median_ms_unsettled_alternates_single_calls():
+    from fusedrnn import benchmark
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "ab"}
+    t0 = time.perf_counter()
+    ms = benchmark.median_ms(fns, 0.01, settle=False)
+    assert set(ms) == {"a", "b"} and time.perf_counter() - t0 < 1  # no settle pauses
+    counted = order[4:]  # after the warm-up and the single timing call of each
+    assert counted == ["a", "b"] * (len(counted) // 2)
+
+
+def test_bench_regimes_without_peers_gives_ours_ms(tmp_path, capsys, monkeypatch):
+    from fusedrnn import cli
+    monkeypatch.setattr(benchmark, "installed_peers", lambda: {"torch": False, "ort": False})
+    path = tmp_path / "r.json"
+    code = cli.main(["bench", "--regimes", "b2b,shared", "--cells", "RNN", "--shapes",
+                     "1,3,4,4", "--budget", "0.02", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "no peer installed" in out
+    [row] = json.loads(path.read_text())["rows"]
+    for regime in ("b2b", "shared"):
+        assert row[regime]["ours_ms"] > 0 and row[regime]["speedup"] is None
+        assert row[regime]["torch_ms"] is None and row[regime]["ort_ms"] is None
