@@ -94,10 +94,10 @@ $example
 """)
 
 
-def _cell_doc(name, gates, **fields):
-    """The docstring of RNNCell, LSTMCell or GRUCell: ``_CELL_DOC`` filled with ``fields``;
-    ``gates`` (the gate letters in their stacking order, "" for the RNN cell) gives the weights'
-    shapes and layout."""
+def gate_doc_fields(gates, suffix=""):
+    """The docstring fields that ``gates`` (the gate letters in their stacking order, "" for
+    the RNN) fixes: ``GH``, the gate rows of a weight, and ``gate_layout``, how the gates'
+    blocks stack in weight_ih{suffix}, weight_hh{suffix} and the biases."""
     G = max(len(gates), 1)
 
     def blocks(prefix):
@@ -106,10 +106,14 @@ def _cell_doc(name, gates, **fields):
     layout = ""
     if gates:
         layout = (f"    The gates' blocks are stacked in the order {', '.join(gates)}: "
-                  f"weight_ih is {blocks('W_i')},\n    weight_hh {blocks('W_h')}, "
-                  f"bias_ih {blocks('b_i')}\n    and bias_hh {blocks('b_h')}.\n")
-    return _CELL_DOC.substitute(name=name, GH="H" if G == 1 else f"{G}*H", gate_layout=layout,
-                                **fields)
+                  f"weight_ih{suffix} is\n    {blocks('W_i')}, weight_hh{suffix} {blocks('W_h')}, "
+                  f"bias_ih{suffix}\n    {blocks('b_i')} and bias_hh{suffix} {blocks('b_h')}.\n")
+    return {"GH": "H" if G == 1 else f"{G}*H", "gate_layout": layout}
+
+
+def _cell_doc(name, gates, **fields):
+    """The docstring of RNNCell, LSTMCell or GRUCell: ``_CELL_DOC`` filled with ``fields``."""
+    return _CELL_DOC.substitute(name=name, **gate_doc_fields(gates), **fields)
 
 
 _H_STATE = dict(  # the fields of RNNCell and GRUCell, whose state is h alone

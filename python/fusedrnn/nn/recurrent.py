@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from .. import functional as F
+from .cells import gate_doc_fields
 from .module import (Module, Parameter, array_module, check_device, check_dtype, is_device_array,
                      to_device, to_host)
 
@@ -496,20 +497,8 @@ $example
 
 
 def _layer_doc(name, gates, **fields):
-    """The docstring of RNN, LSTM or GRU: ``_LAYER_DOC`` filled with ``fields``; ``gates`` (the
-    gate letters in their stacking order, "" for the RNN) gives the weights' shapes and layout."""
-    G = max(len(gates), 1)
-
-    def blocks(prefix):
-        return "[" + "|".join(prefix + g for g in gates) + "]"
-
-    layout = ""
-    if gates:
-        layout = (f"    The gates' blocks are stacked in the order {', '.join(gates)}: "
-                  f"weight_ih_l[k] is\n    {blocks('W_i')}, weight_hh_l[k] {blocks('W_h')}, "
-                  f"bias_ih_l[k]\n    {blocks('b_i')} and bias_hh_l[k] {blocks('b_h')}.\n")
-    return _LAYER_DOC.substitute(name=name, GH="H" if G == 1 else f"{G}*H", gate_layout=layout,
-                                 **fields)
+    """The docstring of RNN, LSTM or GRU: ``_LAYER_DOC`` filled with ``fields``."""
+    return _LAYER_DOC.substitute(name=name, **gate_doc_fields(gates, "_l[k]"), **fields)
 
 
 _H_STATE = dict(  # the fields of RNN and GRU, whose state is h alone
