@@ -15,8 +15,6 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Optional
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -197,7 +195,7 @@ class _RecurrentBase(nn.Module):
             x = input if batched else input.unsqueeze(1)
             if self.batch_first and batched:
                 x = x.transpose(0, 1)
-        T, N = x.shape[0], x.shape[1]
+        N = x.shape[1]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         lstm = self._cell == "lstm"
         if hx is None:
