@@ -14,6 +14,7 @@ def run(args):
     if args.json:
         print_json(d)
     else:
+        width = max(map(len, d))
         for k in sorted(d):
-            print(f"{k:>9}: {d[k]}")
+            print(f"{k:>{width}}: {d[k]}")
     return 0
