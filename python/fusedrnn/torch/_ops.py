@@ -71,14 +71,25 @@ def _run(kernel, cell, nonlinearity, calls):
     return getattr(_C, kernel + "_many")(cell, nonlinearity, calls)
 
 
-def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training):
-    """The kernels' forward (see the module docstring); no autograd here."""
+def _stacked(arrays):
+    """[D, ...] tensor over the directions' arrays (a view for one direction)."""
+    if len(arrays) == 1:
+        return torch.from_numpy(arrays[0]).unsqueeze(0)
+    return torch.stack([torch.from_numpy(a) for a in arrays])
+
+
+def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
+                  context=True):
+    """The kernels' forward (see the module docstring); no autograd here. ``context=False``
+    (eager inference) returns None for the three saved lists."""
     calls = _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training)
     outs = _run("recurrent_forward", cell, nonlinearity, calls)
-    ys = [torch.from_numpy(o[0]) for o in outs]
-    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
-    h_n = torch.stack([torch.from_numpy(o[1]) for o in outs])
-    c_n = torch.stack([torch.from_numpy(o[2]) for o in outs]) if cell == "lstm" else _empty(x)
+    y = (torch.from_numpy(outs[0][0]) if len(outs) == 1
+         else torch.cat([torch.from_numpy(o[0]) for o in outs], dim=2))
+    h_n = _stacked([o[1] for o in outs])
+    c_n = _stacked([o[2] for o in outs]) if cell == "lstm" else _empty(x)
+    if not context:
+        return y, h_n, c_n, None, None, None
 
     def saved(i):  # what backward needs: empty tensors (one per direction) unless training
         return [torch.from_numpy(o[i]) if training else _empty(x) for o in outs]
@@ -101,8 +112,8 @@ def _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n,
     dx = torch.from_numpy(outs[0][0])
     for o in outs[1:]:
         dx += torch.from_numpy(o[0])
-    dh0 = torch.stack([torch.from_numpy(o[1]) for o in outs])
-    dc0 = torch.stack([torch.from_numpy(o[2]) for o in outs]) if cell == "lstm" else _empty(x)
+    dh0 = _stacked([o[1] for o in outs])
+    dc0 = _stacked([o[2] for o in outs]) if cell == "lstm" else _empty(x)
     return (dx, dh0, dc0, *([torch.from_numpy(o[i]) for o in outs] for i in range(3, 7)))
 
 
@@ -249,6 +260,6 @@ def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, traini
                              training)[:3]
     if not training:
         return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
-                             False)[:3]
+                             False, context=False)[:3]
     meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih))
     return _Layer.apply(meta, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh)
