@@ -345,3 +345,17 @@ def test_autocast_bfloat16_computes_in_float32():
     assert b.dtype == torch.float32 and c.dtype == torch.float32
     assert (a.float() - b).abs().max() < 1e-2
     assert (c - d.float()).abs().max() < 1e-2
+
+
+def test_zero_size_work_returns_at_once_like_torch_nn():
+    """No sample (even with 10**9 steps: nothing is computed), or no step: as torch.nn."""
+    layer = frt.GRU(4, 3, num_layers=2, bidirectional=True)
+    out, h = layer(torch.empty(10**9, 0, 4))
+    assert out.shape == (10**9, 0, 6) and h.shape == (4, 0, 3)
+    torch.manual_seed(12)
+    ref, ours = pair("LSTM", 4, 3, num_layers=2)
+    x = torch.randn(3, 0, 4, dtype=torch.float64, requires_grad=True)
+    (a, (ha, ca)), (b, (hb, cb)) = ref(x), ours(x)
+    assert a.shape == b.shape and ha.shape == hb.shape and cb.shape == ca.shape
+    b.sum().backward()
+    assert x.grad.shape == x.shape

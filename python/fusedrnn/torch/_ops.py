@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import _C
+from .. import functional as F
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -58,17 +59,17 @@ def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training
 def _sync_threads():
     """Inside a torch program our kernels use as many threads as torch does (checked at each
     call: torch.set_num_threads may change it at any time)."""
-    from .. import _runtime
     n = torch.get_num_threads()
-    if n != _runtime.get_num_threads():
-        _runtime.set_num_threads(n)
+    if n != _C.get_num_threads():
+        _C.set_num_threads(n)
 
 
 def _run(kernel, cell, nonlinearity, calls):
+    """The kernel calls (side by side where that pays), as fusedrnn.functional runs them: a
+    call with no work (T, N or H zero) returns at once."""
     _sync_threads()
-    if len(calls) == 1:
-        return [getattr(_C, kernel)(cell, nonlinearity, *calls[0])]
-    return getattr(_C, kernel + "_many")(cell, nonlinearity, calls)
+    empty = F._empty_forward if kernel == "recurrent_forward" else F._empty_backward
+    return F._run_calls([(_C, c) for c in calls], kernel, cell, nonlinearity, empty)
 
 
 def _stacked(arrays):
