@@ -10,6 +10,7 @@
 
 #include "bindings/cell_names.h"
 #include "cpu/attention.h"
+#include "cpu/plan.h"
 #include "cpu/recurrent.h"
 #include "cpu/thread_team.h"
 
@@ -455,6 +456,70 @@ py::dict build_info() {
   return d;
 }
 
+
+py::dict cpu_info_dict() {
+  const cpu::CpuInfo& c = cpu::cpu_info();
+  py::dict d;
+  d["vendor"] = c.vendor;
+  d["model"] = c.model;
+  d["l1d_bytes"] = c.l1d_bytes;
+  d["l2_bytes"] = c.l2_bytes;
+  d["l3_bytes"] = c.l3_bytes;
+  d["avx512_bf16"] = c.avx512_bf16;
+  d["amx"] = c.amx;
+  return d;
+}
+
+py::dict tuning_dict() {
+  const cpu::Tuning& t = cpu::tuning();
+  py::dict d;
+  d["row"] = t.row;
+  d["core_cache_bytes"] = t.core_cache_bytes;
+  d["min_samples_per_slice"] = t.min_samples_per_slice;
+  d["min_step_macs_to_split"] = t.min_step_macs_to_split;
+  d["min_gemm_macs_to_split"] = t.min_gemm_macs_to_split;
+  d["blas_batch"] = t.blas_batch;
+  d["packed_min_steps"] = t.packed_min_steps;
+  d["inference_pack_rows"] = t.inference_pack_rows;
+  d["pipelined_rows"] = t.pipelined_rows;
+  d["step_inputs_min_batch"] = t.step_inputs_min_batch;
+  d["wavefront_rows"] = t.wavefront_rows;
+  d["projection_chunk_bytes"] = t.projection_chunk_bytes;
+  d["step_inputs_chunk_bytes"] = t.step_inputs_chunk_bytes;
+  d["spin_before_sleep_us"] = t.spin_before_sleep_us;
+  return d;
+}
+
+// The plans of one call of this shape on `threads` threads (cpu/plan.h), as names.
+py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
+                   int64_t I, int64_t H, const py::dtype& dtype, bool training, int threads) {
+  const CellKind kind = parse_cell(cell, nonlinearity);
+  const SeqShape s{T, N, I, H, gate_count(kind)};
+  const int64_t bytes = dtype.itemsize();
+  const cpu::ForwardPlan f = cpu::plan_forward(kind, s, threads, bytes, training, false, false);
+  py::dict d, fd;
+  fd["loop"] = cpu::name_of(f.loop);
+  fd["step_product"] = cpu::name_of(f.product);
+  fd["projection"] = cpu::name_of(f.projection);
+  fd["loop_threads"] = f.loop == cpu::Loop::kPipelined ? 1 : f.loop_slices;
+  // Up front: its own GEMM phase; chunks: every thread claims them; else inside the loop.
+  fd["projection_threads"] = f.projection == cpu::Projection::kUpFront  ? f.gemm_slices
+                             : f.projection == cpu::Projection::kChunks ? f.slices
+                                                                        : f.loop_slices;
+  d["forward"] = fd;
+  if (training) {
+    const cpu::BackwardPlan b = cpu::plan_backward(kind, s, threads, bytes);
+    py::dict bd;
+    bd["loop"] = cpu::name_of(b.loop);
+    bd["step_product"] = cpu::name_of(b.product);
+    bd["dx"] = cpu::name_of(b.dx);
+    bd["loop_threads"] = b.loop_slices;
+    bd["weight_grad_threads"] = b.gemm_slices;
+    d["backward"] = bd;
+  }
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -501,6 +566,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"), py::arg("hidden"),
         py::arg("weights"), py::arg("dcontext"), py::arg("dweights"),
         "Gradients of attention_forward: (dquery, dkeys_proj, dvalues, dv).");
+  m.def("cpu_info", &cpu_info_dict,
+        "This CPU as CPUID and the OS describe it: vendor, model, cache sizes, bf16/AMX.");
+  m.def("tuning", &tuning_dict,
+        "The CPU table's row the drivers use here (FUSEDRNN_CPU_TABLE=intel|amd|other forces one).");
+  m.def("plan", &plan_dict, py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"),
+        py::arg("I"), py::arg("H"), py::arg("dtype"), py::arg("training"), py::arg("threads"),
+        "What a call of this shape does on `threads` threads: the forward plan (and the backward "
+        "one when training), as names.");
   m.def("build_info", &build_info, "What this build holds: compiler, SIMD, kernels, BLAS, CUDA.");
   m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"),
         "Threads of the kernels' team.");

@@ -1,5 +1,6 @@
 // Run-time choice of the instruction set for the CPU drivers (one wheel runs everywhere).
 #include "cpu/recurrent.h"
+#include "cpu/plan.h"
 #include "cpu/thread_team.h"
 
 #include <cstdlib>
@@ -15,8 +16,6 @@ namespace cpu {
   void forward(CellKind, const ForwardArgs<T>&, T*);                      \
   template <typename T>                                                   \
   void backward(CellKind, const BackwardArgs<T>&, T*);                    \
-  template <typename T>                                                   \
-  bool side_by_side_pays(CellKind, const SeqShape&, int, bool);           \
   }
 FUSEDRNN_DECLARE_ISA(avx512)
 FUSEDRNN_DECLARE_ISA(avx2)
@@ -98,19 +97,10 @@ void recurrent_backward(CellKind cell, const BackwardArgs<T>& args) {
 }
 
 template <typename T>
-bool side_by_side_pays(CellKind cell, const SeqShape& s, int slices, bool behind) {
-  switch (active_isa()) {
-    case Isa::kAvx512: return avx512::side_by_side_pays<T>(cell, s, slices, behind);
-    case Isa::kAvx2: return avx2::side_by_side_pays<T>(cell, s, slices, behind);
-    default: return generic::side_by_side_pays<T>(cell, s, slices, behind);
-  }
-}
-
-template <typename T>
 bool runs_side_by_side(CellKind cell, const SeqShape* shapes, int count, bool stack) {
   bool side = count > 1 && count == get_num_threads();
   for (int i = 0; side && i < count; ++i)
-    side = side_by_side_pays<T>(cell, shapes[i], count, stack && i > 0);
+    side = side_by_side_pays(cell, shapes[i], count, int64_t(sizeof(T)), stack && i > 0);
   return side;
 }
 

@@ -1,5 +1,7 @@
 #include "cpu/thread_team.h"
 
+#include "cpu/plan.h"
+
 #include <cblas.h>
 
 #include <dlfcn.h>
@@ -23,15 +25,31 @@ std::mutex g_team_mutex;            // held by the call that uses the team
 std::unique_ptr<ThreadTeam> g_team;  // created lazily, resized by set_num_threads
 std::atomic<int> g_num_threads{0};
 thread_local bool t_single_slice = false;  // inside run_side_by_side: calls run on one thread
-// Between steps (microseconds apart) workers spin; past this many pauses (tens of microseconds)
-// they sleep, and a waiting caller yields, so an oversubscribed machine degrades gracefully.
-// They spin on after a call too: calls made back to back (a training loop, a decoder's steps)
-// then find them awake. Waking a sleeping one can cost milliseconds on a VM whose idle vCPU the
-// host has descheduled (batch-1 calls measured 0.1 ms awake, 3 ms after a pause).
-constexpr int kSpinsBeforeSleep = 1 << 12;
-// The first spins poll without PAUSE (about 140 cycles each on recent Intel cores): a step's
-// hand-over then costs a cache-line transfer, not a pause.
+// Between steps (microseconds apart) workers spin; past the CPU table's spin time (tens of
+// microseconds, cpu/plan.h) they sleep, and a waiting caller yields, so an oversubscribed
+// machine degrades gracefully. They spin on after a call too: calls made back to back (a
+// training loop, a decoder's steps) then find them awake. Waking a sleeping one can cost
+// milliseconds on a VM whose idle vCPU the host has descheduled (batch-1 calls measured 0.1 ms
+// awake, 3 ms after a pause).
+// The first spins poll without PAUSE (a step's hand-over then costs a cache-line transfer, not
+// a pause); after them the clock decides, read every 64 PAUSEs (a PAUSE takes 10 to 140
+// cycles depending on the core: a count of them is no measure of time).
 constexpr int kTightSpins = 1 << 11;
+
+// Spins while busy() holds, for at most the CPU table's spin time after the tight spins;
+// returns whether busy() still holds (the caller then sleeps or yields).
+template <typename Busy>
+bool spin_while(Busy busy) {
+  for (int spins = 0; spins < kTightSpins; ++spins)
+    if (!busy()) return false;
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::microseconds(tuning().spin_before_sleep_us);
+  for (int spins = 1;; ++spins) {
+    if (!busy()) return false;
+    FUSEDRNN_PAUSE();
+    if ((spins & 63) == 0 && std::chrono::steady_clock::now() >= deadline) return busy();
+  }
+}
 
 // Read once: hardware_concurrency() reads /sys on every call (8 us, more than a batch-1 step),
 // and every kernel call asks for the thread count.
@@ -138,16 +156,12 @@ void ThreadTeam::worker() {
   enable_flush_denormals();
   unsigned seen = 0;
   for (;;) {
-    int spins = 0;
-    while (epoch_.load(std::memory_order_acquire) == seen) {
-      if (++spins < kSpinsBeforeSleep) {
-        if (spins > kTightSpins) FUSEDRNN_PAUSE();
-      } else {
-        std::unique_lock<std::mutex> g(sleep_mutex_);
-        sleepers_.fetch_add(1);
-        wake_.wait(g, [&] { return epoch_.load() != seen; });
-        sleepers_.fetch_sub(1);
-      }
+    const auto idle = [&] { return epoch_.load(std::memory_order_acquire) == seen; };
+    if (spin_while(idle)) {
+      std::unique_lock<std::mutex> g(sleep_mutex_);
+      sleepers_.fetch_add(1);
+      wake_.wait(g, [&] { return epoch_.load() != seen; });
+      sleepers_.fetch_sub(1);
     }
     seen = epoch_.load(std::memory_order_acquire);
     if (stop_.load()) return;
@@ -176,15 +190,9 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn) {
   }
   fn(0);
   claim_slices();  // what no worker has taken yet (it may not be running): no waiting for it
-  for (int spins = 0; remaining_.load(std::memory_order_acquire) != 0; ++spins) {
-    if (spins < kTightSpins) {
-      continue;
-    } else if (spins < kSpinsBeforeSleep) {
-      FUSEDRNN_PAUSE();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  const auto unfinished = [&] { return remaining_.load(std::memory_order_acquire) != 0; };
+  if (spin_while(unfinished))  // a worker holds a slice but is not running: let it run
+    while (unfinished()) std::this_thread::yield();
 }
 
 void set_num_threads(int n) {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['attention_backward', 'attention_forward', 'build_info', 'get_num_threads', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads']
+__all__: list[str] = ['attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'get_num_threads', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
 def attention_backward(score: str, query: numpy.ndarray, keys_proj: typing.Any, values: typing.Any, mask: typing.Any, v: typing.Any, hidden: typing.Any, weights: typing.Any, dcontext: typing.Any, dweights: typing.Any) -> tuple:
     """
     Gradients of attention_forward: (dquery, dkeys_proj, dvalues, dv).
@@ -18,9 +18,17 @@ def build_info() -> dict:
     """
     What this build holds: compiler, SIMD, kernels, BLAS, CUDA.
     """
+def cpu_info() -> dict:
+    """
+    This CPU as CPUID and the OS describe it: vendor, model, cache sizes, bf16/AMX.
+    """
 def get_num_threads() -> int:
     """
     Threads of the kernels' team.
+    """
+def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, dtype: numpy.dtype[typing.Any], training: bool, threads: typing.SupportsInt | typing.SupportsIndex) -> dict:
+    """
+    What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names.
     """
 def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any) -> tuple:
     """
@@ -57,4 +65,8 @@ def share_openmp_threads() -> bool:
 def shares_openmp_threads() -> bool:
     """
     Whether the kernels' parallel phases run on a shared OpenMP runtime.
+    """
+def tuning() -> dict:
+    """
+    The CPU table's row the drivers use here (FUSEDRNN_CPU_TABLE=intel|amd|other forces one).
     """

@@ -1,0 +1,268 @@
+#include "cpu/plan.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+// "1024K" / "32M" (sysfs cache sizes) in bytes; 0 if unreadable.
+int64_t parse_size(const std::string& text) {
+  char* end = nullptr;
+  const long long n = std::strtoll(text.c_str(), &end, 10);
+  if (n <= 0) return 0;
+  if (*end == 'K') return n << 10;
+  if (*end == 'M') return n << 20;
+  return n;
+}
+
+std::string read_line(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+// Data and unified caches of cpu0 by level, from sysfs (per core for L1/L2; L3 as shared).
+void read_caches(CpuInfo& info) {
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
+    const std::string level = read_line(dir + "/level"), type = read_line(dir + "/type");
+    if (level.empty()) break;
+    if (type == "Instruction") continue;
+    const int64_t bytes = parse_size(read_line(dir + "/size"));
+    if (level == "1") info.l1d_bytes = bytes;
+    if (level == "2") info.l2_bytes = bytes;
+    if (level == "3") info.l3_bytes = bytes;
+  }
+}
+
+CpuInfo detect_cpu() {
+  CpuInfo info{"other", "unknown", 0, 0, 0, false, false};
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned r[4] = {0, 0, 0, 0};
+  if (__get_cpuid(0, &r[0], &r[1], &r[2], &r[3])) {
+    char vendor[13];
+    std::memcpy(vendor, &r[1], 4);
+    std::memcpy(vendor + 4, &r[3], 4);
+    std::memcpy(vendor + 8, &r[2], 4);
+    vendor[12] = 0;
+    if (std::strcmp(vendor, "GenuineIntel") == 0) info.vendor = "intel";
+    if (std::strcmp(vendor, "AuthenticAMD") == 0) info.vendor = "amd";
+  }
+  unsigned brand[12] = {};
+  if (__get_cpuid(0x80000000, &r[0], &r[1], &r[2], &r[3]) && r[0] >= 0x80000004) {
+    for (unsigned leaf = 0; leaf < 3; ++leaf)
+      __get_cpuid(0x80000002 + leaf, &brand[4 * leaf], &brand[4 * leaf + 1],
+                  &brand[4 * leaf + 2], &brand[4 * leaf + 3]);
+    std::string model(reinterpret_cast<const char*>(brand), sizeof(brand));
+    model = model.c_str();  // up to the first NUL
+    const size_t first = model.find_first_not_of(' '), last = model.find_last_not_of(' ');
+    if (first != std::string::npos) info.model = model.substr(first, last - first + 1);
+  }
+  if (__get_cpuid_count(7, 0, &r[0], &r[1], &r[2], &r[3])) info.amx = (r[3] >> 24) & 1;
+  if (__get_cpuid_count(7, 1, &r[0], &r[1], &r[2], &r[3])) info.avx512_bf16 = (r[0] >> 5) & 1;
+#endif
+  read_caches(info);
+  return info;
+}
+
+}  // namespace
+
+const CpuInfo& cpu_info() {
+  static const CpuInfo info = detect_cpu();
+  return info;
+}
+
+Tuning tuning_for(const std::string& vendor, int64_t l2_bytes) {
+  // Where each number was measured (2 threads): the AMD row on an AMD EPYC Zen 4 (1 MiB L2 per
+  // core, W_hh streamed from a 32 MiB L3); the Intel row on a Xeon with AMX (2 MiB L2), where
+  // the drivers were first tuned. A W_hh filling the Xeon's whole L2 lost (the loop's other
+  // data evicts it; half of it measured best), the EPYC's victim L3 keeps up with a full one.
+  // Sizes scale with the core's L2 from there; an unknown vendor takes the Intel proportions.
+  Tuning t{};
+  const bool amd = vendor == "amd";
+  t.row = amd ? "amd" : vendor == "intel" ? "intel" : "other";
+  const int64_t l2 = l2_bytes > 0 ? l2_bytes : (2 << 20);
+  int64_t cache = amd ? l2 : l2 / 2;
+  if (cache < (256 << 10)) cache = 256 << 10;
+  if (cache > (4 << 20)) cache = 4 << 20;
+  t.core_cache_bytes = cache;
+  t.projection_chunk_bytes = cache / 2;
+  t.step_inputs_chunk_bytes = cache;
+  t.min_samples_per_slice = 4;
+  t.min_step_macs_to_split = 96 * 1024;
+  t.min_gemm_macs_to_split = 1 << 20;
+  t.blas_batch = 16;
+  t.packed_min_steps = 4;
+  t.inference_pack_rows = 12.0;  // fitted on the AMD EPYC (T 4..15, N 1..8, H 128..512)
+  t.pipelined_rows = 16;
+  t.step_inputs_min_batch = 8;
+  t.wavefront_rows = 8;
+  t.spin_before_sleep_us = 60;
+  return t;
+}
+
+const Tuning& tuning() {
+  static const Tuning table = [] {
+    const char* forced = std::getenv("FUSEDRNN_CPU_TABLE");
+    const std::string vendor = forced && *forced ? forced : cpu_info().vendor;
+    return tuning_for(vendor, cpu_info().l2_bytes);
+  }();
+  return table;
+}
+
+namespace {
+
+// The loop may split by samples: W_hh fits a core's cache and every slice gets enough samples.
+bool split_by_samples(const Tuning& t, int64_t N, int slices, int64_t weight_bytes) {
+  return slices > 1 && N / slices >= t.min_samples_per_slice && weight_bytes <= t.core_cache_bytes;
+}
+
+// Inference packs W_hh only where the call's rows (steps x samples) amortise it: about 12 rows
+// for 256 KiB of W_hh, growing as its bytes^0.75. Measured (LSTM, AMD EPYC, 2 threads,
+// T 4..15, N 1..8, H 128..512), unpacked over packed: B=1 T=8 H=512 387 vs 718 us, T=4 H=256
+// 82 vs 129; packed over unpacked: B=8 T=15 H=128 138 vs 270, B=4 T=4 H=128 55 vs 61.
+bool inference_packing_pays(const Tuning& t, int64_t rows, int64_t weight_bytes) {
+  const double scale = static_cast<double>(weight_bytes) / (256 << 10);
+  return static_cast<double>(rows) >= t.inference_pack_rows * std::pow(scale, 0.75);
+}
+
+}  // namespace
+
+ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
+                         bool training, bool inputs_ready, bool reverse) {
+  const Tuning& t = tuning();
+  const int64_t GH = s.GH(), H = s.H, N = s.N;
+  // A GRU keeps W_in x apart from W_hn h (its n gate): its inputs cannot join the products.
+  const bool split_grad = cell == CellKind::kGru;
+  const int64_t weight_bytes = GH * H * element_bytes;
+  const bool packed = s.T >= t.packed_min_steps &&
+                      (training || inference_packing_pays(t, s.T * N, weight_bytes));
+  ForwardPlan p{};
+  p.slices = slices;
+  p.bias_in_packed = packed && !split_grad && s.I > 0;
+  p.gemm_slices = s.T * N * GH * s.I >= t.min_gemm_macs_to_split ? slices : 1;
+  // A step smaller than this is not worth a barrier: one thread runs the loop, by units.
+  p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+  const bool by_samples = packed && s.T * N * GH * H >= t.min_gemm_macs_to_split &&
+                          split_by_samples(t, N, slices, weight_bytes);
+  // One thread for the loop: the team's other threads project the inputs meanwhile, a chunk of
+  // steps ahead, rather than all of them before the loop.
+  const bool pipelined = packed && !by_samples && p.loop_slices == 1 && slices > 1 &&
+                         p.gemm_slices > 1;
+  const bool by_units_packed = packed && !by_samples && !pipelined;
+  const bool wavefront = inputs_ready && !reverse && by_units_packed && p.loop_slices == 1 &&
+                         !split_grad && s.I > 0;
+  const bool step_inputs =
+      by_units_packed && !split_grad && s.I > 0 &&
+      ((p.loop_slices > 1 && N >= t.step_inputs_min_batch) || wavefront);
+  p.waits_for_inputs = inputs_ready && !wavefront;
+  p.loop = by_samples ? Loop::kBySamples : pipelined ? Loop::kPipelined : Loop::kByUnits;
+  p.product = packed ? StepProduct::kPacked
+              : N >= t.blas_batch ? StepProduct::kBlas
+                                  : StepProduct::kRows;
+  p.projection = pipelined                 ? Projection::kChunks
+                 : by_samples && s.I > 0   ? Projection::kPerSlice
+                 : wavefront               ? Projection::kWavefront
+                 : step_inputs             ? Projection::kInSteps
+                                           : Projection::kUpFront;
+  if (by_samples) p.loop_slices = slices;
+  return p;
+}
+
+BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes) {
+  const Tuning& t = tuning();
+  const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N;
+  const bool packed = s.T >= t.packed_min_steps;
+  BackwardPlan p{};
+  p.slices = slices;
+  p.gemm_slices = TN * GH * (s.I + H) >= t.min_gemm_macs_to_split ? slices : 1;
+  p.product = packed ? StepProduct::kPacked
+              : N >= t.blas_batch ? StepProduct::kBlas
+                                  : StepProduct::kRows;
+  p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
+  if (packed && TN * GH * H >= t.min_gemm_macs_to_split &&
+      split_by_samples(t, N, slices, GH * H * element_bytes)) {
+    p.loop = Loop::kBySamples;
+    p.loop_slices = slices;
+    // Where dgh = dgx (LSTM, RNN) and [W_hh | W_ih] stays in cache, W_ih's columns join the
+    // steps' products; else dx a chunk of steps at a time while dgx is in cache.
+    if (s.I > 0)
+      p.dx = cell != CellKind::kGru && GH * (H + s.I) * element_bytes <= t.core_cache_bytes
+                 ? InputGrad::kInLoop
+                 : InputGrad::kChunks;
+  } else {
+    p.loop = Loop::kByUnits;
+    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+  }
+  return p;
+}
+
+// Where W_hh fits one core's cache (a thread alone keeps all of it) and the batch is too small
+// to split by samples (the team would meet at a barrier every step), in calls big enough to be
+// worth a thread. LSTM, both directions, 2 threads: B=1 H=128 T=100 training 2.1 -> 1.4 ms,
+// B=4 H=256 inference 4.3 -> 3.5 ms; B=16 H=128 (by samples) lost 6%.
+// `behind`: a stacked layer a few steps behind the layer below (a wavefront), whose loop takes
+// x into its steps and so streams W_ih too: both must fit (LSTM B=2 H=128: 1.0 -> 0.8 ms;
+// H=256, 2 MiB of weights: 4.2 -> 6.5 ms). A GRU's loop cannot take x into its steps (its n
+// gate keeps W_in x apart): behind another it would wait for all of it.
+bool side_by_side_pays(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
+                       bool behind) {
+  const Tuning& t = tuning();
+  const int64_t weight_bytes = s.GH() * s.H * element_bytes;
+  const int64_t input_bytes = behind ? s.GH() * s.I * element_bytes : 0;
+  return slices > 1 && s.T >= t.packed_min_steps && !(behind && cell == CellKind::kGru) &&
+         weight_bytes + input_bytes <= t.core_cache_bytes &&
+         !split_by_samples(t, s.N, slices, weight_bytes) &&
+         s.T * s.N * s.GH() * (s.H + s.I) >= t.min_gemm_macs_to_split;
+}
+
+const char* name_of(Loop v) {
+  switch (v) {
+    case Loop::kBySamples: return "by samples";
+    case Loop::kPipelined: return "pipelined";
+    case Loop::kByUnits: return "by units";
+  }
+  return "?";
+}
+
+const char* name_of(StepProduct v) {
+  switch (v) {
+    case StepProduct::kPacked: return "packed W_hh";
+    case StepProduct::kBlas: return "BLAS GEMM per step";
+    case StepProduct::kRows: return "row kernels";
+  }
+  return "?";
+}
+
+const char* name_of(Projection v) {
+  switch (v) {
+    case Projection::kUpFront: return "up front";
+    case Projection::kChunks: return "chunks claimed ahead of the loop";
+    case Projection::kPerSlice: return "per slice, chunks of steps";
+    case Projection::kInSteps: return "in the steps' products";
+    case Projection::kWavefront: return "in the steps' products, behind the layer below";
+  }
+  return "?";
+}
+
+const char* name_of(InputGrad v) {
+  switch (v) {
+    case InputGrad::kNone: return "none";
+    case InputGrad::kInLoop: return "in the loop's products";
+    case InputGrad::kChunks: return "per slice, chunks of steps";
+    case InputGrad::kAfter: return "after the loop";
+  }
+  return "?";
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,128 @@
+// What a CPU call will do, decided once per call before any work: the machine's tuning table
+// (chosen at run time from the CPU: vendor, caches, instruction set) and, from it, the shape
+// and the thread count, a plan for the forward and the backward drivers. The drivers
+// (recurrent_impl.inc) carry out a plan and decide nothing themselves; `fusedrnn bench
+// --explain` prints the plans, `fusedrnn info` the CPU and its table.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "common/kernel_args.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// The CPU as the OS and CPUID describe it.
+struct CpuInfo {
+  std::string vendor;  // "intel", "amd" or "other"
+  std::string model;   // the brand string, e.g. "AMD EPYC 9454 48-Core Processor"
+  int64_t l1d_bytes, l2_bytes, l3_bytes;  // per core for L1/L2, all of it for L3; 0: unknown
+  bool avx512_bf16, amx;
+};
+const CpuInfo& cpu_info();
+
+// Every size and threshold the drivers choose by. One row per vendor; the cache-sized entries
+// scale with the core's L2, so a CPU of the same vendor with other caches gets sizes in the
+// same proportion. FUSEDRNN_CPU_TABLE=intel|amd|other forces a row (to compare them on one
+// machine).
+struct Tuning {
+  const char* row;  // which row: "intel", "amd" or "other"
+  // Cache a thread's hot data may take: a time loop keeps its W_hh (or its share) there.
+  int64_t core_cache_bytes;
+  // The loop splits by samples only where all of W_hh fits core_cache_bytes and each slice gets
+  // this many samples.
+  int64_t min_samples_per_slice;
+  // Multiply-adds per step below which the time loop runs on one thread (a barrier costs ~1 us).
+  int64_t min_step_macs_to_split;
+  // Multiply-adds below which a big GEMM phase runs in the calling thread alone.
+  int64_t min_gemm_macs_to_split;
+  // Rows (steps x samples) from which a short call's products are BLAS GEMMs, not row kernels.
+  int64_t blas_batch;
+  // Steps from which W_hh is packed once per call (training; inference also asks
+  // inference_pack_rows).
+  int64_t packed_min_steps;
+  // Inference packs W_hh when steps x samples >= inference_pack_rows * (W_hh bytes/256KiB)^0.75.
+  double inference_pack_rows;
+  // Rows (steps x samples) per chunk of a pipelined input projection (batch-1 loops).
+  int64_t pipelined_rows;
+  // From this batch on, a by-units loop takes x W_ih^T into the steps' products.
+  int64_t step_inputs_min_batch;
+  // Rows per chunk of a stacked layer's inputs behind the layer below (a wavefront).
+  int64_t wavefront_rows;
+  // Bytes of a slice's own projection chunk (stays in cache until the loop reads it) and of a
+  // by-units step-inputs chunk (W_ih streams from L3 there; longer chunks amortise it).
+  int64_t projection_chunk_bytes, step_inputs_chunk_bytes;
+  // Microseconds an idle team worker spins before it sleeps (a step is microseconds apart;
+  // time, not a count of PAUSEs: PAUSE takes 10 to 140 cycles depending on the core).
+  int64_t spin_before_sleep_us;
+};
+const Tuning& tuning();
+// The row for `vendor` on a core with `l2_bytes` of L2 (0: unknown), as tuning() builds it.
+Tuning tuning_for(const std::string& vendor, int64_t l2_bytes);
+
+// How a driver's time loop splits over the team.
+enum class Loop {
+  kBySamples,  // each slice owns samples and runs every step of them alone, no barrier
+  kPipelined,  // one thread runs the loop; the others project the inputs chunks ahead
+  kByUnits,    // each slice owns hidden units; one barrier per step
+};
+// How a step's recurrent product is computed.
+enum class StepProduct {
+  kPacked,  // from W_hh packed once per call (sequences)
+  kBlas,    // a BLAS GEMM per step (few steps, large batch)
+  kRows,    // row kernels on W_hh as it is (few steps, small batch: decoders)
+};
+// Where a forward call's input projection x W_ih^T happens.
+enum class Projection {
+  kUpFront,    // one GEMM (or row kernel) over all steps before the loop
+  kChunks,     // chunks of steps, claimed by whichever thread comes first (pipelined loop)
+  kPerSlice,   // each slice projects its own samples a chunk of steps at a time (by samples)
+  kInSteps,    // packed W_ih joins the steps' products, a chunk of steps at a time (by units)
+  kWavefront,  // as kInSteps, as the layer below writes the steps (a stacked layer)
+};
+// Where a backward call computes dx = dgx W_ih.
+enum class InputGrad {
+  kNone,     // no inputs (I = 0)
+  kInLoop,   // W_ih's columns join the steps' products (by samples, [W_hh | W_ih] in cache)
+  kChunks,   // per slice, a chunk of steps at a time while dgx is in cache (by samples)
+  kAfter,    // after the loop, by row blocks (GEMMs; row kernels below blas_batch rows)
+};
+
+struct ForwardPlan {
+  Loop loop;
+  StepProduct product;
+  Projection projection;
+  int slices;          // threads of the call
+  int loop_slices;     // slices of a by-units loop (1: one thread)
+  int gemm_slices;     // slices of the up-front projection
+  bool bias_in_packed;  // b_ih joins b_hh in the packed bias (LSTM, RNN when packed)
+  bool waits_for_inputs;  // a stacked layer that waits for all of x before it starts
+};
+
+struct BackwardPlan {
+  Loop loop;  // kBySamples or kByUnits
+  StepProduct product;
+  InputGrad dx;
+  int slices, loop_slices;
+  int gemm_slices;  // slices of the weight-gradient GEMMs after the loop
+};
+
+// `slices`: the call's threads; `element_bytes`: 4 or 8; `training`: forward saves activations;
+// `inputs_ready`: a stacked layer fed step by step by the layer below.
+ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
+                         bool training, bool inputs_ready, bool reverse);
+BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes);
+
+// Whether calls of this shape (the directions of a bidirectional layer, the layers of a stack)
+// run faster side by side, one thread each, than one after another on the whole team;
+// `behind`: a stacked layer a few steps behind the layer below (a wavefront).
+bool side_by_side_pays(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
+                       bool behind);
+
+const char* name_of(Loop v);
+const char* name_of(StepProduct v);
+const char* name_of(Projection v);
+const char* name_of(InputGrad v);
+
+}  // namespace cpu
+}  // namespace fusedrnn
