@@ -3,14 +3,42 @@ from ._loader import _C
 
 
 def info() -> dict:
-    """What this build holds: version, compiler, SIMD level, BLAS, threads, CUDA."""
+    """What this build holds and what it runs on: version, compiler, SIMD level, BLAS, threads,
+    CUDA; ``cpu`` (the CPU model, vendor and caches, see :func:`cpu_summary`) and
+    ``cpu_table`` (the sizes and thresholds the CPU drivers choose by on this CPU: one row per
+    vendor, scaled to the core's L2; ``FUSEDRNN_CPU_TABLE=intel|amd|other`` forces a row)."""
     from . import __version__
     d = dict(_C.build_info())
     d["version"] = __version__
     d["threads"] = _C.get_num_threads()
     d["thread_pool"] = ("OpenMP (shared with PyTorch)" if _C.shares_openmp_threads()
                         else "fusedrnn's own")
+    d["cpu"] = cpu_summary()
+    d["cpu_table"] = dict(_C.tuning())
     return d
+
+
+def _size(nbytes: int) -> str:
+    if nbytes <= 0:
+        return "?"
+    if nbytes % (1 << 20) == 0:
+        return f"{nbytes >> 20} MiB"
+    return f"{nbytes >> 10} KiB"
+
+
+def cpu_summary() -> str:
+    """One line naming this CPU as the kernels see it: model, vendor, caches (L1d and L2 per
+    core, L3 in all), bfloat16/AMX, and the CPU table row in use."""
+    c = _C.cpu_info()
+    extras = [name for name in ("avx512_bf16", "amx") if c[name]]
+    return (f"{c['model']} ({c['vendor']}; L1d {_size(c['l1d_bytes'])}, "
+            f"L2 {_size(c['l2_bytes'])} per core, L3 {_size(c['l3_bytes'])}"
+            + "".join(f"; {e}" for e in extras) + f"; CPU table row {_C.tuning()['row']})")
+
+
+def cpu_table_summary() -> str:
+    """The CPU table's row in one line (name=value), for benchmark headers."""
+    return " ".join(f"{k}={v}" for k, v in _C.tuning().items())
 
 
 def set_num_threads(n: int) -> None:

@@ -46,6 +46,9 @@ def add_arguments(p):
     p.add_argument("--framework", choices=("numpy", "torch"), default="numpy",
                    help="torch: the fusedrnn.torch adapter inside a small torch model against "
                         "torch.nn (fusedrnn.benchmark_torch)")
+    p.add_argument("--explain", action="store_true",
+                   help="time nothing: print what each cell and shape's calls would do on "
+                        "--threads threads (the CPU drivers' plans) and the CPU table")
     p.add_argument("--regimes", default=None, metavar="LIST",
                    help="b2b,sporadic,shared: fp32 inference against the faster of PyTorch and "
                         "ONNX Runtime back to back and sporadically (each contestant in its own "
@@ -385,7 +388,57 @@ def parse_shapes(text):
     return shapes
 
 
+def cpu_header(threads) -> str:
+    """The lines every CPU bench prints first: the CPU, the CPU table row in use, threads."""
+    from ._runtime import cpu_summary, cpu_table_summary
+    return f"CPU {cpu_summary()}; threads {threads}\nCPU table: {cpu_table_summary()}"
+
+
+def explain(cells, shapes, modes, threads) -> list:
+    """The plans of the CPU drivers (``fusedrnn._C.plan``) for every cell, shape (B, T, I, H)
+    and mode, on ``threads`` threads, float32: printed by ``fusedrnn bench --explain``."""
+    from ._loader import _C
+    rows = []
+    for cell in cells:
+        for (B, T, I, H) in shapes:
+            for mode in modes:
+                plan = _C.plan(CELLS[cell][0], "tanh", T, B, I, H, np.dtype(np.float32),
+                               mode == "train", threads)
+                rows.append({"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, **plan})
+    return rows
+
+
+def _print_plans(rows):
+    def line(plan):
+        return "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in plan.items())
+    for r in rows:
+        print(f"{r['cell']} {r['mode']} B={r['B']} T={r['T']} I={r['I']} H={r['H']}")
+        print(f"    forward:  {line(r['forward'])}")
+        if "backward" in r:
+            print(f"    backward: {line(r['backward'])}")
+
+
 def run(args) -> int:
+    if getattr(args, "explain", False):
+        cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
+        for c in cells:
+            if c not in CELLS:
+                raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        for m in modes:
+            if m not in ("infer", "train"):
+                raise ValueError(f"--modes: expected infer and/or train, got {m!r}")
+        shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else ANCHOR_SHAPES)
+        print(cpu_header(args.threads))
+        rows = explain(cells, shapes, modes, args.threads)
+        _print_plans(rows)
+        if args.json:
+            import fusedrnn as fr
+            from fusedrnn._atomic import write_text
+            write_text(args.json, json.dumps({"info": fr.info(), "threads": args.threads,
+                                              "plans": rows}, indent=1))
+            print(f"wrote {args.json}")
+        return 0
     if getattr(args, "regimes", None):
         from .benchmark_regimes import run as run_regimes
         return run_regimes(args)
@@ -406,6 +459,7 @@ def run(args) -> int:
     budget = 0.3 if args.quick else args.budget
     have = installed_peers()
     peak = sgemm_gflops()
+    print(cpu_header(args.threads))
     print(f"fusedrnn {fr.__version__}; threads {args.threads}; peers: "
           f"{', '.join(k for k, v in have.items() if v) or 'none'} + NumPy reference; "
           f"measured sgemm {peak:.0f} GFLOP/s", flush=True)

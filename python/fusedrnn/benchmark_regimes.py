@@ -161,18 +161,6 @@ def bench_row(cell, B, T, I, H, threads, budget, regimes, peers):
 
 
 # ---------------------------------------------------------------------------- the run
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def _versions(peers):
     from importlib import metadata
     names = {"torch": "torch", "ort": "onnxruntime"}
@@ -247,12 +235,15 @@ def run(args) -> int:
     have = benchmark.installed_peers()
     peers = [p for p in PEERS if have[p]]
     fr.set_num_threads(args.threads)
-    info, cpu = fr.info(), cpu_model()
+    info = fr.info()
+    cpu = info["cpu"]
     env = {k: os.environ[k] for k in ENV if k in os.environ}
     versions = _versions(peers)
-    print(f"fusedrnn {fr.__version__}; CPU {cpu}; threads {args.threads}"
-          + "".join(f"; {k}={v}" for k, v in env.items()), flush=True)
-    print("fusedrnn.info(): " + "; ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    print(benchmark.cpu_header(args.threads), flush=True)
+    print(f"fusedrnn {fr.__version__}" + "".join(f"; {k}={v}" for k, v in env.items()),
+          flush=True)
+    print("fusedrnn.info(): " + "; ".join(f"{k} {v}" for k, v in info.items()
+                                          if k not in ("cpu", "cpu_table")), flush=True)
     if peers:
         print("peers: " + ", ".join(f"{PEERS[p]} {versions[p]}" for p in peers)
               + "; fp32 inference, one layer", flush=True)

@@ -171,6 +171,7 @@ def run(args) -> int:
     fr.set_num_threads(args.threads)  # the adapter follows torch's count too, at every call
     torch.set_num_threads(args.threads)
     env = {k: os.environ[k] for k in OMP_ENV if k in os.environ}
+    print(benchmark.cpu_header(args.threads))
     print(f"fusedrnn {fr.__version__}, torch {torch.__version__}; threads {args.threads}; "
           f"{' '.join(f'{k}={v}' for k, v in env.items()) + '; ' if env else ''}"
           f"model: Embedding({VOCAB}, I) -> <cell>(I, H) -> Linear(H, {VOCAB}) -> "

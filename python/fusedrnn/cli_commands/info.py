@@ -16,5 +16,10 @@ def run(args):
     else:
         width = max(map(len, d))
         for k in sorted(d):
-            print(f"{k:>{width}}: {d[k]}")
+            if isinstance(d[k], dict):  # the CPU table: one parameter a line
+                print(f"{k:>{width}}:")
+                for name, value in d[k].items():
+                    print(f"{'':>{width}}  {name} = {value}")
+            else:
+                print(f"{k:>{width}}: {d[k]}")
     return 0

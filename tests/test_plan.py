@@ -1,0 +1,133 @@
+"""The CPU drivers' plans and the CPU table (csrc/cpu/plan.h): what `fusedrnn info` and
+`fusedrnn bench --explain` print, the table's rows, and the results of every row's strategies
+held to the reference (a row chosen for one vendor runs its strategies on any machine)."""
+import json
+import os
+import subprocess
+import sys
+
+import fusedrnn as fr
+import numpy as np
+import pytest
+from fusedrnn import _C, cli
+
+F32 = np.dtype(np.float32)
+
+
+def test_cpu_info_and_table_in_info():
+    d = fr.info()
+    c = _C.cpu_info()
+    assert c["vendor"] in ("intel", "amd", "other") and c["model"]
+    assert c["model"] in d["cpu"] and c["vendor"] in d["cpu"]
+    table = d["cpu_table"]
+    assert table["row"] in ("intel", "amd", "other")
+    assert table["core_cache_bytes"] >= 256 << 10
+    assert table["projection_chunk_bytes"] * 2 == table["core_cache_bytes"]
+    assert table["spin_before_sleep_us"] > 0
+
+
+def _table_in_subprocess(row):
+    env = dict(os.environ, FUSEDRNN_CPU_TABLE=row)
+    code = "import json, fusedrnn._C as C; print(json.dumps([C.tuning(), C.cpu_info()]))"
+    out = subprocess.run([sys.executable, "-c", code],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_table_rows_scale_with_the_l2():
+    intel, info = _table_in_subprocess("intel")
+    amd, _ = _table_in_subprocess("amd")
+    assert intel["row"] == "intel" and amd["row"] == "amd"
+    l2 = info["l2_bytes"] or (2 << 20)
+
+    def clamp(n):
+        return min(max(n, 256 << 10), 4 << 20)
+    # The Xeon measured best with W_hh in half its L2, the EPYC with all of it.
+    assert intel["core_cache_bytes"] == clamp(l2 // 2)
+    assert amd["core_cache_bytes"] == clamp(l2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plans_follow_the_shape(threads):
+    def plan(cell, T, N, I, H, training=False):
+        return _C.plan(cell, "tanh", T, N, I, H, F32, training, threads)
+
+    decoder = plan("lstm", 1, 1, 256, 256, training=True)  # one step of one sample
+    assert decoder["forward"]["step_product"] == "row kernels"
+    assert decoder["backward"]["step_product"] == "row kernels"
+    assert plan("lstm", 2, 64, 64, 64)["forward"]["step_product"] == "BLAS GEMM per step"
+    batch1 = plan("lstm", 100, 1, 128, 128)["forward"]
+    assert batch1["loop_threads"] == 1 and batch1["step_product"] == "packed W_hh"
+    assert batch1["loop"] == ("pipelined" if threads > 1 else "by units")
+    batch = plan("lstm", 100, 32, 64, 64, training=True)
+    if threads > 1:  # W_hh (64 KiB) fits any core: each thread runs its samples alone
+        assert batch["forward"]["loop"] == batch["backward"]["loop"] == "by samples"
+        assert batch["backward"]["dx"] == "in the loop's products"
+        # A GRU's n gate keeps W_in x apart: dx cannot join the loop's products
+        gru = plan("gru", 100, 32, 64, 64, training=True)["backward"]
+        assert gru["loop"] == "by samples" and gru["dx"] == "per slice, chunks of steps"
+    else:
+        assert batch["forward"]["loop"] == "by units" and batch["forward"]["loop_threads"] == 1
+    assert "backward" not in plan("gru", 10, 4, 8, 8)
+
+
+def test_bench_explain_prints_and_writes_plans(tmp_path, capsys):
+    path = tmp_path / "plans.json"
+    code = cli.main(["bench", "--explain", "--cells", "LSTM,GRU", "--shapes", "1,100,128,128;32,50,64,64",
+                     "--threads", "2", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("CPU ") and "CPU table: row=" in out
+    assert out.count("forward:") == 8 and out.count("backward:") == 4
+    rows = json.loads(path.read_text())["plans"]
+    assert len(rows) == 8
+    first = rows[0]
+    assert (first["cell"], first["mode"], first["B"], first["T"]) == ("LSTM", "infer", 1, 100)
+    assert first["forward"] == _C.plan("lstm", "tanh", 100, 1, 128, 128, F32, False, 2)["forward"]
+
+
+def test_info_cli_prints_the_cpu_table(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu:" in out and "core_cache_bytes =" in out
+
+
+# Shapes whose strategy depends on the row (an LSTM W_hh of 1 MiB is "in cache" for the EPYC's
+# row, not for the Xeon's) and on the thread count: every row's result matches the reference.
+CHECK = r"""
+import sys, numpy as np, fusedrnn as fr
+from fusedrnn import functional as F, reference as R
+fr.set_num_threads(2)
+worst = 0.0
+for cell, T, N, I, H in [("lstm", 6, 8, 32, 256), ("gru", 6, 16, 32, 128), ("lstm", 9, 1, 16, 64)]:
+    G = {"lstm": 4, "gru": 3}[cell]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, N, I))
+    h0 = rng.standard_normal((N, H)) * .1
+    c0 = rng.standard_normal((N, H)) * .1
+    w = [rng.standard_normal(s) * .1 for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+    lengths = np.arange(N) % (T + 1)
+    if cell == "lstm":
+        y, h, c, ctx = F.lstm_forward(x, h0, c0, *w, lengths=lengths, training=True)
+        ry, rh, rc, rctx = R.lstm_forward(x, h0, c0, *w, lengths=lengths, training=True)
+    else:
+        y, h, ctx = F.gru_forward(x, h0, *w, lengths=lengths, training=True)
+        ry, rh, rctx = R.gru_forward(x, h0, *w, lengths=lengths, training=True)
+    dy = rng.standard_normal(y.shape)
+    got = getattr(F, cell + "_backward")(ctx, dy)
+    want = getattr(R, cell + "_backward")(rctx, dy)
+    for a, b in zip((y, h, *got), (ry, rh, *want)):
+        if a is not None and b is not None:
+            worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("row", ["intel", "amd", "other"])
+def test_every_table_row_matches_the_reference(row):
+    env = dict(os.environ, FUSEDRNN_CPU_TABLE=row)
+    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 1e-10
+
