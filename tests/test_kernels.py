@@ -291,6 +291,34 @@ def test_nan_in_one_sample_stays_in_that_sample(name, dtype_name, reverse, H, rn
         assert np.all(np.isfinite(ours["dc0"][others]))
 
 
+# (T, N): the backward step products of every plan: packed W_hh by units (one sample) and by
+# samples (a batch, 2 threads), a BLAS GEMM per step (few steps, 16 samples), row kernels (few
+# steps, few samples).
+NONFINITE_PLANS = {"packed": (6, 1), "by_samples": (6, 12), "blas": (2, 16), "rows": (2, 3)}
+
+
+@pytest.mark.parametrize("plan", list(NONFINITE_PLANS))
+@pytest.mark.parametrize("bad", [np.inf, np.nan], ids=["inf", "nan"])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_length_zero_sample_gets_dh_n_despite_nan_or_inf_weights(name, bad, plan, rng):
+    """A sample of length 0 never runs a step, so its dh0 (and dc0) is dh_n exactly, whatever
+    W_hh holds, as in the reference (0 * inf must not reach it); the other samples' gradients
+    follow IEEE arithmetic like the reference's (non-finite where its are)."""
+    cell, nonlinearity = CELLS[name]
+    T, N = NONFINITE_PLANS[plan]
+    p = make_problem(rng, cell, (T, N, 5, 32), np.float64, lengths=np.full(N, T))
+    p["lengths"][0] = 0
+    p["w_hh"][3, 7] = bad
+    ours = run(functional, cell, nonlinearity, p, reverse=False)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the reference: expected
+        oracle = run(reference, cell, nonlinearity, p, reverse=False)
+    assert np.array_equal(ours["dh0"][0], p["dh_n"][0]), ours["dh0"][0]
+    assert np.array_equal(oracle["dh0"][0], p["dh_n"][0])
+    if cell == "lstm":
+        assert np.array_equal(ours["dc0"][0], p["dc_n"][0])
+    np.testing.assert_array_equal(np.isfinite(ours["dh0"]), np.isfinite(oracle["dh0"]))
+
+
 @pytest.mark.parametrize("H", [33, 32], ids=["H33", "H32_simd"])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_saturated_gates_match_reference(name, H, rng):
