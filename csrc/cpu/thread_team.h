@@ -44,6 +44,7 @@ class ThreadTeam {
   alignas(64) const std::function<void(int)>* task_ = nullptr;
   std::atomic<bool> stop_{false};
   std::atomic<int> sleepers_{0};  // workers asleep on wake_: only then does a phase notify
+  std::atomic<int> waker_cpu_{-1};  // the CPU of the caller that last woke a sleeping worker
   std::mutex sleep_mutex_;
   std::condition_variable wake_;
 };
