@@ -97,8 +97,8 @@ def check_lengths(lengths, T, N, name="lengths"):
     if lengths is None:
         return None
     if isinstance(lengths, (list, tuple)):
-        try:
-            lengths = np.asarray(lengths)
+        try:  # (an empty list reads as float64: no sample, no length, nothing to refuse)
+            lengths = np.asarray(lengths) if len(lengths) else np.zeros(0, np.int64)
         except (ValueError, TypeError, OverflowError) as e:  # ragged, or not numbers at all
             raise ValueError(f"{name}: expected {N} integers (one length per sample), got a "
                              f"{type(lengths).__name__} NumPy cannot read as a flat array of "

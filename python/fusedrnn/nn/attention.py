@@ -43,7 +43,12 @@ def lengths_mask(lengths, N, S):
     """[N, S] bool, True at real positions (s < lengths[n]); all True when lengths is None."""
     if lengths is None:
         return np.ones((N, S), dtype=bool)
-    lengths = np.asarray(lengths)
+    no_sample = isinstance(lengths, (list, tuple)) and not lengths  # [] would read as float64
+    try:
+        lengths = np.zeros(0, np.int64) if no_sample else np.asarray(lengths)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged, or not numbers at all
+        raise ValueError(f"lengths: expected {N} integers (one length per sample), got a "
+                         f"{type(lengths).__name__} NumPy cannot read as one array ({e})") from None
     if lengths.shape != (N,) or lengths.dtype.kind not in "iu":
         raise ValueError(f"lengths: expected an integer array of shape ({N},), got "
                          f"{lengths.dtype} {lengths.shape}")
@@ -67,6 +72,8 @@ def attention_step_forward(score, query, keys_proj, values, mask, v=None):
 
     Returns ``(context [N, K], weights [N, S], saved)``; ``saved`` is what the backward needs.
     A sample with no real position gets all-zero weights and a zero context."""
+    if not isinstance(query, np.ndarray):
+        raise TypeError(f"query: expected a numpy.ndarray, got {type(query).__name__}")
     dtype = query.dtype
     args = (np.ascontiguousarray(query), np.ascontiguousarray(keys_proj, dtype),
             np.ascontiguousarray(values, dtype), np.ascontiguousarray(mask, np.uint8),
@@ -88,6 +95,16 @@ def attention_step_backward(saved, dcontext, dweights=None):
 
 
 # ---------------------------------------------------------------------------- modules
+def _as_gradient(value, name, dtype):
+    """``value`` as an array of ``dtype`` (converted, as the cells' gradients are); TypeError
+    naming ``name`` where NumPy cannot read it as numbers (a str, a ragged list)."""
+    try:
+        return np.asarray(value, dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise TypeError(f"{name}: expected an array of dtype {dtype}, got a "
+                        f"{type(value).__name__} NumPy cannot read as one ({e})") from None
+
+
 class AttentionBase(Module):
     """Memory handling, the step stack and the backward protocol shared by both families."""
 
@@ -146,7 +163,10 @@ class AttentionBase(Module):
         if mem is None:
             raise RuntimeError(f"{type(self).__name__}: call set_memory(keys, lengths) first")
         N = mem["keys"].shape[0]
-        if not isinstance(query, np.ndarray) or query.shape != (N, self.query_size):
+        if not isinstance(query, np.ndarray) or query.dtype != self.dtype:
+            raise TypeError(f"query: expected a numpy.ndarray of dtype {self.dtype} (the "
+                            f"module's dtype), got {getattr(query, 'dtype', type(query).__name__)}")
+        if query.shape != (N, self.query_size):
             raise ValueError(f"query: expected shape ({N}, {self.query_size}), got "
                              f"{getattr(query, 'shape', type(query).__name__)}")
         context, weights, saved = attention_step_forward(
@@ -162,8 +182,8 @@ class AttentionBase(Module):
             raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left")
         query, saved = self._steps.pop()
         dq_proj, dkeys_proj, dvalues, dv = attention_step_backward(
-            saved, np.asarray(dcontext, self.dtype),
-            None if dweights is None else np.asarray(dweights, self.dtype))
+            saved, _as_gradient(dcontext, "dcontext", self.dtype),
+            None if dweights is None else _as_gradient(dweights, "dweights", self.dtype))
         mem = self._memory
         mem["dkeys_proj"] = dkeys_proj if mem["dkeys_proj"] is None else mem["dkeys_proj"] + dkeys_proj
         mem["dvalues"] = dvalues if mem["dvalues"] is None else mem["dvalues"] + dvalues
@@ -202,7 +222,8 @@ class BahdanauAttention(AttentionBase):
 
     def __init__(self, query_size, key_size, attention_size=None, *, dtype=np.float32, seed=None):
         super().__init__(query_size, key_size, dtype)
-        A = self.attention_size = _positive_int(attention_size or query_size, "attention_size")
+        A = self.attention_size = _positive_int(  # 0 is refused, not taken for "the default"
+            query_size if attention_size is None else attention_size, "attention_size")
         rng = np.random.default_rng(seed)
 
         def uniform(fan_in, *shape):

@@ -21,7 +21,7 @@ import string
 import numpy as np
 
 from .. import functional as F
-from .layers import _dtype, _positive_int
+from .layers import _dtype, _flag, _positive_int
 from .module import Module, Parameter
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
@@ -145,7 +145,7 @@ class RNNCellBase(Module):
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
         self.nonlinearity = F.check_nonlinearity(nonlinearity)
         self.dtype = _dtype(dtype)
-        self.bias = bool(bias)
+        self.bias = _flag(bias, "bias")
         rng = np.random.default_rng(seed)
         GH = F.GATES[self._cell] * self.hidden_size
         bound = 1.0 / math.sqrt(self.hidden_size)

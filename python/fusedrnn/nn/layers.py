@@ -32,6 +32,17 @@ def _positive_int(value, name):
     return int(value)
 
 
+def _flag(value, name):
+    """``bool(value)``, as torch.nn takes its flags (any truthy value); TypeError naming ``name``
+    where ``bool`` refuses (an array of several elements is neither true nor false)."""
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__}"
+                        + (f" of shape {value.shape}" if isinstance(value, np.ndarray) else "")
+                        ) from None
+
+
 def _no_saved(layer):
     return RuntimeError(f"{type(layer).__name__}.backward called before a training-mode forward "
                         f"(call module.train() and forward first)")

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import functional as F
 from .cells import gate_doc_fields
+from .layers import _flag
 from .module import (Module, Parameter, array_module, check_device, check_dtype, is_device_array,
                      to_device, to_host)
 
@@ -102,9 +103,9 @@ class RNNBase(Module):
             warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: dropout is "
                           f"applied between layers, never after the last", UserWarning,
                           stacklevel=3)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.bidirectional = bool(bidirectional)
+        self.bias = _flag(bias, "bias")
+        self.batch_first = _flag(batch_first, "batch_first")
+        self.bidirectional = _flag(bidirectional, "bidirectional")
         self.dtype = check_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         self._saved = None
