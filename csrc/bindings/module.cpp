@@ -487,6 +487,7 @@ py::dict tuning_dict() {
   d["projection_chunk_bytes"] = t.projection_chunk_bytes;
   d["step_inputs_chunk_bytes"] = t.step_inputs_chunk_bytes;
   d["spin_before_sleep_us"] = t.spin_before_sleep_us;
+  d["linger_us"] = t.linger_us;
   return d;
 }
 

@@ -55,6 +55,9 @@ struct Tuning {
   // Microseconds an idle team worker spins before it sleeps (a step is microseconds apart;
   // time, not a count of PAUSEs: PAUSE takes 10 to 140 cycles depending on the core).
   int64_t spin_before_sleep_us;
+  // Microseconds it then yields its core in a loop (awake, but giving way to any other thread
+  // that wants the core) before it sleeps. FUSEDRNN_LINGER_US overrides it (0: sleep at once).
+  int64_t linger_us;
 };
 const Tuning& tuning();
 // The row for `vendor` on a core with `l2_bytes` of L2 (0: unknown), as tuning() builds it.

@@ -52,6 +52,19 @@ bool spin_while(Busy busy) {
   }
 }
 
+// After spin_while: yields the core in a loop while busy() holds, for the CPU table's linger
+// time; returns whether busy() still holds (the worker then sleeps).
+template <typename Busy>
+bool linger(Busy busy) {
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::microseconds(tuning().linger_us);
+  while (busy()) {
+    if (std::chrono::steady_clock::now() >= deadline) return true;
+    std::this_thread::yield();
+  }
+  return false;
+}
+
 // The CPU this thread runs on now, or -1 where the OS does not say.
 int current_cpu() {
 #if defined(__linux__)
@@ -188,7 +201,7 @@ void ThreadTeam::worker() {
   unsigned seen = 0;
   for (;;) {
     const auto idle = [&] { return epoch_.load(std::memory_order_acquire) == seen; };
-    if (spin_while(idle)) {
+    if (spin_while(idle) && linger(idle)) {
       std::unique_lock<std::mutex> g(sleep_mutex_);
       sleepers_.fetch_add(1);
       wake_.wait(g, [&] { return epoch_.load() != seen; });
