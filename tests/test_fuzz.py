@@ -9,8 +9,8 @@ hang (a watchdog ends a stuck run with every thread's traceback), never a crash.
 zeros (T, N, I, H = 0), both dtypes, non-contiguous and read-only arrays, non-finite values (NaN
 and inf stay in their own sample: results are non-finite where the reference's are, and every
 other sample gets bit for bit what it gets without them), and wrong arguments of every kind.
-Kernel defects the suite found and that wait for a fix in csrc/ are properties of their own,
-marked xfail(strict=True): remove the mark with the fix.
+Kernel defects the suite found are properties of their own, with their smallest reproducers
+as explicit examples (a defect waiting for its fix is marked xfail(strict=True) until it lands).
 
 Arrays are filled from a drawn seed, not drawn element by element: examples stay cheap and a
 failure prints a short case that replays it. Every run tries the same examples (derandomize);
@@ -49,12 +49,6 @@ def fuzz(max_examples, **more):
     is written into the working tree)."""
     return settings(max_examples=max(max_examples, EXAMPLES_FROM_ENV), derandomize=True,
                     deadline=None, database=None, **more)
-
-
-def fuzz_known_failure(max_examples):
-    """:func:`fuzz` for an xfail property: stop at the first failure (its explicit example), as
-    one failure is all an xfail needs; once the fix lands and the mark goes, it runs in full."""
-    return fuzz(max_examples, report_multiple_bugs=False)
 
 
 @pytest.fixture(autouse=True)
@@ -295,20 +289,12 @@ def poisons(names):
                               st.sampled_from(NON_FINITE)), min_size=1, max_size=4).map(tuple)
 
 
-# The float32 gate math saturates at its input clamp: on the SIMD path sigmoid(-inf) is 1.8e-35,
-# not 0 (see the xfail below). With inf in the data, gradients the reference holds at exactly 0
-# are ~1e-35 there, and 0 * inf = NaN becomes 1e-35 * inf = inf. So float32 is held here to the
-# reference's finite-ness pattern, and its finite values to the tolerance above this floor.
-FLOAT32_SATURATION_FLOOR = 1e-30
-
-
 def assert_non_finite_like_reference(case, ours, oracle):
-    """Every output and gradient is non-finite where the reference's is (float64: NaN, +inf and
-    -inf each exactly where the reference has them), its finite values the reference's."""
-    exact = case.dtype == "float64"
+    """Every output and gradient has NaN, +inf and -inf exactly where the reference's has them
+    (float32 too: its gate math saturates to exactly 0 and 1 as the reference does), its
+    finite values the reference's."""
     for name, expected in oracle.items():
-        assert_like_reference(name, ours[name], expected, case.dtype, exact_pattern=exact,
-                              floor=0.0 if exact else FLOAT32_SATURATION_FLOOR)
+        assert_like_reference(name, ours[name], expected, case.dtype)
 
 
 @fuzz(80)
@@ -366,15 +352,13 @@ def test_non_finite_weights_match_reference(case, poison):
     assert_non_finite_like_reference(case, ours, run_reference(case, arrays))
 
 
-# A kernel defect found by this suite (the float32 gate math in csrc/, not fixed here): its
-# sigmoid clamps the input, so on the SIMD path (H a multiple of 16) sigmoid(x) is 1.8e-35 for
-# every x <= -88, -inf included, where it is 0 in the reference and in torch. A gate saturated
-# by an infinite pre-activation then passes a gradient of ~1e-35 instead of exactly 0, and a
-# weight gradient gets 1e-35 * inf = inf where the reference has 0 * inf = NaN. The example is
-# the smallest reproducer found (an LSTM whose gates see +-inf).
-@pytest.mark.xfail(strict=True, reason="issue 19: float32 sigmoid saturates at 1.8e-35, not 0 "
-                                       "(inf where the reference has NaN); kernel fix pending")
-@fuzz_known_failure(30)
+# A kernel defect this suite found (fixed in csrc/cpu/simd_math.inc): the float32 SIMD sigmoid
+# (H a multiple of 16) clamped its input, so sigmoid(x) was 1.8e-35 for every x <= -80, -inf
+# included, where it is 0 in the reference and in torch; a gate saturated by an infinite
+# pre-activation then passed a gradient of ~1e-35 instead of exactly 0, and a weight gradient
+# got 1e-35 * inf = inf where the reference has 0 * inf = NaN. The example is the smallest
+# reproducer found (an LSTM whose gates see +-inf).
+@fuzz(30)
 @example(case=KernelCase(name="lstm", dtype="float32", T=1, N=1, I=1, H=16, bias=False,
                          given=("dy",), lengths=None, lengths_as="int64", reverse=False,
                          layouts=(), seed=0),
@@ -1129,16 +1113,14 @@ def test_attention_non_finite_stays_in_its_sample(case, poison):
                     f"{name}: another sample's NaN/inf changed clean sample {n}"
 
 
-# A kernel defect found by this suite (csrc/cells/attention.h, not fixed here): in the sample
-# that holds it, a NaN score (or an inf one: inf - inf) after the first real position is skipped
-# by the running maximum, the total of the exponentials is NaN, and `total > 0 ? 1 / total : 0`
-# turns it into a scale of 0: every other real position gets weight exactly 0 where the
-# reference (and torch.softmax) give NaN. And the context skips positions of weight 0, so a
-# -inf key of weight 0 adds nothing where the reference adds 0 * -inf = NaN. The examples are
+# A kernel defect this suite found (fixed in csrc/cells/attention.h): in the sample that holds
+# it, a NaN score (or an inf one: inf - inf) after the first real position was skipped by the
+# running maximum, the total of the exponentials was NaN, and `total > 0 ? 1 / total : 0`
+# turned it into a scale of 0: every other real position got weight exactly 0 where the
+# reference (and torch.softmax) give NaN. And the context skipped positions of weight 0, so a
+# -inf key of weight 0 added nothing where the reference adds 0 * -inf = NaN. The examples are
 # the smallest reproducers of each.
-@pytest.mark.xfail(strict=True, reason="issue 19: attention kernel turns NaN softmax totals "
-                                       "into weight 0 and skips 0 * inf; kernel fix pending")
-@fuzz_known_failure(30)
+@fuzz(30)
 @example(case=AttentionCase(kind="dot", dtype="float64", N=1, S=2, Q=1, K=1, A=1, lengths=None,
                             steps=1, dweights=False, layouts=("contiguous", "contiguous"), seed=0),
          poison=(("keys", 1, math.nan),))

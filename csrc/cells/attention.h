@@ -34,7 +34,7 @@ struct AttentionStep {
         for (int64_t a = 0; a < A; ++a) score += kp[a] * query[a];
       }
       scores[s] = score;
-      if (!any || score > peak) peak = score;
+      if (!any || score > peak || score != score) peak = score;  // a NaN score stays the peak
       any = true;
     }
     T total = T(0);
@@ -42,11 +42,14 @@ struct AttentionStep {
       weights[s] = mask[s] ? exp_(scores[s] - peak) : T(0);
       total += weights[s];
     }
-    const T scale = total > T(0) ? T(1) / total : T(0);
+    // As softmax in IEEE arithmetic (the reference, torch.softmax): a NaN score makes every
+    // weight NaN, and a real position's weight of 0 still multiplies its values (0 * inf is
+    // NaN); only masked positions are left out (their values are padding, never read).
+    const T scale = total > T(0) || total != total ? T(1) / total : T(0);
     for (int64_t k = 0; k < K; ++k) context[k] = T(0);
     for (int64_t s = 0; s < S; ++s) {
+      if (!mask[s]) continue;  // weight exactly 0
       weights[s] *= scale;
-      if (weights[s] == T(0)) continue;
       const T* vs = values + s * K;
       for (int64_t k = 0; k < K; ++k) context[k] += weights[s] * vs[k];
     }
