@@ -575,6 +575,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("I"), py::arg("H"), py::arg("dtype"), py::arg("training"), py::arg("threads"),
         "What a call of this shape does on `threads` threads: the forward plan (and the backward "
         "one when training), as names.");
+  m.def("set_deterministic", &cpu::set_deterministic, py::arg("on"),
+        "Plans whose results do not depend on the thread count (see fusedrnn.set_deterministic).");
+  m.def("deterministic", &cpu::deterministic, "Whether set_deterministic is on.");
   m.def("build_info", &build_info, "What this build holds: compiler, SIMD, kernels, BLAS, CUDA.");
   m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"),
         "Threads of the kernels' team.");

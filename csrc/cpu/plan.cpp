@@ -1,5 +1,6 @@
 #include "cpu/plan.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -129,6 +130,8 @@ const Tuning& tuning() {
 
 namespace {
 
+std::atomic<bool> g_deterministic{false};
+
 // The loop may split by samples: W_hh fits a core's cache and every slice gets enough samples.
 bool split_by_samples(const Tuning& t, int64_t N, int slices, int64_t weight_bytes) {
   return slices > 1 && N / slices >= t.min_samples_per_slice && weight_bytes <= t.core_cache_bytes;
@@ -145,6 +148,14 @@ bool inference_packing_pays(const Tuning& t, int64_t rows, int64_t weight_bytes)
 
 }  // namespace
 
+// Deterministic: only the plans whose arithmetic is the same for any thread count. A by-units
+// loop is (a slice's units change which thread computes a row, not how); a by-samples loop
+// adds the input projection apart from the recurrent product (by units, into it), the
+// pipelined loop projects in chunks of steps, and OpenBLAS's float32 GEMMs round differently
+// when split: those are left out, and the big GEMMs run on one thread.
+void set_deterministic(bool on) { g_deterministic.store(on); }
+bool deterministic() { return g_deterministic.load(std::memory_order_relaxed); }
+
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
                          bool training, bool inputs_ready, bool reverse) {
   const Tuning& t = tuning();
@@ -158,19 +169,21 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   p.slices = slices;
   p.bias_in_packed = packed && !split_grad && s.I > 0;
   p.gemm_slices = s.T * N * GH * s.I >= t.min_gemm_macs_to_split ? slices : 1;
+  const bool fixed = deterministic();
+  if (fixed) p.gemm_slices = 1;  // OpenBLAS's float32 results depend on how a GEMM is split
   // A step smaller than this is not worth a barrier: one thread runs the loop, by units.
   p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
-  const bool by_samples = packed && s.T * N * GH * H >= t.min_gemm_macs_to_split &&
+  const bool by_samples = !fixed && packed && s.T * N * GH * H >= t.min_gemm_macs_to_split &&
                           split_by_samples(t, N, slices, weight_bytes);
   // One thread for the loop: the team's other threads project the inputs meanwhile, a chunk of
   // steps ahead, rather than all of them before the loop.
-  const bool pipelined = packed && !by_samples && p.loop_slices == 1 && slices > 1 &&
+  const bool pipelined = !fixed && packed && !by_samples && p.loop_slices == 1 && slices > 1 &&
                          p.gemm_slices > 1;
   const bool by_units_packed = packed && !by_samples && !pipelined;
-  const bool wavefront = inputs_ready && !reverse && by_units_packed && p.loop_slices == 1 &&
-                         !split_grad && s.I > 0;
+  const bool wavefront = !fixed && inputs_ready && !reverse && by_units_packed &&
+                         p.loop_slices == 1 && !split_grad && s.I > 0;
   const bool step_inputs =
-      by_units_packed && !split_grad && s.I > 0 &&
+      !fixed && by_units_packed && !split_grad && s.I > 0 &&
       ((p.loop_slices > 1 && N >= t.step_inputs_min_batch) || wavefront);
   p.waits_for_inputs = inputs_ready && !wavefront;
   p.loop = by_samples ? Loop::kBySamples : pipelined ? Loop::kPipelined : Loop::kByUnits;
@@ -192,12 +205,12 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   const bool packed = s.T >= t.packed_min_steps;
   BackwardPlan p{};
   p.slices = slices;
-  p.gemm_slices = TN * GH * (s.I + H) >= t.min_gemm_macs_to_split ? slices : 1;
+  p.gemm_slices = TN * GH * (s.I + H) >= t.min_gemm_macs_to_split && !deterministic() ? slices : 1;
   p.product = packed ? StepProduct::kPacked
               : N >= t.blas_batch ? StepProduct::kBlas
                                   : StepProduct::kRows;
   p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
-  if (packed && TN * GH * H >= t.min_gemm_macs_to_split &&
+  if (!deterministic() && packed && TN * GH * H >= t.min_gemm_macs_to_split &&
       split_by_samples(t, N, slices, GH * H * element_bytes)) {
     p.loop = Loop::kBySamples;
     p.loop_slices = slices;

@@ -110,6 +110,11 @@ struct BackwardPlan {
   int gemm_slices;  // slices of the weight-gradient GEMMs after the loop
 };
 
+// Deterministic plans: results independent of the thread count, not only reproducible for a
+// given one (see plan.cpp).
+void set_deterministic(bool on);
+bool deterministic();
+
 // `slices`: the call's threads; `element_bytes`: 4 or 8; `training`: forward saves activations;
 // `inputs_ready`: a stacked layer fed step by step by the layer below.
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'get_num_threads', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
+__all__: list[str] = ['attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
 def attention_backward(score: str, query: numpy.ndarray, keys_proj: typing.Any, values: typing.Any, mask: typing.Any, v: typing.Any, hidden: typing.Any, weights: typing.Any, dcontext: typing.Any, dweights: typing.Any) -> tuple:
     """
     Gradients of attention_forward: (dquery, dkeys_proj, dvalues, dv).
@@ -21,6 +21,10 @@ def build_info() -> dict:
 def cpu_info() -> dict:
     """
     This CPU as CPUID and the OS describe it: vendor, model, cache sizes, bf16/AMX.
+    """
+def deterministic() -> bool:
+    """
+    Whether set_deterministic is on.
     """
 def get_num_threads() -> int:
     """
@@ -53,6 +57,10 @@ def recurrent_forward_stack(cell: str, nonlinearity: str, calls: list) -> list:
 def runs_side_by_side(cell: str, nonlinearity: str, shapes: collections.abc.Sequence[tuple[typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]], dtype: numpy.dtype[typing.Any], stack: bool = False) -> bool:
     """
     Whether calls of these (T, N, I, H) shapes run side by side, one thread each.
+    """
+def set_deterministic(on: bool) -> None:
+    """
+    Plans whose results do not depend on the thread count (see fusedrnn.set_deterministic).
     """
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     """

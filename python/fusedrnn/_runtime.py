@@ -1,4 +1,6 @@
 """What was built and how many threads the kernels use."""
+import numpy as np
+
 from ._loader import _C
 
 
@@ -13,6 +15,7 @@ def info() -> dict:
     d["threads"] = _C.get_num_threads()
     d["thread_pool"] = ("OpenMP (shared with PyTorch)" if _C.shares_openmp_threads()
                         else "fusedrnn's own")
+    d["deterministic"] = _C.deterministic()
     d["cpu"] = cpu_summary()
     d["cpu_table"] = dict(_C.tuning())
     return d
@@ -48,6 +51,23 @@ def set_num_threads(n: int) -> None:
     if n < 1:
         raise ValueError(f"n: expected at least 1 thread, got {n}")
     _C.set_num_threads(n)
+
+
+def set_deterministic(on: bool) -> None:
+    """Make the CPU kernels' results independent of the thread count (``True``), not only
+    reproducible for a given one (the default), as ``torch.use_deterministic_algorithms`` does
+    for PyTorch's. The kernels then use only the strategies whose arithmetic is the same on
+    any number of threads (the time loop split by hidden units; no loop split by samples, no
+    pipelined input projection, the big GEMMs unsplit), which costs speed on the shapes that
+    needed those (``fusedrnn bench --explain`` shows the plans either way)."""
+    if not isinstance(on, (bool, np.bool_)):
+        raise TypeError(f"on: expected a bool, got {type(on).__name__}")
+    _C.set_deterministic(bool(on))
+
+
+def get_deterministic() -> bool:
+    """Whether :func:`set_deterministic` is on."""
+    return _C.deterministic()
 
 
 def get_num_threads() -> int:

@@ -1,0 +1,75 @@
+"""fr.set_deterministic(True): results independent of the thread count, bit for bit, on shapes
+whose default plans differ between 1 and 2 threads (a loop split by samples, the pipelined
+batch-1 loop, inputs taken into the steps' products, GEMMs split over the threads), forward and
+backward, for the kernels and the layers (stacked, bidirectional). Without the flag these
+calls differ between 1 and 2 threads (LSTM float32 at every shape here): the tests fail then."""
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from conftest import CELLS, DTYPES, cell_backward, cell_forward, make_problem
+from fusedrnn import functional
+
+# (T, N, I, H): by samples (N=16), pipelined (N=1), inputs in the steps (N=8, H=256), big
+# GEMMs split (N=32): each plan is a different one on 1 and on 2 threads by default.
+SHAPES = {"by_samples": (12, 16, 32, 64), "pipelined": (40, 1, 64, 64),
+          "step_inputs": (6, 8, 64, 256), "split_gemms": (10, 32, 128, 128)}
+THREAD_COUNTS = (1, 2, 3)
+
+
+@pytest.fixture
+def deterministic():
+    threads = fr.get_num_threads()
+    fr.set_deterministic(True)
+    yield
+    fr.set_deterministic(False)
+    fr.set_num_threads(threads)
+
+
+def run(cell, nonlinearity, p, reverse):
+    y, h_n, c_n, ctx = cell_forward(functional, cell, nonlinearity, p["x"], p["h0"], p["c0"],
+                                    p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                    lengths=p["lengths"], reverse=reverse)
+    grads = cell_backward(functional, cell, ctx, p["dy"], p["dh_n"],
+                          p["dc_n"] if cell == "lstm" else None)
+    return [y, h_n, c_n, *grads.values()]
+
+
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_kernels_do_not_depend_on_the_thread_count(name, dtype_name, shape_name, rng,
+                                                   deterministic):
+    cell, nonlinearity = CELLS[name]
+    dtype, shape = DTYPES[dtype_name], SHAPES[shape_name]
+    p = make_problem(rng, cell, shape, dtype)
+    for reverse in (False, True):
+        results = []
+        for threads in THREAD_COUNTS:
+            fr.set_num_threads(threads)
+            results.append(run(cell, nonlinearity, p, reverse))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("cls", [fr.nn.LSTM, fr.nn.GRU, fr.nn.RNN])
+def test_layers_do_not_depend_on_the_thread_count(cls, deterministic):
+    x = np.random.default_rng(1).standard_normal((30, 8, 64)).astype(np.float32)
+    results = []
+    for threads in THREAD_COUNTS:
+        fr.set_num_threads(threads)
+        for layer in (cls(64, 64, num_layers=2, seed=2), cls(64, 64, bidirectional=True, seed=2)):
+            y, _ = layer(x)
+            dx, _ = layer.backward(np.ones_like(y))
+            results.append((y, dx, *(q.grad.copy() for q in layer.parameters())))
+    per_threads = len(results) // len(THREAD_COUNTS)
+    for k in range(per_threads, len(results)):
+        for a, b in zip(results[k % per_threads], results[k]):
+            assert np.array_equal(a, b)
+
+
+def test_flag_is_shown_and_checked():
+    assert fr.get_deterministic() is False and fr.info()["deterministic"] is False
+    with pytest.raises(TypeError, match="^on: expected a bool"):
+        fr.set_deterministic("yes")
