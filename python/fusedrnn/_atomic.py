@@ -10,7 +10,8 @@ def atomic_write(path, write) -> None:
     """Call ``write(file_object)`` on a binary temporary file, then move it onto ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    # named after the target, so a file left by a killed process says whose it was
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -3,12 +3,14 @@
 Each feature module registers its own sub-commands through ``add_commands(subparsers)``; this
 file only assembles them and turns every expected failure (a bad option value, a missing or
 malformed file, a missing optional dependency) into one line, ``fusedrnn: error: ...``, and
-exit code 2. ``--debug`` (anywhere on the line) shows the traceback instead."""
+exit code 2. ``--debug`` (anywhere on the line) shows the traceback instead. Ctrl-C exits with
+130 and one line: where training stopped and, with a checkpoint, the command that resumes it."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import shlex
 import sys
 
 # Modules that contribute sub-commands; each defines add_commands(subparsers).
@@ -56,6 +58,22 @@ def error_line(exc: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+def interrupted_line(exc: KeyboardInterrupt, argv) -> str:
+    """What Ctrl-C prints: where it stopped and, when a checkpoint holds the run, the command
+    that continues it (this command line with --resume)."""
+    text = str(exc) or "interrupted"
+    path = getattr(exc, "checkpoint", None)
+    if not path:
+        return text
+    kept, skip = [], False
+    for arg in argv:  # drop an earlier --resume
+        if skip or arg == "--resume" or arg.startswith("--resume="):
+            skip = arg == "--resume"
+            continue
+        kept.append(arg)
+    return f"{text}; to continue: {shlex.join(['fusedrnn', *kept, '--resume', path])}"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -70,8 +88,8 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"fusedrnn: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fusedrnn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # training says where it stopped (TrainingInterrupted)
+        print(f"fusedrnn: {interrupted_line(e, argv)}", file=sys.stderr)
         return 130
     except EXPECTED_ERRORS as e:
         if debug:

@@ -21,12 +21,13 @@ import math
 import numbers
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections import OrderedDict
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 __all__ = ["save", "load"]
 
@@ -219,20 +220,7 @@ def save(obj, path):
     arrays = {}
     tree = _encode(obj, arrays, "obj")
     meta = json.dumps({"format": FORMAT, "tree": tree})
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{_META: np.array(meta)}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez(f, **{_META: np.array(meta)}, **arrays))
 
 
 # What reading a damaged or hostile archive can raise, besides ValueError: all become ValueError.

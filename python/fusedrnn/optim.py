@@ -477,6 +477,31 @@ class GeneticAlgorithm:
         vector_to_parameters(self.best_vector, self.params)
         return self.best_fitness
 
+    def state_dict(self):
+        """Everything that evolves (copies): population, scores, the best so far, generation,
+        history and the Generator's state; :meth:`load_state_dict` goes on from it exactly."""
+        return {"population": self.population.copy(), "scores": self.scores.copy(),
+                "best_vector": self.best_vector.copy(), "best_fitness": float(self.best_fitness),
+                "generation": self.generation, "history": list(self.history),
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state_dict):
+        """Restore what :meth:`state_dict` returned, from a run of the same population size
+        and parameter shapes."""
+        arrays = {}
+        for name, shape in (("population", self.population.shape), ("scores", self.scores.shape),
+                            ("best_vector", self.best_vector.shape)):
+            value = np.asarray(state_dict[name], dtype=np.float64)
+            if value.shape != shape:
+                raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {value.shape}")
+            arrays[name] = value.copy()
+        self.rng.bit_generator.state = state_dict["rng"]
+        self.population, self.scores = arrays["population"], arrays["scores"]
+        self.best_vector = arrays["best_vector"]
+        self.best_fitness = float(state_dict["best_fitness"])
+        self.generation = int(state_dict["generation"])
+        self.history = [float(v) for v in state_dict["history"]]
+
     def run(self, generations, callback=None):
         """``generations`` steps; ``callback(generation, best_fitness)`` after each. Returns the
         best fitness."""

@@ -1,5 +1,5 @@
 """Training loops: truncated backpropagation through time and a small ``fit`` loop with a tqdm
-progress bar.
+progress bar, which checkpoints and resumes (``Checkpointer``).
 
 Truncated BPTT (``TruncatedBPTT``) trains on a long sequence in chunks of ``k`` steps. The model
 keeps its state across chunks (the final state of one chunk is the initial state of the next)
@@ -11,17 +11,32 @@ The model protocol (see ``fusedrnn.tasks.common.RecurrentLM``): ``model.forward(
 with x time-major ``[k, N, ...]`` returns ``(output [k, N, ...], new_state)``;
 ``model.backward(doutput)`` back-propagates the latest forward (adding into ``grad``) with no
 gradient arriving at the final state.
+
+Checkpoints (``fit(..., state=..., checkpoint=Checkpointer(path, every, resume))``, the
+``--checkpoint``/``--resume`` of `fusedrnn train`) hold everything a run needs to go on as if it
+had never stopped: parameters, optimizer and scheduler state, every Generator the steps draw
+from (batch order, dropout masks, teacher forcing), what the loop carries from step to step, and
+the position: epoch, the epoch's batches and how many of them are done. ``gather_state`` and
+``restore_state`` are the one place that knows how to take and put back each kind of object.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
+from .nn.module import Module
 from .optim import clip_grad_norm_
 
-__all__ = ["TruncatedBPTT", "detach_state", "fit"]
+__all__ = ["Checkpointer", "TrainingInterrupted", "TruncatedBPTT", "detach_state", "fit",
+           "gather_state", "restore_state"]
 
 
 def detach_state(state):
@@ -73,39 +88,321 @@ class TruncatedBPTT:
 
 
 def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progress=True,
-        desc="train"):
+        desc="train", state=None, checkpoint=None):
     """A plain epoch loop. ``make_batches(epoch)`` returns a list of batches,
     ``train_step(batch)`` trains on one and returns its loss, ``evaluate(epoch)`` (optional)
     returns a dict of metrics, ``scheduler.step()`` runs after each epoch. A tqdm bar shows the
-    batches and the running loss. Returns one dict per epoch: epoch, loss, seconds, metrics."""
-    history = []
-    tqdm = None
-    if progress:
+    batches and the running loss. Returns one dict per epoch: epoch, loss, seconds, metrics.
+
+    With ``checkpoint`` (a :class:`Checkpointer`) the run survives interruption: ``state``
+    names every object whose state the steps change (``{"model": model, "optimizer": opt,
+    "rng": rng, ...}``: modules, optimizers, Generators, dicts the loop carries; the scheduler
+    is added) and is written, with the loop's position and the current epoch's batches, every
+    ``checkpoint.every`` steps, at the end, and on Ctrl-C; a checkpoint being resumed puts it
+    all back first, so the run goes on bit for bit. The first Ctrl-C lets the step under way
+    finish (its state is then whole), a second one stops at once; either way ``fit`` raises
+    :class:`TrainingInterrupted`."""
+    objects = dict(state or {})
+    if scheduler is not None:
+        objects.setdefault("scheduler", scheduler)
+    pos = (checkpoint.restore(desc, objects) if checkpoint is not None else None) or _Position()
+    tqdm = _tqdm() if progress else None
+    start = time.perf_counter() - pos.seconds
+
+    def where():
+        if pos.batches is None:
+            return f"{desc}: after epoch {pos.epoch - 1}/{epochs}"
+        return (f"{desc}: epoch {pos.epoch}/{epochs}, after batch "
+                f"{pos.next_batch}/{len(pos.batches)}")
+
+    def at_boundary(periodic):
+        """Between steps the state is whole: write it when due or asked to stop."""
+        if checkpoint is None:
+            return
+        if periodic or stop_requested():
+            pos.seconds = time.perf_counter() - start
+            checkpoint.save(desc, objects, pos, where())
+        if stop_requested():
+            raise checkpoint.stopped(where())
+
+    with _stop_between_steps(checkpoint is not None and checkpoint.path is not None) \
+            as stop_requested:
         try:
-            from tqdm import tqdm
-        except ImportError:  # tqdm is a dependency, but a missing bar must not stop training
-            tqdm = None
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        batch_list = list(make_batches(epoch))
-        bar = tqdm(batch_list, desc=f"{desc} {epoch}/{epochs}", leave=False, unit="batch",
-                   dynamic_ncols=True) if tqdm else batch_list
-        losses = []
-        for batch in bar:
-            losses.append(float(train_step(batch)))
-            if tqdm and len(losses) % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
-        if tqdm:
-            bar.close()
-        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
-        if evaluate is not None:
-            record.update(evaluate(epoch))
-        if scheduler is not None:
-            scheduler.step()
-        record["seconds"] = time.perf_counter() - start
-        history.append(record)
-        if tqdm:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
-                              if k != "epoch" and isinstance(v, float))
-            tqdm.write(f"{desc} epoch {epoch}/{epochs}: {shown}", file=sys.stderr)
-    return history
+            while pos.epoch <= epochs:
+                if pos.batches is None:
+                    pos.batches = list(make_batches(pos.epoch))
+                    pos.next_batch, pos.losses = 0, []
+                bar = tqdm(total=len(pos.batches), initial=pos.next_batch, leave=False,
+                           desc=f"{desc} {pos.epoch}/{epochs}", unit="batch",
+                           dynamic_ncols=True) if tqdm else None
+                try:
+                    while pos.next_batch < len(pos.batches):
+                        pos.losses.append(float(train_step(pos.batches[pos.next_batch])))
+                        pos.next_batch += 1
+                        pos.step += 1
+                        if bar is not None:
+                            bar.update()
+                            if len(pos.losses) % 10 == 0:
+                                bar.set_postfix(loss=f"{np.mean(pos.losses[-10:]):.4f}")
+                        at_boundary(checkpoint is not None and pos.step % checkpoint.every == 0)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                record = {"epoch": pos.epoch,
+                          "loss": float(np.mean(pos.losses)) if pos.losses else float("nan")}
+                if evaluate is not None:
+                    record.update(evaluate(pos.epoch))
+                if scheduler is not None:
+                    scheduler.step()
+                record["seconds"] = time.perf_counter() - start
+                pos.history.append(record)
+                pos.epoch, pos.batches, pos.next_batch, pos.losses = pos.epoch + 1, None, 0, []
+                if tqdm:
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                      if k != "epoch" and isinstance(v, float))
+                    tqdm.write(f"{desc} epoch {record['epoch']}/{epochs}: {shown}",
+                               file=sys.stderr)
+                at_boundary(False)
+            if checkpoint is not None:
+                pos.seconds = time.perf_counter() - start
+                checkpoint.finish(desc, objects, pos, where())
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt:  # mid-step: this state is not whole, the last file's is
+            if checkpoint is None:
+                raise
+            raise checkpoint.stopped(where(), mid_step=True) from None
+        if stop_requested():  # Ctrl-C while the finished run was written: stop as asked
+            raise checkpoint.stopped(where())
+    return pos.history
+
+
+def _tqdm():
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency, but a missing bar must not stop training
+        return None
+    return tqdm
+
+
+# ---------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = "fusedrnn.training-checkpoint/1"
+DEFAULT_CHECKPOINT_EVERY = 100  # steps (batches) between checkpoints
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`fit`. The message says where; ``checkpoint`` is the file that
+    ``--resume`` continues from (None when no file holds the run)."""
+
+    def __init__(self, message, checkpoint=None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@contextlib.contextmanager
+def _stop_between_steps(enabled):
+    """Yields ``stop_requested()``. While enabled (in the main thread), Ctrl-C only asks to
+    stop, so that the step under way finishes and the checkpoint holds a whole state; a second
+    Ctrl-C raises KeyboardInterrupt at once."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not enabled or previous is None or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = []
+
+    def ask_to_stop(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        os.write(2, b"\nfusedrnn: stopping after this step to write the checkpoint "
+                    b"(Ctrl-C again: stop at once)\n")  # os.write: safe inside a handler
+
+    signal.signal(signal.SIGINT, ask_to_stop)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclasses.dataclass
+class _Position:
+    """Where a fit stands: the epoch under way (1-based), its batches (None until made), the
+    index of the next one, the epoch's losses so far, the finished epochs' records, the steps
+    taken and the seconds trained."""
+    epoch: int = 1
+    batches: list | None = None
+    next_batch: int = 0
+    losses: list = dataclasses.field(default_factory=list)
+    history: list = dataclasses.field(default_factory=list)
+    step: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def from_saved(cls, saved):
+        batches = None if saved["batches"] is None else list(saved["batches"])
+        pos = cls(epoch=int(saved["epoch"]), batches=batches,
+                  next_batch=int(saved["next_batch"]),
+                  losses=[float(v) for v in saved["losses"]],
+                  history=[dict(h) for h in saved["history"]], step=int(saved["step"]),
+                  seconds=float(saved["seconds"]))
+        if pos.epoch < 1 or not 0 <= pos.next_batch <= len(batches or ()):
+            raise ValueError(f"position: epoch {pos.epoch}, batch {pos.next_batch} of "
+                             f"{len(batches or ())}")
+        return pos
+
+
+def _generators_of(module):
+    """(name, Generator) for every NumPy Generator a module tree draws from (dropout masks)."""
+    for prefix, m in module.named_modules():
+        for attr, value in vars(m).items():
+            if isinstance(value, np.random.Generator):
+                yield (f"{prefix}.{attr}" if prefix else attr), value
+
+
+def gather_state(objects):
+    """The state of ``objects`` ({name: object}) as a tree ``fr.save`` writes, copied: a
+    Module's parameters and the Generators it draws from, an optimizer's, a scheduler's or any
+    ``state_dict()``, a Generator's bit-generator state, a dict's values (what a loop carries
+    from step to step, such as a recurrent state)."""
+    out = {}
+    for name, obj in objects.items():
+        if isinstance(obj, np.random.Generator):
+            out[name] = {"generator": obj.bit_generator.state}
+        elif isinstance(obj, Module):
+            out[name] = {"parameters": obj.state_dict(),
+                         "generators": {k: g.bit_generator.state for k, g in _generators_of(obj)}}
+        elif hasattr(obj, "state_dict"):
+            out[name] = {"state_dict": obj.state_dict()}
+        elif isinstance(obj, dict):
+            out[name] = {"values": copy.deepcopy(dict(obj))}
+        else:
+            raise TypeError(f"state[{name!r}]: cannot checkpoint a {type(obj).__name__} (expected "
+                            f"a Module, an optimizer, a scheduler, a Generator or a dict)")
+    return out
+
+
+def restore_state(objects, saved):
+    """Put back what :func:`gather_state` took from objects of the same kinds and shapes."""
+    if set(saved) != set(objects):
+        raise ValueError(f"holds the state of {sorted(saved)}, this run trains {sorted(objects)}")
+    for name, obj in objects.items():
+        entry = saved[name]
+        if isinstance(obj, np.random.Generator):
+            obj.bit_generator.state = entry["generator"]
+        elif isinstance(obj, Module):
+            generators = dict(_generators_of(obj))
+            if set(entry["generators"]) != set(generators):
+                raise ValueError(f"{name}: Generators {sorted(entry['generators'])}, this model "
+                                 f"has {sorted(generators)}")
+            obj.load_state_dict(entry["parameters"])
+            for key, g in generators.items():
+                g.bit_generator.state = entry["generators"][key]
+        elif hasattr(obj, "state_dict"):
+            obj.load_state_dict(entry["state_dict"])
+        else:
+            obj.clear()
+            obj.update(entry["values"])
+
+
+class Checkpointer:
+    """Where :func:`fit` writes the training state, how often, and what it resumes from: the
+    ``--checkpoint PATH``, ``--checkpoint-every N`` and ``--resume PATH`` of `fusedrnn train`.
+
+    ``run`` describes the run (``{"command": ..., "options": {...}}``: what changes training);
+    a file being resumed must describe the same run. One Checkpointer serves every ``fit`` of a
+    run (`train adding` trains one model per cell): each fit is a stage named by its ``desc``,
+    and a finished stage's final state stays in every later file, so a resumed run skips it.
+    Files are written with ``fr.save``: atomically, the previous file intact until the new one
+    is whole."""
+
+    def __init__(self, path=None, every=None, resume=None, run=None):
+        if every is not None and path is None:
+            raise ValueError(f"--checkpoint-every {every}: needs --checkpoint PATH (where to "
+                             f"write)")
+        self.path = None if path is None else os.fspath(path)
+        self.every = int(every or DEFAULT_CHECKPOINT_EVERY)
+        self.run = {"command": None, "options": {}, **(run or {})}
+        self.resume_path = None if resume is None else os.fspath(resume)
+        self.finished = {}  # stage -> its final state, kept in every later file
+        self.resumed = {} if resume is None else self._read(self.resume_path)
+        self.written = None  # what the file at ``path`` holds, for the message after a stop
+        if self.resumed and self.path is not None and os.path.exists(self.path) \
+                and os.path.samefile(self.path, self.resume_path):
+            self.written = "the state it was resumed from"
+
+    def _read(self, path):
+        from . import io
+        saved = io.load(path)
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a training checkpoint (`--checkpoint PATH` writes one; "
+                             f"a model saved with --save holds no training state)")
+        try:
+            command, theirs = saved["run"]["command"], dict(saved["run"]["options"])
+            stages = dict(saved["stages"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: a damaged training checkpoint (no run or stages in "
+                             f"it)") from None
+        if command != self.run["command"]:
+            raise ValueError(f"{path}: a checkpoint of `fusedrnn {command}`, not of "
+                             f"`fusedrnn {self.run['command']}`")
+        ours = self.run["options"]
+        differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        if differ:
+            raise ValueError(f"{path}: written by a run with {_options(theirs, differ)}; this run "
+                             f"has {_options(ours, differ)} (resume with the options the "
+                             f"checkpoint was written with)")
+        return stages
+
+    def restore(self, stage, objects):
+        """Put ``objects`` back as the resumed file holds them for ``stage``; returns the
+        position to go on from, or None when the file holds no such stage."""
+        saved = self.resumed.pop(stage, None)
+        if saved is None:
+            return None
+        try:
+            restore_state(objects, saved["objects"])
+            return _Position.from_saved(saved)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise ValueError(f"{self.resume_path}: a damaged checkpoint, or one that does not fit "
+                             f"this run ({stage}: {type(e).__name__}: {e})") from e
+
+    def _entry(self, objects, pos):
+        return {**dataclasses.asdict(pos), "objects": gather_state(objects)}
+
+    def _write(self, stages, where):
+        if self.path is None:
+            return
+        from . import io
+        io.save({"format": CHECKPOINT_FORMAT, "run": self.run, "stages": stages}, self.path)
+        self.written = f"the state at {where}"
+
+    def save(self, stage, objects, pos, where):
+        """Write the finished stages and ``stage`` at ``pos``."""
+        if self.path is not None:
+            self._write({**self.finished, stage: self._entry(objects, pos)}, where)
+
+    def finish(self, stage, objects, pos, where):
+        """``stage`` is done: keep its final state for every later file, and write it."""
+        self.finished[stage] = self._entry(objects, pos)
+        self._write(dict(self.finished), where)
+
+    def stopped(self, where, mid_step=False):
+        """The TrainingInterrupted that says where training stopped and what resumes it."""
+        if self.path is None:
+            return TrainingInterrupted(
+                f"interrupted ({where}); no checkpoint was written: run with --checkpoint PATH to "
+                f"write one every {self.every} steps (--checkpoint-every N) and on Ctrl-C, then "
+                f"--resume PATH to continue from it")
+        if mid_step and self.written is None:
+            return TrainingInterrupted(f"interrupted mid-step ({where}) before the first "
+                                       f"checkpoint was written: nothing to resume from")
+        if mid_step:
+            return TrainingInterrupted(f"interrupted mid-step ({where}); {self.path} holds "
+                                       f"{self.written}", checkpoint=self.path)
+        return TrainingInterrupted(f"interrupted ({where}); checkpoint written to {self.path}",
+                                   checkpoint=self.path)
+
+
+def _options(options, keys):
+    """``--hidden 32, --lr 0.01``: the command-line spelling of some options' values."""
+    return ", ".join(f"--{k.replace('_', '-')} {options.get(k, '(not given)')}" for k in keys)

@@ -2,14 +2,17 @@
 
 Each task lives in ``fusedrnn.tasks.<name>`` with ``add_arguments(parser)`` and
 ``run(args, progress) -> metrics``; this file adds the options every task shares (--json,
---plot, --save, --seed, --epochs, --threads) and prints the metrics: a short summary, or with
---json one JSON object on the last line (the progress bar goes to stderr).
+--plot, --save, --seed, --epochs, --threads, --checkpoint, --checkpoint-every, --resume) and
+prints the metrics: a short summary, or with --json one JSON object on the last line (the
+progress bar goes to stderr). The checkpoint options become ``args.checkpointer`` (a
+``fusedrnn.training.Checkpointer``), which each task hands to ``fit``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 
+from ..training import DEFAULT_CHECKPOINT_EVERY
 from . import nonnegative_int, positive_float, positive_int
 
 TASKS = {"digits": "digits", "adding": "adding", "chars": "chars",
@@ -26,6 +29,15 @@ def _common(p):
     p.add_argument("--threads", type=positive_int, default=None, help="kernel threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--history", action="store_true", help="keep per-epoch history in --json")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="write the training state to PATH (atomically) every --checkpoint-every "
+                        "steps, at the end and on Ctrl-C")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
+                   help=f"steps (batches) between checkpoints (default "
+                        f"{DEFAULT_CHECKPOINT_EVERY})")
+    p.add_argument("--resume", metavar="PATH",
+                   help="continue, bit for bit, the run that wrote this checkpoint (give the "
+                        "options it was started with)")
 
 
 def add_commands(sub):
@@ -72,15 +84,21 @@ def _summary(metrics, prefix=""):
 
 
 def check_outputs(args):
-    """Fail before training, not after it: --plot needs matplotlib, and --save/--plot need a
-    folder that exists."""
+    """Fail before training, not after it: --plot needs matplotlib, and --save/--plot/
+    --checkpoint need a folder that exists (and a path that is not a folder)."""
     import os
-    for option in ("save", "plot"):
+    for option in ("save", "plot", "checkpoint"):
         path = getattr(args, option, None)
         if path:
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder):
                 raise ValueError(f"--{option} {path}: the folder {folder} does not exist")
+            if os.path.isdir(path):
+                raise ValueError(f"--{option} {path}: a folder; expected a file name")
+    if getattr(args, "checkpoint", None) and getattr(args, "save", None) \
+            and os.path.abspath(args.checkpoint) == os.path.abspath(args.save):
+        raise ValueError(f"--checkpoint and --save both name {args.save}: give them different "
+                         f"files")
     if getattr(args, "plot", None):
         from fusedrnn.tasks.common import pyplot
         pyplot()
@@ -90,6 +108,7 @@ def run_task(args):
     from fusedrnn import set_num_threads
     from fusedrnn.cli import print_json
     check_outputs(args)
+    args.checkpointer = make_checkpointer(args)  # reads and checks --resume before training
     if args.threads:
         set_num_threads(args.threads)
     mod = importlib.import_module(f"fusedrnn.tasks.{args.task_module}")
@@ -109,6 +128,22 @@ def run_task(args):
         if "sample" in metrics:
             print("sample:", metrics["sample"])
     return 0
+
+
+# Options that leave what training computes unchanged: a run may be resumed with others.
+NOT_TRAINING = {"json", "plot", "save", "no_progress", "history", "threads", "debug", "checkpoint",
+                "checkpoint_every", "resume", "checkpointer", "func", "task_module", "command",
+                "task"}
+
+
+def make_checkpointer(args):
+    """The Checkpointer of --checkpoint/--checkpoint-every/--resume; the run it describes (the
+    command and every option that changes training) is what a resumed file must match."""
+    from fusedrnn.training import Checkpointer
+    command = f"train {args.task}" if getattr(args, "task", None) else args.command
+    options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAINING}
+    return Checkpointer(args.checkpoint, args.checkpoint_every, args.resume,
+                        run={"command": command, "options": options})
 
 
 def run_generate(args):

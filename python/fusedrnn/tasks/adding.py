@@ -94,7 +94,9 @@ def train_cell(cell, args, x_test, y_test, progress=True):
         model.train()
         return {"test_mse": mse}
 
-    history = fit(step, batches, args.epochs, evaluate, progress=progress, desc=f"adding {cell}")
+    history = fit(step, batches, args.epochs, evaluate, progress=progress, desc=f"adding {cell}",
+                  state={"model": model, "optimizer": opt, "rng": rng},
+                  checkpoint=getattr(args, "checkpointer", None))
     # ||dL/dh_t|| of the trained model on a test batch (loss = MSE through the final state)
     xb, yb = x_test[:, :128], y_test[:128]
     model.eval()

@@ -89,7 +89,9 @@ def _run(args, progress):
         return {"test_exact_match": exact_match(model, x_test, y_test)}
 
     history = fit(step, lambda e: list(batches(len(x_train), args.batch_size, rng=rng)),
-                  args.epochs, evaluate, sched, progress=progress, desc="caption-digits")
+                  args.epochs, evaluate, sched, progress=progress, desc="caption-digits",
+                  state={"model": model, "optimizer": opt, "rng": rng},
+                  checkpoint=getattr(args, "checkpointer", None))
     train_seconds = time.perf_counter() - start
     greedy = exact_match(model, x_test, y_test)
     beam = exact_match(model, x_test, y_test, args.beam) if args.beam > 1 else greedy

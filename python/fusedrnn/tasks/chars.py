@@ -97,7 +97,8 @@ def run(args, progress=True):
         return {"test_bits_per_char": evaluate_bits(model, test_ids)}
 
     history = fit(step, make_batches, args.epochs, evaluate, sched, progress=progress,
-                  desc="chars")
+                  desc="chars", state={"model": model, "optimizer": opt, "carried": carried},
+                  checkpoint=getattr(args, "checkpointer", None))
     bits = history[-1]["test_bits_per_char"]
     metrics = {"task": "chars", "cell": args.cell, "vocab_size": len(vocab),
                "train_chars": int(len(train_ids)), "test_chars": int(len(test_ids)),

@@ -72,7 +72,9 @@ def run(args, progress=True):
         return {"test_accuracy": accuracy(predict(test_idx), labels[test_idx])}
 
     history = fit(step, lambda e: data.batches(len(train_idx), args.batch_size, rng=rng),
-                  args.epochs, evaluate, progress=progress, desc="classify-text")
+                  args.epochs, evaluate, progress=progress, desc="classify-text",
+                  state={"model": model, "optimizer": opt, "rng": rng},
+                  checkpoint=getattr(args, "checkpointer", None))
     majority = float(np.max(np.bincount(labels[test_idx], minlength=len(classes))) / n_test)
     metrics = {"task": "classify-text", "cell": args.cell, "classes": classes,
                "train_size": int(len(train_idx)), "test_size": int(n_test),

@@ -169,7 +169,9 @@ def train(model, train_pairs, test_pairs, args, progress=True, desc="dates"):
         return {"test_exact_match": exact_match(model, test_pairs)}
 
     return fit(step, lambda e: list(batches(len(train_pairs), args.batch_size, rng=rng)),
-               args.epochs, evaluate, sched, progress=progress, desc=desc)
+               args.epochs, evaluate, sched, progress=progress, desc=desc,
+               state={"model": model, "optimizer": opt, "rng": rng},
+               checkpoint=getattr(args, "checkpointer", None))
 
 
 @contextlib.contextmanager

@@ -82,7 +82,8 @@ def run(args, progress=True):
     train_args = argparse.Namespace(data=None, limit=None, cell="lstm", hidden=args.hidden,
                                     batch_size=args.batch_size, lr=digits.DEFAULTS["lr"],
                                     trainer="bptt", population=0, epochs=args.epochs,
-                                    seed=args.seed, save=args.save, plot=args.plot)
+                                    seed=args.seed, save=args.save, plot=args.plot,
+                                    checkpointer=getattr(args, "checkpointer", None))
     result = digits.run(train_args, progress)
     metrics = {"task": "demo", "test_accuracy": result["test_accuracy"],
                "train_seconds": result["seconds"], "epochs": args.epochs,

@@ -72,7 +72,9 @@ def train_bptt(model, x_train, y_train, x_test, y_test, args, progress=True):
         return {"test_accuracy": accuracy(predict(model, x_test), y_test)}
 
     return fit(step, lambda e: data.batches(x_train.shape[1], args.batch_size, rng=rng),
-               args.epochs, evaluate, sched, progress=progress, desc="digits")
+               args.epochs, evaluate, sched, progress=progress, desc="digits",
+               state={"model": model, "optimizer": opt, "rng": rng},
+               checkpoint=getattr(args, "checkpointer", None))
 
 
 def train_ga(model, x_train, y_train, x_test, y_test, args, progress=True):
@@ -97,7 +99,8 @@ def train_ga(model, x_train, y_train, x_test, y_test, args, progress=True):
         return {"test_accuracy": accuracy(predict(model, x_test), y_test)}
 
     return fit(step, lambda e: range(generations_per_epoch), args.epochs, evaluate,
-               progress=progress, desc="digits-ga")
+               progress=progress, desc="digits-ga", state={"model": model, "ga": ga},
+               checkpoint=getattr(args, "checkpointer", None))
 
 
 def run(args, progress=True):
