@@ -46,6 +46,9 @@ def add_arguments(p):
     p.add_argument("--framework", choices=("numpy", "torch"), default="numpy",
                    help="torch: the fusedrnn.torch adapter inside a small torch model against "
                         "torch.nn (fusedrnn.benchmark_torch)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="also time fusedrnn with fr.set_deterministic(True), side by side: the "
+                        "'det cost' column is its ms over the default's")
     p.add_argument("--explain", action="store_true",
                    help="time nothing: print what each cell and shape's calls would do on "
                         "--threads threads (the CPU drivers' plans) and the CPU table")
@@ -282,16 +285,33 @@ def training_peak_mb(who, cell, B, T, I, H, threads):
 
 
 # ---------------------------------------------------------------------------- the run
-def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None):
+def deterministic_call(fn):
+    """fn run with ``fr.set_deterministic(True)`` (a flag the kernels read per call)."""
+    import fusedrnn as fr
+
+    def call():
+        fr.set_deterministic(True)
+        try:
+            return fn()
+        finally:
+            fr.set_deterministic(False)
+    return call
+
+
+def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None,
+              deterministic=False):
     """One row: ours and each installed peer (``have``) on one shape and mode, outputs checked
     to agree, then timed side by side. ``reference``: time the NumPy float64 reference too
-    (None: for inference rows below REFERENCE_MAX_FLOPS)."""
+    (None: for inference rows below REFERENCE_MAX_FLOPS). ``deterministic``: time ours with
+    ``fr.set_deterministic(True)`` too (``ours_det_ms``, ``det_cost`` = its ms / ours)."""
     if reference is None:
         reference = mode == "infer" and flops(cell, B, T, I, H, False) <= REFERENCE_MAX_FLOPS
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     w = _weights(cell, I, H)
     fns = {"ours": ours(cell, x, w, mode)}
+    if deterministic:
+        fns["ours_det"] = deterministic_call(ours(cell, x, w, mode))
     if have["torch"]:
         fns["torch"] = torch_peer(cell, x, w, mode, threads)
     if have["ort"] and mode == "infer":
@@ -312,6 +332,10 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None):
         row[f"x_{k}"] = round(ms[k] / ms["ours"], 2) if k in ms else None
         row[f"maxdiff_{k}"] = agree.get(k)
     row["ours_gflops"] = round(flops(cell, B, T, I, H, mode == "train") / ms["ours"] / 1e6, 2)
+    if deterministic:
+        row["ours_det_ms"] = round(ms["ours_det"], 3)
+        row["det_cost"] = round(ms["ours_det"] / ms["ours"], 2)
+        row["maxdiff_ours_det"] = agree["ours_det"]
     return row
 
 
@@ -368,14 +392,17 @@ def _fmt(v, w=8, p=2):
 
 
 def print_table(rows, peak):
+    det = any("det_cost" in r for r in rows)
     print(f"\n{'cell':<14}{'mode':<6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} |{'ours':>8}{'torch':>8}"
-          f"{'ORT':>8}{'NumPy':>8} | {'GF/s':>6}{'%sgemm':>7} | {'x torch':>8}{'x ORT':>7}{'x NumPy':>8}")
+          f"{'ORT':>8}{'NumPy':>8} | {'GF/s':>6}{'%sgemm':>7} | {'x torch':>8}{'x ORT':>7}{'x NumPy':>8}"
+          + (f" | {'det cost':>8}" if det else ""))
     for r in rows:
         pct = 100 * r["ours_gflops"] / peak if peak else None
         print(f"{r['cell']:<14}{r['mode']:<6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} |"
               f"{_fmt(r['ours_ms'])}{_fmt(r['torch_ms'])}{_fmt(r['ort_ms'])}{_fmt(r['numpy_ref_ms'])} |"
               f" {_fmt(r['ours_gflops'], 6, 1)}{_fmt(pct, 7, 0)} |"
-              f"{_fmt(r['x_torch'])}{_fmt(r['x_ort'], 7)}{_fmt(r['x_numpy_ref'])}")
+              f"{_fmt(r['x_torch'])}{_fmt(r['x_ort'], 7)}{_fmt(r['x_numpy_ref'])}"
+              + (f" | {_fmt(r.get('det_cost'))}" if det else ""))
 
 
 def parse_shapes(text):
@@ -467,7 +494,8 @@ def run(args) -> int:
     for cell in cells:
         for (B, T, I, H) in shapes:
             for mode in modes:
-                r = bench_row(cell, mode, B, T, I, H, args.threads, budget, have)
+                r = bench_row(cell, mode, B, T, I, H, args.threads, budget, have,
+                              deterministic=getattr(args, "deterministic", False))
                 rows.append(r)
                 print(f"  {cell} {mode} B={B} T={T} I={I} H={H}: ours {r['ours_ms']} ms, "
                       f"torch {r['torch_ms']}, ort {r['ort_ms']}", flush=True)
