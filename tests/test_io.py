@@ -222,3 +222,19 @@ def test_deep_tree_is_refused_without_recursion(tmp_path):
     np.testing.assert_array_equal(back[0], np.arange(3.0))
     with pytest.raises(ValueError, match="nested more than 100 levels deep"):
         fr.save([obj], tmp_path / "too_deep.npz")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Written as open() would write them (0o666 less the umask), not owner-only as the
+    temporary file's mkstemp makes it; an existing file keeps its own."""
+
+    mask = os.umask(0o022)
+    try:
+        path = tmp_path / "model.npz"
+        fr.save({"w": np.zeros(3)}, path)
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.chmod(path, 0o600)
+        fr.save({"w": np.ones(3)}, path)
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)

@@ -6,13 +6,35 @@ import os
 import tempfile
 
 
+def _umask() -> int:
+    """The process's umask: read from /proc where it can be (setting it to read it, the only
+    portable way, would change it for every thread for a moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write) -> None:
-    """Call ``write(file_object)`` on a binary temporary file, then move it onto ``path``."""
+    """Call ``write(file_object)`` on a binary temporary file, then move it onto ``path``. The
+    file gets the permissions ``open(path, "w")`` would give it (0o666 less the umask; an
+    existing file's own), not mkstemp's owner-only 0o600."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
     # named after the target, so a file left by a killed process says whose it was
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
