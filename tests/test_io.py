@@ -227,7 +227,6 @@ def test_deep_tree_is_refused_without_recursion(tmp_path):
 def test_saved_files_get_the_usual_permissions(tmp_path):
     """Written as open() would write them (0o666 less the umask), not owner-only as the
     temporary file's mkstemp makes it; an existing file keeps its own."""
-
     mask = os.umask(0o022)
     try:
         path = tmp_path / "model.npz"
