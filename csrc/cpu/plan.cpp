@@ -131,6 +131,9 @@ const Tuning& tuning() {
 namespace {
 
 std::atomic<bool> g_deterministic{false};
+// Deterministic: the big GEMMs in this many blocks on any thread count (OpenBLAS's float32
+// results depend on how a GEMM is split, not on which thread runs a block).
+constexpr int kDeterministicGemmBlocks = 4;
 
 // The loop may split by samples: W_hh fits a core's cache and every slice gets enough samples.
 bool split_by_samples(const Tuning& t, int64_t N, int slices, int64_t weight_bytes) {
@@ -149,10 +152,11 @@ bool inference_packing_pays(const Tuning& t, int64_t rows, int64_t weight_bytes)
 }  // namespace
 
 // Deterministic: only the plans whose arithmetic is the same for any thread count. A by-units
-// loop is (a slice's units change which thread computes a row, not how); a by-samples loop
-// adds the input projection apart from the recurrent product (by units, into it), the
-// pipelined loop projects in chunks of steps, and OpenBLAS's float32 GEMMs round differently
-// when split: those are left out, and the big GEMMs run on one thread.
+// loop is (a slice's units change which thread computes a row, not how), with or without the
+// inputs in its steps' products; a by-samples loop adds the input projection apart from the
+// recurrent product, and the pipelined loop projects in chunks of steps: those are left out.
+// OpenBLAS's float32 GEMMs round differently when split: the big ones run in a fixed number
+// of blocks, whatever the threads.
 void set_deterministic(bool on) { g_deterministic.store(on); }
 bool deterministic() { return g_deterministic.load(std::memory_order_relaxed); }
 
@@ -168,9 +172,10 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   ForwardPlan p{};
   p.slices = slices;
   p.bias_in_packed = packed && !split_grad && s.I > 0;
-  p.gemm_slices = s.T * N * GH * s.I >= t.min_gemm_macs_to_split ? slices : 1;
   const bool fixed = deterministic();
-  if (fixed) p.gemm_slices = 1;  // OpenBLAS's float32 results depend on how a GEMM is split
+  const bool big_projection = s.T * N * GH * s.I >= t.min_gemm_macs_to_split;
+  p.gemm_slices = big_projection ? slices : 1;
+  p.gemm_blocks = fixed ? (big_projection ? kDeterministicGemmBlocks : 1) : p.gemm_slices;
   // A step smaller than this is not worth a barrier: one thread runs the loop, by units.
   p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
   const bool by_samples = !fixed && packed && s.T * N * GH * H >= t.min_gemm_macs_to_split &&
@@ -182,9 +187,10 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   const bool by_units_packed = packed && !by_samples && !pipelined;
   const bool wavefront = !fixed && inputs_ready && !reverse && by_units_packed &&
                          p.loop_slices == 1 && !split_grad && s.I > 0;
+  // (Deterministic: whatever the loop's slices, as its arithmetic does not depend on them.)
   const bool step_inputs =
-      !fixed && by_units_packed && !split_grad && s.I > 0 &&
-      ((p.loop_slices > 1 && N >= t.step_inputs_min_batch) || wavefront);
+      by_units_packed && !split_grad && s.I > 0 &&
+      (((fixed || p.loop_slices > 1) && N >= t.step_inputs_min_batch) || wavefront);
   p.waits_for_inputs = inputs_ready && !wavefront;
   p.loop = by_samples ? Loop::kBySamples : pipelined ? Loop::kPipelined : Loop::kByUnits;
   p.product = packed ? StepProduct::kPacked
@@ -205,7 +211,9 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   const bool packed = s.T >= t.packed_min_steps;
   BackwardPlan p{};
   p.slices = slices;
-  p.gemm_slices = TN * GH * (s.I + H) >= t.min_gemm_macs_to_split && !deterministic() ? slices : 1;
+  const bool big_gemms = TN * GH * (s.I + H) >= t.min_gemm_macs_to_split;
+  p.gemm_slices = big_gemms ? slices : 1;
+  p.gemm_blocks = deterministic() ? (big_gemms ? kDeterministicGemmBlocks : 1) : p.gemm_slices;
   p.product = packed ? StepProduct::kPacked
               : N >= t.blas_batch ? StepProduct::kBlas
                                   : StepProduct::kRows;

@@ -98,6 +98,7 @@ struct ForwardPlan {
   int slices;          // threads of the call
   int loop_slices;     // slices of a by-units loop (1: one thread)
   int gemm_slices;     // slices of the up-front projection
+  int gemm_blocks;     // its column blocks, spread over the slices (>= gemm_slices)
   bool bias_in_packed;  // b_ih joins b_hh in the packed bias (LSTM, RNN when packed)
   bool waits_for_inputs;  // a stacked layer that waits for all of x before it starts
 };
@@ -108,6 +109,7 @@ struct BackwardPlan {
   InputGrad dx;
   int slices, loop_slices;
   int gemm_slices;  // slices of the weight-gradient GEMMs after the loop
+  int gemm_blocks;  // their row blocks, spread over the slices (>= gemm_slices)
 };
 
 // Deterministic plans: results independent of the thread count, not only reproducible for a

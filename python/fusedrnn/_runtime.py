@@ -58,8 +58,9 @@ def set_deterministic(on: bool) -> None:
     reproducible for a given one (the default), as ``torch.use_deterministic_algorithms`` does
     for PyTorch's. The kernels then use only the strategies whose arithmetic is the same on
     any number of threads (the time loop split by hidden units; no loop split by samples, no
-    pipelined input projection, the big GEMMs unsplit), which costs speed on the shapes that
-    needed those (``fusedrnn bench --explain`` shows the plans either way)."""
+    pipelined input projection, the big GEMMs in a fixed number of blocks), which costs speed
+    on the shapes that needed those (``fusedrnn bench --deterministic`` measures it,
+    ``fusedrnn bench --explain`` shows the plans)."""
     if not isinstance(on, (bool, np.bool_)):
         raise TypeError(f"on: expected a bool, got {type(on).__name__}")
     _C.set_deterministic(bool(on))
