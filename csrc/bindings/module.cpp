@@ -456,7 +456,6 @@ py::dict build_info() {
   return d;
 }
 
-
 py::dict cpu_info_dict() {
   const cpu::CpuInfo& c = cpu::cpu_info();
   py::dict d;
