@@ -194,6 +194,11 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
       by_units_packed && !split_grad && s.I > 0 &&
       ((N >= t.step_inputs_min_batch && (p.loop_slices > 1 || slices == 1 || fixed)) ||
        wavefront);
+  // A GRU the same way, into a buffer of its own per slice (its n gate keeps W_in x apart):
+  // our packed product instead of a BLAS GEMM up front.
+  const bool own_inputs =
+      by_units_packed && split_grad && s.I > 0 && N >= t.step_inputs_min_batch &&
+      (p.loop_slices > 1 || slices == 1 || fixed);
   p.waits_for_inputs = inputs_ready && !wavefront;
   p.loop = by_samples ? Loop::kBySamples : pipelined ? Loop::kPipelined : Loop::kByUnits;
   p.product = packed ? StepProduct::kPacked
@@ -203,6 +208,7 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                  : by_samples && s.I > 0   ? Projection::kPerSlice
                  : wavefront               ? Projection::kWavefront
                  : step_inputs             ? Projection::kInSteps
+                 : own_inputs              ? Projection::kPerSlice
                                            : Projection::kUpFront;
   if (by_samples) p.loop_slices = slices;
   return p;
