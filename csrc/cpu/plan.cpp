@@ -149,6 +149,12 @@ bool inference_packing_pays(const Tuning& t, int64_t rows, int64_t weight_bytes)
   return static_cast<double>(rows) >= t.inference_pack_rows * std::pow(scale, 0.75);
 }
 
+// A step's recurrent product: packed W_hh for sequences, else BLAS for a large batch, row
+// kernels for a small one.
+StepProduct step_product(const Tuning& t, bool packed, int64_t N) {
+  return packed ? StepProduct::kPacked : N >= t.blas_batch ? StepProduct::kBlas : StepProduct::kRows;
+}
+
 }  // namespace
 
 // Deterministic: only the plans whose arithmetic is the same for any thread count. A by-units
@@ -187,23 +193,18 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   const bool by_units_packed = packed && !by_samples && !pipelined;
   const bool wavefront = !fixed && inputs_ready && !reverse && by_units_packed &&
                          p.loop_slices == 1 && !split_grad && s.I > 0;
-  // With the loop split, on one thread (where it beat the projection up front: LSTM B=8 T=256
+  // The loop projects its own units' inputs, a chunk of steps at a time: from a batch of 8
+  // with the loop split, on one thread (where it beat the projection up front: LSTM B=8 T=256
   // H=512 inference 67.8 -> 50.6 ms, B=64 T=50 91.6 -> 63.8, training -6%), and in
-  // deterministic plans whatever the slices (its arithmetic does not depend on them).
-  const bool step_inputs =
-      by_units_packed && !split_grad && s.I > 0 &&
-      ((N >= t.step_inputs_min_batch && (p.loop_slices > 1 || slices == 1 || fixed)) ||
-       wavefront);
-  // A GRU the same way, into a buffer of its own per slice (its n gate keeps W_in x apart):
-  // our packed product instead of a BLAS GEMM up front.
-  const bool own_inputs =
-      by_units_packed && split_grad && s.I > 0 && N >= t.step_inputs_min_batch &&
-      (p.loop_slices > 1 || slices == 1 || fixed);
+  // deterministic plans whatever the slices (its arithmetic does not depend on them). LSTM,
+  // RNN: into the steps' products; a GRU (its n gate keeps W_in x apart): into its gates rows.
+  const bool loop_projects = by_units_packed && s.I > 0 && N >= t.step_inputs_min_batch &&
+                             (p.loop_slices > 1 || slices == 1 || fixed);
+  const bool step_inputs = (loop_projects && !split_grad) || wavefront;
+  const bool own_inputs = loop_projects && split_grad;
   p.waits_for_inputs = inputs_ready && !wavefront;
   p.loop = by_samples ? Loop::kBySamples : pipelined ? Loop::kPipelined : Loop::kByUnits;
-  p.product = packed ? StepProduct::kPacked
-              : N >= t.blas_batch ? StepProduct::kBlas
-                                  : StepProduct::kRows;
+  p.product = step_product(t, packed, N);
   p.projection = pipelined                 ? Projection::kChunks
                  : by_samples && s.I > 0   ? Projection::kPerSlice
                  : wavefront               ? Projection::kWavefront
@@ -223,9 +224,7 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   const bool big_gemms = TN * GH * (s.I + H) >= t.min_gemm_macs_to_split;
   p.gemm_slices = big_gemms ? slices : 1;
   p.gemm_blocks = deterministic() ? (big_gemms ? kDeterministicGemmBlocks : 1) : p.gemm_slices;
-  p.product = packed ? StepProduct::kPacked
-              : N >= t.blas_batch ? StepProduct::kBlas
-                                  : StepProduct::kRows;
+  p.product = step_product(t, packed, N);
   p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
   if (!deterministic() && packed && TN * GH * H >= t.min_gemm_macs_to_split &&
       split_by_samples(t, N, slices, GH * H * element_bytes)) {
