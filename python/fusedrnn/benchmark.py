@@ -415,6 +415,21 @@ def parse_shapes(text):
     return shapes
 
 
+def selection(args):
+    """The CPU benches' (cells, modes, shapes) from --cells, --modes, --shapes and --quick,
+    checked (ValueError naming the option)."""
+    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
+    for c in cells:
+        if c not in CELLS:
+            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("infer", "train"):
+            raise ValueError(f"--modes: expected infer and/or train, got {m!r}")
+    shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else ANCHOR_SHAPES)
+    return cells, modes, shapes
+
+
 def cpu_header(threads) -> str:
     """The lines every CPU bench prints first: the CPU, the CPU table row in use, threads."""
     from ._runtime import cpu_summary, cpu_table_summary
@@ -447,15 +462,7 @@ def _print_plans(rows):
 
 def run(args) -> int:
     if getattr(args, "explain", False):
-        cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
-        for c in cells:
-            if c not in CELLS:
-                raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
-        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-        for m in modes:
-            if m not in ("infer", "train"):
-                raise ValueError(f"--modes: expected infer and/or train, got {m!r}")
-        shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else ANCHOR_SHAPES)
+        cells, modes, shapes = selection(args)
         print(cpu_header(args.threads))
         rows = explain(cells, shapes, modes, args.threads)
         _print_plans(rows)
@@ -477,12 +484,7 @@ def run(args) -> int:
         return run_gpu(args)
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
-    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
-    for c in cells:
-        if c not in CELLS:
-            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else ANCHOR_SHAPES)
+    cells, modes, shapes = selection(args)
     budget = 0.3 if args.quick else args.budget
     have = installed_peers()
     peak = sgemm_gflops()

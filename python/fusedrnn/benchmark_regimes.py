@@ -225,12 +225,7 @@ def run(args) -> int:
     if "infer" not in [m.strip() for m in args.modes.split(",")]:
         raise ValueError("--regimes: times inference only; drop --modes or include infer")
     import fusedrnn as fr
-    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
-    for c in cells:
-        if c not in benchmark.CELLS:
-            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
-    shapes = (benchmark.parse_shapes(args.shapes) if args.shapes else
-              (benchmark.QUICK_SHAPES if args.quick else benchmark.ANCHOR_SHAPES))
+    cells, _, shapes = benchmark.selection(args)
     budget = QUICK_BUDGET if args.quick else args.budget
     have = benchmark.installed_peers()
     peers = [p for p in PEERS if have[p]]

@@ -157,16 +157,7 @@ def run(args) -> int:
     import torch
 
     import fusedrnn as fr
-    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
-    for c in cells:
-        if c not in benchmark.CELLS:
-            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for m in modes:
-        if m not in ("infer", "train"):
-            raise ValueError(f"--modes: expected infer and/or train, got {m!r}")
-    shapes = (benchmark.parse_shapes(args.shapes) if args.shapes else
-              (benchmark.QUICK_SHAPES if args.quick else benchmark.ANCHOR_SHAPES))
+    cells, modes, shapes = benchmark.selection(args)
     budget = 0.3 if args.quick else args.budget
     fr.set_num_threads(args.threads)  # the adapter follows torch's count too, at every call
     torch.set_num_threads(args.threads)
