@@ -13,6 +13,7 @@
 #include "cpu/plan.h"
 #include "cpu/recurrent.h"
 #include "cpu/thread_team.h"
+#include "cpu/weight_cache.h"
 
 namespace py = pybind11;
 using namespace fusedrnn;
@@ -211,6 +212,9 @@ py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) 
   return out;
 }
 
+constexpr const char* kForwardCall =
+    "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache])";
+
 // One call's argument tuple, of `items` items named by `names`.
 py::tuple call_tuple(const py::handle& call, size_t items, const char* names) {
   auto t = py::cast<py::tuple>(call);
@@ -227,7 +231,15 @@ template <typename T>
 py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
   std::vector<PreparedCall<ForwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    py::tuple t = call_tuple(c, 10, "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)");
+    auto t = py::cast<py::tuple>(c);  // the cache, last, may be left out
+    if (t.size() != 11) t = call_tuple(c, 10, kForwardCall);
+    cpu::WeightCache* cache = nullptr;
+    if (t.size() == 11 && !t[10].is_none()) {
+      if (!py::isinstance<cpu::WeightCache>(t[10]))
+        throw py::type_error(std::string("cache: expected a fusedrnn._C.WeightCache or None, got ") +
+                             Py_TYPE(t[10].ptr())->tp_name);
+      cache = py::cast<cpu::WeightCache*>(t[10]);
+    }
     py::object x = t[0];
     if (stack) {
       if (prepared.empty() == x.is_none())
@@ -239,6 +251,7 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
     prepared.push_back(prepare_forward<T>(cell, py::cast<py::array>(x), t[1], t[2], t[3], t[4],
                                           t[5], t[6], t[7], py::cast<bool>(t[8]),
                                           py::cast<bool>(t[9])));
+    prepared.back().args.cache = cache;
   }
   return run_prepared(prepared, [&](ForwardArgs<T>* args, int count) {
     if (stack)
@@ -301,9 +314,10 @@ py::tuple recurrent_forward(const std::string& cell, const std::string& nonlinea
                             const py::array& x, const py::object& h0, const py::object& c0,
                             const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                             const py::object& b_hh, const py::object& lengths, bool reverse,
-                            bool training) {
+                            bool training, const py::object& cache) {
   py::list calls;
-  calls.append(py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training));
+  calls.append(
+      py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, cache));
   return recurrent_forward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -527,8 +541,17 @@ PYBIND11_MODULE(_C, m) {
   m.def("recurrent_forward", &recurrent_forward, py::arg("cell"), py::arg("nonlinearity"),
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
-        py::arg("training"),
-        "One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev).");
+        py::arg("training"), py::arg("cache") = py::none(),
+        "One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). "
+        "cache: a WeightCache keeping the packed weights between calls, or None.");
+  py::class_<cpu::WeightCache>(m, "WeightCache",
+                               "The packed forms of one layer direction's weights, kept between "
+                               "calls (pass it as a forward call's cache). It serves only the "
+                               "arrays of the first call it takes part in, and never sees a "
+                               "change to their values: make a new one whenever they may change.")
+      .def(py::init<>())
+      .def_property_readonly("nbytes", &cpu::WeightCache::bytes, "Bytes held.")
+      .def_property_readonly("forms", &cpu::WeightCache::forms, "Packed forms kept.");
   m.def("recurrent_backward", &recurrent_backward, py::arg("cell"), py::arg("nonlinearity"),
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),

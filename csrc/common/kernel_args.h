@@ -4,6 +4,9 @@
 #include "common/shapes.h"
 
 namespace fusedrnn {
+namespace cpu {
+class WeightCache;
+}
 
 enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru };
 
@@ -36,6 +39,8 @@ struct ForwardArgs {
   // *outputs_done. Null: x is complete, and nobody waits for y.
   const int64_t* inputs_ready;
   int64_t* outputs_done;
+  // CPU: the packed weights kept between calls (cpu/weight_cache.h), or null: pack per call.
+  cpu::WeightCache* cache;
 };
 
 template <typename T>

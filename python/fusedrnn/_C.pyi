@@ -5,7 +5,23 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
+__all__: list[str] = ['WeightCache', 'attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
+class WeightCache:
+    """
+    The packed forms of one layer direction's weights, kept between calls (pass it as a forward call's cache). It serves only the arrays of the first call it takes part in, and never sees a change to their values: make a new one whenever they may change.
+    """
+    def __init__(self) -> None:
+        ...
+    @property
+    def forms(self) -> int:
+        """
+        Packed forms kept.
+        """
+    @property
+    def nbytes(self) -> int:
+        """
+        Bytes held.
+        """
 def attention_backward(score: str, query: numpy.ndarray, keys_proj: typing.Any, values: typing.Any, mask: typing.Any, v: typing.Any, hidden: typing.Any, weights: typing.Any, dcontext: typing.Any, dweights: typing.Any) -> tuple:
     """
     Gradients of attention_forward: (dquery, dkeys_proj, dvalues, dv).
@@ -42,9 +58,9 @@ def recurrent_backward_many(cell: str, nonlinearity: str, calls: list) -> list:
     """
     Independent recurrent_backward calls (argument tuples), side by side where it pays.
     """
-def recurrent_forward(cell: str, nonlinearity: str, x: numpy.ndarray, h0: typing.Any, c0: typing.Any, w_ih: typing.Any, w_hh: typing.Any, b_ih: typing.Any, b_hh: typing.Any, lengths: typing.Any, reverse: bool, training: bool) -> tuple:
+def recurrent_forward(cell: str, nonlinearity: str, x: numpy.ndarray, h0: typing.Any, c0: typing.Any, w_ih: typing.Any, w_hh: typing.Any, b_ih: typing.Any, b_hh: typing.Any, lengths: typing.Any, reverse: bool, training: bool, cache: typing.Any = None) -> tuple:
     """
-    One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev).
+    One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). cache: a WeightCache keeping the packed weights between calls, or None.
     """
 def recurrent_forward_many(cell: str, nonlinearity: str, calls: list) -> list:
     """

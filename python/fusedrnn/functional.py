@@ -182,14 +182,16 @@ def _kernel_calls(kernels_and_args, name, cell, nonlinearity):
 
 
 def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None,
-                     b_hh=None, lengths=None, reverse=False, training=False):
-    """(kernel module, the kernel's arguments, has_bias) of one checked forward call."""
+                     b_hh=None, lengths=None, reverse=False, training=False, cache=None):
+    """(kernel module, the kernel's arguments, has_bias) of one checked forward call. ``cache``:
+    a fusedrnn._C.WeightCache keeping the packed weights between calls (CPU; the layers' own)."""
     check_nonlinearity(nonlinearity)
     reverse = check_flag(reverse, "reverse")
     training = check_flag(training, "training")
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-    return kernels, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training), has_bias
+    args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
+    return kernels, args + ((cache,) if cache is not None else ()), has_bias
 
 
 # ---------------------------------------------------------------------------- zero-size work
@@ -248,7 +250,7 @@ def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
 def _forward_result(cell, nonlinearity, args, has_bias, outputs):
     """(y, h_n, c_n, ctx) from a forward kernel's outputs."""
     y, h_n, c_n, gates, extra, h_prev = outputs
-    x, _, _, w_ih, w_hh, _, _, lengths, reverse, training = args
+    x, _, _, w_ih, w_hh, _, _, lengths, reverse, training = args[:10]
     ctx = None
     if training:
         ctx = RecurrentContext(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths,

@@ -14,6 +14,8 @@ move every parameter (and gradient); ``state_dict()`` always returns NumPy copie
 """
 from __future__ import annotations
 
+import itertools
+import sys
 from collections import OrderedDict, namedtuple
 from typing import Iterator, Tuple
 
@@ -74,12 +76,24 @@ def to_device(value, device):
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
-class Parameter:
-    """A trainable array: ``data`` (the values) and ``grad`` (None until a backward)."""
+# Parameter versions: one counter for the process, so that a version never repeats, even for
+# a new Parameter in the place of an old one.
+_versions = itertools.count(1)
 
-    __slots__ = {"data": "The values: a NumPy array (device 'cpu') or a CuPy array ('cuda').",
+
+class Parameter:
+    """A trainable array: ``data`` (the values) and ``grad`` (None until a backward).
+
+    ``version`` moves whenever ``data`` is handed out or replaced, either of which may change the
+    values (``p.data -= step``, ``p.data[...] = v``, an optimizer step, ``load_state_dict``).
+    The layers keep their packed weights between inference calls only while the versions of
+    their weights stand still and nobody else holds the arrays, so a kept form can never be
+    stale."""
+
+    __slots__ = {"_data": "The values (read through ``data``).",
                  "grad": "The accumulated gradient, shaped like ``data``; None until the first "
-                         "backward (and after ``zero_grad()``)."}
+                         "backward (and after ``zero_grad()``).",
+                 "_version": "See ``version``."}
 
     def __init__(self, data):
         if not isinstance(data, np.ndarray) and not is_device_array(data):
@@ -89,15 +103,38 @@ class Parameter:
         self.grad = None
 
     @property
+    def data(self):
+        """The values: a NumPy array (device 'cpu') or a CuPy array ('cuda'). Reading it counts
+        as a possible change (the caller may write into it): it moves ``version``."""
+        self._version = next(_versions)
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value
+        self._version = next(_versions)
+
+    @property
+    def version(self):
+        """A number that changes whenever ``data`` may have changed (see the class)."""
+        return self._version
+
+    def unchanged_since(self, version):
+        """True when ``data`` is exactly as it was at ``version``: the version stands still and
+        no reference to the array exists outside this parameter (a view or a name kept from an
+        earlier ``p.data`` could write into it unseen). CPU arrays only."""
+        return self._version == version and _unshared(self)
+
+    @property
     def device(self):
         """'cpu' (NumPy data) or 'cuda' (CuPy data)."""
-        return "cpu" if isinstance(self.data, np.ndarray) else "cuda"
+        return "cpu" if isinstance(self._data, np.ndarray) else "cuda"
 
     def to(self, device):
         """Move ``data`` and ``grad`` to ``device`` ('cpu' or 'cuda') in place; returns self."""
         device = check_device(device)
         if device != self.device:
-            self.data = to_device(self.data, device)
+            self.data = to_device(self._data, device)
             if self.grad is not None:
                 self.grad = to_device(self.grad, device)
         return self
@@ -105,23 +142,23 @@ class Parameter:
     @property
     def shape(self):
         """``data.shape``."""
-        return self.data.shape
+        return self._data.shape
 
     @property
     def dtype(self):
         """``data.dtype``."""
-        return self.data.dtype
+        return self._data.dtype
 
     def accumulate_grad(self, grad):
         """Add ``grad`` (same shape as ``data``) into ``self.grad``; the first call stores a copy."""
-        if isinstance(self.data, np.ndarray):
+        if isinstance(self._data, np.ndarray):
             grad = np.asarray(grad)
         else:
             grad = to_device(grad, "cuda")
-        if grad.shape != self.data.shape:
-            raise ValueError(f"grad: expected shape {self.data.shape}, got {grad.shape}")
+        if grad.shape != self._data.shape:
+            raise ValueError(f"grad: expected shape {self._data.shape}, got {grad.shape}")
         if self.grad is None:
-            self.grad = grad.astype(self.data.dtype, copy=True)
+            self.grad = grad.astype(self._data.dtype, copy=True)
         else:
             self.grad += grad
 
@@ -134,7 +171,34 @@ class Parameter:
             self.grad.fill(0)
 
     def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
+
+
+def _references_to_data(holder):
+    array = holder._data
+    return sys.getrefcount(array)
+
+
+# What _references_to_data counts for an array held by one slot alone (the interpreter's own
+# references included), measured once rather than assumed for each Python version.
+class _Holder:
+    __slots__ = ("_data",)
+
+
+_holder = _Holder()
+_holder._data = np.zeros(1)
+_ALONE = _references_to_data(_holder)
+del _holder
+
+
+def _unshared(holder):
+    """True when ``holder._data`` is a NumPy array that owns its memory and that nothing but
+    ``holder`` refers to (no name, view, memoryview or tensor shares it)."""
+    array = holder._data
+    if not isinstance(array, np.ndarray) or array.base is not None:
+        return False
+    del array
+    return _references_to_data(holder) <= _ALONE
 
 
 def _to_numpy(value, key):

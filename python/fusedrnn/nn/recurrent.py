@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
 from .layers import _flag
@@ -76,6 +77,21 @@ def _check_shape(value, name, shape, what=""):
         raise ValueError(f"{name}: expected shape {tuple(shape)}{what}, got {value.shape}")
 
 
+class _KeptWeights(dict):
+    """Layer direction -> (weight versions, fusedrnn._C.WeightCache, zeros for a missing bias):
+    the packed weights kept between inference calls. They belong to these arrays: a copy of the
+    layer starts without them."""
+
+    def __copy__(self):
+        return _KeptWeights()
+
+    def __deepcopy__(self, memo):
+        return _KeptWeights()
+
+    def __reduce__(self):
+        return (_KeptWeights, ())
+
+
 class RNNBase(Module):
     """What RNN, LSTM and GRU share: parameters, the layer/direction loop, dropout, BPTT."""
 
@@ -109,6 +125,7 @@ class RNNBase(Module):
         self.dtype = check_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         self._saved = None
+        self._kept = _KeptWeights()
 
         G, H = F.GATES[self._cell], self.hidden_size
         D = 2 if self.bidirectional else 1
@@ -162,7 +179,24 @@ class RNNBase(Module):
         return super().to(device)
 
     def flatten_parameters(self):
-        """Accepted for PyTorch compatibility; the kernels pack weights per call."""
+        """Accepted for PyTorch compatibility; the layer keeps its packed weights between
+        inference calls by itself (see Parameter.version)."""
+
+    def _kept_weights(self, k, params):
+        """The packed weights of layer direction k kept between inference calls (a
+        fusedrnn._C.WeightCache), or None: the call packs its own. A new cache whenever a
+        weight may have changed (its version moved); none while anyone else holds a weight's
+        array (they could write into it unseen)."""
+        present = [p for p in params if p is not None]
+        versions = tuple(p.version for p in present)
+        if not all(p.unchanged_since(v) for p, v in zip(present, versions)):
+            self._kept.pop(k, None)
+            return None
+        kept = self._kept.get(k)
+        if kept is None or kept[0] != versions:
+            gh = present[1].shape[0]
+            kept = self._kept[k] = (versions, _C.WeightCache(), np.zeros(gh, self.dtype))
+        return kept[1]
 
     def _weights(self, layer, direction):
         names = self._param_names[layer * self.num_directions + direction]
@@ -263,12 +297,16 @@ class RNNBase(Module):
 
         def call(layer, direction, inp):  # one kernel call's arguments
             k = layer * D + direction
-            w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
+            params = self._weights(layer, direction)
+            # (before naming the arrays here: a name is a reference the check would count)
+            cache = None if training or self._device != "cpu" else self._kept_weights(k, params)
+            w_ih, w_hh, b_ih, b_hh = [None if p is None else p._data for p in params]
+            if cache is not None and b_ih is None:  # kept zeros: the cache serves fixed arrays
+                b_ih = b_hh = self._kept[k][2]
             return dict(x=inp, h0=None if h0_all is None else h0_all[k],
-                        c0=None if c0_all is None else c0_all[k], w_ih=w_ih.data,
-                        w_hh=w_hh.data, b_ih=None if b_ih is None else b_ih.data,
-                        b_hh=None if b_hh is None else b_hh.data,
-                        lengths=lengths, reverse=direction == 1, training=training)
+                        c0=None if c0_all is None else c0_all[k], w_ih=w_ih, w_hh=w_hh,
+                        b_ih=b_ih, b_hh=b_hh, lengths=lengths, reverse=direction == 1,
+                        training=training, cache=cache)
 
         def keep(k, h, c):
             h_n[k] = h

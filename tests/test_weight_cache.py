@@ -1,0 +1,236 @@
+"""The packed weights a layer keeps between inference calls (fusedrnn._C.WeightCache, chosen by
+RNNBase._kept_weights from Parameter versions): a repeated call packs nothing, and no change to a
+weight, by any path, is ever answered from a stale pack. Each test changes the weights one way
+and compares the layer's output bit for bit with a call that packs afresh (the functional API,
+no cache: the same plan, so the same bits)."""
+import copy
+import threading
+
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from fusedrnn import _C
+from fusedrnn import functional as F
+from fusedrnn.optim import SGD, Adam, vector_to_parameters, parameters_to_vector
+
+SHAPE = (40, 2, 24, 32)  # T, N, I, H: long enough that every thread count packs W_hh
+
+
+def make(cell="LSTM", **kw):
+    m = getattr(fr.nn, cell)(SHAPE[2], SHAPE[3], seed=0, **kw)
+    m.eval()
+    return m
+
+
+def fresh(m, x):
+    """The layer's output computed from its current weights without any kept pack."""
+    out = x
+    for layer in range(m.num_layers):
+        ys = []
+        for d in range(m.num_directions):
+            w = [None if p is None else np.array(p._data) for p in m._weights(layer, d)]
+            y = F._forward(m._cell, out, None, None, *w, None, d == 1, False, m.nonlinearity)[0]
+            ys.append(y)
+        out = np.concatenate(ys, axis=2) if len(ys) > 1 else ys[0]
+    return out
+
+
+def kept_forms(m):
+    return sum(cache.forms for _, cache, _ in m._kept.values())
+
+
+@pytest.fixture
+def restore_threads():
+    saved = fr.get_num_threads()
+    yield
+    fr.set_num_threads(saved)
+
+
+@pytest.fixture
+def x():
+    T, N, I, _ = SHAPE
+    return np.random.default_rng(1).standard_normal((T, N, I)).astype(np.float32)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_repeated_call_packs_nothing_and_gives_the_same_bits(cell, threads, x, restore_threads):
+    fr.set_num_threads(threads)
+    m = make(cell, bidirectional=True, num_layers=2)
+    first = m(x)[0]
+    caches = [c for _, c, _ in m._kept.values()]
+    assert len(caches) == 4 and kept_forms(m) > 0
+    second = m(x)[0]
+    assert [c for _, c, _ in m._kept.values()] == caches  # the same caches served
+    assert np.array_equal(first, second) and np.array_equal(first, fresh(m, x))
+
+
+def test_training_mode_keeps_nothing(x):
+    m = make()
+    m.train()
+    m(x)
+    assert not m._kept
+
+
+def change_by_optimizer(m, x):
+    opt = SGD(m.parameters(), lr=0.1)
+    m.train()
+    out, _ = m(x)
+    m.backward(np.ones_like(out))
+    opt.step()
+    m.eval()
+
+
+def change_by_adam(m, x):
+    opt = Adam(m.parameters(), lr=0.1)
+    for p in m.parameters():
+        p.grad = np.ones_like(p._data)
+    opt.step()
+
+
+def change_by_load_state_dict(m, x):
+    state = {k: v * 1.5 for k, v in m.state_dict().items()}
+    m.load_state_dict(state)
+
+
+def change_by_assigning_data(m, x):
+    m.weight_hh_l0.data = m.weight_hh_l0.data * 0.5
+
+
+def change_by_augmented_assignment(m, x):
+    m.weight_hh_l0.data -= 0.25
+
+
+def change_in_place(m, x):
+    m.weight_hh_l0.data[...] = 0.125
+
+
+def change_a_bias_in_place(m, x):
+    m.bias_ih_l0.data[:4] = 3.0
+
+
+def change_through_a_kept_name(m, x):
+    w = m.weight_hh_l0.data  # taken before the call that packs ...
+    m(x)
+    w *= -1.0  # ... and written after it, without touching the Parameter
+
+
+def change_through_a_view(m, x):
+    v = m.weight_ih_l0.data[:, :3]
+    m(x)
+    v[...] = 7.0
+
+
+def change_through_numpy_out(m, x):
+    np.multiply(m.weight_hh_l0.data, 2.0, out=m.weight_hh_l0.data)
+
+
+def change_by_vector_to_parameters(m, x):
+    vector_to_parameters(parameters_to_vector(m.parameters()) * 0.75, m.parameters())
+
+
+def change_by_new_parameter(m, x):
+    m.weight_hh_l0 = fr.nn.Parameter(np.full_like(m.weight_hh_l0._data, 0.01))
+
+
+def change_by_reset(m, x):
+    m.reset_parameters(seed=5)
+
+
+CHANGES = [change_by_optimizer, change_by_adam, change_by_load_state_dict,
+           change_by_assigning_data, change_by_augmented_assignment, change_in_place,
+           change_a_bias_in_place, change_through_a_kept_name, change_through_a_view,
+           change_through_numpy_out, change_by_vector_to_parameters, change_by_new_parameter,
+           change_by_reset]
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_no_change_is_answered_from_a_stale_pack(change, threads, x, restore_threads):
+    fr.set_num_threads(threads)
+    m = make()
+    before = m(x)[0]
+    assert kept_forms(m) > 0
+    change(m, x)
+    after = m(x)[0]
+    assert not np.array_equal(before, after)
+    assert np.array_equal(after, fresh(m, x))
+    again = m(x)[0]  # kept again from the new values
+    assert np.array_equal(again, after)
+
+
+def test_a_shared_array_is_never_kept(x):
+    m = make()
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(m.weight_hh_l0._data)  # shares the memory
+    m(x)
+    assert 0 not in m._kept
+    t.mul_(2.0)
+    assert np.array_equal(m(x)[0], fresh(m, x))
+
+
+def test_no_bias_keeps_its_own_zeros(x):
+    m = make(bias=False)
+    a = m(x)[0]
+    assert kept_forms(m) > 0
+    assert np.array_equal(a, m(x)[0]) and np.array_equal(a, fresh(m, x))
+
+
+def test_a_copy_starts_without_the_packs_and_is_independent(x):
+    m = make()
+    m(x)
+    clone = copy.deepcopy(m)
+    assert not clone._kept
+    clone.weight_hh_l0.data[...] = 0.0
+    assert np.array_equal(m(x)[0], fresh(m, x))
+    assert np.array_equal(clone(x)[0], fresh(clone, x))
+
+
+def test_threads_share_one_layer(x, restore_threads):
+    fr.set_num_threads(2)
+    m = make("GRU")
+    expected = fresh(m, x)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(20):
+                results.append(m(x)[0])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(np.array_equal(r, expected) for r in results)
+
+
+def test_a_cache_serves_only_its_first_arrays():
+    rng = np.random.default_rng(0)
+    T, N, I, H = SHAPE
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    h0 = np.zeros((N, H), np.float32)
+    w = [rng.uniform(-0.2, 0.2, s).astype(np.float32) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
+    cache = _C.WeightCache()
+    first = _C.recurrent_forward("lstm", "tanh", x, h0, h0, *w, None, False, False, cache)
+    other = [a.copy() * 2 for a in w]
+    got = _C.recurrent_forward("lstm", "tanh", x, h0, h0, *other, None, False, False, cache)
+    want = _C.recurrent_forward("lstm", "tanh", x, h0, h0, *other, None, False, False)
+    assert np.array_equal(got[0], want[0]) and not np.array_equal(got[0], first[0])
+    with pytest.raises(TypeError, match="cache"):
+        _C.recurrent_forward("lstm", "tanh", x, h0, h0, *w, None, False, False, "nope")
+
+
+def test_parameter_version_moves_on_every_handout():
+    p = fr.nn.Parameter(np.zeros(3, np.float32))
+    v = p.version
+    p.data  # noqa: B018 - a read hands the array out
+    assert p.version != v
+    v = p.version
+    assert p.shape == (3,) and p.dtype == np.float32 and p.version == v
+    q = fr.nn.Parameter(np.zeros(3, np.float32))
+    assert q.version != p.version  # never repeated across parameters
