@@ -6,13 +6,12 @@ no cache: the same plan, so the same bits)."""
 import copy
 import threading
 
+import fusedrnn as fr
 import numpy as np
 import pytest
-
-import fusedrnn as fr
 from fusedrnn import _C
 from fusedrnn import functional as F
-from fusedrnn.optim import SGD, Adam, vector_to_parameters, parameters_to_vector
+from fusedrnn.optim import SGD, Adam, parameters_to_vector, vector_to_parameters
 
 SHAPE = (40, 2, 24, 32)  # T, N, I, H: long enough that every thread count packs W_hh
 
