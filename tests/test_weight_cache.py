@@ -233,3 +233,22 @@ def test_parameter_version_moves_on_every_handout():
     assert p.shape == (3,) and p.dtype == np.float32 and p.version == v
     q = fr.nn.Parameter(np.zeros(3, np.float32))
     assert q.version != p.version  # never repeated across parameters
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_short_call_path_gives_the_general_paths_results(cell, bias, x):
+    m = make(cell, bias=bias)
+    assert m._single_inference_call(x, None, None) is not None  # the path under test is taken
+    out, state = m(x)
+    N, H = x.shape[1], m.hidden_size
+    zeros = np.zeros((1, N, H), np.float32)
+    hx = (zeros, zeros) if cell == "LSTM" else zeros
+    general_out, general_state = m(x, hx)  # an initial state given: the general path
+    assert np.array_equal(out, general_out)
+    for a, b in zip(state if cell == "LSTM" else [state], general_state if cell == "LSTM"
+                    else [general_state]):
+        assert a.shape == b.shape and np.array_equal(a, b)
+    m.weight_hh_l0.data = m.weight_hh_l0.data[:, ::-1]  # not contiguous: the general path
+    assert m._single_inference_call(x, None, None) is None
+    assert np.array_equal(m(x)[0], fresh(m, x))
