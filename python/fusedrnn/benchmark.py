@@ -150,9 +150,17 @@ def _weights(cell, I, H, seed=0):
 
 
 def ours(cell, x, w, mode, kernels=None):
-    """A call of fusedrnn's kernel for ``cell`` on x [T, B, I] with weights ``w``: inference
-    (``mode="infer"``) or a training step (forward, then BPTT with dy = 1). ``kernels`` is
-    ``fusedrnn.functional`` by default; ``fusedrnn.reference`` has the same signatures."""
+    """A call of fusedrnn for ``cell`` on x [T, B, I] with weights ``w``: inference
+    (``mode="infer"``: the ``fusedrnn.nn`` layer in eval mode, as a user calls it, like torch's
+    module and ORT's session) or a training step (the kernels: forward, then BPTT with dy = 1).
+    ``kernels``: ``fusedrnn.functional`` by default; ``fusedrnn.reference`` has the same
+    signatures (then inference runs them too)."""
+    if kernels is None and mode == "infer":
+        import fusedrnn as fr
+        layer = getattr(fr.nn, cell)(x.shape[2], w["weight_hh_l0"].shape[1], dtype=x.dtype)
+        layer.load_state_dict(w)
+        layer.eval()
+        return lambda: layer(x)[0]
     if kernels is None:
         from fusedrnn import functional as kernels
     name = CELLS[cell][0]
