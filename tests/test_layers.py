@@ -249,3 +249,25 @@ def test_cells_match_torch(name, rng):
     assert relative_error(dx, txs.grad.numpy()) < 1e-10
     for (pname, p), (_, tp) in zip(c.named_parameters(), tc.named_parameters()):
         assert relative_error(p.grad, tp.grad.numpy()) < 1e-10, pname
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(CELL_CLASSES))
+def test_an_eval_step_gives_the_training_steps_bits(name, dtype, rng):
+    """Eval-mode steps go straight to the kernel (RNNCellBase._step); training-mode steps
+    through fusedrnn.functional. The same arithmetic: the same bits, states given or not,
+    batched or not, strided or not."""
+    cls, cell, nl = CELL_CLASSES[name]
+    c = cls(5, 6, dtype=dtype, seed=0, **({"nonlinearity": nl} if cell == "rnn" else {}))
+    x = rng.standard_normal((3, 5)).astype(dtype)
+    h = rng.standard_normal((3, 6)).astype(dtype)
+    state = (h, h * 0.5) if cell == "lstm" else h
+    wide = np.repeat(x, 2, axis=1)[:, ::2]  # strided: the general path in both modes
+    for args in [(x,), (x, state), (x[0],), (wide, state)]:
+        c.train()
+        want = c(*args)
+        c.clear_steps()
+        c.eval()
+        got = c(*args)
+        for a, b in zip(got if cell == "lstm" else [got], want if cell == "lstm" else [want]):
+            assert a.shape == b.shape and np.array_equal(a, b)

@@ -20,6 +20,7 @@ import string
 
 import numpy as np
 
+from .. import _C
 from .. import functional as F
 from .layers import _dtype, _flag, _positive_int
 from .module import Module, Parameter
@@ -173,10 +174,35 @@ class RNNCellBase(Module):
         """Forget the saved steps (e.g. after a forward whose backward will not run)."""
         self._steps.clear()
 
-    def _weights(self):
-        b_ih = None if self.bias_ih is None else self.bias_ih.data
-        b_hh = None if self.bias_hh is None else self.bias_hh.data
-        return self.weight_ih.data, self.weight_hh.data, b_ih, b_hh
+    def _step(self, x, h0, c0=None):
+        """One step of checked x [N, I] and states [N, H] (or None: zeros): (h', c' or None,
+        the context for backward or None). An eval-mode step with contiguous arrays goes straight
+        to the kernel, which checks every shape again: the functional API's checks cost more
+        than a small step's arithmetic. Otherwise (training, a missing bias, strided arrays)
+        through fusedrnn.functional."""
+        lstm = self._cell == "lstm"
+        w = [None if p is None else p._data
+             for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
+        if (not self.training and x.shape[0] > 0 and w[2] is not None
+                and all(type(a) is np.ndarray and a.dtype == self.dtype and a.flags.c_contiguous
+                        for a in (x, *w))
+                and all(s is None or s.flags.c_contiguous for s in (h0, c0))):
+            if h0 is None or (lstm and c0 is None):
+                zeros = np.zeros((x.shape[0], self.hidden_size), self.dtype)
+                h0 = zeros if h0 is None else h0
+                c0 = zeros if c0 is None else c0
+            out = _C.recurrent_forward(self._cell, self.nonlinearity, x[None], h0,
+                                       c0 if lstm else None, *w, None, False, False)
+            return out[1], out[2], None
+        if lstm:
+            _, h, c, ctx = F.lstm_forward(x[None], h0, c0, *w, training=self.training)
+            return h, c, ctx
+        if self._cell == "gru":
+            _, h, ctx = F.gru_forward(x[None], h0, *w, training=self.training)
+        else:
+            _, h, ctx = F.rnn_forward(x[None], h0, *w, nonlinearity=self.nonlinearity,
+                                      training=self.training)
+        return h, None, ctx
 
     def _input(self, x):
         if not isinstance(x, np.ndarray):
@@ -280,8 +306,7 @@ With nonlinearity='relu', ReLU is used instead of tanh.""",
         training-mode step is pushed for backward."""
         x, batched = self._input(input)
         h0 = self._state(hx, "hx", x.shape[0], batched)
-        _, h, ctx = F.rnn_forward(x[None], h0, *self._weights(), nonlinearity=self.nonlinearity,
-                                  training=self.training)
+        h, _, ctx = self._step(x, h0)
         self._push(ctx, batched)
         return h if batched else h[0]
 
@@ -326,7 +351,7 @@ elementwise product.""",
         training-mode step is pushed for backward."""
         x, batched = self._input(input)
         h0 = self._state(hx, "hx", x.shape[0], batched)
-        _, h, ctx = F.gru_forward(x[None], h0, *self._weights(), training=self.training)
+        h, _, ctx = self._step(x, h0)
         self._push(ctx, batched)
         return h if batched else h[0]
 
@@ -399,7 +424,7 @@ gates; sigma is the sigmoid function and * is the elementwise product.""",
                 raise TypeError(f"hx: expected a tuple (h, c) for LSTMCell, got {type(hx).__name__}")
             h0 = self._state(hx[0], "hx[0]", N, batched)
             c0 = self._state(hx[1], "hx[1]", N, batched)
-        _, h, c, ctx = F.lstm_forward(x[None], h0, c0, *self._weights(), training=self.training)
+        h, c, ctx = self._step(x, h0, c0)
         self._push(ctx, batched)
         return (h, c) if batched else (h[0], c[0])
 
