@@ -244,8 +244,15 @@ def test_the_short_call_path_gives_the_general_paths_results(cell, bias, x):
     N, H = x.shape[1], m.hidden_size
     zeros = np.zeros((1, N, H), np.float32)
     hx = (zeros, zeros) if cell == "LSTM" else zeros
-    general_out, general_state = m(x, hx)  # an initial state given: the general path
+    assert m._single_inference_call(x, hx, None) is not None  # a carried state: still short
+    general_out, general_state = m(x, hx, lengths=np.full(N, x.shape[0]))  # the general path
     assert np.array_equal(out, general_out)
+    h = np.random.default_rng(3).standard_normal((1, N, H)).astype(np.float32)
+    carried = (h, h * 0.5) if cell == "LSTM" else h
+    short, long = m(x, carried), m(x, carried, lengths=np.full(N, x.shape[0]))
+    assert np.array_equal(short[0], long[0])
+    assert m._single_inference_call(x, (h[:, :, ::-1],) * 2 if cell == "LSTM" else h[:, :, ::-1],
+                                    None) is None  # strided: the general path
     for a, b in zip(state if cell == "LSTM" else [state], general_state if cell == "LSTM"
                     else [general_state]):
         assert a.shape == b.shape and np.array_equal(a, b)
