@@ -236,8 +236,8 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
     cpu::WeightCache* cache = nullptr;
     if (t.size() == 11 && !t[10].is_none()) {
       if (!py::isinstance<cpu::WeightCache>(t[10]))
-        throw py::type_error(std::string("cache: expected a fusedrnn._C.WeightCache or None, got ") +
-                             Py_TYPE(t[10].ptr())->tp_name);
+        throw py::type_error(std::string("cache: expected a fusedrnn._C.WeightCache or None, ") +
+                             "got " + Py_TYPE(t[10].ptr())->tp_name);
       cache = py::cast<cpu::WeightCache*>(t[10]);
     }
     py::object x = t[0];

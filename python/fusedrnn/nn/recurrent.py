@@ -78,9 +78,9 @@ def _check_shape(value, name, shape, what=""):
 
 
 class _KeptWeights(dict):
-    """Layer direction -> (weight versions, fusedrnn._C.WeightCache, zeros for a missing bias):
-    the packed weights kept between inference calls. They belong to these arrays: a copy of the
-    layer starts without them."""
+    """Layer direction -> (weight versions, fusedrnn._C.WeightCache, zeros for a missing bias or
+    None): the packed weights kept between inference calls. They belong to these arrays: a copy
+    of the layer starts without them."""
 
     def __copy__(self):
         return _KeptWeights()
@@ -194,9 +194,20 @@ class RNNBase(Module):
             return None
         kept = self._kept.get(k)
         if kept is None or kept[0] != versions:
-            gh = present[1].shape[0]
-            kept = self._kept[k] = (versions, _C.WeightCache(), np.zeros(gh, self.dtype))
+            no_bias = np.zeros(present[1].shape[0], self.dtype) if len(present) == 2 else None
+            kept = self._kept[k] = (versions, _C.WeightCache(), no_bias)
         return kept[1]
+
+    def _call_weights(self, k, params, keep):
+        """Layer direction k's four weight arrays for a kernel call (a bias None where the layer
+        has none) and its kept packed weights (``keep``: an inference call on the CPU) or None.
+        With kept weights a missing bias is the cache's own zeros: it serves fixed arrays."""
+        # (the check first: naming the arrays here makes references it would count)
+        cache = self._kept_weights(k, params) if keep else None
+        w = [None if p is None else p._data for p in params]
+        if cache is not None and w[2] is None:
+            w[2] = w[3] = self._kept[k][2]
+        return w, cache
 
     def _weights(self, layer, direction):
         names = self._param_names[layer * self.num_directions + direction]
@@ -300,12 +311,8 @@ class RNNBase(Module):
 
         def call(layer, direction, inp):  # one kernel call's arguments
             k = layer * D + direction
-            params = self._weights(layer, direction)
-            # (before naming the arrays here: a name is a reference the check would count)
-            cache = None if training or self._device != "cpu" else self._kept_weights(k, params)
-            w_ih, w_hh, b_ih, b_hh = [None if p is None else p._data for p in params]
-            if cache is not None and b_ih is None:  # kept zeros: the cache serves fixed arrays
-                b_ih = b_hh = self._kept[k][2]
+            (w_ih, w_hh, b_ih, b_hh), cache = self._call_weights(
+                k, self._weights(layer, direction), keep=not training and self._device == "cpu")
             return dict(x=inp, h0=None if h0_all is None else h0_all[k],
                         c0=None if c0_all is None else c0_all[k], w_ih=w_ih, w_hh=w_hh,
                         b_ih=b_ih, b_hh=b_hh, lengths=lengths, reverse=direction == 1,
@@ -382,16 +389,9 @@ class RNNBase(Module):
                     and a.flags.c_contiguous for a in states)):
                 return None
             h0, c0 = states[0][0], states[1][0]
-        params = self._weights(0, 0)
-        cache = self._kept_weights(0, params)
-        if cache is None:
+        w, cache = self._call_weights(0, self._weights(0, 0), keep=True)
+        if cache is None or not all(a.dtype == self.dtype and a.flags.c_contiguous for a in w):
             return None
-        w = [None if p is None else p._data for p in params]
-        if not all(a is None or (type(a) is np.ndarray and a.dtype == self.dtype
-                                 and a.flags.c_contiguous) for a in w):
-            return None
-        if w[2] is None:
-            w[2] = w[3] = self._kept[0][2]
         y, h_n, c_n = _C.recurrent_forward(self._cell, self.nonlinearity, x, h0,
                                            c0 if lstm else None, *w, None, False, False,
                                            cache)[:3]
