@@ -70,3 +70,34 @@ def test_bench_regimes_without_peers_gives_ours_ms(tmp_path, capsys, monkeypatch
     for regime in ("b2b", "shared"):
         assert row[regime]["ours_ms"] > 0 and row[regime]["speedup"] is None
         assert row[regime]["torch_ms"] is None and row[regime]["ort_ms"] is None
+
+
+def test_own_processes_alternate_blocks(monkeypatch):
+    """Every contestant's process lives for the row, and their blocks take turns (round by
+    round), so drift of the machine hits each alike."""
+    from fusedrnn import benchmark_regimes as br
+    log = []
+
+    class Fake:
+        def __init__(self, who, *args):
+            self.who, self.check = who, [[0.0]]
+
+        def block(self, regime, calls):
+            log.append((self.who, regime))
+            return [1.0 + (self.who == "b")] * calls
+
+        def close(self):
+            log.append((self.who, "closed"))
+
+    monkeypatch.setattr(br, "_Contestant", Fake)
+    res = br.own_processes(("a", "b"), "LSTM", 1, 2, 3, 4, 1, 0.01, ["b2b", "sporadic"])
+    assert res["a"]["b2b"] == 1.0 and res["b"]["sporadic"] == 2.0
+    timed = [e for e in log if e[1] != "closed"][2:]  # after each one's first (probe) block
+    assert timed == [("a", "b2b"), ("b", "b2b"), ("a", "sporadic"), ("b", "sporadic")] * br.ROUNDS
+    assert log[-2:] == [("a", "closed"), ("b", "closed")]
+
+
+def test_own_process_failure_names_the_contestant():
+    from fusedrnn import benchmark_regimes as br
+    with pytest.raises(RuntimeError, match=r"the nobody process \(LSTM B=1 T=2 I=3 H=4\) failed"):
+        br.own_processes(("nobody",), "LSTM", 1, 2, 3, 4, 1, 0.01, ["b2b"])

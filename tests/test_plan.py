@@ -143,3 +143,18 @@ def test_bench_deterministic_times_both_modes(tmp_path, capsys):
         assert row["ours_det_ms"] > 0 and row["det_cost"] > 0
         assert row["maxdiff_ours_det"] < 1e-5  # the same math, another order
     assert fr.get_deterministic() is False  # the bench leaves the flag as it found it
+
+
+def test_tuning_overrides_set_entries_and_name_what_they_ignore():
+    env = dict(os.environ, FUSEDRNN_TUNING="step_inputs_min_batch=3,inference_pack_rows=2.5,"
+               "bogus=1,blas_batch=x,linger_us=-4")
+    code = "import json, fusedrnn._C as C; print(json.dumps(C.tuning()))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True)
+    table = json.loads(done.stdout)
+    default, _ = _table_in_subprocess(table["row"])
+    assert table["step_inputs_min_batch"] == 3 and table["inference_pack_rows"] == 2.5
+    assert table["blas_batch"] == default["blas_batch"]
+    assert table["linger_us"] == default["linger_us"]
+    for item in ("'bogus=1'", "'blas_batch=x'", "'linger_us=-4'"):
+        assert item in done.stderr

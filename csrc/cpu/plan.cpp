@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -119,11 +120,67 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes) {
   return t;
 }
 
+namespace {
+
+// FUSEDRNN_TUNING="name=value,...": any entry of the table (tuning experiments without a
+// rebuild). An unknown name or a malformed value is ignored with a message on stderr.
+void apply_overrides(Tuning& t, const char* text) {
+  struct Entry {
+    const char* name;
+    int64_t Tuning::*integer;
+    double Tuning::*real;
+  };
+  static const Entry entries[] = {
+      {"core_cache_bytes", &Tuning::core_cache_bytes, nullptr},
+      {"min_samples_per_slice", &Tuning::min_samples_per_slice, nullptr},
+      {"min_step_macs_to_split", &Tuning::min_step_macs_to_split, nullptr},
+      {"min_gemm_macs_to_split", &Tuning::min_gemm_macs_to_split, nullptr},
+      {"blas_batch", &Tuning::blas_batch, nullptr},
+      {"packed_min_steps", &Tuning::packed_min_steps, nullptr},
+      {"inference_pack_rows", nullptr, &Tuning::inference_pack_rows},
+      {"pipelined_rows", &Tuning::pipelined_rows, nullptr},
+      {"step_inputs_min_batch", &Tuning::step_inputs_min_batch, nullptr},
+      {"wavefront_rows", &Tuning::wavefront_rows, nullptr},
+      {"projection_chunk_bytes", &Tuning::projection_chunk_bytes, nullptr},
+      {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr},
+      {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr},
+      {"linger_us", &Tuning::linger_us, nullptr},
+  };
+  std::string all(text);
+  size_t start = 0;
+  while (start < all.size()) {
+    size_t end = all.find(',', start);
+    if (end == std::string::npos) end = all.size();
+    const std::string item = all.substr(start, end - start);
+    start = end + 1;
+    if (item.empty()) continue;
+    const size_t eq = item.find('=');
+    const std::string name = item.substr(0, eq);
+    const Entry* entry = nullptr;
+    for (const Entry& e : entries)
+      if (name == e.name) entry = &e;
+    char* rest = nullptr;
+    const char* value = eq == std::string::npos ? "" : item.c_str() + eq + 1;
+    const double number = std::strtod(value, &rest);
+    if (!entry || rest == value || *rest != '\0' || number < 0) {
+      std::fprintf(stderr, "fusedrnn: FUSEDRNN_TUNING: ignored '%s' (want name=number, names "
+                   "as fusedrnn info lists them)\n", item.c_str());
+      continue;
+    }
+    if (entry->integer) t.*(entry->integer) = static_cast<int64_t>(number);
+    else t.*(entry->real) = number;
+  }
+}
+
+}  // namespace
+
 const Tuning& tuning() {
   static const Tuning table = [] {
     const char* forced = std::getenv("FUSEDRNN_CPU_TABLE");
     const std::string vendor = forced && *forced ? forced : cpu_info().vendor;
-    return tuning_for(vendor, cpu_info().l2_bytes);
+    Tuning t = tuning_for(vendor, cpu_info().l2_bytes);
+    if (const char* overrides = std::getenv("FUSEDRNN_TUNING")) apply_overrides(t, overrides);
+    return t;
   }();
   return table;
 }

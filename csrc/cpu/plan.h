@@ -24,7 +24,7 @@ const CpuInfo& cpu_info();
 // Every size and threshold the drivers choose by. One row per vendor; the cache-sized entries
 // scale with the core's L2, so a CPU of the same vendor with other caches gets sizes in the
 // same proportion. FUSEDRNN_CPU_TABLE=intel|amd|other forces a row (to compare them on one
-// machine).
+// machine); FUSEDRNN_TUNING="name=value,..." then sets any entry (tuning experiments).
 struct Tuning {
   const char* row;  // which row: "intel", "amd" or "other"
   // Cache a thread's hot data may take: a time loop keeps its W_hh (or its share) there.

@@ -192,7 +192,13 @@ void ThreadTeam::claim_slices() {
   // the caller leaves a phase only when all its slices are done).
   for (int s; (s = next_slice_.fetch_add(1, std::memory_order_acq_rel)) < size_;) {
     (*task_)(s);
-    remaining_.fetch_sub(1, std::memory_order_acq_rel);
+    // The last slice done wakes a caller that blocked waiting for it (seq_cst with the
+    // caller's flag: one of the two sees the other's write).
+    if (remaining_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        caller_blocked_.load(std::memory_order_seq_cst)) {
+      { std::lock_guard<std::mutex> g(done_mutex_); }
+      done_.notify_one();
+    }
   }
 }
 
@@ -237,9 +243,17 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn) {
   }
   fn(0);
   claim_slices();  // what no worker has taken yet (it may not be running): no waiting for it
-  const auto unfinished = [&] { return remaining_.load(std::memory_order_acquire) != 0; };
-  if (spin_while(unfinished))  // a worker holds a slice but is not running: let it run
-    while (unfinished()) std::this_thread::yield();
+  const auto unfinished = [&] { return remaining_.load(std::memory_order_seq_cst) != 0; };
+  if (spin_while(unfinished)) {
+    // A worker holds a slice but is not running (another library's spinning threads hold the
+    // cores): block, so that this core goes idle and the scheduler moves the worker onto it
+    // at once. Yielding instead kept the core busy: the worker waited for its own core's
+    // time slice to end, milliseconds a step.
+    std::unique_lock<std::mutex> g(done_mutex_);
+    caller_blocked_.store(true, std::memory_order_seq_cst);
+    done_.wait(g, [&] { return !unfinished(); });
+    caller_blocked_.store(false, std::memory_order_relaxed);
+  }
 }
 
 void set_num_threads(int n) {

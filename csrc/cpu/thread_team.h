@@ -47,6 +47,9 @@ class ThreadTeam {
   std::atomic<int> waker_cpu_{-1};  // the CPU of the caller that last woke a sleeping worker
   std::mutex sleep_mutex_;
   std::condition_variable wake_;
+  std::atomic<bool> caller_blocked_{false};  // the caller sleeps on done_ for a held slice
+  std::mutex done_mutex_;
+  std::condition_variable done_;
 };
 
 // Set FTZ/DAZ in this thread; returns the previous control word (x86), else 0.

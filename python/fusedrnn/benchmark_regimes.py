@@ -5,7 +5,8 @@ input, per cell and shape (B, T, I, H):
 
   b2b       back to back, own process: each contestant alone in a fresh process (one per
             contestant and shape, so no other library's threads live in it), timed in steady
-            state back to back (``fusedrnn.benchmark.median_ms``);
+            state back to back, in blocks that alternate with the other contestants' processes
+            (``own_processes``);
   sporadic  3 ms idle before each call, own process: the same processes, each call after an
             idle sleep (``median_ms(..., pause_s=SPORADIC_PAUSE_S)``), as a server answering now
             and then;
@@ -46,6 +47,8 @@ TOLERANCE = 1e-3
 # Batch rows of the last step an own-process contestant sends back for the agreement check.
 CHECK_ROWS = 4
 WORKER_TIMEOUT_S = 900
+# Alternating rounds of the own-process regimes: each contestant's block of calls in turn.
+ROUNDS = 5
 # --quick: seconds of timing per contestant, regime and row (every row also starts three
 # processes, one importing torch), for a run of about a minute.
 QUICK_BUDGET = 0.15
@@ -75,39 +78,100 @@ def contestant(who, cell, x, w, threads):
     raise ValueError(f"unknown contestant {who!r}")
 
 
-def worker(who, cell, B, T, I, H, threads, budget, regimes):
-    """Run in a fresh process: ``who`` alone, timed in the own-process ``regimes``. Returns
-    {regime: ms} and "check" (the last step's first CHECK_ROWS batch rows)."""
+def serve(who, cell, B, T, I, H, threads):
+    """Run in a fresh process: ``who`` alone. Sends the last step's first CHECK_ROWS batch rows,
+    then times blocks on request, one JSON line each way: {"regime", "calls"} in, the calls' ms
+    out. Between blocks it waits on the pipe, idle, while the other contestants' processes run
+    theirs."""
     x, w = _inputs(cell, B, T, I, H)
     fn = contestant(who, cell, x, w, threads)
-    out = {"check": np.asarray(fn())[-1, :CHECK_ROWS].tolist()}
-    if "b2b" in regimes:
-        out["b2b"] = benchmark.median_ms({who: fn}, budget)[who]
-    if "sporadic" in regimes:
-        out["sporadic"] = benchmark.median_ms({who: fn}, budget, pause_s=SPORADIC_PAUSE_S)[who]
-    return out
+    print(json.dumps({"check": np.asarray(fn())[-1, :CHECK_ROWS].tolist()}), flush=True)
+    for line in sys.stdin:
+        ask = json.loads(line)
+        pause = SPORADIC_PAUSE_S if ask["regime"] == "sporadic" else 0.0
+        if not pause:
+            fn()  # a back-to-back block's first call is not counted (benchmark.median_ms)
+        ms = []
+        for _ in range(ask["calls"]):
+            if pause:
+                time.sleep(pause)
+            t0 = time.perf_counter()
+            fn()
+            ms.append(1000 * (time.perf_counter() - t0))
+        print(json.dumps(ms), flush=True)
 
 
-_WORKER = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-           "from fusedrnn.benchmark_regimes import worker; "
-           "print(json.dumps(worker(**json.loads(sys.argv[2]))))")
+_SERVER = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+           "from fusedrnn.benchmark_regimes import serve; serve(**json.loads(sys.argv[2]))")
 
 
-def own_process(who, cell, B, T, I, H, threads, budget, regimes):
-    """``worker`` in a fresh Python process (this one's interpreter and path), JSON back."""
-    spec = dict(who=who, cell=cell, B=B, T=T, I=I, H=H, threads=threads, budget=budget,
-                regimes=list(regimes))
+class _Contestant:
+    """A contestant's own process (this one's interpreter and path), alive for a row."""
+
+    def __init__(self, who, cell, B, T, I, H, threads):
+        self.who, self.what = who, f"{cell} B={B} T={T} I={I} H={H}"
+        spec = dict(who=who, cell=cell, B=B, T=T, I=I, H=H, threads=threads)
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, json.dumps(sys.path),
+                                      json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.check = self._reply()["check"]
+        except BaseException:
+            self.close()
+            raise
+
+    def _reply(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.kill()
+            err = self.proc.stderr.read()[-3000:]
+            raise RuntimeError(f"the {self.who} process ({self.what}) failed "
+                               f"(exit {self.proc.wait()}):\n{err}")
+        return json.loads(line)
+
+    def block(self, regime, calls):
+        self.proc.stdin.write(json.dumps({"regime": regime, "calls": calls}) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        """Ends the process (its stdin closed, it returns) and closes the pipes."""
+        try:
+            self.proc.communicate(timeout=WORKER_TIMEOUT_S)
+        except (subprocess.TimeoutExpired, ValueError):
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+def own_processes(who_all, cell, B, T, I, H, threads, budget, regimes):
+    """The own-process regimes: each contestant alone in its own process, all of them alive
+    for the row and timed in alternating blocks (ROUNDS rounds: every contestant's block of
+    every regime in turn, after a settle pause), so that the machine's drift, which on a shared
+    VM moves a call's time by 1.5x from one second to the next, hits every contestant alike.
+    Returns {who: {"check": rows, regime: median ms}}."""
+    procs = {}
     try:
-        done = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(sys.path),
-                               json.dumps(spec)], capture_output=True, text=True,
-                              timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"the {who} process ({cell} B={B} T={T} I={I} H={H}) ran past "
-                           f"{WORKER_TIMEOUT_S} s") from None
-    if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(f"the {who} process ({cell} B={B} T={T} I={I} H={H}) failed "
-                           f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        for who in who_all:
+            procs[who] = _Contestant(who, cell, B, T, I, H, threads)
+        one = {who: min(p.block("b2b", 1)) for who, p in procs.items()}  # also a warm-up
+        times = {who: {r: [] for r in regimes} for who in procs}
+        for i in range(ROUNDS):
+            for r in regimes:
+                for who, p in procs.items():
+                    # each block's share of the budget; back-to-back blocks of fast calls run
+                    # at least MIN_BLOCK_S (benchmark.median_ms)
+                    calls = max(1, int(budget / ROUNDS / one[who]))
+                    if r == "b2b":
+                        calls = max(calls, int(benchmark.MIN_BLOCK_S / one[who]))
+                    time.sleep(benchmark.SETTLE_S)
+                    times[who][r] += p.block(r, calls)
+        return {who: {"check": p.check, **{r: float(np.median(times[who][r])) for r in regimes}}
+                for who, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.close()
 
 
 def shared_process_ms(cell, x, w, threads, budget, peers):
@@ -142,8 +206,7 @@ def bench_row(cell, B, T, I, H, threads, budget, regimes, peers):
     maxdiff = {}
     own = [r for r in regimes if r in OWN_PROCESS]
     if own:
-        res = {who: own_process(who, cell, B, T, I, H, threads, budget, own)
-               for who in ("ours", *peers)}
+        res = own_processes(("ours", *peers), cell, B, T, I, H, threads, budget, own)
         ref = np.asarray(res["ours"]["check"])
         for p in peers:
             maxdiff[p] = float(np.max(np.abs(np.asarray(res[p]["check"]) - ref)))
