@@ -213,7 +213,27 @@ py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) 
 }
 
 constexpr const char* kForwardCall =
-    "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache])";
+    "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache[, precision]])";
+
+// A forward call's precision: None or "float32" (the arrays' own), or "bfloat16" (float32
+// inference with bfloat16 products). Returns whether bfloat16 products were asked for.
+bool parse_precision(const py::handle& precision, bool float32, bool training) {
+  if (precision.is_none()) return false;
+  if (!py::isinstance<py::str>(precision))
+    throw py::type_error(std::string("precision: expected 'float32', 'bfloat16' or None, got ") +
+                         Py_TYPE(precision.ptr())->tp_name);
+  const std::string p = py::cast<std::string>(precision);
+  if (p == "float32") return false;
+  if (p != "bfloat16")
+    throw py::value_error("precision: expected 'float32', 'bfloat16' or None, got '" + p + "'");
+  if (!float32)
+    throw py::type_error("precision: 'bfloat16' needs float32 arrays, got float64 (float64 "
+                         "stays float64 under autocast)");
+  if (training)
+    throw py::value_error("precision: 'bfloat16' is for inference (training=False) so far; "
+                          "training runs in float32");
+  return true;
+}
 
 // One call's argument tuple, of `items` items named by `names`.
 py::tuple call_tuple(const py::handle& call, size_t items, const char* names) {
@@ -232,9 +252,9 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
   std::vector<PreparedCall<ForwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
     auto t = py::cast<py::tuple>(c);  // the cache, last, may be left out
-    if (t.size() != 11) t = call_tuple(c, 10, kForwardCall);
+    if (t.size() != 11 && t.size() != 12) t = call_tuple(c, 10, kForwardCall);
     cpu::WeightCache* cache = nullptr;
-    if (t.size() == 11 && !t[10].is_none()) {
+    if (t.size() >= 11 && !t[10].is_none()) {
       if (!py::isinstance<cpu::WeightCache>(t[10]))
         throw py::type_error(std::string("cache: expected a fusedrnn._C.WeightCache or None, ") +
                              "got " + Py_TYPE(t[10].ptr())->tp_name);
@@ -252,6 +272,8 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
                                           t[5], t[6], t[7], py::cast<bool>(t[8]),
                                           py::cast<bool>(t[9])));
     prepared.back().args.cache = cache;
+    prepared.back().args.bf16 = t.size() == 12 && parse_precision(t[11], sizeof(T) == 4,
+                                                                   py::cast<bool>(t[9]));
   }
   return run_prepared(prepared, [&](ForwardArgs<T>* args, int count) {
     if (stack)
@@ -314,10 +336,11 @@ py::tuple recurrent_forward(const std::string& cell, const std::string& nonlinea
                             const py::array& x, const py::object& h0, const py::object& c0,
                             const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                             const py::object& b_hh, const py::object& lengths, bool reverse,
-                            bool training, const py::object& cache) {
+                            bool training, const py::object& cache,
+                            const py::object& precision) {
   py::list calls;
-  calls.append(
-      py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, cache));
+  calls.append(py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training,
+                              cache, precision));
   return recurrent_forward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -541,9 +564,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("recurrent_forward", &recurrent_forward, py::arg("cell"), py::arg("nonlinearity"),
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
-        py::arg("training"), py::arg("cache") = py::none(),
+        py::arg("training"), py::arg("cache") = py::none(), py::arg("precision") = py::none(),
         "One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). "
-        "cache: a WeightCache keeping the packed weights between calls, or None.");
+        "cache: a WeightCache keeping the packed weights between calls, or None. precision: "
+        "None/'float32', or 'bfloat16' (float32 inference: the recurrent products from "
+        "bfloat16 W_hh and h with float32 accumulation).");
   py::class_<cpu::WeightCache>(m, "WeightCache",
                                "The packed forms of one layer direction's weights, kept between "
                                "calls (pass it as a forward call's cache). It serves only the "

@@ -41,6 +41,9 @@ struct ForwardArgs {
   int64_t* outputs_done;
   // CPU: the packed weights kept between calls (cpu/weight_cache.h), or null: pack per call.
   cpu::WeightCache* cache;
+  // CPU, float32 inference: the recurrent products from bfloat16 W_hh and h, accumulated in
+  // float32 (fusedrnn.autocast); the input projection, gates, c and h stay float32.
+  bool bf16;
 };
 
 template <typename T>

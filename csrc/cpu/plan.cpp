@@ -224,7 +224,7 @@ void set_deterministic(bool on) { g_deterministic.store(on); }
 bool deterministic() { return g_deterministic.load(std::memory_order_relaxed); }
 
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
-                         bool training, bool inputs_ready, bool reverse) {
+                         bool training, bool inputs_ready, bool reverse, bool bf16) {
   const Tuning& t = tuning();
   const int64_t GH = s.GH(), H = s.H, N = s.N;
   // A GRU keeps W_in x apart from W_hn h (its n gate): its inputs cannot join the products.
@@ -269,6 +269,18 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                  : own_inputs              ? Projection::kPerSlice
                                            : Projection::kUpFront;
   if (by_samples) p.loop_slices = slices;
+  if (bf16) {
+    // bfloat16 products: W_hh packed at any length (converted once per weight version where
+    // the layer keeps it), by units (each slice's half of W_hh stays in its core's cache:
+    // LSTM H=512 is 1 MiB a slice at 2 bytes), the input projection one float32 GEMM up front.
+    p.bf16 = true;
+    p.loop = Loop::kByUnits;
+    p.product = StepProduct::kPacked;
+    p.projection = Projection::kUpFront;
+    p.bias_in_packed = !split_grad && s.I > 0;
+    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.waits_for_inputs = inputs_ready;
+  }
   return p;
 }
 

@@ -101,6 +101,7 @@ struct ForwardPlan {
   int gemm_blocks;     // its column blocks, spread over the slices (>= gemm_slices)
   bool bias_in_packed;  // b_ih joins b_hh in the packed bias (LSTM, RNN when packed)
   bool waits_for_inputs;  // a stacked layer that waits for all of x before it starts
+  bool bf16;  // the step products from bfloat16 W_hh and h (by units, packed, projection up front)
 };
 
 struct BackwardPlan {
@@ -119,8 +120,9 @@ bool deterministic();
 
 // `slices`: the call's threads; `element_bytes`: 4 or 8; `training`: forward saves activations;
 // `inputs_ready`: a stacked layer fed step by step by the layer below.
+// `bf16`: float32 inference with bfloat16 products (ForwardArgs::bf16).
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
-                         bool training, bool inputs_ready, bool reverse);
+                         bool training, bool inputs_ready, bool reverse, bool bf16 = false);
 BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes);
 
 // Whether calls of this shape (the directions of a bidirectional layer, the layers of a stack)

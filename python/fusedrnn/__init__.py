@@ -6,7 +6,8 @@ from ._runtime import (info, set_num_threads, get_num_threads, set_deterministic
                        get_deterministic)
 from . import optim, data  # noqa: F401
 from .io import save, load  # noqa: F401
+from .amp import autocast  # noqa: F401
 
 __version__ = "0.1.0"
 __all__ = ["functional", "reference", "nn", "info", "set_num_threads", "get_num_threads",
-           "set_deterministic", "get_deterministic", "optim", "data", "save", "load"]
+           "set_deterministic", "get_deterministic", "optim", "data", "save", "load", "autocast"]

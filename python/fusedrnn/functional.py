@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from . import _C
+from .amp import autocast_precision, check_precision
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 NONLINEARITIES = ("tanh", "relu")
@@ -182,16 +183,31 @@ def _kernel_calls(kernels_and_args, name, cell, nonlinearity):
 
 
 def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None,
-                     b_hh=None, lengths=None, reverse=False, training=False, cache=None):
+                     b_hh=None, lengths=None, reverse=False, training=False, cache=None,
+                     precision=None):
     """(kernel module, the kernel's arguments, has_bias) of one checked forward call. ``cache``:
-    a fusedrnn._C.WeightCache keeping the packed weights between calls (CPU; the layers' own)."""
+    a fusedrnn._C.WeightCache keeping the packed weights between calls (CPU; the layers' own).
+    ``precision``: "float32", "bfloat16" or None (fusedrnn.autocast decides)."""
     check_nonlinearity(nonlinearity)
     reverse = check_flag(reverse, "reverse")
     training = check_flag(training, "training")
+    precision = check_precision(precision)
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
+    if bfloat16_products(kernels, x.dtype, training, precision):
+        return kernels, args + (cache, "bfloat16"), has_bias
     return kernels, args + ((cache,) if cache is not None else ()), has_bias
+
+
+def bfloat16_products(kernels, dtype, training, precision=None):
+    """Whether a forward call runs its recurrent products in bfloat16: asked for (``precision``,
+    else fusedrnn.autocast) on a float32 inference call of the CPU kernels. Training, float64
+    and the CUDA kernels stay in their own precision (fusedrnn.amp)."""
+    if precision is None:
+        precision = autocast_precision()
+    return (precision == "bfloat16" and kernels is _C and not training
+            and dtype == np.float32)
 
 
 # ---------------------------------------------------------------------------- zero-size work
@@ -304,10 +320,11 @@ def _forward_stack(cell, calls, nonlinearity="tanh"):
     return results
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity):
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity,
+             precision=None):
     return _forward_many(cell, [dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                                      b_hh=b_hh, lengths=lengths, reverse=reverse,
-                                     training=training)], nonlinearity)[0]
+                                     training=training, precision=precision)], nonlinearity)[0]
 
 
 def _backward_many(cell, calls):
@@ -352,9 +369,12 @@ def _backward(cell, ctx, dy, dh_n, dc_n):
 
 # ---------------------------------------------------------------------------- the kernels
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                 training=False):
-    """LSTM over a sequence. Returns ``(y, h_n, c_n, ctx)``; h0/c0 may be None (zeros)."""
-    return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, "tanh")
+                 training=False, precision=None):
+    """LSTM over a sequence. Returns ``(y, h_n, c_n, ctx)``; h0/c0 may be None (zeros).
+    ``precision="bfloat16"``: float32 inference with bfloat16 recurrent products (as under
+    fusedrnn.autocast; None: autocast decides)."""
+    return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, "tanh",
+                    precision)
 
 
 def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
@@ -363,10 +383,10 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                training=False):
-    """GRU over a sequence. Returns ``(y, h_n, ctx)``."""
+                training=False, precision=None):
+    """GRU over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as lstm_forward's."""
     y, h_n, _, ctx = _forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                              training, "tanh")
+                              training, "tanh", precision)
     return y, h_n, ctx
 
 
@@ -377,10 +397,11 @@ def gru_backward(ctx, dy, dh_n=None):
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None,
-                reverse=False, training=False):
-    """Elman RNN (tanh or relu) over a sequence. Returns ``(y, h_n, ctx)``."""
+                reverse=False, training=False, precision=None):
+    """Elman RNN (tanh or relu) over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as
+    lstm_forward's."""
     y, h_n, _, ctx = _forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                              training, nonlinearity)
+                              training, nonlinearity, precision)
     return y, h_n, ctx
 
 

@@ -194,14 +194,18 @@ class RNNCellBase(Module):
             out = _C.recurrent_forward(self._cell, self.nonlinearity, x[None], h0,
                                        c0 if lstm else None, *w, None, False, False)
             return out[1], out[2], None
+        # float32 under autocast too: a cell keeps no converted weights, and converting W_hh
+        # for every step would cost more than its product (fusedrnn.amp)
         if lstm:
-            _, h, c, ctx = F.lstm_forward(x[None], h0, c0, *w, training=self.training)
+            _, h, c, ctx = F.lstm_forward(x[None], h0, c0, *w, training=self.training,
+                                          precision="float32")
             return h, c, ctx
         if self._cell == "gru":
-            _, h, ctx = F.gru_forward(x[None], h0, *w, training=self.training)
+            _, h, ctx = F.gru_forward(x[None], h0, *w, training=self.training,
+                                      precision="float32")
         else:
             _, h, ctx = F.rnn_forward(x[None], h0, *w, nonlinearity=self.nonlinearity,
-                                      training=self.training)
+                                      training=self.training, precision="float32")
         return h, None, ctx
 
     def _input(self, x):

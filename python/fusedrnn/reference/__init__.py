@@ -2,8 +2,8 @@
 
 Pure NumPy (no import of the extension), so they run and are tested even without a build."""
 from .cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward,
-                    rnn_forward)
+                    rnn_forward, round_bf16)
 from .layers import recurrent_backward, recurrent_forward
 
 __all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
-           "rnn_backward", "recurrent_forward", "recurrent_backward"]
+           "rnn_backward", "recurrent_forward", "recurrent_backward", "round_bf16"]

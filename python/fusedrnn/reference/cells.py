@@ -32,6 +32,24 @@ def _f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
+def round_bf16(a):
+    """a rounded to the nearest bfloat16 (ties to even; NaN stays NaN, inf inf), as float64:
+    what the kernels' bfloat16 products read (precision="bfloat16")."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32) << 16
+    out = rounded.view(np.float32).astype(np.float64)
+    return np.where(np.isnan(a), np.nan, out)
+
+
+def _recurrent_operands(h, w_hh, precision):
+    """(h, W_hh) as the step's product reads them: themselves, or bfloat16-rounded."""
+    if precision in (None, "float32"):
+        return h, w_hh
+    if precision != "bfloat16":
+        raise ValueError(f"precision: expected 'float32', 'bfloat16' or None, got {precision!r}")
+    return round_bf16(h), round_bf16(w_hh)
+
+
 def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     """Cast to float64, fill defaults (zero states, zero biases, full lengths), check shapes."""
     x, w_ih, w_hh = _f64(x), _f64(w_ih), _f64(w_hh)
@@ -85,8 +103,9 @@ def _grad_or_zeros(d, shape):
 
 # ---------------------------------------------------------------------------- LSTM
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                 training=False):
-    """LSTM, gates i, f, g, o: c' = f*c + i*g, h' = o*tanh(c'). Returns (y, h_n, c_n, ctx)."""
+                 training=False, precision=None):
+    """LSTM, gates i, f, g, o: c' = f*c + i*g, h' = o*tanh(c'). Returns (y, h_n, c_n, ctx).
+    precision="bfloat16": each step's W_hh h from bfloat16-rounded W_hh and h (the rest exact)."""
     x, h, c, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
         "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     T, N, _ = x.shape
@@ -95,7 +114,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
     ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]  # [N, 1]
-        a = x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh  # [N, 4H]
+        hr, wr = _recurrent_operands(h, w_hh, precision)
+        a = x[t] @ w_ih.T + b_ih + hr @ wr.T + b_hh  # [N, 4H]
         i = sigmoid(a[:, 0:H])
         f = sigmoid(a[:, H:2 * H])
         g = np.tanh(a[:, 2 * H:3 * H])
@@ -148,7 +168,7 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
 
 # ---------------------------------------------------------------------------- GRU
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                training=False):
+                training=False, precision=None):
     """GRU, gates r, z, n: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h.
     Returns (y, h_n, ctx)."""
     x, h, _, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
@@ -160,7 +180,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]
         gi = x[t] @ w_ih.T + b_ih  # [N, 3H]
-        gh = h @ w_hh.T + b_hh  # [N, 3H]
+        hr, wr = _recurrent_operands(h, w_hh, precision)
+        gh = hr @ wr.T + b_hh  # [N, 3H]
         r = sigmoid(gi[:, 0:H] + gh[:, 0:H])
         z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
         hn = gh[:, 2 * H:3 * H]  # W_hn h + b_hn, needed again by backward
@@ -209,7 +230,7 @@ def gru_backward(ctx, dy, dh_n=None):
 
 # ---------------------------------------------------------------------------- Elman RNN
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None,
-                reverse=False, training=False):
+                reverse=False, training=False, precision=None):
     """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
     Returns (y, h_n, ctx)."""
     if nonlinearity not in ("tanh", "relu"):
@@ -222,7 +243,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     ctx = _new_ctx("rnn", nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]
-        a = x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+        hr, wr = _recurrent_operands(h, w_hh, precision)
+        a = x[t] @ w_ih.T + b_ih + hr @ wr.T + b_hh
         h_new = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)  # propagates NaN
         ctx["steps"][t] = dict(active=active, h_prev=h, h=h_new)
         h = np.where(active, h_new, h)

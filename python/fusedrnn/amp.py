@@ -1,0 +1,70 @@
+"""bfloat16 autocast: ``with fr.autocast("bfloat16"): ...``, as ``torch.autocast``.
+
+Inside the block, float32 inference of the recurrent layers and kernels on the CPU runs its
+recurrent products (W_hh h, every step) from bfloat16 values with float32 accumulation: W_hh is
+converted once per weight version (kept beside the float32 packs, never written over the float32
+parameters) and h is rounded to bfloat16 each step as the product reads it. The input projection
+(W_ih x, one GEMM up front), the gate math, c and h themselves stay float32, and so do inputs and
+outputs. The state is thread-local, and blocks nest (the innermost wins).
+
+Not under autocast so far (they run in float32, as torch.autocast runs the ops it does not list):
+training-mode forwards and backward, the CUDA kernels, float64 arrays."""
+from __future__ import annotations
+
+import threading
+
+PRECISIONS = ("float32", "bfloat16")
+_state = threading.local()
+
+
+def check_precision(precision, name="precision"):
+    """None or one of PRECISIONS, else a ValueError/TypeError naming ``name``."""
+    if precision is None:
+        return None
+    if not isinstance(precision, str):
+        raise TypeError(f"{name}: expected 'float32', 'bfloat16' or None, got "
+                        f"{type(precision).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name}: expected 'float32', 'bfloat16' or None, got {precision!r}")
+    return precision
+
+
+def autocast_precision():
+    """The precision autocast asks for in this thread: "bfloat16", or None (outside any block,
+    or in a block with enabled=False)."""
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else None
+
+
+class autocast:
+    """Context manager (and decorator): float32 CPU inference inside it computes its recurrent
+    products in bfloat16 with float32 accumulation (see the module's docstring).
+
+    dtype: "bfloat16" (the only lower precision on the CPU); enabled=False runs the block in
+    float32, e.g. to switch autocast off inside an outer block."""
+
+    def __init__(self, dtype="bfloat16", enabled=True):
+        if check_precision(dtype, "dtype") != "bfloat16":
+            raise ValueError(f"dtype: expected 'bfloat16', got {dtype!r}")
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+        self.dtype, self.enabled = dtype, enabled
+
+    def __enter__(self):
+        if not hasattr(_state, "stack"):
+            _state.stack = []
+        _state.stack.append(self.dtype if self.enabled else None)
+        return self
+
+    def __exit__(self, *exc):
+        _state.stack.pop()
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with autocast(self.dtype, self.enabled):
+                return fn(*args, **kwargs)
+        return wrapped

@@ -1,0 +1,213 @@
+"""bfloat16 autocast (fusedrnn.amp): float32 CPU inference with the recurrent products from
+bfloat16 W_hh and h, float32 accumulation. The kernels are held to the NumPy reference with the
+same rounding (reference precision="bfloat16"): one step exactly up to float32 accumulation, a
+sequence within the rare flips of a state's bfloat16 rounding; and to the float64 reference within
+bounds measured against torch.autocast's bfloat16 LSTM."""
+import threading
+
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from fusedrnn import _C, reference as R
+from fusedrnn import functional as F
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def _problem(cell, T, N, I, H, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    G = GATES[cell]
+    s = scale / np.sqrt(H)
+    w = dict(w_ih=(rng.standard_normal((G * H, I)) * s).astype(np.float32),
+             w_hh=(rng.standard_normal((G * H, H)) * s).astype(np.float32),
+             b_ih=(rng.standard_normal(G * H) * 0.1).astype(np.float32),
+             b_hh=(rng.standard_normal(G * H) * 0.1).astype(np.float32))
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    h0 = (rng.standard_normal((N, H)) * 0.5).astype(np.float32)
+    return x, h0, h0.copy(), w
+
+
+def _ours(cell, x, h0, c0, w, **kw):
+    args = (w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"])
+    if cell == "lstm":
+        return F.lstm_forward(x, h0, c0, *args, **kw)[0]
+    return getattr(F, cell + "_forward")(x, h0, *args, **kw)[0]
+
+
+def _ref(cell, x, h0, c0, w, **kw):
+    args = (w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"])
+    if cell == "lstm":
+        return R.lstm_forward(x, h0, c0, *args, **kw)[0]
+    return getattr(R, cell + "_forward")(x, h0, *args, **kw)[0]
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    before = fr.get_num_threads()
+    fr.set_num_threads(request.param)
+    yield request.param
+    fr.set_num_threads(before)
+
+
+def test_round_bf16_ties_to_even_and_keeps_specials():
+    a = np.array([1.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, 1.0 + 2 ** -8 + 2 ** -20, -2.5, np.inf,
+                  -np.inf, np.nan, 3.4028235e38], np.float32)
+    r = R.round_bf16(a)
+    assert list(r[:5]) == [1.0, 1.0, 1.0 + 4 * 2 ** -8, 1.0 + 2 ** -7, -2.5]
+    assert r[5] == np.inf and r[6] == -np.inf and np.isnan(r[7]) and r[8] == np.inf
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("N,I,H", [(1, 3, 1), (1, 16, 33), (2, 7, 64), (3, 5, 17), (5, 24, 160),
+                                   (13, 9, 160)])
+def test_one_step_matches_the_bf16_reference(cell, N, I, H, threads):
+    """One step: the same rounded operands, so only float32 accumulation differs (every tile
+    width, odd H, padding rows, both loop splits)."""
+    x, h0, c0, w = _problem(cell, 1, N, I, H, seed=N * 100 + H)
+    ours = _ours(cell, x, h0, c0, w, precision="bfloat16")
+    ref = _ref(cell, x, h0, c0, w, precision="bfloat16")
+    exact = _ref(cell, x, h0, c0, w)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)
+    if H > 1:  # the rounding shows: not the float32 result
+        assert np.abs(ours - exact).max() > 1e-5
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sequences_match_the_bf16_reference(cell, reverse, threads):
+    x, h0, c0, w = _problem(cell, 30, 7, 12, 48, seed=3, scale=0.8)
+    lengths = np.array([30, 0, 1, 17, 30, 5, 29])
+    ours = _ours(cell, x, h0, c0, w, precision="bfloat16", lengths=lengths, reverse=reverse)
+    ref = _ref(cell, x, h0, c0, w, precision="bfloat16", lengths=lengths, reverse=reverse)
+    exact = _ref(cell, x, h0, c0, w, lengths=lengths, reverse=reverse)
+    # a state's float32 value may round to the other neighbouring bfloat16 than float64's does
+    # (rarely): an error of the rounding's size, not of a wrong product
+    assert np.abs(ours - ref).max() < 2e-4
+    assert np.abs(ours - exact).max() < 2e-2
+    assert np.all(ours[~(np.arange(30)[:, None] < lengths[None, :])] == 0)  # padding stays 0
+
+
+def test_accuracy_within_torch_autocast_bf16():
+    """The relative error of the outputs against float64 stays within 1.5x of what
+    torch.autocast("cpu", bfloat16) gives on the same LSTM (measured here: ours 3.9e-4..4.7e-4,
+    torch's 3.1e-3..3.2e-3: our input projection and state stay float32)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for (T, N, I, H) in ((50, 4, 64, 128), (20, 1, 32, 256)):
+        torch.manual_seed(T)
+        lstm = torch.nn.LSTM(I, H)
+        x = rng.standard_normal((T, N, I)).astype(np.float32)
+        sd = {k: v.detach().numpy() for k, v in lstm.state_dict().items()}
+        args = (sd["weight_ih_l0"], sd["weight_hh_l0"], sd["bias_ih_l0"], sd["bias_hh_l0"])
+        exact = R.lstm_forward(x, None, None, *args)[0]
+        ours = F.lstm_forward(x, None, None, *args, precision="bfloat16")[0]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            theirs = lstm(torch.from_numpy(x))[0].float().numpy()
+
+        def rel(a):
+            return np.linalg.norm(a - exact) / np.linalg.norm(exact)
+        assert rel(ours) <= 1.5 * rel(theirs), (rel(ours), rel(theirs))
+        assert rel(ours) > 1e-5  # bfloat16 did run
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_layers_under_autocast_are_the_kernels_bf16(mode):
+    """Every inference path of a layer (the short call, kept weights, stacks, both directions)
+    gives under autocast what the functional kernels give with precision="bfloat16"."""
+    x = np.random.default_rng(1).standard_normal((12, 3, 10)).astype(np.float32)
+    for kwargs in ({}, {"num_layers": 2}, {"bidirectional": True, "num_layers": 2}):
+        m = getattr(fr.nn, mode)(10, 24, **kwargs)
+        m.eval()
+        plain = m(x)[0]
+        with fr.autocast("bfloat16"):
+            first, again = m(x)[0], m(x)[0]  # the second reads the kept bfloat16 weights
+        np.testing.assert_array_equal(first, again)
+        assert 1e-6 < np.abs(first - plain).max() < 1e-2
+        if not kwargs:
+            cell = mode.lower()
+            w = dict(w_ih=m.weight_ih_l0.data, w_hh=m.weight_hh_l0.data,
+                     b_ih=m.bias_ih_l0.data, b_hh=m.bias_hh_l0.data)
+            np.testing.assert_array_equal(first, _ours(cell, x, None, None, w,
+                                                       precision="bfloat16"))
+
+
+def test_changed_weights_are_seen_under_autocast():
+    x = np.random.default_rng(2).standard_normal((8, 2, 6)).astype(np.float32)
+    m = fr.nn.LSTM(6, 16)
+    m.eval()
+    with fr.autocast():
+        before = m(x)[0]
+        m.weight_hh_l0.data[3] += 0.5  # in place, through the public API
+        after = m(x)[0]
+    w = dict(w_ih=m.weight_ih_l0.data, w_hh=m.weight_hh_l0.data, b_ih=m.bias_ih_l0.data,
+             b_hh=m.bias_hh_l0.data)
+    np.testing.assert_array_equal(after, _ours("lstm", x, None, None, w, precision="bfloat16"))
+    assert np.abs(after - before).max() > 1e-3
+
+
+def test_what_autocast_leaves_in_float32():
+    """Training (forward and backward), float64 layers, cells and an enabled=False block run as
+    without autocast, bit for bit."""
+    x = np.random.default_rng(3).standard_normal((6, 2, 5)).astype(np.float32)
+    m = fr.nn.GRU(5, 8)
+    out32 = m(x)[0]
+    dx32 = m.backward(np.ones_like(out32))[0]
+    with fr.autocast():
+        out = m(x)[0]
+        dx = m.backward(np.ones_like(out))[0]
+    np.testing.assert_array_equal(out, out32)
+    np.testing.assert_array_equal(dx, dx32)
+    m64 = fr.nn.LSTM(5, 8, dtype=np.float64)
+    m64.eval()
+    x64 = x.astype(np.float64)
+    cell = fr.nn.LSTMCell(5, 8)
+    cell.eval()
+    plain = m64(x64)[0], cell(x[0])[0]
+    with fr.autocast():
+        np.testing.assert_array_equal(m64(x64)[0], plain[0])
+        np.testing.assert_array_equal(cell(x[0])[0], plain[1])
+    m.eval()
+    plain = m(x)[0]
+    with fr.autocast(), fr.autocast(enabled=False):
+        np.testing.assert_array_equal(m(x)[0], plain)
+
+
+def test_autocast_is_thread_local_nestable_and_a_decorator():
+    from fusedrnn.amp import autocast_precision
+    assert autocast_precision() is None
+    seen = []
+    with fr.autocast():
+        t = threading.Thread(target=lambda: seen.append(autocast_precision()))
+        t.start()
+        t.join()
+        assert autocast_precision() == "bfloat16"
+        with fr.autocast(enabled=False):
+            assert autocast_precision() is None
+        assert autocast_precision() == "bfloat16"
+    assert autocast_precision() is None and seen == [None]
+
+    @fr.autocast()
+    def inside():
+        return autocast_precision()
+    assert inside() == "bfloat16" and autocast_precision() is None
+
+
+def test_bad_precision_arguments_are_named():
+    x, h0, c0, w = _problem("lstm", 2, 1, 3, 4)
+    with pytest.raises(ValueError, match="precision"):
+        _ours("lstm", x, h0, c0, w, precision="float16")
+    with pytest.raises(TypeError, match="precision"):
+        _ours("lstm", x, h0, c0, w, precision=16)
+    with pytest.raises(ValueError, match="dtype"):
+        fr.autocast("float16")
+    with pytest.raises(TypeError, match="enabled"):
+        fr.autocast(enabled="yes")
+    args = (x, h0, c0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], None, False)
+    with pytest.raises(ValueError, match="inference"):
+        _C.recurrent_forward("lstm", "tanh", *args, True, None, "bfloat16")
+    with pytest.raises(TypeError, match="float32"):
+        _C.recurrent_forward("lstm", "tanh", *(a.astype(np.float64) if isinstance(a, np.ndarray)
+                                               else a for a in args), False, None, "bfloat16")
+    with pytest.raises(ValueError, match="precision"):
+        _C.recurrent_forward("lstm", "tanh", *args, False, None, "half")
