@@ -212,3 +212,32 @@ def test_bad_precision_arguments_are_named():
                                                else a for a in args), False, None, "bfloat16")
     with pytest.raises(ValueError, match="precision"):
         _C.recurrent_forward("lstm", "tanh", *args, False, None, "half")
+
+
+def test_both_bf16_paths_match_the_reference():
+    """The widening tiles (every CPU) and vdpbf16ps (AVX-512 with AVX512-BF16), whichever this
+    CPU has, each in a fresh process: one step to 2e-6 of the reference; info names the path."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import json, numpy as np, fusedrnn as fr\n"
+        "from fusedrnn import functional as F, reference as R\n"
+        "rng = np.random.default_rng(5); H = 33\n"
+        "x = rng.standard_normal((1, 6, 7)).astype(np.float32)\n"
+        "h0 = rng.standard_normal((6, H)).astype(np.float32)\n"
+        "w = [(rng.standard_normal(s) * 0.2).astype(np.float32)"
+        " for s in ((4 * H, 7), (4 * H, H), (4 * H,), (4 * H,))]\n"
+        "a = F.lstm_forward(x, h0, h0, *w, precision='bfloat16')[0]\n"
+        "b = R.lstm_forward(x, h0, h0, *w, precision='bfloat16')[0]\n"
+        "print(json.dumps([fr.info()['bf16_products'], float(np.abs(a - b).max())]))\n")
+    seen = set()
+    for env in ({}, {"FUSEDRNN_NO_BF16_DOT": "1"}, {"FUSEDRNN_ISA": "avx2"}):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                             capture_output=True, text=True, check=True).stdout
+        path, diff = json.loads(out)
+        assert diff < 2e-6, (env, path, diff)
+        seen.add(path)
+    assert "bfloat16 pairs widened to float32 FMAs" in seen
+    assert fr.info()["bf16_products"] in seen

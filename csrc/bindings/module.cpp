@@ -484,6 +484,7 @@ py::dict build_info() {
 #endif
   d["simd"] = simd_level();
   d["kernels"] = cpu::isa_name(cpu::active_isa());
+  d["bf16_products"] = cpu::bf16_path();
   d["blas"] = std::string("OpenBLAS (scipy-openblas32): ") + scipy_openblas_get_config();
 #ifdef FUSEDRNN_WITH_CUDA
   d["cuda"] = true;

@@ -52,6 +52,18 @@ const char* isa_name(Isa isa) {
   }
 }
 
+bool bf16_dot_allowed() {
+  static const bool allowed =
+      cpu_info().avx512_bf16 && std::getenv("FUSEDRNN_NO_BF16_DOT") == nullptr;
+  return allowed;
+}
+
+const char* bf16_path() {
+  return active_isa() == Isa::kAvx512 && bf16_dot_allowed()
+             ? "vdpbf16ps (AVX512-BF16)"
+             : "bfloat16 pairs widened to float32 FMAs";
+}
+
 template <typename T>
 T* thread_workspace(WorkspaceSlot slot, int64_t elements) {
   thread_local std::vector<T> buffers[3];

@@ -10,6 +10,11 @@ enum class Isa { kGeneric, kAvx2, kAvx512 };
 Isa active_isa();
 const char* isa_name(Isa isa);
 
+// bfloat16 products (fusedrnn.autocast): whether the CPU has vdpbf16ps for the AVX-512 kernels
+// to use (FUSEDRNN_NO_BF16_DOT=1: not, to compare), and the path the active kernels take.
+bool bf16_dot_allowed();
+const char* bf16_path();
+
 // Workspace (elements) of the forward driver: h double buffer 2NH, gh N*GH, extra scratch NH,
 // a dummy row H.
 inline int64_t forward_workspace(const SeqShape& s) { return 3 * s.N * s.H + s.N * s.GH() + s.H; }
