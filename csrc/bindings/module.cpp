@@ -511,20 +511,11 @@ py::dict tuning_dict() {
   const cpu::Tuning& t = cpu::tuning();
   py::dict d;
   d["row"] = t.row;
-  d["core_cache_bytes"] = t.core_cache_bytes;
-  d["min_samples_per_slice"] = t.min_samples_per_slice;
-  d["min_step_macs_to_split"] = t.min_step_macs_to_split;
-  d["min_gemm_macs_to_split"] = t.min_gemm_macs_to_split;
-  d["blas_batch"] = t.blas_batch;
-  d["packed_min_steps"] = t.packed_min_steps;
-  d["inference_pack_rows"] = t.inference_pack_rows;
-  d["pipelined_rows"] = t.pipelined_rows;
-  d["step_inputs_min_batch"] = t.step_inputs_min_batch;
-  d["wavefront_rows"] = t.wavefront_rows;
-  d["projection_chunk_bytes"] = t.projection_chunk_bytes;
-  d["step_inputs_chunk_bytes"] = t.step_inputs_chunk_bytes;
-  d["spin_before_sleep_us"] = t.spin_before_sleep_us;
-  d["linger_us"] = t.linger_us;
+  for (int i = 0; i < cpu::kTuningEntryCount; ++i) {
+    const cpu::TuningEntry& e = cpu::kTuningEntries[i];
+    if (e.integer) d[e.name] = t.*(e.integer);
+    else d[e.name] = t.*(e.real);
+  }
   return d;
 }
 

@@ -120,32 +120,29 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes) {
   return t;
 }
 
+const TuningEntry kTuningEntries[] = {
+    {"core_cache_bytes", &Tuning::core_cache_bytes, nullptr},
+    {"min_samples_per_slice", &Tuning::min_samples_per_slice, nullptr},
+    {"min_step_macs_to_split", &Tuning::min_step_macs_to_split, nullptr},
+    {"min_gemm_macs_to_split", &Tuning::min_gemm_macs_to_split, nullptr},
+    {"blas_batch", &Tuning::blas_batch, nullptr},
+    {"packed_min_steps", &Tuning::packed_min_steps, nullptr},
+    {"inference_pack_rows", nullptr, &Tuning::inference_pack_rows},
+    {"pipelined_rows", &Tuning::pipelined_rows, nullptr},
+    {"step_inputs_min_batch", &Tuning::step_inputs_min_batch, nullptr},
+    {"wavefront_rows", &Tuning::wavefront_rows, nullptr},
+    {"projection_chunk_bytes", &Tuning::projection_chunk_bytes, nullptr},
+    {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr},
+    {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr},
+    {"linger_us", &Tuning::linger_us, nullptr},
+};
+const int kTuningEntryCount = sizeof(kTuningEntries) / sizeof(kTuningEntries[0]);
+
 namespace {
 
 // FUSEDRNN_TUNING="name=value,...": any entry of the table (tuning experiments without a
 // rebuild). An unknown name or a malformed value is ignored with a message on stderr.
 void apply_overrides(Tuning& t, const char* text) {
-  struct Entry {
-    const char* name;
-    int64_t Tuning::*integer;
-    double Tuning::*real;
-  };
-  static const Entry entries[] = {
-      {"core_cache_bytes", &Tuning::core_cache_bytes, nullptr},
-      {"min_samples_per_slice", &Tuning::min_samples_per_slice, nullptr},
-      {"min_step_macs_to_split", &Tuning::min_step_macs_to_split, nullptr},
-      {"min_gemm_macs_to_split", &Tuning::min_gemm_macs_to_split, nullptr},
-      {"blas_batch", &Tuning::blas_batch, nullptr},
-      {"packed_min_steps", &Tuning::packed_min_steps, nullptr},
-      {"inference_pack_rows", nullptr, &Tuning::inference_pack_rows},
-      {"pipelined_rows", &Tuning::pipelined_rows, nullptr},
-      {"step_inputs_min_batch", &Tuning::step_inputs_min_batch, nullptr},
-      {"wavefront_rows", &Tuning::wavefront_rows, nullptr},
-      {"projection_chunk_bytes", &Tuning::projection_chunk_bytes, nullptr},
-      {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr},
-      {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr},
-      {"linger_us", &Tuning::linger_us, nullptr},
-  };
   std::string all(text);
   size_t start = 0;
   while (start < all.size()) {
@@ -156,9 +153,9 @@ void apply_overrides(Tuning& t, const char* text) {
     if (item.empty()) continue;
     const size_t eq = item.find('=');
     const std::string name = item.substr(0, eq);
-    const Entry* entry = nullptr;
-    for (const Entry& e : entries)
-      if (name == e.name) entry = &e;
+    const TuningEntry* entry = nullptr;
+    for (int i = 0; i < kTuningEntryCount; ++i)
+      if (name == kTuningEntries[i].name) entry = &kTuningEntries[i];
     char* rest = nullptr;
     const char* value = eq == std::string::npos ? "" : item.c_str() + eq + 1;
     const double number = std::strtod(value, &rest);

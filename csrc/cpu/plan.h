@@ -60,6 +60,15 @@ struct Tuning {
   int64_t linger_us;
 };
 const Tuning& tuning();
+// The table's numeric entries by name (what fusedrnn info prints, what FUSEDRNN_TUNING sets):
+// one member pointer each, `integer` or `real`.
+struct TuningEntry {
+  const char* name;
+  int64_t Tuning::*integer;
+  double Tuning::*real;
+};
+extern const TuningEntry kTuningEntries[];
+extern const int kTuningEntryCount;
 // The row for `vendor` on a core with `l2_bytes` of L2 (0: unknown), as tuning() builds it.
 Tuning tuning_for(const std::string& vendor, int64_t l2_bytes);
 
