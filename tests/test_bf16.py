@@ -83,8 +83,9 @@ def test_sequences_match_the_bf16_reference(cell, reverse, threads):
     ref = _ref(cell, x, h0, c0, w, precision="bfloat16", lengths=lengths, reverse=reverse)
     exact = _ref(cell, x, h0, c0, w, lengths=lengths, reverse=reverse)
     # a state's float32 value may round to the other neighbouring bfloat16 than float64's does
-    # (rarely): an error of the rounding's size, not of a wrong product
-    assert np.abs(ours - ref).max() < 2e-4
+    # (rarely): then an error of one bfloat16 step of h (2^-8 at |h| < 1), not of a wrong product
+    assert np.abs(ours - ref).max() < 2.0 ** -8
+    assert np.median(np.abs(ours - ref)) < 1e-6
     assert np.abs(ours - exact).max() < 2e-2
     assert np.all(ours[~(np.arange(30)[:, None] < lengths[None, :])] == 0)  # padding stays 0
 
@@ -214,6 +215,8 @@ def test_bad_precision_arguments_are_named():
         _C.recurrent_forward("lstm", "tanh", *args, False, None, "half")
 
 
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD", ""),
+                    reason="fresh interpreters under the sanitizers report CPython's own leaks")
 def test_both_bf16_paths_match_the_reference():
     """The widening tiles (every CPU) and vdpbf16ps (AVX-512 with AVX512-BF16), whichever this
     CPU has, each in a fresh process: one step to 2e-6 of the reference; info names the path."""

@@ -269,12 +269,14 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   if (bf16) {
     // bfloat16 products: W_hh packed at any length (converted once per weight version where
     // the layer keeps it), by units (each slice's half of W_hh stays in its core's cache:
-    // LSTM H=512 is 1 MiB a slice at 2 bytes), the input projection one float32 GEMM up front.
+    // LSTM H=512 is 1 MiB a slice at 2 bytes), the input projection float32 up front (row
+    // kernels below blas_batch rows, as for unpacked calls: a GEMM would pack all of W_ih for
+    // them), carrying b_ih itself.
     p.bf16 = true;
     p.loop = Loop::kByUnits;
     p.product = StepProduct::kPacked;
     p.projection = Projection::kUpFront;
-    p.bias_in_packed = !split_grad && s.I > 0;
+    p.bias_in_packed = false;
     p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     p.waits_for_inputs = inputs_ready;
   }
