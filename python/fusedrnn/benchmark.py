@@ -43,6 +43,9 @@ def add_arguments(p):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the CUDA kernels against cuDNN (fusedrnn.benchmark_gpu)")
     p.add_argument("--precisions", default="fp32,tf32", help="--device cuda: fp32 and/or tf32")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: CPU inference in float32 and under bfloat16 autocast, ours and "
+                        "torch's, side by side (fusedrnn.benchmark_bf16)")
     p.add_argument("--framework", choices=("numpy", "torch"), default="numpy",
                    help="torch: the fusedrnn.torch adapter inside a small torch model against "
                         "torch.nn (fusedrnn.benchmark_torch)")
@@ -486,6 +489,9 @@ def run(args) -> int:
     if getattr(args, "regimes", None):
         from .benchmark_regimes import run as run_regimes
         return run_regimes(args)
+    if getattr(args, "precision", "fp32") == "bf16":
+        from .benchmark_bf16 import run as run_bf16
+        return run_bf16(args)
     if getattr(args, "framework", "numpy") == "torch":
         from .benchmark_torch import run as run_torch
         return run_torch(args)

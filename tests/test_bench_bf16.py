@@ -1,0 +1,33 @@
+"""`fusedrnn bench --precision bf16`: ours and torch's float32 and bfloat16 autocast side by side
+(tiny sizes; speed is not asserted), with each bfloat16 output's error against float64."""
+import json
+
+from fusedrnn import benchmark
+
+
+def test_bench_bf16_rows(tmp_path, capsys):
+    from fusedrnn import cli
+    path = tmp_path / "b.json"
+    code = cli.main(["bench", "--precision", "bf16", "--cells", "LSTM,GRU", "--shapes",
+                     "2,6,8,16", "--budget", "0.05", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    data = json.loads(path.read_text())
+    assert data["info"]["bf16_products"] in out
+    have_torch = benchmark.installed_peers()["torch"]
+    assert [r["cell"] for r in data["rows"]] == ["LSTM", "GRU"]
+    for r in data["rows"]:
+        assert r["ours_ms"] > 0 and r["ours_bf16_ms"] > 0
+        assert r["relerr_ours"] < 1e-6 < r["relerr_ours_bf16"] < 1e-2
+        if have_torch:
+            assert r["torch_bf16_ms"] > 0 and r["relerr_torch"] < 1e-6
+            assert r["x_torch_bf16"] > 0
+        else:
+            assert r["torch_bf16_ms"] is None and r["x_torch_bf16"] is None
+    assert "rel. error bf16" in out
+
+
+def test_bench_bf16_refuses_cuda(capsys):
+    from fusedrnn import cli
+    assert cli.main(["bench", "--precision", "bf16", "--device", "cuda"]) == 2
+    assert "--precision" in capsys.readouterr().err
