@@ -23,6 +23,22 @@ def test_digits_beats_chance(capsys, tmp_path):
     assert saved["task"] == "digits" and "rnn.weight_hh_l0" in saved["model"]
 
 
+def test_training_under_autocast_reaches_the_float32_metric(capsys):
+    """--precision bfloat16 trains under fusedrnn.autocast (products in bfloat16, gradients
+    float32) and ends where the float32 run ends: digits' accuracy, the adding problem's MSE."""
+    runs = {p: run_json(capsys, "train", "digits", "--epochs", "3", "--hidden", "32", "--seed",
+                        "1", "--precision", p) for p in ("float32", "bfloat16")}
+    assert runs["bfloat16"]["precision"] == "bfloat16"
+    assert runs["bfloat16"]["final_loss"] != runs["float32"]["final_loss"]  # bf16 did run
+    assert runs["bfloat16"]["test_accuracy"] >= runs["float32"]["test_accuracy"] - 0.03
+    adding = {p: run_json(capsys, "train", "adding", "--length", "12", "--cells", "gru",
+                          "--hidden", "24", "--epochs", "4", "--steps", "40", "--lr", "0.01",
+                          "--precision", p) for p in ("float32", "bfloat16")}
+    mse = {p: m["results"]["gru"]["test_mse"] for p, m in adding.items()}
+    assert mse["bfloat16"] <= 1.2 * mse["float32"] + 0.01
+    assert mse["bfloat16"] < 0.3 * adding["bfloat16"]["baseline_mse"]
+
+
 def test_digits_genetic_algorithm_lowers_the_loss(capsys):
     """The genetic algorithm (inference-mode forwards only) lowers the loss; it is slow to
     learn ten classes, so a short run is only asked to lower the loss (test_optim shows it

@@ -215,9 +215,9 @@ py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) 
 constexpr const char* kForwardCall =
     "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache[, precision]])";
 
-// A forward call's precision: None or "float32" (the arrays' own), or "bfloat16" (float32
-// inference with bfloat16 products). Returns whether bfloat16 products were asked for.
-bool parse_precision(const py::handle& precision, bool float32, bool training) {
+// A forward call's precision: None or "float32" (the arrays' own), or "bfloat16" (float32,
+// bfloat16 recurrent products; in training the backward stays float32). Returns whether bfloat16 products were asked for.
+bool parse_precision(const py::handle& precision, bool float32) {
   if (precision.is_none()) return false;
   if (!py::isinstance<py::str>(precision))
     throw py::type_error(std::string("precision: expected 'float32', 'bfloat16' or None, got ") +
@@ -229,9 +229,6 @@ bool parse_precision(const py::handle& precision, bool float32, bool training) {
   if (!float32)
     throw py::type_error("precision: 'bfloat16' needs float32 arrays, got float64 (float64 "
                          "stays float64 under autocast)");
-  if (training)
-    throw py::value_error("precision: 'bfloat16' is for inference (training=False) so far; "
-                          "training runs in float32");
   return true;
 }
 
@@ -272,8 +269,7 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
                                           t[5], t[6], t[7], py::cast<bool>(t[8]),
                                           py::cast<bool>(t[9])));
     prepared.back().args.cache = cache;
-    prepared.back().args.bf16 = t.size() == 12 && parse_precision(t[11], sizeof(T) == 4,
-                                                                   py::cast<bool>(t[9]));
+    prepared.back().args.bf16 = t.size() == 12 && parse_precision(t[11], sizeof(T) == 4);
   }
   return run_prepared(prepared, [&](ForwardArgs<T>* args, int count) {
     if (stack)
@@ -559,8 +555,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("training"), py::arg("cache") = py::none(), py::arg("precision") = py::none(),
         "One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). "
         "cache: a WeightCache keeping the packed weights between calls, or None. precision: "
-        "None/'float32', or 'bfloat16' (float32 inference: the recurrent products from "
-        "bfloat16 W_hh and h with float32 accumulation).");
+        "None/'float32', or 'bfloat16' (float32: the recurrent products from bfloat16 W_hh "
+        "and h with float32 accumulation; a training forward saves what the float32 backward "
+        "needs).");
   py::class_<cpu::WeightCache>(m, "WeightCache",
                                "The packed forms of one layer direction's weights, kept between "
                                "calls (pass it as a forward call's cache). It serves only the "

@@ -1,14 +1,16 @@
 """bfloat16 autocast: ``with fr.autocast("bfloat16"): ...``, as ``torch.autocast``.
 
-Inside the block, float32 inference of the recurrent layers and kernels on the CPU runs its
-recurrent products (W_hh h, every step) from bfloat16 values with float32 accumulation: W_hh is
-converted once per weight version (kept beside the float32 packs, never written over the float32
-parameters) and h is rounded to bfloat16 each step as the product reads it. The input projection
-(W_ih x, one GEMM up front), the gate math, c and h themselves stay float32, and so do inputs and
-outputs. The state is thread-local, and blocks nest (the innermost wins).
+Inside the block, float32 forwards of the recurrent layers and kernels on the CPU, inference and
+training, run their recurrent products (W_hh h, every step) from bfloat16 values with float32
+accumulation: W_hh is converted once per weight version where a layer keeps it (never written
+over the float32 parameters) and h is rounded to bfloat16 each step as the product reads it. The
+input projection (W_ih x, one GEMM up front), the gate math, c and h themselves stay float32,
+and so do inputs and outputs. A training forward saves its float32 activations, and the backward
+runs in float32 on them (gradients float32 into the float32 parameters). The state is
+thread-local, and blocks nest (the innermost wins).
 
 Not under autocast so far (they run in float32, as torch.autocast runs the ops it does not list):
-training-mode forwards and backward, the CUDA kernels, float64 arrays."""
+the CUDA kernels and float64 arrays."""
 from __future__ import annotations
 
 import threading
@@ -37,7 +39,7 @@ def autocast_precision():
 
 
 class autocast:
-    """Context manager (and decorator): float32 CPU inference inside it computes its recurrent
+    """Context manager (and decorator): float32 CPU forwards inside it compute their recurrent
     products in bfloat16 with float32 accumulation (see the module's docstring).
 
     dtype: "bfloat16" (the only lower precision on the CPU); enabled=False runs the block in

@@ -195,19 +195,19 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    if bfloat16_products(kernels, x.dtype, training, precision):
+    if bfloat16_products(kernels, x.dtype, precision):
         return kernels, args + (cache, "bfloat16"), has_bias
     return kernels, args + ((cache,) if cache is not None else ()), has_bias
 
 
-def bfloat16_products(kernels, dtype, training, precision=None):
+def bfloat16_products(kernels, dtype, precision=None):
     """Whether a forward call runs its recurrent products in bfloat16: asked for (``precision``,
-    else fusedrnn.autocast) on a float32 inference call of the CPU kernels. Training, float64
-    and the CUDA kernels stay in their own precision (fusedrnn.amp)."""
+    else fusedrnn.autocast) on a float32 call of the CPU kernels, inference or training (whose
+    backward stays float32). float64 and the CUDA kernels stay in their own precision
+    (fusedrnn.amp)."""
     if precision is None:
         precision = autocast_precision()
-    return (precision == "bfloat16" and kernels is _C and not training
-            and dtype == np.float32)
+    return precision == "bfloat16" and kernels is _C and dtype == np.float32
 
 
 # ---------------------------------------------------------------------------- zero-size work
@@ -371,8 +371,8 @@ def _backward(cell, ctx, dy, dh_n, dc_n):
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
                  training=False, precision=None):
     """LSTM over a sequence. Returns ``(y, h_n, c_n, ctx)``; h0/c0 may be None (zeros).
-    ``precision="bfloat16"``: float32 inference with bfloat16 recurrent products (as under
-    fusedrnn.autocast; None: autocast decides)."""
+    ``precision="bfloat16"``: float32 with bfloat16 recurrent products (as under
+    fusedrnn.autocast; None: autocast decides); a training forward's backward stays float32."""
     return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, "tanh",
                     precision)
 

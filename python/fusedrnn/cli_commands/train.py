@@ -2,7 +2,8 @@
 
 Each task lives in ``fusedrnn.tasks.<name>`` with ``add_arguments(parser)`` and
 ``run(args, progress) -> metrics``; this file adds the options every task shares (--json,
---plot, --save, --seed, --epochs, --threads, --checkpoint, --checkpoint-every, --resume) and
+--plot, --save, --seed, --epochs, --threads, --precision, --checkpoint, --checkpoint-every,
+--resume) and
 prints the metrics: a short summary, or with --json one JSON object on the last line (the
 progress bar goes to stderr). The checkpoint options become ``args.checkpointer`` (a
 ``fusedrnn.training.Checkpointer``), which each task hands to ``fit``.
@@ -29,6 +30,9 @@ def _common(p):
     p.add_argument("--threads", type=positive_int, default=None, help="kernel threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--history", action="store_true", help="keep per-epoch history in --json")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: train and evaluate under fusedrnn.autocast (the recurrent "
+                        "products from bfloat16 weights and states, float32 accumulation)")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="write the training state to PATH (atomically) every --checkpoint-every "
                         "steps, at the end and on Ctrl-C")
@@ -112,7 +116,10 @@ def run_task(args):
     if args.threads:
         set_num_threads(args.threads)
     mod = importlib.import_module(f"fusedrnn.tasks.{args.task_module}")
-    metrics = mod.run(args, progress=not args.no_progress)
+    from fusedrnn.amp import autocast
+    with autocast(enabled=args.precision == "bfloat16"):
+        metrics = mod.run(args, progress=not args.no_progress)
+    metrics["precision"] = args.precision
     if not args.history:
         metrics.pop("history", None)
     if args.save:
