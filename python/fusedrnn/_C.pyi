@@ -60,7 +60,7 @@ def recurrent_backward_many(cell: str, nonlinearity: str, calls: list) -> list:
     """
 def recurrent_forward(cell: str, nonlinearity: str, x: numpy.ndarray, h0: typing.Any, c0: typing.Any, w_ih: typing.Any, w_hh: typing.Any, b_ih: typing.Any, b_hh: typing.Any, lengths: typing.Any, reverse: bool, training: bool, cache: typing.Any = None, precision: typing.Any = None) -> tuple:
     """
-    One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). cache: a WeightCache keeping the packed weights between calls, or None. precision: None/'float32', or 'bfloat16' (float32 inference: the recurrent products from bfloat16 W_hh and h with float32 accumulation).
+    One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). cache: a WeightCache keeping the packed weights between calls, or None. precision: None/'float32', or 'bfloat16' (float32: the recurrent products from bfloat16 W_hh and h with float32 accumulation; a training forward saves what the float32 backward needs).
     """
 def recurrent_forward_many(cell: str, nonlinearity: str, calls: list) -> list:
     """
