@@ -1,5 +1,5 @@
 """The packed weights a layer keeps between inference calls (fusedrnn._C.WeightCache, chosen by
-RNNBase._kept_weights from Parameter versions): a repeated call packs nothing, and no change to a
+nn.module.KeptWeights from Parameter versions): a repeated call packs nothing, and no change to a
 weight, by any path, is ever answered from a stale pack. Each test changes the weights one way
 and compares the layer's output bit for bit with a call that packs afresh (the functional API,
 no cache: the same plan, so the same bits)."""

@@ -1,4 +1,5 @@
 #include "cpu/plan.h"
+#include "cpu/recurrent.h"
 
 #include <atomic>
 #include <cmath>
@@ -69,7 +70,8 @@ CpuInfo detect_cpu() {
     const size_t first = model.find_first_not_of(' '), last = model.find_last_not_of(' ');
     if (first != std::string::npos) info.model = model.substr(first, last - first + 1);
   }
-  if (__get_cpuid_count(7, 0, &r[0], &r[1], &r[2], &r[3])) info.amx = (r[3] >> 24) & 1;
+  if (__get_cpuid_count(7, 0, &r[0], &r[1], &r[2], &r[3]))
+    info.amx = ((r[3] >> 24) & 1) && ((r[3] >> 22) & 1);  // AMX-TILE and AMX-BF16
   if (__get_cpuid_count(7, 1, &r[0], &r[1], &r[2], &r[3])) info.avx512_bf16 = (r[0] >> 5) & 1;
 #endif
   read_caches(info);
@@ -107,6 +109,7 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes) {
   t.inference_pack_rows = 12.0;  // fitted on the AMD EPYC (T 4..15, N 1..8, H 128..512)
   t.pipelined_rows = 16;
   t.step_inputs_min_batch = 8;
+  t.amx_min_batch = 8;
   t.wavefront_rows = 8;
   t.spin_before_sleep_us = 60;
   // An idle worker then yields its core for a few ms before it sleeps, about as long as an
@@ -130,6 +133,7 @@ const TuningEntry kTuningEntries[] = {
     {"inference_pack_rows", nullptr, &Tuning::inference_pack_rows},
     {"pipelined_rows", &Tuning::pipelined_rows, nullptr},
     {"step_inputs_min_batch", &Tuning::step_inputs_min_batch, nullptr},
+    {"amx_min_batch", &Tuning::amx_min_batch, nullptr},
     {"wavefront_rows", &Tuning::wavefront_rows, nullptr},
     {"projection_chunk_bytes", &Tuning::projection_chunk_bytes, nullptr},
     {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr},
@@ -267,18 +271,20 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                                            : Projection::kUpFront;
   if (by_samples) p.loop_slices = slices;
   if (bf16) {
-    // bfloat16 products: W_hh packed at any length (converted once per weight version where
-    // the layer keeps it), by units (each slice's half of W_hh stays in its core's cache:
-    // LSTM H=512 is 1 MiB a slice at 2 bytes), the input projection float32 up front (row
-    // kernels below blas_batch rows, as for unpacked calls: a GEMM would pack all of W_ih for
-    // them), carrying b_ih itself.
+    // bfloat16 products: W_hh and W_ih packed at any length (converted once per weight
+    // version where the layer keeps them), by units (each slice's half of W_hh stays in its
+    // core's cache: LSTM H=512 is 1 MiB a slice at 2 bytes); each slice projects its own
+    // units' inputs for all steps before the loop.
     p.bf16 = true;
     p.loop = Loop::kByUnits;
     p.product = StepProduct::kPacked;
-    p.projection = Projection::kUpFront;
+    p.projection = Projection::kPerSlice;
     p.bias_in_packed = false;
     p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     p.waits_for_inputs = inputs_ready;
+    const bool amx = element_bytes == 4 && amx_allowed();
+    p.amx = amx && N >= t.amx_min_batch;
+    p.amx_projection = amx && s.T * N >= t.amx_min_batch;
   }
   return p;
 }

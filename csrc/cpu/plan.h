@@ -47,6 +47,8 @@ struct Tuning {
   int64_t pipelined_rows;
   // From this batch on, a by-units loop takes x W_ih^T into the steps' products.
   int64_t step_inputs_min_batch;
+  // From this batch on, bfloat16 products run on AMX tiles where the CPU has them.
+  int64_t amx_min_batch;
   // Rows per chunk of a stacked layer's inputs behind the layer below (a wavefront).
   int64_t wavefront_rows;
   // Bytes of a slice's own projection chunk (stays in cache until the loop reads it) and of a
@@ -111,6 +113,8 @@ struct ForwardPlan {
   bool bias_in_packed;  // b_ih joins b_hh in the packed bias (LSTM, RNN when packed)
   bool waits_for_inputs;  // a stacked layer that waits for all of x before it starts
   bool bf16;  // the step products from bfloat16 W_hh and h (by units, packed, projection up front)
+  bool amx;   // ... on AMX tiles (float32, a batch of amx_min_batch or more, amx_allowed())
+  bool amx_projection;  // its input projection on AMX tiles (steps x batch >= amx_min_batch)
 };
 
 struct BackwardPlan {

@@ -7,6 +7,11 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace fusedrnn {
 namespace cpu {
 
@@ -58,15 +63,37 @@ bool bf16_dot_allowed() {
   return allowed;
 }
 
+bool amx_allowed() {
+  static const bool allowed = [] {
+    if (!cpu_info().amx || active_isa() != Isa::kAvx512 || std::getenv("FUSEDRNN_NO_AMX"))
+      return false;
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+    // Linux hands out the 8 KiB tile state only to a process that asks (kernel 5.16+).
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return allowed;
+}
+
+int64_t bf16_row_pairs(int64_t K) {
+  const int64_t pairs = (K + 1) / 2;
+  return amx_allowed() ? (pairs + 15) / 16 * 16 : pairs;
+}
+
 const char* bf16_path() {
-  return active_isa() == Isa::kAvx512 && bf16_dot_allowed()
-             ? "vdpbf16ps (AVX512-BF16)"
-             : "bfloat16 pairs widened to float32 FMAs";
+  if (active_isa() != Isa::kAvx512) return "bfloat16 pairs widened to float32 FMAs";
+  if (amx_allowed())
+    return bf16_dot_allowed() ? "AMX tiles (AMX-BF16) for batches, vdpbf16ps (AVX512-BF16) below"
+                              : "AMX tiles (AMX-BF16) for batches, widened pairs below";
+  return bf16_dot_allowed() ? "vdpbf16ps (AVX512-BF16)" : "bfloat16 pairs widened to float32 FMAs";
 }
 
 template <typename T>
 T* thread_workspace(WorkspaceSlot slot, int64_t elements) {
-  thread_local std::vector<T> buffers[3];
+  thread_local std::vector<T> buffers[kWorkspaceSlots];
   std::vector<T>& buffer = buffers[slot];
   if (static_cast<int64_t>(buffer.size()) < elements) {
     buffer = std::vector<T>();  // release first: never hold two

@@ -13,6 +13,11 @@ const char* isa_name(Isa isa);
 // bfloat16 products (fusedrnn.autocast): whether the CPU has vdpbf16ps for the AVX-512 kernels
 // to use (FUSEDRNN_NO_BF16_DOT=1: not, to compare), and the path the active kernels take.
 bool bf16_dot_allowed();
+// Whether the AVX-512 kernels may run bfloat16 products on AMX tiles: the CPU has AMX-BF16, the
+// OS grants this process the tile state (Linux: arch_prctl, asked once) and FUSEDRNN_NO_AMX is
+// unset. Where it is, a packed bfloat16 row holds a whole number of tiles' 16 pairs of k.
+bool amx_allowed();
+int64_t bf16_row_pairs(int64_t K);
 const char* bf16_path();
 
 // Workspace (elements) of the forward driver: h double buffer 2NH, gh N*GH, extra scratch NH,
@@ -24,10 +29,16 @@ inline int64_t backward_workspace(const SeqShape& s, bool split_recurrent_grad) 
   return 2 * s.N * s.H + s.H + (split_recurrent_grad ? 2 : 1) * s.T * s.N * s.GH();
 }
 
-// This thread's workspace number `slot` (0: inference gates, 1: forward, 2: backward), at
+// This thread's workspace number `slot` (inference gates, forward, backward, ...), at
 // least `elements` long, grown as needed and kept, like a caching allocator: fresh pages cost a
 // fault each, which took up to a tenth of a training step.
-enum WorkspaceSlot { kInferenceGates = 0, kForwardWork = 1, kBackwardWork = 2 };
+enum WorkspaceSlot {
+  kInferenceGates = 0,
+  kForwardWork = 1,
+  kBackwardWork = 2,
+  kPackedProjection = 3,  // a bfloat16 forward's projection, in its slices' packed row order
+  kWorkspaceSlots = 4
+};
 template <typename T>
 T* thread_workspace(WorkspaceSlot slot, int64_t elements);
 

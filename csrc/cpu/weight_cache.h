@@ -18,7 +18,14 @@ class WeightCache {
  public:
   // A form: which weight, the loop's slices (0: one block for the whole matrix), whether b_ih
   // is folded into the bias, and its size.
-  enum Weight { kHiddenWeights, kInputWeights, kBias, kInputBias, kHiddenWeightsBf16 };
+  enum Weight {
+    kHiddenWeights,
+    kInputWeights,
+    kBias,
+    kInputBias,
+    kHiddenWeightsBf16,
+    kInputWeightsBf16
+  };
   struct Key {
     int weight, slices;
     bool bias_in_packed;

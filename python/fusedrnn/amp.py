@@ -1,16 +1,17 @@
 """bfloat16 autocast: ``with fr.autocast("bfloat16"): ...``, as ``torch.autocast``.
 
-Inside the block, float32 forwards of the recurrent layers and kernels on the CPU, inference and
-training, run their recurrent products (W_hh h, every step) from bfloat16 values with float32
-accumulation: W_hh is converted once per weight version where a layer keeps it (never written
-over the float32 parameters) and h is rounded to bfloat16 each step as the product reads it. The
-input projection (W_ih x, one GEMM up front), the gate math, c and h themselves stay float32,
-and so do inputs and outputs. A training forward saves its float32 activations, and the backward
-runs in float32 on them (gradients float32 into the float32 parameters). The state is
-thread-local, and blocks nest (the innermost wins).
+Inside the block, float32 forwards of the recurrent layers, cells and kernels on the CPU,
+inference and training, run their products (W_ih x and W_hh h) from bfloat16 values with
+float32 accumulation: W_ih and W_hh are converted once per weight version where a layer or cell
+keeps them (never written over the float32 parameters), x is rounded once per call and h each
+step as the product reads it. The biases, the gate math, c and h themselves stay float32, and so
+do inputs and outputs. A training forward saves its float32 activations, and the backward runs
+in float32 on them (gradients float32 into the float32 parameters). The state is thread-local,
+and blocks nest (the innermost wins).
 
 Not under autocast so far (they run in float32, as torch.autocast runs the ops it does not list):
-the CUDA kernels and float64 arrays."""
+the CUDA kernels, float64 arrays, and the NumPy matmuls around the cells in fusedrnn.nn (the
+seq2seq attention, embeddings and output projections)."""
 from __future__ import annotations
 
 import threading

@@ -5,7 +5,9 @@ Each step is one fused C++ call: the cell runs ``fusedrnn.functional.<cell>_forw
 sequence of length T = 1, and its backward the matching ``<cell>_backward``. A cell may be called
 many times per sequence (a decoder feeding back its own output): every training-mode call pushes
 its step context on a stack, and each ``backward`` pops the latest one, so backward calls walk the
-steps in reverse order, as BPTT does.
+steps in reverse order, as BPTT does. Under ``fusedrnn.autocast`` a float32 step runs its product
+W_hh h in bfloat16, as the layers do, from a conversion of W_hh that the cell keeps between steps
+(``KeptWeights``: renewed whenever a weight may have changed).
 
     x [N, I] (or [I] unbatched)     h, c [N, H] (or [H])
 
@@ -23,7 +25,7 @@ import numpy as np
 from .. import _C
 from .. import functional as F
 from .layers import _dtype, _flag, _positive_int
-from .module import Module, Parameter
+from .module import KeptWeights, Module, Parameter
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -163,6 +165,7 @@ class RNNCellBase(Module):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self._steps = []  # a stack of (ctx, batched) for the training-mode steps not yet back-propagated
+        self._kept = KeptWeights()  # the packed weights kept between steps (see _push)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -173,16 +176,19 @@ class RNNCellBase(Module):
     def clear_steps(self):
         """Forget the saved steps (e.g. after a forward whose backward will not run)."""
         self._steps.clear()
+        self._kept.held.clear()
 
     def _step(self, x, h0, c0=None):
         """One step of checked x [N, I] and states [N, H] (or None: zeros): (h', c' or None,
-        the context for backward or None). An eval-mode step with contiguous arrays goes straight
-        to the kernel, which checks every shape again: the functional API's checks cost more
-        than a small step's arithmetic. Otherwise (training, a missing bias, strided arrays)
-        through fusedrnn.functional."""
+        the context for backward or None). The weights' packed (under fusedrnn.autocast:
+        bfloat16) forms are kept between steps as the layers keep theirs (KeptWeights), so a
+        step converts nothing. An eval-mode step with contiguous arrays goes straight to the
+        kernel, which checks every shape again: the functional API's checks cost more than a
+        small step's arithmetic. Otherwise (training, strided arrays, a missing bias without
+        kept weights) through fusedrnn.functional, where autocast decides the precision."""
         lstm = self._cell == "lstm"
-        w = [None if p is None else p._data
-             for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
+        w, cache = self._kept.weights(0, (self.weight_ih, self.weight_hh, self.bias_ih,
+                                          self.bias_hh))
         if (not self.training and x.shape[0] > 0 and w[2] is not None
                 and all(type(a) is np.ndarray and a.dtype == self.dtype and a.flags.c_contiguous
                         for a in (x, *w))
@@ -191,22 +197,15 @@ class RNNCellBase(Module):
                 zeros = np.zeros((x.shape[0], self.hidden_size), self.dtype)
                 h0 = zeros if h0 is None else h0
                 c0 = zeros if c0 is None else c0
+            precision = "bfloat16" if F.bfloat16_products(_C, self.dtype) else None
             out = _C.recurrent_forward(self._cell, self.nonlinearity, x[None], h0,
-                                       c0 if lstm else None, *w, None, False, False)
+                                       c0 if lstm else None, *w, None, False, False, cache,
+                                       precision)
             return out[1], out[2], None
-        # float32 under autocast too: a cell keeps no converted weights, and converting W_hh
-        # for every step would cost more than its product (fusedrnn.amp)
-        if lstm:
-            _, h, c, ctx = F.lstm_forward(x[None], h0, c0, *w, training=self.training,
-                                          precision="float32")
-            return h, c, ctx
-        if self._cell == "gru":
-            _, h, ctx = F.gru_forward(x[None], h0, *w, training=self.training,
-                                      precision="float32")
-        else:
-            _, h, ctx = F.rnn_forward(x[None], h0, *w, nonlinearity=self.nonlinearity,
-                                      training=self.training, precision="float32")
-        return h, None, ctx
+        _, h, c, ctx = F._forward_many(self._cell, [dict(
+            x=x[None], h0=h0, c0=c0 if lstm else None, w_ih=w[0], w_hh=w[1], b_ih=w[2],
+            b_hh=w[3], training=self.training, cache=cache)], self.nonlinearity)[0]
+        return h, c, ctx
 
     def _input(self, x):
         if not isinstance(x, np.ndarray):
@@ -233,12 +232,15 @@ class RNNCellBase(Module):
     def _push(self, ctx, batched):
         if self.training:
             self._steps.append((ctx, batched))
+            self._kept.hold((ctx.w_ih, ctx.w_hh))  # read-only references: the weights stay kept
 
     def _pop(self):
         if not self._steps:
             raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left to "
                                f"back-propagate (each forward in training mode allows one backward)")
-        return self._steps.pop()
+        ctx, batched = self._steps.pop()
+        self._kept.release((ctx.w_ih, ctx.w_hh))
+        return ctx, batched
 
     def _accumulate(self, dw_ih, dw_hh, db_ih, db_hh):
         self.weight_ih.accumulate_grad(dw_ih)

@@ -21,6 +21,8 @@ from typing import Iterator, Tuple
 
 import numpy as np
 
+from .. import _C
+
 __all__ = ["Parameter", "Module"]
 
 DEVICES = ("cpu", "cuda")
@@ -86,9 +88,9 @@ class Parameter:
 
     ``version`` moves whenever ``data`` is handed out or replaced, either of which may change the
     values (``p.data -= step``, ``p.data[...] = v``, an optimizer step, ``load_state_dict``).
-    The layers keep their packed weights between inference calls only while the versions of
-    their weights stand still and nobody else holds the arrays, so a kept form can never be
-    stale."""
+    The layers (between inference calls) and the cells (between steps) keep their packed
+    weights only while the versions of their weights stand still and nobody else holds the
+    arrays (``KeptWeights``), so a kept form can never be stale."""
 
     __slots__ = {"_data": "The values (read through ``data``).",
                  "grad": "The accumulated gradient, shaped like ``data``; None until the first "
@@ -119,11 +121,12 @@ class Parameter:
         """A number that changes whenever ``data`` may have changed (see the class)."""
         return self._version
 
-    def unchanged_since(self, version):
+    def unchanged_since(self, version, known=0):
         """True when ``data`` is exactly as it was at ``version``: the version stands still and
         no reference to the array exists outside this parameter (a view or a name kept from an
-        earlier ``p.data`` could write into it unseen). CPU arrays only."""
-        return self._version == version and _unshared(self)
+        earlier ``p.data`` could write into it unseen), but for ``known`` references that the
+        caller holds itself and never writes through. CPU arrays only."""
+        return self._version == version and _unshared(self, known)
 
     @property
     def device(self):
@@ -191,14 +194,80 @@ _ALONE = _references_to_data(_holder)
 del _holder
 
 
-def _unshared(holder):
+def _unshared(holder, known=0):
     """True when ``holder._data`` is a NumPy array that owns its memory and that nothing but
-    ``holder`` refers to (no name, view, memoryview or tensor shares it)."""
+    ``holder`` (and ``known`` references of the caller's own) refers to (no name, view,
+    memoryview or tensor shares it)."""
     array = holder._data
     if not isinstance(array, np.ndarray) or array.base is not None:
         return False
     del array
-    return _references_to_data(holder) <= _ALONE
+    return _references_to_data(holder) <= _ALONE + known
+
+
+class KeptWeights(dict):
+    """Key (a layer direction; 0 for a cell) -> (weight versions, fusedrnn._C.WeightCache, zeros
+    for a missing bias or None): the packed (and bfloat16) forms of a module's weights kept
+    between kernel calls, renewed whenever a weight's version moves, and none while anyone else
+    holds a weight's array (they could write into it unseen). ``held`` counts, per array id,
+    the references the module's own saved step contexts hold (a cell's steps waiting for their
+    backward): they only read. The forms belong to these arrays: a copy starts empty."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = {}
+
+    def __copy__(self):
+        return KeptWeights()
+
+    def __deepcopy__(self, memo):
+        return KeptWeights()
+
+    def __reduce__(self):
+        return (KeptWeights, ())
+
+    def hold(self, arrays):
+        """Count a saved context's references to ``arrays`` (see ``held``)."""
+        for a in arrays:
+            self.held[id(a)] = self.held.get(id(a), 0) + 1
+
+    def release(self, arrays):
+        """Forget what ``hold(arrays)`` counted (the context is dropped)."""
+        for a in arrays:
+            n = self.held.get(id(a), 0) - 1
+            if n > 0:
+                self.held[id(a)] = n
+            else:
+                self.held.pop(id(a), None)
+
+    def cache(self, k, params):
+        """The WeightCache of key k for ``params`` (w_ih, w_hh, b_ih, b_hh Parameters, a bias
+        None where there is none), or None: the call packs its own. A new one whenever a weight
+        may have changed."""
+        present = [p for p in params if p is not None]
+        versions = tuple(p._version for p in present)
+        held = self.held
+        for p, v in zip(present, versions):  # (a plain loop: a cell runs this every step)
+            if not p.unchanged_since(v, held.get(id(p._data), 0) if held else 0):
+                self.pop(k, None)
+                return None
+        kept = self.get(k)
+        if kept is None or kept[0] != versions:
+            no_bias = np.zeros(present[1].shape[0], present[1].dtype) if len(present) == 2 \
+                else None
+            kept = self[k] = (versions, _C.WeightCache(), no_bias)
+        return kept[1]
+
+    def weights(self, k, params, keep=True):
+        """The four weight arrays of a kernel call from ``params`` (a bias None where there is
+        none) and key k's kept cache (``keep``) or None. With a cache a missing bias is the
+        cache's own zeros: it serves fixed arrays."""
+        # (the check first: naming the arrays here makes references it would count)
+        cache = self.cache(k, params) if keep else None
+        w = [None if p is None else p._data for p in params]
+        if cache is not None and w[2] is None:
+            w[2] = w[3] = self[k][2]
+        return w, cache
 
 
 def _to_numpy(value, key):

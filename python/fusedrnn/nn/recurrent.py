@@ -31,8 +31,8 @@ from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
 from .layers import _flag
-from .module import (Module, Parameter, array_module, check_device, check_dtype, is_device_array,
-                     to_device, to_host)
+from .module import (KeptWeights, Module, Parameter, array_module, check_device, check_dtype,
+                     is_device_array, to_device, to_host)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
 
@@ -77,21 +77,6 @@ def _check_shape(value, name, shape, what=""):
         raise ValueError(f"{name}: expected shape {tuple(shape)}{what}, got {value.shape}")
 
 
-class _KeptWeights(dict):
-    """Layer direction -> (weight versions, fusedrnn._C.WeightCache, zeros for a missing bias or
-    None): the packed weights kept between inference calls. They belong to these arrays: a copy
-    of the layer starts without them."""
-
-    def __copy__(self):
-        return _KeptWeights()
-
-    def __deepcopy__(self, memo):
-        return _KeptWeights()
-
-    def __reduce__(self):
-        return (_KeptWeights, ())
-
-
 class RNNBase(Module):
     """What RNN, LSTM and GRU share: parameters, the layer/direction loop, dropout, BPTT."""
 
@@ -125,7 +110,7 @@ class RNNBase(Module):
         self.dtype = check_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         self._saved = None
-        self._kept = _KeptWeights()
+        self._kept = KeptWeights()  # the packed weights kept between inference calls
 
         G, H = F.GATES[self._cell], self.hidden_size
         D = 2 if self.bidirectional else 1
@@ -181,33 +166,6 @@ class RNNBase(Module):
     def flatten_parameters(self):
         """Accepted for PyTorch compatibility; the layer keeps its packed weights between
         inference calls by itself (see Parameter.version)."""
-
-    def _kept_weights(self, k, params):
-        """The packed weights of layer direction k kept between inference calls (a
-        fusedrnn._C.WeightCache), or None: the call packs its own. A new cache whenever a
-        weight may have changed (its version moved); none while anyone else holds a weight's
-        array (they could write into it unseen)."""
-        present = [p for p in params if p is not None]
-        versions = tuple(p.version for p in present)
-        if not all(p.unchanged_since(v) for p, v in zip(present, versions)):
-            self._kept.pop(k, None)
-            return None
-        kept = self._kept.get(k)
-        if kept is None or kept[0] != versions:
-            no_bias = np.zeros(present[1].shape[0], self.dtype) if len(present) == 2 else None
-            kept = self._kept[k] = (versions, _C.WeightCache(), no_bias)
-        return kept[1]
-
-    def _call_weights(self, k, params, keep):
-        """Layer direction k's four weight arrays for a kernel call (a bias None where the layer
-        has none) and its kept packed weights (``keep``: an inference call on the CPU) or None.
-        With kept weights a missing bias is the cache's own zeros: it serves fixed arrays."""
-        # (the check first: naming the arrays here makes references it would count)
-        cache = self._kept_weights(k, params) if keep else None
-        w = [None if p is None else p._data for p in params]
-        if cache is not None and w[2] is None:
-            w[2] = w[3] = self._kept[k][2]
-        return w, cache
 
     def _weights(self, layer, direction):
         names = self._param_names[layer * self.num_directions + direction]
@@ -311,7 +269,7 @@ class RNNBase(Module):
 
         def call(layer, direction, inp):  # one kernel call's arguments
             k = layer * D + direction
-            (w_ih, w_hh, b_ih, b_hh), cache = self._call_weights(
+            (w_ih, w_hh, b_ih, b_hh), cache = self._kept.weights(
                 k, self._weights(layer, direction), keep=not training and self._device == "cpu")
             return dict(x=inp, h0=None if h0_all is None else h0_all[k],
                         c0=None if c0_all is None else c0_all[k], w_ih=w_ih, w_hh=w_hh,
@@ -389,7 +347,7 @@ class RNNBase(Module):
                     and a.flags.c_contiguous for a in states)):
                 return None
             h0, c0 = states[0][0], states[1][0]
-        w, cache = self._call_weights(0, self._weights(0, 0), keep=True)
+        w, cache = self._kept.weights(0, self._weights(0, 0))
         if cache is None or not all(a.dtype == self.dtype and a.flags.c_contiguous for a in w):
             return None
         precision = "bfloat16" if F.bfloat16_products(_C, self.dtype) else None

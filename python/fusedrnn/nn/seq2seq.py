@@ -23,7 +23,9 @@ Training: ``loss = model.loss(src, src_lengths, tgt, teacher_forcing=1.0)`` then
 ``model.backward()`` fills every ``grad`` (cross-entropy averaged over the non-pad targets).
 Each decoder step is one fused C++ cell call (``nn.cells``) and one attention step
 (``nn.attention``); the weight gradients of the per-step projections are formed after the loop
-with one GEMM over all T*N rows.
+with one GEMM over all T*N rows. Under ``fusedrnn.autocast`` the encoder's layers and the
+decoder's cells run their recurrent products in bfloat16; the attention, embeddings and
+projections (NumPy matmuls) stay float32.
 """
 from __future__ import annotations
 

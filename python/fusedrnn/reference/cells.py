@@ -41,13 +41,13 @@ def round_bf16(a):
     return np.where(np.isnan(a), np.nan, out)
 
 
-def _recurrent_operands(h, w_hh, precision):
-    """(h, W_hh) as the step's product reads them: themselves, or bfloat16-rounded."""
+def _operands(v, w, precision):
+    """(v, W) as a product reads them (x and W_ih, h and W_hh): themselves, or bfloat16-rounded."""
     if precision in (None, "float32"):
-        return h, w_hh
+        return v, w
     if precision != "bfloat16":
         raise ValueError(f"precision: expected 'float32', 'bfloat16' or None, got {precision!r}")
-    return round_bf16(h), round_bf16(w_hh)
+    return round_bf16(v), round_bf16(w)
 
 
 def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
@@ -105,17 +105,19 @@ def _grad_or_zeros(d, shape):
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
                  training=False, precision=None):
     """LSTM, gates i, f, g, o: c' = f*c + i*g, h' = o*tanh(c'). Returns (y, h_n, c_n, ctx).
-    precision="bfloat16": each step's W_hh h from bfloat16-rounded W_hh and h (the rest exact)."""
+    precision="bfloat16": the products W_ih x and W_hh h from bfloat16-rounded operands (the rest
+    exact)."""
     x, h, c, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
         "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     T, N, _ = x.shape
     H = w_hh.shape[1]
     y = np.zeros((T, N, H))
     ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias)
+    xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]  # [N, 1]
-        hr, wr = _recurrent_operands(h, w_hh, precision)
-        a = x[t] @ w_ih.T + b_ih + hr @ wr.T + b_hh  # [N, 4H]
+        hr, wr = _operands(h, w_hh, precision)
+        a = xr[t] @ wir.T + b_ih + hr @ wr.T + b_hh  # [N, 4H]
         i = sigmoid(a[:, 0:H])
         f = sigmoid(a[:, H:2 * H])
         g = np.tanh(a[:, 2 * H:3 * H])
@@ -177,10 +179,11 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
     H = w_hh.shape[1]
     y = np.zeros((T, N, H))
     ctx = _new_ctx("gru", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias)
+    xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]
-        gi = x[t] @ w_ih.T + b_ih  # [N, 3H]
-        hr, wr = _recurrent_operands(h, w_hh, precision)
+        gi = xr[t] @ wir.T + b_ih  # [N, 3H]
+        hr, wr = _operands(h, w_hh, precision)
         gh = hr @ wr.T + b_hh  # [N, 3H]
         r = sigmoid(gi[:, 0:H] + gh[:, 0:H])
         z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
@@ -241,10 +244,11 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     H = w_hh.shape[1]
     y = np.zeros((T, N, H))
     ctx = _new_ctx("rnn", nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias)
+    xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]
-        hr, wr = _recurrent_operands(h, w_hh, precision)
-        a = x[t] @ w_ih.T + b_ih + hr @ wr.T + b_hh
+        hr, wr = _operands(h, w_hh, precision)
+        a = xr[t] @ wir.T + b_ih + hr @ wr.T + b_hh
         h_new = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)  # propagates NaN
         ctx["steps"][t] = dict(active=active, h_prev=h, h=h_new)
         h = np.where(active, h_new, h)

@@ -11,10 +11,14 @@ Shapes: T time, N batch, I input, H hidden, G gates (RNN 1, GRU 3, LSTM 4), D di
 
     layer_forward(x [T, N, I], h0 [D, N, H], c0 [D, N, H] (LSTM; else empty),
                   w_ih D x [G*H, I], w_hh D x [G*H, H], b_ih, b_hh D x [G*H] (or empty lists),
-                  lengths [N] int64 or None, cell, nonlinearity, training)
+                  lengths [N] int64 or None, cell, nonlinearity, training, precision)
       -> y [T, N, D*H], h_n [D, N, H], c_n [D, N, H] (LSTM; else [0]),
          gates D x [T, N, G*H], extra D x [T or 0, N, H], h_prev D x [T, N, H]
          (the last three empty [0] tensors unless training)
+
+``precision``: "float32", or "bfloat16": a float32 layer computes as under fusedrnn.autocast
+(fusedrnn.amp; a float64 layer keeps float64). It changes no output's shape or dtype, and the
+backward stays float32 on the float32 activations the forward saved.
 
 CPU tensors reach the kernels as NumPy views (no copy); the kernels' outputs come back as
 tensors over the arrays they wrote (no copy either).
@@ -28,6 +32,7 @@ import torch
 
 from .. import _C
 from .. import functional as F
+from ..amp import PRECISIONS
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -41,10 +46,14 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((0,))
 
 
-def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training):
+def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training, precision):
     """The kernel's argument tuples, one per direction (the second runs in reverse)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected 'float32' or 'bfloat16', got {precision!r}")
     xn = _np(x)
     lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
+    # no weight cache: the parameters may change in place between calls
+    bfloat16 = (None, "bfloat16") if F.bfloat16_products(_C, xn.dtype, precision) else ()
     calls = []
     for d in range(len(w_ih)):
         gh = w_hh[d].shape[0]
@@ -52,7 +61,7 @@ def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training
         calls.append((xn, _np(h0[d]), _np(c0[d]) if cell == "lstm" else None,
                       _np(w_ih[d]), _np(w_hh[d]),
                       _np(b_ih[d]) if b_ih else zeros, _np(b_hh[d]) if b_hh else zeros,
-                      lengths_np, d == 1, training))
+                      lengths_np, d == 1, training) + bfloat16)
     return calls
 
 
@@ -80,10 +89,11 @@ def _stacked(arrays):
 
 
 def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
-                  context=True):
+                  precision, context=True):
     """The kernels' forward (see the module docstring); no autograd here. ``context=False``
     (eager inference) returns None for the three saved lists."""
-    calls = _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training)
+    calls = _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training,
+                              precision)
     outs = _run("recurrent_forward", cell, nonlinearity, calls)
     y = (torch.from_numpy(outs[0][0]) if len(outs) == 1
          else torch.cat([torch.from_numpy(o[0]) for o in outs], dim=2))
@@ -122,17 +132,19 @@ def _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n,
 @torch.library.custom_op("fusedrnn::layer_forward", mutates_args=(), device_types="cpu")
 def layer_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: list[torch.Tensor],
                   w_hh: list[torch.Tensor], b_ih: list[torch.Tensor], b_hh: list[torch.Tensor],
-                  lengths: Optional[torch.Tensor], cell: str, nonlinearity: str, training: bool
+                  lengths: Optional[torch.Tensor], cell: str, nonlinearity: str, training: bool,
+                  precision: str
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
                              list[torch.Tensor], list[torch.Tensor]]:
     """One layer, every direction: (y, h_n, c_n, gates, extra, h_prev); see the module
     docstring."""
     return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
-                         training)
+                         training, precision)
 
 
 @layer_forward.register_fake
-def _layer_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training):
+def _layer_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
+                        precision):
     T, N, _ = x.shape
     D, H = len(w_hh), w_hh[0].shape[1]
     G = GATES[cell]
@@ -198,7 +210,7 @@ def _gradients(meta, saved, dy, dh_n, dc_n, backward):
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training, _ = inputs
     _, _, _, gates, extra, h_prev = output
     ctx.meta = (cell, nonlinearity, training, bool(b_ih), len(w_ih))
     ctx.save_for_backward(x, lengths, *w_ih, *w_hh, *gates, *extra, *h_prev)
@@ -208,7 +220,7 @@ def _backward(ctx, dy, dh_n, dc_n, dgates, dextra, dh_prev):
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _gradients(ctx.meta, ctx.saved_tensors, dy, dh_n,
                                                           dc_n, layer_backward)
     # the operator's inputs: lists where it takes lists (empty where it took none)
-    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih or [], db_hh or [], None, None, None, None)
+    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih or [], db_hh or [], None, None, None, None, None)
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -231,12 +243,13 @@ class _Layer(torch.autograd.Function):
     a fifth of a batch-1 LSTM layer): inputs flattened, ``meta`` as in :func:`_gradients`."""
 
     @staticmethod
-    def forward(ctx, meta, x, h0, c0, lengths, *weights):
+    def forward(ctx, meta, precision, x, h0, c0, lengths, *weights):
         cell, nonlinearity, training, has_bias, D = meta
         w = [list(weights[i * D:(i + 1) * D]) for i in range(4 if has_bias else 2)]
         b_ih, b_hh = (w[2], w[3]) if has_bias else ([], [])
         y, h_n, c_n, gates, extra, h_prev = _forward_impl(x, h0, c0, w[0], w[1], b_ih, b_hh,
-                                                          lengths, cell, nonlinearity, True)
+                                                          lengths, cell, nonlinearity, True,
+                                                          precision)
         ctx.meta = meta
         ctx.save_for_backward(x, lengths, *w[0], *w[1], *gates, *extra, *h_prev)
         ctx.mark_non_differentiable(*(() if cell == "lstm" else (c_n,)))
@@ -249,18 +262,19 @@ class _Layer(torch.autograd.Function):
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _gradients(ctx.meta, ctx.saved_tensors, dy,
                                                               dh_n, dc_n, _backward_impl)
         biases = (*db_ih, *db_hh) if db_ih is not None else ()
-        return (None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases)
+        return (None, None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases)
 
 
-def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training):
+def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
+          precision):
     """(y, h_n, c_n) of one layer, every direction, with autograd where ``training``: the
     operator under torch.compile (and torch.library's checks), a plain autograd Function in
     eager mode, the kernels alone without autograd."""
     if torch.compiler.is_compiling():
         return layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
-                             training)[:3]
+                             training, precision)[:3]
     if not training:
         return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
-                             False, context=False)[:3]
+                             False, precision, context=False)[:3]
     meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih))
-    return _Layer.apply(meta, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh)
+    return _Layer.apply(meta, precision, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh)

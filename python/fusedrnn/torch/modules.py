@@ -9,6 +9,11 @@ initial weights), accept the same inputs (batched or unbatched, ``batch_first``,
 (``fusedrnn::layer_backward``), so autograd, ``torch.compile(fullgraph=True)`` and DDP see
 ordinary operators. They are deliberately not subclasses of ``torch.nn.LSTM`` & co.: Dynamo
 refuses to compile those.
+
+Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer computes as under
+fusedrnn's own bfloat16 autocast (fusedrnn.amp: bfloat16 products, float32 state, a float32
+backward) and returns outputs of the dtype torch.nn's layer returns there
+(:func:`_autocast_output_dtype`).
 """
 from __future__ import annotations
 
@@ -37,12 +42,36 @@ def _check_dtype(dtype):
 
 
 def _under_autocast(t, dtype):
-    """Under ``torch.autocast`` (CPU) a half-precision input (from a Linear before the layer)
-    is computed in the parameters' precision, float32, and the outputs stay float32."""
-    if (isinstance(t, torch.Tensor) and t.dtype in (torch.bfloat16, torch.float16)
-            and t.dtype != dtype and torch.is_autocast_enabled("cpu")):
+    """Under ``torch.autocast`` (CPU) a half-precision input (from a Linear before the layer;
+    a tensor or a PackedSequence) reaches the kernels in the parameters' dtype (autograd casts
+    its gradient back)."""
+    data = t.data if isinstance(t, PackedSequence) else t
+    if (isinstance(data, torch.Tensor) and data.dtype in (torch.bfloat16, torch.float16)
+            and data.dtype != dtype and torch.is_autocast_enabled("cpu")):
         return t.to(dtype)
     return t
+
+
+def _autocast_precision(dtype):
+    """The kernels' precision for a layer of parameters ``dtype``: "bfloat16" for a float32
+    layer under ``torch.autocast("cpu", dtype=torch.bfloat16)``; else "float32" (float64 layers
+    and float16 autocast compute as without autocast: the kernels have no float16 path)."""
+    if (dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return "bfloat16"
+    return "float32"
+
+
+def _autocast_output_dtype(always_bfloat16, carried):
+    """The outputs' dtype under bfloat16 autocast: what torch.nn's layer returns there (torch
+    2.13), so that ours stays a drop-in. bfloat16 for the RNN and RNNCell (their last op is
+    autocast's bfloat16 GEMM) and the LSTM on a padded input (its oneDNN kernel is on autocast's
+    list): ``always_bfloat16``. Elsewhere (GRU, GRUCell, LSTMCell, the LSTM on a PackedSequence)
+    the dtype of the state the recurrence carries, ``carried``: the given c_0 of the LSTMs, h_0 of
+    the GRUs, else the input (whose dtype torch's zero state takes)."""
+    if always_bfloat16 or getattr(carried, "dtype", None) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
 
 
 class _RecurrentBase(nn.Module):
@@ -178,7 +207,14 @@ class _RecurrentBase(nn.Module):
         """Run every layer and direction; see the class docstring for inputs and outputs."""
         packed = isinstance(input, PackedSequence)
         lengths = None
+        lstm = self._cell == "lstm"
         dtype = self.weight_ih_l0.dtype
+        precision = _autocast_precision(dtype)
+        if precision == "bfloat16":  # from the dtypes given, before _under_autocast casts them
+            carried = hx[-1] if isinstance(hx, (tuple, list)) and hx else hx
+            carried = (input.data if packed else input) if carried is None else carried
+            out_dtype = _autocast_output_dtype(self._cell == "rnn" or (lstm and not packed),
+                                               carried)
         input = _under_autocast(input, dtype)
         if isinstance(hx, (tuple, list)):
             hx = tuple(_under_autocast(h, dtype) for h in hx)
@@ -197,7 +233,6 @@ class _RecurrentBase(nn.Module):
                 x = x.transpose(0, 1)
         N = x.shape[1]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        lstm = self._cell == "lstm"
         if hx is None:
             h0 = x.new_zeros((L * D, N, H))
             c0 = x.new_zeros((L * D, N, H)) if lstm else None
@@ -227,12 +262,15 @@ class _RecurrentBase(nn.Module):
             states = slice(layer * D, (layer + 1) * D)
             layer_x, h, c = _ops.layer(
                 layer_x, h0[states], c0[states] if lstm else x.new_empty((0,)), w_ih, w_hh,
-                b_ih, b_hh, lengths, self._cell, self.nonlinearity, training)
+                b_ih, b_hh, lengths, self._cell, self.nonlinearity, training, precision)
             h_n.append(h)
             c_n.append(c)
         out = layer_x
         h_n = torch.cat(h_n) if L > 1 else h_n[0]
         c_n = (torch.cat(c_n) if L > 1 else c_n[0]) if lstm else None
+        if precision == "bfloat16":
+            out, h_n = out.to(out_dtype), h_n.to(out_dtype)
+            c_n = c_n.to(out_dtype) if lstm else None
         if packed:
             # back to the packed layout of the input: step t holds its first batch_sizes[t]
             # samples in sorted order
@@ -255,7 +293,9 @@ A drop-in replacement for :class:`torch.nn.{name}` running fusedrnn's fused CPU 
 the same constructor arguments and defaults, parameter names and ``state_dict`` keys, inputs
 and outputs (see PyTorch's documentation of ``torch.nn.{name}``; the equations, gate order and
 initialisation are the same). Gradients reach the input, the initial state and every
-parameter through autograd; double backward is not supported. float32 and float64, CPU tensors.
+parameter through autograd; double backward is not supported. float32 and float64, CPU tensors;
+under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer computes as under
+``fusedrnn.autocast`` (bfloat16 products, a float32 backward) and returns torch.nn's dtypes.
 
 Args:
     input_size, hidden_size, num_layers, {extra_args}bias, batch_first, dropout,
@@ -384,6 +424,12 @@ class _CellBase(nn.Module):
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
         dtype = self.weight_ih.dtype
+        lstm = self._cell == "lstm"
+        precision = _autocast_precision(dtype)
+        if precision == "bfloat16":
+            carried = c if lstm else h
+            out_dtype = _autocast_output_dtype(self._cell == "rnn",
+                                               input if carried is None else carried)
         input, h, c = (_under_autocast(t, dtype) for t in (input, h, c))
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape [N, {self.input_size}] or "
@@ -403,14 +449,15 @@ class _CellBase(nn.Module):
                 raise ValueError(f"{name}: expected shape {(N, H) if batched else (H,)}, got "
                                  f"{tuple(s.shape)}")
             states.append((s if batched else s.unsqueeze(0)).unsqueeze(0))
-        lstm = self._cell == "lstm"
         training = torch.is_grad_enabled() and any(
             t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
         biases = ([self.bias_ih], [self.bias_hh]) if self.bias else ([], [])
         _, h_new, c_new = _ops.layer(
             x.unsqueeze(0).contiguous(), states[0], states[1] if lstm else x.new_empty((0,)),
             [self.weight_ih], [self.weight_hh], *biases, None, self._cell, self.nonlinearity,
-            training)
+            training, precision)
+        if precision == "bfloat16":
+            h_new, c_new = h_new.to(out_dtype), c_new.to(out_dtype) if lstm else c_new
         h_new = h_new[0] if batched else h_new[0, 0]
         if not lstm:
             return h_new, None
