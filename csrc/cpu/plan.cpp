@@ -271,16 +271,17 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                                            : Projection::kUpFront;
   if (by_samples) p.loop_slices = slices;
   if (bf16) {
-    // bfloat16 products: W_hh and W_ih packed at any length (converted once per weight
-    // version where the layer keeps them), by units (each slice's half of W_hh stays in its
-    // core's cache: LSTM H=512 is 1 MiB a slice at 2 bytes); each slice projects its own
-    // units' inputs for all steps before the loop.
+    // bfloat16 products (ForwardCall::bf16_loop): W_hh and W_ih packed at any length
+    // (converted once per weight version where the layer keeps them), every step's inputs
+    // projected before the loop; by samples where all of W_hh (2 bytes a value) fits a core's
+    // cache, else by units.
     p.bf16 = true;
-    p.loop = Loop::kByUnits;
+    const bool samples = !fixed && split_by_samples(t, N, slices, weight_bytes * 2 / element_bytes);
+    p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
     p.product = StepProduct::kPacked;
     p.projection = Projection::kPerSlice;
     p.bias_in_packed = false;
-    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = samples || N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     p.waits_for_inputs = inputs_ready;
     const bool amx = element_bytes == 4 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
