@@ -62,10 +62,12 @@ def test_round_bf16_ties_to_even_and_keeps_specials():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("N,I,H", [(1, 3, 1), (1, 16, 33), (2, 7, 64), (3, 5, 17), (5, 24, 160),
-                                   (13, 9, 160)])
+                                   (13, 9, 160), (8, 40, 48), (16, 9, 64), (20, 5, 96),
+                                   (37, 33, 100)])
 def test_one_step_matches_the_bf16_reference(cell, N, I, H, threads):
     """One step: the same rounded operands, so only float32 accumulation differs (every tile
-    width, odd H, padding rows, both loop splits)."""
+    width, odd H and I, padding rows and pairs, both loop splits; AMX sample tiles of N below
+    16, whole, and padded, where the CPU has AMX)."""
     x, h0, c0, w = _problem(cell, 1, N, I, H, seed=N * 100 + H)
     ours = _ours(cell, x, h0, c0, w, precision="bfloat16")
     ref = _ref(cell, x, h0, c0, w, precision="bfloat16")
@@ -89,6 +91,25 @@ def test_sequences_match_the_bf16_reference(cell, reverse, threads):
     assert np.median(np.abs(ours - ref)) < 1e-6
     assert np.abs(ours - exact).max() < 2e-2
     assert np.all(ours[~(np.arange(30)[:, None] < lengths[None, :])] == 0)  # padding stays 0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_bf16_bits_do_not_depend_on_the_threads(cell):
+    """Neither the loop (by units, by samples) nor the slices change a sum's order: 1 and 2
+    threads give the same bits, both directions."""
+    for T, N, I, H in ((20, 16, 24, 64), (7, 37, 9, 100), (5, 3, 8, 256), (6, 64, 32, 128)):
+        x, h0, c0, w = _problem(cell, T, N, I, H, seed=T + N)
+        before = fr.get_num_threads()
+        runs = []
+        try:
+            for n in (1, 2):
+                fr.set_num_threads(n)
+                runs.append([_ours(cell, x, h0, c0, w, precision="bfloat16", reverse=r)
+                             for r in (False, True)])
+        finally:
+            fr.set_num_threads(before)
+        for one, two in zip(*runs):
+            np.testing.assert_array_equal(one, two)
 
 
 def test_accuracy_within_torch_autocast_bf16():
@@ -299,9 +320,10 @@ def test_bad_precision_arguments_are_named():
 
 @pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD", ""),
                     reason="fresh interpreters under the sanitizers report CPython's own leaks")
-def test_both_bf16_paths_match_the_reference():
-    """The widening tiles (every CPU) and vdpbf16ps (AVX-512 with AVX512-BF16), whichever this
-    CPU has, each in a fresh process: one step to 2e-6 of the reference; info names the path."""
+def test_every_bf16_path_matches_the_reference():
+    """The widening tiles (every CPU), vdpbf16ps (AVX-512 with AVX512-BF16) and AMX tiles (from
+    batch 1 with amx_min_batch=1), whichever this CPU has, each in a fresh process: a short
+    sequence of a batch of 6 to 2e-6 of the reference; info names the path."""
     import json
     import os
     import subprocess
@@ -310,7 +332,7 @@ def test_both_bf16_paths_match_the_reference():
         "import json, numpy as np, fusedrnn as fr\n"
         "from fusedrnn import functional as F, reference as R\n"
         "rng = np.random.default_rng(5); H = 33\n"
-        "x = rng.standard_normal((1, 6, 7)).astype(np.float32)\n"
+        "x = rng.standard_normal((3, 6, 7)).astype(np.float32)\n"
         "h0 = rng.standard_normal((6, H)).astype(np.float32)\n"
         "w = [(rng.standard_normal(s) * 0.2).astype(np.float32)"
         " for s in ((4 * H, 7), (4 * H, H), (4 * H,), (4 * H,))]\n"
@@ -318,7 +340,8 @@ def test_both_bf16_paths_match_the_reference():
         "b = R.lstm_forward(x, h0, h0, *w, precision='bfloat16')[0]\n"
         "print(json.dumps([fr.info()['bf16_products'], float(np.abs(a - b).max())]))\n")
     seen = set()
-    for env in ({}, {"FUSEDRNN_NO_BF16_DOT": "1"}, {"FUSEDRNN_ISA": "avx2"}):
+    for env in ({}, {"FUSEDRNN_TUNING": "amx_min_batch=1"}, {"FUSEDRNN_NO_AMX": "1"},
+                {"FUSEDRNN_NO_BF16_DOT": "1", "FUSEDRNN_NO_AMX": "1"}, {"FUSEDRNN_ISA": "avx2"}):
         out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
                              capture_output=True, text=True, check=True).stdout
         path, diff = json.loads(out)
