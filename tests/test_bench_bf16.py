@@ -8,8 +8,8 @@ from fusedrnn import benchmark
 def test_bench_bf16_rows(tmp_path, capsys):
     from fusedrnn import cli
     path = tmp_path / "b.json"
-    code = cli.main(["bench", "--precision", "bf16", "--cells", "LSTM,GRU", "--shapes",
-                     "2,6,8,16", "--budget", "0.05", "--json", str(path)])
+    code = cli.main(["bench", "--precision", "bf16", "--cells", "LSTM,GRU", "--modes", "infer",
+                     "--shapes", "2,6,8,16", "--budget", "0.05", "--json", str(path)])
     out = capsys.readouterr().out
     assert code == 0, out
     data = json.loads(path.read_text())
@@ -25,6 +25,24 @@ def test_bench_bf16_rows(tmp_path, capsys):
         else:
             assert r["torch_bf16_ms"] is None and r["x_torch_bf16"] is None
     assert "rel. error bf16" in out
+
+
+def test_bench_bf16_training_rows(tmp_path, capsys):
+    """--modes train: a forward and a backward each, against the faster of torch's two."""
+    from fusedrnn import cli
+    path = tmp_path / "t.json"
+    code = cli.main(["bench", "--precision", "bf16", "--cells", "GRU", "--modes", "infer,train",
+                     "--shapes", "3,5,4,8", "--budget", "0.05", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["infer", "train"]
+    train = rows[1]
+    assert train["ours_ms"] > 0 and train["ours_bf16_ms"] > 0 and train["relerr_ours_bf16"] is None
+    if benchmark.installed_peers()["torch"]:
+        best = min(train["torch_ms"], train["torch_bf16_ms"]) / train["ours_bf16_ms"]
+        assert abs(train["x_torch_best"] - best) < 0.02 * best + 0.01
+    assert "x faster torch" in out
 
 
 def test_bench_bf16_refuses_cuda(capsys):

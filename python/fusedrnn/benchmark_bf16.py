@@ -1,9 +1,11 @@
-"""`fusedrnn bench --precision bf16`: float32 inference against bfloat16 autocast, ours and
-PyTorch's, side by side in one process (alternating blocks, ``benchmark.median_ms``), same
-weights and input: ours in float32, ours under ``fr.autocast("bfloat16")``, torch.nn in float32
-and under ``torch.autocast("cpu", torch.bfloat16)`` (oneDNN's bfloat16 LSTM; torch runs its GRU
-and RNN in float32 there). ONNX Runtime has no bfloat16 RNN kernel on the CPU: not timed.
-Each row also gives the relative error (L2) of both bfloat16 outputs against float64."""
+"""`fusedrnn bench --precision bf16`: float32 against bfloat16 autocast, ours and PyTorch's,
+side by side in one process (alternating blocks, ``benchmark.median_ms``), same weights and
+input: ours in float32, ours under ``fr.autocast("bfloat16")``, torch.nn in float32 and under
+``torch.autocast("cpu", torch.bfloat16)``. Inference (``--modes infer``): the layers in eval mode;
+training (``--modes train``): a forward and a backward with dy = 1 (ours: the kernels, as
+``fusedrnn bench``'s training rows; torch: the module with autograd). ONNX Runtime has no
+bfloat16 RNN kernel on the CPU: not timed. Each inference row also gives the relative error
+(L2) of both bfloat16 outputs against float64."""
 from __future__ import annotations
 
 import json
@@ -13,10 +15,11 @@ import numpy as np
 from . import benchmark
 
 
-def contestants(cell, x, w, threads, have_torch):
-    """{name: callable returning the output [T, B, H] as float32/float64 NumPy}."""
+def contestants(cell, x, w, threads, have_torch, mode="infer"):
+    """{name: callable returning the output [T, B, H] as float32/float64 NumPy}: ``mode``
+    "infer" or "train" (a forward and a backward)."""
     import fusedrnn as fr
-    ours = benchmark.ours(cell, x, w, "infer")
+    ours = benchmark.ours(cell, x, w, mode)
 
     def ours_bf16():
         with fr.autocast("bfloat16"):
@@ -24,36 +27,47 @@ def contestants(cell, x, w, threads, have_torch):
     fns = {"ours": ours, "ours_bf16": ours_bf16}
     if have_torch:
         import torch
-        torch_fp32 = benchmark.torch_peer(cell, x, w, "infer", threads)
-        torch.set_num_threads(threads)
+        torch_fp32 = benchmark.torch_peer(cell, x, w, mode, threads)
         m = getattr(torch.nn, cell)(x.shape[2], w["weight_hh_l0"].shape[1])
         m.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()})
         xt = torch.from_numpy(x)
+        xg = xt.clone().requires_grad_(True)
 
         def torch_bf16():
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                return m(xt)[0].float().numpy()
+            if mode == "infer":
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    return m(xt)[0].float().numpy()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = m(xg)[0]
+            y.float().sum().backward()
+            return y.detach().float().numpy()
         fns["torch"], fns["torch_bf16"] = torch_fp32, torch_bf16
     return fns
 
 
-def bench_row(cell, B, T, I, H, threads, budget, have_torch):
+def bench_row(cell, B, T, I, H, threads, budget, have_torch, mode="infer"):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     w = benchmark._weights(cell, I, H)
-    fns = contestants(cell, x, w, threads, have_torch)
-    exact = np.asarray(benchmark.reference_peer(cell, x, w)())
-    norm = np.linalg.norm(exact)
-    err = {k: float(np.linalg.norm(np.asarray(fn(), np.float64) - exact) / norm)
-           for k, fn in fns.items()}
+    fns = contestants(cell, x, w, threads, have_torch, mode)
+    err = {}
+    if mode == "infer":
+        exact = np.asarray(benchmark.reference_peer(cell, x, w)())
+        norm = np.linalg.norm(exact)
+        err = {k: float(np.linalg.norm(np.asarray(fn(), np.float64) - exact) / norm)
+               for k, fn in fns.items()}
     ms = benchmark.median_ms(fns, budget)
-    row = {"cell": cell, "B": B, "T": T, "I": I, "H": H, "threads": threads}
+    row = {"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads}
     for k in ("ours", "ours_bf16", "torch", "torch_bf16"):
         row[f"{k}_ms"] = round(ms[k], 3) if k in ms else None
         row[f"relerr_{k}"] = err.get(k)
     row["bf16_over_fp32"] = round(ms["ours"] / ms["ours_bf16"], 2)
     row["x_torch_bf16"] = round(ms["torch_bf16"] / ms["ours_bf16"], 2) if "torch_bf16" in ms \
         else None
+    # training's target is the faster of torch's bfloat16 and float32 (its bf16 training is
+    # often the slower)
+    row["x_torch_best"] = round(min(ms["torch_bf16"], ms["torch"]) / ms["ours_bf16"], 2) \
+        if "torch_bf16" in ms else None
     return row
 
 
@@ -62,7 +76,7 @@ def run(args) -> int:
         raise ValueError("--precision bf16: CPU only so far; drop --device cuda")
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
-    cells, _, shapes = benchmark.selection(args)
+    cells, modes, shapes = benchmark.selection(args)
     budget = 0.3 if args.quick else args.budget
     have_torch = benchmark.installed_peers()["torch"]
     print(benchmark.cpu_header(args.threads))
@@ -70,23 +84,26 @@ def run(args) -> int:
           f"torch: {'yes' if have_torch else 'not installed'}; ONNX Runtime: no bf16 RNN kernel",
           flush=True)
     rows = []
-    for cell in cells:
-        for (B, T, I, H) in shapes:
-            r = bench_row(cell, B, T, I, H, args.threads, budget, have_torch)
-            rows.append(r)
-            print(f"  {cell} B={B} T={T} I={I} H={H}: ours {r['ours_ms']} bf16 "
-                  f"{r['ours_bf16_ms']}; torch {r['torch_ms']} bf16 {r['torch_bf16_ms']} ms",
-                  flush=True)
-    print(f"\n{'cell':<5}{'B':>4}{'T':>6}{'I':>5}{'H':>5} | {'ours':>8}{'ours bf16':>10}"
-          f"{'torch':>8}{'torch bf16':>11} | {'bf16/fp32':>9}{'x torch bf16':>13} | "
-          f"rel. error bf16: ours, torch")
+    for mode in modes:
+        for cell in cells:
+            for (B, T, I, H) in shapes:
+                r = bench_row(cell, B, T, I, H, args.threads, budget, have_torch, mode)
+                rows.append(r)
+                print(f"  {cell} {mode} B={B} T={T} I={I} H={H}: ours {r['ours_ms']} bf16 "
+                      f"{r['ours_bf16_ms']}; torch {r['torch_ms']} bf16 {r['torch_bf16_ms']} ms",
+                      flush=True)
+    print(f"\n{'cell':<5}{'mode':>6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} | {'ours':>8}"
+          f"{'ours bf16':>10}{'torch':>8}{'torch bf16':>11} | {'bf16/fp32':>9}"
+          f"{'x torch bf16':>13}{'x faster torch':>15} | rel. error bf16: ours, torch")
     for r in rows:
-        err_t = r["relerr_torch_bf16"]
-        print(f"{r['cell']:<5}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} | "
+        err_o, err_t = r["relerr_ours_bf16"], r["relerr_torch_bf16"]
+        errors = "-" if err_o is None else f"{err_o:.1e}, " + (
+            f"{err_t:.1e}" if err_t is not None else "-")
+        print(f"{r['cell']:<5}{r['mode']:>6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} | "
               f"{benchmark._fmt(r['ours_ms'])}{benchmark._fmt(r['ours_bf16_ms'], 10)}"
               f"{benchmark._fmt(r['torch_ms'])}{benchmark._fmt(r['torch_bf16_ms'], 11)} | "
-              f"{benchmark._fmt(r['bf16_over_fp32'], 9)}{benchmark._fmt(r['x_torch_bf16'], 13)} | "
-              f"{r['relerr_ours_bf16']:.1e}, " + (f"{err_t:.1e}" if err_t is not None else "-"))
+              f"{benchmark._fmt(r['bf16_over_fp32'], 9)}{benchmark._fmt(r['x_torch_bf16'], 13)}"
+              f"{benchmark._fmt(r['x_torch_best'], 15)} | {errors}")
     if args.json:
         from fusedrnn._atomic import write_text
         write_text(args.json, json.dumps({"info": fr.info(), "threads": args.threads,
