@@ -190,8 +190,9 @@ def test_what_autocast_leaves_in_float32():
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_training_under_bf16_matches_the_reference(cell, threads):
     """A training forward with bfloat16 products gives inference's bits and saves what the
-    float32 backward needs: its gradients are the reference's (bf16 forward, float32 backward)
-    up to float32 rounding, and not the float32 run's."""
+    backward needs; the backward's products dgates W_hh and dgates W_ih run in bfloat16 too
+    (the weight gradients in float32): its gradients are the reference's with the same rounding
+    up to float32 sums, and not the float32 run's."""
     x, h0, c0, w = _problem(cell, 25, 5, 12, 40, seed=4, scale=0.8)
     lengths = np.array([25, 3, 0, 25, 11])
     kw = dict(lengths=lengths, precision="bfloat16")
@@ -210,9 +211,10 @@ def test_training_under_bf16_matches_the_reference(cell, threads):
                              if cell == "lstm" else ("dx", "dh0", "dw_ih", "dw_hh", "db_ih",
                                                      "db_hh"), grads, expected, fp32):
         scale = np.abs(e).max()
-        # a rare flip of a state's bfloat16 rounding (see test_sequences_...) moves a gradient
-        # by far less than bfloat16 itself does
-        assert np.abs(g - e).max() <= 1e-4 * scale, name
+        # a rare flip of a bfloat16 rounding (a state's, a gate gradient's: float32 and float64
+        # round to different neighbours) moves a few values by about one bfloat16 step
+        assert np.abs(g - e).max() <= 2.0 ** -7 * scale, name
+        assert np.median(np.abs(g - e)) <= 1e-6 * scale, name
         assert np.abs(g - f).max() > 1e-6 * scale, name  # the bf16 forward is what it saw
 
 

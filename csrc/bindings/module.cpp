@@ -283,11 +283,14 @@ template <typename T>
 py::list backward_calls_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    py::tuple t = call_tuple(c, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
-                                    "dh_n, dc_n)");
+    auto t = py::cast<py::tuple>(c);  // the precision, last, may be left out
+    if (t.size() != 12)
+      t = call_tuple(c, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
+                            "dh_n, dc_n[, precision])");
     prepared.push_back(prepare_backward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3],
                                            py::cast<bool>(t[4]), t[5], t[6], t[7], t[8], t[9],
                                            t[10]));
+    prepared.back().args.bf16 = t.size() == 12 && parse_precision(t[11], sizeof(T) == 4);
   }
   return run_prepared(prepared, [&](BackwardArgs<T>* args, int count) {
     cpu::recurrent_backward_many<T>(cell, args, count);
@@ -344,9 +347,11 @@ py::tuple recurrent_backward(const std::string& cell, const std::string& nonline
                              const py::array& x, const py::object& w_ih, const py::object& w_hh,
                              const py::object& lengths, bool reverse, const py::object& gates,
                              const py::object& extra, const py::object& h_prev,
-                             const py::object& dy, const py::object& dh_n, const py::object& dc_n) {
+                             const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+                             const py::object& precision) {
   py::list calls;
-  calls.append(py::make_tuple(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n));
+  calls.append(py::make_tuple(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n,
+                              precision));
   return recurrent_backward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -569,8 +574,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("recurrent_backward", &recurrent_backward, py::arg("cell"), py::arg("nonlinearity"),
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
-        py::arg("dc_n"),
-        "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh).");
+        py::arg("dc_n"), py::arg("precision") = py::none(),
+        "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh). precision: "
+        "None/'float32', or 'bfloat16' (float32: the products dgates W_hh and dgates W_ih from "
+        "bfloat16 values with float32 accumulation; the weight gradients stay float32).");
   m.def("recurrent_forward_many", &recurrent_forward_many, py::arg("cell"),
         py::arg("nonlinearity"), py::arg("calls"),
         "Independent recurrent_forward calls (argument tuples), side by side where it pays.");

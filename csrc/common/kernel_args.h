@@ -41,8 +41,8 @@ struct ForwardArgs {
   int64_t* outputs_done;
   // CPU: the packed weights kept between calls (cpu/weight_cache.h), or null: pack per call.
   cpu::WeightCache* cache;
-  // CPU, float32 inference: the recurrent products from bfloat16 W_hh and h, accumulated in
-  // float32 (fusedrnn.autocast); the input projection, gates, c and h stay float32.
+  // CPU, float32 (fusedrnn.autocast): the products W_ih x and W_hh h from bfloat16 values,
+  // accumulated in float32; the biases, gates, c and h stay float32.
   bool bf16;
 };
 
@@ -67,6 +67,9 @@ struct BackwardArgs {
   T* dw_hh;          // [GH, H]
   T* db_ih;          // [GH]
   T* db_hh;          // [GH]
+  // CPU, float32 (fusedrnn.autocast): the products dgates W_hh (each step) and dgates W_ih (dx)
+  // from bfloat16 values, accumulated in float32; the weight gradients stay float32.
+  bool bf16;
 };
 
 }  // namespace fusedrnn

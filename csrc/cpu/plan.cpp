@@ -290,7 +290,8 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   return p;
 }
 
-BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes) {
+BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
+                           bool bf16) {
   const Tuning& t = tuning();
   const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N;
   const bool packed = s.T >= t.packed_min_steps;
@@ -314,6 +315,19 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   } else {
     p.loop = Loop::kByUnits;
     p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+  }
+  if (bf16) {
+    // bfloat16 products (BackwardCall::bf16_by_units): W_hh's columns and W_ih's packed into
+    // bfloat16 pairs at any length, by units, dx after the loop from the steps' bfloat16
+    // gate gradients
+    p.bf16 = true;
+    p.loop = Loop::kByUnits;
+    p.product = StepProduct::kPacked;
+    p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
+    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    const bool amx = element_bytes == 4 && amx_allowed();
+    p.amx = amx && N >= t.amx_min_batch;
+    p.amx_dx = amx && TN >= t.amx_min_batch;
   }
   return p;
 }

@@ -124,6 +124,8 @@ struct BackwardPlan {
   int slices, loop_slices;
   int gemm_slices;  // slices of the weight-gradient GEMMs after the loop
   int gemm_blocks;  // their row blocks, spread over the slices (>= gemm_slices)
+  bool bf16;        // dgates W_hh and dx from bfloat16 values (by units, packed, dx after)
+  bool amx, amx_dx;  // ... on AMX tiles: the steps (a batch of amx_min_batch or more), dx
 };
 
 // Deterministic plans: results independent of the thread count, not only reproducible for a
@@ -136,7 +138,8 @@ bool deterministic();
 // `bf16`: float32 inference with bfloat16 products (ForwardArgs::bf16).
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
                          bool training, bool inputs_ready, bool reverse, bool bf16 = false);
-BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes);
+BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
+                           bool bf16 = false);
 
 // Whether calls of this shape (the directions of a bidirectional layer, the layers of a stack)
 // run faster side by side, one thread each, than one after another on the whole team;

@@ -50,9 +50,9 @@ def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIn
     """
     What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names.
     """
-def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any) -> tuple:
+def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any, precision: typing.Any = None) -> tuple:
     """
-    BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh).
+    BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh). precision: None/'float32', or 'bfloat16' (float32: the products dgates W_hh and dgates W_ih from bfloat16 values with float32 accumulation; the weight gradients stay float32).
     """
 def recurrent_backward_many(cell: str, nonlinearity: str, calls: list) -> list:
     """

@@ -45,6 +45,7 @@ class RecurrentContext:
     h_prev: np.ndarray  # [T, N, H] state entering each step
     has_bias: bool
     consumed: bool = False
+    precision: Optional[str] = None  # "bfloat16": the forward's products were, the backward's are
 
 
 # ---------------------------------------------------------------------------- validation
@@ -239,7 +240,7 @@ def _empty_forward(cell, args):
 def _empty_backward(cell, args):
     """The kernel's gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) of a call with no work."""
     x, w_ih, w_hh = args[:3]
-    dh_n, dc_n = args[-2:]
+    dh_n, dc_n = args[9:11]
     xp = _backend(x)[0]
     GH = w_hh.shape[0]
     return (xp.zeros(x.shape, x.dtype), dh_n.copy(),
@@ -269,8 +270,9 @@ def _forward_result(cell, nonlinearity, args, has_bias, outputs):
     x, _, _, w_ih, w_hh, _, _, lengths, reverse, training = args[:10]
     ctx = None
     if training:
+        precision = args[11] if len(args) > 11 else None
         ctx = RecurrentContext(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths,
-                               gates, extra, h_prev, has_bias)
+                               gates, extra, h_prev, has_bias, precision=precision)
     return y, h_n, c_n, ctx
 
 
@@ -348,8 +350,12 @@ def _backward_many(cell, calls):
         if cell == "lstm":
             dc_n = (xp.zeros((N, H), dtype) if dc_n is None
                     else _check(dc_n, "dc_n", (N, H), dtype, xp=xp))
-        prepared.append((kernels, (ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse, ctx.gates,
-                                   ctx.extra, ctx.h_prev, dy, dh_n, dc_n), ctx))
+        args = (ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse, ctx.gates, ctx.extra,
+                ctx.h_prev, dy, dh_n, dc_n)
+        # the backward's products in the forward's precision (fusedrnn.amp)
+        if ctx.precision == "bfloat16":
+            args += ("bfloat16",)
+        prepared.append((kernels, args, ctx))
     nonlinearity = calls[0][0].nonlinearity if calls else "tanh"
     if any(ctx.nonlinearity != nonlinearity for _, _, ctx in prepared):
         raise ValueError("ctx: expected contexts of one nonlinearity")

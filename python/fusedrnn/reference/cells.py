@@ -92,9 +92,17 @@ def _steps(T, reverse):
     return list(range(T - 1, -1, -1)) if reverse else list(range(T))
 
 
-def _new_ctx(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias):
+def _new_ctx(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias, precision):
     return {"cell": cell, "nonlinearity": nonlinearity, "reverse": reverse, "x": x,
-            "w_ih": w_ih, "w_hh": w_hh, "lengths": lengths, "has_bias": has_bias, "steps": {}}
+            "w_ih": w_ih, "w_hh": w_hh, "lengths": lengths, "has_bias": has_bias, "steps": {},
+            "precision": precision}
+
+
+def _grad_product(d, w, precision):
+    """d W as the backward's products compute it: exact, or from bfloat16-rounded d and W
+    (precision="bfloat16": dgates W_hh and dgates W_ih; the weight gradients stay exact)."""
+    dr, wr = _operands(d, w, precision)
+    return dr @ wr
 
 
 def _grad_or_zeros(d, shape):
@@ -112,7 +120,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
     T, N, _ = x.shape
     H = w_hh.shape[1]
     y = np.zeros((T, N, H))
-    ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias)
+    ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias,
+                   precision)
     xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]  # [N, 1]
@@ -134,6 +143,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
 def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
     """BPTT for :func:`lstm_forward`. Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)."""
     x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
+    precision = ctx["precision"]
     T, N, _ = x.shape
     H = w_hh.shape[1]
     dy = _grad_or_zeros(dy, (T, N, H))
@@ -158,11 +168,11 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
                              dg * (1.0 - s["g"] ** 2),
                              do * s["o"] * (1.0 - s["o"])], axis=1)  # [N, 4H]
         da = np.where(active, da, 0.0)  # inactive samples: the step did not happen
-        dx[t] = da @ w_ih
+        dx[t] = _grad_product(da, w_ih, precision)
         dw_ih += da.T @ x[t]
         dw_hh += da.T @ s["h_prev"]
         db += da.sum(axis=0)
-        dh_next = np.where(active, da @ w_hh, dh_next)
+        dh_next = np.where(active, _grad_product(da, w_hh, precision), dh_next)
         dc_next = np.where(active, dc_prev, dc_next)
     db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
     return dx, dh_next, dc_next, dw_ih, dw_hh, db_ih, db_hh
@@ -178,7 +188,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
     T, N, _ = x.shape
     H = w_hh.shape[1]
     y = np.zeros((T, N, H))
-    ctx = _new_ctx("gru", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias)
+    ctx = _new_ctx("gru", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias,
+                   precision)
     xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]
@@ -199,6 +210,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
 def gru_backward(ctx, dy, dh_n=None):
     """BPTT for :func:`gru_forward`. Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
     x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
+    precision = ctx["precision"]
     T, N, _ = x.shape
     H = w_hh.shape[1]
     dy = _grad_or_zeros(dy, (T, N, H))
@@ -220,12 +232,12 @@ def gru_backward(ctx, dy, dh_n=None):
         dgh = np.concatenate([dar, daz, dan * r], axis=1)  # [N, 3H]
         dgi = np.where(active, dgi, 0.0)
         dgh = np.where(active, dgh, 0.0)
-        dx[t] = dgi @ w_ih
+        dx[t] = _grad_product(dgi, w_ih, precision)
         dw_ih += dgi.T @ x[t]
         dw_hh += dgh.T @ h_prev
         db_ih += dgi.sum(axis=0)
         db_hh += dgh.sum(axis=0)
-        dh_next = np.where(active, dh * z + dgh @ w_hh, dh_next)
+        dh_next = np.where(active, dh * z + _grad_product(dgh, w_hh, precision), dh_next)
     if not ctx["has_bias"]:
         db_ih = db_hh = None
     return dx, dh_next, dw_ih, dw_hh, db_ih, db_hh
@@ -243,7 +255,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     T, N, _ = x.shape
     H = w_hh.shape[1]
     y = np.zeros((T, N, H))
-    ctx = _new_ctx("rnn", nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias)
+    ctx = _new_ctx("rnn", nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias,
+                   precision)
     xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]
@@ -259,6 +272,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
 def rnn_backward(ctx, dy, dh_n=None):
     """BPTT for :func:`rnn_forward`. Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
     x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
+    precision = ctx["precision"]
     T, N, _ = x.shape
     H = w_hh.shape[1]
     dy = _grad_or_zeros(dy, (T, N, H))
@@ -275,10 +289,10 @@ def rnn_backward(ctx, dy, dh_n=None):
         else:
             da = dh * ~(h_new <= 0)  # relu: 0 where the output is <= 0, else 1 (NaN too, as torch)
         da = np.where(active, da, 0.0)
-        dx[t] = da @ w_ih
+        dx[t] = _grad_product(da, w_ih, precision)
         dw_ih += da.T @ x[t]
         dw_hh += da.T @ s["h_prev"]
         db += da.sum(axis=0)
-        dh_next = np.where(active, da @ w_hh, dh_next)
+        dh_next = np.where(active, _grad_product(da, w_hh, precision), dh_next)
     db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
     return dx, dh_next, dw_ih, dw_hh, db_ih, db_hh

@@ -46,10 +46,15 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((0,))
 
 
-def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training, precision):
-    """The kernel's argument tuples, one per direction (the second runs in reverse)."""
+def _check_precision(precision):
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected 'float32' or 'bfloat16', got {precision!r}")
+    return precision
+
+
+def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training, precision):
+    """The kernel's argument tuples, one per direction (the second runs in reverse)."""
+    _check_precision(precision)
     xn = _np(x)
     lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
     # no weight cache: the parameters may change in place between calls
@@ -108,9 +113,9 @@ def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity
 
 
 def _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
-                   nonlinearity):
+                   nonlinearity, precision):
     """The kernels' BPTT: (dx, dh0 [D, N, H], dc0 (LSTM; else [0]), dw_ih, dw_hh, db_ih, db_hh
-    (lists over the directions))."""
+    (lists over the directions)); ``precision``: the forward's (its products' rounding)."""
     D, H = len(w_hh), w_hh[0].shape[1]
     xn = _np(x)
     lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
@@ -119,6 +124,8 @@ def _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n,
         calls.append((xn, _np(w_ih[d]), _np(w_hh[d]), lengths_np, d == 1, _np(gates[d]),
                       _np(extra[d]), _np(h_prev[d]), _np(dy[:, :, d * H:(d + 1) * H]),
                       _np(dh_n[d]), _np(dc_n[d]) if cell == "lstm" else None))
+    if F.bfloat16_products(_C, xn.dtype, _check_precision(precision)):
+        calls = [c + ("bfloat16",) for c in calls]
     outs = _run("recurrent_backward", cell, nonlinearity, calls)
     dx = torch.from_numpy(outs[0][0])
     for o in outs[1:]:
@@ -163,18 +170,19 @@ def _layer_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlin
 def layer_backward(x: torch.Tensor, w_ih: list[torch.Tensor], w_hh: list[torch.Tensor],
                    lengths: Optional[torch.Tensor], gates: list[torch.Tensor],
                    extra: list[torch.Tensor], h_prev: list[torch.Tensor], dy: torch.Tensor,
-                   dh_n: torch.Tensor, dc_n: torch.Tensor, cell: str, nonlinearity: str
+                   dh_n: torch.Tensor, dc_n: torch.Tensor, cell: str, nonlinearity: str,
+                   precision: str
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
                               list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """BPTT of :func:`layer_forward`: (dx, dh0 [D, N, H], dc0 (LSTM; else [0]), dw_ih, dw_hh,
-    db_ih, db_hh (lists over the directions))."""
+    db_ih, db_hh (lists over the directions)); ``precision``: the forward's."""
     return _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
-                          nonlinearity)
+                          nonlinearity, precision)
 
 
 @layer_backward.register_fake
 def _layer_backward_fake(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
-                         nonlinearity):
+                         nonlinearity, precision):
     D, N, H = dh_n.shape
     dc0 = x.new_empty((D, N, H)) if cell == "lstm" else x.new_empty((0,))
     return (x.new_empty(x.shape), x.new_empty((D, N, H)), dc0,
@@ -190,7 +198,7 @@ def _gradients(meta, saved, dy, dh_n, dc_n, backward):
     """The gradients of a layer's inputs from what its forward saved: (dx, dh0, dc0, dw_ih,
     dw_hh, db_ih, db_hh), None for what has none. ``backward`` runs the kernels (the operator
     under torch.compile, the plain function in eager mode)."""
-    cell, nonlinearity, training, has_bias, D = meta
+    cell, nonlinearity, training, has_bias, D, precision = meta
     if not training:
         raise RuntimeError("fusedrnn: this forward ran without saving what backward needs "
                            "(it was called with training=False); call it with gradients enabled")
@@ -204,15 +212,16 @@ def _gradients(meta, saved, dy, dh_n, dc_n, backward):
     else:
         dc_n = x.new_empty((0,))
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = backward(
-        x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell, nonlinearity)
+        x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell, nonlinearity,
+        precision)
     return (dx, dh0, dc0 if cell == "lstm" else None, dw_ih, dw_hh,
             db_ih if has_bias else None, db_hh if has_bias else None)
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training, _ = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training, precision = inputs
     _, _, _, gates, extra, h_prev = output
-    ctx.meta = (cell, nonlinearity, training, bool(b_ih), len(w_ih))
+    ctx.meta = (cell, nonlinearity, training, bool(b_ih), len(w_ih), precision)
     ctx.save_for_backward(x, lengths, *w_ih, *w_hh, *gates, *extra, *h_prev)
 
 
@@ -250,7 +259,7 @@ class _Layer(torch.autograd.Function):
         y, h_n, c_n, gates, extra, h_prev = _forward_impl(x, h0, c0, w[0], w[1], b_ih, b_hh,
                                                           lengths, cell, nonlinearity, True,
                                                           precision)
-        ctx.meta = meta
+        ctx.meta = (*meta, precision)
         ctx.save_for_backward(x, lengths, *w[0], *w[1], *gates, *extra, *h_prev)
         ctx.mark_non_differentiable(*(() if cell == "lstm" else (c_n,)))
         return y, h_n, c_n
