@@ -188,13 +188,16 @@ def test_what_autocast_leaves_in_float32():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_training_under_bf16_matches_the_reference(cell, threads):
+@pytest.mark.parametrize("T,N,I,H", [(25, 5, 12, 40), (4, 38, 11, 42), (5, 19, 2, 66)])
+def test_training_under_bf16_matches_the_reference(cell, T, N, I, H, threads):
     """A training forward with bfloat16 products gives inference's bits and saves what the
     backward needs; the backward's products dgates W_hh and dgates W_ih run in bfloat16 too
     (the weight gradients in float32): its gradients are the reference's with the same rounding
-    up to float32 sums, and not the float32 run's."""
-    x, h0, c0, w = _problem(cell, 25, 5, 12, 40, seed=4, scale=0.8)
-    lengths = np.array([25, 3, 0, 25, 11])
+    up to float32 sums, and not the float32 run's. (Batches where float32 would run by samples,
+    dx in the loop: the bfloat16 plan computes dx after it.)"""
+    x, h0, c0, w = _problem(cell, T, N, I, H, seed=4, scale=0.8)
+    lengths = np.random.default_rng(N).integers(0, T + 1, N)
+    lengths[0] = T
     kw = dict(lengths=lengths, precision="bfloat16")
     args = (w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"])
     state = (h0, c0) if cell == "lstm" else (h0,)
@@ -214,7 +217,7 @@ def test_training_under_bf16_matches_the_reference(cell, threads):
         # a rare flip of a bfloat16 rounding (a state's, a gate gradient's: float32 and float64
         # round to different neighbours) moves a few values by about one bfloat16 step
         assert np.abs(g - e).max() <= 2.0 ** -7 * scale, name
-        assert np.median(np.abs(g - e)) <= 1e-6 * scale, name
+        assert np.median(np.abs(g - e)) <= 1e-5 * scale, name
         assert np.abs(g - f).max() > 1e-6 * scale, name  # the bf16 forward is what it saw
 
 
