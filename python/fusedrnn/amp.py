@@ -5,9 +5,10 @@ inference and training, run their products (W_ih x and W_hh h) from bfloat16 val
 float32 accumulation: W_ih and W_hh are converted once per weight version where a layer or cell
 keeps them (never written over the float32 parameters), x is rounded once per call and h each
 step as the product reads it. The biases, the gate math, c and h themselves stay float32, and so
-do inputs and outputs. A training forward saves its float32 activations, and the backward runs
-in float32 on them (gradients float32 into the float32 parameters). The state is thread-local,
-and blocks nest (the innermost wins).
+do inputs and outputs. A training forward saves its float32 activations; its backward (wherever
+it is called) runs the products dgates W_hh and dgates W_ih in bfloat16 too, the weight
+gradients in float32, into the float32 parameters. The state is thread-local, and blocks nest
+(the innermost wins).
 
 Not under autocast so far (they run in float32, as torch.autocast runs the ops it does not list):
 the CUDA kernels, float64 arrays, and the NumPy matmuls around the cells in fusedrnn.nn (the
