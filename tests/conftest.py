@@ -134,3 +134,55 @@ def make_problem(rng, cell, shape, dtype, bias=True, lengths="mixed"):
     return dict(x=normal(T, N, I), h0=normal(N, H), c0=normal(N, H), w_ih=w_ih, w_hh=w_hh,
                 b_ih=b_ih, b_hh=b_hh, dy=normal(T, N, H), dh_n=normal(N, H), dc_n=normal(N, H),
                 lengths=mixed_lengths(T, N) if isinstance(lengths, str) else lengths)
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    """Runs a test on 1 and on 2 kernel threads (restored after)."""
+    import fusedrnn as fr
+    before = fr.get_num_threads()
+    fr.set_num_threads(request.param)
+    yield request.param
+    fr.set_num_threads(before)
+
+
+def random_batch(rng, N=6, S=7):
+    """Token strings of lengths 1..S over tokens 3..11, 0-padded: (src [N, S], lengths)."""
+    lengths = rng.integers(1, S + 1, N)
+    src = rng.integers(3, 12, (N, S))
+    src[np.arange(S)[None, :] >= lengths[:, None]] = 0
+    return src, lengths
+
+
+def copy_batch(rng, N, S=7):
+    """A copy task's batch: random_batch and its targets, the same tokens then the end token 2."""
+    src, lengths = random_batch(rng, N, S)
+    tgt = np.zeros((N, S + 1), np.int64)
+    for n in range(N):
+        tgt[n, :lengths[n]] = src[n, :lengths[n]]
+        tgt[n, lengths[n]] = 2
+    return src, lengths, tgt
+
+
+_COPY_MODELS = {}
+
+
+def trained_copy_model(cell, attention, hidden_size, dtype, steps):
+    """A Seq2Seq (12 tokens) trained on the copy task for `steps` Adam steps (seeded; kept for
+    the session), so that its decoding is decided, not a tie."""
+    from fusedrnn.nn import Seq2Seq
+    from fusedrnn.optim import Adam
+    key = (cell, attention, hidden_size, np.dtype(dtype).name, steps)
+    if key not in _COPY_MODELS:
+        model = Seq2Seq(12, 12, embed_size=8, hidden_size=hidden_size, cell=cell,
+                        attention=attention, dtype=dtype, seed=7)
+        opt = Adam(model.parameters(), lr=0.02)
+        rng = np.random.default_rng(0)
+        for _ in range(steps):
+            src, lengths, tgt = copy_batch(rng, 32)
+            model.zero_grad()
+            model.loss(src, lengths, tgt)
+            model.backward()
+            opt.step()
+        _COPY_MODELS[key] = model
+    return _COPY_MODELS[key]

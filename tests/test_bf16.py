@@ -44,14 +44,6 @@ def _ref(cell, x, h0, c0, w, **kw):
     return getattr(R, cell + "_forward")(x, h0, *args, **kw)[0]
 
 
-@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
-def threads(request):
-    before = fr.get_num_threads()
-    fr.set_num_threads(request.param)
-    yield request.param
-    fr.set_num_threads(before)
-
-
 def test_round_bf16_ties_to_even_and_keeps_specials():
     a = np.array([1.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, 1.0 + 2 ** -8 + 2 ** -20, -2.5, np.inf,
                   -np.inf, np.nan, 3.4028235e38], np.float32)

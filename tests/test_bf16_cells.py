@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import copy_batch, trained_copy_model
 import fusedrnn as fr
 from fusedrnn import functional as F
 from fusedrnn.cli import main
@@ -18,14 +19,6 @@ from fusedrnn.optim import SGD
 N, I, H = 3, 12, 40
 CELLS = {"lstm": ("LSTMCell", {}), "gru": ("GRUCell", {}), "rnn_tanh": ("RNNCell", {}),
          "rnn_relu": ("RNNCell", {"nonlinearity": "relu"})}
-
-
-@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
-def threads(request):
-    before = fr.get_num_threads()
-    fr.set_num_threads(request.param)
-    yield request.param
-    fr.set_num_threads(before)
 
 
 def make(name, dtype=np.float32, **kw):
@@ -216,43 +209,17 @@ def test_no_change_is_answered_from_a_stale_conversion(name, change, training):
 
 
 # ---------------------------------------------------------------------------- seq2seq
-def _copy_batch(rng, n, S=6, V=12):
-    """Token strings of lengths 1..S (0-padded) and targets: the same then the end token."""
-    lengths = rng.integers(1, S + 1, n)
-    src = rng.integers(3, V, (n, S))
-    src[np.arange(S)[None, :] >= lengths[:, None]] = 0
-    tgt = np.zeros((n, S + 1), np.int64)
-    for i in range(n):
-        tgt[i, :lengths[i]] = src[i, :lengths[i]]
-        tgt[i, lengths[i]] = 2
-    return src, lengths, tgt
-
-
-_TRAINED = {}
-
-
 def _trained(cell):
     """A float32 copy model trained briefly (~1 s), so that decoding is decided, not a tie."""
-    if cell not in _TRAINED:
-        model = Seq2Seq(12, 12, embed_size=8, hidden_size=24, cell=cell,
-                        attention="bahdanau" if cell == "lstm" else "luong", seed=7)
-        opt = fr.optim.Adam(model.parameters(), lr=0.02)
-        rng = np.random.default_rng(0)
-        for _ in range(60):
-            src, lengths, tgt = _copy_batch(rng, 32)
-            model.zero_grad()
-            model.loss(src, lengths, tgt)
-            model.backward()
-            opt.step()
-        _TRAINED[cell] = model
-    return _TRAINED[cell]
+    return trained_copy_model(cell, "bahdanau" if cell == "lstm" else "luong", 24, np.float32,
+                              60)
 
 
 @pytest.mark.parametrize("beam_size", [1, 3], ids=["greedy", "beam 3"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_seq2seq_decodes_under_autocast_close_to_float32(cell, beam_size):
     model = _trained(cell)
-    src, lengths, _ = _copy_batch(np.random.default_rng(5), 16)
+    src, lengths, _ = copy_batch(np.random.default_rng(5), 16)
 
     def decode():
         if beam_size == 1:
@@ -280,7 +247,7 @@ def test_seq2seq_trains_under_autocast(cell):
     def model():
         return Seq2Seq(12, 12, embed_size=8, hidden_size=24, cell=cell, seed=3)
 
-    src, lengths, tgt = _copy_batch(np.random.default_rng(6), 16)
+    src, lengths, tgt = copy_batch(np.random.default_rng(6), 16)
     m32, m16 = model(), model()
     loss32 = m32.loss(src, lengths, tgt)
     m32.backward()

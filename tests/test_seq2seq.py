@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FINITE_DIFFERENCE_EPS, TOLERANCES, relative_error
+from conftest import (FINITE_DIFFERENCE_EPS, TOLERANCES, random_batch,
+                      relative_error, trained_copy_model)
 import fusedrnn as fr
 from fusedrnn.cli import main
 from fusedrnn.data.dates import FORMATS, dates_split, format_date
@@ -99,43 +100,8 @@ def test_source_padding_changes_nothing():
         np.testing.assert_allclose(p.grad, grads[k], rtol=1e-10, atol=1e-13, err_msg=k)
 
 
-def _copy_batch(rng, N, S=7):
-    """Random token strings of lengths 1..S (padded with 0) and targets: the same + end token."""
-    src, lengths = _random_batch(rng, N, S)
-    tgt = np.zeros((N, S + 1), np.int64)
-    for n in range(N):
-        tgt[n, :lengths[n]] = src[n, :lengths[n]]
-        tgt[n, lengths[n]] = 2
-    return src, lengths, tgt
-
-
-_TRAINED = {}
-
-
 def _trained(attention="bahdanau", cell="lstm"):
-    """A float64 model trained briefly (~1 s) to copy its input, so that decoding ends at
-    different lengths and beams differ; cached across tests."""
-    key = (attention, cell)
-    if key not in _TRAINED:
-        model = Seq2Seq(12, 12, embed_size=8, hidden_size=16, cell=cell, attention=attention,
-                        dtype=np.float64, seed=7)
-        opt = fr.optim.Adam(model.parameters(), lr=0.02)
-        rng = np.random.default_rng(0)
-        for _ in range(80):
-            src, lengths, tgt = _copy_batch(rng, 32)
-            model.zero_grad()
-            model.loss(src, lengths, tgt)
-            model.backward()
-            opt.step()
-        _TRAINED[key] = model
-    return _TRAINED[key]
-
-
-def _random_batch(rng, N=6, S=7):
-    lengths = rng.integers(1, S + 1, N)
-    src = rng.integers(3, 12, (N, S))
-    src[np.arange(S)[None, :] >= lengths[:, None]] = 0
-    return src, lengths
+    return trained_copy_model(cell, attention, 16, np.float64, 80)
 
 
 def _same_results(a, b, rtol=1e-9):
@@ -152,7 +118,7 @@ def _same_results(a, b, rtol=1e-9):
 @pytest.mark.parametrize("attention", ["bahdanau", "luong"])
 def test_beam_search_k1_equals_greedy(attention, rng):
     model = _trained(attention, "lstm" if attention == "bahdanau" else "gru")
-    src, lengths = _random_batch(rng)
+    src, lengths = random_batch(rng)
     greedy = model.greedy_decode(src, lengths, max_len=9)
     beam = model.beam_search(src, lengths, beam_size=1, max_len=9)
     _same_results(greedy, beam)
@@ -166,7 +132,7 @@ def test_beam_search_k1_equals_greedy(attention, rng):
 @pytest.mark.parametrize("attention,cell", [("bahdanau", "lstm"), ("luong", "gru")])
 def test_batched_decoding_equals_one_at_a_time(attention, cell, beam_size, rng):
     model = _trained(attention, cell)
-    src, lengths = _random_batch(rng)
+    src, lengths = random_batch(rng)
 
     def decode(s, l):
         if beam_size == 1:
@@ -184,7 +150,7 @@ def test_batched_decoding_equals_one_at_a_time(attention, cell, beam_size, rng):
 
 def test_beam_search_finds_at_least_greedy_likelihood(rng):
     model = _trained("luong", "gru")
-    src, lengths = _random_batch(rng, N=8)
+    src, lengths = random_batch(rng, N=8)
     greedy = model.greedy_decode(src, lengths, max_len=9, length_penalty=0.0)
     beam = model.beam_search(src, lengths, beam_size=4, max_len=9, length_penalty=0.0)
     assert np.all(beam.log_probs >= greedy.log_probs - 1e-12)
