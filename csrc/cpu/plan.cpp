@@ -317,14 +317,15 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
   }
   if (bf16) {
-    // bfloat16 products (BackwardCall::bf16_by_units): W_hh's columns and W_ih's packed into
-    // bfloat16 pairs at any length, by units, dx after the loop from the steps' bfloat16
-    // gate gradients
+    // bfloat16 products (BackwardCall::bf16_loop): W_hh's columns and W_ih's packed into
+    // bfloat16 pairs at any length; by samples where all of W_hh (2 bytes a value) fits a
+    // core's cache, else by units; dx after the loop from the steps' bfloat16 gate gradients
     p.bf16 = true;
-    p.loop = Loop::kByUnits;
+    const bool samples = !deterministic() && split_by_samples(t, N, slices, GH * H * 2);
+    p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
     p.product = StepProduct::kPacked;
     p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
-    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = samples || N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     const bool amx = element_bytes == 4 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_dx = amx && TN >= t.amx_min_batch;
