@@ -88,10 +88,10 @@ def mixed_lengths(T, N):
 
 
 def cell_forward(module, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None,
-                 reverse=False, training=True):
+                 reverse=False, training=True, precision=None):
     """Call ``module.<cell>_forward`` (module: the reference or fusedrnn.functional) and return
     (y, h_n, c_n, ctx) for every cell, c_n None unless LSTM."""
-    kwargs = dict(lengths=lengths, reverse=reverse, training=training)
+    kwargs = dict(lengths=lengths, reverse=reverse, training=training, precision=precision)
     if cell == "lstm":
         return module.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, **kwargs)
     if cell == "gru":

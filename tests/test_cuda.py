@@ -116,7 +116,7 @@ def to_numpy(value):
     return cupy.asnumpy(value)
 
 
-def run(module, cell, nonlinearity, p, reverse, to_device=None, cast=None):
+def run(module, cell, nonlinearity, p, reverse, to_device=None, cast=None, precision=None):
     """Forward (training) then backward; returns every output and gradient as NumPy arrays."""
     def c(a):
         if a is None:
@@ -126,7 +126,8 @@ def run(module, cell, nonlinearity, p, reverse, to_device=None, cast=None):
 
     y, h_n, c_n, ctx = cell_forward(module, cell, nonlinearity, c(p["x"]), c(p["h0"]),
                                     c(p["c0"]), c(p["w_ih"]), c(p["w_hh"]), c(p["b_ih"]),
-                                    c(p["b_hh"]), lengths=p["lengths"], reverse=reverse)
+                                    c(p["b_hh"]), lengths=p["lengths"], reverse=reverse,
+                                    precision=precision)
     grads = cell_backward(module, cell, ctx, c(p["dy"]), c(p["dh_n"]),
                           c(p["dc_n"]) if cell == "lstm" else None)
     out = dict(grads, y=y, h_n=h_n, c_n=c_n)
@@ -545,3 +546,105 @@ def test_persistent_exchange_modes_match_stepwise(name, exchange, rng, cp, monke
             results[algorithm] = run(functional, cell, nonlinearity, p, True, to_device=cp.asarray)
     assert_errors_below(results["persistent"], results["stepwise"],
                         TOLERANCES["kernel_vs_reference"][np.float32], exchange)
+
+
+# ---------------------------------------------------------------------------- bfloat16 products
+def test_bf16_workspaces_and_refusals_without_a_gpu():
+    """The bfloat16 buffers are sized on the host (no device needed): they come after the
+    float32 workspace; bfloat16 products of a float64 call are refused by name."""
+    ext = pytest.importorskip("fusedrnn._C_cuda", reason="built without the CUDA backend")
+    T, N, I, H = 10, 4, 8, 32
+    for cell in ("lstm", "gru", "rnn"):
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        fwd = ext.forward_workspace_size(cell, "tanh", T, N, I, H, True)
+        bwd = ext.backward_workspace_size(cell, "tanh", T, N, I, H)
+        # x, W_ih, W_hh, h as bfloat16 (2 bytes, in 4-byte elements)
+        assert ext.forward_workspace_size(cell, "tanh", T, N, I, H, True, True) >= \
+            fwd + (T * N * I + G * H * I + G * H * H + N * H) // 2
+        # the gate gradients, W_ih, W_hh
+        assert ext.backward_workspace_size(cell, "tanh", T, N, I, H, True) >= \
+            bwd + (T * N * G * H + G * H * I + G * H * H) // 2
+    with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
+        ext.recurrent_forward("lstm", "tanh", "float64", T, N, I, H, (0,) * 15, False, -1, 0,
+                              False, 0, True)
+    with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
+        ext.persistent_backward_fits("gru", "tanh", "float64", T, N, I, H, True)
+
+
+def _bf16_checks(ours, expected, fp32, what):
+    """ours against the float64 reference with the same bfloat16 rounding (float32 sums; a rare
+    flip of a rounding moves a value by about one bfloat16 step) and not the float32 result."""
+    for name, value in ours.items():
+        if value is None:
+            continue
+        e = expected[name]
+        scale = max(np.abs(e).max(), 1e-30)
+        assert np.abs(value - e).max() <= 2.0 ** -7 * scale, (what, name)
+        assert np.median(np.abs(value - e)) <= 1e-5 * scale, (what, name)
+        if name in ("y", "dx", "dh0", "dw_hh"):
+            assert np.abs(value - fp32[name]).max() > 1e-6 * scale, (what, name)
+
+
+@gpu
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", [(9, 6, 33, 401), (25, 5, 12, 40), (4, 17, 8, 97),
+                                   (6, 1, 5, 17)], ids=str)
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cuda_bf16_matches_the_bf16_reference(name, shape, reverse, algorithm, rng, cp):
+    """Under bfloat16 products the CUDA kernels (cuBLAS bfloat16 GEMMs stepwise, warp MMAs in the
+    persistent kernels) give the reference's results with the same rounding of x, W_ih, h, W_hh
+    (and in the backward of the gate gradients), forward and every gradient; odd sizes (padding
+    of the 16 x 16 tiles), lengths, both directions."""
+    cell, nonlinearity = CELLS[name]
+    if algorithm == "persistent" and not (
+            fcuda.persistent_forward_fits(cell, *shape, np.float32, nonlinearity, "bfloat16")
+            and fcuda.persistent_backward_fits(cell, *shape, np.float32, nonlinearity,
+                                               "bfloat16")):
+        pytest.skip("the persistent kernels do not hold this size on this device")
+    p = make_problem(rng, cell, shape, np.float32, lengths="mixed")
+    with fcuda.options(algorithm=algorithm):
+        ours = run(functional, cell, nonlinearity, p, reverse, to_device=cp.asarray,
+                   precision="bfloat16")
+        with fusedrnn.autocast("bfloat16"):  # autocast reaches the CUDA kernels too
+            auto = run(functional, cell, nonlinearity, p, reverse, to_device=cp.asarray)
+    for key in ours:
+        np.testing.assert_array_equal(auto[key], ours[key], err_msg=key)
+    expected = run(reference, cell, nonlinearity, p, reverse, cast=np.float64,
+                   precision="bfloat16")
+    fp32 = run(reference, cell, nonlinearity, p, reverse, cast=np.float64)
+    _bf16_checks(ours, expected, fp32, algorithm)
+
+
+@gpu
+@pytest.mark.parametrize("H", [512, 1024])
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh"])
+def test_cuda_bf16_persistent_matches_stepwise(name, H, rng, cp):
+    """Benchmark sizes (several hidden units per block, 16-sample tiles with N=8): the persistent
+    bfloat16 kernels agree with the stepwise cuBLAS path and the reference (same rounded
+    operands; fp32 sums in another order), the backward where it fits too; and the bfloat16
+    forward kernel holds every size the float32 one holds (W_hh at half the bytes)."""
+    cell, nonlinearity = CELLS[name]
+    shape = (24, 8, 64, H)
+    fits = [fcuda.persistent_forward_fits(cell, *shape, np.float32, nonlinearity, "bfloat16"),
+            fcuda.persistent_backward_fits(cell, *shape, np.float32, nonlinearity, "bfloat16")]
+    if fcuda.persistent_forward_fits(cell, *shape, np.float32, nonlinearity):
+        assert fits[0]
+    if not fits[0]:
+        pytest.skip("the persistent bfloat16 kernel does not hold this size on this device")
+    p = make_problem(rng, cell, shape, np.float32, lengths="mixed")
+    expected = run(reference, cell, nonlinearity, p, False, cast=np.float64, precision="bfloat16")
+    fp32 = run(reference, cell, nonlinearity, p, False, cast=np.float64)
+    d = {k: (None if v is None or k == "lengths" else cp.asarray(v)) for k, v in p.items()}
+    for algorithm in ALGORITHMS:
+        with fcuda.options(algorithm=algorithm):
+            y, h_n, c_n, _ = cell_forward(functional, cell, nonlinearity, d["x"], d["h0"],
+                                          d["c0"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
+                                          lengths=p["lengths"], training=False,
+                                          precision="bfloat16")
+            ours = {"y": to_numpy(y), "h_n": to_numpy(h_n), "c_n": to_numpy(c_n)}
+            _bf16_checks(ours, expected, fp32, algorithm + " inference")
+            if algorithm == "stepwise" or fits[1]:
+                ours = run(functional, cell, nonlinearity, p, False, to_device=cp.asarray,
+                           precision="bfloat16")
+                _bf16_checks(ours, expected, fp32, algorithm + " training")

@@ -23,10 +23,12 @@ SeqShape make_shape(CellKind cell, int64_t T, int64_t N, int64_t I, int64_t H) {
   return SeqShape{T, N, I, H, gate_count(cell)};
 }
 
-cuda::Options make_options(int device, std::uintptr_t stream, bool allow_tf32, int algorithm) {
+cuda::Options make_options(int device, std::uintptr_t stream, bool allow_tf32, int algorithm,
+                           bool bf16) {
   if (algorithm < 0 || algorithm > 2)
     throw py::value_error("algorithm: expected 0 (auto), 1 (stepwise) or 2 (persistent)");
   cuda::Options o;
+  o.bf16 = bf16;
   o.device = device;
   o.stream = stream;
   o.allow_tf32 = allow_tf32;
@@ -106,6 +108,13 @@ bool is_double(const std::string& dtype) {
   throw py::type_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
 }
 
+// bfloat16 products are a float32 mode.
+bool is_double(const std::string& dtype, bool bf16) {
+  const bool d = is_double(dtype);
+  if (d && bf16) throw py::value_error("bf16: bfloat16 products need dtype 'float32', got 'float64'");
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -113,80 +122,82 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def(
       "forward_workspace_size",
       [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
-         int64_t I, int64_t H, bool training) {
+         int64_t I, int64_t H, bool training, bool bf16) {
         const CellKind kind = parse_cell(cell, nonlinearity);
-        return cuda::forward_workspace_elems(kind, make_shape(kind, T, N, I, H), training);
+        return cuda::forward_workspace_elems(kind, make_shape(kind, T, N, I, H), training, bf16);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"), py::arg("I"),
-      py::arg("H"), py::arg("training"), "Forward workspace in elements of the dtype.");
+      py::arg("H"), py::arg("training"), py::arg("bf16") = false,
+      "Forward workspace in elements of the dtype (float32 with bf16).");
   m.def(
       "backward_workspace_size",
       [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
-         int64_t I, int64_t H) {
+         int64_t I, int64_t H, bool bf16) {
         const CellKind kind = parse_cell(cell, nonlinearity);
-        return cuda::backward_workspace_elems(kind, make_shape(kind, T, N, I, H));
+        return cuda::backward_workspace_elems(kind, make_shape(kind, T, N, I, H), bf16);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"), py::arg("I"),
-      py::arg("H"), "Backward workspace in elements of the dtype.");
+      py::arg("H"), py::arg("bf16") = false,
+      "Backward workspace in elements of the dtype (float32 with bf16).");
   m.def(
       "recurrent_forward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
          int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
-         int device, std::uintptr_t stream, bool allow_tf32, int algorithm) {
+         int device, std::uintptr_t stream, bool allow_tf32, int algorithm, bool bf16) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
-        const cuda::Options options = make_options(device, stream, allow_tf32, algorithm);
+        const cuda::Options options = make_options(device, stream, allow_tf32, algorithm, bf16);
         check_pointer_count(pointers, 15, "pointers");
-        if (is_double(dtype))
+        if (is_double(dtype, bf16))
           forward_typed<double>(kind, shape, pointers, reverse, options);
         else
           forward_typed<float>(kind, shape, pointers, reverse, options);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
-      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"),
+      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"), py::arg("bf16") = false,
       "One layer, one direction, on device pointers (see fusedrnn.cuda).");
   m.def(
       "recurrent_backward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
          int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
-         int device, std::uintptr_t stream, bool allow_tf32, int algorithm) {
+         int device, std::uintptr_t stream, bool allow_tf32, int algorithm, bool bf16) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
-        const cuda::Options options = make_options(device, stream, allow_tf32, algorithm);
+        const cuda::Options options = make_options(device, stream, allow_tf32, algorithm, bf16);
         check_pointer_count(pointers, 18, "pointers");
-        if (is_double(dtype))
+        if (is_double(dtype, bf16))
           backward_typed<double>(kind, shape, pointers, reverse, options);
         else
           backward_typed<float>(kind, shape, pointers, reverse, options);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
-      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"),
+      py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"), py::arg("bf16") = false,
       "BPTT of recurrent_forward on device pointers (see fusedrnn.cuda).");
   m.def(
       "persistent_forward_fits",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
-         int64_t T, int64_t N, int64_t I, int64_t H) {
+         int64_t T, int64_t N, int64_t I, int64_t H, bool bf16) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
-        return is_double(dtype) ? cuda::persistent_forward_fits<double>(kind, shape)
-                                : cuda::persistent_forward_fits<float>(kind, shape);
+        return is_double(dtype, bf16) ? cuda::persistent_forward_fits<double>(kind, shape)
+                                      : cuda::persistent_forward_fits<float>(kind, shape, bf16);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
-      py::arg("I"), py::arg("H"),
+      py::arg("I"), py::arg("H"), py::arg("bf16") = false,
       "Can the persistent forward kernel run this problem on the current device?");
   m.def(
       "persistent_backward_fits",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
-         int64_t T, int64_t N, int64_t I, int64_t H) {
+         int64_t T, int64_t N, int64_t I, int64_t H, bool bf16) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
-        return is_double(dtype) ? cuda::persistent_backward_fits<double>(kind, shape)
-                                : cuda::persistent_backward_fits<float>(kind, shape);
+        return is_double(dtype, bf16) ? cuda::persistent_backward_fits<double>(kind, shape)
+                                      : cuda::persistent_backward_fits<float>(kind, shape, bf16);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
-      py::arg("I"), py::arg("H"),
+      py::arg("I"), py::arg("H"), py::arg("bf16") = false,
       "Can the persistent backward kernel run this problem on the current device?");
   m.def("device_summary", &cuda::device_summary, "Name, compute capability and SMs of the device.");
 }

@@ -23,14 +23,24 @@
 // Row-major throughout, as on the CPU. cuBLAS is column-major: a row-major C = op(A) op(B) is
 // the column-major C^T = op(B)^T op(A)^T, so every GEMM swaps its operands (see `gemm`).
 // float32 GEMMs run in full fp32 unless the caller allows TF32.
+//
+// bfloat16 autocast (Options::bf16, float32 only): the same loops with the products' operands
+// rounded to bfloat16 (round to nearest even, as the CPU kernels and the reference round them)
+// and fp32 accumulation on tensor cores: cuBLAS GemmEx for the input projection, the stepwise
+// recurrent products and dx; in the persistent kernels W_hh and the exchanged state (forward h,
+// backward dgh) sit in shared memory as bfloat16 (half the bytes: larger H stays persistent) and
+// go through 16x16x16 warp MMAs (block_mma). The weight gradients and the gate math stay fp32.
 #include "cuda/recurrent.cuh"
 
 #include <cooperative_groups.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <mma.h>
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <initializer_list>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -44,6 +54,8 @@
 #include "cells/rnn_cell.h"
 
 namespace cg = cooperative_groups;
+namespace wmma = nvcuda::wmma;
+using bf16 = __nv_bfloat16;
 
 namespace fusedrnn {
 namespace cuda {
@@ -141,6 +153,63 @@ void gemm(cublasHandle_t h, cudaStream_t stream, bool trans_a, bool trans_b, int
       checked_int(ldb, "ldb"), A, checked_int(lda, "lda"), &beta, C, checked_int(ldc, "ldc")));
 }
 
+// ------------------------------------------------------------------------------ bfloat16
+// Row-major C[M, N] = op(A) op(B) + beta * C from bfloat16 A and B, fp32 C, fp32 accumulation
+// (tensor cores), the operand order of `gemm`.
+void gemm_bf16(cublasHandle_t h, cudaStream_t stream, bool trans_a, bool trans_b, int64_t M,
+               int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B, int64_t ldb,
+               float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (beta == 0.0f)
+      FUSEDRNN_CUDA_CHECK(cudaMemset2DAsync(C, ldc * sizeof(float), 0, N * sizeof(float), M, stream));
+    return;
+  }
+  const float alpha = 1.0f;
+  FUSEDRNN_CUBLAS_CHECK(cublasGemmEx(
+      h, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+      checked_int(N, "N"), checked_int(M, "M"), checked_int(K, "K"), &alpha, B, CUDA_R_16BF,
+      checked_int(ldb, "ldb"), A, CUDA_R_16BF, checked_int(lda, "lda"), &beta, C, CUDA_R_32F,
+      checked_int(ldc, "ldc"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+template <typename T>
+__global__ void to_bf16_kernel(const T* in, bf16* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(static_cast<float>(in[i]));
+}
+
+template <typename T>
+void to_bf16(cudaStream_t stream, const T* in, bf16* out, int64_t n) {
+  if (n <= 0) return;
+  to_bf16_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(in, out, n);
+  FUSEDRNN_LAUNCH_CHECK("to_bf16_kernel");
+}
+
+// Carves bfloat16 buffers out of a workspace, each 16-byte aligned (cuBLAS and vector loads).
+struct Bf16Area {
+  bf16* next;
+  bf16* take(int64_t n) {
+    bf16* p = next;
+    next += (n + 7) / 8 * 8;
+    return p;
+  }
+  // Elements of T that `counts` buffers take, alignment of the first included.
+  template <typename T>
+  static int64_t elems(std::initializer_list<int64_t> counts) {
+    int64_t total = 8;
+    for (int64_t n : counts) total += (n + 7) / 8 * 8;
+    return (total * int64_t(sizeof(bf16)) + int64_t(sizeof(T)) - 1) / int64_t(sizeof(T)) + 16 / int64_t(sizeof(T));
+  }
+};
+
+template <typename T>
+Bf16Area bf16_area(T* workspace, int64_t elems) {
+  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(workspace + elems);
+  return Bf16Area{reinterpret_cast<bf16*>((a + 15) / 16 * 16)};
+}
+
 template <typename T>
 __global__ void fill_kernel(T* out, int64_t n, T value) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -176,6 +245,7 @@ struct StepForward {
   T* y;             // [T, N, H]
   T* extra;         // [T, N, H] (training, LSTM/GRU) or null
   T* h_prev;        // [T, N, H] (training) or null
+  bf16* h_bf16;     // [N, H] h rounded for the next step's product (bfloat16 products) or null
 };
 
 // One thread per (n, j): biases, the cell's gate math for step t, masking and saving.
@@ -204,6 +274,7 @@ __global__ void forward_step_kernel(StepForward<T> p, int64_t t) {
     }
     Cell::forward(gx, gh, int64_t(1), int64_t(1), int64_t(0), h, c, act, &extra);
     p.h[idx] = h;
+    if (p.h_bf16) p.h_bf16[idx] = __float2bfloat16_rn(static_cast<float>(h));
     if (Cell::kHasCellState) p.c[idx] = c;
     p.y[row * H + j] = h;
     if (kTraining) {
@@ -227,6 +298,7 @@ struct StepBackward {
   T* dh_next;       // [N, H] out: the part of dh_{t-1} that bypasses W_hh
   T* dgx;           // [T, N, GH] pre-activation gradients (input side)
   T* dgh;           // [T, N, GH] recurrent side (GRU only; else null and dgx is used)
+  bf16* dgh_bf16;   // [T, N, GH] the recurrent side rounded (bfloat16 products) or null
 };
 
 template <typename T, typename Cell>
@@ -244,6 +316,7 @@ __global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
       for (int k = 0; k < G; ++k) {
         p.dgx[row * GH + k * H + j] = T(0);
         if (Cell::kSplitRecurrentGrad) p.dgh[row * GH + k * H + j] = T(0);
+        if (p.dgh_bf16) p.dgh_bf16[row * GH + k * H + j] = __float2bfloat16_rn(0.0f);
       }
       continue;
     }
@@ -259,6 +332,9 @@ __global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
     for (int k = 0; k < G; ++k) {
       p.dgx[row * GH + k * H + j] = dgx[k];
       if (Cell::kSplitRecurrentGrad) p.dgh[row * GH + k * H + j] = dgh[k];
+      if (p.dgh_bf16)
+        p.dgh_bf16[row * GH + k * H + j] =
+            __float2bfloat16_rn(static_cast<float>(Cell::kSplitRecurrentGrad ? dgh[k] : dgx[k]));
     }
     if (Cell::kHasCellState) p.dc[idx] = dc;
     p.dh_next[idx] = dh_direct;
@@ -275,7 +351,7 @@ __global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
 constexpr int kPersistentWarps = kPersistentThreads / 32;
 
 // How many warps share one pair of rows in block_gemv (split along the long dimension).
-inline int gemv_ksplit(int64_t rows) {
+__host__ __device__ inline int gemv_ksplit(int64_t rows) {
   const int64_t pairs = (rows + 1) / 2;
   return static_cast<int>(pairs >= kPersistentWarps ? 1 : kPersistentWarps / pairs);
 }
@@ -387,6 +463,110 @@ __device__ void block_gemv(const T* A, int rows, int len, const T* X, int N, int
   }
 }
 
+// ---- the bfloat16 form: tensor-core tiles of 16 x 16 x 16 (wmma; sm_80 and later)
+__host__ __device__ inline int round16(int64_t v) { return static_cast<int>((v + 15) / 16 * 16); }
+
+// Warps sharing one output tile's k steps (split along k when there are fewer tiles than warps).
+__host__ __device__ inline int mma_ksplit(int tiles, int ksteps) {
+  const int k = tiles >= kPersistentWarps ? 1 : kPersistentWarps / tiles;
+  return k < ksteps ? k : (ksteps > 0 ? ksteps : 1);
+}
+
+// How a persistent kernel keeps the operands of its block product A [rows, len] X [N, len]^T in
+// shared memory: elements of P (T, or bf16 for tensor cores), `ld` per row; the tensor-core form
+// pads rows, N and len to multiples of 16 with zeros. `part` elements of T of scratch follow.
+template <typename T, typename P>
+struct ProductLayout {
+  static constexpr bool kMma = !std::is_same<T, P>::value;
+  int rows_p, n_p, ld;
+  int64_t part;
+  __host__ __device__ ProductLayout(int64_t rows, int64_t N, int64_t len) {
+    if (kMma) {
+      rows_p = round16(rows);
+      n_p = round16(N);
+      ld = round16(len);
+      const int tiles = rows_p / 16 * (n_p / 16);
+      part = int64_t(tiles) * mma_ksplit(tiles, ld / 16) * 256;
+    } else {
+      rows_p = static_cast<int>(rows);
+      n_p = static_cast<int>((N + 3) / 4 * 4);
+      ld = static_cast<int>(len);
+      part = int64_t(gemv_ksplit(rows)) * N * rows;
+    }
+  }
+  // Bytes of A and X together: a multiple of 16 (of 512 in the tensor-core form).
+  __host__ __device__ int64_t operand_bytes() const {
+    return ((int64_t(rows_p) + n_p) * ld * int64_t(sizeof(P)) + 15) / 16 * 16;
+  }
+};
+
+__device__ __forceinline__ float to_operand(float v, float) { return v; }
+__device__ __forceinline__ double to_operand(double v, double) { return v; }
+__device__ __forceinline__ bf16 to_operand(float v, bf16) { return __float2bfloat16_rn(v); }
+
+// block_gemv's contract on tensor cores: out[n * out_stride + r] = A[r, :] . X[n, :] for
+// r < rows, n < N, with A [round16(rows), ld] and X [round16(N), ld] bfloat16 in shared memory
+// (zeros past rows, N and the length; ld a multiple of 16, both 32-byte aligned). Each warp
+// takes one 16 x 16 output tile and every ksplit-th k step of it; the partial tiles go to
+// `scratch` (ProductLayout::part floats, 32-byte aligned) and are added in a fixed order
+// (deterministic). Ends with the block synchronized.
+__device__ void block_mma(const bf16* A, int rows, int ld, const bf16* X, int N, float* scratch,
+                          float* out, int out_stride) {
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int n_tiles = round16(N) / 16, tiles = round16(rows) / 16 * n_tiles;
+  const int ksteps = ld / 16, ksplit = mma_ksplit(tiles, ksteps);
+  for (int w = warp; w < tiles * ksplit; w += warps) {
+    const int tile = w / ksplit, seg = w - tile * ksplit;
+    const int rt = tile / n_tiles, nt = tile - rt * n_tiles;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;  // X^T: k runs along X's rows
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int ks = seg; ks < ksteps; ks += ksplit) {
+      wmma::load_matrix_sync(a, A + int64_t(rt) * 16 * ld + ks * 16, ld);
+      wmma::load_matrix_sync(b, X + int64_t(nt) * 16 * ld + ks * 16, ld);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(scratch + int64_t(w) * 256, acc, 16, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < N * rows; i += blockDim.x) {
+    const int n = i / rows, r = i - (i / rows) * rows;
+    const float* part = scratch + int64_t((r / 16) * n_tiles + n / 16) * ksplit * 256 +
+                        (r % 16) * 16 + n % 16;
+    float sum = 0.0f;
+    for (int seg = 0; seg < ksplit; ++seg) sum += part[seg * 256];
+    out[n * out_stride + r] = sum;
+  }
+  __syncthreads();
+}
+
+// The block product of a persistent kernel in its form (see ProductLayout).
+template <typename T, typename P>
+__device__ __forceinline__ void block_product(const P* A, int rows, int len,
+                                              const ProductLayout<T, P>& L, const P* X, int N,
+                                              int ksplit, T* part, T* out, int out_stride) {
+  if constexpr (ProductLayout<T, P>::kMma)
+    block_mma(A, rows, L.ld, X, N, part, out, out_stride);
+  else
+    block_gemv(A, rows, len, X, N, ksplit, part, out, out_stride);
+}
+
+// X[n * ld + k] = src[n * len + k] (n < N, k < len), read from L2 (written by other blocks)
+// and rounded to P. Does not synchronize the block.
+template <typename T, typename P>
+__device__ __forceinline__ void load_operand_rows(const T* src, int N, int len, int ld, P* X) {
+  if (ld == len) {
+    for (int64_t i = threadIdx.x; i < int64_t(N) * len; i += blockDim.x)
+      X[i] = to_operand(__ldcg(src + i), P());
+  } else {
+    for (int64_t i = threadIdx.x; i < int64_t(N) * len; i += blockDim.x) {
+      const int64_t n = i / len;
+      X[n * ld + (i - n * len)] = to_operand(__ldcg(src + i), P());
+    }
+  }
+}
+
 // ---- flagged exchange (float32): one 8-byte word = (value bits, step flag), relaxed at gpu
 // scope (coherent in L2; L1 is bypassed). Naturally aligned 8-byte accesses are single-copy
 // atomic, so a reader that sees the flag sees the value written with it.
@@ -464,30 +644,29 @@ struct PersistentForward {
   Word* h_flagged;  // [2, N, H] the same as flagged words (float32), or null: grid barrier
 };
 
-// Shared memory of one forward block, in elements of T.
-inline int64_t persistent_forward_smem_elems(int G, int64_t N, int64_t H, int64_t U) {
-  const int64_t N4 = (N + 3) / 4 * 4;
-  return G * U * H                        // W_s: the block's G*U rows of W_hh
-         + N4 * H                         // h_s: the whole previous state (batch padded)
-         + N * G * U                      // gh_s: the block's recurrent products
-         + gemv_ksplit(G * U) * N * G * U // part_s
-         + N * G * U                      // gx_s: this step's input part, prefetched
-         + 2 * G * U                      // bih_s, bhh_s
-         + 2 * N * U;                     // own_h, own_c: the block's units' state
+// Shared memory of one forward block in bytes: the product's operands W_s (the block's G*U
+// rows of W_hh) and h_s (the whole previous state), then in T: part_s (the product's scratch),
+// gh_s (the block's recurrent products), gx_s (this step's input part, prefetched), bih_s and
+// bhh_s, own_h and own_c (the block's units' state).
+template <typename T, typename P>
+int64_t persistent_forward_smem_bytes(int G, int64_t N, int64_t H, int64_t U) {
+  const ProductLayout<T, P> L(G * U, N, H);
+  return L.operand_bytes() + (L.part + 2 * N * G * U + 2 * G * U + 2 * N * U) * int64_t(sizeof(T));
 }
 
-template <typename T, typename Cell, bool kTraining>
+template <typename T, typename P, typename Cell, bool kTraining>
 __global__ void __launch_bounds__(kPersistentThreads)
 persistent_forward_kernel(PersistentForward<T> p) {
   constexpr int G = Cell::kGates;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   const int N = p.N, H = p.H, U = p.U, GU = G * U, GH = G * H;
-  const int N4 = (N + 3) / 4 * 4;
-  T* W_s = reinterpret_cast<T*>(smem_raw);
-  T* h_s = W_s + int64_t(GU) * H;
-  T* gh_s = h_s + int64_t(N4) * H;
-  T* part_s = gh_s + N * GU;
-  T* gx_s = part_s + p.ksplit * N * GU;
+  const ProductLayout<T, P> L(GU, N, H);
+  const int ld = L.ld;
+  P* W_s = reinterpret_cast<P*>(smem_raw);
+  P* h_s = W_s + int64_t(L.rows_p) * ld;
+  T* part_s = reinterpret_cast<T*>(smem_raw + L.operand_bytes());
+  T* gh_s = part_s + L.part;
+  T* gx_s = gh_s + N * GU;
   T* bih_s = gx_s + N * GU;
   T* bhh_s = bih_s + GU;
   T* own_h = bhh_s + GU;
@@ -495,13 +674,15 @@ persistent_forward_kernel(PersistentForward<T> p) {
   const int j0 = blockIdx.x * U;
   const int tid = threadIdx.x;
 
-  // Local row r = k*U + u holds W_hh row k*H + j0 + u (zeros past H).
-  for (int64_t i = tid; i < int64_t(GU) * H; i += blockDim.x) {
-    const int r = static_cast<int>(i / H), col = static_cast<int>(i - int64_t(r) * H);
+  // Local row r = k*U + u holds W_hh row k*H + j0 + u (zeros past H and in the padding).
+  for (int64_t i = tid; i < int64_t(L.rows_p) * ld; i += blockDim.x) {
+    const int r = static_cast<int>(i / ld), col = static_cast<int>(i - int64_t(r) * ld);
     const int k = r / U, j = j0 + r % U;
-    W_s[i] = j < H ? p.w_hh[(int64_t(k) * H + j) * H + col] : T(0);
+    const bool inside = r < GU && j < H && col < H;
+    W_s[i] = to_operand(inside ? p.w_hh[(int64_t(k) * H + j) * H + col] : T(0), P());
   }
-  for (int i = N * H + tid; i < N4 * H; i += blockDim.x) h_s[i] = T(0);
+  for (int64_t i = tid; i < int64_t(L.n_p) * ld; i += blockDim.x) h_s[i] = to_operand(T(0), P());
+  __syncthreads();  // the padding is zero before the rows are written
   for (int i = tid; i < GU; i += blockDim.x) {
     const int k = i / U, j = j0 + i % U;
     bih_s[i] = j < H ? p.b_ih[k * H + j] : T(0);
@@ -533,16 +714,16 @@ persistent_forward_kernel(PersistentForward<T> p) {
     const int t = p.reverse ? p.T_ - 1 - s : s;
     // The state every block published last step (L2 only: L1 is not coherent across blocks).
     if (s == 0) {
-      for (int i = tid; i < N * H; i += blockDim.x) h_s[i] = __ldcg(p.h0 + i);
-    } else if (p.h_flagged) {
-      gather_flagged(p.h_flagged + ((s - 1) & 1) * N * H, N * H, static_cast<unsigned>(s), h_s);
+      load_operand_rows(p.h0, N, H, ld, h_s);
+    } else if (p.h_flagged) {  // (T == P only: ld == H)
+      gather_flagged(p.h_flagged + ((s - 1) & 1) * N * H, N * H, static_cast<unsigned>(s),
+                     reinterpret_cast<T*>(h_s));
     } else {
-      const T* h_src = p.h_exchange + ((s - 1) & 1) * N * H;
-      for (int i = tid; i < N * H; i += blockDim.x) h_s[i] = __ldcg(h_src + i);
+      load_operand_rows(p.h_exchange + ((s - 1) & 1) * N * H, N, H, ld, h_s);
     }
     __syncthreads();
 
-    block_gemv(W_s, GU, H, h_s, N, p.ksplit, part_s, gh_s, GU);
+    block_product(W_s, GU, H, L, h_s, N, p.ksplit, part_s, gh_s, GU);
 
     // The gate math of the block's units, then publish h.
     T* h_dst = p.h_exchange + (s & 1) * N * H;
@@ -612,39 +793,40 @@ struct PersistentBackward {
   Word* flagged;    // [2, N, GH] dgh as flagged words (float32), or null: grid barrier
 };
 
-inline int64_t persistent_backward_smem_elems(int G, int64_t N, int64_t H, int64_t U) {
-  const int64_t N4 = (N + 3) / 4 * 4;
-  return U * G * H                 // Wc_s: the block's U columns of W_hh, as rows of length GH
-         + N4 * G * H              // X_s: dgh of this step for the whole batch (padded)
-         + N * U                   // r_s: dgh W_hh for the block's units
-         + gemv_ksplit(U) * N * U  // part_s
-         + 2 * N * U               // own_dh, own_dc
-         + (G + 3) * N * U;        // pre_s: the next step's gates, extra, h_prev, dy, prefetched
+// Bytes: the operands Wc_s (the block's U columns of W_hh, as rows of length GH) and X_s (dgh
+// of this step for the whole batch), then in T: part_s, r_s (dgh W_hh for the block's units),
+// own_dh and own_dc, pre_s (the next step's gates, extra, h_prev, dy, prefetched).
+template <typename T, typename P>
+int64_t persistent_backward_smem_bytes(int G, int64_t N, int64_t H, int64_t U) {
+  const ProductLayout<T, P> L(U, N, G * H);
+  return L.operand_bytes() + (L.part + N * U + 2 * N * U + (G + 3) * N * U) * int64_t(sizeof(T));
 }
 
-template <typename T, typename Cell>
+template <typename T, typename P, typename Cell>
 __global__ void __launch_bounds__(kPersistentThreads)
 persistent_backward_kernel(PersistentBackward<T> p) {
   constexpr int G = Cell::kGates;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   const int N = p.N, H = p.H, U = p.U, GH = G * H;
-  const int N4 = (N + 3) / 4 * 4;
-  T* Wc_s = reinterpret_cast<T*>(smem_raw);
-  T* X_s = Wc_s + int64_t(U) * GH;
-  T* r_s = X_s + int64_t(N4) * GH;
-  T* part_s = r_s + N * U;
-  T* own_dh = part_s + p.ksplit * N * U;
+  const ProductLayout<T, P> L(U, N, GH);
+  const int ld = L.ld;
+  P* Wc_s = reinterpret_cast<P*>(smem_raw);
+  P* X_s = Wc_s + int64_t(L.rows_p) * ld;
+  T* part_s = reinterpret_cast<T*>(smem_raw + L.operand_bytes());
+  T* r_s = part_s + L.part;
+  T* own_dh = r_s + N * U;
   T* own_dc = own_dh + N * U;
   T* pre_s = own_dc + N * U;  // [N*U, G+3] per unit: act[G], extra, h_prev, dy
   const int j0 = blockIdx.x * U;
   const int tid = threadIdx.x;
 
-  for (int64_t i = tid; i < int64_t(U) * GH; i += blockDim.x) {
-    const int u = static_cast<int>(i / GH), r = static_cast<int>(i - int64_t(u) * GH);
+  for (int64_t i = tid; i < int64_t(L.rows_p) * ld; i += blockDim.x) {
+    const int u = static_cast<int>(i / ld), r = static_cast<int>(i - int64_t(u) * ld);
     const int j = j0 + u;
-    Wc_s[i] = j < H ? p.w_hh[int64_t(r) * H + j] : T(0);
+    const bool inside = u < U && j < H && r < GH;
+    Wc_s[i] = to_operand(inside ? p.w_hh[int64_t(r) * H + j] : T(0), P());
   }
-  for (int64_t i = int64_t(N) * GH + tid; i < int64_t(N4) * GH; i += blockDim.x) X_s[i] = T(0);
+  for (int64_t i = tid; i < int64_t(L.n_p) * ld; i += blockDim.x) X_s[i] = to_operand(T(0), P());
   for (int i = tid; i < N * U; i += blockDim.x) {
     const int n = i / U, j = j0 + i % U;
     own_dh[i] = j < H ? p.dh_n[n * H + j] : T(0);
@@ -710,17 +892,16 @@ persistent_backward_kernel(PersistentBackward<T> p) {
       own_dh[i] = dh_direct;
     }
     if (step > 0) prefetch_step(step - 1);
-    if (flagged) {
+    if (flagged) {  // (T == P only: ld == GH)
       // No barrier: a block writes slot s&1 again at iteration s+2 only after reading every
       // block's iteration s+1, which each block publishes only after it has read iteration s.
-      gather_flagged(flagged, N * GH, flag, X_s);
+      gather_flagged(flagged, N * GH, flag, reinterpret_cast<T*>(X_s));
     } else {
       grid.sync();  // dgh of step t complete for every unit
-      const T* dgh_t = p.dgh + int64_t(t) * N * GH;
-      for (int64_t i = tid; i < int64_t(N) * GH; i += blockDim.x) X_s[i] = __ldcg(dgh_t + i);
+      load_operand_rows(p.dgh + int64_t(t) * N * GH, N, GH, ld, X_s);
     }
     __syncthreads();
-    block_gemv(Wc_s, U, GH, X_s, N, p.ksplit, part_s, r_s, U);
+    block_product(Wc_s, U, GH, L, X_s, N, p.ksplit, part_s, r_s, U);
     for (int i = tid; i < N * U; i += blockDim.x) own_dh[i] += r_s[i];
     // The next step's gate math reads own_dh[i] in the thread that wrote it; X_s is rewritten
     // only after the next step's gate math, which every thread of this block reaches after the
@@ -758,7 +939,7 @@ struct PersistentPlan {
   size_t smem_bytes = 0;
 };
 
-template <typename T>
+template <typename T, typename P>
 PersistentPlan plan_persistent(const SeqShape& s, const void* kernel, bool backward) {
   PersistentPlan plan;
   if (s.N <= 0 || s.H <= 0 || s.T <= 0 || s.H > INT_MAX / 8 || s.N > 4096 || s.T > INT_MAX)
@@ -774,9 +955,9 @@ PersistentPlan plan_persistent(const SeqShape& s, const void* kernel, bool backw
   const int G = static_cast<int>(s.G);
   const int64_t units = (s.H + sms - 1) / sms;
   const int64_t blocks = (s.H + units - 1) / units;
-  const int64_t elems = backward ? persistent_backward_smem_elems(G, s.N, s.H, units)
-                                 : persistent_forward_smem_elems(G, s.N, s.H, units);
-  const size_t bytes = static_cast<size_t>(elems) * sizeof(T);
+  const size_t bytes = static_cast<size_t>(
+      backward ? persistent_backward_smem_bytes<T, P>(G, s.N, s.H, units)
+               : persistent_forward_smem_bytes<T, P>(G, s.N, s.H, units));
   if (bytes > static_cast<size_t>(smem_optin)) return plan;
   FUSEDRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(bytes)));
@@ -792,21 +973,33 @@ PersistentPlan plan_persistent(const SeqShape& s, const void* kernel, bool backw
   return plan;
 }
 
-template <typename T, typename Cell, bool kTraining>
+template <typename T, typename P, typename Cell, bool kTraining>
 PersistentPlan plan_persistent_forward(const SeqShape& s) {
-  return plan_persistent<T>(
-      s, reinterpret_cast<const void*>(persistent_forward_kernel<T, Cell, kTraining>), false);
+  return plan_persistent<T, P>(
+      s, reinterpret_cast<const void*>(persistent_forward_kernel<T, P, Cell, kTraining>), false);
 }
 
-template <typename T, typename Cell>
+template <typename T, typename P, typename Cell>
 PersistentPlan plan_persistent_backward(const SeqShape& s) {
-  return plan_persistent<T>(
-      s, reinterpret_cast<const void*>(persistent_backward_kernel<T, Cell>), true);
+  return plan_persistent<T, P>(
+      s, reinterpret_cast<const void*>(persistent_backward_kernel<T, P, Cell>), true);
+}
+
+// The products' operand type: bf16 for a float32 call with bfloat16 products, else T.
+template <typename T>
+bool bf16_products(const Options& o) {
+  return o.bf16 && std::is_same<T, float>::value;
 }
 
 // ------------------------------------------------------------------------------ drivers
-template <typename T, typename Cell, bool kTraining>
+// The float32 part of the forward workspace (elements of T): gh [N, GH], h_exchange [2, N, H],
+// the flagged words (2 exchange slots of 8 bytes per value: 4 float32 elements per value, with
+// 4 more for the 16-byte alignment), one spare.
+int64_t forward_float_elems(const SeqShape& s) { return s.N * s.GH() + 6 * s.N * s.H + 5; }
+
+template <typename T, typename P, typename Cell, bool kTraining>
 void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
+  constexpr bool kBf16 = !std::is_same<T, P>::value;
   const SeqShape s = a.shape;
   const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N;
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(o.stream);
@@ -817,15 +1010,29 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
   }
   if (TN == 0 || H == 0) return;
   cublasHandle_t blas = blas_handle(stream, o.allow_tf32);
-  // gates <- x W_ih^T for every step at once (biases are added in the fused kernels).
-  gemm(blas, stream, false, true, TN, GH, s.I, T(1), a.x, s.I, a.w_ih, s.I, T(0), a.gates, GH);
-
   T* gh = workspace;                // [N, GH]
   T* h_exchange = workspace + N * GH;  // [2, N, H]
+  // bfloat16 operands after the float32 workspace (see forward_workspace_elems)
+  Bf16Area area = bf16_area(workspace, forward_float_elems(s));
+  bf16* w_hh_b = nullptr;  // stepwise only
+  bf16* h_b = nullptr;
+  // gates <- x W_ih^T for every step at once (biases are added in the fused kernels).
+  if constexpr (kBf16) {
+    bf16* x_b = area.take(TN * s.I);
+    bf16* w_ih_b = area.take(GH * s.I);
+    w_hh_b = area.take(GH * H);
+    h_b = area.take(N * H);
+    to_bf16(stream, a.x, x_b, TN * s.I);
+    to_bf16(stream, a.w_ih, w_ih_b, GH * s.I);
+    gemm_bf16(blas, stream, false, true, TN, GH, s.I, x_b, s.I, w_ih_b, s.I, 0.0f, a.gates, GH);
+  } else {
+    gemm(blas, stream, false, true, TN, GH, s.I, T(1), a.x, s.I, a.w_ih, s.I, T(0), a.gates, GH);
+  }
+
   PersistentPlan plan;
   if (o.algorithm == Algorithm::kPersistent ||
       (o.algorithm == Algorithm::kAuto && N <= kPersistentMaxBatch))
-    plan = plan_persistent_forward<T, Cell, kTraining>(s);
+    plan = plan_persistent_forward<T, P, Cell, kTraining>(s);
   if (o.algorithm == Algorithm::kPersistent && !plan.fits)
     throw std::runtime_error("fusedrnn CUDA: the persistent kernel does not fit this problem "
                              "(shared memory or co-residency); use the stepwise algorithm");
@@ -851,13 +1058,13 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     p.h_prev = a.h_prev;
     p.h_exchange = h_exchange;
     p.h_flagged = nullptr;
-    if (use_flagged_exchange<T>()) {  // zeroed: no flag of an earlier call can match
+    if (!kBf16 && use_flagged_exchange<T>()) {  // zeroed: no flag of an earlier call can match
       p.h_flagged = flagged_words(workspace, N * GH + 2 * N * H);
       FUSEDRNN_CUDA_CHECK(cudaMemsetAsync(p.h_flagged, 0, 2 * N * H * sizeof(Word), stream));
     }
     void* params[] = {&p};
     FUSEDRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
-        reinterpret_cast<const void*>(persistent_forward_kernel<T, Cell, kTraining>),
+        reinterpret_cast<const void*>(persistent_forward_kernel<T, P, Cell, kTraining>),
         dim3(plan.blocks), dim3(kPersistentThreads), params, plan.smem_bytes, stream));
     FUSEDRNN_LAUNCH_CHECK("persistent_forward_kernel");
     return;
@@ -876,10 +1083,18 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
   p.y = a.y;
   p.extra = a.extra;
   p.h_prev = a.h_prev;
+  p.h_bf16 = h_b;
+  if constexpr (kBf16) {
+    to_bf16(stream, a.w_hh, w_hh_b, GH * H);
+    to_bf16(stream, a.h0, h_b, N * H);
+  }
   const int blocks = blocks_for(N * H);
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = a.reverse ? s.T - 1 - step : step;
-    gemm(blas, stream, false, true, N, GH, H, T(1), a.h_n, H, a.w_hh, H, T(0), gh, GH);
+    if constexpr (kBf16)
+      gemm_bf16(blas, stream, false, true, N, GH, H, h_b, H, w_hh_b, H, 0.0f, gh, GH);
+    else
+      gemm(blas, stream, false, true, N, GH, H, T(1), a.h_n, H, a.w_hh, H, T(0), gh, GH);
     forward_step_kernel<T, Cell, kTraining><<<blocks, kThreads, 0, stream>>>(p, t);
     FUSEDRNN_LAUNCH_CHECK("forward_step_kernel");
   }
@@ -891,8 +1106,15 @@ inline int64_t backward_flag_offset(bool split, const SeqShape& s) {
   return (split ? 2 : 1) * TN * s.GH() + s.N * s.H + (TN > 0 ? TN : 1);
 }
 
-template <typename T, typename Cell>
+// ... and its whole float32 part: the flagged words (4 float32 elements per value, 4 more for
+// the alignment) included.
+inline int64_t backward_float_elems(bool split, const SeqShape& s) {
+  return backward_flag_offset(split, s) + 4 * s.N * s.GH() + 4;
+}
+
+template <typename T, typename P, typename Cell>
 void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
+  constexpr bool kBf16 = !std::is_same<T, P>::value;
   const SeqShape s = a.shape;
   const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N, I = s.I;
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(o.stream);
@@ -902,6 +1124,17 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   T* dgh = Cell::kSplitRecurrentGrad ? dgx + TN * GH : dgx;       // [T, N, GH]
   T* dh_other = (Cell::kSplitRecurrentGrad ? dgh + TN * GH : dgx + TN * GH);  // [N, H]
   T* ones = dh_other + N * H;                                     // [max(TN, 1)]
+  // bfloat16 operands after the float32 workspace (see backward_workspace_elems): the gate
+  // gradients (per step the recurrent side, after the loop the input side) and the weights
+  Bf16Area area = bf16_area(workspace, backward_float_elems(Cell::kSplitRecurrentGrad, s));
+  bf16* d_b = nullptr;
+  bf16* w_ih_b = nullptr;
+  bf16* w_hh_b = nullptr;
+  if constexpr (kBf16) {
+    d_b = area.take(TN * GH);
+    w_ih_b = area.take(GH * I);
+    w_hh_b = area.take(GH * H);
+  }
 
   if (N * H > 0) {
     FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, a.dh_n, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
@@ -912,7 +1145,7 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   PersistentPlan plan;
   if (N * H > 0 && (o.algorithm == Algorithm::kPersistent ||
                     (o.algorithm == Algorithm::kAuto && N <= kPersistentMaxBatch)))
-    plan = plan_persistent_backward<T, Cell>(s);
+    plan = plan_persistent_backward<T, P, Cell>(s);
   if (o.algorithm == Algorithm::kAuto && plan.fits &&
       int64_t(plan.units) * GH * ((N + 3) / 4 * 4) > kPersistentBackwardMaxWork)
     plan.fits = false;
@@ -940,13 +1173,13 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
     q.dh0 = a.dh0;
     q.dc0 = a.dc0;
     q.flagged = nullptr;
-    if (use_flagged_exchange<T>()) {
+    if (!kBf16 && use_flagged_exchange<T>()) {
       q.flagged = flagged_words(workspace, backward_flag_offset(Cell::kSplitRecurrentGrad, s));
       FUSEDRNN_CUDA_CHECK(cudaMemsetAsync(q.flagged, 0, 2 * N * GH * sizeof(Word), stream));
     }
     void* params[] = {&q};
     FUSEDRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
-        reinterpret_cast<const void*>(persistent_backward_kernel<T, Cell>), dim3(plan.blocks),
+        reinterpret_cast<const void*>(persistent_backward_kernel<T, P, Cell>), dim3(plan.blocks),
         dim3(kPersistentThreads), params, plan.smem_bytes, stream));
     FUSEDRNN_LAUNCH_CHECK("persistent_backward_kernel");
   }
@@ -965,8 +1198,10 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   p.dc = a.dc0;
   p.dgx = dgx;
   p.dgh = Cell::kSplitRecurrentGrad ? dgh : nullptr;
+  p.dgh_bf16 = d_b;
   const int blocks = blocks_for(N * H);
   if (N * H > 0 && !plan.fits) {
+    if constexpr (kBf16) to_bf16(stream, a.w_hh, w_hh_b, GH * H);
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = a.reverse ? s.T - 1 - step : step;
       p.dh = dh;
@@ -974,16 +1209,27 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
       backward_step_kernel<T, Cell><<<blocks, kThreads, 0, stream>>>(p, t);
       FUSEDRNN_LAUNCH_CHECK("backward_step_kernel");
       // dh_{t-1} = dh_direct + dgh_t W_hh (rows of inactive samples of dgh_t are zero).
-      gemm(blas, stream, false, false, N, H, GH, T(1), dgh + t * N * GH, GH, a.w_hh, H, T(1),
-           dh_next, H);
+      if constexpr (kBf16)
+        gemm_bf16(blas, stream, false, false, N, H, GH, d_b + t * N * GH, GH, w_hh_b, H, 1.0f,
+                  dh_next, H);
+      else
+        gemm(blas, stream, false, false, N, H, GH, T(1), dgh + t * N * GH, GH, a.w_hh, H, T(1),
+             dh_next, H);
       std::swap(dh, dh_next);
     }
     if (dh != a.dh0)
       FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, dh, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
   }
 
-  // The three big GEMMs over all T*N rows, then the bias gradients.
-  gemm(blas, stream, false, false, TN, I, GH, T(1), dgx, GH, a.w_ih, I, T(0), a.dx, I);
+  // The three big GEMMs over all T*N rows, then the bias gradients (dx from bfloat16
+  // operands under bfloat16 products, the weight gradients always in T).
+  if constexpr (kBf16) {
+    to_bf16(stream, dgx, d_b, TN * GH);
+    to_bf16(stream, a.w_ih, w_ih_b, GH * I);
+    gemm_bf16(blas, stream, false, false, TN, I, GH, d_b, GH, w_ih_b, I, 0.0f, a.dx, I);
+  } else {
+    gemm(blas, stream, false, false, TN, I, GH, T(1), dgx, GH, a.w_ih, I, T(0), a.dx, I);
+  }
   gemm(blas, stream, true, false, GH, I, TN, T(1), dgx, GH, a.x, I, T(0), a.dw_ih, I);
   gemm(blas, stream, true, false, GH, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh, H);
   if (TN > 0) {
@@ -994,38 +1240,47 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   column_sums(blas, stream, dgh, TN, GH, ones, a.db_hh);
 }
 
-template <typename T, bool kTraining>
-void forward_dispatch(CellKind cell, const ForwardArgs<T>& a, T* ws, const Options& o) {
+// Calls f(Cell*, P*) (null pointers as type tags) with the cell's type and the products'
+// operand type: bf16 for a float32 call with bfloat16 products (Options::bf16), else T.
+template <typename T, typename F>
+auto with_cell_and_operand(CellKind cell, bool bf16_operands, F&& f) {
+  auto with_operand = [&](auto* cell_tag) {
+    if constexpr (std::is_same<T, float>::value) {
+      if (bf16_operands) return f(cell_tag, static_cast<bf16*>(nullptr));
+    }
+    return f(cell_tag, static_cast<T*>(nullptr));
+  };
   switch (cell) {
-    case CellKind::kLstm: return forward_impl<T, LstmCell, kTraining>(a, ws, o);
-    case CellKind::kGru: return forward_impl<T, GruCell, kTraining>(a, ws, o);
-    case CellKind::kRnnTanh: return forward_impl<T, RnnCell<false>, kTraining>(a, ws, o);
-    case CellKind::kRnnRelu: return forward_impl<T, RnnCell<true>, kTraining>(a, ws, o);
+    case CellKind::kLstm: return with_operand(static_cast<LstmCell*>(nullptr));
+    case CellKind::kGru: return with_operand(static_cast<GruCell*>(nullptr));
+    case CellKind::kRnnTanh: return with_operand(static_cast<RnnCell<false>*>(nullptr));
+    case CellKind::kRnnRelu: break;
   }
+  return with_operand(static_cast<RnnCell<true>*>(nullptr));
 }
 
-template <typename T, bool kTraining>
-bool fits_dispatch(CellKind cell, const SeqShape& s) {
-  switch (cell) {
-    case CellKind::kLstm: return plan_persistent_forward<T, LstmCell, kTraining>(s).fits;
-    case CellKind::kGru: return plan_persistent_forward<T, GruCell, kTraining>(s).fits;
-    case CellKind::kRnnTanh: return plan_persistent_forward<T, RnnCell<false>, kTraining>(s).fits;
-    case CellKind::kRnnRelu: return plan_persistent_forward<T, RnnCell<true>, kTraining>(s).fits;
-  }
-  return false;
+// The bfloat16 buffers each driver takes after its float32 part (Bf16Area::take order).
+template <typename T>
+int64_t forward_bf16_elems(const SeqShape& s) {
+  return Bf16Area::elems<T>({s.T * s.N * s.I, s.GH() * s.I, s.GH() * s.H, s.N * s.H});
+}
+
+template <typename T>
+int64_t backward_bf16_elems(const SeqShape& s) {
+  return Bf16Area::elems<T>({s.T * s.N * s.GH(), s.GH() * s.I, s.GH() * s.H});
 }
 
 }  // namespace
 
-// Sizes in elements of the dtype; the flagged words (2 exchange slots of 8 bytes per value)
-// take 4 float32 elements per value, with 4 more for the 16-byte alignment.
-std::size_t forward_workspace_elems(CellKind /*cell*/, const SeqShape& s, bool /*training*/) {
-  return static_cast<std::size_t>(s.N * s.GH() + 2 * s.N * s.H + 4 * s.N * s.H + 5);
+// Sizes in elements of the dtype (float32 when bf16: the bfloat16 products are float32 only).
+std::size_t forward_workspace_elems(CellKind /*cell*/, const SeqShape& s, bool /*training*/,
+                                   bool bf16) {
+  return static_cast<std::size_t>(forward_float_elems(s) + (bf16 ? forward_bf16_elems<float>(s) : 0));
 }
 
-std::size_t backward_workspace_elems(CellKind cell, const SeqShape& s) {
-  return static_cast<std::size_t>(backward_flag_offset(cell == CellKind::kGru, s) +
-                                  4 * s.N * s.GH() + 4);
+std::size_t backward_workspace_elems(CellKind cell, const SeqShape& s, bool bf16) {
+  return static_cast<std::size_t>(backward_float_elems(cell == CellKind::kGru, s) +
+                                  (bf16 ? backward_bf16_elems<float>(s) : 0));
 }
 
 // The caller's device (CuPy's current one) may differ from this runtime's current device.
@@ -1037,38 +1292,43 @@ template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args, T* workspace,
                        const Options& options) {
   use_device(options);
-  if (args.h_prev)
-    forward_dispatch<T, true>(cell, args, workspace, options);
-  else
-    forward_dispatch<T, false>(cell, args, workspace, options);
+  with_cell_and_operand<T>(cell, options.bf16, [&](auto* cell_tag, auto* operand_tag) {
+    using Cell = std::remove_pointer_t<decltype(cell_tag)>;
+    using P = std::remove_pointer_t<decltype(operand_tag)>;
+    if (args.h_prev)
+      forward_impl<T, P, Cell, true>(args, workspace, options);
+    else
+      forward_impl<T, P, Cell, false>(args, workspace, options);
+  });
 }
 
 template <typename T>
 void recurrent_backward(CellKind cell, const BackwardArgs<T>& args, T* workspace,
                         const Options& options) {
   use_device(options);
-  switch (cell) {
-    case CellKind::kLstm: return backward_impl<T, LstmCell>(args, workspace, options);
-    case CellKind::kGru: return backward_impl<T, GruCell>(args, workspace, options);
-    case CellKind::kRnnTanh: return backward_impl<T, RnnCell<false>>(args, workspace, options);
-    case CellKind::kRnnRelu: return backward_impl<T, RnnCell<true>>(args, workspace, options);
-  }
+  with_cell_and_operand<T>(cell, options.bf16, [&](auto* cell_tag, auto* operand_tag) {
+    using Cell = std::remove_pointer_t<decltype(cell_tag)>;
+    using P = std::remove_pointer_t<decltype(operand_tag)>;
+    backward_impl<T, P, Cell>(args, workspace, options);
+  });
 }
 
 template <typename T>
-bool persistent_forward_fits(CellKind cell, const SeqShape& shape) {
-  return fits_dispatch<T, false>(cell, shape);
+bool persistent_forward_fits(CellKind cell, const SeqShape& shape, bool bf16) {
+  return with_cell_and_operand<T>(cell, bf16, [&](auto* cell_tag, auto* operand_tag) {
+    using Cell = std::remove_pointer_t<decltype(cell_tag)>;
+    using P = std::remove_pointer_t<decltype(operand_tag)>;
+    return plan_persistent_forward<T, P, Cell, false>(shape).fits;
+  });
 }
 
 template <typename T>
-bool persistent_backward_fits(CellKind cell, const SeqShape& s) {
-  switch (cell) {
-    case CellKind::kLstm: return plan_persistent_backward<T, LstmCell>(s).fits;
-    case CellKind::kGru: return plan_persistent_backward<T, GruCell>(s).fits;
-    case CellKind::kRnnTanh: return plan_persistent_backward<T, RnnCell<false>>(s).fits;
-    case CellKind::kRnnRelu: return plan_persistent_backward<T, RnnCell<true>>(s).fits;
-  }
-  return false;
+bool persistent_backward_fits(CellKind cell, const SeqShape& shape, bool bf16) {
+  return with_cell_and_operand<T>(cell, bf16, [&](auto* cell_tag, auto* operand_tag) {
+    using Cell = std::remove_pointer_t<decltype(cell_tag)>;
+    using P = std::remove_pointer_t<decltype(operand_tag)>;
+    return plan_persistent_backward<T, P, Cell>(shape).fits;
+  });
 }
 
 std::string device_summary() {
@@ -1088,10 +1348,10 @@ template void recurrent_forward<float>(CellKind, const ForwardArgs<float>&, floa
 template void recurrent_forward<double>(CellKind, const ForwardArgs<double>&, double*, const Options&);
 template void recurrent_backward<float>(CellKind, const BackwardArgs<float>&, float*, const Options&);
 template void recurrent_backward<double>(CellKind, const BackwardArgs<double>&, double*, const Options&);
-template bool persistent_forward_fits<float>(CellKind, const SeqShape&);
-template bool persistent_forward_fits<double>(CellKind, const SeqShape&);
-template bool persistent_backward_fits<float>(CellKind, const SeqShape&);
-template bool persistent_backward_fits<double>(CellKind, const SeqShape&);
+template bool persistent_forward_fits<float>(CellKind, const SeqShape&, bool);
+template bool persistent_forward_fits<double>(CellKind, const SeqShape&, bool);
+template bool persistent_backward_fits<float>(CellKind, const SeqShape&, bool);
+template bool persistent_backward_fits<double>(CellKind, const SeqShape&, bool);
 
 }  // namespace cuda
 }  // namespace fusedrnn

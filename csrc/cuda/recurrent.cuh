@@ -25,12 +25,17 @@ struct Options {
   int device = -1;            // make this device current first (-1: leave as it is)
   std::uintptr_t stream = 0;  // cudaStream_t on that device
   bool allow_tf32 = false;    // cuBLAS float32 GEMMs may use TF32 tensor cores
+  // float32 only: the products W_ih x, W_hh h (and in the backward dgates W_hh, dgates W_ih)
+  // from bfloat16-rounded operands on tensor cores, fp32 accumulation (fusedrnn.autocast);
+  // the weight gradients, the gate math and the state stay fp32. Ignored for float64.
+  bool bf16 = false;
   Algorithm algorithm = Algorithm::kAuto;
 };
 
 // Device scratch (elements of T) the caller provides to each call.
-std::size_t forward_workspace_elems(CellKind cell, const SeqShape& shape, bool training);
-std::size_t backward_workspace_elems(CellKind cell, const SeqShape& shape);
+std::size_t forward_workspace_elems(CellKind cell, const SeqShape& shape, bool training,
+                                   bool bf16 = false);
+std::size_t backward_workspace_elems(CellKind cell, const SeqShape& shape, bool bf16 = false);
 
 // Forward. `gates` [T, N, GH] is always required (it holds the input projection, then, in
 // training, the saved activations); `extra` and `h_prev` only in training (extra null for RNN).
@@ -44,11 +49,11 @@ void recurrent_backward(CellKind cell, const BackwardArgs<T>& args, T* workspace
 
 // Would `recurrent_forward` run the persistent kernel for this problem under kAuto?
 template <typename T>
-bool persistent_forward_fits(CellKind cell, const SeqShape& shape);
+bool persistent_forward_fits(CellKind cell, const SeqShape& shape, bool bf16 = false);
 
 // Can the persistent backward kernel hold this problem on the current device?
 template <typename T>
-bool persistent_backward_fits(CellKind cell, const SeqShape& shape);
+bool persistent_backward_fits(CellKind cell, const SeqShape& shape, bool bf16 = false);
 
 // Device name and compute capability of the current device, for info().
 std::string device_summary();

@@ -1,9 +1,10 @@
 """bfloat16 autocast: ``with fr.autocast("bfloat16"): ...``, as ``torch.autocast``.
 
-Inside the block, float32 forwards of the recurrent layers, cells and kernels on the CPU,
+Inside the block, float32 forwards of the recurrent layers, cells and kernels, CPU and CUDA,
 inference and training, run their products (W_ih x and W_hh h) from bfloat16 values with
-float32 accumulation: W_ih and W_hh are converted once per weight version where a layer or cell
-keeps them (never written over the float32 parameters), x is rounded once per call and h each
+float32 accumulation (on the GPU on tensor cores): W_ih and W_hh are converted once per weight
+version where a CPU layer or cell keeps them, on the GPU at each call (never written over the
+float32 parameters), x is rounded once per call and h each
 step as the product reads it. The biases, the gate math, c and h themselves stay float32, and so
 do inputs and outputs. A training forward saves its float32 activations; its backward (wherever
 it is called) runs the products dgates W_hh and dgates W_ih in bfloat16 too, the weight
@@ -11,8 +12,8 @@ gradients in float32, into the float32 parameters. The state is thread-local, an
 (the innermost wins).
 
 Not under autocast so far (they run in float32, as torch.autocast runs the ops it does not list):
-the CUDA kernels, float64 arrays, and the NumPy matmuls around the cells in fusedrnn.nn (the
-seq2seq attention, embeddings and output projections)."""
+float64 arrays, and the NumPy matmuls around the cells in fusedrnn.nn (the seq2seq attention,
+embeddings and output projections)."""
 from __future__ import annotations
 
 import threading

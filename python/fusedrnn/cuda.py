@@ -9,6 +9,10 @@ Importing this module always works; on a build without the CUDA extension, or wi
 :func:`kernels` and :func:`array_module` raise :class:`CudaUnavailableError` saying which.
 
 Numerics: float32 GEMMs run in full fp32 by default; :func:`set_allow_tf32` opts in to TF32.
+Under ``fusedrnn.autocast("bfloat16")`` (or ``precision="bfloat16"``) float32 calls run their
+products W_ih x, W_hh h (and in the backward dgates W_hh, dgates W_ih) from bfloat16-rounded
+operands on tensor cores with fp32 accumulation, as the CPU kernels do; the weight gradients,
+gate math and state stay fp32.
 The time loops (forward and backward) run a persistent kernel for small batches when it fits on
 the device and a per-step cuBLAS GEMM plus fused kernel otherwise; :func:`set_algorithm` forces
 either.
@@ -123,17 +127,26 @@ def options(allow_tf32=None, algorithm=None):
         _settings.update(saved)
 
 
-def persistent_forward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh") -> bool:
-    """Can the persistent forward kernel hold this problem on the current device?"""
+def persistent_forward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh",
+                            precision=None) -> bool:
+    """Can the persistent forward kernel hold this problem on the current device?
+    ``precision="bfloat16"``: its bfloat16 form (W_hh at half the bytes: it holds more)."""
     return bool(_extension().persistent_forward_fits(cell, nonlinearity, np.dtype(dtype).name,
-                                                     T, N, I, H))
+                                                     T, N, I, H, _bf16(precision)))
 
 
-def persistent_backward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh") -> bool:
+def persistent_backward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh",
+                             precision=None) -> bool:
     """Can the persistent backward kernel hold this problem on the current device? (It needs
     the whole batch's gate gradients of one step on chip, so it fits less than the forward.)"""
     return bool(_extension().persistent_backward_fits(cell, nonlinearity, np.dtype(dtype).name,
-                                                      T, N, I, H))
+                                                      T, N, I, H, _bf16(precision)))
+
+
+def _bf16(precision):
+    """Whether ``precision`` asks for bfloat16 products (checked; None and "float32" do not)."""
+    from .amp import check_precision
+    return check_precision(precision) == "bfloat16"
 
 
 # ---------------------------------------------------------------------------- conversion
@@ -220,7 +233,9 @@ class _Kernels:
         return x, w_hh, dtype, (T, N, I, H, G * H)
 
     def recurrent_forward(self, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                          reverse, training):
+                          reverse, training, cache=None, precision=None):
+        """``cache``: the CPU kernels' kept weights, unused here (the bfloat16 weights are
+        converted on the device each call); ``precision="bfloat16"``: bfloat16 products."""
         cp = self._cp
         x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         x = self._array(x, "x", (T, N, I), dtype)
@@ -243,8 +258,9 @@ class _Kernels:
         uses_extra = cell in ("lstm", "gru")
         extra = cp.empty((T if uses_extra else 0, N, H), dtype) if training else None
         h_prev = cp.empty((T, N, H), dtype) if training else None
+        bf16 = _bf16(precision) and dtype == np.float32
         workspace = cp.empty(self._ext.forward_workspace_size(cell, nonlinearity, T, N, I, H,
-                                                              bool(training)), dtype)
+                                                              bool(training), bf16), dtype)
         pointers = (_address(x), _address(h0), _address(c0), _address(w_ih), _address(w_hh),
                     _address(b_ih), _address(b_hh), _address(d_lengths), _address(y),
                     _address(h_n), _address(c_n), _address(gates),
@@ -252,13 +268,14 @@ class _Kernels:
                     _address(workspace))
         self._ext.recurrent_forward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                     bool(reverse), *self._device_and_stream(),
-                                    _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]])
+                                    _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
+                                    bf16)
         if not training:
             return y, h_n, c_n, None, None, None
         return y, h_n, c_n, gates, extra, h_prev
 
     def recurrent_backward(self, cell, nonlinearity, x, w_ih, w_hh, lengths, reverse, gates,
-                           extra, h_prev, dy, dh_n, dc_n):
+                           extra, h_prev, dy, dh_n, dc_n, precision=None):
         cp = self._cp
         x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         lstm = cell == "lstm"
@@ -281,8 +298,9 @@ class _Kernels:
         dw_hh = cp.empty((GH, H), dtype)
         db_ih = cp.empty((GH,), dtype)
         db_hh = cp.empty((GH,), dtype)
-        workspace = cp.empty(self._ext.backward_workspace_size(cell, nonlinearity, T, N, I, H),
-                             dtype)
+        bf16 = _bf16(precision) and dtype == np.float32
+        workspace = cp.empty(self._ext.backward_workspace_size(cell, nonlinearity, T, N, I, H,
+                                                               bf16), dtype)
         pointers = (_address(x), _address(w_ih), _address(w_hh), _address(d_lengths),
                     _address(gates), _address(extra), _address(h_prev), _address(dy),
                     _address(dh_n), _address(dc_n), _address(dx), _address(dh0), _address(dc0),
@@ -290,7 +308,8 @@ class _Kernels:
                     _address(workspace))
         self._ext.recurrent_backward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                      bool(reverse), *self._device_and_stream(),
-                                     _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]])
+                                     _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
+                                     bf16)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 

@@ -196,19 +196,18 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    if bfloat16_products(kernels, x.dtype, precision):
+    if bfloat16_products(x.dtype, precision):
         return kernels, args + (cache, "bfloat16"), has_bias
     return kernels, args + ((cache,) if cache is not None else ()), has_bias
 
 
-def bfloat16_products(kernels, dtype, precision=None):
-    """Whether a forward call runs its recurrent products in bfloat16: asked for (``precision``,
-    else fusedrnn.autocast) on a float32 call of the CPU kernels, inference or training (whose
-    backward stays float32). float64 and the CUDA kernels stay in their own precision
-    (fusedrnn.amp)."""
+def bfloat16_products(dtype, precision=None):
+    """Whether a forward call runs its products in bfloat16: asked for (``precision``, else
+    fusedrnn.autocast) on a float32 call, CPU or CUDA, inference or training (whose backward
+    then runs its products dgates W in bfloat16 too). float64 stays float64 (fusedrnn.amp)."""
     if precision is None:
         precision = autocast_precision()
-    return precision == "bfloat16" and kernels is _C and dtype == np.float32
+    return precision == "bfloat16" and dtype == np.float32
 
 
 # ---------------------------------------------------------------------------- zero-size work

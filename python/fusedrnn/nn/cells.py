@@ -197,7 +197,7 @@ class RNNCellBase(Module):
                 zeros = np.zeros((x.shape[0], self.hidden_size), self.dtype)
                 h0 = zeros if h0 is None else h0
                 c0 = zeros if c0 is None else c0
-            precision = "bfloat16" if F.bfloat16_products(_C, self.dtype) else None
+            precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
             out = _C.recurrent_forward(self._cell, self.nonlinearity, x[None], h0,
                                        c0 if lstm else None, *w, None, False, False, cache,
                                        precision)

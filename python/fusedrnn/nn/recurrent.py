@@ -350,7 +350,7 @@ class RNNBase(Module):
         w, cache = self._kept.weights(0, self._weights(0, 0))
         if cache is None or not all(a.dtype == self.dtype and a.flags.c_contiguous for a in w):
             return None
-        precision = "bfloat16" if F.bfloat16_products(_C, self.dtype) else None
+        precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
         y, h_n, c_n = _C.recurrent_forward(self._cell, self.nonlinearity, x, h0,
                                            c0 if lstm else None, *w, None, False, False,
                                            cache, precision)[:3]

@@ -58,7 +58,7 @@ def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training
     xn = _np(x)
     lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
     # no weight cache: the parameters may change in place between calls
-    bfloat16 = (None, "bfloat16") if F.bfloat16_products(_C, xn.dtype, precision) else ()
+    bfloat16 = (None, "bfloat16") if F.bfloat16_products(xn.dtype, precision) else ()
     calls = []
     for d in range(len(w_ih)):
         gh = w_hh[d].shape[0]
@@ -124,7 +124,7 @@ def _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n,
         calls.append((xn, _np(w_ih[d]), _np(w_hh[d]), lengths_np, d == 1, _np(gates[d]),
                       _np(extra[d]), _np(h_prev[d]), _np(dy[:, :, d * H:(d + 1) * H]),
                       _np(dh_n[d]), _np(dc_n[d]) if cell == "lstm" else None))
-    if F.bfloat16_products(_C, xn.dtype, _check_precision(precision)):
+    if F.bfloat16_products(xn.dtype, _check_precision(precision)):
         calls = [c + ("bfloat16",) for c in calls]
     outs = _run("recurrent_backward", cell, nonlinearity, calls)
     dx = torch.from_numpy(outs[0][0])
