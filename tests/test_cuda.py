@@ -561,9 +561,9 @@ def test_bf16_workspaces_and_refusals_without_a_gpu():
         # x, W_ih, W_hh, h as bfloat16 (2 bytes, in 4-byte elements)
         assert ext.forward_workspace_size(cell, "tanh", T, N, I, H, True, True) >= \
             fwd + (T * N * I + G * H * I + G * H * H + N * H) // 2
-        # the gate gradients, W_ih, W_hh
+        # the gate gradients, W_ih, W_hh, x, h_prev (the weight gradients' operands)
         assert ext.backward_workspace_size(cell, "tanh", T, N, I, H, True) >= \
-            bwd + (T * N * G * H + G * H * I + G * H * H) // 2
+            bwd + (T * N * G * H + G * H * I + G * H * H + T * N * I + T * N * H) // 2
     with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
         ext.recurrent_forward("lstm", "tanh", "float64", T, N, I, H, (0,) * 15, False, -1, 0,
                               False, 0, True)

@@ -319,7 +319,8 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   if (bf16) {
     // bfloat16 products (BackwardCall::bf16_loop): W_hh's columns and W_ih's packed into
     // bfloat16 pairs at any length; by samples where all of W_hh (2 bytes a value) fits a
-    // core's cache, else by units; dx after the loop from the steps' bfloat16 gate gradients
+    // core's cache, else by units; dx after the loop from the steps' bfloat16 gate gradients,
+    // the weight gradients from bfloat16 operands too (BackwardCall::bf16_weight_grads)
     p.bf16 = true;
     const bool samples = !deterministic() && split_by_samples(t, N, slices, GH * H * 2);
     p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
@@ -329,6 +330,7 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     const bool amx = element_bytes == 4 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_dx = amx && TN >= t.amx_min_batch;
+    p.amx_weights = p.amx_dx;
   }
   return p;
 }

@@ -126,6 +126,7 @@ struct BackwardPlan {
   int gemm_blocks;  // their row blocks, spread over the slices (>= gemm_slices)
   bool bf16;        // dgates W_hh and dx from bfloat16 values (by units, packed, dx after)
   bool amx, amx_dx;  // ... on AMX tiles: the steps (a batch of amx_min_batch or more), dx
+  bool amx_weights;  // the weight gradients (bfloat16 too) on AMX tiles (T*N >= amx_min_batch)
 };
 
 // Deterministic plans: results independent of the thread count, not only reproducible for a

@@ -27,9 +27,10 @@
 // bfloat16 autocast (Options::bf16, float32 only): the same loops with the products' operands
 // rounded to bfloat16 (round to nearest even, as the CPU kernels and the reference round them)
 // and fp32 accumulation on tensor cores: cuBLAS GemmEx for the input projection, the stepwise
-// recurrent products and dx; in the persistent kernels W_hh and the exchanged state (forward h,
-// backward dgh) sit in shared memory as bfloat16 (half the bytes: larger H stays persistent) and
-// go through 16x16x16 warp MMAs (block_mma). The weight gradients and the gate math stay fp32.
+// recurrent products, dx and the weight gradients; in the persistent kernels W_hh and the
+// exchanged state (forward h, backward dgh) sit in shared memory as bfloat16 (half the bytes:
+// larger H stays persistent) and go through 16x16x16 warp MMAs (block_mma). The gate math, the
+// state and every sum stay fp32.
 #include "cuda/recurrent.cuh"
 
 #include <cooperative_groups.h>
@@ -1130,10 +1131,14 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   bf16* d_b = nullptr;
   bf16* w_ih_b = nullptr;
   bf16* w_hh_b = nullptr;
+  bf16* x_b = nullptr;
+  bf16* h_prev_b = nullptr;
   if constexpr (kBf16) {
     d_b = area.take(TN * GH);
     w_ih_b = area.take(GH * I);
     w_hh_b = area.take(GH * H);
+    x_b = area.take(TN * I);
+    h_prev_b = area.take(TN * H);
   }
 
   if (N * H > 0) {
@@ -1221,17 +1226,22 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
       FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, dh, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
   }
 
-  // The three big GEMMs over all T*N rows, then the bias gradients (dx from bfloat16
-  // operands under bfloat16 products, the weight gradients always in T).
+  // The three big GEMMs over all T*N rows (from bfloat16 operands under bfloat16 products,
+  // fp32 sums, as the CPU's), then the bias gradients.
   if constexpr (kBf16) {
     to_bf16(stream, dgx, d_b, TN * GH);
     to_bf16(stream, a.w_ih, w_ih_b, GH * I);
+    to_bf16(stream, a.x, x_b, TN * I);
+    to_bf16(stream, a.h_prev, h_prev_b, TN * H);
     gemm_bf16(blas, stream, false, false, TN, I, GH, d_b, GH, w_ih_b, I, 0.0f, a.dx, I);
+    gemm_bf16(blas, stream, true, false, GH, I, TN, d_b, GH, x_b, I, 0.0f, a.dw_ih, I);
+    if (Cell::kSplitRecurrentGrad) to_bf16(stream, dgh, d_b, TN * GH);  // (after dw_ih: one stream)
+    gemm_bf16(blas, stream, true, false, GH, H, TN, d_b, GH, h_prev_b, H, 0.0f, a.dw_hh, H);
   } else {
     gemm(blas, stream, false, false, TN, I, GH, T(1), dgx, GH, a.w_ih, I, T(0), a.dx, I);
+    gemm(blas, stream, true, false, GH, I, TN, T(1), dgx, GH, a.x, I, T(0), a.dw_ih, I);
+    gemm(blas, stream, true, false, GH, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh, H);
   }
-  gemm(blas, stream, true, false, GH, I, TN, T(1), dgx, GH, a.x, I, T(0), a.dw_ih, I);
-  gemm(blas, stream, true, false, GH, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh, H);
   if (TN > 0) {
     fill_kernel<T><<<blocks_for(TN), kThreads, 0, stream>>>(ones, TN, T(1));
     FUSEDRNN_LAUNCH_CHECK("fill_kernel");
@@ -1267,7 +1277,8 @@ int64_t forward_bf16_elems(const SeqShape& s) {
 
 template <typename T>
 int64_t backward_bf16_elems(const SeqShape& s) {
-  return Bf16Area::elems<T>({s.T * s.N * s.GH(), s.GH() * s.I, s.GH() * s.H});
+  return Bf16Area::elems<T>(
+      {s.T * s.N * s.GH(), s.GH() * s.I, s.GH() * s.H, s.T * s.N * s.I, s.T * s.N * s.H});
 }
 
 }  // namespace

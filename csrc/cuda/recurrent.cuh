@@ -25,9 +25,9 @@ struct Options {
   int device = -1;            // make this device current first (-1: leave as it is)
   std::uintptr_t stream = 0;  // cudaStream_t on that device
   bool allow_tf32 = false;    // cuBLAS float32 GEMMs may use TF32 tensor cores
-  // float32 only: the products W_ih x, W_hh h (and in the backward dgates W_hh, dgates W_ih)
-  // from bfloat16-rounded operands on tensor cores, fp32 accumulation (fusedrnn.autocast);
-  // the weight gradients, the gate math and the state stay fp32. Ignored for float64.
+  // float32 only: every product (W_ih x, W_hh h; in the backward dgates W_hh, dgates W_ih and
+  // the weight gradients) from bfloat16-rounded operands on tensor cores, fp32 accumulation
+  // (fusedrnn.autocast); the gate math and the state stay fp32. Ignored for float64.
   bool bf16 = false;
   Algorithm algorithm = Algorithm::kAuto;
 };

@@ -7,8 +7,8 @@ version where a CPU layer or cell keeps them, on the GPU at each call (never wri
 float32 parameters), x is rounded once per call and h each
 step as the product reads it. The biases, the gate math, c and h themselves stay float32, and so
 do inputs and outputs. A training forward saves its float32 activations; its backward (wherever
-it is called) runs the products dgates W_hh and dgates W_ih in bfloat16 too, the weight
-gradients in float32, into the float32 parameters. The state is thread-local, and blocks nest
+it is called) runs its products in bfloat16 too (dgates W_hh, dgates W_ih and the weight
+gradients dgates^T x, dgates^T h), summed in float32 into the float32 parameters. The state is thread-local, and blocks nest
 (the innermost wins).
 
 Not under autocast so far (they run in float32, as torch.autocast runs the ops it does not list):

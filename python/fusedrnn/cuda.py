@@ -9,10 +9,10 @@ Importing this module always works; on a build without the CUDA extension, or wi
 :func:`kernels` and :func:`array_module` raise :class:`CudaUnavailableError` saying which.
 
 Numerics: float32 GEMMs run in full fp32 by default; :func:`set_allow_tf32` opts in to TF32.
-Under ``fusedrnn.autocast("bfloat16")`` (or ``precision="bfloat16"``) float32 calls run their
-products W_ih x, W_hh h (and in the backward dgates W_hh, dgates W_ih) from bfloat16-rounded
-operands on tensor cores with fp32 accumulation, as the CPU kernels do; the weight gradients,
-gate math and state stay fp32.
+Under ``fusedrnn.autocast("bfloat16")`` (or ``precision="bfloat16"``) float32 calls run every
+product (W_ih x, W_hh h; in the backward dgates W_hh, dgates W_ih and the weight gradients) from
+bfloat16-rounded operands on tensor cores with fp32 accumulation, as the CPU kernels do; the
+gate math and the state stay fp32.
 The time loops (forward and backward) run a persistent kernel for small batches when it fits on
 the device and a per-step cuBLAS GEMM plus fused kernel otherwise; :func:`set_algorithm` forces
 either.

@@ -100,7 +100,8 @@ def _new_ctx(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias, prec
 
 def _grad_product(d, w, precision):
     """d W as the backward's products compute it: exact, or from bfloat16-rounded d and W
-    (precision="bfloat16": dgates W_hh and dgates W_ih; the weight gradients stay exact)."""
+    (precision="bfloat16": every product of the backward, dgates W_hh, dgates W_ih and the
+    weight gradients dgates^T x, dgates^T h_prev; the sums stay exact)."""
     dr, wr = _operands(d, w, precision)
     return dr @ wr
 
@@ -169,8 +170,8 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
                              do * s["o"] * (1.0 - s["o"])], axis=1)  # [N, 4H]
         da = np.where(active, da, 0.0)  # inactive samples: the step did not happen
         dx[t] = _grad_product(da, w_ih, precision)
-        dw_ih += da.T @ x[t]
-        dw_hh += da.T @ s["h_prev"]
+        dw_ih += _grad_product(da.T, x[t], precision)
+        dw_hh += _grad_product(da.T, s["h_prev"], precision)
         db += da.sum(axis=0)
         dh_next = np.where(active, _grad_product(da, w_hh, precision), dh_next)
         dc_next = np.where(active, dc_prev, dc_next)
@@ -233,8 +234,8 @@ def gru_backward(ctx, dy, dh_n=None):
         dgi = np.where(active, dgi, 0.0)
         dgh = np.where(active, dgh, 0.0)
         dx[t] = _grad_product(dgi, w_ih, precision)
-        dw_ih += dgi.T @ x[t]
-        dw_hh += dgh.T @ h_prev
+        dw_ih += _grad_product(dgi.T, x[t], precision)
+        dw_hh += _grad_product(dgh.T, h_prev, precision)
         db_ih += dgi.sum(axis=0)
         db_hh += dgh.sum(axis=0)
         dh_next = np.where(active, dh * z + _grad_product(dgh, w_hh, precision), dh_next)
@@ -290,8 +291,8 @@ def rnn_backward(ctx, dy, dh_n=None):
             da = dh * ~(h_new <= 0)  # relu: 0 where the output is <= 0, else 1 (NaN too, as torch)
         da = np.where(active, da, 0.0)
         dx[t] = _grad_product(da, w_ih, precision)
-        dw_ih += da.T @ x[t]
-        dw_hh += da.T @ s["h_prev"]
+        dw_ih += _grad_product(da.T, x[t], precision)
+        dw_hh += _grad_product(da.T, s["h_prev"], precision)
         db += da.sum(axis=0)
         dh_next = np.where(active, _grad_product(da, w_hh, precision), dh_next)
     db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
