@@ -565,7 +565,7 @@ def test_bf16_workspaces_and_refusals_without_a_gpu():
         assert ext.backward_workspace_size(cell, "tanh", T, N, I, H, True) >= \
             bwd + (T * N * G * H + G * H * I + G * H * H + T * N * I + T * N * H) // 2
     with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
-        ext.recurrent_forward("lstm", "tanh", "float64", T, N, I, H, (0,) * 15, False, -1, 0,
+        ext.recurrent_forward("lstm", "tanh", "float64", T, N, I, H, (0,) * 16, False, -1, 0,
                               False, 0, True)
     with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
         ext.persistent_backward_fits("gru", "tanh", "float64", T, N, I, H, True)

@@ -41,6 +41,7 @@ T* ptr(std::uintptr_t address) { return reinterpret_cast<T*>(address); }
 
 // Pointer arguments, in order, as addresses (0 for null):
 //   x h0 c0 w_ih w_hh b_ih b_hh lengths(int64, device) y h_n c_n gates extra h_prev workspace
+//   w_ph (LSTM peepholes [3H])
 template <typename T>
 void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bool reverse,
                    const cuda::Options& options) {
@@ -62,12 +63,13 @@ void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, boo
   a.extra = ptr<T>(p[12].cast<std::uintptr_t>());
   a.h_prev = ptr<T>(p[13].cast<std::uintptr_t>());
   T* workspace = ptr<T>(p[14].cast<std::uintptr_t>());
+  a.w_ph = ptr<const T>(p[15].cast<std::uintptr_t>());
   py::gil_scoped_release release;
   cuda::recurrent_forward<T>(cell, a, workspace, options);
 }
 
 // Pointer arguments, in order: x w_ih w_hh lengths gates extra h_prev dy dh_n dc_n
-//   dx dh0 dc0 dw_ih dw_hh db_ih db_hh workspace
+//   dx dh0 dc0 dw_ih dw_hh db_ih db_hh workspace w_ph dw_ph
 template <typename T>
 void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bool reverse,
                     const cuda::Options& options) {
@@ -92,6 +94,8 @@ void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bo
   a.db_ih = ptr<T>(p[15].cast<std::uintptr_t>());
   a.db_hh = ptr<T>(p[16].cast<std::uintptr_t>());
   T* workspace = ptr<T>(p[17].cast<std::uintptr_t>());
+  a.w_ph = ptr<const T>(p[18].cast<std::uintptr_t>());
+  a.dw_ph = ptr<T>(p[19].cast<std::uintptr_t>());
   py::gil_scoped_release release;
   cuda::recurrent_backward<T>(cell, a, workspace, options);
 }
@@ -147,7 +151,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
         const cuda::Options options = make_options(device, stream, allow_tf32, algorithm, bf16);
-        check_pointer_count(pointers, 15, "pointers");
+        check_pointer_count(pointers, 16, "pointers");
         if (is_double(dtype, bf16))
           forward_typed<double>(kind, shape, pointers, reverse, options);
         else
@@ -165,7 +169,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H);
         const cuda::Options options = make_options(device, stream, allow_tf32, algorithm, bf16);
-        check_pointer_count(pointers, 18, "pointers");
+        check_pointer_count(pointers, 20, "pointers");
         if (is_double(dtype, bf16))
           backward_typed<double>(kind, shape, pointers, reverse, options);
         else

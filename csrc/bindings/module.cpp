@@ -70,6 +70,15 @@ const int64_t* require_lengths(const py::object& obj, int64_t T, int64_t N) {
 template <typename T>
 T* mutable_data(py::array& a) { return static_cast<T*>(a.mutable_data()); }
 
+// The LSTM's peepholes [3H] (i, f, o), or null for None; a peephole of another cell is refused.
+template <typename T>
+const T* require_peepholes(const py::object& w_ph, CellKind cell, int64_t H) {
+  if (w_ph.is_none()) return nullptr;
+  if (cell != CellKind::kLstm)
+    throw py::value_error("w_ph: peepholes belong to an LSTM, got them for another cell");
+  return require<T>(w_ph, "w_ph", {3 * H});
+}
+
 // A new array of `shape`: zeros where asked (numpy.zeros: fresh pages come zeroed, no pass
 // over them), else uninitialised.
 template <typename T>
@@ -92,7 +101,7 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
                                              const py::object& w_ih, const py::object& w_hh,
                                              const py::object& b_ih, const py::object& b_hh,
                                              const py::object& lengths, bool reverse,
-                                             bool training) {
+                                             bool training, const py::object& w_ph) {
   if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
   const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = gate_count(cell);
@@ -115,6 +124,7 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
   a.b_hh = require<T>(b_hh, "b_hh", {GH});
   a.lengths = require_lengths(lengths, T_, N);
   a.reverse = reverse;
+  a.w_ph = require_peepholes<T>(w_ph, cell, H);
 
   py::array y = Array<T>({T_, N, H});
   py::array h_n = Array<T>({N, H});
@@ -151,7 +161,8 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
                                                const py::object& lengths, bool reverse,
                                                const py::object& gates, const py::object& extra,
                                                const py::object& h_prev, const py::object& dy,
-                                               const py::object& dh_n, const py::object& dc_n) {
+                                               const py::object& dh_n, const py::object& dc_n,
+                                               const py::object& w_ph) {
   if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
   const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = gate_count(cell);
@@ -175,6 +186,7 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
   a.dy = require<T>(dy, "dy", {T_, N, H});
   a.dh_n = require<T>(dh_n, "dh_n", {N, H});
   a.dc_n = lstm ? require<T>(dc_n, "dc_n", {N, H}) : nullptr;
+  a.w_ph = require_peepholes<T>(w_ph, cell, H);
 
   py::array dx = Array<T>({T_, N, I});
   py::array dh0 = Array<T>({N, H});
@@ -194,7 +206,10 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
     a.dc0 = mutable_data<T>(c);
     dc0 = c;
   }
-  return {a, py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)};
+  if (!a.w_ph) return {a, py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)};
+  py::array dw_ph = Array<T>({3 * H});  // with peepholes, their gradient last
+  a.dw_ph = mutable_data<T>(dw_ph);
+  return {a, py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_ph)};
 }
 
 // Runs prepared calls without the GIL, run(args, count) being a cpu:: driver entry; returns
@@ -213,10 +228,11 @@ py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) 
 }
 
 constexpr const char* kForwardCall =
-    "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache[, precision]])";
+    "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache[, precision[, "
+    "w_ph]]])";
 
-// A forward call's precision: None or "float32" (the arrays' own), or "bfloat16" (float32,
-// bfloat16 recurrent products; in training the backward stays float32). Returns whether bfloat16 products were asked for.
+// A call's precision: None or "float32" (the arrays' own), or "bfloat16" (float32, the
+// products from bfloat16 operands). Returns whether bfloat16 products were asked for.
 bool parse_precision(const py::handle& precision, bool float32) {
   if (precision.is_none()) return false;
   if (!py::isinstance<py::str>(precision))
@@ -248,8 +264,8 @@ template <typename T>
 py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
   std::vector<PreparedCall<ForwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);  // the cache, last, may be left out
-    if (t.size() != 11 && t.size() != 12) t = call_tuple(c, 10, kForwardCall);
+    auto t = py::cast<py::tuple>(c);  // the cache, precision and peepholes may be left out
+    if (t.size() < 11 || t.size() > 13) t = call_tuple(c, 10, kForwardCall);
     cpu::WeightCache* cache = nullptr;
     if (t.size() >= 11 && !t[10].is_none()) {
       if (!py::isinstance<cpu::WeightCache>(t[10]))
@@ -267,9 +283,10 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
     }
     prepared.push_back(prepare_forward<T>(cell, py::cast<py::array>(x), t[1], t[2], t[3], t[4],
                                           t[5], t[6], t[7], py::cast<bool>(t[8]),
-                                          py::cast<bool>(t[9])));
+                                          py::cast<bool>(t[9]),
+                                          t.size() == 13 ? py::object(t[12]) : py::none()));
     prepared.back().args.cache = cache;
-    prepared.back().args.bf16 = t.size() == 12 && parse_precision(t[11], sizeof(T) == 4);
+    prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
   }
   return run_prepared(prepared, [&](ForwardArgs<T>* args, int count) {
     if (stack)
@@ -283,14 +300,14 @@ template <typename T>
 py::list backward_calls_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);  // the precision, last, may be left out
-    if (t.size() != 12)
+    auto t = py::cast<py::tuple>(c);  // the precision and the peepholes may be left out
+    if (t.size() != 12 && t.size() != 13)
       t = call_tuple(c, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
-                            "dh_n, dc_n[, precision])");
+                            "dh_n, dc_n[, precision[, w_ph]])");
     prepared.push_back(prepare_backward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3],
                                            py::cast<bool>(t[4]), t[5], t[6], t[7], t[8], t[9],
-                                           t[10]));
-    prepared.back().args.bf16 = t.size() == 12 && parse_precision(t[11], sizeof(T) == 4);
+                                           t[10], t.size() == 13 ? py::object(t[12]) : py::none()));
+    prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
   }
   return run_prepared(prepared, [&](BackwardArgs<T>* args, int count) {
     cpu::recurrent_backward_many<T>(cell, args, count);
@@ -336,10 +353,10 @@ py::tuple recurrent_forward(const std::string& cell, const std::string& nonlinea
                             const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                             const py::object& b_hh, const py::object& lengths, bool reverse,
                             bool training, const py::object& cache,
-                            const py::object& precision) {
+                            const py::object& precision, const py::object& w_ph) {
   py::list calls;
   calls.append(py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training,
-                              cache, precision));
+                              cache, precision, w_ph));
   return recurrent_forward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -348,10 +365,10 @@ py::tuple recurrent_backward(const std::string& cell, const std::string& nonline
                              const py::object& lengths, bool reverse, const py::object& gates,
                              const py::object& extra, const py::object& h_prev,
                              const py::object& dy, const py::object& dh_n, const py::object& dc_n,
-                             const py::object& precision) {
+                             const py::object& precision, const py::object& w_ph) {
   py::list calls;
   calls.append(py::make_tuple(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n,
-                              precision));
+                              precision, w_ph));
   return recurrent_backward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -558,11 +575,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("training"), py::arg("cache") = py::none(), py::arg("precision") = py::none(),
+        py::arg("w_ph") = py::none(),
         "One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). "
         "cache: a WeightCache keeping the packed weights between calls, or None. precision: "
-        "None/'float32', or 'bfloat16' (float32: the recurrent products from bfloat16 W_hh "
-        "and h with float32 accumulation; a training forward saves what the float32 backward "
-        "needs).");
+        "None/'float32', or 'bfloat16' (float32: the products from bfloat16 operands with float32 "
+        "accumulation; a training forward saves float32 activations). w_ph: an LSTM's "
+        "peepholes [3H] (i, f, o), or None.");
   py::class_<cpu::WeightCache>(m, "WeightCache",
                                "The packed forms of one layer direction's weights, kept between "
                                "calls (pass it as a forward call's cache). It serves only the "
@@ -574,10 +592,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("recurrent_backward", &recurrent_backward, py::arg("cell"), py::arg("nonlinearity"),
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
-        py::arg("dc_n"), py::arg("precision") = py::none(),
-        "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh). precision: "
-        "None/'float32', or 'bfloat16' (float32: the products dgates W_hh and dgates W_ih from "
-        "bfloat16 values with float32 accumulation; the weight gradients stay float32).");
+        py::arg("dc_n"), py::arg("precision") = py::none(), py::arg("w_ph") = py::none(),
+        "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), and dw_ph last "
+        "when given the forward's peepholes w_ph. precision: None/'float32', or 'bfloat16' "
+        "(float32: every product from bfloat16 operands with float32 accumulation).");
   m.def("recurrent_forward_many", &recurrent_forward_many, py::arg("cell"),
         py::arg("nonlinearity"), py::arg("calls"),
         "Independent recurrent_forward calls (argument tuples), side by side where it pays.");

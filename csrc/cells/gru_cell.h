@@ -17,7 +17,8 @@ struct GruCell {
   // kSave = false (inference) skips storing what only backward needs. Strides as in LstmCell.
   template <typename T, bool kSave = true>
   FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t H, int64_t S, int64_t j,
-                                  T& h, T& /*c*/, T* gates, T* extra) {
+                                  T& h, T& /*c*/, T* gates, T* extra,
+                                  const T* /*peep*/ = nullptr) {
     const T r = sigmoid(gx[j] + gh[j]);
     const T z = sigmoid(gx[H + j] + gh[S + j]);
     const T gh_n = gh[2 * S + j];
@@ -33,7 +34,8 @@ struct GruCell {
 
   template <typename T>
   FUSEDRNN_HD static void backward(const T* gates, const T* extra, T h_prev, int64_t H, int64_t j,
-                                   T dh, T& /*dc*/, T* dgx, T* dgh, T& dh_direct) {
+                                   T dh, T& /*dc*/, T* dgx, T* dgh, T& dh_direct,
+                                   const T* /*peep*/ = nullptr) {
     const T r = gates[j], z = gates[H + j], n = gates[2 * H + j];
     const T dn = dh * (T(1) - z) * d_tanh(n);
     const T dr = dn * extra[j] * d_sigmoid(r);

@@ -15,7 +15,8 @@ struct RnnCell {
   // kSave = false (inference) skips storing what only backward needs. Strides as in LstmCell.
   template <typename T, bool kSave = true>
   FUSEDRNN_HD static void forward(const T* gx, const T* gh, int64_t /*H*/, int64_t /*S*/,
-                                  int64_t j, T& h, T& /*c*/, T* gates, T* /*extra*/) {
+                                  int64_t j, T& h, T& /*c*/, T* gates, T* /*extra*/,
+                                  const T* /*peep*/ = nullptr) {
     const T a = gx[j] + gh[j];
     h = kRelu ? relu(a) : tanh_(a);
     if (kSave) gates[j] = h;
@@ -23,7 +24,8 @@ struct RnnCell {
 
   template <typename T>
   FUSEDRNN_HD static void backward(const T* gates, const T* /*extra*/, T /*h_prev*/, int64_t /*H*/,
-                                   int64_t j, T dh, T& /*dc*/, T* dgx, T* /*dgh*/, T& dh_direct) {
+                                   int64_t j, T dh, T& /*dc*/, T* dgx, T* /*dgh*/, T& dh_direct,
+                                   const T* /*peep*/ = nullptr) {
     dgx[j] = dh * (kRelu ? d_relu(gates[j]) : d_tanh(gates[j]));
     dh_direct = T(0);
   }

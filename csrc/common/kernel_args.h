@@ -44,6 +44,7 @@ struct ForwardArgs {
   // CPU, float32 (fusedrnn.autocast): the products W_ih x and W_hh h from bfloat16 values,
   // accumulated in float32; the biases, gates, c and h stay float32.
   bool bf16;
+  const T* w_ph;     // [3H] LSTM peepholes (i, f, o; cells/lstm_cell.h) or null
 };
 
 template <typename T>
@@ -67,9 +68,11 @@ struct BackwardArgs {
   T* dw_hh;          // [GH, H]
   T* db_ih;          // [GH]
   T* db_hh;          // [GH]
-  // CPU, float32 (fusedrnn.autocast): the products dgates W_hh (each step) and dgates W_ih (dx)
-  // from bfloat16 values, accumulated in float32; the weight gradients stay float32.
+  // CPU, float32 (fusedrnn.autocast): every product (dgates W_hh each step, dgates W_ih, the
+  // weight gradients) from bfloat16 values, accumulated in float32.
   bool bf16;
+  const T* w_ph;     // [3H] LSTM peepholes or null ...
+  T* dw_ph;          // [3H] ... and their gradient (with w_ph)
 };
 
 }  // namespace fusedrnn

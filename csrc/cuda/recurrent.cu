@@ -247,7 +247,18 @@ struct StepForward {
   T* extra;         // [T, N, H] (training, LSTM/GRU) or null
   T* h_prev;        // [T, N, H] (training) or null
   bf16* h_bf16;     // [N, H] h rounded for the next step's product (bfloat16 products) or null
+  const T* w_ph;    // [3H] LSTM peepholes or null
 };
+
+// Unit j's peepholes (i, f, o) as the cell reads them with H = 1 (null: none).
+template <typename T>
+__device__ __forceinline__ const T* unit_peepholes(const T* w_ph, int64_t H, int64_t j, T* own) {
+  if (!w_ph) return nullptr;
+  own[0] = w_ph[j];
+  own[1] = w_ph[H + j];
+  own[2] = w_ph[2 * H + j];
+  return own;
+}
 
 // One thread per (n, j): biases, the cell's gate math for step t, masking and saving.
 // The cell headers index gates as [k*H + j]; giving them per-unit register arrays with H = 1 and
@@ -273,7 +284,9 @@ __global__ void forward_step_kernel(StepForward<T> p, int64_t t) {
       gx[k] = p.gates[row * GH + k * H + j] + p.b_ih[k * H + j];
       gh[k] = p.gh[n * GH + k * H + j] + p.b_hh[k * H + j];
     }
-    Cell::forward(gx, gh, int64_t(1), int64_t(1), int64_t(0), h, c, act, &extra);
+    T ph[3];
+    Cell::forward(gx, gh, int64_t(1), int64_t(1), int64_t(0), h, c, act, &extra,
+                  unit_peepholes(p.w_ph, H, j, ph));
     p.h[idx] = h;
     if (p.h_bf16) p.h_bf16[idx] = __float2bfloat16_rn(static_cast<float>(h));
     if (Cell::kHasCellState) p.c[idx] = c;
@@ -300,6 +313,7 @@ struct StepBackward {
   T* dgx;           // [T, N, GH] pre-activation gradients (input side)
   T* dgh;           // [T, N, GH] recurrent side (GRU only; else null and dgx is used)
   bf16* dgh_bf16;   // [T, N, GH] the recurrent side rounded (bfloat16 products) or null
+  const T* w_ph;    // [3H] LSTM peepholes or null
 };
 
 template <typename T, typename Cell>
@@ -326,9 +340,10 @@ __global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
     for (int k = 0; k < G; ++k) act[k] = p.gates[row * GH + k * H + j];
     T extra = Cell::kUsesExtra ? p.extra[row * H + j] : T(0);
     T dc = Cell::kHasCellState ? p.dc[idx] : T(0);
-    T dh_direct = T(0);
+    T dh_direct = T(0), ph[3];
     Cell::backward(act, &extra, p.h_prev[row * H + j], int64_t(1), int64_t(0),
-                   dh + p.dy[row * H + j], dc, dgx, dgh, dh_direct);
+                   dh + p.dy[row * H + j], dc, dgx, dgh, dh_direct,
+                   unit_peepholes(p.w_ph, H, j, ph));
 #pragma unroll
     for (int k = 0; k < G; ++k) {
       p.dgx[row * GH + k * H + j] = dgx[k];
@@ -339,6 +354,33 @@ __global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
     }
     if (Cell::kHasCellState) p.dc[idx] = dc;
     p.dh_next[idx] = dh_direct;
+  }
+}
+
+// The LSTM's peephole gradients, one thread per unit j: dp_i = sum dgx_i c, dp_f = sum dgx_f c,
+// dp_o = sum dgx_o c' over the active steps and samples, in row order (deterministic), c the
+// saved state entering a step and c' = f c + i g the one leaving it.
+template <typename T>
+__global__ void peephole_grads_kernel(int64_t T_, int64_t N, int64_t H, const int64_t* lengths,
+                                      const T* gates, const T* extra, const T* dgx, T* dw_ph) {
+  const int64_t GH = 4 * H;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < H;
+       j += int64_t(gridDim.x) * blockDim.x) {
+    T di = T(0), df = T(0), d_o = T(0);
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t n = 0; n < N; ++n) {
+        if (lengths && t >= lengths[n]) continue;
+        const int64_t row = t * N + n;
+        const T* act = gates + row * GH;
+        const T c = extra[row * H + j];
+        const T c_new = act[H + j] * c + act[j] * act[2 * H + j];
+        di += dgx[row * GH + j] * c;
+        df += dgx[row * GH + H + j] * c;
+        d_o += dgx[row * GH + 3 * H + j] * c_new;
+      }
+    dw_ph[j] = di;
+    dw_ph[H + j] = df;
+    dw_ph[2 * H + j] = d_o;
   }
 }
 
@@ -643,6 +685,7 @@ struct PersistentForward {
   T* h_prev;        // training only
   T* h_exchange;    // [2, N, H] the state published each step (double-buffered)
   Word* h_flagged;  // [2, N, H] the same as flagged words (float32), or null: grid barrier
+  const T* w_ph;    // [3H] LSTM peepholes or null
 };
 
 // Shared memory of one forward block in bytes: the product's operands W_s (the block's G*U
@@ -745,7 +788,9 @@ persistent_forward_kernel(PersistentForward<T> p) {
           gx[k] = gx_s[n * GU + k * U + u] + bih_s[k * U + u];
           gh[k] = gh_s[n * GU + k * U + u] + bhh_s[k * U + u];
         }
-        Cell::forward(gx, gh, int64_t(1), int64_t(1), int64_t(0), h, c, act, &extra);
+        T ph[3];
+        Cell::forward(gx, gh, int64_t(1), int64_t(1), int64_t(0), h, c, act, &extra,
+                      unit_peepholes(p.w_ph, H, j, ph));
         p.y[row * H + j] = h;
         if (kTraining) {
 #pragma unroll
@@ -792,6 +837,7 @@ struct PersistentBackward {
   T* dh0;           // [N, H]
   T* dc0;           // [N, H] or null
   Word* flagged;    // [2, N, GH] dgh as flagged words (float32), or null: grid barrier
+  const T* w_ph;    // [3H] LSTM peepholes or null
 };
 
 // Bytes: the operands Wc_s (the block's U columns of W_hh, as rows of length GH) and X_s (dgh
@@ -878,9 +924,9 @@ persistent_backward_kernel(PersistentBackward<T> p) {
 #pragma unroll
       for (int k = 0; k < G; ++k) act[k] = pre[k];
       T extra = Cell::kUsesExtra ? pre[G] : T(0);
-      T dc = own_dc[i], dh_direct = T(0);
+      T dc = own_dc[i], dh_direct = T(0), ph[3];
       Cell::backward(act, &extra, pre[G + 1], int64_t(1), int64_t(0), own_dh[i] + pre[G + 2],
-                     dc, dgx, dgh, dh_direct);
+                     dc, dgx, dgh, dh_direct, unit_peepholes(p.w_ph, H, j, ph));
 #pragma unroll
       for (int k = 0; k < G; ++k) {
         p.dgx[row * GH + k * H + j] = dgx[k];
@@ -1059,6 +1105,7 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     p.h_prev = a.h_prev;
     p.h_exchange = h_exchange;
     p.h_flagged = nullptr;
+    p.w_ph = a.w_ph;
     if (!kBf16 && use_flagged_exchange<T>()) {  // zeroed: no flag of an earlier call can match
       p.h_flagged = flagged_words(workspace, N * GH + 2 * N * H);
       FUSEDRNN_CUDA_CHECK(cudaMemsetAsync(p.h_flagged, 0, 2 * N * H * sizeof(Word), stream));
@@ -1085,6 +1132,7 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
   p.extra = a.extra;
   p.h_prev = a.h_prev;
   p.h_bf16 = h_b;
+  p.w_ph = a.w_ph;
   if constexpr (kBf16) {
     to_bf16(stream, a.w_hh, w_hh_b, GH * H);
     to_bf16(stream, a.h0, h_b, N * H);
@@ -1178,6 +1226,7 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
     q.dh0 = a.dh0;
     q.dc0 = a.dc0;
     q.flagged = nullptr;
+    q.w_ph = a.w_ph;
     if (!kBf16 && use_flagged_exchange<T>()) {
       q.flagged = flagged_words(workspace, backward_flag_offset(Cell::kSplitRecurrentGrad, s));
       FUSEDRNN_CUDA_CHECK(cudaMemsetAsync(q.flagged, 0, 2 * N * GH * sizeof(Word), stream));
@@ -1204,6 +1253,7 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   p.dgx = dgx;
   p.dgh = Cell::kSplitRecurrentGrad ? dgh : nullptr;
   p.dgh_bf16 = d_b;
+  p.w_ph = a.w_ph;
   const int blocks = blocks_for(N * H);
   if (N * H > 0 && !plan.fits) {
     if constexpr (kBf16) to_bf16(stream, a.w_hh, w_hh_b, GH * H);
@@ -1248,6 +1298,11 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   }
   column_sums(blas, stream, dgx, TN, GH, ones, a.db_ih);
   column_sums(blas, stream, dgh, TN, GH, ones, a.db_hh);
+  if (a.dw_ph) {
+    peephole_grads_kernel<T><<<blocks_for(H), kThreads, 0, stream>>>(
+        s.T, N, H, a.lengths, a.gates, a.extra, dgx, a.dw_ph);
+    FUSEDRNN_LAUNCH_CHECK("peephole_grads_kernel");
+  }
 }
 
 // Calls f(Cell*, P*) (null pointers as type tags) with the cell's type and the products'

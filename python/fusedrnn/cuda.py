@@ -233,9 +233,10 @@ class _Kernels:
         return x, w_hh, dtype, (T, N, I, H, G * H)
 
     def recurrent_forward(self, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                          reverse, training, cache=None, precision=None):
+                          reverse, training, cache=None, precision=None, w_ph=None):
         """``cache``: the CPU kernels' kept weights, unused here (the bfloat16 weights are
-        converted on the device each call); ``precision="bfloat16"``: bfloat16 products."""
+        converted on the device each call); ``precision="bfloat16"``: bfloat16 products;
+        ``w_ph``: an LSTM's peepholes [3H]."""
         cp = self._cp
         x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         x = self._array(x, "x", (T, N, I), dtype)
@@ -250,6 +251,7 @@ class _Kernels:
         else:
             c0 = None
         d_lengths = self._lengths(lengths, T, N)
+        w_ph = self._peepholes(cell, w_ph, H, dtype)
 
         y = cp.empty((T, N, H), dtype)
         h_n = cp.empty((N, H), dtype)
@@ -265,7 +267,7 @@ class _Kernels:
                     _address(b_ih), _address(b_hh), _address(d_lengths), _address(y),
                     _address(h_n), _address(c_n), _address(gates),
                     _address(extra) if (training and uses_extra) else 0, _address(h_prev),
-                    _address(workspace))
+                    _address(workspace), _address(w_ph))
         self._ext.recurrent_forward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                     bool(reverse), *self._device_and_stream(),
                                     _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
@@ -275,7 +277,7 @@ class _Kernels:
         return y, h_n, c_n, gates, extra, h_prev
 
     def recurrent_backward(self, cell, nonlinearity, x, w_ih, w_hh, lengths, reverse, gates,
-                           extra, h_prev, dy, dh_n, dc_n, precision=None):
+                           extra, h_prev, dy, dh_n, dc_n, precision=None, w_ph=None):
         cp = self._cp
         x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         lstm = cell == "lstm"
@@ -290,6 +292,8 @@ class _Kernels:
         dh_n = self._array(dh_n, "dh_n", (N, H), dtype)
         dc_n = self._array(dc_n, "dc_n", (N, H), dtype) if lstm else None
         d_lengths = self._lengths(lengths, T, N)
+        w_ph = self._peepholes(cell, w_ph, H, dtype)
+        dw_ph = None if w_ph is None else cp.empty((3 * H,), dtype)
 
         dx = cp.empty((T, N, I), dtype)
         dh0 = cp.empty((N, H), dtype)
@@ -305,12 +309,20 @@ class _Kernels:
                     _address(gates), _address(extra), _address(h_prev), _address(dy),
                     _address(dh_n), _address(dc_n), _address(dx), _address(dh0), _address(dc0),
                     _address(dw_ih), _address(dw_hh), _address(db_ih), _address(db_hh),
-                    _address(workspace))
+                    _address(workspace), _address(w_ph), _address(dw_ph))
         self._ext.recurrent_backward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                      bool(reverse), *self._device_and_stream(),
                                      _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
                                      bf16)
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+        grads = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
+        return grads if w_ph is None else grads + (dw_ph,)
+
+    def _peepholes(self, cell, w_ph, H, dtype):
+        if w_ph is None:
+            return None
+        if cell != "lstm":
+            raise ValueError(f"w_ph: peepholes belong to an LSTM, got them for {cell.upper()}")
+        return self._array(w_ph, "w_ph", (3 * H,), dtype)
 
 
 _kernels = None

@@ -46,6 +46,7 @@ class RecurrentContext:
     has_bias: bool
     consumed: bool = False
     precision: Optional[str] = None  # "bfloat16": the forward's products were, the backward's are
+    w_ph: Optional[np.ndarray] = None  # [3H] the LSTM's peepholes (i, f, o), or None
 
 
 # ---------------------------------------------------------------------------- validation
@@ -185,10 +186,11 @@ def _kernel_calls(kernels_and_args, name, cell, nonlinearity):
 
 def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None,
                      b_hh=None, lengths=None, reverse=False, training=False, cache=None,
-                     precision=None):
+                     precision=None, w_ph=None):
     """(kernel module, the kernel's arguments, has_bias) of one checked forward call. ``cache``:
     a fusedrnn._C.WeightCache keeping the packed weights between calls (CPU; the layers' own).
-    ``precision``: "float32", "bfloat16" or None (fusedrnn.autocast decides)."""
+    ``precision``: "float32", "bfloat16" or None (fusedrnn.autocast decides). ``w_ph``: an
+    LSTM's peepholes [3H] (i, f, o), or None."""
     check_nonlinearity(nonlinearity)
     reverse = check_flag(reverse, "reverse")
     training = check_flag(training, "training")
@@ -196,7 +198,14 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    if bfloat16_products(x.dtype, precision):
+    bf16 = bfloat16_products(x.dtype, precision)
+    if w_ph is not None:
+        if cell != "lstm":
+            raise ValueError(f"w_ph: peepholes belong to an LSTM, got them for {cell.upper()}")
+        xp = _backend(x)[0]
+        w_ph = _check(w_ph, "w_ph", (3 * w_hh.shape[1],), x.dtype, xp=xp)
+        return kernels, args + (cache, "bfloat16" if bf16 else None, w_ph), has_bias
+    if bf16:
         return kernels, args + (cache, "bfloat16"), has_bias
     return kernels, args + ((cache,) if cache is not None else ()), has_bias
 
@@ -237,15 +246,17 @@ def _empty_forward(cell, args):
 
 
 def _empty_backward(cell, args):
-    """The kernel's gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) of a call with no work."""
+    """The kernel's gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh[, dw_ph]) of a call with
+    no work."""
     x, w_ih, w_hh = args[:3]
     dh_n, dc_n = args[9:11]
     xp = _backend(x)[0]
     GH = w_hh.shape[0]
+    peepholes = (xp.zeros(3 * w_hh.shape[1], x.dtype),) if len(args) > 12 else ()
     return (xp.zeros(x.shape, x.dtype), dh_n.copy(),
             dc_n.copy() if cell == "lstm" else None,
             xp.zeros(w_ih.shape, x.dtype), xp.zeros(w_hh.shape, x.dtype),
-            xp.zeros(GH, x.dtype), xp.zeros(GH, x.dtype))
+            xp.zeros(GH, x.dtype), xp.zeros(GH, x.dtype)) + peepholes
 
 
 def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
@@ -271,7 +282,8 @@ def _forward_result(cell, nonlinearity, args, has_bias, outputs):
     if training:
         precision = args[11] if len(args) > 11 else None
         ctx = RecurrentContext(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths,
-                               gates, extra, h_prev, has_bias, precision=precision)
+                               gates, extra, h_prev, has_bias, precision=precision,
+                               w_ph=args[12] if len(args) > 12 else None)
     return y, h_n, c_n, ctx
 
 
@@ -322,10 +334,11 @@ def _forward_stack(cell, calls, nonlinearity="tanh"):
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity,
-             precision=None):
+             precision=None, w_ph=None):
     return _forward_many(cell, [dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                                      b_hh=b_hh, lengths=lengths, reverse=reverse,
-                                     training=training, precision=precision)], nonlinearity)[0]
+                                     training=training, precision=precision, w_ph=w_ph)],
+                         nonlinearity)[0]
 
 
 def _backward_many(cell, calls):
@@ -352,7 +365,9 @@ def _backward_many(cell, calls):
         args = (ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse, ctx.gates, ctx.extra,
                 ctx.h_prev, dy, dh_n, dc_n)
         # the backward's products in the forward's precision (fusedrnn.amp)
-        if ctx.precision == "bfloat16":
+        if ctx.w_ph is not None:
+            args += (ctx.precision, ctx.w_ph)
+        elif ctx.precision == "bfloat16":
             args += ("bfloat16",)
         prepared.append((kernels, args, ctx))
     nonlinearity = calls[0][0].nonlinearity if calls else "tanh"
@@ -361,10 +376,10 @@ def _backward_many(cell, calls):
     outputs = _run_calls([(k, a) for k, a, _ in prepared], "recurrent_backward", cell,
                          nonlinearity, _empty_backward)
     results = []
-    for (_, _, ctx), (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) in zip(prepared, outputs):
+    for (_, _, ctx), (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dw_ph) in zip(prepared, outputs):
         if not ctx.has_bias:
             db_ih = db_hh = None
-        results.append((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh))
+        results.append((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dw_ph))
     return results
 
 
@@ -374,16 +389,18 @@ def _backward(cell, ctx, dy, dh_n, dc_n):
 
 # ---------------------------------------------------------------------------- the kernels
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                 training=False, precision=None):
+                 training=False, precision=None, w_ph=None):
     """LSTM over a sequence. Returns ``(y, h_n, c_n, ctx)``; h0/c0 may be None (zeros).
-    ``precision="bfloat16"``: float32 with bfloat16 recurrent products (as under
-    fusedrnn.autocast; None: autocast decides); a training forward's backward stays float32."""
+    ``precision="bfloat16"``: float32 with bfloat16 products (as under fusedrnn.autocast; None:
+    autocast decides), the backward's too. ``w_ph``: peepholes [3H] in the order i, f, o (ONNX's
+    LSTM with P, reordered): i and f see c_{t-1}, o sees c_t; None: PyTorch's LSTM."""
     return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, "tanh",
-                    precision)
+                    precision, w_ph)
 
 
 def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
-    """BPTT for :func:`lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``."""
+    """BPTT for :func:`lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``,
+    and ``dw_ph`` last where the forward had peepholes."""
     return _backward("lstm", ctx, dy, dh_n, dc_n)
 
 
@@ -397,7 +414,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
 
 def gru_backward(ctx, dy, dh_n=None):
     """BPTT for :func:`gru_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``."""
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", ctx, dy, dh_n, None)
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", ctx, dy, dh_n, None)[:7]
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 

@@ -111,28 +111,41 @@ def _grad_or_zeros(d, shape):
 
 
 # ---------------------------------------------------------------------------- LSTM
+def _peepholes(w_ph, H):
+    """(p_i, p_f, p_o) from w_ph [3H] (order i, f, o), zeros for None."""
+    if w_ph is None:
+        return np.zeros(H), np.zeros(H), np.zeros(H)
+    w_ph = _f64(w_ph)
+    if w_ph.shape != (3 * H,):
+        raise ValueError(f"w_ph: expected shape {(3 * H,)}, got {w_ph.shape}")
+    return w_ph[:H], w_ph[H:2 * H], w_ph[2 * H:]
+
+
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                 training=False, precision=None):
+                 training=False, precision=None, w_ph=None):
     """LSTM, gates i, f, g, o: c' = f*c + i*g, h' = o*tanh(c'). Returns (y, h_n, c_n, ctx).
     precision="bfloat16": the products W_ih x and W_hh h from bfloat16-rounded operands (the rest
-    exact)."""
+    exact). w_ph [3H]: peepholes p_i, p_f, p_o (ONNX's P reordered): i = sigma(a_i + p_i*c),
+    f = sigma(a_f + p_f*c), o = sigma(a_o + p_o*c')."""
     x, h, c, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
         "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     T, N, _ = x.shape
     H = w_hh.shape[1]
+    p_i, p_f, p_o = _peepholes(w_ph, H)
     y = np.zeros((T, N, H))
     ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias,
                    precision)
+    ctx["w_ph"] = None if w_ph is None else (p_i, p_f, p_o)
     xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]  # [N, 1]
         hr, wr = _operands(h, w_hh, precision)
         a = xr[t] @ wir.T + b_ih + hr @ wr.T + b_hh  # [N, 4H]
-        i = sigmoid(a[:, 0:H])
-        f = sigmoid(a[:, H:2 * H])
+        i = sigmoid(a[:, 0:H] + p_i * c)
+        f = sigmoid(a[:, H:2 * H] + p_f * c)
         g = np.tanh(a[:, 2 * H:3 * H])
-        o = sigmoid(a[:, 3 * H:4 * H])
         c_new = f * c + i * g
+        o = sigmoid(a[:, 3 * H:4 * H] + p_o * c_new)
         h_new = o * np.tanh(c_new)
         ctx["steps"][t] = dict(active=active, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o, c=c_new)
         h = np.where(active, h_new, h)
@@ -142,11 +155,14 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
 
 
 def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
-    """BPTT for :func:`lstm_forward`. Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)."""
+    """BPTT for :func:`lstm_forward`. Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), and
+    dw_ph last where the forward had peepholes."""
     x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
     precision = ctx["precision"]
     T, N, _ = x.shape
     H = w_hh.shape[1]
+    p_i, p_f, p_o = ctx["w_ph"] if ctx.get("w_ph") is not None else _peepholes(None, H)
+    dw_ph = np.zeros(3 * H)
     dy = _grad_or_zeros(dy, (T, N, H))
     dh_next = _grad_or_zeros(dh_n, (N, H))
     dc_next = _grad_or_zeros(dc_n, (N, H))
@@ -158,17 +174,16 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
         active = s["active"]
         dh = dh_next + np.where(active, dy[t], 0.0)
         tanh_c = np.tanh(s["c"])
-        do = dh * tanh_c
-        dc = dc_next + dh * s["o"] * (1.0 - tanh_c ** 2)
-        di = dc * s["g"]
-        dg = dc * s["i"]
-        df = dc * s["c_prev"]
-        dc_prev = dc * s["f"]
-        da = np.concatenate([di * s["i"] * (1.0 - s["i"]),
-                             df * s["f"] * (1.0 - s["f"]),
-                             dg * (1.0 - s["g"] ** 2),
-                             do * s["o"] * (1.0 - s["o"])], axis=1)  # [N, 4H]
+        da_o = dh * tanh_c * s["o"] * (1.0 - s["o"])
+        dc = dc_next + dh * s["o"] * (1.0 - tanh_c ** 2) + da_o * p_o  # o saw c' too
+        da_i = dc * s["g"] * s["i"] * (1.0 - s["i"])
+        da_f = dc * s["c_prev"] * s["f"] * (1.0 - s["f"])
+        dc_prev = dc * s["f"] + da_i * p_i + da_f * p_f  # i and f saw c
+        da = np.concatenate([da_i, da_f, dc * s["i"] * (1.0 - s["g"] ** 2), da_o], axis=1)
         da = np.where(active, da, 0.0)  # inactive samples: the step did not happen
+        dw_ph += np.concatenate([(da[:, :H] * s["c_prev"]).sum(axis=0),
+                                 (da[:, H:2 * H] * s["c_prev"]).sum(axis=0),
+                                 (da[:, 3 * H:] * s["c"]).sum(axis=0)])
         dx[t] = _grad_product(da, w_ih, precision)
         dw_ih += _grad_product(da.T, x[t], precision)
         dw_hh += _grad_product(da.T, s["h_prev"], precision)
@@ -176,7 +191,8 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
         dh_next = np.where(active, _grad_product(da, w_hh, precision), dh_next)
         dc_next = np.where(active, dc_prev, dc_next)
     db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
-    return dx, dh_next, dc_next, dw_ih, dw_hh, db_ih, db_hh
+    grads = (dx, dh_next, dc_next, dw_ih, dw_hh, db_ih, db_hh)
+    return grads if ctx.get("w_ph") is None else grads + (dw_ph,)
 
 
 # ---------------------------------------------------------------------------- GRU
