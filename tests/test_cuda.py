@@ -648,3 +648,31 @@ def test_cuda_bf16_persistent_matches_stepwise(name, H, rng, cp):
                 ours = run(functional, cell, nonlinearity, p, False, to_device=cp.asarray,
                            precision="bfloat16")
                 _bf16_checks(ours, expected, fp32, algorithm + " training")
+
+
+@gpu
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cuda_peephole_lstm_matches_reference(reverse, dtype_name, algorithm, rng, cp):
+    """LSTM peepholes (w_ph [3H]: i, f from c_{t-1}, o from c_t) in both time loops, forward
+    and every gradient, dw_ph included, with lengths."""
+    dtype = DTYPES[dtype_name]
+    T, N, I, H = 9, 6, 33, 97
+    p = make_problem(rng, "lstm", (T, N, I, H), dtype, lengths="mixed")
+    w_ph = (rng.uniform(-0.5, 0.5, 3 * H)).astype(dtype)
+
+    def run_peep(module, to_device=None):
+        c = (lambda a: a) if to_device is None else to_device
+        y, h_n, c_n, ctx = module.lstm_forward(
+            c(p["x"]), c(p["h0"]), c(p["c0"]), c(p["w_ih"]), c(p["w_hh"]), c(p["b_ih"]),
+            c(p["b_hh"]), lengths=p["lengths"], reverse=reverse, training=True, w_ph=c(w_ph))
+        grads = module.lstm_backward(ctx, c(p["dy"]), c(p["dh_n"]), c(p["dc_n"]))
+        out = dict(zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_ph"), grads),
+                   y=y, h_n=h_n, c_n=c_n)
+        return {k: to_numpy(v) if to_device is not None else v for k, v in out.items()}
+
+    with fcuda.options(algorithm=algorithm):
+        ours = run_peep(functional, cp.asarray)
+    oracle = run_peep(reference)
+    assert_errors_below(ours, oracle, TOLERANCES["kernel_vs_reference"][dtype])

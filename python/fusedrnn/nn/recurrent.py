@@ -86,7 +86,7 @@ class RNNBase(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, nonlinearity="tanh", dtype=np.float32,
-                 seed=None, device="cpu"):
+                 seed=None, device="cpu", peephole=False):
         super().__init__()
         device = check_device(device)
         if device == "cuda":
@@ -107,6 +107,7 @@ class RNNBase(Module):
         self.bias = _flag(bias, "bias")
         self.batch_first = _flag(batch_first, "batch_first")
         self.bidirectional = _flag(bidirectional, "bidirectional")
+        self.peephole = _flag(peephole, "peephole")
         self.dtype = check_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         self._saved = None
@@ -116,6 +117,7 @@ class RNNBase(Module):
         D = 2 if self.bidirectional else 1
         bound = 1.0 / math.sqrt(H)
         self._param_names = []  # per (layer, direction): (w_ih, w_hh, b_ih, b_hh) names
+        self._peephole_names = []  # per (layer, direction): the LSTM's peepholes, or None
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else D * H
             for direction in range(D):
@@ -125,11 +127,13 @@ class RNNBase(Module):
                 if self.bias:
                     shapes += [(f"bias_ih_l{layer}{suffix}", (G * H,)),
                                (f"bias_hh_l{layer}{suffix}", (G * H,))]
-                for name, shape in shapes:
+                peephole_name = f"weight_ph_l{layer}{suffix}" if self.peephole else None
+                for name, shape in shapes + ([(peephole_name, (3 * H,))] if self.peephole else []):
                     data = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
                     setattr(self, name, Parameter(data))
                 names = [n for n, _ in shapes]
                 self._param_names.append(tuple(names) + ((None, None) if not self.bias else ()))
+                self._peephole_names.append(peephole_name)
         self._device = "cpu"
         if device != "cpu":
             self.to(device)
@@ -171,6 +175,11 @@ class RNNBase(Module):
         names = self._param_names[layer * self.num_directions + direction]
         return [None if n is None else self._parameters[n] for n in names]
 
+    def _peepholes(self, layer, direction):
+        """The LSTM's peephole Parameter of a layer direction, or None."""
+        name = self._peephole_names[layer * self.num_directions + direction]
+        return None if name is None else self._parameters[name]
+
     def extra_repr(self):
         """``input_size, hidden_size`` and the arguments that differ from their defaults."""
         s = f"{self.input_size}, {self.hidden_size}"
@@ -186,6 +195,8 @@ class RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.peephole:
+            s += ", peephole=True"
         if self.dtype != np.float32:
             s += f", dtype={self.dtype}"
         if self._device != "cpu":
@@ -271,10 +282,12 @@ class RNNBase(Module):
             k = layer * D + direction
             (w_ih, w_hh, b_ih, b_hh), cache = self._kept.weights(
                 k, self._weights(layer, direction), keep=not training and self._device == "cpu")
+            w_ph = self._peepholes(layer, direction)
             return dict(x=inp, h0=None if h0_all is None else h0_all[k],
                         c0=None if c0_all is None else c0_all[k], w_ih=w_ih, w_hh=w_hh,
                         b_ih=b_ih, b_hh=b_hh, lengths=lengths, reverse=direction == 1,
-                        training=training, cache=cache)
+                        training=training, cache=cache,
+                        w_ph=None if w_ph is None else w_ph.data)
 
         def keep(k, h, c):
             h_n[k] = h
@@ -351,9 +364,11 @@ class RNNBase(Module):
         if cache is None or not all(a.dtype == self.dtype and a.flags.c_contiguous for a in w):
             return None
         precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
+        w_ph = self._peepholes(0, 0)
         y, h_n, c_n = _C.recurrent_forward(self._cell, self.nonlinearity, x, h0,
                                            c0 if lstm else None, *w, None, False, False,
-                                           cache, precision)[:3]
+                                           cache, precision,
+                                           None if w_ph is None else w_ph.data)[:3]
         self._saved = None
         return (y, (h_n[None], c_n[None])) if lstm else (y, h_n[None])
 
@@ -413,8 +428,10 @@ class RNNBase(Module):
                               None if dh_n is None else dh_n[k],
                               None if dc_n is None else dc_n[k]))
             grads = F._backward_many(self._cell, calls)
-            for direction, (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh) in enumerate(grads):
+            for direction, (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, *dw_ph) in enumerate(grads):
                 k = layer * D + direction
+                if dw_ph:
+                    self._peepholes(layer, direction).accumulate_grad(dw_ph[0])
                 dh0[k] = dh
                 if dc0 is not None:
                     dc0[k] = dc
@@ -599,7 +616,11 @@ class LSTM(RNNBase):
     h_t = o_t * tanh(c_t)""",
         where="""\
 c_t is the cell state at time t; i_t, f_t, g_t, o_t are the input, forget, cell and output
-gates; sigma is the sigmoid function and * is the elementwise product.""",
+gates; sigma is the sigmoid function and * is the elementwise product.
+
+With ``peephole=True`` (keyword-only; not in torch.nn) the gates also see the cell state, as
+ONNX's LSTM with peepholes P: i_t and f_t add p_i * c_{t-1} and p_f * c_{t-1}, o_t adds
+p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i, f, o.""",
         nonlinearity_arg="",
         hx_name="hx = (h_0, c_0)",
         hx_input="""\
@@ -633,9 +654,10 @@ gates; sigma is the sigmoid function and * is the elementwise product.""",
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
-                 device="cpu"):
+                 device="cpu", peephole=False):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype=dtype, seed=seed, device=device)
+                         bidirectional, dtype=dtype, seed=seed, device=device,
+                         peephole=peephole)
 
 
 class GRU(RNNBase):

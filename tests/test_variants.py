@@ -1,0 +1,279 @@
+"""Cell variants: the LSTM with peepholes (ONNX semantics: i and f see c_{t-1}, o sees c_t).
+
+The float64 reference against central differences; the kernels (every loop: batch 1 to 40,
+SIMD widths and odd H, lengths, both directions, 1 and 2 threads, float32 and float64,
+bfloat16 products) against the reference; the layer (stacks, directions, dropout, batch_first)
+against the reference layer by layer; and against ONNX Runtime's LSTM with P where it is
+installed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TOLERANCES, relative_error
+
+fr = pytest.importorskip("fusedrnn", reason="the extension fusedrnn._C is not built")
+F = fr.functional
+R = fr.reference
+
+GRADS = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_ph")
+
+
+def _problem(T, N, I, H, seed, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(H)
+
+    def u(*shape):
+        return rng.uniform(-bound, bound, shape).astype(dtype)
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    return dict(x=normal(T, N, I), h0=normal(N, H), c0=normal(N, H), w_ih=u(4 * H, I),
+                w_hh=u(4 * H, H), b_ih=u(4 * H), b_hh=u(4 * H), w_ph=u(3 * H) * 4,
+                dy=normal(T, N, H), dh_n=normal(N, H), dc_n=normal(N, H))
+
+
+def _run(module, p, lengths=None, reverse=False, precision=None):
+    y, h_n, c_n, ctx = module.lstm_forward(
+        p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], lengths=lengths,
+        reverse=reverse, training=True, precision=precision, w_ph=p["w_ph"])
+    grads = module.lstm_backward(ctx, p["dy"], p["dh_n"], p["dc_n"])
+    assert len(grads) == 8  # the peepholes' gradient last
+    return dict(zip(GRADS, grads), y=y, h_n=h_n, c_n=c_n)
+
+
+# ---------------------------------------------------------------------------- reference
+@pytest.mark.parametrize("reverse", [False, True])
+def test_peephole_reference_matches_finite_differences(reverse):
+    p = _problem(5, 3, 4, 6, seed=1)
+    lengths = np.array([5, 2, 0])
+    got = _run(R, p, lengths, reverse)
+
+    def loss(q):
+        y, h_n, c_n, _ = R.lstm_forward(q["x"], q["h0"], q["c0"], q["w_ih"], q["w_hh"],
+                                        q["b_ih"], q["b_hh"], lengths=lengths, reverse=reverse,
+                                        w_ph=q["w_ph"])
+        return (y * p["dy"]).sum() + (h_n * p["dh_n"]).sum() + (c_n * p["dc_n"]).sum()
+
+    eps = 1e-6
+    for name, grad in (("w_ph", "dw_ph"), ("c0", "dc0"), ("h0", "dh0"), ("w_hh", "dw_hh"),
+                       ("x", "dx")):
+        numeric = np.zeros_like(p[name])
+        for i in range(p[name].size):
+            q = {k: v.copy() for k, v in p.items()}
+            q[name].flat[i] += eps
+            up = loss(q)
+            q[name].flat[i] -= 2 * eps
+            numeric.flat[i] = (up - loss(q)) / (2 * eps)
+        assert np.abs(numeric - got[grad]).max() < TOLERANCES["reference_vs_finite_differences"], name
+
+
+def test_zero_peepholes_are_the_plain_lstm():
+    p = _problem(4, 2, 3, 5, seed=2)
+    p["w_ph"] = np.zeros_like(p["w_ph"])
+    with_ph = _run(F, p)
+    plain = F.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                           training=True)
+    np.testing.assert_array_equal(with_ph["y"], plain[0])
+    grads = F.lstm_backward(plain[-1], p["dy"], p["dh_n"], p["dc_n"])
+    assert len(grads) == 7
+    for name, g in zip(GRADS, grads):
+        np.testing.assert_allclose(with_ph[name], g, rtol=0, atol=1e-14, err_msg=name)
+
+
+# ---------------------------------------------------------------------------- kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("N,H", [(1, 32), (3, 17), (5, 64), (40, 48), (16, 128)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_peephole_kernels_match_the_reference(N, H, reverse, dtype, threads):
+    """Every loop the plans choose (by units, by samples, packed or not; SIMD widths and odd
+    H), lengths mixing 0, 1 and T."""
+    T = 9
+    p = _problem(T, N, 7, H, seed=N * 1000 + H, dtype=dtype)
+    lengths = np.arange(N) % (T + 1)
+    lengths[0] = T
+    ours = _run(F, p, lengths, reverse)
+    expected = _run(R, p, lengths, reverse)
+    tolerance = TOLERANCES["kernel_vs_reference"][dtype]
+    for name, value in ours.items():
+        assert value.dtype == dtype, name
+        assert relative_error(value, expected[name]) <= tolerance, name
+    y, h_n, c_n, ctx = F.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"],
+                                      p["b_hh"], lengths=lengths, reverse=reverse,
+                                      w_ph=p["w_ph"])  # inference: the same outputs
+    assert ctx is None
+    for name, value in (("y", y), ("h_n", h_n), ("c_n", c_n)):
+        assert relative_error(value, ours[name]) <= tolerance, name
+
+
+@pytest.mark.parametrize("N,H", [(1, 64), (24, 96)])
+def test_peephole_results_do_not_depend_on_the_threads(N, H):
+    """1 and 2 threads agree (the plans may sum in another order), and bit for bit under
+    fr.set_deterministic(True) (the peephole gradients sum each unit's rows in order)."""
+    p = _problem(12, N, 10, H, seed=7, dtype=np.float32)
+    before, was = fr.get_num_threads(), fr.get_deterministic()
+    try:
+        for deterministic in (False, True):
+            fr.set_deterministic(deterministic)
+            results = []
+            for n in (1, 2):
+                fr.set_num_threads(n)
+                results.append(_run(F, p, lengths=np.arange(N) % 13))
+            for name in results[0]:
+                if deterministic:
+                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
+                else:
+                    assert relative_error(results[0][name], results[1][name]) <= \
+                        TOLERANCES["threads"][np.float32], name
+    finally:
+        fr.set_num_threads(before)
+        fr.set_deterministic(was)
+
+
+@pytest.mark.parametrize("N,H", [(1, 48), (20, 64)])
+def test_peephole_under_bfloat16_matches_the_bf16_reference(N, H):
+    """bfloat16 products (the peepholes themselves stay float32, a pointwise term)."""
+    p = _problem(10, N, 12, H, seed=8, dtype=np.float32)
+    lengths = np.arange(N) % 11
+    lengths[0] = 10
+    ours = _run(F, p, lengths, precision="bfloat16")
+    expected = _run(R, p, lengths, precision="bfloat16")
+    for name, value in ours.items():
+        e = expected[name]
+        scale = np.abs(e).max()
+        assert np.abs(value - e).max() <= 2.0 ** -7 * scale, name
+        assert np.median(np.abs(value - e)) <= 1e-5 * scale, name
+
+
+def test_peephole_arguments_are_checked():
+    p = _problem(3, 2, 4, 5, seed=3, dtype=np.float32)
+    gru = (np.zeros((15, 4), np.float32), np.zeros((15, 5), np.float32),
+           np.zeros(15, np.float32), np.zeros(15, np.float32))
+    with pytest.raises(ValueError, match="w_ph: peepholes belong to an LSTM"):
+        fr._C.recurrent_forward("gru", "tanh", p["x"], p["h0"], None, *gru, None, False, False,
+                                None, None, p["w_ph"])
+    with pytest.raises(ValueError, match="w_ph: peepholes belong to an LSTM"):
+        F._forward("gru", p["x"], p["h0"], None, *gru, None, False, False, "tanh",
+                   w_ph=p["w_ph"])
+    with pytest.raises(ValueError, match=r"w_ph: expected shape \(15,\)"):
+        F.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], w_ph=p["w_ph"][:10])
+    with pytest.raises(TypeError, match="w_ph: expected dtype float32"):
+        F.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"],
+                       w_ph=p["w_ph"].astype(np.float64))
+
+
+# ---------------------------------------------------------------------------- the layer
+def test_peephole_layer_is_the_reference_layer_by_layer():
+    """Two bidirectional layers, batch_first, lengths: each layer direction is the reference
+    cell with its own weight_ph_l{k}[_reverse]; the gradients reach every parameter."""
+    m = fr.nn.LSTM(5, 24, num_layers=2, bidirectional=True, batch_first=True, peephole=True,
+                   dtype=np.float64, seed=0)
+    names = list(m.state_dict())
+    assert names[:5] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                         "weight_ph_l0"]
+    assert "weight_ph_l1_reverse" in names and m.weight_ph_l1_reverse.shape == (72,)
+    assert "peephole=True" in repr(m)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 8, 5))
+    lengths = np.array([8, 5, 1])
+    out, (h_n, c_n) = m(x, lengths=lengths)
+    dout = rng.standard_normal(out.shape)
+    m.backward(dout)
+
+    inp = x.transpose(1, 0, 2)
+    ctxs = []
+    for layer in range(2):
+        ys = []
+        for d, suffix in enumerate(("", "_reverse")):
+            w = [getattr(m, f"{n}_l{layer}{suffix}").data
+                 for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ph")]
+            y, h, c, ctx = R.lstm_forward(inp, None, None, *w[:4], lengths=lengths,
+                                          reverse=d == 1, training=True, w_ph=w[4])
+            np.testing.assert_allclose(h_n[2 * layer + d], h, atol=1e-12)
+            np.testing.assert_allclose(c_n[2 * layer + d], c, atol=1e-12)
+            ys.append(y)
+            ctxs.append(ctx)
+        inp = np.concatenate(ys, axis=2)
+    np.testing.assert_allclose(out, inp.transpose(1, 0, 2), atol=1e-12)
+    # the last layer's peephole gradients, from the reference
+    grad_out = dout.transpose(1, 0, 2)
+    for d, suffix in enumerate(("", "_reverse")):
+        g = R.lstm_backward(ctxs[2 + d], grad_out[:, :, d * 24:(d + 1) * 24])
+        np.testing.assert_allclose(getattr(m, f"weight_ph_l1{suffix}").grad, g[7], atol=1e-10)
+    for name, param in m.named_parameters():
+        assert param.grad is not None and np.abs(param.grad).max() > 0, name
+
+
+def test_peephole_layer_with_dropout_and_eval_fast_path():
+    m = fr.nn.LSTM(4, 16, num_layers=2, dropout=0.3, peephole=True, seed=2)
+    x = np.random.default_rng(3).standard_normal((6, 2, 4)).astype(np.float32)
+    out, _ = m(x)
+    m.backward(np.ones_like(out))
+    assert np.abs(m.weight_ph_l0.grad).max() > 0
+    single = fr.nn.LSTM(4, 16, peephole=True, seed=2).eval()  # one layer: the short-call path
+    y, (h, c) = single(x)
+    w = [getattr(single, n).data for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                           "bias_hh_l0", "weight_ph_l0")]
+    ref = R.lstm_forward(x, None, None, *w[:4], w_ph=w[4])
+    assert relative_error(y, ref[0]) < 1e-5 and relative_error(c[0], ref[2]) < 1e-5
+    plain = fr.nn.LSTM(4, 16, seed=2).eval()
+    assert relative_error(plain(x)[0], y) > 1e-3  # the peepholes do something
+
+
+# ---------------------------------------------------------------------------- ONNX Runtime
+def _onnx_lstm(H, direction, with_lengths):
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    D = 2 if direction == "bidirectional" else 1
+    inputs = ["X", "W", "R", "B", "sequence_lens" if with_lengths else "", "initial_h",
+              "initial_c", "P"]
+    node = helper.make_node("LSTM", inputs, ["Y", "Y_h", "Y_c"], hidden_size=H,
+                            direction=direction)
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node], "lstm",
+        [helper.make_tensor_value_info(n, TensorProto.INT32 if n == "sequence_lens" else f, None)
+         for n in inputs if n],
+        [helper.make_tensor_value_info(n, f, None) for n in ("Y", "Y_h", "Y_c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model.SerializeToString(), D
+
+
+def _to_onnx_gates(w, H):
+    """Our gate blocks i, f, g, o -> ONNX's i, o, f, c."""
+    return np.concatenate([w[0:H], w[3 * H:4 * H], w[H:2 * H], w[2 * H:3 * H]])
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_peephole_lstm_matches_onnxruntime(direction, with_lengths):
+    ort = pytest.importorskip("onnxruntime")
+    T, N, I, H = 7, 3, 5, 16
+    model, D = _onnx_lstm(H, direction, with_lengths)
+    dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    ps = [_problem(T, N, I, H, seed=10 + d, dtype=np.float32) for d in range(D)]
+    x = ps[0]["x"]
+    lengths = np.array([7, 4, 1]) if with_lengths else None
+    feeds = {"X": x,
+             "W": np.stack([_to_onnx_gates(p["w_ih"], H) for p in ps]),
+             "R": np.stack([_to_onnx_gates(p["w_hh"], H) for p in ps]),
+             "B": np.stack([np.concatenate([_to_onnx_gates(p["b_ih"], H),
+                                            _to_onnx_gates(p["b_hh"], H)]) for p in ps]),
+             "initial_h": np.stack([p["h0"] for p in ps]),
+             "initial_c": np.stack([p["c0"] for p in ps]),
+             # ONNX's P is i, o, f; ours i, f, o
+             "P": np.stack([np.concatenate([p["w_ph"][:H], p["w_ph"][2 * H:], p["w_ph"][H:2 * H]])
+                            for p in ps])}
+    if with_lengths:
+        feeds["sequence_lens"] = lengths.astype(np.int32)
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    Y, Y_h, Y_c = sess.run(None, feeds)
+    for d, (p, reverse) in enumerate(zip(ps, dirs)):
+        y, h_n, c_n, _ = F.lstm_forward(x, p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"],
+                                        p["b_hh"], lengths=lengths, reverse=reverse,
+                                        w_ph=p["w_ph"])
+        np.testing.assert_allclose(y, Y[:, d], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(h_n, Y_h[d], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(c_n, Y_c[d], rtol=0, atol=1e-5)
