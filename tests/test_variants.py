@@ -277,3 +277,48 @@ def test_peephole_lstm_matches_onnxruntime(direction, with_lengths):
         np.testing.assert_allclose(y, Y[:, d], rtol=0, atol=1e-5)
         np.testing.assert_allclose(h_n, Y_h[d], rtol=0, atol=1e-5)
         np.testing.assert_allclose(c_n, Y_c[d], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- cells, seq2seq
+def test_peephole_cell_steps_are_the_sequence_kernel():
+    """LSTMCell(peephole=True) stepped by hand is the sequence call with the same weights, its
+    backward steps (in reverse) give the sequence's gradients, weight_ph's included."""
+    cell = fr.nn.LSTMCell(5, 16, peephole=True, dtype=np.float64, seed=4)
+    assert "peephole=True" in repr(cell) and cell.weight_ph.shape == (48,)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 3, 5))
+    dy = rng.standard_normal((6, 3, 16))
+    h = c = None
+    hs = []
+    for t in range(6):
+        h, c = cell(x[t], None if h is None else (h, c))
+        hs.append(h)
+    dh, dc = np.zeros((3, 16)), None
+    for t in reversed(range(6)):
+        _, (dh, dc) = cell.backward(dy[t] + dh, dc)
+    w = (cell.weight_ih.data, cell.weight_hh.data, cell.bias_ih.data, cell.bias_hh.data)
+    y, _, _, ctx = R.lstm_forward(x, None, None, *w, training=True, w_ph=cell.weight_ph.data)
+    np.testing.assert_allclose(np.stack(hs), y, atol=1e-12)
+    g = R.lstm_backward(ctx, dy)
+    np.testing.assert_allclose(cell.weight_ph.grad, g[7], atol=1e-10)
+    np.testing.assert_allclose(cell.weight_hh.grad, g[4], atol=1e-10)
+    cell.eval()  # the short-call path takes the peepholes too
+    np.testing.assert_allclose(cell(x[0])[1], R.lstm_forward(x[:1], None, None, *w,
+                                                             w_ph=cell.weight_ph.data)[2],
+                               atol=1e-12)
+
+
+def test_seq2seq_with_peepholes_trains_by_its_gradients():
+    """A peephole Seq2Seq (encoder layers and decoder cells): the loss's gradients against
+    central differences for every parameter, weight_ph included."""
+    from fusedrnn.nn import Seq2Seq
+    from test_seq2seq import SRC, SRC_LENGTHS, TGT, check_gradients
+    model = Seq2Seq(9, 8, embed_size=5, hidden_size=4, num_layers=1, peephole=True,
+                    dtype=np.float64, seed=3)
+    names = [k for k, _ in model.named_parameters()]
+    assert "encoder.weight_ph_l0_reverse" in names and "decoder.cells.0.weight_ph" in names
+    err = check_gradients(model, lambda: model.loss(SRC, SRC_LENGTHS, TGT),
+                          np.random.default_rng(0))
+    assert err < TOLERANCES["reference_vs_finite_differences"]
+    with pytest.raises(ValueError, match="peephole: LSTM peepholes need cell='lstm'"):
+        Seq2Seq(9, 8, cell="gru", peephole=True)

@@ -142,7 +142,7 @@ class RNNCellBase(Module):
     _cell = None
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, peephole=False):
         super().__init__()
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
@@ -164,6 +164,9 @@ class RNNCellBase(Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        self.peephole = _flag(peephole, "peephole")
+        if self.peephole:  # the LSTM's peepholes (i, f, o), after torch's parameters
+            self.weight_ph = uniform(3 * self.hidden_size)
         self._steps = []  # a stack of (ctx, batched) for the training-mode steps not yet back-propagated
         self._kept = KeptWeights()  # the packed weights kept between steps (see _push)
 
@@ -189,6 +192,7 @@ class RNNCellBase(Module):
         lstm = self._cell == "lstm"
         w, cache = self._kept.weights(0, (self.weight_ih, self.weight_hh, self.bias_ih,
                                           self.bias_hh))
+        w_ph = self.weight_ph.data if self.peephole else None
         if (not self.training and x.shape[0] > 0 and w[2] is not None
                 and all(type(a) is np.ndarray and a.dtype == self.dtype and a.flags.c_contiguous
                         for a in (x, *w))
@@ -200,11 +204,11 @@ class RNNCellBase(Module):
             precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
             out = _C.recurrent_forward(self._cell, self.nonlinearity, x[None], h0,
                                        c0 if lstm else None, *w, None, False, False, cache,
-                                       precision)
+                                       precision, w_ph)
             return out[1], out[2], None
         _, h, c, ctx = F._forward_many(self._cell, [dict(
             x=x[None], h0=h0, c0=c0 if lstm else None, w_ih=w[0], w_hh=w[1], b_ih=w[2],
-            b_hh=w[3], training=self.training, cache=cache)], self.nonlinearity)[0]
+            b_hh=w[3], training=self.training, cache=cache, w_ph=w_ph)], self.nonlinearity)[0]
         return h, c, ctx
 
     def _input(self, x):
@@ -266,6 +270,8 @@ class RNNCellBase(Module):
             s += ", bias=False"
         if self._cell == "rnn" and self.nonlinearity != "tanh":
             s += f", nonlinearity={self.nonlinearity!r}"
+        if self.peephole:
+            s += ", peephole=True"
         return s
 
     def _backward_h(self, kernel_backward, dh):
@@ -378,7 +384,9 @@ class LSTMCell(RNNCellBase):
     h' = o * tanh(c')""",
         where="""; c is the cell
 state before the step and c' the one after it; i, f, g, o are the input, forget, cell and output
-gates; sigma is the sigmoid function and * is the elementwise product.""",
+gates; sigma is the sigmoid function and * is the elementwise product. With ``peephole=True``
+(keyword-only; not in torch.nn) i and f add p_i * c and p_f * c, o adds p_o * c' (ONNX's
+peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
         nonlinearity_arg="",
         hx_name="hx = (h, c)",
         hx_input="""\
@@ -416,8 +424,10 @@ gates; sigma is the sigmoid function and * is the elementwise product.""",
 
     _cell = "lstm"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
-        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed)
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
+                 peephole=False):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
+                         peephole=peephole)
 
     def forward(self, input, hx=None):
         """Returns ``(h', c')``; ``hx`` is None or a tuple ``(h, c)``."""
@@ -441,6 +451,8 @@ gates; sigma is the sigmoid function and * is the elementwise product.""",
         dh = self._grad(dh, "dh", N, batched)
         dc = self._grad(dc, "dc", N, batched)
         dx, dh0, dc0, *dw = F.lstm_backward(ctx, None, dh, dc)
+        if self.peephole:
+            self.weight_ph.accumulate_grad(dw.pop())
         self._accumulate(*dw)
         if batched:
             return dx[0], (dh0, dc0)

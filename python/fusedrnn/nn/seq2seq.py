@@ -36,7 +36,7 @@ import numpy as np
 
 from .attention import make_attention
 from .cells import GRUCell, LSTMCell
-from .layers import Dropout, Embedding, Linear, Sequential, _dtype, _positive_int
+from .layers import Dropout, Embedding, Linear, Sequential, _dtype, _flag, _positive_int
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module
 from .recurrent import GRU, LSTM
@@ -88,10 +88,11 @@ class Decoder(Module):
 
     def __init__(self, vocab_size, embed_size, hidden_size, num_layers=1, cell="lstm",
                  attention="bahdanau", score=None, key_size=None, attention_size=None,
-                 cond_size=0, padding_idx=0, *, dtype=np.float32, seed=None):
+                 cond_size=0, padding_idx=0, *, dtype=np.float32, seed=None, peephole=False):
         super().__init__()
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell: expected 'lstm' or 'gru', got {cell!r}")
+        options = _cell_options(cell, peephole)
         if attention is not None and attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES} or None, got {attention!r}")
         self.vocab_size = _positive_int(vocab_size, "vocab_size")
@@ -106,8 +107,8 @@ class Decoder(Module):
                                    seed=s[0])
         cin = embed_size + self.cond_size + {"bahdanau": K, "luong": H, None: 0}[attention]
         Cell = LSTMCell if cell == "lstm" else GRUCell
-        self.cells = Sequential(*[Cell(cin if l == 0 else H, H, dtype=dtype, seed=s[4 + l])
-                                  for l in range(self.num_layers)])
+        self.cells = Sequential(*[Cell(cin if l == 0 else H, H, dtype=dtype, seed=s[4 + l],
+                                       **options) for l in range(self.num_layers)])
         if attention is not None:
             if K < 1:
                 raise ValueError(f"key_size: expected a positive int with attention, got {key_size!r}")
@@ -434,6 +435,13 @@ class _Generator(Module):
         return DecodeResult(res_tokens, scores, logps, res_att if has_att else None)
 
 
+def _cell_options(cell, peephole):
+    """The recurrent modules' keyword options: peephole=True for an LSTM only."""
+    if _flag(peephole, "peephole") and cell != "lstm":
+        raise ValueError(f"peephole: LSTM peepholes need cell='lstm', got cell={cell!r}")
+    return {"peephole": True} if peephole else {}
+
+
 class Seq2Seq(_Generator):
     """Embedding + (bi)directional multi-layer LSTM/GRU encoder over variable lengths, a bridge,
     and an attention ``Decoder`` (see the module docstring)."""
@@ -441,7 +449,7 @@ class Seq2Seq(_Generator):
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_size=32, hidden_size=64,
                  num_layers=1, bidirectional=True, cell="lstm", attention="bahdanau", score=None,
                  attention_size=None, dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, peephole=False):
         super().__init__()
         if attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES}, got {attention!r}")
@@ -457,14 +465,15 @@ class Seq2Seq(_Generator):
         RNN = {"lstm": LSTM, "gru": GRU}.get(cell)
         if RNN is None:
             raise ValueError(f"cell: expected 'lstm' or 'gru', got {cell!r}")
+        options = _cell_options(cell, peephole)
         self.encoder = RNN(embed_size, H, L, bidirectional=bidirectional,
-                           dropout=dropout if L > 1 else 0.0, dtype=dtype, seed=s[1])
+                           dropout=dropout if L > 1 else 0.0, dtype=dtype, seed=s[1], **options)
         self.bridge_h = Linear(D * H, H, dtype=dtype, seed=s[2])
         if cell == "lstm":
             self.bridge_c = Linear(D * H, H, dtype=dtype, seed=s[3])
         self.decoder = Decoder(tgt_vocab_size, embed_size, H, L, cell, attention, score,
                                key_size=D * H, attention_size=attention_size,
-                               padding_idx=pad_idx, dtype=dtype, seed=s[4])
+                               padding_idx=pad_idx, dtype=dtype, seed=s[4], **options)
         self.criterion = CrossEntropyLoss(ignore_index=pad_idx)
         self._saved = None
 
