@@ -55,6 +55,10 @@ def add_arguments(p):
     p.add_argument("--explain", action="store_true",
                    help="time nothing: print what each cell and shape's calls would do on "
                         "--threads threads (the CPU drivers' plans) and the CPU table")
+    p.add_argument("--variants", default=None, metavar="LIST",
+                   help="peephole: the cell variants against the plain cell (ours) and their "
+                        "peer where one has them (ONNX Runtime's LSTM with P), float32 "
+                        "(fusedrnn.benchmark_variants)")
     p.add_argument("--regimes", default=None, metavar="LIST",
                    help="b2b,sporadic,shared: fp32 inference against the faster of PyTorch and "
                         "ONNX Runtime back to back and sporadically (each contestant in its own "
@@ -212,7 +216,9 @@ def torch_peer(cell, x, w, mode, threads):
     return train_step
 
 
-def ort_peer(cell, x, w, threads):
+def ort_peer(cell, x, w, threads, w_ph=None):
+    """ONNX Runtime's LSTM/GRU/RNN node on the same weights; ``w_ph``: an LSTM's peepholes
+    [3H] in our order i, f, o (ONNX's P is i, o, f)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
     T, B, I = x.shape
@@ -227,12 +233,17 @@ def ort_peer(cell, x, w, threads):
     W = reorder(w["weight_ih_l0"])[None]
     R = reorder(w["weight_hh_l0"])[None]
     Bb = np.concatenate([reorder(w["bias_ih_l0"]), reorder(w["bias_hh_l0"])])[None]
+    named = [("W", W), ("R", R), ("B", Bb)]
+    if w_ph is not None:
+        p = np.split(w_ph, 3)
+        named.append(("P", np.concatenate([p[0], p[2], p[1]])[None]))
     inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.astype(np.float32).ravel())
-             for n, a in (("W", W), ("R", R), ("B", Bb))]
+             for n, a in named]
     attrs = {"hidden_size": H}
     if cell == "GRU":
         attrs["linear_before_reset"] = 1  # PyTorch's GRU
-    node = helper.make_node(cell, ["X", "W", "R", "B"], ["Y"], **attrs)
+    inputs = ["X", "W", "R", "B"] + (["", "", "", "P"] if w_ph is not None else [])
+    node = helper.make_node(cell, inputs, ["Y"], **attrs)
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 1, B, H])], initializer=inits)
@@ -489,6 +500,9 @@ def run(args) -> int:
     if getattr(args, "regimes", None):
         from .benchmark_regimes import run as run_regimes
         return run_regimes(args)
+    if getattr(args, "variants", None):
+        from .benchmark_variants import run as run_variants
+        return run_variants(args)
     if getattr(args, "precision", "fp32") == "bf16":
         from .benchmark_bf16 import run as run_bf16
         return run_bf16(args)
