@@ -49,7 +49,7 @@ Args:
     input_size: The number of expected features in the input x.
     hidden_size: The number of features in the hidden state h.
     bias: If False, the cell has no bias weights b_ih and b_hh. Default: True
-$nonlinearity_arg\
+$cell_args\
     dtype: (keyword-only) numpy.float32 or numpy.float64: the parameters' dtype, which every
         input array must have. Default: numpy.float32
     seed: (keyword-only) Seed of the numpy.random.Generator that draws the initial
@@ -289,7 +289,7 @@ class RNNCell(RNNCellBase):
         equations="    h' = tanh(W_ih x + b_ih + W_hh h + b_hh)",
         where=""".
 With nonlinearity='relu', ReLU is used instead of tanh.""",
-        nonlinearity_arg="""\
+        cell_args="""\
     nonlinearity: The non-linearity to use, 'tanh' or 'relu'. Default: 'tanh'
 """,
         example="""\
@@ -312,6 +312,10 @@ With nonlinearity='relu', ReLU is used instead of tanh.""",
         **_H_STATE)
 
     _cell = "rnn"
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
+                 dtype=np.float32, seed=None):
+        super().__init__(input_size, hidden_size, bias, nonlinearity, dtype=dtype, seed=seed)
 
     def forward(self, input, hx=None):
         """input [N, I] (or [I]), hx [N, H] (or [H]) or None for zeros -> h' [N, H] (or [H]); a
@@ -338,7 +342,7 @@ class GRUCell(RNNCellBase):
         where=""";
 r, z, n are the reset, update and new gates; sigma is the sigmoid function and * is the
 elementwise product.""",
-        nonlinearity_arg="",
+        cell_args="",
         example="""\
     >>> import numpy as np, fusedrnn as fr
     >>> cell = fr.nn.GRUCell(10, 20, seed=0)
@@ -387,7 +391,10 @@ state before the step and c' the one after it; i, f, g, o are the input, forget,
 gates; sigma is the sigmoid function and * is the elementwise product. With ``peephole=True``
 (keyword-only; not in torch.nn) i and f add p_i * c and p_f * c, o adds p_o * c' (ONNX's
 peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
-        nonlinearity_arg="",
+        cell_args="""\
+    peephole: (keyword-only) If True, the gates also see the cell state (ONNX's peepholes;
+        the parameter weight_ph [3H]). Default: False
+""",
         hx_name="hx = (h, c)",
         hx_input="""\
     * **hx**: None (zeros), or a tuple (h, c) of the hidden and cell states, each [N, H] ([H]

@@ -483,7 +483,7 @@ Args:
     input_size: The number of expected features in the input x.
     hidden_size: The number of features in the hidden state h.
     num_layers: Number of recurrent layers stacked on each other. Default: 1
-$nonlinearity_arg\
+$cell_args\
     bias: If False, the layer has no bias weights b_ih and b_hh. Default: True
     batch_first: If True, the input and output are [N, T, feature] instead of [T, N, feature]
         (the states keep their layout [L*D, N, H]). Default: False
@@ -578,7 +578,7 @@ class RNN(RNNBase):
         "RNN", "", title="Elman RNN with tanh or ReLU non-linearity",
         equations="    h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)",
         where="With nonlinearity='relu', ReLU is used instead of tanh.",
-        nonlinearity_arg="""\
+        cell_args="""\
     nonlinearity: The non-linearity to use, 'tanh' or 'relu'. Default: 'tanh'
 """,
         example="""\
@@ -621,7 +621,10 @@ gates; sigma is the sigmoid function and * is the elementwise product.
 With ``peephole=True`` (keyword-only; not in torch.nn) the gates also see the cell state, as
 ONNX's LSTM with peepholes P: i_t and f_t add p_i * c_{t-1} and p_f * c_{t-1}, o_t adds
 p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i, f, o.""",
-        nonlinearity_arg="",
+        cell_args="""\
+    peephole: (keyword-only) If True, the gates also see the cell state (ONNX's peepholes;
+        parameters weight_ph_l{k}[_reverse] [3H]). Default: False
+""",
         hx_name="hx = (h_0, c_0)",
         hx_input="""\
     * **hx**: None (zeros), or a tuple (h_0, c_0) of the initial hidden and cell states of
@@ -671,7 +674,7 @@ class GRU(RNNBase):
         where="""\
 r_t, z_t, n_t are the reset, update and new gates; sigma is the sigmoid function and * is the
 elementwise product.""",
-        nonlinearity_arg="",
+        cell_args="",
         example="""\
     >>> import numpy as np, fusedrnn as fr
     >>> rnn = fr.nn.GRU(10, 20, num_layers=2, batch_first=True, bidirectional=True, seed=0)
