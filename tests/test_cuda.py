@@ -524,6 +524,23 @@ def test_bench_device_cuda_dispatches_and_selects_shapes(capsys):
     if _SKIP is not None:  # no GPU here: a clear message and exit status 2, no traceback
         assert benchmark.run(args) == 2
         assert "--device cuda" in capsys.readouterr().err
+    bad = ap.parse_args(["--device", "cuda", "--precisions", "fp32,fp16"])
+    with pytest.raises(ValueError, match="--precisions: expected names from fp32,tf32,bf16, "
+                                         "got 'fp16'"):
+        benchmark.run(bad)
+
+
+@gpu
+def test_bench_device_cuda_bf16_rows(tmp_path, capsys):
+    """--precisions bf16: ours with bfloat16 products against cuDNN under torch.autocast."""
+    from fusedrnn import cli
+    path = tmp_path / "g.json"
+    assert cli.main(["bench", "--device", "cuda", "--cells", "LSTM", "--shapes", "4,8,16,32",
+                     "--precisions", "bf16", "--budget", "0.05", "--json", str(path)]) == 0
+    import json
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["precision"] == "bf16" and row["ours_infer_ms"] > 0
+    assert 1e-5 < row["rel_diff_y"] < 2e-2  # bfloat16 products against cuDNN's float32
 
 
 @gpu

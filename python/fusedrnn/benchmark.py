@@ -42,7 +42,8 @@ def add_arguments(p):
     p.add_argument("--json", default=None, metavar="PATH", help="write every row as JSON")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the CUDA kernels against cuDNN (fusedrnn.benchmark_gpu)")
-    p.add_argument("--precisions", default="fp32,tf32", help="--device cuda: fp32 and/or tf32")
+    p.add_argument("--precisions", default="fp32,tf32",
+                   help="--device cuda: fp32, tf32 and/or bf16 (torch.autocast's on cuDNN)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: CPU inference in float32 and under bfloat16 autocast, ours and "
                         "torch's, side by side (fusedrnn.benchmark_bf16)")

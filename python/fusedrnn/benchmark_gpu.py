@@ -1,10 +1,12 @@
 """fusedrnn's CUDA kernels against cuDNN (through torch.nn) on the anchors' GPU shapes; the GPU
 side of `fusedrnn bench --device cuda` (and `python bench/gpu_bench.py`).
 
-One layer, one direction, float32. Two precisions, each applied to both sides:
+One layer, one direction, float32 data. Three precisions, each applied to both sides:
   fp32  cuBLAS and cuDNN without TF32 (torch.backends.{cuda.matmul,cudnn}.allow_tf32 = False;
         fusedrnn.cuda.set_allow_tf32(False), the default)
-  tf32  both with TF32 allowed.
+  tf32  both with TF32 allowed
+  bf16  (only when asked: --precisions bf16) ours with bfloat16 products (fusedrnn.autocast's
+        tensor-core path), cuDNN under torch.autocast("cuda", torch.bfloat16).
 Inference is one forward call; training is forward (saving the context) plus backward with
 gradients for the input, the initial state and every weight. Timed with CUDA events around each
 call on the shared default stream, after warm-up; the median of repeats. Speedup = cuDNN ms /
@@ -86,9 +88,19 @@ def select_shapes(args):
     return [s for s in base if s[0] in cells]
 
 
+# fp32 and tf32 apply to both sides; bf16: ours under bfloat16 products (fusedrnn.autocast's),
+# cuDNN under torch.autocast("cuda", torch.bfloat16)
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
 def run(args) -> int:
     """Time the rows; print one line per row as it goes and the table last. Returns 0, or 2
     when there is no GPU / torch with CUDA / CUDA build."""
+    precisions = [p for p in (getattr(args, "precisions", None) or "fp32,tf32").split(",") if p]
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"--precisions: expected names from {','.join(PRECISIONS)}, got "
+                             f"{p!r}")
     try:
         import cupy as cp
         import torch
@@ -111,10 +123,6 @@ def run(args) -> int:
     for m in modes:
         if m not in ("infer", "train"):
             raise ValueError(f"--modes: expected infer and/or train, got {m!r}")
-    precisions = [p for p in (getattr(args, "precisions", None) or "fp32,tf32").split(",") if p]
-    for p in precisions:
-        if p not in ("fp32", "tf32"):
-            raise ValueError(f"--precisions: expected fp32 and/or tf32, got {p!r}")
     budget = getattr(args, "budget", None)
     budget = 0.25 if budget is None or budget > 0.5 else budget  # the CPU default is 1.5 s
 
@@ -159,6 +167,12 @@ def run(args) -> int:
 
 
 def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, sync, event):
+    # bf16: ours under bfloat16 products, cuDNN under torch.autocast("cuda", torch.bfloat16)
+    ours_precision = "bfloat16" if precision == "bf16" else None
+
+    def torch_autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
+
     rng = np.random.default_rng(0)
     G = GATES[cell]
     s = 1 / np.sqrt(H)
@@ -174,10 +188,11 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
     def ours_forward(training):
         if cell == "lstm":
             return F.lstm_forward(d["x"], d["h0"], d["c0"], d["w_ih"], d["w_hh"],
-                                  d["b_ih"], d["b_hh"], training=training)
+                                  d["b_ih"], d["b_hh"], training=training,
+                                  precision=ours_precision)
         fwd = F.gru_forward if cell == "gru" else F.rnn_forward
         y, h_n, ctx = fwd(d["x"], d["h0"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
-                          training=training)
+                          training=training, precision=ours_precision)
         return y, h_n, None, ctx
 
     def ours_infer():
@@ -208,7 +223,7 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
     tdc = torch.as_tensor(d["dc"], device="cuda")[None]
 
     def torch_infer():
-        with torch.no_grad():
+        with torch.no_grad(), torch_autocast():
             module(tx, (th0, tc0) if cell == "lstm" else th0)
 
     xg = tx.clone().requires_grad_(True)
@@ -216,18 +231,20 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
     c0g = tc0.clone().requires_grad_(True)
 
     def torch_train():
-        y, final = module(xg, (h0g, c0g) if cell == "lstm" else h0g)
+        with torch_autocast():
+            y, final = module(xg, (h0g, c0g) if cell == "lstm" else h0g)
         if cell == "lstm":
             torch.autograd.backward([y, final[0], final[1]], [tdy, tdh, tdc])
         else:
             torch.autograd.backward([y, final], [tdy, tdh])
 
-    algorithm = ("persistent" if fcuda.persistent_forward_fits(cell, T, B, I, H)
+    algorithm = ("persistent" if fcuda.persistent_forward_fits(cell, T, B, I, H,
+                                                               precision=ours_precision)
                  and B <= 16 else "stepwise")
     # agreement check of the forward outputs before timing (catches a broken build)
     y_ours = ours_forward(False)[0]
     with torch.no_grad():
-        y_ref = module(tx, (th0, tc0) if cell == "lstm" else th0)[0]
+        y_ref = module(tx, (th0, tc0) if cell == "lstm" else th0)[0]  # cuDNN float32
     err = float(torch.linalg.norm(torch.as_tensor(y_ours, device="cuda") - y_ref)
                 / torch.linalg.norm(y_ref))
     row = dict(cell=cell, B=B, T=T, I=I, H=H, precision=precision, algorithm=algorithm,
