@@ -1,11 +1,17 @@
-"""Cell variants: the LSTM with peepholes (ONNX semantics: i and f see c_{t-1}, o sees c_t).
+"""Cell variants.
 
-The float64 reference against central differences; the kernels (every loop: batch 1 to 40,
-SIMD widths and odd H, lengths, both directions, 1 and 2 threads, float32 and float64,
-bfloat16 products) against the reference; the layer (stacks, directions, dropout, batch_first)
-against the reference layer by layer; and against ONNX Runtime's LSTM with P where it is
-installed."""
+The LSTM with peepholes (ONNX semantics: i and f see c_{t-1}, o sees c_t): the float64
+reference against central differences; the kernels (every loop: batch 1 to 40, SIMD widths and
+odd H, lengths, both directions, 1 and 2 threads, float32 and float64, bfloat16 products)
+against the reference; the layer (stacks, directions, dropout, batch_first) against the
+reference layer by layer, the cell and seq2seq; and ONNX Runtime's LSTM with P.
+
+The GRU with the reset gate before the product (reset_after=False): so far its float64
+reference, against central differences, Keras' GRU(reset_after=False) and ONNX Runtime's GRU
+with linear_before_reset=0."""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -322,3 +328,109 @@ def test_seq2seq_with_peepholes_trains_by_its_gradients():
     assert err < TOLERANCES["reference_vs_finite_differences"]
     with pytest.raises(ValueError, match="peephole: LSTM peepholes need cell='lstm'"):
         Seq2Seq(9, 8, cell="gru", peephole=True)
+
+
+# ---------------------------------------------------------------------------- GRU, reset before
+# The reference first (the kernels follow it): n = tanh(W_in x + b_in + W_hn (r*h) + b_hn).
+def _gru_problem(T, N, I, H, seed):
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(H)
+    return dict(x=rng.standard_normal((T, N, I)), h0=rng.standard_normal((N, H)),
+                w_ih=rng.uniform(-bound, bound, (3 * H, I)),
+                w_hh=rng.uniform(-bound, bound, (3 * H, H)) * 3,
+                b_ih=rng.uniform(-bound, bound, 3 * H), b_hh=rng.uniform(-bound, bound, 3 * H),
+                dy=rng.standard_normal((T, N, H)), dh_n=rng.standard_normal((N, H)))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reset_before_gru_reference_matches_finite_differences(reverse):
+    p = _gru_problem(5, 3, 4, 6, seed=11)
+    lengths = np.array([5, 2, 0])
+    kw = dict(lengths=lengths, reverse=reverse, reset_after=False)
+    y, h_n, ctx = R.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                training=True, **kw)
+    got = dict(zip(("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"),
+                   R.gru_backward(ctx, p["dy"], p["dh_n"])))
+
+    def loss(q):
+        y, h_n, _ = R.gru_forward(q["x"], q["h0"], q["w_ih"], q["w_hh"], q["b_ih"], q["b_hh"],
+                                  **kw)
+        return (y * p["dy"]).sum() + (h_n * p["dh_n"]).sum()
+
+    eps = 1e-6
+    for name in ("w_hh", "b_hh", "h0", "x", "w_ih", "b_ih"):
+        numeric = np.zeros_like(p[name])
+        for i in range(p[name].size):
+            q = {k: v.copy() for k, v in p.items()}
+            q[name].flat[i] += eps
+            up = loss(q)
+            q[name].flat[i] -= 2 * eps
+            numeric.flat[i] = (up - loss(q)) / (2 * eps)
+        assert np.abs(numeric - got[name]).max() < TOLERANCES["reference_vs_finite_differences"], name
+    # not the reset-after GRU: the reset gate's place matters
+    after = R.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                          lengths=lengths, reverse=reverse)[0]
+    assert np.abs(after - y).max() > 1e-3
+
+
+def test_reset_before_gru_reference_matches_keras():
+    """Keras 3 GRU(reset_after=False), backend torch: kernel [I, 3H] and recurrent_kernel
+    [H, 3H] in Keras' gate order z, r, h; one bias [3H] (ours b_ih; b_hh zero)."""
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    T, N, I, H = 6, 3, 5, 8
+    x = np.random.default_rng(12).standard_normal((N, T, I)).astype(np.float32)
+    with warnings.catch_warnings():  # Keras' own NumPy 2 __array__ deprecation, not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        layer = keras.layers.GRU(H, reset_after=False, return_sequences=True, return_state=True)
+        y_k, h_k = (a.detach().cpu().numpy() for a in layer(x))  # torch tensors
+        kernel, recurrent, bias = layer.get_weights()
+
+    def ours(a):  # Keras' z, r, h blocks -> our r, z, n rows
+        z, r, h = np.split(a, 3, axis=-1)
+        return np.concatenate([r, z, h], axis=-1).T
+
+    y, h_n, _ = R.gru_forward(x.transpose(1, 0, 2), None, ours(kernel), ours(recurrent),
+                              ours(bias[None])[:, 0], np.zeros(3 * H), reset_after=False)
+    np.testing.assert_allclose(y.transpose(1, 0, 2), y_k, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(h_n, h_k, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_reset_before_gru_reference_matches_onnxruntime(with_lengths):
+    """ONNX Runtime's GRU with linear_before_reset=0 (ONNX's default), gates z, r, h."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    T, N, I, H = 7, 3, 5, 16
+    p = _gru_problem(T, N, I, H, seed=13)
+    inputs = ["X", "W", "R", "B", "sequence_lens" if with_lengths else "", "initial_h"]
+    node = helper.make_node("GRU", inputs, ["Y", "Y_h"], hidden_size=H, linear_before_reset=0)
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node], "gru",
+        [helper.make_tensor_value_info(n, TensorProto.INT32 if n == "sequence_lens" else f, None)
+         for n in inputs if n],
+        [helper.make_tensor_value_info(n, f, None) for n in ("Y", "Y_h")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+
+    def onnx_order(a):  # our r, z, n -> ONNX's z, r, h
+        r, z, n = np.split(a, 3, axis=0)
+        return np.concatenate([z, r, n], axis=0)
+
+    lengths = np.array([7, 4, 1]) if with_lengths else None
+    f32 = {k: v.astype(np.float32) for k, v in p.items()}
+    feeds = {"X": f32["x"], "W": onnx_order(f32["w_ih"])[None],
+             "R": onnx_order(f32["w_hh"])[None],
+             "B": np.concatenate([onnx_order(f32["b_ih"]), onnx_order(f32["b_hh"])])[None],
+             "initial_h": f32["h0"][None]}
+    if with_lengths:
+        feeds["sequence_lens"] = lengths.astype(np.int32)
+    Y, Y_h = ort.InferenceSession(model.SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(None, feeds)
+    y, h_n, _ = R.gru_forward(f32["x"], f32["h0"], f32["w_ih"], f32["w_hh"], f32["b_ih"],
+                              f32["b_hh"], lengths=lengths, reset_after=False)
+    np.testing.assert_allclose(y, Y[:, 0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(h_n, Y_h[0], rtol=0, atol=1e-5)

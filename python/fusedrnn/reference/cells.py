@@ -197,9 +197,10 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
 
 # ---------------------------------------------------------------------------- GRU
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                training=False, precision=None):
+                training=False, precision=None, reset_after=True):
     """GRU, gates r, z, n: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h.
-    Returns (y, h_n, ctx)."""
+    reset_after=False: the reset gate before the product, n = tanh(W_in x + b_in + W_hn (r*h) +
+    b_hn) (Keras' reset_after=False, ONNX's linear_before_reset=0). Returns (y, h_n, ctx)."""
     x, h, _, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
         "gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
     T, N, _ = x.shape
@@ -207,18 +208,26 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
     y = np.zeros((T, N, H))
     ctx = _new_ctx("gru", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias,
                    precision)
+    ctx["reset_after"] = bool(reset_after)
     xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]
         gi = xr[t] @ wir.T + b_ih  # [N, 3H]
         hr, wr = _operands(h, w_hh, precision)
-        gh = hr @ wr.T + b_hh  # [N, 3H]
+        gh = hr @ wr[:2 * H].T + b_hh[:2 * H]  # [N, 2H]: r and z
         r = sigmoid(gi[:, 0:H] + gh[:, 0:H])
         z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-        hn = gh[:, 2 * H:3 * H]  # W_hn h + b_hn, needed again by backward
-        n = np.tanh(gi[:, 2 * H:3 * H] + r * hn)
+        if reset_after:
+            hn = hr @ wr[2 * H:].T + b_hh[2 * H:]  # W_hn h + b_hn, needed again by backward
+            n = np.tanh(gi[:, 2 * H:3 * H] + r * hn)
+            rh = None
+        else:
+            rh = r * h  # what the product reads (and backward, for dW_hn)
+            rhr, wnr = _operands(rh, w_hh[2 * H:], precision)
+            hn = None
+            n = np.tanh(gi[:, 2 * H:3 * H] + rhr @ wnr.T + b_hh[2 * H:])
         h_new = (1.0 - z) * n + z * h
-        ctx["steps"][t] = dict(active=active, h_prev=h, r=r, z=z, n=n, hn=hn)
+        ctx["steps"][t] = dict(active=active, h_prev=h, r=r, z=z, n=n, hn=hn, rh=rh)
         h = np.where(active, h_new, h)
         y[t] = np.where(active, h_new, 0.0)
     return y, h, ctx
@@ -241,20 +250,31 @@ def gru_backward(ctx, dy, dh_n=None):
         dh = dh_next + np.where(active, dy[t], 0.0)
         dn = dh * (1.0 - z)
         dz = dh * (h_prev - n)
-        dan = dn * (1.0 - n ** 2)  # gradient of n's pre-activation
-        dr = dan * hn
+        dan = np.where(active, dn * (1.0 - n ** 2), 0.0)  # gradient of n's pre-activation
+        if ctx.get("reset_after", True):
+            dr = dan * hn
+            dh_rh = 0.0
+        else:  # n read W_hn (r*h): its gradient d(r*h) reaches r and h
+            d_rh = _grad_product(dan, w_hh[2 * H:], precision)
+            dr, dh_rh = d_rh * h_prev, d_rh * r
         dar = dr * r * (1.0 - r)
         daz = dz * z * (1.0 - z)
-        dgi = np.concatenate([dar, daz, dan], axis=1)  # [N, 3H]
-        dgh = np.concatenate([dar, daz, dan * r], axis=1)  # [N, 3H]
-        dgi = np.where(active, dgi, 0.0)
-        dgh = np.where(active, dgh, 0.0)
+        dgi = np.where(active, np.concatenate([dar, daz, dan], axis=1), 0.0)  # [N, 3H]
         dx[t] = _grad_product(dgi, w_ih, precision)
         dw_ih += _grad_product(dgi.T, x[t], precision)
-        dw_hh += _grad_product(dgh.T, h_prev, precision)
         db_ih += dgi.sum(axis=0)
-        db_hh += dgh.sum(axis=0)
-        dh_next = np.where(active, dh * z + _grad_product(dgh, w_hh, precision), dh_next)
+        if ctx.get("reset_after", True):
+            dgh = np.where(active, np.concatenate([dar, daz, dan * r], axis=1), 0.0)  # [N, 3H]
+            dw_hh += _grad_product(dgh.T, h_prev, precision)
+            db_hh += dgh.sum(axis=0)
+            dh_rec = _grad_product(dgh, w_hh, precision)
+        else:
+            drz = dgi[:, :2 * H]
+            dw_hh[:2 * H] += _grad_product(drz.T, h_prev, precision)
+            dw_hh[2 * H:] += _grad_product(dan.T, s["rh"], precision)
+            db_hh += dgi.sum(axis=0)
+            dh_rec = _grad_product(drz, w_hh[:2 * H], precision) + dh_rh
+        dh_next = np.where(active, dh * z + dh_rec, dh_next)
     if not ctx["has_bias"]:
         db_ih = db_hh = None
     return dx, dh_next, dw_ih, dw_hh, db_ih, db_hh
