@@ -52,6 +52,26 @@ def test_round_bf16_ties_to_even_and_keeps_specials():
     assert r[5] == np.inf and r[6] == -np.inf and np.isnan(r[7]) and r[8] == np.inf
 
 
+@pytest.mark.parametrize("N", [1, 20])
+def test_kernels_round_x_as_the_reference(N):
+    """The kernels' own rounding of x (16 lanes at a time with AVX-512, the tail one by one):
+    ties to even, just above a tie. A ReLU RNN with W_ih = I and W_hh = 0 gives y =
+    relu(round(x)) exactly; with N=20 the AMX projection reads the same rounded pairs. (NaN and
+    inf cannot show through a product: 0 * inf is NaN in every output; nor can subnormals: the
+    bfloat16 dot instructions, vdpbf16ps and TDPBF16PS, read them as zero, as torch's do.)"""
+    I = 40  # two vectors of 16 values and a tail of 8
+    ties = np.array([1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, 1.0 + 2 ** -8 + 2 ** -20, 2.5,
+                     3.0 + 2 ** -7, 0.5 + 2 ** -9, 0.75 + 2 ** -10, 1.5], np.float32)
+    rng = np.random.default_rng(N)
+    x = rng.uniform(0.5, 2.0, (3, N, I)).astype(np.float32)
+    x[:, :, 5:5 + ties.size] = ties  # in the first vector ...
+    x[:, :, 32:] = ties  # ... and in the tail
+    y = F.rnn_forward(x, None, np.eye(I, dtype=np.float32), np.zeros((I, I), np.float32),
+                      nonlinearity="relu", precision="bfloat16")[0]
+    np.testing.assert_array_equal(y, np.maximum(R.round_bf16(x), 0.0).astype(np.float32))
+    assert not np.array_equal(y, x)  # the rounding shows
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("N,I,H", [(1, 3, 1), (1, 16, 33), (2, 7, 64), (3, 5, 17), (5, 24, 160),
                                    (13, 9, 160), (8, 40, 48), (16, 9, 64), (20, 5, 96),
