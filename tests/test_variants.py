@@ -40,6 +40,18 @@ def _problem(T, N, I, H, seed, dtype=np.float64):
                 dy=normal(T, N, H), dh_n=normal(N, H), dc_n=normal(N, H))
 
 
+def _numeric_gradient(loss, p, name, eps=1e-6):
+    """Central differences of loss(problem) with respect to p[name], one element at a time."""
+    numeric = np.zeros_like(p[name])
+    for i in range(p[name].size):
+        q = {k: v.copy() for k, v in p.items()}
+        q[name].flat[i] += eps
+        up = loss(q)
+        q[name].flat[i] -= 2 * eps
+        numeric.flat[i] = (up - loss(q)) / (2 * eps)
+    return numeric
+
+
 def _run(module, p, lengths=None, reverse=False, precision=None):
     y, h_n, c_n, ctx = module.lstm_forward(
         p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], lengths=lengths,
@@ -62,17 +74,10 @@ def test_peephole_reference_matches_finite_differences(reverse):
                                         w_ph=q["w_ph"])
         return (y * p["dy"]).sum() + (h_n * p["dh_n"]).sum() + (c_n * p["dc_n"]).sum()
 
-    eps = 1e-6
     for name, grad in (("w_ph", "dw_ph"), ("c0", "dc0"), ("h0", "dh0"), ("w_hh", "dw_hh"),
                        ("x", "dx")):
-        numeric = np.zeros_like(p[name])
-        for i in range(p[name].size):
-            q = {k: v.copy() for k, v in p.items()}
-            q[name].flat[i] += eps
-            up = loss(q)
-            q[name].flat[i] -= 2 * eps
-            numeric.flat[i] = (up - loss(q)) / (2 * eps)
-        assert np.abs(numeric - got[grad]).max() < TOLERANCES["reference_vs_finite_differences"], name
+        assert np.abs(_numeric_gradient(loss, p, name) - got[grad]).max() < \
+            TOLERANCES["reference_vs_finite_differences"], name
 
 
 def test_zero_peepholes_are_the_plain_lstm():
@@ -357,16 +362,9 @@ def test_reset_before_gru_reference_matches_finite_differences(reverse):
                                   **kw)
         return (y * p["dy"]).sum() + (h_n * p["dh_n"]).sum()
 
-    eps = 1e-6
     for name in ("w_hh", "b_hh", "h0", "x", "w_ih", "b_ih"):
-        numeric = np.zeros_like(p[name])
-        for i in range(p[name].size):
-            q = {k: v.copy() for k, v in p.items()}
-            q[name].flat[i] += eps
-            up = loss(q)
-            q[name].flat[i] -= 2 * eps
-            numeric.flat[i] = (up - loss(q)) / (2 * eps)
-        assert np.abs(numeric - got[name]).max() < TOLERANCES["reference_vs_finite_differences"], name
+        assert np.abs(_numeric_gradient(loss, p, name) - got[name]).max() < \
+            TOLERANCES["reference_vs_finite_differences"], name
     # not the reset-after GRU: the reset gate's place matters
     after = R.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
                           lengths=lengths, reverse=reverse)[0]

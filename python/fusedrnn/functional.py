@@ -414,7 +414,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
 
 def gru_backward(ctx, dy, dh_n=None):
     """BPTT for :func:`gru_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``."""
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", ctx, dy, dh_n, None)[:7]
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", ctx, dy, dh_n, None)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 
