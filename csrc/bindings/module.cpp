@@ -111,7 +111,7 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
   const int64_t H = w_hh_arr.shape(1);
   const int64_t GH = G * H;
   const bool lstm = cell == CellKind::kLstm;
-  const bool uses_extra = cell == CellKind::kLstm || cell == CellKind::kGru;
+  const bool uses_extra = cell == CellKind::kLstm || is_gru(cell);
 
   ForwardArgs<T> a{};
   a.shape = SeqShape{T_, N, I, H, G};
@@ -171,7 +171,7 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
   const int64_t H = w_hh_arr.shape(1);
   const int64_t GH = G * H;
   const bool lstm = cell == CellKind::kLstm;
-  const bool uses_extra = cell == CellKind::kLstm || cell == CellKind::kGru;
+  const bool uses_extra = cell == CellKind::kLstm || is_gru(cell);
 
   BackwardArgs<T> a{};
   a.shape = SeqShape{T_, N, I, H, G};

@@ -8,11 +8,14 @@ namespace cpu {
 class WeightCache;
 }
 
-enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru };
+// kGruResetBefore: the GRU with its reset gate before the product (cells/gru_cell.h).
+enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru, kGruResetBefore };
+
+inline bool is_gru(CellKind c) { return c == CellKind::kGru || c == CellKind::kGruResetBefore; }
 
 // G, the number of gates: RNN 1, GRU 3, LSTM 4.
 inline int64_t gate_count(CellKind c) {
-  return c == CellKind::kLstm ? 4 : c == CellKind::kGru ? 3 : 1;
+  return c == CellKind::kLstm ? 4 : is_gru(c) ? 3 : 1;
 }
 
 template <typename T>

@@ -287,6 +287,18 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_projection = amx && s.T * N >= t.amx_min_batch;
   }
+  if (cell == CellKind::kGruResetBefore) {
+    // Two phases a step (ForwardCall::reset_before_loop): by units, W_hh packed for sequences
+    // as any loop's (else BLAS or row kernels), the inputs projected up front; float32
+    // products (no bfloat16 form of the two-phase step yet).
+    p.loop = Loop::kByUnits;
+    p.product = step_product(t, packed, N);
+    p.projection = Projection::kUpFront;
+    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.bias_in_packed = false;
+    p.waits_for_inputs = inputs_ready;
+    p.bf16 = p.amx = p.amx_projection = false;
+  }
   return p;
 }
 
@@ -332,6 +344,13 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.amx_dx = amx && TN >= t.amx_min_batch;
     p.amx_weights = p.amx_dx;
   }
+  if (cell == CellKind::kGruResetBefore) {  // BackwardCall::reset_before_loop: by units
+    p.loop = Loop::kByUnits;
+    p.product = step_product(t, packed, N);
+    p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
+    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.bf16 = p.amx = p.amx_dx = p.amx_weights = false;
+  }
   return p;
 }
 
@@ -348,7 +367,7 @@ bool side_by_side_pays(CellKind cell, const SeqShape& s, int slices, int64_t ele
   const Tuning& t = tuning();
   const int64_t weight_bytes = s.GH() * s.H * element_bytes;
   const int64_t input_bytes = behind ? s.GH() * s.I * element_bytes : 0;
-  return slices > 1 && s.T >= t.packed_min_steps && !(behind && cell == CellKind::kGru) &&
+  return slices > 1 && s.T >= t.packed_min_steps && !(behind && is_gru(cell)) &&
          weight_bytes + input_bytes <= t.core_cache_bytes &&
          !split_by_samples(t, s.N, slices, weight_bytes) &&
          s.T * s.N * s.GH() * (s.H + s.I) >= t.min_gemm_macs_to_split;

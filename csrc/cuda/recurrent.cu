@@ -1319,6 +1319,9 @@ auto with_cell_and_operand(CellKind cell, bool bf16_operands, F&& f) {
     case CellKind::kLstm: return with_operand(static_cast<LstmCell*>(nullptr));
     case CellKind::kGru: return with_operand(static_cast<GruCell*>(nullptr));
     case CellKind::kRnnTanh: return with_operand(static_cast<RnnCell<false>*>(nullptr));
+    case CellKind::kGruResetBefore:
+      throw std::invalid_argument("cell: the reset-before GRU has no CUDA kernels yet (it runs "
+                                  "on the CPU)");
     case CellKind::kRnnRelu: break;
   }
   return with_operand(static_cast<RnnCell<true>*>(nullptr));
