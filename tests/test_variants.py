@@ -6,9 +6,11 @@ odd H, lengths, both directions, 1 and 2 threads, float32 and float64, bfloat16 
 against the reference; the layer (stacks, directions, dropout, batch_first) against the
 reference layer by layer, the cell and seq2seq; and ONNX Runtime's LSTM with P.
 
-The GRU with the reset gate before the product (reset_after=False): so far its float64
-reference, against central differences, Keras' GRU(reset_after=False) and ONNX Runtime's GRU
-with linear_before_reset=0."""
+The GRU with the reset gate before the product (reset_after=False): its float64 reference
+against central differences; the kernels (the two-phase step: packed, BLAS and row products,
+batch 1 to 70, lengths, both directions, 1 and 2 threads, float32 and float64) against the
+reference; the layer, the cell and seq2seq; the reference and the kernels against Keras'
+GRU(reset_after=False) and ONNX Runtime's GRU with linear_before_reset=0."""
 from __future__ import annotations
 
 import warnings
@@ -371,7 +373,180 @@ def test_reset_before_gru_reference_matches_finite_differences(reverse):
     assert np.abs(after - y).max() > 1e-3
 
 
-def test_reset_before_gru_reference_matches_keras():
+def _run_gru(module, p, lengths=None, reverse=False, precision=None):
+    y, h_n, ctx = module.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"],
+                                     p["b_hh"], lengths=lengths, reverse=reverse, training=True,
+                                     precision=precision, reset_after=False)
+    grads = module.gru_backward(ctx, p["dy"], p["dh_n"])
+    return dict(zip(("dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh"), grads), y=y, h_n=h_n)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("T,N,H", [(9, 1, 32), (9, 3, 17), (9, 40, 48), (2, 70, 20),
+                                   (1, 5, 130), (30, 16, 128)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_reset_before_gru_kernels_match_the_reference(T, N, H, reverse, dtype, threads):
+    """The two-phase step by units (packed W_hh for sequences; BLAS or row products for short
+    calls, inference's), lengths mixing 0, 1 and T; inference gives training's outputs."""
+    p = {k: v.astype(dtype) for k, v in _gru_problem(T, N, 7, H, seed=N * 100 + H).items()}
+    lengths = np.arange(N) % (T + 1)
+    lengths[0] = T
+    ours = _run_gru(F, p, lengths, reverse)
+    expected = _run_gru(R, p, lengths, reverse)
+    tolerance = TOLERANCES["kernel_vs_reference"][dtype]
+    for name, value in ours.items():
+        assert value.dtype == dtype, name
+        assert relative_error(value, expected[name]) <= tolerance, name
+    for lens in (lengths, None):
+        y, h_n, ctx = F.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                    lengths=lens, reverse=reverse, reset_after=False)
+        ref = R.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                            lengths=lens, reverse=reverse, reset_after=False)
+        assert ctx is None
+        assert relative_error(y, ref[0]) <= tolerance and relative_error(h_n, ref[1]) <= tolerance
+
+
+@pytest.mark.parametrize("N,H", [(1, 64), (24, 96)])
+def test_reset_before_gru_results_do_not_depend_on_the_threads(N, H):
+    """1 and 2 threads agree, and bit for bit under fr.set_deterministic(True)."""
+    p = {k: v.astype(np.float32) for k, v in _gru_problem(12, N, 10, H, seed=7).items()}
+    before, was = fr.get_num_threads(), fr.get_deterministic()
+    try:
+        for deterministic in (False, True):
+            fr.set_deterministic(deterministic)
+            results = []
+            for n in (1, 2):
+                fr.set_num_threads(n)
+                results.append(_run_gru(F, p, lengths=np.arange(N) % 13))
+            for name in results[0]:
+                if deterministic:
+                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
+                else:
+                    assert relative_error(results[0][name], results[1][name]) <= \
+                        TOLERANCES["threads"][np.float32], name
+    finally:
+        fr.set_num_threads(before)
+        fr.set_deterministic(was)
+
+
+def test_reset_before_gru_keeps_float32_products_under_autocast():
+    """Its two-phase step has no bfloat16 form: under autocast it runs (and its context records)
+    float32 products, the same bits as without autocast."""
+    p = {k: v.astype(np.float32) for k, v in _gru_problem(6, 4, 5, 16, seed=9).items()}
+    plain = _run_gru(F, p)
+    with fr.autocast():
+        cast = _run_gru(F, p)
+        ctx = F.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], training=True,
+                            reset_after=False)[2]
+    assert ctx.precision is None
+    for name in plain:
+        np.testing.assert_array_equal(cast[name], plain[name], name)
+
+
+def test_reset_before_gru_arguments_are_checked():
+    p = _gru_problem(3, 2, 4, 5, seed=3)
+    with pytest.raises(TypeError, match="reset_after: expected a bool"):
+        F.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], reset_after="no")
+    with pytest.raises(TypeError, match="reset_after: expected a bool"):
+        fr.nn.GRU(4, 5, reset_after=np.array([1, 0]))  # the layers take flags as torch.nn
+    _, _, ctx = F.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], training=True,
+                              reset_after=False)
+    with pytest.raises(ValueError, match="ctx: expected a context from lstm_forward"):
+        F.lstm_backward(ctx, p["dy"])
+    with pytest.raises(ValueError, match="reset_after: reset_after=False is a GRU's"):
+        fr.nn.Seq2Seq(9, 8, cell="lstm", reset_after=False)
+
+
+def test_reset_before_gru_layer_is_the_reference_layer_by_layer():
+    """Two bidirectional layers, batch_first, lengths: each layer direction is the reference
+    reset-before GRU with the layer's weights (torch's names); gradients reach every
+    parameter; the eval-mode short call agrees."""
+    m = fr.nn.GRU(5, 24, num_layers=2, bidirectional=True, batch_first=True, reset_after=False,
+                  dtype=np.float64, seed=0)
+    assert "reset_after=False" in repr(m)
+    assert list(m.state_dict())[:4] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                        "bias_hh_l0"]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 8, 5))
+    lengths = np.array([8, 5, 1])
+    out, h_n = m(x, lengths=lengths)
+    dout = rng.standard_normal(out.shape)
+    m.backward(dout)
+    inp = x.transpose(1, 0, 2)
+    ctxs = []
+    for layer in range(2):
+        ys = []
+        for d, suffix in enumerate(("", "_reverse")):
+            w = [getattr(m, f"{n}_l{layer}{suffix}").data
+                 for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            y, h, ctx = R.gru_forward(inp, None, *w, lengths=lengths, reverse=d == 1,
+                                      training=True, reset_after=False)
+            np.testing.assert_allclose(h_n[2 * layer + d], h, atol=1e-12)
+            ys.append(y)
+            ctxs.append(ctx)
+        inp = np.concatenate(ys, axis=2)
+    np.testing.assert_allclose(out, inp.transpose(1, 0, 2), atol=1e-12)
+    grad_out = dout.transpose(1, 0, 2)
+    for d, suffix in enumerate(("", "_reverse")):
+        g = R.gru_backward(ctxs[2 + d], grad_out[:, :, d * 24:(d + 1) * 24])
+        np.testing.assert_allclose(getattr(m, f"weight_hh_l1{suffix}").grad, g[3], atol=1e-10)
+        np.testing.assert_allclose(getattr(m, f"bias_hh_l1{suffix}").grad, g[5], atol=1e-10)
+    for name, param in m.named_parameters():
+        assert param.grad is not None and np.abs(param.grad).max() > 0, name
+    single = fr.nn.GRU(4, 16, reset_after=False, seed=2).eval()  # the short-call path
+    x32 = rng.standard_normal((6, 2, 4)).astype(np.float32)
+    y, h = single(x32)
+    w = [getattr(single, n).data for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                           "bias_hh_l0")]
+    ref = R.gru_forward(x32, None, *w, reset_after=False)
+    assert relative_error(y, ref[0]) < 1e-5 and relative_error(h[0], ref[1]) < 1e-5
+    plain = fr.nn.GRU(4, 16, seed=2).eval()
+    assert relative_error(plain(x32)[0], y) > 1e-3  # the reset gate's place matters
+    dropped = fr.nn.GRU(4, 16, num_layers=2, dropout=0.3, reset_after=False, seed=2)
+    out, _ = dropped(x32)
+    dropped.backward(np.ones_like(out))
+    assert np.abs(dropped.weight_hh_l0.grad).max() > 0
+
+
+def test_reset_before_gru_cell_steps_are_the_sequence_kernel():
+    """GRUCell(reset_after=False) stepped by hand is the reference sequence; its backward steps
+    give the sequence's gradients."""
+    cell = fr.nn.GRUCell(5, 16, reset_after=False, dtype=np.float64, seed=4)
+    assert "reset_after=False" in repr(cell)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 3, 5))
+    dy = rng.standard_normal((6, 3, 16))
+    h, hs = None, []
+    for t in range(6):
+        h = cell(x[t], h)
+        hs.append(h)
+    dh = np.zeros((3, 16))
+    for t in reversed(range(6)):
+        _, dh = cell.backward(dy[t] + dh)
+    w = (cell.weight_ih.data, cell.weight_hh.data, cell.bias_ih.data, cell.bias_hh.data)
+    y, _, ctx = R.gru_forward(x, None, *w, training=True, reset_after=False)
+    np.testing.assert_allclose(np.stack(hs), y, atol=1e-12)
+    g = R.gru_backward(ctx, dy)
+    np.testing.assert_allclose(cell.weight_hh.grad, g[3], atol=1e-10)
+    np.testing.assert_allclose(cell.weight_ih.grad, g[2], atol=1e-10)
+    cell.eval()  # the short-call path
+    np.testing.assert_allclose(cell(x[0]), R.gru_forward(x[:1], None, *w, reset_after=False)[1],
+                               atol=1e-12)
+
+
+def test_seq2seq_with_reset_before_gru_trains_by_its_gradients():
+    from fusedrnn.nn import Seq2Seq
+    from test_seq2seq import SRC, SRC_LENGTHS, TGT, check_gradients
+    model = Seq2Seq(9, 8, embed_size=5, hidden_size=4, num_layers=1, cell="gru",
+                    reset_after=False, dtype=np.float64, seed=3)
+    assert model.encoder.reset_after is False and model.decoder.cells[0].reset_after is False
+    err = check_gradients(model, lambda: model.loss(SRC, SRC_LENGTHS, TGT),
+                          np.random.default_rng(0))
+    assert err < TOLERANCES["reference_vs_finite_differences"]
+
+
+@pytest.mark.parametrize("module", ["reference", "kernels"])
+def test_reset_before_gru_matches_keras(module):
     """Keras 3 GRU(reset_after=False), backend torch: kernel [I, 3H] and recurrent_kernel
     [H, 3H] in Keras' gate order z, r, h; one bias [3H] (ours b_ih; b_hh zero)."""
     import os
@@ -389,14 +564,16 @@ def test_reset_before_gru_reference_matches_keras():
         z, r, h = np.split(a, 3, axis=-1)
         return np.concatenate([r, z, h], axis=-1).T
 
-    y, h_n, _ = R.gru_forward(x.transpose(1, 0, 2), None, ours(kernel), ours(recurrent),
-                              ours(bias[None])[:, 0], np.zeros(3 * H), reset_after=False)
+    y, h_n, _ = (R if module == "reference" else F).gru_forward(
+        x.transpose(1, 0, 2), None, ours(kernel), ours(recurrent), ours(bias[None])[:, 0],
+        np.zeros(3 * H, np.float32), reset_after=False)
     np.testing.assert_allclose(y.transpose(1, 0, 2), y_k, rtol=0, atol=1e-5)
     np.testing.assert_allclose(h_n, h_k, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("module", ["reference", "kernels"])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
-def test_reset_before_gru_reference_matches_onnxruntime(with_lengths):
+def test_reset_before_gru_matches_onnxruntime(with_lengths, module):
     """ONNX Runtime's GRU with linear_before_reset=0 (ONNX's default), gates z, r, h."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -428,7 +605,8 @@ def test_reset_before_gru_reference_matches_onnxruntime(with_lengths):
         feeds["sequence_lens"] = lengths.astype(np.int32)
     Y, Y_h = ort.InferenceSession(model.SerializeToString(),
                                   providers=["CPUExecutionProvider"]).run(None, feeds)
-    y, h_n, _ = R.gru_forward(f32["x"], f32["h0"], f32["w_ih"], f32["w_hh"], f32["b_ih"],
-                              f32["b_hh"], lengths=lengths, reset_after=False)
+    y, h_n, _ = (R if module == "reference" else F).gru_forward(
+        f32["x"], f32["h0"], f32["w_ih"], f32["w_hh"], f32["b_ih"], f32["b_hh"],
+        lengths=lengths, reset_after=False)
     np.testing.assert_allclose(y, Y[:, 0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(h_n, Y_h[0], rtol=0, atol=1e-5)

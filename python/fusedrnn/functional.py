@@ -25,7 +25,13 @@ import numpy as np
 from . import _C
 from .amp import autocast_precision, check_precision
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+# The kernels' cells: "gru_reset_before" is the GRU with reset_after=False (gru_forward).
+GATES = {"rnn": 1, "gru": 3, "gru_reset_before": 3, "lstm": 4}
+
+
+def gru_kernel(reset_after):
+    """The kernel cell of a GRU: "gru" (reset_after=True, PyTorch's) or "gru_reset_before"."""
+    return "gru" if check_flag(reset_after, "reset_after") else "gru_reset_before"
 NONLINEARITIES = ("tanh", "relu")
 
 
@@ -41,7 +47,7 @@ class RecurrentContext:
     w_hh: np.ndarray  # [G*H, H]
     lengths: Optional[np.ndarray]  # [N] int64 or None
     gates: np.ndarray  # [T, N, G*H] activated gates (RNN: the output itself)
-    extra: np.ndarray  # [T, N, H] LSTM: c_prev; GRU: W_hn h + b_hn; RNN: empty
+    extra: np.ndarray  # [T, N, H] LSTM: c_prev; GRU: W_hn h + b_hn (reset-before: r*h); RNN: empty
     h_prev: np.ndarray  # [T, N, H] state entering each step
     has_bias: bool
     consumed: bool = False
@@ -198,7 +204,8 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    bf16 = bfloat16_products(x.dtype, precision)
+    # The reset-before GRU's two-phase step has float32 products only (under autocast too).
+    bf16 = bfloat16_products(x.dtype, precision) and cell != "gru_reset_before"
     if w_ph is not None:
         if cell != "lstm":
             raise ValueError(f"w_ph: peepholes belong to an LSTM, got them for {cell.upper()}")
@@ -405,16 +412,20 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                training=False, precision=None):
-    """GRU over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as lstm_forward's."""
-    y, h_n, _, ctx = _forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                              training, "tanh", precision)
+                training=False, precision=None, reset_after=True):
+    """GRU over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as lstm_forward's.
+    ``reset_after=False``: the reset gate before the product, n = tanh(W_in x + b_in +
+    W_hn (r * h) + b_hn) (Keras' reset_after=False, ONNX's linear_before_reset=0; CPU, float32
+    products under autocast too); True: PyTorch's GRU."""
+    y, h_n, _, ctx = _forward(gru_kernel(reset_after), x, h0, None, w_ih, w_hh, b_ih, b_hh,
+                              lengths, reverse, training, "tanh", precision)
     return y, h_n, ctx
 
 
 def gru_backward(ctx, dy, dh_n=None):
     """BPTT for :func:`gru_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``."""
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", ctx, dy, dh_n, None)
+    cell = "gru_reset_before" if getattr(ctx, "cell", None) == "gru_reset_before" else "gru"
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward(cell, ctx, dy, dh_n, None)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 

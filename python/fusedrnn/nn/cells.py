@@ -142,7 +142,7 @@ class RNNCellBase(Module):
     _cell = None
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
-                 dtype=np.float32, seed=None, peephole=False):
+                 dtype=np.float32, seed=None, peephole=False, reset_after=True):
         super().__init__()
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
@@ -165,6 +165,8 @@ class RNNCellBase(Module):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self.peephole = _flag(peephole, "peephole")
+        self.reset_after = _flag(reset_after, "reset_after")
+        self._kernel_cell = self._cell if self.reset_after else F.gru_kernel(False)
         if self.peephole:  # the LSTM's peepholes (i, f, o), after torch's parameters
             self.weight_ph = uniform(3 * self.hidden_size)
         self._steps = []  # a stack of (ctx, batched) for the training-mode steps not yet back-propagated
@@ -202,11 +204,11 @@ class RNNCellBase(Module):
                 h0 = zeros if h0 is None else h0
                 c0 = zeros if c0 is None else c0
             precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
-            out = _C.recurrent_forward(self._cell, self.nonlinearity, x[None], h0,
+            out = _C.recurrent_forward(self._kernel_cell, self.nonlinearity, x[None], h0,
                                        c0 if lstm else None, *w, None, False, False, cache,
                                        precision, w_ph)
             return out[1], out[2], None
-        _, h, c, ctx = F._forward_many(self._cell, [dict(
+        _, h, c, ctx = F._forward_many(self._kernel_cell, [dict(
             x=x[None], h0=h0, c0=c0 if lstm else None, w_ih=w[0], w_hh=w[1], b_ih=w[2],
             b_hh=w[3], training=self.training, cache=cache, w_ph=w_ph)], self.nonlinearity)[0]
         return h, c, ctx
@@ -272,6 +274,8 @@ class RNNCellBase(Module):
             s += f", nonlinearity={self.nonlinearity!r}"
         if self.peephole:
             s += ", peephole=True"
+        if not self.reset_after:
+            s += ", reset_after=False"
         return s
 
     def _backward_h(self, kernel_backward, dh):
@@ -341,8 +345,13 @@ class GRUCell(RNNCellBase):
     h' = (1 - z) * n + z * h""",
         where=""";
 r, z, n are the reset, update and new gates; sigma is the sigmoid function and * is the
-elementwise product.""",
-        cell_args="",
+elementwise product. With ``reset_after=False`` the reset gate applies before the product:
+n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Keras' reset_after=False, ONNX's
+linear_before_reset=0).""",
+        cell_args="""\
+    reset_after: (keyword-only) If False, the reset gate applies to h before the recurrent
+        product. Default: True (PyTorch's GRUCell)
+""",
         example="""\
     >>> import numpy as np, fusedrnn as fr
     >>> cell = fr.nn.GRUCell(10, 20, seed=0)
@@ -359,8 +368,10 @@ elementwise product.""",
 
     _cell = "gru"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
-        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed)
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
+                 reset_after=True):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
+                         reset_after=reset_after)
 
     def forward(self, input, hx=None):
         """input [N, I] (or [I]), hx [N, H] (or [H]) or None for zeros -> h' [N, H] (or [H]); a

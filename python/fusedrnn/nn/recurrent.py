@@ -86,7 +86,7 @@ class RNNBase(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, nonlinearity="tanh", dtype=np.float32,
-                 seed=None, device="cpu", peephole=False):
+                 seed=None, device="cpu", peephole=False, reset_after=True):
         super().__init__()
         device = check_device(device)
         if device == "cuda":
@@ -108,6 +108,12 @@ class RNNBase(Module):
         self.batch_first = _flag(batch_first, "batch_first")
         self.bidirectional = _flag(bidirectional, "bidirectional")
         self.peephole = _flag(peephole, "peephole")
+        self.reset_after = _flag(reset_after, "reset_after")
+        # the kernels' cell: the GRU's reset-before form is a cell of its own there
+        self._kernel_cell = self._cell if self.reset_after else F.gru_kernel(False)
+        if not self.reset_after and device == "cuda":
+            raise ValueError("reset_after: the reset-before GRU (reset_after=False) runs on the "
+                             "CPU only, got device='cuda'")
         self.dtype = check_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         self._saved = None
@@ -197,6 +203,8 @@ class RNNBase(Module):
             s += ", bidirectional=True"
         if self.peephole:
             s += ", peephole=True"
+        if not self.reset_after:
+            s += ", reset_after=False"
         if self.dtype != np.float32:
             s += f", dtype={self.dtype}"
         if self._device != "cpu":
@@ -296,7 +304,7 @@ class RNNBase(Module):
 
         if D == 1 and L > 1 and not (training and self.dropout > 0):
             # A plain stack: the layers in one kernel call (a wavefront where that pays).
-            results = F._forward_stack(self._cell, [call(layer, 0, x_tni if layer == 0 else None)
+            results = F._forward_stack(self._kernel_cell, [call(layer, 0, x_tni if layer == 0 else None)
                                                     for layer in range(L)], self.nonlinearity)
             for layer, (y, h, c, ctx) in enumerate(results):
                 keep(layer, h, c)
@@ -307,7 +315,7 @@ class RNNBase(Module):
             inp = x_tni
             for layer in range(L):
                 # The directions: one kernel call, side by side where that pays.
-                results = F._forward_many(self._cell, [call(layer, d, inp) for d in range(D)],
+                results = F._forward_many(self._kernel_cell, [call(layer, d, inp) for d in range(D)],
                                           self.nonlinearity)
                 for direction, (y, h, c, ctx) in enumerate(results):
                     keep(layer * D + direction, h, c)
@@ -365,7 +373,7 @@ class RNNBase(Module):
             return None
         precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
         w_ph = self._peepholes(0, 0)
-        y, h_n, c_n = _C.recurrent_forward(self._cell, self.nonlinearity, x, h0,
+        y, h_n, c_n = _C.recurrent_forward(self._kernel_cell, self.nonlinearity, x, h0,
                                            c0 if lstm else None, *w, None, False, False,
                                            cache, precision,
                                            None if w_ph is None else w_ph.data)[:3]
@@ -427,7 +435,7 @@ class RNNBase(Module):
                               grad_out[:, :, direction * H:(direction + 1) * H],
                               None if dh_n is None else dh_n[k],
                               None if dc_n is None else dc_n[k]))
-            grads = F._backward_many(self._cell, calls)
+            grads = F._backward_many(self._kernel_cell, calls)
             for direction, (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, *dw_ph) in enumerate(grads):
                 k = layer * D + direction
                 if dw_ph:
@@ -673,8 +681,15 @@ class GRU(RNNBase):
     h_t = (1 - z_t) * n_t + z_t * h_{t-1}""",
         where="""\
 r_t, z_t, n_t are the reset, update and new gates; sigma is the sigmoid function and * is the
-elementwise product.""",
-        cell_args="",
+elementwise product.
+
+With ``reset_after=False`` (keyword-only; not in torch.nn) the reset gate applies before the
+product: n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn), Keras' GRU with
+reset_after=False and ONNX's GRU with linear_before_reset=0 (CPU only).""",
+        cell_args="""\
+    reset_after: (keyword-only) If False, the reset gate applies to h before the recurrent
+        product (Keras' reset_after=False, ONNX's default GRU). Default: True (PyTorch's GRU)
+""",
         example="""\
     >>> import numpy as np, fusedrnn as fr
     >>> rnn = fr.nn.GRU(10, 20, num_layers=2, batch_first=True, bidirectional=True, seed=0)
@@ -693,6 +708,7 @@ elementwise product.""",
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
-                 device="cpu"):
+                 device="cpu", reset_after=True):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype=dtype, seed=seed, device=device)
+                         bidirectional, dtype=dtype, seed=seed, device=device,
+                         reset_after=reset_after)

@@ -88,11 +88,12 @@ class Decoder(Module):
 
     def __init__(self, vocab_size, embed_size, hidden_size, num_layers=1, cell="lstm",
                  attention="bahdanau", score=None, key_size=None, attention_size=None,
-                 cond_size=0, padding_idx=0, *, dtype=np.float32, seed=None, peephole=False):
+                 cond_size=0, padding_idx=0, *, dtype=np.float32, seed=None, peephole=False,
+                 reset_after=True):
         super().__init__()
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell: expected 'lstm' or 'gru', got {cell!r}")
-        options = _cell_options(cell, peephole)
+        options = _cell_options(cell, peephole, reset_after)
         if attention is not None and attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES} or None, got {attention!r}")
         self.vocab_size = _positive_int(vocab_size, "vocab_size")
@@ -435,11 +436,14 @@ class _Generator(Module):
         return DecodeResult(res_tokens, scores, logps, res_att if has_att else None)
 
 
-def _cell_options(cell, peephole):
-    """The recurrent modules' keyword options: peephole=True for an LSTM only."""
+def _cell_options(cell, peephole, reset_after=True):
+    """The recurrent modules' keyword options: peephole=True for an LSTM only, reset_after=False
+    for a GRU only."""
     if _flag(peephole, "peephole") and cell != "lstm":
         raise ValueError(f"peephole: LSTM peepholes need cell='lstm', got cell={cell!r}")
-    return {"peephole": True} if peephole else {}
+    if not _flag(reset_after, "reset_after") and cell != "gru":
+        raise ValueError(f"reset_after: reset_after=False is a GRU's, got cell={cell!r}")
+    return {"peephole": True} if peephole else {"reset_after": False} if not reset_after else {}
 
 
 class Seq2Seq(_Generator):
@@ -449,7 +453,7 @@ class Seq2Seq(_Generator):
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_size=32, hidden_size=64,
                  num_layers=1, bidirectional=True, cell="lstm", attention="bahdanau", score=None,
                  attention_size=None, dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
-                 dtype=np.float32, seed=None, peephole=False):
+                 dtype=np.float32, seed=None, peephole=False, reset_after=True):
         super().__init__()
         if attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES}, got {attention!r}")
@@ -465,7 +469,7 @@ class Seq2Seq(_Generator):
         RNN = {"lstm": LSTM, "gru": GRU}.get(cell)
         if RNN is None:
             raise ValueError(f"cell: expected 'lstm' or 'gru', got {cell!r}")
-        options = _cell_options(cell, peephole)
+        options = _cell_options(cell, peephole, reset_after)
         self.encoder = RNN(embed_size, H, L, bidirectional=bidirectional,
                            dropout=dropout if L > 1 else 0.0, dtype=dtype, seed=s[1], **options)
         self.bridge_h = Linear(D * H, H, dtype=dtype, seed=s[2])
