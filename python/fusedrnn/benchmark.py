@@ -57,8 +57,9 @@ def add_arguments(p):
                    help="time nothing: print what each cell and shape's calls would do on "
                         "--threads threads (the CPU drivers' plans) and the CPU table")
     p.add_argument("--variants", default=None, metavar="LIST",
-                   help="peephole: the cell variants against the plain cell (ours) and their "
-                        "peer where one has them (ONNX Runtime's LSTM with P), float32 "
+                   help="peephole,reset_before: the cell variants against the plain cell "
+                        "(ours) and their peer where one has them (ONNX Runtime's LSTM with P, "
+                        "its GRU with linear_before_reset=0), float32 "
                         "(fusedrnn.benchmark_variants)")
     p.add_argument("--regimes", default=None, metavar="LIST",
                    help="b2b,sporadic,shared: fp32 inference against the faster of PyTorch and "
@@ -217,9 +218,10 @@ def torch_peer(cell, x, w, mode, threads):
     return train_step
 
 
-def ort_peer(cell, x, w, threads, w_ph=None):
+def ort_peer(cell, x, w, threads, w_ph=None, reset_after=True):
     """ONNX Runtime's LSTM/GRU/RNN node on the same weights; ``w_ph``: an LSTM's peepholes
-    [3H] in our order i, f, o (ONNX's P is i, o, f)."""
+    [3H] in our order i, f, o (ONNX's P is i, o, f); ``reset_after=False``: a GRU with
+    linear_before_reset=0."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
     T, B, I = x.shape
@@ -242,7 +244,7 @@ def ort_peer(cell, x, w, threads, w_ph=None):
              for n, a in named]
     attrs = {"hidden_size": H}
     if cell == "GRU":
-        attrs["linear_before_reset"] = 1  # PyTorch's GRU
+        attrs["linear_before_reset"] = 1 if reset_after else 0  # 1: PyTorch's GRU
     inputs = ["X", "W", "R", "B"] + (["", "", "", "P"] if w_ph is not None else [])
     node = helper.make_node(cell, inputs, ["Y"], **attrs)
     graph = helper.make_graph(

@@ -1,7 +1,8 @@
-"""`fusedrnn bench --variants peephole`: a cell variant against the plain cell it extends (ours,
-same weights and input, alternating blocks in one process: ``benchmark.median_ms``), and against
-the peer that has the variant: ONNX Runtime's LSTM with peepholes P (inference; it has no
-training). Float32. The "cost" column is the variant's ms over the plain cell's."""
+"""`fusedrnn bench --variants peephole,reset_before`: a cell variant against the plain cell it
+extends (ours, same weights and input, alternating blocks in one process:
+``benchmark.median_ms``), and against the peer that has the variant: ONNX Runtime's LSTM with
+peepholes P, its GRU with linear_before_reset=0 (inference; it has no training). Float32. The
+"cost" column is the variant's ms over the plain cell's."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import numpy as np
 
 from . import benchmark
 
-VARIANTS = {"peephole": "LSTM"}  # variant -> the cell it extends
+VARIANTS = {"peephole": "LSTM", "reset_before": "GRU"}  # variant -> the cell it extends
 
 
 def contestants(variant, x, w, mode, threads, have_ort):
@@ -20,23 +21,34 @@ def contestants(variant, x, w, mode, threads, have_ort):
     cell = VARIANTS[variant]
     T, B, I = x.shape
     H = w["weight_hh_l0"].shape[1]
-    w_ph = np.random.default_rng(2).uniform(-0.5, 0.5, 3 * H).astype(np.float32)
+    peephole = variant == "peephole"
+    w_ph = np.random.default_rng(2).uniform(-0.5, 0.5, 3 * H).astype(np.float32) \
+        if peephole else None
     fns = {"plain": benchmark.ours(cell, x, w, mode)}
     if mode == "infer":
-        layer = fr.nn.LSTM(I, H, peephole=True)
-        layer.load_state_dict(dict(w, weight_ph_l0=w_ph))
+        if peephole:
+            layer = fr.nn.LSTM(I, H, peephole=True)
+            layer.load_state_dict(dict(w, weight_ph_l0=w_ph))
+        else:
+            layer = fr.nn.GRU(I, H, reset_after=False)
+            layer.load_state_dict(w)
         layer.eval()
         fns["ours"] = lambda: layer(x)[0]
         if have_ort:
-            fns["ort"] = benchmark.ort_peer(cell, x, w, threads, w_ph=w_ph)
+            fns["ort"] = benchmark.ort_peer(cell, x, w, threads, w_ph=w_ph,
+                                            reset_after=peephole)
         return fns
     F = fr.functional
     args = (w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
     dy = np.ones((T, B, H), np.float32)
 
     def train_step():
-        y, _, _, ctx = F.lstm_forward(x, None, None, *args, training=True, w_ph=w_ph)
-        F.lstm_backward(ctx, dy)
+        if peephole:
+            y, _, _, ctx = F.lstm_forward(x, None, None, *args, training=True, w_ph=w_ph)
+            F.lstm_backward(ctx, dy)
+        else:
+            y, _, ctx = F.gru_forward(x, None, *args, training=True, reset_after=False)
+            F.gru_backward(ctx, dy)
         return y
     fns["ours"] = train_step
     return fns
