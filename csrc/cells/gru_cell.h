@@ -96,6 +96,7 @@ struct GruResetBeforeCell {
                                    int64_t j, T dh, T& /*dc*/, T* dgx, T* /*dgh*/, T& dh_direct,
                                    const T* /*peep*/ = nullptr) {
     const T z = gates[H + j], n = gates[2 * H + j];
+    dgx[j] = T(0);  // (backward_reset's)
     dgx[H + j] = dh * (h_prev - n) * d_sigmoid(z);
     dgx[2 * H + j] = dh * (T(1) - z) * d_tanh(n);
     dh_direct = dh * z;

@@ -288,13 +288,14 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     p.amx_projection = amx && s.T * N >= t.amx_min_batch;
   }
   if (cell == CellKind::kGruResetBefore) {
-    // Two phases a step (ForwardCall::reset_before_loop): by units, W_hh packed for sequences
-    // as any loop's (else BLAS or row kernels), the inputs projected up front; float32
-    // products (no bfloat16 form of the two-phase step yet).
-    p.loop = Loop::kByUnits;
+    // Two phases a step (ForwardCall::reset_before_loop): by samples where the plain GRU's
+    // would be (no barrier), else by units; W_hh packed for sequences as any loop's (else BLAS
+    // or row kernels), the inputs projected up front; float32 products (no bfloat16 form of
+    // the two-phase step yet).
+    p.loop = by_samples ? Loop::kBySamples : Loop::kByUnits;
     p.product = step_product(t, packed, N);
     p.projection = Projection::kUpFront;
-    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = by_samples || N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     p.bias_in_packed = false;
     p.waits_for_inputs = inputs_ready;
     p.bf16 = p.amx = p.amx_projection = false;
@@ -344,11 +345,9 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.amx_dx = amx && TN >= t.amx_min_batch;
     p.amx_weights = p.amx_dx;
   }
-  if (cell == CellKind::kGruResetBefore) {  // BackwardCall::reset_before_loop: by units
-    p.loop = Loop::kByUnits;
+  if (cell == CellKind::kGruResetBefore) {  // BackwardCall::reset_before_loop
     p.product = step_product(t, packed, N);
     p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
-    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     p.bf16 = p.amx = p.amx_dx = p.amx_weights = false;
   }
   return p;

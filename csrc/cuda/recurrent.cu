@@ -294,8 +294,43 @@ __global__ void forward_step_kernel(StepForward<T> p, int64_t t) {
     if (kTraining) {
 #pragma unroll
       for (int k = 0; k < G; ++k) p.gates[row * GH + k * H + j] = act[k];
-      if (Cell::kUsesExtra) p.extra[row * H + j] = extra;
+      if (Cell::kUsesExtra && !Cell::kResetBefore) p.extra[row * H + j] = extra;
     }
+  }
+}
+
+// The reset-before GRU's first phase (cells/gru_cell.h), one thread per (n, j): r * h from the
+// step's r rows, into rh [N, H] (0 past a sample's length).
+template <typename T>
+__global__ void reset_input_kernel(int64_t N, int64_t H, const T* gates, const T* gh,
+                                   const T* b_ih, const T* b_hh, const int64_t* lengths,
+                                   const T* h, int64_t t, T* rh) {
+  const int64_t GH = 3 * H;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < N * H;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / H, j = idx - n * H;
+    rh[idx] = lengths && t >= lengths[n]
+                  ? T(0)
+                  : GruResetBeforeCell::reset_input(gates[(t * N + n) * GH + j] + b_ih[j],
+                                                    gh[n * GH + j] + b_hh[j], h[idx]);
+  }
+}
+
+// ... and its backward's second phase: d_rh [N, H] = da_n W_hn gives da_r (into dgx) and the
+// part of dh_prev through r * h (added to dh_next); nothing for a sample past its length.
+template <typename T>
+__global__ void reset_grad_kernel(int64_t N, int64_t H, const T* gates, const T* h_prev,
+                                  const int64_t* lengths, const T* d_rh, int64_t t, T* dgx,
+                                  T* dh_next) {
+  const int64_t GH = 3 * H;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < N * H;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / H, j = idx - n * H, row = t * N + n;
+    if (lengths && t >= lengths[n]) continue;
+    T dh = dh_next[idx];
+    GruResetBeforeCell::backward_reset(gates + row * GH, h_prev[row * H + j], d_rh[idx], j,
+                                       dgx + row * GH, dh);
+    dh_next[idx] = dh;
   }
 }
 
@@ -1076,7 +1111,11 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     gemm(blas, stream, false, true, TN, GH, s.I, T(1), a.x, s.I, a.w_ih, s.I, T(0), a.gates, GH);
   }
 
+  if (Cell::kResetBefore && o.algorithm == Algorithm::kPersistent)
+    throw std::runtime_error("fusedrnn CUDA: the reset-before GRU has no persistent kernel; use "
+                             "the stepwise algorithm");
   PersistentPlan plan;
+  if constexpr (!Cell::kResetBefore) {  // (its two-phase step runs stepwise)
   if (o.algorithm == Algorithm::kPersistent ||
       (o.algorithm == Algorithm::kAuto && N <= kPersistentMaxBatch))
     plan = plan_persistent_forward<T, P, Cell, kTraining>(s);
@@ -1117,6 +1156,7 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     FUSEDRNN_LAUNCH_CHECK("persistent_forward_kernel");
     return;
   }
+  }
 
   StepForward<T> p{};
   p.N = N;
@@ -1140,10 +1180,20 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
   const int blocks = blocks_for(N * H);
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = a.reverse ? s.T - 1 - step : step;
-    if constexpr (kBf16)
+    if constexpr (Cell::kResetBefore) {
+      // r, z rows from h; r * h (the saved extra, or scratch); n rows from r * h
+      T* rh = kTraining ? a.extra + t * N * H : h_exchange;
+      gemm(blas, stream, false, true, N, 2 * H, H, T(1), a.h_n, H, a.w_hh, H, T(0), gh, GH);
+      reset_input_kernel<T><<<blocks, kThreads, 0, stream>>>(N, H, a.gates, gh, a.b_ih, a.b_hh,
+                                                             a.lengths, a.h_n, t, rh);
+      FUSEDRNN_LAUNCH_CHECK("reset_input_kernel");
+      gemm(blas, stream, false, true, N, H, H, T(1), rh, H, a.w_hh + 2 * H * H, H, T(0),
+           gh + 2 * H, GH);
+    } else if constexpr (kBf16) {
       gemm_bf16(blas, stream, false, true, N, GH, H, h_b, H, w_hh_b, H, 0.0f, gh, GH);
-    else
+    } else {
       gemm(blas, stream, false, true, N, GH, H, T(1), a.h_n, H, a.w_hh, H, T(0), gh, GH);
+    }
     forward_step_kernel<T, Cell, kTraining><<<blocks, kThreads, 0, stream>>>(p, t);
     FUSEDRNN_LAUNCH_CHECK("forward_step_kernel");
   }
@@ -1195,7 +1245,11 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
       FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dc0, a.dc_n, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
   }
 
+  if (Cell::kResetBefore && o.algorithm == Algorithm::kPersistent)
+    throw std::runtime_error("fusedrnn CUDA: the reset-before GRU has no persistent kernel; use "
+                             "the stepwise algorithm");
   PersistentPlan plan;
+  if constexpr (!Cell::kResetBefore) {  // (its two-phase step runs stepwise)
   if (N * H > 0 && (o.algorithm == Algorithm::kPersistent ||
                     (o.algorithm == Algorithm::kAuto && N <= kPersistentMaxBatch)))
     plan = plan_persistent_backward<T, P, Cell>(s);
@@ -1237,6 +1291,7 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
         dim3(kPersistentThreads), params, plan.smem_bytes, stream));
     FUSEDRNN_LAUNCH_CHECK("persistent_backward_kernel");
   }
+  }
 
   // dh ping-pongs between dh0 and the workspace; it ends in dh0.
   T* dh = a.dh0;
@@ -1264,7 +1319,18 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
       backward_step_kernel<T, Cell><<<blocks, kThreads, 0, stream>>>(p, t);
       FUSEDRNN_LAUNCH_CHECK("backward_step_kernel");
       // dh_{t-1} = dh_direct + dgh_t W_hh (rows of inactive samples of dgh_t are zero).
-      if constexpr (kBf16)
+      if constexpr (Cell::kResetBefore) {
+        // d(r * h) = da_n W_hn (into the flagged words' room, unused stepwise), then da_r and
+        // the r * d(r * h) part of dh_{t-1}; then [da_r, da_z] W_h{r,z}
+        T* d_rh = workspace + backward_flag_offset(false, s);
+        gemm(blas, stream, false, false, N, H, H, T(1), dgx + t * N * GH + 2 * H, GH,
+             a.w_hh + 2 * H * H, H, T(0), d_rh, H);
+        reset_grad_kernel<T><<<blocks, kThreads, 0, stream>>>(N, H, a.gates, a.h_prev,
+                                                              a.lengths, d_rh, t, dgx, dh_next);
+        FUSEDRNN_LAUNCH_CHECK("reset_grad_kernel");
+        gemm(blas, stream, false, false, N, H, 2 * H, T(1), dgx + t * N * GH, GH, a.w_hh, H,
+             T(1), dh_next, H);
+      } else if constexpr (kBf16)
         gemm_bf16(blas, stream, false, false, N, H, GH, d_b + t * N * GH, GH, w_hh_b, H, 1.0f,
                   dh_next, H);
       else
@@ -1290,7 +1356,14 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   } else {
     gemm(blas, stream, false, false, TN, I, GH, T(1), dgx, GH, a.w_ih, I, T(0), a.dx, I);
     gemm(blas, stream, true, false, GH, I, TN, T(1), dgx, GH, a.x, I, T(0), a.dw_ih, I);
-    gemm(blas, stream, true, false, GH, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh, H);
+    if (Cell::kResetBefore) {  // W_hn's rows saw r * h (the saved extra), not h
+      gemm(blas, stream, true, false, 2 * H, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh,
+           H);
+      gemm(blas, stream, true, false, H, H, TN, T(1), dgh + 2 * H, GH, a.extra, H, T(0),
+           a.dw_hh + 2 * H * H, H);
+    } else {
+      gemm(blas, stream, true, false, GH, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh, H);
+    }
   }
   if (TN > 0) {
     fill_kernel<T><<<blocks_for(TN), kThreads, 0, stream>>>(ones, TN, T(1));
@@ -1319,9 +1392,8 @@ auto with_cell_and_operand(CellKind cell, bool bf16_operands, F&& f) {
     case CellKind::kLstm: return with_operand(static_cast<LstmCell*>(nullptr));
     case CellKind::kGru: return with_operand(static_cast<GruCell*>(nullptr));
     case CellKind::kRnnTanh: return with_operand(static_cast<RnnCell<false>*>(nullptr));
-    case CellKind::kGruResetBefore:
-      throw std::invalid_argument("cell: the reset-before GRU has no CUDA kernels yet (it runs "
-                                  "on the CPU)");
+    case CellKind::kGruResetBefore:  // float32 products only (no bfloat16 two-phase step)
+      return f(static_cast<GruResetBeforeCell*>(nullptr), static_cast<T*>(nullptr));
     case CellKind::kRnnRelu: break;
   }
   return with_operand(static_cast<RnnCell<true>*>(nullptr));
@@ -1387,7 +1459,8 @@ bool persistent_forward_fits(CellKind cell, const SeqShape& shape, bool bf16) {
   return with_cell_and_operand<T>(cell, bf16, [&](auto* cell_tag, auto* operand_tag) {
     using Cell = std::remove_pointer_t<decltype(cell_tag)>;
     using P = std::remove_pointer_t<decltype(operand_tag)>;
-    return plan_persistent_forward<T, P, Cell, false>(shape).fits;
+    if constexpr (Cell::kResetBefore) return false;  // stepwise only
+    else return plan_persistent_forward<T, P, Cell, false>(shape).fits;
   });
 }
 
@@ -1396,7 +1469,8 @@ bool persistent_backward_fits(CellKind cell, const SeqShape& shape, bool bf16) {
   return with_cell_and_operand<T>(cell, bf16, [&](auto* cell_tag, auto* operand_tag) {
     using Cell = std::remove_pointer_t<decltype(cell_tag)>;
     using P = std::remove_pointer_t<decltype(operand_tag)>;
-    return plan_persistent_backward<T, P, Cell>(shape).fits;
+    if constexpr (Cell::kResetBefore) return false;  // stepwise only
+    else return plan_persistent_backward<T, P, Cell>(shape).fits;
   });
 }
 
