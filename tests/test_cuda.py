@@ -693,3 +693,35 @@ def test_cuda_peephole_lstm_matches_reference(reverse, dtype_name, algorithm, rn
         ours = run_peep(functional, cp.asarray)
     oracle = run_peep(reference)
     assert_errors_below(ours, oracle, TOLERANCES["kernel_vs_reference"][dtype])
+
+
+@gpu
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", [(9, 6, 33, 97), (4, 17, 8, 401), (1, 1, 1, 17)],
+                         ids=lambda s: "T{}_N{}_I{}_H{}".format(*s))
+def test_cuda_reset_before_gru_matches_reference(shape, reverse, dtype_name, rng, cp):
+    """The GRU with reset_after=False (its two-phase step, stepwise), forward and every
+    gradient, with lengths; it has no persistent kernel and says so."""
+    dtype = DTYPES[dtype_name]
+    p = make_problem(rng, "gru", shape, dtype, lengths="mixed")
+
+    def run_rb(module, to_device=None):
+        c = (lambda a: a) if to_device is None else to_device
+        y, h_n, ctx = module.gru_forward(c(p["x"]), c(p["h0"]), c(p["w_ih"]), c(p["w_hh"]),
+                                         c(p["b_ih"]), c(p["b_hh"]), lengths=p["lengths"],
+                                         reverse=reverse, training=True, reset_after=False)
+        grads = module.gru_backward(ctx, c(p["dy"]), c(p["dh_n"]))
+        out = dict(zip(("dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh"), grads), y=y, h_n=h_n)
+        return {k: to_numpy(v) if to_device is not None else v for k, v in out.items()}
+
+    ours = run_rb(functional, cp.asarray)
+    assert_errors_below(ours, run_rb(reference), TOLERANCES["kernel_vs_reference"][dtype])
+    with fcuda.options(algorithm="persistent"), \
+            pytest.raises(RuntimeError, match="reset-before GRU has no persistent kernel"):
+        run_rb(functional, cp.asarray)
+    layer = fusedrnn.nn.GRU(shape[2], shape[3], reset_after=False, dtype=dtype, seed=1)
+    x = p["x"].astype(dtype)
+    expected, _ = layer(x)
+    got, _ = layer.to("cuda")(cp.asarray(x))
+    assert relative_error(to_numpy(got), expected) <= TOLERANCES["kernel_vs_reference"][dtype]

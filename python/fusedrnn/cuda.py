@@ -218,7 +218,8 @@ class _Kernels:
     def _sizes(self, cell, x, w_hh):
         """x and w_hh as CuPy arrays, the dtype, and (T, N, I, H, G*H); raises naming the argument."""
         if cell not in GATES:
-            raise ValueError(f"cell: expected 'rnn', 'lstm' or 'gru', got {cell!r}")
+            raise ValueError(f"cell: expected 'rnn', 'lstm', 'gru' or 'gru_reset_before', got "
+                             f"{cell!r}")
         x = as_cupy(x, "x")
         dtype = self._dtype(x)
         if x.ndim != 3:
@@ -257,7 +258,7 @@ class _Kernels:
         h_n = cp.empty((N, H), dtype)
         c_n = cp.empty((N, H), dtype) if lstm else None
         gates = cp.empty((T, N, GH), dtype)
-        uses_extra = cell in ("lstm", "gru")
+        uses_extra = cell != "rnn"
         extra = cp.empty((T if uses_extra else 0, N, H), dtype) if training else None
         h_prev = cp.empty((T, N, H), dtype) if training else None
         bf16 = _bf16(precision) and dtype == np.float32
@@ -281,7 +282,7 @@ class _Kernels:
         cp = self._cp
         x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         lstm = cell == "lstm"
-        uses_extra = cell in ("lstm", "gru")
+        uses_extra = cell != "rnn"
         x = self._array(x, "x", (T, N, I), dtype)
         w_ih = self._array(w_ih, "w_ih", (GH, I), dtype)
         w_hh = self._array(w_hh, "w_hh", (GH, H), dtype)

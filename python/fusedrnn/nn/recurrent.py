@@ -111,9 +111,6 @@ class RNNBase(Module):
         self.reset_after = _flag(reset_after, "reset_after")
         # the kernels' cell: the GRU's reset-before form is a cell of its own there
         self._kernel_cell = self._cell if self.reset_after else F.gru_kernel(False)
-        if not self.reset_after and device == "cuda":
-            raise ValueError("reset_after: the reset-before GRU (reset_after=False) runs on the "
-                             "CPU only, got device='cuda'")
         self.dtype = check_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         self._saved = None
