@@ -79,6 +79,33 @@ const T* require_peepholes(const py::object& w_ph, CellKind cell, int64_t H) {
   return require<T>(w_ph, "w_ph", {3 * H});
 }
 
+// An LSTM's projection w_hr [P, H] (torch's proj_size; 0 < P < H), or null for None; the
+// projection of another cell is refused. Sets P (0 without one).
+template <typename T>
+const T* require_projection(const py::object& w_hr, CellKind cell, int64_t H, int64_t& P) {
+  P = 0;
+  if (w_hr.is_none()) return nullptr;
+  if (cell != CellKind::kLstm)
+    throw py::value_error("w_hr: projections (proj_size) belong to an LSTM, got one for another "
+                          "cell");
+  auto arr = py::cast<py::array>(w_hr);
+  if (arr.ndim() != 2 || arr.shape(1) != H || arr.shape(0) < 1 || arr.shape(0) >= H)
+    throw py::value_error("w_hr: expected shape (P, " + std::to_string(H) +
+                          ") with 0 < P < H (proj_size < hidden_size), got " +
+                          shape_str(std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim())));
+  P = arr.shape(0);
+  return require<T>(w_hr, "w_hr", {P, H});
+}
+
+// The hidden size of a call: w_hh's columns, or with a projection w_hr's (w_hh then has P).
+inline int64_t hidden_size(const py::object& w_hh, const py::object& w_hr) {
+  auto w = py::cast<py::array>(w_hr.is_none() ? w_hh : w_hr);
+  if (w.ndim() != 2)
+    throw py::value_error(w_hr.is_none() ? "w_hh: expected 2 dimensions [G*H, H]"
+                                         : "w_hr: expected 2 dimensions [P, H]");
+  return w.shape(1);
+}
+
 // A new array of `shape`: zeros where asked (numpy.zeros: fresh pages come zeroed, no pass
 // over them), else uninitialised.
 template <typename T>
@@ -101,33 +128,34 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
                                              const py::object& w_ih, const py::object& w_hh,
                                              const py::object& b_ih, const py::object& b_hh,
                                              const py::object& lengths, bool reverse,
-                                             bool training, const py::object& w_ph) {
+                                             bool training, const py::object& w_ph,
+                                             const py::object& w_hr) {
   if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
   const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = gate_count(cell);
-  py::object w_hh_obj = w_hh;
-  auto w_hh_arr = py::cast<py::array>(w_hh_obj);
-  if (w_hh_arr.ndim() != 2) throw py::value_error("w_hh: expected 2 dimensions [G*H, H]");
-  const int64_t H = w_hh_arr.shape(1);
+  const int64_t H = hidden_size(w_hh, w_hr);
   const int64_t GH = G * H;
   const bool lstm = cell == CellKind::kLstm;
   const bool uses_extra = cell == CellKind::kLstm || is_gru(cell);
 
   ForwardArgs<T> a{};
-  a.shape = SeqShape{T_, N, I, H, G};
+  int64_t P = 0;
+  a.w_hr = require_projection<T>(w_hr, cell, H, P);
+  a.shape = SeqShape{T_, N, I, H, G, P};
+  const int64_t SW = a.shape.state();  // the width of h
   a.x = require<T>(x_arr, "x", {T_, N, I});
-  a.h0 = require<T>(h0, "h0", {N, H});
+  a.h0 = require<T>(h0, "h0", {N, SW});
   a.c0 = lstm ? require<T>(c0, "c0", {N, H}) : nullptr;
   a.w_ih = require<T>(w_ih, "w_ih", {GH, I});
-  a.w_hh = require<T>(w_hh, "w_hh", {GH, H});
+  a.w_hh = require<T>(w_hh, "w_hh", {GH, SW});
   a.b_ih = require<T>(b_ih, "b_ih", {GH});
   a.b_hh = require<T>(b_hh, "b_hh", {GH});
   a.lengths = require_lengths(lengths, T_, N);
   a.reverse = reverse;
   a.w_ph = require_peepholes<T>(w_ph, cell, H);
 
-  py::array y = Array<T>({T_, N, H});
-  py::array h_n = Array<T>({N, H});
+  py::array y = Array<T>({T_, N, SW});
+  py::array h_n = Array<T>({N, SW});
   py::object c_n = py::none(), extra = py::none(), h_prev = py::none(), gates_out = py::none();
   a.y = mutable_data<T>(y);
   a.h_n = mutable_data<T>(h_n);
@@ -145,7 +173,7 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
     c_n = c;
   }
   if (training) {
-    py::array hp = new_array<T>({T_, N, H}, zeros);
+    py::array hp = new_array<T>({T_, N, SW}, zeros);
     a.h_prev = mutable_data<T>(hp);
     h_prev = hp;
     py::array ex = new_array<T>({uses_extra ? T_ : 0, N, H}, zeros);
@@ -162,36 +190,37 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
                                                const py::object& gates, const py::object& extra,
                                                const py::object& h_prev, const py::object& dy,
                                                const py::object& dh_n, const py::object& dc_n,
-                                               const py::object& w_ph) {
+                                               const py::object& w_ph, const py::object& w_hr) {
   if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
   const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = gate_count(cell);
-  auto w_hh_arr = py::cast<py::array>(w_hh);
-  if (w_hh_arr.ndim() != 2) throw py::value_error("w_hh: expected 2 dimensions [G*H, H]");
-  const int64_t H = w_hh_arr.shape(1);
+  const int64_t H = hidden_size(w_hh, w_hr);
   const int64_t GH = G * H;
   const bool lstm = cell == CellKind::kLstm;
   const bool uses_extra = cell == CellKind::kLstm || is_gru(cell);
 
   BackwardArgs<T> a{};
-  a.shape = SeqShape{T_, N, I, H, G};
+  int64_t P = 0;
+  a.w_hr = require_projection<T>(w_hr, cell, H, P);
+  a.shape = SeqShape{T_, N, I, H, G, P};
+  const int64_t SW = a.shape.state();  // the width of h
   a.x = require<T>(x_arr, "x", {T_, N, I});
   a.w_ih = require<T>(w_ih, "w_ih", {GH, I});
-  a.w_hh = require<T>(w_hh, "w_hh", {GH, H});
+  a.w_hh = require<T>(w_hh, "w_hh", {GH, SW});
   a.lengths = require_lengths(lengths, T_, N);
   a.reverse = reverse;
   a.gates = require<T>(gates, "gates", {T_, N, GH});
   a.extra = uses_extra ? require<T>(extra, "extra", {T_, N, H}) : nullptr;
-  a.h_prev = require<T>(h_prev, "h_prev", {T_, N, H});
-  a.dy = require<T>(dy, "dy", {T_, N, H});
-  a.dh_n = require<T>(dh_n, "dh_n", {N, H});
+  a.h_prev = require<T>(h_prev, "h_prev", {T_, N, SW});
+  a.dy = require<T>(dy, "dy", {T_, N, SW});
+  a.dh_n = require<T>(dh_n, "dh_n", {N, SW});
   a.dc_n = lstm ? require<T>(dc_n, "dc_n", {N, H}) : nullptr;
   a.w_ph = require_peepholes<T>(w_ph, cell, H);
 
   py::array dx = Array<T>({T_, N, I});
-  py::array dh0 = Array<T>({N, H});
+  py::array dh0 = Array<T>({N, SW});
   py::array dw_ih = Array<T>({GH, I});
-  py::array dw_hh = Array<T>({GH, H});
+  py::array dw_hh = Array<T>({GH, SW});
   py::array db_ih = Array<T>({GH});
   py::array db_hh = Array<T>({GH});
   py::object dc0 = py::none();
@@ -206,10 +235,19 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
     a.dc0 = mutable_data<T>(c);
     dc0 = c;
   }
-  if (!a.w_ph) return {a, py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)};
-  py::array dw_ph = Array<T>({3 * H});  // with peepholes, their gradient last
-  a.dw_ph = mutable_data<T>(dw_ph);
-  return {a, py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_ph)};
+  // with peepholes their gradient, with a projection its, last (in that order)
+  py::tuple grads = py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh);
+  if (a.w_ph) {
+    py::array dw_ph = Array<T>({3 * H});
+    a.dw_ph = mutable_data<T>(dw_ph);
+    grads = grads + py::make_tuple(dw_ph);
+  }
+  if (a.w_hr) {
+    py::array dw_hr = Array<T>({P, H});
+    a.dw_hr = mutable_data<T>(dw_hr);
+    grads = grads + py::make_tuple(dw_hr);
+  }
+  return {a, grads};
 }
 
 // Runs prepared calls without the GIL, run(args, count) being a cpu:: driver entry; returns
@@ -229,7 +267,7 @@ py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) 
 
 constexpr const char* kForwardCall =
     "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache[, precision[, "
-    "w_ph]]])";
+    "w_ph[, w_hr]]]])";
 
 // A call's precision: None or "float32" (the arrays' own), or "bfloat16" (float32, the
 // products from bfloat16 operands). Returns whether bfloat16 products were asked for.
@@ -264,8 +302,8 @@ template <typename T>
 py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
   std::vector<PreparedCall<ForwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);  // the cache, precision and peepholes may be left out
-    if (t.size() < 11 || t.size() > 13) t = call_tuple(c, 10, kForwardCall);
+    auto t = py::cast<py::tuple>(c);  // the cache, precision, peepholes, projection may be left out
+    if (t.size() < 11 || t.size() > 14) t = call_tuple(c, 10, kForwardCall);
     cpu::WeightCache* cache = nullptr;
     if (t.size() >= 11 && !t[10].is_none()) {
       if (!py::isinstance<cpu::WeightCache>(t[10]))
@@ -284,7 +322,8 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
     prepared.push_back(prepare_forward<T>(cell, py::cast<py::array>(x), t[1], t[2], t[3], t[4],
                                           t[5], t[6], t[7], py::cast<bool>(t[8]),
                                           py::cast<bool>(t[9]),
-                                          t.size() == 13 ? py::object(t[12]) : py::none()));
+                                          t.size() >= 13 ? py::object(t[12]) : py::none(),
+                                          t.size() == 14 ? py::object(t[13]) : py::none()));
     prepared.back().args.cache = cache;
     prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
   }
@@ -300,13 +339,14 @@ template <typename T>
 py::list backward_calls_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);  // the precision and the peepholes may be left out
-    if (t.size() != 12 && t.size() != 13)
+    auto t = py::cast<py::tuple>(c);  // the precision, peepholes, projection may be left out
+    if (t.size() < 12 || t.size() > 14)
       t = call_tuple(c, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
-                            "dh_n, dc_n[, precision[, w_ph]])");
+                            "dh_n, dc_n[, precision[, w_ph[, w_hr]]])");
     prepared.push_back(prepare_backward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3],
                                            py::cast<bool>(t[4]), t[5], t[6], t[7], t[8], t[9],
-                                           t[10], t.size() == 13 ? py::object(t[12]) : py::none()));
+                                           t[10], t.size() >= 13 ? py::object(t[12]) : py::none(),
+                                           t.size() == 14 ? py::object(t[13]) : py::none()));
     prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
   }
   return run_prepared(prepared, [&](BackwardArgs<T>* args, int count) {
@@ -353,10 +393,11 @@ py::tuple recurrent_forward(const std::string& cell, const std::string& nonlinea
                             const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                             const py::object& b_hh, const py::object& lengths, bool reverse,
                             bool training, const py::object& cache,
-                            const py::object& precision, const py::object& w_ph) {
+                            const py::object& precision, const py::object& w_ph,
+                            const py::object& w_hr) {
   py::list calls;
   calls.append(py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training,
-                              cache, precision, w_ph));
+                              cache, precision, w_ph, w_hr));
   return recurrent_forward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -365,10 +406,11 @@ py::tuple recurrent_backward(const std::string& cell, const std::string& nonline
                              const py::object& lengths, bool reverse, const py::object& gates,
                              const py::object& extra, const py::object& h_prev,
                              const py::object& dy, const py::object& dh_n, const py::object& dc_n,
-                             const py::object& precision, const py::object& w_ph) {
+                             const py::object& precision, const py::object& w_ph,
+                             const py::object& w_hr) {
   py::list calls;
   calls.append(py::make_tuple(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n,
-                              precision, w_ph));
+                              precision, w_ph, w_hr));
   return recurrent_backward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -575,12 +617,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("training"), py::arg("cache") = py::none(), py::arg("precision") = py::none(),
-        py::arg("w_ph") = py::none(),
+        py::arg("w_ph") = py::none(), py::arg("w_hr") = py::none(),
         "One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). "
         "cache: a WeightCache keeping the packed weights between calls, or None. precision: "
         "None/'float32', or 'bfloat16' (float32: the products from bfloat16 operands with float32 "
         "accumulation; a training forward saves float32 activations). w_ph: an LSTM's "
-        "peepholes [3H] (i, f, o), or None.");
+        "peepholes [3H] (i, f, o), or None. w_hr: an LSTM's projection [P, H] (torch's "
+        "proj_size P: h, y and w_hh's columns are P wide), or None.");
   py::class_<cpu::WeightCache>(m, "WeightCache",
                                "The packed forms of one layer direction's weights, kept between "
                                "calls (pass it as a forward call's cache). It serves only the "
@@ -593,9 +636,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("precision") = py::none(), py::arg("w_ph") = py::none(),
-        "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), and dw_ph last "
-        "when given the forward's peepholes w_ph. precision: None/'float32', or 'bfloat16' "
-        "(float32: every product from bfloat16 operands with float32 accumulation).");
+        py::arg("w_hr") = py::none(),
+        "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then dw_ph "
+        "when given the forward's peepholes w_ph and dw_hr when given its projection w_hr. "
+        "precision: None/'float32', or 'bfloat16' (float32: every product from bfloat16 "
+        "operands with float32 accumulation).");
   m.def("recurrent_forward_many", &recurrent_forward_many, py::arg("cell"),
         py::arg("nonlinearity"), py::arg("calls"),
         "Independent recurrent_forward calls (argument tuples), side by side where it pays.");

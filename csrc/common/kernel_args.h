@@ -48,6 +48,7 @@ struct ForwardArgs {
   // accumulated in float32; the biases, gates, c and h stay float32.
   bool bf16;
   const T* w_ph;     // [3H] LSTM peepholes (i, f, o; cells/lstm_cell.h) or null
+  const T* w_hr;     // [P, H] LSTM projection (shape.P > 0) or null
 };
 
 template <typename T>
@@ -76,6 +77,8 @@ struct BackwardArgs {
   bool bf16;
   const T* w_ph;     // [3H] LSTM peepholes or null ...
   T* dw_ph;          // [3H] ... and their gradient (with w_ph)
+  const T* w_hr;     // [P, H] LSTM projection (shape.P > 0) or null ...
+  T* dw_hr;          // [P, H] ... and its gradient
 };
 
 }  // namespace fusedrnn

@@ -9,9 +9,13 @@
 
 namespace fusedrnn {
 
+// P: an LSTM's projection size (torch's proj_size; 0: none): h = W_hr (o * tanh(c)) [N, P],
+// w_hr [P, H], and h0, h_n, y, h_prev, dh_n, dh0 are P wide, w_hh [GH, P]; c stays H wide.
 struct SeqShape {
   int64_t T, N, I, H, G;
+  int64_t P = 0;
   int64_t GH() const { return G * H; }
+  int64_t state() const { return P > 0 ? P : H; }  // the width of h
 };
 
 // Does sample n take part in the step at time t? (PyTorch packed-sequence semantics.)

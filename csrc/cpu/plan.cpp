@@ -193,6 +193,11 @@ std::atomic<bool> g_deterministic{false};
 // results depend on how a GEMM is split, not on which thread runs a block).
 constexpr int kDeterministicGemmBlocks = 4;
 
+// The bytes a step's products read: W_hh, and an LSTM's projection W_hr.
+int64_t recurrent_weight_bytes(const SeqShape& s, int64_t element_bytes) {
+  return (s.GH() * s.state() + s.P * s.H) * element_bytes;
+}
+
 // The loop may split by samples: W_hh fits a core's cache and every slice gets enough samples.
 bool split_by_samples(const Tuning& t, int64_t N, int slices, int64_t weight_bytes) {
   return slices > 1 && N / slices >= t.min_samples_per_slice && weight_bytes <= t.core_cache_bytes;
@@ -230,7 +235,7 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   const int64_t GH = s.GH(), H = s.H, N = s.N;
   // A GRU keeps W_in x apart from W_hn h (its n gate): its inputs cannot join the products.
   const bool split_grad = cell == CellKind::kGru;
-  const int64_t weight_bytes = GH * H * element_bytes;
+  const int64_t weight_bytes = recurrent_weight_bytes(s, element_bytes);
   const bool packed = s.T >= t.packed_min_steps &&
                       (training || inference_packing_pays(t, s.T * N, weight_bytes));
   ForwardPlan p{};
@@ -287,11 +292,11 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_projection = amx && s.T * N >= t.amx_min_batch;
   }
-  if (cell == CellKind::kGruResetBefore) {
-    // Two phases a step (ForwardCall::reset_before_loop): by samples where the plain GRU's
-    // would be (no barrier), else by units; W_hh packed for sequences as any loop's (else BLAS
-    // or row kernels), the inputs projected up front; float32 products (no bfloat16 form of
-    // the two-phase step yet).
+  if (cell == CellKind::kGruResetBefore || s.P > 0) {
+    // Two phases a step (ForwardCall::reset_before_loop, projected_loop): by samples where the
+    // plain cell's would be (no barrier), else by units; W_hh packed for sequences as any
+    // loop's (else BLAS or row kernels), the inputs projected up front; float32 products (no
+    // bfloat16 form of the two-phase steps yet).
     p.loop = by_samples ? Loop::kBySamples : Loop::kByUnits;
     p.product = step_product(t, packed, N);
     p.projection = Projection::kUpFront;
@@ -316,7 +321,7 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   p.product = step_product(t, packed, N);
   p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
   if (!deterministic() && packed && TN * GH * H >= t.min_gemm_macs_to_split &&
-      split_by_samples(t, N, slices, GH * H * element_bytes)) {
+      split_by_samples(t, N, slices, recurrent_weight_bytes(s, element_bytes))) {
     p.loop = Loop::kBySamples;
     p.loop_slices = slices;
     // Where dgh = dgx (LSTM, RNN) and [W_hh | W_ih] stays in cache, W_ih's columns join the
@@ -345,7 +350,7 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.amx_dx = amx && TN >= t.amx_min_batch;
     p.amx_weights = p.amx_dx;
   }
-  if (cell == CellKind::kGruResetBefore) {  // BackwardCall::reset_before_loop
+  if (cell == CellKind::kGruResetBefore || s.P > 0) {  // reset_before_loop, projected_loop
     p.product = step_product(t, packed, N);
     p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
     p.bf16 = p.amx = p.amx_dx = p.amx_weights = false;

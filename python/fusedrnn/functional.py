@@ -53,6 +53,7 @@ class RecurrentContext:
     consumed: bool = False
     precision: Optional[str] = None  # "bfloat16": the forward's products were, the backward's are
     w_ph: Optional[np.ndarray] = None  # [3H] the LSTM's peepholes (i, f, o), or None
+    w_hr: Optional[np.ndarray] = None  # [P, H] the LSTM's projection (proj_size P), or None
 
 
 # ---------------------------------------------------------------------------- validation
@@ -144,7 +145,22 @@ def check_nonlinearity(nonlinearity, name="nonlinearity"):
     return str(nonlinearity)
 
 
-def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+def check_projection(w_hr, cell, dtype, xp=np):
+    """An LSTM's projection w_hr [P, H] (0 < P < H, torch's proj_size) as an array, or None;
+    ValueError/TypeError naming it."""
+    if w_hr is None:
+        return None
+    if cell != "lstm":
+        raise ValueError(f"w_hr: projections (proj_size) belong to an LSTM, got one for "
+                         f"{cell.upper()}")
+    w_hr = _as_array(w_hr, "w_hr", xp)
+    if w_hr.ndim != 2 or not 0 < w_hr.shape[0] < w_hr.shape[1]:
+        raise ValueError(f"w_hr: expected shape (P, H) with 0 < P < H (proj_size < "
+                         f"hidden_size), got {w_hr.shape}")
+    return _check(w_hr, "w_hr", w_hr.shape, dtype, xp=xp)
+
+
+def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr=None):
     xp, kernels = _backend(x)
     x = _as_array(x, "x", xp)
     dtype = _float_dtype(x)
@@ -153,12 +169,20 @@ def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     T, N, I = x.shape
     w_hh = _as_array(w_hh, "w_hh", xp)
     G = GATES[cell]
-    if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
-        raise ValueError(f"w_hh: expected shape ({G}*H, H) for {cell.upper()}, got {w_hh.shape}")
-    H = w_hh.shape[1]
+    w_hr = check_projection(w_hr, cell, dtype, xp)
+    if w_hr is not None:  # h is P wide: w_hh [G*H, P], h0 [N, P]
+        (P, H), S = w_hr.shape, w_hr.shape[0]
+        if w_hh.shape != (G * H, P):
+            raise ValueError(f"w_hh: expected shape ({G}*H, P) = {(G * H, P)} with the "
+                             f"projection w_hr {w_hr.shape}, got {w_hh.shape}")
+    else:
+        if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
+            raise ValueError(f"w_hh: expected shape ({G}*H, H) for {cell.upper()}, got "
+                             f"{w_hh.shape}")
+        H = S = w_hh.shape[1]
     GH = G * H
     x = xp.ascontiguousarray(x)
-    w_hh = _check(w_hh, "w_hh", (GH, H), dtype, xp=xp)
+    w_hh = _check(w_hh, "w_hh", (GH, S), dtype, xp=xp)
     w_ih = _check(w_ih, "w_ih", (GH, I), dtype, xp=xp)
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: give both biases or neither")
@@ -167,11 +191,11 @@ def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     b_hh = _check(b_hh, "b_hh", (GH,), dtype, optional=True, xp=xp)
     if not has_bias:
         b_ih, b_hh = xp.zeros(GH, dtype), xp.zeros(GH, dtype)
-    h0 = xp.zeros((N, H), dtype) if h0 is None else _check(h0, "h0", (N, H), dtype, xp=xp)
+    h0 = xp.zeros((N, S), dtype) if h0 is None else _check(h0, "h0", (N, S), dtype, xp=xp)
     if cell == "lstm":
         c0 = xp.zeros((N, H), dtype) if c0 is None else _check(c0, "c0", (N, H), dtype, xp=xp)
     lengths = check_lengths(lengths, T, N)  # a host array on every backend
-    return kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias
+    return kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr
 
 
 def _kernel_calls(kernels_and_args, name, cell, nonlinearity):
@@ -192,26 +216,29 @@ def _kernel_calls(kernels_and_args, name, cell, nonlinearity):
 
 def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None,
                      b_hh=None, lengths=None, reverse=False, training=False, cache=None,
-                     precision=None, w_ph=None):
+                     precision=None, w_ph=None, w_hr=None):
     """(kernel module, the kernel's arguments, has_bias) of one checked forward call. ``cache``:
     a fusedrnn._C.WeightCache keeping the packed weights between calls (CPU; the layers' own).
     ``precision``: "float32", "bfloat16" or None (fusedrnn.autocast decides). ``w_ph``: an
-    LSTM's peepholes [3H] (i, f, o), or None."""
+    LSTM's peepholes [3H] (i, f, o), or None. ``w_hr``: an LSTM's projection [P, H], or None."""
     check_nonlinearity(nonlinearity)
     reverse = check_flag(reverse, "reverse")
     training = check_flag(training, "training")
     precision = check_precision(precision)
-    kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _check_forward(
-        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr = _check_forward(
+        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    # The reset-before GRU's two-phase step has float32 products only (under autocast too).
-    bf16 = bfloat16_products(x.dtype, precision) and cell != "gru_reset_before"
-    if w_ph is not None:
-        if cell != "lstm":
+    # The two-phase steps (the reset-before GRU, the projection) have float32 products only
+    # (under autocast too).
+    bf16 = bfloat16_products(x.dtype, precision) and cell != "gru_reset_before" and w_hr is None
+    if w_ph is not None or w_hr is not None:
+        if w_ph is not None and cell != "lstm":
             raise ValueError(f"w_ph: peepholes belong to an LSTM, got them for {cell.upper()}")
         xp = _backend(x)[0]
-        w_ph = _check(w_ph, "w_ph", (3 * w_hh.shape[1],), x.dtype, xp=xp)
-        return kernels, args + (cache, "bfloat16" if bf16 else None, w_ph), has_bias
+        H = c0.shape[1]
+        if w_ph is not None:
+            w_ph = _check(w_ph, "w_ph", (3 * H,), x.dtype, xp=xp)
+        return kernels, args + (cache, "bfloat16" if bf16 else None, w_ph, w_hr), has_bias
     if bf16:
         return kernels, args + (cache, "bfloat16"), has_bias
     return kernels, args + ((cache,) if cache is not None else ()), has_bias
@@ -241,29 +268,33 @@ def _empty_forward(cell, args):
     x, h0, c0, _, w_hh = args[:5]
     xp = _backend(x)[0]
     T, N, _ = x.shape
-    GH, H = w_hh.shape
+    GH, S = w_hh.shape  # S: the width of h (P with a projection)
+    H = GH // GATES[cell]
     dtype = x.dtype
-    y = xp.zeros((T, N, H), dtype)
+    y = xp.zeros((T, N, S), dtype)
     h_n = h0.copy()
     c_n = c0.copy() if cell == "lstm" else None
     gates = xp.zeros((T, N, GH), dtype)
     extra = xp.zeros((0 if cell == "rnn" else T, N, H), dtype)  # the RNN keeps no extra
-    h_prev = xp.zeros((T, N, H), dtype)
+    h_prev = xp.zeros((T, N, S), dtype)
     return y, h_n, c_n, gates, extra, h_prev
 
 
 def _empty_backward(cell, args):
-    """The kernel's gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh[, dw_ph]) of a call with
-    no work."""
+    """The kernel's gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh[, dw_ph][, dw_hr]) of a
+    call with no work."""
     x, w_ih, w_hh = args[:3]
     dh_n, dc_n = args[9:11]
     xp = _backend(x)[0]
     GH = w_hh.shape[0]
-    peepholes = (xp.zeros(3 * w_hh.shape[1], x.dtype),) if len(args) > 12 else ()
+    w_ph = args[12] if len(args) > 12 else None
+    w_hr = args[13] if len(args) > 13 else None
+    extras = () if w_ph is None else (xp.zeros(w_ph.shape, x.dtype),)
+    extras += () if w_hr is None else (xp.zeros(w_hr.shape, x.dtype),)
     return (xp.zeros(x.shape, x.dtype), dh_n.copy(),
             dc_n.copy() if cell == "lstm" else None,
             xp.zeros(w_ih.shape, x.dtype), xp.zeros(w_hh.shape, x.dtype),
-            xp.zeros(GH, x.dtype), xp.zeros(GH, x.dtype)) + peepholes
+            xp.zeros(GH, x.dtype), xp.zeros(GH, x.dtype)) + extras
 
 
 def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
@@ -290,7 +321,8 @@ def _forward_result(cell, nonlinearity, args, has_bias, outputs):
         precision = args[11] if len(args) > 11 else None
         ctx = RecurrentContext(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths,
                                gates, extra, h_prev, has_bias, precision=precision,
-                               w_ph=args[12] if len(args) > 12 else None)
+                               w_ph=args[12] if len(args) > 12 else None,
+                               w_hr=args[13] if len(args) > 13 else None)
     return y, h_n, c_n, ctx
 
 
@@ -341,10 +373,11 @@ def _forward_stack(cell, calls, nonlinearity="tanh"):
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, nonlinearity,
-             precision=None, w_ph=None):
+             precision=None, w_ph=None, w_hr=None):
     return _forward_many(cell, [dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                                      b_hh=b_hh, lengths=lengths, reverse=reverse,
-                                     training=training, precision=precision, w_ph=w_ph)],
+                                     training=training, precision=precision, w_ph=w_ph,
+                                     w_hr=w_hr)],
                          nonlinearity)[0]
 
 
@@ -361,18 +394,21 @@ def _backward_many(cell, calls):
                              f"{ctx.cell}_forward")
         xp, kernels = _backend(ctx.x)
         T, N, _ = ctx.x.shape
-        H = ctx.w_hh.shape[1]
+        S = ctx.w_hh.shape[1]  # the width of h (P with a projection)
+        H = ctx.w_hh.shape[0] // GATES[cell]
         dtype = ctx.x.dtype
-        dy = xp.zeros((T, N, H), dtype) if dy is None else _check(dy, "dy", (T, N, H), dtype, xp=xp)
-        dh_n = (xp.zeros((N, H), dtype) if dh_n is None
-                else _check(dh_n, "dh_n", (N, H), dtype, xp=xp))
+        dy = xp.zeros((T, N, S), dtype) if dy is None else _check(dy, "dy", (T, N, S), dtype, xp=xp)
+        dh_n = (xp.zeros((N, S), dtype) if dh_n is None
+                else _check(dh_n, "dh_n", (N, S), dtype, xp=xp))
         if cell == "lstm":
             dc_n = (xp.zeros((N, H), dtype) if dc_n is None
                     else _check(dc_n, "dc_n", (N, H), dtype, xp=xp))
         args = (ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse, ctx.gates, ctx.extra,
                 ctx.h_prev, dy, dh_n, dc_n)
         # the backward's products in the forward's precision (fusedrnn.amp)
-        if ctx.w_ph is not None:
+        if ctx.w_hr is not None:
+            args += (ctx.precision, ctx.w_ph, ctx.w_hr)
+        elif ctx.w_ph is not None:
             args += (ctx.precision, ctx.w_ph)
         elif ctx.precision == "bfloat16":
             args += ("bfloat16",)
@@ -383,10 +419,10 @@ def _backward_many(cell, calls):
     outputs = _run_calls([(k, a) for k, a, _ in prepared], "recurrent_backward", cell,
                          nonlinearity, _empty_backward)
     results = []
-    for (_, _, ctx), (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dw_ph) in zip(prepared, outputs):
+    for (_, _, ctx), (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *more) in zip(prepared, outputs):
         if not ctx.has_bias:
             db_ih = db_hh = None
-        results.append((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dw_ph))
+        results.append((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *more))  # [dw_ph][, dw_hr]
     return results
 
 
@@ -396,18 +432,20 @@ def _backward(cell, ctx, dy, dh_n, dc_n):
 
 # ---------------------------------------------------------------------------- the kernels
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                 training=False, precision=None, w_ph=None):
+                 training=False, precision=None, w_ph=None, w_hr=None):
     """LSTM over a sequence. Returns ``(y, h_n, c_n, ctx)``; h0/c0 may be None (zeros).
     ``precision="bfloat16"``: float32 with bfloat16 products (as under fusedrnn.autocast; None:
     autocast decides), the backward's too. ``w_ph``: peepholes [3H] in the order i, f, o (ONNX's
-    LSTM with P, reordered): i and f see c_{t-1}, o sees c_t; None: PyTorch's LSTM."""
+    LSTM with P, reordered): i and f see c_{t-1}, o sees c_t; None: PyTorch's LSTM.
+    ``w_hr``: a projection [P, H] (torch's proj_size P < H): h = W_hr (o * tanh(c)), so h0, h_n,
+    y are P wide and w_hh is [4H, P] (c stays H wide); float32 products under autocast too."""
     return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, "tanh",
-                    precision, w_ph)
+                    precision, w_ph, w_hr)
 
 
 def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
     """BPTT for :func:`lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``,
-    and ``dw_ph`` last where the forward had peepholes."""
+    then ``dw_ph`` where the forward had peepholes and ``dw_hr`` where it had a projection."""
     return _backward("lstm", ctx, dy, dh_n, dc_n)
 
 

@@ -50,16 +50,22 @@ def _operands(v, w, precision):
     return round_bf16(v), round_bf16(w)
 
 
-def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
-    """Cast to float64, fill defaults (zero states, zero biases, full lengths), check shapes."""
+def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr=None):
+    """Cast to float64, fill defaults (zero states, zero biases, full lengths), check shapes.
+    w_hr [P, H]: an LSTM's projection (h, h0 and w_hh's columns P wide)."""
     x, w_ih, w_hh = _f64(x), _f64(w_ih), _f64(w_hh)
     if x.ndim != 3:
         raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
     T, N, I = x.shape
     G = GATES[cell]
-    if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
+    if w_hr is not None:
+        P, H = np.shape(w_hr)
+        if w_hh.shape != (G * H, P):
+            raise ValueError(f"w_hh: expected shape {(G * H, P)}, got {w_hh.shape}")
+    elif w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
         raise ValueError(f"w_hh: expected shape ({G}*H, H), got {w_hh.shape}")
-    H = w_hh.shape[1]
+    else:
+        H = P = w_hh.shape[1]
     if w_ih.shape != (G * H, I):
         raise ValueError(f"w_ih: expected shape {(G * H, I)}, got {w_ih.shape}")
     if (b_ih is None) != (b_hh is None):
@@ -70,11 +76,11 @@ def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b.shape != (G * H,):
             raise ValueError(f"{name}: expected shape {(G * H,)}, got {b.shape}")
-    h0 = np.zeros((N, H)) if h0 is None else _f64(h0)
+    h0 = np.zeros((N, P)) if h0 is None else _f64(h0)
     c0 = np.zeros((N, H)) if c0 is None else _f64(c0)
-    for name, s in (("h0", h0), ("c0", c0)):
-        if s.shape != (N, H):
-            raise ValueError(f"{name}: expected shape {(N, H)}, got {s.shape}")
+    for name, s, width in (("h0", h0, P), ("c0", c0, H)):
+        if s.shape != (N, width):
+            raise ValueError(f"{name}: expected shape {(N, width)}, got {s.shape}")
     if lengths is None:
         lengths = np.full(N, T, dtype=np.int64)
     else:
@@ -122,20 +128,23 @@ def _peepholes(w_ph, H):
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
-                 training=False, precision=None, w_ph=None):
+                 training=False, precision=None, w_ph=None, w_hr=None):
     """LSTM, gates i, f, g, o: c' = f*c + i*g, h' = o*tanh(c'). Returns (y, h_n, c_n, ctx).
     precision="bfloat16": the products W_ih x and W_hh h from bfloat16-rounded operands (the rest
     exact). w_ph [3H]: peepholes p_i, p_f, p_o (ONNX's P reordered): i = sigma(a_i + p_i*c),
-    f = sigma(a_f + p_f*c), o = sigma(a_o + p_o*c')."""
+    f = sigma(a_f + p_f*c), o = sigma(a_o + p_o*c'). w_hr [P, H]: a projection (torch's
+    proj_size), h' = W_hr (o*tanh(c')), P wide (w_hh [4H, P])."""
+    w_hr = _f64(w_hr)
     x, h, c, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
-        "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+        "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     T, N, _ = x.shape
-    H = w_hh.shape[1]
+    H = w_hh.shape[0] // 4
     p_i, p_f, p_o = _peepholes(w_ph, H)
-    y = np.zeros((T, N, H))
+    y = np.zeros((T, N, h.shape[1]))
     ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias,
                    precision)
     ctx["w_ph"] = None if w_ph is None else (p_i, p_f, p_o)
+    ctx["w_hr"] = w_hr
     xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]  # [N, 1]
@@ -146,8 +155,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
         g = np.tanh(a[:, 2 * H:3 * H])
         c_new = f * c + i * g
         o = sigmoid(a[:, 3 * H:4 * H] + p_o * c_new)
-        h_new = o * np.tanh(c_new)
-        ctx["steps"][t] = dict(active=active, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o, c=c_new)
+        m = o * np.tanh(c_new)  # the cell's output, projected where there is a projection
+        h_new = m if w_hr is None else m @ w_hr.T
+        ctx["steps"][t] = dict(active=active, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o, c=c_new,
+                               m=m)
         h = np.where(active, h_new, h)
         c = np.where(active, c_new, c)
         y[t] = np.where(active, h_new, 0.0)
@@ -155,16 +166,18 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
 
 
 def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
-    """BPTT for :func:`lstm_forward`. Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), and
-    dw_ph last where the forward had peepholes."""
+    """BPTT for :func:`lstm_forward`. Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then
+    dw_ph where the forward had peepholes and dw_hr where it had a projection."""
     x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
+    w_hr = ctx.get("w_hr")
     precision = ctx["precision"]
     T, N, _ = x.shape
-    H = w_hh.shape[1]
+    H, S = w_hh.shape[0] // 4, w_hh.shape[1]  # S: the width of h
     p_i, p_f, p_o = ctx["w_ph"] if ctx.get("w_ph") is not None else _peepholes(None, H)
     dw_ph = np.zeros(3 * H)
-    dy = _grad_or_zeros(dy, (T, N, H))
-    dh_next = _grad_or_zeros(dh_n, (N, H))
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
+    dy = _grad_or_zeros(dy, (T, N, S))
+    dh_next = _grad_or_zeros(dh_n, (N, S))
     dc_next = _grad_or_zeros(dc_n, (N, H))
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
@@ -173,6 +186,9 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
         s = ctx["steps"][t]
         active = s["active"]
         dh = dh_next + np.where(active, dy[t], 0.0)
+        if w_hr is not None:  # h = W_hr m: the gradient reaching m
+            dw_hr += np.where(active, dh, 0.0).T @ s["m"]
+            dh = dh @ w_hr
         tanh_c = np.tanh(s["c"])
         da_o = dh * tanh_c * s["o"] * (1.0 - s["o"])
         dc = dc_next + dh * s["o"] * (1.0 - tanh_c ** 2) + da_o * p_o  # o saw c' too
@@ -192,7 +208,8 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
         dc_next = np.where(active, dc_prev, dc_next)
     db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
     grads = (dx, dh_next, dc_next, dw_ih, dw_hh, db_ih, db_hh)
-    return grads if ctx.get("w_ph") is None else grads + (dw_ph,)
+    grads += () if ctx.get("w_ph") is None else (dw_ph,)
+    return grads + (() if w_hr is None else (dw_hr,))
 
 
 # ---------------------------------------------------------------------------- GRU
