@@ -86,7 +86,7 @@ class RNNBase(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, nonlinearity="tanh", dtype=np.float32,
-                 seed=None, device="cpu", peephole=False, reset_after=True):
+                 seed=None, device="cpu", peephole=False, reset_after=True, proj_size=0):
         super().__init__()
         device = check_device(device)
         if device == "cuda":
@@ -109,6 +109,17 @@ class RNNBase(Module):
         self.bidirectional = _flag(bidirectional, "bidirectional")
         self.peephole = _flag(peephole, "peephole")
         self.reset_after = _flag(reset_after, "reset_after")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) \
+                or not 0 <= proj_size < self.hidden_size:
+            raise ValueError(f"proj_size: expected an integer in [0, hidden_size) = "
+                             f"[0, {self.hidden_size}) (0: no projection), got {proj_size!r}")
+        if proj_size and self._cell != "lstm":
+            raise ValueError(f"proj_size: projections belong to an LSTM, got proj_size="
+                             f"{proj_size} for {self._cell.upper()}")
+        if proj_size and device == "cuda":
+            raise ValueError("proj_size: the LSTM projection has no CUDA kernels yet (CPU only), "
+                             "got device='cuda'")
+        self.proj_size = int(proj_size)
         # the kernels' cell: the GRU's reset-before form is a cell of its own there
         self._kernel_cell = self._cell if self.reset_after else F.gru_kernel(False)
         self.dtype = check_dtype(dtype)
@@ -117,26 +128,33 @@ class RNNBase(Module):
         self._kept = KeptWeights()  # the packed weights kept between inference calls
 
         G, H = F.GATES[self._cell], self.hidden_size
+        S = self._state_size  # the width of h (proj_size where there is a projection)
         D = 2 if self.bidirectional else 1
         bound = 1.0 / math.sqrt(H)
         self._param_names = []  # per (layer, direction): (w_ih, w_hh, b_ih, b_hh) names
         self._peephole_names = []  # per (layer, direction): the LSTM's peepholes, or None
+        self._projection_names = []  # per (layer, direction): the LSTM's projection, or None
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else D * H
+            layer_input = self.input_size if layer == 0 else D * S
             for direction in range(D):
                 suffix = "_reverse" if direction == 1 else ""
                 shapes = [(f"weight_ih_l{layer}{suffix}", (G * H, layer_input)),
-                          (f"weight_hh_l{layer}{suffix}", (G * H, H))]
+                          (f"weight_hh_l{layer}{suffix}", (G * H, S))]
                 if self.bias:
                     shapes += [(f"bias_ih_l{layer}{suffix}", (G * H,)),
                                (f"bias_hh_l{layer}{suffix}", (G * H,))]
+                # torch's weight_hr after the biases, then our peepholes
+                projection_name = f"weight_hr_l{layer}{suffix}" if self.proj_size else None
                 peephole_name = f"weight_ph_l{layer}{suffix}" if self.peephole else None
-                for name, shape in shapes + ([(peephole_name, (3 * H,))] if self.peephole else []):
+                more = ([(projection_name, (S, H))] if self.proj_size else []) + \
+                    ([(peephole_name, (3 * H,))] if self.peephole else [])
+                for name, shape in shapes + more:
                     data = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
                     setattr(self, name, Parameter(data))
                 names = [n for n, _ in shapes]
                 self._param_names.append(tuple(names) + ((None, None) if not self.bias else ()))
                 self._peephole_names.append(peephole_name)
+                self._projection_names.append(projection_name)
         self._device = "cpu"
         if device != "cpu":
             self.to(device)
@@ -146,6 +164,11 @@ class RNNBase(Module):
     def _xp(self):
         """The array module of the layer's device: NumPy or CuPy."""
         return array_module(self._device)
+
+    @property
+    def _state_size(self):
+        """The width of h: proj_size where there is a projection, else hidden_size."""
+        return self.proj_size or self.hidden_size
 
     @property
     def num_directions(self):
@@ -183,6 +206,11 @@ class RNNBase(Module):
         name = self._peephole_names[layer * self.num_directions + direction]
         return None if name is None else self._parameters[name]
 
+    def _projection(self, layer, direction):
+        """The LSTM's projection Parameter (weight_hr) of a layer direction, or None."""
+        name = self._projection_names[layer * self.num_directions + direction]
+        return None if name is None else self._parameters[name]
+
     def extra_repr(self):
         """``input_size, hidden_size`` and the arguments that differ from their defaults."""
         s = f"{self.input_size}, {self.hidden_size}"
@@ -198,6 +226,8 @@ class RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.peephole:
             s += ", peephole=True"
         if not self.reset_after:
@@ -208,18 +238,20 @@ class RNNBase(Module):
             s += f", device={self._device!r}"
         return s
 
-    def _state_shape(self, batched, N):
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
-        return (LD, N, H) if batched else (LD, H)
+    def _state_shape(self, batched, N, width=None):
+        LD, W = self.num_layers * self.num_directions, width or self.hidden_size
+        return (LD, N, W) if batched else (LD, W)
 
-    def _check_state(self, value, name, batched, N):
-        """An initial state (or its gradient) as [L*D, N, H], or None."""
+    def _check_state(self, value, name, batched, N, width=None):
+        """An initial state (or its gradient) as [L*D, N, width], or None (width: H, or the
+        projection's size for h)."""
         if value is None:
             return None
         value = _check_array(value, name, self.dtype, self._device)
-        shape = self._state_shape(batched, N)
-        layout = " [num_layers*num_directions, N, H]" if batched else \
-            " [num_layers*num_directions, H] (unbatched input)"
+        shape = self._state_shape(batched, N, width)
+        W = "proj_size" if width and width != self.hidden_size else "H"
+        layout = f" [num_layers*num_directions, N, {W}]" if batched else \
+            f" [num_layers*num_directions, {W}] (unbatched input)"
         _check_shape(value, name, shape, layout)
         return value if batched else value[:, None, :]
 
@@ -232,7 +264,7 @@ class RNNBase(Module):
                 raise TypeError(f"{names[0]}: expected a tuple ({names[1]}, {names[2]}) for LSTM, "
                                 f"got {type(hx).__name__}"
                                 + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-            return (self._check_state(hx[0], names[1], batched, N),
+            return (self._check_state(hx[0], names[1], batched, N, self._state_size),
                     self._check_state(hx[1], names[2], batched, N))
         return self._check_state(hx, names[0], batched, N), None
 
@@ -279,7 +311,7 @@ class RNNBase(Module):
 
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         training = self.training
-        h_n = xp.empty((L * D, N, H), self.dtype)
+        h_n = xp.empty((L * D, N, self._state_size), self.dtype)
         c_n = xp.empty((L * D, N, H), self.dtype) if self._cell == "lstm" else None
         contexts, masks = [], []
 
@@ -287,12 +319,13 @@ class RNNBase(Module):
             k = layer * D + direction
             (w_ih, w_hh, b_ih, b_hh), cache = self._kept.weights(
                 k, self._weights(layer, direction), keep=not training and self._device == "cpu")
-            w_ph = self._peepholes(layer, direction)
+            w_ph, w_hr = self._peepholes(layer, direction), self._projection(layer, direction)
             return dict(x=inp, h0=None if h0_all is None else h0_all[k],
                         c0=None if c0_all is None else c0_all[k], w_ih=w_ih, w_hh=w_hh,
                         b_ih=b_ih, b_hh=b_hh, lengths=lengths, reverse=direction == 1,
                         training=training, cache=cache,
-                        w_ph=None if w_ph is None else w_ph.data)
+                        w_ph=None if w_ph is None else w_ph.data,
+                        w_hr=None if w_hr is None else w_hr.data)
 
         def keep(k, h, c):
             h_n[k] = h
@@ -355,25 +388,28 @@ class RNNBase(Module):
                 or self._device != "cpu"):
             return None
         lstm = self._cell == "lstm"
-        N, H = x.shape[1], self.hidden_size
+        N, H, S = x.shape[1], self.hidden_size, self._state_size
         if hx is None:
-            h0 = c0 = np.zeros((N, H), self.dtype)
+            h0, c0 = np.zeros((N, S), self.dtype), np.zeros((N, H), self.dtype)
         else:
             states = hx if lstm else (hx, hx)
             if not (type(states) is tuple and len(states) == 2 and all(
-                    type(a) is np.ndarray and a.dtype == self.dtype and a.shape == (1, N, H)
-                    and a.flags.c_contiguous for a in states)):
+                    type(a) is np.ndarray and a.dtype == self.dtype and a.shape == (1, N, W)
+                    and a.flags.c_contiguous for a, W in zip(states, (S, H)))):
                 return None
             h0, c0 = states[0][0], states[1][0]
         w, cache = self._kept.weights(0, self._weights(0, 0))
         if cache is None or not all(a.dtype == self.dtype and a.flags.c_contiguous for a in w):
             return None
         precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
-        w_ph = self._peepholes(0, 0)
+        w_ph, w_hr = self._peepholes(0, 0), self._projection(0, 0)
+        if w_hr is not None:
+            precision = None  # (the projection's step has float32 products only)
         y, h_n, c_n = _C.recurrent_forward(self._kernel_cell, self.nonlinearity, x, h0,
                                            c0 if lstm else None, *w, None, False, False,
                                            cache, precision,
-                                           None if w_ph is None else w_ph.data)[:3]
+                                           None if w_ph is None else w_ph.data,
+                                           None if w_hr is None else w_hr.data)[:3]
         self._saved = None
         return (y, (h_n[None], c_n[None])) if lstm else (y, h_n[None])
 
@@ -401,15 +437,16 @@ class RNNBase(Module):
                                "eval-mode forward saves nothing for backward")
         T, N, batched = saved["T"], saved["N"], saved["batched"]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
+        S = self._state_size  # the width of h and of each direction's output
 
         dout = _check_array(dout, "dout", self.dtype, self._device)
         xp = self._xp
         if not batched:
-            out_shape = (T, D * H)
+            out_shape = (T, D * S)
         elif self.batch_first:
-            out_shape = (N, T, D * H)
+            out_shape = (N, T, D * S)
         else:
-            out_shape = (T, N, D * H)
+            out_shape = (T, N, D * S)
         _check_shape(dout, "dout", out_shape, " (the shape of out)")
         if not batched:
             dout = dout[:, None, :]
@@ -418,9 +455,9 @@ class RNNBase(Module):
         dh_n, dc_n = self._split_state(dhx, batched, N, ("dhx", "dh_n", "dc_n")
                                        if self._cell == "lstm" else ("dhx", "dhx", None))
 
-        dh0 = xp.zeros((L * D, N, H), self.dtype)
+        dh0 = xp.zeros((L * D, N, S), self.dtype)
         dc0 = xp.zeros((L * D, N, H), self.dtype) if self._cell == "lstm" else None
-        grad_out = dout  # gradient of the current layer's output [T, N, D*H]
+        grad_out = dout  # gradient of the current layer's output [T, N, D*S]
         for layer in reversed(range(L)):
             if saved["masks"][layer] is not None:
                 grad_out = grad_out * saved["masks"][layer]
@@ -429,14 +466,16 @@ class RNNBase(Module):
             for direction in range(D):
                 k = layer * D + direction
                 calls.append((saved["contexts"][layer][direction],
-                              grad_out[:, :, direction * H:(direction + 1) * H],
+                              grad_out[:, :, direction * S:(direction + 1) * S],
                               None if dh_n is None else dh_n[k],
                               None if dc_n is None else dc_n[k]))
             grads = F._backward_many(self._kernel_cell, calls)
-            for direction, (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, *dw_ph) in enumerate(grads):
+            for direction, (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, *more) in enumerate(grads):
                 k = layer * D + direction
-                if dw_ph:
-                    self._peepholes(layer, direction).accumulate_grad(dw_ph[0])
+                if self.proj_size:  # [dw_ph,] dw_hr
+                    self._projection(layer, direction).accumulate_grad(more.pop())
+                if more:
+                    self._peepholes(layer, direction).accumulate_grad(more[0])
                 dh0[k] = dh
                 if dc0 is not None:
                     dc0[k] = dc
@@ -623,10 +662,16 @@ class LSTM(RNNBase):
 c_t is the cell state at time t; i_t, f_t, g_t, o_t are the input, forget, cell and output
 gates; sigma is the sigmoid function and * is the elementwise product.
 
+With ``proj_size > 0`` (as torch.nn.LSTM) h_t = W_hr (o_t * tanh(c_t)) is proj_size wide:
+the parameters ``weight_hr_l{k}[_reverse]`` [proj_size, H], ``weight_hh_l{k}`` [4H, proj_size],
+h_0/h_n [L*D, N, proj_size] and the output [T, N, D*proj_size]; c stays H wide.
+
 With ``peephole=True`` (keyword-only; not in torch.nn) the gates also see the cell state, as
 ONNX's LSTM with peepholes P: i_t and f_t add p_i * c_{t-1} and p_f * c_{t-1}, o_t adds
 p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i, f, o.""",
         cell_args="""\
+    proj_size: (keyword-only) If > 0, an LSTM with projections of that size (torch.nn.LSTM's
+        proj_size; CPU). Default: 0
     peephole: (keyword-only) If True, the gates also see the cell state (ONNX's peepholes;
         parameters weight_ph_l{k}[_reverse] [3H]). Default: False
 """,
@@ -661,11 +706,11 @@ p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i,
     _cell = "lstm"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
+                 dropout=0.0, bidirectional=False, *, proj_size=0, dtype=np.float32, seed=None,
                  device="cpu", peephole=False):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed, device=device,
-                         peephole=peephole)
+                         peephole=peephole, proj_size=proj_size)
 
 
 class GRU(RNNBase):
