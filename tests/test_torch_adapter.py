@@ -200,15 +200,18 @@ def test_gradcheck(cell):
     assert abs((up - down).item() / 2e-6 - g[1, 2].item()) < 1e-6
 
 
-def _op_args(cell, D, training, lengths=True, dtype=torch.float64, precision="float32"):
+def _op_args(cell, D, training, lengths=True, dtype=torch.float64, precision="float32", P=0):
+    """layer_forward's arguments; P > 0: an LSTM with projections of that size."""
     T, N, I, H = 4, 3, 2, 5
+    S = P or H
     G = _ops.GATES[cell]
     r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
-    return (r(T, N, I).requires_grad_(training), r(D, N, H),
+    return (r(T, N, I).requires_grad_(training), r(D, N, S),
             r(D, N, H) if cell == "lstm" else torch.empty(0, dtype=dtype),
             [r(G * H, I).requires_grad_(training) for _ in range(D)],
-            [r(G * H, H).requires_grad_(training) for _ in range(D)],
+            [r(G * H, S).requires_grad_(training) for _ in range(D)],
             [r(G * H) for _ in range(D)], [r(G * H) for _ in range(D)],
+            [r(P, H).requires_grad_(training) for _ in range(D)] if P else [],
             torch.tensor([4, 1, 0][:N]) if lengths else None, cell, "tanh", training, precision)
 
 
@@ -220,6 +223,12 @@ def _op_args(cell, D, training, lengths=True, dtype=torch.float64, precision="fl
 def test_opcheck(cell, D, training, dtype, precision):
     torch.library.opcheck(_ops.layer_forward, _op_args(cell, D, training, dtype=dtype,
                                                        precision=precision))
+
+
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("training", [True, False])
+def test_opcheck_with_projections(D, training):
+    torch.library.opcheck(_ops.layer_forward, _op_args("lstm", D, training, P=3))
 
 
 def test_op_precision_is_checked_and_reaches_the_kernels():
@@ -284,14 +293,19 @@ def test_convert_swaps_layers_with_the_same_weights():
     model = Tagger(torch.nn.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True))
     model.cell = torch.nn.GRUCell(4, 4)
     model.proj = torch.nn.LSTM(4, 8, proj_size=3)
+    model.fp16 = torch.nn.GRU(4, 4).half()
     tokens = torch.randint(0, 20, (2, 5))
     before = model(tokens)
-    with pytest.warns(UserWarning, match=r"proj: proj_size > 0"):
+    x = torch.randn(5, 2, 4)
+    proj_before = model.proj(x)[0]
+    with pytest.warns(UserWarning, match=r"fp16: dtype torch.float16"):
         same = frt.convert(model)
     assert same is model
     assert isinstance(model.rnn, frt.LSTM) and isinstance(model.cell, frt.GRUCell)
-    assert isinstance(model.proj, torch.nn.LSTM)
+    assert isinstance(model.proj, frt.LSTM) and model.proj.proj_size == 3
+    assert isinstance(model.fp16, torch.nn.GRU)
     assert (model(tokens) - before).abs().max() < 1e-5
+    assert (model.proj(x)[0] - proj_before).abs().max() < 1e-5
     single = frt.convert(torch.nn.RNN(3, 4, nonlinearity="relu"))
     assert isinstance(single, frt.RNN) and single.nonlinearity == "relu"
     untouched = torch.nn.GRU(3, 4)
@@ -300,8 +314,8 @@ def test_convert_swaps_layers_with_the_same_weights():
 
 
 def test_unsupported_arguments_are_refused_at_construction():
-    with pytest.raises(ValueError, match="proj_size"):
-        frt.LSTM(4, 8, proj_size=2)
+    with pytest.raises(ValueError, match=r"proj_size: expected an integer in \[0, hidden_size\)"):
+        frt.LSTM(4, 8, proj_size=8)
     with pytest.raises(ValueError, match="device"):
         frt.GRU(4, 8, device="meta")
     with pytest.raises(TypeError, match="dtype"):
@@ -574,3 +588,37 @@ def test_zero_size_work_returns_at_once_like_torch_nn():
     assert a.shape == b.shape and ha.shape == hb.shape and cb.shape == ca.shape
     b.sum().backward()
     assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_lstm_with_projections_matches_torch(num_layers, bidirectional):
+    """proj_size as torch.nn.LSTM's: the same state_dict keys, outputs and every gradient
+    (the input, h_0, c_0 and weight_hr included), batch_first, a packed input."""
+    torch.manual_seed(11)
+    ref = torch.nn.LSTM(5, 12, num_layers=num_layers, bidirectional=bidirectional,
+                        batch_first=True, proj_size=4, dtype=torch.float64)
+    ours = frt.LSTM(5, 12, num_layers=num_layers, bidirectional=bidirectional,
+                    batch_first=True, proj_size=4, dtype=torch.float64)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert "proj_size=4" in repr(ours)
+    ours.load_state_dict(ref.state_dict())
+    D = 2 if bidirectional else 1
+    x = torch.randn(3, 7, 5, dtype=torch.float64)
+    h0 = torch.randn(num_layers * D, 3, 4, dtype=torch.float64)
+    c0 = torch.randn(num_layers * D, 3, 12, dtype=torch.float64)
+    results = []
+    for layer in (ref, ours):
+        xs, hs, cs = (t.clone().requires_grad_(True) for t in (x, h0, c0))
+        out, (h_n, c_n) = layer(xs, (hs, cs))
+        (out.sin().sum() + h_n.sum() + 2 * c_n.sum()).backward()
+        results.append([out, h_n, c_n, xs.grad, hs.grad, cs.grad]
+                       + [p.grad for p in layer.parameters()])
+        layer.zero_grad()
+    for a, b in zip(*results):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-10
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [7, 4, 1], batch_first=True,
+                                                     enforce_sorted=False)
+    a, b = ref(packed)[0], ours(packed)[0]
+    assert (torch.nn.utils.rnn.pad_packed_sequence(a)[0]
+            - torch.nn.utils.rnn.pad_packed_sequence(b)[0]).abs().max() < 1e-10

@@ -7,13 +7,15 @@ entering each step) leaves the forward operator as tensor outputs, so that the p
 with autograd, ``torch.compile`` (fake implementations give every output's shape) and
 ``torch.library.opcheck``.
 
-Shapes: T time, N batch, I input, H hidden, G gates (RNN 1, GRU 3, LSTM 4), D directions.
+Shapes: T time, N batch, I input, H hidden, G gates (RNN 1, GRU 3, LSTM 4), D directions,
+S the width of h: H, or P with an LSTM's projection (proj_size).
 
-    layer_forward(x [T, N, I], h0 [D, N, H], c0 [D, N, H] (LSTM; else empty),
-                  w_ih D x [G*H, I], w_hh D x [G*H, H], b_ih, b_hh D x [G*H] (or empty lists),
-                  lengths [N] int64 or None, cell, nonlinearity, training, precision)
-      -> y [T, N, D*H], h_n [D, N, H], c_n [D, N, H] (LSTM; else [0]),
-         gates D x [T, N, G*H], extra D x [T or 0, N, H], h_prev D x [T, N, H]
+    layer_forward(x [T, N, I], h0 [D, N, S], c0 [D, N, H] (LSTM; else empty),
+                  w_ih D x [G*H, I], w_hh D x [G*H, S], b_ih, b_hh D x [G*H] (or empty lists),
+                  w_hr D x [P, H] (or an empty list), lengths [N] int64 or None, cell,
+                  nonlinearity, training, precision)
+      -> y [T, N, D*S], h_n [D, N, S], c_n [D, N, H] (LSTM; else [0]),
+         gates D x [T, N, G*H], extra D x [T or 0, N, H], h_prev D x [T, N, S]
          (the last three empty [0] tensors unless training)
 
 ``precision``: "float32", or "bfloat16": a float32 layer computes as under fusedrnn.autocast
@@ -52,21 +54,25 @@ def _check_precision(precision):
     return precision
 
 
-def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training, precision):
+def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
+                      precision):
     """The kernel's argument tuples, one per direction (the second runs in reverse)."""
     _check_precision(precision)
     xn = _np(x)
     lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
-    # no weight cache: the parameters may change in place between calls
-    bfloat16 = (None, "bfloat16") if F.bfloat16_products(xn.dtype, precision) else ()
+    # no weight cache: the parameters may change in place between calls; a projection's step
+    # has float32 products only
+    bf16 = F.bfloat16_products(xn.dtype, precision) and not w_hr
     calls = []
     for d in range(len(w_ih)):
         gh = w_hh[d].shape[0]
         zeros = np.zeros(gh, xn.dtype)
+        more = ((None, "bfloat16" if bf16 else None, None, _np(w_hr[d])) if w_hr
+                else (None, "bfloat16") if bf16 else ())
         calls.append((xn, _np(h0[d]), _np(c0[d]) if cell == "lstm" else None,
                       _np(w_ih[d]), _np(w_hh[d]),
                       _np(b_ih[d]) if b_ih else zeros, _np(b_hh[d]) if b_hh else zeros,
-                      lengths_np, d == 1, training) + bfloat16)
+                      lengths_np, d == 1, training) + more)
     return calls
 
 
@@ -93,11 +99,11 @@ def _stacked(arrays):
     return torch.stack([torch.from_numpy(a) for a in arrays])
 
 
-def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
-                  precision, context=True):
+def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
+                  training, precision, context=True):
     """The kernels' forward (see the module docstring); no autograd here. ``context=False``
     (eager inference) returns None for the three saved lists."""
-    calls = _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, training,
+    calls = _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
                               precision)
     outs = _run("recurrent_forward", cell, nonlinearity, calls)
     y = (torch.from_numpy(outs[0][0]) if len(outs) == 1
@@ -112,82 +118,87 @@ def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity
     return y, h_n, c_n, saved(3), saved(4), saved(5)
 
 
-def _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
+def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
                    nonlinearity, precision):
-    """The kernels' BPTT: (dx, dh0 [D, N, H], dc0 (LSTM; else [0]), dw_ih, dw_hh, db_ih, db_hh
-    (lists over the directions)); ``precision``: the forward's (its products' rounding)."""
-    D, H = len(w_hh), w_hh[0].shape[1]
+    """The kernels' BPTT: (dx, dh0 [D, N, S], dc0 (LSTM; else [0]), dw_ih, dw_hh, db_ih, db_hh,
+    dw_hr (lists over the directions; dw_hr empty without a projection)); ``precision``: the
+    forward's (its products' rounding)."""
+    D, S = len(w_hh), w_hh[0].shape[1]
     xn = _np(x)
     lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
+    bf16 = F.bfloat16_products(xn.dtype, _check_precision(precision)) and not w_hr
     calls = []
     for d in range(D):
+        more = ((None, None, _np(w_hr[d])) if w_hr else ("bfloat16",) if bf16 else ())
         calls.append((xn, _np(w_ih[d]), _np(w_hh[d]), lengths_np, d == 1, _np(gates[d]),
-                      _np(extra[d]), _np(h_prev[d]), _np(dy[:, :, d * H:(d + 1) * H]),
-                      _np(dh_n[d]), _np(dc_n[d]) if cell == "lstm" else None))
-    if F.bfloat16_products(xn.dtype, _check_precision(precision)):
-        calls = [c + ("bfloat16",) for c in calls]
+                      _np(extra[d]), _np(h_prev[d]), _np(dy[:, :, d * S:(d + 1) * S]),
+                      _np(dh_n[d]), _np(dc_n[d]) if cell == "lstm" else None) + more)
     outs = _run("recurrent_backward", cell, nonlinearity, calls)
     dx = torch.from_numpy(outs[0][0])
     for o in outs[1:]:
         dx += torch.from_numpy(o[0])
     dh0 = _stacked([o[1] for o in outs])
     dc0 = _stacked([o[2] for o in outs]) if cell == "lstm" else _empty(x)
-    return (dx, dh0, dc0, *([torch.from_numpy(o[i]) for o in outs] for i in range(3, 7)))
+    dw_hr = [torch.from_numpy(o[7]) for o in outs] if w_hr else []
+    return (dx, dh0, dc0, *([torch.from_numpy(o[i]) for o in outs] for i in range(3, 7)), dw_hr)
 
 
 # ---------------------------------------------------------------------------- custom operators
 @torch.library.custom_op("fusedrnn::layer_forward", mutates_args=(), device_types="cpu")
 def layer_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: list[torch.Tensor],
                   w_hh: list[torch.Tensor], b_ih: list[torch.Tensor], b_hh: list[torch.Tensor],
-                  lengths: Optional[torch.Tensor], cell: str, nonlinearity: str, training: bool,
-                  precision: str
+                  w_hr: list[torch.Tensor], lengths: Optional[torch.Tensor], cell: str,
+                  nonlinearity: str, training: bool, precision: str
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
                              list[torch.Tensor], list[torch.Tensor]]:
     """One layer, every direction: (y, h_n, c_n, gates, extra, h_prev); see the module
     docstring."""
-    return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
+    return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
                          training, precision)
 
 
 @layer_forward.register_fake
-def _layer_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
-                        precision):
+def _layer_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
+                        training, precision):
     T, N, _ = x.shape
-    D, H = len(w_hh), w_hh[0].shape[1]
     G = GATES[cell]
-    y = x.new_empty((T, N, D * H))
-    h_n = x.new_empty((D, N, H))
+    D, S, H = len(w_hh), w_hh[0].shape[1], w_hh[0].shape[0] // G
+    y = x.new_empty((T, N, D * S))
+    h_n = x.new_empty((D, N, S))
     c_n = x.new_empty((D, N, H)) if cell == "lstm" else x.new_empty((0,))
     if not training:
         return y, h_n, c_n, *([x.new_empty((0,)) for _ in range(D)] for _ in range(3))
     extra_t = T if cell in ("lstm", "gru") else 0
     return (y, h_n, c_n, [x.new_empty((T, N, G * H)) for _ in range(D)],
             [x.new_empty((extra_t, N, H)) for _ in range(D)],
-            [x.new_empty((T, N, H)) for _ in range(D)])
+            [x.new_empty((T, N, S)) for _ in range(D)])
 
 
 @torch.library.custom_op("fusedrnn::layer_backward", mutates_args=(), device_types="cpu")
 def layer_backward(x: torch.Tensor, w_ih: list[torch.Tensor], w_hh: list[torch.Tensor],
-                   lengths: Optional[torch.Tensor], gates: list[torch.Tensor],
-                   extra: list[torch.Tensor], h_prev: list[torch.Tensor], dy: torch.Tensor,
-                   dh_n: torch.Tensor, dc_n: torch.Tensor, cell: str, nonlinearity: str,
-                   precision: str
+                   w_hr: list[torch.Tensor], lengths: Optional[torch.Tensor],
+                   gates: list[torch.Tensor], extra: list[torch.Tensor],
+                   h_prev: list[torch.Tensor], dy: torch.Tensor, dh_n: torch.Tensor,
+                   dc_n: torch.Tensor, cell: str, nonlinearity: str, precision: str
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
-                              list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """BPTT of :func:`layer_forward`: (dx, dh0 [D, N, H], dc0 (LSTM; else [0]), dw_ih, dw_hh,
-    db_ih, db_hh (lists over the directions)); ``precision``: the forward's."""
-    return _backward_impl(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
-                          nonlinearity, precision)
+                              list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
+                              list[torch.Tensor]]:
+    """BPTT of :func:`layer_forward`: (dx, dh0 [D, N, S], dc0 (LSTM; else [0]), dw_ih, dw_hh,
+    db_ih, db_hh, dw_hr (lists over the directions)); ``precision``: the forward's."""
+    return _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n,
+                          cell, nonlinearity, precision)
 
 
 @layer_backward.register_fake
-def _layer_backward_fake(x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
-                         nonlinearity, precision):
-    D, N, H = dh_n.shape
+def _layer_backward_fake(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n,
+                         cell, nonlinearity, precision):
+    D, N, S = dh_n.shape
+    H = w_hh[0].shape[0] // GATES[cell]
     dc0 = x.new_empty((D, N, H)) if cell == "lstm" else x.new_empty((0,))
-    return (x.new_empty(x.shape), x.new_empty((D, N, H)), dc0,
+    return (x.new_empty(x.shape), x.new_empty((D, N, S)), dc0,
             [w.new_empty(w.shape) for w in w_ih], [w.new_empty(w.shape) for w in w_hh],
-            [w.new_empty(w.shape[:1]) for w in w_hh], [w.new_empty(w.shape[:1]) for w in w_hh])
+            [w.new_empty(w.shape[:1]) for w in w_hh], [w.new_empty(w.shape[:1]) for w in w_hh],
+            [w.new_empty(w.shape) for w in w_hr])
 
 
 DOUBLE_BACKWARD = ("fusedrnn: double backward (gradients of gradients) through the recurrent "
@@ -198,38 +209,44 @@ def _gradients(meta, saved, dy, dh_n, dc_n, backward):
     """The gradients of a layer's inputs from what its forward saved: (dx, dh0, dc0, dw_ih,
     dw_hh, db_ih, db_hh), None for what has none. ``backward`` runs the kernels (the operator
     under torch.compile, the plain function in eager mode)."""
-    cell, nonlinearity, training, has_bias, D, precision = meta
+    cell, nonlinearity, training, has_bias, D, projected, precision = meta
     if not training:
         raise RuntimeError("fusedrnn: this forward ran without saving what backward needs "
                            "(it was called with training=False); call it with gradients enabled")
     x, lengths, *rest = saved
-    w_ih, w_hh, gates, extra, h_prev = (list(rest[i * D:(i + 1) * D]) for i in range(5))
-    H, N = w_hh[0].shape[1], x.shape[1]
-    dy = torch.zeros(x.shape[0], N, D * H, dtype=x.dtype) if dy is None else dy
-    dh_n = torch.zeros(D, N, H, dtype=x.dtype) if dh_n is None else dh_n
+    parts = 6 if projected else 5
+    w_ih, w_hh, gates, extra, h_prev, *w_hr = (list(rest[i * D:(i + 1) * D])
+                                               for i in range(parts))
+    w_hr = w_hr[0] if w_hr else []
+    S, N = w_hh[0].shape[1], x.shape[1]  # S: the width of h
+    H = w_hh[0].shape[0] // GATES[cell]
+    dy = torch.zeros(x.shape[0], N, D * S, dtype=x.dtype) if dy is None else dy
+    dh_n = torch.zeros(D, N, S, dtype=x.dtype) if dh_n is None else dh_n
     if cell == "lstm":
         dc_n = torch.zeros(D, N, H, dtype=x.dtype) if dc_n is None else dc_n
     else:
         dc_n = x.new_empty((0,))
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = backward(
-        x, w_ih, w_hh, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell, nonlinearity,
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = backward(
+        x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell, nonlinearity,
         precision)
     return (dx, dh0, dc0 if cell == "lstm" else None, dw_ih, dw_hh,
-            db_ih if has_bias else None, db_hh if has_bias else None)
+            db_ih if has_bias else None, db_hh if has_bias else None, dw_hr)
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training, precision = inputs
+    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity, training,
+     precision) = inputs
     _, _, _, gates, extra, h_prev = output
-    ctx.meta = (cell, nonlinearity, training, bool(b_ih), len(w_ih), precision)
-    ctx.save_for_backward(x, lengths, *w_ih, *w_hh, *gates, *extra, *h_prev)
+    ctx.meta = (cell, nonlinearity, training, bool(b_ih), len(w_ih), bool(w_hr), precision)
+    ctx.save_for_backward(x, lengths, *w_ih, *w_hh, *gates, *extra, *h_prev, *w_hr)
 
 
 def _backward(ctx, dy, dh_n, dc_n, dgates, dextra, dh_prev):
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _gradients(ctx.meta, ctx.saved_tensors, dy, dh_n,
-                                                          dc_n, layer_backward)
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(
+        ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, layer_backward)
     # the operator's inputs: lists where it takes lists (empty where it took none)
-    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih or [], db_hh or [], None, None, None, None, None)
+    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih or [], db_hh or [], dw_hr, None, None, None, None,
+            None)
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -253,14 +270,16 @@ class _Layer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, precision, x, h0, c0, lengths, *weights):
-        cell, nonlinearity, training, has_bias, D = meta
-        w = [list(weights[i * D:(i + 1) * D]) for i in range(4 if has_bias else 2)]
+        cell, nonlinearity, training, has_bias, D, projected = meta
+        w = [list(weights[i * D:(i + 1) * D])
+             for i in range((4 if has_bias else 2) + (1 if projected else 0))]
         b_ih, b_hh = (w[2], w[3]) if has_bias else ([], [])
+        w_hr = w[-1] if projected else []
         y, h_n, c_n, gates, extra, h_prev = _forward_impl(x, h0, c0, w[0], w[1], b_ih, b_hh,
-                                                          lengths, cell, nonlinearity, True,
-                                                          precision)
+                                                          w_hr, lengths, cell, nonlinearity,
+                                                          True, precision)
         ctx.meta = (*meta, precision)
-        ctx.save_for_backward(x, lengths, *w[0], *w[1], *gates, *extra, *h_prev)
+        ctx.save_for_backward(x, lengths, *w[0], *w[1], *gates, *extra, *h_prev, *w_hr)
         ctx.mark_non_differentiable(*(() if cell == "lstm" else (c_n,)))
         return y, h_n, c_n
 
@@ -268,22 +287,24 @@ class _Layer(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         if torch.is_grad_enabled():  # create_graph=True: a gradient of this would be wrong
             raise RuntimeError(DOUBLE_BACKWARD)
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _gradients(ctx.meta, ctx.saved_tensors, dy,
-                                                              dh_n, dc_n, _backward_impl)
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(
+            ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
         biases = (*db_ih, *db_hh) if db_ih is not None else ()
-        return (None, None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases)
+        return (None, None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases, *dw_hr)
 
 
 def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
-          precision):
+          precision, w_hr=()):
     """(y, h_n, c_n) of one layer, every direction, with autograd where ``training``: the
     operator under torch.compile (and torch.library's checks), a plain autograd Function in
-    eager mode, the kernels alone without autograd."""
+    eager mode, the kernels alone without autograd. ``w_hr``: an LSTM's projections, one per
+    direction, or none."""
+    w_hr = list(w_hr)
     if torch.compiler.is_compiling():
-        return layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
-                             training, precision)[:3]
+        return layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
+                             nonlinearity, training, precision)[:3]
     if not training:
-        return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity,
-                             False, precision, context=False)[:3]
-    meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih))
-    return _Layer.apply(meta, precision, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh)
+        return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
+                             nonlinearity, False, precision, context=False)[:3]
+    meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih), bool(w_hr))
+    return _Layer.apply(meta, precision, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh, *w_hr)

@@ -17,8 +17,6 @@ _REPLACEMENTS = {nn.LSTM: modules.LSTM, nn.GRU: modules.GRU, nn.RNN: modules.RNN
 
 def _why_not(layer) -> str | None:
     """Why the adapter cannot take ``layer`` (None: it can)."""
-    if getattr(layer, "proj_size", 0):
-        return "proj_size > 0"
     weight = next(layer.parameters(), None)
     if weight is not None and weight.device.type != "cpu":
         return f"on {weight.device}"
@@ -33,6 +31,8 @@ def _replacement(layer):
     if isinstance(layer, nn.RNNBase):
         kwargs = dict(num_layers=layer.num_layers, bias=layer.bias, batch_first=layer.batch_first,
                       dropout=layer.dropout, bidirectional=layer.bidirectional)
+        if isinstance(layer, nn.LSTM) and layer.proj_size:
+            kwargs["proj_size"] = layer.proj_size
         if isinstance(layer, nn.RNN):
             kwargs["nonlinearity"] = layer.nonlinearity
     else:
@@ -53,7 +53,7 @@ def convert(module: nn.Module, inplace: bool = True) -> nn.Module:
     """Replace every ``torch.nn.LSTM/GRU/RNN`` (and ``LSTMCell/GRUCell/RNNCell``) in the
     module tree by fusedrnn's module with the same configuration and weights, and return the
     module (the converted layer itself if ``module`` is one). Layers the adapter cannot take
-    (``proj_size``, a GPU, another dtype) are left as they are and listed in one warning.
+    (a GPU, another dtype) are left as they are and listed in one warning.
     ``inplace=False`` converts a deep copy and leaves ``module`` untouched.
 
     Parameters are new ``nn.Parameter`` objects: create the optimizer after converting."""

@@ -85,13 +85,17 @@ class _RecurrentBase(nn.Module):
         super().__init__()
         _check_device(device)
         _check_dtype(dtype)
-        if proj_size:
-            raise ValueError(f"proj_size: fusedrnn.torch does not run LSTM projections yet, "
-                             f"got proj_size={proj_size} (use torch.nn.LSTM for it)")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if (not isinstance(proj_size, numbers.Integral) or isinstance(proj_size, bool)
+                or not 0 <= proj_size < hidden_size):
+            raise ValueError(f"proj_size: expected an integer in [0, hidden_size) = "
+                             f"[0, {hidden_size}) (0: no projection), got {proj_size!r}")
+        if proj_size and self._cell != "lstm":
+            raise ValueError(f"proj_size: projections belong to an LSTM, got proj_size="
+                             f"{proj_size}")
         if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
                 or not 0 <= dropout <= 1):
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
@@ -107,16 +111,19 @@ class _RecurrentBase(nn.Module):
         self.bidirectional, self.proj_size = bidirectional, proj_size
         self.nonlinearity = nonlinearity
         gates = _ops.GATES[self._cell] * hidden_size
+        S = proj_size or hidden_size  # the width of h
         factory = {"device": device, "dtype": dtype}
         self._flat_weights_names = []
         self._all_weights = []
         for layer in range(num_layers):
             for direction in range(self.num_directions):
-                layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+                layer_input = input_size if layer == 0 else S * self.num_directions
                 suffix = "_reverse" if direction == 1 else ""
-                shapes = [("weight_ih", (gates, layer_input)), ("weight_hh", (gates, hidden_size))]
+                shapes = [("weight_ih", (gates, layer_input)), ("weight_hh", (gates, S))]
                 if bias:
                     shapes += [("bias_ih", (gates,)), ("bias_hh", (gates,))]
+                if proj_size:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
                 names = []
                 for kind, shape in shapes:
                     name = f"{kind}_l{layer}{suffix}"
@@ -165,6 +172,8 @@ class _RecurrentBase(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
         return s.format(**self.__dict__)
 
     # ------------------------------------------------------------------ forward
@@ -191,8 +200,8 @@ class _RecurrentBase(nn.Module):
             raise ValueError(f"input: expected size {self.input_size} (input_size) in the last "
                              f"dimension, got shape {tuple(x.shape)}")
 
-    def _check_state(self, h, name, N, batched):
-        expected = (self.num_layers * self.num_directions, N, self.hidden_size)
+    def _check_state(self, h, name, N, batched, width=None):
+        expected = (self.num_layers * self.num_directions, N, width or self.hidden_size)
         if not batched:
             expected = (expected[0], expected[2])
         if not isinstance(h, torch.Tensor):
@@ -233,14 +242,15 @@ class _RecurrentBase(nn.Module):
                 x = x.transpose(0, 1)
         N = x.shape[1]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
+        S = self.proj_size or H  # the width of h
         if hx is None:
-            h0 = x.new_zeros((L * D, N, H))
+            h0 = x.new_zeros((L * D, N, S))
             c0 = x.new_zeros((L * D, N, H)) if lstm else None
         elif lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got "
                                 f"{type(hx).__name__}")
-            h0 = self._check_state(hx[0], "hx[0] (h_0)", N, batched)
+            h0 = self._check_state(hx[0], "hx[0] (h_0)", N, batched, S)
             c0 = self._check_state(hx[1], "hx[1] (c_0)", N, batched)
         else:
             h0, c0 = self._check_state(hx, "hx", N, batched), None
@@ -249,7 +259,7 @@ class _RecurrentBase(nn.Module):
             or any(p.requires_grad for p in self._flat_weights))
         layer_x = x.contiguous()
         h_n, c_n = [], []
-        per_direction = 4 if self.bias else 2
+        per_direction = (4 if self.bias else 2) + (1 if self.proj_size else 0)
         weights = self._flat_weights
         for layer in range(L):
             if layer > 0 and self.dropout > 0 and self.training:
@@ -259,10 +269,11 @@ class _RecurrentBase(nn.Module):
             w_hh = ws[1::per_direction]
             b_ih = ws[2::per_direction] if self.bias else []
             b_hh = ws[3::per_direction] if self.bias else []
+            w_hr = ws[per_direction - 1::per_direction] if self.proj_size else []
             states = slice(layer * D, (layer + 1) * D)
             layer_x, h, c = _ops.layer(
                 layer_x, h0[states], c0[states] if lstm else x.new_empty((0,)), w_ih, w_hh,
-                b_ih, b_hh, lengths, self._cell, self.nonlinearity, training, precision)
+                b_ih, b_hh, lengths, self._cell, self.nonlinearity, training, precision, w_hr)
             h_n.append(h)
             c_n.append(c)
         out = layer_x
@@ -337,7 +348,8 @@ def _layer_doc(name, summary, lstm=False, nonlinearity=False):
     return _LAYER_DOC.format(
         name=name, summary=summary, extra_args="nonlinearity, " if nonlinearity else "",
         proj=", proj_size" if lstm else "",
-        proj_note="; ``proj_size`` must be 0 (projections are not run yet)" if lstm else "",
+        proj_note="; ``proj_size`` as torch.nn.LSTM's (h, h_n and the output proj_size wide)"
+        if lstm else "",
         hx_in=hx_in, hx_out=hx_out, hx_doc=hx_doc, hn_doc=hn_doc)
 
 
