@@ -610,3 +610,186 @@ def test_reset_before_gru_matches_onnxruntime(with_lengths, module):
         lengths=lengths, reset_after=False)
     np.testing.assert_allclose(y, Y[:, 0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(h_n, Y_h[0], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- LSTM projections
+# torch's proj_size: h = W_hr (o * tanh(c)), P < H wide; w_hh [4H, P]; c stays H wide.
+def _proj_problem(T, N, I, H, P, seed, dtype=np.float64):
+    p = _problem(T, N, I, H, seed, dtype)
+    rng = np.random.default_rng(seed + 1)
+    bound = 1.0 / np.sqrt(H)
+    p.update(w_hh=rng.uniform(-bound, bound, (4 * H, P)).astype(dtype),
+             w_hr=rng.uniform(-bound, bound, (P, H)).astype(dtype) * 3,
+             h0=rng.standard_normal((N, P)).astype(dtype),
+             dy=rng.standard_normal((T, N, P)).astype(dtype),
+             dh_n=rng.standard_normal((N, P)).astype(dtype))
+    return p
+
+
+def _run_proj(module, p, lengths=None, reverse=False, peephole=False, precision=None):
+    y, h_n, c_n, ctx = module.lstm_forward(
+        p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], lengths=lengths,
+        reverse=reverse, training=True, precision=precision,
+        w_ph=p["w_ph"] if peephole else None, w_hr=p["w_hr"])
+    grads = module.lstm_backward(ctx, p["dy"], p["dh_n"], p["dc_n"])
+    names = GRADS[:7] + (("dw_ph",) if peephole else ()) + ("dw_hr",)
+    assert len(grads) == len(names)  # dw_hr last
+    return dict(zip(names, grads), y=y, h_n=h_n, c_n=c_n)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_projection_reference_matches_finite_differences(reverse):
+    p = _proj_problem(5, 3, 4, 6, 3, seed=21)
+    lengths = np.array([5, 2, 0])
+    got = _run_proj(R, p, lengths, reverse, peephole=True)
+
+    def loss(q):
+        y, h_n, c_n, _ = R.lstm_forward(q["x"], q["h0"], q["c0"], q["w_ih"], q["w_hh"],
+                                        q["b_ih"], q["b_hh"], lengths=lengths, reverse=reverse,
+                                        w_ph=q["w_ph"], w_hr=q["w_hr"])
+        return (y * p["dy"]).sum() + (h_n * p["dh_n"]).sum() + (c_n * p["dc_n"]).sum()
+
+    for name in ("w_hr", "w_hh", "h0", "c0", "x", "w_ih", "b_hh", "w_ph"):
+        assert np.abs(_numeric_gradient(loss, p, name) - got["d" + name]).max() < \
+            TOLERANCES["reference_vs_finite_differences"], name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("T,N,H,P", [(9, 1, 32, 16), (9, 3, 17, 5), (9, 40, 48, 20),
+                                     (2, 70, 20, 7), (1, 5, 130, 64), (30, 16, 128, 32)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_projection_kernels_match_the_reference(T, N, H, P, reverse, dtype, threads):
+    """The two-phase step (cell math, then h = W_hr m) by units and by samples, packed, BLAS
+    and row products; lengths mixing 0, 1 and T; peepholes with it; inference's outputs."""
+    p = _proj_problem(T, N, 7, H, P, seed=N * 100 + H, dtype=dtype)
+    lengths = np.arange(N) % (T + 1)
+    lengths[0] = T
+    tolerance = TOLERANCES["kernel_vs_reference"][dtype]
+    for peephole in (False, True):
+        ours = _run_proj(F, p, lengths, reverse, peephole)
+        expected = _run_proj(R, p, lengths, reverse, peephole)
+        for name, value in ours.items():
+            assert value.dtype == dtype and value.shape == expected[name].shape, name
+            assert relative_error(value, expected[name]) <= tolerance, (peephole, name)
+    for lens in (lengths, None):
+        y, h_n, c_n, ctx = F.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"],
+                                          p["b_ih"], p["b_hh"], lengths=lens, reverse=reverse,
+                                          w_hr=p["w_hr"])
+        ref = R.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"],
+                             p["b_hh"], lengths=lens, reverse=reverse, w_hr=p["w_hr"])
+        assert ctx is None
+        for got, want in zip((y, h_n, c_n), ref[:3]):
+            assert relative_error(got, want) <= tolerance
+
+
+def test_projection_results_do_not_depend_on_the_threads():
+    p = _proj_problem(12, 24, 10, 96, 32, seed=7, dtype=np.float32)
+    before, was = fr.get_num_threads(), fr.get_deterministic()
+    try:
+        for deterministic in (False, True):
+            fr.set_deterministic(deterministic)
+            results = []
+            for n in (1, 2):
+                fr.set_num_threads(n)
+                results.append(_run_proj(F, p, lengths=np.arange(24) % 13))
+            for name in results[0]:
+                if deterministic:
+                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
+                else:
+                    assert relative_error(results[0][name], results[1][name]) <= \
+                        TOLERANCES["threads"][np.float32], name
+    finally:
+        fr.set_num_threads(before)
+        fr.set_deterministic(was)
+
+
+def test_projection_keeps_float32_products_under_autocast():
+    p = _proj_problem(6, 4, 5, 16, 8, seed=9, dtype=np.float32)
+    plain = _run_proj(F, p)
+    with fr.autocast():
+        cast = _run_proj(F, p)
+    for name in plain:
+        np.testing.assert_array_equal(cast[name], plain[name], name)
+
+
+def test_projection_arguments_are_checked():
+    p = _proj_problem(3, 2, 4, 6, 3, seed=3, dtype=np.float32)
+    args = (p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"])
+    with pytest.raises(ValueError, match=r"w_hr: expected shape \(P, H\) with 0 < P < H"):
+        F.lstm_forward(*args, w_hr=np.zeros((6, 6), np.float32))
+    with pytest.raises(ValueError, match=r"w_hh: expected shape \(4\*H, P\) = \(24, 2\)"):
+        F.lstm_forward(*args, w_hr=np.zeros((2, 6), np.float32))
+    with pytest.raises(ValueError, match=r"h0: expected shape \(2, 3\)"):
+        F.lstm_forward(p["x"], np.zeros((2, 6), np.float32), *args[2:], w_hr=p["w_hr"])
+    with pytest.raises(TypeError, match="w_hr: expected dtype float32"):
+        F.lstm_forward(*args, w_hr=p["w_hr"].astype(np.float64))
+    gru = (np.zeros((18, 4), np.float32), np.zeros((18, 6), np.float32))
+    with pytest.raises(ValueError, match="w_hr: projections .* belong to an LSTM"):
+        F._forward("gru", p["x"], None, None, *gru, None, None, None, False, False, "tanh",
+                   w_hr=p["w_hr"])
+    with pytest.raises(ValueError, match="w_hr: projections .* belong to an LSTM"):
+        fr._C.recurrent_forward("gru", "tanh", p["x"], np.zeros((2, 6), np.float32), None, *gru,
+                                np.zeros(18, np.float32), np.zeros(18, np.float32), None, False,
+                                False, None, None, None, p["w_hr"])
+    for bad in (6, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"proj_size: expected an integer in \[0, hidden_size\)"):
+            fr.nn.LSTM(4, 6, proj_size=bad)
+
+
+def test_projection_layer_is_torchs_lstm():
+    """fr.nn.LSTM(proj_size=P) against torch.nn.LSTM(proj_size=P): the state_dict keys, the
+    outputs and every gradient; lengths against the reference layer by layer; dropout; the
+    eval-mode short call."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(5, 24, num_layers=2, bidirectional=True, batch_first=True,
+                        proj_size=7).double()
+    m = fr.nn.LSTM(5, 24, num_layers=2, bidirectional=True, batch_first=True, proj_size=7,
+                   dtype=np.float64)
+    assert list(m.state_dict()) == list(ref.state_dict()) and "proj_size=7" in repr(m)
+    m.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    rng = np.random.default_rng(1)
+    x, h0, c0 = rng.standard_normal((3, 8, 5)), rng.standard_normal((4, 3, 7)), \
+        rng.standard_normal((4, 3, 24))
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, h0, c0)]
+    y_t, (h_t, c_t) = ref(ts[0], (ts[1], ts[2]))
+    y, (h_n, c_n) = m(x, (h0, c0))
+    assert y.shape == (3, 8, 14) and h_n.shape == (4, 3, 7) and c_n.shape == (4, 3, 24)
+    for a, b in ((y, y_t), (h_n, h_t), (c_n, c_t)):
+        np.testing.assert_allclose(a, b.detach().numpy(), atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    (y_t * torch.tensor(dy)).sum().backward()
+    dx, (dh0, dc0) = m.backward(dy)
+    for a, b in ((dx, ts[0]), (dh0, ts[1]), (dc0, ts[2])):
+        np.testing.assert_allclose(a, b.grad.numpy(), atol=1e-12)
+    grads = dict(ref.named_parameters())
+    for name, param in m.named_parameters():
+        np.testing.assert_allclose(param.grad, grads[name].grad.numpy(), atol=1e-12, err_msg=name)
+    # lengths: each layer direction is the reference with its weights
+    lengths = np.array([8, 5, 1])
+    out, (h_n, _) = m(x, lengths=lengths)
+    inp = x.transpose(1, 0, 2)
+    for layer in range(2):
+        ys = []
+        for d, suffix in enumerate(("", "_reverse")):
+            w = [getattr(m, f"{n}_l{layer}{suffix}").data
+                 for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
+            y_r, h_r, _, _ = R.lstm_forward(inp, None, None, *w[:4], lengths=lengths,
+                                            reverse=d == 1, w_hr=w[4])
+            np.testing.assert_allclose(h_n[2 * layer + d], h_r, atol=1e-12)
+            ys.append(y_r)
+        inp = np.concatenate(ys, axis=2)
+    np.testing.assert_allclose(out, inp.transpose(1, 0, 2), atol=1e-12)
+    dropped = fr.nn.LSTM(4, 16, num_layers=2, dropout=0.3, proj_size=5, seed=2)
+    x32 = rng.standard_normal((6, 2, 4)).astype(np.float32)
+    out, _ = dropped(x32)
+    dropped.backward(np.ones_like(out))
+    assert np.abs(dropped.weight_hr_l0.grad).max() > 0
+    single = fr.nn.LSTM(4, 16, proj_size=5, seed=2).eval()  # the short-call path
+    y, (h, c) = single(x32)
+    w = [getattr(single, n).data for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                           "bias_hh_l0", "weight_hr_l0")]
+    ref_y, _, ref_c, _ = R.lstm_forward(x32, None, None, *w[:4], w_hr=w[4])
+    assert relative_error(y, ref_y) < 1e-5 and relative_error(c[0], ref_c) < 1e-5
+    y2, _ = single(x32, (h, c))  # a carried state [1, N, P], [1, N, H]
+    assert y2.shape == (6, 2, 5)
