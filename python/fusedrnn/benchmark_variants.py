@@ -1,8 +1,9 @@
-"""`fusedrnn bench --variants peephole,reset_before`: a cell variant against the plain cell it
-extends (ours, same weights and input, alternating blocks in one process:
+"""`fusedrnn bench --variants peephole,reset_before,proj`: a cell variant against the plain cell
+it extends (ours, same weights and input, alternating blocks in one process:
 ``benchmark.median_ms``), and against the peer that has the variant: ONNX Runtime's LSTM with
-peepholes P, its GRU with linear_before_reset=0 (inference; it has no training). Float32. The
-"cost" column is the variant's ms over the plain cell's."""
+peepholes P and its GRU with linear_before_reset=0 (inference; it has no training), PyTorch's
+LSTM with proj_size (both modes). Float32. The "cost" column is the variant's ms over the plain
+cell's; "x peer" the peer's ms over ours."""
 from __future__ import annotations
 
 import json
@@ -11,62 +12,103 @@ import numpy as np
 
 from . import benchmark
 
-VARIANTS = {"peephole": "LSTM", "reset_before": "GRU"}  # variant -> the cell it extends
+VARIANTS = {"peephole": "LSTM", "reset_before": "GRU", "proj": "LSTM"}  # -> the cell it extends
+PEERS = {"peephole": "ORT", "reset_before": "ORT", "proj": "torch"}
 
 
-def contestants(variant, x, w, mode, threads, have_ort):
+def proj_size(H):
+    """The projection the proj rows use: a quarter of the hidden size (speech LSTMPs: 1024 ->
+    256, 2048 -> 512)."""
+    return max(1, H // 4)
+
+
+def _torch_proj_peer(x, w, w_hr, mode, threads):
+    """torch.nn.LSTM(proj_size) on the same weights (the plain weight_hh replaced by ours)."""
+    import torch
+    torch.set_num_threads(threads)
+    I, P, H = x.shape[2], w_hr.shape[0], w_hr.shape[1]
+    m = torch.nn.LSTM(I, H, proj_size=P)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in dict(w, weight_hr_l0=w_hr).items()})
+    xt = torch.from_numpy(x)
+    if mode == "infer":
+        def infer():
+            with torch.no_grad():
+                return m(xt)[0].numpy()
+        return infer
+    xg = xt.clone().requires_grad_(True)
+    dy = torch.ones(x.shape[0], x.shape[1], P)
+
+    def train_step():
+        y, _ = m(xg)
+        y.backward(dy)
+        return y.detach().numpy()
+    return train_step
+
+
+def contestants(variant, x, w, mode, threads, have):
     """{name: callable}: "plain" (ours, the cell without the variant), "ours" (the variant) and,
-    where a peer has the variant and the mode is inference, "ort"."""
+    where the variant's peer is installed and runs the mode, "peer"."""
     import fusedrnn as fr
     cell = VARIANTS[variant]
     T, B, I = x.shape
     H = w["weight_hh_l0"].shape[1]
-    peephole = variant == "peephole"
-    w_ph = np.random.default_rng(2).uniform(-0.5, 0.5, 3 * H).astype(np.float32) \
-        if peephole else None
+    rng = np.random.default_rng(2)
+    w_ph = rng.uniform(-0.5, 0.5, 3 * H).astype(np.float32) if variant == "peephole" else None
+    vw = dict(w)  # the variant's own weights
+    w_hr = None
+    if variant == "proj":
+        P, k = proj_size(H), 1 / np.sqrt(H)
+        vw["weight_hh_l0"] = rng.uniform(-k, k, (4 * H, P)).astype(np.float32)
+        w_hr = rng.uniform(-k, k, (P, H)).astype(np.float32)
     fns = {"plain": benchmark.ours(cell, x, w, mode)}
     if mode == "infer":
-        if peephole:
+        if variant == "peephole":
             layer = fr.nn.LSTM(I, H, peephole=True)
-            layer.load_state_dict(dict(w, weight_ph_l0=w_ph))
+            layer.load_state_dict(dict(vw, weight_ph_l0=w_ph))
+        elif variant == "proj":
+            layer = fr.nn.LSTM(I, H, proj_size=w_hr.shape[0])
+            layer.load_state_dict(dict(vw, weight_hr_l0=w_hr))
         else:
             layer = fr.nn.GRU(I, H, reset_after=False)
-            layer.load_state_dict(w)
+            layer.load_state_dict(vw)
         layer.eval()
         fns["ours"] = lambda: layer(x)[0]
-        if have_ort:
-            fns["ort"] = benchmark.ort_peer(cell, x, w, threads, w_ph=w_ph,
-                                            reset_after=peephole)
-        return fns
-    F = fr.functional
-    args = (w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
-    dy = np.ones((T, B, H), np.float32)
+        if PEERS[variant] == "ORT" and have["ort"]:
+            fns["peer"] = benchmark.ort_peer(cell, x, w, threads, w_ph=w_ph,
+                                             reset_after=variant != "reset_before")
+    else:
+        F = fr.functional
+        args = (w["weight_ih_l0"], vw["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
 
-    def train_step():
-        if peephole:
-            y, _, _, ctx = F.lstm_forward(x, None, None, *args, training=True, w_ph=w_ph)
-            F.lstm_backward(ctx, dy)
-        else:
-            y, _, ctx = F.gru_forward(x, None, *args, training=True, reset_after=False)
-            F.gru_backward(ctx, dy)
-        return y
-    fns["ours"] = train_step
+        def train_step():
+            if cell == "LSTM":
+                y, _, _, ctx = F.lstm_forward(x, None, None, *args, training=True, w_ph=w_ph,
+                                              w_hr=w_hr)
+                F.lstm_backward(ctx, np.ones(y.shape, np.float32))
+            else:
+                y, _, ctx = F.gru_forward(x, None, *args, training=True, reset_after=False)
+                F.gru_backward(ctx, np.ones(y.shape, np.float32))
+            return y
+        fns["ours"] = train_step
+    if PEERS[variant] == "torch" and have["torch"]:
+        fns["peer"] = _torch_proj_peer(x, vw, w_hr, mode, threads)
     return fns
 
 
-def bench_row(variant, mode, B, T, I, H, threads, budget, have_ort):
+def bench_row(variant, mode, B, T, I, H, threads, budget, have):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     w = benchmark._weights(VARIANTS[variant], I, H)
-    fns = contestants(variant, x, w, mode, threads, have_ort)
+    fns = contestants(variant, x, w, mode, threads, have)
     ms = benchmark.median_ms(fns, budget)
     row = {"variant": variant, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads,
-           "plain_ms": round(ms["plain"], 3), "ours_ms": round(ms["ours"], 3),
-           "ort_ms": round(ms["ort"], 3) if "ort" in ms else None}
+           "peer": PEERS[variant], "plain_ms": round(ms["plain"], 3),
+           "ours_ms": round(ms["ours"], 3),
+           "peer_ms": round(ms["peer"], 3) if "peer" in ms else None}
     row["cost"] = round(ms["ours"] / ms["plain"], 2)
-    row["x_ort"] = round(ms["ort"] / ms["ours"], 2) if "ort" in ms else None
-    if "ort" in fns:  # the peer computes what we compute
-        row["max_abs_diff_ort"] = float(np.abs(np.asarray(fns["ort"]()) - fns["ours"]()).max())
+    row["x_peer"] = round(ms["peer"] / ms["ours"], 2) if "peer" in ms else None
+    if "peer" in fns:  # the peer computes what we compute
+        row["max_abs_diff_peer"] = float(np.abs(np.asarray(fns["peer"]()) - fns["ours"]()).max())
     return row
 
 
@@ -81,25 +123,25 @@ def run(args) -> int:
     fr.set_num_threads(args.threads)
     _, modes, shapes = benchmark.selection(args)
     budget = 0.3 if args.quick else args.budget
-    have_ort = benchmark.installed_peers()["ort"]
+    have = benchmark.installed_peers()
     print(benchmark.cpu_header(args.threads))
-    print(f"fusedrnn {fr.__version__}; ONNX Runtime: {'yes' if have_ort else 'not installed'}",
-          flush=True)
+    print(f"fusedrnn {fr.__version__}; ONNX Runtime: {'yes' if have['ort'] else 'not installed'}"
+          f"; PyTorch: {'yes' if have['torch'] else 'not installed'}", flush=True)
     rows = []
     for variant in variants:
         for mode in modes:
             for (B, T, I, H) in shapes:
-                r = bench_row(variant, mode, B, T, I, H, args.threads, budget, have_ort)
+                r = bench_row(variant, mode, B, T, I, H, args.threads, budget, have)
                 rows.append(r)
                 print(f"  {variant} {mode} B={B} T={T} I={I} H={H}: plain {r['plain_ms']} "
-                      f"ours {r['ours_ms']} ort {r['ort_ms']} ms", flush=True)
-    print(f"\n{'variant':<9}{'mode':>6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} | {'plain':>8}"
-          f"{'ours':>8}{'ORT':>8} | {'cost':>6}{'x ORT':>7}")
+                      f"ours {r['ours_ms']} {r['peer']} {r['peer_ms']} ms", flush=True)
+    print(f"\n{'variant':<13}{'mode':>6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} | {'plain':>8}"
+          f"{'ours':>8}{'peer':>8} | {'cost':>6}{'x peer':>7}  peer")
     for r in rows:
-        print(f"{r['variant']:<9}{r['mode']:>6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} | "
+        print(f"{r['variant']:<13}{r['mode']:>6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} | "
               f"{benchmark._fmt(r['plain_ms'])}{benchmark._fmt(r['ours_ms'])}"
-              f"{benchmark._fmt(r['ort_ms'])} | {benchmark._fmt(r['cost'], 6)}"
-              f"{benchmark._fmt(r['x_ort'], 7)}")
+              f"{benchmark._fmt(r['peer_ms'])} | {benchmark._fmt(r['cost'], 6)}"
+              f"{benchmark._fmt(r['x_peer'], 7)}  {r['peer']}")
     if args.json:
         from fusedrnn._atomic import write_text
         write_text(args.json, json.dumps({"info": fr.info(), "threads": args.threads,
