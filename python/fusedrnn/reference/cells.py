@@ -350,3 +350,94 @@ def rnn_backward(ctx, dy, dh_n=None):
         dh_next = np.where(active, _grad_product(da, w_hh, precision), dh_next)
     db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
     return dx, dh_next, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ---------------------------------------------------------------------------- LayerNorm-LSTM
+def _normalize(a, eps):
+    """(a - mean) * rstd over the last axis, and rstd = 1 / sqrt(var + eps) [..., 1]."""
+    mean = a.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((a - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+    return (a - mean) * rstd, rstd
+
+
+def _normalize_backward(d_hat, a_hat, rstd):
+    """The gradient reaching a from the gradient reaching a_hat = (a - mean) * rstd."""
+    return rstd * (d_hat - d_hat.mean(axis=-1, keepdims=True)
+                   - a_hat * (d_hat * a_hat).mean(axis=-1, keepdims=True))
+
+
+def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None, *, eps=1e-5,
+                           lengths=None, reverse=False, training=False):
+    """LayerNorm-LSTM (haste's LayerNormLSTM, in PyTorch's gate order i, f, g, o): layer norm on
+    the input and the recurrent pre-activations (over their 4H values) and on the cell state:
+        a   = g_ih * LN(W_ih x) + b_ih + g_hh * LN(W_hh h) + b_hh
+        c'  = f * c + i * g                 h' = o * tanh(g_c * LN(c') + b_c)
+    LN(v) = (v - mean v) / sqrt(var v + eps); the biases come after the normalization (before it
+    they would cancel). ln [10H]: g_ih [4H], g_hh [4H], g_c [H], b_c [H] (None: ones and zeros).
+    c carries the un-normalized c'. Returns (y, h_n, c_n, ctx)."""
+    x, h, c, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
+        "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    ln = np.concatenate([np.ones(9 * H), np.zeros(H)]) if ln is None else _f64(ln)
+    if ln.shape != (10 * H,):
+        raise ValueError(f"ln: expected shape {(10 * H,)}, got {ln.shape}")
+    g_ih, g_hh, g_c, b_c = ln[:4 * H], ln[4 * H:8 * H], ln[8 * H:9 * H], ln[9 * H:]
+    y = np.zeros((T, N, H))
+    ctx = _new_ctx("layernorm_lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias, None)
+    ctx.update(ln=ln, eps=eps)
+    for t in _steps(T, reverse):
+        active = (t < lengths)[:, None]
+        x_hat, rx = _normalize(x[t] @ w_ih.T, eps)
+        h_hat, rh = _normalize(h @ w_hh.T, eps)
+        a = g_ih * x_hat + b_ih + g_hh * h_hat + b_hh
+        i, f = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H])
+        g, o = np.tanh(a[:, 2 * H:3 * H]), sigmoid(a[:, 3 * H:])
+        c_new = f * c + i * g
+        c_hat, rc = _normalize(c_new, eps)
+        tanh_cn = np.tanh(g_c * c_hat + b_c)
+        h_new = o * tanh_cn
+        ctx["steps"][t] = dict(active=active, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o,
+                               x_hat=x_hat, rx=rx, h_hat=h_hat, rh=rh, c_hat=c_hat, rc=rc,
+                               tanh_cn=tanh_cn)
+        h = np.where(active, h_new, h)
+        c = np.where(active, c_new, c)
+        y[t] = np.where(active, h_new, 0.0)
+    return y, h, c, ctx
+
+
+def layernorm_lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+    """BPTT for :func:`layernorm_lstm_forward`. Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh,
+    dln), dln [10H] in ln's order."""
+    x, w_ih, w_hh, ln = ctx["x"], ctx["w_ih"], ctx["w_hh"], ctx["ln"]
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    g_ih, g_hh, g_c = ln[:4 * H], ln[4 * H:8 * H], ln[8 * H:9 * H]
+    dy = _grad_or_zeros(dy, (T, N, H))
+    dh_next = _grad_or_zeros(dh_n, (N, H))
+    dc_next = _grad_or_zeros(dc_n, (N, H))
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db, dln = np.zeros(4 * H), np.zeros(10 * H)
+    for t in reversed(_steps(T, ctx["reverse"])):
+        s = ctx["steps"][t]
+        active = s["active"]
+        dh = dh_next + np.where(active, dy[t], 0.0)
+        i, f, g, o = s["i"], s["f"], s["g"], s["o"]
+        d_cn = np.where(active, dh * o * (1.0 - s["tanh_cn"] ** 2), 0.0)  # reaching g_c LN + b_c
+        dc = dc_next + _normalize_backward(d_cn * g_c, s["c_hat"], s["rc"])
+        da = np.concatenate([dc * g * i * (1.0 - i), dc * s["c_prev"] * f * (1.0 - f),
+                             dc * i * (1.0 - g ** 2), dh * s["tanh_cn"] * o * (1.0 - o)], axis=1)
+        da = np.where(active, da, 0.0)  # inactive samples: the step did not happen
+        dax = _normalize_backward(da * g_ih, s["x_hat"], s["rx"])
+        dah = _normalize_backward(da * g_hh, s["h_hat"], s["rh"])
+        db += da.sum(axis=0)
+        dln += np.concatenate([(da * s["x_hat"]).sum(axis=0), (da * s["h_hat"]).sum(axis=0),
+                               (d_cn * s["c_hat"]).sum(axis=0), d_cn.sum(axis=0)])
+        dx[t] = dax @ w_ih
+        dw_ih += dax.T @ x[t]
+        dw_hh += dah.T @ s["h_prev"]
+        dh_next = np.where(active, dah @ w_hh, dh_next)
+        dc_next = np.where(active, dc * f, dc_next)
+    db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
+    return dx, dh_next, dc_next, dw_ih, dw_hh, db_ih, db_hh, dln
