@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bindings/cell_names.h"
+#include "cells/layernorm_lstm_cell.h"
 #include "cpu/attention.h"
 #include "cpu/plan.h"
 #include "cpu/recurrent.h"
@@ -79,6 +80,21 @@ const T* require_peepholes(const py::object& w_ph, CellKind cell, int64_t H) {
   return require<T>(w_ph, "w_ph", {3 * H});
 }
 
+// The LayerNorm-LSTM's norm parameters ln [10H] (required for it, refused for another cell).
+template <typename T>
+const T* require_layer_norm(const py::object& ln, CellKind cell, int64_t H) {
+  if (cell != CellKind::kLayerNormLstm) {
+    if (!ln.is_none())
+      throw py::value_error("ln: layer-norm parameters belong to the LayerNorm-LSTM "
+                            "(cell='layernorm_lstm'), got them for another cell");
+    return nullptr;
+  }
+  if (ln.is_none())
+    throw py::value_error("ln: the LayerNorm-LSTM needs its norm parameters [10H] (gains "
+                          "g_ih, g_hh [4H], g_c [H], bias b_c [H])");
+  return require<T>(ln, "ln", {10 * H});
+}
+
 // An LSTM's projection w_hr [P, H] (torch's proj_size; 0 < P < H), or null for None; the
 // projection of another cell is refused. Sets P (0 without one).
 template <typename T>
@@ -129,14 +145,18 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
                                              const py::object& b_ih, const py::object& b_hh,
                                              const py::object& lengths, bool reverse,
                                              bool training, const py::object& w_ph,
-                                             const py::object& w_hr) {
+                                             const py::object& w_hr, const py::object& ln,
+                                             double ln_eps) {
   if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
   const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = gate_count(cell);
   const int64_t H = hidden_size(w_hh, w_hr);
   const int64_t GH = G * H;
-  const bool lstm = cell == CellKind::kLstm;
-  const bool uses_extra = cell == CellKind::kLstm || is_gru(cell);
+  const bool layer_norm = cell == CellKind::kLayerNormLstm;
+  const bool lstm = cell == CellKind::kLstm || layer_norm;  // (has c)
+  const bool uses_extra = lstm || is_gru(cell);
+  // a step's saved extra: H values, the LayerNorm-LSTM's its norms' too
+  const int64_t E = layer_norm ? LayerNormLstmCell::extra_width(H) : H;
 
   ForwardArgs<T> a{};
   int64_t P = 0;
@@ -153,6 +173,8 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
   a.lengths = require_lengths(lengths, T_, N);
   a.reverse = reverse;
   a.w_ph = require_peepholes<T>(w_ph, cell, H);
+  a.ln = require_layer_norm<T>(ln, cell, H);
+  a.ln_eps = static_cast<T>(ln_eps);
 
   py::array y = Array<T>({T_, N, SW});
   py::array h_n = Array<T>({N, SW});
@@ -176,7 +198,7 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
     py::array hp = new_array<T>({T_, N, SW}, zeros);
     a.h_prev = mutable_data<T>(hp);
     h_prev = hp;
-    py::array ex = new_array<T>({uses_extra ? T_ : 0, N, H}, zeros);
+    py::array ex = new_array<T>({uses_extra ? T_ : 0, N, E}, zeros);
     if (uses_extra) a.extra = mutable_data<T>(ex);
     extra = ex;
   }
@@ -190,14 +212,17 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
                                                const py::object& gates, const py::object& extra,
                                                const py::object& h_prev, const py::object& dy,
                                                const py::object& dh_n, const py::object& dc_n,
-                                               const py::object& w_ph, const py::object& w_hr) {
+                                               const py::object& w_ph, const py::object& w_hr,
+                                               const py::object& ln) {
   if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
   const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = gate_count(cell);
   const int64_t H = hidden_size(w_hh, w_hr);
   const int64_t GH = G * H;
-  const bool lstm = cell == CellKind::kLstm;
-  const bool uses_extra = cell == CellKind::kLstm || is_gru(cell);
+  const bool layer_norm = cell == CellKind::kLayerNormLstm;
+  const bool lstm = cell == CellKind::kLstm || layer_norm;  // (has c)
+  const bool uses_extra = lstm || is_gru(cell);
+  const int64_t E = layer_norm ? LayerNormLstmCell::extra_width(H) : H;
 
   BackwardArgs<T> a{};
   int64_t P = 0;
@@ -210,12 +235,13 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
   a.lengths = require_lengths(lengths, T_, N);
   a.reverse = reverse;
   a.gates = require<T>(gates, "gates", {T_, N, GH});
-  a.extra = uses_extra ? require<T>(extra, "extra", {T_, N, H}) : nullptr;
+  a.extra = uses_extra ? require<T>(extra, "extra", {T_, N, E}) : nullptr;
   a.h_prev = require<T>(h_prev, "h_prev", {T_, N, SW});
   a.dy = require<T>(dy, "dy", {T_, N, SW});
   a.dh_n = require<T>(dh_n, "dh_n", {N, SW});
   a.dc_n = lstm ? require<T>(dc_n, "dc_n", {N, H}) : nullptr;
   a.w_ph = require_peepholes<T>(w_ph, cell, H);
+  a.ln = require_layer_norm<T>(ln, cell, H);
 
   py::array dx = Array<T>({T_, N, I});
   py::array dh0 = Array<T>({N, SW});
@@ -247,6 +273,11 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
     a.dw_hr = mutable_data<T>(dw_hr);
     grads = grads + py::make_tuple(dw_hr);
   }
+  if (a.ln) {  // the LayerNorm-LSTM's norm parameters
+    py::array dln = Array<T>({10 * H});
+    a.dln = mutable_data<T>(dln);
+    grads = grads + py::make_tuple(dln);
+  }
   return {a, grads};
 }
 
@@ -267,7 +298,7 @@ py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) 
 
 constexpr const char* kForwardCall =
     "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache[, precision[, "
-    "w_ph[, w_hr]]]])";
+    "w_ph[, w_hr[, ln, ln_eps]]]]])";
 
 // A call's precision: None or "float32" (the arrays' own), or "bfloat16" (float32, the
 // products from bfloat16 operands). Returns whether bfloat16 products were asked for.
@@ -303,7 +334,7 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
   std::vector<PreparedCall<ForwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
     auto t = py::cast<py::tuple>(c);  // the cache, precision, peepholes, projection may be left out
-    if (t.size() < 11 || t.size() > 14) t = call_tuple(c, 10, kForwardCall);
+    if (t.size() < 11 || t.size() > 16 || t.size() == 15) t = call_tuple(c, 10, kForwardCall);
     cpu::WeightCache* cache = nullptr;
     if (t.size() >= 11 && !t[10].is_none()) {
       if (!py::isinstance<cpu::WeightCache>(t[10]))
@@ -323,7 +354,9 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
                                           t[5], t[6], t[7], py::cast<bool>(t[8]),
                                           py::cast<bool>(t[9]),
                                           t.size() >= 13 ? py::object(t[12]) : py::none(),
-                                          t.size() == 14 ? py::object(t[13]) : py::none()));
+                                          t.size() >= 14 ? py::object(t[13]) : py::none(),
+                                          t.size() == 16 ? py::object(t[14]) : py::none(),
+                                          t.size() == 16 ? py::cast<double>(t[15]) : 0.0));
     prepared.back().args.cache = cache;
     prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
   }
@@ -340,13 +373,14 @@ py::list backward_calls_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
     auto t = py::cast<py::tuple>(c);  // the precision, peepholes, projection may be left out
-    if (t.size() < 12 || t.size() > 14)
+    if (t.size() < 12 || t.size() > 15)
       t = call_tuple(c, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
-                            "dh_n, dc_n[, precision[, w_ph[, w_hr]]])");
+                            "dh_n, dc_n[, precision[, w_ph[, w_hr[, ln]]]])");
     prepared.push_back(prepare_backward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3],
                                            py::cast<bool>(t[4]), t[5], t[6], t[7], t[8], t[9],
                                            t[10], t.size() >= 13 ? py::object(t[12]) : py::none(),
-                                           t.size() == 14 ? py::object(t[13]) : py::none()));
+                                           t.size() >= 14 ? py::object(t[13]) : py::none(),
+                                           t.size() == 15 ? py::object(t[14]) : py::none()));
     prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
   }
   return run_prepared(prepared, [&](BackwardArgs<T>* args, int count) {
@@ -394,10 +428,10 @@ py::tuple recurrent_forward(const std::string& cell, const std::string& nonlinea
                             const py::object& b_hh, const py::object& lengths, bool reverse,
                             bool training, const py::object& cache,
                             const py::object& precision, const py::object& w_ph,
-                            const py::object& w_hr) {
+                            const py::object& w_hr, const py::object& ln, double ln_eps) {
   py::list calls;
   calls.append(py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training,
-                              cache, precision, w_ph, w_hr));
+                              cache, precision, w_ph, w_hr, ln, ln_eps));
   return recurrent_forward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -407,10 +441,10 @@ py::tuple recurrent_backward(const std::string& cell, const std::string& nonline
                              const py::object& extra, const py::object& h_prev,
                              const py::object& dy, const py::object& dh_n, const py::object& dc_n,
                              const py::object& precision, const py::object& w_ph,
-                             const py::object& w_hr) {
+                             const py::object& w_hr, const py::object& ln) {
   py::list calls;
   calls.append(py::make_tuple(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n,
-                              precision, w_ph, w_hr));
+                              precision, w_ph, w_hr, ln));
   return recurrent_backward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -617,13 +651,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("training"), py::arg("cache") = py::none(), py::arg("precision") = py::none(),
-        py::arg("w_ph") = py::none(), py::arg("w_hr") = py::none(),
+        py::arg("w_ph") = py::none(), py::arg("w_hr") = py::none(), py::arg("ln") = py::none(),
+        py::arg("ln_eps") = 1e-5,
         "One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). "
         "cache: a WeightCache keeping the packed weights between calls, or None. precision: "
         "None/'float32', or 'bfloat16' (float32: the products from bfloat16 operands with float32 "
         "accumulation; a training forward saves float32 activations). w_ph: an LSTM's "
         "peepholes [3H] (i, f, o), or None. w_hr: an LSTM's projection [P, H] (torch's "
-        "proj_size P: h, y and w_hh's columns are P wide), or None.");
+        "proj_size P: h, y and w_hh's columns are P wide), or None. ln, ln_eps: the "
+        "LayerNorm-LSTM's (cell 'layernorm_lstm') norm parameters [10H] and epsilon.");
   py::class_<cpu::WeightCache>(m, "WeightCache",
                                "The packed forms of one layer direction's weights, kept between "
                                "calls (pass it as a forward call's cache). It serves only the "
@@ -636,9 +672,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("precision") = py::none(), py::arg("w_ph") = py::none(),
-        py::arg("w_hr") = py::none(),
+        py::arg("w_hr") = py::none(), py::arg("ln") = py::none(),
         "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then dw_ph "
-        "when given the forward's peepholes w_ph and dw_hr when given its projection w_hr. "
+        "when given the forward's peepholes w_ph, dw_hr when given its projection w_hr, dln "
+        "when given the LayerNorm-LSTM's ln. "
         "precision: None/'float32', or 'bfloat16' (float32: every product from bfloat16 "
         "operands with float32 accumulation).");
   m.def("recurrent_forward_many", &recurrent_forward_many, py::arg("cell"),

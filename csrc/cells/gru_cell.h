@@ -15,6 +15,7 @@ struct GruCell {
   static constexpr bool kHasCellState = false;
   static constexpr bool kUsesExtra = true;
   static constexpr bool kResetBefore = false;
+  static constexpr bool kLayerNorm = false;
 
   // kSave = false (inference) skips storing what only backward needs. Strides as in LstmCell.
   template <typename T, bool kSave = true>
@@ -66,6 +67,7 @@ struct GruResetBeforeCell {
   static constexpr bool kHasCellState = false;
   static constexpr bool kUsesExtra = true;
   static constexpr bool kResetBefore = true;
+  static constexpr bool kLayerNorm = false;
 
   // r * h, what n's product reads.
   template <typename T>

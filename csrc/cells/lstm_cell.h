@@ -16,6 +16,7 @@ struct LstmCell {
   static constexpr bool kHasCellState = true;
   static constexpr bool kUsesExtra = true;
   static constexpr bool kResetBefore = false;
+  static constexpr bool kLayerNorm = false;
 
   // Gate k of unit j: gx[k*H + j], gates[k*H + j], gh[k*S + j] (the CPU's packed products have
   // their own stride). `gates` may alias `gx` (each unit reads its own entries before writing).

@@ -12,6 +12,7 @@ struct RnnCell {
   static constexpr bool kHasCellState = false;
   static constexpr bool kUsesExtra = false;
   static constexpr bool kResetBefore = false;
+  static constexpr bool kLayerNorm = false;
 
   // kSave = false (inference) skips storing what only backward needs. Strides as in LstmCell.
   template <typename T, bool kSave = true>

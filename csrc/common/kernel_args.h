@@ -8,14 +8,15 @@ namespace cpu {
 class WeightCache;
 }
 
-// kGruResetBefore: the GRU with its reset gate before the product (cells/gru_cell.h).
-enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru, kGruResetBefore };
+// kGruResetBefore: the GRU with its reset gate before the product (cells/gru_cell.h);
+// kLayerNormLstm: cells/layernorm_lstm_cell.h.
+enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru, kGruResetBefore, kLayerNormLstm };
 
 inline bool is_gru(CellKind c) { return c == CellKind::kGru || c == CellKind::kGruResetBefore; }
 
 // G, the number of gates: RNN 1, GRU 3, LSTM 4.
 inline int64_t gate_count(CellKind c) {
-  return c == CellKind::kLstm ? 4 : is_gru(c) ? 3 : 1;
+  return c == CellKind::kLstm || c == CellKind::kLayerNormLstm ? 4 : is_gru(c) ? 3 : 1;
 }
 
 template <typename T>
@@ -49,6 +50,8 @@ struct ForwardArgs {
   bool bf16;
   const T* w_ph;     // [3H] LSTM peepholes (i, f, o; cells/lstm_cell.h) or null
   const T* w_hr;     // [P, H] LSTM projection (shape.P > 0) or null
+  const T* ln;       // [10H] LayerNorm-LSTM gains and the cell norm's bias, or null ...
+  T ln_eps;          // ... and its epsilon (extra then holds 10H + 3 values a step)
 };
 
 template <typename T>
@@ -79,6 +82,8 @@ struct BackwardArgs {
   T* dw_ph;          // [3H] ... and their gradient (with w_ph)
   const T* w_hr;     // [P, H] LSTM projection (shape.P > 0) or null ...
   T* dw_hr;          // [P, H] ... and its gradient
+  const T* ln;       // [10H] LayerNorm-LSTM parameters or null ...
+  T* dln;            // [10H] ... and their gradient
 };
 
 }  // namespace fusedrnn

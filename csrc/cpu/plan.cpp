@@ -292,6 +292,18 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_projection = amx && s.T * N >= t.amx_min_batch;
   }
+  if (cell == CellKind::kLayerNormLstm) {
+    // ForwardCall::layernorm_loop: a step's norms need every unit of a sample's rows, so by
+    // samples (no barrier) where the plain LSTM's plan splits by samples, else one thread; the
+    // inputs projected up front (their norm is the step's); float32 products.
+    p.loop = by_samples ? Loop::kBySamples : Loop::kByUnits;
+    p.product = step_product(t, packed, N);
+    p.projection = Projection::kUpFront;
+    p.loop_slices = by_samples ? slices : 1;
+    p.bias_in_packed = false;
+    p.waits_for_inputs = inputs_ready;
+    p.bf16 = p.amx = p.amx_projection = false;
+  }
   if (cell == CellKind::kGruResetBefore || s.P > 0) {
     // Two phases a step (ForwardCall::reset_before_loop, projected_loop): by samples where the
     // plain cell's would be (no barrier), else by units; W_hh packed for sequences as any
@@ -350,6 +362,12 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.amx_dx = amx && TN >= t.amx_min_batch;
     p.amx_weights = p.amx_dx;
   }
+  if (cell == CellKind::kLayerNormLstm) {  // BackwardCall::layernorm_loop
+    p.product = step_product(t, packed, N);
+    p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
+    if (p.loop == Loop::kByUnits) p.loop_slices = 1;
+    p.bf16 = p.amx = p.amx_dx = p.amx_weights = false;
+  }
   if (cell == CellKind::kGruResetBefore || s.P > 0) {  // reset_before_loop, projected_loop
     p.product = step_product(t, packed, N);
     p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
@@ -371,7 +389,8 @@ bool side_by_side_pays(CellKind cell, const SeqShape& s, int slices, int64_t ele
   const Tuning& t = tuning();
   const int64_t weight_bytes = s.GH() * s.H * element_bytes;
   const int64_t input_bytes = behind ? s.GH() * s.I * element_bytes : 0;
-  return slices > 1 && s.T >= t.packed_min_steps && !(behind && is_gru(cell)) &&
+  const bool apart = is_gru(cell) || cell == CellKind::kLayerNormLstm;  // inputs kept apart
+  return slices > 1 && s.T >= t.packed_min_steps && !(behind && apart) &&
          weight_bytes + input_bytes <= t.core_cache_bytes &&
          !split_by_samples(t, s.N, slices, weight_bytes) &&
          s.T * s.N * s.GH() * (s.H + s.I) >= t.min_gemm_macs_to_split;

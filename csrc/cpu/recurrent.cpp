@@ -127,7 +127,8 @@ template <typename T>
 void recurrent_backward(CellKind cell, const BackwardArgs<T>& args) {
   // Not cleared: the loop writes every entry of the gate gradients, zeros for skipped steps.
   T* work = thread_workspace<T>(kBackwardWork,
-                                backward_workspace(args.shape, cell == CellKind::kGru));  // dgh apart
+                                backward_workspace(args.shape, cell == CellKind::kGru ||
+                                                                cell == CellKind::kLayerNormLstm));  // dgh apart
   switch (active_isa()) {
     case Isa::kAvx512: return avx512::backward<T>(cell, args, work);
     case Isa::kAvx2: return avx2::backward<T>(cell, args, work);

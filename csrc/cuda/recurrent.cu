@@ -1394,6 +1394,9 @@ auto with_cell_and_operand(CellKind cell, bool bf16_operands, F&& f) {
     case CellKind::kRnnTanh: return with_operand(static_cast<RnnCell<false>*>(nullptr));
     case CellKind::kGruResetBefore:  // float32 products only (no bfloat16 two-phase step)
       return f(static_cast<GruResetBeforeCell*>(nullptr), static_cast<T*>(nullptr));
+    case CellKind::kLayerNormLstm:
+      throw std::invalid_argument("cell: the LayerNorm-LSTM has no CUDA kernels yet (it runs on "
+                                  "the CPU)");
     case CellKind::kRnnRelu: break;
   }
   return with_operand(static_cast<RnnCell<true>*>(nullptr));
