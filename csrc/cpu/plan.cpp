@@ -198,6 +198,12 @@ int64_t recurrent_weight_bytes(const SeqShape& s, int64_t element_bytes) {
   return (s.GH() * s.state() + s.P * s.H) * element_bytes;
 }
 
+// The LayerNorm-LSTM's loops split by samples (see plan_forward) where each slice gets enough.
+bool layernorm_by_samples(const Tuning& t, const SeqShape& s, int slices) {
+  return !deterministic() && slices > 1 && s.N / slices >= t.min_samples_per_slice &&
+         s.T * s.N * s.GH() * s.H >= t.min_gemm_macs_to_split;
+}
+
 // The loop may split by samples: W_hh fits a core's cache and every slice gets enough samples.
 bool split_by_samples(const Tuning& t, int64_t N, int slices, int64_t weight_bytes) {
   return slices > 1 && N / slices >= t.min_samples_per_slice && weight_bytes <= t.core_cache_bytes;
@@ -294,12 +300,14 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   }
   if (cell == CellKind::kLayerNormLstm) {
     // ForwardCall::layernorm_loop: a step's norms need every unit of a sample's rows, so by
-    // samples (no barrier) where the plain LSTM's plan splits by samples, else one thread; the
-    // inputs projected up front (their norm is the step's); float32 products.
-    p.loop = by_samples ? Loop::kBySamples : Loop::kByUnits;
+    // samples (no barrier) wherever each slice gets enough samples, W_hh in a core's cache or
+    // not (each slice streams it; by units the team would meet three times a step), else one
+    // thread; the inputs projected by each slice (sequences) or up front; float32 products.
+    const bool samples = layernorm_by_samples(t, s, slices);
+    p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
     p.product = step_product(t, packed, N);
-    p.projection = Projection::kUpFront;
-    p.loop_slices = by_samples ? slices : 1;
+    p.projection = packed ? Projection::kPerSlice : Projection::kUpFront;
+    p.loop_slices = samples ? slices : 1;
     p.bias_in_packed = false;
     p.waits_for_inputs = inputs_ready;
     p.bf16 = p.amx = p.amx_projection = false;
@@ -363,9 +371,11 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.amx_weights = p.amx_dx;
   }
   if (cell == CellKind::kLayerNormLstm) {  // BackwardCall::layernorm_loop
+    const bool samples = layernorm_by_samples(t, s, slices);
+    p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
+    p.loop_slices = samples ? slices : 1;
     p.product = step_product(t, packed, N);
     p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
-    if (p.loop == Loop::kByUnits) p.loop_slices = 1;
     p.bf16 = p.amx = p.amx_dx = p.amx_weights = false;
   }
   if (cell == CellKind::kGruResetBefore || s.P > 0) {  // reset_before_loop, projected_loop
