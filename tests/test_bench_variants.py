@@ -1,4 +1,4 @@
-"""`fusedrnn bench --variants peephole,reset_before,proj`: each variant beside the plain cell and its peer (tiny
+"""`fusedrnn bench --variants peephole,reset_before,proj,layernorm`: each variant beside the plain cell and its peer (tiny
 sizes; speed is not asserted), the peer agreeing with ours."""
 import json
 
@@ -8,7 +8,7 @@ from fusedrnn import benchmark
 def test_bench_variants_rows(tmp_path, capsys):
     from fusedrnn import cli
     path = tmp_path / "v.json"
-    code = cli.main(["bench", "--variants", "peephole,reset_before,proj", "--modes",
+    code = cli.main(["bench", "--variants", "peephole,reset_before,proj,layernorm", "--modes",
                      "infer,train", "--shapes", "2,6,8,16", "--budget", "0.05", "--json",
                      str(path)])
     out = capsys.readouterr().out
@@ -17,7 +17,8 @@ def test_bench_variants_rows(tmp_path, capsys):
     assert [(r["variant"], r["mode"], r["peer"]) for r in rows] == [
         ("peephole", "infer", "ORT"), ("peephole", "train", "ORT"),
         ("reset_before", "infer", "ORT"), ("reset_before", "train", "ORT"),
-        ("proj", "infer", "torch"), ("proj", "train", "torch")]
+        ("proj", "infer", "torch"), ("proj", "train", "torch"),
+        ("layernorm", "infer", "-"), ("layernorm", "train", "-")]
     have = benchmark.installed_peers()
     for r in rows:
         assert r["plain_ms"] > 0 and r["ours_ms"] > 0
@@ -34,5 +35,5 @@ def test_bench_variants_rows(tmp_path, capsys):
 def test_bench_variants_refuses_unknown_names(capsys):
     from fusedrnn import cli
     assert cli.main(["bench", "--variants", "peephole,rope"]) == 2
-    assert "--variants: expected names from peephole,reset_before,proj, got 'rope'" in \
+    assert "--variants: expected names from peephole,reset_before,proj,layernorm, got 'rope'" in \
         capsys.readouterr().err

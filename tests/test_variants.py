@@ -10,7 +10,12 @@ The GRU with the reset gate before the product (reset_after=False): its float64 
 against central differences; the kernels (the two-phase step: packed, BLAS and row products,
 batch 1 to 70, lengths, both directions, 1 and 2 threads, float32 and float64) against the
 reference; the layer, the cell and seq2seq; the reference and the kernels against Keras'
-GRU(reset_after=False) and ONNX Runtime's GRU with linear_before_reset=0."""
+GRU(reset_after=False) and ONNX Runtime's GRU with linear_before_reset=0.
+
+The LSTM with projections (torch's proj_size) and the LayerNorm-LSTM: each reference against
+central differences, the kernels against it on every plan, 1 and 2 threads (bit-identical under
+set_deterministic), and the layers (torch.nn.LSTM(proj_size) for the projection; the reference
+layer by layer for the LayerNorm-LSTM)."""
 from __future__ import annotations
 
 import warnings
@@ -793,3 +798,170 @@ def test_projection_layer_is_torchs_lstm():
     assert relative_error(y, ref_y) < 1e-5 and relative_error(c[0], ref_c) < 1e-5
     y2, _ = single(x32, (h, c))  # a carried state [1, N, P], [1, N, H]
     assert y2.shape == (6, 2, 5)
+
+
+# ---------------------------------------------------------------------------- LayerNorm-LSTM
+LN_GRADS = GRADS[:7] + ("dln",)
+
+
+def _ln_problem(T, N, I, H, seed, dtype=np.float64):
+    p = _problem(T, N, I, H, seed, dtype)
+    del p["w_ph"]
+    rng = np.random.default_rng(seed + 2)
+    p["ln"] = np.concatenate([rng.uniform(0.5, 1.5, 9 * H),
+                              rng.uniform(-0.5, 0.5, H)]).astype(dtype)
+    return p
+
+
+def _run_ln(module, p, lengths=None, reverse=False):
+    y, h_n, c_n, ctx = module.layernorm_lstm_forward(
+        p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["ln"],
+        lengths=lengths, reverse=reverse, training=True)
+    grads = module.layernorm_lstm_backward(ctx, p["dy"], p["dh_n"], p["dc_n"])
+    return dict(zip(LN_GRADS, grads), y=y, h_n=h_n, c_n=c_n)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_layernorm_lstm_reference_matches_finite_differences(reverse):
+    p = _ln_problem(5, 3, 4, 6, seed=31)
+    lengths = np.array([5, 2, 0])
+    got = _run_ln(R, p, lengths, reverse)
+
+    def loss(q):
+        y, h_n, c_n, _ = R.layernorm_lstm_forward(q["x"], q["h0"], q["c0"], q["w_ih"], q["w_hh"],
+                                                  q["b_ih"], q["b_hh"], q["ln"],
+                                                  lengths=lengths, reverse=reverse)
+        return (y * p["dy"]).sum() + (h_n * p["dh_n"]).sum() + (c_n * p["dc_n"]).sum()
+
+    for name in ("ln", "w_hh", "w_ih", "b_ih", "h0", "c0", "x"):
+        assert np.abs(_numeric_gradient(loss, p, name) - got["d" + name]).max() < \
+            TOLERANCES["reference_vs_finite_differences"], name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("T,N,H", [(9, 1, 32), (9, 3, 17), (9, 40, 48), (2, 70, 20),
+                                   (1, 5, 130), (30, 16, 128)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_layernorm_lstm_kernels_match_the_reference(T, N, H, reverse, dtype, threads):
+    """By samples and on one thread; packed, BLAS and row products; SIMD and odd H; lengths
+    mixing 0, 1 and T; inference's outputs."""
+    p = _ln_problem(T, N, 7, H, seed=N * 100 + H, dtype=dtype)
+    lengths = np.arange(N) % (T + 1)
+    lengths[0] = T
+    tolerance = TOLERANCES["kernel_vs_reference"][dtype]
+    ours, expected = _run_ln(F, p, lengths, reverse), _run_ln(R, p, lengths, reverse)
+    for name, value in ours.items():
+        assert value.dtype == dtype and value.shape == expected[name].shape, name
+        assert relative_error(value, expected[name]) <= tolerance, name
+    y, h_n, c_n, ctx = F.layernorm_lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"],
+                                                p["b_ih"], p["b_hh"], p["ln"], lengths=lengths,
+                                                reverse=reverse)
+    assert ctx is None
+    for got, name in ((y, "y"), (h_n, "h_n"), (c_n, "c_n")):
+        assert relative_error(got, expected[name]) <= tolerance, name
+
+
+def test_layernorm_lstm_results_do_not_depend_on_the_threads():
+    p = _ln_problem(12, 24, 10, 96, seed=7, dtype=np.float32)
+    before, was = fr.get_num_threads(), fr.get_deterministic()
+    try:
+        for deterministic in (False, True):
+            fr.set_deterministic(deterministic)
+            results = []
+            for n in (1, 2):
+                fr.set_num_threads(n)
+                results.append(_run_ln(F, p, lengths=np.arange(24) % 13))
+            for name in results[0]:
+                if deterministic:
+                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
+                else:
+                    assert relative_error(results[0][name], results[1][name]) <= \
+                        TOLERANCES["threads"][np.float32], name
+    finally:
+        fr.set_num_threads(before)
+        fr.set_deterministic(was)
+
+
+def test_layernorm_lstm_defaults_and_arguments():
+    """ln=None: gains one, the cell norm's bias zero; eps reaches the norms; autocast keeps
+    float32 products; bad arguments are named."""
+    p = _ln_problem(4, 3, 5, 16, seed=5, dtype=np.float32)
+    args = (p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+    unit = np.concatenate([np.ones(144), np.zeros(16)]).astype(np.float32)
+    np.testing.assert_array_equal(F.layernorm_lstm_forward(*args)[0],
+                                  F.layernorm_lstm_forward(*args, unit)[0])
+    assert relative_error(F.layernorm_lstm_forward(*args, eps=0.5)[0],
+                          R.layernorm_lstm_forward(*args, eps=0.5)[0]) < 1e-5
+    plain = F.layernorm_lstm_forward(*args)[0]
+    with fr.autocast():  # float32 products: the same bits
+        np.testing.assert_array_equal(F.layernorm_lstm_forward(*args)[0], plain)
+    with pytest.raises(ValueError, match=r"ln: expected shape \(160,\)"):
+        F.layernorm_lstm_forward(*args, unit[:10])
+    with pytest.raises(ValueError, match="eps: expected a positive number"):
+        F.layernorm_lstm_forward(*args, eps=0)
+    with pytest.raises(ValueError, match="ln: layer-norm parameters belong to the LayerNorm"):
+        F._forward_many("lstm", [dict(zip(("x", "h0", "c0", "w_ih", "w_hh"), args), ln=unit)])
+    with pytest.raises(ValueError, match="ln: layer-norm parameters belong to the LayerNorm"):
+        fr._C.recurrent_forward("lstm", "tanh", *args, None, False, False, None, None, None,
+                                None, unit)
+    with pytest.raises(ValueError, match="ln: the LayerNorm-LSTM needs its norm parameters"):
+        fr._C.recurrent_forward("layernorm_lstm", "tanh", *args, None, False, False)
+    with pytest.raises(ValueError, match="eps: expected a positive number"):
+        fr.nn.LayerNormLSTM(4, 8, eps=-1.0)
+
+
+def test_layernorm_lstm_layer_is_the_reference_layer_by_layer():
+    """fr.nn.LayerNormLSTM: two bidirectional layers, batch_first, lengths; each layer direction
+    is the reference with its parameters; the norms' gradients reach their parameters; dropout
+    and the eval-mode short call."""
+    m = fr.nn.LayerNormLSTM(5, 16, num_layers=2, bidirectional=True, batch_first=True,
+                            dtype=np.float64, seed=0)
+    names = list(m.state_dict())
+    assert names[:8] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                         "ln_weight_ih_l0", "ln_weight_hh_l0", "ln_weight_c_l0", "ln_bias_c_l0"]
+    assert (m.ln_weight_c_l1_reverse.data == 1).all() and (m.ln_bias_c_l0.data == 0).all()
+    rng = np.random.default_rng(1)
+    for name, param in m.named_parameters():  # gains and biases away from their start
+        if name.startswith("ln_"):
+            param.data[...] = rng.uniform(0.5, 1.5, param.data.shape)
+    x = rng.standard_normal((3, 8, 5))
+    lengths = np.array([8, 5, 1])
+    out, (h_n, c_n) = m(x, lengths=lengths)
+    dout = rng.standard_normal(out.shape)
+    m.backward(dout)
+    inp, ctxs = x.transpose(1, 0, 2), []
+    kinds = ("weight_ih", "weight_hh", "weight_c", "bias_c")
+    for layer in range(2):
+        ys = []
+        for d, suffix in enumerate(("", "_reverse")):
+            w = [getattr(m, f"{n}_l{layer}{suffix}").data
+                 for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            ln = np.concatenate([getattr(m, f"ln_{k}_l{layer}{suffix}").data for k in kinds])
+            y, h, c, ctx = R.layernorm_lstm_forward(inp, None, None, *w, ln, lengths=lengths,
+                                                    reverse=d == 1, training=True)
+            np.testing.assert_allclose(h_n[2 * layer + d], h, atol=1e-12)
+            np.testing.assert_allclose(c_n[2 * layer + d], c, atol=1e-12)
+            ys.append(y)
+            ctxs.append(ctx)
+        inp = np.concatenate(ys, axis=2)
+    np.testing.assert_allclose(out, inp.transpose(1, 0, 2), atol=1e-12)
+    grad_out = dout.transpose(1, 0, 2)
+    for d, suffix in enumerate(("", "_reverse")):
+        g = R.layernorm_lstm_backward(ctxs[2 + d], grad_out[:, :, d * 16:(d + 1) * 16])
+        np.testing.assert_allclose(getattr(m, f"weight_hh_l1{suffix}").grad, g[4], atol=1e-10)
+        dln = np.concatenate([getattr(m, f"ln_{k}_l1{suffix}").grad for k in kinds])
+        np.testing.assert_allclose(dln, g[7], atol=1e-10)
+    for name, param in m.named_parameters():
+        assert param.grad is not None and np.abs(param.grad).max() > 0, name
+    x32 = rng.standard_normal((6, 2, 4)).astype(np.float32)
+    dropped = fr.nn.LayerNormLSTM(4, 16, num_layers=2, dropout=0.3, seed=2)
+    out, _ = dropped(x32)
+    dropped.backward(np.ones_like(out))
+    assert np.abs(dropped.ln_weight_hh_l0.grad).max() > 0
+    single = fr.nn.LayerNormLSTM(4, 16, eps=1e-3, seed=2).eval()  # the short-call path
+    assert "eps=0.001" in repr(single)
+    y, (h, c) = single(x32)
+    w = [getattr(single, n).data for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                           "bias_hh_l0")]
+    ref = R.layernorm_lstm_forward(x32, None, None, *w, eps=1e-3)
+    assert relative_error(y, ref[0]) < 1e-5 and relative_error(c[0], ref[2]) < 1e-5

@@ -57,10 +57,11 @@ def add_arguments(p):
                    help="time nothing: print what each cell and shape's calls would do on "
                         "--threads threads (the CPU drivers' plans) and the CPU table")
     p.add_argument("--variants", default=None, metavar="LIST",
-                   help="peephole,reset_before,proj: the cell variants against the plain "
-                        "cell (ours) and their peer where one has them (ONNX Runtime's LSTM "
-                        "with P, its GRU with linear_before_reset=0, PyTorch's LSTM with "
-                        "proj_size = H/4), float32 (fusedrnn.benchmark_variants)")
+                   help="peephole,reset_before,proj,layernorm: the cell variants against the "
+                        "plain cell (ours) and their peer where one has them (ONNX Runtime's "
+                        "LSTM with P, its GRU with linear_before_reset=0, PyTorch's LSTM with "
+                        "proj_size = H/4; none for the LayerNorm-LSTM), float32 "
+                        "(fusedrnn.benchmark_variants)")
     p.add_argument("--regimes", default=None, metavar="LIST",
                    help="b2b,sporadic,shared: fp32 inference against the faster of PyTorch and "
                         "ONNX Runtime back to back and sporadically (each contestant in its own "

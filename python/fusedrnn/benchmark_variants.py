@@ -1,9 +1,10 @@
-"""`fusedrnn bench --variants peephole,reset_before,proj`: a cell variant against the plain cell
-it extends (ours, same weights and input, alternating blocks in one process:
+"""`fusedrnn bench --variants peephole,reset_before,proj,layernorm`: a cell variant against the
+plain cell it extends (ours, same weights and input, alternating blocks in one process:
 ``benchmark.median_ms``), and against the peer that has the variant: ONNX Runtime's LSTM with
 peepholes P and its GRU with linear_before_reset=0 (inference; it has no training), PyTorch's
-LSTM with proj_size (both modes). Float32. The "cost" column is the variant's ms over the plain
-cell's; "x peer" the peer's ms over ours."""
+LSTM with proj_size (both modes); the LayerNorm-LSTM has none on the CPU (haste's is CUDA
+only). Float32. The "cost" column is the variant's ms over the plain cell's; "x peer" the
+peer's ms over ours."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ import numpy as np
 
 from . import benchmark
 
-VARIANTS = {"peephole": "LSTM", "reset_before": "GRU", "proj": "LSTM"}  # -> the cell it extends
-PEERS = {"peephole": "ORT", "reset_before": "ORT", "proj": "torch"}
+# variant -> the cell it extends, and its peer
+VARIANTS = {"peephole": "LSTM", "reset_before": "GRU", "proj": "LSTM", "layernorm": "LSTM"}
+PEERS = {"peephole": "ORT", "reset_before": "ORT", "proj": "torch", "layernorm": "-"}
 
 
 def proj_size(H):
@@ -68,6 +70,9 @@ def contestants(variant, x, w, mode, threads, have):
         elif variant == "proj":
             layer = fr.nn.LSTM(I, H, proj_size=w_hr.shape[0])
             layer.load_state_dict(dict(vw, weight_hr_l0=w_hr))
+        elif variant == "layernorm":
+            layer = fr.nn.LayerNormLSTM(I, H)
+            layer.load_state_dict(dict(layer.state_dict(), **vw))
         else:
             layer = fr.nn.GRU(I, H, reset_after=False)
             layer.load_state_dict(vw)
@@ -81,7 +86,10 @@ def contestants(variant, x, w, mode, threads, have):
         args = (w["weight_ih_l0"], vw["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
 
         def train_step():
-            if cell == "LSTM":
+            if variant == "layernorm":
+                y, _, _, ctx = F.layernorm_lstm_forward(x, None, None, *args, training=True)
+                F.layernorm_lstm_backward(ctx, np.ones(y.shape, np.float32))
+            elif cell == "LSTM":
                 y, _, _, ctx = F.lstm_forward(x, None, None, *args, training=True, w_ph=w_ph,
                                               w_hr=w_hr)
                 F.lstm_backward(ctx, np.ones(y.shape, np.float32))

@@ -127,10 +127,13 @@ def options(allow_tf32=None, algorithm=None):
         _settings.update(saved)
 
 
-def _no_projection(w_hr):
+def _cpu_only(cell, w_hr):
+    """Refuses what has no CUDA kernels yet: the LSTM projection, the LayerNorm-LSTM."""
     if w_hr is not None:
         raise ValueError("w_hr: the LSTM projection (proj_size) has no CUDA kernels yet; run it "
                          "on the CPU")
+    if cell == "layernorm_lstm":
+        raise ValueError("cell: the LayerNorm-LSTM has no CUDA kernels yet; run it on the CPU")
 
 
 def persistent_forward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh",
@@ -240,11 +243,13 @@ class _Kernels:
         return x, w_hh, dtype, (T, N, I, H, G * H)
 
     def recurrent_forward(self, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                          reverse, training, cache=None, precision=None, w_ph=None, w_hr=None):
+                          reverse, training, cache=None, precision=None, w_ph=None, w_hr=None,
+                          ln=None, ln_eps=None):
         """``cache``: the CPU kernels' kept weights, unused here (the bfloat16 weights are
         converted on the device each call); ``precision="bfloat16"``: bfloat16 products;
-        ``w_ph``: an LSTM's peepholes [3H]; ``w_hr``: refused (no CUDA projection yet)."""
-        _no_projection(w_hr)
+        ``w_ph``: an LSTM's peepholes [3H]; ``w_hr``, ``ln``: refused (no CUDA projection nor
+        LayerNorm-LSTM yet)."""
+        _cpu_only(cell, w_hr)
         cp = self._cp
         x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         x = self._array(x, "x", (T, N, I), dtype)
@@ -285,8 +290,9 @@ class _Kernels:
         return y, h_n, c_n, gates, extra, h_prev
 
     def recurrent_backward(self, cell, nonlinearity, x, w_ih, w_hh, lengths, reverse, gates,
-                           extra, h_prev, dy, dh_n, dc_n, precision=None, w_ph=None, w_hr=None):
-        _no_projection(w_hr)
+                           extra, h_prev, dy, dh_n, dc_n, precision=None, w_ph=None, w_hr=None,
+                           ln=None):
+        _cpu_only(cell, w_hr)
         cp = self._cp
         x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
         lstm = cell == "lstm"

@@ -26,7 +26,9 @@ from . import _C
 from .amp import autocast_precision, check_precision
 
 # The kernels' cells: "gru_reset_before" is the GRU with reset_after=False (gru_forward).
-GATES = {"rnn": 1, "gru": 3, "gru_reset_before": 3, "lstm": 4}
+# "layernorm_lstm": the LayerNorm-LSTM (layernorm_lstm_forward).
+GATES = {"rnn": 1, "gru": 3, "gru_reset_before": 3, "lstm": 4, "layernorm_lstm": 4}
+CELL_STATE = ("lstm", "layernorm_lstm")  # the cells with a cell state c
 
 
 def gru_kernel(reset_after):
@@ -47,13 +49,15 @@ class RecurrentContext:
     w_hh: np.ndarray  # [G*H, H]
     lengths: Optional[np.ndarray]  # [N] int64 or None
     gates: np.ndarray  # [T, N, G*H] activated gates (RNN: the output itself)
-    extra: np.ndarray  # [T, N, H] LSTM: c_prev; GRU: W_hn h + b_hn (reset-before: r*h); RNN: empty
+    extra: np.ndarray  # [T, N, H] LSTM: c_prev; GRU: W_hn h + b_hn (reset-before: r*h); RNN: empty;
+    # LayerNorm-LSTM [T, N, 10H + 3]: c_prev and its norms (cells/layernorm_lstm_cell.h)
     h_prev: np.ndarray  # [T, N, H] state entering each step
     has_bias: bool
     consumed: bool = False
     precision: Optional[str] = None  # "bfloat16": the forward's products were, the backward's are
     w_ph: Optional[np.ndarray] = None  # [3H] the LSTM's peepholes (i, f, o), or None
     w_hr: Optional[np.ndarray] = None  # [P, H] the LSTM's projection (proj_size P), or None
+    ln: Optional[np.ndarray] = None  # [10H] the LayerNorm-LSTM's norm parameters, or None
 
 
 # ---------------------------------------------------------------------------- validation
@@ -192,7 +196,7 @@ def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr=None):
     if not has_bias:
         b_ih, b_hh = xp.zeros(GH, dtype), xp.zeros(GH, dtype)
     h0 = xp.zeros((N, S), dtype) if h0 is None else _check(h0, "h0", (N, S), dtype, xp=xp)
-    if cell == "lstm":
+    if cell in CELL_STATE:
         c0 = xp.zeros((N, H), dtype) if c0 is None else _check(c0, "c0", (N, H), dtype, xp=xp)
     lengths = check_lengths(lengths, T, N)  # a host array on every backend
     return kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr
@@ -216,7 +220,7 @@ def _kernel_calls(kernels_and_args, name, cell, nonlinearity):
 
 def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None,
                      b_hh=None, lengths=None, reverse=False, training=False, cache=None,
-                     precision=None, w_ph=None, w_hr=None):
+                     precision=None, w_ph=None, w_hr=None, ln=None, eps=1e-5):
     """(kernel module, the kernel's arguments, has_bias) of one checked forward call. ``cache``:
     a fusedrnn._C.WeightCache keeping the packed weights between calls (CPU; the layers' own).
     ``precision``: "float32", "bfloat16" or None (fusedrnn.autocast decides). ``w_ph``: an
@@ -228,9 +232,21 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    # The two-phase steps (the reset-before GRU, the projection) have float32 products only
-    # (under autocast too).
-    bf16 = bfloat16_products(x.dtype, precision) and cell != "gru_reset_before" and w_hr is None
+    # The two-phase steps (the reset-before GRU, the projection) and the LayerNorm-LSTM have
+    # float32 products only (under autocast too).
+    bf16 = (bfloat16_products(x.dtype, precision) and cell in BF16_CELLS and w_hr is None)
+    if cell == "layernorm_lstm":
+        xp = _backend(x)[0]
+        H = c0.shape[1]
+        if ln is None:  # gains one, the cell norm's bias zero
+            ln = xp.concatenate([xp.ones(9 * H, x.dtype), xp.zeros(H, x.dtype)])
+        ln = _check(ln, "ln", (10 * H,), x.dtype, xp=xp)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"eps: expected a positive number, got {eps!r}")
+        return kernels, args + (cache, None, None, None, ln, float(eps)), has_bias
+    if ln is not None:
+        raise ValueError(f"ln: layer-norm parameters belong to the LayerNorm-LSTM, got them for "
+                         f"{cell.upper()}")
     if w_ph is not None or w_hr is not None:
         if w_ph is not None and cell != "lstm":
             raise ValueError(f"w_ph: peepholes belong to an LSTM, got them for {cell.upper()}")
@@ -242,6 +258,9 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     if bf16:
         return kernels, args + (cache, "bfloat16"), has_bias
     return kernels, args + ((cache,) if cache is not None else ()), has_bias
+
+
+BF16_CELLS = ("rnn", "gru", "lstm")  # the kernels' cells with bfloat16 products
 
 
 def bfloat16_products(dtype, precision=None):
@@ -273,9 +292,10 @@ def _empty_forward(cell, args):
     dtype = x.dtype
     y = xp.zeros((T, N, S), dtype)
     h_n = h0.copy()
-    c_n = c0.copy() if cell == "lstm" else None
+    c_n = c0.copy() if cell in CELL_STATE else None
     gates = xp.zeros((T, N, GH), dtype)
-    extra = xp.zeros((0 if cell == "rnn" else T, N, H), dtype)  # the RNN keeps no extra
+    E = 10 * H + 3 if cell == "layernorm_lstm" else H  # (cells/layernorm_lstm_cell.h)
+    extra = xp.zeros((0 if cell == "rnn" else T, N, E), dtype)  # the RNN keeps no extra
     h_prev = xp.zeros((T, N, S), dtype)
     return y, h_n, c_n, gates, extra, h_prev
 
@@ -287,12 +307,10 @@ def _empty_backward(cell, args):
     dh_n, dc_n = args[9:11]
     xp = _backend(x)[0]
     GH = w_hh.shape[0]
-    w_ph = args[12] if len(args) > 12 else None
-    w_hr = args[13] if len(args) > 13 else None
-    extras = () if w_ph is None else (xp.zeros(w_ph.shape, x.dtype),)
-    extras += () if w_hr is None else (xp.zeros(w_hr.shape, x.dtype),)
+    w_ph, w_hr, ln = (args[i] if len(args) > i else None for i in (12, 13, 14))
+    extras = tuple(xp.zeros(a.shape, x.dtype) for a in (w_ph, w_hr, ln) if a is not None)
     return (xp.zeros(x.shape, x.dtype), dh_n.copy(),
-            dc_n.copy() if cell == "lstm" else None,
+            dc_n.copy() if cell in CELL_STATE else None,
             xp.zeros(w_ih.shape, x.dtype), xp.zeros(w_hh.shape, x.dtype),
             xp.zeros(GH, x.dtype), xp.zeros(GH, x.dtype)) + extras
 
@@ -322,7 +340,8 @@ def _forward_result(cell, nonlinearity, args, has_bias, outputs):
         ctx = RecurrentContext(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths,
                                gates, extra, h_prev, has_bias, precision=precision,
                                w_ph=args[12] if len(args) > 12 else None,
-                               w_hr=args[13] if len(args) > 13 else None)
+                               w_hr=args[13] if len(args) > 13 else None,
+                               ln=args[14] if len(args) > 14 else None)
     return y, h_n, c_n, ctx
 
 
@@ -400,13 +419,15 @@ def _backward_many(cell, calls):
         dy = xp.zeros((T, N, S), dtype) if dy is None else _check(dy, "dy", (T, N, S), dtype, xp=xp)
         dh_n = (xp.zeros((N, S), dtype) if dh_n is None
                 else _check(dh_n, "dh_n", (N, S), dtype, xp=xp))
-        if cell == "lstm":
+        if cell in CELL_STATE:
             dc_n = (xp.zeros((N, H), dtype) if dc_n is None
                     else _check(dc_n, "dc_n", (N, H), dtype, xp=xp))
         args = (ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse, ctx.gates, ctx.extra,
                 ctx.h_prev, dy, dh_n, dc_n)
         # the backward's products in the forward's precision (fusedrnn.amp)
-        if ctx.w_hr is not None:
+        if ctx.ln is not None:
+            args += (None, None, None, ctx.ln)
+        elif ctx.w_hr is not None:
             args += (ctx.precision, ctx.w_ph, ctx.w_hr)
         elif ctx.w_ph is not None:
             args += (ctx.precision, ctx.w_ph)
@@ -422,7 +443,7 @@ def _backward_many(cell, calls):
     for (_, _, ctx), (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *more) in zip(prepared, outputs):
         if not ctx.has_bias:
             db_ih = db_hh = None
-        results.append((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *more))  # [dw_ph][, dw_hr]
+        results.append((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *more))  # [dw_ph][, dw_hr][, dln]
     return results
 
 
@@ -447,6 +468,26 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
     """BPTT for :func:`lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``,
     then ``dw_ph`` where the forward had peepholes and ``dw_hr`` where it had a projection."""
     return _backward("lstm", ctx, dy, dh_n, dc_n)
+
+
+def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None, *, eps=1e-5,
+                           lengths=None, reverse=False, training=False):
+    """LayerNorm-LSTM over a sequence (haste's LayerNormLSTM in PyTorch's gate order): layer norm
+    on the input and the recurrent pre-activations and on the cell state, fused in the step:
+        a  = g_ih * LN(W_ih x) + b_ih + g_hh * LN(W_hh h) + b_hh
+        c' = f * c + i * g          h' = o * tanh(g_c * LN(c') + b_c)
+    ``ln`` [10H]: g_ih [4H], g_hh [4H], g_c [H], b_c [H] (None: gains one, b_c zero); ``eps``
+    inside the norms' square roots. Returns ``(y, h_n, c_n, ctx)``. CPU; float32 products
+    under autocast too."""
+    return _forward_many("layernorm_lstm", [dict(
+        x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, lengths=lengths,
+        reverse=reverse, training=training, ln=ln, eps=eps)])[0]
+
+
+def layernorm_lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+    """BPTT for :func:`layernorm_lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih,
+    db_hh, dln)``, dln [10H] in ln's order."""
+    return _backward("layernorm_lstm", ctx, dy, dh_n, dc_n)
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,

@@ -1,6 +1,6 @@
 """Layers with PyTorch's names and shapes on NumPy arrays. This file only re-exports."""
 from .module import Module, Parameter
-from .recurrent import RNNBase, RNN, LSTM, GRU
+from .recurrent import RNNBase, RNN, LSTM, GRU, LayerNormLSTM
 from .layers import Linear, Embedding, Dropout, Sequential, Identity
 from .cells import RNNCellBase, RNNCell, LSTMCell, GRUCell
 from .loss import CrossEntropyLoss, MSELoss, log_softmax, softmax
@@ -14,6 +14,7 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "LayerNormLSTM",
     "Linear",
     "Embedding",
     "Dropout",

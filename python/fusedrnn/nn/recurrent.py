@@ -81,6 +81,7 @@ class RNNBase(Module):
     """What RNN, LSTM and GRU share: parameters, the layer/direction loop, dropout, BPTT."""
 
     _cell = None  # "rnn", "lstm" or "gru"
+    _layer_norm = False  # the LayerNorm-LSTM (an LSTM whose kernels are "layernorm_lstm")
 
     _supports_cuda = True
 
@@ -119,9 +120,14 @@ class RNNBase(Module):
         if proj_size and device == "cuda":
             raise ValueError("proj_size: the LSTM projection has no CUDA kernels yet (CPU only), "
                              "got device='cuda'")
+        if self._layer_norm and device == "cuda":
+            raise ValueError("device: the LayerNorm-LSTM has no CUDA kernels yet (CPU only), got "
+                             "device='cuda'")
         self.proj_size = int(proj_size)
-        # the kernels' cell: the GRU's reset-before form is a cell of its own there
-        self._kernel_cell = self._cell if self.reset_after else F.gru_kernel(False)
+        # the kernels' cell: the GRU's reset-before form and the LayerNorm-LSTM are cells of
+        # their own there
+        self._kernel_cell = ("layernorm_lstm" if self._layer_norm
+                             else self._cell if self.reset_after else F.gru_kernel(False))
         self.dtype = check_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         self._saved = None
@@ -134,6 +140,7 @@ class RNNBase(Module):
         self._param_names = []  # per (layer, direction): (w_ih, w_hh, b_ih, b_hh) names
         self._peephole_names = []  # per (layer, direction): the LSTM's peepholes, or None
         self._projection_names = []  # per (layer, direction): the LSTM's projection, or None
+        self._layer_norm_names = []  # per (layer, direction): the LayerNorm-LSTM's, or None
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else D * S
             for direction in range(D):
@@ -151,6 +158,13 @@ class RNNBase(Module):
                 for name, shape in shapes + more:
                     data = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
                     setattr(self, name, Parameter(data))
+                norms = None
+                if self._layer_norm:  # its norms' gains (ones) and the cell norm's bias (zeros)
+                    norms = tuple(f"ln_{kind}_l{layer}{suffix}" for kind in
+                                  ("weight_ih", "weight_hh", "weight_c", "bias_c"))
+                    for name, size, value in zip(norms, (G * H, G * H, H, H), (1, 1, 1, 0)):
+                        setattr(self, name, Parameter(np.full(size, value, self.dtype)))
+                self._layer_norm_names.append(norms)
                 names = [n for n, _ in shapes]
                 self._param_names.append(tuple(names) + ((None, None) if not self.bias else ()))
                 self._peephole_names.append(peephole_name)
@@ -205,6 +219,19 @@ class RNNBase(Module):
         """The LSTM's peephole Parameter of a layer direction, or None."""
         name = self._peephole_names[layer * self.num_directions + direction]
         return None if name is None else self._parameters[name]
+
+    def _layer_norm_params(self, layer, direction):
+        """The LayerNorm-LSTM's norm Parameters of a layer direction (gains ih, hh, c; bias c),
+        or None."""
+        names = self._layer_norm_names[layer * self.num_directions + direction]
+        return None if names is None else [self._parameters[n] for n in names]
+
+    def _layer_norm_args(self, layer, direction):
+        """The kernel's keyword arguments for the LayerNorm-LSTM's norms ({} for another cell)."""
+        params = self._layer_norm_params(layer, direction)
+        if params is None:
+            return {}
+        return dict(ln=self._xp.concatenate([p.data for p in params]), eps=self.eps)
 
     def _projection(self, layer, direction):
         """The LSTM's projection Parameter (weight_hr) of a layer direction, or None."""
@@ -325,7 +352,8 @@ class RNNBase(Module):
                         b_ih=b_ih, b_hh=b_hh, lengths=lengths, reverse=direction == 1,
                         training=training, cache=cache,
                         w_ph=None if w_ph is None else w_ph.data,
-                        w_hr=None if w_hr is None else w_hr.data)
+                        w_hr=None if w_hr is None else w_hr.data,
+                        **self._layer_norm_args(layer, direction))
 
         def keep(k, h, c):
             h_n[k] = h
@@ -403,13 +431,15 @@ class RNNBase(Module):
             return None
         precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
         w_ph, w_hr = self._peepholes(0, 0), self._projection(0, 0)
-        if w_hr is not None:
-            precision = None  # (the projection's step has float32 products only)
+        norms = self._layer_norm_args(0, 0)
+        if w_hr is not None or norms:
+            precision = None  # (float32 products only)
         y, h_n, c_n = _C.recurrent_forward(self._kernel_cell, self.nonlinearity, x, h0,
                                            c0 if lstm else None, *w, None, False, False,
                                            cache, precision,
                                            None if w_ph is None else w_ph.data,
-                                           None if w_hr is None else w_hr.data)[:3]
+                                           None if w_hr is None else w_hr.data,
+                                           norms.get("ln"), norms.get("eps", 1e-5))[:3]
         self._saved = None
         return (y, (h_n[None], c_n[None])) if lstm else (y, h_n[None])
 
@@ -472,6 +502,11 @@ class RNNBase(Module):
             grads = F._backward_many(self._kernel_cell, calls)
             for direction, (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, *more) in enumerate(grads):
                 k = layer * D + direction
+                if self._layer_norm:  # dln [10H]: the norms' parameters in order
+                    dln, offset = more.pop(), 0
+                    for param in self._layer_norm_params(layer, direction):
+                        param.accumulate_grad(dln[offset:offset + param.data.size])
+                        offset += param.data.size
                 if self.proj_size:  # [dw_ph,] dw_hr
                     self._projection(layer, direction).accumulate_grad(more.pop())
                 if more:
@@ -754,3 +789,45 @@ reset_after=False and ONNX's GRU with linear_before_reset=0 (CPU only).""",
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed, device=device,
                          reset_after=reset_after)
+
+
+class LayerNormLSTM(LSTM):
+    """A multi-layer LayerNorm-LSTM (haste's LayerNormLSTM, in PyTorch's gate order): layer
+    normalization of the input and the recurrent pre-activations and of the cell state, fused
+    into the kernels' step (the norms' statistics are computed inside it, not as passes of
+    their own)::
+
+        a_t = g_ih * LN(W_ih x_t) + b_ih + g_hh * LN(W_hh h_{t-1}) + b_hh     (i, f, g, o)
+        c_t = f_t * c_{t-1} + i_t * g_t
+        h_t = o_t * tanh(g_c * LN(c_t) + b_c)
+
+    LN(v) = (v - mean(v)) / sqrt(var(v) + eps) over the 4H pre-activations of a sample (H for
+    c_t); the biases come after the norms. c_t carries the un-normalized cell state.
+
+    Arguments, inputs, outputs and backward as :class:`LSTM`'s (no ``proj_size``, no
+    ``peephole``), plus ``eps`` (keyword-only, default 1e-5). Parameters per layer k (and
+    ``_reverse``): LSTM's four, then ``ln_weight_ih_l{k}`` [4H], ``ln_weight_hh_l{k}`` [4H],
+    ``ln_weight_c_l{k}`` [H] (gains, ones at first) and ``ln_bias_c_l{k}`` [H] (zeros). CPU; its
+    products stay float32 under autocast.
+
+    >>> import numpy as np, fusedrnn as fr
+    >>> rnn = fr.nn.LayerNormLSTM(10, 20, num_layers=2, seed=0)
+    >>> out, (h_n, c_n) = rnn(np.ones((5, 3, 10), np.float32))
+    >>> out.shape, rnn.ln_weight_ih_l1.shape
+    ((5, 3, 20), (80,))
+    """
+
+    _layer_norm = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, eps=1e-5, dtype=np.float32, seed=None,
+                 device="cpu"):
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"eps: expected a positive number, got {eps!r}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype=dtype, seed=seed, device=device)
+        self.eps = float(eps)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.eps == 1e-5 else s + f", eps={self.eps}"
