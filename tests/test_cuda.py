@@ -582,10 +582,22 @@ def test_bf16_workspaces_and_refusals_without_a_gpu():
         assert ext.backward_workspace_size(cell, "tanh", T, N, I, H, True) >= \
             bwd + (T * N * G * H + G * H * I + G * H * H + T * N * I + T * N * H) // 2
     with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
-        ext.recurrent_forward("lstm", "tanh", "float64", T, N, I, H, (0,) * 16, False, -1, 0,
+        ext.recurrent_forward("lstm", "tanh", "float64", T, N, I, H, (0,) * 17, False, -1, 0,
                               False, 0, True)
     with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
         ext.persistent_backward_fits("gru", "tanh", "float64", T, N, I, H, True)
+
+
+def test_projection_workspace_and_refusals_without_a_gpu():
+    """The LSTM projection's backward room (dh and m of every step, two [N, H] rows) is sized
+    on the host; a projection of another cell, or P >= H, is refused by name."""
+    ext = pytest.importorskip("fusedrnn._C_cuda", reason="built without the CUDA backend")
+    T, N, I, H, P = 10, 4, 8, 32, 8
+    assert ext.backward_workspace_size("lstm", "tanh", T, N, I, H, False, P) >= \
+        ext.backward_workspace_size("lstm", "tanh", T, N, I, H) + T * N * (P + H) + 2 * N * H
+    for cell, bad_p in (("gru", P), ("lstm", H), ("lstm", -1)):
+        with pytest.raises(ValueError, match="P: expected 0, or 0 < P < H"):
+            ext.forward_workspace_size(cell, "tanh", T, N, I, H, True, False, bad_p)
 
 
 def _bf16_checks(ours, expected, fp32, what):
@@ -725,3 +737,39 @@ def test_cuda_reset_before_gru_matches_reference(shape, reverse, dtype_name, rng
     expected, _ = layer(x)
     got, _ = layer.to("cuda")(cp.asarray(x))
     assert relative_error(to_numpy(got), expected) <= TOLERANCES["kernel_vs_reference"][dtype]
+
+
+@gpu
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
+def test_cuda_lstm_projection_matches_reference(peephole, reverse, dtype_name, rng, cp):
+    """torch's proj_size (w_hr [P, H], h P wide), stepwise: forward and every gradient, dw_hr
+    included, with lengths; the persistent algorithm refuses it by name."""
+    dtype = DTYPES[dtype_name]
+    T, N, I, H, P = 9, 6, 33, 97, 20
+    p = make_problem(rng, "lstm", (T, N, I, H), dtype, lengths="mixed")
+    p.update(w_hh=rng.uniform(-0.3, 0.3, (4 * H, P)).astype(dtype),
+             h0=rng.standard_normal((N, P)).astype(dtype),
+             dy=rng.standard_normal((T, N, P)).astype(dtype),
+             dh_n=rng.standard_normal((N, P)).astype(dtype))
+    w_hr = rng.uniform(-0.3, 0.3, (P, H)).astype(dtype)
+    w_ph = rng.uniform(-0.5, 0.5, 3 * H).astype(dtype) if peephole else None
+
+    def run_proj(module, to_device=None):
+        c = (lambda a: a) if to_device is None else (lambda a: None if a is None else to_device(a))
+        y, h_n, c_n, ctx = module.lstm_forward(
+            c(p["x"]), c(p["h0"]), c(p["c0"]), c(p["w_ih"]), c(p["w_hh"]), c(p["b_ih"]),
+            c(p["b_hh"]), lengths=p["lengths"], reverse=reverse, training=True, w_ph=c(w_ph),
+            w_hr=c(w_hr))
+        grads = module.lstm_backward(ctx, c(p["dy"]), c(p["dh_n"]), c(p["dc_n"]))
+        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh") + \
+            (("dw_ph",) if peephole else ()) + ("dw_hr",)
+        out = dict(zip(names, grads), y=y, h_n=h_n, c_n=c_n)
+        return {k: to_numpy(v) if to_device is not None else v for k, v in out.items()}
+
+    ours = run_proj(functional, cp.asarray)
+    assert_errors_below(ours, run_proj(reference), TOLERANCES["kernel_vs_reference"][dtype])
+    with fcuda.options(algorithm="persistent"), \
+            pytest.raises(RuntimeError, match="LSTM projection have no persistent kernel"):
+        run_proj(functional, cp.asarray)

@@ -17,10 +17,13 @@ namespace {
 
 
 
-SeqShape make_shape(CellKind cell, int64_t T, int64_t N, int64_t I, int64_t H) {
+// P: an LSTM's projection size (0: none; else 0 < P < H).
+SeqShape make_shape(CellKind cell, int64_t T, int64_t N, int64_t I, int64_t H, int64_t P = 0) {
   if (T < 0 || N < 0 || I < 0 || H < 1)
     throw py::value_error("shape: expected T, N, I >= 0 and H >= 1");
-  return SeqShape{T, N, I, H, gate_count(cell)};
+  if (P != 0 && (cell != CellKind::kLstm || P < 0 || P >= H))
+    throw py::value_error("P: expected 0, or 0 < P < H for an LSTM's projection");
+  return SeqShape{T, N, I, H, gate_count(cell), P};
 }
 
 cuda::Options make_options(int device, std::uintptr_t stream, bool allow_tf32, int algorithm,
@@ -41,7 +44,7 @@ T* ptr(std::uintptr_t address) { return reinterpret_cast<T*>(address); }
 
 // Pointer arguments, in order, as addresses (0 for null):
 //   x h0 c0 w_ih w_hh b_ih b_hh lengths(int64, device) y h_n c_n gates extra h_prev workspace
-//   w_ph (LSTM peepholes [3H])
+//   w_ph (LSTM peepholes [3H]) w_hr (LSTM projection [P, H])
 template <typename T>
 void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bool reverse,
                    const cuda::Options& options) {
@@ -64,12 +67,13 @@ void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, boo
   a.h_prev = ptr<T>(p[13].cast<std::uintptr_t>());
   T* workspace = ptr<T>(p[14].cast<std::uintptr_t>());
   a.w_ph = ptr<const T>(p[15].cast<std::uintptr_t>());
+  a.w_hr = ptr<const T>(p[16].cast<std::uintptr_t>());
   py::gil_scoped_release release;
   cuda::recurrent_forward<T>(cell, a, workspace, options);
 }
 
 // Pointer arguments, in order: x w_ih w_hh lengths gates extra h_prev dy dh_n dc_n
-//   dx dh0 dc0 dw_ih dw_hh db_ih db_hh workspace w_ph dw_ph
+//   dx dh0 dc0 dw_ih dw_hh db_ih db_hh workspace w_ph dw_ph w_hr dw_hr
 template <typename T>
 void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bool reverse,
                     const cuda::Options& options) {
@@ -96,6 +100,8 @@ void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bo
   T* workspace = ptr<T>(p[17].cast<std::uintptr_t>());
   a.w_ph = ptr<const T>(p[18].cast<std::uintptr_t>());
   a.dw_ph = ptr<T>(p[19].cast<std::uintptr_t>());
+  a.w_hr = ptr<const T>(p[20].cast<std::uintptr_t>());
+  a.dw_hr = ptr<T>(p[21].cast<std::uintptr_t>());
   py::gil_scoped_release release;
   cuda::recurrent_backward<T>(cell, a, workspace, options);
 }
@@ -126,32 +132,34 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def(
       "forward_workspace_size",
       [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
-         int64_t I, int64_t H, bool training, bool bf16) {
+         int64_t I, int64_t H, bool training, bool bf16, int64_t P) {
         const CellKind kind = parse_cell(cell, nonlinearity);
-        return cuda::forward_workspace_elems(kind, make_shape(kind, T, N, I, H), training, bf16);
+        return cuda::forward_workspace_elems(kind, make_shape(kind, T, N, I, H, P), training,
+                                             bf16);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"), py::arg("I"),
-      py::arg("H"), py::arg("training"), py::arg("bf16") = false,
+      py::arg("H"), py::arg("training"), py::arg("bf16") = false, py::arg("P") = 0,
       "Forward workspace in elements of the dtype (float32 with bf16).");
   m.def(
       "backward_workspace_size",
       [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
-         int64_t I, int64_t H, bool bf16) {
+         int64_t I, int64_t H, bool bf16, int64_t P) {
         const CellKind kind = parse_cell(cell, nonlinearity);
-        return cuda::backward_workspace_elems(kind, make_shape(kind, T, N, I, H), bf16);
+        return cuda::backward_workspace_elems(kind, make_shape(kind, T, N, I, H, P), bf16);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"), py::arg("I"),
-      py::arg("H"), py::arg("bf16") = false,
+      py::arg("H"), py::arg("bf16") = false, py::arg("P") = 0,
       "Backward workspace in elements of the dtype (float32 with bf16).");
   m.def(
       "recurrent_forward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
          int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
-         int device, std::uintptr_t stream, bool allow_tf32, int algorithm, bool bf16) {
+         int device, std::uintptr_t stream, bool allow_tf32, int algorithm, bool bf16,
+         int64_t P) {
         const CellKind kind = parse_cell(cell, nonlinearity);
-        const SeqShape shape = make_shape(kind, T, N, I, H);
+        const SeqShape shape = make_shape(kind, T, N, I, H, P);
         const cuda::Options options = make_options(device, stream, allow_tf32, algorithm, bf16);
-        check_pointer_count(pointers, 16, "pointers");
+        check_pointer_count(pointers, 17, "pointers");
         if (is_double(dtype, bf16))
           forward_typed<double>(kind, shape, pointers, reverse, options);
         else
@@ -160,16 +168,17 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
       py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"), py::arg("bf16") = false,
-      "One layer, one direction, on device pointers (see fusedrnn.cuda).");
+      py::arg("P") = 0, "One layer, one direction, on device pointers (see fusedrnn.cuda).");
   m.def(
       "recurrent_backward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
          int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
-         int device, std::uintptr_t stream, bool allow_tf32, int algorithm, bool bf16) {
+         int device, std::uintptr_t stream, bool allow_tf32, int algorithm, bool bf16,
+         int64_t P) {
         const CellKind kind = parse_cell(cell, nonlinearity);
-        const SeqShape shape = make_shape(kind, T, N, I, H);
+        const SeqShape shape = make_shape(kind, T, N, I, H, P);
         const cuda::Options options = make_options(device, stream, allow_tf32, algorithm, bf16);
-        check_pointer_count(pointers, 20, "pointers");
+        check_pointer_count(pointers, 22, "pointers");
         if (is_double(dtype, bf16))
           backward_typed<double>(kind, shape, pointers, reverse, options);
         else
@@ -178,7 +187,7 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
       py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"), py::arg("bf16") = false,
-      "BPTT of recurrent_forward on device pointers (see fusedrnn.cuda).");
+      py::arg("P") = 0, "BPTT of recurrent_forward on device pointers (see fusedrnn.cuda).");
   m.def(
       "persistent_forward_fits",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,

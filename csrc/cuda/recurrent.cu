@@ -243,9 +243,9 @@ struct StepForward {
   T* gates;         // [T, N, GH] in: x W_ih^T (no bias); out (training): activated gates
   T* h;             // [N, H] running state (h_n), updated in place
   T* c;             // [N, H] running cell state (c_n) or null
-  T* y;             // [T, N, H]
+  T* y;             // [T, N, H], or null (a projection's step: h is m, projected after)
   T* extra;         // [T, N, H] (training, LSTM/GRU) or null
-  T* h_prev;        // [T, N, H] (training) or null
+  T* h_prev;        // [T, N, H] (training) or null (as y)
   bf16* h_bf16;     // [N, H] h rounded for the next step's product (bfloat16 products) or null
   const T* w_ph;    // [3H] LSTM peepholes or null
 };
@@ -272,9 +272,9 @@ __global__ void forward_step_kernel(StepForward<T> p, int64_t t) {
     const int64_t n = idx / H, j = idx - n * H;
     const int64_t row = t * N + n;
     T h = p.h[idx];
-    if (kTraining) p.h_prev[row * H + j] = h;
+    if (kTraining && p.h_prev) p.h_prev[row * H + j] = h;
     if (p.lengths && t >= p.lengths[n]) {  // past its length: state passes through, y = 0
-      p.y[row * H + j] = T(0);
+      if (p.y) p.y[row * H + j] = T(0);
       continue;
     }
     T gx[G], gh[G], act[G], extra = T(0);
@@ -290,7 +290,7 @@ __global__ void forward_step_kernel(StepForward<T> p, int64_t t) {
     p.h[idx] = h;
     if (p.h_bf16) p.h_bf16[idx] = __float2bfloat16_rn(static_cast<float>(h));
     if (Cell::kHasCellState) p.c[idx] = c;
-    p.y[row * H + j] = h;
+    if (p.y) p.y[row * H + j] = h;
     if (kTraining) {
 #pragma unroll
       for (int k = 0; k < G; ++k) p.gates[row * GH + k * H + j] = act[k];
@@ -341,7 +341,7 @@ struct StepBackward {
   const T* gates;   // [T, N, GH]
   const T* extra;   // [T, N, H] or null
   const T* h_prev;  // [T, N, H]
-  const T* dy;      // [T, N, H]
+  const T* dy;      // [T, N, H], or null (zero: a projection's step gets its dh whole)
   const T* dh;      // [N, H] gradient reaching the state leaving step t
   T* dc;            // [N, H] (LSTM): in, reaching c_t; out, reaching c_{t-1}
   T* dh_next;       // [N, H] out: the part of dh_{t-1} that bypasses W_hh
@@ -376,8 +376,8 @@ __global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
     T extra = Cell::kUsesExtra ? p.extra[row * H + j] : T(0);
     T dc = Cell::kHasCellState ? p.dc[idx] : T(0);
     T dh_direct = T(0), ph[3];
-    Cell::backward(act, &extra, p.h_prev[row * H + j], int64_t(1), int64_t(0),
-                   dh + p.dy[row * H + j], dc, dgx, dgh, dh_direct,
+    Cell::backward(act, &extra, p.h_prev ? p.h_prev[row * H + j] : T(0), int64_t(1),
+                   int64_t(0), p.dy ? dh + p.dy[row * H + j] : dh, dc, dgx, dgh, dh_direct,
                    unit_peepholes(p.w_ph, H, j, ph));
 #pragma unroll
     for (int k = 0; k < G; ++k) {
@@ -416,6 +416,55 @@ __global__ void peephole_grads_kernel(int64_t T_, int64_t N, int64_t H, const in
     dw_ph[j] = di;
     dw_ph[H + j] = df;
     dw_ph[2 * H + j] = d_o;
+  }
+}
+
+// The LSTM with projections (shapes.h's P), one thread per (n, p): the state entering step t
+// (kept as h_prev when training), then h = h_new (W_hr m) and y, or the state kept and y = 0
+// past a sample's length.
+template <typename T>
+__global__ void projection_step_kernel(int64_t N, int64_t P, const int64_t* lengths, int64_t t,
+                                       const T* h_new, T* h, T* y, T* h_prev) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < N * P;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / P;
+    if (h_prev) h_prev[idx] = h[idx];
+    if (lengths && t >= lengths[n]) {
+      y[idx] = T(0);
+    } else {
+      h[idx] = h_new[idx];
+      y[idx] = h_new[idx];
+    }
+  }
+}
+
+// ... its backward's first part, one thread per (n, p): the gradient reaching h_t (dh + dy),
+// kept for dW_hr and for dm = dh W_hr; dh_next = 0 (h reaches h_prev through W_hh only), or the
+// gradient passed on past a sample's length (and nothing kept).
+template <typename T>
+__global__ void projection_grad_kernel(int64_t N, int64_t P, const int64_t* lengths, int64_t t,
+                                       const T* dh, const T* dy, T* dh_total, T* dh_next) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < N * P;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / P;
+    const bool active = !lengths || t < lengths[n];
+    dh_total[idx] = active ? dh[idx] + dy[idx] : T(0);
+    dh_next[idx] = active ? T(0) : dh[idx];
+  }
+}
+
+// m = o * tanh(f c + i g) of every step's rows from the saved gates and c (0 past a sample's
+// length), one thread per (row, j): dW_hr's right operand.
+template <typename T>
+__global__ void projection_input_kernel(int64_t T_, int64_t N, int64_t H, const int64_t* lengths,
+                                        const T* gates, const T* c_prev, T* m) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < T_ * N * H;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = idx / H, j = idx - row * H, n = row % N, t = row / N;
+    const T* g = gates + row * 4 * H;
+    m[idx] = lengths && t >= lengths[n]
+                 ? T(0)
+                 : g[3 * H + j] * tanh_(g[H + j] * c_prev[idx] + g[j] * g[2 * H + j]);
   }
 }
 
@@ -1085,8 +1134,9 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
   const SeqShape s = a.shape;
   const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N;
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(o.stream);
-  if (N * H > 0) {
-    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.h_n, a.h0, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+  if (N * H > 0) {  // (h is P wide with a projection)
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.h_n, a.h0, N * s.state() * sizeof(T),
+                                        cudaMemcpyDeviceToDevice, stream));
     if (Cell::kHasCellState)
       FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.c_n, a.c0, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
   }
@@ -1111,9 +1161,41 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     gemm(blas, stream, false, true, TN, GH, s.I, T(1), a.x, s.I, a.w_ih, s.I, T(0), a.gates, GH);
   }
 
-  if (Cell::kResetBefore && o.algorithm == Algorithm::kPersistent)
-    throw std::runtime_error("fusedrnn CUDA: the reset-before GRU has no persistent kernel; use "
-                             "the stepwise algorithm");
+  if ((Cell::kResetBefore || s.P > 0) && o.algorithm == Algorithm::kPersistent)
+    throw std::runtime_error("fusedrnn CUDA: the reset-before GRU and the LSTM projection have "
+                             "no persistent kernel; use the stepwise algorithm");
+  if (Cell::kHasCellState && s.P > 0) {
+    // The projection (stepwise): per step gh = h W_hh^T (h P wide), the cell's kernel writes
+    // m = o * tanh(c) (H wide) into the exchange room, h_new = m W_hr^T, then the state, y and
+    // h_prev (projection_step_kernel).
+    const int64_t PS = s.P;  // (P names the products' operand type here)
+    T* m = workspace + N * GH;  // [N, H] (h_exchange's room: 2 N H)
+    T* h_new = m + N * H;       // [N, PS], PS < H
+    StepForward<T> p{};
+    p.N = N;
+    p.H = H;
+    p.gh = gh;
+    p.b_ih = a.b_ih;
+    p.b_hh = a.b_hh;
+    p.lengths = a.lengths;
+    p.gates = a.gates;
+    p.h = m;
+    p.c = a.c_n;
+    p.extra = a.extra;
+    p.w_ph = a.w_ph;
+    for (int64_t step = 0; step < s.T; ++step) {
+      const int64_t t = a.reverse ? s.T - 1 - step : step;
+      gemm(blas, stream, false, true, N, GH, PS, T(1), a.h_n, PS, a.w_hh, PS, T(0), gh, GH);
+      forward_step_kernel<T, Cell, kTraining><<<blocks_for(N * H), kThreads, 0, stream>>>(p, t);
+      FUSEDRNN_LAUNCH_CHECK("forward_step_kernel");
+      gemm(blas, stream, false, true, N, PS, H, T(1), m, H, a.w_hr, H, T(0), h_new, PS);
+      projection_step_kernel<T><<<blocks_for(N * PS), kThreads, 0, stream>>>(
+          N, PS, a.lengths, t, h_new, a.h_n, a.y + t * N * PS,
+          kTraining ? a.h_prev + t * N * PS : nullptr);
+      FUSEDRNN_LAUNCH_CHECK("projection_step_kernel");
+    }
+    return;
+  }
   PersistentPlan plan;
   if constexpr (!Cell::kResetBefore) {  // (its two-phase step runs stepwise)
   if (o.algorithm == Algorithm::kPersistent ||
@@ -1205,10 +1287,78 @@ inline int64_t backward_flag_offset(bool split, const SeqShape& s) {
   return (split ? 2 : 1) * TN * s.GH() + s.N * s.H + (TN > 0 ? TN : 1);
 }
 
+// The projection's backward room after the flagged words: dh_total [T, N, P], m [T, N, H],
+// dm and the cell's direct part [N, H] each.
+inline int64_t projection_elems(const SeqShape& s) {
+  return s.P > 0 ? s.T * s.N * (s.P + s.H) + 2 * s.N * s.H : 0;
+}
+
 // ... and its whole float32 part: the flagged words (4 float32 elements per value, 4 more for
-// the alignment) included.
+// the alignment) and the projection's room included.
 inline int64_t backward_float_elems(bool split, const SeqShape& s) {
-  return backward_flag_offset(split, s) + 4 * s.N * s.GH() + 4;
+  return backward_flag_offset(split, s) + 4 * s.N * s.GH() + 4 + projection_elems(s);
+}
+
+// The LSTM with projections, stepwise: per step (reverse) the gradient reaching h_t
+// (projection_grad_kernel), dm = dh W_hr, the cell's step back on dm, dh_{t-1} += dgates W_hh;
+// after the loop dx, dW_ih, dW_hh (K = P), dW_hr = dh^T m (m recomputed from the saved gates
+// and c) and the bias sums.
+template <typename T, typename Cell>
+void projected_backward(const BackwardArgs<T>& a, T* workspace, cudaStream_t stream,
+                        cublasHandle_t blas, T* dgx, T* dh_other, T* ones) {
+  const SeqShape s = a.shape;
+  const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N, I = s.I, P = s.P;
+  T* dh_steps = workspace + backward_flag_offset(false, s) + 4 * N * GH + 4;  // [T, N, P]
+  T* m = dh_steps + TN * P;  // [T, N, H]
+  T* dm = m + TN * H;        // [N, H]
+  T* direct = dm + N * H;    // [N, H]
+  T* dh = a.dh0;
+  T* dh_next = dh_other;     // [N, P] in [N, H]'s room
+  StepBackward<T> p{};
+  p.N = N;
+  p.H = H;
+  p.lengths = a.lengths;
+  p.gates = a.gates;
+  p.extra = a.extra;
+  p.dh = dm;
+  p.dc = a.dc0;
+  p.dgx = dgx;
+  p.dh_next = direct;
+  p.w_ph = a.w_ph;
+  for (int64_t step = s.T - 1; step >= 0; --step) {
+    const int64_t t = a.reverse ? s.T - 1 - step : step;
+    projection_grad_kernel<T><<<blocks_for(N * P), kThreads, 0, stream>>>(
+        N, P, a.lengths, t, dh, a.dy + t * N * P, dh_steps + t * N * P, dh_next);
+    FUSEDRNN_LAUNCH_CHECK("projection_grad_kernel");
+    gemm(blas, stream, false, false, N, H, P, T(1), dh_steps + t * N * P, P, a.w_hr, H, T(0),
+         dm, H);
+    backward_step_kernel<T, Cell><<<blocks_for(N * H), kThreads, 0, stream>>>(p, t);
+    FUSEDRNN_LAUNCH_CHECK("backward_step_kernel");
+    gemm(blas, stream, false, false, N, P, GH, T(1), dgx + t * N * GH, GH, a.w_hh, P, T(1),
+         dh_next, P);
+    std::swap(dh, dh_next);
+  }
+  if (dh != a.dh0)
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, dh, N * P * sizeof(T), cudaMemcpyDeviceToDevice,
+                                        stream));
+  gemm(blas, stream, false, false, TN, I, GH, T(1), dgx, GH, a.w_ih, I, T(0), a.dx, I);
+  gemm(blas, stream, true, false, GH, I, TN, T(1), dgx, GH, a.x, I, T(0), a.dw_ih, I);
+  gemm(blas, stream, true, false, GH, P, TN, T(1), dgx, GH, a.h_prev, P, T(0), a.dw_hh, P);
+  if (TN > 0) {
+    projection_input_kernel<T><<<blocks_for(TN * H), kThreads, 0, stream>>>(
+        s.T, N, H, a.lengths, a.gates, a.extra, m);
+    FUSEDRNN_LAUNCH_CHECK("projection_input_kernel");
+    fill_kernel<T><<<blocks_for(TN), kThreads, 0, stream>>>(ones, TN, T(1));
+    FUSEDRNN_LAUNCH_CHECK("fill_kernel");
+  }
+  gemm(blas, stream, true, false, P, H, TN, T(1), dh_steps, P, m, H, T(0), a.dw_hr, H);
+  column_sums(blas, stream, dgx, TN, GH, ones, a.db_ih);
+  column_sums(blas, stream, dgx, TN, GH, ones, a.db_hh);
+  if (a.dw_ph) {
+    peephole_grads_kernel<T><<<blocks_for(H), kThreads, 0, stream>>>(
+        s.T, N, H, a.lengths, a.gates, a.extra, dgx, a.dw_ph);
+    FUSEDRNN_LAUNCH_CHECK("peephole_grads_kernel");
+  }
 }
 
 template <typename T, typename P, typename Cell>
@@ -1239,15 +1389,20 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
     h_prev_b = area.take(TN * H);
   }
 
-  if (N * H > 0) {
-    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, a.dh_n, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+  if (N * H > 0) {  // (h is P wide with a projection)
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, a.dh_n, N * s.state() * sizeof(T),
+                                        cudaMemcpyDeviceToDevice, stream));
     if (Cell::kHasCellState)
       FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dc0, a.dc_n, N * H * sizeof(T), cudaMemcpyDeviceToDevice, stream));
   }
 
-  if (Cell::kResetBefore && o.algorithm == Algorithm::kPersistent)
-    throw std::runtime_error("fusedrnn CUDA: the reset-before GRU has no persistent kernel; use "
-                             "the stepwise algorithm");
+  if ((Cell::kResetBefore || s.P > 0) && o.algorithm == Algorithm::kPersistent)
+    throw std::runtime_error("fusedrnn CUDA: the reset-before GRU and the LSTM projection have "
+                             "no persistent kernel; use the stepwise algorithm");
+  if (Cell::kHasCellState && s.P > 0) {
+    projected_backward<T, Cell>(a, workspace, stream, blas, dgx, dh_other, ones);
+    return;
+  }
   PersistentPlan plan;
   if constexpr (!Cell::kResetBefore) {  // (its two-phase step runs stepwise)
   if (N * H > 0 && (o.algorithm == Algorithm::kPersistent ||

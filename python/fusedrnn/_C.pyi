@@ -50,17 +50,17 @@ def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIn
     """
     What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names.
     """
-def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any, precision: typing.Any = None, w_ph: typing.Any = None) -> tuple:
+def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any, precision: typing.Any = None, w_ph: typing.Any = None, w_hr: typing.Any = None, ln: typing.Any = None) -> tuple:
     """
-    BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), and dw_ph last when given the forward's peepholes w_ph. precision: None/'float32', or 'bfloat16' (float32: every product from bfloat16 operands with float32 accumulation).
+    BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then dw_ph when given the forward's peepholes w_ph, dw_hr when given its projection w_hr, dln when given the LayerNorm-LSTM's ln. precision: None/'float32', or 'bfloat16' (float32: every product from bfloat16 operands with float32 accumulation).
     """
 def recurrent_backward_many(cell: str, nonlinearity: str, calls: list) -> list:
     """
     Independent recurrent_backward calls (argument tuples), side by side where it pays.
     """
-def recurrent_forward(cell: str, nonlinearity: str, x: numpy.ndarray, h0: typing.Any, c0: typing.Any, w_ih: typing.Any, w_hh: typing.Any, b_ih: typing.Any, b_hh: typing.Any, lengths: typing.Any, reverse: bool, training: bool, cache: typing.Any = None, precision: typing.Any = None, w_ph: typing.Any = None) -> tuple:
+def recurrent_forward(cell: str, nonlinearity: str, x: numpy.ndarray, h0: typing.Any, c0: typing.Any, w_ih: typing.Any, w_hh: typing.Any, b_ih: typing.Any, b_hh: typing.Any, lengths: typing.Any, reverse: bool, training: bool, cache: typing.Any = None, precision: typing.Any = None, w_ph: typing.Any = None, w_hr: typing.Any = None, ln: typing.Any = None, ln_eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05) -> tuple:
     """
-    One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). cache: a WeightCache keeping the packed weights between calls, or None. precision: None/'float32', or 'bfloat16' (float32: the products from bfloat16 operands with float32 accumulation; a training forward saves float32 activations). w_ph: an LSTM's peepholes [3H] (i, f, o), or None.
+    One layer, one direction, the whole sequence: (y, h_n, c_n, gates, extra, h_prev). cache: a WeightCache keeping the packed weights between calls, or None. precision: None/'float32', or 'bfloat16' (float32: the products from bfloat16 operands with float32 accumulation; a training forward saves float32 activations). w_ph: an LSTM's peepholes [3H] (i, f, o), or None. w_hr: an LSTM's projection [P, H] (torch's proj_size P: h, y and w_hh's columns are P wide), or None. ln, ln_eps: the LayerNorm-LSTM's (cell 'layernorm_lstm') norm parameters [10H] and epsilon.
     """
 def recurrent_forward_many(cell: str, nonlinearity: str, calls: list) -> list:
     """

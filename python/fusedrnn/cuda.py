@@ -127,11 +127,8 @@ def options(allow_tf32=None, algorithm=None):
         _settings.update(saved)
 
 
-def _cpu_only(cell, w_hr):
-    """Refuses what has no CUDA kernels yet: the LSTM projection, the LayerNorm-LSTM."""
-    if w_hr is not None:
-        raise ValueError("w_hr: the LSTM projection (proj_size) has no CUDA kernels yet; run it "
-                         "on the CPU")
+def _cpu_only(cell):
+    """Refuses what has no CUDA kernels yet: the LayerNorm-LSTM."""
     if cell == "layernorm_lstm":
         raise ValueError("cell: the LayerNorm-LSTM has no CUDA kernels yet; run it on the CPU")
 
@@ -224,8 +221,9 @@ class _Kernels:
         return self._cp.cuda.Device().id, int(self._cp.cuda.get_current_stream().ptr)
 
     # -- the kernels
-    def _sizes(self, cell, x, w_hh):
-        """x and w_hh as CuPy arrays, the dtype, and (T, N, I, H, G*H); raises naming the argument."""
+    def _sizes(self, cell, x, w_hh, w_hr=None):
+        """x, w_hh and w_hr as CuPy arrays, the dtype, and (T, N, I, H, G*H, P, S): P the LSTM's
+        projection size (0: none), S the width of h (P, or H); raises naming the argument."""
         if cell not in GATES:
             raise ValueError(f"cell: expected 'rnn', 'lstm', 'gru' or 'gru_reset_before', got "
                              f"{cell!r}")
@@ -236,28 +234,42 @@ class _Kernels:
         T, N, I = x.shape
         w_hh = as_cupy(w_hh, "w_hh")
         G = GATES[cell]
-        if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1] or w_hh.shape[1] < 1:
+        P = 0
+        if w_hr is not None:  # h is P wide: w_hh [G*H, P]
+            if cell != "lstm":
+                raise ValueError(f"w_hr: projections (proj_size) belong to an LSTM, got one for "
+                                 f"{cell.upper()}")
+            w_hr = as_cupy(w_hr, "w_hr")
+            if w_hr.ndim != 2 or not 0 < w_hr.shape[0] < w_hr.shape[1]:
+                raise ValueError(f"w_hr: expected shape (P, H) with 0 < P < H, got {w_hr.shape}")
+            P, H = w_hr.shape
+            w_hr = self._array(w_hr, "w_hr", (P, H), dtype)
+            if w_hh.shape != (G * H, P):
+                raise ValueError(f"w_hh: expected shape {(G * H, P)} with the projection, got "
+                                 f"{w_hh.shape}")
+        elif w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1] or w_hh.shape[1] < 1:
             raise ValueError(f"w_hh: expected shape ({G}*H, H) for {cell.upper()}, "
                              f"got {w_hh.shape}")
-        H = w_hh.shape[1]
-        return x, w_hh, dtype, (T, N, I, H, G * H)
+        else:
+            H = w_hh.shape[1]
+        return x, w_hh, w_hr, dtype, (T, N, I, H, G * H, P, P or H)
 
     def recurrent_forward(self, cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                           reverse, training, cache=None, precision=None, w_ph=None, w_hr=None,
                           ln=None, ln_eps=None):
         """``cache``: the CPU kernels' kept weights, unused here (the bfloat16 weights are
         converted on the device each call); ``precision="bfloat16"``: bfloat16 products;
-        ``w_ph``: an LSTM's peepholes [3H]; ``w_hr``, ``ln``: refused (no CUDA projection nor
-        LayerNorm-LSTM yet)."""
-        _cpu_only(cell, w_hr)
+        ``w_ph``: an LSTM's peepholes [3H]; ``w_hr``: its projection [P, H] (stepwise);
+        ``ln``: refused (no CUDA LayerNorm-LSTM yet)."""
+        _cpu_only(cell)
         cp = self._cp
-        x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
+        x, w_hh, w_hr, dtype, (T, N, I, H, GH, P, S) = self._sizes(cell, x, w_hh, w_hr)
         x = self._array(x, "x", (T, N, I), dtype)
-        w_hh = self._array(w_hh, "w_hh", (GH, H), dtype)
+        w_hh = self._array(w_hh, "w_hh", (GH, S), dtype)
         w_ih = self._array(w_ih, "w_ih", (GH, I), dtype)
         b_ih = (cp.zeros(GH, dtype) if b_ih is None else self._array(b_ih, "b_ih", (GH,), dtype))
         b_hh = (cp.zeros(GH, dtype) if b_hh is None else self._array(b_hh, "b_hh", (GH,), dtype))
-        h0 = cp.zeros((N, H), dtype) if h0 is None else self._array(h0, "h0", (N, H), dtype)
+        h0 = cp.zeros((N, S), dtype) if h0 is None else self._array(h0, "h0", (N, S), dtype)
         lstm = cell == "lstm"
         if lstm:
             c0 = cp.zeros((N, H), dtype) if c0 is None else self._array(c0, "c0", (N, H), dtype)
@@ -266,25 +278,25 @@ class _Kernels:
         d_lengths = self._lengths(lengths, T, N)
         w_ph = self._peepholes(cell, w_ph, H, dtype)
 
-        y = cp.empty((T, N, H), dtype)
-        h_n = cp.empty((N, H), dtype)
+        y = cp.empty((T, N, S), dtype)
+        h_n = cp.empty((N, S), dtype)
         c_n = cp.empty((N, H), dtype) if lstm else None
         gates = cp.empty((T, N, GH), dtype)
         uses_extra = cell != "rnn"
         extra = cp.empty((T if uses_extra else 0, N, H), dtype) if training else None
-        h_prev = cp.empty((T, N, H), dtype) if training else None
+        h_prev = cp.empty((T, N, S), dtype) if training else None
         bf16 = _bf16(precision) and dtype == np.float32
         workspace = cp.empty(self._ext.forward_workspace_size(cell, nonlinearity, T, N, I, H,
-                                                              bool(training), bf16), dtype)
+                                                              bool(training), bf16, P), dtype)
         pointers = (_address(x), _address(h0), _address(c0), _address(w_ih), _address(w_hh),
                     _address(b_ih), _address(b_hh), _address(d_lengths), _address(y),
                     _address(h_n), _address(c_n), _address(gates),
                     _address(extra) if (training and uses_extra) else 0, _address(h_prev),
-                    _address(workspace), _address(w_ph))
+                    _address(workspace), _address(w_ph), _address(w_hr))
         self._ext.recurrent_forward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                     bool(reverse), *self._device_and_stream(),
                                     _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
-                                    bf16)
+                                    bf16, P)
         if not training:
             return y, h_n, c_n, None, None, None
         return y, h_n, c_n, gates, extra, h_prev
@@ -292,45 +304,48 @@ class _Kernels:
     def recurrent_backward(self, cell, nonlinearity, x, w_ih, w_hh, lengths, reverse, gates,
                            extra, h_prev, dy, dh_n, dc_n, precision=None, w_ph=None, w_hr=None,
                            ln=None):
-        _cpu_only(cell, w_hr)
+        _cpu_only(cell)
         cp = self._cp
-        x, w_hh, dtype, (T, N, I, H, GH) = self._sizes(cell, x, w_hh)
+        x, w_hh, w_hr, dtype, (T, N, I, H, GH, P, S) = self._sizes(cell, x, w_hh, w_hr)
         lstm = cell == "lstm"
         uses_extra = cell != "rnn"
         x = self._array(x, "x", (T, N, I), dtype)
         w_ih = self._array(w_ih, "w_ih", (GH, I), dtype)
-        w_hh = self._array(w_hh, "w_hh", (GH, H), dtype)
+        w_hh = self._array(w_hh, "w_hh", (GH, S), dtype)
         gates = self._array(gates, "gates", (T, N, GH), dtype)
         extra = self._array(extra, "extra", (T, N, H), dtype) if uses_extra else None
-        h_prev = self._array(h_prev, "h_prev", (T, N, H), dtype)
-        dy = self._array(dy, "dy", (T, N, H), dtype)
-        dh_n = self._array(dh_n, "dh_n", (N, H), dtype)
+        h_prev = self._array(h_prev, "h_prev", (T, N, S), dtype)
+        dy = self._array(dy, "dy", (T, N, S), dtype)
+        dh_n = self._array(dh_n, "dh_n", (N, S), dtype)
         dc_n = self._array(dc_n, "dc_n", (N, H), dtype) if lstm else None
         d_lengths = self._lengths(lengths, T, N)
         w_ph = self._peepholes(cell, w_ph, H, dtype)
         dw_ph = None if w_ph is None else cp.empty((3 * H,), dtype)
+        dw_hr = None if w_hr is None else cp.empty((P, H), dtype)
 
         dx = cp.empty((T, N, I), dtype)
-        dh0 = cp.empty((N, H), dtype)
+        dh0 = cp.empty((N, S), dtype)
         dc0 = cp.empty((N, H), dtype) if lstm else None
         dw_ih = cp.empty((GH, I), dtype)
-        dw_hh = cp.empty((GH, H), dtype)
+        dw_hh = cp.empty((GH, S), dtype)
         db_ih = cp.empty((GH,), dtype)
         db_hh = cp.empty((GH,), dtype)
         bf16 = _bf16(precision) and dtype == np.float32
         workspace = cp.empty(self._ext.backward_workspace_size(cell, nonlinearity, T, N, I, H,
-                                                               bf16), dtype)
+                                                               bf16, P), dtype)
         pointers = (_address(x), _address(w_ih), _address(w_hh), _address(d_lengths),
                     _address(gates), _address(extra), _address(h_prev), _address(dy),
                     _address(dh_n), _address(dc_n), _address(dx), _address(dh0), _address(dc0),
                     _address(dw_ih), _address(dw_hh), _address(db_ih), _address(db_hh),
-                    _address(workspace), _address(w_ph), _address(dw_ph))
+                    _address(workspace), _address(w_ph), _address(dw_ph), _address(w_hr),
+                    _address(dw_hr))
         self._ext.recurrent_backward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                      bool(reverse), *self._device_and_stream(),
                                      _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
-                                     bf16)
+                                     bf16, P)
         grads = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
-        return grads if w_ph is None else grads + (dw_ph,)
+        grads += () if w_ph is None else (dw_ph,)
+        return grads + (() if w_hr is None else (dw_hr,))
 
     def _peepholes(self, cell, w_ph, H, dtype):
         if w_ph is None:

@@ -117,9 +117,6 @@ class RNNBase(Module):
         if proj_size and self._cell != "lstm":
             raise ValueError(f"proj_size: projections belong to an LSTM, got proj_size="
                              f"{proj_size} for {self._cell.upper()}")
-        if proj_size and device == "cuda":
-            raise ValueError("proj_size: the LSTM projection has no CUDA kernels yet (CPU only), "
-                             "got device='cuda'")
         if self._layer_norm and device == "cuda":
             raise ValueError("device: the LayerNorm-LSTM has no CUDA kernels yet (CPU only), got "
                              "device='cuda'")
@@ -829,5 +826,6 @@ class LayerNormLSTM(LSTM):
         self.eps = float(eps)
 
     def extra_repr(self):
+        """LSTM's, and ``eps`` where it is not the default."""
         s = super().extra_repr()
         return s if self.eps == 1e-5 else s + f", eps={self.eps}"
