@@ -582,15 +582,16 @@ def test_bf16_workspaces_and_refusals_without_a_gpu():
         assert ext.backward_workspace_size(cell, "tanh", T, N, I, H, True) >= \
             bwd + (T * N * G * H + G * H * I + G * H * H + T * N * I + T * N * H) // 2
     with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
-        ext.recurrent_forward("lstm", "tanh", "float64", T, N, I, H, (0,) * 17, False, -1, 0,
+        ext.recurrent_forward("lstm", "tanh", "float64", T, N, I, H, (0,) * 18, False, -1, 0,
                               False, 0, True)
     with pytest.raises(ValueError, match="bf16: bfloat16 products need dtype 'float32'"):
         ext.persistent_backward_fits("gru", "tanh", "float64", T, N, I, H, True)
 
 
 def test_projection_workspace_and_refusals_without_a_gpu():
-    """The LSTM projection's backward room (dh and m of every step, two [N, H] rows) is sized
-    on the host; a projection of another cell, or P >= H, is refused by name."""
+    """The LSTM projection's backward room (dh and m of every step, two [N, H] rows) and the
+    LayerNorm-LSTM's are sized on the host; a projection of another cell, or P >= H, is refused
+    by name."""
     ext = pytest.importorskip("fusedrnn._C_cuda", reason="built without the CUDA backend")
     T, N, I, H, P = 10, 4, 8, 32, 8
     assert ext.backward_workspace_size("lstm", "tanh", T, N, I, H, False, P) >= \
@@ -598,6 +599,9 @@ def test_projection_workspace_and_refusals_without_a_gpu():
     for cell, bad_p in (("gru", P), ("lstm", H), ("lstm", -1)):
         with pytest.raises(ValueError, match="P: expected 0, or 0 < P < H"):
             ext.forward_workspace_size(cell, "tanh", T, N, I, H, True, False, bad_p)
+    # the LayerNorm-LSTM: dgx and dgh apart (as a GRU's), then da and d_cn of every step
+    assert ext.backward_workspace_size("layernorm_lstm", "tanh", T, N, I, H) >= \
+        ext.backward_workspace_size("lstm", "tanh", T, N, I, H) + T * N * 4 * H + T * N * 5 * H
 
 
 def _bf16_checks(ours, expected, fp32, what):
@@ -773,3 +777,36 @@ def test_cuda_lstm_projection_matches_reference(peephole, reverse, dtype_name, r
     with fcuda.options(algorithm="persistent"), \
             pytest.raises(RuntimeError, match="LSTM projection have no persistent kernel"):
         run_proj(functional, cp.asarray)
+
+
+@gpu
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", [(9, 6, 33, 97), (4, 17, 8, 300), (1, 1, 1, 17)],
+                         ids=lambda s: "T{}_N{}_I{}_H{}".format(*s))
+def test_cuda_layernorm_lstm_matches_reference(shape, reverse, dtype_name, rng, cp):
+    """The LayerNorm-LSTM (stepwise, a block per sample: the norms as block reductions),
+    forward and every gradient, dln included, with lengths; the layer on the GPU is the layer
+    on the CPU."""
+    dtype = DTYPES[dtype_name]
+    H = shape[3]
+    p = make_problem(rng, "lstm", shape, dtype, lengths="mixed")
+    ln = np.concatenate([rng.uniform(0.5, 1.5, 9 * H), rng.uniform(-0.5, 0.5, H)]).astype(dtype)
+
+    def run_ln(module, to_device=None):
+        c = (lambda a: a) if to_device is None else to_device
+        y, h_n, c_n, ctx = module.layernorm_lstm_forward(
+            c(p["x"]), c(p["h0"]), c(p["c0"]), c(p["w_ih"]), c(p["w_hh"]), c(p["b_ih"]),
+            c(p["b_hh"]), c(ln), lengths=p["lengths"], reverse=reverse, training=True)
+        grads = module.layernorm_lstm_backward(ctx, c(p["dy"]), c(p["dh_n"]), c(p["dc_n"]))
+        out = dict(zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dln"), grads),
+                   y=y, h_n=h_n, c_n=c_n)
+        return {k: to_numpy(v) if to_device is not None else v for k, v in out.items()}
+
+    ours = run_ln(functional, cp.asarray)
+    assert_errors_below(ours, run_ln(reference), TOLERANCES["kernel_vs_reference"][dtype])
+    layer = fusedrnn.nn.LayerNormLSTM(shape[2], H, dtype=dtype, seed=1)
+    x = p["x"].astype(dtype)
+    expected, _ = layer(x)
+    got, _ = layer.to("cuda")(cp.asarray(x))
+    assert relative_error(to_numpy(got), expected) <= TOLERANCES["kernel_vs_reference"][dtype]

@@ -42,12 +42,20 @@ cuda::Options make_options(int device, std::uintptr_t stream, bool allow_tf32, i
 template <typename T>
 T* ptr(std::uintptr_t address) { return reinterpret_cast<T*>(address); }
 
+// The LayerNorm-LSTM's norm parameters (and their gradient) are given exactly for it.
+void require_layer_norm(CellKind cell, bool given) {
+  if ((cell == CellKind::kLayerNormLstm) != given)
+    throw py::value_error(cell == CellKind::kLayerNormLstm
+                              ? "ln: the LayerNorm-LSTM needs its norm parameters (and dln)"
+                              : "ln: layer-norm parameters belong to the LayerNorm-LSTM");
+}
+
 // Pointer arguments, in order, as addresses (0 for null):
 //   x h0 c0 w_ih w_hh b_ih b_hh lengths(int64, device) y h_n c_n gates extra h_prev workspace
-//   w_ph (LSTM peepholes [3H]) w_hr (LSTM projection [P, H])
+//   w_ph (LSTM peepholes [3H]) w_hr (LSTM projection [P, H]) ln (LayerNorm-LSTM [10H])
 template <typename T>
 void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bool reverse,
-                   const cuda::Options& options) {
+                   const cuda::Options& options, double ln_eps) {
   ForwardArgs<T> a{};
   a.shape = shape;
   a.x = ptr<const T>(p[0].cast<std::uintptr_t>());
@@ -68,12 +76,15 @@ void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, boo
   T* workspace = ptr<T>(p[14].cast<std::uintptr_t>());
   a.w_ph = ptr<const T>(p[15].cast<std::uintptr_t>());
   a.w_hr = ptr<const T>(p[16].cast<std::uintptr_t>());
+  a.ln = ptr<const T>(p[17].cast<std::uintptr_t>());
+  a.ln_eps = static_cast<T>(ln_eps);
+  require_layer_norm(cell, a.ln != nullptr);
   py::gil_scoped_release release;
   cuda::recurrent_forward<T>(cell, a, workspace, options);
 }
 
 // Pointer arguments, in order: x w_ih w_hh lengths gates extra h_prev dy dh_n dc_n
-//   dx dh0 dc0 dw_ih dw_hh db_ih db_hh workspace w_ph dw_ph w_hr dw_hr
+//   dx dh0 dc0 dw_ih dw_hh db_ih db_hh workspace w_ph dw_ph w_hr dw_hr ln dln
 template <typename T>
 void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bool reverse,
                     const cuda::Options& options) {
@@ -102,6 +113,9 @@ void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bo
   a.dw_ph = ptr<T>(p[19].cast<std::uintptr_t>());
   a.w_hr = ptr<const T>(p[20].cast<std::uintptr_t>());
   a.dw_hr = ptr<T>(p[21].cast<std::uintptr_t>());
+  a.ln = ptr<const T>(p[22].cast<std::uintptr_t>());
+  a.dln = ptr<T>(p[23].cast<std::uintptr_t>());
+  require_layer_norm(cell, a.ln != nullptr && a.dln != nullptr);
   py::gil_scoped_release release;
   cuda::recurrent_backward<T>(cell, a, workspace, options);
 }
@@ -155,20 +169,21 @@ PYBIND11_MODULE(_C_cuda, m) {
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
          int64_t T, int64_t N, int64_t I, int64_t H, const py::tuple& pointers, bool reverse,
          int device, std::uintptr_t stream, bool allow_tf32, int algorithm, bool bf16,
-         int64_t P) {
+         int64_t P, double ln_eps) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H, P);
         const cuda::Options options = make_options(device, stream, allow_tf32, algorithm, bf16);
-        check_pointer_count(pointers, 17, "pointers");
+        check_pointer_count(pointers, 18, "pointers");
         if (is_double(dtype, bf16))
-          forward_typed<double>(kind, shape, pointers, reverse, options);
+          forward_typed<double>(kind, shape, pointers, reverse, options, ln_eps);
         else
-          forward_typed<float>(kind, shape, pointers, reverse, options);
+          forward_typed<float>(kind, shape, pointers, reverse, options, ln_eps);
       },
       py::arg("cell"), py::arg("nonlinearity"), py::arg("dtype"), py::arg("T"), py::arg("N"),
       py::arg("I"), py::arg("H"), py::arg("pointers"), py::arg("reverse"), py::arg("device"),
       py::arg("stream"), py::arg("allow_tf32"), py::arg("algorithm"), py::arg("bf16") = false,
-      py::arg("P") = 0, "One layer, one direction, on device pointers (see fusedrnn.cuda).");
+      py::arg("P") = 0, py::arg("ln_eps") = 1e-5,
+      "One layer, one direction, on device pointers (see fusedrnn.cuda).");
   m.def(
       "recurrent_backward",
       [](const std::string& cell, const std::string& nonlinearity, const std::string& dtype,
@@ -178,7 +193,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         const CellKind kind = parse_cell(cell, nonlinearity);
         const SeqShape shape = make_shape(kind, T, N, I, H, P);
         const cuda::Options options = make_options(device, stream, allow_tf32, algorithm, bf16);
-        check_pointer_count(pointers, 22, "pointers");
+        check_pointer_count(pointers, 24, "pointers");
         if (is_double(dtype, bf16))
           backward_typed<double>(kind, shape, pointers, reverse, options);
         else

@@ -22,7 +22,7 @@ struct LayerNormLstmCell {
   static constexpr bool kResetBefore = false;
   static constexpr bool kLayerNorm = true;
 
-  static constexpr int64_t extra_width(int64_t H) { return 10 * H + 3; }
+  FUSEDRNN_HD static constexpr int64_t extra_width(int64_t H) { return 10 * H + 3; }
 
   // hat = (v - mean) * rstd over n values; returns rstd. Two passes (the variance of the
   // centred values: no cancellation).

@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "cells/gru_cell.h"
+#include "cells/layernorm_lstm_cell.h"
 #include "cells/lstm_cell.h"
 #include "cells/rnn_cell.h"
 
@@ -503,6 +504,199 @@ __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
+}
+
+// ---- the LayerNorm-LSTM (cells/layernorm_lstm_cell.h's math; its rows are one sample's, so a
+// block per sample: the norms' sums are block reductions, in a fixed order)
+constexpr int kNormThreads = 256;
+
+// The sum of v over the block's threads (every thread gets it); `room` [kNormThreads / 32].
+template <typename T>
+__device__ T block_sum(T v, T* room) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // (room reused by the previous call)
+  if (lane == 0) room[warp] = v;
+  __syncthreads();
+  T total = T(0);
+  for (int w = 0; w < kNormThreads / 32; ++w) total += room[w];
+  return total;
+}
+
+// (v - mean) * rstd's mean and rstd over n values of row v: two passes, as the CPU's.
+template <typename T>
+__device__ void row_stats(const T* v, int64_t n, T eps, T* room, T& mean, T& rstd) {
+  T part = T(0);
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) part += v[k];
+  mean = block_sum(part, room) / T(n);
+  part = T(0);
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) part += (v[k] - mean) * (v[k] - mean);
+  rstd = T(1) / sqrt(block_sum(part, room) / T(n) + eps);
+}
+
+// The gradient reaching v from d_hat (in place), hat = LN(v) of n values.
+template <typename T>
+__device__ void row_normalize_backward(T* d, const T* hat, int64_t n, T rstd, T* room) {
+  T p1 = T(0), p2 = T(0);
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
+    p1 += d[k];
+    p2 += d[k] * hat[k];
+  }
+  const T m1 = block_sum(p1, room) / T(n), m2 = block_sum(p2, room) / T(n);
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) d[k] = rstd * (d[k] - m1 - hat[k] * m2);
+  __syncthreads();
+}
+
+// Step t, block n: ax = gates row (W_ih x), ah = gh row (W_hh h); gates, c, h (h_n), y and
+// (training) h_prev and ext [10H + 3] (cells/layernorm_lstm_cell.h's layout).
+template <typename T, bool kTraining>
+__global__ void __launch_bounds__(kNormThreads)
+layernorm_forward_kernel(int64_t N, int64_t H, const T* gh, const T* b_ih, const T* b_hh,
+                         const T* ln, T eps, const int64_t* lengths, int64_t t, T* gates, T* c,
+                         T* h, T* y, T* h_prev, T* extra) {
+  __shared__ T room[kNormThreads / 32];
+  const int64_t n = blockIdx.x, G = 4 * H, row = t * N + n;
+  T* hn = h + n * H;
+  if (kTraining)
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) h_prev[row * H + j] = hn[j];
+  if (lengths && t >= lengths[n]) {
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) y[row * H + j] = T(0);
+    return;
+  }
+  T* ax = gates + row * G;
+  const T* ah = gh + n * G;
+  T* cn = c + n * H;
+  T* ext = kTraining ? extra + row * LayerNormLstmCell::extra_width(H) : nullptr;
+  T mx, rx, mh, rh;
+  row_stats(ax, G, eps, room, mx, rx);
+  row_stats(ah, G, eps, room, mh, rh);
+  __syncthreads();  // every thread has read ax before any writes its gates
+  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+    T a[4];
+    for (int k = 0; k < 4; ++k) {
+      const int64_t r = k * H + j;
+      const T xh = (ax[r] - mx) * rx, hh = (ah[r] - mh) * rh;
+      if (kTraining) {
+        ext[H + r] = xh;
+        ext[5 * H + r] = hh;
+      }
+      a[k] = ln[r] * xh + b_ih[r] + ln[G + r] * hh + b_hh[r];
+    }
+    const T i = sigmoid(a[0]), f = sigmoid(a[1]), g = tanh_(a[2]), o = sigmoid(a[3]);
+    if (kTraining) ext[j] = cn[j];
+    cn[j] = f * cn[j] + i * g;
+    ax[j] = i;
+    ax[H + j] = f;
+    ax[2 * H + j] = g;
+    ax[3 * H + j] = o;
+  }
+  __syncthreads();
+  T mc, rc;
+  row_stats(cn, H, eps, room, mc, rc);
+  const T* g_c = ln + 2 * G;
+  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+    const T ch = (cn[j] - mc) * rc;
+    if (kTraining) ext[9 * H + j] = ch;
+    const T hv = ax[3 * H + j] * tanh_(g_c[j] * ch + g_c[H + j]);
+    hn[j] = hv;
+    y[row * H + j] = hv;
+  }
+  if (kTraining && threadIdx.x == 0) {
+    ext[10 * H] = rx;
+    ext[10 * H + 1] = rh;
+    ext[10 * H + 2] = rc;
+  }
+}
+
+// Step t back, block n: dh [N, H] (reaching h_t from later steps), dy; dc in/out; writes dgx,
+// dgh rows (the products' gradients), da [T, N, 4H] and d_cn [T, N, H] rows (the norms'
+// parameters, summed after the loop), dh_next (0, or dh passed on past the sample's length).
+template <typename T>
+__global__ void __launch_bounds__(kNormThreads)
+layernorm_backward_kernel(int64_t N, int64_t H, const T* gates, const T* extra, const T* ln,
+                          const int64_t* lengths, int64_t t, const T* dh, const T* dy, T* dc,
+                          T* dgx, T* dgh, T* da, T* d_cn, T* dh_next) {
+  __shared__ T room[kNormThreads / 32];
+  const int64_t n = blockIdx.x, G = 4 * H, row = t * N + n;
+  T* dgx_row = dgx + row * G;
+  T* dgh_row = dgh + row * G;
+  T* da_row = da + row * G;
+  T* dcn = d_cn + row * H;
+  if (lengths && t >= lengths[n]) {  // the state passes through; the gates get nothing
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+      dh_next[n * H + j] = dh[n * H + j];
+      dcn[j] = T(0);
+    }
+    for (int64_t r = threadIdx.x; r < G; r += blockDim.x)
+      dgx_row[r] = dgh_row[r] = da_row[r] = T(0);
+    return;
+  }
+  const T* act = gates + row * G;
+  const T* ext = extra + row * LayerNormLstmCell::extra_width(H);
+  const T* c_hat = ext + 9 * H;
+  const T* rstd = ext + 10 * H;
+  const T* g_c = ln + 2 * G;
+  T* scratch = dgx_row;  // [H] of it, before dgx is formed
+  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+    const T dhj = dh[n * H + j] + dy[row * H + j], o = act[3 * H + j];
+    const T tanh_cn = tanh_(g_c[j] * c_hat[j] + g_c[H + j]);
+    dcn[j] = dhj * o * d_tanh(tanh_cn);
+    scratch[j] = dcn[j] * g_c[j];
+    da_row[3 * H + j] = dhj * tanh_cn * d_sigmoid(o);
+    dh_next[n * H + j] = T(0);  // h reaches h_prev only through W_hh
+  }
+  __syncthreads();
+  row_normalize_backward(scratch, c_hat, H, rstd[2], room);  // the h path's part of dc'
+  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+    const T i = act[j], f = act[H + j], g = act[2 * H + j];
+    const T dct = dc[n * H + j] + scratch[j];
+    da_row[j] = dct * g * d_sigmoid(i);
+    da_row[H + j] = dct * ext[j] * d_sigmoid(f);
+    da_row[2 * H + j] = dct * i * d_tanh(g);
+    dc[n * H + j] = dct * f;
+  }
+  __syncthreads();
+  for (int64_t r = threadIdx.x; r < G; r += blockDim.x) {
+    dgx_row[r] = da_row[r] * ln[r];
+    dgh_row[r] = da_row[r] * ln[G + r];
+  }
+  __syncthreads();
+  row_normalize_backward(dgx_row, ext + H, G, rstd[0], room);
+  row_normalize_backward(dgh_row, ext + 5 * H, G, rstd[1], room);
+}
+
+// The LayerNorm-LSTM's biases and norms' parameters, one thread per column, the rows in order:
+// db_ih = db_hh = sum da; dln = [sum da LN(W_ih x), sum da LN(W_hh h), sum d_cn LN(c'),
+// sum d_cn].
+template <typename T>
+__global__ void layernorm_param_grads_kernel(int64_t TN, int64_t H, const T* da, const T* d_cn,
+                                             const T* extra, T* db_ih, T* db_hh, T* dln) {
+  const int64_t G = 4 * H, E = LayerNormLstmCell::extra_width(H);
+  for (int64_t col = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; col < G + H;
+       col += int64_t(gridDim.x) * blockDim.x) {
+    T s0 = T(0), s1 = T(0), s2 = T(0);
+    for (int64_t r = 0; r < TN; ++r) {
+      const T* ext = extra + r * E;
+      if (col < G) {
+        const T d = da[r * G + col];
+        s0 += d;
+        s1 += d * ext[H + col];
+        s2 += d * ext[5 * H + col];
+      } else {
+        const T d = d_cn[r * H + col - G];
+        s0 += d * ext[9 * H + col - G];
+        s1 += d;
+      }
+    }
+    if (col < G) {
+      db_ih[col] = db_hh[col] = s0;
+      dln[col] = s1;
+      dln[G + col] = s2;
+    } else {
+      dln[2 * G + col - G] = s0;
+      dln[2 * G + H + col - G] = s1;
+    }
+  }
 }
 
 // out[n * out_stride + r] = A[r, :] . X[n, :] for r < rows, n < N; A [rows, len], X [N4, len]
@@ -1293,10 +1487,91 @@ inline int64_t projection_elems(const SeqShape& s) {
   return s.P > 0 ? s.T * s.N * (s.P + s.H) + 2 * s.N * s.H : 0;
 }
 
+// The LayerNorm-LSTM's backward room after the flagged words: da [T, N, 4H], d_cn [T, N, H].
+inline int64_t layernorm_elems(bool layer_norm, const SeqShape& s) {
+  return layer_norm ? s.T * s.N * 5 * s.H : 0;
+}
+
 // ... and its whole float32 part: the flagged words (4 float32 elements per value, 4 more for
 // the alignment) and the projection's room included.
-inline int64_t backward_float_elems(bool split, const SeqShape& s) {
-  return backward_flag_offset(split, s) + 4 * s.N * s.GH() + 4 + projection_elems(s);
+inline int64_t backward_float_elems(bool split, const SeqShape& s, bool layer_norm = false) {
+  return backward_flag_offset(split, s) + 4 * s.N * s.GH() + 4 + projection_elems(s) +
+         layernorm_elems(layer_norm, s);
+}
+
+// The LayerNorm-LSTM, stepwise, a block per sample. Forward: x W_ih^T for all steps (no bias:
+// the biases come after the norms), then per step gh = h W_hh^T and layernorm_forward_kernel.
+template <typename T, bool kTraining>
+void layernorm_forward(const ForwardArgs<T>& a, T* workspace, const Options& o) {
+  if (o.algorithm == Algorithm::kPersistent)
+    throw std::runtime_error("fusedrnn CUDA: the LayerNorm-LSTM has no persistent kernel; use "
+                             "the stepwise algorithm");
+  const SeqShape s = a.shape;
+  const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N;
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(o.stream);
+  if (N * H > 0) {
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.h_n, a.h0, N * H * sizeof(T), cudaMemcpyDeviceToDevice,
+                                        stream));
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.c_n, a.c0, N * H * sizeof(T), cudaMemcpyDeviceToDevice,
+                                        stream));
+  }
+  if (TN == 0 || H == 0) return;
+  cublasHandle_t blas = blas_handle(stream, o.allow_tf32);
+  T* gh = workspace;  // [N, GH]
+  gemm(blas, stream, false, true, TN, GH, s.I, T(1), a.x, s.I, a.w_ih, s.I, T(0), a.gates, GH);
+  for (int64_t step = 0; step < s.T; ++step) {
+    const int64_t t = a.reverse ? s.T - 1 - step : step;
+    gemm(blas, stream, false, true, N, GH, H, T(1), a.h_n, H, a.w_hh, H, T(0), gh, GH);
+    layernorm_forward_kernel<T, kTraining><<<static_cast<int>(N), kNormThreads, 0, stream>>>(
+        N, H, gh, a.b_ih, a.b_hh, a.ln, a.ln_eps, a.lengths, t, a.gates, a.c_n, a.h_n, a.y,
+        a.h_prev, a.extra);
+    FUSEDRNN_LAUNCH_CHECK("layernorm_forward_kernel");
+  }
+}
+
+// Backward: per step (reverse) the cell's step back (layernorm_backward_kernel), then
+// dh_{t-1} = dgh_t W_hh; then dx, dW_ih (dgx), dW_hh (dgh) and the biases' and norms' sums
+// (layernorm_param_grads_kernel). Workspace: dgx, dgh [T, N, GH], dh [N, H], ..., da, d_cn.
+template <typename T>
+void layernorm_backward(const BackwardArgs<T>& a, T* workspace, const Options& o) {
+  if (o.algorithm == Algorithm::kPersistent)
+    throw std::runtime_error("fusedrnn CUDA: the LayerNorm-LSTM has no persistent kernel; use "
+                             "the stepwise algorithm");
+  const SeqShape s = a.shape;
+  const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N, I = s.I;
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(o.stream);
+  cublasHandle_t blas = blas_handle(stream, o.allow_tf32);
+  T* dgx = workspace;
+  T* dgh = dgx + TN * GH;
+  T* dh_next = dgh + TN * GH;  // [N, H]
+  T* da = workspace + backward_flag_offset(true, s) + 4 * N * GH + 4 + projection_elems(s);
+  T* d_cn = da + TN * GH;
+  if (N * H > 0) {
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, a.dh_n, N * H * sizeof(T),
+                                        cudaMemcpyDeviceToDevice, stream));
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dc0, a.dc_n, N * H * sizeof(T),
+                                        cudaMemcpyDeviceToDevice, stream));
+  }
+  T* dh = a.dh0;
+  for (int64_t step = s.T - 1; step >= 0 && N * H > 0; --step) {
+    const int64_t t = a.reverse ? s.T - 1 - step : step;
+    layernorm_backward_kernel<T><<<static_cast<int>(N), kNormThreads, 0, stream>>>(
+        N, H, a.gates, a.extra, a.ln, a.lengths, t, dh, a.dy, a.dc0, dgx, dgh, da, d_cn,
+        dh_next);
+    FUSEDRNN_LAUNCH_CHECK("layernorm_backward_kernel");
+    gemm(blas, stream, false, false, N, H, GH, T(1), dgh + t * N * GH, GH, a.w_hh, H, T(1),
+         dh_next, H);
+    std::swap(dh, dh_next);
+  }
+  if (dh != a.dh0 && N * H > 0)
+    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(a.dh0, dh, N * H * sizeof(T), cudaMemcpyDeviceToDevice,
+                                        stream));
+  gemm(blas, stream, false, false, TN, I, GH, T(1), dgx, GH, a.w_ih, I, T(0), a.dx, I);
+  gemm(blas, stream, true, false, GH, I, TN, T(1), dgx, GH, a.x, I, T(0), a.dw_ih, I);
+  gemm(blas, stream, true, false, GH, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh, H);
+  layernorm_param_grads_kernel<T><<<blocks_for(GH + H), kThreads, 0, stream>>>(
+      TN, H, da, d_cn, a.extra, a.db_ih, a.db_hh, a.dln);
+  FUSEDRNN_LAUNCH_CHECK("layernorm_param_grads_kernel");
 }
 
 // The LSTM with projections, stepwise: per step (reverse) the gradient reaching h_t
@@ -1375,7 +1650,8 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   T* ones = dh_other + N * H;                                     // [max(TN, 1)]
   // bfloat16 operands after the float32 workspace (see backward_workspace_elems): the gate
   // gradients (per step the recurrent side, after the loop the input side) and the weights
-  Bf16Area area = bf16_area(workspace, backward_float_elems(Cell::kSplitRecurrentGrad, s));
+  Bf16Area area =
+      bf16_area(workspace, backward_float_elems(Cell::kSplitRecurrentGrad, s, Cell::kLayerNorm));
   bf16* d_b = nullptr;
   bf16* w_ih_b = nullptr;
   bf16* w_hh_b = nullptr;
@@ -1403,6 +1679,7 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
     projected_backward<T, Cell>(a, workspace, stream, blas, dgx, dh_other, ones);
     return;
   }
+
   PersistentPlan plan;
   if constexpr (!Cell::kResetBefore) {  // (its two-phase step runs stepwise)
   if (N * H > 0 && (o.algorithm == Algorithm::kPersistent ||
@@ -1549,9 +1826,8 @@ auto with_cell_and_operand(CellKind cell, bool bf16_operands, F&& f) {
     case CellKind::kRnnTanh: return with_operand(static_cast<RnnCell<false>*>(nullptr));
     case CellKind::kGruResetBefore:  // float32 products only (no bfloat16 two-phase step)
       return f(static_cast<GruResetBeforeCell*>(nullptr), static_cast<T*>(nullptr));
-    case CellKind::kLayerNormLstm:
-      throw std::invalid_argument("cell: the LayerNorm-LSTM has no CUDA kernels yet (it runs on "
-                                  "the CPU)");
+    case CellKind::kLayerNormLstm:  // float32 products only
+      return f(static_cast<LayerNormLstmCell*>(nullptr), static_cast<T*>(nullptr));
     case CellKind::kRnnRelu: break;
   }
   return with_operand(static_cast<RnnCell<true>*>(nullptr));
@@ -1578,8 +1854,10 @@ std::size_t forward_workspace_elems(CellKind /*cell*/, const SeqShape& s, bool /
 }
 
 std::size_t backward_workspace_elems(CellKind cell, const SeqShape& s, bool bf16) {
-  return static_cast<std::size_t>(backward_float_elems(cell == CellKind::kGru, s) +
-                                  (bf16 ? backward_bf16_elems<float>(s) : 0));
+  const bool layer_norm = cell == CellKind::kLayerNormLstm;
+  return static_cast<std::size_t>(
+      backward_float_elems(cell == CellKind::kGru || layer_norm, s, layer_norm) +
+      (bf16 ? backward_bf16_elems<float>(s) : 0));
 }
 
 // The caller's device (CuPy's current one) may differ from this runtime's current device.
@@ -1594,10 +1872,16 @@ void recurrent_forward(CellKind cell, const ForwardArgs<T>& args, T* workspace,
   with_cell_and_operand<T>(cell, options.bf16, [&](auto* cell_tag, auto* operand_tag) {
     using Cell = std::remove_pointer_t<decltype(cell_tag)>;
     using P = std::remove_pointer_t<decltype(operand_tag)>;
-    if (args.h_prev)
+    if constexpr (Cell::kLayerNorm) {  // (its own stepwise driver)
+      if (args.h_prev)
+        layernorm_forward<T, true>(args, workspace, options);
+      else
+        layernorm_forward<T, false>(args, workspace, options);
+    } else if (args.h_prev) {
       forward_impl<T, P, Cell, true>(args, workspace, options);
-    else
+    } else {
       forward_impl<T, P, Cell, false>(args, workspace, options);
+    }
   });
 }
 
@@ -1608,7 +1892,10 @@ void recurrent_backward(CellKind cell, const BackwardArgs<T>& args, T* workspace
   with_cell_and_operand<T>(cell, options.bf16, [&](auto* cell_tag, auto* operand_tag) {
     using Cell = std::remove_pointer_t<decltype(cell_tag)>;
     using P = std::remove_pointer_t<decltype(operand_tag)>;
-    backward_impl<T, P, Cell>(args, workspace, options);
+    if constexpr (Cell::kLayerNorm)
+      layernorm_backward<T>(args, workspace, options);
+    else
+      backward_impl<T, P, Cell>(args, workspace, options);
   });
 }
 
@@ -1617,7 +1904,7 @@ bool persistent_forward_fits(CellKind cell, const SeqShape& shape, bool bf16) {
   return with_cell_and_operand<T>(cell, bf16, [&](auto* cell_tag, auto* operand_tag) {
     using Cell = std::remove_pointer_t<decltype(cell_tag)>;
     using P = std::remove_pointer_t<decltype(operand_tag)>;
-    if constexpr (Cell::kResetBefore) return false;  // stepwise only
+    if constexpr (Cell::kResetBefore || Cell::kLayerNorm) return false;  // stepwise only
     else return plan_persistent_forward<T, P, Cell, false>(shape).fits;
   });
 }
@@ -1627,7 +1914,7 @@ bool persistent_backward_fits(CellKind cell, const SeqShape& shape, bool bf16) {
   return with_cell_and_operand<T>(cell, bf16, [&](auto* cell_tag, auto* operand_tag) {
     using Cell = std::remove_pointer_t<decltype(cell_tag)>;
     using P = std::remove_pointer_t<decltype(operand_tag)>;
-    if constexpr (Cell::kResetBefore) return false;  // stepwise only
+    if constexpr (Cell::kResetBefore || Cell::kLayerNorm) return false;  // stepwise only
     else return plan_persistent_backward<T, P, Cell>(shape).fits;
   });
 }

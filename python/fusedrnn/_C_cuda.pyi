@@ -28,7 +28,7 @@ def recurrent_backward(cell: str, nonlinearity: str, dtype: str, T: typing.Suppo
     """
     BPTT of recurrent_forward on device pointers (see fusedrnn.cuda).
     """
-def recurrent_forward(cell: str, nonlinearity: str, dtype: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, pointers: tuple, reverse: bool, device: typing.SupportsInt | typing.SupportsIndex, stream: typing.SupportsInt | typing.SupportsIndex, allow_tf32: bool, algorithm: typing.SupportsInt | typing.SupportsIndex, bf16: bool = False, P: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+def recurrent_forward(cell: str, nonlinearity: str, dtype: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, pointers: tuple, reverse: bool, device: typing.SupportsInt | typing.SupportsIndex, stream: typing.SupportsInt | typing.SupportsIndex, allow_tf32: bool, algorithm: typing.SupportsInt | typing.SupportsIndex, bf16: bool = False, P: typing.SupportsInt | typing.SupportsIndex = 0, ln_eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05) -> None:
     """
     One layer, one direction, on device pointers (see fusedrnn.cuda).
     """

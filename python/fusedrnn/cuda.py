@@ -127,12 +127,6 @@ def options(allow_tf32=None, algorithm=None):
         _settings.update(saved)
 
 
-def _cpu_only(cell):
-    """Refuses what has no CUDA kernels yet: the LayerNorm-LSTM."""
-    if cell == "layernorm_lstm":
-        raise ValueError("cell: the LayerNorm-LSTM has no CUDA kernels yet; run it on the CPU")
-
-
 def persistent_forward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh",
                             precision=None) -> bool:
     """Can the persistent forward kernel hold this problem on the current device?
@@ -225,8 +219,8 @@ class _Kernels:
         """x, w_hh and w_hr as CuPy arrays, the dtype, and (T, N, I, H, G*H, P, S): P the LSTM's
         projection size (0: none), S the width of h (P, or H); raises naming the argument."""
         if cell not in GATES:
-            raise ValueError(f"cell: expected 'rnn', 'lstm', 'gru' or 'gru_reset_before', got "
-                             f"{cell!r}")
+            raise ValueError(f"cell: expected 'rnn', 'lstm', 'gru', 'gru_reset_before' or "
+                             f"'layernorm_lstm', got {cell!r}")
         x = as_cupy(x, "x")
         dtype = self._dtype(x)
         if x.ndim != 3:
@@ -260,8 +254,7 @@ class _Kernels:
         """``cache``: the CPU kernels' kept weights, unused here (the bfloat16 weights are
         converted on the device each call); ``precision="bfloat16"``: bfloat16 products;
         ``w_ph``: an LSTM's peepholes [3H]; ``w_hr``: its projection [P, H] (stepwise);
-        ``ln``: refused (no CUDA LayerNorm-LSTM yet)."""
-        _cpu_only(cell)
+        ``ln``, ``ln_eps``: the LayerNorm-LSTM's norm parameters [10H] and epsilon."""
         cp = self._cp
         x, w_hh, w_hr, dtype, (T, N, I, H, GH, P, S) = self._sizes(cell, x, w_hh, w_hr)
         x = self._array(x, "x", (T, N, I), dtype)
@@ -270,20 +263,22 @@ class _Kernels:
         b_ih = (cp.zeros(GH, dtype) if b_ih is None else self._array(b_ih, "b_ih", (GH,), dtype))
         b_hh = (cp.zeros(GH, dtype) if b_hh is None else self._array(b_hh, "b_hh", (GH,), dtype))
         h0 = cp.zeros((N, S), dtype) if h0 is None else self._array(h0, "h0", (N, S), dtype)
-        lstm = cell == "lstm"
+        lstm = cell in ("lstm", "layernorm_lstm")  # (a cell state)
         if lstm:
             c0 = cp.zeros((N, H), dtype) if c0 is None else self._array(c0, "c0", (N, H), dtype)
         else:
             c0 = None
         d_lengths = self._lengths(lengths, T, N)
         w_ph = self._peepholes(cell, w_ph, H, dtype)
+        ln = self._layer_norm(cell, ln, H, dtype)
 
         y = cp.empty((T, N, S), dtype)
         h_n = cp.empty((N, S), dtype)
         c_n = cp.empty((N, H), dtype) if lstm else None
         gates = cp.empty((T, N, GH), dtype)
         uses_extra = cell != "rnn"
-        extra = cp.empty((T if uses_extra else 0, N, H), dtype) if training else None
+        E = 10 * H + 3 if cell == "layernorm_lstm" else H  # (cells/layernorm_lstm_cell.h)
+        extra = cp.empty((T if uses_extra else 0, N, E), dtype) if training else None
         h_prev = cp.empty((T, N, S), dtype) if training else None
         bf16 = _bf16(precision) and dtype == np.float32
         workspace = cp.empty(self._ext.forward_workspace_size(cell, nonlinearity, T, N, I, H,
@@ -292,11 +287,11 @@ class _Kernels:
                     _address(b_ih), _address(b_hh), _address(d_lengths), _address(y),
                     _address(h_n), _address(c_n), _address(gates),
                     _address(extra) if (training and uses_extra) else 0, _address(h_prev),
-                    _address(workspace), _address(w_ph), _address(w_hr))
+                    _address(workspace), _address(w_ph), _address(w_hr), _address(ln))
         self._ext.recurrent_forward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                     bool(reverse), *self._device_and_stream(),
                                     _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
-                                    bf16, P)
+                                    bf16, P, 1e-5 if ln_eps is None else float(ln_eps))
         if not training:
             return y, h_n, c_n, None, None, None
         return y, h_n, c_n, gates, extra, h_prev
@@ -304,16 +299,16 @@ class _Kernels:
     def recurrent_backward(self, cell, nonlinearity, x, w_ih, w_hh, lengths, reverse, gates,
                            extra, h_prev, dy, dh_n, dc_n, precision=None, w_ph=None, w_hr=None,
                            ln=None):
-        _cpu_only(cell)
         cp = self._cp
         x, w_hh, w_hr, dtype, (T, N, I, H, GH, P, S) = self._sizes(cell, x, w_hh, w_hr)
-        lstm = cell == "lstm"
+        lstm = cell in ("lstm", "layernorm_lstm")  # (a cell state)
         uses_extra = cell != "rnn"
+        E = 10 * H + 3 if cell == "layernorm_lstm" else H
         x = self._array(x, "x", (T, N, I), dtype)
         w_ih = self._array(w_ih, "w_ih", (GH, I), dtype)
         w_hh = self._array(w_hh, "w_hh", (GH, S), dtype)
         gates = self._array(gates, "gates", (T, N, GH), dtype)
-        extra = self._array(extra, "extra", (T, N, H), dtype) if uses_extra else None
+        extra = self._array(extra, "extra", (T, N, E), dtype) if uses_extra else None
         h_prev = self._array(h_prev, "h_prev", (T, N, S), dtype)
         dy = self._array(dy, "dy", (T, N, S), dtype)
         dh_n = self._array(dh_n, "dh_n", (N, S), dtype)
@@ -322,6 +317,8 @@ class _Kernels:
         w_ph = self._peepholes(cell, w_ph, H, dtype)
         dw_ph = None if w_ph is None else cp.empty((3 * H,), dtype)
         dw_hr = None if w_hr is None else cp.empty((P, H), dtype)
+        ln = self._layer_norm(cell, ln, H, dtype)
+        dln = None if ln is None else cp.empty((10 * H,), dtype)
 
         dx = cp.empty((T, N, I), dtype)
         dh0 = cp.empty((N, S), dtype)
@@ -338,14 +335,26 @@ class _Kernels:
                     _address(dh_n), _address(dc_n), _address(dx), _address(dh0), _address(dc0),
                     _address(dw_ih), _address(dw_hh), _address(db_ih), _address(db_hh),
                     _address(workspace), _address(w_ph), _address(dw_ph), _address(w_hr),
-                    _address(dw_hr))
+                    _address(dw_hr), _address(ln), _address(dln))
         self._ext.recurrent_backward(cell, nonlinearity, dtype.name, T, N, I, H, pointers,
                                      bool(reverse), *self._device_and_stream(),
                                      _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
                                      bf16, P)
         grads = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
         grads += () if w_ph is None else (dw_ph,)
-        return grads + (() if w_hr is None else (dw_hr,))
+        grads += () if w_hr is None else (dw_hr,)
+        return grads + (() if ln is None else (dln,))
+
+    def _layer_norm(self, cell, ln, H, dtype):
+        """The LayerNorm-LSTM's norm parameters [10H] (required for it), or None."""
+        if cell != "layernorm_lstm":
+            if ln is not None:
+                raise ValueError(f"ln: layer-norm parameters belong to the LayerNorm-LSTM, got "
+                                 f"them for {cell.upper()}")
+            return None
+        if ln is None:
+            raise ValueError("ln: the LayerNorm-LSTM needs its norm parameters [10H]")
+        return self._array(ln, "ln", (10 * H,), dtype)
 
     def _peepholes(self, cell, w_ph, H, dtype):
         if w_ph is None:

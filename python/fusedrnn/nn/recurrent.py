@@ -117,9 +117,6 @@ class RNNBase(Module):
         if proj_size and self._cell != "lstm":
             raise ValueError(f"proj_size: projections belong to an LSTM, got proj_size="
                              f"{proj_size} for {self._cell.upper()}")
-        if self._layer_norm and device == "cuda":
-            raise ValueError("device: the LayerNorm-LSTM has no CUDA kernels yet (CPU only), got "
-                             "device='cuda'")
         self.proj_size = int(proj_size)
         # the kernels' cell: the GRU's reset-before form and the LayerNorm-LSTM are cells of
         # their own there
