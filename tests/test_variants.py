@@ -59,6 +59,28 @@ def _numeric_gradient(loss, p, name, eps=1e-6):
     return numeric
 
 
+def _assert_thread_independent(run, lengths):
+    """run(lengths) -> {name: array} on 1 and 2 threads: they agree, and bit for bit under
+    fr.set_deterministic(True)."""
+    before, was = fr.get_num_threads(), fr.get_deterministic()
+    try:
+        for deterministic in (False, True):
+            fr.set_deterministic(deterministic)
+            results = []
+            for n in (1, 2):
+                fr.set_num_threads(n)
+                results.append(run(lengths))
+            for name in results[0]:
+                if deterministic:
+                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
+                else:
+                    assert relative_error(results[0][name], results[1][name]) <= \
+                        TOLERANCES["threads"][np.float32], name
+    finally:
+        fr.set_num_threads(before)
+        fr.set_deterministic(was)
+
+
 def _run(module, p, lengths=None, reverse=False, precision=None):
     y, h_n, c_n, ctx = module.lstm_forward(
         p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], lengths=lengths,
@@ -130,23 +152,7 @@ def test_peephole_results_do_not_depend_on_the_threads(N, H):
     """1 and 2 threads agree (the plans may sum in another order), and bit for bit under
     fr.set_deterministic(True) (the peephole gradients sum each unit's rows in order)."""
     p = _problem(12, N, 10, H, seed=7, dtype=np.float32)
-    before, was = fr.get_num_threads(), fr.get_deterministic()
-    try:
-        for deterministic in (False, True):
-            fr.set_deterministic(deterministic)
-            results = []
-            for n in (1, 2):
-                fr.set_num_threads(n)
-                results.append(_run(F, p, lengths=np.arange(N) % 13))
-            for name in results[0]:
-                if deterministic:
-                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
-                else:
-                    assert relative_error(results[0][name], results[1][name]) <= \
-                        TOLERANCES["threads"][np.float32], name
-    finally:
-        fr.set_num_threads(before)
-        fr.set_deterministic(was)
+    _assert_thread_independent(lambda lengths: _run(F, p, lengths), np.arange(N) % 13)
 
 
 @pytest.mark.parametrize("N,H", [(1, 48), (20, 64)])
@@ -415,23 +421,7 @@ def test_reset_before_gru_kernels_match_the_reference(T, N, H, reverse, dtype, t
 def test_reset_before_gru_results_do_not_depend_on_the_threads(N, H):
     """1 and 2 threads agree, and bit for bit under fr.set_deterministic(True)."""
     p = {k: v.astype(np.float32) for k, v in _gru_problem(12, N, 10, H, seed=7).items()}
-    before, was = fr.get_num_threads(), fr.get_deterministic()
-    try:
-        for deterministic in (False, True):
-            fr.set_deterministic(deterministic)
-            results = []
-            for n in (1, 2):
-                fr.set_num_threads(n)
-                results.append(_run_gru(F, p, lengths=np.arange(N) % 13))
-            for name in results[0]:
-                if deterministic:
-                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
-                else:
-                    assert relative_error(results[0][name], results[1][name]) <= \
-                        TOLERANCES["threads"][np.float32], name
-    finally:
-        fr.set_num_threads(before)
-        fr.set_deterministic(was)
+    _assert_thread_independent(lambda lengths: _run_gru(F, p, lengths), np.arange(N) % 13)
 
 
 def test_reset_before_gru_keeps_float32_products_under_autocast():
@@ -689,23 +679,7 @@ def test_projection_kernels_match_the_reference(T, N, H, P, reverse, dtype, thre
 
 def test_projection_results_do_not_depend_on_the_threads():
     p = _proj_problem(12, 24, 10, 96, 32, seed=7, dtype=np.float32)
-    before, was = fr.get_num_threads(), fr.get_deterministic()
-    try:
-        for deterministic in (False, True):
-            fr.set_deterministic(deterministic)
-            results = []
-            for n in (1, 2):
-                fr.set_num_threads(n)
-                results.append(_run_proj(F, p, lengths=np.arange(24) % 13))
-            for name in results[0]:
-                if deterministic:
-                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
-                else:
-                    assert relative_error(results[0][name], results[1][name]) <= \
-                        TOLERANCES["threads"][np.float32], name
-    finally:
-        fr.set_num_threads(before)
-        fr.set_deterministic(was)
+    _assert_thread_independent(lambda lengths: _run_proj(F, p, lengths), np.arange(24) % 13)
 
 
 def test_projection_keeps_float32_products_under_autocast():
@@ -863,23 +837,7 @@ def test_layernorm_lstm_kernels_match_the_reference(T, N, H, reverse, dtype, thr
 
 def test_layernorm_lstm_results_do_not_depend_on_the_threads():
     p = _ln_problem(12, 24, 10, 96, seed=7, dtype=np.float32)
-    before, was = fr.get_num_threads(), fr.get_deterministic()
-    try:
-        for deterministic in (False, True):
-            fr.set_deterministic(deterministic)
-            results = []
-            for n in (1, 2):
-                fr.set_num_threads(n)
-                results.append(_run_ln(F, p, lengths=np.arange(24) % 13))
-            for name in results[0]:
-                if deterministic:
-                    np.testing.assert_array_equal(results[0][name], results[1][name], name)
-                else:
-                    assert relative_error(results[0][name], results[1][name]) <= \
-                        TOLERANCES["threads"][np.float32], name
-    finally:
-        fr.set_num_threads(before)
-        fr.set_deterministic(was)
+    _assert_thread_independent(lambda lengths: _run_ln(F, p, lengths), np.arange(24) % 13)
 
 
 def test_layernorm_lstm_defaults_and_arguments():

@@ -251,6 +251,26 @@ struct StepForward {
   const T* w_ph;    // [3H] LSTM peepholes or null
 };
 
+// A forward call's step arguments (gh: the step's products; h_bf16 null).
+template <typename T>
+StepForward<T> step_forward_args(const ForwardArgs<T>& a, const T* gh) {
+  StepForward<T> p{};
+  p.N = a.shape.N;
+  p.H = a.shape.H;
+  p.gh = gh;
+  p.b_ih = a.b_ih;
+  p.b_hh = a.b_hh;
+  p.lengths = a.lengths;
+  p.gates = a.gates;
+  p.h = a.h_n;
+  p.c = a.c_n;
+  p.y = a.y;
+  p.extra = a.extra;
+  p.h_prev = a.h_prev;
+  p.w_ph = a.w_ph;
+  return p;
+}
+
 // Unit j's peepholes (i, f, o) as the cell reads them with H = 1 (null: none).
 template <typename T>
 __device__ __forceinline__ const T* unit_peepholes(const T* w_ph, int64_t H, int64_t j, T* own) {
@@ -351,6 +371,23 @@ struct StepBackward {
   bf16* dgh_bf16;   // [T, N, GH] the recurrent side rounded (bfloat16 products) or null
   const T* w_ph;    // [3H] LSTM peepholes or null
 };
+
+// A backward call's step arguments (dh, dh_next set per step; dgh, dgh_bf16 null).
+template <typename T>
+StepBackward<T> step_backward_args(const BackwardArgs<T>& a, T* dgx) {
+  StepBackward<T> p{};
+  p.N = a.shape.N;
+  p.H = a.shape.H;
+  p.lengths = a.lengths;
+  p.gates = a.gates;
+  p.extra = a.extra;
+  p.h_prev = a.h_prev;
+  p.dy = a.dy;
+  p.dc = a.dc0;
+  p.dgx = dgx;
+  p.w_ph = a.w_ph;
+  return p;
+}
 
 template <typename T, typename Cell>
 __global__ void backward_step_kernel(StepBackward<T> p, int64_t t) {
@@ -1365,18 +1402,9 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
     const int64_t PS = s.P;  // (P names the products' operand type here)
     T* m = workspace + N * GH;  // [N, H] (h_exchange's room: 2 N H)
     T* h_new = m + N * H;       // [N, PS], PS < H
-    StepForward<T> p{};
-    p.N = N;
-    p.H = H;
-    p.gh = gh;
-    p.b_ih = a.b_ih;
-    p.b_hh = a.b_hh;
-    p.lengths = a.lengths;
-    p.gates = a.gates;
-    p.h = m;
-    p.c = a.c_n;
-    p.extra = a.extra;
-    p.w_ph = a.w_ph;
+    StepForward<T> p = step_forward_args(a, gh);
+    p.h = m;  // (y and h_prev: projection_step_kernel's)
+    p.y = p.h_prev = nullptr;
     for (int64_t step = 0; step < s.T; ++step) {
       const int64_t t = a.reverse ? s.T - 1 - step : step;
       gemm(blas, stream, false, true, N, GH, PS, T(1), a.h_n, PS, a.w_hh, PS, T(0), gh, GH);
@@ -1434,21 +1462,8 @@ void forward_impl(const ForwardArgs<T>& a, T* workspace, const Options& o) {
   }
   }
 
-  StepForward<T> p{};
-  p.N = N;
-  p.H = H;
-  p.gh = gh;
-  p.b_ih = a.b_ih;
-  p.b_hh = a.b_hh;
-  p.lengths = a.lengths;
-  p.gates = a.gates;
-  p.h = a.h_n;
-  p.c = a.c_n;
-  p.y = a.y;
-  p.extra = a.extra;
-  p.h_prev = a.h_prev;
+  StepForward<T> p = step_forward_args(a, gh);
   p.h_bf16 = h_b;
-  p.w_ph = a.w_ph;
   if constexpr (kBf16) {
     to_bf16(stream, a.w_hh, w_hh_b, GH * H);
     to_bf16(stream, a.h0, h_b, N * H);
@@ -1589,17 +1604,11 @@ void projected_backward(const BackwardArgs<T>& a, T* workspace, cudaStream_t str
   T* direct = dm + N * H;    // [N, H]
   T* dh = a.dh0;
   T* dh_next = dh_other;     // [N, P] in [N, H]'s room
-  StepBackward<T> p{};
-  p.N = N;
-  p.H = H;
-  p.lengths = a.lengths;
-  p.gates = a.gates;
-  p.extra = a.extra;
+  StepBackward<T> p = step_backward_args(a, dgx);
+  p.h_prev = nullptr;  // (an LSTM's step reads neither, and dy is in dh_steps)
+  p.dy = nullptr;
   p.dh = dm;
-  p.dc = a.dc0;
-  p.dgx = dgx;
   p.dh_next = direct;
-  p.w_ph = a.w_ph;
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = a.reverse ? s.T - 1 - step : step;
     projection_grad_kernel<T><<<blocks_for(N * P), kThreads, 0, stream>>>(
@@ -1728,19 +1737,9 @@ void backward_impl(const BackwardArgs<T>& a, T* workspace, const Options& o) {
   // dh ping-pongs between dh0 and the workspace; it ends in dh0.
   T* dh = a.dh0;
   T* dh_next = dh_other;
-  StepBackward<T> p{};
-  p.N = N;
-  p.H = H;
-  p.lengths = a.lengths;
-  p.gates = a.gates;
-  p.extra = a.extra;
-  p.h_prev = a.h_prev;
-  p.dy = a.dy;
-  p.dc = a.dc0;
-  p.dgx = dgx;
+  StepBackward<T> p = step_backward_args(a, dgx);
   p.dgh = Cell::kSplitRecurrentGrad ? dgh : nullptr;
   p.dgh_bf16 = d_b;
-  p.w_ph = a.w_ph;
   const int blocks = blocks_for(N * H);
   if (N * H > 0 && !plan.fits) {
     if constexpr (kBf16) to_bf16(stream, a.w_hh, w_hh_b, GH * H);

@@ -197,11 +197,13 @@ def ours(cell, x, w, mode, kernels=None):
     return train_step
 
 
-def torch_peer(cell, x, w, mode, threads):
+def torch_peer(cell, x, w, mode, threads, proj_size=0):
+    """torch.nn's ``cell`` layer on the same weights (``proj_size``: an LSTM with projections,
+    w then holding weight_hr_l0 too): inference, or a training step (dy = 1)."""
     import torch
     torch.set_num_threads(threads)
-    I, H = x.shape[2], w["weight_hh_l0"].shape[1]
-    m = getattr(torch.nn, cell)(I, H)
+    I, H = x.shape[2], w["weight_hh_l0"].shape[0] // CELLS[cell][1]
+    m = getattr(torch.nn, cell)(I, H, **({"proj_size": proj_size} if proj_size else {}))
     m.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()})
     xt = torch.from_numpy(x)
     if mode == "infer":
@@ -210,7 +212,7 @@ def torch_peer(cell, x, w, mode, threads):
                 return m(xt)[0].numpy()
         return infer
     xg = xt.clone().requires_grad_(True)
-    dy = torch.ones(x.shape[0], x.shape[1], H)
+    dy = torch.ones(x.shape[0], x.shape[1], proj_size or H)
 
     def train_step():
         y, _ = m(xg)

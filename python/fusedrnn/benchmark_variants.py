@@ -24,29 +24,6 @@ def proj_size(H):
     return max(1, H // 4)
 
 
-def _torch_proj_peer(x, w, w_hr, mode, threads):
-    """torch.nn.LSTM(proj_size) on the same weights (the plain weight_hh replaced by ours)."""
-    import torch
-    torch.set_num_threads(threads)
-    I, P, H = x.shape[2], w_hr.shape[0], w_hr.shape[1]
-    m = torch.nn.LSTM(I, H, proj_size=P)
-    m.load_state_dict({k: torch.from_numpy(v) for k, v in dict(w, weight_hr_l0=w_hr).items()})
-    xt = torch.from_numpy(x)
-    if mode == "infer":
-        def infer():
-            with torch.no_grad():
-                return m(xt)[0].numpy()
-        return infer
-    xg = xt.clone().requires_grad_(True)
-    dy = torch.ones(x.shape[0], x.shape[1], P)
-
-    def train_step():
-        y, _ = m(xg)
-        y.backward(dy)
-        return y.detach().numpy()
-    return train_step
-
-
 def contestants(variant, x, w, mode, threads, have):
     """{name: callable}: "plain" (ours, the cell without the variant), "ours" (the variant) and,
     where the variant's peer is installed and runs the mode, "peer"."""
@@ -99,7 +76,8 @@ def contestants(variant, x, w, mode, threads, have):
             return y
         fns["ours"] = train_step
     if PEERS[variant] == "torch" and have["torch"]:
-        fns["peer"] = _torch_proj_peer(x, vw, w_hr, mode, threads)
+        fns["peer"] = benchmark.torch_peer(cell, x, dict(vw, weight_hr_l0=w_hr), mode, threads,
+                                           proj_size=w_hr.shape[0])
     return fns
 
 
