@@ -24,21 +24,31 @@ struct LayerNormLstmCell {
 
   FUSEDRNN_HD static constexpr int64_t extra_width(int64_t H) { return 10 * H + 3; }
 
-  // hat = (v - mean) * rstd over n values; returns rstd. Two passes (the variance of the
-  // centred values: no cancellation).
+  // The mean and the sum of squared deviations M2 of `segments` runs of v, run k at
+  // v[k * stride + j] for j in [j0, j1): two passes (no cancellation). A whole row: one run.
   template <typename T>
-  FUSEDRNN_HD static T normalize(const T* v, int64_t n, T eps, T* hat) {
+  FUSEDRNN_HD static void partial_stats(const T* v, int64_t stride, int segments, int64_t j0,
+                                        int64_t j1, T& mean, T& m2) {
     T sum = T(0);
+    for (int k = 0; k < segments; ++k) {
+      const T* run = v + k * stride;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t k = 0; k < n; ++k) sum += v[k];
-    const T mean = sum / T(n);
-    T var = T(0);
-#pragma omp simd reduction(+ : var)
-    for (int64_t k = 0; k < n; ++k) var += (v[k] - mean) * (v[k] - mean);
-    const T rstd = T(1) / std::sqrt(var / T(n) + eps);
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) hat[k] = (v[k] - mean) * rstd;
-    return rstd;
+      for (int64_t j = j0; j < j1; ++j) sum += run[j];
+    }
+    mean = sum / T(segments * (j1 - j0));
+    T dev = T(0);
+    for (int k = 0; k < segments; ++k) {
+      const T* run = v + k * stride;
+#pragma omp simd reduction(+ : dev)
+      for (int64_t j = j0; j < j1; ++j) dev += (run[j] - mean) * (run[j] - mean);
+    }
+    m2 = dev;
+  }
+
+  // 1 / sqrt(var + eps) from the whole row's M2 over n values.
+  template <typename T>
+  FUSEDRNN_HD static T rstd_of(T m2, int64_t n, T eps) {
+    return T(1) / std::sqrt(m2 / T(n) + eps);
   }
 
   // out = the gradient reaching v from d_hat, the one reaching hat = LN(v); out may be d_hat.
@@ -57,49 +67,73 @@ struct LayerNormLstmCell {
     for (int64_t k = 0; k < n; ++k) out[k] = rstd * (d_hat[k] - m1 - hat[k] * m2);
   }
 
+  // Units [j0, j1) of one sample's step given its rows' statistics (mean mx, my; rstd rx, rh):
+  // unit j of gate k at ax[k * sx + j] (W_ih x) and ah[k * sh + j] (W_hh h, no biases); writes
+  // x_hat, h_hat [4H] (the normalized rows), c [H] (c' from c) and gates [4H] (i, f, g, o; may
+  // alias ax). V, L: the unit loops' type and width (T and 1, or the CPU's SIMD vectors of
+  // floats where j0, j1 and the strides are multiples of L).
+  template <typename T, typename V, int64_t L>
+  FUSEDRNN_HD static void gate_units(const T* ax, int64_t sx, const T* ah, int64_t sh, T mx, T rx,
+                                     T mh, T rh, const T* ln, const T* b_ih, const T* b_hh,
+                                     int64_t H, int64_t j0, int64_t j1, T* c, T* gates, T* x_hat,
+                                     T* h_hat) {
+    const int64_t G = 4 * H;
+    for (int64_t j = j0 / L; j < j1 / L; ++j) {
+      V a[4];
+      for (int k = 0; k < 4; ++k) {
+        const V xh = (reinterpret_cast<const V*>(ax + k * sx)[j] - mx) * rx;
+        const V hh = (reinterpret_cast<const V*>(ah + k * sh)[j] - mh) * rh;
+        reinterpret_cast<V*>(x_hat + k * H)[j] = xh;
+        reinterpret_cast<V*>(h_hat + k * H)[j] = hh;
+        a[k] = reinterpret_cast<const V*>(ln + k * H)[j] * xh +
+               reinterpret_cast<const V*>(b_ih + k * H)[j] +
+               reinterpret_cast<const V*>(ln + G + k * H)[j] * hh +
+               reinterpret_cast<const V*>(b_hh + k * H)[j];
+      }
+      const V i = sigmoid(a[0]), f = sigmoid(a[1]), g = tanh_(a[2]), o = sigmoid(a[3]);
+      V* cv = reinterpret_cast<V*>(c) + j;
+      *cv = f * *cv + i * g;
+      reinterpret_cast<V*>(gates)[j] = i;
+      reinterpret_cast<V*>(gates + H)[j] = f;
+      reinterpret_cast<V*>(gates + 2 * H)[j] = g;
+      reinterpret_cast<V*>(gates + 3 * H)[j] = o;
+    }
+  }
+
+  // Units [j0, j1) of the step's output given c's statistics: c_hat = LN(c'), h = o * tanh(g_c
+  // c_hat + b_c).
+  template <typename T, typename V, int64_t L>
+  FUSEDRNN_HD static void output_units(const T* c, T mc, T rc, const T* ln, const T* gates,
+                                       int64_t H, int64_t j0, int64_t j1, T* c_hat, T* h) {
+    const T* g_c = ln + 8 * H;
+    for (int64_t j = j0 / L; j < j1 / L; ++j) {
+      const V ch = (reinterpret_cast<const V*>(c)[j] - mc) * rc;
+      reinterpret_cast<V*>(c_hat)[j] = ch;
+      reinterpret_cast<V*>(h)[j] = reinterpret_cast<const V*>(gates + 3 * H)[j] *
+                                   tanh_(reinterpret_cast<const V*>(g_c)[j] * ch +
+                                         reinterpret_cast<const V*>(g_c + H)[j]);
+    }
+  }
+
   // One sample's step: ax = W_ih x, ah = W_hh h (no biases) [4H]; c [H] in/out; h [H] out;
-  // gates [4H] out (i, f, g, o; may alias ax); ext [extra_width(H)] (c_prev written with kSave).
-  // V: the type the unit loops run on, L units at a time (T and 1; the CPU's SIMD vectors of
-  // floats where H is a multiple of their width): the same math, the activations' overloads.
+  // gates [4H] out (may alias ax); ext [extra_width(H)] (c_prev written with kSave).
   template <typename T, typename V, int64_t L, bool kSave>
   FUSEDRNN_HD static void forward(const T* ax, const T* ah, const T* ln, const T* b_ih,
                                   const T* b_hh, int64_t H, T eps, T* c, T* h, T* gates, T* ext) {
-    const int64_t G = 4 * H, HL = H / L;
-    T* x_hat = ext + H;
-    T* h_hat = ext + 5 * H;
-    T* c_hat = ext + 9 * H;
+    const int64_t G = 4 * H;
     T* rstd = ext + 10 * H;
-    rstd[0] = normalize(ax, G, eps, x_hat);
-    rstd[1] = normalize(ah, G, eps, h_hat);
+    T mx, mh, mc, m2;
+    partial_stats(ax, H, 4, 0, H, mx, m2);
+    rstd[0] = rstd_of(m2, G, eps);
+    partial_stats(ah, H, 4, 0, H, mh, m2);
+    rstd[1] = rstd_of(m2, G, eps);
     if (kSave)
       for (int64_t j = 0; j < H; ++j) ext[j] = c[j];
-    auto* xv = reinterpret_cast<const V*>(x_hat);
-    auto* hv = reinterpret_cast<const V*>(h_hat);
-    auto* g_ih = reinterpret_cast<const V*>(ln);
-    auto* g_hh = reinterpret_cast<const V*>(ln + G);
-    auto* bi = reinterpret_cast<const V*>(b_ih);
-    auto* bh = reinterpret_cast<const V*>(b_hh);
-    auto* cv = reinterpret_cast<V*>(c);
-    auto* gv = reinterpret_cast<V*>(gates);
-    for (int64_t j = 0; j < HL; ++j) {
-      V a[4];
-      for (int k = 0; k < 4; ++k) {
-        const int64_t r = k * HL + j;
-        a[k] = g_ih[r] * xv[r] + bi[r] + g_hh[r] * hv[r] + bh[r];
-      }
-      const V i = sigmoid(a[0]), f = sigmoid(a[1]), g = tanh_(a[2]), o = sigmoid(a[3]);
-      cv[j] = f * cv[j] + i * g;
-      gv[j] = i;
-      gv[HL + j] = f;
-      gv[2 * HL + j] = g;
-      gv[3 * HL + j] = o;
-    }
-    rstd[2] = normalize(c, H, eps, c_hat);
-    auto* chv = reinterpret_cast<const V*>(c_hat);
-    auto* g_c = reinterpret_cast<const V*>(ln + 2 * G);
-    auto* b_c = g_c + HL;
-    auto* out = reinterpret_cast<V*>(h);
-    for (int64_t j = 0; j < HL; ++j) out[j] = gv[3 * HL + j] * tanh_(g_c[j] * chv[j] + b_c[j]);
+    gate_units<T, V, L>(ax, H, ah, H, mx, rstd[0], mh, rstd[1], ln, b_ih, b_hh, H, 0, H, c,
+                        gates, ext + H, ext + 5 * H);
+    partial_stats(c, H, 1, 0, H, mc, m2);
+    rstd[2] = rstd_of(m2, H, eps);
+    output_units<T, V, L>(c, mc, rstd[2], ln, gates, H, 0, H, ext + 9 * H, h);
   }
 
   // One sample's step back: dh [H] the gradient reaching h' (dy included); dc [H] in, reaching

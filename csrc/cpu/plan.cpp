@@ -301,13 +301,18 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   if (cell == CellKind::kLayerNormLstm) {
     // ForwardCall::layernorm_loop: a step's norms need every unit of a sample's rows, so by
     // samples (no barrier) wherever each slice gets enough samples, W_hh in a core's cache or
-    // not (each slice streams it; by units the team would meet three times a step), else one
-    // thread; the inputs projected by each slice (sequences) or up front; float32 products.
+    // not (each slice streams it; by units the team meets three times a step), the inputs
+    // projected by each slice (sequences) or up front; float32 products.
+    // Too few samples for that, a step big enough to split goes by units (ForwardCall::
+    // layernorm_by_units: the norms' statistics combined across the slices, three meetings a
+    // step), its inputs projected up front.
     const bool samples = layernorm_by_samples(t, s, slices);
     p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
     p.product = step_product(t, packed, N);
-    p.projection = packed ? Projection::kPerSlice : Projection::kUpFront;
-    p.loop_slices = samples ? slices : 1;
+    // (deterministic: one thread, the statistics' parts would follow the thread count)
+    p.loop_slices = samples || (!fixed && N * GH * H >= t.min_step_macs_to_split) ? slices : 1;
+    p.projection = packed && (samples || p.loop_slices == 1) ? Projection::kPerSlice
+                                                             : Projection::kUpFront;
     p.bias_in_packed = false;
     p.waits_for_inputs = inputs_ready;
     p.bf16 = p.amx = p.amx_projection = false;
