@@ -217,7 +217,11 @@ class Dropout(Module):
 
 class Sequential(Module):
     """Modules applied in order, each taking the previous one's output (one array);
-    ``backward`` walks them in reverse. Children are named "0", "1", ... as in PyTorch."""
+    ``backward`` walks them in reverse. Children are named "0", "1", ... as in PyTorch.
+
+    A recurrent layer inside passes its output sequence on and drops its final states (as a
+    Keras Sequential does): ``Sequential(LSTM(8, 32), LSTM(32, 32), Linear(32, 4))`` is a stack
+    whose ``forward(x)`` returns the Linear's output at every step."""
 
     def __init__(self, *modules):
         super().__init__()
@@ -238,12 +242,17 @@ class Sequential(Module):
     def forward(self, x):
         """Feeds ``x`` through every module in order; returns the last one's output."""
         for m in self._modules.values():
-            x = m(x)
+            x = _sequence(m(x))
         return x
 
     def backward(self, dout):
         """Calls every module's ``backward`` in reverse order, each on the previous one's result;
         returns the first module's input gradient."""
         for m in reversed(list(self._modules.values())):
-            dout = m.backward(dout)
+            dout = _sequence(m.backward(dout))
         return dout
+
+
+def _sequence(result):
+    """A recurrent layer's (out, h_n) -> out, and its backward's (dx, dh0) -> dx."""
+    return result[0] if isinstance(result, tuple) else result
