@@ -23,7 +23,8 @@ from ._layout import to_onnx
 
 ONNX_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 GRAPH_NAMES = ("x", "h0", "c0", "lengths", "y", "h_n", "c_n")
-MIN_OPSET = 14  # the recurrent nodes' layout attribute, Squeeze/Slice with axes as inputs
+MIN_OPSET = 14
+SEQUENTIAL_PARTS = (RNNBase, Linear, Embedding, Dropout, Identity)  # the recurrent nodes' layout attribute, Squeeze/Slice with axes as inputs
 
 
 def _onnx():
@@ -300,7 +301,7 @@ def _export_recurrent(g, layer, x, hx, lengths):
         g.output(name, value, [LD, "batch", width])
 
 
-def _export_sequential(g, model, x):
+def _export_sequential(g, model, x, y):
     first = model[0] if len(model) else None
     if isinstance(first, Embedding):
         g.inputs.append(g.value_info("x", ["d0", "d1"], g.onnx.TensorProto.INT64))
@@ -326,12 +327,8 @@ def _export_sequential(g, model, x):
         elif isinstance(m, Embedding):
             value = g.node("Gather", [g.const(f"{where}weight", np.asarray(m.weight.data)), value],
                            axis=0, base=f"{where}embedding")
-        elif isinstance(m, (Dropout, Identity)):
-            continue  # the identity at inference
-        else:
-            raise TypeError(f"model[{index}]: expected a recurrent layer, Linear, Embedding, "
-                            f"Dropout or Identity to export, got {type(m).__name__}")
-    g.output("y", value, None)
+        # Dropout and Identity: the identity at inference
+    g.output("y", value, [f"d{k}" for k in range(y.ndim - 1)] + [y.shape[-1]])
 
 
 def _export_seq2seq(g, model, lengths):
@@ -402,9 +399,14 @@ def export(model, path, x, hx=None, lengths=None, opset=17):
             if hx is not None or lengths is not None:
                 raise ValueError("hx, lengths: a Sequential takes x alone; export its recurrent "
                                  "layer on its own for initial states or lengths")
+            for index, m in enumerate(model):
+                if not isinstance(m, SEQUENTIAL_PARTS):
+                    raise TypeError(f"model[{index}]: expected a recurrent layer, Linear, "
+                                    f"Embedding, Dropout or Identity to export, got "
+                                    f"{type(m).__name__}")
             if not isinstance(x, np.ndarray):
                 raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
-            model(x)
+            y = model(x)
             floats = [p.data.dtype for p in model.parameters()]
             dtype = floats[0] if floats else x.dtype
         else:
@@ -420,7 +422,7 @@ def export(model, path, x, hx=None, lengths=None, opset=17):
     if isinstance(model, RNNBase):
         _export_recurrent(g, model, x, hx, lengths)
     elif isinstance(model, Sequential):
-        _export_sequential(g, model, x)
+        _export_sequential(g, model, x, y)
     else:
         _export_seq2seq(g, model, lengths)
     graph = g.helper.make_graph(g.nodes, type(model).__name__, g.inputs, g.outputs,

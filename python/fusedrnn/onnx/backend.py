@@ -1,0 +1,314 @@
+"""An ONNX backend (``onnx.backend.base.Backend``) for graphs of ONNX ``LSTM``, ``GRU`` and ``RNN``
+nodes, run on fusedrnn's kernels: ``Backend.prepare(model).run(inputs)`` returns the graph's
+outputs in order. It takes every attribute and input ONNX's own backend node tests use:
+``direction`` (forward, reverse, bidirectional), ``layout`` 0 and 1, ``sequence_lens``,
+``initial_h``/``initial_c``, peepholes ``P``, ``linear_before_reset`` 0 and 1, RNN activations
+Tanh and Relu, ``hidden_size``. What it cannot run (``clip``, other activations,
+``input_forget``, another op) is refused at ``prepare`` with the node and the attribute named.
+
+``load(path)`` turns the recurrent nodes of a model whose weights are initializers into
+``fr.nn`` layers with those weights.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.backend.base import Backend as OnnxBackend
+from onnx.backend.base import BackendRep
+
+from .. import functional as F
+from ._layout import from_onnx
+
+CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# each cell's activations per direction, the only ones the kernels compute (RNN: either)
+ACTIVATIONS = {"lstm": [("sigmoid", "tanh", "tanh")], "gru": [("sigmoid", "tanh")],
+               "rnn": [("tanh",), ("relu",)]}
+INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
+DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+
+
+@dataclass
+class RecurrentNode:
+    """One ONNX recurrent node, checked: what the kernels need to run it."""
+
+    name: str
+    cell: str
+    inputs: dict  # role ("X", "W", ...) -> value name, the given ones
+    outputs: list  # Y, Y_h[, Y_c] value names ("" where not asked for)
+    direction: str = "forward"
+    hidden_size: int = 0  # 0: from R's shape
+    layout: int = 0
+    linear_before_reset: int = 0
+    nonlinearities: list = field(default_factory=list)  # per direction (RNN)
+
+    @property
+    def num_directions(self):
+        return DIRECTIONS[self.direction]
+
+
+def _refuse(node, what):
+    raise ValueError(f"ONNX node {node.name or node.op_type!r} ({node.op_type}): {what}")
+
+
+def parse_node(node):
+    """A NodeProto -> RecurrentNode, or ValueError naming the node and what it cannot take."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in CELLS:
+        _refuse(node, "fusedrnn's ONNX backend runs LSTM, GRU and RNN nodes only")
+    cell = CELLS[node.op_type]
+    roles = INPUTS[:8 if cell == "lstm" else 6]
+    if len(node.input) > len(roles):
+        _refuse(node, f"expected at most {len(roles)} inputs {roles}, got {len(node.input)}")
+    spec = RecurrentNode(name=node.name or node.op_type, cell=cell,
+                         inputs={r: n for r, n in zip(roles, node.input) if n},
+                         outputs=list(node.output))
+    for role in ("X", "W", "R"):
+        if role not in spec.inputs:
+            _refuse(node, f"input {role} is required")
+    activations = None
+    for a in node.attribute:
+        value = onnx.helper.get_attribute_value(a)
+        if a.name == "direction":
+            spec.direction = value.decode() if isinstance(value, bytes) else value
+            if spec.direction not in DIRECTIONS:
+                _refuse(node, f"attribute direction: expected one of {list(DIRECTIONS)}, got "
+                              f"{spec.direction!r}")
+        elif a.name == "hidden_size":
+            spec.hidden_size = int(value)
+        elif a.name == "layout":
+            if value not in (0, 1):
+                _refuse(node, f"attribute layout: expected 0 or 1, got {value}")
+            spec.layout = int(value)
+        elif a.name == "linear_before_reset" and cell == "gru":
+            spec.linear_before_reset = int(value)
+        elif a.name == "input_forget" and cell == "lstm":
+            if value:
+                _refuse(node, f"attribute input_forget={value} (coupled input and forget gates) "
+                              f"is not supported; expected 0")
+        elif a.name == "activations":
+            activations = [v.decode().lower() if isinstance(v, bytes) else v.lower()
+                           for v in value]
+        elif a.name in ("clip", "activation_alpha", "activation_beta"):
+            _refuse(node, f"attribute {a.name} is not supported (the kernels compute the cells' "
+                          f"own activations, unclipped)")
+        else:
+            _refuse(node, f"attribute {a.name} is not supported")
+    D = spec.num_directions
+    allowed = ACTIVATIONS[cell]
+    n = len(allowed[0])
+    if activations is None:
+        activations = list(allowed[0]) * D
+    if len(activations) != n * D:
+        _refuse(node, f"attribute activations: expected {n * D} ({n} per direction), got "
+                      f"{len(activations)}")
+    for d in range(D):
+        if tuple(activations[d * n:(d + 1) * n]) not in allowed:
+            _refuse(node, f"attribute activations: expected "
+                          f"{' or '.join(str(list(a)) for a in allowed)} per direction, got "
+                          f"{activations[d * n:(d + 1) * n]}")
+        spec.nonlinearities.append(activations[d * n + n - 1] if cell == "rnn" else "tanh")
+    return spec
+
+
+def _weights(spec, values, d):
+    """Direction d's weights in our layout (w_ih, w_hh, b_ih, b_hh, w_ph)."""
+    def given(role):
+        return values[spec.inputs[role]][d] if role in spec.inputs else None
+    return from_onnx(spec.cell, given("W"), given("R"), given("B"),
+                     given("P") if spec.cell == "lstm" else None)
+
+
+def _check_shapes(spec, values):
+    """ValueError naming the node and the input whose shape does not fit the others."""
+    X = values[spec.inputs["X"]]
+    D, G = spec.num_directions, GATES[spec.cell]
+
+    def refuse(role, expected, got):
+        raise ValueError(f"ONNX node {spec.name!r} ({spec.cell.upper()}): input {role} "
+                         f"({spec.inputs[role]!r}): expected {expected}, got {got}")
+    if X.ndim != 3:
+        refuse("X", "3 dimensions", f"shape {X.shape}")
+    if X.dtype not in (np.float32, np.float64):
+        refuse("X", "float32 or float64", X.dtype)
+    W = values[spec.inputs["W"]]
+    H = spec.hidden_size or values[spec.inputs["R"]].shape[-1]
+    N = X.shape[1 - spec.layout]
+    expected = {"W": (D, G * H, X.shape[2]), "R": (D, G * H, H), "B": (D, 2 * G * H),
+                "P": (D, 3 * H), "sequence_lens": (N,),
+                "initial_h": (N, D, H) if spec.layout else (D, N, H)}
+    expected["initial_c"] = expected["initial_h"]
+    for role, shape in expected.items():
+        if role in spec.inputs:
+            a = values[spec.inputs[role]]
+            if a.shape != shape:
+                refuse(role, f"shape {shape}", f"shape {a.shape}")
+            if role != "sequence_lens" and a.dtype != X.dtype:
+                refuse(role, f"dtype {X.dtype} (X's)", a.dtype)
+    del W
+    return H
+
+
+def run_recurrent(spec, values):
+    """The node's outputs (Y, Y_h[, Y_c]) on the kernels, in the node's layout."""
+    H = _check_shapes(spec, values)
+    X = values[spec.inputs["X"]]
+    if spec.layout:  # batch-major [N, T, I] (and states [N, D, H]): the kernels' [T, N, I]
+        X = X.transpose(1, 0, 2)
+    X = np.ascontiguousarray(X)
+
+    def state(role, d):
+        if role not in spec.inputs:
+            return None
+        a = values[spec.inputs[role]]
+        return np.ascontiguousarray(a[:, d] if spec.layout else a[d])
+    lengths = values.get(spec.inputs.get("sequence_lens"))
+    if lengths is not None:
+        lengths = np.asarray(lengths, np.int64)
+    ys, hs, cs = [], [], []
+    for d in range(spec.num_directions):
+        w_ih, w_hh, b_ih, b_hh, w_ph = (None if a is None else np.ascontiguousarray(a)
+                                        for a in _weights(spec, values, d))
+        common = dict(lengths=lengths, reverse=d == 1 or spec.direction == "reverse")
+        h0 = state("initial_h", d)
+        if spec.cell == "lstm":
+            y, h, c, _ = F.lstm_forward(X, h0, state("initial_c", d), w_ih, w_hh, b_ih, b_hh,
+                                        w_ph=w_ph, **common)
+            cs.append(c)
+        elif spec.cell == "gru":
+            y, h, _ = F.gru_forward(X, h0, w_ih, w_hh, b_ih, b_hh,
+                                    reset_after=bool(spec.linear_before_reset), **common)
+        else:
+            y, h, _ = F.rnn_forward(X, h0, w_ih, w_hh, b_ih, b_hh,
+                                    nonlinearity=spec.nonlinearities[d], **common)
+        ys.append(y)
+        hs.append(h)
+    Y = np.stack(ys, axis=1)  # [T, D, N, H]
+    finals = [np.stack(hs)] + ([np.stack(cs)] if cs else [])  # [D, N, H]
+    if spec.layout:
+        Y = Y.transpose(2, 0, 1, 3)  # [N, T, D, H]
+        finals = [a.transpose(1, 0, 2) for a in finals]  # [N, D, H]
+    return [np.ascontiguousarray(a) for a in [Y] + finals]
+
+
+class FusedRnnRep(BackendRep):
+    """A prepared model: ``run(inputs)`` takes the graph's inputs (a list in graph order, the
+    initializers left out, or a dict by name) and returns its outputs as a list in graph order."""
+
+    def __init__(self, graph, nodes):
+        self._graph, self._nodes = graph, nodes
+        self._constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in self._constants]
+        self.output_names = [o.name for o in graph.output]
+
+    def run(self, inputs, **kwargs):
+        values = dict(self._constants)
+        if isinstance(inputs, dict):
+            missing = [n for n in self.input_names if n not in inputs]
+            if missing:
+                raise ValueError(f"inputs: missing graph inputs {missing}")
+            values.update({k: np.asarray(v) for k, v in inputs.items()})
+        else:
+            inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+            if len(inputs) != len(self.input_names):
+                raise ValueError(f"inputs: expected {len(self.input_names)} arrays "
+                                 f"{self.input_names}, got {len(inputs)}")
+            values.update(zip(self.input_names, (np.asarray(v) for v in inputs)))
+        for spec in self._nodes:
+            for name, value in zip(spec.outputs, run_recurrent(spec, values)):
+                if name:
+                    values[name] = value
+        return [values[n] for n in self.output_names]
+
+
+class Backend(OnnxBackend):
+    """fusedrnn's kernels as an ONNX backend (device "CPU")."""
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return str(device).upper().split(":")[0] == "CPU"
+
+    @classmethod
+    def prepare(cls, model, device: str = "CPU", **kwargs):
+        """Check ``model`` (a ModelProto or a path) and every node; returns the rep to run."""
+        if isinstance(model, (str, os.PathLike)):
+            model = onnx.load(os.fspath(model))
+        if not isinstance(model, onnx.ModelProto):
+            raise TypeError(f"model: expected an onnx.ModelProto or a path, got "
+                            f"{type(model).__name__}")
+        if not cls.supports_device(device):
+            raise ValueError(f"device: fusedrnn's ONNX backend runs on 'CPU', got {device!r}")
+        onnx.checker.check_model(model)
+        return FusedRnnRep(model.graph, [parse_node(n) for n in model.graph.node])
+
+    @classmethod
+    def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
+        """One node on ``inputs`` (arrays in the node's input order, "" inputs skipped)."""
+        if not cls.supports_device(device):
+            raise ValueError(f"device: fusedrnn's ONNX backend runs on 'CPU', got {device!r}")
+        spec = parse_node(node)
+        named = [n for n in node.input if n]
+        values = dict(zip(named, (np.asarray(v) for v in inputs)))
+        return [v for n, v in zip(spec.outputs, run_recurrent(spec, values)) if n]
+
+
+prepare = Backend.prepare
+run_model = Backend.run_model
+run_node = Backend.run_node
+supports_device = Backend.supports_device
+
+
+def load(path):
+    """The recurrent nodes of the ONNX model at ``path`` (or a ModelProto) as ``fr.nn`` layers
+    with their weights: an OrderedDict {node name: layer}, in graph order. A node's W, R (and B,
+    P) must be initializers; the layer is one layer deep with the node's directions,
+    ``batch_first`` for layout 1, ``peephole`` for P, ``reset_after`` from linear_before_reset,
+    the RNN's nonlinearity from its activations (the same for both directions)."""
+    from .. import nn
+    model = onnx.load(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"path: expected a path to an ONNX model or an onnx.ModelProto, got "
+                        f"{type(path).__name__}")
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    layers = OrderedDict()
+    for node in model.graph.node:
+        if node.op_type not in CELLS:
+            continue
+        spec = parse_node(node)
+        for role in ("W", "R", "B", "P"):
+            if role in spec.inputs and spec.inputs[role] not in constants:
+                _refuse(node, f"input {role} ({spec.inputs[role]!r}) is not an initializer; "
+                              f"load takes weights stored in the model")
+        if len(set(spec.nonlinearities)) > 1:
+            _refuse(node, f"activations {spec.nonlinearities} differ between directions; a "
+                          f"fr.nn.RNN has one nonlinearity")
+        W = constants[spec.inputs["W"]]
+        D, I = W.shape[0], W.shape[2]
+        H = spec.hidden_size or constants[spec.inputs["R"]].shape[-1]
+        options = dict(bias="B" in spec.inputs, batch_first=bool(spec.layout),
+                       bidirectional=D == 2, dtype=W.dtype)
+        if spec.direction == "reverse":
+            _refuse(node, "direction 'reverse' alone has no fr.nn layer (a layer runs forward, "
+                          "or both directions); run it with Backend")
+        if spec.cell == "lstm":
+            layer = nn.LSTM(I, H, peephole="P" in spec.inputs, **options)
+        elif spec.cell == "gru":
+            layer = nn.GRU(I, H, reset_after=bool(spec.linear_before_reset), **options)
+        else:
+            layer = nn.RNN(I, H, nonlinearity=spec.nonlinearities[0], **options)
+        state = {}
+        for d in range(D):
+            suffix = "_reverse" if d else ""
+            w_ih, w_hh, b_ih, b_hh, w_ph = _weights(spec, constants, d)
+            state[f"weight_ih_l0{suffix}"], state[f"weight_hh_l0{suffix}"] = w_ih, w_hh
+            if options["bias"]:
+                state[f"bias_ih_l0{suffix}"], state[f"bias_hh_l0{suffix}"] = b_ih, b_hh
+            if w_ph is not None:
+                state[f"weight_ph_l0{suffix}"] = w_ph
+        layer.load_state_dict(state)
+        layers[spec.name] = layer
+    return layers

@@ -1,0 +1,276 @@
+"""fusedrnn.onnx: export (checked by onnx.checker and run in ONNX Runtime against our own
+outputs), the backend on graphs we build (ONNX's own node tests: test_onnx_node_suite.py), load,
+and the errors that name what is wrong."""
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+
+onnx = pytest.importorskip("onnx")
+from fusedrnn.onnx import Backend, export, load  # noqa: E402
+
+ATOL = 1e-5
+rng_seeds = range(6)
+
+
+def _ort_run(path, feeds):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _flat(result):
+    """(out, h_n) or (out, (h_n, c_n)) -> [out, h_n(, c_n)]."""
+    out, finals = result
+    return [out] + (list(finals) if isinstance(finals, tuple) else [finals])
+
+
+def _random_layer(seed):
+    """A random layer configuration of every cell and variant."""
+    rng = np.random.default_rng(seed)
+    kind = ["lstm", "gru", "rnn", "peephole", "reset_before", "proj", "layernorm",
+            "relu"][seed % 8]
+    I, H = int(rng.integers(1, 9)), int(rng.integers(2, 12))
+    common = dict(num_layers=int(rng.integers(1, 4)), bidirectional=bool(rng.integers(2)),
+                  batch_first=bool(rng.integers(2)), bias=bool(rng.integers(2)) or kind == "layernorm",
+                  seed=seed)
+    if kind == "layernorm":
+        return fr.nn.LayerNormLSTM(I, H, **common)
+    if kind in ("lstm", "peephole", "proj"):
+        return fr.nn.LSTM(I, H, peephole=kind == "peephole" or (kind == "proj" and seed % 2 == 0),
+                          proj_size=int(rng.integers(1, H)) if kind == "proj" else 0, **common)
+    if kind in ("gru", "reset_before"):
+        return fr.nn.GRU(I, H, reset_after=kind == "gru", **common)
+    return fr.nn.RNN(I, H, nonlinearity="relu" if kind == "relu" else "tanh", **common)
+
+
+def _inputs(layer, rng, T, N, with_state, with_lengths):
+    shape = (N, T, layer.input_size) if layer.batch_first else (T, N, layer.input_size)
+    x = rng.standard_normal(shape).astype(np.float32)
+    LD = layer.num_layers * layer.num_directions
+    hx = None
+    if with_state:
+        h0 = rng.standard_normal((LD, N, layer.proj_size or layer.hidden_size)).astype(np.float32)
+        hx = (h0, rng.standard_normal((LD, N, layer.hidden_size)).astype(np.float32)) \
+            if layer._cell == "lstm" else h0
+    lengths = rng.integers(0, T + 1, N).astype(np.int64) if with_lengths else None
+    return x, hx, lengths
+
+
+def _feeds(x, hx, lengths):
+    feeds = {"x": x}
+    if hx is not None:
+        feeds.update(zip(("h0", "c0"), hx) if isinstance(hx, tuple) else [("h0", hx)])
+    if lengths is not None:
+        feeds["lengths"] = lengths
+    return feeds
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_export_runs_in_onnxruntime_with_our_outputs(seed, tmp_path):
+    """Random layers (every cell and variant, 1-3 layers, directions, batch_first, bias,
+    initial states, lengths with 0 and T) exported, checked, run by ONNX Runtime at two batch
+    sizes and two lengths (the axes are dynamic): our outputs to 1e-5."""
+    layer = _random_layer(seed)
+    rng = np.random.default_rng(100 + seed)
+    with_state, with_lengths = bool(seed & 2), bool(seed & 4)
+    path = tmp_path / "layer.onnx"
+    x, hx, lengths = _inputs(layer, rng, 5, 3, with_state, with_lengths)
+    export(layer, path, x, hx, lengths)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == list(_feeds(x, hx, lengths))
+    layer.eval()
+    for T, N in ((5, 3), (7, 1)):
+        x, hx, lengths = _inputs(layer, rng, T, N, with_state, with_lengths)
+        got = _ort_run(path, _feeds(x, hx, lengths))
+        expected = _flat(layer(x, hx, lengths))
+        assert [o.name for o in model.graph.output] == ["y", "h_n", "c_n"][:len(expected)]
+        for ours, theirs in zip(expected, got):
+            np.testing.assert_allclose(theirs, ours, rtol=0, atol=ATOL)
+
+
+def test_export_uses_onnx_recurrent_nodes_where_onnx_has_the_cell(tmp_path):
+    """Plain, peephole and reset-before cells are ONNX LSTM/GRU/RNN nodes (one per layer); the
+    projected LSTM and the LayerNorm-LSTM are Scans of the step."""
+    x = np.zeros((2, 1, 3), np.float32)
+    cases = [(fr.nn.LSTM(3, 4, 2, peephole=True), "LSTM"),
+             (fr.nn.GRU(3, 4, 2, reset_after=False), "GRU"), (fr.nn.RNN(3, 4, 2), "RNN"),
+             (fr.nn.LSTM(3, 4, 2, proj_size=2), "Scan"), (fr.nn.LayerNormLSTM(3, 4, 2), "Scan")]
+    for layer, op in cases:
+        ops = [n.op_type for n in export(layer, tmp_path / "m.onnx", x).graph.node]
+        assert ops.count(op) == 2, (layer, ops)
+    gru = export(fr.nn.GRU(3, 4, reset_after=False), tmp_path / "g.onnx", x).graph.node
+    attribute = [a for n in gru if n.op_type == "GRU" for a in n.attribute
+                 if a.name == "linear_before_reset"]
+    assert attribute[0].i == 0
+
+
+def test_export_sequential_and_seq2seq_encoder(tmp_path):
+    rng = np.random.default_rng(3)
+    model = fr.nn.Sequential(fr.nn.Embedding(11, 5, seed=0),
+                             fr.nn.LSTM(5, 8, bidirectional=True, batch_first=True, seed=1),
+                             fr.nn.Dropout(0.3), fr.nn.GRU(16, 6, batch_first=True, seed=2),
+                             fr.nn.Linear(6, 4, seed=3))
+    tokens = rng.integers(0, 11, (3, 7)).astype(np.int64)
+    export(model, tmp_path / "seq.onnx", tokens)
+    model.eval()
+    np.testing.assert_allclose(_ort_run(tmp_path / "seq.onnx", {"x": tokens})[0], model(tokens),
+                               rtol=0, atol=ATOL)
+
+    s2s = fr.nn.Seq2Seq(12, 9, embed_size=5, hidden_size=6, num_layers=2, cell="gru", seed=0)
+    lengths = np.array([7, 3, 1], np.int64)
+    export(s2s, tmp_path / "s2s.onnx", tokens, lengths=lengths)
+    y, h_n = _ort_run(tmp_path / "s2s.onnx", {"x": tokens, "lengths": lengths})
+    out, h = s2s.encoder(s2s.src_embedding(tokens.T), lengths=lengths)
+    np.testing.assert_allclose(y, out.transpose(1, 0, 2), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(h_n, h, rtol=0, atol=ATOL)
+
+
+def test_export_restores_training_mode_and_writes_atomically(tmp_path):
+    layer = fr.nn.LSTM(3, 4, dropout=0.0)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"precious")
+    with pytest.raises(ValueError, match="x: expected input_size 3"):
+        export(layer, path, np.zeros((2, 1, 5), np.float32))
+    assert path.read_bytes() == b"precious"  # a failed export leaves the file as it was
+    assert layer.training
+    export(layer, path, np.zeros((2, 1, 3), np.float32))
+    assert layer.training and onnx.load(str(path)).graph.node
+
+
+def test_export_errors_name_the_argument(tmp_path):
+    x = np.zeros((2, 1, 3), np.float32)
+    with pytest.raises(TypeError, match="model: expected a fusedrnn recurrent layer"):
+        export(object(), tmp_path / "m.onnx", x)
+    with pytest.raises(ValueError, match="opset: expected an int in"):
+        export(fr.nn.LSTM(3, 4), tmp_path / "m.onnx", x, opset=9)
+    with pytest.raises(ValueError, match=r"opset: expected an int in \[17,"):
+        export(fr.nn.LayerNormLSTM(3, 4), tmp_path / "m.onnx", x, opset=16)
+    with pytest.raises(TypeError, match="path: expected a str"):
+        export(fr.nn.LSTM(3, 4), 3, x)
+    with pytest.raises(ValueError, match="x: expected a batched input"):
+        export(fr.nn.LSTM(3, 4), tmp_path / "m.onnx", x[:, 0])
+    with pytest.raises(TypeError, match=r"model\[0\]: expected a recurrent layer"):
+        export(fr.nn.Sequential(fr.nn.CrossEntropyLoss()), tmp_path / "m.onnx", x)
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary left
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_backend_runs_our_exported_nodes_like_the_layer(seed, tmp_path):
+    """The backend on the graph of one layer's node (every direction, layout, state, lengths):
+    the layer's outputs, in ONNX's Y [T, D, N, H] layout."""
+    rng = np.random.default_rng(seed)
+    cell = ["lstm", "gru", "rnn", "peephole"][seed % 4]
+    layout = seed // 4 % 2
+    T, N, I, H = 4, 3, 5, 6
+    layer = {"lstm": fr.nn.LSTM(I, H, bidirectional=True, seed=seed),
+             "peephole": fr.nn.LSTM(I, H, peephole=True, seed=seed),
+             "gru": fr.nn.GRU(I, H, bidirectional=True, reset_after=bool(seed % 3), seed=seed),
+             "rnn": fr.nn.RNN(I, H, nonlinearity="relu", seed=seed)}[cell]
+    layer.eval()
+    x, hx, lengths = _inputs(layer, rng, T, N, True, True)
+    export(layer, tmp_path / "m.onnx", x, hx, lengths)
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    node = next(n for n in model.graph.node if n.op_type in ("LSTM", "GRU", "RNN"))
+    D = layer.num_directions
+    if layout:
+        node.attribute.append(onnx.helper.make_attribute("layout", 1))
+    ours = _flat(layer(x, hx, lengths))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    feeds = {node.input[0]: x.transpose(1, 0, 2) if layout else x,
+             node.input[4]: lengths.astype(np.int32)}
+    states = [hx] if not isinstance(hx, tuple) else list(hx)
+    for name, state in zip(node.input[5:7], states):
+        feeds[name] = state.transpose(1, 0, 2) if layout else state
+    inputs = [feeds[n] if n in feeds else weights[n] for n in node.input if n]
+    Y, *finals = Backend.run_node(node, inputs)
+    if layout:
+        Y, finals = Y.transpose(1, 2, 0, 3), [f.transpose(1, 0, 2) for f in finals]
+    np.testing.assert_allclose(Y.transpose(0, 2, 1, 3).reshape(T, N, D * H), ours[0],
+                               rtol=0, atol=ATOL)
+    for got, expected in zip(finals, ours[1:]):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
+def _node_model(op, attributes=None, inputs=("X", "W", "R"), outputs=("Y", "Y_h"), extra=None):
+    H, I, G = 3, 2, {"LSTM": 4, "GRU": 3, "RNN": 1}.get(op, 1)
+    node = onnx.helper.make_node(op, list(inputs), list(outputs), name="rnn0", hidden_size=H,
+                                 **(attributes or {}))
+    float_ = onnx.TensorProto.FLOAT
+    shapes = {"X": [2, 1, I], "W": [1, G * H, I], "R": [1, G * H, H], "Y": [2, 1, 1, H],
+              "Y_h": [1, 1, H], "Z": [2, 1, 1, H]}
+    graph = onnx.helper.make_graph(
+        [node] + (extra or []), "g",
+        [onnx.helper.make_tensor_value_info(n, float_, shapes[n]) for n in inputs],
+        [onnx.helper.make_tensor_value_info(n, float_, shapes[n]) for n in outputs])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("attributes, message", [
+    (dict(clip=1.0), "attribute clip is not supported"),
+    (dict(activations=["Sigmoid", "Tanh", "Relu"]), "attribute activations: expected"),
+    (dict(input_forget=1), "attribute input_forget=1"),
+    (dict(activation_alpha=[0.5]), "attribute activation_alpha is not supported"),
+    (dict(direction="sideways"), "attribute direction: expected one of"),
+])
+def test_backend_refuses_what_it_cannot_run_naming_node_and_attribute(attributes, message):
+    with pytest.raises(ValueError, match=f"ONNX node 'rnn0' \\(LSTM\\): {message}"):
+        Backend.prepare(_node_model("LSTM", attributes), "CPU")
+
+
+def test_backend_refuses_other_ops_devices_and_bad_inputs():
+    model = _node_model("RNN", outputs=("Y", "Y_h"),
+                        extra=[onnx.helper.make_node("Relu", ["Y"], ["Z"], name="relu0")])
+    with pytest.raises(ValueError, match="ONNX node 'relu0' \\(Relu\\): fusedrnn's ONNX backend "
+                                         "runs LSTM, GRU and RNN nodes only"):
+        Backend.prepare(model, "CPU")
+    with pytest.raises(ValueError, match="device: fusedrnn's ONNX backend runs on 'CPU'"):
+        Backend.prepare(_node_model("RNN"), "CUDA")
+    assert Backend.supports_device("CPU") and not Backend.supports_device("CUDA")
+    rep = Backend.prepare(_node_model("GRU"), "CPU")
+    x = np.ones((2, 1, 2), np.float32)
+    w, r = np.ones((1, 9, 2), np.float32), np.ones((1, 9, 3), np.float32)
+    assert [a.shape for a in rep.run([x, w, r])] == [(2, 1, 1, 3), (1, 1, 3)]
+    assert np.allclose(rep.run({"X": x, "W": w, "R": r})[1], rep.run([x, w, r])[1])
+    with pytest.raises(ValueError, match=r"input R \('R'\): expected shape \(1, 9, 3\), got "
+                                         r"shape \(1, 9, 4\)"):
+        rep.run([x, w, np.ones((1, 9, 4), np.float32)])
+    with pytest.raises(ValueError, match="input X .*: expected float32 or float64, got int64"):
+        rep.run([x.astype(np.int64), w, r])
+    with pytest.raises(ValueError, match=r"inputs: expected 3 arrays \['X', 'W', 'R'\], got 2"):
+        rep.run([x, w])
+    with pytest.raises(ValueError, match=r"inputs: missing graph inputs \['R'\]"):
+        rep.run({"X": x, "W": w})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_load_turns_nodes_into_layers_with_their_weights(seed, tmp_path):
+    """export then load: each node a one-layer fr.nn layer whose outputs, stacked, are the
+    original's (every cell ONNX has a node for)."""
+    rng = np.random.default_rng(seed)
+    layer = [fr.nn.LSTM(4, 5, 2, bidirectional=True, seed=seed),
+             fr.nn.LSTM(4, 5, peephole=True, bias=False, seed=seed),
+             fr.nn.GRU(4, 5, 2, reset_after=False, seed=seed),
+             fr.nn.GRU(4, 5, bidirectional=True, seed=seed),
+             fr.nn.RNN(4, 5, 2, nonlinearity="relu", seed=seed),
+             fr.nn.RNN(4, 5, bidirectional=True, seed=seed)][seed]
+    layer.eval()
+    x = rng.standard_normal((6, 2, 4)).astype(np.float32)
+    export(layer, tmp_path / "m.onnx", x)
+    loaded = load(tmp_path / "m.onnx")
+    assert len(loaded) == layer.num_layers
+    y = x
+    for part in loaded.values():
+        assert isinstance(part, type(layer)) and part.bidirectional == layer.bidirectional
+        assert part.peephole == layer.peephole and part.reset_after == layer.reset_after
+        part.eval()
+        y = part(y)[0]
+    np.testing.assert_allclose(y, layer(x)[0], rtol=0, atol=ATOL)
+
+
+def test_load_refuses_weights_that_are_graph_inputs():
+    with pytest.raises(ValueError, match=r"input W \('W'\) is not an initializer"):
+        load(_node_model("LSTM"))
+    with pytest.raises(TypeError, match="path: expected a path to an ONNX model"):
+        load(3)
