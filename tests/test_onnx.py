@@ -1,16 +1,14 @@
 """fusedrnn.onnx: export (checked by onnx.checker and run in ONNX Runtime against our own
 outputs), the backend on graphs we build (ONNX's own node tests: test_onnx_node_suite.py), load,
 and the errors that name what is wrong."""
+import fusedrnn as fr
 import numpy as np
 import pytest
 
-import fusedrnn as fr
-
 onnx = pytest.importorskip("onnx")
-from fusedrnn.onnx import Backend, export, load  # noqa: E402
+from fusedrnn.onnx import Backend, export, load
 
 ATOL = 1e-5
-rng_seeds = range(6)
 
 
 def _ort_run(path, feeds):
@@ -32,7 +30,8 @@ def _random_layer(seed):
             "relu"][seed % 8]
     I, H = int(rng.integers(1, 9)), int(rng.integers(2, 12))
     common = dict(num_layers=int(rng.integers(1, 4)), bidirectional=bool(rng.integers(2)),
-                  batch_first=bool(rng.integers(2)), bias=bool(rng.integers(2)) or kind == "layernorm",
+                  batch_first=bool(rng.integers(2)),
+                  bias=bool(rng.integers(2)) or kind == "layernorm",
                   seed=seed)
     if kind == "layernorm":
         return fr.nn.LayerNormLSTM(I, H, **common)

@@ -7,9 +7,8 @@ import warnings
 import pytest
 
 pytest.importorskip("onnx")
-import onnx.backend.test  # noqa: E402
-
-from fusedrnn.onnx import Backend  # noqa: E402
+import onnx.backend.test
+from fusedrnn.onnx import Backend
 
 PATTERN = r"test_(lstm|gru|simple_rnn|rnn_seq)_"
 with warnings.catch_warnings():  # onnx builds all its cases' data here; its casts overflow

@@ -11,7 +11,7 @@ The gate orders of both sides meet in ``_layout`` only.
 """
 from ._export import export
 
-__all__ = ["export", "load", "Backend", "prepare", "run_model", "supports_device"]
+__all__ = ["Backend", "export", "load", "prepare", "run_model", "supports_device"]
 
 
 def __getattr__(name):  # the backend subclasses onnx's, so it is defined once onnx is imported

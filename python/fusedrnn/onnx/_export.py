@@ -23,8 +23,8 @@ from ._layout import to_onnx
 
 ONNX_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 GRAPH_NAMES = ("x", "h0", "c0", "lengths", "y", "h_n", "c_n")
-MIN_OPSET = 14
-SEQUENTIAL_PARTS = (RNNBase, Linear, Embedding, Dropout, Identity)  # the recurrent nodes' layout attribute, Squeeze/Slice with axes as inputs
+MIN_OPSET = 14  # the recurrent nodes' layout attribute, Squeeze/Slice with axes as inputs
+SEQUENTIAL_PARTS = (RNNBase, Linear, Embedding, Dropout, Identity)
 
 
 def _onnx():
@@ -67,8 +67,8 @@ class _Graph:
         optional output out)."""
         base = base or op.lower()
         names = [self.name(f"{base}_out{k}" if outputs > 1 else base) for k in range(outputs)]
-        self.nodes.append(self.helper.make_node(op, list(inputs), names, name=self.name(f"{base}_node"),
-                                                **attributes))
+        self.nodes.append(self.helper.make_node(op, list(inputs), names,
+                                                name=self.name(f"{base}_node"), **attributes))
         return names if outputs > 1 else names[0]
 
     def output(self, name, value, shape, op="Identity", **attributes):
@@ -158,9 +158,11 @@ def _step_body(g, layer, weights, H, S, masked):
     b_hh = zeros if weights["b_hh"] is None else weights["b_hh"]
     if weights["ln"] is not None:  # the biases come after the norms: LayerNormalization's B
         g_ih, g_hh, g_c, b_c = weights["ln"]
-        ax = body.node("LayerNormalization", [ax, body.const("g_ih", g_ih), body.const("b_ih", b_ih)],
+        ax = body.node("LayerNormalization", [ax, body.const("g_ih", g_ih),
+                                              body.const("b_ih", b_ih)],
                        axis=-1, epsilon=eps, base="ln_x")
-        ah = body.node("LayerNormalization", [ah, body.const("g_hh", g_hh), body.const("b_hh", b_hh)],
+        ah = body.node("LayerNormalization", [ah, body.const("g_hh", g_hh),
+                                              body.const("b_hh", b_hh)],
                        axis=-1, epsilon=eps, base="ln_h")
         a = body.node("Add", [ax, ah], base="a")
     else:
@@ -215,10 +217,10 @@ def _scan_layer(g, layer, k, x, h0, c0, mask, prefix):
                 index = g.ints(f"{base}{name}_index", k * D + d)
                 states.append(g.node("Gather", [state, index], axis=0, base=f"{base}{name}"))
             else:  # zeros [N, W]
-                shape = g.node("Concat", [g.node("Slice", [g.node("Shape", [x], base=f"{base}shape"),
-                                                           g.ints(f"{base}one", [1]),
-                                                           g.ints(f"{base}two", [2])]),
-                                          g.ints(f"{base}{name}_width", [width])], axis=0)
+                batch = g.node("Slice", [g.node("Shape", [x], base=f"{base}shape"),
+                                         g.ints(f"{base}one", [1]), g.ints(f"{base}two", [2])],
+                               base=f"{base}batch")
+                shape = g.node("Concat", [batch, g.ints(f"{base}{name}_width", [width])], axis=0)
                 states.append(g.node("ConstantOfShape", [shape],
                                      value=g.onnx.numpy_helper.from_array(np.zeros(1, g.dtype)),
                                      base=f"{base}{name}"))
@@ -340,8 +342,8 @@ def _export_seq2seq(g, model, lengths):
         g.inputs.append(g.value_info("lengths", ["batch"], g.onnx.TensorProto.INT64))
         lengths = "lengths"
     tokens = g.node("Transpose", ["x"], perm=[1, 0], base="tokens_tn")
-    embedded = g.node("Gather", [g.const("src_embedding", np.asarray(model.src_embedding.weight.data)),
-                                 tokens], axis=0, base="embedded")
+    table = g.const("src_embedding", np.asarray(model.src_embedding.weight.data))
+    embedded = g.node("Gather", [table, tokens], axis=0, base="embedded")
     y, h_n, c_n = _recurrent(g, encoder, embedded, lengths=lengths, prefix="encoder_")
     g.output("y", y, ["batch", "time", encoder.num_directions * encoder.hidden_size],
              op="Transpose", perm=[1, 0, 2])

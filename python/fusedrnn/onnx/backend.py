@@ -124,7 +124,7 @@ def _weights(spec, values, d):
 
 
 def _check_shapes(spec, values):
-    """ValueError naming the node and the input whose shape does not fit the others."""
+    """ValueError naming the node and the input whose shape or dtype does not fit."""
     X = values[spec.inputs["X"]]
     D, G = spec.num_directions, GATES[spec.cell]
 
@@ -135,7 +135,6 @@ def _check_shapes(spec, values):
         refuse("X", "3 dimensions", f"shape {X.shape}")
     if X.dtype not in (np.float32, np.float64):
         refuse("X", "float32 or float64", X.dtype)
-    W = values[spec.inputs["W"]]
     H = spec.hidden_size or values[spec.inputs["R"]].shape[-1]
     N = X.shape[1 - spec.layout]
     expected = {"W": (D, G * H, X.shape[2]), "R": (D, G * H, H), "B": (D, 2 * G * H),
@@ -149,13 +148,11 @@ def _check_shapes(spec, values):
                 refuse(role, f"shape {shape}", f"shape {a.shape}")
             if role != "sequence_lens" and a.dtype != X.dtype:
                 refuse(role, f"dtype {X.dtype} (X's)", a.dtype)
-    del W
-    return H
 
 
 def run_recurrent(spec, values):
     """The node's outputs (Y, Y_h[, Y_c]) on the kernels, in the node's layout."""
-    H = _check_shapes(spec, values)
+    _check_shapes(spec, values)
     X = values[spec.inputs["X"]]
     if spec.layout:  # batch-major [N, T, I] (and states [N, D, H]): the kernels' [T, N, I]
         X = X.transpose(1, 0, 2)
