@@ -184,6 +184,18 @@ def test_backend_runs_our_exported_nodes_like_the_layer(seed, tmp_path):
         feeds[name] = state.transpose(1, 0, 2) if layout else state
     inputs = [feeds[n] if n in feeds else weights[n] for n in node.input if n]
     Y, *finals = Backend.run_node(node, inputs)
+    # the same node in a graph whose weights are initializers (reordered once, at prepare)
+    initializers = [t for t in model.graph.initializer if t.name in node.input]
+    graph_inputs = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(
+        feeds[n].dtype), feeds[n].shape) for n in node.input if n in feeds]
+    graph_outputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, a.shape)
+                     for n, a in zip(node.output, [Y, *finals])]
+    pure = onnx.helper.make_model(
+        onnx.helper.make_graph([node], "g", graph_inputs, graph_outputs, initializers),
+        opset_imports=[onnx.helper.make_opsetid("", 17)])
+    again = Backend.prepare(pure).run({n: feeds[n] for n in feeds})
+    for a, b in zip(again, [Y, *finals]):
+        np.testing.assert_array_equal(a, b)
     if layout:
         Y, finals = Y.transpose(1, 2, 0, 3), [f.transpose(1, 0, 2) for f in finals]
     np.testing.assert_allclose(Y.transpose(0, 2, 1, 3).reshape(T, N, D * H), ours[0],

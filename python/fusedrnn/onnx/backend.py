@@ -116,11 +116,19 @@ def parse_node(node):
 
 
 def _weights(spec, values, d):
-    """Direction d's weights in our layout (w_ih, w_hh, b_ih, b_hh, w_ph)."""
+    """Direction d's weights in our layout (w_ih, w_hh, b_ih, b_hh, w_ph), contiguous."""
     def given(role):
         return values[spec.inputs[role]][d] if role in spec.inputs else None
-    return from_onnx(spec.cell, given("W"), given("R"), given("B"),
-                     given("P") if spec.cell == "lstm" else None)
+    return tuple(None if a is None else np.ascontiguousarray(a) for a in from_onnx(
+        spec.cell, given("W"), given("R"), given("B"), given("P") if spec.cell == "lstm" else None))
+
+
+def constant_weights(spec, constants):
+    """Every direction's weights in our layout, where the node's weights are initializers
+    (reordered once, at prepare), else None."""
+    if any(spec.inputs[r] not in constants for r in ("W", "R", "B", "P") if r in spec.inputs):
+        return None
+    return [_weights(spec, constants, d) for d in range(spec.num_directions)]
 
 
 def _check_shapes(spec, values):
@@ -150,8 +158,9 @@ def _check_shapes(spec, values):
                 refuse(role, f"dtype {X.dtype} (X's)", a.dtype)
 
 
-def run_recurrent(spec, values):
-    """The node's outputs (Y, Y_h[, Y_c]) on the kernels, in the node's layout."""
+def run_recurrent(spec, values, weights=None):
+    """The node's outputs (Y, Y_h[, Y_c]) on the kernels, in the node's layout. ``weights``:
+    constant_weights' result, or None to reorder the node's weights now."""
     _check_shapes(spec, values)
     X = values[spec.inputs["X"]]
     if spec.layout:  # batch-major [N, T, I] (and states [N, D, H]): the kernels' [T, N, I]
@@ -168,8 +177,7 @@ def run_recurrent(spec, values):
         lengths = np.asarray(lengths, np.int64)
     ys, hs, cs = [], [], []
     for d in range(spec.num_directions):
-        w_ih, w_hh, b_ih, b_hh, w_ph = (None if a is None else np.ascontiguousarray(a)
-                                        for a in _weights(spec, values, d))
+        w_ih, w_hh, b_ih, b_hh, w_ph = weights[d] if weights else _weights(spec, values, d)
         common = dict(lengths=lengths, reverse=d == 1 or spec.direction == "reverse")
         h0 = state("initial_h", d)
         if spec.cell == "lstm":
@@ -199,6 +207,7 @@ class FusedRnnRep(BackendRep):
     def __init__(self, graph, nodes):
         self._graph, self._nodes = graph, nodes
         self._constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self._weights = [constant_weights(spec, self._constants) for spec in nodes]
         self.input_names = [i.name for i in graph.input if i.name not in self._constants]
         self.output_names = [o.name for o in graph.output]
 
@@ -215,8 +224,8 @@ class FusedRnnRep(BackendRep):
                 raise ValueError(f"inputs: expected {len(self.input_names)} arrays "
                                  f"{self.input_names}, got {len(inputs)}")
             values.update(zip(self.input_names, (np.asarray(v) for v in inputs)))
-        for spec in self._nodes:
-            for name, value in zip(spec.outputs, run_recurrent(spec, values)):
+        for spec, weights in zip(self._nodes, self._weights):
+            for name, value in zip(spec.outputs, run_recurrent(spec, values, weights)):
                 if name:
                     values[name] = value
         return [values[n] for n in self.output_names]
