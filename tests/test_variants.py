@@ -923,3 +923,71 @@ def test_layernorm_lstm_layer_is_the_reference_layer_by_layer():
                                            "bias_hh_l0")]
     ref = R.layernorm_lstm_forward(x32, None, None, *w, eps=1e-3)
     assert relative_error(y, ref[0]) < 1e-5 and relative_error(c[0], ref[2]) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["projection", "projection_peephole", "layernorm"])
+def test_projected_and_layernorm_cells_step_as_the_reference(kind):
+    """LSTMCell(proj_size=P) (with and without peepholes) and LayerNormLSTMCell stepped by hand
+    are the float64 reference's sequence: outputs, states, and (backward steps in reverse)
+    every parameter's gradient, the projection's and the norms' included; the eval-mode short
+    call takes the variant too."""
+    rng = np.random.default_rng(6)
+    T, N, I, H, P = 6, 3, 5, 12, 4
+    if kind == "layernorm":
+        cell = fr.nn.LayerNormLSTMCell(I, H, dtype=np.float64, seed=4)
+        for p in cell._layer_norm_params():  # gains and biases away from their start
+            p.data[...] = rng.uniform(0.5, 1.5, p.data.shape)
+        S, names = H, ["ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"]
+    else:
+        cell = fr.nn.LSTMCell(I, H, proj_size=P, peephole=kind.endswith("peephole"),
+                              dtype=np.float64, seed=4)
+        assert f"proj_size={P}" in repr(cell) and cell.weight_hh.shape == (4 * H, P)
+        S, names = P, ["weight_hr"] + (["weight_ph"] if cell.peephole else [])
+    x, dy = rng.standard_normal((T, N, I)), rng.standard_normal((T, N, S))
+    h0, c0 = rng.standard_normal((N, S)), rng.standard_normal((N, H))
+    h, c, hs = h0, c0, []
+    for t in range(T):
+        h, c = cell(x[t], (h, c))
+        hs.append(h)
+    dh, dc = np.zeros((N, S)), None
+    for t in reversed(range(T)):
+        dx, (dh, dc) = cell.backward(dy[t] + dh, dc)
+    w = [cell.weight_ih.data, cell.weight_hh.data, cell.bias_ih.data, cell.bias_hh.data]
+    if kind == "layernorm":
+        ln = np.concatenate([p.data for p in cell._layer_norm_params()])
+        y, h_n, c_n, ctx = R.layernorm_lstm_forward(x, h0, c0, *w, ln, training=True)
+        g = R.layernorm_lstm_backward(ctx, dy)
+        grads = np.split(g[7], np.cumsum([4 * H, 4 * H, H]))
+    else:
+        w_ph = cell.weight_ph.data if cell.peephole else None
+        y, h_n, c_n, ctx = R.lstm_forward(x, h0, c0, *w, training=True, w_ph=w_ph,
+                                          w_hr=cell.weight_hr.data)
+        g = R.lstm_backward(ctx, dy)
+        grads = [g[-1]] + ([g[7]] if cell.peephole else [])
+    np.testing.assert_allclose(np.stack(hs), y, atol=1e-12)
+    np.testing.assert_allclose(c, c_n, atol=1e-12)
+    np.testing.assert_allclose(dh, g[1], atol=1e-10)
+    np.testing.assert_allclose(dc, g[2], atol=1e-10)
+    np.testing.assert_allclose(cell.weight_hh.grad, g[4], atol=1e-10)
+    for name, expected in zip(names, grads):
+        np.testing.assert_allclose(getattr(cell, name).grad, expected, atol=1e-10)
+    cell.eval()
+    np.testing.assert_allclose(cell(x[0], (h0, c0))[0], y[0], atol=1e-12)
+
+
+def test_projected_and_layernorm_cells_check_their_arguments():
+    with pytest.raises(ValueError, match=r"proj_size: expected an integer in \[0, hidden_size\)"):
+        fr.nn.LSTMCell(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="eps: expected a positive number"):
+        fr.nn.LayerNormLSTMCell(3, 4, eps=0)
+    cell = fr.nn.LSTMCell(3, 8, proj_size=2)
+    x = np.zeros((5, 3), np.float32)
+    with pytest.raises(ValueError, match=r"hx\[0\]: expected shape \(5, 2\), got \(5, 8\)"):
+        cell(x, (np.zeros((5, 8), np.float32), np.zeros((5, 8), np.float32)))
+    h, c = cell(x)
+    assert h.shape == (5, 2) and c.shape == (5, 8)
+    with pytest.raises(ValueError, match=r"dh: expected shape \(5, 2\), got \(5, 8\)"):
+        cell.backward(np.zeros((5, 8), np.float32))
+    ln = fr.nn.LayerNormLSTMCell(3, 4, eps=1e-3)
+    assert "eps=0.001" in repr(ln) and list(ln.state_dict())[4:] == [
+        "ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"]

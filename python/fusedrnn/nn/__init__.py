@@ -2,7 +2,7 @@
 from .module import Module, Parameter
 from .recurrent import RNNBase, RNN, LSTM, GRU, LayerNormLSTM
 from .layers import Linear, Embedding, Dropout, Sequential, Identity
-from .cells import RNNCellBase, RNNCell, LSTMCell, GRUCell
+from .cells import RNNCellBase, RNNCell, LSTMCell, GRUCell, LayerNormLSTMCell
 from .loss import CrossEntropyLoss, MSELoss, log_softmax, softmax
 from .attention import BahdanauAttention, LuongAttention, make_attention
 from .seq2seq import Captioner, Decoder, DecodeResult, Seq2Seq
@@ -24,6 +24,7 @@ __all__ = [
     "RNNCell",
     "LSTMCell",
     "GRUCell",
+    "LayerNormLSTMCell",
     "CrossEntropyLoss",
     "MSELoss",
     "log_softmax",

@@ -18,6 +18,7 @@ W_hh h in bfloat16, as the layers do, from a conversion of W_hh that the cell ke
 from __future__ import annotations
 
 import math
+import numbers
 import string
 
 import numpy as np
@@ -27,7 +28,7 @@ from .. import functional as F
 from .layers import _dtype, _flag, _positive_int
 from .module import KeptWeights, Module, Parameter
 
-__all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTMCell"]
 
 
 # ---------------------------------------------------------------------------- docstrings
@@ -140,12 +141,19 @@ class RNNCellBase(Module):
     training-mode steps waiting for their backward."""
 
     _cell = None
+    _layer_norm = False  # the LayerNorm-LSTM cell (its kernels' cell is "layernorm_lstm")
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
-                 dtype=np.float32, seed=None, peephole=False, reset_after=True):
+                 dtype=np.float32, seed=None, peephole=False, reset_after=True, proj_size=0,
+                 eps=1e-5):
         super().__init__()
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) \
+                or not 0 <= proj_size < self.hidden_size:
+            raise ValueError(f"proj_size: expected an integer in [0, hidden_size) = "
+                             f"[0, {self.hidden_size}) (0: no projection), got {proj_size!r}")
+        self.proj_size = int(proj_size)
         self.nonlinearity = F.check_nonlinearity(nonlinearity)
         self.dtype = _dtype(dtype)
         self.bias = _flag(bias, "bias")
@@ -157,7 +165,7 @@ class RNNCellBase(Module):
             return Parameter(rng.uniform(-bound, bound, shape).astype(self.dtype))
 
         self.weight_ih = uniform(GH, self.input_size)
-        self.weight_hh = uniform(GH, self.hidden_size)
+        self.weight_hh = uniform(GH, self._state_size)
         if self.bias:
             self.bias_ih = uniform(GH)
             self.bias_hh = uniform(GH)
@@ -166,13 +174,40 @@ class RNNCellBase(Module):
             self.register_parameter("bias_hh", None)
         self.peephole = _flag(peephole, "peephole")
         self.reset_after = _flag(reset_after, "reset_after")
-        self._kernel_cell = self._cell if self.reset_after else F.gru_kernel(False)
+        self._kernel_cell = ("layernorm_lstm" if self._layer_norm
+                             else self._cell if self.reset_after else F.gru_kernel(False))
+        if self.proj_size:  # as torch.nn.LSTM's weight_hr, after the biases
+            self.weight_hr = uniform(self.proj_size, self.hidden_size)
         if self.peephole:  # the LSTM's peepholes (i, f, o), after torch's parameters
             self.weight_ph = uniform(3 * self.hidden_size)
+        if self._layer_norm:  # the norms' gains (ones) and the cell norm's bias (zeros)
+            if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+                raise ValueError(f"eps: expected a positive number, got {eps!r}")
+            self.eps = float(eps)
+            H = self.hidden_size
+            for name, size, value in (("ln_weight_ih", GH, 1), ("ln_weight_hh", GH, 1),
+                                      ("ln_weight_c", H, 1), ("ln_bias_c", H, 0)):
+                setattr(self, name, Parameter(np.full(size, value, self.dtype)))
         self._steps = []  # a stack of (ctx, batched) for the training-mode steps not yet back-propagated
         self._kept = KeptWeights()  # the packed weights kept between steps (see _push)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def _state_size(self):
+        """The width of h: proj_size where there is a projection, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def _variant_args(self):
+        """The kernels' arguments of the variants: w_ph, w_hr, ln, eps (None where absent)."""
+        return dict(w_ph=self.weight_ph.data if self.peephole else None,
+                    w_hr=self.weight_hr.data if self.proj_size else None,
+                    ln=np.concatenate([p.data for p in self._layer_norm_params()])
+                    if self._layer_norm else None,
+                    eps=getattr(self, "eps", 1e-5))
+
+    def _layer_norm_params(self):
+        return [self.ln_weight_ih, self.ln_weight_hh, self.ln_weight_c, self.ln_bias_c]
+
     @property
     def pending_steps(self):
         """How many training-mode steps are waiting for their backward."""
@@ -194,23 +229,27 @@ class RNNCellBase(Module):
         lstm = self._cell == "lstm"
         w, cache = self._kept.weights(0, (self.weight_ih, self.weight_hh, self.bias_ih,
                                           self.bias_hh))
-        w_ph = self.weight_ph.data if self.peephole else None
+        variant = self._variant_args()
         if (not self.training and x.shape[0] > 0 and w[2] is not None
                 and all(type(a) is np.ndarray and a.dtype == self.dtype and a.flags.c_contiguous
                         for a in (x, *w))
                 and all(s is None or s.flags.c_contiguous for s in (h0, c0))):
-            if h0 is None or (lstm and c0 is None):
-                zeros = np.zeros((x.shape[0], self.hidden_size), self.dtype)
-                h0 = zeros if h0 is None else h0
-                c0 = zeros if c0 is None else c0
+            if h0 is None:
+                h0 = np.zeros((x.shape[0], self._state_size), self.dtype)
+            if lstm and c0 is None:
+                c0 = np.zeros((x.shape[0], self.hidden_size), self.dtype)
             precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
+            if self.proj_size or self._layer_norm:
+                precision = None  # (float32 products only)
             out = _C.recurrent_forward(self._kernel_cell, self.nonlinearity, x[None], h0,
                                        c0 if lstm else None, *w, None, False, False, cache,
-                                       precision, w_ph)
+                                       precision, *variant.values())
             return out[1], out[2], None
+        if not self._layer_norm:
+            del variant["ln"], variant["eps"]
         _, h, c, ctx = F._forward_many(self._kernel_cell, [dict(
             x=x[None], h0=h0, c0=c0 if lstm else None, w_ih=w[0], w_hh=w[1], b_ih=w[2],
-            b_hh=w[3], training=self.training, cache=cache, w_ph=w_ph)], self.nonlinearity)[0]
+            b_hh=w[3], training=self.training, cache=cache, **variant)], self.nonlinearity)[0]
         return h, c, ctx
 
     def _input(self, x):
@@ -224,13 +263,15 @@ class RNNCellBase(Module):
         batched = x.ndim == 2
         return (x if batched else x[None]), batched
 
-    def _state(self, h, name, N, batched):
+    def _state(self, h, name, N, batched, width=None):
+        """A state (or its gradient) [N, width] ([width] unbatched; width H by default)."""
         if h is None:
             return None
         if not isinstance(h, np.ndarray) or h.dtype != self.dtype:
             raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got "
                             f"{getattr(h, 'dtype', type(h).__name__)}")
-        shape = (N, self.hidden_size) if batched else (self.hidden_size,)
+        width = width or self.hidden_size
+        shape = (N, width) if batched else (width,)
         if h.shape != shape:
             raise ValueError(f"{name}: expected shape {shape}, got {h.shape}")
         return h if batched else h[None]
@@ -255,7 +296,7 @@ class RNNCellBase(Module):
             self.bias_ih.accumulate_grad(db_ih)
             self.bias_hh.accumulate_grad(db_hh)
 
-    def _grad(self, d, name, N, batched):
+    def _grad(self, d, name, N, batched, width=None):
         if d is None:
             return None
         try:
@@ -263,7 +304,7 @@ class RNNCellBase(Module):
         except (ValueError, TypeError, OverflowError) as e:  # ragged, or not numbers
             raise TypeError(f"{name}: expected an array of dtype {self.dtype}, got a "
                             f"{type(d).__name__} NumPy cannot read as one ({e})") from None
-        return self._state(d, name, N, batched)
+        return self._state(d, name, N, batched, width)
 
     def extra_repr(self):
         """``input_size, hidden_size`` and the arguments that differ from their defaults."""
@@ -272,8 +313,12 @@ class RNNCellBase(Module):
             s += ", bias=False"
         if self._cell == "rnn" and self.nonlinearity != "tanh":
             s += f", nonlinearity={self.nonlinearity!r}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.peephole:
             s += ", peephole=True"
+        if self._layer_norm and self.eps != 1e-5:
+            s += f", eps={self.eps}"
         if not self.reset_after:
             s += ", reset_after=False"
         return s
@@ -405,6 +450,9 @@ peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
         cell_args="""\
     peephole: (keyword-only) If True, the gates also see the cell state (ONNX's peepholes;
         the parameter weight_ph [3H]). Default: False
+    proj_size: (keyword-only) If > 0, h' = W_hr (o * tanh(c')) is projected to proj_size
+        values (torch.nn.LSTM's proj_size; the parameter weight_hr [proj_size, H]): h, h' and
+        the columns of weight_hh are proj_size wide, c stays H wide. Default: 0
 """,
         hx_name="hx = (h, c)",
         hx_input="""\
@@ -443,9 +491,9 @@ peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
     _cell = "lstm"
 
     def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
-                 peephole=False):
+                 peephole=False, proj_size=0):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
-                         peephole=peephole)
+                         peephole=peephole, proj_size=proj_size)
 
     def forward(self, input, hx=None):
         """Returns ``(h', c')``; ``hx`` is None or a tuple ``(h, c)``."""
@@ -456,7 +504,7 @@ peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
         else:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"hx: expected a tuple (h, c) for LSTMCell, got {type(hx).__name__}")
-            h0 = self._state(hx[0], "hx[0]", N, batched)
+            h0 = self._state(hx[0], "hx[0]", N, batched, self._state_size)
             c0 = self._state(hx[1], "hx[1]", N, batched)
         h, c, ctx = self._step(x, h0, c0)
         self._push(ctx, batched)
@@ -466,12 +514,50 @@ peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
         """Returns ``(dx, (dh_prev, dc_prev))`` for the latest step not yet back-propagated."""
         ctx, batched = self._pop()
         N = ctx.x.shape[1]
-        dh = self._grad(dh, "dh", N, batched)
+        dh = self._grad(dh, "dh", N, batched, self._state_size)
         dc = self._grad(dc, "dc", N, batched)
-        dx, dh0, dc0, *dw = F.lstm_backward(ctx, None, dh, dc)
+        backward = F.layernorm_lstm_backward if self._layer_norm else F.lstm_backward
+        dx, dh0, dc0, *dw = backward(ctx, None, dh, dc)
+        if self._layer_norm:  # dln [10H]: the norms' parameters in order
+            dln, offset = dw.pop(), 0
+            for param in self._layer_norm_params():
+                param.accumulate_grad(dln[offset:offset + param.data.size])
+                offset += param.data.size
+        if self.proj_size:
+            self.weight_hr.accumulate_grad(dw.pop())
         if self.peephole:
             self.weight_ph.accumulate_grad(dw.pop())
         self._accumulate(*dw)
         if batched:
             return dx[0], (dh0, dc0)
         return dx[0, 0], (dh0[0], dc0[0])
+
+
+class LayerNormLSTMCell(LSTMCell):
+    """One step of the LayerNorm-LSTM (``fr.nn.LayerNormLSTM``'s cell): layer normalization of
+    the input and recurrent pre-activations and of the cell state, fused in the kernel's step::
+
+        a  = g_ih * LN(W_ih x) + b_ih + g_hh * LN(W_hh h) + b_hh     (i, f, g, o)
+        c' = f * c + i * g
+        h' = o * tanh(g_c * LN(c') + b_c)
+
+    Arguments, inputs, outputs and backward as :class:`LSTMCell`'s (no ``peephole``, no
+    ``proj_size``), plus ``eps`` (keyword-only, default 1e-5). Parameters: LSTMCell's four,
+    then ``ln_weight_ih`` [4H], ``ln_weight_hh`` [4H], ``ln_weight_c`` [H] (gains, ones at
+    first) and ``ln_bias_c`` [H] (zeros), as the layer's ``..._l0``; its products stay float32
+    under autocast.
+
+    >>> import numpy as np, fusedrnn as fr
+    >>> cell = fr.nn.LayerNormLSTMCell(10, 20, seed=0)
+    >>> h, c = cell(np.ones((3, 10), np.float32))
+    >>> dx, (dh_prev, dc_prev) = cell.backward(np.ones_like(h))
+    >>> dx.shape, cell.ln_weight_c.grad.shape
+    ((3, 10), (20,))
+    """
+
+    _layer_norm = True
+
+    def __init__(self, input_size, hidden_size, bias=True, *, eps=1e-5, dtype=np.float32,
+                 seed=None):
+        RNNCellBase.__init__(self, input_size, hidden_size, bias, dtype=dtype, seed=seed,
+                             eps=eps)
