@@ -991,3 +991,34 @@ def test_projected_and_layernorm_cells_check_their_arguments():
     ln = fr.nn.LayerNormLSTMCell(3, 4, eps=1e-3)
     assert "eps=0.001" in repr(ln) and list(ln.state_dict())[4:] == [
         "ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"]
+
+
+@pytest.mark.parametrize("cell, options, attention", [
+    ("layernorm_lstm", {}, "bahdanau"), ("layernorm_lstm", {}, "luong"),
+    ("lstm", {"proj_size": 3}, "bahdanau"), ("lstm", {"proj_size": 3, "peephole": True}, "luong")])
+def test_seq2seq_with_layernorm_or_projected_lstm_trains_by_its_gradients(cell, options,
+                                                                        attention):
+    """Seq2Seq with the LayerNorm-LSTM or the projected LSTM in the encoder's layers and the
+    decoder's cells (h, the keys and the decoder's state proj_size wide): the loss's gradients
+    against central differences for every parameter, and greedy decoding runs."""
+    from fusedrnn.nn import Seq2Seq
+    from test_seq2seq import SRC, SRC_LENGTHS, TGT, check_gradients
+    model = Seq2Seq(9, 8, embed_size=5, hidden_size=6, num_layers=2, cell=cell,
+                    attention=attention, dtype=np.float64, seed=3, **options)
+    names = [k for k, _ in model.named_parameters()]
+    if cell == "layernorm_lstm":
+        assert "encoder.ln_bias_c_l1_reverse" in names and "decoder.cells.1.ln_weight_c" in names
+    else:
+        assert model.encoder.weight_hr_l0.shape == (3, 6)
+        assert model.decoder.cells[1].weight_hh.shape == (24, 3)
+        assert model.decoder.key_size == 6 and model.decoder.state_size == 3
+    err = check_gradients(model, lambda: model.loss(SRC, SRC_LENGTHS, TGT),
+                          np.random.default_rng(0))
+    assert err < TOLERANCES["reference_vs_finite_differences"]
+    result = model.greedy_decode(SRC, SRC_LENGTHS, max_len=4)
+    assert len(result.tokens) == len(SRC)
+    with pytest.raises(ValueError, match="proj_size: projections need cell='lstm'"):
+        Seq2Seq(9, 8, cell="gru", proj_size=2)
+    with pytest.raises(ValueError, match=r"cell: expected one of \['lstm', 'gru', "
+                                         r"'layernorm_lstm'\], got 'rnn'"):
+        Seq2Seq(9, 8, cell="rnn")

@@ -35,15 +35,18 @@ from typing import List
 import numpy as np
 
 from .attention import make_attention
-from .cells import GRUCell, LSTMCell
+from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from .layers import Dropout, Embedding, Linear, Sequential, _dtype, _flag, _positive_int
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module
-from .recurrent import GRU, LSTM
+from .recurrent import GRU, LSTM, LayerNormLSTM
 
 __all__ = ["Decoder", "Seq2Seq", "Captioner", "DecodeResult"]
 
 STYLES = ("bahdanau", "luong")
+# cell= -> (the encoder's layer, the decoder's cell); the LSTMs carry a cell state c
+CELLS = {"lstm": (LSTM, LSTMCell), "gru": (GRU, GRUCell),
+         "layernorm_lstm": (LayerNormLSTM, LayerNormLSTMCell)}
 _DEFAULT_SCORE = {"bahdanau": "additive", "luong": "general"}
 
 
@@ -89,38 +92,39 @@ class Decoder(Module):
     def __init__(self, vocab_size, embed_size, hidden_size, num_layers=1, cell="lstm",
                  attention="bahdanau", score=None, key_size=None, attention_size=None,
                  cond_size=0, padding_idx=0, *, dtype=np.float32, seed=None, peephole=False,
-                 reset_after=True):
+                 reset_after=True, proj_size=0):
         super().__init__()
-        if cell not in ("lstm", "gru"):
-            raise ValueError(f"cell: expected 'lstm' or 'gru', got {cell!r}")
-        options = _cell_options(cell, peephole, reset_after)
+        options = _cell_options(cell, peephole, reset_after, proj_size)
         if attention is not None and attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES} or None, got {attention!r}")
         self.vocab_size = _positive_int(vocab_size, "vocab_size")
         self.embed_size = _positive_int(embed_size, "embed_size")
         self.hidden_size = H = _positive_int(hidden_size, "hidden_size")
+        # S: the width of h, of the attention's query and of the output layer's state
+        self.state_size = S = options.get("proj_size") or H
         self.num_layers = _positive_int(num_layers, "num_layers")
         self.cell_type, self.style, self.dtype = cell, attention, _dtype(dtype)
+        self._has_c = cell != "gru"
         self.cond_size = int(cond_size)
         self.key_size = K = int(key_size or 0)
         s = _seeds(seed, self.num_layers + 4)
         self.embedding = Embedding(vocab_size, embed_size, padding_idx=padding_idx, dtype=dtype,
                                    seed=s[0])
-        cin = embed_size + self.cond_size + {"bahdanau": K, "luong": H, None: 0}[attention]
-        Cell = LSTMCell if cell == "lstm" else GRUCell
-        self.cells = Sequential(*[Cell(cin if l == 0 else H, H, dtype=dtype, seed=s[4 + l],
+        cin = embed_size + self.cond_size + {"bahdanau": K, "luong": S, None: 0}[attention]
+        Cell = CELLS[cell][1]
+        self.cells = Sequential(*[Cell(cin if l == 0 else S, H, dtype=dtype, seed=s[4 + l],
                                        **options) for l in range(self.num_layers)])
         if attention is not None:
             if K < 1:
                 raise ValueError(f"key_size: expected a positive int with attention, got {key_size!r}")
             self.score = score or _DEFAULT_SCORE[attention]
-            self.attention = make_attention(self.score, H, K, attention_size, dtype=dtype,
+            self.attention = make_attention(self.score, S, K, attention_size, dtype=dtype,
                                             seed=s[1])
         else:
             self.score = None
         if attention == "luong":
-            self.combine = Linear(K + H, H, dtype=dtype, seed=s[2])
-        self.out = Linear(H + (K if attention == "bahdanau" else 0), vocab_size, dtype=dtype,
+            self.combine = Linear(K + S, S, dtype=dtype, seed=s[2])
+        self.out = Linear(S + (K if attention == "bahdanau" else 0), vocab_size, dtype=dtype,
                           seed=s[3])
         self._steps = []
 
@@ -132,12 +136,14 @@ class Decoder(Module):
             c.clear_steps()
 
     def initial_state(self, h0, c0=None):
-        """State from per-layer arrays h0 [L, N, H] (LSTM also c0): (h list, c list, feed)."""
+        """State from per-layer arrays h0 [L, N, S] (LSTMs also c0 [L, N, H]): (h list, c list,
+        feed)."""
         N = h0.shape[1]
         h = [h0[l] for l in range(self.num_layers)]
-        c = None if self.cell_type != "lstm" else \
-            [np.zeros_like(h[0]) if c0 is None else c0[l] for l in range(self.num_layers)]
-        feed = np.zeros((N, self.hidden_size), self.dtype) if self.style == "luong" else None
+        c = None if not self._has_c else \
+            [np.zeros((N, self.hidden_size), self.dtype) if c0 is None else c0[l]
+             for l in range(self.num_layers)]
+        feed = np.zeros((N, self.state_size), self.dtype) if self.style == "luong" else None
         return h, c, feed
 
     def step(self, tokens, state, cond=None):
@@ -187,7 +193,7 @@ class Decoder(Module):
 
     # ------------------------------------------------------------------ backward
     def backward(self, dlogits):
-        """BPTT over the saved steps. dlogits [T, N, V]. Returns ``(dh0 [L, N, H], dc0 or None,
+        """BPTT over the saved steps. dlogits [T, N, V]. Returns ``(dh0 [L, N, S], dc0 or None,
         dcond [N, cond_size] or None)``; adds into every parameter's grad (the attention's key
         gradients and projection weight gradients wait in the attention module for its
         ``memory_backward``, which the owner calls after this)."""
@@ -197,22 +203,23 @@ class Decoder(Module):
             raise RuntimeError(f"Decoder.backward: {T} saved steps, dlogits has shape "
                                f"{dlogits.shape} (expected [T, N, V] for the saved steps)")
         self._steps = []
-        H, K, E, L = self.hidden_size, self.key_size, self.embed_size, self.num_layers
+        H, S, K, E, L = (self.hidden_size, self.state_size, self.key_size, self.embed_size,
+                         self.num_layers)
         dlogits = np.asarray(dlogits, self.dtype)
         N = dlogits.shape[1]
         O = np.stack([s[1] for s in steps])                      # [T, N, P]
         _linear_grads(self.out, O, dlogits)
         dO = dlogits @ self.out.weight.data                      # [T, N, P]
-        dh = [np.zeros((N, H), self.dtype) for _ in range(L)]
-        dc = [np.zeros((N, H), self.dtype) for _ in range(L)] if self.cell_type == "lstm" else None
-        dfeed = np.zeros((N, H), self.dtype)
+        dh = [np.zeros((N, S), self.dtype) for _ in range(L)]
+        dc = [np.zeros((N, H), self.dtype) for _ in range(L)] if self._has_c else None
+        dfeed = np.zeros((N, S), self.dtype)
         demb = np.empty((T, N, E), self.dtype)
         dcond = np.zeros((N, self.cond_size), self.dtype) if self.cond_size else None
-        dcombine = np.empty((T, N, H), self.dtype) if self.style == "luong" else None
+        dcombine = np.empty((T, N, S), self.dtype) if self.style == "luong" else None
         for t in reversed(range(T)):
             do = dO[t]
             if self.style == "bahdanau":
-                dtop, dctx = do[:, :H], do[:, H:]
+                dtop, dctx = do[:, :S], do[:, S:]
             elif self.style == "luong":
                 f = O[t]
                 dpre = (do + dfeed) * (1 - f * f)
@@ -234,7 +241,7 @@ class Decoder(Module):
             if self.style == "bahdanau":
                 dh[L - 1] = dh[L - 1] + self.attention.backward(dx[:, E:E + K] + dctx)
             elif self.style == "luong":
-                dfeed = dx[:, E:E + H]
+                dfeed = dx[:, E:E + S]
             if dcond is not None:
                 dcond += dx[:, dx.shape[1] - self.cond_size:]
         if self.style == "luong":
@@ -436,24 +443,32 @@ class _Generator(Module):
         return DecodeResult(res_tokens, scores, logps, res_att if has_att else None)
 
 
-def _cell_options(cell, peephole, reset_after=True):
-    """The recurrent modules' keyword options: peephole=True for an LSTM only, reset_after=False
-    for a GRU only."""
+def _cell_options(cell, peephole, reset_after=True, proj_size=0):
+    """The recurrent modules' keyword options: peephole=True and proj_size for an LSTM only,
+    reset_after=False for a GRU only."""
+    if cell not in CELLS:
+        raise ValueError(f"cell: expected one of {list(CELLS)}, got {cell!r}")
     if _flag(peephole, "peephole") and cell != "lstm":
         raise ValueError(f"peephole: LSTM peepholes need cell='lstm', got cell={cell!r}")
     if not _flag(reset_after, "reset_after") and cell != "gru":
         raise ValueError(f"reset_after: reset_after=False is a GRU's, got cell={cell!r}")
-    return {"peephole": True} if peephole else {"reset_after": False} if not reset_after else {}
+    if proj_size and cell != "lstm":
+        raise ValueError(f"proj_size: projections need cell='lstm', got cell={cell!r}")
+    options = {"peephole": True} if peephole else {"reset_after": False} if not reset_after else {}
+    return dict(options, proj_size=proj_size) if proj_size else options
 
 
 class Seq2Seq(_Generator):
     """Embedding + (bi)directional multi-layer LSTM/GRU encoder over variable lengths, a bridge,
-    and an attention ``Decoder`` (see the module docstring)."""
+    and an attention ``Decoder`` (see the module docstring). ``cell``: "lstm", "gru" or
+    "layernorm_lstm" (fr.nn.LayerNormLSTM and LayerNormLSTMCell); the variants ``peephole``
+    (LSTM), ``reset_after=False`` (GRU) and ``proj_size`` (LSTM: h, the keys and the decoder's
+    state are proj_size wide per direction) apply to the encoder and the decoder alike."""
 
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_size=32, hidden_size=64,
                  num_layers=1, bidirectional=True, cell="lstm", attention="bahdanau", score=None,
                  attention_size=None, dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
-                 dtype=np.float32, seed=None, peephole=False, reset_after=True):
+                 dtype=np.float32, seed=None, peephole=False, reset_after=True, proj_size=0):
         super().__init__()
         if attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES}, got {attention!r}")
@@ -466,17 +481,16 @@ class Seq2Seq(_Generator):
         L = _positive_int(num_layers, "num_layers")
         self.src_embedding = Embedding(src_vocab_size, embed_size, padding_idx=pad_idx,
                                        dtype=dtype, seed=s[0])
-        RNN = {"lstm": LSTM, "gru": GRU}.get(cell)
-        if RNN is None:
-            raise ValueError(f"cell: expected 'lstm' or 'gru', got {cell!r}")
-        options = _cell_options(cell, peephole, reset_after)
-        self.encoder = RNN(embed_size, H, L, bidirectional=bidirectional,
-                           dropout=dropout if L > 1 else 0.0, dtype=dtype, seed=s[1], **options)
-        self.bridge_h = Linear(D * H, H, dtype=dtype, seed=s[2])
-        if cell == "lstm":
+        options = _cell_options(cell, peephole, reset_after, proj_size)
+        self.encoder = CELLS[cell][0](embed_size, H, L, bidirectional=bidirectional,
+                                      dropout=dropout if L > 1 else 0.0, dtype=dtype, seed=s[1],
+                                      **options)
+        S = self.encoder._state_size  # h's width
+        self.bridge_h = Linear(D * S, S, dtype=dtype, seed=s[2])
+        if cell != "gru":
             self.bridge_c = Linear(D * H, H, dtype=dtype, seed=s[3])
         self.decoder = Decoder(tgt_vocab_size, embed_size, H, L, cell, attention, score,
-                               key_size=D * H, attention_size=attention_size,
+                               key_size=D * S, attention_size=attention_size,
                                padding_idx=pad_idx, dtype=dtype, seed=s[4], **options)
         self.criterion = CrossEntropyLoss(ignore_index=pad_idx)
         self._saved = None
@@ -505,7 +519,7 @@ class Seq2Seq(_Generator):
         x = self.src_embedding(src.T)                        # [S, N, E]
         out, finals = self.encoder(x, lengths=src_lengths)
         keys = np.ascontiguousarray(out.transpose(1, 0, 2))    # [N, S, K]
-        h_n, c_n = finals if self.cell_type == "lstm" else (finals, None)
+        h_n, c_n = finals if self.cell_type != "gru" else (finals, None)
         h0 = np.tanh(self.bridge_h(self._finals(h_n)))         # [L, N, H]
         c0 = self.bridge_c(self._finals(c_n)) if c_n is not None else None
         return keys, h0, c0
@@ -550,7 +564,7 @@ class Seq2Seq(_Generator):
         dkeys = self.decoder.attention.memory_backward()        # [N, S, K]
         dh_n = self._finals_backward(self.bridge_h.backward(dh0 * (1 - h0 * h0)))
         dhx = dh_n
-        if self.cell_type == "lstm":
+        if self.cell_type != "gru":
             dhx = (dh_n, self._finals_backward(self.bridge_c.backward(dc0)))
         dx, _ = self.encoder.backward(np.ascontiguousarray(dkeys.transpose(1, 0, 2)), dhx)
         self.src_embedding.backward(dx)
