@@ -14,7 +14,12 @@ import fusedrnn as fr
 
 MODULES = ["fusedrnn", "fusedrnn.nn", "fusedrnn.functional", "fusedrnn.reference",
            "fusedrnn.optim", "fusedrnn.data", "fusedrnn.training", "fusedrnn.io", "fusedrnn.cuda",
-           "fusedrnn.distributed"]
+           "fusedrnn.distributed", "fusedrnn.keras"]
+try:  # the ONNX exchange, where onnx is installed
+    import fusedrnn.onnx.backend  # noqa: F401
+    MODULES += ["fusedrnn.onnx", "fusedrnn.onnx.backend"]
+except ImportError:
+    pass
 try:  # the PyTorch adapter, where torch is installed
     import fusedrnn.torch as frt
     MODULES.append("fusedrnn.torch")

@@ -244,6 +244,10 @@ def test_backend_refuses_other_ops_devices_and_bad_inputs():
     w, r = np.ones((1, 9, 2), np.float32), np.ones((1, 9, 3), np.float32)
     assert [a.shape for a in rep.run([x, w, r])] == [(2, 1, 1, 3), (1, 1, 3)]
     assert np.allclose(rep.run({"X": x, "W": w, "R": r})[1], rep.run([x, w, r])[1])
+    import fusedrnn.onnx as fo  # ONNX's module-level backend interface, as onnx.backend's
+    assert fo.supports_device("CPU")
+    np.testing.assert_array_equal(fo.run_model(_node_model("GRU"), [x, w, r])[1],
+                                  fo.prepare(_node_model("GRU")).run([x, w, r])[1])
     with pytest.raises(ValueError, match=r"input R \('R'\): expected shape \(1, 9, 3\), got "
                                          r"shape \(1, 9, 4\)"):
         rep.run([x, w, np.ones((1, 9, 4), np.float32)])

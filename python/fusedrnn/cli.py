@@ -18,7 +18,7 @@ COMMAND_MODULES = ["fusedrnn.cli_commands.info", "fusedrnn.cli_commands.bench",
                    "fusedrnn.cli_commands.train", "fusedrnn.cli_commands.seq2seq"]
 # What to install for an optional dependency a command found missing.
 EXTRAS = {"torch": "fusedrnn[torch]", "onnxruntime": "fusedrnn[onnx]", "onnx": "fusedrnn[onnx]",
-          "matplotlib": "fusedrnn[plot]", "cupy": "fusedrnn[cuda]"}
+          "matplotlib": "fusedrnn[plot]", "cupy": "fusedrnn[cuda]", "h5py": "fusedrnn[keras]"}
 # Failures a user can cause and mend: reported in one line. Anything else is a bug in
 # fusedrnn and keeps its traceback.
 EXPECTED_ERRORS = (ValueError, TypeError, OSError, ImportError, MemoryError)

@@ -49,6 +49,7 @@ class RecurrentNode:
 
     @property
     def num_directions(self):
+        """2 for a bidirectional node, else 1."""
         return DIRECTIONS[self.direction]
 
 
@@ -212,6 +213,7 @@ class FusedRnnRep(BackendRep):
         self.output_names = [o.name for o in graph.output]
 
     def run(self, inputs, **kwargs):
+        """The graph's outputs (a list of arrays in graph order) for ``inputs``."""
         values = dict(self._constants)
         if isinstance(inputs, dict):
             missing = [n for n in self.input_names if n not in inputs]
@@ -236,7 +238,13 @@ class Backend(OnnxBackend):
 
     @classmethod
     def supports_device(cls, device: str) -> bool:
+        """True for "CPU" (the CUDA kernels are not behind this backend yet)."""
         return str(device).upper().split(":")[0] == "CPU"
+
+    @classmethod
+    def run_model(cls, model, inputs, device: str = "CPU", **kwargs):
+        """``prepare(model, device).run(inputs)``."""
+        return cls.prepare(model, device, **kwargs).run(inputs)
 
     @classmethod
     def prepare(cls, model, device: str = "CPU", **kwargs):
@@ -262,10 +270,24 @@ class Backend(OnnxBackend):
         return [v for n, v in zip(spec.outputs, run_recurrent(spec, values)) if n]
 
 
-prepare = Backend.prepare
-run_model = Backend.run_model
-run_node = Backend.run_node
-supports_device = Backend.supports_device
+def prepare(model, device="CPU", **kwargs):
+    """:meth:`Backend.prepare` (ONNX's module-level backend interface)."""
+    return Backend.prepare(model, device, **kwargs)
+
+
+def run_model(model, inputs, device="CPU", **kwargs):
+    """:meth:`Backend.run_model`."""
+    return Backend.run_model(model, inputs, device, **kwargs)
+
+
+def run_node(node, inputs, device="CPU", **kwargs):
+    """:meth:`Backend.run_node`."""
+    return Backend.run_node(node, inputs, device, **kwargs)
+
+
+def supports_device(device):
+    """:meth:`Backend.supports_device`."""
+    return Backend.supports_device(device)
 
 
 def load(path):
