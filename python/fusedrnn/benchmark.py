@@ -221,30 +221,20 @@ def torch_peer(cell, x, w, mode, threads, proj_size=0):
     return train_step
 
 
-def ort_peer(cell, x, w, threads, w_ph=None, reset_after=True):
-    """ONNX Runtime's LSTM/GRU/RNN node on the same weights; ``w_ph``: an LSTM's peepholes
-    [3H] in our order i, f, o (ONNX's P is i, o, f); ``reset_after=False``: a GRU with
-    linear_before_reset=0."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+def onnx_node_model(cell, x, w, w_ph=None, reset_after=True):
+    """An ONNX model of one LSTM/GRU/RNN node (``cell`` "LSTM", "GRU" or "RNN") with our layer
+    0's weights ``w`` as initializers in ONNX's gate order (``fusedrnn.onnx._layout``): input X
+    [T, B, I] (x's shape), output Y [T, 1, B, H]. ``w_ph``: an LSTM's peepholes [3H] (i, f, o);
+    ``reset_after=False``: a GRU with linear_before_reset=0."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .onnx._layout import to_onnx
     T, B, I = x.shape
     H = w["weight_hh_l0"].shape[1]
-    g = CELLS[cell][1]
-
-    def reorder(a):  # PyTorch gate order -> ONNX (LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h)
-        parts = np.split(a, g, axis=0)
-        order = {4: [0, 3, 1, 2], 3: [1, 0, 2], 1: [0]}[g]
-        return np.concatenate([parts[i] for i in order], axis=0)
-
-    W = reorder(w["weight_ih_l0"])[None]
-    R = reorder(w["weight_hh_l0"])[None]
-    Bb = np.concatenate([reorder(w["bias_ih_l0"]), reorder(w["bias_hh_l0"])])[None]
-    named = [("W", W), ("R", R), ("B", Bb)]
-    if w_ph is not None:
-        p = np.split(w_ph, 3)
-        named.append(("P", np.concatenate([p[0], p[2], p[1]])[None]))
-    inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.astype(np.float32).ravel())
-             for n, a in named]
+    W, R, Bb, P = to_onnx(cell.lower(), *(w[f"{n}_l0"] for n in ("weight_ih", "weight_hh",
+                                                                 "bias_ih", "bias_hh")), w_ph)
+    named = [("W", W), ("R", R), ("B", Bb)] + ([("P", P)] if P is not None else [])
+    inits = [numpy_helper.from_array(a.astype(np.float32)[None], n) for n, a in named]
     attrs = {"hidden_size": H}
     if cell == "GRU":
         attrs["linear_before_reset"] = 1 if reset_after else 0  # 1: PyTorch's GRU
@@ -253,7 +243,13 @@ def ort_peer(cell, x, w, threads, w_ph=None, reset_after=True):
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 1, B, H])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def ort_peer(cell, x, w, threads, w_ph=None, reset_after=True):
+    """ONNX Runtime running :func:`onnx_node_model` (the same weights): a callable -> y."""
+    import onnxruntime as ort
+    model = onnx_node_model(cell, x, w, w_ph, reset_after)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
