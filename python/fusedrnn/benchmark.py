@@ -47,9 +47,10 @@ def add_arguments(p):
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: CPU inference in float32 and under bfloat16 autocast, ours and "
                         "torch's, side by side (fusedrnn.benchmark_bf16)")
-    p.add_argument("--framework", choices=("numpy", "torch"), default="numpy",
+    p.add_argument("--framework", choices=("numpy", "torch", "onnx"), default="numpy",
                    help="torch: the fusedrnn.torch adapter inside a small torch model against "
-                        "torch.nn (fusedrnn.benchmark_torch)")
+                        "torch.nn (fusedrnn.benchmark_torch); onnx: one ONNX model in ONNX "
+                        "Runtime and in fusedrnn.onnx.Backend (fusedrnn.benchmark_onnx)")
     p.add_argument("--deterministic", action="store_true",
                    help="also time fusedrnn with fr.set_deterministic(True), side by side: the "
                         "'det cost' column is its ms over the default's")
@@ -508,6 +509,9 @@ def run(args) -> int:
     if getattr(args, "precision", "fp32") == "bf16":
         from .benchmark_bf16 import run as run_bf16
         return run_bf16(args)
+    if getattr(args, "framework", "numpy") == "onnx":
+        from .benchmark_onnx import run as run_onnx
+        return run_onnx(args)
     if getattr(args, "framework", "numpy") == "torch":
         from .benchmark_torch import run as run_torch
         return run_torch(args)

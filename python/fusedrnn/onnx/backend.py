@@ -193,8 +193,11 @@ def run_recurrent(spec, values, weights=None):
                                     nonlinearity=spec.nonlinearities[d], **common)
         ys.append(y)
         hs.append(h)
-    Y = np.stack(ys, axis=1)  # [T, D, N, H]
-    finals = [np.stack(hs)] + ([np.stack(cs)] if cs else [])  # [D, N, H]
+    if len(ys) == 1:  # views, no copy
+        Y, finals = ys[0][:, None], [hs[0][None]] + ([cs[0][None]] if cs else [])
+    else:
+        Y = np.stack(ys, axis=1)  # [T, D, N, H]
+        finals = [np.stack(hs)] + ([np.stack(cs)] if cs else [])  # [D, N, H]
     if spec.layout:
         Y = Y.transpose(2, 0, 1, 3)  # [N, T, D, H]
         finals = [a.transpose(1, 0, 2) for a in finals]  # [N, D, H]
