@@ -289,3 +289,11 @@ def test_load_refuses_weights_that_are_graph_inputs():
         load(_node_model("LSTM"))
     with pytest.raises(TypeError, match="path: expected a path to an ONNX model"):
         load(3)
+
+
+def test_load_says_when_there_is_no_recurrent_node(tmp_path):
+    x = np.zeros((2, 1, 3), np.float32)
+    export(fr.nn.LayerNormLSTM(3, 4), tmp_path / "ln.onnx", x)
+    with pytest.raises(ValueError, match=r"path: expected a model with LSTM, GRU or RNN nodes, "
+                                         r"found none \(its ops: .*'Scan'"):
+        load(tmp_path / "ln.onnx")

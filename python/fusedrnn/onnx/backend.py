@@ -342,4 +342,9 @@ def load(path):
                 state[f"weight_ph_l0{suffix}"] = w_ph
         layer.load_state_dict(state)
         layers[spec.name] = layer
+    if not layers:
+        ops = sorted({n.op_type for n in model.graph.node})
+        raise ValueError(f"path: expected a model with LSTM, GRU or RNN nodes, found none (its "
+                         f"ops: {ops}; the projected LSTM and the LayerNorm-LSTM export as Scans "
+                         f"of their step, which load cannot read back)")
     return layers
