@@ -442,6 +442,16 @@ def parse_shapes(text):
     return shapes
 
 
+def write_json(path, **content):
+    """The run's JSON (atomically), fr.info() first; says where it went. Nothing without a path."""
+    if not path:
+        return
+    import fusedrnn as fr
+    from fusedrnn._atomic import write_text
+    write_text(path, json.dumps({"info": fr.info(), **content}, indent=1))
+    print(f"wrote {path}")
+
+
 def selection(args):
     """The CPU benches' (cells, modes, shapes) from --cells, --modes, --shapes and --quick,
     checked (ValueError naming the option)."""
@@ -493,12 +503,7 @@ def run(args) -> int:
         print(cpu_header(args.threads))
         rows = explain(cells, shapes, modes, args.threads)
         _print_plans(rows)
-        if args.json:
-            import fusedrnn as fr
-            from fusedrnn._atomic import write_text
-            write_text(args.json, json.dumps({"info": fr.info(), "threads": args.threads,
-                                              "plans": rows}, indent=1))
-            print(f"wrote {args.json}")
+        write_json(args.json, threads=args.threads, plans=rows)
         return 0
     if getattr(args, "regimes", None):
         from .benchmark_regimes import run as run_regimes
@@ -554,9 +559,5 @@ def run(args) -> int:
         print("\npeak memory of one training step (MB): " + "; ".join(
             f"{r['cell']} B={r['B']} T={r['T']} H={r['H']}: ours {r.get('ours_peak_mb')} "
             f"torch {r.get('torch_peak_mb')}" for r in rows if "ours_peak_mb" in r))
-    if args.json:
-        from fusedrnn._atomic import write_text
-        write_text(args.json, json.dumps({"info": fr.info(), "sgemm_gflops": peak,
-                                                 "rows": rows}, indent=1))
-        print(f"wrote {args.json}")
+    write_json(args.json, sgemm_gflops=peak, rows=rows)
     return 0

@@ -8,8 +8,6 @@ bfloat16 RNN kernel on the CPU: not timed. Each inference row also gives the rel
 (L2) of both bfloat16 outputs against float64."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from . import benchmark
@@ -104,9 +102,5 @@ def run(args) -> int:
               f"{benchmark._fmt(r['torch_ms'])}{benchmark._fmt(r['torch_bf16_ms'], 11)} | "
               f"{benchmark._fmt(r['bf16_over_fp32'], 9)}{benchmark._fmt(r['x_torch_bf16'], 13)}"
               f"{benchmark._fmt(r['x_torch_best'], 15)} | {errors}")
-    if args.json:
-        from fusedrnn._atomic import write_text
-        write_text(args.json, json.dumps({"info": fr.info(), "threads": args.threads,
-                                          "rows": rows}, indent=1))
-        print(f"wrote {args.json}")
+    benchmark.write_json(args.json, threads=args.threads, rows=rows)
     return 0

@@ -6,8 +6,6 @@ inference (an ONNX model has no training). The "x ORT" column is ORT's ms over o
 outputs are checked to agree."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from . import benchmark
@@ -60,9 +58,5 @@ def run(args) -> int:
         print(f"{r['cell']:<6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} | "
               f"{benchmark._fmt(r['ort_ms'])}{benchmark._fmt(r['ours_ms'])} | "
               f"{benchmark._fmt(r['x_ort'], 6)}  {r['max_abs_diff']:.1e}")
-    if args.json:
-        from fusedrnn._atomic import write_text
-        write_text(args.json, json.dumps({"info": fr.info(), "threads": args.threads,
-                                          "rows": rows}, indent=1))
-        print(f"wrote {args.json}")
+    benchmark.write_json(args.json, threads=args.threads, rows=rows)
     return 0

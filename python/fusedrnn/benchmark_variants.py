@@ -7,8 +7,6 @@ only). Float32. The "cost" column is the variant's ms over the plain cell's; "x 
 peer's ms over ours."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from . import benchmark
@@ -134,9 +132,5 @@ def run(args) -> int:
               f"{benchmark._fmt(r['plain_ms'])}{benchmark._fmt(r['ours_ms'])}"
               f"{benchmark._fmt(r['peer_ms'])} | {benchmark._fmt(r['cost'], 6)}"
               f"{benchmark._fmt(r['x_peer'], 7)}  {r['peer']}")
-    if args.json:
-        from fusedrnn._atomic import write_text
-        write_text(args.json, json.dumps({"info": fr.info(), "threads": args.threads,
-                                          "rows": rows}, indent=1))
-        print(f"wrote {args.json}")
+    benchmark.write_json(args.json, threads=args.threads, rows=rows)
     return 0
