@@ -682,13 +682,86 @@ def test_projection_results_do_not_depend_on_the_threads():
     _assert_thread_independent(lambda lengths: _run_proj(F, p, lengths), np.arange(24) % 13)
 
 
-def test_projection_keeps_float32_products_under_autocast():
+def test_projection_trains_in_float32_under_autocast():
+    """Training keeps float32 products under autocast (the two-phase backward has no bfloat16
+    form): the same bits as without it."""
     p = _proj_problem(6, 4, 5, 16, 8, seed=9, dtype=np.float32)
     plain = _run_proj(F, p)
     with fr.autocast():
         cast = _run_proj(F, p)
     for name in plain:
         np.testing.assert_array_equal(cast[name], plain[name], name)
+
+
+def _proj_inference(module, p, **kw):
+    return module.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"],
+                               p["b_hh"], w_hr=p["w_hr"], **kw)[:3]
+
+
+@pytest.mark.parametrize("T,N,H,P", [(1, 1, 32, 16), (1, 3, 17, 5), (1, 20, 48, 20),
+                                     (1, 37, 130, 64), (1, 16, 64, 33)])
+def test_projection_bf16_step_matches_the_bf16_reference(T, N, H, P, threads):
+    """One inference step with bfloat16 products (W_ih x, W_hh h, W_hr m): the reference with
+    the same rounded operands, up to float32 accumulation (odd H and P, padding pairs, AMX
+    sample tiles whole and padded where the CPU has AMX; by units and by samples)."""
+    p = _proj_problem(T, N, 9, H, P, seed=N + H, dtype=np.float32)
+    for peephole in (False, True):
+        w_ph = p["w_ph"] if peephole else None
+        ours = _proj_inference(F, p, precision="bfloat16", w_ph=w_ph)
+        ref = _proj_inference(R, p, precision="bfloat16", w_ph=w_ph)
+        exact = _proj_inference(R, p, w_ph=w_ph)
+        for got, want in zip(ours, ref):
+            np.testing.assert_allclose(got, want, rtol=0, atol=3e-6)
+        assert np.abs(ours[0] - exact[0]).max() > 1e-5  # the rounding shows
+
+
+@pytest.mark.parametrize("N,H,P", [(7, 48, 12), (24, 96, 32)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_projection_bf16_sequences_match_the_bf16_reference(N, H, P, reverse, threads):
+    """Sequences with lengths (0, 1, T) under autocast: the layer's inference is the bf16
+    reference's (within the rare flip of a state's rounding), padding stays zero, and the
+    thread count does not change a bit under set_deterministic."""
+    T = 30
+    p = _proj_problem(T, N, 12, H, P, seed=3, dtype=np.float32)
+    lengths = np.arange(N) % (T + 1)
+    lengths[:2] = (T, 0)
+    with fr.autocast():
+        ours = _proj_inference(F, p, lengths=lengths, reverse=reverse)
+    ref = _proj_inference(R, p, precision="bfloat16", lengths=lengths, reverse=reverse)
+    exact = _proj_inference(R, p, lengths=lengths, reverse=reverse)
+    for got, want, full in zip(ours, ref, exact):
+        assert np.abs(got - want).max() < 2.0 ** -7
+        assert np.median(np.abs(got - want)) < 1e-6
+        assert np.abs(got - full).max() < 5e-2
+    assert np.all(ours[0][~(np.arange(T)[:, None] < lengths[None, :])] == 0)
+    fr.set_deterministic(True)
+    try:
+        runs = []
+        for n in (1, 2):
+            fr.set_num_threads(n)
+            runs.append(_proj_inference(F, p, precision="bfloat16", lengths=lengths))
+    finally:
+        fr.set_deterministic(False)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_projected_layer_and_cell_run_bf16_inference_under_autocast():
+    """fr.nn.LSTM(proj_size) and LSTMCell(proj_size) in eval mode under autocast: the kernels'
+    bfloat16 call (the layer's short-call path included)."""
+    layer = fr.nn.LSTM(6, 32, proj_size=8, seed=0).eval()
+    x = np.random.default_rng(1).standard_normal((5, 3, 6)).astype(np.float32)
+    w = [getattr(layer, n + "_l0").data for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    want = F.lstm_forward(x, None, None, *w, w_hr=layer.weight_hr_l0.data,
+                          precision="bfloat16")[0]
+    with fr.autocast():
+        np.testing.assert_array_equal(layer(x)[0], want)
+        np.testing.assert_array_equal(layer(x, lengths=[5, 5, 5])[0], want)
+    assert np.abs(layer(x)[0] - want).max() > 1e-6  # float32 outside autocast
+    cell = fr.nn.LSTMCell(6, 32, proj_size=8).eval()
+    cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
+    with fr.autocast():
+        np.testing.assert_array_equal(cell(x[0])[0], want[0])
 
 
 def test_projection_arguments_are_checked():

@@ -320,15 +320,25 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   if (cell == CellKind::kGruResetBefore || s.P > 0) {
     // Two phases a step (ForwardCall::reset_before_loop, projected_loop): by samples where the
     // plain cell's would be (no barrier), else by units; W_hh packed for sequences as any
-    // loop's (else BLAS or row kernels), the inputs projected up front; float32 products (no
-    // bfloat16 form of the two-phase steps yet).
-    p.loop = by_samples ? Loop::kBySamples : Loop::kByUnits;
-    p.product = step_product(t, packed, N);
+    // loop's (else BLAS or row kernels), the inputs projected up front; float32 products, but
+    // for the projected LSTM's inference under autocast: bfloat16 products (W_ih x up front,
+    // W_hh h and W_hr m in the steps), W_hh and W_hr packed into pairs at any length, by
+    // samples where the plain cell's bfloat16 plan is. (Its training and the reset-before GRU
+    // have no bfloat16 form yet.)
+    const bool projection_bf16 = bf16 && s.P > 0 && !training && element_bytes == 4;
+    const bool samples =
+        projection_bf16 ? !fixed && split_by_samples(t, N, slices, weight_bytes * 2 / element_bytes)
+                        : by_samples;
+    p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
+    p.product = projection_bf16 ? StepProduct::kPacked : step_product(t, packed, N);
     p.projection = Projection::kUpFront;
-    p.loop_slices = by_samples || N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = samples || N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     p.bias_in_packed = false;
     p.waits_for_inputs = inputs_ready;
-    p.bf16 = p.amx = p.amx_projection = false;
+    p.bf16 = projection_bf16;
+    const bool amx = projection_bf16 && amx_allowed();
+    p.amx = amx && N >= t.amx_min_batch;
+    p.amx_projection = amx && s.T * N >= t.amx_min_batch;
   }
   return p;
 }

@@ -232,9 +232,10 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    # The two-phase steps (the reset-before GRU, the projection) and the LayerNorm-LSTM have
-    # float32 products only (under autocast too).
-    bf16 = (bfloat16_products(x.dtype, precision) and cell in BF16_CELLS and w_hr is None)
+    # The reset-before GRU and the LayerNorm-LSTM have float32 products only (under autocast
+    # too); the projected LSTM has bfloat16 ones for inference only.
+    bf16 = (bfloat16_products(x.dtype, precision) and cell in BF16_CELLS
+            and (w_hr is None or not training))
     if cell == "layernorm_lstm":
         xp = _backend(x)[0]
         H = c0.shape[1]

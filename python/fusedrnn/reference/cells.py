@@ -130,9 +130,9 @@ def _peepholes(w_ph, H):
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
                  training=False, precision=None, w_ph=None, w_hr=None):
     """LSTM, gates i, f, g, o: c' = f*c + i*g, h' = o*tanh(c'). Returns (y, h_n, c_n, ctx).
-    precision="bfloat16": the products W_ih x and W_hh h from bfloat16-rounded operands (the rest
-    exact). w_ph [3H]: peepholes p_i, p_f, p_o (ONNX's P reordered): i = sigma(a_i + p_i*c),
-    f = sigma(a_f + p_f*c), o = sigma(a_o + p_o*c'). w_hr [P, H]: a projection (torch's
+    precision="bfloat16": the products W_ih x and W_hh h (and W_hr m) from bfloat16-rounded
+    operands (the rest exact). w_ph [3H]: peepholes p_i, p_f, p_o (ONNX's P reordered):
+    i = sigma(a_i + p_i*c), f = sigma(a_f + p_f*c), o = sigma(a_o + p_o*c'). w_hr [P, H]: a projection (torch's
     proj_size), h' = W_hr (o*tanh(c')), P wide (w_hh [4H, P])."""
     w_hr = _f64(w_hr)
     x, h, c, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
@@ -156,7 +156,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
         c_new = f * c + i * g
         o = sigmoid(a[:, 3 * H:4 * H] + p_o * c_new)
         m = o * np.tanh(c_new)  # the cell's output, projected where there is a projection
-        h_new = m if w_hr is None else m @ w_hr.T
+        if w_hr is None:
+            h_new = m
+        else:  # bfloat16: the projection's product from rounded operands too
+            mr, wr_hr = _operands(m, w_hr, precision)
+            h_new = mr @ wr_hr.T
         ctx["steps"][t] = dict(active=active, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o, c=c_new,
                                m=m)
         h = np.where(active, h_new, h)
