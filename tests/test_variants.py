@@ -424,9 +424,9 @@ def test_reset_before_gru_results_do_not_depend_on_the_threads(N, H):
     _assert_thread_independent(lambda lengths: _run_gru(F, p, lengths), np.arange(N) % 13)
 
 
-def test_reset_before_gru_keeps_float32_products_under_autocast():
-    """Its two-phase step has no bfloat16 form: under autocast it runs (and its context records)
-    float32 products, the same bits as without autocast."""
+def test_reset_before_gru_trains_in_float32_under_autocast():
+    """Its two-phase backward has no bfloat16 form: training under autocast runs (and its
+    context records) float32 products, the same bits as without autocast."""
     p = {k: v.astype(np.float32) for k, v in _gru_problem(6, 4, 5, 16, seed=9).items()}
     plain = _run_gru(F, p)
     with fr.autocast():
@@ -436,6 +436,56 @@ def test_reset_before_gru_keeps_float32_products_under_autocast():
     assert ctx.precision is None
     for name in plain:
         np.testing.assert_array_equal(cast[name], plain[name], name)
+
+
+def _reset_before_inference(module, p, **kw):
+    return module.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                              reset_after=False, **kw)[:2]
+
+
+@pytest.mark.parametrize("N,H", [(1, 32), (3, 17), (20, 48), (37, 130), (16, 64)])
+def test_reset_before_gru_bf16_step_matches_the_bf16_reference(N, H, threads):
+    """One inference step with bfloat16 products (W_ih x, W_h{r,z} h, W_hn (r * h)): the
+    reference with the same rounded operands, up to float32 accumulation (odd H, padding
+    pairs, AMX sample tiles whole and padded where the CPU has AMX; by units and by samples)."""
+    p = {k: v.astype(np.float32) for k, v in _gru_problem(1, N, 9, H, seed=N + H).items()}
+    ours = _reset_before_inference(F, p, precision="bfloat16")
+    ref = _reset_before_inference(R, p, precision="bfloat16")
+    exact = _reset_before_inference(R, p)
+    for got, want in zip(ours, ref):
+        np.testing.assert_allclose(got, want, rtol=0, atol=3e-6)
+    assert np.abs(ours[0] - exact[0]).max() > 1e-5  # the rounding shows
+
+
+@pytest.mark.parametrize("N,H", [(7, 48), (24, 96)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_reset_before_gru_bf16_sequences_match_the_bf16_reference(N, H, reverse, threads):
+    """Sequences with lengths (0, 1, T) under autocast: the bf16 reference's outputs (within
+    the rare flip of a state's rounding), padding zero, the same bits on 1 and 2 threads under
+    set_deterministic."""
+    T = 30
+    p = {k: v.astype(np.float32) for k, v in _gru_problem(T, N, 12, H, seed=3).items()}
+    lengths = np.arange(N) % (T + 1)
+    lengths[:2] = (T, 0)
+    with fr.autocast():
+        ours = _reset_before_inference(F, p, lengths=lengths, reverse=reverse)
+    ref = _reset_before_inference(R, p, precision="bfloat16", lengths=lengths, reverse=reverse)
+    exact = _reset_before_inference(R, p, lengths=lengths, reverse=reverse)
+    for got, want, full in zip(ours, ref, exact):
+        assert np.abs(got - want).max() < 2.0 ** -7
+        assert np.median(np.abs(got - want)) < 1e-6
+        assert np.abs(got - full).max() < 5e-2
+    assert np.all(ours[0][~(np.arange(T)[:, None] < lengths[None, :])] == 0)
+    fr.set_deterministic(True)
+    try:
+        runs = []
+        for n in (1, 2):
+            fr.set_num_threads(n)
+            runs.append(_reset_before_inference(F, p, precision="bfloat16", lengths=lengths))
+    finally:
+        fr.set_deterministic(False)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_reset_before_gru_arguments_are_checked():
@@ -746,6 +796,25 @@ def test_projection_bf16_sequences_match_the_bf16_reference(N, H, P, reverse, th
         np.testing.assert_array_equal(a, b)
 
 
+def test_reset_before_layer_and_cell_run_bf16_inference_under_autocast():
+    """fr.nn.GRU/GRUCell(reset_after=False) in eval mode under autocast: the kernels' bfloat16
+    call (the layer's short-call path included)."""
+    layer = fr.nn.GRU(6, 32, reset_after=False, seed=0).eval()
+    x = np.random.default_rng(1).standard_normal((5, 3, 6)).astype(np.float32)
+    w = [getattr(layer, n + "_l0").data for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    want = F.gru_forward(x, None, *w, reset_after=False, precision="bfloat16")[0]
+    with fr.autocast():
+        np.testing.assert_array_equal(layer(x)[0], want)
+        np.testing.assert_array_equal(layer(x, lengths=[5, 5, 5])[0], want)
+    assert np.abs(layer(x)[0] - want).max() > 1e-6  # float32 outside autocast
+    cell = fr.nn.GRUCell(6, 32, reset_after=False).eval()
+    cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
+    float32 = F.gru_forward(x[:1], None, *w, reset_after=False)[0][0]
+    with fr.autocast():  # one step (its own plan: the sums' order may differ)
+        np.testing.assert_allclose(cell(x[0]), want[0], rtol=0, atol=1e-6)
+        assert np.abs(cell(x[0]) - float32).max() > 1e-6  # bfloat16, not float32
+
+
 def test_projected_layer_and_cell_run_bf16_inference_under_autocast():
     """fr.nn.LSTM(proj_size) and LSTMCell(proj_size) in eval mode under autocast: the kernels'
     bfloat16 call (the layer's short-call path included)."""
@@ -760,8 +829,10 @@ def test_projected_layer_and_cell_run_bf16_inference_under_autocast():
     assert np.abs(layer(x)[0] - want).max() > 1e-6  # float32 outside autocast
     cell = fr.nn.LSTMCell(6, 32, proj_size=8).eval()
     cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
-    with fr.autocast():
-        np.testing.assert_array_equal(cell(x[0])[0], want[0])
+    float32 = F.lstm_forward(x[:1], None, None, *w, w_hr=layer.weight_hr_l0.data)[0][0]
+    with fr.autocast():  # one step (its own plan: the sums' order may differ)
+        np.testing.assert_allclose(cell(x[0])[0], want[0], rtol=0, atol=1e-6)
+        assert np.abs(cell(x[0])[0] - float32).max() > 1e-6  # bfloat16, not float32
 
 
 def test_projection_arguments_are_checked():

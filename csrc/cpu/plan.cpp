@@ -321,22 +321,22 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     // Two phases a step (ForwardCall::reset_before_loop, projected_loop): by samples where the
     // plain cell's would be (no barrier), else by units; W_hh packed for sequences as any
     // loop's (else BLAS or row kernels), the inputs projected up front; float32 products, but
-    // for the projected LSTM's inference under autocast: bfloat16 products (W_ih x up front,
-    // W_hh h and W_hr m in the steps), W_hh and W_hr packed into pairs at any length, by
-    // samples where the plain cell's bfloat16 plan is. (Its training and the reset-before GRU
-    // have no bfloat16 form yet.)
-    const bool projection_bf16 = bf16 && s.P > 0 && !training && element_bytes == 4;
+    // for inference under autocast: bfloat16 products (W_ih x up front, both phases' products
+    // in the steps: W_hh h and W_hr m, or W_h{r,z} h and W_hn (r * h)), the blocks packed into
+    // pairs at any length, by samples where the plain cell's bfloat16 plan is. (Their
+    // training has no bfloat16 form yet.)
+    const bool two_phase_bf16 = bf16 && !training && element_bytes == 4;
     const bool samples =
-        projection_bf16 ? !fixed && split_by_samples(t, N, slices, weight_bytes * 2 / element_bytes)
+        two_phase_bf16 ? !fixed && split_by_samples(t, N, slices, weight_bytes * 2 / element_bytes)
                         : by_samples;
     p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
-    p.product = projection_bf16 ? StepProduct::kPacked : step_product(t, packed, N);
+    p.product = two_phase_bf16 ? StepProduct::kPacked : step_product(t, packed, N);
     p.projection = Projection::kUpFront;
     p.loop_slices = samples || N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     p.bias_in_packed = false;
     p.waits_for_inputs = inputs_ready;
-    p.bf16 = projection_bf16;
-    const bool amx = projection_bf16 && amx_allowed();
+    p.bf16 = two_phase_bf16;
+    const bool amx = two_phase_bf16 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_projection = amx && s.T * N >= t.amx_min_batch;
   }

@@ -232,10 +232,11 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    # The reset-before GRU and the LayerNorm-LSTM have float32 products only (under autocast
-    # too); the projected LSTM has bfloat16 ones for inference only.
-    bf16 = (bfloat16_products(x.dtype, precision) and cell in BF16_CELLS
-            and (w_hr is None or not training))
+    # The LayerNorm-LSTM has float32 products only (under autocast too); the two-phase steps
+    # (the reset-before GRU, the projected LSTM) have bfloat16 ones for inference only.
+    two_phase = cell == "gru_reset_before" or w_hr is not None
+    bf16 = (bfloat16_products(x.dtype, precision) and cell in BF16_CELLS + ("gru_reset_before",)
+            and not (two_phase and training))
     if cell == "layernorm_lstm":
         xp = _backend(x)[0]
         H = c0.shape[1]
