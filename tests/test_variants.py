@@ -985,8 +985,8 @@ def test_layernorm_lstm_results_do_not_depend_on_the_threads():
 
 
 def test_layernorm_lstm_defaults_and_arguments():
-    """ln=None: gains one, the cell norm's bias zero; eps reaches the norms; autocast keeps
-    float32 products; bad arguments are named."""
+    """ln=None: gains one, the cell norm's bias zero; eps reaches the norms; training under
+    autocast keeps float32 products; bad arguments are named."""
     p = _ln_problem(4, 3, 5, 16, seed=5, dtype=np.float32)
     args = (p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
     unit = np.concatenate([np.ones(144), np.zeros(16)]).astype(np.float32)
@@ -994,9 +994,12 @@ def test_layernorm_lstm_defaults_and_arguments():
                                   F.layernorm_lstm_forward(*args, unit)[0])
     assert relative_error(F.layernorm_lstm_forward(*args, eps=0.5)[0],
                           R.layernorm_lstm_forward(*args, eps=0.5)[0]) < 1e-5
-    plain = F.layernorm_lstm_forward(*args)[0]
-    with fr.autocast():  # float32 products: the same bits
-        np.testing.assert_array_equal(F.layernorm_lstm_forward(*args)[0], plain)
+    plain = F.layernorm_lstm_forward(*args, training=True)
+    with fr.autocast():  # training: float32 products, the same bits
+        cast = F.layernorm_lstm_forward(*args, training=True)
+    assert cast[3].precision is None
+    for a, b in zip(plain[:3], cast[:3]):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match=r"ln: expected shape \(160,\)"):
         F.layernorm_lstm_forward(*args, unit[:10])
     with pytest.raises(ValueError, match="eps: expected a positive number"):
@@ -1010,6 +1013,64 @@ def test_layernorm_lstm_defaults_and_arguments():
         fr._C.recurrent_forward("layernorm_lstm", "tanh", *args, None, False, False)
     with pytest.raises(ValueError, match="eps: expected a positive number"):
         fr.nn.LayerNormLSTM(4, 8, eps=-1.0)
+
+
+def _ln_inference(module, p, **kw):
+    return module.layernorm_lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"],
+                                         p["b_ih"], p["b_hh"], p["ln"], **kw)[:3]
+
+
+@pytest.mark.parametrize("T,N,H", [(1, 1, 32), (1, 3, 17), (1, 20, 48), (1, 37, 130),
+                                   (3, 16, 64)])
+def test_layernorm_lstm_bf16_step_matches_the_bf16_reference(T, N, H, threads):
+    """Inference with bfloat16 products (W_ih x, W_hh h; the norms float32): the reference
+    with the same rounded operands, up to float32 accumulation (odd H, padding pairs, AMX
+    sample tiles where the CPU has AMX; by samples and on one thread)."""
+    p = _ln_problem(T, N, 9, H, seed=N + H, dtype=np.float32)
+    ours = _ln_inference(F, p, precision="bfloat16")
+    ref = _ln_inference(R, p, precision="bfloat16")
+    exact = _ln_inference(R, p)
+    for got, want in zip(ours, ref):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+    assert np.abs(ours[0] - exact[0]).max() > 1e-5  # the rounding shows
+
+
+@pytest.mark.parametrize("N,H", [(7, 48), (24, 96)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_layernorm_lstm_bf16_sequences_match_the_bf16_reference(N, H, reverse, threads):
+    """Sequences with lengths (0, 1, T) under autocast: the bf16 reference's outputs where no
+    state's rounding flipped (the median), and as close to the float64 result as the bf16
+    reference is (the norms amplify a flip: one bfloat16 step of h, renormalized, reaches
+    1e-2 after a few steps in either); padding zero; the layer and the cell in eval mode take
+    the bfloat16 call too."""
+    T = 30
+    p = _ln_problem(T, N, 12, H, seed=3, dtype=np.float32)
+    lengths = np.arange(N) % (T + 1)
+    lengths[:2] = (T, 0)
+    with fr.autocast():
+        ours = _ln_inference(F, p, lengths=lengths, reverse=reverse)
+    ref = _ln_inference(R, p, precision="bfloat16", lengths=lengths, reverse=reverse)
+    exact = _ln_inference(R, p, lengths=lengths, reverse=reverse)
+    for got, want, full in zip(ours, ref, exact):
+        assert np.median(np.abs(got - want)) < 1e-6
+        assert np.abs(got - full).max() < 1.5 * np.abs(want - full).max() + 1e-3
+    assert np.all(ours[0][~(np.arange(T)[:, None] < lengths[None, :])] == 0)
+    layer = fr.nn.LayerNormLSTM(12, H).eval()
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    layer.load_state_dict(dict(zip([n + "_l0" for n in names],
+                                   [p[k] for k in ("w_ih", "w_hh", "b_ih", "b_hh")]),
+                               **dict(zip([f"ln_{k}_l0" for k in ("weight_ih", "weight_hh",
+                                                                 "weight_c", "bias_c")],
+                                          np.split(p["ln"], np.cumsum([4 * H, 4 * H, H]))))))
+    want = F.layernorm_lstm_forward(p["x"], None, None, *[p[k] for k in ("w_ih", "w_hh", "b_ih",
+                                                                        "b_hh")], p["ln"],
+                                    precision="bfloat16")[0]
+    with fr.autocast():
+        np.testing.assert_array_equal(layer(p["x"])[0], want)
+    cell = fr.nn.LayerNormLSTMCell(12, H).eval()
+    cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
+    with fr.autocast():  # one step (its own plan: the sums' order may differ)
+        np.testing.assert_allclose(cell(p["x"][0])[0], want[0], rtol=0, atol=2e-5)
 
 
 def test_layernorm_lstm_layer_is_the_reference_layer_by_layer():

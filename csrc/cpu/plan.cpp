@@ -315,7 +315,16 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                                                              : Projection::kUpFront;
     p.bias_in_packed = false;
     p.waits_for_inputs = inputs_ready;
-    p.bf16 = p.amx = p.amx_projection = false;
+    // bfloat16 products for inference under autocast: W_hh packed into pairs at any length,
+    // the inputs projected up front from pairs. (Its training has no bfloat16 form yet.)
+    p.bf16 = bf16 && !training && element_bytes == 4;
+    if (p.bf16) {
+      p.product = StepProduct::kPacked;
+      p.projection = Projection::kUpFront;
+    }
+    const bool amx = p.bf16 && amx_allowed();
+    p.amx = amx && (samples ? N / slices : N) >= t.amx_min_batch;
+    p.amx_projection = amx && s.T * N >= t.amx_min_batch;
   }
   if (cell == CellKind::kGruResetBefore || s.P > 0) {
     // Two phases a step (ForwardCall::reset_before_loop, projected_loop): by samples where the

@@ -232,11 +232,10 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    # The LayerNorm-LSTM has float32 products only (under autocast too); the two-phase steps
-    # (the reset-before GRU, the projected LSTM) have bfloat16 ones for inference only.
-    two_phase = cell == "gru_reset_before" or w_hr is not None
-    bf16 = (bfloat16_products(x.dtype, precision) and cell in BF16_CELLS + ("gru_reset_before",)
-            and not (two_phase and training))
+    # The variants (the two-phase steps of the reset-before GRU and the projected LSTM, the
+    # LayerNorm-LSTM) have bfloat16 products for inference only: their training stays float32.
+    variant = cell in ("gru_reset_before", "layernorm_lstm") or w_hr is not None
+    bf16 = bfloat16_products(x.dtype, precision) and not (variant and training)
     if cell == "layernorm_lstm":
         xp = _backend(x)[0]
         H = c0.shape[1]
@@ -245,7 +244,8 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
         ln = _check(ln, "ln", (10 * H,), x.dtype, xp=xp)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             raise ValueError(f"eps: expected a positive number, got {eps!r}")
-        return kernels, args + (cache, None, None, None, ln, float(eps)), has_bias
+        return kernels, args + (cache, "bfloat16" if bf16 else None, None, None, ln,
+                                float(eps)), has_bias
     if ln is not None:
         raise ValueError(f"ln: layer-norm parameters belong to the LayerNorm-LSTM, got them for "
                          f"{cell.upper()}")
@@ -473,17 +473,17 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
 
 
 def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None, *, eps=1e-5,
-                           lengths=None, reverse=False, training=False):
+                           lengths=None, reverse=False, training=False, precision=None):
     """LayerNorm-LSTM over a sequence (haste's LayerNormLSTM in PyTorch's gate order): layer norm
     on the input and the recurrent pre-activations and on the cell state, fused in the step:
         a  = g_ih * LN(W_ih x) + b_ih + g_hh * LN(W_hh h) + b_hh
         c' = f * c + i * g          h' = o * tanh(g_c * LN(c') + b_c)
     ``ln`` [10H]: g_ih [4H], g_hh [4H], g_c [H], b_c [H] (None: gains one, b_c zero); ``eps``
-    inside the norms' square roots. Returns ``(y, h_n, c_n, ctx)``. CPU; float32 products
-    under autocast too."""
+    inside the norms' square roots. Returns ``(y, h_n, c_n, ctx)``. CPU. ``precision``: as
+    lstm_forward's, for inference (training keeps float32 products, under autocast too)."""
     return _forward_many("layernorm_lstm", [dict(
         x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, lengths=lengths,
-        reverse=reverse, training=training, ln=ln, eps=eps)])[0]
+        reverse=reverse, training=training, ln=ln, eps=eps, precision=precision)])[0]
 
 
 def layernorm_lstm_backward(ctx, dy, dh_n=None, dc_n=None):

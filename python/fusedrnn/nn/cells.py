@@ -239,8 +239,6 @@ class RNNCellBase(Module):
             if lstm and c0 is None:
                 c0 = np.zeros((x.shape[0], self.hidden_size), self.dtype)
             precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
-            if self._layer_norm:
-                precision = None  # (float32 products only)
             out = _C.recurrent_forward(self._kernel_cell, self.nonlinearity, x[None], h0,
                                        c0 if lstm else None, *w, None, False, False, cache,
                                        precision, *variant.values())

@@ -426,8 +426,6 @@ class RNNBase(Module):
         precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
         w_ph, w_hr = self._peepholes(0, 0), self._projection(0, 0)
         norms = self._layer_norm_args(0, 0)
-        if norms:
-            precision = None  # (float32 products only)
         y, h_n, c_n = _C.recurrent_forward(self._kernel_cell, self.nonlinearity, x, h0,
                                            c0 if lstm else None, *w, None, False, False,
                                            cache, precision,

@@ -371,14 +371,15 @@ def _normalize_backward(d_hat, a_hat, rstd):
 
 
 def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None, *, eps=1e-5,
-                           lengths=None, reverse=False, training=False):
+                           lengths=None, reverse=False, training=False, precision=None):
     """LayerNorm-LSTM (haste's LayerNormLSTM, in PyTorch's gate order i, f, g, o): layer norm on
     the input and the recurrent pre-activations (over their 4H values) and on the cell state:
         a   = g_ih * LN(W_ih x) + b_ih + g_hh * LN(W_hh h) + b_hh
         c'  = f * c + i * g                 h' = o * tanh(g_c * LN(c') + b_c)
     LN(v) = (v - mean v) / sqrt(var v + eps); the biases come after the normalization (before it
     they would cancel). ln [10H]: g_ih [4H], g_hh [4H], g_c [H], b_c [H] (None: ones and zeros).
-    c carries the un-normalized c'. Returns (y, h_n, c_n, ctx)."""
+    c carries the un-normalized c'. precision="bfloat16": W_ih x and W_hh h from
+    bfloat16-rounded operands (the norms exact). Returns (y, h_n, c_n, ctx)."""
     x, h, c, w_ih, w_hh, b_ih, b_hh, lengths, has_bias = _prepare(
         "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     T, N, _ = x.shape
@@ -390,10 +391,12 @@ def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None,
     y = np.zeros((T, N, H))
     ctx = _new_ctx("layernorm_lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias, None)
     ctx.update(ln=ln, eps=eps)
+    xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]
-        x_hat, rx = _normalize(x[t] @ w_ih.T, eps)
-        h_hat, rh = _normalize(h @ w_hh.T, eps)
+        hr, whr = _operands(h, w_hh, precision)
+        x_hat, rx = _normalize(xr[t] @ wir.T, eps)
+        h_hat, rh = _normalize(hr @ whr.T, eps)
         a = g_ih * x_hat + b_ih + g_hh * h_hat + b_hh
         i, f = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H])
         g, o = np.tanh(a[:, 2 * H:3 * H]), sigmoid(a[:, 3 * H:])
