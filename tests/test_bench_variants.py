@@ -25,6 +25,12 @@ def test_bench_variants_rows(tmp_path, capsys):
         assert abs(r["cost"] - r["ours_ms"] / r["plain_ms"]) < 0.02 * r["cost"] + 0.01
         runs = have["ort"] if r["peer"] == "ORT" and r["mode"] == "infer" else \
             have["torch"] if r["peer"] == "torch" else False  # ORT does not train
+        if r["mode"] == "infer":  # the variant under autocast too
+            assert r["ours_bf16_ms"] > 0
+            assert abs(r["bf16_speedup"] - r["ours_ms"] / r["ours_bf16_ms"]) < \
+                0.02 * r["bf16_speedup"] + 0.01
+        else:
+            assert r["ours_bf16_ms"] is None and r["bf16_speedup"] is None
         if runs:  # the peer computes what we compute
             assert r["peer_ms"] > 0 and r["max_abs_diff_peer"] < 1e-5, r
         else:

@@ -4,7 +4,8 @@ plain cell it extends (ours, same weights and input, alternating blocks in one p
 peepholes P and its GRU with linear_before_reset=0 (inference; it has no training), PyTorch's
 LSTM with proj_size (both modes); the LayerNorm-LSTM has none on the CPU (haste's is CUDA
 only). Float32. The "cost" column is the variant's ms over the plain cell's; "x peer" the
-peer's ms over ours."""
+peer's ms over ours; at inference "bf16" times the variant under ``fusedrnn.autocast``
+(bfloat16 products) and "x fp32" is its speed-up over float32."""
 from __future__ import annotations
 
 import numpy as np
@@ -53,6 +54,11 @@ def contestants(variant, x, w, mode, threads, have):
             layer.load_state_dict(vw)
         layer.eval()
         fns["ours"] = lambda: layer(x)[0]
+
+        def bf16():  # the same layer under autocast: bfloat16 products
+            with fr.autocast():
+                return layer(x)[0]
+        fns["ours_bf16"] = bf16
         if PEERS[variant] == "ORT" and have["ort"]:
             fns["peer"] = benchmark.ort_peer(cell, x, w, threads, w_ph=w_ph,
                                              reset_after=variant != "reset_before")
@@ -97,6 +103,9 @@ def bench_row(variant, mode, B, T, I, H, threads, budget, have):
            "peer_ms": _figures(ms["peer"]) if "peer" in ms else None}
     row["cost"] = round(ms["ours"] / ms["plain"], 2)
     row["x_peer"] = round(ms["peer"] / ms["ours"], 2) if "peer" in ms else None
+    # inference: the variant under fusedrnn.autocast, its speed-up over float32 (ours_ms)
+    row["ours_bf16_ms"] = _figures(ms["ours_bf16"]) if "ours_bf16" in ms else None
+    row["bf16_speedup"] = round(ms["ours"] / ms["ours_bf16"], 2) if "ours_bf16" in ms else None
     if "peer" in fns:  # the peer computes what we compute
         row["max_abs_diff_peer"] = float(np.abs(np.asarray(fns["peer"]()) - fns["ours"]()).max())
     return row
@@ -126,11 +135,13 @@ def run(args) -> int:
                 print(f"  {variant} {mode} B={B} T={T} I={I} H={H}: plain {r['plain_ms']} "
                       f"ours {r['ours_ms']} {r['peer']} {r['peer_ms']} ms", flush=True)
     print(f"\n{'variant':<13}{'mode':>6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} | {'plain':>8}"
-          f"{'ours':>8}{'peer':>8} | {'cost':>6}{'x peer':>7}  peer")
+          f"{'ours':>8}{'peer':>8} | {'cost':>6}{'x peer':>7}  {'peer':<6}| {'bf16':>8}"
+          f"{'x fp32':>7}")
     for r in rows:
         print(f"{r['variant']:<13}{r['mode']:>6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} | "
               f"{benchmark._fmt(r['plain_ms'])}{benchmark._fmt(r['ours_ms'])}"
               f"{benchmark._fmt(r['peer_ms'])} | {benchmark._fmt(r['cost'], 6)}"
-              f"{benchmark._fmt(r['x_peer'], 7)}  {r['peer']}")
+              f"{benchmark._fmt(r['x_peer'], 7)}  {r['peer']:<6}| "
+              f"{benchmark._fmt(r['ours_bf16_ms'])}{benchmark._fmt(r['bf16_speedup'], 7)}")
     benchmark.write_json(args.json, threads=args.threads, rows=rows)
     return 0
