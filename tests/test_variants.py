@@ -1227,3 +1227,33 @@ def test_seq2seq_with_layernorm_or_projected_lstm_trains_by_its_gradients(cell, 
     with pytest.raises(ValueError, match=r"cell: expected one of \['lstm', 'gru', "
                                          r"'layernorm_lstm'\], got 'rnn'"):
         Seq2Seq(9, 8, cell="rnn")
+
+
+@pytest.mark.parametrize("kind", ["reset_before", "proj", "layernorm"])
+def test_variant_bf16_weights_kept_between_calls_are_never_stale(kind):
+    """Under autocast the variants keep W_hh's (and W_ih's) bfloat16 pairs between inference
+    calls: a repeated call gives the same bits, and after a weight changes (load_state_dict,
+    an in-place write) the call equals a fresh layer's with the new weights."""
+    make = {"reset_before": lambda: fr.nn.GRU(6, 32, reset_after=False, seed=0),
+            "proj": lambda: fr.nn.LSTM(6, 32, proj_size=8, seed=0),
+            "layernorm": lambda: fr.nn.LayerNormLSTM(6, 32, seed=0)}[kind]
+    layer = make().eval()
+    x = np.random.default_rng(2).standard_normal((7, 20, 6)).astype(np.float32)
+    rng = np.random.default_rng(3)
+    with fr.autocast():
+        first = layer(x)[0]
+        np.testing.assert_array_equal(layer(x)[0], first)
+        for change in ("load_state_dict", "in place"):
+            state = layer.state_dict()
+            if change == "load_state_dict":
+                state["weight_hh_l0"] = rng.uniform(-0.2, 0.2, state["weight_hh_l0"].shape
+                                                    ).astype(np.float32)
+                layer.load_state_dict(state)
+            else:
+                layer.weight_ih_l0.data[...] *= 0.5
+            fresh = make().eval()
+            fresh.load_state_dict(layer.state_dict())
+            got = layer(x)[0]
+            np.testing.assert_array_equal(got, fresh(x)[0])
+            assert np.abs(got - first).max() > 1e-4
+            first = got

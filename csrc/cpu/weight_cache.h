@@ -24,7 +24,8 @@ class WeightCache {
     kBias,
     kInputBias,
     kHiddenWeightsBf16,
-    kInputWeightsBf16
+    kInputWeightsBf16,
+    kNewGateWeightsBf16  // the reset-before GRU's W_hn, a block of its own
   };
   struct Key {
     int weight, slices;
