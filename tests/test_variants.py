@@ -1234,11 +1234,16 @@ def test_variant_bf16_weights_kept_between_calls_are_never_stale(kind):
     """Under autocast the variants keep W_hh's (and W_ih's) bfloat16 pairs between inference
     calls: a repeated call gives the same bits, and after a weight changes (load_state_dict,
     an in-place write) the call equals a fresh layer's with the new weights."""
-    make = {"reset_before": lambda: fr.nn.GRU(6, 32, reset_after=False, seed=0),
-            "proj": lambda: fr.nn.LSTM(6, 32, proj_size=8, seed=0),
-            "layernorm": lambda: fr.nn.LayerNormLSTM(6, 32, seed=0)}[kind]
+    make = {"reset_before": lambda: fr.nn.GRU(6, 160, reset_after=False, seed=0),
+            "proj": lambda: fr.nn.LSTM(6, 160, proj_size=8, seed=0),
+            "layernorm": lambda: fr.nn.LayerNormLSTM(6, 160, seed=0)}[kind]
     layer = make().eval()
+    # batch 1 (by units on 2 threads) and 20 (by samples), kept forms read back each time
     x = np.random.default_rng(2).standard_normal((7, 20, 6)).astype(np.float32)
+    for one in (x[:, :1], x[:, :1]):
+        with fr.autocast():
+            np.testing.assert_array_equal(layer(np.ascontiguousarray(one))[0],
+                                          make().eval()(np.ascontiguousarray(one))[0])
     rng = np.random.default_rng(3)
     with fr.autocast():
         first = layer(x)[0]
