@@ -438,6 +438,55 @@ def test_reset_before_gru_trains_in_float32_under_autocast():
         np.testing.assert_array_equal(cast[name], plain[name], name)
 
 
+def _bf16_lengths(T, N):
+    """Lengths mixing T, 0, 1 and the rest for the bfloat16 sequence tests."""
+    lengths = np.arange(N) % (T + 1)
+    lengths[:2] = (T, 0)
+    return lengths
+
+
+def _assert_bf16_step(infer, p, atol):
+    """``infer(module, p, **kw)`` -> outputs: one inference with bfloat16 products is the
+    reference with the same rounded operands up to float32 accumulation, and the rounding
+    shows (not the float32 result)."""
+    ours = infer(F, p, precision="bfloat16")
+    ref = infer(R, p, precision="bfloat16")
+    for got, want in zip(ours, ref):
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    assert np.abs(ours[0] - infer(R, p)[0]).max() > 1e-5
+
+
+def _assert_bf16_sequences(infer, p, reverse, amplified=False):
+    """Sequences with lengths (0, 1, T) under autocast: the bf16 reference's outputs where no
+    state's rounding flipped (the median) and within one flip's effect at most (``amplified``:
+    a cell whose norms amplify a flip, held to be as close to the float64 result as the bf16
+    reference is); padding zero; the same bits on 1 and 2 threads under set_deterministic."""
+    T, N = p["x"].shape[:2]
+    lengths = _bf16_lengths(T, N)
+    with fr.autocast():
+        ours = infer(F, p, lengths=lengths, reverse=reverse)
+    ref = infer(R, p, precision="bfloat16", lengths=lengths, reverse=reverse)
+    exact = infer(R, p, lengths=lengths, reverse=reverse)
+    for got, want, full in zip(ours, ref, exact):
+        assert np.median(np.abs(got - want)) < 1e-6
+        if amplified:
+            assert np.abs(got - full).max() < 1.5 * np.abs(want - full).max() + 1e-3
+        else:
+            assert np.abs(got - want).max() < 2.0 ** -7
+            assert np.abs(got - full).max() < 5e-2
+    assert np.all(ours[0][~(np.arange(T)[:, None] < lengths[None, :])] == 0)
+    fr.set_deterministic(True)
+    try:
+        runs = []
+        for n in (1, 2):
+            fr.set_num_threads(n)
+            runs.append(infer(F, p, precision="bfloat16", lengths=lengths, reverse=reverse))
+    finally:
+        fr.set_deterministic(False)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def _reset_before_inference(module, p, **kw):
     return module.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
                               reset_after=False, **kw)[:2]
@@ -445,47 +494,18 @@ def _reset_before_inference(module, p, **kw):
 
 @pytest.mark.parametrize("N,H", [(1, 32), (3, 17), (20, 48), (37, 130), (16, 64)])
 def test_reset_before_gru_bf16_step_matches_the_bf16_reference(N, H, threads):
-    """One inference step with bfloat16 products (W_ih x, W_h{r,z} h, W_hn (r * h)): the
-    reference with the same rounded operands, up to float32 accumulation (odd H, padding
-    pairs, AMX sample tiles whole and padded where the CPU has AMX; by units and by samples)."""
+    """One inference step with bfloat16 products (W_ih x, W_h{r,z} h, W_hn (r * h)): odd H,
+    padding pairs, AMX sample tiles whole and padded where the CPU has AMX; by units and by
+    samples."""
     p = {k: v.astype(np.float32) for k, v in _gru_problem(1, N, 9, H, seed=N + H).items()}
-    ours = _reset_before_inference(F, p, precision="bfloat16")
-    ref = _reset_before_inference(R, p, precision="bfloat16")
-    exact = _reset_before_inference(R, p)
-    for got, want in zip(ours, ref):
-        np.testing.assert_allclose(got, want, rtol=0, atol=3e-6)
-    assert np.abs(ours[0] - exact[0]).max() > 1e-5  # the rounding shows
+    _assert_bf16_step(_reset_before_inference, p, 3e-6)
 
 
 @pytest.mark.parametrize("N,H", [(7, 48), (24, 96)])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_reset_before_gru_bf16_sequences_match_the_bf16_reference(N, H, reverse, threads):
-    """Sequences with lengths (0, 1, T) under autocast: the bf16 reference's outputs (within
-    the rare flip of a state's rounding), padding zero, the same bits on 1 and 2 threads under
-    set_deterministic."""
-    T = 30
-    p = {k: v.astype(np.float32) for k, v in _gru_problem(T, N, 12, H, seed=3).items()}
-    lengths = np.arange(N) % (T + 1)
-    lengths[:2] = (T, 0)
-    with fr.autocast():
-        ours = _reset_before_inference(F, p, lengths=lengths, reverse=reverse)
-    ref = _reset_before_inference(R, p, precision="bfloat16", lengths=lengths, reverse=reverse)
-    exact = _reset_before_inference(R, p, lengths=lengths, reverse=reverse)
-    for got, want, full in zip(ours, ref, exact):
-        assert np.abs(got - want).max() < 2.0 ** -7
-        assert np.median(np.abs(got - want)) < 1e-6
-        assert np.abs(got - full).max() < 5e-2
-    assert np.all(ours[0][~(np.arange(T)[:, None] < lengths[None, :])] == 0)
-    fr.set_deterministic(True)
-    try:
-        runs = []
-        for n in (1, 2):
-            fr.set_num_threads(n)
-            runs.append(_reset_before_inference(F, p, precision="bfloat16", lengths=lengths))
-    finally:
-        fr.set_deterministic(False)
-    for a, b in zip(*runs):
-        np.testing.assert_array_equal(a, b)
+    p = {k: v.astype(np.float32) for k, v in _gru_problem(30, N, 12, H, seed=3).items()}
+    _assert_bf16_sequences(_reset_before_inference, p, reverse)
 
 
 def test_reset_before_gru_arguments_are_checked():
@@ -751,88 +771,54 @@ def _proj_inference(module, p, **kw):
 @pytest.mark.parametrize("T,N,H,P", [(1, 1, 32, 16), (1, 3, 17, 5), (1, 20, 48, 20),
                                      (1, 37, 130, 64), (1, 16, 64, 33)])
 def test_projection_bf16_step_matches_the_bf16_reference(T, N, H, P, threads):
-    """One inference step with bfloat16 products (W_ih x, W_hh h, W_hr m): the reference with
-    the same rounded operands, up to float32 accumulation (odd H and P, padding pairs, AMX
-    sample tiles whole and padded where the CPU has AMX; by units and by samples)."""
+    """One inference step with bfloat16 products (W_ih x, W_hh h, W_hr m), with and without
+    peepholes: odd H and P, padding pairs, AMX sample tiles whole and padded where the CPU
+    has AMX; by units and by samples."""
     p = _proj_problem(T, N, 9, H, P, seed=N + H, dtype=np.float32)
-    for peephole in (False, True):
-        w_ph = p["w_ph"] if peephole else None
-        ours = _proj_inference(F, p, precision="bfloat16", w_ph=w_ph)
-        ref = _proj_inference(R, p, precision="bfloat16", w_ph=w_ph)
-        exact = _proj_inference(R, p, w_ph=w_ph)
-        for got, want in zip(ours, ref):
-            np.testing.assert_allclose(got, want, rtol=0, atol=3e-6)
-        assert np.abs(ours[0] - exact[0]).max() > 1e-5  # the rounding shows
+    for w_ph in (None, p["w_ph"]):
+        _assert_bf16_step(lambda module, q, **kw: _proj_inference(module, q, w_ph=w_ph, **kw),
+                          p, 3e-6)
 
 
 @pytest.mark.parametrize("N,H,P", [(7, 48, 12), (24, 96, 32)])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_projection_bf16_sequences_match_the_bf16_reference(N, H, P, reverse, threads):
-    """Sequences with lengths (0, 1, T) under autocast: the layer's inference is the bf16
-    reference's (within the rare flip of a state's rounding), padding stays zero, and the
-    thread count does not change a bit under set_deterministic."""
-    T = 30
-    p = _proj_problem(T, N, 12, H, P, seed=3, dtype=np.float32)
-    lengths = np.arange(N) % (T + 1)
-    lengths[:2] = (T, 0)
-    with fr.autocast():
-        ours = _proj_inference(F, p, lengths=lengths, reverse=reverse)
-    ref = _proj_inference(R, p, precision="bfloat16", lengths=lengths, reverse=reverse)
-    exact = _proj_inference(R, p, lengths=lengths, reverse=reverse)
-    for got, want, full in zip(ours, ref, exact):
-        assert np.abs(got - want).max() < 2.0 ** -7
-        assert np.median(np.abs(got - want)) < 1e-6
-        assert np.abs(got - full).max() < 5e-2
-    assert np.all(ours[0][~(np.arange(T)[:, None] < lengths[None, :])] == 0)
-    fr.set_deterministic(True)
-    try:
-        runs = []
-        for n in (1, 2):
-            fr.set_num_threads(n)
-            runs.append(_proj_inference(F, p, precision="bfloat16", lengths=lengths))
-    finally:
-        fr.set_deterministic(False)
-    for a, b in zip(*runs):
-        np.testing.assert_array_equal(a, b)
+    _assert_bf16_sequences(_proj_inference, _proj_problem(30, N, 12, H, P, seed=3,
+                                                          dtype=np.float32), reverse)
 
 
-def test_reset_before_layer_and_cell_run_bf16_inference_under_autocast():
-    """fr.nn.GRU/GRUCell(reset_after=False) in eval mode under autocast: the kernels' bfloat16
-    call (the layer's short-call path included)."""
-    layer = fr.nn.GRU(6, 32, reset_after=False, seed=0).eval()
+@pytest.mark.parametrize("kind", ["reset_before", "proj"])
+def test_two_phase_layer_and_cell_run_bf16_inference_under_autocast(kind):
+    """fr.nn.GRU/GRUCell(reset_after=False) and LSTM/LSTMCell(proj_size) in eval mode under
+    autocast: the kernels' bfloat16 call (the layer's short-call path included); the cell's
+    one step (its own plan: the sums' order may differ) to 1e-6, not float32's."""
     x = np.random.default_rng(1).standard_normal((5, 3, 6)).astype(np.float32)
+    if kind == "reset_before":
+        layer = fr.nn.GRU(6, 32, reset_after=False, seed=0).eval()
+        cell = fr.nn.GRUCell(6, 32, reset_after=False).eval()
+        extra = {"reset_after": False}
+    else:
+        layer = fr.nn.LSTM(6, 32, proj_size=8, seed=0).eval()
+        cell = fr.nn.LSTMCell(6, 32, proj_size=8).eval()
+        extra = {"w_hr": layer.weight_hr_l0.data}
     w = [getattr(layer, n + "_l0").data for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    want = F.gru_forward(x, None, *w, reset_after=False, precision="bfloat16")[0]
+
+    def kernels(x, **kw):
+        if kind == "reset_before":
+            return F.gru_forward(x, None, *w, **extra, **kw)[0]
+        return F.lstm_forward(x, None, None, *w, **extra, **kw)[0]
+
+    def step(x):
+        out = cell(x)
+        return out if kind == "reset_before" else out[0]
+    want, float32 = kernels(x, precision="bfloat16"), kernels(x[:1])[0]
+    cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
     with fr.autocast():
         np.testing.assert_array_equal(layer(x)[0], want)
         np.testing.assert_array_equal(layer(x, lengths=[5, 5, 5])[0], want)
+        np.testing.assert_allclose(step(x[0]), want[0], rtol=0, atol=1e-6)
+        assert np.abs(step(x[0]) - float32).max() > 1e-6
     assert np.abs(layer(x)[0] - want).max() > 1e-6  # float32 outside autocast
-    cell = fr.nn.GRUCell(6, 32, reset_after=False).eval()
-    cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
-    float32 = F.gru_forward(x[:1], None, *w, reset_after=False)[0][0]
-    with fr.autocast():  # one step (its own plan: the sums' order may differ)
-        np.testing.assert_allclose(cell(x[0]), want[0], rtol=0, atol=1e-6)
-        assert np.abs(cell(x[0]) - float32).max() > 1e-6  # bfloat16, not float32
-
-
-def test_projected_layer_and_cell_run_bf16_inference_under_autocast():
-    """fr.nn.LSTM(proj_size) and LSTMCell(proj_size) in eval mode under autocast: the kernels'
-    bfloat16 call (the layer's short-call path included)."""
-    layer = fr.nn.LSTM(6, 32, proj_size=8, seed=0).eval()
-    x = np.random.default_rng(1).standard_normal((5, 3, 6)).astype(np.float32)
-    w = [getattr(layer, n + "_l0").data for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    want = F.lstm_forward(x, None, None, *w, w_hr=layer.weight_hr_l0.data,
-                          precision="bfloat16")[0]
-    with fr.autocast():
-        np.testing.assert_array_equal(layer(x)[0], want)
-        np.testing.assert_array_equal(layer(x, lengths=[5, 5, 5])[0], want)
-    assert np.abs(layer(x)[0] - want).max() > 1e-6  # float32 outside autocast
-    cell = fr.nn.LSTMCell(6, 32, proj_size=8).eval()
-    cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
-    float32 = F.lstm_forward(x[:1], None, None, *w, w_hr=layer.weight_hr_l0.data)[0][0]
-    with fr.autocast():  # one step (its own plan: the sums' order may differ)
-        np.testing.assert_allclose(cell(x[0])[0], want[0], rtol=0, atol=1e-6)
-        assert np.abs(cell(x[0])[0] - float32).max() > 1e-6  # bfloat16, not float32
 
 
 def test_projection_arguments_are_checked():
@@ -1023,38 +1009,21 @@ def _ln_inference(module, p, **kw):
 @pytest.mark.parametrize("T,N,H", [(1, 1, 32), (1, 3, 17), (1, 20, 48), (1, 37, 130),
                                    (3, 16, 64)])
 def test_layernorm_lstm_bf16_step_matches_the_bf16_reference(T, N, H, threads):
-    """Inference with bfloat16 products (W_ih x, W_hh h; the norms float32): the reference
-    with the same rounded operands, up to float32 accumulation (odd H, padding pairs, AMX
-    sample tiles where the CPU has AMX; by samples and on one thread)."""
-    p = _ln_problem(T, N, 9, H, seed=N + H, dtype=np.float32)
-    ours = _ln_inference(F, p, precision="bfloat16")
-    ref = _ln_inference(R, p, precision="bfloat16")
-    exact = _ln_inference(R, p)
-    for got, want in zip(ours, ref):
-        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
-    assert np.abs(ours[0] - exact[0]).max() > 1e-5  # the rounding shows
+    """Inference with bfloat16 products (W_ih x, W_hh h; the norms float32): odd H, padding
+    pairs, AMX sample tiles where the CPU has AMX; by samples, by units and on one thread."""
+    _assert_bf16_step(_ln_inference, _ln_problem(T, N, 9, H, seed=N + H, dtype=np.float32),
+                      2e-5)
 
 
 @pytest.mark.parametrize("N,H", [(7, 48), (24, 96)])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_layernorm_lstm_bf16_sequences_match_the_bf16_reference(N, H, reverse, threads):
-    """Sequences with lengths (0, 1, T) under autocast: the bf16 reference's outputs where no
-    state's rounding flipped (the median), and as close to the float64 result as the bf16
-    reference is (the norms amplify a flip: one bfloat16 step of h, renormalized, reaches
-    1e-2 after a few steps in either); padding zero; the layer and the cell in eval mode take
-    the bfloat16 call too."""
+    """Sequences under autocast (the norms amplify a flip of a state's rounding: one bfloat16
+    step of h, renormalized, reaches 1e-2 after a few steps in the reference and in ours); the
+    layer and the cell in eval mode take the bfloat16 call too."""
     T = 30
     p = _ln_problem(T, N, 12, H, seed=3, dtype=np.float32)
-    lengths = np.arange(N) % (T + 1)
-    lengths[:2] = (T, 0)
-    with fr.autocast():
-        ours = _ln_inference(F, p, lengths=lengths, reverse=reverse)
-    ref = _ln_inference(R, p, precision="bfloat16", lengths=lengths, reverse=reverse)
-    exact = _ln_inference(R, p, lengths=lengths, reverse=reverse)
-    for got, want, full in zip(ours, ref, exact):
-        assert np.median(np.abs(got - want)) < 1e-6
-        assert np.abs(got - full).max() < 1.5 * np.abs(want - full).max() + 1e-3
-    assert np.all(ours[0][~(np.arange(T)[:, None] < lengths[None, :])] == 0)
+    _assert_bf16_sequences(_ln_inference, p, reverse, amplified=True)
     layer = fr.nn.LayerNormLSTM(12, H).eval()
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     layer.load_state_dict(dict(zip([n + "_l0" for n in names],
