@@ -461,7 +461,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
     autocast decides), the backward's too. ``w_ph``: peepholes [3H] in the order i, f, o (ONNX's
     LSTM with P, reordered): i and f see c_{t-1}, o sees c_t; None: PyTorch's LSTM.
     ``w_hr``: a projection [P, H] (torch's proj_size P < H): h = W_hr (o * tanh(c)), so h0, h_n,
-    y are P wide and w_hh is [4H, P] (c stays H wide); float32 products under autocast too."""
+    y are P wide and w_hh is [4H, P] (c stays H wide); with it, bfloat16 products for
+    inference only (training keeps float32 ones, under autocast too)."""
     return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, "tanh",
                     precision, w_ph, w_hr)
 
@@ -496,8 +497,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
                 training=False, precision=None, reset_after=True):
     """GRU over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as lstm_forward's.
     ``reset_after=False``: the reset gate before the product, n = tanh(W_in x + b_in +
-    W_hn (r * h) + b_hn) (Keras' reset_after=False, ONNX's linear_before_reset=0; CPU, float32
-    products under autocast too); True: PyTorch's GRU."""
+    W_hn (r * h) + b_hn) (Keras' reset_after=False, ONNX's linear_before_reset=0; CPU;
+    bfloat16 products for inference only); True: PyTorch's GRU."""
     y, h_n, _, ctx = _forward(gru_kernel(reset_after), x, h0, None, w_ih, w_hh, b_ih, b_hh,
                               lengths, reverse, training, "tanh", precision)
     return y, h_n, ctx

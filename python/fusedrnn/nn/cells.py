@@ -542,8 +542,8 @@ class LayerNormLSTMCell(LSTMCell):
     Arguments, inputs, outputs and backward as :class:`LSTMCell`'s (no ``peephole``, no
     ``proj_size``), plus ``eps`` (keyword-only, default 1e-5). Parameters: LSTMCell's four,
     then ``ln_weight_ih`` [4H], ``ln_weight_hh`` [4H], ``ln_weight_c`` [H] (gains, ones at
-    first) and ``ln_bias_c`` [H] (zeros), as the layer's ``..._l0``; its products stay float32
-    under autocast.
+    first) and ``ln_bias_c`` [H] (zeros), as the layer's ``..._l0``; under autocast an eval-mode
+    step runs bfloat16 products, a training one float32.
 
     >>> import numpy as np, fusedrnn as fr
     >>> cell = fr.nn.LayerNormLSTMCell(10, 20, seed=0)

@@ -799,8 +799,8 @@ class LayerNormLSTM(LSTM):
     Arguments, inputs, outputs and backward as :class:`LSTM`'s (no ``proj_size``, no
     ``peephole``), plus ``eps`` (keyword-only, default 1e-5). Parameters per layer k (and
     ``_reverse``): LSTM's four, then ``ln_weight_ih_l{k}`` [4H], ``ln_weight_hh_l{k}`` [4H],
-    ``ln_weight_c_l{k}`` [H] (gains, ones at first) and ``ln_bias_c_l{k}`` [H] (zeros). CPU; its
-    products stay float32 under autocast.
+    ``ln_weight_c_l{k}`` [H] (gains, ones at first) and ``ln_bias_c_l{k}`` [H] (zeros). CPU; under
+    autocast its inference runs bfloat16 products, its training float32 ones.
 
     >>> import numpy as np, fusedrnn as fr
     >>> rnn = fr.nn.LayerNormLSTM(10, 20, num_layers=2, seed=0)
