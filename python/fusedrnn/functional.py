@@ -262,7 +262,6 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     return kernels, args + ((cache,) if cache is not None else ()), has_bias
 
 
-BF16_CELLS = ("rnn", "gru", "lstm")  # the kernels' cells with bfloat16 products
 
 
 def bfloat16_products(dtype, precision=None):

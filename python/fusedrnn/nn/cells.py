@@ -241,7 +241,8 @@ class RNNCellBase(Module):
             precision = "bfloat16" if F.bfloat16_products(self.dtype) else None
             out = _C.recurrent_forward(self._kernel_cell, self.nonlinearity, x[None], h0,
                                        c0 if lstm else None, *w, None, False, False, cache,
-                                       precision, *variant.values())
+                                       precision, variant["w_ph"], variant["w_hr"],
+                                       variant["ln"], variant["eps"])
             return out[1], out[2], None
         if not self._layer_norm:
             del variant["ln"], variant["eps"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import _atomic
 from ..nn.layers import Dropout, Embedding, Identity, Linear, Sequential
+from ..nn.module import to_host
 from ..nn.recurrent import RNNBase
 from ..nn.seq2seq import Seq2Seq
 from ._layout import to_onnx
@@ -85,9 +86,8 @@ class _Graph:
 # ---------------------------------------------------------------------------- recurrent layers
 def _layer_weights(layer, k, direction):
     """One layer direction's weights as NumPy arrays in our layout."""
-    def data(p):
-        return None if p is None else np.asarray(p.data if isinstance(p.data, np.ndarray)
-                                                 else p.data.get())
+    def data(p):  # (a CUDA layer's parameters copied to the host)
+        return None if p is None else to_host(p.data)
     w_ih, w_hh, b_ih, b_hh = (data(p) for p in layer._weights(k, direction))
     return dict(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                 w_ph=data(layer._peepholes(k, direction)),
@@ -273,14 +273,10 @@ def _recurrent(g, layer, x, h0=None, c0=None, lengths=None, prefix=""):
 
 
 # ---------------------------------------------------------------------------- models
-def _dims(prefix_dims, *rest):
-    return list(prefix_dims) + list(rest)
-
-
-def _export_recurrent(g, layer, x, hx, lengths):
+def _export_recurrent(g, layer, hx, lengths):
     batch_first = layer.batch_first
     x_dims = ["batch", "time"] if batch_first else ["time", "batch"]
-    g.inputs.append(g.value_info("x", _dims(x_dims, layer.input_size)))
+    g.inputs.append(g.value_info("x", x_dims + [layer.input_size]))
     LD = layer.num_layers * layer.num_directions
     h0 = c0 = None
     if hx is not None:
@@ -295,7 +291,7 @@ def _export_recurrent(g, layer, x, hx, lengths):
     x_tni = g.node("Transpose", ["x"], perm=[1, 0, 2], base="x_tni") if batch_first else "x"
     y, h_n, c_n = _recurrent(g, layer, x_tni, h0, c0, lengths)
     D_S = layer.num_directions * layer._state_size
-    g.output("y", y, _dims(x_dims, D_S), **(dict(op="Transpose", perm=[1, 0, 2])
+    g.output("y", y, x_dims + [D_S], **(dict(op="Transpose", perm=[1, 0, 2])
                                              if batch_first else {}))
     finals = [("h_n", h_n, layer._state_size)] + ([("c_n", c_n, layer.hidden_size)]
                                                   if c_n else [])
@@ -422,7 +418,7 @@ def export(model, path, x, hx=None, lengths=None, opset=17):
 
     g = _Graph(onnx, dtype)
     if isinstance(model, RNNBase):
-        _export_recurrent(g, model, x, hx, lengths)
+        _export_recurrent(g, model, hx, lengths)
     elif isinstance(model, Sequential):
         _export_sequential(g, model, x, y)
     else:
