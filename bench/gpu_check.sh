@@ -14,7 +14,7 @@
 # If .gpusnap/ exists (a `git archive` of a known-good commit), the build and tests use it instead
 # of the working tree, so that other people's uncommitted edits cannot break the run.
 #
-#   bash bench/gpu_check.sh   (stage timeouts: build 150 s, smoke 40 s, tests 90 s, bench 100 s)
+#   bash bench/gpu_check.sh   (stage timeouts: build 150 s, smoke 40 s, tests 150 s, bench 100 s)
 set -uo pipefail
 OUT=${OUT:-/tmp/fusedrnn-gpu-check}
 mkdir -p "$OUT"
@@ -103,8 +103,9 @@ else
 fi
 
 # ---- tests
-timeout 90 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py \
-  > "$OUT/pytest.log" 2>&1 || status=$?
+# (the CUDA kernels, and the torch adapter on CUDA tensors: its tests named *cuda*)
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py \
+  tests/test_torch_adapter.py -k cuda > "$OUT/pytest.log" 2>&1 || status=$?
 grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest.log" | head -30
 tail -3 "$OUT/pytest.log"
 echo "gpu_check: pytest exit $status"

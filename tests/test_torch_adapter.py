@@ -44,9 +44,9 @@ def run(layer, x, hx, packed_lengths=None):
         out, _ = pad_packed_sequence(out, batch_first=layer.batch_first)
     states = state if isinstance(state, tuple) else (state,)
     g = torch.Generator().manual_seed(7)
-    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)).sum()
     for s in states:
-        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=s.dtype).to(s.device)).sum()
     loss.backward()
     grads = [x.grad]
     if hx_leaf is not None:
@@ -200,14 +200,16 @@ def test_gradcheck(cell):
     assert abs((up - down).item() / 2e-6 - g[1, 2].item()) < 1e-6
 
 
-def _op_args(cell, D, training, lengths=True, dtype=torch.float64, precision="float32", P=0):
-    """layer_forward's arguments; P > 0: an LSTM with projections of that size."""
+def _op_args(cell, D, training, lengths=True, dtype=torch.float64, precision="float32", P=0,
+             device="cpu"):
+    """layer_forward's arguments; P > 0: an LSTM with projections of that size. The lengths
+    stay on the host (as pad_packed_sequence gives them)."""
     T, N, I, H = 4, 3, 2, 5
     S = P or H
     G = _ops.GATES[cell]
-    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    r = lambda *s: torch.randn(*s, dtype=dtype).to(device)  # noqa: E731
     return (r(T, N, I).requires_grad_(training), r(D, N, S),
-            r(D, N, H) if cell == "lstm" else torch.empty(0, dtype=dtype),
+            r(D, N, H) if cell == "lstm" else torch.empty(0, dtype=dtype, device=device),
             [r(G * H, I).requires_grad_(training) for _ in range(D)],
             [r(G * H, S).requires_grad_(training) for _ in range(D)],
             [r(G * H) for _ in range(D)], [r(G * H) for _ in range(D)],
@@ -316,8 +318,13 @@ def test_convert_swaps_layers_with_the_same_weights():
 def test_unsupported_arguments_are_refused_at_construction():
     with pytest.raises(ValueError, match=r"proj_size: expected an integer in \[0, hidden_size\)"):
         frt.LSTM(4, 8, proj_size=8)
-    with pytest.raises(ValueError, match="device"):
+    with pytest.raises(ValueError, match="device: fusedrnn.torch runs on the CPU and on CUDA "
+                                         "devices, got meta"):
         frt.GRU(4, 8, device="meta")
+    if frt.modules.cuda_unavailable() is not None:  # the reason is named
+        with pytest.raises(ValueError, match=r"device: got cuda(:0)?, but fusedrnn's CUDA "
+                                             r"kernels cannot run here \("):
+            frt.LSTM(4, 8, device="cuda")
     with pytest.raises(TypeError, match="dtype"):
         frt.RNN(4, 8, dtype=torch.float16)
     with pytest.raises(ValueError, match="hidden_size"):
@@ -622,3 +629,159 @@ def test_lstm_with_projections_matches_torch(num_layers, bidirectional):
     a, b = ref(packed)[0], ours(packed)[0]
     assert (torch.nn.utils.rnn.pad_packed_sequence(a)[0]
             - torch.nn.utils.rnn.pad_packed_sequence(b)[0]).abs().max() < 1e-10
+
+
+def test_inputs_on_another_device_than_the_parameters_are_named():
+    layer, cell = frt.GRU(4, 8), frt.LSTMCell(4, 8)
+    x = torch.randn(3, 2, 4, device="meta")
+    with pytest.raises(ValueError, match=r"input: expected a tensor on cpu \(the parameters' "
+                                         r"device\), got one on meta"):
+        layer(x)
+    with pytest.raises(ValueError, match=r"hx: expected a tensor on cpu"):
+        layer(torch.randn(3, 2, 4), torch.zeros(1, 2, 8, device="meta"))
+    with pytest.raises(ValueError, match=r"input: expected a tensor on cpu"):
+        cell(torch.randn(2, 4, device="meta"))
+    with pytest.raises(ValueError, match=r"cx: expected a tensor on cpu"):
+        cell(torch.randn(2, 4), (torch.zeros(2, 8), torch.zeros(2, 8, device="meta")))
+
+
+
+# ---------------------------------------------------------------------------- CUDA tensors
+def _cuda_skip_reason():
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    return frt.modules.cuda_unavailable()
+
+
+_CUDA_SKIP = _cuda_skip_reason()
+cuda = pytest.mark.skipif(_CUDA_SKIP is not None, reason=f"CUDA adapter: {_CUDA_SKIP}")
+
+
+def _cuda_pair(cell, I, H, dtype=torch.float64, **kw):
+    """(torch.nn layer on the CPU, ours on the GPU) with the same weights."""
+    ref, ours = pair(cell, I, H, dtype, **kw)
+    return ref, ours.cuda()
+
+
+def _on_host(tensors):
+    return [t.detach().cpu() for t in tensors]
+
+
+@cuda
+@pytest.mark.parametrize("cell, layers, bidirectional, batch_first, bias, dtype",
+                         [c for c in CONFIGS if c[1] == 2 and c[2]])
+def test_cuda_matches_torch_nn(cell, layers, bidirectional, batch_first, bias, dtype):
+    """CUDA tensors in and out, every output, state and gradient against torch.nn on the CPU
+    (the float32 GEMMs in full fp32: fusedrnn.cuda's default)."""
+    torch.manual_seed(hash((cell, layers, bidirectional, batch_first, bias)) % 2**30)
+    T, N, I, H = 5, 3, 5, 7
+    ref, ours = _cuda_pair(cell, I, H, dtype, num_layers=layers, bidirectional=bidirectional,
+                           batch_first=batch_first, bias=bias)
+    x = torch.randn((N, T, I) if batch_first else (T, N, I), dtype=dtype)
+    D = 2 if bidirectional else 1
+    hx = torch.randn(layers * D, N, H, dtype=dtype)
+    hx = (hx, torch.randn(layers * D, N, H, dtype=dtype)) if cell == "LSTM" else hx
+    to_gpu = (lambda h: tuple(t.cuda() for t in h)) if cell == "LSTM" else (lambda h: h.cuda())
+    for state in (None, hx):
+        out_ref, grads_ref = run(ref, x, state)
+        out_ours, grads_ours = run(ours, x.cuda(), None if state is None else to_gpu(state))
+        assert all(t.is_cuda for t in out_ours + grads_ours)
+        assert_close(_on_host(out_ours), out_ref, TOL[dtype], "outputs")
+        assert_close(_on_host(grads_ours), grads_ref, TOL[dtype], "gradients")
+        ref.zero_grad()
+        ours.zero_grad()
+
+
+@cuda
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_cuda_packed_sequence_and_cells(cell):
+    torch.manual_seed(21)
+    ref, ours = _cuda_pair(cell, 4, 6, num_layers=2, bidirectional=True)
+    lengths = torch.tensor([3, 6, 1, 6, 4])
+    x = torch.randn(6, 5, 4, dtype=torch.float64)
+    out_ref, grads_ref = run(ref, x, None, lengths)
+    out_ours, grads_ours = run(ours, x.cuda(), None, lengths)
+    assert_close(_on_host(out_ours), out_ref, 1e-10, "packed outputs")
+    assert_close(_on_host(grads_ours), grads_ref, 1e-10, "packed gradients")
+    name = cell + "Cell"
+    ref_cell = getattr(torch.nn, name)(4, 6, dtype=torch.float64)
+    our_cell = getattr(frt, name)(4, 6, dtype=torch.float64, device="cuda")
+    our_cell.load_state_dict(ref_cell.state_dict())
+    inp = torch.randn(3, 4, dtype=torch.float64)
+    want = ref_cell(inp)
+    got = our_cell(inp.cuda())
+    for a, b in zip(got if cell == "LSTM" else (got,), want if cell == "LSTM" else (want,)):
+        assert a.is_cuda and (a.cpu() - b).abs().max() < 1e-10
+
+
+@cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("training", [True, False])
+def test_cuda_opcheck(cell, training):
+    torch.library.opcheck(_ops.layer_forward, _op_args(cell, 2, training, device="cuda"))
+
+
+@cuda
+def test_cuda_torch_compile_fullgraph_and_convert():
+    torch.manual_seed(22)
+    model = Tagger(torch.nn.LSTM(6, 8, num_layers=2, bidirectional=True,
+                                 batch_first=True)).cuda()
+    tokens = torch.randint(0, 20, (3, 7), device="cuda")
+    before = model(tokens)
+    frt.convert(model)
+    assert isinstance(model.rnn, frt.LSTM) and model.rnn.weight_ih_l0.is_cuda
+    eager = model(tokens)
+    assert (eager - before).abs().max() < 1e-4
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(tokens)
+    assert (out - eager).abs().max() < 1e-5
+    out.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    eager.sum().backward()
+    for a, b in zip(grads, model.parameters()):
+        assert (a - b.grad).abs().max() < 1e-5
+
+
+@cuda
+def test_cuda_runs_on_torchs_current_stream_with_torchs_memory():
+    """On a side stream (non-blocking: nothing orders it with CuPy's default stream) the input
+    is written after a long sleep; a kernel on any other stream would read it unwritten. The
+    outputs come from torch's caching allocator (counted by torch.cuda.memory_allocated)."""
+    torch.manual_seed(23)
+    layer = frt.GRU(64, 128, device="cuda")
+    x = torch.randn(50, 8, 64, device="cuda")
+    with torch.no_grad():
+        want, _ = layer(x)
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            late = torch.zeros_like(x)
+            torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU cycles
+            late.copy_(x)
+            before = torch.cuda.memory_allocated()
+            got, h = layer(late)
+            held = torch.cuda.memory_allocated() - before
+        side.synchronize()
+    assert torch.equal(got, want)
+    assert held >= got.numel() * got.element_size() + h.numel() * h.element_size()
+
+
+@cuda
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_cuda_autocast_bfloat16(cell):
+    """Under torch.autocast("cuda", bfloat16) a float32 layer runs the CUDA kernels' bfloat16
+    products (the functional call with precision="bfloat16" on the same CuPy arrays) and returns
+    torch.nn's (cuDNN's) output dtype there."""
+    torch.manual_seed(24)
+    ref, ours = _cuda_pair(cell, 16, 32, torch.float32)
+    ref = ref.cuda()
+    x = torch.randn(9, 3, 16, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=BF16):
+        out, _ = ours(x)
+        theirs, _ = ref(x)
+    with torch.no_grad():
+        plain, _ = ours(x)
+    assert out.dtype == theirs.dtype
+    assert (out.float() - theirs.float()).abs().max() < 3e-2
+    assert not torch.equal(out.float(), plain.to(out.dtype).float())

@@ -23,10 +23,14 @@ S the width of h: H, or P with an LSTM's projection (proj_size).
 backward stays float32 on the float32 activations the forward saved.
 
 CPU tensors reach the kernels as NumPy views (no copy); the kernels' outputs come back as
-tensors over the arrays they wrote (no copy either).
+tensors over the arrays they wrote (no copy either). CUDA tensors (a build with the CUDA backend,
+and CuPy) reach ``fusedrnn.cuda``'s kernels as CuPy views by DLPack, the kernels run on
+``torch.cuda.current_stream()``, and what they allocate (outputs, workspace) comes from torch's
+caching allocator on that stream, so their outputs are ordinary torch tensors: :class:`_Bridge`.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import numpy as np
@@ -44,6 +48,76 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _lengths_np(lengths):
+    """The lengths as int64 on the host (both backends take them there), or None."""
+    return None if lengths is None else _np(lengths.to("cpu", torch.int64))
+
+
+class _Bridge:
+    """How one device's tensors reach the kernels and come back, without copies.
+
+    ``kernels``: the module the calls go to; ``array(t)``: the kernels' view of a tensor;
+    ``tensor(a)``: a tensor over an array the kernels returned; ``running()``: the context the
+    calls run in. The CPU's: fusedrnn._C on NumPy views, as many threads as torch uses."""
+
+    kernels = _C
+    array = staticmethod(_np)
+    tensor = staticmethod(torch.from_numpy)
+
+    def running(self):
+        _sync_threads()
+        return contextlib.nullcontext()
+
+
+class _CudaBridge(_Bridge):
+    """CUDA tensors: fusedrnn.cuda's kernels on CuPy views (DLPack), run on torch's current
+    stream of the tensors' device, allocating through torch's caching allocator (so that what
+    the kernels return is memory torch owns and orders on that stream)."""
+
+    def __init__(self, device: torch.device):
+        from .. import cuda
+        self.kernels = cuda.kernels()  # raises CudaUnavailableError, saying why
+        self._cp = cuda.array_module()
+        self.device = device
+
+    def array(self, t):
+        return self._cp.from_dlpack(t.detach().contiguous())
+
+    tensor = staticmethod(torch.from_dlpack)
+
+    def _allocate(self, size):
+        block = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
+        memory = self._cp.cuda.UnownedMemory(block.data_ptr(), size, block,  # keeps it alive
+                                             self.device.index)
+        return self._cp.cuda.MemoryPointer(memory, 0)
+
+    @contextlib.contextmanager
+    def running(self):
+        cp = self._cp
+        stream = torch.cuda.current_stream(self.device)
+        with cp.cuda.Device(self.device.index), cp.cuda.ExternalStream(stream.cuda_stream), \
+                cp.cuda.using_allocator(self._allocate):
+            yield
+
+
+_CPU = _Bridge()
+_CUDA = {}
+
+
+def _bridge(x: torch.Tensor) -> _Bridge:
+    """The bridge to the kernels for ``x``'s device."""
+    if x.device.type == "cpu":
+        return _CPU
+    if x.device.type != "cuda":
+        raise ValueError(f"x: fusedrnn.torch runs on the CPU and on CUDA devices, got a tensor "
+                         f"on {x.device}")
+    device = torch.device("cuda", x.device.index if x.device.index is not None
+                          else torch.cuda.current_device())
+    if device not in _CUDA:
+        _CUDA[device] = _CudaBridge(device)
+    return _CUDA[device]
+
+
 def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((0,))
 
@@ -54,24 +128,24 @@ def _check_precision(precision):
     return precision
 
 
-def _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
+def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
                       precision):
     """The kernel's argument tuples, one per direction (the second runs in reverse)."""
     _check_precision(precision)
-    xn = _np(x)
-    lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
+    arr = bridge.array
+    xn = arr(x)
+    lengths_np = _lengths_np(lengths)
     # no weight cache: the parameters may change in place between calls; a projection's step
     # has float32 products only
     bf16 = F.bfloat16_products(xn.dtype, precision) and not w_hr
     calls = []
     for d in range(len(w_ih)):
-        gh = w_hh[d].shape[0]
-        zeros = np.zeros(gh, xn.dtype)
-        more = ((None, "bfloat16" if bf16 else None, None, _np(w_hr[d])) if w_hr
+        zeros = None if b_ih else arr(x.new_zeros(w_hh[d].shape[0]))
+        more = ((None, "bfloat16" if bf16 else None, None, arr(w_hr[d])) if w_hr
                 else (None, "bfloat16") if bf16 else ())
-        calls.append((xn, _np(h0[d]), _np(c0[d]) if cell == "lstm" else None,
-                      _np(w_ih[d]), _np(w_hh[d]),
-                      _np(b_ih[d]) if b_ih else zeros, _np(b_hh[d]) if b_hh else zeros,
+        calls.append((xn, arr(h0[d]), arr(c0[d]) if cell == "lstm" else None,
+                      arr(w_ih[d]), arr(w_hh[d]),
+                      arr(b_ih[d]) if b_ih else zeros, arr(b_hh[d]) if b_hh else zeros,
                       lengths_np, d == 1, training) + more)
     return calls
 
@@ -84,38 +158,39 @@ def _sync_threads():
         _C.set_num_threads(n)
 
 
-def _run(kernel, cell, nonlinearity, calls):
+def _run(bridge, kernel, cell, nonlinearity, calls):
     """The kernel calls (side by side where that pays), as fusedrnn.functional runs them: a
     call with no work (T, N or H zero) returns at once."""
-    _sync_threads()
     empty = F._empty_forward if kernel == "recurrent_forward" else F._empty_backward
-    return F._run_calls([(_C, c) for c in calls], kernel, cell, nonlinearity, empty)
+    return F._run_calls([(bridge.kernels, c) for c in calls], kernel, cell, nonlinearity, empty)
 
 
-def _stacked(arrays):
+def _stacked(bridge, arrays):
     """[D, ...] tensor over the directions' arrays (a view for one direction)."""
     if len(arrays) == 1:
-        return torch.from_numpy(arrays[0]).unsqueeze(0)
-    return torch.stack([torch.from_numpy(a) for a in arrays])
+        return bridge.tensor(arrays[0]).unsqueeze(0)
+    return torch.stack([bridge.tensor(a) for a in arrays])
 
 
 def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
                   training, precision, context=True):
     """The kernels' forward (see the module docstring); no autograd here. ``context=False``
     (eager inference) returns None for the three saved lists."""
-    calls = _directions_calls(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
-                              precision)
-    outs = _run("recurrent_forward", cell, nonlinearity, calls)
-    y = (torch.from_numpy(outs[0][0]) if len(outs) == 1
-         else torch.cat([torch.from_numpy(o[0]) for o in outs], dim=2))
-    h_n = _stacked([o[1] for o in outs])
-    c_n = _stacked([o[2] for o in outs]) if cell == "lstm" else _empty(x)
-    if not context:
-        return y, h_n, c_n, None, None, None
-
-    def saved(i):  # what backward needs: empty tensors (one per direction) unless training
-        return [torch.from_numpy(o[i]) if training else _empty(x) for o in outs]
-    return y, h_n, c_n, saved(3), saved(4), saved(5)
+    bridge = _bridge(x)
+    with bridge.running():
+        calls = _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
+                                  training, precision)
+        outs = _run(bridge, "recurrent_forward", cell, nonlinearity, calls)
+        tensor = bridge.tensor
+        y = (tensor(outs[0][0]) if len(outs) == 1
+             else torch.cat([tensor(o[0]) for o in outs], dim=2))
+        h_n = _stacked(bridge, [o[1] for o in outs])
+        c_n = _stacked(bridge, [o[2] for o in outs]) if cell == "lstm" else _empty(x)
+        if not context:
+            return y, h_n, c_n, None, None, None
+        # what backward needs: empty tensors (one per direction) unless training
+        saved = [[tensor(o[i]) if training else _empty(x) for o in outs] for i in (3, 4, 5)]
+    return (y, h_n, c_n, *saved)
 
 
 def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
@@ -124,27 +199,32 @@ def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n,
     dw_hr (lists over the directions; dw_hr empty without a projection)); ``precision``: the
     forward's (its products' rounding)."""
     D, S = len(w_hh), w_hh[0].shape[1]
-    xn = _np(x)
-    lengths_np = None if lengths is None else _np(lengths.to(torch.int64))
-    bf16 = F.bfloat16_products(xn.dtype, _check_precision(precision)) and not w_hr
-    calls = []
-    for d in range(D):
-        more = ((None, None, _np(w_hr[d])) if w_hr else ("bfloat16",) if bf16 else ())
-        calls.append((xn, _np(w_ih[d]), _np(w_hh[d]), lengths_np, d == 1, _np(gates[d]),
-                      _np(extra[d]), _np(h_prev[d]), _np(dy[:, :, d * S:(d + 1) * S]),
-                      _np(dh_n[d]), _np(dc_n[d]) if cell == "lstm" else None) + more)
-    outs = _run("recurrent_backward", cell, nonlinearity, calls)
-    dx = torch.from_numpy(outs[0][0])
-    for o in outs[1:]:
-        dx += torch.from_numpy(o[0])
-    dh0 = _stacked([o[1] for o in outs])
-    dc0 = _stacked([o[2] for o in outs]) if cell == "lstm" else _empty(x)
-    dw_hr = [torch.from_numpy(o[7]) for o in outs] if w_hr else []
-    return (dx, dh0, dc0, *([torch.from_numpy(o[i]) for o in outs] for i in range(3, 7)), dw_hr)
+    bridge = _bridge(x)
+    with bridge.running():
+        arr, tensor = bridge.array, bridge.tensor
+        xn = arr(x)
+        lengths_np = _lengths_np(lengths)
+        bf16 = F.bfloat16_products(xn.dtype, _check_precision(precision)) and not w_hr
+        calls = []
+        for d in range(D):
+            more = ((None, None, arr(w_hr[d])) if w_hr else ("bfloat16",) if bf16 else ())
+            calls.append((xn, arr(w_ih[d]), arr(w_hh[d]), lengths_np, d == 1, arr(gates[d]),
+                          arr(extra[d]), arr(h_prev[d]), arr(dy[:, :, d * S:(d + 1) * S]),
+                          arr(dh_n[d]), arr(dc_n[d]) if cell == "lstm" else None) + more)
+        outs = _run(bridge, "recurrent_backward", cell, nonlinearity, calls)
+        dx = tensor(outs[0][0])
+        for o in outs[1:]:
+            dx += tensor(o[0])
+        dh0 = _stacked(bridge, [o[1] for o in outs])
+        dc0 = _stacked(bridge, [o[2] for o in outs]) if cell == "lstm" else _empty(x)
+        dw_hr = [tensor(o[7]) for o in outs] if w_hr else []
+        grads = [[tensor(o[i]) for o in outs] for i in range(3, 7)]
+    return (dx, dh0, dc0, *grads, dw_hr)
 
 
 # ---------------------------------------------------------------------------- custom operators
-@torch.library.custom_op("fusedrnn::layer_forward", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("fusedrnn::layer_forward", mutates_args=(),
+                         device_types=("cpu", "cuda"))
 def layer_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: list[torch.Tensor],
                   w_hh: list[torch.Tensor], b_ih: list[torch.Tensor], b_hh: list[torch.Tensor],
                   w_hr: list[torch.Tensor], lengths: Optional[torch.Tensor], cell: str,
@@ -174,7 +254,8 @@ def _layer_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, 
             [x.new_empty((T, N, S)) for _ in range(D)])
 
 
-@torch.library.custom_op("fusedrnn::layer_backward", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("fusedrnn::layer_backward", mutates_args=(),
+                         device_types=("cpu", "cuda"))
 def layer_backward(x: torch.Tensor, w_ih: list[torch.Tensor], w_hh: list[torch.Tensor],
                    w_hr: list[torch.Tensor], lengths: Optional[torch.Tensor],
                    gates: list[torch.Tensor], extra: list[torch.Tensor],
@@ -220,10 +301,10 @@ def _gradients(meta, saved, dy, dh_n, dc_n, backward):
     w_hr = w_hr[0] if w_hr else []
     S, N = w_hh[0].shape[1], x.shape[1]  # S: the width of h
     H = w_hh[0].shape[0] // GATES[cell]
-    dy = torch.zeros(x.shape[0], N, D * S, dtype=x.dtype) if dy is None else dy
-    dh_n = torch.zeros(D, N, S, dtype=x.dtype) if dh_n is None else dh_n
+    dy = x.new_zeros((x.shape[0], N, D * S)) if dy is None else dy
+    dh_n = x.new_zeros((D, N, S)) if dh_n is None else dh_n
     if cell == "lstm":
-        dc_n = torch.zeros(D, N, H, dtype=x.dtype) if dc_n is None else dc_n
+        dc_n = x.new_zeros((D, N, H)) if dc_n is None else dc_n
     else:
         dc_n = x.new_empty((0,))
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = backward(

@@ -18,7 +18,11 @@ _REPLACEMENTS = {nn.LSTM: modules.LSTM, nn.GRU: modules.GRU, nn.RNN: modules.RNN
 def _why_not(layer) -> str | None:
     """Why the adapter cannot take ``layer`` (None: it can)."""
     weight = next(layer.parameters(), None)
-    if weight is not None and weight.device.type != "cpu":
+    if weight is not None and weight.device.type == "cuda":
+        why = modules.cuda_unavailable()
+        if why is not None:
+            return f"on {weight.device}: {why}"
+    elif weight is not None and weight.device.type != "cpu":
         return f"on {weight.device}"
     if weight is not None and weight.dtype not in (torch.float32, torch.float64):
         return f"dtype {weight.dtype}"
@@ -41,7 +45,8 @@ def _replacement(layer):
             kwargs["nonlinearity"] = layer.nonlinearity
     with warnings.catch_warnings():  # torch.nn already warned about dropout with one layer
         warnings.simplefilter("ignore", UserWarning)
-        new = cls(layer.input_size, layer.hidden_size, dtype=weight.dtype, **kwargs)
+        new = cls(layer.input_size, layer.hidden_size, dtype=weight.dtype, device=weight.device,
+                  **kwargs)
     new.load_state_dict(layer.state_dict())
     new.train(layer.training)
     for p_new, p_old in zip(new.parameters(), layer.parameters()):
@@ -53,8 +58,8 @@ def convert(module: nn.Module, inplace: bool = True) -> nn.Module:
     """Replace every ``torch.nn.LSTM/GRU/RNN`` (and ``LSTMCell/GRUCell/RNNCell``) in the
     module tree by fusedrnn's module with the same configuration and weights, and return the
     module (the converted layer itself if ``module`` is one). Layers the adapter cannot take
-    (a GPU, another dtype) are left as they are and listed in one warning.
-    ``inplace=False`` converts a deep copy and leaves ``module`` untouched.
+    (another dtype; a GPU where fusedrnn's CUDA kernels cannot run) are left as they are and
+    listed in one warning. ``inplace=False`` converts a deep copy and leaves ``module`` untouched.
 
     Parameters are new ``nn.Parameter`` objects: create the optimizer after converting."""
     if not isinstance(module, nn.Module):

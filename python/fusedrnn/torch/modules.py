@@ -29,11 +29,39 @@ from . import _ops
 _DTYPES = (torch.float32, torch.float64)
 
 
+def cuda_unavailable() -> str | None:
+    """Why fusedrnn's CUDA kernels cannot run here (None: they can)."""
+    from .. import cuda
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    try:
+        cuda.kernels()
+    except cuda.CudaUnavailableError as exc:
+        return str(exc)
+    return None
+
+
 def _check_device(device, what="device"):
-    """The kernels run on the CPU: refuse any other device by name, at construction."""
-    if device is not None and torch.device(device).type != "cpu":
-        raise ValueError(f"{what}: fusedrnn.torch runs on the CPU in this version, got "
-                         f"{torch.device(device)} (use torch.nn's module there)")
+    """The kernels run on the CPU, and on CUDA devices where the CUDA backend is built and CuPy
+    installed: refuse anything else by name, at construction."""
+    if device is None:
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        why = cuda_unavailable()
+        if why is not None:
+            raise ValueError(f"{what}: got {device}, but fusedrnn's CUDA kernels cannot run "
+                             f"here ({why}); use torch.nn's module there")
+    elif device.type != "cpu":
+        raise ValueError(f"{what}: fusedrnn.torch runs on the CPU and on CUDA devices, got "
+                         f"{device} (use torch.nn's module there)")
+
+
+def _check_same_device(t, name, weight):
+    """``t`` must live where the parameters do (the kernels read both)."""
+    if t.device != weight.device:
+        raise ValueError(f"{name}: expected a tensor on {weight.device} (the parameters' "
+                         f"device), got one on {t.device}")
 
 
 def _check_dtype(dtype):
@@ -41,32 +69,34 @@ def _check_dtype(dtype):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
 
 
-def _under_autocast(t, dtype):
-    """Under ``torch.autocast`` (CPU) a half-precision input (from a Linear before the layer;
-    a tensor or a PackedSequence) reaches the kernels in the parameters' dtype (autograd casts
-    its gradient back)."""
+def _under_autocast(t, dtype, device_type):
+    """Under ``torch.autocast`` (of the parameters' device type) a half-precision input (from a
+    Linear before the layer; a tensor or a PackedSequence) reaches the kernels in the
+    parameters' dtype (autograd casts its gradient back)."""
     data = t.data if isinstance(t, PackedSequence) else t
     if (isinstance(data, torch.Tensor) and data.dtype in (torch.bfloat16, torch.float16)
-            and data.dtype != dtype and torch.is_autocast_enabled("cpu")):
+            and data.dtype != dtype and torch.is_autocast_enabled(device_type)):
         return t.to(dtype)
     return t
 
 
-def _autocast_precision(dtype):
-    """The kernels' precision for a layer of parameters ``dtype``: "bfloat16" for a float32
-    layer under ``torch.autocast("cpu", dtype=torch.bfloat16)``; else "float32" (float64 layers
-    and float16 autocast compute as without autocast: the kernels have no float16 path)."""
-    if (dtype == torch.float32 and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+def _autocast_precision(dtype, device_type):
+    """The kernels' precision for a layer of parameters ``dtype`` on ``device_type``:
+    "bfloat16" for a float32 layer under ``torch.autocast(device_type, dtype=torch.bfloat16)``;
+    else "float32" (float64 layers and float16 autocast compute as without autocast: the
+    kernels have no float16 path)."""
+    if (dtype == torch.float32 and torch.is_autocast_enabled(device_type)
+            and torch.get_autocast_dtype(device_type) == torch.bfloat16):
         return "bfloat16"
     return "float32"
 
 
 def _autocast_output_dtype(always_bfloat16, carried):
     """The outputs' dtype under bfloat16 autocast: what torch.nn's layer returns there (torch
-    2.13), so that ours stays a drop-in. bfloat16 for the RNN and RNNCell (their last op is
-    autocast's bfloat16 GEMM) and the LSTM on a padded input (its oneDNN kernel is on autocast's
-    list): ``always_bfloat16``. Elsewhere (GRU, GRUCell, LSTMCell, the LSTM on a PackedSequence)
+    2.13), so that ours stays a drop-in. bfloat16 on CUDA (cuDNN's RNNs and the cells are on
+    autocast's CUDA list), and on the CPU for the RNN and RNNCell (their last op is autocast's
+    bfloat16 GEMM) and the LSTM on a padded input (its oneDNN kernel is on autocast's list):
+    ``always_bfloat16``. Elsewhere (GRU, GRUCell, LSTMCell, the LSTM on a PackedSequence)
     the dtype of the state the recurrence carries, ``carried``: the given c_0 of the LSTMs, h_0 of
     the GRUs, else the input (whose dtype torch's zero state takes)."""
     if always_bfloat16 or getattr(carried, "dtype", None) == torch.bfloat16:
@@ -181,18 +211,13 @@ class _RecurrentBase(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor or a PackedSequence, got "
                             f"{type(x).__name__}")
-        if x.device.type != "cpu":
-            raise ValueError(f"input: fusedrnn.torch runs on the CPU in this version, got a "
-                             f"tensor on {x.device}")
         if x.dtype not in _DTYPES:
             raise TypeError(f"input: expected dtype torch.float32 or torch.float64, got {x.dtype}")
         weight = self.weight_ih_l0
         if x.dtype != weight.dtype:
             raise TypeError(f"input: expected dtype {weight.dtype} (the parameters' dtype), got "
                             f"{x.dtype}")
-        if weight.device.type != "cpu":
-            raise ValueError(f"parameters: fusedrnn.torch runs on the CPU in this version, got "
-                             f"parameters on {weight.device}")
+        _check_same_device(x, "input", weight)
         if x.dim() not in (2, 3):
             raise ValueError(f"input: expected 2 (unbatched) or 3 dimensions, got shape "
                              f"{tuple(x.shape)}")
@@ -210,6 +235,7 @@ class _RecurrentBase(nn.Module):
             raise ValueError(f"{name}: expected shape {expected}, got {tuple(h.shape)}")
         if h.dtype != self.weight_ih_l0.dtype:
             raise TypeError(f"{name}: expected dtype {self.weight_ih_l0.dtype}, got {h.dtype}")
+        _check_same_device(h, name, self.weight_ih_l0)
         return h if batched else h.unsqueeze(1)
 
     def forward(self, input, hx=None):
@@ -217,18 +243,18 @@ class _RecurrentBase(nn.Module):
         packed = isinstance(input, PackedSequence)
         lengths = None
         lstm = self._cell == "lstm"
-        dtype = self.weight_ih_l0.dtype
-        precision = _autocast_precision(dtype)
+        dtype, device_type = self.weight_ih_l0.dtype, self.weight_ih_l0.device.type
+        precision = _autocast_precision(dtype, device_type)
         if precision == "bfloat16":  # from the dtypes given, before _under_autocast casts them
             carried = hx[-1] if isinstance(hx, (tuple, list)) and hx else hx
             carried = (input.data if packed else input) if carried is None else carried
-            out_dtype = _autocast_output_dtype(self._cell == "rnn" or (lstm and not packed),
-                                               carried)
-        input = _under_autocast(input, dtype)
+            out_dtype = _autocast_output_dtype(
+                device_type == "cuda" or self._cell == "rnn" or (lstm and not packed), carried)
+        input = _under_autocast(input, dtype, device_type)
         if isinstance(hx, (tuple, list)):
-            hx = tuple(_under_autocast(h, dtype) for h in hx)
+            hx = tuple(_under_autocast(h, dtype, device_type) for h in hx)
         else:
-            hx = _under_autocast(hx, dtype)
+            hx = _under_autocast(hx, dtype, device_type)
         if packed:
             batch_sizes, sorted_indices = input.batch_sizes, input.sorted_indices
             x, lengths = torch.nn.utils.rnn.pad_packed_sequence(input)  # original batch order
@@ -286,7 +312,7 @@ class _RecurrentBase(nn.Module):
             # back to the packed layout of the input: step t holds its first batch_sizes[t]
             # samples in sorted order
             sorted_out = out.index_select(1, sorted_indices) if sorted_indices is not None else out
-            steps = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)
+            steps = (torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)).to(out.device)
             out = PackedSequence(sorted_out[:batch_sizes.numel()][steps], batch_sizes,
                                  sorted_indices, input.unsorted_indices)
         elif not batched:
@@ -300,17 +326,20 @@ class _RecurrentBase(nn.Module):
 
 _LAYER_DOC = """{summary}
 
-A drop-in replacement for :class:`torch.nn.{name}` running fusedrnn's fused CPU kernels:
+A drop-in replacement for :class:`torch.nn.{name}` running fusedrnn's fused kernels:
 the same constructor arguments and defaults, parameter names and ``state_dict`` keys, inputs
 and outputs (see PyTorch's documentation of ``torch.nn.{name}``; the equations, gate order and
 initialisation are the same). Gradients reach the input, the initial state and every
-parameter through autograd; double backward is not supported. float32 and float64, CPU tensors;
-under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer computes as under
-``fusedrnn.autocast`` (bfloat16 products, a float32 backward) and returns torch.nn's dtypes.
+parameter through autograd; double backward is not supported. float32 and float64; CPU
+tensors, and CUDA tensors where the CUDA backend is built and CuPy installed (the kernels run on
+torch's current stream); under ``torch.autocast(device_type, dtype=torch.bfloat16)`` a float32
+layer computes as under ``fusedrnn.autocast`` (bfloat16 products, a float32 backward) and
+returns torch.nn's dtypes.
 
 Args:
     input_size, hidden_size, num_layers, {extra_args}bias, batch_first, dropout,
-    bidirectional{proj}, device, dtype: as ``torch.nn.{name}``. ``device`` must be the CPU{proj_note}.
+    bidirectional{proj}, device, dtype: as ``torch.nn.{name}``. ``device``: the CPU or a
+    CUDA device{proj_note}.
 
 Inputs: input, {hx_in}
     input: [T, N, input_size] ([N, T, input_size] with ``batch_first``), [T, input_size]
@@ -435,21 +464,20 @@ class _CellBase(nn.Module):
         """(h', c') of one step; input [N, I] or [I], h and c [N, H] or [H] (None: zeros)."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
-        dtype = self.weight_ih.dtype
+        dtype, device_type = self.weight_ih.dtype, self.weight_ih.device.type
         lstm = self._cell == "lstm"
-        precision = _autocast_precision(dtype)
+        precision = _autocast_precision(dtype, device_type)
         if precision == "bfloat16":
             carried = c if lstm else h
-            out_dtype = _autocast_output_dtype(self._cell == "rnn",
+            out_dtype = _autocast_output_dtype(device_type == "cuda" or self._cell == "rnn",
                                                input if carried is None else carried)
-        input, h, c = (_under_autocast(t, dtype) for t in (input, h, c))
+        input, h, c = (_under_autocast(t, dtype, device_type) for t in (input, h, c))
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape [N, {self.input_size}] or "
                              f"[{self.input_size}], got {tuple(input.shape)}")
         if input.dtype != self.weight_ih.dtype:
             raise TypeError(f"input: expected dtype {self.weight_ih.dtype}, got {input.dtype}")
-        if input.device.type != "cpu" or self.weight_ih.device.type != "cpu":
-            raise ValueError("input: fusedrnn.torch runs on the CPU in this version")
+        _check_same_device(input, "input", self.weight_ih)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         N, H = x.shape[0], self.hidden_size
@@ -460,6 +488,8 @@ class _CellBase(nn.Module):
             elif tuple(s.shape) != ((N, H) if batched else (H,)):
                 raise ValueError(f"{name}: expected shape {(N, H) if batched else (H,)}, got "
                                  f"{tuple(s.shape)}")
+            else:
+                _check_same_device(s, name, self.weight_ih)
             states.append((s if batched else s.unsqueeze(0)).unsqueeze(0))
         training = torch.is_grad_enabled() and any(
             t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
@@ -479,7 +509,7 @@ class _CellBase(nn.Module):
 class LSTMCell(_CellBase):
     """One LSTM step, a drop-in replacement for :class:`torch.nn.LSTMCell` on fusedrnn's kernel.
 
-    Args: input_size, hidden_size, bias, device (the CPU), dtype: as ``torch.nn.LSTMCell``.
+    Args: input_size, hidden_size, bias, device (the CPU or CUDA), dtype: as ``torch.nn.LSTMCell``.
 
     Inputs: input [N, input_size] or [input_size]; hx = (h_0, c_0), each [N, hidden_size] (or
     unbatched [hidden_size]); zeros if None.
@@ -511,7 +541,7 @@ class LSTMCell(_CellBase):
 class GRUCell(_CellBase):
     """One GRU step, a drop-in replacement for :class:`torch.nn.GRUCell` on fusedrnn's kernel.
 
-    Args: input_size, hidden_size, bias, device (the CPU), dtype: as ``torch.nn.GRUCell``.
+    Args: input_size, hidden_size, bias, device (the CPU or CUDA), dtype: as ``torch.nn.GRUCell``.
 
     Inputs: input [N, input_size] or [input_size]; hx [N, hidden_size] (or [hidden_size]);
     zeros if None.
@@ -541,7 +571,7 @@ class GRUCell(_CellBase):
 class RNNCell(_CellBase):
     """One Elman RNN step (tanh or relu), a drop-in replacement for :class:`torch.nn.RNNCell`.
 
-    Args: input_size, hidden_size, bias, nonlinearity, device (the CPU), dtype: as
+    Args: input_size, hidden_size, bias, nonlinearity, device (the CPU or CUDA), dtype: as
     ``torch.nn.RNNCell``.
 
     Inputs: input [N, input_size] or [input_size]; hx [N, hidden_size] (or [hidden_size]);
