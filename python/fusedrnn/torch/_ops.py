@@ -81,9 +81,14 @@ class _CudaBridge(_Bridge):
         self.device = device
 
     def array(self, t):
+        if t.numel() == 0:  # (a zero-size tensor may export a null pointer)
+            return self._cp.empty(tuple(t.shape), _NUMPY_DTYPES[t.dtype])
         return self._cp.from_dlpack(t.detach().contiguous())
 
-    tensor = staticmethod(torch.from_dlpack)
+    def tensor(self, a):
+        if a.size == 0:
+            return torch.empty(a.shape, dtype=_TORCH_DTYPES[a.dtype.name], device=self.device)
+        return torch.from_dlpack(a)
 
     def _allocate(self, size):
         block = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
@@ -100,6 +105,8 @@ class _CudaBridge(_Bridge):
             yield
 
 
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
 _CPU = _Bridge()
 _CUDA = {}
 
