@@ -105,7 +105,7 @@ fi
 # ---- tests
 # (the CUDA kernels, and the torch adapter on CUDA tensors: its tests named *cuda*)
 timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py \
-  tests/test_torch_adapter.py -k cuda > "$OUT/pytest.log" 2>&1 || status=$?
+  tests/test_torch_adapter.py tests/test_distributed.py -k cuda > "$OUT/pytest.log" 2>&1 || status=$?
 grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest.log" | head -30
 tail -3 "$OUT/pytest.log"
 echo "gpu_check: pytest exit $status"

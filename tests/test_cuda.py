@@ -510,6 +510,36 @@ def test_cuda_layer_state_dict_and_moves(cp):
         fusedrnn.nn.Linear(3, 4).to("cuda")
 
 
+@gpu
+@pytest.mark.parametrize("make", [
+    lambda ps: fusedrnn.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    lambda ps: fusedrnn.optim.Adam(ps, lr=0.01, weight_decay=0.01),
+    lambda ps: fusedrnn.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True)],
+    ids=["sgd_momentum", "adam", "rmsprop"])
+def test_cuda_optimizers_match_the_cpu(make, cp):
+    """fr.optim on a CUDA layer: its state on the device, the same steps as on the CPU (float64),
+    clipping, and a state_dict that moves between devices."""
+    kw = dict(input_size=3, hidden_size=8, dtype=np.float64, seed=4)
+    layers = [fusedrnn.nn.GRU(**kw), fusedrnn.nn.GRU(**kw, device="cuda")]
+    opts = [make(list(m.parameters())) for m in layers]
+    x = np.random.default_rng(5).standard_normal((6, 2, 3))
+    for _ in range(3):
+        for m, opt, xs in zip(layers, opts, (x, cp.asarray(x))):
+            y, _ = m(xs)
+            m.backward(y)  # the gradient of sum(y**2)/2
+            fusedrnn.optim.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+    for (n, a), (_, b) in zip(layers[0].named_parameters(), layers[1].named_parameters()):
+        assert isinstance(b.data, cp.ndarray) and relative_error(cp.asnumpy(b.data), a.data) < 1e-9, n
+    states = [s for st in opts[1].state.values() for s in st.values() if hasattr(s, "shape")]
+    assert states and all(isinstance(s, cp.ndarray) for s in states)
+    moved = make(list(layers[0].parameters()))
+    moved.load_state_dict(opts[1].state_dict())  # device state into a CPU optimizer
+    assert all(isinstance(s, np.ndarray) for st in moved.state.values()
+               for s in st.values() if hasattr(s, "shape"))
+
+
 # ---------------------------------------------------------------------------- bench --device cuda
 def test_bench_device_cuda_dispatches_and_selects_shapes(capsys):
     import argparse

@@ -56,6 +56,16 @@ _SKIP = _skip_reason()
 needs_torch = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
 
+def _cuda_skip_reason():
+    if _SKIP is not None:
+        return _SKIP
+    from fusedrnn import cuda
+    return None if cuda.is_available() else "fusedrnn's CUDA backend cannot run here"
+
+
+_CUDA_SKIP = _cuda_skip_reason()
+
+
 def _half(rank, world):
     """The batch rows of ``rank``: contiguous, equal parts."""
     per = N // world
@@ -160,23 +170,28 @@ def _numpy_batch():
     return (rng.standard_normal((T, N, 4)), np.array(LENGTHS), rng.integers(0, 3, N))
 
 
-def _train_numpy(rank=0, world=1):
+def _train_numpy(rank=0, world=1, device="cpu"):
     """fr.nn.LSTM (2 layers, bidirectional, lengths) + fr.nn.Linear, CrossEntropyLoss, STEPS of
     fr.optim.SGD on this rank's part of the batch. With world > 1 the ranks start from
     different seeds (broadcast_parameters makes them rank 0's) and average their gradients
     with all_reduce_gradients (coalesced and per-parameter on alternate steps). Returns the
-    final parameters, and with world > 1 the side checks under "check.*" keys."""
+    final parameters, and with world > 1 the side checks under "check.*" keys.
+    ``device="cuda"``: the LSTM on the CUDA backend (CuPy parameters; the head stays on the
+    CPU, so the two are reduced in two calls)."""
     import fusedrnn as fr
+    from fusedrnn.nn.module import to_device, to_host
 
     H = 5
-    lstm = fr.nn.LSTM(4, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=100 + rank)
+    lstm = fr.nn.LSTM(4, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=100 + rank,
+                      device=device)
     head = fr.nn.Linear(3 * H, 3, dtype=np.float64, seed=200 + rank)
     params = list(lstm.parameters()) + list(head.parameters())
     groups = [{"params": params}]
     checks = {}
     if world > 1:
         import fusedrnn.distributed as frd
-        frd.broadcast_parameters([lstm, head])
+        frd.broadcast_parameters(lstm)
+        frd.broadcast_parameters(head)
         # a parameter with a gradient on rank 1 only (zeros elsewhere), one with none anywhere
         partial, never = fr.nn.Parameter(np.zeros(3)), fr.nn.Parameter(np.zeros(2))
         groups.append({"params": [partial, never], "momentum": 0.0})
@@ -185,8 +200,10 @@ def _train_numpy(rank=0, world=1):
     x, lengths, y = _numpy_batch()
     rows = _half(rank, world)
     x, lengths, y = x[:, rows], lengths[rows], y[rows]
+    x_on = to_device(x, device)
     for step in range(STEPS):
-        out, (h_n, c_n) = lstm(x, lengths=lengths)
+        out, (h_n, c_n) = lstm(x_on, lengths=lengths)
+        out, h_n = to_host(out), to_host(h_n)
         mean = out.sum(axis=0) / lengths[:, None]
         logits = head(np.concatenate([mean, h_n[-1]], axis=1))
         loss_fn(logits, y)
@@ -194,11 +211,13 @@ def _train_numpy(rank=0, world=1):
         dout = np.broadcast_to(dfeat[:, :2 * H] / lengths[:, None], out.shape).copy()
         dh_n = np.zeros_like(h_n)
         dh_n[-1] = dfeat[:, 2 * H:]
-        lstm.backward(dout, (dh_n, None))
+        lstm.backward(to_device(dout, device), (to_device(dh_n, device), None))
         if world > 1:
             if rank == 1:
                 partial.grad = np.ones(3)
-            frd.all_reduce_gradients(params + [partial, never], coalesce=step % 2 == 0)
+            frd.all_reduce_gradients(lstm, coalesce=step % 2 == 0)
+            frd.all_reduce_gradients(list(head.parameters()) + [partial, never],
+                                     coalesce=step % 2 == 0)
             checks["check.never_stays_none"] = np.array(
                 checks.get("check.never_stays_none", True) and never.grad is None)
         opt.step()
@@ -241,6 +260,8 @@ def _worker(outdir):
     try:
         results = {name: _train_torch(name, rank, world) for name in TORCH_SCENARIOS}
         results["numpy_lstm"] = _train_numpy(rank, world)
+        if os.environ.get("FUSEDRNN_TEST_CUDA") == "1":
+            results["numpy_lstm_cuda"] = _train_numpy(rank, world, device="cuda")
         for name, arrays in results.items():
             np.savez(os.path.join(outdir, f"{name}_rank{rank}.npz"), **arrays)
     finally:
@@ -303,7 +324,9 @@ def _run(tmp, commands):
                        for i, (c, o) in enumerate(zip(codes, outputs)))
     assert codes == [0] * len(procs), f"failed or timed out after {wall:.1f} s\n{report}"
     results = {}
-    for name in [*TORCH_SCENARIOS, "numpy_lstm"]:
+    for name in [*TORCH_SCENARIOS, "numpy_lstm", "numpy_lstm_cuda"]:
+        if not (tmp / f"{name}_rank0.npz").exists() and name == "numpy_lstm_cuda":
+            continue  # (run where a GPU is)
         results[name] = []
         for rank in range(WORLD):
             with np.load(tmp / f"{name}_rank{rank}.npz") as f:
@@ -316,7 +339,8 @@ def worker_results(tmp_path_factory):
     """The two workers, started once for the module (a file:// rendezvous: no port to pick)."""
     tmp = tmp_path_factory.mktemp("distributed")
     common = dict(WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                  FUSEDRNN_TEST_INIT_METHOD=(tmp / "rendezvous").as_uri())
+                  FUSEDRNN_TEST_INIT_METHOD=(tmp / "rendezvous").as_uri(),
+                  FUSEDRNN_TEST_CUDA="1" if _CUDA_SKIP is None else "0")
     return _run(tmp, [([sys.executable, os.path.abspath(__file__), str(tmp)],
                        dict(common, RANK=str(rank), LOCAL_RANK=str(rank)))
                       for rank in range(WORLD)])
@@ -357,6 +381,14 @@ def test_numpy_all_reduce_matches_one_process_on_the_whole_batch(worker_results)
     one process on the whole batch."""
     expected = _train_numpy()
     _compare("numpy_lstm", worker_results["numpy_lstm"], expected)
+
+
+@pytest.mark.skipif(_CUDA_SKIP is not None, reason=f"GPU: {_CUDA_SKIP}")
+def test_numpy_all_reduce_on_cuda_matches_one_process(worker_results):
+    """The same with the LSTM on the CUDA backend (CuPy parameters; gloo reduces the CUDA
+    tensors the flat buffers are): the parameters of one process on the whole batch."""
+    expected = _train_numpy(device="cuda")
+    _compare("numpy_lstm_cuda", worker_results["numpy_lstm_cuda"], expected)
 
 
 @needs_torch

@@ -36,12 +36,16 @@ A training script (``train.py``)::
         opt.step(); opt.zero_grad()
     dist.destroy_process_group()
 
-The collectives share memory with NumPy, no conversions: by default the gradients are packed
-into one flat buffer per dtype (a torch tensor and its ``.numpy()`` view), reduced with one
-``all_reduce`` each and copied back into the ``.grad`` arrays; ``coalesce=False`` reduces each
-``.grad`` in place through ``torch.from_numpy``. Parameters on the CUDA backend (CuPy arrays)
-are not supported here yet (``TypeError``). Every rank must pass the same parameters in the
-same order (checked: a mismatch raises ``ValueError`` on every rank, instead of a hang).
+The collectives share memory with the arrays, no conversions: by default the gradients are
+packed into one flat buffer per dtype (a torch tensor and its ``.numpy()`` view), reduced with
+one ``all_reduce`` each and copied back into the ``.grad`` arrays; ``coalesce=False`` reduces
+each ``.grad`` in place through ``torch.from_numpy``. Models on the CUDA backend (``.to("cuda")``:
+CuPy parameters) work the same way on CUDA tensors — the flat buffers are torch CUDA tensors
+seen by CuPy through DLPack — with ``init_process_group("nccl")`` (or gloo, which also reduces
+CUDA tensors); the packing runs on CuPy's current stream and is finished before the collective,
+which is finished before the unpacking. A model's parameters must all be on one device. Every
+rank must pass the same parameters in the same order (checked: a mismatch raises
+``ValueError`` on every rank, instead of a hang).
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .nn.module import Module, Parameter
+from .nn.module import Module, Parameter, is_device_array
 
 __all__ = ["broadcast_parameters", "all_reduce_gradients", "shard", "get_rank", "get_world_size"]
 
@@ -82,7 +86,7 @@ def _initialized_dist():
 
 def _param_list(module_or_params, name="module_or_params") -> List[Parameter]:
     """A list of Parameters from a Module, a Parameter, or an iterable of either (each once,
-    in order)."""
+    in order), all on one device."""
     items = [module_or_params] if isinstance(module_or_params, (Module, Parameter)) \
         else list(module_or_params)
     params, seen = [], set()
@@ -91,14 +95,53 @@ def _param_list(module_or_params, name="module_or_params") -> List[Parameter]:
             if not isinstance(p, Parameter):
                 raise TypeError(f"{name}[{i}]: expected a fusedrnn.nn.Module or Parameter, got "
                                 f"{type(p).__name__}")
-            if not isinstance(p.data, np.ndarray):
-                raise TypeError(f"{name}[{i}]: fusedrnn.distributed handles parameters on the "
-                                f"CPU (NumPy arrays); this one is on {p.device!r} "
-                                f"(call .to('cpu'))")
+            if params and p.device != params[0].device:
+                raise TypeError(f"{name}[{i}]: expected every parameter on one device, got "
+                                f"{params[0].device!r} and {p.device!r} (move the model with "
+                                f".to(device))")
             if id(p) not in seen:
                 seen.add(id(p))
                 params.append(p)
     return params
+
+
+class _Space:
+    """Where the parameters live: the array module, the torch device of the flat buffers and
+    the device of the small control tensors (CUDA for NCCL, which reduces nothing else)."""
+
+    def __init__(self, torch, dist, params, group):
+        self.torch = torch
+        self.cuda = bool(params) and params[0].device == "cuda"
+        if self.cuda:
+            from . import cuda
+            self.xp = cuda.array_module()
+            self.device = torch.device("cuda", self.xp.cuda.Device().id)
+        else:
+            self.xp, self.device = np, torch.device("cpu")
+        nccl = dist.get_backend(group) == "nccl"
+        self.control = (torch.device("cuda", torch.cuda.current_device()) if nccl
+                        else torch.device("cpu"))
+
+    def flat(self, dtype, n):
+        """A flat buffer of n elements: (a torch tensor, the array module's view of its
+        memory). Owned by torch, so that the backend's threads may free it without the GIL."""
+        torch_dtype = self.torch.from_numpy(np.empty(0, dtype)).dtype
+        t = self.torch.empty(n, dtype=torch_dtype, device=self.device)
+        return t, (self.xp.from_dlpack(t) if self.cuda else t.numpy())
+
+    def tensor(self, a):
+        """A torch tensor over the memory of a contiguous array."""
+        return self.torch.from_dlpack(a) if self.cuda else self.torch.from_numpy(a)
+
+    def before_collective(self):
+        """The arrays' writes (CuPy's current stream) done before torch's collective reads."""
+        if self.cuda:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def after_collective(self):
+        """The collective's result (on torch's current stream) done before CuPy reads it."""
+        if self.cuda:
+            self.torch.cuda.current_stream(self.device).synchronize()
 
 
 def _signature(params) -> int:
@@ -107,14 +150,16 @@ def _signature(params) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
 
 
-def _agree(torch, dist, params, group, what, extra=()):
+def _agree(space, dist, params, group, what, extra=()):
     """One small all_reduce(MAX) of a fixed-size buffer: the parameters' count and signature
     (ValueError on every rank when the ranks hold different parameters) and ``extra`` (ints);
     returns the maximum of each ``extra`` over the ranks."""
     sig = _signature(params)
     n = len(params)
-    buf = torch.tensor([n, -n, sig, -sig, *extra], dtype=torch.int64)
+    buf = space.torch.tensor([n, -n, sig, -sig, *extra], dtype=space.torch.int64,
+                             device=space.control)
     dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
+    buf = buf.cpu()
     n_max, n_min, sig_max, sig_min = (int(v) for v in buf[:4])
     if n_max != -n_min or sig_max != -sig_min:
         raise ValueError(f"{what}: the ranks passed different parameters (counts from {-n_min} "
@@ -149,15 +194,18 @@ def broadcast_parameters(module_or_params, src: int = 0, group=None) -> None:
     """
     torch, dist = _initialized_dist()
     params = _param_list(module_or_params)
-    _agree(torch, dist, params, group, "broadcast_parameters")
+    space = _Space(torch, dist, params, group)
+    _agree(space, dist, params, group, "broadcast_parameters")
     rank = dist.get_rank()
     for dtype, items in _by_dtype((p, p.data) for p in params).items():
-        flat_t, flat = _flat(torch, dtype, sum(a.size for _, a in items))
+        flat_t, flat = space.flat(dtype, sum(a.size for _, a in items))
         if rank == src:
             _pack(flat, (a for _, a in items))
+        space.before_collective()
         dist.broadcast(flat_t, src=src, group=group)
+        space.after_collective()
         if rank != src:
-            _unpack(flat, (a for _, a in items))
+            _unpack(space.xp, flat, (a for _, a in items))
 
 
 def all_reduce_gradients(module_or_params, average: bool = True, group=None,
@@ -190,10 +238,12 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
     """
     torch, dist = _initialized_dist()
     params = _param_list(module_or_params)
+    space = _Space(torch, dist, params, group)
+    xp = space.xp
     bad = [i for i, p in enumerate(params)
            if p.grad is not None and np.shape(p.grad) != p.data.shape]
     missing = any(p.grad is None for p in params)
-    any_bad, any_missing = _agree(torch, dist, params, group, "all_reduce_gradients",
+    any_bad, any_missing = _agree(space, dist, params, group, "all_reduce_gradients",
                                   [int(bool(bad)), int(missing)])
     if any_bad:
         where = (f"module_or_params[{bad[0]}].grad has shape {np.shape(params[bad[0]].grad)}, "
@@ -201,56 +251,54 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
         raise ValueError(f"all_reduce_gradients: a gradient of the wrong shape: {where}")
     present = [True] * len(params)
     if any_missing:  # which parameters have a gradient on some rank (the same list everywhere)
-        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.int64)
+        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.int64,
+                             device=space.control)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
-        present = [bool(v) for v in flags.tolist()]
+        present = [bool(v) for v in flags.cpu().tolist()]
     active = [p for p, any_rank in zip(params, present) if any_rank]
     for p in active:
         if p.grad is None:
-            p.grad = np.zeros_like(p.data)
-        elif not (isinstance(p.grad, np.ndarray) and p.grad.flags.writeable):
-            p.grad = np.array(p.grad, dtype=p.data.dtype)  # somewhere to write the result
+            p.grad = xp.zeros_like(p.data)
+        elif not (isinstance(p.grad, xp.ndarray) and p.grad.flags.writeable):
+            p.grad = xp.array(p.grad, dtype=p.data.dtype)  # somewhere to write the result
     if not active:
         return
     world = dist.get_world_size(group)
     if coalesce:
         for dtype, items in _by_dtype((p, p.grad) for p in active).items():
-            flat_t, flat = _flat(torch, dtype, sum(a.size for _, a in items))
+            flat_t, flat = space.flat(dtype, sum(a.size for _, a in items))
             _pack(flat, (a for _, a in items))
+            space.before_collective()
             dist.all_reduce(flat_t, op=dist.ReduceOp.SUM, group=group)
+            space.after_collective()
             if average and world > 1:
                 flat /= world
-            _unpack(flat, (a for _, a in items))
+            _unpack(xp, flat, (a for _, a in items))
         return
     for p in active:
         g = p.grad
         direct = g.flags.c_contiguous and g.dtype == p.data.dtype
-        view = g if direct else np.ascontiguousarray(g, p.data.dtype)
-        dist.all_reduce(torch.from_numpy(view), op=dist.ReduceOp.SUM, group=group)
+        view = g if direct else xp.ascontiguousarray(g, p.data.dtype)
+        space.before_collective()
+        dist.all_reduce(space.tensor(view), op=dist.ReduceOp.SUM, group=group)
+        space.after_collective()
         if average and world > 1:
             view /= world
         if not direct:
-            np.copyto(g, view, casting="unsafe")
-
-
-def _flat(torch, dtype, n):
-    """A flat buffer of n elements: (a torch tensor, the NumPy view of its memory). Owned by
-    torch, so that the backend's threads may free it without the GIL."""
-    t = torch.empty(n, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
-    return t, t.numpy()
+            xp.copyto(g, view, casting="unsafe")
 
 
 def _pack(flat, arrays):
     offset = 0
     for a in arrays:
-        flat[offset:offset + a.size] = np.ravel(a)
+        flat[offset:offset + a.size] = a.ravel()
         offset += a.size
 
 
-def _unpack(flat, arrays):
+def _unpack(xp, flat, arrays):
     offset = 0
     for a in arrays:
-        np.copyto(a, flat[offset:offset + a.size].reshape(a.shape), casting="unsafe")
+        xp.copyto(a, flat[offset:offset + a.size].reshape(a.shape), casting="unsafe")
         offset += a.size
 
 
@@ -278,7 +326,8 @@ def shard(array, axis: int = 0, rank: Optional[int] = None,
     exactly, make the batch divisible by the world size: a mean loss weights each part equally.
 
     Args:
-        array: a NumPy array (or anything ``np.asarray`` takes).
+        array: a NumPy array (or anything ``np.asarray`` takes), or a CuPy array (split on
+            its device).
         axis: the batch axis.
         rank, world_size: default to :func:`get_rank` and :func:`get_world_size` (0 and 1
             without ``torch.distributed``, so the same script runs as one process).
@@ -288,4 +337,7 @@ def shard(array, axis: int = 0, rank: Optional[int] = None,
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank: expected 0 <= rank < world_size, got rank={rank}, "
                          f"world_size={world_size}")
+    if is_device_array(array):  # a CuPy array: split on the device
+        from . import cuda
+        return cuda.array_module().array_split(array, world_size, axis=axis)[rank]
     return np.array_split(np.asarray(array), world_size, axis=axis)[rank]

@@ -16,7 +16,7 @@ import numbers
 
 import numpy as np
 
-from .nn.module import Module, Parameter
+from .nn.module import Module, Parameter, is_device_array, to_device
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm_", "clip_grad_value_",
            "LRScheduler", "StepLR", "CosineAnnealingLR", "GeneticAlgorithm",
@@ -33,6 +33,11 @@ def _param_list(params, name="params"):
         if not isinstance(p, Parameter):
             raise TypeError(f"{name}[{i}]: expected a fusedrnn.nn.Parameter, got {type(p).__name__}")
     return params
+
+
+def _is_array(value):
+    """A NumPy or CuPy array (optimizer state lives on its parameter's device)."""
+    return isinstance(value, np.ndarray) or is_device_array(value)
 
 
 def _nonnegative(value, name):
@@ -99,8 +104,7 @@ class Optimizer:
         index = {id(p): i for i, p in enumerate(self._indexed())}
         state = {}
         for p, s in self.state.items():
-            state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else v)
-                                   for k, v in s.items()}
+            state[index[id(p)]] = {k: (v.copy() if _is_array(v) else v) for k, v in s.items()}
         groups = []
         for g in self.param_groups:
             d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
@@ -131,11 +135,12 @@ class Optimizer:
             p = params[i]
             entry = {}
             for name, value in s.items():
-                if isinstance(value, np.ndarray):
+                if _is_array(value):
                     if value.shape != p.data.shape:
                         raise ValueError(f"state_dict['state'][{i}][{name!r}]: expected shape "
                                          f"{p.data.shape}, got {value.shape}")
-                    value = value.astype(p.data.dtype, copy=True)
+                    # on the parameter's device (a state saved on another moves with it)
+                    value = to_device(value, p.device).astype(p.data.dtype, copy=True)
                 entry[name] = value
             new_state[p] = entry
         for saved, own in zip(groups, self.param_groups):
@@ -172,7 +177,8 @@ class SGD(Optimizer):
         if momentum:
             buf = state.get("momentum_buffer")
             if buf is None:
-                buf = state["momentum_buffer"] = np.array(g, dtype=p.data.dtype, copy=True)
+                # (astype, not np.array: the gradient may be a CuPy array)
+                buf = state["momentum_buffer"] = g.astype(p.data.dtype, copy=True)
             else:
                 buf *= momentum
                 buf += (1 - group["dampening"]) * g
