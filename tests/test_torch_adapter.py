@@ -635,6 +635,30 @@ def test_lstm_with_projections_matches_torch(num_layers, bidirectional):
             - torch.nn.utils.rnn.pad_packed_sequence(b)[0]).abs().max() < 1e-10
 
 
+def test_lstm_with_projections_under_autocast():
+    """Under torch.autocast("cpu", bfloat16) a projected LSTM's inference runs the kernels'
+    bfloat16 products (fusedrnn.functional's precision="bfloat16" bits), its training float32
+    products (functional's training form), gradients into every parameter."""
+    torch.manual_seed(12)
+    layer = frt.LSTM(6, 16, proj_size=5)
+    x = torch.randn(7, 3, 6)
+    w = [getattr(layer, n + "_l0").detach().numpy()
+         for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
+
+    def functional(precision, training):
+        return F.lstm_forward(x.numpy(), None, None, *w[:4], w_hr=w[4], precision=precision,
+                              training=training)[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        out, _ = layer(x)
+    assert torch.equal(out, torch.from_numpy(functional("bfloat16", False)).to(out.dtype))
+    assert not torch.equal(out, torch.from_numpy(functional("float32", False)).to(out.dtype))
+    with torch.autocast("cpu", dtype=BF16):
+        out, _ = layer(x.clone().requires_grad_(True))
+    assert torch.equal(out.detach(), torch.from_numpy(functional("bfloat16", True)).to(out.dtype))
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
+
+
 def test_inputs_on_another_device_than_the_parameters_are_named():
     layer, cell = frt.GRU(4, 8), frt.LSTMCell(4, 8)
     x = torch.randn(3, 2, 4, device="meta")
