@@ -636,9 +636,9 @@ def test_lstm_with_projections_matches_torch(num_layers, bidirectional):
 
 
 def test_lstm_with_projections_under_autocast():
-    """Under torch.autocast("cpu", bfloat16) a projected LSTM's inference runs the kernels'
-    bfloat16 products (fusedrnn.functional's precision="bfloat16" bits), its training float32
-    products (functional's training form), gradients into every parameter."""
+    """Under torch.autocast("cpu", bfloat16) a projected LSTM runs the kernels' bfloat16
+    products (fusedrnn.functional's precision="bfloat16" bits), in inference and in training's
+    forward (its backward float32), gradients into every parameter."""
     torch.manual_seed(12)
     layer = frt.LSTM(6, 16, proj_size=5)
     x = torch.randn(7, 3, 6)
@@ -655,6 +655,8 @@ def test_lstm_with_projections_under_autocast():
     with torch.autocast("cpu", dtype=BF16):
         out, _ = layer(x.clone().requires_grad_(True))
     assert torch.equal(out.detach(), torch.from_numpy(functional("bfloat16", True)).to(out.dtype))
+    assert not torch.equal(out.detach(),
+                           torch.from_numpy(functional("float32", True)).to(out.dtype))
     out.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
 

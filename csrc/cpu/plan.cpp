@@ -316,7 +316,9 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     p.bias_in_packed = false;
     p.waits_for_inputs = inputs_ready;
     // bfloat16 products for inference under autocast: W_hh packed into pairs at any length,
-    // the inputs projected up front from pairs. (Its training has no bfloat16 form yet.)
+    // the inputs projected up front from pairs. Its training keeps float32 products: the
+    // norms amplify a bfloat16 forward's rounding into the gradients (about 1e-1 where the
+    // two-phase variants' stay near 3e-3; tests/test_variants.py).
     p.bf16 = bf16 && !training && element_bytes == 4;
     if (p.bf16) {
       p.product = StepProduct::kPacked;
@@ -330,11 +332,11 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     // Two phases a step (ForwardCall::reset_before_loop, projected_loop): by samples where the
     // plain cell's would be (no barrier), else by units; W_hh packed for sequences as any
     // loop's (else BLAS or row kernels), the inputs projected up front; float32 products, but
-    // for inference under autocast: bfloat16 products (W_ih x up front, both phases' products
-    // in the steps: W_hh h and W_hr m, or W_h{r,z} h and W_hn (r * h)), the blocks packed into
-    // pairs at any length, by samples where the plain cell's bfloat16 plan is. (Their
-    // training has no bfloat16 form yet.)
-    const bool two_phase_bf16 = bf16 && !training && element_bytes == 4;
+    // under autocast: bfloat16 products (W_ih x up front, both phases' products in the steps:
+    // W_hh h and W_hr m, or W_h{r,z} h and W_hn (r * h)), the blocks packed into pairs at any
+    // length, by samples where the plain cell's bfloat16 plan is; a training forward saves
+    // what the float32 one saves (the backward keeps float32 products: plan_backward).
+    const bool two_phase_bf16 = bf16 && element_bytes == 4;
     const bool samples =
         two_phase_bf16 ? !fixed && split_by_samples(t, N, slices, weight_bytes * 2 / element_bytes)
                         : by_samples;

@@ -232,10 +232,13 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    # The variants (the two-phase steps of the reset-before GRU and the projected LSTM, the
-    # LayerNorm-LSTM) have bfloat16 products for inference only: their training stays float32.
-    variant = cell in ("gru_reset_before", "layernorm_lstm") or w_hr is not None
-    bf16 = bfloat16_products(x.dtype, precision) and not (variant and training)
+    # The variants: the two-phase steps (the reset-before GRU, the projected LSTM) run
+    # bfloat16 forwards in training too on the CPU, their backward float32 products (its two
+    # phases have no bfloat16 form); the LayerNorm-LSTM trains in float32 (its norms amplify
+    # the forward's rounding into the gradients: about 1e-1); on CUDA all three do.
+    two_phase = cell == "gru_reset_before" or w_hr is not None
+    float32_training = cell == "layernorm_lstm" or (two_phase and kernels is not _C)
+    bf16 = bfloat16_products(x.dtype, precision) and not (training and float32_training)
     if cell == "layernorm_lstm":
         xp = _backend(x)[0]
         H = c0.shape[1]
@@ -425,14 +428,15 @@ def _backward_many(cell, calls):
                     else _check(dc_n, "dc_n", (N, H), dtype, xp=xp))
         args = (ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse, ctx.gates, ctx.extra,
                 ctx.h_prev, dy, dh_n, dc_n)
-        # the backward's products in the forward's precision (fusedrnn.amp)
+        # the backward's products in the forward's precision (fusedrnn.amp), but for the
+        # variants' (float32: see _prepare_forward)
         if ctx.ln is not None:
             args += (None, None, None, ctx.ln)
         elif ctx.w_hr is not None:
-            args += (ctx.precision, ctx.w_ph, ctx.w_hr)
+            args += (None, ctx.w_ph, ctx.w_hr)
         elif ctx.w_ph is not None:
             args += (ctx.precision, ctx.w_ph)
-        elif ctx.precision == "bfloat16":
+        elif ctx.precision == "bfloat16" and cell != "gru_reset_before":
             args += ("bfloat16",)
         prepared.append((kernels, args, ctx))
     nonlinearity = calls[0][0].nonlinearity if calls else "tanh"
@@ -460,8 +464,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
     autocast decides), the backward's too. ``w_ph``: peepholes [3H] in the order i, f, o (ONNX's
     LSTM with P, reordered): i and f see c_{t-1}, o sees c_t; None: PyTorch's LSTM.
     ``w_hr``: a projection [P, H] (torch's proj_size P < H): h = W_hr (o * tanh(c)), so h0, h_n,
-    y are P wide and w_hh is [4H, P] (c stays H wide); with it, bfloat16 products for
-    inference only (training keeps float32 ones, under autocast too)."""
+    y are P wide and w_hh is [4H, P] (c stays H wide); with it, bfloat16 products in the
+    forward only (the backward keeps float32 ones; on CUDA training keeps them too)."""
     return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, "tanh",
                     precision, w_ph, w_hr)
 
@@ -480,7 +484,8 @@ def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None,
         c' = f * c + i * g          h' = o * tanh(g_c * LN(c') + b_c)
     ``ln`` [10H]: g_ih [4H], g_hh [4H], g_c [H], b_c [H] (None: gains one, b_c zero); ``eps``
     inside the norms' square roots. Returns ``(y, h_n, c_n, ctx)``. CPU. ``precision``: as
-    lstm_forward's, for inference (training keeps float32 products, under autocast too)."""
+    lstm_forward's, for inference (training keeps float32 products, under autocast too: the
+    norms would amplify a bfloat16 forward's rounding into the gradients)."""
     return _forward_many("layernorm_lstm", [dict(
         x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, lengths=lengths,
         reverse=reverse, training=training, ln=ln, eps=eps, precision=precision)])[0]
@@ -497,7 +502,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
     """GRU over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as lstm_forward's.
     ``reset_after=False``: the reset gate before the product, n = tanh(W_in x + b_in +
     W_hn (r * h) + b_hn) (Keras' reset_after=False, ONNX's linear_before_reset=0; CPU;
-    bfloat16 products for inference only); True: PyTorch's GRU."""
+    bfloat16 products in the forward only, as a projected LSTM's); True: PyTorch's GRU."""
     y, h_n, _, ctx = _forward(gru_kernel(reset_after), x, h0, None, w_ih, w_hh, b_ih, b_hh,
                               lengths, reverse, training, "tanh", precision)
     return y, h_n, ctx

@@ -142,9 +142,11 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
     arr = bridge.array
     xn = arr(x)
     lengths_np = _lengths_np(lengths)
-    # no weight cache: the parameters may change in place between calls; a projected LSTM
-    # has bfloat16 products for inference only (its training runs float32, as functional's)
-    bf16 = F.bfloat16_products(xn.dtype, precision) and not (w_hr and training)
+    # no weight cache: the parameters may change in place between calls. A projected LSTM's
+    # training runs a bfloat16 forward on the CPU (its backward float32 products) and float32
+    # on CUDA, as fusedrnn.functional's.
+    bf16 = F.bfloat16_products(xn.dtype, precision) and not (w_hr and training
+                                                               and bridge is not _CPU)
     calls = []
     for d in range(len(w_ih)):
         zeros = None if b_ih else arr(x.new_zeros(w_hh[d].shape[0]))
