@@ -127,7 +127,12 @@ class _Space:
         memory). Owned by torch, so that the backend's threads may free it without the GIL."""
         torch_dtype = self.torch.from_numpy(np.empty(0, dtype)).dtype
         t = self.torch.empty(n, dtype=torch_dtype, device=self.device)
-        return t, (self.xp.from_dlpack(t) if self.cuda else t.numpy())
+        if not self.cuda:
+            return t, t.numpy()
+        # (the block may have served work still queued on torch's stream: done before CuPy's
+        # stream writes it)
+        self.torch.cuda.current_stream(self.device).synchronize()
+        return t, self.xp.from_dlpack(t)
 
     def tensor(self, a):
         """A torch tensor over the memory of a contiguous array."""
