@@ -31,6 +31,23 @@ def test_bench_framework_torch_writes_rows(tmp_path, capsys):
             assert r["maxdiff_grad"] < 1e-4
 
 
+def test_bench_framework_torch_under_bfloat16_autocast(tmp_path, capsys):
+    """--precision bf16: both models under torch.autocast; the logits agree to the bf16
+    tolerance but not to float32's (the layers did round), and the JSON says so."""
+    from fusedrnn import benchmark_torch, cli
+    path = tmp_path / "b.json"
+    code = cli.main(["bench", "--framework", "torch", "--precision", "bf16", "--cells", "GRU",
+                     "--shapes", "4,6,16,16", "--modes", "infer,train", "--budget", "0.05",
+                     "--json", str(path)])
+    assert code == 0, capsys.readouterr()
+    assert "torch.autocast(cpu, bfloat16)" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert data["precision"] == "bf16"
+    for r in data["rows"]:
+        assert r["precision"] == "bf16" and r["torch_ms"] > 0 and r["fusedrnn_ms"] > 0
+        assert benchmark_torch.TOLERANCE < r["maxdiff"] < benchmark_torch.TOLERANCE_BF16
+
+
 def test_bench_framework_torch_refuses_cuda_and_bad_modes(capsys):
     from fusedrnn import cli
     assert cli.main(["bench", "--framework", "torch", "--device", "cuda"]) == 2

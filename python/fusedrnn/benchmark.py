@@ -46,7 +46,8 @@ def add_arguments(p):
                    help="--device cuda: fp32, tf32 and/or bf16 (torch.autocast's on cuDNN)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: CPU inference in float32 and under bfloat16 autocast, ours and "
-                        "torch's, side by side (fusedrnn.benchmark_bf16)")
+                        "torch's, side by side (fusedrnn.benchmark_bf16); with --framework "
+                        "torch: both models under torch.autocast('cpu', torch.bfloat16)")
     p.add_argument("--framework", choices=("numpy", "torch", "onnx"), default="numpy",
                    help="torch: the fusedrnn.torch adapter inside a small torch model against "
                         "torch.nn (fusedrnn.benchmark_torch); onnx: one ONNX model in ONNX "
@@ -511,15 +512,15 @@ def run(args) -> int:
     if getattr(args, "variants", None):
         from .benchmark_variants import run as run_variants
         return run_variants(args)
+    if getattr(args, "framework", "numpy") == "torch":  # (its --precision bf16: autocast)
+        from .benchmark_torch import run as run_torch
+        return run_torch(args)
     if getattr(args, "precision", "fp32") == "bf16":
         from .benchmark_bf16 import run as run_bf16
         return run_bf16(args)
     if getattr(args, "framework", "numpy") == "onnx":
         from .benchmark_onnx import run as run_onnx
         return run_onnx(args)
-    if getattr(args, "framework", "numpy") == "torch":
-        from .benchmark_torch import run as run_torch
-        return run_torch(args)
     if getattr(args, "device", "cpu") == "cuda":
         from .benchmark_gpu import run as run_gpu
         return run_gpu(args)
