@@ -673,6 +673,12 @@ def test_inputs_on_another_device_than_the_parameters_are_named():
         cell(torch.randn(2, 4, device="meta"))
     with pytest.raises(ValueError, match=r"cx: expected a tensor on cpu"):
         cell(torch.randn(2, 4), (torch.zeros(2, 8), torch.zeros(2, 8, device="meta")))
+    # parameters moved to a device without kernels: named when called
+    for module, x in ((frt.GRU(4, 8), torch.randn(3, 2, 4)),
+                      (frt.GRUCell(4, 8), torch.randn(2, 4))):
+        with pytest.raises(ValueError, match=r"x: fusedrnn.torch runs on the CPU and on CUDA "
+                                             r"devices, got a tensor on meta"):
+            module.to("meta")(x.to("meta"))
 
 
 # ---------------------------------------------------------------------------- CUDA tensors

@@ -69,13 +69,19 @@ def _check_dtype(dtype):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
 
 
+def _autocast_on(device_type):
+    """torch.autocast is on for ``device_type`` (only the kernels' devices are asked: torch
+    raises for a device type autocast does not know, such as meta)."""
+    return device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+
+
 def _under_autocast(t, dtype, device_type):
     """Under ``torch.autocast`` (of the parameters' device type) a half-precision input (from a
     Linear before the layer; a tensor or a PackedSequence) reaches the kernels in the
     parameters' dtype (autograd casts its gradient back)."""
     data = t.data if isinstance(t, PackedSequence) else t
     if (isinstance(data, torch.Tensor) and data.dtype in (torch.bfloat16, torch.float16)
-            and data.dtype != dtype and torch.is_autocast_enabled(device_type)):
+            and data.dtype != dtype and _autocast_on(device_type)):
         return t.to(dtype)
     return t
 
@@ -85,7 +91,7 @@ def _autocast_precision(dtype, device_type):
     "bfloat16" for a float32 layer under ``torch.autocast(device_type, dtype=torch.bfloat16)``;
     else "float32" (float64 layers and float16 autocast compute as without autocast: the
     kernels have no float16 path)."""
-    if (dtype == torch.float32 and torch.is_autocast_enabled(device_type)
+    if (dtype == torch.float32 and _autocast_on(device_type)
             and torch.get_autocast_dtype(device_type) == torch.bfloat16):
         return "bfloat16"
     return "float32"
