@@ -232,13 +232,8 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr = _check_forward(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-    # The variants: the two-phase steps (the reset-before GRU, the projected LSTM) run
-    # bfloat16 forwards in training too on the CPU, their backward float32 products (its two
-    # phases have no bfloat16 form); the LayerNorm-LSTM trains in float32 (its norms amplify
-    # the forward's rounding into the gradients: about 1e-1); on CUDA all three do.
-    two_phase = cell == "gru_reset_before" or w_hr is not None
-    float32_training = cell == "layernorm_lstm" or (two_phase and kernels is not _C)
-    bf16 = bfloat16_products(x.dtype, precision) and not (training and float32_training)
+    bf16 = bfloat16_products(x.dtype, precision) and not (
+        training and variant_trains_in_float32(cell, w_hr is not None, kernels is _C))
     if cell == "layernorm_lstm":
         xp = _backend(x)[0]
         H = c0.shape[1]
@@ -265,6 +260,14 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
     return kernels, args + ((cache,) if cache is not None else ()), has_bias
 
 
+def variant_trains_in_float32(cell, projected, on_cpu):
+    """Whether a cell variant's training keeps float32 products under autocast. The two-phase
+    steps (the reset-before GRU, the projected LSTM) run a bfloat16 forward in training too on
+    the CPU, their backward float32 products (its two phases have no bfloat16 form); the
+    LayerNorm-LSTM trains in float32 (its norms amplify a bfloat16 forward's rounding into the
+    gradients: about 1e-1); on CUDA all three do. False for the plain and peephole cells."""
+    two_phase = cell == "gru_reset_before" or projected
+    return cell == "layernorm_lstm" or (two_phase and not on_cpu)
 
 
 def bfloat16_products(dtype, precision=None):

@@ -82,12 +82,13 @@ class _CudaBridge(_Bridge):
 
     def array(self, t):
         if t.numel() == 0:  # (a zero-size tensor may export a null pointer)
-            return self._cp.empty(tuple(t.shape), _NUMPY_DTYPES[t.dtype])
+            return self._cp.empty(tuple(t.shape), torch.empty(0, dtype=t.dtype).numpy().dtype)
         return self._cp.from_dlpack(t.detach().contiguous())
 
     def tensor(self, a):
         if a.size == 0:
-            return torch.empty(a.shape, dtype=_TORCH_DTYPES[a.dtype.name], device=self.device)
+            dtype = torch.from_numpy(np.empty(0, a.dtype)).dtype
+            return torch.empty(a.shape, dtype=dtype, device=self.device)
         return torch.from_dlpack(a)
 
     def _allocate(self, size):
@@ -105,8 +106,6 @@ class _CudaBridge(_Bridge):
             yield
 
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
 _CPU = _Bridge()
 _CUDA = {}
 
@@ -142,11 +141,9 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
     arr = bridge.array
     xn = arr(x)
     lengths_np = _lengths_np(lengths)
-    # no weight cache: the parameters may change in place between calls. A projected LSTM's
-    # training runs a bfloat16 forward on the CPU (its backward float32 products) and float32
-    # on CUDA, as fusedrnn.functional's.
-    bf16 = F.bfloat16_products(xn.dtype, precision) and not (w_hr and training
-                                                               and bridge is not _CPU)
+    # no weight cache: the parameters may change in place between calls
+    bf16 = F.bfloat16_products(xn.dtype, precision) and not (
+        training and F.variant_trains_in_float32(cell, bool(w_hr), bridge is _CPU))
     calls = []
     for d in range(len(w_ih)):
         zeros = None if b_ih else arr(x.new_zeros(w_hh[d].shape[0]))
