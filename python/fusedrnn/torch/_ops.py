@@ -19,8 +19,9 @@ S the width of h: H, or P with an LSTM's projection (proj_size).
          (the last three empty [0] tensors unless training)
 
 ``precision``: "float32", or "bfloat16": a float32 layer computes as under fusedrnn.autocast
-(fusedrnn.amp; a float64 layer keeps float64). It changes no output's shape or dtype, and the
-backward stays float32 on the float32 activations the forward saved.
+(fusedrnn.amp; a float64 layer keeps float64). It changes no output's shape or dtype; the
+backward runs on the float32 activations the forward saved, with the forward's products
+(bfloat16 with float32 sums; float32 for a projected LSTM's backward) and float32 gradients.
 
 CPU tensors reach the kernels as NumPy views (no copy); the kernels' outputs come back as
 tensors over the arrays they wrote (no copy either). CUDA tensors (a build with the CUDA backend,

@@ -11,8 +11,8 @@ ordinary operators. They are deliberately not subclasses of ``torch.nn.LSTM`` & 
 refuses to compile those.
 
 Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer computes as under
-fusedrnn's own bfloat16 autocast (fusedrnn.amp: bfloat16 products, float32 state, a float32
-backward) and returns outputs of the dtype torch.nn's layer returns there
+fusedrnn's own bfloat16 autocast (fusedrnn.amp: bfloat16 products with float32 sums, float32
+state and gradients) and returns outputs of the dtype torch.nn's layer returns there
 (:func:`_autocast_output_dtype`).
 """
 from __future__ import annotations
@@ -339,7 +339,7 @@ initialisation are the same). Gradients reach the input, the initial state and e
 parameter through autograd; double backward is not supported. float32 and float64; CPU
 tensors, and CUDA tensors where the CUDA backend is built and CuPy installed (the kernels run on
 torch's current stream); under ``torch.autocast(device_type, dtype=torch.bfloat16)`` a float32
-layer computes as under ``fusedrnn.autocast`` (bfloat16 products, a float32 backward) and
+layer computes as under ``fusedrnn.autocast`` (bfloat16 products, float32 gradients) and
 returns torch.nn's dtypes.
 
 Args:
