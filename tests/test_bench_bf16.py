@@ -31,13 +31,13 @@ def test_bench_bf16_training_rows(tmp_path, capsys):
     """--modes train: a forward and a backward each, against the faster of torch's two."""
     from fusedrnn import cli
     path = tmp_path / "t.json"
-    code = cli.main(["bench", "--precision", "bf16", "--cells", "GRU", "--modes", "infer,train",
+    code = cli.main(["bench", "--precision", "bf16", "--cells", "GRU", "--modes", "train",
                      "--shapes", "3,5,4,8", "--budget", "0.05", "--json", str(path)])
     out = capsys.readouterr().out
     assert code == 0, out
     rows = json.loads(path.read_text())["rows"]
-    assert [r["mode"] for r in rows] == ["infer", "train"]
-    train = rows[1]
+    assert [r["mode"] for r in rows] == ["train"]
+    train = rows[0]
     assert train["ours_ms"] > 0 and train["ours_bf16_ms"] > 0 and train["relerr_ours_bf16"] is None
     if benchmark.installed_peers()["torch"]:
         best = min(train["torch_ms"], train["torch_bf16_ms"]) / train["ours_bf16_ms"]
@@ -49,3 +49,34 @@ def test_bench_bf16_refuses_cuda(capsys):
     from fusedrnn import cli
     assert cli.main(["bench", "--precision", "bf16", "--device", "cuda"]) == 2
     assert "--precision" in capsys.readouterr().err
+
+
+def test_bench_bf16_times_each_contestant_in_its_own_process(monkeypatch):
+    """The issue's method: every contestant timed in its own process (ours without torch in
+    it), the row's ratios from those processes' medians."""
+    from fusedrnn import benchmark_bf16, benchmark_regimes
+    seen = {}
+
+    def fake(who_all, cell, B, T, I, H, threads, budget, regimes, mode):
+        seen.update(who=who_all, regimes=regimes, mode=mode)
+        ms = {"ours": 4.0, "ours_bf16": 2.0, "torch": 3.0, "torch_bf16": 5.0}
+        return {k: {"check": [[0.0]], "b2b": ms[k]} for k in who_all}
+    monkeypatch.setattr(benchmark_regimes, "own_processes", fake)
+    have_torch = benchmark.installed_peers()["torch"]
+    row = benchmark_bf16.bench_row("LSTM", 2, 3, 4, 5, 1, 0.01, have_torch, "train")
+    assert seen == {"who": benchmark_bf16.CONTESTANTS if have_torch else ("ours", "ours_bf16"),
+                    "regimes": ["b2b"], "mode": "train"}
+    assert row["bf16_over_fp32"] == 2.0
+    if have_torch:
+        assert row["x_torch_bf16"] == 2.5 and row["x_torch_best"] == 1.5
+
+
+def test_bench_bf16_ours_runs_without_torch():
+    """Ours' process never imports torch (so no torch thread pool lives beside ours)."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np; from fusedrnn import benchmark, benchmark_bf16 as b; "
+            "x = np.ones((3, 2, 4), np.float32); w = benchmark._weights('LSTM', 4, 5); "
+            "b.contestant('ours_bf16', 'LSTM', x, w, 1, 'train')(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

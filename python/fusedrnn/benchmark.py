@@ -45,8 +45,9 @@ def add_arguments(p):
     p.add_argument("--precisions", default="fp32,tf32",
                    help="--device cuda: fp32, tf32 and/or bf16 (torch.autocast's on cuDNN)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: CPU inference in float32 and under bfloat16 autocast, ours and "
-                        "torch's, side by side (fusedrnn.benchmark_bf16); with --framework "
+                   help="bf16: CPU inference (and --modes train) in float32 and under bfloat16 "
+                        "autocast, ours and torch's, each in its own process "
+                        "(fusedrnn.benchmark_bf16); with --framework "
                         "torch: both models under torch.autocast('cpu', torch.bfloat16)")
     p.add_argument("--framework", choices=("numpy", "torch", "onnx"), default="numpy",
                    help="torch: the fusedrnn.torch adapter inside a small torch model against "

@@ -1,6 +1,7 @@
-"""`fusedrnn bench --precision bf16`: float32 against bfloat16 autocast, ours and PyTorch's,
-side by side in one process (alternating blocks, ``benchmark.median_ms``), same weights and
-input: ours in float32, ours under ``fr.autocast("bfloat16")``, torch.nn in float32 and under
+"""`fusedrnn bench --precision bf16`: float32 against bfloat16 autocast, ours and PyTorch's, each
+contestant in its own process (timed back to back in blocks that alternate between the processes,
+``benchmark_regimes.own_processes``), same weights and input: ours in float32, ours under
+``fr.autocast("bfloat16")``, torch.nn in float32 and under
 ``torch.autocast("cpu", torch.bfloat16)``. Inference (``--modes infer``): the layers in eval mode;
 training (``--modes train``): a forward and a backward with dy = 1 (ours: the kernels, as
 ``fusedrnn bench``'s training rows; torch: the module with autograd). ONNX Runtime has no
@@ -10,53 +11,68 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import benchmark
+from . import benchmark, benchmark_regimes
 
 
-def contestants(cell, x, w, threads, have_torch, mode="infer"):
-    """{name: callable returning the output [T, B, H] as float32/float64 NumPy}: ``mode``
-    "infer" or "train" (a forward and a backward)."""
-    import fusedrnn as fr
-    ours = benchmark.ours(cell, x, w, mode)
+# The contestants, each timed in its own process (the issue's method: no other library's
+# threads live in it): ours and torch.nn, float32 and under bfloat16 autocast.
+CONTESTANTS = ("ours", "ours_bf16", "torch", "torch_bf16")
 
-    def ours_bf16():
-        with fr.autocast("bfloat16"):
-            return ours()
-    fns = {"ours": ours, "ours_bf16": ours_bf16}
-    if have_torch:
-        import torch
-        torch_fp32 = benchmark.torch_peer(cell, x, w, mode, threads)
-        m = getattr(torch.nn, cell)(x.shape[2], w["weight_hh_l0"].shape[1])
-        m.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()})
-        xt = torch.from_numpy(x)
-        xg = xt.clone().requires_grad_(True)
 
-        def torch_bf16():
-            if mode == "infer":
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                    return m(xt)[0].float().numpy()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                y = m(xg)[0]
-            y.float().sum().backward()
-            return y.detach().float().numpy()
-        fns["torch"], fns["torch_bf16"] = torch_fp32, torch_bf16
-    return fns
+def contestant(who, cell, x, w, threads, mode="infer"):
+    """A callable returning the output [T, B, H] as NumPy: ``who`` one of CONTESTANTS, ``mode``
+    "infer" or "train" (a forward and a backward). Ours never imports torch."""
+    if who.startswith("ours"):
+        import fusedrnn as fr
+        fr.set_num_threads(threads)
+        ours = benchmark.ours(cell, x, w, mode)
+        if who == "ours":
+            return ours
+
+        def ours_bf16():
+            with fr.autocast("bfloat16"):
+                return ours()
+        return ours_bf16
+    if who == "torch":
+        return benchmark.torch_peer(cell, x, w, mode, threads)
+    if who != "torch_bf16":
+        raise ValueError(f"unknown contestant {who!r}; expected one of {CONTESTANTS}")
+    import torch
+    torch.set_num_threads(threads)
+    m = getattr(torch.nn, cell)(x.shape[2], w["weight_hh_l0"].shape[1])
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()})
+    xt = torch.from_numpy(x)
+    xg = xt.clone().requires_grad_(True)
+
+    def torch_bf16():
+        if mode == "infer":
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return m(xt)[0].float().numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(xg)[0]
+        y.float().sum().backward()
+        return y.detach().float().numpy()
+    return torch_bf16
 
 
 def bench_row(cell, B, T, I, H, threads, budget, have_torch, mode="infer"):
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    w = benchmark._weights(cell, I, H)
-    fns = contestants(cell, x, w, threads, have_torch, mode)
+    """One row: each contestant timed back to back in its own process, the processes' blocks
+    alternating (``benchmark_regimes.own_processes``); inference rows also give each output's
+    relative error (L2) against float64, computed here."""
+    who_all = CONTESTANTS if have_torch else CONTESTANTS[:2]
+    x, w = benchmark_regimes._inputs(cell, B, T, I, H)
     err = {}
     if mode == "infer":
         exact = np.asarray(benchmark.reference_peer(cell, x, w)())
         norm = np.linalg.norm(exact)
-        err = {k: float(np.linalg.norm(np.asarray(fn(), np.float64) - exact) / norm)
-               for k, fn in fns.items()}
-    ms = benchmark.median_ms(fns, budget)
+        err = {k: float(np.linalg.norm(
+            np.asarray(contestant(k, cell, x, w, threads)(), np.float64) - exact) / norm)
+            for k in who_all}
+    timed = benchmark_regimes.own_processes(who_all, cell, B, T, I, H, threads, budget,
+                                            ["b2b"], mode)
+    ms = {k: v["b2b"] for k, v in timed.items()}
     row = {"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads}
-    for k in ("ours", "ours_bf16", "torch", "torch_bf16"):
+    for k in CONTESTANTS:
         row[f"{k}_ms"] = round(ms[k], 3) if k in ms else None
         row[f"relerr_{k}"] = err.get(k)
     row["bf16_over_fp32"] = round(ms["ours"] / ms["ours_bf16"], 2)
@@ -79,7 +95,8 @@ def run(args) -> int:
     have_torch = benchmark.installed_peers()["torch"]
     print(benchmark.cpu_header(args.threads))
     print(f"fusedrnn {fr.__version__}; bf16 products: {fr.info()['bf16_products']}; "
-          f"torch: {'yes' if have_torch else 'not installed'}; ONNX Runtime: no bf16 RNN kernel",
+          f"torch: {'yes' if have_torch else 'not installed'}; ONNX Runtime: no bf16 RNN kernel; "
+          "each contestant in its own process",
           flush=True)
     rows = []
     for mode in modes:

@@ -64,9 +64,15 @@ def _inputs(cell, B, T, I, H):
     return x, benchmark._weights(cell, I, H)
 
 
-def contestant(who, cell, x, w, threads):
+def contestant(who, cell, x, w, threads, mode="infer"):
     """One inference call of ``who`` ("ours", "torch" or "ort") on x, its threads set to
-    ``threads``."""
+    ``threads``; also the bfloat16 bench's contestants (``benchmark_bf16.CONTESTANTS``, in
+    ``mode`` "infer" or "train")."""
+    from . import benchmark_bf16
+    if who in benchmark_bf16.CONTESTANTS:
+        return benchmark_bf16.contestant(who, cell, x, w, threads, mode)
+    if mode != "infer":
+        raise ValueError(f"{who!r}: inference only, got mode {mode!r}")
     if who == "ours":
         import fusedrnn as fr
         fr.set_num_threads(threads)
@@ -78,13 +84,13 @@ def contestant(who, cell, x, w, threads):
     raise ValueError(f"unknown contestant {who!r}")
 
 
-def serve(who, cell, B, T, I, H, threads):
-    """Run in a fresh process: ``who`` alone. Sends the last step's first CHECK_ROWS batch rows,
+def serve(who, cell, B, T, I, H, threads, mode="infer"):
+    """Run in a fresh process: ``who`` alone (:func:`contestant`). Sends the last step's first CHECK_ROWS batch rows,
     then times blocks on request, one JSON line each way: {"regime", "calls"} in, the calls' ms
     out. Between blocks it waits on the pipe, idle, while the other contestants' processes run
     theirs."""
     x, w = _inputs(cell, B, T, I, H)
-    fn = contestant(who, cell, x, w, threads)
+    fn = contestant(who, cell, x, w, threads, mode)
     print(json.dumps({"check": np.asarray(fn())[-1, :CHECK_ROWS].tolist()}), flush=True)
     for line in sys.stdin:
         ask = json.loads(line)
@@ -108,9 +114,9 @@ _SERVER = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
 class _Contestant:
     """A contestant's own process (this one's interpreter and path), alive for a row."""
 
-    def __init__(self, who, cell, B, T, I, H, threads):
+    def __init__(self, who, cell, B, T, I, H, threads, mode="infer"):
         self.who, self.what = who, f"{cell} B={B} T={T} I={I} H={H}"
-        spec = dict(who=who, cell=cell, B=B, T=T, I=I, H=H, threads=threads)
+        spec = dict(who=who, cell=cell, B=B, T=T, I=I, H=H, threads=threads, mode=mode)
         self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, json.dumps(sys.path),
                                       json.dumps(spec)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -145,16 +151,17 @@ class _Contestant:
             f.close()
 
 
-def own_processes(who_all, cell, B, T, I, H, threads, budget, regimes):
+def own_processes(who_all, cell, B, T, I, H, threads, budget, regimes, mode="infer"):
     """The own-process regimes: each contestant alone in its own process, all of them alive
     for the row and timed in alternating blocks (ROUNDS rounds: every contestant's block of
     every regime in turn, after a settle pause), so that the machine's drift, which on a shared
     VM moves a call's time by 1.5x from one second to the next, hits every contestant alike.
+    ``mode``: "infer", or "train" for the bfloat16 bench's training steps.
     Returns {who: {"check": rows, regime: median ms}}."""
     procs = {}
     try:
         for who in who_all:
-            procs[who] = _Contestant(who, cell, B, T, I, H, threads)
+            procs[who] = _Contestant(who, cell, B, T, I, H, threads, mode)
         one = {who: min(p.block("b2b", 1)) for who, p in procs.items()}  # also a warm-up
         times = {who: {r: [] for r in regimes} for who in procs}
         previous = None
