@@ -20,23 +20,19 @@ CONTESTANTS = ("ours", "ours_bf16", "torch", "torch_bf16")
 
 
 def contestant(who, cell, x, w, threads, mode="infer"):
-    """A callable returning the output [T, B, H] as NumPy: ``who`` one of CONTESTANTS, ``mode``
+    """A callable returning the output [T, B, H] as NumPy under bfloat16 autocast: ``who``
+    "ours_bf16" or "torch_bf16" (the float32 two: ``benchmark_regimes.contestant``), ``mode``
     "infer" or "train" (a forward and a backward). Ours never imports torch."""
-    if who.startswith("ours"):
+    if who == "ours_bf16":
         import fusedrnn as fr
-        fr.set_num_threads(threads)
-        ours = benchmark.ours(cell, x, w, mode)
-        if who == "ours":
-            return ours
+        ours = benchmark_regimes.contestant("ours", cell, x, w, threads, mode)
 
         def ours_bf16():
             with fr.autocast("bfloat16"):
                 return ours()
         return ours_bf16
-    if who == "torch":
-        return benchmark.torch_peer(cell, x, w, mode, threads)
     if who != "torch_bf16":
-        raise ValueError(f"unknown contestant {who!r}; expected one of {CONTESTANTS}")
+        raise ValueError(f"unknown bfloat16 contestant {who!r}; expected ours_bf16 or torch_bf16")
     import torch
     torch.set_num_threads(threads)
     m = getattr(torch.nn, cell)(x.shape[2], w["weight_hh_l0"].shape[1])
@@ -66,7 +62,8 @@ def bench_row(cell, B, T, I, H, threads, budget, have_torch, mode="infer"):
         exact = np.asarray(benchmark.reference_peer(cell, x, w)())
         norm = np.linalg.norm(exact)
         err = {k: float(np.linalg.norm(
-            np.asarray(contestant(k, cell, x, w, threads)(), np.float64) - exact) / norm)
+            np.asarray(benchmark_regimes.contestant(k, cell, x, w, threads)(), np.float64)
+            - exact) / norm)
             for k in who_all}
     timed = benchmark_regimes.own_processes(who_all, cell, B, T, I, H, threads, budget,
                                             ["b2b"], mode)

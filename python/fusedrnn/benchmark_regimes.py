@@ -65,29 +65,29 @@ def _inputs(cell, B, T, I, H):
 
 
 def contestant(who, cell, x, w, threads, mode="infer"):
-    """One inference call of ``who`` ("ours", "torch" or "ort") on x, its threads set to
-    ``threads``; also the bfloat16 bench's contestants (``benchmark_bf16.CONTESTANTS``, in
-    ``mode`` "infer" or "train")."""
-    from . import benchmark_bf16
-    if who in benchmark_bf16.CONTESTANTS:
+    """A call of ``who`` on x, its threads set to ``threads``: "ours", "torch" or "ort"
+    (inference only), in ``mode`` "infer" or "train" (a forward and a backward); the bfloat16
+    bench's "ours_bf16" and "torch_bf16" come from ``benchmark_bf16.contestant``."""
+    if who.endswith("_bf16"):
+        from . import benchmark_bf16
         return benchmark_bf16.contestant(who, cell, x, w, threads, mode)
-    if mode != "infer":
-        raise ValueError(f"{who!r}: inference only, got mode {mode!r}")
     if who == "ours":
         import fusedrnn as fr
         fr.set_num_threads(threads)
-        return benchmark.ours(cell, x, w, "infer")
+        return benchmark.ours(cell, x, w, mode)
     if who == "torch":
-        return benchmark.torch_peer(cell, x, w, "infer", threads)
+        return benchmark.torch_peer(cell, x, w, mode, threads)
     if who == "ort":
+        if mode != "infer":
+            raise ValueError(f"'ort': inference only, got mode {mode!r}")
         return benchmark.ort_peer(cell, x, w, threads)
     raise ValueError(f"unknown contestant {who!r}")
 
 
 def serve(who, cell, B, T, I, H, threads, mode="infer"):
-    """Run in a fresh process: ``who`` alone (:func:`contestant`). Sends the last step's first CHECK_ROWS batch rows,
-    then times blocks on request, one JSON line each way: {"regime", "calls"} in, the calls' ms
-    out. Between blocks it waits on the pipe, idle, while the other contestants' processes run
+    """Run in a fresh process: ``who`` alone (:func:`contestant`). Sends the last step's first
+    CHECK_ROWS batch rows, then times blocks on request, one JSON line each way: {"regime",
+    "calls"} in, the calls' ms out. Between blocks it waits on the pipe, idle, while the other contestants' processes run
     theirs."""
     x, w = _inputs(cell, B, T, I, H)
     fn = contestant(who, cell, x, w, threads, mode)
