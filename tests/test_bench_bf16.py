@@ -2,7 +2,9 @@
 (tiny sizes; speed is not asserted), with each bfloat16 output's error against float64."""
 import json
 
-from fusedrnn import benchmark
+import pytest
+
+from fusedrnn import benchmark, benchmark_bf16
 
 
 def test_bench_bf16_rows(tmp_path, capsys):
@@ -21,7 +23,11 @@ def test_bench_bf16_rows(tmp_path, capsys):
         assert r["relerr_ours"] < 1e-6 < r["relerr_ours_bf16"] < 1e-2
         if have_torch:
             assert r["torch_bf16_ms"] > 0 and r["relerr_torch"] < 1e-6
+            assert 1e-6 < r["relerr_torch_bf16"] < 1e-2  # torch's too ran bfloat16 products
             assert r["x_torch_bf16"] > 0
+            refusal = benchmark_bf16.onednn_refusal(r["cell"])
+            assert r["torch_bf16_onednn_refusal"] == refusal
+            assert (f"torch bf16 {r['cell']}: torch's default path fails" in out) == bool(refusal)
         else:
             assert r["torch_bf16_ms"] is None and r["x_torch_bf16"] is None
     assert "rel. error bf16" in out
@@ -80,3 +86,25 @@ def test_bench_bf16_ours_runs_without_torch():
             "b.contestant('ours_bf16', 'LSTM', x, w, 1, 'train')(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_autocast_runs_where_torch_s_default_path_fails():
+    """Where oneDNN refuses torch's bfloat16 LSTM (CPUs without bfloat16 instructions), the
+    bench's torch_autocast runs torch's native path instead; oneDNN's switch comes back."""
+    torch = pytest.importorskip("torch")
+    m = torch.nn.LSTM(4, 8)
+    x = torch.randn(3, 2, 4)
+    before = torch.backends.mkldnn.enabled
+    with torch.no_grad(), benchmark_bf16.torch_autocast("LSTM"):
+        y = m(x)[0]
+    assert torch.backends.mkldnn.enabled == before
+    with torch.no_grad():
+        exact = m.double()(x.double())[0]
+    err = float((y.double() - exact).norm() / exact.norm())
+    assert 1e-5 < err < 1e-2, err  # bfloat16 products ran
+    refusal = benchmark_bf16.onednn_refusal("LSTM")
+    if refusal is not None:
+        assert "oneDNN" in refusal
+        with pytest.raises(RuntimeError), torch.no_grad(), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            m.float()(x)

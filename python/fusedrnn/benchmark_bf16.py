@@ -6,8 +6,15 @@ contestant in its own process (timed back to back in blocks that alternate betwe
 training (``--modes train``): a forward and a backward with dy = 1 (ours: the kernels, as
 ``fusedrnn bench``'s training rows; torch: the module with autograd). ONNX Runtime has no
 bfloat16 RNN kernel on the CPU: not timed. Each inference row also gives the relative error
-(L2) of both bfloat16 outputs against float64."""
+(L2) of both bfloat16 outputs against float64.
+
+torch 2.13 sends its LSTM under CPU autocast to oneDNN, which refuses a bfloat16 LSTM on CPUs
+without bfloat16 instructions (AVX2-only, e.g. Zen 3: "could not create a primitive descriptor"):
+there torch's LSTM is timed on its own native path, oneDNN switched off (``torch_autocast``), as a
+torch user on that CPU must run it, and the row says so."""
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -17,6 +24,42 @@ from . import benchmark, benchmark_regimes
 # The contestants, each timed in its own process (the issue's method: no other library's
 # threads live in it): ours and torch.nn, float32 and under bfloat16 autocast.
 CONTESTANTS = ("ours", "ours_bf16", "torch", "torch_bf16")
+
+
+_REFUSALS: dict = {}
+
+
+def onednn_refusal(cell):
+    """Why torch.nn's ``cell`` layer under ``torch.autocast("cpu", torch.bfloat16)`` fails on this
+    CPU with oneDNN on (torch's default), or None where it runs: probed once per cell on a tiny
+    layer."""
+    if cell not in _REFUSALS:
+        import torch
+        m = getattr(torch.nn, cell)(4, 4)
+        try:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                m(torch.zeros(2, 1, 4))
+            _REFUSALS[cell] = None
+        except RuntimeError as exc:
+            _REFUSALS[cell] = f"oneDNN: {str(exc).split('.')[0]}"
+    return _REFUSALS[cell]
+
+
+@contextlib.contextmanager
+def torch_autocast(cell, enabled=True):
+    """``torch.autocast("cpu", torch.bfloat16, enabled=enabled)`` as torch can run ``cell``'s
+    layer here: with oneDNN off (``torch.backends.mkldnn.enabled``, restored on exit) where
+    ``onednn_refusal(cell)`` says oneDNN fails it, so that torch's native bfloat16 path runs."""
+    import torch
+    off = enabled and onednn_refusal(cell) is not None
+    before = torch.backends.mkldnn.enabled
+    if off:
+        torch.backends.mkldnn.enabled = False
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def contestant(who, cell, x, w, threads, mode="infer"):
@@ -42,9 +85,9 @@ def contestant(who, cell, x, w, threads, mode="infer"):
 
     def torch_bf16():
         if mode == "infer":
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad(), torch_autocast(cell):
                 return m(xt)[0].float().numpy()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch_autocast(cell):
             y = m(xg)[0]
         y.float().sum().backward()
         return y.detach().float().numpy()
@@ -72,6 +115,8 @@ def bench_row(cell, B, T, I, H, threads, budget, have_torch, mode="infer"):
     for k in CONTESTANTS:
         row[f"{k}_ms"] = round(ms[k], 3) if k in ms else None
         row[f"relerr_{k}"] = err.get(k)
+    # where oneDNN refuses torch's bfloat16 layer here, torch_bf16 ran its native path
+    row["torch_bf16_onednn_refusal"] = onednn_refusal(cell) if have_torch else None
     row["bf16_over_fp32"] = round(ms["ours"] / ms["ours_bf16"], 2)
     row["x_torch_bf16"] = round(ms["torch_bf16"] / ms["ours_bf16"], 2) if "torch_bf16" in ms \
         else None
@@ -116,5 +161,8 @@ def run(args) -> int:
               f"{benchmark._fmt(r['torch_ms'])}{benchmark._fmt(r['torch_bf16_ms'], 11)} | "
               f"{benchmark._fmt(r['bf16_over_fp32'], 9)}{benchmark._fmt(r['x_torch_bf16'], 13)}"
               f"{benchmark._fmt(r['x_torch_best'], 15)} | {errors}")
+    for cell in dict.fromkeys(r["cell"] for r in rows if r["torch_bf16_onednn_refusal"]):
+        print(f"torch bf16 {cell}: torch's default path fails on this CPU "
+              f"({onednn_refusal(cell)}); timed on its native path, oneDNN off")
     benchmark.write_json(args.json, threads=args.threads, rows=rows)
     return 0

@@ -80,9 +80,17 @@ def contestants(base):
     return copy.deepcopy(base), ours
 
 
-def _autocast(bf16):
-    import torch
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+def _autocast(model, bf16):
+    """torch's bfloat16 autocast (``bf16``) as torch can run the model's layer here: oneDNN
+    off where it refuses the layer on this CPU (``benchmark_bf16.torch_autocast``), for both
+    copies alike (one program)."""
+    from .benchmark_bf16 import torch_autocast
+    return torch_autocast(_cell_of(model), enabled=bf16)
+
+
+def _cell_of(model):
+    """"LSTM", "GRU" or "RNN": the model's recurrent layer, torch.nn's or the adapter's."""
+    return type(model.rnn).__name__
 
 
 def infer_fn(model, tokens, bf16=False):
@@ -92,7 +100,7 @@ def infer_fn(model, tokens, bf16=False):
     model.eval()
 
     def infer():
-        with torch.no_grad(), _autocast(bf16):
+        with torch.no_grad(), _autocast(model, bf16):
             return model(tokens).float()
     return infer
 
@@ -107,7 +115,7 @@ def train_fn(model, tokens, targets, vocab=VOCAB, bf16=False):
 
     def step():
         opt.zero_grad()
-        with _autocast(bf16):
+        with _autocast(model, bf16):
             logits = model(tokens)
             loss = loss_fn(logits.reshape(-1, vocab), targets.reshape(-1))
         loss.backward()
@@ -131,6 +139,9 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, bf16=False):
     theirs, ours = contestants(make_model(cell, I, H))
     row = {"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads,
            "precision": "bf16" if bf16 else "fp32"}
+    if bf16:  # where oneDNN fails torch's bfloat16 layer here, both copies ran with it off
+        from .benchmark_bf16 import onednn_refusal
+        row["torch_onednn_refusal"] = onednn_refusal(cell)
     if mode == "infer":
         fns = {"torch": infer_fn(theirs, tokens, bf16), "fusedrnn": infer_fn(ours, tokens, bf16)}
         row["maxdiff"] = _maxdiff(fns["torch"](), fns["fusedrnn"]())
@@ -198,6 +209,11 @@ def run(args) -> int:
                       f"fusedrnn {r['fusedrnn_ms']} ms (x{r['speedup']}); maxdiff "
                       f"{r['maxdiff']:.1e}", flush=True)
     print_table(rows)
+    refused = {r["cell"]: r["torch_onednn_refusal"] for r in rows
+               if r.get("torch_onednn_refusal")}
+    for cell, why in refused.items():
+        print(f"{cell}: torch.nn's bfloat16 {cell} fails on this CPU with oneDNN on ({why}); "
+              "both copies ran with torch.backends.mkldnn.enabled = False")
     print(f"x = torch ms / fusedrnn ms (> 1: the converted model is faster); "
           f"{time.perf_counter() - t0:.0f} s")
     if args.json:

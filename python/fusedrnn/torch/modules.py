@@ -17,6 +17,7 @@ state and gradients) and returns outputs of the dtype torch.nn's layer returns t
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -101,13 +102,31 @@ def _autocast_output_dtype(always_bfloat16, carried):
     """The outputs' dtype under bfloat16 autocast: what torch.nn's layer returns there (torch
     2.13), so that ours stays a drop-in. bfloat16 on CUDA (cuDNN's RNNs and the cells are on
     autocast's CUDA list), and on the CPU for the RNN and RNNCell (their last op is autocast's
-    bfloat16 GEMM) and the LSTM on a padded input (its oneDNN kernel is on autocast's list):
-    ``always_bfloat16``. Elsewhere (GRU, GRUCell, LSTMCell, the LSTM on a PackedSequence)
+    bfloat16 GEMM) and the LSTM on a padded input where oneDNN takes it (its oneDNN kernel is on
+    autocast's list; ``_lstm_takes_onednn``): ``always_bfloat16``. Elsewhere (GRU, GRUCell, LSTMCell, the LSTM on a PackedSequence)
     the dtype of the state the recurrence carries, ``carried``: the given c_0 of the LSTMs, h_0 of
     the GRUs, else the input (whose dtype torch's zero state takes)."""
     if always_bfloat16 or getattr(carried, "dtype", None) == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
+
+
+def _lstm_takes_onednn(input_dtype):
+    """Whether torch.nn's LSTM on a padded CPU input takes oneDNN's kernel under bfloat16
+    autocast (torch 2.13's use_mkldnn): oneDNN switched on (``torch.backends.mkldnn.enabled``)
+    and a float32 input, or a bfloat16 one on a CPU where oneDNN computes bfloat16. Its outputs
+    are bfloat16 there; on torch's native path they follow the carried state. (Where oneDNN
+    cannot compute bfloat16, torch.nn's LSTM raises on a float32 input; ours runs, in oneDNN's
+    dtypes.)"""
+    if not torch.backends.mkldnn.enabled:
+        return False
+    return input_dtype == torch.float32 or _onednn_computes_bfloat16()
+
+
+@functools.cache
+def _onednn_computes_bfloat16():
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return True if check is None else bool(check())
 
 
 class _RecurrentBase(nn.Module):
@@ -255,7 +274,8 @@ class _RecurrentBase(nn.Module):
             carried = hx[-1] if isinstance(hx, (tuple, list)) and hx else hx
             carried = (input.data if packed else input) if carried is None else carried
             out_dtype = _autocast_output_dtype(
-                device_type == "cuda" or self._cell == "rnn" or (lstm and not packed), carried)
+                device_type == "cuda" or self._cell == "rnn"
+                or (lstm and not packed and _lstm_takes_onednn(input.dtype)), carried)
         input = _under_autocast(input, dtype, device_type)
         if isinstance(hx, (tuple, list)):
             hx = tuple(_under_autocast(h, dtype, device_type) for h in hx)
