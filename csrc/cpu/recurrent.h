@@ -37,7 +37,8 @@ enum WorkspaceSlot {
   kForwardWork = 1,
   kBackwardWork = 2,
   kPackedProjection = 3,  // a bfloat16 forward's projection, in its slices' packed row order
-  kWorkspaceSlots = 4
+  kWidenedStates = 4,     // bfloat16 states widened to float32 for the widening products
+  kWorkspaceSlots = 5
 };
 template <typename T>
 T* thread_workspace(WorkspaceSlot slot, int64_t elements);
