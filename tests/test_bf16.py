@@ -393,3 +393,39 @@ def test_every_bf16_path_matches_the_reference():
         seen.add(path)
     assert "bfloat16 pairs widened to float32 FMAs" in seen
     assert fr.info()["bf16_products"] in seen
+
+
+def test_widening_tiles_sum_alike_whatever_the_batch():
+    """The widening tiles (forced on any CPU) sum each output over k in the same order in a
+    tile of 4 or 2 samples and in a lone sample's four-chunk tile: every sample of a batch of 7
+    gets the bits it gets alone (forward outputs, backward dx and dh0), both directions."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, fusedrnn as fr\n"
+        "from fusedrnn import functional as F\n"
+        "fr.set_num_threads(1)\n"
+        "rng = np.random.default_rng(8); T, N, I, H = 5, 7, 9, 72\n"
+        "for cell, G in (('lstm', 4), ('gru', 3), ('rnn', 1)):\n"
+        "    x = rng.standard_normal((T, N, I)).astype(np.float32)\n"
+        "    dy = rng.standard_normal((T, N, H)).astype(np.float32)\n"
+        "    w = [(rng.standard_normal(s) * 0.2).astype(np.float32)"
+        " for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]\n"
+        "    st = (None, None) if cell == 'lstm' else (None,)\n"
+        "    fwd, bwd = getattr(F, cell + '_forward'), getattr(F, cell + '_backward')\n"
+        "    for reverse in (False, True):\n"
+        "        def run(xs, dys):\n"
+        "            out = fwd(xs, *st, *w, training=True, reverse=reverse,"
+        " precision='bfloat16')\n"
+        "            return out[0], *bwd(out[-1], dys)[:2]\n"
+        "        whole = run(x, dy)\n"
+        "        for n in range(N):\n"
+        "            alone = run(x[:, n:n + 1].copy(), dy[:, n:n + 1].copy())\n"
+        "            for a, b in zip(whole, alone):\n"
+        "                assert np.array_equal(a[..., n:n + 1, :], b), (cell, reverse, n)\n"
+        "print(fr.info()['bf16_products'])\n")
+    env = dict(os.environ, FUSEDRNN_NO_AMX="1", FUSEDRNN_NO_BF16_DOT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "widened" in out.stdout
