@@ -85,12 +85,8 @@ def _autocast(model, bf16):
     off where it refuses the layer on this CPU (``benchmark_bf16.torch_autocast``), for both
     copies alike (one program)."""
     from .benchmark_bf16 import torch_autocast
-    return torch_autocast(_cell_of(model), enabled=bf16)
-
-
-def _cell_of(model):
-    """"LSTM", "GRU" or "RNN": the model's recurrent layer, torch.nn's or the adapter's."""
-    return type(model.rnn).__name__
+    # the layer's class name ("LSTM", "GRU", "RNN") is the cell, torch.nn's or the adapter's
+    return torch_autocast(type(model.rnn).__name__, enabled=bf16)
 
 
 def infer_fn(model, tokens, bf16=False):

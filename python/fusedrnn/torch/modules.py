@@ -103,9 +103,10 @@ def _autocast_output_dtype(always_bfloat16, carried):
     2.13), so that ours stays a drop-in. bfloat16 on CUDA (cuDNN's RNNs and the cells are on
     autocast's CUDA list), and on the CPU for the RNN and RNNCell (their last op is autocast's
     bfloat16 GEMM) and the LSTM on a padded input where oneDNN takes it (its oneDNN kernel is on
-    autocast's list; ``_lstm_takes_onednn``): ``always_bfloat16``. Elsewhere (GRU, GRUCell, LSTMCell, the LSTM on a PackedSequence)
-    the dtype of the state the recurrence carries, ``carried``: the given c_0 of the LSTMs, h_0 of
-    the GRUs, else the input (whose dtype torch's zero state takes)."""
+    autocast's list; ``_lstm_takes_onednn``): ``always_bfloat16``. Elsewhere (GRU, GRUCell,
+    LSTMCell, the LSTM on a PackedSequence or on torch's native path) the dtype of the state the
+    recurrence carries, ``carried``: the given c_0 of the LSTMs, h_0 of the GRUs, else the input
+    (whose dtype torch's zero state takes)."""
     if always_bfloat16 or getattr(carried, "dtype", None) == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
