@@ -125,6 +125,31 @@ def test_bf16_bits_do_not_depend_on_the_threads(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_pipelined_projection_gives_the_up_front_bits(cell):
+    """A step too small to split: on 2 threads one runs the steps while the other projects the
+    inputs a chunk ahead (the pipelined plan); its rows' sums are those of the projection up
+    front on 1 thread, bit for bit, both directions, with lengths too."""
+    from fusedrnn import _C
+    T, N, I, H = 100, 1, 128, 96
+    assert _C.plan(cell, "tanh", T, N, I, H, np.dtype(np.float32), False, 2,
+                   precision="bfloat16")["forward"]["loop"] == "pipelined"
+    assert _C.plan(cell, "tanh", T, N, I, H, np.dtype(np.float32), False, 1,
+                   precision="bfloat16")["forward"]["loop"] != "pipelined"
+    x, h0, c0, w = _problem(cell, T, N, I, H, seed=5)
+    before = fr.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            fr.set_num_threads(n)
+            runs.append([_ours(cell, x, h0, c0, w, precision="bfloat16", reverse=r, lengths=n)
+                         for r in (False, True) for n in (None, np.array([61]))])
+    finally:
+        fr.set_num_threads(before)
+    for one, two in zip(*runs):
+        np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_bf16_backward_bits_do_not_depend_on_the_threads(cell):
     """The bfloat16 backward by units (1 thread) and by samples (2 threads, a small W_hh) give
     the same dx and dh0, bit for bit (each sum's order is the tiles', not the slices')."""

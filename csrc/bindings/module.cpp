@@ -615,11 +615,14 @@ py::dict tuning_dict() {
 
 // The plans of one call of this shape on `threads` threads (cpu/plan.h), as names.
 py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
-                   int64_t I, int64_t H, const py::dtype& dtype, bool training, int threads) {
+                   int64_t I, int64_t H, const py::dtype& dtype, bool training, int threads,
+                   const py::object& precision) {
   const CellKind kind = parse_cell(cell, nonlinearity);
   const SeqShape s{T, N, I, H, gate_count(kind)};
   const int64_t bytes = dtype.itemsize();
-  const cpu::ForwardPlan f = cpu::plan_forward(kind, s, threads, bytes, training, false, false);
+  const bool bf16 = parse_precision(precision, bytes == 4);
+  const cpu::ForwardPlan f =
+      cpu::plan_forward(kind, s, threads, bytes, training, false, false, bf16);
   py::dict d, fd;
   fd["loop"] = cpu::name_of(f.loop);
   fd["step_product"] = cpu::name_of(f.product);
@@ -631,7 +634,7 @@ py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int
                                                                         : f.loop_slices;
   d["forward"] = fd;
   if (training) {
-    const cpu::BackwardPlan b = cpu::plan_backward(kind, s, threads, bytes);
+    const cpu::BackwardPlan b = cpu::plan_backward(kind, s, threads, bytes, bf16);
     py::dict bd;
     bd["loop"] = cpu::name_of(b.loop);
     bd["step_product"] = cpu::name_of(b.product);
@@ -716,8 +719,9 @@ PYBIND11_MODULE(_C, m) {
         "The CPU table's row the drivers use here (FUSEDRNN_CPU_TABLE=intel|amd|other forces one).");
   m.def("plan", &plan_dict, py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"),
         py::arg("I"), py::arg("H"), py::arg("dtype"), py::arg("training"), py::arg("threads"),
+        py::arg("precision") = py::none(),
         "What a call of this shape does on `threads` threads: the forward plan (and the backward "
-        "one when training), as names.");
+        "one when training), as names. precision: as recurrent_forward's.");
   m.def("set_deterministic", &cpu::set_deterministic, py::arg("on"),
         "Plans whose results do not depend on the thread count (see fusedrnn.set_deterministic).");
   m.def("deterministic", &cpu::deterministic, "Whether set_deterministic is on.");

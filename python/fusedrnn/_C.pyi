@@ -46,9 +46,9 @@ def get_num_threads() -> int:
     """
     Threads of the kernels' team.
     """
-def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, dtype: numpy.dtype[typing.Any], training: bool, threads: typing.SupportsInt | typing.SupportsIndex) -> dict:
+def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, dtype: numpy.dtype[typing.Any], training: bool, threads: typing.SupportsInt | typing.SupportsIndex, precision: typing.Any = None) -> dict:
     """
-    What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names.
+    What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names. precision: as recurrent_forward's.
     """
 def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any, precision: typing.Any = None, w_ph: typing.Any = None, w_hr: typing.Any = None, ln: typing.Any = None) -> tuple:
     """

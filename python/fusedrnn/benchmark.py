@@ -475,16 +475,18 @@ def cpu_header(threads) -> str:
     return f"CPU {cpu_summary()}; threads {threads}\nCPU table: {cpu_table_summary()}"
 
 
-def explain(cells, shapes, modes, threads) -> list:
+def explain(cells, shapes, modes, threads, precision="fp32") -> list:
     """The plans of the CPU drivers (``fusedrnn._C.plan``) for every cell, shape (B, T, I, H)
-    and mode, on ``threads`` threads, float32: printed by ``fusedrnn bench --explain``."""
+    and mode, on ``threads`` threads, float32 (``precision`` "bf16": under bfloat16 autocast):
+    printed by ``fusedrnn bench --explain``."""
     from ._loader import _C
     rows = []
     for cell in cells:
         for (B, T, I, H) in shapes:
             for mode in modes:
                 plan = _C.plan(CELLS[cell][0], "tanh", T, B, I, H, np.dtype(np.float32),
-                               mode == "train", threads)
+                               mode == "train", threads,
+                               precision="bfloat16" if precision == "bf16" else None)
                 rows.append({"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, **plan})
     return rows
 
@@ -503,7 +505,7 @@ def run(args) -> int:
     if getattr(args, "explain", False):
         cells, modes, shapes = selection(args)
         print(cpu_header(args.threads))
-        rows = explain(cells, shapes, modes, args.threads)
+        rows = explain(cells, shapes, modes, args.threads, getattr(args, "precision", "fp32"))
         _print_plans(rows)
         write_json(args.json, threads=args.threads, plans=rows)
         return 0
