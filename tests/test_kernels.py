@@ -147,9 +147,10 @@ def test_one_thread_and_two_threads_agree(name, dtype_name, rng, restore_threads
 # gets 4 or more and W_hh fits a core's cache (each thread projects its own inputs, a chunk of
 # steps at a time; LSTM and RNN backward take dx into the step's product when W_ih fits too,
 # else backward computes dx a chunk of steps at a time);
-# else by hidden units (a barrier per step; from a batch of 8 LSTM and RNN take x W_ih^T into
-# the steps' products), where a loop too small to split runs on one thread while the other
-# computes the input projection ahead of it.
+# else by hidden units (a barrier per step; with AVX-512 kernels, from a batch of 8, LSTM and
+# RNN take x W_ih^T into the steps' products: tests/test_plan.py forces it on any CPU), where a
+# loop too small to split runs on one thread while the other computes the input projection
+# ahead of it.
 SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
                 # several projection chunks, the last one short
                 "by_samples_chunks_T300_N9_I7_H128": (300, 9, 7, 128),
@@ -159,8 +160,9 @@ SPLIT_SHAPES = {"by_samples_T8_N9_I7_H128": (8, 9, 7, 128),
                 # one thread runs the loop, the other projects the inputs ahead of it
                 "pipelined_T64_N1_I128_H128": (64, 1, 128, 128),
                 "by_units_big_weights_T4_N10_I3_H520": (4, 10, 3, 520),
-                # by units from a batch of 8, LSTM and RNN take x W_ih^T into the steps'
-                # products, a chunk of steps at a time (the LSTM here 7, then 2)
+                # by units; with AVX-512 kernels, from a batch of 8, LSTM and RNN take
+                # x W_ih^T into the steps' products, a chunk of steps at a time (the LSTM
+                # here 7, then 2)
                 "by_units_step_inputs_T9_N33_I130_H520": (9, 33, 130, 520),
                 # by units with a slice that owns no units (LSTM: H=16 is one block of 16)
                 "by_units_empty_slice_T5_N100_I40_H16": (5, 100, 40, 16)}

@@ -85,7 +85,7 @@ const CpuInfo& cpu_info() {
   return info;
 }
 
-Tuning tuning_for(const std::string& vendor, int64_t l2_bytes) {
+Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kernels) {
   // Where each number was measured (2 threads): the AMD row on an AMD EPYC Zen 4 (1 MiB L2 per
   // core, W_hh streamed from a 32 MiB L3); the Intel row on a Xeon with AMX (2 MiB L2), where
   // the drivers were first tuned. A W_hh filling the Xeon's whole L2 lost (the loop's other
@@ -108,7 +108,14 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes) {
   t.packed_min_steps = 4;
   t.inference_pack_rows = 12.0;  // fitted on the AMD EPYC (T 4..15, N 1..8, H 128..512)
   t.pipelined_rows = 16;
-  t.step_inputs_min_batch = 8;
+  // The inputs in the steps' products pay where our packed tiles are wider than OpenBLAS's
+  // sgemm (AVX-512 tiles; measured on a Zen 4 whose OpenBLAS ran its AVX2 kernels: LSTM B=8
+  // T=256 H=512 inference 67.8 -> 50.6 ms, B=64 T=50 91.6 -> 63.8, training -6%). With AVX2
+  // tiles OpenBLAS's projection up front wins (2 threads, Zen 3, alternating processes,
+  // medians: LSTM B=8 T=256 H=512 inference 83.1 -> 76.3 ms, B=64 T=50 118 -> 115, GRU B=8
+  // 47.5 -> 43.6, B=64 87.5 -> 82.1, LSTM B=8 training step 217 -> 192; one thread, LSTM B=8
+  // 118 -> 111).
+  t.step_inputs_min_batch = avx512_kernels ? 8 : 0;
   t.amx_min_batch = 8;
   t.wavefront_rows = 8;
   t.spin_before_sleep_us = 60;
@@ -179,7 +186,7 @@ const Tuning& tuning() {
   static const Tuning table = [] {
     const char* forced = std::getenv("FUSEDRNN_CPU_TABLE");
     const std::string vendor = forced && *forced ? forced : cpu_info().vendor;
-    Tuning t = tuning_for(vendor, cpu_info().l2_bytes);
+    Tuning t = tuning_for(vendor, cpu_info().l2_bytes, active_isa() == Isa::kAvx512);
     if (const char* overrides = std::getenv("FUSEDRNN_TUNING")) apply_overrides(t, overrides);
     return t;
   }();
@@ -262,12 +269,12 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   const bool by_units_packed = packed && !by_samples && !pipelined;
   const bool wavefront = !fixed && inputs_ready && !reverse && by_units_packed &&
                          p.loop_slices == 1 && !split_grad && s.I > 0;
-  // The loop projects its own units' inputs, a chunk of steps at a time: from a batch of 8
-  // with the loop split, on one thread (where it beat the projection up front: LSTM B=8 T=256
-  // H=512 inference 67.8 -> 50.6 ms, B=64 T=50 91.6 -> 63.8, training -6%), and in
+  // The loop projects its own units' inputs, a chunk of steps at a time: from the table's
+  // batch (AVX-512 kernels: 8; see tuning_for) with the loop split, on one thread, and in
   // deterministic plans whatever the slices (its arithmetic does not depend on them). LSTM,
   // RNN: into the steps' products; a GRU (its n gate keeps W_in x apart): into its gates rows.
-  const bool loop_projects = by_units_packed && s.I > 0 && N >= t.step_inputs_min_batch &&
+  const bool loop_projects = by_units_packed && s.I > 0 && t.step_inputs_min_batch > 0 &&
+                             N >= t.step_inputs_min_batch &&
                              (p.loop_slices > 1 || slices == 1 || fixed);
   const bool step_inputs = (loop_projects && !split_grad) || wavefront;
   const bool own_inputs = loop_projects && split_grad;

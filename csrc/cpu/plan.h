@@ -45,7 +45,8 @@ struct Tuning {
   double inference_pack_rows;
   // Rows (steps x samples) per chunk of a pipelined input projection (batch-1 loops).
   int64_t pipelined_rows;
-  // From this batch on, a by-units loop takes x W_ih^T into the steps' products.
+  // From this batch on, a by-units loop takes x W_ih^T into the steps' products (0: never;
+  // the default where the kernels are narrower than AVX-512: see tuning_for).
   int64_t step_inputs_min_batch;
   // From this batch on, bfloat16 products run on AMX tiles where the CPU has them.
   int64_t amx_min_batch;
@@ -72,7 +73,7 @@ struct TuningEntry {
 extern const TuningEntry kTuningEntries[];
 extern const int kTuningEntryCount;
 // The row for `vendor` on a core with `l2_bytes` of L2 (0: unknown), as tuning() builds it.
-Tuning tuning_for(const std::string& vendor, int64_t l2_bytes);
+Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kernels);
 
 // How a driver's time loop splits over the team.
 enum class Loop {
