@@ -118,9 +118,11 @@ def _grad_or_zeros(d, shape):
 
 # ---------------------------------------------------------------------------- LSTM
 def _peepholes(w_ph, H):
-    """(p_i, p_f, p_o) from w_ph [3H] (order i, f, o), zeros for None."""
+    """(p_i, p_f, p_o) from w_ph [3H] (order i, f, o), or None: no peephole terms at all (not
+    zero ones: 0 * c is NaN where c is infinite, and a cell without peepholes has no such
+    term)."""
     if w_ph is None:
-        return np.zeros(H), np.zeros(H), np.zeros(H)
+        return None
     w_ph = _f64(w_ph)
     if w_ph.shape != (3 * H,):
         raise ValueError(f"w_ph: expected shape {(3 * H,)}, got {w_ph.shape}")
@@ -139,22 +141,25 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
         "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     T, N, _ = x.shape
     H = w_hh.shape[0] // 4
-    p_i, p_f, p_o = _peepholes(w_ph, H)
+    peepholes = _peepholes(w_ph, H)
     y = np.zeros((T, N, h.shape[1]))
     ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias,
                    precision)
-    ctx["w_ph"] = None if w_ph is None else (p_i, p_f, p_o)
+    ctx["w_ph"] = peepholes
+
+    def peep(k, a, c):  # a gate's preactivation plus its peephole term, if any
+        return a if peepholes is None else a + peepholes[k] * c
     ctx["w_hr"] = w_hr
     xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]  # [N, 1]
         hr, wr = _operands(h, w_hh, precision)
         a = xr[t] @ wir.T + b_ih + hr @ wr.T + b_hh  # [N, 4H]
-        i = sigmoid(a[:, 0:H] + p_i * c)
-        f = sigmoid(a[:, H:2 * H] + p_f * c)
+        i = sigmoid(peep(0, a[:, 0:H], c))
+        f = sigmoid(peep(1, a[:, H:2 * H], c))
         g = np.tanh(a[:, 2 * H:3 * H])
         c_new = f * c + i * g
-        o = sigmoid(a[:, 3 * H:4 * H] + p_o * c_new)
+        o = sigmoid(peep(2, a[:, 3 * H:4 * H], c_new))
         m = o * np.tanh(c_new)  # the cell's output, projected where there is a projection
         if w_hr is None:
             h_new = m
@@ -177,7 +182,7 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
     precision = ctx["precision"]
     T, N, _ = x.shape
     H, S = w_hh.shape[0] // 4, w_hh.shape[1]  # S: the width of h
-    p_i, p_f, p_o = ctx["w_ph"] if ctx.get("w_ph") is not None else _peepholes(None, H)
+    peepholes = ctx.get("w_ph")  # (p_i, p_f, p_o), or None: no peephole terms
     dw_ph = np.zeros(3 * H)
     dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     dy = _grad_or_zeros(dy, (T, N, S))
@@ -195,15 +200,20 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
             dh = dh @ w_hr
         tanh_c = np.tanh(s["c"])
         da_o = dh * tanh_c * s["o"] * (1.0 - s["o"])
-        dc = dc_next + dh * s["o"] * (1.0 - tanh_c ** 2) + da_o * p_o  # o saw c' too
+        dc = dc_next + dh * s["o"] * (1.0 - tanh_c ** 2)
+        if peepholes is not None:
+            dc = dc + da_o * peepholes[2]  # o saw c' too
         da_i = dc * s["g"] * s["i"] * (1.0 - s["i"])
         da_f = dc * s["c_prev"] * s["f"] * (1.0 - s["f"])
-        dc_prev = dc * s["f"] + da_i * p_i + da_f * p_f  # i and f saw c
+        dc_prev = dc * s["f"]
+        if peepholes is not None:
+            dc_prev = dc_prev + da_i * peepholes[0] + da_f * peepholes[1]  # i and f saw c
         da = np.concatenate([da_i, da_f, dc * s["i"] * (1.0 - s["g"] ** 2), da_o], axis=1)
         da = np.where(active, da, 0.0)  # inactive samples: the step did not happen
-        dw_ph += np.concatenate([(da[:, :H] * s["c_prev"]).sum(axis=0),
-                                 (da[:, H:2 * H] * s["c_prev"]).sum(axis=0),
-                                 (da[:, 3 * H:] * s["c"]).sum(axis=0)])
+        if peepholes is not None:
+            dw_ph += np.concatenate([(da[:, :H] * s["c_prev"]).sum(axis=0),
+                                     (da[:, H:2 * H] * s["c_prev"]).sum(axis=0),
+                                     (da[:, 3 * H:] * s["c"]).sum(axis=0)])
         dx[t] = _grad_product(da, w_ih, precision)
         dw_ih += _grad_product(da.T, x[t], precision)
         dw_hh += _grad_product(da.T, s["h_prev"], precision)
