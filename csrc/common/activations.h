@@ -44,17 +44,21 @@ FUSEDRNN_HD V tanh_small(V x, V z) {
 #if !defined(__CUDA_ARCH__)
 // e^x for float on the CPU, written so that loops over it vectorize (std::exp does not):
 // e^x = 2^n e^r with |r| <= ln2/2. NaN propagates (the clamps are comparisons that NaN fails).
+// Below float's least normal (x < -87.34) it is 0, as the denormals there are once flushed:
+// the clamp alone gave the least normal for any smaller x, e^-inf included, and a softmax
+// weight of 1.2e-38 times an infinite value is infinite where the weight 0 gives NaN.
 FUSEDRNN_HD float exp_vectorizable(float x) {
-  x = x > 88.0f ? 88.0f : x;
-  x = x < -87.33654f ? -87.33654f : x;
-  // n = round(x / ln2) by the 1.5 * 2^23 trick: plain arithmetic, so the loop vectorizes
+  float c = x > 88.0f ? 88.0f : x;
+  c = c < -87.33654f ? -87.33654f : c;
+  // n = round(c / ln2) by the 1.5 * 2^23 trick: plain arithmetic, so the loop vectorizes
   // (std::floor becomes a library call unless traps are ignored).
-  const float n = (x * kLog2e + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  const float n = (c * kLog2e + 12582912.0f) - 12582912.0f;
+  const float r = (c - n * kLn2Hi) - n * kLn2Lo;
   const uint32_t bits = (static_cast<uint32_t>(static_cast<int32_t>(n)) + 127u) << 23;
   float scale;
   __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return exp_reduced(r) * scale;
+  const float e = exp_reduced(r) * scale;
+  return x < -87.33654f ? 0.0f : e;
 }
 
 // tanh for float on the CPU, vectorizable: the odd polynomial near 0, else
