@@ -673,8 +673,14 @@ def test_layer_matches_reference(case):
     if case.mode == "LSTM":
         expected.update(c_n=user_state(ref_c_n), dc0=user_state(ref_dc0))
         ours.update(c_n=c_n, dc0=dc0)
+    # Each group at its scale (group_scale): the outputs and final states; the gradients
+    # reaching the inputs and initial states (a 3-layer GRU, I=1, one step: dx -0.0056 from 51
+    # gate rows near 0.1-1, 2.5e-5 off alone, 1.4e-7 absolute: the terms' rounding); the
+    # parameters' gradients.
+    groups = {"out": "y", "h_n": "y", "c_n": "y", "dx": "d", "dh0": "d", "dc0": "d"}
+    scales = {g: group_scale([v for k, v in expected.items() if groups[k] == g]) for g in "yd"}
     for name, value in expected.items():
-        assert_like_reference(name, ours[name], value, case.dtype)
+        assert_like_reference(name, ours[name], value, case.dtype, floor=scales[groups[name]])
     assert sorted(ref_grads) == sorted(name for name, _ in m.named_parameters())
     grads_scale = group_scale(ref_grads.values())
     for name, p in m.named_parameters():
