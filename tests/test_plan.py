@@ -126,17 +126,15 @@ print(worst)
 def test_inputs_join_the_steps_products_only_with_avx512_kernels():
     # OpenBLAS's GEMM up front outruns our AVX2 tiles on the projection (csrc/cpu/plan.cpp,
     # tuning_for); AVX-512 tiles outrun it inside the steps' products.
-    def projection(tuning=None):
-        env = dict(os.environ)
-        if tuning:
-            env["FUSEDRNN_TUNING"] = tuning
+    def projection(tuning):  # the table is read once per process: a fresh one per tuning
+        env = dict(os.environ, FUSEDRNN_TUNING=tuning)
         code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan('lstm', "
                 "'tanh', 256, 8, 512, 512, np.dtype(np.float32), False, 2)['forward']))")
         return json.loads(subprocess.run([sys.executable, "-c", code], env=env,
                                          capture_output=True, text=True, check=True).stdout)
     avx512 = fr.info()["kernels"].startswith("avx512")
     assert (_C.tuning()["step_inputs_min_batch"] == 8) == avx512
-    default = projection()
+    default = _C.plan("lstm", "tanh", 256, 8, 512, 512, F32, False, 2)["forward"]
     assert default["loop"] == "by units"
     assert default["projection"] == ("in the steps' products" if avx512 else "up front")
     assert projection("step_inputs_min_batch=8")["projection"] == "in the steps' products"

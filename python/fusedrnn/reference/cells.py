@@ -146,10 +146,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
     ctx = _new_ctx("lstm", "tanh", reverse, x, w_ih, w_hh, lengths, has_bias,
                    precision)
     ctx["w_ph"] = peepholes
+    ctx["w_hr"] = w_hr
 
     def peep(k, a, c):  # a gate's preactivation plus its peephole term, if any
         return a if peepholes is None else a + peepholes[k] * c
-    ctx["w_hr"] = w_hr
+
     xr, wir = _operands(x, w_ih, precision)
     for t in _steps(T, reverse):
         active = (t < lengths)[:, None]  # [N, 1]
