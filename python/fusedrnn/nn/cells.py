@@ -136,6 +136,23 @@ _H_STATE = dict(  # the fields of RNNCell and GRUCell, whose state is h alone
 )
 
 
+def _plain_arrays(dtype, *arrays):
+    """Whether every array is a C-contiguous numpy.ndarray of ``dtype`` (what the kernel
+    takes as it is)."""
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+            return False
+    return True
+
+
+def _contiguous_states(*states):
+    """Whether every state given (None: zeros) is C-contiguous."""
+    for s in states:
+        if s is not None and not s.flags.c_contiguous:
+            return False
+    return True
+
+
 class RNNCellBase(Module):
     """What RNNCell, LSTMCell and GRUCell share: the parameters, the input checks and the stack of
     training-mode steps waiting for their backward."""
@@ -227,13 +244,15 @@ class RNNCellBase(Module):
         small step's arithmetic. Otherwise (training, strided arrays, a missing bias without
         kept weights) through fusedrnn.functional, where autocast decides the precision."""
         lstm = self._cell == "lstm"
-        w, cache = self._kept.weights(0, (self.weight_ih, self.weight_hh, self.bias_ih,
-                                          self.bias_hh))
-        variant = self._variant_args()
+        # (the parameters straight from their dict, and no variant arguments for a plain cell:
+        # Module.__getattr__ and the variants' arrays cost more than a small step's arithmetic)
+        params = self._parameters
+        w, cache = self._kept.weights(0, (params["weight_ih"], params["weight_hh"],
+                                          params["bias_ih"], params["bias_hh"]))
+        variant = (self._variant_args() if self.peephole or self.proj_size or self._layer_norm
+                   else dict(w_ph=None, w_hr=None, ln=None, eps=1e-5))
         if (not self.training and x.shape[0] > 0 and w[2] is not None
-                and all(type(a) is np.ndarray and a.dtype == self.dtype and a.flags.c_contiguous
-                        for a in (x, *w))
-                and all(s is None or s.flags.c_contiguous for s in (h0, c0))):
+                and _plain_arrays(self.dtype, x, *w) and _contiguous_states(h0, c0)):
             if h0 is None:
                 h0 = np.zeros((x.shape[0], self._state_size), self.dtype)
             if lstm and c0 is None:
