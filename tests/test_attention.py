@@ -14,17 +14,22 @@ N, S, Q, K, A = 4, 7, 5, 6, 3
 LENGTHS = np.array([7, 3, 0, 1])
 
 
-def _module(kind, dtype=np.float64, seed=0):
-    q = K if kind == "dot" else Q
-    return make_attention(kind, q, K, A, dtype=dtype, seed=seed), q
+# Sizes (Q, K, A) wider than the CPU's SIMD vectors (8 or 16 floats), with tails: the kernel's
+# vector loops over A (the additive score's tanh, the dot products) and K (the context's).
+VECTOR_SIZES = (19, 21, 37)
+
+
+def _module(kind, dtype=np.float64, seed=0, sizes=(Q, K, A)):
+    q = sizes[1] if kind == "dot" else sizes[0]
+    return make_attention(kind, q, sizes[1], sizes[2], dtype=dtype, seed=seed), q
 
 
 def _params(m):
     return tuple(p.data for p in m.parameters())
 
 
-def _inputs(rng, q, dtype=np.float64):
-    return rng.standard_normal((N, q)).astype(dtype), rng.standard_normal((N, S, K)).astype(dtype)
+def _inputs(rng, q, dtype=np.float64, k=K):
+    return rng.standard_normal((N, q)).astype(dtype), rng.standard_normal((N, S, k)).astype(dtype)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -59,16 +64,17 @@ def test_reference_backward_vs_finite_differences(kind, rng):
         assert relative_error(d, numeric(p)) < tol
 
 
+@pytest.mark.parametrize("sizes", [(Q, K, A), VECTOR_SIZES], ids=["small", "vectors"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("kind", KINDS)
-def test_module_matches_reference_over_steps(kind, dtype, rng):
+def test_module_matches_reference_over_steps(kind, dtype, sizes, rng):
     """Three decoder steps on one memory: outputs per step, and after the backward of every
     step the query gradients, the key gradients (summed over steps) and parameter gradients."""
-    m, q = _module(kind, dtype)
+    m, q = _module(kind, dtype, sizes=sizes)
     params = tuple(p.astype(np.float64) for p in _params(m))
-    _, keys = _inputs(rng, q, dtype)
+    _, keys = _inputs(rng, q, dtype, k=sizes[1])
     queries = [rng.standard_normal((N, q)).astype(dtype) for _ in range(3)]
-    dcs = [rng.standard_normal((N, K)).astype(dtype) for _ in range(3)]
+    dcs = [rng.standard_normal((N, sizes[1])).astype(dtype) for _ in range(3)]
     dws = [rng.standard_normal((N, S)).astype(dtype) for _ in range(3)]
     tol = TOLERANCES["kernel_vs_reference"][dtype]
     m.set_memory(keys, LENGTHS)

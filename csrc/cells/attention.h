@@ -7,14 +7,31 @@
 // dot/general: score[s] = keys_proj[s] . query
 // weights = softmax of the scores over the real positions (exactly 0 at masked ones; all 0 when
 // no position is real), context = sum_s weights[s] values[s].
+// V, L: the loops over A and K run L values at a time as V (T and 1, or the CPU's SIMD vectors
+// of floats: csrc/cpu/simd_math.inc); the dot products then sum lane-wise, then the lanes.
 #pragma once
 #include "common/activations.h"
 
 namespace fusedrnn {
 
 struct AttentionStep {
+  // sum_i x[i] y[i], i < n.
+  template <typename T, typename V, int64_t L>
+  FUSEDRNN_HD static T dot(const T* x, const T* y, int64_t n) {
+    T sum = T(0);
+    int64_t i = 0;
+    if constexpr (L > 1) {
+      V lanes = V(T(0));
+      for (; i < n / L * L; i += L)
+        lanes = lanes + *reinterpret_cast<const V*>(x + i) * *reinterpret_cast<const V*>(y + i);
+      sum = sum_lanes(lanes);
+    }
+    for (; i < n; ++i) sum += x[i] * y[i];
+    return sum;
+  }
+
   // scores: [S] scratch. hidden: [S, A] (additive; saved for backward), else unused.
-  template <typename T>
+  template <typename T, typename V = T, int64_t L = 1>
   FUSEDRNN_HD static void forward(bool additive, int64_t S, int64_t A, int64_t K, const T* query,
                                   const T* keys_proj, const T* values, const uint8_t* mask,
                                   const T* v, T* hidden, T* scores, T* weights, T* context) {
@@ -23,15 +40,16 @@ struct AttentionStep {
     for (int64_t s = 0; s < S; ++s) {
       if (!mask[s]) continue;
       const T* kp = keys_proj + s * A;
-      T score = T(0);
+      T score;
       if (additive) {
         T* hs = hidden + s * A;
-        for (int64_t a = 0; a < A; ++a) {
-          hs[a] = tanh_(kp[a] + query[a]);
-          score += hs[a] * v[a];
-        }
+        for (int64_t i = 0; i < A / L; ++i)
+          reinterpret_cast<V*>(hs)[i] = tanh_(reinterpret_cast<const V*>(kp)[i] +
+                                              reinterpret_cast<const V*>(query)[i]);
+        for (int64_t a = A / L * L; a < A; ++a) hs[a] = tanh_(kp[a] + query[a]);
+        score = dot<T, V, L>(hs, v, A);
       } else {
-        for (int64_t a = 0; a < A; ++a) score += kp[a] * query[a];
+        score = dot<T, V, L>(kp, query, A);
       }
       scores[s] = score;
       if (!any || score > peak || score != score) peak = score;  // a NaN score stays the peak
@@ -57,7 +75,7 @@ struct AttentionStep {
 
   // dweights may be null. dscores: [S] scratch. Writes dquery [A], dkeys_proj [S, A],
   // dvalues [S, K] and (additive) dv [A] for this sample; all exactly 0 at masked positions.
-  template <typename T>
+  template <typename T, typename V = T, int64_t L = 1>
   FUSEDRNN_HD static void backward(bool additive, int64_t S, int64_t A, int64_t K, const T* query,
                                    const T* keys_proj, const T* values, const uint8_t* mask,
                                    const T* v, const T* hidden, const T* weights,
@@ -67,11 +85,8 @@ struct AttentionStep {
     for (int64_t s = 0; s < S; ++s) {
       const T* vs = values + s * K;
       T* dvs = dvalues + s * K;
-      T dw = dweights ? dweights[s] : T(0);
-      for (int64_t k = 0; k < K; ++k) {
-        dw += dcontext[k] * vs[k];
-        dvs[k] = weights[s] * dcontext[k];
-      }
+      const T dw = (dweights ? dweights[s] : T(0)) + dot<T, V, L>(dcontext, vs, K);
+      for (int64_t k = 0; k < K; ++k) dvs[k] = weights[s] * dcontext[k];
       dscores[s] = dw;
       weighted += weights[s] * dw;
     }

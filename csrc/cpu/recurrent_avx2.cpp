@@ -1,3 +1,4 @@
 // The CPU drivers compiled for one instruction set (flags in CMakeLists.txt).
 #define FUSEDRNN_ISA avx2
 #include "cpu/recurrent_impl.inc"
+#include "cpu/attention_impl.inc"
