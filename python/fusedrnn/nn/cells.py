@@ -341,16 +341,32 @@ class RNNCellBase(Module):
             s += ", reset_after=False"
         return s
 
-    def _backward_h(self, kernel_backward, dh):
-        """Backward of the latest step of a cell whose state is h alone (RNN, GRU)."""
+
+class _HiddenStateCell(RNNCellBase):
+    """The step and its backward of a cell whose state is h alone (RNN, GRU); the subclass names
+    its kernels' backward."""
+
+    _kernel_backward = None
+
+    def forward(self, input, hx=None):
+        """input [N, I] (or [I]), hx [N, H] (or [H]) or None for zeros -> h' [N, H] (or [H]); a
+        training-mode step is pushed for backward."""
+        x, batched = self._input(input)
+        h0 = self._state(hx, "hx", x.shape[0], batched)
+        h, _, ctx = self._step(x, h0)
+        self._push(ctx, batched)
+        return h if batched else h[0]
+
+    def backward(self, dh):
+        """Returns ``(dx, dh_prev)`` for the latest step that has not been back-propagated."""
         ctx, batched = self._pop()
         dh = self._grad(dh, "dh", ctx.x.shape[1], batched)
-        dx, dh0, *dw = kernel_backward(ctx, None, dh)
+        dx, dh0, *dw = self._kernel_backward(ctx, None, dh)
         self._accumulate(*dw)
         return (dx[0], dh0) if batched else (dx[0, 0], dh0[0])
 
 
-class RNNCell(RNNCellBase):
+class RNNCell(_HiddenStateCell):
     __doc__ = _cell_doc(
         "RNNCell", "", summary="An Elman RNN cell with tanh or ReLU non-linearity.",
         equations="    h' = tanh(W_ih x + b_ih + W_hh h + b_hh)",
@@ -379,26 +395,15 @@ With nonlinearity='relu', ReLU is used instead of tanh.""",
         **_H_STATE)
 
     _cell = "rnn"
+    _kernel_backward = staticmethod(F.rnn_backward)
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
                  dtype=np.float32, seed=None):
         super().__init__(input_size, hidden_size, bias, nonlinearity, dtype=dtype, seed=seed)
 
-    def forward(self, input, hx=None):
-        """input [N, I] (or [I]), hx [N, H] (or [H]) or None for zeros -> h' [N, H] (or [H]); a
-        training-mode step is pushed for backward."""
-        x, batched = self._input(input)
-        h0 = self._state(hx, "hx", x.shape[0], batched)
-        h, _, ctx = self._step(x, h0)
-        self._push(ctx, batched)
-        return h if batched else h[0]
-
-    def backward(self, dh):
-        """Returns ``(dx, dh_prev)`` for the latest step that has not been back-propagated."""
-        return self._backward_h(F.rnn_backward, dh)
 
 
-class GRUCell(RNNCellBase):
+class GRUCell(_HiddenStateCell):
     __doc__ = _cell_doc(
         "GRUCell", "rzn", summary="A gated recurrent unit (GRU) cell.",
         equations="""\
@@ -430,24 +435,13 @@ linear_before_reset=0).""",
         **_H_STATE)
 
     _cell = "gru"
+    _kernel_backward = staticmethod(F.gru_backward)
 
     def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
                  reset_after=True):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
                          reset_after=reset_after)
 
-    def forward(self, input, hx=None):
-        """input [N, I] (or [I]), hx [N, H] (or [H]) or None for zeros -> h' [N, H] (or [H]); a
-        training-mode step is pushed for backward."""
-        x, batched = self._input(input)
-        h0 = self._state(hx, "hx", x.shape[0], batched)
-        h, _, ctx = self._step(x, h0)
-        self._push(ctx, batched)
-        return h if batched else h[0]
-
-    def backward(self, dh):
-        """Returns ``(dx, dh_prev)`` for the latest step that has not been back-propagated."""
-        return self._backward_h(F.gru_backward, dh)
 
 
 class LSTMCell(RNNCellBase):
