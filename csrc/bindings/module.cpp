@@ -138,6 +138,42 @@ struct PreparedCall {
   py::tuple outputs;
 };
 
+// The sizes and traits of a forward or backward call, from x and the weights.
+struct CallSizes {
+  int64_t T, N, I, H, G, GH, P, SW, E;  // SW: the width of h (P with a projection, else H)
+  bool lstm, uses_extra;                 // the cell has c; it saves a step's extra
+};
+
+// What a forward and a backward call check and take alike: x, the weights, the lengths, the
+// direction and the variants' arrays, into a (ForwardArgs or BackwardArgs).
+template <typename T, typename Args>
+CallSizes common_args(CellKind cell, const py::array& x_arr, const py::object& w_ih,
+                      const py::object& w_hh, const py::object& w_hr, const py::object& lengths,
+                      bool reverse, const py::object& w_ph, const py::object& ln, Args& a) {
+  if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
+  CallSizes z{};
+  z.T = x_arr.shape(0), z.N = x_arr.shape(1), z.I = x_arr.shape(2);
+  z.G = gate_count(cell);
+  z.H = hidden_size(w_hh, w_hr);
+  z.GH = z.G * z.H;
+  const bool layer_norm = cell == CellKind::kLayerNormLstm;
+  z.lstm = cell == CellKind::kLstm || layer_norm;
+  z.uses_extra = z.lstm || is_gru(cell);
+  // a step's saved extra: H values, the LayerNorm-LSTM's its norms' too
+  z.E = layer_norm ? LayerNormLstmCell::extra_width(z.H) : z.H;
+  a.w_hr = require_projection<T>(w_hr, cell, z.H, z.P);
+  a.shape = SeqShape{z.T, z.N, z.I, z.H, z.G, z.P};
+  z.SW = a.shape.state();
+  a.x = require<T>(x_arr, "x", {z.T, z.N, z.I});
+  a.w_ih = require<T>(w_ih, "w_ih", {z.GH, z.I});
+  a.w_hh = require<T>(w_hh, "w_hh", {z.GH, z.SW});
+  a.lengths = require_lengths(lengths, z.T, z.N);
+  a.reverse = reverse;
+  a.w_ph = require_peepholes<T>(w_ph, cell, z.H);
+  a.ln = require_layer_norm<T>(ln, cell, z.H);
+  return z;
+}
+
 template <typename T>
 PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_arr,
                                              const py::object& h0, const py::object& c0,
@@ -147,33 +183,14 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
                                              bool training, const py::object& w_ph,
                                              const py::object& w_hr, const py::object& ln,
                                              double ln_eps) {
-  if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
-  const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
-  const int64_t G = gate_count(cell);
-  const int64_t H = hidden_size(w_hh, w_hr);
-  const int64_t GH = G * H;
-  const bool layer_norm = cell == CellKind::kLayerNormLstm;
-  const bool lstm = cell == CellKind::kLstm || layer_norm;  // (has c)
-  const bool uses_extra = lstm || is_gru(cell);
-  // a step's saved extra: H values, the LayerNorm-LSTM's its norms' too
-  const int64_t E = layer_norm ? LayerNormLstmCell::extra_width(H) : H;
-
   ForwardArgs<T> a{};
-  int64_t P = 0;
-  a.w_hr = require_projection<T>(w_hr, cell, H, P);
-  a.shape = SeqShape{T_, N, I, H, G, P};
-  const int64_t SW = a.shape.state();  // the width of h
-  a.x = require<T>(x_arr, "x", {T_, N, I});
+  const CallSizes z = common_args<T>(cell, x_arr, w_ih, w_hh, w_hr, lengths, reverse, w_ph, ln, a);
+  const int64_t T_ = z.T, N = z.N, H = z.H, GH = z.GH, SW = z.SW, E = z.E;
+  const bool lstm = z.lstm, uses_extra = z.uses_extra;
   a.h0 = require<T>(h0, "h0", {N, SW});
   a.c0 = lstm ? require<T>(c0, "c0", {N, H}) : nullptr;
-  a.w_ih = require<T>(w_ih, "w_ih", {GH, I});
-  a.w_hh = require<T>(w_hh, "w_hh", {GH, SW});
   a.b_ih = require<T>(b_ih, "b_ih", {GH});
   a.b_hh = require<T>(b_hh, "b_hh", {GH});
-  a.lengths = require_lengths(lengths, T_, N);
-  a.reverse = reverse;
-  a.w_ph = require_peepholes<T>(w_ph, cell, H);
-  a.ln = require_layer_norm<T>(ln, cell, H);
   a.ln_eps = static_cast<T>(ln_eps);
 
   py::array y = Array<T>({T_, N, SW});
@@ -214,34 +231,16 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
                                                const py::object& dh_n, const py::object& dc_n,
                                                const py::object& w_ph, const py::object& w_hr,
                                                const py::object& ln) {
-  if (x_arr.ndim() != 3) throw py::value_error("x: expected 3 dimensions [T, N, I]");
-  const int64_t T_ = x_arr.shape(0), N = x_arr.shape(1), I = x_arr.shape(2);
-  const int64_t G = gate_count(cell);
-  const int64_t H = hidden_size(w_hh, w_hr);
-  const int64_t GH = G * H;
-  const bool layer_norm = cell == CellKind::kLayerNormLstm;
-  const bool lstm = cell == CellKind::kLstm || layer_norm;  // (has c)
-  const bool uses_extra = lstm || is_gru(cell);
-  const int64_t E = layer_norm ? LayerNormLstmCell::extra_width(H) : H;
-
   BackwardArgs<T> a{};
-  int64_t P = 0;
-  a.w_hr = require_projection<T>(w_hr, cell, H, P);
-  a.shape = SeqShape{T_, N, I, H, G, P};
-  const int64_t SW = a.shape.state();  // the width of h
-  a.x = require<T>(x_arr, "x", {T_, N, I});
-  a.w_ih = require<T>(w_ih, "w_ih", {GH, I});
-  a.w_hh = require<T>(w_hh, "w_hh", {GH, SW});
-  a.lengths = require_lengths(lengths, T_, N);
-  a.reverse = reverse;
+  const CallSizes z = common_args<T>(cell, x_arr, w_ih, w_hh, w_hr, lengths, reverse, w_ph, ln, a);
+  const int64_t T_ = z.T, N = z.N, I = z.I, H = z.H, GH = z.GH, SW = z.SW, E = z.E, P = z.P;
+  const bool lstm = z.lstm;
   a.gates = require<T>(gates, "gates", {T_, N, GH});
-  a.extra = uses_extra ? require<T>(extra, "extra", {T_, N, E}) : nullptr;
+  a.extra = z.uses_extra ? require<T>(extra, "extra", {T_, N, E}) : nullptr;
   a.h_prev = require<T>(h_prev, "h_prev", {T_, N, SW});
   a.dy = require<T>(dy, "dy", {T_, N, SW});
   a.dh_n = require<T>(dh_n, "dh_n", {N, SW});
   a.dc_n = lstm ? require<T>(dc_n, "dc_n", {N, H}) : nullptr;
-  a.w_ph = require_peepholes<T>(w_ph, cell, H);
-  a.ln = require_layer_norm<T>(ln, cell, H);
 
   py::array dx = Array<T>({T_, N, I});
   py::array dh0 = Array<T>({N, SW});
