@@ -65,6 +65,10 @@ def add_arguments(p):
                         "LSTM with P, its GRU with linear_before_reset=0, PyTorch's LSTM with "
                         "proj_size = H/4; none for the LayerNorm-LSTM), float32 "
                         "(fusedrnn.benchmark_variants)")
+    p.add_argument("--attention", default=None, metavar="LIST",
+                   help="additive,dot: one fused attention step (forward; train: and its "
+                        "gradients) against the same step in PyTorch's eager operators; "
+                        "--shapes are then N,S,A,K (fusedrnn.benchmark_attention)")
     p.add_argument("--regimes", default=None, metavar="LIST",
                    help="b2b,sporadic,shared: fp32 inference against the faster of PyTorch and "
                         "ONNX Runtime back to back and sporadically (each contestant in its own "
@@ -434,12 +438,12 @@ def print_table(rows, peak):
               + (f" | {_fmt(r.get('det_cost'))}" if det else ""))
 
 
-def parse_shapes(text):
+def parse_shapes(text, names="B,T,I,H"):
     shapes = []
     for part in text.split(";"):
         vals = [int(v) for v in part.split(",")]
         if len(vals) != 4 or min(vals) < 1:
-            raise ValueError(f"--shapes: expected B,T,I,H with positive integers, got {part!r}")
+            raise ValueError(f"--shapes: expected {names} with positive integers, got {part!r}")
         shapes.append(tuple(vals))
     return shapes
 
@@ -515,6 +519,9 @@ def run(args) -> int:
     if getattr(args, "variants", None):
         from .benchmark_variants import run as run_variants
         return run_variants(args)
+    if getattr(args, "attention", None):
+        from .benchmark_attention import run as run_attention
+        return run_attention(args)
     if getattr(args, "framework", "numpy") == "torch":  # (its --precision bf16: autocast)
         from .benchmark_torch import run as run_torch
         return run_torch(args)
