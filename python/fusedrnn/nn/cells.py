@@ -402,7 +402,6 @@ With nonlinearity='relu', ReLU is used instead of tanh.""",
         super().__init__(input_size, hidden_size, bias, nonlinearity, dtype=dtype, seed=seed)
 
 
-
 class GRUCell(_HiddenStateCell):
     __doc__ = _cell_doc(
         "GRUCell", "rzn", summary="A gated recurrent unit (GRU) cell.",
@@ -441,7 +440,6 @@ linear_before_reset=0).""",
                  reset_after=True):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
                          reset_after=reset_after)
-
 
 
 class LSTMCell(RNNCellBase):
