@@ -204,6 +204,38 @@ def test_shared_parameter_listed_once_and_plain_attributes_not_registered():
         s.scale = np.zeros(3)
 
 
+def test_registration_and_attributes_agree():
+    """Every way of registering, replacing and removing a parameter or submodule leaves the
+    attribute and the two registries (named_parameters, named_children) telling the same story,
+    through copies and pickles too."""
+    import copy
+    import pickle
+    m = nn.Module()
+    p, q, child = nn.Parameter(np.ones(2)), nn.Parameter(np.zeros(3)), nn.Linear(2, 2)
+    m.w = p
+    assert m.w is p and dict(m.named_parameters()) == {"w": p}
+    m.w = None  # a registered parameter set to None stays registered, absent
+    assert m.w is None and "w" in m._parameters and list(m.named_parameters()) == []
+    m.register_parameter("w", q)
+    assert m.w is q
+    m.w = child  # a parameter's name taken by a submodule
+    assert m.w is child and "w" not in m._parameters and dict(m.named_children()) == {"w": child}
+    m.add_module("w", None)
+    assert m.w is None and list(m.named_children()) == []
+    m.register_parameter("w", p)  # and back
+    assert m.w is p and "w" not in m._modules and dict(m.named_parameters()) == {"w": p}
+    del m.w
+    assert not hasattr(m, "w") and list(m.named_parameters()) == []
+    with pytest.raises(AttributeError, match="'Module' object has no attribute 'w'"):
+        m.w
+    m.w, m.sub = p, child
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert other.w is other._parameters["w"] and other.sub is other._modules["sub"]
+        assert other.w is not p and np.array_equal(other.w.data, p.data)
+        other.w = None
+        assert other.w is None and m.w is p
+
+
 def test_train_eval_propagate_to_children():
     s = _Stack()
     assert s.training and s.encoder.training
