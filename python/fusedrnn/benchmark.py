@@ -438,6 +438,18 @@ def print_table(rows, peak):
               + (f" | {_fmt(r.get('det_cost'))}" if det else ""))
 
 
+def parse_names(option, text, allowed):
+    """The comma-separated names ``text`` of ``option`` (e.g. "--variants"), lower-cased, each
+    once, in order; ValueError naming the option unless there is one and each is ``allowed``."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    for n in names:
+        if n not in allowed:
+            raise ValueError(f"{option}: expected names from {','.join(allowed)}, got {n!r}")
+    if not names:
+        raise ValueError(f"{option}: expected names from {','.join(allowed)}")
+    return list(dict.fromkeys(names))
+
+
 def parse_shapes(text, names="B,T,I,H"):
     shapes = []
     for part in text.split(";"):

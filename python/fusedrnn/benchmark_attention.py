@@ -104,10 +104,7 @@ def _shapes(args):
 def run(args) -> int:
     if getattr(args, "device", "cpu") != "cpu":
         raise ValueError("--attention: CPU only; drop --device cuda")
-    scores = [s.strip().lower() for s in args.attention.split(",") if s.strip()]
-    for s in scores:
-        if s not in SCORES:
-            raise ValueError(f"--attention: expected names from {','.join(SCORES)}, got {s!r}")
+    scores = benchmark.parse_names("--attention", args.attention, SCORES)
     shapes = _shapes(args)  # (before selection(), which reads --shapes as B,T,I,H)
     _, modes, _ = benchmark.selection(args)
     import fusedrnn as fr

@@ -278,13 +278,7 @@ def print_table(rows, regimes, peers):
 
 
 def parse_regimes(text):
-    regimes = [r.strip().lower() for r in text.split(",") if r.strip()]
-    for r in regimes:
-        if r not in REGIMES:
-            raise ValueError(f"--regimes: expected names from {','.join(REGIMES)}, got {r!r}")
-    if not regimes:
-        raise ValueError(f"--regimes: expected names from {','.join(REGIMES)}")
-    return list(dict.fromkeys(regimes))
+    return benchmark.parse_names("--regimes", text, REGIMES)
 
 
 def run(args) -> int:

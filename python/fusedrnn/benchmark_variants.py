@@ -114,10 +114,7 @@ def bench_row(variant, mode, B, T, I, H, threads, budget, have):
 def run(args) -> int:
     if getattr(args, "device", "cpu") != "cpu":
         raise ValueError("--variants: CPU only so far; drop --device cuda")
-    variants = [v.strip().lower() for v in args.variants.split(",") if v.strip()]
-    for v in variants:
-        if v not in VARIANTS:
-            raise ValueError(f"--variants: expected names from {','.join(VARIANTS)}, got {v!r}")
+    variants = benchmark.parse_names("--variants", args.variants, VARIANTS)
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
     _, modes, shapes = benchmark.selection(args)
