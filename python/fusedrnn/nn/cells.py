@@ -220,7 +220,7 @@ class RNNCellBase(Module):
                     w_hr=self.weight_hr.data if self.proj_size else None,
                     ln=np.concatenate([p.data for p in self._layer_norm_params()])
                     if self._layer_norm else None,
-                    eps=getattr(self, "eps", 1e-5))
+                    eps=self.eps if self._layer_norm else 1e-5)
 
     def _layer_norm_params(self):
         return [self.ln_weight_ih, self.ln_weight_hh, self.ln_weight_c, self.ln_bias_c]
@@ -244,13 +244,9 @@ class RNNCellBase(Module):
         small step's arithmetic. Otherwise (training, strided arrays, a missing bias without
         kept weights) through fusedrnn.functional, where autocast decides the precision."""
         lstm = self._cell == "lstm"
-        # (the parameters straight from their dict, and no variant arguments for a plain cell:
-        # Module.__getattr__ and the variants' arrays cost more than a small step's arithmetic)
-        params = self._parameters
-        w, cache = self._kept.weights(0, (params["weight_ih"], params["weight_hh"],
-                                          params["bias_ih"], params["bias_hh"]))
-        variant = (self._variant_args() if self.peephole or self.proj_size or self._layer_norm
-                   else dict(w_ph=None, w_hr=None, ln=None, eps=1e-5))
+        w, cache = self._kept.weights(0, (self.weight_ih, self.weight_hh, self.bias_ih,
+                                          self.bias_hh))
+        variant = self._variant_args()
         if (not self.training and x.shape[0] > 0 and w[2] is not None
                 and _plain_arrays(self.dtype, x, *w) and _contiguous_states(h0, c0)):
             if h0 is None:

@@ -245,12 +245,12 @@ class KeptWeights(dict):
         None where there is none), or None: the call packs its own. A new one whenever a weight
         may have changed."""
         present = [p for p in params if p is not None]
+        versions = tuple(p._version for p in present)
         held = self.held
-        for p in present:  # (a plain loop: a cell runs this every step)
-            if not _unshared(p, held.get(id(p._data), 0) if held else 0):
+        for p, v in zip(present, versions):  # (a plain loop: a cell runs this every step)
+            if not p.unchanged_since(v, held.get(id(p._data), 0) if held else 0):
                 self.pop(k, None)
                 return None
-        versions = tuple(p._version for p in present)
         kept = self.get(k)
         if kept is None or kept[0] != versions:
             no_bias = np.zeros(present[1].shape[0], present[1].dtype) if len(present) == 2 \
