@@ -123,28 +123,43 @@ print(worst)
 """
 
 
-def test_inputs_join_the_steps_products_only_with_avx512_kernels():
-    # OpenBLAS's GEMM up front outruns our AVX2 tiles on the projection (csrc/cpu/plan.cpp,
-    # tuning_for); AVX-512 tiles outrun it inside the steps' products.
-    def projection(tuning):  # the table is read once per process: a fresh one per tuning
+def test_inputs_join_the_steps_products_by_the_table():
+    # AVX-512 tiles outrun OpenBLAS's GEMM up front inside the steps' products for every cell;
+    # AVX2 tiles only for an LSTM whose W_ih is at most 6 cores' caches (csrc/cpu/plan.cpp,
+    # tuning_for).
+    def plan(cell, tuning="", I=512, H=512):  # the table is read once per process
         env = dict(os.environ, FUSEDRNN_TUNING=tuning)
-        code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan('lstm', "
-                "'tanh', 256, 8, 512, 512, np.dtype(np.float32), False, 2)['forward']))")
+        code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan("
+                f"'{cell}', 'tanh', 256, 8, {I}, {H}, np.dtype(np.float32), False, 2)['forward']))")
         return json.loads(subprocess.run([sys.executable, "-c", code], env=env,
                                          capture_output=True, text=True, check=True).stdout)
     avx512 = fr.info()["kernels"].startswith("avx512")
-    assert (_C.tuning()["step_inputs_min_batch"] == 8) == avx512
-    default = _C.plan("lstm", "tanh", 256, 8, 512, 512, F32, False, 2)["forward"]
-    assert default["loop"] == "by units"
-    assert default["projection"] == ("in the steps' products" if avx512 else "up front")
-    assert projection("step_inputs_min_batch=8")["projection"] == "in the steps' products"
-    assert projection("step_inputs_min_batch=0")["projection"] == "up front"
+    table = _C.tuning()
+    assert table["step_inputs_min_batch"] == 8
+    assert table["step_inputs_min_gates"] == (1 if avx512 else 4)
+    assert table["step_inputs_max_weight_bytes"] == (0 if avx512 else 6 * table["core_cache_bytes"])
+    in_steps, up_front = "in the steps' products", "up front"
+
+    def default(cell, I, H):
+        return _C.plan(cell, "tanh", 256, 8, I, H, F32, False, 2)["forward"]["projection"]
+    assert _C.plan("lstm", "tanh", 256, 8, 512, 512, F32, False, 2)["forward"]["loop"] == "by units"
+    # an LSTM's W_ih of 4 MiB; of 1 MiB; a GRU's of 1.5 MiB
+    assert default("lstm", 512, 512) == (in_steps if avx512 else up_front)
+    assert default("lstm", 256, 256) == in_steps
+    assert default("gru", 256, 512) == ("per slice, chunks of steps" if avx512 else up_front)
+    assert plan("lstm", "step_inputs_max_weight_bytes=0")["projection"] == in_steps
+    assert plan("lstm", "step_inputs_min_batch=0")["projection"] == up_front
+    assert plan("lstm", "step_inputs_min_batch=16")["projection"] == up_front  # B=8
+    assert plan("gru", "step_inputs_min_gates=1,step_inputs_max_weight_bytes=0",
+                I=256)["projection"] == "per slice, chunks of steps"
+    assert plan("lstm", "step_inputs_min_gates=5", I=256, H=256)["projection"] == up_front
 
 
-# Every row, and the inputs in the steps' products forced (their default only with AVX-512
-# kernels): LSTM B=8 H=256 by units on 2 threads there.
-@pytest.mark.parametrize("row,tuning", [("intel", ""), ("amd", ""), ("other", ""),
-                                        ("amd", "step_inputs_min_batch=8")])
+# Every row, and the inputs in the steps' products forced for every cell (with AVX2 kernels
+# their default is the LSTM's alone): LSTM B=8 H=256 by units on 2 threads there.
+@pytest.mark.parametrize("row,tuning", [
+    ("intel", ""), ("amd", ""), ("other", ""),
+    ("amd", "step_inputs_min_gates=1,step_inputs_max_weight_bytes=0")])
 def test_every_table_row_matches_the_reference(row, tuning):
     env = dict(os.environ, FUSEDRNN_CPU_TABLE=row, FUSEDRNN_TUNING=tuning)
     out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,

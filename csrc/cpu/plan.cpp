@@ -111,11 +111,19 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // The inputs in the steps' products pay where our packed tiles are wider than OpenBLAS's
   // sgemm (AVX-512 tiles; measured on a Zen 4 whose OpenBLAS ran its AVX2 kernels: LSTM B=8
   // T=256 H=512 inference 67.8 -> 50.6 ms, B=64 T=50 91.6 -> 63.8, training -6%). With AVX2
-  // tiles OpenBLAS's projection up front wins (2 threads, Zen 3, alternating processes,
-  // medians: LSTM B=8 T=256 H=512 inference 83.1 -> 76.3 ms, B=64 T=50 118 -> 115, GRU B=8
-  // 47.5 -> 43.6, B=64 87.5 -> 82.1, LSTM B=8 training step 217 -> 192; one thread, LSTM B=8
-  // 118 -> 111).
-  t.step_inputs_min_batch = avx512_kernels ? 8 : 0;
+  // tiles OpenBLAS's projection up front wins for the GRU, the RNN and an LSTM's big W_ih (2
+  // threads, Zen 3, alternating processes, medians: LSTM B=8 T=256 H=512 inference 83.1 ->
+  // 76.3 ms, B=64 T=50 118 -> 115, GRU B=8 47.5 -> 43.6, B=64 87.5 -> 82.1, LSTM B=8
+  // training step 217 -> 192; one thread, LSTM B=8 118 -> 111; later, both in one process,
+  // alternating: RNN B=32 H=512 22.4 -> 25.0 in steps, GRU B=32 H=256 19.0 -> 19.4), but an
+  // LSTM's W_ih up to 6 cores' caches (3 MiB: I = H = 384) wins in steps (the up-front GEMM's
+  // gates buffer, T x N x 4H, is written and read back from beyond the caches): inference,
+  // B=32 T=100 I=H=256 25.7 -> 22.4 ms, B=8 5.89 -> 5.60, B=64 46.1 -> 42.5, I=H=192 14.6 ->
+  // 12.9, I=H=384 49.8 -> 47.0, I=64 H=512 52.9 -> 48.1; one thread, I=H=256 44.0 -> 42.5;
+  // training level (68.1 -> 68.0); I=H=512 level (B=8..64: 0.99-1.03).
+  t.step_inputs_min_batch = 8;
+  t.step_inputs_min_gates = avx512_kernels ? 1 : 4;
+  t.step_inputs_max_weight_bytes = avx512_kernels ? 0 : 6 * cache;
   t.amx_min_batch = 8;
   t.wavefront_rows = 8;
   t.spin_before_sleep_us = 60;
@@ -140,6 +148,8 @@ const TuningEntry kTuningEntries[] = {
     {"inference_pack_rows", nullptr, &Tuning::inference_pack_rows},
     {"pipelined_rows", &Tuning::pipelined_rows, nullptr},
     {"step_inputs_min_batch", &Tuning::step_inputs_min_batch, nullptr},
+    {"step_inputs_min_gates", &Tuning::step_inputs_min_gates, nullptr},
+    {"step_inputs_max_weight_bytes", &Tuning::step_inputs_max_weight_bytes, nullptr},
     {"amx_min_batch", &Tuning::amx_min_batch, nullptr},
     {"wavefront_rows", &Tuning::wavefront_rows, nullptr},
     {"projection_chunk_bytes", &Tuning::projection_chunk_bytes, nullptr},
@@ -270,12 +280,16 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   const bool wavefront = !fixed && inputs_ready && !reverse && by_units_packed &&
                          p.loop_slices == 1 && !split_grad && s.I > 0;
   // The loop projects its own units' inputs, a chunk of steps at a time: from the table's
-  // batch (AVX-512 kernels: 8; see tuning_for) with the loop split, on one thread, and in
-  // deterministic plans whatever the slices (its arithmetic does not depend on them). LSTM,
-  // RNN: into the steps' products; a GRU (its n gate keeps W_in x apart): into its gates rows.
-  const bool loop_projects = by_units_packed && s.I > 0 && t.step_inputs_min_batch > 0 &&
-                             N >= t.step_inputs_min_batch &&
-                             (p.loop_slices > 1 || slices == 1 || fixed);
+  // batch, for the cells and W_ih sizes it names (see tuning_for), with the loop split, on one
+  // thread, and in deterministic plans whatever the slices (its arithmetic does not depend on
+  // them, nor does the choice). LSTM, RNN: into the steps' products; a GRU (its n gate keeps
+  // W_in x apart): into its gates rows.
+  const int64_t input_weight_bytes = GH * s.I * element_bytes;
+  const bool loop_projects =
+      by_units_packed && s.I > 0 && t.step_inputs_min_batch > 0 &&
+      N >= t.step_inputs_min_batch && s.G >= t.step_inputs_min_gates &&
+      (t.step_inputs_max_weight_bytes == 0 || input_weight_bytes <= t.step_inputs_max_weight_bytes) &&
+      (p.loop_slices > 1 || slices == 1 || fixed);
   const bool step_inputs = (loop_projects && !split_grad) || wavefront;
   const bool own_inputs = loop_projects && split_grad;
   p.waits_for_inputs = inputs_ready && !wavefront;

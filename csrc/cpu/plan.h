@@ -45,9 +45,11 @@ struct Tuning {
   double inference_pack_rows;
   // Rows (steps x samples) per chunk of a pipelined input projection (batch-1 loops).
   int64_t pipelined_rows;
-  // From this batch on, a by-units loop takes x W_ih^T into the steps' products (0: never;
-  // the default where the kernels are narrower than AVX-512: see tuning_for).
-  int64_t step_inputs_min_batch;
+  // From this batch on, a by-units loop takes x W_ih^T into the steps' products (0: never),
+  // for cells of at least step_inputs_min_gates gates (an LSTM has 4, a GRU 3, an RNN 1) whose
+  // W_ih (all of it, whatever the threads) has at most step_inputs_max_weight_bytes (0: any):
+  // where the kernels are narrower than AVX-512 only the LSTM's smaller W_ih pay (tuning_for).
+  int64_t step_inputs_min_batch, step_inputs_min_gates, step_inputs_max_weight_bytes;
   // From this batch on, bfloat16 products run on AMX tiles where the CPU has them.
   int64_t amx_min_batch;
   // Rows per chunk of a stacked layer's inputs behind the layer below (a wavefront).
