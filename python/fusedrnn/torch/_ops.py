@@ -65,6 +65,11 @@ class _Bridge:
     array = staticmethod(_np)
     tensor = staticmethod(torch.from_numpy)
 
+    def zeros(self, like, shape):
+        """The kernels' zeros of ``shape`` in the dtype of ``like`` (a float32 or float64
+        tensor on this device): an initial state no one gave."""
+        return np.zeros(shape, np.float32 if like.dtype == torch.float32 else np.float64)
+
     def running(self):
         _sync_threads()
         return contextlib.nullcontext()
@@ -85,6 +90,9 @@ class _CudaBridge(_Bridge):
         if t.numel() == 0:  # (a zero-size tensor may export a null pointer)
             return self._cp.empty(tuple(t.shape), torch.empty(0, dtype=t.dtype).numpy().dtype)
         return self._cp.from_dlpack(t.detach().contiguous())
+
+    def zeros(self, like, shape):
+        return self.array(like.new_zeros(shape))  # from torch's allocator, on its stream
 
     def tensor(self, a):
         if a.size == 0:
@@ -145,12 +153,16 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
     # no weight cache: the parameters may change in place between calls
     bf16 = F.bfloat16_products(xn.dtype, precision) and not (
         training and F.variant_trains_in_float32(cell, bool(w_hr), bridge is _CPU))
+    N, S, GH = x.shape[1], w_hh[0].shape[1], w_hh[0].shape[0]
     calls = []
     for d in range(len(w_ih)):
-        zeros = None if b_ih else arr(x.new_zeros(w_hh[d].shape[0]))
+        zeros = None if b_ih else bridge.zeros(x, GH)
         more = ((None, "bfloat16" if bf16 else None, None, arr(w_hr[d])) if w_hr
                 else (None, "bfloat16") if bf16 else ())
-        calls.append((xn, arr(h0[d]), arr(c0[d]) if cell == "lstm" else None,
+        h0_d = bridge.zeros(x, (N, S)) if h0 is None else arr(h0[d])
+        c0_d = (None if cell != "lstm" else bridge.zeros(x, (N, GH // 4)) if c0 is None
+                else arr(c0[d]))
+        calls.append((xn, h0_d, c0_d,
                       arr(w_ih[d]), arr(w_hh[d]),
                       arr(b_ih[d]) if b_ih else zeros, arr(b_hh[d]) if b_hh else zeros,
                       lengths_np, d == 1, training) + more)
@@ -175,14 +187,14 @@ def _run(bridge, kernel, cell, nonlinearity, calls):
 def _stacked(bridge, arrays):
     """[D, ...] tensor over the directions' arrays (a view for one direction)."""
     if len(arrays) == 1:
-        return bridge.tensor(arrays[0]).unsqueeze(0)
+        return bridge.tensor(arrays[0][None])
     return torch.stack([bridge.tensor(a) for a in arrays])
 
 
 def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
                   training, precision, context=True):
     """The kernels' forward (see the module docstring); no autograd here. ``context=False``
-    (eager inference) returns None for the three saved lists."""
+    (eager inference) returns None for the three saved lists; ``h0``, ``c0`` None: zeros."""
     bridge = _bridge(x)
     with bridge.running():
         calls = _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
@@ -386,13 +398,18 @@ def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, traini
     """(y, h_n, c_n) of one layer, every direction, with autograd where ``training``: the
     operator under torch.compile (and torch.library's checks), a plain autograd Function in
     eager mode, the kernels alone without autograd. ``w_hr``: an LSTM's projections, one per
-    direction, or none."""
+    direction, or none. ``h0``, ``c0`` (the LSTM's; else unused): [D, N, S] and [D, N, H], or
+    None for zeros."""
     w_hr = list(w_hr)
+    if not training and not torch.compiler.is_compiling():  # the kernels alone
+        return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
+                             nonlinearity, False, precision, context=False)[:3]
+    D, N, S, GH = len(w_hh), x.shape[1], w_hh[0].shape[1], w_hh[0].shape[0]
+    h0 = x.new_zeros((D, N, S)) if h0 is None else h0
+    if c0 is None:
+        c0 = x.new_zeros((D, N, GH // 4)) if cell == "lstm" else x.new_empty((0,))
     if torch.compiler.is_compiling():
         return layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
                              nonlinearity, training, precision)[:3]
-    if not training:
-        return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
-                             nonlinearity, False, precision, context=False)[:3]
     meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih), bool(w_hr))
     return _Layer.apply(meta, precision, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh, *w_hr)

@@ -201,7 +201,11 @@ class _RecurrentBase(nn.Module):
 
     @property
     def _flat_weights(self) -> list:
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # registered parameters straight from their dict (Module.__getattr__ costs about 1 us
+        # each, a call's fifth of its Python at batch 1); getattr for what replaced one (a
+        # pruned or parametrized weight)
+        params = self._parameters
+        return [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
 
     def reset_parameters(self) -> None:
         """uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as
@@ -233,13 +237,13 @@ class _RecurrentBase(nn.Module):
         return s.format(**self.__dict__)
 
     # ------------------------------------------------------------------ forward
-    def _check_input(self, x):
+    def _check_input(self, x, weight):
+        """``weight``: the first layer's W_ih (its dtype and device are the parameters')."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor or a PackedSequence, got "
                             f"{type(x).__name__}")
         if x.dtype not in _DTYPES:
             raise TypeError(f"input: expected dtype torch.float32 or torch.float64, got {x.dtype}")
-        weight = self.weight_ih_l0
         if x.dtype != weight.dtype:
             raise TypeError(f"input: expected dtype {weight.dtype} (the parameters' dtype), got "
                             f"{x.dtype}")
@@ -269,7 +273,8 @@ class _RecurrentBase(nn.Module):
         packed = isinstance(input, PackedSequence)
         lengths = None
         lstm = self._cell == "lstm"
-        dtype, device_type = self.weight_ih_l0.dtype, self.weight_ih_l0.device.type
+        weights = self._flat_weights
+        dtype, device_type = weights[0].dtype, weights[0].device.type
         precision = _autocast_precision(dtype, device_type)
         if precision == "bfloat16":  # from the dtypes given, before _under_autocast casts them
             carried = hx[-1] if isinstance(hx, (tuple, list)) and hx else hx
@@ -285,10 +290,10 @@ class _RecurrentBase(nn.Module):
         if packed:
             batch_sizes, sorted_indices = input.batch_sizes, input.sorted_indices
             x, lengths = torch.nn.utils.rnn.pad_packed_sequence(input)  # original batch order
-            self._check_input(x)
+            self._check_input(x, weights[0])
             batched = True
         else:
-            self._check_input(input)
+            self._check_input(input, weights[0])
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
             if self.batch_first and batched:
@@ -296,9 +301,8 @@ class _RecurrentBase(nn.Module):
         N = x.shape[1]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         S = self.proj_size or H  # the width of h
-        if hx is None:
-            h0 = x.new_zeros((L * D, N, S))
-            c0 = x.new_zeros((L * D, N, H)) if lstm else None
+        if hx is None:  # zeros, made where the layers need them (_ops.layer)
+            h0 = c0 = None
         elif lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got "
@@ -308,12 +312,11 @@ class _RecurrentBase(nn.Module):
         else:
             h0, c0 = self._check_state(hx, "hx", N, batched), None
         training = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
-            or any(p.requires_grad for p in self._flat_weights))
+            x.requires_grad or (h0 is not None and h0.requires_grad)
+            or (c0 is not None and c0.requires_grad) or any(p.requires_grad for p in weights))
         layer_x = x.contiguous()
         h_n, c_n = [], []
         per_direction = (4 if self.bias else 2) + (1 if self.proj_size else 0)
-        weights = self._flat_weights
         for layer in range(L):
             if layer > 0 and self.dropout > 0 and self.training:
                 layer_x = nn.functional.dropout(layer_x, self.dropout, training=True)
@@ -325,8 +328,9 @@ class _RecurrentBase(nn.Module):
             w_hr = ws[per_direction - 1::per_direction] if self.proj_size else []
             states = slice(layer * D, (layer + 1) * D)
             layer_x, h, c = _ops.layer(
-                layer_x, h0[states], c0[states] if lstm else x.new_empty((0,)), w_ih, w_hh,
-                b_ih, b_hh, lengths, self._cell, self.nonlinearity, training, precision, w_hr)
+                layer_x, None if h0 is None else h0[states],
+                None if c0 is None else c0[states], w_ih, w_hh, b_ih, b_hh, lengths,
+                self._cell, self.nonlinearity, training, precision, w_hr)
             h_n.append(h)
             c_n.append(c)
         out = layer_x
