@@ -126,7 +126,7 @@ print(worst)
 def test_inputs_join_the_steps_products_by_the_table():
     # AVX-512 tiles outrun OpenBLAS's GEMM up front inside the steps' products for every cell;
     # AVX2 tiles only for an LSTM whose W_ih is at most 6 cores' caches (csrc/cpu/plan.cpp,
-    # tuning_for).
+    # tuning_for). Shapes whose loop is by units on every row (W_hh past any row's cache).
     def plan(cell, tuning="", I=512, H=512):  # the table is read once per process
         env = dict(os.environ, FUSEDRNN_TUNING=tuning)
         code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan("
@@ -138,21 +138,25 @@ def test_inputs_join_the_steps_products_by_the_table():
     assert table["step_inputs_min_batch"] == 8
     assert table["step_inputs_min_gates"] == (1 if avx512 else 4)
     assert table["step_inputs_max_weight_bytes"] == (0 if avx512 else 6 * table["core_cache_bytes"])
-    in_steps, up_front = "in the steps' products", "up front"
-
-    def default(cell, I, H):
-        return _C.plan(cell, "tanh", 256, 8, I, H, F32, False, 2)["forward"]["projection"]
-    assert _C.plan("lstm", "tanh", 256, 8, 512, 512, F32, False, 2)["forward"]["loop"] == "by units"
-    # an LSTM's W_ih of 4 MiB; of 1 MiB; a GRU's of 1.5 MiB
-    assert default("lstm", 512, 512) == (in_steps if avx512 else up_front)
-    assert default("lstm", 256, 256) == in_steps
-    assert default("gru", 256, 512) == ("per slice, chunks of steps" if avx512 else up_front)
+    in_steps, per_slice, up_front = ("in the steps' products", "per slice, chunks of steps",
+                                     "up front")
+    for cell, I, H in (("lstm", 128, 384), ("lstm", 512, 512), ("gru", 256, 512),
+                       ("rnn", 1024, 1024)):
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        most = table["step_inputs_max_weight_bytes"]
+        joins = G >= table["step_inputs_min_gates"] and (most == 0 or G * H * I * 4 <= most)
+        forward = _C.plan(cell, "tanh", 256, 8, I, H, F32, False, 2)["forward"]
+        assert forward["loop"] == "by units", (cell, I, H)
+        assert forward["projection"] == (up_front if not joins else per_slice if cell == "gru"
+                                         else in_steps), (cell, I, H)
+    # with AVX2 kernels: the LSTM's small W_ih joins, its 4 MiB one does not
+    assert avx512 or plan("lstm", I=128, H=384)["projection"] == in_steps
     assert plan("lstm", "step_inputs_max_weight_bytes=0")["projection"] == in_steps
     assert plan("lstm", "step_inputs_min_batch=0")["projection"] == up_front
     assert plan("lstm", "step_inputs_min_batch=16")["projection"] == up_front  # B=8
     assert plan("gru", "step_inputs_min_gates=1,step_inputs_max_weight_bytes=0",
-                I=256)["projection"] == "per slice, chunks of steps"
-    assert plan("lstm", "step_inputs_min_gates=5", I=256, H=256)["projection"] == up_front
+                I=256)["projection"] == per_slice
+    assert plan("lstm", "step_inputs_min_gates=5", I=128, H=384)["projection"] == up_front
 
 
 # Every row, and the inputs in the steps' products forced for every cell (with AVX2 kernels

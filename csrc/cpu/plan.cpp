@@ -284,12 +284,11 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   // thread, and in deterministic plans whatever the slices (its arithmetic does not depend on
   // them, nor does the choice). LSTM, RNN: into the steps' products; a GRU (its n gate keeps
   // W_in x apart): into its gates rows.
-  const int64_t input_weight_bytes = GH * s.I * element_bytes;
-  const bool loop_projects =
-      by_units_packed && s.I > 0 && t.step_inputs_min_batch > 0 &&
-      N >= t.step_inputs_min_batch && s.G >= t.step_inputs_min_gates &&
-      (t.step_inputs_max_weight_bytes == 0 || input_weight_bytes <= t.step_inputs_max_weight_bytes) &&
-      (p.loop_slices > 1 || slices == 1 || fixed);
+  const int64_t max_bytes = t.step_inputs_max_weight_bytes;
+  const bool loop_projects = by_units_packed && s.I > 0 && t.step_inputs_min_batch > 0 &&
+                             N >= t.step_inputs_min_batch && s.G >= t.step_inputs_min_gates &&
+                             (max_bytes == 0 || GH * s.I * element_bytes <= max_bytes) &&
+                             (p.loop_slices > 1 || slices == 1 || fixed);
   const bool step_inputs = (loop_projects && !split_grad) || wavefront;
   const bool own_inputs = loop_projects && split_grad;
   p.waits_for_inputs = inputs_ready && !wavefront;
