@@ -159,11 +159,43 @@ def test_inputs_join_the_steps_products_by_the_table():
     assert plan("lstm", "step_inputs_min_gates=5", I=128, H=384)["projection"] == up_front
 
 
-# Every row, and the inputs in the steps' products forced for every cell (with AVX2 kernels
-# their default is the LSTM's alone): LSTM B=8 H=256 by units on 2 threads there.
+def test_slices_stream_w_hh_by_the_table():
+    # By samples where W_hh fits a core's cache, or (AVX2 tiles) where every slice gets
+    # stream_min_samples and W_hh has at most stream_max_weight_bytes (csrc/cpu/plan.cpp).
+    def plan(cell, N, H, tuning=""):  # the table is read once per process
+        env = dict(os.environ, FUSEDRNN_TUNING=tuning)
+        code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan("
+                f"'{cell}', 'tanh', 100, {N}, {H}, {H}, np.dtype(np.float32), True, 2)))")
+        return json.loads(subprocess.run([sys.executable, "-c", code], env=env,
+                                         capture_output=True, text=True, check=True).stdout)
+    avx512 = fr.info()["kernels"].startswith("avx512")
+    table = _C.tuning()
+    assert table["stream_min_samples"] == (0 if avx512 else 12)
+    assert table["stream_max_weight_bytes"] == (0 if avx512 else 6 * table["core_cache_bytes"])
+    for cell, N, H in (("lstm", 32, 256), ("lstm", 16, 256), ("lstm", 64, 512), ("gru", 64, 512),
+                       ("rnn", 24, 512), ("lstm", 8, 128)):
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        weight, each = G * H * H * 4, N // 2
+        streams = (table["stream_min_samples"] > 0 and each >= table["stream_min_samples"] and
+                   weight <= table["stream_max_weight_bytes"])
+        want = ("by samples" if each >= table["min_samples_per_slice"] and
+                (weight <= table["core_cache_bytes"] or streams) else "by units")
+        got = _C.plan(cell, "tanh", 100, N, H, H, F32, True, 2)
+        assert got["forward"]["loop"] == got["backward"]["loop"] == want, (cell, N, H)
+    # forced either way: a 4 MiB W_hh streamed; none streamed (where it is past the cache)
+    forced = plan("lstm", 64, 512, "stream_min_samples=12,stream_max_weight_bytes=8388608")
+    assert forced["forward"]["loop"] == forced["backward"]["loop"] == "by samples"
+    if 4 * 256 * 256 * 4 > table["core_cache_bytes"]:
+        assert plan("lstm", 32, 256, "stream_min_samples=0")["forward"]["loop"] == "by units"
+
+
+# Every row, the inputs in the steps' products forced for every cell (with AVX2 kernels their
+# default is the LSTM's alone): LSTM B=8 H=256 by units on 2 threads there; and every slice
+# streaming W_hh (LSTM B=8 H=256 by samples on every row).
 @pytest.mark.parametrize("row,tuning", [
     ("intel", ""), ("amd", ""), ("other", ""),
-    ("amd", "step_inputs_min_gates=1,step_inputs_max_weight_bytes=0")])
+    ("amd", "step_inputs_min_gates=1,step_inputs_max_weight_bytes=0"),
+    ("intel", "stream_min_samples=4,stream_max_weight_bytes=100000000")])
 def test_every_table_row_matches_the_reference(row, tuning):
     env = dict(os.environ, FUSEDRNN_CPU_TABLE=row, FUSEDRNN_TUNING=tuning)
     out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,

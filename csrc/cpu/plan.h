@@ -29,9 +29,10 @@ struct Tuning {
   const char* row;  // which row: "intel", "amd" or "other"
   // Cache a thread's hot data may take: a time loop keeps its W_hh (or its share) there.
   int64_t core_cache_bytes;
-  // The loop splits by samples only where all of W_hh fits core_cache_bytes and each slice gets
-  // this many samples.
-  int64_t min_samples_per_slice;
+  // The loop splits by samples only where each slice gets this many samples and all of W_hh
+  // fits core_cache_bytes, or (each slice then streams it from L3 every step) where each slice
+  // gets stream_min_samples (0: never) and W_hh has at most stream_max_weight_bytes.
+  int64_t min_samples_per_slice, stream_min_samples, stream_max_weight_bytes;
   // Multiply-adds per step below which the time loop runs on one thread (a barrier costs ~1 us).
   int64_t min_step_macs_to_split;
   // Multiply-adds below which a big GEMM phase runs in the calling thread alone.
