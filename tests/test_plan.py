@@ -171,7 +171,7 @@ def test_slices_stream_w_hh_by_the_table():
     avx512 = fr.info()["kernels"].startswith("avx512")
     table = _C.tuning()
     assert table["stream_min_samples"] == (0 if avx512 else 12)
-    assert table["stream_max_weight_bytes"] == (0 if avx512 else 6 * table["core_cache_bytes"])
+    assert table["stream_max_weight_bytes"] == (0 if avx512 else 4 * table["core_cache_bytes"])
     for cell, N, H in (("lstm", 32, 256), ("lstm", 16, 256), ("lstm", 64, 512), ("gru", 64, 512),
                        ("rnn", 24, 512), ("lstm", 8, 128)):
         G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]

@@ -102,16 +102,18 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   t.projection_chunk_bytes = cache / 2;
   t.step_inputs_chunk_bytes = cache;
   t.min_samples_per_slice = 4;
-  // With AVX2 tiles, slices of 12 samples and more stream a W_hh of up to 6 cores' caches from
+  // With AVX2 tiles, slices of 12 samples and more stream a W_hh of up to 4 cores' caches from
   // L3 faster than a by-units loop meets at a barrier each step (Zen 3, 2 threads, both plans
   // in one process alternating, medians: inference LSTM B=32 T=100 I=H=256 23.3 -> 22.0 ms,
   // I=H=192 B=48 19.9 -> 18.9, GRU H=256 B=32 16.6 -> 15.3, B=64 32.7 -> 30.9, RNN H=512 B=32
   // 21.1 -> 19.6; training GRU B=32 H=256 58.5 -> 51.6, LSTM 66.5 -> 65.1; right after an ONNX
   // Runtime call, whose threads still spin: LSTM B=32 52 -> 42, GRU 36 -> 28); level at 8
-  // samples a slice (LSTM H=256 B=16), slower for a 4 MiB W_hh (LSTM H=512 B=64 T=50: 5%
-  // alone, 11% after ONNX Runtime). Not measured with AVX-512 tiles, which keep their plans.
+  // samples a slice (LSTM H=256 B=16); from 2.25 to 3 MiB between 6% faster and 5% slower by
+  // shape and run (LSTM I=H=384 B=32, GRU H=512 B=32 and B=64 T=50); slower for a 4 MiB W_hh
+  // (LSTM H=512 B=64 T=50: 3-5% alone, 11% after ONNX Runtime). Not measured with AVX-512
+  // tiles, which keep their plans.
   t.stream_min_samples = avx512_kernels ? 0 : 12;
-  t.stream_max_weight_bytes = avx512_kernels ? 0 : 6 * cache;
+  t.stream_max_weight_bytes = avx512_kernels ? 0 : 4 * cache;
   t.min_step_macs_to_split = 96 * 1024;
   t.min_gemm_macs_to_split = 1 << 20;
   t.blas_batch = 16;
