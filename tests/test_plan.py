@@ -123,16 +123,22 @@ print(worst)
 """
 
 
+def _plan_with_tuning(tuning, cell, T, N, I, H, training):
+    # A float32 call's plans on 2 threads in a process whose table has FUSEDRNN_TUNING set
+    # (the table is read once per process).
+    env = dict(os.environ, FUSEDRNN_TUNING=tuning)
+    code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan("
+            f"'{cell}', 'tanh', {T}, {N}, {I}, {H}, np.dtype(np.float32), {training}, 2)))")
+    return json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                     text=True, check=True).stdout)
+
+
 def test_inputs_join_the_steps_products_by_the_table():
     # AVX-512 tiles outrun OpenBLAS's GEMM up front inside the steps' products for every cell;
     # AVX2 tiles only for an LSTM whose W_ih is at most 6 cores' caches (csrc/cpu/plan.cpp,
     # tuning_for). Shapes whose loop is by units on every row (W_hh past any row's cache).
-    def plan(cell, tuning="", I=512, H=512):  # the table is read once per process
-        env = dict(os.environ, FUSEDRNN_TUNING=tuning)
-        code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan("
-                f"'{cell}', 'tanh', 256, 8, {I}, {H}, np.dtype(np.float32), False, 2)['forward']))")
-        return json.loads(subprocess.run([sys.executable, "-c", code], env=env,
-                                         capture_output=True, text=True, check=True).stdout)
+    def plan(cell, tuning="", I=512, H=512):
+        return _plan_with_tuning(tuning, cell, 256, 8, I, H, training=False)["forward"]
     avx512 = fr.info()["kernels"].startswith("avx512")
     table = _C.tuning()
     assert table["step_inputs_min_batch"] == 8
@@ -162,12 +168,8 @@ def test_inputs_join_the_steps_products_by_the_table():
 def test_slices_stream_w_hh_by_the_table():
     # By samples where W_hh fits a core's cache, or (AVX2 tiles) where every slice gets
     # stream_min_samples and W_hh has at most stream_max_weight_bytes (csrc/cpu/plan.cpp).
-    def plan(cell, N, H, tuning=""):  # the table is read once per process
-        env = dict(os.environ, FUSEDRNN_TUNING=tuning)
-        code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan("
-                f"'{cell}', 'tanh', 100, {N}, {H}, {H}, np.dtype(np.float32), True, 2)))")
-        return json.loads(subprocess.run([sys.executable, "-c", code], env=env,
-                                         capture_output=True, text=True, check=True).stdout)
+    def plan(cell, N, H, tuning=""):
+        return _plan_with_tuning(tuning, cell, 100, N, H, H, training=True)
     avx512 = fr.info()["kernels"].startswith("avx512")
     table = _C.tuning()
     assert table["stream_min_samples"] == (0 if avx512 else 12)
