@@ -11,6 +11,7 @@
 #include "bindings/cell_names.h"
 #include "cells/layernorm_lstm_cell.h"
 #include "cpu/attention.h"
+#include "cpu/matmul.h"
 #include "cpu/plan.h"
 #include "cpu/recurrent.h"
 #include "cpu/thread_team.h"
@@ -527,6 +528,51 @@ py::tuple attention_backward_typed(bool additive, const py::array& query,
   return py::make_tuple(dquery, dkeys_proj, dvalues, dv);
 }
 
+template <typename T>
+py::array matmul_typed(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
+  const int64_t M = a.shape(trans_a ? 1 : 0), K = a.shape(trans_a ? 0 : 1);
+  const int64_t N = b.shape(trans_b ? 0 : 1), Kb = b.shape(trans_b ? 1 : 0);
+  if (Kb != K)
+    throw py::value_error("b: expected " + std::to_string(K) + " rows in op(b) (op(a) has " +
+                          std::to_string(K) + " columns), got " + std::to_string(Kb) +
+                          " (shapes a " + shape_str({a.shape(0), a.shape(1)}) + ", b " +
+                          shape_str({b.shape(0), b.shape(1)}) + ")");
+  py::array c = Array<T>({M, N});
+  const T* A = static_cast<const T*>(a.data());
+  const T* B = static_cast<const T*>(b.data());
+  T* C = mutable_data<T>(c);
+  {
+    py::gil_scoped_release release;
+    cpu::matmul<T>(trans_a, trans_b, M, N, K, A, a.shape(1), B, b.shape(1), C, N);
+  }
+  return c;
+}
+
+// op(a) @ op(b) for two 2-D C-contiguous arrays of one float dtype (cpu/matmul.h).
+py::array matmul(const py::object& a_obj, const py::object& b_obj, bool trans_a, bool trans_b) {
+  const char* names[2] = {"a", "b"};
+  py::array arrays[2];
+  const py::object* objects[2] = {&a_obj, &b_obj};
+  for (int i = 0; i < 2; ++i) {
+    if (!py::isinstance<py::array>(*objects[i]))
+      throw py::type_error(std::string(names[i]) + ": expected a numpy.ndarray");
+    arrays[i] = py::cast<py::array>(*objects[i]);
+    if (!holds<float>(arrays[i]) && !holds<double>(arrays[i]))
+      throw py::type_error(std::string(names[i]) + ": expected dtype float32 or float64, got " +
+                           std::string(py::str(arrays[i].dtype())));
+    if (arrays[i].ndim() != 2)
+      throw py::value_error(std::string(names[i]) + ": expected a 2-D array, got " +
+                            std::to_string(arrays[i].ndim()) + "-D");
+    if (!(arrays[i].flags() & py::array::c_style))
+      throw py::value_error(std::string(names[i]) + ": expected a C-contiguous array");
+  }
+  if (holds<float>(arrays[0]) != holds<float>(arrays[1]))
+    throw py::type_error("b: expected the dtype of a (" + std::string(py::str(arrays[0].dtype())) +
+                         "), got " + std::string(py::str(arrays[1].dtype())));
+  if (holds<float>(arrays[0])) return matmul_typed<float>(arrays[0], arrays[1], trans_a, trans_b);
+  return matmul_typed<double>(arrays[0], arrays[1], trans_a, trans_b);
+}
+
 py::tuple attention_forward(const std::string& score, const py::array& query,
                             const py::object& keys_proj, const py::object& values,
                             const py::object& mask, const py::object& v) {
@@ -712,6 +758,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("keys_proj"), py::arg("values"), py::arg("mask"), py::arg("v"), py::arg("hidden"),
         py::arg("weights"), py::arg("dcontext"), py::arg("dweights"),
         "Gradients of attention_forward: (dquery, dkeys_proj, dvalues, dv).");
+  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false,
+        "op(a) @ op(b) (op: the transpose where trans_a / trans_b) for 2-D C-contiguous float32 "
+        "or float64 arrays of one dtype, on the kernels' threads (single-threaded OpenBLAS "
+        "calls split over the team, as the recurrent kernels' GEMMs).");
   m.def("cpu_info", &cpu_info_dict,
         "This CPU as CPUID and the OS describe it: vendor, model, cache sizes, bf16/AMX.");
   m.def("tuning", &tuning_dict,

@@ -270,6 +270,15 @@ StepProduct step_product(const Tuning& t, bool packed, int64_t N) {
 void set_deterministic(bool on) { g_deterministic.store(on); }
 bool deterministic() { return g_deterministic.load(std::memory_order_relaxed); }
 
+GemmSplit gemm_split(bool big, int slices) {
+  const int on = big ? slices : 1;
+  return {on, deterministic() ? (big ? kDeterministicGemmBlocks : 1) : on};
+}
+
+GemmSplit plan_gemm(int64_t M, int64_t N, int64_t K, int slices) {
+  return gemm_split(M * N * K >= tuning().min_gemm_macs_to_split, slices);
+}
+
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
                          bool training, bool inputs_ready, bool reverse, bool bf16) {
   const Tuning& t = tuning();
@@ -284,8 +293,9 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   p.bias_in_packed = packed && !split_grad && s.I > 0;
   const bool fixed = deterministic();
   const bool big_projection = s.T * N * GH * s.I >= t.min_gemm_macs_to_split;
-  p.gemm_slices = big_projection ? slices : 1;
-  p.gemm_blocks = fixed ? (big_projection ? kDeterministicGemmBlocks : 1) : p.gemm_slices;
+  const GemmSplit projection = gemm_split(big_projection, slices);
+  p.gemm_slices = projection.slices;
+  p.gemm_blocks = projection.blocks;
   // A step smaller than this is not worth a barrier: one thread runs the loop, by units.
   p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
   const bool by_samples = !fixed && packed && s.T * N * GH * H >= t.min_gemm_macs_to_split &&
@@ -409,8 +419,9 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   BackwardPlan p{};
   p.slices = slices;
   const bool big_gemms = TN * GH * (s.I + H) >= t.min_gemm_macs_to_split;
-  p.gemm_slices = big_gemms ? slices : 1;
-  p.gemm_blocks = deterministic() ? (big_gemms ? kDeterministicGemmBlocks : 1) : p.gemm_slices;
+  const GemmSplit weight_gemms = gemm_split(big_gemms, slices);
+  p.gemm_slices = weight_gemms.slices;
+  p.gemm_blocks = weight_gemms.blocks;
   p.product = step_product(t, packed, N);
   p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
   if (!deterministic() && packed && TN * GH * H >= t.min_gemm_macs_to_split &&

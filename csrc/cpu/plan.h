@@ -138,6 +138,16 @@ struct BackwardPlan {
 void set_deterministic(bool on);
 bool deterministic();
 
+// A GEMM phase: how many slices it runs on and in how many blocks (each one OpenBLAS call,
+// blocks spread over the slices in turn). A big one (min_gemm_macs_to_split) on every slice, in
+// kDeterministicGemmBlocks blocks when deterministic; a small one in the calling thread alone.
+struct GemmSplit {
+  int slices, blocks;
+};
+GemmSplit gemm_split(bool big, int slices);
+// cpu::matmul's split of C [M, N] = op(A) [M, K] op(B).
+GemmSplit plan_gemm(int64_t M, int64_t N, int64_t K, int slices);
+
 // `slices`: the call's threads; `element_bytes`: 4 or 8; `training`: forward saves activations;
 // `inputs_ready`: a stacked layer fed step by step by the layer below.
 // `bf16`: float32 inference with bfloat16 products (ForwardArgs::bf16).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['WeightCache', 'attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
+__all__: list[str] = ['WeightCache', 'attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'matmul', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
 class WeightCache:
     """
     The packed forms of one layer direction's weights, kept between calls (pass it as a forward call's cache). It serves only the arrays of the first call it takes part in, and never sees a change to their values: make a new one whenever they may change.
@@ -45,6 +45,10 @@ def deterministic() -> bool:
 def get_num_threads() -> int:
     """
     Threads of the kernels' team.
+    """
+def matmul(a: typing.Any, b: typing.Any, trans_a: bool = False, trans_b: bool = False) -> numpy.ndarray:
+    """
+    op(a) @ op(b) (op: the transpose where trans_a / trans_b) for 2-D C-contiguous float32 or float64 arrays of one dtype, on the kernels' threads (single-threaded OpenBLAS calls split over the team, as the recurrent kernels' GEMMs).
     """
 def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, dtype: numpy.dtype[typing.Any], training: bool, threads: typing.SupportsInt | typing.SupportsIndex, precision: typing.Any = None) -> dict:
     """

@@ -31,6 +31,22 @@ GATES = {"rnn": 1, "gru": 3, "gru_reset_before": 3, "lstm": 4, "layernorm_lstm":
 CELL_STATE = ("lstm", "layernorm_lstm")  # the cells with a cell state c
 
 
+def matmul(a, b, trans_a=False, trans_b=False):
+    """``op(a) @ op(b)``, op the transpose where ``trans_a`` / ``trans_b`` asks (no copy is made
+    for it); ``a`` may have leading dimensions ([..., K] @ op(b), not with ``trans_a``). NumPy
+    arrays of one dtype, float32 or float64, multiply on the kernels' threads: the
+    single-threaded OpenBLAS calls the recurrent kernels use, split over their team (NumPy's
+    ``@`` runs on NumPy's own OpenBLAS pool, whose threads keep spinning on the cores after each
+    call, where the kernels' next call needs them). Anything else (CuPy arrays, other dtypes or
+    shapes) goes to ``@`` as it is."""
+    if (type(a) is np.ndarray and type(b) is np.ndarray and b.ndim == 2 and a.dtype == b.dtype
+            and a.dtype in (np.float32, np.float64) and (a.ndim == 2 or a.ndim > 0 and not trans_a)):
+        a2 = np.ascontiguousarray(a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a)
+        out = _C.matmul(a2, np.ascontiguousarray(b), trans_a, trans_b)
+        return out if a.ndim == 2 else out.reshape(a.shape[:-1] + out.shape[1:])
+    return (a.T if trans_a else a) @ (b.T if trans_b else b)
+
+
 def gru_kernel(reset_after):
     """The kernel cell of a GRU: "gru" (reset_after=True, PyTorch's) or "gru_reset_before"."""
     return "gru" if check_flag(reset_after, "reset_after") else "gru_reset_before"

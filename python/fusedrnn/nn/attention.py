@@ -29,6 +29,7 @@ import math
 
 import numpy as np
 
+from .. import functional as F
 from .._loader import _C
 from .layers import _dtype, _positive_int
 from .module import Module, Parameter
@@ -239,24 +240,25 @@ class BahdanauAttention(AttentionBase):
         return self.v.data
 
     def _project_keys(self, keys):
-        return keys @ self.weight_key.data.T + self.bias_key.data
+        return F.matmul(keys, self.weight_key.data, trans_b=True) + self.bias_key.data
 
     def _project_keys_backward(self, keys, dkeys_proj):
         A, K = self.attention_size, self.key_size
         d2 = dkeys_proj.reshape(-1, A)
-        self.weight_key.accumulate_grad(d2.T @ keys.reshape(-1, K))   # one GEMM over N*S rows
+        self.weight_key.accumulate_grad(F.matmul(d2, keys.reshape(-1, K), trans_a=True))  # N*S rows
         self.bias_key.accumulate_grad(d2.sum(axis=0))
-        return dkeys_proj @ self.weight_key.data
+        return F.matmul(dkeys_proj, self.weight_key.data)
 
     def _project_query(self, query):
-        return query @ self.weight_query.data.T
+        return F.matmul(query, self.weight_query.data, trans_b=True)
 
     def _query_input_grad(self, dquery_proj):
-        return dquery_proj @ self.weight_query.data
+        return F.matmul(dquery_proj, self.weight_query.data)
 
     def _query_weight_grads(self, queries, dqueries_proj):
-        self.weight_query.accumulate_grad(dqueries_proj.reshape(-1, self.attention_size).T
-                                          @ queries.reshape(-1, self.query_size))
+        self.weight_query.accumulate_grad(F.matmul(dqueries_proj.reshape(-1, self.attention_size),
+                                                   queries.reshape(-1, self.query_size),
+                                                   trans_a=True))
 
     def extra_repr(self):
         """``query_size=..., key_size=..., attention_size=...``."""
@@ -284,14 +286,14 @@ class LuongAttention(AttentionBase):
                                     .astype(self.dtype))
 
     def _project_keys(self, keys):
-        return keys if self.score == "dot" else keys @ self.weight.data.T
+        return keys if self.score == "dot" else F.matmul(keys, self.weight.data, trans_b=True)
 
     def _project_keys_backward(self, keys, dkeys_proj):
         if self.score == "dot":
             return dkeys_proj
-        self.weight.accumulate_grad(dkeys_proj.reshape(-1, self.query_size).T
-                                    @ keys.reshape(-1, self.key_size))
-        return dkeys_proj @ self.weight.data
+        self.weight.accumulate_grad(F.matmul(dkeys_proj.reshape(-1, self.query_size),
+                                             keys.reshape(-1, self.key_size), trans_a=True))
+        return F.matmul(dkeys_proj, self.weight.data)
 
     def extra_repr(self):
         """``query_size=..., key_size=..., score=...``."""

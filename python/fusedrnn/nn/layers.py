@@ -16,6 +16,7 @@ import numbers
 
 import numpy as np
 
+from .. import functional as F
 from .module import Module, Parameter, check_dtype
 
 __all__ = ["Linear", "Embedding", "Dropout", "Sequential", "Identity"]
@@ -89,7 +90,7 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features last), "
                              f"got {x.shape}")
-        y = x @ self.weight.data.T
+        y = F.matmul(x, self.weight.data, trans_b=True)
         if self.bias is not None:
             y += self.bias.data
         self._x = x if self.training else None
@@ -107,10 +108,10 @@ class Linear(Module):
             raise ValueError(f"dout: expected shape {expected} (the shape of y), got {dout.shape}")
         d2 = dout.reshape(-1, self.out_features)
         # One GEMM over every leading position for each parameter.
-        self.weight.accumulate_grad(d2.T @ x.reshape(-1, self.in_features))
+        self.weight.accumulate_grad(F.matmul(d2, x.reshape(-1, self.in_features), trans_a=True))
         if self.bias is not None:
             self.bias.accumulate_grad(d2.sum(axis=0))
-        return dout @ self.weight.data
+        return F.matmul(dout, self.weight.data)
 
     def extra_repr(self):
         """``in_features=..., out_features=..., bias=...``."""

@@ -34,6 +34,7 @@ from typing import List
 
 import numpy as np
 
+from .. import functional as F
 from .attention import make_attention
 from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from .layers import Dropout, Embedding, Linear, Sequential, _dtype, _flag, _positive_int
@@ -57,7 +58,7 @@ def _seeds(seed, n):
 
 def _linear(layer, x):
     """``layer`` applied without saving anything (for per-step use; see ``_linear_grads``)."""
-    y = x @ layer.weight.data.T
+    y = F.matmul(x, layer.weight.data, trans_b=True)
     if layer.bias is not None:
         y += layer.bias.data
     return y
@@ -67,7 +68,7 @@ def _linear_grads(layer, x, dy):
     """Adds the weight gradients of ``y = layer(x)`` for all rows at once (one GEMM)."""
     x2 = x.reshape(-1, layer.in_features)
     d2 = dy.reshape(-1, layer.out_features)
-    layer.weight.accumulate_grad(d2.T @ x2)
+    layer.weight.accumulate_grad(F.matmul(d2, x2, trans_a=True))
     if layer.bias is not None:
         layer.bias.accumulate_grad(d2.sum(axis=0))
 
@@ -209,7 +210,7 @@ class Decoder(Module):
         N = dlogits.shape[1]
         O = np.stack([s[1] for s in steps])                      # [T, N, P]
         _linear_grads(self.out, O, dlogits)
-        dO = dlogits @ self.out.weight.data                      # [T, N, P]
+        dO = F.matmul(dlogits, self.out.weight.data)             # [T, N, P]
         dh = [np.zeros((N, S), self.dtype) for _ in range(L)]
         dc = [np.zeros((N, H), self.dtype) for _ in range(L)] if self._has_c else None
         dfeed = np.zeros((N, S), self.dtype)
@@ -224,7 +225,7 @@ class Decoder(Module):
                 f = O[t]
                 dpre = (do + dfeed) * (1 - f * f)
                 dcombine[t] = dpre
-                dci = dpre @ self.combine.weight.data
+                dci = F.matmul(dpre, self.combine.weight.data)
                 dtop = dci[:, K:] + self.attention.backward(dci[:, :K])
             else:
                 dtop = do
