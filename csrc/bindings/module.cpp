@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cblas.h>
+#include <cstdint>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -532,6 +533,9 @@ template <typename T>
 py::array matmul_typed(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
   const int64_t M = a.shape(trans_a ? 1 : 0), K = a.shape(trans_a ? 0 : 1);
   const int64_t N = b.shape(trans_b ? 0 : 1), Kb = b.shape(trans_b ? 1 : 0);
+  for (int64_t d : {M, N, K})
+    if (d > INT32_MAX)  // OpenBLAS's (scipy-openblas32) dimensions are 32-bit
+      throw py::value_error("a, b: expected dimensions below 2^31, got " + std::to_string(d));
   if (Kb != K)
     throw py::value_error("b: expected " + std::to_string(K) + " rows in op(b) (op(a) has " +
                           std::to_string(K) + " columns), got " + std::to_string(Kb) +

@@ -10,7 +10,7 @@ namespace fusedrnn {
 namespace cpu {
 
 // Row-major: op(A) [M, K] (A [K, M] when trans_a), op(B) [K, N] (B [N, K] when trans_b),
-// C [M, N]; C is written, never read.
+// C [M, N]; C is written, never read. Denormals are flushed to zero, as in every kernel.
 template <typename T>
 void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
             int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc);

@@ -39,8 +39,9 @@ def matmul(a, b, trans_a=False, trans_b=False):
     ``@`` runs on NumPy's own OpenBLAS pool, whose threads keep spinning on the cores after each
     call, where the kernels' next call needs them). Anything else (CuPy arrays, other dtypes or
     shapes) goes to ``@`` as it is."""
-    if (type(a) is np.ndarray and type(b) is np.ndarray and b.ndim == 2 and a.dtype == b.dtype
-            and a.dtype in (np.float32, np.float64) and (a.ndim == 2 or a.ndim > 0 and not trans_a)):
+    kernel_shapes = b.ndim == 2 and (a.ndim == 2 or (a.ndim > 0 and not trans_a))
+    if (type(a) is np.ndarray and type(b) is np.ndarray and kernel_shapes and a.dtype == b.dtype
+            and a.dtype in (np.float32, np.float64)):
         a2 = np.ascontiguousarray(a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a)
         out = _C.matmul(a2, np.ascontiguousarray(b), trans_a, trans_b)
         return out if a.ndim == 2 else out.reshape(a.shape[:-1] + out.shape[1:])
