@@ -51,7 +51,8 @@ def child(shape, variant, threads, calls):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default=";".join(SHAPES), help="B,T,I,H,V;... (V: the head's classes)")
+    p.add_argument("--shapes", default=";".join(SHAPES),
+                   help="B,T,I,H,V;... (V: the head's classes)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="processes per variant, in turn")
     p.add_argument("--calls", type=int, default=15)
