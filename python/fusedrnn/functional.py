@@ -31,17 +31,25 @@ GATES = {"rnn": 1, "gru": 3, "gru_reset_before": 3, "lstm": 4, "layernorm_lstm":
 CELL_STATE = ("lstm", "layernorm_lstm")  # the cells with a cell state c
 
 
+# Below this many multiply-adds OpenBLAS runs a GEMM on the calling thread alone (its
+# interface/gemm.c: 65536 x GEMM_MULTITHREAD_THRESHOLD 4), and NumPy's `@` costs less than a call
+# of ours (LSTM decoder steps, small heads: 1.7 against 2.0 us at 8 x 16 x 10).
+_POOL_MIN_MACS = 1 << 18
+
+
 def matmul(a, b, trans_a=False, trans_b=False):
     """``op(a) @ op(b)``, op the transpose where ``trans_a`` / ``trans_b`` asks (no copy is made
     for it); ``a`` may have leading dimensions ([..., K] @ op(b), not with ``trans_a``). NumPy
     arrays of one dtype, float32 or float64, multiply on the kernels' threads: the
     single-threaded OpenBLAS calls the recurrent kernels use, split over their team (NumPy's
     ``@`` runs on NumPy's own OpenBLAS pool, whose threads keep spinning on the cores after each
-    call, where the kernels' next call needs them). Anything else (CuPy arrays, other dtypes or
-    shapes) goes to ``@`` as it is."""
+    call, where the kernels' next call needs them). Products of fewer than 2^18 multiply-adds,
+    which NumPy's OpenBLAS runs in the calling thread without its pool, and anything else (CuPy
+    arrays, other dtypes or shapes) go to ``@`` as they are."""
     kernel_shapes = b.ndim == 2 and (a.ndim == 2 or (a.ndim > 0 and not trans_a))
     if (type(a) is np.ndarray and type(b) is np.ndarray and kernel_shapes and a.dtype == b.dtype
-            and a.dtype in (np.float32, np.float64)):
+            and a.dtype in (np.float32, np.float64) and a.size * b.shape[0 if trans_b else 1]
+            >= _POOL_MIN_MACS):
         a2 = np.ascontiguousarray(a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a)
         out = _C.matmul(a2, np.ascontiguousarray(b), trans_a, trans_b)
         return out if a.ndim == 2 else out.reshape(a.shape[:-1] + out.shape[1:])
