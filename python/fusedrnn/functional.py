@@ -46,10 +46,10 @@ def matmul(a, b, trans_a=False, trans_b=False):
     call, where the kernels' next call needs them). Products of fewer than 2^18 multiply-adds,
     which NumPy's OpenBLAS runs in the calling thread without its pool, and anything else (CuPy
     arrays, other dtypes or shapes) go to ``@`` as they are."""
-    kernel_shapes = b.ndim == 2 and (a.ndim == 2 or (a.ndim > 0 and not trans_a))
-    if (type(a) is np.ndarray and type(b) is np.ndarray and kernel_shapes and a.dtype == b.dtype
-            and a.dtype in (np.float32, np.float64) and a.size * b.shape[0 if trans_b else 1]
-            >= _POOL_MIN_MACS):
+    ours = (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype
+            and a.dtype in (np.float32, np.float64) and b.ndim == 2
+            and (a.ndim == 2 or (a.ndim > 0 and not trans_a)))
+    if ours and a.size * b.shape[0 if trans_b else 1] >= _POOL_MIN_MACS:
         a2 = np.ascontiguousarray(a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a)
         out = _C.matmul(a2, np.ascontiguousarray(b), trans_a, trans_b)
         return out if a.ndim == 2 else out.reshape(a.shape[:-1] + out.shape[1:])

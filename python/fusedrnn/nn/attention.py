@@ -245,7 +245,8 @@ class BahdanauAttention(AttentionBase):
     def _project_keys_backward(self, keys, dkeys_proj):
         A, K = self.attention_size, self.key_size
         d2 = dkeys_proj.reshape(-1, A)
-        self.weight_key.accumulate_grad(F.matmul(d2, keys.reshape(-1, K), trans_a=True))  # N*S rows
+        # one GEMM over the N*S rows
+        self.weight_key.accumulate_grad(F.matmul(d2, keys.reshape(-1, K), trans_a=True))
         self.bias_key.accumulate_grad(d2.sum(axis=0))
         return F.matmul(dkeys_proj, self.weight_key.data)
 

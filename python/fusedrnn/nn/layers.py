@@ -90,11 +90,24 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features last), "
                              f"got {x.shape}")
+        y = self._apply(x)
+        self._x = x if self.training else None
+        return y
+
+    def _apply(self, x):
+        # x @ weight.T + bias, unchecked, nothing saved (forward; a seq2seq decoder's steps)
         y = F.matmul(x, self.weight.data, trans_b=True)
         if self.bias is not None:
             y += self.bias.data
-        self._x = x if self.training else None
         return y
+
+    def _add_weight_grads(self, x, dout):
+        # weight.grad and bias.grad of y = x @ weight.T + bias, one GEMM over every leading
+        # position (backward; a seq2seq decoder's steps stacked)
+        d2 = dout.reshape(-1, self.out_features)
+        self.weight.accumulate_grad(F.matmul(d2, x.reshape(-1, self.in_features), trans_a=True))
+        if self.bias is not None:
+            self.bias.accumulate_grad(d2.sum(axis=0))
 
     def backward(self, dout):
         """dout [..., out_features] -> dx [..., in_features]; adds into ``weight.grad`` and
@@ -106,11 +119,7 @@ class Linear(Module):
         expected = x.shape[:-1] + (self.out_features,)
         if dout.shape != expected:
             raise ValueError(f"dout: expected shape {expected} (the shape of y), got {dout.shape}")
-        d2 = dout.reshape(-1, self.out_features)
-        # One GEMM over every leading position for each parameter.
-        self.weight.accumulate_grad(F.matmul(d2, x.reshape(-1, self.in_features), trans_a=True))
-        if self.bias is not None:
-            self.bias.accumulate_grad(d2.sum(axis=0))
+        self._add_weight_grads(x, dout)
         return F.matmul(dout, self.weight.data)
 
     def extra_repr(self):

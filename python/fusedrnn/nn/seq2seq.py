@@ -56,23 +56,6 @@ def _seeds(seed, n):
     return [int(s) for s in rng.integers(0, 2 ** 31 - 1, n)]
 
 
-def _linear(layer, x):
-    """``layer`` applied without saving anything (for per-step use; see ``_linear_grads``)."""
-    y = F.matmul(x, layer.weight.data, trans_b=True)
-    if layer.bias is not None:
-        y += layer.bias.data
-    return y
-
-
-def _linear_grads(layer, x, dy):
-    """Adds the weight gradients of ``y = layer(x)`` for all rows at once (one GEMM)."""
-    x2 = x.reshape(-1, layer.in_features)
-    d2 = dy.reshape(-1, layer.out_features)
-    layer.weight.accumulate_grad(F.matmul(d2, x2, trans_a=True))
-    if layer.bias is not None:
-        layer.bias.accumulate_grad(d2.sum(axis=0))
-
-
 @dataclass
 class DecodeResult:
     """Per sample: ``tokens`` (int arrays, without the end token), ``scores`` (length-normalised
@@ -177,10 +160,10 @@ class Decoder(Module):
         elif self.style == "luong":
             ctx, weights = self.attention(top)
             combined = np.concatenate([ctx, top], axis=1)
-            o = feed = np.tanh(_linear(self.combine, combined))
+            o = feed = np.tanh(self.combine._apply(combined))
         else:
             o = top
-        logits = _linear(self.out, o)
+        logits = self.out._apply(o)
         if self.training:
             self._steps.append((tokens, o, combined))
         return logits, (new_h, new_c, feed), weights
@@ -209,7 +192,7 @@ class Decoder(Module):
         dlogits = np.asarray(dlogits, self.dtype)
         N = dlogits.shape[1]
         O = np.stack([s[1] for s in steps])                      # [T, N, P]
-        _linear_grads(self.out, O, dlogits)
+        self.out._add_weight_grads(O, dlogits)
         dO = F.matmul(dlogits, self.out.weight.data)             # [T, N, P]
         dh = [np.zeros((N, S), self.dtype) for _ in range(L)]
         dc = [np.zeros((N, H), self.dtype) for _ in range(L)] if self._has_c else None
@@ -246,7 +229,7 @@ class Decoder(Module):
             if dcond is not None:
                 dcond += dx[:, dx.shape[1] - self.cond_size:]
         if self.style == "luong":
-            _linear_grads(self.combine, np.stack([s[2] for s in steps]), dcombine)
+            self.combine._add_weight_grads(np.stack([s[2] for s in steps]), dcombine)
         tokens = np.stack([s[0] for s in steps])                 # [T, N]
         was = self.embedding.training
         self.embedding.train(True)
