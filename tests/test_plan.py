@@ -69,6 +69,14 @@ def test_plans_follow_the_shape(threads):
     else:
         assert batch["forward"]["loop"] == "by units" and batch["forward"]["loop_threads"] == 1
     assert "backward" not in plan("gru", 10, 4, 8, 8)
+    # A short inference call multiplies unpacked rows, unless its weights serve more calls (a
+    # WeightCache passed: a layer in eval mode); below packed_min_steps never.
+    for cell, T, N in [("lstm", 10, 1), ("gru", 6, 2), ("lstm", 4, 8)]:
+        assert plan(cell, T, N, 40, 256)["forward"]["step_product"] == "row kernels"
+        kept = _C.plan(cell, "tanh", T, N, 40, 256, F32, False, threads, cache=True)
+        assert kept["forward"]["step_product"] == "packed W_hh"
+    kept = _C.plan("lstm", "tanh", 3, 1, 40, 256, F32, False, threads, cache=True)
+    assert kept["forward"]["step_product"] == "row kernels"
 
 
 def test_bench_explain_prints_and_writes_plans(tmp_path, capsys):

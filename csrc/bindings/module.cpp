@@ -665,13 +665,13 @@ py::dict tuning_dict() {
 // The plans of one call of this shape on `threads` threads (cpu/plan.h), as names.
 py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
                    int64_t I, int64_t H, const py::dtype& dtype, bool training, int threads,
-                   const py::object& precision) {
+                   const py::object& precision, bool cache) {
   const CellKind kind = parse_cell(cell, nonlinearity);
   const SeqShape s{T, N, I, H, gate_count(kind)};
   const int64_t bytes = dtype.itemsize();
   const bool bf16 = parse_precision(precision, bytes == 4);
   const cpu::ForwardPlan f =
-      cpu::plan_forward(kind, s, threads, bytes, training, false, false, bf16);
+      cpu::plan_forward(kind, s, threads, bytes, training, false, false, bf16, cache);
   py::dict d, fd;
   fd["loop"] = cpu::name_of(f.loop);
   fd["step_product"] = cpu::name_of(f.product);
@@ -773,9 +773,10 @@ PYBIND11_MODULE(_C, m) {
         "The CPU table's row the drivers use here (FUSEDRNN_CPU_TABLE=intel|amd|other forces one).");
   m.def("plan", &plan_dict, py::arg("cell"), py::arg("nonlinearity"), py::arg("T"), py::arg("N"),
         py::arg("I"), py::arg("H"), py::arg("dtype"), py::arg("training"), py::arg("threads"),
-        py::arg("precision") = py::none(),
+        py::arg("precision") = py::none(), py::arg("cache") = false,
         "What a call of this shape does on `threads` threads: the forward plan (and the backward "
-        "one when training), as names. precision: as recurrent_forward's.");
+        "one when training), as names. precision: as recurrent_forward's. cache: whether the call "
+        "passes a WeightCache (a layer in eval mode does).");
   m.def("set_deterministic", &cpu::set_deterministic, py::arg("on"),
         "Plans whose results do not depend on the thread count (see fusedrnn.set_deterministic).");
   m.def("deterministic", &cpu::deterministic, "Whether set_deterministic is on.");

@@ -280,14 +280,19 @@ GemmSplit plan_gemm(int64_t M, int64_t N, int64_t K, int slices) {
 }
 
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
-                         bool training, bool inputs_ready, bool reverse, bool bf16) {
+                         bool training, bool inputs_ready, bool reverse, bool bf16,
+                         bool reused) {
   const Tuning& t = tuning();
   const int64_t GH = s.GH(), H = s.H, N = s.N;
   // A GRU keeps W_in x apart from W_hn h (its n gate): its inputs cannot join the products.
   const bool split_grad = cell == CellKind::kGru;
   const int64_t weight_bytes = recurrent_weight_bytes(s, element_bytes);
+  // Inference packs where this call's steps amortise the packing, or where the weights serve
+  // more calls (a layer in eval mode keeps them packed): a short call then streams packed W_hh
+  // too (Zen 3, 2 threads, both plans alternating, packs kept: LSTM B=1 T=10 H=256 0.261 ->
+  // 0.200 ms, B=8 T=4 0.457 -> 0.263, GRU B=2 T=6 H=512 0.567 -> 0.483).
   const bool packed = s.T >= t.packed_min_steps &&
-                      (training || inference_packing_pays(t, s.T * N, weight_bytes));
+                      (training || reused || inference_packing_pays(t, s.T * N, weight_bytes));
   ForwardPlan p{};
   p.slices = slices;
   p.bias_in_packed = packed && !split_grad && s.I > 0;
@@ -329,6 +334,10 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                  : own_inputs              ? Projection::kPerSlice
                                            : Projection::kUpFront;
   if (by_samples) p.loop_slices = slices;
+  // A projection up front of fewer rows than blas_batch runs on row kernels, which add b_ih
+  // themselves (ForwardCall::project: an OpenBLAS call would pack all of W_ih for them; LSTM
+  // B=1 T=5 H=1024, packs kept: 2.94 ms that way, 1.47 this way).
+  if (p.projection == Projection::kUpFront && s.T * N < t.blas_batch) p.bias_in_packed = false;
   if (bf16) {
     // bfloat16 products (ForwardCall::bf16_loop): W_hh and W_ih packed at any length
     // (converted once per weight version where the layer keeps them), every step's inputs

@@ -151,8 +151,11 @@ GemmSplit plan_gemm(int64_t M, int64_t N, int64_t K, int slices);
 // `slices`: the call's threads; `element_bytes`: 4 or 8; `training`: forward saves activations;
 // `inputs_ready`: a stacked layer fed step by step by the layer below.
 // `bf16`: float32 inference with bfloat16 products (ForwardArgs::bf16).
+// `reused`: the caller means to call again with these weights (it passed a WeightCache, kept or
+// not: a layer in eval mode), so packing them pays over its calls even for a short one.
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
-                         bool training, bool inputs_ready, bool reverse, bool bf16 = false);
+                         bool training, bool inputs_ready, bool reverse, bool bf16 = false,
+                         bool reused = false);
 BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
                            bool bf16 = false);
 

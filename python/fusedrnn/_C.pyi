@@ -50,9 +50,9 @@ def matmul(a: typing.Any, b: typing.Any, trans_a: bool = False, trans_b: bool = 
     """
     op(a) @ op(b) (op: the transpose where trans_a / trans_b) for 2-D C-contiguous float32 or float64 arrays of one dtype, on the kernels' threads (single-threaded OpenBLAS calls split over the team, as the recurrent kernels' GEMMs).
     """
-def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, dtype: numpy.dtype[typing.Any], training: bool, threads: typing.SupportsInt | typing.SupportsIndex, precision: typing.Any = None) -> dict:
+def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, dtype: numpy.dtype[typing.Any], training: bool, threads: typing.SupportsInt | typing.SupportsIndex, precision: typing.Any = None, cache: bool = False) -> dict:
     """
-    What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names. precision: as recurrent_forward's.
+    What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names. precision: as recurrent_forward's. cache: whether the call passes a WeightCache (a layer in eval mode does).
     """
 def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any, precision: typing.Any = None, w_ph: typing.Any = None, w_hr: typing.Any = None, ln: typing.Any = None) -> tuple:
     """

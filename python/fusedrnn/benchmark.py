@@ -493,8 +493,9 @@ def cpu_header(threads) -> str:
 
 def explain(cells, shapes, modes, threads, precision="fp32") -> list:
     """The plans of the CPU drivers (``fusedrnn._C.plan``) for every cell, shape (B, T, I, H)
-    and mode, on ``threads`` threads, float32 (``precision`` "bf16": under bfloat16 autocast):
-    printed by ``fusedrnn bench --explain``."""
+    and mode, on ``threads`` threads, float32 (``precision`` "bf16": under bfloat16 autocast),
+    inference as a layer in eval mode calls (with a WeightCache): printed by ``fusedrnn bench
+    --explain``."""
     from ._loader import _C
     rows = []
     for cell in cells:
@@ -502,7 +503,8 @@ def explain(cells, shapes, modes, threads, precision="fp32") -> list:
             for mode in modes:
                 plan = _C.plan(CELLS[cell][0], "tanh", T, B, I, H, np.dtype(np.float32),
                                mode == "train", threads,
-                               precision="bfloat16" if precision == "bf16" else None)
+                               precision="bfloat16" if precision == "bf16" else None,
+                               cache=mode == "infer")  # a layer in eval mode passes one
                 rows.append({"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, **plan})
     return rows
 

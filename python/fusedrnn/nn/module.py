@@ -260,12 +260,18 @@ class KeptWeights(dict):
 
     def weights(self, k, params, keep=True):
         """The four weight arrays of a kernel call from ``params`` (a bias None where there is
-        none) and key k's kept cache (``keep``) or None. With a cache a missing bias is the
+        none) and, with ``keep``, key k's kept cache, or a new one for this call alone where
+        none can be kept (the kernels plan by whether a cache is passed, never by whether it is
+        kept: the same bits either way); else None. With a kept cache a missing bias is the
         cache's own zeros: it serves fixed arrays."""
         # (the check first: naming the arrays here makes references it would count)
         cache = self.cache(k, params) if keep else None
         w = [None if p is None else p._data for p in params]
-        if cache is not None and w[2] is None:
+        if keep and cache is None:
+            cache = _C.WeightCache()  # this call's alone
+            if w[2] is None:
+                w[2] = w[3] = np.zeros(w[1].shape[0], w[1].dtype)
+        elif cache is not None and w[2] is None:
             w[2] = w[3] = self[k][2]
         return w, cache
 
