@@ -101,3 +101,32 @@ def test_own_process_failure_names_the_contestant():
     from fusedrnn import benchmark_regimes as br
     with pytest.raises(RuntimeError, match=r"the nobody process \(LSTM B=1 T=2 I=3 H=4\) failed"):
         br.own_processes(("nobody",), "LSTM", 1, 2, 3, 4, 1, 0.01, ["b2b"])
+
+
+def test_own_process_blocks_share_the_budget_by_the_call_time(monkeypatch):
+    """A block's call count comes from one call's time in seconds (the processes answer in ms):
+    a 2 ms call with budget 0.5 s over ROUNDS rounds gets 0.1 s blocks, 50 calls back to back
+    and 20 sporadic ones (each after its 3 ms pause)."""
+    from fusedrnn import benchmark_regimes as br
+    asked = []
+
+    class Fake:
+        check = [[0.0]]
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def block(self, regime, calls):
+            asked.append((regime, calls))
+            return [2.0] * calls
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(br, "_Contestant", Fake)
+    monkeypatch.setattr(br.time, "sleep", lambda s: None)
+    result = br.own_processes(["ours"], "LSTM", 1, 5, 8, 8, 1, 0.5, ["b2b", "sporadic"])
+    assert result["ours"]["b2b"] == result["ours"]["sporadic"] == 2.0
+    assert asked[0] == ("b2b", 1)  # the one timing call
+    assert br.ROUNDS == 5
+    assert sorted(set(asked[1:])) == [("b2b", 50), ("sporadic", 20)]

@@ -162,15 +162,18 @@ def own_processes(who_all, cell, B, T, I, H, threads, budget, regimes, mode="inf
     try:
         for who in who_all:
             procs[who] = _Contestant(who, cell, B, T, I, H, threads, mode)
-        one = {who: min(p.block("b2b", 1)) for who, p in procs.items()}  # also a warm-up
+        # a call's seconds (blocks answer in ms); also a warm-up
+        one = {who: min(p.block("b2b", 1)) / 1000 for who, p in procs.items()}
         times = {who: {r: [] for r in regimes} for who in procs}
         previous = None
         for i in range(ROUNDS):
             for r in regimes:
                 for who, p in procs.items():
-                    # each block's share of the budget; back-to-back blocks of fast calls run
-                    # at least MIN_BLOCK_S (benchmark.median_ms)
-                    calls = max(1, int(budget / ROUNDS / one[who]))
+                    # each block's share of the budget (a sporadic call's pause included);
+                    # back-to-back blocks of fast calls run at least MIN_BLOCK_S
+                    # (benchmark.median_ms)
+                    pause = SPORADIC_PAUSE_S if r == "sporadic" else 0.0
+                    calls = max(1, int(budget / ROUNDS / (one[who] + pause)))
                     if r == "b2b":
                         calls = max(calls, int(benchmark.MIN_BLOCK_S / one[who]))
                     # the previous contestant's threads, in their own process, stop spinning
