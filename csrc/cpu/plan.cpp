@@ -295,7 +295,6 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                       (training || reused || inference_packing_pays(t, s.T * N, weight_bytes));
   ForwardPlan p{};
   p.slices = slices;
-  p.bias_in_packed = packed && !split_grad && s.I > 0;
   const bool fixed = deterministic();
   const bool big_projection = s.T * N * GH * s.I >= t.min_gemm_macs_to_split;
   const GemmSplit projection = gemm_split(big_projection, slices);
@@ -334,10 +333,12 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                  : own_inputs              ? Projection::kPerSlice
                                            : Projection::kUpFront;
   if (by_samples) p.loop_slices = slices;
-  // A projection up front of fewer rows than blas_batch runs on row kernels, which add b_ih
-  // themselves (ForwardCall::project: an OpenBLAS call would pack all of W_ih for them; LSTM
-  // B=1 T=5 H=1024, packs kept: 2.94 ms that way, 1.47 this way).
-  if (p.projection == Projection::kUpFront && s.T * N < t.blas_batch) p.bias_in_packed = false;
+  // b_ih joins b_hh in the packed bias, except where a projection up front of fewer rows than
+  // blas_batch runs on row kernels, which add b_ih themselves (ForwardCall::project: an
+  // OpenBLAS call would pack all of W_ih for them; LSTM B=1 T=5 H=1024, packs kept: 2.94 ms
+  // that way, 1.47 this way).
+  p.bias_in_packed = packed && !split_grad && s.I > 0 &&
+                     !(p.projection == Projection::kUpFront && s.T * N < t.blas_batch);
   if (bf16) {
     // bfloat16 products (ForwardCall::bf16_loop): W_hh and W_ih packed at any length
     // (converted once per weight version where the layer keeps them), every step's inputs

@@ -205,6 +205,12 @@ def _unshared(holder, known=0):
     return _references_to_data(holder) <= _ALONE + known
 
 
+def _zero_bias(w_hh):
+    """The zeros that stand for a missing bias of a layer whose W_hh is ``w_hh`` (a cache
+    serves fixed arrays: the binding's own zeros would be new ones every call)."""
+    return np.zeros(w_hh.shape[0], w_hh.dtype)
+
+
 class KeptWeights(dict):
     """Key (a layer direction; 0 for a cell) -> (weight versions, fusedrnn._C.WeightCache, zeros
     for a missing bias or None): the packed (and bfloat16) forms of a module's weights kept
@@ -253,8 +259,7 @@ class KeptWeights(dict):
                 return None
         kept = self.get(k)
         if kept is None or kept[0] != versions:
-            no_bias = np.zeros(present[1].shape[0], present[1].dtype) if len(present) == 2 \
-                else None
+            no_bias = _zero_bias(present[1]) if len(present) == 2 else None
             kept = self[k] = (versions, _C.WeightCache(), no_bias)
         return kept[1]
 
@@ -270,7 +275,7 @@ class KeptWeights(dict):
         if keep and cache is None:
             cache = _C.WeightCache()  # this call's alone
             if w[2] is None:
-                w[2] = w[3] = np.zeros(w[1].shape[0], w[1].dtype)
+                w[2] = w[3] = _zero_bias(w[1])
         elif cache is not None and w[2] is None:
             w[2] = w[3] = self[k][2]
         return w, cache
