@@ -149,6 +149,54 @@ def test_pipelined_projection_gives_the_up_front_bits(cell):
         np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_projection_in_the_steps_gives_the_up_front_bits(cell):
+    """With vdpbf16ps tiles (and no AMX tiles for the batch), a step of 4 samples or more
+    projects its own rows just before its W_hh product; a lone sample projects every step up
+    front. Every sample of a batch of 6 gets the bits it gets alone: outputs, and a training
+    forward's backward (dx, dh0), both directions, with lengths, by units (1 thread) and by
+    samples (2 threads: 3 samples a slice, up front)."""
+    T, N, I, H = 9, 6, 40, 48
+    vdp = "vdpbf16ps" in fr.info()["bf16_products"]  # (AMX tiles start at batch 8)
+
+    def projection(n, threads):
+        return _C.plan(cell, "tanh", T, n, I, H, np.dtype(np.float32), False, threads,
+                       precision="bfloat16")["forward"]["projection"]
+
+    in_steps = "in the steps' products"
+    assert (projection(N, 1) == in_steps) == vdp
+    assert projection(1, 1) != in_steps
+    x, h0, c0, w = _problem(cell, T, N, I, H, seed=3)
+    dy = np.random.default_rng(4).standard_normal((T, N, H)).astype(np.float32)
+    lengths = np.array([9, 4, 9, 1, 7, 9])
+    args = (w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"])
+    fwd, bwd = getattr(F, cell + "_forward"), getattr(F, cell + "_backward")
+
+    def run(n0, n1, reverse, lens):
+        st = (h0[n0:n1], c0[n0:n1]) if cell == "lstm" else (h0[n0:n1],)
+        ln = None if lens is None else lens[n0:n1]
+        y = fwd(x[:, n0:n1].copy(), *st, *args, lengths=ln, reverse=reverse,
+                precision="bfloat16")[0]
+        out = fwd(x[:, n0:n1].copy(), *st, *args, lengths=ln, reverse=reverse, training=True,
+                  precision="bfloat16")
+        dx, dh0 = bwd(out[-1], dy[:, n0:n1].copy())[:2]
+        return y, out[0], dx, dh0
+
+    before = fr.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fr.set_num_threads(threads)
+            for reverse in (False, True):
+                for lens in (None, lengths):
+                    whole = run(0, N, reverse, lens)
+                    for n in range(N):
+                        alone = run(n, n + 1, reverse, lens)
+                        for a, b in zip(whole, alone):
+                            np.testing.assert_array_equal(a[..., n:n + 1, :], b)
+    finally:
+        fr.set_num_threads(before)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_bf16_backward_bits_do_not_depend_on_the_threads(cell):
     """The bfloat16 backward by units (1 thread) and by samples (2 threads, a small W_hh) give

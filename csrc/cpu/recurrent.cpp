@@ -63,6 +63,8 @@ bool bf16_dot_allowed() {
   return allowed;
 }
 
+bool bf16_dot_kernels() { return active_isa() == Isa::kAvx512 && bf16_dot_allowed(); }
+
 bool amx_allowed() {
   static const bool allowed = [] {
     if (!cpu_info().amx || active_isa() != Isa::kAvx512 || std::getenv("FUSEDRNN_NO_AMX"))

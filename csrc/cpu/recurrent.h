@@ -13,6 +13,8 @@ const char* isa_name(Isa isa);
 // bfloat16 products (fusedrnn.autocast): whether the CPU has vdpbf16ps for the AVX-512 kernels
 // to use (FUSEDRNN_NO_BF16_DOT=1: not, to compare), and the path the active kernels take.
 bool bf16_dot_allowed();
+// ... and the active kernels are the AVX-512 ones, which take it (bf16_dot_tile).
+bool bf16_dot_kernels();
 // Whether the AVX-512 kernels may run bfloat16 products on AMX tiles: the CPU has AMX-BF16, the
 // OS grants this process the tile state (Linux: arch_prctl, asked once) and FUSEDRNN_NO_AMX is
 // unset. Where it is, a packed bfloat16 row holds a whole number of tiles' 16 pairs of k.
