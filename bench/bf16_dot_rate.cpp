@@ -5,7 +5,9 @@
 #include <immintrin.h>
 #include <chrono>
 #include <cstdio>
+#include <initializer_list>
 #include <thread>
+#include <utility>
 
 // 12 independent sums (more than latency x issue rate), `iters` rounds; GMAC/s
 double dot_rate(long iters) {
