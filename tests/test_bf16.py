@@ -149,11 +149,11 @@ def test_pipelined_projection_gives_the_up_front_bits(cell):
         np.testing.assert_array_equal(one, two)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_projection_in_the_steps_gives_the_up_front_bits(cell):
     """With vdpbf16ps tiles (and no AMX tiles for the batch), a step of 4 samples or more
-    projects its own rows just before its W_hh product; a lone sample projects every step up
-    front. Every sample of a batch of 6 gets the bits it gets alone: outputs, and a training
+    projects its own rows in its W_hh product's pass (a GRU's just before it); a lone sample
+    projects every step up front. Every sample of a batch of 6 gets the bits it gets alone: outputs, and a training
     forward's backward (dx, dh0), both directions, with lengths, by units (1 thread) and by
     samples (2 threads: 3 samples a slice, up front)."""
     T, N, I, H = 9, 6, 40, 48

@@ -355,17 +355,16 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     const bool amx = element_bytes == 4 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_projection = amx && s.T * N >= t.amx_min_batch;
-    // With vdpbf16ps tiles (not AMX), an LSTM's or RNN's step projects its own rows just
-    // before its W_hh product (ForwardCall::bf16_loop) where a step multiplies a whole tile of
-    // 4 samples or more (each weight pair then serves as many samples as up front; a GRU keeps
-    // W_in x apart: up front). Zen 4, inference, both in one process: LSTM B=16 T=1000 H=128
+    // With vdpbf16ps tiles (not AMX), a step projects its own rows in its W_hh product's pass
+    // (a GRU's just before it: W_in x stays apart) (ForwardCall::bf16_loop) where a step
+    // multiplies a whole tile of 4 samples or more (each weight pair then serves as many
+    // samples as up front). Zen 4, inference, both in one process: LSTM B=16 T=1000 H=128
     // 18.5 -> 16.0 ms, B=32 T=100 H=256 10.1 -> 9.4, B=8 T=256 H=512 22.4 -> 20.8, B=64 T=50
     // H=512 35.3 -> 33.7, RNN B=16 T=1000 H=128 4.6 -> 3.9; but B=1 H=512 4.3 -> 6.4 (W_ih
     // streamed every step), and the widening products gain only by samples (LSTM B=64 H=512
     // 68 -> 71 ms by units).
     const int64_t step_samples = samples ? N / slices : N;
-    if (element_bytes == 4 && bf16_dot_kernels() && !p.amx && !split_grad && s.I > 0 &&
-        step_samples >= 4)
+    if (element_bytes == 4 && bf16_dot_kernels() && !p.amx && s.I > 0 && step_samples >= 4)
       p.projection = Projection::kInSteps;
     // A step too small to split: one thread runs the loop while the team's others project the
     // inputs a chunk of steps ahead (a chunk is no whole number of AMX sample tiles: vector
