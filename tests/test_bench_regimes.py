@@ -58,6 +58,22 @@ def test_median_ms_unsettled_alternates_single_calls():
     assert counted == ["a", "b"] * (len(counted) // 2)
 
 
+def test_median_ms_unsettled_puts_each_after_each_other_equally():
+    from collections import Counter
+
+    from fusedrnn import benchmark
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    benchmark.median_ms(fns, 0.01, settle=False)
+    counted = order[6:]  # after the warm-up and the single timing call of each
+    rounds = [counted[i:i + 3] for i in range(0, len(counted) - len(counted) % 6, 3)]
+    assert rounds[:2] == [list("abc"), list("acb")] and len(rounds) >= 4
+    pairs = Counter(zip(counted, counted[1:len(rounds) * 3]))
+    after_other = [pairs[p, q] for p in "abc" for q in "abc" if p != q]
+    assert max(after_other) - min(after_other) <= 1  # the last round's end left out
+    assert not any(pairs[p, p] for p in "abc")  # never after itself
+
+
 def test_bench_regimes_without_peers_gives_ours_ms(tmp_path, capsys, monkeypatch):
     from fusedrnn import cli
     monkeypatch.setattr(benchmark, "installed_peers", lambda: {"torch": False, "ort": False})

@@ -103,7 +103,11 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = Tru
 
     ``settle=False`` times callables sharing one process as a program mixing them calls them:
     blocks of one call each, in alternation, with no settle pause and no uncounted call, so
-    each call comes right after the previous contestant's (its threads may still spin)."""
+    each call comes right after the previous contestant's (its threads may still spin). The
+    order turns every other round (the first callable, then the others reversed: a b c, a c b,
+    a b c, ...), so each callable comes after each of the others equally often: what a call
+    costs depends on whose threads spin before it (ONNX Runtime's pool spins 20-50 ms after a
+    call, PyTorch's a few), and a fixed cycle would put one callable after the same one always."""
     for fn in fns.values():  # warm-up (allocations, thread pools, caches)
         fn()
     one = {}
@@ -125,7 +129,11 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = Tru
     for i in range(rounds):
         if not settle and i >= 3 and time.perf_counter() > stop:
             break
-        for k, fn in fns.items():
+        order = list(fns)
+        if not settle and i % 2:
+            order = order[:1] + order[:0:-1]
+        for k in order:
+            fn = fns[k]
             if settle:
                 time.sleep(SETTLE_AFTER_S.get(previous, SETTLE_S))
                 previous = k

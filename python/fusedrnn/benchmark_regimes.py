@@ -13,7 +13,8 @@ input, per cell and shape (B, T, I, H):
   shared    all in one process, default settings, alternating: ours, torch and ORT in this
             process, called in turn with no settle pause (``median_ms(..., settle=False)``), so
             each call comes right after another library's, whose threads may still spin, as in
-            a program that mixes them.
+            a program that mixes them; the order turns every other round (ours, torch, ORT;
+            ours, ORT, torch), so each comes after each of the others equally often.
 
 Every process sets its contestant's threads to --threads (``fusedrnn.set_num_threads``,
 ``torch.set_num_threads``, ORT's ``intra_op_num_threads``); otherwise every library keeps its
