@@ -163,7 +163,9 @@ def test_concurrent_training_where_a_stack_runs_as_a_wavefront(cls):
 
 
 _ONE_CORE_SNIPPET = r"""
-import os, sys, numpy as np
+import os, subprocess, sys, numpy as np
+if sys.argv[1] == "one-slice":  # a by-units loop in one slice a thread, not two
+    os.environ["FUSEDRNN_TUNING"] = "unit_slices_per_thread=1"
 import fusedrnn as fr
 from fusedrnn import functional as F
 if sys.argv[1] == "one-core":
@@ -172,6 +174,9 @@ if sys.argv[1] == "openmp":  # the phases on PyTorch's OpenMP threads
     import torch, fusedrnn.torch
     torch.set_num_threads(2)
     assert fr.info()["thread_pool"].startswith("OpenMP"), fr.info()
+spinners = []
+if sys.argv[1] == "spinners":  # busy processes on our cores: workers stall in their slices
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
 fr.set_num_threads(2)
 rng = np.random.default_rng(0)
 out = []
@@ -182,6 +187,8 @@ for T, N, H in ((30, 1, 128), (12, 32, 64), (6, 8, 512)):
     y, h, c, ctx = F.lstm_forward(x, None, None, *w, training=True)
     grads = F.lstm_backward(ctx, np.ones_like(y))
     out += [y, h, c, *grads]
+for p in spinners:
+    p.kill()
 np.savez(sys.argv[2], *out)
 """
 
@@ -189,14 +196,17 @@ np.savez(sys.argv[2], *out)
 def test_same_bits_on_one_core_and_on_pytorchs_openmp_threads(tmp_path):
     """With both threads of the team on one core (as when another library's spinning threads
     hold the other), phases do not wait for a worker that is not running: the caller claims its
-    slices. On PyTorch's OpenMP threads (fusedrnn.torch imported) the threads of the region
-    claim them. The results are the same bit for bit as with two free cores of our own."""
+    slices. With busy processes on the cores the workers stall inside slices, and the caller
+    pulls them onto its own core. On PyTorch's OpenMP threads (fusedrnn.torch imported) the
+    threads of the region claim them. A by-units loop cut in one slice a thread instead of two
+    (the CPU table's unit_slices_per_thread) computes every unit the same way. The results are
+    the same bit for bit as with two free cores of our own."""
     import os
     import subprocess
     import sys
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("needs os.sched_setaffinity")
-    modes = ["free", "one-core"]
+    modes = ["free", "one-core", "spinners", "one-slice"]
     try:
         import torch  # noqa: F401
         modes.append("openmp")

@@ -676,11 +676,15 @@ py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int
   fd["loop"] = cpu::name_of(f.loop);
   fd["step_product"] = cpu::name_of(f.product);
   fd["projection"] = cpu::name_of(f.projection);
-  fd["loop_threads"] = f.loop == cpu::Loop::kPipelined ? 1 : f.loop_slices;
+  // A split loop runs on every thread of the call, in loop_slices slices (a by-units loop gives
+  // each thread unit_slices_per_thread of them).
+  const int loop_threads = f.loop == cpu::Loop::kPipelined || f.loop_slices == 1 ? 1 : f.slices;
+  fd["loop_threads"] = loop_threads;
+  fd["loop_slices"] = f.loop == cpu::Loop::kPipelined ? 1 : f.loop_slices;
   // Up front: its own GEMM phase; chunks: every thread claims them; else inside the loop.
   fd["projection_threads"] = f.projection == cpu::Projection::kUpFront  ? f.gemm_slices
                              : f.projection == cpu::Projection::kChunks ? f.slices
-                                                                        : f.loop_slices;
+                                                                        : loop_threads;
   d["forward"] = fd;
   if (training) {
     const cpu::BackwardPlan b = cpu::plan_backward(kind, s, threads, bytes, bf16);

@@ -36,7 +36,7 @@ void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T
     for (int b = 0; b < split.blocks; ++b) block(b);
     return;
   }
-  runner.run([&](int slice) {
+  runner.run(split.slices, [&](int slice) {
     for (int b = slice; b < split.blocks; b += split.slices) block(b);
   });
 }

@@ -147,6 +147,15 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // thread of any other library that needs the core gets it at once.
   t.linger_us = 5000;
   if (const char* linger = std::getenv("FUSEDRNN_LINGER_US")) t.linger_us = std::atoll(linger);
+  // Two slices a thread in a by-units loop of big steps: a worker whose core another library's
+  // spinning pool takes holds back half a step's share, not all of it (ONNX Runtime's pool
+  // spins for tens of ms after each call; 2 threads, AMD EPYC Zen 4, our call right after
+  // ORT's in one process, with the pull of ThreadTeam::run_phase: LSTM B=8 T=256 H=512 72-76 ->
+  // 63-65 ms, GRU B=8 57-59 -> 53-55; back to back level: each thread keeps its own units,
+  // and the same bits). Small steps keep one: GRU B=1 H=512 (0.8 M a step) back to back
+  // 6.6 -> 6.9 ms with two.
+  t.unit_slices_per_thread = 2;
+  t.min_unit_slice_macs = 1 << 20;
   return t;
 }
 
@@ -170,6 +179,8 @@ const TuningEntry kTuningEntries[] = {
     {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr},
     {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr},
     {"linger_us", &Tuning::linger_us, nullptr},
+    {"unit_slices_per_thread", &Tuning::unit_slices_per_thread, nullptr},
+    {"min_unit_slice_macs", &Tuning::min_unit_slice_macs, nullptr},
 };
 const int kTuningEntryCount = sizeof(kTuningEntries) / sizeof(kTuningEntries[0]);
 
@@ -279,6 +290,19 @@ GemmSplit plan_gemm(int64_t M, int64_t N, int64_t K, int slices) {
   return gemm_split(M * N * K >= tuning().min_gemm_macs_to_split, slices);
 }
 
+namespace {
+
+// A split by-units loop's slices: unit_slices_per_thread a thread where each slice's step
+// keeps min_unit_slice_macs, else one.
+int unit_slices(const Tuning& t, int64_t step_macs, int threads) {
+  const int64_t per_thread = t.unit_slices_per_thread > 1 ? t.unit_slices_per_thread : 1;
+  return step_macs >= threads * per_thread * t.min_unit_slice_macs
+             ? threads * static_cast<int>(per_thread)
+             : threads;
+}
+
+}  // namespace
+
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
                          bool training, bool inputs_ready, bool reverse, bool bf16,
                          bool reused) {
@@ -333,6 +357,8 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                  : own_inputs              ? Projection::kPerSlice
                                            : Projection::kUpFront;
   if (by_samples) p.loop_slices = slices;
+  else if (by_units_packed && p.loop_slices > 1)
+    p.loop_slices = unit_slices(t, N * GH * H, slices);
   // b_ih joins b_hh in the packed bias, except where a projection up front of fewer rows than
   // blas_batch runs on row kernels, which add b_ih themselves (ForwardCall::project: an
   // OpenBLAS call would pack all of W_ih for them; LSTM B=1 T=5 H=1024, packs kept: 2.94 ms

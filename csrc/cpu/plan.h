@@ -64,6 +64,10 @@ struct Tuning {
   // Microseconds it then yields its core in a loop (awake, but giving way to any other thread
   // that wants the core) before it sleeps. FUSEDRNN_LINGER_US overrides it (0: sleep at once).
   int64_t linger_us;
+  // Slices a by-units loop gives each thread where each still gets min_unit_slice_macs
+  // multiply-adds a step: with more than one, a thread whose core another library's spinning
+  // threads take holds back at most one small slice of a step.
+  int64_t unit_slices_per_thread, min_unit_slice_macs;
 };
 const Tuning& tuning();
 // The table's numeric entries by name (what fusedrnn info prints, what FUSEDRNN_TUNING sets):

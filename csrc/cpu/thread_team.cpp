@@ -6,6 +6,8 @@
 
 #include <dlfcn.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <exception>
@@ -95,6 +97,36 @@ void step_off_cpu(int waker_cpu) {
 #endif
 }
 
+// The CPUs a worker may run on, as it found them when it started; a worker the caller pulled
+// onto its own CPU (ThreadTeam::pull_stalled_workers) gets them back after its slice, and
+// stays where it is (moving it off that CPU again measured slower: LSTM B=8 T=256 H=512 right
+// after ONNX Runtime's call, 63-65 ms -> 69-74).
+#if defined(__linux__)
+thread_local cpu_set_t t_own_cpus;
+thread_local bool t_own_cpus_known = false;
+#endif
+
+void remember_own_cpus() {
+#if defined(__linux__)
+  t_own_cpus_known = sched_getaffinity(0, sizeof(t_own_cpus), &t_own_cpus) == 0;
+#endif
+}
+
+void set_own_cpus() {
+#if defined(__linux__)
+  if (t_own_cpus_known) sched_setaffinity(0, sizeof(t_own_cpus), &t_own_cpus);
+#endif
+}
+
+// This thread's OS id, for another thread to move it (0 where there is none).
+long os_thread_id() {
+#if defined(__linux__)
+  return static_cast<long>(syscall(SYS_gettid));
+#else
+  return 0;
+#endif
+}
+
 // Read once: hardware_concurrency() reads /sys on every call (8 us, more than a batch-1 step),
 // and every kernel call asks for the thread count.
 int default_threads() {
@@ -172,8 +204,8 @@ void restore_flush_denormals(unsigned saved) {
 #endif
 }
 
-ThreadTeam::ThreadTeam(int size) : size_(size) {
-  for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this);
+ThreadTeam::ThreadTeam(int size) : size_(size), ranges_(new Range[size]) {
+  for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this, s);
 }
 
 ThreadTeam::~ThreadTeam() {
@@ -186,24 +218,50 @@ ThreadTeam::~ThreadTeam() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadTeam::claim_slices() {
-  // The acquire pairs with run_phase's release store: task_ and remaining_ of the phase whose
-  // slice this claims are visible (a claim that succeeds always belongs to the current phase:
-  // the caller leaves a phase only when all its slices are done).
-  for (int s; (s = next_slice_.fetch_add(1, std::memory_order_acq_rel)) < size_;) {
-    (*task_)(s);
-    // The last slice done wakes a caller that blocked waiting for it (seq_cst with the
-    // caller's flag: one of the two sees the other's write).
-    if (remaining_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
-        caller_blocked_.load(std::memory_order_seq_cst)) {
-      { std::lock_guard<std::mutex> g(done_mutex_); }
-      done_.notify_one();
+namespace {
+
+// Takes a slice from range `word` (end << 16 | begin): the front one (`front`), else the back
+// one; -1 when it is empty.
+int take_slice(std::atomic<unsigned>& word, bool front) {
+  unsigned w = word.load(std::memory_order_acquire);
+  for (;;) {
+    const unsigned begin = w & 0xffffu, end = w >> 16;
+    if (begin >= end) return -1;
+    const unsigned taken = front ? w + 1 : w - (1u << 16);
+    if (word.compare_exchange_weak(w, taken, std::memory_order_acq_rel,
+                                   std::memory_order_acquire))
+      return static_cast<int>(front ? begin : end - 1);
+  }
+}
+
+}  // namespace
+
+void ThreadTeam::claim_slices(int index) {
+  // The acquire in take_slice pairs with run_phase's release stores: task_ and remaining_ of
+  // the phase whose slice it takes are visible.
+  Range& own = ranges_[index];
+  for (int r = 0; r < size_; ++r) {
+    const int range = (index + r) % size_;
+    for (int s; (s = take_slice(ranges_[range].word, range == index)) >= 0;) {
+      own.in_slice.store(true, std::memory_order_seq_cst);
+      (*task_)(s);
+      own.in_slice.store(false, std::memory_order_seq_cst);
+      if (own.pulled.exchange(false)) set_own_cpus();
+      // The last slice done wakes a caller that blocked waiting for it (seq_cst with the
+      // caller's flag: one of the two sees the other's write).
+      if (remaining_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+          caller_blocked_.load(std::memory_order_seq_cst)) {
+        { std::lock_guard<std::mutex> g(done_mutex_); }
+        done_.notify_one();
+      }
     }
   }
 }
 
-void ThreadTeam::worker() {
+void ThreadTeam::worker(int index) {
   enable_flush_denormals();
+  remember_own_cpus();
+  ranges_[index].tid.store(os_thread_id());
   unsigned seen = 0;
   for (;;) {
     const auto idle = [&] { return epoch_.load(std::memory_order_acquire) == seen; };
@@ -217,24 +275,31 @@ void ThreadTeam::worker() {
     }
     seen = epoch_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    claim_slices();
+    if (ranges_[index].pulled.exchange(false)) set_own_cpus();  // pulled as its slice ended
+    claim_slices(index);
   }
 }
 
-void ThreadTeam::run_phase(const std::function<void(int)>& fn) {
-  if (size_ == 1) {
-    fn(0);
+void ThreadTeam::run_phase(const std::function<void(int)>& fn, int count) {
+  if (size_ == 1 || count == 1) {
+    for (int s = 0; s < count; ++s) fn(s);
     return;
   }
   if (GompParallel gomp_parallel = g_gomp_parallel.load(std::memory_order_relaxed)) {
-    OpenMPPhase phase{&fn, size_};
+    OpenMPPhase phase{&fn, count};
     gomp_parallel(openmp_phase_thread, &phase, static_cast<unsigned>(size_), 0);
     if (phase.error) std::rethrow_exception(phase.error);
     return;
   }
   task_ = &fn;
-  remaining_.store(size_ - 1, std::memory_order_relaxed);
-  next_slice_.store(1, std::memory_order_release);
+  remaining_.store(count - 1, std::memory_order_relaxed);
+  // Even home ranges, the caller's holding slice 0, which it runs at once (stored last).
+  const auto bound = [&](int t) {
+    const int64_t b = int64_t(count) * t / size_;
+    return static_cast<unsigned>(t == 0 ? 0 : b > 1 ? b : 1);
+  };
+  for (int t = size_ - 1; t >= 0; --t)
+    ranges_[t].word.store(bound(t + 1) << 16 | (t == 0 ? 1u : bound(t)), std::memory_order_release);
   epoch_.fetch_add(1);
   if (sleepers_.load() > 0) {  // a worker went to sleep (or is about to): wake it
     waker_cpu_.store(current_cpu(), std::memory_order_relaxed);
@@ -242,18 +307,39 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn) {
     wake_.notify_all();
   }
   fn(0);
-  claim_slices();  // what no worker has taken yet (it may not be running): no waiting for it
+  claim_slices(0);  // what no worker has taken yet (it may not be running): no waiting for it
   const auto unfinished = [&] { return remaining_.load(std::memory_order_seq_cst) != 0; };
   if (spin_while(unfinished)) {
     // A worker holds a slice but is not running (another library's spinning threads hold the
-    // cores): block, so that this core goes idle and the scheduler moves the worker onto it
-    // at once. Yielding instead kept the core busy: the worker waited for its own core's
-    // time slice to end, milliseconds a step.
+    // cores): move it here and block, so that it runs on this core at once. Yielding instead
+    // kept the core busy: the worker waited for its own core's time slice to end, milliseconds
+    // a step; blocking alone left it there too (the scheduler keeps a thread that ran within
+    // the last half millisecond where it is).
+    pull_stalled_workers();
     std::unique_lock<std::mutex> g(done_mutex_);
     caller_blocked_.store(true, std::memory_order_seq_cst);
     done_.wait(g, [&] { return !unfinished(); });
     caller_blocked_.store(false, std::memory_order_relaxed);
   }
+}
+
+void ThreadTeam::pull_stalled_workers() {
+#if defined(__linux__)
+  const int cpu = current_cpu();
+  if (cpu < 0 || cpu >= CPU_SETSIZE) return;
+  cpu_set_t here;
+  CPU_ZERO(&here);
+  CPU_SET(cpu, &here);
+  for (int t = 1; t < size_; ++t) {
+    Range& r = ranges_[t];
+    const long tid = r.tid.load();
+    // Flagged first: the worker, its slice done, takes its own CPUs back (a pull that lands
+    // after that check is undone as its next phase begins).
+    if (tid == 0 || !r.in_slice.load(std::memory_order_seq_cst)) continue;
+    r.pulled.store(true, std::memory_order_seq_cst);
+    sched_setaffinity(static_cast<pid_t>(tid), sizeof(here), &here);
+  }
+#endif
 }
 
 void set_num_threads(int n) {
@@ -290,7 +376,7 @@ void run_side_by_side(int count, const std::function<void(int)>& fn) {
   std::unique_lock<std::mutex> lock(g_team_mutex, std::defer_lock);
   if (count > 1 && count == get_num_threads() && !t_single_slice && lock.try_lock()) {
     ScopedFlushDenormals flush;
-    team_of_size(count)->run_phase(alone);
+    team_of_size(count)->run_phase(alone, count);
     lock.unlock();
   } else {
     for (int i = 0; i < count; ++i) alone(i);
@@ -307,11 +393,11 @@ PhaseRunner::PhaseRunner()
   }
 }
 
-void PhaseRunner::run(const std::function<void(int)>& fn) {
+void PhaseRunner::run(int count, const std::function<void(int)>& fn) {
   if (team_) {
-    team_->run_phase(fn);
+    team_->run_phase(fn, count);
   } else {
-    for (int s = 0; s < slices_; ++s) fn(s);
+    for (int s = 0; s < count; ++s) fn(s);
   }
 }
 

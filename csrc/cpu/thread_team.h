@@ -1,19 +1,25 @@
 // A persistent team of worker threads for the recurrent time loop.
 //
-// A loop step is a "phase": every slice s in [0, slices) runs fn(s), then all wait for all (one
-// barrier). The caller runs slice 0; the other slices are claimed in order by whichever thread
-// gets to them first, the caller included once its own is done, so a phase never waits for a
-// worker that is not running (asleep, or its core taken by another library's spinning threads,
-// as PyTorch's OpenMP pool spins for milliseconds after each of its ops). A slice may wait for
-// a lower one, never for a higher one: claimed in order, they always finish. Workers spin
-// briefly between phases (a step is microseconds) and sleep when idle. The team serves one call
-// at a time; a call that finds it busy (another Python thread) runs the same slices one after
-// another in its own thread. The results are the same bit for bit either way: they depend on
-// the slice count, never on who runs a slice.
+// A loop step is a "phase": every slice s in [0, count) runs fn(s), then all wait for all (one
+// barrier). Each thread has a home range of the slices (the caller the first, with slice 0 in
+// it) and runs it from the front; a thread out of home slices takes unclaimed ones from the
+// back of the others' ranges. So a thread keeps the same slices, and the weights they read in
+// its core's cache, phase after phase, while a phase never waits long for a worker that is not
+// running (asleep, or its core taken by another library's spinning threads, as PyTorch's
+// OpenMP pool spins for milliseconds after each of its ops, ONNX Runtime's for tens): with
+// several slices a thread, such a worker holds back at most the one it is in, and the caller,
+// done with the rest, moves it onto its own core, which it leaves to it. A slice may
+// wait for a lower one only where each thread has one slice (side by side: the caller then
+// takes the lowest unclaimed first). Workers spin briefly between phases (a step is
+// microseconds) and sleep when idle. The team serves one call at a time; a call that finds it
+// busy (another Python thread) runs the same slices one after another in its own thread. The
+// results are the same bit for bit either way: they depend on the slice count, never on who
+// runs a slice.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -26,21 +32,35 @@ class ThreadTeam {
   explicit ThreadTeam(int size);
   ~ThreadTeam();
   int size() const { return size_; }
-  // Run fn(0..size-1) (the caller runs slice 0 and any slice still unclaimed after it);
+  // Run fn(0..count-1) (the caller runs slice 0 and any slice still unclaimed after it);
   // returns when all are done.
-  void run_phase(const std::function<void(int)>& fn);
+  void run_phase(const std::function<void(int)>& fn, int count);
 
  private:
-  void worker();
-  // Runs the phase's unclaimed slices until none is left.
-  void claim_slices();
+  void worker(int index);
+  // Runs thread `index`'s home slices, then the others' unclaimed ones, until none is left.
+  void claim_slices(int index);
+  // The caller, about to sleep until the workers' slices are done: moves each worker still in
+  // a slice onto the caller's CPU (see run_phase).
+  void pull_stalled_workers();
   int size_;
   std::vector<std::thread> threads_;
   // The two words every step touches live on cache lines of their own: the caller writes
   // epoch_ (workers read it), workers write remaining_ (the caller reads it).
   alignas(64) std::atomic<unsigned> epoch_{0};
   alignas(64) std::atomic<int> remaining_{0};
-  alignas(64) std::atomic<int> next_slice_{0};  // the next unclaimed slice of this phase
+  // Thread t's home range of the phase's slices, [begin, end) as end << 16 | begin in one word:
+  // its owner claims from the front, others from the back, each by one compare-and-swap of
+  // the whole word, so a claim never takes a slice of a phase that has ended (a phase ends only
+  // when every range is empty).
+  // With it, what the caller needs to move worker t onto its own core (pull_stalled_workers).
+  struct alignas(64) Range {
+    std::atomic<unsigned> word{0};
+    std::atomic<long> tid{0};                // the worker's OS thread id (0: unknown)
+    std::atomic<bool> in_slice{false};       // it is running a slice
+    std::atomic<bool> pulled{false};         // the caller moved it: its own CPUs back
+  };
+  std::unique_ptr<Range[]> ranges_;
   alignas(64) const std::function<void(int)>* task_ = nullptr;
   std::atomic<bool> stop_{false};
   std::atomic<int> sleepers_{0};  // workers asleep on wake_: only then does a phase notify
@@ -95,7 +115,8 @@ class PhaseRunner {
  public:
   PhaseRunner();
   int slices() const { return slices_; }
-  void run(const std::function<void(int)>& fn);
+  // fn(0..count-1) on the team's threads (count may exceed slices()).
+  void run(int count, const std::function<void(int)>& fn);
 
  private:
   int slices_;
