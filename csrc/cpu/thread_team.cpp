@@ -137,6 +137,44 @@ int default_threads() {
   return threads;
 }
 
+// A phase's slices in home ranges, one a thread: thread t's is [home_bound(t), home_bound(t+1)),
+// the first holding slice 0 (for the caller, which runs it at once), kept in one word each as
+// end << 16 | begin.
+unsigned home_bound(int count, int threads, int t) {
+  const int64_t b = int64_t(count) * t / threads;
+  return static_cast<unsigned>(t == 0 ? 0 : b > 1 ? b : 1);
+}
+
+unsigned home_range(int count, int threads, int t, bool first_taken) {
+  const unsigned begin = home_bound(count, threads, t) + (t == 0 && first_taken ? 1u : 0u);
+  return home_bound(count, threads, t + 1) << 16 | begin;
+}
+
+// Takes a slice from range `word`: the front one (`front`), else the back one; -1 when it is
+// empty. One compare-and-swap of the whole word, so a claim never takes a slice of a phase that
+// has ended (a phase ends only when every range is empty).
+int take_slice(std::atomic<unsigned>& word, bool front) {
+  unsigned w = word.load(std::memory_order_acquire);
+  for (;;) {
+    const unsigned begin = w & 0xffffu, end = w >> 16;
+    if (begin >= end) return -1;
+    const unsigned taken = front ? w + 1 : w - (1u << 16);
+    if (word.compare_exchange_weak(w, taken, std::memory_order_acq_rel,
+                                   std::memory_order_acquire))
+      return static_cast<int>(front ? begin : end - 1);
+  }
+}
+
+// Thread `index` runs run(s) for its home slices from the front, then for the others' from the
+// back, until none is left; range(t) is thread t's word.
+template <typename Range, typename Run>
+void take_slices(int threads, int index, Range range, Run run) {
+  for (int r = 0; r < threads; ++r) {
+    const int t = (index + r) % threads;
+    for (int s; (s = take_slice(range(t), t == index)) >= 0;) run(s);
+  }
+}
+
 // Our OpenBLAS runs single-threaded: the team splits the big GEMMs itself, so no BLAS thread
 // pool spins against the team's threads (on 2 cores that cost a step tenfold).
 struct SingleThreadedBlas {
@@ -146,13 +184,24 @@ struct SingleThreadedBlas {
 // The OpenMP runtime PyTorch loads (GNU libgomp), when the process shares it: the phases then
 // run on its threads (see share_openmp_threads). Null: the team's own threads.
 using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpThreadNum = int (*)();
 std::atomic<GompParallel> g_gomp_parallel{nullptr};
+std::atomic<OmpThreadNum> g_omp_thread_num{nullptr};
 
-// One phase on the OpenMP team: every thread of the region claims slices, like our workers.
+// One phase on the OpenMP team: every thread of the region takes slices like our workers, its
+// home range first (by its OpenMP thread number: the same units on the same thread step after
+// step), then the others'.
 struct OpenMPPhase {
+  OpenMPPhase(const std::function<void(int)>* f, int count, int threads)
+      : fn(f), threads(threads), ranges(new Slot[threads]) {
+    for (int t = 0; t < threads; ++t) ranges[t].word.store(home_range(count, threads, t, false));
+  }
+  struct alignas(64) Slot {
+    std::atomic<unsigned> word{0};
+  };
   const std::function<void(int)>* fn;
-  int slices;
-  std::atomic<int> next{0};
+  int threads;
+  std::unique_ptr<Slot[]> ranges;
   std::atomic<bool> failed{false};
   std::exception_ptr error;
 };
@@ -162,13 +211,18 @@ void openmp_phase_thread(void* data) {
   // Denormals flushed while a slice runs, then the thread's own mode back: these are
   // PyTorch's threads.
   ScopedFlushDenormals flush;
-  for (int s; (s = phase->next.fetch_add(1, std::memory_order_acq_rel)) < phase->slices;) {
+  // A region of fewer threads than ranges leaves some unowned: the others take them.
+  const OmpThreadNum thread_num = g_omp_thread_num.load(std::memory_order_relaxed);
+  const int index = thread_num ? thread_num() % phase->threads : 0;
+  take_slices(phase->threads, index, [&](int t) -> std::atomic<unsigned>& {
+    return phase->ranges[t].word;
+  }, [&](int s) {
     try {
       (*phase->fn)(s);
     } catch (...) {  // nothing may leave an OpenMP region: the caller rethrows it
       if (!phase->failed.exchange(true)) phase->error = std::current_exception();
     }
-  }
+  });
 }
 
 }  // namespace
@@ -177,6 +231,7 @@ bool share_openmp_threads() {
   if (!g_gomp_parallel.load()) {
     // Only an already loaded runtime (RTLD_NOLOAD): we never bring one in ourselves.
     if (void* lib = dlopen("libgomp.so.1", RTLD_NOW | RTLD_NOLOAD)) {
+      g_omp_thread_num.store(reinterpret_cast<OmpThreadNum>(dlsym(lib, "omp_get_thread_num")));
       g_gomp_parallel.store(reinterpret_cast<GompParallel>(dlsym(lib, "GOMP_parallel")));
       dlclose(lib);  // it stays loaded: its owner holds it
     }
@@ -218,44 +273,24 @@ ThreadTeam::~ThreadTeam() {
   for (auto& t : threads_) t.join();
 }
 
-namespace {
-
-// Takes a slice from range `word` (end << 16 | begin): the front one (`front`), else the back
-// one; -1 when it is empty.
-int take_slice(std::atomic<unsigned>& word, bool front) {
-  unsigned w = word.load(std::memory_order_acquire);
-  for (;;) {
-    const unsigned begin = w & 0xffffu, end = w >> 16;
-    if (begin >= end) return -1;
-    const unsigned taken = front ? w + 1 : w - (1u << 16);
-    if (word.compare_exchange_weak(w, taken, std::memory_order_acq_rel,
-                                   std::memory_order_acquire))
-      return static_cast<int>(front ? begin : end - 1);
-  }
-}
-
-}  // namespace
-
 void ThreadTeam::claim_slices(int index) {
   // The acquire in take_slice pairs with run_phase's release stores: task_ and remaining_ of
   // the phase whose slice it takes are visible.
   Range& own = ranges_[index];
-  for (int r = 0; r < size_; ++r) {
-    const int range = (index + r) % size_;
-    for (int s; (s = take_slice(ranges_[range].word, range == index)) >= 0;) {
-      own.in_slice.store(true, std::memory_order_seq_cst);
-      (*task_)(s);
-      own.in_slice.store(false, std::memory_order_seq_cst);
-      if (own.pulled.exchange(false)) set_own_cpus();
-      // The last slice done wakes a caller that blocked waiting for it (seq_cst with the
-      // caller's flag: one of the two sees the other's write).
-      if (remaining_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
-          caller_blocked_.load(std::memory_order_seq_cst)) {
-        { std::lock_guard<std::mutex> g(done_mutex_); }
-        done_.notify_one();
-      }
+  take_slices(size_, index, [&](int t) -> std::atomic<unsigned>& { return ranges_[t].word; },
+              [&](int s) {
+    own.in_slice.store(true, std::memory_order_seq_cst);
+    (*task_)(s);
+    own.in_slice.store(false, std::memory_order_seq_cst);
+    if (own.pulled.exchange(false)) set_own_cpus();
+    // The last slice done wakes a caller that blocked waiting for it (seq_cst with the
+    // caller's flag: one of the two sees the other's write).
+    if (remaining_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        caller_blocked_.load(std::memory_order_seq_cst)) {
+      { std::lock_guard<std::mutex> g(done_mutex_); }
+      done_.notify_one();
     }
-  }
+  });
 }
 
 void ThreadTeam::worker(int index) {
@@ -286,20 +321,16 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn, int count) {
     return;
   }
   if (GompParallel gomp_parallel = g_gomp_parallel.load(std::memory_order_relaxed)) {
-    OpenMPPhase phase{&fn, count};
+    OpenMPPhase phase(&fn, count, size_);
     gomp_parallel(openmp_phase_thread, &phase, static_cast<unsigned>(size_), 0);
     if (phase.error) std::rethrow_exception(phase.error);
     return;
   }
   task_ = &fn;
   remaining_.store(count - 1, std::memory_order_relaxed);
-  // Even home ranges, the caller's holding slice 0, which it runs at once (stored last).
-  const auto bound = [&](int t) {
-    const int64_t b = int64_t(count) * t / size_;
-    return static_cast<unsigned>(t == 0 ? 0 : b > 1 ? b : 1);
-  };
+  // The caller's range last: it runs slice 0 at once.
   for (int t = size_ - 1; t >= 0; --t)
-    ranges_[t].word.store(bound(t + 1) << 16 | (t == 0 ? 1u : bound(t)), std::memory_order_release);
+    ranges_[t].word.store(home_range(count, size_, t, true), std::memory_order_release);
   epoch_.fetch_add(1);
   if (sleepers_.load() > 0) {  // a worker went to sleep (or is about to): wake it
     waker_cpu_.store(current_cpu(), std::memory_order_relaxed);

@@ -49,11 +49,9 @@ class ThreadTeam {
   // epoch_ (workers read it), workers write remaining_ (the caller reads it).
   alignas(64) std::atomic<unsigned> epoch_{0};
   alignas(64) std::atomic<int> remaining_{0};
-  // Thread t's home range of the phase's slices, [begin, end) as end << 16 | begin in one word:
-  // its owner claims from the front, others from the back, each by one compare-and-swap of
-  // the whole word, so a claim never takes a slice of a phase that has ended (a phase ends only
-  // when every range is empty).
-  // With it, what the caller needs to move worker t onto its own core (pull_stalled_workers).
+  // Thread t's home range of the phase's slices (end << 16 | begin: its owner takes them from
+  // the front, others from the back), and what the caller needs to move worker t onto its own
+  // core (pull_stalled_workers).
   struct alignas(64) Range {
     std::atomic<unsigned> word{0};
     std::atomic<long> tid{0};                // the worker's OS thread id (0: unknown)
