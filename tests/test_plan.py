@@ -71,12 +71,13 @@ def test_plans_follow_the_shape(threads):
     assert "backward" not in plan("gru", 10, 4, 8, 8)
     # A by-units loop of big steps gives each thread two slices of the units (a worker whose
     # core is taken holds back half its share); small steps one.
-    big = plan("lstm", 256, 8, 512, 512)["forward"]
-    small = plan("gru", 256, 1, 512, 512)["forward"]
-    assert big["loop"] == small["loop"] == "by units"
-    assert big["loop_threads"] == small["loop_threads"] == threads
-    assert big["loop_slices"] == (2 * threads if threads > 1 else 1)
-    assert small["loop_slices"] == threads
+    big = plan("lstm", 256, 8, 512, 512, training=True)
+    small = plan("gru", 256, 1, 512, 512, training=True)
+    for way in ("forward", "backward"):
+        assert big[way]["loop"] == small[way]["loop"] == "by units"
+        assert big[way]["loop_threads"] == small[way]["loop_threads"] == threads
+        assert big[way]["loop_slices"] == (2 * threads if threads > 1 else 1)
+        assert small[way]["loop_slices"] == threads
     # A short inference call multiplies unpacked rows, unless its weights serve more calls (a
     # WeightCache passed: a layer in eval mode); below packed_min_steps never.
     for cell, T, N in [("lstm", 10, 1), ("gru", 6, 2), ("lstm", 4, 8)]:

@@ -692,7 +692,8 @@ py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int
     bd["loop"] = cpu::name_of(b.loop);
     bd["step_product"] = cpu::name_of(b.product);
     bd["dx"] = cpu::name_of(b.dx);
-    bd["loop_threads"] = b.loop_slices;
+    bd["loop_threads"] = b.loop_slices == 1 ? 1 : b.slices;
+    bd["loop_slices"] = b.loop_slices;
     bd["weight_grad_threads"] = b.gemm_slices;
     d["backward"] = bd;
   }

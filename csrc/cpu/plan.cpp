@@ -483,7 +483,9 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
                  : InputGrad::kChunks;
   } else {
     p.loop = Loop::kByUnits;
-    p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = N * GH * H < t.min_step_macs_to_split ? 1
+                    : packed                              ? unit_slices(t, N * GH * H, slices)
+                                                          : slices;
   }
   if (bf16) {
     // bfloat16 products (BackwardCall::bf16_loop): W_hh's columns and W_ih's packed into
