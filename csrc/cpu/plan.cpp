@@ -292,11 +292,11 @@ GemmSplit plan_gemm(int64_t M, int64_t N, int64_t K, int slices) {
 
 namespace {
 
-// A split by-units loop's slices: unit_slices_per_thread a thread where each slice's step
-// keeps min_unit_slice_macs, else one.
+// A split by-units loop's slices: unit_slices_per_thread a thread where there are several and
+// each slice's step keeps min_unit_slice_macs, else one.
 int unit_slices(const Tuning& t, int64_t step_macs, int threads) {
   const int64_t per_thread = t.unit_slices_per_thread > 1 ? t.unit_slices_per_thread : 1;
-  return step_macs >= threads * per_thread * t.min_unit_slice_macs
+  return threads > 1 && step_macs >= threads * per_thread * t.min_unit_slice_macs
              ? threads * static_cast<int>(per_thread)
              : threads;
 }
