@@ -32,8 +32,8 @@ class ThreadTeam {
   explicit ThreadTeam(int size);
   ~ThreadTeam();
   int size() const { return size_; }
-  // Run fn(0..count-1) (the caller runs slice 0 and any slice still unclaimed after it);
-  // returns when all are done.
+  // Run fn(0..count-1), count < 65536 (the caller runs slice 0 and any slice still unclaimed
+  // after it); returns when all are done.
   void run_phase(const std::function<void(int)>& fn, int count);
 
  private:
