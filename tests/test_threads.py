@@ -176,19 +176,23 @@ if sys.argv[1] == "openmp":  # the phases on PyTorch's OpenMP threads
     assert fr.info()["thread_pool"].startswith("OpenMP"), fr.info()
 spinners = []
 if sys.argv[1] == "spinners":  # busy processes on our cores: workers stall in their slices
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    # (each ends itself within two minutes should this process die before it kills them)
+    spin = "import time; end = time.time() + 120\nwhile time.time() < end: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
 fr.set_num_threads(2)
 rng = np.random.default_rng(0)
 out = []
-# (T, N, H): pipelined (batch 1), by samples (batch 32), by units (batch 8, H 512)
-for T, N, H in ((30, 1, 128), (12, 32, 64), (6, 8, 512)):
-    x = rng.standard_normal((T, N, H)).astype(np.float32)
-    w = [rng.uniform(-0.1, 0.1, s).astype(np.float32) for s in ((4 * H, H), (4 * H, H), (4 * H,), (4 * H,))]
-    y, h, c, ctx = F.lstm_forward(x, None, None, *w, training=True)
-    grads = F.lstm_backward(ctx, np.ones_like(y))
-    out += [y, h, c, *grads]
-for p in spinners:
-    p.kill()
+try:
+    # (T, N, H): pipelined (batch 1), by samples (batch 32), by units (batch 8, H 512)
+    for T, N, H in ((30, 1, 128), (12, 32, 64), (6, 8, 512)):
+        x = rng.standard_normal((T, N, H)).astype(np.float32)
+        w = [rng.uniform(-0.1, 0.1, s).astype(np.float32) for s in ((4 * H, H), (4 * H, H), (4 * H,), (4 * H,))]
+        y, h, c, ctx = F.lstm_forward(x, None, None, *w, training=True)
+        grads = F.lstm_backward(ctx, np.ones_like(y))
+        out += [y, h, c, *grads]
+finally:
+    for p in spinners:
+        p.kill()
 np.savez(sys.argv[2], *out)
 """
 

@@ -167,12 +167,18 @@ int take_slice(std::atomic<unsigned>& word, bool front) {
 
 // Thread `index` runs run(s) for its home slices from the front, then for the others' from the
 // back, until none is left; range(t) is thread t's word.
-template <typename Range, typename Run>
-void take_slices(int threads, int index, Range range, Run run) {
+template <typename Run>
+void take_slices(ThreadTeam::Range* ranges, int threads, int index, Run run) {
   for (int r = 0; r < threads; ++r) {
     const int t = (index + r) % threads;
-    for (int s; (s = take_slice(range(t), t == index)) >= 0;) run(s);
+    for (int s; (s = take_slice(ranges[t].word, t == index)) >= 0;) run(s);
   }
+}
+
+// A worker the caller pulled onto its CPU takes its own CPUs back (a plain load first: this
+// runs after every slice).
+void take_back_own_cpus(ThreadTeam::Range& own) {
+  if (own.pulled.load(std::memory_order_relaxed) && own.pulled.exchange(false)) set_own_cpus();
 }
 
 // Our OpenBLAS runs single-threaded: the team splits the big GEMMs itself, so no BLAS thread
@@ -192,16 +198,9 @@ std::atomic<OmpThreadNum> g_omp_thread_num{nullptr};
 // home range first (by its OpenMP thread number: the same units on the same thread step after
 // step), then the others'.
 struct OpenMPPhase {
-  OpenMPPhase(const std::function<void(int)>* f, int count, int threads)
-      : fn(f), threads(threads), ranges(new Slot[threads]) {
-    for (int t = 0; t < threads; ++t) ranges[t].word.store(home_range(count, threads, t, false));
-  }
-  struct alignas(64) Slot {
-    std::atomic<unsigned> word{0};
-  };
   const std::function<void(int)>* fn;
+  ThreadTeam::Range* ranges;
   int threads;
-  std::unique_ptr<Slot[]> ranges;
   std::atomic<bool> failed{false};
   std::exception_ptr error;
 };
@@ -214,9 +213,7 @@ void openmp_phase_thread(void* data) {
   // A region of fewer threads than ranges leaves some unowned: the others take them.
   const OmpThreadNum thread_num = g_omp_thread_num.load(std::memory_order_relaxed);
   const int index = thread_num ? thread_num() % phase->threads : 0;
-  take_slices(phase->threads, index, [&](int t) -> std::atomic<unsigned>& {
-    return phase->ranges[t].word;
-  }, [&](int s) {
+  take_slices(phase->ranges, phase->threads, index, [&](int s) {
     try {
       (*phase->fn)(s);
     } catch (...) {  // nothing may leave an OpenMP region: the caller rethrows it
@@ -259,7 +256,8 @@ void restore_flush_denormals(unsigned saved) {
 #endif
 }
 
-ThreadTeam::ThreadTeam(int size) : size_(size), ranges_(new Range[size]) {
+ThreadTeam::ThreadTeam(int size)
+    : size_(size), ranges_(new Range[size]), openmp_ranges_(new Range[size]) {
   for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this, s);
 }
 
@@ -277,12 +275,11 @@ void ThreadTeam::claim_slices(int index) {
   // The acquire in take_slice pairs with run_phase's release stores: task_ and remaining_ of
   // the phase whose slice it takes are visible.
   Range& own = ranges_[index];
-  take_slices(size_, index, [&](int t) -> std::atomic<unsigned>& { return ranges_[t].word; },
-              [&](int s) {
+  take_slices(ranges_.get(), size_, index, [&](int s) {
     own.in_slice.store(true, std::memory_order_seq_cst);
     (*task_)(s);
     own.in_slice.store(false, std::memory_order_seq_cst);
-    if (own.pulled.exchange(false)) set_own_cpus();
+    take_back_own_cpus(own);
     // The last slice done wakes a caller that blocked waiting for it (seq_cst with the
     // caller's flag: one of the two sees the other's write).
     if (remaining_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
@@ -310,7 +307,7 @@ void ThreadTeam::worker(int index) {
     }
     seen = epoch_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    if (ranges_[index].pulled.exchange(false)) set_own_cpus();  // pulled as its slice ended
+    take_back_own_cpus(ranges_[index]);  // pulled as its last slice ended
     claim_slices(index);
   }
 }
@@ -321,7 +318,9 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn, int count) {
     return;
   }
   if (GompParallel gomp_parallel = g_gomp_parallel.load(std::memory_order_relaxed)) {
-    OpenMPPhase phase(&fn, count, size_);
+    for (int t = 0; t < size_; ++t)
+      openmp_ranges_[t].word.store(home_range(count, size_, t, false), std::memory_order_relaxed);
+    OpenMPPhase phase{&fn, openmp_ranges_.get(), size_};  // GOMP_parallel publishes it
     gomp_parallel(openmp_phase_thread, &phase, static_cast<unsigned>(size_), 0);
     if (phase.error) std::rethrow_exception(phase.error);
     return;

@@ -36,6 +36,16 @@ class ThreadTeam {
   // after it); returns when all are done.
   void run_phase(const std::function<void(int)>& fn, int count);
 
+  // Thread t's home range of a phase's slices (end << 16 | begin: its owner takes them from
+  // the front, others from the back), and what the caller needs to move worker t onto its own
+  // core (pull_stalled_workers).
+  struct alignas(64) Range {
+    std::atomic<unsigned> word{0};
+    std::atomic<long> tid{0};                // the worker's OS thread id (0: unknown)
+    std::atomic<bool> in_slice{false};       // it is running a slice
+    std::atomic<bool> pulled{false};         // the caller moved it: its own CPUs back
+  };
+
  private:
   void worker(int index);
   // Runs thread `index`'s home slices, then the others' unclaimed ones, until none is left.
@@ -49,16 +59,10 @@ class ThreadTeam {
   // epoch_ (workers read it), workers write remaining_ (the caller reads it).
   alignas(64) std::atomic<unsigned> epoch_{0};
   alignas(64) std::atomic<int> remaining_{0};
-  // Thread t's home range of the phase's slices (end << 16 | begin: its owner takes them from
-  // the front, others from the back), and what the caller needs to move worker t onto its own
-  // core (pull_stalled_workers).
-  struct alignas(64) Range {
-    std::atomic<unsigned> word{0};
-    std::atomic<long> tid{0};                // the worker's OS thread id (0: unknown)
-    std::atomic<bool> in_slice{false};       // it is running a slice
-    std::atomic<bool> pulled{false};         // the caller moved it: its own CPUs back
-  };
   std::unique_ptr<Range[]> ranges_;
+  // The ranges of a phase on the OpenMP runtime's threads (share_openmp_threads): their own,
+  // so that none of ours, late from a phase of its own, can meet them.
+  std::unique_ptr<Range[]> openmp_ranges_;
   alignas(64) const std::function<void(int)>* task_ = nullptr;
   std::atomic<bool> stop_{false};
   std::atomic<int> sleepers_{0};  // workers asleep on wake_: only then does a phase notify
