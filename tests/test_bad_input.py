@@ -414,3 +414,17 @@ def test_zero_size_huge_sequence_returns_at_once(monkeypatch):
         assert h.shape == (0, H)
         dx, _ = m.backward(np.empty((0, H), np.float32))
         assert dx.shape == (0, I)
+
+
+def test_thread_counts_are_checked_and_numpy_integers_taken():
+    import fusedrnn as fr
+    saved = fr.get_num_threads()
+    try:
+        for n, error in ((0, ValueError), (10 ** 12, ValueError), (2 ** 31, ValueError),
+                         (2.0, TypeError), (True, TypeError), ("2", TypeError)):
+            with pytest.raises(error, match="^n: expected"):
+                fr.set_num_threads(n)
+        fr.set_num_threads(np.int64(1))
+        assert fr.get_num_threads() == 1
+    finally:
+        fr.set_num_threads(saved)

@@ -237,3 +237,21 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(mask)
+
+
+def test_saving_through_a_symlink_writes_the_file_it_points_to(tmp_path):
+    """As open(link, "w") would: the link stays a link and its target gets the new contents."""
+    real, link = tmp_path / "real.npz", tmp_path / "latest.npz"
+    fr.save({"w": np.zeros(2)}, real)
+    os.symlink(real.name, link)
+    fr.save({"w": np.ones(2)}, link)
+    assert link.is_symlink()
+    np.testing.assert_array_equal(fr.load(real)["w"], np.ones(2))
+
+
+def test_saving_into_a_missing_folder_names_the_users_path(tmp_path):
+    path = tmp_path / "missing" / "model.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        fr.save({"w": np.zeros(2)}, path)
+    assert info.value.filename == str(path)
+    assert not (tmp_path / "missing").exists()

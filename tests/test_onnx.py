@@ -117,13 +117,15 @@ def test_export_sequential_and_seq2seq_encoder(tmp_path):
     np.testing.assert_allclose(_ort_run(tmp_path / "seq.onnx", {"x": tokens})[0], model(tokens),
                                rtol=0, atol=ATOL)
 
-    s2s = fr.nn.Seq2Seq(12, 9, embed_size=5, hidden_size=6, num_layers=2, cell="gru", seed=0)
     lengths = np.array([7, 3, 1], np.int64)
-    export(s2s, tmp_path / "s2s.onnx", tokens, lengths=lengths)
-    y, h_n = _ort_run(tmp_path / "s2s.onnx", {"x": tokens, "lengths": lengths})
-    out, h = s2s.encoder(s2s.src_embedding(tokens.T), lengths=lengths)
-    np.testing.assert_allclose(y, out.transpose(1, 0, 2), rtol=0, atol=ATOL)
-    np.testing.assert_allclose(h_n, h, rtol=0, atol=ATOL)
+    for kwargs in (dict(num_layers=2, cell="gru"), dict(cell="lstm", proj_size=4)):
+        s2s = fr.nn.Seq2Seq(12, 9, embed_size=5, hidden_size=6, seed=0, **kwargs)
+        export(s2s, tmp_path / "s2s.onnx", tokens, lengths=lengths)
+        got = _ort_run(tmp_path / "s2s.onnx", {"x": tokens, "lengths": lengths})
+        out, finals = s2s.encoder(s2s.src_embedding(tokens.T), lengths=lengths)
+        np.testing.assert_allclose(got[0], out.transpose(1, 0, 2), rtol=0, atol=ATOL)
+        for a, b in zip(got[1:], finals if isinstance(finals, tuple) else [finals]):
+            np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
 
 
 def test_export_restores_training_mode_and_writes_atomically(tmp_path):
@@ -216,6 +218,24 @@ def _node_model(op, attributes=None, inputs=("X", "W", "R"), outputs=("Y", "Y_h"
         [onnx.helper.make_tensor_value_info(n, float_, shapes[n]) for n in inputs],
         [onnx.helper.make_tensor_value_info(n, float_, shapes[n]) for n in outputs])
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_backend_uses_a_fed_value_of_an_initializer_that_is_a_graph_input():
+    """W both an initializer (the default) and a graph input (every weight of an IR < 4 model):
+    a fed W is the one used, as ONNX Runtime does; without it, the initializer."""
+    rng = np.random.default_rng(0)
+    model = _node_model("LSTM")
+    W, R = (rng.standard_normal([int(d.dim_value) for d in i.type.tensor_type.shape.dim])
+            .astype(np.float32) for i in model.graph.input[1:])
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(W, "W"),
+                                    onnx.numpy_helper.from_array(R, "R")])
+    x = rng.standard_normal((2, 1, 2)).astype(np.float32)
+    rep = Backend.prepare(model)
+    node = model.graph.node[0]
+    for fed in ({}, {"W": 0.5 * W}, {"R": -R}):
+        expected = Backend.run_node(node, [x, fed.get("W", W), fed.get("R", R)])
+        for a, b in zip(rep.run({"X": x, **fed}), expected):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("attributes, message", [

@@ -197,3 +197,49 @@ def test_genetic_algorithm_trains_a_recurrent_model_with_inference_forward():
     acc = np.mean(np.argmax(model(x), 1) == y)
     assert model.rnn._saved is None
     assert acc > 0.75
+
+
+def test_genetic_algorithm_interrupted_step_keeps_the_parameters():
+    """fitness raising (an error, or Ctrl-C) mid-generation leaves the model as it was, not
+    holding whichever candidate was being scored."""
+    p = Parameter(np.arange(4.0))
+    calls = []
+
+    def fitness():
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return -float(np.sum(p.data ** 2))
+
+    ga = optim.GeneticAlgorithm([p], fitness, population_size=6, init_std=1.0, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        ga.step()
+    np.testing.assert_array_equal(p.data, np.arange(4.0))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(population_size=2.5), TypeError, "population_size: expected an integer, got float"),
+    (dict(population_size="10"), TypeError, "population_size: expected an integer, got str"),
+    (dict(population_size=1), ValueError, "population_size: expected an integer >= 2"),
+    (dict(elite=50), ValueError, r"elite: expected an integer in \[0, 49\]"),
+    (dict(tournament_size=0), ValueError, "tournament_size"),
+    (dict(mutation_rate=-1), ValueError, r"mutation_rate: expected a number in \[0, 1\]"),
+    (dict(crossover_rate=1.5), ValueError, "crossover_rate"),
+    (dict(mutation_std=-0.1), ValueError, "mutation_std: expected a number >= 0"),
+    (dict(init_std=float("nan")), ValueError, "init_std"),
+])
+def test_genetic_algorithm_refuses_bad_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        optim.GeneticAlgorithm([Parameter(np.zeros(3))], lambda: 0.0, **kwargs)
+    optim.GeneticAlgorithm([Parameter(np.zeros(3))], lambda: 0.0, population_size=np.int64(4))
+
+
+def test_clip_and_adam_refuse_bad_arguments():
+    p = param([0.0, 0.0], [3.0, 4.0])
+    for norm_type in (0, -1, "fro", None, float("nan")):
+        with pytest.raises(ValueError, match="norm_type: expected a number > 0"):
+            optim.clip_grad_norm_([p], 1.0, norm_type)
+    assert optim.clip_grad_norm_([p], 100.0, "inf") == 4.0  # torch's spelling of inf
+    for betas in (0.9, (0.9,), (0.9, 1.0), ("a", 0.9)):
+        with pytest.raises(ValueError, match="betas: expected two numbers"):
+            optim.Adam([p], betas=betas)

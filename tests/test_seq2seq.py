@@ -169,6 +169,29 @@ def test_captioner_decoding():
                                       .tokens[n])
 
 
+def test_decoding_and_loss_refuse_bad_arguments():
+    """Named errors, not NumPy's: max_len < 1, float or out-of-range source lengths, targets
+    of another batch size or of no step; an empty batch decodes to nothing by either search."""
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
+    for decode in (model.greedy_decode, model.beam_search):
+        for max_len in (0, -1, 2.5):
+            with pytest.raises((ValueError, TypeError), match="max_len"):
+                decode(SRC, SRC_LENGTHS, max_len=max_len)
+        assert decode(SRC[:0], SRC_LENGTHS[:0], max_len=3).tokens == []
+    with pytest.raises(TypeError, match="src_lengths: expected an integer array"):
+        model.loss(SRC, SRC_LENGTHS + 0.5, TGT)
+    with pytest.raises(ValueError, match=r"src_lengths: expected values in \[0, 5\]"):
+        model.greedy_decode(SRC, SRC_LENGTHS + 1)
+    for tgt in (TGT[:2], TGT[:, :0]):
+        with pytest.raises(ValueError, match=r"tgt: expected \[3, T\] with T >= 1"):
+            model.loss(SRC, SRC_LENGTHS, tgt)
+    captioner = Captioner(6, 8, embed_size=5, hidden_size=6, seed=8)
+    with pytest.raises(ValueError, match=r"tgt: expected \[5, T\]"):
+        captioner.loss(np.zeros((5, 6)), TGT)
+    with pytest.raises(ValueError, match="max_len"):
+        captioner.greedy_decode(np.zeros((5, 6)), max_len=0)
+
+
 def test_date_generator_is_seeded_and_held_out():
     train, test = dates_split(3000, 300, seed=2)
     assert (train, test) == dates_split(3000, 300, seed=2)

@@ -2,6 +2,7 @@
 target, so a crash mid-write leaves the previous file intact."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 
@@ -24,9 +25,13 @@ def _umask() -> int:
 def atomic_write(path, write) -> None:
     """Call ``write(file_object)`` on a binary temporary file, then move it onto ``path``. The
     file gets the permissions ``open(path, "w")`` would give it (0o666 less the umask; an
-    existing file's own), not mkstemp's owner-only 0o600."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    existing file's own), not mkstemp's owner-only 0o600. A symbolic link is followed: the file
+    it points to is replaced, the link stays."""
+    user_path = os.fspath(path)
+    path = os.path.realpath(user_path)
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):  # say so for the user's path, not for the temporary file's
+        raise FileNotFoundError(errno.ENOENT, f"no folder {folder!r} to write into", user_path)
     try:
         mode = os.stat(path).st_mode & 0o7777
     except OSError:

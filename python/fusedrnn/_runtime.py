@@ -1,4 +1,6 @@
 """What was built and how many threads the kernels use."""
+import numbers
+
 import numpy as np
 
 from ._loader import _C
@@ -44,13 +46,17 @@ def cpu_table_summary() -> str:
     return " ".join(f"{k}={v}" for k, v in _C.tuning().items())
 
 
+# A bound far above any machine's cores that keeps a typo (10**6) from starting that many threads.
+MAX_THREADS = 4096
+
+
 def set_num_threads(n: int) -> None:
-    """Threads used by the kernels (and by their BLAS calls). n >= 1."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    """Threads used by the kernels (and by their BLAS calls). 1 <= n <= MAX_THREADS."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n: expected at least 1 thread, got {n}")
-    _C.set_num_threads(n)
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected 1 to {MAX_THREADS} threads, got {n}")
+    _C.set_num_threads(int(n))
 
 
 def set_deterministic(on: bool) -> None:

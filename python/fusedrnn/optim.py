@@ -41,9 +41,24 @@ def _is_array(value):
 
 
 def _nonnegative(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    return _number_in(value, name, 0.0, math.inf, ">= 0")
+
+
+def _number_in(value, name, low, high, expected):
+    """``value`` as a float, if it is a real number (not a bool) with low <= value <= high."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+        raise ValueError(f"{name}: expected a number {expected}, got {value!r}")
     return float(value)
+
+
+def _count(value, name, low, high=None):
+    """``value`` as an int, if it is an integer (Python or NumPy, not a bool) >= low (and <= high)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: expected an integer {bounds}, got {value!r}")
+    return int(value)
 
 
 class Optimizer:
@@ -193,7 +208,9 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(isinstance(b, numbers.Real) and not isinstance(b, bool)
+                           and 0 <= b < 1 for b in betas)):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay))
@@ -282,7 +299,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0):
     max_norm = _nonnegative(max_norm, "max_norm")
     if not grads:
         return 0.0
-    norm_type = float(norm_type)
+    if isinstance(norm_type, str) and norm_type == "inf":  # torch's spelling, too
+        norm_type = math.inf
+    norm_type = _number_in(norm_type, "norm_type", 1e-300, math.inf, "> 0 (or inf)")
     if math.isinf(norm_type):
         total = max(float(np.abs(g).max()) if g.size else 0.0 for g in grads)
     else:
@@ -416,17 +435,14 @@ class GeneticAlgorithm:
             raise TypeError(f"fitness: expected a callable returning a number, got "
                             f"{type(fitness).__name__}")
         self.fitness = fitness
-        if population_size < 2:
-            raise ValueError(f"population_size: expected >= 2, got {population_size}")
-        if not 0 <= elite < population_size:
-            raise ValueError(f"elite: expected in [0, population_size), got {elite}")
-        if not 1 <= tournament_size <= population_size:
-            raise ValueError(f"tournament_size: expected in [1, population_size], got "
-                             f"{tournament_size}")
-        self.population_size, self.elite = int(population_size), int(elite)
-        self.tournament_size = int(tournament_size)
-        self.crossover_rate, self.mutation_rate = float(crossover_rate), float(mutation_rate)
-        self.mutation_std = float(mutation_std)
+        self.population_size = _count(population_size, "population_size", 2)
+        self.elite = _count(elite, "elite", 0, self.population_size - 1)
+        self.tournament_size = _count(tournament_size, "tournament_size", 1, self.population_size)
+        self.crossover_rate = _number_in(crossover_rate, "crossover_rate", 0, 1, "in [0, 1]")
+        self.mutation_rate = _number_in(mutation_rate, "mutation_rate", 0, 1, "in [0, 1]")
+        self.mutation_std = _nonnegative(mutation_std, "mutation_std")
+        if init_std is not None:
+            _nonnegative(init_std, "init_std")
         self.rng = np.random.default_rng(seed)
         start = parameters_to_vector(self.params)
         std = float(np.std(start)) if init_std is None else float(init_std)
@@ -442,11 +458,15 @@ class GeneticAlgorithm:
         was_training = self.module.training if self.module is not None else None
         if self.module is not None:
             self.module.eval()
+        before = parameters_to_vector(self.params)
         try:
             for i in np.flatnonzero(np.isnan(self.scores)):
                 vector_to_parameters(self.population[i], self.params)
                 score = float(self.fitness())
                 self.scores[i] = score if np.isfinite(score) else -np.inf
+        except BaseException:  # fitness raised (or Ctrl-C): the model keeps what it held
+            vector_to_parameters(before, self.params)
+            raise
         finally:
             if self.module is not None:
                 self.module.train(was_training)

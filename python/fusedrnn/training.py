@@ -68,6 +68,8 @@ class TruncatedBPTT:
     def run(self, x, target, state=None):
         """Returns ``(mean loss over chunks weighted by chunk length, final state)``."""
         T = x.shape[0]
+        if T == 0:
+            raise ValueError(f"x: expected at least one time step, got shape {x.shape}")
         if target.shape[0] != T:
             raise ValueError(f"target: expected {T} time steps like x, got shape {target.shape}")
         total = 0.0

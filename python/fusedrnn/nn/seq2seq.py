@@ -258,11 +258,14 @@ class _Generator(Module):
         """Number of attention columns of sample n (the source length)."""
         return None
 
-    def _decoder_loss_forward(self, state, cond, tgt, teacher_forcing, rng):
+    def _decoder_loss_forward(self, state, cond, tgt, teacher_forcing, rng, batch):
         tgt = np.asarray(tgt)
         if tgt.ndim != 2 or tgt.dtype.kind not in "iu":
             raise ValueError(f"tgt: expected an integer array [N, T], got {tgt.dtype} {tgt.shape}")
         N, T = tgt.shape
+        if N != batch or T == 0:
+            raise ValueError(f"tgt: expected [{batch}, T] with T >= 1 (a target per sample of the "
+                             f"batch, at least one step), got shape {tgt.shape}")
         self.decoder.reset()
         tokens = np.full(N, self.bos_idx, dtype=np.int64)
         logits = []
@@ -289,6 +292,7 @@ class _Generator(Module):
 
     def greedy_decode(self, *inputs, max_len=40, length_penalty=1.0):
         """The most likely token at every step until ``eos_idx`` (or ``max_len`` tokens)."""
+        max_len = _positive_int(max_len, "max_len")
         was = self._decoding()
         try:
             N = self._batch_size(inputs)
@@ -332,6 +336,7 @@ class _Generator(Module):
         sample stops when it has ``beam_size`` finished hypotheses and no alive one scores
         better at its current length. Returns the best finished hypothesis per sample."""
         k = _positive_int(beam_size, "beam_size")
+        max_len = _positive_int(max_len, "max_len")
         was = self._decoding()
         try:
             N = self._batch_size(inputs)
@@ -381,7 +386,7 @@ class _Generator(Module):
                     if alive == 0 or (len(finished[n]) >= k and
                                       max(f[0] for f in finished[n]) >= best_alive):
                         done[n] = True
-                hist_att.append(None if not has_att else weights.reshape(N, k, -1))
+                hist_att.append(None if not has_att else weights.reshape(N, k, weights.shape[-1]))
                 hist_parent.append(new_parent)
                 hist_tok.append(new_tok)
                 beam_logp = new_logp
@@ -496,8 +501,8 @@ class Seq2Seq(_Generator):
         if src.ndim != 2 or src.dtype.kind not in "iu":
             raise ValueError(f"src: expected an integer array [N, S], got {src.dtype} {src.shape}")
         if src_lengths is None:
-            src_lengths = np.full(src.shape[0], src.shape[1], np.int64)
-        return src, np.asarray(src_lengths, np.int64)
+            return src, np.full(src.shape[0], src.shape[1], np.int64)
+        return src, F.check_lengths(src_lengths, src.shape[1], src.shape[0], "src_lengths")
 
     def _encode(self, src, src_lengths):
         x = self.src_embedding(src.T)                        # [S, N, E]
@@ -532,7 +537,8 @@ class Seq2Seq(_Generator):
         self.decoder.attention.set_memory(keys, src_lengths)
         state = self.decoder.initial_state(h0, c0)
         logits = self._decoder_loss_forward(state, None, tgt, teacher_forcing,
-                                            rng if rng is not None else np.random.default_rng())
+                                            rng if rng is not None else np.random.default_rng(),
+                                            batch=src.shape[0])
         self._saved = (h0,) if self.training else None
         return logits
 
@@ -595,7 +601,8 @@ class Captioner(_Generator):
         h0 = np.repeat(zd[None], self.decoder.num_layers, axis=0)
         logits = self._decoder_loss_forward(self.decoder.initial_state(h0), zd, tgt,
                                             teacher_forcing,
-                                            rng if rng is not None else np.random.default_rng())
+                                            rng if rng is not None else np.random.default_rng(),
+                                            batch=h0.shape[1])
         self._saved = (z,) if self.training else None
         return logits
 

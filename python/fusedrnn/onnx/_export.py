@@ -331,7 +331,8 @@ def _export_sequential(g, model, x, y):
 
 def _export_seq2seq(g, model, lengths):
     """The encoder side: token ids x [N, S] (int64) -> y [N, S, D*H] (the encoder's outputs, the
-    decoder's attention keys), h_n, c_n (the encoder's final states)."""
+    decoder's attention keys; D*proj_size wide where the encoder projects), h_n, c_n (the
+    encoder's final states)."""
     encoder = model.encoder
     g.inputs.append(g.value_info("x", ["batch", "time"], g.onnx.TensorProto.INT64))
     if lengths is not None:
@@ -341,12 +342,12 @@ def _export_seq2seq(g, model, lengths):
     table = g.const("src_embedding", np.asarray(model.src_embedding.weight.data))
     embedded = g.node("Gather", [table, tokens], axis=0, base="embedded")
     y, h_n, c_n = _recurrent(g, encoder, embedded, lengths=lengths, prefix="encoder_")
-    g.output("y", y, ["batch", "time", encoder.num_directions * encoder.hidden_size],
-             op="Transpose", perm=[1, 0, 2])
+    S = encoder._state_size  # proj_size where the encoder has one, else hidden_size
+    g.output("y", y, ["batch", "time", encoder.num_directions * S], op="Transpose", perm=[1, 0, 2])
     LD = encoder.num_layers * encoder.num_directions
-    for name, value in (("h_n", h_n), ("c_n", c_n)):
+    for name, value, width in (("h_n", h_n, S), ("c_n", c_n, encoder.hidden_size)):
         if value:
-            g.output(name, value, [LD, "batch", encoder.hidden_size])
+            g.output(name, value, [LD, "batch", width])
 
 
 def _check_opset(onnx, opset, needs):

@@ -124,10 +124,13 @@ def _weights(spec, values, d):
         spec.cell, given("W"), given("R"), given("B"), given("P") if spec.cell == "lstm" else None))
 
 
+WEIGHT_ROLES = ("W", "R", "B", "P")
+
+
 def constant_weights(spec, constants):
     """Every direction's weights in our layout, where the node's weights are initializers
     (reordered once, at prepare), else None."""
-    if any(spec.inputs[r] not in constants for r in ("W", "R", "B", "P") if r in spec.inputs):
+    if any(spec.inputs[r] not in constants for r in WEIGHT_ROLES if r in spec.inputs):
         return None
     return [_weights(spec, constants, d) for d in range(spec.num_directions)]
 
@@ -229,7 +232,10 @@ class FusedRnnRep(BackendRep):
                 raise ValueError(f"inputs: expected {len(self.input_names)} arrays "
                                  f"{self.input_names}, got {len(inputs)}")
             values.update(zip(self.input_names, (np.asarray(v) for v in inputs)))
+        fed = set(inputs) if isinstance(inputs, dict) else set()
         for spec, weights in zip(self._nodes, self._weights):
+            if weights is not None and any(spec.inputs.get(r) in fed for r in WEIGHT_ROLES):
+                weights = None  # an initializer fed as an input (it may be): that value counts
             for name, value in zip(spec.outputs, run_recurrent(spec, values, weights)):
                 if name:
                     values[name] = value
