@@ -69,7 +69,7 @@ def test_reference_backward_vs_finite_differences(kind, rng):
 @pytest.mark.parametrize("kind", KINDS)
 def test_module_matches_reference_over_steps(kind, dtype, sizes, rng):
     """Three decoder steps on one memory: outputs per step, and after the backward of every
-    step the query gradients, the key gradients (summed over steps) and parameter gradients."""
+    step (and a refused one) the query gradients, the key gradients (summed over steps) and parameter gradients."""
     m, q = _module(kind, dtype, sizes=sizes)
     params = tuple(p.astype(np.float64) for p in _params(m))
     _, keys = _inputs(rng, q, dtype, k=sizes[1])
@@ -83,6 +83,8 @@ def test_module_matches_reference_over_steps(kind, dtype, sizes, rng):
         rc, rw = attention_forward(kind, query, keys, LENGTHS, params)
         assert c.dtype == dtype and w.dtype == dtype
         assert relative_error(c, rc) < tol and relative_error(w, rw) < tol
+    with pytest.raises(ValueError, match="dcontext"):  # refused, and the step stays to go back
+        m.backward(np.zeros((N + 1, sizes[1]), dtype))
     dqueries = [m.backward(dc, dw) for dc, dw in zip(dcs[::-1], dws[::-1])][::-1]
     dkeys = m.memory_backward()
     ref_dkeys = np.zeros(keys.shape)

@@ -181,10 +181,11 @@ class AttentionBase(Module):
         """Backward of the latest step not yet back-propagated; returns dquery [N, Q]."""
         if not self._steps:
             raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left")
-        query, saved = self._steps.pop()
+        query, saved = self._steps[-1]  # taken off only once its backward ran (bad input keeps it)
         dq_proj, dkeys_proj, dvalues, dv = attention_step_backward(
             saved, _as_gradient(dcontext, "dcontext", self.dtype),
             None if dweights is None else _as_gradient(dweights, "dweights", self.dtype))
+        self._steps.pop()
         mem = self._memory
         mem["dkeys_proj"] = dkeys_proj if mem["dkeys_proj"] is None else mem["dkeys_proj"] + dkeys_proj
         mem["dvalues"] = dvalues if mem["dvalues"] is None else mem["dvalues"] + dvalues
