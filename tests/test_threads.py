@@ -226,3 +226,36 @@ def test_same_bits_on_one_core_and_on_pytorchs_openmp_threads(tmp_path):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+_FORK_SNIPPET = r"""
+import os, sys, time, numpy as np, fusedrnn as fr
+fr.set_num_threads(2)
+lstm = fr.nn.LSTM(64, 256, seed=0).eval()
+x = np.random.default_rng(0).standard_normal((20, 8, 64)).astype(np.float32)
+expected = {}
+for threads in (1, 2):  # same bits for a given thread count
+    fr.set_num_threads(threads)
+    expected[threads] = lstm(x)[0]
+# The parent's team is up now (2 threads): children fork while its workers spin and once
+# they sleep on their condition variable; set_num_threads(1) is what a DataLoader worker does.
+pids = []
+for threads, pause in ((1, 0.0), (2, 0.0), (1, 0.5)):
+    time.sleep(pause)
+    pid = os.fork()
+    if pid == 0:
+        fr.set_num_threads(threads)
+        os._exit(0 if np.array_equal(lstm(x)[0], expected[threads]) else 3)
+    pids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+sys.exit(max(codes) or (0 if np.array_equal(lstm(x)[0], expected[2]) else 4))
+"""
+
+
+def test_forked_children_run_the_layers():
+    """A child forked after the parent used the kernels (DataLoader workers, multiprocessing)
+    has none of the team's threads: it must neither wait for them nor lose its results."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _FORK_SNIPPET], timeout=60)
+    assert done.returncode == 0
