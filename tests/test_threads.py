@@ -229,7 +229,7 @@ def test_same_bits_on_one_core_and_on_pytorchs_openmp_threads(tmp_path):
 
 
 _FORK_SNIPPET = r"""
-import os, sys, time, numpy as np, fusedrnn as fr
+import os, signal, sys, time, numpy as np, fusedrnn as fr
 fr.set_num_threads(2)
 lstm = fr.nn.LSTM(64, 256, seed=0).eval()
 x = np.random.default_rng(0).standard_normal((20, 8, 64)).astype(np.float32)
@@ -244,6 +244,7 @@ for threads, pause in ((1, 0.0), (2, 0.0), (1, 0.5)):
     time.sleep(pause)
     pid = os.fork()
     if pid == 0:
+        signal.alarm(30)  # a hung child ends itself
         fr.set_num_threads(threads)
         os._exit(0 if np.array_equal(lstm(x)[0], expected[threads]) else 3)
     pids.append(pid)
@@ -257,5 +258,5 @@ def test_forked_children_run_the_layers():
     has none of the team's threads: it must neither wait for them nor lose its results."""
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "-c", _FORK_SNIPPET], timeout=60)
+    done = subprocess.run([sys.executable, "-c", _FORK_SNIPPET], timeout=90)
     assert done.returncode == 0
