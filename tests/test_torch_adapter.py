@@ -151,7 +151,7 @@ def test_cells_match_torch_nn(cell):
     ref = getattr(torch.nn, cell)(4, 6, dtype=torch.float64, **kw)
     ours = getattr(frt, cell)(4, 6, dtype=torch.float64, **kw)
     ours.load_state_dict(ref.state_dict())
-    for batched in (True, False):
+    for batched, given in itertools.product((True, False), (True, False)):  # hx given or None
         x = torch.randn((3, 4) if batched else (4,), dtype=torch.float64)
         h = torch.randn((3, 6) if batched else (6,), dtype=torch.float64)
         hx = (h, torch.randn_like(h)) if cell == "LSTMCell" else h
@@ -160,10 +160,10 @@ def test_cells_match_torch_nn(cell):
             xl = x.clone().requires_grad_(True)
             hl = tuple(t.clone().requires_grad_(True) for t in hx) if cell == "LSTMCell" \
                 else hx.clone().requires_grad_(True)
-            out = layer(xl, hl)
+            out = layer(xl, hl if given else None)
             outs = out if isinstance(out, tuple) else (out,)
             sum(o.pow(2).sum() for o in outs).backward()
-            hgrads = [t.grad for t in hl] if cell == "LSTMCell" else [hl.grad]
+            hgrads = ([t.grad for t in hl] if cell == "LSTMCell" else [hl.grad]) if given else []
             results.append(([*outs], [xl.grad, *hgrads, *(p.grad for p in layer.parameters())]))
             layer.zero_grad()
         assert_close(results[1][0], results[0][0], 1e-10, "outputs")
@@ -320,12 +320,104 @@ def test_convert_swaps_layers_with_the_same_weights():
     assert isinstance(copy[0], frt.GRU) and isinstance(untouched, torch.nn.GRU)
 
 
+def _flat(result):
+    """(out, h_n) or (out, (h_n, c_n)) -> [out, h_n(, c_n)]."""
+    out, state = result
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+def test_meta_and_fake_tensors_give_torch_nn_s_shapes():
+    """Deferred initialisation (device="meta", then to_empty and a state_dict) and shape
+    inference (meta inputs, FakeTensorMode) work as with torch.nn: the operators' fake
+    implementations answer, the kernels never see such tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    torch.manual_seed(3)
+    ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2)
+    ours = frt.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, device="meta")
+    assert ours.weight_hh_l1_reverse.device.type == "meta"
+    x = torch.randn(4, 2, 3)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            got = ours(x.to("meta").requires_grad_(grad))
+        assert [t.shape for t in _flat(got)] == [t.shape for t in _flat(ref(x))]
+        assert all(t.device.type == "meta" for t in _flat(got))
+    ours.to_empty(device="cpu").load_state_dict(ref.state_dict())
+    assert_close(_flat(ours(x)), _flat(ref(x)), 1e-6, "outputs after to_empty")
+    with FakeTensorMode():
+        cell, gru = frt.GRUCell(3, 4), frt.GRU(3, 4, batch_first=True)
+        assert cell(torch.randn(2, 3)).shape == (2, 4)
+        assert gru(torch.randn(2, 6, 3))[0].shape == (2, 6, 4)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN", "GRUCell"])
+def test_torch_func_grad_matches_torch_nn(cell):
+    """torch.func.grad over functional_call (per-model gradients as MAML-style code takes them)
+    gives torch.nn's gradients; transforms our layers have no rule for (vmap), and gradients of
+    gradients, raise a clear error."""
+    from torch.func import functional_call, grad, vmap
+    torch.manual_seed(4)
+    is_cell = cell.endswith("Cell")
+    kw = {} if is_cell else dict(num_layers=2, bidirectional=True)
+    ref = getattr(torch.nn, cell)(3, 4, dtype=torch.float64, **kw)
+    ours = getattr(frt, cell)(3, 4, dtype=torch.float64, **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn((2, 3) if is_cell else (5, 2, 3), dtype=torch.float64)
+
+    def loss(m):
+        def f(params, x):
+            out = functional_call(m, params, (x,))
+            return (out[0] if isinstance(out, tuple) else out).pow(2).sum()
+        return f
+    expected = grad(loss(ref), argnums=(0, 1))(dict(ref.named_parameters()), x)
+    got = grad(loss(ours), argnums=(0, 1))(dict(ours.named_parameters()), x)
+    assert_close([got[1], *got[0].values()], [expected[1], *expected[0].values()], 1e-10,
+                 "torch.func.grad")
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad(lambda x: grad(loss(ours), argnums=1)(dict(ours.named_parameters()), x).sum())(x)
+    with pytest.raises(RuntimeError, match="vmap"):
+        vmap(lambda x: loss(ours)(dict(ours.named_parameters()), x))(x[None])
+
+
+def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torch_nn():
+    """A layer reached by two paths becomes one module (tied weights stay tied); layers whose
+    weights hooks rewrite (pruning, weight norm, parametrizations), layers with hooks and
+    subclasses stay torch.nn's, each named in the one warning."""
+    import torch.nn.utils.prune as prune
+
+    class MyGRU(torch.nn.GRU):
+        pass
+
+    torch.manual_seed(11)
+    model = torch.nn.Module()
+    model.enc = torch.nn.GRU(4, 4)
+    model.dec = model.enc
+    model.pruned = torch.nn.LSTM(4, 4)
+    prune.l1_unstructured(model.pruned, "weight_hh_l0", amount=0.5)
+    model.normed = torch.nn.utils.parametrizations.weight_norm(torch.nn.GRUCell(4, 4),
+                                                                "weight_hh")
+    model.hooked = torch.nn.RNN(4, 4)
+    model.hooked.register_forward_hook(lambda *args: None)
+    model.mine = MyGRU(4, 4)
+    x = torch.randn(3, 2, 4)
+    before = model.enc(x)[0]
+    with pytest.warns(UserWarning) as record:
+        frt.convert(model)
+    message = str(record[0].message)
+    assert isinstance(model.enc, frt.GRU) and model.dec is model.enc
+    assert (model.enc(x)[0] - before).abs().max() < 1e-6
+    assert sum(p.numel() for p in model.enc.parameters()) == 120
+    for name, why in (("pruned", "weight_hh_l0_mask"), ("normed", "parametrized weights"),
+                      ("hooked", "hooks registered on it"), ("mine", "MyGRU, a subclass")):
+        assert f"{name}: " in message and why in message, (name, message)
+        assert not type(getattr(model, name)).__module__.startswith("fusedrnn"), name
+
+
 def test_unsupported_arguments_are_refused_at_construction():
     with pytest.raises(ValueError, match=r"proj_size: expected an integer in \[0, hidden_size\)"):
         frt.LSTM(4, 8, proj_size=8)
-    with pytest.raises(ValueError, match="device: fusedrnn.torch runs on the CPU and on CUDA "
-                                         "devices, got meta"):
-        frt.GRU(4, 8, device="meta")
+    with pytest.raises(ValueError, match=r"device: fusedrnn.torch runs on the CPU and on CUDA "
+                                         r"devices \(and takes meta tensors for shapes\), got mps"):
+        frt.GRU(4, 8, device="mps")
     if frt.modules.cuda_unavailable() is not None:  # the reason is named
         with pytest.raises(ValueError, match=r"device: got cuda(:0)?, but fusedrnn's CUDA "
                                              r"kernels cannot run here \("):
@@ -454,17 +546,21 @@ def _dtypes(result):
 
 
 @pytest.mark.parametrize("onednn", [True, False])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("cell", ["LSTM", "LSTM_proj", "GRU", "RNN", "LSTMCell", "GRUCell",
+                                  "RNNCell"])
 def test_autocast_bfloat16_output_dtypes_are_torch_nn_s(cell, onednn, monkeypatch):
     """torch.nn's dtypes under bfloat16 autocast depend on the cell, the input's form and the
     given state's dtype, and for the LSTM on whether oneDNN takes it (see
-    modules._autocast_output_dtype): ours are the same for every combination, oneDNN on and
-    off, and gradients reach a bfloat16 input as bfloat16, the parameters as float32."""
+    modules._autocast_output_dtype; a projected LSTM never goes there): ours are the same for
+    every combination, oneDNN on and off, and gradients reach a bfloat16 input as bfloat16, the
+    parameters as float32."""
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
     torch.manual_seed(15)
+    cell, kwargs = ("LSTM", {"proj_size": 3}) if cell == "LSTM_proj" else (cell, {})
+    S = kwargs.get("proj_size", 6)  # the width of h
     layer = cell in CELLS
-    ref = getattr(torch.nn, cell)(4, 6)
-    ours = getattr(frt, cell)(4, 6)
+    ref = getattr(torch.nn, cell)(4, 6, **kwargs)
+    ours = getattr(frt, cell)(4, 6, **kwargs)
     ours.load_state_dict(ref.state_dict())
     forms = (False, True) if layer else (False,)  # padded, packed
     for x_dtype, h_dtype, packed in itertools.product((torch.float32, BF16),
@@ -473,8 +569,9 @@ def test_autocast_bfloat16_output_dtypes_are_torch_nn_s(cell, onednn, monkeypatc
             x = torch.randn((3, 2, 4) if layer else (2, 4), dtype=x_dtype)
             hx = None
             if h_dtype is not None:
-                h = torch.randn((1, 2, 6) if layer else (2, 6), dtype=h_dtype)
-                hx = (h, h.to(c_dtype)) if c_dtype else h
+                h = torch.randn((1, 2, S) if layer else (2, S), dtype=h_dtype)
+                c = torch.randn((1, 2, 6) if layer else (2, 6), dtype=c_dtype or h_dtype)
+                hx = (h, c) if c_dtype else h
             results = []
             for m in (ref, ours):
                 xl = x.clone().requires_grad_(True)
@@ -689,12 +786,6 @@ def test_inputs_on_another_device_than_the_parameters_are_named():
         cell(torch.randn(2, 4, device="meta"))
     with pytest.raises(ValueError, match=r"cx: expected a tensor on cpu"):
         cell(torch.randn(2, 4), (torch.zeros(2, 8), torch.zeros(2, 8, device="meta")))
-    # parameters moved to a device without kernels: named when called
-    for module, x in ((frt.GRU(4, 8), torch.randn(3, 2, 4)),
-                      (frt.GRUCell(4, 8), torch.randn(2, 4))):
-        with pytest.raises(ValueError, match=r"x: fusedrnn.torch runs on the CPU and on CUDA "
-                                             r"devices, got a tensor on meta"):
-            module.to("meta")(x.to("meta"))
 
 
 # ---------------------------------------------------------------------------- CUDA tensors

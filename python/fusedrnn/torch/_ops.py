@@ -364,52 +364,114 @@ layer_backward.register_autograd(_no_double_backward, setup_context=_setup_nothi
 
 
 # ---------------------------------------------------------------------------- eager mode
+def _creating_graph():
+    """Whether a backward runs under create_graph=True (grad mode on), other than torch.func.grad's
+    own (one transform level, whose backward always runs with grad mode on)."""
+    if not torch.is_grad_enabled():
+        return False
+    level = torch._C._functorch.maybe_current_level()
+    return level is None or level > 1
+
+
+def _layer_outputs(meta, precision, x, h0, c0, lengths, weights):
+    """(y, h_n, c_n, *gates, *extra, *h_prev): the layer's outputs and what its backward needs,
+    from the flat inputs of the autograd Functions below."""
+    cell, nonlinearity, training, has_bias, D, projected = meta
+    w = [list(weights[i * D:(i + 1) * D])
+         for i in range((4 if has_bias else 2) + (1 if projected else 0))]
+    b_ih, b_hh = (w[2], w[3]) if has_bias else ([], [])
+    w_hr = w[-1] if projected else []
+    y, h_n, c_n, gates, extra, h_prev = _forward_impl(x, h0, c0, w[0], w[1], b_ih, b_hh, w_hr,
+                                                      lengths, cell, nonlinearity, True, precision)
+    return (y, h_n, c_n, *gates, *extra, *h_prev)
+
+
+def _save_context(ctx, meta, precision, x, lengths, weights, outputs):
+    D, projected = meta[4], meta[5]
+    ctx.meta = (*meta, precision)
+    ctx.save_for_backward(x, lengths, *weights[:2 * D], *outputs[3:],
+                          *(weights[-D:] if projected else ()))
+
+
+def _layer_gradients(ctx, dy, dh_n, dc_n):
+    """The autograd Functions' backward: a gradient per input (None for meta, precision and
+    lengths)."""
+    if _creating_graph():  # a gradient of this would be wrong
+        raise RuntimeError(DOUBLE_BACKWARD)
+    # under torch.func.grad every op (reading a tensor's data too) is the transform's: the
+    # kernels run with the transforms out of the way, on the tensors' data
+    with torch._C._DisableFuncTorch():
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(
+            ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
+    biases = (*db_ih, *db_hh) if db_ih is not None else ()
+    return (None, None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases, *dw_hr)
+
+
 class _Layer(torch.autograd.Function):
     """The same layer for eager autograd, without the operators' dispatch (about 50 us a call,
     a fifth of a batch-1 LSTM layer): inputs flattened, ``meta`` as in :func:`_gradients`."""
 
     @staticmethod
     def forward(ctx, meta, precision, x, h0, c0, lengths, *weights):
-        cell, nonlinearity, training, has_bias, D, projected = meta
-        w = [list(weights[i * D:(i + 1) * D])
-             for i in range((4 if has_bias else 2) + (1 if projected else 0))]
-        b_ih, b_hh = (w[2], w[3]) if has_bias else ([], [])
-        w_hr = w[-1] if projected else []
-        y, h_n, c_n, gates, extra, h_prev = _forward_impl(x, h0, c0, w[0], w[1], b_ih, b_hh,
-                                                          w_hr, lengths, cell, nonlinearity,
-                                                          True, precision)
-        ctx.meta = (*meta, precision)
-        ctx.save_for_backward(x, lengths, *w[0], *w[1], *gates, *extra, *h_prev, *w_hr)
-        ctx.mark_non_differentiable(*(() if cell == "lstm" else (c_n,)))
-        return y, h_n, c_n
+        outputs = _layer_outputs(meta, precision, x, h0, c0, lengths, weights)
+        _save_context(ctx, meta, precision, x, lengths, weights, outputs)
+        ctx.mark_non_differentiable(*(() if meta[0] == "lstm" else outputs[2:3]))
+        return outputs[:3]
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        if torch.is_grad_enabled():  # create_graph=True: a gradient of this would be wrong
-            raise RuntimeError(DOUBLE_BACKWARD)
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(
-            ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
-        biases = (*db_ih, *db_hh) if db_ih is not None else ()
-        return (None, None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases, *dw_hr)
+        return _layer_gradients(ctx, dy, dh_n, dc_n)
+
+
+class _LayerUnderTransforms(torch.autograd.Function):
+    """_Layer in the form torch.func's transforms (grad, jacrev's vjp) can see through: forward
+    without ctx, the saved context returned as outputs and saved in setup_context (a form whose
+    apply costs some 20 us more: used only under a transform)."""
+
+    @staticmethod
+    def forward(meta, precision, x, h0, c0, lengths, *weights):
+        return _layer_outputs(meta, precision, x, h0, c0, lengths, weights)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        meta, precision, x, h0, c0, lengths, *weights = inputs
+        _save_context(ctx, meta, precision, x, lengths, weights, output)
+        ctx.mark_non_differentiable(*output[3:], *(() if meta[0] == "lstm" else output[2:3]))
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n, *_):
+        return _layer_gradients(ctx, dy, dh_n, dc_n)
+
+
+def _through_operators(x):
+    """Whether a call goes through the operators (their fake implementations, their registered
+    autograd) rather than straight to the kernels: under torch.compile, and for tensors the
+    kernels cannot read (meta, fake: shapes only)."""
+    return (torch.compiler.is_compiling() or type(x) is not torch.Tensor
+            or x.device.type == "meta")
 
 
 def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
           precision, w_hr=()):
     """(y, h_n, c_n) of one layer, every direction, with autograd where ``training``: the
-    operator under torch.compile (and torch.library's checks), a plain autograd Function in
-    eager mode, the kernels alone without autograd. ``w_hr``: an LSTM's projections, one per
+    operator under torch.compile, torch.func and on meta or fake tensors (and torch.library's
+    checks), a plain autograd Function in eager mode, the kernels alone without autograd. ``w_hr``: an LSTM's projections, one per
     direction, or none. ``h0``, ``c0`` (the LSTM's; else unused): [D, N, S] and [D, N, H], or
     None for zeros."""
     w_hr = list(w_hr)
-    if not training and not torch.compiler.is_compiling():  # the kernels alone
+    dispatch = _through_operators(x)
+    transforms = torch._C._are_functorch_transforms_active()  # torch.func.grad & co.
+    if not training and not dispatch and not transforms:  # the kernels alone
         return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
                              nonlinearity, False, precision, context=False)[:3]
     D, N, S, GH = len(w_hh), x.shape[1], w_hh[0].shape[1], w_hh[0].shape[0]
     h0 = x.new_zeros((D, N, S)) if h0 is None else h0
     if c0 is None:
         c0 = x.new_zeros((D, N, GH // 4)) if cell == "lstm" else x.new_empty((0,))
-    if torch.compiler.is_compiling():
+    if dispatch:
         return layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
                              nonlinearity, training, precision)[:3]
     meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih), bool(w_hr))
-    return _Layer.apply(meta, precision, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh, *w_hr)
+    function = _LayerUnderTransforms if transforms else _Layer
+    return function.apply(meta, precision, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh,
+                          *w_hr)[:3]

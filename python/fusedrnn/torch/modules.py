@@ -53,9 +53,10 @@ def _check_device(device, what="device"):
         if why is not None:
             raise ValueError(f"{what}: got {device}, but fusedrnn's CUDA kernels cannot run "
                              f"here ({why}); use torch.nn's module there")
-    elif device.type != "cpu":
-        raise ValueError(f"{what}: fusedrnn.torch runs on the CPU and on CUDA devices, got "
-                         f"{device} (use torch.nn's module there)")
+    elif device.type not in ("cpu", "meta"):  # meta: shapes only (deferred initialisation)
+        raise ValueError(f"{what}: fusedrnn.torch runs on the CPU and on CUDA devices (and "
+                         f"takes meta tensors for shapes), got {device} (use torch.nn's module "
+                         f"there)")
 
 
 def _check_same_device(t, name, weight):
@@ -68,6 +69,14 @@ def _check_same_device(t, name, weight):
 def _check_dtype(dtype):
     if dtype is not None and dtype not in _DTYPES:
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+
+
+def _check_parameters_dtype(dtype):
+    """At a call: the parameters may have been cast since construction (``.half()``)."""
+    if dtype not in _DTYPES:
+        raise TypeError(f"parameters: fusedrnn's kernels take torch.float32 or torch.float64 "
+                        f"parameters, got {dtype} (from .half() or .to(); for bfloat16 products "
+                        f"keep float32 parameters and use torch.autocast)")
 
 
 def _autocast_on(device_type):
@@ -275,13 +284,19 @@ class _RecurrentBase(nn.Module):
         lstm = self._cell == "lstm"
         weights = self._flat_weights
         dtype, device_type = weights[0].dtype, weights[0].device.type
+        _check_parameters_dtype(dtype)
         precision = _autocast_precision(dtype, device_type)
         if precision == "bfloat16":  # from the dtypes given, before _under_autocast casts them
             carried = hx[-1] if isinstance(hx, (tuple, list)) and hx else hx
             carried = (input.data if packed else input) if carried is None else carried
+            # torch.nn's projected LSTM takes its native path: h (and the output) come from
+            # autocast's bfloat16 GEMM, c is the carried state's
             out_dtype = _autocast_output_dtype(
-                device_type == "cuda" or self._cell == "rnn"
+                device_type == "cuda" or self._cell == "rnn" or (lstm and self.proj_size > 0)
                 or (lstm and not packed and _lstm_takes_onednn(input.dtype)), carried)
+            c_dtype = _autocast_output_dtype(
+                device_type == "cuda" or (not packed and not self.proj_size
+                                          and _lstm_takes_onednn(input.dtype)), carried)
         input = _under_autocast(input, dtype, device_type)
         if isinstance(hx, (tuple, list)):
             hx = tuple(_under_autocast(h, dtype, device_type) for h in hx)
@@ -338,7 +353,7 @@ class _RecurrentBase(nn.Module):
         c_n = (torch.cat(c_n) if L > 1 else c_n[0]) if lstm else None
         if precision == "bfloat16":
             out, h_n = out.to(out_dtype), h_n.to(out_dtype)
-            c_n = c_n.to(out_dtype) if lstm else None
+            c_n = c_n.to(c_dtype) if lstm else None
         if packed:
             # back to the packed layout of the input: step t holds its first batch_sizes[t]
             # samples in sorted order
@@ -496,6 +511,7 @@ class _CellBase(nn.Module):
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
         dtype, device_type = self.weight_ih.dtype, self.weight_ih.device.type
+        _check_parameters_dtype(dtype)
         lstm = self._cell == "lstm"
         precision = _autocast_precision(dtype, device_type)
         if precision == "bfloat16":
@@ -516,12 +532,18 @@ class _CellBase(nn.Module):
         for s, name in ((h, "hx"), (c, "cx")):
             if s is None:
                 s = x.new_zeros((N, H))
+            elif not isinstance(s, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(s).__name__}")
             elif tuple(s.shape) != ((N, H) if batched else (H,)):
                 raise ValueError(f"{name}: expected shape {(N, H) if batched else (H,)}, got "
                                  f"{tuple(s.shape)}")
+            elif s.dtype != x.dtype:
+                raise TypeError(f"{name}: expected dtype {x.dtype} (the parameters' dtype), got "
+                                f"{s.dtype}")
             else:
                 _check_same_device(s, name, self.weight_ih)
-            states.append((s if batched else s.unsqueeze(0)).unsqueeze(0))
+                s = s if batched else s.unsqueeze(0)
+            states.append(s.unsqueeze(0))
         training = torch.is_grad_enabled() and any(
             t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
         biases = ([self.bias_ih], [self.bias_hh]) if self.bias else ([], [])
