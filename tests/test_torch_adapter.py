@@ -142,6 +142,8 @@ def test_same_seed_same_initial_weights_and_state_dict_both_ways():
         a.load_state_dict(b.state_dict())
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
         assert repr(a) == repr(b)
+    kwargs = dict(proj_size=3, num_layers=2, batch_first=True, dropout=0.5, bidirectional=True)
+    assert repr(torch.nn.LSTM(4, 6, **kwargs)) == repr(frt.LSTM(4, 6, **kwargs))
 
 
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
@@ -293,6 +295,34 @@ def _assert_compiles_fullgraph(model, tokens):
     eager.sum().backward()
     for a, b in zip(grads, model.parameters()):
         assert (a - b.grad).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_torch_jit_trace_records_the_operator(requires_grad, tmp_path):
+    """A traced model (frozen for deployment, or trainable) holds the operator, not one call's
+    outputs as constants: new inputs give eager's outputs (and gradients), before and after
+    torch.jit.save / load, and the trace passes torch.jit's own check."""
+    torch.manual_seed(12)
+    model = Tagger(frt.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True))
+    model.requires_grad_(requires_grad)
+    traced = torch.jit.trace(model, (torch.randint(0, 20, (3, 7)),))
+    torch.jit.save(traced, tmp_path / "model.pt")
+    loaded = torch.jit.load(tmp_path / "model.pt")
+    tokens = torch.randint(0, 20, (2, 5))
+    eager = model(tokens)
+    for m in (traced, loaded):
+        assert (m(tokens) - eager).abs().max() < 1e-6
+    cell = frt.GRUCell(3, 4).requires_grad_(requires_grad)
+    traced_cell = torch.jit.trace(cell, (torch.randn(2, 3),))
+    x = torch.randn(4, 3)
+    assert (traced_cell(x) - cell(x)).abs().max() < 1e-6
+    if requires_grad:
+        traced(tokens).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        eager.sum().backward()
+        for a, b in zip(grads, model.parameters()):
+            assert (a - b.grad).abs().max() < 1e-5
 
 
 def test_convert_swaps_layers_with_the_same_weights():

@@ -445,10 +445,11 @@ class _LayerUnderTransforms(torch.autograd.Function):
 
 def _through_operators(x):
     """Whether a call goes through the operators (their fake implementations, their registered
-    autograd) rather than straight to the kernels: under torch.compile, and for tensors the
-    kernels cannot read (meta, fake: shapes only)."""
-    return (torch.compiler.is_compiling() or type(x) is not torch.Tensor
-            or x.device.type == "meta")
+    autograd) rather than straight to the kernels: under torch.compile and torch.jit.trace (so
+    that the graph holds the operator, not the outputs of one call as constants), and for
+    tensors the kernels cannot read (meta, fake: shapes only)."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or type(x) is not torch.Tensor or x.device.type == "meta")
 
 
 def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,

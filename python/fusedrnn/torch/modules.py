@@ -66,6 +66,12 @@ def _check_same_device(t, name, weight):
                          f"device), got one on {t.device}")
 
 
+def _grad_mode():
+    """Whether a call may need its backward: grad mode on, or a torch.jit.trace (whose check
+    runs the module again without grad: the traced operator's arguments must not change)."""
+    return torch.is_grad_enabled() or torch.jit.is_tracing()
+
+
 def _check_dtype(dtype):
     if dtype is not None and dtype not in _DTYPES:
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
@@ -229,9 +235,11 @@ class _RecurrentBase(nn.Module):
     def extra_repr(self) -> str:
         """The constructor arguments that differ from their defaults, as ``torch.nn``."""
         s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
         if self.num_layers != 1:
             s += ", num_layers={num_layers}"
-        if self._cell == "rnn" and self.nonlinearity != "tanh":
+        if self._cell == "rnn" and self.nonlinearity != "tanh":  # (torch.nn's leaves it out)
             s += ", nonlinearity={nonlinearity}"
         if self.bias is not True:
             s += ", bias={bias}"
@@ -241,8 +249,6 @@ class _RecurrentBase(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
-        if self.proj_size != 0:
-            s += ", proj_size={proj_size}"
         return s.format(**self.__dict__)
 
     # ------------------------------------------------------------------ forward
@@ -326,7 +332,7 @@ class _RecurrentBase(nn.Module):
             c0 = self._check_state(hx[1], "hx[1] (c_0)", N, batched)
         else:
             h0, c0 = self._check_state(hx, "hx", N, batched), None
-        training = torch.is_grad_enabled() and (
+        training = _grad_mode() and (
             x.requires_grad or (h0 is not None and h0.requires_grad)
             or (c0 is not None and c0.requires_grad) or any(p.requires_grad for p in weights))
         layer_x = x.contiguous()
@@ -544,7 +550,7 @@ class _CellBase(nn.Module):
                 _check_same_device(s, name, self.weight_ih)
                 s = s if batched else s.unsqueeze(0)
             states.append(s.unsqueeze(0))
-        training = torch.is_grad_enabled() and any(
+        training = _grad_mode() and any(
             t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
         biases = ([self.bias_ih], [self.bias_hh]) if self.bias else ([], [])
         _, h_new, c_new = _ops.layer(
