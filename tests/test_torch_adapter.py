@@ -297,6 +297,7 @@ def _assert_compiles_fullgraph(model, tokens):
         assert (a - b.grad).abs().max() < 1e-5
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks, as torch.nn's
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_torch_jit_trace_records_the_operator(requires_grad, tmp_path):
     """A traced model (frozen for deployment, or trainable) holds the operator, not one call's
