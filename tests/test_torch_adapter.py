@@ -443,6 +443,38 @@ def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torc
         assert not type(getattr(model, name)).__module__.startswith("fusedrnn"), name
 
 
+def test_to_torch_nn_is_convert_s_inverse_and_exports_to_onnx(tmp_path):
+    """to_torch_nn gives back torch.nn's layers and cells with the same weights, modes and
+    flags (shared layers stay shared), so torch.onnx.export, which knows only those, exports a
+    model that ran on our kernels; ONNX Runtime then gives our outputs."""
+    torch.manual_seed(13)
+    model = Tagger(frt.GRU(6, 8, num_layers=2, bidirectional=True, batch_first=True))
+    model.cell = frt.LSTMCell(4, 4)
+    model.tied = model.cell
+    model.proj = frt.LSTM(4, 8, proj_size=3)
+    model.eval()
+    model.rnn.weight_hh_l1.requires_grad_(False)
+    tokens = torch.randint(0, 20, (2, 5))
+    ours = model(tokens)
+    back = frt.to_torch_nn(model, inplace=False)
+    assert isinstance(model.rnn, frt.GRU)  # inplace=False: the original is untouched
+    assert type(back.rnn) is torch.nn.GRU and type(back.cell) is torch.nn.LSTMCell
+    assert back.tied is back.cell and back.proj.proj_size == 3 and not back.rnn.training
+    assert not back.rnn.weight_hh_l1.requires_grad
+    assert (back(tokens) - ours).abs().max() < 1e-5
+    assert isinstance(frt.convert(back).rnn, frt.GRU)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    path = tmp_path / "tagger.onnx"
+    exported = frt.to_torch_nn(model, inplace=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(exported, (tokens,), str(path), dynamo=False, input_names=["tokens"])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"tokens": tokens.numpy()})[0]
+    assert np.abs(got - ours.detach().numpy()).max() < 1e-5
+
+
 def test_unsupported_arguments_are_refused_at_construction():
     with pytest.raises(ValueError, match=r"proj_size: expected an integer in \[0, hidden_size\)"):
         frt.LSTM(4, 8, proj_size=8)

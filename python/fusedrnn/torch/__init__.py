@@ -4,6 +4,7 @@
     lstm = frt.LSTM(128, 256, num_layers=2, bidirectional=True, batch_first=True)
     out, (h, c) = lstm(x)          # x: a tensor or a PackedSequence; autograd as torch.nn
     model = frt.convert(model)     # every nn.LSTM/GRU/RNN (and cell) in a model, same weights
+    frt.to_torch_nn(model)         # and back (torch.onnx.export knows only torch.nn's layers)
 
 Needs PyTorch (``pip install "fusedrnn[torch]"``); importing this module imports torch.
 
@@ -15,9 +16,10 @@ says which is used).
 import torch  # noqa: F401  (first: its OpenMP runtime is the one to share)
 
 from .. import _C
-from .convert import convert
+from .convert import convert, register_onnx_hint, to_torch_nn
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 _C.share_openmp_threads()
+register_onnx_hint()
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "to_torch_nn"]

@@ -1,4 +1,6 @@
-"""``convert``: swap the ``torch.nn`` recurrent layers of a model for fusedrnn's, same weights."""
+"""``convert``: swap the ``torch.nn`` recurrent layers of a model for fusedrnn's, same weights;
+``to_torch_nn``: the way back (for tools that know only torch.nn's layers, such as
+``torch.onnx.export``)."""
 from __future__ import annotations
 
 import copy
@@ -13,15 +15,17 @@ from . import modules
 _REPLACEMENTS = {nn.LSTM: modules.LSTM, nn.GRU: modules.GRU, nn.RNN: modules.RNN,
                  nn.LSTMCell: modules.LSTMCell, nn.GRUCell: modules.GRUCell,
                  nn.RNNCell: modules.RNNCell}
+_TORCH_NN = {ours: theirs for theirs, ours in _REPLACEMENTS.items()}
 
 
-def _why_not(layer) -> str | None:
-    """Why the adapter cannot take ``layer`` (None: it can)."""
-    if type(layer) not in _REPLACEMENTS:  # a subclass of torch.nn's (see _REPLACEMENTS)
+def _why_not(layer, mapping) -> str | None:
+    """Why ``layer`` cannot be swapped by ``mapping`` (None: it can)."""
+    if type(layer) not in mapping:  # a subclass (see _REPLACEMENTS)
         if torch.nn.utils.parametrize.is_parametrized(layer):
             return "parametrized weights (torch.nn.utils.parametrize)"
-        return f"{type(layer).__name__}, a subclass of torch.nn's (its forward may differ)"
-    expected = (layer._flat_weights_names if isinstance(layer, nn.RNNBase)
+        return f"{type(layer).__name__}, a subclass of {type(layer).__mro__[1].__name__} (its " \
+               f"forward may differ)"
+    expected = (layer._flat_weights_names if hasattr(layer, "_flat_weights_names")
                 else ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if layer.bias else []))
     odd = sorted(set(layer.state_dict()) ^ set(expected))
     if odd:
@@ -30,33 +34,32 @@ def _why_not(layer) -> str | None:
     if any(getattr(layer, hooks, None) for hooks in
            ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")):
         return "hooks registered on it (convert first, then register them on the new module)"
+    if mapping is _TORCH_NN:  # torch.nn takes every device and dtype
+        return None
     weight = next(layer.parameters(), None)
     if weight is not None and weight.device.type == "cuda":
         why = modules.cuda_unavailable()
         if why is not None:
             return f"on {weight.device}: {why}"
-    elif weight is not None and weight.device.type != "cpu":
+    elif weight is not None and weight.device.type not in ("cpu", "meta"):
         return f"on {weight.device}"
     if weight is not None and weight.dtype not in (torch.float32, torch.float64):
         return f"dtype {weight.dtype}"
     return None
 
 
-def _replacement(layer):
-    cls = _REPLACEMENTS[type(layer)]
+def _replacement(layer, cls):
+    """A ``cls`` with ``layer``'s configuration, weights, mode and requires_grad flags."""
     weight = next(layer.parameters())
-    if isinstance(layer, nn.RNNBase):
-        kwargs = dict(num_layers=layer.num_layers, bias=layer.bias, batch_first=layer.batch_first,
+    kwargs = dict(bias=layer.bias)
+    if hasattr(layer, "num_layers"):  # a layer, not a cell
+        kwargs.update(num_layers=layer.num_layers, batch_first=layer.batch_first,
                       dropout=layer.dropout, bidirectional=layer.bidirectional)
-        if isinstance(layer, nn.LSTM) and layer.proj_size:
+        if getattr(layer, "proj_size", 0):
             kwargs["proj_size"] = layer.proj_size
-        if isinstance(layer, nn.RNN):
-            kwargs["nonlinearity"] = layer.nonlinearity
-    else:
-        kwargs = dict(bias=layer.bias)
-        if isinstance(layer, nn.RNNCell):
-            kwargs["nonlinearity"] = layer.nonlinearity
-    with warnings.catch_warnings():  # torch.nn already warned about dropout with one layer
+    if cls in (nn.RNN, nn.RNNCell, modules.RNN, modules.RNNCell):
+        kwargs["nonlinearity"] = layer.nonlinearity
+    with warnings.catch_warnings():  # the layer being replaced already warned about dropout
         warnings.simplefilter("ignore", UserWarning)
         new = cls(layer.input_size, layer.hidden_size, dtype=weight.dtype, device=weight.device,
                   **kwargs)
@@ -65,6 +68,37 @@ def _replacement(layer):
     for p_new, p_old in zip(new.parameters(), layer.parameters()):
         p_new.requires_grad_(p_old.requires_grad)
     return new
+
+
+def _swap(module, inplace, mapping, caller):
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    if not inplace:
+        module = copy.deepcopy(module)
+    skipped = []
+    recurrent = tuple(mapping)
+    if isinstance(module, recurrent):
+        why = _why_not(module, mapping)
+        if why is None:
+            return _replacement(module, mapping[type(module)])
+        skipped.append(f"(the module itself): {why}")
+    else:
+        done = {}  # id(layer) -> its replacement: a layer reached by two paths stays one layer
+        for name, parent in list(module.named_modules()):
+            for child_name, child in list(parent._modules.items()):  # every name, shared or not
+                if not isinstance(child, recurrent):
+                    continue
+                if id(child) not in done:
+                    why = _why_not(child, mapping)
+                    done[id(child)] = None if why else _replacement(child, mapping[type(child)])
+                    if why is not None:
+                        skipped.append(f"{name + '.' if name else ''}{child_name}: {why}")
+                if done[id(child)] is not None:
+                    setattr(parent, child_name, done[id(child)])
+    if skipped:
+        warnings.warn(f"fusedrnn.torch.{caller} left these layers as they are: "
+                      + "; ".join(skipped), UserWarning, stacklevel=3)
+    return module
 
 
 def convert(module: nn.Module, inplace: bool = True) -> nn.Module:
@@ -78,31 +112,29 @@ def convert(module: nn.Module, inplace: bool = True) -> nn.Module:
     ``module`` untouched.
 
     Parameters are new ``nn.Parameter`` objects: create the optimizer after converting."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    if not inplace:
-        module = copy.deepcopy(module)
-    skipped = []
-    recurrent = tuple(_REPLACEMENTS)
-    if isinstance(module, recurrent):
-        why = _why_not(module)
-        if why is None:
-            return _replacement(module)
-        skipped.append(f"(the module itself): {why}")
-    else:
-        done = {}  # id(layer) -> its replacement: a layer reached by two paths stays one layer
-        for name, parent in list(module.named_modules()):
-            for child_name, child in list(parent._modules.items()):  # every name, shared or not
-                if not isinstance(child, recurrent):
-                    continue
-                if id(child) not in done:
-                    why = _why_not(child)
-                    done[id(child)] = _replacement(child) if why is None else None
-                    if why is not None:
-                        skipped.append(f"{name + '.' if name else ''}{child_name}: {why}")
-                if done[id(child)] is not None:
-                    setattr(parent, child_name, done[id(child)])
-    if skipped:
-        warnings.warn("fusedrnn.torch.convert left these layers to torch.nn: " + "; ".join(skipped),
-                      UserWarning, stacklevel=2)
-    return module
+    return _swap(module, inplace, _REPLACEMENTS, "convert")
+
+
+def to_torch_nn(module: nn.Module, inplace: bool = True) -> nn.Module:
+    """The inverse of :func:`convert`: every fusedrnn.torch layer and cell in the module tree
+    becomes ``torch.nn``'s with the same configuration and weights, for tools that know only
+    torch.nn's layers (``torch.onnx.export``, quantization, other runtimes). What it cannot
+    swap (hooks, rewritten weights, subclasses) is listed in one warning, as by ``convert``."""
+    return _swap(module, inplace, _TORCH_NN, "to_torch_nn")
+
+
+ONNX_HINT = ("fusedrnn.torch's layers run as fusedrnn's own operators, which ONNX has no node for: "
+             "export fusedrnn.torch.to_torch_nn(model, inplace=False) instead (torch.nn's layers "
+             "with the same weights, which torch.onnx.export turns into ONNX's LSTM/GRU/RNN "
+             "nodes)")
+
+
+def _refuse_onnx_export(g, *args):
+    raise RuntimeError("torch.onnx.export: " + ONNX_HINT)
+
+
+def register_onnx_hint():
+    """torch.onnx.export (its TorchScript path) meeting our operator says what to do instead of
+    naming an unknown namespace."""
+    for op in ("layer_forward", "layer_backward"):
+        torch.onnx.register_custom_op_symbolic(f"fusedrnn::{op}", _refuse_onnx_export, 9)
