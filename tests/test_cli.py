@@ -32,6 +32,14 @@ def error_of(capsys, *argv):
     (["generate", "--model", "/no/such/model.npz"], "/no/such/model.npz: No such file"),
     (["bench", "--shapes", "1,2"], "--shapes: expected B,T,I,H"),
     (["bench", "--cells", "LSTM,XYZ", "--shapes", "1,2,3,4"], "--cells: expected names"),
+    (["bench", "--shapes", "a,b,c,d"], "--shapes: expected B,T,I,H"),
+    (["bench", "--shapes", ""], "--shapes: expected B,T,I,H"),
+    (["bench", "--cells", ",", "--shapes", "1,2,3,4"], "--cells: expected names"),
+    (["bench", "--modes", ",", "--shapes", "1,2,3,4"], "--modes: expected names"),
+    (["bench", "--json", "/no/such/dir/rows.json"], "--json /no/such/dir/rows.json: the folder"),
+    (["train", "adding", "--cells", "lstm,gur"], "--cells: expected names from gru,lstm,rnn, got 'gur'"),
+    (["train", "dates", "--score", "dot"], "--score: invalid choice: 'dot'"),
+    (["train", "digits", "--trainer", "ga", "--population", "2"], "--population: expected an integer of at least 3"),
     (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
 ])
 def test_expected_failures_are_one_line(capsys, argv, expected):
@@ -104,3 +112,34 @@ def test_shipped_digits_are_the_uci_test_set():
     d = load_digits()
     np.testing.assert_array_equal(images, d.images)
     np.testing.assert_array_equal(labels, d.target)
+
+
+def test_data_too_small_for_the_task_is_refused_before_training(capsys, tmp_path):
+    """A run that could not train (or not test) says so instead of reporting metrics of an
+    untrained model; the checks come before any training (the bench's --json too)."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("hello world, a tiny corpus. " * 2)
+    assert "--data/--max-chars: 56 characters give 50 to train on" in error_of(
+        capsys, "train", "chars", "--data", str(text), "--hidden", "4", "--epochs", "1")
+    assert "--data/--max-chars: 2 characters" in error_of(
+        capsys, "train", "chars", "--data", str(text), "--max-chars", "2", "--batch-size", "1")
+    table = tmp_path / "tiny.csv"
+    table.write_text('text,label\n"good movie",pos\n"bad movie",neg\n"great",pos\n')
+    for fraction, counts in (("1", "3 rows give 3 to test and 0 to train"),
+                             ("0", "3 rows give 0 to test and 3 to train")):
+        assert counts in error_of(capsys, "train", "classify-text", "--data", str(table),
+                                  "--test-fraction", fraction, "--epochs", "1")
+    (tmp_path / "folder").mkdir()
+    assert f"--json {tmp_path / 'folder'}: a folder" in error_of(
+        capsys, "bench", "--shapes", "1,2,3,4", "--json", str(tmp_path / "folder"))
+
+
+def test_json_output_is_strict_and_task_help_is_whole(capsys):
+    from fusedrnn.cli import print_json
+    print_json({"loss": float("nan"), "rows": [float("inf"), 1.5]})
+    assert capsys.readouterr().out.strip() == '{"loss": null, "rows": [null, 1.5]}'
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "trained with truncated BPTT, and `fusedrnn generate`" in out
+    assert "(the sentiment-analysis case) from a user's CSV" in out

@@ -30,8 +30,11 @@ def atomic_write(path, write) -> None:
     user_path = os.fspath(path)
     path = os.path.realpath(user_path)
     folder = os.path.dirname(path)
-    if not os.path.isdir(folder):  # say so for the user's path, not for the temporary file's
+    # say so for the user's path, not for the temporary file's
+    if not os.path.isdir(folder):
         raise FileNotFoundError(errno.ENOENT, f"no folder {folder!r} to write into", user_path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
     try:
         mode = os.stat(path).st_mode & 0o7777
     except OSError:

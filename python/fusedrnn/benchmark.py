@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .cli_commands import positive_float, positive_int
+from .cli_commands import parse_names, positive_float, positive_int, to_json
 
 CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("rnn", 1)}
 # (B, T, I, H): the anchors' shape set (../shared/anchors/README.md).
@@ -446,24 +446,17 @@ def print_table(rows, peak):
               + (f" | {_fmt(r.get('det_cost'))}" if det else ""))
 
 
-def parse_names(option, text, allowed):
-    """The comma-separated names ``text`` of ``option`` (e.g. "--variants"), lower-cased, each
-    once, in order; ValueError naming the option unless there is one and each is ``allowed``."""
-    names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    for n in names:
-        if n not in allowed:
-            raise ValueError(f"{option}: expected names from {','.join(allowed)}, got {n!r}")
-    if not names:
-        raise ValueError(f"{option}: expected names from {','.join(allowed)}")
-    return list(dict.fromkeys(names))
-
-
 def parse_shapes(text, names="B,T,I,H"):
+    """--shapes "B,T,I,H;B,T,I,H" (or the names given): ValueError naming the option."""
     shapes = []
     for part in text.split(";"):
-        vals = [int(v) for v in part.split(",")]
+        try:
+            vals = [int(v) for v in part.split(",")]
+        except ValueError:
+            vals = []
         if len(vals) != 4 or min(vals) < 1:
-            raise ValueError(f"--shapes: expected {names} with positive integers, got {part!r}")
+            raise ValueError(f"--shapes: expected {names} with positive integers (shapes "
+                             f"separated by ';'), got {part!r}")
         shapes.append(tuple(vals))
     return shapes
 
@@ -474,22 +467,19 @@ def write_json(path, **content):
         return
     import fusedrnn as fr
     from fusedrnn._atomic import write_text
-    write_text(path, json.dumps({"info": fr.info(), **content}, indent=1))
+    write_text(path, to_json({"info": fr.info(), **content}, indent=1))
     print(f"wrote {path}")
 
 
 def selection(args):
     """The CPU benches' (cells, modes, shapes) from --cells, --modes, --shapes and --quick,
     checked (ValueError naming the option)."""
-    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
-    for c in cells:
-        if c not in CELLS:
-            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c!r}")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for m in modes:
-        if m not in ("infer", "train"):
-            raise ValueError(f"--modes: expected infer and/or train, got {m!r}")
-    shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else ANCHOR_SHAPES)
+    cells = [c.upper() for c in parse_names("--cells", args.cells, [c.lower() for c in CELLS])]
+    modes = parse_names("--modes", args.modes, ["infer", "train"])
+    if args.shapes is not None:
+        shapes = parse_shapes(args.shapes)
+    else:
+        shapes = QUICK_SHAPES if args.quick else ANCHOR_SHAPES
     return cells, modes, shapes
 
 

@@ -10,6 +10,7 @@ score's width, the values' width."""
 import numpy as np
 
 from . import benchmark
+from .cli_commands import parse_names
 
 SCORES = ("additive", "dot")
 # (N, S, A, K): one sentence at a time (decoding), small and larger batches (training)
@@ -104,7 +105,7 @@ def _shapes(args):
 def run(args) -> int:
     if getattr(args, "device", "cpu") != "cpu":
         raise ValueError("--attention: CPU only; drop --device cuda")
-    scores = benchmark.parse_names("--attention", args.attention, SCORES)
+    scores = parse_names("--attention", args.attention, SCORES)
     shapes = _shapes(args)  # (before selection(), which reads --shapes as B,T,I,H)
     _, modes, _ = benchmark.selection(args)
     import fusedrnn as fr

@@ -17,7 +17,6 @@ threshold; where it is the persistent loop, its flagged-exchange variant too
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,8 @@ import sys
 import time
 
 import numpy as np
+
+from .cli_commands import parse_names
 
 # (cell, B, T, I, H): the GPU rows of ../shared/anchors/README.md that the issue's targets name.
 SHAPES = [
@@ -96,18 +97,10 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 def run(args) -> int:
     """Time the rows; print one line per row as it goes and the table last. Returns 0, or 2
     when there is no GPU / torch with CUDA / CUDA build."""
-    precisions = [p for p in (getattr(args, "precisions", None) or "fp32,tf32").split(",") if p]
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise ValueError(f"--precisions: expected names from {','.join(PRECISIONS)}, got "
-                             f"{p!r}")
-    try:
-        import cupy as cp
-        import torch
-    except ImportError as exc:
-        print(f"fusedrnn bench --device cuda: needs cupy and torch with CUDA ({exc})",
-              file=sys.stderr)
-        return 2
+    precisions = parse_names("--precisions", getattr(args, "precisions", None) or "fp32,tf32",
+                             PRECISIONS)
+    import cupy as cp  # missing: the CLI's one line names the extra to install
+    import torch
 
     import fusedrnn
     from fusedrnn import cuda as fcuda
@@ -160,8 +153,9 @@ def run(args) -> int:
         meta = dict(device=device, device_summary=fcuda.device_summary(),
                     torch=torch.__version__, cudnn=torch.backends.cudnn.version(),
                     cupy=cp.__version__, python=platform.python_version())
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        from ._atomic import write_text
+        from .cli_commands import to_json
+        write_text(args.json, to_json(dict(meta=meta, rows=rows), indent=1))
         print(f"wrote {args.json}")
     return 0
 

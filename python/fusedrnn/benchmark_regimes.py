@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from . import benchmark
+from .cli_commands import parse_names
 
 REGIMES = {"b2b": "back to back, own process",
            "sporadic": "3 ms idle before each call, own process",
@@ -282,7 +283,7 @@ def print_table(rows, regimes, peers):
 
 
 def parse_regimes(text):
-    return benchmark.parse_names("--regimes", text, REGIMES)
+    return parse_names("--regimes", text, REGIMES)
 
 
 def run(args) -> int:
@@ -293,7 +294,7 @@ def run(args) -> int:
         raise ValueError("--regimes: times the NumPy API; drop --framework")
     if getattr(args, "memory", False):
         raise ValueError("--memory: not measured with --regimes")
-    if "infer" not in [m.strip() for m in args.modes.split(",")]:
+    if "infer" not in parse_names("--modes", args.modes, ["infer", "train"]):
         raise ValueError("--regimes: times inference only; drop --modes or include infer")
     import fusedrnn as fr
     cells, _, shapes = benchmark.selection(args)

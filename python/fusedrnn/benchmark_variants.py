@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import benchmark
+from .cli_commands import parse_names
 
 # variant -> the cell it extends, and its peer
 VARIANTS = {"peephole": "LSTM", "reset_before": "GRU", "proj": "LSTM", "layernorm": "LSTM"}
@@ -114,7 +115,7 @@ def bench_row(variant, mode, B, T, I, H, threads, budget, have):
 def run(args) -> int:
     if getattr(args, "device", "cpu") != "cpu":
         raise ValueError("--variants: CPU only so far; drop --device cuda")
-    variants = benchmark.parse_names("--variants", args.variants, VARIANTS)
+    variants = parse_names("--variants", args.variants, VARIANTS)
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
     _, modes, shapes = benchmark.selection(args)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import shlex
 import sys
 
@@ -99,8 +98,9 @@ def main(argv=None) -> int:
 
 
 def print_json(obj) -> None:
-    """One JSON object on the last line, for --json."""
-    print(json.dumps(obj, sort_keys=True))
+    """One JSON object on the last line, for --json (strict: NaN becomes null)."""
+    from .cli_commands import to_json
+    print(to_json(obj, sort_keys=True))
     sys.stdout.flush()
 
 

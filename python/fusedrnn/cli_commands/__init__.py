@@ -20,6 +20,54 @@ def _number(kind, test, expected):
 
 
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
+
+
+def at_least(low):
+    """An integer option's type: low or more."""
+    return _number(int, lambda v: v >= low, f"an integer of at least {low}")
+
 nonnegative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
 fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+
+
+def parse_names(option, text, allowed):
+    """The comma-separated names ``text`` of ``option`` (e.g. "--cells"), lower-cased, each
+    once, in order; ValueError naming the option unless there is one and each is ``allowed``."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    for n in names:
+        if n not in allowed:
+            raise ValueError(f"{option}: expected names from {','.join(allowed)}, got {n!r}")
+    if not names:
+        raise ValueError(f"{option}: expected names from {','.join(allowed)}, got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def check_output_path(option, path):
+    """Before the work, not after it: ValueError naming ``--option`` unless ``path`` (if given)
+    can be written as a file (its folder exists, and it is not a folder itself)."""
+    import os
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--{option} {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"--{option} {path}: a folder; expected a file name")
+
+
+def to_json(obj, **kwargs) -> str:
+    """Strict JSON (what jq and JSON.parse read): a NaN or infinite number, such as the loss of a
+    run that diverged, becomes null."""
+    import json
+    import math
+
+    def strict(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        return v
+    return json.dumps(strict(obj), allow_nan=False, **kwargs)

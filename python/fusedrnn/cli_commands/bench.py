@@ -1,4 +1,5 @@
 """`fusedrnn bench`: fusedrnn against the installed peers (see bench/ and fusedrnn.benchmark)."""
+from . import check_output_path
 
 
 def add_commands(sub):
@@ -10,4 +11,5 @@ def add_commands(sub):
 
 def run(args):
     from fusedrnn.benchmark import run as run_bench
+    check_output_path("json", args.json)  # before the timing, not after it
     return run_bench(args)

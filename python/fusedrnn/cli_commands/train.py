@@ -14,7 +14,7 @@ import argparse
 import importlib
 
 from ..training import DEFAULT_CHECKPOINT_EVERY
-from . import nonnegative_int, positive_float, positive_int
+from . import check_output_path, nonnegative_int, positive_float, positive_int
 
 TASKS = {"digits": "digits", "adding": "adding", "chars": "chars",
          "classify-text": "classify_text"}
@@ -49,8 +49,8 @@ def add_commands(sub):
     tasks = train.add_subparsers(dest="task", metavar="TASK", required=True)
     for name, module in TASKS.items():
         mod = importlib.import_module(f"fusedrnn.tasks.{module}")
-        p = tasks.add_parser(name, help=mod.__doc__.splitlines()[0].split(": ", 1)[-1],
-                             description=mod.__doc__)
+        summary = " ".join(mod.__doc__.split("\n\n")[0].split())  # the first paragraph
+        p = tasks.add_parser(name, help=summary.split(": ", 1)[-1], description=mod.__doc__)
         _common(p)
         mod.add_arguments(p)
         p.set_defaults(func=run_task, task_module=module)
@@ -92,13 +92,7 @@ def check_outputs(args):
     --checkpoint need a folder that exists (and a path that is not a folder)."""
     import os
     for option in ("save", "plot", "checkpoint"):
-        path = getattr(args, option, None)
-        if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise ValueError(f"--{option} {path}: the folder {folder} does not exist")
-            if os.path.isdir(path):
-                raise ValueError(f"--{option} {path}: a folder; expected a file name")
+        check_output_path(option, getattr(args, option, None))
     if getattr(args, "checkpoint", None) and getattr(args, "save", None) \
             and os.path.abspath(args.checkpoint) == os.path.abspath(args.save):
         raise ValueError(f"--checkpoint and --save both name {args.save}: give them different "

@@ -15,8 +15,8 @@ import numpy as np
 from .. import data, io, optim
 from ..nn import Linear, MSELoss, Module
 from ..training import fit
-from .common import gradient_norms_over_time, make_recurrent, maybe_plot
-from ..cli_commands import positive_float, positive_int
+from .common import CELLS, gradient_norms_over_time, make_recurrent, maybe_plot
+from ..cli_commands import parse_names, positive_float, positive_int
 
 DEFAULTS = dict(length=50, hidden=64, batch_size=64, lr=5e-3, epochs=20, steps=50)
 
@@ -111,7 +111,7 @@ def train_cell(cell, args, x_test, y_test, progress=True):
 
 def run(args, progress=True):
     start = time.perf_counter()
-    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    cells = parse_names("--cells", args.cells, sorted(CELLS))  # all checked before training
     x_test, y_test = data.adding_problem(1000, args.length, seed=args.seed + 10**6)
     x_test = np.ascontiguousarray(x_test.transpose(1, 0, 2))
     baseline = float(np.mean((y_test - 1.0) ** 2))

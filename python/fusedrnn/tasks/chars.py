@@ -53,6 +53,9 @@ def unigram_bits(train_ids, test_ids, vocab_size):
 
 def evaluate_bits(model, ids, n_streams=16, chunk=256):
     """Held-out bits per character: the model reads ``ids`` as n streams, state carried."""
+    if len(ids) < 2:
+        raise ValueError(f"ids: expected at least 2 characters (one to read, one to predict), "
+                         f"got {len(ids)}")
     x = streams(ids, min(n_streams, max(1, (len(ids) - 1) // 2)))
     model.eval()
     loss_fn = CrossEntropyLoss(reduction="sum")
@@ -63,7 +66,7 @@ def evaluate_bits(model, ids, n_streams=16, chunk=256):
         total += loss_fn(logits, x[start + 1:stop + 1])
         count += (stop - start) * x.shape[1]
     model.train()
-    return total / max(count, 1) / LN2
+    return total / count / LN2
 
 
 def run(args, progress=True):
@@ -75,6 +78,11 @@ def run(args, progress=True):
     ids = vocab.encode(text)
     split = int(len(ids) * 0.9)
     train_ids, test_ids = ids[:split], ids[split:]
+    if len(train_ids) < 2 * args.batch_size or len(test_ids) < 2:  # a step needs x and y
+        raise ValueError(f"--data/--max-chars: {len(ids)} characters give {len(train_ids)} to "
+                         f"train on and {len(test_ids)} to test; expected at least "
+                         f"{2 * args.batch_size} (2 per stream of --batch-size "
+                         f"{args.batch_size}) and 2: use more text or a smaller --batch-size")
     model = RecurrentLM(args.cell, len(vocab), args.embedding, args.hidden, args.layers,
                         seed=args.seed)
     opt = optim.Adam(model.parameters(), lr=args.lr)

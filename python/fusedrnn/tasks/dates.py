@@ -67,8 +67,10 @@ def make_codecs():
 
 def add_arguments(p):
     p.add_argument("--attention", choices=["bahdanau", "luong"], default=DEFAULTS["attention"])
-    p.add_argument("--score", choices=["additive", "dot", "general"], default=None,
-                   help="score function (default: additive for bahdanau, general for luong)")
+    p.add_argument("--score", choices=["additive", "general"], default=None,
+                   help="score function (default: additive for bahdanau, general for luong; "
+                        "not dot: the bidirectional encoder's keys are twice the decoder's "
+                        "width)")
     p.add_argument("--cell", choices=["lstm", "gru"], default=DEFAULTS["cell"])
     p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
     p.add_argument("--embed", type=positive_int, default=DEFAULTS["embed"])

@@ -14,7 +14,7 @@ from .. import data, io, optim
 from ..nn import CrossEntropyLoss
 from ..training import fit
 from .common import SequenceClassifier, accuracy, maybe_plot
-from ..cli_commands import positive_float, positive_int
+from ..cli_commands import at_least, positive_float, positive_int
 
 DEFAULTS = dict(epochs=25, hidden=128, lr=5e-3, batch_size=32, cell="lstm")
 
@@ -28,7 +28,8 @@ def add_arguments(p):
     p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"])
     p.add_argument("--trainer", choices=["bptt", "ga"], default="bptt",
                    help="backpropagation through time (Adam) or the genetic algorithm")
-    p.add_argument("--population", type=positive_int, default=40, help="GA population size")
+    p.add_argument("--population", type=at_least(3), default=40,
+                   help="GA population size (at least 3: the 2 best are kept each generation)")
     p.set_defaults(epochs=DEFAULTS["epochs"])
 
 
