@@ -364,15 +364,6 @@ layer_backward.register_autograd(_no_double_backward, setup_context=_setup_nothi
 
 
 # ---------------------------------------------------------------------------- eager mode
-def _creating_graph():
-    """Whether a backward runs under create_graph=True (grad mode on), other than torch.func.grad's
-    own (one transform level, whose backward always runs with grad mode on)."""
-    if not torch.is_grad_enabled():
-        return False
-    level = torch._C._functorch.maybe_current_level()
-    return level is None or level > 1
-
-
 def _layer_outputs(meta, precision, x, h0, c0, lengths, weights):
     """(y, h_n, c_n, *gates, *extra, *h_prev): the layer's outputs and what its backward needs,
     from the flat inputs of the autograd Functions below."""
@@ -396,13 +387,17 @@ def _save_context(ctx, meta, precision, x, lengths, weights, outputs):
 def _layer_gradients(ctx, dy, dh_n, dc_n):
     """The autograd Functions' backward: a gradient per input (None for meta, precision and
     lengths)."""
-    if _creating_graph():  # a gradient of this would be wrong
+    # torch.func.grad runs this at its transform level (1), with grad mode on; otherwise grad
+    # mode on is create_graph=True, and a gradient of this would be wrong
+    level = torch._C._functorch.maybe_current_level()
+    if torch.is_grad_enabled() and (level is None or level > 1):
         raise RuntimeError(DOUBLE_BACKWARD)
-    # under torch.func.grad every op (reading a tensor's data too) is the transform's: the
-    # kernels run with the transforms out of the way, on the tensors' data
-    with torch._C._DisableFuncTorch():
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(
-            ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
+    args = (ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
+    if level is None:
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(*args)
+    else:  # every op (reading a tensor's data too) is the transform's: out of the way
+        with torch._C._DisableFuncTorch():
+            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(*args)
     biases = (*db_ih, *db_hh) if db_ih is not None else ()
     return (None, None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases, *dw_hr)
 
@@ -448,8 +443,8 @@ def _through_operators(x):
     autograd) rather than straight to the kernels: under torch.compile and torch.jit.trace (so
     that the graph holds the operator, not the outputs of one call as constants), and for
     tensors the kernels cannot read (meta, fake: shapes only)."""
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or type(x) is not torch.Tensor or x.device.type == "meta")
+    return (type(x) is not torch.Tensor or x.is_meta or torch.compiler.is_compiling()
+            or torch._C._is_tracing())
 
 
 def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,

@@ -69,7 +69,7 @@ def _check_same_device(t, name, weight):
 def _grad_mode():
     """Whether a call may need its backward: grad mode on, or a torch.jit.trace (whose check
     runs the module again without grad: the traced operator's arguments must not change)."""
-    return torch.is_grad_enabled() or torch.jit.is_tracing()
+    return torch.is_grad_enabled() or torch._C._is_tracing()
 
 
 def _check_dtype(dtype):
