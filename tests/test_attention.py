@@ -69,7 +69,8 @@ def test_reference_backward_vs_finite_differences(kind, rng):
 @pytest.mark.parametrize("kind", KINDS)
 def test_module_matches_reference_over_steps(kind, dtype, sizes, rng):
     """Three decoder steps on one memory: outputs per step, and after the backward of every
-    step (and a refused one) the query gradients, the key gradients (summed over steps) and parameter gradients."""
+    step (and a refused one) the query gradients, the key gradients (summed over steps) and
+    parameter gradients."""
     m, q = _module(kind, dtype, sizes=sizes)
     params = tuple(p.astype(np.float64) for p in _params(m))
     _, keys = _inputs(rng, q, dtype, k=sizes[1])

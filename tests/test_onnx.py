@@ -236,6 +236,9 @@ def test_backend_uses_a_fed_value_of_an_initializer_that_is_a_graph_input():
         expected = Backend.run_node(node, [x, fed.get("W", W), fed.get("R", R)])
         for a, b in zip(rep.run({"X": x, **fed}), expected):
             np.testing.assert_array_equal(a, b)
+    del model.graph.input[1:]  # W and R now constants only (ONNX IR >= 4): not to be fed
+    with pytest.raises(ValueError, match=r"inputs: \['W'\] are not inputs of the graph"):
+        Backend.prepare(model).run({"X": x, "W": W})
 
 
 @pytest.mark.parametrize("attributes, message", [

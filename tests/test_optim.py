@@ -221,6 +221,7 @@ def test_genetic_algorithm_interrupted_step_keeps_the_parameters():
     (dict(population_size=2.5), TypeError, "population_size: expected an integer, got float"),
     (dict(population_size="10"), TypeError, "population_size: expected an integer, got str"),
     (dict(population_size=1), ValueError, "population_size: expected an integer >= 2"),
+    (dict(population_size=10.0), TypeError, "population_size: expected an integer, got float"),
     (dict(elite=50), ValueError, r"elite: expected an integer in \[0, 49\]"),
     (dict(tournament_size=0), ValueError, "tournament_size"),
     (dict(mutation_rate=-1), ValueError, r"mutation_rate: expected a number in \[0, 1\]"),
@@ -240,6 +241,9 @@ def test_clip_and_adam_refuse_bad_arguments():
         with pytest.raises(ValueError, match="norm_type: expected a number > 0"):
             optim.clip_grad_norm_([p], 1.0, norm_type)
     assert optim.clip_grad_norm_([p], 100.0, "inf") == 4.0  # torch's spelling of inf
-    for betas in (0.9, (0.9,), (0.9, 1.0), ("a", 0.9)):
+    for betas in (0.9, (0.9,), (0.9, 1.0), ("a", 0.9), "ab", (0.9, None)):
         with pytest.raises(ValueError, match="betas: expected two numbers"):
             optim.Adam([p], betas=betas)
+    assert optim.Adam([p], betas=np.array([0.8, 0.99])).param_groups[0]["betas"] == (0.8, 0.99)
+    with pytest.raises(ValueError, match="norm_type"):  # checked with no gradient too
+        optim.clip_grad_norm_([Parameter(np.zeros(2))], 1.0, 0)

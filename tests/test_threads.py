@@ -229,7 +229,10 @@ def test_same_bits_on_one_core_and_on_pytorchs_openmp_threads(tmp_path):
 
 
 _FORK_SNIPPET = r"""
-import os, signal, sys, time, numpy as np, fusedrnn as fr
+import os, signal, sys, time, numpy as np
+if sys.argv[1] == "torch":  # the phases on PyTorch's OpenMP threads, which no child has either
+    import torch, fusedrnn.torch
+import fusedrnn as fr
 fr.set_num_threads(2)
 lstm = fr.nn.LSTM(64, 256, seed=0).eval()
 x = np.random.default_rng(0).standard_normal((20, 8, 64)).astype(np.float32)
@@ -253,10 +256,14 @@ sys.exit(max(codes) or (0 if np.array_equal(lstm(x)[0], expected[2]) else 4))
 """
 
 
-def test_forked_children_run_the_layers():
+@pytest.mark.parametrize("pool", ["own", "torch"])
+def test_forked_children_run_the_layers(pool):
     """A child forked after the parent used the kernels (DataLoader workers, multiprocessing)
-    has none of the team's threads: it must neither wait for them nor lose its results."""
+    has none of the team's threads, nor of PyTorch's OpenMP pool where the phases ran there:
+    it must neither wait for them nor lose its results."""
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "-c", _FORK_SNIPPET], timeout=90)
+    if pool == "torch":
+        pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, "-c", _FORK_SNIPPET, pool], timeout=90)
     assert done.returncode == 0

@@ -298,14 +298,16 @@ def _assert_compiles_fullgraph(model, tokens):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks, as torch.nn's
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_torch_jit_trace_records_the_operator(requires_grad, tmp_path):
-    """A traced model (frozen for deployment, or trainable) holds the operator, not one call's
-    outputs as constants: new inputs give eager's outputs (and gradients), before and after
-    torch.jit.save / load, and the trace passes torch.jit's own check."""
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_torch_jit_trace_records_the_operator(train_mode, tmp_path):
+    """A traced model holds the operator, not one call's outputs as constants: new inputs give
+    eager's outputs (and gradients), before and after torch.jit.save / load, and the trace
+    passes torch.jit's own check. As with torch.nn's layers, the module's mode decides what the
+    trace keeps: an eval() model traces for inference (nothing saved for a backward), one in
+    train() mode for training."""
     torch.manual_seed(12)
     model = Tagger(frt.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True))
-    model.requires_grad_(requires_grad)
+    model.train(train_mode)
     traced = torch.jit.trace(model, (torch.randint(0, 20, (3, 7)),))
     torch.jit.save(traced, tmp_path / "model.pt")
     loaded = torch.jit.load(tmp_path / "model.pt")
@@ -313,17 +315,20 @@ def test_torch_jit_trace_records_the_operator(requires_grad, tmp_path):
     eager = model(tokens)
     for m in (traced, loaded):
         assert (m(tokens) - eager).abs().max() < 1e-6
-    cell = frt.GRUCell(3, 4).requires_grad_(requires_grad)
+    cell = frt.GRUCell(3, 4).train(train_mode)
     traced_cell = torch.jit.trace(cell, (torch.randn(2, 3),))
     x = torch.randn(4, 3)
     assert (traced_cell(x) - cell(x)).abs().max() < 1e-6
-    if requires_grad:
+    if train_mode:
         traced(tokens).sum().backward()
         grads = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()
         eager.sum().backward()
         for a, b in zip(grads, model.parameters()):
             assert (a - b.grad).abs().max() < 1e-5
+    else:
+        with pytest.raises(RuntimeError, match="ran without saving what backward needs"):
+            traced(tokens).sum().backward()
 
 
 def test_convert_swaps_layers_with_the_same_weights():
@@ -382,10 +387,10 @@ def test_meta_and_fake_tensors_give_torch_nn_s_shapes():
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN", "GRUCell"])
 def test_torch_func_grad_matches_torch_nn(cell):
-    """torch.func.grad over functional_call (per-model gradients as MAML-style code takes them)
-    gives torch.nn's gradients; transforms our layers have no rule for (vmap), and gradients of
-    gradients, raise a clear error."""
-    from torch.func import functional_call, grad, vmap
+    """torch.func.grad and vjp over functional_call (per-model gradients as MAML-style code
+    takes them) give torch.nn's gradients; transforms our layers have no rule for (vmap, and
+    jacrev which uses it), and gradients of gradients, raise a clear error."""
+    from torch.func import functional_call, grad, jacrev, vjp, vmap
     torch.manual_seed(4)
     is_cell = cell.endswith("Cell")
     kw = {} if is_cell else dict(num_layers=2, bidirectional=True)
@@ -403,10 +408,15 @@ def test_torch_func_grad_matches_torch_nn(cell):
     got = grad(loss(ours), argnums=(0, 1))(dict(ours.named_parameters()), x)
     assert_close([got[1], *got[0].values()], [expected[1], *expected[0].values()], 1e-10,
                  "torch.func.grad")
+    outs = [vjp(lambda x: loss(m)(dict(m.named_parameters()), x), x) for m in (ref, ours)]
+    assert_close(outs[1][1](torch.tensor(1.0, dtype=torch.float64)),
+                 outs[0][1](torch.tensor(1.0, dtype=torch.float64)), 1e-10, "torch.func.vjp")
     with pytest.raises(RuntimeError, match="double backward"):
         grad(lambda x: grad(loss(ours), argnums=1)(dict(ours.named_parameters()), x).sum())(x)
-    with pytest.raises(RuntimeError, match="vmap"):
+    with pytest.raises(RuntimeError, match="fusedrnn: torch.func.vmap over the recurrent"):
         vmap(lambda x: loss(ours)(dict(ours.named_parameters()), x))(x[None])
+    with pytest.raises(RuntimeError, match="fusedrnn: torch.func.vmap over the recurrent"):
+        jacrev(lambda x: loss(ours)(dict(ours.named_parameters()), x).reshape(1))(x)
 
 
 def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torch_nn():
@@ -438,7 +448,8 @@ def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torc
     assert (model.enc(x)[0] - before).abs().max() < 1e-6
     assert sum(p.numel() for p in model.enc.parameters()) == 120
     for name, why in (("pruned", "weight_hh_l0_mask"), ("normed", "parametrized weights"),
-                      ("hooked", "hooks registered on it"), ("mine", "MyGRU, a subclass")):
+                      ("hooked", "hooks registered on it"),
+                      ("mine", "MyGRU, a subclass of torch.nn.modules.rnn.GRU")):
         assert f"{name}: " in message and why in message, (name, message)
         assert not type(getattr(model, name)).__module__.startswith("fusedrnn"), name
 

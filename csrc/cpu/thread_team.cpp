@@ -29,18 +29,6 @@ std::mutex g_team_mutex;            // held by the call that uses the team
 std::unique_ptr<ThreadTeam> g_team;  // created lazily, resized by set_num_threads
 std::atomic<int> g_num_threads{0};
 
-// fork() (a DataLoader's workers, multiprocessing): the child has only the forking thread, so
-// the team's workers are gone and destroying the team would join them forever. The child drops
-// the team unjoined (its memory stays, unreachable) and makes a new one at its first call. The
-// fork waits for a call in flight on the team, so that no phase is left half run.
-void lock_team_before_fork() { g_team_mutex.lock(); }
-void unlock_team_after_fork() { g_team_mutex.unlock(); }
-void forget_team_in_child() {
-  (void)g_team.release();
-  g_team_mutex.unlock();
-}
-const bool g_fork_handlers_registered =
-    pthread_atfork(lock_team_before_fork, unlock_team_after_fork, forget_team_in_child) == 0;
 thread_local bool t_single_slice = false;  // inside run_side_by_side: calls run on one thread
 // Between steps (microseconds apart) workers spin; past the CPU table's spin time (tens of
 // microseconds, cpu/plan.h) they sleep, and a waiting caller yields, so an oversubscribed
@@ -207,6 +195,23 @@ using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
 using OmpThreadNum = int (*)();
 std::atomic<GompParallel> g_gomp_parallel{nullptr};
 std::atomic<OmpThreadNum> g_omp_thread_num{nullptr};
+
+// fork() (a DataLoader's workers, multiprocessing): the child has only the forking thread, so
+// the team's workers are gone and destroying the team would join them forever, and the OpenMP
+// runtime's threads are gone too (a region there would wait for them). The child drops the team
+// unjoined (its memory stays, unreachable), stops sharing OpenMP's threads, and makes a team of
+// its own at its first call. The fork waits for a call in flight on the team, so that no phase
+// is left half run.
+void lock_team_before_fork() { g_team_mutex.lock(); }
+void unlock_team_after_fork() { g_team_mutex.unlock(); }
+void forget_team_in_child() {
+  (void)g_team.release();
+  g_gomp_parallel.store(nullptr);
+  g_omp_thread_num.store(nullptr);
+  g_team_mutex.unlock();
+}
+const bool g_fork_handlers_registered =
+    pthread_atfork(lock_team_before_fork, unlock_team_after_fork, forget_team_in_child) == 0;
 
 // One phase on the OpenMP team: every thread of the region takes slices like our workers, its
 // home range first (by its OpenMP thread number: the same units on the same thread step after

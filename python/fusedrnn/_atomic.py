@@ -22,19 +22,27 @@ def _umask() -> int:
     return mask
 
 
+def writable_target(path) -> str:
+    """The file a write to ``path`` replaces (a symbolic link followed, as open() follows it);
+    OSError naming ``path`` (not a temporary file's) unless its folder exists and it is not a
+    folder itself."""
+    user_path = os.fspath(path)
+    target = os.path.realpath(user_path)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist", user_path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
+    return target
+
+
 def atomic_write(path, write) -> None:
     """Call ``write(file_object)`` on a binary temporary file, then move it onto ``path``. The
     file gets the permissions ``open(path, "w")`` would give it (0o666 less the umask; an
     existing file's own), not mkstemp's owner-only 0o600. A symbolic link is followed: the file
     it points to is replaced, the link stays."""
-    user_path = os.fspath(path)
-    path = os.path.realpath(user_path)
+    path = writable_target(path)
     folder = os.path.dirname(path)
-    # say so for the user's path, not for the temporary file's
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(errno.ENOENT, f"no folder {folder!r} to write into", user_path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
     try:
         mode = os.stat(path).st_mode & 0o7777
     except OSError:

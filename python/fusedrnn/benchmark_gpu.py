@@ -76,12 +76,8 @@ def time_call(fn, sync, event, budget_s=0.25, min_reps=3, max_reps=40):
 
 
 def select_shapes(args):
-    cells = [c.strip().lower() for c in (getattr(args, "cells", None) or "LSTM,GRU,RNN").split(",")
-             if c.strip()]
-    for c in cells:
-        if c not in GATES:
-            raise ValueError(f"--cells: expected names from LSTM,GRU,RNN, got {c.upper()!r}")
-    if getattr(args, "shapes", None):
+    cells = parse_names("--cells", getattr(args, "cells", None) or "LSTM,GRU,RNN", list(GATES))
+    if getattr(args, "shapes", None) is not None:
         from .benchmark import parse_shapes
         return [(c, B, T, I, H) for c in cells for (B, T, I, H) in parse_shapes(args.shapes)]
     base = (QUICK if getattr(args, "quick", False)
@@ -99,6 +95,9 @@ def run(args) -> int:
     when there is no GPU / torch with CUDA / CUDA build."""
     precisions = parse_names("--precisions", getattr(args, "precisions", None) or "fp32,tf32",
                              PRECISIONS)
+    shapes = select_shapes(args)  # the options checked first, then what the machine has
+    modes = parse_names("--modes", getattr(args, "modes", None) or "infer,train",
+                        ["infer", "train"])
     import cupy as cp  # missing: the CLI's one line names the extra to install
     import torch
 
@@ -110,12 +109,6 @@ def run(args) -> int:
         print("fusedrnn bench --device cuda: needs a GPU, torch with CUDA and fusedrnn built with "
               "CUDA", file=sys.stderr)
         return 2
-    shapes = select_shapes(args)
-    modes = [m.strip() for m in (getattr(args, "modes", None) or "infer,train").split(",")
-             if m.strip()]
-    for m in modes:
-        if m not in ("infer", "train"):
-            raise ValueError(f"--modes: expected infer and/or train, got {m!r}")
     budget = getattr(args, "budget", None)
     budget = 0.25 if budget is None or budget > 0.5 else budget  # the CPU default is 1.5 s
 

@@ -16,6 +16,7 @@ import numbers
 
 import numpy as np
 
+from .nn.layers import _int_in
 from .nn.module import Module, Parameter, is_device_array, to_device
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm_", "clip_grad_value_",
@@ -49,16 +50,6 @@ def _number_in(value, name, low, high, expected):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
         raise ValueError(f"{name}: expected a number {expected}, got {value!r}")
     return float(value)
-
-
-def _count(value, name, low, high=None):
-    """``value`` as an int, if it is an integer (Python or NumPy, not a bool) >= low (and <= high)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: expected an integer {bounds}, got {value!r}")
-    return int(value)
 
 
 class Optimizer:
@@ -208,11 +199,11 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
-                or not all(isinstance(b, numbers.Real) and not isinstance(b, bool)
-                           and 0 <= b < 1 for b in betas)):
+        pair = np.asarray(betas) if not isinstance(betas, str) else None
+        if (pair is None or pair.shape != (2,) or pair.dtype.kind not in "iuf"
+                or not ((0 <= pair) & (pair < 1)).all()):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+        super().__init__(params, dict(lr=lr, betas=(float(pair[0]), float(pair[1])), eps=eps,
                                       weight_decay=weight_decay))
 
     def _update(self, group, p, grad, state):
@@ -297,11 +288,11 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0):
     clipping; parameters without a gradient are skipped."""
     grads = [p.grad for p in _param_list(parameters) if p.grad is not None]
     max_norm = _nonnegative(max_norm, "max_norm")
-    if not grads:
-        return 0.0
     if isinstance(norm_type, str) and norm_type == "inf":  # torch's spelling, too
         norm_type = math.inf
     norm_type = _number_in(norm_type, "norm_type", 1e-300, math.inf, "> 0 (or inf)")
+    if not grads:
+        return 0.0
     if math.isinf(norm_type):
         total = max(float(np.abs(g).max()) if g.size else 0.0 for g in grads)
     else:
@@ -435,9 +426,9 @@ class GeneticAlgorithm:
             raise TypeError(f"fitness: expected a callable returning a number, got "
                             f"{type(fitness).__name__}")
         self.fitness = fitness
-        self.population_size = _count(population_size, "population_size", 2)
-        self.elite = _count(elite, "elite", 0, self.population_size - 1)
-        self.tournament_size = _count(tournament_size, "tournament_size", 1, self.population_size)
+        self.population_size = _int_in(population_size, "population_size", 2)
+        self.elite = _int_in(elite, "elite", 0, self.population_size - 1)
+        self.tournament_size = _int_in(tournament_size, "tournament_size", 1, self.population_size)
         self.crossover_rate = _number_in(crossover_rate, "crossover_rate", 0, 1, "in [0, 1]")
         self.mutation_rate = _number_in(mutation_rate, "mutation_rate", 0, 1, "in [0, 1]")
         self.mutation_std = _nonnegative(mutation_std, "mutation_std")

@@ -45,15 +45,13 @@ def parse_names(option, text, allowed):
 
 def check_output_path(option, path):
     """Before the work, not after it: ValueError naming ``--option`` unless ``path`` (if given)
-    can be written as a file (its folder exists, and it is not a folder itself)."""
-    import os
-    if not path:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"--{option} {path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"--{option} {path}: a folder; expected a file name")
+    can be written as a file (what the writes check themselves: fusedrnn._atomic)."""
+    from .._atomic import writable_target
+    if path:
+        try:
+            writable_target(path)
+        except OSError as exc:
+            raise ValueError(f"--{option} {path}: {exc.strerror}") from None
 
 
 def to_json(obj, **kwargs) -> str:

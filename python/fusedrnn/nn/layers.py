@@ -27,10 +27,19 @@ def _dtype(dtype):
     return check_dtype(dtype)
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+def _int_in(value, name, low, high=None):
+    """``value`` as an int: TypeError naming ``name`` unless it is an integer (Python's or
+    NumPy's, not a bool), ValueError unless low <= value (<= high)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: expected an integer {bounds}, got {value!r}")
     return int(value)
+
+
+def _positive_int(value, name):
+    return _int_in(value, name, 1)
 
 
 def _flag(value, name):

@@ -30,7 +30,7 @@ import numpy as np
 from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
-from .layers import _flag
+from .layers import _flag, _int_in
 from .module import (KeptWeights, Module, Parameter, array_module, check_device, check_dtype,
                      is_device_array, to_device, to_host)
 
@@ -39,11 +39,7 @@ __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
 
 
 def _positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
+    return _int_in(value, name, minimum)
 
 
 def _check_array(value, name, dtype, device="cpu"):

@@ -216,6 +216,7 @@ class FusedRnnRep(BackendRep):
         self._constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self._weights = [constant_weights(spec, self._constants) for spec in nodes]
         self.input_names = [i.name for i in graph.input if i.name not in self._constants]
+        self._fed_names = {i.name for i in graph.input}  # initializers listed there too
         self.output_names = [o.name for o in graph.output]
 
     def run(self, inputs, **kwargs):
@@ -225,6 +226,10 @@ class FusedRnnRep(BackendRep):
             missing = [n for n in self.input_names if n not in inputs]
             if missing:
                 raise ValueError(f"inputs: missing graph inputs {missing}")
+            unknown = sorted(set(inputs) - self._fed_names)
+            if unknown:
+                raise ValueError(f"inputs: {unknown} are not inputs of the graph (its inputs: "
+                                 f"{sorted(self._fed_names)})")
             values.update({k: np.asarray(v) for k, v in inputs.items()})
         else:
             inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)

@@ -38,10 +38,11 @@ def run(args, progress=True):
     start = time.perf_counter()
     texts, labels, classes = data.read_text_classification_csv(args.data)
     order = np.random.default_rng(args.seed).permutation(len(texts))
-    n_test = int(round(len(texts) * args.test_fraction))
-    if not 0 < n_test < len(texts):
-        raise ValueError(f"--test-fraction {args.test_fraction}: {len(texts)} rows give {n_test} to "
-                         f"test and {len(texts) - n_test} to train; expected at least one of each")
+    n_test = max(1, int(round(len(texts) * args.test_fraction)))  # at least one to test
+    if n_test >= len(texts):
+        raise ValueError(f"--test-fraction {args.test_fraction}: {len(texts)} rows give "
+                         f"{n_test} to test and {len(texts) - n_test} to train; expected at "
+                         f"least one of each")
     test_idx, train_idx = order[:n_test], order[n_test:]
     vocab = WordVocab([texts[i] for i in train_idx])
     encoded = [vocab.encode(t)[:args.max_words] for t in texts]

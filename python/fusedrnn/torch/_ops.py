@@ -301,6 +301,8 @@ def _layer_backward_fake(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy,
             [w.new_empty(w.shape) for w in w_hr])
 
 
+NO_VMAP = ("fusedrnn: torch.func.vmap over the recurrent layers (and jacrev, jacfwd, hessian, "
+           "which use it) is not supported; torch.func.grad and vjp are")
 DOUBLE_BACKWARD = ("fusedrnn: double backward (gradients of gradients) through the recurrent "
                    "layers is not supported")
 
@@ -384,19 +386,25 @@ def _save_context(ctx, meta, precision, x, lengths, weights, outputs):
                           *(weights[-D:] if projected else ()))
 
 
-def _layer_gradients(ctx, dy, dh_n, dc_n):
+def _layer_gradients(ctx, dy, dh_n, dc_n, transforms=False):
     """The autograd Functions' backward: a gradient per input (None for meta, precision and
-    lengths)."""
-    # torch.func.grad runs this at its transform level (1), with grad mode on; otherwise grad
-    # mode on is create_graph=True, and a gradient of this would be wrong
-    level = torch._C._functorch.maybe_current_level()
-    if torch.is_grad_enabled() and (level is None or level > 1):
+    lengths). ``transforms``: _LayerUnderTransforms's, under torch.func."""
+    functorch = torch._C._functorch
+    level = functorch.maybe_current_level()
+    if transforms:
+        # torch.func.grad runs this at its level (1) and vjp's function at none, both with grad
+        # mode on; a deeper level is a gradient of this gradient, which would be wrong
+        if level is not None and level > 1:
+            raise RuntimeError(DOUBLE_BACKWARD)
+        if any(g is not None and functorch.is_batchedtensor(g) for g in (dy, dh_n, dc_n)):
+            raise RuntimeError(NO_VMAP)  # jacrev: vjp under vmap
+    elif torch.is_grad_enabled():  # create_graph=True: a gradient of this would be wrong
         raise RuntimeError(DOUBLE_BACKWARD)
     args = (ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
-    if level is None:
+    if not transforms:
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(*args)
     else:  # every op (reading a tensor's data too) is the transform's: out of the way
-        with torch._C._DisableFuncTorch():
+        with torch._C._DisableFuncTorch(), torch.no_grad():
             dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(*args)
     biases = (*db_ih, *db_hh) if db_ih is not None else ()
     return (None, None, dx, dh0, dc0, None, *dw_ih, *dw_hh, *biases, *dw_hr)
@@ -419,9 +427,10 @@ class _Layer(torch.autograd.Function):
 
 
 class _LayerUnderTransforms(torch.autograd.Function):
-    """_Layer in the form torch.func's transforms (grad, jacrev's vjp) can see through: forward
-    without ctx, the saved context returned as outputs and saved in setup_context (a form whose
-    apply costs some 20 us more: used only under a transform)."""
+    """_Layer in the form torch.func's transforms (grad, vjp) can see through: forward without
+    ctx, the saved context returned as outputs and saved in setup_context (a form whose apply
+    costs some 20 us more: used only under a transform). vmap (and what uses it: jacrev,
+    jacfwd, hessian) is refused by name."""
 
     @staticmethod
     def forward(meta, precision, x, h0, c0, lengths, *weights):
@@ -435,7 +444,11 @@ class _LayerUnderTransforms(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, *_):
-        return _layer_gradients(ctx, dy, dh_n, dc_n)
+        return _layer_gradients(ctx, dy, dh_n, dc_n, transforms=True)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise RuntimeError(NO_VMAP)
 
 
 def _through_operators(x):
@@ -450,10 +463,11 @@ def _through_operators(x):
 def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,
           precision, w_hr=()):
     """(y, h_n, c_n) of one layer, every direction, with autograd where ``training``: the
-    operator under torch.compile, torch.func and on meta or fake tensors (and torch.library's
-    checks), a plain autograd Function in eager mode, the kernels alone without autograd. ``w_hr``: an LSTM's projections, one per
-    direction, or none. ``h0``, ``c0`` (the LSTM's; else unused): [D, N, S] and [D, N, H], or
-    None for zeros."""
+    operator under torch.compile and torch.jit.trace and on meta or fake tensors (and
+    torch.library's checks), a plain autograd Function in eager mode (its torch.func form under
+    torch.func's transforms), the kernels alone without autograd. ``w_hr``: an LSTM's
+    projections, one per direction, or none. ``h0``, ``c0`` (the LSTM's; else unused):
+    [D, N, S] and [D, N, H], or None for zeros."""
     w_hr = list(w_hr)
     dispatch = _through_operators(x)
     transforms = torch._C._are_functorch_transforms_active()  # torch.func.grad & co.

@@ -18,22 +18,23 @@ _REPLACEMENTS = {nn.LSTM: modules.LSTM, nn.GRU: modules.GRU, nn.RNN: modules.RNN
 _TORCH_NN = {ours: theirs for theirs, ours in _REPLACEMENTS.items()}
 
 
-def _why_not(layer, mapping) -> str | None:
+def _why_not(layer, mapping, caller) -> str | None:
     """Why ``layer`` cannot be swapped by ``mapping`` (None: it can)."""
     if type(layer) not in mapping:  # a subclass (see _REPLACEMENTS)
         if torch.nn.utils.parametrize.is_parametrized(layer):
             return "parametrized weights (torch.nn.utils.parametrize)"
-        return f"{type(layer).__name__}, a subclass of {type(layer).__mro__[1].__name__} (its " \
+        base = next(c for c in type(layer).__mro__ if c in mapping)
+        return f"{type(layer).__name__}, a subclass of {base.__module__}.{base.__name__} (its " \
                f"forward may differ)"
     expected = (layer._flat_weights_names if hasattr(layer, "_flat_weights_names")
                 else ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if layer.bias else []))
     odd = sorted(set(layer.state_dict()) ^ set(expected))
     if odd:
-        return (f"weights rewritten by hooks (state_dict keys {', '.join(odd[:4])}: pruning or "
-                f"torch.nn.utils.weight_norm)")
+        return (f"state_dict keys other than its weights' ({', '.join(odd[:4])}: pruning, "
+                f"weight_norm or buffers of its own)")
     if any(getattr(layer, hooks, None) for hooks in
            ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")):
-        return "hooks registered on it (convert first, then register them on the new module)"
+        return f"hooks registered on it ({caller} first, then register them on the new module)"
     if mapping is _TORCH_NN:  # torch.nn takes every device and dtype
         return None
     weight = next(layer.parameters(), None)
@@ -78,7 +79,7 @@ def _swap(module, inplace, mapping, caller):
     skipped = []
     recurrent = tuple(mapping)
     if isinstance(module, recurrent):
-        why = _why_not(module, mapping)
+        why = _why_not(module, mapping, caller)
         if why is None:
             return _replacement(module, mapping[type(module)])
         skipped.append(f"(the module itself): {why}")
@@ -89,7 +90,7 @@ def _swap(module, inplace, mapping, caller):
                 if not isinstance(child, recurrent):
                     continue
                 if id(child) not in done:
-                    why = _why_not(child, mapping)
+                    why = _why_not(child, mapping, caller)
                     done[id(child)] = None if why else _replacement(child, mapping[type(child)])
                     if why is not None:
                         skipped.append(f"{name + '.' if name else ''}{child_name}: {why}")

@@ -66,10 +66,13 @@ def _check_same_device(t, name, weight):
                          f"device), got one on {t.device}")
 
 
-def _grad_mode():
-    """Whether a call may need its backward: grad mode on, or a torch.jit.trace (whose check
-    runs the module again without grad: the traced operator's arguments must not change)."""
-    return torch.is_grad_enabled() or torch._C._is_tracing()
+def _may_need_backward(module):
+    """Whether a call may need its backward: grad mode on; under torch.jit.trace the module's
+    training mode (the trace keeps the flag, and its check runs the module again under no_grad:
+    an eval() model traces for inference, one in train() mode for training)."""
+    if torch._C._is_tracing():
+        return module.training
+    return torch.is_grad_enabled()
 
 
 def _check_dtype(dtype):
@@ -332,7 +335,7 @@ class _RecurrentBase(nn.Module):
             c0 = self._check_state(hx[1], "hx[1] (c_0)", N, batched)
         else:
             h0, c0 = self._check_state(hx, "hx", N, batched), None
-        training = _grad_mode() and (
+        training = _may_need_backward(self) and (
             x.requires_grad or (h0 is not None and h0.requires_grad)
             or (c0 is not None and c0.requires_grad) or any(p.requires_grad for p in weights))
         layer_x = x.contiguous()
@@ -550,7 +553,7 @@ class _CellBase(nn.Module):
                 _check_same_device(s, name, self.weight_ih)
                 s = s if batched else s.unsqueeze(0)
             states.append(s.unsqueeze(0))
-        training = _grad_mode() and any(
+        training = _may_need_backward(self) and any(
             t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
         biases = ([self.bias_ih], [self.bias_hh]) if self.bias else ([], [])
         _, h_new, c_new = _ops.layer(
