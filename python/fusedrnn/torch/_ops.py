@@ -457,7 +457,7 @@ def _through_operators(x):
     that the graph holds the operator, not the outputs of one call as constants), and for
     tensors the kernels cannot read (meta, fake: shapes only)."""
     return (type(x) is not torch.Tensor or x.is_meta or torch.compiler.is_compiling()
-            or torch._C._is_tracing())
+            or torch.jit.is_tracing())
 
 
 def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, training,

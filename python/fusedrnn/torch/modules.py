@@ -70,7 +70,7 @@ def _may_need_backward(module):
     """Whether a call may need its backward: grad mode on; under torch.jit.trace the module's
     training mode (the trace keeps the flag, and its check runs the module again under no_grad:
     an eval() model traces for inference, one in train() mode for training)."""
-    if torch._C._is_tracing():
+    if torch.jit.is_tracing():
         return module.training
     return torch.is_grad_enabled()
 
