@@ -102,6 +102,21 @@ def test_packed_sequence_with_unsorted_lengths(cell, batch_first):
     assert_close(grads_ours, grads_ref, 1e-10, "gradients")
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_dropout_between_layers_draws_torch_nn_s_masks(packed):
+    """In training mode with dropout, the same seed gives torch.nn's masks, so the same
+    numbers: over the padded output, or over the packed rows of a PackedSequence input."""
+    ref, ours = pair("LSTM", 4, 6, num_layers=3, bidirectional=True, dropout=0.4)
+    lengths = torch.tensor([3, 6, 1, 6, 4]) if packed else None
+    x = torch.randn(6, 5, 4, dtype=torch.float64)
+    results = []
+    for layer in (ref, ours):
+        torch.manual_seed(21)
+        results.append(run(layer, x, None, lengths))
+    assert_close(results[1][0], results[0][0], 1e-10, "outputs")
+    assert_close(results[1][1], results[0][1], 1e-10, "gradients")
+
+
 def test_packed_in_packed_out_keeps_the_layout():
     torch.manual_seed(2)
     ref, ours = pair("GRU", 3, 4)
@@ -417,6 +432,28 @@ def test_torch_func_grad_matches_torch_nn(cell):
         vmap(lambda x: loss(ours)(dict(ours.named_parameters()), x))(x[None])
     with pytest.raises(RuntimeError, match="fusedrnn: torch.func.vmap over the recurrent"):
         jacrev(lambda x: loss(ours)(dict(ours.named_parameters()), x).reshape(1))(x)
+
+
+def test_an_optimizer_made_before_convert_trains_the_converted_layers():
+    """convert (and to_torch_nn) hand the layers' own Parameter objects to the new modules, so
+    an optimizer made before the swap trains the same weights as without it."""
+    def run(swap):
+        torch.manual_seed(14)
+        model = Tagger(torch.nn.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True))
+        model.double()
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        names = [n for n, _ in model.named_parameters()]
+        swap(model)
+        assert [n for n, _ in model.named_parameters()] == names
+        tokens = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            opt.zero_grad()
+            model(tokens).pow(2).mean().backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+    expected = run(lambda m: None)
+    assert_close(run(frt.convert), expected, 1e-10, "convert")
+    assert_close(run(lambda m: frt.to_torch_nn(frt.convert(m))), expected, 1e-10, "and back")
 
 
 def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torch_nn():

@@ -50,7 +50,8 @@ def _why_not(layer, mapping, caller) -> str | None:
 
 
 def _replacement(layer, cls):
-    """A ``cls`` with ``layer``'s configuration, weights, mode and requires_grad flags."""
+    """A ``cls`` with ``layer``'s configuration and mode, holding ``layer``'s own Parameter
+    objects (an optimizer made before the swap goes on training them)."""
     weight = next(layer.parameters())
     kwargs = dict(bias=layer.bias)
     if hasattr(layer, "num_layers"):  # a layer, not a cell
@@ -64,10 +65,9 @@ def _replacement(layer, cls):
         warnings.simplefilter("ignore", UserWarning)
         new = cls(layer.input_size, layer.hidden_size, dtype=weight.dtype, device=weight.device,
                   **kwargs)
-    new.load_state_dict(layer.state_dict())
+    for name, parameter in layer.named_parameters(recurse=False):
+        setattr(new, name, parameter)  # (torch.nn's layers keep their flat list in step)
     new.train(layer.training)
-    for p_new, p_old in zip(new.parameters(), layer.parameters()):
-        p_new.requires_grad_(p_old.requires_grad)
     return new
 
 
@@ -112,7 +112,8 @@ def convert(module: nn.Module, inplace: bool = True) -> nn.Module:
     as they are and listed in one warning. ``inplace=False`` converts a deep copy and leaves
     ``module`` untouched.
 
-    Parameters are new ``nn.Parameter`` objects: create the optimizer after converting."""
+    The new modules hold the layers' own ``nn.Parameter`` objects: an optimizer made before
+    converting goes on training them."""
     return _swap(module, inplace, _REPLACEMENTS, "convert")
 
 

@@ -75,6 +75,13 @@ def _may_need_backward(module):
     return torch.is_grad_enabled()
 
 
+def _packed_rows(packed, N, device):
+    """[T, N] bool: which (step, sample) of a padded [T, N, ...] tensor in the packed batch's
+    sorted order hold its rows (step t: the first batch_sizes[t] samples), in packed order."""
+    batch_sizes = packed.batch_sizes
+    return (torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)).to(device)
+
+
 def _check_dtype(dtype):
     if dtype is not None and dtype not in _DTYPES:
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
@@ -286,6 +293,20 @@ class _RecurrentBase(nn.Module):
         _check_same_device(h, name, self.weight_ih_l0)
         return h if batched else h.unsqueeze(1)
 
+    def _dropout(self, x, packed):
+        """Dropout between layers on x [T, N, D*S], drawing from the generator as torch.nn's
+        layer does (the same seed, the same masks): over the packed rows of a PackedSequence
+        input (``packed``), in its order, else over x."""
+        if packed is None:
+            return nn.functional.dropout(x, self.dropout, training=True)
+        rows = _packed_rows(packed, x.shape[1], x.device)
+        in_order = x if packed.sorted_indices is None else x.index_select(1, packed.sorted_indices)
+        dropped = torch.zeros_like(in_order)
+        dropped[rows] = nn.functional.dropout(in_order[rows], self.dropout, training=True)
+        if packed.unsorted_indices is None:
+            return dropped
+        return dropped.index_select(1, packed.unsorted_indices)
+
     def forward(self, input, hx=None):
         """Run every layer and direction; see the class docstring for inputs and outputs."""
         packed = isinstance(input, PackedSequence)
@@ -343,7 +364,7 @@ class _RecurrentBase(nn.Module):
         per_direction = (4 if self.bias else 2) + (1 if self.proj_size else 0)
         for layer in range(L):
             if layer > 0 and self.dropout > 0 and self.training:
-                layer_x = nn.functional.dropout(layer_x, self.dropout, training=True)
+                layer_x = self._dropout(layer_x, input if packed else None)
             ws = weights[layer * D * per_direction:(layer + 1) * D * per_direction]
             w_ih = ws[0::per_direction]
             w_hh = ws[1::per_direction]
@@ -367,8 +388,7 @@ class _RecurrentBase(nn.Module):
             # back to the packed layout of the input: step t holds its first batch_sizes[t]
             # samples in sorted order
             sorted_out = out.index_select(1, sorted_indices) if sorted_indices is not None else out
-            steps = (torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)).to(out.device)
-            out = PackedSequence(sorted_out[:batch_sizes.numel()][steps], batch_sizes,
+            out = PackedSequence(sorted_out[_packed_rows(input, N, out.device)], batch_sizes,
                                  sorted_indices, input.unsorted_indices)
         elif not batched:
             out = out.squeeze(1)
