@@ -491,6 +491,47 @@ def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torc
         assert not type(getattr(model, name)).__module__.startswith("fusedrnn"), name
 
 
+def test_torch_onnx_export_writes_onnx_s_own_recurrent_nodes(tmp_path):
+    """torch.onnx.export's default (dynamo) path exports our layers as ONNX's LSTM/GRU/RNN
+    nodes (gates reordered, torch's GRU as linear_before_reset): ONNX Runtime then gives our
+    outputs, on the example's shapes and on others (dynamic batch and time)."""
+    pytest.importorskip("onnxscript")  # torch's exporter needs it
+    onnxruntime = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(20, 6)
+            self.lstm = frt.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True)
+            self.gru = frt.GRU(16, 5, batch_first=True)
+            self.rnn = frt.RNN(5, 4, nonlinearity="relu", batch_first=True, bias=False)
+
+        def forward(self, tokens):
+            y, (h, c) = self.lstm(self.embed(tokens))
+            y, h_gru = self.gru(y)
+            y, h_rnn = self.rnn(y)
+            return y, h, c, h_gru, h_rnn
+
+    torch.manual_seed(16)
+    model = Stack().eval()
+    path = tmp_path / "stack.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randint(0, 20, (3, 7)),), str(path),
+                          input_names=["tokens"],
+                          dynamic_shapes={"tokens": {0: "batch", 1: "time"}})
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"LSTM", "GRU", "RNN"} <= ops and not any("fusedrnn" in op for op in ops)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((3, 7), (5, 2)):
+        tokens = torch.randint(0, 20, shape)
+        with torch.no_grad():
+            ours = model(tokens)
+        for got, want in zip(session.run(None, {"tokens": tokens.numpy()}), ours):
+            assert np.abs(got - want.numpy()).max() < 1e-5
+
+
 def test_to_torch_nn_is_convert_s_inverse_and_exports_to_onnx(tmp_path):
     """to_torch_nn gives back torch.nn's layers and cells with the same weights, modes and
     flags (shared layers stay shared), so torch.onnx.export, which knows only those, exports a

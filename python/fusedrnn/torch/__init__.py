@@ -4,7 +4,7 @@
     lstm = frt.LSTM(128, 256, num_layers=2, bidirectional=True, batch_first=True)
     out, (h, c) = lstm(x)          # x: a tensor or a PackedSequence; autograd as torch.nn
     model = frt.convert(model)     # every nn.LSTM/GRU/RNN (and cell) in a model, same weights
-    frt.to_torch_nn(model)         # and back (torch.onnx.export knows only torch.nn's layers)
+    frt.to_torch_nn(model)         # and back, for tools that know only torch.nn's layers
 
 Needs PyTorch (``pip install "fusedrnn[torch]"``); importing this module imports torch.
 

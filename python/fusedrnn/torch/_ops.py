@@ -451,6 +451,40 @@ class _LayerUnderTransforms(torch.autograd.Function):
         raise RuntimeError(NO_VMAP)
 
 
+# ONNX's gate order from torch's: LSTM i,f,g,o -> i,o,f,c(=g); GRU r,z,n -> z,r,h(=n)
+_ONNX_GATES = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
+
+
+def _onnx_nodes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity):
+    """(y, h_n, c_n) of one layer as ONNX's own LSTM/GRU/RNN node, under torch.onnx.export's
+    default (dynamo) path: the exported graph holds the standard node, which any ONNX runtime
+    runs, not our operator."""
+    if w_hr:
+        raise RuntimeError("torch.onnx.export: ONNX's LSTM has no projection (proj_size); "
+                           "export this layer some other way")
+    T, N, D, H = x.shape[0], x.shape[1], len(w_hh), w_hh[0].shape[1]
+
+    def onnx_order(w):  # [G*H, ...] in ONNX's gate order
+        return torch.cat([w[g * H:(g + 1) * H] for g in _ONNX_GATES[cell]])
+    W = torch.stack([onnx_order(w) for w in w_ih])
+    R = torch.stack([onnx_order(w) for w in w_hh])
+    B = (torch.stack([torch.cat([onnx_order(bi), onnx_order(bh)]) for bi, bh in zip(b_ih, b_hh)])
+         if b_ih else None)
+    attrs = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
+    if cell == "gru":
+        attrs["linear_before_reset"] = 1  # torch's GRU: r * (W_hn h + b_hn)
+    elif cell == "rnn":
+        attrs["activations"] = ["Relu" if nonlinearity == "relu" else "Tanh"] * D
+    inputs = [x, W, R, B, None if lengths is None else lengths.to(torch.int32), h0]
+    if cell == "lstm":
+        inputs.append(c0)
+    outs = torch.onnx.ops.symbolic_multi_out(
+        f"::{cell.upper()}", inputs, attrs, dtypes=[x.dtype] * (3 if cell == "lstm" else 2),
+        shapes=[[T, D, N, H], [D, N, H], [D, N, H]][:3 if cell == "lstm" else 2], version=14)
+    y = outs[0].permute(0, 2, 1, 3).reshape(T, N, D * H)  # [T, D, N, H] -> [T, N, D*H]
+    return y, outs[1], outs[2] if cell == "lstm" else x.new_empty((0,))
+
+
 def _through_operators(x):
     """Whether a call goes through the operators (their fake implementations, their registered
     autograd) rather than straight to the kernels: under torch.compile and torch.jit.trace (so
@@ -469,6 +503,8 @@ def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, traini
     projections, one per direction, or none. ``h0``, ``c0`` (the LSTM's; else unused):
     [D, N, S] and [D, N, H], or None for zeros."""
     w_hr = list(w_hr)
+    if torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export():
+        return _onnx_nodes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity)
     dispatch = _through_operators(x)
     transforms = torch._C._are_functorch_transforms_active()  # torch.func.grad & co.
     if not training and not dispatch and not transforms:  # the kernels alone

@@ -1,6 +1,6 @@
 """``convert``: swap the ``torch.nn`` recurrent layers of a model for fusedrnn's, same weights;
 ``to_torch_nn``: the way back (for tools that know only torch.nn's layers, such as
-``torch.onnx.export``)."""
+``torch.onnx.export``'s TorchScript path)."""
 from __future__ import annotations
 
 import copy
@@ -125,10 +125,10 @@ def to_torch_nn(module: nn.Module, inplace: bool = True) -> nn.Module:
     return _swap(module, inplace, _TORCH_NN, "to_torch_nn")
 
 
-ONNX_HINT = ("fusedrnn.torch's layers run as fusedrnn's own operators, which ONNX has no node for: "
-             "export fusedrnn.torch.to_torch_nn(model, inplace=False) instead (torch.nn's layers "
-             "with the same weights, which torch.onnx.export turns into ONNX's LSTM/GRU/RNN "
-             "nodes)")
+ONNX_HINT = ("this (TorchScript) path cannot see into fusedrnn.torch's layers: export with "
+             "dynamo=True (the default; it writes them as ONNX's LSTM/GRU/RNN nodes), or export "
+             "fusedrnn.torch.to_torch_nn(model, inplace=False) (torch.nn's layers, the same "
+             "weights)")
 
 
 def _refuse_onnx_export(g, *args):
@@ -136,7 +136,8 @@ def _refuse_onnx_export(g, *args):
 
 
 def register_onnx_hint():
-    """torch.onnx.export (its TorchScript path) meeting our operator says what to do instead of
-    naming an unknown namespace."""
+    """torch.onnx.export's TorchScript path (dynamo=False) meeting our operator says what to do
+    instead of naming an unknown namespace (the dynamo path exports ONNX's own nodes:
+    _ops._onnx_nodes)."""
     for op in ("layer_forward", "layer_backward"):
         torch.onnx.register_custom_op_symbolic(f"fusedrnn::{op}", _refuse_onnx_export, 9)
