@@ -492,9 +492,9 @@ def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torc
 
 
 def test_torch_onnx_export_writes_onnx_s_own_recurrent_nodes(tmp_path):
-    """torch.onnx.export's default (dynamo) path exports our layers as ONNX's LSTM/GRU/RNN
-    nodes (gates reordered, torch's GRU as linear_before_reset): ONNX Runtime then gives our
-    outputs, on the example's shapes and on others (dynamic batch and time)."""
+    """torch.onnx.export's default (dynamo) path exports our layers and cells as ONNX's
+    LSTM/GRU/RNN nodes (gates reordered, torch's GRU as linear_before_reset): ONNX Runtime then
+    gives our outputs, on the example's shapes and on others (dynamic batch and time)."""
     pytest.importorskip("onnxscript")  # torch's exporter needs it
     onnxruntime = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
@@ -506,12 +506,13 @@ def test_torch_onnx_export_writes_onnx_s_own_recurrent_nodes(tmp_path):
             self.lstm = frt.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True)
             self.gru = frt.GRU(16, 5, batch_first=True)
             self.rnn = frt.RNN(5, 4, nonlinearity="relu", batch_first=True, bias=False)
+            self.cell = frt.LSTMCell(4, 3)
 
         def forward(self, tokens):
             y, (h, c) = self.lstm(self.embed(tokens))
             y, h_gru = self.gru(y)
             y, h_rnn = self.rnn(y)
-            return y, h, c, h_gru, h_rnn
+            return (y, h, c, h_gru, h_rnn, *self.cell(y[:, -1]))
 
     torch.manual_seed(16)
     model = Stack().eval()
