@@ -313,16 +313,15 @@ def _assert_compiles_fullgraph(model, tokens):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks, as torch.nn's
-@pytest.mark.parametrize("train_mode", [False, True])
-def test_torch_jit_trace_records_the_operator(train_mode, tmp_path):
+@pytest.mark.parametrize("frozen", [False, True])
+def test_torch_jit_trace_records_the_operator(frozen, tmp_path):
     """A traced model holds the operator, not one call's outputs as constants: new inputs give
-    eager's outputs (and gradients), before and after torch.jit.save / load, and the trace
-    passes torch.jit's own check. As with torch.nn's layers, the module's mode decides what the
-    trace keeps: an eval() model traces for inference (nothing saved for a backward), one in
-    train() mode for training."""
+    eager's outputs, before and after torch.jit.save / load, and the trace passes torch.jit's
+    own check. Traced in eval() mode it still gives eager's gradients, as torch.nn's layers do;
+    with frozen parameters it traces for inference alone (nothing saved for a backward)."""
     torch.manual_seed(12)
-    model = Tagger(frt.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True))
-    model.train(train_mode)
+    model = Tagger(frt.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True)).eval()
+    model.requires_grad_(not frozen)
     traced = torch.jit.trace(model, (torch.randint(0, 20, (3, 7)),))
     torch.jit.save(traced, tmp_path / "model.pt")
     loaded = torch.jit.load(tmp_path / "model.pt")
@@ -330,20 +329,17 @@ def test_torch_jit_trace_records_the_operator(train_mode, tmp_path):
     eager = model(tokens)
     for m in (traced, loaded):
         assert (m(tokens) - eager).abs().max() < 1e-6
-    cell = frt.GRUCell(3, 4).train(train_mode)
+    cell = frt.GRUCell(3, 4).requires_grad_(not frozen)
     traced_cell = torch.jit.trace(cell, (torch.randn(2, 3),))
     x = torch.randn(4, 3)
     assert (traced_cell(x) - cell(x)).abs().max() < 1e-6
-    if train_mode:
+    if not frozen:
         traced(tokens).sum().backward()
         grads = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()
         eager.sum().backward()
         for a, b in zip(grads, model.parameters()):
             assert (a - b.grad).abs().max() < 1e-5
-    else:
-        with pytest.raises(RuntimeError, match="ran without saving what backward needs"):
-            traced(tokens).sum().backward()
 
 
 def test_convert_swaps_layers_with_the_same_weights():
@@ -454,6 +450,21 @@ def test_an_optimizer_made_before_convert_trains_the_converted_layers():
     expected = run(lambda m: None)
     assert_close(run(frt.convert), expected, 1e-10, "convert")
     assert_close(run(lambda m: frt.to_torch_nn(frt.convert(m))), expected, 1e-10, "and back")
+
+
+def test_convert_keeps_a_parameter_tied_across_a_layer_s_slots():
+    """One Parameter filling two slots of a layer (both directions' W_hh) stays one, both ways."""
+    torch.manual_seed(17)
+    gru = torch.nn.GRU(3, 4, bidirectional=True)
+    gru.weight_hh_l0_reverse = gru.weight_hh_l0
+    x = torch.randn(5, 2, 3)
+    expected = gru(x)[0]
+    ours = frt.convert(gru)
+    assert ours.weight_hh_l0_reverse is ours.weight_hh_l0
+    assert (ours(x)[0] - expected).abs().max() < 1e-6
+    back = frt.to_torch_nn(ours)
+    assert back.weight_hh_l0_reverse is back.weight_hh_l0
+    assert (back(x)[0] - expected).abs().max() < 1e-6
 
 
 def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torch_nn():

@@ -314,7 +314,8 @@ def _gradients(meta, saved, dy, dh_n, dc_n, backward):
     cell, nonlinearity, training, has_bias, D, projected, precision = meta
     if not training:
         raise RuntimeError("fusedrnn: this forward ran without saving what backward needs "
-                           "(it was called with training=False); call it with gradients enabled")
+                           "(it was called with training=False: nothing required grad when it "
+                           "ran, or was traced); call it with gradients enabled")
     x, lengths, *rest = saved
     parts = 6 if projected else 5
     w_ih, w_hh, gates, extra, h_prev, *w_hr = (list(rest[i * D:(i + 1) * D])
@@ -460,8 +461,8 @@ def _onnx_nodes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinea
     default (dynamo) path: the exported graph holds the standard node, which any ONNX runtime
     runs, not our operator."""
     if w_hr:
-        raise RuntimeError("torch.onnx.export: ONNX's LSTM has no projection (proj_size); "
-                           "export this layer some other way")
+        raise RuntimeError("torch.onnx.export: ONNX's LSTM has no projection: an LSTM with "
+                           "proj_size cannot be exported to ONNX (torch.nn's cannot either)")
     T, N, D, H = x.shape[0], x.shape[1], len(w_hh), w_hh[0].shape[1]
 
     def onnx_order(w):  # [G*H, ...] in ONNX's gate order

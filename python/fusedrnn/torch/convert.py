@@ -65,7 +65,7 @@ def _replacement(layer, cls):
         warnings.simplefilter("ignore", UserWarning)
         new = cls(layer.input_size, layer.hidden_size, dtype=weight.dtype, device=weight.device,
                   **kwargs)
-    for name, parameter in layer.named_parameters(recurse=False):
+    for name, parameter in layer._parameters.items():  # every name: one Parameter may fill two
         setattr(new, name, parameter)  # (torch.nn's layers keep their flat list in step)
     new.train(layer.training)
     return new

@@ -66,13 +66,11 @@ def _check_same_device(t, name, weight):
                          f"device), got one on {t.device}")
 
 
-def _may_need_backward(module):
-    """Whether a call may need its backward: grad mode on; under torch.jit.trace the module's
-    training mode (the trace keeps the flag, and its check runs the module again under no_grad:
-    an eval() model traces for inference, one in train() mode for training)."""
-    if torch.jit.is_tracing():
-        return module.training
-    return torch.is_grad_enabled()
+def _may_need_backward():
+    """Whether a call may need its backward (with something requiring grad): grad mode on, or
+    under torch.jit.trace, whose graph keeps the answer (a traced model gives gradients as
+    torch.nn's does) and whose check runs the module again under no_grad."""
+    return torch.is_grad_enabled() or torch.jit.is_tracing()
 
 
 def _packed_rows(packed, N, device):
@@ -356,7 +354,7 @@ class _RecurrentBase(nn.Module):
             c0 = self._check_state(hx[1], "hx[1] (c_0)", N, batched)
         else:
             h0, c0 = self._check_state(hx, "hx", N, batched), None
-        training = _may_need_backward(self) and (
+        training = _may_need_backward() and (
             x.requires_grad or (h0 is not None and h0.requires_grad)
             or (c0 is not None and c0.requires_grad) or any(p.requires_grad for p in weights))
         layer_x = x.contiguous()
@@ -573,7 +571,7 @@ class _CellBase(nn.Module):
                 _check_same_device(s, name, self.weight_ih)
                 s = s if batched else s.unsqueeze(0)
             states.append(s.unsqueeze(0))
-        training = _may_need_backward(self) and any(
+        training = _may_need_backward() and any(
             t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
         biases = ([self.bias_ih], [self.bias_hh]) if self.bias else ([], [])
         _, h_new, c_new = _ops.layer(
