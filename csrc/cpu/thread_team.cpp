@@ -28,7 +28,6 @@ namespace {
 std::mutex g_team_mutex;            // held by the call that uses the team
 std::unique_ptr<ThreadTeam> g_team;  // created lazily, resized by set_num_threads
 std::atomic<int> g_num_threads{0};
-
 thread_local bool t_single_slice = false;  // inside run_side_by_side: calls run on one thread
 // Between steps (microseconds apart) workers spin; past the CPU table's spin time (tens of
 // microseconds, cpu/plan.h) they sleep, and a waiting caller yields, so an oversubscribed

@@ -20,15 +20,14 @@ def _number(kind, test, expected):
 
 
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
+fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def at_least(low):
     """An integer option's type: low or more."""
     return _number(int, lambda v: v >= low, f"an integer of at least {low}")
-
-nonnegative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
-positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
-fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def parse_names(option, text, allowed):
