@@ -346,6 +346,27 @@ def test_load_weights_refuses_an_unsupported_layer(tmp_path, monkeypatch):
         _load_without_keras(path, monkeypatch)
 
 
+@pytest.mark.parametrize("masking", ["masking", "embedding"])
+def test_load_weights_refuses_a_recurrent_layer_after_a_mask(masking, tmp_path, monkeypatch):
+    """Keras skips the masked steps of a Masking layer's or Embedding(mask_zero=True)'s input,
+    which the converted layers cannot: refused by name (they were silently computed over the
+    padding), in a nested model too; a mask-free model still loads."""
+    first = (keras.layers.Masking(0.0, name="pad") if masking == "masking"
+             else keras.layers.Embedding(9, 2, mask_zero=True, name="pad"))
+    shape = (4, 2) if masking == "masking" else (4,)
+    inner = keras.Sequential([keras.Input(shape), first, keras.layers.LSTM(3, name="enc")],
+                             name="inner")
+    for model, where in ((inner, "enc"), (keras.Sequential([keras.Input(shape), inner]),
+                                          "enc")):
+        path = _save(model, tmp_path, "masked.keras")
+        with pytest.raises(ValueError, match=rf"layer \(LSTM '{where}'\) comes after "
+                                             r"'(inner/)?pad', a Masking layer or "
+                                             r"Embedding\(mask_zero=True\)"):
+            _load_without_keras(path, monkeypatch)
+    plain = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3, name="enc")])
+    assert list(_load_without_keras(_save(plain, tmp_path, "plain.keras"), monkeypatch)) == ["enc"]
+
+
 def _rewrite(path, member, change):
     """A copy of the .keras zip ``path`` whose ``member`` is change(its bytes)."""
     copy = path.with_name("changed_" + path.name)

@@ -52,7 +52,10 @@ def _inputs(layer, rng, T, N, with_state, with_lengths):
         h0 = rng.standard_normal((LD, N, layer.proj_size or layer.hidden_size)).astype(np.float32)
         hx = (h0, rng.standard_normal((LD, N, layer.hidden_size)).astype(np.float32)) \
             if layer._cell == "lstm" else h0
-    lengths = rng.integers(0, T + 1, N).astype(np.int64) if with_lengths else None
+    lengths = None
+    if with_lengths:  # 0 and T among them wherever N allows
+        lengths = rng.integers(0, T + 1, N).astype(np.int64)
+        lengths[:2] = [0, T][:N]
     return x, hx, lengths
 
 
@@ -159,8 +162,10 @@ def test_export_errors_name_the_argument(tmp_path):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_backend_runs_our_exported_nodes_like_the_layer(seed, tmp_path):
-    """The backend on the graph of one layer's node (every direction, layout, state, lengths):
-    the layer's outputs, in ONNX's Y [T, D, N, H] layout."""
+    """The backend on the graph of one layer's node (every direction, layout, state, lengths
+    with 0): the layer's outputs, in ONNX's Y [T, D, N, H] layout, but for a sample of no step,
+    whose final states are 0 as ONNX Runtime gives them (the layer: its initial state); and
+    ONNX Runtime's outputs on the same graph (layout 0)."""
     rng = np.random.default_rng(seed)
     cell = ["lstm", "gru", "rnn", "peephole"][seed % 4]
     layout = seed // 4 % 2
@@ -198,12 +203,19 @@ def test_backend_runs_our_exported_nodes_like_the_layer(seed, tmp_path):
     again = Backend.prepare(pure).run({n: feeds[n] for n in feeds})
     for a, b in zip(again, [Y, *finals]):
         np.testing.assert_array_equal(a, b)
+    if not layout:  # (ONNX Runtime's CPU kernels refuse layout 1)
+        pytest.importorskip("onnxruntime")
+        onnx.save(pure, str(tmp_path / "pure.onnx"))
+        for a, b in zip(_ort_run(tmp_path / "pure.onnx", feeds), [Y, *finals]):
+            np.testing.assert_allclose(b, a, rtol=0, atol=ATOL)
     if layout:
         Y, finals = Y.transpose(1, 2, 0, 3), [f.transpose(1, 0, 2) for f in finals]
     np.testing.assert_allclose(Y.transpose(0, 2, 1, 3).reshape(T, N, D * H), ours[0],
                                rtol=0, atol=ATOL)
+    assert not lengths.all()
     for got, expected in zip(finals, ours[1:]):
-        np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(got, np.where((lengths == 0)[:, None], 0, expected),
+                                   rtol=0, atol=ATOL)
 
 
 def _node_model(op, attributes=None, inputs=("X", "W", "R"), outputs=("Y", "Y_h"), extra=None):
@@ -274,12 +286,99 @@ def test_backend_refuses_other_ops_devices_and_bad_inputs():
     with pytest.raises(ValueError, match=r"input R \('R'\): expected shape \(1, 9, 3\), got "
                                          r"shape \(1, 9, 4\)"):
         rep.run([x, w, np.ones((1, 9, 4), np.float32)])
+    for wrong in (np.int64, np.float64):  # ONNX Runtime's check: the graph input's type
+        with pytest.raises(TypeError, match=f"inputs: 'X': expected float32 \\(the graph "
+                                            f"input's type\\), got {np.dtype(wrong)}"):
+            rep.run([x.astype(wrong), w, r])
     with pytest.raises(ValueError, match="input X .*: expected float32 or float64, got int64"):
-        rep.run([x.astype(np.int64), w, r])
+        Backend.run_node(_node_model("GRU").graph.node[0], [x.astype(np.int64), w, r])
     with pytest.raises(ValueError, match=r"inputs: expected 3 arrays \['X', 'W', 'R'\], got 2"):
         rep.run([x, w])
     with pytest.raises(ValueError, match=r"inputs: missing graph inputs \['R'\]"):
         rep.run({"X": x, "W": w})
+
+
+def test_backend_checks_sequence_lens_naming_node_and_input():
+    float_, int32 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
+    node = onnx.helper.make_node("GRU", ["X", "W", "R", "", "L"], ["Y"], name="rnn0",
+                                 hidden_size=3)
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info("X", float_, [2, 1, 2]),
+                      onnx.helper.make_tensor_value_info("W", float_, [1, 9, 2]),
+                      onnx.helper.make_tensor_value_info("R", float_, [1, 9, 3]),
+                      onnx.helper.make_tensor_value_info("L", int32, [1])],
+        [onnx.helper.make_tensor_value_info("Y", float_, [2, 1, 1, 3])]))
+    x, w, r = np.ones((2, 1, 2), np.float32), np.ones((1, 9, 2), np.float32), \
+        np.ones((1, 9, 3), np.float32)
+    with pytest.raises(ValueError, match=r"ONNX node 'rnn0' \(GRU\): input sequence_lens "
+                                         r"\('L'\): expected values in \[0, 2\]"):
+        Backend.run_node(node, [x, w, r, np.array([3], np.int32)])
+    with pytest.raises(ValueError, match=r"input sequence_lens \('L'\): expected integers"):
+        Backend.run_node(node, [x, w, r, np.array([1.5], np.float32)])
+    with pytest.raises(TypeError, match=r"inputs: 'L': expected int32"):
+        Backend.prepare(model).run([x, w, r, np.array([1], np.int64)])
+    assert Backend.prepare(model).run([x, w, r, np.array([1], np.int32)])[0].shape == (2, 1, 1, 3)
+
+
+def test_backend_names_the_activation_before_its_parameters():
+    model = _node_model("RNN", dict(activations=["LeakyRelu"], activation_alpha=[0.1]))
+    with pytest.raises(ValueError, match=r"attribute activations: expected \['tanh'\] or "
+                                         r"\['relu'\] per direction, got \['leakyrelu'\]"):
+        Backend.prepare(model)
+
+
+def test_export_with_lengths_and_states_keeps_the_state_of_an_empty_sample(tmp_path):
+    """A sample of length 0 ends where it started in our layers; ONNX's nodes give it 0 in
+    ONNX Runtime, so the export restores the initial state there (every node cell, stacked,
+    both directions)."""
+    rng = np.random.default_rng(0)
+    for layer in (fr.nn.LSTM(3, 4, 2, bidirectional=True, seed=1), fr.nn.GRU(3, 4, seed=2),
+                  fr.nn.RNN(3, 4, 2, seed=3)):
+        layer.eval()
+        x, hx, lengths = _inputs(layer, rng, 5, 3, True, True)
+        export(layer, tmp_path / "m.onnx", x, hx, lengths)
+        expected = _flat(layer(x, hx, lengths))
+        got = _ort_run(tmp_path / "m.onnx", _feeds(x, hx, lengths))
+        state = hx if isinstance(hx, tuple) else (hx,)
+        for ours, theirs, start in zip(expected[1:], got[1:], state):
+            np.testing.assert_array_equal(ours[:, 0], start[:, 0])  # lengths[0] == 0
+            np.testing.assert_allclose(theirs, ours, rtol=0, atol=ATOL)
+
+
+def test_export_refuses_an_unbatched_sequential_by_name(tmp_path):
+    model = fr.nn.Sequential(fr.nn.LSTM(5, 4, seed=0), fr.nn.Linear(4, 2, seed=1))
+    with pytest.raises(ValueError, match=r"x: expected a batched input to export .* got shape "
+                                         r"\(6, 5\)"):
+        export(model, tmp_path / "m.onnx", np.zeros((6, 5), np.float32))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_load_keeps_unnamed_and_repeated_nodes_and_refuses_stored_states():
+    rng = np.random.default_rng(0)
+    H, I = 3, 2
+    W, R = (rng.standard_normal(s).astype(np.float32) for s in ((1, 4 * H, I), (1, 4 * H, H)))
+    weights = [onnx.numpy_helper.from_array(W, "W"), onnx.numpy_helper.from_array(R, "R"),
+               onnx.numpy_helper.from_array(
+                   rng.standard_normal((1, 4 * H, H)).astype(np.float32), "R2")]
+    nodes = [onnx.helper.make_node("LSTM", ["X", "W", "R"], ["Y1"], hidden_size=H),
+             onnx.helper.make_node("LSTM", ["X", "W", "R2"], ["Y2"], hidden_size=H),
+             onnx.helper.make_node("LSTM", ["X", "W", "R"], ["Y3"], hidden_size=H, name="same"),
+             onnx.helper.make_node("LSTM", ["X", "W", "R"], ["Y4"], hidden_size=H, name="same")]
+    float_ = onnx.TensorProto.FLOAT
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("X", float_, [2, 1, I])],
+        [onnx.helper.make_tensor_value_info(f"Y{k}", float_, [2, 1, 1, H]) for k in range(1, 5)],
+        weights))
+    layers = load(model)
+    assert list(layers) == ["LSTM", "LSTM_1", "same", "same_3"]
+    hh = {k: layer.weight_hh_l0.data for k, layer in layers.items()}
+    np.testing.assert_array_equal(hh["LSTM"], hh["same_3"])
+    assert not np.array_equal(hh["LSTM"], hh["LSTM_1"])  # the second node's own R
+    h0 = onnx.numpy_helper.from_array(np.ones((1, 1, H), np.float32), "h0")
+    model.graph.initializer.append(h0)
+    model.graph.node[0].input.extend(["", "", "h0"])
+    with pytest.raises(ValueError, match=r"input initial_h \('h0'\) is stored in the model"):
+        load(model)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -29,7 +29,9 @@ attribute: other activations (LSTM/GRU: tanh with sigmoid gates; SimpleRNN: tanh
 ``stateful=True``, dtype policies other than float32/float64, a Bidirectional whose two layers
 differ in anything but ``go_backwards`` or whose forward layer runs backwards, any other layer.
 ``dropout``/``recurrent_dropout`` are accepted: Keras applies them only in training, and the
-converted module never applies them (training it runs without them). Masks are not supported.
+converted module never applies them (training it runs without them). Masks are not supported:
+``load_weights`` refuses a recurrent layer that comes after a ``Masking`` layer or an
+``Embedding(mask_zero=True)``.
 """
 from __future__ import annotations
 
@@ -96,6 +98,12 @@ def _dtype_name(config, where):
     return name
 
 
+def _short(value, limit=80):
+    """repr(value), cut to ``limit`` characters (a serialized lambda is a page of base64)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _direction_spec(entry, where):
     """The _Spec of one serialized LSTM/GRU/SimpleRNN layer (or RNN of one cell)."""
     if not _is_builtin(entry) or entry.get("class_name") not in (*_LAYERS, "RNN"):
@@ -119,10 +127,10 @@ def _direction_spec(entry, where):
     activation = config.get("activation")
     if activation not in activations:
         raise ValueError(f"{where}: activation: expected {' or '.join(map(repr, activations))} "
-                         f"(fusedrnn's {keras_class}), got {activation!r}")
+                         f"(fusedrnn's {keras_class}), got {_short(activation)}")
     if keras_class != "SimpleRNN" and config.get("recurrent_activation") != "sigmoid":
         raise ValueError(f"{where}: recurrent_activation: expected 'sigmoid' (fusedrnn's "
-                         f"{keras_class} gates), got {config.get('recurrent_activation')!r}")
+                         f"{keras_class} gates), got {_short(config.get('recurrent_activation'))}")
     return _Spec(keras_class=keras_class, units=int(config["units"]),
                  use_bias=bool(config.get("use_bias", True)),
                  reset_after=bool(config.get("reset_after", True)), nonlinearity=activation,
@@ -455,8 +463,17 @@ def _model_layers(model, path):
     return layers
 
 
-def _collect(model, store, group, prefix, path, modules):
-    """Add the supported layers of a serialized Sequential/functional model to ``modules``.
+def _makes_mask(entry):
+    """Whether a serialized layer starts a Keras mask (Masking, Embedding(mask_zero=True))."""
+    config = entry.get("config", {})
+    return entry.get("class_name") == "Masking" or (entry.get("class_name") == "Embedding"
+                                                    and bool(config.get("mask_zero")))
+
+
+def _collect(model, store, group, prefix, path, modules, mask=None):
+    """Add the supported layers of a serialized Sequential/functional model to ``modules``;
+    returns the name of a layer making a Keras mask before them (or ``mask``), which a
+    recurrent layer after it is refused for.
 
     Keras' saving_lib stores the layers of a model in ``<group>/layers/<snake_case(class)>``,
     numbered ``_1``, ``_2``... in the order of the config's layers per class name (not by the
@@ -468,10 +485,18 @@ def _collect(model, store, group, prefix, path, modules):
         used[base] = used.get(base, -1) + 1
         layer_group = f"{group}layers/{base}" + (f"_{used[base]}" if used[base] else "")
         if class_name in _MODELS:
-            _collect(entry, store, f"{layer_group}/", f"{prefix}{name}/", path, modules)
+            mask = _collect(entry, store, f"{layer_group}/", f"{prefix}{name}/", path, modules,
+                            mask)
             continue
+        if _makes_mask(entry):
+            mask = mask or prefix + str(name)
         if class_name not in (*_LAYERS, "RNN", "Bidirectional"):
             continue
+        if mask is not None:
+            raise ValueError(f"path: {path!r}: {_describe(class_name, name)} comes after "
+                             f"{mask!r}, a Masking layer or Embedding(mask_zero=True): Keras "
+                             f"skips the masked steps, which fusedrnn's layers do not reproduce "
+                             f"(expected a model without a mask before its recurrent layers)")
         # recent Keras versions also write each layer's name beside its variables: a check
         own_vars = store.get(f"{layer_group}/vars")
         stored_name = None if own_vars is None else own_vars.attrs.get("name")
@@ -483,6 +508,7 @@ def _collect(model, store, group, prefix, path, modules):
                  if class_name == "Bidirectional" else [f"{layer_group}/cell"])
         modules[prefix + name] = _build(entry, [_read_vars(store, c, path) for c in cells],
                                         f"path: {path!r}: {_describe(class_name, name)}")
+    return mask
 
 
 def load_weights(path):

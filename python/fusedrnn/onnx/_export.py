@@ -104,8 +104,10 @@ def _state_slice(g, state, k, D, base):
                   base=base)
 
 
-def _node_layer(g, layer, k, x, h0, c0, lengths, prefix):
-    """Layer k as one ONNX recurrent node. Returns (y [T, N, D*H], h_n [D, N, H], c_n)."""
+def _node_layer(g, layer, k, x, h0, c0, lengths, empty, prefix):
+    """Layer k as one ONNX recurrent node. Returns (y [T, N, D*H], h_n [D, N, H], c_n).
+    ``empty``: bool [1, N, 1], the samples of length 0 (or None): ONNX Runtime gives them final
+    states of 0, our layers their initial state, which a Where restores."""
     cell, D, H = layer._cell, layer.num_directions, layer.hidden_size
     parts = [to_onnx(cell, **{n: v for n, v in _layer_weights(layer, k, d).items()
                               if n in ("w_ih", "w_hh", "b_ih", "b_hh", "w_ph")})
@@ -129,6 +131,10 @@ def _node_layer(g, layer, k, x, h0, c0, lengths, prefix):
                      base=prefix.rstrip("_") or cell, **attributes)
     Y, h_n = outputs[0], outputs[1]
     c_n = outputs[2] if cell == "lstm" else None
+    if empty and h0:
+        h_n = g.node("Where", [empty, inputs[5], h_n], base=f"{prefix}h_n")
+        if c_n:
+            c_n = g.node("Where", [empty, inputs[6], c_n], base=f"{prefix}c_n")
     if D == 1:
         y = g.node("Squeeze", [Y, g.ints(f"{prefix}axis", [1])], base=f"{prefix}y")
     else:
@@ -244,9 +250,12 @@ def _recurrent(g, layer, x, h0=None, c0=None, lengths=None, prefix=""):
     """A whole layer on x [T, N, I] (time-major). ``lengths``: int64 [N] or None. Returns
     (y [T, N, D*S], h_n [L*D, N, S], c_n [L*D, N, H] or None)."""
     scanned = layer.proj_size or layer._layer_norm
-    sequence_lens = mask = None
+    sequence_lens = mask = empty = None
     if lengths and not scanned:
         sequence_lens = g.node("Cast", [lengths], to=g.onnx.TensorProto.INT32, base="sequence_lens")
+        if h0:
+            empty = g.node("Unsqueeze", [g.node("Equal", [lengths, g.ints("no_steps", 0)]),
+                                         g.ints("empty_axes", [0, 2])], base="empty")
     elif lengths:  # mask [T, N, 1]: t < lengths[n]
         T = g.node("Gather", [g.node("Shape", [x], base="x_shape"), g.ints("zero", 0)],
                    axis=0, base="T")
@@ -261,7 +270,7 @@ def _recurrent(g, layer, x, h0=None, c0=None, lengths=None, prefix=""):
         if scanned:
             x, h_n, c_n = _scan_layer(g, layer, k, x, h0, c0, mask, where)
         else:
-            x, h_n, c_n = _node_layer(g, layer, k, x, h0, c0, sequence_lens, where)
+            x, h_n, c_n = _node_layer(g, layer, k, x, h0, c0, sequence_lens, empty, where)
         hs.append(h_n)
         cs.append(c_n)
 
@@ -406,6 +415,10 @@ def export(model, path, x, hx=None, lengths=None, opset=17):
             if not isinstance(x, np.ndarray):
                 raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
             y = model(x)
+            if any(isinstance(m, RNNBase) for m in model) and np.ndim(y) != 3:
+                raise ValueError(f"x: expected a batched input to export (its recurrent layers' "
+                                 f"output of 3 dimensions), got shape {np.shape(x)}, which gives "
+                                 f"{np.ndim(y)}")
             floats = [p.data.dtype for p in model.parameters()]
             dtype = floats[0] if floats else x.dtype
         else:

@@ -5,6 +5,8 @@ outputs in order. It takes every attribute and input ONNX's own backend node tes
 ``initial_h``/``initial_c``, peepholes ``P``, ``linear_before_reset`` 0 and 1, RNN activations
 Tanh and Relu, ``hidden_size``. What it cannot run (``clip``, other activations,
 ``input_forget``, another op) is refused at ``prepare`` with the node and the attribute named.
+A sample of length 0 in ``sequence_lens`` gets final states ``Y_h``/``Y_c`` of 0, as ONNX
+Runtime gives it (ONNX leaves that case open; fusedrnn's own layers return its initial state).
 
 ``load(path)`` turns the recurrent nodes of a model whose weights are initializers into
 ``fr.nn`` layers with those weights.
@@ -71,7 +73,7 @@ def parse_node(node):
     for role in ("X", "W", "R"):
         if role not in spec.inputs:
             _refuse(node, f"input {role} is required")
-    activations = None
+    activations, parameters = None, []
     for a in node.attribute:
         value = onnx.helper.get_attribute_value(a)
         if a.name == "direction":
@@ -94,9 +96,11 @@ def parse_node(node):
         elif a.name == "activations":
             activations = [v.decode().lower() if isinstance(v, bytes) else v.lower()
                            for v in value]
-        elif a.name in ("clip", "activation_alpha", "activation_beta"):
-            _refuse(node, f"attribute {a.name} is not supported (the kernels compute the cells' "
-                          f"own activations, unclipped)")
+        elif a.name == "clip":
+            _refuse(node, "attribute clip is not supported (the kernels compute the cells' own "
+                          "activations, unclipped)")
+        elif a.name in ("activation_alpha", "activation_beta"):
+            parameters.append(a.name)  # refused after the activations they belong to
         else:
             _refuse(node, f"attribute {a.name} is not supported")
     D = spec.num_directions
@@ -113,6 +117,9 @@ def parse_node(node):
                           f"{' or '.join(str(list(a)) for a in allowed)} per direction, got "
                           f"{activations[d * n:(d + 1) * n]}")
         spec.nonlinearities.append(activations[d * n + n - 1] if cell == "rnn" else "tanh")
+    if parameters:
+        _refuse(node, f"attribute {parameters[0]} is not supported (the cells' own activations "
+                      f"take no parameters)")
     return spec
 
 
@@ -160,6 +167,14 @@ def _check_shapes(spec, values):
                 refuse(role, f"shape {shape}", f"shape {a.shape}")
             if role != "sequence_lens" and a.dtype != X.dtype:
                 refuse(role, f"dtype {X.dtype} (X's)", a.dtype)
+    if "sequence_lens" in spec.inputs:
+        lengths = values[spec.inputs["sequence_lens"]]
+        if lengths.dtype.kind not in "iu":
+            refuse("sequence_lens", "integers (int32)", lengths.dtype)
+        T = X.shape[spec.layout]
+        if lengths.size and (lengths.min() < 0 or lengths.max() > T):
+            refuse("sequence_lens", f"values in [0, {T}] (X's sequence length)",
+                   f"min {lengths.min()} and max {lengths.max()}")
 
 
 def run_recurrent(spec, values, weights=None):
@@ -196,6 +211,10 @@ def run_recurrent(spec, values, weights=None):
                                     nonlinearity=spec.nonlinearities[d], **common)
         ys.append(y)
         hs.append(h)
+    if lengths is not None and not lengths.all():  # ONNX Runtime's final states of no step
+        empty = (lengths == 0)[:, None]
+        hs = [np.where(empty, 0, h) for h in hs]
+        cs = [np.where(empty, 0, c) for c in cs]
     if len(ys) == 1:  # views, no copy
         Y, finals = ys[0][:, None], [hs[0][None]] + ([cs[0][None]] if cs else [])
     else:
@@ -216,6 +235,8 @@ class FusedRnnRep(BackendRep):
         self._constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self._weights = [constant_weights(spec, self._constants) for spec in nodes]
         self.input_names = [i.name for i in graph.input if i.name not in self._constants]
+        self._dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+                        for i in graph.input if i.type.tensor_type.elem_type}
         self._fed_names = {i.name for i in graph.input}  # initializers listed there too
         self.output_names = [o.name for o in graph.output]
 
@@ -237,7 +258,11 @@ class FusedRnnRep(BackendRep):
                 raise ValueError(f"inputs: expected {len(self.input_names)} arrays "
                                  f"{self.input_names}, got {len(inputs)}")
             values.update(zip(self.input_names, (np.asarray(v) for v in inputs)))
-        fed = set(inputs) if isinstance(inputs, dict) else set()
+        fed = set(inputs) if isinstance(inputs, dict) else set(self.input_names)
+        for name in fed:  # ONNX Runtime's check: a fed array has its graph input's type
+            if name in self._dtypes and values[name].dtype != self._dtypes[name]:
+                raise TypeError(f"inputs: {name!r}: expected {self._dtypes[name]} (the graph "
+                                f"input's type), got {values[name].dtype}")
         for spec, weights in zip(self._nodes, self._weights):
             if weights is not None and any(spec.inputs.get(r) in fed for r in WEIGHT_ROLES):
                 weights = None  # an initializer fed as an input (it may be): that value counts
@@ -306,7 +331,8 @@ def supports_device(device):
 
 def load(path):
     """The recurrent nodes of the ONNX model at ``path`` (or a ModelProto) as ``fr.nn`` layers
-    with their weights: an OrderedDict {node name: layer}, in graph order. A node's W, R (and B,
+    with their weights: an OrderedDict {node name: layer}, in graph order (a node without a name
+    by its op type; a name an earlier node has, with the node's index in the graph: "LSTM_3"). A node's W, R (and B,
     P) must be initializers; the layer is one layer deep with the node's directions,
     ``batch_first`` for layout 1, ``peephole`` for P, ``reset_after`` from linear_before_reset,
     the RNN's nonlinearity from its activations (the same for both directions)."""
@@ -317,7 +343,7 @@ def load(path):
                         f"{type(path).__name__}")
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     layers = OrderedDict()
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         if node.op_type not in CELLS:
             continue
         spec = parse_node(node)
@@ -325,6 +351,10 @@ def load(path):
             if role in spec.inputs and spec.inputs[role] not in constants:
                 _refuse(node, f"input {role} ({spec.inputs[role]!r}) is not an initializer; "
                               f"load takes weights stored in the model")
+        for role in ("sequence_lens", "initial_h", "initial_c"):
+            if spec.inputs.get(role) in constants:
+                _refuse(node, f"input {role} ({spec.inputs[role]!r}) is stored in the model, "
+                              f"which a fr.nn layer does not hold; run the model with Backend")
         if len(set(spec.nonlinearities)) > 1:
             _refuse(node, f"activations {spec.nonlinearities} differ between directions; a "
                           f"fr.nn.RNN has one nonlinearity")
@@ -352,7 +382,10 @@ def load(path):
             if w_ph is not None:
                 state[f"weight_ph_l0{suffix}"] = w_ph
         layer.load_state_dict(state)
-        layers[spec.name] = layer
+        key = spec.name  # (an unnamed node's: its op type)
+        if key in layers:  # a name taken: with the node's index in the graph, "LSTM_3"
+            key = f"{key}_{index}"
+        layers[key] = layer
     if not layers:
         ops = sorted({n.op_type for n in model.graph.node})
         raise ValueError(f"path: expected a model with LSTM, GRU or RNN nodes, found none (its "
