@@ -83,6 +83,22 @@ def test_missing_optional_dependency_says_what_to_install(capsys, monkeypatch, t
     assert 'pip install "fusedrnn[onnx]"' in error_line(e.value)
 
 
+def test_precision_spellings_and_an_early_plot_format_check(capsys, tmp_path):
+    """--precision takes fr.autocast's spellings on every command (train spelled float32 /
+    bfloat16, bench fp32 / bf16); --plot with a format matplotlib cannot write is refused
+    before any training (it failed after it, the metrics lost)."""
+    from fusedrnn.cli import build_parser
+    parser = build_parser()
+    for text, expected in (("bf16", "bfloat16"), ("BFloat16", "bfloat16"), ("fp32", "float32")):
+        assert parser.parse_args(["train", "digits", "--precision", text]).precision == expected
+    assert parser.parse_args(["bench", "--precision", "bfloat16"]).precision == "bf16"
+    assert "--precision: expected float32 or bfloat16, got 'fp16'" in error_of(
+        capsys, "train", "digits", "--precision", "fp16")
+    pytest.importorskip("matplotlib")
+    line = error_of(capsys, "train", "dates", "--plot", str(tmp_path / "att.xyz"))
+    assert "--plot: expected a file name ending in one of" in line and ".png" in line
+
+
 def test_debug_shows_the_traceback(capsys):
     with pytest.raises(FileNotFoundError):
         main(["train", "digits", "--data", "/no/such/dir", "--debug"])

@@ -192,6 +192,108 @@ def test_decoding_and_loss_refuse_bad_arguments():
         captioner.greedy_decode(np.zeros((5, 6)), max_len=0)
 
 
+def test_special_ids_targets_and_options_are_checked():
+    """Ids the vocabulary cannot hold, an end token equal to the padding (never learned),
+    targets out of the vocabulary (-1 wrapped around silently), and the decoding and
+    teacher-forcing options: errors naming the argument."""
+    for options, name in ((dict(eos_idx=9), "eos_idx"), (dict(eos_idx=-1), "eos_idx"),
+                          (dict(bos_idx=6), "bos_idx"), (dict(pad_idx=2), "eos_idx"),
+                          (dict(seed="a"), "seed"), (dict(attention="luong", attention_size=7),
+                                                     "attention_size")):
+        with pytest.raises((ValueError, TypeError), match=name):
+            Seq2Seq(9, 6, embed_size=4, hidden_size=5, **options)
+    with pytest.raises(ValueError, match="eos_idx"):
+        Captioner(6, 2, embed_size=5, hidden_size=6)
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
+    for bad in (-1, 9, -100):
+        tgt = TGT.copy()
+        tgt[0, 0] = bad
+        with pytest.raises(ValueError, match=r"tgt: expected token ids in \[0, 8\]"):
+            model.loss(SRC, SRC_LENGTHS, tgt)
+    for teacher_forcing in (2, -1, float("nan"), "x"):
+        with pytest.raises(ValueError, match="teacher_forcing: expected a number in"):
+            model.loss(SRC, SRC_LENGTHS, TGT, teacher_forcing=teacher_forcing)
+    with pytest.raises(TypeError, match="rng: expected a numpy.random.Generator"):
+        model.loss(SRC, SRC_LENGTHS, TGT, teacher_forcing=0.5, rng=0)
+    for penalty in ("x", float("nan")):
+        with pytest.raises(ValueError, match="length_penalty: expected a finite number"):
+            model.beam_search(SRC, SRC_LENGTHS, length_penalty=penalty)
+    with pytest.raises(TypeError, match="features: expected a float array"):
+        Captioner(6, 8, embed_size=5, hidden_size=6).greedy_decode(np.full((2, 6), "a"))
+
+
+def test_backward_checks_dlogits_and_a_decode_between_refuses_it_up_front():
+    """dlogits of another shape is named before anything is consumed; a decode between the
+    forward and the backward discards the saved steps, so the backward refuses before adding
+    to any gradient (it used to add the output layer's, then fail in the attention)."""
+    for model, inputs in ((Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0), (SRC, SRC_LENGTHS)),
+                          (Captioner(6, 9, embed_size=5, hidden_size=6, dropout=0.2, seed=8),
+                           (np.ones((3, 6)),))):
+        model.zero_grad()
+        logits = model.forward(*inputs, TGT)
+        for wrong in (logits[:, :, :-1], logits.transpose(1, 0, 2)):
+            with pytest.raises(ValueError, match=r"dlogits: expected shape \(3, 4, 9\)"):
+                model.backward(wrong)
+        model.backward(np.ones_like(logits))  # still there after the refusals
+        model.zero_grad()
+        model.loss(*inputs, TGT)
+        model.greedy_decode(*inputs, max_len=3)
+        assert model.training
+        with pytest.raises(RuntimeError, match="after a greedy_decode/beam_search"):
+            model.backward()
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_decoding_from_threads_equals_serial():
+    """One model decoded from several threads at once: each call's own result (decodes hold
+    the model's lock; they used to share the attention's memory and the eval switch)."""
+    import threading
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=8, seed=3)
+    rng = np.random.default_rng(0)
+    requests = [(rng.integers(3, 9, (n, 5)), np.full(n, 5)) for n in (1, 2, 3, 2) * 3]
+    expected = [model.greedy_decode(*r, max_len=6).tokens for r in requests]
+    got = [None] * len(requests)
+
+    def work(i):
+        got[i] = model.greedy_decode(*requests[i], max_len=6).tokens
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(got, expected):
+        assert [list(x) for x in a] == [list(x) for x in b]
+    assert model.training
+    import copy
+    twin = copy.deepcopy(model)  # the lock is not in the model: copies still work
+    assert [list(x) for x in twin.greedy_decode(*requests[0], max_len=6).tokens] == \
+        [list(x) for x in expected[0]]
+
+
+def test_beam_search_of_a_model_gone_nan_gives_nan_scores():
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
+    model.decoder.out.bias.data[:] = np.nan
+    result = model.beam_search(SRC, SRC_LENGTHS, beam_size=2, max_len=3)
+    assert np.isnan(result.scores).all() and len(result.tokens) == 3
+
+
+def test_attention_reads_no_padding_in_backward():
+    """Keys past a sample's length are never read: NaN there leaves every gradient finite."""
+    for score in ("additive", "general", "dot"):
+        att = fr.nn.attention.make_attention(score, 4, 4, dtype=np.float64, seed=0)
+        keys = np.random.default_rng(1).standard_normal((2, 4, 4))
+        keys[1, 2:] = np.nan
+        att.set_memory(keys, np.array([4, 2]))
+        context, weights = att(np.ones((2, 4)))
+        assert np.isfinite(context).all() and (weights[1, 2:] == 0).all()
+        dquery = att.backward(np.ones((2, 4)))
+        dkeys = att.memory_backward()
+        assert np.isfinite(dquery).all() and np.isfinite(dkeys).all()
+        assert (dkeys[1, 2:] == 0).all()
+        for name, p in att.named_parameters():
+            assert np.isfinite(p.grad).all(), (score, name)
+
+
 def test_date_generator_is_seeded_and_held_out():
     train, test = dates_split(3000, 300, seed=2)
     assert (train, test) == dates_split(3000, 300, seed=2)

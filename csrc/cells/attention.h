@@ -85,6 +85,11 @@ struct AttentionStep {
     for (int64_t s = 0; s < S; ++s) {
       const T* vs = values + s * K;
       T* dvs = dvalues + s * K;
+      if (!mask[s]) {  // padding, never read (as in the forward): NaN there must not leak in
+        for (int64_t k = 0; k < K; ++k) dvs[k] = T(0);
+        dscores[s] = T(0);
+        continue;
+      }
       const T dw = (dweights ? dweights[s] : T(0)) + dot<T, V, L>(dcontext, vs, K);
       for (int64_t k = 0; k < K; ++k) dvs[k] = weights[s] * dcontext[k];
       dscores[s] = dw;

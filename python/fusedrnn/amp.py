@@ -18,20 +18,33 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 PRECISIONS = ("float32", "bfloat16")
+# the spellings taken for them (torch's dtypes by their str, "torch.bfloat16")
+ALIASES = {"float32": "float32", "fp32": "float32", "torch.float32": "float32",
+           "bfloat16": "bfloat16", "bf16": "bfloat16", "torch.bfloat16": "bfloat16"}
 _state = threading.local()
 
 
 def check_precision(precision, name="precision"):
-    """None or one of PRECISIONS, else a ValueError/TypeError naming ``name``."""
+    """None, or "float32" / "bfloat16" for any of their spellings (ALIASES: "fp32", "bf16",
+    torch.float32, torch.bfloat16, numpy's float32), else a ValueError/TypeError naming
+    ``name``."""
     if precision is None:
         return None
-    if not isinstance(precision, str):
-        raise TypeError(f"{name}: expected 'float32', 'bfloat16' or None, got "
-                        f"{type(precision).__name__}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"{name}: expected 'float32', 'bfloat16' or None, got {precision!r}")
-    return precision
+    spelling = precision
+    if isinstance(precision, np.dtype):
+        spelling = precision.name
+    elif type(precision).__module__ == "torch":  # torch.bfloat16: "torch.bfloat16"
+        spelling = str(precision)
+    if not isinstance(spelling, str):
+        raise TypeError(f"{name}: expected 'float32', 'bfloat16' (or 'fp32', 'bf16', "
+                        f"torch.bfloat16) or None, got {type(precision).__name__}")
+    if spelling.lower() not in ALIASES:
+        raise ValueError(f"{name}: expected 'float32', 'bfloat16' (or 'fp32', 'bf16', "
+                         f"torch.bfloat16) or None, got {precision!r}")
+    return ALIASES[spelling.lower()]
 
 
 def autocast_precision():
@@ -49,11 +62,13 @@ class autocast:
     float32, e.g. to switch autocast off inside an outer block."""
 
     def __init__(self, dtype="bfloat16", enabled=True):
-        if check_precision(dtype, "dtype") != "bfloat16":
-            raise ValueError(f"dtype: expected 'bfloat16', got {dtype!r}")
-        if not isinstance(enabled, bool):
-            raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
-        self.dtype, self.enabled = dtype, enabled
+        if dtype is None or check_precision(dtype, "dtype") != "bfloat16":
+            raise ValueError(f"dtype: expected 'bfloat16' (or 'bf16', torch.bfloat16; the only "
+                             f"lower precision), got {dtype!r}")
+        if type(enabled).__name__ not in ("bool", "bool_"):  # Python's or NumPy's
+            raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__} "
+                            f"{enabled!r}")
+        self.dtype, self.enabled = "bfloat16", bool(enabled)
 
     def __enter__(self):
         if not hasattr(_state, "stack"):

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .cli_commands import parse_names, positive_float, positive_int, to_json
+from .cli_commands import parse_names, positive_float, positive_int, precision, to_json
 
 CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("rnn", 1)}
 # (B, T, I, H): the anchors' shape set (../shared/anchors/README.md).
@@ -44,7 +44,8 @@ def add_arguments(p):
                    help="cuda: the CUDA kernels against cuDNN (fusedrnn.benchmark_gpu)")
     p.add_argument("--precisions", default="fp32,tf32",
                    help="--device cuda: fp32, tf32 and/or bf16 (torch.autocast's on cuDNN)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--precision", type=precision("fp32", "bf16"), choices=("fp32", "bf16"),
+                   default="fp32",
                    help="bf16: CPU inference (and --modes train) in float32 and under bfloat16 "
                         "autocast, ours and torch's, each in its own process "
                         "(fusedrnn.benchmark_bf16); with --framework "

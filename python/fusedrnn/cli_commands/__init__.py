@@ -30,6 +30,20 @@ def at_least(low):
     return _number(int, lambda v: v >= low, f"an integer of at least {low}")
 
 
+def precision(float32, bfloat16):
+    """A --precision option's type: any spelling ``fusedrnn.autocast`` takes ("float32"/"fp32",
+    "bfloat16"/"bf16") as this command spells it (``float32`` or ``bfloat16``)."""
+    def parse(text):
+        from ..amp import check_precision
+        try:
+            return {"float32": float32, "bfloat16": bfloat16}[check_precision(text)]
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {float32} or {bfloat16}, got "
+                                             f"{text!r}") from None
+    parse.__name__ = f"{float32} or {bfloat16}"
+    return parse
+
+
 def parse_names(option, text, allowed):
     """The comma-separated names ``text`` of ``option`` (e.g. "--cells"), lower-cased, each
     once, in order; ValueError naming the option unless there is one and each is ``allowed``."""

@@ -14,7 +14,7 @@ import argparse
 import importlib
 
 from ..training import DEFAULT_CHECKPOINT_EVERY
-from . import check_output_path, nonnegative_int, positive_float, positive_int
+from . import check_output_path, nonnegative_int, positive_float, positive_int, precision
 
 TASKS = {"digits": "digits", "adding": "adding", "chars": "chars",
          "classify-text": "classify_text"}
@@ -30,7 +30,8 @@ def _common(p):
     p.add_argument("--threads", type=positive_int, default=None, help="kernel threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--history", action="store_true", help="keep per-epoch history in --json")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    p.add_argument("--precision", type=precision("float32", "bfloat16"),
+                   choices=("float32", "bfloat16"), default="float32",
                    help="bfloat16: train and evaluate under fusedrnn.autocast (the recurrent "
                         "products from bfloat16 weights and states, float32 accumulation)")
     p.add_argument("--checkpoint", metavar="PATH",
@@ -88,8 +89,9 @@ def _summary(metrics, prefix=""):
 
 
 def check_outputs(args):
-    """Fail before training, not after it: --plot needs matplotlib, and --save/--plot/
-    --checkpoint need a folder that exists (and a path that is not a folder)."""
+    """Fail before training, not after it: --plot needs matplotlib and a picture format it
+    writes, and --save/--plot/--checkpoint need a folder that exists (and a path that is not a
+    folder)."""
     import os
     for option in ("save", "plot", "checkpoint"):
         check_output_path(option, getattr(args, option, None))
@@ -100,6 +102,13 @@ def check_outputs(args):
     if getattr(args, "plot", None):
         from fusedrnn.tasks.common import pyplot
         pyplot()
+        from matplotlib.backend_bases import FigureCanvasBase
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        kind = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        if kind not in kinds:
+            raise ValueError(f"--plot: expected a file name ending in one of "
+                             f".{', .'.join(sorted(kinds))} (the picture's format), got "
+                             f"{args.plot}")
 
 
 def run_task(args):

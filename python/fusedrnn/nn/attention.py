@@ -148,6 +148,8 @@ class AttentionBase(Module):
             raise ValueError(f"keys: expected shape [N, S, {self.key_size}], got {keys.shape}")
         N, S, _ = keys.shape
         mask = lengths_mask(lengths, N, S)
+        if not mask.all():  # padding is never read: whatever it holds (NaN) stays out of the
+            keys = np.where(mask[:, :, None], keys, keys.dtype.type(0))  # weight gradients
         keys_proj = self._project_keys(keys)
         self._memory = dict(keys=keys, keys_proj=keys_proj, mask=mask,
                             dkeys_proj=None, dvalues=None, queries=[], dqueries_proj=[])

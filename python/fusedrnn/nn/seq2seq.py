@@ -29,6 +29,10 @@ projections (NumPy matmuls) stay float32.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import List
 
@@ -37,7 +41,7 @@ import numpy as np
 from .. import functional as F
 from .attention import make_attention
 from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
-from .layers import Dropout, Embedding, Linear, Sequential, _dtype, _flag, _positive_int
+from .layers import Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in, _positive_int
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module
 from .recurrent import GRU, LSTM, LayerNormLSTM
@@ -52,8 +56,41 @@ _DEFAULT_SCORE = {"bahdanau": "additive", "luong": "general"}
 
 
 def _seeds(seed, n):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed: expected an integer or None, got {type(seed).__name__} {seed!r}")
     rng = np.random.default_rng(seed)
     return [int(s) for s in rng.integers(0, 2 ** 31 - 1, n)]
+
+
+def _special_ids(pad_idx, bos_idx, eos_idx, vocab_size):
+    """The target vocabulary's padding, start and end ids, checked: each in [0, vocab_size),
+    the end distinct from the padding (whose targets the loss ignores)."""
+    ids = {name: _int_in(value, name, 0, vocab_size - 1) for name, value in
+           (("pad_idx", pad_idx), ("bos_idx", bos_idx), ("eos_idx", eos_idx))}
+    if ids["eos_idx"] == ids["pad_idx"]:
+        raise ValueError(f"eos_idx: expected an id other than pad_idx ({ids['pad_idx']}): the "
+                         f"loss ignores padding targets, so the end token would never be learned")
+    return ids["pad_idx"], ids["bos_idx"], ids["eos_idx"]
+
+
+def _fraction(value, name):
+    """A float in [0, 1] (teacher forcing's probability), named where it is not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+# A model's lock (made at first use; a lock held in the model would not copy or pickle)
+_LOCKS = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(model):
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @dataclass
@@ -258,7 +295,8 @@ class _Generator(Module):
         """Number of attention columns of sample n (the source length)."""
         return None
 
-    def _decoder_loss_forward(self, state, cond, tgt, teacher_forcing, rng, batch):
+    def _check_tgt(self, tgt, batch):
+        """tgt as an integer array [batch, T >= 1] of ids in [0, V), or ValueError naming it."""
         tgt = np.asarray(tgt)
         if tgt.ndim != 2 or tgt.dtype.kind not in "iu":
             raise ValueError(f"tgt: expected an integer array [N, T], got {tgt.dtype} {tgt.shape}")
@@ -266,6 +304,27 @@ class _Generator(Module):
         if N != batch or T == 0:
             raise ValueError(f"tgt: expected [{batch}, T] with T >= 1 (a target per sample of the "
                              f"batch, at least one step), got shape {tgt.shape}")
+        V = self.decoder.vocab_size
+        if tgt.min() < 0 or tgt.max() >= V:
+            raise ValueError(f"tgt: expected token ids in [0, {V - 1}] (the target vocabulary; "
+                             f"pad with pad_idx={self.pad_idx}), got min {tgt.min()} and max "
+                             f"{tgt.max()}")
+        return tgt
+
+    @staticmethod
+    def _teacher_forcing(teacher_forcing, rng):
+        """Checked teacher forcing ratio and generator (a fresh one where it matters)."""
+        teacher_forcing = _fraction(teacher_forcing, "teacher_forcing")
+        if rng is None:
+            return teacher_forcing, np.random.default_rng()
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)) "
+                            f"or None, got {type(rng).__name__}")
+        return teacher_forcing, rng
+
+    def _decoder_loss_forward(self, state, cond, tgt, teacher_forcing, rng, batch):
+        tgt = self._check_tgt(tgt, batch)
+        N, T = tgt.shape
         self.decoder.reset()
         tokens = np.full(N, self.bos_idx, dtype=np.int64)
         logits = []
@@ -286,13 +345,37 @@ class _Generator(Module):
 
     # ------------------------------------------------------------------ decoding
     def _decoding(self):
+        """Eval mode for a decode; returns the mode to restore. A decode sets the attention's
+        memory and runs the encoder in eval mode, which discards what a pending backward
+        needs: that backward is refused up front instead of half run."""
         was = self.training
+        self._saved = None
         self.eval()
         return was
+
+    def _backward_refused(self):
+        return RuntimeError(f"{type(self).__name__}.backward called before a training-mode "
+                            f"forward (or after a greedy_decode/beam_search, which discards "
+                            f"the forward's saved steps: decode after backward)")
+
+    def _check_backward(self, dlogits, T):
+        """dlogits [N, T, V] for the saved forward (T steps), as an array of the model's dtype."""
+        N = self._saved_batch
+        shape = (N, T, self.decoder.vocab_size)
+        dlogits = np.asarray(dlogits, self.dtype)
+        if dlogits.shape != shape:
+            raise ValueError(f"dlogits: expected shape {shape} ([N, T, V], as the forward's "
+                             f"logits), got {dlogits.shape}")
+        return dlogits
 
     def greedy_decode(self, *inputs, max_len=40, length_penalty=1.0):
         """The most likely token at every step until ``eos_idx`` (or ``max_len`` tokens)."""
         max_len = _positive_int(max_len, "max_len")
+        length_penalty = _penalty(length_penalty)
+        with _lock(self):
+            return self._greedy_decode(inputs, max_len, length_penalty)
+
+    def _greedy_decode(self, inputs, max_len, length_penalty):
         was = self._decoding()
         try:
             N = self._batch_size(inputs)
@@ -337,6 +420,11 @@ class _Generator(Module):
         better at its current length. Returns the best finished hypothesis per sample."""
         k = _positive_int(beam_size, "beam_size")
         max_len = _positive_int(max_len, "max_len")
+        length_penalty = _penalty(length_penalty)
+        with _lock(self):
+            return self._beam_search(inputs, k, max_len, length_penalty)
+
+    def _beam_search(self, inputs, k, max_len, length_penalty):
         was = self._decoding()
         try:
             N = self._batch_size(inputs)
@@ -418,6 +506,8 @@ class _Generator(Module):
 
         res_tokens, res_att, scores, logps = [], [], np.zeros(N), np.zeros(N)
         for n in range(N):
+            if not finished[n]:  # no finite hypothesis (a model gone NaN): as greedy, NaN
+                finished[n].append((np.nan, np.nan, 0, -1))
             best = max(finished[n], key=lambda f: f[0])
             score, logp, t, parent = best
             if parent >= 0:         # ended with eos at step t from alive beam `parent` of step t-1
@@ -430,6 +520,14 @@ class _Generator(Module):
                 S = self._source_length(inputs, n)
                 res_att.append(np.stack(rows)[:, :S] if rows else np.zeros((0, S)))
         return DecodeResult(res_tokens, scores, logps, res_att if has_att else None)
+
+
+def _penalty(length_penalty):
+    """The length penalty, a finite number."""
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real) \
+            or not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty: expected a finite number, got {length_penalty!r}")
+    return float(length_penalty)
 
 
 def _cell_options(cell, peephole, reset_after=True, proj_size=0):
@@ -461,7 +559,11 @@ class Seq2Seq(_Generator):
         super().__init__()
         if attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES}, got {attention!r}")
-        self.pad_idx, self.bos_idx, self.eos_idx = int(pad_idx), int(bos_idx), int(eos_idx)
+        self.pad_idx, self.bos_idx, self.eos_idx = _special_ids(
+            pad_idx, bos_idx, eos_idx, _positive_int(tgt_vocab_size, "tgt_vocab_size"))
+        if attention_size is not None and (score or _DEFAULT_SCORE[attention]) != "additive":
+            raise ValueError(f"attention_size: the additive score's size; expected None with "
+                             f"score={score or _DEFAULT_SCORE[attention]!r}, got {attention_size!r}")
         self.dtype = _dtype(dtype)
         self.cell_type = cell
         s = _seeds(seed, 6)
@@ -530,26 +632,37 @@ class Seq2Seq(_Generator):
 
     def forward(self, src, src_lengths, tgt, teacher_forcing=1.0, rng=None):
         """Training forward with teacher forcing (ratio ``teacher_forcing``: the probability of
-        feeding the true previous token rather than the model's argmax). Returns logits
-        [N, T, V]; in training mode ``backward`` may follow."""
-        src, src_lengths = self._check_src(src, src_lengths)
-        keys, h0, c0 = self._encode(src, src_lengths)
-        self.decoder.attention.set_memory(keys, src_lengths)
-        state = self.decoder.initial_state(h0, c0)
-        logits = self._decoder_loss_forward(state, None, tgt, teacher_forcing,
-                                            rng if rng is not None else np.random.default_rng(),
-                                            batch=src.shape[0])
-        self._saved = (h0,) if self.training else None
-        return logits
+        feeding the true previous token rather than the model's argmax; ``rng`` draws it, a
+        fresh generator when None). Returns logits [N, T, V]; in training mode ``backward`` may
+        follow."""
+        teacher_forcing, rng = self._teacher_forcing(teacher_forcing, rng)
+        with _lock(self):
+            src, src_lengths = self._check_src(src, src_lengths)
+            self._check_tgt(tgt, src.shape[0])
+            self._saved = None
+            keys, h0, c0 = self._encode(src, src_lengths)
+            self.decoder.attention.set_memory(keys, src_lengths)
+            state = self.decoder.initial_state(h0, c0)
+            logits = self._decoder_loss_forward(state, None, tgt, teacher_forcing, rng,
+                                                batch=src.shape[0])
+            self._saved = (h0,) if self.training else None
+            self._saved_batch = src.shape[0]
+            return logits
 
     def backward(self, dlogits=None):
-        """Gradients of the latest training ``loss`` (or of ``sum(dlogits * logits)``)."""
-        if self._saved is None:
-            raise RuntimeError("Seq2Seq.backward called before a training-mode forward")
-        (h0,) = self._saved
-        self._saved = None
-        if dlogits is None:
-            dlogits = self.criterion.backward()
+        """Gradients of the latest training ``loss`` (or of ``sum(dlogits * logits)``, dlogits
+        [N, T, V])."""
+        with _lock(self):
+            if self._saved is None:
+                raise self._backward_refused()
+            T = len(self.decoder._steps)
+            dlogits = self.criterion.backward() if dlogits is None else \
+                self._check_backward(dlogits, T)
+            (h0,) = self._saved
+            self._saved = None
+            self._backward(h0, dlogits)
+
+    def _backward(self, h0, dlogits):
         dh0, dc0, _ = self.decoder.backward(np.ascontiguousarray(np.swapaxes(dlogits, 0, 1)))
         dkeys = self.decoder.attention.memory_backward()        # [N, S, K]
         dh_n = self._finals_backward(self.bridge_h.backward(dh0 * (1 - h0 * h0)))
@@ -568,7 +681,8 @@ class Captioner(_Generator):
                  cell="lstm", dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *, dtype=np.float32,
                  seed=None):
         super().__init__()
-        self.pad_idx, self.bos_idx, self.eos_idx = int(pad_idx), int(bos_idx), int(eos_idx)
+        self.pad_idx, self.bos_idx, self.eos_idx = _special_ids(
+            pad_idx, bos_idx, eos_idx, _positive_int(vocab_size, "vocab_size"))
         self.dtype = _dtype(dtype)
         self.input_size = _positive_int(input_size, "input_size")
         s = _seeds(seed, 3)
@@ -581,7 +695,11 @@ class Captioner(_Generator):
         self._saved = None
 
     def _condition(self, features):
-        features = np.asarray(features, self.dtype)
+        features = np.asarray(features)
+        if features.dtype.kind not in "biuf":
+            raise TypeError(f"features: expected a float array [N, {self.input_size}], got "
+                            f"{features.dtype}")
+        features = features.astype(self.dtype, copy=False)
         if features.ndim != 2 or features.shape[1] != self.input_size:
             raise ValueError(f"features: expected shape [N, {self.input_size}], got "
                              f"{features.shape}")
@@ -597,24 +715,32 @@ class Captioner(_Generator):
 
     def forward(self, features, tgt, teacher_forcing=1.0, rng=None):
         """features [N, F], tgt [N, T] -> logits [N, T, V] (training forward)."""
-        z, zd = self._condition(features)
-        h0 = np.repeat(zd[None], self.decoder.num_layers, axis=0)
-        logits = self._decoder_loss_forward(self.decoder.initial_state(h0), zd, tgt,
-                                            teacher_forcing,
-                                            rng if rng is not None else np.random.default_rng(),
-                                            batch=h0.shape[1])
-        self._saved = (z,) if self.training else None
-        return logits
+        teacher_forcing, rng = self._teacher_forcing(teacher_forcing, rng)
+        with _lock(self):
+            self._saved = None
+            z, zd = self._condition(features)
+            self._check_tgt(tgt, z.shape[0])
+            h0 = np.repeat(zd[None], self.decoder.num_layers, axis=0)
+            logits = self._decoder_loss_forward(self.decoder.initial_state(h0), zd, tgt,
+                                                teacher_forcing, rng, batch=h0.shape[1])
+            self._saved = (z,) if self.training else None
+            self._saved_batch = z.shape[0]
+            return logits
 
     def backward(self, dlogits=None):
         """Gradients of the latest training ``loss`` (or of ``sum(dlogits * logits)``, dlogits
         [N, T, V]); adds into every parameter's grad and returns None."""
-        if self._saved is None:
-            raise RuntimeError("Captioner.backward called before a training-mode forward")
-        (z,) = self._saved
-        self._saved = None
-        if dlogits is None:
-            dlogits = self.criterion.backward()
+        with _lock(self):
+            if self._saved is None:
+                raise self._backward_refused()
+            T = len(self.decoder._steps)
+            dlogits = self.criterion.backward() if dlogits is None else \
+                self._check_backward(dlogits, T)
+            (z,) = self._saved
+            self._saved = None
+            self._backward(z, dlogits)
+
+    def _backward(self, z, dlogits):
         dh0, dc0, dcond = self.decoder.backward(np.ascontiguousarray(np.swapaxes(dlogits, 0, 1)))
         dz = self.dropout.backward(dh0.sum(axis=0) + dcond)
         self.feature.backward(dz * (1 - z * z))
