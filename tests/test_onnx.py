@@ -267,9 +267,11 @@ def test_backend_refuses_what_it_cannot_run_naming_node_and_attribute(attributes
 
 def test_backend_refuses_other_ops_devices_and_bad_inputs():
     model = _node_model("RNN", outputs=("Y", "Y_h"),
-                        extra=[onnx.helper.make_node("Relu", ["Y"], ["Z"], name="relu0")])
-    with pytest.raises(ValueError, match="ONNX node 'relu0' \\(Relu\\): fusedrnn's ONNX backend "
-                                         "runs LSTM, GRU and RNN nodes only"):
+                        extra=[onnx.helper.make_node("Softplus", ["Y"], ["Z"], name="soft0")])
+    with pytest.raises(ValueError, match="ONNX node 'soft0' \\(Softplus\\): fusedrnn's ONNX "
+                                         "backend runs LSTM, GRU and RNN nodes and the ops "
+                                         "exporters put around them \\(Identity, .*\\); not this "
+                                         "one"):
         Backend.prepare(model, "CPU")
     with pytest.raises(ValueError, match="device: fusedrnn's ONNX backend runs on 'CPU'"):
         Backend.prepare(_node_model("RNN"), "CUDA")
@@ -296,6 +298,11 @@ def test_backend_refuses_other_ops_devices_and_bad_inputs():
         rep.run([x, w])
     with pytest.raises(ValueError, match=r"inputs: missing graph inputs \['R'\]"):
         rep.run({"X": x, "W": w})
+    node = _node_model("GRU").graph.node[0]
+    for inputs in ([x, w], [x, w, r, r]):
+        with pytest.raises(ValueError, match=r"inputs: expected 3 arrays \['X', 'W', 'R'\] \(the "
+                                             r"node's given inputs\), got"):
+            Backend.run_node(node, inputs)
 
 
 def test_backend_checks_sequence_lens_naming_node_and_input():
@@ -379,6 +386,68 @@ def test_load_keeps_unnamed_and_repeated_nodes_and_refuses_stored_states():
     model.graph.node[0].input.extend(["", "", "h0"])
     with pytest.raises(ValueError, match=r"input initial_h \('h0'\) is stored in the model"):
         load(model)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_backend_runs_what_export_writes_as_onnxruntime_does(seed, tmp_path):
+    """The whole exported graph (the nodes and the ops around them: transposes, squeezes,
+    slices of the states, the Where of an empty sample) through the backend: ONNX Runtime's
+    outputs, at the export's shapes and others; the Scans of the projected and LayerNorm-LSTMs
+    (and the Range of their masks) are refused by name."""
+    layer = _random_layer(seed)
+    rng = np.random.default_rng(200 + seed)
+    with_state, with_lengths = bool(seed & 2), bool(seed & 4)
+    path = tmp_path / "layer.onnx"
+    export(layer, path, *_inputs(layer, rng, 5, 3, with_state, with_lengths))
+    if layer.proj_size or layer._layer_norm:
+        with pytest.raises(ValueError, match=r"\((Scan|Range)\): fusedrnn's ONNX backend "
+                                             r"runs"):
+            Backend.prepare(str(path))
+        return
+    rep = Backend.prepare(str(path))
+    for T, N in ((5, 3), (7, 2)):
+        feeds = _feeds(*_inputs(layer, rng, T, N, with_state, with_lengths))
+        for ours, theirs in zip(rep.run(feeds), _ort_run(path, feeds)):
+            assert ours.shape == theirs.shape
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=ATOL)
+
+
+@pytest.mark.filterwarnings("ignore")  # (the exporters: deprecation, tracer warnings)
+def test_backend_and_load_take_torch_exports(tmp_path):
+    """torch.onnx.export of torch.nn's LSTM/GRU/RNN (stacked, bidirectional, batch_first), by
+    the TorchScript exporter and the default (dynamo) one: the backend gives ONNX Runtime's
+    outputs, and load's layers, chained, torch's output (the weights the exporters stack or
+    slice out of initializers are computed once)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    exporters = [dict(dynamo=False)]
+    try:
+        import onnxscript  # noqa: F401 (the default exporter's)
+        exporters.append({})
+    except ImportError:
+        pass
+    for cls in (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN):
+        torch.manual_seed(0)
+        module = cls(3, 4, 2, bidirectional=True, batch_first=True).eval()
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x))[0].numpy()
+        for options in exporters:
+            path = tmp_path / f"{cls.__name__}.onnx"
+            torch.onnx.export(module, (torch.from_numpy(x),), str(path), **options)
+            model = onnx.load(str(path))
+            feeds = {model.graph.input[0].name: x}
+            for ours, theirs in zip(Backend.prepare(model).run(feeds), _ort_run(path, feeds)):
+                np.testing.assert_allclose(ours, theirs, rtol=0, atol=ATOL)
+            if not any(n.op_type in ("LSTM", "GRU", "RNN") for n in model.graph.node):
+                continue  # (the dynamo exporter writes torch's RNN as the ops of its steps)
+            layers = list(load(model).values())
+            y = x
+            for layer in layers:  # one layer each, batch-major as exported
+                layer.eval()
+                y = layer(y.transpose(1, 0, 2) if not layer.batch_first else y)[0]
+                y = y.transpose(1, 0, 2) if not layer.batch_first else y
+            np.testing.assert_allclose(y, expected, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -1,10 +1,14 @@
 """An ONNX backend (``onnx.backend.base.Backend``) for graphs of ONNX ``LSTM``, ``GRU`` and ``RNN``
-nodes, run on fusedrnn's kernels: ``Backend.prepare(model).run(inputs)`` returns the graph's
-outputs in order. It takes every attribute and input ONNX's own backend node tests use:
-``direction`` (forward, reverse, bidirectional), ``layout`` 0 and 1, ``sequence_lens``,
+nodes, run on fusedrnn's kernels, with the shape, cast and small arithmetic ops exporters put
+around them (``_ops.GLUE``, in NumPy: what ``fusedrnn.onnx.export`` and ``torch.onnx.export``
+write for these layers): ``Backend.prepare(model).run(inputs)`` returns the graph's outputs in
+order. It takes every attribute and input ONNX's own backend node tests use: ``direction``
+(forward, reverse, bidirectional), ``layout`` 0 and 1, ``sequence_lens``,
 ``initial_h``/``initial_c``, peepholes ``P``, ``linear_before_reset`` 0 and 1, RNN activations
 Tanh and Relu, ``hidden_size``. What it cannot run (``clip``, other activations,
-``input_forget``, another op) is refused at ``prepare`` with the node and the attribute named.
+``input_forget``, another op such as the ``Scan`` of an exported projected or LayerNorm-LSTM)
+is refused at ``prepare`` with the node and the attribute named. The ops whose inputs are all
+constants (stacked weights, reshaped biases) run once, at ``prepare``.
 A sample of length 0 in ``sequence_lens`` gets final states ``Y_h``/``Y_c`` of 0, as ONNX
 Runtime gives it (ONNX leaves that case open; fusedrnn's own layers return its initial state).
 
@@ -25,6 +29,7 @@ from onnx.backend.base import BackendRep
 
 from .. import functional as F
 from ._layout import from_onnx
+from ._ops import GLUE
 
 CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -55,14 +60,41 @@ class RecurrentNode:
         return DIRECTIONS[self.direction]
 
 
+@dataclass
+class GlueNode:
+    """One of the ops around the recurrent nodes (``_ops.GLUE``)."""
+
+    name: str
+    op_type: str
+    inputs: list  # value names, "" for an optional input left out
+    outputs: list
+    attributes: dict
+    folded: bool = False  # its inputs are constants: run once, at prepare
+
+    def run(self, values):
+        """The node's outputs from ``values`` (a dict by value name)."""
+        try:
+            return GLUE[self.op_type](self.attributes, [values[n] if n else None
+                                                        for n in self.inputs])
+        except (ValueError, TypeError, IndexError, KeyError, np.AxisError) as error:
+            raise ValueError(f"ONNX node {self.name!r} ({self.op_type}): {error}") from None
+
+
 def _refuse(node, what):
     raise ValueError(f"ONNX node {node.name or node.op_type!r} ({node.op_type}): {what}")
 
 
 def parse_node(node):
-    """A NodeProto -> RecurrentNode, or ValueError naming the node and what it cannot take."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in CELLS:
-        _refuse(node, "fusedrnn's ONNX backend runs LSTM, GRU and RNN nodes only")
+    """A NodeProto -> RecurrentNode or GlueNode, or ValueError naming the node and what it
+    cannot take."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in (*CELLS, *GLUE):
+        _refuse(node, f"fusedrnn's ONNX backend runs LSTM, GRU and RNN nodes and the ops "
+                      f"exporters put around them ({', '.join(GLUE)}); not this one")
+    if node.op_type in GLUE:
+        return GlueNode(name=node.name or node.op_type, op_type=node.op_type,
+                        inputs=list(node.input), outputs=list(node.output),
+                        attributes={a.name: onnx.helper.get_attribute_value(a)
+                                    for a in node.attribute})
     cell = CELLS[node.op_type]
     roles = INPUTS[:8 if cell == "lstm" else 6]
     if len(node.input) > len(roles):
@@ -233,8 +265,16 @@ class FusedRnnRep(BackendRep):
     def __init__(self, graph, nodes):
         self._graph, self._nodes = graph, nodes
         self._constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        self._weights = [constant_weights(spec, self._constants) for spec in nodes]
         self.input_names = [i.name for i in graph.input if i.name not in self._constants]
+        fed = {i.name for i in graph.input}  # (an initializer listed there may be fed)
+        fixed = {k: v for k, v in self._constants.items() if k not in fed}
+        for spec in nodes:
+            if isinstance(spec, GlueNode) and all(n in fixed for n in spec.inputs if n):
+                fixed.update(zip(spec.outputs, spec.run(fixed)))
+                spec.folded = True
+        self._constants.update(fixed)
+        self._weights = [None if isinstance(spec, GlueNode) else
+                         constant_weights(spec, fixed) for spec in nodes]
         self._dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
                         for i in graph.input if i.type.tensor_type.elem_type}
         self._fed_names = {i.name for i in graph.input}  # initializers listed there too
@@ -264,8 +304,10 @@ class FusedRnnRep(BackendRep):
                 raise TypeError(f"inputs: {name!r}: expected {self._dtypes[name]} (the graph "
                                 f"input's type), got {values[name].dtype}")
         for spec, weights in zip(self._nodes, self._weights):
-            if weights is not None and any(spec.inputs.get(r) in fed for r in WEIGHT_ROLES):
-                weights = None  # an initializer fed as an input (it may be): that value counts
+            if isinstance(spec, GlueNode):
+                if not spec.folded:
+                    values.update(zip(spec.outputs, spec.run(values)))
+                continue
             for name, value in zip(spec.outputs, run_recurrent(spec, values, weights)):
                 if name:
                     values[name] = value
@@ -305,7 +347,13 @@ class Backend(OnnxBackend):
             raise ValueError(f"device: fusedrnn's ONNX backend runs on 'CPU', got {device!r}")
         spec = parse_node(node)
         named = [n for n in node.input if n]
+        inputs = list(inputs)
+        if len(inputs) != len(named):
+            raise ValueError(f"inputs: expected {len(named)} arrays {named} (the node's given "
+                             f"inputs), got {len(inputs)}")
         values = dict(zip(named, (np.asarray(v) for v in inputs)))
+        if isinstance(spec, GlueNode):
+            return spec.run(values)
         return [v for n, v in zip(spec.outputs, run_recurrent(spec, values)) if n]
 
 
@@ -342,6 +390,10 @@ def load(path):
         raise TypeError(f"path: expected a path to an ONNX model or an onnx.ModelProto, got "
                         f"{type(path).__name__}")
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:  # weights an exporter stacks or reshapes: computed once
+        if node.op_type in GLUE and all(n in constants for n in node.input if n):
+            spec = parse_node(node)
+            constants.update(zip(spec.outputs, spec.run(constants)))
     layers = OrderedDict()
     for index, node in enumerate(model.graph.node):
         if node.op_type not in CELLS:
@@ -351,8 +403,9 @@ def load(path):
             if role in spec.inputs and spec.inputs[role] not in constants:
                 _refuse(node, f"input {role} ({spec.inputs[role]!r}) is not an initializer; "
                               f"load takes weights stored in the model")
-        for role in ("sequence_lens", "initial_h", "initial_c"):
-            if spec.inputs.get(role) in constants:
+        for role in ("sequence_lens", "initial_h", "initial_c"):  # (a stored zero state is
+            stored = constants.get(spec.inputs.get(role))            # the layers' default)
+            if stored is not None and (role == "sequence_lens" or stored.any()):
                 _refuse(node, f"input {role} ({spec.inputs[role]!r}) is stored in the model, "
                               f"which a fr.nn layer does not hold; run the model with Backend")
         if len(set(spec.nonlinearities)) > 1:
@@ -389,6 +442,7 @@ def load(path):
     if not layers:
         ops = sorted({n.op_type for n in model.graph.node})
         raise ValueError(f"path: expected a model with LSTM, GRU or RNN nodes, found none (its "
-                         f"ops: {ops}; the projected LSTM and the LayerNorm-LSTM export as Scans "
-                         f"of their step, which load cannot read back)")
+                         f"ops: {ops}; a layer exported as the ops of its steps, such as the "
+                         f"Scans of fusedrnn's projected and LayerNorm-LSTMs or torch's RNN by "
+                         f"the dynamo exporter, cannot be read back as a layer)")
     return layers
