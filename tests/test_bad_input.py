@@ -428,3 +428,34 @@ def test_thread_counts_are_checked_and_numpy_integers_taken():
         assert fr.get_num_threads() == 1
     finally:
         fr.set_num_threads(saved)
+
+
+def test_matmul_transposes_only_matrices_and_seeds_are_named():
+    """matmul(a [2, 3, 4], b, trans_a=True) returned a.T's (4, 3, 2) product, every axis
+    reversed; the flags are bools. A seed NumPy refuses is named as the layers' argument."""
+    import fusedrnn as fr
+    from fusedrnn.functional import matmul
+    a, b = np.ones((2, 3, 4), np.float32), np.ones((2, 5), np.float32)
+    with pytest.raises(ValueError, match="trans_a: a transpose needs a of 2 dimensions"):
+        matmul(a, b, trans_a=True)
+    with pytest.raises(TypeError, match="trans_a: expected a bool"):
+        matmul(b.T, b, trans_a="no")
+    assert matmul(a, np.ones((4, 5), np.float32)).shape == (2, 3, 5)
+    for make in (lambda s: fr.nn.LSTM(3, 4, seed=s), lambda s: fr.nn.Linear(3, 4, seed=s),
+                 lambda s: fr.nn.Dropout(0.5, seed=s), lambda s: fr.nn.LSTM(3, 4).manual_seed(s),
+                 lambda s: fr.data.adding_problem(4, 5, seed=s)):
+        for bad, error in ((-1, ValueError), (1.5, TypeError), ("a", TypeError)):
+            with pytest.raises(error, match="seed: expected an integer"):
+                make(bad)
+
+
+def test_a_missing_extra_names_the_install_for_the_adapter_and_the_backend():
+    import subprocess
+    import sys
+    for blocked, statement, hint in (("torch", "import fusedrnn.torch", "fusedrnn[torch]"),
+                                     ("onnx", "import fusedrnn.onnx as o; o.Backend",
+                                      "fusedrnn[onnx]")):
+        code = f"import sys; sys.modules[{blocked!r}] = None\n{statement}"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 1 and f'pip install "{hint}"' in r.stderr, r.stderr

@@ -99,6 +99,46 @@ def test_precision_spellings_and_an_early_plot_format_check(capsys, tmp_path):
     assert "--plot: expected a file name ending in one of" in line and ".png" in line
 
 
+def test_threads_option_and_a_closed_pipe_and_python_oo(capsys):
+    """--threads past set_num_threads' bound is the option's error, not set_num_threads' "n";
+    a reader that stops early (`| head`) ends the command quietly; -OO (no docstrings) runs."""
+    assert "--threads: expected an integer from 1 to 4096, got '5000'" in error_of(
+        capsys, "train", "digits", "--threads", "5000")
+    p = subprocess.Popen([sys.executable, "-m", "fusedrnn", "info"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command writes: its first write meets a closed pipe
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=120) in (0, 141) and "error" not in err and "Traceback" not in err, err
+    for argv in (["--help"], ["train", "--help"]):
+        r = subprocess.run([sys.executable, "-OO", "-m", "fusedrnn", *argv], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and "usage: fusedrnn" in r.stdout, r.stderr
+
+
+def test_mnist_files_that_disagree_are_named(capsys, tmp_path):
+    """Labels and images of different counts, or none at all: the folder and files named (an
+    IndexError deep in training before)."""
+    import gzip
+    import struct
+
+    def idx(path, array):
+        code = 0x08
+        header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(
+            f">{array.ndim}I", *array.shape)
+        with gzip.open(path, "wb") as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+    for n_labels, n_test in ((150, 5), (200, 0)):
+        folder = tmp_path / f"mnist{n_labels}_{n_test}"
+        folder.mkdir()
+        idx(folder / "train-images-idx3-ubyte.gz", np.zeros((200, 28, 28)))
+        idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(n_labels))
+        idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((n_test, 28, 28)))
+        idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(n_test))
+        line = error_of(capsys, "train", "digits", "--data", str(folder))
+        assert "expected as many labels as images, at least one" in line, line
+
+
 def test_debug_shows_the_traceback(capsys):
     with pytest.raises(FileNotFoundError):
         main(["train", "digits", "--data", "/no/such/dir", "--debug"])

@@ -1,5 +1,8 @@
 """What was built and how many threads the kernels use."""
+from __future__ import annotations
+
 import numbers
+from typing import SupportsIndex
 
 import numpy as np
 
@@ -50,7 +53,7 @@ def cpu_table_summary() -> str:
 MAX_THREADS = 4096
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n: SupportsIndex) -> None:
     """Threads used by the kernels (and by their BLAS calls). 1 <= n <= MAX_THREADS."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
@@ -59,7 +62,7 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(int(n))
 
 
-def set_deterministic(on: bool) -> None:
+def set_deterministic(on: bool | np.bool_) -> None:
     """Make the CPU kernels' results independent of the thread count (``True``), not only
     reproducible for a given one (the default), as ``torch.use_deterministic_algorithms`` does
     for PyTorch's. The kernels then use only the strategies whose arithmetic is the same on

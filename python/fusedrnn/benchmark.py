@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from .cli_commands import parse_names, positive_float, positive_int, precision, to_json
+from .cli_commands import (parse_names, positive_float, positive_int, precision, threads, to_json,
+                           usable_cores)
 
 CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("rnn", 1)}
 # (B, T, I, H): the anchors' shape set (../shared/anchors/README.md).
@@ -34,7 +35,8 @@ def add_arguments(p):
                    help="semicolon-separated B,T,I,H tuples, e.g. '1,100,128,128;8,256,512,512'")
     p.add_argument("--modes", default="infer,train", help="infer,train")
     p.add_argument("--quick", action="store_true", help="a ~30-second run on small shapes")
-    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=threads, default=usable_cores(),
+                   help="threads of every contestant (default: the cores this process may use)")
     p.add_argument("--budget", type=positive_float, default=1.5, help="seconds of timing per peer and row")
     p.add_argument("--no-stacked", action="store_true", help="skip the multi-layer bidirectional rows")
     p.add_argument("--memory", action="store_true",

@@ -291,7 +291,7 @@ def print_table(rows, device, modes=("infer", "train")):
 
 def main(argv=None) -> int:
     import argparse
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "fusedrnn GPU bench").splitlines()[0])
     add_arguments(ap)
     return run(ap.parse_args(argv))
 

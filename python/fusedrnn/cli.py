@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 
@@ -34,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fusedrnn", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="fusedrnn", description=(__doc__ or "fusedrnn").splitlines()[0])
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (accepted anywhere)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -87,6 +88,12 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"fusedrnn: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped (`| head`): quietly, as other commands do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        except (OSError, ValueError):
+            pass
+        return 141  # a shell's status for SIGPIPE
     except KeyboardInterrupt as e:  # training says where it stopped (TrainingInterrupted)
         print(f"fusedrnn: {interrupted_line(e, argv)}", file=sys.stderr)
         return 130

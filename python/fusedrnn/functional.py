@@ -46,6 +46,11 @@ def matmul(a, b, trans_a=False, trans_b=False):
     call, where the kernels' next call needs them). Products of fewer than 2^18 multiply-adds,
     which NumPy's OpenBLAS runs in the calling thread without its pool, and anything else (CuPy
     arrays, other dtypes or shapes) go to ``@`` as they are."""
+    trans_a, trans_b = check_flag(trans_a, "trans_a"), check_flag(trans_b, "trans_b")
+    for name, flag, m in (("a", trans_a, a), ("b", trans_b, b)):
+        if flag and getattr(m, "ndim", 2) != 2:  # (.T of more dimensions reverses them all)
+            raise ValueError(f"trans_{name}: a transpose needs {name} of 2 dimensions, got shape "
+                             f"{m.shape}")
     ours = (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype
             and a.dtype in (np.float32, np.float64) and b.ndim == 2
             and (a.ndim == 2 or (a.ndim > 0 and not trans_a)))

@@ -24,6 +24,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
@@ -330,6 +331,8 @@ def _load_npz(f, path, max_bytes):
                 with archive.open(info) as member:
                     shape, _, dtype, offset = _read_header(member, path, entry)
             except _READ_ERRORS as e:
+                if str(e).startswith(f"{path}: "):  # _read_header's own message, whole
+                    raise
                 raise ValueError(f"{path}: malformed .npz: entry {entry!r} could not be "
                                  f"read: {e}") from None
             nbytes = _declared_bytes(shape, dtype, path, entry)
@@ -353,7 +356,7 @@ def _load_npz(f, path, max_bytes):
     return arrays
 
 
-def load(path, *, max_bytes=DEFAULT_MAX_BYTES):
+def load(path, *, max_bytes=DEFAULT_MAX_BYTES) -> Any:
     """Read what :func:`save` wrote (dicts come back as OrderedDicts, in their saved order), or a
     plain ``.npz`` of arrays as a dict. Never unpickles: a pickled, truncated or otherwise
     malformed file raises ValueError naming the path.

@@ -16,7 +16,7 @@ import numbers
 
 import numpy as np
 
-from .nn.layers import _int_in
+from .nn.layers import _int_in, _seeded
 from .nn.module import Module, Parameter, is_device_array, to_device
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm_", "clip_grad_value_",
@@ -434,7 +434,7 @@ class GeneticAlgorithm:
         self.mutation_std = _nonnegative(mutation_std, "mutation_std")
         if init_std is not None:
             _nonnegative(init_std, "init_std")
-        self.rng = np.random.default_rng(seed)
+        self.rng = _seeded(seed)
         start = parameters_to_vector(self.params)
         std = float(np.std(start)) if init_std is None else float(init_std)
         std = std if std > 0 else 0.1

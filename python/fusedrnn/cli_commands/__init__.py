@@ -4,6 +4,7 @@ option, what it expected and what came."""
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _number(kind, test, expected):
@@ -23,6 +24,16 @@ positive_int = _number(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
 fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+threads = _number(int, lambda v: 1 <= v <= 4096, "an integer from 1 to 4096")  # set_num_threads's
+
+
+def usable_cores():
+    """The CPUs this process may run on (its affinity: taskset, a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
 
 
 def at_least(low):

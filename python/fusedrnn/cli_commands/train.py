@@ -14,7 +14,8 @@ import argparse
 import importlib
 
 from ..training import DEFAULT_CHECKPOINT_EVERY
-from . import check_output_path, nonnegative_int, positive_float, positive_int, precision
+from . import (check_output_path, nonnegative_int, positive_float, positive_int, precision,
+               threads)
 
 TASKS = {"digits": "digits", "adding": "adding", "chars": "chars",
          "classify-text": "classify_text"}
@@ -27,7 +28,8 @@ def _common(p):
     p.add_argument("--save", metavar="PATH", help="save the trained model (fr.load reads it)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--threads", type=positive_int, default=None, help="kernel threads (default: all cores)")
+    p.add_argument("--threads", type=threads, default=None,
+                   help="kernel threads (default: the cores this process may use)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--history", action="store_true", help="keep per-epoch history in --json")
     p.add_argument("--precision", type=precision("float32", "bfloat16"),
@@ -50,14 +52,16 @@ def add_commands(sub):
     tasks = train.add_subparsers(dest="task", metavar="TASK", required=True)
     for name, module in TASKS.items():
         mod = importlib.import_module(f"fusedrnn.tasks.{module}")
-        summary = " ".join(mod.__doc__.split("\n\n")[0].split())  # the first paragraph
-        p = tasks.add_parser(name, help=summary.split(": ", 1)[-1], description=mod.__doc__)
+        doc = mod.__doc__ or name  # (python -OO strips docstrings)
+        summary = " ".join(doc.split("\n\n")[0].split())  # the first paragraph
+        p = tasks.add_parser(name, help=summary.split(": ", 1)[-1], description=doc)
         _common(p)
         mod.add_arguments(p)
         p.set_defaults(func=run_task, task_module=module)
 
-    demo = sub.add_parser("demo", help="train digits in under 2 minutes; accuracy and "
-                                       "throughput against the NumPy reference")
+    demo = sub.add_parser("demo", help="train digits in under 2 minutes; accuracy, and speed "
+                                       "against PyTorch and ONNX Runtime where installed (else "
+                                       "the NumPy reference)")
     _common(demo)
     importlib.import_module("fusedrnn.tasks.demo").add_arguments(demo)
     demo.set_defaults(func=run_task, task_module="demo")

@@ -12,6 +12,8 @@ import datetime
 
 import numpy as np
 
+from ..nn.layers import _seeded
+
 __all__ = ["FORMATS", "format_date", "random_dates", "dates_split", "DATE_CHARS", "ISO_CHARS"]
 
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
@@ -61,7 +63,7 @@ def format_date(date, fmt, case="title"):
 
 def random_dates(n, seed=0, ordinals=None):
     """``n`` pairs (text, iso) drawn from days ``ordinals`` (all days 1950-2049 if None)."""
-    rng = np.random.default_rng(seed)
+    rng = _seeded(seed)
     if ordinals is None:
         ordinals = np.arange(_FIRST, _LAST + 1)
     days = rng.choice(ordinals, size=n)

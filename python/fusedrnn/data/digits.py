@@ -16,7 +16,14 @@ import os
 import struct
 from importlib import resources
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
+from ..nn.layers import _seeded
 
 __all__ = ["load_digits", "load_mnist", "read_idx", "split"]
 
@@ -26,7 +33,7 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 def split(x, y, test_fraction, seed):
     """A seeded shuffle and split into (x_train, y_train, x_test, y_test)."""
-    order = np.random.default_rng(seed).permutation(len(x))
+    order = _seeded(seed).permutation(len(x))
     n_test = int(round(len(x) * test_fraction))
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
@@ -39,7 +46,7 @@ def digits_images():
             return npz["images"], npz["labels"]
 
 
-def load_digits(test_fraction=0.2, seed=0, dtype=np.float32):
+def load_digits(test_fraction=0.2, seed=0, dtype: DTypeLike = np.float32):
     """The 1797 shipped 8x8 digits as x [N, 8, 8] (rows as time steps, values scaled to
     [0, 1]) and labels y [N] int64, split by a seeded shuffle into
     (x_train, y_train, x_test, y_test)."""
@@ -81,7 +88,7 @@ def _find(folder, stem):
     raise FileNotFoundError(f"{folder}: no {stem}[.gz] (expected the MNIST IDX files)")
 
 
-def load_mnist(folder, dtype=np.float32, limit=None):
+def load_mnist(folder, dtype: DTypeLike = np.float32, limit=None):
     """MNIST from a folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte,
     t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each optionally .gz): returns
     (x_train [N, 28, 28] in [0, 1], y_train, x_test, y_test); ``limit`` keeps the first
@@ -93,10 +100,20 @@ def load_mnist(folder, dtype=np.float32, limit=None):
         return (a / 255.0).astype(dtype)
 
     def labels(stem):
-        return read_idx(_find(folder, stem)).astype(np.int64)
+        a = read_idx(_find(folder, stem))
+        if a.ndim != 1:
+            raise ValueError(f"{stem}: expected labels [N], got shape {a.shape}")
+        return a.astype(np.int64)
 
-    x_train, y_train = images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")
-    x_test, y_test = images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")
+    def split(kind):
+        x, y = images(f"{kind}-images-idx3-ubyte"), labels(f"{kind}-labels-idx1-ubyte")
+        if len(x) != len(y) or not len(x):
+            raise ValueError(f"{kind}-images-idx3-ubyte and {kind}-labels-idx1-ubyte in "
+                             f"{folder}: expected as many labels as images, at least one, got "
+                             f"{len(x)} images and {len(y)} labels")
+        return x, y
+
+    (x_train, y_train), (x_test, y_test) = split("train"), split("t10k")
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
     return x_train, y_train, x_test, y_test

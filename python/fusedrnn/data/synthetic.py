@@ -10,18 +10,25 @@ target y repeats the symbols (y is blank everywhere else).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
+from ..nn.layers import _seeded
 
 __all__ = ["adding_problem", "copy_memory", "ADDING_BASELINE_MSE"]
 
 ADDING_BASELINE_MSE = 1.0 / 6.0
 
 
-def adding_problem(n, length, seed=None, dtype=np.float32):
+def adding_problem(n, length, seed=None, dtype: DTypeLike = np.float32):
     """(x [n, length, 2], y [n]) for the adding problem (Hochreiter & Schmidhuber 1997)."""
     if length < 2:
         raise ValueError(f"length: expected >= 2, got {length}")
-    rng = np.random.default_rng(seed)
+    rng = _seeded(seed)
     values = rng.uniform(0.0, 1.0, (n, length))
     half = length // 2
     first = rng.integers(0, half, n)
@@ -40,7 +47,7 @@ def copy_memory(n, length=10, delay=50, n_symbols=8, seed=None):
     ``delay`` blank steps and repeat them after the delimiter. Vocabulary: 0 blank, 1..n_symbols
     symbols, n_symbols + 1 delimiter. Guessing gives cross-entropy log(n_symbols) on the recall
     steps."""
-    rng = np.random.default_rng(seed)
+    rng = _seeded(seed)
     T = 2 * length + delay
     symbols = rng.integers(1, n_symbols + 1, (n, length))
     x = np.zeros((n, T), np.int64)

@@ -27,11 +27,16 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 from .. import functional as F
 from .._loader import _C
-from .layers import _dtype, _positive_int
+from .layers import _dtype, _positive_int, _seeded
 from .module import Module, Parameter
 
 __all__ = ["SCORES", "attention_step_forward", "attention_step_backward", "lengths_mask",
@@ -224,11 +229,11 @@ class BahdanauAttention(AttentionBase):
 
     score = "additive"
 
-    def __init__(self, query_size, key_size, attention_size=None, *, dtype=np.float32, seed=None):
+    def __init__(self, query_size, key_size, attention_size=None, *, dtype: DTypeLike = np.float32, seed=None):
         super().__init__(query_size, key_size, dtype)
         A = self.attention_size = _positive_int(  # 0 is refused, not taken for "the default"
             query_size if attention_size is None else attention_size, "attention_size")
-        rng = np.random.default_rng(seed)
+        rng = _seeded(seed)
 
         def uniform(fan_in, *shape):
             b = 1.0 / math.sqrt(fan_in)
@@ -274,7 +279,7 @@ class LuongAttention(AttentionBase):
     """Multiplicative attention: ``dot`` (``q . k``, needs Q == K) or ``general``
     (``q . (W k)`` with weight [Q, K]; the keys are projected once, so each step is a dot)."""
 
-    def __init__(self, query_size, key_size, score="general", *, dtype=np.float32, seed=None):
+    def __init__(self, query_size, key_size, score="general", *, dtype: DTypeLike = np.float32, seed=None):
         super().__init__(query_size, key_size, dtype)
         if score not in ("dot", "general"):
             raise ValueError(f"score: expected 'dot' or 'general', got {score!r}")
@@ -285,7 +290,7 @@ class LuongAttention(AttentionBase):
                                  f"({self.query_size}), got {self.key_size}")
         else:
             b = 1.0 / math.sqrt(self.key_size)
-            rng = np.random.default_rng(seed)
+            rng = _seeded(seed)
             self.weight = Parameter(rng.uniform(-b, b, (self.query_size, self.key_size))
                                     .astype(self.dtype))
 
@@ -304,7 +309,7 @@ class LuongAttention(AttentionBase):
         return f"query_size={self.query_size}, key_size={self.key_size}, score={self.score!r}"
 
 
-def make_attention(score, query_size, key_size, attention_size=None, *, dtype=np.float32,
+def make_attention(score, query_size, key_size, attention_size=None, *, dtype: DTypeLike = np.float32,
                    seed=None):
     """An attention module by score name: "additive" (Bahdanau), "dot" or "general" (Luong)."""
     if score == "additive":

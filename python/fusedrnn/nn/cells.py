@@ -21,11 +21,16 @@ import math
 import numbers
 import string
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 from .. import _C
 from .. import functional as F
-from .layers import _dtype, _flag, _positive_int
+from .layers import _dtype, _flag, _positive_int, _seeded
 from .module import KeptWeights, Module, Parameter
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTMCell"]
@@ -161,7 +166,7 @@ class RNNCellBase(Module):
     _layer_norm = False  # the LayerNorm-LSTM cell (its kernels' cell is "layernorm_lstm")
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
-                 dtype=np.float32, seed=None, peephole=False, reset_after=True, proj_size=0,
+                 dtype: DTypeLike = np.float32, seed=None, peephole=False, reset_after=True, proj_size=0,
                  eps=1e-5):
         super().__init__()
         self.input_size = _positive_int(input_size, "input_size")
@@ -174,7 +179,7 @@ class RNNCellBase(Module):
         self.nonlinearity = F.check_nonlinearity(nonlinearity)
         self.dtype = _dtype(dtype)
         self.bias = _flag(bias, "bias")
-        rng = np.random.default_rng(seed)
+        rng = _seeded(seed)
         GH = F.GATES[self._cell] * self.hidden_size
         bound = 1.0 / math.sqrt(self.hidden_size)
 
@@ -394,7 +399,7 @@ With nonlinearity='relu', ReLU is used instead of tanh.""",
     _kernel_backward = staticmethod(F.rnn_backward)
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
-                 dtype=np.float32, seed=None):
+                 dtype: DTypeLike = np.float32, seed=None):
         super().__init__(input_size, hidden_size, bias, nonlinearity, dtype=dtype, seed=seed)
 
 
@@ -432,7 +437,7 @@ linear_before_reset=0).""",
     _cell = "gru"
     _kernel_backward = staticmethod(F.gru_backward)
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype: DTypeLike = np.float32, seed=None,
                  reset_after=True):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
                          reset_after=reset_after)
@@ -496,7 +501,7 @@ peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
 
     _cell = "lstm"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype: DTypeLike = np.float32, seed=None,
                  peephole=False, proj_size=0):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
                          peephole=peephole, proj_size=proj_size)
@@ -563,7 +568,7 @@ class LayerNormLSTMCell(LSTMCell):
 
     _layer_norm = True
 
-    def __init__(self, input_size, hidden_size, bias=True, *, eps=1e-5, dtype=np.float32,
+    def __init__(self, input_size, hidden_size, bias=True, *, eps=1e-5, dtype: DTypeLike = np.float32,
                  seed=None):
         RNNCellBase.__init__(self, input_size, hidden_size, bias, dtype=dtype, seed=seed,
                              eps=eps)

@@ -14,7 +14,12 @@ from __future__ import annotations
 import math
 import numbers
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 from .. import functional as F
 from .module import Module, Parameter, check_dtype
@@ -36,6 +41,14 @@ def _int_in(value, name, low, high=None):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name}: expected an integer {bounds}, got {value!r}")
     return int(value)
+
+
+def _seeded(seed, name="seed"):
+    """``np.random.default_rng(seed)``, a seed NumPy would refuse named: None, a non-negative
+    integer (Python's or NumPy's), a SeedSequence or a Generator."""
+    if seed is None or isinstance(seed, (np.random.SeedSequence, np.random.Generator)):
+        return np.random.default_rng(seed)
+    return np.random.default_rng(_int_in(seed, name, 0))
 
 
 def _positive_int(value, name):
@@ -74,12 +87,12 @@ class Linear(Module):
     """``y = x @ weight.T + bias`` with weight [out_features, in_features], bias [out_features],
     both drawn from uniform(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch."""
 
-    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, in_features, out_features, bias=True, *, dtype: DTypeLike = np.float32, seed=None):
         super().__init__()
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
         self.dtype = _dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = _seeded(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (self.out_features, self.in_features))
                                 .astype(self.dtype))
@@ -143,7 +156,7 @@ class Embedding(Module):
     The row ``padding_idx`` (if given) starts at zero and never receives a gradient, so padded
     positions of a batch contribute nothing."""
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, dtype=np.float32,
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, dtype: DTypeLike = np.float32,
                  seed=None):
         super().__init__()
         self.num_embeddings = _positive_int(num_embeddings, "num_embeddings")
@@ -155,7 +168,7 @@ class Embedding(Module):
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
         self.dtype = _dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = _seeded(seed)
         weight = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
@@ -206,7 +219,7 @@ class Dropout(Module):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
         self.p = float(p)
-        self._rng = np.random.default_rng(seed)
+        self._rng = _seeded(seed)
         self._mask = None
 
     def forward(self, x):

@@ -25,12 +25,17 @@ import numbers
 import string
 import warnings
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
-from .layers import _flag, _int_in
+from .layers import _flag, _int_in, _seeded
 from .module import (KeptWeights, Module, Parameter, array_module, check_device, check_dtype,
                      is_device_array, to_device, to_host)
 
@@ -82,7 +87,7 @@ class RNNBase(Module):
     _supports_cuda = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, nonlinearity="tanh", dtype=np.float32,
+                 dropout=0.0, bidirectional=False, *, nonlinearity="tanh", dtype: DTypeLike = np.float32,
                  seed=None, device="cpu", peephole=False, reset_after=True, proj_size=0):
         super().__init__()
         device = check_device(device)
@@ -119,7 +124,7 @@ class RNNBase(Module):
         self._kernel_cell = ("layernorm_lstm" if self._layer_norm
                              else self._cell if self.reset_after else F.gru_kernel(False))
         self.dtype = check_dtype(dtype)
-        self._rng = np.random.default_rng(seed)
+        self._rng = _seeded(seed)
         self._saved = None
         self._kept = KeptWeights()  # the packed weights kept between inference calls
 
@@ -181,7 +186,7 @@ class RNNBase(Module):
 
     def reset_parameters(self, seed=None):
         """Draw every parameter again from uniform(-1/sqrt(H), 1/sqrt(H))."""
-        rng = self._rng if seed is None else np.random.default_rng(seed)
+        rng = self._rng if seed is None else _seeded(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             p.data[...] = to_device(rng.uniform(-bound, bound, size=p.data.shape)
@@ -189,7 +194,7 @@ class RNNBase(Module):
 
     def manual_seed(self, seed):
         """Restart the layer's Generator (the one dropout masks are drawn from) at ``seed``."""
-        self._rng = np.random.default_rng(seed)
+        self._rng = _seeded(seed)
 
     def to(self, device):
         """Move the parameters to 'cpu' (NumPy) or 'cuda' (CuPy); returns self. The saved
@@ -664,7 +669,7 @@ class RNN(RNNBase):
     _cell = "rnn"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype: DTypeLike = np.float32,
                  seed=None, device="cpu"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, nonlinearity=nonlinearity, dtype=dtype, seed=seed,
@@ -729,7 +734,7 @@ p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i,
     _cell = "lstm"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, proj_size=0, dtype=np.float32, seed=None,
+                 dropout=0.0, bidirectional=False, *, proj_size=0, dtype: DTypeLike = np.float32, seed=None,
                  device="cpu", peephole=False):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed, device=device,
@@ -772,7 +777,7 @@ reset_after=False and ONNX's GRU with linear_before_reset=0 (CPU only).""",
     _cell = "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
+                 dropout=0.0, bidirectional=False, *, dtype: DTypeLike = np.float32, seed=None,
                  device="cpu", reset_after=True):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed, device=device,
@@ -808,7 +813,7 @@ class LayerNormLSTM(LSTM):
     _layer_norm = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, eps=1e-5, dtype=np.float32, seed=None,
+                 dropout=0.0, bidirectional=False, *, eps=1e-5, dtype: DTypeLike = np.float32, seed=None,
                  device="cpu"):
         if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
             raise ValueError(f"eps: expected a positive number, got {eps!r}")

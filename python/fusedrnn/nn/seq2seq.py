@@ -34,14 +34,18 @@ import numbers
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 from .. import functional as F
 from .attention import make_attention
 from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
-from .layers import Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in, _positive_int
+from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in,
+                     _positive_int, _seeded)
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module
 from .recurrent import GRU, LSTM, LayerNormLSTM
@@ -56,9 +60,7 @@ _DEFAULT_SCORE = {"bahdanau": "additive", "luong": "general"}
 
 
 def _seeds(seed, n):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed: expected an integer or None, got {type(seed).__name__} {seed!r}")
-    rng = np.random.default_rng(seed)
+    rng = _seeded(seed)
     return [int(s) for s in rng.integers(0, 2 ** 31 - 1, n)]
 
 
@@ -112,7 +114,7 @@ class Decoder(Module):
 
     def __init__(self, vocab_size, embed_size, hidden_size, num_layers=1, cell="lstm",
                  attention="bahdanau", score=None, key_size=None, attention_size=None,
-                 cond_size=0, padding_idx=0, *, dtype=np.float32, seed=None, peephole=False,
+                 cond_size=0, padding_idx=0, *, dtype: DTypeLike = np.float32, seed=None, peephole=False,
                  reset_after=True, proj_size=0):
         super().__init__()
         options = _cell_options(cell, peephole, reset_after, proj_size)
@@ -318,7 +320,7 @@ class _Generator(Module):
         if rng is None:
             return teacher_forcing, np.random.default_rng()
         if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)) "
+            raise TypeError(f"rng: expected a numpy.random.Generator (_seeded(seed)) "
                             f"or None, got {type(rng).__name__}")
         return teacher_forcing, rng
 
@@ -555,7 +557,7 @@ class Seq2Seq(_Generator):
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_size=32, hidden_size=64,
                  num_layers=1, bidirectional=True, cell="lstm", attention="bahdanau", score=None,
                  attention_size=None, dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
-                 dtype=np.float32, seed=None, peephole=False, reset_after=True, proj_size=0):
+                 dtype: DTypeLike = np.float32, seed=None, peephole=False, reset_after=True, proj_size=0):
         super().__init__()
         if attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES}, got {attention!r}")
@@ -678,7 +680,7 @@ class Captioner(_Generator):
     ``z = tanh(W x + b)`` starts every layer's state (``h0 = z``) and joins every step's input."""
 
     def __init__(self, input_size, vocab_size, embed_size=16, hidden_size=64, num_layers=1,
-                 cell="lstm", dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *, dtype=np.float32,
+                 cell="lstm", dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *, dtype: DTypeLike = np.float32,
                  seed=None):
         super().__init__()
         self.pad_idx, self.bos_idx, self.eos_idx = _special_ids(

@@ -19,3 +19,7 @@ def __getattr__(name):  # the backend subclasses onnx's, so it is defined once o
         from . import backend
         return getattr(backend, name)
     raise AttributeError(f"module 'fusedrnn.onnx' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

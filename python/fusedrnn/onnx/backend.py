@@ -22,7 +22,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
+
+try:
+    import onnx
+except ModuleNotFoundError as error:
+    raise ModuleNotFoundError('fusedrnn.onnx\'s backend needs onnx: pip install "fusedrnn[onnx]"',
+                              name=error.name) from error
 from onnx import numpy_helper
 from onnx.backend.base import Backend as OnnxBackend
 from onnx.backend.base import BackendRep

@@ -13,7 +13,11 @@ libgomp runtime torch loaded) instead of fusedrnn's own: after each of its opera
 threads spin for milliseconds on the cores ours would need (``fusedrnn.info()["thread_pool"]``
 says which is used).
 """
-import torch  # noqa: F401  (first: its OpenMP runtime is the one to share)
+try:
+    import torch  # noqa: F401  (first: its OpenMP runtime is the one to share)
+except ModuleNotFoundError as error:
+    raise ModuleNotFoundError('fusedrnn.torch needs PyTorch: pip install "fusedrnn[torch]"',
+                              name=error.name) from error
 
 from .. import _C
 from .convert import convert, register_onnx_hint, to_torch_nn
