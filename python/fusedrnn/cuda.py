@@ -41,7 +41,7 @@ def _extension():
         from . import _C_cuda
     except ImportError as exc:
         raise CudaUnavailableError(
-            "fusedrnn: got a CUDA array, but the CUDA backend is not built (no fusedrnn._C_cuda "
+            "fusedrnn: the CUDA backend is not built (no fusedrnn._C_cuda "
             "in this install; rebuild with nvcc and cuBLAS present, e.g. FUSEDRNN_CUDA=ON pip "
             f"install .), or it failed to load: {exc}") from exc
     return _C_cuda
@@ -52,8 +52,8 @@ def _cupy():
         import cupy
     except ImportError as exc:
         raise CudaUnavailableError(
-            "fusedrnn: got a CUDA array, but cupy is missing: the CUDA backend allocates and "
-            "returns CuPy arrays (pip install cupy-cuda12x or cupy-cuda13x)") from exc
+            "fusedrnn: the CUDA backend needs CuPy, which is missing: it allocates and returns "
+            "CuPy arrays (pip install cupy-cuda13x)") from exc
     return cupy
 
 

@@ -253,8 +253,9 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
                      precision=None, w_ph=None, w_hr=None, ln=None, eps=1e-5):
     """(kernel module, the kernel's arguments, has_bias) of one checked forward call. ``cache``:
     a fusedrnn._C.WeightCache keeping the packed weights between calls (CPU; the layers' own).
-    ``precision``: "float32", "bfloat16" or None (fusedrnn.autocast decides). ``w_ph``: an
-    LSTM's peepholes [3H] (i, f, o), or None. ``w_hr``: an LSTM's projection [P, H], or None."""
+    ``precision``: "float32", "bfloat16" or None (fusedrnn.autocast decides; float64 arrays run in
+    float64 either way, as under torch.autocast). ``w_ph``: an LSTM's peepholes [3H] (i, f, o),
+    or None. ``w_hr``: an LSTM's projection [P, H], or None."""
     check_nonlinearity(nonlinearity)
     reverse = check_flag(reverse, "reverse")
     training = check_flag(training, "training")
@@ -494,7 +495,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
                  training=False, precision=None, w_ph=None, w_hr=None):
     """LSTM over a sequence. Returns ``(y, h_n, c_n, ctx)``; h0/c0 may be None (zeros).
     ``precision="bfloat16"``: float32 with bfloat16 products (as under fusedrnn.autocast; None:
-    autocast decides), the backward's too. ``w_ph``: peepholes [3H] in the order i, f, o (ONNX's
+    autocast decides; float64 arrays stay float64), the backward's too. ``w_ph``: peepholes [3H] in the order i, f, o (ONNX's
     LSTM with P, reordered): i and f see c_{t-1}, o sees c_t; None: PyTorch's LSTM.
     ``w_hr``: a projection [P, H] (torch's proj_size P < H): h = W_hr (o * tanh(c)), so h0, h_n,
     y are P wide and w_hh is [4H, P] (c stays H wide); with it, bfloat16 products in the

@@ -136,7 +136,8 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
                     pos.next_batch, pos.losses = 0, []
                 bar = tqdm(total=len(pos.batches), initial=pos.next_batch, leave=False,
                            desc=f"{desc} {pos.epoch}/{epochs}", unit="batch",
-                           dynamic_ncols=True) if tqdm else None
+                           dynamic_ncols=True, disable=None) if tqdm else None  # (None: a
+                # terminal only; a log file or a pipe gets no bars)
                 try:
                     while pos.next_batch < len(pos.batches):
                         pos.losses.append(float(train_step(pos.batches[pos.next_batch])))
