@@ -23,6 +23,9 @@ def error_of(capsys, *argv):
 @pytest.mark.parametrize("argv, expected", [
     (["train", "digits", "--data", "/no/such/dir"], "/no/such/dir: no such folder"),
     (["train", "digits", "--epochs", "0"], "--epochs: expected a positive integer, got '0'"),
+    (["train", "digits", "--device", "cuda"],
+     "train digits: unrecognized arguments: --device cuda (see `fusedrnn train digits --help`)"),
+    (["bench", "--explain", "--device", "cuda"], "--explain: prints the CPU kernels' plans"),
     (["train", "digits", "--lr", "fast"], "--lr: expected a positive number, got 'fast'"),
     (["train", "digits", "--cell", "xyz"], "--cell: invalid choice: 'xyz'"),
     (["train", "dates", "--teacher-forcing", "1.5"], "--teacher-forcing: expected a number from 0 to 1"),

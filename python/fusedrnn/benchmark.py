@@ -522,6 +522,9 @@ def _print_plans(rows):
 
 def run(args) -> int:
     if getattr(args, "explain", False):
+        if getattr(args, "device", "cpu") != "cpu":
+            raise ValueError("--explain: prints the CPU kernels' plans; expected no --device "
+                             "(or --device cpu), got --device cuda")
         cells, modes, shapes = selection(args)
         print(cpu_header(args.threads))
         rows = explain(cells, shapes, modes, args.threads, getattr(args, "precision", "fp32"))

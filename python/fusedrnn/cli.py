@@ -80,7 +80,12 @@ def main(argv=None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # (argparse names the top command; the help to read is the sub-command's)
+            where = " ".join(w for w in ("fusedrnn", getattr(args, "command", None),
+                                         getattr(args, "task", None)) if w)
+            raise UsageError(f"{where.partition(' ')[2] + ': ' if ' ' in where else ''}"
+                             f"unrecognized arguments: {' '.join(extras)} (see `{where} --help`)")
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
