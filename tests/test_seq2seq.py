@@ -270,6 +270,15 @@ def test_decoding_from_threads_equals_serial():
         [list(x) for x in expected[0]]
 
 
+def test_teacher_forcing_draws_from_the_model_seed():
+    """teacher_forcing < 1 without an rng: the same seed, the same draws (they came from a
+    fresh unseeded generator)."""
+    def losses():
+        model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=2)
+        return [model.loss(SRC, SRC_LENGTHS, TGT, teacher_forcing=0.5) for _ in range(3)]
+    assert losses() == losses()
+
+
 def test_beam_search_of_a_model_gone_nan_gives_nan_scores():
     model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
     model.decoder.out.bias.data[:] = np.nan

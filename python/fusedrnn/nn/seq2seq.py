@@ -313,12 +313,12 @@ class _Generator(Module):
                              f"{tgt.max()}")
         return tgt
 
-    @staticmethod
-    def _teacher_forcing(teacher_forcing, rng):
-        """Checked teacher forcing ratio and generator (a fresh one where it matters)."""
+    def _teacher_forcing(self, teacher_forcing, rng):
+        """Checked teacher forcing ratio and generator (the model's own, seeded by its seed,
+        where none is given)."""
         teacher_forcing = _fraction(teacher_forcing, "teacher_forcing")
         if rng is None:
-            return teacher_forcing, np.random.default_rng()
+            return teacher_forcing, self._teacher_rng
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng: expected a numpy.random.Generator (_seeded(seed)) "
                             f"or None, got {type(rng).__name__}")
@@ -569,6 +569,7 @@ class Seq2Seq(_Generator):
         self.dtype = _dtype(dtype)
         self.cell_type = cell
         s = _seeds(seed, 6)
+        self._teacher_rng = np.random.default_rng(s[5])  # teacher forcing's draws
         D = 2 if bidirectional else 1
         H = _positive_int(hidden_size, "hidden_size")
         L = _positive_int(num_layers, "num_layers")
@@ -634,8 +635,8 @@ class Seq2Seq(_Generator):
 
     def forward(self, src, src_lengths, tgt, teacher_forcing=1.0, rng=None):
         """Training forward with teacher forcing (ratio ``teacher_forcing``: the probability of
-        feeding the true previous token rather than the model's argmax; ``rng`` draws it, a
-        fresh generator when None). Returns logits [N, T, V]; in training mode ``backward`` may
+        feeding the true previous token rather than the model's argmax; ``rng`` draws it, the
+        model's own generator, seeded by its ``seed``, when None). Returns logits [N, T, V]; in training mode ``backward`` may
         follow."""
         teacher_forcing, rng = self._teacher_forcing(teacher_forcing, rng)
         with _lock(self):
@@ -687,7 +688,8 @@ class Captioner(_Generator):
             pad_idx, bos_idx, eos_idx, _positive_int(vocab_size, "vocab_size"))
         self.dtype = _dtype(dtype)
         self.input_size = _positive_int(input_size, "input_size")
-        s = _seeds(seed, 3)
+        s = _seeds(seed, 4)
+        self._teacher_rng = np.random.default_rng(s[3])  # teacher forcing's draws
         H = _positive_int(hidden_size, "hidden_size")
         self.feature = Linear(input_size, H, dtype=dtype, seed=s[0])
         self.dropout = Dropout(dropout, seed=s[1])
