@@ -355,6 +355,23 @@ class _Generator(Module):
         self.eval()
         return was
 
+    def backward(self, dlogits=None):
+        """Gradients of the latest training ``loss`` (or of ``sum(dlogits * logits)``, dlogits
+        [N, T, V]); adds into every parameter's grad and returns None."""
+        with _lock(self):
+            if self._saved is None:
+                raise self._backward_refused()
+            T = len(self.decoder._steps)
+            dlogits = self.criterion.backward() if dlogits is None else \
+                self._check_backward(dlogits, T)
+            (saved,) = self._saved
+            self._saved = None
+            self._backward(saved, dlogits)
+
+    def _backward(self, saved, dlogits):
+        """The subclass's backward from its saved forward value and dlogits [N, T, V]."""
+        raise NotImplementedError
+
     def _backward_refused(self):
         return RuntimeError(f"{type(self).__name__}.backward called before a training-mode "
                             f"forward (or after a greedy_decode/beam_search, which discards "
@@ -652,19 +669,6 @@ class Seq2Seq(_Generator):
             self._saved_batch = src.shape[0]
             return logits
 
-    def backward(self, dlogits=None):
-        """Gradients of the latest training ``loss`` (or of ``sum(dlogits * logits)``, dlogits
-        [N, T, V])."""
-        with _lock(self):
-            if self._saved is None:
-                raise self._backward_refused()
-            T = len(self.decoder._steps)
-            dlogits = self.criterion.backward() if dlogits is None else \
-                self._check_backward(dlogits, T)
-            (h0,) = self._saved
-            self._saved = None
-            self._backward(h0, dlogits)
-
     def _backward(self, h0, dlogits):
         dh0, dc0, _ = self.decoder.backward(np.ascontiguousarray(np.swapaxes(dlogits, 0, 1)))
         dkeys = self.decoder.attention.memory_backward()        # [N, S, K]
@@ -730,19 +734,6 @@ class Captioner(_Generator):
             self._saved = (z,) if self.training else None
             self._saved_batch = z.shape[0]
             return logits
-
-    def backward(self, dlogits=None):
-        """Gradients of the latest training ``loss`` (or of ``sum(dlogits * logits)``, dlogits
-        [N, T, V]); adds into every parameter's grad and returns None."""
-        with _lock(self):
-            if self._saved is None:
-                raise self._backward_refused()
-            T = len(self.decoder._steps)
-            dlogits = self.criterion.backward() if dlogits is None else \
-                self._check_backward(dlogits, T)
-            (z,) = self._saved
-            self._saved = None
-            self._backward(z, dlogits)
 
     def _backward(self, z, dlogits):
         dh0, dc0, dcond = self.decoder.backward(np.ascontiguousarray(np.swapaxes(dlogits, 0, 1)))
