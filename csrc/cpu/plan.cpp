@@ -2,6 +2,8 @@
 #include "cpu/recurrent.h"
 
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -145,8 +147,7 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // After 3 ms idle, 2 threads, AMD EPYC: LSTM T=100 H=128 B=8 1.42-1.46 ms asleep -> 0.78-0.81
   // (back to back 0.63-0.68), B=1 0.57-0.59 -> 0.33-0.38. It yields rather than spins, so a
   // thread of any other library that needs the core gets it at once.
-  t.linger_us = 5000;
-  if (const char* linger = std::getenv("FUSEDRNN_LINGER_US")) t.linger_us = std::atoll(linger);
+  t.linger_us = 5000;  // FUSEDRNN_LINGER_US overrides it (tuning())
   // Two slices a thread in a by-units loop of big steps: a worker whose core another library's
   // spinning pool takes holds back half a step's share, not all of it (ONNX Runtime's pool
   // spins for tens of ms after each call; 2 threads, AMD EPYC Zen 4, our call right after
@@ -159,35 +160,80 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   return t;
 }
 
+namespace {
+// Integers past 2^53 are not exact in a double, and no threshold needs more.
+constexpr int64_t kMaxCount = int64_t(1) << 53;
+// A minute: spin and linger times (microseconds) stay far from overflowing the clock's ns.
+constexpr int64_t kMaxMicroseconds = 60000000;
+}  // namespace
+
 const TuningEntry kTuningEntries[] = {
-    {"core_cache_bytes", &Tuning::core_cache_bytes, nullptr},
-    {"min_samples_per_slice", &Tuning::min_samples_per_slice, nullptr},
-    {"stream_min_samples", &Tuning::stream_min_samples, nullptr},
-    {"stream_max_weight_bytes", &Tuning::stream_max_weight_bytes, nullptr},
-    {"min_step_macs_to_split", &Tuning::min_step_macs_to_split, nullptr},
-    {"min_gemm_macs_to_split", &Tuning::min_gemm_macs_to_split, nullptr},
-    {"blas_batch", &Tuning::blas_batch, nullptr},
-    {"packed_min_steps", &Tuning::packed_min_steps, nullptr},
-    {"inference_pack_rows", nullptr, &Tuning::inference_pack_rows},
-    {"pipelined_rows", &Tuning::pipelined_rows, nullptr},
-    {"step_inputs_min_batch", &Tuning::step_inputs_min_batch, nullptr},
-    {"step_inputs_min_gates", &Tuning::step_inputs_min_gates, nullptr},
-    {"step_inputs_max_weight_bytes", &Tuning::step_inputs_max_weight_bytes, nullptr},
-    {"amx_min_batch", &Tuning::amx_min_batch, nullptr},
-    {"wavefront_rows", &Tuning::wavefront_rows, nullptr},
-    {"projection_chunk_bytes", &Tuning::projection_chunk_bytes, nullptr},
-    {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr},
-    {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr},
-    {"linger_us", &Tuning::linger_us, nullptr},
-    {"unit_slices_per_thread", &Tuning::unit_slices_per_thread, nullptr},
-    {"min_unit_slice_macs", &Tuning::min_unit_slice_macs, nullptr},
+    {"core_cache_bytes", &Tuning::core_cache_bytes, nullptr, 0, kMaxCount},
+    {"min_samples_per_slice", &Tuning::min_samples_per_slice, nullptr, 1, kMaxCount},
+    {"stream_min_samples", &Tuning::stream_min_samples, nullptr, 0, kMaxCount},
+    {"stream_max_weight_bytes", &Tuning::stream_max_weight_bytes, nullptr, 0, kMaxCount},
+    {"min_step_macs_to_split", &Tuning::min_step_macs_to_split, nullptr, 0, kMaxCount},
+    {"min_gemm_macs_to_split", &Tuning::min_gemm_macs_to_split, nullptr, 0, kMaxCount},
+    {"blas_batch", &Tuning::blas_batch, nullptr, 0, kMaxCount},
+    {"packed_min_steps", &Tuning::packed_min_steps, nullptr, 0, kMaxCount},
+    {"inference_pack_rows", nullptr, &Tuning::inference_pack_rows, 0, kMaxCount},
+    // A chunk of no steps would never end (ChunkPipeline divides by it).
+    {"pipelined_rows", &Tuning::pipelined_rows, nullptr, 1, kMaxCount},
+    {"step_inputs_min_batch", &Tuning::step_inputs_min_batch, nullptr, 0, kMaxCount},
+    {"step_inputs_min_gates", &Tuning::step_inputs_min_gates, nullptr, 0, kMaxCount},
+    {"step_inputs_max_weight_bytes", &Tuning::step_inputs_max_weight_bytes, nullptr, 0, kMaxCount},
+    {"amx_min_batch", &Tuning::amx_min_batch, nullptr, 0, kMaxCount},
+    // Its chunk's product buffers grow with it, whatever the call's steps.
+    {"wavefront_rows", &Tuning::wavefront_rows, nullptr, 1, 65536},
+    {"projection_chunk_bytes", &Tuning::projection_chunk_bytes, nullptr, 0, kMaxCount},
+    {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr, 0, kMaxCount},
+    {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr, 0, kMaxMicroseconds},
+    {"linger_us", &Tuning::linger_us, nullptr, 0, kMaxMicroseconds},
+    {"unit_slices_per_thread", &Tuning::unit_slices_per_thread, nullptr, 0, 64},
+    {"min_unit_slice_macs", &Tuning::min_unit_slice_macs, nullptr, 0, kMaxCount},
 };
 const int kTuningEntryCount = sizeof(kTuningEntries) / sizeof(kTuningEntries[0]);
 
 namespace {
 
+// `text` as a value of `entry`, into `out`: a finite number in [min, max], whole for an
+// integer entry ("1e3" is 1000). Else false, with what was expected in `expected`.
+bool parse_entry_value(const TuningEntry& entry, const char* text, double& out,
+                       std::string& expected) {
+  expected = std::string(entry.integer ? "an integer" : "a number") + " from " +
+             std::to_string(entry.min) + " to " + std::to_string(entry.max);
+  char* rest = nullptr;
+  errno = 0;
+  const long long whole = std::strtoll(text, &rest, 10);
+  if (rest != text && *rest == '\0' && errno == 0) {
+    // Exact, where a double would round a long integer.
+    if (whole < entry.min || whole > entry.max) return false;
+    out = static_cast<double>(whole);
+    return true;
+  }
+  const double number = std::strtod(text, &rest);
+  if (rest == text || *rest != '\0' || !std::isfinite(number)) return false;
+  if (number < static_cast<double>(entry.min) || number > static_cast<double>(entry.max))
+    return false;
+  if (entry.integer && number != std::trunc(number)) return false;
+  out = number;
+  return true;
+}
+
+void set_entry(Tuning& t, const TuningEntry& entry, double value) {
+  if (entry.integer) t.*(entry.integer) = static_cast<int64_t>(value);
+  else t.*(entry.real) = value;
+}
+
+const TuningEntry* find_entry(const std::string& name) {
+  for (int i = 0; i < kTuningEntryCount; ++i)
+    if (name == kTuningEntries[i].name) return &kTuningEntries[i];
+  return nullptr;
+}
+
 // FUSEDRNN_TUNING="name=value,...": any entry of the table (tuning experiments without a
-// rebuild). An unknown name or a malformed value is ignored with a message on stderr.
+// rebuild). An unknown name or a bad value (not finite, past the entry's min or max, a fraction
+// for an integer entry) is ignored with a message on stderr.
 void apply_overrides(Tuning& t, const char* text) {
   std::string all(text);
   size_t start = 0;
@@ -199,29 +245,71 @@ void apply_overrides(Tuning& t, const char* text) {
     if (item.empty()) continue;
     const size_t eq = item.find('=');
     const std::string name = item.substr(0, eq);
-    const TuningEntry* entry = nullptr;
-    for (int i = 0; i < kTuningEntryCount; ++i)
-      if (name == kTuningEntries[i].name) entry = &kTuningEntries[i];
-    char* rest = nullptr;
-    const char* value = eq == std::string::npos ? "" : item.c_str() + eq + 1;
-    const double number = std::strtod(value, &rest);
-    if (!entry || rest == value || *rest != '\0' || number < 0) {
-      std::fprintf(stderr, "fusedrnn: FUSEDRNN_TUNING: ignored '%s' (want name=number, names "
-                   "as fusedrnn info lists them)\n", item.c_str());
+    const TuningEntry* entry = find_entry(name);
+    if (name == "row") {
+      // The row decides the cache-sized entries before any override: it has its own variable.
+      std::fprintf(stderr, "fusedrnn: FUSEDRNN_TUNING: ignored '%s': the row is chosen by "
+                   "FUSEDRNN_CPU_TABLE=intel|amd|other, not here\n", item.c_str());
       continue;
     }
-    if (entry->integer) t.*(entry->integer) = static_cast<int64_t>(number);
-    else t.*(entry->real) = number;
+    if (!entry) {
+      std::string names;
+      for (int i = 0; i < kTuningEntryCount; ++i)
+        names += std::string(i ? ", " : "") + kTuningEntries[i].name;
+      std::fprintf(stderr, "fusedrnn: FUSEDRNN_TUNING: ignored '%s': expected name=value with "
+                   "a name of the CPU table (%s), got the name '%s'\n", item.c_str(),
+                   names.c_str(), name.c_str());
+      continue;
+    }
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "fusedrnn: FUSEDRNN_TUNING: ignored '%s': expected name=value, got "
+                   "no '='\n", item.c_str());
+      continue;
+    }
+    const std::string value = item.substr(eq + 1);
+    double number = 0;
+    std::string expected;
+    if (!parse_entry_value(*entry, value.c_str(), number, expected)) {
+      std::fprintf(stderr, "fusedrnn: FUSEDRNN_TUNING: ignored '%s': %s expects %s, got '%s'\n",
+                   item.c_str(), entry->name, expected.c_str(), value.c_str());
+      continue;
+    }
+    set_entry(t, *entry, number);
   }
+}
+
+// FUSEDRNN_CPU_TABLE, any case: the row it names; unset or empty: the CPU's vendor; another
+// value: reported, and the row of an unknown vendor ("other"), as tuning_for gives it.
+std::string forced_row() {
+  const char* forced = std::getenv("FUSEDRNN_CPU_TABLE");
+  if (!forced || !*forced) return cpu_info().vendor;
+  std::string row(forced);
+  for (char& c : row) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (row != "intel" && row != "amd" && row != "other")
+    std::fprintf(stderr, "fusedrnn: FUSEDRNN_CPU_TABLE: expected intel, amd or other (any "
+                 "case), got '%s'; using the row other\n", forced);
+  return row;
 }
 
 }  // namespace
 
 const Tuning& tuning() {
   static const Tuning table = [] {
-    const char* forced = std::getenv("FUSEDRNN_CPU_TABLE");
-    const std::string vendor = forced && *forced ? forced : cpu_info().vendor;
-    Tuning t = tuning_for(vendor, cpu_info().l2_bytes, active_isa() == Isa::kAvx512);
+    Tuning t = tuning_for(forced_row(), cpu_info().l2_bytes, active_isa() == Isa::kAvx512);
+    // Unset or empty: the table's own; a bad value is reported and ignored, as in
+    // FUSEDRNN_TUNING (which, naming linger_us, wins over it).
+    const char* linger = std::getenv("FUSEDRNN_LINGER_US");
+    const TuningEntry* entry = find_entry("linger_us");
+    if (linger && *linger && entry) {
+      double number = 0;
+      std::string expected;
+      if (parse_entry_value(*entry, linger, number, expected))
+        set_entry(t, *entry, number);
+      else
+        std::fprintf(stderr, "fusedrnn: FUSEDRNN_LINGER_US: expected %s (microseconds), got "
+                     "'%s'; ignored, linger_us stays %lld\n", expected.c_str(), linger,
+                     static_cast<long long>(t.linger_us));
+    }
     if (const char* overrides = std::getenv("FUSEDRNN_TUNING")) apply_overrides(t, overrides);
     return t;
   }();
@@ -295,8 +383,12 @@ namespace {
 // A split by-units loop's slices: unit_slices_per_thread a thread where there are several and
 // each slice's step keeps min_unit_slice_macs, else one.
 int unit_slices(const Tuning& t, int64_t step_macs, int threads) {
-  const int64_t per_thread = t.unit_slices_per_thread > 1 ? t.unit_slices_per_thread : 1;
-  return threads > 1 && step_macs >= threads * per_thread * t.min_unit_slice_macs
+  int64_t per_thread = t.unit_slices_per_thread > 1 ? t.unit_slices_per_thread : 1;
+  // A phase takes fewer than 65536 slices (ThreadTeam::run_phase).
+  const int64_t most = threads > 0 && 65535 / threads > 1 ? 65535 / threads : 1;
+  if (per_thread > most) per_thread = most;
+  // Divided, not multiplied: the table's entries may be up to 2^53.
+  return threads > 1 && step_macs / threads / per_thread >= t.min_unit_slice_macs
              ? threads * static_cast<int>(per_thread)
              : threads;
 }

@@ -71,11 +71,13 @@ struct Tuning {
 };
 const Tuning& tuning();
 // The table's numeric entries by name (what fusedrnn info prints, what FUSEDRNN_TUNING sets):
-// one member pointer each, `integer` or `real`.
+// one member pointer each, `integer` or `real`, and the values FUSEDRNN_TUNING may set, from
+// min to max (past them a driver would divide by zero, overflow or allocate without bound).
 struct TuningEntry {
   const char* name;
   int64_t Tuning::*integer;
   double Tuning::*real;
+  int64_t min, max;
 };
 extern const TuningEntry kTuningEntries[];
 extern const int kTuningEntryCount;

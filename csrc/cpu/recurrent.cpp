@@ -3,8 +3,11 @@
 #include "cpu/plan.h"
 #include "cpu/thread_team.h"
 
+#include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__linux__)
@@ -27,7 +30,8 @@ FUSEDRNN_DECLARE_ISA(avx2)
 FUSEDRNN_DECLARE_ISA(generic)
 
 // The best instruction set this CPU runs, or a lower one named by the environment variable
-// FUSEDRNN_ISA (avx2, generic): the tests run every build on one machine that way.
+// FUSEDRNN_ISA (avx2, generic; avx512, the best: any case): the tests run every build on one
+// machine that way. One this CPU cannot run, or an unknown name, is said on stderr.
 Isa detect_isa() {
   Isa best = Isa::kGeneric;
 #if defined(__x86_64__) || defined(__i386__)
@@ -39,8 +43,24 @@ Isa detect_isa() {
     best = Isa::kAvx2;
 #endif
   const char* forced = std::getenv("FUSEDRNN_ISA");
-  if (forced && std::strcmp(forced, "generic") == 0) return Isa::kGeneric;
-  if (forced && std::strcmp(forced, "avx2") == 0 && best != Isa::kGeneric) return Isa::kAvx2;
+  if (!forced || !*forced) return best;
+  std::string name(forced);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (name == "generic") return Isa::kGeneric;
+  if (name == "avx2" || name == "avx2+fma") {  // (fusedrnn info's name for it)
+    if (best != Isa::kGeneric) return Isa::kAvx2;
+    std::fprintf(stderr, "fusedrnn: FUSEDRNN_ISA=%s: this CPU lacks AVX2 and FMA; using the "
+                 "generic kernels\n", forced);
+    return best;
+  }
+  if (name == "avx512") {
+    if (best != Isa::kAvx512)
+      std::fprintf(stderr, "fusedrnn: FUSEDRNN_ISA=%s: this CPU lacks AVX-512 (F, VL, DQ); "
+                   "using %s\n", forced, isa_name(best));
+    return best;
+  }
+  std::fprintf(stderr, "fusedrnn: FUSEDRNN_ISA: expected generic, avx2 or avx512 (any case), "
+               "got '%s'; using %s, the best this CPU runs\n", forced, isa_name(best));
   return best;
 }
 

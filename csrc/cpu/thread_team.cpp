@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -128,11 +129,32 @@ long os_thread_id() {
 #endif
 }
 
-// Read once: hardware_concurrency() reads /sys on every call (8 us, more than a batch-1 step),
-// and every kernel call asks for the thread count.
+// The CPUs this process may run on (taskset, cgroup cpusets, a container's --cpuset-cpus), as
+// PyTorch's OpenMP runtime counts them; 0 where the OS does not say.
+int affinity_cpus() {
+#if defined(__linux__)
+  // A mask of CPU_SETSIZE CPUs is refused (EINVAL) on a machine with more: grow it.
+  for (int cpus = CPU_SETSIZE; cpus <= (1 << 20); cpus *= 2) {
+    cpu_set_t* set = CPU_ALLOC(cpus);
+    if (!set) return 0;
+    const size_t size = CPU_ALLOC_SIZE(cpus);
+    const bool got = sched_getaffinity(0, size, set) == 0;
+    const int error = errno, count = got ? CPU_COUNT_S(size, set) : 0;
+    CPU_FREE(set);
+    if (got) return count;
+    if (error != EINVAL) return 0;
+  }
+#endif
+  return 0;
+}
+
+// Read once: the count costs a system call (hardware_concurrency() reads /sys, 8 us: more than
+// a batch-1 step), and every kernel call asks for the thread count.
 int default_threads() {
   static const int threads = [] {
-    unsigned hw = std::thread::hardware_concurrency();
+    const int allowed = affinity_cpus();
+    if (allowed > 0) return allowed;
+    const unsigned hw = std::thread::hardware_concurrency();
     return hw ? static_cast<int>(hw) : 1;
   }();
   return threads;
