@@ -271,3 +271,20 @@ def test_an_eval_step_gives_the_training_steps_bits(name, dtype, rng):
         got = c(*args)
         for a, b in zip(got if cell == "lstm" else [got], want if cell == "lstm" else [want]):
             assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_reset_parameters_gives_the_construction_distribution_and_torch_state_dicts_load():
+    """A LayerNorm-LSTM's norms reset to gains 1 and bias 0 (they were drawn uniform); a
+    bfloat16 torch state_dict loads (NumPy has no bfloat16: widened exactly)."""
+    import fusedrnn as fr
+    layer = fr.nn.LayerNormLSTM(3, 4, seed=0)
+    layer.reset_parameters(seed=1)
+    assert (layer.ln_weight_c_l0.data == 1).all() and (layer.ln_bias_c_l0.data == 0).all()
+    assert (layer.ln_weight_ih_l0.data == 1).all()
+    assert np.abs(layer.weight_ih_l0.data).max() <= 0.5 and layer.weight_ih_l0.data.std() > 0
+    torch = pytest.importorskip("torch")
+    module = torch.nn.LSTM(3, 4).to(torch.bfloat16)
+    lstm = fr.nn.LSTM(3, 4)
+    lstm.load_state_dict(module.state_dict())
+    np.testing.assert_array_equal(lstm.weight_hh_l0.data,
+                                  module.weight_hh_l0.detach().float().numpy())

@@ -247,3 +247,55 @@ def test_clip_and_adam_refuse_bad_arguments():
     assert optim.Adam([p], betas=np.array([0.8, 0.99])).param_groups[0]["betas"] == (0.8, 0.99)
     with pytest.raises(ValueError, match="norm_type"):  # checked with no gradient too
         optim.clip_grad_norm_([Parameter(np.zeros(2))], 1.0, 0)
+
+
+def test_clipping_and_steps_refuse_what_torch_refuses_and_keep_nan():
+    """The inf norm sees a NaN in any gradient (Python's max dropped one past the first) and a
+    non-finite norm scales by NaN as torch's does (or raises on request); a gradient of
+    another shape is named (NumPy broadcast it into the step silently)."""
+    a, b = Parameter(np.zeros(2)), Parameter(np.zeros(2))
+    a.grad, b.grad = np.array([1.0, 2.0]), np.array([np.nan, 4.0])
+    assert math.isnan(optim.clip_grad_norm_([a, b], 1.0, norm_type=math.inf, foreach=None))
+    assert np.isnan(a.grad).all()
+    a.grad = np.array([1.0, np.inf])
+    with pytest.raises(RuntimeError, match="total norm .* is inf"):
+        optim.clip_grad_norm_([a], 1.0, error_if_nonfinite=True)
+    w = Parameter(np.zeros((3, 4)))
+    w.grad = np.ones(4)
+    for opt in (optim.SGD([w], lr=0.1), optim.Adam([w]), optim.RMSprop([w])):
+        with pytest.raises(ValueError, match=r"\['params'\]\[0\]\.grad: expected the parameter's "
+                                             r"shape \(3, 4\), got \(4,\)"):
+            opt.step()
+    assert not w.data.any()
+
+
+def test_groups_schedulers_and_state_dicts_are_checked():
+    p, q = Parameter(np.zeros(3)), Parameter(np.zeros(2))
+    assert optim.SGD(p, lr=0.1).param_groups[0]["params"] == [p]  # a lone Parameter, as clip's
+    assert optim.Adam([{"params": [p], "betas": [0.5, 0.6]}]).param_groups[0]["betas"] == (0.5, 0.6)
+    with pytest.raises(ValueError, match=r"params\[0\]\['betas'\]: expected two numbers in \[0, 1\)"):
+        optim.Adam([{"params": [p], "betas": (0.9, 1.5)}])
+    with pytest.raises(ValueError, match=r"group 0 lacks \['betas', 'eps'\]: another optimizer's"):
+        optim.Adam([p]).load_state_dict(optim.SGD([p], lr=0.1).state_dict())
+    opt = optim.SGD([{"params": [p]}, {"params": [q], "lr": 0.5}], lr=0.1)
+    for make, name in ((lambda: optim.CosineAnnealingLR(opt, "10"), "T_max"),
+                       (lambda: optim.CosineAnnealingLR(opt, 10, eta_min=-1), "eta_min"),
+                       (lambda: optim.StepLR(opt, 2, gamma=-1), "gamma")):
+        with pytest.raises(ValueError, match=name):
+            make()
+    sched = optim.StepLR(opt, 2)
+    for bad, words in (({}, "expected a scheduler's state_dict"),
+                       ({"last_epoch": 1, "base_lrs": [0.1]}, "base_lrs of 1 groups")):
+        with pytest.raises(ValueError, match=words):
+            sched.load_state_dict(bad)
+
+
+def test_genetic_algorithm_keeps_inf_and_an_explicit_zero_spread():
+    p = Parameter(np.array([1.0, 2.0]))
+    ga = optim.GeneticAlgorithm([p], lambda: float("inf") if p.data[0] == 1.0 else -1.0,
+                                population_size=4, init_std=0.0, seed=0)
+    assert (ga.population == p.data).all()  # init_std=0: every candidate the start
+    ga.step()
+    assert ga.best_fitness == math.inf
+    with pytest.raises(TypeError, match="fitness: expected a number"):
+        optim.GeneticAlgorithm([p], lambda: None, population_size=4, seed=0).step()

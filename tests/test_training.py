@@ -104,3 +104,52 @@ def test_fit_loop_history():
     assert seen == [1, 2, 3, 1, 2, 3]
     assert [h["loss"] for h in history] == [2.0, 2.0]
     assert [h["metric"] for h in history] == [10.0, 20.0]
+
+
+def test_truncated_bptt_and_checkpointer_check_their_arguments():
+    lstm = fr.nn.LSTM(2, 3, seed=0)
+    loss = fr.nn.MSELoss()
+    for k, error in ((2.7, TypeError), ("3", TypeError), (0, ValueError), (None, TypeError)):
+        with pytest.raises(error, match="k: expected an integer"):
+            TruncatedBPTT(lstm, loss, k)
+    with pytest.raises(TypeError, match="optimizer: expected a fusedrnn.optim optimizer"):
+        TruncatedBPTT(lstm, loss, 2, optimizer="sgd")
+    with pytest.raises(ValueError, match="clip_norm"):
+        TruncatedBPTT(lstm, loss, 2, clip_norm=-1)
+    with pytest.raises(TypeError, match="x: expected an array"):
+        TruncatedBPTT(lstm, loss, 2).run([[0.0]], np.zeros((1, 1, 3)))
+    from fusedrnn.training import Checkpointer
+    for every in (0, -1, "x"):
+        with pytest.raises((TypeError, ValueError), match="every: expected an integer"):
+            Checkpointer("/tmp/unused.ckpt", every=every)
+
+
+def test_fit_checks_batches_keeps_other_stages_and_an_ignored_sigint(tmp_path):
+    """With a checkpoint, batches fr.save cannot store are refused before training (they failed
+    at the first write); a resumed file's stages this run does not reach stay in the files it
+    writes (a renamed desc lost the interrupted run); SIGINT ignored stays ignored."""
+    import os
+    import signal
+    from fusedrnn.training import Checkpointer
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(TypeError, match="make_batches: with a checkpoint"):
+        fit(lambda b: 0.0, lambda e: [slice(0, 4)], 1, progress=False,
+            checkpoint=Checkpointer(path, 2))
+    fit(lambda b: 0.0, lambda e: [np.arange(2)] * 3, 1, progress=False, desc="phase-a",
+        checkpoint=Checkpointer(path, 2))
+    fit(lambda b: 0.0, lambda e: [np.arange(2)] * 3, 1, progress=False, desc="phase-b",
+        checkpoint=Checkpointer(path, 2, resume=path))
+    assert sorted(fr.load(path)["stages"]) == ["phase-a", "phase-b"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        steps = []
+
+        def step(batch):
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: training goes on
+            steps.append(batch)
+            return 0.0
+        fit(step, lambda e: [np.arange(2)] * 3, 2, progress=False,
+            checkpoint=Checkpointer(tmp_path / "other.ckpt", 2))
+        assert len(steps) == 6
+    finally:
+        signal.signal(signal.SIGINT, previous)

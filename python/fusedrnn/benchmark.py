@@ -7,7 +7,6 @@ Speedup columns are peer ms / our ms (> 1 means fusedrnn is faster)."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 
 import numpy as np
 
-from .cli_commands import (parse_names, positive_float, positive_int, precision, threads, to_json,
+from .cli_commands import (parse_names, positive_float, precision, threads, to_json,
                            usable_cores)
 
 CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("rnn", 1)}

@@ -495,8 +495,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
                  training=False, precision=None, w_ph=None, w_hr=None):
     """LSTM over a sequence. Returns ``(y, h_n, c_n, ctx)``; h0/c0 may be None (zeros).
     ``precision="bfloat16"``: float32 with bfloat16 products (as under fusedrnn.autocast; None:
-    autocast decides; float64 arrays stay float64), the backward's too. ``w_ph``: peepholes [3H] in the order i, f, o (ONNX's
-    LSTM with P, reordered): i and f see c_{t-1}, o sees c_t; None: PyTorch's LSTM.
+    autocast decides; float64 arrays stay float64), the backward's too. ``w_ph``: peepholes [3H]
+    in the order i, f, o (ONNX's LSTM with P, reordered): i and f see c_{t-1}, o sees c_t;
+    None: PyTorch's LSTM.
     ``w_hr``: a projection [P, H] (torch's proj_size P < H): h = W_hr (o * tanh(c)), so h0, h_n,
     y are P wide and w_hh is [4H, P] (c stays H wide); with it, bfloat16 products in the
     forward only (the backward keeps float32 ones; on CUDA training keeps them too)."""

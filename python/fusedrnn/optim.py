@@ -41,6 +41,15 @@ def _is_array(value):
     return isinstance(value, np.ndarray) or is_device_array(value)
 
 
+def _betas(value, name="betas"):
+    """Adam's (beta1, beta2): two numbers in [0, 1), as a tuple of floats."""
+    pair = np.asarray(value) if not isinstance(value, str) else None
+    if (pair is None or pair.shape != (2,) or pair.dtype.kind not in "iuf"
+            or not ((0 <= pair) & (pair < 1)).all()):
+        raise ValueError(f"{name}: expected two numbers in [0, 1), got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
 def _nonnegative(value, name):
     return _number_in(value, name, 0.0, math.inf, ">= 0")
 
@@ -57,7 +66,7 @@ class Optimizer:
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
-        params = list(params.parameters()) if isinstance(params, Module) else list(params)
+        params = _param_list(params) if isinstance(params, (Module, Parameter)) else list(params)
         if not params:
             raise ValueError("params: the optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
@@ -73,9 +82,12 @@ class Optimizer:
                 if id(p) in seen:
                     raise ValueError("params: a parameter appears in more than one group")
                 seen.add(id(p))
-            for key in self.defaults:
-                if key != "nesterov" and key != "centered":
-                    _nonnegative(g[key] if not isinstance(g[key], tuple) else min(g[key]), key)
+            for key in self.defaults:  # a group's own values, checked as the constructor's
+                where = f"params[{i}][{key!r}]" if key in group else key
+                if key == "betas":
+                    g[key] = _betas(g[key], where)
+                elif key not in ("nesterov", "centered"):
+                    _nonnegative(g[key], where)
             self.param_groups.append(g)
         self.state = {}  # Parameter -> dict of arrays / numbers
 
@@ -86,10 +98,15 @@ class Optimizer:
                 p.zero_grad(set_to_none)
 
     def _params_with_grad(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    yield group, p, self.state.setdefault(p, {})
+        for g, group in enumerate(self.param_groups):
+            for k, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if np.shape(p.grad) != p.data.shape:  # (NumPy would broadcast it silently)
+                    raise ValueError(f"param_groups[{g}]['params'][{k}].grad: expected the "
+                                     f"parameter's shape {p.data.shape}, got "
+                                     f"{np.shape(p.grad)}")
+                yield group, p, self.state.setdefault(p, {})
 
     def step(self):
         """One update of every parameter whose ``grad`` is not None, from its group's
@@ -129,6 +146,13 @@ class Optimizer:
             raise ValueError(f"state_dict: expected {len(self.param_groups)} parameter groups, "
                              f"got {len(groups)}")
         for i, (saved, own) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(f"state_dict['param_groups'][{i}]: expected a dict with "
+                                 f"'params', got {type(saved).__name__}")
+            missing = sorted(set(own) - set(saved) - {"params", "initial_lr"})
+            if missing:  # (another optimizer's state_dict: SGD's into Adam)
+                raise ValueError(f"state_dict: group {i} lacks {missing}: another optimizer's "
+                                 f"state_dict, not {type(self).__name__}'s")
             if len(saved["params"]) != len(own["params"]):
                 raise ValueError(f"state_dict: group {i} holds {len(saved['params'])} parameters, "
                                  f"this optimizer's holds {len(own['params'])}")
@@ -199,11 +223,7 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        pair = np.asarray(betas) if not isinstance(betas, str) else None
-        if (pair is None or pair.shape != (2,) or pair.dtype.kind not in "iuf"
-                or not ((0 <= pair) & (pair < 1)).all()):
-            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
-        super().__init__(params, dict(lr=lr, betas=(float(pair[0]), float(pair[1])), eps=eps,
+        super().__init__(params, dict(lr=lr, betas=_betas(betas), eps=eps,
                                       weight_decay=weight_decay))
 
     def _update(self, group, p, grad, state):
@@ -282,10 +302,12 @@ class RMSprop(Optimizer):
 
 
 # ---------------------------------------------------------------------------- clipping
-def clip_grad_norm_(parameters, max_norm, norm_type=2.0):
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
     """Scale every gradient by ``max_norm / (total_norm + 1e-6)`` when that is below 1, where
     total_norm is the norm of all gradients together. Returns total_norm (a float) before
-    clipping; parameters without a gradient are skipped."""
+    clipping; parameters without a gradient are skipped. A NaN or infinite total_norm scales
+    every gradient by NaN, as torch's does, or raises with ``error_if_nonfinite=True``;
+    ``foreach`` is taken for torch's signature (NumPy has no batched form)."""
     grads = [p.grad for p in _param_list(parameters) if p.grad is not None]
     max_norm = _nonnegative(max_norm, "max_norm")
     if isinstance(norm_type, str) and norm_type == "inf":  # torch's spelling, too
@@ -293,15 +315,20 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0):
     norm_type = _number_in(norm_type, "norm_type", 1e-300, math.inf, "> 0 (or inf)")
     if not grads:
         return 0.0
-    if math.isinf(norm_type):
-        total = max(float(np.abs(g).max()) if g.size else 0.0 for g in grads)
+    if math.isinf(norm_type):  # (np.max keeps a NaN wherever it is; Python's max does not)
+        total = float(np.max([np.abs(g).max() if g.size else 0.0 for g in grads]))
     else:
         total = float(sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in grads)
                       ** (1.0 / norm_type))
+    if not math.isfinite(total) and error_if_nonfinite:
+        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the "
+                           f"gradients is {total}; with error_if_nonfinite=False they are "
+                           f"scaled by NaN instead")
     coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
-        for g in grads:
-            g *= g.dtype.type(coef)
+    if not coef < 1.0 and not math.isnan(coef):
+        return total
+    for g in grads:
+        g *= g.dtype.type(coef)
     return total
 
 
@@ -351,8 +378,16 @@ class LRScheduler:
     def load_state_dict(self, state_dict):
         """Restore ``last_epoch`` and ``base_lrs`` from :meth:`state_dict` (the groups' ``lr`` is
         set at the next :meth:`step`)."""
-        self.last_epoch = int(state_dict["last_epoch"])
-        self.base_lrs = [float(b) for b in state_dict["base_lrs"]]
+        if not isinstance(state_dict, dict) or not {"last_epoch", "base_lrs"} <= set(state_dict):
+            raise ValueError(f"state_dict: expected a scheduler's state_dict() "
+                             f"({{'last_epoch', 'base_lrs'}}), got "
+                             f"{sorted(state_dict) if isinstance(state_dict, dict) else state_dict!r}")
+        base_lrs = list(state_dict["base_lrs"])
+        if len(base_lrs) != len(self.optimizer.param_groups):
+            raise ValueError(f"state_dict: base_lrs of {len(base_lrs)} groups, the optimizer has "
+                             f"{len(self.optimizer.param_groups)}")
+        self.last_epoch = _int_in(state_dict["last_epoch"], "state_dict['last_epoch']", 0)
+        self.base_lrs = [_nonnegative(b, "state_dict['base_lrs']") for b in base_lrs]
 
 
 class StepLR(LRScheduler):
@@ -362,7 +397,7 @@ class StepLR(LRScheduler):
         if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) \
                 or step_size < 1:
             raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size, self.gamma = int(step_size), _nonnegative(gamma, "gamma")
         super().__init__(optimizer)
 
     def lr_at(self, base_lr, epoch):
@@ -374,14 +409,15 @@ class CosineAnnealingLR(LRScheduler):
     """``lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        if not T_max > 0:
-            raise ValueError(f"T_max: expected a positive number of epochs, got {T_max!r}")
-        self.T_max, self.eta_min = T_max, float(eta_min)
+        self.T_max = _number_in(T_max, "T_max", math.ulp(0.0), math.inf,
+                                "> 0 (epochs of the half cosine)")
+        self.eta_min = _nonnegative(eta_min, "eta_min")
         super().__init__(optimizer)
 
     def lr_at(self, base_lr, epoch):
         """``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
-        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+        return self.eta_min + (base_lr - self.eta_min) * (
+            1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
 
 # ---------------------------------------------------------------------------- genetic algorithm
@@ -437,7 +473,7 @@ class GeneticAlgorithm:
         self.rng = _seeded(seed)
         start = parameters_to_vector(self.params)
         std = float(np.std(start)) if init_std is None else float(init_std)
-        std = std if std > 0 else 0.1
+        std = std if std > 0 or init_std is not None else 0.1  # (all-equal start: spread it)
         self.population = start + self.rng.normal(0.0, std, (self.population_size, start.size))
         self.population[0] = start  # the current parameters take part too
         self.scores = np.full(self.population_size, np.nan)
@@ -446,21 +482,26 @@ class GeneticAlgorithm:
         self.history = []  # best fitness after each generation
 
     def _evaluate(self):
-        was_training = self.module.training if self.module is not None else None
+        modes = [(m, m.training) for m in self.module.modules()] if self.module is not None \
+            else []
         if self.module is not None:
             self.module.eval()
         before = parameters_to_vector(self.params)
         try:
             for i in np.flatnonzero(np.isnan(self.scores)):
                 vector_to_parameters(self.population[i], self.params)
-                score = float(self.fitness())
-                self.scores[i] = score if np.isfinite(score) else -np.inf
+                score = self.fitness()
+                if isinstance(score, (bool, np.bool_)) or not isinstance(score, numbers.Real):
+                    raise TypeError(f"fitness: expected a number (higher is better), got "
+                                    f"{type(score).__name__} {score!r}")
+                score = float(score)  # NaN (a diverged candidate) ranks last; +inf first
+                self.scores[i] = -np.inf if math.isnan(score) else score
         except BaseException:  # fitness raised (or Ctrl-C): the model keeps what it held
             vector_to_parameters(before, self.params)
             raise
         finally:
-            if self.module is not None:
-                self.module.train(was_training)
+            for m, training in modes:  # each module's own mode (they may differ)
+                object.__setattr__(m, "training", training)
 
     def _tournament(self):
         picks = self.rng.choice(self.population_size, self.tournament_size, replace=False)

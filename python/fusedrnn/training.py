@@ -33,7 +33,8 @@ import time
 import numpy as np
 
 from .nn.module import Module
-from .optim import clip_grad_norm_
+from .nn.layers import _int_in
+from .optim import Optimizer, _nonnegative, clip_grad_norm_
 
 __all__ = ["Checkpointer", "TrainingInterrupted", "TruncatedBPTT", "detach_state", "fit",
            "gather_state", "restore_state"]
@@ -57,16 +58,23 @@ class TruncatedBPTT:
     gradient stopped. Without an optimizer the chunks' gradients accumulate in ``grad``.
 
     ``loss_fn(output, target)`` returns the chunk's loss and ``loss_fn.backward()`` its gradient
-    with respect to output (the losses of ``fusedrnn.nn`` do both)."""
+    with respect to output (the losses of ``fusedrnn.nn`` do both). ``clip_norm``: the
+    gradients' norm is clipped to it before each step (``clip_grad_norm_``; 0 zeroes them, as
+    torch's max_norm=0), None: no clipping."""
 
     def __init__(self, model, loss_fn, k, optimizer=None, clip_norm=None):
-        if int(k) < 1:
-            raise ValueError(f"k: expected a positive number of time steps, got {k}")
-        self.model, self.loss_fn, self.k = model, loss_fn, int(k)
-        self.optimizer, self.clip_norm = optimizer, clip_norm
+        self.model, self.loss_fn, self.k = model, loss_fn, _int_in(k, "k", 1)
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a fusedrnn.optim optimizer or None, got "
+                            f"{type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.clip_norm = None if clip_norm is None else _nonnegative(clip_norm, "clip_norm")
 
     def run(self, x, target, state=None):
         """Returns ``(mean loss over chunks weighted by chunk length, final state)``."""
+        for name, a in (("x", x), ("target", target)):
+            if not hasattr(a, "shape"):
+                raise TypeError(f"{name}: expected an array [T, ...], got {type(a).__name__}")
         T = x.shape[0]
         if T == 0:
             raise ValueError(f"x: expected at least one time step, got shape {x.shape}")
@@ -81,7 +89,7 @@ class TruncatedBPTT:
             loss = self.loss_fn(output, target[start:stop])
             self.model.backward(self.loss_fn.backward())
             if self.optimizer is not None:
-                if self.clip_norm:
+                if self.clip_norm is not None:
                     clip_grad_norm_(self.model.parameters(), self.clip_norm)
                 self.optimizer.step()
             total += float(loss) * (stop - start)
@@ -134,6 +142,8 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
                 if pos.batches is None:
                     pos.batches = list(make_batches(pos.epoch))
                     pos.next_batch, pos.losses = 0, []
+                    if checkpoint is not None and checkpoint.path is not None:
+                        _check_storable(pos.batches)
                 bar = tqdm(total=len(pos.batches), initial=pos.next_batch, leave=False,
                            desc=f"{desc} {pos.epoch}/{epochs}", unit="batch",
                            dynamic_ncols=True, disable=None) if tqdm else None  # (None: a
@@ -202,13 +212,26 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+def _check_storable(batches):
+    """Checkpoints hold the epoch's batches (the order they run in): refuse, before training,
+    batches ``fr.save`` cannot store (a slice, an object) rather than fail at the first write."""
+    from . import io
+    try:
+        io._encode(batches, {}, "batches")
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"make_batches: with a checkpoint, each epoch's batches are saved in it, "
+                        f"so they must be arrays, numbers, strings or lists/tuples/dicts of them "
+                        f"(e.g. index arrays); {error}") from None
+
+
 @contextlib.contextmanager
 def _stop_between_steps(enabled):
     """Yields ``stop_requested()``. While enabled (in the main thread), Ctrl-C only asks to
     stop, so that the step under way finishes and the checkpoint holds a whole state; a second
     Ctrl-C raises KeyboardInterrupt at once."""
     previous = signal.getsignal(signal.SIGINT)
-    if not enabled or previous is None or threading.current_thread() is not threading.main_thread():
+    if not enabled or previous in (None, signal.SIG_IGN) \
+            or threading.current_thread() is not threading.main_thread():  # (ignored: stays so)
         yield lambda: False
         return
     requested = []
@@ -323,7 +346,7 @@ class Checkpointer:
             raise ValueError(f"--checkpoint-every {every}: needs --checkpoint PATH (where to "
                              f"write)")
         self.path = None if path is None else os.fspath(path)
-        self.every = int(every or DEFAULT_CHECKPOINT_EVERY)
+        self.every = DEFAULT_CHECKPOINT_EVERY if every is None else _int_in(every, "every", 1)
         self.run = {"command": None, "options": {}, **(run or {})}
         self.resume_path = None if resume is None else os.fspath(resume)
         self.finished = {}  # stage -> its final state, kept in every later file
@@ -376,6 +399,7 @@ class Checkpointer:
         if self.path is None:
             return
         from . import io
+        stages = {**self.resumed, **stages}  # (stages resumed from but not reached: kept)
         io.save({"format": CHECKPOINT_FORMAT, "run": self.run, "stages": stages}, self.path)
         self.written = f"the state at {where}"
 

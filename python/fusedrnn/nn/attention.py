@@ -229,7 +229,8 @@ class BahdanauAttention(AttentionBase):
 
     score = "additive"
 
-    def __init__(self, query_size, key_size, attention_size=None, *, dtype: DTypeLike = np.float32, seed=None):
+    def __init__(self, query_size, key_size, attention_size=None, *, dtype: DTypeLike = np.float32,
+                 seed=None):
         super().__init__(query_size, key_size, dtype)
         A = self.attention_size = _positive_int(  # 0 is refused, not taken for "the default"
             query_size if attention_size is None else attention_size, "attention_size")
@@ -279,7 +280,8 @@ class LuongAttention(AttentionBase):
     """Multiplicative attention: ``dot`` (``q . k``, needs Q == K) or ``general``
     (``q . (W k)`` with weight [Q, K]; the keys are projected once, so each step is a dot)."""
 
-    def __init__(self, query_size, key_size, score="general", *, dtype: DTypeLike = np.float32, seed=None):
+    def __init__(self, query_size, key_size, score="general", *, dtype: DTypeLike = np.float32,
+                 seed=None):
         super().__init__(query_size, key_size, dtype)
         if score not in ("dot", "general"):
             raise ValueError(f"score: expected 'dot' or 'general', got {score!r}")
@@ -309,8 +311,8 @@ class LuongAttention(AttentionBase):
         return f"query_size={self.query_size}, key_size={self.key_size}, score={self.score!r}"
 
 
-def make_attention(score, query_size, key_size, attention_size=None, *, dtype: DTypeLike = np.float32,
-                   seed=None):
+def make_attention(score, query_size, key_size, attention_size=None, *,
+                   dtype: DTypeLike = np.float32, seed=None):
     """An attention module by score name: "additive" (Bahdanau), "dot" or "general" (Luong)."""
     if score == "additive":
         return BahdanauAttention(query_size, key_size, attention_size, dtype=dtype, seed=seed)

@@ -166,8 +166,8 @@ class RNNCellBase(Module):
     _layer_norm = False  # the LayerNorm-LSTM cell (its kernels' cell is "layernorm_lstm")
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
-                 dtype: DTypeLike = np.float32, seed=None, peephole=False, reset_after=True, proj_size=0,
-                 eps=1e-5):
+                 dtype: DTypeLike = np.float32, seed=None, peephole=False, reset_after=True,
+                 proj_size=0, eps=1e-5):
         super().__init__()
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
@@ -437,8 +437,8 @@ linear_before_reset=0).""",
     _cell = "gru"
     _kernel_backward = staticmethod(F.gru_backward)
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype: DTypeLike = np.float32, seed=None,
-                 reset_after=True):
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype: DTypeLike = np.float32,
+                 seed=None, reset_after=True):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
                          reset_after=reset_after)
 
@@ -501,8 +501,8 @@ peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
 
     _cell = "lstm"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype: DTypeLike = np.float32, seed=None,
-                 peephole=False, proj_size=0):
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype: DTypeLike = np.float32,
+                 seed=None, peephole=False, proj_size=0):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed,
                          peephole=peephole, proj_size=proj_size)
 
@@ -568,7 +568,7 @@ class LayerNormLSTMCell(LSTMCell):
 
     _layer_norm = True
 
-    def __init__(self, input_size, hidden_size, bias=True, *, eps=1e-5, dtype: DTypeLike = np.float32,
-                 seed=None):
+    def __init__(self, input_size, hidden_size, bias=True, *, eps=1e-5,
+                 dtype: DTypeLike = np.float32, seed=None):
         RNNCellBase.__init__(self, input_size, hidden_size, bias, dtype=dtype, seed=seed,
                              eps=eps)

@@ -87,7 +87,8 @@ class Linear(Module):
     """``y = x @ weight.T + bias`` with weight [out_features, in_features], bias [out_features],
     both drawn from uniform(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch."""
 
-    def __init__(self, in_features, out_features, bias=True, *, dtype: DTypeLike = np.float32, seed=None):
+    def __init__(self, in_features, out_features, bias=True, *, dtype: DTypeLike = np.float32,
+                 seed=None):
         super().__init__()
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
@@ -156,16 +157,14 @@ class Embedding(Module):
     The row ``padding_idx`` (if given) starts at zero and never receives a gradient, so padded
     positions of a batch contribute nothing."""
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, dtype: DTypeLike = np.float32,
-                 seed=None):
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *,
+                 dtype: DTypeLike = np.float32, seed=None):
         super().__init__()
         self.num_embeddings = _positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = _positive_int(embedding_dim, "embedding_dim")
-        if padding_idx is not None:
-            if not -self.num_embeddings <= padding_idx < self.num_embeddings:
-                raise ValueError(f"padding_idx: expected an index in [-{self.num_embeddings}, "
-                                 f"{self.num_embeddings}), got {padding_idx}")
-            padding_idx = int(padding_idx) % self.num_embeddings
+        if padding_idx is not None:  # an index in [-num_embeddings, num_embeddings)
+            padding_idx = _int_in(padding_idx, "padding_idx", -self.num_embeddings,
+                                  self.num_embeddings - 1) % self.num_embeddings
         self.padding_idx = padding_idx
         self.dtype = _dtype(dtype)
         rng = _seeded(seed)

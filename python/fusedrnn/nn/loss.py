@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layers import _int_in
 from .module import Module
 
 __all__ = ["log_softmax", "softmax", "CrossEntropyLoss", "MSELoss"]
@@ -48,7 +49,7 @@ class CrossEntropyLoss(Module):
 
     def __init__(self, ignore_index=-100, reduction="mean"):
         super().__init__()
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = _int_in(ignore_index, "ignore_index", -2 ** 63)
         self.reduction = _check_reduction(reduction)
         self._saved = None
 

@@ -288,7 +288,14 @@ def _to_numpy(value, key):
     if isinstance(value, Parameter):
         return to_host(value.data)
     if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # (NumPy has no bfloat16: its exact float32)
+            value = value.float()
+        try:
+            return value.numpy()
+        except (TypeError, RuntimeError) as error:
+            raise TypeError(f"state_dict[{key!r}]: a tensor NumPy cannot hold ({value.dtype}): "
+                            f"{error}") from None
     if is_device_array(value):  # CuPy and other CUDA arrays
         return to_host(value)
     if isinstance(value, (int, float, list, tuple)):

@@ -87,7 +87,8 @@ class RNNBase(Module):
     _supports_cuda = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, nonlinearity="tanh", dtype: DTypeLike = np.float32,
+                 dropout=0.0, bidirectional=False, *, nonlinearity="tanh",
+                 dtype: DTypeLike = np.float32,
                  seed=None, device="cpu", peephole=False, reset_after=True, proj_size=0):
         super().__init__()
         device = check_device(device)
@@ -185,12 +186,16 @@ class RNNBase(Module):
         return 2 if self.bidirectional else 1
 
     def reset_parameters(self, seed=None):
-        """Draw every parameter again from uniform(-1/sqrt(H), 1/sqrt(H))."""
+        """Draw every weight and bias again from uniform(-1/sqrt(H), 1/sqrt(H)), as at
+        construction (a LayerNorm-LSTM's norms: gains 1, bias 0)."""
         rng = self._rng if seed is None else _seeded(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            p.data[...] = to_device(rng.uniform(-bound, bound, size=p.data.shape)
-                                    .astype(self.dtype), self._device)
+        norms = {name: 0.0 if name.startswith("ln_bias") else 1.0
+                 for names in self._layer_norm_names if names for name in names}
+        for name, p in self.named_parameters():
+            value = (np.full(p.data.shape, norms[name], self.dtype) if name in norms else
+                     rng.uniform(-bound, bound, size=p.data.shape).astype(self.dtype))
+            p.data[...] = to_device(value, self._device)
 
     def manual_seed(self, seed):
         """Restart the layer's Generator (the one dropout masks are drawn from) at ``seed``."""
@@ -669,8 +674,8 @@ class RNN(RNNBase):
     _cell = "rnn"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype: DTypeLike = np.float32,
-                 seed=None, device="cpu"):
+                 batch_first=False, dropout=0.0, bidirectional=False, *,
+                 dtype: DTypeLike = np.float32, seed=None, device="cpu"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, nonlinearity=nonlinearity, dtype=dtype, seed=seed,
                          device=device)
@@ -734,8 +739,8 @@ p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i,
     _cell = "lstm"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, proj_size=0, dtype: DTypeLike = np.float32, seed=None,
-                 device="cpu", peephole=False):
+                 dropout=0.0, bidirectional=False, *, proj_size=0, dtype: DTypeLike = np.float32,
+                 seed=None, device="cpu", peephole=False):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed, device=device,
                          peephole=peephole, proj_size=proj_size)
@@ -813,8 +818,8 @@ class LayerNormLSTM(LSTM):
     _layer_norm = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, eps=1e-5, dtype: DTypeLike = np.float32, seed=None,
-                 device="cpu"):
+                 dropout=0.0, bidirectional=False, *, eps=1e-5, dtype: DTypeLike = np.float32,
+                 seed=None, device="cpu"):
         if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
             raise ValueError(f"eps: expected a positive number, got {eps!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,

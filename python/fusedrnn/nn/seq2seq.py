@@ -114,8 +114,8 @@ class Decoder(Module):
 
     def __init__(self, vocab_size, embed_size, hidden_size, num_layers=1, cell="lstm",
                  attention="bahdanau", score=None, key_size=None, attention_size=None,
-                 cond_size=0, padding_idx=0, *, dtype: DTypeLike = np.float32, seed=None, peephole=False,
-                 reset_after=True, proj_size=0):
+                 cond_size=0, padding_idx=0, *, dtype: DTypeLike = np.float32, seed=None,
+                 peephole=False, reset_after=True, proj_size=0):
         super().__init__()
         options = _cell_options(cell, peephole, reset_after, proj_size)
         if attention is not None and attention not in STYLES:
@@ -320,7 +320,7 @@ class _Generator(Module):
         if rng is None:
             return teacher_forcing, self._teacher_rng
         if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng: expected a numpy.random.Generator (_seeded(seed)) "
+            raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)) "
                             f"or None, got {type(rng).__name__}")
         return teacher_forcing, rng
 
@@ -574,15 +574,17 @@ class Seq2Seq(_Generator):
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_size=32, hidden_size=64,
                  num_layers=1, bidirectional=True, cell="lstm", attention="bahdanau", score=None,
                  attention_size=None, dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
-                 dtype: DTypeLike = np.float32, seed=None, peephole=False, reset_after=True, proj_size=0):
+                 dtype: DTypeLike = np.float32, seed=None, peephole=False, reset_after=True,
+                 proj_size=0):
         super().__init__()
         if attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES}, got {attention!r}")
         self.pad_idx, self.bos_idx, self.eos_idx = _special_ids(
             pad_idx, bos_idx, eos_idx, _positive_int(tgt_vocab_size, "tgt_vocab_size"))
-        if attention_size is not None and (score or _DEFAULT_SCORE[attention]) != "additive":
+        scoring = score or _DEFAULT_SCORE[attention]
+        if attention_size is not None and scoring != "additive":
             raise ValueError(f"attention_size: the additive score's size; expected None with "
-                             f"score={score or _DEFAULT_SCORE[attention]!r}, got {attention_size!r}")
+                             f"score={scoring!r}, got {attention_size!r}")
         self.dtype = _dtype(dtype)
         self.cell_type = cell
         s = _seeds(seed, 6)
@@ -653,8 +655,8 @@ class Seq2Seq(_Generator):
     def forward(self, src, src_lengths, tgt, teacher_forcing=1.0, rng=None):
         """Training forward with teacher forcing (ratio ``teacher_forcing``: the probability of
         feeding the true previous token rather than the model's argmax; ``rng`` draws it, the
-        model's own generator, seeded by its ``seed``, when None). Returns logits [N, T, V]; in training mode ``backward`` may
-        follow."""
+        model's own generator, seeded by its ``seed``, when None). Returns logits [N, T, V]; in
+        training mode ``backward`` may follow."""
         teacher_forcing, rng = self._teacher_forcing(teacher_forcing, rng)
         with _lock(self):
             src, src_lengths = self._check_src(src, src_lengths)
@@ -685,8 +687,8 @@ class Captioner(_Generator):
     ``z = tanh(W x + b)`` starts every layer's state (``h0 = z``) and joins every step's input."""
 
     def __init__(self, input_size, vocab_size, embed_size=16, hidden_size=64, num_layers=1,
-                 cell="lstm", dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *, dtype: DTypeLike = np.float32,
-                 seed=None):
+                 cell="lstm", dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
+                 dtype: DTypeLike = np.float32, seed=None):
         super().__init__()
         self.pad_idx, self.bos_idx, self.eos_idx = _special_ids(
             pad_idx, bos_idx, eos_idx, _positive_int(vocab_size, "vocab_size"))

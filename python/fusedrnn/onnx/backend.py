@@ -81,7 +81,7 @@ class GlueNode:
         try:
             return GLUE[self.op_type](self.attributes, [values[n] if n else None
                                                         for n in self.inputs])
-        except (ValueError, TypeError, IndexError, KeyError, np.AxisError) as error:
+        except (ValueError, TypeError, IndexError, KeyError) as error:  # (AxisError: both)
             raise ValueError(f"ONNX node {self.name!r} ({self.op_type}): {error}") from None
 
 
@@ -271,8 +271,8 @@ class FusedRnnRep(BackendRep):
         self._graph, self._nodes = graph, nodes
         self._constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in self._constants]
-        fed = {i.name for i in graph.input}  # (an initializer listed there may be fed)
-        fixed = {k: v for k, v in self._constants.items() if k not in fed}
+        self._fed_names = {i.name for i in graph.input}  # initializers listed there too
+        fixed = {k: v for k, v in self._constants.items() if k not in self._fed_names}
         for spec in nodes:
             if isinstance(spec, GlueNode) and all(n in fixed for n in spec.inputs if n):
                 fixed.update(zip(spec.outputs, spec.run(fixed)))
@@ -282,7 +282,6 @@ class FusedRnnRep(BackendRep):
                          constant_weights(spec, fixed) for spec in nodes]
         self._dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
                         for i in graph.input if i.type.tensor_type.elem_type}
-        self._fed_names = {i.name for i in graph.input}  # initializers listed there too
         self.output_names = [o.name for o in graph.output]
 
     def run(self, inputs, **kwargs):
@@ -385,8 +384,9 @@ def supports_device(device):
 def load(path):
     """The recurrent nodes of the ONNX model at ``path`` (or a ModelProto) as ``fr.nn`` layers
     with their weights: an OrderedDict {node name: layer}, in graph order (a node without a name
-    by its op type; a name an earlier node has, with the node's index in the graph: "LSTM_3"). A node's W, R (and B,
-    P) must be initializers; the layer is one layer deep with the node's directions,
+    by its op type; a name an earlier node has, with the node's index in the graph: "LSTM_3").
+    A node's W, R (and B, P) must be initializers, or computed from them by the ops around the
+    nodes; the layer is one layer deep with the node's directions,
     ``batch_first`` for layout 1, ``peephole`` for P, ``reset_after`` from linear_before_reset,
     the RNN's nonlinearity from its activations (the same for both directions)."""
     from .. import nn
