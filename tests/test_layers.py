@@ -282,6 +282,21 @@ def test_reset_parameters_gives_the_construction_distribution_and_torch_state_di
     assert (layer.ln_weight_c_l0.data == 1).all() and (layer.ln_bias_c_l0.data == 0).all()
     assert (layer.ln_weight_ih_l0.data == 1).all()
     assert np.abs(layer.weight_ih_l0.data).max() <= 0.5 and layer.weight_ih_l0.data.std() > 0
+    x = np.ones((2, 3), np.float32)
+    for module in (fr.nn.Linear(3, 4), fr.nn.LSTMCell(3, 4).eval(),
+                   fr.nn.LayerNormLSTMCell(3, 4).eval(), fr.nn.Embedding(5, 3, padding_idx=1)):
+        before = [p.data.copy() for p in module.parameters()]
+        out = module(x) if not isinstance(module, fr.nn.Embedding) else None
+        module.reset_parameters(seed=2)  # as torch's modules have it; the kept packs renewed
+        for name, p in module.named_parameters():
+            changed = not np.array_equal(p.data, before.pop(0))
+            assert changed == (not name.startswith("ln_")), name
+        if isinstance(module, fr.nn.Embedding):
+            assert not module.weight.data[1].any()
+        else:
+            again = module(x)
+            assert not np.array_equal(again[0] if isinstance(again, tuple) else again,
+                                      out[0] if isinstance(out, tuple) else out)
     torch = pytest.importorskip("torch")
     module = torch.nn.LSTM(3, 4).to(torch.bfloat16)
     lstm = fr.nn.LSTM(3, 4)

@@ -213,6 +213,16 @@ class RNNCellBase(Module):
         self._steps = []  # a stack of (ctx, batched) for the training-mode steps not yet back-propagated
         self._kept = KeptWeights()  # the packed weights kept between steps (see _push)
 
+    def reset_parameters(self, seed=None):
+        """Draw the weights and biases again from uniform(-1/sqrt(H), 1/sqrt(H)), as at
+        construction (a LayerNorm-LSTM cell's norms: gains 1, bias 0)."""
+        rng = _seeded(seed)
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for name, p in self.named_parameters():
+            p.data[...] = (np.full(p.data.shape, 0.0 if name == "ln_bias_c" else 1.0, self.dtype)
+                           if name.startswith("ln_") else
+                           rng.uniform(-bound, bound, p.data.shape).astype(self.dtype))
+
     # ------------------------------------------------------------------ helpers
     @property
     def _state_size(self):

@@ -103,6 +103,13 @@ class Linear(Module):
             self.register_parameter("bias", None)
         self._x = None
 
+    def reset_parameters(self, seed=None):
+        """Draw weight and bias again from uniform(-1/sqrt(in_features), 1/sqrt(in_features))."""
+        rng = _seeded(seed)
+        bound = 1.0 / math.sqrt(self.in_features)
+        for p in self.parameters():
+            p.data[...] = rng.uniform(-bound, bound, p.data.shape).astype(self.dtype)
+
     def forward(self, x):
         """x [..., in_features] (the layer's dtype) -> y [..., out_features]; saves ``x`` in
         training mode."""
@@ -173,6 +180,13 @@ class Embedding(Module):
             weight[padding_idx] = 0
         self.weight = Parameter(weight)
         self._indices = None
+
+    def reset_parameters(self, seed=None):
+        """Draw the rows again from N(0, 1), as at construction (the padding row: zeros)."""
+        weight = _seeded(seed).standard_normal(self.weight.data.shape).astype(self.dtype)
+        if self.padding_idx is not None:
+            weight[self.padding_idx] = 0
+        self.weight.data[...] = weight
 
     def forward(self, indices):
         """indices [...] (integers in [0, num_embeddings)) -> the rows ``weight[indices]``
