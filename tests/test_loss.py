@@ -72,3 +72,22 @@ def test_float32_losses_keep_dtype(rng):
     mse = fr.nn.MSELoss()
     mse(logits, np.zeros_like(logits))
     assert mse.backward().dtype == np.float32
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_label_smoothing_matches_torch(reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((4, 5, 7)), rng.integers(0, 7, (4, 5))
+    t[0, 0] = -100
+    for eps in (0.1, 0.5):
+        f = fr.nn.CrossEntropyLoss(reduction=reduction, label_smoothing=eps)
+        xt = torch.tensor(x, requires_grad=True)
+        lt = torch.nn.functional.cross_entropy(xt.permute(0, 2, 1), torch.from_numpy(t),
+                                               reduction=reduction, label_smoothing=eps)
+        g = np.ones(t.shape) if reduction == "none" else 1.0
+        lt.backward(torch.from_numpy(g) if reduction == "none" else None)
+        np.testing.assert_allclose(f(x, t), lt.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f.backward(g), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="label_smoothing: expected a number in"):
+        fr.nn.CrossEntropyLoss(label_smoothing=1.5)

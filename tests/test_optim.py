@@ -299,3 +299,15 @@ def test_genetic_algorithm_keeps_inf_and_an_explicit_zero_spread():
     assert ga.best_fitness == math.inf
     with pytest.raises(TypeError, match="fitness: expected a number"):
         optim.GeneticAlgorithm([p], lambda: None, population_size=4, seed=0).step()
+
+
+def test_add_param_group_as_torch():
+    p, q = Parameter(np.zeros(3)), Parameter(np.zeros(2))
+    opt = optim.Adam([p])
+    opt.add_param_group({"params": [q], "lr": 0.5})
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.5]
+    q.grad = np.ones(2)
+    opt.step()
+    assert (q.data < 0).all()
+    with pytest.raises(ValueError, match="param_group: a parameter appears in more than one"):
+        opt.add_param_group({"params": [q]})

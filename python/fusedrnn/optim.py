@@ -71,25 +71,33 @@ class Optimizer:
             raise ValueError("params: the optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups = []
-        seen = set()
-        for i, group in enumerate(groups):
-            if not isinstance(group, dict) or "params" not in group:
-                raise TypeError(f"params[{i}]: expected a dict with 'params' (a parameter group)")
-            g = dict(self.defaults)
-            g.update(group)
-            g["params"] = _param_list(group["params"], f"params[{i}]['params']")
-            for p in g["params"]:
-                if id(p) in seen:
-                    raise ValueError("params: a parameter appears in more than one group")
-                seen.add(id(p))
-            for key in self.defaults:  # a group's own values, checked as the constructor's
-                where = f"params[{i}][{key!r}]" if key in group else key
-                if key == "betas":
-                    g[key] = _betas(g[key], where)
-                elif key not in ("nesterov", "centered"):
-                    _nonnegative(g[key], where)
-            self.param_groups.append(g)
         self.state = {}  # Parameter -> dict of arrays / numbers
+        for i, group in enumerate(groups):
+            self._add_group(group, f"params[{i}]")
+
+    def add_param_group(self, param_group):
+        """Add a group (a dict with "params" and, optionally, its own hyper-parameters; the
+        others are the optimizer's defaults), as torch's optimizers do: e.g. layers unfrozen
+        during training."""
+        self._add_group(param_group, "param_group")
+
+    def _add_group(self, group, where):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{where}: expected a dict with 'params' (a parameter group), got "
+                            f"{type(group).__name__}")
+        g = dict(self.defaults)
+        g.update(group)
+        g["params"] = _param_list(group["params"], f"{where}['params']")
+        seen = {id(p) for other in self.param_groups for p in other["params"]}
+        if len({id(p) for p in g["params"]} | seen) != len(seen) + len(g["params"]):
+            raise ValueError(f"{where}: a parameter appears in more than one group")
+        for key in self.defaults:  # a group's own values, checked as the constructor's
+            name = f"{where}[{key!r}]" if key in group else key
+            if key == "betas":
+                g[key] = _betas(g[key], name)
+            elif key not in ("nesterov", "centered"):
+                _nonnegative(g[key], name)
+        self.param_groups.append(g)
 
     def zero_grad(self, set_to_none=True):
         """Clear the gradient of every parameter in every group: None (default) or zeros."""

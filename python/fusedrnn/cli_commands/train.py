@@ -24,7 +24,9 @@ TASKS.update({"dates": "dates", "caption-digits": "caption_digits"})  # seq2seq 
 
 def _common(p):
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--plot", metavar="PATH.png", help="draw learning curves (needs matplotlib)")
+    p.add_argument("--plot", metavar="PATH.png",
+                   help="save the run's picture: learning curves (dates: attention maps; "
+                        "caption-digits: captioned images) (needs matplotlib)")
     p.add_argument("--save", metavar="PATH", help="save the trained model (fr.load reads it)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--epochs", type=positive_int, default=None)

@@ -11,6 +11,8 @@ of a recurrent layer's output [T, N, C]); PyTorch puts it at axis 1.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .layers import _int_in
@@ -45,12 +47,18 @@ class CrossEntropyLoss(Module):
     """``-log softmax(logits)[target]``, averaged over the targets that are not ``ignore_index``
     (reduction "mean"), summed ("sum") or per position ("none", 0 at ignored positions).
     With every target ignored the mean is 0 (PyTorch gives NaN), so a fully padded chunk of a
-    truncated-BPTT run adds nothing instead of poisoning the weights."""
+    truncated-BPTT run adds nothing instead of poisoning the weights. ``label_smoothing`` ε, as
+    PyTorch's: the target is ``(1 - ε) one_hot + ε / C``."""
 
-    def __init__(self, ignore_index=-100, reduction="mean"):
+    def __init__(self, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         super().__init__()
         self.ignore_index = _int_in(ignore_index, "ignore_index", -2 ** 63)
         self.reduction = _check_reduction(reduction)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+                or not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1], got "
+                             f"{label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
         self._saved = None
 
     def forward(self, logits, target):
@@ -75,8 +83,10 @@ class CrossEntropyLoss(Module):
                              f"{self.ignore_index}, got {target[bad].ravel()[0]}")
         logp = log_softmax(logits)
         safe = np.where(valid, target, 0)
-        picked = np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-        losses = np.where(valid, -picked, 0.0).astype(logits.dtype)
+        picked = -np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+        if self.label_smoothing:
+            picked = (1 - self.label_smoothing) * picked - self.label_smoothing * logp.mean(-1)
+        losses = np.where(valid, picked, 0.0).astype(logits.dtype)
         count = int(valid.sum())
         self._saved = (logp, safe, valid, count, logits.dtype)
         if self.reduction == "none":
@@ -87,14 +97,18 @@ class CrossEntropyLoss(Module):
         return total / count if count else 0.0
 
     def backward(self, grad=1.0):
-        """Gradient of the loss with respect to ``logits``: ``softmax - one_hot(target)`` scaled
-        by ``grad`` (an array shaped like the per-position losses for reduction "none")."""
+        """Gradient of the loss with respect to ``logits``: ``softmax - target`` (the one-hot
+        target, smoothed by ``label_smoothing``) scaled by ``grad`` (an array shaped like the
+        per-position losses for reduction "none")."""
         if self._saved is None:
             raise RuntimeError("CrossEntropyLoss.backward called before forward")
         logp, safe, valid, count, dtype = self._saved
         d = np.exp(logp)
+        eps = self.label_smoothing
+        if eps:
+            d -= eps / d.shape[-1]
         np.put_along_axis(d, safe[..., None],
-                          np.take_along_axis(d, safe[..., None], axis=-1) - 1, axis=-1)
+                          np.take_along_axis(d, safe[..., None], axis=-1) - (1 - eps), axis=-1)
         d *= valid[..., None]
         if self.reduction == "none":
             scale = np.asarray(grad, dtype=dtype)[..., None]
@@ -105,8 +119,9 @@ class CrossEntropyLoss(Module):
         return (d * scale).astype(dtype, copy=False)
 
     def extra_repr(self):
-        """``ignore_index=..., reduction=...``."""
-        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        """``ignore_index=..., reduction=...`` (and ``label_smoothing`` where set)."""
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}" + (
+            f", label_smoothing={self.label_smoothing}" if self.label_smoothing else "")
 
 
 class MSELoss(Module):
