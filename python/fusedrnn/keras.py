@@ -291,17 +291,27 @@ class KerasRecurrent(Module):
                              f"(Keras' order), got {len(initial_state)}")
         states = []
         for i, state in enumerate(initial_state):
-            state = _check_array(state, f"initial_state[{i}]", self.rnn.dtype, self.rnn.device)
+            state = _check_array(self._as_layer_dtype(state), f"initial_state[{i}]",
+                                 self.rnn.dtype, self.rnn.device)
             _check_shape(state, f"initial_state[{i}]", (N, self.rnn.hidden_size), " [N, H]")
             states.append(state)
         xp = array_module(self.rnn.device)
         h0 = xp.stack(states[0::S])
         return (h0, xp.stack(states[1::S])) if S == 2 else h0
 
+    def _as_layer_dtype(self, a):
+        """A NumPy array of numbers in the layer's dtype, as Keras casts its inputs to the
+        layer's (float64 data into a float32 layer); anything else goes to the checks as it
+        is."""
+        if isinstance(a, np.ndarray) and a.dtype.kind in "biuf" and a.dtype != self.rnn.dtype:
+            return a.astype(self.rnn.dtype)
+        return a
+
     def forward(self, x, initial_state=None):
-        """Run the layer on x [N, T, I]; returns what the Keras layer returns."""
+        """Run the layer on x [N, T, I] (cast to the layer's dtype, as Keras does); returns what
+        the Keras layer returns."""
         rnn = self.rnn
-        x = _check_array(x, "x", rnn.dtype, rnn.device)
+        x = _check_array(self._as_layer_dtype(x), "x", rnn.dtype, rnn.device)
         if x.ndim != 3:
             raise ValueError(f"x: expected 3 dimensions [N, T, I] (Keras' batch-major layout), "
                              f"got shape {x.shape}")
