@@ -458,6 +458,8 @@ def test_shard():
     np.testing.assert_array_equal(frd.shard(x, rank=0, world_size=1), x)
     with pytest.raises(ValueError, match="rank"):
         frd.shard(x, rank=2, world_size=2)
+    with pytest.raises(ValueError, match=r"axis: expected an integer in \[-3, 2\], got 3"):
+        frd.shard(x, axis=3, rank=0, world_size=2)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .nn.layers import _int_in
 from .nn.module import Module, Parameter, is_device_array
 
 __all__ = ["broadcast_parameters", "all_reduce_gradients", "shard", "get_rank", "get_world_size"]
@@ -342,6 +343,8 @@ def shard(array, axis: int = 0, rank: Optional[int] = None,
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank: expected 0 <= rank < world_size, got rank={rank}, "
                          f"world_size={world_size}")
+    array = array if is_device_array(array) else np.asarray(array)
+    axis = _int_in(axis, "axis", -max(array.ndim, 1), max(array.ndim, 1) - 1)
     if is_device_array(array):  # a CuPy array: split on the device
         from . import cuda
         return cuda.array_module().array_split(array, world_size, axis=axis)[rank]
