@@ -59,6 +59,8 @@ TORCH_CASES = [
     ("SGD", dict(lr=0.1, momentum=0.5, dampening=0.3)),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=1e-2)),
     ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=1e-2)),
+    ("AdamW", dict(lr=0.01, amsgrad=True)),
     ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True, weight_decay=1e-3)),
     ("RMSprop", dict(lr=0.01)),
 ]

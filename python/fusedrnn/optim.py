@@ -16,7 +16,7 @@ import numbers
 
 import numpy as np
 
-from .nn.layers import _int_in, _seeded
+from .nn.layers import _flag, _int_in, _seeded
 from .nn.module import Module, Parameter, is_device_array, to_device
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm_", "clip_grad_value_",
@@ -95,7 +95,7 @@ class Optimizer:
             name = f"{where}[{key!r}]" if key in group else key
             if key == "betas":
                 g[key] = _betas(g[key], name)
-            elif key not in ("nesterov", "centered"):
+            elif key not in ("nesterov", "centered", "amsgrad"):
                 _nonnegative(g[key], name)
         self.param_groups.append(g)
 
@@ -157,10 +157,13 @@ class Optimizer:
             if not isinstance(saved, dict) or "params" not in saved:
                 raise ValueError(f"state_dict['param_groups'][{i}]: expected a dict with "
                                  f"'params', got {type(saved).__name__}")
-            missing = sorted(set(own) - set(saved) - {"params", "initial_lr"})
-            if missing:  # (another optimizer's state_dict: SGD's into Adam)
-                raise ValueError(f"state_dict: group {i} lacks {missing}: another optimizer's "
-                                 f"state_dict, not {type(self).__name__}'s")
+            keys = {"params", "initial_lr"}  # (amsgrad: newer than some saved files)
+            missing = sorted(set(own) - set(saved) - keys - {"amsgrad"})
+            extra = sorted(set(saved) - set(own) - keys)
+            if missing or extra:  # (another optimizer's state_dict: SGD's into Adam)
+                raise ValueError(f"state_dict: group {i} "
+                                 f"{f'lacks {missing}' if missing else f'has {extra}'}: "
+                                 f"another optimizer's state_dict, not {type(self).__name__}'s")
             if len(saved["params"]) != len(own["params"]):
                 raise ValueError(f"state_dict: group {i} holds {len(saved['params'])} parameters, "
                                  f"this optimizer's holds {len(own['params'])}")
@@ -226,13 +229,16 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam as torch.optim.Adam (L2 weight decay added to the gradient), with bias correction:
-    ``p -= lr * m_hat / (sqrt(v_hat) + eps)``."""
+    ``p -= lr * m_hat / (sqrt(v_hat) + eps)``; ``amsgrad``: v_hat from the running maximum of
+    v, as torch's."""
 
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False):
         super().__init__(params, dict(lr=lr, betas=_betas(betas), eps=eps,
-                                      weight_decay=weight_decay))
+                                      weight_decay=weight_decay,
+                                      amsgrad=_flag(amsgrad, "amsgrad")))
 
     def _update(self, group, p, grad, state):
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
@@ -240,6 +246,8 @@ class Adam(Optimizer):
             state["step"] = 0
             state["exp_avg"] = np.zeros_like(p.data)
             state["exp_avg_sq"] = np.zeros_like(p.data)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = np.zeros_like(p.data)
         if wd:
             if self._decoupled:
                 p.data *= p.data.dtype.type(1 - lr * wd)
@@ -254,6 +262,8 @@ class Adam(Optimizer):
         v += (1 - beta2) * grad * grad
         bias1 = 1 - beta1 ** t
         bias2 = 1 - beta2 ** t
+        if group["amsgrad"]:
+            v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
         denom = np.sqrt(v) / math.sqrt(bias2) + eps
         p.data -= ((lr / bias1) * m / denom).astype(p.data.dtype, copy=False)
 
@@ -264,8 +274,10 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad)
 
 
 class RMSprop(Optimizer):
