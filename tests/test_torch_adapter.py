@@ -291,6 +291,24 @@ class Tagger(torch.nn.Module):
         return self.head(out)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # (torch's own, from its pytree)
+def test_aot_inductor_package_runs(tmp_path):
+    """torch.export then AOTInductor (a deployed package, no Python at run time): a layer
+    without biases or a projection, whose absent lists AOTInductor's runtime turned into None
+    ("Expected a value of type 'List[Tensor]' for argument 'w_hr'"), gives eager's output."""
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+    torch.manual_seed(0)
+    model = frt.GRU(3, 4, bias=False).eval()
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+        path = aoti_compile_and_package(program, package_path=str(tmp_path / "gru.pt2"))
+        out, h_n = aoti_load_package(path)(x)
+        expected, expected_h = model(x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(h_n, expected_h)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_torch_compile_fullgraph(cell):
     torch.manual_seed(9)
@@ -1082,3 +1100,30 @@ def test_cuda_autocast_bfloat16(cell):
     assert out.dtype == theirs.dtype
     assert (out.float() - theirs.float()).abs().max() < 3e-2
     assert not torch.equal(out.float(), plain.to(out.dtype).float())
+
+
+def test_inference_mode_batched_gradients_and_forward_ad():
+    """enable_grad inside inference_mode runs as torch.nn's (it tried to save inference tensors
+    for a backward); batched gradients (is_grads_batched, jacobian(vectorize=True)) and
+    forward-mode AD are refused by name (torch's messages named an alias batching rule and a
+    jvp to implement); the unbatched jacobian is torch.nn's."""
+    torch.manual_seed(0)
+    ours = frt.GRU(3, 4, dtype=torch.float64)
+    theirs = torch.nn.GRU(3, 4, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    with torch.inference_mode(), torch.enable_grad():
+        out, _ = ours(x)
+        cell_out = frt.LSTMCell(3, 4, dtype=torch.float64)(x[0])[0]
+    assert not out.requires_grad and not cell_out.requires_grad
+    xx = x.clone().requires_grad_()
+    y, _ = ours(xx)
+    with pytest.raises(RuntimeError, match="is_grads_batched=True"):
+        torch.autograd.grad(y, xx, torch.eye(y.numel(), dtype=y.dtype).view(-1, *y.shape),
+                            is_grads_batched=True)
+    with pytest.raises(RuntimeError, match="vmap over the recurrent layers"):
+        torch.autograd.functional.jacobian(lambda t: ours(t)[0], x, vectorize=True)
+    torch.testing.assert_close(torch.autograd.functional.jacobian(lambda t: ours(t)[0], x),
+                               torch.autograd.functional.jacobian(lambda t: theirs(t)[0], x))
+    with pytest.raises(RuntimeError, match="forward-mode AD"):
+        torch.func.jvp(lambda t: ours(t)[0], (x,), (torch.ones_like(x),))

@@ -11,8 +11,8 @@ Shapes: T time, N batch, I input, H hidden, G gates (RNN 1, GRU 3, LSTM 4), D di
 S the width of h: H, or P with an LSTM's projection (proj_size).
 
     layer_forward(x [T, N, I], h0 [D, N, S], c0 [D, N, H] (LSTM; else empty),
-                  w_ih D x [G*H, I], w_hh D x [G*H, S], b_ih, b_hh D x [G*H] (or empty lists),
-                  w_hr D x [P, H] (or an empty list), lengths [N] int64 or None, cell,
+                  w_ih D x [G*H, I], w_hh D x [G*H, S], b_ih, b_hh D x [G*H] (or absent),
+                  w_hr D x [P, H] (or absent), lengths [N] int64 or None, cell,
                   nonlinearity, training, precision)
       -> y [T, N, D*S], h_n [D, N, S], c_n [D, N, H] (LSTM; else [0]),
          gates D x [T, N, G*H], extra D x [T or 0, N, H], h_prev D x [T, N, S]
@@ -216,8 +216,8 @@ def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n,
                    nonlinearity, precision):
     """The kernels' BPTT: (dx, dh0 [D, N, S], dc0 (LSTM; else [0]), dw_ih, dw_hh, db_ih, db_hh,
     dw_hr (lists over the directions; dw_hr empty without a projection)); ``precision``: the
-    forward's (its products' rounding)."""
-    D, S = len(w_hh), w_hh[0].shape[1]
+    forward's (its products' rounding). ``w_hr``: empty, or Nones, without a projection."""
+    D, S, w_hr = len(w_hh), w_hh[0].shape[1], _given(w_hr)
     bridge = _bridge(x)
     with bridge.running():
         arr, tensor = bridge.array, bridge.tensor
@@ -251,9 +251,21 @@ def layer_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: lis
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
                              list[torch.Tensor], list[torch.Tensor]]:
     """One layer, every direction: (y, h_n, c_n, gates, extra, h_prev); see the module
-    docstring."""
-    return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
-                         training, precision)
+    docstring. An absent bias or projection is an empty list or, as the layers pass it, an empty
+    tensor per direction (AOTInductor's runtime passes an empty list as None)."""
+    return _forward_impl(x, h0, c0, w_ih, w_hh, _given(b_ih), _given(b_hh), _given(w_hr),
+                         lengths, cell, nonlinearity, training, precision)
+
+
+def _given(tensors):
+    """[] for an absent bias or projection (an empty list, or empty tensors), else the list."""
+    return [] if not tensors or tensors[0].numel() == 0 else list(tensors)
+
+
+def _or_placeholders(tensors, like, D):
+    """The layers' form of an operator list that may be empty: an empty tensor per direction
+    where it is (never an empty list: AOTInductor's runtime would pass None)."""
+    return list(tensors) if tensors else [like.new_empty((0,))] * D
 
 
 @layer_forward.register_fake
@@ -298,11 +310,14 @@ def _layer_backward_fake(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy,
     return (x.new_empty(x.shape), x.new_empty((D, N, S)), dc0,
             [w.new_empty(w.shape) for w in w_ih], [w.new_empty(w.shape) for w in w_hh],
             [w.new_empty(w.shape[:1]) for w in w_hh], [w.new_empty(w.shape[:1]) for w in w_hh],
-            [w.new_empty(w.shape) for w in w_hr])
+            [w.new_empty(w.shape) for w in _given(w_hr)])
 
 
 NO_VMAP = ("fusedrnn: torch.func.vmap over the recurrent layers (and jacrev, jacfwd, hessian, "
-           "which use it) is not supported; torch.func.grad and vjp are")
+           "autograd.grad(is_grads_batched=True), jacobian(vectorize=True), which use it) is "
+           "not supported; torch.func.grad and vjp are")
+NO_FORWARD_AD = ("fusedrnn: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) through "
+                 "the recurrent layers is not supported; reverse mode (backward, grad, vjp) is")
 DOUBLE_BACKWARD = ("fusedrnn: double backward (gradients of gradients) through the recurrent "
                    "layers is not supported")
 
@@ -340,16 +355,18 @@ def _setup_context(ctx, inputs, output):
     (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity, training,
      precision) = inputs
     _, _, _, gates, extra, h_prev = output
-    ctx.meta = (cell, nonlinearity, training, bool(b_ih), len(w_ih), bool(w_hr), precision)
-    ctx.save_for_backward(x, lengths, *w_ih, *w_hh, *gates, *extra, *h_prev, *w_hr)
+    ctx.meta = (cell, nonlinearity, training, bool(_given(b_ih)), len(w_ih), bool(_given(w_hr)),
+                precision)
+    ctx.absent = [len(t) for t in (b_ih, b_hh, w_hr)]  # the gradients' structure
+    ctx.save_for_backward(x, lengths, *w_ih, *w_hh, *gates, *extra, *h_prev, *_given(w_hr))
 
 
 def _backward(ctx, dy, dh_n, dc_n, dgates, dextra, dh_prev):
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(
         ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, layer_backward)
-    # the operator's inputs: lists where it takes lists (empty where it took none)
-    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih or [], db_hh or [], dw_hr, None, None, None, None,
-            None)
+    # the operator's inputs: a list where it took a list (of Nones where it held placeholders)
+    db_ih, db_hh, dw_hr = (g or [None] * n for g, n in zip((db_ih, db_hh, dw_hr), ctx.absent))
+    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None, None, None)
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -387,6 +404,12 @@ def _save_context(ctx, meta, precision, x, lengths, weights, outputs):
                           *(weights[-D:] if projected else ()))
 
 
+def _batched(t):
+    """A tensor of a vmap: functorch's, or autograd's own (is_grads_batched)."""
+    return torch._C._functorch.is_batchedtensor(t) or \
+        "Batched" in str(torch._C._dispatch_keys(t))  # (no Python name for that key)
+
+
 def _layer_gradients(ctx, dy, dh_n, dc_n, transforms=False):
     """The autograd Functions' backward: a gradient per input (None for meta, precision and
     lengths). ``transforms``: _LayerUnderTransforms's, under torch.func."""
@@ -397,10 +420,10 @@ def _layer_gradients(ctx, dy, dh_n, dc_n, transforms=False):
         # mode on; a deeper level is a gradient of this gradient, which would be wrong
         if level is not None and level > 1:
             raise RuntimeError(DOUBLE_BACKWARD)
-        if any(g is not None and functorch.is_batchedtensor(g) for g in (dy, dh_n, dc_n)):
-            raise RuntimeError(NO_VMAP)  # jacrev: vjp under vmap
     elif torch.is_grad_enabled():  # create_graph=True: a gradient of this would be wrong
         raise RuntimeError(DOUBLE_BACKWARD)
+    if any(g is not None and _batched(g) for g in (dy, dh_n, dc_n)):
+        raise RuntimeError(NO_VMAP)  # jacrev (vjp under vmap), batched grad_outputs
     args = (ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
     if not transforms:
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(*args)
@@ -426,6 +449,10 @@ class _Layer(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         return _layer_gradients(ctx, dy, dh_n, dc_n)
 
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(NO_FORWARD_AD)
+
 
 class _LayerUnderTransforms(torch.autograd.Function):
     """_Layer in the form torch.func's transforms (grad, vjp) can see through: forward without
@@ -446,6 +473,10 @@ class _LayerUnderTransforms(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, *_):
         return _layer_gradients(ctx, dy, dh_n, dc_n, transforms=True)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(NO_FORWARD_AD)
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -516,8 +547,9 @@ def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, traini
     if c0 is None:
         c0 = x.new_zeros((D, N, GH // 4)) if cell == "lstm" else x.new_empty((0,))
     if dispatch:
-        return layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
-                             nonlinearity, training, precision)[:3]
+        return layer_forward(x, h0, c0, w_ih, w_hh, _or_placeholders(b_ih, x, D),
+                             _or_placeholders(b_hh, x, D), _or_placeholders(w_hr, x, D),
+                             lengths, cell, nonlinearity, training, precision)[:3]
     meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih), bool(w_hr))
     function = _LayerUnderTransforms if transforms else _Layer
     return function.apply(meta, precision, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh,

@@ -69,8 +69,14 @@ def _check_same_device(t, name, weight):
 def _may_need_backward():
     """Whether a call may need its backward (with something requiring grad): grad mode on, or
     under torch.jit.trace, whose graph keeps the answer (a traced model gives gradients as
-    torch.nn's does) and whose check runs the module again under no_grad."""
-    return torch.is_grad_enabled() or torch.jit.is_tracing()
+    torch.nn's does) and whose check runs the module again under no_grad. Under inference_mode
+    nothing can be saved for a backward, enable_grad inside it or not (a question Dynamo does
+    not trace: compiled code keeps grad mode's answer)."""
+    if torch.jit.is_tracing():
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return torch.compiler.is_compiling() or not torch.is_inference_mode_enabled()
 
 
 def _packed_rows(packed, N, device):
