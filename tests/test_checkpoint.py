@@ -405,3 +405,16 @@ def test_ctrl_c_without_checkpoint_says_how_to_get_one(capsys, monkeypatch):
     assert line.startswith("fusedrnn: interrupted (digits: epoch 1/1, after batch 0/2); no "
                            "checkpoint was written: run with --checkpoint PATH")
     assert "--resume PATH" in line
+
+
+def test_a_checkpoint_from_a_model_with_fewer_generators_resumes():
+    """A model that draws from a Generator a saved run did not have (Seq2Seq's teacher forcing,
+    newer than some checkpoints) resumes that run: the new one keeps its seeded state."""
+    from fusedrnn.training import gather_state, restore_state
+    model = fr.nn.Seq2Seq(9, 9, embed_size=4, hidden_size=5, dropout=0.1, num_layers=2, seed=0)
+    saved = gather_state({"model": model})
+    del saved["model"]["generators"]["_teacher_rng"]
+    restore_state({"model": model}, saved)
+    saved["model"]["generators"]["unknown"] = saved["model"]["generators"]["encoder._rng"]
+    with pytest.raises(ValueError, match="Generators"):
+        restore_state({"model": model}, saved)

@@ -363,11 +363,20 @@ def test_load_weights_refuses_a_recurrent_layer_after_a_mask(masking, tmp_path, 
                                           "enc")):
         path = _save(model, tmp_path, "masked.keras")
         with pytest.raises(ValueError, match=rf"layer \(LSTM '{where}'\) comes after "
-                                             r"'(inner/)?pad', a Masking layer or "
-                                             r"Embedding\(mask_zero=True\)"):
+                                             r"'(inner/)?pad', the mask of a Masking "
+                                             r"layer or Embedding\(mask_zero=True\)"):
             _load_without_keras(path, monkeypatch)
     plain = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3, name="enc")])
     assert list(_load_without_keras(_save(plain, tmp_path, "plain.keras"), monkeypatch)) == ["enc"]
+    # functional: the layer called with a mask is refused; one on a mask-free branch loads
+    tokens, series = keras.Input((4,)), keras.Input((4, 2))
+    embedded = keras.layers.Embedding(9, 2, mask_zero=True, name="pad")(tokens)
+    masked = keras.layers.GRU(3, name="masked")(keras.layers.Dropout(0.1)(embedded))
+    branches = keras.Model([tokens, series], [keras.layers.GlobalAveragePooling1D()(embedded),
+                                              keras.layers.LSTM(3, name="free")(series)])
+    assert list(_load_without_keras(_save(branches, tmp_path, "b.keras"), monkeypatch)) == ["free"]
+    with pytest.raises(ValueError, match=r"layer \(GRU 'masked'\) comes after 'not_equal"):
+        _load_without_keras(_save(keras.Model(tokens, masked), tmp_path, "m.keras"), monkeypatch)
 
 
 def _rewrite(path, member, change):

@@ -303,6 +303,27 @@ def test_attention_reads_no_padding_in_backward():
             assert np.isfinite(p.grad).all(), (score, name)
 
 
+def test_fused_attention_step_reads_no_padding_in_backward():
+    """The C++ step itself (without set_memory's zeroing): NaN in padded keys and values leaves
+    the gradients finite (the backward's first loop read them, 0 * NaN)."""
+    from fusedrnn.nn.attention import attention_step_backward, attention_step_forward
+    rng = np.random.default_rng(0)
+    N, S, A = 2, 5, 4
+    mask = np.ones((N, S), bool)
+    mask[1, 2:] = False
+    keys = rng.standard_normal((N, S, A))
+    keys[~mask] = np.nan
+    for score, v in (("additive", rng.standard_normal(A)), ("dot", None)):
+        context, weights, saved = attention_step_forward(score, rng.standard_normal((N, A)),
+                                                         keys, keys, mask, v)
+        assert np.isfinite(context).all() and (weights[~mask] == 0).all()
+        grads = attention_step_backward(saved, np.ones((N, A)), np.ones((N, S)))
+        for g in grads:
+            if g is not None:
+                assert np.isfinite(g).all(), score
+        assert (grads[1][~mask] == 0).all() and (grads[2][~mask] == 0).all()
+
+
 def test_date_generator_is_seeded_and_held_out():
     train, test = dates_split(3000, 300, seed=2)
     assert (train, test) == dates_split(3000, 300, seed=2)

@@ -34,8 +34,8 @@ def check_precision(precision, name="precision"):
     if precision is None:
         return None
     spelling = precision
-    if isinstance(precision, np.dtype):
-        spelling = precision.name
+    if isinstance(precision, np.dtype) or precision is np.float32:  # (np.float32, the type)
+        spelling = np.dtype(precision).name
     elif type(precision).__module__ == "torch":  # torch.bfloat16: "torch.bfloat16"
         spelling = str(precision)
     if not isinstance(spelling, str):

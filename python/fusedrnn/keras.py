@@ -480,15 +480,29 @@ def _makes_mask(entry):
                                                     and bool(config.get("mask_zero")))
 
 
+def _mask_fed(entry):
+    """The layer whose output is the Keras mask a functional model's layer is called with
+    (its inbound nodes' ``mask`` argument), or None."""
+    for node in entry.get("inbound_nodes") or []:
+        mask = node.get("kwargs", {}).get("mask") if isinstance(node, dict) else None
+        if mask:
+            history = mask.get("config", {}).get("keras_history") if isinstance(mask, dict) \
+                else None
+            return str(history[0]) if history else "a mask"
+    return None
+
+
 def _collect(model, store, group, prefix, path, modules, mask=None):
     """Add the supported layers of a serialized Sequential/functional model to ``modules``;
     returns the name of a layer making a Keras mask before them (or ``mask``), which a
-    recurrent layer after it is refused for.
+    recurrent layer after it in a Sequential is refused for (in a functional model, one called
+    with a mask).
 
     Keras' saving_lib stores the layers of a model in ``<group>/layers/<snake_case(class)>``,
     numbered ``_1``, ``_2``... in the order of the config's layers per class name (not by the
     layers' names); a nested model is a group of its own."""
     used = {}
+    functional = isinstance(model, dict) and model.get("class_name") == "Functional"
     for entry in _model_layers(model, path):
         class_name, name = entry.get("class_name"), entry.get("config", {}).get("name")
         base = _snake_case(str(class_name))
@@ -498,15 +512,17 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
             mask = _collect(entry, store, f"{layer_group}/", f"{prefix}{name}/", path, modules,
                             mask)
             continue
-        if _makes_mask(entry):
+        if _makes_mask(entry) and not functional:
             mask = mask or prefix + str(name)
         if class_name not in (*_LAYERS, "RNN", "Bidirectional"):
             continue
-        if mask is not None:
+        fed = mask or (functional and _mask_fed(entry) and prefix + _mask_fed(entry))
+        if fed:
             raise ValueError(f"path: {path!r}: {_describe(class_name, name)} comes after "
-                             f"{mask!r}, a Masking layer or Embedding(mask_zero=True): Keras "
-                             f"skips the masked steps, which fusedrnn's layers do not reproduce "
-                             f"(expected a model without a mask before its recurrent layers)")
+                             f"{fed!r}, the mask of a Masking layer or Embedding(mask_zero=True): "
+                             f"Keras skips the masked steps, which fusedrnn's layers do not "
+                             f"reproduce (expected a model without a mask before its recurrent "
+                             f"layers)")
         # recent Keras versions also write each layer's name beside its variables: a check
         own_vars = store.get(f"{layer_group}/vars")
         stored_name = None if own_vars is None else own_vars.attrs.get("name")

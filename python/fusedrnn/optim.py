@@ -95,7 +95,9 @@ class Optimizer:
             name = f"{where}[{key!r}]" if key in group else key
             if key == "betas":
                 g[key] = _betas(g[key], name)
-            elif key not in ("nesterov", "centered", "amsgrad"):
+            elif key in ("nesterov", "centered", "amsgrad"):
+                g[key] = _flag(g[key], name)
+            else:
                 _nonnegative(g[key], name)
         self.param_groups.append(g)
 
@@ -325,8 +327,8 @@ class RMSprop(Optimizer):
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
     """Scale every gradient by ``max_norm / (total_norm + 1e-6)`` when that is below 1, where
     total_norm is the norm of all gradients together. Returns total_norm (a float) before
-    clipping; parameters without a gradient are skipped. A NaN or infinite total_norm scales
-    every gradient by NaN, as torch's does, or raises with ``error_if_nonfinite=True``;
+    clipping; parameters without a gradient are skipped. A NaN total_norm scales every gradient
+    by NaN and an infinite one by 0, as torch's do (``error_if_nonfinite=True``: raises);
     ``foreach`` is taken for torch's signature (NumPy has no batched form)."""
     grads = [p.grad for p in _param_list(parameters) if p.grad is not None]
     max_norm = _nonnegative(max_norm, "max_norm")
@@ -335,8 +337,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     norm_type = _number_in(norm_type, "norm_type", 1e-300, math.inf, "> 0 (or inf)")
     if not grads:
         return 0.0
-    if math.isinf(norm_type):  # (np.max keeps a NaN wherever it is; Python's max does not)
-        total = float(np.max([np.abs(g).max() if g.size else 0.0 for g in grads]))
+    if math.isinf(norm_type):  # (a NaN anywhere is the total: Python's max would drop it)
+        norms = [float(abs(g).max()) if g.size else 0.0 for g in grads]
+        total = math.nan if any(math.isnan(n) for n in norms) else max(norms)
     else:
         total = float(sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in grads)
                       ** (1.0 / norm_type))
@@ -511,10 +514,13 @@ class GeneticAlgorithm:
             for i in np.flatnonzero(np.isnan(self.scores)):
                 vector_to_parameters(self.population[i], self.params)
                 score = self.fitness()
-                if isinstance(score, (bool, np.bool_)) or not isinstance(score, numbers.Real):
+                try:  # a number or a 0-d array (a NumPy or CuPy loss), not a bool or a str
+                    if isinstance(score, (bool, np.bool_, str, bytes)):
+                        raise TypeError
+                    score = float(score)  # NaN (a diverged candidate) ranks last; +inf first
+                except (TypeError, ValueError):
                     raise TypeError(f"fitness: expected a number (higher is better), got "
-                                    f"{type(score).__name__} {score!r}")
-                score = float(score)  # NaN (a diverged candidate) ranks last; +inf first
+                                    f"{type(score).__name__} {score!r}") from None
                 self.scores[i] = -np.inf if math.isnan(score) else score
         except BaseException:  # fitness raised (or Ctrl-C): the model keeps what it held
             vector_to_parameters(before, self.params)

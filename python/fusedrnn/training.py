@@ -146,8 +146,7 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
                         _check_storable(pos.batches)
                 bar = tqdm(total=len(pos.batches), initial=pos.next_batch, leave=False,
                            desc=f"{desc} {pos.epoch}/{epochs}", unit="batch",
-                           dynamic_ncols=True, disable=None) if tqdm else None  # (None: a
-                # terminal only; a log file or a pipe gets no bars)
+                           dynamic_ncols=True) if tqdm else None
                 try:
                     while pos.next_batch < len(pos.batches):
                         pos.losses.append(float(train_step(pos.batches[pos.next_batch])))
@@ -317,12 +316,12 @@ def restore_state(objects, saved):
             obj.bit_generator.state = entry["generator"]
         elif isinstance(obj, Module):
             generators = dict(_generators_of(obj))
-            if set(entry["generators"]) != set(generators):
+            if not set(entry["generators"]) <= set(generators):  # (a newer model may draw from
                 raise ValueError(f"{name}: Generators {sorted(entry['generators'])}, this model "
-                                 f"has {sorted(generators)}")
+                                 f"has {sorted(generators)}")  # more: those keep their seeds)
             obj.load_state_dict(entry["parameters"])
-            for key, g in generators.items():
-                g.bit_generator.state = entry["generators"][key]
+            for key, state in entry["generators"].items():
+                generators[key].bit_generator.state = state
         elif hasattr(obj, "state_dict"):
             obj.load_state_dict(entry["state_dict"])
         else:

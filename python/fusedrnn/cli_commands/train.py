@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from ..training import DEFAULT_CHECKPOINT_EVERY
 from . import (check_output_path, nonnegative_int, positive_float, positive_int, precision,
@@ -127,7 +128,8 @@ def run_task(args):
     mod = importlib.import_module(f"fusedrnn.tasks.{args.task_module}")
     from fusedrnn.amp import autocast
     with autocast(enabled=args.precision == "bfloat16"):
-        metrics = mod.run(args, progress=not args.no_progress)
+        # bars on a terminal only: a log file or a pipe would fill with carriage returns
+        metrics = mod.run(args, progress=not args.no_progress and sys.stderr.isatty())
     metrics["precision"] = args.precision
     if not args.history:
         metrics.pop("history", None)

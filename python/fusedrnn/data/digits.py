@@ -105,7 +105,7 @@ def load_mnist(folder, dtype: DTypeLike = np.float32, limit=None):
             raise ValueError(f"{stem}: expected labels [N], got shape {a.shape}")
         return a.astype(np.int64)
 
-    def split(kind):
+    def one_set(kind):
         x, y = images(f"{kind}-images-idx3-ubyte"), labels(f"{kind}-labels-idx1-ubyte")
         if len(x) != len(y) or not len(x):
             raise ValueError(f"{kind}-images-idx3-ubyte and {kind}-labels-idx1-ubyte in "
@@ -113,7 +113,7 @@ def load_mnist(folder, dtype: DTypeLike = np.float32, limit=None):
                              f"{len(x)} images and {len(y)} labels")
         return x, y
 
-    (x_train, y_train), (x_test, y_test) = split("train"), split("t10k")
+    (x_train, y_train), (x_test, y_test) = one_set("train"), one_set("t10k")
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
     return x_train, y_train, x_test, y_test

@@ -45,9 +45,20 @@ def _int_in(value, name, low, high=None):
 
 def _seeded(seed, name="seed"):
     """``np.random.default_rng(seed)``, a seed NumPy would refuse named: None, a non-negative
-    integer (Python's or NumPy's), a SeedSequence or a Generator."""
-    if seed is None or isinstance(seed, (np.random.SeedSequence, np.random.Generator)):
+    integer (Python's or NumPy's), a sequence of them, a SeedSequence, a BitGenerator or a
+    Generator."""
+    if seed is None or isinstance(seed, (np.random.SeedSequence, np.random.BitGenerator,
+                                         np.random.Generator)):
         return np.random.default_rng(seed)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        try:  # a sequence of integers (or a NumPy array of them)
+            if isinstance(seed, (str, bytes, float, bool, np.bool_)):
+                raise TypeError
+            return np.random.default_rng(np.random.SeedSequence(seed))
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected an integer >= 0 (or a sequence of them, a "
+                            f"SeedSequence, a Generator) or None, got {type(seed).__name__} "
+                            f"{seed!r}") from None
     return np.random.default_rng(_int_in(seed, name, 0))
 
 

@@ -342,8 +342,9 @@ class _Generator(Module):
 
     def loss(self, *inputs_and_tgt, teacher_forcing=1.0, rng=None):
         """Cross-entropy (mean over non-pad targets) of a training-mode forward; see forward."""
-        logits = self.forward(*inputs_and_tgt, teacher_forcing=teacher_forcing, rng=rng)
-        return self.criterion(logits, np.asarray(inputs_and_tgt[-1]))
+        with _lock(self):  # (the criterion keeps what backward needs, as the modules do)
+            logits = self.forward(*inputs_and_tgt, teacher_forcing=teacher_forcing, rng=rng)
+            return self.criterion(logits, np.asarray(inputs_and_tgt[-1]))
 
     # ------------------------------------------------------------------ decoding
     def _decoding(self):

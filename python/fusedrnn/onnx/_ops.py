@@ -91,12 +91,6 @@ def _divide(at, xs):
     return [a / b]
 
 
-def _softmax(at, xs):
-    x = xs[0]
-    e = np.exp(x - x.max(axis=at.get("axis", -1), keepdims=True))
-    return [e / e.sum(axis=at.get("axis", -1), keepdims=True)]
-
-
 def _sigmoid(at, xs):
     x = xs[0]
     return [(1 / (1 + np.exp(-x))).astype(x.dtype, copy=False)]
@@ -130,5 +124,4 @@ GLUE = {
     "Tanh": lambda at, xs: [np.tanh(xs[0])],
     "Sigmoid": _sigmoid,
     "Relu": lambda at, xs: [np.maximum(xs[0], xs[0].dtype.type(0))],
-    "Softmax": _softmax,
 }

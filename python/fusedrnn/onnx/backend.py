@@ -85,6 +85,16 @@ class GlueNode:
             raise ValueError(f"ONNX node {self.name!r} ({self.op_type}): {error}") from None
 
 
+def _fold(specs, constants):
+    """``constants`` with the outputs of the glue nodes whose inputs are all constants (the
+    weights an exporter stacks or reshapes), each such node marked ``folded``."""
+    for spec in specs:
+        if isinstance(spec, GlueNode) and all(n in constants for n in spec.inputs if n):
+            constants.update(zip(spec.outputs, spec.run(constants)))
+            spec.folded = True
+    return constants
+
+
 def _refuse(node, what):
     raise ValueError(f"ONNX node {node.name or node.op_type!r} ({node.op_type}): {what}")
 
@@ -272,21 +282,20 @@ class FusedRnnRep(BackendRep):
         self._constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in self._constants]
         self._fed_names = {i.name for i in graph.input}  # initializers listed there too
-        fixed = {k: v for k, v in self._constants.items() if k not in self._fed_names}
-        for spec in nodes:
-            if isinstance(spec, GlueNode) and all(n in fixed for n in spec.inputs if n):
-                fixed.update(zip(spec.outputs, spec.run(fixed)))
-                spec.folded = True
-        self._constants.update(fixed)
+        # initializers a run may feed anew (IR < 4, keep_initializers_as_inputs): such a run
+        # computes from the fed values, the others from what prepare computed once
+        self._feedable = self._fed_names & set(self._constants)
+        self._prepared = _fold(nodes, dict(self._constants))
         self._weights = [None if isinstance(spec, GlueNode) else
-                         constant_weights(spec, fixed) for spec in nodes]
+                         constant_weights(spec, self._prepared) for spec in nodes]
         self._dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
                         for i in graph.input if i.type.tensor_type.elem_type}
         self.output_names = [o.name for o in graph.output]
 
     def run(self, inputs, **kwargs):
         """The graph's outputs (a list of arrays in graph order) for ``inputs``."""
-        values = dict(self._constants)
+        fed_initializers = isinstance(inputs, dict) and bool(self._feedable & set(inputs))
+        values = dict(self._constants if fed_initializers else self._prepared)
         if isinstance(inputs, dict):
             missing = [n for n in self.input_names if n not in inputs]
             if missing:
@@ -309,9 +318,10 @@ class FusedRnnRep(BackendRep):
                                 f"input's type), got {values[name].dtype}")
         for spec, weights in zip(self._nodes, self._weights):
             if isinstance(spec, GlueNode):
-                if not spec.folded:
+                if fed_initializers or not spec.folded:
                     values.update(zip(spec.outputs, spec.run(values)))
                 continue
+            weights = None if fed_initializers else weights
             for name, value in zip(spec.outputs, run_recurrent(spec, values, weights)):
                 if name:
                     values[name] = value
@@ -394,11 +404,8 @@ def load(path):
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"path: expected a path to an ONNX model or an onnx.ModelProto, got "
                         f"{type(path).__name__}")
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:  # weights an exporter stacks or reshapes: computed once
-        if node.op_type in GLUE and all(n in constants for n in node.input if n):
-            spec = parse_node(node)
-            constants.update(zip(spec.outputs, spec.run(constants)))
+    constants = _fold([parse_node(n) for n in model.graph.node if n.op_type in GLUE],
+                      {t.name: numpy_helper.to_array(t) for t in model.graph.initializer})
     layers = OrderedDict()
     for index, node in enumerate(model.graph.node):
         if node.op_type not in CELLS:
