@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -211,8 +212,11 @@ bool parse_entry_value(const TuningEntry& entry, const char* text, double& out,
     out = static_cast<double>(whole);
     return true;
   }
-  const double number = std::strtod(text, &rest);
-  if (rest == text || *rest != '\0' || !std::isfinite(number)) return false;
+  // from_chars: the C locale's decimal point whatever locale the process set (strtod's varies)
+  double number = 0.0;
+  const char* end = text + std::strlen(text);
+  const auto parsed = std::from_chars(text, end, number);
+  if (parsed.ec != std::errc() || parsed.ptr != end || !std::isfinite(number)) return false;
   if (number < static_cast<double>(entry.min) || number > static_cast<double>(entry.max))
     return false;
   if (entry.integer && number != std::trunc(number)) return false;

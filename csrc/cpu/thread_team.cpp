@@ -138,7 +138,8 @@ int affinity_cpus() {
     cpu_set_t* set = CPU_ALLOC(cpus);
     if (!set) return 0;
     const size_t size = CPU_ALLOC_SIZE(cpus);
-    const bool got = sched_getaffinity(0, size, set) == 0;
+    const bool got = sched_getaffinity(getpid(), size, set) == 0;  // the main thread's (not a
+                                                                 // pinned caller's)
     const int error = errno, count = got ? CPU_COUNT_S(size, set) : 0;
     CPU_FREE(set);
     if (got) return count;
