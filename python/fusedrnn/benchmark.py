@@ -341,6 +341,16 @@ def deterministic_call(fn):
     return call
 
 
+# Outputs must agree with ours to this (absolute, float32) for a row to count, as in the
+# regimes' and the torch program's benches.
+TOLERANCE = 1e-3
+
+
+def _agrees(diffs):
+    """Every peer's max |difference| within TOLERANCE (a NaN is not)."""
+    return all(d is not None and d <= TOLERANCE for d in diffs.values())
+
+
 def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None,
               deterministic=False):
     """One row: ours and each installed peer (``have``) on one shape and mode, outputs checked
@@ -375,6 +385,7 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None,
         row[f"x_{k}"] = round(ms[k] / ms["ours"], 2) if k in ms else None
         row[f"maxdiff_{k}"] = agree.get(k)
     row["ours_gflops"] = round(flops(cell, B, T, I, H, mode == "train") / ms["ours"] / 1e6, 2)
+    row["agree"] = _agrees(agree)
     if deterministic:
         row["ours_det_ms"] = round(ms["ours_det"], 3)
         row["det_cost"] = round(ms["ours_det"] / ms["ours"], 2)
@@ -426,7 +437,9 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
            "x_torch": round(ms["torch"] / ms["ours"], 2) if "torch" in ms else None,
            "ort_ms": None, "x_ort": None, "numpy_ref_ms": None, "x_numpy_ref": None,
            "maxdiff_torch": agree.get("torch"),
-           "ours_gflops": round(flops(cell, B, T, I, H, mode == "train", layers, 2) / ms["ours"] / 1e6, 2)}
+           "ours_gflops": round(flops(cell, B, T, I, H, mode == "train", layers, 2)
+                                / ms["ours"] / 1e6, 2),
+           "agree": _agrees(agree)}
     return row
 
 
@@ -460,7 +473,7 @@ def parse_shapes(text, names="B,T,I,H"):
             raise ValueError(f"--shapes: expected {names} with positive integers (shapes "
                              f"separated by ';'), got {part!r}")
         shapes.append(tuple(vals))
-    return shapes
+    return list(dict.fromkeys(shapes))  # each once, in order (as --cells)
 
 
 def write_json(path, **content):
@@ -530,13 +543,13 @@ def run(args) -> int:
         _print_plans(rows)
         write_json(args.json, threads=args.threads, plans=rows)
         return 0
-    if getattr(args, "regimes", None):
+    if getattr(args, "regimes", None) is not None:  # ('' too: refused by name there)
         from .benchmark_regimes import run as run_regimes
         return run_regimes(args)
-    if getattr(args, "variants", None):
+    if getattr(args, "variants", None) is not None:
         from .benchmark_variants import run as run_variants
         return run_variants(args)
-    if getattr(args, "attention", None):
+    if getattr(args, "attention", None) is not None:
         from .benchmark_attention import run as run_attention
         return run_attention(args)
     if getattr(args, "framework", "numpy") == "torch":  # (its --precision bf16: autocast)
@@ -570,7 +583,9 @@ def run(args) -> int:
                 rows.append(r)
                 print(f"  {cell} {mode} B={B} T={T} I={I} H={H}: ours {r['ours_ms']} ms, "
                       f"torch {r['torch_ms']}, ort {r['ort_ms']}", flush=True)
-    if not args.no_stacked and not args.quick and hasattr(fr.nn, "LSTM"):
+    # the stacked rows belong to the default run (--cells or --shapes narrow it to theirs)
+    default_run = args.cells == "LSTM,GRU,RNN" and args.shapes is None
+    if not args.no_stacked and not args.quick and default_run:
         for (cell, B, T, I, H, layers) in STACKED:
             for mode in modes:
                 rows.append(bench_stacked(cell, B, T, I, H, layers, mode, args.threads, budget, have))
@@ -588,4 +603,10 @@ def run(args) -> int:
             f"{r['cell']} B={r['B']} T={r['T']} H={r['H']}: ours {r.get('ours_peak_mb')} "
             f"torch {r.get('torch_peak_mb')}" for r in rows if "ours_peak_mb" in r))
     write_json(args.json, sgemm_gflops=peak, rows=rows)
-    return 0
+    wrong = [r for r in rows if not r["agree"]]
+    for r in wrong:
+        print(f"fusedrnn: {r['cell']} {r['mode']} B={r['B']} T={r['T']} I={r['I']} H={r['H']}: "
+              f"outputs differ from a peer's by more than {TOLERANCE} "
+              f"({ {k: v for k, v in r.items() if k.startswith('maxdiff_')} }): not a "
+              f"comparison of the same result", file=sys.stderr)
+    return 1 if wrong else 0

@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from . import benchmark
-from .cli_commands import parse_names
+from .cli_commands import parse_names, to_json
 
 REGIMES = {"b2b": "back to back, own process",
            "sporadic": "3 ms idle before each call, own process",
@@ -329,11 +329,11 @@ def run(args) -> int:
     seconds = time.perf_counter() - t0
     if args.json:
         from fusedrnn._atomic import write_text
-        write_text(args.json, json.dumps(
+        write_text(args.json, to_json(
             {"info": info, "cpu": cpu, "threads": args.threads, "env": env,
              "peers": versions, "budget": budget,
              "regimes": [{"name": r, "what": REGIMES[r]} for r in regimes], "rows": rows},
-            indent=1))
+            indent=1))  # (strict: a NaN is null)
         print(f"wrote {args.json}")
     bad = [r for r in rows if not r["agree"]]
     if bad:
