@@ -584,7 +584,7 @@ def run(args) -> int:
                 print(f"  {cell} {mode} B={B} T={T} I={I} H={H}: ours {r['ours_ms']} ms, "
                       f"torch {r['torch_ms']}, ort {r['ort_ms']}", flush=True)
     # the stacked rows belong to the default run (--cells or --shapes narrow it to theirs)
-    default_run = args.cells == "LSTM,GRU,RNN" and args.shapes is None
+    default_run = len(cells) == len(CELLS) and args.shapes is None
     if not args.no_stacked and not args.quick and default_run:
         for (cell, B, T, I, H, layers) in STACKED:
             for mode in modes:

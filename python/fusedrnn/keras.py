@@ -516,8 +516,9 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
             mask = mask or prefix + str(name)
         if class_name not in (*_LAYERS, "RNN", "Bidirectional"):
             continue
-        fed = mask or (functional and _mask_fed(entry) and prefix + _mask_fed(entry))
+        fed = mask or (functional and _mask_fed(entry))
         if fed:
+            fed = fed if fed is mask else prefix + fed
             raise ValueError(f"path: {path!r}: {_describe(class_name, name)} comes after "
                              f"{fed!r}, the mask of a Masking layer or Embedding(mask_zero=True): "
                              f"Keras skips the masked steps, which fusedrnn's layers do not "

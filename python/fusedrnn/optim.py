@@ -16,7 +16,7 @@ import numbers
 
 import numpy as np
 
-from .nn.layers import _flag, _int_in, _seeded
+from .nn.layers import _flag, _int_in, _number_in, _seeded
 from .nn.module import Module, Parameter, is_device_array, to_device
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm_", "clip_grad_value_",
@@ -52,13 +52,6 @@ def _betas(value, name="betas"):
 
 def _nonnegative(value, name):
     return _number_in(value, name, 0.0, math.inf, ">= 0")
-
-
-def _number_in(value, name, low, high, expected):
-    """``value`` as a float, if it is a real number (not a bool) with low <= value <= high."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
-        raise ValueError(f"{name}: expected a number {expected}, got {value!r}")
-    return float(value)
 
 
 class Optimizer:

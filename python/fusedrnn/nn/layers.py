@@ -43,6 +43,14 @@ def _int_in(value, name, low, high=None):
     return int(value)
 
 
+def _number_in(value, name, low, high, expected):
+    """``value`` as a float, if it is a real number (not a bool) with low <= value <= high;
+    ValueError naming ``name`` and what was ``expected`` (e.g. "in [0, 1]") otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+        raise ValueError(f"{name}: expected a number {expected}, got {value!r}")
+    return float(value)
+
+
 def _seeded(seed, name="seed"):
     """``np.random.default_rng(seed)``, a seed NumPy would refuse named: None, a non-negative
     integer (Python's or NumPy's), a sequence of them, a SeedSequence, a BitGenerator or a

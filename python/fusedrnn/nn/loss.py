@@ -11,11 +11,9 @@ of a recurrent layer's output [T, N, C]); PyTorch puts it at axis 1.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from .layers import _int_in
+from .layers import _int_in, _number_in
 from .module import Module
 
 __all__ = ["log_softmax", "softmax", "CrossEntropyLoss", "MSELoss"]
@@ -54,11 +52,7 @@ class CrossEntropyLoss(Module):
         super().__init__()
         self.ignore_index = _int_in(ignore_index, "ignore_index", -2 ** 63)
         self.reduction = _check_reduction(reduction)
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
-                or not 0 <= label_smoothing <= 1:
-            raise ValueError(f"label_smoothing: expected a number in [0, 1], got "
-                             f"{label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = _number_in(label_smoothing, "label_smoothing", 0, 1, "in [0, 1]")
         self._saved = None
 
     def forward(self, logits, target):

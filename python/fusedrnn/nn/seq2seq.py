@@ -45,7 +45,7 @@ from .. import functional as F
 from .attention import make_attention
 from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in,
-                     _positive_int, _seeded)
+                     _number_in, _positive_int, _seeded)
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module
 from .recurrent import GRU, LSTM, LayerNormLSTM
@@ -73,13 +73,6 @@ def _special_ids(pad_idx, bos_idx, eos_idx, vocab_size):
         raise ValueError(f"eos_idx: expected an id other than pad_idx ({ids['pad_idx']}): the "
                          f"loss ignores padding targets, so the end token would never be learned")
     return ids["pad_idx"], ids["bos_idx"], ids["eos_idx"]
-
-
-def _fraction(value, name):
-    """A float in [0, 1] (teacher forcing's probability), named where it is not."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 # A model's lock (made at first use; a lock held in the model would not copy or pickle)
@@ -316,7 +309,7 @@ class _Generator(Module):
     def _teacher_forcing(self, teacher_forcing, rng):
         """Checked teacher forcing ratio and generator (the model's own, seeded by its seed,
         where none is given)."""
-        teacher_forcing = _fraction(teacher_forcing, "teacher_forcing")
+        teacher_forcing = _number_in(teacher_forcing, "teacher_forcing", 0, 1, "in [0, 1]")
         if rng is None:
             return teacher_forcing, self._teacher_rng
         if not isinstance(rng, np.random.Generator):
