@@ -309,6 +309,29 @@ def test_aot_inductor_package_runs(tmp_path):
     torch.testing.assert_close(h_n, expected_h)
 
 
+def test_inductor_cpp_wrapper_trains_and_infers():
+    """Inductor's cpp_wrapper calls only operators that return tensors (it refused the lists
+    the operators returned before: "fallback kernels with runtime lookup currently only support
+    tensor returns"): a bidirectional projected LSTM, every operator output slot in use, gives
+    eager's outputs and gradients."""
+    import torch._inductor.config as inductor_config
+    torch.manual_seed(3)
+    model = frt.LSTM(3, 5, proj_size=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    with inductor_config.patch(cpp_wrapper=True):
+        compiled = torch.compile(model, fullgraph=True)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x)[0], model(x)[0], rtol=0, atol=1e-12)
+        x_c = x.clone().requires_grad_()
+        compiled(x_c)[0].square().sum().backward()
+    grads = [x_c.grad] + [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    x_e = x.clone().requires_grad_()
+    model(x_e)[0].square().sum().backward()
+    for a, b in zip(grads, [x_e.grad] + [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_torch_compile_fullgraph(cell):
     torch.manual_seed(9)

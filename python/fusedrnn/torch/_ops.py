@@ -15,8 +15,18 @@ S the width of h: H, or P with an LSTM's projection (proj_size).
                   w_hr D x [P, H] (or absent), lengths [N] int64 or None, cell,
                   nonlinearity, training, precision)
       -> y [T, N, D*S], h_n [D, N, S], c_n [D, N, H] (LSTM; else [0]),
-         gates D x [T, N, G*H], extra D x [T or 0, N, H], h_prev D x [T, N, S]
-         (the last three empty [0] tensors unless training)
+         then for the forward direction and then the reverse one: gates [T, N, G*H],
+         extra [T or 0, N, H], h_prev [T, N, S] (empty [0] tensors unless training, and for
+         the reverse direction of a unidirectional layer)
+
+    layer_backward(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev (lists over the
+                   directions), dy, dh_n, dc_n, cell, nonlinearity, precision)
+      -> dx, dh0 [D, N, S], dc0 [D, N, H] (LSTM; else [0]), dw_ih [D, G*H, I],
+         dw_hh [D, G*H, S], db_ih, db_hh [D, G*H], dw_hr [D, P, H] (else [0])
+
+Every output is a tensor, none a list: Inductor's ``cpp_wrapper`` calls only operators that
+return tensors. The forward's saved activations take a slot per direction rather than a stacked
+[D, ...] tensor, which would copy them (the kernels write each direction's apart).
 
 ``precision``: "float32", or "bfloat16": a float32 layer computes as under fusedrnn.autocast
 (fusedrnn.amp; a float64 layer keeps float64). It changes no output's shape or dtype; the
@@ -184,11 +194,14 @@ def _run(bridge, kernel, cell, nonlinearity, calls):
     return F._run_calls([(bridge.kernels, c) for c in calls], kernel, cell, nonlinearity, empty)
 
 
+def _stack(tensors):
+    """[D, ...] tensor of the directions' tensors (a view for one direction)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
 def _stacked(bridge, arrays):
     """[D, ...] tensor over the directions' arrays (a view for one direction)."""
-    if len(arrays) == 1:
-        return bridge.tensor(arrays[0][None])
-    return torch.stack([bridge.tensor(a) for a in arrays])
+    return _stack([bridge.tensor(a) for a in arrays])
 
 
 def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
@@ -248,13 +261,29 @@ def layer_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: lis
                   w_hh: list[torch.Tensor], b_ih: list[torch.Tensor], b_hh: list[torch.Tensor],
                   w_hr: list[torch.Tensor], lengths: Optional[torch.Tensor], cell: str,
                   nonlinearity: str, training: bool, precision: str
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
-                             list[torch.Tensor], list[torch.Tensor]]:
-    """One layer, every direction: (y, h_n, c_n, gates, extra, h_prev); see the module
-    docstring. An absent bias or projection is an empty list or, as the layers pass it, an empty
-    tensor per direction (AOTInductor's runtime passes an empty list as None)."""
-    return _forward_impl(x, h0, c0, w_ih, w_hh, _given(b_ih), _given(b_hh), _given(w_hr),
-                         lengths, cell, nonlinearity, training, precision)
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor]:
+    """One layer, every direction: (y, h_n, c_n, then gates, extra, h_prev of each direction
+    slot); see the module docstring. An absent bias or projection is an empty list or, as the
+    layers pass it, an empty tensor per direction (AOTInductor's runtime passes an empty list
+    as None)."""
+    y, h_n, c_n, *saved = _forward_impl(x, h0, c0, w_ih, w_hh, _given(b_ih), _given(b_hh),
+                                        _given(w_hr), lengths, cell, nonlinearity, training,
+                                        precision)
+    return y, h_n, c_n, *_slots(saved, x)
+
+
+def _slots(saved, like):
+    """(gates, extra, h_prev) of the forward direction, then of the reverse one, from the lists
+    over the directions (empty tensors where a layer has no reverse direction)."""
+    return tuple(part[d] if d < len(part) else like.new_empty((0,))
+                 for d in range(2) for part in saved)
+
+
+def _of_slots(outputs, D):
+    """The lists over the directions (gates, extra, h_prev) from layer_forward's slots."""
+    return [[outputs[3 + 3 * d + i] for d in range(D)] for i in range(3)]
 
 
 def _given(tensors):
@@ -277,12 +306,9 @@ def _layer_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, 
     y = x.new_empty((T, N, D * S))
     h_n = x.new_empty((D, N, S))
     c_n = x.new_empty((D, N, H)) if cell == "lstm" else x.new_empty((0,))
-    if not training:
-        return y, h_n, c_n, *([x.new_empty((0,)) for _ in range(D)] for _ in range(3))
-    extra_t = T if cell in ("lstm", "gru") else 0
-    return (y, h_n, c_n, [x.new_empty((T, N, G * H)) for _ in range(D)],
-            [x.new_empty((extra_t, N, H)) for _ in range(D)],
-            [x.new_empty((T, N, S)) for _ in range(D)])
+    shapes = ((T, N, G * H), (T if cell in ("lstm", "gru") else 0, N, H), (T, N, S))
+    saved = [[x.new_empty(shape if training else (0,)) for _ in range(D)] for shape in shapes]
+    return (y, h_n, c_n, *_slots(saved, x))
 
 
 @torch.library.custom_op("fusedrnn::layer_backward", mutates_args=(),
@@ -292,13 +318,24 @@ def layer_backward(x: torch.Tensor, w_ih: list[torch.Tensor], w_hh: list[torch.T
                    gates: list[torch.Tensor], extra: list[torch.Tensor],
                    h_prev: list[torch.Tensor], dy: torch.Tensor, dh_n: torch.Tensor,
                    dc_n: torch.Tensor, cell: str, nonlinearity: str, precision: str
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor],
-                              list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
-                              list[torch.Tensor]]:
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """BPTT of :func:`layer_forward`: (dx, dh0 [D, N, S], dc0 (LSTM; else [0]), dw_ih, dw_hh,
-    db_ih, db_hh, dw_hr (lists over the directions)); ``precision``: the forward's."""
-    return _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n,
-                          cell, nonlinearity, precision)
+    db_ih, db_hh, dw_hr (each [D, ...]; dw_hr [0] without a projection)); ``precision``: the
+    forward's."""
+    dx, dh0, dc0, *grads, dw_hr = _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra,
+                                                 h_prev, dy, dh_n, dc_n, cell, nonlinearity,
+                                                 precision)
+    return (dx, dh0, dc0, *(_stack(g) for g in grads),
+            _stack(dw_hr) if dw_hr else x.new_empty((0,)))
+
+
+def _backward_through_operator(*args):
+    """layer_backward's gradients as :func:`_backward_impl` gives them (lists over the
+    directions; dw_hr empty without a projection)."""
+    dx, dh0, dc0, *grads, dw_hr = layer_backward(*args)
+    return (dx, dh0, dc0, *(list(g.unbind(0)) for g in grads),
+            list(dw_hr.unbind(0)) if dw_hr.numel() else [])
 
 
 @layer_backward.register_fake
@@ -307,10 +344,11 @@ def _layer_backward_fake(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy,
     D, N, S = dh_n.shape
     H = w_hh[0].shape[0] // GATES[cell]
     dc0 = x.new_empty((D, N, H)) if cell == "lstm" else x.new_empty((0,))
+    w_hr = _given(w_hr)
     return (x.new_empty(x.shape), x.new_empty((D, N, S)), dc0,
-            [w.new_empty(w.shape) for w in w_ih], [w.new_empty(w.shape) for w in w_hh],
-            [w.new_empty(w.shape[:1]) for w in w_hh], [w.new_empty(w.shape[:1]) for w in w_hh],
-            [w.new_empty(w.shape) for w in _given(w_hr)])
+            x.new_empty((D, *w_ih[0].shape)), x.new_empty((D, *w_hh[0].shape)),
+            x.new_empty((D, w_hh[0].shape[0])), x.new_empty((D, w_hh[0].shape[0])),
+            x.new_empty((D, *w_hr[0].shape)) if w_hr else x.new_empty((0,)))
 
 
 NO_VMAP = ("fusedrnn: torch.func.vmap over the recurrent layers (and jacrev, jacfwd, hessian, "
@@ -354,16 +392,16 @@ def _gradients(meta, saved, dy, dh_n, dc_n, backward):
 def _setup_context(ctx, inputs, output):
     (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity, training,
      precision) = inputs
-    _, _, _, gates, extra, h_prev = output
+    gates, extra, h_prev = _of_slots(output, len(w_ih))
     ctx.meta = (cell, nonlinearity, training, bool(_given(b_ih)), len(w_ih), bool(_given(w_hr)),
                 precision)
     ctx.absent = [len(t) for t in (b_ih, b_hh, w_hr)]  # the gradients' structure
     ctx.save_for_backward(x, lengths, *w_ih, *w_hh, *gates, *extra, *h_prev, *_given(w_hr))
 
 
-def _backward(ctx, dy, dh_n, dc_n, dgates, dextra, dh_prev):
+def _backward(ctx, dy, dh_n, dc_n, *dsaved):
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(
-        ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, layer_backward)
+        ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_through_operator)
     # the operator's inputs: a list where it took a list (of Nones where it held placeholders)
     db_ih, db_hh, dw_hr = (g or [None] * n for g, n in zip((db_ih, db_hh, dw_hr), ctx.absent))
     return (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None, None, None)
