@@ -353,6 +353,20 @@ def _assert_compiles_fullgraph(model, tokens):
         assert (a - b.grad).abs().max() < 1e-5
 
 
+def test_torch_jit_script_says_what_works_instead():
+    """torch.jit.script of a model holding our layers or cells failed with a TorchScript parse
+    error inside our forward ("Module 'LSTM' has no attribute '_parameters'"): it now names
+    trace, export, compile and to_torch_nn; the model to_torch_nn gives scripts."""
+    model = frt.convert(Tagger(torch.nn.LSTM(6, 8, bidirectional=True)))
+    for scripted in (model, frt.GRUCell(3, 4)):
+        with pytest.raises(RuntimeError, match=r"^torch\.jit\.script: fusedrnn\.torch's layers "
+                                               r"and cells cannot be scripted .*to_torch_nn"):
+            torch.jit.script(scripted)
+    tokens = torch.randint(0, 20, (5, 2))
+    plain = frt.to_torch_nn(model, inplace=False)
+    torch.testing.assert_close(torch.jit.script(plain)(tokens), model(tokens))
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks, as torch.nn's
 @pytest.mark.parametrize("frozen", [False, True])
 def test_torch_jit_trace_records_the_operator(frozen, tmp_path):

@@ -29,6 +29,18 @@ from . import _ops
 
 _DTYPES = (torch.float32, torch.float64)
 
+NO_SCRIPT = ("torch.jit.script: fusedrnn.torch's layers and cells cannot be scripted (their "
+             "forward is Python that TorchScript does not compile); torch.jit.trace, "
+             "torch.export and torch.compile record their operators, and "
+             "fusedrnn.torch.to_torch_nn(model, inplace=False) gives torch.nn's layers (the same "
+             "weights) to script")
+
+
+def _refuse_script(module):
+    """torch.jit.script asks every module of a tree for its scriptable form before compiling
+    any: ours say what works instead of a TorchScript parse error deep in our forward."""
+    raise RuntimeError(NO_SCRIPT)
+
 
 def cuda_unavailable() -> str | None:
     """Why fusedrnn's CUDA kernels cannot run here (None: they can)."""
@@ -163,6 +175,7 @@ class _RecurrentBase(nn.Module):
     """What RNN, LSTM and GRU share: parameters, input forms, the layer loop."""
 
     _cell = ""
+    __prepare_scriptable__ = _refuse_script
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
@@ -499,6 +512,7 @@ class _CellBase(nn.Module):
     """One step of a cell: the layer operator run over a sequence of one step."""
 
     _cell = ""
+    __prepare_scriptable__ = _refuse_script
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None,
                  nonlinearity="tanh"):
