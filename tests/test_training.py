@@ -1,5 +1,7 @@
 """Truncated BPTT (k = T equals full BPTT; k < T carries the state and stops the gradient at
 chunk boundaries) and the fit loop."""
+import math
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,53 @@ def test_truncated_bptt_and_checkpointer_check_their_arguments():
     for every in (0, -1, "x"):
         with pytest.raises((TypeError, ValueError), match="every: expected an integer"):
             Checkpointer("/tmp/unused.ckpt", every=every)
+
+
+def test_truncated_bptt_refuses_what_it_cannot_train_and_averages_counted_targets():
+    """A bidirectional layer trained in chunks read its reverse direction's state at a chunk's
+    start as the next chunk's end (0.27-0.57 off the full forward's state, silently); clip_norm
+    without an optimizer clipped nothing; a chunk of ignored targets (loss 0) counted in the
+    mean as a chunk of real ones."""
+    loss = fr.nn.CrossEntropyLoss()
+    model = fr.nn.Sequential(fr.nn.GRU(2, 3, bidirectional=True, seed=0), fr.nn.Linear(6, 3))
+    with pytest.raises(ValueError, match=r"^model: 0 is bidirectional; truncated BPTT cannot"):
+        TruncatedBPTT(model, loss, 4)
+    with pytest.raises(ValueError, match=r"^clip_norm: clips the gradients before each "
+                                         r"optimizer step; give an optimizer"):
+        TruncatedBPTT(fr.nn.GRU(2, 3, seed=0), loss, 4, clip_norm=1.0)
+
+    class Head(fr.nn.Module):  # logits from a bias alone: every counted target's loss alike
+        def __init__(self):
+            super().__init__()
+            self.lin = fr.nn.Linear(2, 3, dtype=np.float64, seed=0)
+
+        def forward(self, x, state=None):
+            return self.lin(x), None
+
+        def backward(self, d):
+            self.lin.backward(d)
+
+    x, y = np.zeros((8, 1, 2)), np.zeros((8, 1), int)
+    y[4:] = -100
+    head = Head()
+    expected = loss(head.lin(x[:4]), y[:4])
+    mean, _ = TruncatedBPTT(head, loss, 4).run(x, y)
+    assert mean == pytest.approx(float(expected), rel=1e-12)
+    y[:] = -100
+    assert math.isnan(TruncatedBPTT(head, loss, 4).run(x, y)[0])
+
+
+def test_a_stage_name_runs_once_under_a_checkpointer(tmp_path):
+    """Two fits with the same desc under one Checkpointer (pretraining, then fine-tuning, both
+    "train"): a resumed run gave the first the second's state and retrained the second from
+    its start (0.034 off the uninterrupted run, silently). The second is refused up front."""
+    from fusedrnn.training import Checkpointer
+    checkpoint = Checkpointer(tmp_path / "run.ckpt")
+    fit(lambda b: 0.0, lambda e: [1, 2], 1, progress=False, checkpoint=checkpoint)
+    with pytest.raises(ValueError, match=r"^desc: the stage 'train' already ran under this "
+                                         r"Checkpointer; give each fit of a run its own desc"):
+        fit(lambda b: 0.0, lambda e: [1, 2], 1, progress=False, checkpoint=checkpoint)
+    fit(lambda b: 0.0, lambda e: [1, 2], 1, progress=False, checkpoint=checkpoint, desc="tune")
 
 
 def test_fit_checks_batches_keeps_other_stages_and_an_ignored_sigint(tmp_path):

@@ -116,6 +116,7 @@ class Optimizer:
         hyper-parameters and its state; parameters without a gradient are skipped."""
         for group, p, state in self._params_with_grad():
             self._update(group, p, p.grad, state)
+            p.mark_written()
 
     def _update(self, group, p, grad, state):
         raise NotImplementedError
@@ -455,6 +456,7 @@ def vector_to_parameters(vector, parameters):
     for p in params:
         n = p.data.size
         p.data[...] = vector[offset:offset + n].reshape(p.data.shape)
+        p.mark_written()
         offset += n
 
 

@@ -60,7 +60,9 @@ class TruncatedBPTT:
     ``loss_fn(output, target)`` returns the chunk's loss and ``loss_fn.backward()`` its gradient
     with respect to output (the losses of ``fusedrnn.nn`` do both). ``clip_norm``: the
     gradients' norm is clipped to it before each step (``clip_grad_norm_``; 0 zeroes them, as
-    torch's max_norm=0), None: no clipping."""
+    torch's max_norm=0), None: no clipping; it clips before each optimizer step, so it needs
+    an optimizer. A bidirectional layer is refused: its reverse direction reads the steps after
+    a chunk, which truncation cuts off."""
 
     def __init__(self, model, loss_fn, k, optimizer=None, clip_norm=None):
         self.model, self.loss_fn, self.k = model, loss_fn, _int_in(k, "k", 1)
@@ -69,9 +71,19 @@ class TruncatedBPTT:
                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer
         self.clip_norm = None if clip_norm is None else _nonnegative(clip_norm, "clip_norm")
+        if self.clip_norm is not None and optimizer is None:
+            raise ValueError("clip_norm: clips the gradients before each optimizer step; give an "
+                             "optimizer too (or clip the accumulated gradients yourself, "
+                             "fusedrnn.optim.clip_grad_norm_)")
+        for name, m in getattr(model, "named_modules", lambda: ())():
+            if getattr(m, "bidirectional", False):
+                raise ValueError(f"model: {name or 'the model'} is bidirectional; truncated BPTT "
+                                 f"cannot train it (its reverse direction reads the time steps "
+                                 f"after each chunk, which truncation cuts off): use full BPTT")
 
     def run(self, x, target, state=None):
-        """Returns ``(mean loss over chunks weighted by chunk length, final state)``."""
+        """Returns ``(mean loss, final state)``: the chunks' losses weighted by their time steps,
+        or by their counted targets where ``loss_fn`` ignores some (``ignore_index``)."""
         for name, a in (("x", x), ("target", target)):
             if not hasattr(a, "shape"):
                 raise TypeError(f"{name}: expected an array [T, ...], got {type(a).__name__}")
@@ -80,7 +92,7 @@ class TruncatedBPTT:
             raise ValueError(f"x: expected at least one time step, got shape {x.shape}")
         if target.shape[0] != T:
             raise ValueError(f"target: expected {T} time steps like x, got shape {target.shape}")
-        total = 0.0
+        total = weight = 0.0
         for start in range(0, T, self.k):
             stop = min(start + self.k, T)
             if self.optimizer is not None:
@@ -92,9 +104,21 @@ class TruncatedBPTT:
                 if self.clip_norm is not None:
                     clip_grad_norm_(self.model.parameters(), self.clip_norm)
                 self.optimizer.step()
-            total += float(loss) * (stop - start)
+            chunk = _chunk_weight(self.loss_fn, target[start:stop])
+            if chunk:  # (an all-ignored chunk's loss is 0 or NaN: not a mean of anything)
+                total += float(loss) * chunk
+                weight += chunk
             state = detach_state(new_state)
-        return total / T, state
+        return (total / weight if weight else float("nan")), state
+
+
+def _chunk_weight(loss_fn, target):
+    """How much a chunk's mean loss weighs in TruncatedBPTT.run's mean: its targets that count
+    where ``loss_fn`` ignores some (``ignore_index``), else its time steps."""
+    ignore = getattr(loss_fn, "ignore_index", None)
+    if ignore is None or not np.issubdtype(np.asarray(target).dtype, np.integer):
+        return target.shape[0]
+    return int(np.count_nonzero(np.asarray(target) != ignore))
 
 
 def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progress=True,
@@ -381,6 +405,10 @@ class Checkpointer:
     def restore(self, stage, objects):
         """Put ``objects`` back as the resumed file holds them for ``stage``; returns the
         position to go on from, or None when the file holds no such stage."""
+        if stage in self.finished:  # a resumed run would give this fit the other one's state
+            raise ValueError(f"desc: the stage {stage!r} already ran under this Checkpointer; "
+                             f"give each fit of a run its own desc (a resumed run finds each "
+                             f"stage by it)")
         saved = self.resumed.pop(stage, None)
         if saved is None:
             return None

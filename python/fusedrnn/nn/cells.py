@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 from .. import _C
 from .. import functional as F
 from .layers import _dtype, _flag, _positive_int, _seeded
-from .module import KeptWeights, Module, Parameter
+from .module import KeptWeights, Module, Parameter, check_unwritten, write_stamp
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTMCell"]
 
@@ -307,15 +307,16 @@ class RNNCellBase(Module):
 
     def _push(self, ctx, batched):
         if self.training:
-            self._steps.append((ctx, batched))
+            self._steps.append((ctx, batched, write_stamp(self)))
             self._kept.hold((ctx.w_ih, ctx.w_hh))  # read-only references: the weights stay kept
 
     def _pop(self):
         if not self._steps:
             raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left to "
                                f"back-propagate (each forward in training mode allows one backward)")
-        ctx, batched = self._steps.pop()
+        ctx, batched, written = self._steps.pop()
         self._kept.release((ctx.w_ih, ctx.w_hh))
+        check_unwritten(self, written)
         return ctx, batched
 
     def _accumulate(self, dw_ih, dw_hh, db_ih, db_hh):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
 from .. import functional as F
-from .module import Module, Parameter, check_dtype
+from .module import Module, Parameter, check_dtype, check_unwritten, write_stamp
 
 __all__ = ["Linear", "Embedding", "Dropout", "Sequential", "Identity"]
 
@@ -141,6 +141,7 @@ class Linear(Module):
                              f"got {x.shape}")
         y = self._apply(x)
         self._x = x if self.training else None
+        self._written = write_stamp(self)
         return y
 
     def _apply(self, x):
@@ -164,6 +165,7 @@ class Linear(Module):
         x = self._x
         if x is None:
             raise _no_saved(self)
+        check_unwritten(self, self._written)
         dout = np.asarray(dout, dtype=self.dtype)
         expected = x.shape[:-1] + (self.out_features,)
         if dout.shape != expected:

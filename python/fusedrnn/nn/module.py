@@ -95,7 +95,9 @@ class Parameter:
     __slots__ = {"_data": "The values (read through ``data``).",
                  "grad": "The accumulated gradient, shaped like ``data``; None until the first "
                          "backward (and after ``zero_grad()``).",
-                 "_version": "See ``version``."}
+                 "_version": "See ``version``.",
+                 "_written": "The version of the last known write: a new ``data``, an "
+                             "optimizer's step, ``load_state_dict`` (``mark_written``)."}
 
     def __init__(self, data):
         if not isinstance(data, np.ndarray) and not is_device_array(data):
@@ -114,7 +116,13 @@ class Parameter:
     @data.setter
     def data(self, value):
         self._data = value
-        self._version = next(_versions)
+        self._version = self._written = next(_versions)
+
+    def mark_written(self):
+        """Say that ``data`` was written in place (the optimizers' steps and ``load_state_dict``
+        do): a backward whose forward ran before it refuses to mix the new values with the old
+        activations (:func:`check_unwritten`)."""
+        self._version = self._written = next(_versions)
 
     @property
     def version(self):
@@ -175,6 +183,23 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
+
+
+def write_stamp(module):
+    """The last known writes of ``module``'s own parameters (not its children's), taken at a
+    training-mode forward for :func:`check_unwritten` at its backward."""
+    return tuple(p._written for p in module._parameters.values() if p is not None)
+
+
+def check_unwritten(module, stamp):
+    """Raise when a parameter was written (an optimizer's step, ``load_state_dict``, a new
+    ``data``) since ``stamp`` was taken at the forward whose activations a backward would use:
+    its gradients would mix the new values with the old activations (torch raises there too)."""
+    if stamp != write_stamp(module):
+        raise RuntimeError(f"{type(module).__name__}.backward: a parameter was written (an "
+                           f"optimizer step, load_state_dict or a new data array) after the "
+                           f"forward whose activations this backward uses; take the optimizer "
+                           f"step after backward, or run the forward again")
 
 
 def _references_to_data(holder):
@@ -472,6 +497,7 @@ class Module:
                 param.data[...] = value
             else:
                 param.data[...] = to_device(value, "cuda")
+            param.mark_written()
         return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------------ devices

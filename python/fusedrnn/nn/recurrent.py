@@ -36,7 +36,7 @@ from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
 from .layers import _flag, _int_in, _seeded
-from .module import (KeptWeights, Module, Parameter, array_module, check_device, check_dtype,
+from .module import (KeptWeights, check_unwritten, write_stamp, Module, Parameter, array_module, check_device, check_dtype,
                      is_device_array, to_device, to_host)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
@@ -390,7 +390,7 @@ class RNNBase(Module):
 
         if training:
             self._saved = dict(contexts=contexts, masks=masks, T=T, N=N, batched=batched,
-                               has_h0=h0_all is not None,
+                               written=write_stamp(self), has_h0=h0_all is not None,
                                has_c0=c0_all is not None, x_shape=x.shape)
         else:
             self._saved = None  # an inference forward saves nothing; backward must not reuse old state
@@ -463,6 +463,7 @@ class RNNBase(Module):
             raise RuntimeError("backward called before a training-mode forward: call forward() "
                                "with the module in training mode (module.train()) first; an "
                                "eval-mode forward saves nothing for backward")
+        check_unwritten(self, saved["written"])
         T, N, batched = saved["T"], saved["N"], saved["batched"]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         S = self._state_size  # the width of h and of each direction's output
