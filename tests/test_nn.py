@@ -102,6 +102,32 @@ def test_layer_matches_reference_stack(rng, name, dtype, bidirectional, batch_fi
         assert np.all(out_tn[1:, 1] == 0) and np.all(out_tn[:, 2] == 0) and np.all(out_tn[3:, 3] == 0)
 
 
+@pytest.mark.parametrize("variant", [dict(proj_size=3), dict(peephole=True),
+                                     dict(proj_size=2, peephole=True)], ids=str)
+def test_lstm_variants_match_the_reference_stack(rng, variant):
+    """The stack reference computes the projection and the peepholes (it dropped weight_ph
+    silently, 4.6e-2 off, and refused weight_hr with a shape error) and refuses what it does
+    not compute (a LayerNorm-LSTM's norms)."""
+    m = make_layer("lstm", num_layers=2, bidirectional=True, seed=3, **variant)
+    S = variant.get("proj_size") or H
+    x = rng.standard_normal((T, N, I))
+    hx = (rng.standard_normal((4, N, S)), rng.standard_normal((4, N, H)))
+    lengths = np.array([T, 1, 0, 3])
+    R, R2, R3 = (rng.standard_normal(s) for s in ((T, N, 2 * S), (4, N, S), (4, N, H)))
+    out, (h_n, c_n) = m(x, hx, lengths=lengths)
+    dx, (dh0, dc0) = m.backward(R, (R2, R3))
+    ref_out, ref_h, ref_c, cache = reference.recurrent_forward(
+        "LSTM", x, m.state_dict(), num_layers=2, bidirectional=True, hx=hx, lengths=lengths)
+    ref_dx, ref_dh0, ref_dc0, ref_grads = reference.recurrent_backward(cache, R, R2, R3)
+    assert sorted(ref_grads) == sorted(k for k, _ in m.named_parameters())
+    for ours, ref in [(out, ref_out), (h_n, ref_h), (c_n, ref_c), (dx, ref_dx), (dh0, ref_dh0),
+                      (dc0, ref_dc0)] + [(p.grad, ref_grads[k]) for k, p in m.named_parameters()]:
+        assert relative_error(ours, ref) <= 1e-12
+    norms = nn.LayerNormLSTM(I, H, seed=0).state_dict()
+    with pytest.raises(ValueError, match=r"^params: unexpected \['ln_bias_c_l0', "):
+        reference.recurrent_forward("LSTM", x, norms, num_layers=1, bidirectional=False)
+
+
 @pytest.mark.parametrize("name", list(MODES))
 def test_layer_gradients_match_finite_differences(rng, name):
     m = make_layer(name, num_layers=2, bidirectional=True, seed=2)

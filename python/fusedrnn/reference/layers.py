@@ -2,11 +2,15 @@
 (time-major, no dropout): ``num_layers`` layers, each one or two directions, built from the cell
 references in :mod:`.cells`.
 
-    x     [T, N, I]             out, dout   [T, N, D*H]   (forward direction in the first H columns)
-    hx    [L*D, N, H]           LSTM: a tuple (h0, c0), each [L*D, N, H]; None means zeros
-    h_n   [L*D, N, H]           ordered layer-major then direction, as PyTorch (c_n likewise)
+    x     [T, N, I]             out, dout   [T, N, D*S]   (forward direction in the first S columns)
+    hx    [L*D, N, S]           LSTM: a tuple (h0, c0), h0 [L*D, N, S], c0 [L*D, N, H]; None: zeros
+    h_n   [L*D, N, S]           ordered layer-major then direction, as PyTorch (c_n [L*D, N, H])
     params  dict with PyTorch's names: weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k},
-            and the same with the suffix "_reverse"; the biases may be absent (bias=False).
+            and the same with the suffix "_reverse"; the biases may be absent (bias=False). An
+            LSTM may have weight_hr_l{k} [P, H] (torch's proj_size P) and weight_ph_l{k} [3H]
+            (fusedrnn's peepholes i, f, o); other names are refused.
+
+S, the width of h, is H, or P with a projection.
 
 ``mode`` is one of "RNN_TANH", "RNN_RELU", "LSTM", "GRU" (PyTorch's / cuDNN's mode names).
 "RNN" is also accepted and then takes its activation from ``nonlinearity``; with the other modes
@@ -37,11 +41,12 @@ def _suffix(layer, direction):
     return f"_l{layer}" + ("_reverse" if direction == 1 else "")
 
 
-def _cell_forward(cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+def _cell_forward(cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                  w_ph=None, w_hr=None):
     """One layer, one direction; returns (y, h_n, c_n or None, ctx) whatever the cell."""
     if cell == "lstm":
         return cells.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
-                                  reverse=reverse, training=True)
+                                  reverse=reverse, training=True, w_ph=w_ph, w_hr=w_hr)
     if cell == "gru":
         y, h_n, ctx = cells.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
                                         reverse=reverse, training=True)
@@ -52,12 +57,29 @@ def _cell_forward(cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths
 
 
 def _cell_backward(cell, ctx, dy, dh_n, dc_n):
-    """Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih, db_hh) whatever the cell."""
+    """Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih, db_hh) whatever the cell, then an
+    LSTM's dw_ph and dw_hr where it has peepholes and a projection."""
     if cell == "lstm":
         return cells.lstm_backward(ctx, dy, dh_n, dc_n)
     backward = cells.gru_backward if cell == "gru" else cells.rnn_backward
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = backward(ctx, dy, dh_n)
     return dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _check_names(cell, params, num_layers, D):
+    """Refuse parameters this reference would not use (a LayerNorm-LSTM's norms, a peephole of
+    a GRU): computing without them would answer for another network."""
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (
+        ("weight_hr", "weight_ph") if cell == "lstm" else ())
+    known = {kind + _suffix(layer, d) for kind in kinds for layer in range(num_layers)
+             for d in range(D)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"params: unexpected {unknown} for a {cell.upper()} of {num_layers} "
+                         f"layer(s), {D} direction(s) (this reference takes torch.nn's names, and "
+                         f"an LSTM's weight_hr (proj_size) and weight_ph (peepholes); a "
+                         f"LayerNorm-LSTM's layers: fusedrnn.reference.cells."
+                         f"layernorm_lstm_forward)")
 
 
 def recurrent_forward(mode, x, params, *, num_layers, bidirectional, hx=None, lengths=None,
@@ -69,15 +91,18 @@ def recurrent_forward(mode, x, params, *, num_layers, bidirectional, hx=None, le
         raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
     T, N, _ = x.shape
     D = 2 if bidirectional else 1
-    H = np.asarray(params["weight_hh_l0"]).shape[1]
+    _check_names(cell, params, num_layers, D)
+    H = np.asarray(params["weight_ih_l0"]).shape[0] // {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    S = np.asarray(params["weight_hh_l0"]).shape[1]  # the width of h: H, or P
     h0, c0 = (hx if cell == "lstm" else (hx, None)) if hx is not None else (None, None)
-    h0 = np.zeros((num_layers * D, N, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    h0 = np.zeros((num_layers * D, N, S)) if h0 is None else np.asarray(h0, dtype=np.float64)
     c0 = np.zeros((num_layers * D, N, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
-    for name, s in (("h0", h0), ("c0", c0)):
-        if s.shape != (num_layers * D, N, H):
-            raise ValueError(f"hx ({name}): expected shape {(num_layers * D, N, H)}, got {s.shape}")
+    for name, s, width in (("h0", h0, S), ("c0", c0, H)):
+        if s.shape != (num_layers * D, N, width):
+            raise ValueError(f"hx ({name}): expected shape {(num_layers * D, N, width)}, got "
+                             f"{s.shape}")
 
-    h_n = np.zeros((num_layers * D, N, H))
+    h_n = np.zeros((num_layers * D, N, S))
     c_n = np.zeros((num_layers * D, N, H))
     contexts = {}
     layer_input = x
@@ -90,14 +115,15 @@ def recurrent_forward(mode, x, params, *, num_layers, bidirectional, hx=None, le
                 cell, nonlinearity, layer_input, h0[index], c0[index],
                 params["weight_ih" + k], params["weight_hh" + k],
                 params.get("bias_ih" + k), params.get("bias_hh" + k),
-                lengths, reverse=(direction == 1))
+                lengths, reverse=(direction == 1), w_ph=params.get("weight_ph" + k),
+                w_hr=params.get("weight_hr" + k))
             outputs.append(y)
             h_n[index] = h_last
             if c_last is not None:
                 c_n[index] = c_last
             contexts[index] = ctx
-        layer_input = np.concatenate(outputs, axis=2)  # [T, N, D*H]
-    cache = {"cell": cell, "num_layers": num_layers, "D": D, "H": H, "contexts": contexts,
+        layer_input = np.concatenate(outputs, axis=2)  # [T, N, D*S]
+    cache = {"cell": cell, "num_layers": num_layers, "D": D, "H": H, "S": S, "contexts": contexts,
              "has_bias": "bias_ih_l0" in params, "input_shape": x.shape}
     return layer_input, h_n, (c_n if cell == "lstm" else None), cache
 
@@ -105,12 +131,12 @@ def recurrent_forward(mode, x, params, *, num_layers, bidirectional, hx=None, le
 def recurrent_backward(cache, dout, dh_n=None, dc_n=None):
     """BPTT through the stack. Returns (dx, dh0, dc0, grads); dc0 is None unless LSTM and grads
     is a dict keyed by the PyTorch parameter names (biases only when the forward had them)."""
-    cell, L, D, H = cache["cell"], cache["num_layers"], cache["D"], cache["H"]
+    cell, L, D, H, S = (cache[k] for k in ("cell", "num_layers", "D", "H", "S"))
     T, N, _ = cache["input_shape"]
-    dout = np.zeros((T, N, D * H)) if dout is None else np.asarray(dout, dtype=np.float64)
-    dh_n = np.zeros((L * D, N, H)) if dh_n is None else np.asarray(dh_n, dtype=np.float64)
+    dout = np.zeros((T, N, D * S)) if dout is None else np.asarray(dout, dtype=np.float64)
+    dh_n = np.zeros((L * D, N, S)) if dh_n is None else np.asarray(dh_n, dtype=np.float64)
     dc_n = np.zeros((L * D, N, H)) if dc_n is None else np.asarray(dc_n, dtype=np.float64)
-    dh0 = np.zeros((L * D, N, H))
+    dh0 = np.zeros((L * D, N, S))
     dc0 = np.zeros((L * D, N, H))
     grads = {}
     d_layer_output = dout  # gradient w.r.t. the output of the layer being walked back
@@ -119,9 +145,14 @@ def recurrent_backward(cache, dout, dh_n=None, dc_n=None):
         for direction in range(D):
             k = _suffix(layer, direction)
             index = layer * D + direction
-            dy = d_layer_output[:, :, direction * H:(direction + 1) * H]
-            dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = _cell_backward(
-                cell, cache["contexts"][index], dy, dh_n[index], dc_n[index])
+            dy = d_layer_output[:, :, direction * S:(direction + 1) * S]
+            ctx = cache["contexts"][index]
+            dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, *more = _cell_backward(
+                cell, ctx, dy, dh_n[index], dc_n[index])
+            if ctx.get("w_hr") is not None:
+                grads["weight_hr" + k] = more.pop()
+            if ctx.get("w_ph") is not None:
+                grads["weight_ph" + k] = more.pop()
             d_layer_input = d_layer_input + dx  # both directions read the same input
             dh0[index] = dh
             if dc is not None:
