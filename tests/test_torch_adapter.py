@@ -599,6 +599,23 @@ def test_torch_onnx_export_writes_onnx_s_own_recurrent_nodes(tmp_path):
             assert np.abs(got - want.numpy()).max() < 1e-5
 
 
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_torch_onnx_export_of_a_projection_says_where_it_can_go(tmp_path, dynamo):
+    """Neither torch.onnx path can write a projected LSTM (ONNX's LSTM has none): both say so
+    and name fusedrnn.onnx.export. The default path's retry under Dynamo (which folds
+    torch.onnx.is_in_onnx_export() to False) ended in "No ONNX function found for
+    fusedrnn.layer_forward" instead."""
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    model = frt.LSTM(3, 5, proj_size=2)
+    with warnings.catch_warnings(), pytest.raises(Exception) as caught:
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(4, 2, 3),), str(tmp_path / "p.onnx"),
+                          dynamo=dynamo)
+    assert "torch.onnx.export cannot write an LSTM with proj_size" in str(caught.value)
+    assert "fusedrnn.onnx.export writes a fusedrnn.nn.LSTM with one" in str(caught.value)
+
+
 def test_to_torch_nn_is_convert_s_inverse_and_exports_to_onnx(tmp_path):
     """to_torch_nn gives back torch.nn's layers and cells with the same weights, modes and
     flags (shared layers stay shared), so torch.onnx.export, which knows only those, exports a
@@ -634,6 +651,9 @@ def test_to_torch_nn_is_convert_s_inverse_and_exports_to_onnx(tmp_path):
 def test_unsupported_arguments_are_refused_at_construction():
     with pytest.raises(ValueError, match=r"proj_size: expected an integer in \[0, hidden_size\)"):
         frt.LSTM(4, 8, proj_size=8)
+    for layer in (frt.GRU, frt.RNN):  # a ValueError, as torch.nn's (a TypeError before)
+        with pytest.raises(ValueError, match=r"^proj_size: projections belong to an LSTM"):
+            layer(4, 8, proj_size=2)
     with pytest.raises(ValueError, match=r"device: fusedrnn.torch runs on the CPU and on CUDA "
                                          r"devices \(and takes meta tensors for shapes\), got mps"):
         frt.GRU(4, 8, device="mps")

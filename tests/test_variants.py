@@ -964,8 +964,9 @@ def test_layernorm_lstm_defaults_and_arguments():
                           R.layernorm_lstm_forward(*args, eps=0.5)[0]) < 1e-5
     with pytest.raises(ValueError, match=r"ln: expected shape \(160,\)"):
         F.layernorm_lstm_forward(*args, unit[:10])
-    with pytest.raises(ValueError, match="eps: expected a positive number"):
-        F.layernorm_lstm_forward(*args, eps=0)
+    for eps in (0, float("inf"), float("nan")):  # inf made every norm 0, silently
+        with pytest.raises(ValueError, match="eps: expected a positive finite number"):
+            F.layernorm_lstm_forward(*args, eps=eps)
     with pytest.raises(ValueError, match="ln: layer-norm parameters belong to the LayerNorm"):
         F._forward_many("lstm", [dict(zip(("x", "h0", "c0", "w_ih", "w_hh"), args), ln=unit)])
     with pytest.raises(ValueError, match="ln: layer-norm parameters belong to the LayerNorm"):
@@ -973,8 +974,9 @@ def test_layernorm_lstm_defaults_and_arguments():
                                 None, unit)
     with pytest.raises(ValueError, match="ln: the LayerNorm-LSTM needs its norm parameters"):
         fr._C.recurrent_forward("layernorm_lstm", "tanh", *args, None, False, False)
-    with pytest.raises(ValueError, match="eps: expected a positive number"):
-        fr.nn.LayerNormLSTM(4, 8, eps=-1.0)
+    for eps in (-1.0, float("inf")):
+        with pytest.raises(ValueError, match="eps: expected a positive finite number"):
+            fr.nn.LayerNormLSTM(4, 8, eps=eps)
 
 
 def _ln_inference(module, p, **kw):
@@ -1128,8 +1130,9 @@ def test_projected_and_layernorm_cells_step_as_the_reference(kind):
 def test_projected_and_layernorm_cells_check_their_arguments():
     with pytest.raises(ValueError, match=r"proj_size: expected an integer in \[0, hidden_size\)"):
         fr.nn.LSTMCell(3, 4, proj_size=4)
-    with pytest.raises(ValueError, match="eps: expected a positive number"):
-        fr.nn.LayerNormLSTMCell(3, 4, eps=0)
+    for eps in (0, float("inf")):
+        with pytest.raises(ValueError, match="eps: expected a positive finite number"):
+            fr.nn.LayerNormLSTMCell(3, 4, eps=eps)
     cell = fr.nn.LSTMCell(3, 8, proj_size=2)
     x = np.zeros((5, 3), np.float32)
     with pytest.raises(ValueError, match=r"hx\[0\]: expected shape \(5, 2\), got \(5, 8\)"):

@@ -17,6 +17,8 @@ repeat the shape checks so that no call can reach memory it does not own.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -91,6 +93,14 @@ class RecurrentContext:
 
 
 # ---------------------------------------------------------------------------- validation
+def layer_norm_eps(eps):
+    """A LayerNorm-LSTM's epsilon as a float: a positive finite number (an infinite one made
+    every norm 0, the output independent of the input), else ValueError."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
+        raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
+    return float(eps)
+
+
 def _backend(x):
     """(array module, kernel module) for ``x``: NumPy and fusedrnn._C, or CuPy and the CUDA
     kernels for any array exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors)."""
@@ -271,10 +281,8 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
         if ln is None:  # gains one, the cell norm's bias zero
             ln = xp.concatenate([xp.ones(9 * H, x.dtype), xp.zeros(H, x.dtype)])
         ln = _check(ln, "ln", (10 * H,), x.dtype, xp=xp)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps: expected a positive number, got {eps!r}")
         return kernels, args + (cache, "bfloat16" if bf16 else None, None, None, ln,
-                                float(eps)), has_bias
+                                layer_norm_eps(eps)), has_bias
     if ln is not None:
         raise ValueError(f"ln: layer-norm parameters belong to the LayerNorm-LSTM, got them for "
                          f"{cell.upper()}")

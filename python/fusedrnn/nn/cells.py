@@ -203,9 +203,7 @@ class RNNCellBase(Module):
         if self.peephole:  # the LSTM's peepholes (i, f, o), after torch's parameters
             self.weight_ph = uniform(3 * self.hidden_size)
         if self._layer_norm:  # the norms' gains (ones) and the cell norm's bias (zeros)
-            if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-                raise ValueError(f"eps: expected a positive number, got {eps!r}")
-            self.eps = float(eps)
+            self.eps = F.layer_norm_eps(eps)
             H = self.hidden_size
             for name, size, value in (("ln_weight_ih", GH, 1), ("ln_weight_hh", GH, 1),
                                       ("ln_weight_c", H, 1), ("ln_bias_c", H, 0)):

@@ -821,11 +821,10 @@ class LayerNormLSTM(LSTM):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, eps=1e-5, dtype: DTypeLike = np.float32,
                  seed=None, device="cpu"):
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"eps: expected a positive number, got {eps!r}")
+        eps = F.layer_norm_eps(eps)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed, device=device)
-        self.eps = float(eps)
+        self.eps = eps
 
     def extra_repr(self):
         """LSTM's, and ``eps`` where it is not the default."""

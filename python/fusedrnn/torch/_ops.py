@@ -525,13 +525,18 @@ class _LayerUnderTransforms(torch.autograd.Function):
 _ONNX_GATES = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
 
 
+NO_ONNX_PROJECTION = ("ONNX's LSTM has no projection: torch.onnx.export cannot write an LSTM "
+                      "with proj_size (torch.nn's cannot either); fusedrnn.onnx.export writes "
+                      "a fusedrnn.nn.LSTM with one (which loads this layer's state_dict) as an "
+                      "ONNX Scan")
+
+
 def _onnx_nodes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity):
     """(y, h_n, c_n) of one layer as ONNX's own LSTM/GRU/RNN node, under torch.onnx.export's
     default (dynamo) path: the exported graph holds the standard node, which any ONNX runtime
     runs, not our operator."""
     if w_hr:
-        raise RuntimeError("torch.onnx.export: ONNX's LSTM has no projection: an LSTM with "
-                           "proj_size cannot be exported to ONNX (torch.nn's cannot either)")
+        raise RuntimeError("torch.onnx.export: " + NO_ONNX_PROJECTION)
     T, N, D, H = x.shape[0], x.shape[1], len(w_hh), w_hh[0].shape[1]
 
     def onnx_order(w):  # [G*H, ...] in ONNX's gate order
@@ -555,6 +560,17 @@ def _onnx_nodes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinea
     return y, outs[1], outs[2] if cell == "lstm" else x.new_empty((0,))
 
 
+def _in_onnx_export():
+    """Whether torch.onnx.export is tracing. Dynamo folds torch.onnx.is_in_onnx_export() to
+    False (so the exporter's strict=True attempt saw our operator, which has no ONNX function,
+    and said only that); the flag it reads is read here as Dynamo reads any global."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+    except ImportError:  # (a torch without it: the public function alone)
+        return torch.onnx.is_in_onnx_export()
+    return bool(_flags._is_onnx_exporting) or torch.onnx.is_in_onnx_export()
+
+
 def _through_operators(x):
     """Whether a call goes through the operators (their fake implementations, their registered
     autograd) rather than straight to the kernels: under torch.compile and torch.jit.trace (so
@@ -573,7 +589,7 @@ def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, traini
     projections, one per direction, or none. ``h0``, ``c0`` (the LSTM's; else unused):
     [D, N, S] and [D, N, H], or None for zeros."""
     w_hr = list(w_hr)
-    if torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export():
+    if torch.compiler.is_compiling() and _in_onnx_export():
         return _onnx_nodes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity)
     dispatch = _through_operators(x)
     transforms = torch._C._are_functorch_transforms_active()  # torch.func.grad & co.

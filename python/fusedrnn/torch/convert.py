@@ -9,7 +9,7 @@ import warnings
 import torch
 from torch import nn
 
-from . import modules
+from . import _ops, modules
 
 # torch.nn class -> the adapter (exact types: a user's subclass may change the math).
 _REPLACEMENTS = {nn.LSTM: modules.LSTM, nn.GRU: modules.GRU, nn.RNN: modules.RNN,
@@ -132,7 +132,7 @@ ONNX_HINT = ("this (TorchScript) path cannot see into fusedrnn.torch's layers: e
 
 
 def _refuse_onnx_export(g, *args):
-    raise RuntimeError("torch.onnx.export: " + ONNX_HINT)
+    raise RuntimeError("torch.onnx.export: " + ONNX_HINT + " (" + _ops.NO_ONNX_PROJECTION + ")")
 
 
 def register_onnx_hint():

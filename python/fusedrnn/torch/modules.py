@@ -491,9 +491,10 @@ class GRU(_RecurrentBase):
     _cell = "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        # proj_size: torch.nn's argument order, refused unless 0 (ValueError, as torch.nn's)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
+                         bidirectional, proj_size, device, dtype)
 
 
 class RNN(_RecurrentBase):
@@ -502,9 +503,10 @@ class RNN(_RecurrentBase):
     _cell = "rnn"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
+                 dtype=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, nonlinearity)
+                         bidirectional, proj_size, device, dtype, nonlinearity)
 
 
 # ---------------------------------------------------------------------------- cells
