@@ -70,8 +70,9 @@ def test_plans_follow_the_shape(threads):
         assert batch["forward"]["loop"] == "by units" and batch["forward"]["loop_threads"] == 1
     assert "backward" not in plan("gru", 10, 4, 8, 8)
     # A by-units loop of big steps gives each thread two slices of the units (a worker whose
-    # core is taken holds back half its share); small steps one.
-    big = plan("lstm", 256, 8, 512, 512, training=True)
+    # core is taken holds back half its share); small steps one. (A 16 MiB W_hh: by units on
+    # every row.)
+    big = plan("lstm", 256, 8, 1024, 1024, training=True)
     small = plan("gru", 256, 1, 512, 512, training=True)
     for way in ("forward", "backward"):
         assert big[way]["loop"] == small[way]["loop"] == "by units"
@@ -153,8 +154,10 @@ def _plan_with_tuning(tuning, cell, T, N, I, H, training):
 def test_inputs_join_the_steps_products_by_the_table():
     # AVX-512 tiles outrun OpenBLAS's GEMM up front inside the steps' products for every cell;
     # AVX2 tiles only for an LSTM whose W_ih is at most 6 cores' caches (csrc/cpu/plan.cpp,
-    # tuning_for). Shapes whose loop is by units on every row (W_hh past any row's cache).
+    # tuning_for). Loops by units (stream_min_samples=0: W_hh past any row's cache is not
+    # streamed by samples).
     def plan(cell, tuning="", I=512, H=512):
+        tuning = ",".join(filter(None, ("stream_min_samples=0", tuning)))
         return _plan_with_tuning(tuning, cell, 256, 8, I, H, training=False)["forward"]
     avx512 = fr.info()["kernels"].startswith("avx512")
     table = _C.tuning()
@@ -168,7 +171,7 @@ def test_inputs_join_the_steps_products_by_the_table():
         G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
         most = table["step_inputs_max_weight_bytes"]
         joins = G >= table["step_inputs_min_gates"] and (most == 0 or G * H * I * 4 <= most)
-        forward = _C.plan(cell, "tanh", 256, 8, I, H, F32, False, 2)["forward"]
+        forward = plan(cell, I=I, H=H)
         assert forward["loop"] == "by units", (cell, I, H)
         assert forward["projection"] == (up_front if not joins else per_slice if cell == "gru"
                                          else in_steps), (cell, I, H)
@@ -183,14 +186,16 @@ def test_inputs_join_the_steps_products_by_the_table():
 
 
 def test_slices_stream_w_hh_by_the_table():
-    # By samples where W_hh fits a core's cache, or (AVX2 tiles) where every slice gets
-    # stream_min_samples and W_hh has at most stream_max_weight_bytes (csrc/cpu/plan.cpp).
+    # By samples where W_hh fits a core's cache, or (AVX2 tiles; AVX-512 tiles on AMD) where
+    # every slice gets stream_min_samples and W_hh has at most stream_max_weight_bytes
+    # (csrc/cpu/plan.cpp).
     def plan(cell, N, H, tuning=""):
         return _plan_with_tuning(tuning, cell, 100, N, H, H, training=True)
     avx512 = fr.info()["kernels"].startswith("avx512")
     table = _C.tuning()
-    assert table["stream_min_samples"] == (0 if avx512 else 12)
-    assert table["stream_max_weight_bytes"] == (0 if avx512 else 4 * table["core_cache_bytes"])
+    streaming = not avx512 or table["row"] == "amd"
+    assert table["stream_min_samples"] == (0 if not streaming else 4 if avx512 else 12)
+    assert table["stream_max_weight_bytes"] == (4 * table["core_cache_bytes"] if streaming else 0)
     for cell, N, H in (("lstm", 32, 256), ("lstm", 16, 256), ("lstm", 64, 512), ("gru", 64, 512),
                        ("rnn", 24, 512), ("lstm", 8, 128)):
         G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
@@ -208,13 +213,28 @@ def test_slices_stream_w_hh_by_the_table():
         assert plan("lstm", 32, 256, "stream_min_samples=0")["forward"]["loop"] == "by units"
 
 
+def test_by_samples_loops_take_slices_a_thread_by_the_table():
+    # sample_slices_per_thread a thread (AMD's row 2: a worker whose core another library's
+    # pool takes holds back one slice, not half the batch) where each keeps min_samples_per_slice
+    assert _C.tuning()["sample_slices_per_thread"] == (2 if _C.tuning()["row"] == "amd" else 1)
+    for tuning, N, slices in (("sample_slices_per_thread=2", 32, 4),
+                              ("sample_slices_per_thread=2", 8, 2),
+                              ("sample_slices_per_thread=1", 32, 2)):
+        for cell in ("lstm", "gru"):
+            plan = _plan_with_tuning(tuning, cell, 100, N, 64, 64, training=True)
+            for way in ("forward", "backward"):
+                assert plan[way]["loop"] == "by samples", (tuning, N, way)
+                assert plan[way]["loop_slices"] == slices, (tuning, N, way)
+
+
 # Every row, the inputs in the steps' products forced for every cell (with AVX2 kernels their
 # default is the LSTM's alone): LSTM B=8 H=256 by units on 2 threads there; and every slice
 # streaming W_hh (LSTM B=8 H=256 by samples on every row).
 @pytest.mark.parametrize("row,tuning", [
     ("intel", ""), ("amd", ""), ("other", ""),
     ("amd", "step_inputs_min_gates=1,step_inputs_max_weight_bytes=0"),
-    ("intel", "stream_min_samples=4,stream_max_weight_bytes=100000000")])
+    ("intel", "stream_min_samples=4,stream_max_weight_bytes=100000000"),
+    ("intel", "sample_slices_per_thread=2")])
 def test_every_table_row_matches_the_reference(row, tuning):
     env = dict(os.environ, FUSEDRNN_CPU_TABLE=row, FUSEDRNN_TUNING=tuning)
     out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,

@@ -113,10 +113,19 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // Runtime call, whose threads still spin: LSTM B=32 52 -> 42, GRU 36 -> 28); level at 8
   // samples a slice (LSTM H=256 B=16); from 2.25 to 3 MiB between 6% faster and 5% slower by
   // shape and run (LSTM I=H=384 B=32, GRU H=512 B=32 and B=64 T=50); slower for a 4 MiB W_hh
-  // (LSTM H=512 B=64 T=50: 3-5% alone, 11% after ONNX Runtime). Not measured with AVX-512
-  // tiles, which keep their plans.
-  t.stream_min_samples = avx512_kernels ? 0 : 12;
-  t.stream_max_weight_bytes = avx512_kernels ? 0 : 4 * cache;
+  // (LSTM H=512 B=64 T=50: 3-5% alone, 11% after ONNX Runtime). With AVX-512 tiles on AMD
+  // (Zen 4, 2 threads, each plan in its own process, alternating rounds, medians) slices of 4
+  // samples and more stream a W_hh of up to 4 cores' caches faster too, float32 and bfloat16,
+  // inference and training: LSTM inference B=32 T=50 H=257 13.4 -> 10.6 ms (the by-units loop
+  // took 1.4x torch's time there), B=64 H=257 31.0 -> 21.8, B=32 T=100 H=384 39.2 -> 35.1,
+  // B=8 T=256 H=512 40.2 -> 38.8, B=64 T=50 H=512 67.7 -> 65.5; training B=32 H=257 40.1 ->
+  // 33.3, B=64 H=512 225 -> 204; GRU inference H=384 B=16 16.9 -> 13.3, training H=512 B=64
+  // 177 -> 155; RNN H=1024 B=32 36.2 -> 32.1; bfloat16 LSTM B=8 H=512 24.6 -> 21.6, B=64 45.1
+  // -> 33.3, training 94.4 -> 77.1. Level at LSTM H=768 (9 MiB) and B=32 H=256 (in cache
+  // already); 20% slower at H=1024 (16 MiB), so not past 4 caches. Not measured on Intel with
+  // AVX-512 tiles, which keeps its plans.
+  t.stream_min_samples = !avx512_kernels ? 12 : amd ? 4 : 0;
+  t.stream_max_weight_bytes = avx512_kernels && !amd ? 0 : 4 * cache;
   t.min_step_macs_to_split = 96 * 1024;
   t.min_gemm_macs_to_split = 1 << 20;
   t.blas_batch = 16;
@@ -158,6 +167,13 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // 6.6 -> 6.9 ms with two.
   t.unit_slices_per_thread = 2;
   t.min_unit_slice_macs = 1 << 20;
+  // Two slices a thread in a by-samples loop too (AMD): a worker whose core a spinning pool
+  // takes holds back one of its slices, which the caller then runs, not half the batch (Zen 4,
+  // 2 threads, our call right after ONNX Runtime's in one process, medians of 3 processes
+  // each: LSTM B=64 T=50 H=512 96.6 -> 91.3 ms, GRU 69.6 -> 67.0; alone level or faster, the
+  // same bits: LSTM inference 64.2 -> 61.9, training 207 -> 200, B=32 H=256 16.0 -> 15.8, GRU
+  // B=64 47.1 -> 45.8, bfloat16 level). Not measured on Intel, which keeps one.
+  t.sample_slices_per_thread = amd ? 2 : 1;
   return t;
 }
 
@@ -189,6 +205,7 @@ const TuningEntry kTuningEntries[] = {
     {"projection_chunk_bytes", &Tuning::projection_chunk_bytes, nullptr, 0, kMaxCount},
     {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr, 0, kMaxCount},
     {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr, 0, kMaxMicroseconds},
+    {"sample_slices_per_thread", &Tuning::sample_slices_per_thread, nullptr, 1, 64},
     {"linger_us", &Tuning::linger_us, nullptr, 0, kMaxMicroseconds},
     {"unit_slices_per_thread", &Tuning::unit_slices_per_thread, nullptr, 0, 64},
     {"min_unit_slice_macs", &Tuning::min_unit_slice_macs, nullptr, 0, kMaxCount},
@@ -347,6 +364,14 @@ bool split_by_samples(const Tuning& t, int64_t N, int slices, int64_t weight_byt
   return each >= t.min_samples_per_slice && (weight_bytes <= t.core_cache_bytes || streams);
 }
 
+// A by-samples loop's slices: sample_slices_per_thread a thread where each still gets
+// min_samples_per_slice samples, else one.
+int sample_slices(const Tuning& t, int64_t N, int slices) {
+  const int64_t more = slices * t.sample_slices_per_thread;
+  return t.sample_slices_per_thread > 1 && N / more >= t.min_samples_per_slice
+             ? static_cast<int>(more) : slices;
+}
+
 // Inference packs W_hh only where the call's rows (steps x samples) amortise it: about 12 rows
 // for 256 KiB of W_hh, growing as its bytes^0.75. Measured (LSTM, AMD EPYC, 2 threads,
 // T 4..15, N 1..8, H 128..512), unpacked over packed: B=1 T=8 H=512 387 vs 718 us, T=4 H=256
@@ -452,7 +477,7 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                  : step_inputs             ? Projection::kInSteps
                  : own_inputs              ? Projection::kPerSlice
                                            : Projection::kUpFront;
-  if (by_samples) p.loop_slices = slices;
+  if (by_samples) p.loop_slices = sample_slices(t, N, slices);
   else if (by_units_packed && p.loop_slices > 1)
     p.loop_slices = unit_slices(t, N * GH * H, slices);
   // b_ih joins b_hh in the packed bias, except where a projection up front of fewer rows than
@@ -472,7 +497,8 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     p.product = StepProduct::kPacked;
     p.projection = Projection::kPerSlice;
     p.bias_in_packed = false;
-    p.loop_slices = samples || N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = samples ? sample_slices(t, N, slices)
+                    : N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     p.waits_for_inputs = inputs_ready;
     const bool amx = element_bytes == 4 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
@@ -570,7 +596,7 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   if (!deterministic() && packed && TN * GH * H >= t.min_gemm_macs_to_split &&
       split_by_samples(t, N, slices, recurrent_weight_bytes(s, element_bytes))) {
     p.loop = Loop::kBySamples;
-    p.loop_slices = slices;
+    p.loop_slices = sample_slices(t, N, slices);
     // Where dgh = dgx (LSTM, RNN) and [W_hh | W_ih] stays in cache, W_ih's columns join the
     // steps' products; else dx a chunk of steps at a time while dgx is in cache.
     if (s.I > 0)
@@ -593,7 +619,8 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
     p.product = StepProduct::kPacked;
     p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
-    p.loop_slices = samples || N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = samples ? sample_slices(t, N, slices)
+                    : N * GH * H >= t.min_step_macs_to_split ? slices : 1;
     const bool amx = element_bytes == 4 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_dx = amx && TN >= t.amx_min_batch;

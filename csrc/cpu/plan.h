@@ -68,6 +68,10 @@ struct Tuning {
   // multiply-adds a step: with more than one, a thread whose core another library's spinning
   // threads take holds back at most one small slice of a step.
   int64_t unit_slices_per_thread, min_unit_slice_macs;
+  // Slices a by-samples loop gives each thread where each still gets min_samples_per_slice
+  // samples: with more than one, a thread whose core another library's spinning threads take
+  // holds back one of its slices, which the others take over, not all its samples.
+  int64_t sample_slices_per_thread;
 };
 const Tuning& tuning();
 // The table's numeric entries by name (what fusedrnn info prints, what FUSEDRNN_TUNING sets):
