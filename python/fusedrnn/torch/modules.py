@@ -555,11 +555,21 @@ class _CellBase(nn.Module):
             s += ", nonlinearity={nonlinearity}"
         return s.format(**self.__dict__)
 
+    def _weights(self):
+        """(weight_ih, weight_hh, bias_ih, bias_hh), the biases None without: from _parameters
+        at once (a step's Python is most of a small step), getattr for what replaced one (a
+        parametrization)."""
+        params = self._parameters
+        return tuple(params[n] if n in params else getattr(self, n)
+                     for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
     def _step(self, input, h, c):
         """(h', c') of one step; input [N, I] or [I], h and c [N, H] or [H] (None: zeros)."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
-        dtype, device_type = self.weight_ih.dtype, self.weight_ih.device.type
+        weights = self._weights()
+        w_ih = weights[0]
+        dtype, device_type = w_ih.dtype, w_ih.device.type
         _check_parameters_dtype(dtype)
         lstm = self._cell == "lstm"
         precision = _autocast_precision(dtype, device_type)
@@ -571,41 +581,45 @@ class _CellBase(nn.Module):
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape [N, {self.input_size}] or "
                              f"[{self.input_size}], got {tuple(input.shape)}")
-        if input.dtype != self.weight_ih.dtype:
-            raise TypeError(f"input: expected dtype {self.weight_ih.dtype}, got {input.dtype}")
-        _check_same_device(input, "input", self.weight_ih)
+        if input.dtype != dtype:
+            raise TypeError(f"input: expected dtype {dtype}, got {input.dtype}")
+        _check_same_device(input, "input", w_ih)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         N, H = x.shape[0], self.hidden_size
         states = []
-        for s, name in ((h, "hx"), (c, "cx")):
-            if s is None:
-                s = x.new_zeros((N, H))
-            elif not isinstance(s, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(s).__name__}")
-            elif tuple(s.shape) != ((N, H) if batched else (H,)):
-                raise ValueError(f"{name}: expected shape {(N, H) if batched else (H,)}, got "
-                                 f"{tuple(s.shape)}")
-            elif s.dtype != x.dtype:
-                raise TypeError(f"{name}: expected dtype {x.dtype} (the parameters' dtype), got "
-                                f"{s.dtype}")
-            else:
-                _check_same_device(s, name, self.weight_ih)
+        for s, name in ((h, "hx"), (c, "cx") if lstm else (None, "cx")):
+            if s is not None:
+                if not isinstance(s, torch.Tensor):
+                    raise TypeError(f"{name}: expected a torch.Tensor, got {type(s).__name__}")
+                if tuple(s.shape) != ((N, H) if batched else (H,)):
+                    raise ValueError(f"{name}: expected shape {(N, H) if batched else (H,)}, "
+                                     f"got {tuple(s.shape)}")
+                if s.dtype != dtype:
+                    raise TypeError(f"{name}: expected dtype {dtype} (the parameters' dtype), "
+                                    f"got {s.dtype}")
+                _check_same_device(s, name, w_ih)
                 s = s if batched else s.unsqueeze(0)
-            states.append(s.unsqueeze(0))
+            states.append(s)
         training = _may_need_backward() and any(
-            t.requires_grad for t in [x, states[0], states[1], *self.parameters()])
-        biases = ([self.bias_ih], [self.bias_hh]) if self.bias else ([], [])
-        _, h_new, c_new = _ops.layer(
-            x.unsqueeze(0).contiguous(), states[0], states[1] if lstm else x.new_empty((0,)),
-            [self.weight_ih], [self.weight_hh], *biases, None, self._cell, self.nonlinearity,
-            training, precision)
+            t is not None and t.requires_grad for t in (x, *states, *weights))
+        if not training and device_type == "cpu" and not _ops._through_operators(x) \
+                and not torch._C._are_functorch_transforms_active():
+            h_new, c_new = _ops.cpu_step(x, *states, weights, self._cell, self.nonlinearity,
+                                         precision)
+        else:  # the layer's path (autograd, compile, trace, CUDA): a sequence of one step
+            states = [x.new_zeros((N, H)) if t is None else t for t in states]
+            biases = ([weights[2]], [weights[3]]) if self.bias else ([], [])
+            _, h_new, c_new = _ops.layer(
+                x.unsqueeze(0).contiguous(), states[0].unsqueeze(0),
+                states[1].unsqueeze(0) if lstm else x.new_empty((0,)), [w_ih], [weights[1]],
+                *biases, None, self._cell, self.nonlinearity, training, precision)
+            h_new, c_new = h_new[0], c_new[0] if lstm else None
         if precision == "bfloat16":
-            h_new, c_new = h_new.to(out_dtype), c_new.to(out_dtype) if lstm else c_new
-        h_new = h_new[0] if batched else h_new[0, 0]
-        if not lstm:
-            return h_new, None
-        return h_new, c_new[0] if batched else c_new[0, 0]
+            h_new, c_new = h_new.to(out_dtype), c_new.to(out_dtype) if lstm else None
+        if not batched:
+            h_new, c_new = h_new[0], c_new[0] if lstm else None
+        return h_new, c_new
 
 
 class LSTMCell(_CellBase):
