@@ -519,3 +519,58 @@ def test_layers_on_a_backend_without_the_grouped_kernels(rng, monkeypatch, name,
     monkeypatch.setattr(functional, "_backend", lambda a: (np, OneByOne))
     for a, b in zip(run(), grouped):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------- long-tail lengths
+def _long_tail(rng, N, T):
+    lengths = np.clip(np.round(np.exp(rng.normal(np.log(T / 6), 0.8, N))), 0, T).astype(int)
+    lengths[0], lengths[3] = T, 0
+    return lengths
+
+
+def test_length_groups_cover_every_sample_once_by_length():
+    """A long-tail batch splits into groups of similar lengths, each cut to its longest; even
+    lengths stay one call, cut where the longest is well short of T."""
+    from fusedrnn import functional as F
+    rng = np.random.default_rng(0)
+    lengths = _long_tail(rng, 64, 400)
+    groups = F._length_groups(lengths, 400)
+    assert 2 <= len(groups) <= F.MAX_LENGTH_GROUPS
+    assert sorted(np.concatenate([idx for idx, _ in groups]).tolist()) == list(range(64))
+    assert [steps for _, steps in groups] == [lengths[idx].max() for idx, _ in groups]
+    assert groups[0][1] == 400 and all(a[1] >= b[1] for a, b in zip(groups, groups[1:]))
+    assert F._length_groups(None, 10) is None
+    assert F._length_groups(rng.integers(1, 101, 32), 100) is None  # (even lengths)
+    (everyone, steps), = F._length_groups(np.array([3, 2, 0, 1]), 10)
+    assert everyone == slice(None) and steps == 3
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_relu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_long_tail_inference_in_groups_gives_the_one_call_outputs(rng, monkeypatch, name, dtype):
+    """An inference call of long-tail lengths runs as groups of samples (2-4.6x faster on a
+    Zen 4: LSTM B=64 T=400 H=128, a quarter of it real steps, 32.5 -> 14.4 ms): the outputs and
+    final states of one call, NaN in the padding read by none; a training call runs whole (its
+    backward's sums cover the padding, as the reference's)."""
+    from fusedrnn import functional as F
+    N, T = 64, 60
+    m = make_layer(name, dtype, num_layers=2, bidirectional=True, seed=4)
+    lengths = _long_tail(rng, N, T)
+    assert len(F._length_groups(lengths, T)) > 1
+    x = rng.standard_normal((T, N, I)).astype(dtype)
+    x[T - 5:, 5] = np.nan  # padding of a short sample
+    h0 = rng.standard_normal((4, N, H)).astype(dtype)
+    hx = (h0, 0.5 * h0) if is_lstm(m) else h0
+    m.eval()
+    out, state = m(x, hx, lengths=lengths)
+    monkeypatch.setattr(F, "MIN_GROUP_SAVING", 2.0)  # (never worth it: one call)
+    whole_out, whole_state = m(x, hx, lengths=lengths)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.isfinite(out).all() and np.abs(out - whole_out).max() <= tol
+    for a, b in zip(state if is_lstm(m) else (state,),
+                    whole_state if is_lstm(m) else (whole_state,)):
+        assert np.abs(a - b).max() <= tol
+    monkeypatch.setattr(F, "MIN_GROUP_SAVING", 0.25)
+    monkeypatch.setattr(F, "_run_groups", None)  # a training call must not reach it
+    m.train()
+    m(np.nan_to_num(x), hx, lengths=lengths)

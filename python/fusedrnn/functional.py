@@ -362,18 +362,106 @@ def _empty_backward(cell, args):
 
 
 def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
-    """:func:`_kernel_calls`, where the calls with no work get ``empty(cell, args)`` instead."""
+    """:func:`_kernel_calls`, where the calls with no work get ``empty(cell, args)`` instead,
+    and a CPU inference call whose lengths leave much of it padding runs as groups of samples
+    (:func:`_length_groups`)."""
     outputs = [None] * len(kernels_and_args)
     work = []
     for i, (kernels, args) in enumerate(kernels_and_args):
         if _no_work(args[0], args[2] if name == "recurrent_backward" else args[4]):
             outputs[i] = empty(cell, args)
-        else:
+            continue
+        inference = name == "recurrent_forward" and kernels is _C and not args[9]
+        groups = _length_groups(args[7], args[0].shape[0]) if inference else None
+        if groups is None:
             work.append(i)
+        else:
+            outputs[i] = _run_groups(kernels, args, cell, nonlinearity, groups)
     done = _kernel_calls([kernels_and_args[i] for i in work], name, cell, nonlinearity)
     for i, out in zip(work, done):
         outputs[i] = out
     return outputs
+
+
+# ---------------------------------------------------------------------------- uneven lengths
+# The kernels step every sample of a call through every step (a sample past its length only
+# carries its state), where torch's packed sequences shrink the batch as samples end: a batch
+# of long-tail lengths (most samples short, a few long) costs the whole [T, N]. Such an
+# inference call runs as a few calls, each on samples of similar lengths and cut to their
+# longest: the same outputs (a padded step's are zeros, its inputs read by no output either
+# way). A training call does not: its backward's sums over every step, padding included, give
+# NaN where the padding holds NaN or inf, as the reference's do (tests/test_fuzz.py). A group's
+# step is estimated to cost its samples plus GROUP_STEP_SAMPLES samples' worth (the weights
+# streamed, the threads meeting, whatever the batch), a call CALL_SAMPLE_STEPS more; the
+# groups (at most MAX_LENGTH_GROUPS) must save MIN_GROUP_SAVING of one call's estimate.
+GROUP_STEP_SAMPLES = 4
+CALL_SAMPLE_STEPS = 64
+MAX_LENGTH_GROUPS = 4
+MIN_GROUP_SAVING = 0.25
+
+
+def _length_groups(lengths, T):
+    """[(samples, steps)] (samples: indices, or a slice) of a call whose lengths leave at least
+    MIN_GROUP_SAVING of it padding: groups of samples of similar lengths, or the whole batch cut
+    to its longest length; else None."""
+    if lengths is None:
+        return None
+    N = lengths.shape[0]
+    order = np.argsort(-lengths, kind="stable")
+    L = lengths[order]
+    cut = [(slice(None), int(L[0]))] if L[0] <= (1 - MIN_GROUP_SAVING) * T else None
+    if N < 2 * GROUP_STEP_SAMPLES:
+        return cut
+    # groups end at up to 64 evenly spaced places of the sorted lengths; best[j]: the least
+    # estimate of groups over sorted samples [0, ends[j]), from[k][j] where the last began
+    ends = np.unique(np.round(np.arange(65) * N / 64).astype(np.int64))
+    longest = L[np.minimum(ends, N - 1)].astype(np.float64)  # of a group starting there
+    # cost[i, j]: one group of sorted samples [ends[i], ends[j]) (i < j)
+    cost = longest[:, None] * (ends[None, :] - ends[:, None] + GROUP_STEP_SAMPLES) + \
+        CALL_SAMPLE_STEPS
+    cost[np.tril_indices(len(ends))] = np.inf
+    best = np.full(len(ends), np.inf)
+    best[0] = 0.0
+    froms, totals = [], []
+    for _ in range(MAX_LENGTH_GROUPS):
+        options = best[:, None] + cost
+        froms.append(np.argmin(options, axis=0))
+        best = options.min(axis=0)
+        totals.append(best[-1])
+    k = int(np.argmin(totals))
+    one = L[0] * (N + GROUP_STEP_SAMPLES) + CALL_SAMPLE_STEPS
+    if k == 0 or totals[k] > (1 - MIN_GROUP_SAVING) * one:  # (one group: cut, or as it is)
+        return cut
+    bounds, j = [], len(ends) - 1
+    for step in range(k, -1, -1):
+        i = froms[step][j]
+        bounds.append((ends[i], ends[j]))
+        j = i
+    return [(order[a:b], int(L[a])) for a, b in reversed(bounds)]
+
+
+def _run_groups(kernels, args, cell, nonlinearity, groups):
+    """An inference forward's (y, h_n, c_n, None, None, None) from a call per group of samples
+    (:func:`_length_groups`), each on its samples' rows of x, h0, c0 and lengths, cut to its
+    steps; y zero past them, as a padded step's output."""
+    x, h0, c0 = args[0], args[1], args[2]
+    T, N = x.shape[:2]
+    y = np.zeros((T, N, args[4].shape[1]), x.dtype)
+    h_n = np.empty_like(h0)
+    c_n = None if c0 is None else np.empty_like(c0)
+    for idx, steps in groups:  # one after another, each on the whole team
+        group = list(args)
+        group[0] = np.ascontiguousarray(x[:steps][:, idx])
+        for k in (1, 2, 7):
+            group[k] = None if args[k] is None else np.ascontiguousarray(args[k][idx])
+        if steps == 0:  # (no work: the states pass)
+            h_n[idx], c_n_g = group[1], group[2]
+        else:
+            out = kernels.recurrent_forward(cell, nonlinearity, *group)
+            y[:steps, idx], h_n[idx], c_n_g = out[0], out[1], out[2]
+        if c_n is not None:
+            c_n[idx] = c_n_g
+    return y, h_n, c_n, None, None, None
 
 
 def _forward_result(cell, nonlinearity, args, has_bias, outputs):

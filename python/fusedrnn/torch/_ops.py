@@ -209,12 +209,13 @@ def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlin
     """The kernels' forward (see the module docstring); no autograd here. ``context=False``
     (eager inference) returns None for the three saved lists; ``h0``, ``c0`` None: zeros."""
     bridge = _bridge(x)
-    if bridge is _CPU and len(w_hh) == 1 and not w_hr and x.shape[0] and x.shape[1] and \
-            w_hh[0].shape[0]:  # one direction, straight to the kernel
+    if bridge is _CPU and len(w_hh) == 1 and not w_hr and lengths is None and x.shape[0] and \
+            x.shape[1] and w_hh[0].shape[0]:  # one direction, straight to the kernel (lengths:
+        # fusedrnn.functional's runner, which splits long-tail batches)
         y, h_n, c_n, *saved = _kernel_now(
             x, None if h0 is None else h0[0], None if c0 is None or cell != "lstm" else c0[0],
             (w_ih[0], w_hh[0], b_ih[0] if b_ih else None, b_hh[0] if b_hh else None), cell,
-            nonlinearity, training, precision, lengths)
+            nonlinearity, training, precision)
         h_n, c_n = h_n[None], c_n[None] if cell == "lstm" else _empty(x)
         if not context:
             return y, h_n, c_n, None, None, None
@@ -580,15 +581,15 @@ def cpu_step(x, h, c, weights, cell, nonlinearity, precision):
         c = None if cell != "lstm" else x.new_zeros((N, GH // 4)) if c is None else c.clone()
         return h, c
     _, h_n, c_n = _kernel_now(x.unsqueeze(0), h, c, weights, cell, nonlinearity, False,
-                              precision, None)[:3]
+                              precision)[:3]
     return h_n, c_n
 
 
-def _kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision, lengths):
+def _kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision):
     """The kernel's outputs as tensors, (y, h_n, c_n or None, gates, extra, h_prev), of one
-    direction's forward on the CPU (no projection): what _forward_impl computes,
-    without its bridge, lists and side-by-side runner, which cost some 35 us a call, most of a
-    decoder step's (LSTMCell(128) at batch 1, no_grad: 63 -> 39 us). x [T, N, I] (T, N > 0);
+    direction's forward on the CPU (no projection, no lengths): what _forward_impl computes,
+    without its bridge, lists and runner, which cost some 35 us a call, most of a decoder
+    step's (LSTMCell(128) at batch 1, no_grad: 63 -> 37 us). x [T, N, I] (T, N > 0);
     h0 [N, S], c0 [N, H] or None (zeros); weights (w_ih, w_hh, b_ih, b_hh), the biases None
     without; the last three outputs empty arrays' tensors unless ``training``."""
     _sync_threads()
@@ -603,8 +604,8 @@ def _kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision, len
     bf16 = F.bfloat16_products(dtype, _check_precision(precision))
     outs = _C.recurrent_forward(
         cell, nonlinearity, xn, h0n, c0n, _np(w_ih), _np(w_hh),
-        zeros if b_ih is None else _np(b_ih), zeros if b_hh is None else _np(b_hh),
-        _lengths_np(lengths), False, training, None, "bfloat16" if bf16 else None)
+        zeros if b_ih is None else _np(b_ih), zeros if b_hh is None else _np(b_hh), None,
+        False, training, None, "bfloat16" if bf16 else None)
     return tuple(None if a is None else torch.from_numpy(a) for a in outs)
 
 

@@ -313,16 +313,13 @@ class _RecurrentBase(nn.Module):
     def _dropout(self, x, packed):
         """Dropout between layers on x [T, N, D*S], drawing from the generator as torch.nn's
         layer does (the same seed, the same masks): over the packed rows of a PackedSequence
-        input (``packed``), in its order, else over x."""
+        input (``packed``; x padded in its sorted order), else over x."""
         if packed is None:
             return nn.functional.dropout(x, self.dropout, training=True)
         rows = _packed_rows(packed, x.shape[1], x.device)
-        in_order = x if packed.sorted_indices is None else x.index_select(1, packed.sorted_indices)
-        dropped = torch.zeros_like(in_order)
-        dropped[rows] = nn.functional.dropout(in_order[rows], self.dropout, training=True)
-        if packed.unsorted_indices is None:
-            return dropped
-        return dropped.index_select(1, packed.unsorted_indices)
+        dropped = torch.zeros_like(x)
+        dropped[rows] = nn.functional.dropout(x[rows], self.dropout, training=True)
+        return dropped
 
     def forward(self, input, hx=None):
         """Run every layer and direction; see the class docstring for inputs and outputs."""
@@ -349,9 +346,10 @@ class _RecurrentBase(nn.Module):
             hx = tuple(_under_autocast(h, dtype, device_type) for h in hx)
         else:
             hx = _under_autocast(hx, dtype, device_type)
-        if packed:
+        if packed:  # padded in the packed (sorted) order: no reordering of the steps' rows
             batch_sizes, sorted_indices = input.batch_sizes, input.sorted_indices
-            x, lengths = torch.nn.utils.rnn.pad_packed_sequence(input)  # original batch order
+            x, lengths = torch.nn.utils.rnn.pad_packed_sequence(
+                PackedSequence(input.data, batch_sizes))
             self._check_input(x, weights[0])
             batched = True
         else:
@@ -373,6 +371,8 @@ class _RecurrentBase(nn.Module):
             c0 = self._check_state(hx[1], "hx[1] (c_0)", N, batched)
         else:
             h0, c0 = self._check_state(hx, "hx", N, batched), None
+        if packed and sorted_indices is not None:  # the states in the packed order too
+            h0, c0 = (None if h is None else h.index_select(1, sorted_indices) for h in (h0, c0))
         training = _may_need_backward() and (
             x.requires_grad or (h0 is not None and h0.requires_grad)
             or (c0 is not None and c0.requires_grad) or any(p.requires_grad for p in weights))
@@ -402,11 +402,13 @@ class _RecurrentBase(nn.Module):
             out, h_n = out.to(out_dtype), h_n.to(out_dtype)
             c_n = c_n.to(c_dtype) if lstm else None
         if packed:
-            # back to the packed layout of the input: step t holds its first batch_sizes[t]
-            # samples in sorted order
-            sorted_out = out.index_select(1, sorted_indices) if sorted_indices is not None else out
-            out = PackedSequence(sorted_out[_packed_rows(input, N, out.device)], batch_sizes,
+            # the packed layout of the input: step t holds its first batch_sizes[t] samples;
+            # the final states back in the batch's own order
+            out = PackedSequence(out[_packed_rows(input, N, out.device)], batch_sizes,
                                  sorted_indices, input.unsorted_indices)
+            if input.unsorted_indices is not None:
+                h_n = h_n.index_select(1, input.unsorted_indices)
+                c_n = c_n.index_select(1, input.unsorted_indices) if lstm else None
         elif not batched:
             out = out.squeeze(1)
             h_n = h_n.squeeze(1)
