@@ -371,7 +371,7 @@ def test_backward_after_eval_forward_raises(rng):
 
 
 @pytest.mark.parametrize("module", ["lstm", "cell", "linear"])
-@pytest.mark.parametrize("write", ["step", "load_state_dict", "new data"])
+@pytest.mark.parametrize("write", ["step", "load_state_dict", "new data", "reset"])
 def test_backward_after_its_parameters_were_written_raises(rng, module, write):
     """An optimizer step (or load_state_dict, or a new data array) between a forward and its
     backward mixed the new weights with the forward's activations (dx 0.54 off, silently);
@@ -388,6 +388,8 @@ def test_backward_after_its_parameters_were_written_raises(rng, module, write):
         fusedrnn.optim.SGD(m.parameters(), lr=0.1).step()
     elif write == "load_state_dict":
         m.load_state_dict(m.state_dict())
+    elif write == "reset":
+        m.reset_parameters(seed=1)
     else:
         first = next(iter(m.parameters()))
         first.data = first.data.copy()
@@ -397,6 +399,10 @@ def test_backward_after_its_parameters_were_written_raises(rng, module, write):
         m.backward(np.ones_like(out))
     m(x)
     m.backward(np.ones_like(out))  # a new forward: fine
+    for p in m.parameters():  # a Parameter unpickled from a release before the stamp
+        del p._written
+    m(x)
+    m.backward(np.ones_like(out))
 
 
 # ---------------------------------------------------------------------------- dropout

@@ -158,6 +158,9 @@ def test_truncated_bptt_refuses_what_it_cannot_train_and_averages_counted_target
     assert mean == pytest.approx(float(expected), rel=1e-12)
     y[:] = -100
     assert math.isnan(TruncatedBPTT(head, loss, 4).run(x, y)[0])
+    y[:4], summed = 0, fr.nn.CrossEntropyLoss(reduction="sum")  # sums: by time steps
+    total = float(summed(head.lin(x[:4]), y[:4]))
+    assert TruncatedBPTT(head, summed, 4).run(x, y)[0] == pytest.approx(total / 2, rel=1e-12)
 
 
 def test_a_stage_name_runs_once_under_a_checkpointer(tmp_path):

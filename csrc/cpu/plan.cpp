@@ -172,8 +172,10 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // 2 threads, our call right after ONNX Runtime's in one process, medians of 3 processes
   // each: LSTM B=64 T=50 H=512 96.6 -> 91.3 ms, GRU 69.6 -> 67.0; alone level or faster, the
   // same bits: LSTM inference 64.2 -> 61.9, training 207 -> 200, B=32 H=256 16.0 -> 15.8, GRU
-  // B=64 47.1 -> 45.8, bfloat16 level). Not measured on Intel, which keeps one.
-  t.sample_slices_per_thread = amd ? 2 : 1;
+  // B=64 47.1 -> 45.8, bfloat16 level). Not measured on Intel nor with AVX2 tiles (whose
+  // streamed slices want 12 samples: two slices a thread would read W_hh twice as often),
+  // which keep one.
+  t.sample_slices_per_thread = amd && avx512_kernels ? 2 : 1;
   return t;
 }
 
@@ -511,7 +513,7 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     // H=512 35.3 -> 33.7, RNN B=16 T=1000 H=128 4.6 -> 3.9; but B=1 H=512 4.3 -> 6.4 (W_ih
     // streamed every step), and the widening products gain only by samples (LSTM B=64 H=512
     // 68 -> 71 ms by units).
-    const int64_t step_samples = samples ? N / slices : N;
+    const int64_t step_samples = samples ? N / p.loop_slices : N;
     if (element_bytes == 4 && bf16_dot_kernels() && !p.amx && s.I > 0 && step_samples >= 4)
       p.projection = Projection::kInSteps;
     // A step too small to split: one thread runs the loop while the team's others project the

@@ -121,7 +121,7 @@ struct ForwardPlan {
   StepProduct product;
   Projection projection;
   int slices;          // threads of the call
-  int loop_slices;     // slices of a by-units loop (1: one thread)
+  int loop_slices;     // slices of the loop: of the units, or of the samples (1: one thread)
   int gemm_slices;     // slices of the up-front projection
   int gemm_blocks;     // its column blocks, spread over the slices (>= gemm_slices)
   bool bias_in_packed;  // b_ih joins b_hh in the packed bias (LSTM, RNN when packed)

@@ -212,6 +212,8 @@ def broadcast_parameters(module_or_params, src: int = 0, group=None) -> None:
         space.after_collective()
         if rank != src:
             _unpack(space.xp, flat, (a for _, a in items))
+            for p, _ in items:
+                p.mark_written()
 
 
 def all_reduce_gradients(module_or_params, average: bool = True, group=None,

@@ -388,8 +388,9 @@ def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
 # carries its state), where torch's packed sequences shrink the batch as samples end: a batch
 # of long-tail lengths (most samples short, a few long) costs the whole [T, N]. Such an
 # inference call runs as a few calls, each on samples of similar lengths and cut to their
-# longest: the same outputs (a padded step's are zeros, its inputs read by no output either
-# way). A training call does not: its backward's sums over every step, padding included, give
+# longest: the same outputs up to rounding (a padded step's are zeros, its inputs read by no
+# output either way; a group's batch may take another plan than the whole one's), the two
+# directions of a bidirectional layer one after the other. A training call does not: its backward's sums over every step, padding included, give
 # NaN where the padding holds NaN or inf, as the reference's do (tests/test_fuzz.py). A group's
 # step is estimated to cost its samples plus GROUP_STEP_SAMPLES samples' worth (the weights
 # streamed, the threads meeting, whatever the batch), a call CALL_SAMPLE_STEPS more; the
@@ -404,8 +405,9 @@ def _length_groups(lengths, T):
     """[(samples, steps)] (samples: indices, or a slice) of a call whose lengths leave at least
     MIN_GROUP_SAVING of it padding: groups of samples of similar lengths, or the whole batch cut
     to its longest length; else None."""
-    if lengths is None:
-        return None
+    if lengths is None or lengths.ndim != 1 or not lengths.size or lengths.min() < 0 or \
+            lengths.max() > T:
+        return None  # (none, or lengths the kernel refuses by name)
     N = lengths.shape[0]
     order = np.argsort(-lengths, kind="stable")
     L = lengths[order]
@@ -443,7 +445,7 @@ def _length_groups(lengths, T):
 def _run_groups(kernels, args, cell, nonlinearity, groups):
     """An inference forward's (y, h_n, c_n, None, None, None) from a call per group of samples
     (:func:`_length_groups`), each on its samples' rows of x, h0, c0 and lengths, cut to its
-    steps; y zero past them, as a padded step's output."""
+    steps; y zero past them, as a padded step's output. The groups must cover the batch."""
     x, h0, c0 = args[0], args[1], args[2]
     T, N = x.shape[:2]
     y = np.zeros((T, N, args[4].shape[1]), x.dtype)

@@ -116,7 +116,8 @@ def _chunk_weight(loss_fn, target):
     """How much a chunk's mean loss weighs in TruncatedBPTT.run's mean: its targets that count
     where ``loss_fn`` ignores some (``ignore_index``), else its time steps."""
     ignore = getattr(loss_fn, "ignore_index", None)
-    if ignore is None or not np.issubdtype(np.asarray(target).dtype, np.integer):
+    if ignore is None or getattr(loss_fn, "reduction", "mean") != "mean" or \
+            not np.issubdtype(np.asarray(target).dtype, np.integer):
         return target.shape[0]
     return int(np.count_nonzero(np.asarray(target) != ignore))
 

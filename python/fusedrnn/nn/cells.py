@@ -208,7 +208,8 @@ class RNNCellBase(Module):
             for name, size, value in (("ln_weight_ih", GH, 1), ("ln_weight_hh", GH, 1),
                                       ("ln_weight_c", H, 1), ("ln_bias_c", H, 0)):
                 setattr(self, name, Parameter(np.full(size, value, self.dtype)))
-        self._steps = []  # a stack of (ctx, batched) for the training-mode steps not yet back-propagated
+        # a stack of (ctx, batched, write stamp) for the training-mode steps not yet back-propagated
+        self._steps = []
         self._kept = KeptWeights()  # the packed weights kept between steps (see _push)
 
     def reset_parameters(self, seed=None):
@@ -220,6 +221,7 @@ class RNNCellBase(Module):
             p.data[...] = (np.full(p.data.shape, 0.0 if name == "ln_bias_c" else 1.0, self.dtype)
                            if name.startswith("ln_") else
                            rng.uniform(-bound, bound, p.data.shape).astype(self.dtype))
+            p.mark_written()
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -128,6 +128,7 @@ class Linear(Module):
         bound = 1.0 / math.sqrt(self.in_features)
         for p in self.parameters():
             p.data[...] = rng.uniform(-bound, bound, p.data.shape).astype(self.dtype)
+            p.mark_written()
 
     def forward(self, x):
         """x [..., in_features] (the layer's dtype) -> y [..., out_features]; saves ``x`` in
@@ -208,6 +209,7 @@ class Embedding(Module):
         if self.padding_idx is not None:
             weight[self.padding_idx] = 0
         self.weight.data[...] = weight
+        self.weight.mark_written()
 
     def forward(self, indices):
         """indices [...] (integers in [0, num_embeddings)) -> the rows ``weight[indices]``

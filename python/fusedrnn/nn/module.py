@@ -119,9 +119,11 @@ class Parameter:
         self._version = self._written = next(_versions)
 
     def mark_written(self):
-        """Say that ``data`` was written in place (the optimizers' steps and ``load_state_dict``
-        do): a backward whose forward ran before it refuses to mix the new values with the old
-        activations (:func:`check_unwritten`)."""
+        """Say that ``data`` was written in place (the optimizers' steps, ``load_state_dict``,
+        ``reset_parameters`` and ``fusedrnn.distributed.broadcast_parameters`` do): a backward
+        whose forward ran before it refuses to mix the new values with the old activations
+        (:func:`check_unwritten`). A write through ``p.data[...] = v`` of your own is not seen
+        unless you call it."""
         self._version = self._written = next(_versions)
 
     @property
@@ -188,7 +190,9 @@ class Parameter:
 def write_stamp(module):
     """The last known writes of ``module``'s own parameters (not its children's), taken at a
     training-mode forward for :func:`check_unwritten` at its backward."""
-    return tuple(p._written for p in module._parameters.values() if p is not None)
+    # (getattr: a Parameter unpickled from a release before the slot has none: 0)
+    return tuple(getattr(p, "_written", 0) for p in module._parameters.values()
+                 if p is not None)
 
 
 def check_unwritten(module, stamp):

@@ -196,6 +196,7 @@ class RNNBase(Module):
             value = (np.full(p.data.shape, norms[name], self.dtype) if name in norms else
                      rng.uniform(-bound, bound, size=p.data.shape).astype(self.dtype))
             p.data[...] = to_device(value, self._device)
+            p.mark_written()
 
     def manual_seed(self, seed):
         """Restart the layer's Generator (the one dropout masks are drawn from) at ``seed``."""

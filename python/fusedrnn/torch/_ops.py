@@ -591,7 +591,7 @@ def _kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision):
     without its bridge, lists and runner, which cost some 35 us a call, most of a decoder
     step's (LSTMCell(128) at batch 1, no_grad: 63 -> 37 us). x [T, N, I] (T, N > 0);
     h0 [N, S], c0 [N, H] or None (zeros); weights (w_ih, w_hh, b_ih, b_hh), the biases None
-    without; the last three outputs empty arrays' tensors unless ``training``."""
+    without; the last three outputs None unless ``training``."""
     _sync_threads()
     xn = _np(x)
     dtype = xn.dtype

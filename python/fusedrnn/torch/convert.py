@@ -132,7 +132,8 @@ ONNX_HINT = ("this (TorchScript) path cannot see into fusedrnn.torch's layers: e
 
 
 def _refuse_onnx_export(g, *args):
-    raise RuntimeError("torch.onnx.export: " + ONNX_HINT + " (" + _ops.NO_ONNX_PROJECTION + ")")
+    raise RuntimeError("torch.onnx.export: " + ONNX_HINT + ". An LSTM with proj_size takes "
+                       "neither: " + _ops.NO_ONNX_PROJECTION)
 
 
 def register_onnx_hint():
