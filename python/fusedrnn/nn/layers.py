@@ -142,7 +142,7 @@ class Linear(Module):
                              f"got {x.shape}")
         y = self._apply(x)
         self._x = x if self.training else None
-        self._written = write_stamp(self)
+        self._written = write_stamp(self) if self.training else None
         return y
 
     def _apply(self, x):

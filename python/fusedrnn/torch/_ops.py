@@ -155,7 +155,8 @@ def _check_precision(precision):
 
 def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
                       precision):
-    """The kernel's argument tuples, one per direction (the second runs in reverse)."""
+    """The kernel's argument tuples, one per direction (the second runs in reverse). ``h0``,
+    ``c0``: [D, N, S], [D, N, H] tensors, lists of one [N, ...] tensor per direction, or None."""
     _check_precision(precision)
     arr = bridge.array
     xn = arr(x)
@@ -212,8 +213,8 @@ def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlin
     if bridge is _CPU and len(w_hh) == 1 and not w_hr and lengths is None and x.shape[0] and \
             x.shape[1] and w_hh[0].shape[0]:  # one direction, straight to the kernel (lengths:
         # fusedrnn.functional's runner, which splits long-tail batches)
-        y, h_n, c_n, *saved = _kernel_now(
-            x, None if h0 is None else h0[0], None if c0 is None or cell != "lstm" else c0[0],
+        y, h_n, c_n, *saved = kernel_now(
+            x, h0, c0 if cell == "lstm" else None,
             (w_ih[0], w_hh[0], b_ih[0] if b_ih else None, b_hh[0] if b_hh else None), cell,
             nonlinearity, training, precision)
         h_n, c_n = h_n[None], c_n[None] if cell == "lstm" else _empty(x)
@@ -571,42 +572,21 @@ def _onnx_nodes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinea
     return y, outs[1], outs[2] if cell == "lstm" else x.new_empty((0,))
 
 
-def cpu_step(x, h, c, weights, cell, nonlinearity, precision):
-    """(h', c' or None) [N, S], [N, H] of one step of a cell on the CPU without autograd
-    (:func:`_kernel_now`): x [N, I]; h, c [N, S], [N, H] or None (zeros); weights (w_ih, w_hh,
-    b_ih, b_hh), the biases None without."""
-    if x.shape[0] == 0 or weights[1].shape[0] == 0:  # no work: the state passes, or zeros
-        N, S, GH = x.shape[0], weights[1].shape[1], weights[1].shape[0]
-        h = x.new_zeros((N, S)) if h is None else h.clone()
-        c = None if cell != "lstm" else x.new_zeros((N, GH // 4)) if c is None else c.clone()
-        return h, c
-    _, h_n, c_n = _kernel_now(x.unsqueeze(0), h, c, weights, cell, nonlinearity, False,
-                              precision)[:3]
-    return h_n, c_n
-
-
-def _kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision):
-    """The kernel's outputs as tensors, (y, h_n, c_n or None, gates, extra, h_prev), of one
-    direction's forward on the CPU (no projection, no lengths): what _forward_impl computes,
-    without its bridge, lists and runner, which cost some 35 us a call, most of a decoder
-    step's (LSTMCell(128) at batch 1, no_grad: 63 -> 37 us). x [T, N, I] (T, N > 0);
-    h0 [N, S], c0 [N, H] or None (zeros); weights (w_ih, w_hh, b_ih, b_hh), the biases None
-    without; the last three outputs None unless ``training``."""
+def kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision):
+    """The kernel's outputs as tensors, (y, h_n [N, S], c_n or None, gates, extra, h_prev), of
+    one direction's forward on the CPU (no projection, no lengths): what _forward_impl computes,
+    the same arguments (:func:`_directions_calls`) without its bridge, lists and runner, which
+    cost some 25 us a call, most of a decoder step's (LSTMCell(128) at batch 1, no_grad: 63 ->
+    39-44 us). x [T, N, I] (T, N, H > 0); h0, c0 as _directions_calls takes them; weights
+    (w_ih, w_hh, b_ih, b_hh), the biases None without; the last three outputs None unless
+    ``training``."""
     _sync_threads()
-    xn = _np(x)
-    dtype = xn.dtype
     w_ih, w_hh, b_ih, b_hh = weights
-    GH = w_hh.shape[0]
-    zeros = None if b_ih is not None else np.zeros(GH, dtype)
-    h0n = np.zeros((xn.shape[1], w_hh.shape[1]), dtype) if h0 is None else _np(h0)
-    c0n = (None if cell != "lstm" else np.zeros((xn.shape[1], GH // 4), dtype) if c0 is None
-           else _np(c0))
-    bf16 = F.bfloat16_products(dtype, _check_precision(precision))
-    outs = _C.recurrent_forward(
-        cell, nonlinearity, xn, h0n, c0n, _np(w_ih), _np(w_hh),
-        zeros if b_ih is None else _np(b_ih), zeros if b_hh is None else _np(b_hh), None,
-        False, training, None, "bfloat16" if bf16 else None)
-    return tuple(None if a is None else torch.from_numpy(a) for a in outs)
+    args, = _directions_calls(_CPU, x, h0, c0, [w_ih], [w_hh], [] if b_ih is None else [b_ih],
+                              [] if b_hh is None else [b_hh], [], None, cell, training,
+                              precision)
+    return tuple(None if a is None else torch.from_numpy(a)
+                 for a in _C.recurrent_forward(cell, nonlinearity, *args))
 
 
 def _in_onnx_export():

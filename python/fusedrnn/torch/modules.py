@@ -78,6 +78,14 @@ def _check_same_device(t, name, weight):
                          f"device), got one on {t.device}")
 
 
+def _named_parameters(module, names):
+    """The module's parameters of ``names``: registered ones straight from their dict
+    (Module.__getattr__ costs about 1 us each, a fifth of a batch-1 call's Python), getattr for
+    what replaced one (a pruned or parametrized weight); None for one registered as None."""
+    params = module._parameters
+    return [params[n] if n in params else getattr(module, n) for n in names]
+
+
 def _may_need_backward():
     """Whether a call may need its backward (with something requiring grad): grad mode on, or
     under torch.jit.trace, whose graph keeps the answer (a traced model gives gradients as
@@ -243,11 +251,7 @@ class _RecurrentBase(nn.Module):
 
     @property
     def _flat_weights(self) -> list:
-        # registered parameters straight from their dict (Module.__getattr__ costs about 1 us
-        # each, a call's fifth of its Python at batch 1); getattr for what replaced one (a
-        # pruned or parametrized weight)
-        params = self._parameters
-        return [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
+        return _named_parameters(self, self._flat_weights_names)
 
     def reset_parameters(self) -> None:
         """uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as
@@ -558,12 +562,8 @@ class _CellBase(nn.Module):
         return s.format(**self.__dict__)
 
     def _weights(self):
-        """(weight_ih, weight_hh, bias_ih, bias_hh), the biases None without: from _parameters
-        at once (a step's Python is most of a small step), getattr for what replaced one (a
-        parametrization)."""
-        params = self._parameters
-        return tuple(params[n] if n in params else getattr(self, n)
-                     for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        """(weight_ih, weight_hh, bias_ih, bias_hh), the biases None without."""
+        return _named_parameters(self, ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
     def _step(self, input, h, c):
         """(h', c') of one step; input [N, I] or [I], h and c [N, H] or [H] (None: zeros)."""
@@ -605,10 +605,12 @@ class _CellBase(nn.Module):
             states.append(s)
         training = _may_need_backward() and any(
             t is not None and t.requires_grad for t in (x, *states, *weights))
-        if not training and device_type == "cpu" and not _ops._through_operators(x) \
-                and not torch._C._are_functorch_transforms_active():
-            h_new, c_new = _ops.cpu_step(x, *states, weights, self._cell, self.nonlinearity,
-                                         precision)
+        if not training and device_type == "cpu" and N and H \
+                and not _ops._through_operators(x) \
+                and not torch._C._are_functorch_transforms_active():  # straight to the kernel
+            _, h_new, c_new = _ops.kernel_now(
+                x.unsqueeze(0), *(None if t is None else [t] for t in states), weights,
+                self._cell, self.nonlinearity, False, precision)[:3]
         else:  # the layer's path (autograd, compile, trace, CUDA): a sequence of one step
             states = [x.new_zeros((N, H)) if t is None else t for t in states]
             biases = ([weights[2]], [weights[3]]) if self.bias else ([], [])
