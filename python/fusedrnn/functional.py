@@ -390,8 +390,9 @@ def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
 # inference call runs as a few calls, each on samples of similar lengths and cut to their
 # longest: the same outputs up to rounding (a padded step's are zeros, its inputs read by no
 # output either way; a group's batch may take another plan than the whole one's), the two
-# directions of a bidirectional layer one after the other. A training call does not: its backward's sums over every step, padding included, give
-# NaN where the padding holds NaN or inf, as the reference's do (tests/test_fuzz.py). A group's
+# directions of a bidirectional layer one after the other. A training call does not: its
+# backward's sums over every step, padding included, give NaN where the padding holds NaN or
+# inf, as the reference's do (tests/test_fuzz.py). A group's
 # step is estimated to cost its samples plus GROUP_STEP_SAMPLES samples' worth (the weights
 # streamed, the threads meeting, whatever the batch), a call CALL_SAMPLE_STEPS more; the
 # groups (at most MAX_LENGTH_GROUPS) must save MIN_GROUP_SAVING of one call's estimate.
