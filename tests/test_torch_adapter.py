@@ -187,6 +187,43 @@ def test_cells_match_torch_nn(cell):
         assert_close(results[1][1], results[0][1], 1e-10, "gradients")
 
 
+@pytest.mark.parametrize("cell,bias", [("LSTMCell", True), ("LSTMCell", False),
+                                       ("GRUCell", True), ("RNNCell", False)])
+def test_cell_loops_with_gradients_match_torch_nn(cell, bias):
+    """A decoder's loop: the cell stepped with gradients (each step the kernels' own autograd
+    step, _ops.cell_step), its h fed back, an LSTM's c' left unused at the last step; every
+    gradient as torch.nn's. Then what torch refuses, refused: a backward after a weight changed
+    in place, and a gradient of a gradient."""
+    torch.manual_seed(13)
+    ref = getattr(torch.nn, cell)(5, 4, bias=bias, dtype=torch.float64)
+    ours = getattr(frt, cell)(5, 4, bias=bias, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    xs = torch.randn(6, 3, 5, dtype=torch.float64)
+    results = []
+    for layer in (ref, ours):
+        x = xs.clone().requires_grad_(True)
+        h0 = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        h0.requires_grad_(True)
+        state, loss = (h0, torch.zeros_like(h0)) if cell == "LSTMCell" else h0, 0
+        for t in range(6):
+            state = layer(x[t], state)
+            loss = loss + (state[0] if cell == "LSTMCell" else state).sin().sum()
+        loss.backward()
+        results.append([x.grad, h0.grad, *(p.grad for p in layer.parameters())])
+    assert_close(results[1], results[0], 1e-10, "gradients")
+    x = xs[0].clone().requires_grad_(True)
+    out = ours(x)
+    out = out[0] if cell == "LSTMCell" else out
+    with torch.no_grad():
+        ours.weight_hh.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    out = ours(x)
+    out = out[0] if cell == "LSTMCell" else out
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_gradcheck(cell):
     torch.manual_seed(8)

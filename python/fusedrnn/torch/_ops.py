@@ -237,6 +237,15 @@ def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlin
     return (y, h_n, c_n, *saved)
 
 
+def _backward_args(x, w_ih, w_hh, w_hr, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n,
+                   bf16):
+    """recurrent_backward's arguments for one direction, from the kernels' arrays (``w_hr``,
+    ``lengths``, ``dc_n`` None where absent; ``bf16``: the forward ran bfloat16 products, whose
+    backward runs its products dgates W in bfloat16 too, but a projected LSTM's in float32)."""
+    more = ((None, None, w_hr) if w_hr is not None else ("bfloat16",) if bf16 else ())
+    return (x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n) + more
+
+
 def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
                    nonlinearity, precision):
     """The kernels' BPTT: (dx, dh0 [D, N, S], dc0 (LSTM; else [0]), dw_ih, dw_hh, db_ih, db_hh,
@@ -249,12 +258,11 @@ def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n,
         xn = arr(x)
         lengths_np = _lengths_np(lengths)
         bf16 = F.bfloat16_products(xn.dtype, _check_precision(precision)) and not w_hr
-        calls = []
-        for d in range(D):
-            more = ((None, None, arr(w_hr[d])) if w_hr else ("bfloat16",) if bf16 else ())
-            calls.append((xn, arr(w_ih[d]), arr(w_hh[d]), lengths_np, d == 1, arr(gates[d]),
-                          arr(extra[d]), arr(h_prev[d]), arr(dy[:, :, d * S:(d + 1) * S]),
-                          arr(dh_n[d]), arr(dc_n[d]) if cell == "lstm" else None) + more)
+        calls = [_backward_args(xn, arr(w_ih[d]), arr(w_hh[d]), arr(w_hr[d]) if w_hr else None,
+                                lengths_np, d == 1, arr(gates[d]), arr(extra[d]),
+                                arr(h_prev[d]), arr(dy[:, :, d * S:(d + 1) * S]), arr(dh_n[d]),
+                                arr(dc_n[d]) if cell == "lstm" else None, bf16)
+                 for d in range(D)]
         outs = _run(bridge, "recurrent_backward", cell, nonlinearity, calls)
         dx = tensor(outs[0][0])
         for o in outs[1:]:
@@ -460,20 +468,25 @@ def _batched(t):
         "Batched" in str(torch._C._dispatch_keys(t))  # (no Python name for that key)
 
 
-def _layer_gradients(ctx, dy, dh_n, dc_n, transforms=False):
-    """The autograd Functions' backward: a gradient per input (None for meta, precision and
-    lengths). ``transforms``: _LayerUnderTransforms's, under torch.func."""
-    functorch = torch._C._functorch
-    level = functorch.maybe_current_level()
+def _check_gradient_call(grads, transforms=False):
+    """Refuses a backward the kernels cannot give: a gradient of a gradient, or a batch of
+    them (vmap). ``grads``: the gradients of the outputs; ``transforms``: under torch.func."""
     if transforms:
         # torch.func.grad runs this at its level (1) and vjp's function at none, both with grad
         # mode on; a deeper level is a gradient of this gradient, which would be wrong
+        level = torch._C._functorch.maybe_current_level()
         if level is not None and level > 1:
             raise RuntimeError(DOUBLE_BACKWARD)
     elif torch.is_grad_enabled():  # create_graph=True: a gradient of this would be wrong
         raise RuntimeError(DOUBLE_BACKWARD)
-    if any(g is not None and _batched(g) for g in (dy, dh_n, dc_n)):
+    if any(g is not None and _batched(g) for g in grads):
         raise RuntimeError(NO_VMAP)  # jacrev (vjp under vmap), batched grad_outputs
+
+
+def _layer_gradients(ctx, dy, dh_n, dc_n, transforms=False):
+    """The autograd Functions' backward: a gradient per input (None for meta, precision and
+    lengths). ``transforms``: _LayerUnderTransforms's, under torch.func."""
+    _check_gradient_call((dy, dh_n, dc_n), transforms)
     args = (ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
     if not transforms:
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(*args)
@@ -580,13 +593,71 @@ def kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision):
     39-44 us). x [T, N, I] (T, N, H > 0); h0, c0 as _directions_calls takes them; weights
     (w_ih, w_hh, b_ih, b_hh), the biases None without; the last three outputs None unless
     ``training``."""
+    return tuple(None if a is None else torch.from_numpy(a)
+                 for a in _kernel_arrays(x, h0, c0, weights, cell, nonlinearity, training,
+                                         precision)[1])
+
+
+def _kernel_arrays(x, h0, c0, weights, cell, nonlinearity, training, precision):
+    """(the kernel's arguments, its outputs) of :func:`kernel_now`'s call, as arrays."""
     _sync_threads()
     w_ih, w_hh, b_ih, b_hh = weights
     args, = _directions_calls(_CPU, x, h0, c0, [w_ih], [w_hh], [] if b_ih is None else [b_ih],
                               [] if b_hh is None else [b_hh], [], None, cell, training,
                               precision)
-    return tuple(None if a is None else torch.from_numpy(a)
-                 for a in _C.recurrent_forward(cell, nonlinearity, *args))
+    return args, _C.recurrent_forward(cell, nonlinearity, *args)
+
+
+def cell_step(x, h, c, weights, cell, nonlinearity, precision):
+    """(h', c') of one cell step with autograd, eager on the CPU (no transform, compile or
+    trace active: they take the layer's path): x [N, I] (N, H > 0), h, c [N, H] (c None but
+    for the LSTM; c' None there too); weights (w_ih, w_hh, b_ih, b_hh), the biases None
+    without. The layer's path (a sequence of one step) costs some 35 us a step more in lists,
+    reshapes and outputs no step needs: two fifths of a decoder's step at batch 1."""
+    if cell == "lstm":
+        return _CellStep.apply((cell, nonlinearity, precision), x, h, c, *weights)
+    return _CellStep.apply((cell, nonlinearity, precision), x, h, None, *weights), None
+
+
+class _CellStep(torch.autograd.Function):
+    """:func:`cell_step`'s autograd: the kernels' forward and BPTT over one step. What the
+    backward reads of the forward stays as the kernel's arrays; x and the weights are saved as
+    tensors too, so that autograd refuses a backward after they changed in place."""
+
+    @staticmethod
+    def forward(ctx, meta, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        cell, nonlinearity, precision = meta
+        args, outs = _kernel_arrays(x[None], [h], None if c is None else [c],
+                                    (w_ih, w_hh, b_ih, b_hh), cell, nonlinearity, True,
+                                    precision)
+        _, h_n, c_n, *saved = outs
+        ctx.step = (cell, nonlinearity, args[0], args[3], args[4], saved,
+                    len(args) > 11 and args[11] == "bfloat16")
+        ctx.save_for_backward(x, w_ih, w_hh)
+        h_n = torch.from_numpy(h_n)
+        return (h_n, torch.from_numpy(c_n)) if cell == "lstm" else h_n
+
+    @staticmethod
+    def backward(ctx, dh, dc=None):
+        _check_gradient_call((dh, dc))
+        cell, nonlinearity, x, w_ih, w_hh, saved, bf16 = ctx.step
+        ctx.saved_tensors  # (raises if x or a weight changed in place since the forward)
+        N, H = x.shape[1], w_hh.shape[1]
+        state = np.zeros((N, H), x.dtype)
+        dh = state if dh is None else _np(dh)
+        dc = None if cell != "lstm" else state if dc is None else _np(dc)
+        dy = np.zeros((1, N, H), x.dtype)  # (h' is h_n: its gradient comes as dh_n)
+        outs = _C.recurrent_backward(cell, nonlinearity, *_backward_args(
+            x, w_ih, w_hh, None, None, False, *saved, dy, dh, dc, bf16))
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = (
+            None if a is None else torch.from_numpy(a) for a in outs[:7])
+        biased = ctx.needs_input_grad[6]  # (no bias: b_ih is None)
+        return (None, dx[0], dh0, dc0 if cell == "lstm" else None, dw_ih, dw_hh,
+                db_ih if biased else None, db_hh if biased else None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(NO_FORWARD_AD)
 
 
 def _in_onnx_export():

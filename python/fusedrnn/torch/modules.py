@@ -605,13 +605,18 @@ class _CellBase(nn.Module):
             states.append(s)
         training = _may_need_backward() and any(
             t is not None and t.requires_grad for t in (x, *states, *weights))
-        if not training and device_type == "cpu" and N and H \
-                and not _ops._through_operators(x) \
-                and not torch._C._are_functorch_transforms_active():  # straight to the kernel
+        eager_cpu = device_type == "cpu" and N and H and not _ops._through_operators(x) \
+            and not torch._C._are_functorch_transforms_active()
+        if eager_cpu and not training:  # straight to the kernel
             _, h_new, c_new = _ops.kernel_now(
                 x.unsqueeze(0), *(None if t is None else [t] for t in states), weights,
                 self._cell, self.nonlinearity, False, precision)[:3]
-        else:  # the layer's path (autograd, compile, trace, CUDA): a sequence of one step
+        elif eager_cpu:  # the kernels' step and its BPTT, without the layer's lists
+            h, c = (x.new_zeros((N, H)) if t is None and (i == 0 or lstm) else t
+                    for i, t in enumerate(states))
+            h_new, c_new = _ops.cell_step(x, h, c, weights, self._cell, self.nonlinearity,
+                                          precision)
+        else:  # the layer's path (compile, trace, transforms, CUDA): a sequence of one step
             states = [x.new_zeros((N, H)) if t is None else t for t in states]
             biases = ([weights[2]], [weights[3]]) if self.bias else ([], [])
             _, h_new, c_new = _ops.layer(
