@@ -31,6 +31,31 @@ def test_bench_framework_torch_writes_rows(tmp_path, capsys):
             assert r["maxdiff_grad"] < 1e-4
 
 
+def test_bench_framework_torch_decoder_rows(tmp_path, capsys):
+    """--cells LSTMCell,...: the cell stepped as a decoder (T steps, teacher-forced) in both
+    copies; the logits and every gradient agree; the layers' names still work beside them,
+    and the numpy bench refuses the cells by name."""
+    from fusedrnn import benchmark, benchmark_torch, cli
+    path = tmp_path / "b.json"
+    code = cli.main(["bench", "--framework", "torch", "--cells", "gru,LSTMCell,rnncell",
+                     "--shapes", "2,3,8,8", "--modes", "infer,train", "--budget", "0.05",
+                     "--json", str(path)])
+    assert code == 0, capsys.readouterr()
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["cell"], r["mode"]) for r in rows] == [
+        (c, m) for c in ("GRU", "LSTMCell", "RNNCell") for m in ("infer", "train")]
+    for r in rows:
+        assert r["maxdiff"] < 1e-4 and r.get("maxdiff_grad", 0.0) < 1e-4
+    model = benchmark_torch.make_model("GRUCell", 8, 8)
+    import torch
+    logits = model(torch.zeros(3, 2, dtype=torch.long))
+    assert logits.shape == (3, 2, benchmark_torch.VOCAB)
+    assert set(benchmark_torch.DECODER_SHAPES) == {"LSTMCell", "GRUCell", "RNNCell"}
+    with pytest.raises(ValueError, match="--cells"):
+        benchmark.selection(type("Args", (), {"cells": "LSTMCell", "modes": "infer",
+                                              "shapes": None, "quick": True})())
+
+
 def test_bench_framework_torch_under_bfloat16_autocast(tmp_path, capsys):
     """--precision bf16: both models under torch.autocast; the logits agree to the bf16
     tolerance but not to float32's (the layers did round), and the JSON says so."""

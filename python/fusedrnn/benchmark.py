@@ -29,7 +29,9 @@ REFERENCE_MAX_FLOPS = 2e8  # the float64 NumPy reference is timed only below thi
 
 
 def add_arguments(p):
-    p.add_argument("--cells", default="LSTM,GRU,RNN", help="comma-separated: LSTM,GRU,RNN")
+    p.add_argument("--cells", default=None,
+                   help="comma-separated: LSTM,GRU,RNN (the default); --framework torch also "
+                        "LSTMCell,GRUCell,RNNCell (a decoder's loop; in its default)")
     p.add_argument("--shapes", default=None,
                    help="semicolon-separated B,T,I,H tuples, e.g. '1,100,128,128;8,256,512,512'")
     p.add_argument("--modes", default="infer,train", help="infer,train")
@@ -486,10 +488,13 @@ def write_json(path, **content):
     print(f"wrote {path}")
 
 
-def selection(args):
-    """The CPU benches' (cells, modes, shapes) from --cells, --modes, --shapes and --quick,
-    checked (ValueError naming the option)."""
-    cells = [c.upper() for c in parse_names("--cells", args.cells, [c.lower() for c in CELLS])]
+def selection(args, more_cells=()):
+    """The CPU benches' (cells, modes, shapes) from --cells (default LSTM,GRU,RNN), --modes,
+    --shapes and --quick, checked (ValueError naming the option). ``more_cells``: names a bench
+    also takes (in their spelling), in its default too."""
+    spelling = {c.lower(): c for c in (*CELLS, *more_cells)}
+    default = ",".join(spelling.values())
+    cells = [spelling[c] for c in parse_names("--cells", args.cells or default, list(spelling))]
     modes = parse_names("--modes", args.modes, ["infer", "train"])
     if args.shapes is not None:
         shapes = parse_shapes(args.shapes)

@@ -6,6 +6,11 @@ Per cell and shape (B, T, I, H), a small language model
     nn.Embedding(1000, I) -> the recurrent layer (1 layer, one direction, input [T, B] token ids)
     -> nn.Linear(H, 1000) at every step -> nn.CrossEntropyLoss against random targets
 
+and, for the cells (``--cells LSTMCell,GRUCell,RNNCell``, in the default run), a decoder's loop:
+
+    nn.Embedding(1000, I) -> the cell stepped T times in Python, step t reading token t
+    (teacher forcing), its state carried -> nn.Linear(H, 1000) at every step -> the loss
+
 in two copies with the same weights: one with ``torch.nn.<Cell>``, the other converted with
 ``fusedrnn.torch.convert``. Timed (``fusedrnn.benchmark.median_ms``, same threads, alternating
 blocks) per mode:
@@ -41,6 +46,10 @@ SPORADIC_PAUSE_S = 0.003
 # bfloat16 autocast both sides round differently (each ~3e-3 from float64 in the layer).
 TOLERANCE = 1e-4
 TOLERANCE_BF16 = 5e-2
+# The decoder rows' shapes (B, T steps, I, H) per cell: the small steps of a seq2seq decoder,
+# where each step's Python, not its arithmetic, is most of the time (--quick: the first).
+DECODER_SHAPES = {"LSTMCell": [(1, 20, 128, 128), (16, 20, 256, 256)],
+                  "GRUCell": [(8, 20, 128, 128)], "RNNCell": [(16, 20, 128, 128)]}
 # Settings of torch's OpenMP pool that change how it shares the cores with fusedrnn's threads
 # (its workers spin for milliseconds after each torch op unless OMP_WAIT_POLICY=PASSIVE):
 # shown in the header and recorded in the JSON.
@@ -51,7 +60,8 @@ OMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "KMP_BLOCKTIM
 
 
 def make_model(cell, I, H, vocab=VOCAB, seed=0):
-    """The benchmark's torch model (with ``torch.nn.<cell>``), weights drawn from ``seed``."""
+    """The benchmark's torch model (with ``torch.nn.<cell>``: a layer, or a cell stepped as a
+    decoder), weights drawn from ``seed``."""
     import torch
     from torch import nn
 
@@ -63,8 +73,14 @@ def make_model(cell, I, H, vocab=VOCAB, seed=0):
             self.out = nn.Linear(H, vocab)
 
         def forward(self, tokens):  # [T, B] -> logits [T, B, vocab]
-            y, _ = self.rnn(self.embedding(tokens))
-            return self.out(y)
+            x = self.embedding(tokens)
+            if not cell.endswith("Cell"):
+                return self.out(self.rnn(x)[0])
+            state, hs = None, []
+            for t in range(tokens.shape[0]):  # a decoder's steps, teacher-forced
+                state = self.rnn(x[t], state)
+                hs.append(state[0] if isinstance(state, tuple) else state)
+            return self.out(torch.stack(hs))
 
     torch.manual_seed(seed)
     return TinyLM()
@@ -165,10 +181,10 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, bf16=False):
 
 def print_table(rows):
     f = benchmark._fmt
-    print(f"\n{'cell':<6}{'mode':<6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} |{'torch':>9}{'fusedrnn':>9}"
+    print(f"\n{'cell':<9}{'mode':<6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} |{'torch':>9}{'fusedrnn':>9}"
           f"{'x':>7} | {'sporadic: torch':>15}{'fusedrnn':>9}{'x':>7} | {'maxdiff':>8}")
     for r in rows:
-        print(f"{r['cell']:<6}{r['mode']:<6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} |"
+        print(f"{r['cell']:<9}{r['mode']:<6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} |"
               f"{f(r['torch_ms'], 9, 3)}{f(r['fusedrnn_ms'], 9, 3)}{f(r['speedup'], 7)} | "
               f"{f(r['torch_sporadic_ms'], 15, 3)}{f(r['fusedrnn_sporadic_ms'], 9, 3)}"
               f"{f(r['speedup_sporadic'], 7)} | {r['maxdiff']:>8.1e}{'' if r['agree'] else ' !'}")
@@ -182,7 +198,7 @@ def run(args) -> int:
     import torch
 
     import fusedrnn as fr
-    cells, modes, shapes = benchmark.selection(args)
+    cells, modes, shapes = benchmark.selection(args, more_cells=tuple(DECODER_SHAPES))
     budget = 0.3 if args.quick else args.budget
     bf16 = getattr(args, "precision", "fp32") == "bf16"
     fr.set_num_threads(args.threads)  # the adapter follows torch's count too, at every call
@@ -198,7 +214,10 @@ def run(args) -> int:
     t0 = time.perf_counter()
     rows = []
     for cell in cells:
-        for (B, T, I, H) in shapes:
+        cell_shapes = shapes
+        if cell in DECODER_SHAPES and args.shapes is None:
+            cell_shapes = DECODER_SHAPES[cell][:1 if args.quick else None]
+        for (B, T, I, H) in cell_shapes:
             for mode in modes:
                 r = bench_row(cell, mode, B, T, I, H, args.threads, budget, bf16)
                 rows.append(r)
