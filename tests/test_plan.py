@@ -55,7 +55,9 @@ def test_plans_follow_the_shape(threads):
     decoder = plan("lstm", 1, 1, 256, 256, training=True)  # one step of one sample
     assert decoder["forward"]["step_product"] == "row kernels"
     assert decoder["backward"]["step_product"] == "row kernels"
-    assert plan("lstm", 2, 64, 64, 64)["forward"]["step_product"] == "BLAS GEMM per step"
+    blas_batch = _C.tuning()["blas_batch"]  # (128 with AVX-512 row kernels, else 16)
+    assert plan("lstm", 2, blas_batch, 64, 64)["forward"]["step_product"] == "BLAS GEMM per step"
+    assert plan("lstm", 2, blas_batch - 1, 64, 64)["forward"]["step_product"] == "row kernels"
     batch1 = plan("lstm", 100, 1, 128, 128)["forward"]
     assert batch1["loop_threads"] == 1 and batch1["step_product"] == "packed W_hh"
     assert batch1["loop"] == ("pipelined" if threads > 1 else "by units")
