@@ -598,6 +598,16 @@ def kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision):
                                          precision)[1])
 
 
+def step_now(x, h, c, weights, cell, nonlinearity, precision):
+    """(h', c') of one cell step without autograd, eager on the CPU: the kernel's state
+    outputs alone (a step's y is its h'). x [N, I] (N, H > 0); h, c [N, H] or None for zeros
+    (c None but for the LSTM; c' None there too); weights as :func:`kernel_now`'s."""
+    _, h_n, c_n = _kernel_arrays(x[None], None if h is None else [h],
+                                 None if c is None else [c], weights, cell, nonlinearity, False,
+                                 precision)[1][:3]
+    return torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
+
+
 def _kernel_arrays(x, h0, c0, weights, cell, nonlinearity, training, precision):
     """(the kernel's arguments, its outputs) of :func:`kernel_now`'s call, as arrays."""
     _sync_threads()

@@ -579,7 +579,8 @@ class _CellBase(nn.Module):
             carried = c if lstm else h
             out_dtype = _autocast_output_dtype(device_type == "cuda" or self._cell == "rnn",
                                                input if carried is None else carried)
-        input, h, c = (_under_autocast(t, dtype, device_type) for t in (input, h, c))
+        if _autocast_on(device_type):  # (a decoder's step pays for the casts only there)
+            input, h, c = (_under_autocast(t, dtype, device_type) for t in (input, h, c))
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape [N, {self.input_size}] or "
                              f"[{self.input_size}], got {tuple(input.shape)}")
@@ -608,9 +609,8 @@ class _CellBase(nn.Module):
         eager_cpu = device_type == "cpu" and N and H and not _ops._through_operators(x) \
             and not torch._C._are_functorch_transforms_active()
         if eager_cpu and not training:  # straight to the kernel
-            _, h_new, c_new = _ops.kernel_now(
-                x.unsqueeze(0), *(None if t is None else [t] for t in states), weights,
-                self._cell, self.nonlinearity, False, precision)[:3]
+            h_new, c_new = _ops.step_now(x, *states, weights, self._cell, self.nonlinearity,
+                                         precision)
         elif eager_cpu:  # the kernels' step and its BPTT, without the layer's lists
             h, c = (x.new_zeros((N, H)) if t is None and (i == 0 or lstm) else t
                     for i, t in enumerate(states))
