@@ -51,9 +51,10 @@ def test_bench_framework_torch_decoder_rows(tmp_path, capsys):
     logits = model(torch.zeros(3, 2, dtype=torch.long))
     assert logits.shape == (3, 2, benchmark_torch.VOCAB)
     assert set(benchmark_torch.DECODER_SHAPES) == {"LSTMCell", "GRUCell", "RNNCell"}
-    with pytest.raises(ValueError, match="--cells"):
-        benchmark.selection(type("Args", (), {"cells": "LSTMCell", "modes": "infer",
-                                              "shapes": None, "quick": True})())
+    for text in ("LSTMCell", ""):  # the cells only with --framework torch; no name: refused
+        with pytest.raises(ValueError, match="--cells"):
+            benchmark.selection(type("Args", (), {"cells": text, "modes": "infer",
+                                                  "shapes": None, "quick": True})())
 
 
 def test_bench_framework_torch_under_bfloat16_autocast(tmp_path, capsys):

@@ -211,6 +211,15 @@ def test_cell_loops_with_gradients_match_torch_nn(cell, bias):
         loss.backward()
         results.append([x.grad, h0.grad, *(p.grad for p in layer.parameters())])
     assert_close(results[1], results[0], 1e-10, "gradients")
+    if bias:  # a frozen bias_ih leaves bias_hh training
+        for layer in (ref, ours):
+            layer.zero_grad()
+            layer.bias_ih.requires_grad_(False)
+            out = layer(xs[0])
+            (out[0] if cell == "LSTMCell" else out).sum().backward()
+            layer.bias_ih.requires_grad_(True)
+        assert ours.bias_ih.grad is None and ref.bias_ih.grad is None
+        assert_close([ours.bias_hh.grad], [ref.bias_hh.grad], 1e-10, "bias_hh")
     x = xs[0].clone().requires_grad_(True)
     out = ours(x)
     out = out[0] if cell == "LSTMCell" else out

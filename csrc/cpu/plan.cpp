@@ -392,9 +392,11 @@ bool inference_packing_pays(const Tuning& t, int64_t rows, int64_t weight_bytes)
 }
 
 // A step's recurrent product: packed W_hh for sequences, else BLAS for a large batch, row
-// kernels for a small one.
+// kernels for a small one, and in deterministic plans (OpenBLAS rounds a slice's GEMM by its
+// shape, which the thread count sets; a row kernel's sums do not depend on the slices).
 StepProduct step_product(const Tuning& t, bool packed, int64_t N) {
-  return packed ? StepProduct::kPacked : N >= t.blas_batch ? StepProduct::kBlas : StepProduct::kRows;
+  if (packed) return StepProduct::kPacked;
+  return N >= t.blas_batch && !deterministic() ? StepProduct::kBlas : StepProduct::kRows;
 }
 
 }  // namespace

@@ -494,7 +494,14 @@ def selection(args, more_cells=()):
     also takes (in their spelling), in its default too."""
     spelling = {c.lower(): c for c in (*CELLS, *more_cells)}
     default = ",".join(spelling.values())
-    cells = [spelling[c] for c in parse_names("--cells", args.cells or default, list(spelling))]
+    text = default if args.cells is None else args.cells
+    try:
+        cells = [spelling[c] for c in parse_names("--cells", text, list(spelling))]
+    except ValueError as error:
+        if more_cells or "cell" not in text.lower():
+            raise
+        raise ValueError(f"{error} (LSTMCell, GRUCell, RNNCell: with --framework torch)") \
+            from None
     modes = parse_names("--modes", args.modes, ["infer", "train"])
     if args.shapes is not None:
         shapes = parse_shapes(args.shapes)

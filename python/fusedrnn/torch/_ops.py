@@ -631,8 +631,10 @@ def cell_step(x, h, c, weights, cell, nonlinearity, precision):
 
 class _CellStep(torch.autograd.Function):
     """:func:`cell_step`'s autograd: the kernels' forward and BPTT over one step. What the
-    backward reads of the forward stays as the kernel's arrays; x and the weights are saved as
-    tensors too, so that autograd refuses a backward after they changed in place."""
+    backward reads of the forward stays as the kernel's arrays (ctx.step, until autograd frees
+    the graph; saved-tensor hooks such as torch.utils.checkpoint's do not see them: a step's
+    activations are a few [N, G*H] rows); x and the weights are saved as tensors too, so that
+    autograd refuses a backward after they changed in place."""
 
     @staticmethod
     def forward(ctx, meta, x, h, c, w_ih, w_hh, b_ih, b_hh):
@@ -642,7 +644,7 @@ class _CellStep(torch.autograd.Function):
                                     precision)
         _, h_n, c_n, *saved = outs
         ctx.step = (cell, nonlinearity, args[0], args[3], args[4], saved,
-                    len(args) > 11 and args[11] == "bfloat16")
+                    len(args) > 11 and args[11] == "bfloat16", b_ih is not None)
         ctx.save_for_backward(x, w_ih, w_hh)
         h_n = torch.from_numpy(h_n)
         return (h_n, torch.from_numpy(c_n)) if cell == "lstm" else h_n
@@ -650,8 +652,9 @@ class _CellStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dc=None):
         _check_gradient_call((dh, dc))
-        cell, nonlinearity, x, w_ih, w_hh, saved, bf16 = ctx.step
+        cell, nonlinearity, x, w_ih, w_hh, saved, bf16, biased = ctx.step
         ctx.saved_tensors  # (raises if x or a weight changed in place since the forward)
+        _sync_threads()
         N, H = x.shape[1], w_hh.shape[1]
         state = np.zeros((N, H), x.dtype)
         dh = state if dh is None else _np(dh)
@@ -661,7 +664,6 @@ class _CellStep(torch.autograd.Function):
             x, w_ih, w_hh, None, None, False, *saved, dy, dh, dc, bf16))
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = (
             None if a is None else torch.from_numpy(a) for a in outs[:7])
-        biased = ctx.needs_input_grad[6]  # (no bias: b_ih is None)
         return (None, dx[0], dh0, dc0 if cell == "lstm" else None, dw_ih, dw_hh,
                 db_ih if biased else None, db_hh if biased else None)
 
