@@ -233,6 +233,32 @@ def test_cell_loops_with_gradients_match_torch_nn(cell, bias):
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_saved_tensor_hooks_see_a_layers_activations(bidirectional):
+    """torch.utils.checkpoint (and activation offloading) work through saved-tensor hooks: a
+    layer's saved activations pass through them, and a checkpointed layer's gradients are the
+    layer's own."""
+    from torch.utils.checkpoint import checkpoint
+    torch.manual_seed(14)
+    layer = frt.LSTM(4, 6, bidirectional=bidirectional, dtype=torch.float64)
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.numel()) or t,
+                                                  lambda t: t):
+        out, _ = layer(x)
+    directions = 2 if bidirectional else 1
+    assert sum(packed) >= 5 * 3 * 4 * 6 * directions  # the gates of every step at least
+    grads = []
+    for checkpointed in (False, True):
+        x.grad = None
+        layer.zero_grad()
+        y = checkpoint(lambda v: layer(v)[0], x, use_reentrant=False) if checkpointed \
+            else layer(x)[0]
+        y.sin().sum().backward()
+        grads.append([x.grad.clone(), *(p.grad.clone() for p in layer.parameters())])
+    assert_close(grads[1], grads[0], 1e-12, "checkpointed")
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_gradcheck(cell):
     torch.manual_seed(8)

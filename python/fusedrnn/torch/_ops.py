@@ -622,49 +622,69 @@ def cell_step(x, h, c, weights, cell, nonlinearity, precision):
     """(h', c') of one cell step with autograd, eager on the CPU (no transform, compile or
     trace active: they take the layer's path): x [N, I] (N, H > 0), h, c [N, H] (c None but
     for the LSTM; c' None there too); weights (w_ih, w_hh, b_ih, b_hh), the biases None
-    without. The layer's path (a sequence of one step) costs some 35 us a step more in lists,
-    reshapes and outputs no step needs: two fifths of a decoder's step at batch 1."""
-    if cell == "lstm":
-        return _CellStep.apply((cell, nonlinearity, precision), x, h, c, *weights)
-    return _CellStep.apply((cell, nonlinearity, precision), x, h, None, *weights), None
+    without. The layer's general path costs some 35 us a step more in lists, reshapes and
+    outputs no step needs: two fifths of a decoder's step at batch 1."""
+    outs = _OneDirection.apply((cell, nonlinearity, precision, False), x, h, c, *weights)
+    return outs[1], outs[2] if cell == "lstm" else None
 
 
-class _CellStep(torch.autograd.Function):
-    """:func:`cell_step`'s autograd: the kernels' forward and BPTT over one step. What the
-    backward reads of the forward stays as the kernel's arrays (ctx.step, until autograd frees
-    the graph; saved-tensor hooks such as torch.utils.checkpoint's do not see them: a step's
-    activations are a few [N, G*H] rows); x and the weights are saved as tensors too, so that
-    autograd refuses a backward after they changed in place."""
+def one_direction(x, h0, c0, weights, cell, nonlinearity, precision):
+    """(y [T, N, H], h_n [1, N, H], c_n [1, N, H] (LSTM; else an empty tensor)) of a layer's
+    one direction with autograd, eager on the CPU, without projection or lengths (T, N, H >
+    0): :func:`cell_step`'s path for a sequence (a decoder that steps an nn.GRU one token at
+    a time calls it with T = 1). h0, c0 [1, N, H] (c0 None but for the LSTM)."""
+    outs = _OneDirection.apply((cell, nonlinearity, precision, True), x, h0, c0, *weights)
+    return outs if cell == "lstm" else (*outs, x.new_empty((0,)))
+
+
+class _OneDirection(torch.autograd.Function):
+    """The kernels' forward and BPTT of one direction as one autograd node: a cell's step
+    (x [N, I], states [N, H]; ``meta[3]`` False) or a layer's direction (x [T, N, I], states
+    [1, N, H]). Outputs y, h_n and c_n (the LSTM's). A layer saves what its backward needs
+    of the forward as tensors (saved-tensor hooks, such as torch.utils.checkpoint's, see them);
+    a cell's step keeps the kernel's arrays (ctx.step: a few [N, G*H] rows, about 10 us a step
+    less). x and the weights are saved as tensors too (autograd refuses a backward after they
+    changed in place); the backward reads them through the forward's views."""
 
     @staticmethod
-    def forward(ctx, meta, x, h, c, w_ih, w_hh, b_ih, b_hh):
-        cell, nonlinearity, precision = meta
-        args, outs = _kernel_arrays(x[None], [h], None if c is None else [c],
+    def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        cell, nonlinearity, precision, layered = meta
+        state = (lambda t: t[0]) if layered else (lambda t: t)  # [N, H] of a state
+        args, outs = _kernel_arrays(x if layered else x[None], [state(h0)],
+                                    None if c0 is None else [state(c0)],
                                     (w_ih, w_hh, b_ih, b_hh), cell, nonlinearity, True,
                                     precision)
-        _, h_n, c_n, *saved = outs
-        ctx.step = (cell, nonlinearity, args[0], args[3], args[4], saved,
+        y, h_n, c_n, *saved = outs
+        ctx.step = (meta, args[0], args[3], args[4], None if layered else saved,
                     len(args) > 11 and args[11] == "bfloat16", b_ih is not None)
-        ctx.save_for_backward(x, w_ih, w_hh)
-        h_n = torch.from_numpy(h_n)
-        return (h_n, torch.from_numpy(c_n)) if cell == "lstm" else h_n
+        ctx.save_for_backward(x, w_ih, w_hh,
+                              *((torch.from_numpy(a) for a in saved) if layered else ()))
+        shaped = (lambda a: torch.from_numpy(a[None])) if layered else torch.from_numpy
+        outputs = (torch.from_numpy(y), shaped(h_n))
+        return (*outputs, shaped(c_n)) if cell == "lstm" else outputs
 
     @staticmethod
-    def backward(ctx, dh, dc=None):
-        _check_gradient_call((dh, dc))
-        cell, nonlinearity, x, w_ih, w_hh, saved, bf16, biased = ctx.step
-        ctx.saved_tensors  # (raises if x or a weight changed in place since the forward)
+    def backward(ctx, dy, dh_n, dc_n=None):
+        _check_gradient_call((dy, dh_n, dc_n))
+        (cell, nonlinearity, _, layered), x, w_ih, w_hh, saved, bf16, biased = ctx.step
+        tensors = ctx.saved_tensors  # (raises if x or a weight changed in place since)
+        saved = [_np(t) for t in tensors[3:]] if layered else saved
         _sync_threads()
-        N, H = x.shape[1], w_hh.shape[1]
-        state = np.zeros((N, H), x.dtype)
-        dh = state if dh is None else _np(dh)
-        dc = None if cell != "lstm" else state if dc is None else _np(dc)
-        dy = np.zeros((1, N, H), x.dtype)  # (h' is h_n: its gradient comes as dh_n)
+        T, N, H = x.shape[0], x.shape[1], w_hh.shape[1]
+        state = (lambda t: _np(t).reshape(N, H)) if layered else _np
+        zeros = np.zeros((N, H), x.dtype)
+        dy = np.zeros((T, N, H), x.dtype) if dy is None else _np(dy)
+        dh_n = zeros if dh_n is None else state(dh_n)
+        dc_n = None if cell != "lstm" else zeros if dc_n is None else state(dc_n)
         outs = _C.recurrent_backward(cell, nonlinearity, *_backward_args(
-            x, w_ih, w_hh, None, None, False, *saved, dy, dh, dc, bf16))
+            x, w_ih, w_hh, None, None, False, *saved, dy, dh_n, dc_n, bf16))
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = (
             None if a is None else torch.from_numpy(a) for a in outs[:7])
-        return (None, dx[0], dh0, dc0 if cell == "lstm" else None, dw_ih, dw_hh,
+        if layered:
+            dh0, dc0 = dh0[None], None if dc0 is None else dc0[None]
+        else:
+            dx = dx[0]
+        return (None, dx, dh0, dc0 if cell == "lstm" else None, dw_ih, dw_hh,
                 db_ih if biased else None, db_hh if biased else None)
 
     @staticmethod
@@ -716,6 +736,11 @@ def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, traini
         return layer_forward(x, h0, c0, w_ih, w_hh, _or_placeholders(b_ih, x, D),
                              _or_placeholders(b_hh, x, D), _or_placeholders(w_hr, x, D),
                              lengths, cell, nonlinearity, training, precision)[:3]
+    if D == 1 and not w_hr and lengths is None and not transforms and x.device.type == "cpu" \
+            and x.shape[0] and N and GH:  # one direction: one lean autograd node
+        return one_direction(x, h0, c0 if cell == "lstm" else None,
+                             (w_ih[0], w_hh[0], b_ih[0] if b_ih else None,
+                              b_hh[0] if b_hh else None), cell, nonlinearity, precision)
     meta = (cell, nonlinearity, True, bool(b_ih), len(w_ih), bool(w_hr))
     function = _LayerUnderTransforms if transforms else _Layer
     return function.apply(meta, precision, x, h0, c0, lengths, *w_ih, *w_hh, *b_ih, *b_hh,
