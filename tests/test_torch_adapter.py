@@ -757,6 +757,16 @@ def test_bad_inputs_name_the_argument():
         layer(torch.randn(3, 2, 4), torch.zeros(2, 2, 8))
     with pytest.raises(TypeError, match="input: expected a torch.Tensor"):
         layer(np.zeros((3, 2, 4), np.float32))
+    cell = frt.LSTMCell(4, 8)  # hx: a pair, as torch.nn's (a [2, H] tensor for one sample)
+    with pytest.raises(TypeError, match=r"hx: expected a tuple \(h_0, c_0\)"):
+        cell(torch.randn(2, 4), torch.zeros(2, 2, 8))
+    with pytest.raises(TypeError, match="hx: expected a tuple"):
+        cell(torch.randn(2, 4), 3)
+    with pytest.raises(ValueError, match="hx: expected two hidden states"):
+        cell(torch.randn(2, 4), (torch.zeros(2, 8),) * 3)
+    pair = torch.randn(2, 8)
+    assert all(torch.equal(a, b) for a, b in zip(cell(torch.ones(4), pair),
+                                                 cell(torch.ones(4), (pair[0], pair[1]))))
 
 
 def test_no_grad_saves_nothing_and_threads_follow_torch():

@@ -659,7 +659,19 @@ class LSTMCell(_CellBase):
 
     def forward(self, input, hx=None):
         """(h_1, c_1) after one step from ``hx = (h_0, c_0)``."""
-        h, c = (None, None) if hx is None else hx
+        if hx is None:
+            return self._step(input, None, None)
+        # a pair of tensors; as torch.nn, an unbatched input's pair may come as one [2, H]
+        batched = not isinstance(input, torch.Tensor) or input.dim() != 1
+        if not isinstance(hx, (tuple, list, torch.Tensor)):
+            raise TypeError("hx: expected a tuple (h_0, c_0) of two tensors, got "
+                            f"{type(hx).__name__}")
+        if isinstance(hx, torch.Tensor) and batched:
+            raise TypeError("hx: expected a tuple (h_0, c_0) of two tensors, got a tensor of "
+                            f"shape {tuple(hx.shape)}")
+        if len(hx) != 2:
+            raise ValueError(f"hx: expected two hidden states (h_0, c_0), got {len(hx)}")
+        h, c = hx
         return self._step(input, h, c)
 
 
