@@ -656,7 +656,7 @@ class _OneDirection(torch.autograd.Function):
                                     precision)
         y, h_n, c_n, *saved = outs
         ctx.step = (meta, args[0], args[3], args[4], None if layered else saved,
-                    len(args) > 11 and args[11] == "bfloat16", b_ih is not None)
+                    F.bfloat16_products(args[0].dtype, precision), b_ih is not None)
         ctx.save_for_backward(x, w_ih, w_hh,
                               *((torch.from_numpy(a) for a in saved) if layered else ()))
         shaped = (lambda a: torch.from_numpy(a[None])) if layered else torch.from_numpy
@@ -670,14 +670,11 @@ class _OneDirection(torch.autograd.Function):
         tensors = ctx.saved_tensors  # (raises if x or a weight changed in place since)
         saved = [_np(t) for t in tensors[3:]] if layered else saved
         _sync_threads()
-        T, N, H = x.shape[0], x.shape[1], w_hh.shape[1]
-        state = (lambda t: _np(t).reshape(N, H)) if layered else _np
-        zeros = np.zeros((N, H), x.dtype)
-        dy = np.zeros((T, N, H), x.dtype) if dy is None else _np(dy)
-        dh_n = zeros if dh_n is None else state(dh_n)
-        dc_n = None if cell != "lstm" else zeros if dc_n is None else state(dc_n)
+        # (autograd passes zeros for an output the loss did not use)
+        state = (lambda t: _np(t)[0]) if layered else _np  # [N, H] of a state's gradient
+        dc_n = state(dc_n) if cell == "lstm" else None
         outs = _C.recurrent_backward(cell, nonlinearity, *_backward_args(
-            x, w_ih, w_hh, None, None, False, *saved, dy, dh_n, dc_n, bf16))
+            x, w_ih, w_hh, None, None, False, *saved, _np(dy), state(dh_n), dc_n, bf16))
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = (
             None if a is None else torch.from_numpy(a) for a in outs[:7])
         if layered:

@@ -611,19 +611,20 @@ class _CellBase(nn.Module):
         if eager_cpu and not training:  # straight to the kernel
             h_new, c_new = _ops.step_now(x, *states, weights, self._cell, self.nonlinearity,
                                          precision)
-        elif eager_cpu:  # the kernels' step and its BPTT, without the layer's lists
-            h, c = (x.new_zeros((N, H)) if t is None and (i == 0 or lstm) else t
-                    for i, t in enumerate(states))
-            h_new, c_new = _ops.cell_step(x, h, c, weights, self._cell, self.nonlinearity,
-                                          precision)
-        else:  # the layer's path (compile, trace, transforms, CUDA): a sequence of one step
-            states = [x.new_zeros((N, H)) if t is None else t for t in states]
-            biases = ([weights[2]], [weights[3]]) if self.bias else ([], [])
-            _, h_new, c_new = _ops.layer(
-                x.unsqueeze(0).contiguous(), states[0].unsqueeze(0),
-                states[1].unsqueeze(0) if lstm else x.new_empty((0,)), [w_ih], [weights[1]],
-                *biases, None, self._cell, self.nonlinearity, training, precision)
-            h_new, c_new = h_new[0], c_new[0] if lstm else None
+        else:
+            h, c = states  # (zeros where not given; c stays None but for the LSTM)
+            h = x.new_zeros((N, H)) if h is None else h
+            c = x.new_zeros((N, H)) if lstm and c is None else c
+            if eager_cpu:  # the kernels' step and its BPTT, without the layer's lists
+                h_new, c_new = _ops.cell_step(x, h, c, weights, self._cell, self.nonlinearity,
+                                              precision)
+            else:  # the layer's path (compile, trace, transforms, CUDA): one step's sequence
+                biases = ([weights[2]], [weights[3]]) if self.bias else ([], [])
+                _, h_new, c_new = _ops.layer(
+                    x.unsqueeze(0).contiguous(), h.unsqueeze(0),
+                    c.unsqueeze(0) if lstm else x.new_empty((0,)), [w_ih], [weights[1]],
+                    *biases, None, self._cell, self.nonlinearity, training, precision)
+                h_new, c_new = h_new[0], c_new[0] if lstm else None
         if precision == "bfloat16":
             h_new, c_new = h_new.to(out_dtype), c_new.to(out_dtype) if lstm else None
         if not batched:
