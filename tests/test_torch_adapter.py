@@ -858,6 +858,83 @@ def test_autocast_bfloat16_cells_run_the_kernels_bf16(cell):
             assert not torch.equal(g.detach(), fp32.to(g.dtype))
 
 
+def _bf16_step(module, x, hx):
+    """(h', c'?) of a cell, or (y, h_n, c_n?) of a layer, with precision="bfloat16" through
+    fusedrnn.functional on the module's current weights (converted by this call alone)."""
+    w = [p.detach().numpy().copy() for p in module.parameters()]
+    if len(w) == 2:
+        w += [np.zeros(w[1].shape[0], np.float32)] * 2
+    name = type(module).__name__.replace("Cell", "").lower()
+    xs = x.numpy() if x.dim() == 3 else x[None].numpy()
+    states = tuple(s.numpy() for s in (hx if isinstance(hx, tuple) else (hx,)))
+    if x.dim() == 3:
+        states = tuple(s[0] for s in states)
+    out = getattr(F, name + "_forward")(xs, *states, *w, precision="bfloat16")
+    return out[1:3] if name == "lstm" else out[1:2]
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell", "GRU"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_autocast_keeps_bfloat16_weights_for_the_region(cell, bias):
+    """As torch.autocast keeps its casts of a parameter for the region, the steps of one region
+    convert the weights once, and a write to a weight within it (an optimizer's, a new .data)
+    renews them: every step equals fusedrnn.functional's fresh conversion of the current
+    weights, bit for bit; the kept forms go when the region ends, or when their weights do."""
+    torch.manual_seed(21)
+    module = getattr(frt, cell)(6, 16, bias=bias)
+    layered = cell == "GRU"
+    x = torch.randn(1, 3, 6) if layered else torch.randn(3, 6)
+    h = torch.randn(1, 3, 16) if layered else torch.randn(3, 16)
+    hx = (h, h.clone()) if cell == "LSTMCell" else h
+
+    def check(grad):
+        with torch.set_grad_enabled(grad):
+            got = module(x, hx)
+        got = got[1:] if layered else got if isinstance(got, tuple) else (got,)
+        for g, want in zip(got, _bf16_step(module, x, hx)):
+            # (in torch.nn's output dtype: bfloat16 for the RNNCell)
+            assert torch.equal(g.detach().reshape(want.shape), torch.from_numpy(want).to(g.dtype))
+
+    with torch.autocast("cpu", dtype=BF16):
+        for grad in (False, True, False):
+            check(grad)
+        assert len(_ops._KEPT_FORMS) == 1
+        kept = next(iter(_ops._KEPT_FORMS.values()))
+        check(False)
+        assert next(iter(_ops._KEPT_FORMS.values())) is kept  # nothing converted again
+        with torch.no_grad():
+            module.weight_hh.mul_(-1.5) if not layered else module.weight_hh_l0.mul_(-1.5)
+        check(False)  # an in-place write: the version moved
+        assert next(iter(_ops._KEPT_FORMS.values())) is not kept
+        p = module.weight_ih if not layered else module.weight_ih_l0
+        p.data = torch.randn_like(p)  # new storage
+        check(True)
+        with torch.autocast("cpu", dtype=BF16, enabled=False):  # nested: the region goes on
+            pass
+        assert len(_ops._KEPT_FORMS) == 1
+    assert not _ops._KEPT_FORMS  # the region ended
+    with torch.autocast("cpu", dtype=BF16):
+        check(False)
+        assert len(_ops._KEPT_FORMS) == 1
+        del module, p
+        assert not _ops._KEPT_FORMS  # the weights are gone
+
+
+def test_autocast_keeps_no_weights_where_torch_keeps_no_casts():
+    """torch.autocast keeps no cast with its cache off, nor of a weight that is not a leaf
+    parameter requiring grad; neither do the kernels."""
+    torch.manual_seed(22)
+    cell = frt.LSTMCell(6, 16)
+    x = torch.randn(3, 6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16, cache_enabled=False):
+        cell(x)
+    assert not _ops._KEPT_FORMS
+    cell.weight_hh.requires_grad_(False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        cell(x)
+        assert not _ops._KEPT_FORMS
+
+
 def _dtypes(result):
     if isinstance(result, torch.nn.utils.rnn.PackedSequence):
         return result.data.dtype

@@ -42,6 +42,8 @@ caching allocator on that stream, so their outputs are ordinary torch tensors: :
 from __future__ import annotations
 
 import contextlib
+import functools
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -154,22 +156,29 @@ def _check_precision(precision):
 
 
 def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
-                      precision):
+                      precision, keep=False):
     """The kernel's argument tuples, one per direction (the second runs in reverse). ``h0``,
-    ``c0``: [D, N, S], [D, N, H] tensors, lists of one [N, ...] tensor per direction, or None."""
+    ``c0``: [D, N, S], [D, N, H] tensors, lists of one [N, ...] tensor per direction, or None.
+    ``keep``: an eager call, whose bfloat16 weights may be kept for the autocast region
+    (:func:`_kept_forms`)."""
     _check_precision(precision)
     arr = bridge.array
     xn = arr(x)
     lengths_np = _lengths_np(lengths)
-    # no weight cache: the parameters may change in place between calls
     bf16 = F.bfloat16_products(xn.dtype, precision) and not (
         training and F.variant_trains_in_float32(cell, bool(w_hr), bridge is _CPU))
+    # float32 weights are packed by every call (a parameter may change in place unseen);
+    # bfloat16 ones are kept for the autocast region where torch keeps its own casts
+    keep = keep and bf16 and not w_hr and bridge is _CPU
     N, S, GH = x.shape[1], w_hh[0].shape[1], w_hh[0].shape[0]
     calls = []
     for d in range(len(w_ih)):
-        zeros = None if b_ih else bridge.zeros(x, GH)
+        forms, zeros = (_kept_forms(w_ih[d], w_hh[d], b_ih[d] if b_ih else None,
+                                    b_hh[d] if b_hh else None) if keep else (None, None))
+        if zeros is None and not b_ih:
+            zeros = bridge.zeros(x, GH)
         more = ((None, "bfloat16" if bf16 else None, None, arr(w_hr[d])) if w_hr
-                else (None, "bfloat16") if bf16 else ())
+                else (forms, "bfloat16") if bf16 else ())
         h0_d = bridge.zeros(x, (N, S)) if h0 is None else arr(h0[d])
         c0_d = (None if cell != "lstm" else bridge.zeros(x, (N, GH // 4)) if c0 is None
                 else arr(c0[d]))
@@ -178,6 +187,74 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
                       arr(b_ih[d]) if b_ih else zeros, arr(b_hh[d]) if b_hh else zeros,
                       lengths_np, d == 1, training) + more)
     return calls
+
+
+# torch.autocast casts a parameter to bfloat16 once per autocast region (its cast cache, dropped
+# when the outermost region ends); the kernels' bfloat16 forms of an eager call's weights are
+# kept alike, so a decoder's steps convert nothing after the first (LSTMCell(512), batch 1,
+# one step, Zen 4: 224 -> 72-76 us; torch.nn's bfloat16 step 184-193). A weight's version or
+# storage moving renews them within a region too; only a write through ``.data``, which torch
+# does not count either, goes unseen there, as by torch's own cache.
+_KEPT_FORMS: dict = {}  # ids of a direction's (w_ih, w_hh, b_ih, b_hh) -> _KeptForms
+
+
+def _drop_kept_forms_with_autocast_cache():
+    """Drop the kept forms whenever torch drops its autocast cache (torch.autocast's
+    ``__exit__`` calls ``torch.clear_autocast_cache`` when the outermost region ends); False
+    where this torch has no such function (then nothing is kept)."""
+    original = getattr(torch, "clear_autocast_cache", None)
+    if original is None:
+        return False
+    if getattr(original, "_drops_fusedrnn_forms", False):
+        return True
+
+    @functools.wraps(original)
+    def clear_autocast_cache(*args, **kwargs):
+        _KEPT_FORMS.clear()
+        return original(*args, **kwargs)
+    clear_autocast_cache._drops_fusedrnn_forms = True
+    torch.clear_autocast_cache = clear_autocast_cache
+    return True
+
+
+_REGIONS_SEEN = _drop_kept_forms_with_autocast_cache()
+
+
+class _KeptForms:
+    """A direction's bfloat16 weights in the kernels' forms (a WeightCache), for the weights
+    at the versions and storage they had (``state``), and the zeros of a missing bias (the
+    cache serves fixed arrays)."""
+
+    __slots__ = ("refs", "state", "cache", "zeros")
+
+    def __init__(self, refs, state, zeros):
+        self.refs, self.state, self.cache, self.zeros = refs, state, _C.WeightCache(), zeros
+
+
+def _kept_forms(w_ih, w_hh, b_ih, b_hh):
+    """(WeightCache, zeros for a missing bias or None) of one direction's weights under
+    bfloat16 autocast: kept for the region where torch would keep its casts of them (its
+    cache on, each weight a leaf that requires grad and is no view), else (None, None): the
+    call converts its own."""
+    if not (_REGIONS_SEEN and torch.is_autocast_cache_enabled()):
+        return None, None
+    weights = (w_ih, w_hh, b_ih, b_hh)
+    present = [w for w in weights if w is not None]
+    for w in present:
+        if not (w.requires_grad and w.is_leaf and not w._is_view()):
+            return None, None
+    key = tuple(map(id, weights))
+    state = tuple((w._version, w.data_ptr()) for w in present)
+    kept = _KEPT_FORMS.get(key)
+    if kept is None or kept.state != state or \
+            any(r() is not w for r, w in zip(kept.refs, present)):
+        def forget(_, key=key):  # a weight is gone: so are its forms
+            _KEPT_FORMS.pop(key, None)
+        zeros = None if b_ih is not None else np.zeros(
+            w_hh.shape[0], np.float32 if w_hh.dtype == torch.float32 else np.float64)
+        kept = _KEPT_FORMS[key] = _KeptForms([weakref.ref(w, forget) for w in present], state,
+                                             zeros)
+    return kept.cache, kept.zeros
 
 
 def _sync_threads():
@@ -206,9 +283,10 @@ def _stacked(bridge, arrays):
 
 
 def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
-                  training, precision, context=True):
+                  training, precision, context=True, keep=False):
     """The kernels' forward (see the module docstring); no autograd here. ``context=False``
-    (eager inference) returns None for the three saved lists; ``h0``, ``c0`` None: zeros."""
+    (eager inference) returns None for the three saved lists; ``h0``, ``c0`` None: zeros.
+    ``keep``: an eager call (not an operator's), as :func:`_directions_calls` takes it."""
     bridge = _bridge(x)
     if bridge is _CPU and len(w_hh) == 1 and not w_hr and lengths is None and x.shape[0] and \
             x.shape[1] and w_hh[0].shape[0]:  # one direction, straight to the kernel (lengths:
@@ -216,14 +294,14 @@ def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlin
         y, h_n, c_n, *saved = kernel_now(
             x, h0, c0 if cell == "lstm" else None,
             (w_ih[0], w_hh[0], b_ih[0] if b_ih else None, b_hh[0] if b_hh else None), cell,
-            nonlinearity, training, precision)
+            nonlinearity, training, precision, keep)
         h_n, c_n = h_n[None], c_n[None] if cell == "lstm" else _empty(x)
         if not context:
             return y, h_n, c_n, None, None, None
         return (y, h_n, c_n, *([t if training else _empty(x)] for t in saved))
     with bridge.running():
         calls = _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
-                                  training, precision)
+                                  training, precision, keep)
         outs = _run(bridge, "recurrent_forward", cell, nonlinearity, calls)
         tensor = bridge.tensor
         y = (tensor(outs[0][0]) if len(outs) == 1
@@ -442,7 +520,7 @@ layer_backward.register_autograd(_no_double_backward, setup_context=_setup_nothi
 
 
 # ---------------------------------------------------------------------------- eager mode
-def _layer_outputs(meta, precision, x, h0, c0, lengths, weights):
+def _layer_outputs(meta, precision, x, h0, c0, lengths, weights, keep=False):
     """(y, h_n, c_n, *gates, *extra, *h_prev): the layer's outputs and what its backward needs,
     from the flat inputs of the autograd Functions below."""
     cell, nonlinearity, training, has_bias, D, projected = meta
@@ -451,7 +529,8 @@ def _layer_outputs(meta, precision, x, h0, c0, lengths, weights):
     b_ih, b_hh = (w[2], w[3]) if has_bias else ([], [])
     w_hr = w[-1] if projected else []
     y, h_n, c_n, gates, extra, h_prev = _forward_impl(x, h0, c0, w[0], w[1], b_ih, b_hh, w_hr,
-                                                      lengths, cell, nonlinearity, True, precision)
+                                                      lengths, cell, nonlinearity, True, precision,
+                                                      keep=keep)
     return (y, h_n, c_n, *gates, *extra, *h_prev)
 
 
@@ -503,7 +582,7 @@ class _Layer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, precision, x, h0, c0, lengths, *weights):
-        outputs = _layer_outputs(meta, precision, x, h0, c0, lengths, weights)
+        outputs = _layer_outputs(meta, precision, x, h0, c0, lengths, weights, keep=True)
         _save_context(ctx, meta, precision, x, lengths, weights, outputs)
         ctx.mark_non_differentiable(*(() if meta[0] == "lstm" else outputs[2:3]))
         return outputs[:3]
@@ -585,7 +664,7 @@ def _onnx_nodes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinea
     return y, outs[1], outs[2] if cell == "lstm" else x.new_empty((0,))
 
 
-def kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision):
+def kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision, keep=False):
     """The kernel's outputs as tensors, (y, h_n [N, S], c_n or None, gates, extra, h_prev), of
     one direction's forward on the CPU (no projection, no lengths): what _forward_impl computes,
     the same arguments (:func:`_directions_calls`) without its bridge, lists and runner, which
@@ -595,7 +674,7 @@ def kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision):
     ``training``."""
     return tuple(None if a is None else torch.from_numpy(a)
                  for a in _kernel_arrays(x, h0, c0, weights, cell, nonlinearity, training,
-                                         precision)[1])
+                                         precision, keep)[1])
 
 
 def step_now(x, h, c, weights, cell, nonlinearity, precision):
@@ -604,17 +683,17 @@ def step_now(x, h, c, weights, cell, nonlinearity, precision):
     (c None but for the LSTM; c' None there too); weights as :func:`kernel_now`'s."""
     _, h_n, c_n = _kernel_arrays(x[None], None if h is None else [h],
                                  None if c is None else [c], weights, cell, nonlinearity, False,
-                                 precision)[1][:3]
+                                 precision, keep=True)[1][:3]
     return torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
 
 
-def _kernel_arrays(x, h0, c0, weights, cell, nonlinearity, training, precision):
+def _kernel_arrays(x, h0, c0, weights, cell, nonlinearity, training, precision, keep):
     """(the kernel's arguments, its outputs) of :func:`kernel_now`'s call, as arrays."""
     _sync_threads()
     w_ih, w_hh, b_ih, b_hh = weights
     args, = _directions_calls(_CPU, x, h0, c0, [w_ih], [w_hh], [] if b_ih is None else [b_ih],
                               [] if b_hh is None else [b_hh], [], None, cell, training,
-                              precision)
+                              precision, keep)
     return args, _C.recurrent_forward(cell, nonlinearity, *args)
 
 
@@ -653,7 +732,7 @@ class _OneDirection(torch.autograd.Function):
         args, outs = _kernel_arrays(x if layered else x[None], [state(h0)],
                                     None if c0 is None else [state(c0)],
                                     (w_ih, w_hh, b_ih, b_hh), cell, nonlinearity, True,
-                                    precision)
+                                    precision, keep=True)
         y, h_n, c_n, *saved = outs
         ctx.step = (meta, args[0], args[3], args[4], None if layered else saved,
                     F.bfloat16_products(args[0].dtype, precision), b_ih is not None)
@@ -724,7 +803,7 @@ def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, nonlinearity, traini
     transforms = torch._C._are_functorch_transforms_active()  # torch.func.grad & co.
     if not training and not dispatch and not transforms:  # the kernels alone
         return _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
-                             nonlinearity, False, precision, context=False)[:3]
+                             nonlinearity, False, precision, context=False, keep=True)[:3]
     D, N, S, GH = len(w_hh), x.shape[1], w_hh[0].shape[1], w_hh[0].shape[0]
     h0 = x.new_zeros((D, N, S)) if h0 is None else h0
     if c0 is None:
