@@ -193,8 +193,9 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
 # when the outermost region ends); the kernels' bfloat16 forms of an eager call's weights are
 # kept alike, so a decoder's steps convert nothing after the first (LSTMCell(512), batch 1,
 # one step, Zen 4: 224 -> 72-76 us; torch.nn's bfloat16 step 184-193). A weight's version or
-# storage moving renews them within a region too; only a write through ``.data``, which torch
-# does not count either, goes unseen there, as by torch's own cache.
+# storage moving renews them within a region too (torch's cache renews nothing there); a write
+# that moves neither (in place through ``.data``, a fused optimizer's step) goes unseen there,
+# as by torch's own cache.
 _KEPT_FORMS: dict = {}  # ids of a direction's (w_ih, w_hh, b_ih, b_hh) -> _KeptForms
 
 
@@ -222,13 +223,21 @@ _REGIONS_SEEN = _drop_kept_forms_with_autocast_cache()
 
 class _KeptForms:
     """A direction's bfloat16 weights in the kernels' forms (a WeightCache), for the weights
-    at the versions and storage they had (``state``), and the zeros of a missing bias (the
-    cache serves fixed arrays)."""
+    at the versions and addresses they had (``state``), and the zeros of a missing bias (the
+    cache serves fixed arrays). ``storages`` holds the weights' storages, so that no new one
+    (a new ``.data``, which keeps the version) takes an address while the forms are kept."""
 
-    __slots__ = ("refs", "state", "cache", "zeros")
+    __slots__ = ("refs", "state", "storages", "cache", "zeros")
 
-    def __init__(self, refs, state, zeros):
-        self.refs, self.state, self.cache, self.zeros = refs, state, _C.WeightCache(), zeros
+    def __init__(self, weights, forget, zeros):
+        self.refs = [weakref.ref(w, forget) for w in weights]
+        self.state = _kept_state(weights)
+        self.storages = [w.untyped_storage() for w in weights]
+        self.cache, self.zeros = _C.WeightCache(), zeros
+
+
+def _kept_state(weights):
+    return tuple((w._version, w.data_ptr()) for w in weights)
 
 
 def _kept_forms(w_ih, w_hh, b_ih, b_hh):
@@ -244,16 +253,14 @@ def _kept_forms(w_ih, w_hh, b_ih, b_hh):
         if not (w.requires_grad and w.is_leaf and not w._is_view()):
             return None, None
     key = tuple(map(id, weights))
-    state = tuple((w._version, w.data_ptr()) for w in present)
     kept = _KEPT_FORMS.get(key)
-    if kept is None or kept.state != state or \
+    if kept is None or kept.state != _kept_state(present) or \
             any(r() is not w for r, w in zip(kept.refs, present)):
         def forget(_, key=key):  # a weight is gone: so are its forms
             _KEPT_FORMS.pop(key, None)
         zeros = None if b_ih is not None else np.zeros(
             w_hh.shape[0], np.float32 if w_hh.dtype == torch.float32 else np.float64)
-        kept = _KEPT_FORMS[key] = _KeptForms([weakref.ref(w, forget) for w in present], state,
-                                             zeros)
+        kept = _KEPT_FORMS[key] = _KeptForms(present, forget, zeros)
     return kept.cache, kept.zeros
 
 
