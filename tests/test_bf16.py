@@ -330,6 +330,41 @@ def test_training_under_bf16_matches_the_reference(cell, T, N, I, H, threads):
         assert np.abs(g - f).max() > 1e-6 * scale, name  # the bf16 forward is what it saw
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("T,N", [(1, 3), (2, 20), (10, 1)])
+def test_short_backward_under_bf16_keeps_float32_products(cell, T, N, threads):
+    """A backward of fewer than 4 steps (a decoder's step) takes float32 products, and one of
+    fewer than 32 rows float32 weight gradients: packing the weights into bfloat16 pairs and
+    summing whole 32-row tiles would cost it more than its products (the plan's
+    bf16_backward_min_steps, bf16_weight_grads_min_rows). The short ones' gradients are the
+    reference's backward of the same bfloat16 forward with exact products; the longer one's
+    (bfloat16 products in its steps) within a bfloat16 step of the rounded reference's."""
+    I, H = 12, 40
+    x, h0, c0, w = _problem(cell, T, N, I, H, seed=6, scale=0.8)
+    args = (w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"])
+    state = (h0, c0) if cell == "lstm" else (h0,)
+    plan = _C.plan(cell, "tanh", T, N, I, H, np.dtype(np.float32), True, fr.get_num_threads(),
+                   precision="bfloat16")["backward"]
+    assert plan["bfloat16_products"] == (T >= 4)
+    assert not plan["bfloat16_weight_grads"]
+    ours = getattr(F, cell + "_forward")(x, *state, *args, training=True, precision="bfloat16")
+    ref = getattr(R, cell + "_forward")(x, *state, *args, training=True, precision="bfloat16")
+    dy = np.random.default_rng(7).standard_normal(ours[0].shape).astype(np.float32)
+    grads = getattr(F, cell + "_backward")(ours[-1], dy)
+    exact = getattr(R, cell + "_backward")(dict(ref[-1], precision="float32"), dy)
+    rounded = getattr(R, cell + "_backward")(ref[-1], dy)
+    names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh") if cell == "lstm" else \
+        ("dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+    for name, g, e, r in zip(names, grads, exact, rounded):
+        scale = np.abs(r).max()
+        if T >= 4:
+            assert np.abs(g - r).max() <= 2.0 ** -7 * scale, name
+            continue
+        assert np.abs(g - e).max() <= 2e-5 * scale, name
+        if name.startswith("dw"):  # (not the bfloat16 operands' sums)
+            assert np.abs(g - r).max() > 1e-4 * scale, name
+
+
 def test_gradients_within_torch_autocast_bf16():
     """Training under autocast: the gradients' relative error against float64 stays within 1.5x
     of torch.autocast("cpu", bfloat16)'s on the same layer (measured here: ours 6.4e-4..3.8e-3,

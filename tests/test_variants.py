@@ -157,10 +157,11 @@ def test_peephole_results_do_not_depend_on_the_threads(N, H):
 
 @pytest.mark.parametrize("N,H", [(1, 48), (20, 64)])
 def test_peephole_under_bfloat16_matches_the_bf16_reference(N, H):
-    """bfloat16 products (the peepholes themselves stay float32, a pointwise term)."""
-    p = _problem(10, N, 12, H, seed=8, dtype=np.float32)
-    lengths = np.arange(N) % 11
-    lengths[0] = 10
+    """bfloat16 products (the peepholes themselves stay float32, a pointwise term); 40 steps,
+    so that a batch of 1 has the rows for bfloat16 weight gradients too."""
+    p = _problem(40, N, 12, H, seed=8, dtype=np.float32)
+    lengths = np.arange(N) % 41
+    lengths[0] = 40
     ours = _run(F, p, lengths, precision="bfloat16")
     expected = _run(R, p, lengths, precision="bfloat16")
     for name, value in ours.items():

@@ -695,6 +695,10 @@ py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int
     bd["loop_threads"] = b.loop_slices == 1 ? 1 : b.slices;
     bd["loop_slices"] = b.loop_slices;
     bd["weight_grad_threads"] = b.gemm_slices;
+    // under autocast: whether the steps' and dx's products, and the weight gradients', take
+    // bfloat16 operands (a short call keeps float32 ones)
+    bd["bfloat16_products"] = b.bf16;
+    bd["bfloat16_weight_grads"] = b.bf16_weights;
     d["backward"] = bd;
   }
   return d;

@@ -53,6 +53,11 @@ struct Tuning {
   int64_t step_inputs_min_batch, step_inputs_min_gates, step_inputs_max_weight_bytes;
   // From this batch on, bfloat16 products run on AMX tiles where the CPU has them.
   int64_t amx_min_batch;
+  // Steps from which a backward under autocast takes bfloat16 products (fewer: float32 ones,
+  // as a decoder step's backward), and rows (steps x samples) from which its weight
+  // gradients do too (a sum over the samples: the samples' own gradients keep their bits
+  // whatever the batch).
+  int64_t bf16_backward_min_steps, bf16_weight_grads_min_rows;
   // Rows per chunk of a stacked layer's inputs behind the layer below (a wavefront).
   int64_t wavefront_rows;
   // Bytes of a slice's own projection chunk (stays in cache until the loop reads it) and of a
@@ -140,7 +145,8 @@ struct BackwardPlan {
   int gemm_blocks;  // their row blocks, spread over the slices (>= gemm_slices)
   bool bf16;        // dgates W_hh and dx from bfloat16 values (by units, packed, dx after)
   bool amx, amx_dx;  // ... on AMX tiles: the steps (a batch of amx_min_batch or more), dx
-  bool amx_weights;  // the weight gradients (bfloat16 too) on AMX tiles (T*N >= amx_min_batch)
+  bool bf16_weights;  // the weight gradients from bfloat16 operands (bf16 and enough rows)
+  bool amx_weights;  // ... on AMX tiles (T*N >= amx_min_batch)
 };
 
 // Deterministic plans: results independent of the thread count, not only reproducible for a
