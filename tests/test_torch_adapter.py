@@ -921,38 +921,6 @@ def test_autocast_keeps_bfloat16_weights_for_the_region(cell, bias):
         assert not _ops._KEPT_FORMS  # the weights are gone
 
 
-def test_kept_weight_views_follow_every_write():
-    """The CPU's NumPy views of the weights are kept between calls (_ops._weight_np): every
-    write after them is seen (in place, a new .data, a transposed .data of the same storage and
-    shape, a new dtype's view), and they go with their weights."""
-    torch.manual_seed(23)
-    ref, ours = torch.nn.RNNCell(8, 8), frt.RNNCell(8, 8)
-    ours.load_state_dict(ref.state_dict())
-    x, h = torch.randn(3, 8), torch.randn(3, 8)
-    before = len(_ops._WEIGHT_VIEWS)
-
-    def same():
-        with torch.no_grad():
-            torch.testing.assert_close(ours(x, h), ref(x, h), rtol=0, atol=2e-6)
-
-    same()
-    assert len(_ops._WEIGHT_VIEWS) == before + 4
-    writes = (lambda m: m.weight_hh.mul_(-2.0),
-              lambda m: setattr(m.weight_ih, "data", torch.randn(8, 8)),
-              lambda m: setattr(m.weight_hh, "data", m.weight_hh.data.t()),  # square: same shape
-              lambda m: m.bias_hh.copy_(torch.randn(8)))
-    for write in writes:
-        torch.manual_seed(24)
-        with torch.no_grad():
-            write(ref)
-        torch.manual_seed(24)
-        with torch.no_grad():
-            write(ours)
-        same()
-    del ours
-    assert len(_ops._WEIGHT_VIEWS) == before
-
-
 def test_autocast_keeps_no_weights_where_torch_keeps_no_casts():
     """torch.autocast keeps no cast with its cache off, nor of a weight that is not a leaf
     parameter requiring grad; neither do the kernels."""

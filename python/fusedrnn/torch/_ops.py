@@ -61,33 +61,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-# A weight's NumPy view, kept while its storage, shape, strides and dtype stay: building one costs
-# some 1.5 us, and a decoder's step (RNNCell(128) at batch 16: ~30 us, 13 of them the kernel's)
-# reads four. The view holds the storage, so no other storage takes its address meanwhile; a
-# write in place is seen through it.
-_WEIGHT_VIEWS: dict = {}  # id(weight) -> (weakref, (data_ptr, shape, strides, dtype), view)
-
-
-def _weight_np(t: torch.Tensor) -> np.ndarray:
-    """:func:`_np` of a weight, the view kept between calls (a contiguous one: else _np's copy,
-    which a write in place would not reach, is made anew)."""
-    if not t.is_contiguous():
-        return _np(t)
-    try:
-        key = (t.data_ptr(), t.shape, t.stride(), t.dtype)
-    except RuntimeError:  # no storage of its own (a torch.func transform's wrapper)
-        return _np(t)
-    kept = _WEIGHT_VIEWS.get(id(t))
-    if kept is not None and kept[1] == key and kept[0]() is t:
-        return kept[2]
-
-    def forget(_, i=id(t)):  # the weight is gone: so is its view
-        _WEIGHT_VIEWS.pop(i, None)
-    view = _np(t)
-    _WEIGHT_VIEWS[id(t)] = (weakref.ref(t, forget), key, view)
-    return view
-
-
 def _lengths_np(lengths):
     """The lengths as int64 on the host (both backends take them there), or None."""
     return None if lengths is None else _np(lengths.to("cpu", torch.int64))
@@ -103,10 +76,6 @@ class _Bridge:
     kernels = _C
     array = staticmethod(_np)
     tensor = staticmethod(torch.from_numpy)
-
-    def weight(self, t):
-        """The kernels' view of a weight (the CPU's kept between calls: _weight_np)."""
-        return _weight_np(t) if self is _CPU else self.array(t)
 
     def zeros(self, like, shape):
         """The kernels' zeros of ``shape`` in the dtype of ``like`` (a float32 or float64
@@ -193,7 +162,7 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
     ``keep``: an eager call, whose bfloat16 weights may be kept for the autocast region
     (:func:`_kept_forms`)."""
     _check_precision(precision)
-    arr, weight = bridge.array, bridge.weight
+    arr = bridge.array
     xn = arr(x)
     lengths_np = _lengths_np(lengths)
     bf16 = F.bfloat16_products(xn.dtype, precision) and not (
@@ -208,14 +177,14 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
                                     b_hh[d] if b_hh else None) if keep else (None, None))
         if zeros is None and not b_ih:
             zeros = bridge.zeros(x, GH)
-        more = ((None, "bfloat16" if bf16 else None, None, weight(w_hr[d])) if w_hr
+        more = ((None, "bfloat16" if bf16 else None, None, arr(w_hr[d])) if w_hr
                 else (forms, "bfloat16") if bf16 else ())
         h0_d = bridge.zeros(x, (N, S)) if h0 is None else arr(h0[d])
         c0_d = (None if cell != "lstm" else bridge.zeros(x, (N, GH // 4)) if c0 is None
                 else arr(c0[d]))
         calls.append((xn, h0_d, c0_d,
-                      weight(w_ih[d]), weight(w_hh[d]),
-                      weight(b_ih[d]) if b_ih else zeros, weight(b_hh[d]) if b_hh else zeros,
+                      arr(w_ih[d]), arr(w_hh[d]),
+                      arr(b_ih[d]) if b_ih else zeros, arr(b_hh[d]) if b_hh else zeros,
                       lengths_np, d == 1, training) + more)
     return calls
 
@@ -374,9 +343,7 @@ def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n,
         xn = arr(x)
         lengths_np = _lengths_np(lengths)
         bf16 = F.bfloat16_products(xn.dtype, _check_precision(precision)) and not w_hr
-        weight = bridge.weight
-        calls = [_backward_args(xn, weight(w_ih[d]), weight(w_hh[d]),
-                                weight(w_hr[d]) if w_hr else None,
+        calls = [_backward_args(xn, arr(w_ih[d]), arr(w_hh[d]), arr(w_hr[d]) if w_hr else None,
                                 lengths_np, d == 1, arr(gates[d]), arr(extra[d]),
                                 arr(h_prev[d]), arr(dy[:, :, d * S:(d + 1) * S]), arr(dh_n[d]),
                                 arr(dc_n[d]) if cell == "lstm" else None, bf16)
