@@ -923,7 +923,8 @@ def test_autocast_keeps_bfloat16_weights_for_the_region(cell, bias):
 
 def test_autocast_keeps_no_weights_where_torch_keeps_no_casts():
     """torch.autocast keeps no cast with its cache off, nor of a weight that is not a leaf
-    parameter requiring grad; neither do the kernels."""
+    parameter requiring grad; neither do the kernels, nor of weights made under
+    torch.inference_mode (which count no versions), which run all the same."""
     torch.manual_seed(22)
     cell = frt.LSTMCell(6, 16)
     x = torch.randn(3, 6)
@@ -934,6 +935,15 @@ def test_autocast_keeps_no_weights_where_torch_keeps_no_casts():
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
         cell(x)
         assert not _ops._KEPT_FORMS
+    with torch.inference_mode():  # made there: its weights count no versions
+        served = frt.LSTMCell(6, 16)
+        served.load_state_dict(cell.state_dict())
+        with torch.autocast("cpu", dtype=BF16):
+            got = served(x)
+            assert not _ops._KEPT_FORMS
+            want = cell(x)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
 
 
 def _dtypes(result):

@@ -244,13 +244,14 @@ def _kept_forms(w_ih, w_hh, b_ih, b_hh):
     """(WeightCache, zeros for a missing bias or None) of one direction's weights under
     bfloat16 autocast: kept for the region where torch would keep its casts of them (its
     cache on, each weight a leaf that requires grad and is no view), else (None, None): the
-    call converts its own."""
+    call converts its own (so do weights made under torch.inference_mode, which count no
+    versions)."""
     if not (_REGIONS_SEEN and torch.is_autocast_cache_enabled()):
         return None, None
     weights = (w_ih, w_hh, b_ih, b_hh)
     present = [w for w in weights if w is not None]
     for w in present:
-        if not (w.requires_grad and w.is_leaf and not w._is_view()):
+        if not (w.requires_grad and w.is_leaf and not w._is_view()) or w.is_inference():
             return None, None
     key = tuple(map(id, weights))
     kept = _KEPT_FORMS.get(key)
