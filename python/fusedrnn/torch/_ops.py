@@ -259,8 +259,7 @@ def _kept_forms(w_ih, w_hh, b_ih, b_hh):
             any(r() is not w for r, w in zip(kept.refs, present)):
         def forget(_, key=key):  # a weight is gone: so are its forms
             _KEPT_FORMS.pop(key, None)
-        zeros = None if b_ih is not None else np.zeros(
-            w_hh.shape[0], np.float32 if w_hh.dtype == torch.float32 else np.float64)
+        zeros = None if b_ih is not None else _CPU.zeros(w_hh, w_hh.shape[0])
         kept = _KEPT_FORMS[key] = _KeptForms(present, forget, zeros)
     return kept.cache, kept.zeros
 
