@@ -11,10 +11,11 @@ from conftest import CELLS, DTYPES, cell_backward, cell_forward, make_problem
 from fusedrnn import _C, functional
 
 # (T, N, I, H): by samples (N=16), pipelined (N=1), inputs in the steps (N=8, H=256), big
-# GEMMs split (N=32), a short call (T=3): each plan is a different one on 1 and on 2 threads
-# by default.
+# GEMMs split (N=32), decoder steps (T=2: each slice projects its own units' inputs), a short
+# call (T=3): each plan is a different one on 1 and on 2 threads by default.
 SHAPES = {"by_samples": (12, 16, 32, 64), "pipelined": (40, 1, 64, 64),
           "step_inputs": (6, 8, 64, 256), "split_gemms": (10, 32, 128, 128),
+          "decoder_steps": (2, 16, 33, 96),
           # a short call of a batch past the table's blas_batch: its steps' products split by
           # units (OpenBLAS rounds a slice's GEMM by its shape: row kernels in these plans)
           "short_call": (3, _C.tuning()["blas_batch"] + 3, 17, 65)}

@@ -89,6 +89,13 @@ def test_plans_follow_the_shape(threads):
         assert kept["forward"]["step_product"] == "packed W_hh"
     kept = _C.plan("lstm", "tanh", 3, 1, 40, 256, F32, False, threads, cache=True)
     assert kept["forward"]["step_product"] == "row kernels"
+    # A decoder's step split by units: each slice projects its own units' inputs in the step
+    # too (on one thread the inputs are projected up front).
+    for cell, N in [("rnn", 16), ("gru", 8), ("lstm", 4)]:
+        step = plan(cell, 1, N, 128, 128)["forward"]
+        assert step["loop_threads"] == threads and step["step_product"] == "row kernels"
+        assert step["projection"] == ("per slice, chunks of steps" if threads > 1
+                                      else "up front")
 
 
 def test_bench_explain_prints_and_writes_plans(tmp_path, capsys):

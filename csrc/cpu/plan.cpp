@@ -503,6 +503,16 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   if (by_samples) p.loop_slices = sample_slices(t, N, slices);
   else if (by_units_packed && p.loop_slices > 1)
     p.loop_slices = unit_slices(t, N * GH * H, slices);
+  // A short call on row kernels split by units (a decoder's step): each slice projects its own
+  // units' inputs in the step, as the calling thread would have up front (row kernels, too few
+  // rows for BLAS), so that both products split (ForwardCall::by_units_unpacked). Zen 4, on
+  // torch's 2 OpenMP threads, T=1 inference, H=128: RNN B=16 13.0-14.3 -> 11.2-12.1 us, GRU B=8
+  // 15.8-16.3 -> 12.2-12.4, LSTM B=4 12.1-13.0 -> 9.5-10.1; RNN B=8 H=256 20.5 -> 15.7 (the
+  // variants' loops below still project up front).
+  if (!packed && p.product == StepProduct::kRows && p.loop == Loop::kByUnits &&
+      p.loop_slices > 1 && p.projection == Projection::kUpFront && p.gemm_slices == 1 &&
+      s.I > 0 && s.T * N < t.blas_batch)
+    p.projection = Projection::kPerSlice;
   // b_ih joins b_hh in the packed bias, except where a projection up front of fewer rows than
   // blas_batch runs on row kernels, which add b_ih themselves (ForwardCall::project: an
   // OpenBLAS call would pack all of W_ih for them; LSTM B=1 T=5 H=1024, packs kept: 2.94 ms

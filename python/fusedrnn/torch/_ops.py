@@ -57,8 +57,11 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (contiguous: copied only if it was not)."""
-    return t.detach().contiguous().numpy()
+    """A NumPy view of a CPU tensor (contiguous: copied only if it was not). One call to torch
+    (``numpy(force=True)``: the view whether or not it requires grad), a third less than
+    detach, contiguous and numpy: a decoder step reads six."""
+    a = t.numpy(force=True)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def _lengths_np(lengths):
@@ -157,20 +160,22 @@ def _check_precision(precision):
 
 def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
                       precision, keep=False):
-    """The kernel's argument tuples, one per direction (the second runs in reverse). ``h0``,
-    ``c0``: [D, N, S], [D, N, H] tensors, lists of one [N, ...] tensor per direction, or None.
-    ``keep``: an eager call, whose bfloat16 weights may be kept for the autocast region
-    (:func:`_kept_forms`)."""
+    """The kernel's argument tuples, one per direction (the second runs in reverse). ``x``
+    [T, N, I], or a cell step's [N, I] (one step). ``h0``, ``c0``: [D, N, S], [D, N, H] tensors,
+    lists of one [N, ...] tensor per direction, or None. ``keep``: an eager call, whose
+    bfloat16 weights may be kept for the autocast region (:func:`_kept_forms`)."""
     _check_precision(precision)
     arr = bridge.array
     xn = arr(x)
+    if xn.ndim == 2:  # (the array's view: a tensor's x[None] costs a step twice as much)
+        xn = xn[None]
     lengths_np = _lengths_np(lengths)
     bf16 = F.bfloat16_products(xn.dtype, precision) and not (
         training and F.variant_trains_in_float32(cell, bool(w_hr), bridge is _CPU))
     # float32 weights are packed by every call (a parameter may change in place unseen);
     # bfloat16 ones are kept for the autocast region where torch keeps its own casts
     keep = keep and bf16 and not w_hr and bridge is _CPU
-    N, S, GH = x.shape[1], w_hh[0].shape[1], w_hh[0].shape[0]
+    N, S, GH = xn.shape[1], w_hh[0].shape[1], w_hh[0].shape[0]
     calls = []
     for d in range(len(w_ih)):
         forms, zeros = (_kept_forms(w_ih[d], w_hh[d], b_ih[d] if b_ih else None,
@@ -550,8 +555,8 @@ def _save_context(ctx, meta, precision, x, lengths, weights, outputs):
 
 def _batched(t):
     """A tensor of a vmap: functorch's, or autograd's own (is_grads_batched)."""
-    return torch._C._functorch.is_batchedtensor(t) or \
-        "Batched" in str(torch._C._dispatch_keys(t))  # (no Python name for that key)
+    functorch = torch._C._functorch
+    return functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t)
 
 
 def _check_gradient_call(grads, transforms=False):
@@ -688,7 +693,7 @@ def step_now(x, h, c, weights, cell, nonlinearity, precision):
     """(h', c') of one cell step without autograd, eager on the CPU: the kernel's state
     outputs alone (a step's y is its h'). x [N, I] (N, H > 0); h, c [N, H] or None for zeros
     (c None but for the LSTM; c' None there too); weights as :func:`kernel_now`'s."""
-    _, h_n, c_n = _kernel_arrays(x[None], None if h is None else [h],
+    _, h_n, c_n = _kernel_arrays(x, None if h is None else [h],
                                  None if c is None else [c], weights, cell, nonlinearity, False,
                                  precision, keep=True)[1][:3]
     return torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
@@ -711,7 +716,7 @@ def cell_step(x, h, c, weights, cell, nonlinearity, precision):
     without. The layer's general path costs some 35 us a step more in lists, reshapes and
     outputs no step needs: two fifths of a decoder's step at batch 1."""
     outs = _OneDirection.apply((cell, nonlinearity, precision, False), x, h, c, *weights)
-    return outs[1], outs[2] if cell == "lstm" else None
+    return outs if cell == "lstm" else (outs, None)
 
 
 def one_direction(x, h0, c0, weights, cell, nonlinearity, precision):
@@ -726,7 +731,8 @@ def one_direction(x, h0, c0, weights, cell, nonlinearity, precision):
 class _OneDirection(torch.autograd.Function):
     """The kernels' forward and BPTT of one direction as one autograd node: a cell's step
     (x [N, I], states [N, H]; ``meta[3]`` False) or a layer's direction (x [T, N, I], states
-    [1, N, H]). Outputs y, h_n and c_n (the LSTM's). A layer saves what its backward needs
+    [1, N, H]). Outputs y (a layer's; a step's is its h_n, so it gives none, and its backward
+    gets no zeros for it), h_n and c_n (the LSTM's). A layer saves what its backward needs
     of the forward as tensors (saved-tensor hooks, such as torch.utils.checkpoint's, see them);
     a cell's step keeps the kernel's arrays (ctx.step: a few [N, G*H] rows, about 10 us a step
     less). x and the weights are saved as tensors too (autograd refuses a backward after they
@@ -736,39 +742,47 @@ class _OneDirection(torch.autograd.Function):
     def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         cell, nonlinearity, precision, layered = meta
         state = (lambda t: t[0]) if layered else (lambda t: t)  # [N, H] of a state
-        args, outs = _kernel_arrays(x if layered else x[None], [state(h0)],
+        args, outs = _kernel_arrays(x, [state(h0)],
                                     None if c0 is None else [state(c0)],
                                     (w_ih, w_hh, b_ih, b_hh), cell, nonlinearity, True,
                                     precision, keep=True)
         y, h_n, c_n, *saved = outs
         ctx.step = (meta, args[0], args[3], args[4], None if layered else saved,
-                    F.bfloat16_products(args[0].dtype, precision), b_ih is not None)
+                    F.bfloat16_products(args[0].dtype, precision))
         ctx.save_for_backward(x, w_ih, w_hh,
                               *((torch.from_numpy(a) for a in saved) if layered else ()))
-        shaped = (lambda a: torch.from_numpy(a[None])) if layered else torch.from_numpy
-        outputs = (torch.from_numpy(y), shaped(h_n))
-        return (*outputs, shaped(c_n)) if cell == "lstm" else outputs
+        if not layered:
+            h_n = torch.from_numpy(h_n)
+            return (h_n, torch.from_numpy(c_n)) if cell == "lstm" else h_n
+        outputs = (torch.from_numpy(y), torch.from_numpy(h_n[None]))
+        return (*outputs, torch.from_numpy(c_n[None])) if cell == "lstm" else outputs
 
     @staticmethod
-    def backward(ctx, dy, dh_n, dc_n=None):
-        _check_gradient_call((dy, dh_n, dc_n))
-        (cell, nonlinearity, _, layered), x, w_ih, w_hh, saved, bf16, biased = ctx.step
+    def backward(ctx, *grads):
+        _check_gradient_call(grads)
+        (cell, nonlinearity, _, layered), x, w_ih, w_hh, saved, bf16 = ctx.step
         tensors = ctx.saved_tensors  # (raises if x or a weight changed in place since)
-        saved = [_np(t) for t in tensors[3:]] if layered else saved
         _sync_threads()
-        # (autograd passes zeros for an output the loss did not use)
-        state = (lambda t: _np(t)[0]) if layered else _np  # [N, H] of a state's gradient
-        dc_n = state(dc_n) if cell == "lstm" else None
-        outs = _C.recurrent_backward(cell, nonlinearity, *_backward_args(
-            x, w_ih, w_hh, None, None, False, *saved, _np(dy), state(dh_n), dc_n, bf16))
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = (
-            None if a is None else torch.from_numpy(a) for a in outs[:7])
+        # (autograd passes zeros for an output the loss did not use; dc_n None but the LSTM's)
+        arrays = [_np(g) for g in grads] + [None]
         if layered:
+            saved = [_np(t) for t in tensors[3:]]
+            dy, dh_n, dc_n = arrays[:3]
+            dh_n, dc_n = dh_n[0], None if dc_n is None else dc_n[0]
+        else:  # a step: its y is h_n, whose gradient comes as dy (the kernel adds 0 to it)
+            dh_n, dc_n = arrays[:2]
+            dy, dh_n = dh_n[None], np.zeros(dh_n.shape, dh_n.dtype)
+        outs = _C.recurrent_backward(cell, nonlinearity, *_backward_args(
+            x, w_ih, w_hh, None, None, False, *saved, dy, dh_n, dc_n, bf16))
+        dx, dh0, dc0, *dw = outs[:7]
+        if layered:  # (the arrays' views: a tensor's costs a microsecond more)
             dh0, dc0 = dh0[None], None if dc0 is None else dc0[None]
         else:
             dx = dx[0]
-        return (None, dx, dh0, dc0 if cell == "lstm" else None, dw_ih, dw_hh,
-                db_ih if biased else None, db_hh if biased else None)
+        # tensors for the inputs that take a gradient alone (none for a missing bias, c0
+        # but the LSTM's, a state no one gave)
+        return (None, *(torch.from_numpy(a) if needed else None
+                        for a, needed in zip((dx, dh0, dc0, *dw), ctx.needs_input_grad[1:])))
 
     @staticmethod
     def jvp(ctx, *tangents):

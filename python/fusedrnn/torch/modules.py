@@ -574,12 +574,13 @@ class _CellBase(nn.Module):
         dtype, device_type = w_ih.dtype, w_ih.device.type
         _check_parameters_dtype(dtype)
         lstm = self._cell == "lstm"
-        precision = _autocast_precision(dtype, device_type)
+        autocast = _autocast_on(device_type)  # (a decoder's step pays for its casts only there)
+        precision = _autocast_precision(dtype, device_type) if autocast else "float32"
         if precision == "bfloat16":
             carried = c if lstm else h
             out_dtype = _autocast_output_dtype(device_type == "cuda" or self._cell == "rnn",
                                                input if carried is None else carried)
-        if _autocast_on(device_type):  # (a decoder's step pays for the casts only there)
+        if autocast:
             input, h, c = (_under_autocast(t, dtype, device_type) for t in (input, h, c))
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape [N, {self.input_size}] or "
@@ -604,8 +605,8 @@ class _CellBase(nn.Module):
                 _check_same_device(s, name, w_ih)
                 s = s if batched else s.unsqueeze(0)
             states.append(s)
-        training = _may_need_backward() and any(
-            t is not None and t.requires_grad for t in (x, *states, *weights))
+        training = _may_need_backward() and (x.requires_grad or any(
+            t is not None and t.requires_grad for t in (*states, *weights)))
         eager_cpu = device_type == "cpu" and N and H and not _ops._through_operators(x) \
             and not torch._C._are_functorch_transforms_active()
         if eager_cpu and not training:  # straight to the kernel
