@@ -5,6 +5,7 @@
 
 #include <cblas.h>
 #include <cstdint>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "bindings/cell_names.h"
 #include "cells/layernorm_lstm_cell.h"
 #include "cpu/attention.h"
+#include "cpu/block_cache.h"
 #include "cpu/matmul.h"
 #include "cpu/plan.h"
 #include "cpu/recurrent.h"
@@ -124,11 +126,44 @@ inline int64_t hidden_size(const py::object& w_hh, const py::object& w_hr) {
   return w.shape(1);
 }
 
+// Outputs of this many bytes and more come from the process's kept blocks (cpu/block_cache.h):
+// smaller ones from NumPy (glibc keeps those in its bins).
+constexpr size_t kKeptOutputBytes = size_t(256) << 10;
+
+// An uninitialised output of `shape`; a large one in a kept block, given back when the array
+// (and every view of it) dies.
+template <typename T>
+Array<T> output_array(const std::vector<int64_t>& shape) {
+  size_t bytes = sizeof(T);
+  for (int64_t d : shape) bytes *= static_cast<size_t>(d);
+  if (bytes < kKeptOutputBytes) return Array<T>(shape);
+  struct Block {
+    void* data;
+    size_t bytes;
+  };
+  auto& blocks = cpu::output_blocks();
+  void* data;
+  {
+    std::lock_guard<std::mutex> g(blocks.mutex);
+    data = blocks.cache.take(bytes);
+  }
+  py::capsule owner(new Block{data, bytes}, [](void* b) {
+    auto* block = static_cast<Block*>(b);
+    auto& blocks = cpu::output_blocks();
+    {
+      std::lock_guard<std::mutex> g(blocks.mutex);
+      blocks.cache.give(block->data, block->bytes);
+    }
+    delete block;
+  });
+  return Array<T>(shape, static_cast<T*>(data), owner);
+}
+
 // A new array of `shape`: zeros where asked (numpy.zeros: fresh pages come zeroed, no pass
 // over them), else uninitialised.
 template <typename T>
 py::array new_array(std::vector<int64_t> shape, bool zeros) {
-  if (!zeros) return Array<T>(shape);
+  if (!zeros) return output_array<T>(shape);
   return py::module_::import("numpy").attr("zeros")(py::cast(shape), py::dtype::of<T>());
 }
 
@@ -195,8 +230,8 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
   a.b_hh = require<T>(b_hh, "b_hh", {GH});
   a.ln_eps = static_cast<T>(ln_eps);
 
-  py::array y = Array<T>({T_, N, SW});
-  py::array h_n = Array<T>({N, SW});
+  py::array y = output_array<T>({T_, N, SW});
+  py::array h_n = output_array<T>({N, SW});
   py::object c_n = py::none(), extra = py::none(), h_prev = py::none(), gates_out = py::none();
   a.y = mutable_data<T>(y);
   a.h_n = mutable_data<T>(h_n);
@@ -209,7 +244,7 @@ PreparedCall<ForwardArgs<T>> prepare_forward(CellKind cell, const py::array& x_a
     gates_out = gates;
   }  // else null: the driver takes a workspace if its loop needs one
   if (lstm) {
-    py::array c = Array<T>({N, H});
+    py::array c = output_array<T>({N, H});
     a.c_n = mutable_data<T>(c);
     c_n = c;
   }
@@ -244,12 +279,12 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
   a.dh_n = require<T>(dh_n, "dh_n", {N, SW});
   a.dc_n = lstm ? require<T>(dc_n, "dc_n", {N, H}) : nullptr;
 
-  py::array dx = Array<T>({T_, N, I});
-  py::array dh0 = Array<T>({N, SW});
-  py::array dw_ih = Array<T>({GH, I});
-  py::array dw_hh = Array<T>({GH, SW});
-  py::array db_ih = Array<T>({GH});
-  py::array db_hh = Array<T>({GH});
+  py::array dx = output_array<T>({T_, N, I});
+  py::array dh0 = output_array<T>({N, SW});
+  py::array dw_ih = output_array<T>({GH, I});
+  py::array dw_hh = output_array<T>({GH, SW});
+  py::array db_ih = output_array<T>({GH});
+  py::array db_hh = output_array<T>({GH});
   py::object dc0 = py::none();
   a.dx = mutable_data<T>(dx);
   a.dh0 = mutable_data<T>(dh0);
@@ -258,24 +293,24 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
   a.db_ih = mutable_data<T>(db_ih);
   a.db_hh = mutable_data<T>(db_hh);
   if (lstm) {
-    py::array c = Array<T>({N, H});
+    py::array c = output_array<T>({N, H});
     a.dc0 = mutable_data<T>(c);
     dc0 = c;
   }
   // with peepholes their gradient, with a projection its, last (in that order)
   py::tuple grads = py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh);
   if (a.w_ph) {
-    py::array dw_ph = Array<T>({3 * H});
+    py::array dw_ph = output_array<T>({3 * H});
     a.dw_ph = mutable_data<T>(dw_ph);
     grads = grads + py::make_tuple(dw_ph);
   }
   if (a.w_hr) {
-    py::array dw_hr = Array<T>({P, H});
+    py::array dw_hr = output_array<T>({P, H});
     a.dw_hr = mutable_data<T>(dw_hr);
     grads = grads + py::make_tuple(dw_hr);
   }
   if (a.ln) {  // the LayerNorm-LSTM's norm parameters
-    py::array dln = Array<T>({10 * H});
+    py::array dln = output_array<T>({10 * H});
     a.dln = mutable_data<T>(dln);
     grads = grads + py::make_tuple(dln);
   }
@@ -482,13 +517,13 @@ py::tuple attention_forward_typed(bool additive, const py::array& query, const p
                                   const py::object& values, const py::object& mask,
                                   const py::object& v) {
   auto a = attention_args<T>(additive, query, keys_proj, values, mask, v);
-  py::array weights = Array<T>({a.N, a.S});
-  py::array context = Array<T>({a.N, a.K});
+  py::array weights = output_array<T>({a.N, a.S});
+  py::array context = output_array<T>({a.N, a.K});
   py::object hidden = py::none();
   a.weights = mutable_data<T>(weights);
   a.context = mutable_data<T>(context);
   if (additive) {
-    py::array h = Array<T>({a.N, a.S, a.A});
+    py::array h = output_array<T>({a.N, a.S, a.A});
     a.hidden = mutable_data<T>(h);
     hidden = h;
   }
@@ -510,15 +545,15 @@ py::tuple attention_backward_typed(bool additive, const py::array& query,
   a.weights = const_cast<T*>(require<T>(weights, "weights", {a.N, a.S}));
   a.dcontext = require<T>(dcontext, "dcontext", {a.N, a.K});
   a.dweights = dweights.is_none() ? nullptr : require<T>(dweights, "dweights", {a.N, a.S});
-  py::array dquery = Array<T>({a.N, a.A});
-  py::array dkeys_proj = Array<T>({a.N, a.S, a.A});
-  py::array dvalues = Array<T>({a.N, a.S, a.K});
+  py::array dquery = output_array<T>({a.N, a.A});
+  py::array dkeys_proj = output_array<T>({a.N, a.S, a.A});
+  py::array dvalues = output_array<T>({a.N, a.S, a.K});
   py::object dv = py::none();
   a.dquery = mutable_data<T>(dquery);
   a.dkeys_proj = mutable_data<T>(dkeys_proj);
   a.dvalues = mutable_data<T>(dvalues);
   if (additive) {
-    py::array d = Array<T>({a.A});
+    py::array d = output_array<T>({a.A});
     a.dv = mutable_data<T>(d);
     dv = d;
   }
@@ -541,7 +576,7 @@ py::array matmul_typed(const py::array& a, const py::array& b, bool trans_a, boo
                           std::to_string(K) + " columns), got " + std::to_string(Kb) +
                           " (shapes a " + shape_str({a.shape(0), a.shape(1)}) + ", b " +
                           shape_str({b.shape(0), b.shape(1)}) + ")");
-  py::array c = Array<T>({M, N});
+  py::array c = output_array<T>({M, N});
   const T* A = static_cast<const T*>(a.data());
   const T* B = static_cast<const T*>(b.data());
   T* C = mutable_data<T>(c);
@@ -790,6 +825,27 @@ PYBIND11_MODULE(_C, m) {
         "Plans whose results do not depend on the thread count (see fusedrnn.set_deterministic).");
   m.def("deterministic", &cpu::deterministic, "Whether set_deterministic is on.");
   m.def("build_info", &build_info, "What this build holds: compiler, SIMD, kernels, BLAS, CUDA.");
+  m.def(
+      "output_cache",
+      []() {
+        auto& blocks = cpu::output_blocks();
+        std::lock_guard<std::mutex> g(blocks.mutex);
+        py::dict d;
+        d["kept_bytes"] = blocks.cache.kept_bytes();
+        d["limit_bytes"] = blocks.cache.max_bytes();
+        d["min_bytes"] = kKeptOutputBytes;
+        return d;
+      },
+      "The blocks of dead large outputs kept for the next calls' outputs (cpu/block_cache.h): "
+      "kept_bytes, limit_bytes (FUSEDRNN_OUTPUT_CACHE_MB), min_bytes.");
+  m.def(
+      "release_output_cache",
+      []() {
+        auto& blocks = cpu::output_blocks();
+        std::lock_guard<std::mutex> g(blocks.mutex);
+        blocks.cache.release();
+      },
+      "Give every kept output block back to the allocator.");
   m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"),
         "Threads of the kernels' team.");
   m.def("get_num_threads", []() { return cpu::get_num_threads(); },

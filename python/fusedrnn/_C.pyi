@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['WeightCache', 'attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'matmul', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
+__all__: list[str] = ['WeightCache', 'attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'matmul', 'output_cache', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'release_output_cache', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
 class WeightCache:
     """
     The packed forms of one layer direction's weights, kept between calls (pass it as a forward call's cache). It serves only the arrays of the first call it takes part in, and never sees a change to their values: make a new one whenever they may change.
@@ -50,6 +50,10 @@ def matmul(a: typing.Any, b: typing.Any, trans_a: bool = False, trans_b: bool = 
     """
     op(a) @ op(b) (op: the transpose where trans_a / trans_b) for 2-D C-contiguous float32 or float64 arrays of one dtype, on the kernels' threads (single-threaded OpenBLAS calls split over the team, as the recurrent kernels' GEMMs).
     """
+def output_cache() -> dict:
+    """
+    The blocks of dead large outputs kept for the next calls' outputs (cpu/block_cache.h): kept_bytes, limit_bytes (FUSEDRNN_OUTPUT_CACHE_MB), min_bytes.
+    """
 def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIndex, N: typing.SupportsInt | typing.SupportsIndex, I: typing.SupportsInt | typing.SupportsIndex, H: typing.SupportsInt | typing.SupportsIndex, dtype: numpy.dtype[typing.Any], training: bool, threads: typing.SupportsInt | typing.SupportsIndex, precision: typing.Any = None, cache: bool = False) -> dict:
     """
     What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names. precision: as recurrent_forward's. cache: whether the call passes a WeightCache (a layer in eval mode does).
@@ -73,6 +77,10 @@ def recurrent_forward_many(cell: str, nonlinearity: str, calls: list) -> list:
 def recurrent_forward_stack(cell: str, nonlinearity: str, calls: list) -> list:
     """
     The layers of a stack (argument tuples; x of each after the first is None), as a wavefront where it pays.
+    """
+def release_output_cache() -> None:
+    """
+    Give every kept output block back to the allocator.
     """
 def runs_side_by_side(cell: str, nonlinearity: str, shapes: collections.abc.Sequence[tuple[typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]], dtype: numpy.dtype[typing.Any], stack: bool = False) -> bool:
     """

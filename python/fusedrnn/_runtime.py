@@ -21,9 +21,25 @@ def info() -> dict:
     d["thread_pool"] = ("OpenMP (shared with PyTorch)" if _C.shares_openmp_threads()
                         else "fusedrnn's own")
     d["deterministic"] = _C.deterministic()
+    cache = _C.output_cache()
+    d["output_cache"] = (f"{_mib(cache['kept_bytes'])} kept of {_mib(cache['limit_bytes'])} "
+                         f"(outputs of {_size(cache['min_bytes'])} and more)")
     d["cpu"] = cpu_summary()
     d["cpu_table"] = dict(_C.tuning())
     return d
+
+
+def empty_cache() -> None:
+    """Give the blocks kept for the kernels' large outputs back to the allocator. The kernels
+    keep the blocks of dead outputs of 256 KiB and more (up to ``FUSEDRNN_OUTPUT_CACHE_MB``,
+    default 256, in all; 0 keeps none) for the next call's outputs of the same size, so that a
+    training loop does not fault its outputs' pages in afresh every step; this returns them
+    (as ``torch.cuda.empty_cache`` does its cached blocks)."""
+    _C.release_output_cache()
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB"
 
 
 def _size(nbytes: int) -> str:

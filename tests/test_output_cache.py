@@ -1,0 +1,112 @@
+"""The kernels' large outputs come from blocks kept between calls (csrc/bindings/output_pool.h):
+a dead output's block serves the next output of its size, a live one is never handed out again,
+the kept blocks stay within FUSEDRNN_OUTPUT_CACHE_MB, and a training loop stops faulting its
+outputs' pages in afresh every step."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from fusedrnn import _C
+
+# LSTM training outputs of 1 MiB and more (gates [T, N, 4H] 4 MiB).
+T, N, H = 32, 16, 512
+
+
+def lstm_problem(seed=0, T=T, N=N, H=H):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, N, H)).astype(np.float32)
+    h0 = np.zeros((N, H), np.float32)
+    w = (rng.standard_normal((4 * H, H)) * 0.05).astype(np.float32)
+    b = np.zeros(4 * H, np.float32)
+    return x, h0, w, b
+
+
+def forward(x, h0, w, b):
+    return _C.recurrent_forward("lstm", "tanh", x, h0, h0, w, w, b, b, None, False, True)
+
+
+def test_a_dead_outputs_block_serves_the_next_output_of_its_size():
+    fr.empty_cache()
+    x, h0, w, b = lstm_problem()
+    y, _, _, gates, _, _ = forward(x, h0, w, b)
+    address, expected = gates.ctypes.data, gates.copy()
+    assert gates.nbytes >= _C.output_cache()["min_bytes"] and not gates.flags.owndata
+    del y, gates
+    assert _C.output_cache()["kept_bytes"] >= T * N * 4 * H * 4
+    assert "kept of 256.0 MiB" in fr.info()["output_cache"]
+    _, _, _, gates, _, _ = forward(x, h0, w, b)
+    assert gates.ctypes.data == address
+    np.testing.assert_array_equal(gates, expected)  # the same call, the same bits
+    del gates
+    fr.empty_cache()
+    assert _C.output_cache()["kept_bytes"] == 0
+
+
+def test_live_outputs_are_never_handed_out_again():
+    x, h0, w, b = lstm_problem()
+    first = forward(x, h0, w, b)
+    saved = [None if a is None else a.copy() for a in first]
+
+    def addresses(outputs):
+        return {a.ctypes.data for a in outputs if a is not None and a.size}
+    held = addresses(first)
+    for seed in range(1, 4):  # other inputs: other values, written into whatever blocks
+        later = forward(*lstm_problem(seed))
+        assert not held & addresses(later)
+        del later
+    for a, expected in zip(first, saved):
+        assert (a is None and expected is None) or np.array_equal(a, expected)
+    # a view alone keeps its array's block too
+    view, gates_address = first[3][1:], first[3].ctypes.data
+    del first
+    for seed in range(1, 4):
+        later = forward(*lstm_problem(seed))
+        assert gates_address not in addresses(later)
+        del later
+    np.testing.assert_array_equal(view, saved[3][1:])
+
+
+_FAULTS = """
+import json, resource, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_output_cache import lstm_problem, forward
+from fusedrnn import _C
+x, h0, w, b = lstm_problem(0, *{shape!r})
+dy, dh_n = np.ones(x.shape, np.float32), np.zeros(h0.shape, np.float32)
+def step():
+    _, _, _, gates, extra, h_prev = forward(x, h0, w, b)
+    return _C.recurrent_backward("lstm", "tanh", x, w, w, None, False, gates, extra, h_prev,
+                                 dy, dh_n, dh_n)
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_a_training_loop_stops_faulting_in_its_outputs():
+    # glibc told to map every block of 128 KiB and more apart (a fixed threshold: it returns
+    # each to the OS when freed) stands for a heap that trims itself after every step, as
+    # glibc's own thresholds do for some shapes and heaps (3,600-4,600 faults a step at LSTM
+    # B=32 T=100 H=256 in a plain process)
+    shape = (100, 32, 256)
+    code = _FAULTS.format(tests=os.path.dirname(__file__), shape=shape)
+
+    def faults_per_step(cache_mb):
+        env = dict(os.environ, FUSEDRNN_OUTPUT_CACHE_MB=cache_mb, MALLOC_MMAP_THRESHOLD_="131072")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        return json.loads(out)
+    pages = shape[0] * shape[1] * 4 * shape[2] * 4 // 4096  # the gates' alone
+    without = faults_per_step("0")
+    assert without > pages  # (what the kept blocks spare)
+    assert faults_per_step("256") < pages / 20, without
