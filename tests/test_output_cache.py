@@ -1,6 +1,7 @@
-"""The kernels' large outputs come from blocks kept between calls (csrc/bindings/output_pool.h):
-a dead output's block serves the next output of its size, a live one is never handed out again,
-the kept blocks stay within FUSEDRNN_OUTPUT_CACHE_MB, and a training loop stops faulting its
+"""The kernels' large outputs come from blocks kept between calls (csrc/cpu/block_cache.h,
+output_array in csrc/bindings/module.cpp): a dead output's block serves the next output of its
+size, a live one is never handed out again, the kept blocks stay within FUSEDRNN_OUTPUT_CACHE_MB
+(a bad value is reported and the default serves), and a training loop stops faulting its
 outputs' pages in afresh every step."""
 import json
 import os
@@ -110,3 +111,13 @@ def test_a_training_loop_stops_faulting_in_its_outputs():
     without = faults_per_step("0")
     assert without > pages  # (what the kept blocks spare)
     assert faults_per_step("256") < pages / 20, without
+
+
+def test_a_bad_cache_size_is_reported_and_the_default_serves():
+    code = "import json, fusedrnn._C as C; print(json.dumps(C.output_cache()))"
+    for value, limit in (("0", 0), ("64", 64 << 20), ("lots", 256 << 20), ("-1", 256 << 20)):
+        env = dict(os.environ, FUSEDRNN_OUTPUT_CACHE_MB=value)
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        assert json.loads(run.stdout)["limit_bytes"] == limit, value
+        assert ("FUSEDRNN_OUTPUT_CACHE_MB" in run.stderr) == (limit == 256 << 20), value

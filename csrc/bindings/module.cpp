@@ -829,10 +829,16 @@ PYBIND11_MODULE(_C, m) {
       "output_cache",
       []() {
         auto& blocks = cpu::output_blocks();
-        std::lock_guard<std::mutex> g(blocks.mutex);
+        size_t kept, limit;
+        {  // (no Python object made under the lock: a collection it starts may free an output,
+           // whose capsule takes the lock)
+          std::lock_guard<std::mutex> g(blocks.mutex);
+          kept = blocks.cache.kept_bytes();
+          limit = blocks.cache.max_bytes();
+        }
         py::dict d;
-        d["kept_bytes"] = blocks.cache.kept_bytes();
-        d["limit_bytes"] = blocks.cache.max_bytes();
+        d["kept_bytes"] = kept;
+        d["limit_bytes"] = limit;
         d["min_bytes"] = kKeptOutputBytes;
         return d;
       },

@@ -1,5 +1,6 @@
 #include "cpu/block_cache.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <new>
 
@@ -57,11 +58,17 @@ BlockCache& thread_block_cache() {
 
 namespace {
 size_t output_cache_bytes() {
+  constexpr size_t kDefault = size_t(256) << 20;
   const char* env = std::getenv("FUSEDRNN_OUTPUT_CACHE_MB");
+  if (!env) return kDefault;
   char* end = nullptr;
-  const long long mb = env ? std::strtoll(env, &end, 10) : -1;
-  const bool given = env && end != env && *end == '\0' && mb >= 0 && mb < (1LL << 40);
-  return given ? size_t(mb) << 20 : size_t(256) << 20;
+  const long long mb = std::strtoll(env, &end, 10);
+  if (end == env || *end != '\0' || mb < 0 || mb >= (1LL << 40)) {
+    std::fprintf(stderr, "fusedrnn: FUSEDRNN_OUTPUT_CACHE_MB: ignored '%s': expected a whole "
+                 "number of MiB (0 keeps none); 256 serves\n", env);
+    return kDefault;
+  }
+  return size_t(mb) << 20;
 }
 }  // namespace
 
