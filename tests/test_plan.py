@@ -91,11 +91,20 @@ def test_plans_follow_the_shape(threads):
     assert kept["forward"]["step_product"] == "row kernels"
     # A decoder's step split by units: each slice projects its own units' inputs in the step
     # too (on one thread the inputs are projected up front).
-    for cell, N in [("rnn", 16), ("gru", 8), ("lstm", 4)]:
-        step = plan(cell, 1, N, 128, 128)["forward"]
+    for cell, N, H in [("rnn", 16, 256), ("gru", 8, 128), ("lstm", 4, 128)]:
+        step = plan(cell, 1, N, 128, H)["forward"]
         assert step["loop_threads"] == threads and step["step_product"] == "row kernels"
         assert step["projection"] == ("per slice, chunks of steps" if threads > 1
                                       else "up front")
+    # ... where its step has short_call_min_gate_rows gate rows (G*H): an RNN's H=128 step
+    # runs on one thread, forward and backward, in a short call only
+    rows = _C.tuning()["short_call_min_gate_rows"]
+    assert 128 < rows <= 256
+    rnn = plan("rnn", 1, 16, 128, 128, training=True)
+    assert rnn["forward"]["loop_threads"] == rnn["backward"]["loop_threads"] == 1
+    assert rnn["forward"]["projection"] == "up front"
+    sequence = plan("rnn", 100, 16, 128, 128, training=True)
+    assert sequence["forward"]["loop_threads"] == sequence["backward"]["loop_threads"] == threads
 
 
 def test_bench_explain_prints_and_writes_plans(tmp_path, capsys):

@@ -127,6 +127,13 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   t.stream_min_samples = !avx512_kernels ? 12 : amd ? 4 : 0;
   t.stream_max_weight_bytes = avx512_kernels && !amd ? 0 : 4 * cache;
   t.min_step_macs_to_split = 96 * 1024;
+  // A short call split over the threads hands each sample's x and h to the other core every
+  // call; on these VMs that costs 1-2 us where the two vCPUs share a cache and 10-15 us where
+  // they do not (the host moves them: some processes, some minutes). Zen 4, 2 threads against
+  // 1, T=1 inference, us, shared cache / apart / 1 thread: RNN B=16 H=128 11.5 / 23-29 / 12.5,
+  // B=64 H=128 38 / 84 / 45; LSTM B=4 H=128 10 / 17.5 / 13; GRU B=8 H=128 12.2 / 21-22 / 17.8;
+  // LSTM B=1 H=512 64 / 71 / 119. The RNN's step of H rows loses on average; 4H and 3H gain.
+  t.short_call_min_gate_rows = 256;
   t.min_gemm_macs_to_split = 1 << 20;
   // A short call's (or a decoder step's) products: OpenBLAS packs all of W on every call, so
   // below blas_batch rows the row kernels run them. With AVX-512 row kernels (their 4 x 4 dot
@@ -209,6 +216,7 @@ const TuningEntry kTuningEntries[] = {
     {"stream_min_samples", &Tuning::stream_min_samples, nullptr, 0, kMaxCount},
     {"stream_max_weight_bytes", &Tuning::stream_max_weight_bytes, nullptr, 0, kMaxCount},
     {"min_step_macs_to_split", &Tuning::min_step_macs_to_split, nullptr, 0, kMaxCount},
+    {"short_call_min_gate_rows", &Tuning::short_call_min_gate_rows, nullptr, 0, kMaxCount},
     {"min_gemm_macs_to_split", &Tuning::min_gemm_macs_to_split, nullptr, 0, kMaxCount},
     {"blas_batch", &Tuning::blas_batch, nullptr, 0, kMaxCount},
     {"packed_min_steps", &Tuning::packed_min_steps, nullptr, 0, kMaxCount},
@@ -469,7 +477,10 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   p.gemm_slices = projection.slices;
   p.gemm_blocks = projection.blocks;
   // A step smaller than this is not worth a barrier: one thread runs the loop, by units.
-  p.loop_slices = N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+  p.loop_slices =
+      N * GH * H >= t.min_step_macs_to_split && (packed || GH >= t.short_call_min_gate_rows)
+          ? slices
+          : 1;
   const bool by_samples = !fixed && packed && s.T * N * GH * H >= t.min_gemm_macs_to_split &&
                           split_by_samples(t, N, slices, weight_bytes);
   // One thread for the loop: the team's other threads project the inputs meanwhile, a chunk of
@@ -640,7 +651,8 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.loop = Loop::kByUnits;
     p.loop_slices = N * GH * H < t.min_step_macs_to_split ? 1
                     : packed                              ? unit_slices(t, N * GH * H, slices)
-                                                          : slices;
+                    : GH >= t.short_call_min_gate_rows    ? slices
+                                                          : 1;
   }
   if (bf16 && s.T >= t.bf16_backward_min_steps) {
     // bfloat16 products (BackwardCall::bf16_loop): W_hh's columns and W_ih's packed into

@@ -35,6 +35,10 @@ struct Tuning {
   int64_t min_samples_per_slice, stream_min_samples, stream_max_weight_bytes;
   // Multiply-adds per step below which the time loop runs on one thread (a barrier costs ~1 us).
   int64_t min_step_macs_to_split;
+  // Gate rows (G*H) a step needs before a short call (its products unpacked: row kernels or a
+  // GEMM a step) splits it over the threads: every thread reads each sample's x and h anew in
+  // every call, and a step of fewer rows does too little with them.
+  int64_t short_call_min_gate_rows;
   // Multiply-adds below which a big GEMM phase runs in the calling thread alone.
   int64_t min_gemm_macs_to_split;
   // Rows (steps x samples) from which a short call's products are BLAS GEMMs, not row kernels.
