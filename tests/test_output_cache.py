@@ -94,6 +94,8 @@ print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) /
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="under AddressSanitizer, whose allocator is not glibc's")
 def test_a_training_loop_stops_faulting_in_its_outputs():
     # glibc told to map every block of 128 KiB and more apart (a fixed threshold: it returns
     # each to the OS when freed) stands for a heap that trims itself after every step, as
