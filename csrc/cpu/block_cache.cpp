@@ -1,8 +1,8 @@
 #include "cpu/block_cache.h"
 
-#include <cstdio>
-#include <cstdlib>
 #include <new>
+
+#include "cpu/plan.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -56,25 +56,9 @@ BlockCache& thread_block_cache() {
   return cache;
 }
 
-namespace {
-size_t output_cache_bytes() {
-  constexpr size_t kDefault = size_t(256) << 20;
-  const char* env = std::getenv("FUSEDRNN_OUTPUT_CACHE_MB");
-  if (!env) return kDefault;
-  char* end = nullptr;
-  const long long mb = std::strtoll(env, &end, 10);
-  if (end == env || *end != '\0' || mb < 0 || mb >= (1LL << 40)) {
-    std::fprintf(stderr, "fusedrnn: FUSEDRNN_OUTPUT_CACHE_MB: ignored '%s': expected a whole "
-                 "number of MiB (0 keeps none); 256 serves\n", env);
-    return kDefault;
-  }
-  return size_t(mb) << 20;
-}
-}  // namespace
-
 OutputBlocks& output_blocks() {
-  static OutputBlocks* blocks = new OutputBlocks{{}, BlockCache(BlockCache::kMostBlocks,
-                                                                output_cache_bytes())};
+  static OutputBlocks* blocks = new OutputBlocks{
+      {}, BlockCache(BlockCache::kMostBlocks, size_t(tuning().output_cache_mb) << 20)};
   return *blocks;
 }
 

@@ -10,7 +10,7 @@
 // - the bindings' large outputs (y, the saved gates, the gradients: tens of MB a training step
 //   at batch 64), in one cache for the process, locked: a dead output's block serves the next
 //   call's output (csrc/bindings/module.cpp, output_array). LSTM B=32 T=100 H=256 training,
-//   Zen 4: 3,600-4,600 page faults a step, 64-67 ms; kept, none, 52-55 ms.
+//   Zen 4, alternating: 4,616 page faults a step, 59.9-64.2 ms; kept, none, 52.3-52.6 ms.
 // Compiled once, with no instruction set's flags (the drivers' files call it across them).
 #pragma once
 
@@ -55,8 +55,9 @@ class BlockCache {
 // This thread's cache for the drivers' Buffers (32 blocks, 32 MiB).
 BlockCache& thread_block_cache();
 
-// The process's cache for the bindings' outputs (FUSEDRNN_OUTPUT_CACHE_MB, default 256; 0 keeps
-// none), with its lock: every use holds it. Never destroyed (arrays may die after the module).
+// The process's cache for the bindings' outputs (the CPU table's output_cache_mb: 256, or
+// FUSEDRNN_OUTPUT_CACHE_MB; 0 keeps none), with its lock: every use holds it. Never destroyed
+// (arrays may die after the module).
 struct OutputBlocks {
   std::mutex mutex;
   BlockCache cache;

@@ -182,6 +182,8 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // (back to back 0.63-0.68), B=1 0.57-0.59 -> 0.33-0.38. It yields rather than spins, so a
   // thread of any other library that needs the core gets it at once.
   t.linger_us = 5000;  // FUSEDRNN_LINGER_US overrides it (tuning())
+  // A training step's outputs at the anchor shapes take 10-60 MB (cpu/block_cache.h).
+  t.output_cache_mb = 256;  // FUSEDRNN_OUTPUT_CACHE_MB overrides it (tuning())
   // Two slices a thread in a by-units loop of big steps: a worker whose core another library's
   // spinning pool takes holds back half a step's share, not all of it (ONNX Runtime's pool
   // spins for tens of ms after each call; 2 threads, AMD EPYC Zen 4, our call right after
@@ -236,6 +238,7 @@ const TuningEntry kTuningEntries[] = {
     {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr, 0, kMaxMicroseconds},
     {"sample_slices_per_thread", &Tuning::sample_slices_per_thread, nullptr, 1, 64},
     {"linger_us", &Tuning::linger_us, nullptr, 0, kMaxMicroseconds},
+    {"output_cache_mb", &Tuning::output_cache_mb, nullptr, 0, int64_t(1) << 40},
     {"unit_slices_per_thread", &Tuning::unit_slices_per_thread, nullptr, 0, 64},
     {"min_unit_slice_macs", &Tuning::min_unit_slice_macs, nullptr, 0, kMaxCount},
 };
@@ -346,19 +349,24 @@ std::string forced_row() {
 const Tuning& tuning() {
   static const Tuning table = [] {
     Tuning t = tuning_for(forced_row(), cpu_info().l2_bytes, active_isa() == Isa::kAvx512);
-    // Unset or empty: the table's own; a bad value is reported and ignored, as in
-    // FUSEDRNN_TUNING (which, naming linger_us, wins over it).
-    const char* linger = std::getenv("FUSEDRNN_LINGER_US");
-    const TuningEntry* entry = find_entry("linger_us");
-    if (linger && *linger && entry) {
+    // The variables that set one entry each. Unset or empty: the table's own; a bad value is
+    // reported and ignored, as in FUSEDRNN_TUNING (which, naming the entry, wins over them).
+    const struct {
+      const char *variable, *entry, *unit;
+    } variables[] = {{"FUSEDRNN_LINGER_US", "linger_us", "microseconds"},
+                     {"FUSEDRNN_OUTPUT_CACHE_MB", "output_cache_mb", "MiB"}};
+    for (const auto& v : variables) {
+      const char* text = std::getenv(v.variable);
+      const TuningEntry* entry = find_entry(v.entry);
+      if (!text || !*text || !entry) continue;
       double number = 0;
       std::string expected;
-      if (parse_entry_value(*entry, linger, number, expected))
+      if (parse_entry_value(*entry, text, number, expected))
         set_entry(t, *entry, number);
       else
-        std::fprintf(stderr, "fusedrnn: FUSEDRNN_LINGER_US: expected %s (microseconds), got "
-                     "'%s'; ignored, linger_us stays %lld\n", expected.c_str(), linger,
-                     static_cast<long long>(t.linger_us));
+        std::fprintf(stderr, "fusedrnn: %s: expected %s (%s), got '%s'; ignored, %s stays %lld\n",
+                     v.variable, expected.c_str(), v.unit, text, v.entry,
+                     static_cast<long long>(t.*(entry->integer)));
     }
     if (const char* overrides = std::getenv("FUSEDRNN_TUNING")) apply_overrides(t, overrides);
     return t;

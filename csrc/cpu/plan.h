@@ -73,6 +73,9 @@ struct Tuning {
   // Microseconds it then yields its core in a loop (awake, but giving way to any other thread
   // that wants the core) before it sleeps. FUSEDRNN_LINGER_US overrides it (0: sleep at once).
   int64_t linger_us;
+  // MiB of dead large outputs' blocks the process keeps for the next calls' outputs
+  // (cpu/block_cache.h). FUSEDRNN_OUTPUT_CACHE_MB overrides it (0: keep none).
+  int64_t output_cache_mb;
   // Slices a by-units loop gives each thread where each still gets min_unit_slice_macs
   // multiply-adds a step: with more than one, a thread whose core another library's spinning
   // threads take holds back at most one small slice of a step.
