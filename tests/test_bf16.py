@@ -365,6 +365,58 @@ def test_short_backward_under_bf16_keeps_float32_products(cell, T, N, threads):
             assert np.abs(g - r).max() > 1e-4 * scale, name
 
 
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD", ""),
+                    reason="fresh interpreters under the sanitizers report CPython's own leaks")
+def test_widened_bf16_backward_takes_float32_weight_grads():
+    """Where the kernels are AVX2 (their bfloat16 pairs widen to float32 FMAs) a backward under
+    autocast keeps the steps' bfloat16 products but takes its weight gradients from float32
+    operands (OpenBLAS): bf16_weight_grads_min_rows is "never" there (tuning_for). In a fresh
+    process with FUSEDRNN_ISA=avx2: the plan says so, dx and dh0 stay within a bfloat16 step
+    of the rounded reference, and the weight gradients are not its bfloat16-operand sums."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import json, numpy as np, fusedrnn as fr\n"
+        "from fusedrnn import _C, functional as F, reference as R\n"
+        "rng = np.random.default_rng(9); T, N, I, H = 10, 32, 12, 40; out = {}\n"
+        "for cell, G in (('lstm', 4), ('gru', 3), ('rnn', 1)):\n"
+        "    s = 0.8 / np.sqrt(H)\n"
+        "    w = [(rng.standard_normal(sh) * sc).astype(np.float32) for sh, sc in"
+        " (((G * H, I), s), ((G * H, H), s), ((G * H,), 0.1), ((G * H,), 0.1))]\n"
+        "    x = rng.standard_normal((T, N, I)).astype(np.float32)\n"
+        "    dy = rng.standard_normal((T, N, H)).astype(np.float32)\n"
+        "    st = (None, None) if cell == 'lstm' else (None,)\n"
+        "    plan = _C.plan(cell, 'tanh', T, N, I, H, np.dtype(np.float32), True,"
+        " fr.get_num_threads(), precision='bfloat16')['backward']\n"
+        "    ours = getattr(F, cell + '_forward')(x, *st, *w, training=True,"
+        " precision='bfloat16')\n"
+        "    ref = getattr(R, cell + '_forward')(x, *st, *w, training=True,"
+        " precision='bfloat16')\n"
+        "    g = getattr(F, cell + '_backward')(ours[-1], dy)\n"
+        "    r = getattr(R, cell + '_backward')(ref[-1], dy)\n"
+        "    errs = [float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(g, r)]\n"
+        "    # dx, dh0 first; dw_ih, dw_hh the fourth and third from the end\n"
+        "    out[cell] = [plan['bfloat16_products'], plan['bfloat16_weight_grads'],"
+        " errs[0], errs[1], errs[-4], errs[-3]]\n"
+        "print(json.dumps([fr.info()['bf16_products'], out]))\n")
+    env = dict(os.environ, FUSEDRNN_ISA="avx2")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    path, out = json.loads(run.stdout)
+    assert "widened" in path
+    for cell, (products, weight_grads, dx, dh0, dw_ih, dw_hh) in out.items():
+        assert products and not weight_grads, cell
+        assert dx <= 2.0 ** -7 and dh0 <= 2.0 ** -7, (cell, dx, dh0)
+        # float32 operands: near the rounded reference's sums, but not them
+        assert 1e-4 < dw_ih <= 2.0 ** -7 and 1e-4 < dw_hh <= 2.0 ** -7, (cell, dw_ih, dw_hh)
+    if fr.info()["kernels"] == "avx512":  # this process: the rows' rule
+        plan = _C.plan("lstm", "tanh", 10, 32, 12, 40, np.dtype(np.float32), True, 1,
+                       precision="bfloat16")["backward"]
+        assert plan["bfloat16_weight_grads"]
+
+
 def test_gradients_within_torch_autocast_bf16():
     """Training under autocast: the gradients' relative error against float64 stays within 1.5x
     of torch.autocast("cpu", bfloat16)'s on the same layer (measured here: ours 6.4e-4..3.8e-3,

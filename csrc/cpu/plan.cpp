@@ -88,6 +88,11 @@ const CpuInfo& cpu_info() {
   return info;
 }
 
+namespace {
+// Integers past 2^53 are not exact in a double, and no threshold needs more (also: "never").
+constexpr int64_t kMaxCount = int64_t(1) << 53;
+}  // namespace
+
 Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kernels) {
   // Where each number was measured (2 threads): the AMD row on an AMD EPYC Zen 4 (1 MiB L2 per
   // core, W_hh streamed from a 32 MiB L3); the Intel row on a Xeon with AMX (2 MiB L2), where
@@ -171,8 +176,19 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // against 102); T=1 B=32 0.75-1.29; T=4 B=1 0.40-0.56, B=8 0.87-1.61; 128 rows and more
   // 1.2-1.7. The steps decide the products (a sample's gradients keep their bits alone or in a
   // batch), the rows the weight gradients'.
+  // With AVX2 kernels (no bfloat16 instructions: the pairs are widened to float32 FMAs) the
+  // weight gradients never take bfloat16 operands: a widened product is a float32 FMA plus
+  // the conversions, and OpenBLAS's float32 GEMM runs those sums faster. Measured on a Zen 4
+  // running the AVX2 kernels and OpenBLAS's Haswell ones (FUSEDRNN_ISA=avx2,
+  // OPENBLAS_CORETYPE=Haswell: a Zen 3's code paths), 2 threads, backward alone, two runs each,
+  // medians: LSTM B=1 T=256 H=512 14.8-15.5 -> 13.8-14.5 ms, B=8 99-102 -> 93, B=32 T=100
+  // H=256 42.5-46.8 -> 40.0-42.5, B=64 T=50 H=512 150-152 -> 143-148, GRU B=64 124 -> 116-117,
+  // GRU B=8 87-92 -> 74-86; LSTM B=16 T=1000 H=128 level (60.6-61.8 -> 60.8-66.0). Not
+  // measured on a real Zen 3. The AVX-512 widening tiles (FUSEDRNN_NO_BF16_DOT=1) are level
+  // with OpenBLAS there (LSTM B=16 T=1000 H=128 52 against 56-57, GRU B=64 104-111 against
+  // 101-102) and keep the rows' rule.
   t.bf16_backward_min_steps = 4;
-  t.bf16_weight_grads_min_rows = 32;
+  t.bf16_weight_grads_min_rows = avx512_kernels ? 32 : kMaxCount;
   t.wavefront_rows = 8;
   t.spin_before_sleep_us = 60;
   // An idle worker then yields its core for a few ms before it sleeps, about as long as an
@@ -206,8 +222,6 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
 }
 
 namespace {
-// Integers past 2^53 are not exact in a double, and no threshold needs more.
-constexpr int64_t kMaxCount = int64_t(1) << 53;
 // A minute: spin and linger times (microseconds) stay far from overflowing the clock's ns.
 constexpr int64_t kMaxMicroseconds = 60000000;
 }  // namespace

@@ -60,7 +60,7 @@ struct Tuning {
   // Steps from which a backward under autocast takes bfloat16 products (fewer: float32 ones,
   // as a decoder step's backward), and rows (steps x samples) from which its weight
   // gradients do too (a sum over the samples: the samples' own gradients keep their bits
-  // whatever the batch).
+  // whatever the batch; never where the kernels are AVX2, whose pairs widen: tuning_for).
   int64_t bf16_backward_min_steps, bf16_weight_grads_min_rows;
   // Rows per chunk of a stacked layer's inputs behind the layer below (a wavefront).
   int64_t wavefront_rows;
