@@ -29,6 +29,12 @@ def test_bench_framework_torch_writes_rows(tmp_path, capsys):
                 r["torch_sporadic_ms"] / r["fusedrnn_sporadic_ms"], rel=1e-2)
         else:
             assert r["maxdiff_grad"] < 1e-4
+        alone = r["alone"]  # the layer by itself: torch.nn, the adapter, fusedrnn standalone
+        assert alone["torch_ms"] > 0 and alone["adapter_ms"] > 0 and alone["standalone_ms"] > 0
+        assert alone["adapter_over_standalone"] == pytest.approx(
+            alone["adapter_ms"] / alone["standalone_ms"], rel=1e-2)
+        assert alone["speedup_adapter"] == pytest.approx(
+            alone["torch_ms"] / alone["adapter_ms"], rel=1e-2)
 
 
 def test_bench_framework_torch_decoder_rows(tmp_path, capsys):
@@ -46,6 +52,7 @@ def test_bench_framework_torch_decoder_rows(tmp_path, capsys):
         (c, m) for c in ("GRU", "LSTMCell", "RNNCell") for m in ("infer", "train")]
     for r in rows:
         assert r["maxdiff"] < 1e-4 and r.get("maxdiff_grad", 0.0) < 1e-4
+        assert (r["alone"] is None) == r["cell"].endswith("Cell")  # layers alone: not the cells
     model = benchmark_torch.make_model("GRUCell", 8, 8)
     import torch
     logits = model(torch.zeros(3, 2, dtype=torch.long))
