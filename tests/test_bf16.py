@@ -297,7 +297,8 @@ def test_what_autocast_leaves_in_float32():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("T,N,I,H", [(25, 5, 12, 40), (4, 38, 11, 42), (5, 19, 2, 66)])
+@pytest.mark.parametrize("T,N,I,H", [(25, 5, 12, 40), (4, 38, 11, 42), (5, 19, 2, 66),
+                                     (6, 24, 128, 40)])
 def test_training_under_bf16_matches_the_reference(cell, T, N, I, H, threads):
     """A training forward with bfloat16 products gives inference's bits and saves what the
     backward needs; the backward's products dgates W_hh, dgates W_ih and the weight gradients
