@@ -107,7 +107,11 @@ def _new_ctx(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths, has_bias, prec
 def _grad_product(d, w, precision):
     """d W as the backward's products compute it: exact, or from bfloat16-rounded d and W
     (precision="bfloat16": every product of the backward, dgates W_hh, dgates W_ih and the
-    weight gradients dgates^T x, dgates^T h_prev; the sums stay exact)."""
+    weight gradients dgates^T x, dgates^T h_prev; the sums stay exact). The weight gradients
+    take ctx["weight_grad_precision"] where a backward's ctx has it (default: the forward's
+    precision): "float32" models the kernels' plans that sum them from float32 operands under
+    bfloat16 products (``fusedrnn._C.plan(...)["backward"]["bfloat16_weight_grads"]`` False:
+    short calls, and every call with AVX2 kernels)."""
     dr, wr = _operands(d, w, precision)
     return dr @ wr
 
@@ -181,6 +185,7 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
     x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
     w_hr = ctx.get("w_hr")
     precision = ctx["precision"]
+    wg_precision = ctx.get("weight_grad_precision", precision)  # see _grad_product
     T, N, _ = x.shape
     H, S = w_hh.shape[0] // 4, w_hh.shape[1]  # S: the width of h
     peepholes = ctx.get("w_ph")  # (p_i, p_f, p_o), or None: no peephole terms
@@ -216,8 +221,8 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
                                      (da[:, H:2 * H] * s["c_prev"]).sum(axis=0),
                                      (da[:, 3 * H:] * s["c"]).sum(axis=0)])
         dx[t] = _grad_product(da, w_ih, precision)
-        dw_ih += _grad_product(da.T, x[t], precision)
-        dw_hh += _grad_product(da.T, s["h_prev"], precision)
+        dw_ih += _grad_product(da.T, x[t], wg_precision)
+        dw_hh += _grad_product(da.T, s["h_prev"], wg_precision)
         db += da.sum(axis=0)
         dh_next = np.where(active, _grad_product(da, w_hh, precision), dh_next)
         dc_next = np.where(active, dc_prev, dc_next)
@@ -269,6 +274,7 @@ def gru_backward(ctx, dy, dh_n=None):
     """BPTT for :func:`gru_forward`. Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
     x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
     precision = ctx["precision"]
+    wg_precision = ctx.get("weight_grad_precision", precision)  # see _grad_product
     T, N, _ = x.shape
     H = w_hh.shape[1]
     dy = _grad_or_zeros(dy, (T, N, H))
@@ -293,17 +299,17 @@ def gru_backward(ctx, dy, dh_n=None):
         daz = dz * z * (1.0 - z)
         dgi = np.where(active, np.concatenate([dar, daz, dan], axis=1), 0.0)  # [N, 3H]
         dx[t] = _grad_product(dgi, w_ih, precision)
-        dw_ih += _grad_product(dgi.T, x[t], precision)
+        dw_ih += _grad_product(dgi.T, x[t], wg_precision)
         db_ih += dgi.sum(axis=0)
         if ctx.get("reset_after", True):
             dgh = np.where(active, np.concatenate([dar, daz, dan * r], axis=1), 0.0)  # [N, 3H]
-            dw_hh += _grad_product(dgh.T, h_prev, precision)
+            dw_hh += _grad_product(dgh.T, h_prev, wg_precision)
             db_hh += dgh.sum(axis=0)
             dh_rec = _grad_product(dgh, w_hh, precision)
         else:
             drz = dgi[:, :2 * H]
-            dw_hh[:2 * H] += _grad_product(drz.T, h_prev, precision)
-            dw_hh[2 * H:] += _grad_product(dan.T, s["rh"], precision)
+            dw_hh[:2 * H] += _grad_product(drz.T, h_prev, wg_precision)
+            dw_hh[2 * H:] += _grad_product(dan.T, s["rh"], wg_precision)
             db_hh += dgi.sum(axis=0)
             dh_rec = _grad_product(drz, w_hh[:2 * H], precision) + dh_rh
         dh_next = np.where(active, dh * z + dh_rec, dh_next)
@@ -342,6 +348,7 @@ def rnn_backward(ctx, dy, dh_n=None):
     """BPTT for :func:`rnn_forward`. Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
     x, w_ih, w_hh = ctx["x"], ctx["w_ih"], ctx["w_hh"]
     precision = ctx["precision"]
+    wg_precision = ctx.get("weight_grad_precision", precision)  # see _grad_product
     T, N, _ = x.shape
     H = w_hh.shape[1]
     dy = _grad_or_zeros(dy, (T, N, H))
@@ -359,8 +366,8 @@ def rnn_backward(ctx, dy, dh_n=None):
             da = dh * ~(h_new <= 0)  # relu: 0 where the output is <= 0, else 1 (NaN too, as torch)
         da = np.where(active, da, 0.0)
         dx[t] = _grad_product(da, w_ih, precision)
-        dw_ih += _grad_product(da.T, x[t], precision)
-        dw_hh += _grad_product(da.T, s["h_prev"], precision)
+        dw_ih += _grad_product(da.T, x[t], wg_precision)
+        dw_hh += _grad_product(da.T, s["h_prev"], wg_precision)
         db += da.sum(axis=0)
         dh_next = np.where(active, _grad_product(da, w_hh, precision), dh_next)
     db_ih, db_hh = (db, db.copy()) if ctx["has_bias"] else (None, None)
