@@ -183,10 +183,11 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, bf16=False):
 
 def layer_alone(cell, mode, torch_layer, adapter_layer, B, T, I, budget, bf16=False):
     """The recurrent layer alone, in this torch process, on one random input [T, B, I]:
-    torch.nn's layer, the adapter's (torch tensors in and out) and fusedrnn standalone on the
-    same weights (NumPy arrays: ``fusedrnn.nn``'s layer in inference, the kernels' forward and
-    BPTT in training, as ``fusedrnn bench`` times them), alternating blocks
-    (``benchmark.median_ms``); train = forward and backward with dy = 1 (the torch sides
+    torch.nn's layer, the adapter's (torch tensors in and out) and fusedrnn standalone (NumPy
+    arrays: ``fusedrnn.nn``'s layer in inference, the kernels' forward and BPTT in training, as
+    ``fusedrnn bench`` times them) on a copy of torch.nn's layer's weights (after a train row's
+    steps the adapter's own have trained apart: the same shapes, for timing only), alternating
+    blocks (``benchmark.median_ms``); train = forward and backward with dy = 1 (the torch sides
     accumulate their weights' .grad). ``adapter_over_standalone`` is what the adapter costs
     over the kernels it calls: the issue's "standalone speedups kept within 10% inside the
     torch program" is this at most 1.1."""
