@@ -336,6 +336,37 @@ def test_layer_forward_arguments_are_named(m):
         m(x)
         with pytest.raises(TypeError, match=r"^dh: expected an array of dtype float64"):
             m.backward([[1.0], [1.0, 2.0]])
+        m.clear_steps()
+
+
+@pytest.mark.parametrize("make", [nn.RNNCell, nn.GRUCell, nn.LSTMCell])
+def test_refused_cell_backward_keeps_its_step(make):
+    """A cell's backward refused for its gradient pops no step: the corrected call then
+    back-propagates the latest step (not the one before it), as a fresh cell does."""
+    lstm = make is nn.LSTMCell
+    xs = x_of(np.float64, (2, N, I))
+    dh = np.linspace(-1, 1, N * H).reshape(N, H)
+
+    def two_steps(cell):
+        state = cell(xs[0])
+        cell(xs[1], state)
+        return cell
+
+    cell, fresh = two_steps(make(I, H, dtype=np.float64, seed=3)), \
+        two_steps(make(I, H, dtype=np.float64, seed=3))
+    for bad in (dh[:, :1], dh[None], "dh"):
+        with pytest.raises((TypeError, ValueError), match=r"^dh"):
+            cell.backward(bad)
+        assert cell.pending_steps == 2
+    if lstm:
+        with pytest.raises(ValueError, match=r"^dc"):
+            cell.backward(dh, dh[:1])
+        assert cell.pending_steps == 2
+    got, want = cell.backward(dh), fresh.backward(dh)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert cell.pending_steps == 1
+    for p, q in zip(cell.parameters(), fresh.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
 
 
 # ---------------------------------------------------------------------------- zero-size work

@@ -986,6 +986,18 @@ def test_layernorm_lstm_defaults_and_arguments():
     for eps in (-1.0, float("inf")):
         with pytest.raises(ValueError, match="eps: expected a positive finite number"):
             fr.nn.LayerNormLSTM(4, 8, eps=eps)
+    # below float32's smallest normal number eps is 0 in the float32 kernels (they flush
+    # subnormals), and a zero state's W_hh h0, a constant row, normalized to 0/0 = NaN
+    tiny = np.finfo(np.float32).tiny
+    with pytest.raises(ValueError, match=r"eps: expected at least 1\.175e-38 \(the smallest "
+                                         r"normal float32"):
+        F.layernorm_lstm_forward(*args, eps=tiny / 2)
+    for make in (fr.nn.LayerNormLSTM, fr.nn.LayerNormLSTMCell):
+        with pytest.raises(ValueError, match="eps: expected at least"):
+            make(4, 8, eps=1e-40)
+        make(4, 8, eps=1e-40, dtype=np.float64)  # a normal float64
+    y = F.layernorm_lstm_forward(*args, eps=tiny)[0]  # the smallest allowed: finite
+    assert np.isfinite(y).all()
 
 
 def _ln_inference(module, p, **kw):

@@ -93,11 +93,18 @@ class RecurrentContext:
 
 
 # ---------------------------------------------------------------------------- validation
-def layer_norm_eps(eps):
+def layer_norm_eps(eps, dtype=None):
     """A LayerNorm-LSTM's epsilon as a float: a positive finite number (an infinite one made
-    every norm 0, the output independent of the input), else ValueError."""
+    every norm 0, the output independent of the input), and for a ``dtype`` (the layer's) at
+    least its smallest normal number (a smaller one is 0 in the kernels, which flush
+    subnormals: a constant row, such as W_hh h of a zero state, then normalizes to 0/0 = NaN),
+    else ValueError."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
         raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
+    if dtype is not None and eps < np.finfo(dtype).tiny:
+        raise ValueError(f"eps: expected at least {np.finfo(dtype).tiny:.4g} (the smallest "
+                         f"normal {np.dtype(dtype).name}: the kernels flush smaller values to "
+                         f"0), got {eps!r}")
     return float(eps)
 
 
@@ -282,7 +289,7 @@ def _prepare_forward(cell, nonlinearity, x, h0=None, c0=None, w_ih=None, w_hh=No
             ln = xp.concatenate([xp.ones(9 * H, x.dtype), xp.zeros(H, x.dtype)])
         ln = _check(ln, "ln", (10 * H,), x.dtype, xp=xp)
         return kernels, args + (cache, "bfloat16" if bf16 else None, None, None, ln,
-                                layer_norm_eps(eps)), has_bias
+                                layer_norm_eps(eps, x.dtype)), has_bias
     if ln is not None:
         raise ValueError(f"ln: layer-norm parameters belong to the LayerNorm-LSTM, got them for "
                          f"{cell.upper()}")

@@ -79,7 +79,9 @@ Backward:
     stack (``pending_steps`` counts them) and every backward pops one, so the backward calls of
     a sequence run in reverse step order, as BPTT does: add the returned gradient of the
     previous state into the gradient of the previous step's output before its backward. A call
-    in eval mode pushes nothing; ``clear_steps()`` drops steps whose backward will not run.
+    in eval mode pushes nothing; ``clear_steps()`` drops steps whose backward will not run. A
+    backward that raises (a gradient of the wrong shape or dtype, a parameter written since the
+    step) pops nothing: called again correctly, it back-propagates the same step.
 
 $backward_inputs
 
@@ -203,7 +205,7 @@ class RNNCellBase(Module):
         if self.peephole:  # the LSTM's peepholes (i, f, o), after torch's parameters
             self.weight_ph = uniform(3 * self.hidden_size)
         if self._layer_norm:  # the norms' gains (ones) and the cell norm's bias (zeros)
-            self.eps = F.layer_norm_eps(eps)
+            self.eps = F.layer_norm_eps(eps, self.dtype)
             H = self.hidden_size
             for name, size, value in (("ln_weight_ih", GH, 1), ("ln_weight_hh", GH, 1),
                                       ("ln_weight_c", H, 1), ("ln_bias_c", H, 0)):
@@ -310,14 +312,21 @@ class RNNCellBase(Module):
             self._steps.append((ctx, batched, write_stamp(self)))
             self._kept.hold((ctx.w_ih, ctx.w_hh))  # read-only references: the weights stay kept
 
-    def _pop(self):
+    def _latest(self):
+        """(ctx, batched) of the latest training-mode step not yet back-propagated. It stays
+        pending until :meth:`_done` (after its backward ran): a backward refused for its
+        arguments loses no step, and the retry back-propagates this one."""
         if not self._steps:
             raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left to "
                                f"back-propagate (each forward in training mode allows one backward)")
-        ctx, batched, written = self._steps.pop()
-        self._kept.release((ctx.w_ih, ctx.w_hh))
+        ctx, batched, written = self._steps[-1]
         check_unwritten(self, written)
         return ctx, batched
+
+    def _done(self):
+        """The latest step has been back-propagated: off the stack, its weights released."""
+        ctx = self._steps.pop()[0]
+        self._kept.release((ctx.w_ih, ctx.w_hh))
 
     def _accumulate(self, dw_ih, dw_hh, db_ih, db_hh):
         self.weight_ih.accumulate_grad(dw_ih)
@@ -371,9 +380,10 @@ class _HiddenStateCell(RNNCellBase):
 
     def backward(self, dh):
         """Returns ``(dx, dh_prev)`` for the latest step that has not been back-propagated."""
-        ctx, batched = self._pop()
+        ctx, batched = self._latest()
         dh = self._grad(dh, "dh", ctx.x.shape[1], batched)
         dx, dh0, *dw = self._kernel_backward(ctx, None, dh)
+        self._done()
         self._accumulate(*dw)
         return (dx[0], dh0) if batched else (dx[0, 0], dh0[0])
 
@@ -534,12 +544,13 @@ peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
 
     def backward(self, dh, dc=None):
         """Returns ``(dx, (dh_prev, dc_prev))`` for the latest step not yet back-propagated."""
-        ctx, batched = self._pop()
+        ctx, batched = self._latest()
         N = ctx.x.shape[1]
         dh = self._grad(dh, "dh", N, batched, self._state_size)
         dc = self._grad(dc, "dc", N, batched)
         backward = F.layernorm_lstm_backward if self._layer_norm else F.lstm_backward
         dx, dh0, dc0, *dw = backward(ctx, None, dh, dc)
+        self._done()
         if self._layer_norm:  # dln [10H]: the norms' parameters in order
             dln, offset = dw.pop(), 0
             for param in self._layer_norm_params():

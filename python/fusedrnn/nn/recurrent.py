@@ -822,7 +822,7 @@ class LayerNormLSTM(LSTM):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, eps=1e-5, dtype: DTypeLike = np.float32,
                  seed=None, device="cpu"):
-        eps = F.layer_norm_eps(eps)
+        eps = F.layer_norm_eps(eps, check_dtype(dtype))
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed, device=device)
         self.eps = eps
