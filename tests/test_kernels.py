@@ -97,6 +97,24 @@ def test_kernel_all_lengths_zero(name, reverse, dtype_name, rng):
 
 
 @pytest.mark.parametrize("name", list(CELLS))
+def test_training_context_keeps_its_own_lengths(name, rng):
+    """The caller's lengths array, reused (changed in place) between the forward and the
+    backward, does not change the backward: the context holds a copy."""
+    cell, nonlinearity = CELLS[name]
+    p = make_problem(rng, cell, (6, 4, 3, 5), np.float64,
+                     lengths=np.array([6, 2, 0, 4], dtype=np.int64))
+    args = (p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+    *_, ctx = cell_forward(functional, cell, nonlinearity, *args, lengths=p["lengths"])
+    *_, same = cell_forward(functional, cell, nonlinearity, *args, lengths=p["lengths"].copy())
+    p["lengths"][:] = [1, 6, 3, 0]  # the caller's next batch
+    got = cell_backward(functional, cell, ctx, p["dy"], p["dh_n"], p["dc_n"])
+    want = cell_backward(functional, cell, same, p["dy"], p["dh_n"], p["dc_n"])
+    for k in got:
+        if want[k] is not None:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
 def test_kernel_defaults_none_mean_zeros(name, rng):
     """h0/c0 None and dy/dh_n/dc_n None mean zeros, as in the reference."""
     cell, nonlinearity = CELLS[name]

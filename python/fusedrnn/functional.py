@@ -481,7 +481,10 @@ def _forward_result(cell, nonlinearity, args, has_bias, outputs):
     ctx = None
     if training:
         precision = args[11] if len(args) > 11 else None
-        ctx = RecurrentContext(cell, nonlinearity, reverse, x, w_ih, w_hh, lengths,
+        # (lengths copied: N integers, so that the caller may reuse its array before the
+        # backward; x, too large to copy, is kept as given)
+        ctx = RecurrentContext(cell, nonlinearity, reverse, x, w_ih, w_hh,
+                               None if lengths is None else lengths.copy(),
                                gates, extra, h_prev, has_bias, precision=precision,
                                w_ph=args[12] if len(args) > 12 else None,
                                w_hr=args[13] if len(args) > 13 else None,
