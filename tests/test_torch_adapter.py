@@ -1197,6 +1197,60 @@ def test_inputs_on_another_device_than_the_parameters_are_named():
         cell(torch.randn(2, 4), (torch.zeros(2, 8), torch.zeros(2, 8, device="meta")))
 
 
+def test_sparse_and_nested_tensors_are_named():
+    """A sparse or nested input or state is refused by name (the kernels read dense arrays);
+    it failed inside torch's own calls with messages that named none of them."""
+    layer, cell = frt.GRU(3, 4), frt.LSTMCell(3, 4)
+    dense = r"expected a dense tensor \(layout torch\.strided\), got "
+    with pytest.raises(TypeError, match="^input: " + dense + "layout torch.sparse_coo"):
+        layer(torch.randn(5, 2, 3).to_sparse())
+    with pytest.raises(TypeError, match="^hx: " + dense + "layout torch.sparse_coo"):
+        layer(torch.randn(5, 2, 3), torch.randn(1, 2, 4).to_sparse())
+    with pytest.raises(TypeError, match="^cx: " + dense):
+        cell(torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 4).to_sparse()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (CSR and nested tensors: beta and prototype APIs)
+        csr = torch.randn(2, 3).to_sparse_csr()
+        nested = torch.nested.nested_tensor([torch.randn(5, 3), torch.randn(4, 3)])
+    with pytest.raises(TypeError, match="^input: " + dense + "layout torch.sparse_csr"):
+        cell(csr)
+    for module in (layer, cell):
+        with pytest.raises(TypeError, match="^input: " + dense + "a nested tensor"):
+            module(nested)
+
+
+class _TwoLayers(torch.nn.Module):
+    """A model for torch.fx: a layer (tuple unpacking of its output) and two cells."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.cell, self.step = layer, frt.LSTMCell(4, 4), frt.GRUCell(4, 4)
+
+    def forward(self, x, h, c):
+        out, _ = self.layer(x)
+        h1, c1 = self.cell(out[-1], (h, c))
+        return self.step(h1, h) + c1
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_torch_fx_records_the_layers_as_modules(kind):
+    """torch.fx.symbolic_trace records our layers and cells as single call_module nodes, as it
+    records torch.nn's (its default tracer keeps torch.nn's modules as leaves; it traced into
+    ours and failed on the Proxy), so FX tools (quantization, feature extraction) take a
+    converted model; the traced module computes what the model does. Traced alone, a layer is
+    refused by name (torch.nn's fails there too)."""
+    torch.manual_seed(3)
+    model = _TwoLayers(getattr(frt, kind)(3, 4, num_layers=2))
+    traced = torch.fx.symbolic_trace(model)
+    modules = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert modules == ["layer", "cell", "step"]
+    args = (torch.randn(5, 2, 3), torch.randn(2, 4), torch.randn(2, 4))
+    torch.testing.assert_close(traced(*args), model(*args), rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"^torch\.fx\.symbolic_trace: a fusedrnn\.torch\."
+                                         + kind + " is recorded as one node"):
+        torch.fx.symbolic_trace(model.layer)
+
+
 # ---------------------------------------------------------------------------- CUDA tensors
 def _cuda_skip_reason():
     if not torch.cuda.is_available():

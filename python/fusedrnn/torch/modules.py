@@ -72,10 +72,32 @@ def _check_device(device, what="device"):
 
 
 def _check_same_device(t, name, weight):
-    """``t`` must live where the parameters do (the kernels read both)."""
+    """``t`` must be a dense tensor living where the parameters do (the kernels read both as
+    plain arrays: a sparse or nested one is refused by name, as torch.nn's cells refuse it)."""
+    if t.layout != torch.strided or t.is_nested:
+        raise TypeError(f"{name}: expected a dense tensor (layout torch.strided), got "
+                        f"{'a nested tensor' if t.is_nested else f'layout {t.layout}'}")
     if t.device != weight.device:
         raise ValueError(f"{name}: expected a tensor on {weight.device} (the parameters' "
                          f"device), got one on {t.device}")
+
+
+def _fx_leaf(module, input, hx):
+    """Under ``torch.fx.symbolic_trace`` (an argument is a Proxy): the call of ``module`` as one
+    node of the graph, as FX records torch.nn's recurrent layers (its default tracer keeps
+    modules of torch.nn as leaves and would trace into ours); None for a call on tensors. The
+    module traced itself (the root) is refused by name, as torch.nn's layers fail there too."""
+    parts = (input, *(hx if isinstance(hx, (tuple, list)) else (hx,)))
+    proxy = next((a for a in parts if isinstance(a, torch.fx.Proxy)), None)
+    if proxy is None:
+        return None
+    tracer = proxy.tracer
+    path = tracer.path_of_module(module)
+    if not path:
+        raise TypeError(f"torch.fx.symbolic_trace: a fusedrnn.torch.{type(module).__name__} "
+                        f"is recorded as one node of a module that holds it, not traced itself "
+                        f"(torch.nn's {type(module).__name__} cannot be traced either)")
+    return tracer.create_proxy("call_module", path, (input, hx), {})
 
 
 def _named_parameters(module, names):
@@ -307,11 +329,11 @@ class _RecurrentBase(nn.Module):
             expected = (expected[0], expected[2])
         if not isinstance(h, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(h).__name__}")
+        _check_same_device(h, name, self.weight_ih_l0)
         if tuple(h.shape) != expected:
             raise ValueError(f"{name}: expected shape {expected}, got {tuple(h.shape)}")
         if h.dtype != self.weight_ih_l0.dtype:
             raise TypeError(f"{name}: expected dtype {self.weight_ih_l0.dtype}, got {h.dtype}")
-        _check_same_device(h, name, self.weight_ih_l0)
         return h if batched else h.unsqueeze(1)
 
     def _dropout(self, x, packed):
@@ -327,6 +349,10 @@ class _RecurrentBase(nn.Module):
 
     def forward(self, input, hx=None):
         """Run every layer and direction; see the class docstring for inputs and outputs."""
+        if type(input) is not torch.Tensor or not (hx is None or type(hx) is torch.Tensor):
+            node = _fx_leaf(self, input, hx)
+            if node is not None:
+                return node
         packed = isinstance(input, PackedSequence)
         lengths = None
         lstm = self._cell == "lstm"
@@ -582,12 +608,12 @@ class _CellBase(nn.Module):
                                                input if carried is None else carried)
         if autocast:
             input, h, c = (_under_autocast(t, dtype, device_type) for t in (input, h, c))
+        _check_same_device(input, "input", w_ih)
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape [N, {self.input_size}] or "
                              f"[{self.input_size}], got {tuple(input.shape)}")
         if input.dtype != dtype:
             raise TypeError(f"input: expected dtype {dtype}, got {input.dtype}")
-        _check_same_device(input, "input", w_ih)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         N, H = x.shape[0], self.hidden_size
@@ -596,13 +622,13 @@ class _CellBase(nn.Module):
             if s is not None:
                 if not isinstance(s, torch.Tensor):
                     raise TypeError(f"{name}: expected a torch.Tensor, got {type(s).__name__}")
+                _check_same_device(s, name, w_ih)
                 if tuple(s.shape) != ((N, H) if batched else (H,)):
                     raise ValueError(f"{name}: expected shape {(N, H) if batched else (H,)}, "
                                      f"got {tuple(s.shape)}")
                 if s.dtype != dtype:
                     raise TypeError(f"{name}: expected dtype {dtype} (the parameters' dtype), "
                                     f"got {s.dtype}")
-                _check_same_device(s, name, w_ih)
                 s = s if batched else s.unsqueeze(0)
             states.append(s)
         training = _may_need_backward() and (x.requires_grad or any(
@@ -661,6 +687,10 @@ class LSTMCell(_CellBase):
 
     def forward(self, input, hx=None):
         """(h_1, c_1) after one step from ``hx = (h_0, c_0)``."""
+        if type(input) is not torch.Tensor or not (hx is None or type(hx) is tuple):
+            node = _fx_leaf(self, input, hx)
+            if node is not None:
+                return node
         if hx is None:
             return self._step(input, None, None)
         # a pair of tensors; as torch.nn, an unbatched input's pair may come as one [2, H]
@@ -704,6 +734,10 @@ class GRUCell(_CellBase):
 
     def forward(self, input, hx=None):
         """h_1 after one step from ``hx``."""
+        if type(input) is not torch.Tensor or not (hx is None or type(hx) is torch.Tensor):
+            node = _fx_leaf(self, input, hx)
+            if node is not None:
+                return node
         return self._step(input, hx, None)[0]
 
 
@@ -736,4 +770,8 @@ class RNNCell(_CellBase):
 
     def forward(self, input, hx=None):
         """h_1 after one step from ``hx``."""
+        if type(input) is not torch.Tensor or not (hx is None or type(hx) is torch.Tensor):
+            node = _fx_leaf(self, input, hx)
+            if node is not None:
+                return node
         return self._step(input, hx, None)[0]
