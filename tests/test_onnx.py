@@ -285,6 +285,8 @@ def test_backend_refuses_other_ops_devices_and_bad_inputs():
     assert fo.supports_device("CPU")
     np.testing.assert_array_equal(fo.run_model(_node_model("GRU"), [x, w, r])[1],
                                   fo.prepare(_node_model("GRU")).run([x, w, r])[1])
+    np.testing.assert_array_equal(fo.run_node(_node_model("GRU").graph.node[0], [x, w, r])[1],
+                                  fo.prepare(_node_model("GRU")).run([x, w, r])[1])
     with pytest.raises(ValueError, match=r"input R \('R'\): expected shape \(1, 9, 3\), got "
                                          r"shape \(1, 9, 4\)"):
         rep.run([x, w, np.ones((1, 9, 4), np.float32)])
@@ -325,6 +327,30 @@ def test_backend_checks_sequence_lens_naming_node_and_input():
     with pytest.raises(TypeError, match=r"inputs: 'L': expected int32"):
         Backend.prepare(model).run([x, w, r, np.array([1], np.int64)])
     assert Backend.prepare(model).run([x, w, r, np.array([1], np.int32)])[0].shape == (2, 1, 1, 3)
+
+
+@pytest.mark.parametrize("op, attributes", [
+    ("RNN", dict(activations=["Tanh", "Tanh"])),   # the RNN schema's own default, spelled out
+    ("RNN", dict(activations=["Relu", "Tanh"])),   # a one-direction node runs the first
+    ("LSTM", dict(activations=onnx.AttributeProto.STRINGS)),  # empty: the defaults
+    ("GRU", dict(activation_alpha=onnx.AttributeProto.FLOATS,  # empty: no parameter
+                 activation_beta=onnx.AttributeProto.FLOATS)),
+])
+def test_backend_takes_activation_lists_as_onnxruntime_does(op, attributes):
+    """Activation lists onnxruntime runs: the RNN schema's default (two) on a one-direction
+    node, and empty lists (an attribute type given: an empty list of it)."""
+    ort = pytest.importorskip("onnxruntime")
+    empty = {k: v for k, v in attributes.items() if not isinstance(v, list)}
+    model = _node_model(op, {k: v for k, v in attributes.items() if k not in empty})
+    model.graph.node[0].attribute.extend(onnx.helper.make_attribute(k, [], attr_type=t)
+                                         for k, t in empty.items())
+    rng = np.random.default_rng(4)
+    feeds = {i.name: rng.standard_normal([int(d.dim_value) for d in i.type.tensor_type.shape.dim])
+             .astype(np.float32) for i in model.graph.input}
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)
+    for got, expected in zip(Backend.prepare(model).run(feeds), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_backend_names_the_activation_before_its_parameters():

@@ -11,11 +11,11 @@ The gate orders of both sides meet in ``_layout`` only.
 """
 from ._export import export
 
-__all__ = ["Backend", "export", "load", "prepare", "run_model", "supports_device"]
+__all__ = ["Backend", "export", "load", "prepare", "run_model", "run_node", "supports_device"]
 
 
 def __getattr__(name):  # the backend subclasses onnx's, so it is defined once onnx is imported
-    if name in ("Backend", "prepare", "run_model", "supports_device", "load"):
+    if name in ("Backend", "prepare", "run_model", "run_node", "supports_device", "load"):
         from . import backend
         return getattr(backend, name)
     raise AttributeError(f"module 'fusedrnn.onnx' has no attribute {name!r}")

@@ -147,14 +147,19 @@ def parse_node(node):
             _refuse(node, "attribute clip is not supported (the kernels compute the cells' own "
                           "activations, unclipped)")
         elif a.name in ("activation_alpha", "activation_beta"):
-            parameters.append(a.name)  # refused after the activations they belong to
+            if len(value):  # (an empty list gives none)
+                parameters.append(a.name)  # refused after the activations they belong to
         else:
             _refuse(node, f"attribute {a.name} is not supported")
     D = spec.num_directions
     allowed = ACTIVATIONS[cell]
     n = len(allowed[0])
-    if activations is None:
+    if not activations:  # absent, or an empty list: the defaults, as onnxruntime takes it
         activations = list(allowed[0]) * D
+    elif cell == "rnn" and D == 1 and len(activations) == 2:
+        # the RNN schema's default lists two (Tanh, Tanh); a one-direction node that spells it
+        # out runs its first, as onnxruntime does
+        activations = activations[:1]
     if len(activations) != n * D:
         _refuse(node, f"attribute activations: expected {n * D} ({n} per direction), got "
                       f"{len(activations)}")
