@@ -3,6 +3,7 @@ and, through torch's autograd on Keras' graph, the gradients of backward()."""
 import json
 import os
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -187,6 +188,25 @@ class MyLSTM(keras.layers.LSTM):
     pass
 
 
+def _built(layer):
+    layer.build((2, 5, 3))
+    return layer
+
+
+def _tanh_that_is_relu(x):
+    return keras.ops.relu(x)
+
+
+_tanh_that_is_relu.__name__ = "tanh"
+
+
+def test_convert_takes_keras_ops_activations():
+    layer = _built(keras.layers.GRU(3, activation=keras.ops.tanh,
+                                    recurrent_activation=keras.ops.sigmoid))
+    x = np.random.default_rng(1).standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(fk.convert(layer)(x), layer(x).detach().numpy(), atol=1e-6)
+
+
 @pytest.mark.parametrize("make, error, words", [
     (lambda: keras.layers.Dense(3), TypeError, ["layer (Dense 'dense", "expected an LSTM"]),
     (lambda: keras.layers.LSTM(3, activation="relu"), ValueError,
@@ -210,6 +230,14 @@ class MyLSTM(keras.layers.LSTM):
     (lambda: keras.layers.Bidirectional(keras.layers.LSTM(3, activation="relu")), ValueError,
      ["layer (Bidirectional 'bidirectional", "forward layer: activation"]),
     (lambda: keras.layers.LSTM(3), ValueError, ["expected a built layer"]),  # not built
+    # Keras computes an RNN in its cell's dtype policy, which the RNN's does not set
+    (lambda: _built(keras.layers.RNN(keras.layers.LSTMCell(3, dtype="mixed_float16"))),
+     ValueError, ["cell: dtype: expected the float32 or float64 policy", "'mixed_float16'"]),
+    (lambda: _built(keras.layers.RNN(keras.layers.GRUCell(3, dtype="float64"))), ValueError,
+     ["cell: dtype: expected the RNN's policy 'float32'", "got 'float64'"]),
+    # a user's function serializes by its name when that names a Keras activation
+    (lambda: _built(keras.layers.SimpleRNN(3, activation=_tanh_that_is_relu)), ValueError,
+     ["activation: expected Keras' own 'tanh'", "got a function of that name"]),
 ])
 def test_convert_refuses_what_it_cannot_reproduce(make, error, words):
     with pytest.raises(error) as info:
@@ -377,6 +405,22 @@ def test_load_weights_refuses_a_recurrent_layer_after_a_mask(masking, tmp_path, 
     assert list(_load_without_keras(_save(branches, tmp_path, "b.keras"), monkeypatch)) == ["free"]
     with pytest.raises(ValueError, match=r"layer \(GRU 'masked'\) comes after 'not_equal"):
         _load_without_keras(_save(keras.Model(tokens, masked), tmp_path, "m.keras"), monkeypatch)
+    # functional: a mask fed into a nested model reaches its recurrent layers; a mask made in
+    # a nested model reaches none of its siblings
+    series = keras.Input((4, 2))
+    nested = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3, name="enc")],
+                              name="inner")
+    with warnings.catch_warnings():  # Keras warns that a Sequential "destroys" the mask; its
+        warnings.simplefilter("ignore")  # LSTM skips the masked steps all the same
+        fed = keras.Model(series, nested(keras.layers.Masking(0.0, name="pad")(series)))
+    with pytest.raises(ValueError, match=r"layer \(LSTM 'enc'\) comes after '"):
+        _load_without_keras(_save(fed, tmp_path, "fed.keras"), monkeypatch)
+    a, b = keras.Input((4, 2)), keras.Input((4, 2))
+    masks = keras.Sequential([keras.Input((4, 2)), keras.layers.Masking(0.0, name="msk"),
+                              keras.layers.Dense(2)], name="masks")
+    apart = keras.Model([a, b], [masks(a), keras.layers.LSTM(3, name="free")(b)])
+    assert list(_load_without_keras(_save(apart, tmp_path, "apart.keras"), monkeypatch)) == \
+        ["free"]
 
 
 def _rewrite(path, member, change):

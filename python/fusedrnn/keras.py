@@ -119,6 +119,12 @@ def _direction_spec(entry, where):
             got = cell.get("class_name") if isinstance(cell, dict) else cell
             raise TypeError(f"{where}: cell: expected one LSTMCell, GRUCell or SimpleRNNCell, "
                             f"got {got!r}")
+        # Keras computes in the cell's dtype policy, which the RNN's does not set
+        cell_dtype, rnn_dtype = (_dtype_name(cell["config"], f"{where}: cell"),
+                                 _dtype_name(config, where))
+        if cell_dtype != rnn_dtype:
+            raise ValueError(f"{where}: cell: dtype: expected the RNN's policy {rnn_dtype!r} "
+                             f"(one dtype for the layer), got {cell_dtype!r}")
         keras_class, config = _CELLS[cell["class_name"]], {**cell["config"], **config}
     if config.get("stateful"):
         raise ValueError(f"{where}: stateful: expected False (a fusedrnn module keeps no state "
@@ -443,7 +449,25 @@ def convert(layer):
                          f"on a batch or built with layer.build(input_shape)), got an unbuilt one")
     directions = [layer.forward_layer, layer.backward_layer] \
         if entry["class_name"] == "Bidirectional" else [layer]
+    for direction in directions:
+        _check_activation_functions(keras, getattr(direction, "cell", direction), where)
     return _build(entry, [d.get_weights() for d in directions], where)
+
+
+def _check_activation_functions(keras, cell, where):
+    """The live cell's activations are Keras' own functions: Keras serializes any function by
+    its __name__ when that names a built-in activation, so a user's function called ``tanh``
+    reads as Keras' tanh in the config checked before."""
+    for attribute in ("activation", "recurrent_activation"):
+        fn = getattr(cell, attribute, None)
+        name = getattr(fn, "__name__", None)
+        if fn is None or name is None:
+            continue
+        own = {getattr(module, name, None) for module in (keras.activations, keras.ops)}
+        if fn not in own:
+            raise ValueError(f"{where}: {attribute}: expected Keras' own {name!r}, got a "
+                             f"function of that name from {getattr(fn, '__module__', '?')!r} "
+                             f"(fusedrnn's kernels compute Keras' {name})")
 
 
 def _snake_case(name):
@@ -509,8 +533,15 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
         used[base] = used.get(base, -1) + 1
         layer_group = f"{group}layers/{base}" + (f"_{used[base]}" if used[base] else "")
         if class_name in _MODELS:
-            mask = _collect(entry, store, f"{layer_group}/", f"{prefix}{name}/", path, modules,
-                            mask)
+            # in a Sequential a mask made before reaches every later layer, the nested
+            # model's too; in a functional model only what a layer is called with does (the
+            # nested model's inbound mask, and a mask it makes reaches none of its siblings)
+            fed = _mask_fed(entry) if functional else None
+            inner = _collect(entry, store, f"{layer_group}/", f"{prefix}{name}/", path,
+                             modules, (prefix + fed if fed != "a mask" else fed) if fed
+                             else None if functional else mask)
+            if not functional:
+                mask = inner
             continue
         if _makes_mask(entry) and not functional:
             mask = mask or prefix + str(name)
