@@ -57,6 +57,7 @@ TORCH_CASES = [
     ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-2)),
     ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
     ("SGD", dict(lr=0.1, momentum=0.5, dampening=0.3)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=1e-2)),
     ("AdamW", dict(lr=0.01, weight_decay=0.1)),
     ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=1e-2)),
@@ -69,8 +70,10 @@ TORCH_CASES = [
 @pytest.mark.parametrize("name,kw", TORCH_CASES)
 def test_optimizers_match_torch(name, kw, rng):
     torch = pytest.importorskip("torch")
-    init = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
-    grads = [[rng.standard_normal(a.shape) for a in init] for _ in range(5)]
+    # a 0-d parameter too (a learnable temperature): its g + wd * p is a NumPy scalar, which
+    # left SGD's momentum buffer at its first value
+    init = [rng.standard_normal((3, 4)), rng.standard_normal(5), np.array(rng.standard_normal())]
+    grads = [[np.asarray(rng.standard_normal(a.shape)) for a in init] for _ in range(5)]
     ours = [Parameter(a.copy()) for a in init]
     theirs = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in init]
     o = getattr(optim, name)(ours, **kw)
@@ -249,6 +252,8 @@ def test_clip_and_adam_refuse_bad_arguments():
     assert optim.Adam([p], betas=np.array([0.8, 0.99])).param_groups[0]["betas"] == (0.8, 0.99)
     with pytest.raises(ValueError, match="norm_type"):  # checked with no gradient too
         optim.clip_grad_norm_([Parameter(np.zeros(2))], 1.0, 0)
+    with pytest.raises(ValueError, match="^momentum: expected a number >= 0, got 'a'"):
+        optim.SGD([p], momentum="a", nesterov=True)  # (was a bare TypeError of the <=)
 
 
 def test_clipping_and_steps_refuse_what_torch_refuses_and_keep_nan():

@@ -201,10 +201,11 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=bool(nesterov)))
+        # (after the constructor's checks, which name a momentum that is no number)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
 
     def _update(self, group, p, grad, state):
         g = grad
@@ -215,7 +216,10 @@ class SGD(Optimizer):
             buf = state.get("momentum_buffer")
             if buf is None:
                 # (astype, not np.array: the gradient may be a CuPy array)
-                buf = state["momentum_buffer"] = g.astype(p.data.dtype, copy=True)
+                buf = g.astype(p.data.dtype, copy=True)
+                if not isinstance(buf, type(p.data)):  # a NumPy scalar: a 0-d parameter's
+                    buf = np.array(buf)  # g + wd * p; the updates below are in place
+                state["momentum_buffer"] = buf
             else:
                 buf *= momentum
                 buf += (1 - group["dampening"]) * g
