@@ -385,11 +385,39 @@ def test_damaged_checkpoint_names_the_file(tmp_path, capsys, digits_checkpoint):
     (["--checkpoint-every", "0"], "--checkpoint-every: expected a positive integer, got '0'"),
     (["--checkpoint", "/no/such/dir/c.ckpt"], "--checkpoint /no/such/dir/c.ckpt: the folder"),
     (["--checkpoint", "{tmp}"], "a folder; expected a file name"),
-    (["--checkpoint", "{tmp}/x", "--save", "{tmp}/x"], "--checkpoint and --save both name"),
+    (["--checkpoint", "{tmp}/x", "--save", "{tmp}/x"], "--save and --checkpoint both name"),
+    (["--resume", "{tmp}/r.ckpt", "--save", "{tmp}/r.ckpt"], "--save and --resume both name"),
+    (["--resume", "{tmp}/r.ckpt", "--plot", "{tmp}/./r.ckpt"], "--plot and --resume both name"),
 ])
 def test_checkpoint_options_are_validated(tmp_path, capsys, extra, expected):
     extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     assert expected in error_of(capsys, *DIGITS, *extra)
+
+
+def test_what_is_measured_after_training_does_not_bind_a_resume(tmp_path, capsys):
+    """--timing-seconds/--no-timing (the demo's timing) and --beam (a beam-search metric)
+    change no training: a checkpoint resumes under other values."""
+    ckpt = str(tmp_path / "demo.ckpt")
+    demo = ["demo", "--no-timing", "--hidden", "4", "--epochs", "1", "--no-progress"]
+    assert main(demo + ["--checkpoint", ckpt]) == 0
+    assert main(demo + ["--resume", ckpt, "--timing-seconds", "0.1"]) == 0
+    capsys.readouterr()
+
+
+def test_outputs_never_overwrite_the_training_data(tmp_path, capsys):
+    """--save, --checkpoint or --plot naming the --data file (or a link to it) is refused before
+    training: the run replaced the user's corpus with the model and exited 0."""
+    corpus = tmp_path / "corpus.txt"
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    corpus.write_text(text)
+    (tmp_path / "link.txt").symlink_to(corpus)
+    chars = ["train", "chars", "--data", str(corpus), "--epochs", "1", "--hidden", "4",
+             "--no-progress"]
+    for option, path in (("save", corpus), ("checkpoint", corpus),
+                         ("save", tmp_path / "link.txt")):
+        line = error_of(capsys, *chars, f"--{option}", str(path))
+        assert f"--{option} and --data both name {path}: the run would overwrite it" in line
+    assert corpus.read_text() == text
 
 
 def test_ctrl_c_without_checkpoint_says_how_to_get_one(capsys, monkeypatch):

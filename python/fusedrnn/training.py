@@ -365,13 +365,16 @@ class Checkpointer:
     Files are written with ``fr.save``: atomically, the previous file intact until the new one
     is whole."""
 
-    def __init__(self, path=None, every=None, resume=None, run=None):
+    def __init__(self, path=None, every=None, resume=None, run=None, ignore=()):
         if every is not None and path is None:
             raise ValueError(f"--checkpoint-every {every}: needs --checkpoint PATH (where to "
                              f"write)")
         self.path = None if path is None else os.fspath(path)
         self.every = DEFAULT_CHECKPOINT_EVERY if every is None else _int_in(every, "every", 1)
         self.run = {"command": None, "options": {}, **(run or {})}
+        # options a resumed file may record although they change no training (an earlier
+        # version recorded them): not compared
+        self.ignore = frozenset(ignore)
         self.resume_path = None if resume is None else os.fspath(resume)
         self.finished = {}  # stage -> its final state, kept in every later file
         self.resumed = {} if resume is None else self._read(self.resume_path)
@@ -396,6 +399,7 @@ class Checkpointer:
             raise ValueError(f"{path}: a checkpoint of `fusedrnn {command}`, not of "
                              f"`fusedrnn {self.run['command']}`")
         ours = self.run["options"]
+        theirs = {k: v for k, v in theirs.items() if k not in self.ignore}
         differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
         if differ:
             raise ValueError(f"{path}: written by a run with {_options(theirs, differ)}; this run "

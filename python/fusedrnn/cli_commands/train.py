@@ -97,15 +97,28 @@ def _summary(metrics, prefix=""):
 
 def check_outputs(args):
     """Fail before training, not after it: --plot needs matplotlib and a picture format it
-    writes, and --save/--plot/--checkpoint need a folder that exists (and a path that is not a
-    folder)."""
+    writes, --save/--plot/--checkpoint need a folder that exists (and a path that is not a
+    folder), and none of them may name another option's file: the run would overwrite it (the
+    training data, the checkpoint it resumes from; only --checkpoint may go on where --resume
+    read)."""
     import os
-    for option in ("save", "plot", "checkpoint"):
+    outputs = ("save", "plot", "checkpoint")
+    for option in outputs:
         check_output_path(option, getattr(args, option, None))
-    if getattr(args, "checkpoint", None) and getattr(args, "save", None) \
-            and os.path.abspath(args.checkpoint) == os.path.abspath(args.save):
-        raise ValueError(f"--checkpoint and --save both name {args.save}: give them different "
-                         f"files")
+
+    def same(a, b):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # (one does not exist yet)
+            return os.path.realpath(a) == os.path.realpath(b)
+    named = [(o, getattr(args, o, None)) for o in (*outputs, "data", "resume")]
+    named = [(o, path) for o, path in named if path]
+    for i, (out, path) in enumerate(named):
+        for other, other_path in named[i + 1:]:
+            if out in outputs and {out, other} != {"checkpoint", "resume"} \
+                    and same(path, other_path):
+                raise ValueError(f"--{out} and --{other} both name {path}: the run would "
+                                 f"overwrite it; give --{out} another file")
     if getattr(args, "plot", None):
         from fusedrnn.tasks.common import pyplot
         pyplot()
@@ -151,7 +164,9 @@ def run_task(args):
 # Options that leave what training computes unchanged: a run may be resumed with others.
 NOT_TRAINING = {"json", "plot", "save", "no_progress", "history", "threads", "debug", "checkpoint",
                 "checkpoint_every", "resume", "checkpointer", "func", "task_module", "command",
-                "task"}
+                "task",
+                # what is measured after training: the demo's timing, a beam-search metric's beam
+                "timing_seconds", "no_timing", "beam"}
 
 
 def make_checkpointer(args):
@@ -161,7 +176,7 @@ def make_checkpointer(args):
     command = f"train {args.task}" if getattr(args, "task", None) else args.command
     options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAINING}
     return Checkpointer(args.checkpoint, args.checkpoint_every, args.resume,
-                        run={"command": command, "options": options})
+                        run={"command": command, "options": options}, ignore=NOT_TRAINING)
 
 
 def run_generate(args):
