@@ -37,6 +37,8 @@ def error_of(capsys, *argv):
     (["bench", "--cells", "LSTM,XYZ", "--shapes", "1,2,3,4"], "--cells: expected names"),
     (["bench", "--shapes", "a,b,c,d"], "--shapes: expected B,T,I,H"),
     (["bench", "--shapes", ""], "--shapes: expected B,T,I,H"),
+    (["bench", "--explain", "--shapes", "1,1,1,99999999999999999999"],
+     "--shapes: expected B,T,I,H with positive integers below 2**31"),
     (["bench", "--cells", ",", "--shapes", "1,2,3,4"], "--cells: expected names"),
     (["bench", "--modes", ",", "--shapes", "1,2,3,4"], "--modes: expected names"),
     (["bench", "--json", "/no/such/dir/rows.json"], "--json /no/such/dir/rows.json: the folder"),

@@ -48,6 +48,17 @@ def test_nested_checkpoint_round_trip(tmp_path):
                                   opt.state_dict()["state"][1]["exp_avg"])
 
 
+def test_paths_as_bytes_and_bad_paths(tmp_path):
+    """A bytes path works as os.PathLike's do (tempfile failed on it mid-save); anything else
+    is refused by name."""
+    path = bytes(tmp_path / "b.npz")
+    fr.save({"w": np.arange(3.0)}, path)
+    np.testing.assert_array_equal(fr.load(path)["w"], np.arange(3.0))
+    for call in (lambda: fr.save(np.ones(2), 3), lambda: fr.load(None)):
+        with pytest.raises(TypeError, match=r"^path: expected a str, bytes or os\.PathLike"):
+            call()
+
+
 def test_pickled_file_is_refused(tmp_path):
     path = tmp_path / "evil.pkl"
     with open(path, "wb") as f:

@@ -169,6 +169,15 @@ def test_captioner_decoding():
                                       .tokens[n])
 
 
+def test_dropout_is_checked_with_one_layer_too():
+    """One layer has no dropout between layers, but a wrong value is still named (it passed
+    unchecked), as every layer names it."""
+    for dropout in (-5, "abc", 2.0, True):
+        with pytest.raises(ValueError, match=r"^dropout: expected a number in \[0, 1\]"):
+            Seq2Seq(9, 9, embed_size=4, hidden_size=5, dropout=dropout)
+    assert Seq2Seq(9, 9, embed_size=4, hidden_size=5, dropout=0.5).encoder.dropout == 0.0
+
+
 def test_decoding_and_loss_refuse_bad_arguments():
     """Named errors, not NumPy's: max_len < 1, float or out-of-range source lengths, targets
     of another batch size or of no step; an empty batch decodes to nothing by either search."""

@@ -471,9 +471,9 @@ def parse_shapes(text, names="B,T,I,H"):
             vals = [int(v) for v in part.split(",")]
         except ValueError:
             vals = []
-        if len(vals) != 4 or min(vals) < 1:
-            raise ValueError(f"--shapes: expected {names} with positive integers (shapes "
-                             f"separated by ';'), got {part!r}")
+        if len(vals) != 4 or min(vals) < 1 or max(vals) >= 2 ** 31:
+            raise ValueError(f"--shapes: expected {names} with positive integers below 2**31 "
+                             f"(shapes separated by ';'), got {part!r}")
         shapes.append(tuple(vals))
     return list(dict.fromkeys(shapes))  # each once, in order (as --cells)
 

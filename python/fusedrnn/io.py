@@ -211,13 +211,21 @@ def _describe(value):
     return repr(value)[:60]
 
 
+def _file_path(path):
+    """A file path argument as a str: a str, bytes or os.PathLike, else TypeError naming it."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path: expected a str, bytes or os.PathLike file name, got "
+                        f"{type(path).__name__}")
+    return os.fsdecode(os.fspath(path))
+
+
 def save(obj, path):
     """Write ``obj`` (a Module — its state_dict —, an optimizer — its state_dict —, an array, or
     nested dicts/lists/tuples of arrays, numbers, strings, booleans, None) to ``path``
     atomically. The file is a ``.npz``; no suffix is added to ``path``. Dicts, lists and tuples
     nest at most ``MAX_DEPTH`` (100) levels deep (ValueError otherwise: ``load`` refuses deeper
     trees)."""
-    path = os.fspath(path)
+    path = _file_path(path)
     arrays = {}
     tree = _encode(obj, arrays, "obj")
     meta = json.dumps({"format": FORMAT, "tree": tree})
@@ -365,7 +373,7 @@ def load(path, *, max_bytes=DEFAULT_MAX_BYTES) -> Any:
     entry's declared shape is checked against it, and against the entry's actual size, before
     anything is read, so a small compressed file cannot make ``load`` allocate gigabytes (a zip
     bomb). Raise it for larger checkpoints you trust; None for no limit."""
-    path = os.fspath(path)
+    path = _file_path(path)
     if max_bytes is not None and (isinstance(max_bytes, bool)
                                   or not isinstance(max_bytes, numbers.Integral)):
         raise TypeError(f"max_bytes: expected an int (a number of bytes) or None, got "

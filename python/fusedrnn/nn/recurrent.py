@@ -78,6 +78,16 @@ def _check_shape(value, name, shape, what=""):
         raise ValueError(f"{name}: expected shape {tuple(shape)}{what}, got {value.shape}")
 
 
+def dropout_probability(dropout):
+    """A dropout argument as a float in [0, 1] (the probability of zeroing an element), else
+    ValueError naming it."""
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
+            or not 0.0 <= float(dropout) <= 1.0:
+        raise ValueError(f"dropout: expected a number in [0, 1] (the probability of zeroing "
+                         f"an element), got {dropout!r}")
+    return float(dropout)
+
+
 class RNNBase(Module):
     """What RNN, LSTM and GRU share: parameters, the layer/direction loop, dropout, BPTT."""
 
@@ -98,11 +108,7 @@ class RNNBase(Module):
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
         self.num_layers = _positive_int(num_layers, "num_layers")
         self.nonlinearity = F.check_nonlinearity(nonlinearity)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
-                or not 0.0 <= float(dropout) <= 1.0:
-            raise ValueError(f"dropout: expected a number in [0, 1] (the probability of zeroing "
-                             f"an element), got {dropout!r}")
-        self.dropout = float(dropout)
+        self.dropout = dropout_probability(dropout)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: dropout is "
                           f"applied between layers, never after the last", UserWarning,
