@@ -160,6 +160,31 @@ def test_load_state_dict_rejects_mismatch():
         other.load_state_dict(opt.state_dict())
 
 
+@pytest.mark.parametrize("change, match", [
+    (lambda d: d["param_groups"][0].update(lr="x"),
+     r"^state_dict\['param_groups'\]\[0\]\['lr'\]: expected a number >= 0, got 'x'"),
+    (lambda d: d["param_groups"][0].update(betas=(0.9, 2.0)),
+     r"^state_dict\['param_groups'\]\[0\]\['betas'\]: expected two numbers"),
+    (lambda d: d.update(state=[]), r"^state_dict\['state'\]: expected a dict"),
+    (lambda d: d.update(state={"abc": {}}), r"^state_dict\['state'\]: expected parameter "
+                                            r"indices as keys, got 'abc'"),
+    (lambda d: d.update(state={0: 5}), r"^state_dict\['state'\]\[0\]: expected a dict"),
+])
+def test_load_state_dict_names_a_bad_value_and_changes_nothing(change, match):
+    """A hyper-parameter or state entry of the wrong kind is named at load_state_dict (it
+    failed at the next step, or with a bare AttributeError), and the optimizer keeps its own."""
+    import copy
+    opt = optim.Adam([param([0.0, 0.0], [1.0, 1.0])], lr=0.1)
+    opt.step()
+    saved, before = opt.state_dict(), copy.deepcopy(opt.state_dict())
+    change(saved)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(saved)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    np.testing.assert_array_equal(after["state"][0]["exp_avg"], before["state"][0]["exp_avg"])
+
+
 def test_genetic_algorithm_seeded_elitist_and_improving():
     target = np.linspace(-1, 1, 6)
     p = Parameter(np.zeros(6))

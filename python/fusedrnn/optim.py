@@ -85,14 +85,18 @@ class Optimizer:
         if len({id(p) for p in g["params"]} | seen) != len(seen) + len(g["params"]):
             raise ValueError(f"{where}: a parameter appears in more than one group")
         for key in self.defaults:  # a group's own values, checked as the constructor's
-            name = f"{where}[{key!r}]" if key in group else key
-            if key == "betas":
-                g[key] = _betas(g[key], name)
-            elif key in ("nesterov", "centered", "amsgrad"):
-                g[key] = _flag(g[key], name)
-            else:
-                _nonnegative(g[key], name)
+            g[key] = self._checked(key, g[key], f"{where}[{key!r}]" if key in group else key)
         self.param_groups.append(g)
+
+    @staticmethod
+    def _checked(key, value, name):
+        """A hyper-parameter's value as the optimizer keeps it; an error naming ``name``."""
+        if key == "betas":
+            return _betas(value, name)
+        if key in ("nesterov", "centered", "amsgrad"):
+            return _flag(value, name)
+        _nonnegative(value, name)
+        return value
 
     def zero_grad(self, set_to_none=True):
         """Clear the gradient of every parameter in every group: None (default) or zeros."""
@@ -163,12 +167,26 @@ class Optimizer:
             if len(saved["params"]) != len(own["params"]):
                 raise ValueError(f"state_dict: group {i} holds {len(saved['params'])} parameters, "
                                  f"this optimizer's holds {len(own['params'])}")
+        # every value checked before any is taken: a refused state_dict changes nothing
+        values = [{k: self._checked(k, v, f"state_dict['param_groups'][{i}][{k!r}]")
+                   if k in self.defaults else v for k, v in saved.items() if k != "params"}
+                  for i, saved in enumerate(groups)]
+        if not isinstance(state_dict["state"], dict):
+            raise ValueError(f"state_dict['state']: expected a dict of parameter index -> its "
+                             f"state, got {type(state_dict['state']).__name__}")
         params = self._indexed()
         new_state = {}
         for key, s in state_dict["state"].items():
-            i = int(key)
+            try:
+                i = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"state_dict['state']: expected parameter indices as keys, got "
+                                 f"{key!r}") from None
             if not 0 <= i < len(params):
                 raise ValueError(f"state_dict: state for parameter {i}, but there are {len(params)}")
+            if not isinstance(s, dict):
+                raise ValueError(f"state_dict['state'][{key!r}]: expected a dict of arrays and "
+                                 f"numbers, got {type(s).__name__}")
             p = params[i]
             entry = {}
             for name, value in s.items():
@@ -180,10 +198,9 @@ class Optimizer:
                     value = to_device(value, p.device).astype(p.data.dtype, copy=True)
                 entry[name] = value
             new_state[p] = entry
-        for saved, own in zip(groups, self.param_groups):
+        for saved, own in zip(values, self.param_groups):
             for k, v in saved.items():
-                if k != "params":
-                    own[k] = tuple(v) if isinstance(self.defaults.get(k), tuple) else v
+                own[k] = tuple(v) if isinstance(self.defaults.get(k), tuple) else v
         self.state = new_state
 
     def __repr__(self):
