@@ -139,6 +139,31 @@ def test_keys_projected_once_per_sequence(kind, rng, monkeypatch):
     assert len(calls) == 1
 
 
+def test_fused_step_checks_its_mask_and_keeps_its_own_weights():
+    """The mask is bool or 0/1 integers (0.5 and 256 were cast to 0: every position masked,
+    silently); the weights returned may be changed by the caller (a plot's scaling) without
+    changing the backward."""
+    q, k = np.ones((1, 2)), np.ones((1, 3, 2))
+    for bad, error in ((np.full((1, 3), 0.5), TypeError), (np.full((1, 3), 256), ValueError),
+                       (None, TypeError), ([[1, 1, 1]], TypeError)):
+        with pytest.raises(error, match="^mask: expected"):
+            attention_step_forward("dot", q, k, k, bad)
+    as_ints = attention_step_forward("dot", q, k, k, np.array([[1, 0, 1]]))[1]
+    np.testing.assert_array_equal(as_ints, [[0.5, 0.0, 0.5]])
+    rng = np.random.default_rng(0)
+    keys, query, dcontext = (rng.standard_normal(s) for s in ((2, 3, 4), (2, 4), (2, 4)))
+    for m in (BahdanauAttention(4, 4, dtype=np.float64, seed=0),
+              LuongAttention(4, 4, dtype=np.float64, seed=0)):
+        m.set_memory(keys)
+        m(query)
+        clean = m.backward(dcontext)
+        m.memory_backward()
+        m.set_memory(keys)
+        _, weights = m(query)
+        weights *= 10.0
+        np.testing.assert_array_equal(m.backward(dcontext), clean)
+
+
 def test_fused_step_all_positions_masked_is_finite():
     mask = np.zeros((2, 3), bool)
     context, weights, _ = attention_step_forward("dot", np.ones((2, 4)), np.ones((2, 3, 4)),

@@ -446,6 +446,13 @@ def test_uninitialized_process_group_is_a_clear_error():
     with pytest.raises(RuntimeError, match="init_process_group"):
         frd.all_reduce_gradients(fr.nn.Linear(2, 2))
     assert frd.get_rank() == 0 and frd.get_world_size() == 1
+    # bad arguments are named first, before any process group is needed
+    for call in (frd.broadcast_parameters, frd.all_reduce_gradients):
+        with pytest.raises(TypeError, match="^module_or_params: expected a fusedrnn.nn.Module, "
+                                            "a Parameter or an iterable of them, got int"):
+            call(5)
+    with pytest.raises(TypeError, match="^average: expected a bool, got str 'no'"):
+        frd.all_reduce_gradients(fr.nn.Linear(2, 2), average="no")
 
 
 def test_shard():
@@ -460,6 +467,18 @@ def test_shard():
         frd.shard(x, rank=2, world_size=2)
     with pytest.raises(ValueError, match=r"axis: expected an integer in \[-3, 2\], got 3"):
         frd.shard(x, axis=3, rank=0, world_size=2)
+    # integers only (int() took world_size=2.9 for 2 and rank=True for 1, silently)
+    for kwargs, name in ((dict(rank=1, world_size=2.9), "world_size"),
+                         (dict(rank=1.7, world_size=3), "rank"),
+                         (dict(rank=True, world_size=3), "rank")):
+        with pytest.raises(TypeError, match=f"^{name}: expected an integer"):
+            frd.shard(x, **kwargs)
+    with pytest.raises(ValueError, match="^world_size: expected an integer >= 1, got 0"):
+        frd.shard(x, rank=0, world_size=0)
+    np.testing.assert_array_equal(frd.shard(x, rank=np.int64(1), world_size=np.int32(2)),
+                                  x[1:])
+    with pytest.raises(ValueError, match="^array: expected an array with a batch axis"):
+        frd.shard(np.float32(3), rank=0, world_size=1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-SETTINGS = ("FUSEDRNN_TUNING", "FUSEDRNN_LINGER_US", "FUSEDRNN_CPU_TABLE", "FUSEDRNN_ISA")
+SETTINGS = ("FUSEDRNN_TUNING", "FUSEDRNN_LINGER_US", "FUSEDRNN_CPU_TABLE", "FUSEDRNN_ISA",
+            "FUSEDRNN_NO_BF16_DOT", "FUSEDRNN_NO_AMX")
 
 # A small stacked LSTM's outputs (as a digest: bit for bit), the kernels, the table and the
 # thread count, as the child process sees them.
@@ -129,6 +130,19 @@ def test_cpu_table_names_an_unknown_row(default):
 
 
 # ---------------------------------------------------------------------------- FUSEDRNN_ISA
+@pytest.mark.parametrize("variable", ["FUSEDRNN_NO_BF16_DOT", "FUSEDRNN_NO_AMX"])
+def test_switches_are_off_when_empty_or_zero(variable):
+    """A switch variable is on when set to anything but "" or "0" (any value switched it on,
+    an empty or zero one too): the bfloat16 path fr.info() names follows."""
+    code = "import fusedrnn as fr; print(fr.info()['bf16_products'])"
+    unset = run(code=code)[0]
+    assert run({variable: ""}, code=code)[0] == run({variable: "0"}, code=code)[0] == unset
+    stepped = run({variable: "1"}, code=code)[0]
+    lower = ("vdpbf16ps" in unset and variable == "FUSEDRNN_NO_BF16_DOT") or \
+        ("AMX" in unset and variable == "FUSEDRNN_NO_AMX")
+    assert (stepped != unset) == lower  # (where the CPU has the path the switch turns off)
+
+
 def test_isa_takes_any_case(default):
     if default["kernels"] == "generic":
         pytest.skip("this CPU runs only the generic kernels")

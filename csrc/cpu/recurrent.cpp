@@ -77,9 +77,15 @@ const char* isa_name(Isa isa) {
   }
 }
 
+// A switch variable (FUSEDRNN_NO_BF16_DOT=1): on when set to anything but "" or "0", so that an
+// empty or zero setting means unset, as every other FUSEDRNN_ variable reads it.
+static bool env_switch(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
+}
+
 bool bf16_dot_allowed() {
-  static const bool allowed =
-      cpu_info().avx512_bf16 && std::getenv("FUSEDRNN_NO_BF16_DOT") == nullptr;
+  static const bool allowed = cpu_info().avx512_bf16 && !env_switch("FUSEDRNN_NO_BF16_DOT");
   return allowed;
 }
 
@@ -87,7 +93,7 @@ bool bf16_dot_kernels() { return active_isa() == Isa::kAvx512 && bf16_dot_allowe
 
 bool amx_allowed() {
   static const bool allowed = [] {
-    if (!cpu_info().amx || active_isa() != Isa::kAvx512 || std::getenv("FUSEDRNN_NO_AMX"))
+    if (!cpu_info().amx || active_isa() != Isa::kAvx512 || env_switch("FUSEDRNN_NO_AMX"))
       return false;
 #if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
     // Linux hands out the 8 KiB tile state only to a process that asks (kernel 5.16+).

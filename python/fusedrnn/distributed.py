@@ -88,8 +88,14 @@ def _initialized_dist():
 def _param_list(module_or_params, name="module_or_params") -> List[Parameter]:
     """A list of Parameters from a Module, a Parameter, or an iterable of either (each once,
     in order), all on one device."""
-    items = [module_or_params] if isinstance(module_or_params, (Module, Parameter)) \
-        else list(module_or_params)
+    if isinstance(module_or_params, (Module, Parameter)):
+        items = [module_or_params]
+    else:
+        try:
+            items = list(module_or_params)
+        except TypeError:
+            raise TypeError(f"{name}: expected a fusedrnn.nn.Module, a Parameter or an iterable "
+                            f"of them, got {type(module_or_params).__name__}") from None
     params, seen = [], set()
     for i, item in enumerate(items):
         for p in (item.parameters() if isinstance(item, Module) else [item]):
@@ -198,8 +204,8 @@ def broadcast_parameters(module_or_params, src: int = 0, group=None) -> None:
     Raises ValueError (on every rank) when the ranks' parameters differ in number, shape or
     dtype; RuntimeError if ``torch.distributed`` is not initialized.
     """
+    params = _param_list(module_or_params)  # (the arguments named first)
     torch, dist = _initialized_dist()
-    params = _param_list(module_or_params)
     space = _Space(torch, dist, params, group)
     _agree(space, dist, params, group, "broadcast_parameters")
     rank = dist.get_rank()
@@ -244,8 +250,10 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
     Raises ValueError (on every rank) when the ranks' parameters differ in number, shape or
     dtype; RuntimeError if ``torch.distributed`` is not initialized.
     """
+    params = _param_list(module_or_params)  # (the arguments named first)
+    if not isinstance(average, (bool, np.bool_)):  # ("no" read as True)
+        raise TypeError(f"average: expected a bool, got {type(average).__name__} {average!r}")
     torch, dist = _initialized_dist()
-    params = _param_list(module_or_params)
     space = _Space(torch, dist, params, group)
     xp = space.xp
     bad = [i for i, p in enumerate(params)
@@ -340,13 +348,17 @@ def shard(array, axis: int = 0, rank: Optional[int] = None,
         rank, world_size: default to :func:`get_rank` and :func:`get_world_size` (0 and 1
             without ``torch.distributed``, so the same script runs as one process).
     """
-    rank = get_rank() if rank is None else int(rank)
-    world_size = get_world_size() if world_size is None else int(world_size)
-    if world_size < 1 or not 0 <= rank < world_size:
+    # (integers only: int() made world_size=2.9 a 2 and rank=True a 1, silently)
+    world_size = get_world_size() if world_size is None else _int_in(world_size, "world_size", 1)
+    rank = get_rank() if rank is None else _int_in(rank, "rank", 0)
+    if rank >= world_size:
         raise ValueError(f"rank: expected 0 <= rank < world_size, got rank={rank}, "
                          f"world_size={world_size}")
     array = array if is_device_array(array) else np.asarray(array)
-    axis = _int_in(axis, "axis", -max(array.ndim, 1), max(array.ndim, 1) - 1)
+    if array.ndim == 0:
+        raise ValueError(f"array: expected an array with a batch axis to split, got a scalar "
+                         f"({array!r})")
+    axis = _int_in(axis, "axis", -array.ndim, array.ndim - 1)
     if is_device_array(array):  # a CuPy array: split on the device
         from . import cuda
         return cuda.array_module().array_split(array, world_size, axis=axis)[rank]

@@ -76,16 +76,23 @@ def attention_step_forward(score, query, keys_proj, values, mask, v=None):
     mask       [N, S] bool, True at real positions
     v          [A] (additive only)
 
-    Returns ``(context [N, K], weights [N, S], saved)``; ``saved`` is what the backward needs.
+    Returns ``(context [N, K], weights [N, S], saved)``; ``saved`` is what the backward needs
+    (its own copy of the weights: the caller may change the returned ones, as for a plot).
     A sample with no real position gets all-zero weights and a zero context."""
     if not isinstance(query, np.ndarray):
         raise TypeError(f"query: expected a numpy.ndarray, got {type(query).__name__}")
+    # bool, or integers of 0 and 1 (a cast to bytes made 0.5 and 256 0, masked, silently)
+    if not isinstance(mask, np.ndarray) or mask.dtype.kind not in "biu":
+        raise TypeError(f"mask: expected a numpy.ndarray of dtype bool (True at real "
+                        f"positions), got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.dtype != np.bool_ and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError("mask: expected 0 and 1 (or bool), got other values")
     dtype = query.dtype
     args = (np.ascontiguousarray(query), np.ascontiguousarray(keys_proj, dtype),
             np.ascontiguousarray(values, dtype), np.ascontiguousarray(mask, np.uint8),
             None if v is None else np.ascontiguousarray(v, dtype))
     context, weights, hidden = _C.attention_forward(score, *args)
-    return context, weights, (score, args, hidden, weights)
+    return context, weights, (score, args, hidden, weights.copy())
 
 
 def attention_step_backward(saved, dcontext, dweights=None):
