@@ -401,6 +401,11 @@ def test_what_is_measured_after_training_does_not_bind_a_resume(tmp_path, capsys
     demo = ["demo", "--no-timing", "--hidden", "4", "--epochs", "1", "--no-progress"]
     assert main(demo + ["--checkpoint", ckpt]) == 0
     assert main(demo + ["--resume", ckpt, "--timing-seconds", "0.1"]) == 0
+    ckpt = str(tmp_path / "dates.ckpt")
+    dates = ["train", "dates", "--epochs", "1", "--hidden", "4", "--embed", "4", "--train-size",
+             "64", "--no-progress"]
+    assert main(dates + ["--checkpoint", ckpt]) == 0
+    assert main(dates + ["--resume", ckpt, "--beam", "2"]) == 0
     capsys.readouterr()
 
 

@@ -477,6 +477,9 @@ def test_shard():
         frd.shard(x, rank=0, world_size=0)
     np.testing.assert_array_equal(frd.shard(x, rank=np.int64(1), world_size=np.int32(2)),
                                   x[1:])
+    np.testing.assert_array_equal(frd.shard(x, rank="1", world_size="2"), x[1:])  # (environ's)
+    with pytest.raises(ValueError, match="^rank: expected an integer, got '1.5'"):
+        frd.shard(x, rank="1.5", world_size="2")
     with pytest.raises(ValueError, match="^array: expected an array with a batch axis"):
         frd.shard(np.float32(3), rank=0, world_size=1)
 

@@ -421,6 +421,21 @@ def test_load_weights_refuses_a_recurrent_layer_after_a_mask(masking, tmp_path, 
     apart = keras.Model([a, b], [masks(a), keras.layers.LSTM(3, name="free")(b)])
     assert list(_load_without_keras(_save(apart, tmp_path, "apart.keras"), monkeypatch)) == \
         ["free"]
+    # a nested model of two inputs records a list of masks (nulls here): none is fed
+    a, b = keras.Input((4, 2)), keras.Input((4, 2))
+    pair = keras.Model([a, b], keras.layers.LSTM(3, name="enc")(
+        keras.layers.Concatenate()([a, b])), name="pair")
+    x, y = keras.Input((4, 2)), keras.Input((4, 2))
+    two = keras.Model([x, y], pair([x, y]))
+    assert list(_load_without_keras(_save(two, tmp_path, "two.keras"), monkeypatch)) == \
+        ["pair/enc"]
+    # a functional model that makes a mask, in a Sequential: the layers after it are refused
+    i = keras.Input((4, 2))
+    masking = keras.Model(i, keras.layers.Dense(2)(keras.layers.Masking(0.0, name="msk")(i)),
+                          name="masking")
+    held = keras.Sequential([keras.Input((4, 2)), masking, keras.layers.LSTM(3, name="after")])
+    with pytest.raises(ValueError, match=r"layer \(LSTM 'after'\) comes after 'masking/msk'"):
+        _load_without_keras(_save(held, tmp_path, "held.keras"), monkeypatch)
 
 
 def _rewrite(path, member, change):

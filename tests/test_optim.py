@@ -279,6 +279,15 @@ def test_clip_and_adam_refuse_bad_arguments():
         optim.clip_grad_norm_([Parameter(np.zeros(2))], 1.0, 0)
     with pytest.raises(ValueError, match="^momentum: expected a number >= 0, got 'a'"):
         optim.SGD([p], momentum="a", nesterov=True)  # (was a bare TypeError of the <=)
+    # nesterov's rule holds for groups added or loaded later too (they ran plain SGD)
+    sgd = optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True)
+    saved = sgd.state_dict()
+    saved["param_groups"][0]["momentum"] = 0
+    for call in (lambda: sgd.load_state_dict(saved),
+                 lambda: sgd.add_param_group({"params": [Parameter(np.ones(2))], "momentum": 0})):
+        with pytest.raises(ValueError, match="^nesterov: requires momentum > 0"):
+            call()
+    assert len(sgd.param_groups) == 1 and sgd.param_groups[0]["momentum"] == 0.9
 
 
 def test_clipping_and_steps_refuse_what_torch_refuses_and_keep_nan():

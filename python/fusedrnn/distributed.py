@@ -332,6 +332,16 @@ def get_world_size(group=None) -> int:
     return dist.get_world_size(group) if dist.is_initialized() else 1
 
 
+def _from_text(value, name):
+    """An integer given as text (an environment variable's) as an int; anything else as is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+
+
 def shard(array, axis: int = 0, rank: Optional[int] = None,
           world_size: Optional[int] = None):
     """This rank's contiguous part of ``array`` along ``axis`` (a view, as ``np.array_split``).
@@ -348,9 +358,11 @@ def shard(array, axis: int = 0, rank: Optional[int] = None,
         rank, world_size: default to :func:`get_rank` and :func:`get_world_size` (0 and 1
             without ``torch.distributed``, so the same script runs as one process).
     """
-    # (integers only: int() made world_size=2.9 a 2 and rank=True a 1, silently)
-    world_size = get_world_size() if world_size is None else _int_in(world_size, "world_size", 1)
-    rank = get_rank() if rank is None else _int_in(rank, "rank", 0)
+    # integers, or their text (os.environ["RANK"]): int() made world_size=2.9 a 2 and
+    # rank=True a 1, silently
+    world_size = get_world_size() if world_size is None else \
+        _int_in(_from_text(world_size, "world_size"), "world_size", 1)
+    rank = get_rank() if rank is None else _int_in(_from_text(rank, "rank"), "rank", 0)
     if rank >= world_size:
         raise ValueError(f"rank: expected 0 <= rank < world_size, got rank={rank}, "
                          f"world_size={world_size}")

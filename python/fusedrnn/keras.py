@@ -506,13 +506,21 @@ def _makes_mask(entry):
 
 def _mask_fed(entry):
     """The layer whose output is the Keras mask a functional model's layer is called with
-    (its inbound nodes' ``mask`` argument), or None."""
+    (its inbound nodes' ``mask`` argument: a serialized tensor, or a list of them and nulls
+    for a layer of several inputs), or None."""
+    def names(mask):
+        if isinstance(mask, (list, tuple)):
+            for part in mask:
+                yield from names(part)
+        elif isinstance(mask, dict):
+            history = mask.get("config", {}).get("keras_history")
+            yield str(history[0]) if history else "a mask"
+        elif mask:
+            yield "a mask"
     for node in entry.get("inbound_nodes") or []:
         mask = node.get("kwargs", {}).get("mask") if isinstance(node, dict) else None
-        if mask:
-            history = mask.get("config", {}).get("keras_history") if isinstance(mask, dict) \
-                else None
-            return str(history[0]) if history else "a mask"
+        for name in names(mask):
+            return name
     return None
 
 
@@ -520,13 +528,15 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
     """Add the supported layers of a serialized Sequential/functional model to ``modules``;
     returns the name of a layer making a Keras mask before them (or ``mask``), which a
     recurrent layer after it in a Sequential is refused for (in a functional model, one called
-    with a mask).
+    with a mask; a functional model returns its first mask-making layer, or ``mask``, for a
+    Sequential that holds it).
 
     Keras' saving_lib stores the layers of a model in ``<group>/layers/<snake_case(class)>``,
     numbered ``_1``, ``_2``... in the order of the config's layers per class name (not by the
     layers' names); a nested model is a group of its own."""
     used = {}
     functional = isinstance(model, dict) and model.get("class_name") == "Functional"
+    made = None  # a functional model's first mask-making layer (or nested model making one)
     for entry in _model_layers(model, path):
         class_name, name = entry.get("class_name"), entry.get("config", {}).get("name")
         base = _snake_case(str(class_name))
@@ -542,9 +552,14 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
                              else None if functional else mask)
             if not functional:
                 mask = inner
+            elif inner:
+                made = made or inner
             continue
-        if _makes_mask(entry) and not functional:
-            mask = mask or prefix + str(name)
+        if _makes_mask(entry):
+            if functional:
+                made = made or prefix + str(name)
+            else:
+                mask = mask or prefix + str(name)
         if class_name not in (*_LAYERS, "RNN", "Bidirectional"):
             continue
         fed = mask or (functional and _mask_fed(entry))
@@ -566,7 +581,7 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
                  if class_name == "Bidirectional" else [f"{layer_group}/cell"])
         modules[prefix + name] = _build(entry, [_read_vars(store, c, path) for c in cells],
                                         f"path: {path!r}: {_describe(class_name, name)}")
-    return mask
+    return made or mask if functional else mask
 
 
 def load_weights(path):

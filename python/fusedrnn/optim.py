@@ -86,7 +86,11 @@ class Optimizer:
             raise ValueError(f"{where}: a parameter appears in more than one group")
         for key in self.defaults:  # a group's own values, checked as the constructor's
             g[key] = self._checked(key, g[key], f"{where}[{key!r}]" if key in group else key)
+        self._check_group(g)
         self.param_groups.append(g)
+
+    def _check_group(self, group):
+        """A rule between a group's values (SGD's nesterov): an error unless it holds."""
 
     @staticmethod
     def _checked(key, value, name):
@@ -199,6 +203,8 @@ class Optimizer:
                 entry[name] = value
             new_state[p] = entry
         for saved, own in zip(values, self.param_groups):
+            self._check_group({**own, **saved})
+        for saved, own in zip(values, self.param_groups):
             for k, v in saved.items():
                 own[k] = tuple(v) if isinstance(self.defaults.get(k), tuple) else v
         self.state = new_state
@@ -220,8 +226,11 @@ class SGD(Optimizer):
                  nesterov=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=bool(nesterov)))
-        # (after the constructor's checks, which name a momentum that is no number)
-        if nesterov and (momentum <= 0 or dampening != 0):
+
+    def _check_group(self, group):
+        # (after the values' own checks, which name a momentum that is no number; a group
+        # added or loaded later is held to it too)
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
 
     def _update(self, group, p, grad, state):

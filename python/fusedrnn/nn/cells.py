@@ -80,8 +80,9 @@ Backward:
     a sequence run in reverse step order, as BPTT does: add the returned gradient of the
     previous state into the gradient of the previous step's output before its backward. A call
     in eval mode pushes nothing; ``clear_steps()`` drops steps whose backward will not run. A
-    backward that raises (a gradient of the wrong shape or dtype, a parameter written since the
-    step) pops nothing: called again correctly, it back-propagates the same step.
+    backward refused for its gradient (the wrong shape or dtype) pops nothing: called again
+    correctly, it back-propagates the same step. One refused because a parameter was written
+    since the step drops that step, which no backward can use.
 
 $backward_inputs
 
@@ -315,12 +316,17 @@ class RNNCellBase(Module):
     def _latest(self):
         """(ctx, batched) of the latest training-mode step not yet back-propagated. It stays
         pending until :meth:`_done` (after its backward ran): a backward refused for its
-        arguments loses no step, and the retry back-propagates this one."""
+        arguments loses no step, and the retry back-propagates this one (a step whose
+        parameters were written since is dropped as the error is raised)."""
         if not self._steps:
             raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left to "
                                f"back-propagate (each forward in training mode allows one backward)")
         ctx, batched, written = self._steps[-1]
-        check_unwritten(self, written)
+        try:
+            check_unwritten(self, written)
+        except RuntimeError:  # a step whose parameters changed can never be back-propagated
+            self._done()
+            raise
         return ctx, batched
 
     def _done(self):

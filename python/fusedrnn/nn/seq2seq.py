@@ -215,9 +215,17 @@ class Decoder(Module):
         ``memory_backward``, which the owner calls after this)."""
         steps = self._steps
         T = len(steps)
-        if T == 0 or dlogits.shape[0] != T:
-            raise RuntimeError(f"Decoder.backward: {T} saved steps, dlogits has shape "
-                               f"{dlogits.shape} (expected [T, N, V] for the saved steps)")
+        if T == 0:
+            raise RuntimeError("Decoder.backward: no saved step (a training-mode forward "
+                               "saves them)")
+        # checked before the steps are taken: a refused dlogits leaves them for the retry
+        expected = (T, steps[0][1].shape[0], self.out.weight.data.shape[0])
+        if not isinstance(dlogits, np.ndarray) or dlogits.dtype.kind != "f":
+            raise TypeError(f"dlogits: expected a float numpy.ndarray {list(expected)}, got "
+                            f"{getattr(dlogits, 'dtype', type(dlogits).__name__)}")
+        if dlogits.shape != expected:
+            raise ValueError(f"dlogits: expected shape {expected} (the saved steps' logits), "
+                             f"got {dlogits.shape}")
         self._steps = []
         H, S, K, E, L = (self.hidden_size, self.state_size, self.key_size, self.embed_size,
                          self.num_layers)

@@ -147,7 +147,7 @@ def parse_node(node):
             _refuse(node, "attribute clip is not supported (the kernels compute the cells' own "
                           "activations, unclipped)")
         elif a.name in ("activation_alpha", "activation_beta"):
-            if len(value):  # (an empty list gives none)
+            if not isinstance(value, (list, tuple)) or len(value):  # (an empty list: none)
                 parameters.append(a.name)  # refused after the activations they belong to
         else:
             _refuse(node, f"attribute {a.name} is not supported")
@@ -157,8 +157,8 @@ def parse_node(node):
     if not activations:  # absent, or an empty list: the defaults, as onnxruntime takes it
         activations = list(allowed[0]) * D
     elif cell == "rnn" and D == 1 and len(activations) == 2:
-        # the RNN schema's default lists two (Tanh, Tanh); a one-direction node that spells it
-        # out runs its first, as onnxruntime does
+        # the RNN schema's default lists two (Tanh, Tanh); a one-direction node given two
+        # runs the first, as onnxruntime does
         activations = activations[:1]
     if len(activations) != n * D:
         _refuse(node, f"attribute activations: expected {n * D} ({n} per direction), got "

@@ -74,12 +74,23 @@ def _check_device(device, what="device"):
 def _check_same_device(t, name, weight):
     """``t`` must be a dense tensor living where the parameters do (the kernels read both as
     plain arrays: a sparse or nested one is refused by name, as torch.nn's cells refuse it)."""
-    if t.layout != torch.strided or t.is_nested:
+    if t.layout is not torch.strided or t.is_nested:
         raise TypeError(f"{name}: expected a dense tensor (layout torch.strided), got "
                         f"{'a nested tensor' if t.is_nested else f'layout {t.layout}'}")
     if t.device != weight.device:
         raise ValueError(f"{name}: expected a tensor on {weight.device} (the parameters' "
                          f"device), got one on {t.device}")
+
+
+def _plain_call(input, hx):
+    """Whether a call's input and state are plain tensors (None, or a pair for the LSTMs): no
+    torch.fx Proxy among them, nothing for :func:`_fx_leaf` to look at (a few type checks:
+    every call asks)."""
+    if type(input) is not torch.Tensor:
+        return False
+    return hx is None or type(hx) is torch.Tensor or (
+        type(hx) is tuple and len(hx) == 2 and type(hx[0]) is torch.Tensor
+        and type(hx[1]) is torch.Tensor)
 
 
 def _fx_leaf(module, input, hx):
@@ -349,7 +360,7 @@ class _RecurrentBase(nn.Module):
 
     def forward(self, input, hx=None):
         """Run every layer and direction; see the class docstring for inputs and outputs."""
-        if type(input) is not torch.Tensor or not (hx is None or type(hx) is torch.Tensor):
+        if not _plain_call(input, hx):
             node = _fx_leaf(self, input, hx)
             if node is not None:
                 return node
@@ -687,7 +698,7 @@ class LSTMCell(_CellBase):
 
     def forward(self, input, hx=None):
         """(h_1, c_1) after one step from ``hx = (h_0, c_0)``."""
-        if type(input) is not torch.Tensor or not (hx is None or type(hx) is tuple):
+        if not _plain_call(input, hx):
             node = _fx_leaf(self, input, hx)
             if node is not None:
                 return node
@@ -734,7 +745,7 @@ class GRUCell(_CellBase):
 
     def forward(self, input, hx=None):
         """h_1 after one step from ``hx``."""
-        if type(input) is not torch.Tensor or not (hx is None or type(hx) is torch.Tensor):
+        if not _plain_call(input, hx):
             node = _fx_leaf(self, input, hx)
             if node is not None:
                 return node
@@ -770,7 +781,7 @@ class RNNCell(_CellBase):
 
     def forward(self, input, hx=None):
         """h_1 after one step from ``hx``."""
-        if type(input) is not torch.Tensor or not (hx is None or type(hx) is torch.Tensor):
+        if not _plain_call(input, hx):
             node = _fx_leaf(self, input, hx)
             if node is not None:
                 return node
