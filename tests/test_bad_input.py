@@ -367,8 +367,10 @@ def test_refused_cell_backward_keeps_its_step(make):
     assert cell.pending_steps == 1
     for p, q in zip(cell.parameters(), fresh.parameters()):
         np.testing.assert_array_equal(p.grad, q.grad)
-    # a step whose parameters were written since cannot be back-propagated: it is dropped as
-    # the backward refuses, so that a new forward's step is the next one taken
+    # steps whose parameters were written since cannot be back-propagated: all pending ones
+    # are dropped as the backward refuses, so that a new forward's step is the next one taken
+    cell(xs[0])
+    assert cell.pending_steps == 2
     cell.weight_hh.data = cell.weight_hh.data.copy()
     with pytest.raises(RuntimeError, match="a parameter was written"):
         cell.backward(dh)

@@ -288,6 +288,8 @@ def test_clip_and_adam_refuse_bad_arguments():
         with pytest.raises(ValueError, match="^nesterov: requires momentum > 0"):
             call()
     assert len(sgd.param_groups) == 1 and sgd.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="^nesterov: requires momentum > 0"):  # as torch's
+        optim.SGD([{"params": [p], "momentum": 0.9}], lr=0.1, nesterov=True)  # defaults: 0
 
 
 def test_clipping_and_steps_refuse_what_torch_refuses_and_keep_nan():

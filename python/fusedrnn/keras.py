@@ -529,7 +529,8 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
     returns the name of a layer making a Keras mask before them (or ``mask``), which a
     recurrent layer after it in a Sequential is refused for (in a functional model, one called
     with a mask; a functional model returns its first mask-making layer, or ``mask``, for a
-    Sequential that holds it).
+    Sequential that holds it: whether or not that mask reaches its outputs, as a flat
+    Sequential counts a mask made anywhere before).
 
     Keras' saving_lib stores the layers of a model in ``<group>/layers/<snake_case(class)>``,
     numbered ``_1``, ``_2``... in the order of the config's layers per class name (not by the

@@ -224,8 +224,12 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=bool(nesterov)))
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=bool(nesterov))
+        # the defaults are held to the rule too, as torch's are (a group giving its own
+        # momentum does not make a default momentum of 0 with nesterov valid)
+        self._check_group({k: self._checked(k, v, k) for k, v in defaults.items()})
+        super().__init__(params, defaults)
 
     def _check_group(self, group):
         # (after the values' own checks, which name a momentum that is no number; a group

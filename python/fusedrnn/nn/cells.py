@@ -82,7 +82,7 @@ Backward:
     in eval mode pushes nothing; ``clear_steps()`` drops steps whose backward will not run. A
     backward refused for its gradient (the wrong shape or dtype) pops nothing: called again
     correctly, it back-propagates the same step. One refused because a parameter was written
-    since the step drops that step, which no backward can use.
+    since the step drops every pending step, which no backward can use.
 
 $backward_inputs
 
@@ -316,16 +316,16 @@ class RNNCellBase(Module):
     def _latest(self):
         """(ctx, batched) of the latest training-mode step not yet back-propagated. It stays
         pending until :meth:`_done` (after its backward ran): a backward refused for its
-        arguments loses no step, and the retry back-propagates this one (a step whose
-        parameters were written since is dropped as the error is raised)."""
+        arguments loses no step, and the retry back-propagates this one (when a parameter was
+        written since, every pending step is dropped as the error is raised)."""
         if not self._steps:
             raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left to "
                                f"back-propagate (each forward in training mode allows one backward)")
         ctx, batched, written = self._steps[-1]
         try:
             check_unwritten(self, written)
-        except RuntimeError:  # a step whose parameters changed can never be back-propagated
-            self._done()
+        except RuntimeError:  # written after this step, so after every older one too: none
+            self.clear_steps()  # can ever be back-propagated
             raise
         return ctx, batched
 
