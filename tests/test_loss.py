@@ -91,3 +91,23 @@ def test_cross_entropy_label_smoothing_matches_torch(reduction):
         np.testing.assert_allclose(f.backward(g), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="label_smoothing: expected a number in"):
         fr.nn.CrossEntropyLoss(label_smoothing=1.5)
+
+
+def test_integer_inputs_and_misshapen_gradients_are_named():
+    """Integer inputs are refused (MSELoss's gradient scale and Dropout's 1/(1-p) truncated to
+    0 there: a zero gradient, NaN and inf), as torch refuses them; a "none" reduction's grad of
+    another shape than the losses' is refused (it broadcast silently)."""
+    with pytest.raises(TypeError, match="^input: expected a float array, got dtype int64"):
+        fr.nn.MSELoss()(np.array([1, 1, 1]), np.array([0, 0, 0]))
+    with pytest.raises(TypeError, match="^x: expected a float array, got dtype int64"):
+        fr.nn.Dropout(0.5, seed=0)(np.arange(6))
+    mse = fr.nn.MSELoss(reduction="none")
+    mse(np.ones((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"^grad: expected shape \(2, 3\)"):
+        mse.backward(np.ones(3))
+    np.testing.assert_array_equal(mse.backward(2.0), np.full((2, 3), 4.0))
+    ce = fr.nn.CrossEntropyLoss(reduction="none")
+    ce(np.zeros((2, 3, 4)), np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match=r"^grad: expected shape \(2, 3\)"):
+        ce.backward(np.ones(3))
+    assert ce.backward(np.ones((2, 3))).shape == (2, 3, 4)

@@ -205,3 +205,35 @@ def test_fit_checks_batches_keeps_other_stages_and_an_ignored_sigint(tmp_path):
         assert len(steps) == 6
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_fit_names_bad_arguments_before_any_work():
+    def batches(epoch):
+        raise AssertionError("fit called make_batches before checking its arguments")
+    for args, error, match in (((lambda b: 0.0, batches, 2.5), TypeError, "^epochs"),
+                               ((lambda b: 0.0, batches, "2"), TypeError, "^epochs"),
+                               ((lambda b: 0.0, batches, -1), ValueError, "^epochs"),
+                               ((3, batches, 1), TypeError, "^train_step: expected a callable"),
+                               ((lambda b: 0.0, 5, 1), TypeError, "^make_batches: expected")):
+        with pytest.raises(error, match=match):
+            fit(*args, progress=False)
+    assert fit(lambda b: 0.0, batches, 0, progress=False) == []
+
+
+def test_a_resume_that_does_not_fit_changes_nothing(tmp_path):
+    """A checkpoint refused for one object leaves every object as it was (those restored
+    before it were overwritten)."""
+    from fusedrnn.training import Checkpointer
+    path = tmp_path / "a.ckpt"
+    batches = lambda epoch: [np.array([0]), np.array([1])]  # noqa: E731
+    fit(lambda b: 0.5, batches, 1, progress=False,
+        state={"rng": np.random.default_rng(0), "model": fr.nn.Linear(3, 2, seed=0)},
+        checkpoint=Checkpointer(path, every=1))
+    rng, model = np.random.default_rng(123), fr.nn.Linear(4, 2, seed=1)
+    rng_before, weights_before = rng.bit_generator.state, model.state_dict()
+    with pytest.raises(ValueError, match="does not fit this run"):
+        fit(lambda b: 0.5, batches, 2, progress=False, state={"rng": rng, "model": model},
+            checkpoint=Checkpointer(tmp_path / "b.ckpt", every=1, resume=path))
+    assert rng.bit_generator.state == rng_before
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, weights_before[k])

@@ -137,6 +137,13 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
     all back first, so the run goes on bit for bit. The first Ctrl-C lets the step under way
     finish (its state is then whole), a second one stops at once; either way ``fit`` raises
     :class:`TrainingInterrupted`."""
+    for name, fn in (("train_step", train_step), ("make_batches", make_batches),
+                     ("evaluate", evaluate)):
+        if fn is not None and not callable(fn):  # (named before any work is done)
+            raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
+    if train_step is None or make_batches is None:
+        raise TypeError("train_step, make_batches: expected callables, got None")
+    epochs = _int_in(epochs, "epochs", 0)
     objects = dict(state or {})
     if scheduler is not None:
         objects.setdefault("scheduler", scheduler)
@@ -332,9 +339,19 @@ def gather_state(objects):
 
 
 def restore_state(objects, saved):
-    """Put back what :func:`gather_state` took from objects of the same kinds and shapes."""
+    """Put back what :func:`gather_state` took from objects of the same kinds and shapes: all
+    of them or, where one does not fit, none (those put back already are restored)."""
     if set(saved) != set(objects):
         raise ValueError(f"holds the state of {sorted(saved)}, this run trains {sorted(objects)}")
+    before = gather_state(objects)
+    try:
+        _put_state(objects, saved)
+    except BaseException:
+        _put_state(objects, before)
+        raise
+
+
+def _put_state(objects, saved):
     for name, obj in objects.items():
         entry = saved[name]
         if isinstance(obj, np.random.Generator):

@@ -265,6 +265,8 @@ class Dropout(Module):
             self._mask = 1.0 if self.training else None
             return x
         x = np.asarray(x)
+        if x.dtype.kind != "f":  # (1/(1-p) in an integer dtype divided by 0)
+            raise TypeError(f"x: expected a float array, got dtype {x.dtype}")
         if self.p == 1.0:
             mask = np.zeros(x.shape, x.dtype)
         else:

@@ -41,6 +41,16 @@ def _check_reduction(reduction):
     return reduction
 
 
+
+def _grad_like(grad, shape, dtype):
+    """A "none" reduction's upstream gradient: an array of the per-position losses' shape
+    (broadcasting a smaller one would give the wrong gradient silently), or a number."""
+    grad = np.asarray(grad, dtype=dtype)
+    if grad.ndim and grad.shape != tuple(shape):
+        raise ValueError(f"grad: expected shape {tuple(shape)} (the losses') or a number, got "
+                         f"{grad.shape}")
+    return grad
+
 class CrossEntropyLoss(Module):
     """``-log softmax(logits)[target]``, averaged over the targets that are not ``ignore_index``
     (reduction "mean"), summed ("sum") or per position ("none", 0 at ignored positions).
@@ -105,7 +115,7 @@ class CrossEntropyLoss(Module):
                           np.take_along_axis(d, safe[..., None], axis=-1) - (1 - eps), axis=-1)
         d *= valid[..., None]
         if self.reduction == "none":
-            scale = np.asarray(grad, dtype=dtype)[..., None]
+            scale = _grad_like(grad, valid.shape, dtype)[..., None]
         elif self.reduction == "sum":
             scale = grad
         else:
@@ -131,6 +141,8 @@ class MSELoss(Module):
         elementwise array ("none"). Saves ``input - target`` for backward (in every mode)."""
         input = np.asarray(input)
         target = np.asarray(target)
+        if input.dtype.kind != "f":  # (an integer input's gradient truncated to 0, as torch
+            raise TypeError(f"input: expected a float array, got dtype {input.dtype}")  # refuses)
         if input.shape != target.shape:
             raise ValueError(f"target: expected shape {input.shape} (the shape of input), got "
                              f"{target.shape}")
@@ -149,7 +161,8 @@ class MSELoss(Module):
             raise RuntimeError("MSELoss.backward called before forward")
         diff = self._diff
         if self.reduction == "none":
-            return (2 * diff * np.asarray(grad, dtype=diff.dtype)).astype(diff.dtype, copy=False)
+            return (2 * diff * _grad_like(grad, diff.shape, diff.dtype)).astype(diff.dtype,
+                                                                                copy=False)
         scale = 2.0 * grad / (1 if self.reduction == "sum" else max(diff.size, 1))
         return (diff * diff.dtype.type(scale)).astype(diff.dtype, copy=False)
 
