@@ -169,6 +169,21 @@ def test_captioner_decoding():
                                       .tokens[n])
 
 
+def test_decoder_backward_checks_dlogits_before_taking_its_steps():
+    """Decoder.backward called directly with dlogits of another vocabulary size, batch or
+    kind is named and keeps the saved steps (it cleared them first, then failed in a
+    reshape): the corrected call back-propagates them."""
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
+    logits = model.forward(SRC, SRC_LENGTHS, TGT)  # [N, T, V]
+    good = np.ascontiguousarray(np.swapaxes(np.ones_like(logits), 0, 1))  # [T, N, V]
+    for wrong, error in ((good[:, :, :-1], ValueError), (good[:, :-1], ValueError),
+                         (good.tolist(), TypeError), (good.astype(np.int64), TypeError)):
+        with pytest.raises(error, match="^dlogits: expected"):
+            model.decoder.backward(wrong)
+    dh0 = model.decoder.backward(good)[0]
+    assert np.isfinite(dh0).all() and model.decoder._steps == []
+
+
 def test_dropout_is_checked_with_one_layer_too():
     """One layer has no dropout between layers, but a wrong value is still named (it passed
     unchecked), as every layer names it."""
