@@ -76,8 +76,9 @@ def attention_step_forward(score, query, keys_proj, values, mask, v=None):
     mask       [N, S] bool, True at real positions
     v          [A] (additive only)
 
-    Returns ``(context [N, K], weights [N, S], saved)``; ``saved`` is what the backward needs
-    (its own copy of the weights: the caller may change the returned ones, as for a plot).
+    Returns ``(context [N, K], weights [N, S], saved)``; ``saved`` is what the backward needs,
+    the returned weights among it (copy them before changing them in place, as for a plot:
+    the attention modules return a copy where they keep the step for a backward).
     A sample with no real position gets all-zero weights and a zero context."""
     if not isinstance(query, np.ndarray):
         raise TypeError(f"query: expected a numpy.ndarray, got {type(query).__name__}")
@@ -92,7 +93,7 @@ def attention_step_forward(score, query, keys_proj, values, mask, v=None):
             np.ascontiguousarray(values, dtype), np.ascontiguousarray(mask, np.uint8),
             None if v is None else np.ascontiguousarray(v, dtype))
     context, weights, hidden = _C.attention_forward(score, *args)
-    return context, weights, (score, args, hidden, weights.copy())
+    return context, weights, (score, args, hidden, weights)
 
 
 def attention_step_backward(saved, dcontext, dweights=None):
@@ -187,8 +188,9 @@ class AttentionBase(Module):
         context, weights, saved = attention_step_forward(
             self.score, self._project_query(query), mem["keys_proj"], mem["keys"], mem["mask"],
             self._v())
-        if self.training:
-            self._steps.append((query, saved))
+        if self.training:  # (the caller's weights apart from the saved ones: no copy where
+            self._steps.append((query, saved))  # nothing is saved, as in decoding)
+            weights = weights.copy()
         return context, weights
 
     def backward(self, dcontext, dweights=None):

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
-from .layers import _flag, _int_in, _seeded
+from .layers import _flag, _int_in, _number_in, _seeded
 from .module import (KeptWeights, check_unwritten, write_stamp, Module, Parameter, array_module, check_device, check_dtype,
                      is_device_array, to_device, to_host)
 
@@ -78,14 +78,8 @@ def _check_shape(value, name, shape, what=""):
         raise ValueError(f"{name}: expected shape {tuple(shape)}{what}, got {value.shape}")
 
 
-def dropout_probability(dropout):
-    """A dropout argument as a float in [0, 1] (the probability of zeroing an element), else
-    ValueError naming it."""
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
-            or not 0.0 <= float(dropout) <= 1.0:
-        raise ValueError(f"dropout: expected a number in [0, 1] (the probability of zeroing "
-                         f"an element), got {dropout!r}")
-    return float(dropout)
+# a layer's (and Seq2Seq's) dropout argument, as _number_in states it
+DROPOUT = ("dropout", 0.0, 1.0, "in [0, 1] (the probability of zeroing an element)")
 
 
 class RNNBase(Module):
@@ -108,7 +102,7 @@ class RNNBase(Module):
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
         self.num_layers = _positive_int(num_layers, "num_layers")
         self.nonlinearity = F.check_nonlinearity(nonlinearity)
-        self.dropout = dropout_probability(dropout)
+        self.dropout = _number_in(dropout, *DROPOUT)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: dropout is "
                           f"applied between layers, never after the last", UserWarning,

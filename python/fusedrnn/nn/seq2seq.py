@@ -48,7 +48,7 @@ from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int
                      _number_in, _positive_int, _seeded)
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module
-from .recurrent import GRU, LSTM, LayerNormLSTM, dropout_probability
+from .recurrent import DROPOUT, GRU, LSTM, LayerNormLSTM
 
 __all__ = ["Decoder", "Seq2Seq", "Captioner", "DecodeResult"]
 
@@ -597,7 +597,7 @@ class Seq2Seq(_Generator):
         self.src_embedding = Embedding(src_vocab_size, embed_size, padding_idx=pad_idx,
                                        dtype=dtype, seed=s[0])
         options = _cell_options(cell, peephole, reset_after, proj_size)
-        dropout = dropout_probability(dropout)  # (checked with one layer too, where it is moot)
+        dropout = _number_in(dropout, *DROPOUT)  # (checked with one layer too, where it is moot)
         self.encoder = CELLS[cell][0](embed_size, H, L, bidirectional=bidirectional,
                                       dropout=dropout if L > 1 else 0.0, dtype=dtype, seed=s[1],
                                       **options)
