@@ -176,6 +176,19 @@ def test_genetic_algorithm_state_round_trip():
     assert other.history == ga.history and np.array_equal(other.population, ga.population)
     with pytest.raises(ValueError, match="population"):
         optim.GeneticAlgorithm(model, lambda: 0.0, population_size=5).load_state_dict(saved)
+    # a refused state changes nothing, whichever entry is wrong, and names the entry
+    before = other.state_dict()
+    for key, value, match in (("best_fitness", "abc", "best_fitness"), ("rng", {"a": 1}, "rng"),
+                              ("generation", 1.5, "generation"), ("scores", "x", "scores")):
+        bad = dict(saved, population=saved["population"] + 1.0, **{key: value})
+        with pytest.raises((TypeError, ValueError), match=match):
+            other.load_state_dict(bad)
+        after = other.state_dict()
+        assert all(np.array_equal(after[k], before[k], equal_nan=True)
+                   for k in ("population", "scores"))
+        assert after["rng"] == before["rng"] and after["history"] == before["history"]
+    with pytest.raises(ValueError, match="missing 'rng'"):
+        other.load_state_dict({k: v for k, v in saved.items() if k != "rng"})
 
 
 # ---------------------------------------------------------------------------- every CLI task

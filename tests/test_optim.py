@@ -257,12 +257,28 @@ def test_genetic_algorithm_interrupted_step_keeps_the_parameters():
     (dict(mutation_rate=-1), ValueError, r"mutation_rate: expected a number in \[0, 1\]"),
     (dict(crossover_rate=1.5), ValueError, "crossover_rate"),
     (dict(mutation_std=-0.1), ValueError, "mutation_std: expected a number >= 0"),
+    (dict(mutation_std=float("inf")), ValueError, "mutation_std: expected a number >= 0 and fin"),
+    (dict(init_std=float("inf")), ValueError, "init_std: expected a number >= 0 and finite"),
     (dict(init_std=float("nan")), ValueError, "init_std"),
 ])
 def test_genetic_algorithm_refuses_bad_settings(kwargs, error, match):
     with pytest.raises(error, match=match):
         optim.GeneticAlgorithm([Parameter(np.zeros(3))], lambda: 0.0, **kwargs)
     optim.GeneticAlgorithm([Parameter(np.zeros(3))], lambda: 0.0, population_size=np.int64(4))
+
+
+def test_genetic_algorithm_refuses_bad_run_arguments_and_empty_params():
+    ga = optim.GeneticAlgorithm([Parameter(np.zeros(3))], lambda: 0.0, population_size=4, seed=0)
+    for generations, error in ((2.7, TypeError), ("3", TypeError), (True, TypeError),
+                               (None, TypeError), (-1, ValueError)):
+        with pytest.raises(error, match="generations: expected an integer"):
+            ga.run(generations)
+    with pytest.raises(TypeError, match="callback: expected a callable"):
+        ga.run(3, callback="not callable")
+    assert ga.generation == 0  # refused before any work
+    assert ga.run(np.int64(1)) == 0.0 and ga.generation == 1
+    with pytest.raises(ValueError, match="params: the genetic algorithm got an empty"):
+        optim.GeneticAlgorithm([], lambda: 0.0)
 
 
 def test_clip_and_adam_refuse_bad_arguments():

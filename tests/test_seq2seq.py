@@ -206,6 +206,9 @@ def test_decoding_and_loss_refuse_bad_arguments():
         model.loss(SRC, SRC_LENGTHS + 0.5, TGT)
     with pytest.raises(ValueError, match=r"src_lengths: expected values in \[0, 5\]"):
         model.greedy_decode(SRC, SRC_LENGTHS + 1)
+    for bad in (SRC + 1, SRC - 1):  # the source vocabulary, named as src (not Embedding's)
+        with pytest.raises(ValueError, match=r"src: expected token ids in \[0, 8\]"):
+            model.greedy_decode(bad, SRC_LENGTHS)
     for tgt in (TGT[:2], TGT[:, :0]):
         with pytest.raises(ValueError, match=r"tgt: expected \[3, T\] with T >= 1"):
             model.loss(SRC, SRC_LENGTHS, tgt)

@@ -50,6 +50,9 @@ def _betas(value, name="betas"):
     return float(pair[0]), float(pair[1])
 
 
+_FLOAT_MAX = float(np.finfo(np.float64).max)  # (a bound that refuses inf and NaN)
+
+
 def _nonnegative(value, name):
     return _number_in(value, name, 0.0, math.inf, ">= 0")
 
@@ -510,6 +513,8 @@ class GeneticAlgorithm:
                  seed=None):
         self.module = params if isinstance(params, Module) else None
         self.params = _param_list(params)
+        if not self.params:
+            raise ValueError("params: the genetic algorithm got an empty parameter list")
         if not callable(fitness):
             raise TypeError(f"fitness: expected a callable returning a number, got "
                             f"{type(fitness).__name__}")
@@ -519,9 +524,11 @@ class GeneticAlgorithm:
         self.tournament_size = _int_in(tournament_size, "tournament_size", 1, self.population_size)
         self.crossover_rate = _number_in(crossover_rate, "crossover_rate", 0, 1, "in [0, 1]")
         self.mutation_rate = _number_in(mutation_rate, "mutation_rate", 0, 1, "in [0, 1]")
-        self.mutation_std = _nonnegative(mutation_std, "mutation_std")
+        # finite: an infinite spread makes NaN candidates (inf * 0 where a gene is not mutated)
+        self.mutation_std = _number_in(mutation_std, "mutation_std", 0.0, _FLOAT_MAX,
+                                       ">= 0 and finite")
         if init_std is not None:
-            _nonnegative(init_std, "init_std")
+            _number_in(init_std, "init_std", 0.0, _FLOAT_MAX, ">= 0 and finite")
         self.rng = _seeded(seed)
         start = parameters_to_vector(self.params)
         std = float(np.std(start)) if init_std is None else float(init_std)
@@ -600,25 +607,50 @@ class GeneticAlgorithm:
 
     def load_state_dict(self, state_dict):
         """Restore what :meth:`state_dict` returned, from a run of the same population size
-        and parameter shapes."""
-        arrays = {}
+        and parameter shapes. Everything is checked first: a refused state changes nothing."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
+        missing = [k for k in self.state_dict() if k not in state_dict]
+        if missing:
+            raise ValueError(f"state_dict: missing {', '.join(map(repr, missing))}")
+        new = {}
         for name, shape in (("population", self.population.shape), ("scores", self.scores.shape),
                             ("best_vector", self.best_vector.shape)):
-            value = np.asarray(state_dict[name], dtype=np.float64)
-            if value.shape != shape:
-                raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {value.shape}")
-            arrays[name] = value.copy()
+            try:
+                value = np.array(state_dict[name], dtype=np.float64)
+            except (TypeError, ValueError):
+                value = None
+            if value is None or value.shape != shape:
+                got = "not numbers" if value is None else f"shape {value.shape}"
+                raise ValueError(f"state_dict[{name!r}]: expected float64 values of shape "
+                                 f"{shape}, got {got}")
+            new[name] = value
+        try:
+            new["best_fitness"] = float(state_dict["best_fitness"])
+            new["history"] = [float(v) for v in state_dict["history"]]
+        except (TypeError, ValueError):
+            raise ValueError("state_dict['best_fitness'] and ['history']: expected numbers, got "
+                             f"{state_dict['best_fitness']!r} and {state_dict['history']!r}"
+                             ) from None
+        new["generation"] = _int_in(state_dict["generation"], "state_dict['generation']", 0)
+        rng = np.random.Generator(type(self.rng.bit_generator)())
+        try:  # (the Generator refuses another bit generator's state, or a malformed one)
+            rng.bit_generator.state = state_dict["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"state_dict['rng']: not a state of this run's "
+                             f"{type(self.rng.bit_generator).__name__} ({e})") from None
         self.rng.bit_generator.state = state_dict["rng"]
-        self.population, self.scores = arrays["population"], arrays["scores"]
-        self.best_vector = arrays["best_vector"]
-        self.best_fitness = float(state_dict["best_fitness"])
-        self.generation = int(state_dict["generation"])
-        self.history = [float(v) for v in state_dict["history"]]
+        for name, value in new.items():
+            setattr(self, name, value)
 
     def run(self, generations, callback=None):
         """``generations`` steps; ``callback(generation, best_fitness)`` after each. Returns the
         best fitness."""
-        for _ in range(int(generations)):
+        generations = _int_in(generations, "generations", 0)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable(generation, best_fitness) or None, "
+                            f"got {type(callback).__name__}")
+        for _ in range(generations):
             best = self.step()
             if callback is not None:
                 callback(self.generation, best)

@@ -627,6 +627,10 @@ class Seq2Seq(_Generator):
         src = np.asarray(src)
         if src.ndim != 2 or src.dtype.kind not in "iu":
             raise ValueError(f"src: expected an integer array [N, S], got {src.dtype} {src.shape}")
+        V = self.src_embedding.num_embeddings
+        if src.size and (src.min() < 0 or src.max() >= V):
+            raise ValueError(f"src: expected token ids in [0, {V - 1}] (the source vocabulary), "
+                             f"got min {src.min()} and max {src.max()}")
         if src_lengths is None:
             return src, np.full(src.shape[0], src.shape[1], np.int64)
         return src, F.check_lengths(src_lengths, src.shape[1], src.shape[0], "src_lengths")
