@@ -4,7 +4,11 @@ weight, by any path, is ever answered from a stale pack. Each test changes the w
 and compares the layer's output bit for bit with a call that packs afresh (the functional API,
 no cache: the same plan, so the same bits)."""
 import copy
+import pickle
+import subprocess
+import sys
 import threading
+import weakref
 
 import fusedrnn as fr
 import numpy as np
@@ -155,6 +159,12 @@ def change_through_numpy_out(m, x):
     np.multiply(m.weight_hh_l0.data, 2.0, out=m.weight_hh_l0.data)
 
 
+def change_through_a_weak_reference(m, x):
+    r = weakref.ref(m.weight_hh_l0.data)
+    m(x)
+    r()[...] *= 3.0  # (a weak reference counts no reference: checked apart)
+
+
 def change_by_vector_to_parameters(m, x):
     vector_to_parameters(parameters_to_vector(m.parameters()) * 0.75, m.parameters())
 
@@ -170,7 +180,8 @@ def change_by_reset(m, x):
 CHANGES = [change_by_optimizer, change_by_adam, change_by_load_state_dict,
            change_by_assigning_data, change_by_augmented_assignment, change_in_place,
            change_a_bias_in_place, change_through_a_kept_name, change_through_a_view,
-           change_through_numpy_out, change_by_vector_to_parameters, change_by_new_parameter,
+           change_through_numpy_out, change_through_a_weak_reference,
+           change_by_vector_to_parameters, change_by_new_parameter,
            change_by_reset]
 
 
@@ -214,6 +225,42 @@ def test_a_copy_starts_without_the_packs_and_is_independent(x):
     clone.weight_hh_l0.data[...] = 0.0
     assert np.array_equal(m(x)[0], fresh(m, x))
     assert np.array_equal(clone(x)[0], fresh(clone, x))
+
+
+PICKLE_IN_ONE_PROCESS = """
+import pickle, sys, fusedrnn as fr
+pickle.dump(fr.nn.{cell}(3, 4, seed=1).eval(), open(sys.argv[1], "wb"))
+"""
+WRITE_IN_ANOTHER = """
+import pickle, sys, numpy as np, fusedrnn as fr
+m = pickle.load(open(sys.argv[1], "rb"))
+x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+m(x)  # kept from the versions the weights came with
+for p in m.parameters():
+    p.data[...] *= 0.5
+y = m(x)[0]  # (before state_dict(), whose reads move the versions again)
+fresh = fr.nn.{cell}(3, 4).eval()
+fresh.load_state_dict(m.state_dict())
+print(float(np.abs(y - fresh(x)[0]).max()))
+"""
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_a_layer_pickled_in_another_process_sees_writes(cell, tmp_path):
+    """Versions that came by pickle never meet the ones this process hands out (each process
+    counts from its own random start): a kept pack is renewed after a write."""
+    path = str(tmp_path / "layer.pkl")
+    for code in (PICKLE_IN_ONE_PROCESS, WRITE_IN_ANOTHER):
+        done = subprocess.run([sys.executable, "-c", code.format(cell=cell), path],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == 0.0
+
+
+def test_every_pickle_protocol(x):
+    m = make()
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert np.array_equal(pickle.loads(pickle.dumps(m, protocol))(x)[0], m(x)[0])
 
 
 def test_threads_share_one_layer(x, restore_threads):

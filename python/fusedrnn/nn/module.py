@@ -15,7 +15,9 @@ move every parameter (and gradient); ``state_dict()`` always returns NumPy copie
 from __future__ import annotations
 
 import itertools
+import os
 import sys
+import weakref
 from collections import OrderedDict, namedtuple
 from typing import Iterator, Tuple
 
@@ -79,8 +81,24 @@ IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_k
 
 
 # Parameter versions: one counter for the process, so that a version never repeats, even for
-# a new Parameter in the place of an old one.
-_versions = itertools.count(1)
+# a new Parameter in the place of an old one. It starts at a random 64-bit number (and again in
+# a forked child), so that versions that come by pickle from another process, or from the parent
+# before a fork, never meet the ones this process hands out: an unpickled layer's kept pack
+# could otherwise match the versions of weights written since.
+def _new_version_counter():
+    return itertools.count(int.from_bytes(os.urandom(8), "little"))
+
+
+_versions = _new_version_counter()
+
+
+def _renew_version_counter():
+    global _versions
+    _versions = _new_version_counter()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_version_counter)
 
 
 class Parameter:
@@ -105,6 +123,13 @@ class Parameter:
                             f"got {type(data).__name__}")
         self.data = data
         self.grad = None
+
+    def __getstate__(self):  # (slots: every pickle protocol, 0 and 1 too)
+        return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
 
     @property
     def data(self):
@@ -228,7 +253,8 @@ def _unshared(holder, known=0):
     ``holder`` (and ``known`` references of the caller's own) refers to (no name, view,
     memoryview or tensor shares it)."""
     array = holder._data
-    if not isinstance(array, np.ndarray) or array.base is not None:
+    if not isinstance(array, np.ndarray) or array.base is not None \
+            or weakref.getweakrefcount(array):  # (a weak reference writes unseen too)
         return False
     del array
     return _references_to_data(holder) <= _ALONE + known
