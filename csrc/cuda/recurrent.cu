@@ -704,15 +704,18 @@ layernorm_backward_kernel(int64_t N, int64_t H, const T* gates, const T* extra, 
 
 // The LayerNorm-LSTM's biases and norms' parameters, one thread per column, the rows in order:
 // db_ih = db_hh = sum da; dln = [sum da LN(W_ih x), sum da LN(W_hh h), sum d_cn LN(c'),
-// sum d_cn].
+// sum d_cn]. Rows past a sample's length are skipped (the forward wrote no extra there: 0 times
+// what the memory held could be NaN), as the CPU's loop skips them.
 template <typename T>
-__global__ void layernorm_param_grads_kernel(int64_t TN, int64_t H, const T* da, const T* d_cn,
+__global__ void layernorm_param_grads_kernel(int64_t TN, int64_t N, int64_t H,
+                                             const int64_t* lengths, const T* da, const T* d_cn,
                                              const T* extra, T* db_ih, T* db_hh, T* dln) {
   const int64_t G = 4 * H, E = LayerNormLstmCell::extra_width(H);
   for (int64_t col = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; col < G + H;
        col += int64_t(gridDim.x) * blockDim.x) {
     T s0 = T(0), s1 = T(0), s2 = T(0);
     for (int64_t r = 0; r < TN; ++r) {
+      if (lengths && r / N >= lengths[r % N]) continue;
       const T* ext = extra + r * E;
       if (col < G) {
         const T d = da[r * G + col];
@@ -1585,7 +1588,7 @@ void layernorm_backward(const BackwardArgs<T>& a, T* workspace, const Options& o
   gemm(blas, stream, true, false, GH, I, TN, T(1), dgx, GH, a.x, I, T(0), a.dw_ih, I);
   gemm(blas, stream, true, false, GH, H, TN, T(1), dgh, GH, a.h_prev, H, T(0), a.dw_hh, H);
   layernorm_param_grads_kernel<T><<<blocks_for(GH + H), kThreads, 0, stream>>>(
-      TN, H, da, d_cn, a.extra, a.db_ih, a.db_hh, a.dln);
+      TN, N, H, a.lengths, da, d_cn, a.extra, a.db_ih, a.db_hh, a.dln);
   FUSEDRNN_LAUNCH_CHECK("layernorm_param_grads_kernel");
 }
 

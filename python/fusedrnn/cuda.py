@@ -23,7 +23,7 @@ import contextlib
 
 import numpy as np
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+from .functional import GATES  # (every cell the kernels know, the CPU's and CUDA's alike)
 ALGORITHMS = {"auto": 0, "stepwise": 1, "persistent": 2}
 
 _settings = {"allow_tf32": False, "algorithm": "auto"}
