@@ -128,6 +128,19 @@ def test_load_state_dict_wrong_shape():
         m.load_state_dict([1, 2])
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_a_replaced_weight_of_a_wrong_shape_is_named(training):
+    """The hidden size is read from W_hh: a W_hh of a wrong shape is named, not W_ih."""
+    for m in (nn.LSTM(I, H), nn.GRUCell(I, H)):
+        m.train(training)
+        name = "weight_hh_l0" if hasattr(m, "weight_hh_l0") else "weight_hh"
+        w = getattr(m, name)
+        w.data = np.zeros((w.data.shape[0], H + 1), np.float32)
+        x = np.zeros((2, 3, I) if name.endswith("l0") else (3, I), np.float32)
+        with pytest.raises(ValueError, match="w_hh"):
+            m(x)
+
+
 @pytest.mark.parametrize("m", layers(), ids=["rnn", "lstm", "gru"])
 def test_backward_before_training_forward(m):
     with pytest.raises(RuntimeError, match="backward called before a training-mode forward"):

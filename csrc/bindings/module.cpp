@@ -202,8 +202,9 @@ CallSizes common_args(CellKind cell, const py::array& x_arr, const py::object& w
   a.shape = SeqShape{z.T, z.N, z.I, z.H, z.G, z.P};
   z.SW = a.shape.state();
   a.x = require<T>(x_arr, "x", {z.T, z.N, z.I});
-  a.w_ih = require<T>(w_ih, "w_ih", {z.GH, z.I});
+  // w_hh first: H is read from it, so a w_hh of a wrong shape is named as such
   a.w_hh = require<T>(w_hh, "w_hh", {z.GH, z.SW});
+  a.w_ih = require<T>(w_ih, "w_ih", {z.GH, z.I});
   a.lengths = require_lengths(lengths, z.T, z.N);
   a.reverse = reverse;
   a.w_ph = require_peepholes<T>(w_ph, cell, z.H);
