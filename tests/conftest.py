@@ -146,6 +146,15 @@ def threads(request):
     fr.set_num_threads(before)
 
 
+@pytest.fixture
+def restore_threads():
+    """The kernels' thread count as it was before the test."""
+    import fusedrnn as fr
+    saved = fr.get_num_threads()
+    yield
+    fr.set_num_threads(saved)
+
+
 def random_batch(rng, N=6, S=7):
     """Token strings of lengths 1..S over tokens 3..11, 0-padded: (src [N, S], lengths)."""
     lengths = rng.integers(1, S + 1, N)

@@ -822,7 +822,8 @@ def test_cuda_lstm_projection_matches_reference(peephole, reverse, dtype_name, r
 @gpu
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("shape", [(9, 6, 33, 97), (4, 17, 8, 300), (1, 1, 1, 17)],
+# (I >= 3: with I=1 the norm of W_ih x hardly depends on x, and float32 dx is all cancellation)
+@pytest.mark.parametrize("shape", [(9, 6, 33, 97), (4, 17, 8, 300), (1, 1, 3, 17)],
                          ids=lambda s: "T{}_N{}_I{}_H{}".format(*s))
 def test_cuda_layernorm_lstm_matches_reference(shape, reverse, dtype_name, rng, cp):
     """The LayerNorm-LSTM (stepwise, a block per sample: the norms as block reductions),

@@ -139,13 +139,6 @@ def test_repeated_call_is_bitwise_identical(name, dtype_name, rng):
             assert (value is None and second[key] is None) or np.array_equal(value, second[key]), key
 
 
-@pytest.fixture
-def restore_threads():
-    saved = fusedrnn.get_num_threads()
-    yield
-    fusedrnn.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("name", list(CELLS))
 def test_one_thread_and_two_threads_agree(name, dtype_name, rng, restore_threads):

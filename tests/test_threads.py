@@ -267,3 +267,35 @@ def test_forked_children_run_the_layers(pool):
         pytest.importorskip("torch")
     done = subprocess.run([sys.executable, "-c", _FORK_SNIPPET, pool], timeout=90)
     assert done.returncode == 0
+
+
+def test_set_num_threads_waits_for_a_running_call_without_the_gil(restore_threads):
+    """Changing the thread count waits for a call that holds the team; the other Python
+    threads keep running meanwhile (it waited holding the GIL: the interpreter stalled)."""
+    import time
+    import fusedrnn as fr
+    fr.set_num_threads(2)
+    m = nn.LSTM(16, 512, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((6000, 1, 16)).astype(np.float32)
+    m(x[:10])
+    beats, stop = [], threading.Event()
+
+    def heart():
+        while not stop.is_set():
+            beats.append(time.perf_counter())
+            time.sleep(0.005)
+
+    h = threading.Thread(target=heart)
+    call = threading.Thread(target=m, args=(x,))
+    h.start()
+    call.start()
+    time.sleep(0.05)
+    t1 = time.perf_counter()
+    fr.set_num_threads(1)
+    blocked = time.perf_counter() - t1
+    call.join()
+    stop.set()
+    h.join()
+    gaps = np.diff([b for b in beats if t1 - 0.01 <= b <= t1 + blocked])
+    assert blocked > 0.1, "the call ended before set_num_threads: make it longer"
+    assert gaps.size and gaps.max() < 0.5 * blocked, (blocked, gaps.max(initial=0))

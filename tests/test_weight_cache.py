@@ -44,13 +44,6 @@ def kept_forms(m):
 
 
 @pytest.fixture
-def restore_threads():
-    saved = fr.get_num_threads()
-    yield
-    fr.set_num_threads(saved)
-
-
-@pytest.fixture
 def x():
     T, N, I, _ = SHAPE
     return np.random.default_rng(1).standard_normal((T, N, I)).astype(np.float32)

@@ -853,8 +853,9 @@ PYBIND11_MODULE(_C, m) {
         blocks.cache.release();
       },
       "Give every kept output block back to the allocator.");
+  // Without the GIL: it waits for a running call's team, and the other Python threads go on
   m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"),
-        "Threads of the kernels' team.");
+        py::call_guard<py::gil_scoped_release>(), "Threads of the kernels' team.");
   m.def("get_num_threads", []() { return cpu::get_num_threads(); },
         "Threads of the kernels' team.");
   m.def("share_openmp_threads", &cpu::share_openmp_threads,
