@@ -276,7 +276,7 @@ def test_set_num_threads_waits_for_a_running_call_without_the_gil(restore_thread
     import fusedrnn as fr
     fr.set_num_threads(2)
     m = nn.LSTM(16, 512, seed=0).eval()
-    x = np.random.default_rng(0).standard_normal((6000, 1, 16)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((10000, 1, 16)).astype(np.float32)
     m(x[:10])
     beats, stop = [], threading.Event()
 
