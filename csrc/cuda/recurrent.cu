@@ -1324,8 +1324,10 @@ PersistentPlan plan_persistent(const SeqShape& s, const void* kernel, bool backw
       backward ? persistent_backward_smem_bytes<T, P>(G, s.N, s.H, units)
                : persistent_forward_smem_bytes<T, P>(G, s.N, s.H, units));
   if (bytes > static_cast<size_t>(smem_optin)) return plan;
+  // The device's limit, not this call's bytes: every call sets the same value, so a call of
+  // another host thread can never lower it between this plan and its launch.
   FUSEDRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(bytes)));
+                                           smem_optin));
   int per_sm = 0;
   FUSEDRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
                                                                     kPersistentThreads, bytes));
@@ -1862,15 +1864,33 @@ std::size_t backward_workspace_elems(CellKind cell, const SeqShape& s, bool bf16
       (bf16 ? backward_bf16_elems<float>(s) : 0));
 }
 
-// The caller's device (CuPy's current one) may differ from this runtime's current device.
-void use_device(const Options& o) {
-  if (o.device >= 0) FUSEDRNN_CUDA_CHECK(cudaSetDevice(o.device));
-}
+// The call's device (its arrays' or tensors') for the call's length, the thread's current
+// device restored after it (as torch's device guards do: torch.cuda.current_device() and
+// CuPy's stay what the caller set).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(const Options& o) {
+    if (o.device < 0) return;
+    int current = 0;
+    FUSEDRNN_CUDA_CHECK(cudaGetDevice(&current));
+    if (current == o.device) return;
+    FUSEDRNN_CUDA_CHECK(cudaSetDevice(o.device));
+    previous_ = current;
+  }
+  ~DeviceGuard() {
+    if (previous_ >= 0) cudaSetDevice(previous_);  // (no throw from a destructor)
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
 
 template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args, T* workspace,
                        const Options& options) {
-  use_device(options);
+  const DeviceGuard device_guard(options);
   with_cell_and_operand<T>(cell, options.bf16, [&](auto* cell_tag, auto* operand_tag) {
     using Cell = std::remove_pointer_t<decltype(cell_tag)>;
     using P = std::remove_pointer_t<decltype(operand_tag)>;
@@ -1890,7 +1910,7 @@ void recurrent_forward(CellKind cell, const ForwardArgs<T>& args, T* workspace,
 template <typename T>
 void recurrent_backward(CellKind cell, const BackwardArgs<T>& args, T* workspace,
                         const Options& options) {
-  use_device(options);
+  const DeviceGuard device_guard(options);
   with_cell_and_operand<T>(cell, options.bf16, [&](auto* cell_tag, auto* operand_tag) {
     using Cell = std::remove_pointer_t<decltype(cell_tag)>;
     using P = std::remove_pointer_t<decltype(operand_tag)>;
