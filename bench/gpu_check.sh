@@ -14,7 +14,8 @@
 # If .gpusnap/ exists (a `git archive` of a known-good commit), the build and tests use it instead
 # of the working tree, so that other people's uncommitted edits cannot break the run.
 #
-#   bash bench/gpu_check.sh   (stage timeouts: build 150 s, smoke 40 s, tests 150 s, bench 100 s)
+#   bash bench/gpu_check.sh   (stage timeouts: build 150 s, smoke 40 s, tests 150 s, bench 100 s,
+#                              memcheck 80 s: bench/gpu_memcheck.py under compute-sanitizer)
 set -uo pipefail
 OUT=${OUT:-/tmp/fusedrnn-gpu-check}
 mkdir -p "$OUT"
@@ -117,5 +118,15 @@ echo "gpu_check: pytest exit $status"
 # ---- benchmark (prints its table last)
 timeout 100 python3 bench/gpu_bench.py --budget 0.15 --json "$OUT/gpu_bench.json" 2>&1 \
   | tee "$OUT/bench.log" | grep -v "^  " || status=$((status == 0 ? 1 : status))
+# ---- every CUDA path on tiny problems under compute-sanitizer's memcheck (last: the most
+# informative stages first; where the machine's runtime refuses the tool, the log says so)
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  (cd /tmp && timeout 80 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 "$SRC/bench/gpu_memcheck.py") > "$OUT/memcheck.log" 2>&1
+  rc=$?
+  grep -E "memcheck problems|ERROR SUMMARY|Invalid|failures|relative error" "$OUT/memcheck.log" | head -20
+  echo "gpu_check: memcheck exit $rc (9: an error found; 124: cut off at 80 s)"
+  if [ $rc -ne 0 ] && [ $status -eq 0 ]; then status=4; fi
+fi
 echo "gpu_check: done (status $status)"
 exit $status
