@@ -627,9 +627,9 @@ def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None,
         a  = g_ih * LN(W_ih x) + b_ih + g_hh * LN(W_hh h) + b_hh
         c' = f * c + i * g          h' = o * tanh(g_c * LN(c') + b_c)
     ``ln`` [10H]: g_ih [4H], g_hh [4H], g_c [H], b_c [H] (None: gains one, b_c zero); ``eps``
-    inside the norms' square roots. Returns ``(y, h_n, c_n, ctx)``. CPU. ``precision``: as
-    lstm_forward's, for inference (training keeps float32 products, under autocast too: the
-    norms would amplify a bfloat16 forward's rounding into the gradients)."""
+    inside the norms' square roots. Returns ``(y, h_n, c_n, ctx)``. CPU, and CUDA (stepwise).
+    ``precision``: as lstm_forward's, for inference (training keeps float32 products, under
+    autocast too: the norms would amplify a bfloat16 forward's rounding into the gradients)."""
     return _forward_many("layernorm_lstm", [dict(
         x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, lengths=lengths,
         reverse=reverse, training=training, ln=ln, eps=eps, precision=precision)])[0]
@@ -645,8 +645,9 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
                 training=False, precision=None, reset_after=True):
     """GRU over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as lstm_forward's.
     ``reset_after=False``: the reset gate before the product, n = tanh(W_in x + b_in +
-    W_hn (r * h) + b_hn) (Keras' reset_after=False, ONNX's linear_before_reset=0; CPU;
-    bfloat16 products in the forward only, as a projected LSTM's); True: PyTorch's GRU."""
+    W_hn (r * h) + b_hn) (Keras' reset_after=False, ONNX's linear_before_reset=0; CUDA runs it
+    stepwise; bfloat16 products in the forward only, as a projected LSTM's); True: PyTorch's
+    GRU."""
     y, h_n, _, ctx = _forward(gru_kernel(reset_after), x, h0, None, w_ih, w_hh, b_ih, b_hh,
                               lengths, reverse, training, "tanh", precision)
     return y, h_n, ctx
