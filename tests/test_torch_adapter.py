@@ -769,6 +769,28 @@ def test_bad_inputs_name_the_argument():
                                                  cell(torch.ones(4), (pair[0], pair[1]))))
 
 
+def test_wrong_shapes_and_dtypes_are_caught_as_torch_nns_errors_are():
+    """Each bad call raises ours (named) and is caught by what catches torch.nn's error."""
+    x, f64 = torch.randn(3, 2, 4), torch.float64
+    nn = torch.nn
+    for ours, theirs in ((frt.LSTM(4, 8), nn.LSTM(4, 8)), (frt.LSTMCell(4, 8), nn.LSTMCell(4, 8))):
+        cell = isinstance(ours, frt.LSTMCell)
+        xx = x[0] if cell else x
+        h = torch.zeros(2, 8) if cell else torch.zeros(1, 2, 8)
+        bad_h = torch.zeros(3, 8) if cell else torch.zeros(1, 3, 8)
+        for call, error in (((xx.to(f64),), frt.DtypeMismatchError),
+                            ((xx[..., :3],), frt.ShapeMismatchError),
+                            ((xx, (bad_h, h)), frt.ShapeMismatchError),
+                            ((xx, (h.to(f64), h)), frt.DtypeMismatchError)):
+            with pytest.raises(Exception) as torch_nn:
+                theirs(*call)
+            with pytest.raises(error) as fusedrnn:
+                ours(*call)
+            assert isinstance(fusedrnn.value, type(torch_nn.value)), (call, torch_nn.value)
+    assert issubclass(frt.DtypeMismatchError, TypeError)  # (fusedrnn's kind of error too)
+    assert issubclass(frt.ShapeMismatchError, ValueError)
+
+
 def test_no_grad_saves_nothing_and_threads_follow_torch():
     import fusedrnn as fr
     layer = frt.LSTM(4, 8)

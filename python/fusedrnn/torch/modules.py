@@ -29,6 +29,17 @@ from . import _ops
 
 _DTYPES = (torch.float32, torch.float64)
 
+
+class DtypeMismatchError(TypeError, ValueError, RuntimeError):
+    """An input or state of another dtype than the parameters': a TypeError, as fusedrnn names
+    a wrong type, and the ValueError or RuntimeError ``torch.nn``'s layers and cells raise there,
+    so that code catching torch.nn's exception catches ours."""
+
+
+class ShapeMismatchError(ValueError, RuntimeError):
+    """An input or state of a shape the layer cannot take: a ValueError, and the RuntimeError
+    ``torch.nn`` raises there."""
+
 NO_SCRIPT = ("torch.jit.script: fusedrnn.torch's layers and cells cannot be scripted (their "
              "forward is Python that TorchScript does not compile); torch.jit.trace, "
              "torch.export and torch.compile record their operators, and "
@@ -322,17 +333,18 @@ class _RecurrentBase(nn.Module):
             raise TypeError(f"input: expected a torch.Tensor or a PackedSequence, got "
                             f"{type(x).__name__}")
         if x.dtype not in _DTYPES:
-            raise TypeError(f"input: expected dtype torch.float32 or torch.float64, got {x.dtype}")
+            raise DtypeMismatchError(f"input: expected dtype torch.float32 or torch.float64, got "
+                                     f"{x.dtype}")
         if x.dtype != weight.dtype:
-            raise TypeError(f"input: expected dtype {weight.dtype} (the parameters' dtype), got "
-                            f"{x.dtype}")
+            raise DtypeMismatchError(f"input: expected dtype {weight.dtype} (the parameters' "
+                                     f"dtype), got {x.dtype}")
         _check_same_device(x, "input", weight)
         if x.dim() not in (2, 3):
             raise ValueError(f"input: expected 2 (unbatched) or 3 dimensions, got shape "
                              f"{tuple(x.shape)}")
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected size {self.input_size} (input_size) in the last "
-                             f"dimension, got shape {tuple(x.shape)}")
+            raise ShapeMismatchError(f"input: expected size {self.input_size} (input_size) in the "
+                                     f"last dimension, got shape {tuple(x.shape)}")
 
     def _check_state(self, h, name, N, batched, width=None):
         expected = (self.num_layers * self.num_directions, N, width or self.hidden_size)
@@ -342,9 +354,10 @@ class _RecurrentBase(nn.Module):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(h).__name__}")
         _check_same_device(h, name, self.weight_ih_l0)
         if tuple(h.shape) != expected:
-            raise ValueError(f"{name}: expected shape {expected}, got {tuple(h.shape)}")
+            raise ShapeMismatchError(f"{name}: expected shape {expected}, got {tuple(h.shape)}")
         if h.dtype != self.weight_ih_l0.dtype:
-            raise TypeError(f"{name}: expected dtype {self.weight_ih_l0.dtype}, got {h.dtype}")
+            raise DtypeMismatchError(f"{name}: expected dtype {self.weight_ih_l0.dtype}, got "
+                                     f"{h.dtype}")
         return h if batched else h.unsqueeze(1)
 
     def _dropout(self, x, packed):
@@ -621,10 +634,10 @@ class _CellBase(nn.Module):
             input, h, c = (_under_autocast(t, dtype, device_type) for t in (input, h, c))
         _check_same_device(input, "input", w_ih)
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected shape [N, {self.input_size}] or "
-                             f"[{self.input_size}], got {tuple(input.shape)}")
+            raise ShapeMismatchError(f"input: expected shape [N, {self.input_size}] or "
+                                     f"[{self.input_size}], got {tuple(input.shape)}")
         if input.dtype != dtype:
-            raise TypeError(f"input: expected dtype {dtype}, got {input.dtype}")
+            raise DtypeMismatchError(f"input: expected dtype {dtype}, got {input.dtype}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         N, H = x.shape[0], self.hidden_size
@@ -634,12 +647,13 @@ class _CellBase(nn.Module):
                 if not isinstance(s, torch.Tensor):
                     raise TypeError(f"{name}: expected a torch.Tensor, got {type(s).__name__}")
                 _check_same_device(s, name, w_ih)
-                if tuple(s.shape) != ((N, H) if batched else (H,)):
-                    raise ValueError(f"{name}: expected shape {(N, H) if batched else (H,)}, "
-                                     f"got {tuple(s.shape)}")
+                shape = (N, H) if batched else (H,)
+                if tuple(s.shape) != shape:
+                    raise ShapeMismatchError(f"{name}: expected shape {shape}, got "
+                                             f"{tuple(s.shape)}")
                 if s.dtype != dtype:
-                    raise TypeError(f"{name}: expected dtype {dtype} (the parameters' dtype), "
-                                    f"got {s.dtype}")
+                    raise DtypeMismatchError(f"{name}: expected dtype {dtype} (the parameters' "
+                                             f"dtype), got {s.dtype}")
                 s = s if batched else s.unsqueeze(0)
             states.append(s)
         training = _may_need_backward() and (x.requires_grad or any(
