@@ -133,15 +133,53 @@ def test_mnist_files_that_disagree_are_named(capsys, tmp_path):
             f">{array.ndim}I", *array.shape)
         with gzip.open(path, "wb") as f:
             f.write(header + array.astype(np.uint8).tobytes())
-    for n_labels, n_test in ((150, 5), (200, 0)):
-        folder = tmp_path / f"mnist{n_labels}_{n_test}"
+    for n_labels, n_test, test_size, expected in (
+            (150, 5, (28, 28), "expected as many labels as images, at least one"),
+            (200, 0, (28, 28), "expected as many labels as images, at least one"),
+            (200, 5, (20, 28), "expected images of the training images' size (28, 28), got "
+                               "(20, 28)")):
+        folder = tmp_path / f"mnist{n_labels}_{n_test}_{test_size[0]}"
         folder.mkdir()
         idx(folder / "train-images-idx3-ubyte.gz", np.zeros((200, 28, 28)))
         idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(n_labels))
-        idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((n_test, 28, 28)))
+        idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((n_test, *test_size)))
         idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(n_test))
         line = error_of(capsys, "train", "digits", "--data", str(folder))
-        assert "expected as many labels as images, at least one" in line, line
+        assert expected in line, line
+
+
+def test_a_users_csv_and_text_files():
+    """The header's text and label columns wherever they are (an extra column was read as the
+    label), a byte-order mark, an empty label, a long field and text that is not UTF-8 (its
+    characters were silently replaced, merging labels), named by file and line; words of any
+    script are words (Cyrillic texts were all unknown)."""
+    import tempfile
+    from fusedrnn.data.text import load_text, read_text_classification_csv, tokenize
+    rows = "".join(f"review {i},{'pos' if i % 2 else 'neg'},src{i}\r\n" for i in range(6))
+    with tempfile.TemporaryDirectory() as d:
+        def write(name, data):
+            path = f"{d}/{name}"
+            with open(path, "wb") as f:
+                f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+            return path
+        for header in ("text,label,source", "\ufeffTEXT,Label,source"):
+            texts, labels, classes = read_text_classification_csv(
+                write("a.csv", f"{header}\r\n{rows}"))
+            assert classes == ["neg", "pos"] and texts[1] == "review 1"
+            assert list(labels[:2]) == [0, 1]
+        texts, _, classes = read_text_classification_csv(
+            write("b.csv", "id,label,text\n1,pos,\"a, b\"\n2,neg," + "x" * 200_000 + "\n"))
+        assert texts == ["a, b", "x" * 200_000] and classes == ["neg", "pos"]
+        with pytest.raises(ValueError, match=r"c.csv: line 3: the label is empty"):
+            read_text_classification_csv(write("c.csv", "text,label\ngood,pos\nbad, \n"))
+        latin1 = "text,label\nb\xe9,pos\n".encode("latin-1")
+        with pytest.raises(ValueError, match=r"d.csv: not UTF-8 text \(byte 12"):
+            read_text_classification_csv(write("d.csv", latin1))
+        with pytest.raises(ValueError, match=r"e.txt: not UTF-8 text \(byte 0"):
+            load_text(write("e.txt", b"\xb4\x00\x01abc"))
+        assert load_text(write("f.txt", "\ufeffhello")) == "hello"
+    assert tokenize("Хороший фильм, don't it_s Café") == [
+        "хороший", "фильм", "don't", "it", "s", "café"]
 
 
 def test_debug_shows_the_traceback(capsys):
@@ -206,3 +244,24 @@ def test_json_output_is_strict_and_task_help_is_whole(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "trained with truncated BPTT, and `fusedrnn generate`" in out
     assert "(the sentiment-analysis case) from a user's CSV" in out
+
+
+def test_a_plot_is_written_atomically(tmp_path, monkeypatch):
+    """An interrupted --plot leaves the picture that was there (it was written in place)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    from fusedrnn.tasks.common import maybe_plot
+    panels = [("loss", {"train": ([1, 2], [3.0, 2.0])}, "epoch", "loss", False)]
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"the old picture")
+
+    def interrupted(self, f, **kwargs):
+        f.write(b"half a pic")
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(Figure, "savefig", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            maybe_plot(path, panels)
+    assert path.read_bytes() == b"the old picture" and sorted(tmp_path.iterdir()) == [path]
+    assert maybe_plot(path, panels) == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -114,6 +114,9 @@ def load_mnist(folder, dtype: DTypeLike = np.float32, limit=None):
         return x, y
 
     (x_train, y_train), (x_test, y_test) = one_set("train"), one_set("t10k")
+    if x_train.shape[1:] != x_test.shape[1:]:  # (rows are the steps, columns the features)
+        raise ValueError(f"t10k-images-idx3-ubyte in {folder}: expected images of the training "
+                         f"images' size {x_train.shape[1:]}, got {x_test.shape[1:]}")
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
     return x_train, y_train, x_test, y_test

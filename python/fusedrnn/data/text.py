@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib
 import inspect
+import io
 import os
 import re
 import sysconfig
@@ -65,12 +66,25 @@ def _docstrings():
     return parts
 
 
+def _read_utf8(path, **open_args):
+    """The text of a user's file: UTF-8 (a byte-order mark dropped, line ends as Python's text
+    mode gives them, unless ``newline`` says otherwise); anything else is a ValueError naming
+    the file and the first byte that is not UTF-8 (never characters silently replaced)."""
+    try:
+        with open(path, encoding="utf-8-sig", **open_args) as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        bad = e.object[e.start:e.start + 1]
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {bad!r}); save it as UTF-8"
+                         ) from None
+
+
 def load_text(path=None):
-    """The text of ``path`` (UTF-8), or the default corpus when ``path`` is None."""
+    """The text of ``path`` (UTF-8; a byte-order mark is not part of it), or the default corpus
+    when ``path`` is None."""
     if path is None:
         return default_corpus()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    text = _read_utf8(path)
     if len(text) < 2:
         raise ValueError(f"{path}: expected a text file of at least 2 characters")
     return text
@@ -101,11 +115,11 @@ class CharVocab:
         return "".join(self.chars[int(i)] for i in ids)
 
 
-_TOKEN = re.compile(r"[a-z0-9']+")
+_TOKEN = re.compile(r"(?:[^\W_]|')+")  # letters and digits of any script, apostrophes
 
 
 def tokenize(text):
-    """Lower-cased words (letters, digits, apostrophes)."""
+    """Lower-cased words (letters and digits of any script, apostrophes)."""
     return _TOKEN.findall(text.lower())
 
 
@@ -135,20 +149,46 @@ class WordVocab:
 
 
 def read_text_classification_csv(path):
-    """Rows ``text,label`` of a CSV (a header row whose second field is not a known label is
-    skipped when it reads ``text,label``). Returns (texts, labels [N] int64, class names)."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        rows = [r for r in csv.reader(f) if r and any(field.strip() for field in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["text", "label"]:
+    """The texts and labels of a UTF-8 CSV. With a header row naming columns ``text`` and
+    ``label`` (any case, in any place, other columns ignored) those columns; without one, rows
+    ``text,label`` (the last field the label, the fields before it the text, rejoined by
+    commas). Returns (texts, labels [N] int64, class names); a row without a label, a file that
+    is not UTF-8 or a field csv cannot read is a ValueError naming the file and its line."""
+    text = _read_utf8(path, newline="")
+    reader = csv.reader(io.StringIO(text, newline=""))  # (lines end at \n, \r, \r\n only)
+    rows = []  # (line, fields) of the rows with something in them
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2 ** 31 - 1)  # (a long review is no error; restored below)
+    try:
+        for r in reader:
+            if r and any(field.strip() for field in r):
+                rows.append((reader.line_num, r))
+    except csv.Error as e:
+        raise ValueError(f"{path}: line {reader.line_num}: {e}") from None
+    finally:
+        csv.field_size_limit(limit)
+    header = [c.strip().lower() for c in rows[0][1]] if rows else []
+    columns = None
+    if "text" in header and "label" in header:
+        columns = header.index("text"), header.index("label")
         rows = rows[1:]
     if not rows:
         raise ValueError(f"{path}: expected rows of text,label; found none")
     texts, names = [], []
-    for i, r in enumerate(rows):
-        if len(r) < 2:
-            raise ValueError(f"{path}: row {i + 1}: expected text,label, got {r!r}")
-        texts.append(",".join(r[:-1]))
-        names.append(r[-1].strip())
+    for line, r in rows:
+        if columns is None:
+            if len(r) < 2:
+                raise ValueError(f"{path}: line {line}: expected text,label, got {r!r}")
+            t, n = ",".join(r[:-1]), r[-1]
+        else:
+            if len(r) <= max(columns):
+                raise ValueError(f"{path}: line {line}: expected the header's columns text and "
+                                 f"label, got {r!r}")
+            t, n = r[columns[0]], r[columns[1]]
+        if not n.strip():
+            raise ValueError(f"{path}: line {line}: the label is empty")
+        texts.append(t)
+        names.append(n.strip())
     classes = sorted(set(names))
     if len(classes) < 2:
         raise ValueError(f"{path}: expected at least 2 distinct labels, got {classes}")

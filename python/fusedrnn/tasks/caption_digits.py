@@ -15,7 +15,7 @@ from .. import data, io, optim
 from ..data.text import batches
 from ..nn.seq2seq import Captioner
 from ..training import fit
-from .common import pyplot
+from .common import pyplot, save_figure
 from .dates import EOS, PAD, BOS, CharCodec, limit_threads
 from ..cli_commands import fraction, positive_float, positive_int
 
@@ -126,6 +126,4 @@ def _plot(path, images, words, history):
     axes[1, 4].plot(epochs, [h["test_exact_match"] for h in history])
     axes[1, 4].set_title("held-out exact match")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -123,6 +123,26 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path):
+    """``fig`` written to ``path`` atomically (an interrupted write leaves the old picture), in
+    the format of its extension as matplotlib's ``savefig`` reads it (none: matplotlib's
+    default, ``savefig.format``, appended to the name as savefig appends it); closes ``fig``
+    and returns the path written."""
+    import os
+    import matplotlib
+    from .._atomic import atomic_write
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1][1:].lower()
+    if not ext:
+        ext = matplotlib.rcParams["savefig.format"]
+        path = f"{path}.{ext}"
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=100, format=ext))
+    finally:
+        pyplot().close(fig)
+    return path
+
+
 def load_task_file(path, task, build):
     """``build(saved)`` on the object tree of a model file written by `fusedrnn train TASK
     --save` (``fusedrnn.load``); a file of another task, or one whose entries do not build a
@@ -157,6 +177,4 @@ def maybe_plot(path, panels, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -21,7 +21,7 @@ from ..data import dates as date_data
 from ..data.text import batches
 from ..nn.seq2seq import Seq2Seq
 from ..training import fit
-from .common import load_task_file, pyplot
+from .common import load_task_file, pyplot, save_figure
 from ..cli_commands import fraction, positive_float, positive_int
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -134,9 +134,7 @@ def plot_attention(path, model, texts, title="", beam=1):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def load_model(path):
