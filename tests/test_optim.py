@@ -88,6 +88,26 @@ def test_optimizers_match_torch(name, kw, rng):
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype, huge", [(np.float32, 1e30), (np.float64, 1e200)])
+def test_centered_rmsprop_with_an_overflowing_gradient_matches_torch(dtype, huge):
+    """The squared average overflows to inf: the step is 0 there, as torch.optim's (the
+    variance was inf - inf = NaN, the parameter NaN)."""
+    torch = pytest.importorskip("torch")
+    for kw in (dict(lr=0.1, centered=True), dict(lr=0.1, centered=True, momentum=0.5)):
+        p = Parameter(np.array([1.0, 2.0], dtype))
+        t = torch.nn.Parameter(torch.from_numpy(p.data.copy()))
+        o, to = optim.RMSprop([p], **kw), torch.optim.RMSprop([t], **kw)
+        for _ in range(2):
+            p.grad = np.array([huge, 1.0], dtype)
+            t.grad = torch.from_numpy(p.grad.copy())
+            with np.errstate(over="ignore"):
+                o.step()
+            to.step()
+        assert p.data[0] == 1.0  # (no step where the average is inf)
+        np.testing.assert_allclose(p.data, t.detach().numpy(),
+                                   rtol=1e-6 if dtype == np.float32 else 1e-12)
+
+
 def test_clip_grad_norm_returns_total_norm_and_scales():
     a, b = param([0.0, 0.0], [3.0, 0.0]), param([0.0], [4.0])
     total = optim.clip_grad_norm_([a, b], 1.0)

@@ -342,7 +342,13 @@ class RMSprop(Optimizer):
             ga = state["grad_avg"]
             ga *= alpha
             ga += (1 - alpha) * grad
-            avg = np.sqrt(sq - ga * ga) + eps
+            var = sq.copy()  # (in place: a 0-d parameter's stays an array)
+            with np.errstate(over="ignore", invalid="ignore"):
+                var -= ga * ga
+            # where sq overflowed, ga * ga may too: inf - inf is NaN, where torch.optim's fused
+            # multiply-add (inf - the exact finite ga^2) gives inf, a step of 0
+            var[np.isinf(sq) & np.isfinite(ga)] = np.inf
+            avg = np.sqrt(var) + eps
         else:
             avg = np.sqrt(sq) + eps
         if group["momentum"] > 0:
