@@ -30,8 +30,10 @@ attribute: other activations (LSTM/GRU: tanh with sigmoid gates; SimpleRNN: tanh
 differ in anything but ``go_backwards`` or whose forward layer runs backwards, any other layer.
 ``dropout``/``recurrent_dropout`` are accepted: Keras applies them only in training, and the
 converted module never applies them (training it runs without them). Masks are not supported:
-``load_weights`` refuses a recurrent layer that comes after a ``Masking`` layer or an
-``Embedding(mask_zero=True)``.
+``load_weights`` refuses a recurrent layer that comes after a layer making a Keras mask
+(``Masking``, ``Embedding``/``ReversibleEmbedding(mask_zero=True)``, a ``Lambda`` with a
+``mask``), and warns after a custom layer in a Sequential (its ``compute_mask`` is not in the
+saved config).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 
@@ -498,10 +501,20 @@ def _model_layers(model, path):
 
 
 def _makes_mask(entry):
-    """Whether a serialized layer starts a Keras mask (Masking, Embedding(mask_zero=True))."""
+    """Whether a serialized Keras layer starts a mask: Masking, an Embedding or
+    ReversibleEmbedding with mask_zero=True, a Lambda given a ``mask``. (A custom layer may too,
+    by its compute_mask, which its config does not show: see ``_may_make_mask``.)"""
     config = entry.get("config", {})
-    return entry.get("class_name") == "Masking" or (entry.get("class_name") == "Embedding"
-                                                    and bool(config.get("mask_zero")))
+    kind = entry.get("class_name")
+    return kind == "Masking" or (kind in ("Embedding", "ReversibleEmbedding")
+                                 and bool(config.get("mask_zero"))) \
+        or (kind == "Lambda" and config.get("mask") is not None)
+
+
+def _may_make_mask(entry):
+    """A custom (registered) layer: its compute_mask, if it has one, is not in its config."""
+    return isinstance(entry, dict) and not _is_builtin(entry) and entry.get("class_name") not in (
+        *_MODELS, "InputLayer")
 
 
 def _mask_fed(entry):
@@ -538,6 +551,7 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
     used = {}
     functional = isinstance(model, dict) and model.get("class_name") == "Functional"
     made = None  # a functional model's first mask-making layer (or nested model making one)
+    custom = None  # a Sequential's first custom layer (it may make a mask unseen)
     for entry in _model_layers(model, path):
         class_name, name = entry.get("class_name"), entry.get("config", {}).get("name")
         base = _snake_case(str(class_name))
@@ -561,16 +575,30 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
                 made = made or prefix + str(name)
             else:
                 mask = mask or prefix + str(name)
+        elif not functional and _may_make_mask(entry):
+            custom = custom or prefix + str(name)
         if class_name not in (*_LAYERS, "RNN", "Bidirectional"):
+            wrapped = entry.get("config", {}).get("layer")
+            if isinstance(wrapped, dict) and wrapped.get("class_name") in (
+                    *_LAYERS, "RNN", "Bidirectional"):  # (TimeDistributed(LSTM), say)
+                warnings.warn(f"{path!r}: {_describe(class_name, name)} holds a "
+                              f"{wrapped.get('class_name')}, which load_weights leaves out "
+                              f"(it loads recurrent layers of the model itself, not wrapped "
+                              f"ones)", stacklevel=3)
             continue
         fed = mask or (functional and _mask_fed(entry))
         if fed:
             fed = fed if fed is mask else prefix + fed
             raise ValueError(f"path: {path!r}: {_describe(class_name, name)} comes after "
-                             f"{fed!r}, the mask of a Masking layer or Embedding(mask_zero=True): "
-                             f"Keras skips the masked steps, which fusedrnn's layers do not "
-                             f"reproduce (expected a model without a mask before its recurrent "
-                             f"layers)")
+                             f"{fed!r}, which makes a Keras mask (Masking, Embedding(mask_zero="
+                             f"True), a Lambda's mask...): Keras skips the masked steps, which "
+                             f"fusedrnn's layers do not reproduce (expected a model without a "
+                             f"mask before its recurrent layers)")
+        if custom:
+            warnings.warn(f"{path!r}: {_describe(class_name, name)} comes after the custom "
+                          f"layer {custom!r}: if it makes a Keras mask (a compute_mask, which "
+                          f"the saved config does not show), Keras skips the masked steps and "
+                          f"the loaded layer's results differ from the model's", stacklevel=3)
         # recent Keras versions also write each layer's name beside its variables: a check
         own_vars = store.get(f"{layer_group}/vars")
         stored_name = None if own_vars is None else own_vars.attrs.get("name")
