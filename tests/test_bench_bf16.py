@@ -72,7 +72,7 @@ def test_bench_bf16_times_each_contestant_in_its_own_process(monkeypatch):
     row = benchmark_bf16.bench_row("LSTM", 2, 3, 4, 5, 1, 0.01, have_torch, "train")
     assert seen == {"who": benchmark_bf16.CONTESTANTS if have_torch else ("ours", "ours_bf16"),
                     "regimes": ["b2b"], "mode": "train"}
-    assert row["bf16_over_fp32"] == 2.0
+    assert row["bf16_speedup"] == 2.0
     if have_torch:
         assert row["x_torch_bf16"] == 2.5 and row["x_torch_best"] == 1.5
 

@@ -348,9 +348,59 @@ def deterministic_call(fn):
 TOLERANCE = 1e-3
 
 
+# A training row's input gradient must agree with ours to this, relative to its largest value
+# (BPTT sums over every step: an absolute bound would depend on T).
+GRADIENT_TOLERANCE = 1e-3
+
+
 def _agrees(diffs):
     """Every peer's max |difference| within TOLERANCE (a NaN is not)."""
     return all(d is not None and d <= TOLERANCE for d in diffs.values())
+
+
+def input_gradient(who, cell, x, w, threads):
+    """dL/dx of a training step with dy = 1 by "ours" (the kernels, as ``ours`` times them),
+    "torch" or "numpy_ref": the training rows' check of the backward (their outputs alone are
+    the forward's)."""
+    if who == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        I, H = x.shape[2], w["weight_hh_l0"].shape[0] // CELLS[cell][1]
+        m = getattr(torch.nn, cell)(I, H)
+        m.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()})
+        xg = torch.from_numpy(x).clone().requires_grad_(True)
+        y, _ = m(xg)
+        y.backward(torch.ones_like(y))
+        return xg.grad.numpy()
+    from fusedrnn import functional, reference
+    kernels = reference if who == "numpy_ref" else functional
+    if who == "numpy_ref":
+        x, w = x.astype(np.float64), {k: v.astype(np.float64) for k, v in w.items()}
+    name = CELLS[cell][0]
+    args = (w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
+    states = (None, None) if name == "lstm" else (None,)
+    out = getattr(kernels, name + "_forward")(x, *states, *args, training=True)
+    return getattr(kernels, name + "_backward")(out[-1], np.ones_like(out[0]))[0]
+
+
+def gradient_diffs(cell, x, w, threads, peers):
+    """{peer: max |dx_peer - dx_ours| / max |dx_ours|} of a training step (see input_gradient)."""
+    dx = input_gradient("ours", cell, x, w, threads)
+    scale = max(float(np.max(np.abs(dx))), 1e-30)
+    return {k: float(np.max(np.abs(input_gradient(k, cell, x, w, threads) - dx))) / scale
+            for k in peers}
+
+
+def report_disagreement(rows, describe):
+    """Each row whose outputs disagree with a peer's (``row["agree"]`` False) on one line of
+    stderr, ``describe(row)`` naming it: such a row does not compare the same result. Returns
+    the command's exit status (1 if any)."""
+    wrong = [r for r in rows if not r.get("agree", True)]
+    for r in wrong:
+        diffs = {k: v for k, v in r.items() if "diff" in k or k.startswith("relerr")}
+        print(f"fusedrnn: {describe(r)}: outputs differ from a peer's beyond the tolerance "
+              f"({diffs}): not a comparison of the same result", file=sys.stderr)
+    return 1 if wrong else 0
 
 
 def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None,
@@ -379,6 +429,8 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None,
     for k, fn in fns.items():
         if k != "ours":
             agree[k] = float(np.max(np.abs(np.asarray(fn()) - y_ours)))
+    grad_diffs = gradient_diffs(cell, x, w, threads, [k for k in ("torch", "numpy_ref")
+                                                      if k in fns]) if mode == "train" else {}
     ms = median_ms(fns, budget)
     row = {"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads,
            "ours_ms": round(ms["ours"], 3)}
@@ -387,7 +439,9 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None,
         row[f"x_{k}"] = round(ms[k] / ms["ours"], 2) if k in ms else None
         row[f"maxdiff_{k}"] = agree.get(k)
     row["ours_gflops"] = round(flops(cell, B, T, I, H, mode == "train") / ms["ours"] / 1e6, 2)
-    row["agree"] = _agrees(agree)
+    row["agree"] = _agrees(agree) and all(d <= GRADIENT_TOLERANCE for d in grad_diffs.values())
+    if grad_diffs:  # (a NaN fails the comparison above)
+        row["graddiff"] = max(grad_diffs.values())
     if deterministic:
         row["ours_det_ms"] = round(ms["ours_det"], 3)
         row["det_cost"] = round(ms["ours_det"] / ms["ours"], 2)
@@ -443,6 +497,12 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
                                 / ms["ours"] / 1e6, 2),
            "agree": _agrees(agree)}
     return row
+
+
+def describe_row(r):
+    """How a disagreement names a row: its cell, mode and shape."""
+    return " ".join(str(r[k]) for k in ("cell", "variant", "score", "mode") if k in r) + " " + \
+        " ".join(f"{k}={r[k]}" for k in ("B", "T", "N", "S", "A", "K", "I", "H") if k in r)
 
 
 def _fmt(v, w=8, p=2):
@@ -615,10 +675,4 @@ def run(args) -> int:
             f"{r['cell']} B={r['B']} T={r['T']} H={r['H']}: ours {r.get('ours_peak_mb')} "
             f"torch {r.get('torch_peak_mb')}" for r in rows if "ours_peak_mb" in r))
     write_json(args.json, sgemm_gflops=peak, rows=rows)
-    wrong = [r for r in rows if not r["agree"]]
-    for r in wrong:
-        print(f"fusedrnn: {r['cell']} {r['mode']} B={r['B']} T={r['T']} I={r['I']} H={r['H']}: "
-              f"outputs differ from a peer's by more than {TOLERANCE} "
-              f"({ {k: v for k, v in r.items() if k.startswith('maxdiff_')} }): not a "
-              f"comparison of the same result", file=sys.stderr)
-    return 1 if wrong else 0
+    return report_disagreement(rows, describe_row)

@@ -72,6 +72,10 @@ def torch_fn(score, a, mode):
     return infer if mode == "infer" else train
 
 
+# The fused step's outputs (and gradients) against torch's, relative to their largest value.
+RELATIVE_TOLERANCE = 1e-4
+
+
 def _relative_diff(x, y):
     """The largest |x - y| over the largest |y|, over the outputs (a tuple of arrays, or one)."""
     x, y = (x if isinstance(x, tuple) else (x,)), (y if isinstance(y, tuple) else (y,))
@@ -89,6 +93,7 @@ def bench_row(score, mode, N, S, A, K, threads, budget, have_torch):
         import torch
         torch.set_num_threads(threads)
         row["rel_diff_torch"] = _relative_diff(fns["ours"](), fns["torch"]())
+        row["agree"] = row["rel_diff_torch"] <= RELATIVE_TOLERANCE  # (NaN: False)
     ms = benchmark.median_ms(fns, budget)
     row["ours_us"] = round(1000 * ms["ours"], 2)
     row["torch_us"] = round(1000 * ms["torch"], 2) if have_torch else None
@@ -130,4 +135,4 @@ def run(args) -> int:
               f"{'-' if diff is None else f'{diff:.1e}':>8}")
     print("x torch = torch us / ours us (> 1: the fused step is faster); us per step")
     benchmark.write_json(args.json, threads=args.threads, rows=rows)
-    return 0
+    return benchmark.report_disagreement(rows, benchmark.describe_row)

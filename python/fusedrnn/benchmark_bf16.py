@@ -28,6 +28,11 @@ CONTESTANTS = ("ours", "ours_bf16", "torch", "torch_bf16")
 
 _REFUSALS: dict = {}
 
+# A row counts where ours agree with float64 to these: the float32 layer (relative L2) and the
+# bfloat16 one (relative L2 of the output; of a training step's dx, its max |difference| over
+# its largest value); a wrong result is off by O(1).
+FP32_TOLERANCE, BF16_TOLERANCE = 1e-4, 5e-2
+
 
 def onednn_refusal(cell):
     """Why torch.nn's ``cell`` layer under ``torch.autocast("cpu", torch.bfloat16)`` fails on this
@@ -108,6 +113,14 @@ def bench_row(cell, B, T, I, H, threads, budget, have_torch, mode="infer"):
             np.asarray(benchmark_regimes.contestant(k, cell, x, w, threads)(), np.float64)
             - exact) / norm)
             for k in who_all}
+    else:  # the backward's check: dx of one training step against float64's
+        import fusedrnn as fr
+        exact = benchmark.input_gradient("numpy_ref", cell, x, w, threads)
+        scale = max(float(np.max(np.abs(exact))), 1e-30)
+        for k, bf16 in (("ours", False), ("ours_bf16", True)):
+            with fr.autocast("bfloat16", enabled=bf16):
+                dx = benchmark.input_gradient("ours", cell, x, w, threads)
+            err[f"graddiff_{k}"] = float(np.max(np.abs(dx - exact))) / scale
     timed = benchmark_regimes.own_processes(who_all, cell, B, T, I, H, threads, budget,
                                             ["b2b"], mode)
     ms = {k: v["b2b"] for k, v in timed.items()}
@@ -115,9 +128,13 @@ def bench_row(cell, B, T, I, H, threads, budget, have_torch, mode="infer"):
     for k in CONTESTANTS:
         row[f"{k}_ms"] = round(ms[k], 3) if k in ms else None
         row[f"relerr_{k}"] = err.get(k)
+    ours, ours_bf16 = (err.get(k, err.get(f"graddiff_{k}")) for k in ("ours", "ours_bf16"))
+    if mode != "infer":
+        row["graddiff_ours"], row["graddiff_ours_bf16"] = ours, ours_bf16
+    row["agree"] = ours <= FP32_TOLERANCE and ours_bf16 <= BF16_TOLERANCE  # (NaN: False)
     # where oneDNN refuses torch's bfloat16 layer here, torch_bf16 ran its native path
     row["torch_bf16_onednn_refusal"] = onednn_refusal(cell) if have_torch else None
-    row["bf16_over_fp32"] = round(ms["ours"] / ms["ours_bf16"], 2)
+    row["bf16_speedup"] = round(ms["ours"] / ms["ours_bf16"], 2)  # fp32 ms / bf16 ms
     row["x_torch_bf16"] = round(ms["torch_bf16"] / ms["ours_bf16"], 2) if "torch_bf16" in ms \
         else None
     # training's target is the faster of torch's bfloat16 and float32 (its bf16 training is
@@ -150,19 +167,22 @@ def run(args) -> int:
                       f"{r['ours_bf16_ms']}; torch {r['torch_ms']} bf16 {r['torch_bf16_ms']} ms",
                       flush=True)
     print(f"\n{'cell':<5}{'mode':>6}{'B':>4}{'T':>6}{'I':>5}{'H':>5} | {'ours':>8}"
-          f"{'ours bf16':>10}{'torch':>8}{'torch bf16':>11} | {'bf16/fp32':>9}"
-          f"{'x torch bf16':>13}{'x faster torch':>15} | rel. error bf16: ours, torch")
+          f"{'ours bf16':>10}{'torch':>8}{'torch bf16':>11} | {'x fp32':>9}"
+          f"{'x torch bf16':>13}{'x faster torch':>15} | rel. error bf16: ours, torch (train: our dx)")
     for r in rows:
         err_o, err_t = r["relerr_ours_bf16"], r["relerr_torch_bf16"]
         errors = "-" if err_o is None else f"{err_o:.1e}, " + (
             f"{err_t:.1e}" if err_t is not None else "-")
+        if r.get("graddiff_ours_bf16") is not None:  # a training row: our dx's
+            errors = f"dx {r['graddiff_ours_bf16']:.1e}"
         print(f"{r['cell']:<5}{r['mode']:>6}{r['B']:>4}{r['T']:>6}{r['I']:>5}{r['H']:>5} | "
               f"{benchmark._fmt(r['ours_ms'])}{benchmark._fmt(r['ours_bf16_ms'], 10)}"
               f"{benchmark._fmt(r['torch_ms'])}{benchmark._fmt(r['torch_bf16_ms'], 11)} | "
-              f"{benchmark._fmt(r['bf16_over_fp32'], 9)}{benchmark._fmt(r['x_torch_bf16'], 13)}"
+              f"{benchmark._fmt(r['bf16_speedup'], 9)}{benchmark._fmt(r['x_torch_bf16'], 13)}"
               f"{benchmark._fmt(r['x_torch_best'], 15)} | {errors}")
     for cell in dict.fromkeys(r["cell"] for r in rows if r["torch_bf16_onednn_refusal"]):
         print(f"torch bf16 {cell}: torch's default path fails on this CPU "
               f"({onednn_refusal(cell)}); timed on its native path, oneDNN off")
+    print("x fp32 = our float32 ms / our bfloat16 ms; x torch = torch's ms / our bfloat16 ms")
     benchmark.write_json(args.json, threads=args.threads, rows=rows)
-    return 0
+    return benchmark.report_disagreement(rows, benchmark.describe_row)

@@ -88,11 +88,15 @@ def select_shapes(args):
 # fp32 and tf32 apply to both sides; bf16: ours under bfloat16 products (fusedrnn.autocast's),
 # cuDNN under torch.autocast("cuda", torch.bfloat16)
 PRECISIONS = ("fp32", "tf32", "bf16")
+# A row counts where our output is within this of cuDNN's float32 one (relative L2): float32
+# sums in another order, TF32's 10-bit and bfloat16's 8-bit products; a broken kernel is O(1).
+AGREE = {"fp32": 1e-3, "tf32": 1e-2, "bf16": 5e-2}
 
 
 def run(args) -> int:
-    """Time the rows; print one line per row as it goes and the table last. Returns 0, or 2
-    when there is no GPU / torch with CUDA / CUDA build."""
+    """Time the rows; print one line per row as it goes and the table last. Returns 0; 1 when
+    a row's outputs disagree with cuDNN's (AGREE); 2 when there is no GPU / torch with CUDA /
+    CUDA build."""
     precisions = parse_names("--precisions", getattr(args, "precisions", None) or "fp32,tf32",
                              PRECISIONS)
     shapes = select_shapes(args)  # the options checked first, then what the machine has
@@ -150,7 +154,8 @@ def run(args) -> int:
         from .cli_commands import to_json
         write_text(args.json, to_json(dict(meta=meta, rows=rows), indent=1))
         print(f"wrote {args.json}")
-    return 0
+    from .benchmark import describe_row, report_disagreement
+    return report_disagreement(rows, describe_row)
 
 
 def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, sync, event):
@@ -235,7 +240,7 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
     err = float(torch.linalg.norm(torch.as_tensor(y_ours, device="cuda") - y_ref)
                 / torch.linalg.norm(y_ref))
     row = dict(cell=cell, B=B, T=T, I=I, H=H, precision=precision, algorithm=algorithm,
-               rel_diff_y=err)
+               rel_diff_y=err, agree=err <= AGREE[precision])
     fns = {"infer": (ours_infer, torch_infer), "train": (ours_train, torch_train)}
     for mode in modes:
         ours_fn, torch_fn = fns[mode]

@@ -25,11 +25,12 @@ def bench_row(cell, B, T, I, H, threads, budget):
                                    providers=["CPUExecutionProvider"])
     rep = Backend.prepare(model)
     fns = {"ort": lambda: session.run(None, {"X": x})[0], "ours": lambda: rep.run([x])[0]}
+    diff = float(np.abs(fns["ort"]() - fns["ours"]()).max())  # (checked before timing)
     ms = benchmark.median_ms(fns, budget)
     return {"cell": cell, "B": B, "T": T, "I": I, "H": H, "threads": threads,
             "ort_ms": float(f"{ms['ort']:.4g}"), "ours_ms": float(f"{ms['ours']:.4g}"),
-            "x_ort": round(ms["ort"] / ms["ours"], 2),
-            "max_abs_diff": float(np.abs(fns["ort"]() - fns["ours"]()).max())}
+            "x_ort": round(ms["ort"] / ms["ours"], 2), "max_abs_diff": diff,
+            "agree": benchmark._agrees({"ort": diff})}
 
 
 def run(args) -> int:
@@ -59,4 +60,4 @@ def run(args) -> int:
               f"{benchmark._fmt(r['ort_ms'])}{benchmark._fmt(r['ours_ms'])} | "
               f"{benchmark._fmt(r['x_ort'], 6)}  {r['max_abs_diff']:.1e}")
     benchmark.write_json(args.json, threads=args.threads, rows=rows)
-    return 0
+    return benchmark.report_disagreement(rows, benchmark.describe_row)

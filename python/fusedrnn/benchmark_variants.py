@@ -97,6 +97,9 @@ def bench_row(variant, mode, B, T, I, H, threads, budget, have):
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     w = benchmark._weights(VARIANTS[variant], I, H)
     fns = contestants(variant, x, w, mode, threads, have)
+    # the peer computes what we compute (checked before timing)
+    diff = float(np.abs(np.asarray(fns["peer"]()) - fns["ours"]()).max()) if "peer" in fns \
+        else None
     ms = benchmark.median_ms(fns, budget)
     row = {"variant": variant, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads,
            "peer": PEERS[variant], "plain_ms": _figures(ms["plain"]),
@@ -107,8 +110,9 @@ def bench_row(variant, mode, B, T, I, H, threads, budget, have):
     # inference: the variant under fusedrnn.autocast, its speed-up over float32 (ours_ms)
     row["ours_bf16_ms"] = _figures(ms["ours_bf16"]) if "ours_bf16" in ms else None
     row["bf16_speedup"] = round(ms["ours"] / ms["ours_bf16"], 2) if "ours_bf16" in ms else None
-    if "peer" in fns:  # the peer computes what we compute
-        row["max_abs_diff_peer"] = float(np.abs(np.asarray(fns["peer"]()) - fns["ours"]()).max())
+    if diff is not None:
+        row["max_abs_diff_peer"] = diff
+        row["agree"] = benchmark._agrees({"peer": diff})
     return row
 
 
@@ -142,4 +146,4 @@ def run(args) -> int:
               f"{benchmark._fmt(r['x_peer'], 7)}  {r['peer']:<6}| "
               f"{benchmark._fmt(r['ours_bf16_ms'])}{benchmark._fmt(r['bf16_speedup'], 7)}")
     benchmark.write_json(args.json, threads=args.threads, rows=rows)
-    return 0
+    return benchmark.report_disagreement(rows, benchmark.describe_row)
