@@ -74,3 +74,14 @@ def test_the_other_benches_check_their_outputs(capsys, monkeypatch):
         assert cli.main(["bench", "--variants", "proj", "--modes", "infer", "--shapes",
                          "1,4,3,8", "--budget", "0.02"]) == 1
     assert capsys.readouterr().err.count("outputs differ from a peer's") == 3
+
+
+def test_a_given_budget_holds_with_quick():
+    """--quick chose its budget over a given --budget (silently, in every bench)."""
+    from fusedrnn.benchmark import budget_of
+    from fusedrnn.cli import build_parser
+    parse = build_parser().parse_args
+    assert budget_of(parse(["bench", "--quick", "--budget", "0.05"])) == 0.05
+    assert budget_of(parse(["bench", "--quick"])) == 0.3
+    assert budget_of(parse(["bench", "--quick"]), quick=0.15) == 0.15
+    assert budget_of(parse(["bench"])) == 1.5

@@ -265,3 +265,18 @@ def test_a_plot_is_written_atomically(tmp_path, monkeypatch):
     assert path.read_bytes() == b"the old picture" and sorted(tmp_path.iterdir()) == [path]
     assert maybe_plot(path, panels) == str(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_before_the_work(capsys, tmp_path,
+                                                                          monkeypatch):
+    """A read-only folder (or file system, which root meets too) is found before a benchmark
+    or a training runs, not when its results are written (they were lost)."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    line = error_of(capsys, "bench", "--json", str(tmp_path / "r.json"))
+    assert f"--json {tmp_path / 'r.json'}: cannot write in the folder {tmp_path}" in line
+    assert "Read-only file system" in line

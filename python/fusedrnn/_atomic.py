@@ -24,8 +24,8 @@ def _umask() -> int:
 
 def writable_target(path) -> str:
     """The file a write to ``path`` replaces (a symbolic link followed, as open() follows it);
-    OSError naming ``path`` (not a temporary file's) unless its folder exists and it is not a
-    folder itself."""
+    OSError naming ``path`` (not a temporary file's) unless its folder exists and can be
+    written in, and it is not a folder itself."""
     user_path = os.fspath(path)
     target = os.path.realpath(user_path)
     folder = os.path.dirname(target)
@@ -34,6 +34,20 @@ def writable_target(path) -> str:
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
     return target
+
+
+def check_writable(path) -> None:
+    """Before a long run, not after it: OSError naming ``path`` unless ``writable_target``
+    accepts it and a file can be made in its folder (what ``atomic_write`` will do; a
+    read-only file system or folder is found only by trying, for root too)."""
+    folder = os.path.dirname(writable_target(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fusedrnn-check.", dir=folder)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot write in the folder {folder}: {exc.strerror}",
+                        os.fspath(path)) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def atomic_write(path, write) -> None:

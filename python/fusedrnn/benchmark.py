@@ -38,7 +38,9 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="a ~30-second run on small shapes")
     p.add_argument("--threads", type=threads, default=usable_cores(),
                    help="threads of every contestant (default: the cores this process may use)")
-    p.add_argument("--budget", type=positive_float, default=1.5, help="seconds of timing per peer and row")
+    p.add_argument("--budget", type=positive_float, default=None,
+                   help="seconds of timing per peer and row (default 1.5; with --quick 0.3, "
+                        "the regimes 0.15, on a GPU 0.25; a given --budget holds for every mode)")
     p.add_argument("--no-stacked", action="store_true", help="skip the multi-layer bidirectional rows")
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of one training step (subprocesses)")
@@ -499,6 +501,15 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
     return row
 
 
+def budget_of(args, quick=0.3, default=1.5):
+    """Seconds of timing per contestant and row: --budget where given (--quick does not override
+    it), else ``quick`` with --quick, else ``default``."""
+    budget = getattr(args, "budget", None)
+    if budget is not None:
+        return budget
+    return quick if getattr(args, "quick", False) else default
+
+
 def describe_row(r):
     """How a disagreement names a row: its cell, mode and shape."""
     return " ".join(str(r[k]) for k in ("cell", "variant", "score", "mode") if k in r) + " " + \
@@ -639,7 +650,7 @@ def run(args) -> int:
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
     cells, modes, shapes = selection(args)
-    budget = 0.3 if args.quick else args.budget
+    budget = budget_of(args)
     have = installed_peers()
     peak = sgemm_gflops()
     print(cpu_header(args.threads))

@@ -116,7 +116,7 @@ def run(args) -> int:
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
     have_torch = benchmark.installed_peers()["torch"]
-    budget = 0.3 if args.quick else args.budget
+    budget = benchmark.budget_of(args)
     print(benchmark.cpu_header(args.threads))
     print(f"fusedrnn {fr.__version__}; PyTorch: {'yes' if have_torch else 'not installed'}",
           flush=True)

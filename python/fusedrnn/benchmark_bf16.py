@@ -150,7 +150,7 @@ def run(args) -> int:
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
     cells, modes, shapes = benchmark.selection(args)
-    budget = 0.3 if args.quick else args.budget
+    budget = benchmark.budget_of(args)
     have_torch = benchmark.installed_peers()["torch"]
     print(benchmark.cpu_header(args.threads))
     print(f"fusedrnn {fr.__version__}; bf16 products: {fr.info()['bf16_products']}; "

@@ -113,8 +113,8 @@ def run(args) -> int:
         print("fusedrnn bench --device cuda: needs a GPU, torch with CUDA and fusedrnn built with "
               "CUDA", file=sys.stderr)
         return 2
-    budget = getattr(args, "budget", None)
-    budget = 0.25 if budget is None or budget > 0.5 else budget  # the CPU default is 1.5 s
+    from .benchmark import budget_of
+    budget = budget_of(args, quick=0.25, default=0.25)  # (a given --budget is taken as it is)
 
     device = torch.cuda.get_device_name()
     print(f"device: {device}; {fcuda.device_summary()}")

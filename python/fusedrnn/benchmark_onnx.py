@@ -42,7 +42,7 @@ def run(args) -> int:
         __import__(module)  # ImportError (the command names the extra to install)
     fr.set_num_threads(args.threads)
     cells, modes, shapes = benchmark.selection(args)
-    budget = 0.3 if args.quick else args.budget
+    budget = benchmark.budget_of(args)
     print(benchmark.cpu_header(args.threads))
     print(f"fusedrnn {fr.__version__}: the same ONNX model in ONNX Runtime and in "
           f"fusedrnn.onnx.Backend (inference)", flush=True)

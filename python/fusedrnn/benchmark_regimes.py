@@ -298,7 +298,7 @@ def run(args) -> int:
         raise ValueError("--regimes: times inference only; drop --modes or include infer")
     import fusedrnn as fr
     cells, _, shapes = benchmark.selection(args)
-    budget = QUICK_BUDGET if args.quick else args.budget
+    budget = benchmark.budget_of(args, quick=QUICK_BUDGET)
     have = benchmark.installed_peers()
     peers = [p for p in PEERS if have[p]]
     fr.set_num_threads(args.threads)

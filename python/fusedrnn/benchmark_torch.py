@@ -253,7 +253,7 @@ def run(args) -> int:
 
     import fusedrnn as fr
     cells, modes, shapes = benchmark.selection(args, more_cells=tuple(DECODER_SHAPES))
-    budget = 0.3 if args.quick else args.budget
+    budget = benchmark.budget_of(args)
     bf16 = getattr(args, "precision", "fp32") == "bf16"
     fr.set_num_threads(args.threads)  # the adapter follows torch's count too, at every call
     torch.set_num_threads(args.threads)

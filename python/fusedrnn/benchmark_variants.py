@@ -123,7 +123,7 @@ def run(args) -> int:
     import fusedrnn as fr
     fr.set_num_threads(args.threads)
     _, modes, shapes = benchmark.selection(args)
-    budget = 0.3 if args.quick else args.budget
+    budget = benchmark.budget_of(args)
     have = benchmark.installed_peers()
     print(benchmark.cpu_header(args.threads))
     print(f"fusedrnn {fr.__version__}; ONNX Runtime: {'yes' if have['ort'] else 'not installed'}"

@@ -70,10 +70,10 @@ def parse_names(option, text, allowed):
 def check_output_path(option, path):
     """Before the work, not after it: ValueError naming ``--option`` unless ``path`` (if given)
     can be written as a file (what the writes check themselves: fusedrnn._atomic)."""
-    from .._atomic import writable_target
+    from .._atomic import check_writable
     if path:
         try:
-            writable_target(path)
+            check_writable(path)
         except OSError as exc:
             raise ValueError(f"--{option} {path}: {exc.strerror}") from None
 
