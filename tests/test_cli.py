@@ -25,7 +25,7 @@ def error_of(capsys, *argv):
     (["train", "digits", "--epochs", "0"], "--epochs: expected a positive integer, got '0'"),
     (["train", "digits", "--device", "cuda"],
      "train digits: unrecognized arguments: --device cuda (see `fusedrnn train digits --help`)"),
-    (["bench", "--explain", "--device", "cuda"], "--explain: prints the CPU kernels' plans"),
+    (["bench", "--explain", "--device", "cuda"], "--explain and --device cuda: each selects"),
     (["train", "digits", "--lr", "fast"], "--lr: expected a positive number, got 'fast'"),
     (["train", "digits", "--cell", "xyz"], "--cell: invalid choice: 'xyz'"),
     (["train", "dates", "--teacher-forcing", "1.5"], "--teacher-forcing: expected a number from 0 to 1"),
@@ -280,3 +280,15 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_the_work(capsys
     line = error_of(capsys, "bench", "--json", str(tmp_path / "r.json"))
     assert f"--json {tmp_path / 'r.json'}: cannot write in the folder {tmp_path}" in line
     assert "Read-only file system" in line
+
+
+def test_options_of_two_benchmarks_are_refused(capsys):
+    """Each bench ran the first it was dispatched to and ignored the other options."""
+    for argv, expected in (
+            (["--variants", "proj", "--attention", "dot"], "--variants and --attention: each "
+                                                             "selects its own benchmark"),
+            (["--regimes", "b2b", "--precision", "bf16"], "--regimes and --precision bf16"),
+            (["--framework", "onnx", "--memory"], "--memory: measured by the main CPU table "
+                                                  "only, not with --framework onnx"),
+            (["--variants", "proj", "--deterministic"], "--deterministic: measured by the main")):
+        assert expected in error_of(capsys, "bench", *argv)

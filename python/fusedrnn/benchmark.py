@@ -615,11 +615,36 @@ def _print_plans(rows):
             print(f"    backward: {line(r['backward'])}")
 
 
+def _check_one_benchmark(args):
+    """ValueError naming the options when they select two benchmarks, or give one an option
+    only another reads (each bench ran the first it was dispatched to and ignored the rest)."""
+    selected = [name for name, on in (
+        ("--explain", getattr(args, "explain", False)),
+        ("--regimes", getattr(args, "regimes", None) is not None),
+        ("--variants", getattr(args, "variants", None) is not None),
+        ("--attention", getattr(args, "attention", None) is not None),
+        (f"--framework {getattr(args, 'framework', 'numpy')}",
+         getattr(args, "framework", "numpy") != "numpy"),
+        ("--precision bf16", getattr(args, "precision", "fp32") == "bf16"),
+        ("--device cuda", getattr(args, "device", "cpu") == "cuda")) if on]
+    if selected in (["--framework torch", "--precision bf16"],  # (the torch program under
+                    ["--explain", "--precision bf16"]):         # autocast; bf16 calls' plans)
+        selected = selected[:1]
+    if len(selected) > 1:
+        raise ValueError(f"{' and '.join(selected)}: each selects its own benchmark; run them "
+                         f"one at a time")
+    main_only = [name for name, on in (("--memory", getattr(args, "memory", False)),
+                                       ("--deterministic", getattr(args, "deterministic", False)),
+                                       ("--no-stacked", getattr(args, "no_stacked", False)))
+                 if on]
+    if selected and main_only:
+        raise ValueError(f"{', '.join(main_only)}: measured by the main CPU table only, not with "
+                         f"{selected[0]}")
+
+
 def run(args) -> int:
-    if getattr(args, "explain", False):
-        if getattr(args, "device", "cpu") != "cpu":
-            raise ValueError("--explain: prints the CPU kernels' plans; expected no --device "
-                             "(or --device cpu), got --device cuda")
+    _check_one_benchmark(args)
+    if getattr(args, "explain", False):  # (the CPU's plans: --device cuda refused above)
         cells, modes, shapes = selection(args)
         print(cpu_header(args.threads))
         rows = explain(cells, shapes, modes, args.threads, getattr(args, "precision", "fp32"))
