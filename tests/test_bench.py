@@ -85,3 +85,10 @@ def test_a_given_budget_holds_with_quick():
     assert budget_of(parse(["bench", "--quick"])) == 0.3
     assert budget_of(parse(["bench", "--quick"]), quick=0.15) == 0.15
     assert budget_of(parse(["bench"])) == 1.5
+
+
+def test_peak_memory_is_measured_or_its_failure_said(capsys):
+    mb = benchmark.training_peak_mb("ours", "GRU", 2, 30, 8, 64, 1)
+    assert isinstance(mb, float) and mb >= 0
+    assert benchmark.training_peak_mb("ours", "NOCELL", 2, 3, 4, 5, 1) is None
+    assert "ours NOCELL B=2 T=3 I=4 H=5: peak memory not measured" in capsys.readouterr().err
