@@ -148,6 +148,9 @@ class WordVocab:
                         dtype=np.int64)
 
 
+_CSV_FIELD_LIMIT = 2 ** 31 - 1
+
+
 def read_text_classification_csv(path):
     """The texts and labels of a UTF-8 CSV. With a header row naming columns ``text`` and
     ``label`` (any case, in any place, other columns ignored) those columns; without one, rows
@@ -157,16 +160,16 @@ def read_text_classification_csv(path):
     text = _read_utf8(path, newline="")
     reader = csv.reader(io.StringIO(text, newline=""))  # (lines end at \n, \r, \r\n only)
     rows = []  # (line, fields) of the rows with something in them
-    limit = csv.field_size_limit()
-    csv.field_size_limit(2 ** 31 - 1)  # (a long review is no error; restored below)
+    # a long review is no error: csv's limit (process-wide, 128 KiB by default) is raised, never
+    # lowered (lowering it back could race with another thread's reader)
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
         for r in reader:
             if r and any(field.strip() for field in r):
                 rows.append((reader.line_num, r))
     except csv.Error as e:
         raise ValueError(f"{path}: line {reader.line_num}: {e}") from None
-    finally:
-        csv.field_size_limit(limit)
     header = [c.strip().lower() for c in rows[0][1]] if rows else []
     columns = None
     if "text" in header and "label" in header:
