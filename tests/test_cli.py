@@ -170,6 +170,11 @@ def test_a_users_csv_and_text_files():
         texts, _, classes = read_text_classification_csv(
             write("b.csv", "id,label,text\n1,pos,\"a, b\"\n2,neg," + "x" * 200_000 + "\n"))
         assert texts == ["a, b", "x" * 200_000] and classes == ["neg", "pos"]
+        texts, _, _ = read_text_classification_csv(write("h.csv", "text,label\nhi, you,a\nb,c\n"))
+        assert texts == ["hi, you", "b"]  # (a header of exactly text,label: commas rejoined)
+        with pytest.raises(ValueError, match=r"i.csv: line 2: expected the header's 3 fields "
+                                             r"\(quote a text holding commas\), got 4"):
+            read_text_classification_csv(write("i.csv", "id,text,label\n1,hi, you,a\n"))
         with pytest.raises(ValueError, match=r"c.csv: line 3: the label is empty"):
             read_text_classification_csv(write("c.csv", "text,label\ngood,pos\nbad, \n"))
         latin1 = "text,label\nb\xe9,pos\n".encode("latin-1")
@@ -178,8 +183,10 @@ def test_a_users_csv_and_text_files():
         with pytest.raises(ValueError, match=r"e.txt: not UTF-8 text \(byte 0"):
             load_text(write("e.txt", b"\xb4\x00\x01abc"))
         assert load_text(write("f.txt", "\ufeffhello")) == "hello"
-    assert tokenize("Хороший фильм, don't it_s Café") == [
-        "хороший", "фильм", "don't", "it", "s", "café"]
+        with pytest.raises(ValueError, match=r"g.txt: not UTF-8 text \(byte 5"):  # (BOM counted)
+            load_text(write("g.txt", b"\xef\xbb\xbfab\xff"))
+    assert tokenize("Хороший фильм, don't it_s Café हिन्दी") == [
+        "хороший", "фильм", "don't", "it", "s", "café", "हिन्दी"]
 
 
 def test_debug_shows_the_traceback(capsys):

@@ -297,6 +297,7 @@ def test_genetic_algorithm_refuses_bad_run_arguments_and_empty_params():
         ga.run(3, callback="not callable")
     assert ga.generation == 0  # refused before any work
     assert ga.run(np.int64(1)) == 0.0 and ga.generation == 1
+    assert ga.run(np.array(1)) == 0.0 and ga.generation == 2  # (a 0-d array, as np.load gives)
     with pytest.raises(ValueError, match="params: the genetic algorithm got an empty"):
         optim.GeneticAlgorithm([], lambda: 0.0)
 

@@ -329,3 +329,15 @@ def test_the_short_call_path_gives_the_general_paths_results(cell, bias, x):
     m.weight_hh_l0.data = m.weight_hh_l0.data[:, ::-1]  # not contiguous: the general path
     assert m._single_inference_call(x, None, None) is None
     assert np.array_equal(m(x)[0], fresh(m, x))
+
+
+def test_a_parameter_pickled_by_an_earlier_release_loads(monkeypatch):
+    """Before Parameter had __getstate__, pickle stored its slots as (None, {slot: value})."""
+    from fusedrnn.nn.module import Parameter
+    p = Parameter(np.arange(3.0))
+    with monkeypatch.context() as m:
+        m.delattr(Parameter, "__getstate__")
+        m.delattr(Parameter, "__setstate__")
+        old = pickle.dumps(p, protocol=2)
+    q = pickle.loads(old)
+    assert np.array_equal(q.data, p.data) and q.grad is None

@@ -14,8 +14,8 @@ import importlib
 import inspect
 import io
 import os
-import re
 import sysconfig
+import unicodedata
 import warnings
 
 import numpy as np
@@ -66,17 +66,21 @@ def _docstrings():
     return parts
 
 
-def _read_utf8(path, **open_args):
-    """The text of a user's file: UTF-8 (a byte-order mark dropped, line ends as Python's text
-    mode gives them, unless ``newline`` says otherwise); anything else is a ValueError naming
-    the file and the first byte that is not UTF-8 (never characters silently replaced)."""
+def _read_utf8(path, universal_newlines=True):
+    """The text of a user's file: UTF-8, a byte-order mark dropped, line ends as Python's text
+    mode gives them (``universal_newlines``) or as they are; anything else is a ValueError
+    naming the file and the offset of the first byte that is not UTF-8 (never characters
+    silently replaced)."""
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with open(path, encoding="utf-8-sig", **open_args) as f:
-            return f.read()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        bad = e.object[e.start:e.start + 1]
+        bad = data[e.start:e.start + 1]
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {bad!r}); save it as UTF-8"
                          ) from None
+    text = text[1:] if text.startswith("\ufeff") else text
+    return text.replace("\r\n", "\n").replace("\r", "\n") if universal_newlines else text
 
 
 def load_text(path=None):
@@ -115,12 +119,26 @@ class CharVocab:
         return "".join(self.chars[int(i)] for i in ids)
 
 
-_TOKEN = re.compile(r"(?:[^\W_]|')+")  # letters and digits of any script, apostrophes
+def _word_char(c):
+    """A letter, a combining mark (Devanagari's vowel signs, say) or a digit, of any script, or
+    an apostrophe."""
+    return c == "'" or unicodedata.category(c)[0] in "LMN"
 
 
 def tokenize(text):
-    """Lower-cased words (letters and digits of any script, apostrophes)."""
-    return _TOKEN.findall(text.lower())
+    """Lower-cased words: runs of letters, combining marks and digits of any script, and
+    apostrophes."""
+    words, start = [], None
+    text = text.lower()
+    for i, c in enumerate(text):
+        if (c.isascii() and (c.isalnum() or c == "'")) or (not c.isascii() and _word_char(c)):
+            start = i if start is None else start
+        elif start is not None:
+            words.append(text[start:i])
+            start = None
+    if start is not None:
+        words.append(text[start:])
+    return words
 
 
 class WordVocab:
@@ -155,14 +173,17 @@ def read_text_classification_csv(path):
     """The texts and labels of a UTF-8 CSV. With a header row naming columns ``text`` and
     ``label`` (any case, in any place, other columns ignored) those columns; without one, rows
     ``text,label`` (the last field the label, the fields before it the text, rejoined by
-    commas). Returns (texts, labels [N] int64, class names); a row without a label, a file that
-    is not UTF-8 or a field csv cannot read is a ValueError naming the file and its line."""
-    text = _read_utf8(path, newline="")
+    commas; so under a header of exactly ``text,label``). Returns (texts, labels [N] int64,
+    class names); a row without a label or of another number of fields than a wider header's,
+    a file that is not UTF-8 or a field csv cannot read is a ValueError naming the file and its
+    line. Reading raises the ``csv`` module's process-wide field size limit to 2**31 - 1 (a
+    long text is no error) and leaves it there."""
+    text = _read_utf8(path, universal_newlines=False)
     reader = csv.reader(io.StringIO(text, newline=""))  # (lines end at \n, \r, \r\n only)
     rows = []  # (line, fields) of the rows with something in them
     # a long review is no error: csv's limit (process-wide, 128 KiB by default) is raised, never
     # lowered (lowering it back could race with another thread's reader)
-    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # (said in the docstring)
         csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
         for r in reader:
@@ -173,8 +194,9 @@ def read_text_classification_csv(path):
     header = [c.strip().lower() for c in rows[0][1]] if rows else []
     columns = None
     if "text" in header and "label" in header:
-        columns = header.index("text"), header.index("label")
         rows = rows[1:]
+        if header != ["text", "label"]:  # (that one reads as rows text,label: commas rejoined)
+            columns = header.index("text"), header.index("label")
     if not rows:
         raise ValueError(f"{path}: expected rows of text,label; found none")
     texts, names = [], []
@@ -184,9 +206,9 @@ def read_text_classification_csv(path):
                 raise ValueError(f"{path}: line {line}: expected text,label, got {r!r}")
             t, n = ",".join(r[:-1]), r[-1]
         else:
-            if len(r) <= max(columns):
-                raise ValueError(f"{path}: line {line}: expected the header's columns text and "
-                                 f"label, got {r!r}")
+            if len(r) != len(header):  # (an unquoted comma would move the label)
+                raise ValueError(f"{path}: line {line}: expected the header's {len(header)} "
+                                 f"fields (quote a text holding commas), got {len(r)}: {r!r}")
             t, n = r[columns[0]], r[columns[1]]
         if not n.strip():
             raise ValueError(f"{path}: line {line}: the label is empty")

@@ -128,6 +128,8 @@ class Parameter:
         return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
 
     def __setstate__(self, state):
+        if isinstance(state, tuple):  # (a pickle of a release before __getstate__: the slots
+            state = state[1] or {}    # come as (None, {slot: value}))
         for k, v in state.items():
             object.__setattr__(self, k, v)
 

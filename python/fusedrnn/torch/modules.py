@@ -340,8 +340,8 @@ class _RecurrentBase(nn.Module):
                                      f"dtype), got {x.dtype}")
         _check_same_device(x, "input", weight)
         if x.dim() not in (2, 3):
-            raise ValueError(f"input: expected 2 (unbatched) or 3 dimensions, got shape "
-                             f"{tuple(x.shape)}")
+            raise ShapeMismatchError(f"input: expected 2 (unbatched) or 3 dimensions, got "
+                                     f"shape {tuple(x.shape)}")
         if x.shape[-1] != self.input_size:
             raise ShapeMismatchError(f"input: expected size {self.input_size} (input_size) in the "
                                      f"last dimension, got shape {tuple(x.shape)}")
