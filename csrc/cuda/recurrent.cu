@@ -40,6 +40,7 @@
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <initializer_list>
 #include <cstdlib>
@@ -1323,11 +1324,15 @@ PersistentPlan plan_persistent(const SeqShape& s, const void* kernel, bool backw
   const size_t bytes = static_cast<size_t>(
       backward ? persistent_backward_smem_bytes<T, P>(G, s.N, s.H, units)
                : persistent_forward_smem_bytes<T, P>(G, s.N, s.H, units));
-  if (bytes > static_cast<size_t>(smem_optin)) return plan;
-  // The device's limit, not this call's bytes: every call sets the same value, so a call of
-  // another host thread can never lower it between this plan and its launch.
+  // The device's limit (less the kernel's static shared memory), not this call's bytes: every
+  // call sets the same value, so a call of another host thread can never lower it between this
+  // plan and its launch.
+  cudaFuncAttributes attributes{};
+  FUSEDRNN_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  const int dynamic_limit = smem_optin - static_cast<int>(attributes.sharedSizeBytes);
+  if (bytes > static_cast<size_t>(std::max(dynamic_limit, 0))) return plan;
   FUSEDRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           smem_optin));
+                                           dynamic_limit));
   int per_sm = 0;
   FUSEDRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
                                                                     kPersistentThreads, bytes));

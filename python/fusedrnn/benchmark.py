@@ -344,9 +344,11 @@ def training_peak_mb(who, cell, B, T, I, H, threads):
         return round(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"], 1)
     except Exception as e:  # noqa: BLE001 (the row keeps its timings; the gap is named)
         detail = getattr(e, "stderr", None) or str(e)
+        if isinstance(detail, bytes):  # (a timeout's output)
+            detail = detail.decode(errors="replace")
+        last = (detail.strip().splitlines() or [""])[-1]
         print(f"fusedrnn: {who} {cell} B={B} T={T} I={I} H={H}: peak memory not measured "
-              f"({type(e).__name__}: {detail.strip().splitlines()[-1] if detail else ''})",
-              file=sys.stderr)
+              f"({type(e).__name__}: {last})", file=sys.stderr)
         return None
 
 
@@ -531,7 +533,8 @@ def budget_of(args, quick=0.3, default=1.5):
 
 def describe_row(r):
     """How a disagreement names a row: its cell, mode and shape."""
-    return " ".join(str(r[k]) for k in ("cell", "variant", "score", "mode") if k in r) + " " + \
+    return " ".join(str(r[k]) for k in ("cell", "variant", "score", "mode", "precision")
+                    if k in r) + " " + \
         " ".join(f"{k}={r[k]}" for k in ("B", "T", "N", "S", "A", "K", "I", "H") if k in r)
 
 
@@ -662,6 +665,8 @@ def _check_one_benchmark(args):
 
 
 def run(args) -> int:
+    from .cli_commands import check_output_path
+    check_output_path("json", getattr(args, "json", None))  # before the timing, not after it
     _check_one_benchmark(args)
     if getattr(args, "explain", False):  # (the CPU's plans: --device cuda refused above)
         cells, modes, shapes = selection(args)

@@ -114,6 +114,8 @@ def run(args) -> int:
               "CUDA", file=sys.stderr)
         return 2
     from .benchmark import budget_of
+    from .cli_commands import check_output_path
+    check_output_path("json", getattr(args, "json", None))  # before the timing, not after it
     budget = budget_of(args, quick=0.25, default=0.25)  # (a given --budget is taken as it is)
 
     device = torch.cuda.get_device_name()
