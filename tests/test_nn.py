@@ -580,3 +580,53 @@ def test_long_tail_inference_in_groups_gives_the_one_call_outputs(rng, monkeypat
     monkeypatch.setattr(F, "_run_groups", None)  # a training call must not reach it
     m.train()
     m(np.nan_to_num(x), hx, lengths=lengths)
+
+
+def test_tied_parameters_and_shared_modules_as_torch_nn_keys_them():
+    """A state dict keys a tied parameter (and a shared submodule's) under every name, as
+    torch.nn's does, so that one loads into the other (the second name was dropped); the
+    parameters and children list each once."""
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.Module(), torch.nn.Module()
+    ours.a, ours.b = nn.Linear(3, 2), nn.Linear(3, 2)
+    ours.b.weight = ours.a.weight
+    ours.c = ours.a
+    theirs.a, theirs.b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    theirs.b.weight = theirs.a.weight
+    theirs.c = theirs.a
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    ours.load_state_dict(theirs.state_dict())
+    assert len(list(ours.parameters())) == len(list(theirs.parameters())) == 3
+    assert [n for n, _ in ours.named_children()] == [n for n, _ in theirs.named_children()]
+
+
+def test_names_that_would_hide_something_are_refused():
+    m = nn.Linear(2, 2)
+    for name in ("", "a.b", "forward", "in_features"):
+        with pytest.raises(KeyError, match="name: "):
+            m.add_module(name, nn.Linear(2, 2))
+        with pytest.raises(KeyError, match="name: "):
+            m.register_parameter(name, nn.Parameter(np.zeros(1)))
+    m.register_parameter("weight", nn.Parameter(np.zeros((2, 2))))  # (its own: replaced)
+
+
+def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
+    lin = nn.Linear(3, 3, seed=0)
+    s = nn.Sequential(nn.Linear(3, 3, seed=1), lin)
+    assert isinstance(s[1:], nn.Sequential) and s[1:][0] is lin
+    assert len(s.append(nn.Identity())) == 3
+    twice = nn.Sequential(lin, lin)
+    x = np.ones((2, 3), np.float32)
+    twice.eval()(x)  # (inference keeps nothing: fine)
+    with pytest.raises(ValueError, match="the module at 0 is at 1 too"):
+        twice.train()(x)
+
+
+def test_a_decode_gives_each_module_its_own_mode_back():
+    from fusedrnn.nn import Seq2Seq
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
+    model.train()
+    model.encoder.eval()  # a frozen encoder
+    model.greedy_decode(np.array([[3, 4, 5]]), None, max_len=3)
+    assert model.training and not model.encoder.training and model.decoder.training

@@ -554,8 +554,7 @@ class GeneticAlgorithm:
         self.history = []  # best fitness after each generation
 
     def _evaluate(self):
-        modes = [(m, m.training) for m in self.module.modules()] if self.module is not None \
-            else []
+        modes = self.module._modes() if self.module is not None else []
         if self.module is not None:
             self.module.eval()
         before = parameters_to_vector(self.params)
@@ -575,8 +574,7 @@ class GeneticAlgorithm:
             vector_to_parameters(before, self.params)
             raise
         finally:
-            for m, training in modes:  # each module's own mode (they may differ)
-                object.__setattr__(m, "training", training)
+            Module._restore_modes(modes)  # each module's own mode (they may differ)
 
     def _tournament(self):
         picks = self.rng.choice(self.population_size, self.tournament_size, replace=False)

@@ -304,16 +304,38 @@ class Sequential(Module):
         return len(self._modules)
 
     def __getitem__(self, i):
-        return list(self._modules.values())[i]
+        """The i-th module; a slice is a Sequential of those modules (as torch.nn's)."""
+        modules = list(self._modules.values())
+        return Sequential(*modules[i]) if isinstance(i, slice) else modules[i]
+
+    def append(self, module):
+        """Add ``module`` at the end (named by its position, as torch.nn's); returns self."""
+        if not isinstance(module, Module):
+            raise TypeError(f"module: expected a Module, got {type(module).__name__}")
+        self.add_module(str(len(self)), module)
+        return self
 
     def __iter__(self):
         return iter(self._modules.values())
 
     def forward(self, x):
         """Feeds ``x`` through every module in order; returns the last one's output."""
+        if self.training:
+            self._check_each_once()
         for m in self._modules.values():
             x = _sequence(m(x))
         return x
+
+    def _check_each_once(self):
+        """A module at two places cannot train: it keeps its last forward alone for its
+        backward, so the first place's weight gradients would be computed from the second's."""
+        where = {}
+        for name, m in self._modules.items():
+            if id(m) in where:
+                raise ValueError(f"Sequential: the module at {where[id(m)]} is at {name} too; in "
+                                 f"training each keeps one forward for its backward (use two "
+                                 f"modules, e.g. copy.deepcopy, and tie their weights if meant)")
+            where[id(m)] = name
 
     def backward(self, dout):
         """Calls every module's ``backward`` in reverse order, each on the previous one's result;

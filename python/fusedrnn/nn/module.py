@@ -421,26 +421,43 @@ class Module:
         else:
             object.__delattr__(self, name)
 
+    def _check_name(self, name):
+        """KeyError, as torch.nn's, for a name that would hide something: empty, dotted (state
+        dict keys are dotted paths) or an attribute that is no parameter or submodule (a method,
+        a setting)."""
+        if not isinstance(name, str):
+            raise TypeError(f"name: expected a str, got {type(name).__name__}")
+        if not name or "." in name:
+            raise KeyError(f"name: expected a non-empty name without '.', got {name!r}")
+        if hasattr(self, name) and name not in self._parameters and name not in self._modules:
+            raise KeyError(f"name: attribute {name!r} already exists")
+
     def register_parameter(self, name, param):
         """Register ``param`` (a Parameter, or None for an absent one such as ``bias=False``)
-        under ``name``; the same as assigning it to the attribute."""
+        under ``name``; the same as assigning it to the attribute, but for a name that is
+        already another attribute (KeyError, as torch.nn)."""
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"{name}: expected a Parameter or None, got {type(param).__name__}")
+        self._check_name(name)
         self._register(name, param, "_parameters")
 
     def add_module(self, name, module):
         """Register ``module`` (a Module, or None) as the submodule ``name``; the same as
-        assigning it to the attribute."""
+        assigning it to the attribute, but for a name that is already another attribute
+        (KeyError, as torch.nn)."""
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{name}: expected a Module or None, got {type(module).__name__}")
+        self._check_name(name)
         self._register(name, module, "_modules")
 
     # ------------------------------------------------------------------ traversal
     def named_children(self) -> Iterator[Tuple[str, "Module"]]:
         """(name, module) pairs of the direct submodules in registration order (None ones
-        skipped)."""
+        skipped; one held under two names listed once, as torch.nn)."""
+        seen = set()
         for name, m in self._modules.items():
-            if m is not None:
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
                 yield name, m
 
     def children(self) -> Iterator["Module"]:
@@ -448,33 +465,37 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix="", remove_duplicate=True):
         """(dotted name, module) pairs of this module (named ``prefix``) and every submodule,
-        depth first; a module reachable twice is listed once."""
+        depth first; a module reachable twice is listed once (``remove_duplicate=False``: under
+        every name, as a state dict keys it)."""
         seen = set()
 
-        def walk(module, pre):
-            if id(module) in seen:
-                return
+        def walk(module, pre, path):
+            if id(module) in path or (remove_duplicate and id(module) in seen):
+                return  # (a cycle is never followed)
             seen.add(id(module))
             yield pre, module
-            for name, child in module.named_children():
-                yield from walk(child, f"{pre}.{name}" if pre else name)
+            for name, child in module._modules.items():
+                if child is not None:
+                    yield from walk(child, f"{pre}.{name}" if pre else name, path | {id(module)})
 
-        yield from walk(self, prefix)
+        yield from walk(self, prefix, frozenset())
 
     def modules(self):
         """This module and every submodule, depth first, each once."""
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(self, prefix="", recurse=True) -> Iterator[Tuple[str, Parameter]]:
-        """(dotted name, Parameter) pairs; a Parameter shared by two modules is listed once."""
+    def named_parameters(self, prefix="", recurse=True,
+                         remove_duplicate=True) -> Iterator[Tuple[str, Parameter]]:
+        """(dotted name, Parameter) pairs; a Parameter shared by two modules (or names) is
+        listed once (``remove_duplicate=False``: under every name, as a state dict keys it)."""
         seen = set()
-        walker = self.named_modules(prefix) if recurse else [(prefix, self)]
+        walker = self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]
         for mod_prefix, module in walker:
             for name, p in module._parameters.items():
-                if p is None or id(p) in seen:
+                if p is None or (remove_duplicate and id(p) in seen):
                     continue
                 seen.add(id(p))
                 yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
@@ -486,9 +507,10 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Dotted name -> a NumPy copy of the parameter's array (on every device)."""
+        """Dotted name -> a NumPy copy of the parameter's array (on every device); a tied
+        parameter under each of its names, as torch.nn's state dict keys it."""
         return OrderedDict((name, np.array(to_host(p.data), copy=True))
-                           for name, p in self.named_parameters())
+                           for name, p in self.named_parameters(remove_duplicate=False))
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays (or torch tensors) into the parameters, cast to each parameter's dtype.
@@ -499,7 +521,7 @@ class Module:
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"state_dict: expected a mapping of names to arrays, "
                             f"got {type(state_dict).__name__}")
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict(self.named_parameters(remove_duplicate=False))  # (every alias)
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict.keys() if k not in own]
         if strict and (missing or unexpected):
@@ -576,6 +598,17 @@ class Module:
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
+
+    def _modes(self):
+        """Each module's own training flag, [(module, training)], for ``_restore_modes``
+        (a model whose parts are in different modes gets them back after an eval pass)."""
+        return [(m, m.training) for m in self.modules()]
+
+    @staticmethod
+    def _restore_modes(modes):
+        """Set each module's flag as ``_modes`` recorded it."""
+        for m, training in modes:
+            object.__setattr__(m, "training", training)
 
     def eval(self):
         """``self.train(False)``: inference mode (forward saves nothing, dropout is off); returns

@@ -349,10 +349,10 @@ class _Generator(Module):
 
     # ------------------------------------------------------------------ decoding
     def _decoding(self):
-        """Eval mode for a decode; returns the mode to restore. A decode sets the attention's
+        """Eval mode for a decode; returns the modes to restore. A decode sets the attention's
         memory and runs the encoder in eval mode, which discards what a pending backward
         needs: that backward is refused up front instead of half run."""
-        was = self.training
+        was = self._modes()  # (each module's own: a frozen encoder stays in eval mode)
         self._saved = None
         self.eval()
         return was
@@ -418,7 +418,7 @@ class _Generator(Module):
                 if done.all():
                     break
         finally:
-            self.train(was)
+            self._restore_modes(was)
         out = np.stack(out, axis=1)
         res_tokens, res_att = [], []
         for n in range(N):
@@ -512,7 +512,7 @@ class _Generator(Module):
                             s = beam_logp[n, j]
                             finished[n].append((s / steps ** length_penalty, s, steps, -1 - j))
         finally:
-            self.train(was)
+            self._restore_modes(was)
 
         def backtrack(n, t, j):
             """Tokens and attention rows of alive beam j after step t (0-based), oldest first."""
