@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -244,7 +245,34 @@ struct OpenMPPhase {
   int threads;
   std::atomic<bool> failed{false};
   std::exception_ptr error;
+  // When the caller (OpenMP thread 0) had taken every slice, and when the last other thread
+  // came into the region: a thread that comes long after the work is done was not running.
+  std::atomic<int64_t> caller_done_ns{0}, last_entry_ns{0};
 };
+
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// A region's end waits for every OpenMP thread, one that another process keeps off its core
+// too (a DataLoader's workers, a second job: a scheduler tick, 4 ms, a step; calls 20-70x
+// slower). A thread that enters this long after the caller finished all the work marks the
+// runtime's threads as held elsewhere; the phases then run on the calling thread alone for a
+// while: 100 ms, doubled up to 1.6 s while the stalls come back as soon as it ends (each retry
+// costs one stall). A wake-up from sleep takes well under kStalledNs.
+constexpr int64_t kStalledNs = 1'000'000, kFirstBackoffNs = 100'000'000,
+                  kLongestBackoffNs = 1'600'000'000;
+std::atomic<int64_t> g_openmp_stalled_until_ns{0}, g_openmp_backoff_ns{kFirstBackoffNs};
+
+void openmp_threads_stalled() {
+  const int64_t now = steady_ns();
+  const int64_t backoff = g_openmp_backoff_ns.load(std::memory_order_relaxed);
+  const bool again = now - g_openmp_stalled_until_ns.load(std::memory_order_relaxed) < backoff;
+  const int64_t next = again ? std::min(2 * backoff, kLongestBackoffNs) : kFirstBackoffNs;
+  g_openmp_backoff_ns.store(next, std::memory_order_relaxed);
+  g_openmp_stalled_until_ns.store(now + next, std::memory_order_relaxed);
+}
 
 void openmp_phase_thread(void* data) {
   auto* phase = static_cast<OpenMPPhase*>(data);
@@ -253,7 +281,14 @@ void openmp_phase_thread(void* data) {
   ScopedFlushDenormals flush;
   // A region of fewer threads than ranges leaves some unowned: the others take them.
   const OmpThreadNum thread_num = g_omp_thread_num.load(std::memory_order_relaxed);
-  const int index = thread_num ? thread_num() % phase->threads : 0;
+  const int number = thread_num ? thread_num() : 0;
+  const int index = number % phase->threads;
+  if (number != 0) {
+    const int64_t entered = steady_ns();
+    int64_t last = phase->last_entry_ns.load(std::memory_order_relaxed);
+    while (entered > last && !phase->last_entry_ns.compare_exchange_weak(last, entered)) {
+    }
+  }
   take_slices(phase->ranges, phase->threads, index, [&](int s) {
     try {
       (*phase->fn)(s);
@@ -261,6 +296,7 @@ void openmp_phase_thread(void* data) {
       if (!phase->failed.exchange(true)) phase->error = std::current_exception();
     }
   });
+  if (number == 0) phase->caller_done_ns.store(steady_ns(), std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -359,10 +395,18 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn, int count) {
     return;
   }
   if (GompParallel gomp_parallel = g_gomp_parallel.load(std::memory_order_relaxed)) {
+    if (steady_ns() < g_openmp_stalled_until_ns.load(std::memory_order_relaxed)) {
+      ScopedFlushDenormals flush;  // (as a region's threads run them)
+      for (int s = 0; s < count; ++s) fn(s);  // the same slices: the same bits
+      return;
+    }
     for (int t = 0; t < size_; ++t)
       openmp_ranges_[t].word.store(home_range(count, size_, t, false), std::memory_order_relaxed);
     OpenMPPhase phase{&fn, openmp_ranges_.get(), size_};  // GOMP_parallel publishes it
     gomp_parallel(openmp_phase_thread, &phase, static_cast<unsigned>(size_), 0);
+    const int64_t done = phase.caller_done_ns.load(std::memory_order_relaxed);
+    if (done && phase.last_entry_ns.load(std::memory_order_relaxed) - done > kStalledNs)
+      openmp_threads_stalled();
     if (phase.error) std::rethrow_exception(phase.error);
     return;
   }
