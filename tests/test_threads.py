@@ -166,16 +166,18 @@ _ONE_CORE_SNIPPET = r"""
 import os, subprocess, sys, numpy as np
 if sys.argv[1] == "one-slice":  # a by-units loop in one slice a thread, not two
     os.environ["FUSEDRNN_TUNING"] = "unit_slices_per_thread=1"
+if sys.argv[1] == "openmp-stalled":  # any late OpenMP thread counts as held elsewhere: the
+    os.environ["FUSEDRNN_TUNING"] = "openmp_stall_us=0"  # phases then run on the caller alone
 import fusedrnn as fr
 from fusedrnn import functional as F
 if sys.argv[1] == "one-core":
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-if sys.argv[1] == "openmp":  # the phases on PyTorch's OpenMP threads
+if sys.argv[1].startswith("openmp"):  # the phases on PyTorch's OpenMP threads
     import torch, fusedrnn.torch
     torch.set_num_threads(2)
     assert fr.info()["thread_pool"].startswith("OpenMP"), fr.info()
 spinners = []
-if sys.argv[1] == "spinners":  # busy processes on our cores: workers stall in their slices
+if sys.argv[1] in ("spinners", "openmp-stalled"):  # busy processes on our cores: workers stall
     # (each ends itself within two minutes should this process die before it kills them)
     spin = "import time; end = time.time() + 120\nwhile time.time() < end: pass"
     spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
@@ -202,9 +204,10 @@ def test_same_bits_on_one_core_and_on_pytorchs_openmp_threads(tmp_path):
     hold the other), phases do not wait for a worker that is not running: the caller claims its
     slices. With busy processes on the cores the workers stall inside slices, and the caller
     pulls them onto its own core. On PyTorch's OpenMP threads (fusedrnn.torch imported) the
-    threads of the region claim them. A by-units loop cut in one slice a thread instead of two
-    (the CPU table's unit_slices_per_thread) computes every unit the same way. The results are
-    the same bit for bit as with two free cores of our own."""
+    threads of the region claim them, and where they come late (busy processes on the cores)
+    the phases run on the calling thread for a while. A by-units loop cut in one slice a thread
+    instead of two (the CPU table's unit_slices_per_thread) computes every unit the same way.
+    The results are the same bit for bit as with two free cores of our own."""
     import os
     import subprocess
     import sys
@@ -213,7 +216,7 @@ def test_same_bits_on_one_core_and_on_pytorchs_openmp_threads(tmp_path):
     modes = ["free", "one-core", "spinners", "one-slice"]
     try:
         import torch  # noqa: F401
-        modes.append("openmp")
+        modes += ["openmp", "openmp-stalled"]
     except ImportError:
         pass
     results = []

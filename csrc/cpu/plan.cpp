@@ -198,6 +198,10 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // (back to back 0.63-0.68), B=1 0.57-0.59 -> 0.33-0.38. It yields rather than spins, so a
   // thread of any other library that needs the core gets it at once.
   t.linger_us = 5000;  // FUSEDRNN_LINGER_US overrides it (tuning())
+  // A thread woken from sleep comes in within some 100 us; one another process keeps off its
+  // core waits for a scheduler tick (4 ms): LSTM B=1 T=100 H=128 in a torch program beside a
+  // busy 2-thread process, 2 threads, AMD EPYC Zen 4: 16-32 ms a call -> 0.33-0.46.
+  t.openmp_stall_us = 1000;
   // A training step's outputs at the anchor shapes take 10-60 MB (cpu/block_cache.h).
   t.output_cache_mb = 256;  // FUSEDRNN_OUTPUT_CACHE_MB overrides it (tuning())
   // Two slices a thread in a by-units loop of big steps: a worker whose core another library's
@@ -252,6 +256,7 @@ const TuningEntry kTuningEntries[] = {
     {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr, 0, kMaxMicroseconds},
     {"sample_slices_per_thread", &Tuning::sample_slices_per_thread, nullptr, 1, 64},
     {"linger_us", &Tuning::linger_us, nullptr, 0, kMaxMicroseconds},
+    {"openmp_stall_us", &Tuning::openmp_stall_us, nullptr, 0, kMaxMicroseconds},
     {"output_cache_mb", &Tuning::output_cache_mb, nullptr, 0, int64_t(1) << 40},
     {"unit_slices_per_thread", &Tuning::unit_slices_per_thread, nullptr, 0, 64},
     {"min_unit_slice_macs", &Tuning::min_unit_slice_macs, nullptr, 0, kMaxCount},

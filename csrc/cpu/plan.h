@@ -73,6 +73,10 @@ struct Tuning {
   // Microseconds it then yields its core in a loop (awake, but giving way to any other thread
   // that wants the core) before it sleeps. FUSEDRNN_LINGER_US overrides it (0: sleep at once).
   int64_t linger_us;
+  // Microseconds after the caller finished a phase's work on PyTorch's OpenMP threads that a
+  // thread of the region may still come in before the threads count as held by another
+  // process: the phases then run on the calling thread alone for a while (thread_team.cpp).
+  int64_t openmp_stall_us;
   // MiB of dead large outputs' blocks the process keeps for the next calls' outputs
   // (cpu/block_cache.h). FUSEDRNN_OUTPUT_CACHE_MB overrides it (0: keep none).
   int64_t output_cache_mb;

@@ -260,10 +260,12 @@ int64_t steady_ns() {
 // slower). A thread that enters this long after the caller finished all the work marks the
 // runtime's threads as held elsewhere; the phases then run on the calling thread alone for a
 // while: 100 ms, doubled up to 1.6 s while the stalls come back as soon as it ends (each retry
-// costs one stall). A wake-up from sleep takes well under kStalledNs.
-constexpr int64_t kStalledNs = 1'000'000, kFirstBackoffNs = 100'000'000,
-                  kLongestBackoffNs = 1'600'000'000;
+// costs one stall). The CPU table's openmp_stall_us says how late is held elsewhere.
+constexpr int64_t kFirstBackoffNs = 100'000'000, kLongestBackoffNs = 1'600'000'000;
 std::atomic<int64_t> g_openmp_stalled_until_ns{0}, g_openmp_backoff_ns{kFirstBackoffNs};
+// (the first regions start the runtime's threads: late by their creation, not held elsewhere)
+constexpr int kRegionsBeforeStallChecks = 8;
+std::atomic<int> g_openmp_regions{0};
 
 void openmp_threads_stalled() {
   const int64_t now = steady_ns();
@@ -405,7 +407,11 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn, int count) {
     OpenMPPhase phase{&fn, openmp_ranges_.get(), size_};  // GOMP_parallel publishes it
     gomp_parallel(openmp_phase_thread, &phase, static_cast<unsigned>(size_), 0);
     const int64_t done = phase.caller_done_ns.load(std::memory_order_relaxed);
-    if (done && phase.last_entry_ns.load(std::memory_order_relaxed) - done > kStalledNs)
+    const bool started =
+        g_openmp_regions.load(std::memory_order_relaxed) >= kRegionsBeforeStallChecks;
+    if (!started) g_openmp_regions.fetch_add(1, std::memory_order_relaxed);
+    if (started && done && phase.last_entry_ns.load(std::memory_order_relaxed) - done >
+                               tuning().openmp_stall_us * 1000)
       openmp_threads_stalled();
     if (phase.error) std::rethrow_exception(phase.error);
     return;
