@@ -115,9 +115,18 @@ void remember_own_cpus() {
 #endif
 }
 
+// Back to the CPUs this thread had before a pull, within what the process may use now (the main
+// thread's set: `taskset -a -p` or a shrunk cpuset may have narrowed it since the thread began,
+// and a pulled thread would otherwise escape the narrowing).
 void set_own_cpus() {
 #if defined(__linux__)
-  if (t_own_cpus_known) sched_setaffinity(0, sizeof(t_own_cpus), &t_own_cpus);
+  if (!t_own_cpus_known) return;
+  cpu_set_t allowed, cpus;
+  if (sched_getaffinity(getpid(), sizeof(allowed), &allowed) != 0) allowed = t_own_cpus;
+  CPU_AND(&cpus, &t_own_cpus, &allowed);
+  if (CPU_COUNT(&cpus) == 0) cpus = allowed;
+  if (sched_setaffinity(0, sizeof(cpus), &cpus) != 0)
+    sched_setaffinity(0, sizeof(allowed), &allowed);
 #endif
 }
 
