@@ -10,8 +10,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -406,7 +406,8 @@ void ThreadTeam::run_phase(const std::function<void(int)>& fn, int count) {
     return;
   }
   if (GompParallel gomp_parallel = g_gomp_parallel.load(std::memory_order_relaxed)) {
-    if (steady_ns() < g_openmp_stalled_until_ns.load(std::memory_order_relaxed)) {
+    const int64_t stalled_until = g_openmp_stalled_until_ns.load(std::memory_order_relaxed);
+    if (stalled_until != 0 && steady_ns() < stalled_until) {  // (no clock read until a stall)
       ScopedFlushDenormals flush;  // (as a region's threads run them)
       for (int s = 0; s < count; ++s) fn(s);  // the same slices: the same bits
       return;

@@ -182,12 +182,13 @@ def _weights(cell, I, H, seed=0):
              ("bias_ih_l0", (g * H,)), ("bias_hh_l0", (g * H,)))}
 
 
-def ours(cell, x, w, mode, kernels=None):
+def ours(cell, x, w, mode, kernels=None, returns_dx=False):
     """A call of fusedrnn for ``cell`` on x [T, B, I] with weights ``w``: inference
     (``mode="infer"``: the ``fusedrnn.nn`` layer in eval mode, as a user calls it, like torch's
-    module and ORT's session) or a training step (the kernels: forward, then BPTT with dy = 1).
-    ``kernels``: ``fusedrnn.functional`` by default; ``fusedrnn.reference`` has the same
-    signatures (then inference runs them too)."""
+    module and ORT's session) or a training step (the kernels: forward, then BPTT with dy = 1;
+    ``returns_dx``: it returns (y, dx), for the backward's check). ``kernels``:
+    ``fusedrnn.functional`` by default; ``fusedrnn.reference`` has the same signatures (then
+    inference runs them too)."""
     if kernels is None and mode == "infer":
         import fusedrnn as fr
         layer = getattr(fr.nn, cell)(x.shape[2], w["weight_hh_l0"].shape[1], dtype=x.dtype)
@@ -213,14 +214,15 @@ def ours(cell, x, w, mode, kernels=None):
 
     def train_step():
         y, ctx = run_forward(True)
-        bwd(ctx, dy)
-        return y
+        dx = bwd(ctx, dy)[0]
+        return (y, dx) if returns_dx else y
     return train_step
 
 
-def torch_peer(cell, x, w, mode, threads, proj_size=0):
+def torch_peer(cell, x, w, mode, threads, proj_size=0, returns_dx=False):
     """torch.nn's ``cell`` layer on the same weights (``proj_size``: an LSTM with projections,
-    w then holding weight_hr_l0 too): inference, or a training step (dy = 1)."""
+    w then holding weight_hr_l0 too): inference, or a training step (dy = 1; ``returns_dx``:
+    it returns (y, dx) of that step alone)."""
     import torch
     torch.set_num_threads(threads)
     I, H = x.shape[2], w["weight_hh_l0"].shape[0] // CELLS[cell][1]
@@ -236,9 +238,11 @@ def torch_peer(cell, x, w, mode, threads, proj_size=0):
     dy = torch.ones(x.shape[0], x.shape[1], proj_size or H)
 
     def train_step():
+        if returns_dx:
+            xg.grad = None  # (the timed step accumulates; this one's dx alone)
         y, _ = m(xg)
         y.backward(dy)
-        return y.detach().numpy()
+        return (y.detach().numpy(), xg.grad.numpy()) if returns_dx else y.detach().numpy()
     return train_step
 
 
@@ -278,11 +282,11 @@ def ort_peer(cell, x, w, threads, w_ph=None, reset_after=True):
     return lambda: sess.run(None, {"X": x})[0][:, 0]
 
 
-def reference_peer(cell, x, w, mode="infer"):
+def reference_peer(cell, x, w, mode="infer", returns_dx=False):
     """The NumPy float64 reference (``fusedrnn.reference``) on the same data and weights."""
     from fusedrnn import reference
     return ours(cell, x.astype(np.float64), {k: v.astype(np.float64) for k, v in w.items()},
-                mode, kernels=reference)
+                mode, kernels=reference, returns_dx=returns_dx)
 
 
 def _available(module):
@@ -382,28 +386,12 @@ def _agrees(diffs):
 
 
 def input_gradient(who, cell, x, w, threads):
-    """dL/dx of a training step with dy = 1 by "ours" (the kernels, as ``ours`` times them),
-    "torch" or "numpy_ref": the training rows' check of the backward (their outputs alone are
-    the forward's)."""
-    if who == "torch":
-        import torch
-        torch.set_num_threads(threads)
-        I, H = x.shape[2], w["weight_hh_l0"].shape[0] // CELLS[cell][1]
-        m = getattr(torch.nn, cell)(I, H)
-        m.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()})
-        xg = torch.from_numpy(x).clone().requires_grad_(True)
-        y, _ = m(xg)
-        y.backward(torch.ones_like(y))
-        return xg.grad.numpy()
-    from fusedrnn import functional, reference
-    kernels = reference if who == "numpy_ref" else functional
-    if who == "numpy_ref":
-        x, w = x.astype(np.float64), {k: v.astype(np.float64) for k, v in w.items()}
-    name = CELLS[cell][0]
-    args = (w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
-    states = (None, None) if name == "lstm" else (None,)
-    out = getattr(kernels, name + "_forward")(x, *states, *args, training=True)
-    return getattr(kernels, name + "_backward")(out[-1], np.ones_like(out[0]))[0]
+    """dL/dx of the training step (dy = 1) that ``who`` ("ours", "torch" or "numpy_ref") times:
+    the training rows' check of the backward (their outputs alone are the forward's)."""
+    step = {"ours": lambda: ours(cell, x, w, "train", returns_dx=True),
+            "torch": lambda: torch_peer(cell, x, w, "train", threads, returns_dx=True),
+            "numpy_ref": lambda: reference_peer(cell, x, w, "train", returns_dx=True)}[who]()
+    return step()[1]
 
 
 def gradient_diffs(cell, x, w, threads, peers):

@@ -610,7 +610,7 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
                  if class_name == "Bidirectional" else [f"{layer_group}/cell"])
         modules[prefix + name] = _build(entry, [_read_vars(store, c, path) for c in cells],
                                         f"path: {path!r}: {_describe(class_name, name)}")
-    return made or mask if functional else mask
+    return (made or mask) if functional else mask
 
 
 def load_weights(path):

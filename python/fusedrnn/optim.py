@@ -53,13 +53,6 @@ def _betas(value, name="betas"):
 _FLOAT_MAX = float(np.finfo(np.float64).max)  # (a bound that refuses inf and NaN)
 
 
-def _plain(value):
-    """A 0-d integer array (np.load's, say) as its Python int; anything else as it is."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
-        return int(value)
-    return value
-
-
 def _nonnegative(value, name):
     return _number_in(value, name, 0.0, math.inf, ">= 0")
 
@@ -643,8 +636,7 @@ class GeneticAlgorithm:
             raise ValueError("state_dict['best_fitness'] and ['history']: expected numbers, got "
                              f"{state_dict['best_fitness']!r} and {state_dict['history']!r}"
                              ) from None
-        new["generation"] = _int_in(_plain(state_dict["generation"]), "state_dict['generation']",
-                                    0)
+        new["generation"] = _int_in(state_dict["generation"], "state_dict['generation']", 0)
         rng = np.random.Generator(type(self.rng.bit_generator)())
         try:  # (the Generator refuses another bit generator's state, or a malformed one)
             rng.bit_generator.state = state_dict["rng"]
@@ -658,7 +650,7 @@ class GeneticAlgorithm:
     def run(self, generations, callback=None):
         """``generations`` steps; ``callback(generation, best_fitness)`` after each. Returns the
         best fitness."""
-        generations = _int_in(_plain(generations), "generations", 0)
+        generations = _int_in(generations, "generations", 0)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a callable(generation, best_fitness) or None, "
                             f"got {type(callback).__name__}")

@@ -138,11 +138,9 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
     finish (its state is then whole), a second one stops at once; either way ``fit`` raises
     :class:`TrainingInterrupted`."""
     for name, fn in (("train_step", train_step), ("make_batches", make_batches),
-                     ("evaluate", evaluate)):
-        if fn is not None and not callable(fn):  # (named before any work is done)
+                     ("evaluate", evaluate)):  # (named before any work is done)
+        if not callable(fn) and not (name == "evaluate" and fn is None):
             raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
-    if train_step is None or make_batches is None:
-        raise TypeError("train_step, make_batches: expected callables, got None")
     epochs = _int_in(epochs, "epochs", 0)
     objects = dict(state or {})
     if scheduler is not None:

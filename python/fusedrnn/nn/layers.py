@@ -34,7 +34,10 @@ def _dtype(dtype):
 
 def _int_in(value, name, low, high=None):
     """``value`` as an int: TypeError naming ``name`` unless it is an integer (Python's or
-    NumPy's, not a bool), ValueError unless low <= value (<= high)."""
+    NumPy's, a 0-d integer array as np.load gives one too; not a bool), ValueError unless
+    low <= value (<= high)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
     if value < low or (high is not None and value > high):

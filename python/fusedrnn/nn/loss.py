@@ -41,7 +41,6 @@ def _check_reduction(reduction):
     return reduction
 
 
-
 def _grad_like(grad, shape, dtype):
     """A "none" reduction's upstream gradient: an array of the per-position losses' shape
     (broadcasting a smaller one would give the wrong gradient silently), or a number."""
@@ -50,6 +49,7 @@ def _grad_like(grad, shape, dtype):
         raise ValueError(f"grad: expected shape {tuple(shape)} (the losses') or a number, got "
                          f"{grad.shape}")
     return grad
+
 
 class CrossEntropyLoss(Module):
     """``-log softmax(logits)[target]``, averaged over the targets that are not ``ignore_index``

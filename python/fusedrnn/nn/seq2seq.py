@@ -279,6 +279,14 @@ class Decoder(Module):
         return np.stack(dh), (None if dc is None else np.stack(dc)), dcond
 
 
+def _check_ids(ids, name, V, vocabulary):
+    """ValueError naming ``name`` unless every token id is in [0, V) (``vocabulary`` says
+    which)."""
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"{name}: expected token ids in [0, {V - 1}] ({vocabulary}), got min "
+                         f"{ids.min()} and max {ids.max()}")
+
+
 class _Generator(Module):
     """Teacher-forced training, greedy decoding and batched beam search over a ``Decoder``;
     subclasses define ``_start(inputs, repeat)`` (encode, set the attention memory, return the
@@ -307,11 +315,8 @@ class _Generator(Module):
         if N != batch or T == 0:
             raise ValueError(f"tgt: expected [{batch}, T] with T >= 1 (a target per sample of the "
                              f"batch, at least one step), got shape {tgt.shape}")
-        V = self.decoder.vocab_size
-        if tgt.min() < 0 or tgt.max() >= V:
-            raise ValueError(f"tgt: expected token ids in [0, {V - 1}] (the target vocabulary; "
-                             f"pad with pad_idx={self.pad_idx}), got min {tgt.min()} and max "
-                             f"{tgt.max()}")
+        _check_ids(tgt, "tgt", self.decoder.vocab_size,
+                   f"the target vocabulary; pad with pad_idx={self.pad_idx}")
         return tgt
 
     def _teacher_forcing(self, teacher_forcing, rng):
@@ -627,10 +632,7 @@ class Seq2Seq(_Generator):
         src = np.asarray(src)
         if src.ndim != 2 or src.dtype.kind not in "iu":
             raise ValueError(f"src: expected an integer array [N, S], got {src.dtype} {src.shape}")
-        V = self.src_embedding.num_embeddings
-        if src.size and (src.min() < 0 or src.max() >= V):
-            raise ValueError(f"src: expected token ids in [0, {V - 1}] (the source vocabulary), "
-                             f"got min {src.min()} and max {src.max()}")
+        _check_ids(src, "src", self.src_embedding.num_embeddings, "the source vocabulary")
         if src_lengths is None:
             return src, np.full(src.shape[0], src.shape[1], np.int64)
         return src, F.check_lengths(src_lengths, src.shape[1], src.shape[0], "src_lengths")

@@ -40,6 +40,7 @@ class ShapeMismatchError(ValueError, RuntimeError):
     """An input or state of a shape the layer cannot take: a ValueError, and the RuntimeError
     ``torch.nn`` raises there."""
 
+
 NO_SCRIPT = ("torch.jit.script: fusedrnn.torch's layers and cells cannot be scripted (their "
              "forward is Python that TorchScript does not compile); torch.jit.trace, "
              "torch.export and torch.compile record their operators, and "
