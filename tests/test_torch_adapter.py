@@ -187,6 +187,31 @@ def test_cells_match_torch_nn(cell):
         assert_close(results[1][1], results[0][1], 1e-10, "gradients")
 
 
+def test_kept_weight_views_follow_every_change_of_a_weight():
+    """The adapter keeps a weight's NumPy view between calls (_ops._weight_np): a write in
+    place, a new ``.data``, the same address seen transposed (a square weight), must each
+    reach the next call as they reach torch.nn's; a weight gone takes its view with it."""
+    torch.manual_seed(3)
+    ref, ours = torch.nn.RNNCell(6, 6), frt.RNNCell(6, 6)
+    ours.load_state_dict(ref.state_dict())
+    x, h = torch.randn(2, 6), torch.randn(2, 6)
+    changes = [lambda m: m.weight_hh.mul_(1.5),
+               lambda m: setattr(m.weight_ih, "data", m.weight_ih.data * 0.5),
+               lambda m: setattr(m.weight_hh, "data", m.weight_hh.data.t()),  # same address
+               lambda m: setattr(m.bias_hh, "data", m.bias_hh.data[:3].repeat(2))]
+    for change in [lambda m: None] + changes:
+        for m in (ref, ours):
+            with torch.no_grad():
+                change(m)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x, h), ref(x, h), rtol=0, atol=1e-6)
+    kept = len(_ops._WEIGHT_VIEWS)
+    for _ in range(5):
+        with torch.no_grad():
+            frt.GRUCell(3, 4)(torch.randn(1, 3))
+    assert len(_ops._WEIGHT_VIEWS) == kept
+
+
 @pytest.mark.parametrize("cell,bias", [("LSTMCell", True), ("LSTMCell", False),
                                        ("GRUCell", True), ("RNNCell", False)])
 def test_cell_loops_with_gradients_match_torch_nn(cell, bias):
