@@ -18,6 +18,7 @@ import tempfile
 import numpy as np
 
 import fusedrnn as fr
+from fusedrnn.cli_commands import at_least, nonnegative_int, positive_float, positive_int
 
 
 def make_data(n, max_len, rng, features=4):
@@ -39,14 +40,14 @@ def predict(lstm, head, x, lengths):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--max-len", type=int, default=20)
-    p.add_argument("--train-size", type=int, default=4000)
-    p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=12)
+    p.add_argument("--hidden", type=positive_int, default=64)
+    p.add_argument("--max-len", type=at_least(2), default=20)
+    p.add_argument("--train-size", type=positive_int, default=4000)
+    p.add_argument("--test-size", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=5e-3)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args()
 

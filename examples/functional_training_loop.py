@@ -20,6 +20,7 @@ import numpy as np
 
 import fusedrnn as fr
 from fusedrnn import functional as F
+from fusedrnn.cli_commands import at_least, nonnegative_int, positive_float, positive_int
 
 
 def adding_problem(n, T, rng):
@@ -60,12 +61,12 @@ def loss_and_grads(p, x, y, kernels=F):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--T", type=int, default=20, help="sequence length")
-    ap.add_argument("--hidden", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=positive_int, default=1500)
+    ap.add_argument("--T", type=at_least(2), default=20, help="sequence length")
+    ap.add_argument("--hidden", type=positive_int, default=32)
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--lr", type=positive_float, default=1e-2)
+    ap.add_argument("--seed", type=nonnegative_int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
 

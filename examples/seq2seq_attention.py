@@ -17,6 +17,7 @@ import json
 import numpy as np
 
 import fusedrnn as fr
+from fusedrnn.cli_commands import nonnegative_int, positive_float, positive_int
 
 PAD, BOS, EOS, FIRST_DIGIT = 0, 1, 2, 3
 VOCAB = FIRST_DIGIT + 10
@@ -46,18 +47,21 @@ def exact_match(result, src, lengths):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--train-size", type=int, default=3000)
-    p.add_argument("--test-size", type=int, default=200)
-    p.add_argument("--min-len", type=int, default=3)
-    p.add_argument("--max-len", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--hidden", type=positive_int, default=64)
+    p.add_argument("--train-size", type=positive_int, default=3000)
+    p.add_argument("--test-size", type=positive_int, default=200)
+    p.add_argument("--min-len", type=positive_int, default=3)
+    p.add_argument("--max-len", type=positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--beam", type=positive_int, default=4)
+    p.add_argument("--lr", type=positive_float, default=5e-3)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args()
+    if args.max_len < args.min_len:
+        p.error(f"argument --max-len: expected at least --min-len ({args.min_len}), got "
+                f"{args.max_len}")
 
     rng = np.random.default_rng(args.seed)
     src, src_len, tgt = make_data(args.train_size, args.min_len, args.max_len, rng)

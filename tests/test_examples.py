@@ -53,3 +53,20 @@ def test_functional_training_loop():
     assert m["test_mse"] < 0.3 * m["baseline_mse"]
     assert m["test_mse"] < 0.1 * m["first_loss"]
     assert m["max_rel_grad_diff_vs_reference"] < 1e-10
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("classify_with_lengths.py", ["--max-len", "1"], "--max-len: expected an integer of at least 2"),
+    ("classify_with_lengths.py", ["--batch-size", "0"], "--batch-size: expected a positive"),
+    ("functional_training_loop.py", ["--T", "1"], "--T: expected an integer of at least 2"),
+    ("seq2seq_attention.py", ["--min-len", "5", "--max-len", "3"],
+     "--max-len: expected at least --min-len"),
+    ("seq2seq_attention.py", ["--seed", "-1"], "--seed: expected a non-negative integer"),
+])
+def test_examples_refuse_nonsense_sizes_in_one_line(name, options, message):
+    """A size the script cannot run is argparse's one-line error naming the option (exit 2),
+    not a traceback from deep inside the data generation."""
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *options], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
