@@ -381,6 +381,27 @@ def test_genetic_algorithm_keeps_inf_and_an_explicit_zero_spread():
         optim.GeneticAlgorithm([p], lambda: None, population_size=4, seed=0).step()
 
 
+def test_a_tied_parameter_listed_twice_in_a_group_is_kept_once_with_a_warning():
+    """Weight tying lists one parameter under two names: torch.optim warns (and steps it
+    twice); ours warns at the user's line and keeps it once, so one step is one update."""
+    emb, head = fr.nn.Embedding(10, 4, seed=0), fr.nn.Linear(4, 10, seed=1)
+    head.weight = emb.weight
+    with pytest.warns(UserWarning, match=r"params\[0\]\['params'\]: a parameter appears "
+                                         r"more than once") as caught:
+        opt = optim.SGD(list(emb.parameters()) + list(head.parameters()), lr=0.5)
+    assert caught[0].filename == __file__
+    assert opt.param_groups[0]["params"] == [emb.weight, head.bias]
+    before = emb.weight.data.copy()
+    emb.weight.grad = np.ones_like(before)
+    head.bias.grad = np.zeros(10)
+    opt.step()
+    np.testing.assert_array_equal(emb.weight.data, before - 0.5)
+    with pytest.warns(UserWarning, match="param_group"):
+        optim.SGD([head.bias], lr=0.1).add_param_group({"params": [emb.weight, emb.weight]})
+    with pytest.raises(ValueError, match="more than one group"):
+        optim.SGD([{"params": [emb.weight]}, {"params": [head.weight]}], lr=0.1)
+
+
 def test_add_param_group_as_torch():
     p, q = Parameter(np.zeros(3)), Parameter(np.zeros(2))
     opt = optim.Adam([p])

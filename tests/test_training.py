@@ -126,6 +126,19 @@ def test_truncated_bptt_and_checkpointer_check_their_arguments():
             Checkpointer("/tmp/unused.ckpt", every=every)
 
 
+def test_checkpointer_refuses_a_path_it_cannot_write_before_training(tmp_path):
+    """A path in a missing folder, or a folder, is refused when the Checkpointer is made, as
+    the CLI refuses it: not at its first write, after `every` steps were trained."""
+    from fusedrnn.training import Checkpointer, fit
+    steps = []
+    for path, error in ((tmp_path / "no_such_dir" / "run.ckpt", FileNotFoundError),
+                        (tmp_path, IsADirectoryError)):
+        with pytest.raises(error, match=str(tmp_path)):
+            fit(lambda b: steps.append(b) or 0.0, lambda e: range(50), 3, progress=False,
+                state={}, checkpoint=Checkpointer(path))
+    assert steps == [] and list(tmp_path.iterdir()) == []
+
+
 def test_truncated_bptt_refuses_what_it_cannot_train_and_averages_counted_targets():
     """A bidirectional layer trained in chunks read its reverse direction's state at a chunk's
     start as the next chunk's end (0.27-0.57 off the full forward's state, silently); clip_norm

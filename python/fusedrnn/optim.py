@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -75,15 +76,21 @@ class Optimizer:
         """Add a group (a dict with "params" and, optionally, its own hyper-parameters; the
         others are the optimizer's defaults), as torch's optimizers do: e.g. layers unfrozen
         during training."""
-        self._add_group(param_group, "param_group")
+        self._add_group(param_group, "param_group", stacklevel=3)
 
-    def _add_group(self, group, where):
+    def _add_group(self, group, where, stacklevel=4):
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{where}: expected a dict with 'params' (a parameter group), got "
                             f"{type(group).__name__}")
         g = dict(self.defaults)
         g.update(group)
         g["params"] = _param_list(group["params"], f"{where}['params']")
+        once = list({id(p): p for p in g["params"]}.values())
+        if len(once) != len(g["params"]):  # a tied weight listed under both its names
+            warnings.warn(f"{where}['params']: a parameter appears more than once in the group "
+                          f"(a tied weight?): it is kept once, and each step updates it once "
+                          f"(torch.optim warns alike)", UserWarning, stacklevel=stacklevel)
+            g["params"] = once
         seen = {id(p) for other in self.param_groups for p in other["params"]}
         if len({id(p) for p in g["params"]} | seen) != len(seen) + len(g["params"]):
             raise ValueError(f"{where}: a parameter appears in more than one group")

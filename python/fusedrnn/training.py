@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from . import _atomic
 from .nn.module import Module
 from .nn.layers import _int_in
 from .optim import Optimizer, _nonnegative, clip_grad_norm_
@@ -385,6 +386,8 @@ class Checkpointer:
             raise ValueError(f"--checkpoint-every {every}: needs --checkpoint PATH (where to "
                              f"write)")
         self.path = None if path is None else os.fspath(path)
+        if self.path is not None:  # before the training it keeps, not at its first write
+            _atomic.check_writable(self.path)
         self.every = DEFAULT_CHECKPOINT_EVERY if every is None else _int_in(every, "every", 1)
         self.run = {"command": None, "options": {}, **(run or {})}
         # options a resumed file may record although they change no training (an earlier
