@@ -56,7 +56,8 @@ def test_functional_training_loop():
 
 
 @pytest.mark.parametrize("name,options,message", [
-    ("classify_with_lengths.py", ["--max-len", "1"], "--max-len: expected an integer of at least 2"),
+    ("classify_with_lengths.py", ["--max-len", "1"],
+     "--max-len: expected an integer of at least 2"),
     ("classify_with_lengths.py", ["--batch-size", "0"], "--batch-size: expected a positive"),
     ("functional_training_loop.py", ["--T", "1"], "--T: expected an integer of at least 2"),
     ("seq2seq_attention.py", ["--min-len", "5", "--max-len", "3"],

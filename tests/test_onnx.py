@@ -131,6 +131,20 @@ def test_export_sequential_and_seq2seq_encoder(tmp_path):
             np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
 
 
+def test_export_sequential_takes_ids_of_any_rank_and_integer_dtype(tmp_path):
+    """An Embedding first takes the example's ids as the model does: any rank, any integer
+    dtype (the graph's input has it; a Cast feeds Gather where it takes no such indices)."""
+    model = fr.nn.Sequential(fr.nn.Embedding(10, 4, seed=0), fr.nn.Linear(4, 2, seed=1))
+    for ids in (np.array([1, 2, 3]), np.array([[1, 2], [3, 4]], np.int32),
+                np.array([[[1, 9]], [[3, 0]]], np.uint8)):
+        export(model, tmp_path / "m.onnx", ids)
+        expected = model(ids)
+        np.testing.assert_allclose(_ort_run(tmp_path / "m.onnx", {"x": ids})[0], expected,
+                                   rtol=0, atol=ATOL)
+        got, = Backend.prepare(onnx.load(tmp_path / "m.onnx")).run([ids])
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
 def test_export_restores_training_mode_and_writes_atomically(tmp_path):
     layer = fr.nn.LSTM(3, 4, dropout=0.0)
     path = tmp_path / "m.onnx"
@@ -230,6 +244,32 @@ def _node_model(op, attributes=None, inputs=("X", "W", "R"), outputs=("Y", "Y_h"
         [onnx.helper.make_tensor_value_info(n, float_, shapes[n]) for n in inputs],
         [onnx.helper.make_tensor_value_info(n, float_, shapes[n]) for n in outputs])
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_backend_outputs_are_the_callers_own_arrays():
+    """As ONNX Runtime's: a write into an output reaches neither the fed input it came from (a
+    Reshape's view, an Identity) nor a later run (a constant folded at prepare)."""
+    helper, float_ = onnx.helper, onnx.TensorProto.FLOAT
+    W, R = np.ones((1, 3, 2), np.float32), np.full((1, 3, 3), 0.1, np.float32)
+    nodes = [helper.make_node("RNN", ["X", "W", "R"], ["Y", "Y_h"], hidden_size=3),
+             helper.make_node("Reshape", ["X", "shape"], ["X_flat"]),
+             helper.make_node("Add", ["W", "W"], ["W2"]),
+             helper.make_node("Identity", ["X"], ["X_same"])]
+    outputs = {"Y_h": [1, 1, 3], "X_flat": [4], "W2": [1, 3, 2], "X_same": [2, 1, 2]}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", float_, [2, 1, 2])],
+        [helper.make_tensor_value_info(n, float_, s) for n, s in outputs.items()],
+        [onnx.numpy_helper.from_array(a, n)
+         for a, n in ((W, "W"), (R, "R"), (np.array([-1]), "shape"))])
+    rep = Backend.prepare(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = np.ones((2, 1, 2), np.float32)
+    first = rep.run([x])
+    for out in first:
+        out[...] = 7.0
+    np.testing.assert_array_equal(x, 1.0)
+    again = rep.run([x.copy()])
+    np.testing.assert_array_equal(again[2], 2.0)
+    np.testing.assert_array_equal(again[0], Backend.run_node(nodes[0], [x, W, R])[1])
 
 
 def test_backend_uses_a_fed_value_of_an_initializer_that_is_a_graph_input():
@@ -375,6 +415,25 @@ def test_export_with_lengths_and_states_keeps_the_state_of_an_empty_sample(tmp_p
         state = hx if isinstance(hx, tuple) else (hx,)
         for ours, theirs, start in zip(expected[1:], got[1:], state):
             np.testing.assert_array_equal(ours[:, 0], start[:, 0])  # lengths[0] == 0
+            np.testing.assert_allclose(theirs, ours, rtol=0, atol=ATOL)
+
+
+def test_export_ignores_what_the_padding_holds_as_the_layers_do(tmp_path):
+    """NaN or inf past a sample's length never reaches its state or outputs in our layers (nor
+    in ONNX's recurrent nodes): the Scan forms (projection, LayerNorm) choose the kept state
+    rather than multiply by a 0/1 mask (NaN x 0 is NaN)."""
+    rng = np.random.default_rng(4)
+    for layer in (fr.nn.LSTM(3, 4, 2, proj_size=2, bidirectional=True, seed=1),
+                  fr.nn.LayerNormLSTM(3, 4, seed=2), fr.nn.GRU(3, 4, seed=3)):
+        layer.eval()
+        x, hx, _ = _inputs(layer, rng, 5, 3, False, False)
+        lengths = np.array([5, 2, 0])
+        export(layer, tmp_path / "m.onnx", x, hx, lengths)
+        x[2:, 1], x[:, 2] = np.nan, np.inf
+        expected = _flat(layer(x, hx, lengths))
+        got = _ort_run(tmp_path / "m.onnx", _feeds(x, hx, lengths))
+        for ours, theirs in zip(expected, got):
+            assert np.isfinite(ours).all()
             np.testing.assert_allclose(theirs, ours, rtol=0, atol=ATOL)
 
 

@@ -151,7 +151,8 @@ def _step_body(g, layer, weights, H, S, masked):
     body = _Graph(g.onnx, g.dtype)
     names = ["h", "c", "x_t"] + (["mask_t"] if masked else [])
     shapes = [["N", S], ["N", H], ["N", weights["w_ih"].shape[1]], ["N", 1]]
-    body.inputs = [body.value_info(n, s) for n, s in zip(names, shapes)]
+    elems = [None] * 3 + [g.onnx.TensorProto.BOOL]
+    body.inputs = [body.value_info(n, s, e) for n, s, e in zip(names, shapes, elems)]
     eps = float(getattr(layer, "eps", 1e-5))
 
     def product(a, w, base):
@@ -192,14 +193,12 @@ def _step_body(g, layer, weights, H, S, masked):
     h_new = body.node("Mul", [body.node("Sigmoid", [o]), body.node("Tanh", [c_out])], base="m")
     if weights["w_hr"] is not None:
         h_new = product(h_new, weights["w_hr"], "projection")
-    if masked:  # a finished sample keeps its state and outputs 0
-        keep = body.node("Sub", [body.const("one", np.ones(1, g.dtype)), "mask_t"], base="keep")
-
-        def blend(new, old, base):
-            return body.node("Add", [body.node("Mul", [new, "mask_t"]),
-                                     body.node("Mul", [old, keep])], base=base)
-        h_out, c_next = blend(h_new, "h", "h_next"), blend(c_new, "c", "c_next")
-        y_t = body.node("Mul", [h_new, "mask_t"], base="y_t")
+    if masked:  # a finished sample keeps its state and outputs 0 (chosen, not multiplied by
+        # 0 and 1: whatever its padding computed, NaN or inf, never reaches it)
+        h_out = body.node("Where", ["mask_t", h_new, "h"], base="h_next")
+        c_next = body.node("Where", ["mask_t", c_new, "c"], base="c_next")
+        y_t = body.node("Where", ["mask_t", h_new, body.const("y_padded", np.zeros(1, g.dtype))],
+                        base="y_t")
     else:
         h_out, c_next = h_new, c_new
         y_t = body.node("Identity", [h_new], base="y_t")
@@ -256,13 +255,12 @@ def _recurrent(g, layer, x, h0=None, c0=None, lengths=None, prefix=""):
         if h0:
             empty = g.node("Unsqueeze", [g.node("Equal", [lengths, g.ints("no_steps", 0)]),
                                          g.ints("empty_axes", [0, 2])], base="empty")
-    elif lengths:  # mask [T, N, 1]: t < lengths[n]
+    elif lengths:  # mask [T, N, 1] bool: t < lengths[n]
         T = g.node("Gather", [g.node("Shape", [x], base="x_shape"), g.ints("zero", 0)],
                    axis=0, base="T")
         steps = g.node("Range", [g.ints("start", 0), T, g.ints("delta", 1)], base="steps")
-        mask = g.node("Cast", [g.node("Less", [
-            g.node("Unsqueeze", [steps, g.ints("step_axis", [1])]), lengths])],
-                      to=g.elem, base="active")
+        mask = g.node("Less", [g.node("Unsqueeze", [steps, g.ints("step_axis", [1])]), lengths],
+                      base="active")
         mask = g.node("Unsqueeze", [mask, g.ints("mask_axis", [2])], base="mask")
     hs, cs = [], []
     for k in range(layer.num_layers):
@@ -310,12 +308,15 @@ def _export_recurrent(g, layer, hx, lengths):
 
 def _export_sequential(g, model, x, y):
     first = model[0] if len(model) else None
-    if isinstance(first, Embedding):
-        g.inputs.append(g.value_info("x", ["d0", "d1"], g.onnx.TensorProto.INT64))
+    value = "x"
+    if isinstance(first, Embedding):  # ids of any rank, in the example's integer dtype
+        elem = g.helper.np_dtype_to_tensor_dtype(x.dtype)
+        g.inputs.append(g.value_info("x", [f"d{k}" for k in range(x.ndim)], elem))
+        if x.dtype not in (np.int32, np.int64):  # (Gather's indices are either)
+            value = g.node("Cast", [value], to=g.onnx.TensorProto.INT64, base="ids")
     else:
         g.inputs.append(g.value_info("x", ["d0", "d1", x.shape[-1]] if x.ndim == 3
                                      else [f"d{k}" for k in range(x.ndim - 1)] + [x.shape[-1]]))
-    value = "x"
     for index, m in enumerate(model):
         where = f"m{index}_"
         if isinstance(m, RNNBase):
