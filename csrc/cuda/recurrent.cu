@@ -102,7 +102,10 @@ int checked_int(int64_t v, const char* what) {
 
 // ------------------------------------------------------------------------------ cuBLAS
 // One handle per (host thread, device): cuBLAS handles must not be shared between threads that
-// use different streams concurrently. Handles live until the process ends.
+// use different streams concurrently. Handles live until the process ends. Switching a handle's
+// stream keeps cuBLAS's own default workspace (cublasSetStream resets any set one to it), as
+// PyTorch's CUDA handles run by default (torch.cuda.current_blas_handle's documentation; only
+// its ROCm build needs a workspace per stream).
 cublasHandle_t blas_handle(cudaStream_t stream, bool allow_tf32) {
   thread_local std::vector<cublasHandle_t> handles;
   int device = 0;
