@@ -240,6 +240,22 @@ def _train_numpy(rank=0, world=1, device="cpu"):
             checks["check.mismatch_raised"] = np.array(False)
         except ValueError:
             checks["check.mismatch_raised"] = np.array(True)
+        # different options on the ranks: ValueError on every rank (different coalesce
+        # aborted both processes in gloo; different average left the ranks apart)
+        for option in ("coalesce", "average"):
+            p.grad = np.ones(4)
+            try:
+                frd.all_reduce_gradients(p, **{option: rank == 0})
+                checks[f"check.{option}_mismatch_raised"] = np.array(False)
+            except ValueError:
+                checks[f"check.{option}_mismatch_raised"] = np.array(True)
+        # one .grad array shared by two parameters: reduced once, coalesced or not
+        for coalesce in (False, True):
+            shared = np.full(2, float(rank + 1))
+            a, b = fr.nn.Parameter(np.zeros(2)), fr.nn.Parameter(np.zeros(2))
+            a.grad = b.grad = shared
+            frd.all_reduce_gradients([a, b], average=False, coalesce=coalesce)
+            checks[f"check.shared_sum_{coalesce}"] = shared.copy()
     return {**state, **checks}
 
 
@@ -394,7 +410,8 @@ def test_numpy_all_reduce_on_cuda_matches_one_process(worker_results):
 @needs_torch
 def test_numpy_all_reduce_side_cases(worker_results):
     """None gradients (on one rank: zeros there; on every rank: stay None), average=False sums
-    in place, and ranks passing different parameters raise ValueError on every rank."""
+    in place, a .grad two parameters share is summed once, and ranks passing different
+    parameters or options raise ValueError on every rank."""
     for rank, got in enumerate(worker_results["numpy_lstm"]):
         # rank 1's gradient 1, rank 0's None (zeros): 0.5 each step, plain SGD
         np.testing.assert_allclose(got["check.partial"], np.full(3, -LR * 0.5 * STEPS),
@@ -403,6 +420,10 @@ def test_numpy_all_reduce_side_cases(worker_results):
         np.testing.assert_array_equal(got["check.sum"], np.full(4, 3.0))
         assert bool(got["check.sum_in_place"]), rank
         assert bool(got["check.mismatch_raised"]), rank
+        assert bool(got["check.coalesce_mismatch_raised"]), rank
+        assert bool(got["check.average_mismatch_raised"]), rank
+        for coalesce in (False, True):
+            np.testing.assert_array_equal(got[f"check.shared_sum_{coalesce}"], [3.0, 3.0])
 
 
 @needs_torch

@@ -212,6 +212,29 @@ def test_kept_weight_views_follow_every_change_of_a_weight():
     assert len(_ops._WEIGHT_VIEWS) == kept
 
 
+def test_swapping_parameters_works_after_calls_as_for_torch_nn():
+    """Under torch's swap-on-conversion, ``.to()`` and ``load_state_dict`` swap each parameter,
+    which torch.utils.swap_tensors refuses while a weak reference to it lives: the forms a
+    call keeps of its weights (their views; bfloat16 forms in an autocast region) are dropped
+    first, as torch.nn.RNNBase drops its own references."""
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        x = torch.randn(5, 2, 3)
+        for make, call in ((lambda: frt.LSTM(3, 4), lambda m, t: m(t)),
+                           (lambda: frt.GRUCell(3, 4), lambda m, t: m(t[0]))):
+            for autocast in (False, True):
+                m = make()
+                with torch.autocast("cpu", dtype=BF16, enabled=autocast):
+                    call(m, x)
+                    m.load_state_dict(make().state_dict())
+                    m.to(torch.float64)
+                assert call(m, x.double())[0].dtype == torch.float64
+                assert all(p.dtype == torch.float64 for p in m.parameters())
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+
+
 @pytest.mark.parametrize("cell,bias", [("LSTMCell", True), ("LSTMCell", False),
                                        ("GRUCell", True), ("RNNCell", False)])
 def test_cell_loops_with_gradients_match_torch_nn(cell, bias):

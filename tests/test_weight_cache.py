@@ -158,6 +158,12 @@ def change_through_a_weak_reference(m, x):
     r()[...] *= 3.0  # (a weak reference counts no reference: checked apart)
 
 
+def change_through_a_shallow_copy(m, x):
+    q = copy.copy(m.weight_hh_l0)  # a second Parameter over the same array ...
+    q.data[...] *= 2.0
+    del q  # ... gone before the next call: only the copy's version moved with the write
+
+
 def change_by_vector_to_parameters(m, x):
     vector_to_parameters(parameters_to_vector(m.parameters()) * 0.75, m.parameters())
 
@@ -174,6 +180,7 @@ CHANGES = [change_by_optimizer, change_by_adam, change_by_load_state_dict,
            change_by_assigning_data, change_by_augmented_assignment, change_in_place,
            change_a_bias_in_place, change_through_a_kept_name, change_through_a_view,
            change_through_numpy_out, change_through_a_weak_reference,
+           change_through_a_shallow_copy,
            change_by_vector_to_parameters, change_by_new_parameter,
            change_by_reset]
 

@@ -248,19 +248,27 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
             ``all_reduce`` per parameter on a ``torch.from_numpy`` view of its ``.grad``.
 
     Raises ValueError (on every rank) when the ranks' parameters differ in number, shape or
-    dtype; RuntimeError if ``torch.distributed`` is not initialized.
+    dtype, or their ``average`` or ``coalesce``; RuntimeError if ``torch.distributed`` is not
+    initialized.
     """
     params = _param_list(module_or_params)  # (the arguments named first)
-    if not isinstance(average, (bool, np.bool_)):  # ("no" read as True)
-        raise TypeError(f"average: expected a bool, got {type(average).__name__} {average!r}")
+    for name, flag in (("average", average), ("coalesce", coalesce)):
+        if not isinstance(flag, (bool, np.bool_)):  # ("no" read as True)
+            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
     torch, dist = _initialized_dist()
     space = _Space(torch, dist, params, group)
     xp = space.xp
     bad = [i for i, p in enumerate(params)
            if p.grad is not None and np.shape(p.grad) != p.data.shape]
     missing = any(p.grad is None for p in params)
-    any_bad, any_missing = _agree(space, dist, params, group, "all_reduce_gradients",
-                                  [int(bool(bad)), int(missing)])
+    options = [int(average), int(coalesce)]  # (each with its negation: the minimum too)
+    any_bad, any_missing, *agreed = _agree(
+        space, dist, params, group, "all_reduce_gradients",
+        [int(bool(bad)), int(missing), *options, *(-v for v in options)])
+    if agreed[:2] != [-v for v in agreed[2:]]:  # (coalesce apart: message sizes differ)
+        raise ValueError(f"all_reduce_gradients: the ranks passed different average or "
+                         f"coalesce (this rank: average={bool(average)}, "
+                         f"coalesce={bool(coalesce)}); every rank must pass the same")
     if any_bad:
         where = (f"module_or_params[{bad[0]}].grad has shape {np.shape(params[bad[0]].grad)}, "
                  f"expected {params[bad[0]].data.shape}" if bad else "on another rank")
@@ -291,8 +299,12 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
                 flat /= world
             _unpack(xp, flat, (a for _, a in items))
         return
+    reduced = set()  # (a .grad array two parameters share is reduced once)
     for p in active:
         g = p.grad
+        if id(g) in reduced:
+            continue
+        reduced.add(id(g))
         direct = g.flags.c_contiguous and g.dtype == p.data.dtype
         view = g if direct else xp.ascontiguousarray(g, p.data.dtype)
         space.before_collective()

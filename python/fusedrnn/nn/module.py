@@ -125,6 +125,9 @@ class Parameter:
         self.grad = None
 
     def __getstate__(self):  # (slots: every pickle protocol, 0 and 1 too)
+        # hands ``data`` out as reading it does (copy.copy's Parameter shares the array and
+        # may write into it): the version moves
+        self._version = next(_versions)
         return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
 
     def __setstate__(self, state):

@@ -87,6 +87,18 @@ def _weight_np(w: torch.Tensor) -> np.ndarray:
     return a
 
 
+def forget_weights(weights):
+    """Drop what is kept of ``weights`` (their NumPy views, their bfloat16 forms) and with it
+    their weak references, which torch.utils.swap_tensors refuses: a Module's ``.to()`` under
+    ``torch.__future__.set_swap_module_params_on_conversion(True)`` and ``load_state_dict``
+    there swap each parameter (torch.nn.RNNBase drops its own weak references alike)."""
+    ids = {id(w) for w in weights}
+    for key in ids:
+        _WEIGHT_VIEWS.pop(key, None)
+    for key in [k for k in _KEPT_FORMS if ids.intersection(k)]:
+        _KEPT_FORMS.pop(key, None)
+
+
 def _lengths_np(lengths):
     """The lengths as int64 on the host (both backends take them there), or None."""
     return None if lengths is None else _np(lengths.to("cpu", torch.int64))

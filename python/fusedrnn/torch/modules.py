@@ -224,7 +224,20 @@ def _onednn_computes_bfloat16():
     return True if check is None else bool(check())
 
 
-class _RecurrentBase(nn.Module):
+class _KeepsWeights(nn.Module):
+    """A module whose calls keep forms of its weights (``_ops``): dropped before the weights
+    are converted or loaded, where torch may swap each parameter for a new one."""
+
+    def _apply(self, fn, recurse=True):
+        _ops.forget_weights(self.parameters(recurse=False))
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        _ops.forget_weights(self.parameters(recurse=False))
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+class _RecurrentBase(_KeepsWeights):
     """What RNN, LSTM and GRU share: parameters, input forms, the layer loop."""
 
     _cell = ""
@@ -567,7 +580,7 @@ class RNN(_RecurrentBase):
 
 
 # ---------------------------------------------------------------------------- cells
-class _CellBase(nn.Module):
+class _CellBase(_KeepsWeights):
     """One step of a cell: the layer operator run over a sequence of one step."""
 
     _cell = ""
