@@ -60,8 +60,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
     """A NumPy view of a CPU tensor (contiguous: copied only if it was not). One call to torch
     (``numpy(force=True)``: the view whether or not it requires grad), a third less than
     detach, contiguous and numpy: a decoder step reads six."""
-    a = t.numpy(force=True)
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    if t.is_contiguous():  # (the view is then: asked of the tensor, not of the array's flags)
+        return t.numpy(force=True)
+    return np.ascontiguousarray(t.numpy(force=True))
 
 
 # A weight's NumPy view, kept while the weight lives at the same address and shape: a decoder
@@ -205,8 +206,8 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
     xn = arr(x)
     if xn.ndim == 2:  # (the array's view: a tensor's x[None] costs a step twice as much)
         xn = xn[None]
-    lengths_np = _lengths_np(lengths)
-    bf16 = F.bfloat16_products(xn.dtype, precision) and not (
+    lengths_np = None if lengths is None else _lengths_np(lengths)
+    bf16 = precision == "bfloat16" and F.bfloat16_products(xn.dtype, precision) and not (
         training and F.variant_trains_in_float32(cell, bool(w_hr), bridge is _CPU))
     # float32 weights are packed by every call (a parameter may change in place unseen);
     # bfloat16 ones are kept for the autocast region where torch keeps its own casts
