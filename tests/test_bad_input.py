@@ -485,6 +485,72 @@ def test_thread_counts_are_checked_and_numpy_integers_taken():
         fr.set_num_threads(saved)
 
 
+def test_the_binding_itself_refuses_what_would_crash_or_misread():
+    """fusedrnn._C directly (users can reach it): a call tuple's x that is not an ndarray (a
+    list became a temporary array freed before the kernel read it: wrong numbers), a thread
+    count past 4096 (a typo started threads up to the process limit), a kept WeightCache given
+    other shapes at the same addresses (it served the old forms), and no sample or no hidden
+    unit with a huge T (the time loop walked every empty step)."""
+    from fusedrnn import _C
+    rng = np.random.default_rng(0)
+    x, h0, c0 = (rng.standard_normal(s) for s in ((T, N, I), (N, H), (N, H)))
+    w_ih, w_hh, b = (rng.standard_normal(s) for s in ((4 * H, I), (4 * H, H), (4 * H,)))
+    call = (x, h0, c0, w_ih, w_hh, b, b, None, False, False)
+    for many in (_C.recurrent_forward_many, _C.recurrent_forward_stack):
+        with pytest.raises(TypeError, match="x: expected a numpy.ndarray, got list"):
+            many("lstm", "tanh", [(x.tolist(),) + call[1:]])
+    y = _C.recurrent_forward_many("lstm", "tanh", [call])[0][0]
+    np.testing.assert_array_equal(y, _C.recurrent_forward("lstm", "tanh", *call)[0])
+    for n in (0, 4097, 10 ** 5):
+        with pytest.raises(ValueError, match="n: expected 1 to 4096 threads"):
+            _C.set_num_threads(n)
+    # one buffer seen as an LSTM's weights (H = 6: W_hh [24, 6]), then at the same addresses
+    # as an RNN's (H = 12: W_hh [12, 12], as many elements)
+    xs = rng.standard_normal((12, 2, I)).astype(np.float32)
+    w = rng.standard_normal(24 * I + 24 * H + 48).astype(np.float32)
+    lstm = (w[:24 * I].reshape(24, I), w[24 * I:24 * I + 24 * H].reshape(24, H),
+            w[-48:-24], w[-24:])
+    rnn = (w[:12 * I].reshape(12, I), w[24 * I:24 * I + 144].reshape(12, 12),
+           w[-48:-36], w[-24:-12])
+    cache = _C.WeightCache()
+    _C.recurrent_forward("lstm", "tanh", xs, np.zeros((2, H), np.float32),
+                         np.zeros((2, H), np.float32), *lstm, None, False, False, cache)
+    state = np.zeros((2, 12), np.float32)
+    cached, plain = (_C.recurrent_forward("rnn", "tanh", xs, state, None, *rnn, None, False,
+                                          False, c)[0] for c in (cache, _C.WeightCache()))
+    np.testing.assert_array_equal(cached, plain)
+    huge = np.empty((2 ** 40, 0, I), np.float32)
+    out = _C.recurrent_forward("rnn", "tanh", huge, np.zeros((0, H), np.float32), None,
+                               *(a.astype(np.float32)[:H] for a in (w_ih, w_hh, b, b)), None,
+                               False, False)
+    assert out[0].shape == (2 ** 40, 0, H)
+
+
+@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD", ""),
+                    reason="an address-space limit leaves the sanitizers no room")
+def test_threads_the_system_refuses_are_a_runtime_error_not_an_abort():
+    """A team of 4096 threads under a memory limit (as a container's) that cannot start them
+    all: RuntimeError naming what to do, and the process goes on (it was std::terminate)."""
+    import subprocess
+    import sys
+    script = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (1500 << 20, 1500 << 20))\n"
+              "import numpy as np, fusedrnn as fr\n"
+              "fr.set_num_threads(4096)\n"
+              "try:\n"
+              "    fr.nn.LSTM(8, 16)(np.ones((5, 3, 8), np.float32))\n"
+              "except RuntimeError as e:\n"
+              "    print('refused:', e)\n"
+              "fr.set_num_threads(2)\n"
+              "print(fr.nn.LSTM(8, 16)(np.ones((5, 3, 8), np.float32))[0].shape)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    if "refused:" not in proc.stdout:
+        pytest.skip("this machine started 4096 threads within the limit")
+    assert "use fewer: fusedrnn.set_num_threads(n)" in proc.stdout
+    assert proc.stdout.strip().endswith("(5, 3, 16)")
+
+
 def test_matmul_transposes_only_matrices_and_seeds_are_named():
     """matmul(a [2, 3, 4], b, trans_a=True) returned a.T's (4, 3, 2) product, every axis
     reversed; the flags are bools. A seed NumPy refuses is named as the layers' argument."""

@@ -363,6 +363,14 @@ py::tuple call_tuple(const py::handle& call, size_t items, const char* names) {
   return t;
 }
 
+// A call tuple's x: an ndarray itself (a list would be converted to a temporary array that is
+// gone before the kernel reads it).
+py::array call_x(const py::object& x) {
+  if (!py::isinstance<py::array>(x))
+    throw py::type_error(std::string("x: expected a numpy.ndarray, got ") + Py_TYPE(x.ptr())->tp_name);
+  return py::reinterpret_borrow<py::array>(x);
+}
+
 // Forward calls (tuples of a single call's arguments after cell and nonlinearity): independent
 // (cpu::recurrent_forward_many) or, with `stack`, the layers of a unidirectional stack whose x,
 // None after the first, is the previous layer's y (cpu::recurrent_forward_stack).
@@ -387,7 +395,7 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
       if (py::cast<bool>(t[8])) throw py::value_error("calls: expected reverse=False in a stack");
       if (!prepared.empty()) x = prepared.back().outputs[0];
     }
-    prepared.push_back(prepare_forward<T>(cell, py::cast<py::array>(x), t[1], t[2], t[3], t[4],
+    prepared.push_back(prepare_forward<T>(cell, call_x(x), t[1], t[2], t[3], t[4],
                                           t[5], t[6], t[7], py::cast<bool>(t[8]),
                                           py::cast<bool>(t[9]),
                                           t.size() >= 13 ? py::object(t[12]) : py::none(),
@@ -413,7 +421,7 @@ py::list backward_calls_typed(CellKind cell, const py::list& calls) {
     if (t.size() < 12 || t.size() > 15)
       t = call_tuple(c, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
                             "dh_n, dc_n[, precision[, w_ph[, w_hr[, ln]]]])");
-    prepared.push_back(prepare_backward<T>(cell, py::cast<py::array>(t[0]), t[1], t[2], t[3],
+    prepared.push_back(prepare_backward<T>(cell, call_x(t[0]), t[1], t[2], t[3],
                                            py::cast<bool>(t[4]), t[5], t[6], t[7], t[8], t[9],
                                            t[10], t.size() >= 13 ? py::object(t[12]) : py::none(),
                                            t.size() >= 14 ? py::object(t[13]) : py::none(),
@@ -431,7 +439,7 @@ Dtype calls_dtype(const py::list& calls) {
   if (calls.empty()) return Dtype::kFloat32;
   auto first = py::cast<py::tuple>(calls[0]);
   if (first.empty()) throw py::value_error("calls: expected tuples of arguments, got an empty one");
-  auto x = py::cast<py::array>(first[0]);
+  auto x = call_x(first[0]);
   if (holds<float>(x)) return Dtype::kFloat32;
   if (holds<double>(x)) return Dtype::kFloat64;
   throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(x.dtype())));
@@ -760,8 +768,10 @@ PYBIND11_MODULE(_C, m) {
   py::class_<cpu::WeightCache>(m, "WeightCache",
                                "The packed forms of one layer direction's weights, kept between "
                                "calls (pass it as a forward call's cache). It serves only the "
-                               "arrays of the first call it takes part in, and never sees a "
-                               "change to their values: make a new one whenever they may change.")
+                               "arrays of the first call it takes part in (their addresses, "
+                               "shapes and cell), and never sees a change to their values: keep "
+                               "them alive while it is used, and make a new one whenever they "
+                               "may change.")
       .def(py::init<>())
       .def_property_readonly("nbytes", &cpu::WeightCache::bytes, "Bytes held.")
       .def_property_readonly("forms", &cpu::WeightCache::forms, "Packed forms kept.");
@@ -854,7 +864,11 @@ PYBIND11_MODULE(_C, m) {
       },
       "Give every kept output block back to the allocator.");
   // Without the GIL: it waits for a running call's team, and the other Python threads go on
-  m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); }, py::arg("n"),
+  m.def("set_num_threads", [](int n) {
+          if (n < 1 || n > 4096)  // (fusedrnn.MAX_THREADS: a typo must not start 10**6)
+            throw py::value_error("n: expected 1 to 4096 threads, got " + std::to_string(n));
+          cpu::set_num_threads(n);
+        }, py::arg("n"),
         py::call_guard<py::gil_scoped_release>(), "Threads of the kernels' team.");
   m.def("get_num_threads", []() { return cpu::get_num_threads(); },
         "Threads of the kernels' team.");

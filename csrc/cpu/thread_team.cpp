@@ -15,6 +15,9 @@
 #include <chrono>
 #include <exception>
 #include <memory>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -346,10 +349,19 @@ void restore_flush_denormals(unsigned saved) {
 
 ThreadTeam::ThreadTeam(int size)
     : size_(size), ranges_(new Range[size]), openmp_ranges_(new Range[size]) {
-  for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this, s);
+  try {
+    for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this, s);
+  } catch (const std::system_error& e) {  // (a process or memory limit): not std::terminate,
+    stop_workers();                       // which joinable threads left behind would call
+    throw std::runtime_error("fusedrnn: could not start " + std::to_string(size_ - 1) +
+                             " worker threads (" + e.what() +
+                             "); use fewer: fusedrnn.set_num_threads(n)");
+  }
 }
 
-ThreadTeam::~ThreadTeam() {
+ThreadTeam::~ThreadTeam() { stop_workers(); }
+
+void ThreadTeam::stop_workers() {
   stop_.store(true);
   {
     std::lock_guard<std::mutex> g(sleep_mutex_);

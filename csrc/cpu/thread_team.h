@@ -48,6 +48,9 @@ class ThreadTeam {
 
  private:
   void worker(int index);
+  // Stops and joins the workers started (the destructor; a constructor that could not start
+  // them all).
+  void stop_workers();
   // Runs thread `index`'s home slices, then the others' unclaimed ones, until none is left.
   void claim_slices(int index);
   // The caller, about to sleep until the workers' slices are done: moves each worker still in

@@ -1,5 +1,6 @@
 #include "cpu/weight_cache.h"
 
+#include <algorithm>
 #include <new>
 
 namespace fusedrnn {
@@ -24,18 +25,17 @@ void WeightCache::publish(const Key& key) {
 }
 
 bool WeightCache::serves(const void* w_ih, const void* w_hh, const void* b_ih, const void* b_hh,
-                         int64_t element_bytes) {
+                         int64_t element_bytes, int cell, int64_t I, int64_t GH, int64_t S) {
   std::lock_guard<std::mutex> lock(mutex_);
   const void* arrays[4] = {w_ih, w_hh, b_ih, b_hh};
+  const int64_t layout[5] = {element_bytes, cell, I, GH, S};
   if (!bound_) {
-    for (int i = 0; i < 4; ++i) arrays_[i] = arrays[i];
-    element_bytes_ = element_bytes;
+    std::copy(arrays, arrays + 4, arrays_);
+    std::copy(layout, layout + 5, layout_);
     bound_ = true;
     return true;
   }
-  for (int i = 0; i < 4; ++i)
-    if (arrays_[i] != arrays[i]) return false;
-  return element_bytes_ == element_bytes;
+  return std::equal(arrays, arrays + 4, arrays_) && std::equal(layout, layout + 5, layout_);
 }
 
 int64_t WeightCache::bytes() const {

@@ -44,9 +44,12 @@ class WeightCache {
   };
   Block claim(const Key& key, int64_t bytes);
   void publish(const Key& key);
-  // True when these are the arrays the cache serves; the first call binds them.
+  // True when these are the arrays the cache serves, at the same addresses with the same
+  // element size and shapes (I, G*H, the state's width) and the same cell; the first call binds
+  // them. (An array freed and another made at its address is the owner's to tell: it keeps
+  // the arrays alive, or makes a new cache.)
   bool serves(const void* w_ih, const void* w_hh, const void* b_ih, const void* b_hh,
-              int64_t element_bytes);
+              int64_t element_bytes, int cell, int64_t I, int64_t GH, int64_t S);
   int64_t bytes() const;
   int64_t forms() const;
   ~WeightCache();
@@ -61,7 +64,7 @@ class WeightCache {
   int64_t bytes_ = 0;
   bool bound_ = false;
   const void* arrays_[4] = {};
-  int64_t element_bytes_ = 0;
+  int64_t layout_[5] = {};  // element size, cell, I, G*H, the state's width
 };
 
 }  // namespace cpu
