@@ -8,7 +8,7 @@ import typing
 __all__: list[str] = ['WeightCache', 'attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'matmul', 'output_cache', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'release_output_cache', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'tuning']
 class WeightCache:
     """
-    The packed forms of one layer direction's weights, kept between calls (pass it as a forward call's cache). It serves only the arrays of the first call it takes part in, and never sees a change to their values: make a new one whenever they may change.
+    The packed forms of one layer direction's weights, kept between calls (pass it as a forward call's cache). It serves only the arrays of the first call it takes part in (their addresses, shapes and cell), and never sees a change to their values: keep them alive while it is used, and make a new one whenever they may change.
     """
     def __init__(self) -> None:
         ...
