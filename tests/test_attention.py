@@ -171,6 +171,34 @@ def test_fused_step_all_positions_masked_is_finite():
     assert np.all(weights == 0) and np.all(context == 0)
 
 
+@pytest.mark.parametrize("make", [lambda: BahdanauAttention(3, 3, dtype=np.float64, seed=0),
+                                  lambda: LuongAttention(3, 3, "general", dtype=np.float64,
+                                                         seed=0)])
+def test_a_weight_written_between_forward_and_backward_is_refused(make):
+    """As the layers, cells and Linear (and torch): the step's backward and memory_backward
+    would mix the new weights with the old activations (the query's and the keys'
+    projections); a write after set_memory, before memory_backward, too."""
+    rng = np.random.default_rng(0)
+    keys, q, dc = (rng.standard_normal(s) for s in ((2, 4, 3), (2, 3), (2, 3)))
+    for write_before in ("backward", "memory_backward"):
+        att = make()
+        att.train()
+        att.set_memory(keys)
+        att(q)
+        if write_before == "memory_backward":
+            att.backward(dc)
+        p = next(iter(att.parameters()))
+        p.data = p.data + 1.0
+        with pytest.raises(RuntimeError, match="a parameter was written"):
+            getattr(att, write_before)(*((dc,) if write_before == "backward" else ()))
+    att = make()  # unwritten: both run
+    att.train()
+    att.set_memory(keys)
+    att(q)
+    att.backward(dc)
+    assert att.memory_backward().shape == keys.shape
+
+
 def test_bad_input():
     m = BahdanauAttention(4, 6)
     with pytest.raises(RuntimeError, match="set_memory"):

@@ -226,7 +226,8 @@ def test_special_ids_targets_and_options_are_checked():
     for options, name in ((dict(eos_idx=9), "eos_idx"), (dict(eos_idx=-1), "eos_idx"),
                           (dict(bos_idx=6), "bos_idx"), (dict(pad_idx=2), "eos_idx"),
                           (dict(seed="a"), "seed"), (dict(attention="luong", attention_size=7),
-                                                     "attention_size")):
+                                                     "attention_size"),
+                          (dict(score="dot"), "bidirectional=False")):  # (the default encoder)
         with pytest.raises((ValueError, TypeError), match=name):
             Seq2Seq(9, 6, embed_size=4, hidden_size=5, **options)
     with pytest.raises(ValueError, match="eos_idx"):

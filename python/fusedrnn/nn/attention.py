@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 from .. import functional as F
 from .._loader import _C
 from .layers import _dtype, _positive_int, _seeded
-from .module import Module, Parameter
+from .module import Module, Parameter, check_unwritten, write_stamp
 
 __all__ = ["SCORES", "attention_step_forward", "attention_step_backward", "lengths_mask",
            "AttentionBase", "BahdanauAttention", "LuongAttention", "make_attention"]
@@ -164,7 +164,9 @@ class AttentionBase(Module):
         if not mask.all():  # padding is never read: whatever it holds (NaN) stays out of the
             keys = np.where(mask[:, :, None], keys, keys.dtype.type(0))  # weight gradients
         keys_proj = self._project_keys(keys)
-        self._memory = dict(keys=keys, keys_proj=keys_proj, mask=mask,
+        # (written: the weights' writes known now, for memory_backward's check: keys_proj is of
+        # these weights)
+        self._memory = dict(keys=keys, keys_proj=keys_proj, mask=mask, written=write_stamp(self),
                             dkeys_proj=None, dvalues=None, queries=[], dqueries_proj=[])
         self._steps = []
 
@@ -189,15 +191,16 @@ class AttentionBase(Module):
             self.score, self._project_query(query), mem["keys_proj"], mem["keys"], mem["mask"],
             self._v())
         if self.training:  # (the caller's weights apart from the saved ones: no copy where
-            self._steps.append((query, saved))  # nothing is saved, as in decoding)
-            weights = weights.copy()
+            self._steps.append((query, saved, write_stamp(self)))  # nothing is saved, as in
+            weights = weights.copy()                                # decoding)
         return context, weights
 
     def backward(self, dcontext, dweights=None):
         """Backward of the latest step not yet back-propagated; returns dquery [N, Q]."""
         if not self._steps:
             raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left")
-        query, saved = self._steps[-1]  # taken off only once its backward ran (bad input keeps it)
+        query, saved, written = self._steps[-1]  # taken off only once its backward ran (bad
+        check_unwritten(self, written)            # input keeps it)
         dq_proj, dkeys_proj, dvalues, dv = attention_step_backward(
             saved, _as_gradient(dcontext, "dcontext", self.dtype),
             None if dweights is None else _as_gradient(dweights, "dweights", self.dtype))
@@ -220,6 +223,7 @@ class AttentionBase(Module):
         if self._steps:
             raise RuntimeError(f"{type(self).__name__}.memory_backward: {len(self._steps)} "
                                f"steps still wait for their backward")
+        check_unwritten(self, mem["written"])
         keys = mem["keys"]
         if mem["queries"]:       # the query projection's weight gradient: one GEMM, all steps
             self._query_weight_grads(np.stack(mem["queries"]), np.stack(mem["dqueries_proj"]))

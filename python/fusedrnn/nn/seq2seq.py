@@ -599,6 +599,10 @@ class Seq2Seq(_Generator):
         D = 2 if bidirectional else 1
         H = _positive_int(hidden_size, "hidden_size")
         L = _positive_int(num_layers, "num_layers")
+        if scoring == "dot" and D == 2:  # (keys 2H wide against a query H wide)
+            raise ValueError("score='dot' compares the decoder's state with the encoder's outputs, "
+                             "which bidirectional=True (the default) makes twice as wide; pass "
+                             "bidirectional=False, or score='general' (a learned key projection)")
         self.src_embedding = Embedding(src_vocab_size, embed_size, padding_idx=pad_idx,
                                        dtype=dtype, seed=s[0])
         options = _cell_options(cell, peephole, reset_after, proj_size)
