@@ -524,6 +524,14 @@ def test_the_binding_itself_refuses_what_would_crash_or_misread():
                                *(a.astype(np.float32)[:H] for a in (w_ih, w_hh, b, b)), None,
                                False, False)
     assert out[0].shape == (2 ** 40, 0, H)
+    # no hidden unit: what a LayerNorm-LSTM saves still has 3 numbers a step and sample
+    for _ in range(3):  # (freed memory of another call's values, each time)
+        np.full(10 ** 4, 1e300).sum()
+        extra = _C.recurrent_forward(
+            "layernorm_lstm", "tanh", x, np.zeros((N, 0)), np.zeros((N, 0)), np.zeros((0, I)),
+            np.zeros((0, 0)), np.zeros(0), np.zeros(0), None, False, True, None, None, None,
+            None, np.zeros(0), 1e-5)[4]
+        assert extra.shape == (T, N, 3) and not extra.any()
 
 
 @pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD", ""),

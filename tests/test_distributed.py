@@ -256,6 +256,12 @@ def _train_numpy(rank=0, world=1, device="cpu"):
             a.grad = b.grad = shared
             frd.all_reduce_gradients([a, b], average=False, coalesce=coalesce)
             checks[f"check.shared_sum_{coalesce}"] = shared.copy()
+        # shared on one rank, missing on the other: the same collectives on both (gloo aborts
+        # at a mismatch)
+        a, b = fr.nn.Parameter(np.zeros(2)), fr.nn.Parameter(np.zeros(2))
+        a.grad = b.grad = np.ones(2) if rank == 0 else None
+        frd.all_reduce_gradients([a, b], average=False, coalesce=False)
+        checks["check.shared_or_missing"] = np.concatenate([a.grad, b.grad])
     return {**state, **checks}
 
 
@@ -424,6 +430,7 @@ def test_numpy_all_reduce_side_cases(worker_results):
         assert bool(got["check.average_mismatch_raised"]), rank
         for coalesce in (False, True):
             np.testing.assert_array_equal(got[f"check.shared_sum_{coalesce}"], [3.0, 3.0])
+        np.testing.assert_array_equal(got["check.shared_or_missing"], np.ones(4))
 
 
 @needs_torch

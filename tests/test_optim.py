@@ -396,8 +396,12 @@ def test_a_tied_parameter_listed_twice_in_a_group_is_kept_once_with_a_warning():
     head.bias.grad = np.zeros(10)
     opt.step()
     np.testing.assert_array_equal(emb.weight.data, before - 0.5)
-    with pytest.warns(UserWarning, match="param_group"):
+    with pytest.warns(UserWarning, match="param_group") as caught:
         optim.SGD([head.bias], lr=0.1).add_param_group({"params": [emb.weight, emb.weight]})
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="more than once") as caught:
+        optim.AdamW([emb.weight, emb.weight])
+    assert caught[0].filename == __file__
     with pytest.raises(ValueError, match="more than one group"):
         optim.SGD([{"params": [emb.weight]}, {"params": [head.weight]}], lr=0.1)
 

@@ -299,12 +299,13 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
                 flat /= world
             _unpack(xp, flat, (a for _, a in items))
         return
-    reduced = set()  # (a .grad array two parameters share is reduced once)
+    seen = set()  # a .grad array two parameters share: the second gets its own copy first, so
+    for p in active:  # that each is reduced once, and every rank runs len(active) collectives
+        if id(p.grad) in seen:
+            p.grad = p.grad.copy()
+        seen.add(id(p.grad))
     for p in active:
         g = p.grad
-        if id(g) in reduced:
-            continue
-        reduced.add(id(g))
         direct = g.flags.c_contiguous and g.dtype == p.data.dtype
         view = g if direct else xp.ascontiguousarray(g, p.data.dtype)
         space.before_collective()

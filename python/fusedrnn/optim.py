@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -58,6 +59,15 @@ def _nonnegative(value, name):
     return _number_in(value, name, 0.0, math.inf, ">= 0")
 
 
+def _outside_this_module():
+    """The stacklevel of the caller's first frame outside this module: a warning names the
+    user's line, whichever constructors ran in between (AdamW's through Adam's)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class Optimizer:
     """What every optimizer shares: parameter groups, per-parameter state, (de)serialisation."""
 
@@ -76,9 +86,9 @@ class Optimizer:
         """Add a group (a dict with "params" and, optionally, its own hyper-parameters; the
         others are the optimizer's defaults), as torch's optimizers do: e.g. layers unfrozen
         during training."""
-        self._add_group(param_group, "param_group", stacklevel=3)
+        self._add_group(param_group, "param_group")
 
-    def _add_group(self, group, where, stacklevel=4):
+    def _add_group(self, group, where):
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{where}: expected a dict with 'params' (a parameter group), got "
                             f"{type(group).__name__}")
@@ -89,7 +99,7 @@ class Optimizer:
         if len(once) != len(g["params"]):  # a tied weight listed under both its names
             warnings.warn(f"{where}['params']: a parameter appears more than once in the group "
                           f"(a tied weight?): it is kept once, and each step updates it once "
-                          f"(torch.optim warns alike)", UserWarning, stacklevel=stacklevel)
+                          f"(torch.optim warns alike)", UserWarning, stacklevel=_outside_this_module())
             g["params"] = once
         seen = {id(p) for other in self.param_groups for p in other["params"]}
         if len({id(p) for p in g["params"]} | seen) != len(seen) + len(g["params"]):

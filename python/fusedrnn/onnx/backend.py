@@ -316,7 +316,7 @@ class FusedRnnRep(BackendRep):
                 raise ValueError(f"inputs: expected {len(self.input_names)} arrays "
                                  f"{self.input_names}, got {len(inputs)}")
             values.update(zip(self.input_names, (np.asarray(v) for v in inputs)))
-        given = {id(v) for v in values.values()}  # arrays this run did not make
+        given = [v for v in values.values() if isinstance(v, np.ndarray)]  # not made by the run
         fed = set(inputs) if isinstance(inputs, dict) else set(self.input_names)
         for name in fed:  # ONNX Runtime's check: a fed array has its graph input's type
             if name in self._dtypes and values[name].dtype != self._dtypes[name]:
@@ -333,7 +333,8 @@ class FusedRnnRep(BackendRep):
                     values[name] = value
         # the caller's own arrays, as ONNX Runtime's: never a prepared constant (a write would
         # reach every later run) nor a fed input or a view of one (a write would reach it)
-        return [v if isinstance(v, np.ndarray) and v.flags.owndata and id(v) not in given
+        return [v if isinstance(v, np.ndarray)
+                and not any(np.may_share_memory(v, g) for g in given)
                 else np.array(v, copy=True) for v in (values[n] for n in self.output_names)]
 
 

@@ -65,37 +65,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.numpy(force=True))
 
 
-# A weight's NumPy view, kept while the weight lives at the same address and shape: a decoder
-# reads four a step, 0.8 us each, against 0.3 for the check. A view sees every write in place
-# (an optimizer's step); a new ``.data`` moves the address, or keeps it with another layout
-# (a transposed square weight: contiguous no more) or dtype (the kept view holds the old
-# storage, so no new one can take its address while it is kept).
-_WEIGHT_VIEWS: dict = {}  # id(weight) -> (weakref to it, address, shape, dtype, the view)
-
-
-def _weight_np(w: torch.Tensor) -> np.ndarray:
-    """:func:`_np` of a weight, the view kept for its next call (a copy is never kept)."""
-    key = id(w)
-    kept = _WEIGHT_VIEWS.get(key)
-    if (kept is not None and kept[0]() is w and kept[1] == w.data_ptr() and kept[2] == w.shape
-            and kept[3] == w.dtype and w.is_contiguous()):
-        return kept[4]
-    a = _np(w)
-    if a.ctypes.data == w.data_ptr() and a.size:  # a view (not a contiguous copy)
-        def forget(_, key=key):  # the weight is gone: so is its view
-            _WEIGHT_VIEWS.pop(key, None)
-        _WEIGHT_VIEWS[key] = (weakref.ref(w, forget), w.data_ptr(), w.shape, w.dtype, a)
-    return a
-
-
 def forget_weights(weights):
-    """Drop what is kept of ``weights`` (their NumPy views, their bfloat16 forms) and with it
-    their weak references, which torch.utils.swap_tensors refuses: a Module's ``.to()`` under
+    """Drop the bfloat16 forms kept of ``weights`` and with them their weak references, which
+    torch.utils.swap_tensors refuses: a Module's ``.to()`` under
     ``torch.__future__.set_swap_module_params_on_conversion(True)`` and ``load_state_dict``
     there swap each parameter (torch.nn.RNNBase drops its own weak references alike)."""
     ids = {id(w) for w in weights}
-    for key in ids:
-        _WEIGHT_VIEWS.pop(key, None)
     for key in [k for k in _KEPT_FORMS if ids.intersection(k)]:
         _KEPT_FORMS.pop(key, None)
 
@@ -202,7 +177,6 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
     bfloat16 weights may be kept for the autocast region (:func:`_kept_forms`)."""
     _check_precision(precision)
     arr = bridge.array
-    warr = _weight_np if bridge is _CPU else arr
     xn = arr(x)
     if xn.ndim == 2:  # (the array's view: a tensor's x[None] costs a step twice as much)
         xn = xn[None]
@@ -219,14 +193,14 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
                                     b_hh[d] if b_hh else None) if keep else (None, None))
         if zeros is None and not b_ih:
             zeros = bridge.zeros(x, GH)
-        more = ((None, "bfloat16" if bf16 else None, None, warr(w_hr[d])) if w_hr
+        more = ((None, "bfloat16" if bf16 else None, None, arr(w_hr[d])) if w_hr
                 else (forms, "bfloat16") if bf16 else ())
         h0_d = bridge.zeros(x, (N, S)) if h0 is None else arr(h0[d])
         c0_d = (None if cell != "lstm" else bridge.zeros(x, (N, GH // 4)) if c0 is None
                 else arr(c0[d]))
         calls.append((xn, h0_d, c0_d,
-                      warr(w_ih[d]), warr(w_hh[d]),
-                      warr(b_ih[d]) if b_ih else zeros, warr(b_hh[d]) if b_hh else zeros,
+                      arr(w_ih[d]), arr(w_hh[d]),
+                      arr(b_ih[d]) if b_ih else zeros, arr(b_hh[d]) if b_hh else zeros,
                       lengths_np, d == 1, training) + more)
     return calls
 
