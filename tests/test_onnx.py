@@ -248,14 +248,17 @@ def _node_model(op, attributes=None, inputs=("X", "W", "R"), outputs=("Y", "Y_h"
 
 def test_backend_outputs_are_the_callers_own_arrays():
     """As ONNX Runtime's: a write into an output reaches neither the fed input it came from (a
-    Reshape's view, an Identity) nor a later run (a constant folded at prepare)."""
+    Reshape's view, an Identity), another output, nor a later run (a constant folded at
+    prepare)."""
     helper, float_ = onnx.helper, onnx.TensorProto.FLOAT
     W, R = np.ones((1, 3, 2), np.float32), np.full((1, 3, 3), 0.1, np.float32)
     nodes = [helper.make_node("RNN", ["X", "W", "R"], ["Y", "Y_h"], hidden_size=3),
              helper.make_node("Reshape", ["X", "shape"], ["X_flat"]),
              helper.make_node("Add", ["W", "W"], ["W2"]),
-             helper.make_node("Identity", ["X"], ["X_same"])]
-    outputs = {"Y_h": [1, 1, 3], "X_flat": [4], "W2": [1, 3, 2], "X_same": [2, 1, 2]}
+             helper.make_node("Identity", ["X"], ["X_same"]),
+             helper.make_node("Identity", ["Y_h"], ["Y_h_same"])]
+    outputs = {"Y_h": [1, 1, 3], "X_flat": [4], "W2": [1, 3, 2], "X_same": [2, 1, 2],
+               "Y_h_same": [1, 1, 3]}
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("X", float_, [2, 1, 2])],
         [helper.make_tensor_value_info(n, float_, s) for n, s in outputs.items()],
@@ -264,6 +267,8 @@ def test_backend_outputs_are_the_callers_own_arrays():
     rep = Backend.prepare(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     x = np.ones((2, 1, 2), np.float32)
     first = rep.run([x])
+    first[0][...] = 9.0  # the two outputs of one value are two arrays
+    assert not (first[4] == 9.0).any()
     for out in first:
         out[...] = 7.0
     np.testing.assert_array_equal(x, 1.0)

@@ -48,6 +48,24 @@ def test_a_dead_outputs_block_serves_the_next_output_of_its_size():
     assert _C.output_cache()["kept_bytes"] == 0
 
 
+def test_the_cache_counts_a_reused_block_at_its_own_size():
+    """A kept block serves an output up to half its size; given back, it counts its own bytes
+    (it counted the smaller output's, so variable-length batches held several times the limit
+    while kept_bytes said less)."""
+    m = fr.nn.LSTM(8, 64, seed=0).eval()  # y [T, 16, 64] float32: 4 KiB a step
+    fr.empty_cache()
+    y = m(np.ones((100, 16, 8), np.float32))[0]
+    address = y.ctypes.data
+    del y
+    assert _C.output_cache()["kept_bytes"] == 100 * 4096
+    for T in (70, 65):  # each in the kept block (at least half its size, 256 KiB or more)
+        y = m(np.ones((T, 16, 8), np.float32))[0]
+        assert y.ctypes.data == address
+        del y
+        assert _C.output_cache()["kept_bytes"] == 100 * 4096
+    fr.empty_cache()
+
+
 def test_live_outputs_are_never_handed_out_again():
     x, h0, w, b = lstm_problem()
     first = forward(x, h0, w, b)

@@ -143,11 +143,12 @@ Array<T> output_array(const std::vector<int64_t>& shape) {
   };
   auto& blocks = cpu::output_blocks();
   void* data;
+  size_t capacity = bytes;  // (the block's own size, given back with it)
   {
     std::lock_guard<std::mutex> g(blocks.mutex);
-    data = blocks.cache.take(bytes);
+    data = blocks.cache.take(capacity);
   }
-  py::capsule owner(new Block{data, bytes}, [](void* b) {
+  py::capsule owner(new Block{data, capacity}, [](void* b) {
     auto* block = static_cast<Block*>(b);
     auto& blocks = cpu::output_blocks();
     {

@@ -17,7 +17,7 @@ BlockCache::BlockCache(int max_blocks, size_t max_bytes)
 
 BlockCache::~BlockCache() { release(); }
 
-void* BlockCache::take(size_t bytes) {
+void* BlockCache::take(size_t& bytes) {
   if (bytes == 0) return nullptr;
   int best = -1;
   for (int i = 0; i < count_; ++i)
@@ -26,7 +26,8 @@ void* BlockCache::take(size_t bytes) {
       best = i;
   if (best < 0) return ::operator new(bytes, kAlign);
   void* block = kept_[best].block;
-  total_ -= kept_[best].bytes;
+  bytes = kept_[best].bytes;
+  total_ -= bytes;
   for (int i = best + 1; i < count_; ++i) kept_[i - 1] = kept_[i];  // (keeps the age order)
   --count_;
   return block;

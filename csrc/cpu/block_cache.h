@@ -30,9 +30,9 @@ class BlockCache {
   BlockCache(const BlockCache&) = delete;
   BlockCache& operator=(const BlockCache&) = delete;
 
-  void* take(size_t bytes);
-  // `block` as `take` gave it for `bytes` (the size asked then: a kept block may be larger, and
-  // is kept as asked, which only makes it serve fewer requests)
+  // A block of at least `bytes`; `bytes` becomes its real size (a kept block may be larger),
+  // which `give` takes back with it: the limit and kept_bytes count what is really held.
+  void* take(size_t& bytes);
   void give(void* block, size_t bytes);
   // Every kept block back to the allocator.
   void release();

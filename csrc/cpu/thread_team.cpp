@@ -349,8 +349,8 @@ void restore_flush_denormals(unsigned saved) {
 
 ThreadTeam::ThreadTeam(int size)
     : size_(size), ranges_(new Range[size]), openmp_ranges_(new Range[size]) {
-  threads_.reserve(size_ - 1);
   try {
+    threads_.reserve(size_ - 1);
     for (int s = 1; s < size_; ++s) threads_.emplace_back(&ThreadTeam::worker, this, s);
   } catch (const std::exception& e) {  // (a process or memory limit): not std::terminate,
     stop_workers();                    // which joinable threads left behind would call

@@ -278,7 +278,10 @@ class _Kernels:
         gates = cp.empty((T, N, GH), dtype)
         uses_extra = cell != "rnn"
         E = 10 * H + 3 if cell == "layernorm_lstm" else H  # (cells/layernorm_lstm_cell.h)
-        extra = cp.empty((T if uses_extra else 0, N, E), dtype) if training else None
+        # (zeros where there is no hidden unit: the kernels then write no step, and the
+        # LayerNorm-LSTM's extra still has 3 numbers a step and sample)
+        extra = ((cp.zeros if H == 0 else cp.empty)((T if uses_extra else 0, N, E), dtype)
+                 if training else None)
         h_prev = cp.empty((T, N, S), dtype) if training else None
         bf16 = _bf16(precision) and dtype == np.float32
         workspace = cp.empty(self._ext.forward_workspace_size(cell, nonlinearity, T, N, I, H,

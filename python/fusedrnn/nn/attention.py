@@ -223,7 +223,7 @@ class AttentionBase(Module):
         if self._steps:
             raise RuntimeError(f"{type(self).__name__}.memory_backward: {len(self._steps)} "
                                f"steps still wait for their backward")
-        check_unwritten(self, mem["written"])
+        check_unwritten(self, mem["written"], "memory_backward")
         keys = mem["keys"]
         if mem["queries"]:       # the query projection's weight gradient: one GEMM, all steps
             self._query_weight_grads(np.stack(mem["queries"]), np.stack(mem["dqueries_proj"]))

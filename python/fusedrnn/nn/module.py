@@ -225,12 +225,12 @@ def write_stamp(module):
                  if p is not None)
 
 
-def check_unwritten(module, stamp):
+def check_unwritten(module, stamp, method="backward"):
     """Raise when a parameter was written (an optimizer's step, ``load_state_dict``, a new
     ``data``) since ``stamp`` was taken at the forward whose activations a backward would use:
     its gradients would mix the new values with the old activations (torch raises there too)."""
     if stamp != write_stamp(module):
-        raise RuntimeError(f"{type(module).__name__}.backward: a parameter was written (an "
+        raise RuntimeError(f"{type(module).__name__}.{method}: a parameter was written (an "
                            f"optimizer step, load_state_dict or a new data array) after the "
                            f"forward whose activations this backward uses; take the optimizer "
                            f"step after backward, or run the forward again")

@@ -332,10 +332,15 @@ class FusedRnnRep(BackendRep):
                 if name:
                     values[name] = value
         # the caller's own arrays, as ONNX Runtime's: never a prepared constant (a write would
-        # reach every later run) nor a fed input or a view of one (a write would reach it)
-        return [v if isinstance(v, np.ndarray)
-                and not any(np.may_share_memory(v, g) for g in given)
-                else np.array(v, copy=True) for v in (values[n] for n in self.output_names)]
+        # reach every later run), a fed input or a view of one, nor a view of another output
+        # (a write would reach it)
+        outputs = []
+        for v in (values[n] for n in self.output_names):
+            if not isinstance(v, np.ndarray) or any(np.may_share_memory(v, g) for g in given):
+                v = np.array(v, copy=True)
+            outputs.append(v)
+            given.append(v)
+        return outputs
 
 
 class Backend(OnnxBackend):

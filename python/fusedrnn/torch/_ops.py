@@ -283,7 +283,7 @@ def _kept_forms(w_ih, w_hh, b_ih, b_hh):
 def _sync_threads():
     """Inside a torch program our kernels use as many threads as torch does (checked at each
     call: torch.set_num_threads may change it at any time)."""
-    n = torch.get_num_threads()
+    n = min(torch.get_num_threads(), 4096)  # (the kernels' bound, fusedrnn.MAX_THREADS)
     if n != _C.get_num_threads():
         _C.set_num_threads(n)
 
