@@ -232,6 +232,14 @@ def test_special_ids_targets_and_options_are_checked():
             Seq2Seq(9, 6, embed_size=4, hidden_size=5, **options)
     with pytest.raises(ValueError, match="eos_idx"):
         Captioner(6, 2, embed_size=5, hidden_size=6)
+    with pytest.raises(ValueError, match="^dropout: expected a number in"):
+        Captioner(6, 8, embed_size=5, hidden_size=6, dropout=1.5)
+    captioner = Captioner(6, 8, embed_size=5, hidden_size=6, seed=0)
+    features = np.ones((2, 6), np.float32)
+    for decode in (captioner.greedy_decode, captioner.beam_search):
+        for inputs in ((), (features, features)):
+            with pytest.raises(TypeError, match=r"expected the inputs \(features\), got"):
+                decode(*inputs)
     model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
     for bad in (-1, 9, -100):
         tgt = TGT.copy()

@@ -1,6 +1,8 @@
 """Each worked example trains a short, seeded run through the command line and ends clearly
 better than chance; generate, --save, --plot and --json work end to end."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -66,6 +68,23 @@ def test_chars_beats_unigram_and_generates(capsys, tmp_path):
     g = run_json(capsys, "generate", "--model", str(model), "--prime", "jazz", "--length", "40",
                  "--temperature", "0.8", "--seed", "3")
     assert g["text"].startswith("jazz") and len(g["text"]) == 44
+    # a finite temperature > 0 samples, however small (greedy in the limit; 1e-320 made NaN
+    # probabilities); a bad one is named; a prime character the model lacks is said
+    from fusedrnn.tasks.chars import load_model, sample
+    lm, vocab = load_model(model)
+    assert sample(lm, vocab, "jazz", 8, 1e-320, seed=0) == sample(lm, vocab, "jazz", 8, 1e-9,
+                                                                  seed=1)
+    for bad, error in ((float("nan"), ValueError), (0, ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="temperature: expected"):
+            sample(lm, vocab, "jazz", 8, bad)
+    unseen = next(chr(c) for c in range(0x4e00, 0x9fff) if chr(c) not in vocab.index)
+    with pytest.warns(UserWarning, match=f"prime: '{unseen}' not in the model's vocabulary"):
+        sample(lm, vocab, unseen + "jazz", 4, seed=0)
+    proc = subprocess.run([sys.executable, "-m", "fusedrnn", "generate", "--model", str(model),
+                           "--prime", unseen, "--length", "3"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("fusedrnn: warning: prime: ") and "Warning" not in proc.stderr
 
 
 def test_classify_text_beats_majority(capsys, tmp_path):

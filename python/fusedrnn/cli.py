@@ -12,6 +12,7 @@ import importlib
 import os
 import shlex
 import sys
+import warnings
 
 # Modules that contribute sub-commands; each defines add_commands(subparsers).
 COMMAND_MODULES = ["fusedrnn.cli_commands.info", "fusedrnn.cli_commands.bench",
@@ -78,6 +79,16 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    formatter = warnings.formatwarning
+    if not debug:  # a warning as a command's other messages say things, not a source line
+        warnings.formatwarning = lambda message, *_, **__: f"fusedrnn: warning: {message}\n"
+    try:
+        return _run(argv, debug)
+    finally:
+        warnings.formatwarning = formatter
+
+
+def _run(argv, debug) -> int:
     try:
         parser = build_parser()
         args, extras = parser.parse_known_args(argv)

@@ -296,8 +296,21 @@ class _Generator(Module):
     bos_idx = 1
     eos_idx = 2
 
+    # the decoding methods' inputs: their names, and how many of the last may be left out
+    _inputs = ((), 0)
+
     def _start(self, inputs, repeat):
         raise NotImplementedError
+
+    def _check_inputs(self, inputs, method):
+        """``inputs`` with the optional ones left out as None; TypeError naming the method's
+        inputs for another count (a tuple-unpacking error said nothing of what was expected)."""
+        names, optional = self._inputs
+        if not len(names) - optional <= len(inputs) <= len(names):
+            raise TypeError(f"{method}: expected the inputs ({', '.join(names)})"
+                            f"{f', the last {optional} optional' if optional else ''}, got "
+                            f"{len(inputs)}")
+        return inputs + (None,) * (len(names) - len(inputs))
 
     def _batch_size(self, inputs):
         return len(inputs[0])
@@ -396,6 +409,7 @@ class _Generator(Module):
 
     def greedy_decode(self, *inputs, max_len=40, length_penalty=1.0):
         """The most likely token at every step until ``eos_idx`` (or ``max_len`` tokens)."""
+        inputs = self._check_inputs(inputs, "greedy_decode")
         max_len = _positive_int(max_len, "max_len")
         length_penalty = _penalty(length_penalty)
         with _lock(self):
@@ -444,6 +458,7 @@ class _Generator(Module):
         finished, scored ``log p / length ** length_penalty`` (length counts the end token); a
         sample stops when it has ``beam_size`` finished hypotheses and no alive one scores
         better at its current length. Returns the best finished hypothesis per sample."""
+        inputs = self._check_inputs(inputs, "beam_search")
         k = _positive_int(beam_size, "beam_size")
         max_len = _positive_int(max_len, "max_len")
         length_penalty = _penalty(length_penalty)
@@ -578,6 +593,8 @@ class Seq2Seq(_Generator):
     (LSTM), ``reset_after=False`` (GRU) and ``proj_size`` (LSTM: h, the keys and the decoder's
     state are proj_size wide per direction) apply to the encoder and the decoder alike."""
 
+    _inputs = (("src", "src_lengths"), 1)
+
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_size=32, hidden_size=64,
                  num_layers=1, bidirectional=True, cell="lstm", attention="bahdanau", score=None,
                  attention_size=None, dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
@@ -699,6 +716,8 @@ class Captioner(_Generator):
     """One-to-many: a ``Decoder`` (no attention) conditioned on one vector per sample.
     ``z = tanh(W x + b)`` starts every layer's state (``h0 = z``) and joins every step's input."""
 
+    _inputs = (("features",), 0)
+
     def __init__(self, input_size, vocab_size, embed_size=16, hidden_size=64, num_layers=1,
                  cell="lstm", dropout=0.0, pad_idx=0, bos_idx=1, eos_idx=2, *,
                  dtype: DTypeLike = np.float32, seed=None):
@@ -711,7 +730,7 @@ class Captioner(_Generator):
         self._teacher_rng = np.random.default_rng(s[3])  # teacher forcing's draws
         H = _positive_int(hidden_size, "hidden_size")
         self.feature = Linear(input_size, H, dtype=dtype, seed=s[0])
-        self.dropout = Dropout(dropout, seed=s[1])
+        self.dropout = Dropout(_number_in(dropout, *DROPOUT), seed=s[1])
         self.decoder = Decoder(vocab_size, embed_size, H, num_layers, cell, None, cond_size=H,
                                padding_idx=pad_idx, dtype=dtype, seed=s[2])
         self.criterion = CrossEntropyLoss(ignore_index=pad_idx)

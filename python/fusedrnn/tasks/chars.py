@@ -10,7 +10,9 @@ cross-entropy of the held-out text under the training text's character frequenci
 from __future__ import annotations
 
 import math
+import numbers
 import time
+import warnings
 
 import numpy as np
 
@@ -132,17 +134,27 @@ def run(args, progress=True):
 
 
 def sample(model, vocab, prime, length, temperature=0.8, seed=None):
-    """Feed ``prime`` then draw ``length`` characters from softmax(logits / temperature)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature: expected > 0, got {temperature}")
+    """Feed ``prime`` (a space where empty; a character the vocabulary lacks is read as its
+    space, or its first character, with a warning) then draw ``length`` characters from
+    softmax(logits / temperature)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature}")
     rng = np.random.default_rng(seed)
     unknown = vocab.index.get(" ", 0)
+    missing = sorted(set(prime) - set(vocab.index))
+    if missing:
+        warnings.warn(f"prime: {''.join(missing)!r} not in the model's vocabulary; read as "
+                      f"{vocab.decode([unknown])!r}", UserWarning, stacklevel=2)
     prime_ids = vocab.encode(prime or " ", unknown=unknown)
     model.eval()
     logits, state = model(prime_ids[:, None], None)
     out = []
     for _ in range(length):
-        p = softmax(logits[-1, 0].astype(np.float64) / temperature)
+        z = logits[-1, 0].astype(np.float64)
+        with np.errstate(over="ignore"):  # (shifted first: any temperature > 0 samples; a
+            p = softmax((z - z.max()) / temperature)  # logit far below the top is then -inf)
         nxt = int(rng.choice(len(p), p=p))
         out.append(nxt)
         logits, state = model(np.array([[nxt]]), state)
