@@ -139,8 +139,13 @@ def sample(model, vocab, prime, length, temperature=0.8, seed=None):
     softmax(logits / temperature)."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
+    try:
+        t = float(temperature)  # (a Fraction; an int past float's range overflows)
+    except OverflowError:
+        t = math.inf
+    if not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature}")
+    temperature = t
     rng = np.random.default_rng(seed)
     unknown = vocab.index.get(" ", 0)
     missing = sorted(set(prime) - set(vocab.index))
