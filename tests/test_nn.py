@@ -287,6 +287,24 @@ def test_state_dict_round_trip():
     np.testing.assert_array_equal(a.eval()(x)[0], b.eval()(x)[0])
 
 
+def test_torch_nn_s_positional_and_keyword_forms():
+    """What a torch.nn user writes means the same here: LSTM's proj_size as the 8th positional
+    argument, CrossEntropyLoss's first one (weight, not ignore_index: refused by name, not
+    read as an index), state_dict(prefix=, keep_vars=)."""
+    lstm = nn.LSTM(8, 16, 2, True, True, 0.0, True, 4)
+    assert (lstm.num_layers, lstm.bias, lstm.batch_first, lstm.bidirectional,
+            lstm.proj_size) == (2, True, True, True, 4)
+    with pytest.raises(TypeError, match="^weight: class weights are not supported"):
+        nn.CrossEntropyLoss(np.ones(3))
+    assert nn.CrossEntropyLoss(None, 5).ignore_index == 5
+    linear = nn.Linear(2, 3, seed=0)
+    assert list(linear.state_dict(prefix="head.")) == ["head.weight", "head.bias"]
+    kept = linear.state_dict(keep_vars=True)
+    assert kept["weight"] is linear.weight and kept["bias"] is linear.bias
+    with pytest.raises(TypeError, match="prefix: expected a str"):
+        linear.state_dict(prefix=1)
+
+
 def test_load_state_dict_casts_to_the_layer_dtype():
     a = make_layer("gru", np.float64, seed=0)
     b = make_layer("gru", np.float32, seed=1)

@@ -58,8 +58,10 @@ class CrossEntropyLoss(Module):
     truncated-BPTT run adds nothing instead of poisoning the weights. ``label_smoothing`` ε, as
     PyTorch's: the target is ``(1 - ε) one_hot + ε / C``."""
 
-    def __init__(self, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         super().__init__()
+        if weight is not None:  # (torch's first argument: a positional one is not ignore_index)
+            raise TypeError("weight: class weights are not supported; expected None")
         self.ignore_index = _int_in(ignore_index, "ignore_index", -2 ** 63)
         self.reduction = _check_reduction(reduction)
         self.label_smoothing = _number_in(label_smoothing, "label_smoothing", 0, 1, "in [0, 1]")

@@ -509,10 +509,14 @@ class Module:
             yield p
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self, *, prefix="", keep_vars=False) -> "OrderedDict[str, np.ndarray]":
         """Dotted name -> a NumPy copy of the parameter's array (on every device); a tied
-        parameter under each of its names, as torch.nn's state dict keys it."""
-        return OrderedDict((name, np.array(to_host(p.data), copy=True))
+        parameter under each of its names, as torch.nn's state dict keys it. As torch's:
+        ``prefix`` starts every name; ``keep_vars`` gives the Parameters themselves."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
+        return OrderedDict((prefix + name, p if keep_vars else np.array(to_host(p.data),
+                                                                           copy=True))
                            for name, p in self.named_parameters(remove_duplicate=False))
 
     def load_state_dict(self, state_dict, strict=True):

@@ -741,8 +741,8 @@ p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i,
     _cell = "lstm"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, proj_size=0, dtype: DTypeLike = np.float32,
-                 seed=None, device="cpu", peephole=False):
+                 dropout=0.0, bidirectional=False, proj_size=0, *,
+                 dtype: DTypeLike = np.float32, seed=None, device="cpu", peephole=False):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed, device=device,
                          peephole=peephole, proj_size=proj_size)
