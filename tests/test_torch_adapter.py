@@ -2,6 +2,7 @@
 and every gradient), torch.autograd.gradcheck, torch.library.opcheck and
 torch.compile(fullgraph=True); under torch.autocast, to fusedrnn.functional's bfloat16 kernels,
 torch.nn's dtypes and the float64 reference."""
+import copy
 import itertools
 import warnings
 
@@ -188,8 +189,9 @@ def test_cells_match_torch_nn(cell):
 
 
 def test_every_change_of_a_weight_reaches_the_next_cell_step():
-    """A write in place, a new ``.data``, the same address seen transposed (a square weight):
-    each reaches the next step as it reaches torch.nn's."""
+    """A cell keeps its weights' NumPy views between steps (_ops.WeightViews): a write in
+    place, a new ``.data``, the same address seen transposed (a square weight), each must
+    reach the next step as it reaches torch.nn's; copies start without the views."""
     torch.manual_seed(3)
     ref, ours = torch.nn.RNNCell(6, 6), frt.RNNCell(6, 6)
     ours.load_state_dict(ref.state_dict())
@@ -204,6 +206,9 @@ def test_every_change_of_a_weight_reaches_the_next_cell_step():
                 change(m)
         with torch.no_grad():
             torch.testing.assert_close(ours(x, h), ref(x, h), rtol=0, atol=1e-6)
+    assert ours._weight_views.kept[0] is not None  # (kept: what this test is about; W_hh,
+    assert ours._weight_views.kept[1] is None      # transposed, is a copy: never kept)
+    assert copy.deepcopy(ours)._weight_views.kept == [None] * 4
 
 
 def test_swapping_parameters_works_after_calls_as_for_torch_nn():
@@ -225,6 +230,13 @@ def test_swapping_parameters_works_after_calls_as_for_torch_nn():
                     m.to(torch.float64)
                 assert call(m, x.double())[0].dtype == torch.float64
                 assert all(p.dtype == torch.float64 for p in m.parameters())
+        # a cell's weight tied to a torch.nn.Linear, which its parent converts first
+        parent = torch.nn.Module()
+        parent.linear, parent.cell = torch.nn.Linear(3, 4), frt.RNNCell(3, 4)
+        parent.linear.weight = parent.cell.weight_ih
+        parent.cell(x[0])
+        parent.to(torch.float64)
+        assert parent.cell(x[0].double()).dtype == torch.float64
     finally:
         torch.__future__.set_swap_module_params_on_conversion(swap)
 

@@ -65,6 +65,37 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.numpy(force=True))
 
 
+class WeightViews:
+    """A cell's NumPy views of its four weights (w_ih, w_hh, b_ih, b_hh), kept between steps:
+    a decoder reads four a step, 0.8 us each against 0.3 for the check. A view serves while
+    its weight is the same tensor at the same address, shape and dtype, contiguous (a write in
+    place shows through it; a new ``.data`` or a swap moves the address or the dtype; the
+    kept view holds its storage, so no other can take that address). The module holds it, so
+    no weak reference to a weight is made (torch.utils.swap_tensors refuses those); copies
+    and pickles of the module start empty."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self):
+        self.kept = [None] * 4
+
+    def array(self, slot, w):
+        kept = self.kept[slot]
+        if (kept is not None and kept[0] is w and kept[1] == w.data_ptr()
+                and kept[2] == w.shape and kept[3] == w.dtype and w.is_contiguous()):
+            return kept[4]
+        a = _np(w)
+        self.kept[slot] = ((w, w.data_ptr(), w.shape, w.dtype, a)
+                           if a.ctypes.data == w.data_ptr() else None)  # (never a copy)
+        return a
+
+    def __reduce__(self):
+        return (WeightViews, ())
+
+    def __deepcopy__(self, memo):
+        return WeightViews()
+
+
 def forget_weights(weights):
     """Drop the bfloat16 forms kept of ``weights`` and with them their weak references, which
     torch.utils.swap_tensors refuses: a Module's ``.to()`` under
@@ -170,13 +201,15 @@ def _check_precision(precision):
 
 
 def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, training,
-                      precision, keep=False):
+                      precision, keep=False, views=None):
     """The kernel's argument tuples, one per direction (the second runs in reverse). ``x``
     [T, N, I], or a cell step's [N, I] (one step). ``h0``, ``c0``: [D, N, S], [D, N, H] tensors,
     lists of one [N, ...] tensor per direction, or None. ``keep``: an eager call, whose
-    bfloat16 weights may be kept for the autocast region (:func:`_kept_forms`)."""
+    bfloat16 weights may be kept for the autocast region (:func:`_kept_forms`). ``views``: a
+    cell's WeightViews (one direction), or None."""
     _check_precision(precision)
     arr = bridge.array
+    w = (lambda slot, t: arr(t)) if views is None else views.array
     xn = arr(x)
     if xn.ndim == 2:  # (the array's view: a tensor's x[None] costs a step twice as much)
         xn = xn[None]
@@ -199,8 +232,8 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
         c0_d = (None if cell != "lstm" else bridge.zeros(x, (N, GH // 4)) if c0 is None
                 else arr(c0[d]))
         calls.append((xn, h0_d, c0_d,
-                      arr(w_ih[d]), arr(w_hh[d]),
-                      arr(b_ih[d]) if b_ih else zeros, arr(b_hh[d]) if b_hh else zeros,
+                      w(0, w_ih[d]), w(1, w_hh[d]),
+                      w(2, b_ih[d]) if b_ih else zeros, w(3, b_hh[d]) if b_hh else zeros,
                       lengths_np, d == 1, training) + more)
     return calls
 
@@ -700,33 +733,37 @@ def kernel_now(x, h0, c0, weights, cell, nonlinearity, training, precision, keep
                                          precision, keep)[1])
 
 
-def step_now(x, h, c, weights, cell, nonlinearity, precision):
+def step_now(x, h, c, weights, cell, nonlinearity, precision, views=None):
     """(h', c') of one cell step without autograd, eager on the CPU: the kernel's state
     outputs alone (a step's y is its h'). x [N, I] (N, H > 0); h, c [N, H] or None for zeros
-    (c None but for the LSTM; c' None there too); weights as :func:`kernel_now`'s."""
+    (c None but for the LSTM; c' None there too); weights as :func:`kernel_now`'s; ``views``:
+    the cell's WeightViews, or None."""
     _, h_n, c_n = _kernel_arrays(x, None if h is None else [h],
                                  None if c is None else [c], weights, cell, nonlinearity, False,
-                                 precision, keep=True)[1][:3]
+                                 precision, keep=True, views=views)[1][:3]
     return torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
 
 
-def _kernel_arrays(x, h0, c0, weights, cell, nonlinearity, training, precision, keep):
+def _kernel_arrays(x, h0, c0, weights, cell, nonlinearity, training, precision, keep,
+                   views=None):
     """(the kernel's arguments, its outputs) of :func:`kernel_now`'s call, as arrays."""
     _sync_threads()
     w_ih, w_hh, b_ih, b_hh = weights
     args, = _directions_calls(_CPU, x, h0, c0, [w_ih], [w_hh], [] if b_ih is None else [b_ih],
                               [] if b_hh is None else [b_hh], [], None, cell, training,
-                              precision, keep)
+                              precision, keep, views)
     return args, _C.recurrent_forward(cell, nonlinearity, *args)
 
 
-def cell_step(x, h, c, weights, cell, nonlinearity, precision):
+def cell_step(x, h, c, weights, cell, nonlinearity, precision, views=None):
     """(h', c') of one cell step with autograd, eager on the CPU (no transform, compile or
     trace active: they take the layer's path): x [N, I] (N, H > 0), h, c [N, H] (c None but
     for the LSTM; c' None there too); weights (w_ih, w_hh, b_ih, b_hh), the biases None
-    without. The layer's general path costs some 35 us a step more in lists, reshapes and
-    outputs no step needs: two fifths of a decoder's step at batch 1."""
-    outs = _OneDirection.apply((cell, nonlinearity, precision, False), x, h, c, *weights)
+    without; ``views``: the cell's WeightViews, or None. The layer's general path costs some
+    35 us a step more in lists, reshapes and outputs no step needs: two fifths of a decoder's
+    step at batch 1."""
+    outs = _OneDirection.apply((cell, nonlinearity, precision, False, views), x, h, c,
+                               *weights)
     return outs if cell == "lstm" else (outs, None)
 
 
@@ -735,7 +772,8 @@ def one_direction(x, h0, c0, weights, cell, nonlinearity, precision):
     one direction with autograd, eager on the CPU, without projection or lengths (T, N, H >
     0): :func:`cell_step`'s path for a sequence (a decoder that steps an nn.GRU one token at
     a time calls it with T = 1). h0, c0 [1, N, H] (c0 None but for the LSTM)."""
-    outs = _OneDirection.apply((cell, nonlinearity, precision, True), x, h0, c0, *weights)
+    outs = _OneDirection.apply((cell, nonlinearity, precision, True, None), x, h0, c0,
+                               *weights)
     return outs if cell == "lstm" else (*outs, x.new_empty((0,)))
 
 
@@ -751,12 +789,12 @@ class _OneDirection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        cell, nonlinearity, precision, layered = meta
+        cell, nonlinearity, precision, layered, views = meta
         state = (lambda t: t[0]) if layered else (lambda t: t)  # [N, H] of a state
         args, outs = _kernel_arrays(x, [state(h0)],
                                     None if c0 is None else [state(c0)],
                                     (w_ih, w_hh, b_ih, b_hh), cell, nonlinearity, True,
-                                    precision, keep=True)
+                                    precision, keep=True, views=views)
         y, h_n, c_n, *saved = outs
         ctx.step = (meta, args[0], args[3], args[4], None if layered else saved,
                     F.bfloat16_products(args[0].dtype, precision))
@@ -771,7 +809,7 @@ class _OneDirection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         _check_gradient_call(grads)
-        (cell, nonlinearity, _, layered), x, w_ih, w_hh, saved, bf16 = ctx.step
+        (cell, nonlinearity, _, layered, _), x, w_ih, w_hh, saved, bf16 = ctx.step
         tensors = ctx.saved_tensors  # (raises if x or a weight changed in place since)
         _sync_threads()
         # (autograd passes zeros for an output the loss did not use; dc_n None but the LSTM's)

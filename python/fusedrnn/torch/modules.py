@@ -608,6 +608,7 @@ class _CellBase(_KeepsWeights):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        self._weight_views = _ops.WeightViews()  # (a decoder's steps: _ops.WeightViews)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -677,14 +678,14 @@ class _CellBase(_KeepsWeights):
             and not torch._C._are_functorch_transforms_active()
         if eager_cpu and not training:  # straight to the kernel
             h_new, c_new = _ops.step_now(x, *states, weights, self._cell, self.nonlinearity,
-                                         precision)
+                                         precision, getattr(self, "_weight_views", None))
         else:
             h, c = states  # (zeros where not given; c stays None but for the LSTM)
             h = x.new_zeros((N, H)) if h is None else h
             c = x.new_zeros((N, H)) if lstm and c is None else c
             if eager_cpu:  # the kernels' step and its BPTT, without the layer's lists
                 h_new, c_new = _ops.cell_step(x, h, c, weights, self._cell, self.nonlinearity,
-                                              precision)
+                                              precision, getattr(self, "_weight_views", None))
             else:  # the layer's path (compile, trace, transforms, CUDA): one step's sequence
                 biases = ([weights[2]], [weights[3]]) if self.bias else ([], [])
                 _, h_new, c_new = _ops.layer(
