@@ -209,6 +209,10 @@ def test_every_change_of_a_weight_reaches_the_next_cell_step():
     assert ours._weight_views.kept[0] is not None  # (kept: what this test is about; W_hh,
     assert ours._weight_views.kept[1] is None      # transposed, is a copy: never kept)
     assert copy.deepcopy(ours)._weight_views.kept == [None] * 4
+    ours.double()  # (converted or loaded: the views, which hold the old storages, go)
+    assert ours._weight_views.kept == [None] * 4
+    torch.testing.assert_close(ours(x.double(), h.double()), ref.double()(x.double(), h.double()),
+                               rtol=0, atol=1e-6)
 
 
 def test_swapping_parameters_works_after_calls_as_for_torch_nn():

@@ -68,11 +68,13 @@ def _np(t: torch.Tensor) -> np.ndarray:
 class WeightViews:
     """A cell's NumPy views of its four weights (w_ih, w_hh, b_ih, b_hh), kept between steps:
     a decoder reads four a step, 0.8 us each against 0.3 for the check. A view serves while
-    its weight is the same tensor at the same address, shape and dtype, contiguous (a write in
-    place shows through it; a new ``.data`` or a swap moves the address or the dtype; the
-    kept view holds its storage, so no other can take that address). The module holds it, so
-    no weak reference to a weight is made (torch.utils.swap_tensors refuses those); copies
-    and pickles of the module start empty."""
+    its weight is at the same address, shape and dtype, contiguous: it then reads exactly the
+    weight's bytes (a write in place shows through it; a new ``.data``, a swap or a resize
+    moves the address or the dtype, and the view is taken afresh). The module holds it, so no
+    weak reference to a weight is made (torch.utils.swap_tensors refuses those), and no
+    reference to the weight itself (its .grad and graph) either; copies and pickles of the
+    module start empty, and converting or loading the module empties it (the views hold their
+    storages)."""
 
     __slots__ = ("kept",)
 
@@ -81,13 +83,16 @@ class WeightViews:
 
     def array(self, slot, w):
         kept = self.kept[slot]
-        if (kept is not None and kept[0] is w and kept[1] == w.data_ptr()
-                and kept[2] == w.shape and kept[3] == w.dtype and w.is_contiguous()):
-            return kept[4]
+        if (kept is not None and kept[0] == w.data_ptr() and kept[1] == w.shape
+                and kept[2] == w.dtype and w.is_contiguous()):
+            return kept[3]
         a = _np(w)
-        self.kept[slot] = ((w, w.data_ptr(), w.shape, w.dtype, a)
+        self.kept[slot] = ((w.data_ptr(), w.shape, w.dtype, a)
                            if a.ctypes.data == w.data_ptr() else None)  # (never a copy)
         return a
+
+    def clear(self):
+        self.kept = [None] * 4
 
     def __reduce__(self):
         return (WeightViews, ())

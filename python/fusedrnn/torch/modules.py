@@ -229,12 +229,18 @@ class _KeepsWeights(nn.Module):
     are converted or loaded, where torch may swap each parameter for a new one."""
 
     def _apply(self, fn, recurse=True):
-        _ops.forget_weights(self.parameters(recurse=False))
+        self._forget_weights()
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        _ops.forget_weights(self.parameters(recurse=False))
+        self._forget_weights()
         return super()._load_from_state_dict(*args, **kwargs)
+
+    def _forget_weights(self):
+        _ops.forget_weights(self.parameters(recurse=False))
+        views = self.__dict__.get("_weight_views")  # (a cell's: their storages go too)
+        if views is not None:
+            views.clear()
 
 
 class _RecurrentBase(_KeepsWeights):
