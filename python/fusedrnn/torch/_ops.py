@@ -51,6 +51,7 @@ import torch
 
 from .. import _C
 from .. import functional as F
+from .._runtime import MAX_THREADS
 from ..amp import PRECISIONS
 
 GATES = F.GATES  # (the adapter's cells are torch.nn's: rnn, gru, lstm)
@@ -218,8 +219,8 @@ def _directions_calls(bridge, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, 
     xn = arr(x)
     if xn.ndim == 2:  # (the array's view: a tensor's x[None] costs a step twice as much)
         xn = xn[None]
-    lengths_np = None if lengths is None else _lengths_np(lengths)
-    bf16 = precision == "bfloat16" and F.bfloat16_products(xn.dtype, precision) and not (
+    lengths_np = _lengths_np(lengths)
+    bf16 = F.bfloat16_products(xn.dtype, precision) and not (
         training and F.variant_trains_in_float32(cell, bool(w_hr), bridge is _CPU))
     # float32 weights are packed by every call (a parameter may change in place unseen);
     # bfloat16 ones are kept for the autocast region where torch keeps its own casts
@@ -321,7 +322,7 @@ def _kept_forms(w_ih, w_hh, b_ih, b_hh):
 def _sync_threads():
     """Inside a torch program our kernels use as many threads as torch does (checked at each
     call: torch.set_num_threads may change it at any time)."""
-    n = min(torch.get_num_threads(), 4096)  # (the kernels' bound, fusedrnn.MAX_THREADS)
+    n = min(torch.get_num_threads(), MAX_THREADS)  # (the kernels' bound)
     if n != _C.get_num_threads():
         _C.set_num_threads(n)
 
