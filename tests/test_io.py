@@ -266,3 +266,50 @@ def test_saving_into_a_missing_folder_names_the_users_path(tmp_path):
         fr.save({"w": np.zeros(2)}, path)
     assert info.value.filename == str(path)
     assert not (tmp_path / "missing").exists()
+
+
+def test_numpy_scalars_load_back_as_scalars(tmp_path):
+    """An lr given as np.float64 came back as a 0-d array, which the optimizer's load refused
+    (a checkpoint that saved could not resume). Scalars keep their type, arrays stay arrays."""
+    obj = {"f64": np.float64(0.01), "f32": np.float32(1.5), "i8": np.int8(-3),
+           "zero_d": np.array(2.0)}
+    fr.save(obj, tmp_path / "s.npz")
+    back = fr.load(tmp_path / "s.npz")
+    for k in ("f64", "f32", "i8"):
+        assert type(back[k]) is type(obj[k]) and back[k] == obj[k]
+    assert isinstance(back["zero_d"], np.ndarray) and back["zero_d"].shape == ()
+    lin = fr.nn.Linear(2, 1, seed=0)
+    opt = fr.optim.SGD(lin.parameters(), lr=np.logspace(-3, -1, 3)[1], momentum=np.float32(0.9))
+    fr.save(opt, tmp_path / "opt.npz")
+    other = fr.optim.SGD(lin.parameters(), lr=0.5)
+    other.load_state_dict(fr.load(tmp_path / "opt.npz"))
+    assert other.param_groups[0]["lr"] == 0.01 and other.param_groups[0]["momentum"] == np.float32(0.9)
+
+
+def test_a_scalar_node_must_name_a_0d_array(tmp_path):
+    path = _tree_file(tmp_path / "bad.npz", _tree_json({"lr": {"__scalar__": "a0"}}),
+                      a0=np.zeros(2))
+    with pytest.raises(ValueError, match=r"bad\.npz: tree\[\"lr\"\]: '__scalar__' must name a 0-d"):
+        fr.load(path)
+
+
+def test_saving_to_a_pipe_writes_into_it_and_leaves_it_a_pipe(tmp_path):
+    """A device or FIFO (/dev/null, a named pipe) was replaced by a regular file (the rename of
+    an atomic write; as root, /dev/null itself). It is written into, as open() does."""
+    import stat
+    import threading
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    def read():
+        with open(fifo, "rb") as f:
+            received.append(f.read())
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    fr.save({"w": np.arange(3.0)}, fifo)
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    (tmp_path / "copy.npz").write_bytes(received[0])
+    np.testing.assert_array_equal(fr.load(tmp_path / "copy.npz")["w"], np.arange(3.0))
+    from fusedrnn._atomic import check_writable
+    check_writable(os.devnull)  # a device is checked for writing, not its folder

@@ -134,3 +134,29 @@ def test_demo_without_peers_times_the_reference_and_says_how_to_add_them(capsys,
     assert "held-out accuracy" in out
     assert out.count("x NumPy float64 reference") == 4
     assert 'pip install "fusedrnn[torch]"' in out and 'pip install "fusedrnn[onnx]"' in out
+
+
+def test_attention_picture_labels_each_decoded_token(tmp_path, monkeypatch):
+    """The rows were labelled from the decoded string, which drops special tokens, so the
+    labels slid onto other rows; a text that lowering lengthens ("İ") made the columns' labels
+    outnumber their ticks (matplotlib refused)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+    from fusedrnn.tasks import dates
+    model = dates.build_model(dict(embed=8, hidden=8, cell="lstm", attention="bahdanau", seed=0))
+    model.decoder.out.bias.data[dates.UNK] += 0.2  # the unknown token is emitted between digits
+    model.decoder.out.bias.mark_written()
+    labels = {}
+    real = Axes.set_yticklabels
+    monkeypatch.setattr(Axes, "set_yticklabels",
+                        lambda ax, names, **kw: (labels.setdefault("rows", list(names)),
+                                                 real(ax, names, **kw))[1])
+    texts = ["İ3rd of May 1999"]
+    _, res = dates.translate(model, texts)
+    tokens = list(res.tokens[0])
+    assert dates.UNK in tokens and res.attention[0].shape[0] == len(tokens)
+    dates.plot_attention(tmp_path / "att.png", model, texts)
+    assert labels["rows"] == dates.make_codecs()[1].labels(tokens) and "<unk>" in labels["rows"]
+    assert (tmp_path / "att.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="texts: expected at least one text"):
+        dates.plot_attention(tmp_path / "none.png", model, [])

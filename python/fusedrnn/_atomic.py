@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 
 
@@ -36,11 +37,25 @@ def writable_target(path) -> str:
     return target
 
 
+def _special(target) -> bool:
+    """An existing file that is not a regular one (a device such as /dev/null, a FIFO, a
+    socket): written into as open() writes, never replaced by a regular file."""
+    try:
+        return not stat.S_ISREG(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def check_writable(path) -> None:
     """Before a long run, not after it: OSError naming ``path`` unless ``writable_target``
     accepts it and a file can be made in its folder (what ``atomic_write`` will do; a
     read-only file system or folder is found only by trying, for root too)."""
-    folder = os.path.dirname(writable_target(path))
+    target = writable_target(path)
+    if _special(target):
+        if not os.access(target, os.W_OK):
+            raise PermissionError(errno.EACCES, "cannot write to it", os.fspath(path))
+        return
+    folder = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".fusedrnn-check.", dir=folder)
     except OSError as exc:
@@ -56,6 +71,10 @@ def atomic_write(path, write) -> None:
     existing file's own), not mkstemp's owner-only 0o600. A symbolic link is followed: the file
     it points to is replaced, the link stays."""
     path = writable_target(path)
+    if _special(path):  # nothing to keep intact: a device or pipe takes the bytes as they come
+        with open(path, "wb") as f:
+            write(f)
+        return
     folder = os.path.dirname(path)
     try:
         mode = os.stat(path).st_mode & 0o7777

@@ -54,7 +54,8 @@ def _encode(obj, arrays, where, depth=0):
                             f"boolean and string arrays are stored without pickling)")
         name = f"a{len(arrays)}"
         arrays[name] = arr
-        return {"__array__": name}
+        # a NumPy scalar (an lr given as np.float64) loads back as one, not as a 0-d array
+        return {"__scalar__" if isinstance(obj, np.generic) else "__array__": name}
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, np.bool_):
@@ -117,7 +118,8 @@ def _decode(tree, arrays, path):
 
     def start(node, where, depth):
         """node -> (its value, the (key, child node, label in the path) still to fill)."""
-        if isinstance(node, (list, dict)) and not (isinstance(node, dict) and "__array__" in node) \
+        leaf = isinstance(node, dict) and ("__array__" in node or "__scalar__" in node)
+        if isinstance(node, (list, dict)) and not leaf \
                 and depth >= MAX_DEPTH:  # a container (an array reference is a leaf)
             raise ValueError(f"{path}: {where}: the tree is nested more than {MAX_DEPTH} levels "
                              f"deep (fr.save writes no deeper tree: the file is damaged or "
@@ -125,19 +127,26 @@ def _decode(tree, arrays, path):
         if isinstance(node, list):
             value, children = [None] * len(node), [(i, v, i) for i, v in enumerate(node)]
         elif isinstance(node, dict):
-            markers = [k for k in ("__array__", "__tuple__", "__items__") if k in node]
+            markers = [k for k in ("__array__", "__scalar__", "__tuple__", "__items__")
+                       if k in node]
             if markers and len(node) != 1:
                 raise bad(where, f"a {markers[0]!r} node must hold that key alone, got keys "
                                  f"{sorted(node)[:5]}")
-            if "__array__" in node:
-                name = node["__array__"]
+            if leaf:
+                marker = markers[0]
+                name = node[marker]
                 if not isinstance(name, str):
-                    raise bad(where, f"'__array__' must name an array entry (a str), got "
+                    raise bad(where, f"{marker!r} must name an array entry (a str), got "
                                      f"{type(name).__name__}")
                 if name not in arrays:
                     raise ValueError(f"{path}: {where}: the file refers to array {name!r}, which "
                                      f"it does not hold")
-                return arrays[name], ()
+                if marker == "__array__":
+                    return arrays[name], ()
+                if arrays[name].ndim != 0:
+                    raise bad(where, f"'__scalar__' must name a 0-d array, got shape "
+                                     f"{arrays[name].shape}")
+                return arrays[name][()], ()
             if "__tuple__" in node:
                 items = node["__tuple__"]
                 if not isinstance(items, list):

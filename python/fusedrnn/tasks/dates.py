@@ -51,8 +51,14 @@ class CharCodec:
     def decode(self, ids):
         return "".join(self.chars[i - len(SPECIALS)] for i in ids if i >= len(SPECIALS))
 
+    def labels(self, ids):
+        """One label per id, the special tokens by name (decode drops them)."""
+        return [SPECIALS[i] if i < len(SPECIALS) else self.chars[i - len(SPECIALS)] for i in ids]
+
     def batch(self, texts, eos=False):
         """Padded ids [N, max length] and lengths [N]."""
+        if not texts:
+            raise ValueError("texts: expected at least one text, got none")
         seqs = [self.encode(t, eos) for t in texts]
         lengths = np.array([len(s) for s in seqs], np.int64)
         out = np.full((len(seqs), max(1, lengths.max())), PAD, np.int64)
@@ -118,16 +124,18 @@ def plot_attention(path, model, texts, title="", beam=1):
     characters. matplotlib is imported only here."""
     plt = pyplot()
     outs, res = translate(model, texts, beam)
+    src_codec, tgt_codec = make_codecs()
     n = len(texts)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 3.2 * rows), squeeze=False)
-    for ax, text, out, att in zip(axes.ravel(), texts, outs, res.attention):
+    for ax, text, out, tokens, att in zip(axes.ravel(), texts, outs, res.tokens, res.attention):
         ax.imshow(att, cmap="viridis", aspect="auto", vmin=0, vmax=1)
-        ax.set_xticks(range(len(text)))
-        ax.set_xticklabels(list(text.lower()), fontsize=8)
-        ax.set_yticks(range(len(out)))
-        ax.set_yticklabels(list(out), fontsize=8)
+        columns = text.lower()  # what the source codec encodes (lowering may change the length)
+        ax.set_xticks(range(len(columns)))
+        ax.set_xticklabels(list(columns), fontsize=8)
+        ax.set_yticks(range(len(tokens)))  # a row per decoded token, special ones included
+        ax.set_yticklabels(tgt_codec.labels(tokens), fontsize=8)
         ax.set_title(f"{text!r} -> {out}", fontsize=9)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
