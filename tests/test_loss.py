@@ -111,3 +111,24 @@ def test_integer_inputs_and_misshapen_gradients_are_named():
     with pytest.raises(ValueError, match=r"^grad: expected shape \(2, 3\)"):
         ce.backward(np.ones(3))
     assert ce.backward(np.ones((2, 3))).shape == (2, 3, 4)
+
+
+def test_a_reduced_loss_takes_a_number_and_gives_the_inputs_dtype():
+    """An array grad for "mean"/"sum" scaled the classes it broadcast over (a plausible wrong
+    gradient); Dropout took a dout of another shape the same way. MSELoss gave a float32 input
+    a float64 gradient when the target was float64, and 0 for the mean of nothing (torch: NaN)."""
+    ce = fr.nn.CrossEntropyLoss()
+    ce(np.zeros((3, 3)), np.arange(3))
+    with pytest.raises(ValueError,
+                       match=r"^grad: expected a number for reduction 'mean', got shape \(3,\)"):
+        ce.backward(np.array([1.0, 2.0, 3.0]))
+    mse = fr.nn.MSELoss(reduction="sum")
+    mse(np.ones(3, np.float32), np.zeros(3))
+    assert mse.backward(np.float64(2.0)).dtype == np.float32
+    with pytest.raises(ValueError, match="^grad: expected a number for reduction 'sum'"):
+        mse.backward(np.ones(3))
+    assert np.isnan(fr.nn.MSELoss()(np.ones(0, np.float32), np.zeros(0, np.float32)))
+    drop = fr.nn.Dropout(0.5, seed=0)
+    drop(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"^dout: expected shape \(4, 5\)"):
+        drop.backward(np.ones((4, 1), np.float32))

@@ -279,6 +279,9 @@ class RNNCellBase(Module):
             return out[1], out[2], None
         if not self._layer_norm:
             del variant["ln"], variant["eps"]
+        if self.training:  # kept for backward: a step loop may refill one buffer for x or the
+            # state (torch would see the write by its version counter; NumPy arrays have none)
+            x, h0, c0 = (None if a is None else a.copy() for a in (x, h0, c0))
         _, h, c, ctx = F._forward_many(self._kernel_cell, [dict(
             x=x[None], h0=h0, c0=c0 if lstm else None, w_ih=w[0], w_hh=w[1], b_ih=w[2],
             b_hh=w[3], training=self.training, cache=cache, **variant)], self.nonlinearity)[0]

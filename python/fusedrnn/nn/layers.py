@@ -144,7 +144,8 @@ class Linear(Module):
             raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features last), "
                              f"got {x.shape}")
         y = self._apply(x)
-        self._x = x if self.training else None
+        # a copy: the caller may write into x before the backward (NumPy has no version counter)
+        self._x = x.copy() if self.training else None
         self._written = write_stamp(self) if self.training else None
         return y
 
@@ -223,7 +224,7 @@ class Embedding(Module):
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_embeddings):
             raise ValueError(f"indices: expected values in [0, {self.num_embeddings}), got min "
                              f"{indices.min()} and max {indices.max()}")
-        self._indices = indices if self.training else None
+        self._indices = indices.copy() if self.training else None  # (as Linear keeps its x)
         return self.weight.data[indices]
 
     def backward(self, dout):
@@ -281,6 +282,9 @@ class Dropout(Module):
         """``dout * mask`` with the latest training-mode forward's mask."""
         if self._mask is None:
             raise _no_saved(self)
+        if isinstance(self._mask, np.ndarray) and np.shape(dout) != self._mask.shape:
+            raise ValueError(f"dout: expected shape {self._mask.shape} (the forward's), got "
+                             f"{np.shape(dout)}")
         return dout * self._mask
 
     def extra_repr(self):
@@ -297,19 +301,27 @@ class Sequential(Module):
     whose ``forward(x)`` returns the Linear's output at every step."""
 
     def __init__(self, *modules):
+        """``Sequential(m0, m1, ...)``, or ``Sequential(OrderedDict(name=module, ...))`` to name
+        the children (as torch.nn's)."""
         super().__init__()
-        for i, m in enumerate(modules):
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            named = [(k, m, f"modules[{k!r}]") for k, m in modules[0].items()]
+        else:
+            named = [(str(i), m, f"modules[{i}]") for i, m in enumerate(modules)]
+        for name, m, where in named:
             if not isinstance(m, Module):
-                raise TypeError(f"modules[{i}]: expected a Module, got {type(m).__name__}")
-            self.add_module(str(i), m)
+                raise TypeError(f"{where}: expected a Module, got {type(m).__name__}")
+            self.add_module(name, m)
 
     def __len__(self):
         return len(self._modules)
 
     def __getitem__(self, i):
-        """The i-th module; a slice is a Sequential of those modules (as torch.nn's)."""
-        modules = list(self._modules.values())
-        return Sequential(*modules[i]) if isinstance(i, slice) else modules[i]
+        """The i-th module; a slice is a Sequential of those modules under their names (as
+        torch.nn's: its state_dict keys stay those of the whole)."""
+        if isinstance(i, slice):
+            return Sequential(dict(list(self._modules.items())[i]))
+        return list(self._modules.values())[i]
 
     def append(self, module):
         """Add ``module`` at the end (named by its position, as torch.nn's); returns self."""
@@ -331,14 +343,19 @@ class Sequential(Module):
 
     def _check_each_once(self):
         """A module at two places cannot train: it keeps its last forward alone for its
-        backward, so the first place's weight gradients would be computed from the second's."""
+        backward, so the first place's weight gradients would be computed from the second's.
+        Nested Sequentials are places too; other modules are looked at as a whole."""
         where = {}
-        for name, m in self._modules.items():
+        places = [(name, m) for name, m in self._modules.items()]
+        while places:
+            name, m = places.pop(0)
             if id(m) in where:
                 raise ValueError(f"Sequential: the module at {where[id(m)]} is at {name} too; in "
                                  f"training each keeps one forward for its backward (use two "
                                  f"modules, e.g. copy.deepcopy, and tie their weights if meant)")
             where[id(m)] = name
+            if isinstance(m, Sequential):
+                places += [(f"{name}.{k}", c) for k, c in m._modules.items()]
 
     def backward(self, dout):
         """Calls every module's ``backward`` in reverse order, each on the previous one's result;

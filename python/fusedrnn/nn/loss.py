@@ -51,6 +51,15 @@ def _grad_like(grad, shape, dtype):
     return grad
 
 
+def _number_grad(grad, reduction):
+    """A "mean" or "sum" reduction's upstream gradient: one number (an array would scale the
+    classes or positions it broadcast over, silently)."""
+    if np.ndim(grad) != 0:
+        raise ValueError(f"grad: expected a number for reduction {reduction!r}, got shape "
+                         f"{np.shape(grad)}")
+    return grad
+
+
 class CrossEntropyLoss(Module):
     """``-log softmax(logits)[target]``, averaged over the targets that are not ``ignore_index``
     (reduction "mean"), summed ("sum") or per position ("none", 0 at ignored positions).
@@ -119,9 +128,9 @@ class CrossEntropyLoss(Module):
         if self.reduction == "none":
             scale = _grad_like(grad, valid.shape, dtype)[..., None]
         elif self.reduction == "sum":
-            scale = grad
+            scale = _number_grad(grad, self.reduction)
         else:
-            scale = grad / count if count else 0.0
+            scale = _number_grad(grad, self.reduction) / count if count else 0.0
         return (d * scale).astype(dtype, copy=False)
 
     def extra_repr(self):
@@ -136,7 +145,7 @@ class MSELoss(Module):
     def __init__(self, reduction="mean"):
         super().__init__()
         self.reduction = _check_reduction(reduction)
-        self._diff = None
+        self._diff = self._dtype = None
 
     def forward(self, input, target):
         """input and target of one shape -> the loss: a float ("mean", "sum") or the
@@ -150,11 +159,14 @@ class MSELoss(Module):
                              f"{target.shape}")
         diff = input - target
         self._diff = diff
+        self._dtype = input.dtype  # the gradient's (a float64 target widens diff)
         sq = diff * diff
         if self.reduction == "none":
             return sq
         total = float(sq.sum(dtype=np.float64))
-        return total if self.reduction == "sum" else total / max(sq.size, 1)
+        if self.reduction == "sum":
+            return total
+        return total / sq.size if sq.size else float("nan")  # torch's mean of nothing
 
     def backward(self, grad=1.0):
         """Gradient with respect to ``input``: ``2 * (input - target)`` scaled by ``grad`` (and by
@@ -163,10 +175,11 @@ class MSELoss(Module):
             raise RuntimeError("MSELoss.backward called before forward")
         diff = self._diff
         if self.reduction == "none":
-            return (2 * diff * _grad_like(grad, diff.shape, diff.dtype)).astype(diff.dtype,
+            return (2 * diff * _grad_like(grad, diff.shape, diff.dtype)).astype(self._dtype,
                                                                                 copy=False)
-        scale = 2.0 * grad / (1 if self.reduction == "sum" else max(diff.size, 1))
-        return (diff * diff.dtype.type(scale)).astype(diff.dtype, copy=False)
+        scale = 2.0 * _number_grad(grad, self.reduction) / (
+            1 if self.reduction == "sum" else max(diff.size, 1))
+        return (diff * diff.dtype.type(scale)).astype(self._dtype, copy=False)
 
     def extra_repr(self):
         """``reduction=...``."""

@@ -600,8 +600,9 @@ class Module:
     # ------------------------------------------------------------------ modes and grads
     def train(self, mode=True):
         """Set training mode on this module and every submodule; returns self."""
-        if not isinstance(mode, bool):
+        if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"mode: expected a bool, got {type(mode).__name__}")
+        mode = bool(mode)
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
