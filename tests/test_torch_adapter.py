@@ -103,6 +103,31 @@ def test_packed_sequence_with_unsorted_lengths(cell, batch_first):
     assert_close(grads_ours, grads_ref, 1e-10, "gradients")
 
 
+@pytest.mark.parametrize("cell, kw", [("LSTM", {}), ("GRU", {}), ("RNN", {}),
+                                       ("LSTM", {"proj_size": 2})])
+@pytest.mark.parametrize("packed", [False, True])
+def test_final_states_may_be_changed_in_place_as_torch_nn_s(cell, kw, packed):
+    """One layer, one direction: h_n and c_n were torch views of the kernel's arrays, and
+    autograd refuses in-place changes to a Function's view outputs (``h_n.detach_()``, a
+    truncated-BPTT idiom, raised). They are tensors of their own, with torch.nn's gradients."""
+    torch.manual_seed(0)
+    ref, ours = pair(cell, 3, 4, **kw)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    grads = []
+    for layer in (ref, ours):
+        with torch.no_grad():
+            _, hidden = layer(pack_padded_sequence(x, torch.tensor([5, 3])) if packed else x)
+            (hidden[0] if isinstance(hidden, tuple) else hidden).detach_()
+        xg = x.clone().requires_grad_(True)
+        out, hidden = layer(pack_padded_sequence(xg, torch.tensor([5, 3])) if packed else xg)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        for h in states:
+            h.mul_(3.0)
+        loss = sum((h * h).sum() for h in states)
+        grads.append(torch.autograd.grad(loss, [xg, *layer.parameters()]))
+    assert_close(grads[1], grads[0], 1e-10, "gradients")
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_dropout_between_layers_draws_torch_nn_s_masks(packed):
     """In training mode with dropout, the same seed gives torch.nn's masks, so the same
