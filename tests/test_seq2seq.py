@@ -219,6 +219,23 @@ def test_decoding_and_loss_refuse_bad_arguments():
         captioner.greedy_decode(np.zeros((5, 6)), max_len=0)
 
 
+def test_inputs_may_be_given_by_keyword_as_forward_takes_them():
+    """loss, greedy_decode and beam_search took their inputs by position only (forward by
+    keyword too): ``model.loss(src, lengths, tgt=tgt)`` was a TypeError."""
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
+    assert model.loss(SRC, SRC_LENGTHS, tgt=TGT) == model.loss(SRC, SRC_LENGTHS, TGT) == \
+        model.loss(src=SRC, src_lengths=SRC_LENGTHS, tgt=TGT)
+    by_keyword = model.greedy_decode(src=SRC, src_lengths=SRC_LENGTHS)
+    _same_results(by_keyword, model.greedy_decode(SRC, SRC_LENGTHS))
+    _same_results(model.beam_search(SRC, src_lengths=SRC_LENGTHS, beam_size=2),
+                  model.beam_search(SRC, SRC_LENGTHS, beam_size=2))
+    with pytest.raises(TypeError, match=r"expected the inputs \(src, src_lengths\), the last 1 "
+                                        r"optional, got 'src_len' by keyword$"):
+        model.greedy_decode(SRC, src_len=SRC_LENGTHS)
+    with pytest.raises(TypeError, match="got 'src' by keyword too"):
+        model.beam_search(SRC, src=SRC)
+
+
 def test_special_ids_targets_and_options_are_checked():
     """Ids the vocabulary cannot hold, an end token equal to the padding (never learned),
     targets out of the vocabulary (-1 wrapped around silently), and the decoding and

@@ -29,6 +29,7 @@ projections (NumPy matmuls) stay float32.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import threading
@@ -86,6 +87,9 @@ def _lock(model):
         if lock is None:
             lock = _LOCKS[model] = threading.RLock()
         return lock
+
+
+_MISSING = object()  # an input not given (None is a given src_lengths: every length T)
 
 
 @dataclass
@@ -302,15 +306,23 @@ class _Generator(Module):
     def _start(self, inputs, repeat):
         raise NotImplementedError
 
-    def _check_inputs(self, inputs, method):
-        """``inputs`` with the optional ones left out as None; TypeError naming the method's
-        inputs for another count (a tuple-unpacking error said nothing of what was expected)."""
+    def _check_inputs(self, inputs, method, named=None):
+        """``inputs`` (positional, then ``named`` by keyword, as forward takes them) in order,
+        the optional ones left out as None; TypeError naming the method's inputs for another
+        count or an unknown name (a tuple-unpacking error said nothing of what was expected)."""
         names, optional = self._inputs
-        if not len(names) - optional <= len(inputs) <= len(names):
-            raise TypeError(f"{method}: expected the inputs ({', '.join(names)})"
-                            f"{f', the last {optional} optional' if optional else ''}, got "
-                            f"{len(inputs)}")
-        return inputs + (None,) * (len(names) - len(inputs))
+        named = dict(named or {})
+        expected = (f"{method}: expected the inputs ({', '.join(names)})"
+                    f"{f', the last {optional} optional' if optional else ''}")
+        unknown = [k for k in named if k not in names[len(inputs):]]
+        if unknown:
+            raise TypeError(f"{expected}, got {unknown[0]!r} by keyword"
+                            + (" too" if unknown[0] in names else ""))
+        full = list(inputs) + [named.get(k, _MISSING) for k in names[len(inputs):]]
+        given = sum(v is not _MISSING for v in full)
+        if len(inputs) > len(names) or any(v is _MISSING for v in full[:len(names) - optional]):
+            raise TypeError(f"{expected}, got {given}")
+        return tuple(None if v is _MISSING else v for v in full)
 
     def _batch_size(self, inputs):
         return len(inputs[0])
@@ -359,11 +371,16 @@ class _Generator(Module):
                 tokens = np.where(keep, tokens, predicted)
         return np.stack(logits, axis=1)                          # [N, T, V]
 
-    def loss(self, *inputs_and_tgt, teacher_forcing=1.0, rng=None):
-        """Cross-entropy (mean over non-pad targets) of a training-mode forward; see forward."""
+    def loss(self, *args, **kwargs):
+        """Cross-entropy (mean over non-pad targets) of a training-mode forward: the same
+        arguments as forward."""
+        try:
+            tgt = inspect.signature(self.forward).bind(*args, **kwargs).arguments["tgt"]
+        except (TypeError, KeyError):
+            tgt = None  # forward says what is wrong
         with _lock(self):  # (the criterion keeps what backward needs, as the modules do)
-            logits = self.forward(*inputs_and_tgt, teacher_forcing=teacher_forcing, rng=rng)
-            return self.criterion(logits, np.asarray(inputs_and_tgt[-1]))
+            logits = self.forward(*args, **kwargs)
+            return self.criterion(logits, np.asarray(tgt))
 
     # ------------------------------------------------------------------ decoding
     def _decoding(self):
@@ -407,9 +424,9 @@ class _Generator(Module):
                              f"logits), got {dlogits.shape}")
         return dlogits
 
-    def greedy_decode(self, *inputs, max_len=40, length_penalty=1.0):
+    def greedy_decode(self, *inputs, max_len=40, length_penalty=1.0, **named_inputs):
         """The most likely token at every step until ``eos_idx`` (or ``max_len`` tokens)."""
-        inputs = self._check_inputs(inputs, "greedy_decode")
+        inputs = self._check_inputs(inputs, "greedy_decode", named_inputs)
         max_len = _positive_int(max_len, "max_len")
         length_penalty = _penalty(length_penalty)
         with _lock(self):
@@ -452,13 +469,14 @@ class _Generator(Module):
         return DecodeResult(res_tokens, logp / np.maximum(length, 1) ** length_penalty, logp,
                             res_att if att[0] is not None else None)
 
-    def beam_search(self, *inputs, beam_size=4, max_len=40, length_penalty=1.0):
+    def beam_search(self, *inputs, beam_size=4, max_len=40, length_penalty=1.0,
+                    **named_inputs):
         """Batched beam search: every sample keeps ``beam_size`` hypotheses (rows
         ``n * beam_size + j`` of one decoder batch). A hypothesis that emits ``eos_idx`` is
         finished, scored ``log p / length ** length_penalty`` (length counts the end token); a
         sample stops when it has ``beam_size`` finished hypotheses and no alive one scores
         better at its current length. Returns the best finished hypothesis per sample."""
-        inputs = self._check_inputs(inputs, "beam_search")
+        inputs = self._check_inputs(inputs, "beam_search", named_inputs)
         k = _positive_int(beam_size, "beam_size")
         max_len = _positive_int(max_len, "max_len")
         length_penalty = _penalty(length_penalty)
