@@ -414,3 +414,38 @@ def test_short_dates_run_beats_chance_and_translates(capsys, tmp_path):
 def test_caption_digits_short_run(capsys):
     m = _run_json(capsys, "train", "caption-digits", "--epochs", "2", "--beam", "2", "--seed", "1")
     assert m["test_exact_match"] > 3 * m["chance_exact_match"]
+
+
+_FORK_WHILE_DECODING = """
+import os, signal, sys, threading
+import numpy as np
+from fusedrnn.nn import Seq2Seq
+from fusedrnn.nn.seq2seq import _lock
+model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
+src, lengths = np.array([[3, 4, 5], [6, 7, 0]]), np.array([3, 2])
+held, release = threading.Event(), threading.Event()
+
+def decoding():  # another thread in the middle of a decode: it holds the model's lock
+    with _lock(model):
+        held.set()
+        release.wait()
+
+threading.Thread(target=decoding, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a hung child ends itself
+    model.greedy_decode(src, lengths, max_len=3)
+    os._exit(0)
+release.set()
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_forked_during_another_threads_decode_can_decode():
+    """The model's lock was copied into the child held by a thread that is not there: the
+    child's first decode waited forever."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _FORK_WHILE_DECODING], timeout=60)
+    assert done.returncode == 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import os
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -87,6 +88,17 @@ def _lock(model):
         if lock is None:
             lock = _LOCKS[model] = threading.RLock()
         return lock
+
+
+def _forget_locks_in_child():
+    """A fork copies the locks as they were: one held by another thread's decode would stay
+    held in the child, where that thread does not exist (its first decode hung)."""
+    global _LOCKS, _LOCKS_GUARD
+    _LOCKS, _LOCKS_GUARD = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 _MISSING = object()  # an input not given (None is a given src_lengths: every length T)
