@@ -1,6 +1,7 @@
 """Optimizers against hand-computed steps and torch.optim; clipping; schedules; state_dict
 resume; the genetic algorithm (seeded, elitist, improves a fitness)."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -143,6 +144,36 @@ def test_schedules():
     for _ in range(2):
         c.step()
     assert c.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("schedules", [["step"], ["cosine"], ["step", "cosine"],
+                                       ["step", "step"]])
+def test_schedules_chain_and_keep_a_change_by_hand_as_torch_s(schedules):
+    """Each step set lr from the initial one alone: a second scheduler on the optimizer, or a
+    change by hand, was overwritten (StepLR + CosineAnnealingLR gave 0.079 where torch gives
+    0.040). Now each scales the current lr, as torch's do."""
+    torch = pytest.importorskip("torch")
+
+    def lrs(lib, opt):
+        made = [lib.StepLR(opt, 3 + i, 0.5) if k == "step" else lib.CosineAnnealingLR(opt, 10)
+                for i, k in enumerate(schedules)]
+        seen = []
+        for epoch in range(25):
+            seen.append([g["lr"] for g in opt.param_groups])
+            if epoch == 4:
+                opt.param_groups[0]["lr"] = 0.01
+            for s in made:
+                s.step()
+        return np.array(seen)
+
+    ours = optim.SGD([{"params": [param([0.0], [0.0])]},
+                      {"params": [param([0.0], [0.0])], "lr": 0.3}], lr=0.1)
+    theirs = torch.optim.SGD([{"params": [torch.zeros(1)]}, {"params": [torch.zeros(1)],
+                                                             "lr": 0.3}], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch: a scheduler step before an optimizer step)
+        expected = lrs(torch.optim.lr_scheduler, theirs)
+    np.testing.assert_allclose(lrs(optim, ours), expected, rtol=1e-13, atol=1e-16)
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])

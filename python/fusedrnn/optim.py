@@ -419,8 +419,10 @@ def clip_grad_value_(parameters, clip_value):
 
 # ---------------------------------------------------------------------------- schedules
 class LRScheduler:
-    """Sets each group's ``lr`` from its initial value and the epoch count; call ``step()``
-    once per epoch after the optimizer's steps."""
+    """Changes each group's ``lr`` once per epoch; call ``step()`` after the epoch's optimizer
+    steps. As torch.optim's schedulers, each step changes the group's current ``lr`` (not a
+    value computed from the initial one alone), so schedulers chained on one optimizer, and a
+    change made by hand, compose as they do in torch."""
 
     def __init__(self, optimizer):
         if not isinstance(optimizer, Optimizer):
@@ -432,29 +434,28 @@ class LRScheduler:
         self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         self.last_epoch = 0
 
-    def lr_at(self, base_lr, epoch):
-        """The learning rate at ``epoch`` of a group whose initial lr is ``base_lr`` (defined by
-        each schedule)."""
+    def next_lr(self, lr, base_lr, epoch):
+        """A group's ``lr`` at ``epoch`` from its ``lr`` at ``epoch - 1`` and its initial
+        ``base_lr`` (defined by each schedule, as torch's ``get_lr``)."""
         raise NotImplementedError
 
     def step(self):
-        """Advance ``last_epoch`` by one and set each group's ``lr`` to ``lr_at(initial_lr,
-        last_epoch)``."""
+        """Advance ``last_epoch`` by one and set each group's ``lr`` to ``next_lr``."""
         self.last_epoch += 1
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = self.lr_at(base, self.last_epoch)
+            g["lr"] = self.next_lr(g["lr"], base, self.last_epoch)
 
     def get_last_lr(self):
         """Each group's current ``lr`` (a list)."""
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self):
-        """``{"last_epoch": int, "base_lrs": [float, ...]}``."""
+        """``{"last_epoch": int, "base_lrs": [float, ...]}`` (the groups' ``lr`` is the
+        optimizer's state: save and load both, as with torch)."""
         return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state_dict):
-        """Restore ``last_epoch`` and ``base_lrs`` from :meth:`state_dict` (the groups' ``lr`` is
-        set at the next :meth:`step`)."""
+        """Restore ``last_epoch`` and ``base_lrs`` from :meth:`state_dict`."""
         if not isinstance(state_dict, dict) or not {"last_epoch", "base_lrs"} <= set(state_dict):
             raise ValueError(f"state_dict: expected a scheduler's state_dict() "
                              f"({{'last_epoch', 'base_lrs'}}), got "
@@ -468,7 +469,8 @@ class LRScheduler:
 
 
 class StepLR(LRScheduler):
-    """``lr = initial_lr * gamma ** (epoch // step_size)``."""
+    """``lr *= gamma`` every ``step_size`` epochs (alone: ``initial_lr * gamma ** (epoch //
+    step_size)``)."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) \
@@ -477,13 +479,14 @@ class StepLR(LRScheduler):
         self.step_size, self.gamma = int(step_size), _nonnegative(gamma, "gamma")
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
-        """``base_lr * gamma ** (epoch // step_size)``."""
-        return base_lr * self.gamma ** (epoch // self.step_size)
+    def next_lr(self, lr, base_lr, epoch):
+        """``lr * gamma`` at multiples of ``step_size``, else ``lr``."""
+        return lr * self.gamma if epoch % self.step_size == 0 else lr
 
 
 class CosineAnnealingLR(LRScheduler):
-    """``lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
+    """Alone: ``lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``,
+    stepped as torch's recursive form (which a chained schedule or a change by hand scales)."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         self.T_max = _number_in(T_max, "T_max", math.ulp(0.0), math.inf,
@@ -491,10 +494,14 @@ class CosineAnnealingLR(LRScheduler):
         self.eta_min = _nonnegative(eta_min, "eta_min")
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
-        """``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
-        return self.eta_min + (base_lr - self.eta_min) * (
-            1 + math.cos(math.pi * epoch / self.T_max)) / 2
+    def next_lr(self, lr, base_lr, epoch):
+        """torch's step: the ratio of consecutive closed-form values applied to ``lr - eta_min``
+        (at the cosine's trough, where that ratio is 0/0, the closed form's rise)."""
+        T, eta = self.T_max, self.eta_min
+        if (epoch - 1 - T) % (2 * T) == 0:
+            return lr + (base_lr - eta) * (1 - math.cos(math.pi / T)) / 2
+        return eta + (lr - eta) * (1 + math.cos(math.pi * epoch / T)) / (
+            1 + math.cos(math.pi * (epoch - 1) / T))
 
 
 # ---------------------------------------------------------------------------- genetic algorithm
