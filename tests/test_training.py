@@ -151,6 +151,11 @@ def test_truncated_bptt_refuses_what_it_cannot_train_and_averages_counted_target
     with pytest.raises(ValueError, match=r"^clip_norm: clips the gradients before each "
                                          r"optimizer step; give an optimizer"):
         TruncatedBPTT(fr.nn.GRU(2, 3, seed=0), loss, 4, clip_norm=1.0)
+    # batch_first: the chunks were samples, each starting from the previous sample's state
+    with pytest.raises(ValueError, match=r"^model: the model is batch_first; truncated BPTT"):
+        TruncatedBPTT(fr.nn.GRU(2, 3, batch_first=True, seed=0), loss, 4)
+    with pytest.raises(ValueError, match=r"^loss_fn: expected reduction 'mean' or 'sum'"):
+        TruncatedBPTT(fr.nn.GRU(2, 3, seed=0), fr.nn.MSELoss(reduction="none"), 4)
 
     class Head(fr.nn.Module):  # logits from a bias alone: every counted target's loss alike
         def __init__(self):
@@ -171,9 +176,9 @@ def test_truncated_bptt_refuses_what_it_cannot_train_and_averages_counted_target
     assert mean == pytest.approx(float(expected), rel=1e-12)
     y[:] = -100
     assert math.isnan(TruncatedBPTT(head, loss, 4).run(x, y)[0])
-    y[:4], summed = 0, fr.nn.CrossEntropyLoss(reduction="sum")  # sums: by time steps
+    y[:4], summed = 0, fr.nn.CrossEntropyLoss(reduction="sum")  # sums: the sequence's sum
     total = float(summed(head.lin(x[:4]), y[:4]))
-    assert TruncatedBPTT(head, summed, 4).run(x, y)[0] == pytest.approx(total / 2, rel=1e-12)
+    assert TruncatedBPTT(head, summed, 4).run(x, y)[0] == pytest.approx(total, rel=1e-12)
 
 
 def test_a_stage_name_runs_once_under_a_checkpointer(tmp_path):
@@ -250,3 +255,17 @@ def test_a_resume_that_does_not_fit_changes_nothing(tmp_path):
     assert rng.bit_generator.state == rng_before
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, weights_before[k])
+
+
+def test_truncated_bptt_returns_a_summed_loss_whole(rng):
+    """With reduction "sum" each chunk's sum was weighted by its steps and divided by T: the
+    returned loss shrank with k (52.8 for k=6, 8.8 for k=1)."""
+    x = rng.standard_normal((6, 3, 2))
+    y = rng.standard_normal((6, 3, 4))
+    full = None
+    for k in (6, 3, 1):
+        model = fr.nn.LSTM(2, 4, seed=0, dtype=np.float64)
+        got, _ = TruncatedBPTT(model, fr.nn.MSELoss(reduction="sum"), k).run(x, y)
+        if full is None:
+            full = float(((model.eval()(x)[0] - y) ** 2).sum())
+        assert got == pytest.approx(full, rel=1e-12)

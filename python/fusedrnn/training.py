@@ -81,10 +81,19 @@ class TruncatedBPTT:
                 raise ValueError(f"model: {name or 'the model'} is bidirectional; truncated BPTT "
                                  f"cannot train it (its reverse direction reads the time steps "
                                  f"after each chunk, which truncation cuts off): use full BPTT")
+            if getattr(m, "batch_first", False):  # (its chunks would be samples, not steps)
+                raise ValueError(f"model: {name or 'the model'} is batch_first; truncated BPTT "
+                                 f"cuts x [T, N, ...] along its first axis, time: use "
+                                 f"batch_first=False and time-major arrays")
+        if getattr(loss_fn, "reduction", "mean") not in ("mean", "sum"):
+            raise ValueError(f"loss_fn: expected reduction 'mean' or 'sum' (one number a chunk), "
+                             f"got {loss_fn.reduction!r}")
 
     def run(self, x, target, state=None):
-        """Returns ``(mean loss, final state)``: the chunks' losses weighted by their time steps,
-        or by their counted targets where ``loss_fn`` ignores some (``ignore_index``)."""
+        """Returns ``(loss, final state)``: the loss of the whole sequence, as ``loss_fn``
+        reduces it: with reduction "sum" the chunks' sum, else their mean losses weighted by
+        their time steps, or by their counted targets where ``loss_fn`` ignores some
+        (``ignore_index``)."""
         for name, a in (("x", x), ("target", target)):
             if not hasattr(a, "shape"):
                 raise TypeError(f"{name}: expected an array [T, ...], got {type(a).__name__}")
@@ -110,15 +119,18 @@ class TruncatedBPTT:
                 total += float(loss) * chunk
                 weight += chunk
             state = detach_state(new_state)
+        if getattr(self.loss_fn, "reduction", "mean") == "sum":
+            return total, state
         return (total / weight if weight else float("nan")), state
 
 
 def _chunk_weight(loss_fn, target):
     """How much a chunk's mean loss weighs in TruncatedBPTT.run's mean: its targets that count
     where ``loss_fn`` ignores some (``ignore_index``), else its time steps."""
+    if getattr(loss_fn, "reduction", "mean") == "sum":
+        return 1  # (a sum over the sequence is the chunks' sum)
     ignore = getattr(loss_fn, "ignore_index", None)
-    if ignore is None or getattr(loss_fn, "reduction", "mean") != "mean" or \
-            not np.issubdtype(np.asarray(target).dtype, np.integer):
+    if ignore is None or not np.issubdtype(np.asarray(target).dtype, np.integer):
         return target.shape[0]
     return int(np.count_nonzero(np.asarray(target) != ignore))
 
