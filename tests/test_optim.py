@@ -447,3 +447,14 @@ def test_add_param_group_as_torch():
     assert (q.data < 0).all()
     with pytest.raises(ValueError, match="param_group: a parameter appears in more than one"):
         opt.add_param_group({"params": [q]})
+
+
+def test_an_array_for_the_parameters_is_named_as_such():
+    """clip_grad_norm_(array) said "params[0]: expected a Parameter, got float64"."""
+    for call in (lambda: optim.clip_grad_norm_(np.ones(3), 1.0),
+                 lambda: optim.clip_grad_value_(np.ones(3), 1.0)):
+        with pytest.raises(TypeError, match=r"^parameters: expected a Module, a Parameter or an "
+                                            r"iterable of Parameters, got ndarray \(an array"):
+            call()
+    with pytest.raises(TypeError, match="^params: expected a Module.*got ndarray"):
+        optim.SGD(np.ones(3), lr=0.1)

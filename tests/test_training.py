@@ -235,7 +235,22 @@ def test_fit_names_bad_arguments_before_any_work():
                                ((lambda b: 0.0, 5, 1), TypeError, "^make_batches: expected")):
         with pytest.raises(error, match=match):
             fit(*args, progress=False)
+    with pytest.raises(TypeError, match="^scheduler: expected an object with a step"):
+        fit(lambda b: 0.0, batches, 1, scheduler=object(), progress=False)  # (was after epoch 1)
     assert fit(lambda b: 0.0, batches, 0, progress=False) == []
+
+
+def test_fit_refuses_metrics_that_are_no_dict_or_would_replace_the_loss():
+    """evaluate returning a number failed deep in dict.update; returning {"loss": ...}
+    replaced the training loss in the history, silently."""
+    for metrics, error, match in ((0.9, TypeError, "^evaluate: expected it to return a dict"),
+                                  ({"loss": 5.0}, ValueError, "^evaluate: returned the metric "
+                                                              "'loss'.*'val_loss'")):
+        with pytest.raises(error, match=match):
+            fit(lambda b: 1.0, lambda e: [0], 1, evaluate=lambda e: metrics, progress=False)
+    history = fit(lambda b: 1.0, lambda e: [0], 1, evaluate=lambda e: {"val_loss": 5.0},
+                  progress=False)
+    assert history[0]["loss"] == 1.0 and history[0]["val_loss"] == 5.0
 
 
 def test_a_resume_that_does_not_fit_changes_nothing(tmp_path):

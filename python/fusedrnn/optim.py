@@ -31,6 +31,10 @@ def _param_list(params, name="params"):
         params = params.parameters()
     if isinstance(params, Parameter):
         params = [params]
+    if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
+        raise TypeError(f"{name}: expected a Module, a Parameter or an iterable of Parameters, "
+                        f"got {type(params).__name__}" + (" (an array is a Parameter's .data: "
+                        "pass the Parameters)" if isinstance(params, np.ndarray) else ""))
     params = list(params)
     for i, p in enumerate(params):
         if not isinstance(p, Parameter):
@@ -73,7 +77,8 @@ class Optimizer:
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
-        params = _param_list(params) if isinstance(params, (Module, Parameter)) else list(params)
+        params = _param_list(params) if isinstance(params, (Module, Parameter, np.ndarray)) \
+            else list(params)
         if not params:
             raise ValueError("params: the optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
@@ -384,7 +389,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     clipping; parameters without a gradient are skipped. A NaN total_norm scales every gradient
     by NaN and an infinite one by 0, as torch's do (``error_if_nonfinite=True``: raises);
     ``foreach`` is taken for torch's signature (NumPy has no batched form)."""
-    grads = [p.grad for p in _param_list(parameters) if p.grad is not None]
+    grads = [p.grad for p in _param_list(parameters, "parameters") if p.grad is not None]
     max_norm = _nonnegative(max_norm, "max_norm")
     if isinstance(norm_type, str) and norm_type == "inf":  # torch's spelling, too
         norm_type = math.inf
@@ -412,7 +417,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 def clip_grad_value_(parameters, clip_value):
     """Clamp every gradient element into [-clip_value, clip_value] in place."""
     clip_value = _nonnegative(clip_value, "clip_value")
-    for p in _param_list(parameters):
+    for p in _param_list(parameters, "parameters"):
         if p.grad is not None:
             np.clip(p.grad, -clip_value, clip_value, out=p.grad)
 
@@ -507,14 +512,14 @@ class CosineAnnealingLR(LRScheduler):
 # ---------------------------------------------------------------------------- genetic algorithm
 def parameters_to_vector(parameters):
     """All parameters' values concatenated into one float64 vector."""
-    params = _param_list(parameters)
+    params = _param_list(parameters, "parameters")
     return np.concatenate([p.data.ravel().astype(np.float64) for p in params]) if params \
         else np.zeros(0)
 
 
 def vector_to_parameters(vector, parameters):
     """Copy ``vector`` (from :func:`parameters_to_vector`) back into the parameters."""
-    params = _param_list(parameters)
+    params = _param_list(parameters, "parameters")
     total = sum(p.data.size for p in params)
     vector = np.asarray(vector)
     if vector.shape != (total,):

@@ -154,6 +154,9 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
                      ("evaluate", evaluate)):  # (named before any work is done)
         if not callable(fn) and not (name == "evaluate" and fn is None):
             raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise TypeError(f"scheduler: expected an object with a step() method (an LR scheduler) "
+                        f"or None, got {type(scheduler).__name__}")
     epochs = _int_in(epochs, "epochs", 0)
     objects = dict(state or {})
     if scheduler is not None:
@@ -206,7 +209,7 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
                 record = {"epoch": pos.epoch,
                           "loss": float(np.mean(pos.losses)) if pos.losses else float("nan")}
                 if evaluate is not None:
-                    record.update(evaluate(pos.epoch))
+                    record.update(_metrics(evaluate(pos.epoch)))
                 if scheduler is not None:
                     scheduler.step()
                 record["seconds"] = time.perf_counter() - start
@@ -230,6 +233,19 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
         if stop_requested():  # Ctrl-C while the finished run was written: stop as asked
             raise checkpoint.stopped(where())
     return pos.history
+
+
+def _metrics(metrics):
+    """``evaluate``'s result: a dict of metrics under names of their own (one named "loss"
+    would replace the training loss in the history)."""
+    if not isinstance(metrics, dict):
+        raise TypeError(f"evaluate: expected it to return a dict of metrics, got "
+                        f"{type(metrics).__name__}")
+    taken = sorted({"epoch", "loss", "seconds"} & set(metrics))
+    if taken:
+        raise ValueError(f"evaluate: returned the metric {taken[0]!r}, a name the history gives "
+                         f"the epoch's own value; name it otherwise (e.g. 'val_{taken[0]}')")
+    return metrics
 
 
 def _tqdm():
