@@ -317,6 +317,23 @@ def test_load_state_dict_casts_to_the_layer_dtype():
         np.testing.assert_array_equal(p.data, a.state_dict()[name].astype(np.float32))
 
 
+def test_load_state_dict_takes_nan_and_refuses_an_overflowing_cast():
+    """NaN and infinity were refused, so a diverged model saved by `train --save` could not be
+    loaded again (torch's load_state_dict takes them); float64 values past float32's range
+    would become infinity: that is refused, naming the key."""
+    b = make_layer("gru", np.float32, seed=1)
+    state = b.state_dict()
+    state["weight_ih_l0"][0, 0], state["bias_hh_l0"][1] = np.nan, -np.inf
+    b.load_state_dict(state)
+    assert np.isnan(b.weight_ih_l0.data[0, 0]) and b.bias_hh_l0.data[1] == -np.inf
+    wide = {k: v.astype(np.float64) for k, v in make_layer("gru", seed=1).state_dict().items()}
+    wide["weight_hh_l0"][0, 0] = 1e300
+    with pytest.raises(ValueError, match=r"^state_dict\['weight_hh_l0'\]: values beyond the "
+                                         r"range of float32 \(from float64\)"):
+        b.load_state_dict(wide)
+    assert np.isnan(b.weight_ih_l0.data[0, 0])  # (nothing changed)
+
+
 def test_load_state_dict_errors_name_the_keys():
     m = make_layer("rnn_tanh", num_layers=2)
     state = m.state_dict()
@@ -330,8 +347,8 @@ def test_load_state_dict_errors_name_the_keys():
     wrong = dict(state, weight_hh_l0=np.zeros((H, H + 1)))
     with pytest.raises(ValueError, match=r"weight_hh_l0.*expected shape \(7, 7\), got \(7, 8\)"):
         m.load_state_dict(wrong)
-    bad = dict(state, bias_ih_l0=np.full(H, np.nan))
-    with pytest.raises(ValueError, match="bias_ih_l0.*finite"):
+    bad = dict(state, bias_ih_l0=np.full(H, 5.0), bias_hh_l1=np.zeros(H + 1))
+    with pytest.raises(ValueError, match=r"bias_hh_l1.*expected shape"):  # (the last key)
         m.load_state_dict(bad)
     # a failed load changes nothing
     for name, p in m.named_parameters():

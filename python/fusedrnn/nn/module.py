@@ -523,8 +523,10 @@ class Module:
         """Copy arrays (or torch tensors) into the parameters, cast to each parameter's dtype.
 
         Raises ValueError naming missing or unexpected keys (when ``strict``), a key whose shape
-        differs (expected and got), or a key holding NaN or infinity. Nothing is changed unless
-        every key passes. Returns ``(missing_keys, unexpected_keys)`` like PyTorch."""
+        differs (expected and got), or a key whose finite values overflow the parameter's dtype
+        (float64 past float32's range would turn to infinity silently); NaN and infinity
+        themselves load, as torch's (a diverged model can be inspected). Nothing is changed
+        unless every key passes. Returns ``(missing_keys, unexpected_keys)`` like PyTorch."""
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"state_dict: expected a mapping of names to arrays, "
                             f"got {type(state_dict).__name__}")
@@ -549,9 +551,14 @@ class Module:
                                  f"got {value.shape}")
             if value.dtype.kind not in "fiub":
                 raise TypeError(f"state_dict[{key!r}]: expected a numeric array, got dtype {value.dtype}")
-            value = value.astype(param.data.dtype, copy=False)
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"state_dict[{key!r}]: expected finite values, got NaN or infinity")
+            with np.errstate(over="ignore"):  # (an overflow is named below)
+                cast = value.astype(param.data.dtype, copy=False)
+            if cast is not value and value.dtype.kind == "f" and \
+                    np.count_nonzero(~np.isfinite(cast)) != np.count_nonzero(~np.isfinite(value)):
+                raise ValueError(f"state_dict[{key!r}]: values beyond the range of "
+                                 f"{param.data.dtype} (from {value.dtype}): they would load as "
+                                 f"infinity")
+            value = cast
             staged.append((param, value))
         for param, value in staged:
             if isinstance(param.data, np.ndarray):
