@@ -47,6 +47,12 @@ def error_of(capsys, *argv):
     (["train", "digits", "--trainer", "ga", "--population", "2"],
      "--population: expected an integer of at least 3"),
     (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+    # an empty path was taken for "not given" (--save "" saved nothing, silently) or named as ""
+    (["train", "digits", "--save", ""], "--save: expected a path, got an empty string"),
+    (["train", "digits", "--checkpoint", ""], "--checkpoint: expected a path, got an empty"),
+    (["train", "chars", "--data", ""], "--data: expected a path, got an empty string"),
+    (["generate", "--model", ""], "--model: expected a path, got an empty string"),
+    (["train", "adding", "--length", "1"], "--length: expected an integer of at least 2"),
 ])
 def test_expected_failures_are_one_line(capsys, argv, expected):
     assert expected in error_of(capsys, *argv)
@@ -299,3 +305,28 @@ def test_options_of_two_benchmarks_are_refused(capsys):
                                                   "only, not with --framework onnx"),
             (["--variants", "proj", "--deterministic"], "--deterministic: measured by the main")):
         assert expected in error_of(capsys, "bench", *argv)
+
+
+def test_a_picture_may_not_overwrite_the_model_it_shows(capsys, tmp_path):
+    """translate --plot over its own --model file replaced the model with the picture."""
+    model = tmp_path / "dates.svg"
+    model.write_bytes(b"a model")
+    line = error_of(capsys, "translate", "--model", str(model), "--plot", str(model), "3 May")
+    assert f"--plot and --model both name {model}" in line
+    assert model.read_bytes() == b"a model"
+
+
+def test_a_damaged_gzip_file_is_one_line_naming_it(capsys, tmp_path):
+    """A download cut short gave an EOFError traceback, a corrupt one a zlib.error traceback."""
+    import gzip
+    whole = gzip.compress(b"\0\0\x08\x03\0\0\0\x01\0\0\0\x08\0\0\0\x08" + bytes(64))
+    for name, data in (("cut", whole[:20]), ("bad", whole[:12] + b"xxxx" + whole[16:])):
+        path = tmp_path / f"{name}.gz"
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=f"{path}: a damaged or truncated gzip file"):
+            fr.data.read_idx(path)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(whole[:20])
+    assert "a damaged or truncated gzip file" in error_of(capsys, "train", "digits", "--data",
+                                                          str(folder), "--epochs", "1")

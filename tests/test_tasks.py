@@ -85,6 +85,39 @@ def test_chars_beats_unigram_and_generates(capsys, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("fusedrnn: warning: prime: ") and "Warning" not in proc.stderr
+    # a vocabulary that does not fit the model (hand-edited): an IndexError traceback, or
+    # characters shifted silently
+    saved = fr.load(model)
+    for vocab_text in (saved["vocab"][:5], "\x01" + saved["vocab"]):
+        fr.save(dict(saved, vocab=vocab_text), tmp_path / "edited.npz")
+        with pytest.raises(ValueError, match="a vocabulary of .* characters for a model of"):
+            load_model(tmp_path / "edited.npz")
+
+
+def test_chars_on_a_text_without_the_sample_prime_warns_of_nothing(capsys, tmp_path):
+    """Training on a text without "T" warned of a prime the user never gave."""
+    text = tmp_path / "lower.txt"
+    text.write_text("the cat and the hen " * 100)
+    assert main(["train", "chars", "--data", str(text), "--hidden", "16", "--epochs", "1",
+                 "--bptt", "16", "--batch-size", "8", "--json", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["sample"].startswith("he ")
+
+
+def test_data_helpers_name_bad_arguments():
+    """load_digits(test_fraction=-0.1) inverted the split, batches(10, -3) gave no batch,
+    copy_memory(delay=0) wrote the delimiter over a symbol."""
+    from fusedrnn.data import text
+    for call, match in ((lambda: fr.data.load_digits(test_fraction=-0.1), "^test_fraction"),
+                        (lambda: fr.data.load_digits(test_fraction=1.5), "^test_fraction"),
+                        (lambda: text.batches(10, -3), "^batch_size"),
+                        (lambda: text.batches(10, 0), "^batch_size"),
+                        (lambda: fr.data.copy_memory(1, length=3, delay=0), "^delay"),
+                        (lambda: fr.data.copy_memory(1, length=0), "^length"),
+                        (lambda: fr.data.adding_problem(2, 1), "^length")):
+        with pytest.raises(ValueError, match=match):
+            call()
 
 
 def test_classify_text_beats_majority(capsys, tmp_path):

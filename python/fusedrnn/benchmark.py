@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from .cli_commands import (parse_names, positive_float, precision, threads, to_json,
-                           usable_cores)
+from .cli_commands import (parse_names, path, positive_float, precision, threads,
+                           to_json, usable_cores)
 
 CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("rnn", 1)}
 # (B, T, I, H): the anchors' shape set (../shared/anchors/README.md).
@@ -44,7 +44,7 @@ def add_arguments(p):
     p.add_argument("--no-stacked", action="store_true", help="skip the multi-layer bidirectional rows")
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of one training step (subprocesses)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write every row as JSON")
+    p.add_argument("--json", default=None, type=path, metavar="PATH", help="write every row as JSON")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the CUDA kernels against cuDNN (fusedrnn.benchmark_gpu)")
     p.add_argument("--precisions", default="fp32,tf32",

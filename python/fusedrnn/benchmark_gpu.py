@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .cli_commands import parse_names
+from .cli_commands import parse_names, path
 
 # (cell, B, T, I, H): the GPU rows of ../shared/anchors/README.md that the issue's targets name.
 SHAPES = [
@@ -45,7 +45,7 @@ EXCHANGE_ENV = "FUSEDRNN_CUDA_EXCHANGE"  # "flagged": the persistent kernels' ba
 
 def add_arguments(p):
     """The GPU benchmark's own command line (bench/gpu_bench.py)."""
-    p.add_argument("--json", default=None, metavar="PATH", help="write the rows here")
+    p.add_argument("--json", default=None, type=path, metavar="PATH", help="write the rows here")
     p.add_argument("--quick", action="store_true", help="five small-batch shapes only")
     p.add_argument("--all", action="store_true", help="every GPU row of the anchor table")
     p.add_argument("--cells", default="LSTM,GRU,RNN", help="comma-separated: LSTM,GRU,RNN")

@@ -27,6 +27,14 @@ fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 threads = _number(int, lambda v: 1 <= v <= 4096, "an integer from 1 to 4096")  # set_num_threads's
 
 
+def path(text):
+    """A file or folder option's type: any text but an empty one (which the options' "given?"
+    tests would take for not given, or the OS would name as "")."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def usable_cores():
     """The CPUs this process may run on (its affinity: taskset, a container's cpuset)."""
     try:

@@ -5,16 +5,16 @@
 """
 from __future__ import annotations
 
-from . import positive_int
+from . import path, positive_int
 
 
 def add_commands(sub):
     p = sub.add_parser("translate", help="translate human-written dates to ISO with a model "
                                          "saved by `train dates --save`")
     p.add_argument("text", nargs="+", help='dates to translate, e.g. "3rd of May 1999"')
-    p.add_argument("--model", required=True, metavar="PATH")
+    p.add_argument("--model", required=True, type=path, metavar="PATH")
     p.add_argument("--beam", type=positive_int, default=3, help="beam size (1: greedy)")
-    p.add_argument("--plot", metavar="PATH.png", help="save the attention map(s) (matplotlib)")
+    p.add_argument("--plot", type=path, metavar="PATH.png", help="save the attention map(s) (matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_translate)
 

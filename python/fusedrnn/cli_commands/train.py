@@ -15,8 +15,8 @@ import importlib
 import sys
 
 from ..training import DEFAULT_CHECKPOINT_EVERY
-from . import (check_output_path, nonnegative_int, positive_float, positive_int, precision,
-               threads)
+from . import (check_output_path, nonnegative_int, path, positive_float, positive_int,
+               precision, threads)
 
 TASKS = {"digits": "digits", "adding": "adding", "chars": "chars",
          "classify-text": "classify_text"}
@@ -25,10 +25,10 @@ TASKS.update({"dates": "dates", "caption-digits": "caption_digits"})  # seq2seq 
 
 def _common(p):
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--plot", metavar="PATH.png",
+    p.add_argument("--plot", type=path, metavar="PATH.png",
                    help="save the run's picture: learning curves (dates: attention maps; "
                         "caption-digits: captioned images) (needs matplotlib)")
-    p.add_argument("--save", metavar="PATH", help="save the trained model (fr.load reads it)")
+    p.add_argument("--save", type=path, metavar="PATH", help="save the trained model (fr.load reads it)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--threads", type=threads, default=None,
@@ -39,13 +39,13 @@ def _common(p):
                    choices=("float32", "bfloat16"), default="float32",
                    help="bfloat16: train and evaluate under fusedrnn.autocast (the recurrent "
                         "products from bfloat16 weights and states, float32 accumulation)")
-    p.add_argument("--checkpoint", metavar="PATH",
+    p.add_argument("--checkpoint", type=path, metavar="PATH",
                    help="write the training state to PATH (atomically) every --checkpoint-every "
                         "steps, at the end and on Ctrl-C")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
                    help=f"steps (batches) between checkpoints (default "
                         f"{DEFAULT_CHECKPOINT_EVERY})")
-    p.add_argument("--resume", metavar="PATH",
+    p.add_argument("--resume", type=path, metavar="PATH",
                    help="continue, bit for bit, the run that wrote this checkpoint (give the "
                         "options it was started with)")
 
@@ -70,7 +70,7 @@ def add_commands(sub):
     demo.set_defaults(func=run_task, task_module="demo")
 
     gen = sub.add_parser("generate", help="sample text from a model saved by `train chars --save`")
-    gen.add_argument("--model", required=True, metavar="PATH")
+    gen.add_argument("--model", required=True, type=path, metavar="PATH")
     gen.add_argument("--prime", default="The ", help="text to start from")
     gen.add_argument("--length", type=positive_int, default=300, help="characters to generate")
     gen.add_argument("--temperature", type=positive_float, default=0.8)
@@ -99,8 +99,8 @@ def check_outputs(args):
     """Fail before training, not after it: --plot needs matplotlib and a picture format it
     writes, --save/--plot/--checkpoint need a folder that exists (and a path that is not a
     folder), and none of them may name another option's file: the run would overwrite it (the
-    training data, the checkpoint it resumes from; only --checkpoint may go on where --resume
-    read)."""
+    training data, the checkpoint it resumes from, the model it loads; only --checkpoint may go
+    on where --resume read)."""
     import os
     outputs = ("save", "plot", "checkpoint")
     for option in outputs:
@@ -111,13 +111,13 @@ def check_outputs(args):
             return os.path.samefile(a, b)
         except OSError:  # (one does not exist yet)
             return os.path.realpath(a) == os.path.realpath(b)
-    named = [(o, getattr(args, o, None)) for o in (*outputs, "data", "resume")]
-    named = [(o, path) for o, path in named if path]
-    for i, (out, path) in enumerate(named):
-        for other, other_path in named[i + 1:]:
+    named = [(o, getattr(args, o, None)) for o in (*outputs, "data", "resume", "model")]
+    named = [(o, file) for o, file in named if file]
+    for i, (out, file) in enumerate(named):
+        for other, other_file in named[i + 1:]:
             if out in outputs and {out, other} != {"checkpoint", "resume"} \
-                    and same(path, other_path):
-                raise ValueError(f"--{out} and --{other} both name {path}: the run would "
+                    and same(file, other_file):
+                raise ValueError(f"--{out} and --{other} both name {file}: the run would "
                                  f"overwrite it; give --{out} another file")
     if getattr(args, "plot", None):
         from fusedrnn.tasks.common import pyplot

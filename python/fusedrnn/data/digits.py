@@ -14,6 +14,7 @@ import errno
 import gzip
 import os
 import struct
+import zlib
 from importlib import resources
 
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-from ..nn.layers import _seeded
+from ..nn.layers import _number_in, _seeded
 
 __all__ = ["load_digits", "load_mnist", "read_idx", "split"]
 
@@ -33,6 +34,7 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 def split(x, y, test_fraction, seed):
     """A seeded shuffle and split into (x_train, y_train, x_test, y_test)."""
+    test_fraction = _number_in(test_fraction, "test_fraction", 0, 1, "in [0, 1]")
     order = _seeded(seed).permutation(len(x))
     n_test = int(round(len(x) * test_fraction))
     test, train = order[:n_test], order[n_test:]
@@ -60,8 +62,11 @@ def read_idx(path):
     """An IDX file (the MNIST format; ``.gz`` is decompressed) as a NumPy array."""
     path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # (a download cut short)
+        raise ValueError(f"{path}: a damaged or truncated gzip file ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]

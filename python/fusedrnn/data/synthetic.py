@@ -17,7 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-from ..nn.layers import _seeded
+from ..nn.layers import _int_in, _seeded
 
 __all__ = ["adding_problem", "copy_memory", "ADDING_BASELINE_MSE"]
 
@@ -26,8 +26,7 @@ ADDING_BASELINE_MSE = 1.0 / 6.0
 
 def adding_problem(n, length, seed=None, dtype: DTypeLike = np.float32):
     """(x [n, length, 2], y [n]) for the adding problem (Hochreiter & Schmidhuber 1997)."""
-    if length < 2:
-        raise ValueError(f"length: expected >= 2, got {length}")
+    n, length = _int_in(n, "n", 0), _int_in(length, "length", 2)
     rng = _seeded(seed)
     values = rng.uniform(0.0, 1.0, (n, length))
     half = length // 2
@@ -47,6 +46,9 @@ def copy_memory(n, length=10, delay=50, n_symbols=8, seed=None):
     ``delay`` blank steps and repeat them after the delimiter. Vocabulary: 0 blank, 1..n_symbols
     symbols, n_symbols + 1 delimiter. Guessing gives cross-entropy log(n_symbols) on the recall
     steps."""
+    n, length = _int_in(n, "n", 0), _int_in(length, "length", 1)
+    delay = _int_in(delay, "delay", 1)  # (the delimiter takes the last blank step)
+    n_symbols = _int_in(n_symbols, "n_symbols", 1)
     rng = _seeded(seed)
     T = 2 * length + delay
     symbols = rng.integers(1, n_symbols + 1, (n, length))

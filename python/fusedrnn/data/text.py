@@ -20,6 +20,8 @@ import warnings
 
 import numpy as np
 
+from ..nn.layers import _int_in
+
 __all__ = ["DEFAULT_CORPUS_MODULES", "default_corpus", "load_text", "CharVocab",
            "pad_sequences", "batches", "read_text_classification_csv", "WordVocab", "tokenize"]
 
@@ -243,7 +245,7 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
 
 def batches(n, batch_size, shuffle=True, rng=None):
     """Index arrays covering range(n) in batches (the last one may be smaller)."""
+    n, batch_size = _int_in(n, "n", 0), _int_in(batch_size, "batch_size", 1)  # (at the call)
     order = (rng if rng is not None else np.random.default_rng()).permutation(n) if shuffle \
         else np.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+    return (order[start:start + batch_size] for start in range(0, n, batch_size))

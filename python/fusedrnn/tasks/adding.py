@@ -16,7 +16,7 @@ from .. import data, io, optim
 from ..nn import Linear, MSELoss, Module
 from ..training import fit
 from .common import CELLS, gradient_norms_over_time, make_recurrent, maybe_plot
-from ..cli_commands import parse_names, positive_float, positive_int
+from ..cli_commands import at_least, parse_names, positive_float, positive_int
 
 DEFAULTS = dict(length=50, hidden=64, batch_size=64, lr=5e-3, epochs=20, steps=50)
 
@@ -49,7 +49,8 @@ class Regressor(Module):
 
 
 def add_arguments(p):
-    p.add_argument("--length", type=positive_int, default=DEFAULTS["length"], help="sequence length T")
+    p.add_argument("--length", type=at_least(2), default=DEFAULTS["length"],
+                   help="sequence length T (two marked steps)")
     p.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated: lstm, gru, rnn")
     p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])

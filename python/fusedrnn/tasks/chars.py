@@ -20,14 +20,14 @@ from .. import data, io, optim
 from ..nn import CrossEntropyLoss, softmax
 from ..training import TruncatedBPTT, fit
 from .common import RecurrentLM, load_task_file, maybe_plot
-from ..cli_commands import positive_float, positive_int
+from ..cli_commands import path, positive_float, positive_int
 
 DEFAULTS = dict(epochs=4, hidden=256, embedding=32, lr=3e-3, batch_size=32, bptt=64, cell="lstm")
 LN2 = math.log(2.0)
 
 
 def add_arguments(p):
-    p.add_argument("--data", help="a UTF-8 text file (default: Python's standard-library docs)")
+    p.add_argument("--data", type=path, help="a UTF-8 text file (default: Python's standard-library docs)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=DEFAULTS["cell"])
     p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
     p.add_argument("--embedding", type=positive_int, default=DEFAULTS["embedding"])
@@ -116,7 +116,8 @@ def run(args, progress=True):
                "unigram_bits_per_char": unigram_bits(train_ids, test_ids, len(vocab)),
                "corpus": args.data or "python-stdlib-docstrings", "epochs": args.epochs,
                "seconds": time.perf_counter() - start}
-    metrics["sample"] = sample(model, vocab, "The ", 120, temperature=0.8, seed=args.seed)
+    prime = "".join(c for c in "The " if c in vocab.index)  # (a text without them: no warning)
+    metrics["sample"] = sample(model, vocab, prime, 120, temperature=0.8, seed=args.seed)
     if args.save:
         io.save({"task": "chars", "config": model.config, "vocab": vocab.chars,
                  "model": model.state_dict()}, args.save)
@@ -174,5 +175,9 @@ def load_model(path):
         model = RecurrentLM(cfg["cell"], int(cfg["vocab_size"]), int(cfg["embedding_dim"]),
                             int(cfg["hidden_size"]), int(cfg["num_layers"]))
         model.load_state_dict(saved["model"])
-        return model, data.CharVocab(saved["vocab"])
+        vocab = data.CharVocab(saved["vocab"])
+        if len(vocab) != model.vocab_size:  # (ids past the vocabulary, or shifted characters)
+            raise ValueError(f"a vocabulary of {len(vocab)} characters for a model of "
+                             f"{model.vocab_size}")
+        return model, vocab
     return load_task_file(path, "chars", build)

@@ -17,13 +17,13 @@ from ..data.text import WordVocab
 from ..nn import CrossEntropyLoss
 from ..training import fit
 from .common import SequenceClassifier, accuracy, maybe_plot
-from ..cli_commands import fraction, positive_float, positive_int
+from ..cli_commands import fraction, path, positive_float, positive_int
 
 DEFAULTS = dict(epochs=10, hidden=64, embedding=32, lr=5e-3, batch_size=32, cell="gru")
 
 
 def add_arguments(p):
-    p.add_argument("--data", required=True, help="a CSV file of text,label rows")
+    p.add_argument("--data", required=True, type=path, help="a CSV file of text,label rows")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=DEFAULTS["cell"])
     p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
     p.add_argument("--embedding", type=positive_int, default=DEFAULTS["embedding"])

@@ -14,13 +14,13 @@ from .. import data, io, optim
 from ..nn import CrossEntropyLoss
 from ..training import fit
 from .common import SequenceClassifier, accuracy, maybe_plot
-from ..cli_commands import at_least, positive_float, positive_int
+from ..cli_commands import at_least, path, positive_float, positive_int
 
 DEFAULTS = dict(epochs=25, hidden=128, lr=5e-3, batch_size=32, cell="lstm")
 
 
 def add_arguments(p):
-    p.add_argument("--data", help="folder with MNIST IDX files (default: the shipped 8x8 digits)")
+    p.add_argument("--data", type=path, help="folder with MNIST IDX files (default: the shipped 8x8 digits)")
     p.add_argument("--limit", type=positive_int, default=None, help="use only this many training images")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=DEFAULTS["cell"])
     p.add_argument("--hidden", type=positive_int, default=DEFAULTS["hidden"])
