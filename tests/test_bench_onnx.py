@@ -29,3 +29,13 @@ def test_bench_onnx_names_the_missing_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert cli.main(["bench", "--framework", "onnx", "--quick"]) == 2
     assert 'pip install "fusedrnn[onnx]"' in capsys.readouterr().err
+
+
+def test_bench_onnx_refuses_training_it_would_not_time(capsys):
+    """--modes train timed inference silently."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from fusedrnn import cli
+    assert cli.main(["bench", "--framework", "onnx", "--modes", "train", "--shapes",
+                     "1,2,3,4"]) == 2
+    assert "--framework onnx: times inference only" in capsys.readouterr().err

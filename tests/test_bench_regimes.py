@@ -54,7 +54,7 @@ def test_median_ms_unsettled_alternates_single_calls():
     t0 = time.perf_counter()
     ms = benchmark.median_ms(fns, 0.01, settle=False)
     assert set(ms) == {"a", "b"} and time.perf_counter() - t0 < 1  # no settle pauses
-    counted = order[4:]  # after the warm-up and the single timing call of each
+    counted = order[2 * (1 + benchmark.CALIBRATION_CALLS):]  # after the warm-up, single calls
     assert counted == ["a", "b"] * (len(counted) // 2)
 
 
@@ -65,7 +65,7 @@ def test_median_ms_unsettled_puts_each_after_each_other_equally():
     order = []
     fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
     benchmark.median_ms(fns, 0.01, settle=False)
-    counted = order[6:]  # after the warm-up and the single timing call of each
+    counted = order[3 * (1 + benchmark.CALIBRATION_CALLS):]  # after the warm-up, single calls
     rounds = [counted[i:i + 3] for i in range(0, len(counted) - len(counted) % 6, 3)]
     assert rounds[:2] == [list("abc"), list("acb")] and len(rounds) >= 4
     pairs = Counter(zip(counted, counted[1:len(rounds) * 3]))

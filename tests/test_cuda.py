@@ -75,6 +75,8 @@ def test_cuda_settings_validate_and_default_to_full_fp32():
     assert fcuda.get_algorithm() == "auto"
     with pytest.raises(TypeError):
         fcuda.set_allow_tf32(1)
+    fcuda.set_allow_tf32(np.False_)  # (a NumPy bool: "expected a bool, got bool")
+    assert fcuda.get_allow_tf32() is False
     with pytest.raises(ValueError, match="algorithm|expected one of"):
         fcuda.set_algorithm("fast")
     with fcuda.options(allow_tf32=True, algorithm="stepwise"):

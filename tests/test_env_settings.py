@@ -92,7 +92,8 @@ def test_tuning_names_the_variable_for_the_row(default):
 
 
 # ---------------------------------------------------------------------------- FUSEDRNN_LINGER_US
-@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", "1e30", "2.5", "70000000"])
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", "1e30", "2.5", "70000000",
+                                   " 5", "5 "])  # (" 5" was taken, "5 " refused)
 def test_linger_refuses_a_bad_value(default, value):
     out, err = run({"FUSEDRNN_LINGER_US": value})
     (line,) = messages(err, "FUSEDRNN_LINGER_US")

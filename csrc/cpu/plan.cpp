@@ -271,7 +271,8 @@ bool parse_entry_value(const TuningEntry& entry, const char* text, double& out,
                        std::string& expected) {
   expected = std::string(entry.integer ? "an integer" : "a number") + " from " +
              std::to_string(entry.min) + " to " + std::to_string(entry.max);
-  char* rest = nullptr;
+  if (std::isspace(static_cast<unsigned char>(*text))) return false;  // (strtoll would skip
+  char* rest = nullptr;                                                // leading spaces only)
   errno = 0;
   const long long whole = std::strtoll(text, &rest, 10);
   if (rest != text && *rest == '\0' && errno == 0) {

@@ -41,10 +41,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <cstdio>
 #include <initializer_list>
 #include <cstdlib>
 #include <cstring>
+#include <strings.h>
 #include <type_traits>
 #include <stdexcept>
 #include <string>
@@ -1285,13 +1288,20 @@ persistent_backward_kernel(PersistentBackward<T> p) {
   }
 }
 
-// The flagged exchange only for float32 with FUSEDRNN_CUDA_EXCHANGE=flagged (read per call);
-// the grid barrier otherwise (faster on an H200, see the top of this file).
+// The flagged exchange only for float32 with FUSEDRNN_CUDA_EXCHANGE=flagged (any case; read per
+// call); the grid barrier otherwise (faster on an H200, see the top of this file), which
+// "barrier" or an empty value names; another value is reported once, as the CPU settings are.
 template <typename T>
 bool use_flagged_exchange() {
   if (!std::is_same<T, float>::value) return false;
   const char* env = std::getenv("FUSEDRNN_CUDA_EXCHANGE");
-  return env && std::strcmp(env, "flagged") == 0;
+  if (!env || !*env || strcasecmp(env, "barrier") == 0) return false;
+  if (strcasecmp(env, "flagged") == 0) return true;
+  static std::atomic<bool> reported{false};
+  if (!reported.exchange(true))
+    std::fprintf(stderr, "fusedrnn: FUSEDRNN_CUDA_EXCHANGE: ignored '%s' (expected flagged or "
+                 "barrier); the grid barrier is used\n", env);
+  return false;
 }
 
 // The flagged words live in the workspace after `elems` elements of T, 16-byte aligned.

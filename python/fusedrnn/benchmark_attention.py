@@ -64,8 +64,11 @@ def torch_fn(score, a, mode):
         with torch.no_grad():
             return forward(t["query"], t["keys_proj"], t["values"], t["v"]).numpy()
 
-    def train():
-        leaves = [t[k].clone().requires_grad_() for k in ("query", "keys_proj", "values", "v")]
+    leaves = [t[k].clone().requires_grad_() for k in ("query", "keys_proj", "values", "v")]
+
+    def train():  # (leaves made once: ours copies no input per step either)
+        for leaf in leaves:
+            leaf.grad = None
         context = forward(*leaves)
         context.backward(t["dcontext"])
         return context.detach().numpy(), leaves[0].grad.numpy()

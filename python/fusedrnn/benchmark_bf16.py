@@ -126,7 +126,7 @@ def bench_row(cell, B, T, I, H, threads, budget, have_torch, mode="infer"):
     ms = {k: v["b2b"] for k, v in timed.items()}
     row = {"cell": cell, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads}
     for k in CONTESTANTS:
-        row[f"{k}_ms"] = round(ms[k], 3) if k in ms else None
+        row[f"{k}_ms"] = benchmark.figures(ms[k]) if k in ms else None
         row[f"relerr_{k}"] = err.get(k)
     ours, ours_bf16 = (err.get(k, err.get(f"graddiff_{k}")) for k in ("ours", "ours_bf16"))
     if mode != "infer":

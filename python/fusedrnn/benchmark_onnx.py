@@ -42,6 +42,8 @@ def run(args) -> int:
         __import__(module)  # ImportError (the command names the extra to install)
     fr.set_num_threads(args.threads)
     cells, modes, shapes = benchmark.selection(args)
+    if "infer" not in modes:
+        raise ValueError("--framework onnx: times inference only; drop --modes or include infer")
     budget = benchmark.budget_of(args)
     print(benchmark.cpu_header(args.threads))
     print(f"fusedrnn {fr.__version__}: the same ONNX model in ONNX Runtime and in "

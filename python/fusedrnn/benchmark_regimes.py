@@ -274,12 +274,15 @@ def print_table(rows, regimes, peers):
     if not peers:
         return
     width = len(head) - 1
+    counted = [row for row in rows if row["agree"]]  # (a wrong answer's speed is no figure)
     print("-" * width + "+" + "-" * (11 * len(regimes)))
     print(f"{'geomean':<{width}}|" + "".join(
-        f"{benchmark._fmt(geomean([row[r][key] for row in rows]), 9)}  " for r in regimes))
-    below = {r: sum(row[r][key] < 1 for row in rows) for r in regimes}
+        f"{benchmark._fmt(geomean([row[r][key] for row in counted]), 9)}  " for r in regimes))
+    below = {r: sum(row[r][key] < 1 for row in counted) for r in regimes}
     print(f"{'below 1':<{width}}|" + "".join(f"{below[r]:>9}  " for r in regimes)
-          + f"   ({sum(below.values())} of {len(rows) * len(regimes)} cells)")
+          + f"   ({sum(below.values())} of {len(counted) * len(regimes)} cells)"
+          + (f"; {len(rows) - len(counted)} rows whose outputs differ left out"
+             if len(counted) < len(rows) else ""))
 
 
 def parse_regimes(text):

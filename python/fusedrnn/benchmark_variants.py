@@ -66,30 +66,30 @@ def contestants(variant, x, w, mode, threads, have):
     else:
         F = fr.functional
         args = (w["weight_ih_l0"], vw["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
+        ones = {}  # dy, made once (as the peers make theirs), shaped as the output
+
+        def dy(y):
+            if y.shape not in ones:
+                ones[y.shape] = np.ones(y.shape, np.float32)
+            return ones[y.shape]
 
         def train_step():
             if variant == "layernorm":
                 y, _, _, ctx = F.layernorm_lstm_forward(x, None, None, *args, training=True)
-                F.layernorm_lstm_backward(ctx, np.ones(y.shape, np.float32))
+                F.layernorm_lstm_backward(ctx, dy(y))
             elif cell == "LSTM":
                 y, _, _, ctx = F.lstm_forward(x, None, None, *args, training=True, w_ph=w_ph,
                                               w_hr=w_hr)
-                F.lstm_backward(ctx, np.ones(y.shape, np.float32))
+                F.lstm_backward(ctx, dy(y))
             else:
                 y, _, ctx = F.gru_forward(x, None, *args, training=True, reset_after=False)
-                F.gru_backward(ctx, np.ones(y.shape, np.float32))
+                F.gru_backward(ctx, dy(y))
             return y
         fns["ours"] = train_step
     if PEERS[variant] == "torch" and have["torch"]:
         fns["peer"] = benchmark.torch_peer(cell, x, dict(vw, weight_hr_l0=w_hr), mode, threads,
                                            proj_size=w_hr.shape[0])
     return fns
-
-
-def _figures(ms):
-    """4 significant figures: the ratios recomputed from the JSON hold for calls of 0.01 ms too
-    (3 decimals would not)."""
-    return float(f"{ms:.4g}")
 
 
 def bench_row(variant, mode, B, T, I, H, threads, budget, have):
@@ -102,13 +102,13 @@ def bench_row(variant, mode, B, T, I, H, threads, budget, have):
         else None
     ms = benchmark.median_ms(fns, budget)
     row = {"variant": variant, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads,
-           "peer": PEERS[variant], "plain_ms": _figures(ms["plain"]),
-           "ours_ms": _figures(ms["ours"]),
-           "peer_ms": _figures(ms["peer"]) if "peer" in ms else None}
+           "peer": PEERS[variant], "plain_ms": benchmark.figures(ms["plain"]),
+           "ours_ms": benchmark.figures(ms["ours"]),
+           "peer_ms": benchmark.figures(ms["peer"]) if "peer" in ms else None}
     row["cost"] = round(ms["ours"] / ms["plain"], 2)
     row["x_peer"] = round(ms["peer"] / ms["ours"], 2) if "peer" in ms else None
     # inference: the variant under fusedrnn.autocast, its speed-up over float32 (ours_ms)
-    row["ours_bf16_ms"] = _figures(ms["ours_bf16"]) if "ours_bf16" in ms else None
+    row["ours_bf16_ms"] = benchmark.figures(ms["ours_bf16"]) if "ours_bf16" in ms else None
     row["bf16_speedup"] = round(ms["ours"] / ms["ours_bf16"], 2) if "ours_bf16" in ms else None
     if diff is not None:
         row["max_abs_diff_peer"] = diff

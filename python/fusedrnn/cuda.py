@@ -89,9 +89,9 @@ def device_summary() -> str:
 # ---------------------------------------------------------------------------- settings
 def set_allow_tf32(allow: bool) -> None:
     """Let float32 GEMMs use TF32 tensor cores (faster, ~1e-3 relative error). Off by default."""
-    if not isinstance(allow, bool):
+    if not isinstance(allow, (bool, np.bool_)):
         raise TypeError(f"allow: expected a bool, got {type(allow).__name__}")
-    _settings["allow_tf32"] = allow
+    _settings["allow_tf32"] = bool(allow)
 
 
 def get_allow_tf32() -> bool:
