@@ -578,3 +578,14 @@ def test_load_says_when_there_is_no_recurrent_node(tmp_path):
     with pytest.raises(ValueError, match=r"path: expected a model with LSTM, GRU or RNN nodes, "
                                          r"found none \(its ops: .*'Scan'"):
         load(tmp_path / "ln.onnx")
+
+
+def test_a_float64_layernorm_lstm_keeps_its_eps(tmp_path):
+    """ONNX's LayerNormalization takes epsilon as a float32 attribute: a float64 model's eps of
+    1e-3 became 0.0010000000475 (ONNX Runtime 8.6e-10 off our layer). Spelled out in float64."""
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(0).standard_normal((5, 2, 4))
+    layer = fr.nn.LayerNormLSTM(4, 6, eps=1e-3, seed=0, dtype=np.float64).eval()
+    export(layer, tmp_path / "ln.onnx", x)
+    y = ort.InferenceSession(str(tmp_path / "ln.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, layer(x)[0], rtol=0, atol=1e-13)

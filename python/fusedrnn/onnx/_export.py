@@ -158,6 +158,22 @@ def _step_body(g, layer, weights, H, S, masked):
     def product(a, w, base):
         return body.node("MatMul", [a, body.const(f"{base}_T", w.T)], base=base)
 
+    def layer_norm(a, gamma, beta, base):
+        """LayerNormalization over the last axis; for float64 spelled out, since the operator's
+        epsilon is a float32 attribute (1e-3 became 0.0010000000475: 1e-9 off our layers)."""
+        if g.dtype != np.float64:
+            return body.node("LayerNormalization", [a, body.const(f"{base}_g", gamma),
+                                                    body.const(f"{base}_b", beta)],
+                             axis=-1, epsilon=eps, base=base)
+        mean_of = body.const(f"{base}_avg", np.full((len(gamma), 1), 1.0 / len(gamma)))
+        d = body.node("Sub", [a, body.node("MatMul", [a, mean_of])], base=f"{base}_d")
+        var = body.node("MatMul", [body.node("Mul", [d, d]), mean_of], base=f"{base}_var")
+        std = body.node("Sqrt", [body.node("Add", [var, body.const(f"{base}_eps",
+                                                                   np.array(eps))])])
+        return body.node("Add", [body.node("Mul", [body.node("Div", [d, std]),
+                                                   body.const(f"{base}_g", gamma)]),
+                                 body.const(f"{base}_b", beta)], base=base)
+
     ax, ah = product("x_t", weights["w_ih"], "wx"), product("h", weights["w_hh"], "wh")
     G = 4 * H
     zeros = np.zeros(G, g.dtype)
@@ -165,12 +181,8 @@ def _step_body(g, layer, weights, H, S, masked):
     b_hh = zeros if weights["b_hh"] is None else weights["b_hh"]
     if weights["ln"] is not None:  # the biases come after the norms: LayerNormalization's B
         g_ih, g_hh, g_c, b_c = weights["ln"]
-        ax = body.node("LayerNormalization", [ax, body.const("g_ih", g_ih),
-                                              body.const("b_ih", b_ih)],
-                       axis=-1, epsilon=eps, base="ln_x")
-        ah = body.node("LayerNormalization", [ah, body.const("g_hh", g_hh),
-                                              body.const("b_hh", b_hh)],
-                       axis=-1, epsilon=eps, base="ln_h")
+        ax = layer_norm(ax, g_ih, b_ih, "ln_x")
+        ah = layer_norm(ah, g_hh, b_hh, "ln_h")
         a = body.node("Add", [ax, ah], base="a")
     else:
         a = body.node("Add", [body.node("Add", [ax, ah]), body.const("b", b_ih + b_hh)], base="a")
@@ -187,9 +199,7 @@ def _step_body(g, layer, weights, H, S, masked):
         o = body.node("Add", [o, body.node("Mul", [c_new, body.const("p_o", w_ph[2 * H:])])])
     c_out = c_new
     if weights["ln"] is not None:
-        c_out = body.node("LayerNormalization", [c_new, body.const("g_c", g_c),
-                                                 body.const("b_c", b_c)],
-                          axis=-1, epsilon=eps, base="ln_c")
+        c_out = layer_norm(c_new, g_c, b_c, "ln_c")
     h_new = body.node("Mul", [body.node("Sigmoid", [o]), body.node("Tanh", [c_out])], base="m")
     if weights["w_hr"] is not None:
         h_new = product(h_new, weights["w_hr"], "projection")
