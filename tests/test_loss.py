@@ -132,3 +132,4 @@ def test_a_reduced_loss_takes_a_number_and_gives_the_inputs_dtype():
     drop(np.ones((4, 5), np.float32))
     with pytest.raises(ValueError, match=r"^dout: expected shape \(4, 5\)"):
         drop.backward(np.ones((4, 1), np.float32))
+    assert drop.backward(1.0).shape == (4, 5)  # (a number broadcasts, as before)

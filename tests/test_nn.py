@@ -270,7 +270,7 @@ def test_train_eval_propagate_to_children():
     s.train()
     assert s.training and s.decoder.training
     assert s.train(np.bool_(False)).training is False  # (a NumPy bool, as the flags take)
-    with pytest.raises(TypeError, match="mode: expected a bool, got int"):
+    with pytest.raises(TypeError, match=r"mode: expected a bool \(True or False\), got int"):
         s.train(1)
 
 
@@ -404,8 +404,24 @@ def test_backward_after_eval_forward_raises(rng):
     out, _ = m(x)
     m.eval()
     m(x)
-    with pytest.raises(RuntimeError, match="backward called before a training-mode forward"):
+    # (the message said no training-mode forward had been made: it had, and is let go)
+    with pytest.raises(RuntimeError, match="^backward: an eval-mode forward came after the "
+                                           "latest training-mode forward and let its saved"):
         m.backward(np.ones_like(out))
+
+
+def test_a_move_that_moves_nothing_keeps_the_saved_forward(rng):
+    """.cpu() on a CPU layer, or a refused .to(), dropped the saved forward (backward then said
+    no training forward had been made); a Sequential's .cpu() did not (it never reached the
+    layer's own to)."""
+    m = make_layer("lstm")
+    x = rng.standard_normal((T, N, I))
+    out, _ = m(x)
+    m.cpu()
+    with pytest.raises(ValueError, match="device"):
+        m.to("gpu")
+    dx, _ = m.backward(np.ones_like(out))
+    assert dx.shape == x.shape
 
 
 @pytest.mark.parametrize("module", ["lstm", "cell", "linear"])
@@ -659,6 +675,8 @@ def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
     assert list(s[1:].state_dict()) == ["1.weight", "1.bias"]
     assert list(nn.Sequential(OrderedDict(enc=lin)).state_dict()) == ["enc.weight", "enc.bias"]
     assert len(s.append(nn.Identity())) == 3
+    tail = s[1:].append(nn.Identity())  # names 1, 2: the next is 3, not a second 2
+    assert list(tail._modules) == ["1", "2", "3"]
     x = np.ones((2, 3), np.float32)
     for twice, where in [(nn.Sequential(lin, lin), "at 0 is at 1 too"),
                          (nn.Sequential(lin, nn.Sequential(lin)), "at 0 is at 1.0 too"),

@@ -458,3 +458,22 @@ def test_an_array_for_the_parameters_is_named_as_such():
             call()
     with pytest.raises(TypeError, match="^params: expected a Module.*got ndarray"):
         optim.SGD(np.ones(3), lr=0.1)
+
+
+def test_a_fractional_cosine_period_and_a_closed_form_schedule_still_step():
+    """A T_max of 1/3 made the chained step divide by zero near a trough its test missed; a
+    scheduler of an earlier release defining lr_at alone raised NotImplementedError."""
+    opt = optim.SGD([param([0.0], [0.0])], lr=0.1)
+    cosine = optim.CosineAnnealingLR(opt, T_max=1 / 3)
+    for _ in range(6):
+        cosine.step()
+        assert 0.0 <= opt.param_groups[0]["lr"] <= 0.1 + 1e-12
+
+    class Halving(optim.LRScheduler):
+        def lr_at(self, base_lr, epoch):
+            return base_lr / 2 ** epoch
+    opt = optim.SGD([param([0.0], [0.0])], lr=0.1)
+    halving = Halving(opt)
+    halving.step()
+    halving.step()
+    assert opt.param_groups[0]["lr"] == 0.025

@@ -193,3 +193,5 @@ def test_attention_picture_labels_each_decoded_token(tmp_path, monkeypatch):
     assert (tmp_path / "att.png").stat().st_size > 0
     with pytest.raises(ValueError, match="texts: expected at least one text"):
         dates.plot_attention(tmp_path / "none.png", model, [])
+    ids, lengths = dates.make_codecs()[0].batch(np.array(["3 may 1999", "1/2/03"]))  # (an array)
+    assert list(lengths) == [10, 6]

@@ -168,7 +168,7 @@ def sgemm_gflops(n=1024) -> float:
     from .functional import matmul
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     ms = median_ms({"g": lambda: matmul(a, a)}, 1.0)["g"]
-    time.sleep(SETTLE_AFTER_S["numpy_ref"])  # NumPy's threads stop spinning before the rows
+    time.sleep(SETTLE_AFTER_S["numpy_ref"])  # OpenBLAS's threads (as NumPy's) stop spinning
     return 2 * n ** 3 / ms / 1e6
 
 

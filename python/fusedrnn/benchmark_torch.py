@@ -166,14 +166,15 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, bf16=False):
         row["maxdiff_grad"] = max(_maxdiff(p.grad, grads[n].grad)
                                   for n, p in theirs.named_parameters())
     ms = benchmark.median_ms(fns, budget)
-    row["torch_ms"], row["fusedrnn_ms"] = round(ms["torch"], 4), round(ms["fusedrnn"], 4)
-    row["speedup"] = round(row["torch_ms"] / row["fusedrnn_ms"], 3)
+    row["torch_ms"] = benchmark.figures(ms["torch"])
+    row["fusedrnn_ms"] = benchmark.figures(ms["fusedrnn"])
+    row["speedup"] = round(ms["torch"] / ms["fusedrnn"], 3)
     row["torch_sporadic_ms"] = row["fusedrnn_sporadic_ms"] = row["speedup_sporadic"] = None
     if mode == "infer":
         sp = benchmark.median_ms(fns, budget, pause_s=SPORADIC_PAUSE_S)
-        row["torch_sporadic_ms"] = round(sp["torch"], 4)
-        row["fusedrnn_sporadic_ms"] = round(sp["fusedrnn"], 4)
-        row["speedup_sporadic"] = round(row["torch_sporadic_ms"] / row["fusedrnn_sporadic_ms"], 3)
+        row["torch_sporadic_ms"] = benchmark.figures(sp["torch"])
+        row["fusedrnn_sporadic_ms"] = benchmark.figures(sp["fusedrnn"])
+        row["speedup_sporadic"] = round(sp["torch"] / sp["fusedrnn"], 3)
     tolerance = TOLERANCE_BF16 if bf16 else TOLERANCE  # the logits and (training) every gradient
     row["agree"] = row["maxdiff"] <= tolerance and row.get("maxdiff_grad", 0.0) <= tolerance
     row["alone"] = None if cell.endswith("Cell") else \
@@ -219,11 +220,12 @@ def layer_alone(cell, mode, torch_layer, adapter_layer, B, T, I, budget, bf16=Fa
         with fr.autocast("bfloat16", enabled=bf16):
             return standalone()
     fns["standalone"] = run_standalone
-    ms = {k: round(v, 4) for k, v in benchmark.median_ms(fns, budget).items()}
+    ms = benchmark.median_ms(fns, budget)
     torch_layer.train(False)
     adapter_layer.train(False)
-    return {"torch_ms": ms["torch"], "adapter_ms": ms["adapter"],
-            "standalone_ms": ms["standalone"],
+    return {"torch_ms": benchmark.figures(ms["torch"]),
+            "adapter_ms": benchmark.figures(ms["adapter"]),
+            "standalone_ms": benchmark.figures(ms["standalone"]),
             "speedup_standalone": round(ms["torch"] / ms["standalone"], 3),
             "speedup_adapter": round(ms["torch"] / ms["adapter"], 3),
             "adapter_over_standalone": round(ms["adapter"] / ms["standalone"], 3)}

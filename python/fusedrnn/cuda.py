@@ -23,7 +23,7 @@ import contextlib
 
 import numpy as np
 
-from .functional import GATES  # (every cell the kernels know, the CPU's and CUDA's alike)
+from .functional import GATES, check_flag  # (every cell the kernels know, the CPU's and CUDA's alike)
 ALGORITHMS = {"auto": 0, "stepwise": 1, "persistent": 2}
 
 _settings = {"allow_tf32": False, "algorithm": "auto"}
@@ -89,9 +89,7 @@ def device_summary() -> str:
 # ---------------------------------------------------------------------------- settings
 def set_allow_tf32(allow: bool) -> None:
     """Let float32 GEMMs use TF32 tensor cores (faster, ~1e-3 relative error). Off by default."""
-    if not isinstance(allow, (bool, np.bool_)):
-        raise TypeError(f"allow: expected a bool, got {type(allow).__name__}")
-    _settings["allow_tf32"] = bool(allow)
+    _settings["allow_tf32"] = check_flag(allow, "allow")
 
 
 def get_allow_tf32() -> bool:

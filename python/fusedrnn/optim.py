@@ -441,8 +441,15 @@ class LRScheduler:
 
     def next_lr(self, lr, base_lr, epoch):
         """A group's ``lr`` at ``epoch`` from its ``lr`` at ``epoch - 1`` and its initial
-        ``base_lr`` (defined by each schedule, as torch's ``get_lr``)."""
-        raise NotImplementedError
+        ``base_lr`` (defined by each schedule, as torch's ``get_lr``). A schedule of an earlier
+        release defining ``lr_at(base_lr, epoch)`` alone is stepped by that (its closed form:
+        it does not chain)."""
+        return self.lr_at(base_lr, epoch)
+
+    def lr_at(self, base_lr, epoch):
+        """The closed form of a schedule: its ``lr`` at ``epoch`` (see :meth:`next_lr`)."""
+        raise NotImplementedError(f"{type(self).__name__}: a scheduler defines next_lr(lr, "
+                                  f"base_lr, epoch) (or lr_at(base_lr, epoch))")
 
     def step(self):
         """Advance ``last_epoch`` by one and set each group's ``lr`` to ``next_lr``."""
@@ -505,8 +512,10 @@ class CosineAnnealingLR(LRScheduler):
         T, eta = self.T_max, self.eta_min
         if (epoch - 1 - T) % (2 * T) == 0:
             return lr + (base_lr - eta) * (1 - math.cos(math.pi / T)) / 2
-        return eta + (lr - eta) * (1 + math.cos(math.pi * epoch / T)) / (
-            1 + math.cos(math.pi * (epoch - 1) / T))
+        previous = 1 + math.cos(math.pi * (epoch - 1) / T)
+        if previous < 1e-12:  # near a trough torch's test misses (a T_max that is no integer)
+            return eta + (base_lr - eta) * (1 + math.cos(math.pi * epoch / T)) / 2
+        return eta + (lr - eta) * (1 + math.cos(math.pi * epoch / T)) / previous
 
 
 # ---------------------------------------------------------------------------- genetic algorithm

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 from .. import _C
 from .. import functional as F
 from .layers import _dtype, _flag, _positive_int, _seeded
-from .module import KeptWeights, Module, Parameter, check_unwritten, write_stamp
+from .module import KeptWeights, Module, Parameter, check_unwritten, dtype_repr, write_stamp
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTMCell"]
 
@@ -369,7 +369,7 @@ class RNNCellBase(Module):
             s += f", eps={self.eps}"
         if not self.reset_after:
             s += ", reset_after=False"
-        return s
+        return s + dtype_repr(self.dtype)
 
 
 class _HiddenStateCell(RNNCellBase):

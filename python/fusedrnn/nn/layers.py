@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
 from .. import functional as F
-from .module import Module, Parameter, check_dtype, check_unwritten, write_stamp
+from .module import Module, Parameter, check_dtype, check_unwritten, dtype_repr, write_stamp
 
 __all__ = ["Linear", "Embedding", "Dropout", "Sequential", "Identity"]
 
@@ -181,7 +181,7 @@ class Linear(Module):
     def extra_repr(self):
         """``in_features=..., out_features=..., bias=...``."""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}{dtype_repr(self.dtype)}")
 
 
 class Embedding(Module):
@@ -247,7 +247,8 @@ class Embedding(Module):
     def extra_repr(self):
         """``num_embeddings, embedding_dim`` (and ``padding_idx`` when set)."""
         s = f"{self.num_embeddings}, {self.embedding_dim}"
-        return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
+        s += f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return s + dtype_repr(self.dtype)
 
 
 class Dropout(Module):
@@ -282,7 +283,8 @@ class Dropout(Module):
         """``dout * mask`` with the latest training-mode forward's mask."""
         if self._mask is None:
             raise _no_saved(self)
-        if isinstance(self._mask, np.ndarray) and np.shape(dout) != self._mask.shape:
+        if isinstance(self._mask, np.ndarray) and np.ndim(dout) and \
+                np.shape(dout) != self._mask.shape:  # (a number broadcasts, as it should)
             raise ValueError(f"dout: expected shape {self._mask.shape} (the forward's), got "
                              f"{np.shape(dout)}")
         return dout * self._mask
@@ -324,10 +326,15 @@ class Sequential(Module):
         return list(self._modules.values())[i]
 
     def append(self, module):
-        """Add ``module`` at the end (named by its position, as torch.nn's); returns self."""
+        """Add ``module`` at the end, named by its position as torch.nn's, or past the largest
+        number among the names where that one is taken (a slice keeps the whole's names: torch
+        would replace a child there); returns self."""
         if not isinstance(module, Module):
             raise TypeError(f"module: expected a Module, got {type(module).__name__}")
-        self.add_module(str(len(self)), module)
+        name = str(len(self))
+        if name in self._modules:
+            name = str(1 + max(int(k) for k in self._modules if k.isdigit()))
+        self.add_module(name, module)
         return self
 
     def __iter__(self):

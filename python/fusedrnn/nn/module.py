@@ -24,6 +24,7 @@ from typing import Iterator, Tuple
 import numpy as np
 
 from .. import _C
+from ..functional import check_flag
 
 __all__ = ["Parameter", "Module"]
 
@@ -590,11 +591,18 @@ class Module:
                     raise TypeError(f"to('cuda'): {type(m).__name__} "
                                     f"{'(' + name + ') ' if name else ''}runs on NumPy arrays "
                                     f"only; device='cuda' is available for RNN, LSTM and GRU")
+        moved = [m for m in self.modules() if m.device != device]
         for m in self.modules():
             object.__setattr__(m, "_device", device)
         for p in self.parameters():
             p.to(device)
+        for m in moved:
+            m._device_changed()
         return self
+
+    def _device_changed(self):
+        """Called by ``to`` on each module whose device it changed (after the move): a module
+        that keeps arrays of the old device lets them go here."""
 
     def cuda(self):
         """``self.to("cuda")``."""
@@ -607,9 +615,7 @@ class Module:
     # ------------------------------------------------------------------ modes and grads
     def train(self, mode=True):
         """Set training mode on this module and every submodule; returns self."""
-        if not isinstance(mode, (bool, np.bool_)):
-            raise TypeError(f"mode: expected a bool, got {type(mode).__name__}")
-        mode = bool(mode)
+        mode = check_flag(mode, "mode")
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
@@ -677,3 +683,8 @@ def check_dtype(dtype):
     if dt not in _FLOAT_DTYPES:
         raise TypeError(f"dtype: expected float32 or float64, got {dt}")
     return dt
+
+
+def dtype_repr(dtype):
+    """A module's repr's ", dtype=float64" (nothing for the default, float32)."""
+    return "" if dtype == np.float32 else f", dtype={dtype}"

@@ -36,7 +36,7 @@ from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
 from .layers import _flag, _int_in, _number_in, _seeded
-from .module import (KeptWeights, check_unwritten, write_stamp, Module, Parameter, array_module, check_device, check_dtype,
+from .module import (KeptWeights, check_unwritten, write_stamp, Module, Parameter, array_module, check_device, check_dtype, dtype_repr,
                      is_device_array, to_device, to_host)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
@@ -126,7 +126,7 @@ class RNNBase(Module):
                              else self._cell if self.reset_after else F.gru_kernel(False))
         self.dtype = check_dtype(dtype)
         self._rng = _seeded(seed)
-        self._saved = None
+        self._saved = self._let_go_by = None
         self._kept = KeptWeights()  # the packed weights kept between inference calls
 
         G, H = F.GATES[self._cell], self.hidden_size
@@ -202,11 +202,17 @@ class RNNBase(Module):
         """Restart the layer's Generator (the one dropout masks are drawn from) at ``seed``."""
         self._rng = _seeded(seed)
 
-    def to(self, device):
-        """Move the parameters to 'cpu' (NumPy) or 'cuda' (CuPy); returns self. The saved
-        context of the latest training forward is dropped (run forward again before backward)."""
+    def _device_changed(self):
+        """(Module.to) The saved context of the latest training forward holds the old device's
+        arrays: dropped (run forward again before backward)."""
+        self._let_go("a move to another device")
+
+    def _let_go(self, why):
+        """Drop what the latest training forward saved, remembering ``why`` for backward's
+        message."""
+        if self._saved is not None:
+            self._let_go_by = why
         self._saved = None
-        return super().to(device)
 
     def flatten_parameters(self):
         """Accepted for PyTorch compatibility; the layer keeps its packed weights between
@@ -260,8 +266,7 @@ class RNNBase(Module):
             s += ", peephole=True"
         if not self.reset_after:
             s += ", reset_after=False"
-        if self.dtype != np.float32:
-            s += f", dtype={self.dtype}"
+        s += dtype_repr(self.dtype)
         if self._device != "cpu":
             s += f", device={self._device!r}"
         return s
@@ -390,11 +395,12 @@ class RNNBase(Module):
                 inp = out
 
         if training:
+            self._let_go_by = None
             self._saved = dict(contexts=contexts, masks=masks, T=T, N=N, batched=batched,
                                written=write_stamp(self), has_h0=h0_all is not None,
                                has_c0=c0_all is not None, x_shape=x.shape)
-        else:
-            self._saved = None  # an inference forward saves nothing; backward must not reuse old state
+        else:  # an inference forward saves nothing; backward must not reuse an older one
+            self._let_go("an eval-mode forward")
 
         out = self._from_tnx(out, batched)
         if not batched:
@@ -439,7 +445,7 @@ class RNNBase(Module):
                                            None if w_ph is None else w_ph.data,
                                            None if w_hr is None else w_hr.data,
                                            norms.get("ln"), norms.get("eps", 1e-5))[:3]
-        self._saved = None
+        self._let_go("an eval-mode forward")
         return (y, (h_n[None], c_n[None])) if lstm else (y, h_n[None])
 
     def _from_tnx(self, a, batched):
@@ -460,6 +466,11 @@ class RNNBase(Module):
         (LSTM: ``(dx, (dh0, dc0))``); the gradient of an initial state that was not given is
         zeros (it was a constant). Adds into every parameter's ``grad``."""
         saved = self._saved
+        if saved is None and getattr(self, "_let_go_by", None):
+            raise RuntimeError(f"backward: {self._let_go_by} came after the latest training-mode "
+                               f"forward and let its saved context go (a module keeps one "
+                               f"forward, not a graph per call as torch does); call forward() in "
+                               f"training mode again before backward")
         if saved is None:
             raise RuntimeError("backward called before a training-mode forward: call forward() "
                                "with the module in training mode (module.train()) first; an "

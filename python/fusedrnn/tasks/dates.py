@@ -57,7 +57,7 @@ class CharCodec:
 
     def batch(self, texts, eos=False):
         """Padded ids [N, max length] and lengths [N]."""
-        if not texts:
+        if len(texts) == 0:
             raise ValueError("texts: expected at least one text, got none")
         seqs = [self.encode(t, eos) for t in texts]
         lengths = np.array([len(s) for s in seqs], np.int64)

@@ -348,11 +348,6 @@ def _stacked(bridge, arrays):
     return torch.stack([bridge.tensor(a) for a in arrays])
 
 
-def _with_leading_axis(t):
-    """A CPU tensor [1, ...] over ``t``'s memory that is not a torch view (as _stacked's)."""
-    return torch.from_numpy(t.numpy()[None])
-
-
 def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlinearity,
                   training, precision, context=True, keep=False):
     """The kernels' forward (see the module docstring); no autograd here. ``context=False``
@@ -366,8 +361,8 @@ def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlin
             x, h0, c0 if cell == "lstm" else None,
             (w_ih[0], w_hh[0], b_ih[0] if b_ih else None, b_hh[0] if b_hh else None), cell,
             nonlinearity, training, precision, keep)
-        h_n = _with_leading_axis(h_n)
-        c_n = _with_leading_axis(c_n) if cell == "lstm" else _empty(x)
+        h_n = _stacked(_CPU, [h_n.numpy()])
+        c_n = _stacked(_CPU, [c_n.numpy()]) if cell == "lstm" else _empty(x)
         if not context:
             return y, h_n, c_n, None, None, None
         return (y, h_n, c_n, *([t if training else _empty(x)] for t in saved))
