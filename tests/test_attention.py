@@ -199,6 +199,65 @@ def test_a_weight_written_between_forward_and_backward_is_refused(make):
     assert att.memory_backward().shape == keys.shape
 
 
+@pytest.mark.parametrize("kind", ["additive", "general"])  # (dot has no weights)
+def test_a_weight_written_after_set_memory_is_read_by_the_next_step(kind, rng):
+    """The keys were projected by the weights of set_memory's time: after an optimizer step or
+    load_state_dict the steps used the old projection, silently (0.2-0.8 off torch). A step
+    now projects them again (steps still to back-propagate refuse, as a backward would)."""
+    m, q = _module(kind)
+    query, keys = _inputs(rng, q)
+    m.set_memory(keys, LENGTHS)
+    for p in m.parameters():
+        p.data = p.data * 1.5
+    fresh = _module(kind)[0]
+    fresh.load_state_dict(m.state_dict())
+    fresh.set_memory(keys, LENGTHS)
+    np.testing.assert_array_equal(m(query)[0], fresh(query)[0])
+    p = next(iter(m.parameters()))
+    p.data = p.data * 0.5
+    with pytest.raises(RuntimeError, match=r"\.forward: a parameter was written"):
+        m(query)  # (a step above waits for its backward)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_steps_keep_their_own_query_and_keys(kind, rng):
+    """A decoder loop refilling one query buffer (and the caller writing into its keys) gave
+    the backward the buffer's last contents: dkeys 0.5-1.0 off, weight gradients 0.5-4.0."""
+    queries = [rng.standard_normal((N, Q if kind != "dot" else K)) for _ in range(3)]
+    keys = rng.standard_normal((N, S, K))
+    results = []
+    for reuse in (True, False):
+        m, q = _module(kind)
+        buffer, memory = np.empty_like(queries[0]), keys.copy()
+        m.set_memory(memory, LENGTHS)
+        memory[...] = 7.0
+        for query in queries:
+            buffer[...] = query
+            m(buffer if reuse else query.copy())
+        dqs = [m.backward(np.ones((N, K))) for _ in queries]
+        results.append([*dqs, m.memory_backward(), *(p.grad for p in m.parameters())])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_memory_backward_is_asked_for_before_the_next_memory(rng):
+    """Steps back-propagated without memory_backward lost the key and query projections'
+    gradients at the next set_memory (torch has every gradient after backward)."""
+    m, q = _module("additive")
+    query, keys = _inputs(rng, q)
+    m.set_memory(keys, LENGTHS)
+    m(query)
+    m.set_memory(keys, LENGTHS)  # (a step not back-propagated is let go, as before)
+    m(query)
+    m.backward(np.ones((N, K)))
+    with pytest.raises(RuntimeError, match="set_memory: the steps of the memory set last were "
+                                           "back-propagated, but not memory_backward"):
+        m.set_memory(keys, LENGTHS)
+    m.memory_backward()
+    m.set_memory(keys, LENGTHS)
+    assert all(p.grad is not None for p in m.parameters())
+
+
 def test_bad_input():
     m = BahdanauAttention(4, 6)
     with pytest.raises(RuntimeError, match="set_memory"):

@@ -153,16 +153,26 @@ class AttentionBase(Module):
 
     # -- protocol
     def set_memory(self, keys, lengths=None):
-        """Keys (= values) [N, S, K] and lengths [N]; projects the keys once for all steps."""
+        """Keys (= values) [N, S, K] and lengths [N]; projects the keys once for all steps
+        (again at a step after a write of the weights). Keeps its own copy of the keys. After
+        steps' backward, ``memory_backward`` must come before the next memory (it adds the key
+        and query projections' gradients)."""
         if not isinstance(keys, np.ndarray) or keys.dtype != self.dtype:
             raise TypeError(f"keys: expected a numpy.ndarray of dtype {self.dtype}, got "
-                            f"{getattr(keys, 'dtype', type(keys).__name__)}")
+                            f"{keys.dtype if isinstance(keys, np.ndarray) else type(keys).__name__}")
+        if self._memory is not None and (self._memory["queries"] or
+                                         self._memory["dvalues"] is not None):
+            raise RuntimeError(f"{type(self).__name__}.set_memory: the steps of the memory set "
+                               f"last were back-propagated, but not memory_backward(), which "
+                               f"adds the projections' weight gradients: call it first")
         if keys.ndim != 3 or keys.shape[2] != self.key_size:
             raise ValueError(f"keys: expected shape [N, S, {self.key_size}], got {keys.shape}")
         N, S, _ = keys.shape
         mask = lengths_mask(lengths, N, S)
         if not mask.all():  # padding is never read: whatever it holds (NaN) stays out of the
             keys = np.where(mask[:, :, None], keys, keys.dtype.type(0))  # weight gradients
+        else:  # (its own: the steps and memory_backward read it after the caller's writes)
+            keys = keys.copy()
         keys_proj = self._project_keys(keys)
         # (written: the weights' writes known now, for memory_backward's check: keys_proj is of
         # these weights)
@@ -183,10 +193,17 @@ class AttentionBase(Module):
         N = mem["keys"].shape[0]
         if not isinstance(query, np.ndarray) or query.dtype != self.dtype:
             raise TypeError(f"query: expected a numpy.ndarray of dtype {self.dtype} (the "
-                            f"module's dtype), got {getattr(query, 'dtype', type(query).__name__)}")
+                            f"module's dtype), got "
+                            f"{query.dtype if isinstance(query, np.ndarray) else type(query).__name__}")
         if query.shape != (N, self.query_size):
             raise ValueError(f"query: expected shape ({N}, {self.query_size}), got "
                              f"{getattr(query, 'shape', type(query).__name__)}")
+        if mem["written"] != write_stamp(self):  # the weights changed since the projection
+            if self._steps or mem["queries"] or mem["dvalues"] is not None:
+                check_unwritten(self, mem["written"], "forward")  # (raises: steps of the old)
+            mem["keys_proj"], mem["written"] = self._project_keys(mem["keys"]), write_stamp(self)
+        if self.training:  # kept for backward: a decoder loop may refill one query buffer
+            query = query.copy()
         context, weights, saved = attention_step_forward(
             self.score, self._project_query(query), mem["keys_proj"], mem["keys"], mem["mask"],
             self._v())
@@ -326,7 +343,8 @@ class LuongAttention(AttentionBase):
 
 def make_attention(score, query_size, key_size, attention_size=None, *,
                    dtype: DTypeLike = np.float32, seed=None):
-    """An attention module by score name: "additive" (Bahdanau), "dot" or "general" (Luong)."""
+    """An attention module by score name: "additive" (Bahdanau), "dot" or "general" (Luong);
+    ``attention_size`` is the additive score's (the others have none: it is not read there)."""
     if score == "additive":
         return BahdanauAttention(query_size, key_size, attention_size, dtype=dtype, seed=seed)
     if score in ("dot", "general"):
