@@ -449,3 +449,30 @@ def test_a_child_forked_during_another_threads_decode_can_decode():
     import sys
     done = subprocess.run([sys.executable, "-c", _FORK_WHILE_DECODING], timeout=60)
     assert done.returncode == 0
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong"])
+def test_backward_checks_everything_before_it_adds_anything(attention):
+    """A step of decoder.out's (or combine's) weights between loss and backward went unseen
+    (gradients 1e-3 off; torch raises); a refused backward had added some gradients already;
+    backward() after a forward without loss back-propagated the loss before it; a second
+    backward said no forward had been made."""
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, attention=attention, seed=0,
+                    dtype=np.float64)
+    opt = fr.optim.SGD([model.decoder.out.weight], lr=1.0)
+    model.loss(SRC, SRC_LENGTHS, TGT)
+    model.backward()
+    model.loss(SRC, SRC_LENGTHS, TGT)
+    opt.step()
+    model.zero_grad()
+    with pytest.raises(RuntimeError, match="a parameter was written"):
+        model.backward()
+    assert all(p.grad is None for p in model.parameters())
+    logits = model(SRC, SRC_LENGTHS, TGT)  # a forward without loss
+    with pytest.raises(RuntimeError, match=r"backward\(\) back-propagates the loss of loss"):
+        model.backward()
+    model.backward(np.ones_like(logits))  # (its own dlogits: fine)
+    with pytest.raises(RuntimeError, match="the latest forward was back-propagated already"):
+        model.backward(np.ones_like(logits))
+    with pytest.raises(ValueError, match=r"^pad_idx: expected an id of the source vocabulary"):
+        Seq2Seq(7, 12, pad_idx=10, eos_idx=2)

@@ -218,19 +218,20 @@ class Parameter:
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
 
 
-def write_stamp(module):
-    """The last known writes of ``module``'s own parameters (not its children's), taken at a
-    training-mode forward for :func:`check_unwritten` at its backward."""
+def write_stamp(module, recurse=False):
+    """The last known writes of ``module``'s own parameters (``recurse``: its children's too),
+    taken at a training-mode forward for :func:`check_unwritten` at its backward."""
     # (getattr: a Parameter unpickled from a release before the slot has none: 0)
-    return tuple(getattr(p, "_written", 0) for p in module._parameters.values()
-                 if p is not None)
+    params = module.parameters() if recurse else \
+        (p for p in module._parameters.values() if p is not None)
+    return tuple(getattr(p, "_written", 0) for p in params)
 
 
-def check_unwritten(module, stamp, method="backward"):
+def check_unwritten(module, stamp, method="backward", recurse=False):
     """Raise when a parameter was written (an optimizer's step, ``load_state_dict``, a new
     ``data``) since ``stamp`` was taken at the forward whose activations a backward would use:
     its gradients would mix the new values with the old activations (torch raises there too)."""
-    if stamp != write_stamp(module):
+    if stamp != write_stamp(module, recurse):
         raise RuntimeError(f"{type(module).__name__}.{method}: a parameter was written (an "
                            f"optimizer step, load_state_dict or a new data array) after the "
                            f"forward whose activations this backward uses; take the optimizer "

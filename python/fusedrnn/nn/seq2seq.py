@@ -49,7 +49,7 @@ from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in,
                      _number_in, _positive_int, _seeded)
 from .loss import CrossEntropyLoss, log_softmax
-from .module import Module
+from .module import Module, check_unwritten, write_stamp
 from .recurrent import DROPOUT, GRU, LSTM, LayerNormLSTM
 
 __all__ = ["Decoder", "Seq2Seq", "Captioner", "DecodeResult"]
@@ -392,7 +392,9 @@ class _Generator(Module):
             tgt = None  # forward says what is wrong
         with _lock(self):  # (the criterion keeps what backward needs, as the modules do)
             logits = self.forward(*args, **kwargs)
-            return self.criterion(logits, np.asarray(tgt))
+            loss = self.criterion(logits, np.asarray(tgt))
+            self._loss_taken = True  # (backward() without dlogits back-propagates this loss)
+            return loss
 
     # ------------------------------------------------------------------ decoding
     def _decoding(self):
@@ -410,11 +412,17 @@ class _Generator(Module):
         with _lock(self):
             if self._saved is None:
                 raise self._backward_refused()
+            # every check before any gradient is added: a refused backward adds nothing
+            check_unwritten(self, self._forward_stamp, recurse=True)
+            if dlogits is None and not self._loss_taken:
+                raise RuntimeError(f"{type(self).__name__}.backward() back-propagates the loss "
+                                   f"of loss(...); the latest forward came without one: call "
+                                   f"loss, or give backward the forward's dlogits")
             T = len(self.decoder._steps)
             dlogits = self.criterion.backward() if dlogits is None else \
                 self._check_backward(dlogits, T)
             (saved,) = self._saved
-            self._saved = None
+            self._saved, self._back_propagated = None, True
             self._backward(saved, dlogits)
 
     def _backward(self, saved, dlogits):
@@ -422,9 +430,20 @@ class _Generator(Module):
         raise NotImplementedError
 
     def _backward_refused(self):
+        if getattr(self, "_back_propagated", False):
+            return RuntimeError(f"{type(self).__name__}.backward: the latest forward was "
+                                f"back-propagated already (a model keeps one forward, let go "
+                                f"by its backward); run loss (or forward) again")
         return RuntimeError(f"{type(self).__name__}.backward called before a training-mode "
                             f"forward (or after a greedy_decode/beam_search, which discards "
                             f"the forward's saved steps: decode after backward)")
+
+    def _forward_started(self):
+        """(forward) What backward checks, reset for a new forward; the saved value is set
+        when it ends."""
+        self._saved = None
+        self._loss_taken = self._back_propagated = False
+        self._forward_stamp = write_stamp(self, recurse=True)
 
     def _check_backward(self, dlogits, T):
         """dlogits [N, T, V] for the saved forward (T steps), as an array of the model's dtype."""
@@ -650,6 +669,10 @@ class Seq2Seq(_Generator):
             raise ValueError("score='dot' compares the decoder's state with the encoder's outputs, "
                              "which bidirectional=True (the default) makes twice as wide; pass "
                              "bidirectional=False, or score='general' (a learned key projection)")
+        src_vocab_size = _positive_int(src_vocab_size, "src_vocab_size")
+        if self.pad_idx >= src_vocab_size:  # (the source is padded with it too)
+            raise ValueError(f"pad_idx: expected an id of the source vocabulary too (below "
+                             f"src_vocab_size={src_vocab_size}), got {self.pad_idx}")
         self.src_embedding = Embedding(src_vocab_size, embed_size, padding_idx=pad_idx,
                                        dtype=dtype, seed=s[0])
         options = _cell_options(cell, peephole, reset_after, proj_size)
@@ -721,7 +744,7 @@ class Seq2Seq(_Generator):
         with _lock(self):
             src, src_lengths = self._check_src(src, src_lengths)
             self._check_tgt(tgt, src.shape[0])
-            self._saved = None
+            self._forward_started()
             keys, h0, c0 = self._encode(src, src_lengths)
             self.decoder.attention.set_memory(keys, src_lengths)
             state = self.decoder.initial_state(h0, c0)
@@ -789,7 +812,7 @@ class Captioner(_Generator):
         """features [N, F], tgt [N, T] -> logits [N, T, V] (training forward)."""
         teacher_forcing, rng = self._teacher_forcing(teacher_forcing, rng)
         with _lock(self):
-            self._saved = None
+            self._forward_started()
             z, zd = self._condition(features)
             self._check_tgt(tgt, z.shape[0])
             h0 = np.repeat(zd[None], self.decoder.num_layers, axis=0)
