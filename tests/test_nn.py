@@ -737,3 +737,19 @@ def test_a_decode_gives_each_module_its_own_mode_back():
     model.encoder.eval()  # a frozen encoder
     model.greedy_decode(np.array([[3, 4, 5]]), None, max_len=3)
     assert model.training and not model.encoder.training and model.decoder.training
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_gives_an_inactive_unit_no_gradient_whatever_arrives(rng, dtype):
+    """dh * {0, 1} made an inf gradient at a unit relu had switched off NaN (inf * 0), and W_hh
+    spread it to every gradient; torch selects, as the kernels and the reference now do."""
+    F, R = fusedrnn.functional, fusedrnn.reference
+    x = rng.standard_normal((T, N, I)).astype(dtype)
+    w = [rng.uniform(-0.5, 0.5, s).astype(dtype) for s in ((H, I), (H, H), (H,), (H,))]
+    for forward, backward in ((F.rnn_forward, F.rnn_backward), (R.rnn_forward, R.rnn_backward)):
+        y, _, ctx = forward(x, None, *w, nonlinearity="relu", training=True)
+        assert (y == 0).any() and (y > 0).any()
+        finite = backward(ctx, np.where(y == 0, 0.0, 1.0).astype(dtype), None)
+        grads = backward(ctx, np.where(y == 0, np.inf, 1.0).astype(dtype), None)
+        for got, want in zip(grads, finite):
+            np.testing.assert_array_equal(got, want)

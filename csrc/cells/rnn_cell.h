@@ -28,7 +28,7 @@ struct RnnCell {
   FUSEDRNN_HD static void backward(const T* gates, const T* /*extra*/, T /*h_prev*/, int64_t /*H*/,
                                    int64_t j, T dh, T& /*dc*/, T* dgx, T* /*dgh*/, T& dh_direct,
                                    const T* /*peep*/ = nullptr) {
-    dgx[j] = dh * (kRelu ? d_relu(gates[j]) : d_tanh(gates[j]));
+    dgx[j] = kRelu ? relu_grad(gates[j], dh) : dh * d_tanh(gates[j]);
     dh_direct = T(0);
   }
 };

@@ -131,7 +131,10 @@ FUSEDRNN_HD T d_sigmoid(T sigmoid_output) { return sigmoid_output * (T(1) - sigm
 template <typename T>
 FUSEDRNN_HD T d_tanh(T tanh_output) { return T(1) - tanh_output * tanh_output; }
 
+// relu's backward: dh where its output is > 0 (NaN too, as torch), else exactly 0. A select,
+// as torch's threshold_backward, not dh * {0, 1}: an inf or NaN dh at an inactive unit gives
+// 0 there, where a product would give NaN and spread it through W_hh to every gradient.
 template <typename T>
-FUSEDRNN_HD T d_relu(T relu_output) { return relu_output <= T(0) ? T(0) : T(1); }  // NaN: 1, as torch
+FUSEDRNN_HD T relu_grad(T relu_output, T dh) { return relu_output <= T(0) ? T(0) : dh; }
 
 }  // namespace fusedrnn

@@ -363,7 +363,8 @@ def rnn_backward(ctx, dy, dh_n=None):
         if ctx["nonlinearity"] == "tanh":
             da = dh * (1.0 - h_new ** 2)
         else:
-            da = dh * ~(h_new <= 0)  # relu: 0 where the output is <= 0, else 1 (NaN too, as torch)
+            # relu: dh where the output is > 0 (NaN too), else exactly 0 (a select, as torch's:
+            da = np.where(h_new <= 0, 0.0, dh)  # an inf dh there would give inf * 0 = NaN)
         da = np.where(active, da, 0.0)
         dx[t] = _grad_product(da, w_ih, precision)
         dw_ih += _grad_product(da.T, x[t], wg_precision)
