@@ -229,7 +229,7 @@ def test_steps_keep_their_own_query_and_keys(kind, rng):
     for reuse in (True, False):
         m, q = _module(kind)
         buffer, memory = np.empty_like(queries[0]), keys.copy()
-        m.set_memory(memory, LENGTHS)
+        m.set_memory(memory)  # (no padding: the keys as given, copied)
         memory[...] = 7.0
         for query in queries:
             buffer[...] = query
@@ -250,12 +250,22 @@ def test_memory_backward_is_asked_for_before_the_next_memory(rng):
     m.set_memory(keys, LENGTHS)  # (a step not back-propagated is let go, as before)
     m(query)
     m.backward(np.ones((N, K)))
-    with pytest.raises(RuntimeError, match="set_memory: the steps of the memory set last were "
+    with pytest.raises(RuntimeError, match="set_memory: steps of the memory set last were "
                                            "back-propagated, but not memory_backward"):
         m.set_memory(keys, LENGTHS)
     m.memory_backward()
     m.set_memory(keys, LENGTHS)
     assert all(p.grad is not None for p in m.parameters())
+    for _ in range(2):  # a truncated backward: clear_steps lets the rest go
+        m(query)
+    m.backward(np.ones((N, K)))
+    m.clear_steps()
+    m.set_memory(keys, LENGTHS)
+    dot, q = _module("dot")  # (no weights: nothing to lose, nothing refused)
+    dot.set_memory(keys, LENGTHS)
+    dot(_inputs(rng, q)[0])
+    dot.backward(np.ones((N, K)))
+    dot.set_memory(keys, LENGTHS)
 
 
 def test_bad_input():

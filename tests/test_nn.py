@@ -422,6 +422,10 @@ def test_a_move_that_moves_nothing_keeps_the_saved_forward(rng):
         m.to("gpu")
     dx, _ = m.backward(np.ones_like(out))
     assert dx.shape == x.shape
+    stack = nn.Sequential(m)
+    out = stack(x)
+    stack.cpu()
+    assert stack.backward(np.ones_like(out)).shape == x.shape
 
 
 @pytest.mark.parametrize("module", ["lstm", "cell", "linear"])

@@ -472,6 +472,15 @@ def test_backward_checks_everything_before_it_adds_anything(attention):
     with pytest.raises(RuntimeError, match=r"backward\(\) back-propagates the loss of loss"):
         model.backward()
     model.backward(np.ones_like(logits))  # (its own dlogits: fine)
+    model.zero_grad()
+    model.criterion(model(SRC, SRC_LENGTHS, TGT), TGT)  # the criterion on the logits: a loss
+    model.backward()
+    by_criterion = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    model.loss(SRC, SRC_LENGTHS, TGT)
+    model.backward()
+    for a, p in zip(by_criterion, model.parameters()):
+        np.testing.assert_array_equal(a, p.grad)
     with pytest.raises(RuntimeError, match="the latest forward was back-propagated already"):
         model.backward(np.ones_like(logits))
     with pytest.raises(ValueError, match=r"^pad_idx: expected an id of the source vocabulary"):

@@ -193,5 +193,6 @@ def test_attention_picture_labels_each_decoded_token(tmp_path, monkeypatch):
     assert (tmp_path / "att.png").stat().st_size > 0
     with pytest.raises(ValueError, match="texts: expected at least one text"):
         dates.plot_attention(tmp_path / "none.png", model, [])
-    ids, lengths = dates.make_codecs()[0].batch(np.array(["3 may 1999", "1/2/03"]))  # (an array)
-    assert list(lengths) == [10, 6]
+    for texts in (np.array(["3 may 1999", "1/2/03"]), (t for t in ["3 may 1999", "1/2/03"])):
+        ids, lengths = dates.make_codecs()[0].batch(texts)  # (an array, a generator)
+        assert list(lengths) == [10, 6]

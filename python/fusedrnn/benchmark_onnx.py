@@ -42,7 +42,7 @@ def run(args) -> int:
         __import__(module)  # ImportError (the command names the extra to install)
     fr.set_num_threads(args.threads)
     cells, modes, shapes = benchmark.selection(args)
-    if "infer" not in modes:
+    if "infer" not in modes:  # (as --regimes: the default infer,train times inference)
         raise ValueError("--framework onnx: times inference only; drop --modes or include infer")
     budget = benchmark.budget_of(args)
     print(benchmark.cpu_header(args.threads))

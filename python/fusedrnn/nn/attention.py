@@ -160,11 +160,12 @@ class AttentionBase(Module):
         if not isinstance(keys, np.ndarray) or keys.dtype != self.dtype:
             raise TypeError(f"keys: expected a numpy.ndarray of dtype {self.dtype}, got "
                             f"{keys.dtype if isinstance(keys, np.ndarray) else type(keys).__name__}")
-        if self._memory is not None and (self._memory["queries"] or
-                                         self._memory["dvalues"] is not None):
-            raise RuntimeError(f"{type(self).__name__}.set_memory: the steps of the memory set "
-                               f"last were back-propagated, but not memory_backward(), which "
-                               f"adds the projections' weight gradients: call it first")
+        if self._memory is not None and self._memory["queries"] and \
+                next(iter(self.parameters()), None) is not None:
+            raise RuntimeError(f"{type(self).__name__}.set_memory: steps of the memory set last "
+                               f"were back-propagated, but not memory_backward(), which adds "
+                               f"the projections' weight gradients: call it first (or "
+                               f"clear_steps() to let them go)")
         if keys.ndim != 3 or keys.shape[2] != self.key_size:
             raise ValueError(f"keys: expected shape [N, S, {self.key_size}], got {keys.shape}")
         N, S, _ = keys.shape
@@ -179,6 +180,14 @@ class AttentionBase(Module):
         self._memory = dict(keys=keys, keys_proj=keys_proj, mask=mask, written=write_stamp(self),
                             dkeys_proj=None, dvalues=None, queries=[], dqueries_proj=[])
         self._steps = []
+
+    def clear_steps(self):
+        """Let go of the steps still waiting for their backward and of what the back-propagated
+        ones gathered for ``memory_backward`` (a truncated backward), as the cells'
+        ``clear_steps``."""
+        self._steps = []
+        if self._memory is not None:
+            self._memory.update(dkeys_proj=None, dvalues=None, queries=[], dqueries_proj=[])
 
     @property
     def memory_mask(self):

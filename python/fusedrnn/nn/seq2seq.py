@@ -392,9 +392,7 @@ class _Generator(Module):
             tgt = None  # forward says what is wrong
         with _lock(self):  # (the criterion keeps what backward needs, as the modules do)
             logits = self.forward(*args, **kwargs)
-            loss = self.criterion(logits, np.asarray(tgt))
-            self._loss_taken = True  # (backward() without dlogits back-propagates this loss)
-            return loss
+            return self.criterion(logits, np.asarray(tgt))
 
     # ------------------------------------------------------------------ decoding
     def _decoding(self):
@@ -413,8 +411,8 @@ class _Generator(Module):
             if self._saved is None:
                 raise self._backward_refused()
             # every check before any gradient is added: a refused backward adds nothing
-            check_unwritten(self, self._forward_stamp, recurse=True)
-            if dlogits is None and not self._loss_taken:
+            check_unwritten(self, getattr(self, "_forward_stamp", None), recurse=True)
+            if dlogits is None and self.criterion._saved is None:
                 raise RuntimeError(f"{type(self).__name__}.backward() back-propagates the loss "
                                    f"of loss(...); the latest forward came without one: call "
                                    f"loss, or give backward the forward's dlogits")
@@ -440,9 +438,10 @@ class _Generator(Module):
 
     def _forward_started(self):
         """(forward) What backward checks, reset for a new forward; the saved value is set
-        when it ends."""
-        self._saved = None
-        self._loss_taken = self._back_propagated = False
+        when it ends. The criterion forgets its latest loss: backward() back-propagates one
+        taken after this forward (by loss, or the criterion called on its logits)."""
+        self._saved, self._back_propagated = None, False
+        self.criterion._saved = None
         self._forward_stamp = write_stamp(self, recurse=True)
 
     def _check_backward(self, dlogits, T):

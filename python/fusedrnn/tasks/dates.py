@@ -57,7 +57,8 @@ class CharCodec:
 
     def batch(self, texts, eos=False):
         """Padded ids [N, max length] and lengths [N]."""
-        if len(texts) == 0:
+        texts = list(texts)  # (a generator, an array: read once)
+        if not texts:
             raise ValueError("texts: expected at least one text, got none")
         seqs = [self.encode(t, eos) for t in texts]
         lengths = np.array([len(s) for s in seqs], np.int64)
