@@ -589,3 +589,61 @@ def test_a_float64_layernorm_lstm_keeps_its_eps(tmp_path):
     export(layer, tmp_path / "ln.onnx", x)
     y = ort.InferenceSession(str(tmp_path / "ln.onnx")).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, layer(x)[0], rtol=0, atol=1e-13)
+
+
+def _lstm_model(D, direction, shapes=None, sparse_bias=False):
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    shapes = {"W": (D, 20, 4), "R": (D, 20, 5), "B": (D, 40), **(shapes or {})}
+    arrays = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=5,
+                            direction=direction, name="lstm0")
+    dense = [numpy_helper.from_array(a, k) for k, a in arrays.items()
+             if not (sparse_bias and k == "B")]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                                          [3, 2, 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT,
+                                                             [3, None, 2, 5])],
+                              dense)
+    if sparse_bias:  # B as a sparse initializer: every value stored, by flat position
+        values = numpy_helper.from_array(arrays["B"].ravel(), "B")
+        indices = numpy_helper.from_array(np.arange(arrays["B"].size, dtype=np.int64), "B_idx")
+        graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices,
+                                                                  arrays["B"].shape))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), arrays
+
+
+def test_weights_that_do_not_fit_the_node_are_named_at_load_and_prepare():
+    """load made a forward node with two directions' weights a bidirectional layer (and the
+    reverse), silently; prepare failed deep in the reordering (IndexError, "array split does
+    not result in an equal division"); ONNX Runtime names the input and the shape."""
+    for D, direction in ((2, "forward"), (1, "bidirectional")):
+        model, _ = _lstm_model(D, direction)
+        for call in (load, Backend.prepare):
+            with pytest.raises(ValueError, match=r"ONNX node 'lstm0' \(LSTM\): input W \('W'\): "
+                                                 r"expected shape"):
+                call(model)
+    model, _ = _lstm_model(1, "forward", {"B": (1, 41)})
+    with pytest.raises(ValueError, match=r"input B \('B'\): expected shape \(1, 40\)"):
+        Backend.prepare(model)
+
+
+def test_a_sparse_initializer_is_read_as_onnx_runtime_reads_it():
+    """A bias stored as a sparse initializer was not seen (KeyError 'B')."""
+    ort = pytest.importorskip("onnxruntime")
+    model, arrays = _lstm_model(1, "forward", sparse_bias=True)
+    x = np.random.default_rng(1).standard_normal((3, 2, 4)).astype(np.float32)
+    ours = Backend.prepare(model).run({"X": x})[0]
+    theirs = ort.InferenceSession(model.SerializeToString()).run(None, {"X": x})[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_integer_division_stays_in_integers():
+    """Div of int64 went through float64 (2**62 + 1 lost its last bit) and gave the int64
+    minimum for a division by zero, which ONNX Runtime refuses."""
+    from onnx import helper
+    node = helper.make_node("Div", ["a", "b"], ["q"])
+    a, b = np.array([2 ** 62 + 1, -7, 7, -7], np.int64), np.array([1, 2, -2, -2], np.int64)
+    assert Backend.run_node(node, [a, b])[0].tolist() == [2 ** 62 + 1, -3, -3, 3]
+    with pytest.raises(ValueError, match="integer division by zero"):
+        Backend.run_node(node, [a, np.zeros(4, np.int64)])

@@ -86,8 +86,11 @@ def _gemm(at, xs):
 
 def _divide(at, xs):
     a, b = xs
-    if a.dtype.kind in "iu":  # ONNX's integer division truncates toward zero
-        return [np.trunc(a / b).astype(a.dtype)]
+    if a.dtype.kind in "iu":  # ONNX's integer division truncates toward zero, in integers
+        if not np.all(b):      # (through float64, 2**62 + 1 lost its last bit)
+            raise ValueError("Div: integer division by zero")
+        q = np.abs(a) // np.abs(b)
+        return [np.where((a < 0) != (b < 0), -q, q).astype(a.dtype)]
     return [a / b]
 
 

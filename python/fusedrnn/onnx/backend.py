@@ -191,42 +191,62 @@ def constant_weights(spec, constants):
     (reordered once, at prepare), else None."""
     if any(spec.inputs[r] not in constants for r in WEIGHT_ROLES if r in spec.inputs):
         return None
+    _check_weights(spec, constants)  # (named now, not as an error deep in the reordering)
     return [_weights(spec, constants, d) for d in range(spec.num_directions)]
+
+
+def _refuse_input(spec, role, expected, got):
+    raise ValueError(f"ONNX node {spec.name!r} ({spec.cell.upper()}): input {role} "
+                     f"({spec.inputs[role]!r}): expected {expected}, got {got}")
+
+
+def _check_weights(spec, values, dtype=None, I=None):
+    """ValueError naming the node and the weight input (W, R, B, P) whose shape or dtype does
+    not fit the node's directions, gates and hidden size; ``dtype`` and ``I`` are X's where it
+    is known (a run), else W's (at prepare and load, the weights being initializers)."""
+    D, G = spec.num_directions, GATES[spec.cell]
+    W, R = values[spec.inputs["W"]], values[spec.inputs["R"]]
+    H = spec.hidden_size or R.shape[-1]
+    I = W.shape[-1] if I is None else I
+    dtype = W.dtype if dtype is None else dtype
+    expected = {"W": (D, G * H, I), "R": (D, G * H, H), "B": (D, 2 * G * H), "P": (D, 3 * H)}
+    for role, shape in expected.items():
+        if role in spec.inputs:
+            a = values[spec.inputs[role]]
+            if a.shape != shape:
+                _refuse_input(spec, role, f"shape {shape}", f"shape {a.shape}")
+            if a.dtype != dtype:
+                _refuse_input(spec, role, f"dtype {dtype} (X's, or W's)", a.dtype)
 
 
 def _check_shapes(spec, values):
     """ValueError naming the node and the input whose shape or dtype does not fit."""
     X = values[spec.inputs["X"]]
-    D, G = spec.num_directions, GATES[spec.cell]
-
-    def refuse(role, expected, got):
-        raise ValueError(f"ONNX node {spec.name!r} ({spec.cell.upper()}): input {role} "
-                         f"({spec.inputs[role]!r}): expected {expected}, got {got}")
+    D = spec.num_directions
     if X.ndim != 3:
-        refuse("X", "3 dimensions", f"shape {X.shape}")
+        _refuse_input(spec, "X", "3 dimensions", f"shape {X.shape}")
     if X.dtype not in (np.float32, np.float64):
-        refuse("X", "float32 or float64", X.dtype)
+        _refuse_input(spec, "X", "float32 or float64", X.dtype)
+    _check_weights(spec, values, X.dtype, X.shape[2])
     H = spec.hidden_size or values[spec.inputs["R"]].shape[-1]
     N = X.shape[1 - spec.layout]
-    expected = {"W": (D, G * H, X.shape[2]), "R": (D, G * H, H), "B": (D, 2 * G * H),
-                "P": (D, 3 * H), "sequence_lens": (N,),
-                "initial_h": (N, D, H) if spec.layout else (D, N, H)}
+    expected = {"sequence_lens": (N,), "initial_h": (N, D, H) if spec.layout else (D, N, H)}
     expected["initial_c"] = expected["initial_h"]
     for role, shape in expected.items():
         if role in spec.inputs:
             a = values[spec.inputs[role]]
             if a.shape != shape:
-                refuse(role, f"shape {shape}", f"shape {a.shape}")
+                _refuse_input(spec, role, f"shape {shape}", f"shape {a.shape}")
             if role != "sequence_lens" and a.dtype != X.dtype:
-                refuse(role, f"dtype {X.dtype} (X's)", a.dtype)
+                _refuse_input(spec, role, f"dtype {X.dtype} (X's)", a.dtype)
     if "sequence_lens" in spec.inputs:
         lengths = values[spec.inputs["sequence_lens"]]
         if lengths.dtype.kind not in "iu":
-            refuse("sequence_lens", "integers (int32)", lengths.dtype)
+            _refuse_input(spec, "sequence_lens", "integers (int32)", lengths.dtype)
         T = X.shape[spec.layout]
         if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-            refuse("sequence_lens", f"values in [0, {T}] (X's sequence length)",
-                   f"min {lengths.min()} and max {lengths.max()}")
+            _refuse_input(spec, "sequence_lens", f"values in [0, {T}] (X's sequence length)",
+                          f"min {lengths.min()} and max {lengths.max()}")
 
 
 def run_recurrent(spec, values, weights=None):
@@ -278,13 +298,29 @@ def run_recurrent(spec, values, weights=None):
     return [np.ascontiguousarray(a) for a in [Y] + finals]
 
 
+def _initializers(graph):
+    """The graph's initializers by name as arrays, its sparse ones made dense (as ONNX Runtime
+    takes them: named by their values tensor)."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for sparse in graph.sparse_initializer:
+        nonzero = numpy_helper.to_array(sparse.values)
+        indices = numpy_helper.to_array(sparse.indices)
+        dims = tuple(sparse.dims)
+        dense = np.zeros(int(np.prod(dims)), nonzero.dtype)
+        # indices: [NNZ] positions in the flattened tensor, or [NNZ, rank] coordinates
+        flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dims)
+        dense[flat] = nonzero
+        values[sparse.values.name] = dense.reshape(dims)
+    return values
+
+
 class FusedRnnRep(BackendRep):
     """A prepared model: ``run(inputs)`` takes the graph's inputs (a list in graph order, the
     initializers left out, or a dict by name) and returns its outputs as a list in graph order."""
 
     def __init__(self, graph, nodes):
         self._graph, self._nodes = graph, nodes
-        self._constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self._constants = _initializers(graph)
         self.input_names = [i.name for i in graph.input if i.name not in self._constants]
         self._fed_names = {i.name for i in graph.input}  # initializers listed there too
         # initializers a run may feed anew (IR < 4, keep_initializers_as_inputs): such a run
@@ -419,8 +455,9 @@ def load(path):
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"path: expected a path to an ONNX model or an onnx.ModelProto, got "
                         f"{type(path).__name__}")
+    onnx.checker.check_model(model)  # (as prepare: a damaged model named, not a reshape error)
     constants = _fold([parse_node(n) for n in model.graph.node if n.op_type in GLUE],
-                      {t.name: numpy_helper.to_array(t) for t in model.graph.initializer})
+                      _initializers(model.graph))
     layers = OrderedDict()
     for index, node in enumerate(model.graph.node):
         if node.op_type not in CELLS:
@@ -438,8 +475,9 @@ def load(path):
         if len(set(spec.nonlinearities)) > 1:
             _refuse(node, f"activations {spec.nonlinearities} differ between directions; a "
                           f"fr.nn.RNN has one nonlinearity")
+        _check_weights(spec, constants)  # (W's first axis agrees with the node's direction)
         W = constants[spec.inputs["W"]]
-        D, I = W.shape[0], W.shape[2]
+        D, I = spec.num_directions, W.shape[2]
         H = spec.hidden_size or constants[spec.inputs["R"]].shape[-1]
         options = dict(bias="B" in spec.inputs, batch_first=bool(spec.layout),
                        bidirectional=D == 2, dtype=W.dtype)
