@@ -1543,3 +1543,13 @@ def test_long_tail_packed_sequences_match_torch_nn(cell):
         (out.data.square().sum() + (state[0] if cell == "LSTM" else state).sum()).backward()
     for a, b in zip(ours.parameters(), ref.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_a_cell_weight_of_another_dtype_is_a_dtype_mismatch_naming_it(cell):
+    """weight_hh cast alone (.data = w.float()) gave the kernel's plain TypeError "w_hh: ...",
+    which code catching torch.nn's RuntimeError missed."""
+    layer = getattr(frt, cell)(4, 5, dtype=torch.float64)
+    layer.weight_hh.data = layer.weight_hh.data.float()
+    with pytest.raises(frt.DtypeMismatchError, match="^weight_hh: expected dtype torch.float64"):
+        layer(torch.randn(3, 4, dtype=torch.float64))

@@ -645,6 +645,10 @@ class _CellBase(_KeepsWeights):
         dtype = w_ih.dtype
         device_type = "cpu" if w_ih.is_cpu else w_ih.device.type  # (is_cpu: a fifth the cost)
         _check_parameters_dtype(dtype)
+        for name, w in zip(("weight_hh", "bias_ih", "bias_hh"), weights[1:]):
+            if w is not None and w.dtype != dtype:  # (one cast alone: .data = w.float())
+                raise DtypeMismatchError(f"{name}: expected dtype {dtype} (weight_ih's), got "
+                                         f"{w.dtype}")
         lstm = self._cell == "lstm"
         autocast = _autocast_on(device_type)  # (a decoder's step pays for its casts only there)
         precision = _autocast_precision(dtype, device_type) if autocast else "float32"
