@@ -744,7 +744,8 @@ def test_a_decode_gives_each_module_its_own_mode_back():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_backward_gives_an_inactive_unit_no_gradient_whatever_arrives(rng, dtype):
+@pytest.mark.parametrize("H", [H, 16])  # (16: the SIMD units' path, whole vectors)
+def test_relu_backward_gives_an_inactive_unit_no_gradient_whatever_arrives(rng, dtype, H):
     """dh * {0, 1} made an inf gradient at a unit relu had switched off NaN (inf * 0), and W_hh
     spread it to every gradient; torch selects, as the kernels and the reference now do."""
     F, R = fusedrnn.functional, fusedrnn.reference

@@ -643,7 +643,10 @@ def test_integer_division_stays_in_integers():
     minimum for a division by zero, which ONNX Runtime refuses."""
     from onnx import helper
     node = helper.make_node("Div", ["a", "b"], ["q"])
-    a, b = np.array([2 ** 62 + 1, -7, 7, -7], np.int64), np.array([1, 2, -2, -2], np.int64)
-    assert Backend.run_node(node, [a, b])[0].tolist() == [2 ** 62 + 1, -3, -3, 3]
+    a = np.array([2 ** 62 + 1, -7, 7, -7, -2 ** 63], np.int64)
+    b = np.array([1, 2, -2, -2, 2], np.int64)
+    assert Backend.run_node(node, [a, b])[0].tolist() == [2 ** 62 + 1, -3, -3, 3, -2 ** 62]
+    small = Backend.run_node(node, [np.array([-128, 7], np.int8), np.array([2, -2], np.int8)])[0]
+    assert small.dtype == np.int8 and small.tolist() == [-64, -3]
     with pytest.raises(ValueError, match="integer division by zero"):
-        Backend.run_node(node, [a, np.zeros(4, np.int64)])
+        Backend.run_node(node, [a, np.zeros(5, np.int64)])

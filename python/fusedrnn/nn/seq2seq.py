@@ -412,7 +412,7 @@ class _Generator(Module):
                 raise self._backward_refused()
             # every check before any gradient is added: a refused backward adds nothing
             check_unwritten(self, getattr(self, "_forward_stamp", None), recurse=True)
-            if dlogits is None and self.criterion._saved is None:
+            if dlogits is None and getattr(self.criterion, "_saved", True) is None:
                 raise RuntimeError(f"{type(self).__name__}.backward() back-propagates the loss "
                                    f"of loss(...); the latest forward came without one: call "
                                    f"loss, or give backward the forward's dlogits")
@@ -441,7 +441,8 @@ class _Generator(Module):
         when it ends. The criterion forgets its latest loss: backward() back-propagates one
         taken after this forward (by loss, or the criterion called on its logits)."""
         self._saved, self._back_propagated = None, False
-        self.criterion._saved = None
+        if hasattr(self.criterion, "_saved"):  # (fusedrnn's; a criterion of the user's own kept)
+            self.criterion._saved = None
         self._forward_stamp = write_stamp(self, recurse=True)
 
     def _check_backward(self, dlogits, T):
@@ -727,6 +728,7 @@ class Seq2Seq(_Generator):
             src_lengths = np.repeat(src_lengths, repeat)
             h0 = np.repeat(h0, repeat, axis=1)
             c0 = None if c0 is None else np.repeat(c0, repeat, axis=1)
+        self.decoder.attention.clear_steps()  # (a decode lets a pending backward go)
         self.decoder.attention.set_memory(keys, src_lengths)
         return self.decoder.initial_state(h0, c0), None
 
@@ -745,6 +747,7 @@ class Seq2Seq(_Generator):
             self._check_tgt(tgt, src.shape[0])
             self._forward_started()
             keys, h0, c0 = self._encode(src, src_lengths)
+            self.decoder.attention.clear_steps()  # (what an interrupted backward left)
             self.decoder.attention.set_memory(keys, src_lengths)
             state = self.decoder.initial_state(h0, c0)
             logits = self._decoder_loss_forward(state, None, tgt, teacher_forcing, rng,

@@ -89,8 +89,8 @@ def _divide(at, xs):
     if a.dtype.kind in "iu":  # ONNX's integer division truncates toward zero, in integers
         if not np.all(b):      # (through float64, 2**62 + 1 lost its last bit)
             raise ValueError("Div: integer division by zero")
-        q = np.abs(a) // np.abs(b)
-        return [np.where((a < 0) != (b < 0), -q, q).astype(a.dtype)]
+        # a - fmod(a, b) is a multiple of b: exact, and no abs() to overflow at the minimum
+        return [((a - np.fmod(a, b)) // b).astype(a.dtype)]
     return [a / b]
 
 

@@ -455,7 +455,6 @@ def load(path):
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"path: expected a path to an ONNX model or an onnx.ModelProto, got "
                         f"{type(path).__name__}")
-    onnx.checker.check_model(model)  # (as prepare: a damaged model named, not a reshape error)
     constants = _fold([parse_node(n) for n in model.graph.node if n.op_type in GLUE],
                       _initializers(model.graph))
     layers = OrderedDict()
