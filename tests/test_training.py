@@ -284,3 +284,13 @@ def test_truncated_bptt_returns_a_summed_loss_whole(rng):
         if full is None:
             full = float(((model.eval()(x)[0] - y) ** 2).sum())
         assert got == pytest.approx(full, rel=1e-12)
+
+
+def test_training_comes_with_import_fusedrnn():
+    """The README calls fusedrnn.training.fit after `import fusedrnn as fr`: an AttributeError."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", "import fusedrnn as fr; fr.training.fit, "
+                           "fr.training.TruncatedBPTT, fr.training.Checkpointer"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
