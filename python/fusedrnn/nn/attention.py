@@ -109,6 +109,12 @@ def attention_step_backward(saved, dcontext, dweights=None):
 
 
 # ---------------------------------------------------------------------------- modules
+def _dtype_or_type(value):
+    """What an error says an argument was: an array's dtype, else its type (a torch.Tensor's
+    dtype would read like NumPy's)."""
+    return value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+
+
 def _as_gradient(value, name, dtype):
     """``value`` as an array of ``dtype`` (converted, as the cells' gradients are); TypeError
     naming ``name`` where NumPy cannot read it as numbers (a str, a ragged list)."""
@@ -159,7 +165,7 @@ class AttentionBase(Module):
         and query projections' gradients)."""
         if not isinstance(keys, np.ndarray) or keys.dtype != self.dtype:
             raise TypeError(f"keys: expected a numpy.ndarray of dtype {self.dtype}, got "
-                            f"{keys.dtype if isinstance(keys, np.ndarray) else type(keys).__name__}")
+                            f"{_dtype_or_type(keys)}")
         if self._memory is not None and self._memory["queries"] and \
                 next(iter(self.parameters()), None) is not None:
             raise RuntimeError(f"{type(self).__name__}.set_memory: steps of the memory set last "
@@ -202,8 +208,7 @@ class AttentionBase(Module):
         N = mem["keys"].shape[0]
         if not isinstance(query, np.ndarray) or query.dtype != self.dtype:
             raise TypeError(f"query: expected a numpy.ndarray of dtype {self.dtype} (the "
-                            f"module's dtype), got "
-                            f"{query.dtype if isinstance(query, np.ndarray) else type(query).__name__}")
+                            f"module's dtype), got {_dtype_or_type(query)}")
         if query.shape != (N, self.query_size):
             raise ValueError(f"query: expected shape ({N}, {self.query_size}), got "
                              f"{getattr(query, 'shape', type(query).__name__)}")

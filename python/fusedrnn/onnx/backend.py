@@ -200,13 +200,17 @@ def _refuse_input(spec, role, expected, got):
                      f"({spec.inputs[role]!r}): expected {expected}, got {got}")
 
 
+def _hidden_size(spec, values):
+    """The node's hidden_size, or R's last axis where the attribute is not given."""
+    return spec.hidden_size or values[spec.inputs["R"]].shape[-1]
+
+
 def _check_weights(spec, values, dtype=None, I=None):
     """ValueError naming the node and the weight input (W, R, B, P) whose shape or dtype does
     not fit the node's directions, gates and hidden size; ``dtype`` and ``I`` are X's where it
     is known (a run), else W's (at prepare and load, the weights being initializers)."""
     D, G = spec.num_directions, GATES[spec.cell]
-    W, R = values[spec.inputs["W"]], values[spec.inputs["R"]]
-    H = spec.hidden_size or R.shape[-1]
+    W, H = values[spec.inputs["W"]], _hidden_size(spec, values)
     I = W.shape[-1] if I is None else I
     dtype = W.dtype if dtype is None else dtype
     expected = {"W": (D, G * H, I), "R": (D, G * H, H), "B": (D, 2 * G * H), "P": (D, 3 * H)}
@@ -228,7 +232,7 @@ def _check_shapes(spec, values):
     if X.dtype not in (np.float32, np.float64):
         _refuse_input(spec, "X", "float32 or float64", X.dtype)
     _check_weights(spec, values, X.dtype, X.shape[2])
-    H = spec.hidden_size or values[spec.inputs["R"]].shape[-1]
+    H = _hidden_size(spec, values)
     N = X.shape[1 - spec.layout]
     expected = {"sequence_lens": (N,), "initial_h": (N, D, H) if spec.layout else (D, N, H)}
     expected["initial_c"] = expected["initial_h"]
@@ -477,7 +481,7 @@ def load(path):
         _check_weights(spec, constants)  # (W's first axis agrees with the node's direction)
         W = constants[spec.inputs["W"]]
         D, I = spec.num_directions, W.shape[2]
-        H = spec.hidden_size or constants[spec.inputs["R"]].shape[-1]
+        H = _hidden_size(spec, constants)
         options = dict(bias="B" in spec.inputs, batch_first=bool(spec.layout),
                        bidirectional=D == 2, dtype=W.dtype)
         if spec.direction == "reverse":
