@@ -650,3 +650,5 @@ def test_integer_division_stays_in_integers():
     assert small.dtype == np.int8 and small.tolist() == [-64, -3]
     with pytest.raises(ValueError, match="integer division by zero"):
         Backend.run_node(node, [a, np.zeros(5, np.int64)])
+    with pytest.raises(ValueError, match="-9223372036854775808 / -1 overflows int64"):
+        Backend.run_node(node, [a[-1:], np.array([-1], np.int64)])

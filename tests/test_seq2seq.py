@@ -481,6 +481,19 @@ def test_backward_checks_everything_before_it_adds_anything(attention):
     model.backward()
     for a, p in zip(by_criterion, model.parameters()):
         np.testing.assert_array_equal(a, p.grad)
+    # a criterion's gradient of another shape: refused naming [N, T, V], the forward kept
+    logits = model(SRC, SRC_LENGTHS, TGT)
+    model.criterion(logits[:, :-1], TGT[:, :-1])
+    with pytest.raises(ValueError, match=r"dlogits: expected shape \(3, 4, 9\) \(\[N, T, V\]"):
+        model.backward()
+    model.backward(np.ones_like(logits))
+    # one criterion shared by two models: the other's forward does not take this one's loss
+    other = Seq2Seq(9, 9, embed_size=4, hidden_size=5, attention=attention, seed=1,
+                    dtype=np.float64)
+    other.criterion = model.criterion
+    model.loss(SRC, SRC_LENGTHS, TGT)
+    other(SRC, SRC_LENGTHS, TGT)
+    model.backward()
     with pytest.raises(RuntimeError, match="the latest forward was back-propagated already"):
         model.backward(np.ones_like(logits))
     with pytest.raises(ValueError, match=r"^pad_idx: expected an id of the source vocabulary"):

@@ -412,13 +412,15 @@ class _Generator(Module):
                 raise self._backward_refused()
             # every check before any gradient is added: a refused backward adds nothing
             check_unwritten(self, getattr(self, "_forward_stamp", None), recurse=True)
-            if dlogits is None and getattr(self.criterion, "_saved", True) is None:
+            taken = getattr(self.criterion, "_saved", True)  # (a criterion of the user's own: ?)
+            if dlogits is None and (taken is None or
+                                    taken is getattr(self, "_criterion_at_forward", None)):
                 raise RuntimeError(f"{type(self).__name__}.backward() back-propagates the loss "
                                    f"of loss(...); the latest forward came without one: call "
                                    f"loss, or give backward the forward's dlogits")
             T = len(self.decoder._steps)
-            dlogits = self.criterion.backward() if dlogits is None else \
-                self._check_backward(dlogits, T)
+            dlogits = self._check_backward(self.criterion.backward() if dlogits is None else
+                                           dlogits, T)
             (saved,) = self._saved
             self._saved, self._back_propagated = None, True
             self._backward(saved, dlogits)
@@ -438,11 +440,11 @@ class _Generator(Module):
 
     def _forward_started(self):
         """(forward) What backward checks, reset for a new forward; the saved value is set
-        when it ends. The criterion forgets its latest loss: backward() back-propagates one
-        taken after this forward (by loss, or the criterion called on its logits)."""
+        when it ends. backward() back-propagates a loss the criterion took after this forward
+        (by loss, or the criterion called on its logits)."""
         self._saved, self._back_propagated = None, False
-        if hasattr(self.criterion, "_saved"):  # (fusedrnn's; a criterion of the user's own kept)
-            self.criterion._saved = None
+        # the criterion's latest loss now: backward() wants one taken after this forward
+        self._criterion_at_forward = getattr(self.criterion, "_saved", None)
         self._forward_stamp = write_stamp(self, recurse=True)
 
     def _check_backward(self, dlogits, T):

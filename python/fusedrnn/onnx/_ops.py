@@ -89,6 +89,8 @@ def _divide(at, xs):
     if a.dtype.kind in "iu":  # ONNX's integer division truncates toward zero, in integers
         if not np.all(b):      # (through float64, 2**62 + 1 lost its last bit)
             raise ValueError("Div: integer division by zero")
+        if a.dtype.kind == "i" and np.any((a == np.iinfo(a.dtype).min) & (b == -1)):
+            raise ValueError(f"Div: {np.iinfo(a.dtype).min} / -1 overflows {a.dtype}")
         # a - fmod(a, b) is a multiple of b: exact, and no abs() to overflow at the minimum
         return [((a - np.fmod(a, b)) // b).astype(a.dtype)]
     return [a / b]
