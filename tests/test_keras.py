@@ -328,6 +328,19 @@ def test_load_weights_sequential(tmp_path, monkeypatch):
     assert modules["both_ways"].merge_mode == "sum"
 
 
+def test_load_weights_reads_an_unzipped_save(tmp_path, monkeypatch):
+    """model.save(folder, zipped=False) (Keras 3) was "no such file" though the folder was
+    there."""
+    model = _sequential()
+    model.save(tmp_path / "folder", zipped=False)
+    modules = _load_without_keras(tmp_path / "folder", monkeypatch)
+    x = np.random.default_rng(1).standard_normal((4, 6, 3)).astype(np.float32)
+    y = x
+    for module in modules.values():
+        y = module(y)
+    np.testing.assert_allclose(y, model(x).detach().numpy(), rtol=0, atol=ATOL)
+
+
 def test_load_weights_functional_with_a_nested_model(tmp_path, monkeypatch):
     T, I = 5, 4
     inner = keras.Sequential([keras.Input((T, 6)),

@@ -37,6 +37,7 @@ saved config).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -614,7 +615,8 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
 
 
 def load_weights(path):
-    """The recurrent layers of a Keras 3 ``.keras`` file, without Keras.
+    """The recurrent layers of a Keras 3 ``.keras`` file (or the folder ``model.save(path,
+    zipped=False)`` writes), without Keras.
 
     Returns an ordered dict {Keras layer name: :class:`KerasRecurrent`} (as ``convert`` builds)
     for every LSTM, GRU, SimpleRNN, RNN (of one such cell) and Bidirectional layer of the
@@ -623,9 +625,10 @@ def load_weights(path):
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    folder = os.path.isdir(path)  # (Keras 3's model.save(path, zipped=False): the members)
+    if not folder and not os.path.isfile(path):
         raise FileNotFoundError(f"path: no such file {path!r}")
-    if not zipfile.is_zipfile(path):
+    if not folder and not zipfile.is_zipfile(path):
         raise ValueError(f"path: expected a Keras 3 .keras file (a zip of config.json and "
                          f"model.weights.h5), got {path!r}, which is not a zip archive")
     try:
@@ -633,24 +636,35 @@ def load_weights(path):
     except ImportError as error:
         raise ImportError('fusedrnn.keras.load_weights needs h5py to read model.weights.h5: '
                           'pip install "fusedrnn[keras]"') from error
-    with zipfile.ZipFile(path) as archive:
-        missing = [m for m in ("config.json", "model.weights.h5") if m not in archive.namelist()]
+    with contextlib.ExitStack() as stack:
+        if folder:
+            names = os.listdir(path)
+
+            def member(name):
+                return stack.enter_context(open(os.path.join(path, name), "rb"))
+        else:
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            names = archive.namelist()
+
+            def member(name):
+                return stack.enter_context(archive.open(name))
+        missing = [m for m in ("config.json", "model.weights.h5") if m not in names]
         if missing:
             raise ValueError(f"path: expected a Keras 3 .keras file (a zip of config.json and "
-                             f"model.weights.h5), got {path!r} without {' and '.join(missing)}")
+                             f"model.weights.h5, or a folder of them), got {path!r} without "
+                             f"{' and '.join(missing)}")
         try:
-            config = json.loads(archive.read("config.json"))
+            config = json.loads(member("config.json").read())
         except ValueError as error:
             raise ValueError(f"path: config.json of {path!r} is not valid JSON: {error}") from None
         _model_layers(config, path)  # the model's kind before its weights
         modules = OrderedDict()
         # Keras stores the members uncompressed: h5py reads the weights in place
-        with archive.open("model.weights.h5") as raw:
-            try:
-                store = h5py.File(raw, "r")
-            except OSError as error:
-                raise ValueError(f"path: model.weights.h5 of {path!r} is not an HDF5 file: "
-                                 f"{error}") from None
-            with store:
-                _collect(config, store, "", "", path, modules)
+        try:
+            store = h5py.File(member("model.weights.h5"), "r")
+        except OSError as error:
+            raise ValueError(f"path: model.weights.h5 of {path!r} is not an HDF5 file: "
+                             f"{error}") from None
+        with store:
+            _collect(config, store, "", "", path, modules)
     return modules
