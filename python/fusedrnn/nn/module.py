@@ -556,7 +556,7 @@ class Module:
             with np.errstate(over="ignore"):  # (an overflow is named below)
                 cast = value.astype(param.data.dtype, copy=False)
             if cast is not value and value.dtype.kind == "f" and \
-                    np.count_nonzero(~np.isfinite(cast)) != np.count_nonzero(~np.isfinite(value)):
+                    (np.isfinite(value) & ~np.isfinite(cast)).any():
                 raise ValueError(f"state_dict[{key!r}]: values beyond the range of "
                                  f"{param.data.dtype} (from {value.dtype}): they would load as "
                                  f"infinity")

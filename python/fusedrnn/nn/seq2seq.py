@@ -722,6 +722,12 @@ class Seq2Seq(_Generator):
         c0 = self.bridge_c(self._finals(c_n)) if c_n is not None else None
         return keys, h0, c0
 
+    def _attend(self, keys, src_lengths):
+        """The decoder's attention on a new memory; the steps an interrupted backward (or a
+        forward a decode let go) left are dropped first."""
+        self.decoder.attention.clear_steps()
+        self.decoder.attention.set_memory(keys, src_lengths)
+
     def _start(self, inputs, repeat):
         src, src_lengths = self._check_src(*inputs)
         keys, h0, c0 = self._encode(src, src_lengths)
@@ -730,8 +736,7 @@ class Seq2Seq(_Generator):
             src_lengths = np.repeat(src_lengths, repeat)
             h0 = np.repeat(h0, repeat, axis=1)
             c0 = None if c0 is None else np.repeat(c0, repeat, axis=1)
-        self.decoder.attention.clear_steps()  # (a decode lets a pending backward go)
-        self.decoder.attention.set_memory(keys, src_lengths)
+        self._attend(keys, src_lengths)
         return self.decoder.initial_state(h0, c0), None
 
     def _source_length(self, inputs, n):
@@ -749,8 +754,7 @@ class Seq2Seq(_Generator):
             self._check_tgt(tgt, src.shape[0])
             self._forward_started()
             keys, h0, c0 = self._encode(src, src_lengths)
-            self.decoder.attention.clear_steps()  # (what an interrupted backward left)
-            self.decoder.attention.set_memory(keys, src_lengths)
+            self._attend(keys, src_lengths)
             state = self.decoder.initial_state(h0, c0)
             logits = self._decoder_loss_forward(state, None, tgt, teacher_forcing, rng,
                                                 batch=src.shape[0])

@@ -125,7 +125,7 @@ def plot_attention(path, model, texts, title="", beam=1):
     characters. matplotlib is imported only here."""
     plt = pyplot()
     outs, res = translate(model, texts, beam)
-    src_codec, tgt_codec = make_codecs()
+    tgt_codec = make_codecs()[1]
     n = len(texts)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
