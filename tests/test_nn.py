@@ -669,10 +669,25 @@ def test_names_that_would_hide_something_are_refused():
     m.register_parameter("weight", nn.Parameter(np.zeros((2, 2))))  # (its own: replaced)
 
 
+class _Wrap(nn.Module):
+    """A user's module around another (a place of its own in a Sequential)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def backward(self, dout):
+        return self.inner.backward(dout)
+
+
 def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
     """A slice keeps the children's names, as torch.nn's (its state_dict keys are the whole's);
     a module placed twice is refused in training through nested Sequentials too (a nested
-    place trained with the other place's saved forward: weight gradients 0.3-0.6 off)."""
+    place trained with the other place's saved forward: weight gradients 0.3-0.6 off), and
+    through a user's module around it (2.5 off); inside one child, its uses are its own."""
     lin = nn.Linear(3, 3, seed=0)
     s = nn.Sequential(nn.Linear(3, 3, seed=1), lin)
     assert isinstance(s[1:], nn.Sequential) and s[1:][0] is lin
@@ -685,10 +700,16 @@ def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
     for twice, where in [(nn.Sequential(lin, lin), "at 0 is at 1 too"),
                          (nn.Sequential(lin, nn.Sequential(lin)), "at 0 is at 1.0 too"),
                          (nn.Sequential(nn.Sequential(lin), nn.Sequential(lin)),
-                          "at 0.0 is at 1.0 too")]:
+                          "at 0.0 is at 1.0 too"),
+                         (nn.Sequential(lin, _Wrap(lin)), "at 0 is at 1.inner too"),
+                         (nn.Sequential(_Wrap(nn.Sequential(lin)), nn.Sequential(lin)),
+                          "at 0.inner.0 is at 1.0 too")]:
         twice.eval()(x)  # (inference keeps nothing: fine)
         with pytest.raises(ValueError, match=f"the module {where}"):
             twice.train()(x)
+    aliased = _Wrap(lin)
+    aliased.alias = lin  # one place, two names: the wrapper's own business
+    nn.Sequential(aliased, nn.Linear(3, 3, seed=1)).train()(x)
 
 
 @pytest.mark.parametrize("cell", ["RNNCell", "LSTMCell", "GRUCell"])

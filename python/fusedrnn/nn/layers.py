@@ -351,18 +351,22 @@ class Sequential(Module):
     def _check_each_once(self):
         """A module at two places cannot train: it keeps its last forward alone for its
         backward, so the first place's weight gradients would be computed from the second's.
-        Nested Sequentials are places too; other modules are looked at as a whole."""
+        Nested Sequentials are places too; another child is one place with everything under it
+        (how a child uses its own submodules is its own business)."""
         where = {}
-        places = [(name, m) for name, m in self._modules.items()]
+        places = list(self._modules.items())
         while places:
             name, m = places.pop(0)
-            if id(m) in where:
-                raise ValueError(f"Sequential: the module at {where[id(m)]} is at {name} too; in "
-                                 f"training each keeps one forward for its backward (use two "
-                                 f"modules, e.g. copy.deepcopy, and tie their weights if meant)")
-            where[id(m)] = name
             if isinstance(m, Sequential):
                 places += [(f"{name}.{k}", c) for k, c in m._modules.items()]
+                continue
+            for path, sub in m.named_modules(prefix=name):  # (each once)
+                if id(sub) in where:
+                    raise ValueError(f"Sequential: the module at {where[id(sub)]} is at {path} "
+                                     f"too; in training each keeps one forward for its backward "
+                                     f"(use two modules, e.g. copy.deepcopy, and tie their "
+                                     f"weights if meant)")
+                where[id(sub)] = path
 
     def backward(self, dout):
         """Calls every module's ``backward`` in reverse order, each on the previous one's result;
