@@ -176,6 +176,36 @@ def test_schedules_chain_and_keep_a_change_by_hand_as_torch_s(schedules):
     np.testing.assert_allclose(lrs(optim, ours), expected, rtol=1e-13, atol=1e-16)
 
 
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_a_group_added_after_the_scheduler_is_scheduled_as_torch_s(schedule):
+    """A group added by add_param_group (layers unfrozen in training) kept its lr for good
+    (StepLR: [0.125, 1.0] where torch gives [0.125, 0.125]), and the scheduler's own state_dict
+    then failed to load. A state saved before the group came still loads."""
+    torch = pytest.importorskip("torch")
+
+    def lrs(lib, opt, add):
+        sched = lib.StepLR(opt, 1, 0.5) if schedule == "step" else lib.CosineAnnealingLR(opt, 8)
+        saved = sched.state_dict()
+        seen = []
+        for epoch in range(7):
+            if epoch == 2:
+                opt.add_param_group({"params": [add], "lr": 0.6})
+            sched.step()
+            seen.append(sched.get_last_lr())
+        if lib is optim:
+            sched.load_state_dict(sched.state_dict())
+            sched.load_state_dict(saved)  # (from before the group came: its base stays)
+            assert sched.base_lrs == [1.0, 0.6]
+        return np.array(seen[2:])
+
+    ours = lrs(optim, optim.SGD([param([0.0], [0.0])], lr=1.0), param([0.0], [0.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch: a scheduler step before an optimizer step)
+        theirs = lrs(torch.optim.lr_scheduler, torch.optim.SGD([torch.zeros(1)], lr=1.0),
+                     torch.zeros(1))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-13)
+
+
 @pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
 def test_state_dict_resume_equals_uninterrupted(name, rng, tmp_path):
     kw = dict(lr=0.05, momentum=0.9) if name != "Adam" else dict(lr=0.05)
@@ -396,9 +426,38 @@ def test_groups_schedulers_and_state_dicts_are_checked():
             make()
     sched = optim.StepLR(opt, 2)
     for bad, words in (({}, "expected a scheduler's state_dict"),
-                       ({"last_epoch": 1, "base_lrs": [0.1]}, "base_lrs of 1 groups")):
+                       ({"last_epoch": 1, "base_lrs": [0.1] * 3}, "base_lrs of 3 groups")):
         with pytest.raises(ValueError, match=words):
             sched.load_state_dict(bad)
+
+
+def test_genetic_algorithm_defaults_fit_a_small_population_and_a_load_sets_the_best():
+    """population_size=2 failed on elite, an argument not passed; a load_state_dict left the
+    parameters as they were, not at the loaded run's best, where a step leaves them."""
+    p = Parameter(np.zeros(3))
+    ga = optim.GeneticAlgorithm([p], lambda: -float(np.sum((p.data - 1) ** 2)),
+                                population_size=2, seed=0)
+    assert (ga.elite, ga.tournament_size) == (1, 2)
+    ga.run(3)
+    state = ga.state_dict()
+    other = Parameter(np.full(3, 5.0))
+    optim.GeneticAlgorithm([other], lambda: 0.0, population_size=2, seed=1).load_state_dict(state)
+    np.testing.assert_array_equal(other.data, state["best_vector"])
+    with pytest.raises(ValueError, match=r"elite: expected an integer in \[0, 1\], got 2"):
+        optim.GeneticAlgorithm([p], lambda: 0.0, population_size=2, elite=2)
+
+
+@pytest.mark.parametrize("values", [np.arange(3), np.ones(2, complex), np.ones(2, bool)])
+def test_a_parameter_holds_floating_point_values(values):
+    """An integer parameter never moved (SGD's step truncated to 0), a complex one lost its
+    imaginary part in the genetic algorithm and clipping; torch refuses both for training."""
+    with pytest.raises(TypeError, match=f"data: a Parameter holds floating-point values, got "
+                                        f"{values.dtype}"):
+        Parameter(values)
+    p = Parameter(np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match="floating-point"):
+        p.data = values
+    assert p.data.dtype == np.float32
 
 
 def test_genetic_algorithm_keeps_inf_and_an_explicit_zero_spread():

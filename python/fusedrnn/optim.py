@@ -434,10 +434,16 @@ class LRScheduler:
             raise TypeError(f"optimizer: expected a fusedrnn.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer
-        for g in optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-        self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        self.base_lrs = []
+        self._adopt_new_groups()
         self.last_epoch = 0
+
+    def _adopt_new_groups(self):
+        """Groups added to the optimizer since (``add_param_group``: layers unfrozen during
+        training) are scheduled from their ``lr`` as they come, as torch's chainable steps do."""
+        for g in self.optimizer.param_groups[len(self.base_lrs):]:
+            g.setdefault("initial_lr", g["lr"])
+            self.base_lrs.append(g["initial_lr"])
 
     def next_lr(self, lr, base_lr, epoch):
         """A group's ``lr`` at ``epoch`` from its ``lr`` at ``epoch - 1`` and its initial
@@ -454,6 +460,7 @@ class LRScheduler:
     def step(self):
         """Advance ``last_epoch`` by one and set each group's ``lr`` to ``next_lr``."""
         self.last_epoch += 1
+        self._adopt_new_groups()
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = self.next_lr(g["lr"], base, self.last_epoch)
 
@@ -464,20 +471,24 @@ class LRScheduler:
     def state_dict(self):
         """``{"last_epoch": int, "base_lrs": [float, ...]}`` (the groups' ``lr`` is the
         optimizer's state: save and load both, as with torch)."""
+        self._adopt_new_groups()
         return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state_dict):
-        """Restore ``last_epoch`` and ``base_lrs`` from :meth:`state_dict`."""
+        """Restore ``last_epoch`` and ``base_lrs`` from :meth:`state_dict` (a state saved
+        before groups were added leaves theirs as they are)."""
         if not isinstance(state_dict, dict) or not {"last_epoch", "base_lrs"} <= set(state_dict):
             raise ValueError(f"state_dict: expected a scheduler's state_dict() "
                              f"({{'last_epoch', 'base_lrs'}}), got "
                              f"{sorted(state_dict) if isinstance(state_dict, dict) else state_dict!r}")
+        self._adopt_new_groups()
         base_lrs = list(state_dict["base_lrs"])
-        if len(base_lrs) != len(self.optimizer.param_groups):
+        if len(base_lrs) > len(self.optimizer.param_groups):
             raise ValueError(f"state_dict: base_lrs of {len(base_lrs)} groups, the optimizer has "
                              f"{len(self.optimizer.param_groups)}")
         self.last_epoch = _int_in(state_dict["last_epoch"], "state_dict['last_epoch']", 0)
-        self.base_lrs = [_nonnegative(b, "state_dict['base_lrs']") for b in base_lrs]
+        self.base_lrs = ([_nonnegative(b, "state_dict['base_lrs']") for b in base_lrs]
+                         + self.base_lrs[len(base_lrs):])
 
 
 class StepLR(LRScheduler):
@@ -550,9 +561,12 @@ class GeneticAlgorithm:
     ``params`` is a Module it is put in eval mode while candidates are scored, so the fused
     kernels run without saving anything for backward). After each :meth:`step` the parameters
     hold the best individual found so far. Everything random comes from ``seed``.
+
+    ``elite`` (the best kept unchanged each generation) is 2 unless given, and
+    ``tournament_size`` 3, each at most what ``population_size`` allows.
     """
 
-    def __init__(self, params, fitness, population_size=50, elite=2, tournament_size=3,
+    def __init__(self, params, fitness, population_size=50, elite=None, tournament_size=None,
                  crossover_rate=0.9, mutation_rate=0.1, mutation_std=0.1, init_std=None,
                  seed=None):
         self.module = params if isinstance(params, Module) else None
@@ -564,8 +578,12 @@ class GeneticAlgorithm:
                             f"{type(fitness).__name__}")
         self.fitness = fitness
         self.population_size = _int_in(population_size, "population_size", 2)
-        self.elite = _int_in(elite, "elite", 0, self.population_size - 1)
-        self.tournament_size = _int_in(tournament_size, "tournament_size", 1, self.population_size)
+        # (the defaults fit any population; a size given that it cannot hold is named)
+        self.elite = _int_in(min(2, self.population_size - 1) if elite is None else elite,
+                             "elite", 0, self.population_size - 1)
+        self.tournament_size = _int_in(
+            min(3, self.population_size) if tournament_size is None else tournament_size,
+            "tournament_size", 1, self.population_size)
         self.crossover_rate = _number_in(crossover_rate, "crossover_rate", 0, 1, "in [0, 1]")
         self.mutation_rate = _number_in(mutation_rate, "mutation_rate", 0, 1, "in [0, 1]")
         # finite: an infinite spread makes NaN candidates (inf * 0 where a gene is not mutated)
@@ -649,7 +667,8 @@ class GeneticAlgorithm:
 
     def load_state_dict(self, state_dict):
         """Restore what :meth:`state_dict` returned, from a run of the same population size
-        and parameter shapes. Everything is checked first: a refused state changes nothing."""
+        and parameter shapes, and load its best individual into the parameters. Everything is
+        checked first: a refused state changes nothing."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
         missing = [k for k in self.state_dict() if k not in state_dict]
@@ -684,6 +703,7 @@ class GeneticAlgorithm:
         self.rng.bit_generator.state = state_dict["rng"]
         for name, value in new.items():
             setattr(self, name, value)
+        vector_to_parameters(self.best_vector, self.params)  # (what a step leaves there)
 
     def run(self, generations, callback=None):
         """``generations`` steps; ``callback(generation, best_fitness)`` after each. Returns the

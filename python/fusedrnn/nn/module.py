@@ -146,6 +146,8 @@ class Parameter:
 
     @data.setter
     def data(self, value):
+        if value.dtype.kind != "f":  # (as torch: only these can have gradients and train)
+            raise TypeError(f"data: a Parameter holds floating-point values, got {value.dtype}")
         self._data = value
         self._version = self._written = next(_versions)
 

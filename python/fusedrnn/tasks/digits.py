@@ -88,8 +88,8 @@ def train_ga(model, x_train, y_train, x_test, y_test, args, progress=True):
     def fitness():
         return -loss_fn(model(xs), ys)
 
-    ga = optim.GeneticAlgorithm(model, fitness, population_size=args.population, elite=2,
-                                tournament_size=3, mutation_rate=0.05, mutation_std=0.3,
+    ga = optim.GeneticAlgorithm(model, fitness, population_size=args.population,
+                                mutation_rate=0.05, mutation_std=0.3,
                                 init_std=0.5, seed=args.seed)
     generations_per_epoch = 10
 
