@@ -480,6 +480,40 @@ def test_dropout_seeded_reproducible(rng):
     assert not np.array_equal(first, other)
 
 
+@pytest.mark.parametrize("make", [
+    lambda seed: nn.LSTM(3, 4, seed=seed), lambda seed: nn.LSTMCell(3, 4, seed=seed),
+    lambda seed: nn.Linear(3, 4, seed=seed), lambda seed: nn.Embedding(5, 3, seed=seed)])
+def test_reset_parameters_draws_from_the_module_s_own_seeded_generator(make):
+    """Cells, Linear and Embedding drew a reset without a seed from fresh entropy (the layers
+    from their own Generator), so a seeded model could not be initialised again reproducibly."""
+    a, b = make(7), make(7)
+    a.reset_parameters()
+    b.reset_parameters()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    assert not np.array_equal(next(a.parameters()).data, next(make(7).parameters()).data)
+
+
+@pytest.mark.parametrize("make", [lambda seed: nn.GRU(4, 8, num_layers=2, dropout=0.5, seed=seed),
+                                  lambda seed: nn.Dropout(0.5, seed=seed)])
+def test_a_copy_of_an_unseeded_module_draws_its_own_masks(make):
+    """A deep copy drew the very masks of the original (its Generator copied with its state):
+    an ensemble of copies had one dropout noise. Unseeded copies now draw from fresh entropy,
+    as torch's (one global stream); seeded ones go on with the original's numbers."""
+    import copy
+    x = np.ones((5, 3, 4), np.float32)
+
+    def outs(m):  # the original's output and its copy's
+        c = copy.deepcopy(m)
+        return [y[0] if isinstance(y, tuple) else y for y in (m(x), c(x))]
+
+    assert not np.array_equal(*outs(make(None)))
+    np.testing.assert_array_equal(*outs(make(3)))
+    m = make(None)
+    m.manual_seed(4)  # (Dropout has it too now)
+    np.testing.assert_array_equal(*outs(m))
+
+
 @pytest.mark.parametrize("name", list(MODES))
 def test_dropout_identity_in_eval_and_active_in_train(rng, name):
     x = rng.standard_normal((T, N, I))

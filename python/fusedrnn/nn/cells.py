@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 from .. import _C
 from .. import functional as F
-from .layers import _dtype, _flag, _positive_int, _seeded
-from .module import KeptWeights, Module, Parameter, check_unwritten, dtype_repr, write_stamp
+from .layers import SeededModule, _dtype, _flag, _positive_int
+from .module import KeptWeights, Parameter, check_unwritten, dtype_repr, write_stamp
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTMCell"]
 
@@ -161,7 +161,7 @@ def _contiguous_states(*states):
     return True
 
 
-class RNNCellBase(Module):
+class RNNCellBase(SeededModule):
     """What RNNCell, LSTMCell and GRUCell share: the parameters, the input checks and the stack of
     training-mode steps waiting for their backward."""
 
@@ -182,7 +182,7 @@ class RNNCellBase(Module):
         self.nonlinearity = F.check_nonlinearity(nonlinearity)
         self.dtype = _dtype(dtype)
         self.bias = _flag(bias, "bias")
-        rng = _seeded(seed)
+        rng = self._own_generator(seed)
         GH = F.GATES[self._cell] * self.hidden_size
         bound = 1.0 / math.sqrt(self.hidden_size)
 
@@ -217,8 +217,9 @@ class RNNCellBase(Module):
 
     def reset_parameters(self, seed=None):
         """Draw the weights and biases again from uniform(-1/sqrt(H), 1/sqrt(H)), as at
-        construction (a LayerNorm-LSTM cell's norms: gains 1, bias 0)."""
-        rng = _seeded(seed)
+        construction (a LayerNorm-LSTM cell's norms: gains 1, bias 0), from ``seed`` or the
+        cell's own Generator."""
+        rng = self._generator(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, p in self.named_parameters():
             p.data[...] = (np.full(p.data.shape, 0.0 if name == "ln_bias_c" else 1.0, self.dtype)

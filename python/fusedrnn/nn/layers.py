@@ -11,6 +11,7 @@ gradient of the input and adds (``+=``) into each parameter's ``grad``. Shapes:
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 
@@ -73,6 +74,41 @@ def _seeded(seed, name="seed"):
     return np.random.default_rng(_int_in(seed, name, 0))
 
 
+class SeededModule(Module):
+    """A module drawing its random numbers (initial weights, dropout masks) from a Generator of
+    its own, made from the constructor's ``seed``: ``reset_parameters()`` draws from it too, and
+    ``manual_seed`` restarts it. A deep copy of a module built without a seed draws from fresh
+    entropy (as torch's copies, which share the global stream, draw other masks); one built
+    with a seed goes on with the same numbers as the original."""
+
+    def _own_generator(self, seed):
+        self._rng, self._unseeded = _seeded(seed), seed is None
+        return self._rng
+
+    def _generator(self, seed=None):
+        """``seed``'s Generator, or the module's own when None."""
+        if seed is not None:
+            return _seeded(seed)
+        if getattr(self, "_rng", None) is None:  # (a pickle of a release that kept none)
+            self._own_generator(None)
+        return self._rng
+
+    def manual_seed(self, seed):
+        """Restart the module's Generator (its dropout masks and ``reset_parameters()``) at
+        ``seed``."""
+        self._own_generator(seed)
+        self._unseeded = False  # (a seed chosen: copies go on with it)
+
+    def __deepcopy__(self, memo):
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            object.__setattr__(new, name, copy.deepcopy(value, memo))
+        if getattr(self, "_unseeded", False):
+            new._own_generator(None)
+        return new
+
+
 def _positive_int(value, name):
     return _int_in(value, name, 1)
 
@@ -105,7 +141,7 @@ class Identity(Module):
         return dout
 
 
-class Linear(Module):
+class Linear(SeededModule):
     """``y = x @ weight.T + bias`` with weight [out_features, in_features], bias [out_features],
     both drawn from uniform(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch."""
 
@@ -115,7 +151,7 @@ class Linear(Module):
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
         self.dtype = _dtype(dtype)
-        rng = _seeded(seed)
+        rng = self._own_generator(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (self.out_features, self.in_features))
                                 .astype(self.dtype))
@@ -126,8 +162,9 @@ class Linear(Module):
         self._x = None
 
     def reset_parameters(self, seed=None):
-        """Draw weight and bias again from uniform(-1/sqrt(in_features), 1/sqrt(in_features))."""
-        rng = _seeded(seed)
+        """Draw weight and bias again from uniform(-1/sqrt(in_features), 1/sqrt(in_features))
+        (from ``seed``, or the layer's own Generator)."""
+        rng = self._generator(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         for p in self.parameters():
             p.data[...] = rng.uniform(-bound, bound, p.data.shape).astype(self.dtype)
@@ -184,7 +221,7 @@ class Linear(Module):
                 f"bias={self.bias is not None}{dtype_repr(self.dtype)}")
 
 
-class Embedding(Module):
+class Embedding(SeededModule):
     """A lookup table ``weight`` [num_embeddings, embedding_dim] drawn from N(0, 1) as in PyTorch.
 
     The row ``padding_idx`` (if given) starts at zero and never receives a gradient, so padded
@@ -200,7 +237,7 @@ class Embedding(Module):
                                   self.num_embeddings - 1) % self.num_embeddings
         self.padding_idx = padding_idx
         self.dtype = _dtype(dtype)
-        rng = _seeded(seed)
+        rng = self._own_generator(seed)
         weight = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
@@ -208,8 +245,9 @@ class Embedding(Module):
         self._indices = None
 
     def reset_parameters(self, seed=None):
-        """Draw the rows again from N(0, 1), as at construction (the padding row: zeros)."""
-        weight = _seeded(seed).standard_normal(self.weight.data.shape).astype(self.dtype)
+        """Draw the rows again from N(0, 1), as at construction (the padding row: zeros; from
+        ``seed``, or the layer's own Generator)."""
+        weight = self._generator(seed).standard_normal(self.weight.data.shape).astype(self.dtype)
         if self.padding_idx is not None:
             weight[self.padding_idx] = 0
         self.weight.data[...] = weight
@@ -251,7 +289,7 @@ class Embedding(Module):
         return s + dtype_repr(self.dtype)
 
 
-class Dropout(Module):
+class Dropout(SeededModule):
     """Inverted dropout: in training mode zero each element with probability ``p`` and scale the
     rest by 1/(1-p); the identity in eval mode. Masks come from the layer's own Generator."""
 
@@ -260,7 +298,7 @@ class Dropout(Module):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
         self.p = float(p)
-        self._rng = _seeded(seed)
+        self._own_generator(seed)
         self._mask = None
 
     def forward(self, x):

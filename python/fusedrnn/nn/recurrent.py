@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
-from .layers import _flag, _int_in, _number_in, _seeded
-from .module import (KeptWeights, check_unwritten, write_stamp, Module, Parameter, array_module, check_device, check_dtype, dtype_repr,
+from .layers import SeededModule, _flag, _int_in, _number_in
+from .module import (KeptWeights, check_unwritten, write_stamp, Parameter, array_module, check_device, check_dtype, dtype_repr,
                      is_device_array, to_device, to_host)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
@@ -82,7 +82,7 @@ def _check_shape(value, name, shape, what=""):
 DROPOUT = ("dropout", 0.0, 1.0, "in [0, 1] (the probability of zeroing an element)")
 
 
-class RNNBase(Module):
+class RNNBase(SeededModule):
     """What RNN, LSTM and GRU share: parameters, the layer/direction loop, dropout, BPTT."""
 
     _cell = None  # "rnn", "lstm" or "gru"
@@ -125,7 +125,7 @@ class RNNBase(Module):
         self._kernel_cell = ("layernorm_lstm" if self._layer_norm
                              else self._cell if self.reset_after else F.gru_kernel(False))
         self.dtype = check_dtype(dtype)
-        self._rng = _seeded(seed)
+        self._own_generator(seed)
         self._saved = self._let_go_by = None
         self._kept = KeptWeights()  # the packed weights kept between inference calls
 
@@ -188,7 +188,7 @@ class RNNBase(Module):
     def reset_parameters(self, seed=None):
         """Draw every weight and bias again from uniform(-1/sqrt(H), 1/sqrt(H)), as at
         construction (a LayerNorm-LSTM's norms: gains 1, bias 0)."""
-        rng = self._rng if seed is None else _seeded(seed)
+        rng = self._generator(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
         norms = {name: 0.0 if name.startswith("ln_bias") else 1.0
                  for names in self._layer_norm_names if names for name in names}
@@ -197,10 +197,6 @@ class RNNBase(Module):
                      rng.uniform(-bound, bound, size=p.data.shape).astype(self.dtype))
             p.data[...] = to_device(value, self._device)
             p.mark_written()
-
-    def manual_seed(self, seed):
-        """Restart the layer's Generator (the one dropout masks are drawn from) at ``seed``."""
-        self._rng = _seeded(seed)
 
     def _device_changed(self):
         """(Module.to) The saved context of the latest training forward holds the old device's
