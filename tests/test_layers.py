@@ -178,28 +178,32 @@ def test_cell_steps_equal_the_reference_sequence(name, bias, rng):
 
 @pytest.mark.parametrize("name", list(CELL_CLASSES))
 def test_cell_backward_matches_finite_differences(name, rng):
+    """dx, dh, every weight gradient and (LSTM) dc against central differences; the LSTM loss
+    reads c_n too, so a dropped or wrong dc path (in or out) fails."""
     N, I, H = 2, 3, 4
     c, cell, _ = make_cell(name, I, H)
     x = rng.standard_normal((N, I))
     h = rng.standard_normal((N, H))
     cc = rng.standard_normal((N, H))
     R = rng.standard_normal((N, H))
+    R2 = rng.standard_normal((N, H))  # dc_n, LSTM only
 
-    def forward():
+    def loss():
         c.eval()
         out = c(x, (h, cc)) if cell == "lstm" else c(x, h)
         c.train()
-        return out[0] if cell == "lstm" else out
-
-    def loss():
-        return float(np.sum(forward() * R))
+        if cell == "lstm":
+            return float(np.sum(out[0] * R) + np.sum(out[1] * R2))
+        return float(np.sum(out * R))
 
     c.zero_grad()
     c(x, (h, cc)) if cell == "lstm" else c(x, h)
-    dx, dstate = c.backward(R)
+    dx, dstate = c.backward(R, R2) if cell == "lstm" else c.backward(R)
     dh = dstate[0] if cell == "lstm" else dstate
     assert relative_error(dx, numeric_grad(loss, x)) < FD_TOL
     assert relative_error(dh, numeric_grad(loss, h)) < FD_TOL
+    if cell == "lstm":
+        assert relative_error(dstate[1], numeric_grad(loss, cc)) < FD_TOL
     for pname, p in c.named_parameters():
         assert relative_error(p.grad, numeric_grad(loss, p.data)) < FD_TOL, pname
 

@@ -9,6 +9,7 @@ layer: weights, inputs and loss weights rounded to float32 first), held to the t
 sum(out * R) + sum(h_n * R2) (+ sum(c_n * R3) for LSTM), so dout = R and dh_n = R2.
 """
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -188,6 +189,8 @@ def test_load_torch_tensors_directly(cell, nonlinearity):
 
 @pytest.mark.parametrize("cell,nonlinearity", CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
 def test_parameter_shapes_and_init_range_match_torch(cell, nonlinearity):
+    """Names and shapes as torch's; values uniform(-1/sqrt(H), 1/sqrt(H)): within the bound, and
+    filling it (a smaller bound or zeros fail)."""
     tm = _torch_module(cell, nonlinearity, num_layers=2, bidirectional=True)
     m = _our_module(cell, nonlinearity, np.float32, num_layers=2, bidirectional=True, seed=0)
     ours = dict(m.named_parameters())
@@ -196,6 +199,11 @@ def test_parameter_shapes_and_init_range_match_torch(cell, nonlinearity):
     for name, p in tm.named_parameters():
         assert ours[name].data.shape == tuple(p.shape)
         assert np.all(np.abs(ours[name].data) <= bound)
+    # all parameters pooled (396 values or more; seeded): the largest nears the bound, and the
+    # spread is uniform's b/sqrt(3) (its sampling error is ~2% here)
+    w = np.concatenate([p.data.ravel() for p in ours.values()]).astype(np.float64)
+    assert np.abs(w).max() > 0.95 * bound
+    assert abs(w.std() - bound / np.sqrt(3)) < 0.1 * bound / np.sqrt(3), w.std()
 
 
 @pytest.mark.parametrize("cell,nonlinearity", CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
@@ -241,3 +249,23 @@ def test_float32_error_is_float32_sized():
         out, _ = m.eval()(x)
         our_err = relative_error(out, out64.detach().numpy())
         assert our_err <= 10 * torch_err + 1e-6, (cell, nonlinearity, our_err, torch_err)
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 3.0, math.inf], ids=["1", "3", "inf"])
+def test_clip_grad_norm_other_norms_match_torch(norm_type):
+    """clip_grad_norm_ with norm_type 1, 3 and inf: the total norm and the clipped gradients are
+    torch's (a norm_type read as 2 fails)."""
+    from fusedrnn.optim import clip_grad_norm_
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    ours = [nn.Parameter(np.zeros_like(g)) for g in grads]
+    theirs = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for p, t, g in zip(ours, theirs, grads):
+        p.grad, t.grad = g.copy(), torch.from_numpy(g.copy())
+    # max_norm below every one of these norms, so the gradients are scaled
+    total = clip_grad_norm_(ours, 0.5, norm_type)
+    total_t = torch.nn.utils.clip_grad_norm_(theirs, 0.5, norm_type)
+    assert total > 0.5
+    assert total == pytest.approx(float(total_t), rel=1e-12)
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-12)

@@ -615,17 +615,22 @@ def test_seq2seq_with_reset_before_gru_trains_by_its_gradients():
 @pytest.mark.parametrize("module", ["reference", "kernels"])
 def test_reset_before_gru_matches_keras(module):
     """Keras 3 GRU(reset_after=False), backend torch: kernel [I, 3H] and recurrent_kernel
-    [H, 3H] in Keras' gate order z, r, h; one bias [3H] (ours b_ih; b_hh zero)."""
+    [H, 3H] in Keras' gate order z, r, h; one bias [3H] (ours b_ih; b_hh zero), set non-zero
+    (Keras initialises it to zeros) so that a bias dropped or put in the wrong gate fails."""
     import os
     os.environ.setdefault("KERAS_BACKEND", "torch")
     keras = pytest.importorskip("keras")
     T, N, I, H = 6, 3, 5, 8
-    x = np.random.default_rng(12).standard_normal((N, T, I)).astype(np.float32)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((N, T, I)).astype(np.float32)
     with warnings.catch_warnings():  # Keras' own NumPy 2 __array__ deprecation, not ours
         warnings.simplefilter("ignore", DeprecationWarning)
         layer = keras.layers.GRU(H, reset_after=False, return_sequences=True, return_state=True)
-        y_k, h_k = (a.detach().cpu().numpy() for a in layer(x))  # torch tensors
+        layer.build((N, T, I))
         kernel, recurrent, bias = layer.get_weights()
+        bias = rng.uniform(-0.5, 0.5, bias.shape).astype(np.float32)
+        layer.set_weights([kernel, recurrent, bias])
+        y_k, h_k = (a.detach().cpu().numpy() for a in layer(x))  # torch tensors
 
     def ours(a):  # Keras' z, r, h blocks -> our r, z, n rows
         z, r, h = np.split(a, 3, axis=-1)
