@@ -488,7 +488,9 @@ def test_thread_counts_are_checked_and_numpy_integers_taken():
 def test_the_binding_itself_refuses_what_would_crash_or_misread():
     """fusedrnn._C directly (users can reach it): a call tuple's x that is not an ndarray (a
     list became a temporary array freed before the kernel read it: wrong numbers), a thread
-    count past 4096 (a typo started threads up to the process limit), a kept WeightCache given
+    count past 4096 (a typo started threads up to the process limit), a call that is an
+    iterator (its arrays were freed before the kernel read them), a flag that is not a bool,
+    a plan of nonsense sizes, a kept WeightCache given
     other shapes at the same addresses (it served the old forms), and no sample or no hidden
     unit with a huge T (the time loop walked every empty step)."""
     from fusedrnn import _C
@@ -501,6 +503,19 @@ def test_the_binding_itself_refuses_what_would_crash_or_misread():
             many("lstm", "tanh", [(x.tolist(),) + call[1:]])
     y = _C.recurrent_forward_many("lstm", "tanh", [call])[0][0]
     np.testing.assert_array_equal(y, _C.recurrent_forward("lstm", "tanh", *call)[0])
+    # a call given as an iterator: its arrays lived in a temporary tuple freed before the
+    # kernel read them (a segfault, or wrong numbers); a list is kept alive by the calls list
+    with pytest.raises(TypeError, match="calls: expected tuples of arguments, got generator"):
+        _C.recurrent_forward_many("lstm", "tanh", [call, (a for a in call)])
+    np.testing.assert_array_equal(_C.recurrent_forward_many("lstm", "tanh", [list(call)])[0][0], y)
+    for i, name in ((8, "reverse"), (9, "training")):  # (None was taken as False)
+        for bad in (None, "yes"):
+            with pytest.raises(TypeError, match=f"{name}: expected a bool, got "):
+                _C.recurrent_forward_many("lstm", "tanh", [call[:i] + (bad,) + call[i + 1:]])
+    with pytest.raises(ValueError, match="threads: expected an integer >= 1, got 0"):
+        _C.plan("lstm", "tanh", T, N, I, H, np.dtype(np.float32), False, 0)
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got int8"):
+        _C.plan("lstm", "tanh", T, N, I, H, np.dtype(np.int8), False, 2)
     for n in (0, 4097, 10 ** 5):
         with pytest.raises(ValueError, match="n: expected 1 to 4096 threads"):
             _C.set_num_threads(n)

@@ -355,13 +355,40 @@ bool parse_precision(const py::handle& precision, bool float32) {
   return true;
 }
 
+// One call's arguments as a tuple: a tuple or a list (whose items the calls list keeps alive;
+// those of an iterator would die with the temporary tuple, before the kernel reads them).
+py::tuple call_items(const py::handle& call) {
+  if (!py::isinstance<py::tuple>(call) && !py::isinstance<py::list>(call))
+    throw py::type_error(std::string("calls: expected tuples of arguments, got ") +
+                         Py_TYPE(call.ptr())->tp_name);
+  return py::cast<py::tuple>(call);
+}
+
 // One call's argument tuple, of `items` items named by `names`.
 py::tuple call_tuple(const py::handle& call, size_t items, const char* names) {
-  auto t = py::cast<py::tuple>(call);
+  auto t = call_items(call);
   if (t.size() != items)
     throw py::value_error(std::string("calls: expected tuples ") + names + ", got one of " +
                           std::to_string(t.size()) + " items");
   return t;
+}
+
+// A call tuple's LayerNorm epsilon: a number, named otherwise.
+double call_eps(const py::handle& value) {
+  try {
+    if (!value.is_none()) return py::cast<double>(value);
+  } catch (const py::cast_error&) {
+  }
+  throw py::type_error(std::string("ln_eps: expected a number, got ") + Py_TYPE(value.ptr())->tp_name);
+}
+
+// A call tuple's flag (reverse, training): a bool, named otherwise (None is not False).
+bool call_flag(const py::handle& value, const char* name) {
+  try {
+    if (!value.is_none()) return py::cast<bool>(value);
+  } catch (const py::cast_error&) {
+  }
+  throw py::type_error(std::string(name) + ": expected a bool, got " + Py_TYPE(value.ptr())->tp_name);
 }
 
 // A call tuple's x: an ndarray itself (a list would be converted to a temporary array that is
@@ -379,8 +406,8 @@ template <typename T>
 py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
   std::vector<PreparedCall<ForwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);  // the cache, precision, peepholes, projection may be left out
-    if (t.size() < 11 || t.size() > 16 || t.size() == 15) t = call_tuple(c, 10, kForwardCall);
+    auto t = call_items(c);  // the cache, precision, peepholes, projection may be left out
+    if (t.size() < 11 || t.size() > 16 || t.size() == 15) t = call_tuple(t, 10, kForwardCall);
     cpu::WeightCache* cache = nullptr;
     if (t.size() >= 11 && !t[10].is_none()) {
       if (!py::isinstance<cpu::WeightCache>(t[10]))
@@ -393,16 +420,17 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
       if (prepared.empty() == x.is_none())
         throw py::value_error("calls: expected x in the first layer's call only (the next layers "
                               "read the previous layer's y)");
-      if (py::cast<bool>(t[8])) throw py::value_error("calls: expected reverse=False in a stack");
+      if (call_flag(t[8], "reverse"))
+        throw py::value_error("calls: expected reverse=False in a stack");
       if (!prepared.empty()) x = prepared.back().outputs[0];
     }
     prepared.push_back(prepare_forward<T>(cell, call_x(x), t[1], t[2], t[3], t[4],
-                                          t[5], t[6], t[7], py::cast<bool>(t[8]),
-                                          py::cast<bool>(t[9]),
+                                          t[5], t[6], t[7], call_flag(t[8], "reverse"),
+                                          call_flag(t[9], "training"),
                                           t.size() >= 13 ? py::object(t[12]) : py::none(),
                                           t.size() >= 14 ? py::object(t[13]) : py::none(),
                                           t.size() == 16 ? py::object(t[14]) : py::none(),
-                                          t.size() == 16 ? py::cast<double>(t[15]) : 0.0));
+                                          t.size() == 16 ? call_eps(t[15]) : 0.0));
     prepared.back().args.cache = cache;
     prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
   }
@@ -418,12 +446,12 @@ template <typename T>
 py::list backward_calls_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = py::cast<py::tuple>(c);  // the precision, peepholes, projection may be left out
+    auto t = call_items(c);  // the precision, peepholes, projection may be left out
     if (t.size() < 12 || t.size() > 15)
-      t = call_tuple(c, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
+      t = call_tuple(t, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
                             "dh_n, dc_n[, precision[, w_ph[, w_hr[, ln]]]])");
     prepared.push_back(prepare_backward<T>(cell, call_x(t[0]), t[1], t[2], t[3],
-                                           py::cast<bool>(t[4]), t[5], t[6], t[7], t[8], t[9],
+                                           call_flag(t[4], "reverse"), t[5], t[6], t[7], t[8], t[9],
                                            t[10], t.size() >= 13 ? py::object(t[12]) : py::none(),
                                            t.size() >= 14 ? py::object(t[13]) : py::none(),
                                            t.size() == 15 ? py::object(t[14]) : py::none()));
@@ -438,7 +466,7 @@ py::list backward_calls_typed(CellKind cell, const py::list& calls) {
 enum class Dtype { kFloat32, kFloat64 };
 Dtype calls_dtype(const py::list& calls) {
   if (calls.empty()) return Dtype::kFloat32;
-  auto first = py::cast<py::tuple>(calls[0]);
+  auto first = call_items(calls[0]);
   if (first.empty()) throw py::value_error("calls: expected tuples of arguments, got an empty one");
   auto x = call_x(first[0]);
   if (holds<float>(x)) return Dtype::kFloat32;
@@ -712,6 +740,14 @@ py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int
                    int64_t I, int64_t H, const py::dtype& dtype, bool training, int threads,
                    const py::object& precision, bool cache) {
   const CellKind kind = parse_cell(cell, nonlinearity);
+  if (T < 0 || N < 0 || I < 0 || H < 1)
+    throw py::value_error("T, N, I, H: expected sizes (T, N, I >= 0, H >= 1), got " +
+                          std::to_string(T) + ", " + std::to_string(N) + ", " +
+                          std::to_string(I) + ", " + std::to_string(H));
+  if (threads < 1)
+    throw py::value_error("threads: expected an integer >= 1, got " + std::to_string(threads));
+  if (dtype.kind() != 'f' || (dtype.itemsize() != 4 && dtype.itemsize() != 8))
+    throw py::type_error("dtype: expected float32 or float64, got " + std::string(py::str(dtype)));
   const SeqShape s{T, N, I, H, gate_count(kind)};
   const int64_t bytes = dtype.itemsize();
   const bool bf16 = parse_precision(precision, bytes == 4);
