@@ -456,7 +456,7 @@ def test_backward_checks_everything_before_it_adds_anything(attention):
     """A step of decoder.out's (or combine's) weights between loss and backward went unseen
     (gradients 1e-3 off; torch raises); a refused backward had added some gradients already;
     backward() after a forward without loss back-propagated the loss before it; a second
-    backward said no forward had been made."""
+    backward said no forward had been made; a part in eval mode failed half-way."""
     model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, attention=attention, seed=0,
                     dtype=np.float64)
     opt = fr.optim.SGD([model.decoder.out.weight], lr=1.0)
@@ -498,3 +498,14 @@ def test_backward_checks_everything_before_it_adds_anything(attention):
         model.backward(np.ones_like(logits))
     with pytest.raises(ValueError, match=r"^pad_idx: expected an id of the source vocabulary"):
         Seq2Seq(7, 12, pad_idx=10, eos_idx=2)
+    # a part in eval mode kept nothing for backward: refused up front (it failed at the
+    # encoder with the decoder's gradients added, and the forward could not be back-propagated)
+    model.zero_grad()
+    model.encoder.eval()
+    model.loss(SRC, SRC_LENGTHS, TGT)
+    with pytest.raises(RuntimeError, match="Seq2Seq.backward: encoder ran in eval mode"):
+        model.backward()
+    assert all(p.grad is None for p in model.parameters())
+    model.train()
+    model.loss(SRC, SRC_LENGTHS, TGT)
+    model.backward()

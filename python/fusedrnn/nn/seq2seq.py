@@ -412,6 +412,12 @@ class _Generator(Module):
                 raise self._backward_refused()
             # every check before any gradient is added: a refused backward adds nothing
             check_unwritten(self, getattr(self, "_forward_stamp", None), recurse=True)
+            if getattr(self, "_parts_in_eval", None):
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward: {', '.join(self._parts_in_eval)} ran in "
+                    f"eval mode, which keeps nothing for backward in fusedrnn (unlike torch, "
+                    f"where eval only turns dropout off): train the whole model (dropout=0 for "
+                    f"none), and leave a part out of the optimizer to freeze it")
             taken = getattr(self.criterion, "_saved", True)  # (a criterion of the user's own: ?)
             if dlogits is None and (taken is None or
                                     taken is getattr(self, "_criterion_at_forward", None)):
@@ -446,6 +452,9 @@ class _Generator(Module):
         # the criterion's latest loss now: backward() wants one taken after this forward
         self._criterion_at_forward = getattr(self.criterion, "_saved", None)
         self._forward_stamp = write_stamp(self, recurse=True)
+        # parts in eval mode keep nothing for backward (as torch's no_grad, not torch's eval)
+        self._parts_in_eval = [name for name, m in self.named_modules()
+                               if name and not m.training and m is not self.criterion]
 
     def _check_backward(self, dlogits, T):
         """dlogits [N, T, V] for the saved forward (T steps), as an array of the model's dtype."""
