@@ -374,6 +374,28 @@ def test_backend_checks_sequence_lens_naming_node_and_input():
     assert Backend.prepare(model).run([x, w, r, np.array([1], np.int32)])[0].shape == (2, 1, 1, 3)
 
 
+@pytest.mark.parametrize("op", ["LSTM", "RNN"])
+def test_backend_gives_final_states_of_0_for_an_x_of_no_steps(op):
+    """An X of no time steps without sequence_lens gave the initial states back where ONNX
+    Runtime gives 0, as it does (and we did) for sequence_lens of 0."""
+    G = {"LSTM": 4, "RNN": 1}[op]
+    states = ["H0", "C0"] if op == "LSTM" else ["H0"]
+    node = onnx.helper.make_node(op, ["X", "W", "R", "", ""] + states,
+                                 ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else []), hidden_size=2)
+    rng = np.random.default_rng(0)
+    w, r = (rng.standard_normal(s).astype(np.float32) for s in ((1, 2 * G, 3), (1, 2 * G, 2)))
+    ones = [np.ones((1, 1, 2), np.float32)] * len(states)
+    for x, lengths in ((np.zeros((0, 1, 3), np.float32), None),
+                       (np.zeros((2, 1, 3), np.float32), np.zeros(1, np.int32))):
+        if lengths is not None:
+            node.input[4] = "L"
+        y, *finals = Backend.run_node(node, [x, w, r] + ([lengths] if lengths is not None
+                                                         else []) + ones)
+        assert y.shape == (x.shape[0], 1, 1, 2)
+        for f in finals:
+            np.testing.assert_array_equal(f, np.zeros((1, 1, 2), np.float32))
+
+
 @pytest.mark.parametrize("op, attributes", [
     ("RNN", dict(activations=["Tanh", "Tanh"])),   # the RNN schema's own default, spelled out
     ("RNN", dict(activations=["Relu", "Tanh"])),   # a one-direction node runs the first

@@ -287,8 +287,11 @@ def run_recurrent(spec, values, weights=None):
                                     nonlinearity=spec.nonlinearities[d], **common)
         ys.append(y)
         hs.append(h)
-    if lengths is not None and not lengths.all():  # ONNX Runtime's final states of no step
-        empty = (lengths == 0)[:, None]
+    # ONNX Runtime's final states of no step: 0 (an X of no steps at all: every sample)
+    empty = (np.ones(X.shape[1], bool) if X.shape[0] == 0 else
+             None if lengths is None or lengths.all() else lengths == 0)
+    if empty is not None:
+        empty = empty[:, None]
         hs = [np.where(empty, 0, h) for h in hs]
         cs = [np.where(empty, 0, c) for c in cs]
     if len(ys) == 1:  # views, no copy
