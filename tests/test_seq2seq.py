@@ -339,6 +339,17 @@ def test_beam_search_of_a_model_gone_nan_gives_nan_scores():
     assert np.isnan(result.scores).all() and len(result.tokens) == 3
 
 
+@pytest.mark.parametrize("decode", ["greedy_decode", "beam_search"])
+def test_an_empty_result_s_attention_has_the_model_s_dtype(decode):
+    """A result that is eos at once came with float64 attention rows from a float32 model."""
+    model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0, eos_idx=2)
+    model.decoder.out.bias.data[2] = 50  # eos first, always
+    result = getattr(model, decode)(SRC, SRC_LENGTHS, max_len=3)
+    assert [len(t) for t in result.tokens] == [0, 0, 0]
+    assert [(a.dtype, a.shape) for a in result.attention] == [
+        (np.float32, (0, n)) for n in SRC_LENGTHS]
+
+
 def test_attention_reads_no_padding_in_backward():
     """Keys past a sample's length are never read: NaN there leaves every gradient finite."""
     for score in ("additive", "general", "dot"):

@@ -507,7 +507,7 @@ class _Generator(Module):
             if att[0] is not None:
                 S = self._source_length(inputs, n)
                 res_att.append(np.stack([a[n, :S] for a in att[:len(seq)]]) if len(seq)
-                               else np.zeros((0, S)))
+                               else np.zeros((0, S), self.dtype))
         return DecodeResult(res_tokens, logp / np.maximum(length, 1) ** length_penalty, logp,
                             res_att if att[0] is not None else None)
 
@@ -619,7 +619,7 @@ class _Generator(Module):
             res_tokens.append(np.asarray(toks, np.int64))
             if has_att:
                 S = self._source_length(inputs, n)
-                res_att.append(np.stack(rows)[:, :S] if rows else np.zeros((0, S)))
+                res_att.append(np.stack(rows)[:, :S] if rows else np.zeros((0, S), self.dtype))
         return DecodeResult(res_tokens, scores, logps, res_att if has_att else None)
 
 
