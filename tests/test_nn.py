@@ -539,6 +539,24 @@ def test_dropout_one_zeroes_upper_layer_input(rng):
     assert np.all(out == 0) and np.all(h_n[1] == 0)  # layer 1 saw zeros, no bias, h0 = 0
 
 
+def test_dropout_scales_the_kept_units_by_1_over_1_minus_p(rng):
+    """Between layers a unit is dropped or scaled by 1/(1-p) (a mask without the rescale fails):
+    layer 1 of a ReLU RNN made the identity gives out = mask * layer 0's output."""
+    p = 0.5
+    m = make_layer("rnn_relu", num_layers=2, dropout=p, bias=False, seed=0)
+    m.weight_ih_l1.data = np.eye(H)  # layer 1 passes its (dropped) non-negative input through
+    m.weight_hh_l1.data = np.zeros((H, H))
+    one = make_layer("rnn_relu", bias=False)
+    one.weight_ih_l0.data, one.weight_hh_l0.data = m.weight_ih_l0.data, m.weight_hh_l0.data
+    x = rng.standard_normal((T, N, I))
+    y0, out = one(x)[0], m(x)[0]
+    kept = y0 > 1e-6
+    ratio = out[kept] / y0[kept]
+    dropped = np.isclose(ratio, 0)
+    assert np.all(dropped | np.isclose(ratio, 1 / (1 - p))), np.unique(ratio.round(6))
+    assert 0.3 < dropped.mean() < 0.7
+
+
 @pytest.mark.parametrize("name", list(MODES))
 def test_backward_through_dropout_matches_finite_differences(rng, name):
     m = make_layer(name, num_layers=3, bidirectional=True, dropout=0.3, seed=8)

@@ -99,6 +99,19 @@ def test_tbptt_with_optimizer_learns(rng):
     assert first > 1.5 and last < 0.2
 
 
+def test_tbptt_clips_the_gradients_before_each_step(rng):
+    """clip_norm clips the gradients' norm before the optimizer's step (a trainer that clips
+    nothing fails): one SGD step of lr 1 moves the parameters by clip_norm, in norm."""
+    x, y = rng.integers(0, 7, (8, 3)), rng.integers(0, 7, (8, 3))
+    model = make("gru", seed=1)
+    before = [p.data.copy() for p in model.parameters()]
+    opt = fr.optim.SGD(model.parameters(), lr=1.0)
+    TruncatedBPTT(model, fr.nn.CrossEntropyLoss(), k=8, optimizer=opt, clip_norm=1e-3).run(x, y)
+    step = math.sqrt(sum(((p.data - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    # (the unclipped norm is far above 1e-3: the clip scales it by 1e-3 / (norm + 1e-6))
+    assert 0.99e-3 < step <= 1e-3 * (1 + 1e-9), step
+
+
 def test_fit_loop_history():
     seen = []
     history = fit(lambda b: seen.append(b) or float(b), lambda e: [1, 2, 3], epochs=2,
