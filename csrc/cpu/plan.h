@@ -84,6 +84,10 @@ struct Tuning {
   // multiply-adds a step: with more than one, a thread whose core another library's spinning
   // threads take holds back at most one small slice of a step.
   int64_t unit_slices_per_thread, min_unit_slice_macs;
+  // Multiply-adds a sample's step that the padding of packed rows (to a tile's width) would add
+  // to a loop's own input projection, I * (padded - G*H), from which a call whose padding is at
+  // least half its rows projects its inputs up front instead (one BLAS product of G*H columns).
+  int64_t padded_projection_min_macs;
   // Slices a by-samples loop gives each thread where each still gets min_samples_per_slice
   // samples: with more than one, a thread whose core another library's spinning threads take
   // holds back one of its slices, which the others take over, not all its samples.

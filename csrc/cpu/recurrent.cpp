@@ -24,6 +24,7 @@ namespace cpu {
   void forward(CellKind, const ForwardArgs<T>&, T*);                      \
   template <typename T>                                                   \
   void backward(CellKind, const BackwardArgs<T>&, T*);                    \
+  int64_t packed_row_bytes();                                             \
   }
 FUSEDRNN_DECLARE_ISA(avx512)
 FUSEDRNN_DECLARE_ISA(avx2)
@@ -87,6 +88,14 @@ static bool env_switch(const char* name) {
 bool bf16_dot_allowed() {
   static const bool allowed = cpu_info().avx512_bf16 && !env_switch("FUSEDRNN_NO_BF16_DOT");
   return allowed;
+}
+
+int64_t packed_row_bytes() {
+  switch (active_isa()) {
+    case Isa::kAvx512: return avx512::packed_row_bytes();
+    case Isa::kAvx2: return avx2::packed_row_bytes();
+    default: return generic::packed_row_bytes();
+  }
 }
 
 bool bf16_dot_kernels() { return active_isa() == Isa::kAvx512 && bf16_dot_allowed(); }

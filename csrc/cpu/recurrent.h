@@ -9,6 +9,9 @@ namespace cpu {
 enum class Isa { kGeneric, kAvx2, kAvx512 };
 Isa active_isa();
 const char* isa_name(Isa isa);
+// The active kernels' packed products pad each block's G*U rows to a multiple of this many
+// bytes (recurrent_impl.inc's chunk_rows: a tile's width).
+int64_t packed_row_bytes();
 
 // bfloat16 products (fusedrnn.autocast): whether the CPU has vdpbf16ps for the AVX-512 kernels
 // to use (FUSEDRNN_NO_BF16_DOT=1: not, to compare), and the path the active kernels take.
