@@ -739,7 +739,8 @@ def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
     """A slice keeps the children's names, as torch.nn's (its state_dict keys are the whole's);
     a module placed twice is refused in training through nested Sequentials too (a nested
     place trained with the other place's saved forward: weight gradients 0.3-0.6 off), and
-    through a user's module around it (2.5 off); inside one child, its uses are its own."""
+    through a user's module around it (2.5 off); inside one child, its uses are its own; a
+    module another child only holds (a tied output layer) is not refused."""
     lin = nn.Linear(3, 3, seed=0)
     s = nn.Sequential(nn.Linear(3, 3, seed=1), lin)
     assert isinstance(s[1:], nn.Sequential) and s[1:][0] is lin
@@ -762,6 +763,14 @@ def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
     aliased = _Wrap(lin)
     aliased.alias = lin  # one place, two names: the wrapper's own business
     nn.Sequential(aliased, nn.Linear(3, 3, seed=1)).train()(x)
+    # a child holding another's module without running it (an output layer tied to the
+    # embedding) trains: only a second run in one forward is refused
+    held = _Wrap(nn.Identity())
+    held.tied = lin
+    tied = nn.Sequential(lin, held)
+    tied.train()(x)
+    tied.backward(np.ones((2, 3), np.float32))
+    assert lin.weight.grad is not None
 
 
 @pytest.mark.parametrize("cell", ["RNNCell", "LSTMCell", "GRUCell"])

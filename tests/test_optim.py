@@ -457,6 +457,9 @@ def test_a_parameter_holds_floating_point_values(values):
     p = Parameter(np.zeros(2, np.float32))
     with pytest.raises(TypeError, match="floating-point"):
         p.data = values
+    for other in ([1.0, 2.0], 3.0):  # (an AttributeError on .dtype)
+        with pytest.raises(TypeError, match=r"data: expected a numpy.ndarray \(or a CuPy"):
+            p.data = other
     assert p.data.dtype == np.float32
 
 

@@ -350,6 +350,23 @@ def test_an_empty_result_s_attention_has_the_model_s_dtype(decode):
         (np.float32, (0, n)) for n in SRC_LENGTHS]
 
 
+@pytest.mark.parametrize("make", [
+    lambda seed: Seq2Seq(9, 9, embed_size=4, hidden_size=8, num_layers=2, dropout=0.5, seed=seed),
+    lambda seed: Captioner(4, 9, hidden_size=8, dropout=0.5, seed=seed)])
+def test_a_deep_copy_of_an_unseeded_model_draws_its_own_masks(make):
+    """A model built without a seed gave its parts fixed seeds: its deep copies repeated its
+    dropout masks (and teacher forcing's draws), unlike its layers' copies."""
+    import copy
+    tgt = np.array([[3, 4, 5, 2]] * 3)
+    inputs = (np.ones((3, 4), np.float32),) if isinstance(make(0), Captioner) else (
+        np.array([[3, 4, 5, 6]] * 3), np.array([4, 4, 4]))
+    for seed, same in ((None, False), (3, True)):
+        model = make(seed)
+        twin = copy.deepcopy(model)
+        assert np.array_equal(model(*inputs, tgt, teacher_forcing=0.5),
+                              twin(*inputs, tgt, teacher_forcing=0.5)) == same, seed
+
+
 def test_attention_reads_no_padding_in_backward():
     """Keys past a sample's length are never read: NaN there leaves every gradient finite."""
     for score in ("additive", "general", "dot"):

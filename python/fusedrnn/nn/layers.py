@@ -100,13 +100,20 @@ class SeededModule(Module):
         self._unseeded = False  # (a seed chosen: copies go on with it)
 
     def __deepcopy__(self, memo):
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        for name, value in self.__dict__.items():
-            object.__setattr__(new, name, copy.deepcopy(value, memo))
+        new = deep_copied(self, memo)
         if getattr(self, "_unseeded", False):
             new._own_generator(None)
         return new
+
+
+def deep_copied(module, memo):
+    """What ``copy.deepcopy`` makes of ``module`` by default (for a ``__deepcopy__`` that then
+    changes something of the copy)."""
+    new = object.__new__(type(module))
+    memo[id(module)] = new
+    for name, value in module.__dict__.items():
+        object.__setattr__(new, name, copy.deepcopy(value, memo))
+    return new
 
 
 def _positive_int(value, name):
@@ -380,18 +387,23 @@ class Sequential(Module):
 
     def forward(self, x):
         """Feeds ``x`` through every module in order; returns the last one's output."""
-        if self.training:
-            self._check_each_once()
+        shared = self._shared_modules() if self.training else {}
+        calls = {key: m.__dict__.get("_calls", 0) for key, (m, _) in shared.items()}
         for m in self._modules.values():
             x = _sequence(m(x))
+        for key, (m, paths) in shared.items():  # (a module that keeps steps backs them all)
+            if m.__dict__.get("_calls", 0) - calls[key] > 1 and "_steps" not in m.__dict__:
+                raise _twice(*paths)
         return x
 
-    def _check_each_once(self):
+    def _shared_modules(self):
         """A module at two places cannot train: it keeps its last forward alone for its
         backward, so the first place's weight gradients would be computed from the second's.
-        Nested Sequentials are places too; another child is one place with everything under it
-        (how a child uses its own submodules is its own business)."""
-        where = {}
+        Refused here when two places are this Sequential's own (nested Sequentials' too);
+        returns {id: (module, (path, path))} of those reachable from two places through a
+        child's submodules, refused after the forward if they ran twice in it (a child may hold
+        another's module without running it: an output layer tied to the embedding)."""
+        where, shared = {}, {}
         places = list(self._modules.items())
         while places:
             name, m = places.pop(0)
@@ -400,11 +412,13 @@ class Sequential(Module):
                 continue
             for path, sub in m.named_modules(prefix=name):  # (each once)
                 if id(sub) in where:
-                    raise ValueError(f"Sequential: the module at {where[id(sub)]} is at {path} "
-                                     f"too; in training each keeps one forward for its backward "
-                                     f"(use two modules, e.g. copy.deepcopy, and tie their "
-                                     f"weights if meant)")
-                where[id(sub)] = path
+                    first, placed = where[id(sub)]
+                    if placed and path == name:
+                        raise _twice(first, path)
+                    shared.setdefault(id(sub), (sub, (first, path)))
+                else:
+                    where[id(sub)] = (path, path == name)
+        return shared
 
     def backward(self, dout):
         """Calls every module's ``backward`` in reverse order, each on the previous one's result;
@@ -412,6 +426,12 @@ class Sequential(Module):
         for m in reversed(list(self._modules.values())):
             dout = _sequence(m.backward(dout))
         return dout
+
+
+def _twice(first, second):
+    return ValueError(f"Sequential: the module at {first} is at {second} too; in training each "
+                      f"keeps one forward for its backward (use two modules, e.g. copy.deepcopy, "
+                      f"and tie their weights if meant)")
 
 
 def _sequence(result):

@@ -119,9 +119,6 @@ class Parameter:
                              "optimizer's step, ``load_state_dict`` (``mark_written``)."}
 
     def __init__(self, data):
-        if not isinstance(data, np.ndarray) and not is_device_array(data):
-            raise TypeError(f"data: expected a numpy.ndarray (or a CuPy array), "
-                            f"got {type(data).__name__}")
         self.data = data
         self.grad = None
 
@@ -146,6 +143,9 @@ class Parameter:
 
     @data.setter
     def data(self, value):
+        if not isinstance(value, np.ndarray) and not is_device_array(value):
+            raise TypeError(f"data: expected a numpy.ndarray (or a CuPy array), "
+                            f"got {type(value).__name__}")
         if value.dtype.kind != "f":  # (as torch: only these can have gradients and train)
             raise TypeError(f"data: a Parameter holds floating-point values, got {value.dtype}")
         self._data = value
@@ -656,6 +656,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
     def __call__(self, *args, **kwargs):
+        # (counted: a Sequential sees a module it reaches twice run twice in one forward)
+        self.__dict__["_calls"] = self.__dict__.get("_calls", 0) + 1
         return self.forward(*args, **kwargs)
 
     def extra_repr(self) -> str:

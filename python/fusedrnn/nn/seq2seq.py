@@ -47,7 +47,7 @@ from .. import functional as F
 from .attention import make_attention
 from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in,
-                     _number_in, _positive_int, _seeded)
+                     _number_in, _positive_int, _seeded, deep_copied)
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module, check_unwritten, write_stamp
 from .recurrent import DROPOUT, GRU, LSTM, LayerNormLSTM
@@ -62,6 +62,10 @@ _DEFAULT_SCORE = {"bahdanau": "additive", "luong": "general"}
 
 
 def _seeds(seed, n):
+    """``n`` seeds for the parts of a model built from ``seed`` (None: parts of their own
+    entropy, whose deep copies then draw their own numbers too)."""
+    if seed is None:
+        return [None] * n
     rng = _seeded(seed)
     return [int(s) for s in rng.integers(0, 2 ** 31 - 1, n)]
 
@@ -317,6 +321,17 @@ class _Generator(Module):
 
     def _start(self, inputs, repeat):
         raise NotImplementedError
+
+    def _teacher_generator(self, seed):
+        """The Generator teacher forcing draws from (a deep copy of a model built without a
+        seed gets one of its own, as its parts do)."""
+        self._teacher_rng, self._unseeded = np.random.default_rng(seed), seed is None
+
+    def __deepcopy__(self, memo):
+        new = deep_copied(self, memo)
+        if getattr(self, "_unseeded", False):
+            new._teacher_generator(None)
+        return new
 
     def _check_inputs(self, inputs, method, named=None):
         """``inputs`` (positional, then ``named`` by keyword, as forward takes them) in order,
@@ -672,7 +687,7 @@ class Seq2Seq(_Generator):
         self.dtype = _dtype(dtype)
         self.cell_type = cell
         s = _seeds(seed, 6)
-        self._teacher_rng = np.random.default_rng(s[5])  # teacher forcing's draws
+        self._teacher_generator(s[5])
         D = 2 if bidirectional else 1
         H = _positive_int(hidden_size, "hidden_size")
         L = _positive_int(num_layers, "num_layers")
@@ -797,7 +812,7 @@ class Captioner(_Generator):
         self.dtype = _dtype(dtype)
         self.input_size = _positive_int(input_size, "input_size")
         s = _seeds(seed, 4)
-        self._teacher_rng = np.random.default_rng(s[3])  # teacher forcing's draws
+        self._teacher_generator(s[3])
         H = _positive_int(hidden_size, "hidden_size")
         self.feature = Linear(input_size, H, dtype=dtype, seed=s[0])
         self.dropout = Dropout(_number_in(dropout, *DROPOUT), seed=s[1])
