@@ -735,6 +735,13 @@ class _Wrap(nn.Module):
         return self.inner.backward(dout)
 
 
+class _WrapByForward(_Wrap):
+    """One that runs its module by ``.forward`` (not counted by ``__call__``)."""
+
+    def forward(self, x):
+        return self.inner.forward(x)
+
+
 def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
     """A slice keeps the children's names, as torch.nn's (its state_dict keys are the whole's);
     a module placed twice is refused in training through nested Sequentials too (a nested
@@ -755,6 +762,7 @@ def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
                          (nn.Sequential(nn.Sequential(lin), nn.Sequential(lin)),
                           "at 0.0 is at 1.0 too"),
                          (nn.Sequential(lin, _Wrap(lin)), "at 0 is at 1.inner too"),
+                         (nn.Sequential(lin, _WrapByForward(lin)), "at 0 is at 1.inner too"),
                          (nn.Sequential(_Wrap(nn.Sequential(lin)), nn.Sequential(lin)),
                           "at 0.inner.0 is at 1.0 too")]:
         twice.eval()(x)  # (inference keeps nothing: fine)

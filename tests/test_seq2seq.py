@@ -365,6 +365,15 @@ def test_a_deep_copy_of_an_unseeded_model_draws_its_own_masks(make):
         twin = copy.deepcopy(model)
         assert np.array_equal(model(*inputs, tgt, teacher_forcing=0.5),
                               twin(*inputs, tgt, teacher_forcing=0.5)) == same, seed
+    # the README's remedy for copies of a seeded model: manual_seed on each
+    twin = copy.deepcopy(model)
+    twin.manual_seed(4)
+    assert not np.array_equal(model(*inputs, tgt, teacher_forcing=0.5),
+                              twin(*inputs, tgt, teacher_forcing=0.5))
+    model.manual_seed(4)
+    twin.manual_seed(4)
+    np.testing.assert_array_equal(model(*inputs, tgt, teacher_forcing=0.5),
+                                  twin(*inputs, tgt, teacher_forcing=0.5))
 
 
 def test_attention_reads_no_padding_in_backward():

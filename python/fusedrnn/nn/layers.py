@@ -388,11 +388,11 @@ class Sequential(Module):
     def forward(self, x):
         """Feeds ``x`` through every module in order; returns the last one's output."""
         shared = self._shared_modules() if self.training else {}
-        calls = {key: m.__dict__.get("_calls", 0) for key, (m, _) in shared.items()}
+        runs = {key: m.__dict__.get("_runs", 0) for key, (m, _) in shared.items()}
         for m in self._modules.values():
             x = _sequence(m(x))
         for key, (m, paths) in shared.items():  # (a module that keeps steps backs them all)
-            if m.__dict__.get("_calls", 0) - calls[key] > 1 and "_steps" not in m.__dict__:
+            if m.__dict__.get("_runs", 0) - runs[key] > 1 and "_steps" not in m.__dict__:
                 raise _twice(*paths)
         return x
 

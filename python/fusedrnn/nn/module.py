@@ -14,6 +14,7 @@ move every parameter (and gradient); ``state_dict()`` always returns NumPy copie
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sys
@@ -367,6 +368,25 @@ def _to_numpy(value, key):
     raise TypeError(f"state_dict[{key!r}]: expected an array or a tensor, got {type(value).__name__}")
 
 
+def _counting_runs(forward):
+    """``forward`` counting its runs in the module's ``_runs`` (a call from inside another
+    counts once: a subclass's forward calling its base's), so that a Sequential sees a module
+    it reaches from two places run twice in one forward, through __call__ or .forward alike."""
+    @functools.wraps(forward)
+    def counted(self, *args, **kwargs):
+        state = self.__dict__
+        if state.get("_in_forward"):
+            return forward(self, *args, **kwargs)
+        state["_runs"] = state.get("_runs", 0) + 1
+        state["_in_forward"] = True
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            state["_in_forward"] = False
+    counted.counts_runs = True
+    return counted
+
+
 class Module:
     """A node in a tree of layers. Assigning a ``Parameter`` or a ``Module`` to an attribute
     registers it; ``named_parameters`` walks the tree in registration order."""
@@ -656,9 +676,13 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
     def __call__(self, *args, **kwargs):
-        # (counted: a Sequential sees a module it reaches twice run twice in one forward)
-        self.__dict__["_calls"] = self.__dict__.get("_calls", 0) + 1
         return self.forward(*args, **kwargs)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if callable(forward) and not hasattr(forward, "counts_runs"):
+            cls.forward = _counting_runs(forward)
 
     def extra_repr(self) -> str:
         """The text inside the parentheses of ``repr(module)`` (the constructor arguments); "" here."""

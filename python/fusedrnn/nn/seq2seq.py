@@ -47,7 +47,7 @@ from .. import functional as F
 from .attention import make_attention
 from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in,
-                     _number_in, _positive_int, _seeded, deep_copied)
+                     _number_in, _positive_int, _seeded, SeededModule, deep_copied)
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module, check_unwritten, write_stamp
 from .recurrent import DROPOUT, GRU, LSTM, LayerNormLSTM
@@ -332,6 +332,15 @@ class _Generator(Module):
         if getattr(self, "_unseeded", False):
             new._teacher_generator(None)
         return new
+
+    def manual_seed(self, seed):
+        """Restart teacher forcing's Generator and every part's (dropout masks) from ``seed``
+        (e.g. on each copy of an ensemble)."""
+        parts = [m for m in self.modules() if isinstance(m, SeededModule)]
+        *seeds, teacher = _seeds(_seeded(seed), len(parts) + 1)
+        for part, part_seed in zip(parts, seeds):
+            part.manual_seed(part_seed)
+        self._teacher_generator(teacher)
 
     def _check_inputs(self, inputs, method, named=None):
         """``inputs`` (positional, then ``named`` by keyword, as forward takes them) in order,
