@@ -100,20 +100,13 @@ class SeededModule(Module):
         self._unseeded = False  # (a seed chosen: copies go on with it)
 
     def __deepcopy__(self, memo):
-        new = deep_copied(self, memo)
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            object.__setattr__(new, name, copy.deepcopy(value, memo))
         if getattr(self, "_unseeded", False):
             new._own_generator(None)
         return new
-
-
-def deep_copied(module, memo):
-    """What ``copy.deepcopy`` makes of ``module`` by default (for a ``__deepcopy__`` that then
-    changes something of the copy)."""
-    new = object.__new__(type(module))
-    memo[id(module)] = new
-    for name, value in module.__dict__.items():
-        object.__setattr__(new, name, copy.deepcopy(value, memo))
-    return new
 
 
 def _positive_int(value, name):

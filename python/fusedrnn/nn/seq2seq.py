@@ -47,7 +47,7 @@ from .. import functional as F
 from .attention import make_attention
 from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in,
-                     _number_in, _positive_int, _seeded, SeededModule, deep_copied)
+                     _number_in, _positive_int, _seeded, SeededModule)
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module, check_unwritten, write_stamp
 from .recurrent import DROPOUT, GRU, LSTM, LayerNormLSTM
@@ -307,7 +307,7 @@ def _check_ids(ids, name, V, vocabulary):
                          f"{ids.min()} and max {ids.max()}")
 
 
-class _Generator(Module):
+class _Generator(SeededModule):
     """Teacher-forced training, greedy decoding and batched beam search over a ``Decoder``;
     subclasses define ``_start(inputs, repeat)`` (encode, set the attention memory, return the
     initial state and the conditioning vector, each sample repeated ``repeat`` times)."""
@@ -322,25 +322,20 @@ class _Generator(Module):
     def _start(self, inputs, repeat):
         raise NotImplementedError
 
-    def _teacher_generator(self, seed):
-        """The Generator teacher forcing draws from (a deep copy of a model built without a
-        seed gets one of its own, as its parts do)."""
+    def _own_generator(self, seed):
+        """The model's own Generator: teacher forcing's draws (a deep copy of a model built
+        without a seed gets one of its own, as its parts do)."""
         self._teacher_rng, self._unseeded = np.random.default_rng(seed), seed is None
-
-    def __deepcopy__(self, memo):
-        new = deep_copied(self, memo)
-        if getattr(self, "_unseeded", False):
-            new._teacher_generator(None)
-        return new
+        return self._teacher_rng
 
     def manual_seed(self, seed):
         """Restart teacher forcing's Generator and every part's (dropout masks) from ``seed``
         (e.g. on each copy of an ensemble)."""
-        parts = [m for m in self.modules() if isinstance(m, SeededModule)]
+        parts = [m for m in self.modules() if m is not self and isinstance(m, SeededModule)]
         *seeds, teacher = _seeds(_seeded(seed), len(parts) + 1)
         for part, part_seed in zip(parts, seeds):
             part.manual_seed(part_seed)
-        self._teacher_generator(teacher)
+        super().manual_seed(teacher)
 
     def _check_inputs(self, inputs, method, named=None):
         """``inputs`` (positional, then ``named`` by keyword, as forward takes them) in order,
@@ -696,7 +691,7 @@ class Seq2Seq(_Generator):
         self.dtype = _dtype(dtype)
         self.cell_type = cell
         s = _seeds(seed, 6)
-        self._teacher_generator(s[5])
+        self._own_generator(s[5])
         D = 2 if bidirectional else 1
         H = _positive_int(hidden_size, "hidden_size")
         L = _positive_int(num_layers, "num_layers")
@@ -821,7 +816,7 @@ class Captioner(_Generator):
         self.dtype = _dtype(dtype)
         self.input_size = _positive_int(input_size, "input_size")
         s = _seeds(seed, 4)
-        self._teacher_generator(s[3])
+        self._own_generator(s[3])
         H = _positive_int(hidden_size, "hidden_size")
         self.feature = Linear(input_size, H, dtype=dtype, seed=s[0])
         self.dropout = Dropout(_number_in(dropout, *DROPOUT), seed=s[1])
