@@ -395,24 +395,28 @@ def test_lower_instruction_sets_pass_the_kernel_tests(isa, name):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "peephole"])
 def test_float32_bias_gradients_of_many_rows_keep_float32_accuracy(cell):
-    """The bias gradients were one running float32 sum over every step and sample: 2e-5 to 3e-5
-    off the float64 sums at T*N = 200K, where torch's are within 1e-6. Now blocks of rows are
-    summed, and the blocks' totals in float64."""
+    """The bias (and peephole) gradients were one running float32 sum over every step and
+    sample: 2e-5 to 3e-5 off the float64 sums at T*N = 200K, where torch's are within 1e-6. Now
+    blocks of rows are summed, and the blocks' totals in float64."""
     from fusedrnn import functional as F
     T, N, I, H = 400, 512, 8, 16
+    peephole = cell == "peephole"
+    cell = "lstm" if peephole else cell
     G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T, N, I))
     w = [rng.uniform(-.25, .25, s) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+    w_ph = rng.uniform(-.25, .25, 3 * H) if peephole else None
     states = [np.zeros((N, H))] * (2 if cell == "lstm" else 1)
     dy = rng.standard_normal((T, N, H))
     forward, backward = getattr(F, cell + "_forward"), getattr(F, cell + "_backward")
 
     def bias_grads(dtype):
-        out = forward(*(a.astype(dtype) for a in (x, *states, *w)), training=True)
-        return backward(out[-1], dy.astype(dtype))[-2:]
+        more = dict(w_ph=w_ph.astype(dtype)) if peephole else {}
+        out = forward(*(a.astype(dtype) for a in (x, *states, *w)), training=True, **more)
+        return backward(out[-1], dy.astype(dtype))[-3 if peephole else -2:]
 
     for ours, exact in zip(bias_grads(np.float32), bias_grads(np.float64)):
         assert np.abs(ours - exact).max() / np.abs(exact).max() < 2e-6
