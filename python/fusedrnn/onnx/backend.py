@@ -287,10 +287,9 @@ def run_recurrent(spec, values, weights=None):
                                     nonlinearity=spec.nonlinearities[d], **common)
         ys.append(y)
         hs.append(h)
-    # ONNX Runtime's final states of no step: 0 (an X of no steps at all: every sample)
-    empty = (np.ones(X.shape[1], bool) if X.shape[0] == 0 else
-             None if lengths is None or lengths.all() else lengths == 0)
-    if empty is not None:
+    # ONNX Runtime's final states of no step: 0 (an X of no steps at all: every sample's)
+    empty = lengths == 0 if lengths is not None else np.full(X.shape[1], X.shape[0] == 0)
+    if empty.any():
         empty = empty[:, None]
         hs = [np.where(empty, 0, h) for h in hs]
         cs = [np.where(empty, 0, c) for c in cs]
