@@ -184,6 +184,38 @@ def test_decoder_backward_checks_dlogits_before_taking_its_steps():
     assert np.isfinite(dh0).all() and model.decoder._steps == []
 
 
+def test_decoder_step_keeps_its_own_tokens_and_checks_them():
+    """A decode loop refilling one token buffer in place trains as with new arrays each step
+    (the step kept the caller's array, and backward read the later ids: wrong embedding
+    rows); ids out of the vocabulary are named in eval mode too (-1 read the last row)."""
+    r = np.random.default_rng(0)
+    N, S, K, V = 2, 3, 4, 7
+    keys, tgt = r.standard_normal((N, S, K)), np.array([[3, 4, 5], [6, 3, 2]])
+    dlogits = r.standard_normal((3, N, V))
+
+    def embedding_grad(reuse):
+        d = fr.nn.Decoder(V, 3, 4, key_size=K, dtype=np.float64, seed=0)
+        d.attention.set_memory(keys)
+        state, buf = d.initial_state(np.zeros((1, N, 4))), np.ones(N, np.int64)
+        for t in range(3):
+            _, state, _ = d.step(buf if reuse else buf.copy(), state)
+            buf[:] = tgt[:, t]
+        d.backward(dlogits)
+        return d.embedding.weight.grad
+
+    fresh = embedding_grad(False)
+    assert sorted(np.nonzero(fresh.any(axis=1))[0]) == [1, 3, 4, 6]
+    np.testing.assert_array_equal(embedding_grad(True), fresh)
+    d = fr.nn.Decoder(V, 3, 4, attention=None, dtype=np.float64, seed=0).eval()
+    state = d.initial_state(np.zeros((1, N, 4)))
+    for bad, match in (([-1, 3], r"tokens: expected token ids in \[0, 6\]"),
+                       ([7, 3], r"tokens: expected token ids in \[0, 6\]"),
+                       ([1.0, 3.0], r"tokens: expected an integer array \[N\]"),
+                       ([1, 2, 3], r"tokens: expected shape \(2,\)")):
+        with pytest.raises(ValueError, match=match):
+            d.step(np.array(bad), state)
+
+
 def test_dropout_is_checked_with_one_layer_too():
     """One layer has no dropout between layers, but a wrong value is still named (it passed
     unchecked), as every layer names it."""
@@ -212,6 +244,11 @@ def test_decoding_and_loss_refuse_bad_arguments():
     for tgt in (TGT[:2], TGT[:, :0]):
         with pytest.raises(ValueError, match=r"tgt: expected \[3, T\] with T >= 1"):
             model.loss(SRC, SRC_LENGTHS, tgt)
+    ragged = [[3, 4, 5], [6, 7], [2, 2, 2]]  # named, not NumPy's inhomogeneous shape
+    with pytest.raises(ValueError, match=r"src: expected an integer array \[N, S\], got a list"):
+        model.loss(ragged, SRC_LENGTHS, TGT)
+    with pytest.raises(ValueError, match=r"tgt: expected an integer array \[N, T\], got a list"):
+        model.loss(SRC, SRC_LENGTHS, ragged)
     captioner = Captioner(6, 8, embed_size=5, hidden_size=6, seed=8)
     with pytest.raises(ValueError, match=r"tgt: expected \[5, T\]"):
         captioner.loss(np.zeros((5, 6)), TGT)

@@ -186,6 +186,12 @@ class Decoder(Module):
         """One step: tokens [N] (the previous outputs), state -> (logits [N, V], state,
         attention weights [N, S] or None). Saves what backward needs in training mode."""
         h, c, feed = state
+        # a copy: a decode loop may refill one buffer in place, and backward reads these ids
+        tokens = _id_array(tokens, "tokens", "[N] (a token id per sample)", 1)
+        if tokens.shape != (h[-1].shape[0],):
+            raise ValueError(f"tokens: expected shape ({h[-1].shape[0]},) (a token id per sample "
+                             f"of the state), got {tokens.shape}")
+        _check_ids(tokens, "tokens", self.vocab_size, "the target vocabulary")
         parts = [self.embedding.weight.data[tokens]]
         ctx = weights = None
         if self.style == "bahdanau":
@@ -299,6 +305,20 @@ class Decoder(Module):
         return np.stack(dh), (None if dc is None else np.stack(dc)), dcond
 
 
+def _id_array(value, name, shape, ndim):
+    """``value`` as a new int64 array of ``ndim`` dimensions, or ValueError naming ``name`` and
+    the ``shape`` expected (a ragged list included)."""
+    try:
+        ids = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise ValueError(f"{name}: expected an integer array {shape}, got a "
+                         f"{type(value).__name__} NumPy cannot read as one ({e})") from None
+    if ids.ndim != ndim or ids.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected an integer array {shape}, got {ids.dtype} "
+                         f"{ids.shape}")
+    return ids.astype(np.int64)
+
+
 def _check_ids(ids, name, V, vocabulary):
     """ValueError naming ``name`` unless every token id is in [0, V) (``vocabulary`` says
     which)."""
@@ -364,9 +384,7 @@ class _Generator(SeededModule):
 
     def _check_tgt(self, tgt, batch):
         """tgt as an integer array [batch, T >= 1] of ids in [0, V), or ValueError naming it."""
-        tgt = np.asarray(tgt)
-        if tgt.ndim != 2 or tgt.dtype.kind not in "iu":
-            raise ValueError(f"tgt: expected an integer array [N, T], got {tgt.dtype} {tgt.shape}")
+        tgt = _id_array(tgt, "tgt", "[N, T]", 2)
         N, T = tgt.shape
         if N != batch or T == 0:
             raise ValueError(f"tgt: expected [{batch}, T] with T >= 1 (a target per sample of the "
@@ -733,9 +751,7 @@ class Seq2Seq(_Generator):
         return np.ascontiguousarray(d.reshape(L, N, D, H).transpose(0, 2, 1, 3).reshape(L * D, N, H))
 
     def _check_src(self, src, src_lengths):
-        src = np.asarray(src)
-        if src.ndim != 2 or src.dtype.kind not in "iu":
-            raise ValueError(f"src: expected an integer array [N, S], got {src.dtype} {src.shape}")
+        src = _id_array(src, "src", "[N, S]", 2)
         _check_ids(src, "src", self.src_embedding.num_embeddings, "the source vocabulary")
         if src_lengths is None:
             return src, np.full(src.shape[0], src.shape[1], np.int64)
