@@ -641,6 +641,25 @@ def test_torch_func_grad_matches_torch_nn(cell):
         jacrev(lambda x: loss(ours)(dict(ours.named_parameters()), x).reshape(1))(x)
 
 
+def test_convert_draws_nothing_from_torch_s_generator():
+    """Seeded, converted and trained, a model draws the dropout masks it draws unconverted
+    (each swap built a module that drew its own weights, then took the layer's)."""
+    def first_output(swap):
+        torch.manual_seed(0)
+        model = torch.nn.LSTM(3, 4, num_layers=2, dropout=0.5, dtype=torch.float64)
+        if swap:
+            model = frt.convert(model)
+        return model(torch.ones(2, 1, 3, dtype=torch.float64))[0]
+
+    torch.testing.assert_close(first_output(True), first_output(False), rtol=0, atol=1e-14)
+    for layer in (torch.nn.LSTM(8, 8, proj_size=4, bidirectional=True), torch.nn.GRUCell(3, 4)):
+        state = torch.get_rng_state()
+        back = frt.to_torch_nn(frt.convert(layer, inplace=False))
+        assert torch.equal(state, torch.get_rng_state())
+        for (name, a), b in zip(layer.named_parameters(), back.parameters()):
+            assert torch.equal(a, b) and not b.is_meta, name
+
+
 def test_an_optimizer_made_before_convert_trains_the_converted_layers():
     """convert (and to_torch_nn) hand the layers' own Parameter objects to the new modules, so
     an optimizer made before the swap trains the same weights as without it."""
@@ -837,17 +856,22 @@ def test_bad_inputs_name_the_argument():
         layer(torch.randn(3, 2, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"hx\[0\] \(h_0\): expected shape \(2, 2, 8\)"):
         layer(torch.randn(3, 2, 4), (torch.zeros(1, 2, 8), torch.zeros(2, 2, 8)))
-    with pytest.raises(TypeError, match="hx: expected a tuple"):
-        layer(torch.randn(3, 2, 4), torch.zeros(2, 2, 8))
+    # the hx of another form: a TypeError, and the RuntimeError torch.nn raises there
+    for hx in (torch.zeros(2, 2, 8), (torch.zeros(2, 2, 8),) * 3):
+        with pytest.raises(TypeError, match="hx: expected a tuple"):
+            layer(torch.randn(3, 2, 4), hx)
+        with pytest.raises(RuntimeError, match="hx: expected a tuple"):
+            layer(torch.randn(3, 2, 4), hx)
     with pytest.raises(TypeError, match="input: expected a torch.Tensor"):
         layer(np.zeros((3, 2, 4), np.float32))
     cell = frt.LSTMCell(4, 8)  # hx: a pair, as torch.nn's (a [2, H] tensor for one sample)
-    with pytest.raises(TypeError, match=r"hx: expected a tuple \(h_0, c_0\)"):
+    with pytest.raises(RuntimeError, match=r"hx: expected a tuple \(h_0, c_0\)"):
         cell(torch.randn(2, 4), torch.zeros(2, 2, 8))
     with pytest.raises(TypeError, match="hx: expected a tuple"):
         cell(torch.randn(2, 4), 3)
-    with pytest.raises(ValueError, match="hx: expected two hidden states"):
-        cell(torch.randn(2, 4), (torch.zeros(2, 8),) * 3)
+    for hx in ((torch.zeros(2, 8),) * 3, (torch.zeros(2, 8),)):
+        with pytest.raises(RuntimeError, match="hx: expected two hidden states"):
+            cell(torch.randn(2, 4), hx)
     pair = torch.randn(2, 8)
     assert all(torch.equal(a, b) for a, b in zip(cell(torch.ones(4), pair),
                                                  cell(torch.ones(4), (pair[0], pair[1]))))
@@ -1300,12 +1324,13 @@ def test_lstm_with_projections_under_autocast():
 
 
 def test_inputs_on_another_device_than_the_parameters_are_named():
+    """A ValueError naming the argument, and the RuntimeError torch.nn raises there."""
     layer, cell = frt.GRU(4, 8), frt.LSTMCell(4, 8)
     x = torch.randn(3, 2, 4, device="meta")
     with pytest.raises(ValueError, match=r"input: expected a tensor on cpu \(the parameters' "
                                          r"device\), got one on meta"):
         layer(x)
-    with pytest.raises(ValueError, match=r"hx: expected a tensor on cpu"):
+    with pytest.raises(RuntimeError, match=r"hx: expected a tensor on cpu"):
         layer(torch.randn(3, 2, 4), torch.zeros(1, 2, 8, device="meta"))
     with pytest.raises(ValueError, match=r"input: expected a tensor on cpu"):
         cell(torch.randn(2, 4, device="meta"))

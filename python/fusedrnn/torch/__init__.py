@@ -21,11 +21,11 @@ except ModuleNotFoundError as error:
 
 from .. import _C
 from .convert import convert, register_onnx_hint, to_torch_nn
-from .modules import (GRU, LSTM, RNN, DtypeMismatchError, GRUCell, LSTMCell, RNNCell,
-                      ShapeMismatchError)
+from .modules import (GRU, LSTM, RNN, DeviceMismatchError, DtypeMismatchError, GRUCell,
+                      LSTMCell, RNNCell, ShapeMismatchError, StateFormError)
 
 _C.share_openmp_threads()
 register_onnx_hint()
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "to_torch_nn",
-           "DtypeMismatchError", "ShapeMismatchError"]
+           "DtypeMismatchError", "ShapeMismatchError", "StateFormError", "DeviceMismatchError"]

@@ -61,12 +61,17 @@ def _replacement(layer, cls):
             kwargs["proj_size"] = layer.proj_size
     if cls in (nn.RNN, nn.RNNCell, modules.RNN, modules.RNNCell):
         kwargs["nonlinearity"] = layer.nonlinearity
+    # Built on the meta device, then given the layer's Parameters: no weights drawn (a swap
+    # must not move torch's generator: dropout's masks would differ from the unconverted
+    # model's from the same seed), and none allocated twice.
     with warnings.catch_warnings():  # the layer being replaced already warned about dropout
         warnings.simplefilter("ignore", UserWarning)
-        new = cls(layer.input_size, layer.hidden_size, dtype=weight.dtype, device=weight.device,
+        new = cls(layer.input_size, layer.hidden_size, dtype=weight.dtype, device="meta",
                   **kwargs)
     for name, parameter in layer._parameters.items():  # every name: one Parameter may fill two
         setattr(new, name, parameter)  # (torch.nn's layers keep their flat list in step)
+    if any(p.is_meta for p in new.parameters()) != weight.is_meta:
+        raise RuntimeError(f"{cls.__name__}: a parameter the swapped layer does not have")
     new.train(layer.training)
     return new
 

@@ -41,6 +41,17 @@ class ShapeMismatchError(ValueError, RuntimeError):
     ``torch.nn`` raises there."""
 
 
+class StateFormError(TypeError, ShapeMismatchError):
+    """``hx`` not in the form the module takes (a tensor where the LSTMs take a pair (h_0,
+    c_0), a tuple of another length): a TypeError, as fusedrnn names a wrong type, and the
+    RuntimeError ``torch.nn`` raises there."""
+
+
+class DeviceMismatchError(ValueError, RuntimeError):
+    """An input or state on another device than the parameters': a ValueError, and the
+    RuntimeError ``torch.nn`` raises there."""
+
+
 NO_SCRIPT = ("torch.jit.script: fusedrnn.torch's layers and cells cannot be scripted (their "
              "forward is Python that TorchScript does not compile); torch.jit.trace, "
              "torch.export and torch.compile record their operators, and "
@@ -90,8 +101,8 @@ def _check_same_device(t, name, weight):
         raise TypeError(f"{name}: expected a dense tensor (layout torch.strided), got "
                         f"{'a nested tensor' if t.is_nested else f'layout {t.layout}'}")
     if t.device != weight.device:
-        raise ValueError(f"{name}: expected a tensor on {weight.device} (the parameters' "
-                         f"device), got one on {t.device}")
+        raise DeviceMismatchError(f"{name}: expected a tensor on {weight.device} (the "
+                                  f"parameters' device), got one on {t.device}")
 
 
 def _plain_call(input, hx):
@@ -439,8 +450,8 @@ class _RecurrentBase(_KeepsWeights):
             h0 = c0 = None
         elif lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got "
-                                f"{type(hx).__name__}")
+                raise StateFormError(f"hx: expected a tuple (h_0, c_0) for LSTM, got "
+                                     f"{type(hx).__name__}")
             h0 = self._check_state(hx[0], "hx[0] (h_0)", N, batched, S)
             c0 = self._check_state(hx[1], "hx[1] (c_0)", N, batched)
         else:
@@ -750,10 +761,10 @@ class LSTMCell(_CellBase):
             raise TypeError("hx: expected a tuple (h_0, c_0) of two tensors, got "
                             f"{type(hx).__name__}")
         if isinstance(hx, torch.Tensor) and batched:
-            raise TypeError("hx: expected a tuple (h_0, c_0) of two tensors, got a tensor of "
-                            f"shape {tuple(hx.shape)}")
+            raise StateFormError("hx: expected a tuple (h_0, c_0) of two tensors, got a tensor "
+                                 f"of shape {tuple(hx.shape)}")
         if len(hx) != 2:
-            raise ValueError(f"hx: expected two hidden states (h_0, c_0), got {len(hx)}")
+            raise StateFormError(f"hx: expected two hidden states (h_0, c_0), got {len(hx)}")
         h, c = hx
         return self._step(input, h, c)
 
