@@ -130,6 +130,47 @@ def test_fit_resumed_equals_uninterrupted_float64(tmp_path, capfd, how, at, resu
     capfd.readouterr()  # the handler's "stopping after this step" note
 
 
+def test_a_refused_resume_changes_nothing_and_may_be_retried(tmp_path):
+    """A damaged position is refused before any object is restored (the weights were loaded,
+    then the position refused), an infinite epoch as a damaged file (an OverflowError came
+    out), and a Checkpointer whose resume was refused still resumes once the run is fixed (it
+    had forgotten the stage: the retry trained from scratch over the checkpoint)."""
+    path = tmp_path / "r.ckpt"
+    x = np.random.default_rng(0).standard_normal((4, 3))
+
+    def run(model, checkpoint):
+        opt, steps = optim.SGD(model.parameters(), lr=0.1), [0]
+
+        def step(idx):
+            steps[0] += 1
+            model.zero_grad()
+            out = model(x[idx])
+            model.backward(np.ones_like(out))
+            opt.step()
+            return float(out.sum())
+        fit(step, lambda epoch: [[0, 1], [2, 3]], 3, progress=False,
+            state={"m": model, "opt": opt}, checkpoint=checkpoint)
+        return steps[0]
+
+    assert run(fr.nn.Linear(3, 2, dtype=np.float64, seed=0), Checkpointer(path)) == 6
+    saved = fr.load(path)
+    (stage,) = saved["stages"]
+    for damage in ({"next_batch": 5, "batches": [0, 1]}, {"epoch": float("inf")}):
+        damaged = tmp_path / "damaged.ckpt"
+        fr.save({**saved, "stages": {stage: {**saved["stages"][stage], **damage}}}, damaged)
+        model = fr.nn.Linear(3, 2, dtype=np.float64, seed=1)
+        before = model.state_dict()
+        with pytest.raises(ValueError, match="a damaged checkpoint"):
+            run(model, Checkpointer(damaged, resume=damaged))
+        assert_same_arrays(model.state_dict(), before)
+    checkpoint = Checkpointer(path, resume=path)
+    with pytest.raises(ValueError, match="does not fit this run"):
+        run(fr.nn.Linear(3, 5, dtype=np.float64, seed=1), checkpoint)
+    model = fr.nn.Linear(3, 2, dtype=np.float64, seed=1)
+    assert run(model, checkpoint) == 0
+    assert_same_arrays(model.state_dict(), saved["stages"][stage]["objects"]["m"]["parameters"])
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A write that fails half-way (disk full, a kill) leaves the previous checkpoint whole, and
     the run resumes from it exactly."""

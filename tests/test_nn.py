@@ -317,6 +317,20 @@ def test_load_state_dict_casts_to_the_layer_dtype():
         np.testing.assert_array_equal(p.data, a.state_dict()[name].astype(np.float32))
 
 
+def test_load_state_dict_into_read_only_arrays_loads_every_key(tmp_path):
+    """A parameter holding a read-only array (np.load's mmap_mode="r") is given a new one:
+    the load failed half way there, two keys written and two not."""
+    layer = make_layer("lstm", np.float32, seed=0)
+    original = layer.bias_ih_l0.data.copy()
+    np.save(tmp_path / "b.npy", original)
+    layer.bias_ih_l0.data = np.load(tmp_path / "b.npy", mmap_mode="r")
+    target = {k: v + 1 for k, v in layer.state_dict().items()}
+    layer.load_state_dict(target)
+    for name, p in layer.named_parameters():
+        np.testing.assert_array_equal(p.data, target[name])
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), original)  # (the file as it was)
+
+
 def test_load_state_dict_takes_nan_and_refuses_an_overflowing_cast():
     """NaN and infinity were refused, so a diverged model saved by `train --save` could not be
     loaded again (torch's load_state_dict takes them); float64 values past float32's range

@@ -460,15 +460,17 @@ class Checkpointer:
             raise ValueError(f"desc: the stage {stage!r} already ran under this Checkpointer; "
                              f"give each fit of a run its own desc (a resumed run finds each "
                              f"stage by it)")
-        saved = self.resumed.pop(stage, None)
+        saved = self.resumed.get(stage)
         if saved is None:
             return None
-        try:
+        try:  # the position first: a refused one changes no object (restore_state rolls back)
+            position = _Position.from_saved(saved)
             restore_state(objects, saved["objects"])
-            return _Position.from_saved(saved)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
             raise ValueError(f"{self.resume_path}: a damaged checkpoint, or one that does not fit "
                              f"this run ({stage}: {type(e).__name__}: {e})") from e
+        del self.resumed[stage]  # (only now: a refused resume may be retried, fixed)
+        return position
 
     def _entry(self, objects, pos):
         return {**dataclasses.asdict(pos), "objects": gather_state(objects)}

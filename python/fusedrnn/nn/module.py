@@ -586,7 +586,10 @@ class Module:
             staged.append((param, value))
         for param, value in staged:
             if isinstance(param.data, np.ndarray):
-                param.data[...] = value
+                if param.data.flags.writeable:
+                    param.data[...] = value
+                else:  # a read-only array (np.load's mmap_mode="r"): a new one, written once
+                    param.data = np.array(value, order="C")
             else:
                 param.data[...] = to_device(value, "cuda")
             param.mark_written()
