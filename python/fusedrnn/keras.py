@@ -538,6 +538,41 @@ def _mask_fed(entry):
     return None
 
 
+def _inbound_layers(entry):
+    """The names of the layers and operations a functional model's layer takes tensors from
+    (its inbound nodes' arguments, a mask argument included)."""
+    def names(value):
+        if isinstance(value, (list, tuple)):
+            for part in value:
+                yield from names(part)
+        elif isinstance(value, dict):
+            history = value.get("config", {}).get("keras_history") \
+                if isinstance(value.get("config"), dict) else None
+            if history:
+                yield str(history[0])
+            else:
+                for part in value.values():
+                    yield from names(part)
+    return set(names(entry.get("inbound_nodes") or []))
+
+
+def _mask_source(name, inbound, sources):
+    """A mask source (``sources``: layer name -> the name to say) among the layers ``name``
+    reads from, directly or through others (``inbound``), or None. Keras carries a mask
+    through the layers between, a nested model's included, where the saved config shows it
+    on no node."""
+    seen, stack = set(), list(inbound.get(name, ()))
+    while stack:
+        layer = stack.pop()
+        if layer in seen:
+            continue
+        seen.add(layer)
+        if layer in sources:
+            return sources[layer]
+        stack.extend(inbound.get(layer, ()))
+    return None
+
+
 def _collect(model, store, group, prefix, path, modules, mask=None):
     """Add the supported layers of a serialized Sequential/functional model to ``modules``;
     returns the name of a layer making a Keras mask before them (or ``mask``), which a
@@ -553,27 +588,41 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
     functional = isinstance(model, dict) and model.get("class_name") == "Functional"
     made = None  # a functional model's first mask-making layer (or nested model making one)
     custom = None  # a Sequential's first custom layer (it may make a mask unseen)
-    for entry in _model_layers(model, path):
+    entries = _model_layers(model, path)
+    # a functional model: which layers each reads from, and the mask sources met so far (its
+    # layers come in the order they run: a layer's sources come before it)
+    inbound = {str(e.get("config", {}).get("name")): _inbound_layers(e)
+               for e in entries} if functional else {}
+    sources = {}
+
+    def fed_mask(entry, name):
+        """The mask a functional model's layer is called with, named by its source."""
+        fed = _mask_fed(entry)
+        source = _mask_source(str(name), inbound, sources)
+        return source or (prefix + fed if fed and fed != "a mask" else fed)
+
+    for entry in entries:
         class_name, name = entry.get("class_name"), entry.get("config", {}).get("name")
         base = _snake_case(str(class_name))
         used[base] = used.get(base, -1) + 1
         layer_group = f"{group}layers/{base}" + (f"_{used[base]}" if used[base] else "")
         if class_name in _MODELS:
             # in a Sequential a mask made before reaches every later layer, the nested
-            # model's too; in a functional model only what a layer is called with does (the
-            # nested model's inbound mask, and a mask it makes reaches none of its siblings)
-            fed = _mask_fed(entry) if functional else None
+            # model's too; in a functional model what a layer reads from, through any
+            # layers between (the nested model's inbound mask, or a mask it makes)
+            fed = fed_mask(entry, name) if functional else None
             inner = _collect(entry, store, f"{layer_group}/", f"{prefix}{name}/", path,
-                             modules, (prefix + fed if fed != "a mask" else fed) if fed
-                             else None if functional else mask)
+                             modules, fed if functional else mask)
             if not functional:
                 mask = inner
-            elif inner:
+            elif inner or fed:
                 made = made or inner
+                sources[str(name)] = inner or fed
             continue
         if _makes_mask(entry):
             if functional:
                 made = made or prefix + str(name)
+                sources[str(name)] = prefix + str(name)
             else:
                 mask = mask or prefix + str(name)
         elif not functional and _may_make_mask(entry):
@@ -587,9 +636,8 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
                               f"(it loads recurrent layers of the model itself, not wrapped "
                               f"ones)", stacklevel=3)
             continue
-        fed = mask or (functional and _mask_fed(entry))
+        fed = fed_mask(entry, name) if functional else mask
         if fed:
-            fed = fed if fed is mask else prefix + fed
             raise ValueError(f"path: {path!r}: {_describe(class_name, name)} comes after "
                              f"{fed!r}, which makes a Keras mask (Masking, Embedding(mask_zero="
                              f"True), a Lambda's mask...): Keras skips the masked steps, which "
