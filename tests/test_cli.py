@@ -303,7 +303,11 @@ def test_options_of_two_benchmarks_are_refused(capsys):
             (["--regimes", "b2b", "--precision", "bf16"], "--regimes and --precision bf16"),
             (["--framework", "onnx", "--memory"], "--memory: measured by the main CPU table "
                                                   "only, not with --framework onnx"),
-            (["--variants", "proj", "--deterministic"], "--deterministic: measured by the main")):
+            (["--variants", "proj", "--deterministic"], "--deterministic: measured by the main"),
+            # an option only another bench reads (the float32 table ran, exit 0)
+            (["--precisions", "bf16"], "--precisions bf16: read by --device cuda only"),
+            (["--variants", "proj", "--cells", "rnn"], "--cells rnn: not read by --variants"),
+            (["--attention", "dot", "--cells", "gru"], "--cells gru: not read by --attention")):
         assert expected in error_of(capsys, "bench", *argv)
 
 

@@ -48,8 +48,9 @@ def add_arguments(p):
     p.add_argument("--json", default=None, type=path, metavar="PATH", help="write every row as JSON")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the CUDA kernels against cuDNN (fusedrnn.benchmark_gpu)")
-    p.add_argument("--precisions", default="fp32,tf32",
-                   help="--device cuda: fp32, tf32 and/or bf16 (torch.autocast's on cuDNN)")
+    p.add_argument("--precisions", default=None,
+                   help="--device cuda: fp32, tf32 and/or bf16 (torch.autocast's on cuDNN; "
+                        "default fp32,tf32)")
     p.add_argument("--precision", type=precision("fp32", "bf16"), choices=("fp32", "bf16"),
                    default="fp32",
                    help="bf16: CPU inference (and --modes train) in float32 and under bfloat16 "
@@ -658,6 +659,15 @@ def _check_one_benchmark(args):
     if len(selected) > 1:
         raise ValueError(f"{' and '.join(selected)}: each selects its own benchmark; run them "
                          f"one at a time")
+    device = getattr(args, "device", "cpu")
+    if getattr(args, "precisions", None) is not None and device != "cuda":
+        raise ValueError(f"--precisions {args.precisions}: read by --device cuda only (on the "
+                         f"CPU: --precision bf16)")
+    given_cells = getattr(args, "cells", None) is not None
+    for option, why in (("attention", "it times attention steps, of no cell"),
+                        ("variants", "each variant has its own cell")):
+        if given_cells and getattr(args, option, None) is not None:
+            raise ValueError(f"--cells {args.cells}: not read by --{option} ({why})")
     main_only = [name for name, on in (("--memory", getattr(args, "memory", False)),
                                        ("--deterministic", getattr(args, "deterministic", False)),
                                        ("--no-stacked", getattr(args, "no_stacked", False)))
