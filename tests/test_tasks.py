@@ -59,6 +59,17 @@ def test_adding_gated_cell_beats_baseline(capsys, tmp_path):
     assert plot.stat().st_size > 1000
 
 
+def test_adding_with_a_fixed_training_set_takes_steps_batches_an_epoch(capsys, tmp_path):
+    """--train-size N: --steps optimizer steps an epoch still (one pass over 100 samples gave
+    4 of the 50 asked, and the plot's steps axis said 50)."""
+    checkpoint = tmp_path / "adding.ckpt"
+    run_json(capsys, "train", "adding", "--length", "6", "--cells", "gru", "--hidden", "4",
+             "--train-size", "100", "--batch-size", "32", "--steps", "9", "--epochs", "2",
+             "--checkpoint", str(checkpoint))
+    (stage,) = fr.load(checkpoint)["stages"].values()
+    assert stage["step"] == 18
+
+
 def test_chars_beats_unigram_and_generates(capsys, tmp_path):
     model = tmp_path / "chars.npz"
     m = run_json(capsys, "train", "chars", "--max-chars", "30000", "--hidden", "64",

@@ -58,7 +58,8 @@ def add_arguments(p):
     p.add_argument("--steps", type=positive_int, default=DEFAULTS["steps"],
                    help="optimizer steps per epoch (each on a fresh batch)")
     p.add_argument("--train-size", type=positive_int, default=None,
-                   help="a fixed training set of this size instead of fresh batches")
+                   help="a fixed training set of this size instead of fresh batches (--steps "
+                        "batches an epoch still, in shuffled passes over it)")
     p.set_defaults(epochs=DEFAULTS["epochs"])
 
 
@@ -85,8 +86,11 @@ def train_cell(cell, args, x_test, y_test, progress=True):
         return loss
 
     def batches(epoch):
-        if args.train_size:
-            return list(data.batches(args.train_size, args.batch_size, rng=rng))[:args.steps]
+        if args.train_size:  # --steps batches: as many shuffled passes over the set as that takes
+            passes = []
+            while len(passes) < args.steps:
+                passes += data.batches(args.train_size, args.batch_size, rng=rng)
+            return passes[:args.steps]
         return [int(rng.integers(2**31)) for _ in range(args.steps)]
 
     def evaluate(epoch):
