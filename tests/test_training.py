@@ -119,6 +119,11 @@ def test_fit_loop_history():
     assert seen == [1, 2, 3, 1, 2, 3]
     assert [h["loss"] for h in history] == [2.0, 2.0]
     assert [h["metric"] for h in history] == [10.0, 20.0]
+    # index arrays (fusedrnn.data.batches'): each batch weighs its samples, as Keras' History
+    per_sample = np.r_[np.full(32, 1.0), np.full(8, 5.0)]
+    history = fit(lambda i: per_sample[i].mean(),
+                  lambda e: list(fr.data.batches(40, 32, shuffle=False)), 1, progress=False)
+    assert history[0]["loss"] == pytest.approx(per_sample.mean())  # (the batches' mean: 3.0)
 
 
 def test_truncated_bptt_and_checkpointer_check_their_arguments():
@@ -208,8 +213,8 @@ def test_a_stage_name_runs_once_under_a_checkpointer(tmp_path):
 
 
 def test_fit_checks_batches_keeps_other_stages_and_an_ignored_sigint(tmp_path):
-    """With a checkpoint, batches fr.save cannot store are refused before training (they failed
-    at the first write); a resumed file's stages this run does not reach stay in the files it
+    """With a checkpoint, batches and state fr.save cannot store are refused before training
+    (they failed at the first write); a resumed file's stages this run does not reach stay in the files it
     writes (a renamed desc lost the interrupted run); SIGINT ignored stays ignored."""
     import os
     import signal
@@ -218,6 +223,12 @@ def test_fit_checks_batches_keeps_other_stages_and_an_ignored_sigint(tmp_path):
     with pytest.raises(TypeError, match="make_batches: with a checkpoint"):
         fit(lambda b: 0.0, lambda e: [slice(0, 4)], 1, progress=False,
             checkpoint=Checkpointer(path, 2))
+    steps = []  # a state it cannot save: refused before the first step, not at the first write
+    with pytest.raises(TypeError, match=r"state: with a checkpoint.*cannot save an object of "
+                                        r"type set"):
+        fit(lambda b: steps.append(b) or 0.0, lambda e: [np.arange(2)] * 5, 3, progress=False,
+            state={"carry": {"state": (np.zeros(2), {1, 2})}}, checkpoint=Checkpointer(path, 4))
+    assert steps == [] and not path.exists()
     fit(lambda b: 0.0, lambda e: [np.arange(2)] * 3, 1, progress=False, desc="phase-a",
         checkpoint=Checkpointer(path, 2))
     fit(lambda b: 0.0, lambda e: [np.arange(2)] * 3, 1, progress=False, desc="phase-b",

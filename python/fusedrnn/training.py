@@ -135,12 +135,27 @@ def _chunk_weight(loss_fn, target):
     return int(np.count_nonzero(np.asarray(target) != ignore))
 
 
+def _epoch_loss(losses, batches):
+    """The epoch's loss: its batches' losses weighted by their sizes where the batches are
+    index arrays (``fusedrnn.data.batches``'s: a short last batch counts for its samples, as
+    Keras' History counts it), else their plain mean; NaN for no batch."""
+    if not losses:
+        return float("nan")
+    sizes = [len(b) if isinstance(b, np.ndarray) and b.ndim == 1 else None
+             for b in batches[:len(losses)]]
+    if None in sizes or not sum(sizes):
+        return float(np.mean(losses))
+    return float(np.dot(losses, sizes) / sum(sizes))
+
+
 def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progress=True,
         desc="train", state=None, checkpoint=None):
     """A plain epoch loop. ``make_batches(epoch)`` returns a list of batches,
     ``train_step(batch)`` trains on one and returns its loss, ``evaluate(epoch)`` (optional)
     returns a dict of metrics, ``scheduler.step()`` runs after each epoch. A tqdm bar shows the
-    batches and the running loss. Returns one dict per epoch: epoch, loss, seconds, metrics.
+    batches and the running loss. Returns one dict per epoch: epoch, loss (the batches' losses
+    weighted by their sizes where they are index arrays, as ``fusedrnn.data.batches`` makes;
+    else their mean), seconds, metrics.
 
     With ``checkpoint`` (a :class:`Checkpointer`) the run survives interruption: ``state``
     names every object whose state the steps change (``{"model": model, "optimizer": opt,
@@ -161,6 +176,8 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
     objects = dict(state or {})
     if scheduler is not None:
         objects.setdefault("scheduler", scheduler)
+    if checkpoint is not None and checkpoint.path is not None:
+        _check_storable(gather_state(objects), "state")  # (not at the first write, steps later)
     pos = (checkpoint.restore(desc, objects) if checkpoint is not None else None) or _Position()
     tqdm = _tqdm() if progress else None
     start = time.perf_counter() - pos.seconds
@@ -206,8 +223,7 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
                 finally:
                     if bar is not None:
                         bar.close()
-                record = {"epoch": pos.epoch,
-                          "loss": float(np.mean(pos.losses)) if pos.losses else float("nan")}
+                record = {"epoch": pos.epoch, "loss": _epoch_loss(pos.losses, pos.batches)}
                 if evaluate is not None:
                     record.update(_metrics(evaluate(pos.epoch)))
                 if scheduler is not None:
@@ -270,16 +286,21 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
-def _check_storable(batches):
-    """Checkpoints hold the epoch's batches (the order they run in): refuse, before training,
-    batches ``fr.save`` cannot store (a slice, an object) rather than fail at the first write."""
+def _check_storable(value, what="batches"):
+    """Checkpoints hold the epoch's batches (the order they run in) and the state of the
+    objects ``state`` names: refuse, before training, what ``fr.save`` cannot store (a slice,
+    a set, an object) rather than fail at the first write, steps later or on Ctrl-C."""
     from . import io
     try:
-        io._encode(batches, {}, "batches")
+        io._encode(value, {}, what)
     except (TypeError, ValueError) as error:
-        raise TypeError(f"make_batches: with a checkpoint, each epoch's batches are saved in it, "
-                        f"so they must be arrays, numbers, strings or lists/tuples/dicts of them "
-                        f"(e.g. index arrays); {error}") from None
+        if what == "batches":
+            raise TypeError(f"make_batches: with a checkpoint, each epoch's batches are saved in "
+                            f"it, so they must be arrays, numbers, strings or lists/tuples/dicts "
+                            f"of them (e.g. index arrays); {error}") from None
+        raise TypeError(f"state: with a checkpoint, the state of the objects it names is saved "
+                        f"in it, so a dict it names must hold arrays, numbers, strings or "
+                        f"lists/tuples/dicts of them; {error}") from None
 
 
 @contextlib.contextmanager
