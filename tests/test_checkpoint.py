@@ -413,6 +413,26 @@ def test_bad_resume_files_are_one_clear_line(tmp_path, capsys, digits_checkpoint
                                                              str(model))
 
 
+def test_resume_knows_the_data_by_its_contents(tmp_path, capsys):
+    """--data is recorded by its contents: the same file under another path resumes (it was
+    refused), another file under the same path is refused (it resumed on other data)."""
+    import shutil
+    csv = reviews_csv(tmp_path)
+    checkpoint = tmp_path / "run.ckpt"
+    argv = ["train", "classify-text", "--hidden", "4", "--embedding", "4", "--batch-size", "8",
+            "--epochs", "1", "--no-progress", "--checkpoint", str(checkpoint)]
+    assert main(argv + ["--data", csv]) == 0
+    moved = tmp_path / "moved" / "reviews.csv"
+    moved.parent.mkdir()
+    shutil.copy(csv, moved)
+    assert main(argv + ["--data", str(moved), "--resume", str(checkpoint)]) == 0
+    capsys.readouterr()
+    with open(moved, "a") as f:
+        f.write("a good film,pos\n")
+    line = error_of(capsys, *argv, "--data", str(moved), "--resume", str(checkpoint))
+    assert "written by a run with --data contents sha256" in line
+
+
 def test_checkpoint_of_another_run_is_refused(tmp_path, capsys, digits_checkpoint):
     ckpt = str(digits_checkpoint)
     assert f"{ckpt}: a checkpoint of `fusedrnn train digits`, not of `fusedrnn train chars`" in \

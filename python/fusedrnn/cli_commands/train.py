@@ -169,12 +169,38 @@ NOT_TRAINING = {"json", "plot", "save", "no_progress", "history", "threads", "de
                 "timing_seconds", "no_timing", "beam"}
 
 
+def data_identity(data):
+    """What a checkpoint records of --data: its contents (a file's, or a folder's files'), not
+    its name: the same data under another path resumes, other data under the same path is
+    refused (it resumed, no longer bit for bit)."""
+    import hashlib
+    import os
+    if data is None:
+        return None
+    files = [data] if not os.path.isdir(data) else sorted(
+        os.path.join(root, name) for root, _, names in os.walk(data) for name in names)
+    digest, size = hashlib.sha256(), 0
+    try:
+        for name in files:
+            digest.update(os.path.relpath(name, data).encode() if name != data else b"")
+            with open(name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                    size += len(block)
+    except OSError:
+        return data  # (the task names what it cannot read)
+    return f"contents sha256 {digest.hexdigest()[:16]}, {size} bytes"
+
+
 def make_checkpointer(args):
     """The Checkpointer of --checkpoint/--checkpoint-every/--resume; the run it describes (the
-    command and every option that changes training) is what a resumed file must match."""
+    command and every option that changes training, --data by its contents) is what a
+    resumed file must match."""
     from fusedrnn.training import Checkpointer
     command = f"train {args.task}" if getattr(args, "task", None) else args.command
     options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAINING}
+    if options.get("data") is not None:
+        options["data"] = data_identity(options["data"])
     return Checkpointer(args.checkpoint, args.checkpoint_every, args.resume,
                         run={"command": command, "options": options}, ignore=NOT_TRAINING)
 
