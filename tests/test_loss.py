@@ -113,6 +113,17 @@ def test_integer_inputs_and_misshapen_gradients_are_named():
     assert ce.backward(np.ones((2, 3))).shape == (2, 3, 4)
 
 
+def test_logits_of_no_class_axis_or_no_class_are_named():
+    """0-d logits were blamed on target ("expected shape () ... got ()"), [N, 0] logits gave
+    NumPy's reduction error; softmax over no class is empty, as torch's."""
+    ce = fr.nn.CrossEntropyLoss()
+    for logits, target in ((np.array(1.0), np.array(0)), (np.zeros((2, 0)), np.array([0, 0]))):
+        with pytest.raises(ValueError, match=r"^logits: expected classes on the last axis"):
+            ce(logits, target)
+    from fusedrnn.nn.loss import log_softmax
+    assert fr.nn.softmax(np.zeros((2, 0))).shape == log_softmax(np.zeros((2, 0))).shape == (2, 0)
+
+
 def test_a_reduced_loss_takes_a_number_and_gives_the_inputs_dtype():
     """An array grad for "mean"/"sum" scaled the classes it broadcast over (a plausible wrong
     gradient); Dropout took a dout of another shape the same way. MSELoss gave a float32 input

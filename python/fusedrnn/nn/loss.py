@@ -23,6 +23,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 def log_softmax(logits, axis=-1):
     """log softmax along ``axis``, shifted by the maximum so no exponent overflows."""
+    if logits.shape[axis] == 0:  # (no class: nothing to normalise, as torch's)
+        return np.array(logits, copy=True)
     shifted = logits - logits.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
@@ -30,6 +32,8 @@ def log_softmax(logits, axis=-1):
 def softmax(logits, axis=-1):
     """softmax along ``axis`` (probabilities summing to 1), shifted by the maximum so no
     exponent overflows."""
+    if logits.shape[axis] == 0:
+        return np.array(logits, copy=True)
     shifted = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=axis, keepdims=True)
@@ -87,7 +91,10 @@ class CrossEntropyLoss(Module):
         if target.dtype.kind not in "iu":
             raise TypeError(f"target: expected an integer array of class indices, got dtype "
                             f"{target.dtype}")
-        if logits.ndim < 1 or target.shape != logits.shape[:-1]:
+        if logits.ndim < 1 or logits.shape[-1] == 0:
+            raise ValueError(f"logits: expected classes on the last axis (at least one), got "
+                             f"shape {logits.shape}")
+        if target.shape != logits.shape[:-1]:
             raise ValueError(f"target: expected shape {logits.shape[:-1]} (logits without its "
                              f"class axis), got {target.shape}")
         C = logits.shape[-1]
