@@ -23,14 +23,20 @@ def test_matmul_matches_numpy(dtype, tol, M, K, N, trans_a, trans_b):
         assert np.max(np.abs(got - want)) <= tol * np.sqrt(K) * np.max(np.abs(want))
 
 
-def test_matmul_leading_dimensions_views_and_empty():
+def test_matmul_leading_dimensions_views_and_empty(monkeypatch):
+    # products past _POOL_MIN_MACS, so that the kernels' matmul takes them (smaller ones go to
+    # NumPy's @: the test compared @ with itself)
+    calls = []
+    real = _C.matmul
+    monkeypatch.setattr(_C, "matmul", lambda *args: calls.append(args[2:]) or real(*args))
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((4, 5, 6)).astype(np.float32)
-    w = rng.standard_normal((7, 6)).astype(np.float32)
-    np.testing.assert_allclose(F.matmul(x, w, trans_b=True), x @ w.T, rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal((16, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((128, 64)).astype(np.float32)
+    np.testing.assert_allclose(F.matmul(x, w, trans_b=True), x @ w.T, rtol=1e-5, atol=1e-4)
+    strided = x[:, ::2].reshape(-1, 64)[:, ::-1]  # not contiguous: copied first
+    np.testing.assert_allclose(F.matmul(strided, w.T), strided @ w.T, rtol=1e-5, atol=1e-4)
+    assert calls == [(False, True), (False, False)]
     np.testing.assert_allclose(F.matmul(x[0, 0], w, trans_b=True), x[0, 0] @ w.T, rtol=1e-5)
-    strided = x[:, ::2].reshape(-1, 6)[:, ::-1]  # not contiguous: copied first
-    np.testing.assert_allclose(F.matmul(strided, w.T), strided @ w.T, rtol=1e-5, atol=1e-5)
     assert _C.matmul(np.ones((0, 3)), np.ones((3, 4))).shape == (0, 4)
     empty_sum = _C.matmul(np.ones((2, 0)), np.ones((0, 3)))
     assert empty_sum.shape == (2, 3) and not empty_sum.any()

@@ -134,31 +134,32 @@ def test_info_cli_prints_the_cpu_table(capsys):
 # Shapes whose strategy depends on the row (an LSTM W_hh of 1 MiB is "in cache" for the EPYC's
 # row, not for the Xeon's) and on the thread count: every row's result matches the reference.
 CHECK = r"""
-import sys, numpy as np, fusedrnn as fr
+import json, numpy as np, fusedrnn as fr, fusedrnn._C as C
 from fusedrnn import functional as F, reference as R
 fr.set_num_threads(2)
-worst = 0.0
-for cell, T, N, I, H in [("lstm", 6, 8, 32, 256), ("gru", 6, 16, 32, 128), ("lstm", 9, 1, 16, 64)]:
-    G = {"lstm": 4, "gru": 3}[cell]
+worst, plans = 0.0, {}
+for cell, T, N, I, H in [("lstm", 6, 8, 32, 256), ("lstm", 6, 8, 32, 176), ("gru", 6, 8, 32, 176),
+                         ("gru", 6, 16, 32, 128), ("rnn", 6, 8, 32, 256), ("lstm", 9, 1, 16, 64)]:
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, N, I))
     h0 = rng.standard_normal((N, H)) * .1
     c0 = rng.standard_normal((N, H)) * .1
     w = [rng.standard_normal(s) * .1 for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
     lengths = np.arange(N) % (T + 1)
-    if cell == "lstm":
-        y, h, c, ctx = F.lstm_forward(x, h0, c0, *w, lengths=lengths, training=True)
-        ry, rh, rc, rctx = R.lstm_forward(x, h0, c0, *w, lengths=lengths, training=True)
-    else:
-        y, h, ctx = F.gru_forward(x, h0, *w, lengths=lengths, training=True)
-        ry, rh, rctx = R.gru_forward(x, h0, *w, lengths=lengths, training=True)
+    states = (h0, c0) if cell == "lstm" else (h0,)
+    y, h, *_, ctx = getattr(F, cell + "_forward")(x, *states, *w, lengths=lengths, training=True)
+    ry, rh, *_, rctx = getattr(R, cell + "_forward")(x, *states, *w, lengths=lengths,
+                                                      training=True)
     dy = rng.standard_normal(y.shape)
     got = getattr(F, cell + "_backward")(ctx, dy)
     want = getattr(R, cell + "_backward")(rctx, dy)
     for a, b in zip((y, h, *got), (ry, rh, *want)):
         if a is not None and b is not None:
             worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
-print(worst)
+    plan = C.plan(cell, "tanh", T, N, I, H, np.dtype(np.float64), True, 2)["forward"]
+    plans[f"{cell} N={N} H={H}"] = [plan["loop"], plan["projection"], plan["loop_slices"]]
+print(json.dumps({"worst": worst, "plans": plans}))
 """
 
 
@@ -278,20 +279,30 @@ def test_by_samples_loops_take_slices_a_thread_by_the_table():
                 assert plan[way]["loop_slices"] == slices, (tuning, N, way)
 
 
-# Every row, the inputs in the steps' products forced for every cell (with AVX2 kernels their
-# default is the LSTM's alone): LSTM B=8 H=256 by units on 2 threads there; and every slice
-# streaming W_hh (LSTM B=8 H=256 by samples on every row).
-@pytest.mark.parametrize("row,tuning", [
-    ("intel", ""), ("amd", ""), ("other", ""),
-    ("amd", "step_inputs_min_gates=1,step_inputs_max_weight_bytes=0"),
-    ("intel", "stream_min_samples=4,stream_max_weight_bytes=100000000"),
-    ("intel", "sample_slices_per_thread=2")])
-def test_every_table_row_matches_the_reference(row, tuning):
+# Each CPU table row and forced entry, float64 training on 2 threads (W_hh of the LSTM at H=176
+# 1 MiB, in a core's cache on AMD's row, not on Intel's), held to the reference, with the plan
+# it exists for (on either ISA; CI runs the suite with AVX2 kernels too): AMD's row streams
+# the LSTM by samples where Intel's runs it by units with the inputs in the steps' products;
+# the inputs forced into the steps for every cell (AVX2's default: the LSTM's alone) give the
+# GRU its own inputs per slice; every slice streaming W_hh; two sample slices a thread.
+@pytest.mark.parametrize("row, tuning, shape, loop, projection, slices", [
+    ("intel", "", "lstm N=8 H=176", "by units", "in the steps' products", 2),
+    ("amd", "", "lstm N=8 H=176", "by samples", "per slice", 2),
+    ("intel", "step_inputs_min_gates=1,step_inputs_max_weight_bytes=0", "gru N=8 H=176",
+     "by units", "per slice", 2),
+    ("intel", "stream_min_samples=4,stream_max_weight_bytes=100000000", "lstm N=8 H=256",
+     "by samples", "per slice", 2),
+    ("intel", "sample_slices_per_thread=2", "gru N=16 H=128", "by samples", "per slice", 4)])
+def test_every_table_row_matches_the_reference(row, tuning, shape, loop, projection, slices):
     env = dict(os.environ, FUSEDRNN_CPU_TABLE=row, FUSEDRNN_TUNING=tuning)
     out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout) < 1e-10
+    result = json.loads(out.stdout)
+    assert result["worst"] < 1e-10
+    got_loop, got_projection, got_slices = result["plans"][shape]
+    assert (got_loop, got_slices) == (loop, slices) and got_projection.startswith(projection), \
+        (row, tuning, result["plans"])
 
 
 
