@@ -459,6 +459,32 @@ def test_load_weights_refuses_a_recurrent_layer_after_a_mask(masking, tmp_path, 
             path = _save(model, tmp_path, "carried.keras")
         with pytest.raises(ValueError, match=rf"layer \(GRU 'g'\) comes after '{source}'"):
             _load_without_keras(path, monkeypatch)
+    # ... but not past a layer that ends it (pooling, a convolution, a reshape, a last step;
+    # Keras runs the recurrent layer after them unmasked), nor through a shared layer's call
+    # on unmasked input, nor out of a nested model that pools it: those load (they were
+    # refused)
+    with warnings.catch_warnings():  # (Keras' warnings that these layers "destroy" the mask)
+        warnings.simplefilter("ignore")
+        steps = keras.Input((4, 2))
+        masked = keras.layers.Masking(0.0, name="pad")(steps)
+        for ends in (keras.layers.Flatten(), keras.layers.Conv1D(2, 1)):
+            carried = keras.layers.Reshape((4, 2))(ends(masked)) if isinstance(
+                ends, keras.layers.Flatten) else ends(masked)
+            model = keras.Model(steps, keras.layers.LSTM(3, name="after")(carried))
+            assert list(_load_without_keras(_save(model, tmp_path, "ends.keras"), monkeypatch)) == \
+                ["after"]
+        a, b = keras.Input((4, 2)), keras.Input((4, 2))
+        shared = keras.layers.Dense(2, name="shared")
+        pooled = keras.layers.GlobalAveragePooling1D()(shared(keras.layers.Masking(0.0)(a)))
+        model = keras.Model([a, b], [pooled, keras.layers.LSTM(3, name="free")(shared(b))])
+        loaded = _load_without_keras(_save(model, tmp_path, "sh.keras"), monkeypatch)
+        assert list(loaded) == ["free"]
+        i = keras.Input((4, 2))
+        pools = keras.Model(i, keras.layers.RepeatVector(4)(keras.layers.GlobalAveragePooling1D()(
+            keras.layers.Masking(0.0)(i))), name="pools")
+        model = keras.Model(steps, keras.layers.LSTM(3, name="after")(pools(steps)))
+        assert list(_load_without_keras(_save(model, tmp_path, "pools.keras"), monkeypatch)) == \
+            ["after"]
     # a functional model that makes a mask, in a Sequential: the layers after it are refused
     i = keras.Input((4, 2))
     masking = keras.Model(i, keras.layers.Dense(2)(keras.layers.Masking(0.0, name="msk")(i)),

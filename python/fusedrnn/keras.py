@@ -538,39 +538,101 @@ def _mask_fed(entry):
     return None
 
 
-def _inbound_layers(entry):
-    """The names of the layers and operations a functional model's layer takes tensors from
-    (its inbound nodes' arguments, a mask argument included)."""
-    def names(value):
-        if isinstance(value, (list, tuple)):
-            for part in value:
-                yield from names(part)
-        elif isinstance(value, dict):
-            history = value.get("config", {}).get("keras_history") \
-                if isinstance(value.get("config"), dict) else None
-            if history:
-                yield str(history[0])
-            else:
-                for part in value.values():
-                    yield from names(part)
-    return set(names(entry.get("inbound_nodes") or []))
+# Layers whose output carries no Keras mask whatever their input's (pooling over the steps,
+# convolutions, reshapes: measured with Keras 3, the recurrent layer after them runs
+# unmasked); a recurrent layer returning its last step alone ends it too (_ends_mask).
+_MASK_ENDS = {"GlobalAveragePooling1D", "GlobalMaxPooling1D", "AveragePooling1D",
+              "MaxPooling1D", "Conv1D", "SeparableConv1D", "DepthwiseConv1D", "Conv1DTranspose",
+              "Flatten", "Reshape", "RepeatVector", "Permute", "Cropping1D", "UpSampling1D",
+              "ZeroPadding1D"}
 
 
-def _mask_source(name, inbound, sources):
-    """A mask source (``sources``: layer name -> the name to say) among the layers ``name``
-    reads from, directly or through others (``inbound``), or None. Keras carries a mask
-    through the layers between, a nested model's included, where the saved config shows it
-    on no node."""
-    seen, stack = set(), list(inbound.get(name, ()))
+def _ends_mask(entry):
+    """Whether a serialized layer's output carries no mask (a nested model: whether no mask
+    reaches its outputs, :func:`_carries_mask`)."""
+    kind, config = entry.get("class_name"), entry.get("config", {})
+    if kind in _MODELS:
+        return not _carries_mask(entry)
+    if kind in (*_LAYERS, "RNN", "Bidirectional"):
+        inner = config.get("layer", {}).get("config", {}) if kind == "Bidirectional" else config
+        return not inner.get("return_sequences", False)
+    return kind in _MASK_ENDS
+
+
+def _histories(value):
+    """The (layer, node index) of every serialized tensor in an inbound node's arguments."""
+    if isinstance(value, (list, tuple)):
+        for part in value:
+            yield from _histories(part)
+    elif isinstance(value, dict):
+        config = value.get("config")
+        history = config.get("keras_history") if isinstance(config, dict) else None
+        if history:
+            yield str(history[0]), int(history[1]) if len(history) > 1 else 0
+        else:
+            for part in value.values():
+                yield from _histories(part)
+
+
+def _graph(entries):
+    """A functional model's calls: {(layer, node index): the (layer, node index) it reads}, and
+    {layer: its serialized entry}."""
+    graph, by_name = {}, {}
+    for e in entries:
+        name = str(e.get("config", {}).get("name"))
+        by_name[name] = e
+        for i, node in enumerate(e.get("inbound_nodes") or []):
+            graph[(name, i)] = set(_histories(node))
+    return graph, by_name
+
+
+def _mask_source(start, graph, by_name, sources):
+    """The first mask source (``sources``: layer name -> the name to say) whose mask reaches
+    the calls ``start`` read, through the layers between that carry it (Keras carries a mask
+    through Dense, Dropout, a nested model... where the saved graph shows it on no node), or
+    None."""
+    seen, stack = set(), [n for node in start for n in graph.get(node, ())]
     while stack:
-        layer = stack.pop()
-        if layer in seen:
+        node = stack.pop()
+        if node in seen:
             continue
-        seen.add(layer)
+        seen.add(node)
+        layer = node[0]
         if layer in sources:
             return sources[layer]
-        stack.extend(inbound.get(layer, ()))
+        entry = by_name.get(layer)
+        if entry is not None and _ends_mask(entry):
+            continue
+        stack.extend(graph.get(node, ()))
     return None
+
+
+def _carries_mask(model):
+    """Whether a mask given to a serialized nested model, or made inside it, can reach its
+    outputs (a model that pools, reshapes or returns a last step drops it)."""
+    entries = _model_layers(model, "")
+    if model.get("class_name") != "Functional":  # a Sequential: the last mask ender or maker
+        for entry in reversed(entries[1:] if entries and entries[0].get("class_name") ==
+                              "InputLayer" else entries):
+            if _makes_mask(entry):
+                return True
+            if _ends_mask(entry):
+                return False
+        return True
+    graph, by_name = _graph(entries)
+    sources = {name: name for name, e in by_name.items()
+               if _makes_mask(e) or e.get("class_name") == "InputLayer"}
+    outputs = model["config"].get("output_layers") or []
+    outputs = [outputs] if outputs and not isinstance(outputs[0], list) else outputs
+    ends = [(str(o[0]), int(o[1])) for o in outputs if isinstance(o, list) and o]
+    for layer, node in ends:  # an output layer itself: its call, then what it reads
+        if layer in sources:
+            return True
+        entry = by_name.get(layer)
+        if (entry is None or not _ends_mask(entry)) and \
+                _mask_source([(layer, node)], graph, by_name, sources):
+            return True
+    return False
 
 
 def _collect(model, store, group, prefix, path, modules, mask=None):
@@ -589,16 +651,18 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
     made = None  # a functional model's first mask-making layer (or nested model making one)
     custom = None  # a Sequential's first custom layer (it may make a mask unseen)
     entries = _model_layers(model, path)
-    # a functional model: which layers each reads from, and the mask sources met so far (its
-    # layers come in the order they run: a layer's sources come before it)
-    inbound = {str(e.get("config", {}).get("name")): _inbound_layers(e)
-               for e in entries} if functional else {}
-    sources = {}
+    # a functional model: its calls, and the mask sources met so far (its layers come in the
+    # order they run: a layer's sources come before it); a mask fed to the model from outside
+    # comes in through its inputs
+    graph, by_name = _graph(entries) if functional else ({}, {})
+    sources = {name: mask for name, e in by_name.items()
+               if mask and e.get("class_name") == "InputLayer"}
 
     def fed_mask(entry, name):
         """The mask a functional model's layer is called with, named by its source."""
         fed = _mask_fed(entry)
-        source = _mask_source(str(name), inbound, sources)
+        calls = [node for node in graph if node[0] == str(name)]
+        source = _mask_source(calls, graph, by_name, sources)
         return source or (prefix + fed if fed and fed != "a mask" else fed)
 
     for entry in entries:
@@ -615,9 +679,10 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
                              modules, fed if functional else mask)
             if not functional:
                 mask = inner
-            elif inner or fed:
+            elif inner:
                 made = made or inner
-                sources[str(name)] = inner or fed
+                if _carries_mask(entry):  # (a mask fed to it: found through its inputs)
+                    sources[str(name)] = inner
             continue
         if _makes_mask(entry):
             if functional:
