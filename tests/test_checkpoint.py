@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import fusedrnn as fr
 import numpy as np
@@ -431,6 +432,37 @@ def test_resume_knows_the_data_by_its_contents(tmp_path, capsys):
         f.write("a good film,pos\n")
     line = error_of(capsys, *argv, "--data", str(moved), "--resume", str(checkpoint))
     assert "written by a run with --data contents sha256" in line
+    # a checkpoint of an earlier release recorded the path: compared as the path
+    saved = fr.load(checkpoint)
+    saved["run"]["options"]["data"] = csv
+    fr.save(saved, checkpoint)
+    assert main(argv + ["--data", csv, "--resume", str(checkpoint)]) == 0
+    # a pipe is read by the task alone (it was drained for its hash first, with or without
+    # a checkpoint)
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as f:
+        f.write(Path(csv).read_text())  # (small: within the pipe's buffer)
+    assert main(argv[:-2] + ["--data", f"/dev/fd/{read}"]) == 0
+    os.close(read)
+
+
+def test_resume_knows_an_mnist_folder_by_the_files_it_reads(tmp_path, capsys):
+    """A checkpoint written into the --data folder resumes (the folder's hash took in every
+    file under it, the checkpoint too)."""
+    from fusedrnn.data.digits import MNIST_STEMS
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for stem, shape in zip(MNIST_STEMS, ((40, 8, 8), (40,), (10, 8, 8), (10,))):
+        values = rng.integers(0, 10 if len(shape) == 1 else 256, shape).astype(np.uint8)
+        header = bytes([0, 0, 8, len(shape)]) + b"".join(n.to_bytes(4, "big") for n in shape)
+        (folder / stem).write_bytes(header + values.tobytes())
+    argv = ["train", "digits", "--data", str(folder), "--hidden", "4", "--batch-size", "16",
+            "--epochs", "1", "--no-progress", "--checkpoint", str(folder / "run.ckpt")]
+    assert main(argv) == 0
+    (folder / "notes.txt").write_text("not read by the task")
+    assert main(argv + ["--resume", str(folder / "run.ckpt")]) == 0
+    capsys.readouterr()
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, capsys, digits_checkpoint):

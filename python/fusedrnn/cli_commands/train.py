@@ -170,19 +170,21 @@ NOT_TRAINING = {"json", "plot", "save", "no_progress", "history", "threads", "de
 
 
 def data_identity(data):
-    """What a checkpoint records of --data: its contents (a file's, or a folder's files'), not
-    its name: the same data under another path resumes, other data under the same path is
-    refused (it resumed, no longer bit for bit)."""
+    """What a checkpoint records of --data: its contents (a file's; a folder's MNIST files,
+    which the digits task reads), not its name: the same data under another path resumes,
+    other data under the same path is refused (it resumed, no longer bit for bit). The path
+    itself where the contents are not plain files (a pipe is read once, by the task)."""
     import hashlib
     import os
-    if data is None:
-        return None
-    files = [data] if not os.path.isdir(data) else sorted(
-        os.path.join(root, name) for root, _, names in os.walk(data) for name in names)
-    digest, size = hashlib.sha256(), 0
+    import stat
+    from fusedrnn.data.digits import mnist_files
     try:
+        files = mnist_files(data) if os.path.isdir(data) else [data]
+        if not all(stat.S_ISREG(os.stat(name).st_mode) for name in files):
+            return data
+        digest, size = hashlib.sha256(), 0
         for name in files:
-            digest.update(os.path.relpath(name, data).encode() if name != data else b"")
+            digest.update(f"{os.path.basename(name)}\0{os.path.getsize(name)}\0".encode())
             with open(name, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
@@ -192,6 +194,16 @@ def data_identity(data):
     return f"contents sha256 {digest.hexdigest()[:16]}, {size} bytes"
 
 
+def _resumed_data(path):
+    """The --data a checkpoint at ``path`` was written with, or None (no such file, no such
+    entry, a damaged file: the Checkpointer says which)."""
+    from fusedrnn import io
+    try:
+        return io.load(path)["run"]["options"].get("data")
+    except Exception:  # noqa: BLE001 (reported by the Checkpointer, which reads it again)
+        return None
+
+
 def make_checkpointer(args):
     """The Checkpointer of --checkpoint/--checkpoint-every/--resume; the run it describes (the
     command and every option that changes training, --data by its contents) is what a
@@ -199,8 +211,11 @@ def make_checkpointer(args):
     from fusedrnn.training import Checkpointer
     command = f"train {args.task}" if getattr(args, "task", None) else args.command
     options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAINING}
-    if options.get("data") is not None:
-        options["data"] = data_identity(options["data"])
+    if options.get("data") is not None and (args.checkpoint or args.resume):
+        # (a checkpoint of an earlier release recorded the path: compared as it was)
+        saved = _resumed_data(args.resume) if args.resume else None
+        if not isinstance(saved, str) or saved.startswith("contents sha256"):
+            options["data"] = data_identity(options["data"])
     return Checkpointer(args.checkpoint, args.checkpoint_every, args.resume,
                         run={"command": command, "options": options}, ignore=NOT_TRAINING)
 

@@ -93,6 +93,16 @@ def _find(folder, stem):
     raise FileNotFoundError(f"{folder}: no {stem}[.gz] (expected the MNIST IDX files)")
 
 
+MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
+def mnist_files(folder):
+    """The four files :func:`load_mnist` reads in ``folder`` (FileNotFoundError if one is
+    missing)."""
+    return [_find(folder, stem) for stem in MNIST_STEMS]
+
+
 def load_mnist(folder, dtype: DTypeLike = np.float32, limit=None):
     """MNIST from a folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte,
     t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each optionally .gz): returns
