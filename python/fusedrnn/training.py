@@ -145,7 +145,8 @@ def _epoch_loss(losses, batches):
              for b in batches[:len(losses)]]
     if None in sizes or not sum(sizes):
         return float(np.mean(losses))
-    return float(np.dot(losses, sizes) / sum(sizes))
+    counted = [(loss, n) for loss, n in zip(losses, sizes) if n]  # (an empty batch's NaN: none)
+    return float(sum(loss * n for loss, n in counted) / sum(sizes))
 
 
 def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progress=True,
