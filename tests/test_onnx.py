@@ -149,6 +149,26 @@ def test_export_sequential_takes_ids_of_any_rank_and_integer_dtype(tmp_path):
         np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
 
 
+def test_export_of_parts_that_pass_x_on_and_of_no_steps(tmp_path):
+    """Dropout or Identity before the Embedding: the graph takes ids (it declared floats, which
+    Gather refused); a bidirectional layer's y on an x of no time steps (its Reshape inferred
+    a -1 from no element) in ONNX Runtime and our Backend."""
+    model = fr.nn.Sequential(fr.nn.Dropout(0.1), fr.nn.Identity(), fr.nn.Embedding(10, 3, seed=0),
+                             fr.nn.LSTM(3, 4, batch_first=True, seed=0)).eval()
+    ids = np.random.default_rng(0).integers(0, 10, (2, 5))
+    export(model, tmp_path / "m.onnx", ids)
+    np.testing.assert_allclose(_ort_run(tmp_path / "m.onnx", {"x": ids})[0], model(ids),
+                               rtol=0, atol=ATOL)
+    for layer in (fr.nn.LSTM(3, 4, bidirectional=True, seed=1),
+                  fr.nn.RNN(3, 4, 2, bidirectional=True, seed=2)):
+        layer.eval()
+        export(layer, tmp_path / "b.onnx", np.ones((2, 2, 3), np.float32))
+        x = np.zeros((0, 2, 3), np.float32)
+        assert _ort_run(tmp_path / "b.onnx", {"x": x})[0].shape == layer(x)[0].shape == (0, 2, 8)
+        got, *_ = Backend.prepare(onnx.load(tmp_path / "b.onnx")).run([x])
+        assert got.shape == (0, 2, 8)
+
+
 def test_export_restores_training_mode_and_writes_atomically(tmp_path):
     layer = fr.nn.LSTM(3, 4, dropout=0.0)
     path = tmp_path / "m.onnx"

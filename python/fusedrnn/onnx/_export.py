@@ -139,7 +139,8 @@ def _node_layer(g, layer, k, x, h0, c0, lengths, empty, prefix):
         y = g.node("Squeeze", [Y, g.ints(f"{prefix}axis", [1])], base=f"{prefix}y")
     else:
         y = g.node("Reshape", [g.node("Transpose", [Y], perm=[0, 2, 1, 3], base=f"{prefix}tndh"),
-                               g.ints(f"{prefix}shape", [0, 0, -1])], base=f"{prefix}y")
+                               g.ints(f"{prefix}shape", [0, 0, D * H])],  # (not -1: no
+                    base=f"{prefix}y")                   # element to infer it from at T = 0)
     return y, h_n, c_n
 
 
@@ -317,7 +318,8 @@ def _export_recurrent(g, layer, hx, lengths):
 
 
 def _export_sequential(g, model, x, y):
-    first = model[0] if len(model) else None
+    # the first part that reads x (Dropout and Identity before it pass it on)
+    first = next((m for m in model if not isinstance(m, (Dropout, Identity))), None)
     value = "x"
     if isinstance(first, Embedding):  # ids of any rank, in the example's integer dtype
         elem = g.helper.np_dtype_to_tensor_dtype(x.dtype)
