@@ -169,6 +169,27 @@ def test_export_of_parts_that_pass_x_on_and_of_no_steps(tmp_path):
         assert got.shape == (0, 2, 8)
 
 
+def test_backend_runs_a_graph_whose_inputs_and_outputs_have_no_shape(tmp_path):
+    """onnx.checker requires the field, ONNX Runtime runs such a model: so does prepare (it
+    raised the checker's error, naming nothing)."""
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    weights = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+               for n, s in (("W", (1, 4, 3)), ("R", (1, 4, 4)))]
+    for x_shape, y_shape in ((None, [5, 1, 2, 4]), ([5, 2, 3], None)):
+        graph = helper.make_graph(
+            [helper.make_node("RNN", ["x", "W", "R"], ["Y"], hidden_size=4)], "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, y_shape)], weights)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, tmp_path / "m.onnx")
+        expected = _ort_run(tmp_path / "m.onnx", {"x": x})[0]
+        got, = Backend.prepare(model).run([x])
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
 def test_export_restores_training_mode_and_writes_atomically(tmp_path):
     layer = fr.nn.LSTM(3, 4, dropout=0.0)
     path = tmp_path / "m.onnx"

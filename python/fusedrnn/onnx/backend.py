@@ -320,6 +320,22 @@ def _initializers(graph):
     return values
 
 
+def _with_shapes(model):
+    """``model``, or a copy whose graph inputs and outputs declared without a shape have one
+    of unknown rank for onnx.checker, which requires the field where ONNX Runtime runs the
+    model without it (the shapes are not read here: the arrays fed are)."""
+    def shapeless(v):
+        return v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+    if not any(map(shapeless, (*model.graph.input, *model.graph.output))):
+        return model
+    checked = onnx.ModelProto()
+    checked.CopyFrom(model)
+    for v in (*checked.graph.input, *checked.graph.output):
+        if shapeless(v):
+            v.type.tensor_type.shape.SetInParent()
+    return checked
+
+
 class FusedRnnRep(BackendRep):
     """A prepared model: ``run(inputs)`` takes the graph's inputs (a list in graph order, the
     initializers left out, or a dict by name) and returns its outputs as a list in graph order."""
@@ -408,7 +424,7 @@ class Backend(OnnxBackend):
                             f"{type(model).__name__}")
         if not cls.supports_device(device):
             raise ValueError(f"device: fusedrnn's ONNX backend runs on 'CPU', got {device!r}")
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_with_shapes(model))
         return FusedRnnRep(model.graph, [parse_node(n) for n in model.graph.node])
 
     @classmethod
