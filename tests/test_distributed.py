@@ -256,12 +256,32 @@ def _train_numpy(rank=0, world=1, device="cpu"):
             a.grad = b.grad = shared
             frd.all_reduce_gradients([a, b], average=False, coalesce=coalesce)
             checks[f"check.shared_sum_{coalesce}"] = shared.copy()
+            # ... and two views of one buffer (summed twice when uncoalesced: 6, not 3)
+            buffer = np.full(4, float(rank + 1))
+            a.grad, b.grad = buffer[:2], buffer[:2]
+            frd.all_reduce_gradients([a, b], average=False, coalesce=coalesce)
+            checks[f"check.view_sum_{coalesce}"] = np.concatenate([a.grad, b.grad])
+            # an integer gradient averages in the parameter's dtype (it truncated: 1, not 1.5)
+            a.grad = np.full(2, rank + 1)
+            frd.all_reduce_gradients(a, coalesce=coalesce)
+            checks[f"check.integer_grad_{coalesce}"] = a.grad.copy()
         # shared on one rank, missing on the other: the same collectives on both (gloo aborts
         # at a mismatch)
         a, b = fr.nn.Parameter(np.zeros(2)), fr.nn.Parameter(np.zeros(2))
         a.grad = b.grad = np.ones(2) if rank == 0 else None
         frd.all_reduce_gradients([a, b], average=False, coalesce=False)
         checks["check.shared_or_missing"] = np.concatenate([a.grad, b.grad])
+        # ranks passing different src, or one holding a read-only array: ValueError on every
+        # rank (they waited on each other in the broadcast until gloo's timeout)
+        for wrong in ("src", "read_only"):
+            c = fr.nn.Parameter(np.full(2, float(rank)))
+            if wrong == "read_only" and rank == 1:
+                c.data.flags.writeable = False
+            try:
+                frd.broadcast_parameters(c, src=rank if wrong == "src" else 0)
+                checks[f"check.{wrong}_broadcast_raised"] = np.array(False)
+            except ValueError:
+                checks[f"check.{wrong}_broadcast_raised"] = np.array(True)
     return {**state, **checks}
 
 
@@ -416,8 +436,9 @@ def test_numpy_all_reduce_on_cuda_matches_one_process(worker_results):
 @needs_torch
 def test_numpy_all_reduce_side_cases(worker_results):
     """None gradients (on one rank: zeros there; on every rank: stay None), average=False sums
-    in place, a .grad two parameters share is summed once, and ranks passing different
-    parameters or options raise ValueError on every rank."""
+    in place, a .grad two parameters share (or views of one buffer) is summed once, an integer
+    .grad averages as floats, and ranks passing different parameters, options or src (or one
+    holding read-only values) raise ValueError on every rank."""
     for rank, got in enumerate(worker_results["numpy_lstm"]):
         # rank 1's gradient 1, rank 0's None (zeros): 0.5 each step, plain SGD
         np.testing.assert_allclose(got["check.partial"], np.full(3, -LR * 0.5 * STEPS),
@@ -430,7 +451,11 @@ def test_numpy_all_reduce_side_cases(worker_results):
         assert bool(got["check.average_mismatch_raised"]), rank
         for coalesce in (False, True):
             np.testing.assert_array_equal(got[f"check.shared_sum_{coalesce}"], [3.0, 3.0])
+            np.testing.assert_array_equal(got[f"check.view_sum_{coalesce}"], np.full(4, 3.0))
+            np.testing.assert_array_equal(got[f"check.integer_grad_{coalesce}"], [1.5, 1.5])
         np.testing.assert_array_equal(got["check.shared_or_missing"], np.ones(4))
+        assert bool(got["check.src_broadcast_raised"]), rank
+        assert bool(got["check.read_only_broadcast_raised"]), rank
 
 
 @needs_torch

@@ -50,6 +50,7 @@ rank must pass the same parameters in the same order (checked: a mismatch raises
 from __future__ import annotations
 
 import hashlib
+import numbers
 from typing import List, Optional
 
 import numpy as np
@@ -202,13 +203,30 @@ def broadcast_parameters(module_or_params, src: int = 0, group=None) -> None:
         group: a ``torch.distributed`` process group (None: the default group).
 
     Raises ValueError (on every rank) when the ranks' parameters differ in number, shape or
-    dtype; RuntimeError if ``torch.distributed`` is not initialized.
+    dtype, when they pass different ``src``, or when a rank's parameter holds a read-only
+    array; RuntimeError if ``torch.distributed`` is not initialized.
     """
     params = _param_list(module_or_params)  # (the arguments named first)
+    if not isinstance(src, numbers.Integral) or isinstance(src, bool):
+        raise TypeError(f"src: expected an integer rank, got {type(src).__name__} {src!r}")
     torch, dist = _initialized_dist()
+    if not 0 <= src < dist.get_world_size():
+        raise ValueError(f"src: expected a rank in [0, {dist.get_world_size()}), got {src}")
     space = _Space(torch, dist, params, group)
-    _agree(space, dist, params, group, "broadcast_parameters")
     rank = dist.get_rank()
+    read_only = [i for i, p in enumerate(params)  # (CuPy's flags have no writeable)
+                 if rank != src and not getattr(p.data.flags, "writeable", True)]
+    # every rank learns whether the ranks agree on src and whether one cannot take the values
+    # (else the others would wait on it in the broadcast: a hang)
+    src_max, src_min, any_read_only = _agree(space, dist, params, group, "broadcast_parameters",
+                                             [int(src), -int(src), int(bool(read_only))])
+    if src_max != -src_min:
+        raise ValueError(f"src: the ranks passed different ones (this rank: {src}); every rank "
+                         f"must pass the same")
+    if any_read_only:
+        where = (f"module_or_params[{read_only[0]}].data is read-only" if read_only
+                 else "on another rank")
+        raise ValueError(f"broadcast_parameters: a parameter cannot take the values: {where}")
     for dtype, items in _by_dtype((p, p.data) for p in params).items():
         flat_t, flat = space.flat(dtype, sum(a.size for _, a in items))
         if rank == src:
@@ -283,7 +301,8 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
     for p in active:
         if p.grad is None:
             p.grad = xp.zeros_like(p.data)
-        elif not (isinstance(p.grad, xp.ndarray) and p.grad.flags.writeable):
+        elif not (isinstance(p.grad, xp.ndarray) and p.grad.flags.writeable
+                  and p.grad.dtype.kind == "f"):  # (an integer one would truncate the average)
             p.grad = xp.array(p.grad, dtype=p.data.dtype)  # somewhere to write the result
     if not active:
         return
@@ -299,11 +318,11 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
                 flat /= world
             _unpack(xp, flat, (a for _, a in items))
         return
-    seen = set()  # a .grad array two parameters share: the second gets its own copy first, so
-    for p in active:  # that each is reduced once, and every rank runs len(active) collectives
-        if id(p.grad) in seen:
+    seen = []  # .grad memory two parameters share (one array, or views of one): the second
+    for p in active:  # gets its own copy first, so that each is reduced once, and every rank
+        if any(xp.may_share_memory(p.grad, g) for g in seen):  # runs len(active) collectives
             p.grad = p.grad.copy()
-        seen.add(id(p.grad))
+        seen.append(p.grad)
     for p in active:
         g = p.grad
         direct = g.flags.c_contiguous and g.dtype == p.data.dtype
