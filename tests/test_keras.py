@@ -485,6 +485,29 @@ def test_load_weights_refuses_a_recurrent_layer_after_a_mask(masking, tmp_path, 
         model = keras.Model(steps, keras.layers.LSTM(3, name="after")(pools(steps)))
         assert list(_load_without_keras(_save(model, tmp_path, "pools.keras"), monkeypatch)) == \
             ["after"]
+    # a nested model whose output is another nested model's carries the mask (Keras numbers
+    # that output's node from 1: the walk found no call and loaded the layer, 0.01 off);
+    # dict outputs are read (KeyError); a Lambda given no mask function drops it (refused)
+    with warnings.catch_warnings():  # (Keras' warnings that these "destroy" the mask)
+        warnings.simplefilter("ignore")
+        ids = keras.Input((None,), dtype="int32")
+        n_in = keras.Input((None, 3))
+        inner = keras.Model(n_in, keras.layers.Dense(3)(n_in), name="inner")
+        m_in = keras.Input((None, 3))
+        outer = keras.Model(m_in, inner(m_in), name="outer")
+        masked = keras.layers.Embedding(6, 3, mask_zero=True, name="pad")(ids)
+        model = keras.Model(ids, keras.layers.LSTM(2, name="after")(outer(masked)))
+        with pytest.raises(ValueError, match=r"layer \(LSTM 'after'\) comes after 'pad'"):
+            _load_without_keras(_save(model, tmp_path, "twice.keras"), monkeypatch)
+        as_dict = keras.Model(n_in, {"a": keras.layers.Dense(3)(n_in)}, name="as_dict")
+        plain = keras.layers.Embedding(6, 3)(ids)
+        model = keras.Model(ids, keras.layers.LSTM(2, name="after")(as_dict(plain)["a"]))
+        loaded = _load_without_keras(_save(model, tmp_path, "d.keras"), monkeypatch)
+        assert list(loaded) == ["after"]
+        doubled = keras.layers.Lambda(lambda t: t * 2)(masked)
+        model = keras.Model(ids, keras.layers.LSTM(2, name="after")(doubled))
+        loaded = _load_without_keras(_save(model, tmp_path, "l.keras"), monkeypatch)
+        assert list(loaded) == ["after"]
     # a functional model that makes a mask, in a Sequential: the layers after it are refused
     i = keras.Input((4, 2))
     masking = keras.Model(i, keras.layers.Dense(2)(keras.layers.Masking(0.0, name="msk")(i)),

@@ -556,6 +556,8 @@ def _ends_mask(entry):
     if kind in (*_LAYERS, "RNN", "Bidirectional"):
         inner = config.get("layer", {}).get("config", {}) if kind == "Bidirectional" else config
         return not inner.get("return_sequences", False)
+    if kind == "Lambda":  # (one given no mask function does not support masking: drops it)
+        return config.get("mask") is None
     return kind in _MASK_ENDS
 
 
@@ -622,17 +624,30 @@ def _carries_mask(model):
     graph, by_name = _graph(entries)
     sources = {name: name for name, e in by_name.items()
                if _makes_mask(e) or e.get("class_name") == "InputLayer"}
-    outputs = model["config"].get("output_layers") or []
-    outputs = [outputs] if outputs and not isinstance(outputs[0], list) else outputs
-    ends = [(str(o[0]), int(o[1])) for o in outputs if isinstance(o, list) and o]
-    for layer, node in ends:  # an output layer itself: its call, then what it reads
+    # the layers giving the outputs (a list, a dict or nested lists of [name, node, tensor]);
+    # every call of each (Keras numbers a nested model's nodes from 1 there, from 0 inbound)
+    for layer in _output_layers(model["config"].get("output_layers")):
         if layer in sources:
             return True
         entry = by_name.get(layer)
+        calls = [node for node in graph if node[0] == layer]
         if (entry is None or not _ends_mask(entry)) and \
-                _mask_source([(layer, node)], graph, by_name, sources):
+                _mask_source(calls, graph, by_name, sources):
             return True
     return False
+
+
+def _output_layers(outputs):
+    """The layer names of a functional config's ``output_layers`` tree."""
+    if isinstance(outputs, dict):
+        for value in outputs.values():
+            yield from _output_layers(value)
+    elif isinstance(outputs, (list, tuple)) and outputs:
+        if isinstance(outputs[0], str):  # a leaf [name, node index, tensor index]
+            yield outputs[0]
+        else:
+            for value in outputs:
+                yield from _output_layers(value)
 
 
 def _collect(model, store, group, prefix, path, modules, mask=None):
