@@ -195,6 +195,52 @@ def test_a_users_csv_and_text_files():
         "хороший", "фильм", "don't", "it", "s", "café", "हिन्दी"]
 
 
+def test_data_utilities_refuse_what_they_misread(tmp_path):
+    """A quote left open swallowed the rest of a CSV silently (3 rows of 6, a class of lines);
+    a small .gz of a big IDX body was decompressed whole before its header was read; a
+    declared size past 2**64 overflowed; limit 0 or -1, max_size 1, an empty first sequence
+    (float64 ids) and a seed for rng were misread; the dates' n and test_fraction named."""
+    import gzip
+    import struct
+    from fusedrnn.data import dates, digits, text
+    path = tmp_path / "u.csv"
+    path.write_bytes(b'a,pos\nb,neg\nc,"pos\nd,neg\ne,pos\nf,neg\n')
+    with pytest.raises(ValueError, match=r"u.csv: line 3: unexpected end of data"):
+        text.read_text_classification_csv(path)
+    path.write_bytes(b'a,pos\nb,"neg\nx"\nc,pos\n')
+    with pytest.raises(ValueError, match=r"u.csv: line 2: the label spans lines"):
+        text.read_text_classification_csv(path)
+    bomb = tmp_path / "b-idx1-ubyte.gz"
+    with gzip.open(bomb, "wb") as f:  # one label declared, 64 MiB of data
+        f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 1) + bytes(64 << 20))
+    with pytest.raises(ValueError, match=r"expected 1 bytes of data for shape \(1,\), got "
+                                         r"more"):
+        digits.read_idx(bomb)
+    huge = tmp_path / "h-idx3-ubyte"
+    huge.write_bytes(bytes([0, 0, 8, 4]) + struct.pack(">4I", *[2**32 - 1] * 4))
+    with pytest.raises(ValueError, match=rf"expected {(2**32 - 1)**4} bytes"):
+        digits.read_idx(huge)
+    with pytest.raises(TypeError, match="path: expected a str or os.PathLike"):
+        digits.read_idx(b"b.idx")
+    for limit in (0, -1, 2.5):
+        with pytest.raises((ValueError, TypeError), match="limit: expected an integer"):
+            digits.load_mnist(tmp_path, limit=limit)
+    assert text.WordVocab(["a a a b b c"], max_size=3).words == ["<pad>", "<unk>", "a"]
+    with pytest.raises(ValueError, match="max_size: expected an integer >= 2"):
+        text.WordVocab(["a"], max_size=1)
+    padded, lengths = text.pad_sequences([[], [3, 1]])
+    assert padded.dtype == np.int64 and list(lengths) == [0, 2]
+    with pytest.raises(ValueError, match=r"sequences\[0\]: expected a sequence"):
+        text.pad_sequences([5])
+    assert [b.tolist() for b in text.batches(5, 2, rng=0)] == \
+        [b.tolist() for b in text.batches(5, 2, rng=np.random.default_rng(0))]
+    for fraction in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match=r"test_fraction: expected a number in \(0, 1\)"):
+            dates.dates_split(2, 2, test_fraction=fraction)
+    with pytest.raises(ValueError, match="n: expected an integer >= 0"):
+        dates.random_dates(-1)
+
+
 def test_debug_shows_the_traceback(capsys):
     with pytest.raises(FileNotFoundError):
         main(["train", "digits", "--data", "/no/such/dir", "--debug"])

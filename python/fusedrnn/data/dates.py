@@ -12,7 +12,7 @@ import datetime
 
 import numpy as np
 
-from ..nn.layers import _seeded
+from ..nn.layers import _int_in, _number_in, _seeded
 
 __all__ = ["FORMATS", "format_date", "random_dates", "dates_split", "DATE_CHARS", "ISO_CHARS"]
 
@@ -63,6 +63,7 @@ def format_date(date, fmt, case="title"):
 
 def random_dates(n, seed=0, ordinals=None):
     """``n`` pairs (text, iso) drawn from days ``ordinals`` (all days 1950-2049 if None)."""
+    n = _int_in(n, "n", 0)
     rng = _seeded(seed)
     if ordinals is None:
         ordinals = np.arange(_FIRST, _LAST + 1)
@@ -78,6 +79,11 @@ def random_dates(n, seed=0, ordinals=None):
 
 def dates_split(n_train, n_test, seed=0, test_fraction=0.1):
     """(train pairs, held-out pairs): the held-out pairs use days that no training pair uses."""
+    # (a fraction of 0 or 1 leaves one side no day to draw from)
+    test_fraction = _number_in(test_fraction, "test_fraction", 0, 1, "in (0, 1)")
+    if test_fraction in (0.0, 1.0):
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    n_train, n_test = _int_in(n_train, "n_train", 0), _int_in(n_test, "n_test", 0)
     all_days = np.arange(_FIRST, _LAST + 1)
     held = np.random.default_rng(10_000 + seed).random(len(all_days)) < test_fraction
     return (random_dates(n_train, seed, all_days[~held]),

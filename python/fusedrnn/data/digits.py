@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -24,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-from ..nn.layers import _number_in, _seeded
+from ..nn.layers import _int_in, _number_in, _seeded
 
 __all__ = ["load_digits", "load_mnist", "read_idx", "split"]
 
@@ -59,26 +60,38 @@ def load_digits(test_fraction=0.2, seed=0, dtype: DTypeLike = np.float32):
 
 
 def read_idx(path):
-    """An IDX file (the MNIST format; ``.gz`` is decompressed) as a NumPy array."""
+    """An IDX file (the MNIST format; ``.gz`` is decompressed) as a NumPy array. The header is
+    read first and then no more data than it declares (a small .gz of a huge body, or a file
+    that does not match its header, is refused without holding it all)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+                raise ValueError(f"{path}: not an IDX file (bad magic number)")
+            ndim = magic[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_IDX_TYPES[magic[2]])
+            expected = math.prod(shape) * dtype.itemsize  # (Python ints: no overflow)
+            chunks, got = [], 0
+            while got <= expected:  # (one byte past the declared size is enough to refuse)
+                chunk = f.read(min(expected + 1 - got, 1 << 24))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # (a download cut short)
         raise ValueError(f"{path}: a damaged or truncated gzip file ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    count = int(np.prod(shape)) if shape else 1
-    body = raw[4 + 4 * ndim:]
-    if len(body) != count * dtype.itemsize:
-        raise ValueError(f"{path}: expected {count * dtype.itemsize} bytes of data for shape "
-                         f"{shape}, got {len(body)}")
+    if got != expected:
+        raise ValueError(f"{path}: expected {expected} bytes of data for shape {shape}, got "
+                         f"{'more' if got > expected else got}")
+    body = b"".join(chunks)
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -107,7 +120,9 @@ def load_mnist(folder, dtype: DTypeLike = np.float32, limit=None):
     """MNIST from a folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte,
     t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each optionally .gz): returns
     (x_train [N, 28, 28] in [0, 1], y_train, x_test, y_test); ``limit`` keeps the first
-    ``limit`` training images."""
+    ``limit`` training images (a positive integer, or None for all)."""
+    limit = None if limit is None else _int_in(limit, "limit", 1)
+
     def images(stem):
         a = read_idx(_find(folder, stem))
         if a.ndim != 3:
@@ -132,6 +147,6 @@ def load_mnist(folder, dtype: DTypeLike = np.float32, limit=None):
     if x_train.shape[1:] != x_test.shape[1:]:  # (rows are the steps, columns the features)
         raise ValueError(f"t10k-images-idx3-ubyte in {folder}: expected images of the training "
                          f"images' size {x_train.shape[1:]}, got {x_test.shape[1:]}")
-    if limit:
+    if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
     return x_train, y_train, x_test, y_test

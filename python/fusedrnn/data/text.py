@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from ..nn.layers import _int_in
+from ..nn.layers import _int_in, _seeded
 
 __all__ = ["DEFAULT_CORPUS_MODULES", "default_corpus", "load_text", "CharVocab",
            "pad_sequences", "batches", "read_text_classification_csv", "WordVocab", "tokenize"]
@@ -155,8 +155,8 @@ class WordVocab:
                 counts[w] = counts.get(w, 0) + 1
         words = sorted((w for w, c in counts.items() if c >= min_count),
                        key=lambda w: (-counts[w], w))
-        if max_size:
-            words = words[:max_size - 2]
+        if max_size is not None:  # (the two reserved entries count: words[:-1] below 2)
+            words = words[:_int_in(max_size, "max_size", 2) - 2]
         self.words = ["<pad>", "<unk>"] + words
         self.index = {w: i for i, w in enumerate(self.words)}
 
@@ -181,18 +181,23 @@ def read_text_classification_csv(path):
     line. Reading raises the ``csv`` module's process-wide field size limit to 2**31 - 1 (a
     long text is no error) and leaves it there."""
     text = _read_utf8(path, universal_newlines=False)
-    reader = csv.reader(io.StringIO(text, newline=""))  # (lines end at \n, \r, \r\n only)
+    # strict: a quote left open to the end of the file is an error (it kept the rest of the
+    # file as one field: rows dropped silently)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # (lines end at \n, \r, \r\n)
     rows = []  # (line, fields) of the rows with something in them
     # a long review is no error: csv's limit (process-wide, 128 KiB by default) is raised, never
     # lowered (lowering it back could race with another thread's reader)
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # (said in the docstring)
         csv.field_size_limit(_CSV_FIELD_LIMIT)
+    start = 1  # the line the next row starts on
     try:
         for r in reader:
             if r and any(field.strip() for field in r):
-                rows.append((reader.line_num, r))
+                rows.append((start, r))
+            start = reader.line_num + 1
     except csv.Error as e:
-        raise ValueError(f"{path}: line {reader.line_num}: {e}") from None
+        raise ValueError(f"{path}: line {start}: {e} (a quote opened in this row and never "
+                         f"closed?)") from None
     header = [c.strip().lower() for c in rows[0][1]] if rows else []
     columns = None
     if "text" in header and "label" in header:
@@ -214,6 +219,9 @@ def read_text_classification_csv(path):
             t, n = r[columns[0]], r[columns[1]]
         if not n.strip():
             raise ValueError(f"{path}: line {line}: the label is empty")
+        if "\n" in n or "\r" in n:
+            raise ValueError(f"{path}: line {line}: the label spans lines ({n!r}: a quote left "
+                             f"open?)")
         texts.append(t)
         names.append(n.strip())
     classes = sorted(set(names))
@@ -229,12 +237,18 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
     sequences = [np.asarray(s) for s in sequences]
     if not sequences:
         raise ValueError("sequences: expected at least one sequence")
+    for i, s in enumerate(sequences):
+        if s.ndim == 0:
+            raise ValueError(f"sequences[{i}]: expected a sequence (an array of at least one "
+                             f"dimension), got a scalar {s!r}")
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     tail = sequences[0].shape[1:]
     for i, s in enumerate(sequences):
         if s.shape[1:] != tail:
             raise ValueError(f"sequences[{i}]: expected trailing shape {tail}, got {s.shape[1:]}")
-    dtype = dtype or sequences[0].dtype
+    # (an empty sequence, np.asarray([]), is float64: the others' dtype, as Keras' int32)
+    filled = [s for s in sequences if s.size] or sequences
+    dtype = dtype or np.result_type(*filled)
     out = np.full((len(sequences), int(lengths.max(initial=0))) + tail, padding_value, dtype=dtype)
     for i, s in enumerate(sequences):
         out[i, :len(s)] = s
@@ -244,8 +258,9 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
 
 
 def batches(n, batch_size, shuffle=True, rng=None):
-    """Index arrays covering range(n) in batches (the last one may be smaller)."""
+    """Index arrays covering range(n) in batches (the last one may be smaller); ``rng``: a
+    numpy Generator (or a seed) to shuffle with, None for fresh entropy."""
     n, batch_size = _int_in(n, "n", 0), _int_in(batch_size, "batch_size", 1)  # (at the call)
-    order = (rng if rng is not None else np.random.default_rng()).permutation(n) if shuffle \
-        else np.arange(n)
+    order = _seeded(rng, "rng").permutation(n) if shuffle else np.arange(n)  # (a Generator
+    # as it is: its draws go on; a seed makes one)
     return (order[start:start + batch_size] for start in range(0, n, batch_size))
