@@ -210,12 +210,20 @@ def test_data_utilities_refuse_what_they_misread(tmp_path):
     path.write_bytes(b'a,pos\nb,"neg\nx"\nc,pos\n')
     with pytest.raises(ValueError, match=r"u.csv: line 2: the label spans lines"):
         text.read_text_classification_csv(path)
+    path.write_bytes(b'text,label\n"great" movie,pos\n"bad film" ,neg\n')  # (read as csv does)
+    assert text.read_text_classification_csv(path)[0] == ["great movie", "bad film "]
     bomb = tmp_path / "b-idx1-ubyte.gz"
     with gzip.open(bomb, "wb") as f:  # one label declared, 64 MiB of data
         f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 1) + bytes(64 << 20))
-    with pytest.raises(ValueError, match=r"expected 1 bytes of data for shape \(1,\), got "
-                                         r"more"):
-        digits.read_idx(bomb)
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"expected 1 bytes of data for shape \(1,\), got "
+                                             r"more"):
+            digits.read_idx(bomb)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20  # (it held all 64 MiB)
+    finally:
+        tracemalloc.stop()
     huge = tmp_path / "h-idx3-ubyte"
     huge.write_bytes(bytes([0, 0, 8, 4]) + struct.pack(">4I", *[2**32 - 1] * 4))
     with pytest.raises(ValueError, match=rf"expected {(2**32 - 1)**4} bytes"):
@@ -230,13 +238,19 @@ def test_data_utilities_refuse_what_they_misread(tmp_path):
         text.WordVocab(["a"], max_size=1)
     padded, lengths = text.pad_sequences([[], [3, 1]])
     assert padded.dtype == np.int64 and list(lengths) == [0, 2]
+    assert text.pad_sequences([[], [[1, 2], [3, 4]]], batch_first=True)[0].shape == (2, 2, 2)
     with pytest.raises(ValueError, match=r"sequences\[0\]: expected a sequence"):
         text.pad_sequences([5])
     assert [b.tolist() for b in text.batches(5, 2, rng=0)] == \
         [b.tolist() for b in text.batches(5, 2, rng=np.random.default_rng(0))]
+    assert [b.tolist() for b in text.batches(5, 2, rng=np.random.RandomState(0))] == \
+        [b.tolist() for b in np.array_split(np.random.RandomState(0).permutation(5), [2, 4])]
     for fraction in (0.0, 1.0, -0.5):
         with pytest.raises(ValueError, match=r"test_fraction: expected a number in \(0, 1\)"):
             dates.dates_split(2, 2, test_fraction=fraction)
+    for fraction in (1e-9, 1 - 1e-9):
+        with pytest.raises(ValueError, match=r"test_fraction: .* no day to draw from"):
+            dates.dates_split(4, 4, test_fraction=fraction)
     with pytest.raises(ValueError, match="n: expected an integer >= 0"):
         dates.random_dates(-1)
 

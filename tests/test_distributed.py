@@ -271,14 +271,15 @@ def _train_numpy(rank=0, world=1, device="cpu"):
         a.grad = b.grad = np.ones(2) if rank == 0 else None
         frd.all_reduce_gradients([a, b], average=False, coalesce=False)
         checks["check.shared_or_missing"] = np.concatenate([a.grad, b.grad])
-        # ranks passing different src, or one holding a read-only array: ValueError on every
-        # rank (they waited on each other in the broadcast until gloo's timeout)
-        for wrong in ("src", "read_only"):
+        # ranks passing different src, one out of range, or one holding a read-only array:
+        # ValueError on every rank (they waited on each other in the broadcast until gloo's
+        # timeout)
+        for wrong, src in (("src", rank), ("read_only", 0), ("range", 2 * rank)):
             c = fr.nn.Parameter(np.full(2, float(rank)))
             if wrong == "read_only" and rank == 1:
                 c.data.flags.writeable = False
             try:
-                frd.broadcast_parameters(c, src=rank if wrong == "src" else 0)
+                frd.broadcast_parameters(c, src=src)
                 checks[f"check.{wrong}_broadcast_raised"] = np.array(False)
             except ValueError:
                 checks[f"check.{wrong}_broadcast_raised"] = np.array(True)
@@ -456,6 +457,7 @@ def test_numpy_all_reduce_side_cases(worker_results):
         np.testing.assert_array_equal(got["check.shared_or_missing"], np.ones(4))
         assert bool(got["check.src_broadcast_raised"]), rank
         assert bool(got["check.read_only_broadcast_raised"]), rank
+        assert bool(got["check.range_broadcast_raised"]), rank
 
 
 @needs_torch

@@ -508,6 +508,13 @@ def test_load_weights_refuses_a_recurrent_layer_after_a_mask(masking, tmp_path, 
         model = keras.Model(ids, keras.layers.LSTM(2, name="after")(doubled))
         loaded = _load_without_keras(_save(model, tmp_path, "l.keras"), monkeypatch)
         assert list(loaded) == ["after"]
+    # in a Sequential too, a layer that ends the mask lets the recurrent layer after it load
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ended = keras.Sequential([keras.Input((4,)), keras.layers.Embedding(9, 2, mask_zero=True),
+                                  keras.layers.Conv1D(2, 1), keras.layers.LSTM(3, name="after")])
+        loaded = _load_without_keras(_save(ended, tmp_path, "ended.keras"), monkeypatch)
+    assert list(loaded) == ["after"]
     # a functional model that makes a mask, in a Sequential: the layers after it are refused
     i = keras.Input((4, 2))
     masking = keras.Model(i, keras.layers.Dense(2)(keras.layers.Masking(0.0, name="msk")(i)),

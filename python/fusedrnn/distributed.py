@@ -207,19 +207,23 @@ def broadcast_parameters(module_or_params, src: int = 0, group=None) -> None:
     array; RuntimeError if ``torch.distributed`` is not initialized.
     """
     params = _param_list(module_or_params)  # (the arguments named first)
-    if not isinstance(src, numbers.Integral) or isinstance(src, bool):
-        raise TypeError(f"src: expected an integer rank, got {type(src).__name__} {src!r}")
     torch, dist = _initialized_dist()
-    if not 0 <= src < dist.get_world_size():
-        raise ValueError(f"src: expected a rank in [0, {dist.get_world_size()}), got {src}")
+    world = dist.get_world_size()
+    bad_src = (f"expected an integer rank, got {type(src).__name__} {src!r}"
+               if not isinstance(src, numbers.Integral) or isinstance(src, bool)
+               else None if 0 <= src < world else f"expected a rank in [0, {world}), got {src}")
     space = _Space(torch, dist, params, group)
     rank = dist.get_rank()
     read_only = [i for i, p in enumerate(params)  # (CuPy's flags have no writeable)
                  if rank != src and not getattr(p.data.flags, "writeable", True)]
-    # every rank learns whether the ranks agree on src and whether one cannot take the values
-    # (else the others would wait on it in the broadcast: a hang)
-    src_max, src_min, any_read_only = _agree(space, dist, params, group, "broadcast_parameters",
-                                             [int(src), -int(src), int(bool(read_only))])
+    # every rank learns whether the ranks agree on a valid src and whether one cannot take the
+    # values (else the others would wait on it in the broadcast until gloo's timeout)
+    src_value = -1 if bad_src else int(src)
+    src_max, src_min, any_bad_src, any_read_only = _agree(
+        space, dist, params, group, "broadcast_parameters",
+        [src_value, -src_value, int(bool(bad_src)), int(bool(read_only))])
+    if any_bad_src:
+        raise ValueError(f"src: {bad_src or 'a bad one on another rank'}")
     if src_max != -src_min:
         raise ValueError(f"src: the ranks passed different ones (this rank: {src}); every rank "
                          f"must pass the same")

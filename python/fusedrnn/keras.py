@@ -708,6 +708,8 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
         elif not functional and _may_make_mask(entry):
             custom = custom or prefix + str(name)
         if class_name not in (*_LAYERS, "RNN", "Bidirectional"):
+            if not functional and not _makes_mask(entry) and _ends_mask(entry):
+                mask = None  # (a Conv1D, a pooling... : the layers after it run unmasked)
             wrapped = entry.get("config", {}).get("layer")
             if isinstance(wrapped, dict) and wrapped.get("class_name") in (
                     *_LAYERS, "RNN", "Bidirectional"):  # (TimeDistributed(LSTM), say)

@@ -86,5 +86,9 @@ def dates_split(n_train, n_test, seed=0, test_fraction=0.1):
     n_train, n_test = _int_in(n_train, "n_train", 0), _int_in(n_test, "n_test", 0)
     all_days = np.arange(_FIRST, _LAST + 1)
     held = np.random.default_rng(10_000 + seed).random(len(all_days)) < test_fraction
+    if (n_test and not held.any()) or (n_train and held.all()):  # (a fraction near 0 or 1)
+        raise ValueError(f"test_fraction: {test_fraction!r} leaves the "
+                         f"{'held-out' if n_test and not held.any() else 'training'} pairs no "
+                         f"day to draw from")
     return (random_dates(n_train, seed, all_days[~held]),
             random_dates(n_test, seed + 1, all_days[held]))

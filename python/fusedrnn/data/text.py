@@ -181,23 +181,31 @@ def read_text_classification_csv(path):
     line. Reading raises the ``csv`` module's process-wide field size limit to 2**31 - 1 (a
     long text is no error) and leaves it there."""
     text = _read_utf8(path, universal_newlines=False)
-    # strict: a quote left open to the end of the file is an error (it kept the rest of the
-    # file as one field: rows dropped silently)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # (lines end at \n, \r, \r\n)
-    rows = []  # (line, fields) of the rows with something in them
     # a long review is no error: csv's limit (process-wide, 128 KiB by default) is raised, never
     # lowered (lowering it back could race with another thread's reader)
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # (said in the docstring)
         csv.field_size_limit(_CSV_FIELD_LIMIT)
-    start = 1  # the line the next row starts on
-    try:
-        for r in reader:
-            if r and any(field.strip() for field in r):
-                rows.append((start, r))
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise ValueError(f"{path}: line {start}: {e} (a quote opened in this row and never "
-                         f"closed?)") from None
+    # read as csv reads (a closed quote with text after it, "great" movie, is taken); but a
+    # quote left open to the end of the file, which kept the rest of the file as one field
+    # (rows dropped silently), is an error at the line where it opened: strict mode finds it
+    for strict in (False, True):
+        reader = csv.reader(io.StringIO(text, newline=""), strict=strict)  # (\n, \r, \r\n)
+        rows, start = [], 1  # (line, fields) of the rows with something in them; the line the
+        # next row starts on
+        try:
+            for r in reader:
+                if r and any(field.strip() for field in r):
+                    rows.append((start, r))
+                start = reader.line_num + 1
+        except csv.Error as e:
+            if strict and "unexpected end of data" not in str(e):
+                break  # (strict's other complaints are csv's leniency, taken above)
+            raise ValueError(f"{path}: line {start}: {e}"
+                             + (" (a quote opened in this row and never closed)" if strict
+                                else "")) from None
+        if not strict:
+            lenient = rows
+    rows = lenient
     header = [c.strip().lower() for c in rows[0][1]] if rows else []
     columns = None
     if "text" in header and "label" in header:
@@ -242,16 +250,18 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
             raise ValueError(f"sequences[{i}]: expected a sequence (an array of at least one "
                              f"dimension), got a scalar {s!r}")
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    tail = sequences[0].shape[1:]
-    for i, s in enumerate(sequences):
-        if s.shape[1:] != tail:
-            raise ValueError(f"sequences[{i}]: expected trailing shape {tail}, got {s.shape[1:]}")
-    # (an empty sequence, np.asarray([]), is float64: the others' dtype, as Keras' int32)
+    # (an empty sequence, np.asarray([]), is float64 of shape (0,): the others' dtype and
+    # trailing shape, as Keras' pad_sequences)
     filled = [s for s in sequences if s.size] or sequences
+    tail = filled[0].shape[1:]
+    for i, s in enumerate(sequences):
+        if s.shape[1:] != tail and s.size:
+            raise ValueError(f"sequences[{i}]: expected trailing shape {tail}, got {s.shape[1:]}")
     dtype = dtype or np.result_type(*filled)
     out = np.full((len(sequences), int(lengths.max(initial=0))) + tail, padding_value, dtype=dtype)
     for i, s in enumerate(sequences):
-        out[i, :len(s)] = s
+        if len(s):
+            out[i, :len(s)] = s
     if not batch_first:
         out = np.ascontiguousarray(np.swapaxes(out, 0, 1))
     return out, lengths
@@ -261,6 +271,7 @@ def batches(n, batch_size, shuffle=True, rng=None):
     """Index arrays covering range(n) in batches (the last one may be smaller); ``rng``: a
     numpy Generator (or a seed) to shuffle with, None for fresh entropy."""
     n, batch_size = _int_in(n, "n", 0), _int_in(batch_size, "batch_size", 1)  # (at the call)
-    order = _seeded(rng, "rng").permutation(n) if shuffle else np.arange(n)  # (a Generator
-    # as it is: its draws go on; a seed makes one)
+    if shuffle:  # (a Generator or a RandomState as it is: its draws go on; a seed makes one)
+        rng = rng if callable(getattr(rng, "permutation", None)) else _seeded(rng, "rng")
+    order = rng.permutation(n) if shuffle else np.arange(n)
     return (order[start:start + batch_size] for start in range(0, n, batch_size))
