@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import string
+import warnings
 
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,9 @@ from .. import _C
 from .. import functional as F
 from .layers import SeededModule, _dtype, _flag, _positive_int
 from .module import KeptWeights, Parameter, check_unwritten, dtype_repr, write_stamp
+
+# A cell's pending training-mode steps past which it warns that they pile up (_push).
+PENDING_STEPS_WARNING = 10_000
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTMCell"]
 
@@ -316,6 +320,12 @@ class RNNCellBase(SeededModule):
         if self.training:
             self._steps.append((ctx, batched, write_stamp(self)))
             self._kept.hold((ctx.w_ih, ctx.w_hh))  # read-only references: the weights stay kept
+            if len(self._steps) == PENDING_STEPS_WARNING:  # (torch frees a graph no one holds;
+                warnings.warn(  # these wait for their backward however long: say so, once)
+                    f"{type(self).__name__}: {PENDING_STEPS_WARNING} training-mode steps wait "
+                    f"for their backward, each keeping its activations; steps run without one "
+                    f"(a validation pass, a skipped batch) belong in eval mode, or call "
+                    f"clear_steps()", RuntimeWarning, stacklevel=4)
 
     def _latest(self):
         """(ctx, batched) of the latest training-mode step not yet back-propagated. It stays
