@@ -508,6 +508,19 @@ def test_load_weights_refuses_a_recurrent_layer_after_a_mask(masking, tmp_path, 
         model = keras.Model(ids, keras.layers.LSTM(2, name="after")(doubled))
         loaded = _load_without_keras(_save(model, tmp_path, "l.keras"), monkeypatch)
         assert list(loaded) == ["after"]
+    # a merge carries a mask where all its inputs do (Keras runs the layer after Add(masked,
+    # unmasked) unmasked: it loads; Add of two masked inputs is refused)
+    ids, series = keras.Input((4,), dtype="int32"), keras.Input((4, 2))
+    masked = keras.layers.Embedding(9, 2, mask_zero=True, name="pad")(ids)
+    for other, loads in ((series, True), (keras.layers.Dense(2)(masked), False)):
+        merged = keras.layers.Add()([masked, other])
+        model = keras.Model([ids, series], keras.layers.LSTM(3, name="after")(merged))
+        path = _save(model, tmp_path, "add.keras")
+        if loads:
+            assert list(_load_without_keras(path, monkeypatch)) == ["after"]
+        else:
+            with pytest.raises(ValueError, match=r"layer \(LSTM 'after'\) comes after 'pad'"):
+                _load_without_keras(path, monkeypatch)
     # in a Sequential too, a layer that ends the mask lets the recurrent layer after it load
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -547,6 +547,11 @@ _MASK_ENDS = {"GlobalAveragePooling1D", "GlobalMaxPooling1D", "AveragePooling1D"
               "ZeroPadding1D"}
 
 
+# Merge layers: their output carries a mask only where every input carries one (measured with
+# Keras 3: one unmasked input and the recurrent layer after the merge runs unmasked).
+_MERGES = {"Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
+
+
 def _ends_mask(entry):
     """Whether a serialized layer's output carries no mask (a nested model: whether no mask
     reaches its outputs, :func:`_carries_mask`)."""
@@ -605,8 +610,31 @@ def _mask_source(start, graph, by_name, sources):
         entry = by_name.get(layer)
         if entry is not None and _ends_mask(entry):
             continue
+        if entry is not None and entry.get("class_name") in _MERGES:
+            found = [_call_source(i, graph, by_name, sources) for i in _merged(entry, node[1])]
+            if found and all(found):
+                return found[0]
+            continue
         stack.extend(graph.get(node, ()))
     return None
+
+
+def _merged(entry, index):
+    """The calls a merge layer's call ``index`` merges (its tensor arguments; not the masks
+    Keras records beside them)."""
+    nodes = entry.get("inbound_nodes") or []
+    node = nodes[index] if index < len(nodes) and isinstance(nodes[index], dict) else {}
+    return set(_histories(node.get("args")))
+
+
+def _call_source(node, graph, by_name, sources):
+    """The mask source whose mask the call ``node``'s output carries, or None."""
+    if node[0] in sources:
+        return sources[node[0]]
+    entry = by_name.get(node[0])
+    if entry is not None and _ends_mask(entry):
+        return None
+    return _mask_source([node], graph, by_name, sources)
 
 
 def _carries_mask(model):
