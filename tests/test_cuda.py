@@ -20,6 +20,11 @@ fusedrnn = pytest.importorskip("fusedrnn", reason="the extension fusedrnn._C is 
 functional = fusedrnn.functional
 from fusedrnn import cuda as fcuda  # noqa: E402  (imports on every build)
 
+try:  # (torch's device objects are taken where a device is named)
+    from torch import device as torch_device
+except ImportError:
+    torch_device = None
+
 
 class FakeCudaArray:
     """Exposes __cuda_array_interface__ and nothing else (as a foreign CUDA array would)."""
@@ -406,6 +411,52 @@ def test_cuda_layer_without_cuda_backend_raises_clear_error(name, monkeypatch):
     with pytest.raises(fcuda.CudaUnavailableError, match="CUDA backend is not built"):
         m.to("cuda")
     assert m.device == "cpu" and all(isinstance(p.data, np.ndarray) for p in m.parameters())
+
+
+def test_no_cuda_device_is_a_clear_error_and_cuda_arrays_save_as_host_arrays(monkeypatch,
+                                                                              tmp_path):
+    """CuPy without a device gave CuPy's raw error at the first allocation, and the extension's
+    device queries "driver version is insufficient": CudaUnavailableError now (what a
+    fallback to the CPU catches). fr.cuda is there after import fusedrnn (it was not). A CUDA
+    model's optimizer moments are saved as host arrays (fr.save refused them)."""
+    import types
+    assert fusedrnn.cuda is fcuda
+
+    class NoDevice(Exception):
+        pass
+
+    def count():
+        raise NoDevice("cudaErrorNoDevice: no CUDA-capable device is detected")
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=count)))
+    monkeypatch.setattr(fcuda, "_cupy", lambda: fake)
+    monkeypatch.setattr(fcuda, "_device_seen", False)
+    with pytest.raises(fcuda.CudaUnavailableError, match="no usable CUDA device"):
+        fcuda.array_module()
+    if not fcuda.is_available():  # (the extension's own device queries, where it is built)
+        import importlib
+        try:
+            importlib.import_module("fusedrnn._C_cuda")
+        except ImportError:
+            pass
+        else:
+            with pytest.raises(fcuda.CudaUnavailableError, match="no usable CUDA device"):
+                fcuda.device_summary()
+    lstm = fusedrnn.nn.LSTM(2, 2)
+    opt = fusedrnn.optim.Adam(lstm.parameters())
+    moment = FakeCudaArray((3,))
+    moment.get = lambda: np.ones(3, np.float32)
+    moment.copy = lambda: moment
+    opt.state[next(iter(lstm.parameters()))] = {"step": 1, "exp_avg": moment}
+    fusedrnn.save({"optimizer": opt}, tmp_path / "c.npz")
+    saved = fusedrnn.load(tmp_path / "c.npz")["optimizer"]["state"][0]["exp_avg"]
+    np.testing.assert_array_equal(saved, np.ones(3, np.float32))
+    for device in ("cuda:0", torch_device("cpu") if torch_device else "cpu"):
+        if device == "cuda:0":
+            with pytest.raises(ValueError, match="CuPy's current device; pass 'cuda'"):
+                lstm.to(device)
+        else:
+            assert lstm.to(device) is lstm
 
 
 def test_cuda_layer_on_this_build_is_clear():

@@ -7,8 +7,9 @@ from ._runtime import (info, set_num_threads, get_num_threads, set_deterministic
 from . import optim, data, training  # noqa: F401
 from .io import save, load  # noqa: F401
 from .amp import autocast  # noqa: F401
+from . import cuda  # noqa: F401  (imports without a GPU: fr.cuda.is_available() says)
 
 __version__ = "0.1.0"
 __all__ = ["functional", "reference", "nn", "info", "set_num_threads", "get_num_threads",
            "set_deterministic", "get_deterministic", "empty_cache", "optim", "data", "training",
-           "save", "load", "autocast"]
+           "save", "load", "autocast", "cuda"]

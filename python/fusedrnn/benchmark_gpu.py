@@ -298,9 +298,15 @@ def print_table(rows, device, modes=("infer", "train")):
 
 def main(argv=None) -> int:
     import argparse
+    from .cli import error_line
     ap = argparse.ArgumentParser(description=(__doc__ or "fusedrnn GPU bench").splitlines()[0])
     add_arguments(ap)
-    return run(ap.parse_args(argv))
+    args = ap.parse_args(argv)
+    try:  # (one line, as `fusedrnn bench --device cuda` says it: no CuPy, no GPU, bad options)
+        return run(args)
+    except (ValueError, TypeError, RuntimeError, ImportError) as exc:
+        print(f"fusedrnn: error: {error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -67,23 +67,54 @@ def is_available() -> bool:
         return False
 
 
+_device_seen = False  # a device was found once: not asked again
+
+
+def _with_device(cupy):
+    """``cupy``, once a CUDA device is visible (CudaUnavailableError otherwise, not CuPy's
+    raw error from the first allocation)."""
+    global _device_seen
+    if not _device_seen:
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # (CuPy's CUDARuntimeError: no driver, no device)
+            raise CudaUnavailableError(f"fusedrnn: no usable CUDA device ({exc})") from exc
+        if count < 1:
+            raise CudaUnavailableError("fusedrnn: no CUDA device is visible")
+        _device_seen = True
+    return cupy
+
+
 def array_module():
-    """CuPy, the array module of the CUDA backend (raises CudaUnavailableError if unusable)."""
+    """CuPy, the array module of the CUDA backend (raises CudaUnavailableError if unusable:
+    no extension, no CuPy, no device)."""
     _extension()
-    return _cupy()
+    return _with_device(_cupy())
 
 
 def kernels():
     """The CUDA kernels object used by fusedrnn.functional (raises CudaUnavailableError)."""
     global _kernels
     if _kernels is None:
-        _kernels = _Kernels(_extension(), _cupy())
+        _kernels = _Kernels(_extension(), _with_device(_cupy()))
     return _kernels
+
+
+def _on_device(call):
+    """``call()`` of the extension, a missing device or driver as CudaUnavailableError (the
+    runtime's own words: "driver version is insufficient" where there is no GPU at all)."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        if isinstance(exc, CudaUnavailableError) or "CUDA" not in str(exc):
+            raise
+        raise CudaUnavailableError(f"fusedrnn: no usable CUDA device ({exc})") from exc
 
 
 def device_summary() -> str:
     """Name, compute capability and multiprocessor count of the current device."""
-    return _extension().device_summary()
+    ext = _extension()
+    return _on_device(ext.device_summary)
 
 
 # ---------------------------------------------------------------------------- settings
@@ -129,16 +160,18 @@ def persistent_forward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="ta
                             precision=None) -> bool:
     """Can the persistent forward kernel hold this problem on the current device?
     ``precision="bfloat16"``: its bfloat16 form (W_hh at half the bytes: it holds more)."""
-    return bool(_extension().persistent_forward_fits(cell, nonlinearity, np.dtype(dtype).name,
-                                                     T, N, I, H, _bf16(precision)))
+    ext = _extension()
+    return bool(_on_device(lambda: ext.persistent_forward_fits(
+        cell, nonlinearity, np.dtype(dtype).name, T, N, I, H, _bf16(precision))))
 
 
 def persistent_backward_fits(cell, T, N, I, H, dtype=np.float32, nonlinearity="tanh",
                              precision=None) -> bool:
     """Can the persistent backward kernel hold this problem on the current device? (It needs
     the whole batch's gate gradients of one step on chip, so it fits less than the forward.)"""
-    return bool(_extension().persistent_backward_fits(cell, nonlinearity, np.dtype(dtype).name,
-                                                      T, N, I, H, _bf16(precision)))
+    ext = _extension()
+    return bool(_on_device(lambda: ext.persistent_backward_fits(
+        cell, nonlinearity, np.dtype(dtype).name, T, N, I, H, _bf16(precision))))
 
 
 def _bf16(precision):

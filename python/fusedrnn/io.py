@@ -40,13 +40,15 @@ DEFAULT_MAX_BYTES = 1 << 30  # load(): the arrays' total size unless max_bytes= 
 
 def _encode(obj, arrays, where, depth=0):
     """obj -> a JSON-able tree; arrays are appended to ``arrays`` and referenced by name."""
-    from .nn.module import Module, Parameter
+    from .nn.module import Module, Parameter, is_device_array, to_host
     from .optim import Optimizer
 
     if isinstance(obj, (Module, Optimizer)):
         obj = obj.state_dict()
     if isinstance(obj, Parameter):
         obj = obj.data
+    if is_device_array(obj):  # (a CUDA model's parameters and optimizer moments: saved as
+        obj = to_host(obj)    # host arrays, which load onto either device)
     if isinstance(obj, np.ndarray) or isinstance(obj, np.generic) and not isinstance(obj, np.bool_):
         arr = np.asarray(obj)
         if arr.dtype.hasobject or arr.dtype.kind not in "biufcUS":

@@ -39,8 +39,14 @@ def is_device_array(value) -> bool:
 
 def check_device(device, name="device") -> str:
     """'cpu' or 'cuda' (TypeError/ValueError naming the argument otherwise)."""
+    if type(device).__name__ == "device" and hasattr(device, "type"):  # a torch.device
+        device = str(device)
     if not isinstance(device, str):
         raise TypeError(f"{name}: expected 'cpu' or 'cuda', got {type(device).__name__}")
+    if device.startswith("cuda:"):  # (torch's spelling: a device index)
+        raise ValueError(f"{name}: expected 'cpu' or 'cuda', got {device!r}: fusedrnn runs on "
+                         f"CuPy's current device; pass 'cuda' and choose the GPU with "
+                         f"cupy.cuda.Device(index).use()")
     if device not in DEVICES:
         raise ValueError(f"{name}: expected 'cpu' or 'cuda', got {device!r}")
     return device
