@@ -537,8 +537,9 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   // them, nor does the choice). LSTM, RNN: into the steps' products; a GRU (its n gate keeps
   // W_in x apart): into its gates rows.
   const int64_t max_bytes = t.step_inputs_max_weight_bytes;
-  const bool loop_projects = by_units_packed && s.I > 0 && !padded_rows && t.step_inputs_min_batch > 0 &&
-                             N >= t.step_inputs_min_batch && s.G >= t.step_inputs_min_gates &&
+  const bool loop_projects = by_units_packed && s.I > 0 && !padded_rows &&
+                             t.step_inputs_min_batch > 0 && N >= t.step_inputs_min_batch &&
+                             s.G >= t.step_inputs_min_gates &&
                              (max_bytes == 0 || GH * s.I * element_bytes <= max_bytes) &&
                              (p.loop_slices > 1 || slices == 1 || fixed);
   const bool step_inputs = (loop_projects && !split_grad) || wavefront;
@@ -546,12 +547,12 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
   p.waits_for_inputs = inputs_ready && !wavefront;
   p.loop = by_samples ? Loop::kBySamples : pipelined ? Loop::kPipelined : Loop::kByUnits;
   p.product = step_product(t, packed, N);
-  p.projection = pipelined                 ? Projection::kChunks
+  p.projection = pipelined                               ? Projection::kChunks
                  : by_samples && s.I > 0 && !padded_rows ? Projection::kPerSlice
-                 : wavefront               ? Projection::kWavefront
-                 : step_inputs             ? Projection::kInSteps
-                 : own_inputs              ? Projection::kPerSlice
-                                           : Projection::kUpFront;
+                 : wavefront                             ? Projection::kWavefront
+                 : step_inputs                           ? Projection::kInSteps
+                 : own_inputs                            ? Projection::kPerSlice
+                                                         : Projection::kUpFront;
   if (by_samples) p.loop_slices = sample_slices(t, N, slices);
   else if (by_units_packed && p.loop_slices > 1)
     p.loop_slices = unit_slices(t, N * GH * H, slices);

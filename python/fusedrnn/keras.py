@@ -582,15 +582,17 @@ def _histories(value):
 
 
 def _graph(entries):
-    """A functional model's calls: {(layer, node index): the (layer, node index) it reads}, and
-    {layer: its serialized entry}."""
-    graph, by_name = {}, {}
+    """A functional model's calls: {(layer, node index): the (layer, node index) it reads},
+    {layer: its serialized entry} and {layer: its calls}."""
+    graph, by_name, calls = {}, {}, {}
     for e in entries:
         name = str(e.get("config", {}).get("name"))
         by_name[name] = e
+        calls[name] = []
         for i, node in enumerate(e.get("inbound_nodes") or []):
             graph[(name, i)] = set(_histories(node))
-    return graph, by_name
+            calls[name].append((name, i))
+    return graph, by_name, calls
 
 
 def _mask_source(start, graph, by_name, sources):
@@ -642,14 +644,13 @@ def _carries_mask(model):
     outputs (a model that pools, reshapes or returns a last step drops it)."""
     entries = _model_layers(model, "")
     if model.get("class_name") != "Functional":  # a Sequential: the last mask ender or maker
-        for entry in reversed(entries[1:] if entries and entries[0].get("class_name") ==
-                              "InputLayer" else entries):
+        for entry in reversed(entries):
             if _makes_mask(entry):
                 return True
             if _ends_mask(entry):
                 return False
         return True
-    graph, by_name = _graph(entries)
+    graph, by_name, calls_of = _graph(entries)
     sources = {name: name for name, e in by_name.items()
                if _makes_mask(e) or e.get("class_name") == "InputLayer"}
     # the layers giving the outputs (a list, a dict or nested lists of [name, node, tensor]);
@@ -658,9 +659,8 @@ def _carries_mask(model):
         if layer in sources:
             return True
         entry = by_name.get(layer)
-        calls = [node for node in graph if node[0] == layer]
         if (entry is None or not _ends_mask(entry)) and \
-                _mask_source(calls, graph, by_name, sources):
+                _mask_source(calls_of.get(layer, []), graph, by_name, sources):
             return True
     return False
 
@@ -697,15 +697,14 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
     # a functional model: its calls, and the mask sources met so far (its layers come in the
     # order they run: a layer's sources come before it); a mask fed to the model from outside
     # comes in through its inputs
-    graph, by_name = _graph(entries) if functional else ({}, {})
+    graph, by_name, calls_of = _graph(entries) if functional else ({}, {}, {})
     sources = {name: mask for name, e in by_name.items()
                if mask and e.get("class_name") == "InputLayer"}
 
     def fed_mask(entry, name):
         """The mask a functional model's layer is called with, named by its source."""
         fed = _mask_fed(entry)
-        calls = [node for node in graph if node[0] == str(name)]
-        source = _mask_source(calls, graph, by_name, sources)
+        source = _mask_source(calls_of.get(str(name), []), graph, by_name, sources)
         return source or (prefix + fed if fed and fed != "a mask" else fed)
 
     for entry in entries:
