@@ -128,17 +128,39 @@ def test_load_state_dict_wrong_shape():
         m.load_state_dict([1, 2])
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_a_replaced_weight_of_a_wrong_shape_is_named(training):
-    """The hidden size is read from W_hh: a W_hh of a wrong shape is named, not W_ih."""
-    for m in (nn.LSTM(I, H), nn.GRUCell(I, H)):
-        m.train(training)
-        name = "weight_hh_l0" if hasattr(m, "weight_hh_l0") else "weight_hh"
-        w = getattr(m, name)
-        w.data = np.zeros((w.data.shape[0], H + 1), np.float32)
-        x = np.zeros((2, 3, I) if name.endswith("l0") else (3, I), np.float32)
-        with pytest.raises(ValueError, match="w_hh"):
-            m(x)
+@pytest.mark.parametrize("make, key, value, error, message", [
+    (lambda: nn.LSTM(4, 6), "weight_hh_l0", np.zeros((2, 2), np.float32), ValueError,
+     r"weight_hh_l0: expected shape \(24, 6\) for LSTM\(4, 6\), got \(2, 2\)"),
+    (lambda: nn.RNN(4, 6), "weight_hh_l0", np.zeros((2, 2), np.float32), ValueError,
+     r"weight_hh_l0: expected shape \(6, 6\)"),
+    (lambda: nn.GRU(4, 6), "bias_ih_l0", None, ValueError,
+     "bias_ih_l0, bias_hh_l0: give both biases or neither .*bias_ih_l0 is None"),
+    (lambda: nn.LSTM(4, 6), "weight_ih_l0", None, TypeError,
+     r"weight_ih_l0: expected a Parameter of shape \(24, 4\), got None"),
+    (lambda: nn.GRUCell(4, 6), "weight_hh", np.zeros((2, 2), np.float32), ValueError,
+     r"weight_hh: expected shape \(18, 6\) for GRUCell"),
+    (lambda: nn.LSTMCell(4, 6), "bias_hh", None, ValueError,
+     "bias_ih, bias_hh: give both biases or neither .*bias_hh is None"),
+    (lambda: nn.Linear(4, 6), "weight", np.zeros((6, 3), np.float32), ValueError,
+     r"weight: expected shape \(6, 4\) for Linear"),
+    (lambda: nn.Linear(4, 6), "bias", np.zeros(6, np.float64), TypeError,
+     "bias: expected dtype float32 .*, got float64"),
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_replaced_parameter_of_another_form_is_named_by_its_key(make, key, value, error, message,
+                                                                  training):
+    m = make().train(training)
+    setattr(m, key, None if value is None else nn.Parameter(value))
+    x = np.zeros((3, 2, 4) if isinstance(m, nn.RNNBase) else (2, 4), np.float32)
+    with pytest.raises(error, match=message):
+        m(x)
+
+
+def test_an_embedding_refuses_a_weight_of_another_dtype():
+    emb = nn.Embedding(10, 4)
+    emb.weight.data = emb.weight.data.astype(np.float64)
+    with pytest.raises(TypeError, match="weight: expected dtype float32"):
+        emb(np.array([1, 2]))
 
 
 @pytest.mark.parametrize("m", layers(), ids=["rnn", "lstm", "gru"])

@@ -386,6 +386,40 @@ def test_zero_grad(rng):
     assert all(p.grad is None for p in m.parameters())
 
 
+def test_a_frozen_part_takes_no_gradient_and_its_inputs_still_get_theirs(rng):
+    # torch's requires_grad_(False): grad stays None (optimizers and clip_grad_norm_ pass the
+    # parameter by), the input gradient is unchanged, and unfreezing starts from nothing
+    import copy
+    import pickle
+    m = make_layer("lstm", num_layers=2)
+    x = rng.standard_normal((T, N, I))
+    out, _ = m(x)
+    R = rng.standard_normal(out.shape)
+    dx_trained = m.backward(R)[0]
+    one_step = {k: p.grad.copy() for k, p in m.named_parameters()}
+    m.zero_grad()
+    assert m.requires_grad_(False) is m
+    assert not any(p.requires_grad for p in m.parameters())
+    assert "requires_grad=False" in repr(m.weight_ih_l0)
+    for _ in range(3):
+        m(x)
+        dx_frozen = m.backward(R)[0]
+        np.testing.assert_array_equal(dx_frozen, dx_trained)
+    assert all(p.grad is None for p in m.parameters())
+    assert fusedrnn.optim.clip_grad_norm_(m.parameters(), 1.0) == 0.0
+    for copied in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert not any(p.requires_grad for p in copied.parameters())
+    m.weight_hh_l1.requires_grad = True  # one parameter thawed: it alone gets its gradient
+    m(x)
+    m.backward(R)
+    np.testing.assert_array_equal(m.weight_hh_l1.grad, one_step["weight_hh_l1"])
+    assert [k for k, p in m.named_parameters() if p.grad is not None] == ["weight_hh_l1"]
+    with pytest.raises(TypeError, match="requires_grad: expected a bool, got str"):
+        m.requires_grad_("no")
+    with pytest.raises(TypeError, match="requires_grad: expected a bool"):
+        m.weight_hh_l1.requires_grad = 1
+
+
 @pytest.mark.parametrize("name", list(MODES))
 def test_gradients_accumulate(rng, name):
     m = make_layer(name, num_layers=2, bidirectional=True)
@@ -732,7 +766,7 @@ def test_names_that_would_hide_something_are_refused():
             m.add_module(name, nn.Linear(2, 2))
         with pytest.raises(KeyError, match="name: "):
             m.register_parameter(name, nn.Parameter(np.zeros(1)))
-    m.register_parameter("weight", nn.Parameter(np.zeros((2, 2))))  # (its own: replaced)
+    m.register_parameter("weight", nn.Parameter(np.zeros((2, 2), np.float32)))  # (its own: replaced)
 
 
 class _Wrap(nn.Module):

@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 from .. import _C
 from .. import functional as F
 from .layers import SeededModule, _dtype, _flag, _positive_int
-from .module import KeptWeights, Parameter, check_unwritten, dtype_repr, write_stamp
+from .module import (KeptWeights, Parameter, check_unwritten, checked_weights, dtype_repr,
+                     write_stamp)
+
+# A cell's weights as the kernels take them (the biases None where there are none).
+_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 # A cell's pending training-mode steps past which it warns that they pile up (_push).
 PENDING_STEPS_WARNING = 10_000
@@ -201,6 +205,7 @@ class RNNCellBase(SeededModule):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        self._weight_shapes = ((GH, self.input_size), (GH, self._state_size), (GH,), (GH,))
         self.peephole = _flag(peephole, "peephole")
         self.reset_after = _flag(reset_after, "reset_after")
         self._kernel_cell = ("layernorm_lstm" if self._layer_norm
@@ -267,8 +272,9 @@ class RNNCellBase(SeededModule):
         small step's arithmetic. Otherwise (training, strided arrays, a missing bias without
         kept weights) through fusedrnn.functional, where autocast decides the precision."""
         lstm = self._cell == "lstm"
-        w, cache = self._kept.weights(0, (self.weight_ih, self.weight_hh, self.bias_ih,
-                                          self.bias_hh))
+        params = self._parameters
+        w, cache = self._kept.weights(0, checked_weights(
+            self, [params[n] for n in _WEIGHT_NAMES], _WEIGHT_NAMES, self._weight_shapes))
         variant = self._variant_args()
         if (not self.training and x.shape[0] > 0 and w[2] is not None
                 and _plain_arrays(self.dtype, x, *w) and _contiguous_states(h0, c0)):

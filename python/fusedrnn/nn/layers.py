@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
 from .. import functional as F
-from .module import Module, Parameter, check_dtype, check_unwritten, dtype_repr, write_stamp
+from .module import (Module, Parameter, check_dtype, check_parameter, check_unwritten, dtype_repr,
+                     write_stamp)
 
 __all__ = ["Linear", "Embedding", "Dropout", "Sequential", "Identity"]
 
@@ -180,6 +181,10 @@ class Linear(SeededModule):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features last), "
                              f"got {x.shape}")
+        check_parameter(self, "weight", self.weight, (self.out_features, self.in_features),
+                        self.dtype)
+        if self.bias is not None:
+            check_parameter(self, "bias", self.bias, (self.out_features,), self.dtype)
         y = self._apply(x)
         # a copy: the caller may write into x before the backward (NumPy has no version counter)
         self._x = x.copy() if self.training else None
@@ -262,6 +267,8 @@ class Embedding(SeededModule):
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_embeddings):
             raise ValueError(f"indices: expected values in [0, {self.num_embeddings}), got min "
                              f"{indices.min()} and max {indices.max()}")
+        check_parameter(self, "weight", self.weight, (self.num_embeddings, self.embedding_dim),
+                        self.dtype)
         self._indices = indices.copy() if self.training else None  # (as Linear keeps its x)
         return self.weight.data[indices]
 

@@ -123,11 +123,13 @@ class Parameter:
                          "backward (and after ``zero_grad()``).",
                  "_version": "See ``version``.",
                  "_written": "The version of the last known write: a new ``data``, an "
-                             "optimizer's step, ``load_state_dict`` (``mark_written``)."}
+                             "optimizer's step, ``load_state_dict`` (``mark_written``).",
+                 "_requires_grad": "See ``requires_grad``."}
 
-    def __init__(self, data):
+    def __init__(self, data, requires_grad=True):
         self.data = data
         self.grad = None
+        self.requires_grad = requires_grad
 
     def __getstate__(self):  # (slots: every pickle protocol, 0 and 1 too)
         # hands ``data`` out as reading it does (copy.copy's Parameter shares the array and
@@ -167,6 +169,25 @@ class Parameter:
         self._version = self._written = next(_versions)
 
     @property
+    def requires_grad(self):
+        """False for a frozen parameter: backward adds nothing to its ``grad`` (it stays None
+        from ``zero_grad()`` on, so optimizers and ``clip_grad_norm_`` pass it by), as torch's
+        ``requires_grad=False``. Set it, or call ``requires_grad_`` (here or on a module)."""
+        return getattr(self, "_requires_grad", True)  # (a pickle of a release before: True)
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if not isinstance(value, (bool, np.bool_)):  # ("no" read as True)
+            raise TypeError(f"requires_grad: expected a bool, got {type(value).__name__} "
+                            f"{value!r}")
+        self._requires_grad = bool(value)
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` (False freezes the parameter); returns self."""
+        self.requires_grad = requires_grad
+        return self
+
+    @property
     def version(self):
         """A number that changes whenever ``data`` may have changed (see the class)."""
         return self._version
@@ -203,13 +224,16 @@ class Parameter:
         return self._data.dtype
 
     def accumulate_grad(self, grad):
-        """Add ``grad`` (same shape as ``data``) into ``self.grad``; the first call stores a copy."""
+        """Add ``grad`` (same shape as ``data``) into ``self.grad``; the first call stores a copy.
+        A frozen parameter (``requires_grad`` False) takes nothing."""
         if isinstance(self._data, np.ndarray):
             grad = np.asarray(grad)
         else:
             grad = to_device(grad, "cuda")
         if grad.shape != self._data.shape:
             raise ValueError(f"grad: expected shape {self._data.shape}, got {grad.shape}")
+        if not self.requires_grad:
+            return
         if self.grad is None:
             self.grad = grad.astype(self._data.dtype, copy=True)
         else:
@@ -224,7 +248,37 @@ class Parameter:
             self.grad.fill(0)
 
     def __repr__(self):
-        return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype}{frozen})"
+
+
+def check_parameter(owner, name, p, shape, dtype=None):
+    """Raise where ``p``, ``owner``'s Parameter ``name``, is None or has another shape than
+    ``shape`` (or another dtype than ``dtype``, where given), naming the key and the module."""
+    if p is None:
+        raise TypeError(f"{name}: expected a Parameter of shape {shape}, got None")
+    if p._data.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} for {type(owner).__name__}"
+                         f"({owner.extra_repr()}), got {p._data.shape}")
+    if dtype is not None and p._data.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the module's dtype), got "
+                        f"{p._data.dtype}")
+
+
+def checked_weights(owner, params, names, shapes):
+    """``params``, the Parameters (w_ih, w_hh, b_ih, b_hh; None for a missing bias) of
+    ``owner`` named ``names``, checked against the module's sizes (``shapes``) before any call,
+    so that an error names the key and the shape the module expects (the functional API's
+    checks can only read H off w_hh): a weight of another shape, a weight set to None, one
+    bias of a pair set to None."""
+    for p, name, shape in zip(params, names, shapes):
+        if p is not None or not (name is None or name.startswith("bias")):
+            check_parameter(owner, name, p, shape)
+    if (params[2] is None) != (params[3] is None):
+        missing = names[2] if params[2] is None else names[3]
+        raise ValueError(f"{names[2]}, {names[3]}: give both biases or neither "
+                         f"(bias=False at construction for none); {missing} is None")
+    return params
 
 
 def write_stamp(module, recurse=False):
@@ -672,6 +726,17 @@ class Module:
         """Clear every parameter's gradient: None (default, as in PyTorch) or zeros."""
         for p in self.parameters():
             p.zero_grad(set_to_none)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze every parameter (see ``Parameter.requires_grad``): a frozen
+        part's backward still returns the gradients of its inputs, so the layers before it
+        train; returns self."""
+        if not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"requires_grad: expected a bool, got {type(requires_grad).__name__} "
+                            f"{requires_grad!r}")
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
 
     # ------------------------------------------------------------------ calling
     def forward(self, *args, **kwargs):

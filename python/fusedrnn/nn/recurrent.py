@@ -36,7 +36,7 @@ from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
 from .layers import SeededModule, _flag, _int_in, _number_in
-from .module import (KeptWeights, check_unwritten, write_stamp, Parameter, array_module, check_device, check_dtype, dtype_repr,
+from .module import (KeptWeights, check_unwritten, checked_weights, write_stamp, Parameter, array_module, check_device, check_dtype, dtype_repr,
                      is_device_array, to_device, to_host)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
@@ -134,6 +134,7 @@ class RNNBase(SeededModule):
         D = 2 if self.bidirectional else 1
         bound = 1.0 / math.sqrt(H)
         self._param_names = []  # per (layer, direction): (w_ih, w_hh, b_ih, b_hh) names
+        self._weight_shapes = []  # and their shapes
         self._peephole_names = []  # per (layer, direction): the LSTM's peepholes, or None
         self._projection_names = []  # per (layer, direction): the LSTM's projection, or None
         self._layer_norm_names = []  # per (layer, direction): the LayerNorm-LSTM's, or None
@@ -163,6 +164,8 @@ class RNNBase(SeededModule):
                 self._layer_norm_names.append(norms)
                 names = [n for n, _ in shapes]
                 self._param_names.append(tuple(names) + ((None, None) if not self.bias else ()))
+                self._weight_shapes.append(tuple(shape for _, shape in shapes) +
+                                           ((None, None) if not self.bias else ()))
                 self._peephole_names.append(peephole_name)
                 self._projection_names.append(projection_name)
         self._device = "cpu"
@@ -215,8 +218,10 @@ class RNNBase(SeededModule):
         inference calls by itself (see Parameter.version)."""
 
     def _weights(self, layer, direction):
-        names = self._param_names[layer * self.num_directions + direction]
-        return [None if n is None else self._parameters[n] for n in names]
+        k = layer * self.num_directions + direction
+        names = self._param_names[k]
+        return checked_weights(self, [None if n is None else self._parameters[n] for n in names],
+                               names, self._weight_shapes[k])
 
     def _peepholes(self, layer, direction):
         """The LSTM's peephole Parameter of a layer direction, or None."""

@@ -454,7 +454,7 @@ class _Generator(SeededModule):
                     f"{type(self).__name__}.backward: {', '.join(self._parts_in_eval)} ran in "
                     f"eval mode, which keeps nothing for backward in fusedrnn (unlike torch, "
                     f"where eval only turns dropout off): train the whole model (dropout=0 for "
-                    f"none), and leave a part out of the optimizer to freeze it")
+                    f"none), and freeze a part with requires_grad_(False)")
             taken = getattr(self.criterion, "_saved", True)  # (a criterion of the user's own: ?)
             if dlogits is None and (taken is None or
                                     taken is getattr(self, "_criterion_at_forward", None)):
