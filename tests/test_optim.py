@@ -288,6 +288,22 @@ def test_genetic_algorithm_seeded_elitist_and_improving():
     np.testing.assert_array_equal(best, again)  # reproducible
 
 
+def test_genetic_algorithm_keeps_frozen_parameters():
+    target = np.linspace(-1, 1, 6)
+    p, frozen = Parameter(np.zeros(6)), Parameter(np.ones(3)).requires_grad_(False)
+
+    def fitness():
+        return -float(np.sum((p.data - target) ** 2) + np.sum(frozen.data ** 2))
+
+    ga = optim.GeneticAlgorithm([p, frozen], fitness, population_size=10, seed=0)
+    assert ga.population.shape == (10, 6)
+    ga.run(5)
+    np.testing.assert_array_equal(frozen.data, np.ones(3))
+    assert p.data.any()
+    with pytest.raises(ValueError, match="every one of the 1 parameters is frozen"):
+        optim.GeneticAlgorithm([frozen], fitness)
+
+
 def test_genetic_algorithm_trains_a_recurrent_model_with_inference_forward():
     """A tiny GRU classifier: the GA uses only inference-mode forwards and beats chance."""
     from fusedrnn.tasks.common import SequenceClassifier

@@ -560,7 +560,8 @@ class GeneticAlgorithm:
     number to maximise (e.g. minus the loss, or accuracy, from an inference-mode forward; when
     ``params`` is a Module it is put in eval mode while candidates are scored, so the fused
     kernels run without saving anything for backward). After each :meth:`step` the parameters
-    hold the best individual found so far. Everything random comes from ``seed``.
+    hold the best individual found so far. Everything random comes from ``seed``. Frozen
+    parameters (``requires_grad`` False) keep their values.
 
     ``elite`` (the best kept unchanged each generation) is 2 unless given, and
     ``tournament_size`` 3, each at most what ``population_size`` allows.
@@ -570,9 +571,13 @@ class GeneticAlgorithm:
                  crossover_rate=0.9, mutation_rate=0.1, mutation_std=0.1, init_std=None,
                  seed=None):
         self.module = params if isinstance(params, Module) else None
-        self.params = _param_list(params)
-        if not self.params:
+        listed = _param_list(params)
+        if not listed:
             raise ValueError("params: the genetic algorithm got an empty parameter list")
+        self.params = [p for p in listed if p.requires_grad]  # (frozen ones keep their values)
+        if not self.params:
+            raise ValueError(f"params: every one of the {len(listed)} parameters is frozen "
+                             f"(requires_grad False): nothing to evolve")
         if not callable(fitness):
             raise TypeError(f"fitness: expected a callable returning a number, got "
                             f"{type(fitness).__name__}")
