@@ -561,6 +561,15 @@ def test_the_binding_itself_refuses_what_would_crash_or_misread():
                                *(a.astype(np.float32)[:H] for a in (w_ih, w_hh, b, b)), None,
                                False, False)
     assert out[0].shape == (2 ** 40, 0, H)
+    # T*N from 2^31 on is refused before anything is allocated (the weight gradients sum T*N
+    # rows in one product, and OpenBLAS's dimensions are 32-bit); x of no columns holds nothing
+    rows = np.empty((2 ** 16, 2 ** 15, 0), np.float32)
+    weights = (np.zeros((H, 0), np.float32), np.zeros((H, H), np.float32),
+               np.zeros(H, np.float32), np.zeros(H, np.float32))
+    for training in (False, True):
+        with pytest.raises(ValueError, match=r"x: expected T\*N below 2\^31 .*= 2147483648"):
+            _C.recurrent_forward("rnn", "tanh", rows, np.zeros((2 ** 15, H), np.float32), None,
+                                 *weights, None, False, training)
     # no hidden unit: what a LayerNorm-LSTM saves still has 3 numbers a step and sample
     for _ in range(3):  # (freed memory of another call's values, each time)
         np.full(10 ** 4, 1e300).sum()

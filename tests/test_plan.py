@@ -191,12 +191,13 @@ def test_narrow_layers_of_wide_inputs_project_up_front_and_match_the_reference(c
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(b).max()))
 
 
-def _plan_with_tuning(tuning, cell, T, N, I, H, training):
+def _plan_with_tuning(tuning, cell, T, N, I, H, training, threads=2):
     # A float32 call's plans on 2 threads in a process whose table has FUSEDRNN_TUNING set
     # (the table is read once per process).
     env = dict(os.environ, FUSEDRNN_TUNING=tuning)
     code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan("
-            f"'{cell}', 'tanh', {T}, {N}, {I}, {H}, np.dtype(np.float32), {training}, 2)))")
+            f"'{cell}', 'tanh', {T}, {N}, {I}, {H}, np.dtype(np.float32), {training}, "
+            f"{threads})))")
     return json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                      text=True, check=True).stdout)
 
@@ -277,6 +278,14 @@ def test_by_samples_loops_take_slices_a_thread_by_the_table():
             for way in ("forward", "backward"):
                 assert plan[way]["loop"] == "by samples", (tuning, N, way)
                 assert plan[way]["loop_slices"] == slices, (tuning, N, way)
+
+
+def test_a_phase_takes_fewer_than_65536_slices_whatever_the_table_asks():
+    # (ThreadTeam packs a thread's range in 16 bits): 2048 threads of 64 sample slices each
+    # would be 131072 slices, so each takes 65535 // 2048 = 31 (by units: the same cap)
+    plan = _plan_with_tuning("sample_slices_per_thread=64", "gru", 4, 2 ** 22, 8, 8, False,
+                             threads=2048)["forward"]
+    assert plan["loop"] == "by samples" and plan["loop_slices"] == 2048 * 31, plan
 
 
 # Each CPU table row and forced entry, float64 training on 2 threads (W_hh of the LSTM at H=176

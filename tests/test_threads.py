@@ -306,3 +306,32 @@ def test_set_num_threads_waits_for_a_running_call_without_the_gil(restore_thread
     gaps = np.diff([b for b in beats if t1 - 0.01 <= b <= t1 + blocked])
     assert blocked > 0.1, "the call ended before set_num_threads: make it longer"
     assert gaps.size and gaps.max() < 0.5 * blocked, (blocked, gaps.max(initial=0))
+
+
+_EXIT_SNIPPET = r"""
+import threading, time, numpy as np
+import fusedrnn as fr
+fr.set_num_threads(2)
+m = fr.nn.LSTM(32, 128, seed=0).eval()
+x = np.ones((400, 16, 32), np.float32)
+def loop():
+    while True:
+        m(x)
+for _ in range(2):
+    threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.3)  # the main thread ends with both daemon threads inside calls
+"""
+
+
+def test_the_interpreter_exits_while_daemon_threads_are_inside_calls():
+    """At exit the team is left standing (joining its workers waited for the daemon thread's
+    call, then freed the team under it: SIGSEGV), and a call that ends while the interpreter
+    finalizes does not take the GIL back (Python ends such a thread by pthread_exit, whose
+    unwinding through the GIL guard's noexcept destructor aborted the process)."""
+    import subprocess
+    import sys
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", _EXIT_SNIPPET], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "terminate" not in done.stderr

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bindings/cell_names.h"
+#include "bindings/gil.h"
 #include "cuda/recurrent.cuh"
 
 namespace py = pybind11;
@@ -79,7 +80,7 @@ void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, boo
   a.ln = ptr<const T>(p[17].cast<std::uintptr_t>());
   a.ln_eps = static_cast<T>(ln_eps);
   require_layer_norm(cell, a.ln != nullptr);
-  py::gil_scoped_release release;
+  GilReleased release;
   cuda::recurrent_forward<T>(cell, a, workspace, options);
 }
 
@@ -116,7 +117,7 @@ void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bo
   a.ln = ptr<const T>(p[22].cast<std::uintptr_t>());
   a.dln = ptr<T>(p[23].cast<std::uintptr_t>());
   require_layer_norm(cell, a.ln != nullptr && a.dln != nullptr);
-  py::gil_scoped_release release;
+  GilReleased release;
   cuda::recurrent_backward<T>(cell, a, workspace, options);
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bindings/cell_names.h"
+#include "bindings/gil.h"
 #include "cells/layernorm_lstm_cell.h"
 #include "cpu/attention.h"
 #include "cpu/block_cache.h"
@@ -203,6 +204,12 @@ CallSizes common_args(CellKind cell, const py::array& x_arr, const py::object& w
   a.shape = SeqShape{z.T, z.N, z.I, z.H, z.G, z.P};
   z.SW = a.shape.state();
   a.x = require<T>(x_arr, "x", {z.T, z.N, z.I});
+  if (z.T * z.N > INT32_MAX)  // the products over every step at once (the weight gradients
+    // sum T*N rows) take 32-bit dimensions in OpenBLAS (scipy-openblas32)
+    throw py::value_error("x: expected T*N below 2^31 (OpenBLAS's dimensions are 32-bit), got " +
+                          std::to_string(z.T) + "*" + std::to_string(z.N) + " = " +
+                          std::to_string(z.T * z.N) + ": run the sequence in chunks, carrying "
+                          "the state (fusedrnn.training.TruncatedBPTT in training)");
   // w_hh first: H is read from it, so a w_hh of a wrong shape is named as such
   a.w_hh = require<T>(w_hh, "w_hh", {z.GH, z.SW});
   a.w_ih = require<T>(w_ih, "w_ih", {z.GH, z.I});
@@ -326,7 +333,7 @@ py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) 
   std::vector<Args> args;
   for (const auto& p : prepared) args.push_back(p.args);
   {
-    py::gil_scoped_release release;
+    GilReleased release;
     run(args.data(), static_cast<int>(args.size()));
   }
   py::list out;
@@ -566,7 +573,7 @@ py::tuple attention_forward_typed(bool additive, const py::array& query, const p
     hidden = h;
   }
   {
-    py::gil_scoped_release release;
+    GilReleased release;
     cpu::attention_forward<T>(a);
   }
   return py::make_tuple(context, weights, hidden);
@@ -596,7 +603,7 @@ py::tuple attention_backward_typed(bool additive, const py::array& query,
     dv = d;
   }
   {
-    py::gil_scoped_release release;
+    GilReleased release;
     cpu::attention_backward<T>(a);
   }
   return py::make_tuple(dquery, dkeys_proj, dvalues, dv);
@@ -619,7 +626,7 @@ py::array matmul_typed(const py::array& a, const py::array& b, bool trans_a, boo
   const T* B = static_cast<const T*>(b.data());
   T* C = mutable_data<T>(c);
   {
-    py::gil_scoped_release release;
+    GilReleased release;
     cpu::matmul<T>(trans_a, trans_b, M, N, K, A, a.shape(1), B, b.shape(1), C, N);
   }
   return c;
@@ -906,7 +913,7 @@ PYBIND11_MODULE(_C, m) {
             throw py::value_error("n: expected 1 to 4096 threads, got " + std::to_string(n));
           cpu::set_num_threads(n);
         }, py::arg("n"),
-        py::call_guard<py::gil_scoped_release>(), "Threads of the kernels' team.");
+        py::call_guard<GilReleased>(), "Threads of the kernels' team.");
   m.def("get_num_threads", []() { return cpu::get_num_threads(); },
         "Threads of the kernels' team.");
   m.def("share_openmp_threads", &cpu::share_openmp_threads,

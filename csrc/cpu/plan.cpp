@@ -426,12 +426,19 @@ bool split_by_samples(const Tuning& t, int64_t N, int slices, int64_t weight_byt
   return each >= t.min_samples_per_slice && (weight_bytes <= t.core_cache_bytes || streams);
 }
 
+// The slices a thread may take at most in a phase of `threads`: a phase takes fewer than 65536
+// (ThreadTeam::run_phase packs a thread's range in 16 bits).
+int64_t most_slices_per_thread(int threads) {
+  return threads > 0 && 65535 / threads > 1 ? 65535 / threads : 1;
+}
+
 // A by-samples loop's slices: sample_slices_per_thread a thread where each still gets
 // min_samples_per_slice samples, else one.
 int sample_slices(const Tuning& t, int64_t N, int slices) {
-  const int64_t more = slices * t.sample_slices_per_thread;
-  return t.sample_slices_per_thread > 1 && N / more >= t.min_samples_per_slice
-             ? static_cast<int>(more) : slices;
+  int64_t per_thread = t.sample_slices_per_thread > 1 ? t.sample_slices_per_thread : 1;
+  if (per_thread > most_slices_per_thread(slices)) per_thread = most_slices_per_thread(slices);
+  const int64_t more = slices * per_thread;
+  return per_thread > 1 && N / more >= t.min_samples_per_slice ? static_cast<int>(more) : slices;
 }
 
 // Inference packs W_hh only where the call's rows (steps x samples) amortise it: about 12 rows
@@ -477,9 +484,7 @@ namespace {
 // each slice's step keeps min_unit_slice_macs, else one.
 int unit_slices(const Tuning& t, int64_t step_macs, int threads) {
   int64_t per_thread = t.unit_slices_per_thread > 1 ? t.unit_slices_per_thread : 1;
-  // A phase takes fewer than 65536 slices (ThreadTeam::run_phase).
-  const int64_t most = threads > 0 && 65535 / threads > 1 ? 65535 / threads : 1;
-  if (per_thread > most) per_thread = most;
+  if (per_thread > most_slices_per_thread(threads)) per_thread = most_slices_per_thread(threads);
   // Divided, not multiplied: the table's entries may be up to 2^53.
   return threads > 1 && step_macs / threads / per_thread >= t.min_unit_slice_macs
              ? threads * static_cast<int>(per_thread)

@@ -31,7 +31,10 @@ namespace cpu {
 namespace {
 
 std::mutex g_team_mutex;            // held by the call that uses the team
-std::unique_ptr<ThreadTeam> g_team;  // created lazily, resized by set_num_threads
+// Created lazily, remade by set_num_threads, and never destroyed at exit: a daemon Python
+// thread may still be in a call on it then (joining the workers would wait for that call, and
+// freeing the team would pull it from under the call).
+ThreadTeam* g_team = nullptr;
 std::atomic<int> g_num_threads{0};
 thread_local bool t_single_slice = false;  // inside run_side_by_side: calls run on one thread
 // Between steps (microseconds apart) workers spin; past the CPU table's spin time (tens of
@@ -240,7 +243,7 @@ std::atomic<OmpThreadNum> g_omp_thread_num{nullptr};
 void lock_team_before_fork() { g_team_mutex.lock(); }
 void unlock_team_after_fork() { g_team_mutex.unlock(); }
 void forget_team_in_child() {
-  (void)g_team.release();
+  g_team = nullptr;
   g_gomp_parallel.store(nullptr);
   g_omp_thread_num.store(nullptr);
   g_team_mutex.unlock();
@@ -490,7 +493,10 @@ void set_num_threads(int n) {
   if (n < 1) n = 1;
   std::lock_guard<std::mutex> g(g_team_mutex);
   g_num_threads.store(n);
-  if (g_team && g_team->size() != n) g_team.reset();
+  if (g_team && g_team->size() != n) {
+    delete g_team;  // (no call is on it: we hold the mutex)
+    g_team = nullptr;
+  }
 }
 
 int get_num_threads() {
@@ -500,8 +506,12 @@ int get_num_threads() {
 
 // The shared team, made or resized to `size` threads; the caller holds g_team_mutex.
 static ThreadTeam* team_of_size(int size) {
-  if (!g_team || g_team->size() != size) g_team = std::make_unique<ThreadTeam>(size);
-  return g_team.get();
+  if (!g_team || g_team->size() != size) {
+    delete g_team;
+    g_team = nullptr;  // (until the new one stands: its constructor may throw)
+    g_team = new ThreadTeam(size);
+  }
+  return g_team;
 }
 
 void run_side_by_side(int count, const std::function<void(int)>& fn) {
