@@ -241,7 +241,7 @@ def torch_peer(cell, x, w, mode, threads, proj_size=0, returns_dx=False):
     xt = torch.from_numpy(x)
     if mode == "infer":
         def infer():
-            with torch.no_grad():
+            with torch.inference_mode():
                 return m(xt)[0].numpy()
         return infer
     xg = xt.clone().requires_grad_(True)
@@ -494,7 +494,7 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
         xt = torch.from_numpy(x)
         if mode == "infer":
             def torch_infer():
-                with torch.no_grad():
+                with torch.inference_mode():
                     return tl(xt)[0].numpy()
             fns["torch"] = torch_infer
         else:

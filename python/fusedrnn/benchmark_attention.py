@@ -61,7 +61,7 @@ def torch_fn(score, a, mode):
         return torch.bmm(w[:, None, :], values)[:, 0]
 
     def infer():
-        with torch.no_grad():
+        with torch.inference_mode():
             return forward(t["query"], t["keys_proj"], t["values"], t["v"]).numpy()
 
     leaves = [t[k].clone().requires_grad_() for k in ("query", "keys_proj", "values", "v")]

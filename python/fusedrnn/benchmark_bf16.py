@@ -42,7 +42,7 @@ def onednn_refusal(cell):
         import torch
         m = getattr(torch.nn, cell)(4, 4)
         try:
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 m(torch.zeros((2, 4) if cell.endswith("Cell") else (2, 1, 4)))
             _REFUSALS[cell] = None
         except RuntimeError as exc:
@@ -90,7 +90,7 @@ def contestant(who, cell, x, w, threads, mode="infer"):
 
     def torch_bf16():
         if mode == "infer":
-            with torch.no_grad(), torch_autocast(cell):
+            with torch.inference_mode(), torch_autocast(cell):
                 return m(xt)[0].float().numpy()
         with torch_autocast(cell):
             y = m(xg)[0]

@@ -204,7 +204,7 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
     # ---- cuDNN through torch.nn
     module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
         I, H).cuda().float()
-    with torch.no_grad():
+    with torch.inference_mode():
         module.weight_ih_l0.copy_(torch.as_tensor(d["w_ih"], device="cuda"))
         module.weight_hh_l0.copy_(torch.as_tensor(d["w_hh"], device="cuda"))
         module.bias_ih_l0.copy_(torch.as_tensor(d["b_ih"], device="cuda"))
@@ -217,7 +217,7 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
     tdc = torch.as_tensor(d["dc"], device="cuda")[None]
 
     def torch_infer():
-        with torch.no_grad(), torch_autocast():
+        with torch.inference_mode(), torch_autocast():
             module(tx, (th0, tc0) if cell == "lstm" else th0)
 
     xg = tx.clone().requires_grad_(True)
@@ -237,7 +237,7 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
                  and B <= 16 else "stepwise")
     # agreement check of the forward outputs before timing (catches a broken build)
     y_ours = ours_forward(False)[0]
-    with torch.no_grad():
+    with torch.inference_mode():
         y_ref = module(tx, (th0, tc0) if cell == "lstm" else th0)[0]  # cuDNN float32
     err = float(torch.linalg.norm(torch.as_tensor(y_ours, device="cuda") - y_ref)
                 / torch.linalg.norm(y_ref))

@@ -15,7 +15,7 @@ in two copies with the same weights: one with ``torch.nn.<Cell>``, the other con
 ``fusedrnn.torch.convert``. Timed (``fusedrnn.benchmark.median_ms``, same threads, alternating
 blocks) per mode:
 
-  infer  ``with torch.no_grad(): model(tokens)`` (the logits);
+  infer  ``with torch.inference_mode(): model(tokens)`` (the logits);
   train  one optimizer step: zero_grad, forward, loss, backward, ``torch.optim.SGD(lr=0.01)``
          step; each contestant updates its own copy of the weights.
 
@@ -112,7 +112,7 @@ def infer_fn(model, tokens, bf16=False):
     model.eval()
 
     def infer():
-        with torch.no_grad(), _autocast(model, bf16):
+        with torch.inference_mode(), _autocast(model, bf16):
             return model(tokens).float()
     return infer
 
@@ -208,7 +208,7 @@ def layer_alone(cell, mode, torch_layer, adapter_layer, B, T, I, budget, bf16=Fa
 
         def run(layer=layer):
             if mode == "infer":
-                with torch.no_grad(), torch_autocast(cell, enabled=bf16):
+                with torch.inference_mode(), torch_autocast(cell, enabled=bf16):
                     return layer(xt)[0]
             with torch_autocast(cell, enabled=bf16):
                 y = layer(xg)[0]
