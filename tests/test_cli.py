@@ -394,3 +394,18 @@ def test_a_damaged_gzip_file_is_one_line_naming_it(capsys, tmp_path):
     (folder / "train-images-idx3-ubyte.gz").write_bytes(whole[:20])
     assert "a damaged or truncated gzip file" in error_of(capsys, "train", "digits", "--data",
                                                           str(folder), "--epochs", "1")
+
+
+def test_translate_refuses_no_date_and_warns_of_an_answer_that_is_no_date(capsys, tmp_path):
+    """An empty text decoded from no source at all (printing '196-04-04', exit 0); an answer
+    such as '2001-02-30' or a year the data never had came without a word."""
+    from fusedrnn.tasks import dates
+    config = dict(embed=8, hidden=8, cell="lstm", attention="bahdanau", seed=0)
+    model = tmp_path / "untrained.npz"
+    fr.save({"task": "dates", "config": config,
+             "model": dates.build_model(config).state_dict()}, model)
+    assert "texts[1]: expected a date to translate, got ''" in error_of(
+        capsys, "translate", "--model", str(model), "3 May 1999", "")
+    with pytest.warns(UserWarning, match=r"'3 May 1999' -> '.*' is not a date of the model's "
+                                         r"training data \(1950-01-01 to 2049-12-31\)"):
+        assert main(["translate", "--model", str(model), "3 May 1999"]) == 0

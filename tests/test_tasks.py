@@ -195,15 +195,29 @@ def test_attention_picture_labels_each_decoded_token(tmp_path, monkeypatch):
     monkeypatch.setattr(Axes, "set_yticklabels",
                         lambda ax, names, **kw: (labels.setdefault("rows", list(names)),
                                                  real(ax, names, **kw))[1])
-    texts = ["İ3rd of May 1999"]
-    _, res = dates.translate(model, texts)
+    texts = ["İ3rd of May 1999"]  # (lowered: "i" and a combining dot, which the codec lacks)
+    with pytest.warns(UserWarning, match=r"characters the model never saw, read as unknown: "
+                                         r"'\u0307'"):
+        _, res = dates.translate(model, texts)
     tokens = list(res.tokens[0])
     assert dates.UNK in tokens and res.attention[0].shape[0] == len(tokens)
-    dates.plot_attention(tmp_path / "att.png", model, texts)
+    with pytest.warns(UserWarning, match="never saw"):
+        dates.plot_attention(tmp_path / "att.png", model, texts)
     assert labels["rows"] == dates.make_codecs()[1].labels(tokens) and "<unk>" in labels["rows"]
     assert (tmp_path / "att.png").stat().st_size > 0
     with pytest.raises(ValueError, match="texts: expected at least one text"):
         dates.plot_attention(tmp_path / "none.png", model, [])
+    for bad, error in (("", ValueError), ("   ", ValueError), (3, TypeError)):
+        with pytest.raises(error, match="texts\\[1\\]: expected a"):
+            dates.translate(model, ["3 may 1999", bad])
+    # exact match compares tokens: a special token among the right characters is a miss
+    codec = dates.make_codecs()[1]
+    ids = codec.encode("1999-05-03")
+    assert codec.spells(ids, "1999-05-03")
+    assert not codec.spells(ids[:4] + [dates.UNK] + ids[4:], "1999-05-03")
+    assert codec.decode(ids[:4] + [dates.UNK] + ids[4:]) == "1999-05-03"
+    assert [dates.trained_date(d) for d in ("1999-05-03", "2001-02-30", "2050-05-03",
+                                            "1999-5-03", "")] == [True, False, False, False, False]
     for texts in (np.array(["3 may 1999", "1/2/03"]), (t for t in ["3 may 1999", "1/2/03"])):
         ids, lengths = dates.make_codecs()[0].batch(texts)  # (an array, a generator)
         assert list(lengths) == [10, 6]

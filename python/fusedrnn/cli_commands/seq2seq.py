@@ -21,11 +21,16 @@ def add_commands(sub):
 
 def run_translate(args):
     from fusedrnn.cli import print_json
-    from fusedrnn.tasks.dates import load_model, plot_attention, translate
+    import warnings
+    from fusedrnn.tasks.dates import load_model, plot_attention, trained_date, translate
     from .train import check_outputs
     check_outputs(args)
     model = load_model(args.model)
     outputs, result = translate(model, args.text, beam=args.beam)
+    for text, out in zip(args.text, outputs):
+        if not trained_date(out):
+            warnings.warn(f"{text!r} -> {out!r} is not a date of the model's training data "
+                          f"(1950-01-01 to 2049-12-31): a year outside them, or no date")
     if args.plot:
         plot_attention(args.plot, model, args.text, title="attention (rows: output characters, "
                                                           "columns: input characters)", beam=args.beam)

@@ -19,8 +19,8 @@ __all__ = ["FORMATS", "format_date", "random_dates", "dates_split", "DATE_CHARS"
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
            "September", "October", "November", "December"]
 _DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-_FIRST = datetime.date(1950, 1, 1).toordinal()
-_LAST = datetime.date(2049, 12, 31).toordinal()
+FIRST_DAY, LAST_DAY = datetime.date(1950, 1, 1), datetime.date(2049, 12, 31)  # the data's days
+_FIRST, _LAST = FIRST_DAY.toordinal(), LAST_DAY.toordinal()
 
 # Every character a formatted date can hold (letters of both cases, digits, separators).
 DATE_CHARS = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,./-'"))

@@ -25,7 +25,10 @@ ADDING_BASELINE_MSE = 1.0 / 6.0
 
 
 def adding_problem(n, length, seed=None, dtype: DTypeLike = np.float32):
-    """(x [n, length, 2], y [n]) for the adding problem (Hochreiter & Schmidhuber 1997)."""
+    """(x [n, length, 2], y [n]) for the adding problem as Le et al. (2015) and Arjovsky et al.
+    (2016) set it (after Hochreiter & Schmidhuber 1997, whose values were in [-1, 1]): values
+    uniform in [0, 1), one marked in each half of the sequence, y their sum (predicting the mean,
+    1, gives an MSE of 1/6)."""
     n, length = _int_in(n, "n", 0), _int_in(length, "length", 2)
     rng = _seeded(seed)
     values = rng.uniform(0.0, 1.0, (n, length))

@@ -16,7 +16,7 @@ from .. import data, io, optim
 from ..data.text import WordVocab
 from ..nn import CrossEntropyLoss
 from ..training import fit
-from .common import SequenceClassifier, accuracy, maybe_plot
+from .common import SequenceClassifier, accuracy, majority_baseline, maybe_plot
 from ..cli_commands import fraction, path, positive_float, positive_int
 
 DEFAULTS = dict(epochs=10, hidden=64, embedding=32, lr=5e-3, batch_size=32, cell="gru")
@@ -79,7 +79,7 @@ def run(args, progress=True):
                   args.epochs, evaluate, progress=progress, desc="classify-text",
                   state={"model": model, "optimizer": opt, "rng": rng},
                   checkpoint=getattr(args, "checkpointer", None))
-    majority = float(np.max(np.bincount(labels[test_idx], minlength=len(classes))) / n_test)
+    majority = majority_baseline(labels[train_idx], labels[test_idx])
     metrics = {"task": "classify-text", "cell": args.cell, "classes": classes,
                "train_size": int(len(train_idx)), "test_size": int(n_test),
                "vocab_size": len(vocab), "test_accuracy": history[-1]["test_accuracy"],

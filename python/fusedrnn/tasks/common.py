@@ -88,6 +88,12 @@ def accuracy(logits, y):
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
+def majority_baseline(y_train, y_test):
+    """The test accuracy of always answering the training set's most common class (chosen
+    without looking at the test labels)."""
+    return float(np.mean(np.asarray(y_test) == np.argmax(np.bincount(y_train))))
+
+
 def gradient_norms_over_time(rnn, x, dh_T):
     """||dL/dh_t|| for t = 1..T of a one-layer, one-direction layer ``rnn`` on x [T, N, I],
     where the loss reaches the network only through the final hidden state with gradient

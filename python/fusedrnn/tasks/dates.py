@@ -12,7 +12,9 @@ input characters); ``fusedrnn translate --model PATH "3rd of May 1999"`` uses a 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import time
+import warnings
 
 import numpy as np
 
@@ -50,6 +52,16 @@ class CharCodec:
 
     def decode(self, ids):
         return "".join(self.chars[i - len(SPECIALS)] for i in ids if i >= len(SPECIALS))
+
+    def spells(self, ids, text):
+        """Whether ``ids`` are exactly ``text``'s (decode would drop a special token among them,
+        so comparing decoded strings would count it a match)."""
+        return [int(i) for i in ids] == self.encode(text)
+
+    def unknown(self, text):
+        """The characters of ``text`` that encode reads as <unk>, in order, once each."""
+        text = text.lower() if self.lower else text
+        return "".join(dict.fromkeys(c for c in text if c not in self.index))
 
     def labels(self, ids):
         """One label per id, the special tokens by name (decode drops them)."""
@@ -101,8 +113,19 @@ def build_model(config):
 
 
 def translate(model, texts, beam=1, max_len=12):
-    """Texts -> (ISO strings, DecodeResult)."""
+    """Texts -> (ISO strings, DecodeResult). A text with nothing but spaces is refused, and one
+    with characters the model never saw (read as <unk>) is named in a warning."""
+    texts = list(texts)  # (a generator: read once)
     src_codec, tgt_codec = make_codecs()
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}]: expected a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"texts[{i}]: expected a date to translate, got {text!r}")
+        unknown = src_codec.unknown(text)
+        if unknown:
+            warnings.warn(f"texts[{i}] {text!r}: characters the model never saw, read as "
+                          f"unknown: {unknown!r}", stacklevel=2)
     src, lengths = src_codec.batch(texts)
     if beam > 1:
         res = model.beam_search(src, lengths, beam_size=beam, max_len=max_len)
@@ -111,12 +134,24 @@ def translate(model, texts, beam=1, max_len=12):
     return [tgt_codec.decode(t) for t in res.tokens], res
 
 
+def trained_date(iso):
+    """Whether ``iso`` is a real date YYYY-MM-DD within the training data's days (1950-01-01 to
+    2049-12-31): the model writes any digits, "2001-02-30" or a year it never saw included."""
+    try:
+        day = datetime.date.fromisoformat(iso)
+    except ValueError:
+        return False
+    return len(iso) == 10 and date_data.FIRST_DAY <= day <= date_data.LAST_DAY
+
+
 def exact_match(model, pairs, beam=1, batch_size=500):
+    """The share of (source, ISO date) ``pairs`` translated exactly, token for token."""
+    tgt_codec = make_codecs()[1]
     hits = 0
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
-        out, _ = translate(model, [a for a, _ in chunk], beam)
-        hits += sum(o == b for o, (_, b) in zip(out, chunk))
+        _, res = translate(model, [a for a, _ in chunk], beam)
+        hits += sum(tgt_codec.spells(t, b) for t, (_, b) in zip(res.tokens, chunk))
     return hits / max(1, len(pairs))
 
 

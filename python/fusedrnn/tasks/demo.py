@@ -67,7 +67,8 @@ def format_table(rows):
 def summary(metrics):
     """What `fusedrnn demo` prints (without --json)."""
     lines = [f"digits ({metrics['model']}): held-out accuracy {metrics['test_accuracy']:.3f} "
-             f"after {metrics['epochs']} epochs ({metrics['train_seconds']:.1f} s)"]
+             f"after {metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''} "
+             f"({metrics['train_seconds']:.1f} s)"]
     if metrics.get("speed"):
         lines += ["", f"speed, ms per call (median; {metrics['threads']} threads, same weights "
                       f"and inputs, outputs checked to agree):"]

@@ -13,7 +13,7 @@ import numpy as np
 from .. import data, io, optim
 from ..nn import CrossEntropyLoss
 from ..training import fit
-from .common import SequenceClassifier, accuracy, maybe_plot
+from .common import SequenceClassifier, accuracy, majority_baseline, maybe_plot
 from ..cli_commands import at_least, path, positive_float, positive_int
 
 DEFAULTS = dict(epochs=25, hidden=128, lr=5e-3, batch_size=32, cell="lstm")
@@ -112,7 +112,7 @@ def run(args, progress=True):
     trainer = train_ga if args.trainer == "ga" else train_bptt
     history = trainer(model, x_train, y_train, x_test, y_test, args, progress)
     acc = accuracy(predict(model, x_test), y_test)
-    chance = float(np.max(np.bincount(y_test)) / len(y_test))
+    chance = majority_baseline(y_train, y_test)
     metrics = {"task": "digits", "data": name, "cell": args.cell, "trainer": args.trainer,
                "test_accuracy": acc, "chance_accuracy": chance, "epochs": args.epochs,
                "train_size": int(x_train.shape[1]), "test_size": int(x_test.shape[1]),
