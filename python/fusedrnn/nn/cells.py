@@ -274,7 +274,7 @@ class RNNCellBase(SeededModule):
         lstm = self._cell == "lstm"
         params = self._parameters
         w, cache = self._kept.weights(0, checked_weights(
-            self, [params[n] for n in _WEIGHT_NAMES], _WEIGHT_NAMES, self._weight_shapes))
+            self, [params.get(n) for n in _WEIGHT_NAMES], _WEIGHT_NAMES, self._weight_shapes))
         variant = self._variant_args()
         if (not self.training and x.shape[0] > 0 and w[2] is not None
                 and _plain_arrays(self.dtype, x, *w) and _contiguous_states(h0, c0)):

@@ -109,6 +109,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_version_counter)
 
 
+def _requires_grad_flag(value):
+    if not isinstance(value, (bool, np.bool_)):  # ("no" read as True)
+        raise TypeError(f"requires_grad: expected a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 class Parameter:
     """A trainable array: ``data`` (the values) and ``grad`` (None until a backward).
 
@@ -177,10 +183,7 @@ class Parameter:
 
     @requires_grad.setter
     def requires_grad(self, value):
-        if not isinstance(value, (bool, np.bool_)):  # ("no" read as True)
-            raise TypeError(f"requires_grad: expected a bool, got {type(value).__name__} "
-                            f"{value!r}")
-        self._requires_grad = bool(value)
+        self._requires_grad = _requires_grad_flag(value)
 
     def requires_grad_(self, requires_grad=True):
         """Set ``requires_grad`` (False freezes the parameter); returns self."""
@@ -731,9 +734,7 @@ class Module:
         """Freeze (False) or unfreeze every parameter (see ``Parameter.requires_grad``): a frozen
         part's backward still returns the gradients of its inputs, so the layers before it
         train; returns self."""
-        if not isinstance(requires_grad, (bool, np.bool_)):
-            raise TypeError(f"requires_grad: expected a bool, got {type(requires_grad).__name__} "
-                            f"{requires_grad!r}")
+        requires_grad = _requires_grad_flag(requires_grad)
         for p in self.parameters():
             p.requires_grad = requires_grad
         return self

@@ -36,8 +36,9 @@ from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
 from .layers import SeededModule, _flag, _int_in, _number_in
-from .module import (KeptWeights, check_unwritten, checked_weights, write_stamp, Parameter, array_module, check_device, check_dtype, dtype_repr,
-                     is_device_array, to_device, to_host)
+from .module import (KeptWeights, Parameter, array_module, check_device, check_dtype,
+                     check_unwritten, checked_weights, dtype_repr, is_device_array, to_device,
+                     to_host, write_stamp)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
 
@@ -220,8 +221,8 @@ class RNNBase(SeededModule):
     def _weights(self, layer, direction):
         k = layer * self.num_directions + direction
         names = self._param_names[k]
-        return checked_weights(self, [None if n is None else self._parameters[n] for n in names],
-                               names, self._weight_shapes[k])
+        params = [None if n is None else self._parameters.get(n) for n in names]
+        return checked_weights(self, params, names, self._weight_shapes[k])
 
     def _peepholes(self, layer, direction):
         """The LSTM's peephole Parameter of a layer direction, or None."""
