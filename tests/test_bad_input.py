@@ -141,6 +141,10 @@ def test_load_state_dict_wrong_shape():
      r"weight_hh: expected shape \(18, 6\) for GRUCell"),
     (lambda: nn.LSTMCell(4, 6), "bias_hh", None, ValueError,
      "bias_ih, bias_hh: give both biases or neither .*bias_hh is None"),
+    (lambda: nn.LSTM(4, 6), "weight_hh_l0", np.zeros((24, 6)), TypeError,
+     "weight_hh_l0: expected dtype float32 .*, got float64"),
+    (lambda: nn.GRUCell(4, 6), "bias_hh", np.zeros(18), TypeError,
+     "bias_hh: expected dtype float32 .*, got float64"),
     (lambda: nn.Linear(4, 6), "weight", np.zeros((6, 3), np.float32), ValueError,
      r"weight: expected shape \(6, 4\) for Linear"),
     (lambda: nn.Linear(4, 6), "bias", np.zeros(6, np.float64), TypeError,
@@ -150,6 +154,9 @@ def test_load_state_dict_wrong_shape():
 def test_a_replaced_parameter_of_another_form_is_named_by_its_key(make, key, value, error, message,
                                                                   training):
     m = make().train(training)
+    m(np.zeros((3, 2, 4) if isinstance(m, nn.RNNBase) else (2, 4), np.float32))
+    m.__dict__.pop("_weight_shapes", None)  # (as a module pickled before they were kept)
+    m(np.zeros((3, 2, 4) if isinstance(m, nn.RNNBase) else (2, 4), np.float32))
     setattr(m, key, None if value is None else nn.Parameter(value))
     x = np.zeros((3, 2, 4) if isinstance(m, nn.RNNBase) else (2, 4), np.float32)
     with pytest.raises(error, match=message):

@@ -414,6 +414,9 @@ def test_a_frozen_part_takes_no_gradient_and_its_inputs_still_get_theirs(rng):
     m.backward(R)
     np.testing.assert_array_equal(m.weight_hh_l1.grad, one_step["weight_hh_l1"])
     assert [k for k, p in m.named_parameters() if p.grad is not None] == ["weight_hh_l1"]
+    emb = nn.Embedding(10, 3).requires_grad_(False)  # (it skips its gradient's work)
+    emb(np.array([1, 2]))
+    assert emb.backward(np.ones((2, 3), np.float32)) is None and emb.weight.grad is None
     with pytest.raises(TypeError, match="requires_grad: expected a bool, got str"):
         m.requires_grad_("no")
     with pytest.raises(TypeError, match="requires_grad: expected a bool"):

@@ -323,6 +323,33 @@ time.sleep(0.3)  # the main thread ends with both daemon threads inside calls
 """
 
 
+_FINALIZER_SNIPPET = r"""
+import sys
+import numpy as np
+from fusedrnn import _C
+a = np.ones((4, 4), np.float32)
+_C.matmul(a, a, False, False)  # (pybind11's NumPy imports done: none can run at exit)
+def batches():
+    try:
+        while True:
+            yield 0
+    finally:  # run while the interpreter finalizes, on its main thread
+        sys.stdout.write("cleanup ran %d\n" % int(_C.matmul(a, a, False, False)[0, 0]))
+g = batches()
+next(g)
+"""
+
+
+def test_a_kernel_call_while_the_main_thread_finalizes_returns():
+    """The main thread finalizing the interpreter takes the GIL back after a call (a
+    generator's cleanup, a __del__ at exit): only other threads stay out (it waited forever)."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _FINALIZER_SNIPPET], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "cleanup ran 4" in done.stdout, done.stderr
+
+
 def test_the_interpreter_exits_while_daemon_threads_are_inside_calls():
     """At exit the team is left standing (joining its workers waited for the daemon thread's
     call, then freed the team under it: SIGSEGV), and a call that ends while the interpreter

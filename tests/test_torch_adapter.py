@@ -11,7 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 frt = pytest.importorskip("fusedrnn.torch")
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+from torch.nn.utils.rnn import (PackedSequence, pack_padded_sequence,  # noqa: E402
+                                pad_packed_sequence)
 
 from fusedrnn import functional as F, reference as R  # noqa: E402
 from fusedrnn.benchmark_bf16 import onednn_refusal, torch_autocast  # noqa: E402
@@ -155,6 +156,19 @@ def test_packed_in_packed_out_keeps_the_layout():
     assert torch.equal(a.sorted_indices, b.sorted_indices)
     assert torch.equal(a.unsorted_indices, b.unsorted_indices)
     assert (a.data - b.data).abs().max() < 1e-12
+
+
+def test_a_packed_batch_of_the_wrong_form_is_named_by_its_data():
+    # (checked after padding, the message quoted the padded tensor's shape; data with rows
+    # beyond the sum of batch_sizes ran on the first of them, as torch.nn's forward does)
+    gru = frt.GRU(3, 4)
+    for data, message in ((torch.randn(7, 1, 3), r"data \[rows, 3\] .*got data of shape "
+                                                 r"\(7, 1, 3\)"),
+                          (torch.randn(7, 5), r"got data of shape \(7, 5\)"),
+                          (torch.randn(9, 3), "expected a PackedSequence of 7 rows \\(the sum "
+                                              "of its batch_sizes\\), got data of 9")):
+        with pytest.raises(ValueError, match=message):
+            gru(PackedSequence(data, torch.tensor([3, 2, 1, 1])))
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
@@ -599,6 +613,16 @@ def test_meta_and_fake_tensors_give_torch_nn_s_shapes():
             got = ours(x.to("meta").requires_grad_(grad))
         assert [t.shape for t in _flat(got)] == [t.shape for t in _flat(ref(x))]
         assert all(t.device.type == "meta" for t in _flat(got))
+    # a packed batch of meta data too (its padded rows were picked by a boolean mask, whose
+    # nonzero meta tensors cannot run); dropout between the layers in training mode picks them
+    packed = pack_padded_sequence(x, torch.tensor([4, 2]), enforce_sorted=False)
+    packed_meta = PackedSequence(packed.data.to("meta"), packed.batch_sizes,
+                                 packed.sorted_indices, packed.unsorted_indices)
+    ours.dropout = 0.5
+    (out, (h, c)), (ref_out, (ref_h, ref_c)) = ours(packed_meta), ref(packed)
+    assert (out.data.shape, h.shape, c.shape) == (ref_out.data.shape, ref_h.shape, ref_c.shape)
+    assert out.data.device.type == "meta" and torch.equal(out.batch_sizes, ref_out.batch_sizes)
+    ours.dropout = 0.0
     ours.to_empty(device="cpu").load_state_dict(ref.state_dict())
     assert_close(_flat(ours(x)), _flat(ref(x)), 1e-6, "outputs after to_empty")
     with FakeTensorMode():

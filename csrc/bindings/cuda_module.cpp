@@ -144,6 +144,7 @@ bool is_double(const std::string& dtype, bool bf16) {
 
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "fusedrnn CUDA kernels on raw device pointers (use fusedrnn.cuda / fusedrnn.functional)";
+  remember_main_thread();  // (GilReleased)
   m.def(
       "forward_workspace_size",
       [](const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,

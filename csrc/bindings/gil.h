@@ -15,15 +15,30 @@ inline bool interpreter_finalizing() {
 #endif
 }
 
-// pybind11::gil_scoped_release, but a thread whose call ends while the interpreter finalizes
-// (a daemon thread at exit) stays out instead of taking the GIL back: Python would end the
-// thread with pthread_exit, and its unwinding through this noexcept destructor aborts the
-// process. The thread sleeps until the process exits.
+// The interpreter's main thread, the one that finalizes it: set by each module at import
+// (remember_main_thread).
+inline unsigned long& main_thread_ident() {
+  static unsigned long ident = 0;
+  return ident;
+}
+
+inline void remember_main_thread() {
+  main_thread_ident() =
+      pybind11::module_::import("threading").attr("main_thread")().attr("ident")
+          .cast<unsigned long>();
+}
+
+// pybind11::gil_scoped_release, but another thread whose call ends while the interpreter
+// finalizes (a daemon thread at exit) stays out instead of taking the GIL back: Python would
+// end the thread with pthread_exit, and its unwinding through this noexcept destructor aborts
+// the process. That thread sleeps until the process exits. The main thread takes the GIL back
+// as ever (a finalizer or a generator's cleanup calling the kernels during finalization).
 class GilReleased {
  public:
   GilReleased() : state_(PyEval_SaveThread()) {}
   ~GilReleased() {
-    while (interpreter_finalizing()) std::this_thread::sleep_for(std::chrono::seconds(1));
+    if (PyThread_get_thread_ident() != main_thread_ident())
+      while (interpreter_finalizing()) std::this_thread::sleep_for(std::chrono::seconds(1));
     PyEval_RestoreThread(state_);
   }
   GilReleased(const GilReleased&) = delete;

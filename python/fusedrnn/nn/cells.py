@@ -205,7 +205,6 @@ class RNNCellBase(SeededModule):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
-        self._weight_shapes = ((GH, self.input_size), (GH, self._state_size), (GH,), (GH,))
         self.peephole = _flag(peephole, "peephole")
         self.reset_after = _flag(reset_after, "reset_after")
         self._kernel_cell = ("layernorm_lstm" if self._layer_norm
@@ -273,8 +272,13 @@ class RNNCellBase(SeededModule):
         kept weights) through fusedrnn.functional, where autocast decides the precision."""
         lstm = self._cell == "lstm"
         params = self._parameters
+        shapes = self.__dict__.get("_weight_shapes")
+        if shapes is None:  # (worked out at the first step; a cell pickled before they were
+            GH = F.GATES[self._cell] * self.hidden_size  # kept works them out too)
+            shapes = self._weight_shapes = ((GH, self.input_size), (GH, self._state_size),
+                                            (GH,), (GH,))
         w, cache = self._kept.weights(0, checked_weights(
-            self, [params.get(n) for n in _WEIGHT_NAMES], _WEIGHT_NAMES, self._weight_shapes))
+            self, [params.get(n) for n in _WEIGHT_NAMES], _WEIGHT_NAMES, shapes))
         variant = self._variant_args()
         if (not self.training and x.shape[0] > 0 and w[2] is not None
                 and _plain_arrays(self.dtype, x, *w) and _contiguous_states(h0, c0)):

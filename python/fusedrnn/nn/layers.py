@@ -282,6 +282,8 @@ class Embedding(SeededModule):
         expected = indices.shape + (self.embedding_dim,)
         if dout.shape != expected:
             raise ValueError(f"dout: expected shape {expected}, got {dout.shape}")
+        if not self.weight.requires_grad:  # (frozen: a table's worth of zeros for nothing)
+            return None
         grad = np.zeros_like(self.weight.data)
         np.add.at(grad, indices.reshape(-1), dout.reshape(-1, self.embedding_dim))
         if self.padding_idx is not None:

@@ -270,15 +270,27 @@ def check_parameter(owner, name, p, shape, dtype=None):
 
 def checked_weights(owner, params, names, shapes):
     """``params``, the Parameters (w_ih, w_hh, b_ih, b_hh; None for a missing bias) of
-    ``owner`` named ``names``, checked against the module's sizes (``shapes``) before any call,
-    so that an error names the key and the shape the module expects (the functional API's
-    checks can only read H off w_hh): a weight of another shape, a weight set to None, one
-    bias of a pair set to None."""
+    ``owner`` named ``names``, checked against the module's sizes (``shapes``) and dtype before
+    any call, so that an error names the key and the shape the module expects (the functional
+    API's checks can only read H off w_hh): a weight of another shape or dtype, a weight set to
+    None, one bias of a pair set to None. (A cell runs this every step: the common case is one
+    expression.)"""
+    w_ih, w_hh, b_ih, b_hh = params
+    dtype = owner.dtype
+    try:
+        if (w_ih._data.shape == shapes[0] and w_hh._data.shape == shapes[1]
+                and w_ih._data.dtype == dtype and w_hh._data.dtype == dtype
+                and ((b_ih is None and b_hh is None)
+                     or (b_ih._data.shape == shapes[2] and b_hh._data.shape == shapes[3]
+                         and b_ih._data.dtype == dtype and b_hh._data.dtype == dtype))):
+            return params
+    except AttributeError:  # (a None among them: named below)
+        pass
     for p, name, shape in zip(params, names, shapes):
         if p is not None or not (name is None or name.startswith("bias")):
-            check_parameter(owner, name, p, shape)
-    if (params[2] is None) != (params[3] is None):
-        missing = names[2] if params[2] is None else names[3]
+            check_parameter(owner, name, p, shape, dtype)
+    if (b_ih is None) != (b_hh is None):
+        missing = names[2] if b_ih is None else names[3]
         raise ValueError(f"{names[2]}, {names[3]}: give both biases or neither "
                          f"(bias=False at construction for none); {missing} is None")
     return params

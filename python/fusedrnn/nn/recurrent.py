@@ -135,7 +135,6 @@ class RNNBase(SeededModule):
         D = 2 if self.bidirectional else 1
         bound = 1.0 / math.sqrt(H)
         self._param_names = []  # per (layer, direction): (w_ih, w_hh, b_ih, b_hh) names
-        self._weight_shapes = []  # and their shapes
         self._peephole_names = []  # per (layer, direction): the LSTM's peepholes, or None
         self._projection_names = []  # per (layer, direction): the LSTM's projection, or None
         self._layer_norm_names = []  # per (layer, direction): the LayerNorm-LSTM's, or None
@@ -165,8 +164,6 @@ class RNNBase(SeededModule):
                 self._layer_norm_names.append(norms)
                 names = [n for n, _ in shapes]
                 self._param_names.append(tuple(names) + ((None, None) if not self.bias else ()))
-                self._weight_shapes.append(tuple(shape for _, shape in shapes) +
-                                           ((None, None) if not self.bias else ()))
                 self._peephole_names.append(peephole_name)
                 self._projection_names.append(projection_name)
         self._device = "cpu"
@@ -222,7 +219,20 @@ class RNNBase(SeededModule):
         k = layer * self.num_directions + direction
         names = self._param_names[k]
         params = [None if n is None else self._parameters.get(n) for n in names]
-        return checked_weights(self, params, names, self._weight_shapes[k])
+        return checked_weights(self, params, names, self._expected_weight_shapes()[k])
+
+    def _expected_weight_shapes(self):
+        """Per (layer, direction): the shapes of (w_ih, w_hh, b_ih, b_hh), the biases None
+        without; worked out once, at the first call (a layer pickled before they were kept
+        works them out too)."""
+        shapes = self.__dict__.get("_weight_shapes")
+        if shapes is None:
+            GH, S, D = F.GATES[self._cell] * self.hidden_size, self._state_size, self.num_directions
+            biases = ((GH,), (GH,)) if self.bias else (None, None)
+            shapes = self._weight_shapes = [
+                ((GH, self.input_size if k < D else D * S), (GH, S)) + biases
+                for k in range(self.num_layers * D)]
+        return shapes
 
     def _peepholes(self, layer, direction):
         """The LSTM's peephole Parameter of a layer direction, or None."""

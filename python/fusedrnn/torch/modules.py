@@ -156,10 +156,17 @@ def _may_need_backward():
 
 
 def _packed_rows(packed, N, device):
-    """[T, N] bool: which (step, sample) of a padded [T, N, ...] tensor in the packed batch's
-    sorted order hold its rows (step t: the first batch_sizes[t] samples), in packed order."""
-    batch_sizes = packed.batch_sizes
-    return (torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)).to(device)
+    """The rows of a padded [T, N, ...] tensor in the packed batch's sorted order, flattened to
+    [T*N, ...], that hold the packed rows (step t: its first batch_sizes[t] samples), in packed
+    order: integer indices, made on the CPU where batch_sizes lives (a boolean mask would need
+    nonzero on the tensor's device, which meta tensors cannot run)."""
+    mask = torch.arange(N).unsqueeze(0) < packed.batch_sizes.unsqueeze(1)
+    return mask.flatten().nonzero().squeeze(1).to(device)
+
+
+def _packed_data_rows(packed, x):
+    """The packed rows of ``x`` [T, N, ...] (padded in the packed batch's sorted order)."""
+    return x.flatten(0, 1).index_select(0, _packed_rows(packed, x.shape[1], x.device))
 
 
 def _check_dtype(dtype):
@@ -398,9 +405,9 @@ class _RecurrentBase(_KeepsWeights):
         if packed is None:
             return nn.functional.dropout(x, self.dropout, training=True)
         rows = _packed_rows(packed, x.shape[1], x.device)
-        dropped = torch.zeros_like(x)
-        dropped[rows] = nn.functional.dropout(x[rows], self.dropout, training=True)
-        return dropped
+        flat = x.flatten(0, 1)
+        kept = nn.functional.dropout(flat.index_select(0, rows), self.dropout, training=True)
+        return torch.zeros_like(flat).index_copy(0, rows, kept).view_as(x)
 
     def forward(self, input, hx=None):
         """Run every layer and direction; see the class docstring for inputs and outputs."""
@@ -433,6 +440,15 @@ class _RecurrentBase(_KeepsWeights):
             hx = _under_autocast(hx, dtype, device_type)
         if packed:  # padded in the packed (sorted) order: no reordering of the steps' rows
             batch_sizes, sorted_indices = input.batch_sizes, input.sorted_indices
+            data = input.data
+            if data.dim() != 2 or data.shape[1] != self.input_size:
+                raise ShapeMismatchError(f"input: expected a PackedSequence of data [rows, "
+                                         f"{self.input_size}] (input_size {self.input_size}), "
+                                         f"got data of shape {tuple(data.shape)}")
+            if data.shape[0] != int(batch_sizes.sum()):
+                raise ShapeMismatchError(f"input: expected a PackedSequence of "
+                                         f"{int(batch_sizes.sum())} rows (the sum of its "
+                                         f"batch_sizes), got data of {data.shape[0]}")
             x, lengths = torch.nn.utils.rnn.pad_packed_sequence(
                 PackedSequence(input.data, batch_sizes))
             self._check_input(x, weights[0])
@@ -489,7 +505,7 @@ class _RecurrentBase(_KeepsWeights):
         if packed:
             # the packed layout of the input: step t holds its first batch_sizes[t] samples;
             # the final states back in the batch's own order
-            out = PackedSequence(out[_packed_rows(input, N, out.device)], batch_sizes,
+            out = PackedSequence(_packed_data_rows(input, out), batch_sizes,
                                  sorted_indices, input.unsorted_indices)
             if input.unsorted_indices is not None:
                 h_n = h_n.index_select(1, input.unsorted_indices)
