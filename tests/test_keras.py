@@ -567,6 +567,22 @@ def test_load_weights_knows_the_other_mask_makers(tmp_path, monkeypatch):
                                          r"load_weights leaves out"):
         assert _load_without_keras(path, monkeypatch) == {}
 
+    @keras.saving.register_keras_serializable(package="fusedrnn_test")
+    class MyLSTM(L.LSTM):  # (it was left out without a word)
+        pass
+    for functional in (False, True):
+        inp = keras.Input((5, 4))
+        out = MyLSTM(3, name="mine")(L.LSTM(3, return_sequences=True, name="a")(inp))
+        model = keras.Model(inp, out) if functional else keras.Sequential(
+            [keras.Input((5, 4)), L.LSTM(3, return_sequences=True, name="a"),
+             MyLSTM(3, name="mine")])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            path = _save(model, tmp_path, f"sub{functional}.keras")
+        with pytest.warns(UserWarning, match=r"layer \(MyLSTM 'mine'\) looks recurrent but is a "
+                                             r"custom class"):
+            assert list(_load_without_keras(path, monkeypatch)) == ["a"]
+
 
 def _rewrite(path, member, change):
     """A copy of the .keras zip ``path`` whose ``member`` is change(its bytes)."""

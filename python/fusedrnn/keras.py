@@ -744,6 +744,11 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
                               f"{wrapped.get('class_name')}, which load_weights leaves out "
                               f"(it loads recurrent layers of the model itself, not wrapped "
                               f"ones)", stacklevel=3)
+            elif _may_make_mask(entry) and {"units", "return_sequences"} <= set(
+                    entry.get("config", {})):  # (a subclass of LSTM, say)
+                warnings.warn(f"{path!r}: {_describe(class_name, name)} looks recurrent but is "
+                              f"a custom class, whose call may compute something else: "
+                              f"load_weights leaves it out", stacklevel=3)
             continue
         fed = fed_mask(entry, name) if functional else mask
         if fed:
