@@ -324,7 +324,12 @@ time.sleep(0.3)  # the main thread ends with both daemon threads inside calls
 
 
 _FINALIZER_SNIPPET = r"""
-import sys
+import sys, _thread, time
+if sys.argv[1] == "worker":  # threading imported first there: its "main thread" is the worker
+    done = []
+    _thread.start_new_thread(lambda: (__import__("fusedrnn._C"), done.append(1)), ())
+    while not done:
+        time.sleep(0.01)
 import numpy as np
 from fusedrnn import _C
 a = np.ones((4, 4), np.float32)
@@ -340,13 +345,15 @@ next(g)
 """
 
 
-def test_a_kernel_call_while_the_main_thread_finalizes_returns():
-    """The main thread finalizing the interpreter takes the GIL back after a call (a
-    generator's cleanup, a __del__ at exit): only other threads stay out (it waited forever)."""
+@pytest.mark.parametrize("imported_in", ["main", "worker"])
+def test_a_kernel_call_while_the_main_thread_finalizes_returns(imported_in):
+    """The thread finalizing the interpreter takes the GIL back after a call (a generator's
+    cleanup, a __del__ at exit): only other threads stay out (it waited forever, and so it did
+    where fusedrnn was first imported on another thread)."""
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "-c", _FINALIZER_SNIPPET], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", _FINALIZER_SNIPPET, imported_in],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "cleanup ran 4" in done.stdout, done.stderr
 
 

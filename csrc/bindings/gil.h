@@ -15,8 +15,10 @@ inline bool interpreter_finalizing() {
 #endif
 }
 
-// The interpreter's main thread, the one that finalizes it: set by each module at import
-// (remember_main_thread).
+// The thread that finalizes the interpreter: set by each module at import to threading's main
+// thread, then by an atexit callback, which runs on the finalizing thread just before the
+// interpreter says it is finalizing (threading's main thread is whichever thread imported
+// threading first, a worker's in some embedding programs).
 inline unsigned long& main_thread_ident() {
   static unsigned long ident = 0;
   return ident;
@@ -26,17 +28,21 @@ inline void remember_main_thread() {
   main_thread_ident() =
       pybind11::module_::import("threading").attr("main_thread")().attr("ident")
           .cast<unsigned long>();
+  pybind11::module_::import("atexit").attr("register")(
+      pybind11::cpp_function([] { main_thread_ident() = PyThread_get_thread_ident(); }));
 }
 
 // pybind11::gil_scoped_release, but another thread whose call ends while the interpreter
 // finalizes (a daemon thread at exit) stays out instead of taking the GIL back: Python would
 // end the thread with pthread_exit, and its unwinding through this noexcept destructor aborts
-// the process. That thread sleeps until the process exits. The main thread takes the GIL back
+// the process. That thread sleeps until the process exits. The finalizing thread takes the GIL back
 // as ever (a finalizer or a generator's cleanup calling the kernels during finalization).
 class GilReleased {
  public:
   GilReleased() : state_(PyEval_SaveThread()) {}
-  ~GilReleased() {
+  // noexcept(false): a thread already waiting for the GIL when finalization began is still
+  // ended by pthread_exit, whose forced unwinding may then pass (pybind11 rethrows it).
+  ~GilReleased() noexcept(false) {
     if (PyThread_get_thread_ident() != main_thread_ident())
       while (interpreter_finalizing()) std::this_thread::sleep_for(std::chrono::seconds(1));
     PyEval_RestoreThread(state_);

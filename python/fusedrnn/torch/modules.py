@@ -155,18 +155,36 @@ def _may_need_backward():
     return torch.compiler.is_compiling() or not torch.is_inference_mode_enabled()
 
 
-def _packed_rows(packed, N, device):
-    """The rows of a padded [T, N, ...] tensor in the packed batch's sorted order, flattened to
-    [T*N, ...], that hold the packed rows (step t: its first batch_sizes[t] samples), in packed
-    order: integer indices, made on the CPU where batch_sizes lives (a boolean mask would need
-    nonzero on the tensor's device, which meta tensors cannot run)."""
-    mask = torch.arange(N).unsqueeze(0) < packed.batch_sizes.unsqueeze(1)
-    return mask.flatten().nonzero().squeeze(1).to(device)
+def _packed_mask(packed, N):
+    """[T, N] bool on the CPU: which (step, sample) of a padded [T, N, ...] tensor in the packed
+    batch's sorted order hold its rows (step t: its first batch_sizes[t] samples)."""
+    return torch.arange(N).unsqueeze(0) < packed.batch_sizes.unsqueeze(1)
 
 
-def _packed_data_rows(packed, x):
-    """The packed rows of ``x`` [T, N, ...] (padded in the packed batch's sorted order)."""
-    return x.flatten(0, 1).index_select(0, _packed_rows(packed, x.shape[1], x.device))
+def _meta_rows(mask, x):
+    # meta tensors cannot run nonzero (a boolean index): integer indices, made on the CPU
+    return mask.flatten().nonzero().squeeze(1).to(x.device)
+
+
+def _take_packed(packed, x):
+    """The packed rows of ``x`` [T, N, ...] (padded in the packed batch's sorted order), in
+    packed order."""
+    mask = _packed_mask(packed, x.shape[1])
+    if x.device.type == "meta":
+        return x.flatten(0, 1).index_select(0, _meta_rows(mask, x))
+    return x[mask.to(x.device)]
+
+
+def _put_packed(packed, x, rows):
+    """Zeros shaped like ``x`` [T, N, ...] holding ``rows`` where :func:`_take_packed` took
+    them."""
+    mask = _packed_mask(packed, x.shape[1])
+    if x.device.type == "meta":
+        flat = torch.zeros_like(x.flatten(0, 1))
+        return flat.index_copy(0, _meta_rows(mask, x), rows).view_as(x)
+    out = torch.zeros_like(x)
+    out[mask.to(x.device)] = rows
+    return out
 
 
 def _check_dtype(dtype):
@@ -404,10 +422,8 @@ class _RecurrentBase(_KeepsWeights):
         input (``packed``; x padded in its sorted order), else over x."""
         if packed is None:
             return nn.functional.dropout(x, self.dropout, training=True)
-        rows = _packed_rows(packed, x.shape[1], x.device)
-        flat = x.flatten(0, 1)
-        kept = nn.functional.dropout(flat.index_select(0, rows), self.dropout, training=True)
-        return torch.zeros_like(flat).index_copy(0, rows, kept).view_as(x)
+        return _put_packed(packed, x, nn.functional.dropout(_take_packed(packed, x),
+                                                             self.dropout, training=True))
 
     def forward(self, input, hx=None):
         """Run every layer and direction; see the class docstring for inputs and outputs."""
@@ -445,7 +461,8 @@ class _RecurrentBase(_KeepsWeights):
                 raise ShapeMismatchError(f"input: expected a PackedSequence of data [rows, "
                                          f"{self.input_size}] (input_size {self.input_size}), "
                                          f"got data of shape {tuple(data.shape)}")
-            if data.shape[0] != int(batch_sizes.sum()):
+            if not torch.compiler.is_compiling() and data.shape[0] != int(batch_sizes.sum()):
+                # (torch.nn runs such data: on its first rows forward, its last backward)
                 raise ShapeMismatchError(f"input: expected a PackedSequence of "
                                          f"{int(batch_sizes.sum())} rows (the sum of its "
                                          f"batch_sizes), got data of {data.shape[0]}")
@@ -505,7 +522,7 @@ class _RecurrentBase(_KeepsWeights):
         if packed:
             # the packed layout of the input: step t holds its first batch_sizes[t] samples;
             # the final states back in the batch's own order
-            out = PackedSequence(_packed_data_rows(input, out), batch_sizes,
+            out = PackedSequence(_take_packed(input, out), batch_sizes,
                                  sorted_indices, input.unsorted_indices)
             if input.unsorted_indices is not None:
                 h_n = h_n.index_select(1, input.unsorted_indices)
