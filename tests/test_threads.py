@@ -317,9 +317,15 @@ x = np.ones((400, 16, 32), np.float32)
 def loop():
     while True:
         m(x)
-for _ in range(2):
-    threading.Thread(target=loop, daemon=True).start()
-time.sleep(0.3)  # the main thread ends with both daemon threads inside calls
+def refused():  # calls that raise (their exception must not pass through the GIL guard)
+    while True:
+        try:
+            m(x[:, :, :3])
+        except ValueError:
+            pass
+for target in (loop, loop, refused):
+    threading.Thread(target=target, daemon=True).start()
+time.sleep(0.3)  # the main thread ends with the daemon threads inside calls
 """
 
 

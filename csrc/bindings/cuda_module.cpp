@@ -80,8 +80,7 @@ void forward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, boo
   a.ln = ptr<const T>(p[17].cast<std::uintptr_t>());
   a.ln_eps = static_cast<T>(ln_eps);
   require_layer_norm(cell, a.ln != nullptr);
-  GilReleased release;
-  cuda::recurrent_forward<T>(cell, a, workspace, options);
+  without_gil([&] { cuda::recurrent_forward<T>(cell, a, workspace, options); });
 }
 
 // Pointer arguments, in order: x w_ih w_hh lengths gates extra h_prev dy dh_n dc_n
@@ -117,8 +116,7 @@ void backward_typed(CellKind cell, const SeqShape& shape, const py::tuple& p, bo
   a.ln = ptr<const T>(p[22].cast<std::uintptr_t>());
   a.dln = ptr<T>(p[23].cast<std::uintptr_t>());
   require_layer_norm(cell, a.ln != nullptr && a.dln != nullptr);
-  GilReleased release;
-  cuda::recurrent_backward<T>(cell, a, workspace, options);
+  without_gil([&] { cuda::recurrent_backward<T>(cell, a, workspace, options); });
 }
 
 void check_pointer_count(const py::tuple& p, size_t expected, const char* what) {

@@ -2,7 +2,10 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <cxxabi.h>
+
 #include <chrono>
+#include <exception>
 #include <thread>
 
 namespace fusedrnn {
@@ -40,18 +43,42 @@ inline void remember_main_thread() {
 class GilReleased {
  public:
   GilReleased() : state_(PyEval_SaveThread()) {}
-  // noexcept(false): a thread already waiting for the GIL when finalization began is still
-  // ended by pthread_exit, whose forced unwinding may then pass (pybind11 rethrows it).
-  ~GilReleased() noexcept(false) {
+  ~GilReleased() {
     if (PyThread_get_thread_ident() != main_thread_ident())
-      while (interpreter_finalizing()) std::this_thread::sleep_for(std::chrono::seconds(1));
-    PyEval_RestoreThread(state_);
+      while (interpreter_finalizing()) park();
+    try {
+      PyEval_RestoreThread(state_);
+    } catch (abi::__forced_unwind&) {
+      // Python ended this thread with pthread_exit: it was waiting for the GIL as finalization
+      // began. Its unwinding must not go on (the callers' Py_DECREFs would run without the
+      // GIL), nor end here (rethrow or abort): the thread parks in the handler.
+      for (;;) park();
+    }
   }
   GilReleased(const GilReleased&) = delete;
   GilReleased& operator=(const GilReleased&) = delete;
 
  private:
+  static void park() { std::this_thread::sleep_for(std::chrono::seconds(1)); }
   PyThreadState* state_;
 };
+
+// Runs fn() without the GIL; an exception it throws is rethrown once the GIL is held again,
+// not thrown through GilReleased's destructor (a thread that waited for the GIL when
+// finalization began is ended by pthread_exit there, which aborts the process while an
+// exception is in flight).
+template <typename Fn>
+void without_gil(Fn&& fn) {
+  std::exception_ptr error;
+  {
+    GilReleased release;
+    try {
+      fn();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
 
 }  // namespace fusedrnn

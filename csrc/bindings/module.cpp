@@ -332,10 +332,7 @@ template <typename Args, typename Run>
 py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) {
   std::vector<Args> args;
   for (const auto& p : prepared) args.push_back(p.args);
-  {
-    GilReleased release;
-    run(args.data(), static_cast<int>(args.size()));
-  }
+  without_gil([&] { run(args.data(), static_cast<int>(args.size())); });
   py::list out;
   for (const auto& p : prepared) out.append(p.outputs);
   return out;
@@ -572,10 +569,7 @@ py::tuple attention_forward_typed(bool additive, const py::array& query, const p
     a.hidden = mutable_data<T>(h);
     hidden = h;
   }
-  {
-    GilReleased release;
-    cpu::attention_forward<T>(a);
-  }
+  without_gil([&] { cpu::attention_forward<T>(a); });
   return py::make_tuple(context, weights, hidden);
 }
 
@@ -602,10 +596,7 @@ py::tuple attention_backward_typed(bool additive, const py::array& query,
     a.dv = mutable_data<T>(d);
     dv = d;
   }
-  {
-    GilReleased release;
-    cpu::attention_backward<T>(a);
-  }
+  without_gil([&] { cpu::attention_backward<T>(a); });
   return py::make_tuple(dquery, dkeys_proj, dvalues, dv);
 }
 
@@ -625,10 +616,9 @@ py::array matmul_typed(const py::array& a, const py::array& b, bool trans_a, boo
   const T* A = static_cast<const T*>(a.data());
   const T* B = static_cast<const T*>(b.data());
   T* C = mutable_data<T>(c);
-  {
-    GilReleased release;
+  without_gil([&] {
     cpu::matmul<T>(trans_a, trans_b, M, N, K, A, a.shape(1), B, b.shape(1), C, N);
-  }
+  });
   return c;
 }
 
@@ -912,9 +902,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", [](int n) {
           if (n < 1 || n > 4096)  // (fusedrnn.MAX_THREADS: a typo must not start 10**6)
             throw py::value_error("n: expected 1 to 4096 threads, got " + std::to_string(n));
-          cpu::set_num_threads(n);
-        }, py::arg("n"),
-        py::call_guard<GilReleased>(), "Threads of the kernels' team.");
+          without_gil([n] { cpu::set_num_threads(n); });
+        }, py::arg("n"), "Threads of the kernels' team.");
   m.def("get_num_threads", []() { return cpu::get_num_threads(); },
         "Threads of the kernels' team.");
   m.def("share_openmp_threads", &cpu::share_openmp_threads,
