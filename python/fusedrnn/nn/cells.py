@@ -262,6 +262,16 @@ class RNNCellBase(SeededModule):
         self._steps.clear()
         self._kept.held.clear()
 
+    def _expected_weight_shapes(self):
+        """The shapes of (w_ih, w_hh, b_ih, b_hh), worked out once, at the first step (a cell
+        pickled before they were kept works them out too), as the layers'."""
+        shapes = self.__dict__.get("_weight_shapes")
+        if shapes is None:
+            GH = F.GATES[self._cell] * self.hidden_size
+            shapes = self._weight_shapes = ((GH, self.input_size), (GH, self._state_size),
+                                            (GH,), (GH,))
+        return shapes
+
     def _step(self, x, h0, c0=None):
         """One step of checked x [N, I] and states [N, H] (or None: zeros): (h', c' or None,
         the context for backward or None). The weights' packed (under fusedrnn.autocast:
@@ -272,13 +282,9 @@ class RNNCellBase(SeededModule):
         kept weights) through fusedrnn.functional, where autocast decides the precision."""
         lstm = self._cell == "lstm"
         params = self._parameters
-        shapes = self.__dict__.get("_weight_shapes")
-        if shapes is None:  # (worked out at the first step; a cell pickled before they were
-            GH = F.GATES[self._cell] * self.hidden_size  # kept works them out too)
-            shapes = self._weight_shapes = ((GH, self.input_size), (GH, self._state_size),
-                                            (GH,), (GH,))
         w, cache = self._kept.weights(0, checked_weights(
-            self, [params.get(n) for n in _WEIGHT_NAMES], _WEIGHT_NAMES, shapes))
+            self, [params.get(n) for n in _WEIGHT_NAMES], _WEIGHT_NAMES,
+            self._expected_weight_shapes()))
         variant = self._variant_args()
         if (not self.training and x.shape[0] > 0 and w[2] is not None
                 and _plain_arrays(self.dtype, x, *w) and _contiguous_states(h0, c0)):
