@@ -420,3 +420,95 @@ def test_float32_bias_gradients_of_many_rows_keep_float32_accuracy(cell):
 
     for ours, exact in zip(bias_grads(np.float32), bias_grads(np.float64)):
         assert np.abs(ours - exact).max() / np.abs(exact).max() < 2e-6
+
+
+# ---------------------------------------------------------------------------- gradients left out
+def backward_wanting(cell, ctx, p, input_grad, weight_grads):
+    return functional._backward(cell, ctx, p["dy"], p["dh_n"],
+                                p["dc_n"] if cell == "lstm" else None, input_grad, weight_grads)
+
+
+def assert_partial_backwards_match(cell, ctx, p):
+    """A backward without dx, without the parameters' gradients, or without both: None for
+    those, every other output bitwise the full backward's (each plan's loop, whatever it
+    skips, computes the rest the same way)."""
+    full = backward_wanting(cell, ctx, p, True, True)
+    for input_grad, weight_grads in ((False, True), (True, False), (False, False)):
+        part = backward_wanting(cell, ctx, p, input_grad, weight_grads)
+        assert len(part) == len(full)
+        for i, (want, got) in enumerate(zip(full, part)):
+            left_out = (i == 0 and not input_grad) or (i >= 3 and not weight_grads)
+            if left_out or want is None:
+                assert got is None, (i, input_grad, weight_grads)
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=f"output {i}")
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_backward_without_dx_or_weight_gradients_computes_the_rest_alike(name, dtype_name, rng,
+                                                                       restore_threads):
+    cell, nonlinearity = CELLS[name]
+    fusedrnn.set_num_threads(2)
+    for shape in (*SHAPES.values(), *SPLIT_SHAPES.values()):
+        for reverse in (False, True):
+            p = make_problem(rng, cell, shape, DTYPES[dtype_name])
+            ctx = cell_forward(functional, cell, nonlinearity, p["x"], p["h0"], p["c0"],
+                               p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], lengths=p["lengths"],
+                               reverse=reverse)[3]
+            assert_partial_backwards_match(cell, ctx, p)
+
+
+# (name, forward's extra arguments): the variants' loops and the bfloat16 products' (T >= the
+# bfloat16 backward's minimum steps, rows enough for its weight gradients)
+PARTIAL_VARIANTS = {"bf16_lstm": ("lstm", dict(precision="bfloat16")),
+                    "bf16_gru": ("gru", dict(precision="bfloat16")),
+                    "bf16_rnn": ("rnn", dict(precision="bfloat16")),
+                    "peephole": ("lstm", dict(w_ph=True)), "projection": ("lstm", dict(w_hr=True)),
+                    "layernorm": ("layernorm_lstm", {}), "gru_reset_before": ("gru_reset_before", {})}
+
+
+@pytest.mark.parametrize("variant", list(PARTIAL_VARIANTS))
+def test_variants_backward_without_dx_or_weight_gradients(variant, rng, restore_threads):
+    cell, extra = PARTIAL_VARIANTS[variant]
+    fusedrnn.set_num_threads(2)
+    T, N, I, H = 40, 24, 20, 64
+    base = "lstm" if "lstm" in cell else "gru" if "gru" in cell else "rnn"
+    p = make_problem(rng, base, (T, N, I, H), np.float32)
+    kwargs = dict(lengths=p["lengths"], training=True, precision=extra.get("precision"))
+    if extra.get("w_ph"):
+        kwargs["w_ph"] = rng.standard_normal(3 * H).astype(np.float32) * 0.1
+    h0 = p["h0"]
+    if extra.get("w_hr"):
+        P = 24
+        kwargs["w_hr"] = rng.standard_normal((P, H)).astype(np.float32) * 0.1
+        p["w_hh"] = p["w_hh"][:, :P].copy()
+        h0, p["dy"], p["dh_n"] = p["h0"][:, :P], p["dy"][..., :P], p["dh_n"][:, :P]
+    if cell == "layernorm_lstm":
+        ctx = functional.layernorm_lstm_forward(p["x"], h0, p["c0"], p["w_ih"], p["w_hh"],
+                                                p["b_ih"], p["b_hh"], **kwargs)[3]
+    elif base == "lstm":
+        ctx = functional.lstm_forward(p["x"], h0, p["c0"], p["w_ih"], p["w_hh"], p["b_ih"],
+                                      p["b_hh"], **kwargs)[3]
+    elif base == "gru":
+        ctx = functional.gru_forward(p["x"], h0, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                     reset_after=cell == "gru", **kwargs)[2]
+    else:
+        ctx = functional.rnn_forward(p["x"], h0, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                     **kwargs)[2]
+    assert_partial_backwards_match(ctx.cell, ctx, p)
+
+
+def test_public_backwards_leave_out_what_is_not_wanted(rng):
+    p = make_problem(rng, "gru", (3, 2, 4, 5), np.float64)
+    _, _, ctx = functional.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"],
+                                       p["b_hh"], training=True)
+    dx, dh0, *dw = functional.gru_backward(ctx, p["dy"], weight_grads=False)
+    assert dx.shape == p["x"].shape and dh0.shape == p["h0"].shape and dw == [None] * 4
+    assert functional.gru_backward(ctx, p["dy"], input_grad=False)[0] is None
+    with pytest.raises(TypeError, match="input_grad: expected a bool .*got str"):
+        functional.gru_backward(ctx, p["dy"], input_grad="no")
+    call = (ctx.x, ctx.w_ih, ctx.w_hh, ctx.lengths, ctx.reverse, ctx.gates, ctx.extra,
+            ctx.h_prev, p["dy"], p["dh_n"], None, None, None, None, None, True, "no")
+    with pytest.raises(TypeError, match="weight_grads: expected a bool, got str"):
+        fusedrnn._C.recurrent_backward_many("gru", "tanh", [call])

@@ -423,6 +423,43 @@ def test_a_frozen_part_takes_no_gradient_and_its_inputs_still_get_theirs(rng):
         m.weight_hh_l1.requires_grad = 1
 
 
+FROZEN_MODULES = {
+    "lstm_projection_peephole": lambda: nn.LSTM(I, H, num_layers=2, proj_size=3, peephole=True,
+                                                bidirectional=True, dtype=np.float64, seed=0),
+    "layernorm_lstm": lambda: nn.LayerNormLSTM(I, H, num_layers=2, dtype=np.float64, seed=0),
+    "gru_cell": lambda: nn.GRUCell(I, H, dtype=np.float64, seed=0),
+    "lstm_cell_projection": lambda: nn.LSTMCell(I, H, proj_size=3, peephole=True,
+                                                dtype=np.float64, seed=0),
+    "layernorm_lstm_cell": lambda: nn.LayerNormLSTMCell(I, H, dtype=np.float64, seed=0)}
+
+
+@pytest.mark.parametrize("name", list(FROZEN_MODULES))
+def test_frozen_layers_and_cells_give_the_same_input_gradients(name, rng):
+    # a frozen layer (of a stack) or cell: the kernels skip the parameters' gradients, the
+    # input's come out bitwise the same; a stack's other layer still gets its own
+    m = FROZEN_MODULES[name]()
+    cell = "cell" in name
+    x = rng.standard_normal((N, I) if cell else (T, N, I))
+
+    def step():
+        out = m(x)
+        out = out[0] if isinstance(out, tuple) else out
+        return m.backward(np.ones_like(out))[0]
+    dx = step()
+    trained = {k: p.grad.copy() for k, p in m.named_parameters()}
+    m.zero_grad()
+    frozen = [p for k, p in m.named_parameters() if cell or "_l0" in k]
+    for p in frozen:
+        p.requires_grad = False
+    np.testing.assert_array_equal(step(), dx)
+    for k, p in m.named_parameters():
+        if p.requires_grad:
+            np.testing.assert_array_equal(p.grad, trained[k], err_msg=k)
+        else:
+            assert p.grad is None, k
+    assert len(frozen) < len(trained) or cell
+
+
 @pytest.mark.parametrize("name", list(MODES))
 def test_gradients_accumulate(rng, name):
     m = make_layer(name, num_layers=2, bidirectional=True)

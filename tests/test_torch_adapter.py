@@ -171,6 +171,42 @@ def test_a_packed_batch_of_the_wrong_form_is_named_by_its_data():
             gru(PackedSequence(data, torch.tensor([3, 2, 1, 1])))
 
 
+@pytest.mark.parametrize("frozen", ["none", "all", "layer 0"])
+@pytest.mark.parametrize("x_grad", [False, True], ids=["data", "x_grad"])
+@pytest.mark.parametrize("form", ["one direction", "bidirectional packed", "cell"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_gradients_not_wanted_are_not_made_and_the_rest_match(cell, form, x_grad, frozen):
+    # an input that is data and frozen parameters: the kernels skip dx and the parameters'
+    # gradients (a fourth to half of a backward); what is wanted matches torch.nn's
+    part = "_l0"  # what "layer 0" freezes (a cell's: its input weights)
+    if form == "cell":
+        part = "_ih"
+        kinds = (getattr(torch.nn, cell + "Cell"), getattr(frt, cell + "Cell"))
+        ref, ours = (k(4, 6, dtype=torch.float64) for k in kinds)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(3, 4, dtype=torch.float64)
+    else:
+        ref, ours = pair(cell, 4, 6, num_layers=2, bidirectional=form != "one direction")
+        x = torch.randn(5, 3, 4, dtype=torch.float64)
+    results = []
+    for layer in (ref, ours):
+        for name, p in layer.named_parameters():
+            p.requires_grad_(not (frozen == "all" or frozen == "layer 0" and part in name))
+        xx = x.clone().requires_grad_(x_grad)
+        inp = xx if form != "bidirectional packed" else \
+            pack_padded_sequence(xx, [5, 2, 4], enforce_sorted=False)
+        out = layer(inp)
+        out = out[0] if isinstance(out, tuple) else out
+        out = out.data if isinstance(out, PackedSequence) else out
+        if out.requires_grad:
+            out.sin().sum().backward()
+        results.append([xx.grad, *(p.grad for p in layer.parameters())])
+    for want, got in zip(*results):
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_unbatched_input(cell):
     torch.manual_seed(3)

@@ -276,7 +276,8 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
                                                const py::object& h_prev, const py::object& dy,
                                                const py::object& dh_n, const py::object& dc_n,
                                                const py::object& w_ph, const py::object& w_hr,
-                                               const py::object& ln) {
+                                               const py::object& ln, bool input_grad,
+                                               bool weight_grads) {
   BackwardArgs<T> a{};
   const CallSizes z = common_args<T>(cell, x_arr, w_ih, w_hh, w_hr, lengths, reverse, w_ph, ln, a);
   const int64_t T_ = z.T, N = z.N, I = z.I, H = z.H, GH = z.GH, SW = z.SW, E = z.E, P = z.P;
@@ -288,41 +289,25 @@ PreparedCall<BackwardArgs<T>> prepare_backward(CellKind cell, const py::array& x
   a.dh_n = require<T>(dh_n, "dh_n", {N, SW});
   a.dc_n = lstm ? require<T>(dc_n, "dc_n", {N, H}) : nullptr;
 
-  py::array dx = output_array<T>({T_, N, I});
-  py::array dh0 = output_array<T>({N, SW});
-  py::array dw_ih = output_array<T>({GH, I});
-  py::array dw_hh = output_array<T>({GH, SW});
-  py::array db_ih = output_array<T>({GH});
-  py::array db_hh = output_array<T>({GH});
-  py::object dc0 = py::none();
-  a.dx = mutable_data<T>(dx);
-  a.dh0 = mutable_data<T>(dh0);
-  a.dw_ih = mutable_data<T>(dw_ih);
-  a.dw_hh = mutable_data<T>(dw_hh);
-  a.db_ih = mutable_data<T>(db_ih);
-  a.db_hh = mutable_data<T>(db_hh);
-  if (lstm) {
-    py::array c = output_array<T>({N, H});
-    a.dc0 = mutable_data<T>(c);
-    dc0 = c;
-  }
+  // An output not wanted is None, its pointer null: the kernel skips its work.
+  auto output = [](bool wanted, std::vector<int64_t> shape, T*& to) -> py::object {
+    if (!wanted) return py::none();
+    py::array out = output_array<T>(shape);
+    to = mutable_data<T>(out);
+    return std::move(out);
+  };
+  py::object dx = output(input_grad, {T_, N, I}, a.dx);
+  py::object dh0 = output(true, {N, SW}, a.dh0);
+  py::object dc0 = output(lstm, {N, H}, a.dc0);
+  py::tuple grads = py::make_tuple(dx, dh0, dc0, output(weight_grads, {GH, I}, a.dw_ih),
+                                   output(weight_grads, {GH, SW}, a.dw_hh),
+                                   output(weight_grads, {GH}, a.db_ih),
+                                   output(weight_grads, {GH}, a.db_hh));
   // with peepholes their gradient, with a projection its, last (in that order)
-  py::tuple grads = py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh);
-  if (a.w_ph) {
-    py::array dw_ph = output_array<T>({3 * H});
-    a.dw_ph = mutable_data<T>(dw_ph);
-    grads = grads + py::make_tuple(dw_ph);
-  }
-  if (a.w_hr) {
-    py::array dw_hr = output_array<T>({P, H});
-    a.dw_hr = mutable_data<T>(dw_hr);
-    grads = grads + py::make_tuple(dw_hr);
-  }
-  if (a.ln) {  // the LayerNorm-LSTM's norm parameters
-    py::array dln = output_array<T>({10 * H});
-    a.dln = mutable_data<T>(dln);
-    grads = grads + py::make_tuple(dln);
-  }
+  if (a.w_ph) grads = grads + py::make_tuple(output(weight_grads, {3 * H}, a.dw_ph));
+  if (a.w_hr) grads = grads + py::make_tuple(output(weight_grads, {P, H}, a.dw_hr));
+  if (a.ln)  // the LayerNorm-LSTM's norm parameters
+    grads = grads + py::make_tuple(output(weight_grads, {10 * H}, a.dln));
   return {a, grads};
 }
 
@@ -337,6 +322,10 @@ py::list run_prepared(const std::vector<PreparedCall<Args>>& prepared, Run run) 
   for (const auto& p : prepared) out.append(p.outputs);
   return out;
 }
+
+constexpr const char* kBackwardCall =
+    "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n[, precision[, "
+    "w_ph[, w_hr[, ln[, input_grad[, weight_grads]]]]]])";
 
 constexpr const char* kForwardCall =
     "(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training[, cache[, precision[, "
@@ -450,15 +439,15 @@ template <typename T>
 py::list backward_calls_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
   for (const py::handle& c : calls) {
-    auto t = call_items(c);  // the precision, peepholes, projection may be left out
-    if (t.size() < 12 || t.size() > 15)
-      t = call_tuple(t, 11, "(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, "
-                            "dh_n, dc_n[, precision[, w_ph[, w_hr[, ln]]]])");
-    prepared.push_back(prepare_backward<T>(cell, call_x(t[0]), t[1], t[2], t[3],
-                                           call_flag(t[4], "reverse"), t[5], t[6], t[7], t[8], t[9],
-                                           t[10], t.size() >= 13 ? py::object(t[12]) : py::none(),
-                                           t.size() >= 14 ? py::object(t[13]) : py::none(),
-                                           t.size() == 15 ? py::object(t[14]) : py::none()));
+    auto t = call_items(c);  // the items after dc_n may be left out
+    if (t.size() < 12 || t.size() > 17)
+      t = call_tuple(t, 11, kBackwardCall);
+    auto item = [&](size_t i) { return t.size() > i ? py::object(t[i]) : py::none(); };
+    prepared.push_back(prepare_backward<T>(
+        cell, call_x(t[0]), t[1], t[2], t[3], call_flag(t[4], "reverse"), t[5], t[6], t[7], t[8],
+        t[9], t[10], item(12), item(13), item(14),
+        t.size() <= 15 || call_flag(t[15], "input_grad"),
+        t.size() <= 16 || call_flag(t[16], "weight_grads")));
     prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
   }
   return run_prepared(prepared, [&](BackwardArgs<T>* args, int count) {
@@ -519,10 +508,11 @@ py::tuple recurrent_backward(const std::string& cell, const std::string& nonline
                              const py::object& extra, const py::object& h_prev,
                              const py::object& dy, const py::object& dh_n, const py::object& dc_n,
                              const py::object& precision, const py::object& w_ph,
-                             const py::object& w_hr, const py::object& ln) {
+                             const py::object& w_hr, const py::object& ln, bool input_grad,
+                             bool weight_grads) {
   py::list calls;
   calls.append(py::make_tuple(x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n,
-                              precision, w_ph, w_hr, ln));
+                              precision, w_ph, w_hr, ln, input_grad, weight_grads));
   return recurrent_backward_many(cell, nonlinearity, calls)[0];
 }
 
@@ -814,10 +804,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("gates"), py::arg("extra"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("precision") = py::none(), py::arg("w_ph") = py::none(),
-        py::arg("w_hr") = py::none(), py::arg("ln") = py::none(),
+        py::arg("w_hr") = py::none(), py::arg("ln") = py::none(), py::arg("input_grad") = true,
+        py::arg("weight_grads") = true,
         "BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then dw_ph "
         "when given the forward's peepholes w_ph, dw_hr when given its projection w_hr, dln "
-        "when given the LayerNorm-LSTM's ln. "
+        "when given the LayerNorm-LSTM's ln. input_grad=False: dx None, not computed; "
+        "weight_grads=False: every parameter's gradient None, not computed. "
         "precision: None/'float32', or 'bfloat16' (float32: every product from bfloat16 "
         "operands with float32 accumulation).");
   m.def("recurrent_forward_many", &recurrent_forward_many, py::arg("cell"),

@@ -68,9 +68,10 @@ struct BackwardArgs {
   const T* dy;       // [T, N, H]
   const T* dh_n;     // [N, H]
   const T* dc_n;     // [N, H] (LSTM) or null
-  T* dx;             // [T, N, I]
+  T* dx;             // [T, N, I] (CPU: null where no dx is wanted)
   T* dh0;            // [N, H]
   T* dc0;            // [N, H] (LSTM) or null
+  // CPU: these four null (and dw_ph, dw_hr, dln below) where no parameter gradient is wanted
   T* dw_ih;          // [GH, I]
   T* dw_hh;          // [GH, H]
   T* db_ih;          // [GH]

@@ -672,7 +672,7 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
 }
 
 BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
-                           bool bf16) {
+                           bool bf16, bool input_grad) {
   const Tuning& t = tuning();
   const int64_t GH = s.GH(), H = s.H, N = s.N, TN = s.T * s.N;
   const bool packed = s.T >= t.packed_min_steps;
@@ -733,6 +733,7 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
     p.bf16 = p.bf16_weights = p.amx = p.amx_dx = p.amx_weights = false;
   }
+  if (!input_grad) p.dx = InputGrad::kNone;
   return p;
 }
 

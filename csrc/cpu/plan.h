@@ -130,7 +130,7 @@ enum class Projection {
 };
 // Where a backward call computes dx = dgx W_ih.
 enum class InputGrad {
-  kNone,     // no inputs (I = 0)
+  kNone,     // no inputs (I = 0), or no dx wanted
   kInLoop,   // W_ih's columns join the steps' products (by samples, [W_hh | W_ih] in cache)
   kChunks,   // per slice, a chunk of steps at a time while dgx is in cache (by samples)
   kAfter,    // after the loop, by row blocks (GEMMs; row kernels below blas_batch rows)
@@ -187,8 +187,9 @@ GemmSplit plan_gemm(int64_t M, int64_t N, int64_t K, int slices);
 ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
                          bool training, bool inputs_ready, bool reverse, bool bf16 = false,
                          bool reused = false);
+// `input_grad`: false where the caller wants no dx (the plan then makes none).
 BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t element_bytes,
-                           bool bf16 = false);
+                           bool bf16 = false, bool input_grad = true);
 
 // Whether calls of this shape (the directions of a bidirectional layer, the layers of a stack)
 // run faster side by side, one thread each, than one after another on the whole team;

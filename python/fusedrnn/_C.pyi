@@ -58,9 +58,9 @@ def plan(cell: str, nonlinearity: str, T: typing.SupportsInt | typing.SupportsIn
     """
     What a call of this shape does on `threads` threads: the forward plan (and the backward one when training), as names. precision: as recurrent_forward's. cache: whether the call passes a WeightCache (a layer in eval mode does).
     """
-def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any, precision: typing.Any = None, w_ph: typing.Any = None, w_hr: typing.Any = None, ln: typing.Any = None) -> tuple:
+def recurrent_backward(cell: str, nonlinearity: str, x: numpy.ndarray, w_ih: typing.Any, w_hh: typing.Any, lengths: typing.Any, reverse: bool, gates: typing.Any, extra: typing.Any, h_prev: typing.Any, dy: typing.Any, dh_n: typing.Any, dc_n: typing.Any, precision: typing.Any = None, w_ph: typing.Any = None, w_hr: typing.Any = None, ln: typing.Any = None, input_grad: bool = True, weight_grads: bool = True) -> tuple:
     """
-    BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then dw_ph when given the forward's peepholes w_ph, dw_hr when given its projection w_hr, dln when given the LayerNorm-LSTM's ln. precision: None/'float32', or 'bfloat16' (float32: every product from bfloat16 operands with float32 accumulation).
+    BPTT of recurrent_forward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), then dw_ph when given the forward's peepholes w_ph, dw_hr when given its projection w_hr, dln when given the LayerNorm-LSTM's ln. input_grad=False: dx None, not computed; weight_grads=False: every parameter's gradient None, not computed. precision: None/'float32', or 'bfloat16' (float32: every product from bfloat16 operands with float32 accumulation).
     """
 def recurrent_backward_many(cell: str, nonlinearity: str, calls: list) -> list:
     """

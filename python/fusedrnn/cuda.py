@@ -332,7 +332,7 @@ class _Kernels:
 
     def recurrent_backward(self, cell, nonlinearity, x, w_ih, w_hh, lengths, reverse, gates,
                            extra, h_prev, dy, dh_n, dc_n, precision=None, w_ph=None, w_hr=None,
-                           ln=None):
+                           ln=None, input_grad=True, weight_grads=True):
         cp = self._cp
         x, w_hh, w_hr, dtype, (T, N, I, H, GH, P, S) = self._sizes(cell, x, w_hh, w_hr)
         lstm = cell in ("lstm", "layernorm_lstm")  # (a cell state)
@@ -374,10 +374,11 @@ class _Kernels:
                                      bool(reverse), *self._device_and_stream(),
                                      _settings["allow_tf32"], ALGORITHMS[_settings["algorithm"]],
                                      bf16, P)
-        grads = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
-        grads += () if w_ph is None else (dw_ph,)
-        grads += () if w_hr is None else (dw_hr,)
-        return grads + (() if ln is None else (dln,))
+        params = (dw_ih, dw_hh, db_ih, db_hh) + tuple(g for g in (dw_ph, dw_hr, dln)
+                                                      if g is not None)
+        # (computed whatever was asked: the CUDA kernels make every gradient in one pass)
+        return ((dx if input_grad else None, dh0, dc0)
+                + (params if weight_grads else (None,) * len(params)))
 
     def _layer_norm(self, cell, ln, H, dtype):
         """The LayerNorm-LSTM's norm parameters [10H] (required for it), or None."""

@@ -361,11 +361,23 @@ def _empty_backward(cell, args):
     xp = _backend(x)[0]
     GH = w_hh.shape[0]
     w_ph, w_hr, ln = (args[i] if len(args) > i else None for i in (12, 13, 14))
-    extras = tuple(xp.zeros(a.shape, x.dtype) for a in (w_ph, w_hr, ln) if a is not None)
-    return (xp.zeros(x.shape, x.dtype), dh_n.copy(),
+    input_grad, weight_grads = (args[i] if len(args) > i else True for i in (15, 16))
+
+    def zeros(shape, wanted=weight_grads):
+        return xp.zeros(shape, x.dtype) if wanted else None
+    extras = tuple(zeros(a.shape) for a in (w_ph, w_hr, ln) if a is not None)
+    return (zeros(x.shape, input_grad), dh_n.copy(),
             dc_n.copy() if cell in CELL_STATE else None,
-            xp.zeros(w_ih.shape, x.dtype), xp.zeros(w_hh.shape, x.dtype),
-            xp.zeros(GH, x.dtype), xp.zeros(GH, x.dtype)) + extras
+            zeros(w_ih.shape), zeros(w_hh.shape), zeros(GH), zeros(GH)) + extras
+
+
+def wanted_grads(args, input_grad, weight_grads):
+    """A backward call's arguments asking for no dx (``input_grad`` False) or no parameter
+    gradients (``weight_grads`` False): the kernels skip their work (a third to half of a
+    backward) and return None for them."""
+    if input_grad and weight_grads:
+        return args
+    return (*args, *(None,) * (15 - len(args)), bool(input_grad), bool(weight_grads))
 
 
 def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
@@ -547,9 +559,10 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training
                          nonlinearity)[0]
 
 
-def _backward_many(cell, calls):
+def _backward_many(cell, calls, input_grad=True, weight_grads=True):
     """Independent backward calls of one cell, each a tuple ``(ctx, dy, dh_n, dc_n)``: one
-    ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)`` per call (see :func:`_forward_many`)."""
+    ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)`` per call (see :func:`_forward_many`); dx
+    None unless ``input_grad``, the parameters' gradients None unless ``weight_grads``."""
     prepared = []
     for ctx, dy, dh_n, dc_n in calls:
         if not isinstance(ctx, RecurrentContext):
@@ -581,7 +594,7 @@ def _backward_many(cell, calls):
             args += (ctx.precision, ctx.w_ph)
         elif ctx.precision == "bfloat16" and cell != "gru_reset_before":
             args += ("bfloat16",)
-        prepared.append((kernels, args, ctx))
+        prepared.append((kernels, wanted_grads(args, input_grad, weight_grads), ctx))
     nonlinearity = calls[0][0].nonlinearity if calls else "tanh"
     if any(ctx.nonlinearity != nonlinearity for _, _, ctx in prepared):
         raise ValueError("ctx: expected contexts of one nonlinearity")
@@ -595,8 +608,11 @@ def _backward_many(cell, calls):
     return results
 
 
-def _backward(cell, ctx, dy, dh_n, dc_n):
-    return _backward_many(cell, [(ctx, dy, dh_n, dc_n)])[0]
+def _backward(cell, ctx, dy, dh_n, dc_n, input_grad=True, weight_grads=True):
+    input_grad = check_flag(input_grad, "input_grad")
+    weight_grads = check_flag(weight_grads, "weight_grads")
+    return _backward_many(cell, [(ctx, dy, dh_n, dc_n)], input_grad, weight_grads)[0]
+
 
 
 # ---------------------------------------------------------------------------- the kernels
@@ -614,10 +630,14 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, r
                     precision, w_ph, w_hr)
 
 
-def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+def lstm_backward(ctx, dy, dh_n=None, dc_n=None, *, input_grad=True, weight_grads=True):
     """BPTT for :func:`lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``,
-    then ``dw_ph`` where the forward had peepholes and ``dw_hr`` where it had a projection."""
-    return _backward("lstm", ctx, dy, dh_n, dc_n)
+    then ``dw_ph`` where the forward had peepholes and ``dw_hr`` where it had a projection.
+    ``input_grad=False``: dx is None, and not computed (the input is data); ``weight_grads=
+    False``: every parameter's gradient is None, and not computed (a frozen layer): each saves
+    a quarter to half of the backward's work."""
+    return _backward("lstm", ctx, dy, dh_n, dc_n, input_grad, weight_grads)
+
 
 
 def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None, *, eps=1e-5,
@@ -635,10 +655,13 @@ def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None,
         reverse=reverse, training=training, ln=ln, eps=eps, precision=precision)])[0]
 
 
-def layernorm_lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+def layernorm_lstm_backward(ctx, dy, dh_n=None, dc_n=None, *, input_grad=True,
+                            weight_grads=True):
     """BPTT for :func:`layernorm_lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih,
-    db_hh, dln)``, dln [10H] in ln's order."""
-    return _backward("layernorm_lstm", ctx, dy, dh_n, dc_n)
+    db_hh, dln)``, dln [10H] in ln's order. ``input_grad``, ``weight_grads``: as
+    :func:`lstm_backward`'s."""
+    return _backward("layernorm_lstm", ctx, dy, dh_n, dc_n, input_grad, weight_grads)
+
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
@@ -653,11 +676,14 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, revers
     return y, h_n, ctx
 
 
-def gru_backward(ctx, dy, dh_n=None):
-    """BPTT for :func:`gru_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``."""
+def gru_backward(ctx, dy, dh_n=None, *, input_grad=True, weight_grads=True):
+    """BPTT for :func:`gru_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``.
+    ``input_grad``, ``weight_grads``: as :func:`lstm_backward`'s."""
     cell = "gru_reset_before" if getattr(ctx, "cell", None) == "gru_reset_before" else "gru"
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward(cell, ctx, dy, dh_n, None)
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward(cell, ctx, dy, dh_n, None, input_grad,
+                                                       weight_grads)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None,
@@ -669,7 +695,10 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     return y, h_n, ctx
 
 
-def rnn_backward(ctx, dy, dh_n=None):
-    """BPTT for :func:`rnn_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``."""
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("rnn", ctx, dy, dh_n, None)
+def rnn_backward(ctx, dy, dh_n=None, *, input_grad=True, weight_grads=True):
+    """BPTT for :func:`rnn_forward`. Returns ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``.
+    ``input_grad``, ``weight_grads``: as :func:`lstm_backward`'s."""
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("rnn", ctx, dy, dh_n, None, input_grad,
+                                                       weight_grads)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+

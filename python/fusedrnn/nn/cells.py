@@ -364,6 +364,10 @@ class RNNCellBase(SeededModule):
         ctx = self._steps.pop()[0]
         self._kept.release((ctx.w_ih, ctx.w_hh))
 
+    def _trains(self):
+        """Whether any parameter requires its gradient (else the kernels skip them all)."""
+        return any(p.requires_grad for p in self.parameters())
+
     def _accumulate(self, dw_ih, dw_hh, db_ih, db_hh):
         self.weight_ih.accumulate_grad(dw_ih)
         self.weight_hh.accumulate_grad(dw_hh)
@@ -418,9 +422,11 @@ class _HiddenStateCell(RNNCellBase):
         """Returns ``(dx, dh_prev)`` for the latest step that has not been back-propagated."""
         ctx, batched = self._latest()
         dh = self._grad(dh, "dh", ctx.x.shape[1], batched)
-        dx, dh0, *dw = self._kernel_backward(ctx, None, dh)
+        trains = self._trains()
+        dx, dh0, *dw = self._kernel_backward(ctx, None, dh, weight_grads=trains)
         self._done()
-        self._accumulate(*dw)
+        if trains:
+            self._accumulate(*dw)
         return (dx[0], dh0) if batched else (dx[0, 0], dh0[0])
 
 
@@ -585,18 +591,20 @@ peepholes), from the parameter ``weight_ph`` [3H] in the order i, f, o.""",
         dh = self._grad(dh, "dh", N, batched, self._state_size)
         dc = self._grad(dc, "dc", N, batched)
         backward = F.layernorm_lstm_backward if self._layer_norm else F.lstm_backward
-        dx, dh0, dc0, *dw = backward(ctx, None, dh, dc)
+        trains = self._trains()
+        dx, dh0, dc0, *dw = backward(ctx, None, dh, dc, weight_grads=trains)
         self._done()
-        if self._layer_norm:  # dln [10H]: the norms' parameters in order
-            dln, offset = dw.pop(), 0
-            for param in self._layer_norm_params():
-                param.accumulate_grad(dln[offset:offset + param.data.size])
-                offset += param.data.size
-        if self.proj_size:
-            self.weight_hr.accumulate_grad(dw.pop())
-        if self.peephole:
-            self.weight_ph.accumulate_grad(dw.pop())
-        self._accumulate(*dw)
+        if trains:  # (frozen: the kernels made no gradient)
+            if self._layer_norm:  # dln [10H]: the norms' parameters in order
+                dln, offset = dw.pop(), 0
+                for param in self._layer_norm_params():
+                    param.accumulate_grad(dln[offset:offset + param.data.size])
+                    offset += param.data.size
+            if self.proj_size:
+                self.weight_hr.accumulate_grad(dw.pop())
+            if self.peephole:
+                self.weight_ph.accumulate_grad(dw.pop())
+            self._accumulate(*dw)
         if batched:
             return dx[0], (dh0, dc0)
         return dx[0, 0], (dh0[0], dc0[0])

@@ -252,6 +252,15 @@ class RNNBase(SeededModule):
             return {}
         return dict(ln=self._xp.concatenate([p.data for p in params]), eps=self.eps)
 
+    def _layer_trains(self, layer):
+        """Whether any parameter of a layer (any direction) requires its gradient."""
+        D = self.num_directions
+        names = [n for k in range(layer * D, (layer + 1) * D)
+                 for n in (*self._param_names[k], self._peephole_names[k],
+                           *(self._layer_norm_names[k] or ()), self._projection_names[k])]
+        params = (self._parameters.get(n) for n in names if n is not None)
+        return any(p is not None and p.requires_grad for p in params)
+
     def _projection(self, layer, direction):
         """The LSTM's projection Parameter (weight_hr) of a layer direction, or None."""
         name = self._projection_names[layer * self.num_directions + direction]
@@ -522,9 +531,16 @@ class RNNBase(SeededModule):
                               grad_out[:, :, direction * S:(direction + 1) * S],
                               None if dh_n is None else dh_n[k],
                               None if dc_n is None else dc_n[k]))
-            grads = F._backward_many(self._kernel_cell, calls)
+            trains = self._layer_trains(layer)  # (frozen: the kernels skip the gradients)
+            grads = F._backward_many(self._kernel_cell, calls, weight_grads=trains)
             for direction, (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, *more) in enumerate(grads):
                 k = layer * D + direction
+                dh0[k] = dh
+                if dc0 is not None:
+                    dc0[k] = dc
+                grad_in = dx if grad_in is None else grad_in + dx
+                if not trains:
+                    continue
                 if self._layer_norm:  # dln [10H]: the norms' parameters in order
                     dln, offset = more.pop(), 0
                     for param in self._layer_norm_params(layer, direction):
@@ -534,16 +550,12 @@ class RNNBase(SeededModule):
                     self._projection(layer, direction).accumulate_grad(more.pop())
                 if more:
                     self._peepholes(layer, direction).accumulate_grad(more[0])
-                dh0[k] = dh
-                if dc0 is not None:
-                    dc0[k] = dc
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
                 w_ih.accumulate_grad(dw_ih)
                 w_hh.accumulate_grad(dw_hh)
                 if b_ih is not None:
                     b_ih.accumulate_grad(db_ih)
                     b_hh.accumulate_grad(db_hh)
-                grad_in = dx if grad_in is None else grad_in + dx
             grad_out = grad_in
 
         dx = self._from_tnx(grad_out, batched)

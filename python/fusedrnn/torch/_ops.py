@@ -383,35 +383,42 @@ def _forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, nonlin
 
 
 def _backward_args(x, w_ih, w_hh, w_hr, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n,
-                   bf16):
+                   bf16, input_grad=True, weight_grads=True):
     """recurrent_backward's arguments for one direction, from the kernels' arrays (``w_hr``,
     ``lengths``, ``dc_n`` None where absent; ``bf16``: the forward ran bfloat16 products, whose
-    backward runs its products dgates W in bfloat16 too, but a projected LSTM's in float32)."""
+    backward runs its products dgates W in bfloat16 too, but a projected LSTM's in float32;
+    ``input_grad``, ``weight_grads``: whether dx and the parameters' gradients are wanted)."""
     more = ((None, None, w_hr) if w_hr is not None else ("bfloat16",) if bf16 else ())
-    return (x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n) + more
+    return F.wanted_grads((x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n)
+                          + more, input_grad, weight_grads)
 
 
 def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
-                   nonlinearity, precision):
+                   nonlinearity, precision, input_grad=True, weight_grads=True):
     """The kernels' BPTT: (dx, dh0 [D, N, S], dc0 (LSTM; else [0]), dw_ih, dw_hh, db_ih, db_hh,
     dw_hr (lists over the directions; dw_hr empty without a projection)); ``precision``: the
-    forward's (its products' rounding). ``w_hr``: empty, or Nones, without a projection."""
+    forward's (its products' rounding). ``w_hr``: empty, or Nones, without a projection. dx
+    None unless ``input_grad``, the parameters' gradients Nones unless ``weight_grads``."""
     D, S, w_hr = len(w_hh), w_hh[0].shape[1], _given(w_hr)
     bridge = _bridge(x)
     with bridge.running():
-        arr, tensor = bridge.array, bridge.tensor
+        arr = bridge.array
         xn = arr(x)
         lengths_np = _lengths_np(lengths)
         bf16 = F.bfloat16_products(xn.dtype, _check_precision(precision)) and not w_hr
         calls = [_backward_args(xn, arr(w_ih[d]), arr(w_hh[d]), arr(w_hr[d]) if w_hr else None,
                                 lengths_np, d == 1, arr(gates[d]), arr(extra[d]),
                                 arr(h_prev[d]), arr(dy[:, :, d * S:(d + 1) * S]), arr(dh_n[d]),
-                                arr(dc_n[d]) if cell == "lstm" else None, bf16)
+                                arr(dc_n[d]) if cell == "lstm" else None, bf16, input_grad,
+                                weight_grads)
                  for d in range(D)]
         outs = _run(bridge, "recurrent_backward", cell, nonlinearity, calls)
+
+        def tensor(a):  # (None: not wanted)
+            return None if a is None else bridge.tensor(a)
         dx = tensor(outs[0][0])
         for o in outs[1:]:
-            dx += tensor(o[0])
+            dx = None if dx is None else dx.add_(tensor(o[0]))
         dh0 = _stacked(bridge, [o[1] for o in outs])
         dc0 = _stacked(bridge, [o[2] for o in outs]) if cell == "lstm" else _empty(x)
         dw_hr = [tensor(o[7]) for o in outs] if w_hr else []
@@ -633,7 +640,10 @@ def _layer_gradients(ctx, dy, dh_n, dc_n, transforms=False):
     """The autograd Functions' backward: a gradient per input (None for meta, precision and
     lengths). ``transforms``: _LayerUnderTransforms's, under torch.func."""
     _check_gradient_call((dy, dh_n, dc_n), transforms)
-    args = (ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_impl)
+    needs = ctx.needs_input_grad  # (meta, precision, x, h0, c0, lengths, *weights)
+    backward = functools.partial(_backward_impl, input_grad=needs[2],
+                                 weight_grads=any(needs[6:]))
+    args = (ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, backward)
     if not transforms:
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(*args)
     else:  # every op (reading a tensor's data too) is the transform's: out of the way
@@ -832,12 +842,14 @@ class _OneDirection(torch.autograd.Function):
         else:  # a step: its y is h_n, whose gradient comes as dy (the kernel adds 0 to it)
             dh_n, dc_n = arrays[:2]
             dy, dh_n = dh_n[None], np.zeros(dh_n.shape, dh_n.dtype)
+        needs = ctx.needs_input_grad  # (meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         outs = _C.recurrent_backward(cell, nonlinearity, *_backward_args(
-            x, w_ih, w_hh, None, None, False, *saved, dy, dh_n, dc_n, bf16))
+            x, w_ih, w_hh, None, None, False, *saved, dy, dh_n, dc_n, bf16, needs[1],
+            any(needs[4:])))
         dx, dh0, dc0, *dw = outs[:7]
         if layered:  # (the arrays' views: a tensor's costs a microsecond more)
             dh0, dc0 = dh0[None], None if dc0 is None else dc0[None]
-        else:
+        elif dx is not None:
             dx = dx[0]
         # tensors for the inputs that take a gradient alone (none for a missing bias, c0
         # but the LSTM's, a state no one gave)
