@@ -78,3 +78,39 @@ def test_flag_is_shown_and_checked():
     assert fr.get_deterministic() is False and fr.info()["deterministic"] is False
     with pytest.raises(TypeError, match="^on: expected a bool"):
         fr.set_deterministic("yes")
+
+
+def test_the_torch_adapter_follows_torch_use_deterministic_algorithms():
+    # torch.nn's LSTM gives the same bits on any thread count under torch's switch; the adapter
+    # turns our mode on with it (and off after), but never turns off one the user set
+    torch = pytest.importorskip("torch")
+    frt = pytest.importorskip("fusedrnn.torch")
+    torch_threads = torch.get_num_threads()
+    x = torch.randn(12, 16, 32, generator=torch.Generator().manual_seed(0))  # (split by samples)
+    torch.manual_seed(0)
+    layer = frt.LSTM(32, 64)
+    try:
+        torch.use_deterministic_algorithms(True)
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            layer.zero_grad()
+            y = layer(x)[0]
+            y.sin().sum().backward()
+            results.append([y.detach(), *(p.grad for p in layer.parameters())])
+            assert fr.get_deterministic()
+        for a, b in zip(*results):
+            assert torch.equal(a, b)
+        torch.use_deterministic_algorithms(False)
+        layer(x)
+        assert not fr.get_deterministic()
+        fr.set_deterministic(True)  # the user's: stays
+        torch.use_deterministic_algorithms(True)
+        layer(x)
+        torch.use_deterministic_algorithms(False)
+        layer(x)
+        assert fr.get_deterministic()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        fr.set_deterministic(False)
+        torch.set_num_threads(torch_threads)

@@ -85,10 +85,26 @@ def set_deterministic(on: bool | np.bool_) -> None:
     any number of threads (the time loop split by hidden units; no loop split by samples, no
     pipelined input projection, the big GEMMs in a fixed number of blocks), which costs speed
     on the shapes that needed those (``fusedrnn bench --deterministic`` measures it,
-    ``fusedrnn bench --explain`` shows the plans)."""
+    ``fusedrnn bench --explain`` shows the plans). In a torch program, the adapter's calls
+    turn it on while ``torch.use_deterministic_algorithms`` is on, and off again after, unless
+    set here."""
+    global deterministic_by_torch
     if not isinstance(on, (bool, np.bool_)):
         raise TypeError(f"on: expected a bool, got {type(on).__name__}")
+    deterministic_by_torch = False  # (the user's choice: torch's switch no longer turns it off)
     _C.set_deterministic(bool(on))
+
+
+# Whether the torch adapter turned the deterministic mode on, following
+# torch.use_deterministic_algorithms (it turns it off again with torch's).
+deterministic_by_torch = False
+
+
+def follow_torch_determinism(on: bool) -> None:
+    """The torch adapter's: deterministic as torch.use_deterministic_algorithms now is."""
+    global deterministic_by_torch
+    deterministic_by_torch = on
+    _C.set_deterministic(on)
 
 
 def get_deterministic() -> bool:

@@ -51,6 +51,7 @@ import torch
 
 from .. import _C
 from .. import functional as F
+from .. import _runtime
 from .._runtime import MAX_THREADS
 from ..amp import PRECISIONS
 
@@ -320,11 +321,18 @@ def _kept_forms(w_ih, w_hh, b_ih, b_hh):
 
 
 def _sync_threads():
-    """Inside a torch program our kernels use as many threads as torch does (checked at each
-    call: torch.set_num_threads may change it at any time)."""
+    """Inside a torch program our kernels use as many threads as torch does, and keep to
+    their deterministic plans while torch.use_deterministic_algorithms is on (checked at each
+    call: torch's settings may change at any time). Our mode turned on by torch's goes off
+    with it; one the user set with fusedrnn.set_deterministic stays."""
     n = min(torch.get_num_threads(), MAX_THREADS)  # (the kernels' bound)
     if n != _C.get_num_threads():
         _C.set_num_threads(n)
+    if torch.are_deterministic_algorithms_enabled():
+        if not _C.deterministic():
+            _runtime.follow_torch_determinism(True)
+    elif _runtime.deterministic_by_torch:
+        _runtime.follow_torch_determinism(False)
 
 
 def _run(bridge, kernel, cell, nonlinearity, calls):
