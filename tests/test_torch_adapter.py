@@ -207,6 +207,23 @@ def test_gradients_not_wanted_are_not_made_and_the_rest_match(cell, form, x_grad
             torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell"])
+def test_a_cell_step_lets_its_saved_arrays_go_at_backward_as_torch_does(cell):
+    # torch frees a node's saved tensors at its backward (unless retain_graph): so does a
+    # step's kept arrays, though its outputs live on (a loss held until the next iteration)
+    layer = getattr(frt, cell)(4, 6)
+    x = torch.randn(3, 4)
+    out = layer(x)
+    h = out[0] if cell == "LSTMCell" else out
+    node = h.grad_fn
+    h.sum().backward(retain_graph=True)
+    assert node.step is not None
+    h.sum().backward()
+    assert node.step is None
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        h.sum().backward()
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_unbatched_input(cell):
     torch.manual_seed(3)

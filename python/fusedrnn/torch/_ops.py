@@ -806,6 +806,14 @@ def one_direction(x, h0, c0, weights, cell, nonlinearity, precision):
     return outs if cell == "lstm" else (*outs, x.new_empty((0,)))
 
 
+def _keeps_graph():
+    """Whether the backward running now keeps the graph (retain_graph=True): torch frees a
+    node's saved tensors after its backward unless so (its private query; True where absent,
+    keeping what a second backward may need)."""
+    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if query is None else query()
+
+
 class _OneDirection(torch.autograd.Function):
     """The kernels' forward and BPTT of one direction as one autograd node: a cell's step
     (x [N, I], states [N, H]; ``meta[3]`` False) or a layer's direction (x [T, N, I], states
@@ -813,7 +821,7 @@ class _OneDirection(torch.autograd.Function):
     gets no zeros for it), h_n and c_n (the LSTM's). A layer saves what its backward needs
     of the forward as tensors (saved-tensor hooks, such as torch.utils.checkpoint's, see them);
     a cell's step keeps the kernel's arrays (ctx.step: a few [N, G*H] rows, about 10 us a step
-    less). x and the weights are saved as tensors too (autograd refuses a backward after they
+    less), until its backward (unless the graph is retained). x and the weights are saved as tensors too (autograd refuses a backward after they
     changed in place); the backward reads them through the forward's views."""
 
     @staticmethod
@@ -838,8 +846,12 @@ class _OneDirection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         _check_gradient_call(grads)
+        # (raises if x or a weight changed in place since, or on a second backward through
+        # a graph not retained)
+        tensors = ctx.saved_tensors
         (cell, nonlinearity, _, layered, _), x, w_ih, w_hh, saved, bf16 = ctx.step
-        tensors = ctx.saved_tensors  # (raises if x or a weight changed in place since)
+        if not _keeps_graph():  # the arrays go as torch's saved tensors go: now
+            ctx.step = None
         _sync_threads()
         # (autograd passes zeros for an output the loss did not use; dc_n None but the LSTM's)
         arrays = [_np(g) for g in grads] + [None]
