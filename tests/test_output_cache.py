@@ -48,6 +48,22 @@ def test_a_dead_outputs_block_serves_the_next_output_of_its_size():
     assert _C.output_cache()["kept_bytes"] == 0
 
 
+def test_empty_cache_gives_back_the_calling_thread_s_workspaces():
+    # a training call's backward keeps T*N*G*H floats for the next call; empty_cache returns
+    # them, and the next call takes what it needs again (the same bits)
+    x, h0, w, b = lstm_problem()
+    y, h_n, c_n, gates, extra, h_prev = forward(x, h0, w, b)
+    dy = np.ones_like(y)
+    args = (x, w, w, None, False, gates, extra, h_prev, dy, h0, h0)
+    first = _C.recurrent_backward("lstm", "tanh", *args)
+    assert _C.thread_workspace_bytes() >= T * N * 4 * H * 4
+    fr.empty_cache()
+    assert _C.thread_workspace_bytes() == 0
+    for want, got in zip(first, _C.recurrent_backward("lstm", "tanh", *args)):
+        np.testing.assert_array_equal(got, want)
+    fr.empty_cache()
+
+
 def test_the_cache_counts_a_reused_block_at_its_own_size():
     """A kept block serves an output up to half its size; given back, it counts its own bytes
     (it counted the smaller output's, so variable-length batches held several times the limit

@@ -129,14 +129,34 @@ const char* bf16_path() {
 }
 
 template <typename T>
-T* thread_workspace(WorkspaceSlot slot, int64_t elements) {
+std::vector<T>* thread_buffers() {
   thread_local std::vector<T> buffers[kWorkspaceSlots];
-  std::vector<T>& buffer = buffers[slot];
+  return buffers;
+}
+
+template <typename T>
+T* thread_workspace(WorkspaceSlot slot, int64_t elements) {
+  std::vector<T>& buffer = thread_buffers<T>()[slot];
   if (static_cast<int64_t>(buffer.size()) < elements) {
     buffer = std::vector<T>();  // release first: never hold two
     buffer.resize(elements);
   }
   return buffer.data();
+}
+
+int64_t thread_workspace_bytes() {
+  int64_t bytes = 0;
+  for (int s = 0; s < kWorkspaceSlots; ++s)
+    bytes += int64_t(thread_buffers<float>()[s].capacity() * sizeof(float) +
+                     thread_buffers<double>()[s].capacity() * sizeof(double));
+  return bytes;
+}
+
+void release_thread_workspaces() {
+  for (int s = 0; s < kWorkspaceSlots; ++s) {
+    thread_buffers<float>()[s] = std::vector<float>();
+    thread_buffers<double>()[s] = std::vector<double>();
+  }
 }
 
 // On leaving a call, however it leaves: every step is done (loops that publish step by step

@@ -47,6 +47,9 @@ enum WorkspaceSlot {
 };
 template <typename T>
 T* thread_workspace(WorkspaceSlot slot, int64_t elements);
+// The calling thread's workspaces: their bytes, and giving them back (fusedrnn.empty_cache).
+int64_t thread_workspace_bytes();
+void release_thread_workspaces();
 
 template <typename T>
 void recurrent_forward(CellKind cell, const ForwardArgs<T>& args);

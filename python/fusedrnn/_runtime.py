@@ -30,12 +30,15 @@ def info() -> dict:
 
 
 def empty_cache() -> None:
-    """Give the blocks kept for the kernels' large outputs back to the allocator. The kernels
-    keep the blocks of dead outputs of 256 KiB and more (up to ``FUSEDRNN_OUTPUT_CACHE_MB``,
-    default 256, in all; 0 keeps none) for the next call's outputs of the same size, so that a
-    training loop does not fault its outputs' pages in afresh every step; this returns them
-    (as ``torch.cuda.empty_cache`` does its cached blocks)."""
+    """Give the blocks kept for the kernels' large outputs, and the calling thread's kernel
+    workspaces, back to the allocator. The kernels keep the blocks of dead outputs of 256 KiB
+    and more (up to ``FUSEDRNN_OUTPUT_CACHE_MB``, default 256, in all; 0 keeps none) for the
+    next call's outputs of the same size, and each calling thread its workspaces (up to
+    T*N*G*H floats for a backward), so that a training loop does not fault their pages in
+    afresh every step; this returns them (as ``torch.cuda.empty_cache`` does its cached
+    blocks); the next call takes what it needs again."""
     _C.release_output_cache()
+    _C.release_thread_workspaces()
 
 
 def _mib(nbytes: int) -> str:
