@@ -64,6 +64,36 @@ def test_empty_cache_gives_back_the_calling_thread_s_workspaces():
     fr.empty_cache()
 
 
+def test_empty_cache_ends_the_team_s_threads_and_the_next_call_starts_them(restore_threads):
+    # a bidirectional layer's directions run side by side, one on a team thread, whose
+    # workspace goes with it; the team starts again at the next call (the same bits), and an
+    # empty_cache from another thread waits for a running call's team
+    import threading
+    fr.set_num_threads(2)
+    layer = fr.nn.LSTM(16, 64, bidirectional=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((400, 4, 16)).astype(np.float32)
+    y, _ = layer(x)
+    first = layer.backward(np.ones_like(y))[0]
+    fr.empty_cache()
+    assert _C.thread_workspace_bytes() == 0
+    errors = []
+
+    def empty_repeatedly():
+        try:
+            for _ in range(50):
+                fr.empty_cache()
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+    other = threading.Thread(target=empty_repeatedly)
+    other.start()
+    for _ in range(5):
+        y2, _ = layer(x)
+        np.testing.assert_array_equal(y2, y)
+        np.testing.assert_array_equal(layer.backward(np.ones_like(y))[0], first)
+    other.join()
+    assert not errors
+
+
 def test_the_cache_counts_a_reused_block_at_its_own_size():
     """A kept block serves an output up to half its size; given back, it counts its own bytes
     (it counted the smaller output's, so variable-length batches held several times the limit

@@ -892,8 +892,14 @@ PYBIND11_MODULE(_C, m) {
       "Give every kept output block back to the allocator.");
   m.def("thread_workspace_bytes", &cpu::thread_workspace_bytes,
         "Bytes of the kernels' workspaces the calling thread keeps between calls.");
-  m.def("release_thread_workspaces", &cpu::release_thread_workspaces,
-        "Give the calling thread's kernel workspaces back to the allocator.");
+  m.def(
+      "release_workspaces",
+      []() {
+        cpu::release_thread_workspaces();
+        without_gil([] { cpu::release_team(); });  // (waits for a running call's team)
+      },
+      "Give the kernel workspaces back to the allocator: the calling thread's, and the team's "
+      "threads' (they end; the next call starts them again).");
   // Without the GIL: it waits for a running call's team, and the other Python threads go on
   m.def("set_num_threads", [](int n) {
           if (n < 1 || n > 4096)  // (fusedrnn.MAX_THREADS: a typo must not start 10**6)

@@ -499,6 +499,12 @@ void set_num_threads(int n) {
   }
 }
 
+void release_team() {
+  std::lock_guard<std::mutex> g(g_team_mutex);
+  delete g_team;  // (no call is on it: we hold the mutex)
+  g_team = nullptr;
+}
+
 int get_num_threads() {
   int n = g_num_threads.load();
   return n > 0 ? n : default_threads();

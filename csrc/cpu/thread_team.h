@@ -104,6 +104,9 @@ bool shares_openmp_threads();
 
 // The kernels' thread count (the team's size; OpenBLAS itself stays single-threaded).
 void set_num_threads(int n);
+// Ends the team's threads, and so frees their workspaces (fusedrnn.empty_cache), once no call
+// is on it; the next call starts them again.
+void release_team();
 int get_num_threads();
 
 // Runs fn(0..count-1), independent kernel calls (the two directions of a bidirectional layer),

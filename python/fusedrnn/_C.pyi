@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['WeightCache', 'attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'matmul', 'output_cache', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'release_output_cache', 'release_thread_workspaces', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'thread_workspace_bytes', 'tuning']
+__all__: list[str] = ['WeightCache', 'attention_backward', 'attention_forward', 'build_info', 'cpu_info', 'deterministic', 'get_num_threads', 'matmul', 'output_cache', 'plan', 'recurrent_backward', 'recurrent_backward_many', 'recurrent_forward', 'recurrent_forward_many', 'recurrent_forward_stack', 'release_output_cache', 'release_workspaces', 'runs_side_by_side', 'set_deterministic', 'set_num_threads', 'share_openmp_threads', 'shares_openmp_threads', 'thread_workspace_bytes', 'tuning']
 class WeightCache:
     """
     The packed forms of one layer direction's weights, kept between calls (pass it as a forward call's cache). It serves only the arrays of the first call it takes part in (their addresses, shapes and cell), and never sees a change to their values: keep them alive while it is used, and make a new one whenever they may change.
@@ -82,9 +82,9 @@ def release_output_cache() -> None:
     """
     Give every kept output block back to the allocator.
     """
-def release_thread_workspaces() -> None:
+def release_workspaces() -> None:
     """
-    Give the calling thread's kernel workspaces back to the allocator.
+    Give the kernel workspaces back to the allocator: the calling thread's, and the team's threads' (they end; the next call starts them again).
     """
 def runs_side_by_side(cell: str, nonlinearity: str, shapes: collections.abc.Sequence[tuple[typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]], dtype: numpy.dtype[typing.Any], stack: bool = False) -> bool:
     """

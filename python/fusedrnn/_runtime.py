@@ -30,15 +30,17 @@ def info() -> dict:
 
 
 def empty_cache() -> None:
-    """Give the blocks kept for the kernels' large outputs, and the calling thread's kernel
-    workspaces, back to the allocator. The kernels keep the blocks of dead outputs of 256 KiB
-    and more (up to ``FUSEDRNN_OUTPUT_CACHE_MB``, default 256, in all; 0 keeps none) for the
-    next call's outputs of the same size, and each calling thread its workspaces (up to
-    T*N*G*H floats for a backward), so that a training loop does not fault their pages in
-    afresh every step; this returns them (as ``torch.cuda.empty_cache`` does its cached
-    blocks); the next call takes what it needs again."""
+    """Give the blocks kept for the kernels' large outputs, and the kernels' workspaces, back
+    to the allocator. The kernels keep the blocks of dead outputs of 256 KiB and more (up to
+    ``FUSEDRNN_OUTPUT_CACHE_MB``, default 256, in all; 0 keeps none) for the next call's
+    outputs of the same size, and each thread that ran a call its workspaces (up to T*N*G*H
+    floats for a backward), so that a training loop does not fault their pages in afresh every
+    step; this returns them (as ``torch.cuda.empty_cache`` does its cached blocks): the calling
+    thread's, and the kernels' team's, whose threads end (once no call is on them) and start
+    again at the next call. Other threads that call the kernels keep theirs, as do torch's
+    OpenMP threads where the kernels share them (``fusedrnn.torch``)."""
     _C.release_output_cache()
-    _C.release_thread_workspaces()
+    _C.release_workspaces()
 
 
 def _mib(nbytes: int) -> str:
@@ -89,8 +91,8 @@ def set_deterministic(on: bool | np.bool_) -> None:
     pipelined input projection, the big GEMMs in a fixed number of blocks), which costs speed
     on the shapes that needed those (``fusedrnn bench --deterministic`` measures it,
     ``fusedrnn bench --explain`` shows the plans). In a torch program, the adapter's calls
-    turn it on while ``torch.use_deterministic_algorithms`` is on, and off again after, unless
-    set here."""
+    turn it on while ``torch.use_deterministic_algorithms`` is on, and its first call after
+    torch's goes off turns it off again, unless it was set here since."""
     global deterministic_by_torch
     if not isinstance(on, (bool, np.bool_)):
         raise TypeError(f"on: expected a bool, got {type(on).__name__}")
