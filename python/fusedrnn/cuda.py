@@ -310,9 +310,11 @@ class _Kernels:
         uses_extra = cell != "rnn"
         E = 10 * H + 3 if cell == "layernorm_lstm" else H  # (cells/layernorm_lstm_cell.h)
         # (zeros where there is no hidden unit: the kernels then write no step, and the
-        # LayerNorm-LSTM's extra still has 3 numbers a step and sample)
-        extra = ((cp.zeros if H == 0 else cp.empty)((T if uses_extra else 0, N, E), dtype)
-                 if training else None)
+        # LayerNorm-LSTM's extra still has 3 numbers a step and sample; and with lengths,
+        # whose padded steps the kernels leave unwritten there: every output a function of
+        # the inputs, as on the CPU)
+        extra = ((cp.zeros if H == 0 or d_lengths is not None else cp.empty)(
+            (T if uses_extra else 0, N, E), dtype) if training else None)
         h_prev = cp.empty((T, N, S), dtype) if training else None
         bf16 = _bf16(precision) and dtype == np.float32
         workspace = cp.empty(self._ext.forward_workspace_size(cell, nonlinearity, T, N, I, H,
