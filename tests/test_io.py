@@ -48,6 +48,26 @@ def test_nested_checkpoint_round_trip(tmp_path):
                                   opt.state_dict()["state"][1]["exp_avg"])
 
 
+def test_schedulers_and_the_genetic_algorithm_save_their_state(tmp_path):
+    # as a Module or an optimizer: their state_dict, which their load_state_dict takes back
+    m = fr.nn.Linear(2, 1, seed=0)
+    opt = fr.optim.SGD(m.parameters(), lr=0.1)
+    sched = fr.optim.StepLR(opt, step_size=2, gamma=0.5)
+    for _ in range(3):
+        sched.step()
+    ga = fr.optim.GeneticAlgorithm(m, lambda: 0.0, population_size=4, seed=1)
+    fr.save({"sched": sched, "ga": ga}, tmp_path / "ckpt")
+    back = fr.load(tmp_path / "ckpt")
+    sched2 = fr.optim.StepLR(fr.optim.SGD(m.parameters(), lr=0.1), step_size=2, gamma=0.5)
+    sched2.load_state_dict(back["sched"])
+    np.testing.assert_equal(sched2.state_dict(), sched.state_dict())
+    ga2 = fr.optim.GeneticAlgorithm(m, lambda: 0.0, population_size=4, seed=2)
+    ga2.load_state_dict(back["ga"])
+    np.testing.assert_equal(ga2.state_dict(), ga.state_dict())
+    with pytest.raises(TypeError, match="a scheduler, a GeneticAlgorithm"):
+        fr.save({"gen": np.random.default_rng(0)}, tmp_path / "bad")
+
+
 def test_paths_as_bytes_and_bad_paths(tmp_path):
     """A bytes path works as os.PathLike's do (tempfile failed on it mid-save); anything else
     is refused by name."""

@@ -1,5 +1,5 @@
 """``save(obj, path)`` / ``load(path)``: modules' state dicts, plain (nested) dicts of arrays,
-optimizer state and whole checkpoints, in a format that never runs code when read.
+optimizer, scheduler and genetic-algorithm state and whole checkpoints, in a format that never runs code when read.
 
 The file is an ordinary ``.npz`` (read with ``allow_pickle=False``): every array is one entry
 ("a0", "a1", ...), and one entry ``__fusedrnn__`` holds a JSON description of the object tree
@@ -41,10 +41,10 @@ DEFAULT_MAX_BYTES = 1 << 30  # load(): the arrays' total size unless max_bytes= 
 def _encode(obj, arrays, where, depth=0):
     """obj -> a JSON-able tree; arrays are appended to ``arrays`` and referenced by name."""
     from .nn.module import Module, Parameter, is_device_array, to_host
-    from .optim import Optimizer
+    from .optim import GeneticAlgorithm, LRScheduler, Optimizer
 
-    if isinstance(obj, (Module, Optimizer)):
-        obj = obj.state_dict()
+    if isinstance(obj, (Module, Optimizer, LRScheduler, GeneticAlgorithm)):
+        obj = obj.state_dict()  # (load gives it back; its load_state_dict takes it)
     if isinstance(obj, Parameter):
         obj = obj.data
     if is_device_array(obj):  # (a CUDA model's parameters and optimizer moments: saved as
@@ -83,7 +83,8 @@ def _encode(obj, arrays, where, depth=0):
             pairs.append([k, _encode(v, arrays, f"{where}[{k!r}]", depth + 1)])
         return {"__items__": pairs}
     raise TypeError(f"{where}: cannot save an object of type {type(obj).__name__} (expected a "
-                    f"Module, an optimizer, an array, a number, a string, or dicts/lists of them)")
+                    f"Module, an optimizer, a scheduler, a GeneticAlgorithm, an array, a number, "
+                    f"a string, or dicts/lists of them)")
 
 
 class _Path:
