@@ -64,6 +64,30 @@ def test_empty_cache_gives_back_the_calling_thread_s_workspaces():
     fr.empty_cache()
 
 
+_TEAM_THREADS = """
+import os, numpy as np, fusedrnn as fr
+fr.set_num_threads(2)
+layer = fr.nn.LSTM(16, 64, bidirectional=True, seed=0)
+x = np.ones((400, 4, 16), np.float32)
+counts = []
+for _ in range(2):
+    layer(x)
+    counts.append(len(os.listdir("/proc/self/task")))
+    fr.empty_cache()
+    counts.append(len(os.listdir("/proc/self/task")))
+print(counts)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_empty_cache_ends_the_team_s_worker_and_a_call_starts_it_again():
+    # (a fresh interpreter: one that imported fusedrnn.torch runs on torch's threads)
+    out = subprocess.run([sys.executable, "-c", _TEAM_THREADS], capture_output=True, text=True,
+                         check=True).stdout
+    with_team, without, again, without_again = json.loads(out)
+    assert with_team == again == without + 1 and without_again == without
+
+
 def test_empty_cache_ends_the_team_s_threads_and_the_next_call_starts_them(restore_threads):
     # a bidirectional layer's directions run side by side, one on a team thread, whose
     # workspace goes with it; the team starts again at the next call (the same bits), and an

@@ -175,9 +175,17 @@ def test_a_packed_batch_of_the_wrong_form_is_named_by_its_data():
 @pytest.mark.parametrize("x_grad", [False, True], ids=["data", "x_grad"])
 @pytest.mark.parametrize("form", ["one direction", "bidirectional packed", "cell"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_gradients_not_wanted_are_not_made_and_the_rest_match(cell, form, x_grad, frozen):
-    # an input that is data and frozen parameters: the kernels skip dx and the parameters'
-    # gradients (a fourth to half of a backward); what is wanted matches torch.nn's
+def test_gradients_not_wanted_are_not_made_and_the_rest_match(cell, form, x_grad, frozen,
+                                                              monkeypatch):
+    # an input that is data and frozen parameters: the kernels are asked for no dx and no
+    # parameters' gradients (a quarter to half of a backward); what is wanted matches torch.nn's
+    asked = []  # (input_grad, weight_grads) of each kernel call's backward
+
+    def spy(args, input_grad, weight_grads):
+        asked.append((input_grad, weight_grads))
+        return wanting(args, input_grad, weight_grads)
+    wanting = F.backward_args_wanting
+    monkeypatch.setattr(F, "backward_args_wanting", spy)
     part = "_l0"  # what "layer 0" freezes (a cell's: its input weights)
     if form == "cell":
         part = "_ih"
@@ -205,6 +213,29 @@ def test_gradients_not_wanted_are_not_made_and_the_rest_match(cell, form, x_grad
         assert (got is None) == (want is None)
         if want is not None:
             torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    # per layer (per direction): dx where its input needs one, the weights' where they train
+    layers, directions = (1, 1) if form == "cell" else (2, 1 + (form != "one direction"))
+    trains = [frozen != "all" and not (frozen == "layer 0" and part == "_l0" and layer == 0)
+              for layer in range(layers)]
+    expected = [(x_grad or any(trains[:layer]), trains[layer])
+                for layer in range(layers) for _ in range(directions)]
+    assert sorted(asked) == sorted(e for e in expected if any(e))  # (none: no backward)
+
+
+def test_a_cell_step_s_backward_that_failed_may_be_tried_again(monkeypatch):
+    # torch keeps a node's saved tensors where its backward raised: so does a step its arrays
+    layer = frt.GRUCell(4, 6)
+    h = layer(torch.randn(3, 4))
+    sync = _ops._sync_threads
+
+    def fails_once():
+        monkeypatch.setattr(_ops, "_sync_threads", sync)
+        raise MemoryError("simulated")
+    monkeypatch.setattr(_ops, "_sync_threads", fails_once)
+    with pytest.raises(MemoryError, match="simulated"):
+        h.sum().backward()
+    h.sum().backward()
+    assert layer.weight_hh.grad is not None and h.grad_fn.step is None
 
 
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell"])

@@ -361,7 +361,8 @@ def _empty_backward(cell, args):
     xp = _backend(x)[0]
     GH = w_hh.shape[0]
     w_ph, w_hr, ln = (args[i] if len(args) > i else None for i in (12, 13, 14))
-    input_grad, weight_grads = (args[i] if len(args) > i else True for i in (15, 16))
+    input_grad, weight_grads = (args[i] if len(args) > i else True
+                                for i in (WANTED_AT, WANTED_AT + 1))
 
     def zeros(shape, wanted=weight_grads):
         return xp.zeros(shape, x.dtype) if wanted else None
@@ -371,13 +372,18 @@ def _empty_backward(cell, args):
             zeros(w_ih.shape), zeros(w_hh.shape), zeros(GH), zeros(GH)) + extras
 
 
-def wanted_grads(args, input_grad, weight_grads):
+# Where a backward call's arguments say which gradients are wanted: (..., ln, input_grad,
+# weight_grads), after the variants' arrays (fusedrnn._C.recurrent_backward_many's calls).
+WANTED_AT = 15
+
+
+def backward_args_wanting(args, input_grad, weight_grads):
     """A backward call's arguments asking for no dx (``input_grad`` False) or no parameter
-    gradients (``weight_grads`` False): the kernels skip their work (a third to half of a
-    backward) and return None for them."""
+    gradients (``weight_grads`` False): the CPU kernels skip their work (a quarter to half of
+    a backward) and return None for them."""
     if input_grad and weight_grads:
         return args
-    return (*args, *(None,) * (15 - len(args)), bool(input_grad), bool(weight_grads))
+    return (*args, *(None,) * (WANTED_AT - len(args)), input_grad, weight_grads)
 
 
 def _run_calls(kernels_and_args, name, cell, nonlinearity, empty):
@@ -594,7 +600,7 @@ def _backward_many(cell, calls, input_grad=True, weight_grads=True):
             args += (ctx.precision, ctx.w_ph)
         elif ctx.precision == "bfloat16" and cell != "gru_reset_before":
             args += ("bfloat16",)
-        prepared.append((kernels, wanted_grads(args, input_grad, weight_grads), ctx))
+        prepared.append((kernels, backward_args_wanting(args, input_grad, weight_grads), ctx))
     nonlinearity = calls[0][0].nonlinearity if calls else "tanh"
     if any(ctx.nonlinearity != nonlinearity for _, _, ctx in prepared):
         raise ValueError("ctx: expected contexts of one nonlinearity")
@@ -612,7 +618,6 @@ def _backward(cell, ctx, dy, dh_n, dc_n, input_grad=True, weight_grads=True):
     input_grad = check_flag(input_grad, "input_grad")
     weight_grads = check_flag(weight_grads, "weight_grads")
     return _backward_many(cell, [(ctx, dy, dh_n, dc_n)], input_grad, weight_grads)[0]
-
 
 
 # ---------------------------------------------------------------------------- the kernels
@@ -634,10 +639,9 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None, *, input_grad=True, weight_grad
     """BPTT for :func:`lstm_forward`. Returns ``(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``,
     then ``dw_ph`` where the forward had peepholes and ``dw_hr`` where it had a projection.
     ``input_grad=False``: dx is None, and not computed (the input is data); ``weight_grads=
-    False``: every parameter's gradient is None, and not computed (a frozen layer): each saves
-    a quarter to half of the backward's work."""
+    False``: every parameter's gradient is None, and not computed (a frozen layer): on the
+    CPU each saves a quarter to half of the backward's work."""
     return _backward("lstm", ctx, dy, dh_n, dc_n, input_grad, weight_grads)
-
 
 
 def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None, *, eps=1e-5,
@@ -663,7 +667,6 @@ def layernorm_lstm_backward(ctx, dy, dh_n=None, dc_n=None, *, input_grad=True,
     return _backward("layernorm_lstm", ctx, dy, dh_n, dc_n, input_grad, weight_grads)
 
 
-
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False,
                 training=False, precision=None, reset_after=True):
     """GRU over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as lstm_forward's.
@@ -685,7 +688,6 @@ def gru_backward(ctx, dy, dh_n=None, *, input_grad=True, weight_grads=True):
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 
-
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None,
                 reverse=False, training=False, precision=None):
     """Elman RNN (tanh or relu) over a sequence. Returns ``(y, h_n, ctx)``. ``precision``: as
@@ -701,4 +703,3 @@ def rnn_backward(ctx, dy, dh_n=None, *, input_grad=True, weight_grads=True):
     dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("rnn", ctx, dy, dh_n, None, input_grad,
                                                        weight_grads)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
-

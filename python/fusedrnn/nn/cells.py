@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 from .. import _C
 from .. import functional as F
 from .layers import SeededModule, _dtype, _flag, _positive_int
-from .module import (KeptWeights, Parameter, check_unwritten, checked_weights, dtype_repr,
-                     write_stamp)
+from .module import (KeptWeights, Parameter, any_requires_grad, check_unwritten,
+                     checked_weights, dtype_repr, write_stamp)
 
 # A cell's weights as the kernels take them (the biases None where there are none).
 _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -366,7 +366,7 @@ class RNNCellBase(SeededModule):
 
     def _trains(self):
         """Whether any parameter requires its gradient (else the kernels skip them all)."""
-        return any(p.requires_grad for p in self.parameters())
+        return any_requires_grad(self.parameters())
 
     def _accumulate(self, dw_ih, dw_hh, db_ih, db_hh):
         self.weight_ih.accumulate_grad(dw_ih)

@@ -109,6 +109,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_version_counter)
 
 
+def any_requires_grad(params):
+    """Whether any of ``params`` (Parameters; None passed by) requires its gradient."""
+    return any(p is not None and p.requires_grad for p in params)
+
+
 def _requires_grad_flag(value):
     if not isinstance(value, (bool, np.bool_)):  # ("no" read as True)
         raise TypeError(f"requires_grad: expected a bool, got {type(value).__name__} {value!r}")

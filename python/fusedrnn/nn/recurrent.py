@@ -36,9 +36,9 @@ from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
 from .layers import SeededModule, _flag, _int_in, _number_in
-from .module import (KeptWeights, Parameter, array_module, check_device, check_dtype,
-                     check_unwritten, checked_weights, dtype_repr, is_device_array, to_device,
-                     to_host, write_stamp)
+from .module import (KeptWeights, Parameter, any_requires_grad, array_module, check_device,
+                     check_dtype, check_unwritten, checked_weights, dtype_repr, is_device_array,
+                     to_device, to_host, write_stamp)
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
 
@@ -258,8 +258,7 @@ class RNNBase(SeededModule):
         names = [n for k in range(layer * D, (layer + 1) * D)
                  for n in (*self._param_names[k], self._peephole_names[k],
                            *(self._layer_norm_names[k] or ()), self._projection_names[k])]
-        params = (self._parameters.get(n) for n in names if n is not None)
-        return any(p is not None and p.requires_grad for p in params)
+        return any_requires_grad(self._parameters.get(n) for n in names if n is not None)
 
     def _projection(self, layer, direction):
         """The LSTM's projection Parameter (weight_hr) of a layer direction, or None."""

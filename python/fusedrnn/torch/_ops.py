@@ -397,8 +397,8 @@ def _backward_args(x, w_ih, w_hh, w_hr, lengths, reverse, gates, extra, h_prev, 
     backward runs its products dgates W in bfloat16 too, but a projected LSTM's in float32;
     ``input_grad``, ``weight_grads``: whether dx and the parameters' gradients are wanted)."""
     more = ((None, None, w_hr) if w_hr is not None else ("bfloat16",) if bf16 else ())
-    return F.wanted_grads((x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy, dh_n, dc_n)
-                          + more, input_grad, weight_grads)
+    return F.backward_args_wanting((x, w_ih, w_hh, lengths, reverse, gates, extra, h_prev, dy,
+                                    dh_n, dc_n) + more, input_grad, weight_grads)
 
 
 def _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n, cell,
@@ -811,7 +811,8 @@ def _keeps_graph():
     node's saved tensors after its backward unless so (its private query; True where absent,
     keeping what a second backward may need)."""
     query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if query is None else query()
+    # (under compiled autograd Dynamo traces this backward and cannot read the flag: kept)
+    return True if query is None or torch.compiler.is_compiling() else query()
 
 
 class _OneDirection(torch.autograd.Function):
@@ -821,8 +822,9 @@ class _OneDirection(torch.autograd.Function):
     gets no zeros for it), h_n and c_n (the LSTM's). A layer saves what its backward needs
     of the forward as tensors (saved-tensor hooks, such as torch.utils.checkpoint's, see them);
     a cell's step keeps the kernel's arrays (ctx.step: a few [N, G*H] rows, about 10 us a step
-    less), until its backward (unless the graph is retained). x and the weights are saved as tensors too (autograd refuses a backward after they
-    changed in place); the backward reads them through the forward's views."""
+    less) until its backward is done (unless the graph is retained). x and the weights are
+    saved as tensors too (autograd refuses a backward after they changed in place); the
+    backward reads them through the forward's views."""
 
     @staticmethod
     def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
@@ -850,8 +852,6 @@ class _OneDirection(torch.autograd.Function):
         # a graph not retained)
         tensors = ctx.saved_tensors
         (cell, nonlinearity, _, layered, _), x, w_ih, w_hh, saved, bf16 = ctx.step
-        if not _keeps_graph():  # the arrays go as torch's saved tensors go: now
-            ctx.step = None
         _sync_threads()
         # (autograd passes zeros for an output the loss did not use; dc_n None but the LSTM's)
         arrays = [_np(g) for g in grads] + [None]
@@ -866,6 +866,8 @@ class _OneDirection(torch.autograd.Function):
         outs = _C.recurrent_backward(cell, nonlinearity, *_backward_args(
             x, w_ih, w_hh, None, None, False, *saved, dy, dh_n, dc_n, bf16, needs[1],
             any(needs[4:])))
+        if not _keeps_graph():  # the arrays go as torch's saved tensors go (kept where it
+            ctx.step = None      # failed: a backward may be tried again, as torch's)
         dx, dh0, dc0, *dw = outs[:7]
         if layered:  # (the arrays' views: a tensor's costs a microsecond more)
             dh0, dc0 = dh0[None], None if dc0 is None else dc0[None]
