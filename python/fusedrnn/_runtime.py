@@ -35,10 +35,10 @@ def empty_cache() -> None:
     ``FUSEDRNN_OUTPUT_CACHE_MB``, default 256, in all; 0 keeps none) for the next call's
     outputs of the same size, and each thread that ran a call its workspaces (up to T*N*G*H
     floats for a backward, twice that for a GRU's), so that a training loop does not fault
-    their pages in afresh every step; this returns them (as ``torch.cuda.empty_cache`` does
-    its cached blocks): the calling thread's, and the kernels' team's, whose threads end (once
-    no call is on them) and start again at the next call. Other threads that call the kernels keep theirs, as do torch's
-    OpenMP threads where the kernels share them (``fusedrnn.torch``)."""
+    their pages in afresh every step; this returns them (as ``torch.cuda.empty_cache`` does its
+    cached blocks): the calling thread's, and the kernels' team's, whose threads end (once no
+    call is on them) and start again at the next call. Other threads that call the kernels keep
+    theirs, as do torch's OpenMP threads where the kernels share them (``fusedrnn.torch``)."""
     _C.release_output_cache()
     _C.release_workspaces()
 

@@ -1,5 +1,6 @@
 """``save(obj, path)`` / ``load(path)``: modules' state dicts, plain (nested) dicts of arrays,
-optimizer, scheduler and genetic-algorithm state and whole checkpoints, in a format that never runs code when read.
+optimizer, scheduler and genetic-algorithm state and whole checkpoints, in a format that never
+runs code when read.
 
 The file is an ordinary ``.npz`` (read with ``allow_pickle=False``): every array is one entry
 ("a0", "a1", ...), and one entry ``__fusedrnn__`` holds a JSON description of the object tree
