@@ -36,17 +36,33 @@ def step_ms(layer, x, x_grad, reps):
     return statistics.median(times[3:]) * 1e3
 
 
+def parse_shape(parser, text):
+    """cell,T,B,I,H -> a SHAPES entry; argparse's error (exit 2) naming --shapes otherwise."""
+    cell, *sizes = text.split(",")
+    try:
+        sizes = [int(v) for v in sizes]
+    except ValueError:
+        sizes = []
+    if cell not in ("LSTM", "GRU", "RNN") or len(sizes) != 4 or min(sizes) <= 0:
+        parser.error(f"--shapes: expected cell,T,B,I,H (cell LSTM, GRU or RNN; positive sizes), "
+                     f"got {text!r}")
+    return (cell, *sizes)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--shapes", default=None, metavar="LIST",
+                   help="semicolon-separated cell,T,B,I,H (default: four anchor shapes)")
     p.add_argument("--json", default=None, help="write the rows as JSON")
     args = p.parse_args()
+    shapes = SHAPES if args.shapes is None else [parse_shape(p, s) for s in args.shapes.split(";")]
     torch.set_num_threads(args.threads)
     cpu = fr.info()["cpu"]
     print(f"{cpu}; torch {torch.__version__}, {args.threads} threads; ms per training step")
     rows = []
-    for cell, T, B, I, H in SHAPES:
+    for cell, T, B, I, H in shapes:
         torch.manual_seed(0)
         ref = getattr(torch.nn, cell)(I, H)
         ours = getattr(frt, cell)(I, H)

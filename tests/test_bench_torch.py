@@ -95,3 +95,21 @@ def test_median_ms_pause_times_the_call_alone():
     from fusedrnn import benchmark
     ms = benchmark.median_ms({"a": lambda: time.sleep(0.001)}, 0.05, pause_s=0.003)["a"]
     assert 0.9 < ms < 3.5  # the 3 ms sleep before each call is not counted
+
+
+def test_wanted_grads_bench_writes_a_row_per_case(tmp_path):
+    # bench/wanted_grads.py on a tiny shape: every case's row, both sides timed
+    import json
+    import pathlib
+    import subprocess
+    import sys
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "wanted_grads.py"
+    out = tmp_path / "wanted.json"
+    subprocess.run([sys.executable, str(script), "--shapes", "GRU,3,2,4,5", "--reps", "1",
+                    "--json", str(out)], check=True, capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"] for r in rows] == ["every gradient", "input is data", "frozen layer"]
+    assert all(r["torch_ms"] > 0 and r["ours_ms"] > 0 for r in rows)
+    bad = subprocess.run([sys.executable, str(script), "--shapes", "GRU,3,2"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--shapes: expected cell,T,B,I,H" in bad.stderr
