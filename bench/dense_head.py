@@ -50,15 +50,26 @@ def child(shape, variant, threads, calls):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from fusedrnn.cli_commands import check_output_path, path, positive_int, threads
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=";".join(SHAPES),
                    help="B,T,I,H,V;... (V: the head's classes)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3, help="processes per variant, in turn")
-    p.add_argument("--calls", type=int, default=15)
-    p.add_argument("--json", help="write every row here")
+    p.add_argument("--threads", type=threads, default=2)
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="processes per variant, in turn")
+    p.add_argument("--calls", type=positive_int, default=15)
+    p.add_argument("--json", type=path, help="write every row here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    for shape in args.shapes.split(";"):
+        sizes = shape.split(",")
+        if len(sizes) != 5 or not all(v.isdigit() and int(v) > 0 for v in sizes):
+            p.error(f"--shapes: expected B,T,I,H,V (positive integers), got {shape!r}")
+    try:
+        check_output_path("json", args.json)  # (before the timing, not after it)
+    except ValueError as error:
+        p.error(str(error))
     if args.child:
         shape, variant = args.child.split(":")
         print(json.dumps(child([int(v) for v in shape.split(",")], variant, args.threads,
@@ -84,9 +95,9 @@ def main():
                          "speedup": a / b, "threads": args.threads})
             print(f"{shape:22s} {mode:5s} {a:11.2f} {b:10.2f} {a / b:6.2f}", flush=True)
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"cpu": fr.info()["cpu"], "rows": rows}, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        from fusedrnn._atomic import write_text
+        from fusedrnn.cli_commands import to_json
+        write_text(args.json, to_json({"cpu": fr.info()["cpu"], "rows": rows}, indent=1))
     return 0
 
 

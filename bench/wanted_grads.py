@@ -6,7 +6,6 @@ is wanted; torch's CPU LSTM/GRU make every gradient whatever is wanted. Example:
     python bench/wanted_grads.py --json wanted.json
 """
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -15,6 +14,7 @@ import torch
 
 import fusedrnn as fr
 import fusedrnn.torch as frt
+from fusedrnn.cli_commands import check_output_path, path, positive_int, threads, to_json
 
 # cell, T, B, I, H
 SHAPES = [("LSTM", 50, 64, 512, 512), ("LSTM", 100, 32, 128, 256), ("GRU", 100, 16, 256, 256),
@@ -50,13 +50,18 @@ def parse_shape(parser, text):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=15)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=threads, default=2)
+    p.add_argument("--reps", type=positive_int, default=15)
     p.add_argument("--shapes", default=None, metavar="LIST",
                    help="semicolon-separated cell,T,B,I,H (default: four anchor shapes)")
-    p.add_argument("--json", default=None, help="write the rows as JSON")
+    p.add_argument("--json", type=path, default=None, help="write the rows as JSON")
     args = p.parse_args()
+    try:
+        check_output_path("json", args.json)  # (before the timing, not after it)
+    except ValueError as error:
+        p.error(str(error))
     shapes = SHAPES if args.shapes is None else [parse_shape(p, s) for s in args.shapes.split(";")]
     torch.set_num_threads(args.threads)
     cpu = fr.info()["cpu"]
@@ -79,9 +84,9 @@ def main():
                   f"ours {ours_ms:8.2f}  {torch_ms / ours_ms:5.2f}x", flush=True)
     if args.json:
         from fusedrnn._atomic import write_text
-        write_text(args.json, json.dumps(dict(cpu=cpu, machine=platform.machine(),
-                                              torch=torch.__version__, threads=args.threads,
-                                              rows=rows), indent=1))
+        write_text(args.json, to_json(dict(cpu=cpu, machine=platform.machine(),
+                                           torch=torch.__version__, threads=args.threads,
+                                           rows=rows), indent=1))
 
 
 if __name__ == "__main__":

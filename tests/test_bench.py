@@ -13,7 +13,9 @@ def test_rows_agree_and_a_wrong_result_is_named(tmp_path, capsys, monkeypatch):
     code = cli.main(["bench", "--cells", "gru", "--shapes", "1,6,4,4; 1,6,4,4", "--budget",
                      "0.02", "--json", str(path)])
     assert code == 0
-    rows = json.loads(path.read_text())["rows"]
+    saved = json.loads(path.read_text())
+    rows = saved["rows"]
+    assert saved["versions"]["numpy"] == np.__version__ and saved["versions"]["python"]
     assert [(r["cell"], r["mode"]) for r in rows] == [("GRU", "infer"), ("GRU", "train")]
     assert all(r["agree"] for r in rows)  # (no stacked rows: --cells and --shapes narrowed it)
     real = benchmark.ours

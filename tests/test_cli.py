@@ -367,8 +367,18 @@ def test_options_of_two_benchmarks_are_refused(capsys):
             # an option only another bench reads (the float32 table ran, exit 0)
             (["--precisions", "bf16"], "--precisions bf16: read by --device cuda only"),
             (["--variants", "proj", "--cells", "rnn"], "--cells rnn: not read by --variants"),
-            (["--attention", "dot", "--cells", "gru"], "--cells gru: not read by --attention")):
+            (["--attention", "dot", "--cells", "gru"], "--cells gru: not read by --attention"),
+            # a peak of nothing (it printed an empty line and exited 0)
+            (["--memory", "--modes", "infer"], "--memory: measures a training step's peak")):
         assert expected in error_of(capsys, "bench", *argv)
+
+
+def test_more_threads_than_cores_is_warned_of(capsys):
+    from fusedrnn.cli_commands import usable_cores
+    many = str(usable_cores() + 1)
+    assert main(["bench", "--threads", many, "--cells", "rnn", "--modes", "infer",
+                     "--shapes", "1,3,4,4", "--budget", "0.01"]) == 0
+    assert f"--threads {many} is more than the {usable_cores()} cores" in capsys.readouterr().err
 
 
 def test_a_picture_may_not_overwrite_the_model_it_shows(capsys, tmp_path):

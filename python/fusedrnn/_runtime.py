@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import threading
 from typing import SupportsIndex
 
 import numpy as np
@@ -34,10 +35,11 @@ def empty_cache() -> None:
     to the allocator. The kernels keep the blocks of dead outputs of 256 KiB and more (up to
     ``FUSEDRNN_OUTPUT_CACHE_MB``, default 256, in all; 0 keeps none) for the next call's
     outputs of the same size, and each thread that ran a call its workspaces (up to T*N*G*H
-    floats for a backward, twice that for a GRU's), so that a training loop does not fault
-    their pages in afresh every step; this returns them (as ``torch.cuda.empty_cache`` does its
-    cached blocks): the calling thread's, and the kernels' team's, whose threads end (once no
-    call is on them) and start again at the next call. Other threads that call the kernels keep
+    floats for a backward or an inference call's gates, twice that for a GRU's backward), so
+    that a training loop does not fault their pages in afresh every step; this returns them
+    (as ``torch.cuda.empty_cache`` does its cached blocks): the calling thread's, and the
+    kernels' team's, whose threads end (once no call is on them) and start again at the next
+    call. Other threads that call the kernels keep
     theirs, as do torch's OpenMP threads where the kernels share them (``fusedrnn.torch``)."""
     _C.release_output_cache()
     _C.release_workspaces()
@@ -96,20 +98,29 @@ def set_deterministic(on: bool | np.bool_) -> None:
     global deterministic_by_torch
     if not isinstance(on, (bool, np.bool_)):
         raise TypeError(f"on: expected a bool, got {type(on).__name__}")
-    deterministic_by_torch = False  # (the user's choice: torch's switch no longer turns it off)
-    _C.set_deterministic(bool(on))
+    with _deterministic_lock:
+        deterministic_by_torch = False  # (the user's choice: torch's switch leaves it be)
+        _C.set_deterministic(bool(on))
 
 
 # Whether the torch adapter turned the deterministic mode on, following
-# torch.use_deterministic_algorithms (it turns it off again with torch's).
+# torch.use_deterministic_algorithms (it turns it off again with torch's); the lock keeps a
+# user's set_deterministic from landing between the adapter's look and its change.
 deterministic_by_torch = False
+_deterministic_lock = threading.Lock()
 
 
-def follow_torch_determinism(on: bool) -> None:
-    """The torch adapter's: deterministic as torch.use_deterministic_algorithms now is."""
+def follow_torch_determinism(torch_on: bool) -> None:
+    """The torch adapter's: deterministic while torch.use_deterministic_algorithms is on (if
+    the mode was off), off again when it goes off (if torch's turned it on)."""
     global deterministic_by_torch
-    deterministic_by_torch = on
-    _C.set_deterministic(on)
+    with _deterministic_lock:
+        if torch_on and not _C.deterministic():
+            deterministic_by_torch = True
+            _C.set_deterministic(True)
+        elif not torch_on and deterministic_by_torch:
+            deterministic_by_torch = False
+            _C.set_deterministic(False)
 
 
 def get_deterministic() -> bool:

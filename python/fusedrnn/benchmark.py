@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import statistics
 import subprocess
 import sys
@@ -575,13 +576,27 @@ def parse_shapes(text, names="B,T,I,H"):
     return list(dict.fromkeys(shapes))  # each once, in order (as --cells)
 
 
+def versions():
+    """The versions a run's figures depend on: Python, NumPy and the peers (None where not
+    installed), read from the installed packages' metadata (nothing imported)."""
+    from importlib import metadata
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "torch", "onnxruntime"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def write_json(path, **content):
-    """The run's JSON (atomically), fr.info() first; says where it went. Nothing without a path."""
+    """The run's JSON (atomically), fr.info() and the versions first; says where it went.
+    Nothing without a path."""
     if not path:
         return
     import fusedrnn as fr
     from fusedrnn._atomic import write_text
-    write_text(path, to_json({"info": fr.info(), **content}, indent=1))
+    write_text(path, to_json({"info": fr.info(), "versions": versions(), **content}, indent=1))
     print(f"wrote {path}")
 
 
@@ -675,12 +690,20 @@ def _check_one_benchmark(args):
     if selected and main_only:
         raise ValueError(f"{', '.join(main_only)}: measured by the main CPU table only, not with "
                          f"{selected[0]}")
+    if getattr(args, "memory", False) and "train" not in args.modes.split(","):
+        raise ValueError(f"--memory: measures a training step's peak, and --modes {args.modes} "
+                         f"has no train")
 
 
 def run(args) -> int:
     from .cli_commands import check_output_path
     check_output_path("json", getattr(args, "json", None))  # before the timing, not after it
     _check_one_benchmark(args)
+    cores = usable_cores()
+    if getattr(args, "threads", 1) > cores:
+        print(f"fusedrnn: warning: --threads {args.threads} is more than the {cores} cores this "
+              f"process may run on: the threads take turns on them, and the timings say little",
+              file=sys.stderr)
     if getattr(args, "explain", False):  # (the CPU's plans: --device cuda refused above)
         cells, modes, shapes = selection(args)
         print(cpu_header(args.threads))

@@ -240,15 +240,8 @@ def bench_row(cell, B, T, I, H, threads, budget, regimes, peers):
 
 # ---------------------------------------------------------------------------- the run
 def _versions(peers):
-    from importlib import metadata
-    names = {"torch": "torch", "ort": "onnxruntime"}
-    out = {}
-    for p in peers:
-        try:
-            out[p] = metadata.version(names[p])
-        except Exception:
-            out[p] = "?"
-    return out
+    known = benchmark.versions()
+    return {p: known[{"torch": "torch", "ort": "onnxruntime"}[p]] or "?" for p in peers}
 
 
 def geomean(values):
@@ -333,15 +326,15 @@ def run(args) -> int:
     if args.json:
         from fusedrnn._atomic import write_text
         write_text(args.json, to_json(
-            {"info": info, "cpu": cpu, "threads": args.threads, "env": env,
-             "peers": versions, "budget": budget,
+            {"info": info, "versions": benchmark.versions(), "cpu": cpu,
+             "threads": args.threads, "env": env, "peers": versions, "budget": budget,
              "regimes": [{"name": r, "what": REGIMES[r]} for r in regimes], "rows": rows},
             indent=1))  # (strict: a NaN is null)
         print(f"wrote {args.json}")
     bad = [r for r in rows if not r["agree"]]
     if bad:
         print(f"fusedrnn: {len(bad)} row(s) where a peer's output differs from ours by more "
-              f"than {TOLERANCE} (marked !)")
+              f"than {TOLERANCE} (marked !)", file=sys.stderr)
     print(f"{seconds:.0f} s. Regimes: " + "; ".join(f"{r} = {REGIMES[r]}" for r in regimes))
     if peers:
         print("cell = the faster peer's ms / our ms (> 1: fusedrnn wins); "

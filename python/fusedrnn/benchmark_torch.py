@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 
 from . import benchmark
@@ -292,7 +293,8 @@ def run(args) -> int:
           f"{time.perf_counter() - t0:.0f} s")
     if args.json:
         from fusedrnn._atomic import write_text
-        write_text(args.json, to_json({"info": fr.info(), "framework": "torch",
+        write_text(args.json, to_json({"info": fr.info(), "versions": benchmark.versions(),
+                                       "framework": "torch",
                                        "precision": "bf16" if bf16 else "fp32",
                                        "torch_version": torch.__version__, "env": env,
                                        "rows": rows}, indent=1))  # (strict: a NaN is null)
@@ -300,6 +302,6 @@ def run(args) -> int:
     bad = [r for r in rows if not r["agree"]]
     if bad:
         print(f"fusedrnn: {len(bad)} row(s) where the logits differ by more than "
-              f"{TOLERANCE_BF16 if bf16 else TOLERANCE} (marked !)")
+              f"{TOLERANCE_BF16 if bf16 else TOLERANCE} (marked !)", file=sys.stderr)
         return 1
     return 0

@@ -329,7 +329,7 @@ def _sync_threads():
     if n != _C.get_num_threads():
         _C.set_num_threads(n)
     if torch.are_deterministic_algorithms_enabled():
-        if not _C.deterministic():
+        if not _C.deterministic():  # (checked again under the lock)
             _runtime.follow_torch_determinism(True)
     elif _runtime.deterministic_by_torch:
         _runtime.follow_torch_determinism(False)
