@@ -39,8 +39,8 @@ def empty_cache() -> None:
     that a training loop does not fault their pages in afresh every step; this returns them
     (as ``torch.cuda.empty_cache`` does its cached blocks): the calling thread's, and the
     kernels' team's, whose threads end (once no call is on them) and start again at the next
-    call. Other threads that call the kernels keep
-    theirs, as do torch's OpenMP threads where the kernels share them (``fusedrnn.torch``)."""
+    call. Other threads that call the kernels keep theirs, as do torch's OpenMP threads where
+    the kernels share them (``fusedrnn.torch``)."""
     _C.release_output_cache()
     _C.release_workspaces()
 
