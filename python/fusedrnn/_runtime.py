@@ -35,12 +35,12 @@ def empty_cache() -> None:
     to the allocator. The kernels keep the blocks of dead outputs of 256 KiB and more (up to
     ``FUSEDRNN_OUTPUT_CACHE_MB``, default 256, in all; 0 keeps none) for the next call's
     outputs of the same size, and each thread that ran a call its workspaces (up to T*N*G*H
-    floats for a backward or an inference call's gates, twice that for a GRU's backward), so
-    that a training loop does not fault their pages in afresh every step; this returns them
-    (as ``torch.cuda.empty_cache`` does its cached blocks): the calling thread's, and the
-    kernels' team's, whose threads end (once no call is on them) and start again at the next
-    call. Other threads that call the kernels keep theirs, as do torch's OpenMP threads where
-    the kernels share them (``fusedrnn.torch``)."""
+    floats for a backward or an inference call's gates, twice that for the backward of torch's
+    GRU or a LayerNorm-LSTM), so that a training loop does not fault their pages in afresh
+    every step; this returns them (as ``torch.cuda.empty_cache`` does its cached blocks): the
+    calling thread's, and the kernels' team's, whose threads end (once no call is on them) and
+    start again at the next call. Other threads that call the kernels keep theirs, as do
+    torch's OpenMP threads where the kernels share them (``fusedrnn.torch``)."""
     _C.release_output_cache()
     _C.release_workspaces()
 
