@@ -824,6 +824,14 @@ def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torc
                                                                 "weight_hh")
     model.hooked = torch.nn.RNN(4, 4)
     model.hooked.register_forward_hook(lambda *args: None)
+    model.loads_old_keys = torch.nn.LSTM(4, 4)  # (a checkpoint its hook renames would break)
+    model.loads_old_keys.register_load_state_dict_pre_hook(lambda *args: None)
+    model.masked = torch.nn.GRU(4, 4)
+    model.masked.register_buffer("mask", torch.ones(4), persistent=False)
+    model.with_child = torch.nn.RNN(4, 4)
+    model.with_child.drop = torch.nn.Dropout(0.5)
+    model.tagged = torch.nn.LSTMCell(4, 4)
+    model.tagged.role = "decoder"  # a plain attribute goes along
     model.mine = MyGRU(4, 4)
     x = torch.randn(3, 2, 4)
     before = model.enc(x)[0]
@@ -833,8 +841,12 @@ def test_convert_keeps_shared_layers_shared_and_leaves_rewritten_weights_to_torc
     assert isinstance(model.enc, frt.GRU) and model.dec is model.enc
     assert (model.enc(x)[0] - before).abs().max() < 1e-6
     assert sum(p.numel() for p in model.enc.parameters()) == 120
+    assert isinstance(model.tagged, frt.LSTMCell) and model.tagged.role == "decoder"
     for name, why in (("pruned", "weight_hh_l0_mask"), ("normed", "parametrized weights"),
                       ("hooked", "hooks registered on it"),
+                      ("loads_old_keys", "hooks registered on it"),
+                      ("masked", "buffers other than its weights (mask"),
+                      ("with_child", "modules of its own (drop)"),
                       ("mine", "MyGRU, a subclass of torch.nn.modules.rnn.GRU")):
         assert f"{name}: " in message and why in message, (name, message)
         assert not type(getattr(model, name)).__module__.startswith("fusedrnn"), name

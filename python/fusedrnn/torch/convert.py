@@ -18,6 +18,13 @@ _REPLACEMENTS = {nn.LSTM: modules.LSTM, nn.GRU: modules.GRU, nn.RNN: modules.RNN
 _TORCH_NN = {ours: theirs for theirs, ours in _REPLACEMENTS.items()}
 
 
+# A module's hooks, forward and backward, and its state_dict's (a converted layer has none of
+# the old one's: a checkpoint a load hook renamed the keys of would no longer load).
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+          "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+          "_load_state_dict_post_hooks")
+
+
 def _why_not(layer, mapping, caller) -> str | None:
     """Why ``layer`` cannot be swapped by ``mapping`` (None: it can)."""
     if type(layer) not in mapping:  # a subclass (see _REPLACEMENTS)
@@ -28,12 +35,15 @@ def _why_not(layer, mapping, caller) -> str | None:
                f"forward may differ)"
     expected = (layer._flat_weights_names if hasattr(layer, "_flat_weights_names")
                 else ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if layer.bias else []))
-    odd = sorted(set(layer.state_dict()) ^ set(expected))
+    # (its own tensors, read without its state_dict: that would run the user's hooks)
+    own = {k for k, p in layer._parameters.items() if p is not None} | set(layer._buffers)
+    odd = sorted(own ^ set(expected))
     if odd:
-        return (f"state_dict keys other than its weights' ({', '.join(odd[:4])}: pruning, "
+        return (f"parameters or buffers other than its weights ({', '.join(odd[:4])}: pruning, "
                 f"weight_norm or buffers of its own)")
-    if any(getattr(layer, hooks, None) for hooks in
-           ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")):
+    if layer._modules:
+        return f"modules of its own ({', '.join(sorted(layer._modules)[:4])})"
+    if any(getattr(layer, hooks, None) for hooks in _HOOKS):
         return f"hooks registered on it ({caller} first, then register them on the new module)"
     if mapping is _TORCH_NN:  # torch.nn takes every device and dtype
         return None
@@ -70,6 +80,10 @@ def _replacement(layer, cls):
                   **kwargs)
     for name, parameter in layer._parameters.items():  # every name: one Parameter may fill two
         setattr(new, name, parameter)  # (torch.nn's layers keep their flat list in step)
+    fresh = vars(type(layer)(1, 1, device="meta"))  # (what its class sets by itself)
+    for name, value in vars(layer).items():  # a user's own attributes (a tag, a flag) go along
+        if not name.startswith("_") and name not in fresh:
+            setattr(new, name, value)
     if any(p.is_meta for p in new.parameters()) != weight.is_meta:
         raise RuntimeError(f"{cls.__name__}: a parameter the swapped layer does not have")
     new.train(layer.training)
@@ -113,8 +127,9 @@ def convert(module: nn.Module, inplace: bool = True) -> nn.Module:
     module (the converted layer itself if ``module`` is one). A layer reached by several paths
     (shared, tied) becomes one fusedrnn module. Layers the adapter cannot take (another dtype; a
     GPU where fusedrnn's CUDA kernels cannot run; weights rewritten by pruning, weight norm or
-    parametrizations; hooks registered on the layer; a subclass of torch.nn's layer) are left
-    as they are and listed in one warning. ``inplace=False`` converts a deep copy and leaves
+    parametrizations; hooks registered on the layer, its state_dict's included; buffers or
+    modules of its own; a subclass of torch.nn's layer) are left as they are and listed in one
+    warning; a user's plain attributes on a layer go along. ``inplace=False`` converts a deep copy and leaves
     ``module`` untouched.
 
     The new modules hold the layers' own ``nn.Parameter`` objects: an optimizer made before
