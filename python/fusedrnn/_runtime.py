@@ -111,14 +111,22 @@ _deterministic_lock = threading.Lock()
 
 
 def follow_torch_determinism(torch_on: bool) -> None:
-    """The torch adapter's: deterministic while torch.use_deterministic_algorithms is on (if
-    the mode was off), off again when it goes off (if torch's turned it on)."""
+    """The torch adapter's, at each call: deterministic while torch.use_deterministic_algorithms
+    is on (if the mode was off), off again when it goes off (if torch's turned it on)."""
     global deterministic_by_torch
-    with _deterministic_lock:
-        if torch_on and not _C.deterministic():
+
+    def turn_on():
+        return torch_on and not _C.deterministic()
+
+    def turn_off():
+        return not torch_on and deterministic_by_torch
+    if not (turn_on() or turn_off()):
+        return  # (the common case: nothing to change, no lock)
+    with _deterministic_lock:  # (looked at again: a set_deterministic may have come between)
+        if turn_on():
             deterministic_by_torch = True
             _C.set_deterministic(True)
-        elif not torch_on and deterministic_by_torch:
+        elif turn_off():
             deterministic_by_torch = False
             _C.set_deterministic(False)
 

@@ -204,7 +204,7 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
     # ---- cuDNN through torch.nn
     module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
         I, H).cuda().float()
-    with torch.inference_mode():
+    with torch.no_grad():  # (setting the weights; the timed inference runs under inference_mode)
         module.weight_ih_l0.copy_(torch.as_tensor(d["w_ih"], device="cuda"))
         module.weight_hh_l0.copy_(torch.as_tensor(d["w_hh"], device="cuda"))
         module.bias_ih_l0.copy_(torch.as_tensor(d["b_ih"], device="cuda"))

@@ -328,11 +328,7 @@ def _sync_threads():
     n = min(torch.get_num_threads(), MAX_THREADS)  # (the kernels' bound)
     if n != _C.get_num_threads():
         _C.set_num_threads(n)
-    if torch.are_deterministic_algorithms_enabled():
-        if not _C.deterministic():  # (checked again under the lock)
-            _runtime.follow_torch_determinism(True)
-    elif _runtime.deterministic_by_torch:
-        _runtime.follow_torch_determinism(False)
+    _runtime.follow_torch_determinism(torch.are_deterministic_algorithms_enabled())
 
 
 def _run(bridge, kernel, cell, nonlinearity, calls):

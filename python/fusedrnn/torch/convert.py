@@ -129,8 +129,8 @@ def convert(module: nn.Module, inplace: bool = True) -> nn.Module:
     GPU where fusedrnn's CUDA kernels cannot run; weights rewritten by pruning, weight norm or
     parametrizations; hooks registered on the layer, its state_dict's included; buffers or
     modules of its own; a subclass of torch.nn's layer) are left as they are and listed in one
-    warning; a user's plain attributes on a layer go along. ``inplace=False`` converts a deep copy and leaves
-    ``module`` untouched.
+    warning; a user's plain attributes on a layer go along. ``inplace=False`` converts a deep
+    copy and leaves ``module`` untouched.
 
     The new modules hold the layers' own ``nn.Parameter`` objects: an optimizer made before
     converting goes on training them."""
