@@ -369,6 +369,33 @@ def test_teacher_forcing_draws_from_the_model_seed():
     assert losses() == losses()
 
 
+@pytest.mark.parametrize("decode", ["greedy_decode", "beam_search"])
+@pytest.mark.parametrize("make", [lambda **ids: Seq2Seq(9, 7, embed_size=4, hidden_size=5,
+                                                        dtype=np.float64, seed=0, **ids),
+                                  lambda **ids: Captioner(3, 7, hidden_size=5, dtype=np.float64,
+                                                          seed=0, **ids)])
+@pytest.mark.parametrize("ids", [{}, {"pad_idx": 4, "bos_idx": 5, "eos_idx": 6},
+                                 {"bos_idx": 2, "eos_idx": 2}])
+def test_decoding_never_emits_the_padding_or_start_ids(decode, make, ids):
+    # a model that favours them (untrained, or a source of padding alone): the next best id,
+    # scored by its probability under the whole vocabulary's softmax
+    model = make(**ids)
+    pad, bos, eos = model.pad_idx, model.bos_idx, model.eos_idx
+    banned = {pad, bos} - {eos}  # (a start id that is the end id too ends a decode)
+    model.decoder.out.bias.data[list(banned)] += 30.0
+    inputs = (SRC, SRC_LENGTHS) if isinstance(model, Seq2Seq) else \
+        (np.random.default_rng(0).standard_normal((3, 3)),)
+    result = getattr(model, decode)(*inputs, max_len=5)
+    assert all(len(t) and not banned & set(t.tolist()) for t in result.tokens)
+    for n, tokens in enumerate(result.tokens):  # the steps' log-probabilities, teacher-forced
+        row = tuple(a[n:n + 1] for a in inputs)
+        tgt = np.array([[*tokens, eos]]) if len(tokens) < 5 else tokens[None]
+        logits = model.eval().forward(*row, tgt)
+        lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        expected = lp[0, np.arange(tgt.shape[1]), tgt[0]].sum()  # (logits [N, T, V])
+        assert result.log_probs[n] == pytest.approx(expected, rel=1e-9)
+
+
 def test_beam_search_of_a_model_gone_nan_gives_nan_scores():
     model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
     model.decoder.out.bias.data[:] = np.nan

@@ -173,12 +173,13 @@ def test_a_packed_batch_of_the_wrong_form_is_named_by_its_data():
 
 @pytest.mark.parametrize("frozen", ["none", "all", "layer 0"])
 @pytest.mark.parametrize("x_grad", [False, True], ids=["data", "x_grad"])
-@pytest.mark.parametrize("form", ["one direction", "bidirectional packed", "cell"])
+@pytest.mark.parametrize("form", ["one direction", "bidirectional packed", "cell", "compiled"])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_gradients_not_wanted_are_not_made_and_the_rest_match(cell, form, x_grad, frozen,
                                                               monkeypatch):
     # an input that is data and frozen parameters: the kernels are asked for no dx and no
     # parameters' gradients (a quarter to half of a backward); what is wanted matches torch.nn's
+    # (eager, and through the operators under torch.compile)
     asked = []  # (input_grad, weight_grads) of each kernel call's backward
 
     def spy(args, input_grad, weight_grads):
@@ -194,7 +195,8 @@ def test_gradients_not_wanted_are_not_made_and_the_rest_match(cell, form, x_grad
         ours.load_state_dict(ref.state_dict())
         x = torch.randn(3, 4, dtype=torch.float64)
     else:
-        ref, ours = pair(cell, 4, 6, num_layers=2, bidirectional=form != "one direction")
+        ref, ours = pair(cell, 4, 6, num_layers=2,
+                         bidirectional=form not in ("one direction", "compiled"))
         x = torch.randn(5, 3, 4, dtype=torch.float64)
     results = []
     for layer in (ref, ours):
@@ -203,18 +205,22 @@ def test_gradients_not_wanted_are_not_made_and_the_rest_match(cell, form, x_grad
         xx = x.clone().requires_grad_(x_grad)
         inp = xx if form != "bidirectional packed" else \
             pack_padded_sequence(xx, [5, 2, 4], enforce_sorted=False)
+        if form == "compiled" and layer is ours:
+            torch._dynamo.reset()  # (each case traced anew: which gradients it wants)
+            layer = torch.compile(layer, fullgraph=True, backend="aot_eager")
         out = layer(inp)
         out = out[0] if isinstance(out, tuple) else out
         out = out.data if isinstance(out, PackedSequence) else out
         if out.requires_grad:
             out.sin().sum().backward()
-        results.append([xx.grad, *(p.grad for p in layer.parameters())])
+        results.append([xx.grad, *(p.grad for p in (ref if layer is ref else ours).parameters())])
     for want, got in zip(*results):
         assert (got is None) == (want is None)
         if want is not None:
             torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     # per layer (per direction): dx where its input needs one, the weights' where they train
-    layers, directions = (1, 1) if form == "cell" else (2, 1 + (form != "one direction"))
+    layers, directions = (1, 1) if form == "cell" else \
+        (2, 1 + (form not in ("one direction", "compiled")))
     trains = [frozen != "all" and not (frozen == "layer 0" and part == "_l0" and layer == 0)
               for layer in range(layers)]
     expected = [(x_grad or any(trains[:layer]), trains[layer])

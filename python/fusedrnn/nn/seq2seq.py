@@ -432,6 +432,14 @@ class _Generator(SeededModule):
             return self.criterion(logits, np.asarray(tgt))
 
     # ------------------------------------------------------------------ decoding
+    def _log_probs(self, logits):
+        """A decode step's log-probabilities (float64), with the padding and start ids at -inf:
+        a decode never emits them (as fairseq's), however untrained the model; the rest keep
+        their probabilities under the whole vocabulary's softmax."""
+        lp = log_softmax(logits.astype(np.float64))
+        lp[..., [i for i in (self.pad_idx, self.bos_idx) if i != self.eos_idx]] = -np.inf
+        return lp
+
     def _decoding(self):
         """Eval mode for a decode; returns the modes to restore. A decode sets the attention's
         memory and runs the encoder in eval mode, which discards what a pending backward
@@ -523,7 +531,7 @@ class _Generator(SeededModule):
             out, att = [], []
             for _ in range(max_len):
                 logits, state, weights = self.decoder.step(tokens, state, cond)
-                lp = log_softmax(logits.astype(np.float64))
+                lp = self._log_probs(logits)
                 tokens = lp.argmax(axis=1)
                 logp += np.where(done, 0.0, lp[np.arange(N), tokens])
                 length += ~done
@@ -578,7 +586,7 @@ class _Generator(SeededModule):
             for t in range(max_len):
                 logits, state, weights = self.decoder.step(tokens, state, cond)
                 has_att = weights is not None
-                lp = log_softmax(logits.astype(np.float64)).reshape(N, k, V)
+                lp = self._log_probs(logits).reshape(N, k, V)
                 cand = (beam_logp[:, :, None] + lp).reshape(N, k * V)
                 width = min(2 * k, k * V)
                 top = np.argpartition(-cand, width - 1, axis=1)[:, :width]

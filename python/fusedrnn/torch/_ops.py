@@ -20,9 +20,11 @@ S the width of h: H, or P with an LSTM's projection (proj_size).
          the reverse direction of a unidirectional layer)
 
     layer_backward(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev (lists over the
-                   directions), dy, dh_n, dc_n, cell, nonlinearity, precision)
+                   directions), dy, dh_n, dc_n, cell, nonlinearity, precision, input_grad,
+                   weight_grads)
       -> dx, dh0 [D, N, S], dc0 [D, N, H] (LSTM; else [0]), dw_ih [D, G*H, I],
-         dw_hh [D, G*H, S], db_ih, db_hh [D, G*H], dw_hr [D, P, H] (else [0])
+         dw_hh [D, G*H, S], db_ih, db_hh [D, G*H], dw_hr [D, P, H] (else [0]); dx [0] unless
+         input_grad, the parameters' gradients [0] unless weight_grads (the kernels skip them)
 
 Every output is a tensor, none a list: Inductor's ``cpp_wrapper`` calls only operators that
 return tensors. The forward's saved activations take a slot per direction rather than a stacked
@@ -493,38 +495,46 @@ def layer_backward(x: torch.Tensor, w_ih: list[torch.Tensor], w_hh: list[torch.T
                    w_hr: list[torch.Tensor], lengths: Optional[torch.Tensor],
                    gates: list[torch.Tensor], extra: list[torch.Tensor],
                    h_prev: list[torch.Tensor], dy: torch.Tensor, dh_n: torch.Tensor,
-                   dc_n: torch.Tensor, cell: str, nonlinearity: str, precision: str
+                   dc_n: torch.Tensor, cell: str, nonlinearity: str, precision: str,
+                   input_grad: bool = True, weight_grads: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                               torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """BPTT of :func:`layer_forward`: (dx, dh0 [D, N, S], dc0 (LSTM; else [0]), dw_ih, dw_hh,
     db_ih, db_hh, dw_hr (each [D, ...]; dw_hr [0] without a projection)); ``precision``: the
-    forward's."""
+    forward's. dx is [0] unless ``input_grad``, the parameters' gradients [0] unless
+    ``weight_grads``: the kernels do not make them (an operator returns tensors, not None)."""
     dx, dh0, dc0, *grads, dw_hr = _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra,
                                                  h_prev, dy, dh_n, dc_n, cell, nonlinearity,
-                                                 precision)
-    return (dx, dh0, dc0, *(_stack(g) for g in grads),
-            _stack(dw_hr) if dw_hr else x.new_empty((0,)))
+                                                 precision, input_grad, weight_grads)
+    def none():  # (a new one each: an operator's outputs may not alias each other)
+        return x.new_empty((0,))
+    return (none() if dx is None else dx, dh0, dc0,
+            *(_stack(g) if weight_grads else none() for g in grads),
+            _stack(dw_hr) if dw_hr and weight_grads else none())
 
 
-def _backward_through_operator(*args):
+def _backward_through_operator(*args, input_grad=True, weight_grads=True):
     """layer_backward's gradients as :func:`_backward_impl` gives them (lists over the
-    directions; dw_hr empty without a projection)."""
-    dx, dh0, dc0, *grads, dw_hr = layer_backward(*args)
-    return (dx, dh0, dc0, *(list(g.unbind(0)) for g in grads),
-            list(dw_hr.unbind(0)) if dw_hr.numel() else [])
+    directions, of Nones where not wanted; dw_hr empty without a projection)."""
+    dx, dh0, dc0, *grads, dw_hr = layer_backward(*args, input_grad, weight_grads)
+    D = dh0.shape[0]
+    grads = [list(g.unbind(0)) if weight_grads else [None] * D for g in grads]
+    dw_hr = ([] if not _given(args[3]) else
+             list(dw_hr.unbind(0)) if weight_grads else [None] * D)
+    return (dx if input_grad else None, dh0, dc0, *grads, dw_hr)
 
 
 @layer_backward.register_fake
 def _layer_backward_fake(x, w_ih, w_hh, w_hr, lengths, gates, extra, h_prev, dy, dh_n, dc_n,
-                         cell, nonlinearity, precision):
+                         cell, nonlinearity, precision, input_grad=True, weight_grads=True):
     D, N, S = dh_n.shape
     H = w_hh[0].shape[0] // GATES[cell]
     dc0 = x.new_empty((D, N, H)) if cell == "lstm" else x.new_empty((0,))
     w_hr = _given(w_hr)
-    return (x.new_empty(x.shape), x.new_empty((D, N, S)), dc0,
-            x.new_empty((D, *w_ih[0].shape)), x.new_empty((D, *w_hh[0].shape)),
-            x.new_empty((D, w_hh[0].shape[0])), x.new_empty((D, w_hh[0].shape[0])),
-            x.new_empty((D, *w_hr[0].shape)) if w_hr else x.new_empty((0,)))
+    grads = ((D, *w_ih[0].shape), (D, *w_hh[0].shape), (D, w_hh[0].shape[0]),
+             (D, w_hh[0].shape[0]), (D, *w_hr[0].shape) if w_hr else None)
+    return (x.new_empty(x.shape if input_grad else (0,)), x.new_empty((D, N, S)), dc0,
+            *(x.new_empty(g if g and weight_grads else (0,)) for g in grads))
 
 
 NO_VMAP = ("fusedrnn: torch.func.vmap over the recurrent layers (and jacrev, jacfwd, hessian, "
@@ -576,8 +586,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, dh_n, dc_n, *dsaved):
+    # (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ...: a list of flags for each list of tensors)
+    needs = ctx.needs_input_grad
+    backward = functools.partial(_backward_through_operator, input_grad=needs[0],
+                                 weight_grads=any(any(n) for n in needs[3:8]))
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _gradients(
-        ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, _backward_through_operator)
+        ctx.meta, ctx.saved_tensors, dy, dh_n, dc_n, backward)
     # the operator's inputs: a list where it took a list (of Nones where it held placeholders)
     db_ih, db_hh, dw_hr = (g or [None] * n for g, n in zip((db_ih, db_hh, dw_hr), ctx.absent))
     return (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None, None, None)
