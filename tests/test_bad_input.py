@@ -376,7 +376,8 @@ def test_layer_forward_arguments_are_named(m):
                 m(x, lengths=bad)
     if cell:
         m(x)
-        with pytest.raises(TypeError, match=r"^dh: expected an array of dtype float64"):
+        with pytest.raises(TypeError, match=r"^dh: expected an array of real numbers "
+                                            r"\(float64\), got a list NumPy cannot read"):
             m.backward([[1.0], [1.0, 2.0]])
         m.clear_steps()
 
@@ -641,3 +642,37 @@ def test_a_missing_extra_names_the_install_for_the_adapter_and_the_backend():
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 1 and f'pip install "{hint}"' in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("bad", ["complex", "object", "str", "bool"])
+@pytest.mark.parametrize("module", ["Linear", "Embedding", "GRUCell", "LSTMCell c",
+                                    "BahdanauAttention"])
+def test_a_gradient_of_no_real_numbers_is_refused_by_name_and_changes_nothing(module, bad):
+    # complex lost its imaginary part with a warning, None became NaN in every gradient
+    if module == "Linear":
+        m = nn.Linear(I, H, dtype=np.float64)
+        shape, name = (N, H), "dout"
+        m(x_of(np.float64, (N, I)))
+    elif module == "Embedding":
+        m = nn.Embedding(5, H, dtype=np.float64)
+        shape, name = (N, H), "dout"
+        m(np.arange(N) % 5)
+    elif module == "BahdanauAttention":
+        m = nn.BahdanauAttention(H, I, attention_size=3, dtype=np.float64)
+        m.set_memory(x_of(np.float64, (N, T, I)), np.full(N, T))
+        m(x_of(np.float64, (N, H)))
+        shape, name = (N, I), "dcontext"
+    else:
+        m = getattr(nn, module.split()[0])(I, H, dtype=np.float64)
+        m(x_of(np.float64, (N, I)))
+        shape, name = (N, H), "dc" if module.endswith(" c") else "dh"
+    good = np.ones(shape)
+    value = {"complex": good + 1j, "object": np.full(shape, None), "str": np.full(shape, "1"),
+             "bool": good > 0}[bad]
+    call = {"dout": lambda d: m.backward(d), "dcontext": lambda d: m.backward(d),
+            "dh": lambda d: m.backward(d), "dc": lambda d: m.backward(good, d)}[name]
+    with pytest.raises(TypeError, match=rf"^{name}: expected an array of real numbers "
+                                        rf"\(float64\), got dtype"):
+        call(value)
+    assert all(p.grad is None for p in m.parameters())
+    call(good)  # the forward's step is still there

@@ -144,3 +144,18 @@ def test_a_reduced_loss_takes_a_number_and_gives_the_inputs_dtype():
     with pytest.raises(ValueError, match=r"^dout: expected shape \(4, 5\)"):
         drop.backward(np.ones((4, 1), np.float32))
     assert drop.backward(1.0).shape == (4, 5)  # (a number broadcasts, as before)
+
+
+def test_mse_target_of_no_real_numbers_is_refused_and_integers_take_the_input_s_dtype():
+    # a complex target's squared error came out 0 ((1 - 1j)^2 = -2j, its real part); an
+    # integer one widened float32 losses to float64 (torch keeps the input's float32)
+    torch = pytest.importorskip("torch")
+    x = np.array([1.0, 2.5], np.float32)
+    for bad in (np.array([1j, 0j]), np.array([None, 1.0]), np.array(["1", "2"])):
+        with pytest.raises(TypeError, match="^target: expected an array of real numbers"):
+            fr.nn.MSELoss()(x, bad)
+    target = np.array([0, 2])
+    loss = fr.nn.MSELoss(reduction="none")(x, target)
+    want = torch.nn.MSELoss(reduction="none")(torch.from_numpy(x), torch.from_numpy(target))
+    assert loss.dtype == np.float32 and str(want.dtype) == "torch.float32"
+    np.testing.assert_array_equal(loss, want.numpy())

@@ -555,3 +555,34 @@ def test_a_fractional_cosine_period_and_a_closed_form_schedule_still_step():
     halving.step()
     halving.step()
     assert opt.param_groups[0]["lr"] == 0.025
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (lambda g: g.astype(complex), TypeError, r"\[1\]\.grad: expected a NumPy array of real "
+                                             r"numbers, got dtype complex128"),
+    (lambda g: g.astype(object), TypeError, "got dtype object"),
+    (lambda g: g.tolist(), TypeError, "got list"),
+    (lambda g: g[:1], ValueError, r"\[1\]\.grad: expected the parameter's shape")])
+@pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=0.1),
+                                  lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: optim.RMSprop(ps, lr=0.1, centered=True)])
+def test_a_step_with_a_bad_gradient_changes_no_parameter_and_no_state(make, bad, error, match):
+    # refused before any update: the next good steps are those of a run that never saw it
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal(3), rng.standard_normal((2, 2))]
+    grads = [rng.standard_normal(3), rng.standard_normal((2, 2))]
+    runs = []
+    for refused in (False, True):
+        ps = [Parameter(v.copy()) for v in values]
+        opt = make(ps)
+        for step in range(3):
+            if refused and step == 1:
+                ps[0].grad, ps[1].grad = grads[0].copy(), bad(grads[1])
+                with pytest.raises(error, match=match):
+                    opt.step()
+            for p, g in zip(ps, grads):
+                p.grad = g.copy()
+            opt.step()
+        runs.append([p.data for p in ps])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

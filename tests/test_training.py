@@ -165,7 +165,8 @@ def test_truncated_bptt_refuses_what_it_cannot_train_and_averages_counted_target
     """A bidirectional layer trained in chunks read its reverse direction's state at a chunk's
     start as the next chunk's end (0.27-0.57 off the full forward's state, silently); clip_norm
     without an optimizer clipped nothing; a chunk of ignored targets (loss 0) counted in the
-    mean as a chunk of real ones."""
+    mean as a chunk of real ones; a sequence of ignored targets alone gave NaN where the loss
+    gives 0."""
     loss = fr.nn.CrossEntropyLoss()
     model = fr.nn.Sequential(fr.nn.GRU(2, 3, bidirectional=True, seed=0), fr.nn.Linear(6, 3))
     with pytest.raises(ValueError, match=r"^model: 0 is bidirectional; truncated BPTT cannot"):
@@ -196,8 +197,8 @@ def test_truncated_bptt_refuses_what_it_cannot_train_and_averages_counted_target
     expected = loss(head.lin(x[:4]), y[:4])
     mean, _ = TruncatedBPTT(head, loss, 4).run(x, y)
     assert mean == pytest.approx(float(expected), rel=1e-12)
-    y[:] = -100
-    assert math.isnan(TruncatedBPTT(head, loss, 4).run(x, y)[0])
+    y[:] = -100  # nothing counted: the loss's own mean of nothing (0), as the whole's
+    assert TruncatedBPTT(head, loss, 4).run(x, y)[0] == float(loss(head.lin(x), y)) == 0.0
     y[:4], summed = 0, fr.nn.CrossEntropyLoss(reduction="sum")  # sums: the sequence's sum
     total = float(summed(head.lin(x[:4]), y[:4]))
     assert TruncatedBPTT(head, summed, 4).run(x, y)[0] == pytest.approx(total, rel=1e-12)

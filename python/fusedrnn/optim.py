@@ -134,15 +134,24 @@ class Optimizer:
                 p.zero_grad(set_to_none)
 
     def _params_with_grad(self):
+        """(group, parameter, its state) of every parameter with a gradient, each gradient
+        checked before any is used: a bad one refuses the whole step, leaving every parameter
+        and every state as it was (an update changes its state in place)."""
+        found = []
         for g, group in enumerate(self.param_groups):
             for k, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                if np.shape(p.grad) != p.data.shape:  # (NumPy would broadcast it silently)
-                    raise ValueError(f"param_groups[{g}]['params'][{k}].grad: expected the "
-                                     f"parameter's shape {p.data.shape}, got "
-                                     f"{np.shape(p.grad)}")
-                yield group, p, self.state.setdefault(p, {})
+                name = f"param_groups[{g}]['params'][{k}].grad"
+                if not isinstance(p.grad, np.ndarray) or p.grad.dtype.kind not in "iuf":
+                    got = (f"dtype {p.grad.dtype}" if isinstance(p.grad, np.ndarray)
+                           else type(p.grad).__name__)
+                    raise TypeError(f"{name}: expected a NumPy array of real numbers, got {got}")
+                if p.grad.shape != p.data.shape:  # (NumPy would broadcast it silently)
+                    raise ValueError(f"{name}: expected the parameter's shape {p.data.shape}, "
+                                     f"got {p.grad.shape}")
+                found.append((group, p))
+        return [(group, p, self.state.setdefault(p, {})) for group, p in found]
 
     def step(self):
         """One update of every parameter whose ``grad`` is not None, from its group's

@@ -93,7 +93,8 @@ class TruncatedBPTT:
         """Returns ``(loss, final state)``: the loss of the whole sequence, as ``loss_fn``
         reduces it: with reduction "sum" the chunks' sum, else their mean losses weighted by
         their time steps, or by their counted targets where ``loss_fn`` ignores some
-        (``ignore_index``)."""
+        (``ignore_index``; with every target ignored, what ``loss_fn`` gives for that: 0 for
+        ``CrossEntropyLoss``)."""
         for name, a in (("x", x), ("target", target)):
             if not hasattr(a, "shape"):
                 raise TypeError(f"{name}: expected an array [T, ...], got {type(a).__name__}")
@@ -121,7 +122,9 @@ class TruncatedBPTT:
             state = detach_state(new_state)
         if getattr(self.loss_fn, "reduction", "mean") == "sum":
             return total, state
-        return (total / weight if weight else float("nan")), state
+        # every target ignored: the loss's own answer for a mean of nothing (CrossEntropyLoss's
+        # 0) rather than 0/0
+        return (total / weight if weight else float(loss)), state
 
 
 def _chunk_weight(loss_fn, target):

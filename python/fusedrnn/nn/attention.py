@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 from .. import functional as F
 from .._loader import _C
 from .layers import _dtype, _positive_int, _seeded
-from .module import Module, Parameter, check_unwritten, write_stamp
+from .module import Module, Parameter, as_gradient, check_unwritten, write_stamp
 
 __all__ = ["SCORES", "attention_step_forward", "attention_step_backward", "lengths_mask",
            "AttentionBase", "BahdanauAttention", "LuongAttention", "make_attention"]
@@ -113,16 +113,6 @@ def _dtype_or_type(value):
     """What an error says an argument was: an array's dtype, else its type (a torch.Tensor's
     dtype would read like NumPy's)."""
     return value.dtype if isinstance(value, np.ndarray) else type(value).__name__
-
-
-def _as_gradient(value, name, dtype):
-    """``value`` as an array of ``dtype`` (converted, as the cells' gradients are); TypeError
-    naming ``name`` where NumPy cannot read it as numbers (a str, a ragged list)."""
-    try:
-        return np.asarray(value, dtype)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise TypeError(f"{name}: expected an array of dtype {dtype}, got a "
-                        f"{type(value).__name__} NumPy cannot read as one ({e})") from None
 
 
 class AttentionBase(Module):
@@ -233,8 +223,8 @@ class AttentionBase(Module):
         query, saved, written = self._steps[-1]  # taken off only once its backward ran (bad
         check_unwritten(self, written)            # input keeps it)
         dq_proj, dkeys_proj, dvalues, dv = attention_step_backward(
-            saved, _as_gradient(dcontext, "dcontext", self.dtype),
-            None if dweights is None else _as_gradient(dweights, "dweights", self.dtype))
+            saved, as_gradient(dcontext, "dcontext", self.dtype),
+            None if dweights is None else as_gradient(dweights, "dweights", self.dtype))
         self._steps.pop()
         mem = self._memory
         mem["dkeys_proj"] = dkeys_proj if mem["dkeys_proj"] is None else mem["dkeys_proj"] + dkeys_proj

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 from .. import _C
 from .. import functional as F
 from .layers import SeededModule, _dtype, _flag, _positive_int
-from .module import (KeptWeights, Parameter, any_requires_grad, check_unwritten,
+from .module import (KeptWeights, Parameter, any_requires_grad, as_gradient, check_unwritten,
                      checked_weights, dtype_repr, write_stamp)
 
 # A cell's weights as the kernels take them (the biases None where there are none).
@@ -378,12 +378,7 @@ class RNNCellBase(SeededModule):
     def _grad(self, d, name, N, batched, width=None):
         if d is None:
             return None
-        try:
-            d = np.asarray(d, dtype=self.dtype)
-        except (ValueError, TypeError, OverflowError) as e:  # ragged, or not numbers
-            raise TypeError(f"{name}: expected an array of dtype {self.dtype}, got a "
-                            f"{type(d).__name__} NumPy cannot read as one ({e})") from None
-        return self._state(d, name, N, batched, width)
+        return self._state(as_gradient(d, name, self.dtype), name, N, batched, width)
 
     def extra_repr(self):
         """``input_size, hidden_size`` and the arguments that differ from their defaults."""

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
 from .. import functional as F
-from .module import (Module, Parameter, check_dtype, check_parameter, check_unwritten, dtype_repr,
-                     write_stamp)
+from .module import (Module, Parameter, as_gradient, check_dtype, check_parameter,
+                     check_unwritten, dtype_repr, write_stamp)
 
 __all__ = ["Linear", "Embedding", "Dropout", "Sequential", "Identity"]
 
@@ -213,7 +213,7 @@ class Linear(SeededModule):
         if x is None:
             raise _no_saved(self)
         check_unwritten(self, self._written)
-        dout = np.asarray(dout, dtype=self.dtype)
+        dout = as_gradient(dout, "dout", self.dtype)
         expected = x.shape[:-1] + (self.out_features,)
         if dout.shape != expected:
             raise ValueError(f"dout: expected shape {expected} (the shape of y), got {dout.shape}")
@@ -278,7 +278,7 @@ class Embedding(SeededModule):
         indices = self._indices
         if indices is None:
             raise _no_saved(self)
-        dout = np.asarray(dout, dtype=self.dtype)
+        dout = as_gradient(dout, "dout", self.dtype)
         expected = indices.shape + (self.embedding_dim,)
         if dout.shape != expected:
             raise ValueError(f"dout: expected shape {expected}, got {dout.shape}")

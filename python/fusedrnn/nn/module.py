@@ -260,6 +260,22 @@ class Parameter:
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype}{frozen})"
 
 
+def as_gradient(value, name, dtype):
+    """A gradient handed to a module's backward as an array of ``dtype`` (numbers convert, as
+    NumPy converts them); TypeError naming ``name`` for what is no real numbers: complex (its
+    imaginary part would be dropped), objects (None would become NaN), strings, bools, ragged
+    lists."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged
+        raise TypeError(f"{name}: expected an array of real numbers ({dtype}), got a "
+                        f"{type(value).__name__} NumPy cannot read as one ({e})") from None
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected an array of real numbers ({dtype}), got dtype "
+                        f"{array.dtype}")
+    return array.astype(dtype, copy=False)
+
+
 def check_parameter(owner, name, p, shape, dtype=None):
     """Raise where ``p``, ``owner``'s Parameter ``name``, is None or has another shape than
     ``shape`` (or another dtype than ``dtype``, where given), naming the key and the module."""
