@@ -4,6 +4,7 @@
 
 #include <cxxabi.h>
 
+#include <atomic>
 #include <chrono>
 #include <exception>
 #include <thread>
@@ -22,17 +23,18 @@ inline bool interpreter_finalizing() {
 // thread, then by an atexit callback, which runs on the finalizing thread just before the
 // interpreter says it is finalizing (threading's main thread is whichever thread imported
 // threading first, a worker's in some embedding programs).
-inline unsigned long& main_thread_ident() {
-  static unsigned long ident = 0;
+// Atomic: the atexit callback writes it under the GIL, a call ending without the GIL reads it.
+inline std::atomic<unsigned long>& main_thread_ident() {
+  static std::atomic<unsigned long> ident{0};
   return ident;
 }
 
 inline void remember_main_thread() {
-  main_thread_ident() =
+  main_thread_ident().store(
       pybind11::module_::import("threading").attr("main_thread")().attr("ident")
-          .cast<unsigned long>();
+          .cast<unsigned long>());
   pybind11::module_::import("atexit").attr("register")(
-      pybind11::cpp_function([] { main_thread_ident() = PyThread_get_thread_ident(); }));
+      pybind11::cpp_function([] { main_thread_ident().store(PyThread_get_thread_ident()); }));
 }
 
 // pybind11::gil_scoped_release, but another thread whose call ends while the interpreter
@@ -44,7 +46,7 @@ class GilReleased {
  public:
   GilReleased() : state_(PyEval_SaveThread()) {}
   ~GilReleased() {
-    if (PyThread_get_thread_ident() != main_thread_ident())
+    if (PyThread_get_thread_ident() != main_thread_ident().load())
       while (interpreter_finalizing()) park();
     try {
       PyEval_RestoreThread(state_);
