@@ -191,13 +191,13 @@ def test_narrow_layers_of_wide_inputs_project_up_front_and_match_the_reference(c
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(b).max()))
 
 
-def _plan_with_tuning(tuning, cell, T, N, I, H, training, threads=2):
+def _plan_with_tuning(tuning, cell, T, N, I, H, training, threads=2, precision="float32"):
     # A float32 call's plans on 2 threads in a process whose table has FUSEDRNN_TUNING set
     # (the table is read once per process).
     env = dict(os.environ, FUSEDRNN_TUNING=tuning)
     code = ("import json, numpy as np, fusedrnn._C as C; print(json.dumps(C.plan("
             f"'{cell}', 'tanh', {T}, {N}, {I}, {H}, np.dtype(np.float32), {training}, "
-            f"{threads})))")
+            f"{threads}, '{precision}')))")
     return json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                      text=True, check=True).stdout)
 
@@ -265,19 +265,29 @@ def test_slices_stream_w_hh_by_the_table():
 
 
 def test_by_samples_loops_take_slices_a_thread_by_the_table():
-    # sample_slices_per_thread a thread (AMD's row 2: a worker whose core another library's
-    # pool takes holds back one slice, not half the batch) where each keeps min_samples_per_slice
+    # up to sample_slices_per_thread a thread (AMD's row 4, 2 for bfloat16 products: a worker
+    # whose core another library's pool takes holds back one slice, not half the batch), as
+    # many as keep min_samples_per_slice (4) each
     avx512 = fr.info()["kernels"].startswith("avx512")
     amd = _C.tuning()["row"] == "amd"
-    assert _C.tuning()["sample_slices_per_thread"] == (2 if amd and avx512 else 1)
+    assert _C.tuning()["sample_slices_per_thread"] == (4 if amd and avx512 else 1)
+    assert _C.tuning()["bf16_sample_slices_per_thread"] == (2 if amd and avx512 else 1)
     for tuning, N, slices in (("sample_slices_per_thread=2", 32, 4),
                               ("sample_slices_per_thread=2", 8, 2),
-                              ("sample_slices_per_thread=1", 32, 2)):
+                              ("sample_slices_per_thread=1", 32, 2),
+                              ("sample_slices_per_thread=4", 32, 8),
+                              ("sample_slices_per_thread=4", 24, 6),  # (fewer: 4 samples each)
+                              ("sample_slices_per_thread=4", 16, 4),
+                              ("sample_slices_per_thread=4", 12, 2)):
         for cell in ("lstm", "gru"):
             plan = _plan_with_tuning(tuning, cell, 100, N, 64, 64, training=True)
             for way in ("forward", "backward"):
                 assert plan[way]["loop"] == "by samples", (tuning, N, way)
                 assert plan[way]["loop_slices"] == slices, (tuning, N, way)
+    plan = _plan_with_tuning("sample_slices_per_thread=4,bf16_sample_slices_per_thread=2",
+                             "lstm", 100, 64, 64, 64, training=True, precision="bfloat16")
+    for way in ("forward", "backward"):
+        assert (plan[way]["loop"], plan[way]["loop_slices"]) == ("by samples", 4), way
 
 
 def test_a_phase_takes_fewer_than_65536_slices_whatever_the_table_asks():

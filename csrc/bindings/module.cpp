@@ -745,7 +745,8 @@ py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int
   fd["step_product"] = cpu::name_of(f.product);
   fd["projection"] = cpu::name_of(f.projection);
   // A split loop runs on every thread of the call, in loop_slices slices (a by-units loop gives
-  // each thread unit_slices_per_thread of them, a by-samples one sample_slices_per_thread).
+  // each thread unit_slices_per_thread of them, a by-samples one sample_slices_per_thread, or
+  // bf16_sample_slices_per_thread).
   const int loop_threads = f.loop == cpu::Loop::kPipelined || f.loop_slices == 1 ? 1 : f.slices;
   fd["loop_threads"] = loop_threads;
   fd["loop_slices"] = f.loop == cpu::Loop::kPipelined ? 1 : f.loop_slices;

@@ -1,6 +1,7 @@
 #include "cpu/plan.h"
 #include "cpu/recurrent.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -213,15 +214,20 @@ Tuning tuning_for(const std::string& vendor, int64_t l2_bytes, bool avx512_kerne
   // 6.6 -> 6.9 ms with two.
   t.unit_slices_per_thread = 2;
   t.min_unit_slice_macs = 1 << 20;
-  // Two slices a thread in a by-samples loop too (AMD): a worker whose core a spinning pool
+  // Several slices a thread in a by-samples loop too (AMD): a worker whose core a spinning pool
   // takes holds back one of its slices, which the caller then runs, not half the batch (Zen 4,
   // 2 threads, our call right after ONNX Runtime's in one process, medians of 3 processes
-  // each: LSTM B=64 T=50 H=512 96.6 -> 91.3 ms, GRU 69.6 -> 67.0; alone level or faster, the
-  // same bits: LSTM inference 64.2 -> 61.9, training 207 -> 200, B=32 H=256 16.0 -> 15.8, GRU
-  // B=64 47.1 -> 45.8, bfloat16 level). Not measured on Intel nor with AVX2 tiles (whose
-  // streamed slices want 12 samples: two slices a thread would read W_hh twice as often),
-  // which keep one.
-  t.sample_slices_per_thread = amd && avx512_kernels ? 2 : 1;
+  // each: LSTM B=64 T=50 H=512 96.6 -> 91.3 ms with two, GRU 69.6 -> 67.0; alone level or
+  // faster, the same bits: LSTM inference 64.2 -> 61.9, training 207 -> 200, B=32 H=256 16.0
+  // -> 15.8, GRU B=64 47.1 -> 45.8). Four (float32): LSTM B=64 after ONNX Runtime's call
+  // 93.5 -> 84.1, B=32 H=256 26.5 -> 23.2; alone level (LSTM B=64 inference 64.3-67.8 ->
+  // 62.9-64.3, training 205-217 -> 203-210, GRU B=64 45.8-47.5 -> 46.4-48.9, B=16 T=1000
+  // H=128 22.1-22.4 -> 22.2-22.9). bfloat16 keeps two (four: 2-3% slower alone, LSTM B=64
+  // 31.6 -> 32.3 ms, B=32 H=256 8.6 -> 8.8). Not measured on Intel nor with AVX2 tiles (whose
+  // streamed slices want 12 samples: more slices a thread would read W_hh more often), which
+  // keep one.
+  t.sample_slices_per_thread = amd && avx512_kernels ? 4 : 1;
+  t.bf16_sample_slices_per_thread = amd && avx512_kernels ? 2 : 1;
   // Zen 4, AVX-512 (64-float tiles), 2 threads, inference T=20 B=256 I=513: RNN H=4 (4 rows of
   // 64) 3.0 -> 0.85 ms, LSTM H=1 3.0 -> 0.9, GRU H=4 3.0 -> 1.8 (torch.nn 0.6, 2.2, 1.6-2.3); the
   // loop's own projections stay ahead where x is narrow (LSTM I=32 H=4 B=1024, 1536 a step).
@@ -259,6 +265,7 @@ const TuningEntry kTuningEntries[] = {
     {"step_inputs_chunk_bytes", &Tuning::step_inputs_chunk_bytes, nullptr, 0, kMaxCount},
     {"spin_before_sleep_us", &Tuning::spin_before_sleep_us, nullptr, 0, kMaxMicroseconds},
     {"sample_slices_per_thread", &Tuning::sample_slices_per_thread, nullptr, 1, 64},
+    {"bf16_sample_slices_per_thread", &Tuning::bf16_sample_slices_per_thread, nullptr, 1, 64},
     {"linger_us", &Tuning::linger_us, nullptr, 0, kMaxMicroseconds},
     {"openmp_stall_us", &Tuning::openmp_stall_us, nullptr, 0, kMaxMicroseconds},
     {"output_cache_mb", &Tuning::output_cache_mb, nullptr, 0, int64_t(1) << 40},
@@ -432,13 +439,15 @@ int64_t most_slices_per_thread(int threads) {
   return threads > 0 && 65535 / threads > 1 ? 65535 / threads : 1;
 }
 
-// A by-samples loop's slices: sample_slices_per_thread a thread where each still gets
-// min_samples_per_slice samples, else one.
-int sample_slices(const Tuning& t, int64_t N, int slices) {
-  int64_t per_thread = t.sample_slices_per_thread > 1 ? t.sample_slices_per_thread : 1;
+// A by-samples loop's slices: up to `wanted` a thread (the table's sample_slices_per_thread,
+// or bf16_sample_slices_per_thread), as many as still get min_samples_per_slice samples each
+// (at least one a thread).
+int sample_slices(const Tuning& t, int64_t N, int slices, int64_t wanted) {
+  int64_t per_thread = wanted > 1 ? wanted : 1;
   if (per_thread > most_slices_per_thread(slices)) per_thread = most_slices_per_thread(slices);
-  const int64_t more = slices * per_thread;
-  return per_thread > 1 && N / more >= t.min_samples_per_slice ? static_cast<int>(more) : slices;
+  const int64_t fit = N / (slices * std::max<int64_t>(t.min_samples_per_slice, 1));
+  if (per_thread > fit) per_thread = fit > 1 ? fit : 1;
+  return static_cast<int>(slices * per_thread);
 }
 
 // Inference packs W_hh only where the call's rows (steps x samples) amortise it: about 12 rows
@@ -558,7 +567,7 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
                  : step_inputs                           ? Projection::kInSteps
                  : own_inputs                            ? Projection::kPerSlice
                                                          : Projection::kUpFront;
-  if (by_samples) p.loop_slices = sample_slices(t, N, slices);
+  if (by_samples) p.loop_slices = sample_slices(t, N, slices, t.sample_slices_per_thread);
   else if (by_units_packed && p.loop_slices > 1)
     p.loop_slices = unit_slices(t, N * GH * H, slices);
   // A short call on row kernels split by units (a decoder's step): each slice projects its own
@@ -588,8 +597,9 @@ ForwardPlan plan_forward(CellKind cell, const SeqShape& s, int slices, int64_t e
     p.product = StepProduct::kPacked;
     p.projection = Projection::kPerSlice;
     p.bias_in_packed = false;
-    p.loop_slices = samples ? sample_slices(t, N, slices)
-                    : N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = samples ? sample_slices(t, N, slices, t.bf16_sample_slices_per_thread)
+                    : N * GH * H >= t.min_step_macs_to_split ? slices
+                                                              : 1;
     p.waits_for_inputs = inputs_ready;
     const bool amx = element_bytes == 4 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
@@ -687,7 +697,7 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
   if (!deterministic() && packed && TN * GH * H >= t.min_gemm_macs_to_split &&
       split_by_samples(t, N, slices, recurrent_weight_bytes(s, element_bytes))) {
     p.loop = Loop::kBySamples;
-    p.loop_slices = sample_slices(t, N, slices);
+    p.loop_slices = sample_slices(t, N, slices, t.sample_slices_per_thread);
     // Where dgh = dgx (LSTM, RNN) and [W_hh | W_ih] stays in cache, W_ih's columns join the
     // steps' products; else dx a chunk of steps at a time while dgx is in cache.
     if (s.I > 0)
@@ -713,8 +723,9 @@ BackwardPlan plan_backward(CellKind cell, const SeqShape& s, int slices, int64_t
     p.loop = samples ? Loop::kBySamples : Loop::kByUnits;
     p.product = StepProduct::kPacked;
     p.dx = s.I > 0 ? InputGrad::kAfter : InputGrad::kNone;
-    p.loop_slices = samples ? sample_slices(t, N, slices)
-                    : N * GH * H >= t.min_step_macs_to_split ? slices : 1;
+    p.loop_slices = samples ? sample_slices(t, N, slices, t.bf16_sample_slices_per_thread)
+                    : N * GH * H >= t.min_step_macs_to_split ? slices
+                                                              : 1;
     const bool amx = element_bytes == 4 && amx_allowed();
     p.amx = amx && N >= t.amx_min_batch;
     p.amx_dx = amx && TN >= t.amx_min_batch;

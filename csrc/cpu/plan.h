@@ -92,6 +92,8 @@ struct Tuning {
   // samples: with more than one, a thread whose core another library's spinning threads take
   // holds back one of its slices, which the others take over, not all its samples.
   int64_t sample_slices_per_thread;
+  // The same for bfloat16 products, whose streamed slices read W_hh's pairs once a slice a step.
+  int64_t bf16_sample_slices_per_thread;
 };
 const Tuning& tuning();
 // The table's numeric entries by name (what fusedrnn info prints, what FUSEDRNN_TUNING sets):
