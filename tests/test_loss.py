@@ -159,3 +159,8 @@ def test_mse_target_of_no_real_numbers_is_refused_and_integers_take_the_input_s_
     want = torch.nn.MSELoss(reduction="none")(torch.from_numpy(x), torch.from_numpy(target))
     assert loss.dtype == np.float32 and str(want.dtype) == "torch.float32"
     np.testing.assert_array_equal(loss, want.numpy())
+    target = np.array([False, True])  # (a bool target too, as torch's)
+    loss = fr.nn.MSELoss(reduction="none")(x, target)
+    want = torch.nn.MSELoss(reduction="none")(torch.from_numpy(x), torch.from_numpy(target))
+    assert loss.dtype == np.float32
+    np.testing.assert_array_equal(loss, want.numpy())

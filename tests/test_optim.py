@@ -558,8 +558,9 @@ def test_a_fractional_cosine_period_and_a_closed_form_schedule_still_step():
 
 
 @pytest.mark.parametrize("bad, error, match", [
-    (lambda g: g.astype(complex), TypeError, r"\[1\]\.grad: expected a NumPy array of real "
-                                             r"numbers, got dtype complex128"),
+    (lambda g: g.astype(complex), TypeError, r"\[1\]\.grad: expected an array of real "
+                                             r"numbers \(NumPy, or CuPy for a CUDA parameter\), "
+                                             r"got dtype complex128"),
     (lambda g: g.astype(object), TypeError, "got dtype object"),
     (lambda g: g.tolist(), TypeError, "got list"),
     (lambda g: g[:1], ValueError, r"\[1\]\.grad: expected the parameter's shape")])
@@ -586,3 +587,14 @@ def test_a_step_with_a_bad_gradient_changes_no_parameter_and_no_state(make, bad,
         runs.append([p.data for p in ps])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_gradient_check_takes_a_cuda_array():
+    # (a CUDA layer's gradients are CuPy arrays; the GPU tests step them: tests/test_cuda.py)
+    class DeviceArray:
+        __cuda_array_interface__ = {}
+        shape, dtype = (3,), np.dtype(np.float32)
+    p = Parameter(np.ones(3, np.float32))
+    p.grad = DeviceArray()
+    opt = optim.SGD([p], lr=0.1)
+    assert [q for _, q, _ in opt._params_with_grad()] == [p]

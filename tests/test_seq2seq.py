@@ -396,6 +396,19 @@ def test_decoding_never_emits_the_padding_or_start_ids(decode, make, ids):
         assert result.log_probs[n] == pytest.approx(expected, rel=1e-9)
 
 
+def test_scheduled_sampling_feeds_back_what_a_decode_would(monkeypatch):
+    # teacher_forcing < 1 fed the argmax of every id back, padding and start ids included
+    model = Seq2Seq(9, 7, embed_size=4, hidden_size=5, dtype=np.float64, seed=0)
+    model.decoder.out.bias.data[[model.pad_idx, model.bos_idx]] += 30.0
+    fed, step = [], model.decoder.step
+    monkeypatch.setattr(model.decoder, "step",
+                        lambda tokens, *a: (fed.append(np.array(tokens)), step(tokens, *a))[1])
+    model.loss(SRC, SRC_LENGTHS, np.array([[3, 4, 2], [5, 2, 0], [6, 6, 2]]),
+               teacher_forcing=0.0)
+    assert (fed[0] == model.bos_idx).all()  # the start, then the model's own choices
+    assert not np.isin(np.concatenate(fed[1:]), [model.pad_idx, model.bos_idx]).any()
+
+
 def test_beam_search_of_a_model_gone_nan_gives_nan_scores():
     model = Seq2Seq(9, 9, embed_size=4, hidden_size=5, seed=0)
     model.decoder.out.bias.data[:] = np.nan

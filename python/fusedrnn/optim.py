@@ -143,10 +143,11 @@ class Optimizer:
                 if p.grad is None:
                     continue
                 name = f"param_groups[{g}]['params'][{k}].grad"
-                if not isinstance(p.grad, np.ndarray) or p.grad.dtype.kind not in "iuf":
-                    got = (f"dtype {p.grad.dtype}" if isinstance(p.grad, np.ndarray)
+                if not _is_array(p.grad) or p.grad.dtype.kind not in "iuf":  # (CuPy on CUDA)
+                    got = (f"dtype {p.grad.dtype}" if _is_array(p.grad)
                            else type(p.grad).__name__)
-                    raise TypeError(f"{name}: expected a NumPy array of real numbers, got {got}")
+                    raise TypeError(f"{name}: expected an array of real numbers (NumPy, or CuPy "
+                                    f"for a CUDA parameter), got {got}")
                 if p.grad.shape != p.data.shape:  # (NumPy would broadcast it silently)
                     raise ValueError(f"{name}: expected the parameter's shape {p.data.shape}, "
                                      f"got {p.grad.shape}")

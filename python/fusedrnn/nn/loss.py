@@ -161,13 +161,13 @@ class MSELoss(Module):
         target = np.asarray(target)
         if input.dtype.kind != "f":  # (an integer input's gradient truncated to 0, as torch
             raise TypeError(f"input: expected a float array, got dtype {input.dtype}")  # refuses)
-        if target.dtype.kind not in "iuf":  # (complex: (1 - i)^2's real part is 0)
+        if target.dtype.kind not in "biuf":  # (complex: (1 - i)^2's real part is 0)
             raise TypeError(f"target: expected an array of real numbers, got dtype "
                             f"{target.dtype}")
         if input.shape != target.shape:
             raise ValueError(f"target: expected shape {input.shape} (the shape of input), got "
                              f"{target.shape}")
-        if target.dtype.kind != "f":  # (integers take the input's dtype, as in torch)
+        if target.dtype.kind != "f":  # (integers and bools take the input's dtype, as torch)
             target = target.astype(input.dtype)
         diff = input - target
         self._diff = diff

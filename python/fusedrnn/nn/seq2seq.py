@@ -414,8 +414,8 @@ class _Generator(SeededModule):
             step_logits, state, _ = self.decoder.step(tokens, state, cond)
             logits.append(step_logits)
             tokens = tgt[:, t].astype(np.int64)
-            if teacher_forcing < 1.0:
-                predicted = step_logits.argmax(axis=1)
+            if teacher_forcing < 1.0:  # (the ids a decode would feed back)
+                predicted = self._log_probs(step_logits).argmax(axis=1)
                 keep = rng.random(N) < teacher_forcing
                 tokens = np.where(keep, tokens, predicted)
         return np.stack(logits, axis=1)                          # [N, T, V]
