@@ -676,3 +676,14 @@ def test_a_gradient_of_no_real_numbers_is_refused_by_name_and_changes_nothing(mo
         call(value)
     assert all(p.grad is None for p in m.parameters())
     call(good)  # the forward's step is still there
+
+
+def test_to_a_dtype_says_how_to_change_one_and_lengths_name_what_they_take():
+    layer = nn.Linear(2, 3)
+    for dtype in (np.float64, np.dtype(np.float64)):
+        with pytest.raises(TypeError, match=r"^device: expected 'cpu' or 'cuda', got the dtype "
+                                            r".*build the module with dtype=\.\.\. and give it"):
+            layer.to(dtype)
+    with pytest.raises(TypeError, match=r"^lengths: expected integers, one per sample \(a NumPy "
+                                        r"array or a list\), got int"):
+        nn.GRU(I, H)(x_of(), lengths=5)

@@ -165,7 +165,8 @@ def check_lengths(lengths, T, N, name="lengths"):
                              f"{type(lengths).__name__} NumPy cannot read as a flat array of "
                              f"numbers ({e})") from None
     if not isinstance(lengths, np.ndarray):
-        raise TypeError(f"{name}: expected an integer numpy.ndarray, got {type(lengths).__name__}")
+        raise TypeError(f"{name}: expected integers, one per sample (a NumPy array or a list), "
+                        f"got {type(lengths).__name__}")
     arr = lengths
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")

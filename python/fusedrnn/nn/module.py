@@ -41,6 +41,11 @@ def check_device(device, name="device") -> str:
     """'cpu' or 'cuda' (TypeError/ValueError naming the argument otherwise)."""
     if type(device).__name__ == "device" and hasattr(device, "type"):  # a torch.device
         device = str(device)
+    if isinstance(device, (type, np.dtype)) or type(device).__name__ == "dtype":
+        raise TypeError(f"{name}: expected 'cpu' or 'cuda', got the dtype {device!r}: to() moves "
+                        f"between devices only; for another dtype build the module with "
+                        f"dtype=... and give it this one's state_dict() (load_state_dict "
+                        f"converts the arrays)")
     if not isinstance(device, str):
         raise TypeError(f"{name}: expected 'cpu' or 'cuda', got {type(device).__name__}")
     if device.startswith("cuda:"):  # (torch's spelling: a device index)
