@@ -506,6 +506,7 @@ def layer_backward(x: torch.Tensor, w_ih: list[torch.Tensor], w_hh: list[torch.T
     dx, dh0, dc0, *grads, dw_hr = _backward_impl(x, w_ih, w_hh, w_hr, lengths, gates, extra,
                                                  h_prev, dy, dh_n, dc_n, cell, nonlinearity,
                                                  precision, input_grad, weight_grads)
+
     def none():  # (a new one each: an operator's outputs may not alias each other)
         return x.new_empty((0,))
     return (none() if dx is None else dx, dh0, dc0,
