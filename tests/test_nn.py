@@ -244,7 +244,11 @@ def test_registration_and_attributes_agree():
     assert m.w is None and "w" in m._parameters and list(m.named_parameters()) == []
     m.register_parameter("w", q)
     assert m.w is q
-    m.w = child  # a parameter's name taken by a submodule
+    with pytest.raises(TypeError, match="^w: cannot assign Linear to a parameter"):
+        m.w = child  # a parameter's name is not taken by a submodule, as torch refuses it
+    assert m.w is q and dict(m.named_parameters()) == {"w": q}
+    del m.w
+    m.w = child  # (once the parameter is gone)
     assert m.w is child and "w" not in m._parameters and dict(m.named_children()) == {"w": child}
     m.add_module("w", None)
     assert m.w is None and list(m.named_children()) == []
@@ -936,3 +940,68 @@ def test_relu_backward_gives_an_inactive_unit_no_gradient_whatever_arrives(rng, 
         grads = backward(ctx, np.where(y == 0, np.inf, 1.0).astype(dtype), None)
         for got, want in zip(grads, finite):
             np.testing.assert_array_equal(got, want)
+
+
+def test_train_calls_each_child_s_own_train_and_apply_visits_children_first():
+    # a child's train() override (one keeping a frozen part in eval mode) was never called:
+    # the flags were set on every module directly; torch calls each child's train()
+    torch = pytest.importorskip("torch")
+    made = {}
+    for lib in (nn, torch.nn):
+        class Frozen(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = lib.Linear(2, 2)
+
+            def train(self, mode=True):
+                super().train(mode)
+                self.lin.train(False)
+                return self
+
+        class Outer(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.f, self.head = Frozen(), lib.Linear(2, 1)
+        o = Outer()
+        assert o.train() is o
+        made[lib] = [o.training, o.f.training, o.f.lin.training, o.head.training]
+        order = []
+        assert o.apply(lambda m: order.append(type(m).__name__)) is o
+        made[lib] += order
+    assert made[nn] == made[torch.nn] == [True, True, False, True, "Linear", "Frozen", "Linear",
+                                          "Outer"]
+
+
+def test_a_parameter_reads_as_its_array_and_plain_attributes_may_precede_init():
+    p = nn.Parameter(np.arange(6, dtype=np.float32).reshape(2, 3))
+    version = p.version
+    assert np.asarray(p) is p._data and p.version != version  # (a view: data handed out)
+    assert np.sum(p) == 15 and np.array_equal(p, p._data) and np.zeros_like(p).shape == (2, 3)
+    assert np.asarray(p, dtype=np.float64).dtype == np.float64
+    assert np.array(p, copy=True) is not p._data
+
+    class Net(nn.Module):
+        def __init__(self, n):
+            self.n = n  # (before Module.__init__, as torch allows a plain value)
+            super().__init__()
+            self.lin = nn.Linear(n, 1)
+    assert Net(3).n == 3
+
+    class Early(nn.Module):
+        def __init__(self):
+            self.lin = nn.Linear(1, 1)
+            super().__init__()
+    with pytest.raises(AttributeError, match=r"^lin: call Module.__init__\(\) before assigning "
+                                             r"parameters and submodules"):
+        Early()
+
+
+def test_an_unpickled_unseeded_module_draws_its_own_masks_as_a_deep_copy_does():
+    import copy
+    import pickle
+    x = np.ones((4, 64), np.float32)
+    for seed, same in ((None, False), (3, True)):
+        drop = nn.Dropout(0.5, seed=seed)
+        for other in (copy.deepcopy(drop), pickle.loads(pickle.dumps(drop))):
+            assert np.array_equal(other(x), drop(x)) == same
+            drop = nn.Dropout(0.5, seed=seed)  # (the original's next draw as the copy's first)

@@ -109,6 +109,13 @@ class SeededModule(Module):
             new._own_generator(None)
         return new
 
+    def __setstate__(self, state):
+        # an unpickled copy, as a deep copy: fresh entropy unless built (or re-seeded) with a
+        # seed (a model pickled to worker processes draws other masks in each)
+        self.__dict__.update(state)
+        if state.get("_unseeded", False):
+            self._own_generator(None)
+
 
 def _positive_int(value, name):
     return _int_in(value, name, 1)

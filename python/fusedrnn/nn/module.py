@@ -159,6 +159,18 @@ class Parameter:
         for k, v in state.items():
             object.__setattr__(self, k, v)
 
+    def __array__(self, dtype=None, copy=None):
+        """NumPy reads a Parameter as its ``data`` (``np.asarray(p)``, ``np.sum(p)``), as torch
+        reads a tensor: a view, so it counts as reading ``data`` (``version`` moves). A CUDA
+        parameter's data is refused by NumPy, as a CuPy array is."""
+        data = self.data
+        if is_device_array(data):
+            raise TypeError("a CUDA Parameter's data is a CuPy array: NumPy cannot read it "
+                            "implicitly (use cupy.asnumpy(p.data), or p.to('cpu'))")
+        if copy:
+            return np.array(data, dtype=dtype, copy=True)
+        return data if dtype is None else data.astype(dtype, copy=False)
+
     @property
     def data(self):
         """The values: a NumPy array (device 'cpu') or a CuPy array ('cuda'). Reading it counts
@@ -502,16 +514,20 @@ class Module:
         params = self.__dict__.get("_parameters")
         modules = self.__dict__.get("_modules")
         if params is None or modules is None:
-            raise AttributeError("call Module.__init__() before assigning attributes")
+            if isinstance(value, (Parameter, Module)):  # (plain values may come first, as torch)
+                raise AttributeError(f"{name}: call Module.__init__() before assigning "
+                                     f"parameters and submodules")
+            object.__setattr__(self, name, value)
+            return
         if isinstance(value, Parameter):
             self._register(name, value, "_parameters")
-        elif isinstance(value, Module):
-            self._register(name, value, "_modules")
-        elif name in params:
+        elif name in params:  # (before a Module: one does not replace a parameter, as torch)
             if value is not None:
                 raise TypeError(f"{name}: cannot assign {type(value).__name__} to a parameter "
                                 f"(expected a Parameter or None)")
             self._register(name, None, "_parameters")
+        elif isinstance(value, Module):
+            self._register(name, value, "_modules")
         elif name in modules:
             if value is not None:
                 raise TypeError(f"{name}: cannot assign {type(value).__name__} to a submodule "
@@ -741,10 +757,32 @@ class Module:
 
     # ------------------------------------------------------------------ modes and grads
     def train(self, mode=True):
-        """Set training mode on this module and every submodule; returns self."""
+        """Set training mode on this module, then call each child's ``train(mode)`` (as torch.nn:
+        a child's own ``train`` override runs, e.g. one keeping a frozen part in eval mode);
+        returns self."""
         mode = check_flag(mode, "mode")
-        for m in self.modules():
-            object.__setattr__(m, "training", mode)
+        d = self.__dict__
+        if d.get("_setting_mode"):  # (a cycle of modules: this one is being set already)
+            return self
+        object.__setattr__(self, "training", mode)
+        d["_setting_mode"] = True
+        try:
+            for child in self.children():
+                child.train(mode)
+        finally:
+            del d["_setting_mode"]
+        return self
+
+    def apply(self, fn):
+        """``fn(module)`` for every submodule, each after its own children, then for this one,
+        in torch.nn's order (e.g. an initialisation of your own); returns self."""
+        def visit(module, path):
+            path = path | {id(module)}
+            for child in module.children():
+                if id(child) not in path:  # (a cycle is never followed)
+                    visit(child, path)
+            fn(module)
+        visit(self, frozenset())
         return self
 
     def _modes(self):
