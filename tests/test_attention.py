@@ -288,3 +288,50 @@ def test_bad_input():
         make_attention("cosine", 4, 4)
     with pytest.raises(RuntimeError, match="no training-mode step"):
         m.backward(np.zeros((2, 6), np.float32))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_truncated_backward_gets_every_gradient_of_its_steps(kind, rng):
+    # the projections' gradients came only from memory_backward, which refused pending steps,
+    # and clear_steps() dropped what the back-propagated ones gathered: v alone had its share.
+    # A step left out adds what a zero dcontext adds: nothing
+    query, keys = _inputs(rng, _module(kind)[1])
+    dcs = [rng.standard_normal((N, K)) for _ in range(3)]
+    results = []
+    for truncated in (True, False):
+        m, _ = _module(kind)
+        m.set_memory(keys, LENGTHS)
+        for _ in range(3):
+            m(query)
+        m.backward(dcs[2])
+        m.backward(dcs[1])
+        if truncated:
+            with pytest.raises(RuntimeError, match=r"1 steps still wait for their backward: "
+                                                   r"back-propagate them, or memory_backward\("
+                                                   r"drop_pending=True\)"):
+                m.memory_backward()
+            dkeys = m.memory_backward(drop_pending=True)
+        else:
+            m.backward(np.zeros((N, K)))
+            dkeys = m.memory_backward()
+        results.append([dkeys, *(p.grad for p in m.parameters())])
+    assert all(g is not None for g in results[0])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_forward_after_a_write_with_steps_pending_names_the_way_out(rng):
+    m, q = _module("additive")
+    query, keys = _inputs(rng, q)
+    m.set_memory(keys, LENGTHS)
+    m(query)
+    m.weight_query.mark_written()  # (an optimizer step)
+    with pytest.raises(RuntimeError, match=r"^BahdanauAttention.forward: a parameter was written "
+                                           r".* or let them go with clear_steps\(\)"):
+        m(query)
+    m.clear_steps()
+    m(query)
+    m.clear_steps()
+    with pytest.raises(RuntimeError, match=r"no training-mode step left \(set_memory and "
+                                           r"clear_steps\(\) let"):
+        m.backward(np.ones((N, K)))

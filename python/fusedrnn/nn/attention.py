@@ -204,7 +204,11 @@ class AttentionBase(Module):
                              f"{getattr(query, 'shape', type(query).__name__)}")
         if mem["written"] != write_stamp(self):  # the weights changed since the projection
             if self._steps or mem["queries"] or mem["dvalues"] is not None:
-                check_unwritten(self, mem["written"], "forward")  # (raises: steps of the old)
+                raise RuntimeError(
+                    f"{type(self).__name__}.forward: a parameter was written (an optimizer "
+                    f"step, load_state_dict or a new data array) while steps of the old weights "
+                    f"still wait for their backward or memory_backward(): finish those before "
+                    f"the optimizer step, or let them go with clear_steps()")
             mem["keys_proj"], mem["written"] = self._project_keys(mem["keys"]), write_stamp(self)
         if self.training:  # kept for backward: a decoder loop may refill one query buffer
             query = query.copy()
@@ -219,7 +223,9 @@ class AttentionBase(Module):
     def backward(self, dcontext, dweights=None):
         """Backward of the latest step not yet back-propagated; returns dquery [N, Q]."""
         if not self._steps:
-            raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left")
+            raise RuntimeError(f"{type(self).__name__}.backward: no training-mode step left "
+                               f"(set_memory and clear_steps() let the steps not yet "
+                               f"back-propagated go)")
         query, saved, written = self._steps[-1]  # taken off only once its backward ran (bad
         check_unwritten(self, written)            # input keeps it)
         dq_proj, dkeys_proj, dvalues, dv = attention_step_backward(
@@ -235,15 +241,21 @@ class AttentionBase(Module):
         mem["dqueries_proj"].append(dq_proj)
         return self._query_input_grad(dq_proj)
 
-    def memory_backward(self):
-        """After the last step's backward: d(keys) [N, S, K] summed over all steps (through the
-        key projection and as values); adds the key projection's parameter gradients."""
+    def memory_backward(self, drop_pending=False):
+        """After the last step's backward: d(keys) [N, S, K] summed over the back-propagated
+        steps (through the key projection and as values); adds the key and query projections'
+        parameter gradients. ``drop_pending=True``: a truncated backward's, whose steps still
+        waiting for a backward are let go first (else they are refused)."""
         mem = self._memory
         if mem is None:
             raise RuntimeError(f"{type(self).__name__}.memory_backward: no memory set")
+        if F.check_flag(drop_pending, "drop_pending") and self._steps:
+            self._steps = []
         if self._steps:
             raise RuntimeError(f"{type(self).__name__}.memory_backward: {len(self._steps)} "
-                               f"steps still wait for their backward")
+                               f"steps still wait for their backward: back-propagate them, or "
+                               f"memory_backward(drop_pending=True) for a truncated backward's "
+                               f"gradients")
         check_unwritten(self, mem["written"], "memory_backward")
         keys = mem["keys"]
         if mem["queries"]:       # the query projection's weight gradient: one GEMM, all steps
