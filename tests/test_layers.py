@@ -234,8 +234,9 @@ def test_a_cell_warns_once_when_its_training_steps_pile_up(monkeypatch):
     for _ in range(4):
         cell(x)
     with pytest.warns(RuntimeWarning, match="GRUCell: 5 training-mode steps wait for their "
-                                            "backward"):
+                                            "backward") as caught:
         cell(x)
+    assert caught[0].filename == __file__  # (the user's line, not Module.__call__'s)
     for _ in range(3):
         cell(x)  # (once: filterwarnings=error would raise a second)
     assert cell.pending_steps == 8

@@ -598,3 +598,74 @@ def test_the_gradient_check_takes_a_cuda_array():
     p.grad = DeviceArray()
     opt = optim.SGD([p], lr=0.1)
     assert [q for _, q, _ in opt._params_with_grad()] == [p]
+
+
+def test_a_group_s_options_outside_the_optimizer_s_are_refused_by_name():
+    # torch's maximize in a group was kept and ignored: the steps went the other way
+    p = Parameter(np.ones(3))
+    for make, bad in ((lambda g: optim.SGD(g, lr=0.1), "maximize"),
+                      (lambda g: optim.Adam(g), "foreach"),
+                      (lambda g: optim.RMSprop(g), "learning_rate")):
+        with pytest.raises(TypeError, match=rf"takes no option '{bad}' \(its options: lr, "):
+            make([{"params": [p], bad: True}])
+        opt = make([p])
+        with pytest.raises(TypeError, match=rf"^param_group: .* takes no option '{bad}'"):
+            opt.add_param_group({"params": [Parameter(np.ones(2))], bad: True})
+    with pytest.raises(TypeError, match="^centered: expected"):
+        optim.RMSprop([p], centered=np.array([1, 0]))
+
+
+@pytest.mark.parametrize("make", [lambda t, ps, lr: t.Adam(ps, lr=lr, weight_decay=0.1),
+                                  lambda t, ps, lr: t.AdamW(ps, lr=lr, amsgrad=True),
+                                  lambda t, ps, lr: t.RMSprop(ps, lr=lr, centered=True)])
+def test_a_float32_lr_or_gradient_steps_a_float64_parameter_in_float64(make):
+    # the lr kept as given (np.float32) and a float32 gradient squared in float32 rounded the
+    # steps to float32 (1e-8 off torch's, given the same values in float64)
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    start, grads = rng.standard_normal(5), [rng.standard_normal(5) for _ in range(4)]
+    ours = Parameter(start.copy())
+    theirs = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    a, b = make(optim, [ours], np.float32(0.1)), make(torch.optim, [theirs], float(np.float32(0.1)))
+    for g in grads:
+        ours.grad = g.astype(np.float32)
+        theirs.grad = torch.from_numpy(g.astype(np.float32).astype(np.float64))
+        a.step()
+        b.step()
+    np.testing.assert_allclose(ours.data, theirs.detach().numpy(), rtol=1e-14, atol=1e-15)
+
+
+def test_clipping_refuses_integer_gradients():
+    # clip_grad_norm_ truncated the scaled integers to 0; clip_grad_value_ raised NumPy's error
+    p = Parameter(np.ones(3))
+    p.grad = np.array([3, 4, 0])
+    for clip in (lambda: optim.clip_grad_norm_([p], 1.0), lambda: optim.clip_grad_value_([p], 1.0)):
+        with pytest.raises(TypeError, match=r"^parameters\[0\]\.grad: expected a floating-point "
+                                            r"array \(clipping scales it in place\), got dtype int"):
+            clip()
+    assert p.grad.tolist() == [3, 4, 0]
+
+
+def test_schedulers_last_lr_and_settings_as_torch_s():
+    # get_last_lr gave the group's lr now (another scheduler's, or a change by hand), and a
+    # state_dict left out the settings (a load kept the loading scheduler's)
+    torch = pytest.importorskip("torch")
+    got = {}
+    for lib in (optim, torch.optim):
+        p = Parameter(np.ones(2)) if lib is optim else torch.nn.Parameter(torch.ones(2))
+        opt = lib.SGD([p], lr=0.1)
+        sched = lib.lr_scheduler if lib is torch.optim else lib
+        step, cosine = sched.StepLR(opt, 3, 0.5), sched.CosineAnnealingLR(opt, 7, 0.01)
+        lasts = []
+        for _ in range(5):
+            opt.step()
+            step.step()
+            cosine.step()
+            lasts.append((step.get_last_lr(), cosine.get_last_lr()))
+        opt.param_groups[0]["lr"] = 7.0
+        lasts.append((step.get_last_lr(), cosine.get_last_lr()))
+        other = sched.StepLR(lib.SGD([p], lr=0.1), 7, 0.9)
+        other.load_state_dict(step.state_dict())
+        got[lib] = (lasts, other.step_size, other.gamma)
+    np.testing.assert_allclose(np.array(got[optim][0]), np.array(got[torch.optim][0]), rtol=1e-15)
+    assert got[optim][1:] == got[torch.optim][1:] == (3, 0.5)

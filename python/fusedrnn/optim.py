@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 import warnings
 
 import numpy as np
 
 from .nn.layers import _flag, _int_in, _number_in, _seeded
-from .nn.module import Module, Parameter, is_device_array, to_device
+from .nn.module import Module, Parameter, is_device_array, to_device, user_stacklevel
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm_", "clip_grad_value_",
            "LRScheduler", "StepLR", "CosineAnnealingLR", "GeneticAlgorithm",
@@ -63,15 +62,6 @@ def _nonnegative(value, name):
     return _number_in(value, name, 0.0, math.inf, ">= 0")
 
 
-def _outside_this_module():
-    """The stacklevel of the caller's first frame outside this module: a warning names the
-    user's line, whichever constructors ran in between (AdamW's through Adam's)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 class Optimizer:
     """What every optimizer shares: parameter groups, per-parameter state, (de)serialisation."""
 
@@ -97,6 +87,11 @@ class Optimizer:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{where}: expected a dict with 'params' (a parameter group), got "
                             f"{type(group).__name__}")
+        unknown = sorted(set(group) - set(self.defaults) - {"params", "initial_lr"})
+        if unknown:  # (torch's other options, maximize say, or a misspelling: never ignored)
+            raise TypeError(f"{where}: {type(self).__name__} takes no option "
+                            f"{', '.join(map(repr, unknown))} (its options: "
+                            f"{', '.join(self.defaults)})")
         g = dict(self.defaults)
         g.update(group)
         g["params"] = _param_list(group["params"], f"{where}['params']")
@@ -104,7 +99,7 @@ class Optimizer:
         if len(once) != len(g["params"]):  # a tied weight listed under both its names
             warnings.warn(f"{where}['params']: a parameter appears more than once in the group "
                           f"(a tied weight?): it is kept once, and each step updates it once "
-                          f"(torch.optim warns alike)", UserWarning, stacklevel=_outside_this_module())
+                          f"(torch.optim warns alike)", UserWarning, stacklevel=user_stacklevel())
             g["params"] = once
         seen = {id(p) for other in self.param_groups for p in other["params"]}
         if len({id(p) for p in g["params"]} | seen) != len(seen) + len(g["params"]):
@@ -124,8 +119,8 @@ class Optimizer:
             return _betas(value, name)
         if key in ("nesterov", "centered", "amsgrad"):
             return _flag(value, name)
-        _nonnegative(value, name)
-        return value
+        return _nonnegative(value, name)  # (a Python float: a NumPy float32 lr would round
+                                          # a float64 parameter's steps to float32)
 
     def zero_grad(self, set_to_none=True):
         """Clear the gradient of every parameter in every group: None (default) or zeros."""
@@ -158,7 +153,9 @@ class Optimizer:
         """One update of every parameter whose ``grad`` is not None, from its group's
         hyper-parameters and its state; parameters without a gradient are skipped."""
         for group, p, state in self._params_with_grad():
-            self._update(group, p, p.grad, state)
+            # (a gradient of another dtype steps in the parameter's: a float32 one squared in
+            # float32 would round a float64 parameter's moments)
+            self._update(group, p, p.grad.astype(p.data.dtype, copy=False), state)
             p.mark_written()
 
     def _update(self, group, p, grad, state):
@@ -260,7 +257,7 @@ class SGD(Optimizer):
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=bool(nesterov))
+                        weight_decay=weight_decay, nesterov=nesterov)
         # the defaults are held to the rule too, as torch's are (a group giving its own
         # momentum does not make a default momentum of 0 with nesterov valid)
         self._check_group({k: self._checked(k, v, k) for k, v in defaults.items()})
@@ -353,7 +350,7 @@ class RMSprop(Optimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=bool(centered)))
+                                      momentum=momentum, centered=centered))
 
     def _update(self, group, p, grad, state):
         alpha, eps, lr = group["alpha"], group["eps"], group["lr"]
@@ -399,7 +396,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     clipping; parameters without a gradient are skipped. A NaN total_norm scales every gradient
     by NaN and an infinite one by 0, as torch's do (``error_if_nonfinite=True``: raises);
     ``foreach`` is taken for torch's signature (NumPy has no batched form)."""
-    grads = [p.grad for p in _param_list(parameters, "parameters") if p.grad is not None]
+    grads = _float_grads(parameters)
     max_norm = _nonnegative(max_norm, "max_norm")
     if isinstance(norm_type, str) and norm_type == "inf":  # torch's spelling, too
         norm_type = math.inf
@@ -424,12 +421,27 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     return total
 
 
-def clip_grad_value_(parameters, clip_value):
-    """Clamp every gradient element into [-clip_value, clip_value] in place."""
+def clip_grad_value_(parameters, clip_value, foreach=None):
+    """Clamp every gradient element into [-clip_value, clip_value] in place; ``foreach`` is
+    taken for torch's signature."""
     clip_value = _nonnegative(clip_value, "clip_value")
-    for p in _param_list(parameters, "parameters"):
-        if p.grad is not None:
-            np.clip(p.grad, -clip_value, clip_value, out=p.grad)
+    for g in _float_grads(parameters):
+        np.clip(g, -clip_value, clip_value, out=g)
+
+
+def _float_grads(parameters):
+    """The gradients of ``parameters`` that are not None; TypeError for one that is no
+    floating-point array (clipping writes in place: an integer one would truncate to 0)."""
+    grads = []
+    for i, p in enumerate(_param_list(parameters, "parameters")):
+        if p.grad is None:
+            continue
+        if not _is_array(p.grad) or p.grad.dtype.kind != "f":
+            got = f"dtype {p.grad.dtype}" if _is_array(p.grad) else type(p.grad).__name__
+            raise TypeError(f"parameters[{i}].grad: expected a floating-point array (clipping "
+                            f"scales it in place), got {got}")
+        grads.append(p.grad)
+    return grads
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -447,6 +459,14 @@ class LRScheduler:
         self.base_lrs = []
         self._adopt_new_groups()
         self.last_epoch = 0
+        self._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+    # The constructor's settings a state_dict carries (torch's names): each subclass's.
+    _settings = ()
+
+    def _checked_settings(self, values):
+        """The settings of a loaded state_dict, checked as the constructor checks them."""
+        return values
 
     def _adopt_new_groups(self):
         """Groups added to the optimizer since (``add_param_group``: layers unfrozen during
@@ -473,20 +493,26 @@ class LRScheduler:
         self._adopt_new_groups()
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = self.next_lr(g["lr"], base, self.last_epoch)
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def get_last_lr(self):
-        """Each group's current ``lr`` (a list)."""
-        return [g["lr"] for g in self.optimizer.param_groups]
+        """The ``lr`` of each group as this scheduler last set it (as torch's: a later
+        scheduler on the same optimizer, or a change by hand, may have changed it since)."""
+        return list(self._last_lr)
 
     def state_dict(self):
-        """``{"last_epoch": int, "base_lrs": [float, ...]}`` (the groups' ``lr`` is the
-        optimizer's state: save and load both, as with torch)."""
+        """``{"last_epoch": int, "base_lrs": [float, ...], "_last_lr": [...]}`` and the
+        constructor's settings (StepLR's ``step_size`` and ``gamma``; as torch's keys; the
+        groups' ``lr`` is the optimizer's state: save and load both, as with torch)."""
         self._adopt_new_groups()
-        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs),
+                "_last_lr": list(self._last_lr),
+                **{k: getattr(self, k) for k in self._settings}}
 
     def load_state_dict(self, state_dict):
-        """Restore ``last_epoch`` and ``base_lrs`` from :meth:`state_dict` (a state saved
-        before groups were added leaves theirs as they are)."""
+        """Restore ``last_epoch``, ``base_lrs`` and the settings from :meth:`state_dict` (a state
+        saved before groups were added leaves theirs as they are; one of an earlier release,
+        without settings, keeps this scheduler's)."""
         if not isinstance(state_dict, dict) or not {"last_epoch", "base_lrs"} <= set(state_dict):
             raise ValueError(f"state_dict: expected a scheduler's state_dict() "
                              f"({{'last_epoch', 'base_lrs'}}), got "
@@ -496,21 +522,41 @@ class LRScheduler:
         if len(base_lrs) > len(self.optimizer.param_groups):
             raise ValueError(f"state_dict: base_lrs of {len(base_lrs)} groups, the optimizer has "
                              f"{len(self.optimizer.param_groups)}")
-        self.last_epoch = _int_in(state_dict["last_epoch"], "state_dict['last_epoch']", 0)
+        last_epoch = _int_in(state_dict["last_epoch"], "state_dict['last_epoch']", 0)
+        settings = self._checked_settings({k: state_dict[k] for k in self._settings
+                                           if k in state_dict})
+        last_lr = [_nonnegative(v, "state_dict['_last_lr']")
+                   for v in state_dict.get("_last_lr", self._last_lr)]
+        self.last_epoch = last_epoch
         self.base_lrs = ([_nonnegative(b, "state_dict['base_lrs']") for b in base_lrs]
                          + self.base_lrs[len(base_lrs):])
+        self._last_lr = last_lr
+        for k, v in settings.items():
+            setattr(self, k, v)
 
 
 class StepLR(LRScheduler):
     """``lr *= gamma`` every ``step_size`` epochs (alone: ``initial_lr * gamma ** (epoch //
     step_size)``)."""
 
+    _settings = ("step_size", "gamma")
+
     def __init__(self, optimizer, step_size, gamma=0.1):
-        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) \
-                or step_size < 1:
-            raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
-        self.step_size, self.gamma = int(step_size), _nonnegative(gamma, "gamma")
+        self.step_size, self.gamma = self._checked_settings(
+            {"step_size": step_size, "gamma": gamma}).values()
         super().__init__(optimizer)
+
+    def _checked_settings(self, values):
+        out = {}
+        if "step_size" in values:
+            step_size = values["step_size"]
+            if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) \
+                    or step_size < 1:
+                raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
+            out["step_size"] = int(step_size)
+        if "gamma" in values:
+            out["gamma"] = _nonnegative(values["gamma"], "gamma")
+        return out
 
     def next_lr(self, lr, base_lr, epoch):
         """``lr * gamma`` at multiples of ``step_size``, else ``lr``."""
@@ -521,11 +567,21 @@ class CosineAnnealingLR(LRScheduler):
     """Alone: ``lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``,
     stepped as torch's recursive form (which a chained schedule or a change by hand scales)."""
 
+    _settings = ("T_max", "eta_min")
+
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.T_max = _number_in(T_max, "T_max", math.ulp(0.0), math.inf,
-                                "> 0 (epochs of the half cosine)")
-        self.eta_min = _nonnegative(eta_min, "eta_min")
+        self.T_max, self.eta_min = self._checked_settings(
+            {"T_max": T_max, "eta_min": eta_min}).values()
         super().__init__(optimizer)
+
+    def _checked_settings(self, values):
+        out = {}
+        if "T_max" in values:
+            out["T_max"] = _number_in(values["T_max"], "T_max", math.ulp(0.0), math.inf,
+                                      "> 0 (epochs of the half cosine)")
+        if "eta_min" in values:
+            out["eta_min"] = _nonnegative(values["eta_min"], "eta_min")
+        return out
 
     def next_lr(self, lr, base_lr, epoch):
         """torch's step: the ratio of consecutive closed-form values applied to ``lr - eta_min``

@@ -33,7 +33,7 @@ from .. import _C
 from .. import functional as F
 from .layers import SeededModule, _dtype, _flag, _positive_int
 from .module import (KeptWeights, Parameter, any_requires_grad, as_gradient, check_unwritten,
-                     checked_weights, dtype_repr, write_stamp)
+                     checked_weights, dtype_repr, user_stacklevel, write_stamp)
 
 # A cell's weights as the kernels take them (the biases None where there are none).
 _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -341,7 +341,7 @@ class RNNCellBase(SeededModule):
                     f"{type(self).__name__}: {PENDING_STEPS_WARNING} training-mode steps wait "
                     f"for their backward, each keeping its activations; steps run without one "
                     f"(a validation pass, a skipped batch) belong in eval mode, or call "
-                    f"clear_steps()", RuntimeWarning, stacklevel=4)
+                    f"clear_steps()", RuntimeWarning, stacklevel=user_stacklevel())
 
     def _latest(self):
         """(ctx, batched) of the latest training-mode step not yet back-propagated. It stays

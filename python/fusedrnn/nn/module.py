@@ -277,6 +277,17 @@ class Parameter:
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype}{frozen})"
 
 
+def user_stacklevel():
+    """The ``stacklevel`` of the warning's caller's first frame outside fusedrnn (for
+    ``warnings.warn`` called by the function that calls this): a warning names the user's
+    line, whatever wrappers (Module.__call__, constructors calling constructors) ran between."""
+    package = __name__.split(".")[0] + "."
+    frame, level = sys._getframe(2), 2
+    while frame is not None and (frame.f_globals.get("__name__") or "").startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def as_gradient(value, name, dtype):
     """A gradient handed to a module's backward as an array of ``dtype`` (numbers convert, as
     NumPy converts them); TypeError naming ``name`` for what is no real numbers: complex (its
