@@ -1005,3 +1005,17 @@ def test_an_unpickled_unseeded_module_draws_its_own_masks_as_a_deep_copy_does():
         for other in (copy.deepcopy(drop), pickle.loads(pickle.dumps(drop))):
             assert np.array_equal(other(x), drop(x)) == same
             drop = nn.Dropout(0.5, seed=seed)  # (the original's next draw as the copy's first)
+
+
+def test_repr_lists_every_child_name_as_torch_s():
+    torch = pytest.importorskip("torch")
+    reprs = []
+    for lib in (nn, torch.nn):
+        class Net(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = lib.Linear(2, 3)
+                self.b = self.a  # (shared: under both names)
+                self.register_module("c", None) if lib is torch.nn else self.add_module("c", None)
+        reprs.append(repr(Net()).replace("fusedrnn.nn.", ""))
+    assert reprs[0] == reprs[1], reprs

@@ -852,7 +852,7 @@ class Module:
 
     def __repr__(self):
         lines = []
-        for name, child in self.named_children():
+        for name, child in self._modules.items():  # (None and a shared one too, as torch's)
             child_repr = repr(child).replace("\n", "\n  ")
             lines.append(f"({name}): {child_repr}")
         extra = self.extra_repr()
