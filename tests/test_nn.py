@@ -1001,10 +1001,10 @@ def test_an_unpickled_unseeded_module_draws_its_own_masks_as_a_deep_copy_does():
     import pickle
     x = np.ones((4, 64), np.float32)
     for seed, same in ((None, False), (3, True)):
-        drop = nn.Dropout(0.5, seed=seed)
-        for other in (copy.deepcopy(drop), pickle.loads(pickle.dumps(drop))):
+        for copied in (copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
+            drop = nn.Dropout(0.5, seed=seed)
+            other = copied(drop)  # (no draw between: the original's next mask is its first)
             assert np.array_equal(other(x), drop(x)) == same
-            drop = nn.Dropout(0.5, seed=seed)  # (the original's next draw as the copy's first)
 
 
 def test_repr_lists_every_child_name_as_torch_s():
@@ -1019,3 +1019,23 @@ def test_repr_lists_every_child_name_as_torch_s():
                 self.register_module("c", None) if lib is torch.nn else self.add_module("c", None)
         reprs.append(repr(Net()).replace("fusedrnn.nn.", ""))
     assert reprs[0] == reprs[1], reprs
+
+
+def test_train_s_cycle_guard_is_per_thread_and_leaves_nothing_on_the_module():
+    import copy
+    import threading
+    outer = _Stack()
+    seen = []
+
+    class Probe(nn.Module):  # a child whose train() another thread's eval() runs beside
+        def train(self, mode=True):
+            if mode:
+                worker = threading.Thread(target=outer.eval)
+                worker.start()
+                worker.join()
+                seen.append(outer.training)
+            return super().train(mode)
+    outer.probe = Probe()
+    outer.train()
+    assert seen == [False]  # (the other thread's eval() did run, while this train() was on)
+    assert "_setting_mode" not in vars(outer) and copy.deepcopy(outer).eval().training is False

@@ -605,7 +605,7 @@ def test_a_group_s_options_outside_the_optimizer_s_are_refused_by_name():
     p = Parameter(np.ones(3))
     for make, bad in ((lambda g: optim.SGD(g, lr=0.1), "maximize"),
                       (lambda g: optim.Adam(g), "foreach"),
-                      (lambda g: optim.RMSprop(g), "learning_rate")):
+                      (lambda g: optim.Adam(g), "momentum")):
         with pytest.raises(TypeError, match=rf"takes no option '{bad}' \(its options: lr, "):
             make([{"params": [p], bad: True}])
         opt = make([p])
@@ -613,6 +613,22 @@ def test_a_group_s_options_outside_the_optimizer_s_are_refused_by_name():
             opt.add_param_group({"params": [Parameter(np.ones(2))], bad: True})
     with pytest.raises(TypeError, match="^centered: expected"):
         optim.RMSprop([p], centered=np.array([1, 0]))
+    # a key of the user's own (a group's name) is kept, as torch keeps it; a subclass's
+    # integer setting stays an int
+    opt = optim.Adam([{"params": [p], "name": "encoder"}])
+    assert opt.param_groups[0]["name"] == "encoder"
+    opt.load_state_dict(opt.state_dict())
+
+    class EveryK(optim.Optimizer):
+        def __init__(self, params, lr=0.1, k=2):
+            super().__init__(params, dict(lr=lr, k=k))
+
+        def _update(self, group, p, grad, state):
+            for _ in range(group["k"]):
+                p.data -= group["lr"] * grad
+    p.grad = np.ones(3)
+    EveryK([p]).step()
+    np.testing.assert_allclose(p.data, 0.8)
 
 
 @pytest.mark.parametrize("make", [lambda t, ps, lr: t.Adam(ps, lr=lr, weight_decay=0.1),
@@ -669,3 +685,15 @@ def test_schedulers_last_lr_and_settings_as_torch_s():
         got[lib] = (lasts, other.step_size, other.gamma)
     np.testing.assert_allclose(np.array(got[optim][0]), np.array(got[torch.optim][0]), rtol=1e-15)
     assert got[optim][1:] == got[torch.optim][1:] == (3, 0.5)
+
+
+def test_a_scheduler_state_of_an_earlier_release_gives_the_groups_lr_as_last():
+    p = Parameter(np.ones(2))
+    opt = optim.SGD([p], lr=0.1)
+    sched = optim.StepLR(opt, 1, 0.5)
+    opt.param_groups[0]["lr"] = 0.025  # (as the optimizer's loaded state would hold it)
+    sched.load_state_dict({"last_epoch": 2, "base_lrs": [0.1]})  # (no _last_lr, no settings)
+    assert sched.get_last_lr() == [0.025] and (sched.step_size, sched.gamma) == (1, 0.5)
+    opt.add_param_group({"params": [Parameter(np.ones(1))], "lr": 0.3})
+    sched.load_state_dict({"last_epoch": 2, "base_lrs": [0.1], "_last_lr": [0.025]})
+    assert sched.get_last_lr() == [0.025, 0.3]

@@ -62,6 +62,13 @@ def _nonnegative(value, name):
     return _number_in(value, name, 0.0, math.inf, ">= 0")
 
 
+# torch.optim's options of these classes: a group giving one that the optimizer does not take
+# is refused, as the constructors refuse it.
+TORCH_OPTIONS = frozenset({"lr", "momentum", "dampening", "weight_decay", "nesterov", "betas",
+                           "eps", "amsgrad", "alpha", "centered", "maximize", "foreach",
+                           "capturable", "differentiable", "fused", "decoupled_weight_decay"})
+
+
 class Optimizer:
     """What every optimizer shares: parameter groups, per-parameter state, (de)serialisation."""
 
@@ -87,8 +94,9 @@ class Optimizer:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{where}: expected a dict with 'params' (a parameter group), got "
                             f"{type(group).__name__}")
-        unknown = sorted(set(group) - set(self.defaults) - {"params", "initial_lr"})
-        if unknown:  # (torch's other options, maximize say, or a misspelling: never ignored)
+        unknown = sorted((set(group) & TORCH_OPTIONS) - set(self.defaults))
+        if unknown:  # (torch's other options, maximize say, would be kept unread: the steps
+            # would not be what they ask; other keys, a group's "name", are the user's tags)
             raise TypeError(f"{where}: {type(self).__name__} takes no option "
                             f"{', '.join(map(repr, unknown))} (its options: "
                             f"{', '.join(self.defaults)})")
@@ -119,8 +127,10 @@ class Optimizer:
             return _betas(value, name)
         if key in ("nesterov", "centered", "amsgrad"):
             return _flag(value, name)
-        return _nonnegative(value, name)  # (a Python float: a NumPy float32 lr would round
-                                          # a float64 parameter's steps to float32)
+        number = _nonnegative(value, name)
+        # a NumPy scalar as a Python float (a float32 lr would round a float64 parameter's
+        # steps to float32); a Python int stays one (a subclass's count of steps, say)
+        return number if isinstance(value, np.generic) else value
 
     def zero_grad(self, set_to_none=True):
         """Clear the gradient of every parameter in every group: None (default) or zeros."""
@@ -525,8 +535,12 @@ class LRScheduler:
         last_epoch = _int_in(state_dict["last_epoch"], "state_dict['last_epoch']", 0)
         settings = self._checked_settings({k: state_dict[k] for k in self._settings
                                            if k in state_dict})
+        # (a state of an earlier release has none; one saved before a group was added, fewer:
+        # the groups' lr now, as the optimizer's state just loaded holds it)
+        current = [g["lr"] for g in self.optimizer.param_groups]
         last_lr = [_nonnegative(v, "state_dict['_last_lr']")
-                   for v in state_dict.get("_last_lr", self._last_lr)]
+                   for v in state_dict.get("_last_lr", [])][:len(current)]
+        last_lr += current[len(last_lr):]
         self.last_epoch = last_epoch
         self.base_lrs = ([_nonnegative(b, "state_dict['base_lrs']") for b in base_lrs]
                          + self.base_lrs[len(base_lrs):])

@@ -18,6 +18,7 @@ import functools
 import itertools
 import os
 import sys
+import threading
 import weakref
 from collections import OrderedDict, namedtuple
 from typing import Iterator, Tuple
@@ -169,7 +170,12 @@ class Parameter:
                             "implicitly (use cupy.asnumpy(p.data), or p.to('cpu'))")
         if copy:
             return np.array(data, dtype=dtype, copy=True)
-        return data if dtype is None else data.astype(dtype, copy=False)
+        if dtype is not None and np.dtype(dtype) != data.dtype:
+            if copy is False:  # (NumPy 2's protocol: no copy asked, none possible)
+                raise ValueError(f"a Parameter of dtype {data.dtype} read as {np.dtype(dtype)} "
+                                 f"needs a copy, and copy=False was asked")
+            return data.astype(dtype)
+        return data
 
     @property
     def data(self):
@@ -275,6 +281,10 @@ class Parameter:
     def __repr__(self):
         frozen = "" if self.requires_grad else ", requires_grad=False"
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype}{frozen})"
+
+
+# The modules whose train() runs in this thread now (Module.train: a cycle is set once).
+_modes_being_set = threading.local()
 
 
 def user_stacklevel():
@@ -772,16 +782,16 @@ class Module:
         a child's own ``train`` override runs, e.g. one keeping a frozen part in eval mode);
         returns self."""
         mode = check_flag(mode, "mode")
-        d = self.__dict__
-        if d.get("_setting_mode"):  # (a cycle of modules: this one is being set already)
+        setting = _modes_being_set.__dict__.setdefault("ids", set())  # (this thread's)
+        if id(self) in setting:  # (a cycle of modules: this one is being set already)
             return self
         object.__setattr__(self, "training", mode)
-        d["_setting_mode"] = True
+        setting.add(id(self))
         try:
             for child in self.children():
                 child.train(mode)
         finally:
-            del d["_setting_mode"]
+            setting.discard(id(self))
         return self
 
     def apply(self, fn):
