@@ -164,3 +164,27 @@ def test_mse_target_of_no_real_numbers_is_refused_and_integers_take_the_input_s_
     want = torch.nn.MSELoss(reduction="none")(torch.from_numpy(x), torch.from_numpy(target))
     assert loss.dtype == np.float32
     np.testing.assert_array_equal(loss, want.numpy())
+
+
+def test_the_losses_and_pass_through_modules_refuse_a_gradient_of_no_real_numbers():
+    # None became NaN gradients, a complex one lost its imaginary part with a warning, a
+    # string parsed as a number; Dropout and Identity passed them on (and Dropout(0) any shape)
+    for reduction in ("none", "mean", "sum"):
+        for loss, args in ((fr.nn.MSELoss(reduction), (np.ones(2), np.zeros(2))),
+                           (fr.nn.CrossEntropyLoss(reduction=reduction),
+                            (np.zeros((2, 3)), [0, 1]))):
+            loss(*args)
+            for bad in (None, [None, 1.0], 1 + 2j, "2.0", True):
+                with pytest.raises(TypeError, match="^grad: expected an array of real numbers"):
+                    loss.backward(bad)
+            assert np.isfinite(loss.backward(2.0)).all()
+    for module in (fr.nn.Dropout(0.5, seed=0), fr.nn.Dropout(0.0), fr.nn.Identity()):
+        module(np.ones((2, 3)))
+        for bad in (np.ones((2, 3), complex), np.ones((2, 3), bool), np.full((2, 3), None)):
+            with pytest.raises(TypeError, match="^dout: expected an array of real numbers"):
+                module.backward(bad)
+    drop = fr.nn.Dropout(0.0)
+    drop(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"^dout: expected shape \(2, 3\) \(the forward's\)"):
+        drop.backward(np.ones(5))
+    assert drop.backward(np.ones((2, 3), np.float32)).dtype == np.float64  # (the forward's)

@@ -145,8 +145,8 @@ class Identity(Module):
         return x
 
     def backward(self, dout):
-        """Returns ``dout`` itself."""
-        return dout
+        """Returns ``dout`` itself (an array of real numbers: others are refused by name)."""
+        return as_gradient(dout, "dout")
 
 
 class Linear(SeededModule):
@@ -321,7 +321,10 @@ class Dropout(SeededModule):
         """``x * mask`` in training mode (a fresh mask of 0 and 1/(1-p), drawn from the layer's
         Generator); ``x`` itself in eval mode or with p = 0."""
         if not self.training or self.p == 0.0:
-            self._mask = 1.0 if self.training else None
+            self._mask = None
+            if self.training:  # (the identity; backward checks dout against x still)
+                x_array = np.asarray(x)
+                self._mask = np.ones((), x_array.dtype), x_array.shape
             return x
         x = np.asarray(x)
         if x.dtype.kind != "f":  # (1/(1-p) in an integer dtype divided by 0)
@@ -337,11 +340,12 @@ class Dropout(SeededModule):
         """``dout * mask`` with the latest training-mode forward's mask."""
         if self._mask is None:
             raise _no_saved(self)
-        if isinstance(self._mask, np.ndarray) and np.ndim(dout) and \
-                np.shape(dout) != self._mask.shape:  # (a number broadcasts, as it should)
-            raise ValueError(f"dout: expected shape {self._mask.shape} (the forward's), got "
-                             f"{np.shape(dout)}")
-        return dout * self._mask
+        mask, shape = self._mask if isinstance(self._mask, tuple) else (self._mask,
+                                                                         self._mask.shape)
+        dout = as_gradient(dout, "dout", mask.dtype)
+        if dout.ndim and dout.shape != shape:  # (a number broadcasts, as it should)
+            raise ValueError(f"dout: expected shape {shape} (the forward's), got {dout.shape}")
+        return dout * mask
 
     def extra_repr(self):
         """``p=...``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .layers import _int_in, _number_in
-from .module import Module
+from .module import Module, as_gradient
 
 __all__ = ["log_softmax", "softmax", "CrossEntropyLoss", "MSELoss"]
 
@@ -48,7 +48,7 @@ def _check_reduction(reduction):
 def _grad_like(grad, shape, dtype):
     """A "none" reduction's upstream gradient: an array of the per-position losses' shape
     (broadcasting a smaller one would give the wrong gradient silently), or a number."""
-    grad = np.asarray(grad, dtype=dtype)
+    grad = as_gradient(grad, "grad", dtype)
     if grad.ndim and grad.shape != tuple(shape):
         raise ValueError(f"grad: expected shape {tuple(shape)} (the losses') or a number, got "
                          f"{grad.shape}")
@@ -58,10 +58,11 @@ def _grad_like(grad, shape, dtype):
 def _number_grad(grad, reduction):
     """A "mean" or "sum" reduction's upstream gradient: one number (an array would scale the
     classes or positions it broadcast over, silently)."""
-    if np.ndim(grad) != 0:
+    grad = as_gradient(grad, "grad")
+    if grad.ndim != 0:
         raise ValueError(f"grad: expected a number for reduction {reduction!r}, got shape "
-                         f"{np.shape(grad)}")
-    return grad
+                         f"{grad.shape}")
+    return float(grad)
 
 
 class CrossEntropyLoss(Module):

@@ -298,11 +298,11 @@ def user_stacklevel():
     return level
 
 
-def as_gradient(value, name, dtype):
+def as_gradient(value, name, dtype=None):
     """A gradient handed to a module's backward as an array of ``dtype`` (numbers convert, as
-    NumPy converts them); TypeError naming ``name`` for what is no real numbers: complex (its
-    imaginary part would be dropped), objects (None would become NaN), strings, bools, ragged
-    lists."""
+    NumPy converts them; None: the array's own dtype); TypeError naming ``name`` for what is no
+    real numbers: complex (its imaginary part would be dropped), objects (None would become
+    NaN), strings, bools, ragged lists."""
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError) as e:  # ragged
@@ -311,7 +311,7 @@ def as_gradient(value, name, dtype):
     if array.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected an array of real numbers ({dtype}), got dtype "
                         f"{array.dtype}")
-    return array.astype(dtype, copy=False)
+    return array if dtype is None else array.astype(dtype, copy=False)
 
 
 def check_parameter(owner, name, p, shape, dtype=None):
