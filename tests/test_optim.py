@@ -697,3 +697,30 @@ def test_a_scheduler_state_of_an_earlier_release_gives_the_groups_lr_as_last():
     opt.add_param_group({"params": [Parameter(np.ones(1))], "lr": 0.3})
     sched.load_state_dict({"last_epoch": 2, "base_lrs": [0.1], "_last_lr": [0.025]})
     assert sched.get_last_lr() == [0.025, 0.3]
+
+
+def test_genetic_algorithm_state_carries_its_settings_and_a_listed_twice_parameter_once():
+    # a resume into a GA built with another mutation_std went on with that one; a parameter
+    # listed twice took two places in the vector, the first never reaching the parameter
+    def run(std, state=None):
+        lin = fr.nn.Linear(3, 2, seed=0)
+        ga = optim.GeneticAlgorithm(lin, lambda: -float(np.sum(lin.weight.data ** 2)),
+                                    population_size=4, mutation_std=std, seed=1)
+        if state is not None:
+            ga.load_state_dict(state)
+        ga.run(2)
+        return ga
+    first = run(0.1)
+    resumed, straight = run(5.0, first.state_dict()), run(0.1)
+    straight.run(2)
+    assert resumed.mutation_std == 0.1
+    np.testing.assert_array_equal(resumed.best_vector, straight.best_vector)
+    old = {k: v for k, v in first.state_dict().items() if k not in optim.GeneticAlgorithm._settings}
+    assert run(0.3, old).mutation_std == 0.3  # (a state of an earlier release: its own settings)
+    with pytest.raises(ValueError, match=r"^state_dict\['mutation_rate'\]: expected a number in "
+                                         r"\[0, 1\]"):
+        run(0.1, {**first.state_dict(), "mutation_rate": 2.0})
+    p = Parameter(np.zeros(3))
+    with pytest.warns(UserWarning, match="params: a parameter appears more than once") as caught:
+        ga = optim.GeneticAlgorithm([p, p], lambda: float(p.data.sum()), population_size=3)
+    assert caught[0].filename == __file__ and ga.population.shape == (3, 3)

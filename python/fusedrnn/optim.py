@@ -654,6 +654,11 @@ class GeneticAlgorithm:
         listed = _param_list(params)
         if not listed:
             raise ValueError("params: the genetic algorithm got an empty parameter list")
+        once = list({id(p): p for p in listed}.values())
+        if len(once) != len(listed):  # (a tied weight listed under both its names)
+            warnings.warn("params: a parameter appears more than once (a tied weight?): it is "
+                          "evolved once", UserWarning, stacklevel=user_stacklevel())
+            listed = once
         self.params = [p for p in listed if p.requires_grad]  # (frozen ones keep their values)
         if not self.params:
             raise ValueError(f"params: every one of the {len(listed)} parameters is frozen "
@@ -742,13 +747,18 @@ class GeneticAlgorithm:
         vector_to_parameters(self.best_vector, self.params)
         return self.best_fitness
 
+    # The constructor's settings a state_dict carries (a resume goes on with the run's own).
+    _settings = ("elite", "tournament_size", "crossover_rate", "mutation_rate", "mutation_std")
+
     def state_dict(self):
         """Everything that evolves (copies): population, scores, the best so far, generation,
-        history and the Generator's state; :meth:`load_state_dict` goes on from it exactly."""
+        history and the Generator's state, and the settings (elite, tournament_size, the
+        rates, mutation_std); :meth:`load_state_dict` goes on from it exactly."""
         return {"population": self.population.copy(), "scores": self.scores.copy(),
                 "best_vector": self.best_vector.copy(), "best_fitness": float(self.best_fitness),
                 "generation": self.generation, "history": list(self.history),
-                "rng": self.rng.bit_generator.state}
+                "rng": self.rng.bit_generator.state,
+                **{k: getattr(self, k) for k in self._settings}}
 
     def load_state_dict(self, state_dict):
         """Restore what :meth:`state_dict` returned, from a run of the same population size
@@ -756,7 +766,8 @@ class GeneticAlgorithm:
         checked first: a refused state changes nothing."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
-        missing = [k for k in self.state_dict() if k not in state_dict]
+        missing = [k for k in self.state_dict() if k not in state_dict and k not in
+                   self._settings]  # (a state of an earlier release has no settings)
         if missing:
             raise ValueError(f"state_dict: missing {', '.join(map(repr, missing))}")
         new = {}
@@ -779,6 +790,18 @@ class GeneticAlgorithm:
                              f"{state_dict['best_fitness']!r} and {state_dict['history']!r}"
                              ) from None
         new["generation"] = _int_in(state_dict["generation"], "state_dict['generation']", 0)
+        n = self.population_size
+        limits = {"elite": (0, n - 1), "tournament_size": (1, n)}
+        for key in self._settings:
+            if key not in state_dict:
+                continue
+            where = f"state_dict[{key!r}]"
+            if key in limits:
+                new[key] = _int_in(state_dict[key], where, *limits[key])
+            else:
+                rate = key.endswith("rate")
+                new[key] = _number_in(state_dict[key], where, 0.0, 1.0 if rate else _FLOAT_MAX,
+                                      "in [0, 1]" if rate else ">= 0 and finite")
         rng = np.random.Generator(type(self.rng.bit_generator)())
         try:  # (the Generator refuses another bit generator's state, or a malformed one)
             rng.bit_generator.state = state_dict["rng"]
