@@ -669,16 +669,13 @@ class GeneticAlgorithm:
         self.fitness = fitness
         self.population_size = _int_in(population_size, "population_size", 2)
         # (the defaults fit any population; a size given that it cannot hold is named)
-        self.elite = _int_in(min(2, self.population_size - 1) if elite is None else elite,
-                             "elite", 0, self.population_size - 1)
-        self.tournament_size = _int_in(
-            min(3, self.population_size) if tournament_size is None else tournament_size,
-            "tournament_size", 1, self.population_size)
-        self.crossover_rate = _number_in(crossover_rate, "crossover_rate", 0, 1, "in [0, 1]")
-        self.mutation_rate = _number_in(mutation_rate, "mutation_rate", 0, 1, "in [0, 1]")
-        # finite: an infinite spread makes NaN candidates (inf * 0 where a gene is not mutated)
-        self.mutation_std = _number_in(mutation_std, "mutation_std", 0.0, _FLOAT_MAX,
-                                       ">= 0 and finite")
+        settings = dict(
+            elite=min(2, self.population_size - 1) if elite is None else elite,
+            tournament_size=min(3, self.population_size) if tournament_size is None
+            else tournament_size,
+            crossover_rate=crossover_rate, mutation_rate=mutation_rate, mutation_std=mutation_std)
+        for key, value in settings.items():
+            setattr(self, key, self._checked_setting(key, value, key))
         if init_std is not None:
             _number_in(init_std, "init_std", 0.0, _FLOAT_MAX, ">= 0 and finite")
         self.rng = _seeded(seed)
@@ -750,6 +747,17 @@ class GeneticAlgorithm:
     # The constructor's settings a state_dict carries (a resume goes on with the run's own).
     _settings = ("elite", "tournament_size", "crossover_rate", "mutation_rate", "mutation_std")
 
+    def _checked_setting(self, key, value, name):
+        """A setting's value, checked (for this population's size); an error naming ``name``."""
+        n = self.population_size
+        if key == "elite":
+            return _int_in(value, name, 0, n - 1)
+        if key == "tournament_size":
+            return _int_in(value, name, 1, n)
+        if key == "mutation_std":  # finite: an infinite spread makes NaN candidates (inf * 0
+            return _number_in(value, name, 0.0, _FLOAT_MAX, ">= 0 and finite")  # unmutated)
+        return _number_in(value, name, 0.0, 1.0, "in [0, 1]")  # the rates
+
     def state_dict(self):
         """Everything that evolves (copies): population, scores, the best so far, generation,
         history and the Generator's state, and the settings (elite, tournament_size, the
@@ -790,18 +798,9 @@ class GeneticAlgorithm:
                              f"{state_dict['best_fitness']!r} and {state_dict['history']!r}"
                              ) from None
         new["generation"] = _int_in(state_dict["generation"], "state_dict['generation']", 0)
-        n = self.population_size
-        limits = {"elite": (0, n - 1), "tournament_size": (1, n)}
         for key in self._settings:
-            if key not in state_dict:
-                continue
-            where = f"state_dict[{key!r}]"
-            if key in limits:
-                new[key] = _int_in(state_dict[key], where, *limits[key])
-            else:
-                rate = key.endswith("rate")
-                new[key] = _number_in(state_dict[key], where, 0.0, 1.0 if rate else _FLOAT_MAX,
-                                      "in [0, 1]" if rate else ">= 0 and finite")
+            if key in state_dict:
+                new[key] = self._checked_setting(key, state_dict[key], f"state_dict[{key!r}]")
         rng = np.random.Generator(type(self.rng.bit_generator)())
         try:  # (the Generator refuses another bit generator's state, or a malformed one)
             rng.bit_generator.state = state_dict["rng"]

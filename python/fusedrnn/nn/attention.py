@@ -203,12 +203,11 @@ class AttentionBase(Module):
             raise ValueError(f"query: expected shape ({N}, {self.query_size}), got "
                              f"{getattr(query, 'shape', type(query).__name__)}")
         if mem["written"] != write_stamp(self):  # the weights changed since the projection
-            if self._steps or mem["queries"] or mem["dvalues"] is not None:
-                raise RuntimeError(
-                    f"{type(self).__name__}.forward: a parameter was written (an optimizer "
-                    f"step, load_state_dict or a new data array) while steps of the old weights "
-                    f"still wait for their backward or memory_backward(): finish those before "
-                    f"the optimizer step, or let them go with clear_steps()")
+            if self._steps or mem["queries"] or mem["dvalues"] is not None:  # (raises)
+                check_unwritten(self, mem["written"], "forward",
+                                advice="while steps of the old weights still wait for their "
+                                       "backward or memory_backward(): finish those before "
+                                       "the optimizer step, or let them go with clear_steps()")
             mem["keys_proj"], mem["written"] = self._project_keys(mem["keys"]), write_stamp(self)
         if self.training:  # kept for backward: a decoder loop may refill one query buffer
             query = query.copy()

@@ -333,15 +333,14 @@ class Dropout(SeededModule):
             mask = np.zeros(x.shape, x.dtype)
         else:
             mask = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
-        self._mask = mask
+        self._mask = mask, x.shape  # (with the input's shape, which backward checks)
         return x * mask
 
     def backward(self, dout):
         """``dout * mask`` with the latest training-mode forward's mask."""
         if self._mask is None:
             raise _no_saved(self)
-        mask, shape = self._mask if isinstance(self._mask, tuple) else (self._mask,
-                                                                         self._mask.shape)
+        mask, shape = self._mask
         dout = as_gradient(dout, "dout", mask.dtype)
         if dout.ndim and dout.shape != shape:  # (a number broadcasts, as it should)
             raise ValueError(f"dout: expected shape {shape} (the forward's), got {dout.shape}")

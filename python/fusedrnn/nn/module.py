@@ -303,13 +303,14 @@ def as_gradient(value, name, dtype=None):
     NumPy converts them; None: the array's own dtype); TypeError naming ``name`` for what is no
     real numbers: complex (its imaginary part would be dropped), objects (None would become
     NaN), strings, bools, ragged lists."""
+    wanted = "" if dtype is None else f" ({np.dtype(dtype)})"
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError) as e:  # ragged
-        raise TypeError(f"{name}: expected an array of real numbers ({dtype}), got a "
+        raise TypeError(f"{name}: expected an array of real numbers{wanted}, got a "
                         f"{type(value).__name__} NumPy cannot read as one ({e})") from None
     if array.dtype.kind not in "iuf":
-        raise TypeError(f"{name}: expected an array of real numbers ({dtype}), got dtype "
+        raise TypeError(f"{name}: expected an array of real numbers{wanted}, got dtype "
                         f"{array.dtype}")
     return array if dtype is None else array.astype(dtype, copy=False)
 
@@ -364,15 +365,16 @@ def write_stamp(module, recurse=False):
     return tuple(getattr(p, "_written", 0) for p in params)
 
 
-def check_unwritten(module, stamp, method="backward", recurse=False):
+def check_unwritten(module, stamp, method="backward", recurse=False,
+                    advice="after the forward whose activations this backward uses; take the "
+                           "optimizer step after backward, or run the forward again"):
     """Raise when a parameter was written (an optimizer's step, ``load_state_dict``, a new
     ``data``) since ``stamp`` was taken at the forward whose activations a backward would use:
-    its gradients would mix the new values with the old activations (torch raises there too)."""
+    its gradients would mix the new values with the old activations (torch raises there too).
+    ``advice``: what the error says after "a parameter was written (...)"."""
     if stamp != write_stamp(module, recurse):
         raise RuntimeError(f"{type(module).__name__}.{method}: a parameter was written (an "
-                           f"optimizer step, load_state_dict or a new data array) after the "
-                           f"forward whose activations this backward uses; take the optimizer "
-                           f"step after backward, or run the forward again")
+                           f"optimizer step, load_state_dict or a new data array) {advice}")
 
 
 def _references_to_data(holder):

@@ -415,7 +415,9 @@ class _Generator(SeededModule):
             logits.append(step_logits)
             tokens = tgt[:, t].astype(np.int64)
             if teacher_forcing < 1.0:  # (the ids a decode would feed back)
-                predicted = self._log_probs(step_logits).argmax(axis=1)
+                scores = step_logits.copy()
+                scores[:, self._unemitted_ids()] = -np.inf
+                predicted = scores.argmax(axis=1)
                 keep = rng.random(N) < teacher_forcing
                 tokens = np.where(keep, tokens, predicted)
         return np.stack(logits, axis=1)                          # [N, T, V]
@@ -432,12 +434,16 @@ class _Generator(SeededModule):
             return self.criterion(logits, np.asarray(tgt))
 
     # ------------------------------------------------------------------ decoding
+    def _unemitted_ids(self):
+        """The ids a decode never emits (as fairseq's), however untrained the model: the
+        padding and the start (unless it is the end)."""
+        return [i for i in (self.pad_idx, self.bos_idx) if i != self.eos_idx]
+
     def _log_probs(self, logits):
-        """A decode step's log-probabilities (float64), with the padding and start ids at -inf:
-        a decode never emits them (as fairseq's), however untrained the model; the rest keep
-        their probabilities under the whole vocabulary's softmax."""
+        """A decode step's log-probabilities (float64), -inf at the ids it never emits; the
+        rest keep their probabilities under the whole vocabulary's softmax."""
         lp = log_softmax(logits.astype(np.float64))
-        lp[..., [i for i in (self.pad_idx, self.bos_idx) if i != self.eos_idx]] = -np.inf
+        lp[..., self._unemitted_ids()] = -np.inf
         return lp
 
     def _decoding(self):
