@@ -873,6 +873,112 @@ def test_sequential_slices_appends_and_refuses_one_module_twice_in_training():
     assert lin.weight.grad is not None
 
 
+def _container_edits(lib):
+    """The same edits on a ModuleList and a ModuleDict of ``lib`` (fusedrnn.nn or torch.nn);
+    returns the state_dict keys and child names after each step."""
+    seen = []
+
+    def lin(k):
+        return lib.Linear(2, 1 + k)
+
+    class Owner(lib.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = lib.ModuleList([lin(0), lin(1)])
+            self.heads = lib.ModuleDict({"a": lin(2)})
+
+    m = Owner()
+    edits = [lambda: m.blocks.append(lin(3)), lambda: m.blocks.insert(1, lin(4)),
+             lambda: m.blocks.insert(3, lin(5)), lambda: m.blocks.pop(0),
+             lambda: m.blocks.__delitem__(slice(0, 2)), lambda: m.blocks.extend([lin(6)]),
+             lambda: m.blocks.__setitem__(-1, lin(7)), lambda: m.blocks.__iadd__([lin(8)]),
+             lambda: m.heads.update([("b", lin(9))]), lambda: m.heads.__setitem__("a", lin(10)),
+             lambda: m.heads.update({"c": lin(11)}), lambda: m.heads.pop("b")]
+    for edit in edits:
+        edit()
+        seen.append((list(m.state_dict()),
+                     [list(m.blocks[i].state_dict()["weight"].shape) for i in range(len(m.blocks))],
+                     [k for k in m.heads], [n for n, _ in m.named_modules()]))
+    sliced = m.blocks[1:]
+    seen.append(([n for n, _ in sliced.named_children()], len(m.blocks + sliced),
+                 "c" in m.heads, list(m.heads.keys())))
+    m.heads.clear()
+    seen.append(list(m.state_dict()))
+    return seen
+
+
+def test_module_list_and_dict_follow_torch():
+    """ModuleList and ModuleDict register their modules as torch.nn's do: the same state_dict
+    keys and names after appends, inserts, deletes that renumber, slices, pops and updates; a
+    state_dict moves to torch's. (A negative insert is list.insert's here; torch's raises.)"""
+    ours = _container_edits(nn)
+    tail = nn.ModuleList([nn.Identity(), nn.Linear(1, 1)])
+    tail.insert(-1, nn.Linear(2, 2))
+    assert [type(m).__name__ for m in tail] == ["Identity", "Linear", "Linear"]
+    assert tail[1].in_features == 2
+    torch = pytest.importorskip("torch")
+    assert ours == _container_edits(torch.nn)
+    blocks = nn.ModuleList([nn.Linear(2, 3, seed=0), nn.LSTM(3, 4, seed=0)])
+    theirs = torch.nn.ModuleList([torch.nn.Linear(2, 3), torch.nn.LSTM(3, 4)])
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in blocks.state_dict().items()})
+    assert all(np.array_equal(v.numpy(), blocks.state_dict()[k])
+               for k, v in theirs.state_dict().items())
+
+
+def test_module_list_and_dict_refuse_what_torch_refuses():
+    blocks = nn.ModuleList([nn.Identity()])
+    with pytest.raises(IndexError, match="index: 1 is out of range for 1 modules"):
+        blocks[1]
+    with pytest.raises(TypeError, match="index: expected an int"):
+        blocks["0"]
+    with pytest.raises(TypeError, match=r"modules\[1\]: expected a Module, got int"):
+        blocks.extend([nn.Identity(), 3])
+    assert len(blocks) == 1  # (checked before any is added)
+    with pytest.raises(TypeError, match="modules: expected an iterable of Modules"):
+        blocks.extend(nn.Identity())
+    heads = nn.ModuleDict()
+    with pytest.raises(KeyError, match="attribute 'keys' already exists"):
+        heads["keys"] = nn.Identity()
+    with pytest.raises(KeyError, match="name: "):
+        heads.update({"ok": nn.Identity(), "a.b": nn.Identity()})
+    assert len(heads) == 0
+    with pytest.raises(ValueError, match=r"modules\[0\]: expected a \(key, module\) pair"):
+        heads.update([("a", nn.Identity(), 1)])
+    with pytest.raises(NotImplementedError, match="ModuleList does not define forward"):
+        blocks(np.zeros(1))
+    with pytest.raises(KeyError):
+        del heads["missing"]
+
+
+def test_module_list_trains_inside_a_module_of_ones_own(rng):
+    """The layers of a ModuleList are the owner's: their gradients reach the optimizer."""
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(3, 3, seed=k, dtype=np.float64)
+                                        for k in range(2))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+        def backward(self, d):
+            for layer in reversed(self.layers):
+                d = layer.backward(d)
+            return d
+
+    m, x = Stack(), rng.standard_normal((4, 3))
+    m(x)
+    m.backward(np.ones((4, 3)))
+    assert [n for n, _ in m.named_parameters()] == ["layers.0.weight", "layers.0.bias",
+                                                    "layers.1.weight", "layers.1.bias"]
+    w0, w1 = (l.weight.data for l in m.layers)
+    np.testing.assert_allclose(m.layers[1].weight.grad, np.ones((3, 4)) @ (x @ w0.T + m.layers[0].bias.data))
+    np.testing.assert_allclose(m.layers[0].weight.grad, (np.ones((4, 3)) @ w1).T @ x)
+
+
 @pytest.mark.parametrize("cell", ["RNNCell", "LSTMCell", "GRUCell"])
 def test_what_a_step_keeps_for_backward_is_its_own_copy(rng, cell):
     """A step loop that refills one buffer for x and one for the state: the backward used the

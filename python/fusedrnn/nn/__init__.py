@@ -1,7 +1,7 @@
 """Layers with PyTorch's names and shapes on NumPy arrays. This file only re-exports."""
 from .module import Module, Parameter
 from .recurrent import RNNBase, RNN, LSTM, GRU, LayerNormLSTM
-from .layers import Linear, Embedding, Dropout, Sequential, Identity
+from .layers import Linear, Embedding, Dropout, Sequential, ModuleList, ModuleDict, Identity
 from .cells import RNNCellBase, RNNCell, LSTMCell, GRUCell, LayerNormLSTMCell
 from .loss import CrossEntropyLoss, MSELoss, log_softmax, softmax
 from .attention import BahdanauAttention, LuongAttention, make_attention
@@ -19,6 +19,8 @@ __all__ = [
     "Embedding",
     "Dropout",
     "Sequential",
+    "ModuleList",
+    "ModuleDict",
     "Identity",
     "RNNCellBase",
     "RNNCell",

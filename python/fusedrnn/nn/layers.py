@@ -1,5 +1,5 @@
 """Feed-forward layers around the recurrent ones: ``Linear``, ``Embedding``, ``Dropout`` and
-``Sequential``, with PyTorch's constructor arguments, parameter names and initialisation.
+``Sequential`` (and the containers ``ModuleList``, ``ModuleDict``), with PyTorch's constructor arguments, parameter names and initialisation.
 
 Every layer follows the rule of ``fusedrnn.nn``: ``forward`` in training mode saves what
 ``backward`` needs; ``backward(dout)`` applies to the latest training-mode forward, returns the
@@ -26,7 +26,7 @@ from .. import functional as F
 from .module import (Module, Parameter, as_gradient, check_dtype, check_parameter,
                      check_unwritten, dtype_repr, write_stamp)
 
-__all__ = ["Linear", "Embedding", "Dropout", "Sequential", "Identity"]
+__all__ = ["Linear", "Embedding", "Dropout", "Sequential", "ModuleList", "ModuleDict", "Identity"]
 
 
 
@@ -438,6 +438,172 @@ class Sequential(Module):
         for m in reversed(list(self._modules.values())):
             dout = _sequence(m.backward(dout))
         return dout
+
+
+def _module(value, where):
+    if not isinstance(value, Module):
+        raise TypeError(f"{where}: expected a Module, got {type(value).__name__}")
+    return value
+
+
+class ModuleList(Module):
+    """Modules in a list, registered under "0", "1", ... so their parameters are the owner's
+    (torch.nn's ``ModuleList``: no forward of its own; the owner's ``forward`` and ``backward``
+    call the modules). Removing one renumbers the rest, as torch.nn's."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def _index(self, i):
+        if not isinstance(i, numbers.Integral) or isinstance(i, bool):
+            raise TypeError(f"index: expected an int or a slice, got {type(i).__name__}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index: {i} is out of range for {n} modules")
+        return str(int(i) % n)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+    def __getitem__(self, i):
+        """The i-th module; a slice is a new ModuleList of those modules (renumbered)."""
+        if isinstance(i, slice):
+            return ModuleList(list(self._modules.values())[i])
+        return self._modules[self._index(i)]
+
+    def __setitem__(self, i, module):
+        self.add_module(self._index(i), _module(module, "module"))
+
+    def __delitem__(self, i):
+        kept = list(self._modules.values())
+        if isinstance(i, slice):
+            del kept[i]
+        else:
+            del kept[int(self._index(i))]
+        self._renumber(kept)
+
+    def _renumber(self, modules):
+        for name in list(self._modules):
+            delattr(self, name)
+        for k, m in enumerate(modules):
+            self.add_module(str(k), m)
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def __add__(self, other):
+        if not isinstance(other, ModuleList):
+            return NotImplemented
+        return ModuleList([*self, *other])
+
+    def append(self, module):
+        """Add ``module`` at the end; returns self."""
+        self.add_module(str(len(self)), _module(module, "module"))
+        return self
+
+    def extend(self, modules):
+        """Add every module of an iterable at the end; returns self."""
+        if isinstance(modules, (Module, dict, str)) or not hasattr(modules, "__iter__"):
+            raise TypeError(f"modules: expected an iterable of Modules, got "
+                            f"{type(modules).__name__}")
+        modules = list(modules)
+        for k, m in enumerate(modules):
+            _module(m, f"modules[{k}]")
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index, module):
+        """Put ``module`` before ``index`` (as list.insert)."""
+        kept = list(self._modules.values())
+        kept.insert(index, _module(module, "module"))
+        self._renumber(kept)
+
+    def pop(self, index=-1):
+        """Remove the module at ``index`` and return it."""
+        module = self[index]
+        del self[index]
+        return module
+
+
+class ModuleDict(Module):
+    """Modules by name, registered under their keys so their parameters are the owner's
+    (torch.nn's ``ModuleDict``: insertion order kept, no forward of its own). A key must be a
+    name a state dict can hold: a non-empty str without '.', and no attribute of the class
+    (``"keys"``, ``"train"``: KeyError, as torch.nn's)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules))
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        self.add_module(key, _module(module, f"modules[{key!r}]"))
+
+    def __delitem__(self, key):
+        if key not in self._modules:
+            raise KeyError(key)
+        delattr(self, key)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()
+
+    def values(self):
+        return self._modules.values()
+
+    def clear(self):
+        for key in list(self._modules):
+            delattr(self, key)
+
+    def pop(self, key):
+        """Remove the module under ``key`` and return it."""
+        module = self[key]
+        del self[key]
+        return module
+
+    def update(self, modules):
+        """Add (or replace) modules from a mapping or an iterable of (key, module) pairs; every
+        entry is checked before any is added."""
+        if isinstance(modules, Module) and not isinstance(modules, ModuleDict):
+            raise TypeError(f"modules: expected a mapping or (key, module) pairs, got "
+                            f"{type(modules).__name__}")
+        if hasattr(modules, "items"):
+            pairs = list(modules.items())
+        else:
+            if isinstance(modules, str) or not hasattr(modules, "__iter__"):
+                raise TypeError(f"modules: expected a mapping or (key, module) pairs, got "
+                                f"{type(modules).__name__}")
+            pairs = []
+            for k, pair in enumerate(modules):
+                if isinstance(pair, str) or not hasattr(pair, "__len__") or len(pair) != 2:
+                    raise ValueError(f"modules[{k}]: expected a (key, module) pair, got "
+                                     f"{pair!r}")
+                pairs.append(tuple(pair))
+        for key, m in pairs:
+            _module(m, f"modules[{key!r}]")
+            self._check_name(key)
+        for key, m in pairs:
+            self.add_module(key, m)
 
 
 def _twice(first, second):
