@@ -563,15 +563,19 @@ class ModuleDict(Module):
         delattr(self, key)
 
     def keys(self):
+        """The keys, in insertion order."""
         return self._modules.keys()
 
     def items(self):
+        """(key, module) pairs, in insertion order."""
         return self._modules.items()
 
     def values(self):
+        """The modules, in insertion order."""
         return self._modules.values()
 
     def clear(self):
+        """Remove every module."""
         for key in list(self._modules):
             delattr(self, key)
 
