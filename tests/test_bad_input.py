@@ -687,3 +687,57 @@ def test_to_a_dtype_says_how_to_change_one_and_lengths_name_what_they_take():
     with pytest.raises(TypeError, match=r"^lengths: expected integers, one per sample \(a NumPy "
                                         r"array or a list\), got int"):
         nn.GRU(I, H)(x_of(), lengths=5)
+
+
+def _masked(a):
+    m = np.ma.MaskedArray(a, mask=np.zeros(a.shape, bool))
+    m.mask.flat[0] = True
+    return m
+
+
+@pytest.mark.parametrize("where", ["x", "h0", "w_hh", "lengths", "layer x", "layer dout",
+                                   "linear x", "indices", "logits", "target", "mse input",
+                                   "cell input", "cell state",
+                                   "parameter data", "state_dict", "save"])
+def test_a_masked_array_is_refused_by_name(where, tmp_path):
+    """A masked array passed every isinstance(ndarray) check and its masked values were used
+    (a 1e6 under the mask went through the GRU; fr.io.save stored the hidden values)."""
+    from fusedrnn import io
+    x, w_ih, w_hh = x_of(), x_of(shape=(3 * H, I)), x_of(shape=(3 * H, H))
+    h0 = np.zeros((N, H), np.float32)
+    gru, lin = nn.GRU(I, H, seed=0), nn.Linear(I, 2, seed=0)
+    calls = {
+        "x": ("x", lambda: F.gru_forward(_masked(x), None, w_ih, w_hh)),
+        "h0": ("h0", lambda: F.gru_forward(x, _masked(h0), w_ih, w_hh)),
+        "w_hh": ("w_hh", lambda: F.gru_forward(x, None, w_ih, _masked(w_hh))),
+        "lengths": ("lengths", lambda: F.gru_forward(x, None, w_ih, w_hh,
+                                                     lengths=_masked(np.full(N, T)))),
+        "layer x": ("x", lambda: gru(_masked(x))),
+        "layer dout": ("dout", lambda: (gru(x), gru.backward(_masked(x_of(shape=(T, N, H)))))),
+        "linear x": ("x", lambda: lin(_masked(x))),
+        "indices": ("indices", lambda: nn.Embedding(4, 2)(_masked(np.arange(4)))),
+        "logits": ("logits", lambda: nn.CrossEntropyLoss()(_masked(x), np.zeros((T, N), int))),
+        "target": ("target", lambda: nn.CrossEntropyLoss()(x, _masked(np.zeros((T, N), int)))),
+        "mse input": ("input", lambda: nn.MSELoss()(_masked(x), x)),
+        "cell input": ("input", lambda: nn.GRUCell(I, H)(_masked(x[0]))),
+        "cell state": ("hx", lambda: nn.GRUCell(I, H)(x[0], _masked(h0))),
+        "parameter data": ("data", lambda: setattr(lin.weight, "data", _masked(lin.weight.data))),
+        "state_dict": (r"state_dict\['weight'\]", lambda: lin.load_state_dict(
+            {"weight": _masked(lin.weight.data), "bias": lin.bias.data})),
+        "save": ("", lambda: io.save({"w": _masked(x)}, tmp_path / "w.fr"))}
+    name, call = calls[where]
+    with pytest.raises(TypeError, match=f"{name}: expected a plain numpy.ndarray, got a masked"):
+        call()
+    assert not (tmp_path / "w.fr").exists()
+
+
+class _Tagged(np.ndarray):
+    """A user's ndarray subclass (as np.matrix, whose @ gave a matrix back through Linear)."""
+
+
+def test_an_ndarray_subclass_comes_back_as_a_plain_array():
+    lin = nn.Linear(I, 2, seed=0)
+    x = x_of(shape=(3, I))
+    y = lin(x.view(_Tagged))
+    assert type(y) is np.ndarray
+    np.testing.assert_array_equal(y, lin(x))

@@ -563,7 +563,9 @@ def test_a_fractional_cosine_period_and_a_closed_form_schedule_still_step():
                                              r"got dtype complex128"),
     (lambda g: g.astype(object), TypeError, "got dtype object"),
     (lambda g: g.tolist(), TypeError, "got list"),
-    (lambda g: g[:1], ValueError, r"\[1\]\.grad: expected the parameter's shape")])
+    (lambda g: g[:1], ValueError, r"\[1\]\.grad: expected the parameter's shape"),
+    (lambda g: np.ma.MaskedArray(g, mask=g > 0), TypeError, r"\[1\]\.grad: expected a plain "
+                                                            r"numpy.ndarray, got a masked array")])
 @pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=0.1),
                                   lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
                                   lambda ps: optim.RMSprop(ps, lr=0.1, centered=True)])
@@ -587,6 +589,31 @@ def test_a_step_with_a_bad_gradient_changes_no_parameter_and_no_state(make, bad,
         runs.append([p.data for p in ps])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=0.1),
+                                  lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9)])
+def test_a_read_only_parameter_is_refused_before_any_state_moves(make):
+    """A step writes the parameters in place: a read-only one (a broadcast, a read-only view)
+    raised NumPy's error after Adam had counted the step and moved its moments."""
+    rng = np.random.default_rng(0)
+    ps = [Parameter(rng.standard_normal(3)), Parameter(rng.standard_normal(3))]
+    frozen = ps[1].data.copy()
+    frozen.setflags(write=False)
+    ps[1].data = frozen
+    opt = make(ps)
+    for p in ps:
+        p.grad = np.ones(3)
+    before = ps[0].data.copy()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\]: its data is "
+                                         r"read-only"):
+        opt.step()
+    assert all(not s for s in opt.state.values())
+    np.testing.assert_array_equal(ps[0].data, before)
+    ps[1].data = ps[1].data.copy()
+    opt.step()  # (the step then goes as a first one)
+    if isinstance(opt, optim.Adam):
+        assert opt.state[ps[0]]["step"] == 1
 
 
 def test_the_gradient_check_takes_a_cuda_array():

@@ -110,6 +110,7 @@ def _same_results(a, b, rtol=1e-9):
         np.testing.assert_array_equal(ta, tb)
     np.testing.assert_allclose(a.scores, b.scores, rtol=rtol)
     np.testing.assert_allclose(a.log_probs, b.log_probs, rtol=rtol)
+    np.testing.assert_array_equal(a.finished, b.finished)
     assert (a.attention is None) == (b.attention is None)
     for wa, wb in zip(a.attention or [], b.attention or []):
         np.testing.assert_allclose(wa, wb, rtol=rtol, atol=1e-12)
@@ -146,6 +147,27 @@ def test_batched_decoding_equals_one_at_a_time(attention, cell, beam_size, rng):
         assert batched.scores[n] == pytest.approx(single.scores[0], rel=1e-9)
         np.testing.assert_allclose(batched.attention[n], single.attention[0], rtol=1e-9,
                                    atol=1e-12)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_a_decode_cut_by_max_len_is_marked_unfinished(beam_size, rng):
+    """A hypothesis still going at max_len competes by its score over its tokens (no end
+    token): finished tells the user which samples that was (nothing did)."""
+    model = _trained("bahdanau", "lstm")
+    src, lengths = random_batch(rng)
+
+    def decode(max_len):
+        if beam_size == 1:
+            return model.greedy_decode(src, lengths, max_len=max_len)
+        return model.beam_search(src, lengths, beam_size=beam_size, max_len=max_len)
+
+    full, cut = decode(40), decode(2)
+    assert full.finished.dtype == bool and full.finished.all()
+    # finished: the end token came within the 2 steps (at most one token before it)
+    np.testing.assert_array_equal(cut.finished, [len(t) < 2 for t in cut.tokens])
+    if beam_size == 1:  # (greedy: cut exactly where the full decode is longer)
+        np.testing.assert_array_equal(cut.finished, [len(t) < 2 for t in full.tokens])
+    assert not cut.finished.all()
 
 
 def test_beam_search_finds_at_least_greedy_likelihood(rng):

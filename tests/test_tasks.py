@@ -201,8 +201,15 @@ def test_attention_picture_labels_each_decoded_token(tmp_path, monkeypatch):
         _, res = dates.translate(model, texts)
     tokens = list(res.tokens[0])
     assert dates.UNK in tokens and res.attention[0].shape[0] == len(tokens)
+    from matplotlib.figure import Figure
+    real_save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: (
+        labels.setdefault("axes", [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]),
+        real_save(fig, *a, **kw))[1])
     with pytest.warns(UserWarning, match="never saw"):
         dates.plot_attention(tmp_path / "att.png", model, texts)
+    # the panel's axes say what rows and columns are; a colorbar gives the scale
+    assert labels["axes"] == [("input character", "output character"), ("", "attention weight")]
     assert labels["rows"] == dates.make_codecs()[1].labels(tokens) and "<unk>" in labels["rows"]
     assert (tmp_path / "att.png").stat().st_size > 0
     with pytest.raises(ValueError, match="texts: expected at least one text"):

@@ -1705,6 +1705,18 @@ def test_long_tail_packed_sequences_match_torch_nn(cell):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_a_layer_weight_of_another_dtype_is_a_dtype_mismatch_naming_it(cell):
+    """torch.func.functional_call with one weight of another dtype: the layers checked the
+    first weight alone, and the kernel's plain TypeError "w_hh: ... (the dtype of x)" came."""
+    layer = getattr(frt, cell)(3, 4, num_layers=2, dtype=torch.float64)
+    params = {n: p.detach() for n, p in layer.named_parameters()}
+    params["weight_hh_l1"] = params["weight_hh_l1"].float()
+    with pytest.raises(frt.DtypeMismatchError, match="^weight_hh_l1: expected dtype "
+                                                     "torch.float64 .the dtype of weight_ih_l0."):
+        torch.func.functional_call(layer, params, (torch.randn(5, 2, 3, dtype=torch.float64),))
+
+
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_a_cell_weight_of_another_dtype_is_a_dtype_mismatch_naming_it(cell):
     """weight_hh cast alone (.data = w.float()) gave the kernel's plain TypeError "w_hh: ...",

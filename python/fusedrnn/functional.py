@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -53,6 +54,9 @@ def matmul(a, b, trans_a=False, trans_b=False):
         if flag and getattr(m, "ndim", 2) != 2:  # (.T of more dimensions reverses them all)
             raise ValueError(f"trans_{name}: a transpose needs {name} of 2 dimensions, got shape "
                              f"{m.shape}")
+    # (a subclass multiplies as a plain array: np.matrix's @ would give a matrix back)
+    a, b = (np.asarray(check_unmasked(m, n)) if isinstance(m, np.ndarray) else m
+            for n, m in (("a", a), ("b", b)))
     ours = (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype
             and a.dtype in (np.float32, np.float64) and b.ndim == 2
             and (a.ndim == 2 or (a.ndim > 0 and not trans_a)))
@@ -112,6 +116,7 @@ def _backend(x):
     """(array module, kernel module) for ``x``: NumPy and fusedrnn._C, or CuPy and the CUDA
     kernels for any array exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors)."""
     if isinstance(x, np.ndarray):
+        check_unmasked(x, "x")
         return np, _C
     if hasattr(x, "__cuda_array_interface__"):
         from . import cuda  # raises a clear error on a CPU-only build
@@ -122,7 +127,7 @@ def _backend(x):
 def _as_array(value, name, xp=np):
     if xp is np:
         if isinstance(value, np.ndarray):
-            return value
+            return check_unmasked(value, name)
         if hasattr(value, "__cuda_array_interface__"):
             raise TypeError(f"{name}: expected a NumPy array like x, got a CUDA array "
                             f"({type(value).__name__})")
@@ -164,7 +169,7 @@ def check_lengths(lengths, T, N, name="lengths"):
             raise ValueError(f"{name}: expected {N} integers (one length per sample), got a "
                              f"{type(lengths).__name__} NumPy cannot read as a flat array of "
                              f"numbers ({e})") from None
-    if not isinstance(lengths, np.ndarray):
+    if not isinstance(check_unmasked(lengths, name), np.ndarray):
         raise TypeError(f"{name}: expected integers, one per sample (a NumPy array or a list), "
                         f"got {type(lengths).__name__}")
     arr = lengths
@@ -176,6 +181,17 @@ def check_lengths(lengths, T, N, name="lengths"):
         raise ValueError(f"{name}: expected values in [0, {T}] (the sequence length), "
                          f"got min {arr.min()} and max {arr.max()}")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_unmasked(value, name):
+    """``value``, unless it is a NumPy masked array (TypeError naming ``name``): the kernels and
+    NumPy's conversions read every element, so its masked values would be used silently."""
+    ma = sys.modules.get("numpy.ma")  # (never imported: no masked array exists)
+    if ma is not None and isinstance(value, ma.MaskedArray):
+        raise TypeError(f"{name}: expected a plain numpy.ndarray, got a masked array (its masked "
+                        f"values would be used: pass np.ma.filled(value, fill_value), or "
+                        f"lengths= for padded sequences)")
+    return value
 
 
 def check_flag(value, name):

@@ -41,6 +41,7 @@ DEFAULT_MAX_BYTES = 1 << 30  # load(): the arrays' total size unless max_bytes= 
 
 def _encode(obj, arrays, where, depth=0):
     """obj -> a JSON-able tree; arrays are appended to ``arrays`` and referenced by name."""
+    from .functional import check_unmasked
     from .nn.module import Module, Parameter, is_device_array, to_host
     from .optim import GeneticAlgorithm, LRScheduler, Optimizer
 
@@ -51,7 +52,7 @@ def _encode(obj, arrays, where, depth=0):
     if is_device_array(obj):  # (a CUDA model's parameters and optimizer moments: saved as
         obj = to_host(obj)    # host arrays, which load onto either device)
     if isinstance(obj, np.ndarray) or isinstance(obj, np.generic) and not isinstance(obj, np.bool_):
-        arr = np.asarray(obj)
+        arr = np.asarray(check_unmasked(obj, where))
         if arr.dtype.hasobject or arr.dtype.kind not in "biufcUS":
             raise TypeError(f"{where}: cannot save an array of dtype {arr.dtype} (only numeric, "
                             f"boolean and string arrays are stored without pickling)")

@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from .functional import check_unmasked
 from .nn.layers import _flag, _int_in, _number_in, _seeded
 from .nn.module import Module, Parameter, is_device_array, to_device, user_stacklevel
 
@@ -148,6 +149,11 @@ class Optimizer:
                 if p.grad is None:
                     continue
                 name = f"param_groups[{g}]['params'][{k}].grad"
+                check_unmasked(p.grad, name)
+                if isinstance(p.data, np.ndarray) and not p.data.flags.writeable:
+                    raise ValueError(f"param_groups[{g}]['params'][{k}]: its data is read-only "
+                                     f"(a step writes it in place; give it a writable copy: "
+                                     f"p.data = p.data.copy())")
                 if not _is_array(p.grad) or p.grad.dtype.kind not in "iuf":  # (CuPy on CUDA)
                     got = (f"dtype {p.grad.dtype}" if _is_array(p.grad)
                            else type(p.grad).__name__)

@@ -80,10 +80,10 @@ def attention_step_forward(score, query, keys_proj, values, mask, v=None):
     the returned weights among it (copy them before changing them in place, as for a plot:
     the attention modules return a copy where they keep the step for a backward).
     A sample with no real position gets all-zero weights and a zero context."""
-    if not isinstance(query, np.ndarray):
+    if not isinstance(F.check_unmasked(query, "query"), np.ndarray):
         raise TypeError(f"query: expected a numpy.ndarray, got {type(query).__name__}")
     # bool, or integers of 0 and 1 (a cast to bytes made 0.5 and 256 0, masked, silently)
-    if not isinstance(mask, np.ndarray) or mask.dtype.kind not in "biu":
+    if not isinstance(F.check_unmasked(mask, "mask"), np.ndarray) or mask.dtype.kind not in "biu":
         raise TypeError(f"mask: expected a numpy.ndarray of dtype bool (True at real "
                         f"positions), got {getattr(mask, 'dtype', type(mask).__name__)}")
     if mask.dtype != np.bool_ and not ((mask == 0) | (mask == 1)).all():
@@ -153,7 +153,7 @@ class AttentionBase(Module):
         (again at a step after a write of the weights). Keeps its own copy of the keys. After
         steps' backward, ``memory_backward`` must come before the next memory (it adds the key
         and query projections' gradients)."""
-        if not isinstance(keys, np.ndarray) or keys.dtype != self.dtype:
+        if not isinstance(F.check_unmasked(keys, "keys"), np.ndarray) or keys.dtype != self.dtype:
             raise TypeError(f"keys: expected a numpy.ndarray of dtype {self.dtype}, got "
                             f"{_dtype_or_type(keys)}")
         if self._memory is not None and self._memory["queries"] and \
@@ -196,7 +196,8 @@ class AttentionBase(Module):
         if mem is None:
             raise RuntimeError(f"{type(self).__name__}: call set_memory(keys, lengths) first")
         N = mem["keys"].shape[0]
-        if not isinstance(query, np.ndarray) or query.dtype != self.dtype:
+        if not isinstance(F.check_unmasked(query, "query"), np.ndarray) or \
+                query.dtype != self.dtype:
             raise TypeError(f"query: expected a numpy.ndarray of dtype {self.dtype} (the "
                             f"module's dtype), got {_dtype_or_type(query)}")
         if query.shape != (N, self.query_size):

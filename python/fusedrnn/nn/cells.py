@@ -309,7 +309,7 @@ class RNNCellBase(SeededModule):
         return h, c, ctx
 
     def _input(self, x):
-        if not isinstance(x, np.ndarray):
+        if not isinstance(F.check_unmasked(x, "input"), np.ndarray):
             raise TypeError(f"input: expected a numpy.ndarray, got {type(x).__name__}")
         if x.dtype != self.dtype:
             raise TypeError(f"input: expected dtype {self.dtype} (the cell's dtype), got {x.dtype}")
@@ -323,7 +323,7 @@ class RNNCellBase(SeededModule):
         """A state (or its gradient) [N, width] ([width] unbatched; width H by default)."""
         if h is None:
             return None
-        if not isinstance(h, np.ndarray) or h.dtype != self.dtype:
+        if not isinstance(F.check_unmasked(h, name), np.ndarray) or h.dtype != self.dtype:
             raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got "
                             f"{getattr(h, 'dtype', type(h).__name__)}")
         width = width or self.hidden_size

@@ -181,7 +181,7 @@ class Linear(SeededModule):
     def forward(self, x):
         """x [..., in_features] (the layer's dtype) -> y [..., out_features]; saves ``x`` in
         training mode."""
-        if not isinstance(x, np.ndarray):
+        if not isinstance(F.check_unmasked(x, "x"), np.ndarray):
             raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
         if x.dtype != self.dtype:
             raise TypeError(f"x: expected dtype {self.dtype} (the layer's dtype), got {x.dtype}")
@@ -268,7 +268,7 @@ class Embedding(SeededModule):
     def forward(self, indices):
         """indices [...] (integers in [0, num_embeddings)) -> the rows ``weight[indices]``
         [..., embedding_dim]; saves the indices in training mode."""
-        indices = np.asarray(indices)
+        indices = np.asarray(F.check_unmasked(indices, "indices"))
         if indices.dtype.kind not in "iu":
             raise TypeError(f"indices: expected an integer array, got dtype {indices.dtype}")
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_embeddings):

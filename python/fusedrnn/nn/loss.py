@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..functional import check_unmasked
 from .layers import _int_in, _number_in
 from .module import Module, as_gradient
 
@@ -85,10 +86,11 @@ class CrossEntropyLoss(Module):
         """logits [..., C] (floating), target [...] (class indices or ``ignore_index``) -> the
         loss: a float ("mean", "sum") or an array shaped like target ("none"). Saves what
         backward needs (in every mode)."""
-        if not isinstance(logits, np.ndarray) or logits.dtype.kind != "f":
+        if not isinstance(check_unmasked(logits, "logits"), np.ndarray) or \
+                logits.dtype.kind != "f":
             raise TypeError(f"logits: expected a floating numpy.ndarray, got "
                             f"{getattr(logits, 'dtype', type(logits).__name__)}")
-        target = np.asarray(target)
+        target = np.asarray(check_unmasked(target, "target"))
         if target.dtype.kind not in "iu":
             raise TypeError(f"target: expected an integer array of class indices, got dtype "
                             f"{target.dtype}")
@@ -158,8 +160,8 @@ class MSELoss(Module):
     def forward(self, input, target):
         """input and target of one shape -> the loss: a float ("mean", "sum") or the
         elementwise array ("none"). Saves ``input - target`` for backward (in every mode)."""
-        input = np.asarray(input)
-        target = np.asarray(target)
+        input = np.asarray(check_unmasked(input, "input"))
+        target = np.asarray(check_unmasked(target, "target"))
         if input.dtype.kind != "f":  # (an integer input's gradient truncated to 0, as torch
             raise TypeError(f"input: expected a float array, got dtype {input.dtype}")  # refuses)
         if target.dtype.kind not in "biuf":  # (complex: (1 - i)^2's real part is 0)

@@ -26,7 +26,7 @@ from typing import Iterator, Tuple
 import numpy as np
 
 from .. import _C
-from ..functional import check_flag
+from ..functional import check_flag, check_unmasked
 
 __all__ = ["Parameter", "Module"]
 
@@ -186,7 +186,8 @@ class Parameter:
 
     @data.setter
     def data(self, value):
-        if not isinstance(value, np.ndarray) and not is_device_array(value):
+        if not isinstance(check_unmasked(value, "data"), np.ndarray) and \
+                not is_device_array(value):
             raise TypeError(f"data: expected a numpy.ndarray (or a CuPy array), "
                             f"got {type(value).__name__}")
         if value.dtype.kind != "f":  # (as torch: only these can have gradients and train)
@@ -305,7 +306,7 @@ def as_gradient(value, name, dtype=None):
     NaN), strings, bools, ragged lists."""
     wanted = "" if dtype is None else f" ({np.dtype(dtype)})"
     try:
-        array = np.asarray(value)
+        array = np.asarray(check_unmasked(value, name))
     except (ValueError, TypeError, OverflowError) as e:  # ragged
         raise TypeError(f"{name}: expected an array of real numbers{wanted}, got a "
                         f"{type(value).__name__} NumPy cannot read as one ({e})") from None
@@ -485,7 +486,7 @@ class KeptWeights(dict):
 def _to_numpy(value, key):
     """A state_dict value as an ndarray: arrays as they are, torch tensors through numpy()."""
     if isinstance(value, np.ndarray):
-        return value
+        return check_unmasked(value, f"state_dict[{key!r}]")
     if isinstance(value, Parameter):
         return to_host(value.data)
     if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):

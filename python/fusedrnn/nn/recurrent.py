@@ -57,7 +57,7 @@ def _check_array(value, name, dtype, device="cpu"):
             raise TypeError(f"{name}: expected a numpy.ndarray (the layer is on device 'cpu'), "
                             f"got a CUDA array ({type(value).__name__}); move the layer with "
                             f".to('cuda') or the array to the host")
-        if not isinstance(value, np.ndarray):
+        if not isinstance(F.check_unmasked(value, name), np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
     else:
         if isinstance(value, np.ndarray):

@@ -36,7 +36,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 
@@ -111,14 +111,18 @@ _MISSING = object()  # an input not given (None is a given src_lengths: every le
 @dataclass
 class DecodeResult:
     """Per sample: ``tokens`` (int arrays, without the end token), ``scores`` (length-normalised
-    log-probability, end token included), ``log_probs`` (raw sum) and ``attention``
+    log-probability, end token included), ``log_probs`` (raw sum), ``attention``
     ([len(tokens), S_n] arrays, rows output tokens, columns source positions; None without
-    attention)."""
+    attention) and ``finished`` (bool [N]: False where ``max_len`` cut the decode before the
+    end token, its score then over the tokens alone: a beam search ranks such a hypothesis
+    among the finished ones by that score, as Hugging Face's does; raise ``max_len`` where
+    that matters)."""
 
     tokens: List[np.ndarray]
     scores: np.ndarray
     log_probs: np.ndarray
     attention: list = field(default_factory=list)
+    finished: Optional[np.ndarray] = None
 
 
 class Decoder(Module):
@@ -560,7 +564,7 @@ class _Generator(SeededModule):
                 res_att.append(np.stack([a[n, :S] for a in att[:len(seq)]]) if len(seq)
                                else np.zeros((0, S), self.dtype))
         return DecodeResult(res_tokens, logp / np.maximum(length, 1) ** length_penalty, logp,
-                            res_att if att[0] is not None else None)
+                            res_att if att[0] is not None else None, done)
 
     def beam_search(self, *inputs, beam_size=4, max_len=40, length_penalty=1.0,
                     **named_inputs):
@@ -568,7 +572,9 @@ class _Generator(SeededModule):
         ``n * beam_size + j`` of one decoder batch). A hypothesis that emits ``eos_idx`` is
         finished, scored ``log p / length ** length_penalty`` (length counts the end token); a
         sample stops when it has ``beam_size`` finished hypotheses and no alive one scores
-        better at its current length. Returns the best finished hypothesis per sample."""
+        better at its current length. Returns the best hypothesis per sample: those still alive
+        after ``max_len`` steps compete with the finished ones by their score over their
+        tokens (no end token), and ``DecodeResult.finished`` marks where such a one won."""
         inputs = self._check_inputs(inputs, "beam_search", named_inputs)
         k = _positive_int(beam_size, "beam_size")
         max_len = _positive_int(max_len, "max_len")
@@ -657,6 +663,7 @@ class _Generator(SeededModule):
             return toks[::-1], rows[::-1]
 
         res_tokens, res_att, scores, logps = [], [], np.zeros(N), np.zeros(N)
+        ended = np.zeros(N, bool)
         for n in range(N):
             if not finished[n]:  # no finite hypothesis (a model gone NaN): as greedy, NaN
                 finished[n].append((np.nan, np.nan, 0, -1))
@@ -666,12 +673,12 @@ class _Generator(SeededModule):
                 toks, rows = backtrack(n, t - 1, parent)
             else:                   # unfinished beam -1-parent after the last step
                 toks, rows = backtrack(n, t - 1, -1 - parent)
-            scores[n], logps[n] = score, logp
+            scores[n], logps[n], ended[n] = score, logp, parent >= 0
             res_tokens.append(np.asarray(toks, np.int64))
             if has_att:
                 S = self._source_length(inputs, n)
                 res_att.append(np.stack(rows)[:, :S] if rows else np.zeros((0, S), self.dtype))
-        return DecodeResult(res_tokens, scores, logps, res_att if has_att else None)
+        return DecodeResult(res_tokens, scores, logps, res_att if has_att else None, ended)
 
 
 def _penalty(length_penalty):

@@ -165,8 +165,11 @@ def plot_attention(path, model, texts, title="", beam=1):
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 3.2 * rows), squeeze=False)
+    image = None
     for ax, text, out, tokens, att in zip(axes.ravel(), texts, outs, res.tokens, res.attention):
-        ax.imshow(att, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+        image = ax.imshow(att, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+        ax.set_xlabel("input character", fontsize=8)
+        ax.set_ylabel("output character", fontsize=8)
         columns = text.lower()  # what the source codec encodes (lowering may change the length)
         ax.set_xticks(range(len(columns)))
         ax.set_xticklabels(list(columns), fontsize=8)
@@ -178,6 +181,8 @@ def plot_attention(path, model, texts, title="", beam=1):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    if image is not None:  # (one scale, 0 to 1, for every panel)
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="attention weight", shrink=0.8)
     return save_figure(fig, path)
 
 

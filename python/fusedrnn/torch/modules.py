@@ -437,6 +437,10 @@ class _RecurrentBase(_KeepsWeights):
         weights = self._flat_weights
         dtype, device_type = weights[0].dtype, weights[0].device.type
         _check_parameters_dtype(dtype)
+        for name, w in zip(self._flat_weights_names[1:], weights[1:]):
+            if w.dtype != dtype:  # (one replaced alone: functional_call, .data = w.float())
+                raise DtypeMismatchError(f"{name}: expected dtype {dtype} (the dtype of "
+                                         f"{self._flat_weights_names[0]}), got {w.dtype}")
         precision = _autocast_precision(dtype, device_type)
         if precision == "bfloat16":  # from the dtypes given, before _under_autocast casts them
             carried = hx[-1] if isinstance(hx, (tuple, list)) and hx else hx
