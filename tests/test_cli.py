@@ -127,6 +127,17 @@ def test_threads_option_and_a_closed_pipe_and_python_oo(capsys):
         assert r.returncode == 0 and "usage: fusedrnn" in r.stdout, r.stderr
 
 
+def test_version_is_printed(capsys):
+    import fusedrnn
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"fusedrnn {fusedrnn.__version__}\n"
+    import pathlib
+    import tomllib
+    project = pathlib.Path(__file__).parents[1] / "pyproject.toml"
+    assert tomllib.loads(project.read_text())["project"]["version"] == fusedrnn.__version__
+
+
 def test_mnist_files_that_disagree_are_named(capsys, tmp_path):
     """Labels and images of different counts, or none at all: the folder and files named (an
     IndexError deep in training before)."""

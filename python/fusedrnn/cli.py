@@ -14,6 +14,8 @@ import shlex
 import sys
 import warnings
 
+from . import __version__
+
 # Modules that contribute sub-commands; each defines add_commands(subparsers).
 COMMAND_MODULES = ["fusedrnn.cli_commands.info", "fusedrnn.cli_commands.bench",
                    "fusedrnn.cli_commands.train", "fusedrnn.cli_commands.seq2seq"]
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fusedrnn", description=(__doc__ or "fusedrnn").splitlines()[0])
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (accepted anywhere)")
+    parser.add_argument("--version", action="version", version=f"fusedrnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
