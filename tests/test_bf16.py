@@ -543,6 +543,31 @@ def test_autocast_is_thread_local_nestable_and_a_decorator():
     assert inside() == "bfloat16" and autocast_precision() is None
 
 
+@pytest.mark.parametrize("caller", [True, False])
+def test_a_generator_ending_its_block_ends_its_own(caller):
+    """A generator suspended inside a block, resumed to its end inside a block of the caller's:
+    popping the top of the stack ended the caller's block (bfloat16 came back in an
+    enabled=False block); each block now ends its own entry."""
+    from fusedrnn.amp import autocast_precision
+
+    def gen():
+        with fr.autocast():
+            yield
+
+    g = gen()
+    next(g)
+    with fr.autocast(enabled=caller):
+        next(g, None)
+        assert autocast_precision() == ("bfloat16" if caller else None)
+    assert autocast_precision() is None
+    reused = fr.autocast()
+    with reused:
+        with reused:  # (one object nested: the inner exit ends the inner entry)
+            pass
+        assert autocast_precision() == "bfloat16"
+    assert autocast_precision() is None
+
+
 def test_bad_precision_arguments_are_named():
     x, h0, c0, w = _problem("lstm", 2, 1, 3, 4)
     with pytest.raises(ValueError, match="precision"):

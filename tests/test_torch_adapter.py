@@ -1228,7 +1228,7 @@ def test_autocast_bfloat16_output_dtypes_are_torch_nn_s(cell, onednn, monkeypatc
     ours = getattr(frt, cell)(4, 6, **kwargs)
     ours.load_state_dict(ref.state_dict())
     forms = (False, True) if layer else (False,)  # padded, packed
-    for x_dtype, h_dtype, packed in itertools.product((torch.float32, BF16),
+    for x_dtype, h_dtype, packed in itertools.product((torch.float32, BF16, torch.float16),
                                                       (None, torch.float32, BF16), forms):
         for c_dtype in (torch.float32, BF16) if cell.startswith("LSTM") and h_dtype else (None,):
             x = torch.randn((3, 2, 4) if layer else (2, 4), dtype=x_dtype)

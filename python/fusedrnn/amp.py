@@ -51,7 +51,7 @@ def autocast_precision():
     """The precision autocast asks for in this thread: "bfloat16", or None (outside any block,
     or in a block with enabled=False)."""
     stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else None
+    return stack[-1][1] if stack else None
 
 
 class autocast:
@@ -73,11 +73,18 @@ class autocast:
     def __enter__(self):
         if not hasattr(_state, "stack"):
             _state.stack = []
-        _state.stack.append(self.dtype if self.enabled else None)
+        _state.stack.append((self, self.dtype if self.enabled else None))
         return self
 
     def __exit__(self, *exc):
-        _state.stack.pop()
+        # this block's own entry, the latest of this object's, wherever it is: a generator
+        # suspended inside a block may end it while the caller is inside a block of its own
+        # (popping the top ended the caller's block instead); the latest open block decides
+        stack = getattr(_state, "stack", [])
+        for k in range(len(stack) - 1, -1, -1):
+            if stack[k][0] is self:
+                del stack[k]
+                break
         return False
 
     def __call__(self, fn):

@@ -251,7 +251,8 @@ def _lstm_takes_onednn(input_dtype):
     dtypes.)"""
     if not torch.backends.mkldnn.enabled:
         return False
-    return input_dtype == torch.float32 or _onednn_computes_bfloat16()
+    return input_dtype == torch.float32 or (input_dtype == torch.bfloat16
+                                            and _onednn_computes_bfloat16())
 
 
 @functools.cache
