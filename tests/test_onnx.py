@@ -1,9 +1,12 @@
 """fusedrnn.onnx: export (checked by onnx.checker and run in ONNX Runtime against our own
 outputs), the backend on graphs we build (ONNX's own node tests: test_onnx_node_suite.py), load,
 and the errors that name what is wrong."""
-import fusedrnn as fr
+import re
+
 import numpy as np
 import pytest
+
+import fusedrnn as fr
 
 onnx = pytest.importorskip("onnx")
 from fusedrnn.onnx import Backend, export, load
@@ -377,9 +380,22 @@ def test_backend_refuses_other_ops_devices_and_bad_inputs():
                                   fo.prepare(_node_model("GRU")).run([x, w, r])[1])
     np.testing.assert_array_equal(fo.run_node(_node_model("GRU").graph.node[0], [x, w, r])[1],
                                   fo.prepare(_node_model("GRU")).run([x, w, r])[1])
+    # a fed array of another rank or fixed size than its graph input declares, as ONNX
+    # Runtime refuses it (a graph unrolled over 5 steps fed 7 gave the first 5 steps' result);
+    # where the graph leaves the size open, the node's own check names the weight
+    for wrong in (np.ones((1, 9, 4), np.float32), np.ones((9, 3), np.float32)):
+        with pytest.raises(ValueError, match=r"inputs: 'R': expected shape \[1, 9, 3\] \(the "
+                                             r"graph input's; \? any size\), got "):
+            rep.run([x, w, wrong])
+    open_sizes = _node_model("GRU")
+    for d in open_sizes.graph.input[2].type.tensor_type.shape.dim:
+        d.dim_param = "n"
+    open_sizes.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "T"
+    open_rep = Backend.prepare(open_sizes, "CPU")
+    assert open_rep.run([np.ones((5, 1, 2), np.float32), w, r])[0].shape == (5, 1, 1, 3)
     with pytest.raises(ValueError, match=r"input R \('R'\): expected shape \(1, 9, 3\), got "
                                          r"shape \(1, 9, 4\)"):
-        rep.run([x, w, np.ones((1, 9, 4), np.float32)])
+        open_rep.run([x, w, np.ones((1, 9, 4), np.float32)])
     for wrong in (np.int64, np.float64):  # ONNX Runtime's check: the graph input's type
         with pytest.raises(TypeError, match=f"inputs: 'X': expected float32 \\(the graph "
                                             f"input's type\\), got {np.dtype(wrong)}"):
@@ -543,6 +559,18 @@ def test_load_keeps_unnamed_and_repeated_nodes_and_refuses_stored_states():
     model.graph.node[0].input.extend(["", "", "h0"])
     with pytest.raises(ValueError, match=r"input initial_h \('h0'\) is stored in the model"):
         load(model)
+    # a stored zero state is the layer's default, if shaped as the node's (torch's dynamo
+    # export of a projected LSTM stored one [1, 2, 6] for hidden_size 2: not this layer)
+    for shape, fits in (((1, 5, H), True), ((1, 1, H + 1), False), ((2, 1, H), False)):
+        model.graph.initializer.remove(model.graph.initializer[-1])
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(shape, np.float32),
+                                                                    "h0"))
+        if fits:
+            assert list(load(model)) == list(layers)
+        else:
+            with pytest.raises(ValueError, match=r"input initial_h \('h0'\) has shape "
+                                                 + re.escape(f"{shape}, expected [1, batch, {H}]")):
+                load(model)
 
 
 @pytest.mark.parametrize("seed", range(32))

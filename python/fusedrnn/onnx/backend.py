@@ -353,6 +353,10 @@ class FusedRnnRep(BackendRep):
                          constant_weights(spec, self._prepared) for spec in nodes]
         self._dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
                         for i in graph.input if i.type.tensor_type.elem_type}
+        # declared shapes: a fixed size (dim_value) per axis, None for a named or unknown one
+        self._shapes = {i.name: [d.dim_value if d.HasField("dim_value") else None
+                                 for d in i.type.tensor_type.shape.dim]
+                        for i in graph.input if i.type.tensor_type.HasField("shape")}
         self.output_names = [o.name for o in graph.output]
 
     def run(self, inputs, **kwargs):
@@ -376,10 +380,18 @@ class FusedRnnRep(BackendRep):
             values.update(zip(self.input_names, (np.asarray(v) for v in inputs)))
         given = [v for v in values.values() if isinstance(v, np.ndarray)]  # not made by the run
         fed = set(inputs) if isinstance(inputs, dict) else set(self.input_names)
-        for name in fed:  # ONNX Runtime's check: a fed array has its graph input's type
+        for name in fed:  # ONNX Runtime's checks: a fed array has its graph input's type
             if name in self._dtypes and values[name].dtype != self._dtypes[name]:
                 raise TypeError(f"inputs: {name!r}: expected {self._dtypes[name]} (the graph "
                                 f"input's type), got {values[name].dtype}")
+            # and its declared rank and fixed sizes (a graph unrolled over 5 steps, fed 7,
+            # gave the first 5 steps' result)
+            dims, shape = self._shapes.get(name), values[name].shape
+            if dims is not None and (len(dims) != len(shape) or any(
+                    d is not None and d != s for d, s in zip(dims, shape))):
+                declared = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+                raise ValueError(f"inputs: {name!r}: expected shape {declared} (the graph "
+                                 f"input's; ? any size), got {shape}")
         for spec, weights in zip(self._nodes, self._weights):
             if isinstance(spec, GlueNode):
                 if fed_initializers or not spec.folded:
@@ -500,6 +512,12 @@ def load(path):
         W = constants[spec.inputs["W"]]
         D, I = spec.num_directions, W.shape[2]
         H = _hidden_size(spec, constants)
+        for role in ("initial_h", "initial_c"):  # (a stored zero state: shaped as the node's)
+            stored = constants.get(spec.inputs.get(role))
+            if stored is not None and (stored.ndim != 3 or stored.shape[::2] != (D, H)):
+                _refuse(node, f"input {role} ({spec.inputs[role]!r}) has shape {stored.shape}, "
+                              f"expected [{D}, batch, {H}] (the node's directions and "
+                              f"hidden_size)")
         options = dict(bias="B" in spec.inputs, batch_first=bool(spec.layout),
                        bidirectional=D == 2, dtype=W.dtype)
         if spec.direction == "reverse":
