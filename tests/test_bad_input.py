@@ -697,15 +697,18 @@ def _masked(a):
 
 @pytest.mark.parametrize("where", ["x", "h0", "w_hh", "lengths", "layer x", "layer dout",
                                    "linear x", "indices", "logits", "target", "mse input",
-                                   "cell input", "cell state",
+                                   "cell input", "cell state", "dropout", "accumulate_grad",
+                                   "vector", "pad_sequences", "src", "dlogits", "features",
                                    "parameter data", "state_dict", "save"])
 def test_a_masked_array_is_refused_by_name(where, tmp_path):
     """A masked array passed every isinstance(ndarray) check and its masked values were used
     (a 1e6 under the mask went through the GRU; fr.io.save stored the hidden values)."""
-    from fusedrnn import io
+    import fusedrnn as fr
+    from fusedrnn import io, optim
     x, w_ih, w_hh = x_of(), x_of(shape=(3 * H, I)), x_of(shape=(3 * H, H))
     h0 = np.zeros((N, H), np.float32)
     gru, lin = nn.GRU(I, H, seed=0), nn.Linear(I, 2, seed=0)
+    seq = nn.Seq2Seq(5, 5, 3, 4, seed=0)
     calls = {
         "x": ("x", lambda: F.gru_forward(_masked(x), None, w_ih, w_hh)),
         "h0": ("h0", lambda: F.gru_forward(x, _masked(h0), w_ih, w_hh)),
@@ -724,9 +727,20 @@ def test_a_masked_array_is_refused_by_name(where, tmp_path):
         "parameter data": ("data", lambda: setattr(lin.weight, "data", _masked(lin.weight.data))),
         "state_dict": (r"state_dict\['weight'\]", lambda: lin.load_state_dict(
             {"weight": _masked(lin.weight.data), "bias": lin.bias.data})),
-        "save": ("", lambda: io.save({"w": _masked(x)}, tmp_path / "w.fr"))}
+        "save": (r"obj\['w'\]", lambda: io.save({"w": _masked(x)}, tmp_path / "w.fr")),
+        "dropout": ("x", lambda: nn.Dropout(0.5)(_masked(x))),
+        "accumulate_grad": ("grad", lambda: lin.weight.accumulate_grad(_masked(lin.weight.data))),
+        "vector": ("vector", lambda: optim.vector_to_parameters(
+            _masked(optim.parameters_to_vector(lin.parameters())), lin.parameters())),
+        "pad_sequences": (r"sequences\[1\]", lambda: fr.data.pad_sequences([x[0], _masked(x[1])])),
+        "src": ("src", lambda: seq.greedy_decode(_masked(np.ones((1, 3), int)))),
+        "dlogits": ("dlogits", lambda: (seq.train().loss(np.ones((1, 3), int), None,
+                                                         np.ones((1, 2), int)),
+                                        seq.backward(_masked(np.zeros((1, 2, 5)))))),
+        "features": ("features", lambda: nn.Captioner(4, 5, 3, 4).greedy_decode(
+            _masked(np.ones((1, 4)))))}
     name, call = calls[where]
-    with pytest.raises(TypeError, match=f"{name}: expected a plain numpy.ndarray, got a masked"):
+    with pytest.raises(TypeError, match=f"^{name}: expected a plain numpy.ndarray, got a masked"):
         call()
     assert not (tmp_path / "w.fr").exists()
 

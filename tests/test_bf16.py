@@ -568,6 +568,24 @@ def test_a_generator_ending_its_block_ends_its_own(caller):
     assert autocast_precision() is None
 
 
+def test_a_block_ended_in_another_thread_ends_there_too():
+    """A generator entered its block in one thread and was finished in another: the exit found
+    nothing in that thread's stack, and the first thread stayed in bfloat16 for good."""
+    from fusedrnn.amp import autocast_precision
+
+    def gen():
+        with fr.autocast():
+            yield
+
+    g = gen()
+    next(g)
+    assert autocast_precision() == "bfloat16"
+    t = threading.Thread(target=lambda: next(g, None))
+    t.start()
+    t.join()
+    assert autocast_precision() is None
+
+
 def test_bad_precision_arguments_are_named():
     x, h0, c0, w = _problem("lstm", 2, 1, 3, 4)
     with pytest.raises(ValueError, match="precision"):

@@ -893,7 +893,11 @@ def _container_edits(lib):
              lambda: m.blocks.__delitem__(slice(0, 2)), lambda: m.blocks.extend([lin(6)]),
              lambda: m.blocks.__setitem__(-1, lin(7)), lambda: m.blocks.__iadd__([lin(8)]),
              lambda: m.heads.update([("b", lin(9))]), lambda: m.heads.__setitem__("a", lin(10)),
-             lambda: m.heads.update({"c": lin(11)}), lambda: m.heads.pop("b")]
+             lambda: m.heads.update({"c": lin(11)}), lambda: m.heads.pop("b"),
+             lambda: m.blocks.extend(lib.Sequential(lin(12), lin(13))),
+             lambda: m.blocks.__iadd__(lib.ModuleList(lin(k) for k in (14, 15))),
+             lambda: m.blocks.__setitem__(True, lin(16)),
+             lambda: setattr(m, "blocks", lib.ModuleList(m.blocks))]
     for edit in edits:
         edit()
         seen.append((list(m.state_dict()),
@@ -901,6 +905,7 @@ def _container_edits(lib):
                      [k for k in m.heads], [n for n, _ in m.named_modules()]))
     sliced = m.blocks[1:]
     seen.append(([n for n, _ in sliced.named_children()], len(m.blocks + sliced),
+                 len(m.blocks + [lin(0)]), type(sliced).__name__,
                  "c" in m.heads, list(m.heads.keys())))
     m.heads.clear()
     seen.append(list(m.state_dict()))
@@ -912,6 +917,10 @@ def test_module_list_and_dict_follow_torch():
     keys and names after appends, inserts, deletes that renumber, slices, pops and updates; a
     state_dict moves to torch's. (A negative insert is list.insert's here; torch's raises.)"""
     ours = _container_edits(nn)
+    class Blocks(nn.ModuleList):
+        pass
+    assert type(Blocks([nn.Identity()] * 2)[1:]) is Blocks  # (a slice keeps the class)
+    assert list(nn.ModuleList([None, nn.Identity()])._modules) == ["0", "1"]  # (None, as torch)
     tail = nn.ModuleList([nn.Identity(), nn.Linear(1, 1)])
     tail.insert(-1, nn.Linear(2, 2))
     assert [type(m).__name__ for m in tail] == ["Identity", "Linear", "Linear"]

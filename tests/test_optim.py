@@ -593,27 +593,31 @@ def test_a_step_with_a_bad_gradient_changes_no_parameter_and_no_state(make, bad,
 
 @pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=0.1),
                                   lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9)])
-def test_a_read_only_parameter_is_refused_before_any_state_moves(make):
-    """A step writes the parameters in place: a read-only one (a broadcast, a read-only view)
-    raised NumPy's error after Adam had counted the step and moved its moments."""
+def test_a_read_only_parameter_steps_as_a_writable_one(make):
+    """A step writes the parameters in place: a read-only one (np.load's mmap, a broadcast)
+    raised NumPy's error after Adam had counted the step and moved its moments. It is given a
+    writable copy first, as load_state_dict does, and steps as a writable one."""
     rng = np.random.default_rng(0)
-    ps = [Parameter(rng.standard_normal(3)), Parameter(rng.standard_normal(3))]
-    frozen = ps[1].data.copy()
-    frozen.setflags(write=False)
-    ps[1].data = frozen
-    opt = make(ps)
-    for p in ps:
-        p.grad = np.ones(3)
-    before = ps[0].data.copy()
-    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\]: its data is "
-                                         r"read-only"):
-        opt.step()
-    assert all(not s for s in opt.state.values())
-    np.testing.assert_array_equal(ps[0].data, before)
-    ps[1].data = ps[1].data.copy()
-    opt.step()  # (the step then goes as a first one)
-    if isinstance(opt, optim.Adam):
-        assert opt.state[ps[0]]["step"] == 1
+    values = [rng.standard_normal(3), rng.standard_normal(3)]
+    runs = []
+    for read_only in (False, True):
+        ps = [Parameter(v.copy()) for v in values]
+        if read_only:
+            ps[1].data = np.broadcast_to(ps[1].data, (3,))
+            assert not ps[1].data.flags.writeable
+        opt = make(ps)
+        for _ in range(2):
+            for p in ps:
+                p.grad = np.ones(3)
+            opt.step()
+        optim.vector_to_parameters(optim.parameters_to_vector(ps) * 2, ps)
+        runs.append([p.data.copy() for p in ps])
+        if read_only:  # (vector_to_parameters too)
+            ps[0].data = np.broadcast_to(np.ones(1), (3,))
+            optim.vector_to_parameters(np.arange(6.0), ps)
+            np.testing.assert_array_equal(ps[0].data, [0, 1, 2])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_the_gradient_check_takes_a_cuda_array():

@@ -665,17 +665,6 @@ py::tuple attention_backward(const std::string& score, const py::array& query,
                        std::string(py::str(query.dtype())));
 }
 
-std::string simd_level() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "avx512";
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2+fma";
-  return "sse2";
-#else
-  return "generic";
-#endif
-}
-
 py::dict build_info() {
   py::dict d;
 #if defined(__clang__)
@@ -685,7 +674,7 @@ py::dict build_info() {
 #else
   d["compiler"] = "unknown";
 #endif
-  d["simd"] = simd_level();
+  d["simd"] = cpu::isa_name(cpu::best_isa());  // (what the CPU runs; "kernels": what runs)
   d["kernels"] = cpu::isa_name(cpu::active_isa());
   d["bf16_products"] = cpu::bf16_path();
   d["blas"] = std::string("OpenBLAS (scipy-openblas32): ") + scipy_openblas_get_config();

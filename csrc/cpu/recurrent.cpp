@@ -33,16 +33,19 @@ FUSEDRNN_DECLARE_ISA(generic)
 // The best instruction set this CPU runs, or a lower one named by the environment variable
 // FUSEDRNN_ISA (avx2, generic; avx512, the best: any case): the tests run every build on one
 // machine that way. One this CPU cannot run, or an unknown name, is said on stderr.
-Isa detect_isa() {
-  Isa best = Isa::kGeneric;
+Isa best_isa() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq"))
-    best = Isa::kAvx512;
-  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    best = Isa::kAvx2;
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
+  return Isa::kGeneric;
+}
+
+Isa detect_isa() {
+  const Isa best = best_isa();
   const char* forced = std::getenv("FUSEDRNN_ISA");
   if (!forced || !*forced) return best;
   std::string name(forced);

@@ -7,6 +7,9 @@ namespace fusedrnn {
 namespace cpu {
 
 enum class Isa { kGeneric, kAvx2, kAvx512 };
+// The best kernels this CPU runs (AVX-512 needs F, VL and DQ), and those in use: the best, or
+// a lower set FUSEDRNN_ISA names.
+Isa best_isa();
 Isa active_isa();
 const char* isa_name(Isa isa);
 // The active kernels' packed products pad each block's G*U rows to a multiple of this many

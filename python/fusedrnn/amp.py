@@ -69,21 +69,34 @@ class autocast:
             raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__} "
                             f"{enabled!r}")
         self.dtype, self.enabled = "bfloat16", bool(enabled)
+        self._open = []  # (the thread's stack, the entry) of each block this object opened
 
     def __enter__(self):
         if not hasattr(_state, "stack"):
             _state.stack = []
-        _state.stack.append((self, self.dtype if self.enabled else None))
+        entry = [self, self.dtype if self.enabled else None]  # (a list: its own identity)
+        _state.stack.append(entry)
+        self._open.append((_state.stack, entry))
         return self
 
     def __exit__(self, *exc):
-        # this block's own entry, the latest of this object's, wherever it is: a generator
-        # suspended inside a block may end it while the caller is inside a block of its own
-        # (popping the top ended the caller's block instead); the latest open block decides
-        stack = getattr(_state, "stack", [])
-        for k in range(len(stack) - 1, -1, -1):
-            if stack[k][0] is self:
-                del stack[k]
+        # Ends this block's own entry, wherever it is in its stack: a generator suspended in a
+        # block may end it while the caller is in a block of its own (popping the top ended
+        # the caller's); the latest block still open decides. The entry is the latest this
+        # object opened in this thread, else (a generator resumed in another thread) the
+        # latest it opened in any.
+        here = getattr(_state, "stack", None)
+        k = len(self._open) - 1
+        while k >= 0 and self._open[k][0] is not here:
+            k -= 1
+        if k < 0:
+            k = len(self._open) - 1
+            if k < 0:
+                return False
+        stack, entry = self._open.pop(k)
+        for j in range(len(stack) - 1, -1, -1):
+            if stack[j] is entry:
+                del stack[j]
                 break
         return False
 

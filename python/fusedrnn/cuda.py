@@ -53,7 +53,7 @@ def _cupy():
     except ImportError as exc:
         raise CudaUnavailableError(
             "fusedrnn: the CUDA backend needs CuPy, which is missing: it allocates and returns "
-            "CuPy arrays (pip install \"fusedrnn[cuda]\", which installs cupy-cuda13x)") from exc
+            "CuPy arrays (pip install \"fusedrnn[cuda]\": cupy-cuda13x and nvidia-cublas)") from exc
     return cupy
 
 

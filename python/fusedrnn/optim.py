@@ -150,10 +150,6 @@ class Optimizer:
                     continue
                 name = f"param_groups[{g}]['params'][{k}].grad"
                 check_unmasked(p.grad, name)
-                if isinstance(p.data, np.ndarray) and not p.data.flags.writeable:
-                    raise ValueError(f"param_groups[{g}]['params'][{k}]: its data is read-only "
-                                     f"(a step writes it in place; give it a writable copy: "
-                                     f"p.data = p.data.copy())")
                 if not _is_array(p.grad) or p.grad.dtype.kind not in "iuf":  # (CuPy on CUDA)
                     got = (f"dtype {p.grad.dtype}" if _is_array(p.grad)
                            else type(p.grad).__name__)
@@ -171,6 +167,7 @@ class Optimizer:
         for group, p, state in self._params_with_grad():
             # (a gradient of another dtype steps in the parameter's: a float32 one squared in
             # float32 would round a float64 parameter's moments)
+            p.writable_data()  # (a read-only one, np.load's mmap say: a copy steps)
             self._update(group, p, p.grad.astype(p.data.dtype, copy=False), state)
             p.mark_written()
 
@@ -627,13 +624,13 @@ def vector_to_parameters(vector, parameters):
     """Copy ``vector`` (from :func:`parameters_to_vector`) back into the parameters."""
     params = _param_list(parameters, "parameters")
     total = sum(p.data.size for p in params)
-    vector = np.asarray(vector)
+    vector = np.asarray(check_unmasked(vector, "vector"))
     if vector.shape != (total,):
         raise ValueError(f"vector: expected shape ({total},) (all parameters), got {vector.shape}")
     offset = 0
     for p in params:
         n = p.data.size
-        p.data[...] = vector[offset:offset + n].reshape(p.data.shape)
+        p.writable_data()[...] = vector[offset:offset + n].reshape(p.data.shape)
         p.mark_written()
         offset += n
 

@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from ..functional import check_unmasked
 from ..nn.layers import _int_in, _seeded
 
 __all__ = ["DEFAULT_CORPUS_MODULES", "default_corpus", "load_text", "CharVocab",
@@ -242,7 +243,8 @@ def read_text_classification_csv(path):
 def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
     """A list of arrays [L_i, ...] as one padded array ([T, N, ...], or [N, T, ...] with
     batch_first; T = the longest) and lengths [N] int64, ready for ``lengths=`` of the layers."""
-    sequences = [np.asarray(s) for s in sequences]
+    sequences = [np.asarray(check_unmasked(s, f"sequences[{i}]"))
+                 for i, s in enumerate(sequences)]
     if not sequences:
         raise ValueError("sequences: expected at least one sequence")
     for i, s in enumerate(sequences):

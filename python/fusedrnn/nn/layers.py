@@ -1,5 +1,6 @@
 """Feed-forward layers around the recurrent ones: ``Linear``, ``Embedding``, ``Dropout`` and
-``Sequential`` (and the containers ``ModuleList``, ``ModuleDict``), with PyTorch's constructor arguments, parameter names and initialisation.
+``Sequential`` (and the containers ``ModuleList``, ``ModuleDict``), with PyTorch's constructor
+arguments, parameter names and initialisation.
 
 Every layer follows the rule of ``fusedrnn.nn``: ``forward`` in training mode saves what
 ``backward`` needs; ``backward(dout)`` applies to the latest training-mode forward, returns the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import operator
 
 from typing import TYPE_CHECKING
 
@@ -320,6 +322,7 @@ class Dropout(SeededModule):
     def forward(self, x):
         """``x * mask`` in training mode (a fresh mask of 0 and 1/(1-p), drawn from the layer's
         Generator); ``x`` itself in eval mode or with p = 0."""
+        F.check_unmasked(x, "x")
         if not self.training or self.p == 0.0:
             self._mask = None
             if self.training:  # (the identity; backward checks dout against x still)
@@ -440,16 +443,23 @@ class Sequential(Module):
         return dout
 
 
-def _module(value, where):
-    if not isinstance(value, Module):
-        raise TypeError(f"{where}: expected a Module, got {type(value).__name__}")
-    return value
+def _modules_checked(modules, what):
+    """``modules`` (an iterable of Modules or None, as torch.nn's containers take) as a list,
+    every entry checked before any is added (TypeError naming the first other one)."""
+    if isinstance(modules, (str, dict)) or not hasattr(modules, "__iter__"):
+        raise TypeError(f"modules: expected {what}, got {type(modules).__name__}")
+    modules = list(modules)
+    for k, m in enumerate(modules):
+        if m is not None and not isinstance(m, Module):
+            raise TypeError(f"modules[{k}]: expected a Module, got {type(m).__name__}")
+    return modules
 
 
 class ModuleList(Module):
     """Modules in a list, registered under "0", "1", ... so their parameters are the owner's
     (torch.nn's ``ModuleList``: no forward of its own; the owner's ``forward`` and ``backward``
-    call the modules). Removing one renumbers the rest, as torch.nn's."""
+    call the modules). Removing one renumbers the rest, as torch.nn's; ``insert`` places as
+    ``list.insert`` does (torch's leaves a gap past the end and fails at a negative index)."""
 
     def __init__(self, modules=None):
         super().__init__()
@@ -457,12 +467,14 @@ class ModuleList(Module):
             self.extend(modules)
 
     def _index(self, i):
-        if not isinstance(i, numbers.Integral) or isinstance(i, bool):
-            raise TypeError(f"index: expected an int or a slice, got {type(i).__name__}")
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise TypeError(f"index: expected an int or a slice, got {type(i).__name__}") from None
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index: {i} is out of range for {n} modules")
-        return str(int(i) % n)
+        return str(i % n)
 
     def __len__(self):
         return len(self._modules)
@@ -471,13 +483,14 @@ class ModuleList(Module):
         return iter(list(self._modules.values()))
 
     def __getitem__(self, i):
-        """The i-th module; a slice is a new ModuleList of those modules (renumbered)."""
+        """The i-th module; a slice is a new list (of this class, as torch's) of those modules,
+        renumbered."""
         if isinstance(i, slice):
-            return ModuleList(list(self._modules.values())[i])
+            return type(self)(list(self._modules.values())[i])
         return self._modules[self._index(i)]
 
     def __setitem__(self, i, module):
-        self.add_module(self._index(i), _module(module, "module"))
+        self.add_module(self._index(i), module)
 
     def __delitem__(self, i):
         kept = list(self._modules.values())
@@ -497,31 +510,25 @@ class ModuleList(Module):
         return self.extend(modules)
 
     def __add__(self, other):
-        if not isinstance(other, ModuleList):
-            return NotImplemented
-        return ModuleList([*self, *other])
+        """A new ModuleList of this one's modules, then ``other``'s (any iterable of them)."""
+        return ModuleList([*self, *_modules_checked(other, "an iterable of Modules")])
 
     def append(self, module):
         """Add ``module`` at the end; returns self."""
-        self.add_module(str(len(self)), _module(module, "module"))
+        self.add_module(str(len(self)), module)
         return self
 
     def extend(self, modules):
-        """Add every module of an iterable at the end; returns self."""
-        if isinstance(modules, (Module, dict, str)) or not hasattr(modules, "__iter__"):
-            raise TypeError(f"modules: expected an iterable of Modules, got "
-                            f"{type(modules).__name__}")
-        modules = list(modules)
-        for k, m in enumerate(modules):
-            _module(m, f"modules[{k}]")
-        for m in modules:
+        """Add every module of an iterable (a list, a generator, another ModuleList or a
+        Sequential) at the end; returns self."""
+        for m in _modules_checked(modules, "an iterable of Modules"):
             self.append(m)
         return self
 
     def insert(self, index, module):
         """Put ``module`` before ``index`` (as list.insert)."""
         kept = list(self._modules.values())
-        kept.insert(index, _module(module, "module"))
+        kept.insert(index, *_modules_checked([module], "a Module"))
         self._renumber(kept)
 
     def pop(self, index=-1):
@@ -555,7 +562,7 @@ class ModuleDict(Module):
         return self._modules[key]
 
     def __setitem__(self, key, module):
-        self.add_module(key, _module(module, f"modules[{key!r}]"))
+        self.add_module(key, module)
 
     def __delitem__(self, key):
         if key not in self._modules:
@@ -588,13 +595,11 @@ class ModuleDict(Module):
     def update(self, modules):
         """Add (or replace) modules from a mapping or an iterable of (key, module) pairs; every
         entry is checked before any is added."""
-        if isinstance(modules, Module) and not isinstance(modules, ModuleDict):
-            raise TypeError(f"modules: expected a mapping or (key, module) pairs, got "
-                            f"{type(modules).__name__}")
-        if hasattr(modules, "items"):
+        if hasattr(modules, "items") and not isinstance(modules, Module) or \
+                isinstance(modules, ModuleDict):
             pairs = list(modules.items())
         else:
-            if isinstance(modules, str) or not hasattr(modules, "__iter__"):
+            if isinstance(modules, (str, Module)) or not hasattr(modules, "__iter__"):
                 raise TypeError(f"modules: expected a mapping or (key, module) pairs, got "
                                 f"{type(modules).__name__}")
             pairs = []
@@ -603,8 +608,8 @@ class ModuleDict(Module):
                     raise ValueError(f"modules[{k}]: expected a (key, module) pair, got "
                                      f"{pair!r}")
                 pairs.append(tuple(pair))
-        for key, m in pairs:
-            _module(m, f"modules[{key!r}]")
+        _modules_checked([m for _, m in pairs], "(key, module) pairs")
+        for key, _ in pairs:
             self._check_name(key)
         for key, m in pairs:
             self.add_module(key, m)

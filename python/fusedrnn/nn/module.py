@@ -255,11 +255,19 @@ class Parameter:
         """``data.dtype``."""
         return self._data.dtype
 
+    def writable_data(self):
+        """``data`` for a write in place (``load_state_dict``, an optimizer's step,
+        ``vector_to_parameters``): a read-only NumPy array (np.load's mmap_mode="r", a
+        broadcast) is replaced first by a writable copy, which the write then changes."""
+        if isinstance(self._data, np.ndarray) and not self._data.flags.writeable:
+            self.data = np.array(self._data, order="C")
+        return self._data
+
     def accumulate_grad(self, grad):
         """Add ``grad`` (same shape as ``data``) into ``self.grad``; the first call stores a copy.
         A frozen parameter (``requires_grad`` False) takes nothing."""
         if isinstance(self._data, np.ndarray):
-            grad = np.asarray(grad)
+            grad = np.asarray(check_unmasked(grad, "grad"))
         else:
             grad = to_device(grad, "cuda")
         if grad.shape != self._data.shape:
@@ -305,8 +313,9 @@ def as_gradient(value, name, dtype=None):
     real numbers: complex (its imaginary part would be dropped), objects (None would become
     NaN), strings, bools, ragged lists."""
     wanted = "" if dtype is None else f" ({np.dtype(dtype)})"
+    check_unmasked(value, name)
     try:
-        array = np.asarray(check_unmasked(value, name))
+        array = np.asarray(value)
     except (ValueError, TypeError, OverflowError) as e:  # ragged
         raise TypeError(f"{name}: expected an array of real numbers{wanted}, got a "
                         f"{type(value).__name__} NumPy cannot read as one ({e})") from None
@@ -727,10 +736,7 @@ class Module:
             staged.append((param, value))
         for param, value in staged:
             if isinstance(param.data, np.ndarray):
-                if param.data.flags.writeable:
-                    param.data[...] = value
-                else:  # a read-only array (np.load's mmap_mode="r"): a new one, written once
-                    param.data = np.array(value, order="C")
+                param.writable_data()[...] = value
             else:
                 param.data[...] = to_device(value, "cuda")
             param.mark_written()

@@ -49,7 +49,7 @@ from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in,
                      _number_in, _positive_int, _seeded, SeededModule)
 from .loss import CrossEntropyLoss, log_softmax
-from .module import Module, check_unwritten, write_stamp
+from .module import Module, as_gradient, check_unwritten, write_stamp
 from .recurrent import DROPOUT, GRU, LSTM, LayerNormLSTM
 
 __all__ = ["Decoder", "Seq2Seq", "Captioner", "DecodeResult"]
@@ -250,7 +250,8 @@ class Decoder(Module):
                                "saves them)")
         # checked before the steps are taken: a refused dlogits leaves them for the retry
         expected = (T, steps[0][1].shape[0], self.out.weight.data.shape[0])
-        if not isinstance(dlogits, np.ndarray) or dlogits.dtype.kind != "f":
+        if not isinstance(F.check_unmasked(dlogits, "dlogits"), np.ndarray) or \
+                dlogits.dtype.kind != "f":
             raise TypeError(f"dlogits: expected a float numpy.ndarray {list(expected)}, got "
                             f"{getattr(dlogits, 'dtype', type(dlogits).__name__)}")
         if dlogits.shape != expected:
@@ -312,6 +313,7 @@ class Decoder(Module):
 def _id_array(value, name, shape, ndim):
     """``value`` as a new int64 array of ``ndim`` dimensions, or ValueError naming ``name`` and
     the ``shape`` expected (a ragged list included)."""
+    F.check_unmasked(value, name)
     try:
         ids = np.asarray(value)
     except (ValueError, TypeError) as e:  # ragged lists
@@ -515,7 +517,7 @@ class _Generator(SeededModule):
         """dlogits [N, T, V] for the saved forward (T steps), as an array of the model's dtype."""
         N = self._saved_batch
         shape = (N, T, self.decoder.vocab_size)
-        dlogits = np.asarray(dlogits, self.dtype)
+        dlogits = as_gradient(dlogits, "dlogits", self.dtype)
         if dlogits.shape != shape:
             raise ValueError(f"dlogits: expected shape {shape} ([N, T, V], as the forward's "
                              f"logits), got {dlogits.shape}")
@@ -863,7 +865,7 @@ class Captioner(_Generator):
         self._saved = None
 
     def _condition(self, features):
-        features = np.asarray(features)
+        features = np.asarray(F.check_unmasked(features, "features"))
         if features.dtype.kind not in "biuf":
             raise TypeError(f"features: expected a float array [N, {self.input_size}], got "
                             f"{features.dtype}")
