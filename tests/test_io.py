@@ -333,3 +333,50 @@ def test_saving_to_a_pipe_writes_into_it_and_leaves_it_a_pipe(tmp_path):
     np.testing.assert_array_equal(fr.load(tmp_path / "copy.npz")["w"], np.arange(3.0))
     from fusedrnn._atomic import check_writable
     check_writable(os.devnull)  # a device is checked for writing, not its folder
+
+
+def test_dev_null_and_a_redirected_stdout_are_written_into(tmp_path):
+    """fr.save to /dev/null raised struct.error (a zip written on a device whose position is
+    always 0); /dev/stdout redirected to a file resolved to that file and replaced it, losing
+    what the process had printed. Both are written into, the zip whole."""
+    import subprocess
+    import sys
+    fr.save({"w": np.arange(3.0)}, os.devnull)
+    out = tmp_path / "out.bin"
+    code = ("import sys, numpy as np, fusedrnn as fr; sys.stdout.write('before\\n'); "
+            "sys.stdout.flush(); fr.save({'w': np.arange(3.0)}, '/dev/stdout')")
+    with open(out, "wb") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=120)
+    data = out.read_bytes()
+    assert data.startswith(b"before\n")
+    (tmp_path / "copy.npz").write_bytes(data[len(b"before\n"):])
+    np.testing.assert_array_equal(fr.load(tmp_path / "copy.npz")["w"], np.arange(3.0))
+
+
+def test_what_open_refuses_is_refused_before_writing(tmp_path):
+    """A name ending in a separator made a file named as the folder; a read-only file was
+    replaced (open() and torch.save refuse both); a NUL byte is named; a read-only folder's
+    error names the user's path, not the temporary file's."""
+    with pytest.raises(IsADirectoryError) as info:
+        fr.save({"w": np.zeros(1)}, str(tmp_path / "out") + os.sep)
+    assert info.value.filename == str(tmp_path / "out") + os.sep
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="path: expected a file name, got .* NUL byte"):
+        fr.save({"w": np.zeros(1)}, str(tmp_path / "a\0b"))
+    if os.geteuid() == 0:
+        pytest.skip("root writes read-only files and folders")
+    kept = tmp_path / "kept.npz"
+    fr.save({"w": np.zeros(1)}, kept)
+    os.chmod(kept, 0o444)
+    with pytest.raises(PermissionError, match="read-only"):
+        fr.save({"w": np.ones(1)}, kept)
+    np.testing.assert_array_equal(fr.load(kept)["w"], np.zeros(1))
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    try:
+        with pytest.raises(PermissionError) as info:
+            fr.save({"w": np.zeros(1)}, folder / "m.npz")
+        assert info.value.filename == str(folder / "m.npz")
+    finally:
+        os.chmod(folder, 0o755)

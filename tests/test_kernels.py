@@ -512,3 +512,37 @@ def test_public_backwards_leave_out_what_is_not_wanted(rng):
             ctx.h_prev, p["dy"], p["dh_n"], None, None, None, None, None, True, "no")
     with pytest.raises(TypeError, match="weight_grads: expected a bool, got str"):
         fusedrnn._C.recurrent_backward_many("gru", "tanh", [call])
+
+
+@pytest.mark.parametrize("module", ["functional", "reference"])
+@pytest.mark.parametrize("name", list(CELLS) + ["layernorm_lstm"])
+def test_nan_or_inf_left_in_the_padding_reaches_nothing(name, module, rng):
+    """Padding is never read, as torch's packed sequences never read it: NaN and inf left at
+    padded steps (np.empty's garbage) made every weight gradient NaN through the steps' zero
+    gradients (0 * NaN), in the kernels and the reference alike (a LayerNorm-LSTM's dx too).
+    Every output and gradient is the one of zero padding, bit for bit."""
+    mod = functional if module == "functional" else reference
+    dtype = np.float32 if module == "functional" else np.float64
+    cell, nonlinearity = CELLS.get(name, ("lstm", "tanh"))
+    p = make_problem(rng, cell, (6, 4, 5, 8), dtype, lengths=np.array([6, 2, 0, 4]))
+    runs = []
+    for garbage in (False, True):
+        x = p["x"].copy()
+        for n, length in enumerate(p["lengths"]):
+            x[length:, n] = 0.0
+            if garbage:
+                x[length:, n, ::2], x[length:, n, 1::2] = np.nan, -np.inf
+        if name == "layernorm_lstm":
+            y, h_n, c_n, ctx = mod.layernorm_lstm_forward(
+                x, p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                lengths=p["lengths"], training=True)
+            grads = mod.layernorm_lstm_backward(ctx, p["dy"], p["dh_n"], p["dc_n"])
+        else:
+            y, h_n, c_n, ctx = cell_forward(mod, cell, nonlinearity, x, p["h0"], p["c0"],
+                                            p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                            lengths=p["lengths"])
+            grads = cell_backward(mod, cell, ctx, p["dy"], p["dh_n"], p["dc_n"]).values()
+        runs.append([a for a in (y, h_n, c_n, *grads) if a is not None])
+        assert all(np.isfinite(a).all() for a in runs[-1])
+    for clean, dirty in zip(*runs):
+        np.testing.assert_array_equal(clean, dirty)

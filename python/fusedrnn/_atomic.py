@@ -3,6 +3,7 @@ target, so a crash mid-write leaves the previous file intact."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import tempfile
@@ -23,44 +24,77 @@ def _umask() -> int:
     return mask
 
 
-def writable_target(path) -> str:
-    """The file a write to ``path`` replaces (a symbolic link followed, as open() follows it);
-    OSError naming ``path`` (not a temporary file's) unless its folder exists and can be
-    written in, and it is not a folder itself."""
-    user_path = os.fspath(path)
-    target = os.path.realpath(user_path)
-    folder = os.path.dirname(target)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist", user_path)
-    if os.path.isdir(target):
-        raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
-    return target
+def _user_path(path) -> str:
+    """``path`` as a str; ValueError naming it for a NUL byte, IsADirectoryError for a name that
+    ends in a separator (open() refuses it; a file named as the folder was written)."""
+    user_path = os.fsdecode(os.fspath(path))
+    if "\0" in user_path:
+        raise ValueError(f"path: expected a file name, got {user_path!r} (it holds a NUL byte)")
+    if user_path.endswith(os.sep) or (os.altsep and user_path.endswith(os.altsep)):
+        raise IsADirectoryError(errno.EISDIR, "ends in a separator: a folder; expected a file "
+                                "name", user_path)
+    return user_path
 
 
-def _special(target) -> bool:
-    """An existing file that is not a regular one (a device such as /dev/null, a FIFO, a
-    socket): written into as open() writes, never replaced by a regular file."""
+def _stream(user_path, target) -> bool:
+    """A target written into as open() writes, never replaced by a regular file: an existing
+    file that is not a regular one (a device such as /dev/null, a FIFO, a socket), or a name in
+    /dev or /proc (/dev/stdout resolves to the file the shell redirected it to: replacing that
+    lost what the process had printed before)."""
+    if os.path.abspath(user_path).startswith(("/dev/", "/proc/")):
+        return True
     try:
         return not stat.S_ISREG(os.stat(target).st_mode)
     except FileNotFoundError:
         return False
 
 
-def check_writable(path) -> None:
-    """Before a long run, not after it: OSError naming ``path`` unless ``writable_target``
-    accepts it and a file can be made in its folder (what ``atomic_write`` will do; a
-    read-only file system or folder is found only by trying, for root too)."""
-    target = writable_target(path)
-    if _special(target):
-        if not os.access(target, os.W_OK):
-            raise PermissionError(errno.EACCES, "cannot write to it", os.fspath(path))
-        return
+def writable_target(path) -> str:
+    """The file a write to ``path`` replaces (a symbolic link followed, as open() follows it);
+    OSError naming ``path`` (not a temporary file's) unless its folder exists and can be
+    written in, and it is not a folder itself nor a read-only file (open() refuses one)."""
+    user_path = _user_path(path)
+    target = os.path.realpath(user_path)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist", user_path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, "the file is read-only", user_path)
+    return target
+
+
+def _where_allowed(call, *args):
+    """``call(*args)``, skipped where the process may not (an owner only root gives, a file
+    system without modes): the write goes on with mkstemp's owner and mode."""
+    try:
+        call(*args)
+    except OSError:
+        pass
+
+
+def _temporary_file(target, user_path, prefix):
+    """(fd, name) of a new file in ``target``'s folder; OSError naming ``user_path`` and the
+    folder where none can be made (a read-only folder or file system, for root too)."""
     folder = os.path.dirname(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fusedrnn-check.", dir=folder)
+        return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
     except OSError as exc:
         raise type(exc)(exc.errno, f"cannot write in the folder {folder}: {exc.strerror}",
-                        os.fspath(path)) from None
+                        user_path) from None
+
+
+def check_writable(path) -> None:
+    """Before a long run, not after it: OSError naming ``path`` unless ``writable_target``
+    accepts it and a file can be made in its folder (what ``atomic_write`` will do)."""
+    target = writable_target(path)
+    user_path = _user_path(path)
+    if _stream(user_path, target):
+        if os.path.exists(user_path) and not os.access(user_path, os.W_OK):
+            raise PermissionError(errno.EACCES, "cannot write to it", user_path)
+        return
+    fd, tmp = _temporary_file(target, user_path, ".fusedrnn-check.")
     os.close(fd)
     os.unlink(tmp)
 
@@ -68,23 +102,31 @@ def check_writable(path) -> None:
 def atomic_write(path, write) -> None:
     """Call ``write(file_object)`` on a binary temporary file, then move it onto ``path``. The
     file gets the permissions ``open(path, "w")`` would give it (0o666 less the umask; an
-    existing file's own), not mkstemp's owner-only 0o600. A symbolic link is followed: the file
-    it points to is replaced, the link stays."""
-    path = writable_target(path)
-    if _special(path):  # nothing to keep intact: a device or pipe takes the bytes as they come
-        with open(path, "wb") as f:
-            write(f)
+    existing file's own) and an existing file's owner where the process may give it (root),
+    not mkstemp's owner-only 0o600. A symbolic link is followed: the file it points to is
+    replaced, the link stays; another hard link to the file keeps the old contents. A device,
+    pipe or /dev/stdout takes the bytes as open() would give them (written once, whole)."""
+    user_path = _user_path(path)
+    path = writable_target(user_path)
+    if _stream(user_path, path):  # nothing to keep intact; whole bytes: a zip on /dev/null
+        buffer = io.BytesIO()     # seeks, which a device's or pipe's stream cannot
+        write(buffer)
+        with open(user_path, "ab") as f:  # (append: a redirected stdout keeps what it holds)
+            f.write(buffer.getvalue())
         return
-    folder = os.path.dirname(path)
     try:
-        mode = os.stat(path).st_mode & 0o7777
+        existing = os.stat(path)
     except OSError:
-        mode = 0o666 & ~_umask()
+        existing = None
+    mode = existing.st_mode & 0o7777 if existing else 0o666 & ~_umask()
     # named after the target, so a file left by a killed process says whose it was
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = _temporary_file(path, user_path, f".{os.path.basename(path)}.")
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
+            # the owner first (a change of owner clears the set-id bits), then the mode
+            if existing and (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+                _where_allowed(os.fchown, f.fileno(), existing.st_uid, existing.st_gid)
+            _where_allowed(os.fchmod, f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -263,7 +263,25 @@ def _check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr=None):
     if cell in CELL_STATE:
         c0 = xp.zeros((N, H), dtype) if c0 is None else _check(c0, "c0", (N, H), dtype, xp=xp)
     lengths = check_lengths(lengths, T, N)  # a host array on every backend
+    x = _finite_padding(xp, x, lengths)
     return kernels, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias, w_hr
+
+
+def _finite_padding(xp, x, lengths):
+    """``x``, or a copy whose padded steps (t >= lengths[n]) are 0 where one of them holds NaN
+    or inf (padding left uninitialized): the kernels read every step, and a training backward
+    multiplies a padded step by its zero gradient, 0 * NaN = NaN, into every weight gradient
+    (torch's packed sequences never read padding). Finite padding changes no result: kept."""
+    if lengths is None:
+        return x
+    padded = np.arange(x.shape[0])[:, None] >= lengths[None, :]  # [T, N]
+    if not padded.any():
+        return x
+    padded = xp.asarray(padded)
+    with np.errstate(over="ignore", invalid="ignore"):  # (an overflow: a copy it needs not)
+        if bool(xp.isfinite(x[padded].sum())):  # (a sum: NaN and inf stay; one pass, no mask)
+            return x
+    return xp.where(padded[:, :, None], 0, x)
 
 
 def _kernel_calls(kernels_and_args, name, cell, nonlinearity):

@@ -26,6 +26,32 @@ def _score(kind, q, k, params):
     return float(q @ (weight @ k))
 
 
+_PARAMS = {"additive": 4, "dot": 0, "general": 1}
+
+
+def _checked(kind, query, keys, lengths, params):
+    """(query, keys, lengths, params) as float64 (lengths int64), or ValueError naming what
+    does not fit: the oracle answers only the question it is asked."""
+    if kind not in _PARAMS:
+        raise ValueError(f"kind: expected one of {list(_PARAMS)}, got {kind!r}")
+    query, keys = np.asarray(query, np.float64), np.asarray(keys, np.float64)
+    params = tuple(np.asarray(p, np.float64) for p in params)
+    if len(params) != _PARAMS[kind]:
+        raise ValueError(f"params: expected {_PARAMS[kind]} arrays for {kind!r}, got "
+                         f"{len(params)}")
+    if keys.ndim != 3 or query.ndim != 2 or query.shape[0] != keys.shape[0]:
+        raise ValueError(f"query, keys: expected [N, Q] and [N, S, K], got {query.shape} and "
+                         f"{keys.shape}")
+    N, S, _ = keys.shape
+    if lengths is None:
+        return query, keys, np.full(N, S), params
+    lengths = np.asarray(lengths)
+    if lengths.shape != (N,) or lengths.dtype.kind not in "iu" or (
+            N and (lengths.min() < 0 or lengths.max() > S)):
+        raise ValueError(f"lengths: expected {N} integers in [0, {S}], got {lengths!r}")
+    return query, keys, lengths.astype(np.int64), params
+
+
 def attention_scores(kind, query, keys, params):
     N, S, _ = keys.shape
     scores = np.empty((N, S))
@@ -36,11 +62,8 @@ def attention_scores(kind, query, keys, params):
 
 
 def attention_forward(kind, query, keys, lengths, params):
-    query = np.asarray(query, np.float64)
-    keys = np.asarray(keys, np.float64)
-    params = tuple(np.asarray(p, np.float64) for p in params)
+    query, keys, lengths, params = _checked(kind, query, keys, lengths, params)
     N, S, K = keys.shape
-    lengths = np.full(N, S) if lengths is None else np.asarray(lengths)
     scores = attention_scores(kind, query, keys, params)
     weights = np.zeros((N, S))
     context = np.zeros((N, K))
@@ -56,11 +79,8 @@ def attention_forward(kind, query, keys, lengths, params):
 
 
 def attention_backward(kind, query, keys, lengths, params, dcontext, dweights=None):
-    query = np.asarray(query, np.float64)
-    keys = np.asarray(keys, np.float64)
-    params = tuple(np.asarray(p, np.float64) for p in params)
+    query, keys, lengths, params = _checked(kind, query, keys, lengths, params)
     N, S, K = keys.shape
-    lengths = np.full(N, S) if lengths is None else np.asarray(lengths)
     _, weights = attention_forward(kind, query, keys, lengths, params)
     dquery = np.zeros_like(query)
     dkeys = np.zeros_like(keys)

@@ -25,11 +25,21 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 # ---------------------------------------------------------------------------- helpers
 def sigmoid(a):
-    return 0.5 * (1.0 + np.tanh(0.5 * a))  # never overflows, unlike 1 / (1 + exp(-a))
+    """1 / (1 + e^-a), from e^-|a| (never overflows; 0.5 (1 + tanh(a/2)) lost the relative
+    accuracy of very negative a, 0 below -37)."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1.0, e) / (1.0 + e)
 
 
-def _f64(a):
-    return None if a is None else np.asarray(a, dtype=np.float64)
+def _f64(a, name="array"):
+    """``a`` as float64; TypeError naming ``name`` for complex values (the cast drops their
+    imaginary part)."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return a.astype(np.float64, copy=False)
 
 
 def round_bf16(a):
@@ -53,12 +63,14 @@ def _operands(v, w, precision):
 def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr=None):
     """Cast to float64, fill defaults (zero states, zero biases, full lengths), check shapes.
     w_hr [P, H]: an LSTM's projection (h, h0 and w_hh's columns P wide)."""
-    x, w_ih, w_hh = _f64(x), _f64(w_ih), _f64(w_hh)
+    x, w_ih, w_hh = _f64(x, "x"), _f64(w_ih, "w_ih"), _f64(w_hh, "w_hh")
     if x.ndim != 3:
         raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
     T, N, I = x.shape
     G = GATES[cell]
     if w_hr is not None:
+        if np.ndim(w_hr) != 2:
+            raise ValueError(f"w_hr: expected shape [P, H], got {np.shape(w_hr)}")
         P, H = np.shape(w_hr)
         if w_hh.shape != (G * H, P):
             raise ValueError(f"w_hh: expected shape {(G * H, P)}, got {w_hh.shape}")
@@ -71,13 +83,13 @@ def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr=None):
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: give both biases or neither")
     has_bias = b_ih is not None
-    b_ih = np.zeros(G * H) if b_ih is None else _f64(b_ih)
-    b_hh = np.zeros(G * H) if b_hh is None else _f64(b_hh)
+    b_ih = np.zeros(G * H) if b_ih is None else _f64(b_ih, "b_ih")
+    b_hh = np.zeros(G * H) if b_hh is None else _f64(b_hh, "b_hh")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b.shape != (G * H,):
             raise ValueError(f"{name}: expected shape {(G * H,)}, got {b.shape}")
-    h0 = np.zeros((N, P)) if h0 is None else _f64(h0)
-    c0 = np.zeros((N, H)) if c0 is None else _f64(c0)
+    h0 = np.zeros((N, P)) if h0 is None else _f64(h0, "h0")
+    c0 = np.zeros((N, H)) if c0 is None else _f64(c0, "c0")
     for name, s, width in (("h0", h0, P), ("c0", c0, H)):
         if s.shape != (N, width):
             raise ValueError(f"{name}: expected shape {(N, width)}, got {s.shape}")
@@ -90,6 +102,9 @@ def _prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr=None):
         if N and (lengths.min() < 0 or lengths.max() > T):
             raise ValueError(f"lengths: expected values in [0, {T}], got {lengths}")
         lengths = lengths.astype(np.int64)
+    # padded steps are never read (as torch's packed sequences): 0 there, so that NaN or inf
+    # left in the padding reaches no gradient through the steps' zero gradients (0 * NaN)
+    x = np.where((np.arange(T)[:, None] >= lengths[None, :])[:, :, None], 0.0, x)
     return x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, has_bias
 
 
@@ -116,8 +131,15 @@ def _grad_product(d, w, precision):
     return dr @ wr
 
 
-def _grad_or_zeros(d, shape):
-    return np.zeros(shape) if d is None else _f64(d).reshape(shape)
+def grad_or_zeros(d, shape, name):
+    """A gradient given for an output of ``shape`` (zeros for None), as float64; ValueError
+    naming it for another shape (a reshape took [N, T, H] for [T, N, H] silently)."""
+    if d is None:
+        return np.zeros(shape)
+    d = _f64(d, name)
+    if d.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {d.shape}")
+    return d
 
 
 # ---------------------------------------------------------------------------- LSTM
@@ -191,9 +213,9 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
     peepholes = ctx.get("w_ph")  # (p_i, p_f, p_o), or None: no peephole terms
     dw_ph = np.zeros(3 * H)
     dw_hr = None if w_hr is None else np.zeros_like(w_hr)
-    dy = _grad_or_zeros(dy, (T, N, S))
-    dh_next = _grad_or_zeros(dh_n, (N, S))
-    dc_next = _grad_or_zeros(dc_n, (N, H))
+    dy = grad_or_zeros(dy, (T, N, S), "dy")
+    dh_next = grad_or_zeros(dh_n, (N, S), "dh_n")
+    dc_next = grad_or_zeros(dc_n, (N, H), "dc_n")
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db = np.zeros(4 * H)
@@ -277,8 +299,8 @@ def gru_backward(ctx, dy, dh_n=None):
     wg_precision = ctx.get("weight_grad_precision", precision)  # see _grad_product
     T, N, _ = x.shape
     H = w_hh.shape[1]
-    dy = _grad_or_zeros(dy, (T, N, H))
-    dh_next = _grad_or_zeros(dh_n, (N, H))
+    dy = grad_or_zeros(dy, (T, N, H), "dy")
+    dh_next = grad_or_zeros(dh_n, (N, H), "dh_n")
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db_ih, db_hh = np.zeros(3 * H), np.zeros(3 * H)
@@ -351,8 +373,8 @@ def rnn_backward(ctx, dy, dh_n=None):
     wg_precision = ctx.get("weight_grad_precision", precision)  # see _grad_product
     T, N, _ = x.shape
     H = w_hh.shape[1]
-    dy = _grad_or_zeros(dy, (T, N, H))
-    dh_next = _grad_or_zeros(dh_n, (N, H))
+    dy = grad_or_zeros(dy, (T, N, H), "dy")
+    dh_next = grad_or_zeros(dh_n, (N, H), "dh_n")
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db = np.zeros(H)
@@ -403,7 +425,9 @@ def layernorm_lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None,
         "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     T, N, _ = x.shape
     H = w_hh.shape[1]
-    ln = np.concatenate([np.ones(9 * H), np.zeros(H)]) if ln is None else _f64(ln)
+    if not eps > 0:  # (0 or less: a constant row normalizes to 0/0 = NaN)
+        raise ValueError(f"eps: expected a positive number, got {eps!r}")
+    ln = np.concatenate([np.ones(9 * H), np.zeros(H)]) if ln is None else _f64(ln, "ln")
     if ln.shape != (10 * H,):
         raise ValueError(f"ln: expected shape {(10 * H,)}, got {ln.shape}")
     g_ih, g_hh, g_c, b_c = ln[:4 * H], ln[4 * H:8 * H], ln[8 * H:9 * H], ln[9 * H:]
@@ -439,9 +463,9 @@ def layernorm_lstm_backward(ctx, dy, dh_n=None, dc_n=None):
     T, N, _ = x.shape
     H = w_hh.shape[1]
     g_ih, g_hh, g_c = ln[:4 * H], ln[4 * H:8 * H], ln[8 * H:9 * H]
-    dy = _grad_or_zeros(dy, (T, N, H))
-    dh_next = _grad_or_zeros(dh_n, (N, H))
-    dc_next = _grad_or_zeros(dc_n, (N, H))
+    dy = grad_or_zeros(dy, (T, N, H), "dy")
+    dh_next = grad_or_zeros(dh_n, (N, H), "dh_n")
+    dc_next = grad_or_zeros(dc_n, (N, H), "dc_n")
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db, dln = np.zeros(4 * H), np.zeros(10 * H)

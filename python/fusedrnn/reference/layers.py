@@ -73,6 +73,12 @@ def _check_names(cell, params, num_layers, D):
         ("weight_hr", "weight_ph") if cell == "lstm" else ())
     known = {kind + _suffix(layer, d) for kind in kinds for layer in range(num_layers)
              for d in range(D)}
+    missing = sorted(kind + _suffix(layer, d) for kind in ("weight_ih", "weight_hh")
+                     for layer in range(num_layers) for d in range(D)
+                     if kind + _suffix(layer, d) not in params)
+    if missing:
+        raise ValueError(f"params: missing {missing} for a {cell.upper()} of {num_layers} "
+                         f"layer(s), {D} direction(s)")
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValueError(f"params: unexpected {unknown} for a {cell.upper()} of {num_layers} "
@@ -133,9 +139,9 @@ def recurrent_backward(cache, dout, dh_n=None, dc_n=None):
     is a dict keyed by the PyTorch parameter names (biases only when the forward had them)."""
     cell, L, D, H, S = (cache[k] for k in ("cell", "num_layers", "D", "H", "S"))
     T, N, _ = cache["input_shape"]
-    dout = np.zeros((T, N, D * S)) if dout is None else np.asarray(dout, dtype=np.float64)
-    dh_n = np.zeros((L * D, N, S)) if dh_n is None else np.asarray(dh_n, dtype=np.float64)
-    dc_n = np.zeros((L * D, N, H)) if dc_n is None else np.asarray(dc_n, dtype=np.float64)
+    dout = cells.grad_or_zeros(dout, (T, N, D * S), "dout")
+    dh_n = cells.grad_or_zeros(dh_n, (L * D, N, S), "dh_n")
+    dc_n = cells.grad_or_zeros(dc_n, (L * D, N, H), "dc_n")
     dh0 = np.zeros((L * D, N, S))
     dc0 = np.zeros((L * D, N, H))
     grads = {}
