@@ -380,3 +380,24 @@ def test_what_open_refuses_is_refused_before_writing(tmp_path):
         assert info.value.filename == str(folder / "m.npz")
     finally:
         os.chmod(folder, 0o755)
+
+
+def test_an_open_binary_file_is_written_and_read_as_torch_save_takes_one():
+    """torch.save, np.save and onnx.save take an open file (io.BytesIO); fr.save, fr.load and
+    fusedrnn.onnx.export take one too (written and read where it stands)."""
+    import io
+    buffer = io.BytesIO()
+    buffer.write(b"head")
+    fr.save({"w": np.arange(3.0)}, buffer)
+    buffer.seek(4)
+    np.testing.assert_array_equal(fr.load(buffer)["w"], np.arange(3.0))
+    with pytest.raises(TypeError, match="path: expected a binary file, got one that reads str"):
+        fr.load(io.StringIO("text"))
+    with pytest.raises(TypeError, match="or a binary file open for writing, got int"):
+        fr.save({}, 3)
+    onnx = pytest.importorskip("onnx")
+    import fusedrnn.onnx
+    lstm = fr.nn.LSTM(3, 4, seed=0)
+    exported = io.BytesIO()
+    proto = fusedrnn.onnx.export(lstm, exported, np.zeros((2, 1, 3), np.float32))
+    assert onnx.load_from_string(exported.getvalue()) == proto

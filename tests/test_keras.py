@@ -616,7 +616,7 @@ def test_load_weights_checks_the_h5_layout(tmp_path):
 
 
 def test_load_weights_bad_paths(tmp_path):
-    with pytest.raises(TypeError, match="path: expected a str or os.PathLike, got int"):
+    with pytest.raises(TypeError, match="path: expected a str, bytes or os.PathLike file name, got int"):
         fk.load_weights(3)
     with pytest.raises(FileNotFoundError, match="path: no such file"):
         fk.load_weights(tmp_path / "missing.keras")

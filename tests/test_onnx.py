@@ -747,3 +747,21 @@ def test_integer_division_stays_in_integers():
         Backend.run_node(node, [a, np.zeros(5, np.int64)])
     with pytest.raises(ValueError, match="-9223372036854775808 / -1 overflows int64"):
         Backend.run_node(node, [a[-1:], np.array([-1], np.int64)])
+
+
+def test_a_file_that_holds_no_model_is_named(tmp_path):
+    """A truncated or empty file gave protobuf's DecodeError (no path) or an ir_version
+    complaint; both loaders name the file."""
+    from fusedrnn.onnx import Backend, load
+    empty, garbage = tmp_path / "empty.onnx", tmp_path / "garbage.onnx"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"\x12\x99garbage" * 3)
+    for call, name in ((load, "path"), (Backend.prepare, "model")):
+        with pytest.raises(ValueError, match=f"^{name}: .*empty.onnx is not an ONNX model "
+                                             f"\\(empty\\)"):
+            call(empty)
+        with pytest.raises(ValueError, match=f"^{name}: .*garbage.onnx is not an ONNX model "
+                                             f"\\(it does not parse"):
+            call(bytes(garbage))
+        with pytest.raises(FileNotFoundError):
+            call(tmp_path / "missing.onnx")

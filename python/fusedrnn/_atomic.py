@@ -105,7 +105,11 @@ def atomic_write(path, write) -> None:
     existing file's own) and an existing file's owner where the process may give it (root),
     not mkstemp's owner-only 0o600. A symbolic link is followed: the file it points to is
     replaced, the link stays; another hard link to the file keeps the old contents. A device,
-    pipe or /dev/stdout takes the bytes as open() would give them (written once, whole)."""
+    pipe or /dev/stdout takes the bytes as open() would give them (written once, whole); an
+    open binary file (io.BytesIO) is written into where it stands, as torch.save writes one."""
+    if hasattr(path, "write") and not isinstance(path, (str, bytes, os.PathLike)):
+        write(path)
+        return
     user_path = _user_path(path)
     path = writable_target(user_path)
     if _stream(user_path, path):  # nothing to keep intact; whole bytes: a zip on /dev/null

@@ -25,6 +25,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
+from io import BytesIO
 from typing import Any
 
 import numpy as np
@@ -225,10 +226,16 @@ def _describe(value):
     return repr(value)[:60]
 
 
-def _file_path(path):
-    """A file path argument as a str: a str, bytes or os.PathLike, else TypeError naming it."""
+def checked_path(path, file_object=None):
+    """A file path argument as a str: a str, bytes or os.PathLike, else TypeError naming it;
+    ``file_object`` "read" or "write": an open binary file (io.BytesIO) with that method is
+    taken too, as torch.save and np.save take one, and returned as it is."""
+    if file_object and hasattr(path, file_object) and not isinstance(path, (str, bytes)):
+        return path
     if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"path: expected a str, bytes or os.PathLike file name, got "
+        also = (f" or a binary file open for {dict(read='reading', write='writing')[file_object]}"
+                if file_object else "")
+        raise TypeError(f"path: expected a str, bytes or os.PathLike file name{also}, got "
                         f"{type(path).__name__}")
     return os.fsdecode(os.fspath(path))
 
@@ -236,10 +243,11 @@ def _file_path(path):
 def save(obj, path):
     """Write ``obj`` (a Module — its state_dict —, an optimizer — its state_dict —, an array, or
     nested dicts/lists/tuples of arrays, numbers, strings, booleans, None) to ``path``
-    atomically. The file is a ``.npz``; no suffix is added to ``path``. Dicts, lists and tuples
+    atomically, or into an open binary file (``io.BytesIO``), as torch.save takes one. The file
+    is a ``.npz``; no suffix is added to ``path``. Dicts, lists and tuples
     nest at most ``MAX_DEPTH`` (100) levels deep (ValueError otherwise: ``load`` refuses deeper
     trees)."""
-    path = _file_path(path)
+    path = checked_path(path, "write")
     arrays = {}
     tree = _encode(obj, arrays, "obj")
     meta = json.dumps({"format": FORMAT, "tree": tree})
@@ -380,22 +388,31 @@ def _load_npz(f, path, max_bytes):
 
 def load(path, *, max_bytes=DEFAULT_MAX_BYTES) -> Any:
     """Read what :func:`save` wrote (dicts come back as OrderedDicts, in their saved order), or a
-    plain ``.npz`` of arrays as a dict. Never unpickles: a pickled, truncated or otherwise
+    plain ``.npz`` of arrays as a dict, from ``path`` or an open binary file (read from where it
+    stands). Never unpickles: a pickled, truncated or otherwise
     malformed file raises ValueError naming the path.
 
     ``max_bytes`` (default 1 GiB) bounds the total size of the arrays the file may hold: every
     entry's declared shape is checked against it, and against the entry's actual size, before
     anything is read, so a small compressed file cannot make ``load`` allocate gigabytes (a zip
     bomb). Raise it for larger checkpoints you trust; None for no limit."""
-    path = _file_path(path)
+    path = checked_path(path, "read")
     if max_bytes is not None and (isinstance(max_bytes, bool)
                                   or not isinstance(max_bytes, numbers.Integral)):
         raise TypeError(f"max_bytes: expected an int (a number of bytes) or None, got "
                         f"{type(max_bytes).__name__}")
     if max_bytes is not None and max_bytes < 0:
         raise ValueError(f"max_bytes: expected a number of bytes >= 0, got {max_bytes}")
-    # Open the file ourselves so that it is closed on every path, errors included.
-    with open(path, "rb") as f:
+    if isinstance(path, str):  # opened here, so that it is closed on every path, errors too
+        opened = open(path, "rb")
+    else:  # a file object: read from where it stands, as np.load reads it (the caller closes)
+        data = path.read()
+        if not isinstance(data, bytes):
+            raise TypeError(f"path: expected a binary file, got one that reads "
+                            f"{type(data).__name__}")
+        name = getattr(path, "name", None)
+        path, opened = (name if isinstance(name, str) else "the file object"), BytesIO(data)
+    with opened as f:
         magic = f.read(6)
         f.seek(0)
         if magic == b"\x93NUMPY":  # a bare .npy

@@ -48,6 +48,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .io import checked_path
 from .nn.module import Module, array_module
 from .nn.recurrent import GRU, LSTM, RNN, LayerNormLSTM, _check_array, _check_shape
 
@@ -784,9 +785,7 @@ def load_weights(path):
     for every LSTM, GRU, SimpleRNN, RNN (of one such cell) and Bidirectional layer of the
     Sequential or functional model, in the config's order; a nested model's layers are named
     ``'<model name>/<layer name>'``. Needs h5py (``pip install "fusedrnn[keras]"``)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
+    path = checked_path(path)
     folder = os.path.isdir(path)  # (Keras 3's model.save(path, zipped=False): the members)
     if not folder and not os.path.isfile(path):
         raise FileNotFoundError(f"path: no such file {path!r}")

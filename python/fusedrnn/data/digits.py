@@ -25,6 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
+from ..io import checked_path
 from ..nn.layers import _int_in, _number_in, _seeded
 
 __all__ = ["load_digits", "load_mnist", "read_idx", "split"]
@@ -63,9 +64,7 @@ def read_idx(path):
     """An IDX file (the MNIST format; ``.gz`` is decompressed) as a NumPy array. The header is
     read first and then no more data than it declares (a small .gz of a huge body, or a file
     that does not match its header, is refused without holding it all)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
+    path = checked_path(path)
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:

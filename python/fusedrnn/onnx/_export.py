@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from .. import _atomic
+from ..io import checked_path
 from ..nn.layers import Dropout, Embedding, Identity, Linear, Sequential
 from ..nn.module import to_host
 from ..nn.recurrent import RNNBase
@@ -404,8 +405,7 @@ def export(model, path, x, hx=None, lengths=None, opset=17):
         raise TypeError(f"model: expected a fusedrnn recurrent layer, Sequential or Seq2Seq, got "
                         f"{type(model).__name__}")
     opset = _check_opset(onnx, opset, needs)
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+    path = checked_path(path, "write")
 
     was_training = model.training
     model.eval()

@@ -336,6 +336,22 @@ def _with_shapes(model):
     return checked
 
 
+def _read_model(path, name):
+    """The ModelProto in the file ``path``; ValueError naming the file where it holds none (a
+    truncated, empty or other file: protobuf's DecodeError named neither)."""
+    path = os.fsdecode(os.fspath(path))
+    try:
+        model = onnx.load(path)  # (with its external data, where the model keeps some)
+    except OSError:  # as open() gives it: missing, a folder
+        raise
+    except Exception as error:  # protobuf's DecodeError, not importable by a stable name
+        raise ValueError(f"{name}: {path} is not an ONNX model (it does not parse: "
+                         f"{error})") from None
+    if not model.ir_version and not model.graph.node:
+        raise ValueError(f"{name}: {path} is not an ONNX model (empty)")
+    return model
+
+
 class FusedRnnRep(BackendRep):
     """A prepared model: ``run(inputs)`` takes the graph's inputs (a list in graph order, the
     initializers left out, or a dict by name) and returns its outputs as a list in graph order."""
@@ -429,8 +445,8 @@ class Backend(OnnxBackend):
     @classmethod
     def prepare(cls, model, device: str = "CPU", **kwargs):
         """Check ``model`` (a ModelProto or a path) and every node; returns the rep to run."""
-        if isinstance(model, (str, os.PathLike)):
-            model = onnx.load(os.fspath(model))
+        if isinstance(model, (str, bytes, os.PathLike)):
+            model = _read_model(model, "model")
         if not isinstance(model, onnx.ModelProto):
             raise TypeError(f"model: expected an onnx.ModelProto or a path, got "
                             f"{type(model).__name__}")
@@ -485,7 +501,7 @@ def load(path):
     ``batch_first`` for layout 1, ``peephole`` for P, ``reset_after`` from linear_before_reset,
     the RNN's nonlinearity from its activations (the same for both directions)."""
     from .. import nn
-    model = onnx.load(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else path
+    model = _read_model(path, "path") if isinstance(path, (str, bytes, os.PathLike)) else path
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"path: expected a path to an ONNX model or an onnx.ModelProto, got "
                         f"{type(path).__name__}")
