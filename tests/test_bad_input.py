@@ -755,3 +755,67 @@ def test_an_ndarray_subclass_comes_back_as_a_plain_array():
     y = lin(x.view(_Tagged))
     assert type(y) is np.ndarray
     np.testing.assert_array_equal(y, lin(x))
+
+
+def _bad_argument_calls():
+    import fusedrnn as fr
+    from fusedrnn import optim
+    from fusedrnn.keras import KerasRecurrent
+    p = nn.Parameter(np.zeros(2))
+    return {
+        # an int path was a file descriptor, read and closed (stdout's)
+        "load_text fd": (lambda: fr.data.load_text(1), TypeError, "^path: expected a str"),
+        "csv fd": (lambda: fr.data.read_text_classification_csv(0), TypeError, "^path: expected"),
+        # NumPy's permutation of 2**63 is empty: batches of nothing without end
+        "batches n": (lambda: fr.data.batches(2**63, 2), ValueError, r"^n: expected an integer in"),
+        "batches shuffle": (lambda: fr.data.batches(4, 2, shuffle="no"), TypeError, "^shuffle: "),
+        "decode past": (lambda: fr.data.CharVocab("abc").decode([3]), ValueError,
+                        r"^ids: expected integers in \[0, 3\)"),
+        "decode -1": (lambda: fr.data.CharVocab("abc").decode([-1]), ValueError, "^ids: "),
+        "decode 1.5": (lambda: fr.data.CharVocab("abc").decode([1.5]), ValueError, "^ids: "),
+        "vocab None": (lambda: fr.data.CharVocab(None), TypeError, "^chars: expected a str"),
+        "pad None": (lambda: fr.data.pad_sequences(None), TypeError, "^sequences: expected"),
+        "pad dtype": (lambda: fr.data.pad_sequences([np.ones(2)], dtype="x"), TypeError,
+                      "^dtype: expected a NumPy dtype"),
+        # a string flag read as true ("no" turned amsgrad on)
+        "amsgrad": (lambda: optim.Adam([p], amsgrad="no"), TypeError, "amsgrad: expected a bool"),
+        "nesterov": (lambda: optim.SGD([p], lr=0.1, momentum=0.9, nesterov="x"), TypeError,
+                     "nesterov: expected a bool"),
+        "batch_first": (lambda: nn.LSTM(2, 3, batch_first="no"), TypeError, "^batch_first: "),
+        "bias": (lambda: nn.GRU(2, 3, bias=None), TypeError, "^bias: expected a bool"),
+        "set_to_none": (lambda: p.zero_grad("x"), TypeError, "^set_to_none: expected a bool"),
+        "strict": (lambda: nn.Linear(2, 2).load_state_dict({}, strict="no"), TypeError,
+                   "^strict: expected a bool"),
+        "error_if_nonfinite": (lambda: optim.clip_grad_norm_([p], 1.0, error_if_nonfinite="x"),
+                               TypeError, "^error_if_nonfinite: "),
+        "return_sequences": (lambda: KerasRecurrent(nn.LSTM(2, 3, batch_first=True),
+                                                            return_sequences="no"),
+                             TypeError, "^return_sequences: "),
+        "softmax None": (lambda: nn.softmax(None), TypeError, "^logits: expected a float"),
+        "softmax axis": (lambda: nn.log_softmax(np.ones(3), axis=2**63), ValueError, "^axis: "),
+        "cond_size": (lambda: nn.Decoder(5, 3, 4, cond_size=-1), ValueError, "^cond_size: "),
+        "key_size": (lambda: nn.Decoder(5, 3, 4, key_size=1.5), TypeError, "^key_size: "),
+        "embed_size": (lambda: nn.Seq2Seq(5, 5, embed_size=0), ValueError, "^embed_size: "),
+        "reduction array": (lambda: nn.MSELoss(reduction=np.zeros(0)), ValueError,
+                            "^reduction: expected one of"),
+        "score array": (lambda: nn.LuongAttention(3, 3, score=np.zeros(0)), ValueError,
+                        "^score: expected"),
+        "proj_size None": (lambda: nn.Seq2Seq(5, 5, proj_size=None), TypeError, "^proj_size: "),
+        "params None": (lambda: optim.SGD(None, lr=0.1), TypeError, "^params: expected a Module"),
+        "empty path": (lambda: fr.save({}, ""), FileNotFoundError, "an empty name")}
+
+
+@pytest.mark.parametrize("name", list(_bad_argument_calls()))
+def test_bad_arguments_are_named(name):
+    """An error-path audit (a helper's): each of these leaked another library's message, an
+    AttributeError, or took the value silently (a flag "no" read as true)."""
+    call, error, match = _bad_argument_calls()[name]
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_flags_take_bools_and_0_or_1():
+    """As torch.nn takes them from a config: 0 and 1 are flags; numpy's bools too."""
+    assert nn.LSTM(2, 3, batch_first=1).batch_first is True
+    assert nn.GRU(2, 3, bias=np.False_).bias is False
+    assert nn.RNN(2, 3, bidirectional=0).bidirectional is False

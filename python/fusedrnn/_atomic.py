@@ -28,6 +28,8 @@ def _user_path(path) -> str:
     """``path`` as a str; ValueError naming it for a NUL byte, IsADirectoryError for a name that
     ends in a separator (open() refuses it; a file named as the folder was written)."""
     user_path = os.fsdecode(os.fspath(path))
+    if not user_path:
+        raise FileNotFoundError(errno.ENOENT, "an empty name; expected a file name", user_path)
     if "\0" in user_path:
         raise ValueError(f"path: expected a file name, got {user_path!r} (it holds a NUL byte)")
     if user_path.endswith(os.sep) or (os.altsep and user_path.endswith(os.altsep)):

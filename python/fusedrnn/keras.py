@@ -49,6 +49,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .io import checked_path
+from .nn.layers import _flag
 from .nn.module import Module, array_module
 from .nn.recurrent import GRU, LSTM, RNN, LayerNormLSTM, _check_array, _check_shape
 
@@ -267,16 +268,18 @@ class KerasRecurrent(Module):
         if rnn.num_layers != 1 or not rnn.batch_first or rnn.proj_size or rnn.peephole:
             raise ValueError(f"rnn: expected one layer with batch_first=True (no projection, no "
                              f"peepholes), got {rnn!r}")
-        if merge_mode not in _MERGE_MODES:
+        if not isinstance(merge_mode, str) or merge_mode not in _MERGE_MODES:
             raise ValueError(f"merge_mode: expected one of {_MERGE_MODES}, got {merge_mode!r}")
+        return_sequences = _flag(return_sequences, "return_sequences")
+        return_state = _flag(return_state, "return_state")
+        go_backwards = _flag(go_backwards, "go_backwards")
         if go_backwards and rnn.bidirectional:
             raise ValueError("go_backwards: expected False for a bidirectional rnn (its reverse "
                              "direction is Keras' backward layer), got True")
         self.rnn = rnn
         self.name = name
-        self.return_sequences = bool(return_sequences)
-        self.return_state = bool(return_state)
-        self.go_backwards = bool(go_backwards)
+        self.return_sequences, self.return_state = return_sequences, return_state
+        self.go_backwards = go_backwards
         self.merge_mode = merge_mode
         self._saved = None
 

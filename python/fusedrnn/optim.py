@@ -76,7 +76,7 @@ class Optimizer:
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
         params = _param_list(params) if isinstance(params, (Module, Parameter, np.ndarray)) \
-            else list(params)
+            or not hasattr(params, "__iter__") else list(params)
         if not params:
             raise ValueError("params: the optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
@@ -411,6 +411,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     ``foreach`` is taken for torch's signature (NumPy has no batched form)."""
     grads = _float_grads(parameters)
     max_norm = _nonnegative(max_norm, "max_norm")
+    error_if_nonfinite = _flag(error_if_nonfinite, "error_if_nonfinite")
     if isinstance(norm_type, str) and norm_type == "inf":  # torch's spelling, too
         norm_type = math.inf
     norm_type = _number_in(norm_type, "norm_type", 1e-300, math.inf, "> 0 (or inf)")

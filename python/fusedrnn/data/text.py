@@ -21,7 +21,8 @@ import warnings
 import numpy as np
 
 from ..functional import check_unmasked
-from ..nn.layers import _int_in, _seeded
+from ..io import checked_path
+from ..nn.layers import _flag, _int_in, _seeded
 
 __all__ = ["DEFAULT_CORPUS_MODULES", "default_corpus", "load_text", "CharVocab",
            "pad_sequences", "batches", "read_text_classification_csv", "WordVocab", "tokenize"]
@@ -74,6 +75,7 @@ def _read_utf8(path, universal_newlines=True):
     mode gives them (``universal_newlines``) or as they are; anything else is a ValueError
     naming the file and the offset of the first byte that is not UTF-8 (never characters
     silently replaced)."""
+    path = checked_path(path)  # (an int would be a file descriptor, read and closed: stdout's)
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -101,6 +103,12 @@ class CharVocab:
     """Characters <-> integer ids (sorted characters of a corpus)."""
 
     def __init__(self, chars):
+        if not isinstance(chars, str):
+            given = type(chars).__name__
+            chars = list(chars) if hasattr(chars, "__iter__") else None
+            if chars is None or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+                raise TypeError(f"chars: expected a str (or an iterable of characters), got "
+                                f"{given}")
         self.chars = "".join(sorted(set(chars)))
         self.index = {c: i for i, c in enumerate(self.chars)}
 
@@ -118,8 +126,13 @@ class CharVocab:
         return np.array(ids, dtype=np.int64)
 
     def decode(self, ids):
-        """The string of the characters with these ids (the inverse of :meth:`encode`)."""
-        return "".join(self.chars[int(i)] for i in ids)
+        """The string of the characters with these ids (the inverse of :meth:`encode`); an id
+        outside [0, len(vocab)) or not an integer is a ValueError (-1 read the last one)."""
+        ids = np.asarray(ids)
+        if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(self)):
+            raise ValueError(f"ids: expected integers in [0, {len(self)}), got "
+                             f"{ids.dtype} values in [{ids.min()}, {ids.max()}]")
+        return "".join(self.chars[i] for i in ids.reshape(-1).tolist())
 
 
 def _word_char(c):
@@ -243,6 +256,8 @@ def read_text_classification_csv(path):
 def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
     """A list of arrays [L_i, ...] as one padded array ([T, N, ...], or [N, T, ...] with
     batch_first; T = the longest) and lengths [N] int64, ready for ``lengths=`` of the layers."""
+    if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__iter__"):
+        raise TypeError(f"sequences: expected a list of arrays, got {type(sequences).__name__}")
     sequences = [np.asarray(check_unmasked(s, f"sequences[{i}]"))
                  for i, s in enumerate(sequences)]
     if not sequences:
@@ -259,7 +274,10 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
     for i, s in enumerate(sequences):
         if s.shape[1:] != tail and s.size:
             raise ValueError(f"sequences[{i}]: expected trailing shape {tail}, got {s.shape[1:]}")
-    dtype = dtype or np.result_type(*filled)
+    try:
+        dtype = np.result_type(*filled) if dtype is None else np.dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"dtype: expected a NumPy dtype, got {dtype!r} ({error})") from None
     out = np.full((len(sequences), int(lengths.max(initial=0))) + tail, padding_value, dtype=dtype)
     for i, s in enumerate(sequences):
         if len(s):
@@ -272,7 +290,11 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
 def batches(n, batch_size, shuffle=True, rng=None):
     """Index arrays covering range(n) in batches (the last one may be smaller); ``rng``: a
     numpy Generator (or a seed) to shuffle with, None for fresh entropy."""
-    n, batch_size = _int_in(n, "n", 0), _int_in(batch_size, "batch_size", 1)  # (at the call)
+    # (at the call; n at most what an index array can hold: NumPy's permutation of 2**63 gave
+    # an empty one, and batches of nothing without end)
+    n = _int_in(n, "n", 0, np.iinfo(np.intp).max // np.dtype(np.intp).itemsize)
+    batch_size = _int_in(batch_size, "batch_size", 1)
+    shuffle = _flag(shuffle, "shuffle")
     if shuffle:  # (a Generator or a RandomState as it is: its draws go on; a seed makes one)
         rng = rng if callable(getattr(rng, "permutation", None)) else _seeded(rng, "rng")
     order = rng.permutation(n) if shuffle else np.arange(n)

@@ -329,7 +329,7 @@ class LuongAttention(AttentionBase):
     def __init__(self, query_size, key_size, score="general", *, dtype: DTypeLike = np.float32,
                  seed=None):
         super().__init__(query_size, key_size, dtype)
-        if score not in ("dot", "general"):
+        if not isinstance(score, str) or score not in ("dot", "general"):
             raise ValueError(f"score: expected 'dot' or 'general', got {score!r}")
         self.score = score
         if score == "dot":
@@ -361,6 +361,8 @@ def make_attention(score, query_size, key_size, attention_size=None, *,
                    dtype: DTypeLike = np.float32, seed=None):
     """An attention module by score name: "additive" (Bahdanau), "dot" or "general" (Luong);
     ``attention_size`` is the additive score's (the others have none: it is not read there)."""
+    if not isinstance(score, str):
+        raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
     if score == "additive":
         return BahdanauAttention(query_size, key_size, attention_size, dtype=dtype, seed=seed)
     if score in ("dot", "general"):

@@ -124,14 +124,12 @@ def _positive_int(value, name):
 
 
 def _flag(value, name):
-    """``bool(value)``, as torch.nn takes its flags (any truthy value); TypeError naming ``name``
-    where ``bool`` refuses (an array of several elements is neither true nor false)."""
-    try:
+    """A module's or optimizer's flag: a bool, or an integer 0 or 1 (as a config gives one,
+    and torch.nn takes); TypeError naming ``name`` for anything else, whose truth is not what
+    it says (a string: "no" is true; None; an array)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in (0, 1):
         return bool(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__}"
-                        + (f" of shape {value.shape}" if isinstance(value, np.ndarray) else "")
-                        ) from None
+    return F.check_flag(value, name)
 
 
 def _no_saved(layer):

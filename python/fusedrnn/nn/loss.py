@@ -11,6 +11,8 @@ of a recurrent layer's output [T, N, C]); PyTorch puts it at axis 1.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ..functional import check_unmasked
@@ -22,8 +24,22 @@ __all__ = ["log_softmax", "softmax", "CrossEntropyLoss", "MSELoss"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def _logits_and_axis(logits, axis):
+    """(logits, axis) checked: a float NumPy array and one of its axes; TypeError or ValueError
+    naming the argument (None gave AttributeError, an axis out of range IndexError)."""
+    if not isinstance(check_unmasked(logits, "logits"), np.ndarray) or logits.dtype.kind != "f":
+        raise TypeError(f"logits: expected a float numpy.ndarray, got "
+                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or \
+            not -logits.ndim <= axis < logits.ndim:
+        raise ValueError(f"axis: expected an axis of logits's {logits.ndim} (an integer in "
+                         f"[{-logits.ndim}, {logits.ndim})), got {axis!r}")
+    return logits, int(axis)
+
+
 def log_softmax(logits, axis=-1):
     """log softmax along ``axis``, shifted by the maximum so no exponent overflows."""
+    logits, axis = _logits_and_axis(logits, axis)
     if logits.shape[axis] == 0:  # (no class: nothing to normalise, as torch's)
         return np.array(logits, copy=True)
     shifted = logits - logits.max(axis=axis, keepdims=True)
@@ -33,6 +49,7 @@ def log_softmax(logits, axis=-1):
 def softmax(logits, axis=-1):
     """softmax along ``axis`` (probabilities summing to 1), shifted by the maximum so no
     exponent overflows."""
+    logits, axis = _logits_and_axis(logits, axis)
     if logits.shape[axis] == 0:
         return np.array(logits, copy=True)
     shifted = logits - logits.max(axis=axis, keepdims=True)
@@ -41,7 +58,7 @@ def softmax(logits, axis=-1):
 
 
 def _check_reduction(reduction):
-    if reduction not in _REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:  # (an array: NumPy's error)
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
     return reduction
 

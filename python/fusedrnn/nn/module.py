@@ -282,7 +282,7 @@ class Parameter:
     def zero_grad(self, set_to_none=True):
         """Clear ``grad``: set it to None (default, as in PyTorch) or, with
         ``set_to_none=False``, fill an existing gradient with zeros."""
-        if set_to_none or self.grad is None:
+        if check_flag(set_to_none, "set_to_none") or self.grad is None:
             self.grad = None
         else:
             self.grad.fill(0)
@@ -701,6 +701,7 @@ class Module:
         (float64 past float32's range would turn to infinity silently); NaN and infinity
         themselves load, as torch's (a diverged model can be inspected). Nothing is changed
         unless every key passes. Returns ``(missing_keys, unexpected_keys)`` like PyTorch."""
+        strict = check_flag(strict, "strict")
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"state_dict: expected a mapping of names to arrays, "
                             f"got {type(state_dict).__name__}")

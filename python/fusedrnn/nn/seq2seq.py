@@ -135,7 +135,7 @@ class Decoder(Module):
                  peephole=False, reset_after=True, proj_size=0):
         super().__init__()
         options = _cell_options(cell, peephole, reset_after, proj_size)
-        if attention is not None and attention not in STYLES:
+        if attention is not None and (not isinstance(attention, str) or attention not in STYLES):
             raise ValueError(f"attention: expected one of {STYLES} or None, got {attention!r}")
         self.vocab_size = _positive_int(vocab_size, "vocab_size")
         self.embed_size = _positive_int(embed_size, "embed_size")
@@ -145,8 +145,8 @@ class Decoder(Module):
         self.num_layers = _positive_int(num_layers, "num_layers")
         self.cell_type, self.style, self.dtype = cell, attention, _dtype(dtype)
         self._has_c = cell != "gru"
-        self.cond_size = int(cond_size)
-        self.key_size = K = int(key_size or 0)
+        self.cond_size = _int_in(cond_size, "cond_size", 0)
+        self.key_size = K = 0 if key_size is None else _int_in(key_size, "key_size", 0)
         s = _seeds(seed, self.num_layers + 4)
         self.embedding = Embedding(vocab_size, embed_size, padding_idx=padding_idx, dtype=dtype,
                                    seed=s[0])
@@ -694,8 +694,9 @@ def _penalty(length_penalty):
 def _cell_options(cell, peephole, reset_after=True, proj_size=0):
     """The recurrent modules' keyword options: peephole=True and proj_size for an LSTM only,
     reset_after=False for a GRU only."""
-    if cell not in CELLS:
+    if not isinstance(cell, str) or cell not in CELLS:
         raise ValueError(f"cell: expected one of {list(CELLS)}, got {cell!r}")
+    proj_size = _int_in(proj_size, "proj_size", 0)
     if _flag(peephole, "peephole") and cell != "lstm":
         raise ValueError(f"peephole: LSTM peepholes need cell='lstm', got cell={cell!r}")
     if not _flag(reset_after, "reset_after") and cell != "gru":
@@ -721,7 +722,7 @@ class Seq2Seq(_Generator):
                  dtype: DTypeLike = np.float32, seed=None, peephole=False, reset_after=True,
                  proj_size=0):
         super().__init__()
-        if attention not in STYLES:
+        if not isinstance(attention, str) or attention not in STYLES:
             raise ValueError(f"attention: expected one of {STYLES}, got {attention!r}")
         self.pad_idx, self.bos_idx, self.eos_idx = _special_ids(
             pad_idx, bos_idx, eos_idx, _positive_int(tgt_vocab_size, "tgt_vocab_size"))
@@ -741,6 +742,7 @@ class Seq2Seq(_Generator):
                              "which bidirectional=True (the default) makes twice as wide; pass "
                              "bidirectional=False, or score='general' (a learned key projection)")
         src_vocab_size = _positive_int(src_vocab_size, "src_vocab_size")
+        embed_size = _positive_int(embed_size, "embed_size")  # (named, not as Embedding's)
         if self.pad_idx >= src_vocab_size:  # (the source is padded with it too)
             raise ValueError(f"pad_idx: expected an id of the source vocabulary too (below "
                              f"src_vocab_size={src_vocab_size}), got {self.pad_idx}")
