@@ -268,7 +268,7 @@ class KerasRecurrent(Module):
         if rnn.num_layers != 1 or not rnn.batch_first or rnn.proj_size or rnn.peephole:
             raise ValueError(f"rnn: expected one layer with batch_first=True (no projection, no "
                              f"peepholes), got {rnn!r}")
-        if not isinstance(merge_mode, str) or merge_mode not in _MERGE_MODES:
+        if not isinstance(merge_mode, (str, type(None))) or merge_mode not in _MERGE_MODES:
             raise ValueError(f"merge_mode: expected one of {_MERGE_MODES}, got {merge_mode!r}")
         return_sequences = _flag(return_sequences, "return_sequences")
         return_state = _flag(return_state, "return_state")
