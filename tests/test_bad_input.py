@@ -333,11 +333,12 @@ def test_reverse_and_training_must_be_bools(cell):
     forward, _ = forward_of(cell)
     args = functional_args(cell)
     for name in ("reverse", "training"):
-        for bad in (np.array([1, 0]), np.array(True), 1, 0, "yes", None):
+        for bad in (np.array([1, 0]), np.array(True), 2, 1.0, "yes", None):
             with pytest.raises(TypeError, match=fr"^{name}: expected a bool \(True or False\), "
                                                 fr"got {type(bad).__name__}"):
                 forward(*args.values(), **{name: bad})
     y, *_ = forward(*args.values(), reverse=True)
+    np.testing.assert_array_equal(forward(*args.values(), reverse=1)[0], y)  # (0 and 1 are flags)
     y_np, *rest = forward(*args.values(), reverse=np.bool_(True), training=np.bool_(True))
     np.testing.assert_array_equal(y_np, y)
     assert rest[-1] is not None  # training=np.True_ kept the context
@@ -689,6 +690,11 @@ def test_to_a_dtype_says_how_to_change_one_and_lengths_name_what_they_take():
         nn.GRU(I, H)(x_of(), lengths=5)
 
 
+def _with_grad(p, grad):
+    p.grad = grad
+    return p
+
+
 def _masked(a):
     m = np.ma.MaskedArray(a, mask=np.zeros(a.shape, bool))
     m.mask.flat[0] = True
@@ -699,6 +705,7 @@ def _masked(a):
                                    "linear x", "indices", "logits", "target", "mse input",
                                    "cell input", "cell state", "dropout", "accumulate_grad",
                                    "vector", "pad_sequences", "src", "dlogits", "features",
+                                   "clip", "decode ids",
                                    "parameter data", "state_dict", "save"])
 def test_a_masked_array_is_refused_by_name(where, tmp_path):
     """A masked array passed every isinstance(ndarray) check and its masked values were used
@@ -738,7 +745,10 @@ def test_a_masked_array_is_refused_by_name(where, tmp_path):
                                                          np.ones((1, 2), int)),
                                         seq.backward(_masked(np.zeros((1, 2, 5)))))),
         "features": ("features", lambda: nn.Captioner(4, 5, 3, 4).greedy_decode(
-            _masked(np.ones((1, 4)))))}
+            _masked(np.ones((1, 4))))),
+        "clip": (r"parameters\[0\]\.grad", lambda: optim.clip_grad_norm_(
+            [_with_grad(lin.weight, _masked(np.ones((2, I), np.float32)))], 1.0)),
+        "decode ids": ("ids", lambda: fr.data.CharVocab("abc").decode(_masked(np.arange(3))))}
     name, call = calls[where]
     with pytest.raises(TypeError, match=f"^{name}: expected a plain numpy.ndarray, got a masked"):
         call()

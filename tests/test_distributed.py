@@ -506,7 +506,8 @@ def test_uninitialized_process_group_is_a_clear_error():
         with pytest.raises(TypeError, match="^module_or_params: expected a fusedrnn.nn.Module, "
                                             "a Parameter or an iterable of them, got int"):
             call(5)
-    with pytest.raises(TypeError, match="^average: expected a bool, got str 'no'"):
+    with pytest.raises(TypeError,
+                       match=r"^average: expected a bool \(True or False\), got str 'no'"):
         frd.all_reduce_gradients(fr.nn.Linear(2, 2), average="no")
 
 

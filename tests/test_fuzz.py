@@ -437,7 +437,7 @@ def array_corruptions(name, case):
 
 LENGTHS_CORRUPTIONS = ("negative", "too long", "count", "float", "bool", "2-d", "ragged",
                        "none inside", "huge", "str", "dict", "object")
-FLAG_CORRUPTIONS = (0, 1, None, "yes", 1.0, "numpy bool array", "numpy 0-d array")
+FLAG_CORRUPTIONS = (2, -1, None, "yes", 1.0, "numpy bool array", "numpy 0-d array")
 
 
 def bad_lengths(kind, T, N):

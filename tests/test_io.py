@@ -353,7 +353,7 @@ def test_dev_null_and_a_redirected_stdout_are_written_into(tmp_path):
     np.testing.assert_array_equal(fr.load(tmp_path / "copy.npz")["w"], np.arange(3.0))
 
 
-def test_what_open_refuses_is_refused_before_writing(tmp_path):
+def test_what_open_refuses_is_refused_before_writing(tmp_path, monkeypatch):
     """A name ending in a separator made a file named as the folder; a read-only file was
     replaced (open() and torch.save refuse both); a NUL byte is named; a read-only folder's
     error names the user's path, not the temporary file's."""
@@ -363,23 +363,31 @@ def test_what_open_refuses_is_refused_before_writing(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="path: expected a file name, got .* NUL byte"):
         fr.save({"w": np.zeros(1)}, str(tmp_path / "a\0b"))
-    if os.geteuid() == 0:
-        pytest.skip("root writes read-only files and folders")
+    for folder_name in (str(tmp_path / "x") + "/.", str(tmp_path / "x") + "/.."):
+        with pytest.raises(IsADirectoryError):
+            fr.save({"w": np.zeros(1)}, folder_name)
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # (open() walks nodir)
+        fr.save({"w": np.zeros(1)}, str(tmp_path / "nodir" / ".." / "f.npz"))
+    assert not (tmp_path / "f.npz").exists()
     kept = tmp_path / "kept.npz"
     fr.save({"w": np.zeros(1)}, kept)
     os.chmod(kept, 0o444)
+    real_access = os.access  # (root passes os.access: as a user without the right)
+    monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(kept)
+                        else real_access(p, mode))
     with pytest.raises(PermissionError, match="read-only"):
         fr.save({"w": np.ones(1)}, kept)
     np.testing.assert_array_equal(fr.load(kept)["w"], np.zeros(1))
     folder = tmp_path / "ro"
     folder.mkdir()
-    os.chmod(folder, 0o555)
-    try:
-        with pytest.raises(PermissionError) as info:
-            fr.save({"w": np.zeros(1)}, folder / "m.npz")
-        assert info.value.filename == str(folder / "m.npz")
-    finally:
-        os.chmod(folder, 0o755)
+    import tempfile
+
+    def no_file_here(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", os.path.join(kwargs["dir"], ".tmp"))
+    monkeypatch.setattr(tempfile, "mkstemp", no_file_here)  # (a read-only folder, root too)
+    with pytest.raises(PermissionError) as info:
+        fr.save({"w": np.zeros(1)}, folder / "m.npz")
+    assert info.value.filename == str(folder / "m.npz") and "ro" in str(info.value)
 
 
 def test_an_open_binary_file_is_written_and_read_as_torch_save_takes_one():
@@ -391,13 +399,38 @@ def test_an_open_binary_file_is_written_and_read_as_torch_save_takes_one():
     fr.save({"w": np.arange(3.0)}, buffer)
     buffer.seek(4)
     np.testing.assert_array_equal(fr.load(buffer)["w"], np.arange(3.0))
-    with pytest.raises(TypeError, match="path: expected a binary file, got one that reads str"):
+    with pytest.raises(TypeError, match="path: expected a binary file open for reading, got "
+                                        "StringIO in text mode"):
         fr.load(io.StringIO("text"))
     with pytest.raises(TypeError, match="or a binary file open for writing, got int"):
         fr.save({}, 3)
+    with pytest.raises(TypeError, match="open for writing, got BufferedReader not open for"):
+        with open(__file__, "rb") as f:
+            fr.save({}, f)
     onnx = pytest.importorskip("onnx")
     import fusedrnn.onnx
     lstm = fr.nn.LSTM(3, 4, seed=0)
     exported = io.BytesIO()
     proto = fusedrnn.onnx.export(lstm, exported, np.zeros((2, 1, 3), np.float32))
     assert onnx.load_from_string(exported.getvalue()) == proto
+    exported.seek(0)
+    assert list(fusedrnn.onnx.load(exported)) == ["l0_node"]
+    exported.seek(0)
+    assert fusedrnn.onnx.Backend.prepare(exported).run([np.zeros((2, 1, 3), np.float32)])[0].shape \
+        == (2, 1, 4)
+
+
+def test_a_regular_file_under_dev_is_replaced_not_added_to(tmp_path):
+    """Every name under /dev was written into as a device: a checkpoint in /dev/shm grew by a
+    whole save each time. Only a process's open files (/dev/stdout, /proc/...) and files that
+    are no regular ones are written into."""
+    if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    import tempfile
+    from fusedrnn._atomic import write_text
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+        path = os.path.join(folder, "results.json")
+        write_text(path, "{}")
+        write_text(path, "{}")
+        with open(path) as f:
+            assert f.read() == "{}"

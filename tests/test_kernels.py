@@ -546,3 +546,26 @@ def test_nan_or_inf_left_in_the_padding_reaches_nothing(name, module, rng):
         assert all(np.isfinite(a).all() for a in runs[-1])
     for clean, dirty in zip(*runs):
         np.testing.assert_array_equal(clean, dirty)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_a_stacked_bidirectional_layer_reads_no_padding(cls, rng):
+    """The same through fr.nn's layers (2 layers, both directions, batch_first), and the
+    caller's array is left as it was."""
+    layer = getattr(fusedrnn.nn, cls)(3, 4, num_layers=2, bidirectional=True, batch_first=True,
+                                      seed=0)
+    lengths = np.array([5, 1, 0, 3])
+    clean = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    clean[np.arange(5)[None, :] >= lengths[:, None]] = 0.0
+    dirty = clean.copy()
+    dirty[np.arange(5)[None, :] >= lengths[:, None]] = np.nan
+    given = dirty.copy()
+    runs = []
+    for x in (clean, dirty):
+        layer.zero_grad()
+        out, _ = layer(x, lengths=lengths)
+        dx, _ = layer.backward(np.ones_like(out))
+        runs.append([out, dx] + [p.grad.copy() for p in layer.parameters()])
+    np.testing.assert_array_equal(dirty, given)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

@@ -275,7 +275,8 @@ def test_train_eval_propagate_to_children():
     assert s.training and s.decoder.training
     assert s.train(np.bool_(False)).training is False  # (a NumPy bool, as the flags take)
     with pytest.raises(TypeError, match=r"mode: expected a bool \(True or False\), got int"):
-        s.train(1)
+        s.train(2)
+    assert s.train(0).training is False  # (0 and 1 are flags, as a config gives them)
 
 
 def test_state_dict_round_trip():
@@ -421,10 +422,11 @@ def test_a_frozen_part_takes_no_gradient_and_its_inputs_still_get_theirs(rng):
     emb = nn.Embedding(10, 3).requires_grad_(False)  # (it skips its gradient's work)
     emb(np.array([1, 2]))
     assert emb.backward(np.ones((2, 3), np.float32)) is None and emb.weight.grad is None
-    with pytest.raises(TypeError, match="requires_grad: expected a bool, got str"):
+    with pytest.raises(TypeError,
+                       match=r"requires_grad: expected a bool \(True or False\), got str"):
         m.requires_grad_("no")
     with pytest.raises(TypeError, match="requires_grad: expected a bool"):
-        m.weight_hh_l1.requires_grad = 1
+        m.weight_hh_l1.requires_grad = 2
 
 
 FROZEN_MODULES = {

@@ -383,6 +383,10 @@ def test_backend_refuses_other_ops_devices_and_bad_inputs():
     # a fed array of another rank or fixed size than its graph input declares, as ONNX
     # Runtime refuses it (a graph unrolled over 5 steps fed 7 gave the first 5 steps' result);
     # where the graph leaves the size open, the node's own check names the weight
+    masked = np.ma.MaskedArray(x, mask=np.ones(x.shape, bool))
+    for fed in ([masked, w, r], {"X": masked, "W": w, "R": r}):  # (its masked values were used)
+        with pytest.raises(TypeError, match=r"inputs\[(0|'X')\]: expected a plain numpy"):
+            rep.run(fed)
     for wrong in (np.ones((1, 9, 4), np.float32), np.ones((9, 3), np.float32)):
         with pytest.raises(ValueError, match=r"inputs: 'R': expected shape \[1, 9, 3\] \(the "
                                              r"graph input's; \? any size\), got "):
@@ -663,7 +667,7 @@ def test_load_turns_nodes_into_layers_with_their_weights(seed, tmp_path):
 def test_load_refuses_weights_that_are_graph_inputs():
     with pytest.raises(ValueError, match=r"input W \('W'\) is not an initializer"):
         load(_node_model("LSTM"))
-    with pytest.raises(TypeError, match="path: expected a path to an ONNX model"):
+    with pytest.raises(TypeError, match="path: expected an onnx.ModelProto, a path to one"):
         load(3)
 
 

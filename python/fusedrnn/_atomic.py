@@ -32,18 +32,24 @@ def _user_path(path) -> str:
         raise FileNotFoundError(errno.ENOENT, "an empty name; expected a file name", user_path)
     if "\0" in user_path:
         raise ValueError(f"path: expected a file name, got {user_path!r} (it holds a NUL byte)")
-    if user_path.endswith(os.sep) or (os.altsep and user_path.endswith(os.altsep)):
-        raise IsADirectoryError(errno.EISDIR, "ends in a separator: a folder; expected a file "
-                                "name", user_path)
+    if user_path.endswith(os.sep) or (os.altsep and user_path.endswith(os.altsep)) or \
+            os.path.basename(user_path) in (".", ".."):
+        raise IsADirectoryError(errno.EISDIR, "a folder's name (it ends in a separator, '.' or "
+                                "'..'); expected a file name", user_path)
     return user_path
 
 
+# Names of a process's open files: /dev/stdout resolves to the file the shell redirected it
+# to, which replacing lost what the process had printed before (a regular file elsewhere in
+# /dev, /dev/shm's, is replaced as any other)
+_OPEN_FILE_NAMES = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
+
+
 def _stream(user_path, target) -> bool:
-    """A target written into as open() writes, never replaced by a regular file: an existing
-    file that is not a regular one (a device such as /dev/null, a FIFO, a socket), or a name in
-    /dev or /proc (/dev/stdout resolves to the file the shell redirected it to: replacing that
-    lost what the process had printed before)."""
-    if os.path.abspath(user_path).startswith(("/dev/", "/proc/")):
+    """A target written into as open() writes, never replaced by a regular file: one of a
+    process's open files (_OPEN_FILE_NAMES), or an existing file that is not a regular one (a
+    device such as /dev/null, a FIFO, a socket)."""
+    if os.path.abspath(user_path).startswith(_OPEN_FILE_NAMES):
         return True
     try:
         return not stat.S_ISREG(os.stat(target).st_mode)
@@ -57,9 +63,12 @@ def writable_target(path) -> str:
     written in, and it is not a folder itself nor a read-only file (open() refuses one)."""
     user_path = _user_path(path)
     target = os.path.realpath(user_path)
-    folder = os.path.dirname(target)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist", user_path)
+    # the folder as named (open() walks "nodir/../f" through nodir), then as resolved
+    for folder in ((os.path.dirname(user_path) or ".") if ".." in user_path else None,
+                   os.path.dirname(target)):
+        if folder is not None and not os.path.isdir(folder):
+            raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist",
+                                    user_path)
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
     if os.path.exists(target) and not os.access(target, os.W_OK):
@@ -90,10 +99,12 @@ def _temporary_file(target, user_path, prefix):
 def check_writable(path) -> None:
     """Before a long run, not after it: OSError naming ``path`` unless ``writable_target``
     accepts it and a file can be made in its folder (what ``atomic_write`` will do)."""
-    target = writable_target(path)
     user_path = _user_path(path)
-    if _stream(user_path, target):
-        if os.path.exists(user_path) and not os.access(user_path, os.W_OK):
+    target = writable_target(user_path)
+    if _stream(user_path, target):  # (written into: it must exist, as atomic_write opens it)
+        if not os.path.exists(user_path):
+            raise FileNotFoundError(errno.ENOENT, "no such file or stream", user_path)
+        if not os.access(user_path, os.W_OK):
             raise PermissionError(errno.EACCES, "cannot write to it", user_path)
         return
     fd, tmp = _temporary_file(target, user_path, ".fusedrnn-check.")

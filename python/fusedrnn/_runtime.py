@@ -7,6 +7,7 @@ from typing import SupportsIndex
 
 import numpy as np
 
+from ._flags import check_flag
 from ._loader import _C
 
 
@@ -96,8 +97,7 @@ def set_deterministic(on: bool | np.bool_) -> None:
     turn it on while ``torch.use_deterministic_algorithms`` is on, and its first call after
     torch's goes off turns it off again, unless it was set here since."""
     global deterministic_by_torch
-    if not isinstance(on, (bool, np.bool_)):
-        raise TypeError(f"on: expected a bool, got {type(on).__name__}")
+    on = check_flag(on, "on")
     with _deterministic_lock:
         deterministic_by_torch = False  # (the user's choice: torch's switch leaves it be)
         _C.set_deterministic(bool(on))

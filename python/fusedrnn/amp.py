@@ -20,6 +20,8 @@ import threading
 
 import numpy as np
 
+from ._flags import check_flag
+
 PRECISIONS = ("float32", "bfloat16")
 # the spellings taken for them (torch's dtypes by their str, "torch.bfloat16")
 ALIASES = {"float32": "float32", "fp32": "float32", "torch.float32": "float32",
@@ -65,10 +67,7 @@ class autocast:
         if dtype is None or check_precision(dtype, "dtype") != "bfloat16":
             raise ValueError(f"dtype: expected 'bfloat16' (or 'bf16', torch.bfloat16; the only "
                              f"lower precision), got {dtype!r}")
-        if type(enabled).__name__ not in ("bool", "bool_"):  # Python's or NumPy's
-            raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__} "
-                            f"{enabled!r}")
-        self.dtype, self.enabled = "bfloat16", bool(enabled)
+        self.dtype, self.enabled = "bfloat16", check_flag(enabled, "enabled")
         self._open = []  # (the thread's stack, the entry) of each block this object opened
 
     def __enter__(self):

@@ -55,6 +55,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ._flags import check_flag
 from .nn.layers import _int_in
 from .nn.module import Module, Parameter, is_device_array
 
@@ -274,9 +275,7 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
     initialized.
     """
     params = _param_list(module_or_params)  # (the arguments named first)
-    for name, flag in (("average", average), ("coalesce", coalesce)):
-        if not isinstance(flag, (bool, np.bool_)):  # ("no" read as True)
-            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
+    average, coalesce = check_flag(average, "average"), check_flag(coalesce, "coalesce")
     torch, dist = _initialized_dist()
     space = _Space(torch, dist, params, group)
     xp = space.xp

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from . import _C
+from ._flags import check_flag
 from .amp import autocast_precision, check_precision
 
 # The kernels' cells: "gru_reset_before" is the GRU with reset_after=False (gru_forward).
@@ -194,15 +195,6 @@ def check_unmasked(value, name):
     return value
 
 
-def check_flag(value, name):
-    """``value`` as a bool; TypeError naming ``name`` unless it is a bool or a numpy.bool_ (so that
-    an array, a number or a string never passes for one)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__}"
-                        + (f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""))
-    return bool(value)
-
-
 def check_nonlinearity(nonlinearity, name="nonlinearity"):
     """``nonlinearity`` if it is 'tanh' or 'relu'; TypeError (not a str) or ValueError naming it."""
     if not isinstance(nonlinearity, str):
@@ -279,7 +271,7 @@ def _finite_padding(xp, x, lengths):
         return x
     padded = xp.asarray(padded)
     with np.errstate(over="ignore", invalid="ignore"):  # (an overflow: a copy it needs not)
-        if bool(xp.isfinite(x[padded].sum())):  # (a sum: NaN and inf stay; one pass, no mask)
+        if bool(xp.isfinite(x[padded].sum())):  # (NaN and inf stay in a sum: one number)
             return x
     return xp.where(padded[:, :, None], 0, x)
 

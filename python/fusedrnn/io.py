@@ -25,7 +25,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from io import BytesIO
+from io import BytesIO, TextIOBase
 from typing import Any
 
 import numpy as np
@@ -226,16 +226,21 @@ def _describe(value):
     return repr(value)[:60]
 
 
-def checked_path(path, file_object=None):
+def checked_path(path, file_object=None, name="path"):
     """A file path argument as a str: a str, bytes or os.PathLike, else TypeError naming it;
-    ``file_object`` "read" or "write": an open binary file (io.BytesIO) with that method is
+    ``file_object`` "read" or "write": an open binary file (io.BytesIO) that can do it is
     taken too, as torch.save and np.save take one, and returned as it is."""
+    doing = dict(read="reading", write="writing").get(file_object)
     if file_object and hasattr(path, file_object) and not isinstance(path, (str, bytes)):
+        can = getattr(path, dict(read="readable", write="writable")[file_object], None)
+        if isinstance(path, TextIOBase) or (callable(can) and not can()):
+            raise TypeError(f"{name}: expected a binary file open for {doing}, got "
+                            f"{type(path).__name__}" + (" in text mode" if isinstance(
+                                path, TextIOBase) else f" not open for {doing}"))
         return path
     if not isinstance(path, (str, bytes, os.PathLike)):
-        also = (f" or a binary file open for {dict(read='reading', write='writing')[file_object]}"
-                if file_object else "")
-        raise TypeError(f"path: expected a str, bytes or os.PathLike file name{also}, got "
+        also = f" or a binary file open for {doing}" if file_object else ""
+        raise TypeError(f"{name}: expected a str, bytes or os.PathLike file name{also}, got "
                         f"{type(path).__name__}")
     return os.fsdecode(os.fspath(path))
 

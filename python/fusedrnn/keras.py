@@ -48,8 +48,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ._flags import check_flag
 from .io import checked_path
-from .nn.layers import _flag
 from .nn.module import Module, array_module
 from .nn.recurrent import GRU, LSTM, RNN, LayerNormLSTM, _check_array, _check_shape
 
@@ -270,9 +270,9 @@ class KerasRecurrent(Module):
                              f"peepholes), got {rnn!r}")
         if not isinstance(merge_mode, (str, type(None))) or merge_mode not in _MERGE_MODES:
             raise ValueError(f"merge_mode: expected one of {_MERGE_MODES}, got {merge_mode!r}")
-        return_sequences = _flag(return_sequences, "return_sequences")
-        return_state = _flag(return_state, "return_state")
-        go_backwards = _flag(go_backwards, "go_backwards")
+        return_sequences = check_flag(return_sequences, "return_sequences")
+        return_state = check_flag(return_state, "return_state")
+        go_backwards = check_flag(go_backwards, "go_backwards")
         if go_backwards and rnn.bidirectional:
             raise ValueError("go_backwards: expected False for a bidirectional rnn (its reverse "
                              "direction is Keras' backward layer), got True")

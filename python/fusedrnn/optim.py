@@ -17,8 +17,9 @@ import warnings
 
 import numpy as np
 
+from ._flags import check_flag
 from .functional import check_unmasked
-from .nn.layers import _flag, _int_in, _number_in, _seeded
+from .nn.layers import _int_in, _number_in, _seeded
 from .nn.module import Module, Parameter, is_device_array, to_device, user_stacklevel
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm_", "clip_grad_value_",
@@ -127,7 +128,7 @@ class Optimizer:
         if key == "betas":
             return _betas(value, name)
         if key in ("nesterov", "centered", "amsgrad"):
-            return _flag(value, name)
+            return check_flag(value, name)
         number = _nonnegative(value, name)
         # a NumPy scalar as a Python float (a float32 lr would round a float64 parameter's
         # steps to float32); a Python int stays one (a subclass's count of steps, say)
@@ -313,7 +314,7 @@ class Adam(Optimizer):
                  amsgrad=False):
         super().__init__(params, dict(lr=lr, betas=_betas(betas), eps=eps,
                                       weight_decay=weight_decay,
-                                      amsgrad=_flag(amsgrad, "amsgrad")))
+                                      amsgrad=check_flag(amsgrad, "amsgrad")))
 
     def _update(self, group, p, grad, state):
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
@@ -411,7 +412,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     ``foreach`` is taken for torch's signature (NumPy has no batched form)."""
     grads = _float_grads(parameters)
     max_norm = _nonnegative(max_norm, "max_norm")
-    error_if_nonfinite = _flag(error_if_nonfinite, "error_if_nonfinite")
+    error_if_nonfinite = check_flag(error_if_nonfinite, "error_if_nonfinite")
     if isinstance(norm_type, str) and norm_type == "inf":  # torch's spelling, too
         norm_type = math.inf
     norm_type = _number_in(norm_type, "norm_type", 1e-300, math.inf, "> 0 (or inf)")
@@ -450,6 +451,7 @@ def _float_grads(parameters):
     for i, p in enumerate(_param_list(parameters, "parameters")):
         if p.grad is None:
             continue
+        check_unmasked(p.grad, f"parameters[{i}].grad")
         if not _is_array(p.grad) or p.grad.dtype.kind != "f":
             got = f"dtype {p.grad.dtype}" if _is_array(p.grad) else type(p.grad).__name__
             raise TypeError(f"parameters[{i}].grad: expected a floating-point array (clipping "

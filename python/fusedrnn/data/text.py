@@ -20,9 +20,10 @@ import warnings
 
 import numpy as np
 
+from .._flags import check_flag
 from ..functional import check_unmasked
 from ..io import checked_path
-from ..nn.layers import _flag, _int_in, _seeded
+from ..nn.layers import _int_in, _seeded
 
 __all__ = ["DEFAULT_CORPUS_MODULES", "default_corpus", "load_text", "CharVocab",
            "pad_sequences", "batches", "read_text_classification_csv", "WordVocab", "tokenize"]
@@ -128,7 +129,7 @@ class CharVocab:
     def decode(self, ids):
         """The string of the characters with these ids (the inverse of :meth:`encode`); an id
         outside [0, len(vocab)) or not an integer is a ValueError (-1 read the last one)."""
-        ids = np.asarray(ids)
+        ids = np.asarray(check_unmasked(ids, "ids"))
         if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(self)):
             raise ValueError(f"ids: expected integers in [0, {len(self)}), got "
                              f"{ids.dtype} values in [{ids.min()}, {ids.max()}]")
@@ -258,6 +259,7 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
     batch_first; T = the longest) and lengths [N] int64, ready for ``lengths=`` of the layers."""
     if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__iter__"):
         raise TypeError(f"sequences: expected a list of arrays, got {type(sequences).__name__}")
+    batch_first = check_flag(batch_first, "batch_first")
     sequences = [np.asarray(check_unmasked(s, f"sequences[{i}]"))
                  for i, s in enumerate(sequences)]
     if not sequences:
@@ -294,7 +296,7 @@ def batches(n, batch_size, shuffle=True, rng=None):
     # an empty one, and batches of nothing without end)
     n = _int_in(n, "n", 0, np.iinfo(np.intp).max // np.dtype(np.intp).itemsize)
     batch_size = _int_in(batch_size, "batch_size", 1)
-    shuffle = _flag(shuffle, "shuffle")
+    shuffle = check_flag(shuffle, "shuffle")
     if shuffle:  # (a Generator or a RandomState as it is: its draws go on; a seed makes one)
         rng = rng if callable(getattr(rng, "permutation", None)) else _seeded(rng, "rng")
     order = rng.permutation(n) if shuffle else np.arange(n)

@@ -29,9 +29,10 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
+from .._flags import check_flag
 from .. import _C
 from .. import functional as F
-from .layers import SeededModule, _dtype, _flag, _positive_int
+from .layers import SeededModule, _dtype, _positive_int
 from .module import (KeptWeights, Parameter, any_requires_grad, as_gradient, check_unwritten,
                      checked_weights, dtype_repr, user_stacklevel, write_stamp)
 
@@ -189,7 +190,7 @@ class RNNCellBase(SeededModule):
         self.proj_size = int(proj_size)
         self.nonlinearity = F.check_nonlinearity(nonlinearity)
         self.dtype = _dtype(dtype)
-        self.bias = _flag(bias, "bias")
+        self.bias = check_flag(bias, "bias")
         rng = self._own_generator(seed)
         GH = F.GATES[self._cell] * self.hidden_size
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -205,8 +206,8 @@ class RNNCellBase(SeededModule):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
-        self.peephole = _flag(peephole, "peephole")
-        self.reset_after = _flag(reset_after, "reset_after")
+        self.peephole = check_flag(peephole, "peephole")
+        self.reset_after = check_flag(reset_after, "reset_after")
         self._kernel_cell = ("layernorm_lstm" if self._layer_norm
                              else self._cell if self.reset_after else F.gru_kernel(False))
         if self.proj_size:  # as torch.nn.LSTM's weight_hr, after the biases

@@ -123,15 +123,6 @@ def _positive_int(value, name):
     return _int_in(value, name, 1)
 
 
-def _flag(value, name):
-    """A module's or optimizer's flag: a bool, or an integer 0 or 1 (as a config gives one,
-    and torch.nn takes); TypeError naming ``name`` for anything else, whose truth is not what
-    it says (a string: "no" is true; None; an array)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in (0, 1):
-        return bool(value)
-    return F.check_flag(value, name)
-
-
 def _no_saved(layer):
     return RuntimeError(f"{type(layer).__name__}.backward called before a training-mode forward "
                         f"(call module.train() and forward first)")

@@ -26,7 +26,8 @@ from typing import Iterator, Tuple
 import numpy as np
 
 from .. import _C
-from ..functional import check_flag, check_unmasked
+from .._flags import check_flag
+from ..functional import check_unmasked
 
 __all__ = ["Parameter", "Module"]
 
@@ -120,12 +121,6 @@ def any_requires_grad(params):
     return any(p is not None and p.requires_grad for p in params)
 
 
-def _requires_grad_flag(value):
-    if not isinstance(value, (bool, np.bool_)):  # ("no" read as True)
-        raise TypeError(f"requires_grad: expected a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
 class Parameter:
     """A trainable array: ``data`` (the values) and ``grad`` (None until a backward).
 
@@ -212,7 +207,7 @@ class Parameter:
 
     @requires_grad.setter
     def requires_grad(self, value):
-        self._requires_grad = _requires_grad_flag(value)
+        self._requires_grad = check_flag(value, "requires_grad")
 
     def requires_grad_(self, requires_grad=True):
         """Set ``requires_grad`` (False freezes the parameter); returns self."""
@@ -646,6 +641,7 @@ class Module:
         """(dotted name, module) pairs of this module (named ``prefix``) and every submodule,
         depth first; a module reachable twice is listed once (``remove_duplicate=False``: under
         every name, as a state dict keys it)."""
+        remove_duplicate = check_flag(remove_duplicate, "remove_duplicate")
         seen = set()
 
         def walk(module, pre, path):
@@ -668,6 +664,8 @@ class Module:
                          remove_duplicate=True) -> Iterator[Tuple[str, Parameter]]:
         """(dotted name, Parameter) pairs; a Parameter shared by two modules (or names) is
         listed once (``remove_duplicate=False``: under every name, as a state dict keys it)."""
+        recurse = check_flag(recurse, "recurse")
+        remove_duplicate = check_flag(remove_duplicate, "remove_duplicate")
         seen = set()
         walker = self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]
         for mod_prefix, module in walker:
@@ -687,6 +685,7 @@ class Module:
         """Dotted name -> a NumPy copy of the parameter's array (on every device); a tied
         parameter under each of its names, as torch.nn's state dict keys it. As torch's:
         ``prefix`` starts every name; ``keep_vars`` gives the Parameters themselves."""
+        keep_vars = check_flag(keep_vars, "keep_vars")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
         return OrderedDict((prefix + name, p if keep_vars else np.array(to_host(p.data),
@@ -841,7 +840,7 @@ class Module:
         """Freeze (False) or unfreeze every parameter (see ``Parameter.requires_grad``): a frozen
         part's backward still returns the gradients of its inputs, so the layers before it
         train; returns self."""
-        requires_grad = _requires_grad_flag(requires_grad)
+        requires_grad = check_flag(requires_grad, "requires_grad")
         for p in self.parameters():
             p.requires_grad = requires_grad
         return self

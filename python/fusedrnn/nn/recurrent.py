@@ -32,10 +32,11 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
+from .._flags import check_flag
 from .. import _C
 from .. import functional as F
 from .cells import gate_doc_fields
-from .layers import SeededModule, _flag, _int_in, _number_in
+from .layers import SeededModule, _int_in, _number_in
 from .module import (KeptWeights, Parameter, any_requires_grad, array_module, check_device,
                      check_dtype, check_unwritten, checked_weights, dtype_repr, is_device_array,
                      to_device, to_host, write_stamp)
@@ -108,11 +109,11 @@ class RNNBase(SeededModule):
             warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: dropout is "
                           f"applied between layers, never after the last", UserWarning,
                           stacklevel=3)
-        self.bias = _flag(bias, "bias")
-        self.batch_first = _flag(batch_first, "batch_first")
-        self.bidirectional = _flag(bidirectional, "bidirectional")
-        self.peephole = _flag(peephole, "peephole")
-        self.reset_after = _flag(reset_after, "reset_after")
+        self.bias = check_flag(bias, "bias")
+        self.batch_first = check_flag(batch_first, "batch_first")
+        self.bidirectional = check_flag(bidirectional, "bidirectional")
+        self.peephole = check_flag(peephole, "peephole")
+        self.reset_after = check_flag(reset_after, "reset_after")
         if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) \
                 or not 0 <= proj_size < self.hidden_size:
             raise ValueError(f"proj_size: expected an integer in [0, hidden_size) = "

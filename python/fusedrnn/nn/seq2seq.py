@@ -43,10 +43,11 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
+from .._flags import check_flag
 from .. import functional as F
 from .attention import make_attention
 from .cells import GRUCell, LayerNormLSTMCell, LSTMCell
-from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _flag, _int_in,
+from .layers import (Dropout, Embedding, Linear, Sequential, _dtype, _int_in,
                      _number_in, _positive_int, _seeded, SeededModule)
 from .loss import CrossEntropyLoss, log_softmax
 from .module import Module, as_gradient, check_unwritten, write_stamp
@@ -697,9 +698,9 @@ def _cell_options(cell, peephole, reset_after=True, proj_size=0):
     if not isinstance(cell, str) or cell not in CELLS:
         raise ValueError(f"cell: expected one of {list(CELLS)}, got {cell!r}")
     proj_size = _int_in(proj_size, "proj_size", 0)
-    if _flag(peephole, "peephole") and cell != "lstm":
+    if check_flag(peephole, "peephole") and cell != "lstm":
         raise ValueError(f"peephole: LSTM peepholes need cell='lstm', got cell={cell!r}")
-    if not _flag(reset_after, "reset_after") and cell != "gru":
+    if not check_flag(reset_after, "reset_after") and cell != "gru":
         raise ValueError(f"reset_after: reset_after=False is a GRU's, got cell={cell!r}")
     if proj_size and cell != "lstm":
         raise ValueError(f"proj_size: projections need cell='lstm', got cell={cell!r}")

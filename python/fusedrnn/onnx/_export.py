@@ -11,7 +11,6 @@ and outputs 0, exactly the kernels' semantics.
 from __future__ import annotations
 
 import numbers
-import os
 
 import numpy as np
 

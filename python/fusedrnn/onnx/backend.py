@@ -33,6 +33,7 @@ from onnx.backend.base import Backend as OnnxBackend
 from onnx.backend.base import BackendRep
 
 from .. import functional as F
+from ..io import checked_path
 from ._layout import from_onnx
 from ._ops import GLUE
 
@@ -337,9 +338,16 @@ def _with_shapes(model):
 
 
 def _read_model(path, name):
-    """The ModelProto in the file ``path``; ValueError naming the file where it holds none (a
-    truncated, empty or other file: protobuf's DecodeError named neither)."""
-    path = os.fsdecode(os.fspath(path))
+    """``path`` itself where it is a ModelProto, else the one in the file it names (or the open
+    binary file it is); TypeError naming ``name`` for anything else, ValueError naming the file
+    where it holds no model (a truncated, empty or other file: protobuf's DecodeError named
+    neither)."""
+    if isinstance(path, onnx.ModelProto):
+        return path
+    if not isinstance(path, (str, bytes, os.PathLike)) and not hasattr(path, "read"):
+        raise TypeError(f"{name}: expected an onnx.ModelProto, a path to one or a binary file "
+                        f"open for reading, got {type(path).__name__}")
+    path = checked_path(path, "read", name)
     try:
         model = onnx.load(path)  # (with its external data, where the model keeps some)
     except OSError:  # as open() gives it: missing, a folder
@@ -387,13 +395,15 @@ class FusedRnnRep(BackendRep):
             if unknown:
                 raise ValueError(f"inputs: {unknown} are not inputs of the graph (its inputs: "
                                  f"{sorted(self._fed_names)})")
-            values.update({k: np.asarray(v) for k, v in inputs.items()})
+            values.update({k: np.asarray(F.check_unmasked(v, f"inputs[{k!r}]"))
+                           for k, v in inputs.items()})
         else:
             inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
             if len(inputs) != len(self.input_names):
                 raise ValueError(f"inputs: expected {len(self.input_names)} arrays "
                                  f"{self.input_names}, got {len(inputs)}")
-            values.update(zip(self.input_names, (np.asarray(v) for v in inputs)))
+            values.update(zip(self.input_names, (np.asarray(F.check_unmasked(v, f"inputs[{k}]"))
+                                                 for k, v in enumerate(inputs))))
         given = [v for v in values.values() if isinstance(v, np.ndarray)]  # not made by the run
         fed = set(inputs) if isinstance(inputs, dict) else set(self.input_names)
         for name in fed:  # ONNX Runtime's checks: a fed array has its graph input's type
@@ -444,12 +454,9 @@ class Backend(OnnxBackend):
 
     @classmethod
     def prepare(cls, model, device: str = "CPU", **kwargs):
-        """Check ``model`` (a ModelProto or a path) and every node; returns the rep to run."""
-        if isinstance(model, (str, bytes, os.PathLike)):
-            model = _read_model(model, "model")
-        if not isinstance(model, onnx.ModelProto):
-            raise TypeError(f"model: expected an onnx.ModelProto or a path, got "
-                            f"{type(model).__name__}")
+        """Check ``model`` (a ModelProto, a path or an open binary file) and every node;
+        returns the rep to run."""
+        model = _read_model(model, "model")
         if not cls.supports_device(device):
             raise ValueError(f"device: fusedrnn's ONNX backend runs on 'CPU', got {device!r}")
         onnx.checker.check_model(_with_shapes(model))
@@ -501,10 +508,7 @@ def load(path):
     ``batch_first`` for layout 1, ``peephole`` for P, ``reset_after`` from linear_before_reset,
     the RNN's nonlinearity from its activations (the same for both directions)."""
     from .. import nn
-    model = _read_model(path, "path") if isinstance(path, (str, bytes, os.PathLike)) else path
-    if not isinstance(model, onnx.ModelProto):
-        raise TypeError(f"path: expected a path to an ONNX model or an onnx.ModelProto, got "
-                        f"{type(path).__name__}")
+    model = _read_model(path, "path")
     constants = _fold([parse_node(n) for n in model.graph.node if n.op_type in GLUE],
                       _initializers(model.graph))
     layers = OrderedDict()
