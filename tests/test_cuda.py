@@ -78,8 +78,8 @@ def test_cuda_knows_every_cell_the_functional_kernels_pass():
 def test_cuda_settings_validate_and_default_to_full_fp32():
     assert fcuda.get_allow_tf32() is False
     assert fcuda.get_algorithm() == "auto"
-    with pytest.raises(TypeError):
-        fcuda.set_allow_tf32(1)
+    with pytest.raises(TypeError, match="allow: expected a bool"):
+        fcuda.set_allow_tf32("yes")
     fcuda.set_allow_tf32(np.False_)  # (a NumPy bool: "expected a bool, got bool")
     assert fcuda.get_allow_tf32() is False
     with pytest.raises(ValueError, match="algorithm|expected one of"):
