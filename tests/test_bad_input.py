@@ -812,7 +812,12 @@ def _bad_argument_calls():
                         "^score: expected"),
         "proj_size None": (lambda: nn.Seq2Seq(5, 5, proj_size=None), TypeError, "^proj_size: "),
         "params None": (lambda: optim.SGD(None, lr=0.1), TypeError, "^params: expected a Module"),
-        "empty path": (lambda: fr.save({}, ""), FileNotFoundError, "an empty name")}
+        "empty path": (lambda: fr.save({}, ""), FileNotFoundError, "an empty name"),
+        "Linear bias": (lambda: nn.Linear(2, 3, bias="no"), TypeError, "^bias: expected a bool"),
+        "Seq2Seq bidirectional": (lambda: nn.Seq2Seq(5, 5, bidirectional="no"), TypeError,
+                                  "^bidirectional: expected a bool"),
+        "module zero_grad": (lambda: nn.Identity().zero_grad("no"), TypeError,
+                             "^set_to_none: expected a bool")}
 
 
 @pytest.mark.parametrize("name", list(_bad_argument_calls()))

@@ -343,14 +343,20 @@ def test_dev_null_and_a_redirected_stdout_are_written_into(tmp_path):
     import sys
     fr.save({"w": np.arange(3.0)}, os.devnull)
     out = tmp_path / "out.bin"
-    code = ("import sys, numpy as np, fusedrnn as fr; sys.stdout.write('before\\n'); "
-            "sys.stdout.flush(); fr.save({'w': np.arange(3.0)}, '/dev/stdout')")
-    with open(out, "wb") as f:
-        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=120)
-    data = out.read_bytes()
-    assert data.startswith(b"before\n")
-    (tmp_path / "copy.npz").write_bytes(data[len(b"before\n"):])
-    np.testing.assert_array_equal(fr.load(tmp_path / "copy.npz")["w"], np.arange(3.0))
+    # (printed before and after, unflushed: the save goes between them, through the process's
+    # own descriptor; a file opened anew there had its own offset, which "after" wrote over;
+    # a symbolic link to /dev/stdout is the same name)
+    os.symlink("/dev/stdout", tmp_path / "link")
+    for name in ("/dev/stdout", str(tmp_path / "link")):
+        code = ("import sys, numpy as np, fusedrnn as fr; print('before'); "
+                f"fr.save({{'w': np.arange(3.0)}}, {name!r}); print('after')")
+        with open(out, "wb") as f:
+            subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=120)
+        data = out.read_bytes()
+        assert data.startswith(b"before\n") and data.endswith(b"after\n")
+        (tmp_path / "copy.npz").write_bytes(data[len(b"before\n"):-len(b"after\n")])
+        np.testing.assert_array_equal(fr.load(tmp_path / "copy.npz")["w"], np.arange(3.0))
+        assert (tmp_path / "link").is_symlink()
 
 
 def test_what_open_refuses_is_refused_before_writing(tmp_path, monkeypatch):
@@ -407,6 +413,14 @@ def test_an_open_binary_file_is_written_and_read_as_torch_save_takes_one():
     with pytest.raises(TypeError, match="open for writing, got BufferedReader not open for"):
         with open(__file__, "rb") as f:
             fr.save({}, f)
+    import tempfile
+    with tempfile.NamedTemporaryFile(mode="w") as f:  # (no TextIOBase: its mode says text)
+        with pytest.raises(TypeError, match="_TemporaryFileWrapper in text mode"):
+            fr.save({}, f)
+    closed = io.BytesIO()
+    closed.close()
+    with pytest.raises(ValueError, match="path: expected a file open for writing, got a closed"):
+        fr.save({}, closed)
     onnx = pytest.importorskip("onnx")
     import fusedrnn.onnx
     lstm = fr.nn.LSTM(3, 4, seed=0)

@@ -769,3 +769,6 @@ def test_a_file_that_holds_no_model_is_named(tmp_path):
             call(bytes(garbage))
         with pytest.raises(FileNotFoundError):
             call(tmp_path / "missing.onnx")
+        with pytest.raises(TypeError, match=f"^{name}: expected a file name, got bytes that "
+                                            f"hold a NUL byte"):  # (a serialized model)
+            call(b"\x08\x08\x00\x12")

@@ -1725,3 +1725,15 @@ def test_a_cell_weight_of_another_dtype_is_a_dtype_mismatch_naming_it(cell):
     layer.weight_hh.data = layer.weight_hh.data.float()
     with pytest.raises(frt.DtypeMismatchError, match="^weight_hh: expected dtype torch.float64"):
         layer(torch.randn(3, 4, dtype=torch.float64))
+
+
+def test_flags_are_bools_or_0_and_1():
+    """A string flag is refused (torch.nn's "no" is true: batch_first="no" ran batch-first;
+    convert(inplace="False") converted the user's module in place)."""
+    with pytest.raises(TypeError, match="^batch_first: expected a bool"):
+        frt.LSTM(3, 4, batch_first="no")
+    with pytest.raises(TypeError, match="^bias: expected a bool"):
+        frt.GRUCell(3, 4, bias="no")
+    with pytest.raises(TypeError, match="^inplace: expected a bool"):
+        frt.convert(torch.nn.Sequential(torch.nn.LSTM(3, 4)), inplace="False")
+    assert frt.GRU(3, 4, bidirectional=1).bidirectional is True

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
+import sys
 import tempfile
 
 
@@ -39,17 +41,32 @@ def _user_path(path) -> str:
     return user_path
 
 
-# Names of a process's open files: /dev/stdout resolves to the file the shell redirected it
-# to, which replacing lost what the process had printed before (a regular file elsewhere in
-# /dev, /dev/shm's, is replaced as any other)
-_OPEN_FILE_NAMES = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
+def _own_descriptor(user_path):
+    """The number of this process's open file that ``user_path`` names (/dev/stdout,
+    /dev/stderr, /dev/fd/N, /proc/self/fd/N, through symbolic links too), else None. Such a
+    name resolves to the file the shell redirected it to: replacing that lost what the process
+    had printed, and a file opened anew there had an offset of its own, which the process's
+    next print wrote over. (A regular file elsewhere in /dev, /dev/shm's, is a file.)"""
+    names = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    numbered = re.compile(rf"/(?:dev/fd|proc/(?:self|{os.getpid()})/fd)/(\d+)")
+    path = os.path.abspath(user_path)
+    for _ in range(40):  # (a loop of links stops here, as the kernel's limit stops it)
+        if path in names:
+            return names[path]
+        match = numbered.fullmatch(path)
+        if match:
+            return int(match.group(1))
+        if not os.path.islink(path):
+            return None
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+    return None
 
 
 def _stream(user_path, target) -> bool:
-    """A target written into as open() writes, never replaced by a regular file: one of a
-    process's open files (_OPEN_FILE_NAMES), or an existing file that is not a regular one (a
-    device such as /dev/null, a FIFO, a socket)."""
-    if os.path.abspath(user_path).startswith(_OPEN_FILE_NAMES):
+    """A target written into, never replaced by a regular file: one of this process's open
+    files (_own_descriptor), or an existing file that is not a regular one (a device such as
+    /dev/null, a FIFO, a socket)."""
+    if _own_descriptor(user_path) is not None:
         return True
     try:
         return not stat.S_ISREG(os.stat(target).st_mode)
@@ -64,11 +81,13 @@ def writable_target(path) -> str:
     user_path = _user_path(path)
     target = os.path.realpath(user_path)
     # the folder as named (open() walks "nodir/../f" through nodir), then as resolved
-    for folder in ((os.path.dirname(user_path) or ".") if ".." in user_path else None,
-                   os.path.dirname(target)):
-        if folder is not None and not os.path.isdir(folder):
-            raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist",
-                                    user_path)
+    named = (os.path.dirname(user_path) or ".") if ".." in user_path.split(os.sep) else None
+    for folder in (named, os.path.dirname(target)):
+        if folder is None or os.path.isdir(folder):
+            continue
+        if os.path.exists(folder):  # (a file where a folder is named: open()'s error)
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder", user_path)
+        raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist", user_path)
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
     if os.path.exists(target) and not os.access(target, os.W_OK):
@@ -102,6 +121,13 @@ def check_writable(path) -> None:
     user_path = _user_path(path)
     target = writable_target(user_path)
     if _stream(user_path, target):  # (written into: it must exist, as atomic_write opens it)
+        fd = _own_descriptor(user_path)
+        if fd is not None:
+            try:
+                os.fstat(fd)
+            except OSError:
+                raise FileNotFoundError(errno.ENOENT, "no such open file", user_path) from None
+            return
         if not os.path.exists(user_path):
             raise FileNotFoundError(errno.ENOENT, "no such file or stream", user_path)
         if not os.access(user_path, os.W_OK):
@@ -128,8 +154,7 @@ def atomic_write(path, write) -> None:
     if _stream(user_path, path):  # nothing to keep intact; whole bytes: a zip on /dev/null
         buffer = io.BytesIO()     # seeks, which a device's or pipe's stream cannot
         write(buffer)
-        with open(user_path, "ab") as f:  # (append: a redirected stdout keeps what it holds)
-            f.write(buffer.getvalue())
+        _write_into(user_path, buffer.getvalue())
         return
     try:
         existing = os.stat(path)
@@ -152,6 +177,29 @@ def atomic_write(path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _write_into(user_path, data) -> None:
+    """``data`` into a device or FIFO as open() writes, or through this process's own
+    descriptor where the name is one (at its offset, after what Python buffered for it)."""
+    fd = _own_descriptor(user_path)
+    if fd is None:
+        with open(user_path, "wb") as f:
+            f.write(data)
+        return
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise FileNotFoundError(errno.ENOENT, "no such open file", user_path) from None
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+        except (AttributeError, OSError, ValueError):  # (a stream without a descriptor)
+            pass
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def write_text(path, text: str) -> None:

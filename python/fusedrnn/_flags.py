@@ -14,5 +14,5 @@ def check_flag(value, name):
             isinstance(value, numbers.Integral) and value in (0, 1)):
         return bool(value)
     shown = f" of shape {value.shape}" if isinstance(value, np.ndarray) else (
-        f" {value!r}" if isinstance(value, (str, float)) else "")
+        f" {value!r}" if isinstance(value, (str, float, numbers.Integral)) else "")
     raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__}{shown}")

@@ -86,7 +86,7 @@ def set_num_threads(n: SupportsIndex) -> None:
     _C.set_num_threads(int(n))
 
 
-def set_deterministic(on: bool | np.bool_) -> None:
+def set_deterministic(on: bool | int) -> None:
     """Make the CPU kernels' results independent of the thread count (``True``), not only
     reproducible for a given one (the default), as ``torch.use_deterministic_algorithms`` does
     for PyTorch's. The kernels then use only the strategies whose arithmetic is the same on

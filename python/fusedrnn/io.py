@@ -232,11 +232,15 @@ def checked_path(path, file_object=None, name="path"):
     taken too, as torch.save and np.save take one, and returned as it is."""
     doing = dict(read="reading", write="writing").get(file_object)
     if file_object and hasattr(path, file_object) and not isinstance(path, (str, bytes)):
+        if getattr(path, "closed", False) is True:
+            raise ValueError(f"{name}: expected a file open for {doing}, got a closed one")
+        mode = getattr(path, "mode", None)  # (tempfile's wrappers are no TextIOBase)
+        text = isinstance(path, TextIOBase) or (isinstance(mode, str) and "b" not in mode)
         can = getattr(path, dict(read="readable", write="writable")[file_object], None)
-        if isinstance(path, TextIOBase) or (callable(can) and not can()):
+        if text or (callable(can) and not can()):
             raise TypeError(f"{name}: expected a binary file open for {doing}, got "
-                            f"{type(path).__name__}" + (" in text mode" if isinstance(
-                                path, TextIOBase) else f" not open for {doing}"))
+                            f"{type(path).__name__}" + (" in text mode" if text
+                                                        else f" not open for {doing}"))
         return path
     if not isinstance(path, (str, bytes, os.PathLike)):
         also = f" or a binary file open for {doing}" if file_object else ""

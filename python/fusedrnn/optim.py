@@ -136,6 +136,7 @@ class Optimizer:
 
     def zero_grad(self, set_to_none=True):
         """Clear the gradient of every parameter in every group: None (default) or zeros."""
+        set_to_none = check_flag(set_to_none, "set_to_none")
         for group in self.param_groups:
             for p in group["params"]:
                 p.zero_grad(set_to_none)

@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from . import _atomic
+from ._flags import check_flag
 from .nn.module import Module
 from .nn.layers import _int_in
 from .optim import Optimizer, _nonnegative, clip_grad_norm_
@@ -183,7 +184,7 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
     if checkpoint is not None and checkpoint.path is not None:
         _check_storable(gather_state(objects), "state")  # (not at the first write, steps later)
     pos = (checkpoint.restore(desc, objects) if checkpoint is not None else None) or _Position()
-    tqdm = _tqdm() if progress else None
+    tqdm = _tqdm() if check_flag(progress, "progress") else None
     start = time.perf_counter() - pos.seconds
 
     def where():

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
 from .. import functional as F
+from .._flags import check_flag
 from .module import (Module, Parameter, as_gradient, check_dtype, check_parameter,
                      check_unwritten, dtype_repr, write_stamp)
 
@@ -154,7 +155,7 @@ class Linear(SeededModule):
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (self.out_features, self.in_features))
                                 .astype(self.dtype))
-        if bias:
+        if check_flag(bias, "bias"):
             self.bias = Parameter(rng.uniform(-bound, bound, self.out_features).astype(self.dtype))
         else:
             self.register_parameter("bias", None)

@@ -833,6 +833,7 @@ class Module:
 
     def zero_grad(self, set_to_none=True):
         """Clear every parameter's gradient: None (default, as in PyTorch) or zeros."""
+        set_to_none = check_flag(set_to_none, "set_to_none")
         for p in self.parameters():
             p.zero_grad(set_to_none)
 

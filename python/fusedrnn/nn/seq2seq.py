@@ -735,6 +735,7 @@ class Seq2Seq(_Generator):
         self.cell_type = cell
         s = _seeds(seed, 6)
         self._own_generator(s[5])
+        bidirectional = check_flag(bidirectional, "bidirectional")
         D = 2 if bidirectional else 1
         H = _positive_int(hidden_size, "hidden_size")
         L = _positive_int(num_layers, "num_layers")

@@ -344,19 +344,23 @@ def _read_model(path, name):
     neither)."""
     if isinstance(path, onnx.ModelProto):
         return path
+    if isinstance(path, bytes) and b"\0" in path:  # (no file name holds a NUL byte)
+        raise TypeError(f"{name}: expected a file name, got bytes that hold a NUL byte (a "
+                        f"serialized model? give onnx.load_model_from_string(data))")
     if not isinstance(path, (str, bytes, os.PathLike)) and not hasattr(path, "read"):
         raise TypeError(f"{name}: expected an onnx.ModelProto, a path to one or a binary file "
                         f"open for reading, got {type(path).__name__}")
     path = checked_path(path, "read", name)
+    shown = path if isinstance(path, str) else getattr(path, "name", "the file object")
     try:
         model = onnx.load(path)  # (with its external data, where the model keeps some)
     except OSError:  # as open() gives it: missing, a folder
         raise
     except Exception as error:  # protobuf's DecodeError, not importable by a stable name
-        raise ValueError(f"{name}: {path} is not an ONNX model (it does not parse: "
+        raise ValueError(f"{name}: {shown} is not an ONNX model (it does not parse: "
                          f"{error})") from None
     if not model.ir_version and not model.graph.node:
-        raise ValueError(f"{name}: {path} is not an ONNX model (empty)")
+        raise ValueError(f"{name}: {shown} is not an ONNX model (empty)")
     return model
 
 

@@ -9,6 +9,7 @@ import warnings
 import torch
 from torch import nn
 
+from .._flags import check_flag
 from . import _ops, modules
 
 # torch.nn class -> the adapter (exact types: a user's subclass may change the math).
@@ -93,7 +94,7 @@ def _replacement(layer, cls):
 def _swap(module, inplace, mapping, caller):
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    if not inplace:
+    if not check_flag(inplace, "inplace"):
         module = copy.deepcopy(module)
     skipped = []
     recurrent = tuple(mapping)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .._flags import check_flag
 from . import _ops
 
 _DTYPES = (torch.float32, torch.float64)
@@ -314,8 +315,11 @@ class _RecurrentBase(_KeepsWeights):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         self.mode = {"lstm": "LSTM", "gru": "GRU", "rnn": f"RNN_{nonlinearity.upper()}"}[self._cell]
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size = bidirectional, proj_size
+        # (flags as fusedrnn takes them everywhere: a string such as "no" is refused, not true)
+        self.bias = check_flag(bias, "bias")
+        self.batch_first = check_flag(batch_first, "batch_first")
+        self.dropout = float(dropout)
+        self.bidirectional, self.proj_size = check_flag(bidirectional, "bidirectional"), proj_size
         self.nonlinearity = nonlinearity
         gates = _ops.GATES[self._cell] * hidden_size
         S = proj_size or hidden_size  # the width of h
@@ -651,7 +655,8 @@ class _CellBase(_KeepsWeights):
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.bias = check_flag(bias, "bias")
         self.nonlinearity = nonlinearity
         gates = _ops.GATES[self._cell] * hidden_size
         factory = {"device": device, "dtype": dtype}
