@@ -346,12 +346,22 @@ def test_dev_null_and_a_redirected_stdout_are_written_into(tmp_path):
     # (printed before and after, unflushed: the save goes between them, through the process's
     # own descriptor; a file opened anew there had its own offset, which "after" wrote over;
     # a symbolic link to /dev/stdout is the same name)
+    # (also through a link to the folder /dev/fd, and with sys.stdout swapped out: Python's
+    # buffer of the real one goes first; PYTHONUNBUFFERED would hide an unflushed buffer)
     os.symlink("/dev/stdout", tmp_path / "link")
-    for name in ("/dev/stdout", str(tmp_path / "link")):
-        code = ("import sys, numpy as np, fusedrnn as fr; print('before'); "
-                f"fr.save({{'w': np.arange(3.0)}}, {name!r}); print('after')")
+    os.symlink("/dev/fd", tmp_path / "fds")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for name, around in (("/dev/stdout", ""), (str(tmp_path / "link"), ""),
+                         (str(tmp_path / "fds" / "1"), ""),
+                         ("/dev/stdout", "contextlib.redirect_stdout(io.StringIO())")):
+        save = f"fr.save({{'w': np.arange(3.0)}}, {name!r})"
+        if around:
+            save = f"exec({f'with {around}: {save}'!r})"
+        code = ("import contextlib, io, sys, numpy as np, fusedrnn as fr; print('before'); "
+                f"{save}; print('after')")
         with open(out, "wb") as f:
-            subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=120)
+            subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=120,
+                           env=env)
         data = out.read_bytes()
         assert data.startswith(b"before\n") and data.endswith(b"after\n")
         (tmp_path / "copy.npz").write_bytes(data[len(b"before\n"):-len(b"after\n")])
@@ -448,3 +458,25 @@ def test_a_regular_file_under_dev_is_replaced_not_added_to(tmp_path):
         write_text(path, "{}")
         with open(path) as f:
             assert f.read() == "{}"
+
+
+def test_a_descriptor_open_for_reading_is_named_and_a_zip_member_is_read():
+    """A read-only descriptor passed the check and the save failed with a bare EBADF; a
+    zip member (a binary stream whose mode is "r") was refused as text."""
+    import io
+    import zipfile
+    from fusedrnn._atomic import check_writable
+    fd = os.open(__file__, os.O_RDONLY)
+    try:
+        for call in (lambda: check_writable(f"/dev/fd/{fd}"),
+                     lambda: fr.save({}, f"/dev/fd/{fd}")):
+            with pytest.raises(PermissionError, match="open for reading only"):
+                call()
+    finally:
+        os.close(fd)
+    member, archive = io.BytesIO(), io.BytesIO()
+    fr.save({"w": np.arange(2.0)}, member)
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("m.npz", member.getvalue())
+    with zipfile.ZipFile(archive) as z, z.open("m.npz") as f:
+        np.testing.assert_array_equal(fr.load(f)["w"], np.arange(2.0))

@@ -1737,3 +1737,8 @@ def test_flags_are_bools_or_0_and_1():
     with pytest.raises(TypeError, match="^inplace: expected a bool"):
         frt.convert(torch.nn.Sequential(torch.nn.LSTM(3, 4)), inplace="False")
     assert frt.GRU(3, 4, bidirectional=1).bidirectional is True
+    # a torch.nn layer built with a flag torch takes and we do not is left, with the warning
+    model = torch.nn.Sequential(torch.nn.LSTM(3, 4, bidirectional=2), torch.nn.GRU(4, 4))
+    with pytest.warns(UserWarning, match=r"0: bidirectional=2 \(the adapter takes a bool"):
+        frt.convert(model)
+    assert type(model[0]) is torch.nn.LSTM and isinstance(model[1], frt.GRU)

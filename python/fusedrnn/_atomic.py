@@ -3,6 +3,7 @@ target, so a crash mid-write leaves the previous file intact."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import re
@@ -48,18 +49,30 @@ def _own_descriptor(user_path):
     had printed, and a file opened anew there had an offset of its own, which the process's
     next print wrote over. (A regular file elsewhere in /dev, /dev/shm's, is a file.)"""
     names = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
-    numbered = re.compile(rf"/(?:dev/fd|proc/(?:self|{os.getpid()})/fd)/(\d+)")
+    numbered = re.compile(rf"/proc/{os.getpid()}/(?:task/\d+/)?fd/(\d+)")
     path = os.path.abspath(user_path)
     for _ in range(40):  # (a loop of links stops here, as the kernel's limit stops it)
-        if path in names:
-            return names[path]
+        # the folders resolved (/dev/fd is /proc/<pid>/fd; a link to a folder too), the name
+        # itself not: /proc/<pid>/fd/1 links to the redirected file, which is what is sought
+        path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
         match = numbered.fullmatch(path)
-        if match:
-            return int(match.group(1))
+        if path in names or match:
+            return names[path] if path in names else int(match.group(1))
         if not os.path.islink(path):
             return None
-        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
     return None
+
+
+def _open_descriptor(user_path, fd) -> None:
+    """OSError naming ``user_path`` unless ``fd`` is open for writing (closed: as open()
+    finds no such file; read-only: os.write's bare EBADF named nothing)."""
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        raise FileNotFoundError(errno.ENOENT, "no such open file", user_path) from None
+    if flags & os.O_ACCMODE == os.O_RDONLY:
+        raise PermissionError(errno.EACCES, "open for reading only", user_path)
 
 
 def _stream(user_path, target) -> bool:
@@ -85,9 +98,14 @@ def writable_target(path) -> str:
     for folder in (named, os.path.dirname(target)):
         if folder is None or os.path.isdir(folder):
             continue
-        if os.path.exists(folder):  # (a file where a folder is named: open()'s error)
-            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder", user_path)
-        raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist", user_path)
+        try:  # (open()'s error: ENOTDIR where a file stands for a folder at any depth)
+            os.stat(folder)
+            code = errno.ENOTDIR
+        except OSError as error:
+            code = error.errno
+        raise OSError(code, f"the folder {folder} " + (
+            "does not exist" if code == errno.ENOENT else f"cannot be reached: "
+            f"{os.strerror(code)}"), user_path)  # (OSError(ENOENT) is a FileNotFoundError)
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, "a folder; expected a file name", user_path)
     if os.path.exists(target) and not os.access(target, os.W_OK):
@@ -123,10 +141,7 @@ def check_writable(path) -> None:
     if _stream(user_path, target):  # (written into: it must exist, as atomic_write opens it)
         fd = _own_descriptor(user_path)
         if fd is not None:
-            try:
-                os.fstat(fd)
-            except OSError:
-                raise FileNotFoundError(errno.ENOENT, "no such open file", user_path) from None
+            _open_descriptor(user_path, fd)
             return
         if not os.path.exists(user_path):
             raise FileNotFoundError(errno.ENOENT, "no such file or stream", user_path)
@@ -187,11 +202,9 @@ def _write_into(user_path, data) -> None:
         with open(user_path, "wb") as f:
             f.write(data)
         return
-    try:
-        os.fstat(fd)
-    except OSError:
-        raise FileNotFoundError(errno.ENOENT, "no such open file", user_path) from None
-    for stream in (sys.stdout, sys.stderr):
+    _open_descriptor(user_path, fd)
+    # (the process's own streams too: redirect_stdout or a test's capture may stand in sys's)
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             if stream is not None and stream.fileno() == fd:
                 stream.flush()

@@ -8,8 +8,8 @@ import numpy as np
 
 def check_flag(value, name):
     """``value`` as a bool: a bool (Python's or NumPy's), or an integer 0 or 1 (as a config gives
-    a flag, and torch.nn takes one); TypeError naming ``name`` for anything else, whose truth is
-    not what it says (a string: "no" is true; None; a float; an array)."""
+    a flag); TypeError naming ``name`` for anything else, whose truth is not what it says (a
+    string: "no" is true; None; a float; an array)."""
     if isinstance(value, (bool, np.bool_)) or (
             isinstance(value, numbers.Integral) and value in (0, 1)):
         return bool(value)

@@ -17,11 +17,7 @@ if "scipy_openblas32" not in sys.modules:
 try:
     import scipy_openblas32 as _openblas
 
-    try:
-        _name = _openblas.get_library(fullname=True)
-    except TypeError:  # (releases before 0.3.27.63 name the library without its file name)
-        _name = "libscipy_openblas.so"
-    _lib = os.path.join(_openblas.get_lib_dir(), _name)
+    _lib = os.path.join(_openblas.get_lib_dir(), _openblas.get_library(fullname=True))
     _openblas_dll = ctypes.CDLL(_lib, mode=ctypes.RTLD_GLOBAL)
 finally:
     if _saved is None:

@@ -25,7 +25,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from io import BytesIO, TextIOBase
+from io import BufferedIOBase, BytesIO, RawIOBase, TextIOBase
 from typing import Any
 
 import numpy as np
@@ -234,8 +234,10 @@ def checked_path(path, file_object=None, name="path"):
     if file_object and hasattr(path, file_object) and not isinstance(path, (str, bytes)):
         if getattr(path, "closed", False) is True:
             raise ValueError(f"{name}: expected a file open for {doing}, got a closed one")
-        mode = getattr(path, "mode", None)  # (tempfile's wrappers are no TextIOBase)
-        text = isinstance(path, TextIOBase) or (isinstance(mode, str) and "b" not in mode)
+        mode = getattr(path, "mode", None)  # (tempfile's wrappers are no TextIOBase; a
+        text = isinstance(path, TextIOBase) or (  # binary stream's own mode may be "r")
+            not isinstance(path, (BufferedIOBase, RawIOBase)) and isinstance(mode, str)
+            and "b" not in mode)
         can = getattr(path, dict(read="readable", write="writable")[file_object], None)
         if text or (callable(can) and not can()):
             raise TypeError(f"{name}: expected a binary file open for {doing}, got "

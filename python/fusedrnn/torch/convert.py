@@ -48,6 +48,12 @@ def _why_not(layer, mapping, caller) -> str | None:
         return f"hooks registered on it ({caller} first, then register them on the new module)"
     if mapping is _TORCH_NN:  # torch.nn takes every device and dtype
         return None
+    for flag in ("bias", "batch_first", "bidirectional"):  # (torch.nn takes any truthy value)
+        value = getattr(layer, flag, False)
+        try:
+            check_flag(value, flag)
+        except TypeError:
+            return f"{flag}={value!r} (the adapter takes a bool, or 0 or 1)"
     weight = next(layer.parameters(), None)
     if weight is not None and weight.device.type == "cuda":
         why = modules.cuda_unavailable()
