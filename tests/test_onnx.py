@@ -667,7 +667,7 @@ def test_load_turns_nodes_into_layers_with_their_weights(seed, tmp_path):
 def test_load_refuses_weights_that_are_graph_inputs():
     with pytest.raises(ValueError, match=r"input W \('W'\) is not an initializer"):
         load(_node_model("LSTM"))
-    with pytest.raises(TypeError, match="path: expected an onnx.ModelProto, a path to one"):
+    with pytest.raises(TypeError, match="path: expected an onnx.ModelProto, its serialized bytes, a path to one"):
         load(3)
 
 
@@ -755,7 +755,7 @@ def test_integer_division_stays_in_integers():
 
 def test_a_file_that_holds_no_model_is_named(tmp_path):
     """A truncated or empty file gave protobuf's DecodeError (no path) or an ir_version
-    complaint; both loaders name the file."""
+    complaint; both loaders name the file (or the bytes)."""
     from fusedrnn.onnx import Backend, load
     empty, garbage = tmp_path / "empty.onnx", tmp_path / "garbage.onnx"
     empty.write_bytes(b"")
@@ -766,9 +766,37 @@ def test_a_file_that_holds_no_model_is_named(tmp_path):
             call(empty)
         with pytest.raises(ValueError, match=f"^{name}: .*garbage.onnx is not an ONNX model "
                                              f"\\(it does not parse"):
-            call(bytes(garbage))
+            call(str(garbage))
         with pytest.raises(FileNotFoundError):
             call(tmp_path / "missing.onnx")
-        with pytest.raises(TypeError, match=f"^{name}: expected a file name, got bytes that "
-                                            f"hold a NUL byte"):  # (a serialized model)
-            call(b"\x08\x08\x00\x12")
+        with pytest.raises(ValueError, match=f"^{name}: the bytes given are not an ONNX model "
+                                             f"\\(it does not parse.*a file name goes as a "
+                                             f"str or a pathlib.Path"):
+            call(garbage.read_bytes())
+        with pytest.raises(ValueError, match=f"^{name}: the bytes given are not an ONNX model "
+                                             f"\\(empty\\)"):
+            call(b"")
+        with pytest.raises(ValueError, match=f"^{name}: the bytes given are not an ONNX model"):
+            call(bytes(garbage))  # (a file name as bytes: no serialized model)
+        with pytest.raises(TypeError, match=f"^{name}: expected an onnx.ModelProto, its "
+                                            f"serialized bytes, a path"):
+            call(3.5)
+
+
+def test_serialized_bytes_load_as_onnx_runtime_reads_them(tmp_path):
+    """ONNX Runtime's InferenceSession takes a model's bytes; ours took any bytes for a file
+    name (a model without a NUL byte was looked for as a file)."""
+    import fusedrnn as fr
+    from fusedrnn.onnx import Backend, export, load
+    layer = fr.nn.GRU(3, 4, seed=1)
+    path = tmp_path / "gru.onnx"
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    export(layer, path, x)
+    data = path.read_bytes()
+    want = Backend.prepare(path).run([x])
+    for given in (data, bytearray(data), memoryview(data)):
+        got = Backend.prepare(given).run([x])
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        (loaded,) = load(given).values()
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(loaded.state_dict().values(), layer.state_dict().values()))

@@ -323,3 +323,22 @@ def test_training_comes_with_import_fusedrnn():
                            "fr.training.TruncatedBPTT, fr.training.Checkpointer"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_fit_checks_progress_before_restoring_a_checkpoint(tmp_path):
+    """A bad ``progress`` was named only after the checkpoint had been read back into the
+    caller's objects (the model already rewound to the saved run's weights)."""
+    from fusedrnn.training import Checkpointer
+    path = tmp_path / "run.ckpt"
+    lin = fr.nn.Linear(2, 2)
+
+    def step(batch):
+        lin.weight.data += 1.0
+        return 0.0
+    fit(step, lambda e: [np.arange(2)] * 3, 1, progress=False, state={"model": lin},
+        checkpoint=Checkpointer(path, 2))
+    lin.weight.data[:] = -5.0
+    with pytest.raises(TypeError, match="^progress: "):
+        fit(step, lambda e: [np.arange(2)] * 3, 2, progress="no", state={"model": lin},
+            checkpoint=Checkpointer(path, 2, resume=path))
+    assert (lin.weight.data == -5.0).all()

@@ -178,13 +178,13 @@ def fit(train_step, make_batches, epochs, evaluate=None, scheduler=None, progres
         raise TypeError(f"scheduler: expected an object with a step() method (an LR scheduler) "
                         f"or None, got {type(scheduler).__name__}")
     epochs = _int_in(epochs, "epochs", 0)
+    tqdm = _tqdm() if check_flag(progress, "progress") else None  # (before a restore)
     objects = dict(state or {})
     if scheduler is not None:
         objects.setdefault("scheduler", scheduler)
     if checkpoint is not None and checkpoint.path is not None:
         _check_storable(gather_state(objects), "state")  # (not at the first write, steps later)
     pos = (checkpoint.restore(desc, objects) if checkpoint is not None else None) or _Position()
-    tqdm = _tqdm() if check_flag(progress, "progress") else None
     start = time.perf_counter() - pos.seconds
 
     def where():

@@ -338,29 +338,33 @@ def _with_shapes(model):
 
 
 def _read_model(path, name):
-    """``path`` itself where it is a ModelProto, else the one in the file it names (or the open
+    """``path`` itself where it is a ModelProto, the model serialized in it where it is bytes (as
+    ONNX Runtime's InferenceSession reads bytes), else the one in the file it names (or the open
     binary file it is); TypeError naming ``name`` for anything else, ValueError naming the file
-    where it holds no model (a truncated, empty or other file: protobuf's DecodeError named
-    neither)."""
+    (or the bytes) where it holds no model (a truncated, empty or other file: protobuf's
+    DecodeError named neither)."""
     if isinstance(path, onnx.ModelProto):
         return path
-    if isinstance(path, bytes) and b"\0" in path:  # (no file name holds a NUL byte)
-        raise TypeError(f"{name}: expected a file name, got bytes that hold a NUL byte (a "
-                        f"serialized model? give onnx.load_model_from_string(data))")
-    if not isinstance(path, (str, bytes, os.PathLike)) and not hasattr(path, "read"):
-        raise TypeError(f"{name}: expected an onnx.ModelProto, a path to one or a binary file "
-                        f"open for reading, got {type(path).__name__}")
-    path = checked_path(path, "read", name)
-    shown = path if isinstance(path, str) else getattr(path, "name", "the file object")
-    try:
-        model = onnx.load(path)  # (with its external data, where the model keeps some)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source, shown = bytes(path), "the bytes given are"
+        hint = " (a file name goes as a str or a pathlib.Path)"
+    elif isinstance(path, (str, os.PathLike)) or hasattr(path, "read"):
+        source = checked_path(path, "read", name)
+        shown = source if isinstance(source, str) else getattr(source, "name", "the file object")
+        shown, hint = f"{shown} is", ""
+    else:
+        raise TypeError(f"{name}: expected an onnx.ModelProto, its serialized bytes, a path to "
+                        f"one or a binary file open for reading, got {type(path).__name__}")
+    try:  # (a file's model with its external data, where it keeps some)
+        model = onnx.load_model_from_string(source) if isinstance(source, bytes) else \
+            onnx.load(source)
     except OSError:  # as open() gives it: missing, a folder
         raise
     except Exception as error:  # protobuf's DecodeError, not importable by a stable name
-        raise ValueError(f"{name}: {shown} is not an ONNX model (it does not parse: "
-                         f"{error})") from None
+        raise ValueError(f"{name}: {shown} not an ONNX model (it does not parse: "
+                         f"{error}){hint}") from None
     if not model.ir_version and not model.graph.node:
-        raise ValueError(f"{name}: {shown} is not an ONNX model (empty)")
+        raise ValueError(f"{name}: {shown} not an ONNX model (empty){hint}")
     return model
 
 
@@ -458,8 +462,8 @@ class Backend(OnnxBackend):
 
     @classmethod
     def prepare(cls, model, device: str = "CPU", **kwargs):
-        """Check ``model`` (a ModelProto, a path or an open binary file) and every node;
-        returns the rep to run."""
+        """Check ``model`` (a ModelProto, its serialized bytes, a path or an open binary file)
+        and every node; returns the rep to run."""
         model = _read_model(model, "model")
         if not cls.supports_device(device):
             raise ValueError(f"device: fusedrnn's ONNX backend runs on 'CPU', got {device!r}")
