@@ -349,9 +349,8 @@ if sys.argv[1] == "worker":  # threading imported first there: its "main thread"
         time.sleep(0.01)
 import numpy as np
 from fusedrnn import _C
-a = np.ones((4, 4), np.float32)
-_C.matmul(a, a, False, False)  # (pybind11's NumPy imports done: none can run at exit)
-def batches():
+a = np.ones((4, 4), np.float32)  # (the first kernel call is at exit: pybind11's NumPy
+def batches():                   # import, made at the first array, failed there)
     try:
         while True:
             yield 0
@@ -366,7 +365,8 @@ next(g)
 def test_a_kernel_call_while_the_main_thread_finalizes_returns(imported_in):
     """The thread finalizing the interpreter takes the GIL back after a call (a generator's
     cleanup, a __del__ at exit): only other threads stay out (it waited forever, and so it did
-    where fusedrnn was first imported on another thread)."""
+    where fusedrnn was first imported on another thread), and a first call there finds NumPy's
+    C API imported (ImportError: sys.meta_path is None)."""
     import subprocess
     import sys
     done = subprocess.run([sys.executable, "-c", _FINALIZER_SNIPPET, imported_in],

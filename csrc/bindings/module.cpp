@@ -767,6 +767,9 @@ py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fusedrnn kernels (see fusedrnn.functional for the documented API)";
   remember_main_thread();  // (GilReleased)
+  // NumPy's C API now: pybind11 imports it at the first array made, and a first call from a
+  // __del__ at interpreter exit finds the import system gone (ImportError).
+  py::detail::npy_api::get();
   m.def("recurrent_forward", &recurrent_forward, py::arg("cell"), py::arg("nonlinearity"),
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),

@@ -372,10 +372,12 @@ class RMSprop(Optimizer):
         if not state:
             state["step"] = 0
             state["square_avg"] = np.zeros_like(p.data)
-            if group["momentum"] > 0:
-                state["momentum_buffer"] = np.zeros_like(p.data)
-            if group["centered"]:
-                state["grad_avg"] = np.zeros_like(p.data)
+        # momentum or centered switched on after the first step start from zeros then (as
+        # Adam's amsgrad; torch's raises KeyError)
+        if group["momentum"] > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = np.zeros_like(p.data)
+        if group["centered"] and "grad_avg" not in state:
+            state["grad_avg"] = np.zeros_like(p.data)
         state["step"] += 1
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * p.data

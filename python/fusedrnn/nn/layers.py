@@ -600,7 +600,7 @@ class ModuleDict(Module):
                 pairs.append(tuple(pair))
         _modules_checked([m for _, m in pairs], "(key, module) pairs")
         for key, _ in pairs:
-            self._check_name(key)
+            self._check_name(key, "_modules")
         for key, m in pairs:
             self.add_module(key, m)
 

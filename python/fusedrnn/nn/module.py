@@ -131,8 +131,7 @@ class Parameter:
     arrays (``KeptWeights``), so a kept form can never be stale."""
 
     __slots__ = {"_data": "The values (read through ``data``).",
-                 "grad": "The accumulated gradient, shaped like ``data``; None until the first "
-                         "backward (and after ``zero_grad()``).",
+                 "_grad": "See ``grad``.",
                  "_version": "See ``version``.",
                  "_written": "The version of the last known write: a new ``data``, an "
                              "optimizer's step, ``load_state_dict`` (``mark_written``).",
@@ -215,6 +214,23 @@ class Parameter:
         return self
 
     @property
+    def grad(self):
+        """The accumulated gradient, shaped like ``data``; None until the first backward (and
+        after ``zero_grad()``). An array of another shape is refused, as torch refuses one
+        (another dtype is taken: the optimizers compute in the parameter's)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None and hasattr(self, "_data"):
+            if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+                raise TypeError(f"grad: expected an array or None, got {type(value).__name__}")
+            if tuple(value.shape) != self._data.shape:
+                raise ValueError(f"grad: expected shape {self._data.shape} (data's), got "
+                                 f"{tuple(value.shape)}")
+        self._grad = value
+
+    @property
     def version(self):
         """A number that changes whenever ``data`` may have changed (see the class)."""
         return self._version
@@ -269,6 +285,9 @@ class Parameter:
             raise ValueError(f"grad: expected shape {self._data.shape}, got {grad.shape}")
         if not self.requires_grad:
             return
+        if self.grad is not None and self.grad.shape != self._data.shape:  # (data replaced)
+            raise ValueError(f"grad: the gradient held has shape {self.grad.shape}, data now "
+                             f"{self._data.shape} (zero_grad() first)")
         if self.grad is None:
             self.grad = grad.astype(self._data.dtype, copy=True)
         else:
@@ -593,15 +612,15 @@ class Module:
         else:
             object.__delattr__(self, name)
 
-    def _check_name(self, name):
+    def _check_name(self, name, table):
         """KeyError, as torch.nn's, for a name that would hide something: empty, dotted (state
-        dict keys are dotted paths) or an attribute that is no parameter or submodule (a method,
-        a setting)."""
+        dict keys are dotted paths) or an attribute other than an entry of ``table`` (a method,
+        a setting, a submodule's name given to a parameter or the other way)."""
         if not isinstance(name, str):
             raise TypeError(f"name: expected a str, got {type(name).__name__}")
         if not name or "." in name:
             raise KeyError(f"name: expected a non-empty name without '.', got {name!r}")
-        if hasattr(self, name) and name not in self._parameters and name not in self._modules:
+        if hasattr(self, name) and name not in getattr(self, table):
             raise KeyError(f"name: attribute {name!r} already exists")
 
     def register_parameter(self, name, param):
@@ -610,7 +629,7 @@ class Module:
         already another attribute (KeyError, as torch.nn)."""
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"{name}: expected a Parameter or None, got {type(param).__name__}")
-        self._check_name(name)
+        self._check_name(name, "_parameters")
         self._register(name, param, "_parameters")
 
     def add_module(self, name, module):
@@ -619,7 +638,7 @@ class Module:
         (KeyError, as torch.nn)."""
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{name}: expected a Module or None, got {type(module).__name__}")
-        self._check_name(name)
+        self._check_name(name, "_modules")
         self._register(name, module, "_modules")
 
     # ------------------------------------------------------------------ traversal
@@ -637,23 +656,32 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_modules(self, prefix="", remove_duplicate=True):
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
         """(dotted name, module) pairs of this module (named ``prefix``) and every submodule,
         depth first; a module reachable twice is listed once (``remove_duplicate=False``: under
-        every name, as a state dict keys it)."""
+        every name, as a state dict keys it). ``memo``: a set of modules to leave out, to which
+        those listed are added (torch.nn's)."""
         remove_duplicate = check_flag(remove_duplicate, "remove_duplicate")
-        seen = set()
-
-        def walk(module, pre, path):
-            if id(module) in path or (remove_duplicate and id(module) in seen):
-                return  # (a cycle is never followed)
-            seen.add(id(module))
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
+        if memo is None:
+            memo = set()
+        elif not isinstance(memo, set):
+            raise TypeError(f"memo: expected a set of modules or None, got {type(memo).__name__}")
+        # a stack, not a recursive closure: that one is a reference cycle per call (garbage
+        # the collector must find, at every cell step's parameters())
+        stack = [(self, prefix, frozenset())]
+        while stack:
+            module, pre, path = stack.pop()
+            if id(module) in path or (remove_duplicate and module in memo):
+                continue  # (a cycle is never followed)
+            if remove_duplicate:
+                memo.add(module)
             yield pre, module
-            for name, child in module._modules.items():
-                if child is not None:
-                    yield from walk(child, f"{pre}.{name}" if pre else name, path | {id(module)})
-
-        yield from walk(self, prefix, frozenset())
+            inside = path | {id(module)}
+            stack.extend((child, f"{pre}.{name}" if pre else name, inside)
+                         for name, child in reversed(module._modules.items())
+                         if child is not None)
 
     def modules(self):
         """This module and every submodule, depth first, each once."""
@@ -667,7 +695,8 @@ class Module:
         recurse = check_flag(recurse, "recurse")
         remove_duplicate = check_flag(remove_duplicate, "remove_duplicate")
         seen = set()
-        walker = self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]
+        walker = (self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse
+                  else [(prefix, self)])
         for mod_prefix, module in walker:
             for name, p in module._parameters.items():
                 if p is None or (remove_duplicate and id(p) in seen):
