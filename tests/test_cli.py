@@ -310,8 +310,11 @@ def test_data_too_small_for_the_task_is_refused_before_training(capsys, tmp_path
     table = tmp_path / "tiny.csv"
     table.write_text('text,label\n"good movie",pos\n"bad movie",neg\n"great",pos\n')
     assert "3 rows give 3 to test and 0 to train" in error_of(
-        capsys, "train", "classify-text", "--data", str(table), "--test-fraction", "1",
+        capsys, "train", "classify-text", "--data", str(table), "--test-fraction", "0.9",
         "--epochs", "1")
+    for share in ("0", "1"):  # (0 tested one row all the same, unsaid)
+        assert "--test-fraction: expected a number between 0 and 1 (neither)" in error_of(
+            capsys, "train", "classify-text", "--data", str(table), "--test-fraction", share)
     assert main(["train", "classify-text", "--data", str(table), "--test-fraction", "0.1",
                  "--epochs", "1", "--hidden", "4", "--no-progress"]) == 0  # one row to test
     (tmp_path / "folder").mkdir()
@@ -430,3 +433,19 @@ def test_translate_refuses_no_date_and_warns_of_an_answer_that_is_no_date(capsys
     with pytest.warns(UserWarning, match=r"'3 May 1999' -> '.*' is not a date of the model's "
                                          r"training data \(1950-01-01 to 2049-12-31\)"):
         assert main(["translate", "--model", str(model), "3 May 1999"]) == 0
+
+
+def test_debug_after_a_double_dash_is_a_text(capsys):
+    """`translate ... -- --debug` switched debugging on and dropped the text "--debug"."""
+    line = error_of(capsys, "translate", "--model", "/no/such/model.npz", "--", "--debug")
+    assert "/no/such/model.npz: No such file" in line
+
+
+def test_a_failed_write_or_read_names_the_file(tmp_path):
+    """A disk full at the write (/dev/full) or an EIO at a read gave "[Errno 28] No space left
+    on device" naming no file: the atomic writer and the loader name theirs."""
+    import os
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with pytest.raises(OSError, match="No space left on device: '/dev/full'"):
+        fr.save({"a": np.zeros(3)}, "/dev/full")

@@ -1,6 +1,7 @@
 """Each worked example trains a short, seeded run through the command line and ends clearly
 better than chance; generate, --save, --plot and --json work end to end."""
 import json
+import os
 import subprocess
 import sys
 
@@ -96,6 +97,25 @@ def test_chars_beats_unigram_and_generates(capsys, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("fusedrnn: warning: prime: ") and "Warning" not in proc.stderr
+    # a stdout that cannot encode the prime (PYTHONIOENCODING=ascii) lost the whole text
+    proc = subprocess.run([sys.executable, "-m", "fusedrnn", "generate", "--model", str(model),
+                           "--prime", unseen + "jazz", "--length", "3"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"\\u{ord(unseen):04x}jazz") and len(proc.stdout) == 14
+    # the characters come one at a time (generate writes each as drawn); bad arguments are
+    # named before the first; a diverged model's NaN is named (numpy's "probabilities contain
+    # NaN" named nothing)
+    from fusedrnn.tasks.chars import draw
+    drawn = draw(lm, vocab, "jazz", 5, seed=3)
+    assert [len(c) for c in drawn] == [1] * 5
+    with pytest.raises(ValueError, match="^length: expected an integer >= 0, got -3"):
+        draw(lm, vocab, "jazz", -3)
+    with pytest.raises(TypeError, match="^prime: expected a str, got NoneType"):
+        sample(lm, vocab, None, 3)
+    next(iter(lm.parameters())).data[...] = np.nan
+    with pytest.raises(ValueError, match="^model: its outputs are not finite"):
+        sample(lm, vocab, "jazz", 3)
     # a vocabulary that does not fit the model (hand-edited): an IndexError traceback, or
     # characters shifted silently
     saved = fr.load(model)
@@ -228,3 +248,29 @@ def test_attention_picture_labels_each_decoded_token(tmp_path, monkeypatch):
     for texts in (np.array(["3 may 1999", "1/2/03"]), (t for t in ["3 may 1999", "1/2/03"])):
         ids, lengths = dates.make_codecs()[0].batch(texts)  # (an array, a generator)
         assert list(lengths) == [10, 6]
+
+
+def test_the_tasks_name_bad_arguments_before_using_the_model():
+    """dates.translate("may 3") translated each character; a beam of 0 fell back to greedy;
+    exact_match with batch_size 0 raised range()'s error, with a generator len()'s;
+    caption_digits.exact_match zipped labels of another length and scored label -1 as nine."""
+    from fusedrnn.tasks import caption_digits, chars, dates
+    with pytest.raises(TypeError, match=r"^texts: expected a list of str \(one text goes as "
+                                        r"\[text\]\), got a str"):
+        dates.translate(None, "may 3")
+    for beam in (0, -1):
+        with pytest.raises(ValueError, match=f"^beam: expected an integer >= 1, got {beam}"):
+            dates.translate(None, ["may 3"], beam=beam)
+    with pytest.raises(TypeError, match="^beam: expected an integer, got NoneType"):
+        caption_digits.caption(None, np.zeros((1, 64)), beam=None)
+    with pytest.raises(ValueError, match="^batch_size: expected an integer >= 1, got 0"):
+        dates.exact_match(None, [("may 3", "2001-05-03")], batch_size=0)
+    assert dates.exact_match(None, (p for p in ())) == 0.0
+    images = np.zeros((3, 64))
+    with pytest.raises(ValueError, match=r"^labels: expected 3 integer digits \(one per image\)"):
+        caption_digits.exact_match(None, images, [1, 2])
+    with pytest.raises(ValueError, match=r"^labels: expected digits in \[0, 9\], got -1..10"):
+        caption_digits.exact_match(None, images, [-1, 2, 10])
+    assert caption_digits.exact_match(None, images[:0], []) == 0.0
+    with pytest.raises(ValueError, match="^n: expected an integer >= 1, got 0"):
+        chars.streams(np.arange(10), 0)

@@ -2,6 +2,7 @@
 target, so a crash mid-write leaves the previous file intact."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -153,6 +154,18 @@ def check_writable(path) -> None:
     os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def named_os_errors(name):
+    """An OSError raised without a file name (a disk full at a write, an EIO at a read) gets
+    ``name``: the message then says which file it was."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = name
+        raise
+
+
 def atomic_write(path, write) -> None:
     """Call ``write(file_object)`` on a binary temporary file, then move it onto ``path``. The
     file gets the permissions ``open(path, "w")`` would give it (0o666 less the umask; an
@@ -165,7 +178,11 @@ def atomic_write(path, write) -> None:
         write(path)
         return
     user_path = _user_path(path)
-    path = writable_target(user_path)
+    with named_os_errors(user_path):
+        _atomic_write(user_path, writable_target(user_path), write)
+
+
+def _atomic_write(user_path, path, write) -> None:
     if _stream(user_path, path):  # nothing to keep intact; whole bytes: a zip on /dev/null
         buffer = io.BytesIO()     # seeks, which a device's or pipe's stream cannot
         write(buffer)

@@ -80,15 +80,21 @@ def interrupted_line(exc: KeyboardInterrupt, argv) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    options = argv.index("--") if "--" in argv else len(argv)  # (after "--": texts, kept)
+    debug = "--debug" in argv[:options]
+    argv = [a for a in argv[:options] if a != "--debug"] + argv[options:]
     formatter = warnings.formatwarning
     if not debug:  # a warning as a command's other messages say things, not a source line
         warnings.formatwarning = lambda message, *_, **__: f"fusedrnn: warning: {message}\n"
+    errors = getattr(sys.stdout, "errors", None)
+    if errors == "strict" and callable(getattr(sys.stdout, "reconfigure", None)):
+        sys.stdout.reconfigure(errors="backslashreplace")  # (text an ASCII stdout cannot hold)
     try:
         return _run(argv, debug)
     finally:
         warnings.formatwarning = formatter
+        if errors == "strict" and callable(getattr(sys.stdout, "reconfigure", None)):
+            sys.stdout.reconfigure(errors=errors)
 
 
 def _run(argv, debug) -> int:

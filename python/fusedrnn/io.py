@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_write
+from ._atomic import atomic_write, named_os_errors
 
 __all__ = ["save", "load"]
 
@@ -423,7 +423,7 @@ def load(path, *, max_bytes=DEFAULT_MAX_BYTES) -> Any:
                             f"{type(data).__name__}")
         name = getattr(path, "name", None)
         path, opened = (name if isinstance(name, str) else "the file object"), BytesIO(data)
-    with opened as f:
+    with opened as f, named_os_errors(path):
         magic = f.read(6)
         f.seek(0)
         if magic == b"\x93NUMPY":  # a bare .npy

@@ -24,6 +24,7 @@ positive_int = _number(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
 fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+share = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1 (neither)")  # a split's
 threads = _number(int, lambda v: 1 <= v <= 4096, "an integer from 1 to 4096")  # set_num_threads's
 
 

@@ -21,6 +21,7 @@ def add_commands(sub):
 
 def run_translate(args):
     from fusedrnn.cli import print_json
+    import reprlib
     import warnings
     from fusedrnn.tasks.dates import load_model, plot_attention, trained_date, translate
     from .train import check_outputs
@@ -29,7 +30,7 @@ def run_translate(args):
     outputs, result = translate(model, args.text, beam=args.beam)
     for text, out in zip(args.text, outputs):
         if not trained_date(out):
-            warnings.warn(f"{text!r} -> {out!r} is not a date of the model's training data "
+            warnings.warn(f"{reprlib.repr(text)} -> {out!r} is not a date of the model's training data "
                           f"(1950-01-01 to 2049-12-31): a year outside them, or no date")
     if args.plot:
         plot_attention(args.plot, model, args.text, title="attention (rows: output characters, "

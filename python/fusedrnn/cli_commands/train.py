@@ -222,11 +222,16 @@ def make_checkpointer(args):
 
 def run_generate(args):
     from fusedrnn.cli import print_json
-    from fusedrnn.tasks.chars import load_model, sample
+    from fusedrnn.tasks.chars import draw, load_model
     model, vocab = load_model(args.model)
-    text = sample(model, vocab, args.prime, args.length, args.temperature, args.seed)
+    drawn = draw(model, vocab, args.prime, args.length, args.temperature, args.seed)
     if args.json:
-        print_json({"prime": args.prime, "temperature": args.temperature, "text": text})
-    else:
-        print(text)
+        print_json({"prime": args.prime, "temperature": args.temperature,
+                    "text": args.prime + "".join(drawn)})
+        return 0
+    sys.stdout.write(args.prime)  # then each character as it is drawn: a long run shows its
+    for char in drawn:            # text as it goes, and Ctrl-C keeps what was written
+        sys.stdout.write(char)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0

@@ -96,8 +96,10 @@ def read_idx(path):
 
 def _find(folder, stem):
     if not os.path.isdir(folder):
-        raise FileNotFoundError(errno.ENOENT, "no such folder (expected a folder holding the MNIST "
-                                "IDX files, e.g. train-images-idx3-ubyte[.gz])", folder)
+        expected = "expected a folder holding the MNIST IDX files, e.g. train-images-idx3-ubyte[.gz]"
+        if os.path.exists(folder):
+            raise NotADirectoryError(errno.ENOTDIR, f"not a folder ({expected})", folder)
+        raise FileNotFoundError(errno.ENOENT, f"no such folder ({expected})", folder)
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         p = os.path.join(folder, name)
         if os.path.exists(p):

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import data, io, optim
 from ..data.text import batches
+from ..nn.layers import _int_in
 from ..nn.seq2seq import Captioner
 from ..training import fit
 from .common import majority_baseline, pyplot, save_figure
@@ -44,6 +45,7 @@ def build_model(config):
 
 
 def _decoded(model, images, beam):
+    beam = _int_in(beam, "beam", 1)
     if beam > 1:
         return model.beam_search(images, beam_size=beam, max_len=8)
     return model.greedy_decode(images, max_len=8)
@@ -58,9 +60,18 @@ def caption(model, images, beam=1):
 def exact_match(model, images, labels, beam=1):
     """The share of images captioned with their digit's name, token for token (a special token
     in a caption, which the words drop, is a miss)."""
+    labels = np.asarray(labels)
+    if labels.shape == (0,):  # ([] reads as float64)
+        labels = labels.astype(np.int64)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
+        raise ValueError(f"labels: expected {len(images)} integer digits (one per image), got "
+                         f"shape {labels.shape} dtype {labels.dtype}")
+    if len(labels) and not (labels.min() >= 0 and labels.max() <= 9):
+        raise ValueError(f"labels: expected digits in [0, 9], got {labels.min()}..{labels.max()}")
     codec = CharCodec(CHARS)
-    tokens = _decoded(model, images, beam).tokens
-    return float(np.mean([codec.spells(t, NAMES[y]) for t, y in zip(tokens, labels)]))
+    tokens = _decoded(model, images, beam).tokens if len(labels) else []
+    hits = [codec.spells(t, NAMES[y]) for t, y in zip(tokens, labels)]
+    return sum(hits) / max(1, len(hits))  # (none: 0.0, as dates.exact_match)
 
 
 def run(args, progress=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 import time
 import warnings
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from .. import data, io, optim
 from ..nn import CrossEntropyLoss, softmax
+from ..nn.layers import _int_in
 from ..training import TruncatedBPTT, fit
 from .common import RecurrentLM, load_task_file, maybe_plot
 from ..cli_commands import path, positive_float, positive_int
@@ -43,6 +45,7 @@ def add_arguments(p):
 
 def streams(ids, n):
     """ids [L] -> [L // n, n]: n contiguous streams side by side (time-major)."""
+    n = _int_in(n, "n", 1)
     length = len(ids) // n
     return np.ascontiguousarray(ids[:length * n].reshape(n, length).T)
 
@@ -116,11 +119,16 @@ def run(args, progress=True):
                "unigram_bits_per_char": unigram_bits(train_ids, test_ids, len(vocab)),
                "corpus": args.data or "python-stdlib-docstrings", "epochs": args.epochs,
                "seconds": time.perf_counter() - start}
-    prime = "".join(c for c in "The " if c in vocab.index)  # (a text without them: no warning)
-    metrics["sample"] = sample(model, vocab, prime, 120, temperature=0.8, seed=args.seed)
-    if args.save:
+    if args.save:  # (first: a diverged model's sample fails, and its file shows why)
         io.save({"task": "chars", "config": model.config, "vocab": vocab.chars,
                  "model": model.state_dict()}, args.save)
+    prime = "".join(c for c in "The " if c in vocab.index)  # (a text without them: no warning)
+    if math.isfinite(bits):
+        metrics["sample"] = sample(model, vocab, prime, 120, temperature=0.8, seed=args.seed)
+    else:  # (the metrics still say so)
+        metrics["sample"] = None
+        warnings.warn(f"the model diverged (test bits per char {bits}): no sample; train again "
+                      f"with a smaller --lr")
     if args.plot:
         epochs = [h["epoch"] for h in history]
         maybe_plot(args.plot, [
@@ -137,7 +145,17 @@ def run(args, progress=True):
 def sample(model, vocab, prime, length, temperature=0.8, seed=None):
     """Feed ``prime`` (a space where empty; a character the vocabulary lacks is read as its
     space, or its first character, with a warning) then draw ``length`` characters from
-    softmax(logits / temperature)."""
+    softmax(logits / temperature); returns ``prime`` and them."""
+    return prime + "".join(draw(model, vocab, prime, length, temperature, seed))
+
+
+def draw(model, vocab, prime, length, temperature=0.8, seed=None):
+    """:func:`sample`'s drawn characters, one at a time as each is drawn (`fusedrnn generate`
+    writes them so: a long run shows its text as it goes, and an interrupted one keeps it).
+    The arguments are checked before the first is drawn."""
+    if not isinstance(prime, str):
+        raise TypeError(f"prime: expected a str, got {type(prime).__name__}")
+    length = _int_in(length, "length", 0)
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
     try:
@@ -146,26 +164,31 @@ def sample(model, vocab, prime, length, temperature=0.8, seed=None):
         t = math.inf
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature}")
-    temperature = t
     rng = np.random.default_rng(seed)
     unknown = vocab.index.get(" ", 0)
     missing = sorted(set(prime) - set(vocab.index))
     if missing:
-        warnings.warn(f"prime: {''.join(missing)!r} not in the model's vocabulary; read as "
-                      f"{vocab.decode([unknown])!r}", UserWarning, stacklevel=2)
-    prime_ids = vocab.encode(prime or " ", unknown=unknown)
+        warnings.warn(f"prime: {reprlib.repr(''.join(missing))} not in the model's vocabulary; "
+                      f"read as {vocab.decode([unknown])!r}", UserWarning, stacklevel=3)
+    return _drawn(model, vocab, vocab.encode(prime or " ", unknown=unknown), length, t, rng)
+
+
+def _drawn(model, vocab, prime_ids, length, temperature, rng):
     model.eval()
-    logits, state = model(prime_ids[:, None], None)
-    out = []
-    for _ in range(length):
-        z = logits[-1, 0].astype(np.float64)
-        with np.errstate(over="ignore"):  # (shifted first: any temperature > 0 samples; a
-            p = softmax((z - z.max()) / temperature)  # logit far below the top is then -inf)
-        nxt = int(rng.choice(len(p), p=p))
-        out.append(nxt)
-        logits, state = model(np.array([[nxt]]), state)
-    model.train()
-    return prime + vocab.decode(out)
+    try:
+        logits, state = model(prime_ids[:, None], None)
+        for _ in range(length):
+            z = logits[-1, 0].astype(np.float64)
+            if not np.isfinite(z).all():
+                raise ValueError("model: its outputs are not finite (NaN or inf): its weights "
+                                 "diverged in training (train again with a smaller --lr)")
+            with np.errstate(over="ignore"):  # (shifted first: any temperature > 0 samples; a
+                p = softmax((z - z.max()) / temperature)  # logit far below the top is -inf)
+            nxt = int(rng.choice(len(p), p=p))
+            yield vocab.decode([nxt])
+            logits, state = model(np.array([[nxt]]), state)
+    finally:
+        model.train()
 
 
 def load_model(path):

@@ -17,7 +17,7 @@ from ..data.text import WordVocab
 from ..nn import CrossEntropyLoss
 from ..training import fit
 from .common import SequenceClassifier, accuracy, majority_baseline, maybe_plot
-from ..cli_commands import fraction, path, positive_float, positive_int
+from ..cli_commands import path, positive_float, positive_int, share
 
 DEFAULTS = dict(epochs=10, hidden=64, embedding=32, lr=5e-3, batch_size=32, cell="gru")
 
@@ -30,7 +30,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"])
     p.add_argument("--max-words", type=positive_int, default=200, help="truncate texts to this many words")
-    p.add_argument("--test-fraction", type=fraction, default=0.2)
+    p.add_argument("--test-fraction", type=share, default=0.2)
     p.set_defaults(epochs=DEFAULTS["epochs"])
 
 

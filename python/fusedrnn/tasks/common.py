@@ -156,8 +156,10 @@ def load_task_file(path, task, build):
     from .. import io
     saved = io.load(path)
     if not isinstance(saved, dict) or saved.get("task") != task:
-        raise ValueError(f"{path}: not a model of `fusedrnn train {task}` (save one with "
-                         f"`fusedrnn train {task} --save {path}`)")
+        found = saved.get("task") if isinstance(saved, dict) else None
+        what = f"a `fusedrnn train {found}` model" if isinstance(found, str) else "another file"
+        raise ValueError(f"{path}: not a model of `fusedrnn train {task}` ({what}; save one "
+                         f"with `fusedrnn train {task} --save FILE`)")
     try:
         return build(saved)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:

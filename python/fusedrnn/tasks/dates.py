@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import reprlib
 import time
 import warnings
 
@@ -21,6 +22,7 @@ import numpy as np
 from .. import io, optim
 from ..data import dates as date_data
 from ..data.text import batches
+from ..nn.layers import _int_in
 from ..nn.seq2seq import Seq2Seq
 from ..training import fit
 from .common import load_task_file, pyplot, save_figure
@@ -115,6 +117,9 @@ def build_model(config):
 def translate(model, texts, beam=1, max_len=12):
     """Texts -> (ISO strings, DecodeResult). A text with nothing but spaces is refused, and one
     with characters the model never saw (read as <unk>) is named in a warning."""
+    if isinstance(texts, str):  # (its characters would each be a text)
+        raise TypeError("texts: expected a list of str (one text goes as [text]), got a str")
+    beam = _int_in(beam, "beam", 1)
     texts = list(texts)  # (a generator: read once)
     src_codec, tgt_codec = make_codecs()
     for i, text in enumerate(texts):
@@ -124,8 +129,8 @@ def translate(model, texts, beam=1, max_len=12):
             raise ValueError(f"texts[{i}]: expected a date to translate, got {text!r}")
         unknown = src_codec.unknown(text)
         if unknown:
-            warnings.warn(f"texts[{i}] {text!r}: characters the model never saw, read as "
-                          f"unknown: {unknown!r}", stacklevel=2)
+            warnings.warn(f"texts[{i}] {reprlib.repr(text)}: characters the model never saw, "
+                          f"read as unknown: {reprlib.repr(unknown)}", stacklevel=2)
     src, lengths = src_codec.batch(texts)
     if beam > 1:
         res = model.beam_search(src, lengths, beam_size=beam, max_len=max_len)
@@ -147,6 +152,8 @@ def trained_date(iso):
 def exact_match(model, pairs, beam=1, batch_size=500):
     """The share of (source, ISO date) ``pairs`` translated exactly, token for token."""
     tgt_codec = make_codecs()[1]
+    batch_size = _int_in(batch_size, "batch_size", 1)
+    pairs = list(pairs)  # (a generator: read once)
     hits = 0
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
