@@ -1221,3 +1221,44 @@ def test_named_modules_takes_torch_memo_and_prefix():
         list(ours.named_modules(prefix=3))
     with pytest.raises(TypeError, match="^memo: expected a set of modules or None, got list"):
         list(ours.named_modules([shared]))
+
+
+def test_module_api_as_torch_nn():
+    """get_submodule, get_parameter, register_module; Sequential's list methods; ModuleList's
+    folded repr; load_state_dict's refusals are RuntimeErrors too (torch.nn raises those)."""
+    torch = pytest.importorskip("torch")
+    ours = nn.Sequential(nn.Linear(2, 2), nn.ModuleList([nn.Linear(2, 2) for _ in range(3)]))
+    theirs = torch.nn.Sequential(torch.nn.Linear(2, 2),
+                                 torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)]))
+    assert repr(ours) == repr(theirs)
+    assert repr(nn.ModuleList()) == repr(torch.nn.ModuleList()) == "ModuleList()"
+    assert ours.get_submodule("1.2") is ours[1][2] and ours.get_submodule("") is ours
+    assert ours.get_parameter("1.0.weight") is ours[1][0].weight
+    with pytest.raises(AttributeError, match="'1.5' is not a submodule"):
+        ours.get_submodule("1.5")
+    with pytest.raises(AttributeError, match="'0.nope' is not a parameter"):
+        ours.get_parameter("0.nope")
+    ours.register_module("extra", nn.Linear(2, 1))
+    assert ours.extra is ours._modules["extra"]
+    # Sequential's list methods renumber as torch.nn's
+    a, b, c, d = (nn.Linear(2, 2) for _ in range(4))
+    s = nn.Sequential(a, b)
+    s.insert(1, c).extend([d])
+    assert list(s) == [a, c, b, d] and list(s._modules) == ["0", "1", "2", "3"]
+    assert s.pop(1) is c and list(s) == [a, b, d] and list(s._modules) == ["0", "1", "2"]
+    del s[0:2]
+    s[0] = a
+    assert list(s) == [a] and list((s + nn.Sequential(b))) == [a, b]
+    s += [c]
+    assert list(s) == [a, c]
+    with pytest.raises(IndexError, match="index: 5 is out of range for 2 modules"):
+        s[5] = b
+    with pytest.raises(TypeError, match="^module: expected a Module, got int"):
+        s[0] = 3
+    # refusals torch code catches as RuntimeError
+    with pytest.raises(RuntimeError, match="missing keys"):
+        nn.Linear(2, 2).load_state_dict({})
+    with pytest.raises(nn.StateDictError, match=r"expected shape \(2, 2\), got \(3, 2\)"):
+        nn.Linear(2, 2).load_state_dict({"weight": np.zeros((3, 2)), "bias": np.zeros(2)})
+    with pytest.raises(TypeError, match="^p: expected a probability in"):
+        nn.Dropout("0.5")

@@ -1,5 +1,5 @@
 """Layers with PyTorch's names and shapes on NumPy arrays. This file only re-exports."""
-from .module import Module, Parameter
+from .module import Module, Parameter, StateDictError
 from .recurrent import RNNBase, RNN, LSTM, GRU, LayerNormLSTM
 from .layers import Linear, Embedding, Dropout, Sequential, ModuleList, ModuleDict, Identity
 from .cells import RNNCellBase, RNNCell, LSTMCell, GRUCell, LayerNormLSTMCell
@@ -10,6 +10,7 @@ from .seq2seq import Captioner, Decoder, DecodeResult, Seq2Seq
 __all__ = [
     "Module",
     "Parameter",
+    "StateDictError",
     "RNNBase",
     "RNN",
     "LSTM",

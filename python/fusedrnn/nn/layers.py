@@ -303,7 +303,9 @@ class Dropout(SeededModule):
 
     def __init__(self, p=0.5, *, seed=None):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(f"p: expected a probability in [0, 1], got {type(p).__name__} {p!r}")
+        if not 0.0 <= p <= 1.0:
             raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
         self.p = float(p)
         self._own_generator(seed)
@@ -390,6 +392,57 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
+    def _key(self, i):
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise TypeError(f"index: expected an int or a slice, got {type(i).__name__}") from None
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index: {i} is out of range for {len(self)} modules")
+        return list(self._modules)[i]
+
+    def __setitem__(self, i, module):
+        """Put ``module`` in the i-th place, under that place's name (as torch.nn's)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"module: expected a Module, got {type(module).__name__}")
+        self.add_module(self._key(i), module)
+
+    def __delitem__(self, i):
+        """Remove the i-th module (or a slice of them); the rest are renumbered "0", "1", ...
+        as torch.nn's (names given by an OrderedDict too)."""
+        kept = list(self._modules.values())
+        if isinstance(i, slice):
+            del kept[i]
+        else:
+            del kept[list(self._modules).index(self._key(i))]
+        _renumber(self, kept)
+
+    def insert(self, index, module):
+        """Put ``module`` before ``index`` (as list.insert); the modules are renumbered."""
+        kept = list(self._modules.values())
+        kept.insert(index, *_modules_checked([module], "a Module"))
+        _renumber(self, kept)
+        return self
+
+    def extend(self, modules):
+        """``append`` every module of an iterable (a list, another Sequential); returns self."""
+        for m in _modules_checked(modules, "an iterable of Modules"):
+            self.append(m)
+        return self
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def __add__(self, other):
+        """A new Sequential of this one's modules, then ``other``'s (numbered anew)."""
+        return Sequential(*self, *_modules_checked(other, "an iterable of Modules"))
+
+    def pop(self, index=-1):
+        """Remove the module at ``index`` and return it (the rest renumbered)."""
+        module = self[index]
+        del self[index]
+        return module
+
     def forward(self, x):
         """Feeds ``x`` through every module in order; returns the last one's output."""
         shared = self._shared_modules() if self.training else {}
@@ -433,6 +486,15 @@ class Sequential(Module):
         return dout
 
 
+def _renumber(owner, modules):
+    """``owner``'s children replaced by ``modules``, named "0", "1", ... (ModuleList's and
+    Sequential's removals and insertions, as torch.nn's)."""
+    for name in list(owner._modules):
+        delattr(owner, name)
+    for k, m in enumerate(modules):
+        owner.add_module(str(k), m)
+
+
 def _modules_checked(modules, what):
     """``modules`` (an iterable of Modules or None, as torch.nn's containers take) as a list,
     every entry checked before any is added (TypeError naming the first other one)."""
@@ -472,6 +534,18 @@ class ModuleList(Module):
     def __iter__(self):
         return iter(list(self._modules.values()))
 
+    def __repr__(self):
+        """As torch.nn's: a run of modules with the same repr is one entry, "(0-2): 3 x ..."."""
+        reprs = [repr(m).replace("\n", "\n  ") for m in self]
+        lines, start = [], 0
+        for k in range(1, len(reprs) + 1):
+            if k == len(reprs) or reprs[k] != reprs[start]:
+                lines.append(f"({start}): {reprs[start]}" if k - start == 1 else
+                             f"({start}-{k - 1}): {k - start} x {reprs[start]}")
+                start = k
+        body = "".join(f"\n  {line}" for line in lines)
+        return f"{type(self).__name__}({body}\n)" if lines else f"{type(self).__name__}()"
+
     def __getitem__(self, i):
         """The i-th module; a slice is a new list (of this class, as torch's) of those modules,
         renumbered."""
@@ -488,13 +562,7 @@ class ModuleList(Module):
             del kept[i]
         else:
             del kept[int(self._index(i))]
-        self._renumber(kept)
-
-    def _renumber(self, modules):
-        for name in list(self._modules):
-            delattr(self, name)
-        for k, m in enumerate(modules):
-            self.add_module(str(k), m)
+        _renumber(self, kept)
 
     def __iadd__(self, modules):
         return self.extend(modules)
@@ -519,7 +587,7 @@ class ModuleList(Module):
         """Put ``module`` before ``index`` (as list.insert)."""
         kept = list(self._modules.values())
         kept.insert(index, *_modules_checked([module], "a Module"))
-        self._renumber(kept)
+        _renumber(self, kept)
 
     def pop(self, index=-1):
         """Remove the module at ``index`` and return it."""

@@ -121,6 +121,11 @@ def any_requires_grad(params):
     return any(p is not None and p.requires_grad for p in params)
 
 
+class StateDictError(ValueError, RuntimeError):
+    """``load_state_dict``'s refusal of keys or shapes: a ValueError, and a RuntimeError as
+    torch.nn raises one (code written for torch catches it)."""
+
+
 class Parameter:
     """A trainable array: ``data`` (the values) and ``grad`` (None until a backward).
 
@@ -632,6 +637,36 @@ class Module:
         self._check_name(name, "_parameters")
         self._register(name, param, "_parameters")
 
+    def get_submodule(self, target):
+        """The submodule at the dotted path ``target`` ("" is this module), as torch.nn's;
+        AttributeError naming the part that is missing or no module."""
+        if not isinstance(target, str):
+            raise TypeError(f"target: expected a str, got {type(target).__name__}")
+        module, path = self, []
+        for part in target.split(".") if target else []:
+            path.append(part)
+            if not isinstance(module._modules.get(part), Module):
+                raise AttributeError(f"target: {'.'.join(path)!r} is not a submodule of "
+                                     f"{type(self).__name__}")
+            module = module._modules[part]
+        return module
+
+    def get_parameter(self, target):
+        """The Parameter at the dotted path ``target`` ("lstm.weight_hh_l0"), as torch.nn's;
+        AttributeError where there is none."""
+        if not isinstance(target, str):
+            raise TypeError(f"target: expected a str, got {type(target).__name__}")
+        owner, _, name = target.rpartition(".")
+        param = self.get_submodule(owner)._parameters.get(name)
+        if param is None:
+            raise AttributeError(f"target: {target!r} is not a parameter of "
+                                 f"{type(self).__name__}")
+        return param
+
+    def register_module(self, name, module):
+        """``add_module`` (torch.nn's other name for it)."""
+        self.add_module(name, module)
+
     def add_module(self, name, module):
         """Register ``module`` (a Module, or None) as the submodule ``name``; the same as
         assigning it to the attribute, but for a name that is already another attribute
@@ -724,8 +759,9 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays (or torch tensors) into the parameters, cast to each parameter's dtype.
 
-        Raises ValueError naming missing or unexpected keys (when ``strict``), a key whose shape
-        differs (expected and got), or a key whose finite values overflow the parameter's dtype
+        Raises :class:`StateDictError` (a ValueError, and a RuntimeError as torch.nn's) naming
+        missing or unexpected keys (when ``strict``), a key whose shape differs (expected and
+        got); ValueError for or a key whose finite values overflow the parameter's dtype
         (float64 past float32's range would turn to infinity silently); NaN and infinity
         themselves load, as torch's (a diverged model can be inspected). Nothing is changed
         unless every key passes. Returns ``(missing_keys, unexpected_keys)`` like PyTorch."""
@@ -742,16 +778,16 @@ class Module:
                 parts.append(f"missing keys {missing}")
             if unexpected:
                 parts.append(f"unexpected keys {unexpected}")
-            raise ValueError(f"state_dict: error loading into {type(self).__name__}: "
-                             + "; ".join(parts))
+            raise StateDictError(f"state_dict: error loading into {type(self).__name__}: "
+                                 + "; ".join(parts))
         staged = []
         for key, param in own.items():
             if key not in state_dict:
                 continue
             value = _to_numpy(state_dict[key], key)
             if value.shape != param.data.shape:
-                raise ValueError(f"state_dict[{key!r}]: expected shape {param.data.shape}, "
-                                 f"got {value.shape}")
+                raise StateDictError(f"state_dict[{key!r}]: expected shape "
+                                     f"{param.data.shape}, got {value.shape}")
             if value.dtype.kind not in "fiub":
                 raise TypeError(f"state_dict[{key!r}]: expected a numeric array, got dtype {value.dtype}")
             with np.errstate(over="ignore"):  # (an overflow is named below)
