@@ -834,3 +834,21 @@ def test_flags_take_bools_and_0_or_1():
     assert nn.LSTM(2, 3, batch_first=1).batch_first is True
     assert nn.GRU(2, 3, bias=np.False_).bias is False
     assert nn.RNN(2, 3, bidirectional=0).bidirectional is False
+
+
+def test_pad_sequences_refuses_a_padding_value_its_dtype_cannot_hold():
+    """np.full cast the value unsafely: NaN padded int64 with -2**63, 1e10 int32 with -2**31,
+    "<pad>" a 2-character string array with "<p" (torch refuses the overflow)."""
+    from fusedrnn.data import pad_sequences
+    for seqs, value, dtype, shown in (([[1, 2], [3]], np.nan, np.int64, "-9223372036854775808"),
+                                      ([[1, 2], [3]], 1e10, np.int32, "-2147483648"),
+                                      ([[1, 2], [3]], 1.5, None, "1"),
+                                      ([np.array(["ab", "cd"]), np.array(["e"])], "<pad>", None,
+                                       "'<p'")):
+        with pytest.raises(ValueError, match=f"^padding_value: .* does not fit dtype .* \\(it "
+                                             f"would pad with {shown}\\)"):
+            pad_sequences(seqs, padding_value=value, dtype=dtype)
+    with pytest.raises(ValueError, match=r"^padding_value: expected one value, got shape \(2,\)"):
+        pad_sequences([[1, 2], [3]], padding_value=[1, 2])
+    padded, _ = pad_sequences([[1.0, 2.0], [3.0]], padding_value=np.nan)
+    assert np.isnan(padded[1, 1]) and pad_sequences([[1, 2], [3]], 0.0)[0].dtype == np.int64

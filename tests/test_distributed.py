@@ -271,6 +271,15 @@ def _train_numpy(rank=0, world=1, device="cpu"):
         a.grad = b.grad = np.ones(2) if rank == 0 else None
         frd.all_reduce_gradients([a, b], average=False, coalesce=False)
         checks["check.shared_or_missing"] = np.concatenate([a.grad, b.grad])
+        # a frozen parameter is left out (as DDP): a stale .grad on one rank gave the other
+        # rank's frozen weight half of it, which an optimizer then stepped
+        a, b = fr.nn.Parameter(np.zeros(2)), fr.nn.Parameter(np.zeros(2))
+        a.requires_grad = False
+        a.grad = np.ones(2) if rank == 1 else None
+        b.grad = np.full(2, float(rank + 1))
+        frd.all_reduce_gradients([a, b])
+        checks["check.frozen_left_out"] = np.concatenate(
+            [np.full(2, -1.0) if a.grad is None else a.grad, b.grad])
         # ranks passing different src, one out of range, or one holding a read-only array:
         # ValueError on every rank (they waited on each other in the broadcast until gloo's
         # timeout)
@@ -455,6 +464,8 @@ def test_numpy_all_reduce_side_cases(worker_results):
             np.testing.assert_array_equal(got[f"check.view_sum_{coalesce}"], np.full(4, 3.0))
             np.testing.assert_array_equal(got[f"check.integer_grad_{coalesce}"], [1.5, 1.5])
         np.testing.assert_array_equal(got["check.shared_or_missing"], np.ones(4))
+        np.testing.assert_array_equal(got["check.frozen_left_out"],
+                                      [1.0, 1.0, 1.5, 1.5] if rank == 1 else [-1, -1, 1.5, 1.5])
         assert bool(got["check.src_broadcast_raised"]), rank
         assert bool(got["check.read_only_broadcast_raised"]), rank
         assert bool(got["check.range_broadcast_raised"]), rank

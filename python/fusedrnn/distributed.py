@@ -44,8 +44,11 @@ CuPy parameters) work the same way on CUDA tensors — the flat buffers are torc
 seen by CuPy through DLPack — with ``init_process_group("nccl")`` (or gloo, which also reduces
 CUDA tensors); the packing runs on CuPy's current stream and is finished before the collective,
 which is finished before the unpacking. A model's parameters must all be on one device. Every
-rank must pass the same parameters in the same order (checked: a mismatch raises
-``ValueError`` on every rank, instead of a hang).
+rank must pass the same parameters in the same order: their number, shapes and dtypes are
+checked (a mismatch raises ``ValueError`` on every rank, instead of a hang), but two of one
+shape and dtype in another order cannot be told apart (build the list from a module, or a
+list, never a set). Frozen parameters (``requires_grad`` False) are left out, as DDP leaves
+them: their ``.grad`` is not touched, on any rank.
 """
 from __future__ import annotations
 
@@ -270,11 +273,12 @@ def all_reduce_gradients(module_or_params, average: bool = True, group=None,
             one ``all_reduce`` per dtype (fewer, larger messages); False runs one in-place
             ``all_reduce`` per parameter on a ``torch.from_numpy`` view of its ``.grad``.
 
-    Raises ValueError (on every rank) when the ranks' parameters differ in number, shape or
-    dtype, or their ``average`` or ``coalesce``; RuntimeError if ``torch.distributed`` is not
+    Raises ValueError (on every rank) when the ranks' trainable parameters differ in number,
+    shape or dtype, or their ``average`` or ``coalesce``; RuntimeError if ``torch.distributed`` is not
     initialized.
     """
     params = _param_list(module_or_params)  # (the arguments named first)
+    params = [p for p in params if p.requires_grad]  # (as DDP: a frozen one is not reduced)
     average, coalesce = check_flag(average, "average"), check_flag(coalesce, "coalesce")
     torch, dist = _initialized_dist()
     space = _Space(torch, dist, params, group)

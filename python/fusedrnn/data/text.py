@@ -280,7 +280,16 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
         dtype = np.result_type(*filled) if dtype is None else np.dtype(dtype)
     except TypeError as error:
         raise TypeError(f"dtype: expected a NumPy dtype, got {dtype!r} ({error})") from None
-    out = np.full((len(sequences), int(lengths.max(initial=0))) + tail, padding_value, dtype=dtype)
+    fill = np.asarray(padding_value)
+    if fill.ndim != 0:
+        raise ValueError(f"padding_value: expected one value, got shape {fill.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        cast = fill.astype(dtype)
+    if not (cast == fill or (fill.dtype.kind in "fc" and np.isnan(fill) and dtype.kind in "fc")):
+        # (np.full cast unsafely: NaN into int64 padded with -2**63, "<pad>" to "<p")
+        raise ValueError(f"padding_value: {padding_value!r} does not fit dtype {dtype} (it "
+                         f"would pad with {cast.item()!r}); give a value of the dtype, or dtype=")
+    out = np.full((len(sequences), int(lengths.max(initial=0))) + tail, cast, dtype=dtype)
     for i, s in enumerate(sequences):
         if len(s):
             out[i, :len(s)] = s
