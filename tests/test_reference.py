@@ -286,3 +286,26 @@ def test_the_reference_sigmoid_keeps_its_relative_accuracy():
     got = cells.sigmoid(a)
     np.testing.assert_allclose(got, exact, rtol=1e-15, atol=0)
     assert np.isnan(cells.sigmoid(np.array([np.nan]))).all()
+
+
+def test_stack_reference_runs_a_reset_before_gru():
+    """recurrent_forward had no reset_after: a reset-before GRU's state_dict (named as a plain
+    GRU's) ran as the plain GRU, 0.2 off, unsaid."""
+    import fusedrnn as fr
+    from fusedrnn.reference import recurrent_backward, recurrent_forward
+    gru = fr.nn.GRU(5, 6, num_layers=2, bidirectional=True, reset_after=False,
+                    dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 3, 5))
+    out, h_n = gru(x)
+    dout = np.random.default_rng(1).standard_normal(out.shape)
+    dx, _ = gru.backward(dout)
+    ref, ref_h, _, cache = recurrent_forward("GRU", x, gru.state_dict(), num_layers=2,
+                                             bidirectional=True, reset_after=False)
+    np.testing.assert_allclose(ref, out, atol=1e-12)
+    np.testing.assert_allclose(ref_h, h_n, atol=1e-12)
+    ref_dx, _, _, grads = recurrent_backward(cache, dout)
+    np.testing.assert_allclose(ref_dx, dx, atol=1e-12)
+    for name, p in gru.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad, atol=1e-12)
+    with pytest.raises(ValueError, match="^reset_after: a GRU's option"):
+        recurrent_forward("LSTM", x, {}, num_layers=1, bidirectional=False, reset_after=False)

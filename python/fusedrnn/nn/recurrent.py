@@ -741,7 +741,7 @@ ONNX's LSTM with peepholes P: i_t and f_t add p_i * c_{t-1} and p_f * c_{t-1}, o
 p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i, f, o.""",
         cell_args="""\
     proj_size: (keyword-only) If > 0, an LSTM with projections of that size (torch.nn.LSTM's
-        proj_size; CPU). Default: 0
+        proj_size; CUDA: stepwise). Default: 0
     peephole: (keyword-only) If True, the gates also see the cell state (ONNX's peepholes;
         parameters weight_ph_l{k}[_reverse] [3H]). Default: False
 """,
@@ -797,7 +797,7 @@ elementwise product.
 
 With ``reset_after=False`` (keyword-only; not in torch.nn) the reset gate applies before the
 product: n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn), Keras' GRU with
-reset_after=False and ONNX's GRU with linear_before_reset=0 (CPU only).""",
+reset_after=False and ONNX's GRU with linear_before_reset=0 (CUDA: stepwise).""",
         cell_args="""\
     reset_after: (keyword-only) If False, the reset gate applies to h before the recurrent
         product (Keras' reset_after=False, ONNX's default GRU). Default: True (PyTorch's GRU)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._flags import check_flag
 from . import cells
 
 MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU", "RNN")
@@ -42,14 +43,14 @@ def _suffix(layer, direction):
 
 
 def _cell_forward(cell, nonlinearity, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                  w_ph=None, w_hr=None):
+                  w_ph=None, w_hr=None, reset_after=True):
     """One layer, one direction; returns (y, h_n, c_n or None, ctx) whatever the cell."""
     if cell == "lstm":
         return cells.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
                                   reverse=reverse, training=True, w_ph=w_ph, w_hr=w_hr)
     if cell == "gru":
         y, h_n, ctx = cells.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
-                                        reverse=reverse, training=True)
+                                        reverse=reverse, training=True, reset_after=reset_after)
     else:
         y, h_n, ctx = cells.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
                                         lengths=lengths, reverse=reverse, training=True)
@@ -89,9 +90,15 @@ def _check_names(cell, params, num_layers, D):
 
 
 def recurrent_forward(mode, x, params, *, num_layers, bidirectional, hx=None, lengths=None,
-                      nonlinearity="tanh"):
-    """Forward through the stack. Returns (out, h_n, c_n, cache); c_n is None unless LSTM."""
+                      nonlinearity="tanh", reset_after=True):
+    """Forward through the stack. Returns (out, h_n, c_n, cache); c_n is None unless LSTM.
+    ``reset_after``: a GRU's reset gate after the product (torch's, the default) or before it
+    (``fr.nn.GRU(reset_after=False)``, Keras', ONNX's linear_before_reset=0): its weights are
+    named alike, so the state_dict cannot tell."""
     cell, nonlinearity = _cell_and_activation(mode, nonlinearity)
+    reset_after = check_flag(reset_after, "reset_after")
+    if not reset_after and cell != "gru":
+        raise ValueError(f"reset_after: a GRU's option, got reset_after=False for {mode!r}")
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 3:
         raise ValueError(f"x: expected 3 dimensions [T, N, I], got shape {x.shape}")
@@ -122,7 +129,7 @@ def recurrent_forward(mode, x, params, *, num_layers, bidirectional, hx=None, le
                 params["weight_ih" + k], params["weight_hh" + k],
                 params.get("bias_ih" + k), params.get("bias_hh" + k),
                 lengths, reverse=(direction == 1), w_ph=params.get("weight_ph" + k),
-                w_hr=params.get("weight_hr" + k))
+                w_hr=params.get("weight_hr" + k), reset_after=reset_after)
             outputs.append(y)
             h_n[index] = h_last
             if c_last is not None:
