@@ -98,7 +98,7 @@ def test_own_processes_alternate_blocks(monkeypatch):
         def __init__(self, who, *args):
             self.who, self.check = who, [[0.0]]
 
-        def block(self, regime, calls):
+        def block(self, regime, calls, pause=0.0):
             log.append((self.who, regime))
             return [1.0 + (self.who == "b")] * calls
 
@@ -132,7 +132,7 @@ def test_own_process_blocks_share_the_budget_by_the_call_time(monkeypatch):
         def __init__(self, *args, **kwargs):
             pass
 
-        def block(self, regime, calls):
+        def block(self, regime, calls, pause=0.0):
             asked.append((regime, calls))
             return [2.0] * calls
 
@@ -146,3 +146,24 @@ def test_own_process_blocks_share_the_budget_by_the_call_time(monkeypatch):
     assert asked[0] == ("b2b", 1)  # the one timing call
     assert br.ROUNDS == 5
     assert sorted(set(asked[1:])) == [("b2b", 50), ("sporadic", 20)]
+
+
+def test_the_sporadic_gap_is_an_option(tmp_path, monkeypatch):
+    """--sporadic-ms sets the idle gap before each sporadic call (3 ms sat inside our idle
+    threads' 5 ms linger: a server's calls 10 ms apart wake them), sent to every contestant's
+    process and recorded; refused by name without a sporadic regime."""
+    from fusedrnn import benchmark_regimes, cli
+    asked = []
+    real = benchmark_regimes._Contestant.block
+    monkeypatch.setattr(benchmark_regimes._Contestant, "block",
+                        lambda self, regime, calls, pause=0.0: asked.append((regime, pause))
+                        or real(self, regime, calls, pause))
+    path = tmp_path / "r.json"
+    assert cli.main(["bench", "--regimes", "b2b,sporadic", "--sporadic-ms", "7", "--cells",
+                     "RNN", "--shapes", "1,3,4,4", "--budget", "0.02", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["sporadic_ms"] == 7 and data["regimes"][1]["what"].startswith("7 ms idle")
+    assert {p for r, p in asked if r == "sporadic"} == {0.007}
+    assert {p for r, p in asked if r == "b2b"} == {0.0}
+    assert cli.main(["bench", "--regimes", "sporadic", "--sporadic-ms", "0"]) == 2
+    assert cli.main(["bench", "--regimes", "b2b", "--sporadic-ms", "7"]) == 2

@@ -200,6 +200,19 @@ def test_demo_without_peers_times_the_reference_and_says_how_to_add_them(capsys,
     assert 'pip install "fusedrnn[torch]"' in out and 'pip install "fusedrnn[onnx]"' in out
 
 
+def test_demo_names_a_row_whose_outputs_disagree(capsys, monkeypatch):
+    """The demo printed "outputs checked to agree" and exited 0 whatever the check found."""
+    from fusedrnn import benchmark
+    real = benchmark.bench_row
+    monkeypatch.setattr(benchmark, "installed_peers", lambda: {"torch": False, "ort": False})
+    monkeypatch.setattr(benchmark, "bench_row", lambda *a, **k: dict(
+        real(*a, **k), agree=False) if a[2] == 32 and a[1] == "infer" else real(*a, **k))
+    assert main(["demo", "--epochs", "1", "--hidden", "16", "--timing-seconds", "0.05",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "outputs differ from a peer's beyond the tolerance" in err and err.count("\n") == 1
+
+
 def test_attention_picture_labels_each_decoded_token(tmp_path, monkeypatch):
     """The rows were labelled from the decoded string, which drops special tokens, so the
     labels slid onto other rows; a text that lowering lengthens ("İ") made the columns' labels

@@ -83,6 +83,10 @@ def add_arguments(p):
                         "ONNX Runtime back to back and sporadically (each contestant in its own "
                         "process) and all in one process, alternating "
                         "(fusedrnn.benchmark_regimes)")
+    p.add_argument("--sporadic-ms", type=positive_float, default=None, metavar="MS",
+                   help="with --regimes: the idle ms before each sporadic call (default 3; "
+                        "our idle threads yield their core for 5 ms, FUSEDRNN_LINGER_US, "
+                        "before they sleep: a longer gap times their wake-up too)")
 
 
 # ---------------------------------------------------------------------------- timing
@@ -99,9 +103,39 @@ MIN_BLOCK_S = 0.025
 
 
 CALIBRATION_CALLS = 3  # median_ms: single calls of each contestant, after its warm-up
+MIN_SETTLED_CALLS = 5  # median_ms: the fewest counted calls of a contestant (slow rows too)
 
 
-def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = True) -> dict:
+class Timing(float):
+    """A median in ms (a float) that says how it was measured: ``samples``, the calls counted,
+    and ``spread``, their interquartile range over the median (a row's JSON carries both: a
+    ratio near 1 from a handful of calls of wide spread is no win)."""
+
+    def __new__(cls, ms, samples=None, spread=math.nan):
+        self = super().__new__(cls, ms)
+        self.samples, self.spread = samples, spread
+        return self
+
+    def __getnewargs__(self):  # (pickled: from a contestant's process)
+        return float(self), self.samples, self.spread
+
+    @classmethod
+    def of(cls, seconds):
+        """The median of the timed calls ``seconds``."""
+        median = statistics.median(seconds)
+        q = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else [median] * 3
+        return cls(1000 * median, len(seconds), (q[2] - q[0]) / median if median else 0.0)
+
+
+def measured(ms: dict) -> dict:
+    """A row's record of how its medians were measured: calls counted and spread, per
+    contestant."""
+    return {"samples": {k: getattr(v, "samples", None) for k, v in ms.items()},
+            "spread": {k: round(getattr(v, "spread", math.nan), 3) for k, v in ms.items()}}
+
+
+def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = True,
+              settle_as: dict = None) -> dict:
     """Median ms per callable, each timed in steady state, back to back, as a user's loop runs
     it (the anchors' method): rounds of one block per callable, alternating so that drift of
     the machine hits every callable alike. Each block starts after a pause long enough for the
@@ -119,7 +153,11 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = Tru
     order turns every other round (the first callable, then the others reversed: a b c, a c b,
     a b c, ...), so each callable comes after each of the others equally often: what a call
     costs depends on whose threads spin before it (ONNX Runtime's pool spins 20-50 ms after a
-    call, PyTorch's a few), and a fixed cycle would put one callable after the same one always."""
+    call, PyTorch's a few), and a fixed cycle would put one callable after the same one always.
+
+    ``settle_as``: {key: contestant} for a callable keyed otherwise ("peer": "ort"), whose
+    threads need that contestant's settle pause (SETTLE_AFTER_S)."""
+    settle_as = settle_as or {}
     for fn in fns.values():  # warm-up (allocations, thread pools, caches)
         fn()
     one = {}
@@ -132,7 +170,8 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = Tru
     total_one = sum(one.values()) + pause_s * len(fns)
     # Unsettled rounds are single calls: allow as many as settled blocks stretched to
     # MIN_BLOCK_S would count.
-    reps = max(3, min(50 if settle else 1000, int(budget * len(fns) / max(total_one, 1e-6))))
+    reps = max(MIN_SETTLED_CALLS if settle else 3,
+               min(50 if settle else 1000, int(budget * len(fns) / max(total_one, 1e-6))))
     rounds = min(reps, 5) if settle else reps
     block = -(-reps // rounds)
     times = {k: [] for k in fns}
@@ -149,7 +188,7 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = Tru
         for k in order:
             fn = fns[k]
             if settle:
-                time.sleep(SETTLE_AFTER_S.get(previous, SETTLE_S))
+                time.sleep(SETTLE_AFTER_S.get(settle_as.get(previous, previous), SETTLE_S))
                 previous = k
                 fn()  # not counted (see above)
             stretch = settle and not pause_s
@@ -160,7 +199,7 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = Tru
                 t0 = time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - t0)
-    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+    return {k: Timing.of(v) for k, v in times.items()}
 
 
 def sgemm_gflops(n=1024) -> float:
@@ -249,8 +288,8 @@ def torch_peer(cell, x, w, mode, threads, proj_size=0, returns_dx=False):
     dy = torch.ones(x.shape[0], x.shape[1], proj_size or H)
 
     def train_step():
-        if returns_dx:
-            xg.grad = None  # (the timed step accumulates; this one's dx alone)
+        xg.grad = None  # as a user's loop (optimizer.zero_grad()): no adding into the last
+        m.zero_grad(set_to_none=True)  # step's gradients, which ours, from the kernels, skips
         y, _ = m(xg)
         y.backward(dy)
         return (y.detach().numpy(), xg.grad.numpy()) if returns_dx else y.detach().numpy()
@@ -468,6 +507,7 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None,
         row["ours_det_ms"] = figures(ms["ours_det"])
         row["det_cost"] = round(ms["ours_det"] / ms["ours"], 2)
         row["maxdiff_ours_det"] = agree["ours_det"]
+    row.update(measured(ms))
     return row
 
 
@@ -482,6 +522,7 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
         fns["ours"] = lambda: ours_layer(x)[0]
     else:
         def ours_step():
+            ours_layer.zero_grad()  # (a user's loop: each step's gradients alone)
             out, _ = ours_layer(x)
             ours_layer.backward(np.ones_like(out))
             return out
@@ -502,6 +543,8 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
             xg = xt.clone().requires_grad_(True)
 
             def torch_step():
+                xg.grad = None
+                tl.zero_grad(set_to_none=True)
                 out, _ = tl(xg)
                 out.backward(torch.ones_like(out))
                 return out.detach().numpy()
@@ -517,7 +560,7 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
            "maxdiff_torch": agree.get("torch"),
            "ours_gflops": round(flops(cell, B, T, I, H, mode == "train", layers, 2)
                                 / ms["ours"] / 1e6, 2),
-           "agree": _agrees(agree)}
+           "agree": _agrees(agree), **measured(ms)}
     return row
 
 
@@ -683,6 +726,10 @@ def _check_one_benchmark(args):
                         ("variants", "each variant has its own cell")):
         if given_cells and getattr(args, option, None) is not None:
             raise ValueError(f"--cells {args.cells}: not read by --{option} ({why})")
+    if getattr(args, "sporadic_ms", None) is not None and "sporadic" not in (
+            getattr(args, "regimes", None) or ""):
+        raise ValueError(f"--sporadic-ms {args.sporadic_ms:g}: read by --regimes with sporadic "
+                         f"only")
     main_only = [name for name, on in (("--memory", getattr(args, "memory", False)),
                                        ("--deterministic", getattr(args, "deterministic", False)),
                                        ("--no-stacked", getattr(args, "no_stacked", False)))

@@ -92,6 +92,8 @@ def contestant(who, cell, x, w, threads, mode="infer"):
         if mode == "infer":
             with torch.inference_mode(), torch_autocast(cell):
                 return m(xt)[0].float().numpy()
+        xg.grad = None  # (a user's loop: each step's gradients alone)
+        m.zero_grad(set_to_none=True)
         with torch_autocast(cell):
             y = m(xg)[0]
         y.float().sum().backward()

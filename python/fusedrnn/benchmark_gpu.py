@@ -225,6 +225,9 @@ def _bench_row(cell, B, T, I, H, precision, modes, budget, cp, torch, fcuda, F, 
     c0g = tc0.clone().requires_grad_(True)
 
     def torch_train():
+        for leaf in (xg, h0g, c0g):  # (a user's loop: each step's gradients alone)
+            leaf.grad = None
+        module.zero_grad(set_to_none=True)
         with torch_autocast():
             y, final = module(xg, (h0g, c0g) if cell == "lstm" else h0g)
         if cell == "lstm":

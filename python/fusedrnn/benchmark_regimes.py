@@ -96,7 +96,7 @@ def serve(who, cell, B, T, I, H, threads, mode="infer"):
     print(json.dumps({"check": np.asarray(fn())[-1, :CHECK_ROWS].tolist()}), flush=True)
     for line in sys.stdin:
         ask = json.loads(line)
-        pause = SPORADIC_PAUSE_S if ask["regime"] == "sporadic" else 0.0
+        pause = ask.get("pause", 0.0)
         if not pause:
             fn()  # a back-to-back block's first call is not counted (benchmark.median_ms)
         ms = []
@@ -137,8 +137,9 @@ class _Contestant:
                                f"(exit {self.proc.wait()}):\n{err}")
         return json.loads(line)
 
-    def block(self, regime, calls):
-        self.proc.stdin.write(json.dumps({"regime": regime, "calls": calls}) + "\n")
+    def block(self, regime, calls, pause=0.0):
+        self.proc.stdin.write(json.dumps({"regime": regime, "calls": calls, "pause": pause})
+                              + "\n")
         self.proc.stdin.flush()
         return self._reply()
 
@@ -153,12 +154,14 @@ class _Contestant:
             f.close()
 
 
-def own_processes(who_all, cell, B, T, I, H, threads, budget, regimes, mode="infer"):
+def own_processes(who_all, cell, B, T, I, H, threads, budget, regimes, mode="infer",
+                  sporadic_s=SPORADIC_PAUSE_S):
     """The own-process regimes: each contestant alone in its own process, all of them alive
     for the row and timed in alternating blocks (ROUNDS rounds: every contestant's block of
     every regime in turn, after a settle pause), so that the machine's drift, which on a shared
     VM moves a call's time by 1.5x from one second to the next, hits every contestant alike.
-    ``mode``: "infer", or "train" for the bfloat16 bench's training steps.
+    ``mode``: "infer", or "train" for the bfloat16 bench's training steps. ``sporadic_s``:
+    the idle seconds before each sporadic call.
     Returns {who: {"check": rows, regime: median ms}}."""
     procs = {}
     try:
@@ -174,14 +177,14 @@ def own_processes(who_all, cell, B, T, I, H, threads, budget, regimes, mode="inf
                     # each block's share of the budget (a sporadic call's pause included);
                     # back-to-back blocks of fast calls run at least MIN_BLOCK_S
                     # (benchmark.median_ms)
-                    pause = SPORADIC_PAUSE_S if r == "sporadic" else 0.0
+                    pause = sporadic_s if r == "sporadic" else 0.0
                     calls = max(1, int(budget / ROUNDS / (one[who] + pause)))
                     if r == "b2b":
                         calls = max(calls, int(benchmark.MIN_BLOCK_S / one[who]))
                     # the previous contestant's threads, in their own process, stop spinning
                     time.sleep(benchmark.SETTLE_AFTER_S.get(previous, benchmark.SETTLE_S))
                     previous = who
-                    times[who][r] += p.block(r, calls)
+                    times[who][r] += p.block(r, calls, pause)
         return {who: {"check": p.check, **{r: float(np.median(times[who][r])) for r in regimes}}
                 for who, p in procs.items()}
     finally:
@@ -214,14 +217,15 @@ def regime_entry(ms: dict) -> dict:
     return e
 
 
-def bench_row(cell, B, T, I, H, threads, budget, regimes, peers):
+def bench_row(cell, B, T, I, H, threads, budget, regimes, peers, sporadic_s=SPORADIC_PAUSE_S):
     """One (cell, shape): every contestant in its own process for the own-process regimes,
     then all of them in this one for the shared regime."""
     row = {"cell": cell, "B": B, "T": T, "I": I, "H": H, "threads": threads}
     maxdiff = {}
     own = [r for r in regimes if r in OWN_PROCESS]
     if own:
-        res = own_processes(("ours", *peers), cell, B, T, I, H, threads, budget, own)
+        res = own_processes(("ours", *peers), cell, B, T, I, H, threads, budget, own,
+                            sporadic_s=sporadic_s)
         ref = np.asarray(res["ours"]["check"])
         for p in peers:
             maxdiff[p] = float(np.max(np.abs(np.asarray(res[p]["check"]) - ref)))
@@ -295,6 +299,7 @@ def run(args) -> int:
     import fusedrnn as fr
     cells, _, shapes = benchmark.selection(args)
     budget = benchmark.budget_of(args, quick=QUICK_BUDGET)
+    sporadic_ms = getattr(args, "sporadic_ms", None) or 1000 * SPORADIC_PAUSE_S
     have = benchmark.installed_peers()
     peers = [p for p in PEERS if have[p]]
     fr.set_num_threads(args.threads)
@@ -317,7 +322,8 @@ def run(args) -> int:
     rows = []
     for cell in cells:
         for (B, T, I, H) in shapes:
-            row = bench_row(cell, B, T, I, H, args.threads, budget, regimes, peers)
+            row = bench_row(cell, B, T, I, H, args.threads, budget, regimes, peers,
+                            sporadic_s=sporadic_ms / 1000)
             rows.append(row)
             print(f"  {cell} B={B} T={T} I={I} H={H}: " + "; ".join(
                 f"{r} " + " ".join(f"{k} {row[r][k + '_ms']}" for k in ("ours", *peers))
@@ -328,7 +334,9 @@ def run(args) -> int:
         write_text(args.json, to_json(
             {"info": info, "versions": benchmark.versions(), "cpu": cpu,
              "threads": args.threads, "env": env, "peers": versions, "budget": budget,
-             "regimes": [{"name": r, "what": REGIMES[r]} for r in regimes], "rows": rows},
+             "sporadic_ms": sporadic_ms,
+             "regimes": [{"name": r, "what": REGIMES[r].replace(
+                 "3 ms", f"{sporadic_ms:g} ms")} for r in regimes], "rows": rows},
             indent=1))  # (strict: a NaN is null)
         print(f"wrote {args.json}")
     bad = [r for r in rows if not r["agree"]]

@@ -211,6 +211,8 @@ def layer_alone(cell, mode, torch_layer, adapter_layer, B, T, I, budget, bf16=Fa
             if mode == "infer":
                 with torch.inference_mode(), torch_autocast(cell, enabled=bf16):
                     return layer(xt)[0]
+            xg.grad = None  # (a user's loop: each step's gradients alone)
+            layer.zero_grad(set_to_none=True)
             with torch_autocast(cell, enabled=bf16):
                 y = layer(xg)[0]
             y.backward(torch.ones_like(y))

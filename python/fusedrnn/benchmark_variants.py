@@ -100,7 +100,7 @@ def bench_row(variant, mode, B, T, I, H, threads, budget, have):
     # the peer computes what we compute (checked before timing)
     diff = float(np.abs(np.asarray(fns["peer"]()) - fns["ours"]()).max()) if "peer" in fns \
         else None
-    ms = benchmark.median_ms(fns, budget)
+    ms = benchmark.median_ms(fns, budget, settle_as={"peer": PEERS[variant].lower()})
     row = {"variant": variant, "mode": mode, "B": B, "T": T, "I": I, "H": H, "threads": threads,
            "peer": PEERS[variant], "plain_ms": benchmark.figures(ms["plain"]),
            "ours_ms": benchmark.figures(ms["ours"]),
