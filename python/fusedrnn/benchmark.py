@@ -232,11 +232,12 @@ def _weights(cell, I, H, seed=0):
              ("bias_ih_l0", (g * H,)), ("bias_hh_l0", (g * H,)))}
 
 
-def ours(cell, x, w, mode, kernels=None, returns_dx=False):
+def ours(cell, x, w, mode, kernels=None, returns_grads=False):
     """A call of fusedrnn for ``cell`` on x [T, B, I] with weights ``w``: inference
     (``mode="infer"``: the ``fusedrnn.nn`` layer in eval mode, as a user calls it, like torch's
     module and ORT's session) or a training step (the kernels: forward, then BPTT with dy = 1;
-    ``returns_dx``: it returns (y, dx), for the backward's check). ``kernels``:
+    ``returns_grads``: it returns (y, {"x": dx, weight name: its gradient}), for the
+    backward's check). ``kernels``:
     ``fusedrnn.functional`` by default; ``fusedrnn.reference`` has the same signatures (then
     inference runs them too)."""
     if kernels is None and mode == "infer":
@@ -264,15 +265,17 @@ def ours(cell, x, w, mode, kernels=None, returns_dx=False):
 
     def train_step():
         y, ctx = run_forward(True)
-        dx = bwd(ctx, dy)[0]
-        return (y, dx) if returns_dx else y
+        grads = bwd(ctx, dy)
+        if not returns_grads:
+            return y
+        return y, {"x": grads[0], **dict(zip(WEIGHT_NAMES, grads[-4:]))}
     return train_step
 
 
-def torch_peer(cell, x, w, mode, threads, proj_size=0, returns_dx=False):
+def torch_peer(cell, x, w, mode, threads, proj_size=0, returns_grads=False):
     """torch.nn's ``cell`` layer on the same weights (``proj_size``: an LSTM with projections,
-    w then holding weight_hr_l0 too): inference, or a training step (dy = 1; ``returns_dx``:
-    it returns (y, dx) of that step alone)."""
+    w then holding weight_hr_l0 too): inference, or a training step (dy = 1;
+    ``returns_grads``: it returns (y, {"x": dx, weight name: its gradient}) of that step)."""
     import torch
     torch.set_num_threads(threads)
     I, H = x.shape[2], w["weight_hh_l0"].shape[0] // CELLS[cell][1]
@@ -292,7 +295,10 @@ def torch_peer(cell, x, w, mode, threads, proj_size=0, returns_dx=False):
         m.zero_grad(set_to_none=True)  # step's gradients, which ours, from the kernels, skips
         y, _ = m(xg)
         y.backward(dy)
-        return (y.detach().numpy(), xg.grad.numpy()) if returns_dx else y.detach().numpy()
+        if not returns_grads:
+            return y.detach().numpy()
+        return y.detach().numpy(), {"x": xg.grad.numpy(), **{
+            k: getattr(m, k).grad.numpy() for k in WEIGHT_NAMES}}
     return train_step
 
 
@@ -332,11 +338,11 @@ def ort_peer(cell, x, w, threads, w_ph=None, reset_after=True):
     return lambda: sess.run(None, {"X": x})[0][:, 0]
 
 
-def reference_peer(cell, x, w, mode="infer", returns_dx=False):
+def reference_peer(cell, x, w, mode="infer", returns_grads=False):
     """The NumPy float64 reference (``fusedrnn.reference``) on the same data and weights."""
     from fusedrnn import reference
     return ours(cell, x.astype(np.float64), {k: v.astype(np.float64) for k, v in w.items()},
-                mode, kernels=reference, returns_dx=returns_dx)
+                mode, kernels=reference, returns_grads=returns_grads)
 
 
 def _available(module):
@@ -425,9 +431,11 @@ def deterministic_call(fn):
 TOLERANCE = 1e-3
 
 
-# A training row's input gradient must agree with ours to this, relative to its largest value
-# (BPTT sums over every step: an absolute bound would depend on T).
+# A training row's gradients (the input's and every weight's) must agree with ours to this,
+# relative to each one's largest value (BPTT sums over every step: an absolute bound would
+# depend on T).
 GRADIENT_TOLERANCE = 1e-3
+WEIGHT_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
 def _agrees(diffs):
@@ -435,21 +443,31 @@ def _agrees(diffs):
     return all(d is not None and d <= TOLERANCE for d in diffs.values())
 
 
-def input_gradient(who, cell, x, w, threads):
-    """dL/dx of the training step (dy = 1) that ``who`` ("ours", "torch" or "numpy_ref") times:
-    the training rows' check of the backward (their outputs alone are the forward's)."""
-    step = {"ours": lambda: ours(cell, x, w, "train", returns_dx=True),
-            "torch": lambda: torch_peer(cell, x, w, "train", threads, returns_dx=True),
-            "numpy_ref": lambda: reference_peer(cell, x, w, "train", returns_dx=True)}[who]()
+def step_gradients(who, cell, x, w, threads):
+    """{"x": dL/dx, weight name: dL/dW} of the training step (dy = 1) that ``who`` ("ours",
+    "torch" or "numpy_ref") times: the training rows' check of the backward (their outputs
+    alone are the forward's)."""
+    step = {"ours": lambda: ours(cell, x, w, "train", returns_grads=True),
+            "torch": lambda: torch_peer(cell, x, w, "train", threads, returns_grads=True),
+            "numpy_ref": lambda: reference_peer(cell, x, w, "train", returns_grads=True)}[who]()
     return step()[1]
 
 
+def input_gradient(who, cell, x, w, threads):
+    """dL/dx of :func:`step_gradients`."""
+    return step_gradients(who, cell, x, w, threads)["x"]
+
+
 def gradient_diffs(cell, x, w, threads, peers):
-    """{peer: max |dx_peer - dx_ours| / max |dx_ours|} of a training step (see input_gradient)."""
-    dx = input_gradient("ours", cell, x, w, threads)
-    scale = max(float(np.max(np.abs(dx))), 1e-30)
-    return {k: float(np.max(np.abs(input_gradient(k, cell, x, w, threads) - dx))) / scale
-            for k in peers}
+    """{peer: the largest, over dx and every weight's gradient, of max |g_peer - g_ours| /
+    max |g_ours|} of a training step (see step_gradients)."""
+    mine = step_gradients("ours", cell, x, w, threads)
+    out = {}
+    for k in peers:
+        theirs = step_gradients(k, cell, x, w, threads)
+        out[k] = float(np.max([np.max(np.abs(theirs[n] - g)) / max(np.max(np.abs(g)), 1e-30)
+                               for n, g in mine.items()]))  # (a NaN stays: no agreement)
+    return out
 
 
 def report_disagreement(rows, describe):
@@ -551,6 +569,12 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
             fns["torch"] = torch_step
     y0 = np.asarray(fns["ours"]())
     agree = {k: float(np.max(np.abs(np.asarray(f()) - y0))) for k, f in fns.items() if k != "ours"}
+    graddiff = None
+    if mode == "train" and "torch" in fns:  # (both steps ran above: every weight's gradient)
+        graddiff = float(np.max([
+            np.max(np.abs(getattr(tl, n).grad.numpy() - p.grad)) / max(np.max(np.abs(p.grad)),
+                                                                       1e-30)
+            for n, p in ours_layer.named_parameters()]))
     ms = median_ms(fns, budget)
     row = {"cell": f"{cell}x{layers} bidir", "mode": mode, "B": B, "T": T, "I": I, "H": H,
            "threads": threads, "ours_ms": figures(ms["ours"]),
@@ -560,7 +584,10 @@ def bench_stacked(cell, B, T, I, H, layers, mode, threads, budget, have):
            "maxdiff_torch": agree.get("torch"),
            "ours_gflops": round(flops(cell, B, T, I, H, mode == "train", layers, 2)
                                 / ms["ours"] / 1e6, 2),
-           "agree": _agrees(agree), **measured(ms)}
+           "agree": _agrees(agree) and (graddiff is None or graddiff <= GRADIENT_TOLERANCE),
+           **measured(ms)}
+    if graddiff is not None:
+        row["graddiff"] = graddiff
     return row
 
 
