@@ -287,3 +287,25 @@ def test_the_tasks_name_bad_arguments_before_using_the_model():
     assert caption_digits.exact_match(None, images[:0], []) == 0.0
     with pytest.raises(ValueError, match="^n: expected an integer >= 1, got 0"):
         chars.streams(np.arange(10), 0)
+
+
+def test_sampling_and_predicting_give_the_model_its_mode_back():
+    """sample() left a model it was given in eval mode in training mode, and a half-read
+    draw() left it in eval mode; digits.predict put an eval-mode model in training mode."""
+    from fusedrnn.tasks import chars, digits
+    from fusedrnn.tasks.common import RecurrentLM, SequenceClassifier
+    vocab = fr.data.CharVocab("abc ")
+    lm = RecurrentLM("lstm", len(vocab), 4, 8, seed=0)
+    for training in (True, False):
+        lm.train(training)
+        chars.sample(lm, vocab, "ab", 3, seed=0)
+        drawn = chars.draw(lm, vocab, "ab", 5, seed=0)
+        next(drawn)
+        assert lm.training is training
+    clf = SequenceClassifier("gru", 8, 8, 10, seed=0).eval()
+    digits.predict(clf, np.zeros((8, 3, 8), np.float32), batch_size=2)
+    assert not clf.training
+    with pytest.raises(ValueError, match="^batch_size: expected an integer >= 1, got 0"):
+        digits.predict(clf, np.zeros((8, 3, 8), np.float32), batch_size=0)
+    with pytest.raises(ValueError, match=r"^x: expected images \[T, N, I\] with N >= 1"):
+        digits.predict(clf, np.zeros((8, 0, 8), np.float32))

@@ -174,21 +174,24 @@ def draw(model, vocab, prime, length, temperature=0.8, seed=None):
 
 
 def _drawn(model, vocab, prime_ids, length, temperature, rng):
-    model.eval()
-    try:
-        logits, state = model(prime_ids[:, None], None)
-        for _ in range(length):
-            z = logits[-1, 0].astype(np.float64)
-            if not np.isfinite(z).all():
-                raise ValueError("model: its outputs are not finite (NaN or inf): its weights "
-                                 "diverged in training (train again with a smaller --lr)")
-            with np.errstate(over="ignore"):  # (shifted first: any temperature > 0 samples; a
-                p = softmax((z - z.max()) / temperature)  # logit far below the top is -inf)
-            nxt = int(rng.choice(len(p), p=p))
-            yield vocab.decode([nxt])
-            logits, state = model(np.array([[nxt]]), state)
-    finally:
-        model.train()
+    def step(ids, state):  # in eval mode, the model's own mode given back after each call (a
+        training = model.training  # generator left half-read must not leave it in eval)
+        model.eval()
+        try:
+            return model(ids, state)
+        finally:
+            model.train(training)
+    logits, state = step(prime_ids[:, None], None)
+    for _ in range(length):
+        z = logits[-1, 0].astype(np.float64)
+        if not np.isfinite(z).all():
+            raise ValueError("model: its outputs are not finite (NaN or inf): its weights "
+                             "diverged in training (train again with a smaller --lr)")
+        with np.errstate(over="ignore"):  # (shifted first: any temperature > 0 samples; a
+            p = softmax((z - z.max()) / temperature)  # logit far below the top is -inf)
+        nxt = int(rng.choice(len(p), p=p))
+        yield vocab.decode([nxt])
+        logits, state = step(np.array([[nxt]]), state)
 
 
 def load_model(path):
