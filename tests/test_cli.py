@@ -204,6 +204,11 @@ def test_a_users_csv_and_text_files():
             load_text(write("g.txt", b"\xef\xbb\xbfab\xff"))
     assert tokenize("Хороший фильм, don't it_s Café हिन्दी") == [
         "хороший", "фильм", "don't", "it", "s", "café", "हिन्दी"]
+    assert tokenize("Don\u2019t") == tokenize("Don't") == ["don't"]  # (’ split the word)
+    vocab = fr.data.CharVocab("abc")
+    with pytest.raises(ValueError, match=r"^ids: expected one sequence of ids \(1-D\), got "
+                                         r"shape \(2, 2\)"):
+        vocab.decode(np.array([[0, 1], [2, 0]]))  # (the rows were joined into one string)
 
 
 def test_data_utilities_refuse_what_they_misread(tmp_path):

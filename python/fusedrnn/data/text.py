@@ -130,6 +130,9 @@ class CharVocab:
         """The string of the characters with these ids (the inverse of :meth:`encode`); an id
         outside [0, len(vocab)) or not an integer is a ValueError (-1 read the last one)."""
         ids = np.asarray(check_unmasked(ids, "ids"))
+        if ids.ndim > 1:  # (rows of a batch were joined into one string)
+            raise ValueError(f"ids: expected one sequence of ids (1-D), got shape {ids.shape}; "
+                             f"decode a batch row by row")
         if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(self)):
             raise ValueError(f"ids: expected integers in [0, {len(self)}), got "
                              f"{ids.dtype} values in [{ids.min()}, {ids.max()}]")
@@ -144,9 +147,9 @@ def _word_char(c):
 
 def tokenize(text):
     """Lower-cased words: runs of letters, combining marks and digits of any script, and
-    apostrophes."""
+    apostrophes (the typographic one, U+2019, read as "'": "don’t" is "don't")."""
     words, start = [], None
-    text = text.lower()
+    text = text.lower().replace("\u2019", "'")
     for i, c in enumerate(text):
         if (c.isascii() and (c.isalnum() or c == "'")) or (not c.isascii() and _word_char(c)):
             start = i if start is None else start
