@@ -852,3 +852,9 @@ def test_pad_sequences_refuses_a_padding_value_its_dtype_cannot_hold():
         pad_sequences([[1, 2], [3]], padding_value=[1, 2])
     padded, _ = pad_sequences([[1.0, 2.0], [3.0]], padding_value=np.nan)
     assert np.isnan(padded[1, 1]) and pad_sequences([[1, 2], [3]], 0.0)[0].dtype == np.int64
+    floats = [np.ones(2, np.float32), np.ones(1, np.float32)]  # (rounded, as torch pads)
+    assert pad_sequences(floats, padding_value=0.1)[0][1, 1] == np.float32(0.1)
+    with pytest.raises(ValueError, match=r"^padding_value: 1e\+300 does not fit dtype float32"):
+        pad_sequences(floats, padding_value=1e300)
+    with pytest.raises(ValueError, match="^padding_value: 'a' does not fit dtype float32"):
+        pad_sequences(floats, padding_value="a")

@@ -167,3 +167,5 @@ def test_the_sporadic_gap_is_an_option(tmp_path, monkeypatch):
     assert {p for r, p in asked if r == "b2b"} == {0.0}
     assert cli.main(["bench", "--regimes", "sporadic", "--sporadic-ms", "0"]) == 2
     assert cli.main(["bench", "--regimes", "b2b", "--sporadic-ms", "7"]) == 2
+    assert cli.main(["bench", "--regimes", "SPORADIC", "--sporadic-ms", "7", "--cells", "RNN",
+                     "--shapes", "1,3,4,4", "--budget", "0.02"]) == 0  # (names in any case)

@@ -594,6 +594,11 @@ def test_bad_precision_arguments_are_named():
         _ours("lstm", x, h0, c0, w, precision=16)
     with pytest.raises(ValueError, match="dtype"):
         fr.autocast("float16")
+    for given in ("float32", "cpu"):  # (the message offered float32, which is refused)
+        with pytest.raises(ValueError, match="^dtype: expected 'bfloat16' .*got '" + given):
+            fr.autocast(given)
+    with pytest.raises(ValueError, match="not torch.autocast's device_type"):
+        fr.autocast("cpu")
     with pytest.raises(TypeError, match="enabled"):
         fr.autocast(enabled="yes")
     args = (x, h0, c0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], None, False)

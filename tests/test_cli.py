@@ -1,5 +1,6 @@
 """The `fusedrnn` command as a user meets it: every expected failure is one line,
 `fusedrnn: error: ...`, exit code 2 (never a traceback); --debug shows the traceback."""
+import os
 import subprocess
 import sys
 
@@ -205,6 +206,13 @@ def test_a_users_csv_and_text_files():
     assert tokenize("Хороший фильм, don't it_s Café हिन्दी") == [
         "хороший", "фильм", "don't", "it", "s", "café", "हिन्दी"]
     assert tokenize("Don\u2019t") == tokenize("Don't") == ["don't"]  # (’ split the word)
+    # integer class names in numeric order: "10" was class 1 of ["0", "10", "2"]
+    with tempfile.TemporaryDirectory() as d:
+        numbered = os.path.join(d, "numbered.csv")
+        with open(numbered, "w") as f:
+            f.write("text,label\na,2\nb,10\nc,0\nd,-1\n")
+        _, labels, classes = read_text_classification_csv(numbered)
+    assert classes == ["-1", "0", "2", "10"] and labels.tolist() == [2, 3, 1, 0]
     vocab = fr.data.CharVocab("abc")
     with pytest.raises(ValueError, match=r"^ids: expected one sequence of ids \(1-D\), got "
                                          r"shape \(2, 2\)"):
@@ -449,8 +457,9 @@ def test_debug_after_a_double_dash_is_a_text(capsys):
 def test_a_failed_write_or_read_names_the_file(tmp_path):
     """A disk full at the write (/dev/full) or an EIO at a read gave "[Errno 28] No space left
     on device" naming no file: the atomic writer and the loader name theirs."""
-    import os
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full here")
+    if not os.path.exists("/dev/full") or not os.path.exists("/proc/self/mem"):
+        pytest.skip("no /dev/full or /proc/self/mem here")
     with pytest.raises(OSError, match="No space left on device: '/dev/full'"):
         fr.save({"a": np.zeros(3)}, "/dev/full")
+    with pytest.raises(OSError, match="Input/output error: '/proc/self/mem'"):
+        fr.load("/proc/self/mem")  # (a read at offset 0 of this process's memory: EIO)

@@ -1175,7 +1175,7 @@ def test_a_gradient_of_another_shape_is_refused():
     p.accumulate_grad(np.ones((4, 3)))
     p.data = np.zeros((1, 3), np.float32)
     with pytest.raises(ValueError, match=r"the gradient held has shape \(4, 3\), data now "
-                                         r"\(1, 3\) \(zero_grad\(\) first\)"):
+                                         r"\(1, 3\) \(zero_grad\(\) first, set_to_none=True\)"):
         p.accumulate_grad(np.ones((1, 3)))
     p.zero_grad()
     p.accumulate_grad(np.ones((1, 3)))
@@ -1262,3 +1262,19 @@ def test_module_api_as_torch_nn():
         nn.Linear(2, 2).load_state_dict({"weight": np.zeros((3, 2)), "bias": np.zeros(2)})
     with pytest.raises(TypeError, match="^p: expected a probability in"):
         nn.Dropout("0.5")
+
+
+class _TaggedParameter(nn.Parameter):
+    __slots__ = ("tag",)
+
+
+def test_a_parameter_subclass_pickles_whole():
+    """__getstate__ read type(self).__slots__: a subclass with slots of its own pickled
+    without the data and the gradient (unpickled, it had neither)."""
+    import copy
+    import pickle
+    p = _TaggedParameter(np.arange(3.0))
+    p.grad, p.tag = np.ones(3), "t"
+    for q in (pickle.loads(pickle.dumps(p)), pickle.loads(pickle.dumps(p, 0)), copy.deepcopy(p)):
+        assert type(q) is _TaggedParameter and q.tag == "t"
+        assert np.array_equal(q.data, p.data) and np.array_equal(q.grad, p.grad)

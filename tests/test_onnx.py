@@ -791,7 +791,8 @@ def test_serialized_bytes_load_as_onnx_runtime_reads_them(tmp_path):
     layer = fr.nn.GRU(3, 4, seed=1)
     path = tmp_path / "gru.onnx"
     x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
-    export(layer, path, x)
+    model = export(layer, path, x)
+    assert (model.producer_name, model.producer_version) == ("fusedrnn", fr.__version__)
     data = path.read_bytes()
     want = Backend.prepare(path).run([x])
     for given in (data, bytearray(data), memoryview(data)):
@@ -800,3 +801,14 @@ def test_serialized_bytes_load_as_onnx_runtime_reads_them(tmp_path):
         (loaded,) = load(given).values()
         assert all(np.array_equal(a, b) for a, b in
                    zip(loaded.state_dict().values(), layer.state_dict().values()))
+    # bytes whose tensors lie in external files: refused (they were looked for in the working
+    # folder, where a file of that name would have been read, whatever it held)
+    import onnx
+    onnx.save_model(onnx.load(path), tmp_path / "ext.onnx", save_as_external_data=True,
+                    location="ext.data", size_threshold=0)
+    for call, name in ((load, "path"), (Backend.prepare, "model")):
+        with pytest.raises(ValueError, match=f"^{name}: the bytes given are a model whose "
+                                             f"tensors .* lie in external data files"):
+            call((tmp_path / "ext.onnx").read_bytes())
+    assert all(np.array_equal(a, b) for a, b in
+               zip(Backend.prepare(tmp_path / "ext.onnx").run([x]), want))

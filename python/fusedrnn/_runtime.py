@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numbers
 import threading
-from typing import SupportsIndex
 
 import numpy as np
 
@@ -77,7 +76,7 @@ def cpu_table_summary() -> str:
 MAX_THREADS = 4096
 
 
-def set_num_threads(n: SupportsIndex) -> None:
+def set_num_threads(n: int) -> None:
     """Threads used by the kernels (and by their BLAS calls). 1 <= n <= MAX_THREADS."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")

@@ -64,9 +64,16 @@ class autocast:
     float32, e.g. to switch autocast off inside an outer block."""
 
     def __init__(self, dtype="bfloat16", enabled=True):
-        if dtype is None or check_precision(dtype, "dtype") != "bfloat16":
+        try:
+            lower = dtype is not None and check_precision(dtype, "dtype") == "bfloat16"
+        except ValueError:  # (its message offers float32 and None, which this refuses)
+            lower = False
+        if not lower:
+            device = (" (fr.autocast's first argument is the dtype, not torch.autocast's "
+                      "device_type: the arrays' device is used)"
+                      if isinstance(dtype, str) and dtype.lower() in ("cpu", "cuda") else "")
             raise ValueError(f"dtype: expected 'bfloat16' (or 'bf16', torch.bfloat16; the only "
-                             f"lower precision), got {dtype!r}")
+                             f"lower precision), got {dtype!r}{device}")
         self.dtype, self.enabled = "bfloat16", check_flag(enabled, "enabled")
         self._open = []  # (the thread's stack, the entry) of each block this object opened
 

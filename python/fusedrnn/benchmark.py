@@ -726,6 +726,11 @@ def _print_plans(rows):
             print(f"    backward: {line(r['backward'])}")
 
 
+def _regimes_of(args):
+    from .benchmark_regimes import parse_regimes
+    return parse_regimes(args.regimes)
+
+
 def _check_one_benchmark(args):
     """ValueError naming the options when they select two benchmarks, or give one an option
     only another reads (each bench ran the first it was dispatched to and ignored the rest)."""
@@ -753,8 +758,8 @@ def _check_one_benchmark(args):
                         ("variants", "each variant has its own cell")):
         if given_cells and getattr(args, option, None) is not None:
             raise ValueError(f"--cells {args.cells}: not read by --{option} ({why})")
-    if getattr(args, "sporadic_ms", None) is not None and "sporadic" not in (
-            getattr(args, "regimes", None) or ""):
+    if getattr(args, "sporadic_ms", None) is not None and (
+            getattr(args, "regimes", None) is None or "sporadic" not in _regimes_of(args)):
         raise ValueError(f"--sporadic-ms {args.sporadic_ms:g}: read by --regimes with sporadic "
                          f"only")
     main_only = [name for name, on in (("--memory", getattr(args, "memory", False)),

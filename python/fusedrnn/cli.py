@@ -8,6 +8,7 @@ exit code 2. ``--debug`` (anywhere on the line) shows the traceback instead. Ctr
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import os
 import shlex
@@ -86,15 +87,30 @@ def main(argv=None) -> int:
     formatter = warnings.formatwarning
     if not debug:  # a warning as a command's other messages say things, not a source line
         warnings.formatwarning = lambda message, *_, **__: f"fusedrnn: warning: {message}\n"
-    errors = getattr(sys.stdout, "errors", None)
-    if errors == "strict" and callable(getattr(sys.stdout, "reconfigure", None)):
-        sys.stdout.reconfigure(errors="backslashreplace")  # (text an ASCII stdout cannot hold)
+    errors = _escape_what_stdout_cannot_encode()
     try:
         return _run(argv, debug)
     finally:
         warnings.formatwarning = formatter
-        if errors == "strict" and callable(getattr(sys.stdout, "reconfigure", None)):
+        if errors is not None:
             sys.stdout.reconfigure(errors=errors)
+
+
+def _escape_what_stdout_cannot_encode():
+    """Text a stdout cannot encode (PYTHONIOENCODING=ascii, the C locale's ASCII with its
+    surrogateescape) written as backslash escapes, not an error after part of the output;
+    returns the error handler to give back (None where nothing changed)."""
+    errors = getattr(sys.stdout, "errors", None)
+    encoding = getattr(sys.stdout, "encoding", None) or ""
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        utf8 = False
+    if not callable(getattr(sys.stdout, "reconfigure", None)) or not (
+            errors == "strict" or (errors == "surrogateescape" and not utf8)):
+        return None
+    sys.stdout.reconfigure(errors="backslashreplace")
+    return errors
 
 
 def _run(argv, debug) -> int:

@@ -156,7 +156,7 @@ def run_task(args):
         print("\n".join(mod.summary(metrics)))
     else:
         print("\n".join(_summary(metrics)))
-        if "sample" in metrics:
+        if metrics.get("sample") is not None:  # (a diverged model has none)
             print("sample:", metrics["sample"])
     if metrics.get("speed"):  # (demo's table: a row whose outputs disagree is named, exit 1)
         from fusedrnn import benchmark

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import io
 import os
+import re
 import sysconfig
 import unicodedata
 import warnings
@@ -250,7 +251,9 @@ def read_text_classification_csv(path):
                              f"open?)")
         texts.append(t)
         names.append(n.strip())
-    classes = sorted(set(names))
+    # integer class names in numeric order ("2" before "10": their ids keep the labels' order)
+    numeric = all(re.fullmatch(r"[+-]?[0-9]+", n) for n in names)
+    classes = sorted(set(names), key=(lambda n: (int(n), n)) if numeric else None)
     if len(classes) < 2:
         raise ValueError(f"{path}: expected at least 2 distinct labels, got {classes}")
     lookup = {c: i for i, c in enumerate(classes)}
@@ -286,9 +289,17 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
     fill = np.asarray(padding_value)
     if fill.ndim != 0:
         raise ValueError(f"padding_value: expected one value, got shape {fill.shape}")
-    with np.errstate(invalid="ignore", over="ignore"):
-        cast = fill.astype(dtype)
-    if not (cast == fill or (fill.dtype.kind in "fc" and np.isnan(fill) and dtype.kind in "fc")):
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            cast = fill.astype(dtype)
+    except (TypeError, ValueError):  # ("a" into float32)
+        raise ValueError(f"padding_value: {padding_value!r} does not fit dtype {dtype}; give "
+                         f"a value of the dtype, or dtype=") from None
+    if dtype.kind in "fc" and fill.dtype.kind in "biufc":  # (0.1 into float32 rounds, as torch's)
+        fits = bool(np.isfinite(cast) or not np.isfinite(fill))
+    else:  # exactly: NaN or 1.5 into integers, "<pad>" into 2 characters
+        fits = bool(cast == fill)
+    if not fits:
         # (np.full cast unsafely: NaN into int64 padded with -2**63, "<pad>" to "<p")
         raise ValueError(f"padding_value: {padding_value!r} does not fit dtype {dtype} (it "
                          f"would pad with {cast.item()!r}); give a value of the dtype, or dtype=")

@@ -392,20 +392,11 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
-    def _key(self, i):
-        try:
-            i = operator.index(i)
-        except TypeError:
-            raise TypeError(f"index: expected an int or a slice, got {type(i).__name__}") from None
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index: {i} is out of range for {len(self)} modules")
-        return list(self._modules)[i]
-
     def __setitem__(self, i, module):
         """Put ``module`` in the i-th place, under that place's name (as torch.nn's)."""
         if not isinstance(module, Module):
             raise TypeError(f"module: expected a Module, got {type(module).__name__}")
-        self.add_module(self._key(i), module)
+        self.add_module(list(self._modules)[_position(self, i, "an int")], module)
 
     def __delitem__(self, i):
         """Remove the i-th module (or a slice of them); the rest are renumbered "0", "1", ...
@@ -414,7 +405,7 @@ class Sequential(Module):
         if isinstance(i, slice):
             del kept[i]
         else:
-            del kept[list(self._modules).index(self._key(i))]
+            del kept[_position(self, i)]
         _renumber(self, kept)
 
     def insert(self, index, module):
@@ -486,6 +477,19 @@ class Sequential(Module):
         return dout
 
 
+def _position(owner, i, expected="an int or a slice"):
+    """The place (0 to len - 1) of index ``i`` among ``owner``'s children: TypeError naming
+    what is ``expected``, IndexError out of range (ModuleList's and Sequential's)."""
+    try:
+        i = operator.index(i)
+    except TypeError:
+        raise TypeError(f"index: expected {expected}, got {type(i).__name__}") from None
+    n = len(owner._modules)
+    if not -n <= i < n:
+        raise IndexError(f"index: {i} is out of range for {n} modules")
+    return i % n
+
+
 def _renumber(owner, modules):
     """``owner``'s children replaced by ``modules``, named "0", "1", ... (ModuleList's and
     Sequential's removals and insertions, as torch.nn's)."""
@@ -518,15 +522,8 @@ class ModuleList(Module):
         if modules is not None:
             self.extend(modules)
 
-    def _index(self, i):
-        try:
-            i = operator.index(i)
-        except TypeError:
-            raise TypeError(f"index: expected an int or a slice, got {type(i).__name__}") from None
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"index: {i} is out of range for {n} modules")
-        return str(i % n)
+    def _index(self, i, expected="an int or a slice"):
+        return str(_position(self, i, expected))
 
     def __len__(self):
         return len(self._modules)
@@ -554,7 +551,7 @@ class ModuleList(Module):
         return self._modules[self._index(i)]
 
     def __setitem__(self, i, module):
-        self.add_module(self._index(i), module)
+        self.add_module(self._index(i, "an int"), module)
 
     def __delitem__(self, i):
         kept = list(self._modules.values())

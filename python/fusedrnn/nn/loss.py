@@ -88,7 +88,8 @@ class CrossEntropyLoss(Module):
     (reduction "mean"), summed ("sum") or per position ("none", 0 at ignored positions).
     With every target ignored the mean is 0 (PyTorch gives NaN), so a fully padded chunk of a
     truncated-BPTT run adds nothing instead of poisoning the weights. ``label_smoothing`` ε, as
-    PyTorch's: the target is ``(1 - ε) one_hot + ε / C``."""
+    PyTorch's: the target is ``(1 - ε) one_hot + ε / C``. ``weight`` (torch's class weights)
+    is not supported: None only (TypeError otherwise)."""
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         super().__init__()

@@ -151,7 +151,10 @@ class Parameter:
         # hands ``data`` out as reading it does (copy.copy's Parameter shares the array and
         # may write into it): the version moves
         self._version = next(_versions)
-        return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
+        slots = [k for cls in type(self).__mro__ for k in cls.__dict__.get("__slots__", ())
+                 if k not in ("__dict__", "__weakref__")]  # (a subclass's own slots too)
+        state = {k: getattr(self, k) for k in slots if hasattr(self, k)}
+        return {**getattr(self, "__dict__", {}), **state}
 
     def __setstate__(self, state):
         if isinstance(state, tuple):  # (a pickle of a release before __getstate__: the slots
@@ -292,7 +295,7 @@ class Parameter:
             return
         if self.grad is not None and self.grad.shape != self._data.shape:  # (data replaced)
             raise ValueError(f"grad: the gradient held has shape {self.grad.shape}, data now "
-                             f"{self._data.shape} (zero_grad() first)")
+                             f"{self._data.shape} (zero_grad() first, set_to_none=True)")
         if self.grad is None:
             self.grad = grad.astype(self._data.dtype, copy=True)
         else:
@@ -761,7 +764,7 @@ class Module:
 
         Raises :class:`StateDictError` (a ValueError, and a RuntimeError as torch.nn's) naming
         missing or unexpected keys (when ``strict``), a key whose shape differs (expected and
-        got); ValueError for or a key whose finite values overflow the parameter's dtype
+        got); ValueError for a key whose finite values overflow the parameter's dtype
         (float64 past float32's range would turn to infinity silently); NaN and infinity
         themselves load, as torch's (a diverged model can be inspected). Nothing is changed
         unless every key passes. Returns ``(missing_keys, unexpected_keys)`` like PyTorch."""

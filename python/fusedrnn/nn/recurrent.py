@@ -740,7 +740,7 @@ With ``peephole=True`` (keyword-only; not in torch.nn) the gates also see the ce
 ONNX's LSTM with peepholes P: i_t and f_t add p_i * c_{t-1} and p_f * c_{t-1}, o_t adds
 p_o * c_t, with the parameters ``weight_ph_l{k}[_reverse]`` [3H] in the order i, f, o.""",
         cell_args="""\
-    proj_size: (keyword-only) If > 0, an LSTM with projections of that size (torch.nn.LSTM's
+    proj_size: If > 0, an LSTM with projections of that size (torch.nn.LSTM's
         proj_size; CUDA: stepwise). Default: 0
     peephole: (keyword-only) If True, the gates also see the cell state (ONNX's peepholes;
         parameters weight_ph_l{k}[_reverse] [3H]). Default: False

@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from .. import _atomic
+from .. import __version__, _atomic
 from ..io import checked_path
 from ..nn.layers import Dropout, Embedding, Identity, Linear, Sequential
 from ..nn.module import to_host
@@ -451,7 +451,8 @@ def export(model, path, x, hx=None, lengths=None, opset=17):
         _export_seq2seq(g, model, lengths)
     graph = g.helper.make_graph(g.nodes, type(model).__name__, g.inputs, g.outputs,
                                 g.initializers)
-    proto = g.helper.make_model(graph, producer_name="fusedrnn",
+    proto = g.helper.make_model(graph, producer_name="fusedrnn", producer_version=__version__,
+                                doc_string=f"fusedrnn.onnx.export of a {type(model).__name__}",
                                 opset_imports=[g.helper.make_opsetid("", opset)])
     proto.ir_version = min(proto.ir_version, _ir_version(onnx, opset))
     onnx.checker.check_model(proto, full_check=True)

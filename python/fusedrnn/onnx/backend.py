@@ -365,7 +365,18 @@ def _read_model(path, name):
                          f"{error}){hint}") from None
     if not model.ir_version and not model.graph.node:
         raise ValueError(f"{name}: {shown} not an ONNX model (empty){hint}")
+    if isinstance(source, bytes) and _external_tensors(model):  # (else read from the working
+        raise ValueError(f"{name}: the bytes given are a model whose tensors "  # folder, or
+                         f"{_external_tensors(model)[:3]} lie in external data files; give "
+                         f"the model file's path (its data is found beside it)")  # refused
     return model
+
+
+def _external_tensors(model):
+    """The names of ``model``'s tensors stored in external data files (not loaded)."""
+    from onnx import external_data_helper
+    return [t.name for t in external_data_helper._get_all_tensors(model)
+            if external_data_helper.uses_external_data(t)]
 
 
 class FusedRnnRep(BackendRep):
