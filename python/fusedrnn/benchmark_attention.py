@@ -101,6 +101,7 @@ def bench_row(score, mode, N, S, A, K, threads, budget, have_torch):
     row["ours_us"] = round(1000 * ms["ours"], 2)
     row["torch_us"] = round(1000 * ms["torch"], 2) if have_torch else None
     row["x_torch"] = round(ms["torch"] / ms["ours"], 2) if have_torch else None
+    row.update(benchmark.measured(ms))
     return row
 
 

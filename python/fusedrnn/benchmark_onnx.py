@@ -30,7 +30,7 @@ def bench_row(cell, B, T, I, H, threads, budget):
     return {"cell": cell, "B": B, "T": T, "I": I, "H": H, "threads": threads,
             "ort_ms": float(f"{ms['ort']:.4g}"), "ours_ms": float(f"{ms['ours']:.4g}"),
             "x_ort": round(ms["ort"] / ms["ours"], 2), "max_abs_diff": diff,
-            "agree": benchmark._agrees({"ort": diff})}
+            "agree": benchmark._agrees({"ort": diff}), **benchmark.measured(ms)}
 
 
 def run(args) -> int:

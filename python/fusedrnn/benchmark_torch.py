@@ -170,6 +170,7 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, bf16=False):
     row["torch_ms"] = benchmark.figures(ms["torch"])
     row["fusedrnn_ms"] = benchmark.figures(ms["fusedrnn"])
     row["speedup"] = round(ms["torch"] / ms["fusedrnn"], 3)
+    row.update(benchmark.measured(ms))
     row["torch_sporadic_ms"] = row["fusedrnn_sporadic_ms"] = row["speedup_sporadic"] = None
     if mode == "infer":
         sp = benchmark.median_ms(fns, budget, pause_s=SPORADIC_PAUSE_S)

@@ -107,6 +107,7 @@ def bench_row(variant, mode, B, T, I, H, threads, budget, have):
            "peer_ms": benchmark.figures(ms["peer"]) if "peer" in ms else None}
     row["cost"] = round(ms["ours"] / ms["plain"], 2)
     row["x_peer"] = round(ms["peer"] / ms["ours"], 2) if "peer" in ms else None
+    row.update(benchmark.measured(ms))
     # inference: the variant under fusedrnn.autocast, its speed-up over float32 (ours_ms)
     row["ours_bf16_ms"] = benchmark.figures(ms["ours_bf16"]) if "ours_bf16" in ms else None
     row["bf16_speedup"] = round(ms["ours"] / ms["ours_bf16"], 2) if "ours_bf16" in ms else None
