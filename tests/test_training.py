@@ -342,3 +342,9 @@ def test_fit_checks_progress_before_restoring_a_checkpoint(tmp_path):
         fit(step, lambda e: [np.arange(2)] * 3, 2, progress="no", state={"model": lin},
             checkpoint=Checkpointer(path, 2, resume=path))
     assert (lin.weight.data == -5.0).all()
+
+
+def test_truncated_bptt_refuses_a_bare_cell():
+    """A cell (one step a call) was run on chunks as batches and failed unpacking its h."""
+    with pytest.raises(TypeError, match="^model: a GRUCell takes one step a call"):
+        TruncatedBPTT(fr.nn.GRUCell(3, 4), fr.nn.MSELoss(), 3)

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import _atomic
 from ._flags import check_flag
+from .nn.cells import RNNCellBase
 from .nn.module import Module
 from .nn.layers import _int_in
 from .optim import Optimizer, _nonnegative, clip_grad_norm_
@@ -77,6 +78,11 @@ class TruncatedBPTT:
             raise ValueError("clip_norm: clips the gradients before each optimizer step; give an "
                              "optimizer too (or clip the accumulated gradients yourself, "
                              "fusedrnn.optim.clip_grad_norm_)")
+        if isinstance(model, RNNCellBase):  # (its forward returns h: chunks became batches)
+            raise TypeError(f"model: a {type(model).__name__} takes one step a call; truncated "
+                            f"BPTT runs a model over chunks of steps: wrap the cell in a Module "
+                            f"with forward(x_chunk, state) -> (output, state) and "
+                            f"backward(dout)")
         for name, m in getattr(model, "named_modules", lambda: ())():
             if getattr(m, "bidirectional", False):
                 raise ValueError(f"model: {name or 'the model'} is bidirectional; truncated BPTT "
