@@ -543,10 +543,19 @@ def test_the_binding_itself_refuses_what_would_crash_or_misread():
         for bad in (None, "yes"):
             with pytest.raises(TypeError, match=f"{name}: expected a bool, got "):
                 _C.recurrent_forward_many("lstm", "tanh", [call[:i] + (bad,) + call[i + 1:]])
-    with pytest.raises(ValueError, match="threads: expected an integer >= 1, got 0"):
-        _C.plan("lstm", "tanh", T, N, I, H, np.dtype(np.float32), False, 0)
+    for threads in (0, 10 ** 6):  # (10**6 was planned for, past set_num_threads' 4096)
+        with pytest.raises(ValueError, match=f"threads: expected 1 to 4096, got {threads}"):
+            _C.plan("lstm", "tanh", T, N, I, H, np.dtype(np.float32), False, threads)
     with pytest.raises(TypeError, match="dtype: expected float32 or float64, got int8"):
         _C.plan("lstm", "tanh", T, N, I, H, np.dtype(np.int8), False, 2)
+    # sizes whose products overflow int64 were planned for (undefined arithmetic); the side by
+    # side test took negative sizes and read any dtype but float64 as float32
+    with pytest.raises(ValueError, match="T, N, I, H: sizes whose element counts overflow"):
+        _C.plan("gru", "tanh", *[2 ** 62] * 4, np.dtype(np.float32), True, 4)
+    with pytest.raises(ValueError, match=r"T, N, I, H: expected sizes \(T, N, I >= 0"):
+        _C.runs_side_by_side("gru", "tanh", [(1, -1, 1, 1)], np.dtype(np.float32))
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got int8"):
+        _C.runs_side_by_side("gru", "tanh", [(1, 1, 1, 1)], np.dtype(np.int8))
     for n in (0, 4097, 10 ** 5):
         with pytest.raises(ValueError, match="n: expected 1 to 4096 threads"):
             _C.set_num_threads(n)
@@ -858,3 +867,49 @@ def test_pad_sequences_refuses_a_padding_value_its_dtype_cannot_hold():
         pad_sequences(floats, padding_value=1e300)
     with pytest.raises(ValueError, match="^padding_value: 'a' does not fit dtype float32"):
         pad_sequences(floats, padding_value="a")
+
+
+_EMPTIED_WHILE_READ = r"""
+import sys
+import numpy as np
+from fusedrnn import _C
+rng = np.random.default_rng(0)
+f = lambda *s: rng.standard_normal(s).astype(np.float32)
+class Emptying:  # a flag whose truth empties the calls list while the binding reads it
+    def __bool__(self):
+        calls.clear()
+        return False
+def forward_call(reverse=False, x=True, I=4):
+    return (f(3, 2, I) if x else None, f(2, 5), None, f(5, I), f(5, 5), f(5), f(5), None,
+            reverse, False)
+many = sys.argv[1]
+if many == "recurrent_forward_many":
+    calls = [forward_call(), forward_call(Emptying())] + [forward_call() for _ in range(50)]
+elif many == "recurrent_forward_stack":
+    calls = [forward_call()] + [forward_call(Emptying() if k == 0 else False, x=False, I=5)
+                                for k in range(50)]
+else:
+    def backward_call(reverse=False):
+        x, w_ih, w_hh = f(3, 2, 4), f(5, 4), f(5, 5)
+        y, h_n, _, gates, extra, h_prev = _C.recurrent_forward(
+            "rnn", "tanh", x, f(2, 5), None, w_ih, w_hh, f(5), f(5), None, False, True)
+        return (x, w_ih, w_hh, None, reverse, gates, extra, h_prev, f(*y.shape), f(2, 5), None)
+    calls = [backward_call(), backward_call(Emptying())] + [backward_call() for _ in range(50)]
+out = getattr(_C, many)("rnn", "tanh", calls)
+assert len(out) in (51, 52) and all(np.isfinite(o[0]).all() for o in out)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("many", ["recurrent_forward_many", "recurrent_forward_stack",
+                                  "recurrent_backward_many"])
+def test_a_calls_list_emptied_while_it_is_read(many):
+    """Python code run while the binding read the calls (a flag's __bool__, a __del__,
+    another thread) could empty the list: the arrays of calls read before were freed under
+    the pointers kept for them (a segfault, or NaN from a stack's freed layer). The binding
+    reads a snapshot and keeps every call's arguments until the kernels ran."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _EMPTIED_WHILE_READ, many],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -175,6 +175,7 @@ template <typename Args>
 struct PreparedCall {
   Args args;
   py::tuple outputs;
+  py::object keep;  // the call's arguments, alive until the kernels ran (args holds pointers)
 };
 
 // The sizes and traits of a forward or backward call, from x and the weights.
@@ -348,8 +349,8 @@ bool parse_precision(const py::handle& precision, bool float32) {
   return true;
 }
 
-// One call's arguments as a tuple: a tuple or a list (whose items the calls list keeps alive;
-// those of an iterator would die with the temporary tuple, before the kernel reads them).
+// One call's arguments as a tuple: a tuple, or a list's items in a new one (kept with the
+// prepared call; an iterator is refused: its items would die with a temporary).
 py::tuple call_items(const py::handle& call) {
   if (!py::isinstance<py::tuple>(call) && !py::isinstance<py::list>(call))
     throw py::type_error(std::string("calls: expected tuples of arguments, got ") +
@@ -398,7 +399,11 @@ py::array call_x(const py::object& x) {
 template <typename T>
 py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
   std::vector<PreparedCall<ForwardArgs<T>>> prepared;
-  for (const py::handle& c : calls) {
+  // A snapshot of the list, and each call's tuple kept with its prepared call: Python code run
+  // while the arguments are read (a flag's __bool__, a collection's __del__, another thread)
+  // may empty the list, and would free arrays whose pointers earlier calls already hold.
+  const py::tuple snapshot(calls);
+  for (const py::handle& c : snapshot) {
     auto t = call_items(c);  // the cache, precision, peepholes, projection may be left out
     if (t.size() < 11 || t.size() > 16 || t.size() == 15) t = call_tuple(t, 10, kForwardCall);
     cpu::WeightCache* cache = nullptr;
@@ -426,6 +431,7 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
                                           t.size() == 16 ? call_eps(t[15]) : 0.0));
     prepared.back().args.cache = cache;
     prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
+    prepared.back().keep = t;
   }
   return run_prepared(prepared, [&](ForwardArgs<T>* args, int count) {
     if (stack)
@@ -438,7 +444,8 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
 template <typename T>
 py::list backward_calls_typed(CellKind cell, const py::list& calls) {
   std::vector<PreparedCall<BackwardArgs<T>>> prepared;
-  for (const py::handle& c : calls) {
+  const py::tuple snapshot(calls);  // (as forward_calls_typed's)
+  for (const py::handle& c : snapshot) {
     auto t = call_items(c);  // the items after dc_n may be left out
     if (t.size() < 12 || t.size() > 17)
       t = call_tuple(t, 11, kBackwardCall);
@@ -449,6 +456,7 @@ py::list backward_calls_typed(CellKind cell, const py::list& calls) {
         t.size() <= 15 || call_flag(t[15], "input_grad"),
         t.size() <= 16 || call_flag(t[16], "weight_grads")));
     prepared.back().args.bf16 = t.size() >= 12 && parse_precision(t[11], sizeof(T) == 4);
+    prepared.back().keep = t;
   }
   return run_prepared(prepared, [&](BackwardArgs<T>* args, int count) {
     cpu::recurrent_backward_many<T>(cell, args, count);
@@ -712,20 +720,39 @@ py::dict tuning_dict() {
 }
 
 // The plans of one call of this shape on `threads` threads (cpu/plan.h), as names.
-py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
-                   int64_t I, int64_t H, const py::dtype& dtype, bool training, int threads,
-                   const py::object& precision, bool cache) {
-  const CellKind kind = parse_cell(cell, nonlinearity);
+// The sizes of a planned call, checked: T, N, I >= 0, H >= 1, and the element counts the plans
+// work out from them (the gates over the sequence, the weights) within int64.
+SeqShape checked_sizes(CellKind kind, int64_t T, int64_t N, int64_t I, int64_t H) {
   if (T < 0 || N < 0 || I < 0 || H < 1)
     throw py::value_error("T, N, I, H: expected sizes (T, N, I >= 0, H >= 1), got " +
                           std::to_string(T) + ", " + std::to_string(N) + ", " +
                           std::to_string(I) + ", " + std::to_string(H));
-  if (threads < 1)
-    throw py::value_error("threads: expected an integer >= 1, got " + std::to_string(threads));
+  const int64_t G = gate_count(kind);
+  int64_t width, gh, tn, counted;
+  if (__builtin_add_overflow(I, H, &width) || __builtin_mul_overflow(G, H, &gh) ||
+      __builtin_mul_overflow(T, N, &tn) || __builtin_mul_overflow(tn, gh, &counted) ||
+      __builtin_mul_overflow(tn, width, &counted) || __builtin_mul_overflow(gh, width, &counted))
+    throw py::value_error("T, N, I, H: sizes whose element counts overflow 64 bits, got " +
+                          std::to_string(T) + ", " + std::to_string(N) + ", " +
+                          std::to_string(I) + ", " + std::to_string(H));
+  return SeqShape{T, N, I, H, G};
+}
+
+// A plan's dtype: its item size, 4 (float32) or 8 (float64); TypeError naming anything else.
+int64_t float_bytes(const py::dtype& dtype) {
   if (dtype.kind() != 'f' || (dtype.itemsize() != 4 && dtype.itemsize() != 8))
     throw py::type_error("dtype: expected float32 or float64, got " + std::string(py::str(dtype)));
-  const SeqShape s{T, N, I, H, gate_count(kind)};
-  const int64_t bytes = dtype.itemsize();
+  return dtype.itemsize();
+}
+
+py::dict plan_dict(const std::string& cell, const std::string& nonlinearity, int64_t T, int64_t N,
+                   int64_t I, int64_t H, const py::dtype& dtype, bool training, int threads,
+                   const py::object& precision, bool cache) {
+  const CellKind kind = parse_cell(cell, nonlinearity);
+  const SeqShape s = checked_sizes(kind, T, N, I, H);
+  if (threads < 1 || threads > 4096)  // (fusedrnn.MAX_THREADS, as set_num_threads takes)
+    throw py::value_error("threads: expected 1 to 4096, got " + std::to_string(threads));
+  const int64_t bytes = float_bytes(dtype);
   const bool bf16 = parse_precision(precision, bytes == 4);
   const cpu::ForwardPlan f =
       cpu::plan_forward(kind, s, threads, bytes, training, false, false, bf16, cache);
@@ -820,10 +847,11 @@ PYBIND11_MODULE(_C, m) {
            const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>& shapes,
            const py::dtype& dtype, bool stack) {
           const CellKind kind = parse_cell(cell, nonlinearity);
+          const bool float64 = float_bytes(dtype) == 8;
           std::vector<SeqShape> s;
-          for (const auto& [T, N, I, H] : shapes) s.push_back(SeqShape{T, N, I, H, gate_count(kind)});
+          for (const auto& [T, N, I, H] : shapes) s.push_back(checked_sizes(kind, T, N, I, H));
           const int count = static_cast<int>(s.size());
-          if (dtype.num() == py::dtype::of<double>().num())
+          if (float64)
             return cpu::runs_side_by_side<double>(kind, s.data(), count, stack);
           return cpu::runs_side_by_side<float>(kind, s.data(), count, stack);
         },
