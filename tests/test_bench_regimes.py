@@ -148,7 +148,7 @@ def test_own_process_blocks_share_the_budget_by_the_call_time(monkeypatch):
     assert sorted(set(asked[1:])) == [("b2b", 50), ("sporadic", 20)]
 
 
-def test_the_sporadic_gap_is_an_option(tmp_path, monkeypatch):
+def test_the_sporadic_gap_is_an_option(tmp_path, monkeypatch, capsys):
     """--sporadic-ms sets the idle gap before each sporadic call (3 ms sat inside our idle
     threads' 5 ms linger: a server's calls 10 ms apart wake them), sent to every contestant's
     process and recorded; refused by name without a sporadic regime."""
@@ -163,6 +163,7 @@ def test_the_sporadic_gap_is_an_option(tmp_path, monkeypatch):
                      "RNN", "--shapes", "1,3,4,4", "--budget", "0.02", "--json", str(path)]) == 0
     data = json.loads(path.read_text())
     assert data["sporadic_ms"] == 7 and data["regimes"][1]["what"].startswith("7 ms idle")
+    assert "sporadic = 7 ms idle before each call" in capsys.readouterr().out
     assert {p for r, p in asked if r == "sporadic"} == {0.007}
     assert {p for r, p in asked if r == "b2b"} == {0.0}
     assert cli.main(["bench", "--regimes", "sporadic", "--sporadic-ms", "0"]) == 2

@@ -300,6 +300,7 @@ def run(args) -> int:
     cells, _, shapes = benchmark.selection(args)
     budget = benchmark.budget_of(args, quick=QUICK_BUDGET)
     sporadic_ms = getattr(args, "sporadic_ms", None) or 1000 * SPORADIC_PAUSE_S
+    what = {r: t.replace("3 ms", f"{sporadic_ms:g} ms") for r, t in REGIMES.items()}
     have = benchmark.installed_peers()
     peers = [p for p in PEERS if have[p]]
     fr.set_num_threads(args.threads)
@@ -335,15 +336,14 @@ def run(args) -> int:
             {"info": info, "versions": benchmark.versions(), "cpu": cpu,
              "threads": args.threads, "env": env, "peers": versions, "budget": budget,
              "sporadic_ms": sporadic_ms,
-             "regimes": [{"name": r, "what": REGIMES[r].replace(
-                 "3 ms", f"{sporadic_ms:g} ms")} for r in regimes], "rows": rows},
+             "regimes": [{"name": r, "what": what[r]} for r in regimes], "rows": rows},
             indent=1))  # (strict: a NaN is null)
         print(f"wrote {args.json}")
     bad = [r for r in rows if not r["agree"]]
     if bad:
         print(f"fusedrnn: {len(bad)} row(s) where a peer's output differs from ours by more "
               f"than {TOLERANCE} (marked !)", file=sys.stderr)
-    print(f"{seconds:.0f} s. Regimes: " + "; ".join(f"{r} = {REGIMES[r]}" for r in regimes))
+    print(f"{seconds:.0f} s. Regimes: " + "; ".join(f"{r} = {what[r]}" for r in regimes))
     if peers:
         print("cell = the faster peer's ms / our ms (> 1: fusedrnn wins); "
               "t / o: the faster peer was torch / ORT")
