@@ -1742,3 +1742,33 @@ def test_flags_are_bools_or_0_and_1():
     with pytest.warns(UserWarning, match=r"0: bidirectional=2 \(the adapter takes a bool"):
         frt.convert(model)
     assert type(model[0]) is torch.nn.LSTM and isinstance(model[1], frt.GRU)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_a_weight_dropping_wrapper_sets_flat_weights_as_in_torch_nn(cell):
+    """torch.nn's layers run on the list a wrapper gives `_flat_weights` (a WeightDrop sets a
+    dropped W_hh there) until an attribute is set anew or `_init_flat_weights()` runs; the
+    adapter's was a read-only property, and it had no `_init_flat_weights`."""
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, cell)(3, 4, num_layers=2)
+    ours = getattr(frt, cell)(3, 4, num_layers=2)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 2, 3)
+    got = []
+    for m in (theirs, ours):
+        torch.manual_seed(1)
+        m._flat_weights = [torch.nn.functional.dropout(w, 0.5) if n == "weight_hh_l0" else w
+                           for n, w in zip(m._flat_weights_names, m._flat_weights)]
+        y = m(x)[0]
+        y.sum().backward()
+        dropped = y.detach()
+        m._init_flat_weights()
+        got.append((dropped, m(x)[0].detach(), m.weight_hh_l0.grad, m.weight_ih_l1.grad))
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(got[1][0], got[1][1])  # (the dropped weights were used)
+    with pytest.raises(ValueError, match="^_flat_weights: expected 8 tensors"):
+        ours._flat_weights = []
+    ours._flat_weights = list(ours._flat_weights)
+    ours.weight_hh_l0 = torch.nn.Parameter(torch.zeros(4 * 4 if cell == "LSTM" else 12, 4))
+    assert ours._flat_weights[1] is ours.weight_hh_l0  # (an attribute set anew: re-read)

@@ -356,7 +356,31 @@ class _RecurrentBase(_KeepsWeights):
 
     @property
     def _flat_weights(self) -> list:
-        return _named_parameters(self, self._flat_weights_names)
+        """The weights a call uses, in ``_flat_weights_names``' order: the attributes', or a
+        list given to ``_flat_weights`` (as torch.nn's: a weight-dropping wrapper sets it)
+        until an attribute of those names is set anew or ``_init_flat_weights()`` runs."""
+        current = _named_parameters(self, self._flat_weights_names)
+        given = self.__dict__.get("_flat_weights_given")
+        if given is not None:
+            weights, seen = given
+            if all(a is b for a, b in zip(current, seen)):
+                return list(weights)
+            del self.__dict__["_flat_weights_given"]  # (torch.nn re-reads the attributes)
+        return current
+
+    @_flat_weights.setter
+    def _flat_weights(self, weights) -> None:
+        weights = list(weights)
+        if len(weights) != len(self._flat_weights_names):
+            raise ValueError(f"_flat_weights: expected {len(self._flat_weights_names)} tensors "
+                             f"({', '.join(self._flat_weights_names)}), got {len(weights)}")
+        self.__dict__["_flat_weights_given"] = (
+            weights, _named_parameters(self, self._flat_weights_names))
+
+    def _init_flat_weights(self) -> None:
+        """Read the weights from the attributes again (torch.nn's; a list given to
+        ``_flat_weights`` is dropped)."""
+        self.__dict__.pop("_flat_weights_given", None)
 
     def reset_parameters(self) -> None:
         """uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as
@@ -369,7 +393,8 @@ class _RecurrentBase(_KeepsWeights):
         """Nothing to do (kept so that code written for ``torch.nn`` runs unchanged)."""
 
     def extra_repr(self) -> str:
-        """The constructor arguments that differ from their defaults, as ``torch.nn``."""
+        """The constructor arguments that differ from their defaults, as ``torch.nn``'s, and an
+        RNN's nonlinearity where it is not tanh (which torch.nn's repr leaves out)."""
         s = "{input_size}, {hidden_size}"
         if self.proj_size != 0:
             s += ", proj_size={proj_size}"
