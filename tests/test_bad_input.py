@@ -867,6 +867,9 @@ def test_pad_sequences_refuses_a_padding_value_its_dtype_cannot_hold():
         pad_sequences(floats, padding_value=1e300)
     with pytest.raises(ValueError, match="^padding_value: 'a' does not fit dtype float32"):
         pad_sequences(floats, padding_value="a")
+    with pytest.raises(ValueError, match=r"^padding_value: \(1\+2j\) does not fit dtype "
+                                         r"float32"):  # (its 2j was dropped, with a warning)
+        pad_sequences(floats, padding_value=1 + 2j)
 
 
 _EMPTIED_WHILE_READ = r"""

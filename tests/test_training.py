@@ -348,3 +348,23 @@ def test_truncated_bptt_refuses_a_bare_cell():
     """A cell (one step a call) was run on chunks as batches and failed unpacking its h."""
     with pytest.raises(TypeError, match="^model: a GRUCell takes one step a call"):
         TruncatedBPTT(fr.nn.GRUCell(3, 4), fr.nn.MSELoss(), 3)
+
+
+def test_truncated_bptt_takes_a_cell_subclass_that_runs_chunks():
+    """The refusal of a bare cell caught a subclass whose own forward runs whole chunks."""
+
+    class ChunkGRU(fr.nn.GRUCell):
+        def forward(self, x, h=None):
+            ys = []
+            for x_t in x:
+                h = super().forward(x_t, h)
+                ys.append(h)
+            return np.stack(ys), h
+
+        def backward(self, dout):
+            dh, dxs = None, []
+            for dy in dout[::-1]:
+                dx, dh = super().backward(dy if dh is None else dy + dh)
+                dxs.append(dx)
+            return np.stack(dxs[::-1]), dh
+    TruncatedBPTT(ChunkGRU(3, 4), fr.nn.MSELoss(), 3)  # (no refusal)

@@ -414,16 +414,17 @@ py::list forward_calls_typed(CellKind cell, const py::list& calls, bool stack) {
       cache = py::cast<cpu::WeightCache*>(t[10]);
     }
     py::object x = t[0];
+    const bool reverse = call_flag(t[8], "reverse");  // (read once: a __bool__ may change)
     if (stack) {
       if (prepared.empty() == x.is_none())
         throw py::value_error("calls: expected x in the first layer's call only (the next layers "
                               "read the previous layer's y)");
-      if (call_flag(t[8], "reverse"))
+      if (reverse)
         throw py::value_error("calls: expected reverse=False in a stack");
       if (!prepared.empty()) x = prepared.back().outputs[0];
     }
     prepared.push_back(prepare_forward<T>(cell, call_x(x), t[1], t[2], t[3], t[4],
-                                          t[5], t[6], t[7], call_flag(t[8], "reverse"),
+                                          t[5], t[6], t[7], reverse,
                                           call_flag(t[9], "training"),
                                           t.size() >= 13 ? py::object(t[12]) : py::none(),
                                           t.size() >= 14 ? py::object(t[13]) : py::none(),
@@ -728,10 +729,11 @@ SeqShape checked_sizes(CellKind kind, int64_t T, int64_t N, int64_t I, int64_t H
                           std::to_string(T) + ", " + std::to_string(N) + ", " +
                           std::to_string(I) + ", " + std::to_string(H));
   const int64_t G = gate_count(kind);
-  int64_t width, gh, tn, counted;
-  if (__builtin_add_overflow(I, H, &width) || __builtin_mul_overflow(G, H, &gh) ||
-      __builtin_mul_overflow(T, N, &tn) || __builtin_mul_overflow(tn, gh, &counted) ||
-      __builtin_mul_overflow(tn, width, &counted) || __builtin_mul_overflow(gh, width, &counted))
+  int64_t width, gh, tngh, counted;  // (the largest the plans form: T N GH (I + H) MACs, and
+  if (__builtin_add_overflow(I, H, &width) || __builtin_mul_overflow(G, H, &gh) ||  // the
+      __builtin_mul_overflow(T, N, &tngh) || __builtin_mul_overflow(tngh, gh, &tngh) ||
+      __builtin_mul_overflow(tngh, width, &counted) ||  // weights' GH (I + H) 8 bytes)
+      __builtin_mul_overflow(gh, width, &counted) || __builtin_mul_overflow(counted, 8, &counted))
     throw py::value_error("T, N, I, H: sizes whose element counts overflow 64 bits, got " +
                           std::to_string(T) + ", " + std::to_string(N) + ", " +
                           std::to_string(I) + ", " + std::to_string(H));

@@ -175,7 +175,7 @@ def median_ms(fns: dict, budget: float, pause_s: float = 0.0, settle: bool = Tru
     rounds = min(reps, 5) if settle else reps
     block = -(-reps // rounds)
     times = {k: [] for k in fns}
-    previous = None
+    previous = list(fns)[-1]  # (the calibration's last: its threads may spin still)
     # Unsettled calls can run far slower than the single calls above (threads fighting over
     # the cores): those rounds stop once twice the budget is spent (after 3 rounds).
     stop = time.perf_counter() + 2 * budget * len(fns)
@@ -520,7 +520,7 @@ def bench_row(cell, mode, B, T, I, H, threads, budget, have, reference=None,
     row["ours_gflops"] = round(flops(cell, B, T, I, H, mode == "train") / ms["ours"] / 1e6, 2)
     row["agree"] = _agrees(agree) and all(d <= GRADIENT_TOLERANCE for d in grad_diffs.values())
     if grad_diffs:  # (a NaN fails the comparison above)
-        row["graddiff"] = max(grad_diffs.values())
+        row["graddiff"] = float(np.max(list(grad_diffs.values())))  # (a NaN stays)
     if deterministic:
         row["ours_det_ms"] = figures(ms["ours_det"])
         row["det_cost"] = round(ms["ours_det"] / ms["ours"], 2)

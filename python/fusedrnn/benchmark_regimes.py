@@ -236,7 +236,7 @@ def bench_row(cell, B, T, I, H, threads, budget, regimes, peers, sporadic_s=SPOR
         ms, diff = shared_process_ms(cell, x, w, threads, budget, peers)
         row["shared"] = regime_entry(ms)
         for p, d in diff.items():
-            maxdiff[p] = max(d, maxdiff.get(p, 0.0))
+            maxdiff[p] = float(np.max([d, maxdiff.get(p, 0.0)]))  # (a NaN stays: no agreement)
     row["maxdiff"] = maxdiff
     row["agree"] = all(d <= TOLERANCE for d in maxdiff.values())
     return row

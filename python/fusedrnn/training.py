@@ -78,7 +78,9 @@ class TruncatedBPTT:
             raise ValueError("clip_norm: clips the gradients before each optimizer step; give an "
                              "optimizer too (or clip the accumulated gradients yourself, "
                              "fusedrnn.optim.clip_grad_norm_)")
-        if isinstance(model, RNNCellBase):  # (its forward returns h: chunks became batches)
+        if isinstance(model, RNNCellBase) and \
+                type(model).forward.__module__ == RNNCellBase.__module__:  # (one step a call:
+            # its forward returns h, chunks became batches; a subclass may run whole chunks)
             raise TypeError(f"model: a {type(model).__name__} takes one step a call; truncated "
                             f"BPTT runs a model over chunks of steps: wrap the cell in a Module "
                             f"with forward(x_chunk, state) -> (output, state) and "

@@ -290,13 +290,15 @@ def pad_sequences(sequences, padding_value=0, batch_first=False, dtype=None):
     if fill.ndim != 0:
         raise ValueError(f"padding_value: expected one value, got shape {fill.shape}")
     try:
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (NumPy's ComplexWarning: the loss is named below)
             cast = fill.astype(dtype)
     except (TypeError, ValueError):  # ("a" into float32)
         raise ValueError(f"padding_value: {padding_value!r} does not fit dtype {dtype}; give "
                          f"a value of the dtype, or dtype=") from None
     if dtype.kind in "fc" and fill.dtype.kind in "biufc":  # (0.1 into float32 rounds, as torch's)
-        fits = bool(np.isfinite(cast) or not np.isfinite(fill))
+        fits = bool(np.isfinite(cast) or not np.isfinite(fill)) and (
+            dtype.kind == "c" or fill.imag == 0)  # (1+2j into a float dtype lost its 2j)
     else:  # exactly: NaN or 1.5 into integers, "<pad>" into 2 characters
         fits = bool(cast == fill)
     if not fits:
