@@ -636,3 +636,32 @@ def test_load_weights_bad_paths(tmp_path):
     with pytest.raises(ValueError, match="expected a Sequential or functional model .* "
                                          "got 'MyModel'"):
         fk.load_weights(subclassed)
+
+
+def test_load_weights_takes_a_recurrent_layer_after_an_op_that_drops_the_mask(tmp_path,
+                                                                              monkeypatch):
+    """Keras 3 gives the result of an op between layers (x[:, :-1], the teacher-forcing input
+    of a seq2seq, or x * 2) no mask: its LSTM runs unmasked, which load_weights refused as
+    masked; in a Sequential, a layer that ends the mask also ends a custom layer's."""
+    tokens = keras.Input((6,), dtype="int32")
+    embedded = keras.layers.Embedding(10, 4, mask_zero=True, name="emb")(tokens)
+    for cut in (embedded[:, :-1], embedded * 2.0):
+        model = keras.Model(tokens, keras.layers.LSTM(5, name="rnn")(cut))
+        path = _save(model, tmp_path, "op.keras")
+        assert list(_load_without_keras(path, monkeypatch)) == ["rnn"]
+
+    class PadMask(keras.layers.Layer):
+        def compute_mask(self, x, mask=None):
+            return keras.ops.any(keras.ops.not_equal(x, 0.0), axis=-1)
+
+        def call(self, x):
+            return x
+    with warnings.catch_warnings():  # (Keras warns that Conv1D destroys the mask)
+        warnings.simplefilter("ignore")
+        seq = keras.Sequential([keras.Input((4, 2)), PadMask(name="pm"),
+                                keras.layers.Conv1D(4, 1, name="conv"),
+                                keras.layers.LSTM(3, name="enc")])
+        path = _save(seq, tmp_path, "c.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (it warned that the custom layer may make a mask)
+        assert list(_load_without_keras(path, monkeypatch)) == ["enc"]

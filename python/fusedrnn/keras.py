@@ -560,6 +560,8 @@ def _ends_mask(entry):
     """Whether a serialized layer's output carries no mask (a nested model: whether no mask
     reaches its outputs, :func:`_carries_mask`)."""
     kind, config = entry.get("class_name"), entry.get("config", {})
+    if str(entry.get("module", "")).startswith("keras.src.ops"):  # (an op between layers,
+        return True  # x[:, :-1], x * y: a new tensor, which Keras 3 gives no mask)
     if kind in _MODELS:
         return not _carries_mask(entry)
     if kind in (*_LAYERS, "RNN", "Bidirectional"):
@@ -740,7 +742,8 @@ def _collect(model, store, group, prefix, path, modules, mask=None):
             custom = custom or prefix + str(name)
         if class_name not in (*_LAYERS, "RNN", "Bidirectional"):
             if not functional and not _makes_mask(entry) and _ends_mask(entry):
-                mask = None  # (a Conv1D, a pooling... : the layers after it run unmasked)
+                mask = custom = None  # (a Conv1D, a pooling...: the layers after it run
+                # unmasked, whatever a custom layer before it made)
             wrapped = entry.get("config", {}).get("layer")
             if isinstance(wrapped, dict) and wrapped.get("class_name") in (
                     *_LAYERS, "RNN", "Bidirectional"):  # (TimeDistributed(LSTM), say)
