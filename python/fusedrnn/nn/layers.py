@@ -401,18 +401,11 @@ class Sequential(Module):
     def __delitem__(self, i):
         """Remove the i-th module (or a slice of them); the rest are renumbered "0", "1", ...
         as torch.nn's (names given by an OrderedDict too)."""
-        kept = list(self._modules.values())
-        if isinstance(i, slice):
-            del kept[i]
-        else:
-            del kept[_position(self, i)]
-        _renumber(self, kept)
+        _delete(self, i)
 
     def insert(self, index, module):
         """Put ``module`` before ``index`` (as list.insert); the modules are renumbered."""
-        kept = list(self._modules.values())
-        kept.insert(index, *_modules_checked([module], "a Module"))
-        _renumber(self, kept)
+        _insert(self, index, module)
         return self
 
     def extend(self, modules):
@@ -490,6 +483,20 @@ def _position(owner, i, expected="an int or a slice"):
     return i % n
 
 
+def _delete(owner, i):
+    """Remove ``owner``'s i-th child (or a slice of them), renumbering the rest."""
+    kept = list(owner._modules.values())
+    del kept[i if isinstance(i, slice) else _position(owner, i)]
+    _renumber(owner, kept)
+
+
+def _insert(owner, index, module):
+    """Put ``module`` before ``owner``'s child at ``index`` (as list.insert), renumbering."""
+    kept = list(owner._modules.values())
+    kept.insert(index, *_modules_checked([module], "a Module"))
+    _renumber(owner, kept)
+
+
 def _renumber(owner, modules):
     """``owner``'s children replaced by ``modules``, named "0", "1", ... (ModuleList's and
     Sequential's removals and insertions, as torch.nn's)."""
@@ -554,12 +561,7 @@ class ModuleList(Module):
         self.add_module(self._index(i, "an int"), module)
 
     def __delitem__(self, i):
-        kept = list(self._modules.values())
-        if isinstance(i, slice):
-            del kept[i]
-        else:
-            del kept[int(self._index(i))]
-        _renumber(self, kept)
+        _delete(self, i)
 
     def __iadd__(self, modules):
         return self.extend(modules)
@@ -582,9 +584,7 @@ class ModuleList(Module):
 
     def insert(self, index, module):
         """Put ``module`` before ``index`` (as list.insert)."""
-        kept = list(self._modules.values())
-        kept.insert(index, *_modules_checked([module], "a Module"))
-        _renumber(self, kept)
+        _insert(self, index, module)
 
     def pop(self, index=-1):
         """Remove the module at ``index`` and return it."""
