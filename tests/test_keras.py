@@ -649,6 +649,13 @@ def test_load_weights_takes_a_recurrent_layer_after_an_op_that_drops_the_mask(tm
         model = keras.Model(tokens, keras.layers.LSTM(5, name="rnn")(cut))
         path = _save(model, tmp_path, "op.keras")
         assert list(_load_without_keras(path, monkeypatch)) == ["rnn"]
+    # an op that may give its input back, mask and all (a cast to the input's own dtype): the
+    # LSTM after it runs masked in Keras, and is refused
+    model = keras.Model(tokens, keras.layers.LSTM(5, name="rnn")(
+        keras.ops.cast(embedded, "float32")))
+    with pytest.raises(ValueError, match=r"layer \(LSTM 'rnn'\) comes after 'emb', which "
+                                         r"makes a Keras mask"):
+        _load_without_keras(_save(model, tmp_path, "cast.keras"), monkeypatch)
 
     class PadMask(keras.layers.Layer):
         def compute_mask(self, x, mask=None):

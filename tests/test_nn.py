@@ -1255,6 +1255,10 @@ def test_module_api_as_torch_nn():
         s[5] = b
     with pytest.raises(TypeError, match="^module: expected a Module, got int"):
         s[0] = 3
+    with pytest.raises(IndexError, match="index: 5 is out of range for inserting into 2"):
+        s.insert(5, b)  # (as torch.nn's Sequential; it clamped as list.insert)
+    with pytest.raises(TypeError, match="^module: expected a Module, got NoneType"):
+        s.insert(0, None)
     # refusals torch code catches as RuntimeError
     with pytest.raises(RuntimeError, match="missing keys"):
         nn.Linear(2, 2).load_state_dict({})

@@ -1772,3 +1772,16 @@ def test_a_weight_dropping_wrapper_sets_flat_weights_as_in_torch_nn(cell):
     ours._flat_weights = list(ours._flat_weights)
     ours.weight_hh_l0 = torch.nn.Parameter(torch.zeros(4 * 4 if cell == "LSTM" else 12, 4))
     assert ours._flat_weights[1] is ours.weight_hh_l0  # (an attribute set anew: re-read)
+    # an item set in the list, a conversion, a copy, convert: each as torch.nn's list does
+    ours.load_state_dict(theirs.state_dict())
+    for m in (theirs, ours):
+        m._flat_weights[1] = (m.weight_hh_l0 * 0.25).detach()
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-5, atol=1e-6)
+    copies = [copy.deepcopy(m) for m in (theirs, ours)]  # (read their attributes anew)
+    torch.testing.assert_close(copies[1](x)[0], copies[0](x)[0], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(copies[1](x)[0], ours(x)[0])
+    with pytest.warns(UserWarning, match="weights given to its _flat_weights list"):
+        frt.convert(torch.nn.Sequential(theirs))
+    for m in (theirs, ours):
+        m.float()  # (torch.nn reads its attributes again)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-5, atol=1e-6)

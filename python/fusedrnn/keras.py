@@ -556,12 +556,18 @@ _MASK_ENDS = {"GlobalAveragePooling1D", "GlobalMaxPooling1D", "AveragePooling1D"
 _MERGES = {"Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
 
 
+# Keras ops that may return their input tensor itself (a cast to its own dtype, the real part
+# of a real tensor), mask and all: they count as passing the mask on.
+_OPS_GIVING_THEIR_INPUT = {"Cast", "Real", "ConvertToTensor", "Identity", "Copy"}
+
+
 def _ends_mask(entry):
     """Whether a serialized layer's output carries no mask (a nested model: whether no mask
     reaches its outputs, :func:`_carries_mask`)."""
     kind, config = entry.get("class_name"), entry.get("config", {})
     if str(entry.get("module", "")).startswith("keras.src.ops"):  # (an op between layers,
-        return True  # x[:, :-1], x * y: a new tensor, which Keras 3 gives no mask)
+        return kind not in _OPS_GIVING_THEIR_INPUT  # x[:, :-1], x * y: a new tensor, which
+        # Keras 3 gives no mask; those that may return their input tensor keep its mask)
     if kind in _MODELS:
         return not _carries_mask(entry)
     if kind in (*_LAYERS, "RNN", "Bidirectional"):

@@ -404,7 +404,16 @@ class Sequential(Module):
         _delete(self, i)
 
     def insert(self, index, module):
-        """Put ``module`` before ``index`` (as list.insert); the modules are renumbered."""
+        """Put ``module`` before ``index``, from -len to len (IndexError otherwise, as
+        torch.nn's); the modules are renumbered."""
+        if not isinstance(module, Module):  # (None too: a Sequential runs every module)
+            raise TypeError(f"module: expected a Module, got {type(module).__name__}")
+        try:
+            n, index = len(self), operator.index(index)
+        except TypeError:
+            raise TypeError(f"index: expected an int, got {type(index).__name__}") from None
+        if not -n <= index <= n:
+            raise IndexError(f"index: {index} is out of range for inserting into {n} modules")
         _insert(self, index, module)
         return self
 

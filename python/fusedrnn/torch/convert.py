@@ -44,6 +44,11 @@ def _why_not(layer, mapping, caller) -> str | None:
                 f"weight_norm or buffers of its own)")
     if layer._modules:
         return f"modules of its own ({', '.join(sorted(layer._modules)[:4])})"
+    flat = getattr(layer, "_flat_weights", None)  # (a layer's, not a cell's)
+    if flat is not None and any(w is not getattr(layer, n, None)
+                                for w, n in zip(flat, layer._flat_weights_names)):
+        return (f"weights given to its _flat_weights list (a weight-dropping wrapper's: "
+                f"{caller} before wrapping)")
     if any(getattr(layer, hooks, None) for hooks in _HOOKS):
         return f"hooks registered on it ({caller} first, then register them on the new module)"
     if mapping is _TORCH_NN:  # torch.nn takes every device and dtype

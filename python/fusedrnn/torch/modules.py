@@ -268,6 +268,7 @@ class _KeepsWeights(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._forget_weights()
+        self.__dict__.pop("_flat_weights_kept", None)  # (torch.nn's list is read anew too)
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -356,31 +357,35 @@ class _RecurrentBase(_KeepsWeights):
 
     @property
     def _flat_weights(self) -> list:
-        """The weights a call uses, in ``_flat_weights_names``' order: the attributes', or a
-        list given to ``_flat_weights`` (as torch.nn's: a weight-dropping wrapper sets it)
-        until an attribute of those names is set anew or ``_init_flat_weights()`` runs."""
+        """The weights a call uses, in ``_flat_weights_names``' order, as torch.nn's list: read
+        from the attributes, and kept until one of them is set anew; a list given to it (a
+        weight-dropping wrapper's), or an item set in it, is what calls use till then. A
+        conversion (``.to``, ``.double()``), a copy or ``_init_flat_weights()`` reads the
+        attributes again."""
         current = _named_parameters(self, self._flat_weights_names)
-        given = self.__dict__.get("_flat_weights_given")
-        if given is not None:
-            weights, seen = given
-            if all(a is b for a, b in zip(current, seen)):
-                return list(weights)
-            del self.__dict__["_flat_weights_given"]  # (torch.nn re-reads the attributes)
-        return current
+        kept = self.__dict__.get("_flat_weights_kept")  # (the list, the attributes it follows)
+        if kept is None or any(a is not b for a, b in zip(current, kept[1])):
+            kept = self.__dict__["_flat_weights_kept"] = (current, list(current))
+        return kept[0]
 
     @_flat_weights.setter
     def _flat_weights(self, weights) -> None:
-        weights = list(weights)
+        weights = weights if isinstance(weights, list) else list(weights)
         if len(weights) != len(self._flat_weights_names):
             raise ValueError(f"_flat_weights: expected {len(self._flat_weights_names)} tensors "
                              f"({', '.join(self._flat_weights_names)}), got {len(weights)}")
-        self.__dict__["_flat_weights_given"] = (
+        self.__dict__["_flat_weights_kept"] = (
             weights, _named_parameters(self, self._flat_weights_names))
 
     def _init_flat_weights(self) -> None:
-        """Read the weights from the attributes again (torch.nn's; a list given to
-        ``_flat_weights`` is dropped)."""
-        self.__dict__.pop("_flat_weights_given", None)
+        """Read the weights from the attributes again (torch.nn's)."""
+        self.__dict__.pop("_flat_weights_kept", None)
+
+    def __getstate__(self):  # (a copy or pickle reads its attributes anew, as torch.nn's
+        state = super().__getstate__()  # does; the kept list may hold non-leaf tensors,
+        state = dict(state)              # which deepcopy refuses)
+        state.pop("_flat_weights_kept", None)
+        return state
 
     def reset_parameters(self) -> None:
         """uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as
