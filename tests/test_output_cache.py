@@ -211,3 +211,9 @@ def test_a_bad_cache_size_is_reported_and_the_default_serves():
                              text=True, check=True)
         assert json.loads(run.stdout)["limit_bytes"] == limit, value
         assert ("FUSEDRNN_OUTPUT_CACHE_MB" in run.stderr) == (limit == 256 << 20), value
+    # (the report named the entry's value before FUSEDRNN_TUNING, read next, set it)
+    env = dict(os.environ, FUSEDRNN_OUTPUT_CACHE_MB="lots", FUSEDRNN_TUNING="output_cache_mb=9")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert json.loads(run.stdout)["limit_bytes"] == 9 << 20
+    assert "ignored (the table's output_cache_mb: 256)" in run.stderr

@@ -396,7 +396,8 @@ const Tuning& tuning() {
       if (parse_entry_value(*entry, text, number, expected))
         set_entry(t, *entry, number);
       else
-        std::fprintf(stderr, "fusedrnn: %s: expected %s (%s), got '%s'; ignored, %s stays %lld\n",
+        std::fprintf(stderr,  // (FUSEDRNN_TUNING, read next, may still set the entry)
+                     "fusedrnn: %s: expected %s (%s), got '%s'; ignored (the table's %s: %lld)\n",
                      v.variable, expected.c_str(), v.unit, text, v.entry,
                      static_cast<long long>(t.*(entry->integer)));
     }
