@@ -174,13 +174,13 @@ def draw(model, vocab, prime, length, temperature=0.8, seed=None):
 
 
 def _drawn(model, vocab, prime_ids, length, temperature, rng):
-    def step(ids, state):  # in eval mode, the model's own mode given back after each call (a
-        training = model.training  # generator left half-read must not leave it in eval)
+    def step(ids, state):  # in eval mode, the model's own modes given back after each call (a
+        was = model._modes()  # generator left half-read must not leave it in eval)
         model.eval()
         try:
             return model(ids, state)
         finally:
-            model.train(training)
+            model._restore_modes(was)
     logits, state = step(prime_ids[:, None], None)
     for _ in range(length):
         z = logits[-1, 0].astype(np.float64)

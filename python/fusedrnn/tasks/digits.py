@@ -50,17 +50,17 @@ def load(args):
 
 def predict(model, x, batch_size=512):
     """The model's logits for the images x [T, N, I] (time-major rows), ``batch_size`` at a
-    time, in eval mode (the model's training mode is given back after)."""
+    time, in eval mode (each part's mode is given back after)."""
     batch_size = _int_in(batch_size, "batch_size", 1)
     if np.ndim(x) != 3 or np.shape(x)[1] == 0:
         raise ValueError(f"x: expected images [T, N, I] with N >= 1, got shape {np.shape(x)}")
-    training = model.training
+    was = model._modes()
     model.eval()
     try:
         return np.concatenate([model(x[:, i:i + batch_size])
                                for i in range(0, x.shape[1], batch_size)])
     finally:
-        model.train(training)
+        model._restore_modes(was)
 
 
 def train_bptt(model, x_train, y_train, x_test, y_test, args, progress=True):
